@@ -1,0 +1,116 @@
+//! Broker configuration: one struct with an embedded default, filled from an
+//! optional TOML file and then CLI flags. Imports no other broker module.
+
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring when `io_uring_setup` works, epoll otherwise.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+/// What to do when a subscriber's outbound queue is full of QoS 1/2 messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Drop the newest QoS 1/2 message for that subscriber (counted).
+    Drop,
+    /// Disconnect the subscriber (0x97 Quota exceeded); a persistent session keeps its queue.
+    Disconnect,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Vec<SocketAddr>,
+    /// Event loops (one per core). `None`: number of available cores.
+    pub shards: Option<usize>,
+    pub io: IoBackend,
+    pub log_level: String,
+
+    // Connection limits.
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// New CONNECTs accepted per second per shard before 0x9F / refusal.
+    pub connect_rate_per_s: u32,
+    /// Time allowed between TCP accept and a complete CONNECT.
+    pub connect_timeout_ms: u64,
+
+    // Protocol limits (advertised in CONNACK where MQTT 5 allows it).
+    pub max_packet_size: u32,
+    /// How many QoS 1/2 PUBLISHes a client may have unacknowledged towards us.
+    pub receive_maximum: u16,
+    /// Cap on our unacknowledged QoS 1/2 PUBLISHes towards one client
+    /// (further limited by the client's Receive Maximum).
+    pub max_inflight: u16,
+    pub topic_alias_maximum: u16,
+    pub max_topic_levels: usize,
+    pub max_topic_len: usize,
+    pub max_subscriptions_per_client: usize,
+    pub max_client_id_len: usize,
+
+    // Keepalive.
+    /// Keepalives above this are lowered (MQTT 5 Server Keep Alive); 0 = no cap.
+    pub keepalive_max_s: u16,
+    /// Server Keep Alive sent to every MQTT 5 client when set.
+    pub server_keep_alive_s: Option<u16>,
+
+    // Sessions and queues.
+    pub max_session_expiry_s: u32,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+    pub queue_qos0_offline: bool,
+    /// Per-connection bytes encoded but not yet written to the socket.
+    pub max_outbound_bytes: usize,
+    pub slow_consumer_policy: SlowConsumerPolicy,
+    /// Above this much buffered message memory on a shard, QoS 0 is shed and new
+    /// connections are refused (0x97). 0 = no mark.
+    pub memory_high_water_bytes: usize,
+
+    // Features.
+    pub retain_available: bool,
+    pub wildcard_subscription_available: bool,
+    pub subscription_identifier_available: bool,
+    pub shared_subscription_available: bool,
+    pub max_retained_messages: usize,
+    /// Filters that SUBSCRIBE is refused for with 0x80 (interop suites use `test/nosubscribe`).
+    pub deny_subscribe: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            shards: None,
+            io: IoBackend::Auto,
+            log_level: "info".to_string(),
+            max_connections: 1_000_000,
+            max_connections_per_ip: 0,
+            connect_rate_per_s: 0,
+            connect_timeout_ms: 10_000,
+            max_packet_size: 1024 * 1024,
+            receive_maximum: 1024,
+            max_inflight: 64,
+            topic_alias_maximum: 64,
+            max_topic_levels: 32,
+            max_topic_len: 1024,
+            max_subscriptions_per_client: 1000,
+            max_client_id_len: 256,
+            keepalive_max_s: 0,
+            server_keep_alive_s: None,
+            max_session_expiry_s: u32::MAX,
+            max_queued_messages: 1000,
+            max_queued_bytes: 1024 * 1024,
+            queue_qos0_offline: false,
+            max_outbound_bytes: 1024 * 1024,
+            slow_consumer_policy: SlowConsumerPolicy::Drop,
+            memory_high_water_bytes: 0,
+            retain_available: true,
+            wildcard_subscription_available: true,
+            subscription_identifier_available: true,
+            shared_subscription_available: true,
+            max_retained_messages: 1_000_000,
+            deny_subscribe: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! ringmq: an MQTT 3.1 / 3.1.1 / 5.0 broker with one io_uring event loop per core.
+//!
+//! Layers, dependencies pointing downward only (see DESIGN.md):
+//! `worker` joins `io`, `ring` and `shard`; `shard` owns `session`s and a `topic` index;
+//! `protocol`, `topic`, `ring` and `config` import no other broker module.
+
+pub mod config;
+pub mod io;
+pub mod protocol;
+pub mod ring;
+pub mod session;
+pub mod shard;
+pub mod topic;
+pub mod worker;

@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("ringmq: not yet runnable");
+    std::process::exit(1);
+}

@@ -1,0 +1,75 @@
+use super::reason::ReasonCode;
+
+/// Everything that can be wrong with bytes on the wire. The one mapping to a reason
+/// code is [`DecodeError::reason_code`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Remaining length encoded in more than 4 bytes or non-minimally terminated.
+    MalformedRemainingLength,
+    /// Remaining length exceeds the configured maximum packet size.
+    PacketTooLarge { size: usize, max: usize },
+    /// Packet type 0, or 15 (AUTH) before MQTT 5.
+    InvalidPacketType(u8),
+    /// Fixed-header flag bits that the spec reserves have the wrong value.
+    InvalidFixedHeaderFlags { packet_type: u8, flags: u8 },
+    /// Fewer bytes inside the frame than a field needs.
+    UnexpectedEndOfFrame,
+    /// Bytes left over inside a frame after the last field.
+    TrailingBytes,
+    /// A UTF-8 string that is not valid UTF-8 or contains U+0000.
+    InvalidUtf8,
+    /// Protocol name not "MQTT" / "MQIsdp", or not matching the level.
+    InvalidProtocolName,
+    /// Protocol level not 3, 4 or 5.
+    UnsupportedProtocolLevel(u8),
+    /// CONNECT flags: reserved bit set, will flags inconsistent, password without username (3.1.1).
+    InvalidConnectFlags(u8),
+    /// QoS value 3 (publish flags, will QoS, subscription options).
+    InvalidQoS(u8),
+    /// Packet identifier 0 where one is required.
+    ZeroPacketId,
+    /// PUBLISH topic containing `+` or `#`, or empty without a topic alias.
+    InvalidTopicName,
+    /// SUBSCRIBE/UNSUBSCRIBE filter that is not well formed.
+    InvalidTopicFilter,
+    /// SUBSCRIBE/UNSUBSCRIBE with no filters.
+    EmptySubscription,
+    /// Subscription options with reserved bits set, or retain handling 3.
+    InvalidSubscriptionOptions(u8),
+    /// Unknown property identifier, or one not allowed on this packet.
+    InvalidProperty(u8),
+    /// A property that may appear once appeared twice.
+    DuplicateProperty(u8),
+    /// A property value outside its allowed range (e.g. receive maximum 0).
+    InvalidPropertyValue(u8),
+    /// A reason code that is not defined for this packet.
+    InvalidReasonCode(u8),
+    /// QoS 0 PUBLISH with DUP set.
+    DupOnQoS0,
+}
+
+impl DecodeError {
+    /// The reason code sent (CONNACK or DISCONNECT) when this error ends a connection.
+    pub fn reason_code(&self) -> ReasonCode {
+        use DecodeError::*;
+        match self {
+            PacketTooLarge { .. } => ReasonCode::PacketTooLarge,
+            UnsupportedProtocolLevel(_) | InvalidProtocolName => {
+                ReasonCode::UnsupportedProtocolVersion
+            }
+            InvalidTopicName => ReasonCode::TopicNameInvalid,
+            DuplicateProperty(_) | ZeroPacketId | InvalidPacketType(_) => {
+                ReasonCode::ProtocolError
+            }
+            _ => ReasonCode::MalformedPacket,
+        }
+    }
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self:?}")
+    }
+}
+
+impl std::error::Error for DecodeError {}
