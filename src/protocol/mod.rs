@@ -20,3 +20,6 @@ pub use reason::ReasonCode;
 
 /// Largest value the variable-length "remaining length" can express (4 bytes).
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+#[cfg(test)]
+mod tests;
