@@ -22,4 +22,6 @@ pub use reason::ReasonCode;
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
