@@ -62,6 +62,7 @@ fn fixed_header_len(encoded: &[u8]) -> usize {
     i + 1
 }
 
+#[allow(clippy::too_many_arguments)]
 fn publish_packet(
     msg: &Message,
     v5: bool,
@@ -294,6 +295,7 @@ impl Shard {
         let win = window(config, c);
         let d = sess.delivery();
         if d.queue.is_empty() && d.inflight.len() < win {
+            let prev_id = d.last_packet_id;
             if let Some(pid) = d.alloc_packet_id() {
                 let w = encode_publish(
                     c,
@@ -335,7 +337,8 @@ impl Shard {
                         stats.dropped_too_large += 1;
                         return;
                     }
-                    Written::NoRoom => {}
+                    // Not sent: the id is not used up.
+                    Written::NoRoom => d.last_packet_id = prev_id,
                 }
             }
         }
@@ -422,6 +425,7 @@ impl Shard {
             }
             let qos = front.qos;
             let mut pid = 0;
+            let prev_id = d.last_packet_id;
             if qos != QoS::AtMostOnce {
                 if d.inflight.len() >= win {
                     break;
@@ -446,6 +450,7 @@ impl Shard {
                 now,
             );
             if w == Written::NoRoom {
+                d.last_packet_id = prev_id;
                 break;
             }
             count(stats, w);
