@@ -3,6 +3,7 @@
 //! the wire format).
 
 mod connect;
+mod contract;
 mod pubsub;
 mod qos;
 mod retained;
