@@ -22,14 +22,20 @@ fn flush_emitted_once_until_taken_and_idle_connection_parks_no_buffer() {
     let mut sh = Shard::new(0, 1, Arc::new(cfg()));
     let c = sh.accept(peer(), now);
     assert!(sh.poll_action().is_none());
-    let connect = bytes(&connect_packet(ProtocolVersion::V311, "a", &ConnectOpts::default()), ProtocolVersion::V311);
+    let connect = bytes(
+        &connect_packet(ProtocolVersion::V311, "a", &ConnectOpts::default()),
+        ProtocolVersion::V311,
+    );
     sh.on_read(c, &connect, now);
     assert!(matches!(sh.poll_action(), Some(Action::Flush(x)) if x == c));
     assert!(sh.poll_action().is_none());
     // More output before the worker took the first: no second Flush.
     sh.on_read(c, &[0xC0, 0x00], now);
     assert!(sh.poll_action().is_none());
-    assert_eq!(sh.take_tx(c).as_deref(), Some(&[0x20, 0x02, 0x00, 0x00, 0xD0, 0x00][..]));
+    assert_eq!(
+        sh.take_tx(c).as_deref(),
+        Some(&[0x20, 0x02, 0x00, 0x00, 0xD0, 0x00][..])
+    );
     assert_eq!(sh.take_tx(c), None);
     let conn = &sh.conns[c];
     assert_eq!((conn.rx.capacity(), conn.tx.capacity()), (0, 0));
@@ -70,11 +76,16 @@ fn migrate_hands_over_all_received_bytes() {
     let mut a = Shard::new(0, 2, config.clone());
     let mut b = Shard::new(1, 2, config);
     let id = crate::shard::harness::id_on(1, 2, "x");
-    let mut wire = bytes(&connect_packet(ProtocolVersion::V5, &id, &ConnectOpts::default()), ProtocolVersion::V5);
+    let mut wire = bytes(
+        &connect_packet(ProtocolVersion::V5, &id, &ConnectOpts::default()),
+        ProtocolVersion::V5,
+    );
     wire.extend_from_slice(&[0xC0, 0x00]);
     let c = a.accept(peer(), now);
     a.on_read(c, &wire, now);
-    let Some(Action::Migrate { conn, to, handoff }) = a.poll_action() else { panic!("no Migrate") };
+    let Some(Action::Migrate { conn, to, handoff }) = a.poll_action() else {
+        panic!("no Migrate")
+    };
     assert_eq!((conn, to), (c, 1));
     assert_eq!(&handoff.rx[..], &wire[..]);
     a.release(c);
@@ -83,7 +94,14 @@ fn migrate_hands_over_all_received_bytes() {
     let out = b.take_tx(n).expect("CONNACK and PINGRESP");
     assert_eq!(&out[out.len() - 2..], &[0xD0, 0x00]);
     assert_eq!(out[0], 0x20);
-    assert_eq!((a.stats().connections, b.stats().connections, b.stats().sessions), (0, 1, 1));
+    assert_eq!(
+        (
+            a.stats().connections,
+            b.stats().connections,
+            b.stats().sessions
+        ),
+        (0, 1, 1)
+    );
 }
 
 #[test]
