@@ -47,8 +47,8 @@ pub(crate) struct Conn {
     /// Received bytes not yet decoded. Replaced by an empty `BytesMut` whenever it
     /// drains, so an idle connection holds no buffer.
     pub rx: BytesMut,
-    /// Encoded bytes not yet taken by the IO side; bounded by `max_outbound_bytes`
-    /// for messages (control packets may exceed it by a bounded amount).
+    /// Encoded bytes not yet taken by the IO side; PUBLISH copies are kept within
+    /// `max_outbound_bytes` (control packets are not counted, see `write_control`).
     pub tx: BytesMut,
     /// Last time anything arrived: keepalive is checked lazily against it.
     pub last_seen: Instant,

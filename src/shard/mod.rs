@@ -385,9 +385,10 @@ impl Shard {
         Some(out)
     }
 
-    /// Appends a control packet to `conn`'s buffer. Control packets are not dropped
-    /// when the buffer is over its bound, but a client that lets them pile up past
-    /// twice the bound is disconnected (no unbounded growth).
+    /// Appends a control packet to `conn`'s buffer. Control packets are never
+    /// dropped and not counted against `max_outbound_bytes`: each one answers a
+    /// client packet (or ends the connection), so their volume follows the client's
+    /// own input, which the receive path reads at most one recv at a time.
     fn write_control(&mut self, conn: ConnId, packet: &Packet) {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
