@@ -95,6 +95,8 @@ pub struct LoopOptions {
     pub recv_bufs_per_ring: usize,
     /// Submission queue entries per ring.
     pub sq_entries: u32,
+    /// Cap on registered file table slots per ring; 0: `RLIMIT_NOFILE` (the kernel's cap).
+    pub table_slots_max: u32,
 }
 
 impl Default for LoopOptions {
@@ -104,6 +106,7 @@ impl Default for LoopOptions {
             recv_buf_size_bytes: 4096,
             recv_bufs_per_ring: 512,
             sq_entries: 1024,
+            table_slots_max: 0,
         }
     }
 }

@@ -239,7 +239,7 @@ fn pattern(seed: usize, len: usize) -> Vec<u8> {
 }
 
 fn opts() -> LoopOptions {
-    LoopOptions { max_connections: 1000, recv_buf_size_bytes: 4096, recv_bufs_per_ring: 64, sq_entries: 256 }
+    LoopOptions { max_connections: 1000, recv_buf_size_bytes: 4096, recv_bufs_per_ring: 64, sq_entries: 256, table_slots_max: 0 }
 }
 
 #[test]
@@ -296,6 +296,7 @@ fn buffer_ring_reuse_large_transfer() {
         drop(c);
         let reports = srv.stop();
         assert_eq!(reports[0].bytes_in, total, "{name}");
+        eprintln!("{name}: recv_nobufs={}", reports[0].stats.recv_nobufs);
     }
 }
 
@@ -459,4 +460,34 @@ fn uring_sizes_rings_from_fd_limit() {
     assert!(u64::from(lp.table_size()) <= nofile);
     let small = UringLoop::new(0, &opts()).expect("loop");
     assert_eq!((small.ring_count(), small.table_size()), (1, 1000 + 64));
+}
+
+#[test]
+fn uring_loop_with_several_rings_serves_all() {
+    // Tables of 72 slots (64 headroom): 8 connections per ring, so 24 need 3 rings,
+    // and rings 1 and 2 are only seen through their POLL_ADD in ring 0.
+    let o = LoopOptions { max_connections: 24, table_slots_max: 72, ..opts() };
+    let lp = UringLoop::new(0, &o).expect("loop");
+    assert_eq!(lp.ring_count(), 3);
+    drop(lp);
+    let srv = start(new_uring, o, 1, EchoMode::default());
+    let mut conns: Vec<TcpStream> = (0..24).map(|_| connect(srv.addr)).collect();
+    for round in 0..3 {
+        for (i, c) in conns.iter_mut().enumerate() {
+            c.write_all(&pattern(i + round, 50)).expect("write");
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            assert_eq!(read_exact(c, 50), pattern(i + round, 50), "conn {i} round {round}");
+        }
+    }
+    // The 25th does not fit: dropped and counted.
+    let mut extra = connect(srv.addr);
+    let _ = extra.write_all(b"z");
+    let mut b = [0u8; 1];
+    assert!(matches!(extra.read(&mut b), Ok(0) | Err(_)));
+    drop(conns);
+    thread::sleep(Duration::from_millis(200));
+    let reports = srv.stop();
+    assert_eq!((reports[0].accepted, reports[0].released), (24, 24));
+    assert_eq!(reports[0].stats.accept_dropped_full, 1);
 }

@@ -364,9 +364,12 @@ fn push_sqe(uring: &mut IoUring, entry: &squeue::Entry) {
 impl UringLoop {
     /// Builds the rings of loop `id`. Must run on the thread that drives the loop.
     pub fn new(id: usize, opts: &LoopOptions) -> io::Result<UringLoop> {
-        let nofile = super::nofile_limit().min(u32::MAX as u64) as u32;
-        if nofile <= TABLE_HEADROOM * 2 {
-            return Err(io::Error::other(format!("RLIMIT_NOFILE {nofile} too low for a file table")));
+        let mut nofile = super::nofile_limit().min(u32::MAX as u64) as u32;
+        if opts.table_slots_max > 0 {
+            nofile = nofile.min(opts.table_slots_max);
+        }
+        if nofile <= TABLE_HEADROOM {
+            return Err(io::Error::other(format!("file table limit {nofile} too low (headroom {TABLE_HEADROOM})")));
         }
         let per_ring_max = nofile - TABLE_HEADROOM;
         let wanted = opts.max_connections.max(1) as u64;
