@@ -18,7 +18,9 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
-use super::{BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind, SockId, Transfer};
+use super::{
+    BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind, SockId, Transfer,
+};
 
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
@@ -91,7 +93,9 @@ impl EpollLoop {
             chunk,
             readable: VecDeque::new(),
             pending: Vec::new(),
-            remote: Arc::new(Remote { kind: RemoteKind::Epoll { waker } }),
+            remote: Arc::new(Remote {
+                kind: RemoteKind::Epoll { waker },
+            }),
             peers: Vec::new(),
             spare_fd: std::fs::File::open("/dev/null").ok(),
             stats: IoStats::default(),
@@ -107,8 +111,18 @@ impl EpollLoop {
         let entry = self.socks.vacant_entry();
         let sock = entry.key();
         let mut stream = stream;
-        self.poll.registry().register(&mut stream, Token(sock), Interest::READABLE | Interest::WRITABLE)?;
-        entry.insert(Sock { stream, state: State::Open, recv_on: false, queued: false, tx: None });
+        self.poll.registry().register(
+            &mut stream,
+            Token(sock),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Sock {
+            stream,
+            state: State::Open,
+            recv_on: false,
+            queued: false,
+            tx: None,
+        });
         Ok(sock as SockId)
     }
 
@@ -123,12 +137,17 @@ impl EpollLoop {
                     break;
                 }
                 budget -= 1;
-                let Some(listener) = self.listeners[li].as_ref() else { break };
+                let Some(listener) = self.listeners[li].as_ref() else {
+                    break;
+                };
                 match listener.accept() {
                     Ok((stream, peer)) => {
                         if self.socks.len() >= self.max_connections {
                             self.stats.accept_dropped_full += 1;
-                            tracing::warn!(loop_id = self.id, "connection limit reached: connection dropped");
+                            tracing::warn!(
+                                loop_id = self.id,
+                                "connection limit reached: connection dropped"
+                            );
                             drop(stream);
                             continue;
                         }
@@ -148,7 +167,9 @@ impl EpollLoop {
                         self.listener_ready[li] = false;
                         break;
                     }
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) => {
+                    Err(e)
+                        if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) =>
+                    {
                         // Out of fds: give up the spare to accept the connection and drop
                         // it, so it does not sit in the backlog waking us forever.
                         self.stats.accept_dropped_full += 1;
@@ -159,7 +180,11 @@ impl EpollLoop {
                         }
                         self.spare_fd = std::fs::File::open("/dev/null").ok();
                     }
-                    Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                        ) => {}
                     Err(e) => {
                         self.stats.accept_errors += 1;
                         tracing::warn!("accept failed: {e}");
@@ -178,7 +203,9 @@ impl EpollLoop {
                 self.readable.push_front(sock);
                 return;
             }
-            let Some(s) = self.socks.get_mut(sock as usize) else { continue };
+            let Some(s) = self.socks.get_mut(sock as usize) else {
+                continue;
+            };
             s.queued = false;
             if !s.recv_on || s.state != State::Open {
                 continue;
@@ -200,7 +227,12 @@ impl EpollLoop {
                         self.arena_used += n;
                         out.push(Completion::Recv {
                             sock,
-                            buf: BufRef { group: 0, bid: 0, offset: start as u32, len: n as u32 },
+                            buf: BufRef {
+                                group: 0,
+                                bid: 0,
+                                offset: start as u32,
+                                len: n as u32,
+                            },
                         });
                         if n < self.chunk {
                             // A short read drained the socket; new data raises a new edge.
@@ -211,7 +243,10 @@ impl EpollLoop {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => {
                         s.state = State::RecvEnded;
-                        out.push(Completion::RecvEnd { sock, errno: e.raw_os_error().unwrap_or(libc::EIO) });
+                        out.push(Completion::RecvEnd {
+                            sock,
+                            errno: e.raw_os_error().unwrap_or(libc::EIO),
+                        });
                         break;
                     }
                 }
@@ -221,7 +256,9 @@ impl EpollLoop {
 
     /// Writes as much of the pending send as the socket takes.
     fn write_some(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get_mut(sock as usize) else { return };
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
         let Some(tx) = s.tx.as_mut() else { return };
         loop {
             match s.stream.write(tx) {
@@ -236,7 +273,10 @@ impl EpollLoop {
                         // Cannot happen on a stream socket with bytes to write; treat as
                         // a broken connection rather than spin.
                         s.tx = None;
-                        self.pending.push(Completion::SendDone { sock, errno: libc::EPIPE });
+                        self.pending.push(Completion::SendDone {
+                            sock,
+                            errno: libc::EPIPE,
+                        });
                         return;
                     }
                 }
@@ -244,7 +284,10 @@ impl EpollLoop {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     s.tx = None;
-                    self.pending.push(Completion::SendDone { sock, errno: e.raw_os_error().unwrap_or(libc::EIO) });
+                    self.pending.push(Completion::SendDone {
+                        sock,
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    });
                     return;
                 }
             }
@@ -280,7 +323,9 @@ impl EventLoop for EpollLoop {
         listener.set_nonblocking(true)?;
         let mut l = mio::net::TcpListener::from_std(listener);
         let idx = self.listeners.len();
-        self.poll.registry().register(&mut l, Token(LISTENER_BASE - idx), Interest::READABLE)?;
+        self.poll
+            .registry()
+            .register(&mut l, Token(LISTENER_BASE - idx), Interest::READABLE)?;
         self.listeners.push(Some(l));
         // Connections may already wait in the backlog.
         self.listener_ready.push(true);
@@ -305,7 +350,9 @@ impl EventLoop for EpollLoop {
     }
 
     fn send(&mut self, sock: SockId, data: Bytes) {
-        let Some(s) = self.socks.get_mut(sock as usize) else { return };
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
         if data.is_empty() {
             return;
         }
@@ -325,9 +372,14 @@ impl EventLoop for EpollLoop {
 
     fn migrate(&mut self, sock: SockId, to: usize) {
         let _ = to;
-        let Some(stream) = self.remove(sock) else { return };
+        let Some(stream) = self.remove(sock) else {
+            return;
+        };
         let fd = stream.into_raw_fd();
-        self.pending.push(Completion::Migrated { sock, result: Ok(Transfer(fd as u64)) });
+        self.pending.push(Completion::Migrated {
+            sock,
+            result: Ok(Transfer(fd as u64)),
+        });
         self.pending.push(Completion::Released { sock });
     }
 

@@ -67,7 +67,10 @@ pub enum Completion {
     /// The one send in flight finished: all bytes written, or failed with `errno`.
     SendDone { sock: SockId, errno: i32 },
     /// `migrate` finished: `Ok` carries what the target loop must `adopt`.
-    Migrated { sock: SockId, result: Result<Transfer, i32> },
+    Migrated {
+        sock: SockId,
+        result: Result<Transfer, i32>,
+    },
     /// No operation remains on `sock`; its id may be reused.
     Released { sock: SockId },
 }
@@ -191,7 +194,11 @@ impl Remote {
 
     pub(crate) fn adopt_ring(&self) -> Option<(RawFd, u32)> {
         match &self.kind {
-            RemoteKind::Uring { ring_fds, adopt_ring, .. } => {
+            RemoteKind::Uring {
+                ring_fds,
+                adopt_ring,
+                ..
+            } => {
                 let idx = adopt_ring.load(Ordering::Relaxed);
                 ring_fds.get(idx as usize).map(|fd| (*fd, idx))
             }
@@ -210,13 +217,19 @@ pub fn uring_available() -> Result<(), io::Error> {
 /// A registered file table may hold at most this many slots, and epoll connections
 /// are plain fds, so both backends are bounded by it.
 pub fn raise_nofile_limit() -> io::Result<u64> {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one rlimit into the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
     if lim.rlim_cur < lim.rlim_max {
-        let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
         // SAFETY: setrlimit reads one rlimit; raising soft up to hard needs no privilege.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
             return Err(io::Error::last_os_error());
@@ -228,7 +241,10 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
 
 /// The current soft `RLIMIT_NOFILE`.
 pub fn nofile_limit() -> u64 {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one rlimit into the struct we pass.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;
@@ -242,13 +258,16 @@ pub(crate) fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<Socket
         libc::AF_INET => {
             // SAFETY: the family says the storage holds a sockaddr_in, which it is
             // large and aligned enough for.
-            let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
             Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
         }
         libc::AF_INET6 => {
             // SAFETY: as above, for sockaddr_in6.
-            let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
             let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
             Some(SocketAddr::V6(std::net::SocketAddrV6::new(
                 ip,

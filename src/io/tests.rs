@@ -33,7 +33,10 @@ fn backends() -> Vec<(&'static str, Ctor)> {
         v.push(("uring", new_uring));
     } else {
         // The io_uring tests need io_uring; say so loudly instead of passing silently.
-        panic!("io_uring unavailable on this machine: {:?}", uring_available());
+        panic!(
+            "io_uring unavailable on this machine: {:?}",
+            uring_available()
+        );
     }
     v
 }
@@ -78,9 +81,15 @@ impl Echo {
         }
     }
 
-    fn turn(&mut self, lp: &mut dyn EventLoop, adopted_out: &mpsc::Sender<Transfer>, adopt_in: &mpsc::Receiver<Transfer>) {
+    fn turn(
+        &mut self,
+        lp: &mut dyn EventLoop,
+        adopted_out: &mpsc::Sender<Transfer>,
+        adopt_in: &mpsc::Receiver<Transfer>,
+    ) {
         let mut out = Vec::new();
-        lp.turn(Some(Duration::from_millis(20)), &mut out).expect("turn");
+        lp.turn(Some(Duration::from_millis(20)), &mut out)
+            .expect("turn");
         while let Ok(t) = adopt_in.try_recv() {
             if let Some(sock) = lp.adopt(t) {
                 self.report.accepted += 1;
@@ -106,7 +115,10 @@ impl Echo {
                     let data = lp.buf(buf).to_vec();
                     lp.recycle(buf);
                     self.report.bytes_in += data.len();
-                    self.queued.entry(sock).or_default().extend_from_slice(&data);
+                    self.queued
+                        .entry(sock)
+                        .or_default()
+                        .extend_from_slice(&data);
                 }
                 Completion::RecvEnd { sock, .. } => {
                     self.closing.insert(sock);
@@ -137,7 +149,9 @@ impl Echo {
             if self.sending.contains(&sock) {
                 continue;
             }
-            let Some(q) = self.queued.get_mut(&sock) else { continue };
+            let Some(q) = self.queued.get_mut(&sock) else {
+                continue;
+            };
             if q.is_empty() {
                 continue;
             }
@@ -155,7 +169,8 @@ impl Echo {
         }
         let closing: Vec<SockId> = self.closing.iter().copied().collect();
         for sock in closing {
-            if !self.sending.contains(&sock) && self.queued.get(&sock).is_none_or(|q| q.is_empty()) {
+            if !self.sending.contains(&sock) && self.queued.get(&sock).is_none_or(|q| q.is_empty())
+            {
                 self.closing.remove(&sock);
                 lp.close(sock);
             }
@@ -172,7 +187,10 @@ struct Server {
 impl Server {
     fn stop(self) -> Vec<EchoReport> {
         self.stop.store(true, Ordering::SeqCst);
-        self.handles.into_iter().map(|h| h.join().expect("server thread")).collect()
+        self.handles
+            .into_iter()
+            .map(|h| h.join().expect("server thread"))
+            .collect()
     }
 }
 
@@ -183,7 +201,8 @@ fn start(ctor: Ctor, opts: LoopOptions, loops: usize, mode: EchoMode) -> Server 
     let stop = Arc::new(AtomicBool::new(false));
     let (remote_tx, remote_rx) = mpsc::channel();
     let mut peer_txs = Vec::new();
-    let (adopt_txs, adopt_rxs): (Vec<_>, Vec<_>) = (0..loops).map(|_| mpsc::channel::<Transfer>()).unzip();
+    let (adopt_txs, adopt_rxs): (Vec<_>, Vec<_>) =
+        (0..loops).map(|_| mpsc::channel::<Transfer>()).unzip();
     let mut adopt_rxs: Vec<Option<_>> = adopt_rxs.into_iter().map(Some).collect();
     let mut listener = Some(listener);
     let mut handles = Vec::new();
@@ -196,7 +215,14 @@ fn start(ctor: Ctor, opts: LoopOptions, loops: usize, mode: EchoMode) -> Server 
         let l = if id == 0 { listener.take() } else { None };
         let adopt_out = adopt_txs[mode.migrate_to.unwrap_or(0)].clone();
         let adopt_in = adopt_rxs[id].take().expect("rx");
-        let mode = if id == 0 { mode } else { EchoMode { migrate_to: None, ..mode } };
+        let mode = if id == 0 {
+            mode
+        } else {
+            EchoMode {
+                migrate_to: None,
+                ..mode
+            }
+        };
         handles.push(thread::spawn(move || {
             let mut lp = ctor(id, &opts).expect("loop");
             remote_tx.send((id, lp.remote())).expect("remote");
@@ -213,13 +239,19 @@ fn start(ctor: Ctor, opts: LoopOptions, loops: usize, mode: EchoMode) -> Server 
             echo.report
         }));
     }
-    let mut remotes: Vec<(usize, Arc<Remote>)> = (0..loops).map(|_| remote_rx.recv().expect("remote")).collect();
+    let mut remotes: Vec<(usize, Arc<Remote>)> = (0..loops)
+        .map(|_| remote_rx.recv().expect("remote"))
+        .collect();
     remotes.sort_by_key(|(id, _)| *id);
     let remotes: Vec<Arc<Remote>> = remotes.into_iter().map(|(_, r)| r).collect();
     for tx in peer_txs {
         tx.send(remotes.clone()).expect("peers");
     }
-    Server { addr, stop, handles }
+    Server {
+        addr,
+        stop,
+        handles,
+    }
 }
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -235,11 +267,19 @@ fn read_exact(s: &mut TcpStream, n: usize) -> Vec<u8> {
 }
 
 fn pattern(seed: usize, len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i.wrapping_mul(31).wrapping_add(seed * 7) % 251) as u8).collect()
+    (0..len)
+        .map(|i| (i.wrapping_mul(31).wrapping_add(seed * 7) % 251) as u8)
+        .collect()
 }
 
 fn opts() -> LoopOptions {
-    LoopOptions { max_connections: 1000, recv_buf_size_bytes: 4096, recv_bufs_per_ring: 64, sq_entries: 256, table_slots_max: 0 }
+    LoopOptions {
+        max_connections: 1000,
+        recv_buf_size_bytes: 4096,
+        recv_bufs_per_ring: 64,
+        sq_entries: 256,
+        table_slots_max: 0,
+    }
 }
 
 #[test]
@@ -265,7 +305,11 @@ fn echo_many_connections() {
             c.write_all(&pattern(i, 100 + i)).expect("write");
         }
         for (i, c) in conns.iter_mut().enumerate() {
-            assert_eq!(read_exact(c, 100 + i), pattern(i, 100 + i), "{name} conn {i}");
+            assert_eq!(
+                read_exact(c, 100 + i),
+                pattern(i, 100 + i),
+                "{name} conn {i}"
+            );
         }
         drop(conns);
         // Give the server time to see every close before stopping it.
@@ -273,7 +317,11 @@ fn echo_many_connections() {
         let reports = srv.stop();
         assert_eq!(reports[0].accepted, 200, "{name}");
         assert_eq!(reports[0].released, 200, "{name}");
-        assert_eq!(reports[0].bytes_in, (0..200).map(|i| 100 + i).sum::<usize>(), "{name}");
+        assert_eq!(
+            reports[0].bytes_in,
+            (0..200).map(|i| 100 + i).sum::<usize>(),
+            "{name}"
+        );
     }
 }
 
@@ -282,7 +330,10 @@ fn buffer_ring_reuse_large_transfer() {
     // 8 MiB through a pool of 16 × 4 KiB buffers: every buffer is reused hundreds of
     // times, and running out of buffers (ENOBUFS) re-arms the receive.
     for (name, ctor) in backends() {
-        let o = LoopOptions { recv_bufs_per_ring: 16, ..opts() };
+        let o = LoopOptions {
+            recv_bufs_per_ring: 16,
+            ..opts()
+        };
         let srv = start(ctor, o, 1, EchoMode::default());
         let total = 8 << 20;
         let data = pattern(3, total);
@@ -303,7 +354,10 @@ fn buffer_ring_reuse_large_transfer() {
 #[test]
 fn server_close_after_echo_gives_eof() {
     for (name, ctor) in backends() {
-        let mode = EchoMode { close_after: Some(5), ..Default::default() };
+        let mode = EchoMode {
+            close_after: Some(5),
+            ..Default::default()
+        };
         let srv = start(ctor, opts(), 1, mode);
         let mut c = connect(srv.addr);
         c.write_all(b"bye!!").expect("write");
@@ -335,7 +389,10 @@ fn client_close_releases_socket() {
 #[test]
 fn connection_limit_drops_and_keeps_running() {
     for (name, ctor) in backends() {
-        let o = LoopOptions { max_connections: 4, ..opts() };
+        let o = LoopOptions {
+            max_connections: 4,
+            ..opts()
+        };
         let srv = start(ctor, o, 1, EchoMode::default());
         let mut kept = Vec::new();
         for i in 0..4 {
@@ -350,7 +407,10 @@ fn connection_limit_drops_and_keeps_running() {
             let _ = c.write_all(b"z");
             let mut buf = [0u8; 1];
             let r = c.read(&mut buf);
-            assert!(matches!(r, Ok(0) | Err(_)), "{name}: over-limit connection got {r:?}");
+            assert!(
+                matches!(r, Ok(0) | Err(_)),
+                "{name}: over-limit connection got {r:?}"
+            );
         }
         // After one closes, a new connection is served again.
         drop(kept.pop());
@@ -369,7 +429,10 @@ fn connection_limit_drops_and_keeps_running() {
 #[test]
 fn migrate_between_loops() {
     for (name, ctor) in backends() {
-        let mode = EchoMode { migrate_to: Some(1), ..Default::default() };
+        let mode = EchoMode {
+            migrate_to: Some(1),
+            ..Default::default()
+        };
         let srv = start(ctor, opts(), 2, mode);
         let mut conns: Vec<TcpStream> = (0..20).map(|_| connect(srv.addr)).collect();
         for (i, c) in conns.iter_mut().enumerate() {
@@ -382,8 +445,20 @@ fn migrate_between_loops() {
         thread::sleep(Duration::from_millis(200));
         let reports = srv.stop();
         // Loop 0 accepted and released all 20 after handing them over; loop 1 served them.
-        assert_eq!((reports[0].accepted, reports[0].released), (0, 20), "{name}");
-        assert_eq!((reports[1].accepted, reports[1].released, reports[1].bytes_in), (20, 20, 6000), "{name}");
+        assert_eq!(
+            (reports[0].accepted, reports[0].released),
+            (0, 20),
+            "{name}"
+        );
+        assert_eq!(
+            (
+                reports[1].accepted,
+                reports[1].released,
+                reports[1].bytes_in
+            ),
+            (20, 20, 6000),
+            "{name}"
+        );
     }
 }
 
@@ -416,15 +491,21 @@ fn doorbell_wakes_parked_loop() {
             // Keep this loop (and its ring) alive until the parked loop woke.
             ring_rx.recv().expect("done");
         });
-        let mut remotes: Vec<(usize, Arc<Remote>)> = (0..2).map(|_| remote_rx.recv().expect("r")).collect();
+        let mut remotes: Vec<(usize, Arc<Remote>)> =
+            (0..2).map(|_| remote_rx.recv().expect("r")).collect();
         remotes.sort_by_key(|(i, _)| *i);
         let remotes: Vec<Arc<Remote>> = remotes.into_iter().map(|(_, r)| r).collect();
         peers_tx0.send(remotes.clone()).expect("p");
         peers_tx1.send(remotes).expect("p");
         thread::sleep(Duration::from_millis(100));
-        assert!(woke_rx.try_recv().is_err(), "{name}: woke without a doorbell");
+        assert!(
+            woke_rx.try_recv().is_err(),
+            "{name}: woke without a doorbell"
+        );
         ring_tx.send(()).expect("go");
-        woke_rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("{name}: doorbell did not wake the loop"));
+        woke_rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("{name}: doorbell did not wake the loop"));
         ring_tx.send(()).expect("done");
         parked.join().expect("parked");
         ringer.join().expect("ringer");
@@ -446,7 +527,9 @@ fn remote_wake_from_plain_thread() {
         let remote = remote_rx.recv().expect("remote");
         thread::sleep(Duration::from_millis(50));
         remote.wake();
-        woke_rx.recv_timeout(WAIT).unwrap_or_else(|_| panic!("{name}: wake did not wake the loop"));
+        woke_rx
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|_| panic!("{name}: wake did not wake the loop"));
         t.join().expect("join");
     }
 }
@@ -454,7 +537,10 @@ fn remote_wake_from_plain_thread() {
 #[test]
 fn uring_sizes_rings_from_fd_limit() {
     let nofile = nofile_limit();
-    let big = LoopOptions { max_connections: (nofile as usize) * 2, ..opts() };
+    let big = LoopOptions {
+        max_connections: (nofile as usize) * 2,
+        ..opts()
+    };
     let lp = UringLoop::new(0, &big).expect("loop");
     assert_eq!(lp.ring_count(), 3);
     assert!(u64::from(lp.table_size()) <= nofile);
@@ -466,7 +552,11 @@ fn uring_sizes_rings_from_fd_limit() {
 fn uring_loop_with_several_rings_serves_all() {
     // Tables of 72 slots (64 headroom): 8 connections per ring, so 24 need 3 rings,
     // and rings 1 and 2 are only seen through their POLL_ADD in ring 0.
-    let o = LoopOptions { max_connections: 24, table_slots_max: 72, ..opts() };
+    let o = LoopOptions {
+        max_connections: 24,
+        table_slots_max: 72,
+        ..opts()
+    };
     let lp = UringLoop::new(0, &o).expect("loop");
     assert_eq!(lp.ring_count(), 3);
     drop(lp);
@@ -477,7 +567,11 @@ fn uring_loop_with_several_rings_serves_all() {
             c.write_all(&pattern(i + round, 50)).expect("write");
         }
         for (i, c) in conns.iter_mut().enumerate() {
-            assert_eq!(read_exact(c, 50), pattern(i + round, 50), "conn {i} round {round}");
+            assert_eq!(
+                read_exact(c, 50),
+                pattern(i + round, 50),
+                "conn {i} round {round}"
+            );
         }
     }
     // The 25th does not fit: dropped and counted.

@@ -25,13 +25,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use io_uring::types::{BufRingEntry, CancelBuilder, DestinationSlot, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::types::{
+    BufRingEntry, CancelBuilder, DestinationSlot, Fd, Fixed, SubmitArgs, Timespec,
+};
 use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
 use slab::Slab;
 
 use super::{
-    sockaddr_to_std, BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind, SockId,
-    Transfer,
+    sockaddr_to_std, BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind,
+    SockId, Transfer,
 };
 
 /// Most rings one loop may own (each is one process fd and one registered table).
@@ -96,12 +98,16 @@ fn kernel_release() -> String {
         if libc::uname(&mut u) != 0 {
             return "unknown".into();
         }
-        std::ffi::CStr::from_ptr(u.release.as_ptr()).to_string_lossy().into_owned()
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
 fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
-    let mut it = release.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty());
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
     let ma: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     let mi: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
     (ma, mi) >= (major, minor)
@@ -126,7 +132,10 @@ pub fn probe_support() -> io::Result<UringFeatures> {
     ];
     for (code, name) in needed {
         if !probe.is_supported(code) {
-            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("io_uring lacks {name}")));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring lacks {name}"),
+            ));
         }
     }
     let kernel = kernel_release();
@@ -138,19 +147,29 @@ pub fn probe_support() -> io::Result<UringFeatures> {
     }
     let params = ring.params().clone();
     if !params.is_feature_ext_arg() {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring lacks EXT_ARG"));
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks EXT_ARG",
+        ));
     }
     // A provided-buffer ring is a flag-level feature no probe reports: register one.
     let pool = BufPool::new(8, 64)?;
     // SAFETY: the pool's ring memory stays mapped until after it is unregistered below.
-    let pbuf_ring = unsafe { ring.submitter().register_buf_ring_with_flags(pool.ring_addr(), 8, 0, 0) }.is_ok();
+    let pbuf_ring = unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(pool.ring_addr(), 8, 0, 0)
+    }
+    .is_ok();
     if pbuf_ring {
         let _ = ring.submitter().unregister_buf_ring(0);
     }
     drop(ring);
     drop(pool);
     if !pbuf_ring {
-        return Err(io::Error::new(io::ErrorKind::Unsupported, "io_uring lacks provided-buffer rings"));
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks provided-buffer rings",
+        ));
     }
     Ok(UringFeatures {
         kernel,
@@ -186,7 +205,10 @@ impl Mmap {
         if ptr == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
-        Ok(Mmap { ptr: ptr.cast(), len })
+        Ok(Mmap {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 }
 
@@ -213,10 +235,19 @@ struct BufPool {
 
 impl BufPool {
     fn new(count: usize, size: usize) -> io::Result<BufPool> {
-        assert!(count.is_power_of_two() && count <= 32768, "buffer count must be a power of two <= 32768");
+        assert!(
+            count.is_power_of_two() && count <= 32768,
+            "buffer count must be a power of two <= 32768"
+        );
         let ring = Mmap::new(count * std::mem::size_of::<BufRingEntry>())?;
         let data = Mmap::new(count * size)?;
-        let mut pool = BufPool { ring, data, count: count as u16, size, tail: 0 };
+        let mut pool = BufPool {
+            ring,
+            data,
+            count: count as u16,
+            size,
+            tail: 0,
+        };
         for bid in 0..count {
             pool.write_entry(bid as u16);
         }
@@ -284,7 +315,8 @@ struct Ring {
 
 impl Ring {
     fn free_slots(&self) -> u32 {
-        self.table_size.saturating_sub(self.live + self.accepts_armed + TABLE_HEADROOM)
+        self.table_size
+            .saturating_sub(self.live + self.accepts_armed + TABLE_HEADROOM)
     }
 }
 
@@ -294,9 +326,13 @@ enum SockState {
     /// `close` called: waiting for receive/send to end before releasing.
     Closing,
     /// `migrate` called: waiting for the receive to end, then MSG_RING the slot.
-    Migrating { to: usize },
+    Migrating {
+        to: usize,
+    },
     /// The slot was sent; waiting for the MSG_RING result.
-    SendingFd { ticket: u64 },
+    SendingFd {
+        ticket: u64,
+    },
 }
 
 struct Sock {
@@ -369,26 +405,43 @@ impl UringLoop {
             nofile = nofile.min(opts.table_slots_max);
         }
         if nofile <= TABLE_HEADROOM {
-            return Err(io::Error::other(format!("file table limit {nofile} too low (headroom {TABLE_HEADROOM})")));
+            return Err(io::Error::other(format!(
+                "file table limit {nofile} too low (headroom {TABLE_HEADROOM})"
+            )));
         }
         let per_ring_max = nofile - TABLE_HEADROOM;
         let wanted = opts.max_connections.max(1) as u64;
-        let ring_count = wanted.div_ceil(per_ring_max as u64).clamp(1, MAX_RINGS as u64) as usize;
+        let ring_count = wanted
+            .div_ceil(per_ring_max as u64)
+            .clamp(1, MAX_RINGS as u64) as usize;
         let per_ring = wanted.div_ceil(ring_count as u64).min(per_ring_max as u64) as u32;
         let table_size = (per_ring + TABLE_HEADROOM).min(nofile);
         let bufs_per_ring = opts.recv_bufs_per_ring.clamp(1, 32768).next_power_of_two();
 
         let mut rings = Vec::with_capacity(ring_count);
         for _ in 0..ring_count {
-            let uring: IoUring = IoUring::builder().setup_cqsize(opts.sq_entries * 4).build(opts.sq_entries)?;
+            let uring: IoUring = IoUring::builder()
+                .setup_cqsize(opts.sq_entries * 4)
+                .build(opts.sq_entries)?;
             uring.submitter().register_files_sparse(table_size)?;
             let bufs = BufPool::new(bufs_per_ring, opts.recv_buf_size_bytes)?;
             // SAFETY: the pool's mappings live in the same `Ring` as the io_uring and are
             // dropped after it (field order), or leaked when operations may remain.
             unsafe {
-                uring.submitter().register_buf_ring_with_flags(bufs.ring_addr(), bufs.count, 0, 0)?;
+                uring.submitter().register_buf_ring_with_flags(
+                    bufs.ring_addr(),
+                    bufs.count,
+                    0,
+                    0,
+                )?;
             }
-            rings.push(Ring { uring, table_size, live: 0, accepts_armed: 0, bufs });
+            rings.push(Ring {
+                uring,
+                table_size,
+                live: 0,
+                accepts_armed: 0,
+                bufs,
+            });
         }
         // SAFETY: eventfd with valid flags; checked for -1.
         let eventfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
@@ -467,18 +520,24 @@ impl UringLoop {
     }
 
     fn arm_recv(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get_mut(sock as usize) else { return };
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
         if s.recv_armed || s.state != SockState::Open {
             return;
         }
         s.recv_armed = true;
         let (ring, slot) = (s.ring as usize, s.slot);
-        let e = opcode::RecvMulti::new(Fixed(slot), 0).build().user_data(ud(K_RECV, sock as u64));
+        let e = opcode::RecvMulti::new(Fixed(slot), 0)
+            .build()
+            .user_data(ud(K_RECV, sock as u64));
         push_sqe(&mut self.rings[ring].uring, &e);
     }
 
     fn submit_send(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get(sock as usize) else { return };
+        let Some(s) = self.socks.get(sock as usize) else {
+            return;
+        };
         let Some(tx) = &s.tx else { return };
         let len = tx.len().min(u32::MAX as usize) as u32;
         let e = opcode::Send::new(Fixed(s.slot), tx.as_ptr(), len)
@@ -490,17 +549,23 @@ impl UringLoop {
     }
 
     fn cancel_recv(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get(sock as usize) else { return };
+        let Some(s) = self.socks.get(sock as usize) else {
+            return;
+        };
         if !s.recv_armed {
             return;
         }
-        let e = opcode::AsyncCancel::new(ud(K_RECV, sock as u64)).build().user_data(ud(K_CANCEL, sock as u64));
+        let e = opcode::AsyncCancel::new(ud(K_RECV, sock as u64))
+            .build()
+            .user_data(ud(K_CANCEL, sock as u64));
         let ring = s.ring as usize;
         push_sqe(&mut self.rings[ring].uring, &e);
     }
 
     fn close_slot(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get_mut(sock as usize) else { return };
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
         if s.close_inflight || s.slot_closed {
             return;
         }
@@ -512,7 +577,9 @@ impl UringLoop {
             .build()
             .flags(squeue::Flags::IO_HARDLINK)
             .user_data(ud(K_CANCEL, sock as u64));
-        let close = opcode::Close::new(Fixed(slot)).build().user_data(ud(K_CLOSE, sock as u64));
+        let close = opcode::Close::new(Fixed(slot))
+            .build()
+            .user_data(ud(K_CLOSE, sock as u64));
         let uring = &mut self.rings[ring].uring;
         // Both must land in the same submission for the link to hold.
         let room = {
@@ -528,7 +595,9 @@ impl UringLoop {
 
     /// Releases the socket once nothing remains in flight.
     fn maybe_release(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get(sock as usize) else { return };
+        let Some(s) = self.socks.get(sock as usize) else {
+            return;
+        };
         if s.slot_closed && !s.recv_armed && s.tx.is_none() && !s.close_inflight {
             let (ring, reported) = (s.ring as usize, s.reported);
             self.socks.remove(sock as usize);
@@ -541,8 +610,12 @@ impl UringLoop {
 
     /// Continues a migration once the receive has stopped and no send is in flight.
     fn maybe_send_fd(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get_mut(sock as usize) else { return };
-        let SockState::Migrating { to } = s.state else { return };
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        let SockState::Migrating { to } = s.state else {
+            return;
+        };
         if s.recv_armed || s.tx.is_some() {
             return;
         }
@@ -550,7 +623,10 @@ impl UringLoop {
         let Some((ring_fd, _)) = target else {
             self.stats.migrate_failed += 1;
             s.state = SockState::Closing;
-            self.pending.push(Completion::Migrated { sock, result: Err(libc::EINVAL) });
+            self.pending.push(Completion::Migrated {
+                sock,
+                result: Err(libc::EINVAL),
+            });
             self.close_slot(sock);
             return;
         };
@@ -579,19 +655,25 @@ impl UringLoop {
         // is closed at once and counted, rather than left to time out in the backlog.
         let any_room = self.rings.iter().any(|r| r.free_slots() > 0);
         for li in 0..self.listeners.len() {
-            let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else { continue };
+            let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
+                continue;
+            };
             let overflow_armed = self.listeners[li].slots.iter().any(|s| s.armed);
             for si in 0..self.listeners[li].slots.len() {
                 let slot = &mut self.listeners[li].slots[si];
                 let ring = slot.ring as usize;
                 let r = &self.rings[ring];
-                let overflow = !any_room && si == 0 && !overflow_armed && r.table_size > r.live + r.accepts_armed;
+                let overflow = !any_room
+                    && si == 0
+                    && !overflow_armed
+                    && r.table_size > r.live + r.accepts_armed;
                 if slot.armed || (r.free_slots() == 0 && !overflow) {
                     continue;
                 }
                 slot.armed = true;
                 slot.addr.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                let addr_ptr = (&mut slot.addr.0 as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+                let addr_ptr =
+                    (&mut slot.addr.0 as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
                 let len_ptr = &mut slot.addr.1 as *mut libc::socklen_t;
                 let e = opcode::Accept::new(Fd(fd), addr_ptr, len_ptr)
                     .file_index(Some(DestinationSlot::auto_target()))
@@ -604,7 +686,9 @@ impl UringLoop {
     }
 
     fn update_adopt_ring(&self) {
-        let best = (0..self.rings.len()).max_by_key(|&r| self.rings[r].free_slots()).unwrap_or(0);
+        let best = (0..self.rings.len())
+            .max_by_key(|&r| self.rings[r].free_slots())
+            .unwrap_or(0);
         if let RemoteKind::Uring { adopt_ring, .. } = &self.remote.kind {
             adopt_ring.store(best as u32, Ordering::Relaxed);
         }
@@ -615,7 +699,8 @@ impl UringLoop {
         self.cqes.clear();
         for (r, ring) in self.rings.iter_mut().enumerate() {
             for cqe in ring.uring.completion() {
-                self.cqes.push((r as u8, cqe.user_data(), cqe.result(), cqe.flags()));
+                self.cqes
+                    .push((r as u8, cqe.user_data(), cqe.result(), cqe.flags()));
             }
         }
         let cqes = std::mem::take(&mut self.cqes);
@@ -626,13 +711,26 @@ impl UringLoop {
         out.append(&mut self.pending);
     }
 
-    fn dispatch(&mut self, ring: usize, user_data: u64, res: i32, flags: u32, out: &mut Vec<Completion>) {
+    fn dispatch(
+        &mut self,
+        ring: usize,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion>,
+    ) {
         let payload = user_data & PAYLOAD_MASK;
         let sock = payload as SockId;
         match user_data >> KIND_SHIFT {
             K_RECV => self.on_recv(ring, sock, res, flags, out),
             K_SEND => self.on_send(sock, res),
-            K_ACCEPT => self.on_accept(ring, (payload >> 16) as usize, (payload & 0xffff) as usize, res, out),
+            K_ACCEPT => self.on_accept(
+                ring,
+                (payload >> 16) as usize,
+                (payload & 0xffff) as usize,
+                res,
+                out,
+            ),
             K_CLOSE => {
                 if let Some(s) = self.socks.get_mut(sock as usize) {
                     s.close_inflight = false;
@@ -661,7 +759,14 @@ impl UringLoop {
         }
     }
 
-    fn on_recv(&mut self, ring: usize, sock: SockId, res: i32, flags: u32, out: &mut Vec<Completion>) {
+    fn on_recv(
+        &mut self,
+        ring: usize,
+        sock: SockId,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion>,
+    ) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
         let Some(s) = self.socks.get_mut(sock as usize) else {
@@ -680,7 +785,12 @@ impl UringLoop {
             match bid {
                 Some(bid) => out.push(Completion::Recv {
                     sock,
-                    buf: BufRef { group: ring as u16, bid, offset: 0, len: res as u32 },
+                    buf: BufRef {
+                        group: ring as u16,
+                        bid,
+                        offset: 0,
+                        len: res as u32,
+                    },
                 }),
                 None => tracing::warn!(sock, res, "recv completion without a buffer"),
             }
@@ -715,7 +825,9 @@ impl UringLoop {
     }
 
     fn on_send(&mut self, sock: SockId, res: i32) {
-        let Some(s) = self.socks.get_mut(sock as usize) else { return };
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
         let Some(tx) = s.tx.as_mut() else { return };
         if res >= 0 && (res as usize) < tx.len() && s.state == SockState::Open {
             // Short write: send the rest.
@@ -772,16 +884,30 @@ impl UringLoop {
         }) as SockId;
         self.rings[ring].live += 1;
         if self.claimed.remove(&ticket) {
-            self.pending.push(Completion::Adopted { transfer: Transfer(ticket), sock });
+            self.pending.push(Completion::Adopted {
+                transfer: Transfer(ticket),
+                sock,
+            });
         } else {
             self.arrived.insert(ticket, sock);
         }
     }
 
-    fn on_accept(&mut self, ring: usize, li: usize, si: usize, res: i32, out: &mut Vec<Completion>) {
+    fn on_accept(
+        &mut self,
+        ring: usize,
+        li: usize,
+        si: usize,
+        res: i32,
+        out: &mut Vec<Completion>,
+    ) {
         self.rings[ring].accepts_armed = self.rings[ring].accepts_armed.saturating_sub(1);
-        let Some(listener) = self.listeners.get_mut(li) else { return };
-        let Some(slot) = listener.slots.get_mut(si) else { return };
+        let Some(listener) = self.listeners.get_mut(li) else {
+            return;
+        };
+        let Some(slot) = listener.slots.get_mut(si) else {
+            return;
+        };
         slot.armed = false;
         let peer = sockaddr_to_std(&slot.addr.0).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         // A listener whose accepts have all ended may close once we stopped accepting.
@@ -793,9 +919,17 @@ impl UringLoop {
                 libc::ENFILE | libc::EMFILE => {
                     // The table is full: the kernel already dropped this connection.
                     self.stats.accept_dropped_full += 1;
-                    tracing::warn!(loop_id = self.id, ring, "file table full: connection dropped");
+                    tracing::warn!(
+                        loop_id = self.id,
+                        ring,
+                        "file table full: connection dropped"
+                    );
                 }
-                libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ECONNABORTED | libc::EPROTO => {}
+                libc::ECANCELED
+                | libc::EINTR
+                | libc::EAGAIN
+                | libc::ECONNABORTED
+                | libc::EPROTO => {}
                 errno => {
                     self.stats.accept_errors += 1;
                     tracing::warn!(errno, "accept failed");
@@ -818,7 +952,10 @@ impl UringLoop {
             // Over capacity (the overflow accept), or accepted after shutdown began:
             // dropped and counted.
             self.stats.accept_dropped_full += 1;
-            tracing::warn!(loop_id = self.id, "connection limit reached: connection dropped");
+            tracing::warn!(
+                loop_id = self.id,
+                "connection limit reached: connection dropped"
+            );
             if let Some(s) = self.socks.get_mut(sock as usize) {
                 s.reported = false;
                 s.state = SockState::Closing;
@@ -852,7 +989,10 @@ impl EventLoop for UringLoop {
                 });
             }
         }
-        self.listeners.push(Listener { socket: Some(listener), slots });
+        self.listeners.push(Listener {
+            socket: Some(listener),
+            slots,
+        });
         Ok(())
     }
 
@@ -862,7 +1002,9 @@ impl EventLoop for UringLoop {
         }
         self.accepting = false;
         for li in 0..self.listeners.len() {
-            let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else { continue };
+            let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
+                continue;
+            };
             if self.listeners[li].slots.iter().all(|s| !s.armed) {
                 self.listeners[li].socket = None;
                 continue;
@@ -881,7 +1023,9 @@ impl EventLoop for UringLoop {
     }
 
     fn send(&mut self, sock: SockId, data: Bytes) {
-        let Some(s) = self.socks.get_mut(sock as usize) else { return };
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
         if data.is_empty() || s.state != SockState::Open {
             return;
         }
@@ -894,7 +1038,9 @@ impl EventLoop for UringLoop {
     }
 
     fn close(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get_mut(sock as usize) else { return };
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
         if s.state != SockState::Open {
             return;
         }
@@ -903,7 +1049,9 @@ impl EventLoop for UringLoop {
     }
 
     fn migrate(&mut self, sock: SockId, to: usize) {
-        let Some(s) = self.socks.get_mut(sock as usize) else { return };
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
         if s.state != SockState::Open {
             return;
         }
@@ -924,8 +1072,12 @@ impl EventLoop for UringLoop {
     }
 
     fn doorbell(&mut self, to: usize) {
-        let Some(peer) = self.peers.get(to) else { return };
-        let RemoteKind::Uring { ring_fds, .. } = &peer.kind else { return };
+        let Some(peer) = self.peers.get(to) else {
+            return;
+        };
+        let RemoteKind::Uring { ring_fds, .. } = &peer.kind else {
+            return;
+        };
         let Some(&fd) = ring_fds.first() else { return };
         let e = opcode::MsgRingData::new(Fd(fd), 0, ud(K_DOORBELL, self.id as u64), None)
             .build()
@@ -955,7 +1107,11 @@ impl EventLoop for UringLoop {
                 self.rings[r].uring.submit()?;
             }
         }
-        let ready = !self.pending.is_empty() || self.rings.iter_mut().any(|r| !r.uring.completion().is_empty());
+        let ready = !self.pending.is_empty()
+            || self
+                .rings
+                .iter_mut()
+                .any(|r| !r.uring.completion().is_empty());
         let ring0 = &self.rings[0].uring;
         let res = match timeout {
             _ if ready => ring0.submit(),
@@ -969,7 +1125,11 @@ impl EventLoop for UringLoop {
         };
         match res {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
             Err(e) => return Err(e),
         }
         self.reap(out);
@@ -987,7 +1147,11 @@ impl EventLoop for UringLoop {
 
 impl Drop for UringLoop {
     fn drop(&mut self) {
-        let busy = !self.socks.is_empty() || self.listeners.iter().any(|l| l.slots.iter().any(|s| s.armed));
+        let busy = !self.socks.is_empty()
+            || self
+                .listeners
+                .iter()
+                .any(|l| l.slots.iter().any(|s| s.armed));
         if busy {
             // Operations may still be in flight; the kernel tears them down
             // asynchronously after the ring fd closes and could still write into

@@ -58,9 +58,7 @@ impl DecodeError {
                 ReasonCode::UnsupportedProtocolVersion
             }
             InvalidTopicName => ReasonCode::TopicNameInvalid,
-            DuplicateProperty(_) | ZeroPacketId | InvalidPacketType(_) => {
-                ReasonCode::ProtocolError
-            }
+            DuplicateProperty(_) | ZeroPacketId | InvalidPacketType(_) => ReasonCode::ProtocolError,
             _ => ReasonCode::MalformedPacket,
         }
     }
