@@ -58,7 +58,9 @@ impl DecodeError {
                 ReasonCode::UnsupportedProtocolVersion
             }
             InvalidTopicName => ReasonCode::TopicNameInvalid,
-            DuplicateProperty(_) | ZeroPacketId | InvalidPacketType(_) => ReasonCode::ProtocolError,
+            DuplicateProperty(_) | ZeroPacketId | InvalidPacketType(_) => {
+                ReasonCode::ProtocolError
+            }
             _ => ReasonCode::MalformedPacket,
         }
     }

@@ -39,11 +39,7 @@ pub enum Action {
     /// Write what is pending, then close the socket and `release(conn)`.
     Close(ConnId),
     /// Hand the socket to shard `to` with `handoff`, then `release(conn)` here.
-    Migrate {
-        conn: ConnId,
-        to: ShardId,
-        handoff: Handoff,
-    },
+    Migrate { conn: ConnId, to: ShardId, handoff: Handoff },
     /// Deliver `msg` to shard `to` over the mesh.
     Send { to: ShardId, msg: ShardMsg },
 }
@@ -56,11 +52,7 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(id: ShardId, shard_count: usize, config: Arc<Config>) -> Shard {
-        Shard {
-            id,
-            shard_count,
-            config,
-        }
+        Shard { id, shard_count, config }
     }
 
     pub fn id(&self) -> ShardId {

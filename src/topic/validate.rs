@@ -2,14 +2,8 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicError {
     Empty,
-    TooLong {
-        len: usize,
-        max: usize,
-    },
-    TooManyLevels {
-        levels: usize,
-        max: usize,
-    },
+    TooLong { len: usize, max: usize },
+    TooManyLevels { levels: usize, max: usize },
     /// `+` or `#` in a topic name.
     WildcardInName,
     /// `#` not last or not a whole level, `+` not a whole level.
