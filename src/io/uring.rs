@@ -651,9 +651,12 @@ impl UringLoop {
         if !self.accepting {
             return;
         }
+        // Rings fill in order (accepts go to the first ring with room only), so the
+        // buffer pools of later rings stay untouched until they are needed.
         // When every ring is at capacity, one accept stays armed anyway: what it takes
         // is closed at once and counted, rather than left to time out in the backlog.
-        let any_room = self.rings.iter().any(|r| r.free_slots() > 0);
+        let room_ring = self.rings.iter().position(|r| r.free_slots() > 0);
+        let any_room = room_ring.is_some();
         for li in 0..self.listeners.len() {
             let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
                 continue;
@@ -667,7 +670,7 @@ impl UringLoop {
                     && si == 0
                     && !overflow_armed
                     && r.table_size > r.live + r.accepts_armed;
-                if slot.armed || (r.free_slots() == 0 && !overflow) {
+                if slot.armed || (room_ring != Some(ring) && !overflow) {
                     continue;
                 }
                 slot.armed = true;
@@ -686,8 +689,15 @@ impl UringLoop {
     }
 
     fn update_adopt_ring(&self) {
+        // Same fill order as accepts; when all are full, the one with most raw room.
         let best = (0..self.rings.len())
-            .max_by_key(|&r| self.rings[r].free_slots())
+            .find(|&r| self.rings[r].free_slots() > 0)
+            .or_else(|| {
+                (0..self.rings.len()).max_by_key(|&r| {
+                    let ring = &self.rings[r];
+                    ring.table_size.saturating_sub(ring.live + ring.accepts_armed)
+                })
+            })
             .unwrap_or(0);
         if let RemoteKind::Uring { adopt_ring, .. } = &self.remote.kind {
             adopt_ring.store(best as u32, Ordering::Relaxed);
