@@ -183,6 +183,35 @@ pub fn probe_support() -> io::Result<UringFeatures> {
     })
 }
 
+/// Rings per loop and table slots per ring for `opts`: each table holds at most
+/// `RLIMIT_NOFILE` slots (or `opts.table_slots_max`), `TABLE_HEADROOM` of them kept
+/// free; as many rings as needed for `opts.max_connections`, at most `MAX_RINGS`.
+pub fn plan_rings(opts: &LoopOptions) -> io::Result<(usize, u32)> {
+    let mut limit = super::nofile_limit().min(u64::from(u32::MAX)) as u32;
+    if opts.table_slots_max > 0 {
+        limit = limit.min(opts.table_slots_max);
+    }
+    if limit <= TABLE_HEADROOM {
+        return Err(io::Error::other(format!(
+            "file table limit {limit} too low (headroom {TABLE_HEADROOM})"
+        )));
+    }
+    let per_ring_max = limit - TABLE_HEADROOM;
+    let wanted = opts.max_connections.max(1) as u64;
+    let ring_count = wanted
+        .div_ceil(u64::from(per_ring_max))
+        .clamp(1, MAX_RINGS as u64) as usize;
+    let per_ring = wanted
+        .div_ceil(ring_count as u64)
+        .min(u64::from(per_ring_max)) as u32;
+    Ok((ring_count, (per_ring + TABLE_HEADROOM).min(limit)))
+}
+
+/// Connections a loop planned with `plan_rings` holds.
+pub fn planned_capacity(rings: usize, table_size: u32) -> usize {
+    rings * table_size.saturating_sub(TABLE_HEADROOM) as usize
+}
+
 /// An anonymous private mapping, unmapped on drop.
 struct Mmap {
     ptr: *mut u8,
@@ -400,22 +429,7 @@ fn push_sqe(uring: &mut IoUring, entry: &squeue::Entry) {
 impl UringLoop {
     /// Builds the rings of loop `id`. Must run on the thread that drives the loop.
     pub fn new(id: usize, opts: &LoopOptions) -> io::Result<UringLoop> {
-        let mut nofile = super::nofile_limit().min(u32::MAX as u64) as u32;
-        if opts.table_slots_max > 0 {
-            nofile = nofile.min(opts.table_slots_max);
-        }
-        if nofile <= TABLE_HEADROOM {
-            return Err(io::Error::other(format!(
-                "file table limit {nofile} too low (headroom {TABLE_HEADROOM})"
-            )));
-        }
-        let per_ring_max = nofile - TABLE_HEADROOM;
-        let wanted = opts.max_connections.max(1) as u64;
-        let ring_count = wanted
-            .div_ceil(per_ring_max as u64)
-            .clamp(1, MAX_RINGS as u64) as usize;
-        let per_ring = wanted.div_ceil(ring_count as u64).min(per_ring_max as u64) as u32;
-        let table_size = (per_ring + TABLE_HEADROOM).min(nofile);
+        let (ring_count, table_size) = plan_rings(opts)?;
         let bufs_per_ring = opts.recv_bufs_per_ring.clamp(1, 32768).next_power_of_two();
 
         let mut rings = Vec::with_capacity(ring_count);
