@@ -319,8 +319,7 @@ pub const KEYS: &[&str] = &[
     "deny_subscribe",
 ];
 
-/// The ring mesh supports at most 256 shards (`ring::MAX_SHARDS`).
-const MAX_SHARDS: u64 = 256;
+const MAX_SHARDS: u64 = crate::ring::MAX_SHARDS as u64;
 const U16: u64 = u16::MAX as u64;
 const U32: u64 = u32::MAX as u64;
 const USIZE: u64 = i64::MAX as u64;

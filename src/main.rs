@@ -132,7 +132,9 @@ fn run(config: Config) -> Result<(), String> {
     let backend = choose_backend(config.io)?;
     let cpus = worker::allowed_cpus();
     let cores = if cpus.is_empty() {
-        thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         cpus.len()
     };
@@ -178,7 +180,8 @@ fn run(config: Config) -> Result<(), String> {
     let mut per_shard: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound_addrs = Vec::new();
     for addr in &config.listen {
-        let (bound, group) = bind_group(*addr, shards).map_err(|e| format!("listen on {addr}: {e}"))?;
+        let (bound, group) =
+            bind_group(*addr, shards).map_err(|e| format!("listen on {addr}: {e}"))?;
         bound_addrs.push(bound);
         for (i, l) in group.into_iter().enumerate() {
             per_shard[i].push(l);
@@ -242,7 +245,11 @@ fn run(config: Config) -> Result<(), String> {
                 _ => None,
             })
             .collect();
-        return Err(format!("starting {} loops: {}", backend.name(), errors.join("; ")));
+        return Err(format!(
+            "starting {} loops: {}",
+            backend.name(),
+            errors.join("; ")
+        ));
     };
     for tx in peer_txs {
         let _ = tx.send(remotes.clone());

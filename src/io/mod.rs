@@ -236,7 +236,7 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
         }
         lim.rlim_cur = lim.rlim_max;
     }
-    Ok(lim.rlim_cur as u64)
+    Ok(lim.rlim_cur)
 }
 
 /// The current soft `RLIMIT_NOFILE`.
@@ -249,7 +249,7 @@ pub fn nofile_limit() -> u64 {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return 1024;
     }
-    lim.rlim_cur as u64
+    lim.rlim_cur
 }
 
 /// Reads a socket address the kernel wrote into `storage`.

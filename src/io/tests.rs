@@ -203,10 +203,9 @@ fn start(ctor: Ctor, opts: LoopOptions, loops: usize, mode: EchoMode) -> Server 
     let mut peer_txs = Vec::new();
     let (adopt_txs, adopt_rxs): (Vec<_>, Vec<_>) =
         (0..loops).map(|_| mpsc::channel::<Transfer>()).unzip();
-    let mut adopt_rxs: Vec<Option<_>> = adopt_rxs.into_iter().map(Some).collect();
     let mut listener = Some(listener);
     let mut handles = Vec::new();
-    for id in 0..loops {
+    for (id, adopt_in) in adopt_rxs.into_iter().enumerate() {
         let (peers_tx, peers_rx) = mpsc::channel::<Vec<Arc<Remote>>>();
         peer_txs.push(peers_tx);
         let remote_tx = remote_tx.clone();
@@ -214,7 +213,6 @@ fn start(ctor: Ctor, opts: LoopOptions, loops: usize, mode: EchoMode) -> Server 
         let opts = opts.clone();
         let l = if id == 0 { listener.take() } else { None };
         let adopt_out = adopt_txs[mode.migrate_to.unwrap_or(0)].clone();
-        let adopt_in = adopt_rxs[id].take().expect("rx");
         let mode = if id == 0 {
             mode
         } else {

@@ -709,7 +709,8 @@ impl UringLoop {
             .or_else(|| {
                 (0..self.rings.len()).max_by_key(|&r| {
                     let ring = &self.rings[r];
-                    ring.table_size.saturating_sub(ring.live + ring.accepts_armed)
+                    ring.table_size
+                        .saturating_sub(ring.live + ring.accepts_armed)
                 })
             })
             .unwrap_or(0);

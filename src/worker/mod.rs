@@ -24,7 +24,10 @@ pub enum WorkerMsg {
     Shard(ShardMsg),
     /// A connection handed over after CONNECT; `transfer` names its socket, which the
     /// IO layer moves separately (MSG_RING fd passing, or the raw fd for epoll).
-    Adopt { handoff: Handoff, transfer: Transfer },
+    Adopt {
+        handoff: Handoff,
+        transfer: Transfer,
+    },
 }
 
 /// Mesh messages handled per turn, so inbound traffic cannot starve local IO.
@@ -110,7 +113,9 @@ pub fn allowed_cpus() -> Vec<usize> {
         if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
             return Vec::new();
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
     }
 }
 
@@ -181,7 +186,10 @@ pub fn run<L: EventLoop>(
         waiting_handoffs: HashMap::new(),
         outgoing: HashMap::new(),
         wake: WakeSet::default(),
-        report: WorkerReport { shard: id, ..Default::default() },
+        report: WorkerReport {
+            shard: id,
+            ..Default::default()
+        },
         shutting_down: false,
     };
     w.io.set_peers(peers.clone());
@@ -271,7 +279,9 @@ impl<L: EventLoop> Worker<L> {
                 .map(|d| d.saturating_duration_since(now));
             if self.shutting_down {
                 // Wake at least every 50 ms to check the shutdown deadlines.
-                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| t.min(Duration::from_millis(50))));
+                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
+                    t.min(Duration::from_millis(50))
+                }));
             } else if shutdown.load(Ordering::Relaxed) {
                 timeout = Some(Duration::ZERO);
             }
@@ -348,7 +358,11 @@ impl<L: EventLoop> Worker<L> {
             by_sock.resize(s + 1, None);
         }
         debug_assert!(conns[conn].is_none(), "conn id reused before release");
-        conns[conn] = Some(ConnIo { sock, state: State::Open, sending: false });
+        conns[conn] = Some(ConnIo {
+            sock,
+            state: State::Open,
+            sending: false,
+        });
         by_sock[s] = Some(conn);
         *live += 1;
     }
@@ -369,7 +383,9 @@ impl<L: EventLoop> Worker<L> {
         c: Completion,
         now: Instant,
     ) {
-        let conn_of = |by_sock: &Vec<Option<ConnId>>, sock: SockId| by_sock.get(sock as usize).copied().flatten();
+        let conn_of = |by_sock: &Vec<Option<ConnId>>, sock: SockId| {
+            by_sock.get(sock as usize).copied().flatten()
+        };
         match c {
             Completion::Accepted { sock, peer } => {
                 if shutting_down {
@@ -382,7 +398,9 @@ impl<L: EventLoop> Worker<L> {
             }
             Completion::Adopted { transfer, sock } => match waiting_handoffs.remove(&transfer) {
                 Some(_) if shutting_down => io.close(sock),
-                Some(handoff) => Self::adopt_conn(io, shard, conns, by_sock, live, sock, handoff, now),
+                Some(handoff) => {
+                    Self::adopt_conn(io, shard, conns, by_sock, live, sock, handoff, now)
+                }
                 None => {
                     tracing::warn!(shard = shard.id(), "socket arrived without its handoff");
                     io.close(sock);
@@ -406,8 +424,12 @@ impl<L: EventLoop> Worker<L> {
                 io.recycle(buf);
             }
             Completion::RecvEnd { sock, errno } => {
-                let Some(conn) = conn_of(by_sock, sock) else { return };
-                let Some(Some(c)) = conns.get_mut(conn) else { return };
+                let Some(conn) = conn_of(by_sock, sock) else {
+                    return;
+                };
+                let Some(Some(c)) = conns.get_mut(conn) else {
+                    return;
+                };
                 if matches!(c.state, State::Open | State::Draining) {
                     if errno != 0 {
                         tracing::debug!(shard = shard.id(), conn, errno, "receive failed");
@@ -420,8 +442,12 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             Completion::SendDone { sock, errno } => {
-                let Some(conn) = conn_of(by_sock, sock) else { return };
-                let Some(Some(c)) = conns.get_mut(conn) else { return };
+                let Some(conn) = conn_of(by_sock, sock) else {
+                    return;
+                };
+                let Some(Some(c)) = conns.get_mut(conn) else {
+                    return;
+                };
                 c.sending = false;
                 match (c.state, errno) {
                     (State::Open, 0) | (State::Draining, 0) => {
@@ -445,7 +471,9 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             Completion::Migrated { sock, result } => {
-                let Some((to, handoff)) = outgoing.remove(&sock) else { return };
+                let Some((to, handoff)) = outgoing.remove(&sock) else {
+                    return;
+                };
                 match result {
                     Ok(transfer) => {
                         report.migrations_out += 1;
@@ -457,7 +485,11 @@ impl<L: EventLoop> Worker<L> {
                                 // handoff to pair it with; the target closes it.
                                 report.mesh_rejected += 1;
                                 report.migrations_failed += 1;
-                                tracing::warn!(shard = shard.id(), to, "mesh full: handoff dropped");
+                                tracing::warn!(
+                                    shard = shard.id(),
+                                    to,
+                                    "mesh full: handoff dropped"
+                                );
                                 drop(e.into_inner());
                             }
                         }
@@ -469,7 +501,9 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             Completion::Released { sock } => {
-                let Some(conn) = conn_of(by_sock, sock) else { return };
+                let Some(conn) = conn_of(by_sock, sock) else {
+                    return;
+                };
                 by_sock[sock as usize] = None;
                 if let Some(slot) = conns.get_mut(conn) {
                     *slot = None;
@@ -483,10 +517,14 @@ impl<L: EventLoop> Worker<L> {
     /// Drains the shard's actions. Returns true when the batch bound stopped it.
     fn drain_actions(&mut self) -> bool {
         for _ in 0..ACTION_BATCH {
-            let Some(action) = self.shard.poll_action() else { return false };
+            let Some(action) = self.shard.poll_action() else {
+                return false;
+            };
             match action {
                 Action::Flush(conn) => {
-                    let Some(Some(c)) = self.conns.get_mut(conn) else { continue };
+                    let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        continue;
+                    };
                     if c.sending || !matches!(c.state, State::Open | State::Draining) {
                         continue;
                     }
@@ -496,7 +534,9 @@ impl<L: EventLoop> Worker<L> {
                     }
                 }
                 Action::Close(conn) => {
-                    let Some(Some(c)) = self.conns.get_mut(conn) else { continue };
+                    let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        continue;
+                    };
                     if c.state != State::Open {
                         continue;
                     }
@@ -512,7 +552,9 @@ impl<L: EventLoop> Worker<L> {
                     }
                 }
                 Action::Migrate { conn, to, handoff } => {
-                    let Some(Some(c)) = self.conns.get_mut(conn) else { continue };
+                    let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        continue;
+                    };
                     if c.state != State::Open || self.shutting_down {
                         if c.state == State::Open {
                             c.state = State::Closing;
