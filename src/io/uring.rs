@@ -873,6 +873,7 @@ impl UringLoop {
     }
 
     fn on_send_fd(&mut self, sock: SockId, res: i32) {
+        tracing::debug!(loop_id = self.id, sock, res, "descriptor sent");
         let ticket = match self.socks.get(sock as usize).map(|s| s.state) {
             Some(SockState::SendingFd { ticket }) => Some(ticket),
             _ => None,
@@ -893,6 +894,7 @@ impl UringLoop {
     }
 
     fn on_adopt(&mut self, ring: usize, ticket: u64, res: i32) {
+        tracing::debug!(loop_id = self.id, ring, ticket, res, claimed = self.claimed.contains(&ticket), "descriptor arrived");
         if res < 0 {
             tracing::warn!(ticket, errno = -res, "socket handoff arrived with an error");
             return;
