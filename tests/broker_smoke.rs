@@ -30,7 +30,8 @@ impl Broker {
     fn start(io: &str, shards: usize) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
             .args(["--listen", "127.0.0.1:0", "--io", io, "--shards", &shards.to_string(), "--log-level", "warn"])
-            .env_remove("RUST_LOG")
+            // RINGMQ_TEST_LOG=debug shows the broker's debug log in the test output.
+            .env("RUST_LOG", std::env::var("RINGMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -314,6 +314,7 @@ impl<L: EventLoop> Worker<L> {
             WorkerMsg::Shard(m) => shard.on_message(from, m, now),
             WorkerMsg::Adopt { handoff, transfer } => {
                 report.handoffs_in += 1;
+                tracing::debug!(shard = shard.id(), from, ?transfer, "handoff received");
                 match io.adopt(transfer) {
                     Some(sock) if *shutting_down => io.close(sock),
                     Some(sock) => {
@@ -474,6 +475,7 @@ impl<L: EventLoop> Worker<L> {
                 let Some((to, handoff)) = outgoing.remove(&sock) else {
                     return;
                 };
+                tracing::debug!(shard = shard.id(), sock, to, ?result, "migrated");
                 match result {
                     Ok(transfer) => {
                         report.migrations_out += 1;
@@ -563,6 +565,7 @@ impl<L: EventLoop> Worker<L> {
                         continue;
                     }
                     c.state = State::Migrating;
+                    tracing::debug!(shard = self.id, conn, sock = c.sock, to, "migrating");
                     self.outgoing.insert(c.sock, (to, handoff));
                     self.io.migrate(c.sock, to);
                 }
