@@ -13,8 +13,9 @@ use bytes::{Bytes, BytesMut};
 use smallvec::smallvec;
 
 use ringmq::protocol::{
-    decode_packet, encode_to_bytes, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubResp,
-    Publish, PublishProperties, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    decode_packet, encode_to_bytes, ConnAck, Connect, Disconnect, Packet, Properties,
+    ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, Subscribe,
+    SubscriptionOptions,
 };
 use ringmq::shard::owner_shard;
 
@@ -29,9 +30,21 @@ struct Broker {
 impl Broker {
     fn start(io: &str, shards: usize) -> Broker {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--listen", "127.0.0.1:0", "--io", io, "--shards", &shards.to_string(), "--log-level", "warn"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--io",
+                io,
+                "--shards",
+                &shards.to_string(),
+                "--log-level",
+                "warn",
+            ])
             // RINGMQ_TEST_LOG=debug shows the broker's debug log in the test output.
-            .env("RUST_LOG", std::env::var("RINGMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RINGMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -62,8 +75,15 @@ impl Broker {
                 let (addr, tail) = rest.split_once(" (").expect("startup line format");
                 let backend = tail.split(',').next().expect("backend").to_string();
                 let suffix = if shards == 1 { "" } else { "s" };
-                assert!(tail.ends_with(&format!(" {shards} shard{suffix})")), "{line}");
-                return Broker { child, addr: addr.parse().expect("addr"), backend };
+                assert!(
+                    tail.ends_with(&format!(" {shards} shard{suffix})")),
+                    "{line}"
+                );
+                return Broker {
+                    child,
+                    addr: addr.parse().expect("addr"),
+                    backend,
+                };
             }
         }
     }
@@ -110,7 +130,11 @@ impl Client {
     fn connect(addr: SocketAddr, client_id: &str, version: ProtocolVersion) -> Client {
         let stream = TcpStream::connect(addr).expect("tcp connect");
         stream.set_read_timeout(Some(WAIT)).expect("timeout");
-        let mut c = Client { stream, rx: BytesMut::new(), version };
+        let mut c = Client {
+            stream,
+            rx: BytesMut::new(),
+            version,
+        };
         c.send(&Packet::Connect(Box::new(Connect {
             protocol: version,
             clean_start: true,
@@ -122,14 +146,20 @@ impl Client {
             properties: Properties::default(),
         })));
         match c.recv() {
-            Packet::ConnAck(ConnAck { code: ReasonCode::Success, session_present: false, .. }) => {}
+            Packet::ConnAck(ConnAck {
+                code: ReasonCode::Success,
+                session_present: false,
+                ..
+            }) => {}
             other => panic!("{client_id}: expected CONNACK success, got {other:?}"),
         }
         c
     }
 
     fn send(&mut self, p: &Packet) {
-        self.stream.write_all(&encode_to_bytes(p, self.version)).expect("write");
+        self.stream
+            .write_all(&encode_to_bytes(p, self.version))
+            .expect("write");
     }
 
     /// Next packet; `None` on EOF.
@@ -156,14 +186,21 @@ impl Client {
             packet_id,
             filters: smallvec![(
                 Bytes::copy_from_slice(filter.as_bytes()),
-                SubscriptionOptions { qos, ..Default::default() }
+                SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                }
             )],
             properties: Properties::default(),
         }));
         match self.recv() {
             Packet::SubAck(ack) => {
                 assert_eq!(ack.packet_id, packet_id);
-                let granted = if qos == QoS::AtLeastOnce { ReasonCode::GrantedQoS1 } else { ReasonCode::Success };
+                let granted = if qos == QoS::AtLeastOnce {
+                    ReasonCode::GrantedQoS1
+                } else {
+                    ReasonCode::Success
+                };
                 assert_eq!(ack.codes.as_slice(), &[granted]);
             }
             other => panic!("expected SUBACK, got {other:?}"),
@@ -194,7 +231,10 @@ fn id_on_shard(prefix: &str, shard: usize, shards: usize) -> String {
 fn expect_publish(c: &mut Client, topic: &str, payload: &[u8], qos: QoS) -> u16 {
     match c.recv() {
         Packet::Publish(p) => {
-            assert_eq!((p.topic.as_ref(), p.payload.as_ref(), p.qos), (topic.as_bytes(), payload, qos));
+            assert_eq!(
+                (p.topic.as_ref(), p.payload.as_ref(), p.qos),
+                (topic.as_bytes(), payload, qos)
+            );
             p.packet_id
         }
         other => panic!("expected PUBLISH on {topic}, got {other:?}"),
@@ -206,9 +246,21 @@ fn pubsub_across_shards(io: &str, shards: usize) {
     let expected_backend = if io == "uring" { "io_uring" } else { "epoll" };
     assert_eq!(broker.backend, expected_backend);
     let last = shards - 1;
-    let mut sub = Client::connect(broker.addr, &id_on_shard("sub", 0, shards), ProtocolVersion::V311);
-    let mut sub5 = Client::connect(broker.addr, &id_on_shard("sub5", last, shards), ProtocolVersion::V5);
-    let mut publ = Client::connect(broker.addr, &id_on_shard("pub", last, shards), ProtocolVersion::V5);
+    let mut sub = Client::connect(
+        broker.addr,
+        &id_on_shard("sub", 0, shards),
+        ProtocolVersion::V311,
+    );
+    let mut sub5 = Client::connect(
+        broker.addr,
+        &id_on_shard("sub5", last, shards),
+        ProtocolVersion::V5,
+    );
+    let mut publ = Client::connect(
+        broker.addr,
+        &id_on_shard("pub", last, shards),
+        ProtocolVersion::V5,
+    );
     sub.subscribe("t/#", QoS::AtLeastOnce, 1);
     sub5.subscribe("t/+", QoS::AtMostOnce, 2);
 
@@ -240,12 +292,22 @@ fn pubsub_across_shards(io: &str, shards: usize) {
 
 fn sigterm_disconnects_v5_clients(io: &str, shards: usize) {
     let broker = Broker::start(io, shards);
-    let mut v5 = Client::connect(broker.addr, &id_on_shard("v5", shards - 1, shards), ProtocolVersion::V5);
-    let mut v3 = Client::connect(broker.addr, &id_on_shard("v3", 0, shards), ProtocolVersion::V311);
+    let mut v5 = Client::connect(
+        broker.addr,
+        &id_on_shard("v5", shards - 1, shards),
+        ProtocolVersion::V5,
+    );
+    let mut v3 = Client::connect(
+        broker.addr,
+        &id_on_shard("v3", 0, shards),
+        ProtocolVersion::V311,
+    );
     let status = broker.terminate();
     assert_eq!(status.code(), Some(0), "exit status {status:?}");
     match v5.try_recv() {
-        Some(Packet::Disconnect(Disconnect { code, .. })) => assert_eq!(code, ReasonCode::ServerShuttingDown),
+        Some(Packet::Disconnect(Disconnect { code, .. })) => {
+            assert_eq!(code, ReasonCode::ServerShuttingDown)
+        }
         other => panic!("expected DISCONNECT 0x8B, got {other:?}"),
     }
     assert_eq!(v5.try_recv(), None, "v5 connection closed after DISCONNECT");

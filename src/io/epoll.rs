@@ -35,10 +35,14 @@ enum State {
     Open,
     /// The peer closed or reading failed; no further reads.
     RecvEnded,
+    /// Closed or migrated: the id stays taken until `Released` is reported next turn,
+    /// so it cannot be reused before the worker has seen the release.
+    Dead,
 }
 
 struct Sock {
-    stream: TcpStream,
+    /// `None` once dead.
+    stream: Option<TcpStream>,
     state: State,
     /// The worker called `start_recv`.
     recv_on: bool,
@@ -63,6 +67,8 @@ pub struct EpollLoop {
     chunk: usize,
     /// Sockets with data still to read (arena was full, or just started).
     readable: VecDeque<SockId>,
+    /// Closed or migrated sockets to report as `Released` at the next turn.
+    dead: Vec<SockId>,
     pending: Vec<Completion>,
     remote: Arc<Remote>,
     peers: Vec<Arc<Remote>>,
@@ -92,6 +98,7 @@ impl EpollLoop {
             arena_used: 0,
             chunk,
             readable: VecDeque::new(),
+            dead: Vec::new(),
             pending: Vec::new(),
             remote: Arc::new(Remote {
                 kind: RemoteKind::Epoll { waker },
@@ -117,7 +124,7 @@ impl EpollLoop {
             Interest::READABLE | Interest::WRITABLE,
         )?;
         entry.insert(Sock {
-            stream,
+            stream: Some(stream),
             state: State::Open,
             recv_on: false,
             queued: false,
@@ -217,7 +224,10 @@ impl EpollLoop {
                     return;
                 }
                 let start = self.arena_used;
-                match s.stream.read(&mut self.arena[start..start + self.chunk]) {
+                let Some(stream) = s.stream.as_mut() else {
+                    break;
+                };
+                match stream.read(&mut self.arena[start..start + self.chunk]) {
                     Ok(0) => {
                         s.state = State::RecvEnded;
                         out.push(Completion::RecvEnd { sock, errno: 0 });
@@ -261,7 +271,10 @@ impl EpollLoop {
         };
         let Some(tx) = s.tx.as_mut() else { return };
         loop {
-            match s.stream.write(tx) {
+            let Some(stream) = s.stream.as_mut() else {
+                return;
+            };
+            match stream.write(tx) {
                 Ok(n) => {
                     let _ = tx.split_to(n.min(tx.len()));
                     if tx.is_empty() {
@@ -303,10 +316,15 @@ impl EpollLoop {
         }
     }
 
-    fn remove(&mut self, sock: SockId) -> Option<TcpStream> {
-        let mut s = self.socks.try_remove(sock as usize)?;
-        let _ = self.poll.registry().deregister(&mut s.stream);
-        Some(s.stream)
+    /// Takes the stream out and marks the socket dead; `Released` follows next turn.
+    fn kill(&mut self, sock: SockId) -> Option<TcpStream> {
+        let s = self.socks.get_mut(sock as usize)?;
+        let mut stream = s.stream.take()?;
+        s.state = State::Dead;
+        s.tx = None;
+        let _ = self.poll.registry().deregister(&mut stream);
+        self.dead.push(sock);
+        Some(stream)
     }
 }
 
@@ -353,7 +371,7 @@ impl EventLoop for EpollLoop {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
-        if data.is_empty() {
+        if data.is_empty() || s.state == State::Dead {
             return;
         }
         debug_assert!(s.tx.is_none(), "one send in flight per socket");
@@ -365,14 +383,12 @@ impl EventLoop for EpollLoop {
     }
 
     fn close(&mut self, sock: SockId) {
-        if self.remove(sock).is_some() {
-            self.pending.push(Completion::Released { sock });
-        }
+        drop(self.kill(sock));
     }
 
     fn migrate(&mut self, sock: SockId, to: usize) {
         let _ = to;
-        let Some(stream) = self.remove(sock) else {
+        let Some(stream) = self.kill(sock) else {
             return;
         };
         let fd = stream.into_raw_fd();
@@ -380,7 +396,6 @@ impl EventLoop for EpollLoop {
             sock,
             result: Ok(Transfer(fd as u64)),
         });
-        self.pending.push(Completion::Released { sock });
     }
 
     fn adopt(&mut self, transfer: Transfer) -> Option<SockId> {
@@ -418,7 +433,15 @@ impl EventLoop for EpollLoop {
 
     fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         self.arena_used = 0;
-        let busy = !self.pending.is_empty()
+        // Events raised between turns (`Released` from `close`) go first: an `Accepted`
+        // below may reuse the same socket id.
+        let ready_before = !self.pending.is_empty() || !self.dead.is_empty();
+        out.append(&mut self.pending);
+        for sock in self.dead.drain(..) {
+            self.socks.remove(sock as usize);
+            out.push(Completion::Released { sock });
+        }
+        let busy = ready_before
             || !self.readable.is_empty()
             || (self.accepting && self.listener_ready.iter().any(|r| *r));
         let timeout = if busy { Some(Duration::ZERO) } else { timeout };

@@ -11,6 +11,8 @@
 //! `Accepted`/`adopt` until `Released`. Rules the worker follows:
 //! - at most one `send` in flight per socket (gather everything pending, send once);
 //! - after `close` or `migrate`, no further operations on the socket; wait for `Released`.
+//! - completions are in causal order: the `Released` of an id comes before any
+//!   `Accepted`/`Adopted` reusing it.
 
 use std::io;
 use std::net::SocketAddr;
@@ -134,7 +136,8 @@ pub trait EventLoop {
     /// `Released`. Bytes received before the receive stopped are still reported.
     fn migrate(&mut self, sock: SockId, to: usize);
     /// Claims a socket sent by another loop. `None`: it has not arrived yet and will be
-    /// reported as `Completion::Adopted`.
+    /// reported as `Completion::Adopted`. Call only after dispatching every completion
+    /// of the last `turn`: the id returned may be one whose `Released` was among them.
     fn adopt(&mut self, transfer: Transfer) -> Option<SockId>;
     /// Wakes loop `to` (which published "parked").
     fn doorbell(&mut self, to: usize);

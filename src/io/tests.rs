@@ -66,6 +66,9 @@ struct Echo {
     sending: HashSet<SockId>,
     closing: HashSet<SockId>,
     echoed: HashMap<SockId, usize>,
+    /// Socket ids between Accepted/Adopted and Released: an id must never be reported
+    /// again before its release.
+    live: HashSet<SockId>,
     report: EchoReport,
 }
 
@@ -77,6 +80,7 @@ impl Echo {
             sending: HashSet::new(),
             closing: HashSet::new(),
             echoed: HashMap::new(),
+            live: HashSet::new(),
             report: EchoReport::default(),
         }
     }
@@ -90,15 +94,10 @@ impl Echo {
         let mut out = Vec::new();
         lp.turn(Some(Duration::from_millis(20)), &mut out)
             .expect("turn");
-        while let Ok(t) = adopt_in.try_recv() {
-            if let Some(sock) = lp.adopt(t) {
-                self.report.accepted += 1;
-                lp.start_recv(sock);
-            }
-        }
         for c in out {
             match c {
                 Completion::Accepted { sock, peer } => {
+                    assert!(self.live.insert(sock), "accepted sock {sock} still live");
                     assert!(peer.ip().is_loopback(), "peer {peer}");
                     if let Some(to) = self.mode.migrate_to {
                         lp.migrate(sock, to);
@@ -108,6 +107,7 @@ impl Echo {
                     }
                 }
                 Completion::Adopted { sock, .. } => {
+                    assert!(self.live.insert(sock), "adopted sock {sock} still live");
                     self.report.accepted += 1;
                     lp.start_recv(sock);
                 }
@@ -135,12 +135,21 @@ impl Echo {
                     adopted_out.send(t).expect("adopt channel");
                 }
                 Completion::Released { sock } => {
+                    assert!(self.live.remove(&sock), "released sock {sock} was not live");
                     self.report.released += 1;
                     self.queued.remove(&sock);
                     self.sending.remove(&sock);
                     self.closing.remove(&sock);
                     self.echoed.remove(&sock);
                 }
+            }
+        }
+        // Like the worker: adopt only after this turn's completions were dispatched.
+        while let Ok(t) = adopt_in.try_recv() {
+            if let Some(sock) = lp.adopt(t) {
+                assert!(self.live.insert(sock), "adopted sock {sock} still live");
+                self.report.accepted += 1;
+                lp.start_recv(sock);
             }
         }
         // Flush: one send per socket per turn with everything queued.
@@ -582,4 +591,63 @@ fn uring_loop_with_several_rings_serves_all() {
     let reports = srv.stop();
     assert_eq!((reports[0].accepted, reports[0].released), (24, 24));
     assert_eq!(reports[0].stats.accept_dropped_full, 1);
+}
+
+/// Connections closing while others arrive: socket ids are reused, and the echo
+/// harness asserts an id is never reported again before its `Released`.
+fn churn(ctor: Ctor, loops: usize, migrate_to: Option<usize>) -> Vec<EchoReport> {
+    let mode = EchoMode {
+        close_after: Some(5),
+        migrate_to,
+    };
+    let srv = start(ctor, opts(), loops, mode);
+    let clients: Vec<_> = (0..4)
+        .map(|t| {
+            let addr = srv.addr;
+            thread::spawn(move || {
+                for i in 0..30 {
+                    let mut c = connect(addr);
+                    let msg = [t as u8, i as u8, 1, 2, 3];
+                    c.write_all(&msg).expect("write");
+                    let mut all = Vec::new();
+                    c.read_to_end(&mut all).expect("read to eof");
+                    assert_eq!(all, msg);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().expect("client");
+    }
+    thread::sleep(Duration::from_millis(200));
+    srv.stop()
+}
+
+#[test]
+fn churn_reuses_socket_ids_in_order() {
+    for (name, ctor) in backends() {
+        let reports = churn(ctor, 1, None);
+        assert_eq!(
+            (reports[0].accepted, reports[0].released),
+            (120, 120),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn churn_with_migration_reuses_socket_ids_in_order() {
+    for (name, ctor) in backends() {
+        let reports = churn(ctor, 2, Some(1));
+        assert_eq!(
+            (reports[0].accepted, reports[0].released),
+            (0, 120),
+            "{name}"
+        );
+        assert_eq!(
+            (reports[1].accepted, reports[1].released),
+            (120, 120),
+            "{name}"
+        );
+    }
 }

@@ -728,12 +728,16 @@ impl UringLoop {
                     .push((r as u8, cqe.user_data(), cqe.result(), cqe.flags()));
             }
         }
+        // Completions keep causal order: a `Released` must reach the worker before an
+        // `Accepted`/`Adopted` that reuses the same socket id. Events raised between
+        // turns go first, then each CQE's events in turn.
+        out.append(&mut self.pending);
         let cqes = std::mem::take(&mut self.cqes);
         for &(ring, user_data, res, flags) in &cqes {
             self.dispatch(ring as usize, user_data, res, flags, out);
+            out.append(&mut self.pending);
         }
         self.cqes = cqes;
-        out.append(&mut self.pending);
     }
 
     fn dispatch(
@@ -894,7 +898,14 @@ impl UringLoop {
     }
 
     fn on_adopt(&mut self, ring: usize, ticket: u64, res: i32) {
-        tracing::debug!(loop_id = self.id, ring, ticket, res, claimed = self.claimed.contains(&ticket), "descriptor arrived");
+        tracing::debug!(
+            loop_id = self.id,
+            ring,
+            ticket,
+            res,
+            claimed = self.claimed.contains(&ticket),
+            "descriptor arrived"
+        );
         if res < 0 {
             tracing::warn!(ticket, errno = -res, "socket handoff arrived with an error");
             return;

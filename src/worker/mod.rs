@@ -359,6 +359,10 @@ impl<L: EventLoop> Worker<L> {
             by_sock.resize(s + 1, None);
         }
         debug_assert!(conns[conn].is_none(), "conn id reused before release");
+        debug_assert!(
+            by_sock[s].is_none(),
+            "socket id reported again before its release"
+        );
         conns[conn] = Some(ConnIo {
             sock,
             state: State::Open,
