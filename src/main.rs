@@ -280,6 +280,12 @@ fn run(config: Config) -> Result<(), String> {
                 for r in &remotes {
                     r.wake();
                 }
+                // A second signal: stop waiting for clients.
+                // SAFETY: as above.
+                if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                    eprintln!("ringmq: second signal {sig}, exiting now");
+                    std::process::exit(130);
+                }
             })
             .map_err(|e| format!("spawning signal thread: {e}"))?;
     }

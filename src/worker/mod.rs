@@ -6,7 +6,7 @@
 //! shard encoded); flush the mesh and ring doorbells; then hand everything to the IO
 //! backend in one `turn`, which blocks only when the mesh agreed to park.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +34,9 @@ pub enum WorkerMsg {
 const MESH_BATCH: usize = 1024;
 /// Shard actions handled per turn before IO gets its turn again.
 const ACTION_BATCH: usize = 65_536;
+/// How long a connection the shard closed may take to take its last bytes before it
+/// is closed anyway (a peer that stopped reading must not hold a socket forever).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// After shutdown starts: how long clients get to receive their DISCONNECT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Then: how long the forced closes may take before the loop gives up.
@@ -68,6 +71,8 @@ pub struct WorkerReport {
     pub handoffs_in: u64,
     /// Connections still open when the shutdown deadline passed.
     pub forced_closes: u64,
+    /// Connections closed because their last bytes were not taken within `DRAIN_TIMEOUT`.
+    pub drain_timeouts: u64,
 }
 
 /// Everything a worker thread needs; built by `main`.
@@ -135,6 +140,9 @@ struct Worker<L: EventLoop> {
     /// Handoffs of connections being migrated out, until `Migrated`.
     outgoing: HashMap<SockId, (usize, Handoff)>,
     wake: WakeSet,
+    /// Connections draining before close, by deadline (FIFO: one fixed timeout). At
+    /// most one entry per connection.
+    draining: VecDeque<(Instant, ConnId, SockId)>,
     report: WorkerReport,
     shutting_down: bool,
 }
@@ -186,6 +194,7 @@ pub fn run<L: EventLoop>(
         waiting_handoffs: HashMap::new(),
         outgoing: HashMap::new(),
         wake: WakeSet::default(),
+        draining: VecDeque::new(),
         report: WorkerReport {
             shard: id,
             ..Default::default()
@@ -250,7 +259,8 @@ impl<L: EventLoop> Worker<L> {
                 self.shard.shutdown(now);
                 grace_deadline = Some(now + SHUTDOWN_GRACE);
             }
-            let more_actions = self.drain_actions();
+            let more_actions = self.drain_actions(now);
+            self.expire_drains(now);
             for to in self.mesh.flush().iter() {
                 self.wake.insert(to);
             }
@@ -273,10 +283,11 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
 
-            let mut timeout = self
-                .shard
-                .next_deadline()
-                .map(|d| d.saturating_duration_since(now));
+            let next = match (self.shard.next_deadline(), self.draining.front()) {
+                (Some(a), Some(&(b, _, _))) => Some(a.min(b)),
+                (a, b) => a.or(b.map(|&(d, _, _)| d)),
+            };
+            let mut timeout = next.map(|d| d.saturating_duration_since(now));
             if self.shutting_down {
                 // Wake at least every 50 ms to check the shutdown deadlines.
                 timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
@@ -521,7 +532,7 @@ impl<L: EventLoop> Worker<L> {
     }
 
     /// Drains the shard's actions. Returns true when the batch bound stopped it.
-    fn drain_actions(&mut self) -> bool {
+    fn drain_actions(&mut self, now: Instant) -> bool {
         for _ in 0..ACTION_BATCH {
             let Some(action) = self.shard.poll_action() else {
                 return false;
@@ -555,6 +566,9 @@ impl<L: EventLoop> Worker<L> {
                             c.state = State::Closing;
                             self.io.close(c.sock);
                         }
+                    }
+                    if c.state == State::Draining {
+                        self.draining.push_back((now + DRAIN_TIMEOUT, conn, c.sock));
                     }
                 }
                 Action::Migrate { conn, to, handoff } => {
@@ -594,6 +608,25 @@ impl<L: EventLoop> Worker<L> {
             }
         }
         true
+    }
+
+    /// Closes draining connections whose peer did not take the last bytes in time.
+    fn expire_drains(&mut self, now: Instant) {
+        while let Some(&(deadline, conn, sock)) = self.draining.front() {
+            if deadline > now {
+                return;
+            }
+            self.draining.pop_front();
+            let Some(Some(c)) = self.conns.get_mut(conn) else {
+                continue;
+            };
+            // The entry may be stale: the connection closed and the id was reused.
+            if c.sock == sock && c.state == State::Draining {
+                self.report.drain_timeouts += 1;
+                c.state = State::Closing;
+                self.io.close(sock);
+            }
+        }
     }
 
     /// Shutdown deadline passed: close what is still open, pending bytes or not.
