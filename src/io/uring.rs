@@ -338,11 +338,53 @@ struct Ring {
     live: u32,
     /// Accepts in flight on this ring (each may take a slot).
     accepts_armed: u32,
+    /// Entries that did not fit into a full submission queue, in order.
+    backlog: std::collections::VecDeque<squeue::Entry>,
     /// Declared after `uring` so the ring is torn down before the buffers are unmapped.
     bufs: BufPool,
 }
 
 impl Ring {
+    /// Queues an operation. When the submission queue is full it is handed to the
+    /// kernel at once; if that does not make room (CQ overflow backlog), the entry
+    /// waits in `backlog` for the next turn, after completions were reaped.
+    fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() && self.try_push(&entry) {
+            return;
+        }
+        if self.backlog.is_empty() {
+            if let Err(e) = self.uring.submit() {
+                if !transient(&e) {
+                    tracing::warn!("io_uring submit (queue full) failed: {e}");
+                }
+            }
+            if self.try_push(&entry) {
+                return;
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: every pointer an entry carries (send data, sockaddr buffers) is owned
+        // by the loop and outlives the operation; see the builders in `UringLoop`.
+        unsafe { self.uring.submission().push(entry) }.is_ok()
+    }
+
+    /// Moves backlogged entries into the submission queue, submitting when full.
+    fn drain_backlog(&mut self) {
+        while let Some(entry) = self.backlog.pop_front() {
+            if self.try_push(&entry) {
+                continue;
+            }
+            let _ = self.uring.submit();
+            if !self.try_push(&entry) {
+                self.backlog.push_front(entry);
+                return;
+            }
+        }
+    }
+
     fn free_slots(&self) -> u32 {
         self.table_size
             .saturating_sub(self.live + self.accepts_armed + TABLE_HEADROOM)
@@ -408,22 +450,14 @@ pub struct UringLoop {
     pending: Vec<Completion>,
 }
 
-fn push_sqe(uring: &mut IoUring, entry: &squeue::Entry) {
-    loop {
-        // SAFETY: every pointer an entry carries (send data, sockaddr buffers, eventfd
-        // scratch) is owned by the loop and outlives the operation, see the callers.
-        let pushed = unsafe { uring.submission().push(entry) };
-        if pushed.is_ok() {
-            return;
-        }
-        // The submission queue is full: hand it to the kernel now to make room.
-        if let Err(e) = uring.submit() {
-            tracing::warn!("io_uring submit (queue full) failed: {e}");
-            if e.raw_os_error() != Some(libc::EBUSY) && e.raw_os_error() != Some(libc::EINTR) {
-                return;
-            }
-        }
-    }
+/// Enter errors that only mean "try again next turn": a signal, CQ overflow backlog
+/// (EBUSY), or a momentary kernel allocation failure (EAGAIN). What was not submitted
+/// stays in the submission queue.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+    )
 }
 
 impl UringLoop {
@@ -454,6 +488,7 @@ impl UringLoop {
                 table_size,
                 live: 0,
                 accepts_armed: 0,
+                backlog: Default::default(),
                 bufs,
             });
         }
@@ -514,7 +549,7 @@ impl UringLoop {
             .multi(true)
             .build()
             .user_data(ud(K_RING_POLL, r as u64));
-        push_sqe(&mut self.rings[0].uring, &e);
+        self.rings[0].push(e);
     }
 
     fn arm_eventfd(&mut self) {
@@ -522,7 +557,7 @@ impl UringLoop {
             .multi(true)
             .build()
             .user_data(ud(K_EVENTFD, 0));
-        push_sqe(&mut self.rings[0].uring, &e);
+        self.rings[0].push(e);
     }
 
     fn drain_eventfd(&self) {
@@ -545,7 +580,7 @@ impl UringLoop {
         let e = opcode::RecvMulti::new(Fixed(slot), 0)
             .build()
             .user_data(ud(K_RECV, sock as u64));
-        push_sqe(&mut self.rings[ring].uring, &e);
+        self.rings[ring].push(e);
     }
 
     fn submit_send(&mut self, sock: SockId) {
@@ -559,7 +594,7 @@ impl UringLoop {
             .build()
             .user_data(ud(K_SEND, sock as u64));
         let ring = s.ring as usize;
-        push_sqe(&mut self.rings[ring].uring, &e);
+        self.rings[ring].push(e);
     }
 
     fn cancel_recv(&mut self, sock: SockId) {
@@ -573,7 +608,7 @@ impl UringLoop {
             .build()
             .user_data(ud(K_CANCEL, sock as u64));
         let ring = s.ring as usize;
-        push_sqe(&mut self.rings[ring].uring, &e);
+        self.rings[ring].push(e);
     }
 
     fn close_slot(&mut self, sock: SockId) {
@@ -594,17 +629,18 @@ impl UringLoop {
         let close = opcode::Close::new(Fixed(slot))
             .build()
             .user_data(ud(K_CLOSE, sock as u64));
-        let uring = &mut self.rings[ring].uring;
-        // Both must land in the same submission for the link to hold.
+        let r = &mut self.rings[ring];
+        // Both should land in the same submission for the link to hold (if they are
+        // split, the close still runs, after the cancel).
         let room = {
-            let sq = uring.submission();
+            let sq = r.uring.submission();
             sq.capacity() - sq.len()
         };
-        if room < 2 {
-            let _ = uring.submit();
+        if room < 2 && r.backlog.is_empty() {
+            let _ = r.uring.submit();
         }
-        push_sqe(uring, &cancel);
-        push_sqe(uring, &close);
+        r.push(cancel);
+        r.push(close);
     }
 
     /// Releases the socket once nothing remains in flight.
@@ -658,7 +694,7 @@ impl UringLoop {
         )
         .build()
         .user_data(ud(K_SEND_FD, sock as u64));
-        push_sqe(&mut self.rings[ring].uring, &e);
+        self.rings[ring].push(e);
     }
 
     fn arm_accepts(&mut self) {
@@ -697,7 +733,7 @@ impl UringLoop {
                     .build()
                     .user_data(ud(K_ACCEPT, ((li as u64) << 16) | si as u64));
                 self.rings[ring].accepts_armed += 1;
-                push_sqe(&mut self.rings[ring].uring, &e);
+                self.rings[ring].push(e);
             }
         }
     }
@@ -1051,7 +1087,7 @@ impl EventLoop for UringLoop {
                 let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
                     .build()
                     .user_data(ud(K_CANCEL, u64::from(u32::MAX)));
-                push_sqe(&mut self.rings[r].uring, &e);
+                self.rings[r].push(e);
             }
         }
     }
@@ -1121,7 +1157,7 @@ impl EventLoop for UringLoop {
             .build()
             .flags(squeue::Flags::SKIP_SUCCESS)
             .user_data(ud(K_DOORBELL, to as u64));
-        push_sqe(&mut self.rings[0].uring, &e);
+        self.rings[0].push(e);
     }
 
     fn buf(&self, buf: BufRef) -> &[u8] {
@@ -1138,14 +1174,22 @@ impl EventLoop for UringLoop {
     }
 
     fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        for ring in self.rings.iter_mut() {
+            ring.drain_backlog();
+        }
         self.arm_accepts();
         self.update_adopt_ring();
         for r in 1..self.rings.len() {
             if !self.rings[r].uring.submission().is_empty() {
-                self.rings[r].uring.submit()?;
+                if let Err(e) = self.rings[r].uring.submit() {
+                    if !transient(&e) {
+                        return Err(e);
+                    }
+                }
             }
         }
         let ready = !self.pending.is_empty()
+            || self.rings.iter().any(|r| !r.backlog.is_empty())
             || self
                 .rings
                 .iter_mut()
@@ -1163,11 +1207,7 @@ impl EventLoop for UringLoop {
         };
         match res {
             Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
-                ) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) || transient(&e) => {}
             Err(e) => return Err(e),
         }
         self.reap(out);
