@@ -720,7 +720,7 @@ impl UringLoop {
                     && si == 0
                     && !overflow_armed
                     && r.table_size > r.live + r.accepts_armed;
-                if slot.armed || (room_ring != Some(ring) && !overflow) {
+                if slot.armed || ((room_ring != Some(ring) || r.free_slots() == 0) && !overflow) {
                     continue;
                 }
                 slot.armed = true;
