@@ -354,8 +354,13 @@ impl Shard {
 
     fn on_unsubscribe(&mut self, conn: ConnId, u: Unsubscribe) {
         let session = self.conn_session(conn);
+        let (max_len, max_levels) = (self.config.max_topic_len, self.config.max_topic_levels);
         let mut codes: SmallVec<[ReasonCode; 2]> = SmallVec::new();
         for filter in &u.filters {
+            if crate::topic::validate_filter(filter, max_len, max_levels).is_err() {
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             let existing = self
                 .sessions
                 .get_mut(session)
