@@ -7,10 +7,18 @@ type Idx = u32;
 const NONE: Idx = u32::MAX;
 const ROOT: Idx = 0;
 
-/// Nodes per arena chunk. Fixed-size chunks instead of one growing `Vec` keep the
+/// Entries per arena chunk. Fixed-size chunks instead of one growing `Vec` keep the
 /// slack below one chunk and avoid a 2x copy spike when a million-node trie grows.
-const CHUNK_SHIFT: u32 = 10;
-const CHUNK_LEN: usize = 1 << CHUNK_SHIFT;
+/// 1023, not 1024: mimalloc (through the `mimalloc` crate, which always calls
+/// `mi_malloc_aligned`) reserves `size + align - 1` for medium blocks, so an exact
+/// 64 KiB request lands in the 80 KiB size class; 1023 entries leave room for that.
+const CHUNK_LEN: usize = 1023;
+
+/// Splits an arena index into (chunk, offset).
+fn chunk_of(i: Idx) -> (usize, usize) {
+    let i = i as usize;
+    (i / CHUNK_LEN, i % CHUNK_LEN)
+}
 
 /// Up to this many literal children are an unsorted exact-size list scanned
 /// linearly; above it they become an open-addressing table.
@@ -57,8 +65,7 @@ const EMPTY_LABEL: Label = Label::Inline {
     bytes: [0; INLINE_MAX],
 };
 
-/// 64 bytes, so a chunk of `CHUNK_LEN` nodes is exactly 64 KiB, an allocator size
-/// class. Values live in a separate arena so the node size does not depend on `V`
+/// 64 bytes, so a chunk of `CHUNK_LEN` nodes fits the 64 KiB allocator size class. Values live in a separate arena so the node size does not depend on `V`
 /// and intermediate nodes pay 4 bytes, not `size_of::<Option<V>>()`, per slot.
 struct Node {
     /// This node's own level (`+` for a plus child); the root's is empty.
@@ -128,15 +135,11 @@ impl<V> Values<V> {
     }
 
     fn entry(&self, i: Idx) -> Option<&Entry<V>> {
-        self.chunks
-            .get((i >> CHUNK_SHIFT) as usize)?
-            .get(i as usize & (CHUNK_LEN - 1))
+        self.chunks.get(chunk_of(i).0)?.get(chunk_of(i).1)
     }
 
     fn entry_mut(&mut self, i: Idx) -> Option<&mut Entry<V>> {
-        self.chunks
-            .get_mut((i >> CHUNK_SHIFT) as usize)?
-            .get_mut(i as usize & (CHUNK_LEN - 1))
+        self.chunks.get_mut(chunk_of(i).0)?.get_mut(chunk_of(i).1)
     }
 
     fn get(&self, i: Idx) -> Option<&V> {
@@ -182,15 +185,18 @@ impl<V> Values<V> {
 }
 
 /// Appends to the last chunk, opening a full-size one when it is full. The first
-/// chunk grows by doubling so a small trie stays small.
+/// chunk grows by doubling (capped at `CHUNK_LEN`) so a small trie stays small.
 fn push_chunked<T>(chunks: &mut Vec<Vec<T>>, t: T) -> Idx {
     if chunks.last().map_or(true, |c| c.len() == CHUNK_LEN) {
-        let cap = if chunks.is_empty() { 0 } else { CHUNK_LEN };
+        let cap = if chunks.is_empty() { 4 } else { CHUNK_LEN };
         chunks.push(Vec::with_capacity(cap));
     }
     let chunk = chunks.len() - 1;
     let last = &mut chunks[chunk];
-    let i = (chunk << CHUNK_SHIFT | last.len()) as Idx;
+    if last.len() == last.capacity() {
+        last.reserve_exact(last.len().min(CHUNK_LEN - last.len()));
+    }
+    let i = (chunk * CHUNK_LEN + last.len()) as Idx;
     last.push(t);
     i
 }
@@ -617,11 +623,13 @@ impl<V> TopicTrie<V> {
     // ---- arena ----
 
     fn node(&self, n: Idx) -> &Node {
-        &self.chunks[(n >> CHUNK_SHIFT) as usize][n as usize & (CHUNK_LEN - 1)]
+        let (c, o) = chunk_of(n);
+        &self.chunks[c][o]
     }
 
     fn node_mut(&mut self, n: Idx) -> &mut Node {
-        &mut self.chunks[(n >> CHUNK_SHIFT) as usize][n as usize & (CHUNK_LEN - 1)]
+        let (c, o) = chunk_of(n);
+        &mut self.chunks[c][o]
     }
 
     fn alloc(&mut self, level: &[u8]) -> Idx {
