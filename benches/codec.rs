@@ -16,6 +16,11 @@ use ringmq::protocol::{
 };
 use smallvec::SmallVec;
 
+// The broker binary's allocator, so allocation on the measured paths costs what it
+// costs in the broker.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }

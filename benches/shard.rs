@@ -14,6 +14,11 @@ use divan::counter::ItemsCount;
 use divan::Bencher;
 use ringmq::protocol::QoS;
 
+// The broker binary's allocator, so allocation on the measured paths costs what it
+// costs in the broker.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     divan::main();
 }

@@ -247,9 +247,11 @@ impl CrossShard {
             frame: publish_frame(QoS::AtMostOnce, payload_len),
             now,
         };
-        // Carries shard 1's route update to shard 0 (and the CONNACKs/SUBACK out).
+        // Shard 1's route add goes to shard 0, shard 0's RouteAck comes back, and
+        // only then does shard 1 release the SUBACK (route barrier).
         x.turn(1);
         x.turn(0);
+        x.turn(1);
         x
     }
 

@@ -13,6 +13,11 @@ use ringmq::protocol::{
 };
 use ringmq::ring::mesh;
 
+// The broker binary's allocator, so allocation on the measured paths costs what it
+// costs in the broker.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const PATHS: &[&str] = &[
     "decode_publish_64b",
     "encode_publish_64b",
