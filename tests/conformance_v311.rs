@@ -17,7 +17,11 @@ fn v311(addr: &str, tag: &str) -> RawClient {
 /// CONNECT with clean session 0 and the CONNACK bytes it must get.
 fn connect_persistent(addr: &str, id: &str, expect_connack: &str) -> RawClient {
     let (mut c, f) = RawClient::connect_with(addr, &Connect::v311(id).clean(false));
-    assert_eq!(to_hex(&f.raw), to_hex(&hex(expect_connack)), "{id}: CONNACK");
+    assert_eq!(
+        to_hex(&f.raw),
+        to_hex(&hex(expect_connack)),
+        "{id}: CONNACK"
+    );
     c.version = V311;
     c
 }
@@ -55,7 +59,16 @@ fn mqtt_3_1_0_1_first_packet_must_be_connect() {
 
 #[test]
 fn mqtt_3_1_0_1_publish_before_connect_closes() {
-    assert_connect_closes(&pkt::publish(V311, "pre/connect", 0, false, false, 0, &[], b"x"));
+    assert_connect_closes(&pkt::publish(
+        V311,
+        "pre/connect",
+        0,
+        false,
+        false,
+        0,
+        &[],
+        b"x",
+    ));
 }
 
 #[test]
@@ -83,7 +96,10 @@ fn mqtt_3_1_2_1_bad_protocol_name_is_not_accepted() {
         ReadOutcome::Frame(f) => {
             assert_eq!(f.raw.len(), 4, "CONNACK expected, got {f:?}");
             assert_eq!(f.raw[..3], hex("20 02 00")[..], "{f:?}");
-            assert_ne!(f.raw[3], 0, "a CONNECT with protocol name MQTX was accepted");
+            assert_ne!(
+                f.raw[3], 0,
+                "a CONNECT with protocol name MQTX was accepted"
+            );
             c.expect_closed();
         }
         ReadOutcome::Timeout => panic!("connection with protocol name MQTX still open"),
@@ -118,7 +134,10 @@ fn mqtt_3_1_v31_mqisdp_level_3_is_accepted() {
     let mut p = v311(b.addr(), "v31p");
     p.publish_complete(&t, 1, false, 2, b"hello");
     let m = c.recv_publish_ack();
-    assert_eq!((m.topic.as_str(), m.qos, &m.payload[..]), (t.as_str(), 1, &b"hello"[..]));
+    assert_eq!(
+        (m.topic.as_str(), m.qos, &m.payload[..]),
+        (t.as_str(), 1, &b"hello"[..])
+    );
 }
 
 #[test]
@@ -304,7 +323,16 @@ fn mqtt_4_7_3_1_publish_empty_topic_closes() {
 
 #[test]
 fn mqtt_2_3_1_1_publish_qos1_packet_id_0_closes() {
-    assert_violation_closes(&pkt::publish(V311, "pid/zero", 1, false, false, 0, &[], b"x"));
+    assert_violation_closes(&pkt::publish(
+        V311,
+        "pid/zero",
+        1,
+        false,
+        false,
+        0,
+        &[],
+        b"x",
+    ));
 }
 
 #[test]
@@ -371,13 +399,18 @@ fn mqtt_3_1_2_8_will_published_when_server_closes_on_violation() {
     let wt = format!("will/{}", uniq("t"));
     let mut watcher = v311(b.addr(), "wwat");
     watcher.subscribe_ok(1, &wt, 0);
-    let (mut c, f) =
-        RawClient::connect_with(b.addr(), &Connect::v311(&uniq("wviol")).will(Will::new(&wt, b"gone")));
+    let (mut c, f) = RawClient::connect_with(
+        b.addr(),
+        &Connect::v311(&uniq("wviol")).will(Will::new(&wt, b"gone")),
+    );
     assert_eq!(to_hex(&f.raw), "20 02 00 00");
     c.send_hex("36 07 00 03 61 2f 62 00 01");
     c.expect_closed();
     let m = watcher.recv_publish();
-    assert_eq!((m.topic.as_str(), &m.payload[..]), (wt.as_str(), &b"gone"[..]));
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        (wt.as_str(), &b"gone"[..])
+    );
 }
 
 // ----------------------------------------------------------------------------------
@@ -390,7 +423,12 @@ fn mqtt_3_8_4_1_suback_one_code_per_filter() {
     let mut c = v311(b.addr(), "suba");
     let u = uniq("f");
     let (f0, f1, f2) = (format!("{u}/a"), format!("{u}/b"), format!("{u}/+/c"));
-    c.send(&pkt::subscribe(V311, 10, &[], &[(&f0, 0), (&f1, 1), (&f2, 2)]));
+    c.send(&pkt::subscribe(
+        V311,
+        10,
+        &[],
+        &[(&f0, 0), (&f1, 1), (&f2, 2)],
+    ));
     c.expect_hex("90 05 00 0a 00 01 02");
 }
 
@@ -420,7 +458,11 @@ fn mqtt_3_8_4_3_resubscribe_replaces_and_keeps_one_subscription() {
     p.publish_complete(&t, 1, false, 5, b"once");
     p.publish_complete(&t, 0, false, 0, b"sentinel");
     let m = s.recv_publish();
-    assert_eq!((m.qos, &m.payload[..]), (0, &b"once"[..]), "new QoS 0 applies");
+    assert_eq!(
+        (m.qos, &m.payload[..]),
+        (0, &b"once"[..]),
+        "new QoS 0 applies"
+    );
     let m = s.recv_publish();
     assert_eq!(m.payload, b"sentinel", "the message was delivered twice");
 }
@@ -450,7 +492,12 @@ fn mqtt_3_8_4_6_delivery_qos_is_min_of_publish_and_subscription() {
 fn mqtt_3_10_4_5_unsuback_even_without_subscription() {
     let b = Broker::two_shards();
     let mut c = v311(b.addr(), "unsub0");
-    c.send(&pkt::unsubscribe(V311, 0x1234, &[], &[&format!("none/{}", uniq("t"))]));
+    c.send(&pkt::unsubscribe(
+        V311,
+        0x1234,
+        &[],
+        &[&format!("none/{}", uniq("t"))],
+    ));
     c.expect_hex("b0 02 12 34");
 }
 
@@ -468,7 +515,10 @@ fn mqtt_3_10_4_1_unsubscribe_stops_delivery() {
     p.publish_complete(&t, 1, false, 1, b"dropped");
     p.publish_complete(&keep, 1, false, 2, b"kept");
     let m = s.recv_publish_ack();
-    assert_eq!((m.topic.as_str(), &m.payload[..]), (keep.as_str(), &b"kept"[..]));
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        (keep.as_str(), &b"kept"[..])
+    );
     s.expect_silence();
 }
 
@@ -540,10 +590,28 @@ fn mqtt_4_3_3_2_qos2_duplicate_before_pubrel_delivered_once() {
     let mut p = v311(b.addr(), "q2dp");
     let t = format!("q2d/{}", uniq("t"));
     s.subscribe_ok(1, &t, 1);
-    p.send(&pkt::publish(V311, &t, 2, false, false, 0x0102, &[], b"exactly once"));
+    p.send(&pkt::publish(
+        V311,
+        &t,
+        2,
+        false,
+        false,
+        0x0102,
+        &[],
+        b"exactly once",
+    ));
     p.expect_hex("50 02 01 02");
     // Retransmission with DUP before PUBREL: PUBREC again, no second delivery.
-    p.send(&pkt::publish(V311, &t, 2, false, true, 0x0102, &[], b"exactly once"));
+    p.send(&pkt::publish(
+        V311,
+        &t,
+        2,
+        false,
+        true,
+        0x0102,
+        &[],
+        b"exactly once",
+    ));
     p.expect_hex("50 02 01 02");
     p.send_hex("62 02 01 02");
     p.expect_hex("70 02 01 02");
@@ -596,8 +664,14 @@ fn mqtt_3_3_1_6_retained_message_sent_on_subscribe() {
     let mut s = v311(b.addr(), "rets");
     s.subscribe_ok(1, &t, 1);
     let m = s.recv_publish_ack();
-    assert!(m.retain, "MQTT-3.3.1-8: RETAIN set on a retained message sent at subscribe");
-    assert_eq!((m.topic.as_str(), m.qos, &m.payload[..]), (t.as_str(), 1, &b"kept"[..]));
+    assert!(
+        m.retain,
+        "MQTT-3.3.1-8: RETAIN set on a retained message sent at subscribe"
+    );
+    assert_eq!(
+        (m.topic.as_str(), m.qos, &m.payload[..]),
+        (t.as_str(), 1, &b"kept"[..])
+    );
 }
 
 #[test]
@@ -651,7 +725,11 @@ fn mqtt_3_3_1_9_retained_forwarded_live_has_retain_0() {
     s.subscribe_ok(1, &t, 0);
     p.publish_complete(&t, 0, true, 0, b"now");
     let f = s.recv_frame();
-    assert_eq!(to_hex(&f.raw), to_hex(&forwarded(&t, 0, 0, b"now")), "RETAIN must be 0");
+    assert_eq!(
+        to_hex(&f.raw),
+        to_hex(&forwarded(&t, 0, 0, b"now")),
+        "RETAIN must be 0"
+    );
     // Deletion is forwarded as a normal zero-length message (MQTT-3.3.1-11 context).
     p.publish_complete(&t, 0, true, 0, b"");
     s.expect_bytes(&forwarded(&t, 0, 0, b""));
@@ -667,7 +745,7 @@ fn mqtt_3_3_1_6_retained_matched_by_wildcard_subscription() {
     p.publish_complete(&t2, 0, true, 0, b"two");
     let mut s = v311(b.addr(), "rws");
     s.subscribe_ok(1, &format!("rw/{u}/#"), 0);
-    let mut got = vec![s.recv_publish(), s.recv_publish()];
+    let mut got = [s.recv_publish(), s.recv_publish()];
     got.sort_by(|a, b| a.topic.cmp(&b.topic));
     assert_eq!(got[0].topic, t1);
     assert_eq!(got[0].payload, b"one");
@@ -696,7 +774,10 @@ fn mqtt_3_1_2_8_will_published_on_socket_drop() {
     let (c, _) = RawClient::connect_with(b.addr(), &Connect::v311(&uniq("wdrop")).will(will));
     c.drop_connection();
     let m = w.recv_publish_ack();
-    assert_eq!((m.topic.as_str(), m.qos, m.retain, &m.payload[..]), (wt.as_str(), 1, false, &b"offline"[..]));
+    assert_eq!(
+        (m.topic.as_str(), m.qos, m.retain, &m.payload[..]),
+        (wt.as_str(), 1, false, &b"offline"[..])
+    );
 }
 
 #[test]
@@ -704,7 +785,10 @@ fn mqtt_3_1_2_10_will_discarded_on_disconnect() {
     let b = Broker::two_shards();
     let wt = format!("will/{}", uniq("t"));
     let mut w = will_watcher(b.addr(), &wt);
-    let (c, _) = RawClient::connect_with(b.addr(), &Connect::v311(&uniq("wdisc")).will(Will::new(&wt, b"no")));
+    let (c, _) = RawClient::connect_with(
+        b.addr(),
+        &Connect::v311(&uniq("wdisc")).will(Will::new(&wt, b"no")),
+    );
     c.disconnect();
     let mut p = v311(b.addr(), "wsent");
     p.publish_complete(&wt, 1, false, 1, b"sentinel");
@@ -736,7 +820,9 @@ fn mqtt_3_1_2_8_will_published_on_keepalive_timeout() {
     let b = Broker::two_shards();
     let wt = format!("will/{}", uniq("t"));
     let mut w = will_watcher(b.addr(), &wt);
-    let conn = Connect::v311(&uniq("wka")).keepalive(1).will(Will::new(&wt, b"timed out"));
+    let conn = Connect::v311(&uniq("wka"))
+        .keepalive(1)
+        .will(Will::new(&wt, b"timed out"));
     let (mut c, _) = RawClient::connect_with(b.addr(), &conn);
     c.expect_closed_within(std::time::Duration::from_secs(10));
     let m = w.recv_publish();
@@ -798,7 +884,10 @@ fn mqtt_4_4_0_1_unacked_qos1_resent_with_dup_on_reconnect() {
     let mut s = connect_persistent(b.addr(), &id, "20 02 01 00");
     let again = s.recv_publish();
     assert!(again.dup, "MQTT-3.3.1-1: DUP must be set on redelivery");
-    assert_eq!((again.pid, again.qos, &again.payload[..]), (first.pid, 1, &b"unacked"[..]));
+    assert_eq!(
+        (again.pid, again.qos, &again.payload[..]),
+        (first.pid, 1, &b"unacked"[..])
+    );
     s.send(&pkt::ack(4, again.pid));
     s.ping();
 }
@@ -835,7 +924,11 @@ fn mqtt_4_7_1_2_multi_level_wildcard_matches_parent() {
     let mut p = v311(b.addr(), "mlwp");
     let u = uniq("t");
     s.subscribe_ok(1, &format!("sport/{u}/player1/#"), 0);
-    for t in [format!("sport/{u}/player1"), format!("sport/{u}/player1/ranking"), format!("sport/{u}/player1/score/wimbledon")] {
+    for t in [
+        format!("sport/{u}/player1"),
+        format!("sport/{u}/player1/ranking"),
+        format!("sport/{u}/player1/score/wimbledon"),
+    ] {
         p.publish_complete(&t, 0, false, 0, t.as_bytes());
         let m = s.recv_publish();
         assert_eq!(m.topic, t);
@@ -890,7 +983,10 @@ fn mqtt_4_7_2_1_wildcards_do_not_match_dollar_topics() {
     let m = plus.recv_publish();
     assert_eq!(m.topic, plain, "'+/{u}' matched a $ topic");
     let m = exact.recv_publish();
-    assert_eq!((m.topic.as_str(), &m.payload[..]), (dollar.as_str(), &b"dollar"[..]));
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        (dollar.as_str(), &b"dollar"[..])
+    );
 }
 
 #[test]

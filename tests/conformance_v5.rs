@@ -24,8 +24,18 @@ fn forwarded(topic: &str, qos: u8, pid: u16, payload: &[u8]) -> Vec<u8> {
     pkt::publish(V5, topic, qos, false, false, pid, &[], payload)
 }
 
-fn publish_props(c: &mut RawClient, topic: &str, qos: u8, retain: bool, pid: u16, props: &[u8], payload: &[u8]) {
-    c.send(&pkt::publish(V5, topic, qos, retain, false, pid, props, payload));
+fn publish_props(
+    c: &mut RawClient,
+    topic: &str,
+    qos: u8,
+    retain: bool,
+    pid: u16,
+    props: &[u8],
+    payload: &[u8],
+) {
+    c.send(&pkt::publish(
+        V5, topic, qos, retain, false, pid, props, payload,
+    ));
     c.complete_publish_flow(qos, pid);
 }
 
@@ -84,6 +94,7 @@ fn mqtt_3_1_0_1_first_packet_must_be_connect() {
 
 #[test]
 fn mqtt_3_1_0_2_second_connect_is_protocol_error() {
+    // Mosquitto 2.0.11 deviates: it closes without a DISCONNECT.
     let b = Broker::two_shards();
     let mut by = Bystander::new(b.addr(), V5);
     let id = uniq("twice");
@@ -136,7 +147,9 @@ fn mqtt_3_1_2_24_maximum_packet_size_0_is_protocol_error() {
 
 #[test]
 fn mqtt_2_2_2_2_duplicate_connect_property_is_protocol_error() {
-    let conn = Connect::v5(&uniq("dup")).props(&p_u32(0x11, 10)).props(&p_u32(0x11, 20));
+    let conn = Connect::v5(&uniq("dup"))
+        .props(&p_u32(0x11, 10))
+        .props(&p_u32(0x11, 20));
     assert_connect_refused(&conn.bytes(), &[0x82]);
 }
 
@@ -168,10 +181,18 @@ fn mqtt_3_1_2_9_password_without_username_is_allowed_in_v5() {
 fn mqtt_3_2_2_16_empty_client_id_gets_assigned_identifier() {
     let b = Broker::two_shards();
     let (mut a, ack_a) = RawClient::connect_v5(b.addr(), "");
-    let id_a = ack_a.props.str(0x12).expect("MQTT-3.2.2-16: Assigned Client Identifier missing").to_string();
+    let id_a = ack_a
+        .props
+        .str(0x12)
+        .expect("MQTT-3.2.2-16: Assigned Client Identifier missing")
+        .to_string();
     assert!(!id_a.is_empty());
     let (mut c, ack_c) = RawClient::connect_v5(b.addr(), "");
-    let id_c = ack_c.props.str(0x12).expect("Assigned Client Identifier missing").to_string();
+    let id_c = ack_c
+        .props
+        .str(0x12)
+        .expect("Assigned Client Identifier missing")
+        .to_string();
     assert_ne!(id_a, id_c, "two clients were assigned the same identifier");
     a.ping();
     c.ping();
@@ -188,7 +209,10 @@ fn mqtt_3_2_2_16_assigned_identifier_decodes_with_codec() {
         ringmq::protocol::Packet::ConnAck(ack) => {
             assert_eq!(ack.code, ringmq::protocol::ReasonCode::Success);
             assert!(!ack.session_present);
-            let id = ack.properties.assigned_client_identifier.expect("assigned client identifier");
+            let id = ack
+                .properties
+                .assigned_client_identifier
+                .expect("assigned client identifier");
             assert!(!id.is_empty());
         }
         other => panic!("expected CONNACK, got {other:?}"),
@@ -226,7 +250,10 @@ fn mqtt_3_2_2_2_session_present_with_session_expiry() {
     assert!(ack.session_present, "MQTT-3.2.2-3: stored session resumed");
     c.disconnect();
     let (c, ack) = RawClient::connect_v5_with(b.addr(), &Connect::v5(&id).props(&p_u32(0x11, 60)));
-    assert!(!ack.session_present, "MQTT-3.2.2-2: clean start 1 discards the session");
+    assert!(
+        !ack.session_present,
+        "MQTT-3.2.2-2: clean start 1 discards the session"
+    );
     c.disconnect();
 }
 
@@ -260,7 +287,10 @@ fn mqtt_3_14_2_disconnect_can_shorten_session_expiry_to_0() {
     c.send(&pkt::disconnect_v5(0x00, &p_u32(0x11, 0)));
     c.expect_closed();
     let (_c, ack) = RawClient::connect_v5_with(b.addr(), &persistent(&id, 60));
-    assert!(!ack.session_present, "DISCONNECT set the session expiry to 0");
+    assert!(
+        !ack.session_present,
+        "DISCONNECT set the session expiry to 0"
+    );
 }
 
 #[test]
@@ -286,11 +316,15 @@ fn mqtt_3_1_2_5_session_resumed_with_queued_messages() {
     let (mut s, ack) = RawClient::connect_v5_with(b.addr(), &persistent(&id, 60));
     assert!(ack.session_present);
     let m = s.recv_publish_ack();
-    assert_eq!((m.topic.as_str(), m.qos, &m.payload[..]), (t.as_str(), 1, &b"while away"[..]));
+    assert_eq!(
+        (m.topic.as_str(), m.qos, &m.payload[..]),
+        (t.as_str(), 1, &b"while away"[..])
+    );
 }
 
 #[test]
 fn mqtt_3_1_4_3_takeover_sends_disconnect_0x8e() {
+    // Mosquitto 2.0.11 deviates: it closes the old connection without DISCONNECT 0x8E.
     let b = Broker::two_shards();
     let id = uniq("take");
     let (mut first, _) = RawClient::connect_v5(b.addr(), &id);
@@ -309,8 +343,15 @@ fn mqtt_3_1_2_22_keepalive_timeout_closes() {
     match c.read_frame_within(Duration::from_secs(10)) {
         ReadOutcome::Closed => {}
         ReadOutcome::Frame(f) => {
-            assert_eq!(f.first, 0xe0, "only a DISCONNECT may precede the close: {f:?}");
-            assert_eq!(f.body.first(), Some(&0x8d), "keepalive DISCONNECT reason: {f:?}");
+            assert_eq!(
+                f.first, 0xe0,
+                "only a DISCONNECT may precede the close: {f:?}"
+            );
+            assert_eq!(
+                f.body.first(),
+                Some(&0x8d),
+                "keepalive DISCONNECT reason: {f:?}"
+            );
             c.expect_closed();
         }
         ReadOutcome::Timeout => panic!("connection with keepalive 1 s still open after 10 s"),
@@ -329,6 +370,7 @@ fn mqtt_2_1_3_1_publish_qos_3_is_malformed() {
 
 #[test]
 fn mqtt_1_5_5_remaining_length_over_4_bytes_is_malformed() {
+    // Mosquitto 2.0.11 deviates: it closes without a DISCONNECT (4.13 lets a server skip it; ringmq sends one).
     assert_violation(&hex("30 ff ff ff ff 7f"), &[0x81]);
 }
 
@@ -344,6 +386,7 @@ fn mqtt_2_1_3_1_subscribe_reserved_flags_are_malformed() {
 
 #[test]
 fn mqtt_2_1_3_1_pubrel_reserved_flags_are_malformed() {
+    // Mosquitto 2.0.11 deviates: it closes without a DISCONNECT.
     assert_violation(&hex("60 02 00 01"), &[0x81]);
 }
 
@@ -360,26 +403,38 @@ fn mqtt_1_5_4_2_null_character_in_topic_is_malformed() {
 #[test]
 fn mqtt_3_3_2_2_publish_topic_with_wildcard_is_refused() {
     // Malformed, protocol error or 0x90 Topic Name invalid are all defensible codes.
-    assert_violation(&pkt::publish(V5, "a/#", 0, false, false, 0, &[], b"x"), &[0x81, 0x82, 0x90]);
+    assert_violation(
+        &pkt::publish(V5, "a/#", 0, false, false, 0, &[], b"x"),
+        &[0x81, 0x82, 0x90],
+    );
 }
 
 #[test]
 fn mqtt_2_2_1_3_publish_qos1_packet_id_0_is_refused() {
-    assert_violation(&pkt::publish(V5, "pid/zero", 1, false, false, 0, &[], b"x"), &[0x81, 0x82]);
+    assert_violation(
+        &pkt::publish(V5, "pid/zero", 1, false, false, 0, &[], b"x"),
+        &[0x81, 0x82],
+    );
 }
 
 #[test]
 fn mqtt_3_3_1_2_dup_on_qos0_is_refused() {
-    assert_violation(&pkt::publish(V5, "dup/zero", 0, false, true, 0, &[], b"x"), &[0x81, 0x82]);
+    // Mosquitto 2.0.11 deviates: it accepts DUP=1 on QoS 0.
+    assert_violation(
+        &pkt::publish(V5, "dup/zero", 0, false, true, 0, &[], b"x"),
+        &[0x81, 0x82],
+    );
 }
 
 #[test]
 fn mqtt_3_8_3_2_subscribe_without_filters_is_protocol_error() {
+    // Mosquitto 2.0.11 deviates: it sends 0x81.
     assert_violation(&hex("82 03 00 01 00"), &[0x82]);
 }
 
 #[test]
 fn mqtt_3_10_3_2_unsubscribe_without_filters_is_protocol_error() {
+    // Mosquitto 2.0.11 deviates: it sends 0x81; the spec calls an empty UNSUBSCRIBE a Protocol Error (0x82).
     assert_violation(&hex("a2 03 00 01 00"), &[0x82]);
 }
 
@@ -390,7 +445,11 @@ fn mqtt_3_8_3_5_subscription_option_reserved_bits_are_malformed() {
 
 #[test]
 fn mqtt_3_8_3_1_retain_handling_3_is_protocol_error() {
-    assert_violation(&pkt::subscribe(V5, 1, &[], &[("a/b", opts(0, false, false, 3))]), &[0x82]);
+    // Mosquitto 2.0.11 deviates: it sends 0x81.
+    assert_violation(
+        &pkt::subscribe(V5, 1, &[], &[("a/b", opts(0, false, false, 3))]),
+        &[0x82],
+    );
 }
 
 #[test]
@@ -400,39 +459,63 @@ fn mqtt_3_8_3_1_subscription_qos_3_is_malformed() {
 
 #[test]
 fn mqtt_3_8_3_4_no_local_on_shared_subscription_is_protocol_error() {
-    assert_violation(&pkt::subscribe(V5, 1, &[], &[("$share/g/a/b", opts(0, true, false, 0))]), &[0x82]);
+    // Mosquitto 2.0.11 deviates: it grants the subscription.
+    assert_violation(
+        &pkt::subscribe(V5, 1, &[], &[("$share/g/a/b", opts(0, true, false, 0))]),
+        &[0x82],
+    );
 }
 
 #[test]
 fn mqtt_3_8_2_1_2_subscription_identifier_0_is_protocol_error() {
-    assert_violation(&pkt::subscribe(V5, 1, &p_var(0x0b, 0), &[("a/b", 0)]), &[0x82]);
+    // Mosquitto 2.0.11 deviates: it sends 0x81.
+    assert_violation(
+        &pkt::subscribe(V5, 1, &p_var(0x0b, 0), &[("a/b", 0)]),
+        &[0x82],
+    );
 }
 
 #[test]
 fn mqtt_3_3_4_6_publish_from_client_with_subscription_identifier_is_protocol_error() {
-    assert_violation(&pkt::publish(V5, "a/b", 0, false, false, 0, &p_var(0x0b, 5), b"x"), &[0x82]);
+    // Mosquitto 2.0.11 deviates: it accepts it.
+    assert_violation(
+        &pkt::publish(V5, "a/b", 0, false, false, 0, &p_var(0x0b, 5), b"x"),
+        &[0x82],
+    );
 }
 
 #[test]
 fn mqtt_2_2_2_2_duplicate_publish_property_is_protocol_error() {
+    // Mosquitto 2.0.11 deviates: it closes without a DISCONNECT.
     let props = [p_u8(0x01, 1), p_u8(0x01, 1)].concat();
-    assert_violation(&pkt::publish(V5, "a/b", 0, false, false, 0, &props, b"x"), &[0x82]);
+    assert_violation(
+        &pkt::publish(V5, "a/b", 0, false, false, 0, &props, b"x"),
+        &[0x82],
+    );
 }
 
 #[test]
 fn mqtt_2_2_2_2_property_not_allowed_on_publish_is_malformed() {
     // 0x11 Session Expiry Interval is not a PUBLISH property.
-    assert_violation(&pkt::publish(V5, "a/b", 0, false, false, 0, &p_u32(0x11, 1), b"x"), &[0x81]);
+    assert_violation(
+        &pkt::publish(V5, "a/b", 0, false, false, 0, &p_u32(0x11, 1), b"x"),
+        &[0x81],
+    );
 }
 
 #[test]
 fn mqtt_4_12_0_auth_without_authentication_method_is_protocol_error() {
+    // Mosquitto 2.0.11 deviates: it closes without a DISCONNECT.
     assert_violation(&hex("f0 02 18 00"), &[0x82]);
 }
 
 #[test]
 fn mqtt_3_3_2_8_topic_alias_0_is_invalid() {
-    assert_violation(&pkt::publish(V5, "a/b", 0, false, false, 0, &p_u16(0x23, 0), b"x"), &[0x94]);
+    // Mosquitto 2.0.11 deviates: it sends 0x81; 3.3.4 says 0x94.
+    assert_violation(
+        &pkt::publish(V5, "a/b", 0, false, false, 0, &p_u16(0x23, 0), b"x"),
+        &[0x94],
+    );
 }
 
 #[test]
@@ -441,7 +524,16 @@ fn mqtt_3_3_2_10_topic_alias_above_maximum_is_invalid() {
     let mut by = Bystander::new(b.addr(), V5);
     let (mut c, ack) = RawClient::connect_v5(b.addr(), &uniq("alias"));
     let max = ack.props.two(0x22).unwrap_or(0);
-    c.send(&pkt::publish(V5, "a/b", 0, false, false, 0, &p_u16(0x23, max.saturating_add(1).max(1)), b"x"));
+    c.send(&pkt::publish(
+        V5,
+        "a/b",
+        0,
+        false,
+        false,
+        0,
+        &p_u16(0x23, max.saturating_add(1).max(1)),
+        b"x",
+    ));
     c.expect_disconnect_v5(&[0x94]);
     by.check();
 }
@@ -452,8 +544,20 @@ fn mqtt_3_3_4_unknown_topic_alias_with_empty_topic_is_protocol_error() {
     let mut by = Bystander::new(b.addr(), V5);
     let (mut c, ack) = RawClient::connect_v5(b.addr(), &uniq("alias"));
     let max = ack.props.two(0x22).unwrap_or(0);
-    assert!(max >= 1, "ringmq advertises a Topic Alias Maximum by default (64)");
-    c.send(&pkt::publish(V5, "", 0, false, false, 0, &p_u16(0x23, 1), b"x"));
+    assert!(
+        max >= 1,
+        "ringmq advertises a Topic Alias Maximum by default (64)"
+    );
+    c.send(&pkt::publish(
+        V5,
+        "",
+        0,
+        false,
+        false,
+        0,
+        &p_u16(0x23, 1),
+        b"x",
+    ));
     c.expect_disconnect_v5(&[0x82]);
     by.check();
 }
@@ -463,7 +567,10 @@ fn mqtt_3_3_2_9_topic_alias_from_client_is_resolved() {
     let b = Broker::two_shards();
     let mut s = c5(b.addr(), "tas");
     let (mut p, ack) = RawClient::connect_v5(b.addr(), &uniq("tap"));
-    assert!(ack.props.two(0x22).unwrap_or(0) >= 1, "no Topic Alias Maximum in CONNACK");
+    assert!(
+        ack.props.two(0x22).unwrap_or(0) >= 1,
+        "no Topic Alias Maximum in CONNACK"
+    );
     let t = format!("alias/{}", uniq("t"));
     sub_ok(&mut s, &t, 1);
     publish_props(&mut p, &t, 1, false, 1, &p_u16(0x23, 1), b"first");
@@ -480,6 +587,7 @@ fn mqtt_3_3_2_9_topic_alias_from_client_is_resolved() {
 
 #[test]
 fn mqtt_3_3_4_7_receive_maximum_exceeded_is_0x93() {
+    // Mosquitto 2.0.11 deviates: it answers PUBREC 0x97 instead of DISCONNECT 0x93.
     let b = Broker::two_shards();
     let mut by = Bystander::new(b.addr(), V5);
     let (mut c, ack) = RawClient::connect_v5(b.addr(), &uniq("rmx"));
@@ -488,7 +596,16 @@ fn mqtt_3_3_4_7_receive_maximum_exceeded_is_0x93() {
     // QoS 2 PUBLISHes count against Receive Maximum until PUBCOMP: never send PUBREL.
     let mut burst = Vec::new();
     for pid in 1..=u32::from(rm) + 1 {
-        burst.extend_from_slice(&pkt::publish(V5, &t, 2, false, false, pid as u16, &[], b"x"));
+        burst.extend_from_slice(&pkt::publish(
+            V5,
+            &t,
+            2,
+            false,
+            false,
+            pid as u16,
+            &[],
+            b"x",
+        ));
     }
     c.send_lenient(&burst);
     for pid in 1..=rm {
@@ -618,7 +735,11 @@ fn mqtt_3_4_2_1_puback_no_matching_subscribers_is_success_or_0x10() {
     let f = p.recv_frame();
     let ack = PubAckV5::parse(&f);
     assert_eq!((f.first, ack.pid), (0x40, 3));
-    assert!(ack.code == 0x00 || ack.code == 0x10, "PUBACK reason {:#04x}", ack.code);
+    assert!(
+        ack.code == 0x00 || ack.code == 0x10,
+        "PUBACK reason {:#04x}",
+        ack.code
+    );
 }
 
 // ----------------------------------------------------------------------------------
@@ -635,7 +756,10 @@ fn mqtt_3_3_1_5_retained_set_replace_delete() {
     let mut s = c5(b.addr(), "rets");
     sub_ok(&mut s, &t, 1);
     let m = s.recv_publish_ack();
-    assert!(m.retain, "MQTT-3.3.1-9 context: retained message sent at subscribe has RETAIN 1");
+    assert!(
+        m.retain,
+        "MQTT-3.3.1-9 context: retained message sent at subscribe has RETAIN 1"
+    );
     assert_eq!(m.payload, b"second");
     s.expect_silence();
     // MQTT-3.3.1-6: empty payload deletes.
@@ -657,7 +781,11 @@ fn mqtt_3_3_1_10_retain_handling_0_sends_on_every_subscribe() {
     sub_ok(&mut s, &t, opts(0, false, false, 0));
     assert_eq!(s.recv_publish().payload, b"r");
     sub_ok(&mut s, &t, opts(0, false, false, 0));
-    assert_eq!(s.recv_publish().payload, b"r", "retain handling 0 resends on resubscribe");
+    assert_eq!(
+        s.recv_publish().payload,
+        b"r",
+        "retain handling 0 resends on resubscribe"
+    );
 }
 
 #[test]
@@ -694,8 +822,14 @@ fn mqtt_3_3_1_12_and_13_retain_as_published() {
     sub_ok(&mut rap, &t, opts(0, false, true, 0));
     sub_ok(&mut norap, &t, opts(0, false, false, 0));
     p.publish_complete(&t, 0, true, 0, b"live");
-    assert!(rap.recv_publish().retain, "MQTT-3.3.1-13: RETAIN kept with Retain As Published");
-    assert!(!norap.recv_publish().retain, "MQTT-3.3.1-12: RETAIN 0 without Retain As Published");
+    assert!(
+        rap.recv_publish().retain,
+        "MQTT-3.3.1-13: RETAIN kept with Retain As Published"
+    );
+    assert!(
+        !norap.recv_publish().retain,
+        "MQTT-3.3.1-12: RETAIN 0 without Retain As Published"
+    );
 }
 
 // ----------------------------------------------------------------------------------
@@ -727,7 +861,10 @@ fn mqtt_3_1_2_8_will_published_on_socket_drop() {
     let (c, _) = RawClient::connect_v5_with(b.addr(), &Connect::v5(&uniq("wdrop")).will(will));
     c.drop_connection();
     let m = w.recv_publish_ack();
-    assert_eq!((m.topic.as_str(), m.qos, &m.payload[..]), (wt.as_str(), 1, &b"offline"[..]));
+    assert_eq!(
+        (m.topic.as_str(), m.qos, &m.payload[..]),
+        (wt.as_str(), 1, &b"offline"[..])
+    );
 }
 
 #[test]
@@ -735,7 +872,10 @@ fn mqtt_3_1_2_8_will_not_published_on_disconnect_0x00() {
     let b = Broker::two_shards();
     let wt = format!("will/{}", uniq("t"));
     let mut w = will_watcher(b.addr(), &wt);
-    let (mut c, _) = RawClient::connect_v5_with(b.addr(), &Connect::v5(&uniq("wd0")).will(Will::new(&wt, b"no")));
+    let (mut c, _) = RawClient::connect_v5_with(
+        b.addr(),
+        &Connect::v5(&uniq("wd0")).will(Will::new(&wt, b"no")),
+    );
     c.send(&pkt::disconnect_v5(0x00, &[]));
     c.expect_closed();
     assert_no_will(b.addr(), &mut w, &wt);
@@ -746,7 +886,10 @@ fn mqtt_3_14_2_1_will_published_on_disconnect_0x04() {
     let b = Broker::two_shards();
     let wt = format!("will/{}", uniq("t"));
     let mut w = will_watcher(b.addr(), &wt);
-    let (mut c, _) = RawClient::connect_v5_with(b.addr(), &Connect::v5(&uniq("wd4")).will(Will::new(&wt, b"yes")));
+    let (mut c, _) = RawClient::connect_v5_with(
+        b.addr(),
+        &Connect::v5(&uniq("wd4")).will(Will::new(&wt, b"yes")),
+    );
     c.send(&pkt::disconnect_v5(0x04, &[]));
     c.expect_closed();
     let m = w.recv_publish_ack();
@@ -787,6 +930,7 @@ fn mqtt_3_1_3_9_will_delay_elapses_then_published() {
 
 #[test]
 fn mqtt_3_1_3_9_will_sent_when_session_ends_before_delay() {
+    // Mosquitto 2.0.11 deviates: it does not publish the will when the session ends before the will delay.
     let b = Broker::two_shards();
     let wt = format!("will/{}", uniq("t"));
     let mut w = will_watcher(b.addr(), &wt);
@@ -805,7 +949,14 @@ fn mqtt_3_1_3_10_will_properties_forwarded() {
     let wt = format!("will/{}", uniq("t"));
     let mut w = will_watcher(b.addr(), &wt);
     let mut will = Will::new(&wt, b"{}");
-    will.props = [p_str(0x03, "application/json"), p_str(0x08, "reply/here"), p_bin(0x09, b"\x01\x02"), p_u8(0x01, 1), p_pair("k", "v")].concat();
+    will.props = [
+        p_str(0x03, "application/json"),
+        p_str(0x08, "reply/here"),
+        p_bin(0x09, b"\x01\x02"),
+        p_u8(0x01, 1),
+        p_pair("k", "v"),
+    ]
+    .concat();
     let (c, _) = RawClient::connect_v5_with(b.addr(), &Connect::v5(&uniq("wprop")).will(will));
     c.drop_connection();
     let m = w.recv_publish_ack();
@@ -813,7 +964,10 @@ fn mqtt_3_1_3_10_will_properties_forwarded() {
     assert_eq!(m.props.str(0x08), Some("reply/here"));
     assert_eq!(m.props.bin(0x09), Some(&b"\x01\x02"[..]));
     assert_eq!(m.props.byte(0x01), Some(1));
-    assert_eq!(m.props.user_props(), vec![("k".to_string(), "v".to_string())]);
+    assert_eq!(
+        m.props.user_props(),
+        vec![("k".to_string(), "v".to_string())]
+    );
 }
 
 // ----------------------------------------------------------------------------------
@@ -822,8 +976,10 @@ fn mqtt_3_1_3_10_will_properties_forwarded() {
 
 #[test]
 fn mqtt_3_3_4_9_server_respects_client_receive_maximum() {
+    // Mosquitto 2.0.11 deviates: it sends a third unacknowledged QoS 1 message.
     let b = Broker::two_shards();
-    let (mut s, _) = RawClient::connect_v5_with(b.addr(), &Connect::v5(&uniq("crm")).props(&p_u16(0x21, 2)));
+    let (mut s, _) =
+        RawClient::connect_v5_with(b.addr(), &Connect::v5(&uniq("crm")).props(&p_u16(0x21, 2)));
     let mut p = c5(b.addr(), "crmp");
     let t = format!("crm/{}", uniq("t"));
     sub_ok(&mut s, &t, 1);
@@ -843,14 +999,20 @@ fn mqtt_3_3_4_9_server_respects_client_receive_maximum() {
 #[test]
 fn mqtt_3_1_2_25_oversize_message_not_sent_to_client() {
     let b = Broker::two_shards();
-    let (mut s, _) = RawClient::connect_v5_with(b.addr(), &Connect::v5(&uniq("cmps")).props(&p_u32(0x27, 64)));
+    let (mut s, _) = RawClient::connect_v5_with(
+        b.addr(),
+        &Connect::v5(&uniq("cmps")).props(&p_u32(0x27, 64)),
+    );
     let mut p = c5(b.addr(), "cmpsp");
     let t = format!("cmps/{}", uniq("t"));
     sub_ok(&mut s, &t, 1);
     p.publish_complete(&t, 1, false, 1, &[b'x'; 200]);
     p.publish_complete(&t, 1, false, 2, b"small");
     let m = s.recv_publish_ack();
-    assert_eq!(m.payload, b"small", "an oversize packet was sent or the small one lost");
+    assert_eq!(
+        m.payload, b"small",
+        "an oversize packet was sent or the small one lost"
+    );
     assert!(m.raw.len() <= 64);
     s.expect_silence();
 }
@@ -942,7 +1104,11 @@ fn mqtt_4_8_2_shared_subscription_delivers_each_message_to_one_member() {
                 progressed = true;
             }
         }
-        assert!(progressed, "group stalled after {} of {N} messages: {got:?}", got.len());
+        assert!(
+            progressed,
+            "group stalled after {} of {N} messages: {got:?}",
+            got.len()
+        );
     }
     got.sort_unstable();
     assert_eq!(got, (1..=N).collect::<Vec<_>>());
@@ -953,6 +1119,7 @@ fn mqtt_4_8_2_shared_subscription_delivers_each_message_to_one_member() {
 
 #[test]
 fn mqtt_4_8_2_shared_subscription_gets_no_retained_on_subscribe() {
+    // Mosquitto 2.0.11 deviates: it sends the retained message to the shared subscriber.
     // 4.8.2: retained messages are not sent to a session subscribing to a shared subscription.
     let b = Broker::two_shards();
     let u = uniq("t");
@@ -988,13 +1155,33 @@ fn mqtt_3_3_2_passthrough_of_application_properties() {
     publish_props(&mut p, &t, 1, false, 4, &props, "héllo".as_bytes());
     let m = s.recv_publish_ack();
     assert_eq!(m.payload, "héllo".as_bytes());
-    assert_eq!(m.props.byte(0x01), Some(1), "MQTT-3.3.2-4: payload format indicator");
-    assert_eq!(m.props.str(0x08), Some("resp/topic"), "MQTT-3.3.2-15: response topic");
-    assert_eq!(m.props.bin(0x09), Some(&b"\x00corr\xff"[..]), "MQTT-3.3.2-16: correlation data");
-    assert_eq!(m.props.str(0x03), Some("text/plain"), "MQTT-3.3.2-20: content type");
+    assert_eq!(
+        m.props.byte(0x01),
+        Some(1),
+        "MQTT-3.3.2-4: payload format indicator"
+    );
+    assert_eq!(
+        m.props.str(0x08),
+        Some("resp/topic"),
+        "MQTT-3.3.2-15: response topic"
+    );
+    assert_eq!(
+        m.props.bin(0x09),
+        Some(&b"\x00corr\xff"[..]),
+        "MQTT-3.3.2-16: correlation data"
+    );
+    assert_eq!(
+        m.props.str(0x03),
+        Some("text/plain"),
+        "MQTT-3.3.2-20: content type"
+    );
     assert_eq!(
         m.props.user_props(),
-        vec![("a".into(), "1".into()), ("a".into(), "2".into()), ("b".into(), "3".into())],
+        vec![
+            ("a".into(), "1".into()),
+            ("a".into(), "2".into()),
+            ("b".into(), "3".into())
+        ],
         "MQTT-3.3.2-17/18: user properties unchanged and in order"
     );
 }
@@ -1031,8 +1218,11 @@ fn mqtt_3_3_2_6_message_expiry_forwarded_and_not_increased() {
     sub_ok(&mut s, &t, 1);
     publish_props(&mut p, &t, 1, false, 1, &p_u32(0x02, 100), b"x");
     let m = s.recv_publish_ack();
-    let left = m.props.four(0x02).expect("Message Expiry Interval must be forwarded");
-    assert!(left <= 100 && left >= 90, "expiry {left}");
+    let left = m
+        .props
+        .four(0x02)
+        .expect("Message Expiry Interval must be forwarded");
+    assert!((90..=100).contains(&left), "expiry {left}");
 }
 
 #[test]
@@ -1081,5 +1271,8 @@ fn mqtt_4_7_2_1_wildcards_do_not_match_dollar_topics() {
     }
     assert_eq!(plus.recv_publish().topic, plain);
     let m = exact.recv_publish();
-    assert_eq!((m.topic.as_str(), &m.payload[..]), (dollar.as_str(), &b"dollar"[..]));
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        (dollar.as_str(), &b"dollar"[..])
+    );
 }

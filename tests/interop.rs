@@ -20,7 +20,9 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 fn require_tool(name: &str) -> PathBuf {
@@ -39,8 +41,12 @@ struct Running {
 
 impl Running {
     fn spawn(cmd: &mut Command, what: &str) -> Running {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
         let out = child.stdout.take().expect("piped");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -51,7 +57,12 @@ impl Running {
                 }
             }
         });
-        Running { child, lines: rx, seen: Vec::new(), what: what.to_string() }
+        Running {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+            what: what.to_string(),
+        }
     }
 
     /// Waits for a stdout line equal to `want`; returns false on timeout.
@@ -78,7 +89,10 @@ impl Running {
     fn expect_line(&mut self, want: &str) {
         if !self.wait_line(want, LINE_TIMEOUT) {
             let stderr = self.kill_and_stderr();
-            panic!("{}: no line {want:?} within {LINE_TIMEOUT:?}; stdout: {:?}; stderr: {stderr}", self.what, self.seen);
+            panic!(
+                "{}: no line {want:?} within {LINE_TIMEOUT:?}; stdout: {:?}; stderr: {stderr}",
+                self.what, self.seen
+            );
         }
     }
 
@@ -108,8 +122,12 @@ impl Drop for Running {
 
 /// Runs a command to completion within [`TOOL_TIMEOUT`]; returns (status ok, stdout, stderr).
 fn run(cmd: &mut Command, what: &str) -> (bool, String, String) {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
     let mut out = child.stdout.take().expect("piped");
     let mut err = child.stderr.take().expect("piped");
     let t_out = std::thread::spawn(move || {
@@ -134,7 +152,10 @@ fn run(cmd: &mut Command, what: &str) -> (bool, String, String) {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let (o, e) = (t_out.join().unwrap_or_default(), t_err.join().unwrap_or_default());
+    let (o, e) = (
+        t_out.join().unwrap_or_default(),
+        t_err.join().unwrap_or_default(),
+    );
     match status {
         None => panic!("{what} did not finish within {TOOL_TIMEOUT:?}; stdout:\n{o}\nstderr:\n{e}"),
         Some(st) => (st.success(), o, e),
@@ -155,13 +176,29 @@ fn mosq_version(v5: bool) -> &'static str {
 
 fn mosquitto_sub(b: &Broker, v5: bool, args: &[&str]) -> Command {
     let mut c = Command::new(require_tool("mosquitto_sub"));
-    c.args(["-h", b.host(), "-p", &b.port().to_string(), "-V", mosq_version(v5)]).args(args);
+    c.args([
+        "-h",
+        b.host(),
+        "-p",
+        &b.port().to_string(),
+        "-V",
+        mosq_version(v5),
+    ])
+    .args(args);
     c
 }
 
 fn mosquitto_pub(b: &Broker, v5: bool, args: &[&str]) -> Command {
     let mut c = Command::new(require_tool("mosquitto_pub"));
-    c.args(["-h", b.host(), "-p", &b.port().to_string(), "-V", mosq_version(v5)]).args(args);
+    c.args([
+        "-h",
+        b.host(),
+        "-p",
+        &b.port().to_string(),
+        "-V",
+        mosq_version(v5),
+    ])
+    .args(args);
     c
 }
 
@@ -185,19 +222,35 @@ fn probe_until_subscribed(sub: &mut Running, p: &mut RawClient, topic: &str) {
         }
     }
     let stderr = sub.kill_and_stderr();
-    panic!("{}: subscription never became active; stdout {:?}; stderr {stderr}", sub.what, sub.seen);
+    panic!(
+        "{}: subscription never became active; stdout {:?}; stderr {stderr}",
+        sub.what, sub.seen
+    );
 }
 
 fn mosq_sub_receives_qos012(v5: bool) {
     let b = Broker::two_shards();
     let t = format!("mq/{}", uniq("t"));
     let filter = format!("{t}/#");
-    let mut sub = Running::spawn(&mut mosquitto_sub(&b, v5, &["-t", &filter, "-q", "2", "-v", "-i", &uniq("msub")]), "mosquitto_sub");
+    let mut sub = Running::spawn(
+        &mut mosquitto_sub(
+            &b,
+            v5,
+            &["-t", &filter, "-q", "2", "-v", "-i", &uniq("msub")],
+        ),
+        "mosquitto_sub",
+    );
     let mut p = raw(&b, v5, "mpub");
     let probe = format!("{t}/probe");
     probe_until_subscribed(&mut sub, &mut p, &probe);
     for q in 0..=2u8 {
-        p.publish_complete(&format!("{t}/{q}"), q, false, u16::from(q) + 1, format!("m{q}").as_bytes());
+        p.publish_complete(
+            &format!("{t}/{q}"),
+            q,
+            false,
+            u16::from(q) + 1,
+            format!("m{q}").as_bytes(),
+        );
     }
     for q in 0..=2u8 {
         sub.expect_line(&format!("{t}/{q} m{q}"));
@@ -212,28 +265,68 @@ fn mosq_pub_qos012(v5: bool) {
     s.subscribe_ok(1, &format!("{t}/#"), 2);
     for q in 0..=2u8 {
         let (ok, o, e) = run(
-            &mut mosquitto_pub(&b, v5, &["-q", &q.to_string(), "-t", &format!("{t}/{q}"), "-m", &format!("m{q}"), "-i", &uniq("mpb")]),
+            &mut mosquitto_pub(
+                &b,
+                v5,
+                &[
+                    "-q",
+                    &q.to_string(),
+                    "-t",
+                    &format!("{t}/{q}"),
+                    "-m",
+                    &format!("m{q}"),
+                    "-i",
+                    &uniq("mpb"),
+                ],
+            ),
             "mosquitto_pub",
         );
         assert!(ok, "mosquitto_pub -q {q} failed; stdout {o}; stderr {e}");
         let m = s.recv_publish_ack();
-        assert_eq!((m.topic, m.qos, m.payload), (format!("{t}/{q}"), q, format!("m{q}").into_bytes()));
+        assert_eq!(
+            (m.topic, m.qos, m.payload),
+            (format!("{t}/{q}"), q, format!("m{q}").into_bytes())
+        );
     }
 }
 
 fn mosq_retained(v5: bool) {
     let b = Broker::two_shards();
     let t = format!("mq/{}", uniq("t"));
-    let (ok, o, e) = run(&mut mosquitto_pub(&b, v5, &["-r", "-q", "1", "-t", &t, "-m", "kept"]), "mosquitto_pub -r");
+    let (ok, o, e) = run(
+        &mut mosquitto_pub(&b, v5, &["-r", "-q", "1", "-t", &t, "-m", "kept"]),
+        "mosquitto_pub -r",
+    );
     assert!(ok, "mosquitto_pub -r failed; stdout {o}; stderr {e}");
     let (ok, o, e) = run(
-        &mut mosquitto_sub(&b, v5, &["-t", &t, "-q", "1", "-C", "1", "-W", "10", "-F", "%r %q %t %p"]),
+        &mut mosquitto_sub(
+            &b,
+            v5,
+            &[
+                "-t",
+                &t,
+                "-q",
+                "1",
+                "-C",
+                "1",
+                "-W",
+                "10",
+                "-F",
+                "%r %q %t %p",
+            ],
+        ),
         "mosquitto_sub (retained)",
     );
-    assert!(ok, "mosquitto_sub got no retained message; stdout {o}; stderr {e}");
+    assert!(
+        ok,
+        "mosquitto_sub got no retained message; stdout {o}; stderr {e}"
+    );
     assert_eq!(o.trim_end(), format!("1 1 {t} kept"));
     // Delete with an empty retained payload: a new subscriber then gets nothing.
-    let (ok, _, e) = run(&mut mosquitto_pub(&b, v5, &["-r", "-q", "1", "-t", &t, "-n"]), "mosquitto_pub -r -n");
+    let (ok, _, e) = run(
+        &mut mosquitto_pub(&b, v5, &["-r", "-q", "1", "-t", &t, "-n"]),
+        "mosquitto_pub -r -n",
+    );
     assert!(ok, "{e}");
     let mut s = raw(&b, v5, "mret");
     s.subscribe_ok(1, &t, 1);
@@ -247,7 +340,23 @@ fn mosq_will(v5: bool) {
     let mut w = raw(&b, v5, "mwat");
     w.subscribe_ok(1, &wt, 1);
     let mut sub = Running::spawn(
-        &mut mosquitto_sub(&b, v5, &["-t", &t, "-v", "--will-topic", &wt, "--will-payload", "gone", "--will-qos", "1", "-i", &uniq("mwill")]),
+        &mut mosquitto_sub(
+            &b,
+            v5,
+            &[
+                "-t",
+                &t,
+                "-v",
+                "--will-topic",
+                &wt,
+                "--will-payload",
+                "gone",
+                "--will-qos",
+                "1",
+                "-i",
+                &uniq("mwill"),
+            ],
+        ),
         "mosquitto_sub (will)",
     );
     let mut p = raw(&b, v5, "mwp");
@@ -270,7 +379,10 @@ fn mosq_session(v5: bool) {
     probe_until_subscribed(&mut sub, &mut p, &t);
     sub.kill();
     p.publish_complete(&t, 1, false, 1, b"offline");
-    let mut again = Running::spawn(&mut mosquitto_sub(&b, v5, &args), "mosquitto_sub -c (resume)");
+    let mut again = Running::spawn(
+        &mut mosquitto_sub(&b, v5, &args),
+        "mosquitto_sub -c (resume)",
+    );
     again.expect_line(&format!("{t} offline"));
     again.kill();
 }
@@ -346,13 +458,18 @@ fn paho_python() -> PathBuf {
             return py.clone();
         }
     }
-    panic!("no python3 with paho-mqtt found (tried {candidates:?}): run `bash tests/install-deps.sh`");
+    panic!(
+        "no python3 with paho-mqtt found (tried {candidates:?}): run `bash tests/install-deps.sh`"
+    );
 }
 
 fn check_script_output(what: &str, (ok, out, err): (bool, String, String)) {
     assert!(ok, "{what} failed:\nstdout:\n{out}\nstderr:\n{err}");
     for scenario in ["pubsub", "retained", "will", "session"] {
-        assert!(out.lines().any(|l| l == format!("ok {scenario}")), "{what}: scenario {scenario} not reported ok:\n{out}");
+        assert!(
+            out.lines().any(|l| l == format!("ok {scenario}")),
+            "{what}: scenario {scenario} not reported ok:\n{out}"
+        );
     }
 }
 
@@ -361,9 +478,20 @@ fn paho(version: &str) {
     let b = Broker::two_shards();
     let script = repo_root().join("tests/interop/paho_check.py");
     let mut cmd = Command::new(py);
-    cmd.arg(&script)
-        .args(["--host", b.host(), "--port", &b.port().to_string(), "--version", version, "--prefix", &uniq("paho")]);
-    check_script_output(&format!("paho MQTT {version}"), run(&mut cmd, "paho_check.py"));
+    cmd.arg(&script).args([
+        "--host",
+        b.host(),
+        "--port",
+        &b.port().to_string(),
+        "--version",
+        version,
+        "--prefix",
+        &uniq("paho"),
+    ]);
+    check_script_output(
+        &format!("paho MQTT {version}"),
+        run(&mut cmd, "paho_check.py"),
+    );
 }
 
 #[test]
@@ -400,7 +528,10 @@ fn node(version: &str) {
         "--prefix",
         &uniq("node"),
     ]);
-    check_script_output(&format!("node mqtt MQTT {version}"), run(&mut cmd, "mqtt_check.js"));
+    check_script_output(
+        &format!("node mqtt MQTT {version}"),
+        run(&mut cmd, "mqtt_check.js"),
+    );
 }
 
 #[test]

@@ -31,7 +31,12 @@ fn profile_deny_subscribe_v311_gets_0x80() {
     let b = broker();
     let mut c = RawClient::connect_v311(b.addr(), &uniq("deny3"));
     let ok = format!("test/{}", uniq("ok"));
-    c.send(&pkt::subscribe(V311, 5, &[], &[("test/nosubscribe", 1), (&ok, 1)]));
+    c.send(&pkt::subscribe(
+        V311,
+        5,
+        &[],
+        &[("test/nosubscribe", 1), (&ok, 1)],
+    ));
     c.expect_hex("90 04 00 05 80 01");
     c.ping();
 }
@@ -42,7 +47,12 @@ fn profile_deny_subscribe_v5_gets_0x80() {
     let b = broker();
     let (mut c, _) = RawClient::connect_v5(b.addr(), &uniq("deny5"));
     let ok = format!("test/{}", uniq("ok"));
-    c.send(&pkt::subscribe(V5, 6, &[], &[("test/nosubscribe", 2), (&ok, 2)]));
+    c.send(&pkt::subscribe(
+        V5,
+        6,
+        &[],
+        &[("test/nosubscribe", 2), (&ok, 2)],
+    ));
     let ack = SubAck::parse(V5, &c.recv_suback());
     assert_eq!((ack.pid, ack.codes), (6, vec![0x80, 0x02]));
     c.ping();
@@ -65,7 +75,12 @@ fn profile_deny_subscribe_receives_nothing() {
 fn profile_server_keep_alive_sent_in_connack() {
     let b = broker();
     let (_c, ack) = RawClient::connect_v5_with(b.addr(), &Connect::v5(&uniq("ska")).keepalive(120));
-    assert_eq!(ack.props.two(0x13), Some(60), "Server Keep Alive in CONNACK: {:?}", ack.props);
+    assert_eq!(
+        ack.props.two(0x13),
+        Some(60),
+        "Server Keep Alive in CONNACK: {:?}",
+        ack.props
+    );
 }
 
 // --- receive_maximum = 2 ---
@@ -74,7 +89,12 @@ fn profile_server_keep_alive_sent_in_connack() {
 fn profile_receive_maximum_advertised() {
     let b = broker();
     let (_c, ack) = RawClient::connect_v5(b.addr(), &uniq("rm"));
-    assert_eq!(ack.props.two(0x21), Some(2), "Receive Maximum in CONNACK: {:?}", ack.props);
+    assert_eq!(
+        ack.props.two(0x21),
+        Some(2),
+        "Receive Maximum in CONNACK: {:?}",
+        ack.props
+    );
 }
 
 #[test]
@@ -110,7 +130,12 @@ fn profile_receive_maximum_frees_slot_after_pubcomp() {
 fn profile_maximum_packet_size_advertised() {
     let b = broker();
     let (_c, ack) = RawClient::connect_v5(b.addr(), &uniq("mps"));
-    assert_eq!(ack.props.four(0x27), Some(256), "Maximum Packet Size in CONNACK: {:?}", ack.props);
+    assert_eq!(
+        ack.props.four(0x27),
+        Some(256),
+        "Maximum Packet Size in CONNACK: {:?}",
+        ack.props
+    );
 }
 
 #[test]
@@ -135,7 +160,16 @@ fn profile_packet_too_large_v311_closes() {
     let b = broker();
     let mut by = Bystander::new(b.addr(), V311);
     let mut c = RawClient::connect_v311(b.addr(), &uniq("big3"));
-    c.send_lenient(&pkt::publish(V311, "big/x", 0, false, false, 0, &[], &[b'a'; 400]));
+    c.send_lenient(&pkt::publish(
+        V311,
+        "big/x",
+        0,
+        false,
+        false,
+        0,
+        &[],
+        &[b'a'; 400],
+    ));
     c.expect_closed();
     by.check();
 }
@@ -160,7 +194,12 @@ fn profile_oversize_outgoing_not_sent_to_small_client() {
 fn profile_topic_alias_maximum_advertised() {
     let b = broker();
     let (_c, ack) = RawClient::connect_v5(b.addr(), &uniq("tam"));
-    assert_eq!(ack.props.two(0x22), Some(2), "Topic Alias Maximum in CONNACK: {:?}", ack.props);
+    assert_eq!(
+        ack.props.two(0x22),
+        Some(2),
+        "Topic Alias Maximum in CONNACK: {:?}",
+        ack.props
+    );
 }
 
 #[test]
@@ -171,12 +210,42 @@ fn profile_topic_alias_2_works_3_is_invalid() {
     let t = format!("ta/{}", uniq("t"));
     s.subscribe_ok(1, &t, 0);
     let (mut c, _) = RawClient::connect_v5(b.addr(), &uniq("ta"));
-    c.send(&pkt::publish(V5, &t, 0, false, false, 0, &p_u16(0x23, 2), b"set"));
-    c.send(&pkt::publish(V5, "", 0, false, false, 0, &p_u16(0x23, 2), b"use"));
+    c.send(&pkt::publish(
+        V5,
+        &t,
+        0,
+        false,
+        false,
+        0,
+        &p_u16(0x23, 2),
+        b"set",
+    ));
+    c.send(&pkt::publish(
+        V5,
+        "",
+        0,
+        false,
+        false,
+        0,
+        &p_u16(0x23, 2),
+        b"use",
+    ));
     assert_eq!(s.recv_publish().payload, b"set");
     let m = s.recv_publish();
-    assert_eq!((m.topic.as_str(), &m.payload[..]), (t.as_str(), &b"use"[..]));
-    c.send(&pkt::publish(V5, &t, 0, false, false, 0, &p_u16(0x23, 3), b"bad"));
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        (t.as_str(), &b"use"[..])
+    );
+    c.send(&pkt::publish(
+        V5,
+        &t,
+        0,
+        false,
+        false,
+        0,
+        &p_u16(0x23, 3),
+        b"bad",
+    ));
     c.expect_disconnect_v5(&[0x94]);
     by.check();
 }

@@ -77,14 +77,20 @@ impl Broker {
     }
 
     fn external(addr: String) -> Broker {
-        Broker { child: None, addr, stderr_tail: Arc::new(Mutex::new(Vec::new())) }
+        Broker {
+            child: None,
+            addr,
+            stderr_tail: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     fn spawn(args: &[&str]) -> Broker {
         let bin = env!("CARGO_BIN_EXE_ringmq");
         let mut cmd = Command::new(bin);
         cmd.arg("--listen").arg("127.0.0.1:0").args(args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {bin}: {e}"));
@@ -114,7 +120,11 @@ impl Broker {
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(addr) => {
-                    return Broker { child: Some(child), addr, stderr_tail: tail };
+                    return Broker {
+                        child: Some(child),
+                        addr,
+                        stderr_tail: tail,
+                    };
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Ok(Some(status)) = child.try_wait() {
@@ -150,7 +160,10 @@ impl Broker {
     }
 
     pub fn host(&self) -> &str {
-        self.addr.rsplit_once(':').map(|(h, _)| h).unwrap_or("127.0.0.1")
+        self.addr
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or("127.0.0.1")
     }
 
     pub fn port(&self) -> u16 {
@@ -238,7 +251,12 @@ pub fn uniq(tag: &str) -> String {
         .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).wrapping_mul(2_654_435_761))
         .unwrap_or(0);
     let mix = nanos ^ std::process::id().wrapping_mul(40_503);
-    format!("{}{:07x}{:03}", &tag[..tag.len().min(6)], mix & 0x0fff_ffff, n % 1000)
+    format!(
+        "{}{:07x}{:03}",
+        &tag[..tag.len().min(6)],
+        mix & 0x0fff_ffff,
+        n % 1000
+    )
 }
 
 // ---------------------------------------------------------------------------------------
@@ -259,7 +277,10 @@ pub fn hex(s: &str) -> Vec<u8> {
 }
 
 pub fn to_hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -332,8 +353,16 @@ impl RawClient {
     pub fn connect(addr: &str) -> RawClient {
         let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_nodelay(true).expect("nodelay");
-        stream.set_write_timeout(Some(RECV_TIMEOUT)).expect("write timeout");
-        RawClient { stream, buf: Vec::new(), pending: Default::default(), version: V311, name: String::new() }
+        stream
+            .set_write_timeout(Some(RECV_TIMEOUT))
+            .expect("write timeout");
+        RawClient {
+            stream,
+            buf: Vec::new(),
+            pending: Default::default(),
+            version: V311,
+            name: String::new(),
+        }
     }
 
     /// Connects and completes a 3.1.1 CONNECT with clean session 1, keepalive 60.
@@ -407,7 +436,9 @@ impl RawClient {
                 return ReadOutcome::Timeout;
             }
             let left = (deadline - now).max(Duration::from_millis(1));
-            self.stream.set_read_timeout(Some(left)).expect("read timeout");
+            self.stream
+                .set_read_timeout(Some(left))
+                .expect("read timeout");
             let mut tmp = [0u8; 8192];
             match self.stream.read(&mut tmp) {
                 Ok(0) => {
@@ -465,14 +496,21 @@ impl RawClient {
             return None;
         }
         let raw: Vec<u8> = self.buf.drain(..total).collect();
-        Some(Frame { first: raw[0], body: raw[1 + n..].to_vec(), raw })
+        Some(Frame {
+            first: raw[0],
+            body: raw[1 + n..].to_vec(),
+            raw,
+        })
     }
 
     /// Next frame; fails the test on close or after [`RECV_TIMEOUT`].
     pub fn recv_frame(&mut self) -> Frame {
         match self.read_frame_within(RECV_TIMEOUT) {
             ReadOutcome::Frame(f) => f,
-            ReadOutcome::Closed => panic!("{}: connection closed while a packet was expected", self.name),
+            ReadOutcome::Closed => panic!(
+                "{}: connection closed while a packet was expected",
+                self.name
+            ),
             ReadOutcome::Timeout => panic!("{}: no packet within {RECV_TIMEOUT:?}", self.name),
         }
     }
@@ -515,14 +553,21 @@ impl RawClient {
         match self.read_frame_within(timeout) {
             ReadOutcome::Closed => {}
             ReadOutcome::Frame(f) => panic!("{}: expected close, got packet {f:?}", self.name),
-            ReadOutcome::Timeout => panic!("{}: connection still open after {timeout:?}", self.name),
+            ReadOutcome::Timeout => {
+                panic!("{}: connection still open after {timeout:?}", self.name)
+            }
         }
     }
 
     /// MQTT 5 server-side error after CONNACK: a DISCONNECT with one of `codes`, then close.
     pub fn expect_disconnect_v5(&mut self, codes: &[u8]) {
         let f = self.recv_frame();
-        assert_eq!(f.ptype(), 14, "{}: expected DISCONNECT {codes:02x?}, got {f:?}", self.name);
+        assert_eq!(
+            f.ptype(),
+            14,
+            "{}: expected DISCONNECT {codes:02x?}, got {f:?}",
+            self.name
+        );
         assert_eq!(f.flags(), 0, "{}: DISCONNECT flags {f:?}", self.name);
         // Remaining length 0 means reason 0x00.
         let rc = f.body.first().copied().unwrap_or(0);
@@ -539,9 +584,16 @@ impl RawClient {
     pub fn expect_connack_error_or_close_v5(&mut self, codes: &[u8]) {
         match self.read_frame_within(RECV_TIMEOUT) {
             ReadOutcome::Closed => {}
-            ReadOutcome::Timeout => panic!("{}: connection still open after a bad CONNECT", self.name),
+            ReadOutcome::Timeout => {
+                panic!("{}: connection still open after a bad CONNECT", self.name)
+            }
             ReadOutcome::Frame(f) => {
-                assert_eq!(f.ptype(), 2, "{}: expected CONNACK or close, got {f:?}", self.name);
+                assert_eq!(
+                    f.ptype(),
+                    2,
+                    "{}: expected CONNACK or close, got {f:?}",
+                    self.name
+                );
                 let ack = ConnAckV5::parse(&f);
                 assert!(
                     codes.contains(&ack.code),
@@ -549,7 +601,10 @@ impl RawClient {
                     self.name,
                     ack.code
                 );
-                assert!(!ack.session_present, "MQTT-3.2.2-6: session present must be 0 on refusal");
+                assert!(
+                    !ack.session_present,
+                    "MQTT-3.2.2-6: session present must be 0 on refusal"
+                );
                 self.expect_closed();
             }
         }
@@ -564,7 +619,9 @@ impl RawClient {
         match self.read_frame_within(d) {
             ReadOutcome::Timeout => {}
             ReadOutcome::Frame(f) => panic!("{}: expected nothing, got {f:?}", self.name),
-            ReadOutcome::Closed => panic!("{}: expected nothing, but the connection closed", self.name),
+            ReadOutcome::Closed => {
+                panic!("{}: expected nothing, but the connection closed", self.name)
+            }
         }
     }
 
@@ -590,11 +647,8 @@ impl RawClient {
 
     /// Sends a normal DISCONNECT and waits for the broker to close.
     pub fn disconnect(mut self) {
-        if self.version.is_v5() {
-            self.send_hex("e0 00");
-        } else {
-            self.send_hex("e0 00");
-        }
+        // Same two bytes in 3.1.1 and 5.0 (reason 0x00, no properties).
+        self.send_hex("e0 00");
         self.expect_closed();
     }
 
@@ -642,17 +696,38 @@ impl RawClient {
         let f = self.subscribe(pid, filter, opts);
         let ack = SubAck::parse(self.version, &f);
         assert_eq!(ack.pid, pid);
-        assert_eq!(ack.codes, vec![opts & 0x03], "{}: SUBACK for {filter}: {f:?}", self.name);
+        assert_eq!(
+            ack.codes,
+            vec![opts & 0x03],
+            "{}: SUBACK for {filter}: {f:?}",
+            self.name
+        );
     }
 
     pub fn publish(&mut self, topic: &str, qos: u8, retain: bool, pid: u16, payload: &[u8]) {
         let v = self.version;
-        self.send(&pkt::publish(v, topic, qos, retain, false, pid, &[], payload));
+        self.send(&pkt::publish(
+            v,
+            topic,
+            qos,
+            retain,
+            false,
+            pid,
+            &[],
+            payload,
+        ));
     }
 
     /// Publishes at QoS 0/1/2 and completes the flow from the publisher side
     /// (PUBACK, or PUBREC/PUBREL/PUBCOMP).
-    pub fn publish_complete(&mut self, topic: &str, qos: u8, retain: bool, pid: u16, payload: &[u8]) {
+    pub fn publish_complete(
+        &mut self,
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        pid: u16,
+        payload: &[u8],
+    ) {
         self.publish(topic, qos, retain, pid, payload);
         self.complete_publish_flow(qos, pid);
     }
@@ -677,15 +752,30 @@ impl RawClient {
     pub fn expect_ack(&mut self, ptype: u8, pid: u16, v5: bool) {
         let f = self.recv_frame_skipping_publish();
         let flags = if ptype == 6 { 2 } else { 0 };
-        assert_eq!(f.first, (ptype << 4) | flags, "{}: expected ack type {ptype}, got {f:?}", self.name);
-        assert_eq!(f.u16_at(0), pid, "{}: ack for wrong packet id: {f:?}", self.name);
+        assert_eq!(
+            f.first,
+            (ptype << 4) | flags,
+            "{}: expected ack type {ptype}, got {f:?}",
+            self.name
+        );
+        assert_eq!(
+            f.u16_at(0),
+            pid,
+            "{}: ack for wrong packet id: {f:?}",
+            self.name
+        );
         if v5 {
             let ack = PubAckV5::parse(&f);
             // 0x10 "No matching subscribers" is a success code for PUBACK and PUBREC.
             let ok = ack.code == 0 || (ack.code == 0x10 && (ptype == 4 || ptype == 5));
             assert!(ok, "{}: ack reason {:#04x}: {f:?}", self.name, ack.code);
         } else {
-            assert_eq!(f.body.len(), 2, "{}: 3.1.1 ack must be 4 bytes: {f:?}", self.name);
+            assert_eq!(
+                f.body.len(),
+                2,
+                "{}: 3.1.1 ack must be 4 bytes: {f:?}",
+                self.name
+            );
         }
     }
 
@@ -790,7 +880,10 @@ impl Props {
                     i += n;
                     PropVal::Pair(k, v)
                 }
-                other => panic!("broker sent unknown property id {other:#04x} in {}", to_hex(b)),
+                other => panic!(
+                    "broker sent unknown property id {other:#04x} in {}",
+                    to_hex(b)
+                ),
             };
             out.push((id, v));
         }
@@ -803,7 +896,11 @@ impl Props {
     }
 
     pub fn all(&self, id: u8) -> Vec<&PropVal> {
-        self.0.iter().filter(|(i, _)| *i == id).map(|(_, v)| v).collect()
+        self.0
+            .iter()
+            .filter(|(i, _)| *i == id)
+            .map(|(_, v)| v)
+            .collect()
     }
 
     pub fn byte(&self, id: u8) -> Option<u8> {
@@ -860,7 +957,11 @@ impl Props {
 pub fn props_at(b: &[u8], i: usize) -> (Props, usize) {
     let (len, n) = read_varint(&b[i..]).expect("property length");
     let end = i + n + len as usize;
-    assert!(end <= b.len(), "property length {len} overruns packet {}", to_hex(b));
+    assert!(
+        end <= b.len(),
+        "property length {len} overruns packet {}",
+        to_hex(b)
+    );
     (Props::parse(&b[i + n..end]), n + len as usize)
 }
 
@@ -875,10 +976,22 @@ impl ConnAckV5 {
     pub fn parse(f: &Frame) -> ConnAckV5 {
         assert_eq!(f.first, 0x20, "CONNACK first byte: {f:?}");
         assert!(f.body.len() >= 2, "CONNACK too short: {f:?}");
-        assert_eq!(f.body[0] & 0xfe, 0, "MQTT-3.2.2-1: CONNACK reserved flags: {f:?}");
+        assert_eq!(
+            f.body[0] & 0xfe,
+            0,
+            "MQTT-3.2.2-1: CONNACK reserved flags: {f:?}"
+        );
         // A 3.x-style 2-byte CONNACK (e.g. to a CONNECT whose version is unknown) has no properties.
-        let props = if f.body.len() > 2 { props_at(&f.body, 2).0 } else { Props::default() };
-        ConnAckV5 { session_present: f.body[0] & 1 == 1, code: f.body[1], props }
+        let props = if f.body.len() > 2 {
+            props_at(&f.body, 2).0
+        } else {
+            Props::default()
+        };
+        ConnAckV5 {
+            session_present: f.body[0] & 1 == 1,
+            code: f.body[1],
+            props,
+        }
     }
 }
 
@@ -893,7 +1006,11 @@ impl PubAckV5 {
     pub fn parse(f: &Frame) -> PubAckV5 {
         let pid = f.u16_at(0);
         let code = f.body.get(2).copied().unwrap_or(0);
-        let props = if f.body.len() > 3 { props_at(&f.body, 3).0 } else { Props::default() };
+        let props = if f.body.len() > 3 {
+            props_at(&f.body, 3).0
+        } else {
+            Props::default()
+        };
         PubAckV5 { pid, code, props }
     }
 }
@@ -911,9 +1028,17 @@ impl SubAck {
         let pid = f.u16_at(0);
         if version.is_v5() {
             let (props, n) = props_at(&f.body, 2);
-            SubAck { pid, codes: f.body[2 + n..].to_vec(), props }
+            SubAck {
+                pid,
+                codes: f.body[2 + n..].to_vec(),
+                props,
+            }
         } else {
-            SubAck { pid, codes: f.body[2..].to_vec(), props: Props::default() }
+            SubAck {
+                pid,
+                codes: f.body[2..].to_vec(),
+                props: Props::default(),
+            }
         }
     }
 }
@@ -934,7 +1059,9 @@ impl PublishMsg {
     pub fn parse(version: ProtocolVersion, f: &Frame) -> PublishMsg {
         let b = &f.body;
         let tl = u16::from_be_bytes([b[0], b[1]]) as usize;
-        let topic = std::str::from_utf8(&b[2..2 + tl]).expect("topic is UTF-8").to_string();
+        let topic = std::str::from_utf8(&b[2..2 + tl])
+            .expect("topic is UTF-8")
+            .to_string();
         let mut i = 2 + tl;
         let qos = (f.first >> 1) & 3;
         let pid = if qos > 0 {
@@ -1053,7 +1180,13 @@ pub mod pkt {
 
     impl Will {
         pub fn new(topic: &str, payload: &[u8]) -> Will {
-            Will { topic: topic.as_bytes().to_vec(), payload: payload.to_vec(), qos: 0, retain: false, props: Vec::new() }
+            Will {
+                topic: topic.as_bytes().to_vec(),
+                payload: payload.to_vec(),
+                qos: 0,
+                retain: false,
+                props: Vec::new(),
+            }
         }
     }
 
@@ -1096,7 +1229,11 @@ pub mod pkt {
         }
 
         pub fn v5(client_id: &str) -> Connect {
-            Connect { version: ProtocolVersion::V5, level: 5, ..Connect::v311(client_id) }
+            Connect {
+                version: ProtocolVersion::V5,
+                level: 5,
+                ..Connect::v311(client_id)
+            }
         }
 
         pub fn clean(mut self, clean: bool) -> Connect {
@@ -1189,7 +1326,12 @@ pub mod pkt {
     }
 
     /// SUBSCRIBE with (filter, options byte) pairs.
-    pub fn subscribe(v: ProtocolVersion, pid: u16, props: &[u8], filters: &[(&str, u8)]) -> Vec<u8> {
+    pub fn subscribe(
+        v: ProtocolVersion,
+        pid: u16,
+        props: &[u8],
+        filters: &[(&str, u8)],
+    ) -> Vec<u8> {
         let mut b = pid.to_be_bytes().to_vec();
         if v.is_v5() {
             b.extend_from_slice(&props_block(props));
@@ -1251,14 +1393,25 @@ impl Bystander {
     pub fn new(addr: &str, version: ProtocolVersion) -> Bystander {
         let topic = format!("by/{}", uniq("t"));
         let (mut sub, mut publ) = if version.is_v5() {
-            (RawClient::connect_v5(addr, &uniq("bys")).0, RawClient::connect_v5(addr, &uniq("byp")).0)
+            (
+                RawClient::connect_v5(addr, &uniq("bys")).0,
+                RawClient::connect_v5(addr, &uniq("byp")).0,
+            )
         } else {
-            (RawClient::connect_v311(addr, &uniq("bys")), RawClient::connect_v311(addr, &uniq("byp")))
+            (
+                RawClient::connect_v311(addr, &uniq("bys")),
+                RawClient::connect_v311(addr, &uniq("byp")),
+            )
         };
         sub.version = version;
         publ.version = version;
         sub.subscribe_ok(1, &topic, 1);
-        Bystander { sub, publ, topic, next_pid: 1 }
+        Bystander {
+            sub,
+            publ,
+            topic,
+            next_pid: 1,
+        }
     }
 
     /// Publishes QoS 0 and QoS 1 and checks both arrive, then pings both.
@@ -1269,9 +1422,15 @@ impl Bystander {
         self.publ.publish_complete(&t, 0, false, 0, b"q0");
         self.publ.publish_complete(&t, 1, false, pid, b"q1");
         let m0 = self.sub.recv_publish();
-        assert_eq!((m0.topic.as_str(), m0.qos, &m0.payload[..]), (t.as_str(), 0, &b"q0"[..]));
+        assert_eq!(
+            (m0.topic.as_str(), m0.qos, &m0.payload[..]),
+            (t.as_str(), 0, &b"q0"[..])
+        );
         let m1 = self.sub.recv_publish_ack();
-        assert_eq!((m1.topic.as_str(), m1.qos, &m1.payload[..]), (t.as_str(), 1, &b"q1"[..]));
+        assert_eq!(
+            (m1.topic.as_str(), m1.qos, &m1.payload[..]),
+            (t.as_str(), 1, &b"q1"[..])
+        );
         self.sub.ping();
         self.publ.ping();
     }
