@@ -1001,3 +1001,33 @@ fn mqtt_4_7_3_topics_are_case_sensitive_and_keep_spaces() {
     let m = s.recv_publish();
     assert_eq!(m.payload, b"yes");
 }
+
+// ----------------------------------------------------------------------------------
+// Both IO backends carry the same protocol (not a spec statement: ringmq's seam)
+// ----------------------------------------------------------------------------------
+
+fn backend_round_trip(io: &str) {
+    let b = Broker::start(&["--shards", "2", "--io", io]);
+    let mut by = Bystander::new(b.addr(), V311);
+    let mut s = v311(b.addr(), "ios");
+    let mut p = v311(b.addr(), "iop");
+    let t = format!("io/{}", uniq("t"));
+    s.subscribe_ok(1, &t, 2);
+    p.publish_complete(&t, 2, false, 1, b"both backends");
+    let m = s.recv_publish_ack();
+    assert_eq!((m.qos, &m.payload[..]), (2, &b"both backends"[..]));
+    let mut bad = v311(b.addr(), "iobad");
+    bad.send_hex("36 07 00 03 61 2f 62 00 01");
+    bad.expect_closed();
+    by.check();
+}
+
+#[test]
+fn backend_epoll_round_trip() {
+    backend_round_trip("epoll");
+}
+
+#[test]
+fn backend_uring_round_trip() {
+    backend_round_trip("uring");
+}
