@@ -72,6 +72,10 @@ impl Shard {
             return Ok(());
         };
         let session = c.session;
+        // [MQTT-3.3.4-6]: only the server puts Subscription Identifiers on a PUBLISH.
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(SessionError::ProtocolError);
+        }
         // Client → server topic alias.
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias == 0 || alias > cfg.topic_alias_maximum || !c.version.is_v5() {
