@@ -149,7 +149,11 @@ fn setup_err(what: &str, e: std::io::Error) -> SetupError {
     ))
 }
 
-const OP_CHAIN: u64 = 1;
+// Steps of the connect chain, so a failure names its step.
+const OP_SOCKET: u64 = 7;
+const OP_NODELAY: u64 = 8;
+const OP_NOPORT: u64 = 9;
+const OP_BIND: u64 = 10;
 const OP_CONNECT: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_RECV: u64 = 4;
@@ -356,7 +360,6 @@ impl Worker {
         let entries = 4096u32;
         let ring = IoUring::builder()
             .setup_cqsize(entries * 8)
-            .setup_single_issuer()
             .build(entries)
             .map_err(|e| setup_err("io_uring_setup", e))?;
         ring.submitter()
@@ -688,11 +691,11 @@ impl Worker {
         let fixed = types::Fixed(slot);
         let mut chain = Vec::with_capacity(5);
         chain.push(
-            opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+            opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
                 .file_index(Some(dest))
                 .build()
                 .flags(link)
-                .user_data(ud(OP_CHAIN, idx)),
+                .user_data(ud(OP_SOCKET, idx)),
         );
         let one = &ONE as *const libc::c_int as *const libc::c_void;
         chain.push(
@@ -705,7 +708,7 @@ impl Worker {
             )
             .build()
             .flags(link)
-            .user_data(ud(OP_CHAIN, idx)),
+            .user_data(ud(OP_NODELAY, idx)),
         );
         if !self.srcs.is_empty() {
             let src = &self.srcs[global % self.srcs.len()];
@@ -720,7 +723,7 @@ impl Worker {
                 )
                 .build()
                 .flags(link)
-                .user_data(ud(OP_CHAIN, idx)),
+                .user_data(ud(OP_NOPORT, idx)),
             );
             chain.push(
                 opcode::Bind::new(
@@ -730,7 +733,7 @@ impl Worker {
                 )
                 .build()
                 .flags(link)
-                .user_data(ud(OP_CHAIN, idx)),
+                .user_data(ud(OP_BIND, idx)),
             );
         }
         chain.push(
@@ -873,11 +876,18 @@ impl Worker {
         for &(data, res, flags) in &cqes {
             let idx = (data & 0xFFFF_FFFF) as usize;
             match data >> 32 {
-                OP_CHAIN => {
-                    if res < 0 && res != -libc::ECANCELED {
-                        if self.clients[idx].state == St::Connecting {
-                            self.fail(idx, "socket/setsockopt/bind", -res);
-                        }
+                op @ (OP_SOCKET | OP_NODELAY | OP_NOPORT | OP_BIND) => {
+                    if res < 0
+                        && res != -libc::ECANCELED
+                        && self.clients[idx].state == St::Connecting
+                    {
+                        let step = match op {
+                            OP_SOCKET => "socket (direct descriptor)",
+                            OP_NODELAY => "setsockopt(TCP_NODELAY)",
+                            OP_NOPORT => "setsockopt(IP_BIND_ADDRESS_NO_PORT)",
+                            _ => "bind (source address)",
+                        };
+                        self.fail(idx, step, -res);
                     }
                 }
                 OP_CONNECT => self.on_connect(idx, res),

@@ -162,11 +162,17 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
     }
     let ready_after_connect = shared.ready.load(Ordering::Acquire);
     let last_connack = shared.last_connack_ns.load(Ordering::Acquire);
-    let connect_wall_ns = last_connack.saturating_sub(t0).max(1);
     let cpu_connect = cpu_process_ns() - cpu0;
     let connect_end = engine::now_ns();
+    // Rate over first attempt -> last CONNACK; without any CONNACK, the whole phase.
+    let connect_wall_ns = if last_connack > t0 {
+        last_connack - t0
+    } else {
+        connect_end - t0
+    }
+    .max(1);
 
-    let (measured_ns, cpu_measured_ns);
+    let (measured_ns, cpu_measured_ns, cpu_window_ns);
     if cfg.scenario == Scenario::Connect {
         shared
             .measure_start_ns
@@ -175,6 +181,7 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
         sleep_with_bar(cfg.hold, "holding", &shared);
         measured_ns = connect_wall_ns;
         cpu_measured_ns = cpu_connect;
+        cpu_window_ns = (connect_end - t0).max(1);
     } else {
         shared.phase.store(engine::PHASE_WARMUP, Ordering::Release);
         sleep_with_bar(cfg.warmup, "warmup", &shared);
@@ -186,6 +193,7 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
         shared.phase.store(engine::PHASE_DRAIN, Ordering::Release);
         measured_ns = engine::now_ns() - m0;
         cpu_measured_ns = cpu_process_ns() - c0;
+        cpu_window_ns = measured_ns;
         let drain_end = engine::now_ns() + cfg.drain.as_nanos() as u64;
         while engine::now_ns() < drain_end
             && shared.unique_received.load(Ordering::Acquire) < shared.expected()
@@ -193,7 +201,6 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let _ = connect_end;
     shared
         .phase
         .store(engine::PHASE_DISCONNECT, Ordering::Release);
@@ -212,7 +219,7 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
         ready_after_connect,
         connect_wall_ns,
         measured_ns,
-        cpu_measured_ns,
+        (cpu_measured_ns, cpu_window_ns),
     ))
 }
 
@@ -225,7 +232,7 @@ fn merge(
     established: u64,
     connect_wall_ns: u64,
     measured_ns: u64,
-    cpu_measured_ns: u64,
+    (cpu_measured_ns, cpu_window_ns): (u64, u64),
 ) -> (Report, Hists) {
     let mut latency = engine::new_histogram();
     let mut rtt = engine::new_histogram();
@@ -322,7 +329,7 @@ fn merge(
         errors_total,
         errors,
         unclean_closes: unclean,
-        cpu_process_pct: cpu_measured_ns as f64 * 100.0 / measured_ns.max(1) as f64,
+        cpu_process_pct: cpu_measured_ns as f64 * 100.0 / cpu_window_ns as f64,
         cpu_max_thread_pct: max_thread_pct,
         loadgen_saturated: saturated,
         exit_code,
