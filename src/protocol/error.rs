@@ -46,6 +46,13 @@ pub enum DecodeError {
     InvalidReasonCode(u8),
     /// QoS 0 PUBLISH with DUP set.
     DupOnQoS0,
+    /// A variable byte integer inside a packet (property length, subscription
+    /// identifier) longer than 4 bytes or not minimally encoded.
+    MalformedVariableByteInteger,
+    /// CONNACK acknowledge flags with a reserved bit set.
+    InvalidConnAckFlags(u8),
+    /// No Local set on a `$share/` subscription (MQTT 5, 3.8.3.1).
+    NoLocalOnSharedSubscription,
 }
 
 impl DecodeError {
@@ -58,10 +65,34 @@ impl DecodeError {
                 ReasonCode::UnsupportedProtocolVersion
             }
             InvalidTopicName => ReasonCode::TopicNameInvalid,
-            DuplicateProperty(_) | ZeroPacketId | InvalidPacketType(_) => {
+            // 3.3.2.3.4: a topic alias of 0 is answered with "Topic Alias invalid".
+            InvalidPropertyValue(0x23) => ReasonCode::TopicAliasInvalid,
+            // The spec calls these "Protocol Error" rather than "Malformed Packet"
+            // (e.g. 3.1.2.11: receive maximum 0; 3.8.3: retain handling 3; 3.8.3: a
+            // SUBSCRIBE without payload).
+            DuplicateProperty(_)
+            | InvalidPropertyValue(_)
+            | ZeroPacketId
+            | InvalidPacketType(_)
+            | EmptySubscription
+            | NoLocalOnSharedSubscription => ReasonCode::ProtocolError,
+            InvalidSubscriptionOptions(b) if b & 0xC0 == 0 && b & 0x30 == 0x30 => {
                 ReasonCode::ProtocolError
             }
-            _ => ReasonCode::MalformedPacket,
+            MalformedRemainingLength
+            | InvalidFixedHeaderFlags { .. }
+            | UnexpectedEndOfFrame
+            | TrailingBytes
+            | InvalidUtf8
+            | InvalidConnectFlags(_)
+            | InvalidQoS(_)
+            | InvalidTopicFilter
+            | InvalidSubscriptionOptions(_)
+            | InvalidProperty(_)
+            | InvalidReasonCode(_)
+            | DupOnQoS0
+            | MalformedVariableByteInteger
+            | InvalidConnAckFlags(_) => ReasonCode::MalformedPacket,
         }
     }
 }

@@ -12,11 +12,16 @@ mod properties;
 mod reason;
 
 pub use decode::{decode_packet, peek_frame, FrameHeader};
-pub use encode::{encode_packet, encoded_len, remaining_length_len};
+pub use encode::{encode_packet, encode_to_bytes, encoded_len, remaining_length_len};
 pub use error::DecodeError;
 pub use packet::*;
-pub use properties::{Properties, PublishProperties, UserProperty};
+pub use properties::{property_id, Properties, PropertySet, PublishProperties, UserProperty};
 pub use reason::ReasonCode;
 
 /// Largest value the variable-length "remaining length" can express (4 bytes).
 pub const MAX_REMAINING_LENGTH: usize = 268_435_455;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;

@@ -158,7 +158,11 @@ pub struct PubResp {
 
 impl PubResp {
     pub fn new(packet_id: u16) -> Self {
-        PubResp { packet_id, code: ReasonCode::Success, properties: Properties::default() }
+        PubResp {
+            packet_id,
+            code: ReasonCode::Success,
+            properties: Properties::default(),
+        }
     }
 }
 

@@ -95,3 +95,72 @@ impl Properties {
         *self == Properties::default()
     }
 }
+
+/// MQTT 5 property identifiers (spec 2.2.2.2).
+pub mod property_id {
+    pub const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+    pub const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+    pub const CONTENT_TYPE: u8 = 0x03;
+    pub const RESPONSE_TOPIC: u8 = 0x08;
+    pub const CORRELATION_DATA: u8 = 0x09;
+    pub const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+    pub const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
+    pub const ASSIGNED_CLIENT_IDENTIFIER: u8 = 0x12;
+    pub const SERVER_KEEP_ALIVE: u8 = 0x13;
+    pub const AUTHENTICATION_METHOD: u8 = 0x15;
+    pub const AUTHENTICATION_DATA: u8 = 0x16;
+    pub const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
+    pub const WILL_DELAY_INTERVAL: u8 = 0x18;
+    pub const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+    pub const RESPONSE_INFORMATION: u8 = 0x1A;
+    pub const SERVER_REFERENCE: u8 = 0x1C;
+    pub const REASON_STRING: u8 = 0x1F;
+    pub const RECEIVE_MAXIMUM: u8 = 0x21;
+    pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+    pub const TOPIC_ALIAS: u8 = 0x23;
+    pub const MAXIMUM_QOS: u8 = 0x24;
+    pub const RETAIN_AVAILABLE: u8 = 0x25;
+    pub const USER_PROPERTY: u8 = 0x26;
+    pub const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+    pub const WILDCARD_SUBSCRIPTION_AVAILABLE: u8 = 0x28;
+    pub const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u8 = 0x29;
+    pub const SHARED_SUBSCRIPTION_AVAILABLE: u8 = 0x2A;
+}
+
+/// Which properties a packet may carry: one bit per identifier (all are < 64).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PropertySet(u64);
+
+impl PropertySet {
+    const fn of(ids: &[u8]) -> PropertySet {
+        let mut bits = 0u64;
+        let mut i = 0;
+        while i < ids.len() {
+            bits |= 1u64 << ids[i];
+            i += 1;
+        }
+        PropertySet(bits)
+    }
+
+    #[inline]
+    pub fn contains(self, id: u8) -> bool {
+        id < 64 && self.0 & (1u64 << id) != 0
+    }
+
+    // The allowed sets, from the "used in" column of spec table 2.4 (section 2.2.2.2).
+    pub const CONNECT: PropertySet =
+        PropertySet::of(&[0x11, 0x15, 0x16, 0x17, 0x19, 0x21, 0x22, 0x26, 0x27]);
+    pub const WILL: PropertySet = PropertySet::of(&[0x01, 0x02, 0x03, 0x08, 0x09, 0x18, 0x26]);
+    pub const CONNACK: PropertySet = PropertySet::of(&[
+        0x11, 0x12, 0x13, 0x15, 0x16, 0x1A, 0x1C, 0x1F, 0x21, 0x22, 0x24, 0x25, 0x26, 0x27, 0x28,
+        0x29, 0x2A,
+    ]);
+    pub const PUBLISH: PropertySet =
+        PropertySet::of(&[0x01, 0x02, 0x03, 0x08, 0x09, 0x0B, 0x23, 0x26]);
+    /// PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK.
+    pub const ACK: PropertySet = PropertySet::of(&[0x1F, 0x26]);
+    pub const SUBSCRIBE: PropertySet = PropertySet::of(&[0x0B, 0x26]);
+    pub const UNSUBSCRIBE: PropertySet = PropertySet::of(&[0x26]);
+    pub const DISCONNECT: PropertySet = PropertySet::of(&[0x11, 0x1C, 0x1F, 0x26]);
+    pub const AUTH: PropertySet = PropertySet::of(&[0x15, 0x16, 0x1F, 0x26]);
+}

@@ -3,6 +3,8 @@
 
 mod mesh;
 mod spsc;
+mod sync;
 
-pub use mesh::{mesh, Endpoint, SendOutcome};
+pub use mesh::{mesh, Endpoint, MeshStats, RingError, SendError, SendOutcome, WakeSet, MAX_SHARDS};
 pub use spsc::{channel, Consumer, Producer};
+pub use sync::CachePadded;

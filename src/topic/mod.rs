@@ -6,4 +6,6 @@ mod trie;
 mod validate;
 
 pub use trie::TopicTrie;
-pub use validate::{matches, parse_shared, validate_filter, validate_name, SharedFilter, TopicError};
+pub use validate::{
+    matches, parse_shared, validate_filter, validate_name, SharedFilter, TopicError,
+};

@@ -1,11 +1,126 @@
+use slab::Slab;
+use smallvec::SmallVec;
+
+/// Index of a node in the arena, or of a value in the value slab.
+type Idx = u32;
+/// "No node" / "no value". Indices are u32 to halve link size; 4G nodes would need
+/// hundreds of GB, so memory runs out long before an index could reach this.
+const NONE: Idx = u32::MAX;
+const ROOT: Idx = 0;
+
+/// Nodes per arena chunk. Fixed-size chunks instead of one growing `Vec` keep the
+/// slack below one chunk and avoid a 2x copy spike when a million-node trie grows.
+const CHUNK_SHIFT: u32 = 10;
+const CHUNK_LEN: usize = 1 << CHUNK_SHIFT;
+
+/// Up to this many literal children are an unsorted exact-size list scanned
+/// linearly; above it they become an open-addressing table.
+const SMALL_MAX: usize = 8;
+/// A table shrinks back to a list once it holds this few children.
+const SMALL_BACK: usize = 4;
+const TABLE_MIN: usize = 32;
+
+/// Levels up to this length are stored inside the node without a heap allocation.
+const INLINE_MAX: usize = 22;
+
+/// One level's bytes. 24 bytes whether inline or boxed.
+enum Label {
+    Inline { len: u8, bytes: [u8; INLINE_MAX] },
+    Heap(Box<[u8]>),
+}
+
+impl Label {
+    fn new(level: &[u8]) -> Self {
+        if level.len() <= INLINE_MAX {
+            let mut bytes = [0; INLINE_MAX];
+            bytes[..level.len()].copy_from_slice(level);
+            Label::Inline {
+                len: level.len() as u8,
+                bytes,
+            }
+        } else {
+            Label::Heap(level.into())
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            // `len <= INLINE_MAX` by construction; `get` keeps this panic-free regardless.
+            Label::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or(&[]),
+            Label::Heap(b) => b,
+        }
+    }
+}
+
+const EMPTY_LABEL: Label = Label::Inline {
+    len: 0,
+    bytes: [0; INLINE_MAX],
+};
+
+/// 56 bytes. Values live in a separate slab so the node size does not depend on `V`
+/// and intermediate nodes pay 4 bytes, not `size_of::<Option<V>>()`, per slot.
+struct Node {
+    /// This node's own level (`+` for a plus child); the root's is empty.
+    label: Label,
+    /// Literal children. At most `SMALL_MAX`: the child indices, exact length.
+    /// Otherwise a power-of-two open-addressing table (linear probing, `NONE` = empty
+    /// slot) hashed by the child's label: 4 bytes per slot instead of a map entry
+    /// that would duplicate the label.
+    children: Box<[Idx]>,
+    child_count: u32,
+    /// Value of the key ending at this node.
+    value: Idx,
+    /// Value of the key `<this node's path>/#`: `#` is always last, so it needs no node.
+    /// On a free node: the next free node.
+    hash: Idx,
+    /// The `+` child.
+    plus: Idx,
+}
+
+impl Node {
+    fn new(level: &[u8]) -> Self {
+        Node {
+            label: Label::new(level),
+            children: Box::default(),
+            child_count: 0,
+            value: NONE,
+            hash: NONE,
+            plus: NONE,
+        }
+    }
+
+    fn is_table(&self) -> bool {
+        self.children.len() > SMALL_MAX
+    }
+
+    fn is_prunable(&self) -> bool {
+        self.value == NONE && self.hash == NONE && self.plus == NONE && self.child_count == 0
+    }
+}
+
+/// Where a key's value sits: a node's own slot or its `#` slot.
+#[derive(Clone, Copy)]
+enum Slot {
+    Value(Idx),
+    Hash(Idx),
+}
+
 /// A trie over `/`-separated levels mapping keys to values `V`.
 ///
 /// Used two ways: keys are *filters* (subscriptions; `for_each_match` finds the
 /// values of every filter matching a topic name), or keys are *topic names*
 /// (retained messages; `for_each_matching_filter` finds every name a filter matches).
 /// Empty nodes are pruned on removal so memory follows the live key count.
+///
+/// Keys are arbitrary bytes. Only whole levels are wildcards: `+` anywhere, `#` as
+/// the last level; anything else is literal (the same rules as [`super::matches`]).
 pub struct TopicTrie<V> {
-    _v: std::marker::PhantomData<V>,
+    chunks: Vec<Vec<Node>>,
+    /// Head of the free-node list (linked through `Node::hash`).
+    free: Idx,
+    live_nodes: usize,
+    values: Slab<V>,
+    hasher: ahash::RandomState,
 }
 
 impl<V> Default for TopicTrie<V> {
@@ -14,62 +129,900 @@ impl<V> Default for TopicTrie<V> {
     }
 }
 
+/// Iterates the levels of a key or topic; `next` also says whether the level is last.
+struct Levels<'a> {
+    rest: Option<&'a [u8]>,
+}
+
+impl<'a> Levels<'a> {
+    fn new(s: &'a [u8]) -> Self {
+        Levels { rest: Some(s) }
+    }
+}
+
+impl<'a> Iterator for Levels<'a> {
+    type Item = (&'a [u8], bool);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let s = self.rest?;
+        match s.iter().position(|&b| b == b'/') {
+            Some(i) => {
+                self.rest = Some(&s[i + 1..]);
+                Some((&s[..i], false))
+            }
+            None => {
+                self.rest = None;
+                Some((s, true))
+            }
+        }
+    }
+}
+
+/// Position of the next level in a topic/filter being matched: a byte offset, or
+/// `len + 1` once every level is consumed (`len` itself is a trailing empty level).
+fn level_at(s: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let rest = s.get(pos..)?;
+    Some(match rest.iter().position(|&b| b == b'/') {
+        Some(i) => (&rest[..i], pos + i + 1),
+        None => (rest, s.len() + 1),
+    })
+}
+
+/// Does the filter from `pos` match zero levels? (Exhausted, or exactly a final `#`.)
+fn rest_matches_nothing(filter: &[u8], pos: usize) -> bool {
+    match level_at(filter, pos) {
+        None => true,
+        Some((level, next)) => level == b"#" && next > filter.len(),
+    }
+}
+
+/// A pending node in `for_each_matching_filter`'s walk.
+#[derive(Clone, Copy)]
+struct NameFrame {
+    node: Idx,
+    /// Next filter level to match, or `usize::MAX` to emit the whole subtree.
+    filter_pos: usize,
+    /// Length of the parent's name (with its trailing `/`) in the name buffer.
+    parent_len: usize,
+}
+
+const DUMP: usize = usize::MAX;
+
 impl<V> TopicTrie<V> {
     pub fn new() -> Self {
-        todo!("topic")
+        let mut first = Vec::with_capacity(CHUNK_LEN);
+        first.push(Node::new(b""));
+        TopicTrie {
+            chunks: vec![first],
+            free: NONE,
+            live_nodes: 1,
+            values: Slab::new(),
+            hasher: ahash::RandomState::new(),
+        }
     }
 
     /// Number of keys with a value.
     pub fn len(&self) -> usize {
-        todo!("topic")
+        self.values.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Live trie nodes, the root included (1 when empty). For memory metrics and tests.
+    pub fn node_count(&self) -> usize {
+        self.live_nodes
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<&V> {
-        let _ = key;
-        todo!("topic")
+        let idx = self.slot_value(self.find(key)?);
+        self.values.get(idx as usize)
     }
 
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
-        let _ = key;
-        todo!("topic")
+        let idx = self.slot_value(self.find(key)?);
+        self.values.get_mut(idx as usize)
     }
 
     /// The value at `key`, inserted with `make` if absent.
     pub fn entry_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
-        let _ = (key, make);
-        todo!("topic")
+        let slot = self.find_or_create(key);
+        let mut idx = self.slot_value(slot);
+        if !self.values.contains(idx as usize) {
+            idx = self.values.insert(make()) as Idx;
+            self.set_slot(slot, idx);
+        }
+        // Present: either found above or just inserted.
+        &mut self.values[idx as usize]
     }
 
     /// Sets `key` to `value`, returning the previous value.
     pub fn insert(&mut self, key: &[u8], value: V) -> Option<V> {
-        let _ = (key, value);
-        todo!("topic")
+        let slot = self.find_or_create(key);
+        let idx = self.slot_value(slot);
+        if let Some(old) = self.values.get_mut(idx as usize) {
+            return Some(std::mem::replace(old, value));
+        }
+        let idx = self.values.insert(value) as Idx;
+        self.set_slot(slot, idx);
+        None
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
-        let _ = key;
-        todo!("topic")
+        // The path from the root, to prune bottom-up afterwards.
+        let mut path: SmallVec<[Idx; 16]> = SmallVec::new();
+        let mut node = ROOT;
+        let mut slot = None;
+        for (level, is_last) in Levels::new(key) {
+            if is_last && level == b"#" {
+                slot = Some(Slot::Hash(node));
+                break;
+            }
+            path.push(node);
+            node = self.child(node, level);
+            if node == NONE {
+                return None;
+            }
+        }
+        let slot = slot.unwrap_or(Slot::Value(node));
+        let idx = self.slot_value(slot);
+        let value = self.values.try_remove(idx as usize)?;
+        self.set_slot(slot, NONE);
+        // A `#` slot lives on `node` itself, so both kinds prune from `node`.
+        self.prune(node, &path);
+        Some(value)
     }
 
     /// Keys are filters: calls `f(value)` for every stored filter matching `topic`.
-    pub fn for_each_match(&self, topic: &[u8], f: impl FnMut(&V)) {
-        let _ = (topic, f);
-        todo!("topic")
+    ///
+    /// Each matching filter is reported once. A topic starting with `$` is not
+    /// matched by filters whose first level is a wildcard. Allocates nothing for
+    /// topics up to 8 levels deep.
+    pub fn for_each_match(&self, topic: &[u8], mut f: impl FnMut(&V)) {
+        let dollar = topic.first() == Some(&b'$');
+        let mut stack: SmallVec<[(Idx, usize); 16]> = SmallVec::new();
+        stack.push((ROOT, 0));
+        while let Some((n, pos)) = stack.pop() {
+            let node = self.node(n);
+            let wild_ok = !(dollar && n == ROOT);
+            let Some((level, next)) = level_at(topic, pos) else {
+                // Topic exhausted: the filter ending here, and `<here>/#` (zero levels).
+                self.emit(node.value, &mut f);
+                self.emit(node.hash, &mut f);
+                continue;
+            };
+            if wild_ok {
+                self.emit(node.hash, &mut f);
+                if node.plus != NONE {
+                    stack.push((node.plus, next));
+                }
+            }
+            // Literal only: a topic level `+` must not reach the plus child twice.
+            let c = self.literal_child(n, level);
+            if c != NONE {
+                stack.push((c, next));
+            }
+        }
     }
 
     /// Keys are topic names: calls `f(name, value)` for every stored name `filter` matches.
     pub fn for_each_matching_filter(&self, filter: &[u8], f: impl FnMut(&[u8], &V)) {
-        let _ = (filter, f);
-        todo!("topic")
+        let mut buf = Vec::new();
+        self.for_each_matching_filter_with(filter, &mut buf, f);
+    }
+
+    /// As `for_each_matching_filter`, building names in `buf` (cleared first) so a
+    /// caller can reuse one buffer across calls.
+    pub fn for_each_matching_filter_with(
+        &self,
+        filter: &[u8],
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(&[u8], &V),
+    ) {
+        buf.clear();
+        let mut stack: SmallVec<[NameFrame; 16]> = SmallVec::new();
+        stack.push(NameFrame {
+            node: ROOT,
+            filter_pos: 0,
+            parent_len: 0,
+        });
+        while let Some(frame) = stack.pop() {
+            let n = frame.node;
+            let node = self.node(n);
+            // The buffer holds the node's name followed by '/'; the root has none.
+            buf.truncate(frame.parent_len);
+            if n != ROOT {
+                buf.extend_from_slice(node.label.as_bytes());
+                buf.push(b'/');
+            }
+            let here = buf.len();
+            if frame.filter_pos == DUMP {
+                self.emit_named(node.value, buf, &mut f);
+                self.emit_hash_leaf(node.hash, buf, &mut f);
+                self.push_children(n, DUMP, here, false, &mut stack);
+                continue;
+            }
+            let Some((level, next)) = level_at(filter, frame.filter_pos) else {
+                self.emit_named(node.value, buf, &mut f);
+                continue;
+            };
+            // MQTT §4.7.2: leading wildcards skip `$` names.
+            let skip_dollar = n == ROOT;
+            if level == b"#" && next > filter.len() {
+                // Zero levels (this node's own name), then every descendant.
+                self.emit_named(node.value, buf, &mut f);
+                self.emit_hash_leaf(node.hash, buf, &mut f);
+                self.push_children(n, DUMP, here, skip_dollar, &mut stack);
+            } else if level == b"+" {
+                if rest_matches_nothing(filter, next) {
+                    self.emit_hash_leaf(node.hash, buf, &mut f);
+                }
+                self.push_children(n, next, here, skip_dollar, &mut stack);
+            } else {
+                // A literal level; a non-final `#` is literal too and can match a
+                // stored name's final `#` level if the filter then ends or ends in `#`.
+                if level == b"#" && rest_matches_nothing(filter, next) {
+                    self.emit_hash_leaf(node.hash, buf, &mut f);
+                }
+                let c = self.literal_child(n, level);
+                if c != NONE {
+                    stack.push(NameFrame {
+                        node: c,
+                        filter_pos: next,
+                        parent_len: here,
+                    });
+                }
+            }
+        }
     }
 
     /// Every key and value, in no particular order.
-    pub fn for_each(&self, f: impl FnMut(&[u8], &V)) {
-        let _ = f;
-        todo!("topic")
+    pub fn for_each(&self, mut f: impl FnMut(&[u8], &V)) {
+        let mut buf = Vec::new();
+        let mut stack: SmallVec<[NameFrame; 16]> = SmallVec::new();
+        stack.push(NameFrame {
+            node: ROOT,
+            filter_pos: DUMP,
+            parent_len: 0,
+        });
+        while let Some(frame) = stack.pop() {
+            let n = frame.node;
+            let node = self.node(n);
+            buf.truncate(frame.parent_len);
+            if n != ROOT {
+                buf.extend_from_slice(node.label.as_bytes());
+                buf.push(b'/');
+            }
+            self.emit_named(node.value, &buf, &mut f);
+            self.emit_hash_leaf(node.hash, &mut buf, &mut f);
+            self.push_children(n, DUMP, buf.len(), false, &mut stack);
+        }
+    }
+
+    // ---- walking helpers ----
+
+    fn emit(&self, idx: Idx, f: &mut impl FnMut(&V)) {
+        if let Some(v) = self.values.get(idx as usize) {
+            f(v);
+        }
+    }
+
+    /// Emits `idx` under the name in `buf` minus its trailing '/'.
+    fn emit_named(&self, idx: Idx, buf: &[u8], f: &mut impl FnMut(&[u8], &V)) {
+        if let Some(v) = self.values.get(idx as usize) {
+            f(&buf[..buf.len().saturating_sub(1)], v);
+        }
+    }
+
+    /// Emits a `#` slot as the name in `buf` followed by a final `#` level.
+    fn emit_hash_leaf(&self, idx: Idx, buf: &mut Vec<u8>, f: &mut impl FnMut(&[u8], &V)) {
+        if let Some(v) = self.values.get(idx as usize) {
+            buf.push(b'#');
+            f(buf, v);
+            buf.pop();
+        }
+    }
+
+    fn push_children(
+        &self,
+        n: Idx,
+        filter_pos: usize,
+        parent_len: usize,
+        skip_dollar: bool,
+        stack: &mut SmallVec<[NameFrame; 16]>,
+    ) {
+        let node = self.node(n);
+        if node.plus != NONE {
+            stack.push(NameFrame {
+                node: node.plus,
+                filter_pos,
+                parent_len,
+            });
+        }
+        for &c in node.children.iter().filter(|&&c| c != NONE) {
+            if skip_dollar && self.node(c).label.as_bytes().first() == Some(&b'$') {
+                continue;
+            }
+            stack.push(NameFrame {
+                node: c,
+                filter_pos,
+                parent_len,
+            });
+        }
+    }
+
+    fn find(&self, key: &[u8]) -> Option<Slot> {
+        let mut node = ROOT;
+        for (level, is_last) in Levels::new(key) {
+            if is_last && level == b"#" {
+                return Some(Slot::Hash(node));
+            }
+            node = self.child(node, level);
+            if node == NONE {
+                return None;
+            }
+        }
+        Some(Slot::Value(node))
+    }
+
+    fn find_or_create(&mut self, key: &[u8]) -> Slot {
+        let mut node = ROOT;
+        for (level, is_last) in Levels::new(key) {
+            if is_last && level == b"#" {
+                return Slot::Hash(node);
+            }
+            let c = self.child(node, level);
+            node = if c != NONE {
+                c
+            } else {
+                let c = self.alloc(level);
+                self.attach(node, c, level);
+                c
+            };
+        }
+        Slot::Value(node)
+    }
+
+    fn slot_value(&self, slot: Slot) -> Idx {
+        match slot {
+            Slot::Value(n) => self.node(n).value,
+            Slot::Hash(n) => self.node(n).hash,
+        }
+    }
+
+    fn set_slot(&mut self, slot: Slot, idx: Idx) {
+        match slot {
+            Slot::Value(n) => self.node_mut(n).value = idx,
+            Slot::Hash(n) => self.node_mut(n).hash = idx,
+        }
+    }
+
+    /// Frees empty nodes from `node` upward; `path` holds its ancestors, root first.
+    fn prune(&mut self, mut node: Idx, path: &[Idx]) {
+        for &parent in path.iter().rev() {
+            if node == ROOT || !self.node(node).is_prunable() {
+                return;
+            }
+            self.detach(parent, node);
+            self.release(node);
+            node = parent;
+        }
+    }
+
+    // ---- arena ----
+
+    fn node(&self, n: Idx) -> &Node {
+        &self.chunks[(n >> CHUNK_SHIFT) as usize][n as usize & (CHUNK_LEN - 1)]
+    }
+
+    fn node_mut(&mut self, n: Idx) -> &mut Node {
+        &mut self.chunks[(n >> CHUNK_SHIFT) as usize][n as usize & (CHUNK_LEN - 1)]
+    }
+
+    fn alloc(&mut self, level: &[u8]) -> Idx {
+        self.live_nodes += 1;
+        if self.free != NONE {
+            let n = self.free;
+            let node = self.node_mut(n);
+            let next = node.hash;
+            *node = Node::new(level);
+            self.free = next;
+            return n;
+        }
+        if self.chunks.last().map_or(true, |c| c.len() == CHUNK_LEN) {
+            self.chunks.push(Vec::with_capacity(CHUNK_LEN));
+        }
+        let chunk = self.chunks.len() - 1;
+        let last = &mut self.chunks[chunk];
+        let n = (chunk << CHUNK_SHIFT | last.len()) as Idx;
+        last.push(Node::new(level));
+        n
+    }
+
+    fn release(&mut self, n: Idx) {
+        self.live_nodes -= 1;
+        let next = self.free;
+        let node = self.node_mut(n);
+        // Drop the label's and children's heap memory now, not on reuse.
+        node.label = EMPTY_LABEL;
+        node.children = Box::default();
+        node.child_count = 0;
+        node.value = NONE;
+        node.plus = NONE;
+        node.hash = next;
+        self.free = n;
+    }
+
+    // ---- children ----
+
+    fn hash(&self, label: &[u8]) -> usize {
+        self.hasher.hash_one(label) as usize
+    }
+
+    /// The child of `n` for `level` (`+` is the plus child), or `NONE`.
+    fn child(&self, n: Idx, level: &[u8]) -> Idx {
+        if level == b"+" {
+            return self.node(n).plus;
+        }
+        self.literal_child(n, level)
+    }
+
+    /// The literal child of `n` labelled `level`, or `NONE`; never the plus child.
+    fn literal_child(&self, n: Idx, level: &[u8]) -> Idx {
+        let node = self.node(n);
+        if !node.is_table() {
+            return node
+                .children
+                .iter()
+                .copied()
+                .find(|&c| self.node(c).label.as_bytes() == level)
+                .unwrap_or(NONE);
+        }
+        let table = &node.children;
+        let mask = table.len() - 1;
+        let mut i = self.hash(level) & mask;
+        // Load stays below 7/8, so an empty slot ends the probe; the bound is a backstop.
+        for _ in 0..table.len() {
+            let c = table[i];
+            if c == NONE || self.node(c).label.as_bytes() == level {
+                return c;
+            }
+            i = (i + 1) & mask;
+        }
+        NONE
+    }
+
+    fn attach(&mut self, parent: Idx, child: Idx, level: &[u8]) {
+        if level == b"+" {
+            self.node_mut(parent).plus = child;
+            return;
+        }
+        let mut children = std::mem::take(&mut self.node_mut(parent).children);
+        let count = self.node(parent).child_count as usize + 1;
+        if children.len() > SMALL_MAX {
+            if count * 8 > children.len() * 7 {
+                children = self.rebuild_table(&children, children.len() * 2);
+            }
+            self.table_insert(&mut children, child);
+        } else if count <= SMALL_MAX {
+            let mut list = Vec::with_capacity(count);
+            list.extend_from_slice(&children);
+            list.push(child);
+            children = list.into_boxed_slice();
+        } else {
+            children = self.rebuild_table(&children, TABLE_MIN);
+            self.table_insert(&mut children, child);
+        }
+        let p = self.node_mut(parent);
+        p.children = children;
+        p.child_count = count as u32;
+    }
+
+    fn detach(&mut self, parent: Idx, child: Idx) {
+        if self.node(parent).plus == child {
+            self.node_mut(parent).plus = NONE;
+            return;
+        }
+        let mut children = std::mem::take(&mut self.node_mut(parent).children);
+        let count = (self.node(parent).child_count as usize).saturating_sub(1);
+        if children.len() > SMALL_MAX {
+            self.table_remove(&mut children, child);
+            if count <= SMALL_BACK {
+                children = children.iter().copied().filter(|&c| c != NONE).collect();
+            } else if children.len() > TABLE_MIN && count * 8 < children.len() {
+                children = self.rebuild_table(&children, children.len() / 2);
+            }
+        } else {
+            children = children.iter().copied().filter(|&c| c != child).collect();
+        }
+        let p = self.node_mut(parent);
+        p.children = children;
+        p.child_count = count as u32;
+    }
+
+    fn rebuild_table(&self, old: &[Idx], len: usize) -> Box<[Idx]> {
+        let mut table = vec![NONE; len].into_boxed_slice();
+        for &c in old.iter().filter(|&&c| c != NONE) {
+            self.table_insert(&mut table, c);
+        }
+        table
+    }
+
+    fn table_insert(&self, table: &mut [Idx], child: Idx) {
+        let mask = table.len() - 1;
+        let mut i = self.hash(self.node(child).label.as_bytes()) & mask;
+        for _ in 0..table.len() {
+            if table[i] == NONE {
+                table[i] = child;
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Linear-probing deletion by backward shift, so no tombstones accumulate.
+    fn table_remove(&self, table: &mut [Idx], child: Idx) {
+        let mask = table.len() - 1;
+        let mut hole = self.hash(self.node(child).label.as_bytes()) & mask;
+        let mut probes = 0;
+        while table[hole] != child {
+            if table[hole] == NONE || probes == table.len() {
+                return;
+            }
+            hole = (hole + 1) & mask;
+            probes += 1;
+        }
+        table[hole] = NONE;
+        let mut j = hole;
+        loop {
+            j = (j + 1) & mask;
+            let c = table[j];
+            if c == NONE {
+                return;
+            }
+            let home = self.hash(self.node(c).label.as_bytes()) & mask;
+            // Move `c` into the hole unless its home lies cyclically in (hole, j].
+            let stays = if hole <= j {
+                hole < home && home <= j
+            } else {
+                hole < home || home <= j
+            };
+            if !stays {
+                table[hole] = c;
+                table[j] = NONE;
+                hole = j;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::matches;
+    use proptest::prelude::*;
+    use std::collections::{BTreeSet, HashMap};
+
+    fn matched_filters(trie: &TopicTrie<String>, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        trie.for_each_match(topic.as_bytes(), |v| out.push(v.clone()));
+        out.sort();
+        out
+    }
+
+    fn matched_names(trie: &TopicTrie<String>, filter: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        trie.for_each_matching_filter(filter.as_bytes(), |name, v| {
+            assert_eq!(name, v.as_bytes(), "reconstructed name");
+            out.push(v.clone());
+        });
+        out.sort();
+        out
+    }
+
+    fn trie_of(keys: &[&str]) -> TopicTrie<String> {
+        let mut t = TopicTrie::new();
+        for k in keys {
+            t.insert(k.as_bytes(), k.to_string());
+        }
+        t
+    }
+
+    #[test]
+    fn layout_sizes() {
+        assert_eq!(std::mem::size_of::<Label>(), 24);
+        assert_eq!(std::mem::size_of::<Node>(), 56);
+    }
+
+    #[test]
+    fn spec_examples_filters_in_trie() {
+        let cases = crate::topic::validate::tests::SPEC_CASES;
+        let filters: BTreeSet<&str> = cases.iter().map(|c| c.0).collect();
+        let trie = trie_of(&filters.iter().copied().collect::<Vec<_>>());
+        let topics: BTreeSet<&str> = cases.iter().map(|c| c.1).collect();
+        for &(f, t, want) in cases {
+            assert_eq!(
+                matched_filters(&trie, t).contains(&f.to_string()),
+                want,
+                "{f:?} vs {t:?}"
+            );
+        }
+        for t in topics {
+            let want: Vec<String> = filters
+                .iter()
+                .filter(|f| matches(f.as_bytes(), t.as_bytes()))
+                .map(|f| f.to_string())
+                .collect();
+            assert_eq!(matched_filters(&trie, t), want, "topic {t:?}");
+        }
+    }
+
+    #[test]
+    fn spec_examples_names_in_trie() {
+        let cases = crate::topic::validate::tests::SPEC_CASES;
+        let names: BTreeSet<&str> = cases.iter().map(|c| c.1).collect();
+        let trie = trie_of(&names.iter().copied().collect::<Vec<_>>());
+        for &(f, t, want) in cases {
+            assert_eq!(
+                matched_names(&trie, f).contains(&t.to_string()),
+                want,
+                "{f:?} vs {t:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dollar_topics_and_explicit_examples() {
+        let trie = trie_of(&[
+            "#",
+            "+/monitor/Clients",
+            "$SYS/#",
+            "$SYS/monitor/+",
+            "+/#",
+            "sport/#",
+        ]);
+        assert_eq!(
+            matched_filters(&trie, "$SYS/monitor/Clients"),
+            ["$SYS/#", "$SYS/monitor/+"]
+        );
+        assert_eq!(
+            matched_filters(&trie, "x/monitor/Clients"),
+            ["#", "+/#", "+/monitor/Clients"]
+        );
+        assert_eq!(matched_filters(&trie, "sport"), ["#", "+/#", "sport/#"]);
+        assert_eq!(matched_filters(&trie, "$SYS"), ["$SYS/#"]);
+
+        let names = trie_of(&[
+            "$SYS/monitor/Clients",
+            "$SYS",
+            "a",
+            "a/",
+            "a/b/c",
+            "/finance",
+            "sport",
+        ]);
+        assert_eq!(
+            matched_names(&names, "#"),
+            ["/finance", "a", "a/", "a/b/c", "sport"]
+        );
+        assert_eq!(matched_names(&names, "+"), ["a", "sport"]);
+        assert_eq!(matched_names(&names, "+/+"), ["/finance", "a/"]);
+        assert_eq!(matched_names(&names, "a/#"), ["a", "a/", "a/b/c"]);
+        assert_eq!(
+            matched_names(&names, "$SYS/#"),
+            ["$SYS", "$SYS/monitor/Clients"]
+        );
+        assert_eq!(
+            matched_names(&names, "+/monitor/Clients"),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn reused_buffer_and_for_each() {
+        let trie = trie_of(&["a/b", "a/#", "c", "/", "+/x"]);
+        let mut buf = b"garbage".to_vec();
+        let mut seen = Vec::new();
+        trie.for_each_matching_filter_with(b"a/+", &mut buf, |n, _| seen.push(n.to_vec()));
+        seen.sort();
+        assert_eq!(seen, [b"a/#".to_vec(), b"a/b".to_vec()]);
+        let mut all = Vec::new();
+        trie.for_each(|k, v| {
+            assert_eq!(k, v.as_bytes());
+            all.push(v.clone());
+        });
+        all.sort();
+        assert_eq!(all, ["+/x", "/", "a/#", "a/b", "c"]);
+    }
+
+    #[test]
+    fn insert_get_remove_prunes() {
+        let mut t: TopicTrie<u32> = TopicTrie::new();
+        assert_eq!(t.node_count(), 1);
+        assert_eq!(t.insert(b"a/b/c", 1), None);
+        assert_eq!(t.insert(b"a/b/c", 2), Some(1));
+        assert_eq!(t.insert(b"a/#", 3), None);
+        assert_eq!(t.insert(b"#", 4), None);
+        assert_eq!(t.insert(b"+/+", 5), None);
+        assert_eq!(t.len(), 4);
+        assert_eq!(t.get(b"a/b/c"), Some(&2));
+        assert_eq!(t.get(b"a/b"), None);
+        assert_eq!(t.get(b"a/#"), Some(&3));
+        *t.get_mut(b"#").expect("inserted above") += 10;
+        assert_eq!(t.get(b"#"), Some(&14));
+        *t.entry_or_insert_with(b"+/+", || 0) += 1;
+        *t.entry_or_insert_with(b"x", || 7) += 1;
+        assert_eq!(t.get(b"+/+"), Some(&6));
+        assert_eq!(t.get(b"x"), Some(&8));
+        // root, a, b, c, +, + (second level), x
+        assert_eq!(t.node_count(), 7);
+        assert_eq!(t.remove(b"a/b"), None);
+        assert_eq!(t.remove(b"a/b/c"), Some(2));
+        assert_eq!(t.node_count(), 5, "b and c pruned, a kept for a/#");
+        assert_eq!(t.remove(b"a/#"), Some(3));
+        assert_eq!(t.remove(b"a/#"), None);
+        assert_eq!(t.remove(b"#"), Some(14));
+        assert_eq!(t.remove(b"+/+"), Some(6));
+        assert_eq!(t.remove(b"x"), Some(8));
+        assert!(t.is_empty());
+        assert_eq!(t.node_count(), 1);
+    }
+
+    #[test]
+    fn many_children_switch_to_table_and_back() {
+        let mut t: TopicTrie<usize> = TopicTrie::new();
+        let key = |i: usize| format!("dev/{i}/cmd");
+        for i in 0..5000 {
+            assert_eq!(t.insert(key(i).as_bytes(), i), None);
+        }
+        assert_eq!(t.len(), 5000);
+        assert_eq!(t.node_count(), 1 + 1 + 2 * 5000);
+        for i in (0..5000).step_by(7) {
+            let mut got = Vec::new();
+            t.for_each_match(key(i).as_bytes(), |v| got.push(*v));
+            assert_eq!(got, [i]);
+        }
+        // Remove in an order unrelated to insertion to exercise backward-shift deletion.
+        let mut live = vec![true; 5000];
+        for (n, i) in (0..5000).map(|i| (i * 7919) % 5000).enumerate() {
+            assert_eq!(t.remove(key(i).as_bytes()), Some(i), "{i}");
+            live[i] = false;
+            if n % 97 == 0 {
+                for (j, &is_live) in live.iter().enumerate() {
+                    assert_eq!(
+                        t.get(key(j).as_bytes()),
+                        is_live.then_some(&j),
+                        "{j} after {n} removals"
+                    );
+                }
+            }
+        }
+        assert!(t.is_empty());
+        assert_eq!(t.node_count(), 1);
+    }
+
+    #[test]
+    fn long_and_odd_labels() {
+        let long = "x".repeat(300);
+        let keys = [long.as_str(), "a/\u{0}/b", "é/ü", "", "//", "a+/#/b"];
+        let mut t = trie_of(&keys);
+        for k in keys {
+            assert_eq!(t.get(k.as_bytes()), Some(&k.to_string()));
+        }
+        assert_eq!(matched_filters(&t, &long), std::slice::from_ref(&long));
+        assert_eq!(matched_names(&t, "#"), {
+            let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            v.sort();
+            v
+        });
+        for k in keys {
+            assert!(t.remove(k.as_bytes()).is_some());
+        }
+        assert_eq!(t.node_count(), 1);
+    }
+
+    #[test]
+    fn deep_topic_does_not_overflow() {
+        let deep = "a/".repeat(20_000) + "a";
+        let mut t = trie_of(&[&deep, "#", "a/#"]);
+        assert_eq!(matched_filters(&t, &deep).len(), 3);
+        assert_eq!(matched_names(&t, "a/#").len(), 2);
+        assert!(t.remove(deep.as_bytes()).is_some());
+        assert_eq!(t.node_count(), 2);
+    }
+
+    const LEVELS: &[&str] = &["", "$SYS", "$", "a", "b", "+", "#", "a+"];
+
+    fn key() -> impl Strategy<Value = String> {
+        prop::collection::vec(prop::sample::select(LEVELS), 1..5).prop_map(|v| v.join("/"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn for_each_match_equals_naive(filters in prop::collection::vec(key(), 0..24), topics in prop::collection::vec(key(), 1..8)) {
+            let trie = trie_of(&filters.iter().map(String::as_str).collect::<Vec<_>>());
+            for t in &topics {
+                let want: BTreeSet<String> =
+                    filters.iter().filter(|f| matches(f.as_bytes(), t.as_bytes())).cloned().collect();
+                let mut got = Vec::new();
+                trie.for_each_match(t.as_bytes(), |v| got.push(v.clone()));
+                let n = got.len();
+                let got: BTreeSet<String> = got.into_iter().collect();
+                prop_assert_eq!(n, got.len(), "a filter reported twice for {:?}", t);
+                prop_assert_eq!(got, want, "topic {:?}", t);
+            }
+        }
+
+        #[test]
+        fn for_each_matching_filter_equals_naive(names in prop::collection::vec(key(), 0..24), filters in prop::collection::vec(key(), 1..8)) {
+            let trie = trie_of(&names.iter().map(String::as_str).collect::<Vec<_>>());
+            let mut buf = Vec::new();
+            for f in &filters {
+                let want: BTreeSet<String> =
+                    names.iter().filter(|n| matches(f.as_bytes(), n.as_bytes())).cloned().collect();
+                let mut got = Vec::new();
+                trie.for_each_matching_filter_with(f.as_bytes(), &mut buf, |name, v| {
+                    assert_eq!(name, v.as_bytes());
+                    got.push(v.clone());
+                });
+                let n = got.len();
+                let got: BTreeSet<String> = got.into_iter().collect();
+                prop_assert_eq!(n, got.len(), "a name reported twice for {:?}", f);
+                prop_assert_eq!(got, want, "filter {:?}", f);
+            }
+        }
+
+        #[test]
+        fn insert_remove_equals_hashmap(ops in prop::collection::vec((any::<bool>(), key(), any::<u8>()), 0..200)) {
+            let mut trie: TopicTrie<u8> = TopicTrie::new();
+            let mut model: HashMap<String, u8> = HashMap::new();
+            for (is_insert, k, v) in &ops {
+                if *is_insert {
+                    prop_assert_eq!(trie.insert(k.as_bytes(), *v), model.insert(k.clone(), *v));
+                } else {
+                    prop_assert_eq!(trie.remove(k.as_bytes()), model.remove(k));
+                }
+                prop_assert_eq!(trie.len(), model.len());
+                prop_assert_eq!(trie.get(k.as_bytes()), model.get(k));
+            }
+            for (k, v) in &model {
+                prop_assert_eq!(trie.get(k.as_bytes()), Some(v));
+            }
+            let mut all = HashMap::new();
+            trie.for_each(|k, v| { all.insert(String::from_utf8_lossy(k).into_owned(), *v); });
+            prop_assert_eq!(&all, &model);
+            for k in model.keys() {
+                prop_assert!(trie.remove(k.as_bytes()).is_some());
+            }
+            prop_assert!(trie.is_empty());
+            prop_assert_eq!(trie.node_count(), 1);
+        }
+
+        #[test]
+        fn many_siblings_equal_hashmap(ops in prop::collection::vec((any::<bool>(), 0u16..64), 0..400)) {
+            // Enough siblings under one node to cross the list/table thresholds both ways.
+            let mut trie: TopicTrie<u16> = TopicTrie::new();
+            let mut model: HashMap<u16, u16> = HashMap::new();
+            for (is_insert, i) in &ops {
+                let k = format!("p/{i}");
+                if *is_insert {
+                    prop_assert_eq!(trie.insert(k.as_bytes(), *i), model.insert(*i, *i));
+                } else {
+                    prop_assert_eq!(trie.remove(k.as_bytes()), model.remove(i));
+                }
+                for j in 0..64u16 {
+                    prop_assert_eq!(trie.get(format!("p/{j}").as_bytes()), model.get(&j));
+                }
+            }
+            let mut got = Vec::new();
+            trie.for_each_matching_filter(b"p/+", |_, v| got.push(*v));
+            got.sort_unstable();
+            let mut want: Vec<u16> = model.keys().copied().collect();
+            want.sort_unstable();
+            prop_assert_eq!(got, want);
+        }
     }
 }
