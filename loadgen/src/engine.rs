@@ -34,7 +34,9 @@ const MAX_PACKET_BYTES: usize = 64 * 1024 * 1024;
 const STALL_NS: u64 = 1_000_000_000;
 /// Most messages one publisher emits per loop turn, so one publisher can't starve others.
 const BURST_MAX: u32 = 256;
-/// After DISCONNECT was requested, how long a thread waits for its closes.
+/// After DISCONNECT was requested, how long a thread waits for its closes without any
+/// close completing (progress-based: tearing down 100k sockets on a busy 2-core box
+/// takes many seconds of wall time but never stalls).
 const CLOSE_GRACE_NS: u64 = 5_000_000_000;
 
 /// State every thread reads and the main thread drives.
@@ -315,7 +317,11 @@ pub struct Worker {
     run_start_ns: u64,
     measure_start_ns: u64,
     disconnect_ns: u64,
+    /// Last completion seen: the close grace period counts from here.
+    last_close_ns: u64,
     local_unique: u64,
+    /// Set while re-arming receives, so a nested reap leaves the rearm list alone.
+    reaping: bool,
     result: ThreadResult,
 }
 
@@ -429,7 +435,9 @@ impl Worker {
             run_start_ns: 0,
             measure_start_ns: u64::MAX,
             disconnect_ns: 0,
+            last_close_ns: 0,
             local_unique: 0,
+            reaping: false,
             result: ThreadResult {
                 latency: new_histogram(),
                 rtt: new_histogram(),
@@ -507,7 +515,9 @@ impl Worker {
             }
             self.flush();
             if self.phase == PHASE_DISCONNECT
-                && (self.open == 0 || now.saturating_sub(self.disconnect_ns) > CLOSE_GRACE_NS)
+                && (self.open == 0
+                    || now_ns().saturating_sub(self.disconnect_ns.max(self.last_close_ns))
+                        > CLOSE_GRACE_NS)
             {
                 self.result.unclean_close = self.open as u64;
                 break;
@@ -787,7 +797,10 @@ impl Worker {
         c.close_submitted = true;
         c.state = St::Dead;
         let fixed = types::Fixed(idx as u32);
-        let sh = opcode::Shutdown::new(fixed, libc::SHUT_RDWR)
+        // Cancel the multishot receive (it holds a reference to the socket), then close
+        // the slot: the last reference goes and the kernel sends FIN. Both run inline;
+        // SHUTDOWN would be punted to io-wq threads and crawl at 100k connections.
+        let sh = opcode::AsyncCancel::new(ud(OP_RECV, idx))
             .build()
             .flags(squeue::Flags::IO_HARDLINK)
             .user_data(ud(OP_SHUTDOWN, idx));
@@ -820,12 +833,15 @@ impl Worker {
     }
 
     fn flush(&mut self) {
-        let dirty = std::mem::take(&mut self.dirty);
-        for &idx in &dirty {
+        // Indexed, not drained: a flush may push into a full SQ, which reaps, which can
+        // mark more clients dirty; they are appended here and flushed in this same pass.
+        let mut i = 0;
+        while i < self.dirty.len() {
+            let idx = self.dirty[i];
             self.clients[idx].dirty = false;
             self.flush_one(idx);
+            i += 1;
         }
-        self.dirty = dirty;
         self.dirty.clear();
     }
 
@@ -910,18 +926,30 @@ impl Worker {
                 _ => {}
             }
         }
+        if !cqes.is_empty() {
+            // Any completion is progress for the close grace period.
+            self.last_close_ns = now_ns();
+        }
         self.cqes = cqes;
         if gave {
             self.bufs.publish();
         }
-        let rearm = std::mem::take(&mut self.rearm);
-        for &idx in &rearm {
+        // Indexed for the same reason as `flush`; a nested reap (from a push into a full
+        // SQ below) leaves the list to this outer one.
+        if self.reaping {
+            return;
+        }
+        self.reaping = true;
+        let mut i = 0;
+        while i < self.rearm.len() {
+            let idx = self.rearm[i];
             if self.clients[idx].state != St::Dead {
                 self.arm_recv(idx);
             }
+            i += 1;
         }
-        self.rearm = rearm;
         self.rearm.clear();
+        self.reaping = false;
         self.flush_unique();
     }
 

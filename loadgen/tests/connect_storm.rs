@@ -37,6 +37,7 @@ fn connect_storm_beyond_fd_limit() {
     let left = server.current.load(Ordering::Acquire);
     let accept_errors = server.accept_errors.load(Ordering::Acquire);
     server.stop();
+    eprintln!("storm of {clients}: server peak {peak}; loadgen: {j}\n{stderr}");
     assert_eq!(code, 0, "exit code; stderr: {stderr}");
     assert_eq!(j["connections_attempted"], clients, "{j}");
     assert_eq!(j["connections_established"], clients, "{j}");
