@@ -892,19 +892,18 @@ impl Worker {
         for &(data, res, flags) in &cqes {
             let idx = (data & 0xFFFF_FFFF) as usize;
             match data >> 32 {
-                op @ (OP_SOCKET | OP_NODELAY | OP_NOPORT | OP_BIND) => {
+                op @ (OP_SOCKET | OP_NODELAY | OP_NOPORT | OP_BIND)
                     if res < 0
                         && res != -libc::ECANCELED
-                        && self.clients[idx].state == St::Connecting
-                    {
-                        let step = match op {
-                            OP_SOCKET => "socket (direct descriptor)",
-                            OP_NODELAY => "setsockopt(TCP_NODELAY)",
-                            OP_NOPORT => "setsockopt(IP_BIND_ADDRESS_NO_PORT)",
-                            _ => "bind (source address)",
-                        };
-                        self.fail(idx, step, -res);
-                    }
+                        && self.clients[idx].state == St::Connecting =>
+                {
+                    let step = match op {
+                        OP_SOCKET => "socket (direct descriptor)",
+                        OP_NODELAY => "setsockopt(TCP_NODELAY)",
+                        OP_NOPORT => "setsockopt(IP_BIND_ADDRESS_NO_PORT)",
+                        _ => "bind (source address)",
+                    };
+                    self.fail(idx, step, -res);
                 }
                 OP_CONNECT => self.on_connect(idx, res),
                 OP_SEND => self.on_send(idx, res),

@@ -43,8 +43,11 @@ pub struct Report {
     pub threads: usize,
     pub open_loop: bool,
     pub window: u32,
-    /// Seconds of the measured phase (connect: the storm; others: --duration as run).
+    /// Seconds of the measured phase (connect: first attempt to last CONNACK; others:
+    /// --duration as run).
     pub measured_s: f64,
+    /// connect: seconds the established connections were held.
+    pub hold_s: f64,
     pub connections_attempted: u64,
     pub connections_established: u64,
     pub connections_failed: u64,
@@ -157,7 +160,11 @@ pub fn table(r: &Report) -> String {
             );
         }
     } else {
-        let _ = writeln!(s, "  held          {:.1} s", r.measured_s);
+        let _ = writeln!(
+            s,
+            "  storm         {:.2} s to the last CONNACK, then held {:.1} s",
+            r.measured_s, r.hold_s
+        );
     }
     let _ = writeln!(
         s,
@@ -409,6 +416,7 @@ mod tests {
             open_loop: false,
             window: 16,
             measured_s: 2.0,
+            hold_s: 0.0,
             connections_attempted: 5,
             connections_established: 5,
             connections_failed: 0,
@@ -483,6 +491,6 @@ mod tests {
             .unwrap()
             .split_whitespace()
             .count();
-        assert_eq!(n as usize, h.iter_quantiles(5).count());
+        assert_eq!(n, h.iter_quantiles(5).count());
     }
 }

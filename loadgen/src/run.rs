@@ -309,6 +309,11 @@ fn merge(
         open_loop: cfg.open_loop,
         window: cfg.window,
         measured_s: secs,
+        hold_s: if cfg.scenario == Scenario::Connect {
+            cfg.hold.as_secs_f64()
+        } else {
+            0.0
+        },
         connections_attempted: total,
         connections_established: established,
         connections_failed: failed,

@@ -216,8 +216,8 @@ fn outputs_hgrm_and_plot() {
     let text = std::fs::read_to_string(&hgrm).expect("hgrm written");
     let last = text
         .lines()
-        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-        .last()
+        .rev()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
         .unwrap_or_default();
     let total: u64 = last
         .split_whitespace()
