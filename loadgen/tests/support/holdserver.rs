@@ -1,5 +1,7 @@
 //! Accept-and-hold MQTT server on io_uring direct descriptors: answers CONNECT with a
-//! CONNACK, holds the connection, closes on EOF. Several rings (each a SO_REUSEPORT
+//! CONNACK and SUBSCRIBE with a SUBACK (QoS 0 granted), forwards every QoS 0 PUBLISH to the
+//! subscribers on the same ring (a "fast broker" for measuring loadgen itself: no topic
+//! matching), holds connections, closes on EOF. Several rings (each a SO_REUSEPORT
 //! listener and a registered table below RLIMIT_NOFILE) so it can hold 100k connections.
 
 use std::collections::HashMap;
@@ -118,6 +120,92 @@ impl HoldServer {
     }
 }
 
+const SEND: u64 = 2;
+const CLOSE: u64 = 3;
+
+#[derive(Default)]
+struct Conn {
+    partial: Vec<u8>,
+    out: Vec<u8>,
+    sending: Vec<u8>,
+    sent: usize,
+    busy: bool,
+    level: u8,
+}
+
+/// Calls `f` on every complete frame at the front of `buf`; returns the bytes used.
+fn for_each_frame(buf: &[u8], mut f: impl FnMut(&[u8])) -> usize {
+    let mut at = 0;
+    loop {
+        let b = &buf[at..];
+        if b.len() < 2 {
+            break;
+        }
+        let (mut rl, mut mult, mut i) = (0usize, 1usize, 1usize);
+        loop {
+            if i >= b.len() || i > 4 {
+                break;
+            }
+            rl += usize::from(b[i] & 0x7f) * mult;
+            mult *= 128;
+            i += 1;
+            if b[i - 1] & 0x80 == 0 {
+                break;
+            }
+        }
+        if b[i - 1] & 0x80 != 0 || b.len() < i + rl {
+            break;
+        }
+        f(&b[..i + rl]);
+        at += i + rl;
+    }
+    at
+}
+
+fn handle_frame(
+    slot: u32,
+    f: &[u8],
+    conns: &mut HashMap<u32, Conn>,
+    subscribers: &mut Vec<u32>,
+    touched: &mut Vec<u32>,
+    connacks: &AtomicU64,
+) {
+    let hdr = 1 + f[1..].iter().position(|b| b & 0x80 == 0).unwrap_or(0) + 1;
+    match f[0] >> 4 {
+        1 if f.len() >= hdr + 7 => {
+            let level = f[hdr + 6];
+            if let Some(c) = conns.get_mut(&slot) {
+                c.level = level;
+                c.out
+                    .extend_from_slice(if level == 5 { &CONNACK_V5 } else { &CONNACK_V3 });
+                touched.push(slot);
+            }
+            connacks.fetch_add(1, Ordering::Relaxed);
+        }
+        8 if f.len() >= hdr + 2 => {
+            if let Some(c) = conns.get_mut(&slot) {
+                let (hi, lo) = (f[hdr], f[hdr + 1]);
+                if c.level == 5 {
+                    c.out.extend_from_slice(&[0x90, 4, hi, lo, 0, 0]);
+                } else {
+                    c.out.extend_from_slice(&[0x90, 3, hi, lo, 0]);
+                }
+                touched.push(slot);
+                subscribers.push(slot);
+            }
+        }
+        3 if f[0] & 0x06 == 0 => {
+            for s in subscribers.iter() {
+                if let Some(c) = conns.get_mut(s) {
+                    c.out.extend_from_slice(f);
+                    touched.push(*s);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 const BUFS: u16 = 1024;
 const BUF_SIZE: usize = 2048;
 
@@ -173,7 +261,9 @@ fn serve(
         .user_data(u64::MAX);
     // SAFETY: no pointers in the accept SQE.
     unsafe { ring.submission().push(&accept).expect("sq") };
-    let mut partial: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut conns: HashMap<u32, Conn> = HashMap::new();
+    let mut subscribers: Vec<u32> = Vec::new();
+    let mut touched: Vec<u32> = Vec::new();
     let mut cqes: Vec<(u64, i32, u32)> = Vec::new();
     while !stop.load(Ordering::Acquire) {
         let ts = types::Timespec::new().nsec(10_000_000);
@@ -191,6 +281,7 @@ fn serve(
                     let slot = res as u32;
                     let now = current.fetch_add(1, Ordering::AcqRel) + 1;
                     peak.fetch_max(now, Ordering::AcqRel);
+                    conns.insert(slot, Conn::default());
                     sqes.push(
                         opcode::RecvMulti::new(types::Fixed(slot), 0)
                             .build()
@@ -204,53 +295,54 @@ fn serve(
                 }
                 continue;
             }
-            if ud >> 32 == 2 {
-                continue; // send or close completion
-            }
             let slot = ud as u32;
+            if ud >> 32 == SEND {
+                let Some(c) = conns.get_mut(&slot) else {
+                    continue;
+                };
+                c.busy = false;
+                if res > 0 {
+                    c.sent += res as usize;
+                }
+                if res <= 0 || c.sent >= c.sending.len() {
+                    c.sending.clear();
+                    c.sent = 0;
+                }
+                touched.push(slot);
+                continue;
+            }
+            if ud >> 32 == CLOSE {
+                continue;
+            }
             let mut closed = res <= 0 && res != -libc::ENOBUFS;
             if let Some(bid) = cqueue::buffer_select(flags) {
                 if res > 0 {
                     let start = usize::from(bid) * BUF_SIZE;
-                    let buf = partial.entry(slot).or_default();
-                    buf.extend_from_slice(&bufs[start..start + res as usize]);
-                    // Walk whole frames: answer CONNECT; everything else is ignored.
-                    loop {
-                        if buf.len() < 2 {
-                            break;
-                        }
-                        let (mut rl, mut mult, mut i) = (0usize, 1usize, 1usize);
-                        while i < buf.len() && i <= 4 {
-                            rl += usize::from(buf[i] & 0x7f) * mult;
-                            mult *= 128;
-                            i += 1;
-                            if buf[i - 1] & 0x80 == 0 {
-                                break;
-                            }
-                        }
-                        if buf[i - 1] & 0x80 != 0 || buf.len() < i + rl {
-                            break;
-                        }
-                        if buf[0] >> 4 == 1 && rl >= 7 {
-                            let level = buf[i + 6];
-                            let msg: &[u8] = if level == 5 { &CONNACK_V5 } else { &CONNACK_V3 };
-                            sqes.push(
-                                opcode::Send::new(
-                                    types::Fixed(slot),
-                                    msg.as_ptr(),
-                                    msg.len() as u32,
-                                )
-                                .build()
-                                .user_data(2 << 32),
-                            );
-                            connacks.fetch_add(1, Ordering::Relaxed);
-                        }
-                        buf.drain(..i + rl);
+                    // Take the input buffer out so frames can be handled in place while
+                    // other connections' output buffers are appended to.
+                    let mut input = match conns.get_mut(&slot) {
+                        Some(c) => std::mem::take(&mut c.partial),
+                        None => Vec::new(),
+                    };
+                    input.extend_from_slice(&bufs[start..start + res as usize]);
+                    let used = for_each_frame(&input, |f| {
+                        handle_frame(
+                            slot,
+                            f,
+                            &mut conns,
+                            &mut subscribers,
+                            &mut touched,
+                            connacks,
+                        )
+                    });
+                    input.drain(..used);
+                    if let Some(c) = conns.get_mut(&slot) {
+                        c.partial = input;
                     }
                 }
                 give(&mut tail, bid);
             }
-            if res < 0 && res == -libc::ENOBUFS {
+            if res == -libc::ENOBUFS {
                 sqes.push(
                     opcode::RecvMulti::new(types::Fixed(slot), 0)
                         .build()
@@ -259,20 +351,39 @@ fn serve(
             } else if !closed && !cqueue::more(flags) {
                 closed = true;
             }
-            if closed {
-                partial.remove(&slot);
+            if closed && conns.remove(&slot).is_some() {
+                subscribers.retain(|s| *s != slot);
                 current.fetch_sub(1, Ordering::AcqRel);
                 sqes.push(
                     opcode::Close::new(types::Fixed(slot))
                         .build()
-                        .user_data(2 << 32),
+                        .user_data(CLOSE << 32),
                 );
             }
         }
         publish(tail);
+        for slot in touched.drain(..) {
+            let Some(c) = conns.get_mut(&slot) else {
+                continue;
+            };
+            if c.busy || (c.sending.is_empty() && c.out.is_empty()) {
+                continue;
+            }
+            if c.sending.is_empty() {
+                std::mem::swap(&mut c.sending, &mut c.out);
+            }
+            c.busy = true;
+            let rest = &c.sending[c.sent..];
+            sqes.push(
+                opcode::Send::new(types::Fixed(slot), rest.as_ptr(), rest.len() as u32)
+                    .build()
+                    .user_data((SEND << 32) | u64::from(slot)),
+            );
+        }
         for e in &sqes {
             loop {
-                // SAFETY: Send SQEs point into statics; others carry no pointers.
+                // SAFETY: Send SQEs point into a connection's `sending` buffer, which is
+                // not touched until its completion; others carry no pointers.
                 if unsafe { ring.submission().push(e) }.is_ok() {
                     break;
                 }
