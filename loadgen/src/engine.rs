@@ -285,6 +285,9 @@ struct Client {
     next_pid: u16,
     /// QoS >= 1 publishes not yet acknowledged (PUBACK / PUBCOMP).
     inflight: u32,
+    /// MQTT 5 CONNACK Receive Maximum: the broker disconnects a client that exceeds it,
+    /// so the closed-loop window is clamped to it.
+    server_receive_max: u32,
     publ: Option<PubState>,
     trackers: HashMap<u32, SeqTracker>,
     /// Controller: next sequence number per device command stream.
@@ -404,6 +407,7 @@ impl Worker {
                     connect_start_ns: 0,
                     next_pid: 0,
                     inflight: 0,
+                    server_receive_max: u32::MAX,
                     publ: None,
                     trackers: HashMap::new(),
                     cmd_seq,
@@ -1126,6 +1130,9 @@ impl Worker {
                     self.submit_close(idx);
                     return;
                 }
+                if let Some(rm) = ack.properties.receive_maximum {
+                    c.server_receive_max = u32::from(rm);
+                }
                 let now = now_ns();
                 let dt = now.saturating_sub(c.connect_start_ns).max(1);
                 let _ = self.result.connect.record(dt);
@@ -1309,6 +1316,12 @@ impl Worker {
     /// Messages the window still allows for client `idx` (u32::MAX when open loop).
     fn window_room(&mut self, idx: usize, now: u64) -> u32 {
         if self.cfg.open_loop {
+            // Even an open loop must respect MQTT 5 Receive Maximum (the broker would
+            // disconnect); falling behind then shows up as latency from the schedule.
+            let c = &self.clients[idx];
+            if self.cfg.qos != QoS::AtMostOnce && c.server_receive_max != u32::MAX {
+                return c.server_receive_max.saturating_sub(c.inflight);
+            }
             return u32::MAX;
         }
         let window = self.cfg.window;
@@ -1327,7 +1340,7 @@ impl Worker {
         }
         let Some(pb) = c.publ.as_mut() else { return 0 };
         if qos != QoS::AtMostOnce {
-            return window.saturating_sub(c.inflight);
+            return window.min(c.server_receive_max).saturating_sub(c.inflight);
         }
         let stream = pb.stream as usize;
         let mult = u64::from(self.shared.multiplicity[stream].max(1));
