@@ -159,7 +159,7 @@ const OP_BIND: u64 = 10;
 const OP_CONNECT: u64 = 2;
 const OP_SEND: u64 = 3;
 const OP_RECV: u64 = 4;
-const OP_SHUTDOWN: u64 = 5;
+const OP_CANCEL: u64 = 5;
 const OP_CLOSE: u64 = 6;
 
 fn ud(op: u64, idx: usize) -> u64 {
@@ -807,7 +807,7 @@ impl Worker {
         let sh = opcode::AsyncCancel::new(ud(OP_RECV, idx))
             .build()
             .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(ud(OP_SHUTDOWN, idx));
+            .user_data(ud(OP_CANCEL, idx));
         let cl = opcode::Close::new(fixed)
             .build()
             .user_data(ud(OP_CLOSE, idx));
@@ -922,7 +922,7 @@ impl Worker {
                     }
                     self.on_recv(idx, res, cqueue::more(flags));
                 }
-                OP_SHUTDOWN => {}
+                OP_CANCEL => {}
                 OP_CLOSE => {
                     self.open = self.open.saturating_sub(1);
                 }
@@ -1073,8 +1073,8 @@ impl Worker {
 
     fn process_input(&mut self, idx: usize) {
         let v = self.cfg.protocol;
-        // Bound the packets handled per receive so one flood can't stall the loop forever;
-        // leftovers are handled on the next receive (the buffer is kept).
+        // One receive holds at most one provided buffer (16 KiB), so this loop is bounded
+        // by the packets that fit in it plus one partial frame kept for the next receive.
         loop {
             let c = &mut self.clients[idx];
             if c.inbuf.is_empty() {

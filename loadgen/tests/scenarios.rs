@@ -78,6 +78,8 @@ fn fanin_qos0_closed_loop() {
             "1",
             "--qos",
             "0",
+            "--threads",
+            "2",
         ],
     );
     assert_eq!(j["connections_established"], 3);
@@ -120,6 +122,8 @@ fn pairs_qos1_open_loop() {
             "--rate",
             "100",
             "--open-loop",
+            "--threads",
+            "2",
         ],
     );
     assert_complete(&j);
