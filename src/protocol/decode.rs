@@ -62,7 +62,8 @@ pub fn peek_frame(buf: &[u8], max_packet_size: usize) -> Result<Option<FrameHead
 
 /// Decodes one packet from the front of `buf`, consuming its bytes on success.
 /// `Ok(None)`: the frame is incomplete; nothing is consumed. `version` is the
-/// connection's negotiated version (CONNECT itself is decoded whatever it is).
+/// connection's negotiated version (CONNECT itself is decoded whatever it is, so
+/// before CONNECT any version may be passed).
 ///
 /// The fixed header (type, flags, size) is checked as soon as it is visible, before
 /// the body arrives. After an error the connection must be closed: the bad frame may
@@ -517,6 +518,10 @@ fn decode_properties(r: &mut Reader<'_>, allowed: PropertySet) -> Result<Propert
             }
             other => return Err(DecodeError::InvalidProperty(other)),
         }
+    }
+    // 3.1.2.11.10: authentication data without a method is a protocol error.
+    if props.authentication_data.is_some() && props.authentication_method.is_none() {
+        return Err(DecodeError::InvalidPropertyValue(id::AUTHENTICATION_DATA));
     }
     Ok(props)
 }

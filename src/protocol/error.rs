@@ -32,7 +32,7 @@ pub enum DecodeError {
     InvalidTopicName,
     /// SUBSCRIBE/UNSUBSCRIBE filter that is not well formed.
     InvalidTopicFilter,
-    /// SUBSCRIBE/UNSUBSCRIBE with no filters.
+    /// SUBSCRIBE/UNSUBSCRIBE with no filters, or SUBACK/UNSUBACK (5.0) with no codes.
     EmptySubscription,
     /// Subscription options with reserved bits set, or retain handling 3.
     InvalidSubscriptionOptions(u8),
@@ -40,16 +40,19 @@ pub enum DecodeError {
     InvalidProperty(u8),
     /// A property that may appear once appeared twice.
     DuplicateProperty(u8),
-    /// A property value outside its allowed range (e.g. receive maximum 0).
+    /// A property value outside its allowed range (e.g. receive maximum 0, topic
+    /// alias 0, a response topic with wildcards).
     InvalidPropertyValue(u8),
-    /// A reason code that is not defined for this packet.
+    /// A reason code that is not defined for this packet (3.x CONNACK/SUBACK: a
+    /// return code outside the 3.x table).
     InvalidReasonCode(u8),
     /// QoS 0 PUBLISH with DUP set.
     DupOnQoS0,
     /// A variable byte integer inside a packet (property length, subscription
     /// identifier) longer than 4 bytes or not minimally encoded.
     MalformedVariableByteInteger,
-    /// CONNACK acknowledge flags with a reserved bit set.
+    /// CONNACK acknowledge flags with a reserved bit set, or Session Present with a
+    /// refusal code (MQTT-3.2.2-4, MQTT-3.2.2-6).
     InvalidConnAckFlags(u8),
     /// No Local set on a `$share/` subscription (MQTT 5, 3.8.3.1).
     NoLocalOnSharedSubscription,

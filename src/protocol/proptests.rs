@@ -128,7 +128,11 @@ fn properties(allowed: PropertySet) -> impl Strategy<Value = Properties> {
             subscription_identifier_available: c.0,
             shared_subscription_available: c.1,
         };
-        keep_allowed(p, allowed)
+        let mut p = keep_allowed(p, allowed);
+        if p.authentication_method.is_none() {
+            p.authentication_data = None;
+        }
+        p
     })
 }
 

@@ -1612,6 +1612,15 @@ fn property_values_out_of_range() {
         ),
         V(0x0B)
     );
+    // Authentication data needs an authentication method.
+    assert_eq!(
+        err(&connect_v5_with(&[0x16, 0x00, 0x01, 0xAB]), V5),
+        V(0x16)
+    );
+    assert_eq!(
+        err(&[0xF0, 0x06, 0x18, 0x04, 0x16, 0x00, 0x01, 0xAB][..], V5),
+        V(0x16)
+    );
     // Will properties: payload format indicator 2.
     let tail = [
         0x00, 0x00, 0x01, b'c', 0x02, 0x01, 0x02, 0x00, 0x01, b't', 0x00, 0x00,

@@ -627,7 +627,7 @@ mod tests {
     #[test]
     fn all_to_all_exactly_once_fifo_with_overflow_and_rejection() {
         const SHARDS: usize = 4;
-        const PER_PAIR: u32 = 20_000;
+        const PER_PAIR: u32 = if cfg!(miri) { 200 } else { 20_000 };
         const RING: usize = 4;
         const OVERFLOW_MAX: usize = 16;
         const BURST: u32 = 30; // > RING + OVERFLOW_MAX: rejection is certain
@@ -729,7 +729,7 @@ mod tests {
     #[test]
     fn parked_protocol_never_loses_a_wakeup() {
         const PRODUCERS: usize = 2;
-        const PER_PRODUCER: u32 = 50_000;
+        const PER_PRODUCER: u32 = if cfg!(miri) { 500 } else { 50_000 };
         let mut eps = mesh::<u32>(PRODUCERS + 1, 8, 32)
             .expect("valid mesh")
             .into_iter();

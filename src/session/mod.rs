@@ -1,1 +1,417 @@
-//! Per-client session state machine (sans-IO).
+//! Per-client session state (sans-IO): what survives a network connection —
+//! subscriptions, QoS 1/2 state in both directions, the offline queue and the will.
+//!
+//! The shard owns the sessions whose client id hashes to it and drives them; this
+//! module holds the data, the one error enum of the core ([`SessionError`]) and the
+//! [`SessionStore`] seam where persistence slots in later (DESIGN.md "Later").
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slab::Slab;
+use smallvec::SmallVec;
+
+use crate::protocol::{DecodeError, PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+
+/// "No session" / "no connection" marker for the `u32` indices kept in hot structs.
+pub const NONE: u32 = u32::MAX;
+
+/// Everything that makes the core end a connection. The single mapping to a wire
+/// code is [`SessionError::reason_code`]; the action is always the same: MQTT 5
+/// connections get a DISCONNECT with that code, 3.x connections are just closed
+/// (before CONNECT a CONNACK is used instead, see the shard's connect path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionError {
+    /// Bytes on the wire that the codec refused.
+    Decode(DecodeError),
+    /// A packet that is legal on the wire but not here: a second CONNECT, a
+    /// server-only packet, AUTH without enhanced auth, No Local on a shared
+    /// subscription, a DISCONNECT raising a zero session expiry, an unknown topic alias.
+    ProtocolError,
+    /// More unacknowledged inbound QoS 1/2 PUBLISHes than our Receive Maximum.
+    ReceiveMaximumExceeded,
+    /// Topic alias 0 or above our Topic Alias Maximum.
+    TopicAliasInvalid,
+    /// PUBLISH topic over the configured length/level limits.
+    TopicNameInvalid,
+    /// Retained PUBLISH while retain is switched off.
+    RetainNotSupported,
+    /// Nothing received for 1.5 × keepalive.
+    KeepAliveTimeout,
+    /// Another connection took the session over.
+    SessionTakenOver,
+    /// Broker shutdown.
+    ServerShuttingDown,
+    /// Session queue full under `SlowConsumerPolicy::Disconnect`.
+    QuotaExceeded,
+}
+
+impl SessionError {
+    /// The reason code sent in DISCONNECT (MQTT 5) when this error ends a connection.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            SessionError::Decode(e) => e.reason_code(),
+            SessionError::ProtocolError => ReasonCode::ProtocolError,
+            SessionError::ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,
+            SessionError::TopicAliasInvalid => ReasonCode::TopicAliasInvalid,
+            SessionError::TopicNameInvalid => ReasonCode::TopicNameInvalid,
+            SessionError::RetainNotSupported => ReasonCode::RetainNotSupported,
+            SessionError::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
+            SessionError::SessionTakenOver => ReasonCode::SessionTakenOver,
+            SessionError::ServerShuttingDown => ReasonCode::ServerShuttingDown,
+            SessionError::QuotaExceeded => ReasonCode::QuotaExceeded,
+        }
+    }
+
+    /// Whether the client's will is published when this error ends the connection.
+    /// Every server-initiated close is abnormal except shutdown (nobody is left to
+    /// receive it) and takeover (decided by the takeover rules instead).
+    pub fn publishes_will(&self) -> bool {
+        !matches!(
+            self,
+            SessionError::ServerShuttingDown | SessionError::SessionTakenOver
+        )
+    }
+}
+
+/// One application message as routed inside the broker. Shared between subscribers,
+/// queues and shards as `Arc<Message>`; payload and topic are shared `Bytes`.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    /// Forwarded unchanged, except that the topic alias and subscription identifiers
+    /// are per-connection and cleared here, and the expiry interval is decremented.
+    pub properties: PublishProperties,
+    /// When the broker received it: Message Expiry is counted from here.
+    pub arrived_at: Instant,
+    /// Shard and session index of the publisher, for No Local. A session lives only on
+    /// its owner shard, so a copy on any other shard can never match the publisher.
+    pub origin_shard: usize,
+    pub origin_session: u32,
+}
+
+impl Message {
+    /// `Err(())` when the Message Expiry Interval has passed; `Ok(None)` when the
+    /// message has no expiry; `Ok(Some(s))` with the interval minus the time waited.
+    #[allow(clippy::result_unit_err)]
+    pub fn remaining_expiry_s(&self, now: Instant) -> Result<Option<u32>, ()> {
+        let Some(interval_s) = self.properties.message_expiry_interval_s else {
+            return Ok(None);
+        };
+        let waited = now.saturating_duration_since(self.arrived_at);
+        if waited >= Duration::from_secs(u64::from(interval_s)) {
+            return Err(());
+        }
+        // Whole seconds waited; what remains is at least the true remainder.
+        Ok(Some(interval_s - waited.as_secs() as u32))
+    }
+
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.remaining_expiry_s(now).is_err()
+    }
+
+    /// Bytes this message accounts for in queue limits.
+    pub fn cost_bytes(&self) -> usize {
+        self.topic.len() + self.payload.len() + 64
+    }
+
+    /// A copy that owns its topic and payload, so a long-lived message (retained)
+    /// does not keep a whole receive buffer alive.
+    pub fn compacted(&self) -> Message {
+        let mut m = self.clone();
+        m.topic = Bytes::copy_from_slice(&self.topic);
+        m.payload = Bytes::copy_from_slice(&self.payload);
+        m
+    }
+}
+
+/// One subscription as the session remembers it (the full filter, `$share/..` included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSub {
+    pub filter: Bytes,
+    pub options: SubscriptionOptions,
+    /// 0 = none.
+    pub sub_id: u32,
+}
+
+/// A stored will: published on abnormal end of the connection (or at the end of the
+/// Will Delay Interval / session, whichever comes first).
+#[derive(Debug, Clone)]
+pub struct Will {
+    pub topic: Bytes,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+    pub properties: PublishProperties,
+    pub delay_s: u32,
+}
+
+/// A message copy for one subscriber: the shared message plus what differs per copy.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub msg: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub sub_ids: SmallVec<[u32; 1]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// QoS 1 sent, waiting for PUBACK.
+    AwaitAck,
+    /// QoS 2 sent, waiting for PUBREC.
+    AwaitRec,
+    /// PUBREL sent, waiting for PUBCOMP (the message itself is no longer needed).
+    AwaitComp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: u16,
+    pub phase: Phase,
+    pub out: Outgoing,
+}
+
+/// QoS state of a session, allocated on first use so an idle QoS 0 session stays small.
+#[derive(Debug, Default)]
+pub struct Delivery {
+    /// Outbound QoS 1/2 messages sent and not yet fully acknowledged, oldest first.
+    /// Bounded by the inflight window (at most 65535 by packet id space).
+    pub inflight: Vec<Inflight>,
+    /// Messages waiting for the window, for buffer room or for the client to return.
+    /// Bounded by `max_queued_messages` / `max_queued_bytes`.
+    pub queue: VecDeque<Outgoing>,
+    pub queued_bytes: usize,
+    /// Last outbound packet id handed out.
+    pub last_packet_id: u16,
+    /// Inbound QoS 2 packet ids PUBREC'd and waiting for PUBREL; bounded by our
+    /// Receive Maximum.
+    pub awaiting_pubrel: Vec<u16>,
+}
+
+impl Delivery {
+    /// Next free outbound packet id (skipping 0 and ids in flight); `None` when all
+    /// 65535 are in use.
+    pub fn alloc_packet_id(&mut self) -> Option<u16> {
+        for _ in 0..u16::MAX {
+            self.last_packet_id = self.last_packet_id.wrapping_add(1);
+            if self.last_packet_id == 0 {
+                self.last_packet_id = 1;
+            }
+            let id = self.last_packet_id;
+            if !self.inflight.iter().any(|f| f.packet_id == id) {
+                return Some(id);
+            }
+        }
+        None
+    }
+
+    pub fn inflight_pos(&self, packet_id: u16) -> Option<usize> {
+        self.inflight.iter().position(|f| f.packet_id == packet_id)
+    }
+}
+
+/// One client's session.
+#[derive(Debug)]
+pub struct Session {
+    pub client_id: Bytes,
+    /// Unique per session creation on this shard; timers carry it to detect staleness.
+    pub generation: u32,
+    /// The connection currently attached, `NONE` when offline.
+    pub conn: u32,
+    /// Session Expiry Interval in seconds (already capped); `u32::MAX` = never.
+    pub expiry_s: u32,
+    pub subs: Vec<SessionSub>,
+    pub will: Option<Box<Will>>,
+    pub delivery: Option<Box<Delivery>>,
+    /// Offline session: when it ends.
+    pub expires_at: Option<Instant>,
+    /// Offline session with a delayed will: when the will is published.
+    pub will_at: Option<Instant>,
+    /// Per-publish scratch: `match_idx` is valid while `match_gen` equals the
+    /// shard's current match generation (merges overlapping subscriptions without
+    /// a per-message map).
+    pub match_gen: u32,
+    pub match_idx: u32,
+}
+
+impl Session {
+    pub fn new(client_id: Bytes, generation: u32) -> Session {
+        Session {
+            client_id,
+            generation,
+            conn: NONE,
+            expiry_s: 0,
+            subs: Vec::new(),
+            will: None,
+            delivery: None,
+            expires_at: None,
+            will_at: None,
+            match_gen: 0,
+            match_idx: 0,
+        }
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.conn != NONE
+    }
+
+    pub fn delivery(&mut self) -> &mut Delivery {
+        self.delivery.get_or_insert_with(Default::default)
+    }
+
+    pub fn sub_pos(&self, filter: &[u8]) -> Option<usize> {
+        self.subs.iter().position(|s| s.filter[..] == *filter)
+    }
+}
+
+/// The sessions owned by one shard, indexed by slab key and by client id.
+///
+/// This struct is the persistence seam: a durable store later wraps these calls
+/// (create/resume/remove and the delivery state changes) with writes to disk, so
+/// nothing else in the shard touches session storage directly.
+#[derive(Debug, Default)]
+pub struct SessionStore {
+    slab: Slab<Session>,
+    by_client_id: HashMap<Bytes, u32, ahash::RandomState>,
+    next_generation: u32,
+}
+
+impl SessionStore {
+    pub fn new() -> SessionStore {
+        SessionStore::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    pub fn find(&self, client_id: &[u8]) -> Option<u32> {
+        self.by_client_id.get(client_id).copied()
+    }
+
+    /// Creates an empty session for `client_id` (which must not have one).
+    pub fn create(&mut self, client_id: Bytes) -> u32 {
+        self.next_generation = self.next_generation.wrapping_add(1);
+        let idx = self
+            .slab
+            .insert(Session::new(client_id.clone(), self.next_generation)) as u32;
+        self.by_client_id.insert(client_id, idx);
+        idx
+    }
+
+    pub fn remove(&mut self, idx: u32) -> Option<Session> {
+        let s = self.slab.try_remove(idx as usize)?;
+        self.by_client_id.remove(&s.client_id);
+        Some(s)
+    }
+
+    pub fn get(&self, idx: u32) -> Option<&Session> {
+        self.slab.get(idx as usize)
+    }
+
+    pub fn get_mut(&mut self, idx: u32) -> Option<&mut Session> {
+        self.slab.get_mut(idx as usize)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Session)> {
+        self.slab.iter().map(|(k, s)| (k as u32, s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(expiry: Option<u32>, at: Instant) -> Message {
+        Message {
+            topic: Bytes::from_static(b"t"),
+            payload: Bytes::new(),
+            qos: QoS::AtMostOnce,
+            retain: false,
+            properties: PublishProperties {
+                message_expiry_interval_s: expiry,
+                ..Default::default()
+            },
+            arrived_at: at,
+            origin_shard: 0,
+            origin_session: NONE,
+        }
+    }
+
+    #[test]
+    fn expiry_is_decremented_by_whole_seconds_waited() {
+        let t0 = Instant::now();
+        let m = msg(Some(10), t0);
+        assert_eq!(m.remaining_expiry_s(t0), Ok(Some(10)));
+        assert_eq!(
+            m.remaining_expiry_s(t0 + Duration::from_millis(2500)),
+            Ok(Some(8))
+        );
+        assert_eq!(m.remaining_expiry_s(t0 + Duration::from_secs(10)), Err(()));
+        assert_eq!(
+            msg(None, t0).remaining_expiry_s(t0 + Duration::from_secs(99)),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_flight() {
+        let mut d = Delivery {
+            last_packet_id: u16::MAX - 1,
+            ..Default::default()
+        };
+        let out = Outgoing {
+            msg: Arc::new(msg(None, Instant::now())),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: SmallVec::new(),
+        };
+        d.inflight.push(Inflight {
+            packet_id: 1,
+            phase: Phase::AwaitAck,
+            out,
+        });
+        assert_eq!(d.alloc_packet_id(), Some(u16::MAX));
+        assert_eq!(d.alloc_packet_id(), Some(2));
+    }
+
+    #[test]
+    fn store_indexes_by_client_id() {
+        let mut st = SessionStore::new();
+        let a = st.create(Bytes::from_static(b"a"));
+        let b = st.create(Bytes::from_static(b"b"));
+        assert_eq!(st.find(b"a"), Some(a));
+        assert_eq!(st.find(b"b"), Some(b));
+        assert_ne!(
+            st.get(a).map(|s| s.generation),
+            st.get(b).map(|s| s.generation)
+        );
+        assert!(st.remove(a).is_some());
+        assert_eq!(st.find(b"a"), None);
+        assert_eq!(st.len(), 1);
+    }
+
+    #[test]
+    fn error_reason_codes() {
+        assert_eq!(
+            SessionError::ReceiveMaximumExceeded.reason_code(),
+            ReasonCode::ReceiveMaximumExceeded
+        );
+        assert_eq!(
+            SessionError::Decode(DecodeError::TrailingBytes).reason_code(),
+            ReasonCode::MalformedPacket
+        );
+        assert!(!SessionError::ServerShuttingDown.publishes_will());
+        assert!(SessionError::KeepAliveTimeout.publishes_will());
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target for a bounded time (default 60 s each), seeded from
+# tests/fuzz/seeds/<target>/ (committed regression inputs and conformance vectors).
+# A crash fails the run; the crashing input is left in tests/fuzz/artifacts/<target>/
+# and belongs in tests/fuzz/seeds/<target>/ once fixed, so it stays a regression test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-60}"
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+# libFuzzer instrumentation needs nightly flags; use a nightly toolchain when one is
+# installed, otherwise let stable accept them.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then tc=(+nightly); else tc=(); export RUSTC_BOOTSTRAP=1; fi
+fuzz_dir=tests/fuzz
+for target in $(cargo "${tc[@]}" fuzz list --fuzz-dir "$fuzz_dir"); do
+  corpus="$fuzz_dir/corpus/$target"; seeds="$fuzz_dir/seeds/$target"
+  mkdir -p "$corpus" "$seeds"
+  echo "fuzz: $target for ${seconds}s"
+  cargo "${tc[@]}" fuzz run --fuzz-dir "$fuzz_dir" "$target" "$corpus" "$seeds" -- \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 2>&1 | tail -n 15
+done

@@ -1,0 +1,107 @@
+//! Drives one broker hot path `iters` times so that callgrind can count its
+//! instructions. `perf/budget.sh` runs each path twice (1 and 1+N iterations) and
+//! divides the difference by N, so set-up and process start-up cancel out and the
+//! result is instructions per operation, deterministic for a given binary.
+
+use std::hint::black_box;
+
+use bytes::BytesMut;
+use ringmq::protocol::{
+    decode_packet, encode_packet, Packet, ProtocolVersion, Publish, PublishProperties, QoS,
+};
+use ringmq::ring::mesh;
+
+const PATHS: &[&str] = &["decode_publish_64b", "encode_publish_64b", "ring_hop"];
+
+fn publish_64b() -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: bytes::Bytes::from_static(b"fleet/eu-west/device-000042/telemetry"),
+        packet_id: 0,
+        properties: PublishProperties::default(),
+        payload: bytes::Bytes::from(vec![0x5a; 64]),
+    })
+}
+
+/// One PUBLISH frame decoded from a receive buffer (v3.1.1, QoS 0, 64-byte payload).
+fn decode_publish(iters: u64) {
+    let mut wire = BytesMut::new();
+    encode_packet(&publish_64b(), ProtocolVersion::V311, &mut wire);
+    let frame = wire.freeze();
+    let mut rx = BytesMut::with_capacity(frame.len() * 64);
+    for _ in 0..iters {
+        if rx.capacity() - rx.len() < frame.len() {
+            rx = BytesMut::with_capacity(frame.len() * 64);
+        }
+        rx.extend_from_slice(&frame);
+        let packet = decode_packet(&mut rx, ProtocolVersion::V311, 1 << 20);
+        black_box(&packet);
+    }
+}
+
+/// One PUBLISH encoded into a transmit buffer.
+fn encode_publish(iters: u64) {
+    let packet = publish_64b();
+    let mut tx = BytesMut::with_capacity(1 << 16);
+    for _ in 0..iters {
+        if tx.len() > (1 << 16) - 256 {
+            tx.clear();
+        }
+        encode_packet(black_box(&packet), ProtocolVersion::V311, &mut tx);
+    }
+    black_box(&tx);
+}
+
+/// One message pushed into the mesh by shard 0 and received by shard 1.
+fn ring_hop(iters: u64) {
+    let mut ends = mesh::<u64>(2, 1024, 1024)
+        .expect("2-shard mesh")
+        .into_iter();
+    let (mut a, mut b) = (ends.next().expect("shard 0"), ends.next().expect("shard 1"));
+    let mut got = 0u64;
+    for i in 0..iters {
+        let sent = a.send(1, black_box(i));
+        black_box(&sent);
+        b.recv_batch(16, |_, v| got = got.wrapping_add(v));
+    }
+    black_box(got);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = || {
+        eprintln!(
+            "usage: callgrind-paths <path> <iterations>\npaths: {}",
+            PATHS.join(", ")
+        );
+        std::process::exit(2);
+    };
+    if args.first().map(String::as_str) == Some("--list") {
+        println!("{}", PATHS.join("\n"));
+        return;
+    }
+    if args.len() != 2 {
+        usage();
+    }
+    let iters: u64 = match args[1].parse() {
+        Ok(n) => n,
+        Err(_) => {
+            eprintln!(
+                "callgrind-paths: iterations must be a whole number, got {:?}",
+                args[1]
+            );
+            std::process::exit(2);
+        }
+    };
+    match args[0].as_str() {
+        "decode_publish_64b" => decode_publish(iters),
+        "encode_publish_64b" => encode_publish(iters),
+        "ring_hop" => ring_hop(iters),
+        other => {
+            eprintln!("callgrind-paths: unknown path {other:?}");
+            usage();
+        }
+    }
+}

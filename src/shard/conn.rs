@@ -1,0 +1,117 @@
+//! Per-connection state. Kept small: this struct exists once per connected client
+//! (100k+ per shard), so rarely used parts live behind `Option<Box<..>>`.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::ProtocolVersion;
+use crate::session::NONE;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnState {
+    /// Accepted, CONNECT not yet processed.
+    AwaitConnect,
+    Connected,
+    /// We emitted `Action::Close`; waiting for `release`.
+    Closing,
+    /// The IO side reported `on_closed`; waiting for `release`.
+    Closed,
+    /// Handed to another shard; waiting for `release`.
+    Migrated,
+}
+
+/// Until CONNECT: where the connection came from (needed for a handoff).
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub peer: SocketAddr,
+    pub accepted_at: Instant,
+}
+
+/// MQTT 5 topic aliases of one network connection (they do not survive it).
+#[derive(Debug, Default)]
+pub(crate) struct Aliases {
+    /// Client → server: index `alias - 1`; empty `Bytes` = not set.
+    pub inbound: Vec<Bytes>,
+    /// Server → client, in first-seen order: topic `i` has alias `i + 1`.
+    pub outbound: Vec<Bytes>,
+}
+
+/// Server → client aliases per connection are capped here (on top of the client's
+/// Topic Alias Maximum) so the first-seen lookup stays a short linear scan.
+pub(crate) const MAX_OUTBOUND_ALIASES: usize = 64;
+
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// Received bytes not yet decoded. Replaced by an empty `BytesMut` whenever it
+    /// drains, so an idle connection holds no buffer.
+    pub rx: BytesMut,
+    /// Encoded bytes not yet taken by the IO side; PUBLISH copies are kept within
+    /// `max_outbound_bytes` (control packets are not counted, see `write_control`).
+    pub tx: BytesMut,
+    /// Last time anything arrived: keepalive is checked lazily against it.
+    pub last_seen: Instant,
+    pub pending: Option<Box<Pending>>,
+    pub aliases: Option<Box<Aliases>>,
+    /// Distinguishes reuses of this slab slot for timers.
+    pub generation: u32,
+    pub session: u32,
+    /// 1.5 × negotiated keepalive; 0 = no keepalive.
+    pub keepalive_timeout_ms: u32,
+    /// Client's Maximum Packet Size (MQTT 5), `u32::MAX` when not given.
+    pub client_max_packet: u32,
+    /// Client's Receive Maximum (MQTT 5), 65535 when not given.
+    pub client_receive_max: u16,
+    /// Client's Topic Alias Maximum (MQTT 5): 0 = no server → client aliases.
+    pub client_alias_max: u16,
+    pub version: ProtocolVersion,
+    pub state: ConnState,
+    /// An `Action::Flush` was emitted and `take_tx` not yet called.
+    pub flush_queued: bool,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr, accepted_at: Instant, now: Instant, generation: u32) -> Conn {
+        Conn {
+            rx: BytesMut::new(),
+            tx: BytesMut::new(),
+            last_seen: now,
+            pending: Some(Box::new(Pending { peer, accepted_at })),
+            aliases: None,
+            generation,
+            session: NONE,
+            keepalive_timeout_ms: 0,
+            client_max_packet: u32::MAX,
+            client_receive_max: u16::MAX,
+            client_alias_max: 0,
+            version: ProtocolVersion::V311,
+            state: ConnState::AwaitConnect,
+            flush_queued: false,
+        }
+    }
+
+    /// Whether input is still processed.
+    pub fn is_live(&self) -> bool {
+        matches!(self.state, ConnState::AwaitConnect | ConnState::Connected)
+    }
+
+    pub fn aliases(&mut self) -> &mut Aliases {
+        self.aliases.get_or_insert_with(Default::default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_struct_stays_small() {
+        // Part of the ≤ 600 B per idle connection budget (DESIGN.md).
+        assert!(
+            std::mem::size_of::<Conn>() <= 128,
+            "{}",
+            std::mem::size_of::<Conn>()
+        );
+    }
+}

@@ -1,0 +1,456 @@
+//! CONNECT: owner check and migration, client id rules, takeover, session
+//! create/resume, CONNACK; and the other end of a connection's life: detaching the
+//! session, wills, session end.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+
+use super::conn::ConnState;
+use super::timer::TimerKind;
+use super::{owner_shard, Action, ConnId, Handoff, Shard};
+use crate::protocol::{
+    decode_packet, peek_frame, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
+    ProtocolVersion, PublishProperties, ReasonCode,
+};
+use crate::session::{Message, Will, NONE};
+
+/// Protocol level byte of a CONNECT frame at the start of `buf`, if readable:
+/// lets a CONNECT that fails to decode be answered in the client's own format.
+fn peek_connect_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let mut i = 1;
+    while buf.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    let name_at = i + 1;
+    let name_len = u16::from_be_bytes([*buf.get(name_at)?, *buf.get(name_at + 1)?]) as usize;
+    buf.get(name_at + 2 + name_len).copied()
+}
+
+fn connack(code: ReasonCode) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+        properties: Properties::default(),
+    })
+}
+
+/// Will properties arrive as general `Properties`; the will is published with the
+/// PUBLISH subset.
+fn will_publish_properties(p: &Properties) -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: p.payload_format_indicator,
+        message_expiry_interval_s: p.message_expiry_interval_s,
+        topic_alias: None,
+        response_topic: p.response_topic.clone(),
+        correlation_data: p.correlation_data.clone(),
+        subscription_identifiers: Default::default(),
+        content_type: p.content_type.clone(),
+        user_properties: p.user_properties.clone(),
+    }
+}
+
+impl Shard {
+    /// Handles the first frame of a connection. Returns `true` when the connection
+    /// is now connected and further frames should be decoded.
+    pub(crate) fn try_connect(&mut self, conn: ConnId, now: Instant) -> bool {
+        let max_packet = self.config.max_packet_size as usize;
+        let Some(c) = self.conns.get_mut(conn) else {
+            return false;
+        };
+        // Only copy once the whole frame is here (a handoff needs the raw bytes).
+        match peek_frame(&c.rx, max_packet) {
+            Ok(None) => return false,
+            Ok(Some(_)) => {}
+            Err(e) => {
+                self.refuse_connect(conn, e);
+                return false;
+            }
+        }
+        let mut copy = BytesMut::from(&c.rx[..]);
+        let packet = match decode_packet(&mut copy, ProtocolVersion::V311, max_packet) {
+            Ok(Some(p)) => p,
+            Ok(None) => return false,
+            Err(e) => {
+                self.refuse_connect(conn, e);
+                return false;
+            }
+        };
+        let Packet::Connect(connect) = packet else {
+            // First packet must be CONNECT [MQTT-3.1.0-1]: close without a reply.
+            self.close(conn);
+            return false;
+        };
+        let version = connect.protocol;
+        c.version = version;
+        let id_len = connect.client_id.len();
+        if id_len > self.config.max_client_id_len
+            || (id_len == 0 && version == ProtocolVersion::V31)
+            || (id_len == 0 && version == ProtocolVersion::V311 && !connect.clean_start)
+        {
+            self.write_control(conn, &connack(ReasonCode::ClientIdentifierNotValid));
+            self.close(conn);
+            return false;
+        }
+        if version.is_v5() && connect.properties.authentication_method.is_some() {
+            // No enhanced authentication (yet).
+            self.write_control(conn, &connack(ReasonCode::BadAuthenticationMethod));
+            self.close(conn);
+            return false;
+        }
+        if id_len > 0 {
+            let owner = owner_shard(&connect.client_id, self.shard_count);
+            if owner != self.id {
+                let Some(c) = self.conns.get_mut(conn) else {
+                    return false;
+                };
+                let rx = std::mem::take(&mut c.rx);
+                let pending = c.pending.take();
+                c.state = ConnState::Migrated;
+                let (peer, accepted_at) = match pending {
+                    Some(p) => (p.peer, p.accepted_at),
+                    None => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), now),
+                };
+                self.actions.push_back(Action::Migrate {
+                    conn,
+                    to: owner,
+                    handoff: Handoff {
+                        peer,
+                        rx,
+                        accepted_at,
+                    },
+                });
+                return false;
+            }
+        }
+        let Some(c) = self.conns.get_mut(conn) else {
+            return false;
+        };
+        c.rx = if copy.is_empty() {
+            BytesMut::new()
+        } else {
+            copy
+        };
+        self.handle_connect(conn, connect, now);
+        self.conns
+            .get(conn)
+            .is_some_and(|c| c.state == ConnState::Connected)
+    }
+
+    /// CONNECT that failed to decode: CONNACK in the client's format where the
+    /// spec wants one, then close.
+    fn refuse_connect(&mut self, conn: ConnId, e: DecodeError) {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let reply = match e {
+            // 3.1.1 [MQTT-3.1.2-2]: return code 1; a newer client gets the 5.0 form.
+            DecodeError::UnsupportedProtocolLevel(level) => Some(if level > 5 {
+                ProtocolVersion::V5
+            } else {
+                ProtocolVersion::V311
+            }),
+            _ if peek_connect_level(&c.rx) == Some(5) => Some(ProtocolVersion::V5),
+            _ => None,
+        };
+        if let Some(v) = reply {
+            c.version = v;
+            self.write_control(conn, &connack(e.reason_code()));
+        }
+        self.close(conn);
+    }
+
+    /// A client id for an empty one: unique on this shard and owned by it, so the
+    /// connection does not migrate.
+    fn assign_client_id(&mut self) -> Bytes {
+        loop {
+            self.assigned_ids += 1;
+            let id = format!("ringmq-{}-{:x}", self.id, self.assigned_ids);
+            if owner_shard(id.as_bytes(), self.shard_count) == self.id
+                && self.sessions.find(id.as_bytes()).is_none()
+            {
+                return Bytes::from(id);
+            }
+        }
+    }
+
+    fn handle_connect(&mut self, conn: ConnId, connect: Box<Connect>, now: Instant) {
+        let cfg = self.config.clone();
+        let version = connect.protocol;
+        let v5 = version.is_v5();
+        let mut assigned = None;
+        let client_id = if connect.client_id.is_empty() {
+            let id = self.assign_client_id();
+            assigned = Some(id.clone());
+            id
+        } else {
+            // Own copy: the decoded id is a slice of the receive buffer.
+            Bytes::copy_from_slice(&connect.client_id)
+        };
+
+        // Keepalive: MQTT 5 clients can be told a different one.
+        let mut keepalive_s = connect.keep_alive_s;
+        let mut server_keep_alive = None;
+        if v5 {
+            if let Some(s) = cfg.server_keep_alive_s {
+                server_keep_alive = Some(s);
+                keepalive_s = s;
+            } else if cfg.keepalive_max_s > 0
+                && (keepalive_s == 0 || keepalive_s > cfg.keepalive_max_s)
+            {
+                server_keep_alive = Some(cfg.keepalive_max_s);
+                keepalive_s = cfg.keepalive_max_s;
+            }
+        }
+        let expiry_s = if v5 {
+            connect.properties.session_expiry_interval_s.unwrap_or(0)
+        } else if connect.clean_start {
+            0
+        } else {
+            u32::MAX
+        }
+        .min(cfg.max_session_expiry_s);
+
+        // Existing session: takeover of its connection, clean start, or resume.
+        let mut session = self.sessions.find(&client_id);
+        if let Some(s) = session {
+            self.take_over(s, connect.clean_start, now);
+            if connect.clean_start {
+                self.end_session(s, now);
+                session = None;
+            }
+        }
+        let session_present = session.is_some();
+        let session = match session {
+            Some(s) => s,
+            None => {
+                let s = self.sessions.create(client_id);
+                self.stats.sessions = self.sessions.len();
+                s
+            }
+        };
+
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        c.state = ConnState::Connected;
+        c.pending = None;
+        c.session = session;
+        c.version = version;
+        c.keepalive_timeout_ms = u32::from(keepalive_s) * 1500;
+        if v5 {
+            let p = &connect.properties;
+            c.client_receive_max = p.receive_maximum.unwrap_or(u16::MAX);
+            c.client_max_packet = p.maximum_packet_size.unwrap_or(u32::MAX);
+            c.client_alias_max = p.topic_alias_maximum.unwrap_or(0);
+        }
+        if let Some(s) = self.sessions.get_mut(session) {
+            s.conn = conn as u32;
+            s.expiry_s = expiry_s;
+            s.expires_at = None;
+            s.will_at = None;
+            s.will = connect.will.as_ref().map(|w| {
+                Box::new(Will {
+                    topic: Bytes::copy_from_slice(&w.topic),
+                    payload: Bytes::copy_from_slice(&w.payload),
+                    qos: w.qos,
+                    retain: w.retain,
+                    properties: will_publish_properties(&w.properties),
+                    delay_s: if v5 {
+                        w.properties.will_delay_interval_s.unwrap_or(0)
+                    } else {
+                        0
+                    },
+                })
+            });
+        }
+
+        let mut properties = Properties::default();
+        if v5 {
+            properties.receive_maximum = Some(cfg.receive_maximum);
+            properties.maximum_packet_size = Some(cfg.max_packet_size);
+            if cfg.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            }
+            // Feature flags are sent only when a feature is off (absent = available).
+            if !cfg.retain_available {
+                properties.retain_available = Some(0);
+            }
+            if !cfg.wildcard_subscription_available {
+                properties.wildcard_subscription_available = Some(0);
+            }
+            if !cfg.subscription_identifier_available {
+                properties.subscription_identifier_available = Some(0);
+            }
+            if !cfg.shared_subscription_available {
+                properties.shared_subscription_available = Some(0);
+            }
+            properties.server_keep_alive_s = server_keep_alive;
+            properties.assigned_client_identifier = assigned;
+        }
+        let ack = ConnAck {
+            session_present,
+            code: ReasonCode::Success,
+            properties,
+        };
+        self.write_control(conn, &Packet::ConnAck(ack));
+        self.arm_keepalive(conn, now);
+        if session_present {
+            self.resend_inflight(session, now);
+            self.pump(session, now);
+        }
+    }
+
+    /// A new CONNECT for an existing session: the old connection (if any) gets
+    /// DISCONNECT 0x8E and is closed; a pending will is published or cancelled.
+    ///
+    /// Will rules: 3.1.1 publishes the will whenever the server closes the old
+    /// connection; 5.0 publishes it when the Will Delay Interval is 0 or the session
+    /// ends now (clean start), and otherwise the reconnect cancels it.
+    fn take_over(&mut self, session: u32, clean_start: bool, now: Instant) {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        let old = s.conn;
+        s.conn = NONE;
+        s.will_at = None;
+        let will = s.will.take();
+        let mut publish_will = false;
+        if old != NONE {
+            let old = old as usize;
+            if let Some(c) = self.conns.get_mut(old) {
+                c.session = NONE;
+                let v5 = c.version.is_v5();
+                if let Some(w) = &will {
+                    publish_will = !v5 || w.delay_s == 0 || clean_start;
+                }
+                if v5 {
+                    let d = Disconnect {
+                        code: ReasonCode::SessionTakenOver,
+                        properties: Properties::default(),
+                    };
+                    self.write_control(old, &Packet::Disconnect(d));
+                }
+                self.close(old);
+            }
+        } else {
+            // Offline with a will still waiting for its delay: the session ending now
+            // publishes it, a resume cancels it.
+            publish_will = will.is_some() && clean_start;
+        }
+        if publish_will {
+            if let Some(w) = will {
+                self.publish_will_now(session, *w, now);
+            }
+        }
+    }
+
+    /// The connection `conn` is gone (or going): detach its session and apply the
+    /// will and session-expiry rules. `abnormal`: anything but DISCONNECT 0x00.
+    pub(crate) fn detach_session(&mut self, conn: ConnId, abnormal: bool, now: Instant) {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let session = c.session;
+        c.session = NONE;
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        if s.conn != conn as u32 {
+            return;
+        }
+        s.conn = NONE;
+        let expiry_s = s.expiry_s;
+        let will_delay_s = s.will.as_ref().map(|w| w.delay_s);
+        if !abnormal {
+            s.will = None;
+        }
+        if expiry_s == 0 {
+            self.end_session(session, now);
+            return;
+        }
+        if expiry_s != u32::MAX {
+            let at = now + Duration::from_secs(u64::from(expiry_s));
+            s.expires_at = Some(at);
+            self.arm_session_timer(session, TimerKind::SessionExpiry, at);
+        }
+        match will_delay_s {
+            Some(0) if abnormal => self.publish_will(session, now),
+            Some(d) if abnormal => {
+                // Published at the delay or at session end, whichever is first; the
+                // session-expiry timer covers the latter.
+                let at = now + Duration::from_secs(u64::from(d));
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.will_at = Some(at);
+                }
+                self.arm_session_timer(session, TimerKind::WillDelay, at);
+            }
+            _ => {}
+        }
+    }
+
+    /// Publishes and removes the session's stored will, if any.
+    pub(crate) fn publish_will(&mut self, session: u32, now: Instant) {
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
+        s.will_at = None;
+        if let Some(w) = s.will.take() {
+            self.publish_will_now(session, *w, now);
+        }
+    }
+
+    fn publish_will_now(&mut self, session: u32, w: Will, now: Instant) {
+        if w.retain && !self.config.retain_available {
+            return;
+        }
+        let msg = Message {
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties: w.properties,
+            arrived_at: now,
+            origin_shard: self.id,
+            origin_session: session,
+        };
+        self.publish(msg, now);
+        self.drop_slow_consumers(now);
+    }
+
+    /// Ends a session: pending will published, subscriptions and queue dropped.
+    pub(crate) fn end_session(&mut self, session: u32, now: Instant) {
+        self.publish_will(session, now);
+        self.remove_all_subs(session);
+        if let Some(s) = self.sessions.remove(session) {
+            if let Some(d) = s.delivery {
+                self.stats.bytes_queued -= d.queued_bytes;
+            }
+        }
+        self.stats.sessions = self.sessions.len();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::peek_connect_level;
+
+    #[test]
+    fn peeks_protocol_level() {
+        assert_eq!(
+            peek_connect_level(&[0x10, 10, 0, 4, b'M', b'Q', b'T', b'T', 5]),
+            Some(5)
+        );
+        assert_eq!(peek_connect_level(&[0x10, 10, 0, 4, b'M']), None);
+        assert_eq!(
+            peek_connect_level(&[0x30, 10, 0, 4, b'M', b'Q', b'T', b'T', 5]),
+            None
+        );
+    }
+}

@@ -1,0 +1,530 @@
+//! Outbound delivery: encoding PUBLISH copies into connection buffers (once per
+//! variant per fan-out), the QoS 1/2 inflight window, session queues and resends.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use super::conn::{Conn, ConnState, MAX_OUTBOUND_ALIASES};
+use super::{Action, ConnId, Shard, ShardStats};
+use crate::config::{Config, SlowConsumerPolicy};
+use crate::protocol::{
+    encode_packet, encoded_len, Packet, PubResp, Publish, PublishProperties, QoS,
+};
+use crate::session::{Inflight, Message, Outgoing, Phase, SessionError, NONE};
+
+/// One encoded PUBLISH variant of the message currently being fanned out.
+#[derive(Debug, Clone, Copy)]
+struct Variant {
+    v5: bool,
+    qos: QoS,
+    retain: bool,
+    start: usize,
+    len: usize,
+    /// Offset of the packet identifier inside the encoding (QoS > 0), patched per copy.
+    packet_id_at: usize,
+}
+
+/// Encodings of the message being fanned out, shared by every subscriber that gets
+/// the same variant (version family, QoS, retain; no per-copy properties).
+/// Valid for one message only: cleared before each fan-out.
+#[derive(Debug, Default)]
+pub(crate) struct EncodeCache {
+    buf: BytesMut,
+    variants: SmallVec<[Variant; 4]>,
+}
+
+impl EncodeCache {
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.variants.clear();
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Written {
+    Yes,
+    /// Over `max_outbound_bytes`.
+    NoRoom,
+    /// Over the client's Maximum Packet Size: never sendable to this client.
+    TooLarge,
+}
+
+/// Length of the fixed header at the start of an encoded packet.
+fn fixed_header_len(encoded: &[u8]) -> usize {
+    let mut i = 1;
+    while i < 5 && encoded.get(i).is_some_and(|b| b & 0x80 != 0) {
+        i += 1;
+    }
+    i + 1
+}
+
+#[allow(clippy::too_many_arguments)]
+fn publish_packet(
+    msg: &Message,
+    v5: bool,
+    qos: QoS,
+    retain: bool,
+    sub_ids: &[u32],
+    packet_id: u16,
+    dup: bool,
+    topic: Bytes,
+    alias: Option<u16>,
+    now: Instant,
+) -> Packet {
+    let properties = if v5 {
+        let mut p = msg.properties.clone();
+        p.message_expiry_interval_s = msg.remaining_expiry_s(now).ok().flatten();
+        p.topic_alias = alias;
+        p.subscription_identifiers = SmallVec::from_slice(sub_ids);
+        p
+    } else {
+        PublishProperties::default()
+    };
+    Packet::Publish(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
+        properties,
+        payload: msg.payload.clone(),
+    })
+}
+
+/// Encodes one PUBLISH copy into `c.tx`. `force` skips the buffer bound (resends,
+/// which are already bounded by the inflight window).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn encode_publish(
+    c: &mut Conn,
+    cache: Option<&mut EncodeCache>,
+    max_outbound: usize,
+    force: bool,
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    sub_ids: &[u32],
+    packet_id: u16,
+    dup: bool,
+    now: Instant,
+) -> Written {
+    let v5 = c.version.is_v5();
+    let cacheable = !dup && sub_ids.is_empty() && (!v5 || c.client_alias_max == 0);
+    if let (true, Some(cache)) = (cacheable, cache) {
+        let found = cache
+            .variants
+            .iter()
+            .position(|v| v.v5 == v5 && v.qos == qos && v.retain == retain);
+        let i = match found {
+            Some(i) => i,
+            None => {
+                let p = publish_packet(
+                    msg,
+                    v5,
+                    qos,
+                    retain,
+                    &[],
+                    1,
+                    false,
+                    msg.topic.clone(),
+                    None,
+                    now,
+                );
+                let start = cache.buf.len();
+                let version = c.version;
+                encode_packet(&p, version, &mut cache.buf);
+                let len = cache.buf.len() - start;
+                let packet_id_at = fixed_header_len(&cache.buf[start..]) + 2 + msg.topic.len();
+                cache.variants.push(Variant {
+                    v5,
+                    qos,
+                    retain,
+                    start,
+                    len,
+                    packet_id_at,
+                });
+                cache.variants.len() - 1
+            }
+        };
+        let v = cache.variants[i];
+        if v.len > c.client_max_packet as usize {
+            return Written::TooLarge;
+        }
+        if !force && c.tx.len() + v.len > max_outbound {
+            return Written::NoRoom;
+        }
+        let at = c.tx.len();
+        c.tx.extend_from_slice(&cache.buf[v.start..v.start + v.len]);
+        if qos != QoS::AtMostOnce {
+            if let Some(dst) = c.tx.get_mut(at + v.packet_id_at..at + v.packet_id_at + 2) {
+                dst.copy_from_slice(&packet_id.to_be_bytes());
+            }
+        }
+        return Written::Yes;
+    }
+
+    // Server → client topic aliases: topics get aliases in first-seen order until the
+    // client's Topic Alias Maximum (capped at MAX_OUTBOUND_ALIASES) is used up; later
+    // topics are always sent in full. An alias, once set, is never remapped.
+    let mut topic = msg.topic.clone();
+    let mut alias = None;
+    let mut new_alias = false;
+    if v5 && c.client_alias_max > 0 {
+        let max = (c.client_alias_max as usize).min(MAX_OUTBOUND_ALIASES);
+        let a = c.aliases();
+        if let Some(i) = a.outbound.iter().position(|t| *t == msg.topic) {
+            topic = Bytes::new();
+            alias = Some(i as u16 + 1);
+        } else if a.outbound.len() < max {
+            alias = Some(a.outbound.len() as u16 + 1);
+            new_alias = true;
+        }
+    }
+    let p = publish_packet(
+        msg, v5, qos, retain, sub_ids, packet_id, dup, topic, alias, now,
+    );
+    let len = encoded_len(&p, c.version);
+    if len > c.client_max_packet as usize {
+        return Written::TooLarge;
+    }
+    if !force && c.tx.len() + len > max_outbound {
+        return Written::NoRoom;
+    }
+    encode_packet(&p, c.version, &mut c.tx);
+    if new_alias {
+        c.aliases()
+            .outbound
+            .push(Bytes::copy_from_slice(&msg.topic));
+    }
+    Written::Yes
+}
+
+fn mark_flush(actions: &mut VecDeque<Action>, conn: ConnId, c: &mut Conn) {
+    if !c.flush_queued && !c.tx.is_empty() {
+        c.flush_queued = true;
+        actions.push_back(Action::Flush(conn));
+    }
+}
+
+fn window(config: &Config, c: &Conn) -> usize {
+    usize::from(config.max_inflight.min(c.client_receive_max)).max(1)
+}
+
+fn count(stats: &mut ShardStats, w: Written) {
+    match w {
+        Written::Yes => stats.messages_out += 1,
+        Written::NoRoom => stats.dropped_outbound_full += 1,
+        Written::TooLarge => stats.dropped_too_large += 1,
+    }
+}
+
+impl Shard {
+    /// Delivers one copy of `msg` to `session`: written now when possible, else
+    /// queued (QoS 1/2, or QoS 0 for offline sessions when configured) or dropped
+    /// (counted). `arc` is the shared form of `msg`, created on first need.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn deliver(
+        &mut self,
+        session: u32,
+        msg: &Message,
+        arc: &mut Option<Arc<Message>>,
+        qos: QoS,
+        retain: bool,
+        sub_ids: &[u32],
+        now: Instant,
+        use_cache: bool,
+    ) {
+        let Shard {
+            sessions,
+            conns,
+            cache,
+            config,
+            stats,
+            actions,
+            ..
+        } = self;
+        let Some(sess) = sessions.get_mut(session) else {
+            return;
+        };
+        if msg.is_expired(now) {
+            stats.dropped_expired += 1;
+            return;
+        }
+        let conn_id = sess.conn as usize;
+        let conn = if sess.conn == NONE {
+            None
+        } else {
+            conns.get_mut(conn_id)
+        };
+        let cache = if use_cache { Some(cache) } else { None };
+        let Some(c) = conn.filter(|c| c.state == ConnState::Connected) else {
+            if qos == QoS::AtMostOnce && !config.queue_qos0_offline {
+                stats.dropped_offline_qos0 += 1;
+                return;
+            }
+            let out = Outgoing {
+                msg: arc.get_or_insert_with(|| Arc::new(msg.clone())).clone(),
+                qos,
+                retain,
+                sub_ids: SmallVec::from_slice(sub_ids),
+            };
+            self.enqueue(session, out, false);
+            return;
+        };
+        if qos == QoS::AtMostOnce {
+            let w = encode_publish(
+                c,
+                cache,
+                config.max_outbound_bytes,
+                false,
+                msg,
+                qos,
+                retain,
+                sub_ids,
+                0,
+                false,
+                now,
+            );
+            count(stats, w);
+            mark_flush(actions, conn_id, c);
+            return;
+        }
+        let win = window(config, c);
+        let d = sess.delivery();
+        if d.queue.is_empty() && d.inflight.len() < win {
+            let prev_id = d.last_packet_id;
+            if let Some(pid) = d.alloc_packet_id() {
+                let w = encode_publish(
+                    c,
+                    cache,
+                    config.max_outbound_bytes,
+                    false,
+                    msg,
+                    qos,
+                    retain,
+                    sub_ids,
+                    pid,
+                    false,
+                    now,
+                );
+                match w {
+                    Written::Yes => {
+                        stats.messages_out += 1;
+                        mark_flush(actions, conn_id, c);
+                        let out = Outgoing {
+                            msg: arc.get_or_insert_with(|| Arc::new(msg.clone())).clone(),
+                            qos,
+                            retain,
+                            sub_ids: SmallVec::from_slice(sub_ids),
+                        };
+                        let phase = if qos == QoS::AtLeastOnce {
+                            Phase::AwaitAck
+                        } else {
+                            Phase::AwaitRec
+                        };
+                        d.inflight.push(Inflight {
+                            packet_id: pid,
+                            phase,
+                            out,
+                        });
+                        return;
+                    }
+                    // Spec 3.1.2-25: treated as delivered, nothing to acknowledge.
+                    Written::TooLarge => {
+                        stats.dropped_too_large += 1;
+                        return;
+                    }
+                    // Not sent: the id is not used up.
+                    Written::NoRoom => d.last_packet_id = prev_id,
+                }
+            }
+        }
+        let out = Outgoing {
+            msg: arc.get_or_insert_with(|| Arc::new(msg.clone())).clone(),
+            qos,
+            retain,
+            sub_ids: SmallVec::from_slice(sub_ids),
+        };
+        self.enqueue(session, out, true);
+    }
+
+    /// Appends to the session queue within its bounds; beyond them the new copy is
+    /// dropped (counted), and under `SlowConsumerPolicy::Disconnect` an online
+    /// subscriber is disconnected (after the current fan-out).
+    fn enqueue(&mut self, session: u32, out: Outgoing, online: bool) {
+        let Some(sess) = self.sessions.get_mut(session) else {
+            return;
+        };
+        let cost = out.msg.cost_bytes();
+        let conn = sess.conn;
+        let d = sess.delivery();
+        if d.queue.len() >= self.config.max_queued_messages
+            || d.queued_bytes + cost > self.config.max_queued_bytes
+        {
+            self.stats.dropped_queue_full += 1;
+            if online
+                && self.config.slow_consumer_policy == SlowConsumerPolicy::Disconnect
+                && conn != NONE
+            {
+                self.slow.push(conn as usize);
+            }
+            return;
+        }
+        d.queued_bytes += cost;
+        d.queue.push_back(out);
+        self.stats.bytes_queued += cost;
+    }
+
+    /// Disconnects the slow consumers found during a fan-out (0x97).
+    pub(crate) fn drop_slow_consumers(&mut self, now: Instant) {
+        while let Some(conn) = self.slow.pop() {
+            self.fail(conn, SessionError::QuotaExceeded, now);
+        }
+    }
+
+    /// Moves queued messages into the connection while the window and the buffer
+    /// allow. Expired messages are dropped on the way (counted).
+    pub(crate) fn pump(&mut self, session: u32, now: Instant) {
+        let Shard {
+            sessions,
+            conns,
+            config,
+            stats,
+            actions,
+            ..
+        } = self;
+        let Some(sess) = sessions.get_mut(session) else {
+            return;
+        };
+        if sess.conn == NONE {
+            return;
+        }
+        let conn_id = sess.conn as usize;
+        let Some(c) = conns
+            .get_mut(conn_id)
+            .filter(|c| c.state == ConnState::Connected)
+        else {
+            return;
+        };
+        let win = window(config, c);
+        let Some(d) = sess.delivery.as_mut() else {
+            return;
+        };
+        // Each turn pops one message or stops.
+        while let Some(front) = d.queue.front() {
+            let cost = front.msg.cost_bytes();
+            if front.msg.is_expired(now) {
+                d.queue.pop_front();
+                d.queued_bytes -= cost;
+                stats.bytes_queued -= cost;
+                stats.dropped_expired += 1;
+                continue;
+            }
+            let qos = front.qos;
+            let mut pid = 0;
+            let prev_id = d.last_packet_id;
+            if qos != QoS::AtMostOnce {
+                if d.inflight.len() >= win {
+                    break;
+                }
+                match d.alloc_packet_id() {
+                    Some(p) => pid = p,
+                    None => break,
+                }
+            }
+            let Some(front) = d.queue.front() else { break };
+            let w = encode_publish(
+                c,
+                None,
+                config.max_outbound_bytes,
+                false,
+                &front.msg,
+                qos,
+                front.retain,
+                &front.sub_ids,
+                pid,
+                false,
+                now,
+            );
+            if w == Written::NoRoom {
+                d.last_packet_id = prev_id;
+                break;
+            }
+            count(stats, w);
+            let Some(out) = d.queue.pop_front() else {
+                break;
+            };
+            d.queued_bytes -= cost;
+            stats.bytes_queued -= cost;
+            if w == Written::Yes && qos != QoS::AtMostOnce {
+                let phase = if qos == QoS::AtLeastOnce {
+                    Phase::AwaitAck
+                } else {
+                    Phase::AwaitRec
+                };
+                d.inflight.push(Inflight {
+                    packet_id: pid,
+                    phase,
+                    out,
+                });
+            }
+        }
+        mark_flush(actions, conn_id, c);
+    }
+
+    /// On session resume: unacknowledged PUBLISHes again with DUP = 1, PUBREL for the
+    /// ones already PUBREC'd, oldest first.
+    pub(crate) fn resend_inflight(&mut self, session: u32, now: Instant) {
+        let Shard {
+            sessions,
+            conns,
+            config,
+            stats,
+            actions,
+            ..
+        } = self;
+        let Some(sess) = sessions.get_mut(session) else {
+            return;
+        };
+        let conn_id = sess.conn as usize;
+        let Some(c) = conns.get_mut(conn_id) else {
+            return;
+        };
+        let Some(d) = sess.delivery.as_mut() else {
+            return;
+        };
+        let max_outbound = config.max_outbound_bytes;
+        d.inflight.retain(|f| match f.phase {
+            Phase::AwaitComp => {
+                encode_packet(
+                    &Packet::PubRel(PubResp::new(f.packet_id)),
+                    c.version,
+                    &mut c.tx,
+                );
+                true
+            }
+            _ => {
+                let o = &f.out;
+                let w = encode_publish(
+                    c,
+                    None,
+                    max_outbound,
+                    true,
+                    &o.msg,
+                    o.qos,
+                    o.retain,
+                    &o.sub_ids,
+                    f.packet_id,
+                    true,
+                    now,
+                );
+                count(stats, w);
+                w == Written::Yes
+            }
+        });
+        mark_flush(actions, conn_id, c);
+    }
+}

@@ -1,0 +1,476 @@
+//! In-memory test harness: a `Cluster` of shards with a virtual clock, an
+//! in-memory mesh, and test clients that speak real MQTT bytes through the codec.
+//! Does what the worker does: routes `Send`, performs `Migrate` (`adopt` on the
+//! target, `release` on the source), drains `take_tx` on `Flush`/`Close`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use super::{Action, ConnId, Shard, ShardId, ShardMsg};
+use crate::config::Config;
+use crate::protocol::{
+    decode_packet, encode_packet, ConnAck, Connect, Disconnect, LastWill, Packet, Properties,
+    ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
+    SubscriptionOptions, MAX_REMAINING_LENGTH,
+};
+
+pub(crate) type Cid = usize;
+
+pub(crate) struct Client {
+    pub shard: ShardId,
+    pub conn: ConnId,
+    pub version: ProtocolVersion,
+    /// Every byte the server sent, for exact-byte assertions.
+    pub raw: Vec<u8>,
+    undecoded: BytesMut,
+    pub inbox: VecDeque<Packet>,
+    /// The server emitted `Close` for this connection.
+    pub closed: bool,
+    /// We dropped the connection ourselves.
+    pub dropped: bool,
+    /// The socket is not writable: `Flush` is not followed by `take_tx`.
+    pub stalled: bool,
+}
+
+pub(crate) struct Cluster {
+    pub shards: Vec<Shard>,
+    pub now: Instant,
+    pub clients: Vec<Client>,
+    loc: HashMap<(ShardId, ConnId), Cid>,
+    mesh: VecDeque<(ShardId, ShardId, ShardMsg)>,
+    /// Shard messages carried so far, by kind: (publish, route).
+    pub mesh_counts: (usize, usize),
+    pub migrations: usize,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct ConnectOpts {
+    pub clean: bool,
+    pub keepalive_s: u16,
+    pub will: Option<LastWill>,
+    pub properties: Properties,
+    /// Shard that accepts the TCP connection (the owner may differ).
+    pub accept_on: ShardId,
+}
+
+impl Default for ConnectOpts {
+    fn default() -> Self {
+        ConnectOpts {
+            clean: true,
+            keepalive_s: 0,
+            will: None,
+            properties: Properties::default(),
+            accept_on: 0,
+        }
+    }
+}
+
+pub(crate) fn peer() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 40000))
+}
+
+impl Cluster {
+    pub fn new(shards: usize, config: Config) -> Cluster {
+        let config = Arc::new(config);
+        Cluster {
+            shards: (0..shards)
+                .map(|i| Shard::new(i, shards, config.clone()))
+                .collect(),
+            now: Instant::now(),
+            clients: Vec::new(),
+            loc: HashMap::new(),
+            mesh: VecDeque::new(),
+            mesh_counts: (0, 0),
+            migrations: 0,
+        }
+    }
+
+    /// Accepts a TCP connection on `shard`; the client's version is used to decode
+    /// what the server sends.
+    pub fn open(&mut self, shard: ShardId, version: ProtocolVersion) -> Cid {
+        let conn = self.shards[shard].accept(peer(), self.now);
+        let cid = self.clients.len();
+        self.clients.push(Client {
+            shard,
+            conn,
+            version,
+            raw: Vec::new(),
+            undecoded: BytesMut::new(),
+            inbox: VecDeque::new(),
+            closed: false,
+            dropped: false,
+            stalled: false,
+        });
+        self.loc.insert((shard, conn), cid);
+        self.pump();
+        cid
+    }
+
+    pub fn send_raw(&mut self, c: Cid, bytes: &[u8]) {
+        let cl = &self.clients[c];
+        assert!(!cl.dropped, "client {c} was dropped");
+        let (s, conn) = (cl.shard, cl.conn);
+        if !cl.closed {
+            self.shards[s].on_read(conn, bytes, self.now);
+        }
+        self.pump();
+    }
+
+    pub fn send(&mut self, c: Cid, packet: Packet) {
+        let mut buf = BytesMut::new();
+        encode_packet(&packet, self.clients[c].version, &mut buf);
+        self.send_raw(c, &buf);
+    }
+
+    /// Opens a connection and sends CONNECT; the CONNACK stays in the inbox.
+    pub fn connect(&mut self, version: ProtocolVersion, id: &str, opts: ConnectOpts) -> Cid {
+        let c = self.open(opts.accept_on, version);
+        self.send(c, connect_packet(version, id, &opts));
+        c
+    }
+
+    /// Connects and expects a CONNACK accepting it (`session_present` as given).
+    /// For MQTT 5 only the code and flag are checked; see `expect` for exact tests.
+    pub fn connect_ok(
+        &mut self,
+        version: ProtocolVersion,
+        id: &str,
+        opts: ConnectOpts,
+        present: bool,
+    ) -> Cid {
+        let c = self.connect(version, id, opts);
+        match self.next(c) {
+            Some(Packet::ConnAck(a)) => {
+                assert_eq!(
+                    (a.code, a.session_present),
+                    (ReasonCode::Success, present),
+                    "CONNACK for {id}"
+                );
+            }
+            other => panic!("expected CONNACK for {id}, got {other:?}"),
+        }
+        c
+    }
+
+    pub fn next(&mut self, c: Cid) -> Option<Packet> {
+        self.clients[c].inbox.pop_front()
+    }
+
+    #[track_caller]
+    pub fn expect(&mut self, c: Cid, packet: Packet) {
+        assert_eq!(self.next(c), Some(packet), "client {c}");
+    }
+
+    #[track_caller]
+    pub fn expect_nothing(&mut self, c: Cid) {
+        assert_eq!(self.next(c), None, "client {c} got an unexpected packet");
+    }
+
+    #[track_caller]
+    pub fn expect_closed(&mut self, c: Cid) {
+        assert!(self.clients[c].closed, "client {c} expected closed");
+    }
+
+    #[track_caller]
+    pub fn expect_open(&mut self, c: Cid) {
+        assert!(!self.clients[c].closed, "client {c} expected open");
+    }
+
+    pub fn publish(
+        &mut self,
+        c: Cid,
+        topic: &str,
+        payload: &str,
+        qos: QoS,
+        retain: bool,
+        packet_id: u16,
+    ) {
+        self.send(
+            c,
+            Packet::Publish(publish(topic, payload, qos, retain, packet_id)),
+        );
+    }
+
+    /// Subscribes to one filter and expects the SUBACK granting `qos`.
+    pub fn subscribe(&mut self, c: Cid, filter: &str, qos: QoS) {
+        let opts = SubscriptionOptions {
+            qos,
+            ..Default::default()
+        };
+        self.subscribe_with(c, filter, opts, Properties::default());
+        let code = granted(qos);
+        self.expect(c, suback(1, &[code]));
+    }
+
+    /// Sends SUBSCRIBE (packet id 1) without consuming the SUBACK.
+    pub fn subscribe_with(
+        &mut self,
+        c: Cid,
+        filter: &str,
+        options: SubscriptionOptions,
+        properties: Properties,
+    ) {
+        let mut filters = SmallVec::new();
+        filters.push((Bytes::copy_from_slice(filter.as_bytes()), options));
+        self.send(
+            c,
+            Packet::Subscribe(Subscribe {
+                packet_id: 1,
+                filters,
+                properties,
+            }),
+        );
+    }
+
+    /// Stops (or resumes) taking bytes for `c`, like a socket whose send buffer is full.
+    pub fn stall(&mut self, c: Cid, stalled: bool) {
+        self.clients[c].stalled = stalled;
+        if !stalled {
+            let (s, conn) = (self.clients[c].shard, self.clients[c].conn);
+            // Like the worker: take again after each completed send.
+            while let Some(b) = self.shards[s].take_tx(conn) {
+                self.receive(s, conn, &b);
+                self.pump();
+            }
+            self.pump();
+        }
+    }
+
+    /// Moves virtual time forward and runs due timers.
+    pub fn advance(&mut self, d: Duration) {
+        self.now += d;
+        for s in 0..self.shards.len() {
+            if self.shards[s]
+                .next_deadline()
+                .is_some_and(|t| t <= self.now)
+            {
+                self.shards[s].on_timer(self.now);
+            }
+        }
+        self.pump();
+    }
+
+    /// The network connection breaks (the IO side reports `on_closed`, then `release`).
+    pub fn drop_connection(&mut self, c: Cid) {
+        let cl = &mut self.clients[c];
+        cl.dropped = true;
+        let (s, conn, closed) = (cl.shard, cl.conn, cl.closed);
+        if !closed {
+            self.shards[s].on_closed(conn, self.now);
+            self.shards[s].release(conn);
+            self.loc.remove(&(s, conn));
+        }
+        self.pump();
+    }
+
+    pub fn shutdown(&mut self) {
+        for s in 0..self.shards.len() {
+            self.shards[s].shutdown(self.now);
+        }
+        self.pump();
+    }
+
+    /// Runs the worker's job until nothing moves.
+    pub fn pump(&mut self) {
+        for _ in 0..100_000 {
+            let mut moved = false;
+            for s in 0..self.shards.len() {
+                while let Some(a) = self.shards[s].poll_action() {
+                    moved = true;
+                    self.perform(s, a);
+                }
+            }
+            while let Some((from, to, msg)) = self.mesh.pop_front() {
+                moved = true;
+                match &msg {
+                    ShardMsg::Publish { .. } => self.mesh_counts.0 += 1,
+                    ShardMsg::Route { .. } => self.mesh_counts.1 += 1,
+                }
+                self.shards[to].on_message(from, msg, self.now);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("cluster does not settle");
+    }
+
+    fn perform(&mut self, s: ShardId, a: Action) {
+        match a {
+            Action::Flush(conn) => {
+                if self
+                    .loc
+                    .get(&(s, conn))
+                    .is_some_and(|c| self.clients[*c].stalled)
+                {
+                    return;
+                }
+                if let Some(b) = self.shards[s].take_tx(conn) {
+                    self.receive(s, conn, &b);
+                }
+            }
+            Action::Close(conn) => {
+                while let Some(b) = self.shards[s].take_tx(conn) {
+                    self.receive(s, conn, &b);
+                }
+                if let Some(c) = self.loc.remove(&(s, conn)) {
+                    self.clients[c].closed = true;
+                }
+                self.shards[s].release(conn);
+            }
+            Action::Migrate { conn, to, handoff } => {
+                self.migrations += 1;
+                let cid = self.loc.remove(&(s, conn));
+                let new = self.shards[to].adopt(handoff, self.now);
+                self.shards[s].release(conn);
+                if let Some(c) = cid {
+                    self.clients[c].shard = to;
+                    self.clients[c].conn = new;
+                    self.loc.insert((to, new), c);
+                }
+            }
+            Action::Send { to, msg } => {
+                assert_ne!(to, s, "a shard sent a message to itself");
+                self.mesh.push_back((s, to, msg));
+            }
+        }
+    }
+
+    fn receive(&mut self, s: ShardId, conn: ConnId, bytes: &[u8]) {
+        let Some(&c) = self.loc.get(&(s, conn)) else {
+            return;
+        };
+        let cl = &mut self.clients[c];
+        cl.raw.extend_from_slice(bytes);
+        cl.undecoded.extend_from_slice(bytes);
+        loop {
+            match decode_packet(&mut cl.undecoded, cl.version, MAX_REMAINING_LENGTH + 5) {
+                Ok(Some(p)) => cl.inbox.push_back(p),
+                Ok(None) => break,
+                Err(e) => panic!("client {c} cannot decode server bytes: {e:?}"),
+            }
+        }
+    }
+}
+
+// ---- packet builders ---------------------------------------------------------
+
+pub(crate) fn connect_packet(version: ProtocolVersion, id: &str, opts: &ConnectOpts) -> Packet {
+    Packet::Connect(Box::new(Connect {
+        protocol: version,
+        clean_start: opts.clean,
+        keep_alive_s: opts.keepalive_s,
+        client_id: Bytes::copy_from_slice(id.as_bytes()),
+        will: opts.will.clone(),
+        username: None,
+        password: None,
+        properties: opts.properties.clone(),
+    }))
+}
+
+pub(crate) fn publish(
+    topic: &str,
+    payload: &str,
+    qos: QoS,
+    retain: bool,
+    packet_id: u16,
+) -> Publish {
+    Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        packet_id,
+        properties: PublishProperties::default(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    }
+}
+
+pub(crate) fn pubp(topic: &str, payload: &str, qos: QoS, retain: bool, packet_id: u16) -> Packet {
+    Packet::Publish(publish(topic, payload, qos, retain, packet_id))
+}
+
+pub(crate) fn granted(qos: QoS) -> ReasonCode {
+    match qos {
+        QoS::AtMostOnce => ReasonCode::Success,
+        QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+        QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+    }
+}
+
+pub(crate) fn suback(packet_id: u16, codes: &[ReasonCode]) -> Packet {
+    Packet::SubAck(SubAck {
+        packet_id,
+        codes: SmallVec::from_slice(codes),
+        properties: Properties::default(),
+    })
+}
+
+pub(crate) fn connack(present: bool, code: ReasonCode, properties: Properties) -> Packet {
+    Packet::ConnAck(ConnAck {
+        session_present: present,
+        code,
+        properties,
+    })
+}
+
+/// The CONNACK properties a default-config shard sends to MQTT 5 clients.
+pub(crate) fn v5_connack_props(config: &Config) -> Properties {
+    Properties {
+        receive_maximum: Some(config.receive_maximum),
+        maximum_packet_size: Some(config.max_packet_size),
+        topic_alias_maximum: Some(config.topic_alias_maximum),
+        ..Default::default()
+    }
+}
+
+pub(crate) fn disconnect(code: ReasonCode) -> Packet {
+    Packet::Disconnect(Disconnect {
+        code,
+        properties: Properties::default(),
+    })
+}
+
+pub(crate) fn puback(id: u16) -> Packet {
+    Packet::PubAck(PubResp::new(id))
+}
+pub(crate) fn pubrec(id: u16) -> Packet {
+    Packet::PubRec(PubResp::new(id))
+}
+pub(crate) fn pubrel(id: u16) -> Packet {
+    Packet::PubRel(PubResp::new(id))
+}
+pub(crate) fn pubcomp(id: u16) -> Packet {
+    Packet::PubComp(PubResp::new(id))
+}
+
+pub(crate) fn will(
+    topic: &str,
+    payload: &str,
+    qos: QoS,
+    retain: bool,
+    properties: Properties,
+) -> LastWill {
+    LastWill {
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos,
+        retain,
+        properties,
+    }
+}
+
+/// A client id that the owner hash puts on `shard` of `n` (deterministic search).
+pub(crate) fn id_on(shard: ShardId, n: usize, prefix: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| super::owner_shard(id.as_bytes(), n) == shard)
+        .unwrap_or_else(|| panic!("no id for shard {shard}"))
+}
+
+pub(crate) use ProtocolVersion::{V31, V311, V5};

@@ -1,0 +1,409 @@
+//! Packets from a connected client. Each handler starts with its guard clauses.
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::conn::ConnState;
+use super::{v3_suback_code, ConnId, Shard};
+use crate::protocol::{
+    Disconnect, Packet, PubResp, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::session::{Message, Phase, SessionError, SessionSub, NONE};
+
+impl Shard {
+    pub(crate) fn handle_packet(
+        &mut self,
+        conn: ConnId,
+        packet: Packet,
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        match packet {
+            Packet::Publish(p) => self.on_publish(conn, p, now),
+            Packet::PubAck(r) => {
+                self.on_puback(conn, r.packet_id, now);
+                Ok(())
+            }
+            Packet::PubRec(r) => {
+                self.on_pubrec(conn, r, now);
+                Ok(())
+            }
+            Packet::PubRel(r) => {
+                self.on_pubrel(conn, r.packet_id);
+                Ok(())
+            }
+            Packet::PubComp(r) => {
+                self.on_pubcomp(conn, r.packet_id, now);
+                Ok(())
+            }
+            Packet::Subscribe(s) => self.on_subscribe(conn, s, now),
+            Packet::Unsubscribe(u) => {
+                self.on_unsubscribe(conn, u);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.write_control(conn, &Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(d) => self.on_disconnect(conn, d, now),
+            // A second CONNECT, server-only packets, and AUTH without enhanced auth.
+            Packet::Connect(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp
+            | Packet::Auth(_) => Err(SessionError::ProtocolError),
+        }
+    }
+
+    fn conn_session(&self, conn: ConnId) -> u32 {
+        self.conns.get(conn).map_or(NONE, |c| c.session)
+    }
+
+    fn on_publish(
+        &mut self,
+        conn: ConnId,
+        mut p: Publish,
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        let cfg = self.config.clone();
+        let Some(c) = self.conns.get_mut(conn) else {
+            return Ok(());
+        };
+        let session = c.session;
+        // Client → server topic alias.
+        if let Some(alias) = p.properties.topic_alias.take() {
+            if alias == 0 || alias > cfg.topic_alias_maximum || !c.version.is_v5() {
+                return Err(SessionError::TopicAliasInvalid);
+            }
+            let i = usize::from(alias - 1);
+            if p.topic.is_empty() {
+                match c
+                    .aliases
+                    .as_ref()
+                    .and_then(|a| a.inbound.get(i))
+                    .filter(|t| !t.is_empty())
+                {
+                    Some(t) => p.topic = t.clone(),
+                    None => return Err(SessionError::ProtocolError),
+                }
+            } else {
+                let a = c.aliases();
+                if a.inbound.len() <= i {
+                    a.inbound.resize(i + 1, Bytes::new());
+                }
+                a.inbound[i] = Bytes::copy_from_slice(&p.topic);
+            }
+        }
+        if p.topic.is_empty() {
+            return Err(SessionError::ProtocolError);
+        }
+        if crate::topic::validate_name(&p.topic, cfg.max_topic_len, cfg.max_topic_levels).is_err() {
+            return Err(SessionError::TopicNameInvalid);
+        }
+        if p.retain && !cfg.retain_available {
+            return Err(SessionError::RetainNotSupported);
+        }
+        let packet_id = p.packet_id;
+        let qos = p.qos;
+        if qos != QoS::AtMostOnce {
+            let Some(s) = self.sessions.get_mut(session) else {
+                return Ok(());
+            };
+            let d = s.delivery();
+            if qos == QoS::ExactlyOnce && d.awaiting_pubrel.contains(&packet_id) {
+                // A resend of a QoS 2 message already received: acknowledge, do not
+                // deliver again.
+                self.write_control(conn, &Packet::PubRec(PubResp::new(packet_id)));
+                return Ok(());
+            }
+            // QoS 1 is acknowledged at once, so only QoS 2 waiting for PUBREL stays
+            // outstanding; this message would be one more.
+            if d.awaiting_pubrel.len() >= usize::from(cfg.receive_maximum) {
+                return Err(SessionError::ReceiveMaximumExceeded);
+            }
+            if qos == QoS::ExactlyOnce {
+                d.awaiting_pubrel.push(packet_id);
+            }
+        }
+        let mut properties = p.properties;
+        properties.subscription_identifiers.clear();
+        let msg = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos,
+            retain: p.retain,
+            properties,
+            arrived_at: now,
+            origin_shard: self.id,
+            origin_session: session,
+        };
+        self.publish(msg, now);
+        self.drop_slow_consumers(now);
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.write_control(conn, &Packet::PubAck(PubResp::new(packet_id))),
+            QoS::ExactlyOnce => self.write_control(conn, &Packet::PubRec(PubResp::new(packet_id))),
+        }
+        Ok(())
+    }
+
+    fn on_puback(&mut self, conn: ConnId, packet_id: u16, now: Instant) {
+        let session = self.conn_session(conn);
+        let Some(d) = self
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.delivery.as_mut())
+        else {
+            return;
+        };
+        if let Some(i) = d.inflight_pos(packet_id) {
+            if d.inflight[i].phase == Phase::AwaitAck {
+                d.inflight.remove(i);
+                self.pump(session, now);
+            }
+        }
+    }
+
+    fn on_pubrec(&mut self, conn: ConnId, r: PubResp, now: Instant) {
+        let session = self.conn_session(conn);
+        let Some(d) = self
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.delivery.as_mut())
+        else {
+            return;
+        };
+        let Some(i) = d.inflight_pos(r.packet_id) else {
+            if let Some(c) = self.conns.get(conn) {
+                if c.version.is_v5() {
+                    let mut resp = PubResp::new(r.packet_id);
+                    resp.code = ReasonCode::PacketIdentifierNotFound;
+                    self.write_control(conn, &Packet::PubRel(resp));
+                }
+            }
+            return;
+        };
+        if r.code.is_error() {
+            // The client refused the message: the flow ends here (MQTT 5 4.3.3).
+            d.inflight.remove(i);
+            self.pump(session, now);
+            return;
+        }
+        let f = &mut d.inflight[i];
+        if f.phase == Phase::AwaitAck {
+            return;
+        }
+        f.phase = Phase::AwaitComp;
+        self.write_control(conn, &Packet::PubRel(PubResp::new(r.packet_id)));
+    }
+
+    fn on_pubcomp(&mut self, conn: ConnId, packet_id: u16, now: Instant) {
+        let session = self.conn_session(conn);
+        let Some(d) = self
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.delivery.as_mut())
+        else {
+            return;
+        };
+        if let Some(i) = d.inflight_pos(packet_id) {
+            if d.inflight[i].phase == Phase::AwaitComp {
+                d.inflight.remove(i);
+                self.pump(session, now);
+            }
+        }
+    }
+
+    fn on_pubrel(&mut self, conn: ConnId, packet_id: u16) {
+        let session = self.conn_session(conn);
+        let v5 = self.conns.get(conn).is_some_and(|c| c.version.is_v5());
+        let mut found = false;
+        if let Some(d) = self
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.delivery.as_mut())
+        {
+            if let Some(i) = d.awaiting_pubrel.iter().position(|x| *x == packet_id) {
+                d.awaiting_pubrel.swap_remove(i);
+                found = true;
+            }
+        }
+        let mut resp = PubResp::new(packet_id);
+        if !found && v5 {
+            resp.code = ReasonCode::PacketIdentifierNotFound;
+        }
+        self.write_control(conn, &Packet::PubComp(resp));
+    }
+
+    fn on_subscribe(
+        &mut self,
+        conn: ConnId,
+        s: Subscribe,
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        let cfg = self.config.clone();
+        let Some(c) = self.conns.get(conn) else {
+            return Ok(());
+        };
+        let v5 = c.version.is_v5();
+        let session = c.session;
+        let sub_id = s.properties.subscription_identifier.unwrap_or(0);
+        let mut codes: SmallVec<[ReasonCode; 2]> = SmallVec::new();
+        // Retained messages are sent after the SUBACK.
+        let mut retained: SmallVec<[(Bytes, crate::protocol::SubscriptionOptions); 2]> =
+            SmallVec::new();
+        for (filter, options) in &s.filters {
+            let shared = match crate::topic::parse_shared(filter) {
+                Ok(x) => x.is_some(),
+                Err(_) => {
+                    codes.push(ReasonCode::TopicFilterInvalid);
+                    continue;
+                }
+            };
+            if shared && options.no_local {
+                return Err(SessionError::ProtocolError);
+            }
+            let code =
+                if crate::topic::validate_filter(filter, cfg.max_topic_len, cfg.max_topic_levels)
+                    .is_err()
+                {
+                    Some(ReasonCode::TopicFilterInvalid)
+                } else if shared && !cfg.shared_subscription_available {
+                    Some(ReasonCode::SharedSubscriptionsNotSupported)
+                } else if !cfg.wildcard_subscription_available
+                    && filter.iter().any(|b| *b == b'+' || *b == b'#')
+                {
+                    Some(ReasonCode::WildcardSubscriptionsNotSupported)
+                } else if sub_id != 0 && !cfg.subscription_identifier_available {
+                    Some(ReasonCode::SubscriptionIdentifiersNotSupported)
+                } else if cfg
+                    .deny_subscribe
+                    .iter()
+                    .any(|d| d.as_bytes() == &filter[..])
+                {
+                    Some(ReasonCode::UnspecifiedError)
+                } else {
+                    None
+                };
+            if let Some(code) = code {
+                codes.push(code);
+                continue;
+            }
+            let Some(sess) = self.sessions.get_mut(session) else {
+                return Ok(());
+            };
+            let existing = sess.sub_pos(filter);
+            if existing.is_none() && sess.subs.len() >= cfg.max_subscriptions_per_client {
+                codes.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
+            let full = match existing {
+                Some(i) => {
+                    sess.subs[i].options = *options;
+                    sess.subs[i].sub_id = sub_id;
+                    sess.subs[i].filter.clone()
+                }
+                None => {
+                    // Own copy: the decoded filter is a slice of the receive buffer.
+                    let full = Bytes::copy_from_slice(filter);
+                    sess.subs.push(SessionSub {
+                        filter: full.clone(),
+                        options: *options,
+                        sub_id,
+                    });
+                    full
+                }
+            };
+            let (inner, group) = Self::split_filter(&full);
+            let is_new = self.add_local_sub(session, &inner, group.as_ref(), *options, sub_id);
+            // Retained messages are not sent for shared subscriptions [MQTT-4.8.2].
+            let send = group.is_none()
+                && match options.retain_handling {
+                    0 => true,
+                    1 => is_new,
+                    _ => false,
+                };
+            if send {
+                retained.push((inner, *options));
+            }
+            codes.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+            });
+        }
+        if !v5 {
+            for c in codes.iter_mut() {
+                *c = v3_suback_code(*c);
+            }
+        }
+        let ack = SubAck {
+            packet_id: s.packet_id,
+            codes,
+            properties: Default::default(),
+        };
+        self.write_control(conn, &Packet::SubAck(ack));
+        for (filter, options) in retained {
+            self.send_retained(session, &filter, options, sub_id, now);
+        }
+        self.drop_slow_consumers(now);
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, conn: ConnId, u: Unsubscribe) {
+        let session = self.conn_session(conn);
+        let mut codes: SmallVec<[ReasonCode; 2]> = SmallVec::new();
+        for filter in &u.filters {
+            let existing = self
+                .sessions
+                .get_mut(session)
+                .and_then(|s| s.sub_pos(filter).map(|i| s.subs.swap_remove(i)));
+            match existing {
+                Some(sub) => {
+                    let (inner, group) = Self::split_filter(&sub.filter);
+                    self.remove_local_sub(session, &inner, group.as_ref());
+                    codes.push(ReasonCode::Success);
+                }
+                None => codes.push(ReasonCode::NoSubscriptionExisted),
+            }
+        }
+        let ack = UnsubAck {
+            packet_id: u.packet_id,
+            codes,
+            properties: Default::default(),
+        };
+        self.write_control(conn, &Packet::UnsubAck(ack));
+    }
+
+    fn on_disconnect(
+        &mut self,
+        conn: ConnId,
+        d: Disconnect,
+        now: Instant,
+    ) -> Result<(), SessionError> {
+        let session = self.conn_session(conn);
+        let v5 = self.conns.get(conn).is_some_and(|c| c.version.is_v5());
+        if v5 {
+            if let Some(new_expiry) = d.properties.session_expiry_interval_s {
+                let Some(s) = self.sessions.get_mut(session) else {
+                    return Ok(());
+                };
+                // [MQTT-3.14.2-2]: zero at CONNECT cannot be raised at DISCONNECT.
+                if s.expiry_s == 0 && new_expiry != 0 {
+                    return Err(SessionError::ProtocolError);
+                }
+                s.expiry_s = new_expiry.min(self.config.max_session_expiry_s);
+            }
+        }
+        // The will is dropped only on a normal disconnection (0x00).
+        let abnormal = v5 && d.code != ReasonCode::Success;
+        self.close(conn);
+        if let Some(c) = self.conns.get(conn) {
+            debug_assert_eq!(c.state, ConnState::Closing);
+        }
+        self.detach_session(conn, abnormal, now);
+        Ok(())
+    }
+}

@@ -1,0 +1,419 @@
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::cfg;
+use crate::protocol::{Packet, Properties, QoS, ReasonCode};
+use crate::shard::harness::*;
+use crate::shard::owner_shard;
+
+#[test]
+fn v311_connect_gets_connack() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect(V311, "dev1", ConnectOpts::default());
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x00]);
+    cl.expect(
+        c,
+        connack(false, ReasonCode::Success, Properties::default()),
+    );
+    cl.expect_nothing(c);
+    cl.expect_open(c);
+    assert_eq!(cl.shards[0].stats().connections, 1);
+    assert_eq!(cl.shards[0].stats().sessions, 1);
+}
+
+#[test]
+fn v31_connect_gets_connack() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect(V31, "dev1", ConnectOpts::default());
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x00]);
+}
+
+#[test]
+fn v5_connack_advertises_limits() {
+    let config = cfg();
+    let props = v5_connack_props(&config);
+    let mut cl = Cluster::new(1, config);
+    let c = cl.connect(V5, "dev1", ConnectOpts::default());
+    cl.expect(c, connack(false, ReasonCode::Success, props));
+    cl.expect_nothing(c);
+}
+
+#[test]
+fn v5_feature_flags_sent_only_when_off() {
+    let mut config = cfg();
+    config.retain_available = false;
+    config.wildcard_subscription_available = false;
+    config.subscription_identifier_available = false;
+    config.shared_subscription_available = false;
+    let mut props = v5_connack_props(&config);
+    props.retain_available = Some(0);
+    props.wildcard_subscription_available = Some(0);
+    props.subscription_identifier_available = Some(0);
+    props.shared_subscription_available = Some(0);
+    let mut cl = Cluster::new(1, config);
+    let c = cl.connect(V5, "dev1", ConnectOpts::default());
+    cl.expect(c, connack(false, ReasonCode::Success, props));
+}
+
+#[test]
+fn v5_empty_id_is_assigned_one_owned_by_the_accepting_shard() {
+    let config = cfg();
+    let mut cl = Cluster::new(4, config.clone());
+    let c = cl.connect(
+        V5,
+        "",
+        ConnectOpts {
+            accept_on: 2,
+            ..Default::default()
+        },
+    );
+    let Some(Packet::ConnAck(ack)) = cl.next(c) else {
+        panic!("no CONNACK")
+    };
+    let id = ack
+        .properties
+        .assigned_client_identifier
+        .clone()
+        .expect("assigned id");
+    assert!(id.starts_with(b"ringmq-2-"), "{id:?}");
+    assert_eq!(owner_shard(&id, 4), 2);
+    let mut props = v5_connack_props(&config);
+    props.assigned_client_identifier = Some(id);
+    assert_eq!(
+        Packet::ConnAck(ack),
+        connack(false, ReasonCode::Success, props)
+    );
+    assert_eq!(cl.migrations, 0);
+    assert_eq!(cl.clients[c].shard, 2);
+    // Even without clean start, MQTT 5 gets an id assigned.
+    let d = cl.connect(
+        V5,
+        "",
+        ConnectOpts {
+            clean: false,
+            ..Default::default()
+        },
+    );
+    let Some(Packet::ConnAck(ack)) = cl.next(d) else {
+        panic!("no CONNACK")
+    };
+    assert_eq!(ack.code, ReasonCode::Success);
+    assert!(ack.properties.assigned_client_identifier.is_some());
+}
+
+#[test]
+fn v311_empty_id_with_clean_session_is_accepted() {
+    let mut cl = Cluster::new(2, cfg());
+    let c = cl.connect(V311, "", ConnectOpts::default());
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x00]);
+    cl.expect_open(c);
+}
+
+#[test]
+fn v311_empty_id_without_clean_session_is_rejected_rc2() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect(
+        V311,
+        "",
+        ConnectOpts {
+            clean: false,
+            ..Default::default()
+        },
+    );
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x02]);
+    cl.expect_closed(c);
+}
+
+#[test]
+fn v31_empty_id_is_rejected_rc2() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect(V31, "", ConnectOpts::default());
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x02]);
+    cl.expect_closed(c);
+}
+
+#[test]
+fn too_long_client_id_is_rejected() {
+    let mut config = cfg();
+    config.max_client_id_len = 4;
+    let mut cl = Cluster::new(1, config);
+    let c = cl.connect(V5, "abcde", ConnectOpts::default());
+    cl.expect(
+        c,
+        connack(
+            false,
+            ReasonCode::ClientIdentifierNotValid,
+            Properties::default(),
+        ),
+    );
+    cl.expect_closed(c);
+    let d = cl.connect(V311, "abcde", ConnectOpts::default());
+    assert_eq!(cl.clients[d].raw, vec![0x20, 0x02, 0x00, 0x02]);
+    cl.expect_closed(d);
+}
+
+fn raw_connect(level: u8) -> Vec<u8> {
+    let mut v = vec![0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', level, 0x02, 0, 60];
+    v.extend_from_slice(&[0, 1, b'a']);
+    v
+}
+
+#[test]
+fn unsupported_level_above_5_gets_v5_connack_0x84() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.open(0, V5);
+    cl.send_raw(c, &raw_connect(6));
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x03, 0x00, 0x84, 0x00]);
+    cl.expect_closed(c);
+}
+
+#[test]
+fn unsupported_old_level_gets_v311_return_code_1() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.open(0, V311);
+    cl.send_raw(c, &raw_connect(2));
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x01]);
+    cl.expect_closed(c);
+}
+
+#[test]
+fn first_packet_not_connect_closes_silently() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.open(0, V311);
+    cl.send_raw(c, &[0xC0, 0x00]);
+    assert!(cl.clients[c].raw.is_empty());
+    cl.expect_closed(c);
+    assert_eq!(cl.shards[0].stats().connections, 0);
+}
+
+#[test]
+fn connect_split_across_reads_and_pipelined_packets() {
+    let mut cl = Cluster::new(1, cfg());
+    let s = cl.connect_ok(V311, "sub", ConnectOpts::default(), false);
+    cl.subscribe(s, "t", QoS::AtMostOnce);
+    let c = cl.open(0, V311);
+    let mut bytes = raw_connect(4);
+    // A PUBLISH to "t" with payload "x" right behind the CONNECT.
+    bytes.extend_from_slice(&[0x30, 0x04, 0x00, 0x01, b't', b'x']);
+    cl.send_raw(c, &bytes[..5]);
+    assert!(cl.clients[c].raw.is_empty());
+    cl.send_raw(c, &bytes[5..]);
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x00]);
+    cl.expect(s, pubp("t", "x", QoS::AtMostOnce, false, 0));
+}
+
+#[test]
+fn connect_timeout_closes_silent_connection() {
+    let config = cfg();
+    let timeout = Duration::from_millis(config.connect_timeout_ms);
+    let mut cl = Cluster::new(1, config);
+    let c = cl.open(0, V311);
+    cl.advance(timeout - Duration::from_millis(1));
+    cl.expect_open(c);
+    cl.advance(Duration::from_millis(1));
+    cl.expect_closed(c);
+    assert!(cl.clients[c].raw.is_empty());
+    // A connected client is not affected by the connect timeout.
+    let d = cl.connect_ok(V311, "d", ConnectOpts::default(), false);
+    cl.advance(timeout * 2);
+    cl.expect_open(d);
+}
+
+#[test]
+fn decode_error_after_connect_v5_disconnect_0x81() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect_ok(V5, "a", ConnectOpts::default(), false);
+    // PINGREQ with reserved flag bits set.
+    cl.send_raw(c, &[0xC1, 0x00]);
+    cl.expect(c, disconnect(ReasonCode::MalformedPacket));
+    cl.expect_closed(c);
+}
+
+#[test]
+fn decode_error_after_connect_v311_just_closes() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect_ok(V311, "a", ConnectOpts::default(), false);
+    cl.send_raw(c, &[0xC1, 0x00]);
+    cl.expect_nothing(c);
+    cl.expect_closed(c);
+    // Input after close is ignored.
+    assert_eq!(cl.shards[0].stats().sessions, 0);
+}
+
+#[test]
+fn second_connect_is_a_protocol_error() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect_ok(V5, "a", ConnectOpts::default(), false);
+    cl.send(c, connect_packet(V5, "a", &ConnectOpts::default()));
+    cl.expect(c, disconnect(ReasonCode::ProtocolError));
+    cl.expect_closed(c);
+}
+
+#[test]
+fn connect_on_non_owner_shard_migrates_with_raw_bytes() {
+    let mut cl = Cluster::new(4, cfg());
+    let id = id_on(2, 4, "m");
+    let c = cl.connect(
+        V311,
+        &id,
+        ConnectOpts {
+            accept_on: 0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(cl.migrations, 1);
+    assert_eq!(cl.clients[c].shard, 2);
+    cl.expect(
+        c,
+        connack(false, ReasonCode::Success, Properties::default()),
+    );
+    assert_eq!(cl.shards[0].stats().connections, 0);
+    assert_eq!(cl.shards[2].stats().connections, 1);
+    assert_eq!(cl.shards[2].stats().sessions, 1);
+    assert_eq!(cl.shards[0].stats().sessions, 0);
+    cl.send(c, Packet::PingReq);
+    cl.expect(c, Packet::PingResp);
+}
+
+#[test]
+fn keepalive_enforced_at_one_and_a_half_times() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect_ok(
+        V311,
+        "a",
+        ConnectOpts {
+            keepalive_s: 10,
+            ..Default::default()
+        },
+        false,
+    );
+    cl.advance(Duration::from_secs(9));
+    cl.send(c, Packet::PingReq);
+    cl.expect(c, Packet::PingResp);
+    // Deadline is now 9 s + 15 s.
+    cl.advance(Duration::from_millis(14_999));
+    cl.expect_open(c);
+    cl.advance(Duration::from_millis(1));
+    cl.expect_nothing(c);
+    cl.expect_closed(c);
+}
+
+#[test]
+fn keepalive_timeout_v5_sends_0x8d() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect_ok(
+        V5,
+        "a",
+        ConnectOpts {
+            keepalive_s: 2,
+            ..Default::default()
+        },
+        false,
+    );
+    cl.advance(Duration::from_millis(2_999));
+    cl.expect_open(c);
+    cl.advance(Duration::from_millis(1));
+    cl.expect(c, disconnect(ReasonCode::KeepAliveTimeout));
+    cl.expect_closed(c);
+}
+
+#[test]
+fn server_keep_alive_override() {
+    let mut config = cfg();
+    config.server_keep_alive_s = Some(4);
+    let mut props = v5_connack_props(&config);
+    props.server_keep_alive_s = Some(4);
+    let mut cl = Cluster::new(1, config);
+    let c = cl.connect(
+        V5,
+        "a",
+        ConnectOpts {
+            keepalive_s: 60,
+            ..Default::default()
+        },
+    );
+    cl.expect(c, connack(false, ReasonCode::Success, props));
+    cl.advance(Duration::from_millis(5_999));
+    cl.expect_open(c);
+    cl.advance(Duration::from_millis(1));
+    cl.expect(c, disconnect(ReasonCode::KeepAliveTimeout));
+}
+
+#[test]
+fn keepalive_above_max_is_lowered_for_v5() {
+    let mut config = cfg();
+    config.keepalive_max_s = 30;
+    let mut props = v5_connack_props(&config);
+    props.server_keep_alive_s = Some(30);
+    let mut cl = Cluster::new(1, config.clone());
+    let c = cl.connect(
+        V5,
+        "a",
+        ConnectOpts {
+            keepalive_s: 100,
+            ..Default::default()
+        },
+    );
+    cl.expect(c, connack(false, ReasonCode::Success, props));
+    // Within the maximum: no Server Keep Alive.
+    let d = cl.connect(
+        V5,
+        "b",
+        ConnectOpts {
+            keepalive_s: 20,
+            ..Default::default()
+        },
+    );
+    cl.expect(
+        d,
+        connack(false, ReasonCode::Success, v5_connack_props(&config)),
+    );
+    cl.advance(Duration::from_secs(45));
+    cl.expect_closed(c);
+    cl.expect_closed(d);
+}
+
+#[test]
+fn shutdown_sends_0x8b_to_v5_and_closes_all() {
+    let mut cl = Cluster::new(2, cfg());
+    let a = cl.connect_ok(V5, "a", ConnectOpts::default(), false);
+    let b = cl.connect_ok(V311, "b", ConnectOpts::default(), false);
+    let pending = cl.open(1, V311);
+    cl.shutdown();
+    cl.expect(a, disconnect(ReasonCode::ServerShuttingDown));
+    cl.expect_nothing(b);
+    for c in [a, b, pending] {
+        cl.expect_closed(c);
+    }
+    assert_eq!(
+        cl.shards[0].stats().connections + cl.shards[1].stats().connections,
+        0
+    );
+}
+
+#[test]
+fn enhanced_auth_is_refused() {
+    let mut cl = Cluster::new(1, cfg());
+    let properties = Properties {
+        authentication_method: Some(Bytes::from_static(b"SCRAM")),
+        ..Default::default()
+    };
+    let c = cl.connect(
+        V5,
+        "a",
+        ConnectOpts {
+            properties,
+            ..Default::default()
+        },
+    );
+    cl.expect(
+        c,
+        connack(
+            false,
+            ReasonCode::BadAuthenticationMethod,
+            Properties::default(),
+        ),
+    );
+    cl.expect_closed(c);
+}

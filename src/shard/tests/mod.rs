@@ -1,0 +1,17 @@
+//! Shard core tests: real MQTT packets through the in-memory `Cluster`, with
+//! assertions on exact packets (and exact bytes where the decoded form would hide
+//! the wire format).
+
+mod connect;
+mod contract;
+mod pubsub;
+mod qos;
+mod retained;
+mod session;
+mod v5;
+
+use crate::config::Config;
+
+pub(super) fn cfg() -> Config {
+    Config::default()
+}

@@ -1,0 +1,568 @@
+use std::time::Duration;
+
+use super::cfg;
+use crate::protocol::{Disconnect, Packet, Properties, PublishProperties, QoS, ReasonCode};
+use crate::shard::harness::*;
+
+const Q0: QoS = QoS::AtMostOnce;
+const Q1: QoS = QoS::AtLeastOnce;
+const Q2: QoS = QoS::ExactlyOnce;
+
+fn watcher(cl: &mut Cluster, filter: &str) -> Cid {
+    let w = cl.connect_ok(V311, "watcher", ConnectOpts::default(), false);
+    cl.subscribe(w, filter, Q1);
+    w
+}
+
+fn with_will(v_props: Properties, will_props: Properties) -> ConnectOpts {
+    ConnectOpts {
+        will: Some(will("will/t", "gone", Q0, false, will_props)),
+        properties: v_props,
+        ..Default::default()
+    }
+}
+
+fn expiry(s: u32) -> Properties {
+    Properties {
+        session_expiry_interval_s: Some(s),
+        ..Default::default()
+    }
+}
+
+fn delay(s: u32) -> Properties {
+    Properties {
+        will_delay_interval_s: Some(s),
+        ..Default::default()
+    }
+}
+
+fn disc(code: ReasonCode) -> Packet {
+    Packet::Disconnect(Disconnect {
+        code,
+        properties: Properties::default(),
+    })
+}
+
+#[test]
+fn will_on_abnormal_close() {
+    let mut cl = Cluster::new(2, cfg());
+    let w = watcher(&mut cl, "will/#");
+    let c = cl.connect_ok(
+        V311,
+        &id_on(1, 2, "c"),
+        with_will(Properties::default(), Properties::default()),
+        false,
+    );
+    cl.drop_connection(c);
+    cl.expect(w, pubp("will/t", "gone", Q0, false, 0));
+}
+
+#[test]
+fn no_will_on_disconnect_0() {
+    let mut cl = Cluster::new(1, cfg());
+    let w = watcher(&mut cl, "will/#");
+    let c = cl.connect_ok(
+        V5,
+        "c",
+        with_will(Properties::default(), Properties::default()),
+        false,
+    );
+    cl.send(c, disc(ReasonCode::Success));
+    cl.expect_closed(c);
+    cl.expect_nothing(w);
+    let d = cl.connect_ok(
+        V311,
+        "d",
+        with_will(Properties::default(), Properties::default()),
+        false,
+    );
+    cl.send(d, disc(ReasonCode::Success));
+    cl.expect_nothing(w);
+}
+
+#[test]
+fn will_on_disconnect_0x04() {
+    let mut cl = Cluster::new(1, cfg());
+    let w = watcher(&mut cl, "will/#");
+    let c = cl.connect_ok(
+        V5,
+        "c",
+        with_will(Properties::default(), Properties::default()),
+        false,
+    );
+    cl.send(c, disc(ReasonCode::DisconnectWithWillMessage));
+    cl.expect_closed(c);
+    cl.expect(w, pubp("will/t", "gone", Q0, false, 0));
+}
+
+#[test]
+fn will_on_keepalive_timeout_and_protocol_error() {
+    let mut cl = Cluster::new(1, cfg());
+    let w = watcher(&mut cl, "will/#");
+    let opts = ConnectOpts {
+        keepalive_s: 1,
+        ..with_will(Properties::default(), Properties::default())
+    };
+    let _c = cl.connect_ok(V311, "c", opts, false);
+    cl.advance(Duration::from_millis(1500));
+    cl.expect(w, pubp("will/t", "gone", Q0, false, 0));
+    let d = cl.connect_ok(
+        V5,
+        "d",
+        with_will(Properties::default(), Properties::default()),
+        false,
+    );
+    cl.send_raw(d, &[0xC1, 0x00]);
+    cl.expect(w, pubp("will/t", "gone", Q0, false, 0));
+}
+
+#[test]
+fn will_delay_cancelled_by_reconnect() {
+    let mut cl = Cluster::new(1, cfg());
+    let w = watcher(&mut cl, "will/#");
+    let opts = ConnectOpts {
+        clean: false,
+        ..with_will(expiry(100), delay(10))
+    };
+    let c = cl.connect_ok(V5, "c", opts.clone(), false);
+    cl.drop_connection(c);
+    cl.advance(Duration::from_secs(5));
+    cl.expect_nothing(w);
+    let c2 = cl.connect_ok(V5, "c", ConnectOpts { will: None, ..opts }, true);
+    cl.advance(Duration::from_secs(20));
+    cl.expect_nothing(w);
+    cl.expect_open(c2);
+}
+
+#[test]
+fn will_delay_elapses() {
+    let mut cl = Cluster::new(1, cfg());
+    let w = watcher(&mut cl, "will/#");
+    let c = cl.connect_ok(
+        V5,
+        "c",
+        ConnectOpts {
+            clean: false,
+            ..with_will(expiry(100), delay(10))
+        },
+        false,
+    );
+    cl.drop_connection(c);
+    cl.advance(Duration::from_millis(9_999));
+    cl.expect_nothing(w);
+    cl.advance(Duration::from_millis(1));
+    cl.expect(w, pubp("will/t", "gone", Q0, false, 0));
+    // The session itself lives on.
+    let _c2 = cl.connect_ok(
+        V5,
+        "c",
+        ConnectOpts {
+            clean: false,
+            ..Default::default()
+        },
+        true,
+    );
+}
+
+#[test]
+fn will_published_at_session_end_before_delay() {
+    let mut cl = Cluster::new(1, cfg());
+    let w = watcher(&mut cl, "will/#");
+    let c = cl.connect_ok(V5, "c", with_will(expiry(5), delay(100)), false);
+    cl.drop_connection(c);
+    cl.advance(Duration::from_secs(4));
+    cl.expect_nothing(w);
+    cl.advance(Duration::from_secs(1));
+    cl.expect(w, pubp("will/t", "gone", Q0, false, 0));
+    let _c2 = cl.connect_ok(
+        V5,
+        "c",
+        ConnectOpts {
+            clean: false,
+            ..Default::default()
+        },
+        false,
+    );
+    cl.advance(Duration::from_secs(200));
+    cl.expect_nothing(w);
+}
+
+#[test]
+fn will_properties_forwarded_to_v5_subscriber() {
+    let mut cl = Cluster::new(1, cfg());
+    let w = cl.connect_ok(V5, "w", ConnectOpts::default(), false);
+    cl.subscribe(w, "will/#", Q1);
+    let wp = Properties {
+        content_type: Some(bytes::Bytes::from_static(b"text/plain")),
+        user_properties: vec![(
+            bytes::Bytes::from_static(b"a"),
+            bytes::Bytes::from_static(b"b"),
+        )],
+        ..Default::default()
+    };
+    let c = cl.connect_ok(V5, "c", with_will(Properties::default(), wp), false);
+    cl.drop_connection(c);
+    let mut m = publish("will/t", "gone", Q0, false, 0);
+    m.properties = PublishProperties {
+        content_type: Some(bytes::Bytes::from_static(b"text/plain")),
+        user_properties: vec![(
+            bytes::Bytes::from_static(b"a"),
+            bytes::Bytes::from_static(b"b"),
+        )],
+        ..Default::default()
+    };
+    cl.expect(w, Packet::Publish(m));
+}
+
+#[test]
+fn session_expiry_zero_n_and_never() {
+    let mut cl = Cluster::new(1, cfg());
+    // 0: ends at disconnect.
+    let a = cl.connect_ok(
+        V5,
+        "a",
+        ConnectOpts {
+            clean: false,
+            ..Default::default()
+        },
+        false,
+    );
+    cl.subscribe(a, "t", Q1);
+    cl.drop_connection(a);
+    let _a = cl.connect_ok(
+        V5,
+        "a",
+        ConnectOpts {
+            clean: false,
+            ..Default::default()
+        },
+        false,
+    );
+    // n seconds.
+    let b_opts = ConnectOpts {
+        clean: false,
+        properties: expiry(10),
+        ..Default::default()
+    };
+    let b = cl.connect_ok(V5, "b", b_opts.clone(), false);
+    cl.drop_connection(b);
+    cl.advance(Duration::from_secs(9));
+    let b = cl.connect_ok(V5, "b", b_opts.clone(), true);
+    cl.drop_connection(b);
+    cl.advance(Duration::from_secs(10));
+    let _b = cl.connect_ok(V5, "b", b_opts, false);
+    // 0xFFFFFFFF: never.
+    let c_opts = ConnectOpts {
+        clean: false,
+        properties: expiry(u32::MAX),
+        ..Default::default()
+    };
+    let c = cl.connect_ok(V5, "c", c_opts.clone(), false);
+    cl.drop_connection(c);
+    cl.advance(Duration::from_secs(10 * 365 * 86_400));
+    let _c = cl.connect_ok(V5, "c", c_opts, true);
+}
+
+#[test]
+fn session_expiry_capped_by_config() {
+    let mut config = cfg();
+    config.max_session_expiry_s = 60;
+    let mut cl = Cluster::new(1, config);
+    let opts = ConnectOpts {
+        clean: false,
+        ..Default::default()
+    };
+    let c = cl.connect_ok(V311, "c", opts.clone(), false);
+    cl.drop_connection(c);
+    cl.advance(Duration::from_secs(59));
+    let c = cl.connect_ok(V311, "c", opts.clone(), true);
+    cl.drop_connection(c);
+    cl.advance(Duration::from_secs(60));
+    let _c = cl.connect_ok(V311, "c", opts, false);
+}
+
+#[test]
+fn v311_clean_session_discards_state() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect_ok(
+        V311,
+        "c",
+        ConnectOpts {
+            clean: false,
+            ..Default::default()
+        },
+        false,
+    );
+    cl.subscribe(c, "t", Q1);
+    cl.drop_connection(c);
+    let c = cl.connect_ok(V311, "c", ConnectOpts::default(), false);
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    cl.publish(p, "t", "x", Q1, false, 1);
+    cl.expect(p, puback(1));
+    cl.expect_nothing(c);
+}
+
+#[test]
+fn disconnect_cannot_raise_zero_expiry() {
+    let mut cl = Cluster::new(1, cfg());
+    let c = cl.connect_ok(V5, "c", ConnectOpts::default(), false);
+    cl.send(
+        c,
+        Packet::Disconnect(Disconnect {
+            code: ReasonCode::Success,
+            properties: expiry(30),
+        }),
+    );
+    cl.expect(c, disc(ReasonCode::ProtocolError));
+    cl.expect_closed(c);
+}
+
+#[test]
+fn disconnect_may_change_nonzero_expiry() {
+    let mut cl = Cluster::new(1, cfg());
+    let opts = ConnectOpts {
+        clean: false,
+        properties: expiry(30),
+        ..Default::default()
+    };
+    let c = cl.connect_ok(V5, "c", opts.clone(), false);
+    cl.send(
+        c,
+        Packet::Disconnect(Disconnect {
+            code: ReasonCode::Success,
+            properties: expiry(0),
+        }),
+    );
+    cl.expect_closed(c);
+    let _c = cl.connect_ok(V5, "c", opts, false);
+}
+
+#[test]
+fn offline_queue_bounded_with_counted_drops_then_resume() {
+    let mut config = cfg();
+    config.max_queued_messages = 2;
+    let mut cl = Cluster::new(1, config);
+    let opts = ConnectOpts {
+        clean: false,
+        ..Default::default()
+    };
+    let s = cl.connect_ok(V311, "s", opts.clone(), false);
+    cl.subscribe(s, "t", Q2);
+    cl.drop_connection(s);
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    cl.publish(p, "t", "q0", Q0, false, 0);
+    for i in 1..=3u16 {
+        cl.publish(p, "t", &format!("m{i}"), Q1, false, i);
+        cl.expect(p, puback(i));
+    }
+    let st = cl.shards[0].stats();
+    assert_eq!((st.dropped_queue_full, st.dropped_offline_qos0), (1, 1));
+    assert!(st.bytes_queued > 0);
+    let s = cl.connect_ok(V311, "s", opts, true);
+    cl.expect(s, pubp("t", "m1", Q1, false, 1));
+    cl.expect(s, pubp("t", "m2", Q1, false, 2));
+    cl.expect_nothing(s);
+    assert_eq!(cl.shards[0].stats().bytes_queued, 0);
+}
+
+#[test]
+fn offline_qos0_queued_when_configured() {
+    let mut config = cfg();
+    config.queue_qos0_offline = true;
+    let mut cl = Cluster::new(1, config);
+    let opts = ConnectOpts {
+        clean: false,
+        ..Default::default()
+    };
+    let s = cl.connect_ok(V311, "s", opts.clone(), false);
+    cl.subscribe(s, "t", Q0);
+    cl.drop_connection(s);
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    cl.publish(p, "t", "q0", Q0, false, 0);
+    let s = cl.connect_ok(V311, "s", opts, true);
+    cl.expect(s, pubp("t", "q0", Q0, false, 0));
+}
+
+#[test]
+fn resume_redelivers_unacked_with_dup_and_pubrel() {
+    let mut cl = Cluster::new(2, cfg());
+    let id = id_on(1, 2, "s");
+    let opts = ConnectOpts {
+        clean: false,
+        ..Default::default()
+    };
+    let s = cl.connect_ok(V311, &id, opts.clone(), false);
+    cl.subscribe(s, "t", Q2);
+    let p = cl.connect_ok(V311, &id_on(0, 2, "p"), ConnectOpts::default(), false);
+    cl.publish(p, "t", "one", Q1, false, 1);
+    cl.publish(p, "t", "two", Q2, false, 2);
+    cl.expect(s, pubp("t", "one", Q1, false, 1));
+    cl.expect(s, pubp("t", "two", Q2, false, 2));
+    cl.send(s, pubrec(2));
+    cl.expect(s, pubrel(2));
+    cl.drop_connection(s);
+    cl.publish(p, "t", "three", Q1, false, 3);
+    let s = cl.connect_ok(V311, &id, opts, true);
+    let mut one = publish("t", "one", Q1, false, 1);
+    one.dup = true;
+    cl.expect(s, Packet::Publish(one));
+    cl.expect(s, pubrel(2));
+    cl.expect(s, pubp("t", "three", Q1, false, 3));
+    cl.expect_nothing(s);
+}
+
+#[test]
+fn queued_message_expiry_decremented_and_dropped() {
+    let mut cl = Cluster::new(1, cfg());
+    let opts = ConnectOpts {
+        clean: false,
+        properties: expiry(1000),
+        ..Default::default()
+    };
+    let s = cl.connect_ok(V5, "s", opts.clone(), false);
+    cl.subscribe(s, "t", Q1);
+    cl.drop_connection(s);
+    let p = cl.connect_ok(V5, "p", ConnectOpts::default(), false);
+    for (payload, exp) in [("short", 2), ("long", 10)] {
+        let mut m = publish("t", payload, Q1, false, 1);
+        m.properties.message_expiry_interval_s = Some(exp);
+        cl.send(p, Packet::Publish(m));
+        cl.expect(p, puback(1));
+    }
+    cl.advance(Duration::from_secs(3));
+    let s = cl.connect_ok(V5, "s", opts, true);
+    let mut want = publish("t", "long", Q1, false, 1);
+    want.properties.message_expiry_interval_s = Some(7);
+    cl.expect(s, Packet::Publish(want));
+    cl.expect_nothing(s);
+    assert_eq!(cl.shards[0].stats().dropped_expired, 1);
+}
+
+#[test]
+fn takeover_disconnects_old_connection_0x8e() {
+    let mut cl = Cluster::new(2, cfg());
+    let id = id_on(1, 2, "dev");
+    let opts = ConnectOpts {
+        clean: false,
+        properties: expiry(60),
+        ..Default::default()
+    };
+    let old = cl.connect_ok(V5, &id, opts.clone(), false);
+    cl.subscribe(old, "t", Q1);
+    let new = cl.connect_ok(V5, &id, opts, true);
+    cl.expect(old, disc(ReasonCode::SessionTakenOver));
+    cl.expect_closed(old);
+    cl.expect_open(new);
+    // The subscription moved with the session.
+    let p = cl.connect_ok(V5, &id_on(0, 2, "p"), ConnectOpts::default(), false);
+    cl.publish(p, "t", "x", Q1, false, 1);
+    cl.expect(new, pubp("t", "x", Q1, false, 1));
+    cl.expect_nothing(old);
+    assert_eq!(cl.shards[1].stats().sessions, 1);
+}
+
+#[test]
+fn takeover_with_clean_start_discards_session() {
+    let mut cl = Cluster::new(1, cfg());
+    let opts = ConnectOpts {
+        clean: false,
+        properties: expiry(60),
+        ..Default::default()
+    };
+    let old = cl.connect_ok(V5, "dev", opts, false);
+    cl.subscribe(old, "t", Q1);
+    let new = cl.connect_ok(V5, "dev", ConnectOpts::default(), false);
+    cl.expect(old, disc(ReasonCode::SessionTakenOver));
+    assert_eq!(cl.shards[0].stats().subscriptions, 0);
+    cl.expect_open(new);
+}
+
+#[test]
+fn takeover_will_rules() {
+    let mut cl = Cluster::new(1, cfg());
+    let w = watcher(&mut cl, "will/#");
+    // 3.1.1: the will is published when the old connection is closed by takeover.
+    let _a = cl.connect_ok(
+        V311,
+        "a",
+        ConnectOpts {
+            clean: false,
+            ..with_will(Properties::default(), Properties::default())
+        },
+        false,
+    );
+    let _a2 = cl.connect_ok(
+        V311,
+        "a",
+        ConnectOpts {
+            clean: false,
+            ..Default::default()
+        },
+        true,
+    );
+    cl.expect(w, pubp("will/t", "gone", Q0, false, 0));
+    // 5.0 with a will delay: the takeover is a reconnect, the will is cancelled.
+    let b_opts = ConnectOpts {
+        clean: false,
+        ..with_will(expiry(60), delay(5))
+    };
+    let _b = cl.connect_ok(V5, "b", b_opts, false);
+    let _b2 = cl.connect_ok(
+        V5,
+        "b",
+        ConnectOpts {
+            clean: false,
+            properties: expiry(60),
+            ..Default::default()
+        },
+        true,
+    );
+    cl.advance(Duration::from_secs(10));
+    cl.expect_nothing(w);
+    // 5.0 without a delay: published.
+    let _c = cl.connect_ok(
+        V5,
+        "c",
+        ConnectOpts {
+            clean: false,
+            ..with_will(expiry(60), Properties::default())
+        },
+        false,
+    );
+    let _c2 = cl.connect_ok(
+        V5,
+        "c",
+        ConnectOpts {
+            clean: false,
+            properties: expiry(60),
+            ..Default::default()
+        },
+        true,
+    );
+    cl.expect(w, pubp("will/t", "gone", Q0, false, 0));
+}
+
+#[test]
+fn stats_track_connections_sessions_subscriptions() {
+    let mut cl = Cluster::new(1, cfg());
+    let a = cl.connect_ok(
+        V5,
+        "a",
+        ConnectOpts {
+            clean: false,
+            properties: expiry(60),
+            ..Default::default()
+        },
+        false,
+    );
+    cl.subscribe(a, "x", Q0);
+    cl.subscribe(a, "$share/g/y", Q0);
+    let st = cl.shards[0].stats().clone();
+    assert_eq!((st.connections, st.sessions, st.subscriptions), (1, 1, 2));
+    cl.drop_connection(a);
+    let st = cl.shards[0].stats().clone();
+    assert_eq!((st.connections, st.sessions, st.subscriptions), (0, 1, 2));
+    cl.advance(Duration::from_secs(60));
+    let st = cl.shards[0].stats().clone();
+    assert_eq!((st.connections, st.sessions, st.subscriptions), (0, 0, 0));
+}
