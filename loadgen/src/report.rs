@@ -85,6 +85,8 @@ pub struct Report {
     pub cpu_max_thread_pct: f64,
     /// True when a worker thread was above 90% of a core: the numbers are then a floor.
     pub loadgen_saturated: bool,
+    /// The run was cut short by SIGINT (Ctrl-C).
+    pub interrupted: bool,
     pub exit_code: i32,
 }
 
@@ -177,6 +179,9 @@ pub fn table(r: &Report) -> String {
     }
     if r.unclean_closes > 0 {
         let _ = writeln!(s, "  unclean close {}", r.unclean_closes);
+    }
+    if r.interrupted {
+        let _ = writeln!(s, "  INTERRUPTED: the run was cut short by SIGINT");
     }
     if r.loadgen_saturated {
         let _ = writeln!(s, "  WARNING: a loadgen thread used >90% of a core; these numbers are a floor, not the broker's limit (add --threads)");
@@ -440,6 +445,7 @@ mod tests {
             cpu_process_pct: 12.5,
             cpu_max_thread_pct: 10.0,
             loadgen_saturated: false,
+            interrupted: false,
             exit_code: 2,
         }
     }

@@ -2,7 +2,7 @@
 //! drive the phases, merge results.
 
 use std::io::IsTerminal;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,19 @@ use crate::cli::{Config, Scenario};
 use crate::engine::{self, SetupError, Shared, ThreadResult, Worker};
 use crate::plan::{self, ClientSpec};
 use crate::report::{Percentiles, Report};
+
+/// Set by the first SIGINT: the run ends early but still disconnects and reports.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Release);
+    // SAFETY: signal() is async-signal-safe; a second Ctrl-C then kills the process.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Acquire)
+}
 
 /// Slots kept free in every registered table below RLIMIT_NOFILE.
 const SLOT_HEADROOM: u64 = 2000;
@@ -77,7 +90,7 @@ fn sleep_with_bar(d: Duration, msg: &str, shared: &Shared) {
     let steps = d.as_millis() as u64 / 100;
     let pb = bar(steps.max(1), msg);
     let end = std::time::Instant::now() + d;
-    while std::time::Instant::now() < end {
+    while std::time::Instant::now() < end && !interrupted() {
         std::thread::sleep((end - std::time::Instant::now()).min(Duration::from_millis(100)));
         if let Some(pb) = &pb {
             pb.inc(1);
@@ -96,6 +109,23 @@ fn sleep_with_bar(d: Duration, msg: &str, shared: &Shared) {
     }
 }
 
+/// 4: QoS >= 1 messages lost (checked first: the worse failure); 3: more connections
+/// failed than allowed; 0 otherwise.
+pub fn exit_code(
+    qos: ringmq::protocol::QoS,
+    lost: u64,
+    failed_pct: f64,
+    max_failed_pct: f64,
+) -> i32 {
+    if qos != ringmq::protocol::QoS::AtMostOnce && lost > 0 {
+        4
+    } else if failed_pct > max_failed_pct {
+        3
+    } else {
+        0
+    }
+}
+
 /// Merged histograms (nanoseconds) for the .hgrm file and the plot.
 pub struct Hists {
     pub latency: hdrhistogram::Histogram<u64>,
@@ -105,6 +135,14 @@ pub struct Hists {
 
 pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
     let nofile = raise_nofile();
+    // SAFETY: the handler only stores to an atomic and calls signal(), both
+    // async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+        )
+    };
     let plan = plan::build(&cfg);
     let total = plan.clients.len() as u64;
     let threads = threads_needed(total, cfg.threads, nofile);
@@ -152,7 +190,7 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
         if let Some(pb) = &pb {
             pb.set_position(done);
         }
-        if done >= total || engine::now_ns() > deadline {
+        if done >= total || engine::now_ns() > deadline || interrupted() {
             break;
         }
         std::thread::sleep(Duration::from_millis(5));
@@ -288,13 +326,7 @@ fn merge(
     .lost();
     let errors_total = errors.values().sum();
     let failed_pct = failed as f64 * 100.0 / total.max(1) as f64;
-    let exit_code = if cfg.qos != ringmq::protocol::QoS::AtMostOnce && lost > 0 {
-        4
-    } else if failed_pct > cfg.max_failed_pct {
-        3
-    } else {
-        0
-    };
+    let exit_code = exit_code(cfg.qos, lost, failed_pct, cfg.max_failed_pct);
     let saturated = max_thread_pct > 90.0;
     let report = Report {
         scenario: cfg.scenario.name().to_string(),
@@ -337,6 +369,7 @@ fn merge(
         cpu_process_pct: cpu_measured_ns as f64 * 100.0 / cpu_window_ns as f64,
         cpu_max_thread_pct: max_thread_pct,
         loadgen_saturated: saturated,
+        interrupted: interrupted(),
         exit_code,
     };
     (
@@ -352,6 +385,17 @@ fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exit_codes() {
+        use ringmq::protocol::QoS;
+        assert_eq!(exit_code(QoS::AtLeastOnce, 1, 0.0, 0.0), 4);
+        assert_eq!(exit_code(QoS::ExactlyOnce, 1, 50.0, 0.0), 4);
+        assert_eq!(exit_code(QoS::AtMostOnce, 1000, 0.0, 0.0), 0);
+        assert_eq!(exit_code(QoS::AtMostOnce, 0, 0.5, 0.0), 3);
+        assert_eq!(exit_code(QoS::AtMostOnce, 0, 0.5, 1.0), 0);
+        assert_eq!(exit_code(QoS::AtLeastOnce, 0, 0.0, 0.0), 0);
+    }
 
     #[test]
     fn rings_cover_clients() {
