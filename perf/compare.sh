@@ -65,12 +65,12 @@ EOF
 run_one() {
   local broker=$1 scenario=$2 port logfile json conns base_kb rss_kb_n per_conn="-" args
   port=$(free_port)
-  logfile="$run_dir/$scenario-$broker.log"
+  logfile="$run_dir/$scenario-$broker.loadgen.log"
   json="$run_dir/$scenario-$broker.json"
   read -r -a args <<<"$(scenario_args "$scenario")"
   case "$broker" in
-    ringmq) start_ringmq "$port" "$logfile" ;;
-    mosquitto) start_mosquitto "$port" "$logfile" ;;
+    ringmq) start_ringmq "$port" "$run_dir/$scenario-$broker.broker.log" ;;
+    mosquitto) start_mosquitto "$port" "$run_dir/$scenario-$broker.broker.log" ;;
   esac
   sleep 1
   base_kb=$(rss_kb "$BROKER_PID")

@@ -11,7 +11,8 @@
 # `perf record` and `perf stat` attached to the broker for the whole loadgen run.
 #
 # Output in perf/out/: <scenario>.perf.data, <scenario>.svg (flamegraph),
-# <scenario>.folded (collapsed stacks), <scenario>.stat.txt, <scenario>.json (loadgen).
+# <scenario>.folded (collapsed stacks), <scenario>.stat.txt, <scenario>.json (loadgen),
+# <scenario>.broker.log, <scenario>.loadgen.log (loadgen's table and perf messages).
 #
 # CALLGRAPH: dwarf (default; works with the release profile's line tables, no frame
 # pointers needed) or fp (needs RUSTFLAGS="-C force-frame-pointers=yes" builds).
@@ -64,10 +65,11 @@ ensure_inferno() {
 profile_one() {
   local s=$1 port logfile args stat_events rec_event rec_pid stat_pid
   port=$(free_port)
-  logfile="$OUT/$s.log"
+  # Separate files: the broker and loadgen would overwrite each other's lines.
+  logfile="$OUT/$s.loadgen.log"
   : >"$logfile"
   read -r -a args <<<"$(scenario_args "$s")"
-  start_ringmq "$port" "$logfile"
+  start_ringmq "$port" "$OUT/$s.broker.log"
   log "$s: ringmq pid $BROKER_PID on core $BROKER_CORE, port $port"
   if ((HW)); then
     stat_events=cycles,instructions,task-clock,context-switches,cpu-migrations,page-faults
