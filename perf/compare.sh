@@ -6,8 +6,8 @@
 #   bash perf/compare.sh fanin_qos0 idle_10k  # some scenarios
 #   BROKERS=ringmq DURATION=5s bash perf/compare.sh pairs_20k
 #
-# Scenarios (issue #3 targets): fanin_qos0, fanin_qos1 (100 publishers -> 1 wildcard
-# subscriber, 64 B), pairs_20k (1000 pub/sub pairs, 20k msg/s total, open loop),
+# Scenarios (issue #3 targets): fanin_qos0, fanin_qos1, fanin_qos1_5k (100 publishers
+# -> 1 wildcard subscriber, 64 B; see common.sh), pairs_20k (1000 pub/sub pairs, 20k msg/s total, open loop),
 # idle_10k (10k idle connections), idle_10k_sub (10k idle devices with one
 # subscription each, via loadgen's fleet scenario with a 1 h telemetry interval).
 #
@@ -25,12 +25,15 @@ for s in "${scenarios[@]}"; do
   scenario_args "$s" >/dev/null || die "unknown scenario '$s' (known: ${ALL_SCENARIOS[*]})"
 done
 
-# Mosquitto's per-client queue beyond the in-flight window. ringmq buffers up to
-# max_outbound_bytes (1 MiB) per connection for QoS 0; 1 MiB of ~100-byte frames is
-# about 10k messages, so mosquitto gets the same room and neither drops first.
-MOSQ_MAX_QUEUED=10000
-# ringmq's default max_inflight (src/config.rs).
-MOSQ_MAX_INFLIGHT=64
+# Both brokers get the same queue limits, so neither drops first because of a
+# smaller default. Queue: messages per client beyond the in-flight window (ringmq's
+# default is 1000, mosquitto's 1000; raised so the fan-in scenarios measure the
+# brokers rather than their drop policy). In-flight: ringmq's default max_inflight.
+MAX_QUEUED=${MAX_QUEUED:-10000}
+MAX_INFLIGHT=${MAX_INFLIGHT:-64}
+# Mosquitto does not bound queued bytes by default; ringmq does (1 MiB), which would
+# cut its queue below MAX_QUEUED messages.
+RINGMQ_QUEUED_BYTES=$((64 * 1024 * 1024))
 
 ensure_mosquitto() {
   command -v mosquitto >/dev/null && return 0
@@ -45,8 +48,8 @@ start_mosquitto() {
 listener $port 127.0.0.1
 allow_anonymous true
 set_tcp_nodelay true
-max_queued_messages $MOSQ_MAX_QUEUED
-max_inflight_messages $MOSQ_MAX_INFLIGHT
+max_queued_messages $MAX_QUEUED
+max_inflight_messages $MAX_INFLIGHT
 max_connections -1
 persistence false
 log_dest stderr
@@ -69,7 +72,9 @@ run_one() {
   json="$run_dir/$scenario-$broker.json"
   read -r -a args <<<"$(scenario_args "$scenario")"
   case "$broker" in
-    ringmq) start_ringmq "$port" "$run_dir/$scenario-$broker.broker.log" ;;
+    ringmq) start_ringmq "$port" "$run_dir/$scenario-$broker.broker.log" \
+              --max-queued-messages "$MAX_QUEUED" --max-queued-bytes "$RINGMQ_QUEUED_BYTES" \
+              --max-inflight "$MAX_INFLIGHT" ;;
     mosquitto) start_mosquitto "$port" "$run_dir/$scenario-$broker.broker.log" ;;
   esac
   sleep 1

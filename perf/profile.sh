@@ -5,7 +5,7 @@
 #   bash perf/profile.sh fanin_qos0 [pairs_20k ...]
 #   CALLGRAPH=fp FREQ=999 DURATION=20s bash perf/profile.sh fanin_qos1
 #
-# Scenarios: the ones perf/compare.sh knows (fanin_qos0, fanin_qos1, pairs_20k,
+# Scenarios: the ones perf/compare.sh knows (fanin_qos0, fanin_qos1, fanin_qos1_5k, pairs_20k,
 # idle_10k, idle_10k_sub). For each: a fresh `ringmq --shards 1` pinned to core
 # $BROKER_CORE (default 0), loadgen pinned to $LOADGEN_CORE (default 1),
 # `perf record` and `perf stat` attached to the broker for the whole loadgen run.
