@@ -128,7 +128,7 @@ pub fn drain(
 }
 
 /// Accepts a connection on `shard` and connects it as `client_id` (owned by `shard`).
-fn connect(shard: &mut Shard, client_id: Bytes, now: Instant) -> ConnId {
+pub fn connect(shard: &mut Shard, client_id: Bytes, now: Instant) -> ConnId {
     let conn = shard.accept(peer(), now);
     shard.on_read(conn, &connect_frame(client_id), now);
     conn
