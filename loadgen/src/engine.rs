@@ -281,6 +281,8 @@ struct Client {
     dirty: bool,
     closing: bool,
     close_submitted: bool,
+    /// Counted in `connects_inflight` until CONNACK or failure.
+    attempt_open: bool,
     connect_start_ns: u64,
     next_pid: u16,
     /// QoS >= 1 publishes not yet acknowledged (PUBACK / PUBCOMP).
@@ -404,6 +406,7 @@ impl Worker {
                     dirty: false,
                     closing: false,
                     close_submitted: false,
+                    attempt_open: false,
                     connect_start_ns: 0,
                     next_pid: 0,
                     inflight: 0,
@@ -700,6 +703,7 @@ impl Worker {
         c.connect_start_ns = now;
         let global = c.spec.index as usize;
         self.connects_inflight += 1;
+        self.clients[idx].attempt_open = true;
         self.open += 1;
         let link = squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS;
         let fixed = types::Fixed(slot);
@@ -783,9 +787,6 @@ impl Worker {
         self.err(what, errno);
         let c = &mut self.clients[idx];
         let was_connecting = matches!(c.state, St::Connecting | St::AwaitConnAck | St::AwaitSubAck);
-        if c.state == St::Connecting {
-            self.connects_inflight -= 1;
-        }
         c.state = St::Dead;
         if was_connecting {
             self.shared.failed.fetch_add(1, Ordering::AcqRel);
@@ -793,7 +794,17 @@ impl Worker {
         self.submit_close(idx);
     }
 
+    /// The connection attempt (SOCKET .. CONNACK) is over, whichever way it ended.
+    fn end_attempt(&mut self, idx: usize) {
+        let c = &mut self.clients[idx];
+        if c.attempt_open {
+            c.attempt_open = false;
+            self.connects_inflight -= 1;
+        }
+    }
+
     fn submit_close(&mut self, idx: usize) {
+        self.end_attempt(idx);
         let c = &mut self.clients[idx];
         if c.close_submitted {
             return;
@@ -979,7 +990,6 @@ impl Worker {
                 // The chain failed earlier and was already counted; just settle state.
                 let c = &mut self.clients[idx];
                 if c.state == St::Connecting {
-                    self.connects_inflight -= 1;
                     c.state = St::Dead;
                     self.shared.failed.fetch_add(1, Ordering::AcqRel);
                     self.submit_close(idx);
@@ -1136,7 +1146,7 @@ impl Worker {
                 let now = now_ns();
                 let dt = now.saturating_sub(c.connect_start_ns).max(1);
                 let _ = self.result.connect.record(dt);
-                self.connects_inflight -= 1;
+                self.end_attempt(idx);
                 let c = &mut self.clients[idx];
                 if let Some(f) = c.spec.subscribe.clone() {
                     c.state = St::AwaitSubAck;
