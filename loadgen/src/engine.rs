@@ -281,6 +281,8 @@ struct Client {
     dirty: bool,
     closing: bool,
     close_submitted: bool,
+    /// Counted in `connects_inflight` until CONNACK or failure.
+    attempt_open: bool,
     connect_start_ns: u64,
     next_pid: u16,
     /// QoS >= 1 publishes not yet acknowledged (PUBACK / PUBCOMP).
@@ -404,6 +406,7 @@ impl Worker {
                     dirty: false,
                     closing: false,
                     close_submitted: false,
+                    attempt_open: false,
                     connect_start_ns: 0,
                     next_pid: 0,
                     inflight: 0,
@@ -700,6 +703,7 @@ impl Worker {
         c.connect_start_ns = now;
         let global = c.spec.index as usize;
         self.connects_inflight += 1;
+        self.clients[idx].attempt_open = true;
         self.open += 1;
         let link = squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS;
         let fixed = types::Fixed(slot);
@@ -783,9 +787,6 @@ impl Worker {
         self.err(what, errno);
         let c = &mut self.clients[idx];
         let was_connecting = matches!(c.state, St::Connecting | St::AwaitConnAck | St::AwaitSubAck);
-        if c.state == St::Connecting {
-            self.connects_inflight -= 1;
-        }
         c.state = St::Dead;
         if was_connecting {
             self.shared.failed.fetch_add(1, Ordering::AcqRel);
@@ -793,7 +794,17 @@ impl Worker {
         self.submit_close(idx);
     }
 
+    /// The connection attempt (SOCKET .. CONNACK) is over, whichever way it ended.
+    fn end_attempt(&mut self, idx: usize) {
+        let c = &mut self.clients[idx];
+        if c.attempt_open {
+            c.attempt_open = false;
+            self.connects_inflight -= 1;
+        }
+    }
+
     fn submit_close(&mut self, idx: usize) {
+        self.end_attempt(idx);
         let c = &mut self.clients[idx];
         if c.close_submitted {
             return;
@@ -979,7 +990,6 @@ impl Worker {
                 // The chain failed earlier and was already counted; just settle state.
                 let c = &mut self.clients[idx];
                 if c.state == St::Connecting {
-                    self.connects_inflight -= 1;
                     c.state = St::Dead;
                     self.shared.failed.fetch_add(1, Ordering::AcqRel);
                     self.submit_close(idx);
@@ -1136,7 +1146,7 @@ impl Worker {
                 let now = now_ns();
                 let dt = now.saturating_sub(c.connect_start_ns).max(1);
                 let _ = self.result.connect.record(dt);
-                self.connects_inflight -= 1;
+                self.end_attempt(idx);
                 let c = &mut self.clients[idx];
                 if let Some(f) = c.spec.subscribe.clone() {
                     c.state = St::AwaitSubAck;
@@ -1339,9 +1349,15 @@ impl Worker {
             return window.saturating_sub(c.cmd_outstanding.min(u64::from(u32::MAX)) as u32);
         }
         let Some(pb) = c.publ.as_mut() else { return 0 };
-        if qos != QoS::AtMostOnce {
-            return window.min(c.server_receive_max).saturating_sub(c.inflight);
-        }
+        // QoS >= 1: bounded by unacknowledged messages (and the broker's Receive
+        // Maximum) *and*, below, by undelivered ones: a PUBACK only says the broker
+        // has the message, so without the second bound publishers outrun a slower
+        // subscriber and the run measures the broker's queue limits, not its rate.
+        let ack_room = if qos != QoS::AtMostOnce {
+            window.min(c.server_receive_max).saturating_sub(c.inflight)
+        } else {
+            u32::MAX
+        };
         let stream = pb.stream as usize;
         let mult = u64::from(self.shared.multiplicity[stream].max(1));
         let delivered = self.shared.delivered[stream].load(Ordering::Relaxed);
@@ -1352,12 +1368,16 @@ impl Worker {
         let done = delivered / mult + pb.written_off;
         let mut inflight = pb.seq.saturating_sub(done);
         if inflight >= u64::from(window) && now.saturating_sub(pb.last_progress_ns) > STALL_NS {
+            // Deliveries stopped: stop waiting for them. For QoS 0 that is counted
+            // here; QoS >= 1 messages that never arrive are counted as lost at the end.
             pb.written_off += inflight;
-            self.result.qos0_written_off += inflight;
+            if qos == QoS::AtMostOnce {
+                self.result.qos0_written_off += inflight;
+            }
             pb.last_progress_ns = now;
             inflight = 0;
         }
-        window.saturating_sub(inflight.min(u64::from(window)) as u32)
+        ack_room.min(window.saturating_sub(inflight.min(u64::from(window)) as u32))
     }
 
     fn publish_some(&mut self, idx: usize, now: u64) {

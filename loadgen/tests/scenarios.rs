@@ -240,3 +240,48 @@ fn outputs_hgrm_and_plot() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn broker_closing_before_connack_fails_every_attempt() {
+    // A "broker" that reads CONNECT and hangs up: every attempt must end as a failure and
+    // free its connect-inflight slot, so all 10 are attempted with only 2 in flight.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let server = std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut served = 0;
+        while served < 10 && std::time::Instant::now() < end {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let mut buf = [0u8; 64];
+                    let _ = std::io::Read::read(&mut s, &mut buf);
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    });
+    let (code, j, stderr) = support::loadgen(&[
+        "--port",
+        &port,
+        "--clients",
+        "10",
+        "--connect-inflight",
+        "2",
+        "--hold",
+        "0s",
+        "--connect-timeout",
+        "20s",
+        "--src-ips",
+        "none",
+    ]);
+    let _ = server.join();
+    assert_eq!(code, 3, "{j} {stderr}");
+    assert_eq!(j["connections_failed"], 10, "{j}");
+    assert_eq!(
+        j["errors"]["connection closed by broker (AwaitConnAck)"], 10,
+        "{j}"
+    );
+}
