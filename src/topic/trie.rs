@@ -51,12 +51,53 @@ impl Label {
         }
     }
 
+    /// `self.as_bytes() == level`, without a `memcmp` call for inline labels: the
+    /// topic walk compares one label per level of every PUBLISH.
+    #[inline]
+    fn is(&self, level: &[u8]) -> bool {
+        match self {
+            Label::Inline { len, bytes } => {
+                let n = usize::from(*len);
+                n == level.len() && n <= INLINE_MAX && short_eq(&bytes[..n], level)
+            }
+            Label::Heap(b) => **b == *level,
+        }
+    }
+
     fn as_bytes(&self) -> &[u8] {
         match self {
             // `len <= INLINE_MAX` by construction; `get` keeps this panic-free regardless.
             Label::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or(&[]),
             Label::Heap(b) => b,
         }
+    }
+}
+
+/// `a == b` for equal-length slices of at most `INLINE_MAX` bytes, as overlapping
+/// word compares (first and last 8 or 4 bytes, plus the middle 8 above 16 bytes).
+#[inline]
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let w8 = |s: &[u8], i: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[i..i + 8]);
+        u64::from_le_bytes(w)
+    };
+    let w4 = |s: &[u8], i: usize| {
+        let mut w = [0u8; 4];
+        w.copy_from_slice(&s[i..i + 4]);
+        u32::from_le_bytes(w)
+    };
+    if n >= 8 {
+        let mid = if n > 16 { w8(a, 8) == w8(b, 8) } else { true };
+        w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8) && mid
+    } else if n >= 4 {
+        w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4)
+    } else {
+        a == b
     }
 }
 
@@ -263,12 +304,40 @@ impl<'a> Iterator for Levels<'a> {
 
 /// Position of the next level in a topic/filter being matched: a byte offset, or
 /// `len + 1` once every level is consumed (`len` itself is a trailing empty level).
+#[inline]
 fn level_at(s: &[u8], pos: usize) -> Option<(&[u8], usize)> {
     let rest = s.get(pos..)?;
-    Some(match rest.iter().position(|&b| b == b'/') {
+    Some(match find_slash(rest) {
         Some(i) => (&rest[..i], pos + i + 1),
         None => (rest, s.len() + 1),
     })
+}
+
+/// Position of the first `/` in `s`, eight bytes per step (SWAR: a byte of
+/// `w ^ 0x2f2f..` is zero exactly where `w` holds `/`), since every publish splits
+/// its topic into levels this way.
+#[inline]
+fn find_slash(s: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = s.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ (ONES * u64::from(b'/'));
+        // Exact for the lowest zero byte, which is the one reported.
+        let zero = x.wrapping_sub(ONES) & !x & HIGHS;
+        if zero != 0 {
+            return Some(at + (zero.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'/')
+        .map(|i| at + i)
 }
 
 /// Does the filter from `pos` match zero levels? (Exhausted, or exactly a final `#`.)
@@ -387,27 +456,37 @@ impl<V> TopicTrie<V> {
     /// topics up to 8 levels deep.
     pub fn for_each_match(&self, topic: &[u8], mut f: impl FnMut(&V)) {
         let dollar = topic.first() == Some(&b'$');
-        let mut stack: SmallVec<[(Idx, usize); 16]> = SmallVec::new();
-        stack.push((ROOT, 0));
-        while let Some((n, pos)) = stack.pop() {
+        // Only `+` branches wait on the stack; the literal path is followed in place,
+        // so a topic matched by literal filters alone pushes nothing. The visit order
+        // is the same depth-first order (literal subtree first, then `+`).
+        let mut stack: SmallVec<[(Idx, usize); 8]> = SmallVec::new();
+        let (mut n, mut pos) = (ROOT, 0);
+        loop {
             let node = self.node(n);
-            let wild_ok = !(dollar && n == ROOT);
-            let Some((level, next)) = level_at(topic, pos) else {
-                // Topic exhausted: the filter ending here, and `<here>/#` (zero levels).
-                self.emit(node.value, &mut f);
-                self.emit(node.hash, &mut f);
-                continue;
-            };
-            if wild_ok {
-                self.emit(node.hash, &mut f);
-                if node.plus != NONE {
-                    stack.push((node.plus, next));
+            match level_at(topic, pos) {
+                None => {
+                    // Topic exhausted: the filter ending here, and `<here>/#` (zero levels).
+                    self.emit(node.value, &mut f);
+                    self.emit(node.hash, &mut f);
+                }
+                Some((level, next)) => {
+                    if !(dollar && n == ROOT) {
+                        self.emit(node.hash, &mut f);
+                        if node.plus != NONE {
+                            stack.push((node.plus, next));
+                        }
+                    }
+                    // Literal only: a topic level `+` must not reach the plus child twice.
+                    let c = self.literal_child_of(node, level);
+                    if c != NONE {
+                        (n, pos) = (c, next);
+                        continue;
+                    }
                 }
             }
-            // Literal only: a topic level `+` must not reach the plus child twice.
-            let c = self.literal_child(n, level);
-            if c != NONE {
-                stack.push((c, next));
+            match stack.pop() {
+                Some(frame) => (n, pos) = frame,
+                None => return,
             }
         }
     }
@@ -508,7 +587,11 @@ impl<V> TopicTrie<V> {
 
     // ---- walking helpers ----
 
+    #[inline]
     fn emit(&self, idx: Idx, f: &mut impl FnMut(&V)) {
+        if idx == NONE {
+            return;
+        }
         if let Some(v) = self.values.get(idx) {
             f(v);
         }
@@ -678,16 +761,21 @@ impl<V> TopicTrie<V> {
 
     /// The literal child of `n` labelled `level`, or `NONE`; never the plus child.
     fn literal_child(&self, n: Idx, level: &[u8]) -> Idx {
-        let node = self.node(n);
+        self.literal_child_of(self.node(n), level)
+    }
+
+    /// As `literal_child`, given the node itself.
+    #[inline]
+    fn literal_child_of(&self, node: &Node, level: &[u8]) -> Idx {
         if node.one != NONE {
-            let hit = self.node(node.one).label.as_bytes() == level;
+            let hit = self.node(node.one).label.is(level);
             return if hit { node.one } else { NONE };
         }
         if node.kids.is_empty() {
             return NONE;
         }
         let tag = self.tag(level);
-        let hit = |c: Idx, t: Idx| t == tag && self.node(c).label.as_bytes() == level;
+        let hit = |c: Idx, t: Idx| t == tag && self.node(c).label.is(level);
         if !node.is_table() {
             return pairs(&node.kids)
                 .find(|p| hit(p[0], p[1]))
@@ -890,6 +978,47 @@ mod tests {
             t.insert(k.as_bytes(), k.to_string());
         }
         t
+    }
+
+    #[test]
+    fn find_slash_equals_position() {
+        for len in 0..40 {
+            let mut s = vec![b'a'; len];
+            assert_eq!(find_slash(&s), None, "len {len}");
+            for at in 0..len {
+                s.fill(b'a');
+                s[at] = b'/';
+                // A second slash later must not change the answer.
+                if at + 3 < len {
+                    s[at + 3] = b'/';
+                }
+                // Bytes that differ from '/' in one bit must not match.
+                if at > 0 {
+                    s[at - 1] = b'/' ^ 0x80;
+                }
+                assert_eq!(find_slash(&s), Some(at), "len {len} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn short_eq_equals_slice_eq() {
+        for n in 0..=INLINE_MAX {
+            let a: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(37)).collect();
+            assert!(short_eq(&a, &a.clone()), "n {n}");
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 1;
+                assert!(!short_eq(&a, &b), "n {n} differs at {i}");
+            }
+            assert!(!short_eq(&a, &a[..n.saturating_sub(1)]) || n == 0);
+            let label = Label::new(&a);
+            assert!(label.is(&a));
+            assert!(!label.is(&[a.as_slice(), b"x"].concat()));
+        }
+        let long = vec![b'z'; INLINE_MAX + 5];
+        assert!(Label::new(&long).is(&long));
+        assert!(!Label::new(&long).is(&long[1..]));
     }
 
     #[test]
