@@ -67,7 +67,8 @@ impl Shard {
         mut p: Publish,
         now: Instant,
     ) -> Result<(), SessionError> {
-        let cfg = self.config.clone();
+        // Fields of `self.config` are read in place: cloning the `Arc` per PUBLISH
+        // costs two atomic operations.
         let Some(c) = self.conns.get_mut(conn) else {
             return Ok(());
         };
@@ -78,7 +79,7 @@ impl Shard {
         }
         // Client → server topic alias.
         if let Some(alias) = p.properties.topic_alias.take() {
-            if alias == 0 || alias > cfg.topic_alias_maximum || !c.version.is_v5() {
+            if alias == 0 || alias > self.config.topic_alias_maximum || !c.version.is_v5() {
                 return Err(SessionError::TopicAliasInvalid);
             }
             let i = usize::from(alias - 1);
@@ -103,10 +104,13 @@ impl Shard {
         if p.topic.is_empty() {
             return Err(SessionError::ProtocolError);
         }
-        if crate::topic::validate_name(&p.topic, cfg.max_topic_len, cfg.max_topic_levels).is_err() {
+        // The codec refused wildcards, U+0000 and bad UTF-8 in the topic (an alias
+        // resolves to a topic that was decoded the same way): only limits remain.
+        let (max_len, max_levels) = (self.config.max_topic_len, self.config.max_topic_levels);
+        if crate::topic::validate_decoded_name(&p.topic, max_len, max_levels).is_err() {
             return Err(SessionError::TopicNameInvalid);
         }
-        if p.retain && !cfg.retain_available {
+        if p.retain && !self.config.retain_available {
             return Err(SessionError::RetainNotSupported);
         }
         let packet_id = p.packet_id;
@@ -124,7 +128,7 @@ impl Shard {
             }
             // QoS 1 is acknowledged at once, so only QoS 2 waiting for PUBREL stays
             // outstanding; this message would be one more.
-            if d.awaiting_pubrel.len() >= usize::from(cfg.receive_maximum) {
+            if d.awaiting_pubrel.len() >= usize::from(self.config.receive_maximum) {
                 return Err(SessionError::ReceiveMaximumExceeded);
             }
             if qos == QoS::ExactlyOnce {

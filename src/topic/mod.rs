@@ -7,5 +7,6 @@ mod validate;
 
 pub use trie::TopicTrie;
 pub use validate::{
-    matches, parse_shared, validate_filter, validate_name, SharedFilter, TopicError,
+    matches, parse_shared, validate_decoded_name, validate_filter, validate_name, SharedFilter,
+    TopicError,
 };

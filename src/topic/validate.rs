@@ -36,6 +36,14 @@ fn level_count(s: &[u8]) -> usize {
 /// The checks shared by names and filters, in the order callers see them:
 /// empty, length, NUL.
 fn check_common(s: &[u8], max_len: usize) -> Result<(), TopicError> {
+    check_len(s, max_len)?;
+    if s.contains(&0) {
+        return Err(TopicError::NullCharacter);
+    }
+    Ok(())
+}
+
+fn check_len(s: &[u8], max_len: usize) -> Result<(), TopicError> {
     if s.is_empty() {
         return Err(TopicError::Empty);
     }
@@ -45,14 +53,14 @@ fn check_common(s: &[u8], max_len: usize) -> Result<(), TopicError> {
             max: max_len,
         });
     }
-    if s.contains(&0) {
-        return Err(TopicError::NullCharacter);
-    }
     Ok(())
 }
 
 fn check_levels(s: &[u8], max_levels: usize) -> Result<(), TopicError> {
-    let levels = level_count(s);
+    check_level_count(level_count(s), max_levels)
+}
+
+fn check_level_count(levels: usize, max_levels: usize) -> Result<(), TopicError> {
     if levels > max_levels {
         return Err(TopicError::TooManyLevels {
             levels,
@@ -67,9 +75,37 @@ fn check_levels(s: &[u8], max_levels: usize) -> Result<(), TopicError> {
 /// Errors are reported in this order: `Empty`, `TooLong`, `NullCharacter`,
 /// `WildcardInName`, `TooManyLevels`.
 pub fn validate_name(name: &[u8], max_len: usize, max_levels: usize) -> Result<(), TopicError> {
-    check_common(name, max_len)?;
-    if name.iter().any(|&b| b == b'+' || b == b'#') {
+    check_len(name, max_len)?;
+    // One pass for all three byte classes; the error order is decided afterwards.
+    let (mut nul, mut wild, mut slashes) = (false, false, 0usize);
+    for &b in name {
+        nul |= b == 0;
+        wild |= b == b'+' || b == b'#';
+        slashes += usize::from(b == b'/');
+    }
+    if nul {
+        return Err(TopicError::NullCharacter);
+    }
+    if wild {
         return Err(TopicError::WildcardInName);
+    }
+    check_level_count(slashes + 1, max_levels)
+}
+
+/// A topic name the codec has already checked, i.e. a decoded PUBLISH topic
+/// (well-formed UTF-8 without U+0000, `+` or `#`): only the broker's limits remain,
+/// so this skips the byte scans `validate_name` repeats. Same errors, same order,
+/// as `validate_name` for such a name: `Empty`, `TooLong`, `TooManyLevels`.
+#[inline]
+pub fn validate_decoded_name(
+    name: &[u8],
+    max_len: usize,
+    max_levels: usize,
+) -> Result<(), TopicError> {
+    check_len(name, max_len)?;
+    // `n` bytes hold at most `n + 1` levels: short names need no count.
+    if name.len() < max_levels {
+        return Ok(());
     }
     check_levels(name, max_levels)
 }
@@ -210,6 +246,45 @@ pub(crate) mod tests {
             validate_name(b"//", LEN, 2),
             Err(TopicError::TooManyLevels { levels: 3, max: 2 })
         );
+    }
+
+    #[test]
+    fn name_errors_keep_their_order() {
+        // NUL is reported before a wildcard wherever each one sits.
+        assert_eq!(
+            validate_name(b"+/a\0", LEN, LEVELS),
+            Err(TopicError::NullCharacter)
+        );
+        assert_eq!(
+            validate_name(b"a/+/b/c", LEN, 2),
+            Err(TopicError::WildcardInName)
+        );
+        assert_eq!(
+            validate_name(b"abcd/+", 3, 1),
+            Err(TopicError::TooLong { len: 6, max: 3 })
+        );
+    }
+
+    #[test]
+    fn decoded_name_equals_validate_name() {
+        // Every wildcard- and NUL-free name over {a, /} up to 9 bytes, against
+        // length and level limits on both sides of each boundary.
+        for len in 0..=9usize {
+            for bits in 0..(1u32 << len) {
+                let s: Vec<u8> = (0..len)
+                    .map(|i| if bits & (1 << i) != 0 { b'/' } else { b'a' })
+                    .collect();
+                for max_len in [0, 1, 4, 8, 9, LEN] {
+                    for max_levels in 1..=11 {
+                        assert_eq!(
+                            validate_decoded_name(&s, max_len, max_levels),
+                            validate_name(&s, max_len, max_levels),
+                            "{s:?} max_len {max_len} max_levels {max_levels}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
