@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 
 use super::{Action, ConnId, Shard, ShardId, ShardMsg, SharedTarget, SubIds};
 use crate::protocol::{QoS, SubAck, SubscriptionOptions};
-use crate::session::{Message, NONE};
+use crate::session::{Message, SessionStore, NONE};
 
 /// One local subscriber of a filter.
 #[derive(Debug, Clone, Copy)]
@@ -427,6 +427,13 @@ impl Shard {
             msg
         };
 
+        // One shard: the routes table only mirrors `local`, so one walk of `local`
+        // finds both the plain subscribers and the shared groups to serve.
+        if self.shard_count == 1 {
+            self.deliver_local(&msg, &mut arc, now, true);
+            return;
+        }
+
         // Plan: which shards get a plain copy, which shard serves each shared group.
         let me = self.id;
         let targets = &mut self.targets;
@@ -516,6 +523,19 @@ impl Shard {
         arc: &mut Option<Arc<Message>>,
         now: Instant,
     ) {
+        self.deliver_local(msg, arc, now, false);
+    }
+
+    /// `deliver_plain`, and with `groups` also one member of every matching local
+    /// shared group (chosen as `deliver_shared` does), all from one walk of `local`.
+    /// Only right when this shard serves every group, i.e. `shard_count == 1`.
+    fn deliver_local(
+        &mut self,
+        msg: &Message,
+        arc: &mut Option<Arc<Message>>,
+        now: Instant,
+        groups: bool,
+    ) {
         self.match_generation = self.match_generation.wrapping_add(1);
         if self.match_generation == 0 {
             self.match_generation = 1;
@@ -528,6 +548,7 @@ impl Shard {
         };
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
+        let mut picks: SmallVec<[LocalSub; 2]> = SmallVec::new();
         let sessions = &mut self.sessions;
         self.local.for_each_match(&msg.topic, |e| {
             for s in &e.plain {
@@ -560,6 +581,14 @@ impl Shard {
                     });
                 }
             }
+            if groups {
+                for g in &e.groups {
+                    // An empty group is removed with its last member; nothing to pick.
+                    if let Some(sub) = pick_member(g, sessions) {
+                        picks.push(sub);
+                    }
+                }
+            }
         });
         self.cache.clear();
         for m in &mut matches {
@@ -569,6 +598,9 @@ impl Shard {
             self.deliver(m.session, msg, arc, qos, retain, &m.sub_ids, now, true);
         }
         self.matches = matches;
+        for sub in picks {
+            self.deliver_member(msg, arc, sub, now);
+        }
     }
 
     /// Delivers to one member of a local shared group (online members first).
@@ -587,26 +619,21 @@ impl Shard {
             self.stats.dropped_no_subscriber += 1;
             return;
         };
-        let n = g.members.len();
-        if n == 0 {
+        let Some(sub) = pick_member(g, &self.sessions) else {
             self.stats.dropped_no_subscriber += 1;
             return;
-        }
-        let start = g.next.get() as usize % n;
-        let mut pick = start;
-        for k in 0..n {
-            let i = (start + k) % n;
-            if self
-                .sessions
-                .get(g.members[i].session)
-                .is_some_and(|s| s.is_online())
-            {
-                pick = i;
-                break;
-            }
-        }
-        g.next.set(((pick + 1) % n) as u32);
-        let sub = g.members[pick];
+        };
+        self.deliver_member(msg, arc, sub, now);
+    }
+
+    /// Delivers to the picked member of a shared group.
+    fn deliver_member(
+        &mut self,
+        msg: &Message,
+        arc: &mut Option<Arc<Message>>,
+        sub: LocalSub,
+        now: Instant,
+    ) {
         let mut sub_ids = SubIds::new();
         if sub.sub_id != 0 {
             sub_ids.push(sub.sub_id);
@@ -670,9 +697,76 @@ impl Shard {
     }
 }
 
+/// The next member of a local shared group in round robin, online members first;
+/// `None` for an empty group.
+fn pick_member(g: &LocalGroup, sessions: &SessionStore) -> Option<LocalSub> {
+    let n = g.members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = g.next.get() as usize % n;
+    let mut pick = start;
+    for k in 0..n {
+        let i = (start + k) % n;
+        if sessions
+            .get(g.members[i].session)
+            .is_some_and(|s| s.is_online())
+        {
+            pick = i;
+            break;
+        }
+    }
+    g.next.set(((pick + 1) % n) as u32);
+    g.members.get(pick).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::ShardSet;
+    use crate::config::Config;
+    use crate::protocol::QoS;
+    use crate::shard::harness::*;
+
+    /// One shard serves plain and shared subscribers from a single walk of `local`:
+    /// each group gets every message once, an offline member is skipped, and a
+    /// session in a group and subscribed plainly gets both copies.
+    #[test]
+    fn one_shard_groups_from_the_local_walk() {
+        const Q0: QoS = QoS::AtMostOnce;
+        const Q1: QoS = QoS::AtLeastOnce;
+        let mut cl = Cluster::new(1, Config::default());
+        let kept = ConnectOpts {
+            clean: false,
+            ..ConnectOpts::default()
+        };
+        let a = cl.connect_ok(V311, "a", ConnectOpts::default(), false);
+        let gone = cl.connect_ok(V311, "gone", kept, false);
+        let h = cl.connect_ok(V311, "h", ConnectOpts::default(), false);
+        cl.subscribe(a, "$share/g/t/+", Q0);
+        cl.subscribe(gone, "$share/g/t/+", Q1);
+        cl.subscribe(h, "$share/h/t/#", Q0);
+        cl.subscribe(h, "t/x", Q0);
+        cl.drop_connection(gone);
+        let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+        for i in 0..3 {
+            cl.publish(p, "t/x", &i.to_string(), Q0, false, 0);
+        }
+        for i in 0..3 {
+            cl.expect(a, pubp("t/x", &i.to_string(), Q0, false, 0));
+        }
+        cl.expect_nothing(a);
+        // Plain copy first, then the group copy, per message.
+        for i in 0..3 {
+            cl.expect(h, pubp("t/x", &i.to_string(), Q0, false, 0));
+            cl.expect(h, pubp("t/x", &i.to_string(), Q0, false, 0));
+        }
+        cl.expect_nothing(h);
+        cl.publish(p, "u/x", "no", Q0, false, 0);
+        cl.expect_nothing(a);
+        cl.expect_nothing(h);
+        let st = cl.shards[0].stats();
+        assert_eq!((st.messages_in, st.messages_out), (4, 9));
+    }
 
     #[test]
     fn shard_set_ops() {
