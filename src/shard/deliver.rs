@@ -156,6 +156,7 @@ pub(crate) fn encode_publish(
         if !force && c.tx.len() + v.len > max_outbound {
             return Written::NoRoom;
         }
+        reserve_tx(c, v.len);
         let at = c.tx.len();
         c.tx.extend_from_slice(&cache.buf[v.start..v.start + v.len]);
         if qos != QoS::AtMostOnce {
@@ -193,6 +194,7 @@ pub(crate) fn encode_publish(
     if !force && c.tx.len() + len > max_outbound {
         return Written::NoRoom;
     }
+    reserve_tx(c, len);
     encode_packet(&p, c.version, &mut c.tx);
     if new_alias {
         c.aliases()
@@ -200,6 +202,17 @@ pub(crate) fn encode_publish(
             .push(Bytes::copy_from_slice(&msg.topic));
     }
     Written::Yes
+}
+
+/// `take_tx` leaves `c.tx` without a buffer (an idle connection parks nothing), so
+/// the first packet after a flush allocates one: directly, which costs far less
+/// than `BytesMut`'s general growth path. Exactly `len`: a buffer frozen full
+/// becomes a `Bytes` without a second allocation for its shared header.
+#[inline]
+fn reserve_tx(c: &mut Conn, len: usize) {
+    if c.tx.capacity() == 0 {
+        c.tx = BytesMut::with_capacity(len);
+    }
 }
 
 fn mark_flush(actions: &mut VecDeque<Action>, conn: ConnId, c: &mut Conn) {
