@@ -46,6 +46,9 @@ pub enum SessionError {
     ServerShuttingDown,
     /// Session queue full under `SlowConsumerPolicy::Disconnect`.
     QuotaExceeded,
+    /// A reply would push the connection's unread output over its bound: the peer
+    /// is not reading. Closed without a DISCONNECT (it would not be read either).
+    NotReading,
 }
 
 impl SessionError {
@@ -61,7 +64,7 @@ impl SessionError {
             SessionError::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
             SessionError::SessionTakenOver => ReasonCode::SessionTakenOver,
             SessionError::ServerShuttingDown => ReasonCode::ServerShuttingDown,
-            SessionError::QuotaExceeded => ReasonCode::QuotaExceeded,
+            SessionError::QuotaExceeded | SessionError::NotReading => ReasonCode::QuotaExceeded,
         }
     }
 

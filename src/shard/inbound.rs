@@ -258,6 +258,7 @@ impl Shard {
             let shared = match crate::topic::parse_shared(filter) {
                 Ok(x) => x.is_some(),
                 Err(_) => {
+                    self.stats.refused_filters += 1;
                     codes.push(ReasonCode::TopicFilterInvalid);
                     continue;
                 }
@@ -288,6 +289,9 @@ impl Shard {
                     None
                 };
             if let Some(code) = code {
+                if code == ReasonCode::TopicFilterInvalid {
+                    self.stats.refused_filters += 1;
+                }
                 codes.push(code);
                 continue;
             }
@@ -296,6 +300,7 @@ impl Shard {
             };
             let existing = sess.sub_pos(filter);
             if existing.is_none() && sess.subs.len() >= cfg.max_subscriptions_per_client {
+                self.stats.refused_subscriptions += 1;
                 codes.push(ReasonCode::QuotaExceeded);
                 continue;
             }
