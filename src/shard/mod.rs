@@ -13,6 +13,9 @@ mod timer;
 
 #[cfg(test)]
 pub(crate) mod harness;
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub mod testkit;
 #[cfg(test)]
 mod tests;
 
@@ -198,6 +201,12 @@ impl ShardStats {
 /// this far past `max_outbound_bytes` (which PUBLISH copies stop at), so a client
 /// that reads a little late still gets its acks; beyond it the client is closed.
 pub const CONTROL_ALLOWANCE_BYTES: usize = 64 * 1024;
+
+/// The allowance for a given `max_outbound_bytes`: never more than the bound itself,
+/// so small bounds stay small.
+pub fn control_allowance(max_outbound_bytes: usize) -> usize {
+    CONTROL_ALLOWANCE_BYTES.min(max_outbound_bytes)
+}
 
 pub struct Shard {
     id: ShardId,
@@ -488,7 +497,7 @@ impl Shard {
 
     /// Appends a control packet to `conn`'s buffer. Control packets are never
     /// dropped, but they count against `max_outbound_bytes` (plus
-    /// [`CONTROL_ALLOWANCE_BYTES`]): a client that floods PINGREQ or SUBSCRIBE
+    /// [`control_allowance`]): a client that floods PINGREQ or SUBSCRIBE
     /// without reading the replies is closed instead of growing the buffer.
     /// DISCONNECT is exempt: it ends the connection anyway.
     fn write_control(&mut self, conn: ConnId, packet: &Packet) {
@@ -503,7 +512,8 @@ impl Shard {
         }
         if !matches!(packet, Packet::Disconnect(_)) {
             let len = crate::protocol::encoded_len(packet, c.version);
-            if c.tx.len() + len > self.config.max_outbound_bytes + CONTROL_ALLOWANCE_BYTES {
+            let max = self.config.max_outbound_bytes;
+            if c.tx.len() + len > max + control_allowance(max) {
                 if !self.slow.iter().any(|(x, _)| *x == conn) {
                     self.slow.push((conn, SessionError::NotReading));
                 }
