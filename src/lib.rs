@@ -5,6 +5,7 @@
 //! `protocol`, `topic`, `ring` and `config` import no other broker module.
 
 pub mod config;
+pub mod config_load;
 pub mod io;
 pub mod protocol;
 pub mod ring;

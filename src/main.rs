@@ -1,4 +1,315 @@
-fn main() {
-    eprintln!("ringmq: not yet runnable");
-    std::process::exit(1);
+//! The `ringmq` binary: configuration, listeners, one worker thread per shard, signals.
+//!
+//! Listener strategy: every shard accepts on its own `SO_REUSEPORT` listener bound to
+//! the same address, so the kernel spreads connections across loops without a shared
+//! accept queue. With port 0 the first listener is bound, its port read back, and the
+//! other shards' listeners bind to that port. After CONNECT a connection moves to the
+//! shard owning its client id anyway, so where it was accepted does not matter.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Barrier};
+use std::thread;
+
+use clap::Parser;
+use socket2::{Domain, Socket, Type};
+
+use ringmq::config::{Config, IoBackend};
+use ringmq::config_load::{self, Cli};
+use ringmq::io::epoll::EpollLoop;
+use ringmq::io::uring::{self, UringLoop};
+use ringmq::io::{self as rio, LoopOptions, Remote};
+use ringmq::ring;
+use ringmq::worker::{self, WorkerMsg, WorkerReport, WorkerSetup};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Messages per mesh ring, and per overflow list, between two shards.
+const MESH_RING_CAPACITY: usize = 8192;
+const MESH_OVERFLOW_MAX: usize = 65_536;
+const LISTEN_BACKLOG: i32 = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Uring,
+    Epoll,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Uring => "io_uring",
+            Backend::Epoll => "epoll",
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config_load::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ringmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config.log_level);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("ringmq: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn choose_backend(wanted: IoBackend) -> Result<Backend, String> {
+    let probe = uring::probe_support();
+    match (wanted, probe) {
+        (IoBackend::Epoll, _) => Ok(Backend::Epoll),
+        (_, Ok(features)) => {
+            tracing::info!("io_uring available: {features}");
+            Ok(Backend::Uring)
+        }
+        (IoBackend::Uring, Err(e)) => Err(format!("--io uring: io_uring unusable here: {e}")),
+        (IoBackend::Auto, Err(e)) => {
+            tracing::warn!("io_uring unusable ({e}); falling back to epoll");
+            Ok(Backend::Epoll)
+        }
+    }
+}
+
+/// Binds one listener per shard for `addr`, all on the same port (`SO_REUSEPORT`).
+fn bind_group(addr: SocketAddr, shards: usize) -> std::io::Result<(SocketAddr, Vec<TcpListener>)> {
+    let mut listeners = Vec::with_capacity(shards);
+    let mut bound = addr;
+    for i in 0..shards {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nodelay(true)?;
+        socket.bind(&bound.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener: TcpListener = socket.into();
+        if i == 0 {
+            bound = listener.local_addr()?;
+        }
+        listeners.push(listener);
+    }
+    Ok((bound, listeners))
+}
+
+/// Blocks SIGINT and SIGTERM in this thread (and threads spawned after), so only the
+/// signal thread's `sigwait` sees them.
+fn block_shutdown_signals() -> libc::sigset_t {
+    // SAFETY: sigset operations on a local, zero-initialised set; pthread_sigmask
+    // changes only this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    let nofile = rio::raise_nofile_limit().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
+    let backend = choose_backend(config.io)?;
+    let cpus = worker::allowed_cpus();
+    let cores = if cpus.is_empty() {
+        thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    } else {
+        cpus.len()
+    };
+    let shards = config.shards.unwrap_or(cores).max(1);
+    let pin = shards <= cpus.len();
+
+    let loop_options = LoopOptions {
+        max_connections: config.max_connections.div_ceil(shards),
+        ..LoopOptions::default()
+    };
+    match backend {
+        Backend::Uring => {
+            let (rings, table) = uring::plan_rings(&loop_options).map_err(|e| e.to_string())?;
+            let capacity = uring::planned_capacity(rings, table);
+            tracing::info!(
+                "io_uring: {rings} ring(s) per loop, {table} direct-descriptor slots each \
+                 (RLIMIT_NOFILE {nofile}), {capacity} connections per loop"
+            );
+            if capacity < loop_options.max_connections {
+                tracing::warn!(
+                    "max_connections {} needs {} per loop, above the {capacity} that {} rings of \
+                     {table} slots hold",
+                    config.max_connections,
+                    loop_options.max_connections,
+                    uring::MAX_RINGS
+                );
+            }
+        }
+        Backend::Epoll => {
+            tracing::info!(
+                "epoll: connections are plain fds, bounded by RLIMIT_NOFILE {nofile} for the whole process"
+            );
+            if config.max_connections as u64 > nofile {
+                tracing::warn!(
+                    "max_connections {} is above RLIMIT_NOFILE {nofile}: epoll holds fewer",
+                    config.max_connections
+                );
+            }
+        }
+    }
+
+    // Listeners: per address, one SO_REUSEPORT listener per shard.
+    let mut per_shard: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut bound_addrs = Vec::new();
+    for addr in &config.listen {
+        let (bound, group) =
+            bind_group(*addr, shards).map_err(|e| format!("listen on {addr}: {e}"))?;
+        bound_addrs.push(bound);
+        for (i, l) in group.into_iter().enumerate() {
+            per_shard[i].push(l);
+        }
+    }
+
+    let endpoints = ring::mesh::<WorkerMsg>(shards, MESH_RING_CAPACITY, MESH_OVERFLOW_MAX)
+        .map_err(|e| format!("mesh: {e}"))?;
+    let config = Arc::new(config);
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let exit_barrier = Arc::new(Barrier::new(shards));
+    let sigset = block_shutdown_signals();
+
+    let (remote_tx, remote_rx) = mpsc::channel::<(usize, Arc<Remote>)>();
+    let mut peer_txs = Vec::with_capacity(shards);
+    let mut handles = Vec::with_capacity(shards);
+    for (id, (endpoint, listeners)) in endpoints.into_iter().zip(per_shard).enumerate() {
+        let (peers_tx, peers_rx) = mpsc::channel();
+        peer_txs.push(peers_tx);
+        let setup = WorkerSetup {
+            id,
+            config: config.clone(),
+            endpoint,
+            listeners,
+            loop_options: loop_options.clone(),
+            pin_cpu: if pin { cpus.get(id).copied() } else { None },
+            shutdown: shutdown.clone(),
+            remote_tx: remote_tx.clone(),
+            peers_rx,
+            exit_barrier: exit_barrier.clone(),
+        };
+        let h = thread::Builder::new()
+            .name(format!("ringmq-shard-{id}"))
+            .spawn(move || -> std::io::Result<WorkerReport> {
+                match backend {
+                    Backend::Uring => worker::run(setup, UringLoop::new),
+                    Backend::Epoll => worker::run(setup, EpollLoop::new),
+                }
+            })
+            .map_err(|e| format!("spawning shard {id}: {e}"))?;
+        handles.push(h);
+    }
+    drop(remote_tx);
+
+    let mut remotes: Vec<Option<Arc<Remote>>> = vec![None; shards];
+    for _ in 0..shards {
+        match remote_rx.recv() {
+            Ok((id, r)) => remotes[id] = Some(r),
+            Err(_) => break,
+        }
+    }
+    let remotes: Option<Vec<Arc<Remote>>> = remotes.into_iter().collect();
+    let Some(remotes) = remotes else {
+        // A worker failed to build its loop: the others stop when their peers
+        // channel closes. Report the first error.
+        drop(peer_txs);
+        let errors: Vec<String> = handles
+            .into_iter()
+            .filter_map(|h| match h.join() {
+                Ok(Err(e)) => Some(e.to_string()),
+                _ => None,
+            })
+            .collect();
+        return Err(format!(
+            "starting {} loops: {}",
+            backend.name(),
+            errors.join("; ")
+        ));
+    };
+    for tx in peer_txs {
+        let _ = tx.send(remotes.clone());
+    }
+
+    let addrs: Vec<String> = bound_addrs.iter().map(|a| a.to_string()).collect();
+    eprintln!(
+        "ringmq listening on {} ({}, {} shard{})",
+        addrs.join(", "),
+        backend.name(),
+        shards,
+        if shards == 1 { "" } else { "s" }
+    );
+
+    {
+        let shutdown = shutdown.clone();
+        let remotes = remotes.clone();
+        thread::Builder::new()
+            .name("ringmq-signals".into())
+            .spawn(move || {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: sigwait on the set blocked in every thread; writes the signal.
+                let rc = unsafe { libc::sigwait(&sigset, &mut sig) };
+                if rc == 0 {
+                    tracing::info!(signal = sig, "shutdown requested");
+                }
+                shutdown.store(true, Ordering::SeqCst);
+                for r in &remotes {
+                    r.wake();
+                }
+                // A second signal: stop waiting for clients.
+                // SAFETY: as above.
+                if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                    eprintln!("ringmq: second signal {sig}, exiting now");
+                    std::process::exit(130);
+                }
+            })
+            .map_err(|e| format!("spawning signal thread: {e}"))?;
+    }
+
+    let mut first_error = None;
+    for h in handles {
+        match h.join() {
+            Ok(Ok(report)) => tracing::info!(?report, "shard stopped"),
+            Ok(Err(e)) => {
+                tracing::error!("shard failed: {e}");
+                first_error.get_or_insert(e.to_string());
+                // One loop failing stops the broker.
+                shutdown.store(true, Ordering::SeqCst);
+                for r in &remotes {
+                    r.wake();
+                }
+            }
+            Err(_) => {
+                first_error.get_or_insert("a shard thread panicked".to_string());
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

@@ -1,1 +1,287 @@
 //! IO backends (io_uring, epoll): sockets, buffers, timers. Knows nothing of MQTT.
+//!
+//! Both backends sit behind [`EventLoop`], driven by one thread (the worker):
+//! queue operations (`start_recv`, `send`, `close`, `migrate`, `doorbell`), then call
+//! [`EventLoop::turn`], which submits everything queued in one go, waits for at least one
+//! event (bounded by a timeout), and copies completions out into a `Vec<Completion>`.
+//! The worker then dispatches them; received bytes stay in a loop-owned buffer until the
+//! worker calls [`EventLoop::recycle`] right after copying them out.
+//!
+//! Sockets are named by [`SockId`], an index into the backend's own table, valid from
+//! `Accepted`/`adopt` until `Released`. Rules the worker follows:
+//! - at most one `send` in flight per socket (gather everything pending, send once);
+//! - after `close` or `migrate`, no further operations on the socket; wait for `Released`.
+//! - completions are in causal order: the `Released` of an id comes before any
+//!   `Accepted`/`Adopted` reusing it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+
+pub mod epoll;
+pub mod uring;
+
+/// A socket owned by one loop; index into that loop's socket table.
+pub type SockId = u32;
+
+/// Received bytes held by the loop until [`EventLoop::recycle`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufRef {
+    /// io_uring: ring index; epoll: unused.
+    pub(crate) group: u16,
+    /// io_uring: buffer id; epoll: unused.
+    pub(crate) bid: u16,
+    /// epoll: offset into the loop's receive arena.
+    pub(crate) offset: u32,
+    pub(crate) len: u32,
+}
+
+impl BufRef {
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Names a socket in flight between two loops. io_uring: a ticket that pairs the
+/// descriptor sent with `MSG_RING` with the handoff sent over the mesh; epoll: the raw fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Transfer(pub u64);
+
+/// An event copied out of the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// A new connection; nothing is read until `start_recv`.
+    Accepted { sock: SockId, peer: SocketAddr },
+    /// A descriptor sent by another loop arrived after the worker's `adopt` returned `None`.
+    Adopted { transfer: Transfer, sock: SockId },
+    /// Bytes received; `recycle(buf)` once copied.
+    Recv { sock: SockId, buf: BufRef },
+    /// No more bytes will be received: `errno` 0 is an orderly EOF.
+    RecvEnd { sock: SockId, errno: i32 },
+    /// The one send in flight finished: all bytes written, or failed with `errno`.
+    SendDone { sock: SockId, errno: i32 },
+    /// `migrate` finished: `Ok` carries what the target loop must `adopt`.
+    Migrated {
+        sock: SockId,
+        result: Result<Transfer, i32>,
+    },
+    /// No operation remains on `sock`; its id may be reused.
+    Released { sock: SockId },
+}
+
+/// Counters for what the backend dropped or failed; reported at shutdown.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoStats {
+    pub accepted: u64,
+    /// Connections dropped because the descriptor table (or fd limit) was full.
+    pub accept_dropped_full: u64,
+    pub accept_errors: u64,
+    /// Multishot receives that ran out of provided buffers and were re-armed.
+    pub recv_nobufs: u64,
+    pub migrate_failed: u64,
+}
+
+/// How a backend is sized. Derived from `Config` by the worker.
+#[derive(Debug, Clone)]
+pub struct LoopOptions {
+    /// Connections this loop must be able to hold.
+    pub max_connections: usize,
+    /// Receive buffer size in bytes (one provided buffer / one read chunk).
+    pub recv_buf_size_bytes: usize,
+    /// Provided buffers per io_uring ring (power of two, <= 32768).
+    pub recv_bufs_per_ring: usize,
+    /// Submission queue entries per ring.
+    pub sq_entries: u32,
+    /// Cap on registered file table slots per ring; 0: `RLIMIT_NOFILE` (the kernel's cap).
+    pub table_slots_max: u32,
+}
+
+impl Default for LoopOptions {
+    fn default() -> Self {
+        LoopOptions {
+            max_connections: 10_000,
+            recv_buf_size_bytes: 4096,
+            recv_bufs_per_ring: 512,
+            sq_entries: 1024,
+            table_slots_max: 0,
+        }
+    }
+}
+
+/// The per-core event loop, one implementation per backend.
+pub trait EventLoop {
+    /// The handle other threads use to wake this loop or send it sockets.
+    fn remote(&self) -> std::sync::Arc<Remote>;
+    /// Handles of every loop (including this one), indexed by loop id.
+    fn set_peers(&mut self, peers: Vec<std::sync::Arc<Remote>>);
+    /// Starts accepting on `listener` (already bound and listening).
+    fn add_listener(&mut self, listener: std::net::TcpListener) -> io::Result<()>;
+    /// Stops accepting: listeners are closed; pending accepts are cancelled.
+    fn stop_accepting(&mut self);
+    /// Starts receiving on an accepted or adopted socket.
+    fn start_recv(&mut self, sock: SockId);
+    /// Writes all of `data`; at most one send in flight per socket.
+    fn send(&mut self, sock: SockId, data: Bytes);
+    /// Stops receiving, closes the socket, then reports `Released`.
+    fn close(&mut self, sock: SockId);
+    /// Stops receiving and hands the socket to loop `to`; reports `Migrated` then
+    /// `Released`. Bytes received before the receive stopped are still reported.
+    fn migrate(&mut self, sock: SockId, to: usize);
+    /// Claims a socket sent by another loop. `None`: it has not arrived yet and will be
+    /// reported as `Completion::Adopted`. Call only after dispatching every completion
+    /// of the last `turn`: the id returned may be one whose `Released` was among them.
+    fn adopt(&mut self, transfer: Transfer) -> Option<SockId>;
+    /// Wakes loop `to` (which published "parked").
+    fn doorbell(&mut self, to: usize);
+    /// Bytes of a `Recv` completion.
+    fn buf(&self, buf: BufRef) -> &[u8];
+    /// Gives a receive buffer back.
+    fn recycle(&mut self, buf: BufRef);
+    /// Submits everything queued, waits up to `timeout` (`None`: until an event) when
+    /// nothing is ready, and appends the completions to `out`.
+    fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
+    fn stats(&self) -> IoStats;
+    /// Backend name for logs.
+    fn name(&self) -> &'static str;
+}
+
+/// What other threads hold of a loop: enough to wake it and to send it sockets.
+#[derive(Debug)]
+pub struct Remote {
+    pub(crate) kind: RemoteKind,
+}
+
+#[derive(Debug)]
+pub(crate) enum RemoteKind {
+    Uring {
+        /// Fds of the loop's rings; ring 0 is the one that blocks.
+        ring_fds: Vec<RawFd>,
+        /// Ring with the most free table slots, where migrated sockets should go.
+        adopt_ring: AtomicU32,
+        /// Wakes ring 0 from threads without a ring (signal handling).
+        eventfd: RawFd,
+    },
+    Epoll {
+        waker: mio::Waker,
+    },
+}
+
+impl Remote {
+    /// Wakes the loop from any thread. Slower than `EventLoop::doorbell`; for signals.
+    pub fn wake(&self) {
+        match &self.kind {
+            RemoteKind::Uring { eventfd, .. } => {
+                let one: u64 = 1;
+                // SAFETY: writes 8 bytes from a live u64 to an eventfd the loop keeps open
+                // until every loop has stopped (the worker joins before dropping loops).
+                let rc = unsafe { libc::write(*eventfd, (&one as *const u64).cast(), 8) };
+                if rc != 8 {
+                    tracing::debug!("eventfd wake failed: {}", io::Error::last_os_error());
+                }
+            }
+            RemoteKind::Epoll { waker } => {
+                if let Err(e) = waker.wake() {
+                    tracing::debug!("waker failed: {e}");
+                }
+            }
+        }
+    }
+
+    pub(crate) fn adopt_ring(&self) -> Option<(RawFd, u32)> {
+        match &self.kind {
+            RemoteKind::Uring {
+                ring_fds,
+                adopt_ring,
+                ..
+            } => {
+                let idx = adopt_ring.load(Ordering::Relaxed);
+                ring_fds.get(idx as usize).map(|fd| (*fd, idx))
+            }
+            RemoteKind::Epoll { .. } => None,
+        }
+    }
+}
+
+/// Whether this process may use io_uring: `io_uring_setup` can fail with ENOSYS
+/// (old kernel), EPERM (seccomp, `kernel.io_uring_disabled`) or ENOMEM.
+pub fn uring_available() -> Result<(), io::Error> {
+    uring::probe_support().map(|_| ())
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the new soft limit.
+/// A registered file table may hold at most this many slots, and epoll connections
+/// are plain fds, so both backends are bounded by it.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads one rlimit; raising soft up to hard needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The current soft `RLIMIT_NOFILE`.
+pub fn nofile_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
+}
+
+/// Reads a socket address the kernel wrote into `storage`.
+pub(crate) fn sockaddr_to_std(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is
+            // large and aligned enough for.
+            let sin =
+                unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe {
+                &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+            };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -317,10 +317,9 @@ fn decode_subscribe(r: &mut Reader<'_>, v5: bool) -> Result<Subscribe, DecodeErr
     };
     let mut filters = SmallVec::new();
     while r.remaining() > 0 {
+        // Wildcard placement is judged per filter by the broker (SUBACK 0x8F / 0x80),
+        // so one bad filter does not cost the client its connection.
         let filter = r.utf8()?;
-        if !is_valid_filter(&filter) {
-            return Err(DecodeError::InvalidTopicFilter);
-        }
         let options = decode_subscription_options(r.u8()?, v5)?;
         if options.no_local && filter.starts_with(b"$share/") {
             return Err(DecodeError::NoLocalOnSharedSubscription);
@@ -395,10 +394,9 @@ fn decode_unsubscribe(r: &mut Reader<'_>, v5: bool) -> Result<Unsubscribe, Decod
     };
     let mut filters = SmallVec::new();
     while r.remaining() > 0 {
+        // Wildcard placement is judged per filter by the broker (SUBACK 0x8F / 0x80),
+        // so one bad filter does not cost the client its connection.
         let filter = r.utf8()?;
-        if !is_valid_filter(&filter) {
-            return Err(DecodeError::InvalidTopicFilter);
-        }
         filters.push(filter);
     }
     if filters.is_empty() {
@@ -607,23 +605,6 @@ fn contains_any3(s: &[u8], a: u8, b: u8, c: u8) -> bool {
         .remainder()
         .iter()
         .any(|&x| x == a || x == b || x == c)
-}
-
-/// Topic filter syntax (4.7.1): non-empty, `#` only as the whole last level, `+`
-/// only as a whole level. Limits and `$share/` grouping are the topic module's.
-pub(crate) fn is_valid_filter(filter: &[u8]) -> bool {
-    let Some(last) = filter.len().checked_sub(1) else {
-        return false;
-    };
-    for (i, &b) in filter.iter().enumerate() {
-        let level_start = i == 0 || filter[i - 1] == b'/';
-        match b {
-            b'#' if i != last || !level_start => return false,
-            b'+' if !level_start || (i != last && filter[i + 1] != b'/') => return false,
-            _ => {}
-        }
-    }
-    true
 }
 
 /// A bounded cursor over one frame (or a property section of it). `end` never

@@ -30,8 +30,6 @@ pub enum DecodeError {
     ZeroPacketId,
     /// PUBLISH topic containing `+` or `#`, or empty without a topic alias.
     InvalidTopicName,
-    /// SUBSCRIBE/UNSUBSCRIBE filter that is not well formed.
-    InvalidTopicFilter,
     /// SUBSCRIBE/UNSUBSCRIBE with no filters, or SUBACK/UNSUBACK (5.0) with no codes.
     EmptySubscription,
     /// Subscription options with reserved bits set, or retain handling 3.
@@ -89,7 +87,6 @@ impl DecodeError {
             | InvalidUtf8
             | InvalidConnectFlags(_)
             | InvalidQoS(_)
-            | InvalidTopicFilter
             | InvalidSubscriptionOptions(_)
             | InvalidProperty(_)
             | InvalidReasonCode(_)

@@ -184,12 +184,9 @@ impl Shard {
             return;
         };
         let reply = match e {
-            // 3.1.1 [MQTT-3.1.2-2]: return code 1; a newer client gets the 5.0 form.
-            DecodeError::UnsupportedProtocolLevel(level) => Some(if level > 5 {
-                ProtocolVersion::V5
-            } else {
-                ProtocolVersion::V311
-            }),
+            // 3.1.1 [MQTT-3.1.2-2]: return code 1. 5.0 only says MAY send 0x84, and a
+            // client of an unknown level can at least parse the 4-byte 3.1.1 form.
+            DecodeError::UnsupportedProtocolLevel(_) => Some(ProtocolVersion::V311),
             _ if peek_connect_level(&c.rx) == Some(5) => Some(ProtocolVersion::V5),
             _ => None,
         };

@@ -45,6 +45,8 @@ pub(crate) struct Cluster {
     mesh: VecDeque<(ShardId, ShardId, ShardMsg)>,
     /// Shard messages carried so far, by kind: (publish, route).
     pub mesh_counts: (usize, usize),
+    /// While set, `pump` leaves shard-to-shard messages in flight (to test races).
+    pub hold_mesh: bool,
     pub migrations: usize,
 }
 
@@ -86,6 +88,7 @@ impl Cluster {
             loc: HashMap::new(),
             mesh: VecDeque::new(),
             mesh_counts: (0, 0),
+            hold_mesh: false,
             migrations: 0,
         }
     }
@@ -286,10 +289,15 @@ impl Cluster {
                 }
             }
             while let Some((from, to, msg)) = self.mesh.pop_front() {
+                if self.hold_mesh {
+                    self.mesh.push_front((from, to, msg));
+                    break;
+                }
                 moved = true;
                 match &msg {
                     ShardMsg::Publish { .. } => self.mesh_counts.0 += 1,
                     ShardMsg::Route { .. } => self.mesh_counts.1 += 1,
+                    ShardMsg::RouteAck { .. } => {}
                 }
                 self.shards[to].on_message(from, msg, self.now);
             }

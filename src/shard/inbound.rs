@@ -349,18 +349,50 @@ impl Shard {
             codes,
             properties: Default::default(),
         };
+        if self.routes_settled() {
+            self.finish_subscribe(conn, session, ack, retained, sub_id, now);
+        } else {
+            let generation = self.conns.get(conn).map_or(0, |c| c.generation);
+            self.pending_subacks
+                .push_back(crate::shard::route::PendingSubAck {
+                    conn,
+                    generation,
+                    session,
+                    route_seq: self.route_seq,
+                    ack,
+                    retained,
+                    sub_id,
+                });
+        }
+        Ok(())
+    }
+
+    /// SUBACK, then the retained messages the new subscriptions asked for.
+    pub(crate) fn finish_subscribe(
+        &mut self,
+        conn: ConnId,
+        session: u32,
+        ack: SubAck,
+        retained: SmallVec<[(Bytes, crate::protocol::SubscriptionOptions); 2]>,
+        sub_id: u32,
+        now: Instant,
+    ) {
         self.write_control(conn, &Packet::SubAck(ack));
         for (filter, options) in retained {
             self.send_retained(session, &filter, options, sub_id, now);
         }
         self.drop_slow_consumers(now);
-        Ok(())
     }
 
     fn on_unsubscribe(&mut self, conn: ConnId, u: Unsubscribe) {
         let session = self.conn_session(conn);
+        let (max_len, max_levels) = (self.config.max_topic_len, self.config.max_topic_levels);
         let mut codes: SmallVec<[ReasonCode; 2]> = SmallVec::new();
         for filter in &u.filters {
+            if crate::topic::validate_filter(filter, max_len, max_levels).is_err() {
+                codes.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
             let existing = self
                 .sessions
                 .get_mut(session)

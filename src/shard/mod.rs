@@ -97,11 +97,18 @@ pub enum ShardMsg {
     },
     /// The sender's local subscriber count for `filter` (or for `group` on it)
     /// went 0 → 1 (`add`) or 1 → 0.
+    /// `seq` is non-zero on adds: the receiver answers `RouteAck { seq }` once the
+    /// route is in its table, so the sender can hold SUBACKs until every shard
+    /// routes to it (see `route::PendingSubAck`).
     Route {
         filter: Bytes,
         group: Option<Bytes>,
         add: bool,
+        seq: u64,
     },
+    /// Every `Route` the receiver sent us up to `seq` is applied (rings are FIFO
+    /// per pair, so one number per shard is enough).
+    RouteAck { seq: u64 },
 }
 
 /// What the IO side must do. Pulled with [`Shard::poll_action`].
@@ -236,6 +243,12 @@ pub struct Shard {
     limits: Limits,
     /// Latest `now` passed in, for the calls that get none (`take_tx`, `release`).
     last_now: Option<Instant>,
+    /// Sequence number of the last route add this shard broadcast.
+    route_seq: u64,
+    /// Per shard: the highest of our route adds it has applied.
+    route_acked: Vec<u64>,
+    /// SUBACKs waiting for every shard to apply our route adds.
+    pending_subacks: VecDeque<route::PendingSubAck>,
 }
 
 impl Shard {
@@ -285,6 +298,9 @@ impl Shard {
             slow: Vec::new(),
             limits,
             last_now: None,
+            route_seq: 0,
+            route_acked: vec![0; shard_count],
+            pending_subacks: VecDeque::new(),
         }
     }
 
@@ -454,7 +470,13 @@ impl Shard {
                 self.on_remote_publish(msg, plain, shared, store_retained, now);
                 self.drop_slow_consumers(now);
             }
-            ShardMsg::Route { filter, group, add } => self.on_route(from, filter, group, add),
+            ShardMsg::Route {
+                filter,
+                group,
+                add,
+                seq,
+            } => self.on_route(from, filter, group, add, seq),
+            ShardMsg::RouteAck { seq } => self.on_route_ack(from, seq, now),
         }
     }
 

@@ -8,8 +8,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::{Action, Shard, ShardId, ShardMsg, SharedTarget, SubIds};
-use crate::protocol::{QoS, SubscriptionOptions};
+use super::{Action, ConnId, Shard, ShardId, ShardMsg, SharedTarget, SubIds};
+use crate::protocol::{QoS, SubAck, SubscriptionOptions};
 use crate::session::{Message, NONE};
 
 /// One local subscriber of a filter.
@@ -39,6 +39,20 @@ pub(crate) struct LocalEntry {
 /// A set of shards as a bitset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct ShardSet(SmallVec<[u64; 1]>);
+
+/// A SUBACK held until every shard has applied this shard's route adds up to
+/// `route_seq`, so that once the client holds its SUBACK a message published on
+/// any shard reaches it (without this, a publish racing the route update to
+/// another shard would be lost).
+pub(crate) struct PendingSubAck {
+    pub conn: ConnId,
+    pub generation: u32,
+    pub session: u32,
+    pub route_seq: u64,
+    pub ack: SubAck,
+    pub retained: SmallVec<[(Bytes, SubscriptionOptions); 2]>,
+    pub sub_id: u32,
+}
 
 impl ShardSet {
     pub fn insert(&mut self, s: ShardId) {
@@ -276,11 +290,23 @@ impl Shard {
     fn route_changed(&mut self, filter: &Bytes, group: Option<&Bytes>, add: bool) {
         let me = self.id;
         self.apply_route(me, filter, group, add);
+        if self.shard_count == 1 {
+            return;
+        }
+        // Only adds need an ack: a publish that reaches a shard after the last local
+        // subscriber left is simply dropped there.
+        let seq = if add {
+            self.route_seq += 1;
+            self.route_seq
+        } else {
+            0
+        };
         for to in (0..self.shard_count).filter(|s| *s != me) {
             let msg = ShardMsg::Route {
                 filter: filter.clone(),
                 group: group.cloned(),
                 add,
+                seq,
             };
             self.actions.push_back(Action::Send { to, msg });
         }
@@ -292,11 +318,53 @@ impl Shard {
         filter: Bytes,
         group: Option<Bytes>,
         add: bool,
+        seq: u64,
     ) {
         if from >= self.shard_count {
             return;
         }
         self.apply_route(from, &filter, group.as_ref(), add);
+        if seq != 0 {
+            let msg = ShardMsg::RouteAck { seq };
+            self.actions.push_back(Action::Send { to: from, msg });
+        }
+    }
+
+    /// Every other shard has applied all route adds we sent so far.
+    pub(crate) fn routes_settled(&self) -> bool {
+        let me = self.id;
+        self.route_acked
+            .iter()
+            .enumerate()
+            .all(|(shard, acked)| shard == me || *acked >= self.route_seq)
+    }
+
+    pub(crate) fn on_route_ack(&mut self, from: ShardId, seq: u64, now: Instant) {
+        let Some(acked) = self.route_acked.get_mut(from) else {
+            return;
+        };
+        *acked = (*acked).max(seq);
+        while let Some(p) = self.pending_subacks.front() {
+            let me = self.id;
+            let ready = self
+                .route_acked
+                .iter()
+                .enumerate()
+                .all(|(shard, acked)| shard == me || *acked >= p.route_seq);
+            if !ready {
+                break;
+            }
+            let Some(p) = self.pending_subacks.pop_front() else {
+                break;
+            };
+            let alive = self
+                .conns
+                .get(p.conn)
+                .is_some_and(|c| c.generation == p.generation && c.session == p.session);
+            if alive {
+                self.finish_subscribe(p.conn, p.session, p.ack, p.retained, p.sub_id, now);
+            }
+        }
     }
 
     fn apply_route(&mut self, shard: ShardId, filter: &Bytes, group: Option<&Bytes>, add: bool) {

@@ -1,4 +1,3 @@
-use slab::Slab;
 use smallvec::SmallVec;
 
 /// Index of a node in the arena, or of a value in the value slab.
@@ -8,16 +7,25 @@ type Idx = u32;
 const NONE: Idx = u32::MAX;
 const ROOT: Idx = 0;
 
-/// Nodes per arena chunk. Fixed-size chunks instead of one growing `Vec` keep the
+/// Entries per arena chunk. Fixed-size chunks instead of one growing `Vec` keep the
 /// slack below one chunk and avoid a 2x copy spike when a million-node trie grows.
-const CHUNK_SHIFT: u32 = 10;
-const CHUNK_LEN: usize = 1 << CHUNK_SHIFT;
+/// 1023, not 1024: mimalloc (through the `mimalloc` crate, which always calls
+/// `mi_malloc_aligned`) reserves `size + align - 1` for medium blocks, so an exact
+/// 64 KiB request lands in the 80 KiB size class; 1023 entries leave room for that.
+const CHUNK_LEN: usize = 1023;
+
+/// Splits an arena index into (chunk, offset).
+fn chunk_of(i: Idx) -> (usize, usize) {
+    let i = i as usize;
+    (i / CHUNK_LEN, i % CHUNK_LEN)
+}
 
 /// Up to this many literal children are an unsorted exact-size list scanned
 /// linearly; above it they become an open-addressing table.
 const SMALL_MAX: usize = 8;
 /// A table shrinks back to a list once it holds this few children.
 const SMALL_BACK: usize = 4;
+/// Smallest table capacity (slots), a power of two.
 const TABLE_MIN: usize = 32;
 
 /// Levels up to this length are stored inside the node without a heap allocation.
@@ -57,16 +65,20 @@ const EMPTY_LABEL: Label = Label::Inline {
     bytes: [0; INLINE_MAX],
 };
 
-/// 56 bytes. Values live in a separate slab so the node size does not depend on `V`
+/// 64 bytes, so a chunk of `CHUNK_LEN` nodes fits the 64 KiB allocator size class. Values live in a separate arena so the node size does not depend on `V`
 /// and intermediate nodes pay 4 bytes, not `size_of::<Option<V>>()`, per slot.
 struct Node {
     /// This node's own level (`+` for a plus child); the root's is empty.
     label: Label,
-    /// Literal children. At most `SMALL_MAX`: the child indices, exact length.
-    /// Otherwise a power-of-two open-addressing table (linear probing, `NONE` = empty
-    /// slot) hashed by the child's label: 4 bytes per slot instead of a map entry
-    /// that would duplicate the label.
-    children: Box<[Idx]>,
+    /// Literal children when there are 2 or more, as `[child, tag]` pairs (`tag` is
+    /// the child label's 32-bit hash, compared before the label to skip wrong
+    /// candidates without visiting them). Up to `SMALL_MAX` children: an exact-size
+    /// list. Above: a power-of-two open-addressing table (linear probing, home slot
+    /// `tag & mask`, child `NONE` = empty), 8 bytes per slot and no duplicated label.
+    kids: Box<[Idx]>,
+    /// The only literal child, when there is exactly one: the common case
+    /// (`dev/<id>/cmd`) then needs no allocation and no hashing.
+    one: Idx,
     child_count: u32,
     /// Value of the key ending at this node.
     value: Idx,
@@ -81,7 +93,8 @@ impl Node {
     fn new(level: &[u8]) -> Self {
         Node {
             label: Label::new(level),
-            children: Box::default(),
+            kids: Box::default(),
+            one: NONE,
             child_count: 0,
             value: NONE,
             hash: NONE,
@@ -90,12 +103,102 @@ impl Node {
     }
 
     fn is_table(&self) -> bool {
-        self.children.len() > SMALL_MAX
+        self.kids.len() > 2 * SMALL_MAX
     }
 
     fn is_prunable(&self) -> bool {
         self.value == NONE && self.hash == NONE && self.plus == NONE && self.child_count == 0
     }
+}
+
+/// Values by index: fixed-size chunks and a free list, so growth never copies and
+/// the slack stays under one chunk; an entry is `V` plus a tag, not a `usize` link.
+struct Values<V> {
+    chunks: Vec<Vec<Entry<V>>>,
+    free: Idx,
+    len: usize,
+}
+
+enum Entry<V> {
+    Full(V),
+    /// Next free entry.
+    Free(Idx),
+}
+
+impl<V> Values<V> {
+    fn new() -> Self {
+        Values {
+            chunks: Vec::new(),
+            free: NONE,
+            len: 0,
+        }
+    }
+
+    fn entry(&self, i: Idx) -> Option<&Entry<V>> {
+        self.chunks.get(chunk_of(i).0)?.get(chunk_of(i).1)
+    }
+
+    fn entry_mut(&mut self, i: Idx) -> Option<&mut Entry<V>> {
+        self.chunks.get_mut(chunk_of(i).0)?.get_mut(chunk_of(i).1)
+    }
+
+    fn get(&self, i: Idx) -> Option<&V> {
+        match self.entry(i)? {
+            Entry::Full(v) => Some(v),
+            Entry::Free(_) => None,
+        }
+    }
+
+    fn get_mut(&mut self, i: Idx) -> Option<&mut V> {
+        match self.entry_mut(i)? {
+            Entry::Full(v) => Some(v),
+            Entry::Free(_) => None,
+        }
+    }
+
+    fn insert(&mut self, v: V) -> Idx {
+        self.len += 1;
+        let free = self.free;
+        if let Some(e) = self.entry_mut(free) {
+            if let Entry::Free(next) = *e {
+                *e = Entry::Full(v);
+                self.free = next;
+                return free;
+            }
+        }
+        push_chunked(&mut self.chunks, Entry::Full(v))
+    }
+
+    fn remove(&mut self, i: Idx) -> Option<V> {
+        let next = self.free;
+        let e = self.entry_mut(i)?;
+        if let Entry::Free(_) = e {
+            return None;
+        }
+        let Entry::Full(v) = std::mem::replace(e, Entry::Free(next)) else {
+            return None;
+        };
+        self.free = i;
+        self.len -= 1;
+        Some(v)
+    }
+}
+
+/// Appends to the last chunk, opening a full-size one when it is full. The first
+/// chunk grows by doubling (capped at `CHUNK_LEN`) so a small trie stays small.
+fn push_chunked<T>(chunks: &mut Vec<Vec<T>>, t: T) -> Idx {
+    if chunks.last().map_or(true, |c| c.len() == CHUNK_LEN) {
+        let cap = if chunks.is_empty() { 4 } else { CHUNK_LEN };
+        chunks.push(Vec::with_capacity(cap));
+    }
+    let chunk = chunks.len() - 1;
+    let last = &mut chunks[chunk];
+    if last.len() == last.capacity() {
+        last.reserve_exact(last.len().min(CHUNK_LEN - last.len()));
+    }
+    let i = (chunk * CHUNK_LEN + last.len()) as Idx;
+    last.push(t);
+    i
 }
 
 /// Where a key's value sits: a node's own slot or its `#` slot.
@@ -119,7 +222,7 @@ pub struct TopicTrie<V> {
     /// Head of the free-node list (linked through `Node::hash`).
     free: Idx,
     live_nodes: usize,
-    values: Slab<V>,
+    values: Values<V>,
     hasher: ahash::RandomState,
 }
 
@@ -190,20 +293,20 @@ const DUMP: usize = usize::MAX;
 
 impl<V> TopicTrie<V> {
     pub fn new() -> Self {
-        let mut first = Vec::with_capacity(CHUNK_LEN);
-        first.push(Node::new(b""));
+        let mut chunks = Vec::new();
+        push_chunked(&mut chunks, Node::new(b""));
         TopicTrie {
-            chunks: vec![first],
+            chunks,
             free: NONE,
             live_nodes: 1,
-            values: Slab::new(),
+            values: Values::new(),
             hasher: ahash::RandomState::new(),
         }
     }
 
     /// Number of keys with a value.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.values.len
     }
 
     pub fn is_empty(&self) -> bool {
@@ -217,34 +320,37 @@ impl<V> TopicTrie<V> {
 
     pub fn get(&self, key: &[u8]) -> Option<&V> {
         let idx = self.slot_value(self.find(key)?);
-        self.values.get(idx as usize)
+        self.values.get(idx)
     }
 
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
         let idx = self.slot_value(self.find(key)?);
-        self.values.get_mut(idx as usize)
+        self.values.get_mut(idx)
     }
 
     /// The value at `key`, inserted with `make` if absent.
     pub fn entry_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
         let slot = self.find_or_create(key);
         let mut idx = self.slot_value(slot);
-        if !self.values.contains(idx as usize) {
-            idx = self.values.insert(make()) as Idx;
+        if self.values.get(idx).is_none() {
+            idx = self.values.insert(make());
             self.set_slot(slot, idx);
         }
-        // Present: either found above or just inserted.
-        &mut self.values[idx as usize]
+        match self.values.get_mut(idx) {
+            Some(v) => v,
+            // `idx` was found or inserted just above.
+            None => unreachable!("value {idx} vanished"),
+        }
     }
 
     /// Sets `key` to `value`, returning the previous value.
     pub fn insert(&mut self, key: &[u8], value: V) -> Option<V> {
         let slot = self.find_or_create(key);
         let idx = self.slot_value(slot);
-        if let Some(old) = self.values.get_mut(idx as usize) {
+        if let Some(old) = self.values.get_mut(idx) {
             return Some(std::mem::replace(old, value));
         }
-        let idx = self.values.insert(value) as Idx;
+        let idx = self.values.insert(value);
         self.set_slot(slot, idx);
         None
     }
@@ -267,7 +373,7 @@ impl<V> TopicTrie<V> {
         }
         let slot = slot.unwrap_or(Slot::Value(node));
         let idx = self.slot_value(slot);
-        let value = self.values.try_remove(idx as usize)?;
+        let value = self.values.remove(idx)?;
         self.set_slot(slot, NONE);
         // A `#` slot lives on `node` itself, so both kinds prune from `node`.
         self.prune(node, &path);
@@ -403,21 +509,21 @@ impl<V> TopicTrie<V> {
     // ---- walking helpers ----
 
     fn emit(&self, idx: Idx, f: &mut impl FnMut(&V)) {
-        if let Some(v) = self.values.get(idx as usize) {
+        if let Some(v) = self.values.get(idx) {
             f(v);
         }
     }
 
     /// Emits `idx` under the name in `buf` minus its trailing '/'.
     fn emit_named(&self, idx: Idx, buf: &[u8], f: &mut impl FnMut(&[u8], &V)) {
-        if let Some(v) = self.values.get(idx as usize) {
+        if let Some(v) = self.values.get(idx) {
             f(&buf[..buf.len().saturating_sub(1)], v);
         }
     }
 
     /// Emits a `#` slot as the name in `buf` followed by a final `#` level.
     fn emit_hash_leaf(&self, idx: Idx, buf: &mut Vec<u8>, f: &mut impl FnMut(&[u8], &V)) {
-        if let Some(v) = self.values.get(idx as usize) {
+        if let Some(v) = self.values.get(idx) {
             buf.push(b'#');
             f(buf, v);
             buf.pop();
@@ -440,7 +546,11 @@ impl<V> TopicTrie<V> {
                 parent_len,
             });
         }
-        for &c in node.children.iter().filter(|&&c| c != NONE) {
+        let kids = node.kids.iter().step_by(2);
+        for &c in std::iter::once(&node.one)
+            .chain(kids)
+            .filter(|&&c| c != NONE)
+        {
             if skip_dollar && self.node(c).label.as_bytes().first() == Some(&b'$') {
                 continue;
             }
@@ -513,11 +623,13 @@ impl<V> TopicTrie<V> {
     // ---- arena ----
 
     fn node(&self, n: Idx) -> &Node {
-        &self.chunks[(n >> CHUNK_SHIFT) as usize][n as usize & (CHUNK_LEN - 1)]
+        let (c, o) = chunk_of(n);
+        &self.chunks[c][o]
     }
 
     fn node_mut(&mut self, n: Idx) -> &mut Node {
-        &mut self.chunks[(n >> CHUNK_SHIFT) as usize][n as usize & (CHUNK_LEN - 1)]
+        let (c, o) = chunk_of(n);
+        &mut self.chunks[c][o]
     }
 
     fn alloc(&mut self, level: &[u8]) -> Idx {
@@ -530,14 +642,7 @@ impl<V> TopicTrie<V> {
             self.free = next;
             return n;
         }
-        if self.chunks.last().map_or(true, |c| c.len() == CHUNK_LEN) {
-            self.chunks.push(Vec::with_capacity(CHUNK_LEN));
-        }
-        let chunk = self.chunks.len() - 1;
-        let last = &mut self.chunks[chunk];
-        let n = (chunk << CHUNK_SHIFT | last.len()) as Idx;
-        last.push(Node::new(level));
-        n
+        push_chunked(&mut self.chunks, Node::new(level))
     }
 
     fn release(&mut self, n: Idx) {
@@ -546,7 +651,8 @@ impl<V> TopicTrie<V> {
         let node = self.node_mut(n);
         // Drop the label's and children's heap memory now, not on reuse.
         node.label = EMPTY_LABEL;
-        node.children = Box::default();
+        node.kids = Box::default();
+        node.one = NONE;
         node.child_count = 0;
         node.value = NONE;
         node.plus = NONE;
@@ -556,8 +662,10 @@ impl<V> TopicTrie<V> {
 
     // ---- children ----
 
-    fn hash(&self, label: &[u8]) -> usize {
-        self.hasher.hash_one(label) as usize
+    /// A label's 32-bit hash: the table's home slot is `tag & mask`, so tables
+    /// rehash and shift entries without visiting the child nodes.
+    fn tag(&self, label: &[u8]) -> Idx {
+        self.hasher.hash_one(label) as Idx
     }
 
     /// The child of `n` for `level` (`+` is the plus child), or `NONE`.
@@ -571,21 +679,30 @@ impl<V> TopicTrie<V> {
     /// The literal child of `n` labelled `level`, or `NONE`; never the plus child.
     fn literal_child(&self, n: Idx, level: &[u8]) -> Idx {
         let node = self.node(n);
-        if !node.is_table() {
-            return node
-                .children
-                .iter()
-                .copied()
-                .find(|&c| self.node(c).label.as_bytes() == level)
-                .unwrap_or(NONE);
+        if node.one != NONE {
+            let hit = self.node(node.one).label.as_bytes() == level;
+            return if hit { node.one } else { NONE };
         }
-        let table = &node.children;
-        let mask = table.len() - 1;
-        let mut i = self.hash(level) & mask;
-        // Load stays below 7/8, so an empty slot ends the probe; the bound is a backstop.
-        for _ in 0..table.len() {
-            let c = table[i];
-            if c == NONE || self.node(c).label.as_bytes() == level {
+        if node.kids.is_empty() {
+            return NONE;
+        }
+        let tag = self.tag(level);
+        let hit = |c: Idx, t: Idx| t == tag && self.node(c).label.as_bytes() == level;
+        if !node.is_table() {
+            return pairs(&node.kids)
+                .find(|p| hit(p[0], p[1]))
+                .map_or(NONE, |p| p[0]);
+        }
+        let cap = node.kids.len() / 2;
+        let mask = cap - 1;
+        let mut i = tag as usize & mask;
+        // Load stays at most 3/4, so an empty slot ends the probe; the bound is a backstop.
+        for _ in 0..cap {
+            let c = node.kids[2 * i];
+            if c == NONE {
+                return NONE;
+            }
+            if hit(c, node.kids[2 * i + 1]) {
                 return c;
             }
             i = (i + 1) & mask;
@@ -598,101 +715,147 @@ impl<V> TopicTrie<V> {
             self.node_mut(parent).plus = child;
             return;
         }
-        let mut children = std::mem::take(&mut self.node_mut(parent).children);
-        let count = self.node(parent).child_count as usize + 1;
-        if children.len() > SMALL_MAX {
-            if count * 8 > children.len() * 7 {
-                children = self.rebuild_table(&children, children.len() * 2);
-            }
-            self.table_insert(&mut children, child);
-        } else if count <= SMALL_MAX {
-            let mut list = Vec::with_capacity(count);
-            list.extend_from_slice(&children);
-            list.push(child);
-            children = list.into_boxed_slice();
+        let tag = self.tag(level);
+        let p = self.node(parent);
+        let (one, count) = (p.one, p.child_count as usize + 1);
+        let one_tag = if one != NONE {
+            self.tag(self.node(one).label.as_bytes())
         } else {
-            children = self.rebuild_table(&children, TABLE_MIN);
-            self.table_insert(&mut children, child);
-        }
+            0
+        };
         let p = self.node_mut(parent);
-        p.children = children;
+        if count == 1 {
+            p.one = child;
+            p.child_count = 1;
+            return;
+        }
+        let mut kids = std::mem::take(&mut p.kids);
+        if one != NONE {
+            kids = Box::new([one, one_tag, child, tag]);
+        } else if kids.len() > 2 * SMALL_MAX {
+            let cap = kids.len() / 2;
+            if count * 4 > cap * 3 {
+                kids = rebuild_table(&kids, cap * 2);
+            }
+            table_insert(&mut kids, child, tag);
+        } else if count <= SMALL_MAX {
+            let mut list = Vec::with_capacity(2 * count);
+            list.extend_from_slice(&kids);
+            list.extend_from_slice(&[child, tag]);
+            kids = list.into_boxed_slice();
+        } else {
+            kids = rebuild_table(&kids, TABLE_MIN);
+            table_insert(&mut kids, child, tag);
+        }
+        p.one = NONE;
+        p.kids = kids;
         p.child_count = count as u32;
     }
 
     fn detach(&mut self, parent: Idx, child: Idx) {
-        if self.node(parent).plus == child {
+        let p = self.node(parent);
+        if p.plus == child {
             self.node_mut(parent).plus = NONE;
             return;
         }
-        let mut children = std::mem::take(&mut self.node_mut(parent).children);
-        let count = (self.node(parent).child_count as usize).saturating_sub(1);
-        if children.len() > SMALL_MAX {
-            self.table_remove(&mut children, child);
+        if p.one == child {
+            let p = self.node_mut(parent);
+            p.one = NONE;
+            p.child_count = 0;
+            return;
+        }
+        let tag = self.tag(self.node(child).label.as_bytes());
+        let p = self.node_mut(parent);
+        let mut kids = std::mem::take(&mut p.kids);
+        let count = (p.child_count as usize).saturating_sub(1);
+        if kids.len() > 2 * SMALL_MAX {
+            table_remove(&mut kids, child, tag);
+            let cap = kids.len() / 2;
             if count <= SMALL_BACK {
-                children = children.iter().copied().filter(|&c| c != NONE).collect();
-            } else if children.len() > TABLE_MIN && count * 8 < children.len() {
-                children = self.rebuild_table(&children, children.len() / 2);
+                kids = pairs(&kids)
+                    .filter(|p| p[0] != NONE)
+                    .flatten()
+                    .copied()
+                    .collect();
+            } else if cap > TABLE_MIN && count * 8 < cap {
+                kids = rebuild_table(&kids, cap / 2);
             }
         } else {
-            children = children.iter().copied().filter(|&c| c != child).collect();
+            kids = pairs(&kids)
+                .filter(|p| p[0] != child)
+                .flatten()
+                .copied()
+                .collect();
         }
-        let p = self.node_mut(parent);
-        p.children = children;
+        if count == 1 {
+            // Back to the inline form; `kids` is a one-pair list here.
+            p.one = kids.first().copied().unwrap_or(NONE);
+            kids = Box::default();
+        }
+        p.kids = kids;
         p.child_count = count as u32;
     }
+}
 
-    fn rebuild_table(&self, old: &[Idx], len: usize) -> Box<[Idx]> {
-        let mut table = vec![NONE; len].into_boxed_slice();
-        for &c in old.iter().filter(|&&c| c != NONE) {
-            self.table_insert(&mut table, c);
-        }
-        table
+fn pairs(kids: &[Idx]) -> std::slice::ChunksExact<'_, Idx> {
+    kids.chunks_exact(2)
+}
+
+fn rebuild_table(old: &[Idx], cap: usize) -> Box<[Idx]> {
+    let mut table = vec![NONE; 2 * cap].into_boxed_slice();
+    for p in pairs(old).filter(|p| p[0] != NONE) {
+        table_insert(&mut table, p[0], p[1]);
     }
+    table
+}
 
-    fn table_insert(&self, table: &mut [Idx], child: Idx) {
-        let mask = table.len() - 1;
-        let mut i = self.hash(self.node(child).label.as_bytes()) & mask;
-        for _ in 0..table.len() {
-            if table[i] == NONE {
-                table[i] = child;
-                return;
-            }
-            i = (i + 1) & mask;
+fn table_insert(table: &mut [Idx], child: Idx, tag: Idx) {
+    let cap = table.len() / 2;
+    let mask = cap - 1;
+    let mut i = tag as usize & mask;
+    for _ in 0..cap {
+        if table[2 * i] == NONE {
+            table[2 * i] = child;
+            table[2 * i + 1] = tag;
+            return;
         }
+        i = (i + 1) & mask;
     }
+}
 
-    /// Linear-probing deletion by backward shift, so no tombstones accumulate.
-    fn table_remove(&self, table: &mut [Idx], child: Idx) {
-        let mask = table.len() - 1;
-        let mut hole = self.hash(self.node(child).label.as_bytes()) & mask;
-        let mut probes = 0;
-        while table[hole] != child {
-            if table[hole] == NONE || probes == table.len() {
-                return;
-            }
-            hole = (hole + 1) & mask;
-            probes += 1;
+/// Linear-probing deletion by backward shift, so no tombstones accumulate.
+fn table_remove(table: &mut [Idx], child: Idx, tag: Idx) {
+    let cap = table.len() / 2;
+    let mask = cap - 1;
+    let mut hole = tag as usize & mask;
+    let mut probes = 0;
+    while table[2 * hole] != child {
+        if table[2 * hole] == NONE || probes == cap {
+            return;
         }
-        table[hole] = NONE;
-        let mut j = hole;
-        loop {
-            j = (j + 1) & mask;
-            let c = table[j];
-            if c == NONE {
-                return;
-            }
-            let home = self.hash(self.node(c).label.as_bytes()) & mask;
-            // Move `c` into the hole unless its home lies cyclically in (hole, j].
-            let stays = if hole <= j {
-                hole < home && home <= j
-            } else {
-                hole < home || home <= j
-            };
-            if !stays {
-                table[hole] = c;
-                table[j] = NONE;
-                hole = j;
-            }
+        hole = (hole + 1) & mask;
+        probes += 1;
+    }
+    table[2 * hole] = NONE;
+    let mut j = hole;
+    loop {
+        j = (j + 1) & mask;
+        let c = table[2 * j];
+        if c == NONE {
+            return;
+        }
+        let home = table[2 * j + 1] as usize & mask;
+        // Move the entry into the hole unless its home lies cyclically in (hole, j].
+        let stays = if hole <= j {
+            hole < home && home <= j
+        } else {
+            hole < home || home <= j
+        };
+        if !stays {
+            table[2 * hole] = c;
+            table[2 * hole + 1] = table[2 * j + 1];
+            table[2 * j] = NONE;
+            hole = j;
         }
     }
 }
@@ -732,7 +895,8 @@ mod tests {
     #[test]
     fn layout_sizes() {
         assert_eq!(std::mem::size_of::<Label>(), 24);
-        assert_eq!(std::mem::size_of::<Node>(), 56);
+        assert_eq!(std::mem::size_of::<Node>(), 64);
+        assert_eq!(std::mem::size_of::<Entry<u32>>(), 8);
     }
 
     #[test]

@@ -1,1 +1,642 @@
 //! Per-core event loop: reap IO completions, drive the shard, submit output, drain rings.
+//!
+//! One thread per shard. Each turn: read the clock once; dispatch the completions the
+//! last `turn` copied out; drain a bounded batch of mesh messages; run due timers; drain
+//! the shard's actions (one send in flight per connection, gathering everything the
+//! shard encoded); flush the mesh and ring doorbells; then hand everything to the IO
+//! backend in one `turn`, which blocks only when the mesh agreed to park.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use crate::config::Config;
+use crate::io::{Completion, EventLoop, IoStats, LoopOptions, Remote, SockId, Transfer};
+use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
+use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
+
+/// What travels over the mesh between workers.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    Shard(ShardMsg),
+    /// A connection handed over after CONNECT; `transfer` names its socket, which the
+    /// IO layer moves separately (MSG_RING fd passing, or the raw fd for epoll).
+    Adopt {
+        handoff: Handoff,
+        transfer: Transfer,
+    },
+}
+
+/// Mesh messages handled per turn, so inbound traffic cannot starve local IO.
+const MESH_BATCH: usize = 1024;
+/// Shard actions handled per turn before IO gets its turn again.
+const ACTION_BATCH: usize = 65_536;
+/// How long a connection the shard closed may take to take its last bytes before it
+/// is closed anyway (a peer that stopped reading must not hold a socket forever).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// After shutdown starts: how long clients get to receive their DISCONNECT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Then: how long the forced closes may take before the loop gives up.
+const SHUTDOWN_HARD: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// The shard asked to close: flush what is pending, then close.
+    Draining,
+    /// `close` was issued; waiting for `Released`.
+    Closing,
+    /// `migrate` was issued; waiting for `Migrated` and `Released`.
+    Migrating,
+}
+
+#[derive(Debug)]
+struct ConnIo {
+    sock: SockId,
+    state: State,
+    sending: bool,
+}
+
+/// Counters of one worker, logged at exit.
+#[derive(Debug, Default, Clone)]
+pub struct WorkerReport {
+    pub shard: usize,
+    pub io: IoStats,
+    pub mesh_rejected: u64,
+    pub migrations_out: u64,
+    pub migrations_failed: u64,
+    pub handoffs_in: u64,
+    /// Connections still open when the shutdown deadline passed.
+    pub forced_closes: u64,
+    /// Connections closed because their last bytes were not taken within `DRAIN_TIMEOUT`.
+    pub drain_timeouts: u64,
+}
+
+/// Everything a worker thread needs; built by `main`.
+pub struct WorkerSetup {
+    pub id: usize,
+    pub config: Arc<Config>,
+    pub endpoint: Endpoint<WorkerMsg>,
+    pub listeners: Vec<TcpListener>,
+    pub loop_options: LoopOptions,
+    /// CPU to pin this thread to, when there are at least as many CPUs as shards.
+    pub pin_cpu: Option<usize>,
+    pub shutdown: Arc<AtomicBool>,
+    /// Rendezvous: every worker sends its loop's `Remote` and receives all of them.
+    pub remote_tx: mpsc::Sender<(usize, Arc<Remote>)>,
+    pub peers_rx: mpsc::Receiver<Vec<Arc<Remote>>>,
+    /// Reached by every worker after its loop ends and before its rings close, so no
+    /// loop sends a doorbell or descriptor to a ring that is gone.
+    pub exit_barrier: Arc<Barrier>,
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays in bounds for
+    // cpu < CPU_SETSIZE (checked); sched_setaffinity(0) applies to this thread.
+    unsafe {
+        if cpu >= libc::CPU_SETSIZE as usize {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// CPUs this process may run on.
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the zeroed set we pass; CPU_ISSET reads in bounds.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+struct Worker<L: EventLoop> {
+    id: usize,
+    io: L,
+    shard: Shard,
+    mesh: Endpoint<WorkerMsg>,
+    /// Indexed by `ConnId`.
+    conns: Vec<Option<ConnIo>>,
+    /// Indexed by `SockId`: the connection using it.
+    by_sock: Vec<Option<ConnId>>,
+    live: usize,
+    /// Handoffs whose socket has not arrived yet (io_uring: the MSG_RING completion
+    /// and the mesh message race).
+    waiting_handoffs: HashMap<Transfer, Handoff>,
+    /// Handoffs of connections being migrated out, until `Migrated`.
+    outgoing: HashMap<SockId, (usize, Handoff)>,
+    wake: WakeSet,
+    /// Connections draining before close, by deadline (FIFO: one fixed timeout). At
+    /// most one entry per connection.
+    draining: VecDeque<(Instant, ConnId, SockId)>,
+    report: WorkerReport,
+    shutting_down: bool,
+}
+
+/// Runs one shard's loop until shutdown has closed every connection.
+pub fn run<L: EventLoop>(
+    setup: WorkerSetup,
+    make_loop: impl FnOnce(usize, &LoopOptions) -> io::Result<L>,
+) -> io::Result<WorkerReport> {
+    let WorkerSetup {
+        id,
+        config,
+        endpoint,
+        listeners,
+        loop_options,
+        pin_cpu,
+        shutdown,
+        remote_tx,
+        peers_rx,
+        exit_barrier,
+    } = setup;
+    if let Some(cpu) = pin_cpu {
+        if let Err(e) = pin_to_cpu(cpu) {
+            tracing::warn!(shard = id, cpu, "pinning failed: {e}");
+        }
+    }
+    let io = match make_loop(id, &loop_options) {
+        Ok(io) => io,
+        Err(e) => {
+            // Others wait for our remote; dropping the sender lets them see the failure.
+            drop(remote_tx);
+            return Err(e);
+        }
+    };
+    let _ = remote_tx.send((id, io.remote()));
+    drop(remote_tx);
+    let peers = peers_rx
+        .recv()
+        .map_err(|_| io::Error::other("another worker failed to start"))?;
+    let shard = Shard::new(id, peers.len(), config);
+    let mut w = Worker {
+        id,
+        io,
+        shard,
+        mesh: endpoint,
+        conns: Vec::new(),
+        by_sock: Vec::new(),
+        live: 0,
+        waiting_handoffs: HashMap::new(),
+        outgoing: HashMap::new(),
+        wake: WakeSet::default(),
+        draining: VecDeque::new(),
+        report: WorkerReport {
+            shard: id,
+            ..Default::default()
+        },
+        shutting_down: false,
+    };
+    w.io.set_peers(peers.clone());
+    let mut result = Ok(());
+    for l in listeners {
+        if let Err(e) = w.io.add_listener(l) {
+            result = Err(e);
+        }
+    }
+    if result.is_ok() {
+        result = w.run_loop(&shutdown);
+    }
+    if result.is_err() {
+        // One loop failing stops them all; they meet at the barrier below.
+        shutdown.store(true, Ordering::SeqCst);
+        for p in &peers {
+            p.wake();
+        }
+    }
+    w.report.io = w.io.stats();
+    // Keep this loop's rings alive until every loop stopped sending to them.
+    exit_barrier.wait();
+    result.map(|()| w.report)
+}
+
+impl<L: EventLoop> Worker<L> {
+    fn run_loop(&mut self, shutdown: &AtomicBool) -> io::Result<()> {
+        let mut completions: Vec<Completion> = Vec::with_capacity(1024);
+        let mut hard_deadline: Option<Instant> = None;
+        let mut grace_deadline: Option<Instant> = None;
+        loop {
+            let now = Instant::now();
+            for c in completions.drain(..) {
+                Self::dispatch(
+                    &mut self.io,
+                    &mut self.shard,
+                    &mut self.conns,
+                    &mut self.by_sock,
+                    &mut self.live,
+                    &mut self.waiting_handoffs,
+                    &mut self.outgoing,
+                    &mut self.mesh,
+                    &mut self.wake,
+                    &mut self.report,
+                    self.shutting_down,
+                    c,
+                    now,
+                );
+            }
+            self.drain_mesh(now);
+            if self.shard.next_deadline().is_some_and(|d| d <= now) {
+                self.shard.on_timer(now);
+            }
+            if shutdown.load(Ordering::Relaxed) && !self.shutting_down {
+                tracing::debug!(shard = self.id, connections = self.live, "shutting down");
+                self.shutting_down = true;
+                self.io.stop_accepting();
+                self.shard.shutdown(now);
+                grace_deadline = Some(now + SHUTDOWN_GRACE);
+            }
+            let more_actions = self.drain_actions(now);
+            self.expire_drains(now);
+            for to in self.mesh.flush().iter() {
+                self.wake.insert(to);
+            }
+            for to in self.wake.iter() {
+                self.io.doorbell(to);
+            }
+            self.wake = WakeSet::default();
+
+            if self.shutting_down {
+                if grace_deadline.is_some_and(|d| now >= d) {
+                    grace_deadline = None;
+                    hard_deadline = Some(now + SHUTDOWN_HARD);
+                    self.force_close_all();
+                }
+                let idle = self.live == 0 && self.outgoing.is_empty() && !self.mesh.has_overflow();
+                if idle || hard_deadline.is_some_and(|d| now >= d) {
+                    // One last submit so closes and final sends reach the kernel.
+                    self.io.turn(Some(Duration::ZERO), &mut completions)?;
+                    return Ok(());
+                }
+            }
+
+            let next = match (self.shard.next_deadline(), self.draining.front()) {
+                (Some(a), Some(&(b, _, _))) => Some(a.min(b)),
+                (a, b) => a.or(b.map(|&(d, _, _)| d)),
+            };
+            let mut timeout = next.map(|d| d.saturating_duration_since(now));
+            if self.shutting_down {
+                // Wake at least every 50 ms to check the shutdown deadlines.
+                timeout = Some(timeout.map_or(Duration::from_millis(50), |t| {
+                    t.min(Duration::from_millis(50))
+                }));
+            } else if shutdown.load(Ordering::Relaxed) {
+                timeout = Some(Duration::ZERO);
+            }
+            let parked = !more_actions && self.mesh.prepare_park();
+            if !parked {
+                timeout = Some(Duration::ZERO);
+            }
+            let r = self.io.turn(timeout, &mut completions);
+            if parked {
+                self.mesh.unpark();
+            }
+            r?;
+        }
+    }
+
+    fn drain_mesh(&mut self, now: Instant) {
+        let Worker {
+            io,
+            shard,
+            conns,
+            by_sock,
+            live,
+            waiting_handoffs,
+            mesh,
+            report,
+            shutting_down,
+            ..
+        } = self;
+        mesh.recv_batch(MESH_BATCH, |from, msg| match msg {
+            WorkerMsg::Shard(m) => shard.on_message(from, m, now),
+            WorkerMsg::Adopt { handoff, transfer } => {
+                report.handoffs_in += 1;
+                tracing::debug!(shard = shard.id(), from, ?transfer, "handoff received");
+                match io.adopt(transfer) {
+                    Some(sock) if *shutting_down => io.close(sock),
+                    Some(sock) => {
+                        Self::adopt_conn(io, shard, conns, by_sock, live, sock, handoff, now)
+                    }
+                    None => {
+                        waiting_handoffs.insert(transfer, handoff);
+                    }
+                }
+            }
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn adopt_conn(
+        io: &mut L,
+        shard: &mut Shard,
+        conns: &mut Vec<Option<ConnIo>>,
+        by_sock: &mut Vec<Option<ConnId>>,
+        live: &mut usize,
+        sock: SockId,
+        handoff: Handoff,
+        now: Instant,
+    ) {
+        let conn = shard.adopt(handoff, now);
+        Self::map(conns, by_sock, live, conn, sock);
+        io.start_recv(sock);
+    }
+
+    fn map(
+        conns: &mut Vec<Option<ConnIo>>,
+        by_sock: &mut Vec<Option<ConnId>>,
+        live: &mut usize,
+        conn: ConnId,
+        sock: SockId,
+    ) {
+        if conns.len() <= conn {
+            conns.resize_with(conn + 1, || None);
+        }
+        let s = sock as usize;
+        if by_sock.len() <= s {
+            by_sock.resize(s + 1, None);
+        }
+        debug_assert!(conns[conn].is_none(), "conn id reused before release");
+        debug_assert!(
+            by_sock[s].is_none(),
+            "socket id reported again before its release"
+        );
+        conns[conn] = Some(ConnIo {
+            sock,
+            state: State::Open,
+            sending: false,
+        });
+        by_sock[s] = Some(conn);
+        *live += 1;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        io: &mut L,
+        shard: &mut Shard,
+        conns: &mut Vec<Option<ConnIo>>,
+        by_sock: &mut Vec<Option<ConnId>>,
+        live: &mut usize,
+        waiting_handoffs: &mut HashMap<Transfer, Handoff>,
+        outgoing: &mut HashMap<SockId, (usize, Handoff)>,
+        mesh: &mut Endpoint<WorkerMsg>,
+        wake: &mut WakeSet,
+        report: &mut WorkerReport,
+        shutting_down: bool,
+        c: Completion,
+        now: Instant,
+    ) {
+        let conn_of = |by_sock: &Vec<Option<ConnId>>, sock: SockId| {
+            by_sock.get(sock as usize).copied().flatten()
+        };
+        match c {
+            Completion::Accepted { sock, peer } => {
+                if shutting_down {
+                    io.close(sock);
+                    return;
+                }
+                let conn = shard.accept(peer, now);
+                Self::map(conns, by_sock, live, conn, sock);
+                io.start_recv(sock);
+            }
+            Completion::Adopted { transfer, sock } => match waiting_handoffs.remove(&transfer) {
+                Some(_) if shutting_down => io.close(sock),
+                Some(handoff) => {
+                    Self::adopt_conn(io, shard, conns, by_sock, live, sock, handoff, now)
+                }
+                None => {
+                    tracing::warn!(shard = shard.id(), "socket arrived without its handoff");
+                    io.close(sock);
+                }
+            },
+            Completion::Recv { sock, buf } => {
+                if let Some(conn) = conn_of(by_sock, sock) {
+                    let state = conns.get(conn).and_then(|c| c.as_ref()).map(|c| c.state);
+                    match state {
+                        Some(State::Open) => shard.on_read(conn, io.buf(buf), now),
+                        Some(State::Migrating) => {
+                            // Bytes that arrived after the shard decided to migrate
+                            // travel with the connection.
+                            if let Some((_, handoff)) = outgoing.get_mut(&sock) {
+                                handoff.rx.extend_from_slice(io.buf(buf));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                io.recycle(buf);
+            }
+            Completion::RecvEnd { sock, errno } => {
+                let Some(conn) = conn_of(by_sock, sock) else {
+                    return;
+                };
+                let Some(Some(c)) = conns.get_mut(conn) else {
+                    return;
+                };
+                if matches!(c.state, State::Open | State::Draining) {
+                    if errno != 0 {
+                        tracing::debug!(shard = shard.id(), conn, errno, "receive failed");
+                    }
+                    if c.state == State::Open {
+                        shard.on_closed(conn, now);
+                    }
+                    c.state = State::Closing;
+                    io.close(sock);
+                }
+            }
+            Completion::SendDone { sock, errno } => {
+                let Some(conn) = conn_of(by_sock, sock) else {
+                    return;
+                };
+                let Some(Some(c)) = conns.get_mut(conn) else {
+                    return;
+                };
+                c.sending = false;
+                match (c.state, errno) {
+                    (State::Open, 0) | (State::Draining, 0) => {
+                        if let Some(data) = shard.take_tx(conn) {
+                            c.sending = true;
+                            io.send(sock, data);
+                        } else if c.state == State::Draining {
+                            c.state = State::Closing;
+                            io.close(sock);
+                        }
+                    }
+                    (State::Open, e) | (State::Draining, e) => {
+                        tracing::debug!(shard = shard.id(), conn, errno = e, "send failed");
+                        if c.state == State::Open {
+                            shard.on_closed(conn, now);
+                        }
+                        c.state = State::Closing;
+                        io.close(sock);
+                    }
+                    _ => {}
+                }
+            }
+            Completion::Migrated { sock, result } => {
+                let Some((to, handoff)) = outgoing.remove(&sock) else {
+                    return;
+                };
+                tracing::debug!(shard = shard.id(), sock, to, ?result, "migrated");
+                match result {
+                    Ok(transfer) => {
+                        report.migrations_out += 1;
+                        match mesh.send(to, WorkerMsg::Adopt { handoff, transfer }) {
+                            Ok(SendOutcome::QueuedWake) => wake.insert(to),
+                            Ok(_) => {}
+                            Err(e) => {
+                                // The socket already sits in the target's table with no
+                                // handoff to pair it with; the target closes it.
+                                report.mesh_rejected += 1;
+                                report.migrations_failed += 1;
+                                tracing::warn!(
+                                    shard = shard.id(),
+                                    to,
+                                    "mesh full: handoff dropped"
+                                );
+                                drop(e.into_inner());
+                            }
+                        }
+                    }
+                    Err(errno) => {
+                        report.migrations_failed += 1;
+                        tracing::warn!(shard = shard.id(), to, errno, "socket handoff failed");
+                    }
+                }
+            }
+            Completion::Released { sock } => {
+                let Some(conn) = conn_of(by_sock, sock) else {
+                    return;
+                };
+                by_sock[sock as usize] = None;
+                if let Some(slot) = conns.get_mut(conn) {
+                    *slot = None;
+                }
+                *live = live.saturating_sub(1);
+                shard.release(conn);
+            }
+        }
+    }
+
+    /// Drains the shard's actions. Returns true when the batch bound stopped it.
+    fn drain_actions(&mut self, now: Instant) -> bool {
+        for _ in 0..ACTION_BATCH {
+            let Some(action) = self.shard.poll_action() else {
+                return false;
+            };
+            match action {
+                Action::Flush(conn) => {
+                    let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        continue;
+                    };
+                    if c.sending || !matches!(c.state, State::Open | State::Draining) {
+                        continue;
+                    }
+                    if let Some(data) = self.shard.take_tx(conn) {
+                        c.sending = true;
+                        self.io.send(c.sock, data);
+                    }
+                }
+                Action::Close(conn) => {
+                    let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        continue;
+                    };
+                    if c.state != State::Open {
+                        continue;
+                    }
+                    c.state = State::Draining;
+                    if !c.sending {
+                        if let Some(data) = self.shard.take_tx(conn) {
+                            c.sending = true;
+                            self.io.send(c.sock, data);
+                        } else {
+                            c.state = State::Closing;
+                            self.io.close(c.sock);
+                        }
+                    }
+                    if c.state == State::Draining {
+                        self.draining.push_back((now + DRAIN_TIMEOUT, conn, c.sock));
+                    }
+                }
+                Action::Migrate { conn, to, handoff } => {
+                    let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        continue;
+                    };
+                    if c.state != State::Open || self.shutting_down {
+                        if c.state == State::Open {
+                            c.state = State::Closing;
+                            self.io.close(c.sock);
+                        }
+                        continue;
+                    }
+                    c.state = State::Migrating;
+                    tracing::debug!(shard = self.id, conn, sock = c.sock, to, "migrating");
+                    self.outgoing.insert(c.sock, (to, handoff));
+                    self.io.migrate(c.sock, to);
+                }
+                Action::Send { to, msg } => match self.mesh.send(to, WorkerMsg::Shard(msg)) {
+                    Ok(SendOutcome::QueuedWake) => self.wake.insert(to),
+                    Ok(SendOutcome::Queued) | Ok(SendOutcome::Overflowed) => {}
+                    Err(SendError::Rejected(_)) => {
+                        self.report.mesh_rejected += 1;
+                        if self.report.mesh_rejected.is_power_of_two() {
+                            tracing::warn!(
+                                shard = self.id,
+                                to,
+                                rejected = self.report.mesh_rejected,
+                                "mesh full: message dropped"
+                            );
+                        }
+                    }
+                    Err(SendError::NoSuchShard(_)) => {
+                        tracing::error!(shard = self.id, to, "message to unknown shard dropped");
+                    }
+                },
+            }
+        }
+        true
+    }
+
+    /// Closes draining connections whose peer did not take the last bytes in time.
+    fn expire_drains(&mut self, now: Instant) {
+        while let Some(&(deadline, conn, sock)) = self.draining.front() {
+            if deadline > now {
+                return;
+            }
+            self.draining.pop_front();
+            let Some(Some(c)) = self.conns.get_mut(conn) else {
+                continue;
+            };
+            // The entry may be stale: the connection closed and the id was reused.
+            if c.sock == sock && c.state == State::Draining {
+                self.report.drain_timeouts += 1;
+                c.state = State::Closing;
+                self.io.close(sock);
+            }
+        }
+    }
+
+    /// Shutdown deadline passed: close what is still open, pending bytes or not.
+    fn force_close_all(&mut self) {
+        for c in self.conns.iter_mut().flatten() {
+            if matches!(c.state, State::Open | State::Draining) {
+                self.report.forced_closes += 1;
+                c.state = State::Closing;
+                self.io.close(c.sock);
+            }
+        }
+    }
+}

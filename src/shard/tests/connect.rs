@@ -160,11 +160,11 @@ fn raw_connect(level: u8) -> Vec<u8> {
 }
 
 #[test]
-fn unsupported_level_above_5_gets_v5_connack_0x84() {
+fn unsupported_level_above_5_gets_v311_return_code_1() {
     let mut cl = Cluster::new(1, cfg());
-    let c = cl.open(0, V5);
+    let c = cl.open(0, V311);
     cl.send_raw(c, &raw_connect(6));
-    assert_eq!(cl.clients[c].raw, vec![0x20, 0x03, 0x00, 0x84, 0x00]);
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x01]);
     cl.expect_closed(c);
 }
 

@@ -426,3 +426,37 @@ fn unsubscribe_v5_codes_and_stops_delivery() {
     cl.expect_nothing(s);
     assert_eq!(cl.shards[0].stats().subscriptions, 0);
 }
+
+#[test]
+fn suback_waits_until_every_shard_routes_to_the_new_subscriber() {
+    let mut cl = Cluster::new(3, cfg());
+    let s = cl.connect_ok(V311, &id_on(1, 3, "sub"), ConnectOpts::default(), false);
+    let p = cl.connect_ok(V311, &id_on(2, 3, "pub"), ConnectOpts::default(), false);
+    cl.hold_mesh = true;
+    cl.subscribe_with(
+        s,
+        "race/t",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
+    // The route add is still on its way to shards 0 and 2: no SUBACK yet, since a
+    // client holding one may publish on another shard at once.
+    cl.expect_nothing(s);
+    cl.hold_mesh = false;
+    cl.pump();
+    cl.expect(s, suback(1, &[ReasonCode::Success]));
+    cl.publish(p, "race/t", "m", Q0, false, 0);
+    cl.expect(s, pubp("race/t", "m", Q0, false, 0));
+}
+
+#[test]
+fn suback_for_an_existing_route_is_immediate() {
+    let mut cl = Cluster::new(2, cfg());
+    let a = cl.connect_ok(V311, &id_on(1, 2, "a"), ConnectOpts::default(), false);
+    let b = cl.connect_ok(V311, &id_on(1, 2, "b"), ConnectOpts::default(), false);
+    cl.subscribe(a, "known/t", Q0);
+    cl.hold_mesh = true;
+    // Same filter on the same shard: no route change, nothing to wait for.
+    cl.subscribe(b, "known/t", Q0);
+    cl.hold_mesh = false;
+}

@@ -1,0 +1,493 @@
+//! epoll backend (via `mio`, edge-triggered), behind the same seam as io_uring. Used
+//! when `io_uring_setup` fails (seccomp, `kernel.io_uring_disabled`) or on request.
+//!
+//! Connections are plain fds here, so this backend holds at most `RLIMIT_NOFILE` minus a
+//! small reserve. Reads go into one receive arena per loop, filled by every readable
+//! socket in a turn and reused on the next turn (no buffer parked per idle connection).
+//! Writes happen at `send`; what the socket does not take waits for writability.
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use super::{
+    BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind, SockId, Transfer,
+};
+
+const WAKER_TOKEN: Token = Token(usize::MAX);
+/// Listener `i` has token `LISTENER_BASE - i`.
+const LISTENER_BASE: usize = usize::MAX - 1;
+/// Fds kept for everything that is not a connection (listeners, poll, stdio, spare).
+const FD_RESERVE: u64 = 64;
+/// Bound on accepts per listener per turn, so a connection storm cannot starve IO.
+const ACCEPTS_PER_TURN: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Open,
+    /// The peer closed or reading failed; no further reads.
+    RecvEnded,
+    /// Closed or migrated: the id stays taken until `Released` is reported next turn,
+    /// so it cannot be reused before the worker has seen the release.
+    Dead,
+}
+
+struct Sock {
+    /// `None` once dead.
+    stream: Option<TcpStream>,
+    state: State,
+    /// The worker called `start_recv`.
+    recv_on: bool,
+    /// Queued in `readable`.
+    queued: bool,
+    /// The rest of the one send in flight.
+    tx: Option<Bytes>,
+}
+
+pub struct EpollLoop {
+    id: usize,
+    poll: Poll,
+    events: Events,
+    socks: Slab<Sock>,
+    listeners: Vec<Option<mio::net::TcpListener>>,
+    listener_ready: Vec<bool>,
+    accepting: bool,
+    max_connections: usize,
+    /// Receive arena for one turn; `BufRef`s point into it until the next `turn`.
+    arena: Box<[u8]>,
+    arena_used: usize,
+    chunk: usize,
+    /// Sockets with data still to read (arena was full, or just started).
+    readable: VecDeque<SockId>,
+    /// Closed or migrated sockets to report as `Released` at the next turn.
+    dead: Vec<SockId>,
+    pending: Vec<Completion>,
+    remote: Arc<Remote>,
+    peers: Vec<Arc<Remote>>,
+    /// Reserved fd, given up to accept-and-drop a connection when fds run out.
+    spare_fd: Option<std::fs::File>,
+    stats: IoStats,
+}
+
+impl EpollLoop {
+    pub fn new(id: usize, opts: &LoopOptions) -> io::Result<EpollLoop> {
+        let poll = Poll::new()?;
+        let waker = mio::Waker::new(poll.registry(), WAKER_TOKEN)?;
+        let fd_cap = super::nofile_limit().saturating_sub(FD_RESERVE).max(1) as usize;
+        let chunk = opts.recv_buf_size_bytes.max(512);
+        // Enough arena for a good batch per turn without keeping much memory.
+        let arena_len = chunk * 64;
+        Ok(EpollLoop {
+            id,
+            poll,
+            events: Events::with_capacity(1024),
+            socks: Slab::new(),
+            listeners: Vec::new(),
+            listener_ready: Vec::new(),
+            accepting: true,
+            max_connections: opts.max_connections.min(fd_cap),
+            arena: vec![0u8; arena_len].into_boxed_slice(),
+            arena_used: 0,
+            chunk,
+            readable: VecDeque::new(),
+            dead: Vec::new(),
+            pending: Vec::new(),
+            remote: Arc::new(Remote {
+                kind: RemoteKind::Epoll { waker },
+            }),
+            peers: Vec::new(),
+            spare_fd: std::fs::File::open("/dev/null").ok(),
+            stats: IoStats::default(),
+        })
+    }
+
+    /// Connections this loop can hold (bounded by the fd limit).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
+    }
+
+    fn insert(&mut self, stream: TcpStream) -> io::Result<SockId> {
+        let entry = self.socks.vacant_entry();
+        let sock = entry.key();
+        let mut stream = stream;
+        self.poll.registry().register(
+            &mut stream,
+            Token(sock),
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        entry.insert(Sock {
+            stream: Some(stream),
+            state: State::Open,
+            recv_on: false,
+            queued: false,
+            tx: None,
+        });
+        Ok(sock as SockId)
+    }
+
+    fn accept_ready(&mut self, out: &mut Vec<Completion>) {
+        for li in 0..self.listeners.len() {
+            if !self.listener_ready[li] {
+                continue;
+            }
+            let mut budget = ACCEPTS_PER_TURN;
+            loop {
+                if budget == 0 || !self.accepting {
+                    break;
+                }
+                budget -= 1;
+                let Some(listener) = self.listeners[li].as_ref() else {
+                    break;
+                };
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        if self.socks.len() >= self.max_connections {
+                            self.stats.accept_dropped_full += 1;
+                            tracing::warn!(
+                                loop_id = self.id,
+                                "connection limit reached: connection dropped"
+                            );
+                            drop(stream);
+                            continue;
+                        }
+                        let _ = stream.set_nodelay(true);
+                        match self.insert(stream) {
+                            Ok(sock) => {
+                                self.stats.accepted += 1;
+                                out.push(Completion::Accepted { sock, peer });
+                            }
+                            Err(e) => {
+                                self.stats.accept_errors += 1;
+                                tracing::warn!("register accepted socket: {e}");
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.listener_ready[li] = false;
+                        break;
+                    }
+                    Err(e)
+                        if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) =>
+                    {
+                        // Out of fds: give up the spare to accept the connection and drop
+                        // it, so it does not sit in the backlog waking us forever.
+                        self.stats.accept_dropped_full += 1;
+                        tracing::warn!(loop_id = self.id, "fd limit reached: connection dropped");
+                        self.spare_fd = None;
+                        if let Some(l) = self.listeners[li].as_ref() {
+                            drop(l.accept());
+                        }
+                        self.spare_fd = std::fs::File::open("/dev/null").ok();
+                    }
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                        ) => {}
+                    Err(e) => {
+                        self.stats.accept_errors += 1;
+                        tracing::warn!("accept failed: {e}");
+                        self.listener_ready[li] = false;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_ready(&mut self, out: &mut Vec<Completion>) {
+        while let Some(sock) = self.readable.pop_front() {
+            if self.arena.len() - self.arena_used < self.chunk {
+                // Arena full: continue with this socket next turn.
+                self.readable.push_front(sock);
+                return;
+            }
+            let Some(s) = self.socks.get_mut(sock as usize) else {
+                continue;
+            };
+            s.queued = false;
+            if !s.recv_on || s.state != State::Open {
+                continue;
+            }
+            loop {
+                if self.arena.len() - self.arena_used < self.chunk {
+                    s.queued = true;
+                    self.readable.push_front(sock);
+                    return;
+                }
+                let start = self.arena_used;
+                let Some(stream) = s.stream.as_mut() else {
+                    break;
+                };
+                match stream.read(&mut self.arena[start..start + self.chunk]) {
+                    Ok(0) => {
+                        s.state = State::RecvEnded;
+                        out.push(Completion::RecvEnd { sock, errno: 0 });
+                        break;
+                    }
+                    Ok(n) => {
+                        self.arena_used += n;
+                        out.push(Completion::Recv {
+                            sock,
+                            buf: BufRef {
+                                group: 0,
+                                bid: 0,
+                                offset: start as u32,
+                                len: n as u32,
+                            },
+                        });
+                        if n < self.chunk {
+                            // A short read drained the socket; new data raises a new edge.
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        s.state = State::RecvEnded;
+                        out.push(Completion::RecvEnd {
+                            sock,
+                            errno: e.raw_os_error().unwrap_or(libc::EIO),
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes as much of the pending send as the socket takes.
+    fn write_some(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        let Some(tx) = s.tx.as_mut() else { return };
+        loop {
+            let Some(stream) = s.stream.as_mut() else {
+                return;
+            };
+            match stream.write(tx) {
+                Ok(n) => {
+                    let _ = tx.split_to(n.min(tx.len()));
+                    if tx.is_empty() {
+                        s.tx = None;
+                        self.pending.push(Completion::SendDone { sock, errno: 0 });
+                        return;
+                    }
+                    if n == 0 {
+                        // Cannot happen on a stream socket with bytes to write; treat as
+                        // a broken connection rather than spin.
+                        s.tx = None;
+                        self.pending.push(Completion::SendDone {
+                            sock,
+                            errno: libc::EPIPE,
+                        });
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    s.tx = None;
+                    self.pending.push(Completion::SendDone {
+                        sock,
+                        errno: e.raw_os_error().unwrap_or(libc::EIO),
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
+    fn enqueue_read(&mut self, sock: SockId) {
+        if let Some(s) = self.socks.get_mut(sock as usize) {
+            if s.recv_on && !s.queued && s.state == State::Open {
+                s.queued = true;
+                self.readable.push_back(sock);
+            }
+        }
+    }
+
+    /// Takes the stream out and marks the socket dead; `Released` follows next turn.
+    fn kill(&mut self, sock: SockId) -> Option<TcpStream> {
+        let s = self.socks.get_mut(sock as usize)?;
+        let mut stream = s.stream.take()?;
+        s.state = State::Dead;
+        s.tx = None;
+        let _ = self.poll.registry().deregister(&mut stream);
+        self.dead.push(sock);
+        Some(stream)
+    }
+}
+
+impl EventLoop for EpollLoop {
+    fn remote(&self) -> Arc<Remote> {
+        self.remote.clone()
+    }
+
+    fn set_peers(&mut self, peers: Vec<Arc<Remote>>) {
+        self.peers = peers;
+    }
+
+    fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let mut l = mio::net::TcpListener::from_std(listener);
+        let idx = self.listeners.len();
+        self.poll
+            .registry()
+            .register(&mut l, Token(LISTENER_BASE - idx), Interest::READABLE)?;
+        self.listeners.push(Some(l));
+        // Connections may already wait in the backlog.
+        self.listener_ready.push(true);
+        Ok(())
+    }
+
+    fn stop_accepting(&mut self) {
+        self.accepting = false;
+        for l in self.listeners.iter_mut() {
+            if let Some(mut l) = l.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+        }
+    }
+
+    fn start_recv(&mut self, sock: SockId) {
+        if let Some(s) = self.socks.get_mut(sock as usize) {
+            s.recv_on = true;
+        }
+        // Data may have arrived before; its readiness edge is gone.
+        self.enqueue_read(sock);
+    }
+
+    fn send(&mut self, sock: SockId, data: Bytes) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if data.is_empty() || s.state == State::Dead {
+            return;
+        }
+        debug_assert!(s.tx.is_none(), "one send in flight per socket");
+        if s.tx.is_some() {
+            return;
+        }
+        s.tx = Some(data);
+        self.write_some(sock);
+    }
+
+    fn close(&mut self, sock: SockId) {
+        drop(self.kill(sock));
+    }
+
+    fn migrate(&mut self, sock: SockId, to: usize) {
+        let _ = to;
+        let Some(stream) = self.kill(sock) else {
+            return;
+        };
+        let fd = stream.into_raw_fd();
+        self.pending.push(Completion::Migrated {
+            sock,
+            result: Ok(Transfer(fd as u64)),
+        });
+    }
+
+    fn adopt(&mut self, transfer: Transfer) -> Option<SockId> {
+        let fd = transfer.0 as RawFd;
+        // SAFETY: the fd was detached from a loop's stream with `into_raw_fd` in `migrate`
+        // and travels to exactly one `adopt`; we take ownership of it here.
+        let std_stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+        match self.insert(TcpStream::from_std(std_stream)) {
+            Ok(sock) => Some(sock),
+            Err(e) => {
+                // Registration failed (fd limits): the stream was dropped and closed.
+                self.stats.migrate_failed += 1;
+                tracing::warn!("adopt socket: {e}");
+                None
+            }
+        }
+    }
+
+    fn doorbell(&mut self, to: usize) {
+        if let Some(peer) = self.peers.get(to) {
+            peer.wake();
+        }
+    }
+
+    fn buf(&self, buf: BufRef) -> &[u8] {
+        let start = buf.offset as usize;
+        let end = start.saturating_add(buf.len as usize);
+        self.arena.get(start..end).unwrap_or(&[])
+    }
+
+    fn recycle(&mut self, buf: BufRef) {
+        // The arena is reset as a whole at the next turn.
+        let _ = buf;
+    }
+
+    fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.arena_used = 0;
+        // Events raised between turns (`Released` from `close`) go first: an `Accepted`
+        // below may reuse the same socket id.
+        let ready_before = !self.pending.is_empty() || !self.dead.is_empty();
+        out.append(&mut self.pending);
+        for sock in self.dead.drain(..) {
+            self.socks.remove(sock as usize);
+            out.push(Completion::Released { sock });
+        }
+        let busy = ready_before
+            || !self.readable.is_empty()
+            || (self.accepting && self.listener_ready.iter().any(|r| *r));
+        let timeout = if busy { Some(Duration::ZERO) } else { timeout };
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        let mut writable = Vec::new();
+        let mut readable = Vec::new();
+        for ev in self.events.iter() {
+            let token = ev.token();
+            if token == WAKER_TOKEN {
+                continue;
+            }
+            if token.0 > LISTENER_BASE - self.listeners.len() && token.0 <= LISTENER_BASE {
+                self.listener_ready[LISTENER_BASE - token.0] = true;
+                continue;
+            }
+            let sock = token.0 as SockId;
+            if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                readable.push(sock);
+            }
+            if ev.is_writable() || ev.is_write_closed() {
+                writable.push(sock);
+            }
+        }
+        for sock in readable {
+            self.enqueue_read(sock);
+        }
+        for sock in writable {
+            self.write_some(sock);
+        }
+        if self.accepting {
+            self.accept_ready(out);
+        }
+        self.read_ready(out);
+        out.append(&mut self.pending);
+        Ok(())
+    }
+
+    fn stats(&self) -> IoStats {
+        self.stats
+    }
+
+    fn name(&self) -> &'static str {
+        "epoll"
+    }
+}

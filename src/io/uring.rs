@@ -1,0 +1,1248 @@
+//! io_uring backend on the raw `io-uring` crate.
+//!
+//! One loop owns `k` rings. Ring 0 blocks in `io_uring_enter`; rings 1..k are watched
+//! by a multishot `POLL_ADD` on their fds submitted into ring 0, because each ring's
+//! registered file table holds at most `RLIMIT_NOFILE` slots (DESIGN.md: 2 loops × 3
+//! rings held 100k connections with a 20k fd limit).
+//!
+//! Per ring: a sparse registered file table; accepted sockets go straight into it as
+//! direct descriptors (`IORING_FILE_INDEX_ALLOC`), so a connection costs no process fd.
+//! Receives are multishot with a provided-buffer ring, so an idle connection parks no
+//! buffer. Sends: one `SEND` in flight per socket, resubmitted on a short write.
+//!
+//! Accepts are single-shot (a few armed per ring and listener, each with its own
+//! sockaddr buffer) rather than multishot: a multishot accept writes every peer address
+//! into one shared buffer, overwritten before the completions are read when connections
+//! arrive in a burst, and a direct descriptor cannot be asked `getpeername`. Re-arming a
+//! few accepts per turn costs nothing next to the TCP handshake.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use io_uring::types::{
+    BufRingEntry, CancelBuilder, DestinationSlot, Fd, Fixed, SubmitArgs, Timespec,
+};
+use io_uring::{cqueue, opcode, squeue, IoUring, Probe};
+use slab::Slab;
+
+use super::{
+    sockaddr_to_std, BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind,
+    SockId, Transfer,
+};
+
+/// Most rings one loop may own (each is one process fd and one registered table).
+pub const MAX_RINGS: usize = 16;
+/// Single-shot accepts kept armed per ring and listener.
+const ACCEPTS_PER_RING: usize = 4;
+/// Table slots kept free per ring: in-flight accepts plus sockets migrating in.
+const TABLE_HEADROOM: u32 = 64;
+
+// user_data layout: kind in the top byte, payload below.
+const KIND_SHIFT: u32 = 56;
+const PAYLOAD_MASK: u64 = (1 << KIND_SHIFT) - 1;
+const K_ACCEPT: u64 = 1;
+const K_RECV: u64 = 2;
+const K_SEND: u64 = 3;
+const K_CLOSE: u64 = 4;
+const K_CANCEL: u64 = 5;
+const K_SEND_FD: u64 = 6;
+const K_ADOPT: u64 = 7;
+const K_DOORBELL: u64 = 8;
+const K_RING_POLL: u64 = 9;
+const K_EVENTFD: u64 = 10;
+
+fn ud(kind: u64, payload: u64) -> u64 {
+    (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
+}
+
+/// What `probe_support` found; logged at startup.
+#[derive(Debug, Clone)]
+pub struct UringFeatures {
+    pub kernel: String,
+    pub ext_arg: bool,
+    pub nodrop: bool,
+    pub fast_poll: bool,
+    pub msg_ring: bool,
+    pub send_zc: bool,
+    pub recv_bundle: bool,
+    pub pbuf_ring: bool,
+}
+
+impl std::fmt::Display for UringFeatures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "kernel {}, ext_arg={} nodrop={} fast_poll={} msg_ring={} pbuf_ring={} send_zc={} recv_bundle={}",
+            self.kernel,
+            self.ext_arg,
+            self.nodrop,
+            self.fast_poll,
+            self.msg_ring,
+            self.pbuf_ring,
+            self.send_zc,
+            self.recv_bundle
+        )
+    }
+}
+
+fn kernel_release() -> String {
+    // SAFETY: uname fills a zeroed utsname; release is NUL-terminated by the kernel.
+    unsafe {
+        let mut u: libc::utsname = std::mem::zeroed();
+        if libc::uname(&mut u) != 0 {
+            return "unknown".into();
+        }
+        std::ffi::CStr::from_ptr(u.release.as_ptr())
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+fn kernel_at_least(release: &str, major: u32, minor: u32) -> bool {
+    let mut it = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty());
+    let ma: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    let mi: u32 = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+    (ma, mi) >= (major, minor)
+}
+
+/// Sets up a small ring and checks every opcode and feature this backend relies on.
+/// Fails when io_uring is unusable here (ENOSYS, EPERM from seccomp or
+/// `kernel.io_uring_disabled`) or too old (multishot recv and `MSG_RING` fd passing
+/// need 6.0).
+pub fn probe_support() -> io::Result<UringFeatures> {
+    let ring: IoUring = IoUring::new(8)?;
+    let mut probe = Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    let needed = [
+        (opcode::Accept::CODE, "ACCEPT"),
+        (opcode::Recv::CODE, "RECV"),
+        (opcode::Send::CODE, "SEND"),
+        (opcode::Close::CODE, "CLOSE"),
+        (opcode::AsyncCancel::CODE, "ASYNC_CANCEL"),
+        (opcode::MsgRingData::CODE, "MSG_RING"),
+        (opcode::PollAdd::CODE, "POLL_ADD"),
+    ];
+    for (code, name) in needed {
+        if !probe.is_supported(code) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring lacks {name}"),
+            ));
+        }
+    }
+    let kernel = kernel_release();
+    if !kernel_at_least(&kernel, 6, 0) {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("kernel {kernel}: multishot recv and MSG_RING fd passing need 6.0"),
+        ));
+    }
+    let params = ring.params().clone();
+    if !params.is_feature_ext_arg() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks EXT_ARG",
+        ));
+    }
+    // A provided-buffer ring is a flag-level feature no probe reports: register one.
+    let pool = BufPool::new(8, 64)?;
+    // SAFETY: the pool's ring memory stays mapped until after it is unregistered below.
+    let pbuf_ring = unsafe {
+        ring.submitter()
+            .register_buf_ring_with_flags(pool.ring_addr(), 8, 0, 0)
+    }
+    .is_ok();
+    if pbuf_ring {
+        let _ = ring.submitter().unregister_buf_ring(0);
+    }
+    drop(ring);
+    drop(pool);
+    if !pbuf_ring {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "io_uring lacks provided-buffer rings",
+        ));
+    }
+    Ok(UringFeatures {
+        kernel,
+        ext_arg: params.is_feature_ext_arg(),
+        nodrop: params.is_feature_nodrop(),
+        fast_poll: params.is_feature_fast_poll(),
+        msg_ring: true,
+        send_zc: probe.is_supported(opcode::SendZc::CODE),
+        recv_bundle: params.is_feature_recvsend_bundle(),
+        pbuf_ring,
+    })
+}
+
+/// Rings per loop and table slots per ring for `opts`: each table holds at most
+/// `RLIMIT_NOFILE` slots (or `opts.table_slots_max`), `TABLE_HEADROOM` of them kept
+/// free; as many rings as needed for `opts.max_connections`, at most `MAX_RINGS`.
+pub fn plan_rings(opts: &LoopOptions) -> io::Result<(usize, u32)> {
+    let mut limit = super::nofile_limit().min(u64::from(u32::MAX)) as u32;
+    if opts.table_slots_max > 0 {
+        limit = limit.min(opts.table_slots_max);
+    }
+    if limit <= TABLE_HEADROOM {
+        return Err(io::Error::other(format!(
+            "file table limit {limit} too low (headroom {TABLE_HEADROOM})"
+        )));
+    }
+    let per_ring_max = limit - TABLE_HEADROOM;
+    let wanted = opts.max_connections.max(1) as u64;
+    let ring_count = wanted
+        .div_ceil(u64::from(per_ring_max))
+        .clamp(1, MAX_RINGS as u64) as usize;
+    let per_ring = wanted
+        .div_ceil(ring_count as u64)
+        .min(u64::from(per_ring_max)) as u32;
+    Ok((ring_count, (per_ring + TABLE_HEADROOM).min(limit)))
+}
+
+/// Connections a loop planned with `plan_rings` holds.
+pub fn planned_capacity(rings: usize, table_size: u32) -> usize {
+    rings * table_size.saturating_sub(TABLE_HEADROOM) as usize
+}
+
+/// An anonymous private mapping, unmapped on drop.
+struct Mmap {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mmap {
+    fn new(len: usize) -> io::Result<Mmap> {
+        // SAFETY: anonymous private mapping with no address hint; checked for MAP_FAILED.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mmap {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for Mmap {
+    fn drop(&mut self) {
+        // SAFETY: ptr/len came from a successful mmap and nothing refers to it any more
+        // (owners leak the mapping instead when the kernel may still write to it).
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
+        }
+    }
+}
+
+/// A provided-buffer ring: `count` buffers of `size` bytes, handed to the kernel through
+/// a shared ring of `BufRingEntry`; the kernel picks one per multishot receive.
+struct BufPool {
+    ring: Mmap,
+    data: Mmap,
+    count: u16,
+    size: usize,
+    /// Our copy of the tail; published to the kernel with a release store.
+    tail: u16,
+}
+
+impl BufPool {
+    fn new(count: usize, size: usize) -> io::Result<BufPool> {
+        assert!(
+            count.is_power_of_two() && count <= 32768,
+            "buffer count must be a power of two <= 32768"
+        );
+        let ring = Mmap::new(count * std::mem::size_of::<BufRingEntry>())?;
+        let data = Mmap::new(count * size)?;
+        let mut pool = BufPool {
+            ring,
+            data,
+            count: count as u16,
+            size,
+            tail: 0,
+        };
+        for bid in 0..count {
+            pool.write_entry(bid as u16);
+        }
+        pool.publish();
+        Ok(pool)
+    }
+
+    fn ring_addr(&self) -> u64 {
+        self.ring.ptr as u64
+    }
+
+    fn entries(&self) -> *mut BufRingEntry {
+        self.ring.ptr.cast()
+    }
+
+    fn write_entry(&mut self, bid: u16) {
+        let mask = self.count.wrapping_sub(1);
+        let idx = (self.tail & mask) as usize;
+        // SAFETY: idx < count, inside the ring mapping; the kernel only reads entries
+        // between its head and our published tail, and this one is beyond the tail.
+        unsafe {
+            let e = &mut *self.entries().add(idx);
+            e.set_addr(self.data.ptr.add(bid as usize * self.size) as u64);
+            e.set_len(self.size as u32);
+            e.set_bid(bid);
+        }
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field lives in entry 0 of the page-aligned ring mapping; the
+        // kernel reads it concurrently, hence the atomic release store, which makes the
+        // entries written before it visible.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries()) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+
+    fn give_back(&mut self, bid: u16) {
+        self.write_entry(bid);
+        self.publish();
+    }
+
+    fn slice(&self, bid: u16, len: usize) -> &[u8] {
+        let len = len.min(self.size);
+        let bid = (bid as usize).min(self.count as usize - 1);
+        // SAFETY: bid < count and len <= size, so the range is inside the data mapping;
+        // the kernel wrote these bytes before posting the completion and does not touch
+        // this buffer again until it is given back.
+        unsafe { std::slice::from_raw_parts(self.data.ptr.add(bid * self.size), len) }
+    }
+}
+
+struct Ring {
+    uring: IoUring,
+    table_size: u32,
+    /// Table slots holding sockets of this ring.
+    live: u32,
+    /// Accepts in flight on this ring (each may take a slot).
+    accepts_armed: u32,
+    /// Entries that did not fit into a full submission queue, in order.
+    backlog: std::collections::VecDeque<squeue::Entry>,
+    /// Declared after `uring` so the ring is torn down before the buffers are unmapped.
+    bufs: BufPool,
+}
+
+impl Ring {
+    /// Queues an operation. When the submission queue is full it is handed to the
+    /// kernel at once; if that does not make room (CQ overflow backlog), the entry
+    /// waits in `backlog` for the next turn, after completions were reaped.
+    fn push(&mut self, entry: squeue::Entry) {
+        if self.backlog.is_empty() && self.try_push(&entry) {
+            return;
+        }
+        if self.backlog.is_empty() {
+            if let Err(e) = self.uring.submit() {
+                if !transient(&e) {
+                    tracing::warn!("io_uring submit (queue full) failed: {e}");
+                }
+            }
+            if self.try_push(&entry) {
+                return;
+            }
+        }
+        self.backlog.push_back(entry);
+    }
+
+    fn try_push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: every pointer an entry carries (send data, sockaddr buffers) is owned
+        // by the loop and outlives the operation; see the builders in `UringLoop`.
+        unsafe { self.uring.submission().push(entry) }.is_ok()
+    }
+
+    /// Moves backlogged entries into the submission queue, submitting when full.
+    fn drain_backlog(&mut self) {
+        while let Some(entry) = self.backlog.pop_front() {
+            if self.try_push(&entry) {
+                continue;
+            }
+            let _ = self.uring.submit();
+            if !self.try_push(&entry) {
+                self.backlog.push_front(entry);
+                return;
+            }
+        }
+    }
+
+    fn free_slots(&self) -> u32 {
+        self.table_size
+            .saturating_sub(self.live + self.accepts_armed + TABLE_HEADROOM)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SockState {
+    Open,
+    /// `close` called: waiting for receive/send to end before releasing.
+    Closing,
+    /// `migrate` called: waiting for the receive to end, then MSG_RING the slot.
+    Migrating {
+        to: usize,
+    },
+    /// The slot was sent; waiting for the MSG_RING result.
+    SendingFd {
+        ticket: u64,
+    },
+}
+
+struct Sock {
+    ring: u8,
+    slot: u32,
+    state: SockState,
+    recv_armed: bool,
+    /// The rest of the one send in flight.
+    tx: Option<Bytes>,
+    close_inflight: bool,
+    /// The slot was closed (or never needs closing): release once nothing is in flight.
+    slot_closed: bool,
+    /// The worker knows this socket (false for connections dropped at accept).
+    reported: bool,
+}
+
+struct AcceptSlot {
+    ring: u8,
+    armed: bool,
+    /// Boxed so the kernel's pointer stays valid while the slot vector grows.
+    addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+}
+
+struct Listener {
+    socket: Option<TcpListener>,
+    slots: Vec<AcceptSlot>,
+}
+
+pub struct UringLoop {
+    id: usize,
+    rings: Vec<Ring>,
+    socks: Slab<Sock>,
+    listeners: Vec<Listener>,
+    accepting: bool,
+    peers: Vec<Arc<Remote>>,
+    remote: Arc<Remote>,
+    eventfd: RawFd,
+    /// Fd-passing tickets: arrived before the worker claimed them, or claimed first.
+    arrived: HashMap<u64, SockId>,
+    claimed: std::collections::HashSet<u64>,
+    next_ticket: u64,
+    stats: IoStats,
+    cqes: Vec<(u8, u64, i32, u32)>,
+    pending: Vec<Completion>,
+}
+
+/// Enter errors that only mean "try again next turn": a signal, CQ overflow backlog
+/// (EBUSY), or a momentary kernel allocation failure (EAGAIN). What was not submitted
+/// stays in the submission queue.
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+    )
+}
+
+impl UringLoop {
+    /// Builds the rings of loop `id`. Must run on the thread that drives the loop.
+    pub fn new(id: usize, opts: &LoopOptions) -> io::Result<UringLoop> {
+        let (ring_count, table_size) = plan_rings(opts)?;
+        let bufs_per_ring = opts.recv_bufs_per_ring.clamp(1, 32768).next_power_of_two();
+
+        let mut rings = Vec::with_capacity(ring_count);
+        for _ in 0..ring_count {
+            let uring: IoUring = IoUring::builder()
+                .setup_cqsize(opts.sq_entries * 4)
+                .build(opts.sq_entries)?;
+            uring.submitter().register_files_sparse(table_size)?;
+            let bufs = BufPool::new(bufs_per_ring, opts.recv_buf_size_bytes)?;
+            // SAFETY: the pool's mappings live in the same `Ring` as the io_uring and are
+            // dropped after it (field order), or leaked when operations may remain.
+            unsafe {
+                uring.submitter().register_buf_ring_with_flags(
+                    bufs.ring_addr(),
+                    bufs.count,
+                    0,
+                    0,
+                )?;
+            }
+            rings.push(Ring {
+                uring,
+                table_size,
+                live: 0,
+                accepts_armed: 0,
+                backlog: Default::default(),
+                bufs,
+            });
+        }
+        // SAFETY: eventfd with valid flags; checked for -1.
+        let eventfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if eventfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let remote = Arc::new(Remote {
+            kind: RemoteKind::Uring {
+                ring_fds: rings.iter().map(|r| r.uring.as_raw_fd()).collect(),
+                adopt_ring: AtomicU32::new(0),
+                eventfd,
+            },
+        });
+        let mut lp = UringLoop {
+            id,
+            rings,
+            socks: Slab::new(),
+            listeners: Vec::new(),
+            accepting: true,
+            peers: Vec::new(),
+            remote,
+            eventfd,
+            arrived: HashMap::new(),
+            claimed: Default::default(),
+            next_ticket: 0,
+            stats: IoStats::default(),
+            cqes: Vec::with_capacity(1024),
+            pending: Vec::new(),
+        };
+        for r in 1..lp.rings.len() {
+            lp.arm_ring_poll(r);
+        }
+        lp.arm_eventfd();
+        tracing::debug!(
+            loop_id = id,
+            rings = ring_count,
+            table_size,
+            bufs_per_ring,
+            buf_size = opts.recv_buf_size_bytes,
+            "io_uring loop ready"
+        );
+        Ok(lp)
+    }
+
+    pub fn ring_count(&self) -> usize {
+        self.rings.len()
+    }
+
+    pub fn table_size(&self) -> u32 {
+        self.rings[0].table_size
+    }
+
+    fn arm_ring_poll(&mut self, r: usize) {
+        let fd = self.rings[r].uring.as_raw_fd();
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(ud(K_RING_POLL, r as u64));
+        self.rings[0].push(e);
+    }
+
+    fn arm_eventfd(&mut self) {
+        let e = opcode::PollAdd::new(Fd(self.eventfd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(ud(K_EVENTFD, 0));
+        self.rings[0].push(e);
+    }
+
+    fn drain_eventfd(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
+        unsafe {
+            libc::read(self.eventfd, (&mut v as *mut u64).cast(), 8);
+        }
+    }
+
+    fn arm_recv(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if s.recv_armed || s.state != SockState::Open {
+            return;
+        }
+        s.recv_armed = true;
+        let (ring, slot) = (s.ring as usize, s.slot);
+        let e = opcode::RecvMulti::new(Fixed(slot), 0)
+            .build()
+            .user_data(ud(K_RECV, sock as u64));
+        self.rings[ring].push(e);
+    }
+
+    fn submit_send(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get(sock as usize) else {
+            return;
+        };
+        let Some(tx) = &s.tx else { return };
+        let len = tx.len().min(u32::MAX as usize) as u32;
+        let e = opcode::Send::new(Fixed(s.slot), tx.as_ptr(), len)
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud(K_SEND, sock as u64));
+        let ring = s.ring as usize;
+        self.rings[ring].push(e);
+    }
+
+    fn cancel_recv(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get(sock as usize) else {
+            return;
+        };
+        if !s.recv_armed {
+            return;
+        }
+        let e = opcode::AsyncCancel::new(ud(K_RECV, sock as u64))
+            .build()
+            .user_data(ud(K_CANCEL, sock as u64));
+        let ring = s.ring as usize;
+        self.rings[ring].push(e);
+    }
+
+    fn close_slot(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if s.close_inflight || s.slot_closed {
+            return;
+        }
+        s.close_inflight = true;
+        let (ring, slot) = (s.ring as usize, s.slot);
+        // Cancel whatever is still armed on the slot (receive, a stuck send), then
+        // close it; hard-linked so the close runs even when nothing was there to cancel.
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(slot)).all())
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(ud(K_CANCEL, sock as u64));
+        let close = opcode::Close::new(Fixed(slot))
+            .build()
+            .user_data(ud(K_CLOSE, sock as u64));
+        let r = &mut self.rings[ring];
+        // Both should land in the same submission for the link to hold (if they are
+        // split, the close still runs, after the cancel).
+        let room = {
+            let sq = r.uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < 2 && r.backlog.is_empty() {
+            let _ = r.uring.submit();
+        }
+        r.push(cancel);
+        r.push(close);
+    }
+
+    /// Releases the socket once nothing remains in flight.
+    fn maybe_release(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get(sock as usize) else {
+            return;
+        };
+        if s.slot_closed && !s.recv_armed && s.tx.is_none() && !s.close_inflight {
+            let (ring, reported) = (s.ring as usize, s.reported);
+            self.socks.remove(sock as usize);
+            self.rings[ring].live = self.rings[ring].live.saturating_sub(1);
+            if reported {
+                self.pending.push(Completion::Released { sock });
+            }
+        }
+    }
+
+    /// Continues a migration once the receive has stopped and no send is in flight.
+    fn maybe_send_fd(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        let SockState::Migrating { to } = s.state else {
+            return;
+        };
+        if s.recv_armed || s.tx.is_some() {
+            return;
+        }
+        let target = self.peers.get(to).and_then(|p| p.adopt_ring());
+        let Some((ring_fd, _)) = target else {
+            self.stats.migrate_failed += 1;
+            s.state = SockState::Closing;
+            self.pending.push(Completion::Migrated {
+                sock,
+                result: Err(libc::EINVAL),
+            });
+            self.close_slot(sock);
+            return;
+        };
+        let ticket = ((self.id as u64) << 40) | (self.next_ticket & ((1 << 40) - 1));
+        self.next_ticket += 1;
+        s.state = SockState::SendingFd { ticket };
+        let (ring, slot) = (s.ring as usize, s.slot);
+        // The ticket rides in the target's CQE user_data; the worker sends it along
+        // with the handoff so the target can pair the two.
+        let e = opcode::MsgRingSendFd::new(
+            Fd(ring_fd),
+            Fixed(slot),
+            DestinationSlot::auto_target(),
+            ud(K_ADOPT, ticket),
+        )
+        .build()
+        .user_data(ud(K_SEND_FD, sock as u64));
+        self.rings[ring].push(e);
+    }
+
+    fn arm_accepts(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        // Rings fill in order (accepts go to the first ring with room only), so the
+        // buffer pools of later rings stay untouched until they are needed.
+        // When every ring is at capacity, one accept stays armed anyway: what it takes
+        // is closed at once and counted, rather than left to time out in the backlog.
+        let room_ring = self.rings.iter().position(|r| r.free_slots() > 0);
+        let any_room = room_ring.is_some();
+        for li in 0..self.listeners.len() {
+            let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
+                continue;
+            };
+            let overflow_armed = self.listeners[li].slots.iter().any(|s| s.armed);
+            for si in 0..self.listeners[li].slots.len() {
+                let slot = &mut self.listeners[li].slots[si];
+                let ring = slot.ring as usize;
+                let r = &self.rings[ring];
+                let overflow = !any_room
+                    && si == 0
+                    && !overflow_armed
+                    && r.table_size > r.live + r.accepts_armed;
+                if slot.armed || ((room_ring != Some(ring) || r.free_slots() == 0) && !overflow) {
+                    continue;
+                }
+                slot.armed = true;
+                slot.addr.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                let addr_ptr =
+                    (&mut slot.addr.0 as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+                let len_ptr = &mut slot.addr.1 as *mut libc::socklen_t;
+                let e = opcode::Accept::new(Fd(fd), addr_ptr, len_ptr)
+                    .file_index(Some(DestinationSlot::auto_target()))
+                    .build()
+                    .user_data(ud(K_ACCEPT, ((li as u64) << 16) | si as u64));
+                self.rings[ring].accepts_armed += 1;
+                self.rings[ring].push(e);
+            }
+        }
+    }
+
+    fn update_adopt_ring(&self) {
+        // Same fill order as accepts; when all are full, the one with most raw room.
+        let best = (0..self.rings.len())
+            .find(|&r| self.rings[r].free_slots() > 0)
+            .or_else(|| {
+                (0..self.rings.len()).max_by_key(|&r| {
+                    let ring = &self.rings[r];
+                    ring.table_size
+                        .saturating_sub(ring.live + ring.accepts_armed)
+                })
+            })
+            .unwrap_or(0);
+        if let RemoteKind::Uring { adopt_ring, .. } = &self.remote.kind {
+            adopt_ring.store(best as u32, Ordering::Relaxed);
+        }
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        // Copy completions out of every ring first, then dispatch.
+        self.cqes.clear();
+        for (r, ring) in self.rings.iter_mut().enumerate() {
+            for cqe in ring.uring.completion() {
+                self.cqes
+                    .push((r as u8, cqe.user_data(), cqe.result(), cqe.flags()));
+            }
+        }
+        // Completions keep causal order: a `Released` must reach the worker before an
+        // `Accepted`/`Adopted` that reuses the same socket id. Events raised between
+        // turns go first, then each CQE's events in turn.
+        out.append(&mut self.pending);
+        let cqes = std::mem::take(&mut self.cqes);
+        for &(ring, user_data, res, flags) in &cqes {
+            self.dispatch(ring as usize, user_data, res, flags, out);
+            out.append(&mut self.pending);
+        }
+        self.cqes = cqes;
+    }
+
+    fn dispatch(
+        &mut self,
+        ring: usize,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion>,
+    ) {
+        let payload = user_data & PAYLOAD_MASK;
+        let sock = payload as SockId;
+        match user_data >> KIND_SHIFT {
+            K_RECV => self.on_recv(ring, sock, res, flags, out),
+            K_SEND => self.on_send(sock, res),
+            K_ACCEPT => self.on_accept(
+                ring,
+                (payload >> 16) as usize,
+                (payload & 0xffff) as usize,
+                res,
+                out,
+            ),
+            K_CLOSE => {
+                if let Some(s) = self.socks.get_mut(sock as usize) {
+                    s.close_inflight = false;
+                    s.slot_closed = true;
+                    if res < 0 {
+                        tracing::debug!(sock, errno = -res, "close failed");
+                    }
+                }
+                self.maybe_release(sock);
+            }
+            K_SEND_FD => self.on_send_fd(sock, res),
+            K_ADOPT => self.on_adopt(ring, payload, res),
+            K_RING_POLL => {
+                if !cqueue::more(flags) {
+                    self.arm_ring_poll(payload as usize);
+                }
+            }
+            K_EVENTFD => {
+                self.drain_eventfd();
+                if !cqueue::more(flags) {
+                    self.arm_eventfd();
+                }
+            }
+            K_CANCEL | K_DOORBELL => {}
+            other => tracing::warn!(kind = other, res, "unknown io_uring completion"),
+        }
+    }
+
+    fn on_recv(
+        &mut self,
+        ring: usize,
+        sock: SockId,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion>,
+    ) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            // Cannot happen: a socket is released only after its receive ended. Keep the
+            // buffer anyway.
+            if let Some(bid) = bid {
+                self.rings[ring].bufs.give_back(bid);
+            }
+            return;
+        };
+        if !more {
+            s.recv_armed = false;
+        }
+        let state = s.state;
+        if res > 0 {
+            match bid {
+                Some(bid) => out.push(Completion::Recv {
+                    sock,
+                    buf: BufRef {
+                        group: ring as u16,
+                        bid,
+                        offset: 0,
+                        len: res as u32,
+                    },
+                }),
+                None => tracing::warn!(sock, res, "recv completion without a buffer"),
+            }
+            if !more {
+                match state {
+                    SockState::Open => self.arm_recv(sock),
+                    SockState::Migrating { .. } => self.maybe_send_fd(sock),
+                    _ => self.maybe_release(sock),
+                }
+            }
+            return;
+        }
+        if let Some(bid) = bid {
+            self.rings[ring].bufs.give_back(bid);
+        }
+        match state {
+            SockState::Open => {
+                if res == -libc::ENOBUFS {
+                    // Out of provided buffers: they come back during this turn's
+                    // dispatch, and the re-armed receive is submitted after it.
+                    self.stats.recv_nobufs += 1;
+                    if !more {
+                        self.arm_recv(sock);
+                    }
+                } else if !more {
+                    out.push(Completion::RecvEnd { sock, errno: -res });
+                }
+            }
+            SockState::Migrating { .. } => self.maybe_send_fd(sock),
+            SockState::Closing | SockState::SendingFd { .. } => self.maybe_release(sock),
+        }
+    }
+
+    fn on_send(&mut self, sock: SockId, res: i32) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        let Some(tx) = s.tx.as_mut() else { return };
+        if res >= 0 && (res as usize) < tx.len() && s.state == SockState::Open {
+            // Short write: send the rest.
+            let _ = tx.split_to(res as usize);
+            self.submit_send(sock);
+            return;
+        }
+        let errno = if res < 0 { -res } else { 0 };
+        s.tx = None;
+        match s.state {
+            SockState::Open => self.pending.push(Completion::SendDone { sock, errno }),
+            SockState::Migrating { .. } => {
+                self.pending.push(Completion::SendDone { sock, errno });
+                self.maybe_send_fd(sock);
+            }
+            SockState::Closing | SockState::SendingFd { .. } => self.maybe_release(sock),
+        }
+    }
+
+    fn on_send_fd(&mut self, sock: SockId, res: i32) {
+        tracing::debug!(loop_id = self.id, sock, res, "descriptor sent");
+        let ticket = match self.socks.get(sock as usize).map(|s| s.state) {
+            Some(SockState::SendingFd { ticket }) => Some(ticket),
+            _ => None,
+        };
+        let result = match (res >= 0, ticket) {
+            (true, Some(t)) => Ok(Transfer(t)),
+            _ => {
+                self.stats.migrate_failed += 1;
+                Err(if res < 0 { -res } else { libc::EINVAL })
+            }
+        };
+        if let Some(s) = self.socks.get_mut(sock as usize) {
+            s.state = SockState::Closing;
+        }
+        self.pending.push(Completion::Migrated { sock, result });
+        // The target holds its own reference now; drop ours.
+        self.close_slot(sock);
+    }
+
+    fn on_adopt(&mut self, ring: usize, ticket: u64, res: i32) {
+        tracing::debug!(
+            loop_id = self.id,
+            ring,
+            ticket,
+            res,
+            claimed = self.claimed.contains(&ticket),
+            "descriptor arrived"
+        );
+        if res < 0 {
+            tracing::warn!(ticket, errno = -res, "socket handoff arrived with an error");
+            return;
+        }
+        let sock = self.socks.insert(Sock {
+            ring: ring as u8,
+            slot: res as u32,
+            state: SockState::Open,
+            recv_armed: false,
+            tx: None,
+            close_inflight: false,
+            slot_closed: false,
+            reported: true,
+        }) as SockId;
+        self.rings[ring].live += 1;
+        if self.claimed.remove(&ticket) {
+            self.pending.push(Completion::Adopted {
+                transfer: Transfer(ticket),
+                sock,
+            });
+        } else {
+            self.arrived.insert(ticket, sock);
+        }
+    }
+
+    fn on_accept(
+        &mut self,
+        ring: usize,
+        li: usize,
+        si: usize,
+        res: i32,
+        out: &mut Vec<Completion>,
+    ) {
+        self.rings[ring].accepts_armed = self.rings[ring].accepts_armed.saturating_sub(1);
+        let Some(listener) = self.listeners.get_mut(li) else {
+            return;
+        };
+        let Some(slot) = listener.slots.get_mut(si) else {
+            return;
+        };
+        slot.armed = false;
+        let peer = sockaddr_to_std(&slot.addr.0).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        // A listener whose accepts have all ended may close once we stopped accepting.
+        if !self.accepting && listener.slots.iter().all(|s| !s.armed) {
+            listener.socket = None;
+        }
+        if res < 0 {
+            match -res {
+                libc::ENFILE | libc::EMFILE => {
+                    // The table is full: the kernel already dropped this connection.
+                    self.stats.accept_dropped_full += 1;
+                    tracing::warn!(
+                        loop_id = self.id,
+                        ring,
+                        "file table full: connection dropped"
+                    );
+                }
+                libc::ECANCELED
+                | libc::EINTR
+                | libc::EAGAIN
+                | libc::ECONNABORTED
+                | libc::EPROTO => {}
+                errno => {
+                    self.stats.accept_errors += 1;
+                    tracing::warn!(errno, "accept failed");
+                }
+            }
+            return;
+        }
+        let sock = self.socks.insert(Sock {
+            ring: ring as u8,
+            slot: res as u32,
+            state: SockState::Open,
+            recv_armed: false,
+            tx: None,
+            close_inflight: false,
+            slot_closed: false,
+            reported: true,
+        }) as SockId;
+        self.rings[ring].live += 1;
+        if self.rings[ring].live + TABLE_HEADROOM > self.rings[ring].table_size || !self.accepting {
+            // Over capacity (the overflow accept), or accepted after shutdown began:
+            // dropped and counted.
+            self.stats.accept_dropped_full += 1;
+            tracing::warn!(
+                loop_id = self.id,
+                "connection limit reached: connection dropped"
+            );
+            if let Some(s) = self.socks.get_mut(sock as usize) {
+                s.reported = false;
+                s.state = SockState::Closing;
+            }
+            self.close_slot(sock);
+        } else {
+            self.stats.accepted += 1;
+            out.push(Completion::Accepted { sock, peer });
+        }
+    }
+}
+
+impl EventLoop for UringLoop {
+    fn remote(&self) -> Arc<Remote> {
+        self.remote.clone()
+    }
+
+    fn set_peers(&mut self, peers: Vec<Arc<Remote>>) {
+        self.peers = peers;
+    }
+
+    fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
+        let mut slots = Vec::new();
+        for ring in 0..self.rings.len() {
+            for _ in 0..ACCEPTS_PER_RING {
+                slots.push(AcceptSlot {
+                    ring: ring as u8,
+                    armed: false,
+                    // SAFETY: sockaddr_storage is plain old data; all zeroes is valid.
+                    addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
+                });
+            }
+        }
+        self.listeners.push(Listener {
+            socket: Some(listener),
+            slots,
+        });
+        Ok(())
+    }
+
+    fn stop_accepting(&mut self) {
+        if !self.accepting {
+            return;
+        }
+        self.accepting = false;
+        for li in 0..self.listeners.len() {
+            let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
+                continue;
+            };
+            if self.listeners[li].slots.iter().all(|s| !s.armed) {
+                self.listeners[li].socket = None;
+                continue;
+            }
+            for r in 0..self.rings.len() {
+                let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
+                    .build()
+                    .user_data(ud(K_CANCEL, u64::from(u32::MAX)));
+                self.rings[r].push(e);
+            }
+        }
+    }
+
+    fn start_recv(&mut self, sock: SockId) {
+        self.arm_recv(sock);
+    }
+
+    fn send(&mut self, sock: SockId, data: Bytes) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if data.is_empty() || s.state != SockState::Open {
+            return;
+        }
+        debug_assert!(s.tx.is_none(), "one send in flight per socket");
+        if s.tx.is_some() {
+            return;
+        }
+        s.tx = Some(data);
+        self.submit_send(sock);
+    }
+
+    fn close(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if s.state != SockState::Open {
+            return;
+        }
+        s.state = SockState::Closing;
+        self.close_slot(sock);
+    }
+
+    fn migrate(&mut self, sock: SockId, to: usize) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if s.state != SockState::Open {
+            return;
+        }
+        s.state = SockState::Migrating { to };
+        if s.recv_armed {
+            self.cancel_recv(sock);
+        } else {
+            self.maybe_send_fd(sock);
+        }
+    }
+
+    fn adopt(&mut self, transfer: Transfer) -> Option<SockId> {
+        if let Some(sock) = self.arrived.remove(&transfer.0) {
+            return Some(sock);
+        }
+        self.claimed.insert(transfer.0);
+        None
+    }
+
+    fn doorbell(&mut self, to: usize) {
+        let Some(peer) = self.peers.get(to) else {
+            return;
+        };
+        let RemoteKind::Uring { ring_fds, .. } = &peer.kind else {
+            return;
+        };
+        let Some(&fd) = ring_fds.first() else { return };
+        let e = opcode::MsgRingData::new(Fd(fd), 0, ud(K_DOORBELL, self.id as u64), None)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud(K_DOORBELL, to as u64));
+        self.rings[0].push(e);
+    }
+
+    fn buf(&self, buf: BufRef) -> &[u8] {
+        match self.rings.get(buf.group as usize) {
+            Some(r) => r.bufs.slice(buf.bid, buf.len as usize),
+            None => &[],
+        }
+    }
+
+    fn recycle(&mut self, buf: BufRef) {
+        if let Some(r) = self.rings.get_mut(buf.group as usize) {
+            r.bufs.give_back(buf.bid);
+        }
+    }
+
+    fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        for ring in self.rings.iter_mut() {
+            ring.drain_backlog();
+        }
+        self.arm_accepts();
+        self.update_adopt_ring();
+        for r in 1..self.rings.len() {
+            if !self.rings[r].uring.submission().is_empty() {
+                if let Err(e) = self.rings[r].uring.submit() {
+                    if !transient(&e) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let ready = !self.pending.is_empty()
+            || self.rings.iter().any(|r| !r.backlog.is_empty())
+            || self
+                .rings
+                .iter_mut()
+                .any(|r| !r.uring.completion().is_empty());
+        let ring0 = &self.rings[0].uring;
+        let res = match timeout {
+            _ if ready => ring0.submit(),
+            Some(t) if t.is_zero() => ring0.submit(),
+            Some(t) => {
+                let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                ring0.submitter().submit_with_args(1, &args)
+            }
+            None => ring0.submit_and_wait(1),
+        };
+        match res {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) || transient(&e) => {}
+            Err(e) => return Err(e),
+        }
+        self.reap(out);
+        Ok(())
+    }
+
+    fn stats(&self) -> IoStats {
+        self.stats
+    }
+
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+}
+
+impl Drop for UringLoop {
+    fn drop(&mut self) {
+        let busy = !self.socks.is_empty()
+            || self
+                .listeners
+                .iter()
+                .any(|l| l.slots.iter().any(|s| s.armed));
+        if busy {
+            // Operations may still be in flight; the kernel tears them down
+            // asynchronously after the ring fd closes and could still write into
+            // receive buffers, so those mappings are leaked rather than unmapped.
+            for ring in self.rings.drain(..) {
+                let Ring { uring, bufs, .. } = ring;
+                drop(uring);
+                std::mem::forget(bufs);
+            }
+        }
+        // SAFETY: our eventfd, closed once; peers only write to it while every loop runs.
+        unsafe {
+            libc::close(self.eventfd);
+        }
+    }
+}

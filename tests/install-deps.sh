@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs everything the test suite needs, idempotently and non-interactively:
+#   - mosquitto, mosquitto-clients   (interop tests; Mosquitto for validating expectations)
+#   - python3-paho-mqtt 1.6.x        (tests/interop/paho_check.py, run by /usr/bin/python3)
+#   - node + npm                     (kept as found if present; Debian's nodejs/npm otherwise)
+#   - tests/interop/node: `npm ci`   (mqtt.js pinned by package-lock.json)
+#   - valgrind                       (perf/budget.sh instruction counts)
+# apt-get update runs only when a package is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; fi
+
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+missing=()
+for p in mosquitto mosquitto-clients python3-paho-mqtt valgrind; do
+    have_pkg "$p" || missing+=("$p")
+done
+# An existing node (e.g. NodeSource's nodejs 20, which bundles npm) is used as is:
+# installing Debian's npm next to it would conflict.
+if ! command -v node >/dev/null 2>&1; then
+    missing+=(nodejs)
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    missing+=(npm)
+fi
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}"
+    $SUDO apt-get update -q
+    $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+    echo "install-deps: apt packages present"
+fi
+
+# The packaged mosquitto service is not wanted: tests start brokers themselves.
+# (Containers without systemd never start it; nothing to do there.)
+
+/usr/bin/python3 -c 'import paho.mqtt, sys; v = paho.mqtt.__version__; print("install-deps: paho-mqtt", v); sys.exit(0 if v.startswith("1.") else 1)' \
+    || { echo "install-deps: paho_check.py is written for paho-mqtt 1.x (Debian bookworm's python3-paho-mqtt)" >&2; exit 1; }
+
+node_dir=tests/interop/node
+want=$(node -e 'console.log(require("./'"$node_dir"'/package-lock.json").packages["node_modules/mqtt"].version)')
+have=$(node -e 'try{console.log(require("./'"$node_dir"'/node_modules/mqtt/package.json").version)}catch(e){console.log("none")}')
+if [ "$want" != "$have" ]; then
+    echo "install-deps: npm ci in $node_dir (mqtt $have -> $want)"
+    (cd "$node_dir" && npm ci --no-audit --no-fund --ignore-scripts)
+else
+    echo "install-deps: mqtt.js $have present"
+fi
+
+echo "install-deps: node $(node --version), npm $(npm --version), $(mosquitto_sub --help 2>/dev/null | head -1)"
