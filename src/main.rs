@@ -198,6 +198,7 @@ fn run(config: Config) -> Result<(), String> {
     let (remote_tx, remote_rx) = mpsc::channel::<(usize, Arc<Remote>)>();
     let mut peer_txs = Vec::with_capacity(shards);
     let mut handles = Vec::with_capacity(shards);
+    let node = ringmq::shard::NodeCounters::new();
     for (id, (endpoint, listeners)) in endpoints.into_iter().zip(per_shard).enumerate() {
         let (peers_tx, peers_rx) = mpsc::channel();
         peer_txs.push(peers_tx);
@@ -212,6 +213,7 @@ fn run(config: Config) -> Result<(), String> {
             remote_tx: remote_tx.clone(),
             peers_rx,
             exit_barrier: exit_barrier.clone(),
+            node: node.clone(),
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
