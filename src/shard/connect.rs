@@ -168,7 +168,12 @@ impl Shard {
         if refusal.is_some() {
             return refusal;
         }
-        if !adopted && !self.limits.rate.try_take(self.config.connect_rate_per_s, now) {
+        if !adopted
+            && !self
+                .limits
+                .rate
+                .try_take(self.config.connect_rate_per_s, now)
+        {
             return Some(Refusal::Rate);
         }
         if self.over_memory_mark() {

@@ -380,8 +380,7 @@ impl Shard {
                 && self.config.slow_consumer_policy == SlowConsumerPolicy::Disconnect
                 && conn != NONE
             {
-                self.slow
-                    .push((conn as usize, SessionError::QuotaExceeded));
+                self.slow.push((conn as usize, SessionError::QuotaExceeded));
             }
             return;
         }

@@ -104,12 +104,17 @@ impl RateLimiter {
             Some(last) => {
                 let elapsed_ms = now.saturating_duration_since(last).as_millis();
                 let add = elapsed_ms.saturating_mul(u128::from(rate_per_s));
-                self.milli_tokens = (u128::from(self.milli_tokens) + add).min(u128::from(cap)) as u64;
+                self.milli_tokens =
+                    (u128::from(self.milli_tokens) + add).min(u128::from(cap)) as u64;
             }
         }
         // Only advance by whole milliseconds credited, so sub-ms calls lose nothing.
         self.last = Some(match self.last {
-            Some(last) => last + std::time::Duration::from_millis(now.saturating_duration_since(last).as_millis() as u64),
+            Some(last) => {
+                last + std::time::Duration::from_millis(
+                    now.saturating_duration_since(last).as_millis() as u64,
+                )
+            }
             None => now,
         });
         if self.milli_tokens >= 1000 {

@@ -45,7 +45,10 @@ pub fn fuzz_decode(data: &[u8]) {
             let before = rx.len();
             match decode_packet(&mut rx, version, 4096) {
                 Ok(Some(packet)) => {
-                    assert!(rx.len() < before, "a packet was returned without consuming bytes");
+                    assert!(
+                        rx.len() < before,
+                        "a packet was returned without consuming bytes"
+                    );
                     let mut wire = BytesMut::new();
                     encode_packet(&packet, version, &mut wire);
                     let again = decode_packet(&mut wire, version, usize::MAX)
@@ -343,7 +346,10 @@ impl Driver {
             assert_eq!(st.bytes_queued, queued, "bytes_queued gauge on shard {i}");
             let mut retained = 0;
             sh.retained.for_each(|_, m| retained += m.cost_bytes());
-            assert_eq!(st.bytes_retained, retained, "bytes_retained gauge on shard {i}");
+            assert_eq!(
+                st.bytes_retained, retained,
+                "bytes_retained gauge on shard {i}"
+            );
             let live = self.live.iter().filter(|(s, _)| *s == i).count();
             assert_eq!(st.connections, live, "connections gauge on shard {i}");
         }
@@ -555,7 +561,8 @@ impl Script {
     }
     pub fn read(mut self, peer: u8, bytes: &[u8]) -> Script {
         for chunk in bytes.chunks(255) {
-            self.0.extend_from_slice(&[op::READ, peer, chunk.len() as u8]);
+            self.0
+                .extend_from_slice(&[op::READ, peer, chunk.len() as u8]);
             self.0.extend_from_slice(chunk);
         }
         self
@@ -612,13 +619,15 @@ pub mod vectors {
     pub const PUBLISH_V311_QOS0: &[u8] = &[
         0x30, 0x0A, 0x00, 0x03, b'a', b'/', b'b', b'h', b'e', b'l', b'l', b'o',
     ];
-    pub const PUBLISH_V311_QOS1_RETAIN: &[u8] = &[0x3B, 0x07, 0x00, 0x01, b't', 0x00, 0x0A, b'x', b'y'];
+    pub const PUBLISH_V311_QOS1_RETAIN: &[u8] =
+        &[0x3B, 0x07, 0x00, 0x01, b't', 0x00, 0x0A, b'x', b'y'];
     pub const PUBLISH_V311_QOS2: &[u8] = &[0x34, 0x05, 0x00, 0x01, b't', 0x12, 0x34];
     pub const PUBLISH_V5_PROPS: &[u8] = &[
         0x32, 0x1A, 0x00, 0x01, b't', 0x00, 0x01, 0x13, 0x01, 0x01, 0x02, 0x00, 0x00, 0x00, 0x3C,
         0x0B, 0x05, 0x23, 0x00, 0x02, 0x26, 0x00, 0x01, b'k', 0x00, 0x01, b'v', b'p',
     ];
-    pub const PUBLISH_V5_ALIAS_ONLY: &[u8] = &[0x30, 0x07, 0x00, 0x00, 0x03, 0x23, 0x00, 0x05, b'a'];
+    pub const PUBLISH_V5_ALIAS_ONLY: &[u8] =
+        &[0x30, 0x07, 0x00, 0x00, 0x03, 0x23, 0x00, 0x05, b'a'];
     pub const SUBSCRIBE_V311: &[u8] = &[
         0x82, 0x0E, 0x00, 0x01, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x00, 0x03, b'c', b'/', b'#',
         0x02,
@@ -782,9 +791,13 @@ mod tests {
             }
         }
         for (name, bytes) in &generated {
-            let committed = std::fs::read(dir.join(name))
-                .unwrap_or_else(|e| panic!("seed {target}/{name} missing ({e}); run with RINGMQ_WRITE_SEEDS=1"));
-            assert_eq!(&committed, bytes, "seed {target}/{name} is stale; run with RINGMQ_WRITE_SEEDS=1");
+            let committed = std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+                panic!("seed {target}/{name} missing ({e}); run with RINGMQ_WRITE_SEEDS=1")
+            });
+            assert_eq!(
+                &committed, bytes,
+                "seed {target}/{name} is stale; run with RINGMQ_WRITE_SEEDS=1"
+            );
         }
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .expect("seeds dir")

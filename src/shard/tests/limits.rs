@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use smallvec::smallvec;
 
 use super::cfg;
 use crate::config::Config;
@@ -289,7 +288,10 @@ fn max_subscriptions_per_client() {
     let b = cl.connect_ok(V311, "b", ConnectOpts::default(), false);
     cl.send(b, subscribe_many(3, &["a", "b", "c"], Q0));
     cl.expect(b, suback(3, &[Success, Success, UnspecifiedError]));
-    assert_eq!(&cl.clients[b].raw[4..], &[0x90, 0x05, 0x00, 0x03, 0x00, 0x00, 0x80]);
+    assert_eq!(
+        &cl.clients[b].raw[4..],
+        &[0x90, 0x05, 0x00, 0x03, 0x00, 0x00, 0x80]
+    );
     let st = cl.shards[0].stats();
     assert_eq!((st.refused_subscriptions, st.subscriptions), (3, 4));
 }
@@ -304,11 +306,17 @@ fn topic_levels_and_length() {
     let mut cl = Cluster::new(1, config);
     let a = cl.connect_ok(V5, "a", ConnectOpts::default(), false);
     let long = "x".repeat(17);
-    cl.send(a, subscribe_many(1, &["a/b/c/d", "a/b/c", &long, "a/+/#"], Q0));
+    cl.send(
+        a,
+        subscribe_many(1, &["a/b/c/d", "a/b/c", &long, "a/+/#"], Q0),
+    );
     use ReasonCode::*;
     cl.expect(
         a,
-        suback(1, &[TopicFilterInvalid, Success, TopicFilterInvalid, Success]),
+        suback(
+            1,
+            &[TopicFilterInvalid, Success, TopicFilterInvalid, Success],
+        ),
     );
     cl.publish(a, "a/b/c/d", "x", Q0, false, 0);
     cl.expect(a, disconnect(TopicNameInvalid));
