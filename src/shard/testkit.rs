@@ -471,9 +471,7 @@ pub fn fuzz_connection(data: &[u8]) {
 
 /// [`fuzz_connection`], returning the finished driver for inspection.
 pub fn run_connection(data: &[u8]) -> Option<Driver> {
-    let Some((&flags, mut rest)) = data.split_first() else {
-        return None;
-    };
+    let (&flags, mut rest) = data.split_first()?;
     let mut next = move || {
         let (&b, r) = rest.split_first()?;
         rest = r;
