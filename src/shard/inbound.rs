@@ -72,6 +72,10 @@ impl Shard {
             return Ok(());
         };
         let session = c.session;
+        // [MQTT-3.3.4-6]: Subscription Identifiers are server → client only.
+        if !p.properties.subscription_identifiers.is_empty() {
+            return Err(SessionError::ProtocolError);
+        }
         // Client → server topic alias.
         if let Some(alias) = p.properties.topic_alias.take() {
             if alias == 0 || alias > cfg.topic_alias_maximum || !c.version.is_v5() {
@@ -127,8 +131,7 @@ impl Shard {
                 d.awaiting_pubrel.push(packet_id);
             }
         }
-        let mut properties = p.properties;
-        properties.subscription_identifiers.clear();
+        let properties = p.properties;
         let msg = Message {
             topic: p.topic,
             payload: p.payload,
