@@ -1,1 +1,74 @@
-fn main() {}
+//! loadgen: sizes MQTT brokers. See `loadgen --help` and README.md.
+
+mod cli;
+mod engine;
+mod payload;
+mod plan;
+mod report;
+mod run;
+mod stats;
+
+use clap::Parser;
+
+fn main() {
+    let cli = cli::Cli::parse();
+    let scenario = cli.scenario.unwrap_or(cli::Scenario::Connect);
+    let cfg = match cli.opts.validate(scenario) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(2);
+        }
+    };
+    let json = cfg.json;
+    let hgrm_path = cfg.hgrm.clone();
+    let plot_path = cfg.plot.clone();
+    let (report, hists) = match run::run(cfg) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(1);
+        }
+    };
+    let table = report::table(&report);
+    if json {
+        eprint!("{table}");
+        match serde_json::to_string(&report) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("loadgen: JSON encoding failed: {e}"),
+        }
+    } else {
+        print!("{table}");
+    }
+    let main_hist = if report.scenario == "connect" {
+        &hists.connect
+    } else {
+        &hists.latency
+    };
+    if let Some(p) = hgrm_path {
+        if let Err(e) = std::fs::write(&p, report::hgrm(main_hist)) {
+            eprintln!("loadgen: writing --hgrm {}: {e}", p.display());
+            std::process::exit(1);
+        }
+    }
+    if let Some(p) = plot_path {
+        let title = format!(
+            "loadgen {} qos {} size {} B",
+            report.scenario, report.qos, report.size_bytes
+        );
+        let mut series: Vec<(&str, &hdrhistogram::Histogram<u64>)> = Vec::new();
+        if report.scenario == "connect" {
+            series.push(("connect + CONNACK", &hists.connect));
+        } else {
+            series.push(("one-way latency", &hists.latency));
+            if report.scenario == "fleet" {
+                series.push(("command round trip", &hists.rtt));
+            }
+        }
+        if let Err(e) = std::fs::write(&p, report::svg(&title, &series)) {
+            eprintln!("loadgen: writing --plot {}: {e}", p.display());
+            std::process::exit(1);
+        }
+    }
+    std::process::exit(report.exit_code);
+}

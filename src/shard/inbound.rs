@@ -72,7 +72,7 @@ impl Shard {
             return Ok(());
         };
         let session = c.session;
-        // [MQTT-3.3.4-6]: Subscription Identifiers are server → client only.
+        // [MQTT-3.3.4-6]: only the server puts Subscription Identifiers on a PUBLISH.
         if !p.properties.subscription_identifiers.is_empty() {
             return Err(SessionError::ProtocolError);
         }

@@ -592,14 +592,3 @@ fn stalled_subscriber_under_100_publishers() {
     assert_eq!(total(&cl, |s| s.bytes_queued as u64), 0);
 }
 
-#[test]
-fn publish_with_subscription_identifier_is_a_protocol_error() {
-    let mut cl = Cluster::new(1, cfg());
-    let a = cl.connect_ok(V5, "a", ConnectOpts::default(), false);
-    let mut p = publish("t", "x", Q0, false, 0);
-    p.properties.subscription_identifiers = smallvec::smallvec![5];
-    cl.send(a, Packet::Publish(p));
-    cl.expect(a, disconnect(ReasonCode::ProtocolError));
-    cl.expect_closed(a);
-    assert_eq!(cl.shards[0].stats().closed_protocol_error, 1);
-}

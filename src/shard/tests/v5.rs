@@ -196,3 +196,14 @@ fn subscription_identifier_on_delivery() {
     m.properties.subscription_identifiers = smallvec::smallvec![99];
     cl.expect(s, Packet::Publish(m));
 }
+
+#[test]
+fn subscription_identifier_from_a_client_is_a_protocol_error() {
+    let mut cl = Cluster::new(1, cfg());
+    let p = cl.connect_ok(V5, "p", ConnectOpts::default(), false);
+    let mut m = publish("t/x", "m", Q0, false, 0);
+    m.properties.subscription_identifiers = smallvec::smallvec![5];
+    cl.send(p, Packet::Publish(m));
+    cl.expect(p, disconnect(ReasonCode::ProtocolError));
+    cl.expect_closed(p);
+}

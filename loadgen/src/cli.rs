@@ -1,0 +1,451 @@
+//! Command line: one flat set of flags (accepted before or after the scenario name),
+//! validated into a [`Config`]. Bad values are rejected naming the flag and the value.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ringmq::protocol::{ProtocolVersion, QoS};
+
+use crate::payload::HEADER_LEN;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "MQTT load generator: connect storms, fan-in, fan-out, pairs and fleets over io_uring",
+    after_help = "Without a scenario, `connect` runs: e.g. `loadgen --clients 100000`.\n\
+Exit codes: 0 ok, 1 setup/IO error, 2 invalid flags, 3 connection failures above --max-failed-pct, 4 QoS>=1 messages lost."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub scenario: Option<Scenario>,
+    #[command(flatten)]
+    pub opts: Opts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum Scenario {
+    /// Connection storm: open --clients at --rate connects/s, hold them for --hold, disconnect.
+    Connect,
+    /// --publishers publishers on lg/fanin/<i> -> --subscribers subscribers on lg/fanin/+.
+    Fanin,
+    /// One publisher on lg/fanout -> --clients subscribers.
+    Fanout,
+    /// --clients publisher/subscriber pairs, each on its own topic lg/pairs/<i>.
+    Pairs,
+    /// --clients devices: subscribe dev/<id>/cmd, publish dev/<id>/telemetry every --interval;
+    /// a collector subscribes dev/+/telemetry; a controller sends --cmd-rate commands/s that
+    /// devices echo on dev/<id>/reply (round-trip latency).
+    Fleet,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Connect => "connect",
+            Scenario::Fanin => "fanin",
+            Scenario::Fanout => "fanout",
+            Scenario::Pairs => "pairs",
+            Scenario::Fleet => "fleet",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    #[value(name = "3.1.1")]
+    V311,
+    #[value(name = "5")]
+    V5,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Opts {
+    /// Broker host (IPv4 address or "localhost").
+    #[arg(long, global = true, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port.
+    #[arg(long, global = true, default_value_t = 1883)]
+    pub port: u16,
+    /// connect: clients; fanout: subscribers; pairs: pairs; fleet: devices.
+    #[arg(long, global = true, default_value_t = 100)]
+    pub clients: u64,
+    /// fanin: publishers.
+    #[arg(long, global = true, default_value_t = 4)]
+    pub publishers: u64,
+    /// fanin: subscribers.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub subscribers: u64,
+    /// connect: connects/s (0 = as fast as --connect-inflight allows);
+    /// others: messages/s per publisher (0 = as fast as --window allows).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Messages/s over all publishers (split evenly); overrides --rate for publishers.
+    #[arg(long, global = true)]
+    pub total_rate: Option<f64>,
+    /// QoS of publishes and subscriptions.
+    #[arg(long, global = true, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload bytes (at least 24: publisher id, sequence number, timestamp).
+    #[arg(long, global = true, default_value_t = 64)]
+    pub size: usize,
+    /// Measured run time (e.g. 10s, 500ms, 2m).
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Unmeasured traffic before the run.
+    #[arg(long, global = true, default_value = "1s", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// connect: how long established connections are held.
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration)]
+    pub hold: Duration,
+    /// After the run, how long to wait for messages still in flight before counting them lost.
+    #[arg(long, global = true, default_value = "3s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Give up on connections not established after this long.
+    #[arg(long, global = true, default_value = "60s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// MQTT protocol version.
+    #[arg(long, global = true, value_enum, default_value = "3.1.1")]
+    pub protocol: ProtocolArg,
+    /// Source addresses to bind, e.g. 127.0.0.2-127.0.0.9 or 10.0.0.1,10.0.0.2 ("none": kernel
+    /// chooses). Default: 127.0.0.2-127.0.0.9 for a loopback host, none otherwise.
+    #[arg(long, global = true)]
+    pub src_ips: Option<String>,
+    /// Worker threads, each with its own io_uring (raised to fit RLIMIT_NOFILE slots per ring).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub threads: usize,
+    /// Closed loop: unacknowledged messages per publisher (QoS>=1: until PUBACK/PUBCOMP;
+    /// QoS 0: until every subscriber received it).
+    #[arg(long, global = true, default_value_t = 16)]
+    pub window: u32,
+    /// Send at --rate regardless of acknowledgements (needs --rate or --total-rate).
+    #[arg(long, global = true)]
+    pub open_loop: bool,
+    /// Connection attempts in flight per thread.
+    #[arg(long, global = true, default_value_t = 1024)]
+    pub connect_inflight: u32,
+    /// fleet: telemetry interval per device.
+    #[arg(long, global = true, default_value = "1s", value_parser = parse_duration)]
+    pub interval: Duration,
+    /// fleet: commands/s from the controller (round trips).
+    #[arg(long, global = true, default_value_t = 100.0)]
+    pub cmd_rate: f64,
+    /// Exit with code 3 when more than this percentage of connections failed.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    pub max_failed_pct: f64,
+    /// Print one JSON line with all results on stdout (the table goes to stderr).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Write the latency percentile distribution (HdrHistogram .hgrm format, microseconds).
+    #[arg(long, global = true)]
+    pub hgrm: Option<std::path::PathBuf>,
+    /// Write an SVG plot of the latency percentile curve.
+    #[arg(long, global = true)]
+    pub plot: Option<std::path::PathBuf>,
+}
+
+/// Validated settings for one run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub scenario: Scenario,
+    pub host: Ipv4Addr,
+    pub port: u16,
+    pub clients: u64,
+    pub publishers: u64,
+    pub subscribers: u64,
+    pub connect_rate: f64,
+    /// Per publisher; 0 = unpaced (closed loop only).
+    pub msg_rate: f64,
+    pub qos: QoS,
+    pub size: usize,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub hold: Duration,
+    pub drain: Duration,
+    pub connect_timeout: Duration,
+    pub protocol: ProtocolVersion,
+    pub src_ips: Vec<Ipv4Addr>,
+    pub threads: usize,
+    pub window: u32,
+    pub open_loop: bool,
+    pub connect_inflight: u32,
+    pub cmd_rate: f64,
+    pub max_failed_pct: f64,
+    pub json: bool,
+    pub hgrm: Option<std::path::PathBuf>,
+    pub plot: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn bad(flag: &str, value: impl std::fmt::Display, why: &str) -> ConfigError {
+    ConfigError(format!("invalid value '{value}' for '--{flag}': {why}"))
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult_ns) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1e6)
+    } else if let Some(n) = s.strip_suffix("us") {
+        (n, 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1e9)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60e9)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3600e9)
+    } else {
+        (s, 1e9)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a duration (e.g. 10s, 500ms, 2m)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("'{s}' must be a non-negative duration"));
+    }
+    Ok(Duration::from_nanos((v * mult_ns) as u64))
+}
+
+fn parse_ip(flag: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
+    s.trim()
+        .parse()
+        .map_err(|_| bad(flag, s, "not an IPv4 address"))
+}
+
+pub fn parse_src_ips(s: &str) -> Result<Vec<Ipv4Addr>, ConfigError> {
+    let s = s.trim();
+    if s == "none" || s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        if let Some((a, b)) = part.split_once('-') {
+            let a = u32::from(parse_ip("src-ips", a)?);
+            let b = u32::from(parse_ip("src-ips", b)?);
+            if b < a {
+                return Err(bad("src-ips", s, "range end is below its start"));
+            }
+            if b - a >= 65_536 {
+                return Err(bad("src-ips", s, "range holds more than 65536 addresses"));
+            }
+            out.extend((a..=b).map(Ipv4Addr::from));
+        } else {
+            out.push(parse_ip("src-ips", part)?);
+        }
+    }
+    Ok(out)
+}
+
+impl Opts {
+    pub fn validate(&self, scenario: Scenario) -> Result<Config, ConfigError> {
+        let host: Ipv4Addr = if self.host == "localhost" {
+            Ipv4Addr::LOCALHOST
+        } else {
+            parse_ip("host", &self.host)?
+        };
+        if self.port == 0 {
+            return Err(bad("port", 0, "must be 1..65535"));
+        }
+        let needs_clients = scenario != Scenario::Fanin;
+        if needs_clients && self.clients == 0 {
+            return Err(bad("clients", 0, "must be at least 1"));
+        }
+        if self.clients > 10_000_000 {
+            return Err(bad("clients", self.clients, "at most 10000000"));
+        }
+        if scenario == Scenario::Fanin {
+            if self.publishers == 0 || self.publishers > 1_000_000 {
+                return Err(bad("publishers", self.publishers, "must be 1..1000000"));
+            }
+            if self.subscribers == 0 || self.subscribers > 1_000_000 {
+                return Err(bad("subscribers", self.subscribers, "must be 1..1000000"));
+            }
+        }
+        if !self.rate.is_finite() || self.rate < 0.0 {
+            return Err(bad("rate", self.rate, "must be a non-negative number"));
+        }
+        if let Some(t) = self.total_rate {
+            if !t.is_finite() || t <= 0.0 {
+                return Err(bad("total-rate", t, "must be a positive number"));
+            }
+        }
+        if self.size < HEADER_LEN {
+            return Err(bad(
+                "size",
+                self.size,
+                "must be at least 24 (publisher id, sequence number, timestamp)",
+            ));
+        }
+        if self.size > 16 * 1024 * 1024 {
+            return Err(bad("size", self.size, "at most 16777216"));
+        }
+        if self.window == 0 || self.window > 65_535 {
+            return Err(bad(
+                "window",
+                self.window,
+                "must be 1..65535 (MQTT packet identifiers)",
+            ));
+        }
+        if self.threads == 0 || self.threads > 1024 {
+            return Err(bad("threads", self.threads, "must be 1..1024"));
+        }
+        if self.connect_inflight == 0 {
+            return Err(bad("connect-inflight", 0, "must be at least 1"));
+        }
+        if !self.cmd_rate.is_finite() || self.cmd_rate < 0.0 {
+            return Err(bad(
+                "cmd-rate",
+                self.cmd_rate,
+                "must be a non-negative number",
+            ));
+        }
+        if !(0.0..=100.0).contains(&self.max_failed_pct) {
+            return Err(bad("max-failed-pct", self.max_failed_pct, "must be 0..100"));
+        }
+        if scenario == Scenario::Fleet && self.interval.is_zero() {
+            return Err(bad("interval", "0s", "must be positive"));
+        }
+        if scenario != Scenario::Connect && self.duration.is_zero() {
+            return Err(bad("duration", "0s", "must be positive"));
+        }
+        let publishers = match scenario {
+            Scenario::Connect => 0,
+            Scenario::Fanin => self.publishers,
+            Scenario::Fanout => 1,
+            Scenario::Pairs | Scenario::Fleet => self.clients,
+        };
+        let msg_rate = match (scenario, self.total_rate) {
+            (Scenario::Fleet, _) => 1e9 / self.interval.as_nanos().max(1) as f64,
+            (_, Some(t)) => t / publishers.max(1) as f64,
+            (_, None) => self.rate,
+        };
+        if self.open_loop && msg_rate == 0.0 {
+            return Err(bad(
+                "open-loop",
+                true,
+                "needs --rate or --total-rate: an unpaced open loop would only fill kernel buffers",
+            ));
+        }
+        let src_ips = match &self.src_ips {
+            Some(s) => parse_src_ips(s)?,
+            None if host.is_loopback() => parse_src_ips("127.0.0.2-127.0.0.9")?,
+            None => Vec::new(),
+        };
+        Ok(Config {
+            scenario,
+            host,
+            port: self.port,
+            clients: self.clients,
+            publishers: self.publishers,
+            subscribers: self.subscribers,
+            connect_rate: if scenario == Scenario::Connect {
+                self.rate
+            } else {
+                0.0
+            },
+            msg_rate,
+            qos: QoS::from_u8(self.qos).unwrap_or_default(),
+            size: self.size,
+            duration: self.duration,
+            warmup: self.warmup,
+            hold: self.hold,
+            drain: self.drain,
+            connect_timeout: self.connect_timeout,
+            protocol: match self.protocol {
+                ProtocolArg::V311 => ProtocolVersion::V311,
+                ProtocolArg::V5 => ProtocolVersion::V5,
+            },
+            src_ips,
+            threads: self.threads,
+            window: self.window,
+            open_loop: self.open_loop,
+            connect_inflight: self.connect_inflight,
+            cmd_rate: self.cmd_rate,
+            max_failed_pct: self.max_failed_pct,
+            json: self.json,
+            hgrm: self.hgrm.clone(),
+            plot: self.plot.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let cli = Cli::try_parse_from(args).map_err(|e| e.to_string())?;
+        cli.opts
+            .validate(cli.scenario.unwrap_or(Scenario::Connect))
+            .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn default_scenario_is_connect() {
+        let c = parse(&["loadgen", "--clients", "100000"]).unwrap();
+        assert_eq!(c.scenario, Scenario::Connect);
+        assert_eq!(c.clients, 100_000);
+        assert_eq!(c.hold, Duration::from_secs(10));
+        assert_eq!(c.src_ips.len(), 8);
+        assert_eq!(c.src_ips[0], Ipv4Addr::new(127, 0, 0, 2));
+    }
+
+    #[test]
+    fn flags_after_scenario() {
+        let c = parse(&[
+            "loadgen",
+            "fanin",
+            "--publishers",
+            "3",
+            "--qos",
+            "1",
+            "--total-rate",
+            "300",
+        ])
+        .unwrap();
+        assert_eq!(c.scenario, Scenario::Fanin);
+        assert_eq!(c.publishers, 3);
+        assert_eq!(c.qos, QoS::AtLeastOnce);
+        assert_eq!(c.msg_rate, 100.0);
+    }
+
+    #[test]
+    fn errors_name_flag_and_value() {
+        let e = parse(&["loadgen", "pairs", "--size", "10"]).unwrap_err();
+        assert!(e.contains("'--size'") && e.contains("'10'"), "{e}");
+        let e = parse(&["loadgen", "--qos", "3"]).unwrap_err();
+        assert!(e.contains("--qos") && e.contains('3'), "{e}");
+        let e = parse(&["loadgen", "--duration", "abc"]).unwrap_err();
+        assert!(e.contains("--duration") && e.contains("abc"), "{e}");
+        let e = parse(&["loadgen", "--src-ips", "127.0.0.9-127.0.0.2"]).unwrap_err();
+        assert!(
+            e.contains("--src-ips") && e.contains("127.0.0.9-127.0.0.2"),
+            "{e}"
+        );
+        let e = parse(&["loadgen", "fanout", "--open-loop"]).unwrap_err();
+        assert!(e.contains("--open-loop"), "{e}");
+        let e = parse(&["loadgen", "--window", "0"]).unwrap_err();
+        assert!(e.contains("'--window'") && e.contains("'0'"), "{e}");
+    }
+
+    #[test]
+    fn durations_and_ranges() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(
+            parse_src_ips("10.0.0.1,10.0.0.3-10.0.0.4").unwrap().len(),
+            3
+        );
+        assert_eq!(parse_src_ips("none").unwrap(), Vec::<Ipv4Addr>::new());
+    }
+}

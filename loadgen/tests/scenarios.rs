@@ -1,0 +1,287 @@
+//! Every scenario, briefly, against a real broker (ringmq when it runs, else Mosquitto).
+//! A missing broker fails the test with instructions; it is never skipped.
+
+mod support;
+
+fn run(broker: &support::Broker, args: &[&str]) -> serde_json::Value {
+    let port = broker.port.to_string();
+    let mut all = vec![];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&[
+        "--port",
+        &port,
+        "--warmup",
+        "200ms",
+        "--duration",
+        "1s",
+        "--drain",
+        "3s",
+    ]);
+    let (code, j, stderr) = support::loadgen(&all);
+    eprintln!("[{}] {args:?}: {stderr}", broker.name);
+    assert_eq!(
+        code, 0,
+        "loadgen {all:?} exit code; json {j}; stderr {stderr}"
+    );
+    assert_eq!(j["errors_total"], 0, "{j}");
+    assert_eq!(j["connections_failed"], 0, "{j}");
+    assert_eq!(j["unexpected"], 0, "{j}");
+    assert_eq!(j["unclean_closes"], 0, "{j}");
+    j
+}
+
+/// QoS >= 1 runs must deliver every message exactly as often as expected.
+fn assert_complete(j: &serde_json::Value) {
+    assert_eq!(j["lost"], 0, "{j}");
+    assert_eq!(j["out_of_order"], 0, "{j}");
+    assert_eq!(j["delivered"], j["expected"], "{j}");
+    assert!(
+        j["expected"].as_u64().unwrap_or(0) > 0,
+        "no messages flowed: {j}"
+    );
+    assert!(j["latency_us"]["count"].as_u64().unwrap_or(0) > 0, "{j}");
+}
+
+#[test]
+fn fanin_qos1() {
+    let b = support::start_broker();
+    let j = run(
+        &b,
+        &[
+            "fanin",
+            "--publishers",
+            "3",
+            "--subscribers",
+            "2",
+            "--qos",
+            "1",
+            "--rate",
+            "200",
+        ],
+    );
+    assert_complete(&j);
+    assert_eq!(j["connections_established"], 5);
+    // Every message goes to both subscribers.
+    assert_eq!(j["expected"].as_u64().unwrap_or(1) % 2, 0, "{j}");
+}
+
+#[test]
+fn fanin_qos0_closed_loop() {
+    let b = support::start_broker();
+    let j = run(
+        &b,
+        &[
+            "fanin",
+            "--publishers",
+            "2",
+            "--subscribers",
+            "1",
+            "--qos",
+            "0",
+            "--threads",
+            "2",
+        ],
+    );
+    assert_eq!(j["connections_established"], 3);
+    assert!(j["delivered"].as_u64().unwrap_or(0) > 0, "{j}");
+}
+
+#[test]
+fn fanout_qos2() {
+    let b = support::start_broker();
+    let j = run(
+        &b,
+        &[
+            "fanout",
+            "--clients",
+            "4",
+            "--qos",
+            "2",
+            "--rate",
+            "100",
+            "--protocol",
+            "5",
+        ],
+    );
+    assert_complete(&j);
+    assert_eq!(j["duplicates"], 0, "QoS 2 is exactly once: {j}");
+    assert_eq!(j["expected"].as_u64().unwrap_or(1) % 4, 0, "{j}");
+}
+
+#[test]
+fn pairs_qos1_open_loop() {
+    let b = support::start_broker();
+    let j = run(
+        &b,
+        &[
+            "pairs",
+            "--clients",
+            "5",
+            "--qos",
+            "1",
+            "--rate",
+            "100",
+            "--open-loop",
+            "--threads",
+            "2",
+        ],
+    );
+    assert_complete(&j);
+    assert_eq!(j["connections_established"], 10);
+}
+
+#[test]
+fn fleet_qos1_round_trips() {
+    let b = support::start_broker();
+    let j = run(
+        &b,
+        &[
+            "fleet",
+            "--clients",
+            "20",
+            "--qos",
+            "1",
+            "--interval",
+            "100ms",
+            "--cmd-rate",
+            "50",
+        ],
+    );
+    assert_complete(&j);
+    assert_eq!(j["connections_established"], 22);
+    assert!(j["rtt_us"]["count"].as_u64().unwrap_or(0) > 0, "{j}");
+}
+
+#[test]
+fn connect_hold_and_disconnect() {
+    let b = support::start_broker();
+    let port = b.port.to_string();
+    let (code, j, stderr) = support::loadgen(&[
+        "--port",
+        &port,
+        "--clients",
+        "200",
+        "--rate",
+        "2000",
+        "--hold",
+        "500ms",
+    ]);
+    assert_eq!(code, 0, "{j} {stderr}");
+    assert_eq!(j["scenario"], "connect");
+    assert_eq!(j["connections_established"], 200, "{j}");
+    assert_eq!(j["errors_total"], 0, "{j}");
+}
+
+#[test]
+fn refused_connections_exit_3() {
+    // Nothing listens on this port: every connect is refused.
+    let port = support::free_port().to_string();
+    let (code, j, _) = support::loadgen(&[
+        "--port",
+        &port,
+        "--clients",
+        "10",
+        "--hold",
+        "0s",
+        "--connect-timeout",
+        "5s",
+    ]);
+    assert_eq!(code, 3, "{j}");
+    assert_eq!(j["connections_failed"], 10, "{j}");
+    assert_eq!(
+        j["errors"]["connect: Connection refused (os error 111)"], 10,
+        "{j}"
+    );
+}
+
+#[test]
+fn outputs_hgrm_and_plot() {
+    let b = support::start_broker();
+    let dir = std::env::temp_dir().join(format!("loadgen-out-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let hgrm = dir.join("lat.hgrm");
+    let svg = dir.join("lat.svg");
+    let j = run(
+        &b,
+        &[
+            "pairs",
+            "--clients",
+            "2",
+            "--qos",
+            "1",
+            "--rate",
+            "500",
+            "--hgrm",
+            hgrm.to_str().unwrap_or_default(),
+            "--plot",
+            svg.to_str().unwrap_or_default(),
+        ],
+    );
+    let text = std::fs::read_to_string(&hgrm).expect("hgrm written");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .unwrap_or_default();
+    let total: u64 = last
+        .split_whitespace()
+        .nth(2)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(
+        total,
+        j["latency_us"]["count"].as_u64().unwrap_or(u64::MAX),
+        "{text}"
+    );
+    let plot = std::fs::read_to_string(&svg).expect("svg written");
+    assert!(
+        plot.starts_with("<svg") && plot.contains("<polyline"),
+        "{plot}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn broker_closing_before_connack_fails_every_attempt() {
+    // A "broker" that reads CONNECT and hangs up: every attempt must end as a failure and
+    // free its connect-inflight slot, so all 10 are attempted with only 2 in flight.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port().to_string();
+    listener.set_nonblocking(true).expect("nonblocking");
+    let server = std::thread::spawn(move || {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut served = 0;
+        while served < 10 && std::time::Instant::now() < end {
+            match listener.accept() {
+                Ok((mut s, _)) => {
+                    let _ = s.set_nonblocking(false);
+                    let mut buf = [0u8; 64];
+                    let _ = std::io::Read::read(&mut s, &mut buf);
+                    served += 1;
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    });
+    let (code, j, stderr) = support::loadgen(&[
+        "--port",
+        &port,
+        "--clients",
+        "10",
+        "--connect-inflight",
+        "2",
+        "--hold",
+        "0s",
+        "--connect-timeout",
+        "20s",
+        "--src-ips",
+        "none",
+    ]);
+    let _ = server.join();
+    assert_eq!(code, 3, "{j} {stderr}");
+    assert_eq!(j["connections_failed"], 10, "{j}");
+    assert_eq!(
+        j["errors"]["connection closed by broker (AwaitConnAck)"], 10,
+        "{j}"
+    );
+}
