@@ -20,7 +20,7 @@ for target in $(cargo "${tc[@]}" fuzz list --fuzz-dir "$fuzz_dir"); do
   set +e
   cargo "${tc[@]}" fuzz run --fuzz-dir "$fuzz_dir" "$target" "$corpus" "$seeds" -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 2>&1 |
-    grep -E -A4 '^#[0-9]+ +(INITED|DONE)|^Done |stat::|panicked|ERROR|SUMMARY|Test unit written'
+    grep -E -A4 '^#[0-9]+[[:space:]]+(INITED|DONE)|^Done |stat::|panicked|ERROR|SUMMARY|Test unit written'
   status=${PIPESTATUS[0]}
   set -e
   if [ "$status" -ne 0 ]; then

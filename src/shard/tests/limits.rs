@@ -591,4 +591,3 @@ fn stalled_subscriber_under_100_publishers() {
     assert_eq!(got, 114);
     assert_eq!(total(&cl, |s| s.bytes_queued as u64), 0);
 }
-
