@@ -591,3 +591,19 @@ fn stalled_subscriber_under_100_publishers() {
     assert_eq!(got, 114);
     assert_eq!(total(&cl, |s| s.bytes_queued as u64), 0);
 }
+
+#[test]
+fn malformed_second_connect_gets_a_disconnect_code() {
+    // Found by the connection fuzzer: a second CONNECT with a bad protocol name
+    // decoded to 0x84, a CONNACK-only code, and was sent in a DISCONNECT.
+    let mut cl = Cluster::new(1, cfg());
+    let a = cl.connect_ok(V5, "a", ConnectOpts::default(), false);
+    let bad_name = [
+        0x10, 0x0F, 0x00, 0x04, b'$', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x03, b'a',
+        b'b', b'c',
+    ];
+    cl.send_raw(a, &bad_name);
+    cl.expect(a, disconnect(ReasonCode::ProtocolError));
+    cl.expect_closed(a);
+    assert_eq!(cl.shards[0].stats().closed_protocol_error, 1);
+}
