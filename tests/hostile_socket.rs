@@ -674,3 +674,61 @@ fn random_bytes_on_1000_connections() {
     );
     b.assert_alive();
 }
+
+/// Opens `n` connections and sends each a CONNECT; returns how many got CONNACK 0
+/// and how many got exactly CONNACK return code 3 followed by the close.
+fn connect_many(addr: &str, tag: &str, n: usize) -> (Vec<TcpStream>, usize, usize) {
+    let (mut accepted, mut refused) = (Vec::new(), 0);
+    let mut buf = [0u8; 8];
+    for i in 0..n {
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        s.write_all(&connect_bytes(&format!("{tag}-{i}")))
+            .expect("CONNECT");
+        s.read_exact(&mut buf[..4]).expect("CONNACK");
+        match buf[..4] {
+            [0x20, 0x02, 0x00, 0x00] => accepted.push(s),
+            [0x20, 0x02, 0x00, 0x03] => {
+                assert!(
+                    matches!(s.read(&mut buf), Ok(0) | Err(_)),
+                    "open after refusal"
+                );
+                refused += 1;
+            }
+            _ => panic!("unexpected CONNACK {:?}", &buf[..4]),
+        }
+    }
+    let n_ok = accepted.len();
+    (accepted, n_ok, refused)
+}
+
+#[test]
+fn connection_limits_refuse_over_the_wire() {
+    let _serial = serial();
+    // Per source IP: every test client is 127.0.0.1.
+    let mut b = Broker::start(&["--max-connections-per-ip", "3"]);
+    let (kept, ok, refused) = connect_many(&b.addr.clone(), "ip", 5);
+    assert_eq!((ok, refused), (3, 2));
+    drop(kept);
+    b.assert_alive();
+    drop(b);
+
+    // Per node, over both shards.
+    let mut b = Broker::start(&["--max-connections", "4"]);
+    let (_kept, ok, refused) = connect_many(&b.addr.clone(), "node", 6);
+    eprintln!(
+        "hostile limits: per-IP 3 of 5 accepted; per-node {ok} of 6 accepted, {refused} refused"
+    );
+    assert_eq!((ok, refused), (4, 2));
+    b.assert_alive();
+    drop(b);
+
+    // CONNECT rate: 1 per second per shard (bursts of 1): 20 back-to-back CONNECTs
+    // cannot all be accepted unless the loop took 9 s or more.
+    let mut b = Broker::start(&["--connect-rate-per-s", "1"]);
+    let (_kept, ok, refused) = connect_many(&b.addr.clone(), "rate", 20);
+    eprintln!("hostile limits: connect rate 1/s per shard: {ok} of 20 accepted, {refused} refused");
+    assert_eq!(ok + refused, 20);
+    assert!(refused >= 1);
+    b.assert_alive();
+}
