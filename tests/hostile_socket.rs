@@ -713,15 +713,17 @@ fn connection_limits_refuse_over_the_wire() {
     b.assert_alive();
     drop(b);
 
-    // Per node, over both shards.
-    let mut b = Broker::start(&["--max-connections", "4"]);
-    let (_kept, ok, refused) = connect_many(&b.addr.clone(), "node", 6);
-    eprintln!(
-        "hostile limits: per-IP 3 of 5 accepted; per-node {ok} of 6 accepted, {refused} refused"
-    );
-    assert_eq!((ok, refused), (4, 2));
-    b.assert_alive();
-    drop(b);
+    // Per node, over both shards, with either IO backend (the auto choice and epoll).
+    for io in ["auto", "epoll"] {
+        let mut b = Broker::start(&["--io", io, "--max-connections", "4"]);
+        let (_kept, ok, refused) = connect_many(&b.addr.clone(), "node", 6);
+        eprintln!(
+            "hostile limits: per-IP 3 of 5 accepted; --io {io}: per-node {ok} of 6 accepted, \
+             {refused} refused"
+        );
+        assert_eq!((ok, refused), (4, 2));
+        b.assert_alive();
+    }
 
     // CONNECT rate: 1 per second per shard (bursts of 1): 20 back-to-back CONNECTs
     // cannot all be accepted unless the loop took 9 s or more.
