@@ -38,7 +38,8 @@ RINGMQ_QUEUED_BYTES=$((64 * 1024 * 1024))
 ensure_mosquitto() {
   command -v mosquitto >/dev/null && return 0
   log "installing Debian's mosquitto"
-  apt-get install -y mosquitto >/dev/null || die "apt-get install mosquitto failed"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; } >/dev/null \
+    || die "apt-get install mosquitto failed"
 }
 
 start_mosquitto() {

@@ -141,8 +141,12 @@ fn run(config: Config) -> Result<(), String> {
     let shards = config.shards.unwrap_or(cores).max(1);
     let pin = shards <= cpus.len();
 
+    // Each loop holds its share of max_connections plus room to accept connections
+    // over the limit (and an uneven spread between loops) long enough for the shard
+    // to refuse them with a CONNACK instead of a reset: 1/8 of the share, at least 64.
+    let share = config.max_connections.div_ceil(shards);
     let loop_options = LoopOptions {
-        max_connections: config.max_connections.div_ceil(shards),
+        max_connections: share.saturating_add((share / 8).max(64)),
         ..LoopOptions::default()
     };
     match backend {
@@ -198,6 +202,7 @@ fn run(config: Config) -> Result<(), String> {
     let (remote_tx, remote_rx) = mpsc::channel::<(usize, Arc<Remote>)>();
     let mut peer_txs = Vec::with_capacity(shards);
     let mut handles = Vec::with_capacity(shards);
+    let node = ringmq::shard::NodeCounters::new();
     for (id, (endpoint, listeners)) in endpoints.into_iter().zip(per_shard).enumerate() {
         let (peers_tx, peers_rx) = mpsc::channel();
         peer_txs.push(peers_tx);
@@ -212,6 +217,7 @@ fn run(config: Config) -> Result<(), String> {
             remote_tx: remote_tx.clone(),
             peers_rx,
             exit_barrier: exit_barrier.clone(),
+            node: node.clone(),
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))

@@ -91,6 +91,9 @@ pub struct WorkerSetup {
     /// Reached by every worker after its loop ends and before its rings close, so no
     /// loop sends a doorbell or descriptor to a ring that is gone.
     pub exit_barrier: Arc<Barrier>,
+    /// Connection counters shared by all shards, so `max_connections` and
+    /// `max_connections_per_ip` hold per node.
+    pub node: Arc<crate::shard::NodeCounters>,
 }
 
 /// Pins the calling thread to `cpu`.
@@ -163,6 +166,7 @@ pub fn run<L: EventLoop>(
         remote_tx,
         peers_rx,
         exit_barrier,
+        node,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -182,7 +186,7 @@ pub fn run<L: EventLoop>(
     let peers = peers_rx
         .recv()
         .map_err(|_| io::Error::other("another worker failed to start"))?;
-    let shard = Shard::new(id, peers.len(), config);
+    let shard = Shard::in_node(id, peers.len(), config, node);
     let mut w = Worker {
         id,
         io,
