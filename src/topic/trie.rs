@@ -14,10 +14,18 @@ const ROOT: Idx = 0;
 /// 64 KiB request lands in the 80 KiB size class; 1023 entries leave room for that.
 const CHUNK_LEN: usize = 1023;
 
+/// Index distance between chunks: an index is `chunk << CHUNK_SHIFT | offset`, so
+/// splitting one (every node visit of every topic walk) is a shift and a mask, not a
+/// division by `CHUNK_LEN`. Offset `CHUNK_LEN` (1023) is never used, so `NONE`
+/// (all ones) never names an entry.
+const CHUNK_SHIFT: u32 = 10;
+const _: () = assert!(CHUNK_LEN < 1 << CHUNK_SHIFT);
+
 /// Splits an arena index into (chunk, offset).
+#[inline(always)]
 fn chunk_of(i: Idx) -> (usize, usize) {
     let i = i as usize;
-    (i / CHUNK_LEN, i % CHUNK_LEN)
+    (i >> CHUNK_SHIFT, i & ((1 << CHUNK_SHIFT) - 1))
 }
 
 /// Up to this many literal children are an unsorted exact-size list scanned
@@ -53,7 +61,7 @@ impl Label {
 
     /// `self.as_bytes() == level`, without a `memcmp` call for inline labels: the
     /// topic walk compares one label per level of every PUBLISH.
-    #[inline]
+    #[inline(always)]
     fn is(&self, level: &[u8]) -> bool {
         match self {
             Label::Inline { len, bytes } => {
@@ -75,7 +83,7 @@ impl Label {
 
 /// `a == b` for equal-length slices of at most `INLINE_MAX` bytes, as overlapping
 /// word compares (first and last 8 or 4 bytes, plus the middle 8 above 16 bytes).
-#[inline]
+#[inline(always)]
 fn short_eq(a: &[u8], b: &[u8]) -> bool {
     let n = a.len();
     if n != b.len() {
@@ -237,7 +245,7 @@ fn push_chunked<T>(chunks: &mut Vec<Vec<T>>, t: T) -> Idx {
     if last.len() == last.capacity() {
         last.reserve_exact(last.len().min(CHUNK_LEN - last.len()));
     }
-    let i = (chunk * CHUNK_LEN + last.len()) as Idx;
+    let i = ((chunk << CHUNK_SHIFT) + last.len()) as Idx;
     last.push(t);
     i
 }
@@ -477,7 +485,16 @@ impl<V> TopicTrie<V> {
                         }
                     }
                     // Literal only: a topic level `+` must not reach the plus child twice.
-                    let c = self.literal_child_of(node, level);
+                    // The single-child case inline: it is most of a topic's levels.
+                    let c = if node.one != NONE {
+                        if self.node(node.one).label.is(level) {
+                            node.one
+                        } else {
+                            NONE
+                        }
+                    } else {
+                        self.literal_child_of(node, level)
+                    };
                     if c != NONE {
                         (n, pos) = (c, next);
                         continue;
@@ -765,7 +782,6 @@ impl<V> TopicTrie<V> {
     }
 
     /// As `literal_child`, given the node itself.
-    #[inline]
     fn literal_child_of(&self, node: &Node, level: &[u8]) -> Idx {
         if node.one != NONE {
             let hit = self.node(node.one).label.is(level);
