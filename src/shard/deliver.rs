@@ -5,14 +5,15 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use super::conn::{Conn, ConnState, MAX_OUTBOUND_ALIASES};
 use super::{Action, ConnId, Shard, ShardStats};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::protocol::{
-    encode_packet, encoded_len, Packet, PubResp, Publish, PublishProperties, QoS,
+    encode_packet, encoded_len, remaining_length_len, Packet, PubResp, Publish, PublishProperties,
+    QoS,
 };
 use crate::session::{Inflight, Message, Outgoing, Phase, SessionError, NONE};
 
@@ -95,6 +96,35 @@ fn publish_packet(
     })
 }
 
+/// Appends a 3.1/3.1.1 PUBLISH of `msg` (DUP 0, packet identifier 1 as the
+/// placeholder the cache patches per copy), byte for byte what `encode_packet` writes
+/// for `publish_packet(msg, false, qos, retain, &[], 1, false, msg.topic, None, _)`,
+/// without building and dropping a `Packet` (two `Bytes` clones, properties) for
+/// each fan-out. 3.x PUBLISH has no properties, so the layout is fixed.
+fn encode_v3_publish(out: &mut BytesMut, msg: &Message, qos: QoS, retain: bool) {
+    let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
+    let remaining = 2 + msg.topic.len() + id_len + msg.payload.len();
+    out.reserve(1 + remaining_length_len(remaining) + remaining);
+    out.put_u8(0x30 | ((qos as u8) << 1) | u8::from(retain));
+    let mut value = remaining;
+    loop {
+        let b = (value & 0x7F) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.put_u8(b);
+            break;
+        }
+        out.put_u8(b | 0x80);
+    }
+    // The codec bounds a decoded topic to 65,535 bytes.
+    out.put_u16(msg.topic.len() as u16);
+    out.put_slice(&msg.topic);
+    if id_len != 0 {
+        out.put_u16(1);
+    }
+    out.put_slice(&msg.payload);
+}
+
 /// Encodes one PUBLISH copy into `c.tx`. `force` skips the buffer bound (resends,
 /// which are already bounded by the inflight window).
 #[allow(clippy::too_many_arguments)]
@@ -121,21 +151,24 @@ pub(crate) fn encode_publish(
         let i = match found {
             Some(i) => i,
             None => {
-                let p = publish_packet(
-                    msg,
-                    v5,
-                    qos,
-                    retain,
-                    &[],
-                    1,
-                    false,
-                    msg.topic.clone(),
-                    None,
-                    now,
-                );
                 let start = cache.buf.len();
-                let version = c.version;
-                encode_packet(&p, version, &mut cache.buf);
+                if v5 {
+                    let p = publish_packet(
+                        msg,
+                        v5,
+                        qos,
+                        retain,
+                        &[],
+                        1,
+                        false,
+                        msg.topic.clone(),
+                        None,
+                        now,
+                    );
+                    encode_packet(&p, c.version, &mut cache.buf);
+                } else {
+                    encode_v3_publish(&mut cache.buf, msg, qos, retain);
+                }
                 let len = cache.buf.len() - start;
                 let packet_id_at = fixed_header_len(&cache.buf[start..]) + 2 + msg.topic.len();
                 cache.variants.push(Variant {
@@ -554,5 +587,60 @@ impl Shard {
         });
         stats.bytes_tx += c.tx.len() - before;
         mark_flush(actions, conn_id, c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::ProtocolVersion;
+
+    /// The direct 3.x encoder writes exactly what the codec writes, across QoS,
+    /// retain, and lengths on both sides of each remaining-length byte boundary.
+    #[test]
+    fn v3_publish_equals_codec() {
+        let now = Instant::now();
+        for topic_len in [1usize, 37, 300] {
+            for payload_len in [0usize, 1, 60, 88, 89, 200, 16_300, 16_400, 70_000] {
+                for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+                    for retain in [false, true] {
+                        let msg = Message {
+                            topic: Bytes::from(vec![b't'; topic_len]),
+                            payload: Bytes::from(
+                                (0..payload_len).map(|i| i as u8).collect::<Vec<u8>>(),
+                            ),
+                            qos,
+                            retain,
+                            properties: PublishProperties::default(),
+                            arrived_at: now,
+                            origin_shard: 0,
+                            origin_session: 0,
+                        };
+                        let p = publish_packet(
+                            &msg,
+                            false,
+                            qos,
+                            retain,
+                            &[],
+                            1,
+                            false,
+                            msg.topic.clone(),
+                            None,
+                            now,
+                        );
+                        for version in [ProtocolVersion::V31, ProtocolVersion::V311] {
+                            let mut want = BytesMut::from(&b"prefix"[..]);
+                            encode_packet(&p, version, &mut want);
+                            let mut got = BytesMut::from(&b"prefix"[..]);
+                            encode_v3_publish(&mut got, &msg, qos, retain);
+                            assert_eq!(
+                                got, want,
+                                "topic {topic_len} payload {payload_len} {qos:?} retain {retain}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
