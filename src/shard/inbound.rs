@@ -135,13 +135,12 @@ impl Shard {
                 d.awaiting_pubrel.push(packet_id);
             }
         }
-        let properties = p.properties;
         let msg = Message {
             topic: p.topic,
             payload: p.payload,
             qos,
             retain: p.retain,
-            properties,
+            properties: p.properties,
             arrived_at: now,
             origin_shard: self.id,
             origin_session: session,

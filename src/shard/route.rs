@@ -418,19 +418,23 @@ impl Shard {
         // Only stored/forwarded messages need the Arc; a purely local QoS 0 fan-out
         // does without (see `deliver`).
         let mut arc: Option<Arc<Message>> = None;
-        let msg = if msg.retain {
+        // Borrowed from here on: rebinding the owned `msg` would copy the whole
+        // struct (a `memcpy` call) on every publish.
+        let stored;
+        let msg: &Message = if msg.retain {
             let a = Arc::new(msg.compacted());
             arc = Some(a.clone());
             self.store_retained(&a);
-            (*a).clone()
+            stored = (*a).clone();
+            &stored
         } else {
-            msg
+            &msg
         };
 
         // One shard: the routes table only mirrors `local`, so one walk of `local`
         // finds both the plain subscribers and the shared groups to serve.
         if self.shard_count == 1 {
-            self.deliver_local(&msg, &mut arc, now, true);
+            self.deliver_local(msg, &mut arc, now, true);
             return;
         }
 
@@ -480,10 +484,10 @@ impl Shard {
 
         let local_shared = std::mem::take(&mut self.targets.shared[me]);
         if self.targets.plain.contains(me) {
-            self.deliver_plain(&msg, &mut arc, now);
+            self.deliver_plain(msg, &mut arc, now);
         }
         for t in &local_shared {
-            self.deliver_shared(&msg, &mut arc, t, now);
+            self.deliver_shared(msg, &mut arc, t, now);
         }
         let mut local_shared = local_shared;
         local_shared.clear();
