@@ -596,14 +596,18 @@ impl Shard {
         });
         self.cache.clear();
         for m in &mut matches {
-            m.sub_ids.sort_unstable();
+            if m.sub_ids.len() > 1 {
+                m.sub_ids.sort_unstable();
+            }
             let qos = msg.qos.min(m.qos);
             let retain = msg.retain && m.retain_as_published;
             self.deliver(m.session, msg, arc, qos, retain, &m.sub_ids, now, true);
         }
         self.matches = matches;
-        for sub in picks {
-            self.deliver_member(msg, arc, sub, now);
+        if !picks.is_empty() {
+            for sub in picks {
+                self.deliver_member(msg, arc, sub, now);
+            }
         }
     }
 
