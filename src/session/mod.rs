@@ -194,9 +194,12 @@ pub struct Inflight {
 /// QoS state of a session, allocated on first use so an idle QoS 0 session stays small.
 #[derive(Debug, Default)]
 pub struct Delivery {
-    /// Outbound QoS 1/2 messages sent and not yet fully acknowledged, oldest first.
-    /// Bounded by the inflight window (at most 65535 by packet id space).
-    pub inflight: Vec<Inflight>,
+    /// Outbound QoS 1/2 messages sent and not yet fully acknowledged, oldest first
+    /// (acks mostly come oldest first, so removal is usually `pop_front`).
+    /// Bounded by the inflight window (at most 65535 by packet id space). Add and
+    /// remove through `push_inflight` / `remove_inflight` / `retain_inflight` so the
+    /// packet-id index stays right.
+    pub inflight: VecDeque<Inflight>,
     /// Messages waiting for the window, for buffer room or for the client to return.
     /// Bounded by `max_queued_messages` / `max_queued_bytes`.
     pub queue: VecDeque<Outgoing>,
@@ -206,6 +209,17 @@ pub struct Delivery {
     /// Inbound QoS 2 packet ids PUBREC'd and waiting for PUBREL; bounded by our
     /// Receive Maximum.
     pub awaiting_pubrel: Vec<u16>,
+    /// Packet ids in `inflight` as a bitset, kept only while at least
+    /// `ID_INDEX_FROM` messages are in flight: a scan of a few entries is cheaper,
+    /// and an idle session should not carry 8 KiB.
+    ids_in_use: Option<Box<[u64; 1024]>>,
+}
+
+/// In-flight count from which packet-id allocation uses the bitset.
+const ID_INDEX_FROM: usize = 32;
+
+fn id_bit(id: u16) -> (usize, u64) {
+    (usize::from(id >> 6), 1u64 << (id & 63))
 }
 
 impl Delivery {
@@ -218,11 +232,62 @@ impl Delivery {
                 self.last_packet_id = 1;
             }
             let id = self.last_packet_id;
-            if !self.inflight.iter().any(|f| f.packet_id == id) {
+            let in_use = match &self.ids_in_use {
+                Some(ids) => {
+                    let (word, bit) = id_bit(id);
+                    ids[word] & bit != 0
+                }
+                None => self.inflight.iter().any(|f| f.packet_id == id),
+            };
+            if !in_use {
                 return Some(id);
             }
         }
         None
+    }
+
+    pub fn push_inflight(&mut self, f: Inflight) {
+        if let Some(ids) = self.ids_in_use.as_mut() {
+            let (word, bit) = id_bit(f.packet_id);
+            ids[word] |= bit;
+        }
+        self.inflight.push_back(f);
+        if self.ids_in_use.is_none() && self.inflight.len() >= ID_INDEX_FROM {
+            self.rebuild_id_index();
+        }
+    }
+
+    pub fn remove_inflight(&mut self, i: usize) -> Option<Inflight> {
+        let f = if i == 0 {
+            self.inflight.pop_front()
+        } else {
+            self.inflight.remove(i)
+        }?;
+        if let Some(ids) = self.ids_in_use.as_mut() {
+            let (word, bit) = id_bit(f.packet_id);
+            ids[word] &= !bit;
+        }
+        if self.inflight.is_empty() {
+            self.ids_in_use = None;
+        }
+        Some(f)
+    }
+
+    pub fn retain_inflight(&mut self, keep: impl FnMut(&mut Inflight) -> bool) {
+        self.inflight.retain_mut(keep);
+        self.ids_in_use = None;
+        if self.inflight.len() >= ID_INDEX_FROM {
+            self.rebuild_id_index();
+        }
+    }
+
+    fn rebuild_id_index(&mut self) {
+        let mut ids = Box::new([0u64; 1024]);
+        for f in &self.inflight {
+            let (word, bit) = id_bit(f.packet_id);
+            ids[word] |= bit;
+        }
+        self.ids_in_use = Some(ids);
     }
 
     pub fn inflight_pos(&self, packet_id: u16) -> Option<usize> {
@@ -390,13 +455,54 @@ mod tests {
             retain: false,
             sub_ids: SmallVec::new(),
         };
-        d.inflight.push(Inflight {
+        d.push_inflight(Inflight {
             packet_id: 1,
             phase: Phase::AwaitAck,
             out,
         });
         assert_eq!(d.alloc_packet_id(), Some(u16::MAX));
         assert_eq!(d.alloc_packet_id(), Some(2));
+    }
+
+    #[test]
+    fn packet_ids_with_many_in_flight_use_the_index_and_stay_exact() {
+        let out = Outgoing {
+            msg: Arc::new(msg(None, Instant::now())),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            sub_ids: SmallVec::new(),
+        };
+        let mut d = Delivery::default();
+        for _ in 0..100 {
+            let id = d.alloc_packet_id().expect("free id");
+            d.push_inflight(Inflight {
+                packet_id: id,
+                phase: Phase::AwaitAck,
+                out: out.clone(),
+            });
+        }
+        assert!(
+            d.ids_in_use.is_some(),
+            "index built past {ID_INDEX_FROM} in flight"
+        );
+        // Wrap around: ids 1..=100 are taken, so the next after 65535 is 101.
+        d.last_packet_id = u16::MAX;
+        assert_eq!(d.alloc_packet_id(), Some(101));
+        // Acking id 5 (from the middle) and id 1 (the oldest) frees exactly those.
+        let i5 = d.inflight_pos(5).expect("in flight");
+        assert_eq!(d.remove_inflight(i5).map(|f| f.packet_id), Some(5));
+        assert_eq!(d.remove_inflight(0).map(|f| f.packet_id), Some(1));
+        d.last_packet_id = 0;
+        assert_eq!(d.alloc_packet_id(), Some(1));
+        assert_eq!(d.alloc_packet_id(), Some(5));
+        assert_eq!(d.alloc_packet_id(), Some(101));
+        // A retain that drops even ids rebuilds the index from what is left.
+        d.retain_inflight(|f| f.packet_id % 2 == 1);
+        d.last_packet_id = 1;
+        assert_eq!(d.alloc_packet_id(), Some(2));
+        // Emptying the window drops the index.
+        while d.remove_inflight(0).is_some() {}
+        assert!(d.ids_in_use.is_none());
     }
 
     #[test]

@@ -382,7 +382,7 @@ impl Shard {
                         } else {
                             Phase::AwaitRec
                         };
-                        d.inflight.push(Inflight {
+                        d.push_inflight(Inflight {
                             packet_id: pid,
                             phase,
                             out,
@@ -524,7 +524,7 @@ impl Shard {
                 } else {
                     Phase::AwaitRec
                 };
-                d.inflight.push(Inflight {
+                d.push_inflight(Inflight {
                     packet_id: pid,
                     phase,
                     out,
@@ -557,7 +557,7 @@ impl Shard {
         };
         let max_outbound = config.max_outbound_bytes;
         let before = c.tx.len();
-        d.inflight.retain(|f| match f.phase {
+        d.retain_inflight(|f| match f.phase {
             Phase::AwaitComp => {
                 encode_packet(
                     &Packet::PubRel(PubResp::new(f.packet_id)),

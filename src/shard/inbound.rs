@@ -166,7 +166,7 @@ impl Shard {
         };
         if let Some(i) = d.inflight_pos(packet_id) {
             if d.inflight[i].phase == Phase::AwaitAck {
-                d.inflight.remove(i);
+                d.remove_inflight(i);
                 self.pump(session, now);
             }
         }
@@ -193,7 +193,7 @@ impl Shard {
         };
         if r.code.is_error() {
             // The client refused the message: the flow ends here (MQTT 5 4.3.3).
-            d.inflight.remove(i);
+            d.remove_inflight(i);
             self.pump(session, now);
             return;
         }
@@ -216,7 +216,7 @@ impl Shard {
         };
         if let Some(i) = d.inflight_pos(packet_id) {
             if d.inflight[i].phase == Phase::AwaitComp {
-                d.inflight.remove(i);
+                d.remove_inflight(i);
                 self.pump(session, now);
             }
         }
