@@ -414,6 +414,14 @@ impl EventLoop for EpollLoop {
         }
     }
 
+    fn discard(&mut self, transfer: Transfer) {
+        let fd = transfer.0 as RawFd;
+        // SAFETY: the fd was detached in `migrate` and its hand-off never reached
+        // `adopt`, so nobody else owns it; dropping the stream closes it.
+        drop(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        self.stats.migrate_failed += 1;
+    }
+
     fn doorbell(&mut self, to: usize) {
         if let Some(peer) = self.peers.get(to) {
             peer.wake();

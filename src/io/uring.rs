@@ -17,12 +17,13 @@
 //! few accepts per turn costs nothing next to the TCP handshake.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use io_uring::types::{
@@ -33,14 +34,16 @@ use slab::Slab;
 
 use super::{
     sockaddr_to_std, BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind,
-    SockId, Transfer,
+    RingRoom, SockId, Transfer,
 };
 
 /// Most rings one loop may own (each is one process fd and one registered table).
 pub const MAX_RINGS: usize = 16;
 /// Single-shot accepts kept armed per ring and listener.
 const ACCEPTS_PER_RING: usize = 4;
-/// Table slots kept free per ring: in-flight accepts plus sockets migrating in.
+/// Table slots per ring never handed out through the ring's `RingRoom`: they absorb the
+/// one accept kept armed on a full loop (closed at once) and are a margin against
+/// accounting slips. Accepts and sockets migrating in reserve their slot first.
 const TABLE_HEADROOM: u32 = 64;
 
 // user_data layout: kind in the top byte, payload below.
@@ -385,9 +388,9 @@ impl Ring {
         }
     }
 
-    fn free_slots(&self) -> u32 {
-        self.table_size
-            .saturating_sub(self.live + self.accepts_armed + TABLE_HEADROOM)
+    /// Whether the table has a slot left, counting what is reserved in no `RingRoom`.
+    fn physically_free(&self) -> bool {
+        self.table_size > self.live + self.accepts_armed
     }
 }
 
@@ -400,9 +403,12 @@ enum SockState {
     Migrating {
         to: usize,
     },
-    /// The slot was sent; waiting for the MSG_RING result.
+    /// The slot was sent into ring `ring` of loop `to`, where a slot was reserved;
+    /// waiting for the MSG_RING result.
     SendingFd {
         ticket: u64,
+        to: u16,
+        ring: u8,
     },
 }
 
@@ -423,6 +429,9 @@ struct Sock {
 struct AcceptSlot {
     ring: u8,
     armed: bool,
+    /// The armed accept reserved a slot in its ring's `RingRoom` (false: the one
+    /// over-capacity accept of a full loop).
+    counted: bool,
     /// Boxed so the kernel's pointer stays valid while the slot vector grows.
     addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
 }
@@ -443,6 +452,10 @@ pub struct UringLoop {
     eventfd: RawFd,
     /// Fd-passing tickets: arrived before the worker claimed them, or claimed first.
     arrived: HashMap<u64, SockId>,
+    /// Arrivals in order with the time their hand-off is due: one never claimed by then
+    /// is closed (the sender could not deliver the hand-off), so it cannot leak.
+    arrived_due: VecDeque<(Instant, u64)>,
+    adopt_pair_timeout: Duration,
     claimed: std::collections::HashSet<u64>,
     next_ticket: u64,
     stats: IoStats,
@@ -500,7 +513,10 @@ impl UringLoop {
         let remote = Arc::new(Remote {
             kind: RemoteKind::Uring {
                 ring_fds: rings.iter().map(|r| r.uring.as_raw_fd()).collect(),
-                adopt_ring: AtomicU32::new(0),
+                room: rings
+                    .iter()
+                    .map(|r| RingRoom::new(r.table_size.saturating_sub(TABLE_HEADROOM)))
+                    .collect(),
                 eventfd,
             },
         });
@@ -514,6 +530,8 @@ impl UringLoop {
             remote,
             eventfd,
             arrived: HashMap::new(),
+            arrived_due: VecDeque::new(),
+            adopt_pair_timeout: Duration::from_millis(opts.adopt_pair_timeout_ms),
             claimed: Default::default(),
             next_ticket: 0,
             stats: IoStats::default(),
@@ -541,6 +559,14 @@ impl UringLoop {
 
     pub fn table_size(&self) -> u32 {
         self.rings[0].table_size
+    }
+
+    /// Free-slot counter of ring `r`, shared with the loops that send descriptors.
+    fn room(&self, r: usize) -> &RingRoom {
+        match &self.remote.kind {
+            RemoteKind::Uring { room, .. } => &room[r],
+            RemoteKind::Epoll { .. } => unreachable!("an io_uring loop has an io_uring remote"),
+        }
     }
 
     fn arm_ring_poll(&mut self, r: usize) {
@@ -652,6 +678,9 @@ impl UringLoop {
             let (ring, reported) = (s.ring as usize, s.reported);
             self.socks.remove(sock as usize);
             self.rings[ring].live = self.rings[ring].live.saturating_sub(1);
+            // Every socket in the table holds one reservation (its accept's or its
+            // sender's); the slot is free again.
+            self.room(ring).give_back();
             if reported {
                 self.pending.push(Completion::Released { sock });
             }
@@ -669,20 +698,36 @@ impl UringLoop {
         if s.recv_armed || s.tx.is_some() {
             return;
         }
-        let target = self.peers.get(to).and_then(|p| p.adopt_ring());
-        let Some((ring_fd, _)) = target else {
-            self.stats.migrate_failed += 1;
-            s.state = SockState::Closing;
-            self.pending.push(Completion::Migrated {
-                sock,
-                result: Err(libc::EINVAL),
-            });
-            self.close_slot(sock);
-            return;
+        // Reserve the target slot before sending: a MSG_RING into a full table fails
+        // (ENFILE) after the socket already left our receive path.
+        let target = match self.peers.get(to) {
+            None => Err(libc::EINVAL),
+            Some(p) => p.reserve_adopt_slot().ok_or(libc::ENFILE),
+        };
+        let (ring_fd, target_ring) = match target {
+            Ok(t) => t,
+            Err(errno) => {
+                if errno == libc::ENFILE {
+                    self.stats.migrate_refused_full += 1;
+                } else {
+                    self.stats.migrate_failed += 1;
+                }
+                s.state = SockState::Closing;
+                self.pending.push(Completion::Migrated {
+                    sock,
+                    result: Err(errno),
+                });
+                self.close_slot(sock);
+                return;
+            }
         };
         let ticket = ((self.id as u64) << 40) | (self.next_ticket & ((1 << 40) - 1));
         self.next_ticket += 1;
-        s.state = SockState::SendingFd { ticket };
+        s.state = SockState::SendingFd {
+            ticket,
+            to: to as u16,
+            ring: target_ring as u8,
+        };
         let (ring, slot) = (s.ring as usize, s.slot);
         // The ticket rides in the target's CQE user_data; the worker sends it along
         // with the handoff so the target can pair the two.
@@ -702,56 +747,112 @@ impl UringLoop {
             return;
         }
         // Rings fill in order (accepts go to the first ring with room only), so the
-        // buffer pools of later rings stay untouched until they are needed.
-        // When every ring is at capacity, one accept stays armed anyway: what it takes
-        // is closed at once and counted, rather than left to time out in the backlog.
-        let room_ring = self.rings.iter().position(|r| r.free_slots() > 0);
-        let any_room = room_ring.is_some();
+        // buffer pools of later rings stay untouched until they are needed. Each armed
+        // accept holds a reservation in its ring's `RingRoom`, shared with the loops
+        // that send us descriptors, so the two can never overrun a table together.
+        let room_ring = (0..self.rings.len()).find(|&r| self.room(r).free() > 0);
         for li in 0..self.listeners.len() {
             let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
                 continue;
             };
-            let overflow_armed = self.listeners[li].slots.iter().any(|s| s.armed);
             for si in 0..self.listeners[li].slots.len() {
-                let slot = &mut self.listeners[li].slots[si];
+                let slot = &self.listeners[li].slots[si];
                 let ring = slot.ring as usize;
-                let r = &self.rings[ring];
-                let overflow = !any_room
-                    && si == 0
-                    && !overflow_armed
-                    && r.table_size > r.live + r.accepts_armed;
-                if slot.armed || ((room_ring != Some(ring) || r.free_slots() == 0) && !overflow) {
+                if slot.armed && !slot.counted {
+                    // The over-capacity accept becomes a normal one once its ring has
+                    // room again (else it would drop the next connection while a
+                    // counted accept armed beside it holds the room).
+                    if self.room(ring).try_take() {
+                        self.listeners[li].slots[si].counted = true;
+                    }
                     continue;
                 }
-                slot.armed = true;
-                slot.addr.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                let addr_ptr =
-                    (&mut slot.addr.0 as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
-                let len_ptr = &mut slot.addr.1 as *mut libc::socklen_t;
-                let e = opcode::Accept::new(Fd(fd), addr_ptr, len_ptr)
-                    .file_index(Some(DestinationSlot::auto_target()))
-                    .build()
-                    .user_data(ud(K_ACCEPT, ((li as u64) << 16) | si as u64));
-                self.rings[ring].accepts_armed += 1;
-                self.rings[ring].push(e);
+                if slot.armed || room_ring != Some(ring) || !self.room(ring).try_take() {
+                    continue;
+                }
+                self.arm_accept(li, si, fd, true);
+            }
+            // Nothing armed (every table is full, or other loops took the room first):
+            // keep one accept armed anyway in the headroom. What it takes is kept if
+            // room came back meanwhile, else closed at once and counted, rather than
+            // left to time out in the backlog.
+            if self.listeners[li].slots.iter().all(|s| !s.armed) {
+                let si = self.listeners[li]
+                    .slots
+                    .iter()
+                    .position(|s| self.rings[s.ring as usize].physically_free());
+                if let Some(si) = si {
+                    self.arm_accept(li, si, fd, false);
+                }
             }
         }
     }
 
-    fn update_adopt_ring(&self) {
-        // Same fill order as accepts; when all are full, the one with most raw room.
-        let best = (0..self.rings.len())
-            .find(|&r| self.rings[r].free_slots() > 0)
-            .or_else(|| {
-                (0..self.rings.len()).max_by_key(|&r| {
-                    let ring = &self.rings[r];
-                    ring.table_size
-                        .saturating_sub(ring.live + ring.accepts_armed)
-                })
-            })
-            .unwrap_or(0);
-        if let RemoteKind::Uring { adopt_ring, .. } = &self.remote.kind {
-            adopt_ring.store(best as u32, Ordering::Relaxed);
+    fn arm_accept(&mut self, li: usize, si: usize, fd: RawFd, counted: bool) {
+        let slot = &mut self.listeners[li].slots[si];
+        let ring = slot.ring as usize;
+        slot.armed = true;
+        slot.counted = counted;
+        slot.addr.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let addr_ptr = (&mut slot.addr.0 as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+        let len_ptr = &mut slot.addr.1 as *mut libc::socklen_t;
+        let e = opcode::Accept::new(Fd(fd), addr_ptr, len_ptr)
+            .file_index(Some(DestinationSlot::auto_target()))
+            .build()
+            .user_data(ud(K_ACCEPT, ((li as u64) << 16) | si as u64));
+        self.rings[ring].accepts_armed += 1;
+        self.rings[ring].push(e);
+    }
+
+    /// Makes a counted accept of listener `li` armed on `ring` uncounted, handing its
+    /// reservation to the caller.
+    fn steal_accept_reservation(&mut self, li: usize, ring: usize) -> bool {
+        let Some(listener) = self.listeners.get_mut(li) else {
+            return false;
+        };
+        match listener
+            .slots
+            .iter_mut()
+            .find(|s| s.armed && s.counted && s.ring as usize == ring)
+        {
+            Some(s) => {
+                s.counted = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes sockets sent to us whose hand-off did not come in time.
+    fn reap_unpaired(&mut self) {
+        let Some(&(due, _)) = self.arrived_due.front() else {
+            return;
+        };
+        let now = Instant::now();
+        if due > now {
+            return;
+        }
+        while let Some(&(due, ticket)) = self.arrived_due.front() {
+            if due > now {
+                break;
+            }
+            self.arrived_due.pop_front();
+            // Claimed meanwhile (the usual case): nothing to do.
+            let Some(sock) = self.arrived.remove(&ticket) else {
+                continue;
+            };
+            self.stats.adopt_unpaired_reaped += 1;
+            tracing::warn!(
+                loop_id = self.id,
+                ticket,
+                "socket arrived without its hand-off: closed"
+            );
+            if let Some(s) = self.socks.get_mut(sock as usize) {
+                // The worker never saw this id: no `Released` for it.
+                s.reported = false;
+                s.state = SockState::Closing;
+            }
+            self.close_slot(sock);
         }
     }
 
@@ -914,13 +1015,19 @@ impl UringLoop {
 
     fn on_send_fd(&mut self, sock: SockId, res: i32) {
         tracing::debug!(loop_id = self.id, sock, res, "descriptor sent");
-        let ticket = match self.socks.get(sock as usize).map(|s| s.state) {
-            Some(SockState::SendingFd { ticket }) => Some(ticket),
+        let sent = match self.socks.get(sock as usize).map(|s| s.state) {
+            Some(SockState::SendingFd { ticket, to, ring }) => Some((ticket, to, ring)),
             _ => None,
         };
-        let result = match (res >= 0, ticket) {
-            (true, Some(t)) => Ok(Transfer(t)),
-            _ => {
+        let result = match (res >= 0, sent) {
+            (true, Some((ticket, _, _))) => Ok(Transfer(ticket)),
+            (_, sent) => {
+                // The descriptor did not arrive: its reserved slot is free again.
+                if let Some((_, to, ring)) = sent {
+                    if let Some(p) = self.peers.get(to as usize) {
+                        p.release_adopt_slot(ring as usize);
+                    }
+                }
                 self.stats.migrate_failed += 1;
                 Err(if res < 0 { -res } else { libc::EINVAL })
             }
@@ -956,6 +1063,7 @@ impl UringLoop {
             slot_closed: false,
             reported: true,
         }) as SockId;
+        // The sender reserved this slot in our `RingRoom`; it is ours to give back.
         self.rings[ring].live += 1;
         if self.claimed.remove(&ticket) {
             self.pending.push(Completion::Adopted {
@@ -964,6 +1072,8 @@ impl UringLoop {
             });
         } else {
             self.arrived.insert(ticket, sock);
+            self.arrived_due
+                .push_back((Instant::now() + self.adopt_pair_timeout, ticket));
         }
     }
 
@@ -983,12 +1093,16 @@ impl UringLoop {
             return;
         };
         slot.armed = false;
+        let counted = slot.counted;
         let peer = sockaddr_to_std(&slot.addr.0).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         // A listener whose accepts have all ended may close once we stopped accepting.
         if !self.accepting && listener.slots.iter().all(|s| !s.armed) {
             listener.socket = None;
         }
         if res < 0 {
+            if counted {
+                self.room(ring).give_back();
+            }
             match -res {
                 libc::ENFILE | libc::EMFILE => {
                     // The table is full: the kernel already dropped this connection.
@@ -1022,7 +1136,15 @@ impl UringLoop {
             reported: true,
         }) as SockId;
         self.rings[ring].live += 1;
-        if self.rings[ring].live + TABLE_HEADROOM > self.rings[ring].table_size || !self.accepting {
+        // The over-capacity accept keeps its connection only if room came back, or by
+        // taking over the reservation of a counted accept armed on the same ring.
+        let keep = self.accepting
+            && (counted || self.room(ring).try_take() || self.steal_accept_reservation(li, ring));
+        if !counted && !keep {
+            // Borrowed from the headroom; the release gives it back.
+            self.room(ring).take_anyway();
+        }
+        if !keep {
             // Over capacity (the overflow accept), or accepted after shutdown began:
             // dropped and counted.
             self.stats.accept_dropped_full += 1;
@@ -1058,6 +1180,7 @@ impl EventLoop for UringLoop {
                 slots.push(AcceptSlot {
                     ring: ring as u8,
                     armed: false,
+                    counted: false,
                     // SAFETY: sockaddr_storage is plain old data; all zeroes is valid.
                     addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
                 });
@@ -1145,6 +1268,12 @@ impl EventLoop for UringLoop {
         None
     }
 
+    fn discard(&mut self, transfer: Transfer) {
+        // The descriptor sits in the target's table; the target closes it when its
+        // hand-off does not come (`reap_unpaired`).
+        let _ = transfer;
+    }
+
     fn doorbell(&mut self, to: usize) {
         let Some(peer) = self.peers.get(to) else {
             return;
@@ -1177,8 +1306,8 @@ impl EventLoop for UringLoop {
         for ring in self.rings.iter_mut() {
             ring.drain_backlog();
         }
+        self.reap_unpaired();
         self.arm_accepts();
-        self.update_adopt_ring();
         for r in 1..self.rings.len() {
             if !self.rings[r].uring.submission().is_empty() {
                 if let Err(e) = self.rings[r].uring.submit() {

@@ -498,8 +498,9 @@ impl<L: EventLoop> Worker<L> {
                             Ok(SendOutcome::QueuedWake) => wake.insert(to),
                             Ok(_) => {}
                             Err(e) => {
-                                // The socket already sits in the target's table with no
-                                // handoff to pair it with; the target closes it.
+                                // The socket already left us with no handoff to pair it
+                                // with: io_uring's target closes it after a bound, epoll's
+                                // fd is closed here.
                                 report.mesh_rejected += 1;
                                 report.migrations_failed += 1;
                                 tracing::warn!(
@@ -507,13 +508,25 @@ impl<L: EventLoop> Worker<L> {
                                     to,
                                     "mesh full: handoff dropped"
                                 );
-                                drop(e.into_inner());
+                                if let WorkerMsg::Adopt { transfer, .. } = e.into_inner() {
+                                    io.discard(transfer);
+                                }
                             }
                         }
                     }
                     Err(errno) => {
+                        // The connection is closed (the source releases it); the client
+                        // reconnects. ENFILE: every table of the target loop is full.
                         report.migrations_failed += 1;
-                        tracing::warn!(shard = shard.id(), to, errno, "socket handoff failed");
+                        if report.migrations_failed.is_power_of_two() {
+                            tracing::warn!(
+                                shard = shard.id(),
+                                to,
+                                errno,
+                                failed = report.migrations_failed,
+                                "socket handoff failed: connection closed"
+                            );
+                        }
                     }
                 }
             }
