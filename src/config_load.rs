@@ -495,23 +495,58 @@ pub fn load_with(
     cli: &Cli,
     read_file: impl Fn(&str) -> std::io::Result<String>,
 ) -> Result<Config, ConfigError> {
+    load_tracked_with(cli, read_file).map(|l| l.config)
+}
+
+/// A loaded configuration and the keys the user set (file or CLI), so defaults can be
+/// adapted to the machine while explicit values are honoured (and warned about).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub explicit: Vec<String>,
+}
+
+impl Loaded {
+    pub fn is_explicit(&self, key: &str) -> bool {
+        self.explicit.iter().any(|k| k == key)
+    }
+}
+
+/// [`load_with`], also saying which keys were set.
+pub fn load_tracked_with(
+    cli: &Cli,
+    read_file: impl Fn(&str) -> std::io::Result<String>,
+) -> Result<Loaded, ConfigError> {
     let mut cfg = Config::default();
+    let mut explicit = Vec::new();
     if let Some(path) = &cli.config {
         let text = read_file(path).map_err(|e| ConfigError::Read {
             path: path.clone(),
             reason: e.to_string(),
         })?;
         apply_toml(&mut cfg, path, &text)?;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            explicit.extend(table.keys().cloned());
+        }
     }
     for (key, raw) in cli.values() {
         apply(&mut cfg, &Source::Cli, key, &raw)?;
+        explicit.push(key.to_string());
     }
-    Ok(cfg)
+    Ok(Loaded {
+        config: cfg,
+        explicit,
+    })
 }
 
 /// [`load_with`] reading the file from disk.
 pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
-    load_with(cli, |p| std::fs::read_to_string(p))
+    load_tracked(cli).map(|l| l.config)
+}
+
+/// [`load_tracked_with`] reading the file from disk.
+pub fn load_tracked(cli: &Cli) -> Result<Loaded, ConfigError> {
+    load_tracked_with(cli, |p| std::fs::read_to_string(p))
 }
 
 #[cfg(test)]

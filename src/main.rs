@@ -49,15 +49,16 @@ impl Backend {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match config_load::load(&cli) {
-        Ok(c) => c,
+    let loaded = match config_load::load_tracked(&cli) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("ringmq: {e}");
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log_level);
-    match run(config) {
+    init_logging(&loaded.config.log_level);
+    let max_connections_explicit = loaded.is_explicit("max_connections");
+    match run(loaded.config, max_connections_explicit) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -130,7 +131,9 @@ fn block_shutdown_signals() -> libc::sigset_t {
     }
 }
 
-fn run(config: Config) -> Result<(), String> {
+/// `max_connections_explicit`: the user set `max_connections`; when they did not, the
+/// default is lowered to what this machine's tables hold instead of warning.
+fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String> {
     let nofile = rio::raise_nofile_limit().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
     let backend = choose_backend(config.io)?;
     let cpus = worker::allowed_cpus();
@@ -144,7 +147,7 @@ fn run(config: Config) -> Result<(), String> {
     let shards = config.shards.unwrap_or(cores).max(1);
     let pin = shards <= cpus.len();
 
-    let loop_options = LoopOptions {
+    let mut loop_options = LoopOptions {
         max_connections: config.max_connections.div_ceil(shards),
         ..LoopOptions::default()
     };
@@ -152,29 +155,49 @@ fn run(config: Config) -> Result<(), String> {
         Backend::Uring => {
             let (rings, table) = uring::plan_rings(&loop_options).map_err(|e| e.to_string())?;
             let capacity = uring::planned_capacity(rings, table);
+            if capacity < loop_options.max_connections {
+                if max_connections_explicit {
+                    tracing::warn!(
+                        "max_connections {} needs {} per loop, above the {capacity} that {} rings of \
+                         {table} slots hold",
+                        config.max_connections,
+                        loop_options.max_connections,
+                        uring::MAX_RINGS
+                    );
+                } else {
+                    tracing::info!(
+                        "max_connections defaults to {}; lowered to {} ({capacity} per loop: \
+                         RLIMIT_NOFILE {nofile} bounds each ring's table)",
+                        config.max_connections,
+                        capacity * shards
+                    );
+                    config.max_connections = capacity * shards;
+                    loop_options.max_connections = capacity;
+                }
+            }
             tracing::info!(
                 "io_uring: {rings} ring(s) per loop, {table} direct-descriptor slots each \
                  (RLIMIT_NOFILE {nofile}), {capacity} connections per loop"
             );
-            if capacity < loop_options.max_connections {
-                tracing::warn!(
-                    "max_connections {} needs {} per loop, above the {capacity} that {} rings of \
-                     {table} slots hold",
-                    config.max_connections,
-                    loop_options.max_connections,
-                    uring::MAX_RINGS
-                );
-            }
         }
         Backend::Epoll => {
             tracing::info!(
                 "epoll: connections are plain fds, bounded by RLIMIT_NOFILE {nofile} for the whole process"
             );
             if config.max_connections as u64 > nofile {
-                tracing::warn!(
-                    "max_connections {} is above RLIMIT_NOFILE {nofile}: epoll holds fewer",
-                    config.max_connections
-                );
+                if max_connections_explicit {
+                    tracing::warn!(
+                        "max_connections {} is above RLIMIT_NOFILE {nofile}: epoll holds fewer",
+                        config.max_connections
+                    );
+                } else {
+                    tracing::info!(
+                        "max_connections defaults to {}; lowered to RLIMIT_NOFILE {nofile}",
+                        config.max_connections
+                    );
+                    config.max_connections = usize::try_from(nofile).unwrap_or(usize::MAX);
+                    loop_options.max_connections = config.max_connections.div_ceil(shards);
+                }
             }
         }
     }
