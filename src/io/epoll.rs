@@ -89,7 +89,9 @@ impl EpollLoop {
             id,
             poll,
             events: Events::with_capacity(1024),
-            socks: Slab::new(),
+            // Sized up front (address space only until used): growing by doubling would
+            // copy, and leave the old block with the allocator, at every power of two.
+            socks: Slab::with_capacity(opts.max_connections.min(fd_cap).min(1 << 20)),
             listeners: Vec::new(),
             listener_ready: Vec::new(),
             accepting: true,

@@ -39,6 +39,8 @@ use super::{
 
 /// Most rings one loop may own (each is one process fd and one registered table).
 pub const MAX_RINGS: usize = 16;
+/// Most socket entries reserved up front per loop.
+const SOCKS_PRESIZE_MAX: usize = 1 << 20;
 /// Single-shot accepts kept armed per ring and listener.
 const ACCEPTS_PER_RING: usize = 4;
 /// Table slots per ring never handed out through the ring's `RingRoom`: they absorb the
@@ -523,7 +525,11 @@ impl UringLoop {
         let mut lp = UringLoop {
             id,
             rings,
-            socks: Slab::new(),
+            // Sized up front (address space only until used): growing by doubling would
+            // copy, and leave the old block with the allocator, at every power of two.
+            socks: Slab::with_capacity(
+                planned_capacity(ring_count, table_size).min(SOCKS_PRESIZE_MAX),
+            ),
             listeners: Vec::new(),
             accepting: true,
             peers: Vec::new(),
