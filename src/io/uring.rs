@@ -39,6 +39,8 @@ use super::{
 
 /// Most rings one loop may own (each is one process fd and one registered table).
 pub const MAX_RINGS: usize = 16;
+/// Rings after the first get this fraction of `recv_bufs_per_ring` provided buffers.
+const EXTRA_RING_BUF_DIVISOR: usize = 4;
 /// Most socket entries reserved up front per loop.
 const SOCKS_PRESIZE_MAX: usize = 1 << 20;
 /// Single-shot accepts kept armed per ring and listener.
@@ -482,12 +484,22 @@ impl UringLoop {
         let bufs_per_ring = opts.recv_bufs_per_ring.clamp(1, 32768).next_power_of_two();
 
         let mut rings = Vec::with_capacity(ring_count);
-        for _ in 0..ring_count {
+        for r in 0..ring_count {
             let uring: IoUring = IoUring::builder()
                 .setup_cqsize(opts.sq_entries * 4)
                 .build(opts.sq_entries)?;
             uring.submitter().register_files_sparse(table_size)?;
-            let bufs = BufPool::new(bufs_per_ring, opts.recv_buf_size_bytes)?;
+            // Rings 1.. only fill once ring 0 holds a full table of (mostly idle, in the
+            // IoT case) connections; the kernel cycles through a pool, so every buffer
+            // of it ends up resident (2 MiB for 512 × 4 KiB). A smaller pool there keeps
+            // 100k connections from costing ~100 B each in buffers; a burst that
+            // outruns it is `recv_nobufs`, re-armed after this turn's buffers return.
+            let count = if r == 0 {
+                bufs_per_ring
+            } else {
+                (bufs_per_ring / EXTRA_RING_BUF_DIVISOR).max(16.min(bufs_per_ring))
+            };
+            let bufs = BufPool::new(count, opts.recv_buf_size_bytes)?;
             // SAFETY: the pool's mappings live in the same `Ring` as the io_uring and are
             // dropped after it (field order), or leaked when operations may remain.
             unsafe {
