@@ -48,6 +48,7 @@ impl Backend {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     let loaded = match config_load::load_tracked(&cli) {
         Ok(l) => l,
@@ -65,6 +66,28 @@ fn main() -> ExitCode {
             eprintln!("ringmq: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// mimalloc asks for transparent huge pages on its arenas: every first touch of a
+/// 2 MiB region then makes all of it resident. Measured here: an idle default broker
+/// held 30 MB instead of 9 MB, and growing per-connection tables cost RSS in 2 MiB
+/// steps. Memory per connection is what this broker is sized by, so THP is off for
+/// the process (the kernel checks the flag at each fault). `MIMALLOC_ALLOW_THP` set
+/// in the environment leaves the choice to mimalloc.
+fn disable_transparent_huge_pages() {
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
+        return;
+    }
+    // SAFETY: PR_SET_THP_DISABLE takes one integer argument (the rest must be 0) and
+    // only changes this process's memory policy.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        // Logging is not set up yet; the broker works either way.
+        eprintln!(
+            "ringmq: PR_SET_THP_DISABLE failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
