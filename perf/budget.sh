@@ -4,6 +4,8 @@
 #   bash perf/budget.sh check    # fail if any path costs >5% more than perf/budget.txt
 #   bash perf/budget.sh update   # rewrite perf/budget.txt from this build (commit it
 #                                # together with the change that moved it, saying why)
+#   bash perf/budget.sh explain PATH [TOP]   # where PATH's instructions per op go,
+#                                # by function (inlined code counts in its caller)
 #
 # Each path runs twice under callgrind, with 1 and 1+N iterations; the difference
 # divided by N is instructions per operation. Counts, not seconds: deterministic for
@@ -23,6 +25,17 @@ ir() { # path iterations -> total instructions
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 \
     | sed -n 's/.*Collected : \([0-9]*\).*/\1/p'
 }
+
+if [[ "$mode" == explain ]]; then
+  path="${2:?usage: budget.sh explain PATH [TOP]}"
+  tmp=$(mktemp -d)
+  valgrind --tool=callgrind --callgrind-out-file="$tmp/one" "$bin" "$path" 1 >/dev/null 2>&1
+  valgrind --tool=callgrind --callgrind-out-file="$tmp/many" "$bin" "$path" $((N + 1)) >/dev/null 2>&1
+  echo "$path: instructions per operation by function (N=$N)"
+  python3 perf/attribute.py "$tmp/one" "$tmp/many" "$N" "${3:-25}"
+  rm -rf "$tmp"
+  exit 0
+fi
 
 declare -A measured
 for path in $("$bin" --list); do

@@ -15,6 +15,16 @@ for target in $(cargo "${tc[@]}" fuzz list --fuzz-dir "$fuzz_dir"); do
   corpus="$fuzz_dir/corpus/$target"; seeds="$fuzz_dir/seeds/$target"
   mkdir -p "$corpus" "$seeds"
   echo "fuzz: $target for ${seconds}s"
+  # Keep libFuzzer's summary (coverage, executions) and any crash report; the
+  # fuzzer's own exit status decides the run.
+  set +e
   cargo "${tc[@]}" fuzz run --fuzz-dir "$fuzz_dir" "$target" "$corpus" "$seeds" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 2>&1 | tail -n 15
+    -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 2>&1 |
+    grep -E -A4 '^#[0-9]+[[:space:]]+(INITED|DONE)|^Done |stat::|panicked|ERROR|SUMMARY|Test unit written'
+  status=${PIPESTATUS[0]}
+  set -e
+  if [ "$status" -ne 0 ]; then
+    echo "fuzz: $target FAILED (status $status); input in $fuzz_dir/artifacts/$target/"
+    exit "$status"
+  fi
 done

@@ -31,7 +31,8 @@ pub struct Config {
     // Connection limits.
     pub max_connections: usize,
     pub max_connections_per_ip: usize,
-    /// New CONNECTs accepted per second per shard before 0x9F / refusal.
+    /// New CONNECTs accepted per second per shard (token bucket, bursts of one
+    /// second) before 0x9F / return code 3. 0 = unlimited.
     pub connect_rate_per_s: u32,
     /// Time allowed between TCP accept and a complete CONNECT.
     pub connect_timeout_ms: u64,
@@ -63,8 +64,9 @@ pub struct Config {
     /// Per-connection bytes encoded but not yet written to the socket.
     pub max_outbound_bytes: usize,
     pub slow_consumer_policy: SlowConsumerPolicy,
-    /// Above this much buffered message memory on a shard, QoS 0 is shed and new
-    /// connections are refused (0x97). 0 = no mark.
+    /// Above this much buffered message memory on a shard (unread output, session
+    /// queues, retained replica), QoS 0 is shed and new connections are refused
+    /// (0x89 Server busy; 3.x: return code 3). 0 = no mark.
     pub memory_high_water_bytes: usize,
 
     // Features.
@@ -104,7 +106,9 @@ impl Default for Config {
             queue_qos0_offline: false,
             max_outbound_bytes: 1024 * 1024,
             slow_consumer_policy: SlowConsumerPolicy::Drop,
-            memory_high_water_bytes: 0,
+            // Per shard; far above a healthy shard's buffers, well below what 100k
+            // stalled subscribers could otherwise pin (100k × max_outbound_bytes).
+            memory_high_water_bytes: 1 << 30,
             retain_available: true,
             wildcard_subscription_available: true,
             subscription_identifier_available: true,

@@ -11,5 +11,9 @@ pub mod protocol;
 pub mod ring;
 pub mod session;
 pub mod shard;
+/// Fuzzing and test entry points (`testkit` feature); not the broker's API.
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub use shard::testkit;
 pub mod topic;
 pub mod worker;

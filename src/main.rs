@@ -170,8 +170,13 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let shards = config.shards.unwrap_or(cores).max(1);
     let pin = shards <= cpus.len();
 
+    // Each loop holds its share of max_connections plus room to accept connections
+    // over the limit (and an uneven spread between loops) long enough for the shard
+    // to refuse them with a CONNACK instead of a reset: 1/8 of the share, at least 64.
+    let loop_slots = |share: usize| share.saturating_add((share / 8).max(64));
+    let share = config.max_connections.div_ceil(shards);
     let mut loop_options = LoopOptions {
-        max_connections: config.max_connections.div_ceil(shards),
+        max_connections: loop_slots(share),
         ..LoopOptions::default()
     };
     match backend {
@@ -188,14 +193,17 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
                         uring::MAX_RINGS
                     );
                 } else {
+                    // The largest share whose loop (share plus refusal room) fits.
+                    let share = (capacity / 9 * 8).min(capacity.saturating_sub(64)).max(1);
                     tracing::info!(
-                        "max_connections defaults to {}; lowered to {} ({capacity} per loop: \
-                         RLIMIT_NOFILE {nofile} bounds each ring's table)",
+                        "max_connections defaults to {}; lowered to {} ({share} per loop, \
+                         {capacity} with the room to refuse more: RLIMIT_NOFILE {nofile} \
+                         bounds each ring's table)",
                         config.max_connections,
-                        capacity * shards
+                        share * shards
                     );
-                    config.max_connections = capacity * shards;
-                    loop_options.max_connections = capacity;
+                    config.max_connections = share * shards;
+                    loop_options.max_connections = loop_slots(share);
                 }
             }
             tracing::info!(
@@ -219,7 +227,8 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
                         config.max_connections
                     );
                     config.max_connections = usize::try_from(nofile).unwrap_or(usize::MAX);
-                    loop_options.max_connections = config.max_connections.div_ceil(shards);
+                    loop_options.max_connections =
+                        loop_slots(config.max_connections.div_ceil(shards));
                 }
             }
         }
@@ -247,6 +256,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let (remote_tx, remote_rx) = mpsc::channel::<(usize, Arc<Remote>)>();
     let mut peer_txs = Vec::with_capacity(shards);
     let mut handles = Vec::with_capacity(shards);
+    let node = ringmq::shard::NodeCounters::new();
     for (id, (endpoint, listeners)) in endpoints.into_iter().zip(per_shard).enumerate() {
         let (peers_tx, peers_rx) = mpsc::channel();
         peer_txs.push(peers_tx);
@@ -261,6 +271,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
             remote_tx: remote_tx.clone(),
             peers_rx,
             exit_barrier: exit_barrier.clone(),
+            node: node.clone(),
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))

@@ -1349,9 +1349,15 @@ impl Worker {
             return window.saturating_sub(c.cmd_outstanding.min(u64::from(u32::MAX)) as u32);
         }
         let Some(pb) = c.publ.as_mut() else { return 0 };
-        if qos != QoS::AtMostOnce {
-            return window.min(c.server_receive_max).saturating_sub(c.inflight);
-        }
+        // QoS >= 1: bounded by unacknowledged messages (and the broker's Receive
+        // Maximum) *and*, below, by undelivered ones: a PUBACK only says the broker
+        // has the message, so without the second bound publishers outrun a slower
+        // subscriber and the run measures the broker's queue limits, not its rate.
+        let ack_room = if qos != QoS::AtMostOnce {
+            window.min(c.server_receive_max).saturating_sub(c.inflight)
+        } else {
+            u32::MAX
+        };
         let stream = pb.stream as usize;
         let mult = u64::from(self.shared.multiplicity[stream].max(1));
         let delivered = self.shared.delivered[stream].load(Ordering::Relaxed);
@@ -1362,12 +1368,16 @@ impl Worker {
         let done = delivered / mult + pb.written_off;
         let mut inflight = pb.seq.saturating_sub(done);
         if inflight >= u64::from(window) && now.saturating_sub(pb.last_progress_ns) > STALL_NS {
+            // Deliveries stopped: stop waiting for them. For QoS 0 that is counted
+            // here; QoS >= 1 messages that never arrive are counted as lost at the end.
             pb.written_off += inflight;
-            self.result.qos0_written_off += inflight;
+            if qos == QoS::AtMostOnce {
+                self.result.qos0_written_off += inflight;
+            }
             pb.last_progress_ns = now;
             inflight = 0;
         }
-        window.saturating_sub(inflight.min(u64::from(window)) as u32)
+        ack_room.min(window.saturating_sub(inflight.min(u64::from(window)) as u32))
     }
 
     fn publish_some(&mut self, idx: usize, now: u64) {

@@ -3,6 +3,8 @@
 //! divides the difference by N, so set-up and process start-up cancel out and the
 //! result is instructions per operation, deterministic for a given binary.
 
+mod driver;
+
 use std::hint::black_box;
 
 use bytes::BytesMut;
@@ -11,7 +13,23 @@ use ringmq::protocol::{
 };
 use ringmq::ring::mesh;
 
-const PATHS: &[&str] = &["decode_publish_64b", "encode_publish_64b", "ring_hop"];
+// The broker binary's allocator, so allocation on the measured paths costs what it
+// costs in the broker.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const PATHS: &[&str] = &[
+    "decode_publish_64b",
+    "encode_publish_64b",
+    "ring_hop",
+    "route_publish_1_sub",
+    "route_publish_100_subs",
+    "route_publish_qos1_1_sub",
+    "cross_shard_hop",
+];
+
+/// Payload of the routed PUBLISH paths.
+const ROUTE_PAYLOAD_BYTES: usize = 64;
 
 fn publish_64b() -> Packet {
     Packet::Publish(Publish {
@@ -69,6 +87,40 @@ fn ring_hop(iters: u64) {
     black_box(got);
 }
 
+/// Exits with an error unless `got` bytes were delivered: a path that stopped
+/// delivering (a broken set-up, a dropped message) must not pass as "cheaper".
+fn check_delivered(path: &str, got: usize, expected: usize) {
+    if got != expected {
+        eprintln!("callgrind-paths: {path} delivered {got} bytes, expected {expected}");
+        std::process::exit(1);
+    }
+}
+
+/// One QoS 0/1 PUBLISH (v3.1.1, 64-byte payload) from `on_read` of the publisher
+/// to the encoded bytes in every subscriber's `take_tx` (QoS 1: plus the PUBACK to
+/// the publisher and each subscriber's PUBACK handled).
+fn route_publish(path: &str, subscribers: usize, qos: QoS, iters: u64) {
+    let mut fanout = driver::Fanout::new(subscribers, qos, ROUTE_PAYLOAD_BYTES);
+    let expected = fanout.expected_bytes();
+    for _ in 0..iters {
+        let got = fanout.publish_once();
+        check_delivered(path, got, expected);
+    }
+    black_box(&fanout);
+}
+
+/// PUBLISH on shard 0 → `ShardMsg` through a real mesh → shard 1 `on_message` →
+/// subscriber `take_tx`.
+fn cross_shard_hop(iters: u64) {
+    let mut x = driver::CrossShard::new(ROUTE_PAYLOAD_BYTES);
+    let expected = x.expected_bytes();
+    for _ in 0..iters {
+        let got = x.hop_once();
+        check_delivered("cross_shard_hop", got, expected);
+    }
+    black_box(&x);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
@@ -99,6 +151,10 @@ fn main() {
         "decode_publish_64b" => decode_publish(iters),
         "encode_publish_64b" => encode_publish(iters),
         "ring_hop" => ring_hop(iters),
+        "route_publish_1_sub" => route_publish(&args[0], 1, QoS::AtMostOnce, iters),
+        "route_publish_100_subs" => route_publish(&args[0], 100, QoS::AtMostOnce, iters),
+        "route_publish_qos1_1_sub" => route_publish(&args[0], 1, QoS::AtLeastOnce, iters),
+        "cross_shard_hop" => cross_shard_hop(iters),
         other => {
             eprintln!("callgrind-paths: unknown path {other:?}");
             usage();

@@ -13,7 +13,9 @@ use bytes::Bytes;
 use slab::Slab;
 use smallvec::SmallVec;
 
-use crate::protocol::{DecodeError, PublishProperties, QoS, ReasonCode, SubscriptionOptions};
+use crate::protocol::{
+    DecodeError, PacketType, PublishProperties, QoS, ReasonCode, SubscriptionOptions,
+};
 
 /// "No session" / "no connection" marker for the `u32` indices kept in hot structs.
 pub const NONE: u32 = u32::MAX;
@@ -46,13 +48,25 @@ pub enum SessionError {
     ServerShuttingDown,
     /// Session queue full under `SlowConsumerPolicy::Disconnect`.
     QuotaExceeded,
+    /// A reply would push the connection's unread output over its bound: the peer
+    /// is not reading. Closed without a DISCONNECT (it would not be read either).
+    NotReading,
 }
 
 impl SessionError {
     /// The reason code sent in DISCONNECT (MQTT 5) when this error ends a connection.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
-            SessionError::Decode(e) => e.reason_code(),
+            SessionError::Decode(e) => {
+                // CONNECT-only codes (a malformed second CONNECT: bad protocol name or
+                // level) are not DISCONNECT codes; once connected it is a protocol error.
+                let code = e.reason_code();
+                if code.is_valid_for(PacketType::Disconnect) {
+                    code
+                } else {
+                    ReasonCode::ProtocolError
+                }
+            }
             SessionError::ProtocolError => ReasonCode::ProtocolError,
             SessionError::ReceiveMaximumExceeded => ReasonCode::ReceiveMaximumExceeded,
             SessionError::TopicAliasInvalid => ReasonCode::TopicAliasInvalid,
@@ -61,7 +75,7 @@ impl SessionError {
             SessionError::KeepAliveTimeout => ReasonCode::KeepAliveTimeout,
             SessionError::SessionTakenOver => ReasonCode::SessionTakenOver,
             SessionError::ServerShuttingDown => ReasonCode::ServerShuttingDown,
-            SessionError::QuotaExceeded => ReasonCode::QuotaExceeded,
+            SessionError::QuotaExceeded | SessionError::NotReading => ReasonCode::QuotaExceeded,
         }
     }
 
@@ -412,6 +426,16 @@ mod tests {
             ReasonCode::MalformedPacket
         );
         assert!(!SessionError::ServerShuttingDown.publishes_will());
+        // Found by the connection fuzzer: a bad protocol name in a second CONNECT
+        // mapped to 0x84, which DISCONNECT cannot carry.
+        assert_eq!(
+            SessionError::Decode(DecodeError::InvalidProtocolName).reason_code(),
+            ReasonCode::ProtocolError
+        );
+        assert_eq!(
+            SessionError::Decode(DecodeError::UnsupportedProtocolLevel(9)).reason_code(),
+            ReasonCode::ProtocolError
+        );
         assert!(SessionError::KeepAliveTimeout.publishes_will());
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
+use super::limits::Refusal;
 use crate::protocol::ProtocolVersion;
 use crate::session::NONE;
 
@@ -27,6 +28,10 @@ pub(crate) enum ConnState {
 pub(crate) struct Pending {
     pub peer: SocketAddr,
     pub accepted_at: Instant,
+    /// Set at accept when a connection limit is exceeded: the CONNECT is refused.
+    pub refusal: Option<Refusal>,
+    /// Handed over by the accepting shard, which already applied the limits.
+    pub adopted: bool,
 }
 
 /// MQTT 5 topic aliases of one network connection (they do not survive it).
@@ -77,7 +82,12 @@ impl Conn {
             rx: BytesMut::new(),
             tx: BytesMut::new(),
             last_seen: now,
-            pending: Some(Box::new(Pending { peer, accepted_at })),
+            pending: Some(Box::new(Pending {
+                peer,
+                accepted_at,
+                refusal: None,
+                adopted: false,
+            })),
             aliases: None,
             generation,
             session: NONE,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::conn::ConnState;
+use super::limits::Refusal;
 use super::timer::TimerKind;
 use super::{owner_shard, Action, ConnId, Handoff, Shard};
 use crate::protocol::{
@@ -89,6 +90,18 @@ impl Shard {
         };
         let version = connect.protocol;
         c.version = version;
+        if let Some(r) = self.admission(conn, now) {
+            let s = &mut self.stats;
+            match r {
+                Refusal::TooManyConnections => s.refused_max_connections += 1,
+                Refusal::TooManyFromIp => s.refused_per_ip += 1,
+                Refusal::Rate => s.refused_rate += 1,
+                Refusal::Busy => s.refused_busy += 1,
+            }
+            self.write_control(conn, &connack(r.reason_code()));
+            self.close(conn);
+            return false;
+        }
         let id_len = connect.client_id.len();
         if id_len > self.config.max_client_id_len
             || (id_len == 0 && version == ProtocolVersion::V31)
@@ -143,6 +156,32 @@ impl Shard {
             .is_some_and(|c| c.state == ConnState::Connected)
     }
 
+    /// Whether `conn`'s CONNECT is refused: a connection limit hit at accept, the
+    /// CONNECT rate (charged on the accepting shard only), the memory mark (checked
+    /// on the accepting shard and again on the owner, where the session lives).
+    fn admission(&mut self, conn: ConnId, now: Instant) -> Option<Refusal> {
+        let (refusal, adopted) = self
+            .conns
+            .get(conn)
+            .and_then(|c| c.pending.as_ref())
+            .map_or((None, false), |p| (p.refusal, p.adopted));
+        if refusal.is_some() {
+            return refusal;
+        }
+        if !adopted
+            && !self
+                .limits
+                .rate
+                .try_take(self.config.connect_rate_per_s, now)
+        {
+            return Some(Refusal::Rate);
+        }
+        if self.over_memory_mark() {
+            return Some(Refusal::Busy);
+        }
+        None
+    }
+
     /// CONNECT that failed to decode: CONNACK in the client's format where the
     /// spec wants one, then close.
     fn refuse_connect(&mut self, conn: ConnId, e: DecodeError) {
@@ -159,6 +198,11 @@ impl Shard {
         if let Some(v) = reply {
             c.version = v;
             self.write_control(conn, &connack(e.reason_code()));
+        }
+        if matches!(e, DecodeError::PacketTooLarge { .. }) {
+            self.stats.closed_packet_too_large += 1;
+        } else {
+            self.stats.closed_protocol_error += 1;
         }
         self.close(conn);
     }

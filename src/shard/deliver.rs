@@ -260,6 +260,13 @@ impl Shard {
             conns.get_mut(conn_id)
         };
         let cache = if use_cache { Some(cache) } else { None };
+        // Over the memory mark QoS 0 is shed first; QoS 1/2 stay within their
+        // per-session bounds.
+        let mark = config.memory_high_water_bytes;
+        if qos == QoS::AtMostOnce && mark > 0 && stats.memory_bytes() > mark {
+            stats.dropped_memory_qos0 += 1;
+            return;
+        }
         let Some(c) = conn.filter(|c| c.state == ConnState::Connected) else {
             if qos == QoS::AtMostOnce && !config.queue_qos0_offline {
                 stats.dropped_offline_qos0 += 1;
@@ -275,6 +282,7 @@ impl Shard {
             return;
         };
         if qos == QoS::AtMostOnce {
+            let before = c.tx.len();
             let w = encode_publish(
                 c,
                 cache,
@@ -288,6 +296,7 @@ impl Shard {
                 false,
                 now,
             );
+            stats.bytes_tx += c.tx.len() - before;
             count(stats, w);
             mark_flush(actions, conn_id, c);
             return;
@@ -297,6 +306,7 @@ impl Shard {
         if d.queue.is_empty() && d.inflight.len() < win {
             let prev_id = d.last_packet_id;
             if let Some(pid) = d.alloc_packet_id() {
+                let before = c.tx.len();
                 let w = encode_publish(
                     c,
                     cache,
@@ -310,6 +320,7 @@ impl Shard {
                     false,
                     now,
                 );
+                stats.bytes_tx += c.tx.len() - before;
                 match w {
                     Written::Yes => {
                         stats.messages_out += 1;
@@ -369,7 +380,7 @@ impl Shard {
                 && self.config.slow_consumer_policy == SlowConsumerPolicy::Disconnect
                 && conn != NONE
             {
-                self.slow.push(conn as usize);
+                self.slow.push((conn as usize, SessionError::QuotaExceeded));
             }
             return;
         }
@@ -380,8 +391,8 @@ impl Shard {
 
     /// Disconnects the slow consumers found during a fan-out (0x97).
     pub(crate) fn drop_slow_consumers(&mut self, now: Instant) {
-        while let Some(conn) = self.slow.pop() {
-            self.fail(conn, SessionError::QuotaExceeded, now);
+        while let Some((conn, err)) = self.slow.pop() {
+            self.fail(conn, err, now);
         }
     }
 
@@ -436,6 +447,7 @@ impl Shard {
                 }
             }
             let Some(front) = d.queue.front() else { break };
+            let before = c.tx.len();
             let w = encode_publish(
                 c,
                 None,
@@ -449,6 +461,7 @@ impl Shard {
                 false,
                 now,
             );
+            stats.bytes_tx += c.tx.len() - before;
             if w == Written::NoRoom {
                 d.last_packet_id = prev_id;
                 break;
@@ -497,6 +510,7 @@ impl Shard {
             return;
         };
         let max_outbound = config.max_outbound_bytes;
+        let before = c.tx.len();
         d.inflight.retain(|f| match f.phase {
             Phase::AwaitComp => {
                 encode_packet(
@@ -525,6 +539,7 @@ impl Shard {
                 w == Written::Yes
             }
         });
+        stats.bytes_tx += c.tx.len() - before;
         mark_flush(actions, conn_id, c);
     }
 }

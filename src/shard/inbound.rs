@@ -131,8 +131,7 @@ impl Shard {
                 d.awaiting_pubrel.push(packet_id);
             }
         }
-        let mut properties = p.properties;
-        properties.subscription_identifiers.clear();
+        let properties = p.properties;
         let msg = Message {
             topic: p.topic,
             payload: p.payload,
@@ -262,6 +261,7 @@ impl Shard {
             let shared = match crate::topic::parse_shared(filter) {
                 Ok(x) => x.is_some(),
                 Err(_) => {
+                    self.stats.refused_filters += 1;
                     codes.push(ReasonCode::TopicFilterInvalid);
                     continue;
                 }
@@ -292,6 +292,9 @@ impl Shard {
                     None
                 };
             if let Some(code) = code {
+                if code == ReasonCode::TopicFilterInvalid {
+                    self.stats.refused_filters += 1;
+                }
                 codes.push(code);
                 continue;
             }
@@ -300,6 +303,7 @@ impl Shard {
             };
             let existing = sess.sub_pos(filter);
             if existing.is_none() && sess.subs.len() >= cfg.max_subscriptions_per_client {
+                self.stats.refused_subscriptions += 1;
                 codes.push(ReasonCode::QuotaExceeded);
                 continue;
             }

@@ -7,11 +7,15 @@ mod conn;
 mod connect;
 mod deliver;
 mod inbound;
+mod limits;
 mod route;
 mod timer;
 
 #[cfg(test)]
 pub(crate) mod harness;
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub mod testkit;
 #[cfg(test)]
 mod tests;
 
@@ -31,6 +35,8 @@ use crate::topic::TopicTrie;
 
 use conn::{Conn, ConnState};
 use deliver::EncodeCache;
+use limits::Limits;
+pub use limits::NodeCounters;
 use route::{LocalEntry, RouteEntry, Targets};
 use timer::{Timer, TimerKind};
 
@@ -153,6 +159,60 @@ pub struct ShardStats {
     pub bytes_queued: usize,
     /// Retained messages in this shard's replica.
     pub retained: usize,
+    /// Bytes encoded into connection buffers and not yet taken by the IO side.
+    pub bytes_tx: usize,
+    /// Bytes (`Message::cost_bytes`) of the retained replica.
+    pub bytes_retained: usize,
+
+    // Hostile input and overload: one counter per limit.
+    /// CONNECTs refused with 0x97 / rc 3: node over `max_connections`.
+    pub refused_max_connections: u64,
+    /// CONNECTs refused with 0x97 / rc 3: source IP over `max_connections_per_ip`.
+    pub refused_per_ip: u64,
+    /// CONNECTs refused with 0x9F / rc 3: over `connect_rate_per_s`.
+    pub refused_rate: u64,
+    /// CONNECTs refused with 0x89 / rc 3: shard memory over `memory_high_water_bytes`.
+    pub refused_busy: u64,
+    /// Connections closed for not completing CONNECT within `connect_timeout_ms`.
+    pub connect_timeouts: u64,
+    /// Connections closed for a packet over `max_packet_size` (0x95).
+    pub closed_packet_too_large: u64,
+    /// Connections closed for a malformed packet or a protocol error.
+    pub closed_protocol_error: u64,
+    /// Connections closed for a PUBLISH topic over `max_topic_len` / `max_topic_levels`
+    /// (0x90); filters over them are refused per filter in SUBACK (`refused_filters`).
+    pub closed_topic_invalid: u64,
+    /// SUBSCRIBE filters refused: invalid or over the topic limits (0x8F).
+    pub refused_filters: u64,
+    /// SUBSCRIBE filters refused: over `max_subscriptions_per_client` (0x97).
+    pub refused_subscriptions: u64,
+    /// Connections closed for exceeding our Receive Maximum (0x93).
+    pub closed_receive_maximum: u64,
+    /// QoS 0 copies shed because the shard was over `memory_high_water_bytes`.
+    pub dropped_memory_qos0: u64,
+    /// Subscribers disconnected under `SlowConsumerPolicy::Disconnect` (0x97).
+    pub closed_slow_consumer: u64,
+    /// Connections closed because a reply would push their unread output past
+    /// `max_outbound_bytes` plus the control allowance: the peer is not reading.
+    pub closed_not_reading: u64,
+}
+
+impl ShardStats {
+    /// Message memory buffered on the shard, compared with `memory_high_water_bytes`.
+    pub fn memory_bytes(&self) -> usize {
+        self.bytes_tx + self.bytes_queued + self.bytes_retained
+    }
+}
+
+/// Control packets (acks, SUBACK, PINGRESP) may take a connection's unread output
+/// this far past `max_outbound_bytes` (which PUBLISH copies stop at), so a client
+/// that reads a little late still gets its acks; beyond it the client is closed.
+pub const CONTROL_ALLOWANCE_BYTES: usize = 64 * 1024;
+
+/// The allowance for a given `max_outbound_bytes`: never more than the bound itself,
+/// so small bounds stay small.
+pub fn control_allowance(max_outbound_bytes: usize) -> usize {
+    CONTROL_ALLOWANCE_BYTES.min(max_outbound_bytes)
 }
 
 pub struct Shard {
@@ -177,8 +237,10 @@ pub struct Shard {
     targets: Targets,
     cache: EncodeCache,
     assigned_ids: u64,
-    /// Subscribers to disconnect once the current fan-out is done.
-    slow: Vec<ConnId>,
+    /// Connections to end once the current fan-out or packet is done: slow
+    /// consumers, and peers that do not read their replies.
+    slow: Vec<(ConnId, SessionError)>,
+    limits: Limits,
     /// Latest `now` passed in, for the calls that get none (`take_tx`, `release`).
     last_now: Option<Instant>,
     /// Sequence number of the last route add this shard broadcast.
@@ -190,8 +252,31 @@ pub struct Shard {
 }
 
 impl Shard {
+    /// A shard with its own connection counters: `max_connections` is split evenly
+    /// between the shards, `max_connections_per_ip` applies per shard.
     pub fn new(id: ShardId, shard_count: usize, config: Arc<Config>) -> Shard {
+        Shard::build(id, shard_count, config, None)
+    }
+
+    /// A shard sharing `node` with the other shards of the process, so
+    /// `max_connections` and `max_connections_per_ip` hold for the whole node.
+    pub fn in_node(
+        id: ShardId,
+        shard_count: usize,
+        config: Arc<Config>,
+        node: Arc<NodeCounters>,
+    ) -> Shard {
+        Shard::build(id, shard_count, config, Some(node))
+    }
+
+    fn build(
+        id: ShardId,
+        shard_count: usize,
+        config: Arc<Config>,
+        node: Option<Arc<NodeCounters>>,
+    ) -> Shard {
         let shard_count = shard_count.max(1);
+        let limits = Limits::new(&config, shard_count, node);
         Shard {
             id,
             shard_count,
@@ -211,6 +296,7 @@ impl Shard {
             cache: EncodeCache::default(),
             assigned_ids: 0,
             slow: Vec::new(),
+            limits,
             last_now: None,
             route_seq: 0,
             route_acked: vec![0; shard_count],
@@ -235,13 +321,18 @@ impl Shard {
     }
 
     /// A TCP connection was accepted on this shard.
+    ///
+    /// Over `max_connections` / `max_connections_per_ip` the connection is still
+    /// accepted (and counted until released) so that its CONNECT can be answered
+    /// with a refusal; the connect timeout bounds how long it can stay.
     pub fn accept(&mut self, peer: SocketAddr, now: Instant) -> ConnId {
-        self.new_conn(peer, now, now)
+        self.new_conn(peer, now, now, false)
     }
 
-    /// A connection handed over by another shard (see [`Action::Migrate`]).
+    /// A connection handed over by another shard (see [`Action::Migrate`]). It was
+    /// admitted by the accepting shard; only the memory mark is checked again here.
     pub fn adopt(&mut self, handoff: Handoff, now: Instant) -> ConnId {
-        let conn = self.new_conn(handoff.peer, handoff.accepted_at, now);
+        let conn = self.new_conn(handoff.peer, handoff.accepted_at, now, true);
         if let Some(c) = self.conns.get_mut(conn) {
             c.rx = handoff.rx;
         }
@@ -249,13 +340,24 @@ impl Shard {
         conn
     }
 
-    fn new_conn(&mut self, peer: SocketAddr, accepted_at: Instant, now: Instant) -> ConnId {
+    fn new_conn(
+        &mut self,
+        peer: SocketAddr,
+        accepted_at: Instant,
+        now: Instant,
+        adopted: bool,
+    ) -> ConnId {
         self.last_now = Some(now);
         self.conn_generation = self.conn_generation.wrapping_add(1);
         let generation = self.conn_generation;
         let conn = self
             .conns
             .insert(Conn::new(peer, accepted_at, now, generation));
+        let refusal = self.limits.admit(conn, peer);
+        if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending.as_mut()) {
+            p.adopted = adopted;
+            p.refusal = if adopted { None } else { refusal };
+        }
         self.stats.connections = self.conns.len();
         let deadline = accepted_at + Duration::from_millis(self.config.connect_timeout_ms);
         self.timers.push(Timer::new(
@@ -308,8 +410,12 @@ impl Shard {
                 Ok(Some(packet)) => {
                     if let Err(e) = self.handle_packet(conn, packet, now) {
                         self.fail(conn, e, now);
+                        self.drop_slow_consumers(now);
                         return;
                     }
+                    // Replies this connection does not read, slow consumers of
+                    // what it published: end them before the next frame.
+                    self.drop_slow_consumers(now);
                 }
                 Err(e) => {
                     self.fail(conn, SessionError::Decode(e), now);
@@ -344,7 +450,10 @@ impl Shard {
             let now = self.last_now.unwrap_or(c.last_seen);
             self.detach_session(conn, true, now);
         }
+        let unread = self.conns.get(conn).map_or(0, |c| c.tx.len());
+        self.stats.bytes_tx -= unread;
         self.conns.remove(conn);
+        self.limits.release(conn);
         self.stats.connections = self.conns.len();
     }
 
@@ -398,6 +507,7 @@ impl Shard {
         }
         // Swap in an empty buffer (no allocation) so an idle connection parks nothing.
         let out = std::mem::take(&mut c.tx).freeze();
+        self.stats.bytes_tx -= out.len();
         if c.state == ConnState::Connected && c.session != NONE {
             // Room was freed: messages waiting for it can be encoded now.
             let session = c.session;
@@ -408,9 +518,10 @@ impl Shard {
     }
 
     /// Appends a control packet to `conn`'s buffer. Control packets are never
-    /// dropped and not counted against `max_outbound_bytes`: each one answers a
-    /// client packet (or ends the connection), so their volume follows the client's
-    /// own input, which the receive path reads at most one recv at a time.
+    /// dropped, but they count against `max_outbound_bytes` (plus
+    /// [`control_allowance`]): a client that floods PINGREQ or SUBSCRIBE
+    /// without reading the replies is closed instead of growing the buffer.
+    /// DISCONNECT is exempt: it ends the connection anyway.
     fn write_control(&mut self, conn: ConnId, packet: &Packet) {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
@@ -421,7 +532,19 @@ impl Shard {
         ) {
             return;
         }
+        if !matches!(packet, Packet::Disconnect(_)) {
+            let len = crate::protocol::encoded_len(packet, c.version);
+            let max = self.config.max_outbound_bytes;
+            if c.tx.len() + len > max + control_allowance(max) {
+                if !self.slow.iter().any(|(x, _)| *x == conn) {
+                    self.slow.push((conn, SessionError::NotReading));
+                }
+                return;
+            }
+        }
+        let before = c.tx.len();
         crate::protocol::encode_packet(packet, c.version, &mut c.tx);
+        self.stats.bytes_tx += c.tx.len() - before;
         if !c.flush_queued {
             c.flush_queued = true;
             self.actions.push_back(Action::Flush(conn));
@@ -433,11 +556,17 @@ impl Shard {
         let Some(c) = self.conns.get(conn) else {
             return;
         };
-        if c.state != ConnState::Connected {
+        if !c.is_live() {
+            return;
+        }
+        let (state, v5) = (c.state, c.version.is_v5());
+        self.count_failure(&err);
+        if state != ConnState::Connected {
             self.close(conn);
             return;
         }
-        if c.version.is_v5() {
+        // A peer that does not read would not see a DISCONNECT either.
+        if v5 && err != SessionError::NotReading {
             let d = Disconnect {
                 code: err.reason_code(),
                 properties: Properties::default(),
@@ -446,6 +575,32 @@ impl Shard {
         }
         self.close(conn);
         self.detach_session(conn, err.publishes_will(), now);
+    }
+
+    fn count_failure(&mut self, err: &SessionError) {
+        let s = &mut self.stats;
+        match err {
+            SessionError::Decode(crate::protocol::DecodeError::PacketTooLarge { .. }) => {
+                s.closed_packet_too_large += 1
+            }
+            SessionError::Decode(_)
+            | SessionError::ProtocolError
+            | SessionError::TopicAliasInvalid
+            | SessionError::RetainNotSupported => s.closed_protocol_error += 1,
+            SessionError::TopicNameInvalid => s.closed_topic_invalid += 1,
+            SessionError::ReceiveMaximumExceeded => s.closed_receive_maximum += 1,
+            SessionError::QuotaExceeded => s.closed_slow_consumer += 1,
+            SessionError::NotReading => s.closed_not_reading += 1,
+            SessionError::KeepAliveTimeout
+            | SessionError::SessionTakenOver
+            | SessionError::ServerShuttingDown => {}
+        }
+    }
+
+    /// Whether the shard is over `memory_high_water_bytes`.
+    pub(crate) fn over_memory_mark(&self) -> bool {
+        let mark = self.config.memory_high_water_bytes;
+        mark > 0 && self.stats.memory_bytes() > mark
     }
 
     /// Emits `Close` once; input is ignored from here on. A connected connection's

@@ -622,12 +622,12 @@ impl Shard {
     /// Stores, replaces or (empty payload) deletes a retained message.
     pub(crate) fn store_retained(&mut self, msg: &Arc<Message>) {
         if msg.payload.is_empty() {
-            if self.retained.remove(&msg.topic).is_some() {
-                self.stats.retained = self.retained.len();
-            }
+            self.remove_retained(&msg.topic);
             return;
         }
         if let Some(v) = self.retained.get_mut(&msg.topic) {
+            self.stats.bytes_retained -= v.cost_bytes();
+            self.stats.bytes_retained += msg.cost_bytes();
             *v = msg.clone();
             return;
         }
@@ -636,7 +636,15 @@ impl Shard {
             return;
         }
         self.retained.insert(&msg.topic, msg.clone());
+        self.stats.bytes_retained += msg.cost_bytes();
         self.stats.retained = self.retained.len();
+    }
+
+    fn remove_retained(&mut self, topic: &[u8]) {
+        if let Some(old) = self.retained.remove(topic) {
+            self.stats.bytes_retained -= old.cost_bytes();
+            self.stats.retained = self.retained.len();
+        }
     }
 
     /// Sends the retained messages matching `filter` to `session` after a SUBSCRIBE.
@@ -658,9 +666,7 @@ impl Shard {
         }
         for m in found {
             if m.is_expired(now) {
-                if self.retained.remove(&m.topic).is_some() {
-                    self.stats.retained = self.retained.len();
-                }
+                self.remove_retained(&m.topic);
                 continue;
             }
             let qos = m.qos.min(options.qos);

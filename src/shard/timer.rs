@@ -83,6 +83,7 @@ impl Shard {
                             .get(t.key as usize)
                             .is_some_and(|c| c.state == ConnState::AwaitConnect)
                     {
+                        self.stats.connect_timeouts += 1;
                         self.close(t.key as usize);
                     }
                 }

@@ -95,6 +95,9 @@ pub struct WorkerSetup {
     /// Reached by every worker after its loop ends and before its rings close, so no
     /// loop sends a doorbell or descriptor to a ring that is gone.
     pub exit_barrier: Arc<Barrier>,
+    /// Connection counters shared by all shards, so `max_connections` and
+    /// `max_connections_per_ip` hold per node.
+    pub node: Arc<crate::shard::NodeCounters>,
 }
 
 /// Pins the calling thread to `cpu`.
@@ -168,6 +171,7 @@ pub fn run<L: EventLoop>(
         remote_tx,
         peers_rx,
         exit_barrier,
+        node,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -187,7 +191,7 @@ pub fn run<L: EventLoop>(
     let peers = peers_rx
         .recv()
         .map_err(|_| io::Error::other("another worker failed to start"))?;
-    let shard = Shard::new(id, peers.len(), config);
+    let shard = Shard::in_node(id, peers.len(), config, node);
     let presize = loop_options.max_connections.min(PRESIZE_MAX);
     let mut w = Worker {
         id,

@@ -4,6 +4,7 @@
 
 mod connect;
 mod contract;
+mod limits;
 mod pubsub;
 mod qos;
 mod retained;

@@ -1,0 +1,69 @@
+//! One PUBLISH through the sans-IO shard core, the way the worker drives it:
+//! `on_read` of the publisher's bytes, then `poll_action`/`take_tx` until every
+//! subscriber's encoded copy has been taken (QoS 1: the PUBACKs both ways too).
+//! Also one cross-shard hop through a real mesh. Run: `cargo bench --bench shard`.
+//!
+//! The driver is shared with the callgrind budget (`perf/src/driver.rs`), so the
+//! wall-clock figures here and the instruction counts in `perf/budget.txt` measure
+//! the same work.
+
+#[path = "../perf/src/driver.rs"]
+mod driver;
+
+use divan::counter::ItemsCount;
+use divan::Bencher;
+use ringmq::protocol::QoS;
+
+// The broker binary's allocator, so allocation on the measured paths costs what it
+// costs in the broker.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    divan::main();
+}
+
+const SUBSCRIBERS: [usize; 4] = [1, 10, 100, 1000];
+const PAYLOAD_BYTES: usize = 64;
+
+/// Items are deliveries (one per subscriber per PUBLISH).
+fn bench_fanout(bencher: Bencher, subscribers: usize, qos: QoS) {
+    let mut fanout = driver::Fanout::new(subscribers, qos, PAYLOAD_BYTES);
+    let expected = fanout.expected_bytes();
+    assert_eq!(
+        fanout.publish_once(),
+        expected,
+        "set-up delivers every copy"
+    );
+    bencher
+        .counter(ItemsCount::new(subscribers))
+        .bench_local(|| fanout.publish_once());
+    assert_eq!(
+        fanout.publish_once(),
+        expected,
+        "still delivering after the run"
+    );
+}
+
+#[divan::bench(args = SUBSCRIBERS)]
+fn publish_qos0_local(bencher: Bencher, subscribers: usize) {
+    bench_fanout(bencher, subscribers, QoS::AtMostOnce);
+}
+
+#[divan::bench(args = SUBSCRIBERS)]
+fn publish_qos1_local(bencher: Bencher, subscribers: usize) {
+    bench_fanout(bencher, subscribers, QoS::AtLeastOnce);
+}
+
+/// PUBLISH read on shard 0 → `ShardMsg` through the mesh → shard 1 `on_message` →
+/// its one subscriber's `take_tx`, on one thread (the ring cost without a core hop).
+#[divan::bench]
+fn cross_shard_hop(bencher: Bencher) {
+    let mut x = driver::CrossShard::new(PAYLOAD_BYTES);
+    let expected = x.expected_bytes();
+    assert_eq!(x.hop_once(), expected, "set-up delivers across the mesh");
+    bencher
+        .counter(ItemsCount::new(1usize))
+        .bench_local(|| x.hop_once());
+    assert_eq!(x.hop_once(), expected, "still delivering after the run");
+}

@@ -1,0 +1,132 @@
+# Shared by perf/profile.sh and perf/compare.sh (sourced, not run).
+#
+# Brokers run pinned to BROKER_CORE, loadgen to LOADGEN_CORE, on 127.0.0.1 only.
+# Every process started here is recorded and stopped by PID on exit.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-$ROOT/perf/out}"
+BROKER_CORE="${BROKER_CORE:-0}"
+LOADGEN_CORE="${LOADGEN_CORE:-1}"
+DURATION="${DURATION:-10s}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+# Set RINGMQ/LOADGEN to use prebuilt binaries (then nothing is built).
+PREBUILT=0
+[[ -n "${RINGMQ:-}" || -n "${LOADGEN:-}" ]] && PREBUILT=1
+RINGMQ="${RINGMQ:-$CARGO_TARGET_DIR/release/ringmq}"
+LOADGEN="${LOADGEN:-$CARGO_TARGET_DIR/release/loadgen}"
+
+mkdir -p "$OUT"
+
+STARTED_PIDS=()
+
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+die() { echo "error: $*" >&2; exit 1; }
+
+# Stops one process we started: SIGINT (brokers and perf finish cleanly on it),
+# then SIGKILL if it is still there after 10 s.
+stop_pid() {
+  local pid=$1
+  kill -0 "$pid" 2>/dev/null || return 0
+  kill -INT "$pid" 2>/dev/null || true
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  log "pid $pid ignored SIGINT for 10 s; killing it"
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  local pid
+  for pid in "${STARTED_PIDS[@]}"; do stop_pid "$pid"; done
+  STARTED_PIDS=()
+}
+trap cleanup EXIT
+
+# Removes a PID from STARTED_PIDS once it has been stopped.
+forget_pid() {
+  local pid=$1 kept=() p
+  for p in "${STARTED_PIDS[@]}"; do [[ "$p" == "$pid" ]] || kept+=("$p"); done
+  STARTED_PIDS=("${kept[@]}")
+}
+
+build_release() {
+  if ((PREBUILT)); then
+    [[ -x "$RINGMQ" && -x "$LOADGEN" ]] || die "RINGMQ=$RINGMQ / LOADGEN=$LOADGEN: not executable"
+    return 0
+  fi
+  log "building release ringmq and loadgen"
+  (cd "$ROOT" && cargo build --release -q -p ringmq --bin ringmq -p loadgen --bin loadgen) \
+    || die "release build failed"
+  [[ -x "$RINGMQ" && -x "$LOADGEN" ]] || die "missing $RINGMQ or $LOADGEN after build"
+}
+
+# A TCP port on 127.0.0.1 that is free right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits until 127.0.0.1:PORT accepts a connection (at most 10 s).
+wait_listening() {
+  local port=$1 pid=$2
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || die "broker (pid $pid) exited during start-up"
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  die "nothing listening on 127.0.0.1:$port after 10 s"
+}
+
+# VmRSS of PID in KiB.
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# Established TCP connections whose local port is PORT (the broker's side).
+established_on() {
+  ss -Htn state established "( sport = :$1 )" | wc -l
+}
+
+# Runs ringmq with one shard pinned to BROKER_CORE; sets BROKER_PID. Extra args
+# (e.g. queue limits) go to ringmq.
+start_ringmq() {
+  local port=$1 logfile=$2; shift 2
+  taskset -c "$BROKER_CORE" "$RINGMQ" --shards 1 --listen "127.0.0.1:$port" "$@" >"$logfile" 2>&1 &
+  BROKER_PID=$!
+  STARTED_PIDS+=("$BROKER_PID")
+  wait_listening "$port" "$BROKER_PID"
+}
+
+# Runs loadgen pinned to LOADGEN_CORE against PORT with --json; the JSON line goes
+# to stdout, loadgen's table and messages to LOGFILE. Extra args: scenario and flags.
+run_loadgen() {
+  local port=$1 logfile=$2; shift 2
+  taskset -c "$LOADGEN_CORE" "$LOADGEN" "$@" --port "$port" --json 2>>"$logfile" | tail -n 1
+}
+
+# Scenario name -> loadgen arguments. The idle ones hold connections for the
+# whole run so RSS can be read while they are established.
+IDLE_CLIENTS="${IDLE_CLIENTS:-10000}"
+scenario_args() {
+  case "$1" in
+    fanin_qos0)   echo "fanin --publishers 100 --subscribers 1 --qos 0 --size 64 --duration $DURATION" ;;
+    fanin_qos1)   echo "fanin --publishers 100 --subscribers 1 --qos 1 --size 64 --duration $DURATION" ;;
+    # fanin_qos1 measures throughput (closed loop: loadgen's window counts a message
+    # until PUBACK and delivery); this one compares latency at a fixed, modest rate.
+    fanin_qos1_5k) echo "fanin --publishers 100 --subscribers 1 --qos 1 --size 64 --total-rate 5000 --open-loop --duration $DURATION" ;;
+    pairs_20k)    echo "pairs --clients 1000 --total-rate 20000 --open-loop --qos 0 --size 64 --duration $DURATION" ;;
+    idle_10k)     echo "connect --clients $IDLE_CLIENTS --hold $DURATION" ;;
+    idle_10k_sub) echo "fleet --clients $IDLE_CLIENTS --interval 1h --cmd-rate 0 --duration $DURATION --warmup 0s" ;;
+    *) return 1 ;;
+  esac
+}
+ALL_SCENARIOS=(fanin_qos0 fanin_qos1 fanin_qos1_5k pairs_20k idle_10k idle_10k_sub)
+
+# Connections an idle scenario holds open at the broker (fleet adds a collector
+# and a controller connection).
+scenario_connections() {
+  case "$1" in
+    idle_10k) echo "$IDLE_CLIENTS" ;;
+    idle_10k_sub) echo $((IDLE_CLIENTS + 2)) ;;
+    *) echo 0 ;;
+  esac
+}

@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Runs the same loadgen scenarios against ringmq and against Debian's mosquitto and
+# prints a markdown table (for README) of msg/s, latency p50/p99 and RSS per connection.
+#
+#   bash perf/compare.sh                      # every scenario, both brokers
+#   bash perf/compare.sh fanin_qos0 idle_10k  # some scenarios
+#   BROKERS=ringmq DURATION=5s bash perf/compare.sh pairs_20k
+#
+# Scenarios (issue #3 targets): fanin_qos0, fanin_qos1, fanin_qos1_5k (100 publishers
+# -> 1 wildcard subscriber, 64 B; see common.sh), pairs_20k (1000 pub/sub pairs, 20k msg/s total, open loop),
+# idle_10k (10k idle connections), idle_10k_sub (10k idle devices with one
+# subscription each, via loadgen's fleet scenario with a 1 h telemetry interval).
+#
+# Each broker runs pinned to core $BROKER_CORE (default 0) with one shard, loadgen to
+# core $LOADGEN_CORE (default 1). Every run starts a fresh broker. RSS per connection
+# = (VmRSS with N connections established - VmRSS before) / N, from /proc/PID/status.
+# Raw JSON lines and logs go to perf/out/compare-<time>/.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+read -r -a brokers <<<"${BROKERS:-ringmq mosquitto}"
+scenarios=("$@")
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=("${ALL_SCENARIOS[@]}")
+for s in "${scenarios[@]}"; do
+  scenario_args "$s" >/dev/null || die "unknown scenario '$s' (known: ${ALL_SCENARIOS[*]})"
+done
+
+# Both brokers get the same queue limits, so neither drops first because of a
+# smaller default. Queue: messages per client beyond the in-flight window (ringmq's
+# default is 1000, mosquitto's 1000; raised so the fan-in scenarios measure the
+# brokers rather than their drop policy). In-flight: ringmq's default max_inflight.
+MAX_QUEUED=${MAX_QUEUED:-10000}
+MAX_INFLIGHT=${MAX_INFLIGHT:-64}
+# Mosquitto does not bound queued bytes by default; ringmq does (1 MiB), which would
+# cut its queue below MAX_QUEUED messages.
+RINGMQ_QUEUED_BYTES=$((64 * 1024 * 1024))
+
+ensure_mosquitto() {
+  command -v mosquitto >/dev/null && return 0
+  log "installing Debian's mosquitto"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; } >/dev/null \
+    || die "apt-get install mosquitto failed"
+}
+
+start_mosquitto() {
+  local port=$1 logfile=$2 conf
+  conf="$run_dir/mosquitto-$port.conf"
+  cat >"$conf" <<EOF
+listener $port 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+max_queued_messages $MAX_QUEUED
+max_inflight_messages $MAX_INFLIGHT
+max_connections -1
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+EOF
+  # Started as root, mosquitto would switch to user "mosquitto"; stay who we are.
+  if [[ $(id -u) -eq 0 ]]; then echo "user root" >>"$conf"; fi
+  taskset -c "$BROKER_CORE" mosquitto -c "$conf" >"$logfile" 2>&1 &
+  BROKER_PID=$!
+  STARTED_PIDS+=("$BROKER_PID")
+  wait_listening "$port" "$BROKER_PID"
+}
+
+# Runs one scenario against one broker; appends a markdown row to $rows.
+run_one() {
+  local broker=$1 scenario=$2 port logfile json conns base_kb rss_kb_n per_conn="-" args
+  port=$(free_port)
+  logfile="$run_dir/$scenario-$broker.loadgen.log"
+  json="$run_dir/$scenario-$broker.json"
+  read -r -a args <<<"$(scenario_args "$scenario")"
+  case "$broker" in
+    ringmq) start_ringmq "$port" "$run_dir/$scenario-$broker.broker.log" \
+              --max-queued-messages "$MAX_QUEUED" --max-queued-bytes "$RINGMQ_QUEUED_BYTES" \
+              --max-inflight "$MAX_INFLIGHT" ;;
+    mosquitto) start_mosquitto "$port" "$run_dir/$scenario-$broker.broker.log" ;;
+  esac
+  sleep 1
+  base_kb=$(rss_kb "$BROKER_PID")
+  conns=$(scenario_connections "$scenario")
+  log "$scenario on $broker (port $port, pid $BROKER_PID, RSS ${base_kb} KiB idle)"
+  if ((conns > 0)); then
+    # Idle scenarios: read RSS while every connection is established.
+    run_loadgen "$port" "$logfile" "${args[@]}" >"$json" &
+    local lg=$! established=0
+    STARTED_PIDS+=("$lg")
+    for _ in $(seq 600); do
+      established=$(established_on "$port")
+      ((established >= conns)) && break
+      kill -0 "$lg" 2>/dev/null || break
+      sleep 0.1
+    done
+    if ((established >= conns)); then
+      sleep 1 # let the broker finish handling the last CONNECT/SUBSCRIBEs
+      rss_kb_n=$(rss_kb "$BROKER_PID")
+      per_conn=$(( (rss_kb_n - base_kb) * 1024 / conns ))
+      log "  $established connections: RSS ${rss_kb_n} KiB -> $per_conn B per connection"
+    else
+      log "  only $established of $conns connections established; no RSS figure"
+    fi
+    wait "$lg" || log "  loadgen exited with status $? (see $logfile)"
+    forget_pid "$lg"
+  else
+    run_loadgen "$port" "$logfile" "${args[@]}" >"$json" \
+      || log "  loadgen exited with status $? (see $logfile)"
+  fi
+  stop_pid "$BROKER_PID"
+  forget_pid "$BROKER_PID"
+  local msgs p50 p99 lost sat
+  read -r msgs p50 p99 lost sat < <(python3 "$ROOT/perf/loadgen_json.py" fields "$json")
+  rows+=("| $scenario | $broker | $msgs | $p50 | $p99 | $per_conn | $lost | $sat |")
+}
+
+build_release
+[[ " ${brokers[*]} " == *" mosquitto "* ]] && ensure_mosquitto
+run_dir="$OUT/compare-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$run_dir"
+# Thousands of sockets per broker; mosquitto needs one fd each.
+ulimit -n "$(ulimit -Hn)"
+
+rows=()
+for s in "${scenarios[@]}"; do
+  for b in "${brokers[@]}"; do run_one "$b" "$s"; done
+done
+
+{
+  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -r)), broker on core $BROKER_CORE, loadgen on core $LOADGEN_CORE, $DURATION per run; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')."
+  echo
+  echo "| scenario | broker | msg/s | p50 µs | p99 µs | RSS/conn B | lost | loadgen saturated |"
+  echo "|---|---|---:|---:|---:|---:|---:|---|"
+  printf '%s\n' "${rows[@]}"
+} | tee "$run_dir/table.md"
+log "raw results in $run_dir"

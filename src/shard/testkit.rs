@@ -1,0 +1,923 @@
+//! Fuzzing entry points shared by the cargo-fuzz targets (`tests/fuzz`) and by
+//! `cargo test`, which replays every committed seed through the same code so a
+//! fixed crash stays fixed without the fuzzer. Compiled for tests and behind the
+//! `testkit` feature only; not part of the broker's API.
+//!
+//! [`fuzz_connection`] drives a 2-shard set of [`Shard`]s the way the worker
+//! does, but lets the input choose every step — accept, bytes in, peer close,
+//! time, socket writability, mesh delivery — and checks invariants as it goes:
+//! no panic, unread output bounded (on every take), byte gauges and counts exact
+//! (every 8th step and at the end), server output decodable, no `ConnId` handed
+//! out twice before its release.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use smallvec::smallvec;
+
+use super::{Action, ConnId, Shard, ShardId, ShardMsg};
+use crate::config::{Config, SlowConsumerPolicy};
+use crate::protocol::{
+    decode_packet, encode_packet, Connect, Packet, Properties, ProtocolVersion, PubResp, Publish,
+    PublishProperties, QoS, Subscribe, SubscriptionOptions, Unsubscribe, MAX_REMAINING_LENGTH,
+};
+
+/// Arbitrary bytes into the decoder for every protocol version in arbitrary chunks:
+/// never panics, consumes only whole frames, and every packet it returns encodes
+/// back to bytes that decode to the same packet. The first byte picks the version
+/// (`% 3`) and the chunk size (`/ 3`).
+pub fn fuzz_decode(data: &[u8]) {
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let version = match selector % 3 {
+        0 => ProtocolVersion::V31,
+        1 => ProtocolVersion::V311,
+        _ => ProtocolVersion::V5,
+    };
+    let chunk = usize::from(selector / 3).max(1);
+    let mut rx = BytesMut::new();
+    for piece in rest.chunks(chunk) {
+        rx.extend_from_slice(piece);
+        loop {
+            let before = rx.len();
+            match decode_packet(&mut rx, version, 4096) {
+                Ok(Some(packet)) => {
+                    assert!(
+                        rx.len() < before,
+                        "a packet was returned without consuming bytes"
+                    );
+                    let mut wire = BytesMut::new();
+                    encode_packet(&packet, version, &mut wire);
+                    let again = decode_packet(&mut wire, version, usize::MAX)
+                        .expect("re-encoded packet decodes")
+                        .expect("re-encoded packet is complete");
+                    assert_eq!(again, packet, "encode/decode round trip changed the packet");
+                    assert!(wire.is_empty(), "re-encoded packet left trailing bytes");
+                }
+                Ok(None) => {
+                    assert_eq!(rx.len(), before, "an incomplete frame consumed bytes");
+                    break;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+// ---- connection state machine ------------------------------------------------
+
+/// Operation codes of the [`fuzz_connection`] input (the op byte modulo `OPS`).
+pub mod op {
+    /// `shard, ip`: a TCP connection is accepted.
+    pub const ACCEPT: u8 = 0;
+    /// `peer, len, bytes…`: bytes arrive on a connection.
+    pub const READ: u8 = 1;
+    /// `peer`: the peer closes (`on_closed`, then `release`).
+    pub const CLOSED: u8 = 2;
+    /// `t`: time moves on (`t * 50 ms`, or minutes for `t >= 240`), timers run.
+    pub const ADVANCE: u8 = 3;
+    /// `peer`: the socket is writable once (`take_tx`).
+    pub const TAKE: u8 = 4;
+    /// Delivers the oldest shard-to-shard message.
+    pub const MESH: u8 = 5;
+    /// `peer, kind, arg`: a well-formed packet from a small dictionary arrives.
+    pub const PACKET: u8 = 6;
+    /// Every socket is writable once.
+    pub const TAKE_ALL: u8 = 7;
+    pub const OPS: u8 = 8;
+}
+
+const SHARDS: usize = 2;
+const MAX_OUTBOUND_BYTES: usize = 2048;
+const MAX_PACKET_BYTES: u32 = 4096;
+const MAX_INFLIGHT: u16 = 4;
+
+/// Small limits so that every bound is reached within a few kilobytes of input.
+/// `flags` (the input's first byte) varies the policies.
+pub fn fuzz_config(flags: u8) -> Config {
+    Config {
+        max_connections: 12,
+        max_connections_per_ip: 6,
+        connect_rate_per_s: if flags & 1 != 0 { 4 } else { 0 },
+        connect_timeout_ms: 1000,
+        max_packet_size: MAX_PACKET_BYTES,
+        receive_maximum: 4,
+        max_inflight: MAX_INFLIGHT,
+        topic_alias_maximum: 4,
+        max_topic_levels: 4,
+        max_topic_len: 32,
+        max_subscriptions_per_client: 4,
+        max_client_id_len: 16,
+        max_session_expiry_s: 600,
+        max_queued_messages: 8,
+        max_queued_bytes: 2048,
+        queue_qos0_offline: flags & 2 != 0,
+        max_outbound_bytes: MAX_OUTBOUND_BYTES,
+        slow_consumer_policy: if flags & 4 != 0 {
+            SlowConsumerPolicy::Disconnect
+        } else {
+            SlowConsumerPolicy::Drop
+        },
+        memory_high_water_bytes: if flags & 8 != 0 { 16 * 1024 } else { 0 },
+        max_retained_messages: 8,
+        ..Config::default()
+    }
+}
+
+/// What the IO side knows about one connection.
+struct Peer {
+    shard: ShardId,
+    conn: ConnId,
+    /// Not yet released: operations may still name it.
+    open: bool,
+    /// Server output not yet decoded (a packet may straddle two takes).
+    undecoded: BytesMut,
+}
+
+/// A set of shards driven step by step, with the worker's duties done in between.
+pub struct Driver {
+    pub shards: Vec<Shard>,
+    now: Instant,
+    peers: Vec<Peer>,
+    /// Ids handed out by `accept`/`adopt` and not yet released → their peer.
+    live: HashMap<(ShardId, ConnId), usize>,
+    mesh: VecDeque<(ShardId, ShardId, ShardMsg)>,
+    max_tx: usize,
+}
+
+impl Driver {
+    pub fn new(config: Config) -> Driver {
+        // Resends of the inflight window skip the buffer bound (they are bounded by
+        // the window instead); control replies may use the allowance.
+        let max_tx = config.max_outbound_bytes
+            + super::control_allowance(config.max_outbound_bytes)
+            + usize::from(config.max_inflight) * (config.max_packet_size as usize + 64);
+        let config = Arc::new(config);
+        let node = super::NodeCounters::new();
+        Driver {
+            shards: (0..SHARDS)
+                .map(|i| Shard::in_node(i, SHARDS, config.clone(), node.clone()))
+                .collect(),
+            now: Instant::now(),
+            peers: Vec::new(),
+            live: HashMap::new(),
+            mesh: VecDeque::new(),
+            max_tx,
+        }
+    }
+
+    fn peer(&self, sel: u8) -> Option<usize> {
+        if self.peers.is_empty() {
+            return None;
+        }
+        let i = usize::from(sel) % self.peers.len();
+        self.peers[i].open.then_some(i)
+    }
+
+    pub fn accept(&mut self, shard: ShardId, ip: u8) {
+        let peer = SocketAddr::from(([127, 0, 0, 1 + ip % 3], 40000));
+        let conn = self.shards[shard].accept(peer, self.now);
+        let p = self.peers.len();
+        assert!(
+            self.live.insert((shard, conn), p).is_none(),
+            "conn id {conn} on shard {shard} reused before release"
+        );
+        self.peers.push(Peer {
+            shard,
+            conn,
+            open: true,
+            undecoded: BytesMut::new(),
+        });
+    }
+
+    pub fn read(&mut self, p: usize, bytes: &[u8]) {
+        let (s, c) = (self.peers[p].shard, self.peers[p].conn);
+        self.shards[s].on_read(c, bytes, self.now);
+    }
+
+    pub fn closed(&mut self, p: usize) {
+        let (s, c) = (self.peers[p].shard, self.peers[p].conn);
+        self.shards[s].on_closed(c, self.now);
+        self.take(p);
+        self.release(p);
+    }
+
+    fn release(&mut self, p: usize) {
+        let (s, c) = (self.peers[p].shard, self.peers[p].conn);
+        self.shards[s].release(c);
+        self.peers[p].open = false;
+        self.live.remove(&(s, c));
+    }
+
+    pub fn advance(&mut self, t: u8) {
+        self.now += if t >= 240 {
+            Duration::from_secs(60 * u64::from(t - 239))
+        } else {
+            Duration::from_millis(50 * u64::from(t))
+        };
+        for s in &mut self.shards {
+            if s.next_deadline().is_some_and(|d| d <= self.now) {
+                s.on_timer(self.now);
+            }
+        }
+    }
+
+    /// One writable event: takes what is pending and checks it is valid MQTT.
+    pub fn take(&mut self, p: usize) {
+        let (s, c) = (self.peers[p].shard, self.peers[p].conn);
+        let Some(out) = self.shards[s].take_tx(c) else {
+            return;
+        };
+        assert!(
+            out.len() <= self.max_tx,
+            "conn {c} on shard {s} had {} unread bytes (bound {})",
+            out.len(),
+            self.max_tx
+        );
+        let version = self.shards[s]
+            .conns
+            .get(c)
+            .map_or(ProtocolVersion::V311, |c| c.version);
+        let buf = &mut self.peers[p].undecoded;
+        buf.extend_from_slice(&out);
+        // Each turn consumes a frame or stops.
+        loop {
+            match decode_packet(buf, version, MAX_REMAINING_LENGTH + 5) {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) => panic!("server sent bytes a {version:?} client cannot decode: {e:?}"),
+            }
+        }
+    }
+
+    pub fn deliver_one(&mut self) {
+        if let Some((from, to, msg)) = self.mesh.pop_front() {
+            self.shards[to].on_message(from, msg, self.now);
+        }
+    }
+
+    /// The worker's turn: performs every pending action. `Flush` is left to the
+    /// input (`TAKE`), so sockets that never become writable are modelled.
+    pub fn settle(&mut self) {
+        // Each turn performs one action; actions only come from earlier input or
+        // from adopting (which parses bytes already received), so this ends.
+        for _ in 0..1_000_000 {
+            let mut moved = false;
+            for s in 0..self.shards.len() {
+                let Some(a) = self.shards[s].poll_action() else {
+                    continue;
+                };
+                moved = true;
+                self.perform(s, a);
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("actions do not settle");
+    }
+
+    fn perform(&mut self, s: ShardId, a: Action) {
+        match a {
+            Action::Flush(_) => {}
+            Action::Close(conn) => {
+                if let Some(p) = self.find(s, conn) {
+                    self.take(p);
+                    self.release(p);
+                } else {
+                    panic!("Close for conn {conn} on shard {s}, which the IO side does not hold");
+                }
+            }
+            Action::Migrate { conn, to, handoff } => {
+                assert!(to < SHARDS && to != s, "migrate from {s} to {to}");
+                let p = self
+                    .find(s, conn)
+                    .unwrap_or_else(|| panic!("Migrate of unknown conn {conn} on shard {s}"));
+                let new = self.shards[to].adopt(handoff, self.now);
+                assert!(
+                    self.live.insert((to, new), p).is_none(),
+                    "conn id {new} on shard {to} reused before release"
+                );
+                self.shards[s].release(conn);
+                self.live.remove(&(s, conn));
+                self.peers[p].shard = to;
+                self.peers[p].conn = new;
+            }
+            Action::Send { to, msg } => {
+                assert!(to < SHARDS && to != s, "send from {s} to {to}");
+                self.mesh.push_back((s, to, msg));
+            }
+        }
+    }
+
+    fn find(&self, s: ShardId, conn: ConnId) -> Option<usize> {
+        self.live.get(&(s, conn)).copied()
+    }
+
+    /// Bounds and bookkeeping that must hold between any two operations.
+    pub fn check(&self) {
+        for (i, sh) in self.shards.iter().enumerate() {
+            let mut tx = 0;
+            for (id, c) in sh.conns.iter() {
+                assert!(
+                    c.tx.len() <= self.max_tx,
+                    "conn {id} on shard {i} holds {} unread bytes (bound {})",
+                    c.tx.len(),
+                    self.max_tx
+                );
+                assert!(
+                    c.rx.len() <= sh.config.max_packet_size as usize + 5,
+                    "conn {id} on shard {i} buffers {} received bytes",
+                    c.rx.len()
+                );
+                tx += c.tx.len();
+            }
+            let st = sh.stats();
+            assert_eq!(st.bytes_tx, tx, "bytes_tx gauge on shard {i}");
+            let queued: usize = sh
+                .sessions
+                .iter()
+                .filter_map(|(_, s)| s.delivery.as_ref())
+                .map(|d| {
+                    assert!(d.queue.len() <= sh.config.max_queued_messages);
+                    assert!(d.queued_bytes <= sh.config.max_queued_bytes);
+                    assert!(d.inflight.len() <= usize::from(sh.config.max_inflight));
+                    d.queued_bytes
+                })
+                .sum();
+            assert_eq!(st.bytes_queued, queued, "bytes_queued gauge on shard {i}");
+            let mut retained = 0;
+            sh.retained.for_each(|_, m| retained += m.cost_bytes());
+            assert_eq!(
+                st.bytes_retained, retained,
+                "bytes_retained gauge on shard {i}"
+            );
+            let live = self.live.keys().filter(|(s, _)| *s == i).count();
+            assert_eq!(st.connections, live, "connections gauge on shard {i}");
+        }
+    }
+
+    /// End of input: everything in flight is delivered and every socket drained.
+    pub fn finish(&mut self) {
+        for _ in 0..10_000 {
+            self.settle();
+            if self.mesh.is_empty() {
+                break;
+            }
+            while !self.mesh.is_empty() {
+                self.deliver_one();
+            }
+        }
+        for p in 0..self.peers.len() {
+            if self.peers[p].open {
+                self.take(p);
+            }
+        }
+        self.settle();
+        self.check();
+    }
+}
+
+const IDS: [&str; 4] = ["a", "b", "c", ""];
+
+/// A well-formed packet from a small dictionary, so the fuzzer reaches sessions,
+/// QoS flows and fan-out quickly. `arg` picks the variant.
+pub fn dictionary_packet(kind: u8, arg: u8) -> (Packet, ProtocolVersion) {
+    let version = if arg & 0x80 != 0 {
+        ProtocolVersion::V5
+    } else {
+        ProtocolVersion::V311
+    };
+    let qos = match arg % 3 {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    };
+    let packet_id = u16::from(arg % 8) + 1;
+    let filter = |i: u8| match i % 4 {
+        0 => Bytes::from_static(b"t/#"),
+        1 => Bytes::from_static(b"t/+"),
+        2 => Bytes::from_static(b"$share/g/t/x"),
+        _ => Bytes::from_static(b"#"),
+    };
+    let packet = match kind % 10 {
+        0 | 1 => {
+            let mut properties = Properties::default();
+            if version.is_v5() {
+                properties.session_expiry_interval_s = Some(u32::from(arg % 4) * 30);
+                properties.receive_maximum = Some(2);
+                properties.topic_alias_maximum = Some(u16::from(arg % 3));
+                properties.maximum_packet_size = Some(if arg & 8 != 0 { 64 } else { 1024 });
+            }
+            Packet::Connect(Box::new(Connect {
+                protocol: version,
+                clean_start: arg & 0x10 != 0,
+                keep_alive_s: u16::from(arg % 3),
+                client_id: Bytes::from_static(IDS[usize::from(arg >> 2) % IDS.len()].as_bytes()),
+                will: (arg & 0x20 != 0).then(|| crate::protocol::LastWill {
+                    topic: Bytes::from_static(b"t/will"),
+                    payload: Bytes::from_static(b"w"),
+                    qos,
+                    retain: arg & 0x40 != 0,
+                    properties: Properties::default(),
+                }),
+                username: None,
+                password: None,
+                properties,
+            }))
+        }
+        2 => Packet::Subscribe(Subscribe {
+            packet_id,
+            filters: smallvec![(
+                filter(arg >> 3),
+                SubscriptionOptions {
+                    qos,
+                    ..SubscriptionOptions::default()
+                }
+            )],
+            properties: Properties::default(),
+        }),
+        3 | 4 => Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain: arg & 0x40 != 0,
+            topic: Bytes::from_static(if arg & 8 != 0 { b"t/x" } else { b"t/y/z" }),
+            packet_id: if qos == QoS::AtMostOnce { 0 } else { packet_id },
+            properties: PublishProperties::default(),
+            payload: Bytes::from(vec![b'p'; usize::from(arg & 0x30) * 8]),
+        }),
+        5 => Packet::PubAck(PubResp::new(packet_id)),
+        6 => match arg % 3 {
+            0 => Packet::PubRec(PubResp::new(packet_id)),
+            1 => Packet::PubRel(PubResp::new(packet_id)),
+            _ => Packet::PubComp(PubResp::new(packet_id)),
+        },
+        7 => Packet::PingReq,
+        8 => Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            filters: smallvec![filter(arg >> 3)],
+            properties: Properties::default(),
+        }),
+        _ => Packet::Disconnect(crate::protocol::Disconnect {
+            code: crate::protocol::ReasonCode::Success,
+            properties: Properties::default(),
+        }),
+    };
+    (packet, version)
+}
+
+/// Runs one fuzz input (see [`op`]) and checks the invariants along the way.
+pub fn fuzz_connection(data: &[u8]) {
+    run_connection(data);
+}
+
+/// [`fuzz_connection`], returning the finished driver for inspection.
+pub fn run_connection(data: &[u8]) -> Option<Driver> {
+    let (&flags, mut rest) = data.split_first()?;
+    let mut next = move || {
+        let (&b, r) = rest.split_first()?;
+        rest = r;
+        Some(b)
+    };
+    let mut d = Driver::new(fuzz_config(flags));
+    // Each turn consumes at least one input byte.
+    let mut ops = 0u32;
+    while let Some(code) = next() {
+        match code % op::OPS {
+            op::ACCEPT => {
+                let (Some(s), Some(ip)) = (next(), next()) else {
+                    break;
+                };
+                d.accept(usize::from(s) % SHARDS, ip);
+            }
+            op::READ => {
+                let (Some(p), Some(len)) = (next(), next()) else {
+                    break;
+                };
+                let mut chunk = Vec::with_capacity(usize::from(len));
+                for _ in 0..len {
+                    match next() {
+                        Some(b) => chunk.push(b),
+                        None => break,
+                    }
+                }
+                if let Some(p) = d.peer(p) {
+                    d.read(p, &chunk);
+                }
+            }
+            op::CLOSED => {
+                if let Some(p) = next().and_then(|p| d.peer(p)) {
+                    d.closed(p);
+                }
+            }
+            op::ADVANCE => {
+                let Some(t) = next() else { break };
+                d.advance(t);
+            }
+            op::TAKE => {
+                if let Some(p) = next().and_then(|p| d.peer(p)) {
+                    d.take(p);
+                }
+            }
+            op::MESH => d.deliver_one(),
+            op::PACKET => {
+                let (Some(p), Some(kind), Some(arg)) = (next(), next(), next()) else {
+                    break;
+                };
+                if let Some(p) = d.peer(p) {
+                    let (packet, version) = dictionary_packet(kind, arg);
+                    let mut wire = BytesMut::new();
+                    encode_packet(&packet, version, &mut wire);
+                    d.read(p, &wire);
+                }
+            }
+            _ => {
+                for p in 0..d.peers.len() {
+                    if d.peers[p].open {
+                        d.take(p);
+                    }
+                }
+            }
+        }
+        d.settle();
+        // The full check walks every connection and session: every 8th step keeps
+        // long inputs linear (`take` checks the output bound on every write).
+        ops += 1;
+        if ops % 8 == 0 {
+            d.check();
+        }
+    }
+    d.finish();
+    Some(d)
+}
+
+// ---- seeds -------------------------------------------------------------------
+
+/// Builds [`fuzz_connection`] inputs.
+#[derive(Default)]
+pub struct Script(Vec<u8>);
+
+impl Script {
+    pub fn new(flags: u8) -> Script {
+        Script(vec![flags])
+    }
+    pub fn accept(mut self, shard: u8, ip: u8) -> Script {
+        self.0.extend_from_slice(&[op::ACCEPT, shard, ip]);
+        self
+    }
+    pub fn read(mut self, peer: u8, bytes: &[u8]) -> Script {
+        for chunk in bytes.chunks(255) {
+            self.0
+                .extend_from_slice(&[op::READ, peer, chunk.len() as u8]);
+            self.0.extend_from_slice(chunk);
+        }
+        self
+    }
+    pub fn packet(mut self, peer: u8, kind: u8, arg: u8) -> Script {
+        self.0.extend_from_slice(&[op::PACKET, peer, kind, arg]);
+        self
+    }
+    pub fn closed(mut self, peer: u8) -> Script {
+        self.0.extend_from_slice(&[op::CLOSED, peer]);
+        self
+    }
+    pub fn advance(mut self, t: u8) -> Script {
+        self.0.extend_from_slice(&[op::ADVANCE, t]);
+        self
+    }
+    pub fn take(mut self, peer: u8) -> Script {
+        self.0.extend_from_slice(&[op::TAKE, peer]);
+        self
+    }
+    pub fn take_all(mut self) -> Script {
+        self.0.push(op::TAKE_ALL);
+        self
+    }
+    pub fn mesh(mut self) -> Script {
+        self.0.push(op::MESH);
+        self
+    }
+    pub fn bytes(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+/// Conformance vectors (byte-exact wire forms from the codec tests).
+pub mod vectors {
+    pub const CONNECT_V31: &[u8] = &[
+        0x10, 0x11, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x02, 0x00, 0x3C, 0x00,
+        0x03, b'a', b'b', b'c',
+    ];
+    pub const CONNECT_V311: &[u8] = &[
+        0x10, 0x0F, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3C, 0x00, 0x03, b'a',
+        b'b', b'c',
+    ];
+    pub const CONNECT_V311_WILL: &[u8] = &[
+        0x10, 0x1D, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0xEE, 0x00, 0x3C, 0x00, 0x02, b'i',
+        b'd', 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x02, b'h', b'i', 0x00, 0x01, b'u', 0x00, 0x01,
+        b'p',
+    ];
+    pub const CONNECT_V5: &[u8] = &[
+        0x10, 0x2B, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0xC6, 0x00, 0x3C, 0x08, 0x11, 0x00,
+        0x00, 0x00, 0x78, 0x21, 0x00, 0x0A, 0x00, 0x02, b'c', b'1', 0x07, 0x01, 0x01, 0x18, 0x00,
+        0x00, 0x00, 0x05, 0x00, 0x01, b'w', 0x00, 0x01, b'x', 0x00, 0x01, b'u', 0x00, 0x01, b'p',
+    ];
+    pub const PUBLISH_V311_QOS0: &[u8] = &[
+        0x30, 0x0A, 0x00, 0x03, b'a', b'/', b'b', b'h', b'e', b'l', b'l', b'o',
+    ];
+    pub const PUBLISH_V311_QOS1_RETAIN: &[u8] =
+        &[0x3B, 0x07, 0x00, 0x01, b't', 0x00, 0x0A, b'x', b'y'];
+    pub const PUBLISH_V311_QOS2: &[u8] = &[0x34, 0x05, 0x00, 0x01, b't', 0x12, 0x34];
+    pub const PUBLISH_V5_PROPS: &[u8] = &[
+        0x32, 0x1A, 0x00, 0x01, b't', 0x00, 0x01, 0x13, 0x01, 0x01, 0x02, 0x00, 0x00, 0x00, 0x3C,
+        0x0B, 0x05, 0x23, 0x00, 0x02, 0x26, 0x00, 0x01, b'k', 0x00, 0x01, b'v', b'p',
+    ];
+    pub const PUBLISH_V5_ALIAS_ONLY: &[u8] =
+        &[0x30, 0x07, 0x00, 0x00, 0x03, 0x23, 0x00, 0x05, b'a'];
+    pub const SUBSCRIBE_V311: &[u8] = &[
+        0x82, 0x0E, 0x00, 0x01, 0x00, 0x03, b'a', b'/', b'b', 0x01, 0x00, 0x03, b'c', b'/', b'#',
+        0x02,
+    ];
+    pub const SUBSCRIBE_V5: &[u8] = &[
+        0x82, 0x09, 0x00, 0x02, 0x02, 0x0B, 0x07, 0x00, 0x01, b'+', 0x2D,
+    ];
+    pub const UNSUBSCRIBE_V311: &[u8] = &[
+        0xA2, 0x0A, 0x00, 0x03, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x01, b'#',
+    ];
+    pub const PUBACK: &[u8] = &[0x40, 0x02, 0x00, 0x0A];
+    pub const PUBREC: &[u8] = &[0x50, 0x02, 0x00, 0x0A];
+    pub const PUBREL: &[u8] = &[0x62, 0x02, 0x12, 0x34];
+    pub const PUBCOMP: &[u8] = &[0x70, 0x02, 0x00, 0x01];
+    pub const PINGREQ: &[u8] = &[0xC0, 0x00];
+    pub const DISCONNECT: &[u8] = &[0xE0, 0x00];
+    pub const DISCONNECT_V5_WILL: &[u8] = &[0xE0, 0x01, 0x04];
+
+    /// Every vector with the protocol version it belongs to (3 = 3.1, 4 = 3.1.1, 5).
+    pub const ALL: &[(&str, u8, &[u8])] = &[
+        ("connect-v31", 3, CONNECT_V31),
+        ("connect-v311", 4, CONNECT_V311),
+        ("connect-v311-will", 4, CONNECT_V311_WILL),
+        ("connect-v5", 5, CONNECT_V5),
+        ("publish-v311-qos0", 4, PUBLISH_V311_QOS0),
+        ("publish-v311-qos1-retain", 4, PUBLISH_V311_QOS1_RETAIN),
+        ("publish-v311-qos2", 4, PUBLISH_V311_QOS2),
+        ("publish-v5-props", 5, PUBLISH_V5_PROPS),
+        ("publish-v5-alias-only", 5, PUBLISH_V5_ALIAS_ONLY),
+        ("subscribe-v311", 4, SUBSCRIBE_V311),
+        ("subscribe-v5", 5, SUBSCRIBE_V5),
+        ("unsubscribe-v311", 4, UNSUBSCRIBE_V311),
+        ("puback", 4, PUBACK),
+        ("pubrec", 4, PUBREC),
+        ("pubrel", 4, PUBREL),
+        ("pubcomp", 4, PUBCOMP),
+        ("pingreq", 4, PINGREQ),
+        ("disconnect", 4, DISCONNECT),
+        ("disconnect-v5-will", 5, DISCONNECT_V5_WILL),
+    ];
+}
+
+/// Seeds for the decoder target: each vector for its version, whole and in 1-byte
+/// chunks.
+pub fn decode_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    for (name, level, wire) in vectors::ALL {
+        let v = match level {
+            3 => 0u8,
+            4 => 1,
+            _ => 2,
+        };
+        for (tag, chunk) in [("whole", 80u8), ("bytewise", 1)] {
+            let mut seed = vec![v + 3 * chunk];
+            seed.extend_from_slice(wire);
+            out.push((format!("{name}-{tag}"), seed));
+        }
+    }
+    out
+}
+
+/// Seeds for the connection target: short sessions built from the vectors.
+pub fn connection_seeds() -> Vec<(String, Vec<u8>)> {
+    use vectors::*;
+    let v311_qos = Script::new(0)
+        .accept(0, 0)
+        .read(0, CONNECT_V311)
+        .read(0, SUBSCRIBE_V311)
+        .accept(1, 1)
+        .read(1, CONNECT_V311_WILL)
+        .read(1, PUBLISH_V311_QOS0)
+        .read(1, PUBLISH_V311_QOS1_RETAIN)
+        .read(1, PUBLISH_V311_QOS2)
+        .read(1, PUBREL)
+        .mesh()
+        .take_all()
+        .read(0, PUBACK)
+        .read(0, PUBREC)
+        .read(0, PUBCOMP)
+        .read(0, UNSUBSCRIBE_V311)
+        .closed(1)
+        .mesh()
+        .take_all()
+        .read(0, PINGREQ)
+        .read(0, DISCONNECT)
+        .bytes();
+    let v5 = Script::new(0)
+        .accept(1, 0)
+        .read(0, CONNECT_V5)
+        .read(0, SUBSCRIBE_V5)
+        .accept(0, 2)
+        .read(1, CONNECT_V31)
+        .read(1, PUBLISH_V311_QOS0)
+        .mesh()
+        .read(0, PUBLISH_V5_PROPS)
+        .read(0, PUBLISH_V5_ALIAS_ONLY)
+        .take(0)
+        .read(0, DISCONNECT_V5_WILL)
+        .advance(200)
+        .take_all()
+        .bytes();
+    // A subscriber that never reads while a publisher floods it.
+    let mut stalled = Script::new(4)
+        .accept(0, 0)
+        .packet(0, 0, 0x10)
+        .packet(0, 2, 0x01)
+        .accept(1, 1)
+        .packet(1, 1, 0x14);
+    for _ in 0..40 {
+        stalled = stalled.packet(1, 3, 0x31).mesh();
+    }
+    let stalled = stalled.take(1).bytes();
+    // Half-open connections and a CONNECT trickling in byte by byte.
+    let mut slow = Script::new(1).accept(0, 0).accept(1, 0).accept(0, 1);
+    for b in CONNECT_V311.iter().take(6) {
+        slow = slow.read(2, &[*b]).advance(4);
+    }
+    let slow = slow.advance(40).take_all().bytes();
+    // Over the connection limits and the CONNECT rate.
+    let mut crowd = Script::new(1);
+    for i in 0..14u8 {
+        crowd = crowd.accept(i % 2, 0).packet(i, 0, (i % 4) << 2 | 0x10);
+    }
+    let crowd = crowd.take_all().advance(240).take_all().bytes();
+    // PINGREQ flood without reading.
+    let mut pings = Script::new(0).accept(0, 0).read(0, CONNECT_V311);
+    let flood = PINGREQ.repeat(120);
+    for _ in 0..20 {
+        pings = pings.read(0, &flood);
+    }
+    let pings = pings.bytes();
+    vec![
+        ("v311-qos-flows".to_string(), v311_qos),
+        ("v5-props-will".to_string(), v5),
+        ("stalled-subscriber".to_string(), stalled),
+        ("half-open-slowloris".to_string(), slow),
+        ("over-limits".to_string(), crowd),
+        ("pingreq-flood".to_string(), pings),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    fn seeds_dir(target: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fuzz/seeds")
+            .join(target)
+    }
+
+    /// Replays every committed seed (conformance vectors and fixed crashes) and
+    /// checks the generated seeds are committed: `RINGMQ_WRITE_SEEDS=1` rewrites them.
+    fn replay(target: &str, generated: Vec<(String, Vec<u8>)>, run: fn(&[u8])) {
+        let dir = seeds_dir(target);
+        if std::env::var_os("RINGMQ_WRITE_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).expect("create seeds dir");
+            for (name, bytes) in &generated {
+                std::fs::write(dir.join(name), bytes).expect("write seed");
+            }
+        }
+        for (name, bytes) in &generated {
+            let committed = std::fs::read(dir.join(name)).unwrap_or_else(|e| {
+                panic!("seed {target}/{name} missing ({e}); run with RINGMQ_WRITE_SEEDS=1")
+            });
+            assert_eq!(
+                &committed, bytes,
+                "seed {target}/{name} is stale; run with RINGMQ_WRITE_SEEDS=1"
+            );
+        }
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("seeds dir")
+            .map(|e| e.expect("dir entry").path())
+            .collect();
+        files.sort();
+        assert!(files.len() >= generated.len());
+        for f in files {
+            let bytes = std::fs::read(&f).expect("read seed");
+            let r = std::panic::catch_unwind(|| run(&bytes));
+            assert!(r.is_ok(), "seed {} fails", f.display());
+        }
+    }
+
+    #[test]
+    fn decode_seeds_replay() {
+        replay("decode", decode_seeds(), fuzz_decode);
+    }
+
+    #[test]
+    fn connection_seeds_replay() {
+        replay("connection", connection_seeds(), fuzz_connection);
+    }
+
+    #[test]
+    fn seeds_reach_the_limits() {
+        let seeds: std::collections::HashMap<String, Vec<u8>> =
+            connection_seeds().into_iter().collect();
+        let stats = |name: &str| {
+            let d = run_connection(&seeds[name]).expect("driver");
+            let mut sum = crate::shard::ShardStats::default();
+            for s in &d.shards {
+                let st = s.stats();
+                sum.closed_not_reading += st.closed_not_reading;
+                sum.closed_slow_consumer += st.closed_slow_consumer;
+                sum.dropped_queue_full += st.dropped_queue_full;
+                sum.connect_timeouts += st.connect_timeouts;
+                sum.refused_per_ip += st.refused_per_ip;
+                sum.refused_rate += st.refused_rate;
+                sum.refused_max_connections += st.refused_max_connections;
+                sum.messages_in += st.messages_in;
+                sum.messages_out += st.messages_out;
+            }
+            sum
+        };
+        assert_eq!(stats("pingreq-flood").closed_not_reading, 1);
+        let s = stats("stalled-subscriber");
+        assert_eq!((s.messages_in, s.closed_slow_consumer), (40, 1));
+        assert!(s.dropped_queue_full >= 1);
+        assert_eq!(stats("half-open-slowloris").connect_timeouts, 3);
+        let s = stats("over-limits");
+        assert!(s.refused_rate + s.refused_per_ip + s.refused_max_connections > 0);
+    }
+
+    #[test]
+    fn vectors_decode_as_their_version() {
+        for (name, level, wire) in vectors::ALL {
+            let version = match level {
+                3 => ProtocolVersion::V31,
+                4 => ProtocolVersion::V311,
+                _ => ProtocolVersion::V5,
+            };
+            let mut b = BytesMut::from(*wire);
+            let p = decode_packet(&mut b, version, usize::MAX);
+            assert!(matches!(p, Ok(Some(_))), "{name}: {p:?}");
+            assert!(b.is_empty(), "{name}");
+        }
+    }
+
+    fn connect(d: &mut Driver, p: usize) {
+        // CONNECT 3.1.1, clean, empty client id: the shard assigns an id it owns.
+        let (packet, version) = dictionary_packet(0, 3 << 2 | 0x10);
+        let mut wire = BytesMut::new();
+        encode_packet(&packet, version, &mut wire);
+        d.read(p, &wire);
+        d.settle();
+        d.check();
+    }
+
+    fn total(d: &Driver, f: fn(&crate::shard::ShardStats) -> u64) -> u64 {
+        d.shards.iter().map(|s| f(s.stats())).sum()
+    }
+
+    #[test]
+    fn driver_reaches_the_connection_limits() {
+        // 6 per IP, 12 per node (shared by both shards).
+        let mut d = Driver::new(fuzz_config(0));
+        for i in 0..16 {
+            d.accept(i % 2, if i < 8 { 0 } else { 1 });
+            connect(&mut d, i);
+        }
+        assert_eq!(total(&d, |s| s.refused_per_ip), 2);
+        assert_eq!(total(&d, |s| s.refused_max_connections), 2);
+        assert_eq!(d.live.len(), 12);
+        d.finish();
+
+        // CONNECT rate 4/s per shard, bursts of one second.
+        let mut d = Driver::new(fuzz_config(1));
+        for i in 0..6 {
+            d.accept(0, i as u8);
+            connect(&mut d, i);
+        }
+        assert_eq!(total(&d, |s| s.refused_rate), 2);
+        d.advance(5); // 250 ms: one more token
+        d.accept(0, 1);
+        connect(&mut d, 6);
+        d.accept(0, 2);
+        connect(&mut d, 7);
+        assert_eq!(total(&d, |s| s.refused_rate), 3);
+        assert_eq!(d.live.len(), 5);
+        d.finish();
+    }
+}
