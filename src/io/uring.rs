@@ -39,6 +39,8 @@ use super::{
 
 /// Most rings one loop may own (each is one process fd and one registered table).
 pub const MAX_RINGS: usize = 16;
+/// Rings after the first get this fraction of `LoopOptions::sq_entries`.
+const EXTRA_RING_QUEUE_DIVISOR: u32 = 4;
 /// Rings after the first get this fraction of `recv_bufs_per_ring` provided buffers.
 const EXTRA_RING_BUF_DIVISOR: usize = 4;
 /// Most socket entries reserved up front per loop.
@@ -485,9 +487,19 @@ impl UringLoop {
 
         let mut rings = Vec::with_capacity(ring_count);
         for r in 0..ring_count {
+            // A ring's queues are kernel pages mapped into the process (1024 SQEs and
+            // 4096 CQEs: ~130 KiB), resident from setup whether or not the ring is
+            // used. Rings 1.. exist for connection count, not throughput (a default
+            // start makes 16 per loop), so they get a quarter; a fuller burst waits in
+            // `backlog` (SQ) or the kernel's overflow list (CQ), nothing is lost.
+            let sq_entries = if r == 0 {
+                opts.sq_entries
+            } else {
+                (opts.sq_entries / EXTRA_RING_QUEUE_DIVISOR).max(4.min(opts.sq_entries))
+            };
             let uring: IoUring = IoUring::builder()
-                .setup_cqsize(opts.sq_entries * 4)
-                .build(opts.sq_entries)?;
+                .setup_cqsize(sq_entries * 4)
+                .build(sq_entries)?;
             uring.submitter().register_files_sparse(table_size)?;
             // Rings 1.. only fill once ring 0 holds a full table of (mostly idle, in the
             // IoT case) connections; the kernel cycles through a pool, so every buffer
