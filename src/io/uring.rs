@@ -349,6 +349,9 @@ struct Ring {
     accepts_armed: u32,
     /// Entries that did not fit into a full submission queue, in order.
     backlog: std::collections::VecDeque<squeue::Entry>,
+    /// Sockets whose receive ended with ENOBUFS, to re-arm as buffers come back
+    /// (`Sock::starved` marks the live entries; a released id is skipped).
+    starved: VecDeque<SockId>,
     /// Declared after `uring` so the ring is torn down before the buffers are unmapped.
     bufs: BufPool,
 }
@@ -430,6 +433,8 @@ struct Sock {
     slot_closed: bool,
     /// The worker knows this socket (false for connections dropped at accept).
     reported: bool,
+    /// Waiting in its ring's `starved` list for its receive to be re-armed.
+    starved: bool,
 }
 
 struct AcceptSlot {
@@ -528,6 +533,7 @@ impl UringLoop {
                 live: 0,
                 accepts_armed: 0,
                 backlog: Default::default(),
+                starved: VecDeque::new(),
                 bufs,
             });
         }
@@ -853,6 +859,28 @@ impl UringLoop {
         }
     }
 
+    /// Re-arms receives that ran out of buffers, at most a quarter of each ring's pool
+    /// per turn: the buffers used last turn were given back during its dispatch.
+    fn rearm_starved(&mut self) {
+        for r in 0..self.rings.len() {
+            let mut budget = (usize::from(self.rings[r].bufs.count) / 4).max(1);
+            while budget > 0 {
+                let Some(sock) = self.rings[r].starved.pop_front() else {
+                    break;
+                };
+                let Some(s) = self.socks.get_mut(sock as usize) else {
+                    continue;
+                };
+                if !s.starved || s.ring as usize != r {
+                    continue;
+                }
+                s.starved = false;
+                budget -= 1;
+                self.arm_recv(sock);
+            }
+        }
+    }
+
     /// Closes sockets sent to us whose hand-off did not come in time.
     fn reap_unpaired(&mut self) {
         let Some(&(due, _)) = self.arrived_due.front() else {
@@ -1005,11 +1033,18 @@ impl UringLoop {
         match state {
             SockState::Open => {
                 if res == -libc::ENOBUFS {
-                    // Out of provided buffers: they come back during this turn's
-                    // dispatch, and the re-armed receive is submitted after it.
+                    // Out of provided buffers. Re-arming at once would send every
+                    // starved socket of a burst back into the same empty pool (a storm
+                    // of 100k connects made a million ENOBUFS completions); they wait
+                    // in `starved` and are re-armed a pool's share per turn.
                     self.stats.recv_nobufs += 1;
                     if !more {
-                        self.arm_recv(sock);
+                        if let Some(s) = self.socks.get_mut(sock as usize) {
+                            if !s.starved {
+                                s.starved = true;
+                                self.rings[ring].starved.push_back(sock);
+                            }
+                        }
                     }
                 } else if !more {
                     out.push(Completion::RecvEnd { sock, errno: -res });
@@ -1092,6 +1127,7 @@ impl UringLoop {
             close_inflight: false,
             slot_closed: false,
             reported: true,
+            starved: false,
         }) as SockId;
         // The sender reserved this slot in our `RingRoom`; it is ours to give back.
         self.rings[ring].live += 1;
@@ -1164,6 +1200,7 @@ impl UringLoop {
             close_inflight: false,
             slot_closed: false,
             reported: true,
+            starved: false,
         }) as SockId;
         self.rings[ring].live += 1;
         // The over-capacity accept keeps its connection only if room came back, or by
@@ -1337,6 +1374,7 @@ impl EventLoop for UringLoop {
             ring.drain_backlog();
         }
         self.reap_unpaired();
+        self.rearm_starved();
         self.arm_accepts();
         for r in 1..self.rings.len() {
             if !self.rings[r].uring.submission().is_empty() {
@@ -1348,7 +1386,10 @@ impl EventLoop for UringLoop {
             }
         }
         let ready = !self.pending.is_empty()
-            || self.rings.iter().any(|r| !r.backlog.is_empty())
+            || self
+                .rings
+                .iter()
+                .any(|r| !r.backlog.is_empty() || !r.starved.is_empty())
             || self
                 .rings
                 .iter_mut()
