@@ -92,7 +92,7 @@ impl Default for Config {
             connect_timeout_ms: 10_000,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
-            max_inflight: 64,
+            max_inflight: 1024,
             topic_alias_maximum: 64,
             max_topic_levels: 32,
             max_topic_len: 1024,

@@ -24,79 +24,80 @@ pub struct Cli {
     /// TOML file with any of the options below as keys (underscores for dashes).
     #[arg(long, value_name = "FILE")]
     pub config: Option<String>,
-    /// Address to listen on (repeatable). Default 0.0.0.0:1883.
-    #[arg(long, value_name = "ADDR")]
+    /// Address to listen on (repeatable).
+    #[arg(long, value_name = "ADDR", help = with_default("Address to listen on (repeatable)", "0.0.0.0:1883"))]
     pub listen: Vec<String>,
     /// Event loops, one per core. Default: available cores.
     #[arg(long, value_name = "N")]
     pub shards: Option<String>,
-    /// IO backend: auto, uring or epoll.
-    #[arg(long, value_name = "auto|uring|epoll")]
+    #[arg(long, value_name = "auto|uring|epoll", help = with_default("IO backend; auto = io_uring when the kernel allows it, else epoll", "auto"))]
     pub io: Option<String>,
-    /// tracing filter (RUST_LOG overrides it), e.g. info or ringmq=debug.
-    #[arg(long, value_name = "LEVEL")]
+    #[arg(long, value_name = "LEVEL", help = with_default("tracing filter (RUST_LOG overrides it), e.g. info or ringmq=debug", &d().log_level))]
     pub log_level: Option<String>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Connections the broker holds in total; by default lowered to what the io_uring tables hold", d().max_connections))]
     pub max_connections: Option<String>,
-    /// 0 = no limit.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Connections per client IP address; 0 = no limit", d().max_connections_per_ip))]
     pub max_connections_per_ip: Option<String>,
-    /// New CONNECTs per second per shard; 0 = no limit.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("New CONNECTs per second per shard; 0 = no limit", d().connect_rate_per_s))]
     pub connect_rate_per_s: Option<String>,
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", help = with_default("Milliseconds allowed from TCP accept to a complete CONNECT", d().connect_timeout_ms))]
     pub connect_timeout_ms: Option<String>,
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = with_default("Largest MQTT packet accepted, in bytes (MQTT 5 Maximum Packet Size)", d().max_packet_size))]
     pub max_packet_size: Option<String>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("QoS 1/2 PUBLISHes a client may have unacknowledged towards us (MQTT 5 Receive Maximum)", d().receive_maximum))]
     pub receive_maximum: Option<String>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Our unacknowledged QoS 1/2 PUBLISHes per client (lowered to the client's Receive Maximum)", d().max_inflight))]
     pub max_inflight: Option<String>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Topic aliases a client may use (MQTT 5); 0 = none", d().topic_alias_maximum))]
     pub topic_alias_maximum: Option<String>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Most levels in a topic name or filter", d().max_topic_levels))]
     pub max_topic_levels: Option<String>,
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = with_default("Longest topic name or filter, in bytes", d().max_topic_len))]
     pub max_topic_len: Option<String>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Subscriptions one client may hold", d().max_subscriptions_per_client))]
     pub max_subscriptions_per_client: Option<String>,
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = with_default("Longest client identifier, in bytes", d().max_client_id_len))]
     pub max_client_id_len: Option<String>,
-    /// Cap on client keepalives in seconds; 0 = no cap.
-    #[arg(long, value_name = "S", alias = "keepalive-max")]
+    #[arg(long, value_name = "S", alias = "keepalive-max", help = with_default("Cap on client keepalives, in seconds; 0 = no cap", d().keepalive_max_s))]
     pub keepalive_max_s: Option<String>,
-    /// Server Keep Alive sent to MQTT 5 clients; "none" = not sent.
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", help = with_default("Server Keep Alive sent to MQTT 5 clients, in seconds; none = not sent", "none"))]
     pub server_keep_alive_s: Option<String>,
-    #[arg(long, value_name = "S")]
+    #[arg(long, value_name = "S", help = with_default("Cap on a session's expiry interval, in seconds", d().max_session_expiry_s))]
     pub max_session_expiry_s: Option<String>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Messages queued per session while offline or over the in-flight window", d().max_queued_messages))]
     pub max_queued_messages: Option<String>,
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = with_default("Bytes of messages queued per session", d().max_queued_bytes))]
     pub max_queued_bytes: Option<String>,
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, value_name = "BOOL", help = with_default("Queue QoS 0 messages for offline persistent sessions", d().queue_qos0_offline))]
     pub queue_qos0_offline: Option<String>,
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = with_default("Bytes encoded for one connection but not yet written to its socket", d().max_outbound_bytes))]
     pub max_outbound_bytes: Option<String>,
-    /// drop or disconnect.
-    #[arg(long, value_name = "POLICY")]
+    #[arg(long, value_name = "POLICY", help = with_default("When a subscriber's queue is full of QoS 1/2 messages: drop (the newest, counted) or disconnect", "drop"))]
     pub slow_consumer_policy: Option<String>,
-    /// 0 = no mark.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, value_name = "BYTES", help = with_default("Buffered message bytes per shard above which QoS 0 is shed and new connections refused; 0 = no mark", d().memory_high_water_bytes))]
     pub memory_high_water_bytes: Option<String>,
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, value_name = "BOOL", help = with_default("Retained messages supported", d().retain_available))]
     pub retain_available: Option<String>,
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, value_name = "BOOL", help = with_default("Wildcard subscriptions supported", d().wildcard_subscription_available))]
     pub wildcard_subscription_available: Option<String>,
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, value_name = "BOOL", help = with_default("Subscription identifiers supported (MQTT 5)", d().subscription_identifier_available))]
     pub subscription_identifier_available: Option<String>,
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, value_name = "BOOL", help = with_default("Shared subscriptions ($share/...) supported", d().shared_subscription_available))]
     pub shared_subscription_available: Option<String>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help = with_default("Retained messages kept per shard", d().max_retained_messages))]
     pub max_retained_messages: Option<String>,
-    /// Filter refused on SUBSCRIBE with 0x80 (repeatable).
+    /// Filter refused on SUBSCRIBE with 0x80 (repeatable). Default: none.
     #[arg(long, value_name = "FILTER")]
     pub deny_subscribe: Vec<String>,
+}
+
+/// The defaults the help text shows, read from `Config::default()` so they cannot drift.
+fn d() -> Config {
+    Config::default()
+}
+
+fn with_default(text: &str, default: impl fmt::Display) -> String {
+    format!("{text} [default: {default}]")
 }
 
 /// Where a value came from, for messages.
@@ -495,23 +496,58 @@ pub fn load_with(
     cli: &Cli,
     read_file: impl Fn(&str) -> std::io::Result<String>,
 ) -> Result<Config, ConfigError> {
+    load_tracked_with(cli, read_file).map(|l| l.config)
+}
+
+/// A loaded configuration and the keys the user set (file or CLI), so defaults can be
+/// adapted to the machine while explicit values are honoured (and warned about).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub explicit: Vec<String>,
+}
+
+impl Loaded {
+    pub fn is_explicit(&self, key: &str) -> bool {
+        self.explicit.iter().any(|k| k == key)
+    }
+}
+
+/// [`load_with`], also saying which keys were set.
+pub fn load_tracked_with(
+    cli: &Cli,
+    read_file: impl Fn(&str) -> std::io::Result<String>,
+) -> Result<Loaded, ConfigError> {
     let mut cfg = Config::default();
+    let mut explicit = Vec::new();
     if let Some(path) = &cli.config {
         let text = read_file(path).map_err(|e| ConfigError::Read {
             path: path.clone(),
             reason: e.to_string(),
         })?;
         apply_toml(&mut cfg, path, &text)?;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            explicit.extend(table.keys().cloned());
+        }
     }
     for (key, raw) in cli.values() {
         apply(&mut cfg, &Source::Cli, key, &raw)?;
+        explicit.push(key.to_string());
     }
-    Ok(cfg)
+    Ok(Loaded {
+        config: cfg,
+        explicit,
+    })
 }
 
 /// [`load_with`] reading the file from disk.
 pub fn load(cli: &Cli) -> Result<Config, ConfigError> {
-    load_with(cli, |p| std::fs::read_to_string(p))
+    load_tracked(cli).map(|l| l.config)
+}
+
+/// [`load_tracked_with`] reading the file from disk.
+pub fn load_tracked(cli: &Cli) -> Result<Loaded, ConfigError> {
+    load_tracked_with(cli, |p| std::fs::read_to_string(p))
 }
 
 #[cfg(test)]
@@ -677,6 +713,54 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "option --listen: expected a socket address like 0.0.0.0:1883 or [::]:1883, got [\"nowhere\"]"
+        );
+    }
+
+    #[test]
+    fn explicit_keys_are_tracked() {
+        let l = load_tracked_with(
+            &cli(&["--config", "c.toml", "--max-inflight", "5"]),
+            with_file("max_connections = 1000000\n"),
+        )
+        .expect("load");
+        assert_eq!(l.explicit, vec!["max_connections", "max_inflight"]);
+        assert!(l.is_explicit("max_connections"));
+        let l = load_tracked_with(&cli(&[]), with_file("")).expect("load");
+        assert!(l.explicit.is_empty());
+    }
+
+    #[test]
+    fn every_option_has_help_with_its_default() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let mut checked = 0;
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            assert!(!help.is_empty(), "--{id} has no help text");
+            if id != "config" {
+                assert!(help.contains("efault"), "--{id}: no default in {help:?}");
+            }
+            checked += 1;
+        }
+        // `config` plus every key.
+        assert_eq!(checked, KEYS.len() + 1);
+        let help_of = |id: &str| {
+            cmd.get_arguments()
+                .find(|a| a.get_id().as_str() == id)
+                .and_then(|a| a.get_help())
+                .map(|h| h.to_string())
+                .unwrap_or_default()
+        };
+        let d = Config::default();
+        assert!(help_of("max_inflight").ends_with(&format!("[default: {}]", d.max_inflight)));
+        assert!(help_of("connect_timeout_ms")
+            .ends_with(&format!("[default: {}]", d.connect_timeout_ms)));
+        assert!(
+            help_of("max_queued_bytes").ends_with(&format!("[default: {}]", d.max_queued_bytes))
         );
     }
 

@@ -89,7 +89,9 @@ impl EpollLoop {
             id,
             poll,
             events: Events::with_capacity(1024),
-            socks: Slab::new(),
+            // Sized up front (address space only until used): growing by doubling would
+            // copy, and leave the old block with the allocator, at every power of two.
+            socks: Slab::with_capacity(opts.max_connections.min(fd_cap).min(1 << 20)),
             listeners: Vec::new(),
             listener_ready: Vec::new(),
             accepting: true,
@@ -412,6 +414,14 @@ impl EventLoop for EpollLoop {
                 None
             }
         }
+    }
+
+    fn discard(&mut self, transfer: Transfer) {
+        let fd = transfer.0 as RawFd;
+        // SAFETY: the fd was detached in `migrate` and its hand-off never reached
+        // `adopt`, so nobody else owns it; dropping the stream closes it.
+        drop(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        self.stats.migrate_failed += 1;
     }
 
     fn doorbell(&mut self, to: usize) {

@@ -17,7 +17,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -87,6 +87,11 @@ pub struct IoStats {
     /// Multishot receives that ran out of provided buffers and were re-armed.
     pub recv_nobufs: u64,
     pub migrate_failed: u64,
+    /// Hand-offs refused because every table of the target loop was full.
+    pub migrate_refused_full: u64,
+    /// Sockets sent by another loop whose hand-off never came: closed after
+    /// `LoopOptions::adopt_pair_timeout_ms`.
+    pub adopt_unpaired_reaped: u64,
 }
 
 /// How a backend is sized. Derived from `Config` by the worker.
@@ -102,6 +107,9 @@ pub struct LoopOptions {
     pub sq_entries: u32,
     /// Cap on registered file table slots per ring; 0: `RLIMIT_NOFILE` (the kernel's cap).
     pub table_slots_max: u32,
+    /// How long a socket sent by another loop may wait for its hand-off (the mesh
+    /// message) before it is closed: the sender may have failed to deliver it.
+    pub adopt_pair_timeout_ms: u64,
 }
 
 impl Default for LoopOptions {
@@ -112,6 +120,7 @@ impl Default for LoopOptions {
             recv_bufs_per_ring: 512,
             sq_entries: 1024,
             table_slots_max: 0,
+            adopt_pair_timeout_ms: 5_000,
         }
     }
 }
@@ -139,6 +148,10 @@ pub trait EventLoop {
     /// reported as `Completion::Adopted`. Call only after dispatching every completion
     /// of the last `turn`: the id returned may be one whose `Released` was among them.
     fn adopt(&mut self, transfer: Transfer) -> Option<SockId>;
+    /// The hand-off naming `transfer` (from `Migrated`) could not be delivered to the
+    /// target loop. epoll: closes the fd, which nobody else will; io_uring: nothing, the
+    /// target closes the unpaired socket after `adopt_pair_timeout_ms`.
+    fn discard(&mut self, transfer: Transfer);
     /// Wakes loop `to` (which published "parked").
     fn doorbell(&mut self, to: usize);
     /// Bytes of a `Recv` completion.
@@ -164,14 +177,62 @@ pub(crate) enum RemoteKind {
     Uring {
         /// Fds of the loop's rings; ring 0 is the one that blocks.
         ring_fds: Vec<RawFd>,
-        /// Ring with the most free table slots, where migrated sockets should go.
-        adopt_ring: AtomicU32,
+        /// Per ring (same index): table slots still free for new sockets. Accepts
+        /// (owner) and descriptors sent by other loops (`MSG_RING`) both reserve here
+        /// before taking a slot, so a connection storm from several loops can never
+        /// overrun a table; see [`RingRoom`].
+        room: Vec<RingRoom>,
         /// Wakes ring 0 from threads without a ring (signal handling).
         eventfd: RawFd,
     },
     Epoll {
         waker: mio::Waker,
     },
+}
+
+/// Free slots of one ring's registered file table, shared by the owner loop and every
+/// loop that sends it descriptors. Counted in deltas, never stored: a slot is taken
+/// ([`RingRoom::try_take`]) before an accept is armed or a descriptor is sent, and given
+/// back ([`RingRoom::give_back`]) when the socket using it is released, the accept ends
+/// without a socket, or the send fails. It may dip below zero only when the owner keeps
+/// an accept armed on a full ring (that connection is closed at once, in the headroom).
+/// Padded so two rings' counters never share a cache line (written by different loops).
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct RingRoom(AtomicI64);
+
+impl RingRoom {
+    pub(crate) fn new(slots: u32) -> RingRoom {
+        RingRoom(AtomicI64::new(i64::from(slots)))
+    }
+
+    /// Takes one slot when one is free.
+    pub(crate) fn try_take(&self) -> bool {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        while cur > 0 {
+            match self
+                .0
+                .compare_exchange_weak(cur, cur - 1, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return true,
+                Err(seen) => cur = seen,
+            }
+        }
+        false
+    }
+
+    /// Takes one slot even when none is free (the owner's over-capacity accept).
+    pub(crate) fn take_anyway(&self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn give_back(&self) {
+        self.0.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn free(&self) -> i64 {
+        self.0.load(Ordering::Acquire)
+    }
 }
 
 impl Remote {
@@ -195,17 +256,33 @@ impl Remote {
         }
     }
 
-    pub(crate) fn adopt_ring(&self) -> Option<(RawFd, u32)> {
+    /// Reserves a table slot in the first of this loop's rings that has one (rings fill
+    /// in order, so later rings' buffer pools stay untouched). `None`: every table is
+    /// full (or this is not an io_uring loop); the caller refuses the hand-off.
+    pub(crate) fn reserve_adopt_slot(&self) -> Option<(RawFd, usize)> {
         match &self.kind {
-            RemoteKind::Uring {
-                ring_fds,
-                adopt_ring,
-                ..
-            } => {
-                let idx = adopt_ring.load(Ordering::Relaxed);
-                ring_fds.get(idx as usize).map(|fd| (*fd, idx))
-            }
+            RemoteKind::Uring { ring_fds, room, .. } => room
+                .iter()
+                .position(RingRoom::try_take)
+                .and_then(|r| ring_fds.get(r).map(|fd| (*fd, r))),
             RemoteKind::Epoll { .. } => None,
+        }
+    }
+
+    /// Returns a slot taken with `reserve_adopt_slot` whose descriptor never arrived.
+    pub(crate) fn release_adopt_slot(&self, ring: usize) {
+        if let RemoteKind::Uring { room, .. } = &self.kind {
+            if let Some(r) = room.get(ring) {
+                r.give_back();
+            }
+        }
+    }
+
+    /// Free table slots per ring (io_uring; empty for epoll). For tests and logs.
+    pub fn ring_room(&self) -> Vec<i64> {
+        match &self.kind {
+            RemoteKind::Uring { room, .. } => room.iter().map(RingRoom::free).collect(),
+            RemoteKind::Epoll { .. } => Vec::new(),
         }
     }
 }

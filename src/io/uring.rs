@@ -17,12 +17,13 @@
 //! few accepts per turn costs nothing next to the TCP handshake.
 
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use io_uring::types::{
@@ -33,14 +34,22 @@ use slab::Slab;
 
 use super::{
     sockaddr_to_std, BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind,
-    SockId, Transfer,
+    RingRoom, SockId, Transfer,
 };
 
 /// Most rings one loop may own (each is one process fd and one registered table).
 pub const MAX_RINGS: usize = 16;
+/// Rings after the first get this fraction of `LoopOptions::sq_entries`.
+const EXTRA_RING_QUEUE_DIVISOR: u32 = 4;
+/// Rings after the first get this fraction of `recv_bufs_per_ring` provided buffers.
+const EXTRA_RING_BUF_DIVISOR: usize = 4;
+/// Most socket entries reserved up front per loop.
+const SOCKS_PRESIZE_MAX: usize = 1 << 20;
 /// Single-shot accepts kept armed per ring and listener.
 const ACCEPTS_PER_RING: usize = 4;
-/// Table slots kept free per ring: in-flight accepts plus sockets migrating in.
+/// Table slots per ring never handed out through the ring's `RingRoom`: they absorb the
+/// one accept kept armed on a full loop (closed at once) and are a margin against
+/// accounting slips. Accepts and sockets migrating in reserve their slot first.
 const TABLE_HEADROOM: u32 = 64;
 
 // user_data layout: kind in the top byte, payload below.
@@ -340,6 +349,9 @@ struct Ring {
     accepts_armed: u32,
     /// Entries that did not fit into a full submission queue, in order.
     backlog: std::collections::VecDeque<squeue::Entry>,
+    /// Sockets whose receive ended with ENOBUFS, to re-arm as buffers come back
+    /// (`Sock::starved` marks the live entries; a released id is skipped).
+    starved: VecDeque<SockId>,
     /// Declared after `uring` so the ring is torn down before the buffers are unmapped.
     bufs: BufPool,
 }
@@ -385,9 +397,9 @@ impl Ring {
         }
     }
 
-    fn free_slots(&self) -> u32 {
-        self.table_size
-            .saturating_sub(self.live + self.accepts_armed + TABLE_HEADROOM)
+    /// Whether the table has a slot left, counting what is reserved in no `RingRoom`.
+    fn physically_free(&self) -> bool {
+        self.table_size > self.live + self.accepts_armed
     }
 }
 
@@ -400,9 +412,12 @@ enum SockState {
     Migrating {
         to: usize,
     },
-    /// The slot was sent; waiting for the MSG_RING result.
+    /// The slot was sent into ring `ring` of loop `to`, where a slot was reserved;
+    /// waiting for the MSG_RING result.
     SendingFd {
         ticket: u64,
+        to: u16,
+        ring: u8,
     },
 }
 
@@ -418,11 +433,16 @@ struct Sock {
     slot_closed: bool,
     /// The worker knows this socket (false for connections dropped at accept).
     reported: bool,
+    /// Waiting in its ring's `starved` list for its receive to be re-armed.
+    starved: bool,
 }
 
 struct AcceptSlot {
     ring: u8,
     armed: bool,
+    /// The armed accept reserved a slot in its ring's `RingRoom` (false: the one
+    /// over-capacity accept of a full loop).
+    counted: bool,
     /// Boxed so the kernel's pointer stays valid while the slot vector grows.
     addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
 }
@@ -443,6 +463,10 @@ pub struct UringLoop {
     eventfd: RawFd,
     /// Fd-passing tickets: arrived before the worker claimed them, or claimed first.
     arrived: HashMap<u64, SockId>,
+    /// Arrivals in order with the time their hand-off is due: one never claimed by then
+    /// is closed (the sender could not deliver the hand-off), so it cannot leak.
+    arrived_due: VecDeque<(Instant, u64)>,
+    adopt_pair_timeout: Duration,
     claimed: std::collections::HashSet<u64>,
     next_ticket: u64,
     stats: IoStats,
@@ -467,12 +491,32 @@ impl UringLoop {
         let bufs_per_ring = opts.recv_bufs_per_ring.clamp(1, 32768).next_power_of_two();
 
         let mut rings = Vec::with_capacity(ring_count);
-        for _ in 0..ring_count {
+        for r in 0..ring_count {
+            // A ring's queues are kernel pages mapped into the process (1024 SQEs and
+            // 4096 CQEs: ~130 KiB), resident from setup whether or not the ring is
+            // used. Rings 1.. exist for connection count, not throughput (a default
+            // start makes 16 per loop), so they get a quarter; a fuller burst waits in
+            // `backlog` (SQ) or the kernel's overflow list (CQ), nothing is lost.
+            let sq_entries = if r == 0 {
+                opts.sq_entries
+            } else {
+                (opts.sq_entries / EXTRA_RING_QUEUE_DIVISOR).max(4.min(opts.sq_entries))
+            };
             let uring: IoUring = IoUring::builder()
-                .setup_cqsize(opts.sq_entries * 4)
-                .build(opts.sq_entries)?;
+                .setup_cqsize(sq_entries * 4)
+                .build(sq_entries)?;
             uring.submitter().register_files_sparse(table_size)?;
-            let bufs = BufPool::new(bufs_per_ring, opts.recv_buf_size_bytes)?;
+            // Rings 1.. only fill once ring 0 holds a full table of (mostly idle, in the
+            // IoT case) connections; the kernel cycles through a pool, so every buffer
+            // of it ends up resident (2 MiB for 512 × 4 KiB). A smaller pool there keeps
+            // 100k connections from costing ~100 B each in buffers; a burst that
+            // outruns it is `recv_nobufs`, re-armed after this turn's buffers return.
+            let count = if r == 0 {
+                bufs_per_ring
+            } else {
+                (bufs_per_ring / EXTRA_RING_BUF_DIVISOR).max(16.min(bufs_per_ring))
+            };
+            let bufs = BufPool::new(count, opts.recv_buf_size_bytes)?;
             // SAFETY: the pool's mappings live in the same `Ring` as the io_uring and are
             // dropped after it (field order), or leaked when operations may remain.
             unsafe {
@@ -489,6 +533,7 @@ impl UringLoop {
                 live: 0,
                 accepts_armed: 0,
                 backlog: Default::default(),
+                starved: VecDeque::new(),
                 bufs,
             });
         }
@@ -500,20 +545,29 @@ impl UringLoop {
         let remote = Arc::new(Remote {
             kind: RemoteKind::Uring {
                 ring_fds: rings.iter().map(|r| r.uring.as_raw_fd()).collect(),
-                adopt_ring: AtomicU32::new(0),
+                room: rings
+                    .iter()
+                    .map(|r| RingRoom::new(r.table_size.saturating_sub(TABLE_HEADROOM)))
+                    .collect(),
                 eventfd,
             },
         });
         let mut lp = UringLoop {
             id,
             rings,
-            socks: Slab::new(),
+            // Sized up front (address space only until used): growing by doubling would
+            // copy, and leave the old block with the allocator, at every power of two.
+            socks: Slab::with_capacity(
+                planned_capacity(ring_count, table_size).min(SOCKS_PRESIZE_MAX),
+            ),
             listeners: Vec::new(),
             accepting: true,
             peers: Vec::new(),
             remote,
             eventfd,
             arrived: HashMap::new(),
+            arrived_due: VecDeque::new(),
+            adopt_pair_timeout: Duration::from_millis(opts.adopt_pair_timeout_ms),
             claimed: Default::default(),
             next_ticket: 0,
             stats: IoStats::default(),
@@ -541,6 +595,14 @@ impl UringLoop {
 
     pub fn table_size(&self) -> u32 {
         self.rings[0].table_size
+    }
+
+    /// Free-slot counter of ring `r`, shared with the loops that send descriptors.
+    fn room(&self, r: usize) -> &RingRoom {
+        match &self.remote.kind {
+            RemoteKind::Uring { room, .. } => &room[r],
+            RemoteKind::Epoll { .. } => unreachable!("an io_uring loop has an io_uring remote"),
+        }
     }
 
     fn arm_ring_poll(&mut self, r: usize) {
@@ -652,6 +714,9 @@ impl UringLoop {
             let (ring, reported) = (s.ring as usize, s.reported);
             self.socks.remove(sock as usize);
             self.rings[ring].live = self.rings[ring].live.saturating_sub(1);
+            // Every socket in the table holds one reservation (its accept's or its
+            // sender's); the slot is free again.
+            self.room(ring).give_back();
             if reported {
                 self.pending.push(Completion::Released { sock });
             }
@@ -669,20 +734,36 @@ impl UringLoop {
         if s.recv_armed || s.tx.is_some() {
             return;
         }
-        let target = self.peers.get(to).and_then(|p| p.adopt_ring());
-        let Some((ring_fd, _)) = target else {
-            self.stats.migrate_failed += 1;
-            s.state = SockState::Closing;
-            self.pending.push(Completion::Migrated {
-                sock,
-                result: Err(libc::EINVAL),
-            });
-            self.close_slot(sock);
-            return;
+        // Reserve the target slot before sending: a MSG_RING into a full table fails
+        // (ENFILE) after the socket already left our receive path.
+        let target = match self.peers.get(to) {
+            None => Err(libc::EINVAL),
+            Some(p) => p.reserve_adopt_slot().ok_or(libc::ENFILE),
+        };
+        let (ring_fd, target_ring) = match target {
+            Ok(t) => t,
+            Err(errno) => {
+                if errno == libc::ENFILE {
+                    self.stats.migrate_refused_full += 1;
+                } else {
+                    self.stats.migrate_failed += 1;
+                }
+                s.state = SockState::Closing;
+                self.pending.push(Completion::Migrated {
+                    sock,
+                    result: Err(errno),
+                });
+                self.close_slot(sock);
+                return;
+            }
         };
         let ticket = ((self.id as u64) << 40) | (self.next_ticket & ((1 << 40) - 1));
         self.next_ticket += 1;
-        s.state = SockState::SendingFd { ticket };
+        s.state = SockState::SendingFd {
+            ticket,
+            to: to as u16,
+            ring: target_ring as u8,
+        };
         let (ring, slot) = (s.ring as usize, s.slot);
         // The ticket rides in the target's CQE user_data; the worker sends it along
         // with the handoff so the target can pair the two.
@@ -702,56 +783,134 @@ impl UringLoop {
             return;
         }
         // Rings fill in order (accepts go to the first ring with room only), so the
-        // buffer pools of later rings stay untouched until they are needed.
-        // When every ring is at capacity, one accept stays armed anyway: what it takes
-        // is closed at once and counted, rather than left to time out in the backlog.
-        let room_ring = self.rings.iter().position(|r| r.free_slots() > 0);
-        let any_room = room_ring.is_some();
+        // buffer pools of later rings stay untouched until they are needed. Each armed
+        // accept holds a reservation in its ring's `RingRoom`, shared with the loops
+        // that send us descriptors, so the two can never overrun a table together.
+        let room_ring = (0..self.rings.len()).find(|&r| self.room(r).free() > 0);
         for li in 0..self.listeners.len() {
             let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
                 continue;
             };
-            let overflow_armed = self.listeners[li].slots.iter().any(|s| s.armed);
             for si in 0..self.listeners[li].slots.len() {
-                let slot = &mut self.listeners[li].slots[si];
+                let slot = &self.listeners[li].slots[si];
                 let ring = slot.ring as usize;
-                let r = &self.rings[ring];
-                let overflow = !any_room
-                    && si == 0
-                    && !overflow_armed
-                    && r.table_size > r.live + r.accepts_armed;
-                if slot.armed || ((room_ring != Some(ring) || r.free_slots() == 0) && !overflow) {
+                if slot.armed && !slot.counted {
+                    // The over-capacity accept becomes a normal one once its ring has
+                    // room again (else it would drop the next connection while a
+                    // counted accept armed beside it holds the room).
+                    if self.room(ring).try_take() {
+                        self.listeners[li].slots[si].counted = true;
+                    }
                     continue;
                 }
-                slot.armed = true;
-                slot.addr.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-                let addr_ptr =
-                    (&mut slot.addr.0 as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
-                let len_ptr = &mut slot.addr.1 as *mut libc::socklen_t;
-                let e = opcode::Accept::new(Fd(fd), addr_ptr, len_ptr)
-                    .file_index(Some(DestinationSlot::auto_target()))
-                    .build()
-                    .user_data(ud(K_ACCEPT, ((li as u64) << 16) | si as u64));
-                self.rings[ring].accepts_armed += 1;
-                self.rings[ring].push(e);
+                if slot.armed || room_ring != Some(ring) || !self.room(ring).try_take() {
+                    continue;
+                }
+                self.arm_accept(li, si, fd, true);
+            }
+            // Nothing armed (every table is full, or other loops took the room first):
+            // keep one accept armed anyway in the headroom. What it takes is kept if
+            // room came back meanwhile, else closed at once and counted, rather than
+            // left to time out in the backlog.
+            if self.listeners[li].slots.iter().all(|s| !s.armed) {
+                let si = self.listeners[li]
+                    .slots
+                    .iter()
+                    .position(|s| self.rings[s.ring as usize].physically_free());
+                if let Some(si) = si {
+                    self.arm_accept(li, si, fd, false);
+                }
             }
         }
     }
 
-    fn update_adopt_ring(&self) {
-        // Same fill order as accepts; when all are full, the one with most raw room.
-        let best = (0..self.rings.len())
-            .find(|&r| self.rings[r].free_slots() > 0)
-            .or_else(|| {
-                (0..self.rings.len()).max_by_key(|&r| {
-                    let ring = &self.rings[r];
-                    ring.table_size
-                        .saturating_sub(ring.live + ring.accepts_armed)
-                })
-            })
-            .unwrap_or(0);
-        if let RemoteKind::Uring { adopt_ring, .. } = &self.remote.kind {
-            adopt_ring.store(best as u32, Ordering::Relaxed);
+    fn arm_accept(&mut self, li: usize, si: usize, fd: RawFd, counted: bool) {
+        let slot = &mut self.listeners[li].slots[si];
+        let ring = slot.ring as usize;
+        slot.armed = true;
+        slot.counted = counted;
+        slot.addr.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let addr_ptr = (&mut slot.addr.0 as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+        let len_ptr = &mut slot.addr.1 as *mut libc::socklen_t;
+        let e = opcode::Accept::new(Fd(fd), addr_ptr, len_ptr)
+            .file_index(Some(DestinationSlot::auto_target()))
+            .build()
+            .user_data(ud(K_ACCEPT, ((li as u64) << 16) | si as u64));
+        self.rings[ring].accepts_armed += 1;
+        self.rings[ring].push(e);
+    }
+
+    /// Makes a counted accept of listener `li` armed on `ring` uncounted, handing its
+    /// reservation to the caller.
+    fn steal_accept_reservation(&mut self, li: usize, ring: usize) -> bool {
+        let Some(listener) = self.listeners.get_mut(li) else {
+            return false;
+        };
+        match listener
+            .slots
+            .iter_mut()
+            .find(|s| s.armed && s.counted && s.ring as usize == ring)
+        {
+            Some(s) => {
+                s.counted = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Re-arms receives that ran out of buffers, at most a quarter of each ring's pool
+    /// per turn: the buffers used last turn were given back during its dispatch.
+    fn rearm_starved(&mut self) {
+        for r in 0..self.rings.len() {
+            let mut budget = (usize::from(self.rings[r].bufs.count) / 4).max(1);
+            while budget > 0 {
+                let Some(sock) = self.rings[r].starved.pop_front() else {
+                    break;
+                };
+                let Some(s) = self.socks.get_mut(sock as usize) else {
+                    continue;
+                };
+                if !s.starved || s.ring as usize != r {
+                    continue;
+                }
+                s.starved = false;
+                budget -= 1;
+                self.arm_recv(sock);
+            }
+        }
+    }
+
+    /// Closes sockets sent to us whose hand-off did not come in time.
+    fn reap_unpaired(&mut self) {
+        let Some(&(due, _)) = self.arrived_due.front() else {
+            return;
+        };
+        let now = Instant::now();
+        if due > now {
+            return;
+        }
+        while let Some(&(due, ticket)) = self.arrived_due.front() {
+            if due > now {
+                break;
+            }
+            self.arrived_due.pop_front();
+            // Claimed meanwhile (the usual case): nothing to do.
+            let Some(sock) = self.arrived.remove(&ticket) else {
+                continue;
+            };
+            self.stats.adopt_unpaired_reaped += 1;
+            tracing::warn!(
+                loop_id = self.id,
+                ticket,
+                "socket arrived without its hand-off: closed"
+            );
+            if let Some(s) = self.socks.get_mut(sock as usize) {
+                // The worker never saw this id: no `Released` for it.
+                s.reported = false;
+                s.state = SockState::Closing;
+            }
+            self.close_slot(sock);
         }
     }
 
@@ -874,11 +1033,18 @@ impl UringLoop {
         match state {
             SockState::Open => {
                 if res == -libc::ENOBUFS {
-                    // Out of provided buffers: they come back during this turn's
-                    // dispatch, and the re-armed receive is submitted after it.
+                    // Out of provided buffers. Re-arming at once would send every
+                    // starved socket of a burst back into the same empty pool (a storm
+                    // of 100k connects made a million ENOBUFS completions); they wait
+                    // in `starved` and are re-armed a pool's share per turn.
                     self.stats.recv_nobufs += 1;
                     if !more {
-                        self.arm_recv(sock);
+                        if let Some(s) = self.socks.get_mut(sock as usize) {
+                            if !s.starved {
+                                s.starved = true;
+                                self.rings[ring].starved.push_back(sock);
+                            }
+                        }
                     }
                 } else if !more {
                     out.push(Completion::RecvEnd { sock, errno: -res });
@@ -914,13 +1080,19 @@ impl UringLoop {
 
     fn on_send_fd(&mut self, sock: SockId, res: i32) {
         tracing::debug!(loop_id = self.id, sock, res, "descriptor sent");
-        let ticket = match self.socks.get(sock as usize).map(|s| s.state) {
-            Some(SockState::SendingFd { ticket }) => Some(ticket),
+        let sent = match self.socks.get(sock as usize).map(|s| s.state) {
+            Some(SockState::SendingFd { ticket, to, ring }) => Some((ticket, to, ring)),
             _ => None,
         };
-        let result = match (res >= 0, ticket) {
-            (true, Some(t)) => Ok(Transfer(t)),
-            _ => {
+        let result = match (res >= 0, sent) {
+            (true, Some((ticket, _, _))) => Ok(Transfer(ticket)),
+            (_, sent) => {
+                // The descriptor did not arrive: its reserved slot is free again.
+                if let Some((_, to, ring)) = sent {
+                    if let Some(p) = self.peers.get(to as usize) {
+                        p.release_adopt_slot(ring as usize);
+                    }
+                }
                 self.stats.migrate_failed += 1;
                 Err(if res < 0 { -res } else { libc::EINVAL })
             }
@@ -955,7 +1127,9 @@ impl UringLoop {
             close_inflight: false,
             slot_closed: false,
             reported: true,
+            starved: false,
         }) as SockId;
+        // The sender reserved this slot in our `RingRoom`; it is ours to give back.
         self.rings[ring].live += 1;
         if self.claimed.remove(&ticket) {
             self.pending.push(Completion::Adopted {
@@ -964,6 +1138,8 @@ impl UringLoop {
             });
         } else {
             self.arrived.insert(ticket, sock);
+            self.arrived_due
+                .push_back((Instant::now() + self.adopt_pair_timeout, ticket));
         }
     }
 
@@ -983,12 +1159,16 @@ impl UringLoop {
             return;
         };
         slot.armed = false;
+        let counted = slot.counted;
         let peer = sockaddr_to_std(&slot.addr.0).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         // A listener whose accepts have all ended may close once we stopped accepting.
         if !self.accepting && listener.slots.iter().all(|s| !s.armed) {
             listener.socket = None;
         }
         if res < 0 {
+            if counted {
+                self.room(ring).give_back();
+            }
             match -res {
                 libc::ENFILE | libc::EMFILE => {
                     // The table is full: the kernel already dropped this connection.
@@ -1020,9 +1200,18 @@ impl UringLoop {
             close_inflight: false,
             slot_closed: false,
             reported: true,
+            starved: false,
         }) as SockId;
         self.rings[ring].live += 1;
-        if self.rings[ring].live + TABLE_HEADROOM > self.rings[ring].table_size || !self.accepting {
+        // The over-capacity accept keeps its connection only if room came back, or by
+        // taking over the reservation of a counted accept armed on the same ring.
+        let keep = self.accepting
+            && (counted || self.room(ring).try_take() || self.steal_accept_reservation(li, ring));
+        if !counted && !keep {
+            // Borrowed from the headroom; the release gives it back.
+            self.room(ring).take_anyway();
+        }
+        if !keep {
             // Over capacity (the overflow accept), or accepted after shutdown began:
             // dropped and counted.
             self.stats.accept_dropped_full += 1;
@@ -1058,6 +1247,7 @@ impl EventLoop for UringLoop {
                 slots.push(AcceptSlot {
                     ring: ring as u8,
                     armed: false,
+                    counted: false,
                     // SAFETY: sockaddr_storage is plain old data; all zeroes is valid.
                     addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
                 });
@@ -1145,6 +1335,12 @@ impl EventLoop for UringLoop {
         None
     }
 
+    fn discard(&mut self, transfer: Transfer) {
+        // The descriptor sits in the target's table; the target closes it when its
+        // hand-off does not come (`reap_unpaired`).
+        let _ = transfer;
+    }
+
     fn doorbell(&mut self, to: usize) {
         let Some(peer) = self.peers.get(to) else {
             return;
@@ -1177,8 +1373,9 @@ impl EventLoop for UringLoop {
         for ring in self.rings.iter_mut() {
             ring.drain_backlog();
         }
+        self.reap_unpaired();
+        self.rearm_starved();
         self.arm_accepts();
-        self.update_adopt_ring();
         for r in 1..self.rings.len() {
             if !self.rings[r].uring.submission().is_empty() {
                 if let Err(e) = self.rings[r].uring.submit() {
@@ -1189,7 +1386,10 @@ impl EventLoop for UringLoop {
             }
         }
         let ready = !self.pending.is_empty()
-            || self.rings.iter().any(|r| !r.backlog.is_empty())
+            || self
+                .rings
+                .iter()
+                .any(|r| !r.backlog.is_empty() || !r.starved.is_empty())
             || self
                 .rings
                 .iter_mut()

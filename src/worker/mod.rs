@@ -37,6 +37,10 @@ const ACTION_BATCH: usize = 65_536;
 /// How long a connection the shard closed may take to take its last bytes before it
 /// is closed anyway (a peer that stopped reading must not hold a socket forever).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most per-connection entries reserved up front per worker.
+const PRESIZE_MAX: usize = 1 << 20;
+/// `by_sock` entry of a socket with no connection.
+const NO_CONN: u32 = u32::MAX;
 /// After shutdown starts: how long clients get to receive their DISCONNECT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Then: how long the forced closes may take before the loop gives up.
@@ -134,8 +138,9 @@ struct Worker<L: EventLoop> {
     mesh: Endpoint<WorkerMsg>,
     /// Indexed by `ConnId`.
     conns: Vec<Option<ConnIo>>,
-    /// Indexed by `SockId`: the connection using it.
-    by_sock: Vec<Option<ConnId>>,
+    /// Indexed by `SockId`: the connection using it, `NO_CONN` for none (4 bytes a
+    /// socket rather than 16 for an `Option<usize>`: this exists per connection).
+    by_sock: Vec<u32>,
     live: usize,
     /// Handoffs whose socket has not arrived yet (io_uring: the MSG_RING completion
     /// and the mesh message race).
@@ -187,13 +192,16 @@ pub fn run<L: EventLoop>(
         .recv()
         .map_err(|_| io::Error::other("another worker failed to start"))?;
     let shard = Shard::in_node(id, peers.len(), config, node);
+    let presize = loop_options.max_connections.min(PRESIZE_MAX);
     let mut w = Worker {
         id,
         io,
         shard,
         mesh: endpoint,
-        conns: Vec::new(),
-        by_sock: Vec::new(),
+        conns: Vec::with_capacity(presize),
+        // Sized up front (address space only until used): growing by doubling would
+        // copy, and leave the old block with the allocator, at every power of two.
+        by_sock: Vec::with_capacity(presize),
         live: 0,
         waiting_handoffs: HashMap::new(),
         outgoing: HashMap::new(),
@@ -348,7 +356,7 @@ impl<L: EventLoop> Worker<L> {
         io: &mut L,
         shard: &mut Shard,
         conns: &mut Vec<Option<ConnIo>>,
-        by_sock: &mut Vec<Option<ConnId>>,
+        by_sock: &mut Vec<u32>,
         live: &mut usize,
         sock: SockId,
         handoff: Handoff,
@@ -361,7 +369,7 @@ impl<L: EventLoop> Worker<L> {
 
     fn map(
         conns: &mut Vec<Option<ConnIo>>,
-        by_sock: &mut Vec<Option<ConnId>>,
+        by_sock: &mut Vec<u32>,
         live: &mut usize,
         conn: ConnId,
         sock: SockId,
@@ -371,11 +379,11 @@ impl<L: EventLoop> Worker<L> {
         }
         let s = sock as usize;
         if by_sock.len() <= s {
-            by_sock.resize(s + 1, None);
+            by_sock.resize(s + 1, NO_CONN);
         }
         debug_assert!(conns[conn].is_none(), "conn id reused before release");
         debug_assert!(
-            by_sock[s].is_none(),
+            by_sock[s] == NO_CONN,
             "socket id reported again before its release"
         );
         conns[conn] = Some(ConnIo {
@@ -383,7 +391,8 @@ impl<L: EventLoop> Worker<L> {
             state: State::Open,
             sending: false,
         });
-        by_sock[s] = Some(conn);
+        // A shard never holds 2^32 connections; `NO_CONN` would only lose the mapping.
+        by_sock[s] = u32::try_from(conn).unwrap_or(NO_CONN);
         *live += 1;
     }
 
@@ -392,7 +401,7 @@ impl<L: EventLoop> Worker<L> {
         io: &mut L,
         shard: &mut Shard,
         conns: &mut Vec<Option<ConnIo>>,
-        by_sock: &mut Vec<Option<ConnId>>,
+        by_sock: &mut Vec<u32>,
         live: &mut usize,
         waiting_handoffs: &mut HashMap<Transfer, Handoff>,
         outgoing: &mut HashMap<SockId, (usize, Handoff)>,
@@ -403,8 +412,12 @@ impl<L: EventLoop> Worker<L> {
         c: Completion,
         now: Instant,
     ) {
-        let conn_of = |by_sock: &Vec<Option<ConnId>>, sock: SockId| {
-            by_sock.get(sock as usize).copied().flatten()
+        let conn_of = |by_sock: &Vec<u32>, sock: SockId| {
+            by_sock
+                .get(sock as usize)
+                .copied()
+                .filter(|&c| c != NO_CONN)
+                .map(|c| c as ConnId)
         };
         match c {
             Completion::Accepted { sock, peer } => {
@@ -502,8 +515,9 @@ impl<L: EventLoop> Worker<L> {
                             Ok(SendOutcome::QueuedWake) => wake.insert(to),
                             Ok(_) => {}
                             Err(e) => {
-                                // The socket already sits in the target's table with no
-                                // handoff to pair it with; the target closes it.
+                                // The socket already left us with no handoff to pair it
+                                // with: io_uring's target closes it after a bound, epoll's
+                                // fd is closed here.
                                 report.mesh_rejected += 1;
                                 report.migrations_failed += 1;
                                 tracing::warn!(
@@ -511,13 +525,25 @@ impl<L: EventLoop> Worker<L> {
                                     to,
                                     "mesh full: handoff dropped"
                                 );
-                                drop(e.into_inner());
+                                if let WorkerMsg::Adopt { transfer, .. } = e.into_inner() {
+                                    io.discard(transfer);
+                                }
                             }
                         }
                     }
                     Err(errno) => {
+                        // The connection is closed (the source releases it); the client
+                        // reconnects. ENFILE: every table of the target loop is full.
                         report.migrations_failed += 1;
-                        tracing::warn!(shard = shard.id(), to, errno, "socket handoff failed");
+                        if report.migrations_failed.is_power_of_two() {
+                            tracing::warn!(
+                                shard = shard.id(),
+                                to,
+                                errno,
+                                failed = report.migrations_failed,
+                                "socket handoff failed: connection closed"
+                            );
+                        }
                     }
                 }
             }
@@ -525,7 +551,7 @@ impl<L: EventLoop> Worker<L> {
                 let Some(conn) = conn_of(by_sock, sock) else {
                     return;
                 };
-                by_sock[sock as usize] = None;
+                by_sock[sock as usize] = NO_CONN;
                 if let Some(slot) = conns.get_mut(conn) {
                     *slot = None;
                 }
