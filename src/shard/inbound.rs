@@ -319,6 +319,12 @@ impl Shard {
                 None => {
                     // Own copy: the decoded filter is a slice of the receive buffer.
                     let full = Bytes::copy_from_slice(filter);
+                    // A device typically holds one or two subscriptions: grow exactly
+                    // at first instead of Vec's minimum capacity of 4 (120 B saved per
+                    // one-subscription session at 100k devices).
+                    if sess.subs.len() < 4 {
+                        sess.subs.reserve_exact(1);
+                    }
                     sess.subs.push(SessionSub {
                         filter: full.clone(),
                         options: *options,
