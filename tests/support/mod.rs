@@ -1437,6 +1437,18 @@ pub mod pkt {
         frame(first, &b)
     }
 
+    /// PUBLISH bytes as the broker must forward them to a plain subscriber: no retain,
+    /// no dup, no properties, with the broker's packet id `pid`.
+    pub fn forwarded(
+        v: ProtocolVersion,
+        topic: &str,
+        qos: u8,
+        pid: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        publish(v, topic, qos, false, false, pid, &[], payload)
+    }
+
     /// SUBSCRIBE with (filter, options byte) pairs.
     pub fn subscribe(
         v: ProtocolVersion,
