@@ -12,8 +12,7 @@
 #[path = "../perf/src/driver.rs"]
 mod driver;
 
-use std::alloc::{GlobalAlloc, Layout};
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,73 +20,20 @@ use ringmq::config::Config;
 use ringmq::protocol::QoS;
 use ringmq::shard::Shard;
 
-/// Counts live heap bytes (as requested and as mimalloc sized them) and allocations
-/// on top of mimalloc, the allocator the broker binary uses.
-struct Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-static LIVE_USABLE: AtomicIsize = AtomicIsize::new(0);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-extern "C" {
-    // Part of mimalloc's C API, linked by libmimalloc-sys.
-    fn mi_usable_size(p: *const std::ffi::c_void) -> usize;
-}
-
-fn usable(p: *mut u8) -> isize {
-    if p.is_null() {
-        return 0;
-    }
-    // SAFETY: `p` is a live block allocated by mimalloc (checked non-null above).
-    unsafe { mi_usable_size(p.cast()) as isize }
-}
-
-// SAFETY: every method forwards to mimalloc with the caller's arguments unchanged and
-// only updates counters, so mimalloc's guarantees carry over.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as our caller's.
-        let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            LIVE_USABLE.fetch_add(usable(p), Ordering::Relaxed);
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        LIVE_USABLE.fetch_sub(usable(ptr), Ordering::Relaxed);
-        ALLOCS.fetch_sub(1, Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc`/`realloc` above with this layout.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let old_usable = usable(ptr);
-        // SAFETY: same contract as our caller's.
-        let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-            LIVE_USABLE.fetch_add(usable(p) - old_usable, Ordering::Relaxed);
-        }
-        p
-    }
-}
+use counting_alloc::{LIVE_ALLOCS, LIVE_BYTES, LIVE_USABLE};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 /// (requested bytes, usable bytes, live allocations) right now.
 fn live() -> (isize, isize, isize) {
     (
         LIVE_BYTES.load(Ordering::Relaxed),
         LIVE_USABLE.load(Ordering::Relaxed),
-        ALLOCS.load(Ordering::Relaxed) as isize,
+        LIVE_ALLOCS.load(Ordering::Relaxed),
     )
 }
 

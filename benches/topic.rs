@@ -3,75 +3,21 @@
 //!
 //! Run: `cargo bench --bench topic`.
 
-use std::alloc::{GlobalAlloc, Layout};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 use divan::counter::ItemsCount;
 use divan::{black_box, Bencher};
 use ringmq::topic::{parse_shared, TopicTrie};
 use smallvec::SmallVec;
 
-/// Counts live heap bytes (as requested and as mimalloc sized them) and allocations on
-/// top of mimalloc, the allocator the broker is built with.
-struct Counting;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-static LIVE_USABLE: AtomicIsize = AtomicIsize::new(0);
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-extern "C" {
-    // Part of mimalloc's C API, linked by libmimalloc-sys.
-    fn mi_usable_size(p: *const std::ffi::c_void) -> usize;
-}
-
-fn usable(p: *mut u8) -> isize {
-    if p.is_null() {
-        return 0;
-    }
-    // SAFETY: `p` is a live block allocated by mimalloc (checked non-null above).
-    unsafe { mi_usable_size(p.cast()) as isize }
-}
-
-// SAFETY: every method forwards to mimalloc with the caller's arguments unchanged and
-// only updates counters, so mimalloc's guarantees carry over.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as our caller's.
-        let p = unsafe { mimalloc::MiMalloc.alloc(layout) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-            LIVE_USABLE.fetch_add(usable(p), Ordering::Relaxed);
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        LIVE_USABLE.fetch_sub(usable(ptr), Ordering::Relaxed);
-        // SAFETY: `ptr` came from `alloc`/`realloc` above with this layout.
-        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let old_usable = usable(ptr);
-        // SAFETY: same contract as our caller's.
-        let p = unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE_BYTES.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-            LIVE_USABLE.fetch_add(usable(p) - old_usable, Ordering::Relaxed);
-            ALLOCS.fetch_add(1, Ordering::Relaxed);
-        }
-        p
-    }
-}
+use counting_alloc::{LIVE_BYTES, LIVE_USABLE, TOTAL_ALLOCS};
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: counting_alloc::Counting = counting_alloc::Counting;
 
 const N: u32 = 1_000_000;
 /// Topics probed per scenario, spread over the key space.
@@ -155,12 +101,12 @@ fn report_memory<V>(name: &str, subs: u32, make: impl FnOnce() -> TopicTrie<V>) 
     let (bytes0, usable0, allocs0) = (
         LIVE_BYTES.load(Ordering::Relaxed),
         LIVE_USABLE.load(Ordering::Relaxed),
-        ALLOCS.load(Ordering::Relaxed),
+        TOTAL_ALLOCS.load(Ordering::Relaxed),
     );
     let trie = make();
     let bytes = LIVE_BYTES.load(Ordering::Relaxed) - bytes0;
     let usable = LIVE_USABLE.load(Ordering::Relaxed) - usable0;
-    let allocs = ALLOCS.load(Ordering::Relaxed) - allocs0;
+    let allocs = TOTAL_ALLOCS.load(Ordering::Relaxed) - allocs0;
     let per = |b: isize| b as f64 / f64::from(subs);
     println!(
         "{name:<28} subs={subs:>7} keys={:>7} nodes={:>7} requested={:>6.1} B/sub usable={:>6.1} B/sub allocs/sub={:.3}",

@@ -2,12 +2,12 @@
 //! CONNECT/CONNACK, SUBSCRIBE, PUBLISH QoS 0/1 across shards, and SIGTERM shutdown.
 //! Every combination of `--io uring|epoll` and `--shards 1|4`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use smallvec::smallvec;
@@ -19,104 +19,53 @@ use ringmq::protocol::{
 };
 use ringmq::shard::owner_shard;
 
+use support::{Broker, Launch};
+
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Broker {
-    child: Child,
+/// A ringmq spawned with `--io IO --shards N`, and the backend its startup line names.
+struct Smoke {
+    broker: Broker,
     addr: SocketAddr,
     backend: String,
 }
 
-impl Broker {
-    fn start(io: &str, shards: usize) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--io",
-                io,
-                "--shards",
-                &shards.to_string(),
-                "--log-level",
-                "warn",
-            ])
+impl Smoke {
+    fn start(io: &str, shards: usize) -> Smoke {
+        let shards_arg = shards.to_string();
+        let broker = Launch::new(&["--io", io, "--shards", &shards_arg, "--log-level", "warn"])
             // RINGMQ_TEST_LOG=debug shows the broker's debug log in the test output.
             .env(
                 "RUST_LOG",
-                std::env::var("RINGMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+                &std::env::var("RINGMQ_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringmq");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel::<String>();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                eprintln!("[ringmq] {line}");
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(l) => l,
-                Err(_) => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    panic!("no startup line from ringmq --io {io} --shards {shards}");
-                }
-            };
-            // "ringmq listening on 127.0.0.1:41235 (io_uring, 2 shards)"
-            if let Some(rest) = line.strip_prefix("ringmq listening on ") {
-                let (addr, tail) = rest.split_once(" (").expect("startup line format");
-                let backend = tail.split(',').next().expect("backend").to_string();
-                let suffix = if shards == 1 { "" } else { "s" };
-                assert!(
-                    tail.ends_with(&format!(" {shards} shard{suffix})")),
-                    "{line}"
-                );
-                return Broker {
-                    child,
-                    addr: addr.parse().expect("addr"),
-                    backend,
-                };
-            }
+            .echo_stderr()
+            .startup_timeout(WAIT)
+            .spawn();
+        // "ringmq listening on 127.0.0.1:41235 (io_uring, 2 shards)"
+        let line = broker.listening_line().to_string();
+        let rest = line
+            .strip_prefix("ringmq listening on ")
+            .unwrap_or_else(|| panic!("startup line format: {line}"));
+        let (addr, tail) = rest.split_once(" (").expect("startup line format");
+        let backend = tail.split(',').next().expect("backend").to_string();
+        let suffix = if shards == 1 { "" } else { "s" };
+        assert!(
+            tail.ends_with(&format!(" {shards} shard{suffix})")),
+            "{line}"
+        );
+        Smoke {
+            addr: addr.parse().expect("addr"),
+            broker,
+            backend,
         }
-    }
-
-    fn pid(&self) -> libc::pid_t {
-        self.child.id() as libc::pid_t
     }
 
     /// Sends SIGTERM and waits (bounded) for the exit status.
     fn terminate(mut self) -> std::process::ExitStatus {
-        // SAFETY: signals only the child we spawned, by its pid.
-        assert_eq!(unsafe { libc::kill(self.pid(), libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!("ringmq did not exit after SIGTERM");
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.broker
+            .terminate(WAIT)
+            .expect("ringmq did not exit after SIGTERM")
     }
 }
 
@@ -242,7 +191,7 @@ fn expect_publish(c: &mut Client, topic: &str, payload: &[u8], qos: QoS) -> u16 
 }
 
 fn pubsub_across_shards(io: &str, shards: usize) {
-    let broker = Broker::start(io, shards);
+    let broker = Smoke::start(io, shards);
     let expected_backend = if io == "uring" { "io_uring" } else { "epoll" };
     assert_eq!(broker.backend, expected_backend);
     let last = shards - 1;
@@ -291,7 +240,7 @@ fn pubsub_across_shards(io: &str, shards: usize) {
 }
 
 fn sigterm_disconnects_v5_clients(io: &str, shards: usize) {
-    let broker = Broker::start(io, shards);
+    let broker = Smoke::start(io, shards);
     let mut v5 = Client::connect(
         broker.addr,
         &id_on_shard("v5", shards - 1, shards),

@@ -526,11 +526,6 @@ fn mqtt_3_10_4_1_unsubscribe_stops_delivery() {
 // 3.3 PUBLISH flows, byte-exact (4.3 QoS levels)
 // ----------------------------------------------------------------------------------
 
-/// Expected PUBLISH bytes as the broker must forward them, with the broker's packet id.
-fn forwarded(topic: &str, qos: u8, pid: u16, payload: &[u8]) -> Vec<u8> {
-    pkt::publish(V311, topic, qos, false, false, pid, &[], payload)
-}
-
 #[test]
 fn mqtt_4_3_1_qos0_flow_byte_exact() {
     let b = Broker::two_shards();
@@ -556,7 +551,10 @@ fn mqtt_4_3_2_qos1_flow_byte_exact() {
     let f = s.recv_frame();
     let m = PublishMsg::parse(V311, &f);
     assert_ne!(m.pid, 0, "MQTT-2.3.1-1");
-    assert_eq!(to_hex(&f.raw), to_hex(&forwarded(&t, 1, m.pid, b"qos one")));
+    assert_eq!(
+        to_hex(&f.raw),
+        to_hex(&pkt::forwarded(V311, &t, 1, m.pid, b"qos one"))
+    );
     s.send(&pkt::ack(4, m.pid));
     s.ping();
 }
@@ -575,7 +573,10 @@ fn mqtt_4_3_3_qos2_flow_byte_exact() {
     let f = s.recv_frame();
     let m = PublishMsg::parse(V311, &f);
     assert_ne!(m.pid, 0);
-    assert_eq!(to_hex(&f.raw), to_hex(&forwarded(&t, 2, m.pid, b"qos two")));
+    assert_eq!(
+        to_hex(&f.raw),
+        to_hex(&pkt::forwarded(V311, &t, 2, m.pid, b"qos two"))
+    );
     let [hi, lo] = m.pid.to_be_bytes();
     s.send(&[0x50, 0x02, hi, lo]);
     s.expect_bytes(&[0x62, 0x02, hi, lo]);
@@ -727,12 +728,12 @@ fn mqtt_3_3_1_9_retained_forwarded_live_has_retain_0() {
     let f = s.recv_frame();
     assert_eq!(
         to_hex(&f.raw),
-        to_hex(&forwarded(&t, 0, 0, b"now")),
+        to_hex(&pkt::forwarded(V311, &t, 0, 0, b"now")),
         "RETAIN must be 0"
     );
     // Deletion is forwarded as a normal zero-length message (MQTT-3.3.1-11 context).
     p.publish_complete(&t, 0, true, 0, b"");
-    s.expect_bytes(&forwarded(&t, 0, 0, b""));
+    s.expect_bytes(&pkt::forwarded(V311, &t, 0, 0, b""));
 }
 
 #[test]

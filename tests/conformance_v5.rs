@@ -20,10 +20,6 @@ fn c5(addr: &str, tag: &str) -> RawClient {
     RawClient::connect_v5(addr, &uniq(tag)).0
 }
 
-fn forwarded(topic: &str, qos: u8, pid: u16, payload: &[u8]) -> Vec<u8> {
-    pkt::publish(V5, topic, qos, false, false, pid, &[], payload)
-}
-
 fn publish_props(
     c: &mut RawClient,
     topic: &str,
@@ -580,7 +576,10 @@ fn mqtt_3_3_2_9_topic_alias_from_client_is_resolved() {
     for want in [&b"first"[..], b"second"] {
         let f = s.recv_frame();
         let m = PublishMsg::parse(V5, &f);
-        assert_eq!(to_hex(&f.raw), to_hex(&forwarded(&t, 1, m.pid, want)));
+        assert_eq!(
+            to_hex(&f.raw),
+            to_hex(&pkt::forwarded(V5, &t, 1, m.pid, want))
+        );
         s.send(&pkt::ack(4, m.pid));
     }
 }
@@ -684,7 +683,7 @@ fn mqtt_4_3_1_qos0_flow_byte_exact() {
     let mut p = c5(b.addr(), "q0p");
     let t = format!("q0/{}", uniq("t"));
     sub_ok(&mut s, &t, 0);
-    let bytes = forwarded(&t, 0, 0, b"qos zero");
+    let bytes = pkt::forwarded(V5, &t, 0, 0, b"qos zero");
     p.send(&bytes);
     p.ping();
     s.expect_bytes(&bytes);
@@ -697,12 +696,15 @@ fn mqtt_4_3_2_qos1_flow_byte_exact() {
     let mut p = c5(b.addr(), "q1p");
     let t = format!("q1/{}", uniq("t"));
     sub_ok(&mut s, &t, 1);
-    p.send(&forwarded(&t, 1, 7, b"qos one"));
+    p.send(&pkt::forwarded(V5, &t, 1, 7, b"qos one"));
     p.expect_ack(4, 7, true);
     let f = s.recv_frame();
     let m = PublishMsg::parse(V5, &f);
     assert_ne!(m.pid, 0);
-    assert_eq!(to_hex(&f.raw), to_hex(&forwarded(&t, 1, m.pid, b"qos one")));
+    assert_eq!(
+        to_hex(&f.raw),
+        to_hex(&pkt::forwarded(V5, &t, 1, m.pid, b"qos one"))
+    );
     s.send(&pkt::ack(4, m.pid));
     s.ping();
 }
@@ -714,13 +716,16 @@ fn mqtt_4_3_3_qos2_flow_byte_exact() {
     let mut p = c5(b.addr(), "q2p");
     let t = format!("q2/{}", uniq("t"));
     sub_ok(&mut s, &t, 2);
-    p.send(&forwarded(&t, 2, 9, b"qos two"));
+    p.send(&pkt::forwarded(V5, &t, 2, 9, b"qos two"));
     p.expect_ack(5, 9, true);
     p.send_hex("62 02 00 09");
     p.expect_ack(7, 9, true);
     let f = s.recv_frame();
     let m = PublishMsg::parse(V5, &f);
-    assert_eq!(to_hex(&f.raw), to_hex(&forwarded(&t, 2, m.pid, b"qos two")));
+    assert_eq!(
+        to_hex(&f.raw),
+        to_hex(&pkt::forwarded(V5, &t, 2, m.pid, b"qos two"))
+    );
     s.send(&pkt::ack(5, m.pid));
     s.expect_ack(6, m.pid, true);
     s.send(&pkt::ack(7, m.pid));
@@ -731,7 +736,13 @@ fn mqtt_4_3_3_qos2_flow_byte_exact() {
 fn mqtt_3_4_2_1_puback_no_matching_subscribers_is_success_or_0x10() {
     let b = Broker::two_shards();
     let mut p = c5(b.addr(), "nosub");
-    p.send(&forwarded(&format!("nobody/{}", uniq("t")), 1, 3, b"x"));
+    p.send(&pkt::forwarded(
+        V5,
+        &format!("nobody/{}", uniq("t")),
+        1,
+        3,
+        b"x",
+    ));
     let f = p.recv_frame();
     let ack = PubAckV5::parse(&f);
     assert_eq!((f.first, ack.pid), (0x40, 3));

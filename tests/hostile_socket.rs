@@ -5,11 +5,12 @@
 //! loop is bounded in count and every wait in time; assertions compare counts, never
 //! timings. Figures (RSS, delivered counts) are printed for the report.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,8 @@ use ringmq::protocol::{
     decode_packet, encode_packet, Connect, Packet, Properties, ProtocolVersion, PubResp, Publish,
     PublishProperties, QoS, ReasonCode, Subscribe, SubscriptionOptions, MAX_REMAINING_LENGTH,
 };
+
+use support::{Broker, Launch};
 
 /// One broker at a time: the RSS figures are then the broker's alone, and the
 /// machine's two cores are not split between several load tests.
@@ -33,84 +36,16 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct Broker {
-    child: Child,
-    addr: String,
-    stderr: Arc<Mutex<Vec<String>>>,
+/// A 2-shard ringmq with `extra` arguments, stopped by PID on drop.
+fn start_broker(extra: &[&str]) -> Broker {
+    let mut args = vec!["--shards", "2"];
+    args.extend_from_slice(extra);
+    Launch::new(&args).startup_timeout(STARTUP).spawn()
 }
 
-impl Broker {
-    fn start(extra: &[&str]) -> Broker {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
-            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringmq");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let keep = lines.clone();
-        let (tx, rx) = mpsc::channel();
-        // Drains stderr for the broker's whole life so it never blocks on the pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(i) = line.find("listening on ") {
-                    let addr: String = line[i + 13..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && *c != ',')
-                        .collect();
-                    let _ = tx.send(addr);
-                }
-                let mut k = keep.lock().unwrap_or_else(|e| e.into_inner());
-                if k.len() >= 100 {
-                    k.remove(0);
-                }
-                k.push(line);
-            }
-        });
-        let addr = match rx.recv_timeout(STARTUP) {
-            Ok(a) => a,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("no 'listening on' line ({e}): {:?}", lines.lock().unwrap());
-            }
-        };
-        Broker {
-            child,
-            addr,
-            stderr: lines,
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Resident set size from /proc/PID/status.
-    fn rss_kib(&self) -> u64 {
-        rss_kib(self.pid())
-    }
-
-    #[track_caller]
-    fn assert_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!(
-                "broker exited: {status}; stderr: {:?}",
-                self.stderr.lock().unwrap_or_else(|e| e.into_inner())
-            );
-        }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Resident set size of the broker, from /proc/PID/status.
+fn broker_rss_kib(b: &Broker) -> u64 {
+    rss_kib(b.pid())
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -328,7 +263,7 @@ const MAX_QUEUED_BYTES: usize = 40 * 1024 * 1024;
 #[test]
 fn stalled_subscriber_does_not_block_100_publishers() {
     let _serial = serial();
-    let mut b = Broker::start(&[
+    let mut b = start_broker(&[
         "--max-outbound-bytes",
         &MAX_OUTBOUND.to_string(),
         "--max-queued-messages",
@@ -336,7 +271,7 @@ fn stalled_subscriber_does_not_block_100_publishers() {
         "--max-queued-bytes",
         &MAX_QUEUED_BYTES.to_string(),
     ]);
-    let addr = b.addr.clone();
+    let addr = b.addr().to_string();
     let total = PUBLISHERS as u64 * PER_PUBLISHER;
 
     // Two subscribers that stop reading (QoS 0: copies beyond the buffer bound are
@@ -352,7 +287,7 @@ fn stalled_subscriber_does_not_block_100_publishers() {
     let nc = normal_count.clone();
     let normal_reader = thread::spawn(move || drain_qos1(&mut normal, total, WAIT, &nc));
 
-    let base_kib = b.rss_kib();
+    let base_kib = broker_rss_kib(&b);
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = rss_sampler(b.pid(), stop.clone());
 
@@ -417,7 +352,7 @@ fn stalled_subscriber_does_not_block_100_publishers() {
             _ => break,
         }
     }
-    let end_kib = b.rss_kib();
+    let end_kib = broker_rss_kib(&b);
     // Bound from config: three subscribers' unread output, two full session queues
     // (the reading subscriber's may fill while it lags; both queues share the same
     // messages, so this counts them twice), plus 48 MiB for allocator slack,
@@ -449,9 +384,9 @@ fn stalled_subscriber_does_not_block_100_publishers() {
 #[test]
 fn connect_disconnect_churn_20k() {
     let _serial = serial();
-    let mut b = Broker::start(&[]);
-    let addr = b.addr.clone();
-    let base_kib = b.rss_kib();
+    let mut b = start_broker(&[]);
+    let addr = b.addr().to_string();
+    let base_kib = broker_rss_kib(&b);
     let waves: usize = std::env::var("HOSTILE_CHURN_WAVES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -486,7 +421,7 @@ fn connect_disconnect_churn_20k() {
         }
         drop(socks);
         if w % 5 == 4 {
-            let rss = b.rss_kib();
+            let rss = broker_rss_kib(&b);
             if warm_kib == 0 {
                 warm_kib = rss;
             }
@@ -499,7 +434,7 @@ fn connect_disconnect_churn_20k() {
     b.assert_alive();
     let mut c = Client::connect(&addr, "after-churn", ProtocolVersion::V311);
     c.round_trip("churn/check");
-    let end_kib = b.rss_kib();
+    let end_kib = broker_rss_kib(&b);
     eprintln!(
         "hostile churn: {ok} connect/CONNACK/DISCONNECT cycles; broker RSS base {base_kib} KiB, \
          after {end_kib} KiB"
@@ -518,13 +453,13 @@ fn connect_disconnect_churn_20k() {
 #[test]
 fn half_open_and_slowloris_connections_are_reaped() {
     let _serial = serial();
-    let mut b = Broker::start(&["--connect-timeout-ms", "1500"]);
-    let addr = b.addr.clone();
+    let mut b = start_broker(&["--connect-timeout-ms", "1500"]);
+    let addr = b.addr().to_string();
     const HALF_OPEN: usize = 300;
     let mut half: Vec<TcpStream> = (0..HALF_OPEN)
         .map(|_| TcpStream::connect(&addr).expect("connect"))
         .collect();
-    let opened_kib = b.rss_kib();
+    let opened_kib = broker_rss_kib(&b);
 
     // Slowloris: a CONNECT one byte per second.
     let connect = connect_bytes("slowloris");
@@ -572,7 +507,7 @@ fn half_open_and_slowloris_connections_are_reaped() {
     drop(half);
     b.assert_alive();
     normal.round_trip("half-open/check");
-    let end_kib = b.rss_kib();
+    let end_kib = broker_rss_kib(&b);
     eprintln!(
         "hostile half-open: {reaped}/{HALF_OPEN} half-open reaped; slowloris closed after {sent} of {} \
          CONNECT bytes; normal client OK; broker RSS with them open {opened_kib} KiB, end {end_kib} KiB",
@@ -604,9 +539,9 @@ impl Rng {
 #[test]
 fn random_bytes_on_1000_connections() {
     let _serial = serial();
-    let mut b = Broker::start(&[]);
-    let addr = b.addr.clone();
-    let base_kib = b.rss_kib();
+    let mut b = start_broker(&[]);
+    let addr = b.addr().to_string();
+    let base_kib = broker_rss_kib(&b);
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let mut closed_by_broker = 0;
     for wave in 0..2 {
@@ -668,7 +603,7 @@ fn random_bytes_on_1000_connections() {
     }
     let mut c = Client::connect(&addr, "after-noise", ProtocolVersion::V5);
     c.round_trip("noise/check");
-    let end_kib = b.rss_kib();
+    let end_kib = broker_rss_kib(&b);
     eprintln!(
         "hostile random bytes: 1000 connections, {closed_by_broker} closed by the broker within the \
          wait; normal client OK afterwards; broker RSS base {base_kib} KiB, end {end_kib} KiB"
@@ -707,8 +642,8 @@ fn connect_many(addr: &str, tag: &str, n: usize) -> (Vec<TcpStream>, usize, usiz
 fn connection_limits_refuse_over_the_wire() {
     let _serial = serial();
     // Per source IP: every test client is 127.0.0.1.
-    let mut b = Broker::start(&["--max-connections-per-ip", "3"]);
-    let (kept, ok, refused) = connect_many(&b.addr.clone(), "ip", 5);
+    let mut b = start_broker(&["--max-connections-per-ip", "3"]);
+    let (kept, ok, refused) = connect_many(b.addr(), "ip", 5);
     assert_eq!((ok, refused), (3, 2));
     drop(kept);
     b.assert_alive();
@@ -716,8 +651,8 @@ fn connection_limits_refuse_over_the_wire() {
 
     // Per node, over both shards, with either IO backend (the auto choice and epoll).
     for io in ["auto", "epoll"] {
-        let mut b = Broker::start(&["--io", io, "--max-connections", "4"]);
-        let (_kept, ok, refused) = connect_many(&b.addr.clone(), "node", 6);
+        let mut b = start_broker(&["--io", io, "--max-connections", "4"]);
+        let (_kept, ok, refused) = connect_many(b.addr(), "node", 6);
         eprintln!(
             "hostile limits: per-IP 3 of 5 accepted; --io {io}: per-node {ok} of 6 accepted, \
              {refused} refused"
@@ -728,8 +663,8 @@ fn connection_limits_refuse_over_the_wire() {
 
     // CONNECT rate: 1 per second per shard (bursts of 1): 20 back-to-back CONNECTs
     // cannot all be accepted unless the loop took 9 s or more.
-    let mut b = Broker::start(&["--connect-rate-per-s", "1"]);
-    let (_kept, ok, refused) = connect_many(&b.addr.clone(), "rate", 20);
+    let mut b = start_broker(&["--connect-rate-per-s", "1"]);
+    let (_kept, ok, refused) = connect_many(b.addr(), "rate", 20);
     eprintln!("hostile limits: connect rate 1/s per shard: {ok} of 20 accepted, {refused} refused");
     assert_eq!(ok + refused, 20);
     assert!(refused >= 1);

@@ -44,6 +44,57 @@ pub struct Broker {
     child: Option<Child>,
     addr: String,
     stderr_tail: Arc<Mutex<Vec<String>>>,
+    /// Every stderr line up to and including the `listening on` line.
+    startup_lines: Vec<String>,
+}
+
+/// How to spawn a ringmq process: `ringmq --listen 127.0.0.1:0 ARGS...` with optional
+/// environment changes, a startup deadline and stderr echo. [`Launch::spawn`] always
+/// starts the real binary (it ignores `RINGMQ_TEST_ADDR`).
+pub struct Launch {
+    args: Vec<String>,
+    env: Vec<(String, Option<String>)>,
+    startup_timeout: Duration,
+    echo_stderr: bool,
+}
+
+impl Launch {
+    pub fn new(args: &[&str]) -> Launch {
+        Launch {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Vec::new(),
+            startup_timeout: STARTUP_TIMEOUT,
+            echo_stderr: false,
+        }
+    }
+
+    /// Sets `key=value` in the broker's environment.
+    pub fn env(mut self, key: &str, value: &str) -> Launch {
+        self.env.push((key.to_string(), Some(value.to_string())));
+        self
+    }
+
+    /// Removes `key` from the broker's environment.
+    pub fn env_remove(mut self, key: &str) -> Launch {
+        self.env.push((key.to_string(), None));
+        self
+    }
+
+    /// How long the broker gets to print its listening address.
+    pub fn startup_timeout(mut self, timeout: Duration) -> Launch {
+        self.startup_timeout = timeout;
+        self
+    }
+
+    /// Copies every broker stderr line to the test's stderr as `[ringmq] LINE`.
+    pub fn echo_stderr(mut self) -> Launch {
+        self.echo_stderr = true;
+        self
+    }
+
+    pub fn spawn(self) -> Broker {
+        Broker::spawn_launch(self)
+    }
 }
 
 impl Broker {
@@ -81,13 +132,30 @@ impl Broker {
             child: None,
             addr,
             stderr_tail: Arc::new(Mutex::new(Vec::new())),
+            startup_lines: Vec::new(),
         }
     }
 
     fn spawn(args: &[&str]) -> Broker {
+        Launch::new(args).spawn()
+    }
+
+    fn spawn_launch(launch: Launch) -> Broker {
+        let Launch {
+            args,
+            env,
+            startup_timeout,
+            echo_stderr,
+        } = launch;
         let bin = env!("CARGO_BIN_EXE_ringmq");
         let mut cmd = Command::new(bin);
-        cmd.arg("--listen").arg("127.0.0.1:0").args(args);
+        cmd.arg("--listen").arg("127.0.0.1:0").args(&args);
+        for (key, value) in &env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -96,34 +164,39 @@ impl Broker {
             .unwrap_or_else(|e| panic!("cannot spawn {bin}: {e}"));
         let stderr = child.stderr.take().expect("stderr is piped");
         let tail = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::channel::<(String, Vec<String>)>();
         let tail_w = Arc::clone(&tail);
         // Keep draining stderr for the broker's whole life so it never blocks on a full pipe.
         std::thread::spawn(move || {
-            let mut sent = false;
+            let mut startup = Some(Vec::new());
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if !sent {
+                if echo_stderr {
+                    eprintln!("[ringmq] {line}");
+                }
+                if let Some(lines) = startup.as_mut() {
+                    lines.push(line.clone());
                     if let Some(addr) = parse_listening(&line) {
-                        let _ = tx.send(addr);
-                        sent = true;
+                        let lines = startup.take().unwrap_or_default();
+                        let _ = tx.send((addr, lines));
                     }
                 }
-                let mut t = tail_w.lock().unwrap();
+                let mut t = tail_w.lock().unwrap_or_else(|e| e.into_inner());
                 if t.len() >= 200 {
                     t.remove(0);
                 }
                 t.push(line);
             }
         });
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        let deadline = Instant::now() + startup_timeout;
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(addr) => {
+                Ok((addr, startup_lines)) => {
                     return Broker {
                         child: Some(child),
                         addr,
                         stderr_tail: tail,
+                        startup_lines,
                     };
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -138,7 +211,7 @@ impl Broker {
                         let _ = child.kill();
                         let _ = child.wait();
                         panic!(
-                            "ringmq {args:?} printed no 'listening on' line within {STARTUP_TIMEOUT:?}; stderr:\n{}",
+                            "ringmq {args:?} printed no 'listening on' line within {startup_timeout:?}; stderr:\n{}",
                             tail.lock().unwrap().join("\n")
                         );
                     }
@@ -179,16 +252,55 @@ impl Broker {
 
     /// Last lines the broker wrote to stderr (for failure messages).
     pub fn stderr_tail(&self) -> String {
-        self.stderr_tail.lock().unwrap().join("\n")
+        self.stderr_tail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .join("\n")
     }
 
-    /// Sends SIGTERM and waits (bounded) for exit; returns the exit status.
+    /// Every stderr line up to and including the `listening on` line (empty for an
+    /// external broker).
+    pub fn startup_lines(&self) -> &[String] {
+        &self.startup_lines
+    }
+
+    /// The `listening on` line the broker printed at startup.
+    pub fn listening_line(&self) -> &str {
+        self.startup_lines
+            .last()
+            .map(String::as_str)
+            .expect("a spawned broker printed a listening line")
+    }
+
+    /// PID of the spawned broker process.
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .expect("the broker is a live spawned process")
+            .id()
+    }
+
+    /// Panics (with the stderr tail) if the spawned broker has exited.
+    #[track_caller]
+    pub fn assert_alive(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("broker exited: {status}; stderr: {}", self.stderr_tail());
+            }
+        }
+    }
+
+    /// Sends SIGTERM and waits (bounded) for exit; returns the exit status, or `None`
+    /// if the broker is external or did not exit within `within`.
     pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
         let child = self.child.as_mut()?;
         let pid = child.id() as libc::pid_t;
         // SAFETY: kill(2) on the PID of a child we spawned and have not reaped yet.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Signalling our own unreaped child cannot fail; not checked while unwinding
+        // (this also runs from Drop).
+        if !std::thread::panicking() {
+            assert_eq!(rc, 0, "kill(SIGTERM) on ringmq pid {pid}");
         }
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
@@ -1323,6 +1435,18 @@ pub mod pkt {
         b.extend_from_slice(payload);
         let first = 0x30 | (u8::from(dup) << 3) | (qos << 1) | u8::from(retain);
         frame(first, &b)
+    }
+
+    /// PUBLISH bytes as the broker must forward them to a plain subscriber: no retain,
+    /// no dup, no properties, with the broker's packet id `pid`.
+    pub fn forwarded(
+        v: ProtocolVersion,
+        topic: &str,
+        qos: u8,
+        pid: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        publish(v, topic, qos, false, false, pid, &[], payload)
     }
 
     /// SUBSCRIBE with (filter, options byte) pairs.
