@@ -30,7 +30,7 @@ done
 # default is 1000, mosquitto's 1000; raised so the fan-in scenarios measure the
 # brokers rather than their drop policy). In-flight: ringmq's default max_inflight.
 MAX_QUEUED=${MAX_QUEUED:-10000}
-MAX_INFLIGHT=${MAX_INFLIGHT:-64}
+MAX_INFLIGHT=${MAX_INFLIGHT:-1024}
 # Mosquitto does not bound queued bytes by default; ringmq does (1 MiB), which would
 # cut its queue below MAX_QUEUED messages.
 RINGMQ_QUEUED_BYTES=$((64 * 1024 * 1024))
