@@ -22,7 +22,7 @@ impl Shard {
         match packet {
             Packet::Publish(p) => self.on_publish(conn, p, now),
             Packet::PubAck(r) => {
-                self.on_puback(conn, r.packet_id, now);
+                self.on_flow_end(conn, r.packet_id, Phase::AwaitAck, now);
                 Ok(())
             }
             Packet::PubRec(r) => {
@@ -34,7 +34,7 @@ impl Shard {
                 Ok(())
             }
             Packet::PubComp(r) => {
-                self.on_pubcomp(conn, r.packet_id, now);
+                self.on_flow_end(conn, r.packet_id, Phase::AwaitComp, now);
                 Ok(())
             }
             Packet::Subscribe(s) => self.on_subscribe(conn, s, now),
@@ -155,7 +155,9 @@ impl Shard {
         Ok(())
     }
 
-    fn on_puback(&mut self, conn: ConnId, packet_id: u16, now: Instant) {
+    /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`: the flow ends if the
+    /// message is waiting for exactly that acknowledgement, and the window moves on.
+    fn on_flow_end(&mut self, conn: ConnId, packet_id: u16, waiting_for: Phase, now: Instant) {
         let session = self.conn_session(conn);
         let Some(d) = self
             .sessions
@@ -165,7 +167,7 @@ impl Shard {
             return;
         };
         if let Some(i) = d.inflight_pos(packet_id) {
-            if d.inflight[i].phase == Phase::AwaitAck {
+            if d.inflight[i].phase == waiting_for {
                 d.remove_inflight(i);
                 self.pump(session, now);
             }
@@ -203,23 +205,6 @@ impl Shard {
         }
         f.phase = Phase::AwaitComp;
         self.write_control(conn, &Packet::PubRel(PubResp::new(r.packet_id)));
-    }
-
-    fn on_pubcomp(&mut self, conn: ConnId, packet_id: u16, now: Instant) {
-        let session = self.conn_session(conn);
-        let Some(d) = self
-            .sessions
-            .get_mut(session)
-            .and_then(|s| s.delivery.as_mut())
-        else {
-            return;
-        };
-        if let Some(i) = d.inflight_pos(packet_id) {
-            if d.inflight[i].phase == Phase::AwaitComp {
-                d.remove_inflight(i);
-                self.pump(session, now);
-            }
-        }
     }
 
     fn on_pubrel(&mut self, conn: ConnId, packet_id: u16) {
