@@ -77,6 +77,8 @@ pub struct WorkerReport {
     pub forced_closes: u64,
     /// Connections closed because their last bytes were not taken within `DRAIN_TIMEOUT`.
     pub drain_timeouts: u64,
+    /// The shard core's counters (every drop and refusal) at exit.
+    pub core: crate::shard::ShardStats,
 }
 
 /// Everything a worker thread needs; built by `main`.
@@ -231,6 +233,7 @@ pub fn run<L: EventLoop>(
         }
     }
     w.report.io = w.io.stats();
+    w.report.core = w.shard.stats().clone();
     // Keep this loop's rings alive until every loop stopped sending to them.
     exit_barrier.wait();
     result.map(|()| w.report)
