@@ -6,7 +6,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 
 use super::conn::ConnState;
-use super::{v3_suback_code, ConnId, Shard};
+use super::{ConnId, Shard};
 use crate::protocol::{
     Disconnect, Packet, PubResp, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
@@ -238,7 +238,6 @@ impl Shard {
         let Some(c) = self.conns.get(conn) else {
             return Ok(());
         };
-        let v5 = c.version.is_v5();
         let session = c.session;
         let sub_id = s.properties.subscription_identifier.unwrap_or(0);
         let mut codes: SmallVec<[ReasonCode; 2]> = SmallVec::new();
@@ -336,11 +335,7 @@ impl Shard {
                 QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
             });
         }
-        if !v5 {
-            for c in codes.iter_mut() {
-                *c = v3_suback_code(*c);
-            }
-        }
+        // 3.x SUBACKs carry only granted QoS or 0x80: the encoder maps the codes.
         let ack = SubAck {
             packet_id: s.packet_id,
             codes,

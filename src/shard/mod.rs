@@ -29,7 +29,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::config::Config;
-use crate::protocol::{Disconnect, Packet, Properties, ReasonCode};
+use crate::protocol::{Disconnect, Packet, Properties};
 use crate::session::{Message, SessionError, SessionStore, NONE};
 use crate::topic::TopicTrie;
 
@@ -616,15 +616,6 @@ impl Shard {
         c.rx = BytesMut::new();
         c.pending = None;
         self.actions.push_back(Action::Close(conn));
-    }
-}
-
-/// Reason codes in a SUBACK for 3.x may only be granted QoS or 0x80.
-fn v3_suback_code(code: ReasonCode) -> ReasonCode {
-    if code.is_error() {
-        ReasonCode::UnspecifiedError
-    } else {
-        code
     }
 }
 
