@@ -111,6 +111,20 @@ impl Shard {
             self.close(conn);
             return false;
         }
+        // The will is published later under this topic: hold it to the limits a
+        // PUBLISH topic meets now (the decoder already refused wildcards and NUL).
+        if let Some(w) = &connect.will {
+            let (max_len, max_levels) = (self.config.max_topic_len, self.config.max_topic_levels);
+            if crate::topic::validate_decoded_name(&w.topic, max_len, max_levels).is_err() {
+                self.stats.closed_topic_invalid += 1;
+                if version.is_v5() {
+                    // 3.x has no CONNACK code for it: the connection is just closed.
+                    self.write_control(conn, &connack(ReasonCode::TopicNameInvalid));
+                }
+                self.close(conn);
+                return false;
+            }
+        }
         if version.is_v5() && connect.properties.authentication_method.is_some() {
             // No enhanced authentication (yet).
             self.write_control(conn, &connack(ReasonCode::BadAuthenticationMethod));

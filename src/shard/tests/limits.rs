@@ -607,3 +607,43 @@ fn malformed_second_connect_gets_a_disconnect_code() {
     cl.expect_closed(a);
     assert_eq!(cl.shards[0].stats().closed_protocol_error, 1);
 }
+
+#[test]
+fn will_topic_beyond_the_topic_limits_is_refused_at_connect() {
+    let config = Config {
+        max_topic_levels: 3,
+        max_topic_len: 16,
+        ..cfg()
+    };
+    let mut cl = Cluster::new(1, config);
+    let deep = ConnectOpts {
+        will: Some(will("a/b/c/d", "gone", Q0, false, Properties::default())),
+        ..ConnectOpts::default()
+    };
+    let c5 = cl.connect(V5, "w5", deep);
+    cl.expect(
+        c5,
+        connack(false, ReasonCode::TopicNameInvalid, Properties::default()),
+    );
+    cl.expect_closed(c5);
+    let long = ConnectOpts {
+        will: Some(will(
+            &"x".repeat(17),
+            "gone",
+            Q0,
+            false,
+            Properties::default(),
+        )),
+        ..ConnectOpts::default()
+    };
+    let c3 = cl.connect(V311, "w3", long);
+    cl.expect_nothing(c3);
+    cl.expect_closed(c3);
+    assert_eq!(cl.shards[0].stats().closed_topic_invalid, 2);
+    // Within the limits the will is accepted.
+    let ok = ConnectOpts {
+        will: Some(will("a/b/c", "gone", Q0, false, Properties::default())),
+        ..ConnectOpts::default()
+    };
+    cl.connect_ok(V5, "w-ok", ok, false);
+}
