@@ -68,7 +68,10 @@ pub enum Completion {
     RecvEnd { sock: SockId, errno: i32 },
     /// The one send in flight finished: all bytes written, or failed with `errno`.
     SendDone { sock: SockId, errno: i32 },
-    /// `migrate` finished: `Ok` carries what the target loop must `adopt`.
+    /// `migrate` finished: `Ok` carries what the target loop must `adopt`, and
+    /// `Released` follows. `Err(errno)`: the socket never left (ENFILE: every table
+    /// of the target loop is full); it stays open here, not receiving, so the worker
+    /// can `send` a last reply, and must `close` it.
     Migrated {
         sock: SockId,
         result: Result<Transfer, i32>,
@@ -142,7 +145,8 @@ pub trait EventLoop {
     /// Stops receiving, closes the socket, then reports `Released`.
     fn close(&mut self, sock: SockId);
     /// Stops receiving and hands the socket to loop `to`; reports `Migrated` then
-    /// `Released`. Bytes received before the receive stopped are still reported.
+    /// `Released` (or, when refused, `Migrated` with an error and the socket kept
+    /// open). Bytes received before the receive stopped are still reported.
     fn migrate(&mut self, sock: SockId, to: usize);
     /// Claims a socket sent by another loop. `None`: it has not arrived yet and will be
     /// reported as `Completion::Adopted`. Call only after dispatching every completion

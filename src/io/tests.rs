@@ -47,10 +47,14 @@ struct EchoReport {
     accepted: usize,
     released: usize,
     bytes_in: usize,
-    /// `Migrated` with an error: the hand-off was refused and the socket closed.
+    /// `Migrated` with an error: the hand-off was refused; the socket was answered
+    /// with `REFUSED_REPLY` and closed.
     migrate_refused: usize,
     stats: IoStats,
 }
+
+/// What the echo server sends on a socket whose hand-off was refused.
+const REFUSED_REPLY: u8 = 0xEE;
 
 /// Echo server behaviour knobs.
 #[derive(Clone, Copy, Default)]
@@ -134,10 +138,17 @@ impl Echo {
                         self.queued.remove(&sock);
                     }
                 }
-                Completion::Migrated { result, .. } => match result {
+                Completion::Migrated { sock, result } => match result {
                     Ok(t) if self.mode.drop_transfers => lp.discard(t),
                     Ok(t) => adopted_out.send(t).expect("adopt channel"),
-                    Err(_) => self.report.migrate_refused += 1,
+                    Err(_) => {
+                        // The socket stayed here: answer, then close (as the worker
+                        // refuses the CONNECT).
+                        self.report.migrate_refused += 1;
+                        self.sending.insert(sock);
+                        lp.send(sock, Bytes::from_static(&[REFUSED_REPLY]));
+                        self.closing.insert(sock);
+                    }
                 },
                 Completion::Released { sock } => {
                     assert!(self.live.remove(&sock), "released sock {sock} was not live");
@@ -701,11 +712,18 @@ fn uring_tiny_queues_lose_nothing() {
 /// Writes one byte on each connection; returns how many echoed it (the others must
 /// have been closed by the server: EOF or reset).
 fn count_served(conns: &mut [TcpStream], name: &str) -> usize {
-    let mut served = 0;
+    count_served_refused(conns, name).0
+}
+
+/// [`count_served`], and how many got `REFUSED_REPLY` (a refused hand-off) instead.
+fn count_served_refused(conns: &mut [TcpStream], name: &str) -> (usize, usize) {
+    let (mut served, mut refused) = (0, 0);
     for (i, c) in conns.iter_mut().enumerate() {
+        assert!(i < usize::from(REFUSED_REPLY));
         let _ = c.write_all(&[i as u8]);
         let mut b = [0u8; 1];
         match c.read(&mut b) {
+            Ok(1) if b[0] == REFUSED_REPLY => refused += 1,
             Ok(1) => {
                 assert_eq!(b[0], i as u8, "{name} conn {i}");
                 served += 1;
@@ -721,7 +739,7 @@ fn count_served(conns: &mut [TcpStream], name: &str) -> usize {
             Ok(n) => panic!("{name} conn {i}: read {n}"),
         }
     }
-    served
+    (served, refused)
 }
 
 #[test]
@@ -729,7 +747,8 @@ fn uring_handoffs_never_overrun_target_tables() {
     // Loop 1 holds 24 sockets: 3 rings of 72 slots, 64 of them headroom. 40 connections
     // arrive at loop 0 in a burst and are all handed to loop 1: 24 must be adopted
     // (spread over the three rings, although the burst outruns loop 1's turns) and 16
-    // cleanly refused and closed; then every reservation must be back.
+    // cleanly refused: answered on the source loop, then closed; then every
+    // reservation must be back.
     let target = LoopOptions {
         max_connections: 24,
         table_slots_max: 72,
@@ -741,7 +760,7 @@ fn uring_handoffs_never_overrun_target_tables() {
     };
     let srv = start_each(new_uring, vec![opts(), target], mode);
     let mut conns: Vec<TcpStream> = (0..40).map(|_| connect(srv.addr)).collect();
-    assert_eq!(count_served(&mut conns, "first wave"), 24);
+    assert_eq!(count_served_refused(&mut conns, "first wave"), (24, 16));
     drop(conns);
     // Room comes back as the adopted sockets close: a second wave is served in full.
     let deadline = std::time::Instant::now() + WAIT;

@@ -748,12 +748,13 @@ impl UringLoop {
                 } else {
                     self.stats.migrate_failed += 1;
                 }
-                s.state = SockState::Closing;
+                // The socket never left: it stays open (not receiving) so the
+                // worker can answer the client before closing it.
+                s.state = SockState::Open;
                 self.pending.push(Completion::Migrated {
                     sock,
                     result: Err(errno),
                 });
-                self.close_slot(sock);
                 return;
             }
         };
@@ -1097,9 +1098,17 @@ impl UringLoop {
                 Err(if res < 0 { -res } else { libc::EINVAL })
             }
         };
-        if let Some(s) = self.socks.get_mut(sock as usize) {
-            s.state = SockState::Closing;
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if result.is_err() && sent.is_some() {
+            // Our slot still holds the socket: it stays open (not receiving) so the
+            // worker can answer the client before closing it.
+            s.state = SockState::Open;
+            self.pending.push(Completion::Migrated { sock, result });
+            return;
         }
+        s.state = SockState::Closing;
         self.pending.push(Completion::Migrated { sock, result });
         // The target holds its own reference now; drop ours.
         self.close_slot(sock);

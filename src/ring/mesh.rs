@@ -274,6 +274,19 @@ impl<T> Endpoint<T> {
         }
     }
 
+    /// Whether a `send` to `to` would be rejected now (ring and overflow list full).
+    /// Only this endpoint adds to them, so `false` holds until its next `send`
+    /// (unknown shards: true).
+    pub fn is_full(&self, to: usize) -> bool {
+        match self.outbound.get(to) {
+            Some(Some(out)) => {
+                out.overflow.len() >= self.overflow_max
+                    && (!out.overflow.is_empty() || out.ring.free_slots() == 0)
+            }
+            _ => true,
+        }
+    }
+
     /// True while some overflow list is non-empty: `flush` still has work, so the loop
     /// must come back (and `prepare_park` refuses).
     pub fn has_overflow(&self) -> bool {
@@ -472,6 +485,22 @@ mod tests {
         assert_eq!(eps[0].recv_batch(10, |from, m| got.push((from, m))), 1);
         assert_eq!(got, [(2, 20)]);
         assert_eq!(eps[0].stats().sent, 3);
+    }
+
+    #[test]
+    fn is_full_predicts_rejection() {
+        for overflow_max in [0, 2] {
+            let mut eps = mesh::<u32>(2, 2, overflow_max).expect("valid mesh");
+            let mut m = 0;
+            while !eps[0].is_full(1) {
+                assert!(eps[0].send(1, m).is_ok(), "overflow_max {overflow_max}");
+                m += 1;
+            }
+            assert_eq!(m, 2 + overflow_max as u32);
+            assert_eq!(eps[0].send(1, m), Err(SendError::Rejected(m)));
+            assert!(eps[0].is_full(5));
+            assert!(eps[0].is_full(0));
+        }
     }
 
     #[test]

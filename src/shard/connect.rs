@@ -34,7 +34,7 @@ fn peek_connect_level(buf: &[u8]) -> Option<u8> {
     buf.get(name_at + 2 + name_len).copied()
 }
 
-fn connack(code: ReasonCode) -> Packet {
+pub(crate) fn connack(code: ReasonCode) -> Packet {
     Packet::ConnAck(ConnAck {
         session_present: false,
         code,

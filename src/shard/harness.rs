@@ -48,6 +48,9 @@ pub(crate) struct Cluster {
     /// While set, `pump` leaves shard-to-shard messages in flight (to test races).
     pub hold_mesh: bool,
     pub migrations: usize,
+    /// While set, hand-offs are refused the way the worker refuses them when the
+    /// owner's socket table or the mesh is full (`Shard::on_migrate_refused`).
+    pub refuse_migrations: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -90,6 +93,7 @@ impl Cluster {
             mesh_counts: (0, 0),
             hold_mesh: false,
             migrations: 0,
+            refuse_migrations: false,
         }
     }
 
@@ -330,6 +334,9 @@ impl Cluster {
                     self.clients[c].closed = true;
                 }
                 self.shards[s].release(conn);
+            }
+            Action::Migrate { conn, .. } if self.refuse_migrations => {
+                self.shards[s].on_migrate_refused(conn, self.now);
             }
             Action::Migrate { conn, to, handoff } => {
                 self.migrations += 1;

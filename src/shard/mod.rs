@@ -29,7 +29,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::config::Config;
-use crate::protocol::{Disconnect, Packet, Properties};
+use crate::protocol::{Disconnect, Packet, Properties, ReasonCode};
 use crate::session::{Message, SessionError, SessionStore, NONE};
 use crate::topic::TopicTrie;
 
@@ -119,6 +119,8 @@ pub enum Action {
     /// Write what is pending, then close the socket and `release(conn)`.
     Close(ConnId),
     /// Hand the socket to shard `to` with `handoff`, then `release(conn)` here.
+    /// When the hand-off cannot be made while the socket is still here, call
+    /// [`Shard::on_migrate_refused`] instead and perform the `Close` it emits.
     Migrate {
         conn: ConnId,
         to: ShardId,
@@ -173,6 +175,9 @@ pub struct ShardStats {
     pub refused_rate: u64,
     /// CONNECTs refused with 0x89 / rc 3: shard memory over `memory_high_water_bytes`.
     pub refused_busy: u64,
+    /// CONNECTs refused with 0x89 / rc 3 by the accepting shard because the hand-off
+    /// to the owner shard was refused (owner's table or the mesh full).
+    pub refused_handoff: u64,
     /// Connections closed for not completing CONNECT within `connect_timeout_ms`.
     pub connect_timeouts: u64,
     /// Connections closed for a packet over `max_packet_size` (0x95).
@@ -367,6 +372,27 @@ impl Shard {
             generation,
         ));
         conn
+    }
+
+    /// The IO side could not hand `conn` to its owner shard (see [`Action::Migrate`]:
+    /// the owner's socket table or the mesh was full) and still holds the socket. Its
+    /// CONNECT is refused like any overload: CONNACK 0x89 Server busy (3.x: return
+    /// code 3 Server unavailable), then `Action::Close`.
+    pub fn on_migrate_refused(&mut self, conn: ConnId, now: Instant) {
+        self.last_now = Some(now);
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if c.state != ConnState::Migrated {
+            return;
+        }
+        // Back to the state a refusal is answered from; the bytes left with the
+        // hand-off and nothing more is read.
+        c.state = ConnState::AwaitConnect;
+        c.rx = BytesMut::new();
+        self.stats.refused_handoff += 1;
+        self.write_control(conn, &connect::connack(ReasonCode::ServerBusy));
+        self.close(conn);
     }
 
     /// Bytes received on `conn`. Copied as needed; the caller may reuse `data`.

@@ -535,8 +535,9 @@ impl<L: EventLoop> Worker<L> {
                         }
                     }
                     Err(errno) => {
-                        // The connection is closed (the source releases it); the client
-                        // reconnects. ENFILE: every table of the target loop is full.
+                        // The socket is still ours (ENFILE: every table of the target
+                        // loop is full): the shard refuses the CONNECT (Server busy)
+                        // and closes; the client reconnects.
                         report.migrations_failed += 1;
                         if report.migrations_failed.is_power_of_two() {
                             tracing::warn!(
@@ -544,8 +545,14 @@ impl<L: EventLoop> Worker<L> {
                                 to,
                                 errno,
                                 failed = report.migrations_failed,
-                                "socket handoff failed: connection closed"
+                                "socket handoff refused: connection refused as busy"
                             );
+                        }
+                        if let Some(conn) = conn_of(by_sock, sock) {
+                            if let Some(Some(c)) = conns.get_mut(conn) {
+                                c.state = State::Open;
+                            }
+                            shard.on_migrate_refused(conn, now);
                         }
                     }
                 }
@@ -613,6 +620,13 @@ impl<L: EventLoop> Worker<L> {
                             c.state = State::Closing;
                             self.io.close(c.sock);
                         }
+                        continue;
+                    }
+                    if self.mesh.is_full(to) {
+                        // The hand-off could not follow the socket: refuse now, while
+                        // the socket is still ours (the shard answers and closes).
+                        self.report.migrations_failed += 1;
+                        self.shard.on_migrate_refused(conn, now);
                         continue;
                     }
                     c.state = State::Migrating;

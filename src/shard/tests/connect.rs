@@ -277,6 +277,67 @@ fn connect_on_non_owner_shard_migrates_with_raw_bytes() {
 }
 
 #[test]
+fn refused_handoff_gets_server_busy_then_close() {
+    // Per version: the exact CONNACK bytes a refused hand-off is answered with.
+    let cases: [(crate::protocol::ProtocolVersion, &[u8]); 3] = [
+        (V5, &[0x20, 0x03, 0x00, 0x89, 0x00]),
+        (V311, &[0x20, 0x02, 0x00, 0x03]),
+        (V31, &[0x20, 0x02, 0x00, 0x03]),
+    ];
+    let mut cl = Cluster::new(4, cfg());
+    cl.refuse_migrations = true;
+    let id = id_on(2, 4, "busy");
+    for (i, (version, wire)) in cases.iter().enumerate() {
+        let opts = ConnectOpts {
+            accept_on: 1,
+            ..Default::default()
+        };
+        let c = cl.connect(*version, &id, opts);
+        assert_eq!(cl.clients[c].raw, *wire, "{version:?}");
+        cl.expect_closed(c);
+        assert_eq!(
+            cl.clients[c].shard, 1,
+            "{version:?} stayed on the accepting shard"
+        );
+        assert_eq!(cl.shards[1].stats().refused_handoff, i as u64 + 1);
+    }
+    assert_eq!(cl.migrations, 0);
+    for s in 0..4 {
+        assert_eq!(cl.shards[s].stats().connections, 0, "shard {s}");
+        assert_eq!(cl.shards[s].stats().sessions, 0, "shard {s}");
+    }
+    // Room again: the same client is handed over and accepted.
+    cl.refuse_migrations = false;
+    let opts = ConnectOpts {
+        accept_on: 1,
+        ..Default::default()
+    };
+    let c = cl.connect_ok(V5, &id, opts, false);
+    assert_eq!((cl.clients[c].shard, cl.migrations), (2, 1));
+}
+
+#[test]
+fn refused_handoff_ignores_bytes_sent_after_connect() {
+    let mut cl = Cluster::new(2, cfg());
+    cl.refuse_migrations = true;
+    let id = id_on(1, 2, "busy");
+    let c = cl.open(0, V311);
+    // CONNECT and a PINGREQ in one read: the PINGREQ left with the hand-off and is
+    // not answered by the refusing shard.
+    let mut wire = bytes::BytesMut::new();
+    crate::protocol::encode_packet(
+        &connect_packet(V311, &id, &ConnectOpts::default()),
+        V311,
+        &mut wire,
+    );
+    wire.extend_from_slice(&[0xC0, 0x00]);
+    cl.send_raw(c, &wire);
+    assert_eq!(cl.clients[c].raw, [0x20, 0x02, 0x00, 0x03]);
+    cl.expect_closed(c);
+    assert_eq!(cl.shards[0].stats().refused_handoff, 1);
+}
+
+#[test]
 fn keepalive_enforced_at_one_and_a_half_times() {
     let mut cl = Cluster::new(1, cfg());
     let c = cl.connect_ok(
