@@ -74,7 +74,12 @@ pub struct Config {
     pub wildcard_subscription_available: bool,
     pub subscription_identifier_available: bool,
     pub shared_subscription_available: bool,
+    /// Retained messages each shard keeps. Every shard holds a replica of the whole
+    /// retained store, so this bounds the node's distinct retained topics.
     pub max_retained_messages: usize,
+    /// Bytes (`Message::cost_bytes`: topic + payload + 64) each shard's retained
+    /// replica may hold; the node holds `shards ×` this at most.
+    pub max_retained_bytes: usize,
     /// Filters that SUBSCRIBE is refused for with 0x80 (interop suites use `test/nosubscribe`).
     pub deny_subscribe: Vec<String>,
 }
@@ -114,6 +119,9 @@ impl Default for Config {
             subscription_identifier_available: true,
             shared_subscription_available: true,
             max_retained_messages: 1_000_000,
+            // A quarter of the default memory mark: retained data alone never pushes
+            // a shard over it.
+            max_retained_bytes: 256 << 20,
             deny_subscribe: Vec::new(),
         }
     }

@@ -86,6 +86,8 @@ pub struct Cli {
     pub shared_subscription_available: Option<String>,
     #[arg(long, value_name = "N", help = with_default("Retained messages kept per shard", d().max_retained_messages))]
     pub max_retained_messages: Option<String>,
+    #[arg(long, value_name = "BYTES", help = with_default("Bytes of retained messages kept per shard (each shard holds a full replica)", d().max_retained_bytes))]
+    pub max_retained_bytes: Option<String>,
     /// Filter refused on SUBSCRIBE with 0x80 (repeatable). Default: none.
     #[arg(long, value_name = "FILTER")]
     pub deny_subscribe: Vec<String>,
@@ -317,6 +319,7 @@ pub const KEYS: &[&str] = &[
     "subscription_identifier_available",
     "shared_subscription_available",
     "max_retained_messages",
+    "max_retained_bytes",
     "deny_subscribe",
 ];
 
@@ -384,6 +387,7 @@ pub fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
         }
         "shared_subscription_available" => cfg.shared_subscription_available = boolean(raw)?,
         "max_retained_messages" => cfg.max_retained_messages = usize_of(int(raw, 0, USIZE)?),
+        "max_retained_bytes" => cfg.max_retained_bytes = usize_of(int(raw, 0, USIZE)?),
         "deny_subscribe" => {
             cfg.deny_subscribe = list(raw).iter().map(text).collect::<Result<Vec<_>, _>>()?;
         }
@@ -433,7 +437,7 @@ impl Cli {
                 Raw::List(self.listen.iter().cloned().map(Raw::Text).collect()),
             ));
         }
-        let singles: [(&'static str, &Option<String>); 29] = [
+        let singles: [(&'static str, &Option<String>); 30] = [
             ("shards", &self.shards),
             ("io", &self.io),
             ("log_level", &self.log_level),
@@ -475,6 +479,7 @@ impl Cli {
                 &self.shared_subscription_available,
             ),
             ("max_retained_messages", &self.max_retained_messages),
+            ("max_retained_bytes", &self.max_retained_bytes),
         ];
         for (key, value) in singles {
             if let Some(s) = value {
@@ -640,6 +645,7 @@ mod tests {
             ("subscription_identifier_available", "false", "false"),
             ("shared_subscription_available", "false", "false"),
             ("max_retained_messages", "7", "7"),
+            ("max_retained_bytes", "7", "7"),
             ("deny_subscribe", "[\"x\"]", "x"),
         ];
         assert_eq!(samples.len(), KEYS.len());

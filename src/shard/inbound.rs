@@ -145,13 +145,27 @@ impl Shard {
             origin_shard: self.id,
             origin_session: session,
         };
-        self.publish(msg, now);
+        let retain_refused = self.publish(msg, now);
         self.drop_slow_consumers(now);
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write_control(conn, &Packet::PubAck(PubResp::new(packet_id))),
-            QoS::ExactlyOnce => self.write_control(conn, &Packet::PubRec(PubResp::new(packet_id))),
+        if qos == QoS::AtMostOnce {
+            return Ok(());
         }
+        let mut resp = PubResp::new(packet_id);
+        // Retained but not stored: MQTT 5 publishers are told (3.x has no code).
+        if retain_refused && self.conns.get(conn).is_some_and(|c| c.version.is_v5()) {
+            resp.code = ReasonCode::QuotaExceeded;
+            if qos == QoS::ExactlyOnce {
+                // A PUBREC of 0x80 or more ends the QoS 2 flow: no PUBREL follows.
+                if let Some(d) = self.sessions.get_mut(session).map(|s| s.delivery()) {
+                    d.awaiting_pubrel.retain(|x| *x != packet_id);
+                }
+            }
+        }
+        let packet = match qos {
+            QoS::AtLeastOnce => Packet::PubAck(resp),
+            _ => Packet::PubRec(resp),
+        };
+        self.write_control(conn, &packet);
         Ok(())
     }
 

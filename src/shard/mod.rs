@@ -153,8 +153,14 @@ pub struct ShardStats {
     pub dropped_expired: u64,
     /// QoS 0 copies for offline sessions not queued (`queue_qos0_offline` off).
     pub dropped_offline_qos0: u64,
-    /// Retained messages refused because the store is at `max_retained_messages`.
+    /// Retained messages not stored because the store is at `max_retained_messages`.
     pub dropped_retained_full: u64,
+    /// Retained messages not stored because they would take the store past
+    /// `max_retained_bytes`.
+    pub dropped_retained_bytes: u64,
+    /// Retained messages (adding or growing one) not stored because the shard was
+    /// over `memory_high_water_bytes`; checked on the publisher's shard only.
+    pub dropped_retained_memory: u64,
     /// Shared-subscription copies whose group vanished on the picked shard.
     pub dropped_no_subscriber: u64,
     /// Bytes of messages waiting in session queues on this shard.

@@ -413,7 +413,10 @@ impl Shard {
 
     /// A message published by a client (or a will) of this shard: retained store,
     /// local delivery, and one `ShardMsg::Publish` per remote shard that needs it.
-    pub(crate) fn publish(&mut self, msg: Message, now: Instant) {
+    ///
+    /// Returns `true` when `msg` is retained but was not stored (memory mark or a
+    /// retained bound): it is still delivered, and not stored on any replica.
+    pub(crate) fn publish(&mut self, msg: Message, now: Instant) -> bool {
         self.stats.messages_in += 1;
         // Only stored/forwarded messages need the Arc; a purely local QoS 0 fan-out
         // does without (see `deliver`).
@@ -421,10 +424,11 @@ impl Shard {
         // Borrowed from here on: rebinding the owned `msg` would copy the whole
         // struct (a `memcpy` call) on every publish.
         let stored;
+        let mut retain_refused = false;
         let msg: &Message = if msg.retain {
             let a = Arc::new(msg.compacted());
             arc = Some(a.clone());
-            self.store_retained(&a);
+            retain_refused = !self.store_retained(&a, true);
             stored = (*a).clone();
             &stored
         } else {
@@ -435,7 +439,7 @@ impl Shard {
         // finds both the plain subscribers and the shared groups to serve.
         if self.shard_count == 1 {
             self.deliver_local(msg, &mut arc, now, true);
-            return;
+            return retain_refused;
         }
 
         // Plan: which shards get a plain copy, which shard serves each shared group.
@@ -460,7 +464,8 @@ impl Shard {
             }
         });
 
-        let store_retained = msg.retain;
+        // Refused here, so refused everywhere: the replicas stay identical.
+        let store_retained = msg.retain && !retain_refused;
         for to in 0..self.shard_count {
             if to == me {
                 continue;
@@ -492,6 +497,7 @@ impl Shard {
         let mut local_shared = local_shared;
         local_shared.clear();
         self.targets.shared[me] = local_shared;
+        retain_refused
     }
 
     /// A publish routed here by another shard.
@@ -504,7 +510,8 @@ impl Shard {
         now: Instant,
     ) {
         if store_retained {
-            self.store_retained(&msg);
+            // The publisher's shard already applied the memory mark.
+            self.store_retained(&msg, false);
         }
         let mut arc = Some(msg.clone());
         if plain {
@@ -654,25 +661,44 @@ impl Shard {
 
     // ---- retained ------------------------------------------------------------
 
-    /// Stores, replaces or (empty payload) deletes a retained message.
-    pub(crate) fn store_retained(&mut self, msg: &Arc<Message>) {
+    /// Stores, replaces or (empty payload) deletes a retained message. Returns
+    /// `false` when it was not stored: it would add a message beyond
+    /// `max_retained_messages`, or add or grow one beyond `max_retained_bytes` or
+    /// (with `check_mark`) while the shard is over `memory_high_water_bytes`.
+    /// Deleting, and replacing with a message no larger, always succeed.
+    pub(crate) fn store_retained(&mut self, msg: &Arc<Message>, check_mark: bool) -> bool {
         if msg.payload.is_empty() {
             self.remove_retained(&msg.topic);
-            return;
+            return true;
+        }
+        let old = self.retained.get(&msg.topic).map(|m| m.cost_bytes());
+        let new = msg.cost_bytes();
+        let grows = old.map_or(true, |old| new > old);
+        if grows {
+            let s = &mut self.stats;
+            if old.is_none() && self.retained.len() >= self.config.max_retained_messages {
+                s.dropped_retained_full += 1;
+                return false;
+            }
+            if s.bytes_retained - old.unwrap_or(0) + new > self.config.max_retained_bytes {
+                s.dropped_retained_bytes += 1;
+                return false;
+            }
+            if check_mark && self.over_memory_mark() {
+                self.stats.dropped_retained_memory += 1;
+                return false;
+            }
         }
         if let Some(v) = self.retained.get_mut(&msg.topic) {
             self.stats.bytes_retained -= v.cost_bytes();
-            self.stats.bytes_retained += msg.cost_bytes();
+            self.stats.bytes_retained += new;
             *v = msg.clone();
-            return;
-        }
-        if self.retained.len() >= self.config.max_retained_messages {
-            self.stats.dropped_retained_full += 1;
-            return;
+            return true;
         }
         self.retained.insert(&msg.topic, msg.clone());
-        self.stats.bytes_retained += msg.cost_bytes();
+        self.stats.bytes_retained += new;
         self.stats.retained = self.retained.len();
+        true
     }
 
     fn remove_retained(&mut self, topic: &[u8]) {

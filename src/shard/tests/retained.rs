@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use super::cfg;
+use crate::config::Config;
 use crate::protocol::{
     Packet, Properties, PublishProperties, QoS, ReasonCode, SubscriptionOptions,
 };
@@ -148,4 +149,190 @@ fn retain_not_available_refuses_retained_publish() {
     cl.publish(p, "r", "v", Q0, true, 0);
     cl.expect(p, disconnect(ReasonCode::RetainNotSupported));
     cl.expect_closed(p);
+}
+
+/// Bytes the server sent `c` since `from` (an earlier `raw.len()`); the decoded
+/// packets are taken out of its inbox.
+fn sent_since(cl: &mut Cluster, c: Cid, from: usize) -> Vec<u8> {
+    cl.clients[c].inbox.clear();
+    cl.clients[c].raw[from..].to_vec()
+}
+
+/// Topic → payload length of every message in shard `s`'s retained replica, sorted.
+fn replica(cl: &Cluster, s: usize) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    cl.shards[s]
+        .retained
+        .for_each(|t, m| out.push((String::from_utf8_lossy(t).into_owned(), m.payload.len())));
+    out.sort();
+    out
+}
+
+#[test]
+fn over_memory_mark_retained_that_adds_or_grows_is_not_stored() {
+    let config = Config {
+        memory_high_water_bytes: 300,
+        ..cfg()
+    };
+    let mut cl = Cluster::new(1, config);
+    let s = cl.connect_ok(V5, "s", ConnectOpts::default(), false);
+    cl.subscribe(s, "r/#", Q1);
+    let p = cl.connect_ok(V5, "p", ConnectOpts::default(), false);
+    // 1 + 300 + 64 = 365 bytes retained: over the mark from here on.
+    let big = "x".repeat(300);
+    cl.publish(p, "r", &big, Q1, true, 10);
+    cl.expect(p, puback(10));
+    cl.expect(s, pubp("r", &big, Q1, false, 1));
+    cl.send(s, puback(1));
+    assert_eq!(cl.shards[0].stats().memory_bytes(), 365);
+
+    // A new retained topic, QoS 1: PUBACK 0x97, still delivered, not stored.
+    let at = cl.clients[p].raw.len();
+    cl.publish(p, "r/new", "v", Q1, true, 1);
+    assert_eq!(sent_since(&mut cl, p, at), [0x40, 0x03, 0x00, 0x01, 0x97]);
+    cl.expect(s, pubp("r/new", "v", Q1, false, 2));
+    cl.send(s, puback(2));
+    // QoS 2: PUBREC 0x97 ends the flow, so a PUBREL finds no packet id.
+    let at = cl.clients[p].raw.len();
+    cl.publish(p, "r/new2", "v", QoS::ExactlyOnce, true, 2);
+    assert_eq!(sent_since(&mut cl, p, at), [0x50, 0x03, 0x00, 0x02, 0x97]);
+    cl.expect(s, pubp("r/new2", "v", Q1, false, 3));
+    cl.send(s, puback(3));
+    let at = cl.clients[p].raw.len();
+    cl.send(p, pubrel(2));
+    assert_eq!(sent_since(&mut cl, p, at), [0x70, 0x03, 0x00, 0x02, 0x92]);
+    // Growing the stored one is refused too.
+    let bigger = "y".repeat(301);
+    let at = cl.clients[p].raw.len();
+    cl.publish(p, "r", &bigger, Q1, true, 3);
+    assert_eq!(sent_since(&mut cl, p, at), [0x40, 0x03, 0x00, 0x03, 0x97]);
+    cl.expect(s, pubp("r", &bigger, Q1, false, 4));
+    cl.send(s, puback(4));
+    let st = cl.shards[0].stats();
+    assert_eq!(
+        (st.retained, st.bytes_retained, st.dropped_retained_memory),
+        (1, 365, 3)
+    );
+    assert_eq!(replica(&cl, 0), [("r".to_string(), 300)]);
+
+    // Replacing with a smaller message works over the mark, and brings it back under.
+    let at = cl.clients[p].raw.len();
+    cl.publish(p, "r", "small", Q1, true, 5);
+    assert_eq!(sent_since(&mut cl, p, at), [0x40, 0x02, 0x00, 0x05]);
+    cl.expect(s, pubp("r", "small", Q1, false, 5));
+    cl.send(s, puback(5));
+    assert_eq!(cl.shards[0].stats().bytes_retained, 1 + 5 + 64);
+    // Under the mark again: new retained topics are stored.
+    cl.publish(p, "r/new", "v", Q1, true, 6);
+    cl.expect(p, puback(6));
+    assert_eq!(
+        replica(&cl, 0),
+        [("r".to_string(), 5), ("r/new".to_string(), 1)]
+    );
+    assert_eq!(cl.shards[0].stats().dropped_retained_memory, 3);
+}
+
+#[test]
+fn over_memory_mark_v311_publisher_is_acknowledged_and_counted() {
+    let config = Config {
+        memory_high_water_bytes: 300,
+        ..cfg()
+    };
+    let mut cl = Cluster::new(1, config);
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    cl.publish(p, "r", &"x".repeat(300), Q1, true, 1);
+    cl.expect(p, puback(1));
+    for (qos, id, wire) in [
+        (Q1, 2u8, [0x40u8, 0x02, 0x00, 0x02]),
+        (QoS::ExactlyOnce, 3, [0x50, 0x02, 0x00, 0x03]),
+    ] {
+        let at = cl.clients[p].raw.len();
+        cl.publish(p, "r/new", "v", qos, true, u16::from(id));
+        assert_eq!(sent_since(&mut cl, p, at), wire);
+    }
+    // 3.x QoS 2 flow goes on as usual: PUBREL 3 completes it.
+    let at = cl.clients[p].raw.len();
+    cl.send(p, pubrel(3));
+    assert_eq!(sent_since(&mut cl, p, at), [0x70, 0x02, 0x00, 0x03]);
+    assert_eq!(cl.shards[0].stats().dropped_retained_memory, 2);
+    assert_eq!(replica(&cl, 0), [("r".to_string(), 300)]);
+}
+
+#[test]
+fn over_memory_mark_retained_delete_still_works() {
+    let config = Config {
+        memory_high_water_bytes: 300,
+        ..cfg()
+    };
+    let mut cl = Cluster::new(1, config);
+    let p = cl.connect_ok(V5, "p", ConnectOpts::default(), false);
+    cl.publish(p, "a", "v", Q0, true, 0);
+    cl.publish(p, "b", &"x".repeat(300), Q0, true, 0);
+    assert!(cl.shards[0].over_memory_mark());
+    let at = cl.clients[p].raw.len();
+    cl.publish(p, "a", "", Q1, true, 1);
+    assert_eq!(sent_since(&mut cl, p, at), [0x40, 0x02, 0x00, 0x01]);
+    assert_eq!(replica(&cl, 0), [("b".to_string(), 300)]);
+    assert_eq!(cl.shards[0].stats().dropped_retained_memory, 0);
+}
+
+#[test]
+fn retained_bytes_bound_refuses_on_every_replica() {
+    // Cost: topic 1 + payload + 64. "a" takes 115 of 150.
+    let config = Config {
+        max_retained_bytes: 150,
+        ..cfg()
+    };
+    let mut cl = Cluster::new(3, config);
+    let p = cl.connect_ok(V5, &id_on(1, 3, "p"), ConnectOpts::default(), false);
+    let s = cl.connect_ok(V311, &id_on(2, 3, "s"), ConnectOpts::default(), false);
+    cl.subscribe(s, "b", Q1);
+    cl.publish(p, "a", &"x".repeat(50), Q1, true, 1);
+    cl.expect(p, puback(1));
+    // 115 + 75 > 150: refused on the publisher's shard, so on no replica.
+    let at = cl.clients[p].raw.len();
+    cl.publish(p, "b", &"y".repeat(10), Q1, true, 2);
+    assert_eq!(sent_since(&mut cl, p, at), [0x40, 0x03, 0x00, 0x02, 0x97]);
+    cl.expect(s, pubp("b", &"y".repeat(10), Q1, false, 1));
+    cl.send(s, puback(1));
+    for sh in 0..3 {
+        let st = cl.shards[sh].stats();
+        assert_eq!((st.retained, st.bytes_retained), (1, 115), "shard {sh}");
+    }
+    let refused: u64 = cl
+        .shards
+        .iter()
+        .map(|s| s.stats().dropped_retained_bytes)
+        .sum();
+    assert_eq!(refused, 1);
+    assert_eq!(cl.shards[1].stats().dropped_retained_bytes, 1);
+    // Shrinking "a" makes room for "b".
+    cl.publish(p, "a", "x", Q1, true, 3);
+    cl.expect(p, puback(3));
+    cl.publish(p, "b", &"y".repeat(10), Q1, true, 4);
+    cl.expect(p, puback(4));
+    for sh in 0..3 {
+        let st = cl.shards[sh].stats();
+        assert_eq!((st.retained, st.bytes_retained), (2, 66 + 75), "shard {sh}");
+    }
+}
+
+#[test]
+fn retained_count_bound_answers_v5_with_quota_exceeded() {
+    let config = Config {
+        max_retained_messages: 1,
+        ..cfg()
+    };
+    let mut cl = Cluster::new(1, config);
+    let p = cl.connect_ok(V5, "p", ConnectOpts::default(), false);
+    cl.publish(p, "a", "v", Q1, true, 1);
+    cl.expect(p, puback(1));
+    let at = cl.clients[p].raw.len();
+    cl.publish(p, "b", "v", Q1, true, 2);
+    assert_eq!(sent_since(&mut cl, p, at), [0x40, 0x03, 0x00, 0x02, 0x97]);
+    // Replacing the stored topic, even with a larger message, is within the bound.
+    cl.publish(p, "a", "longer", Q1, true, 3);
+    cl.expect(p, puback(3));
+    let st = cl.shards[0].stats();
+    assert_eq!((st.retained, st.dropped_retained_full), (1, 1));
 }
