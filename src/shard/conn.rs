@@ -32,6 +32,8 @@ pub(crate) struct Pending {
     pub refusal: Option<Refusal>,
     /// Handed over by the accepting shard, which already applied the limits.
     pub adopted: bool,
+    /// Adopted: when the accepting shard read the CONNECT (`Handoff::connect_at`).
+    pub connect_at: Option<Instant>,
 }
 
 /// MQTT 5 topic aliases of one network connection (they do not survive it).
@@ -59,6 +61,9 @@ pub(crate) struct Conn {
     pub last_seen: Instant,
     pub pending: Option<Box<Pending>>,
     pub aliases: Option<Box<Aliases>>,
+    /// When the node read this connection's CONNECT, in ns since the shard's epoch:
+    /// orders CONNECTs of one client id that reach the owner out of order.
+    pub connect_ns: u64,
     /// Distinguishes reuses of this slab slot for timers.
     pub generation: u32,
     pub session: u32,
@@ -87,8 +92,10 @@ impl Conn {
                 accepted_at,
                 refusal: None,
                 adopted: false,
+                connect_at: None,
             })),
             aliases: None,
+            connect_ns: 0,
             generation,
             session: NONE,
             keepalive_timeout_ms: 0,

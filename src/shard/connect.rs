@@ -151,6 +151,7 @@ impl Shard {
                         peer,
                         rx,
                         accepted_at,
+                        connect_at: now,
                     },
                 });
                 return false;
@@ -272,9 +273,22 @@ impl Shard {
         }
         .min(cfg.max_session_expiry_s);
 
+        // When the node read this CONNECT: a hand-off may arrive after a CONNECT for
+        // the same id that was read later (on this shard, or by a faster hand-off).
+        let read_at = self
+            .conns
+            .get(conn)
+            .and_then(|c| c.pending.as_ref())
+            .and_then(|p| p.connect_at)
+            .unwrap_or(now);
+
         // Existing session: takeover of its connection, clean start, or resume.
         let mut session = self.sessions.find(&client_id);
         if let Some(s) = session {
+            if self.newer_connect_holds(s, read_at) {
+                self.answer_superseded(conn, v5, server_keep_alive);
+                return;
+            }
             self.take_over(s, connect.clean_start, now);
             if connect.clean_start {
                 self.end_session(s, now);
@@ -291,12 +305,14 @@ impl Shard {
             }
         };
 
+        let connect_ns = self.stamp_ns(read_at);
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         c.state = ConnState::Connected;
         c.pending = None;
         c.session = session;
+        c.connect_ns = connect_ns;
         c.version = version;
         c.keepalive_timeout_ms = u32::from(keepalive_s) * 1500;
         if v5 {
@@ -328,25 +344,7 @@ impl Shard {
 
         let mut properties = Properties::default();
         if v5 {
-            properties.receive_maximum = Some(cfg.receive_maximum);
-            properties.maximum_packet_size = Some(cfg.max_packet_size);
-            if cfg.topic_alias_maximum > 0 {
-                properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
-            }
-            // Feature flags are sent only when a feature is off (absent = available).
-            if !cfg.retain_available {
-                properties.retain_available = Some(0);
-            }
-            if !cfg.wildcard_subscription_available {
-                properties.wildcard_subscription_available = Some(0);
-            }
-            if !cfg.subscription_identifier_available {
-                properties.subscription_identifier_available = Some(0);
-            }
-            if !cfg.shared_subscription_available {
-                properties.shared_subscription_available = Some(0);
-            }
-            properties.server_keep_alive_s = server_keep_alive;
+            properties = self.connack_properties(server_keep_alive);
             properties.assigned_client_identifier = assigned;
         }
         let ack = ConnAck {
@@ -360,6 +358,75 @@ impl Shard {
             self.resend_inflight(session, now);
             self.pump(session, now);
         }
+    }
+
+    /// The properties of an accepting MQTT 5 CONNACK.
+    fn connack_properties(&self, server_keep_alive: Option<u16>) -> Properties {
+        let cfg = &self.config;
+        let mut properties = Properties {
+            receive_maximum: Some(cfg.receive_maximum),
+            maximum_packet_size: Some(cfg.max_packet_size),
+            server_keep_alive_s: server_keep_alive,
+            ..Properties::default()
+        };
+        if cfg.topic_alias_maximum > 0 {
+            properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+        }
+        // Feature flags are sent only when a feature is off (absent = available).
+        if !cfg.retain_available {
+            properties.retain_available = Some(0);
+        }
+        if !cfg.wildcard_subscription_available {
+            properties.wildcard_subscription_available = Some(0);
+        }
+        if !cfg.subscription_identifier_available {
+            properties.subscription_identifier_available = Some(0);
+        }
+        if !cfg.shared_subscription_available {
+            properties.shared_subscription_available = Some(0);
+        }
+        properties
+    }
+
+    /// Whether `session` is online through a connection whose CONNECT the node read
+    /// after the one read at `read_at` (which then arrived late, by hand-off).
+    fn newer_connect_holds(&self, session: u32, read_at: Instant) -> bool {
+        let (Some(s), Some(epoch)) = (self.sessions.get(session), self.epoch) else {
+            return false;
+        };
+        if s.conn == NONE {
+            return false;
+        }
+        self.conns
+            .get(s.conn as usize)
+            .is_some_and(|c| epoch + Duration::from_nanos(c.connect_ns) > read_at)
+    }
+
+    /// A CONNECT overtaken by a later one for the same client id: answered as if it
+    /// had connected and been taken over at once (CONNACK, then DISCONNECT 0x8E for
+    /// MQTT 5), then closed. The session and the newer connection are left alone,
+    /// and this CONNECT's will is discarded (it never held the session).
+    fn answer_superseded(&mut self, conn: ConnId, v5: bool, server_keep_alive: Option<u16>) {
+        self.stats.closed_superseded += 1;
+        let properties = if v5 {
+            self.connack_properties(server_keep_alive)
+        } else {
+            Properties::default()
+        };
+        let ack = ConnAck {
+            session_present: false,
+            code: ReasonCode::Success,
+            properties,
+        };
+        self.write_control(conn, &Packet::ConnAck(ack));
+        if v5 {
+            let d = Disconnect {
+                code: ReasonCode::SessionTakenOver,
+                properties: Properties::default(),
+            };
+            self.write_control(conn, &Packet::Disconnect(d));
+        }
+        self.close(conn);
     }
 
     /// A new CONNECT for an existing session: the old connection (if any) gets

@@ -51,6 +51,10 @@ pub(crate) struct Cluster {
     /// While set, hand-offs are refused the way the worker refuses them when the
     /// owner's socket table or the mesh is full (`Shard::on_migrate_refused`).
     pub refuse_migrations: bool,
+    /// While set, hand-offs wait in flight (the source has released the connection,
+    /// the owner has not adopted it yet) until `deliver_migrations`, to test races.
+    pub hold_migrations: bool,
+    in_flight: VecDeque<(Option<Cid>, ShardId, super::Handoff)>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +98,8 @@ impl Cluster {
             hold_mesh: false,
             migrations: 0,
             refuse_migrations: false,
+            hold_migrations: false,
+            in_flight: VecDeque::new(),
         }
     }
 
@@ -248,6 +254,25 @@ impl Cluster {
         }
     }
 
+    /// Hand-offs held in flight (`hold_migrations`), oldest first when `newest_first`
+    /// is false: each is adopted by its owner.
+    pub fn deliver_migrations(&mut self, newest_first: bool) {
+        while let Some((cid, to, handoff)) = if newest_first {
+            self.in_flight.pop_back()
+        } else {
+            self.in_flight.pop_front()
+        } {
+            self.migrations += 1;
+            let new = self.shards[to].adopt(handoff, self.now);
+            if let Some(c) = cid {
+                self.clients[c].shard = to;
+                self.clients[c].conn = new;
+                self.loc.insert((to, new), c);
+            }
+            self.pump();
+        }
+    }
+
     /// Moves virtual time forward and runs due timers.
     pub fn advance(&mut self, d: Duration) {
         self.now += d;
@@ -337,6 +362,11 @@ impl Cluster {
             }
             Action::Migrate { conn, .. } if self.refuse_migrations => {
                 self.shards[s].on_migrate_refused(conn, self.now);
+            }
+            Action::Migrate { conn, to, handoff } if self.hold_migrations => {
+                let cid = self.loc.remove(&(s, conn));
+                self.shards[s].release(conn);
+                self.in_flight.push_back((cid, to, handoff));
             }
             Action::Migrate { conn, to, handoff } => {
                 self.migrations += 1;

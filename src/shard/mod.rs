@@ -71,6 +71,9 @@ pub struct Handoff {
     pub peer: SocketAddr,
     pub rx: BytesMut,
     pub accepted_at: Instant,
+    /// When the accepting shard read the CONNECT: the owner applies CONNECTs of one
+    /// client id in this order, however the hand-offs travel.
+    pub connect_at: Instant,
 }
 
 /// A shared subscription a remote shard must deliver to: one member of `group`
@@ -184,6 +187,9 @@ pub struct ShardStats {
     /// CONNECTs refused with 0x89 / rc 3 by the accepting shard because the hand-off
     /// to the owner shard was refused (owner's table or the mesh full).
     pub refused_handoff: u64,
+    /// CONNECTs that reached the owner (by hand-off) after a later CONNECT for the
+    /// same client id: CONNACK, DISCONNECT 0x8E (MQTT 5), closed.
+    pub closed_superseded: u64,
     /// Connections closed for not completing CONNECT within `connect_timeout_ms`.
     pub connect_timeouts: u64,
     /// Connections closed for a packet over `max_packet_size` (0x95).
@@ -260,6 +266,8 @@ pub struct Shard {
     route_acked: Vec<u64>,
     /// SUBACKs waiting for every shard to apply our route adds.
     pending_subacks: VecDeque<route::PendingSubAck>,
+    /// Origin of `Conn::connect_ns`: when the first connection arrived.
+    epoch: Option<Instant>,
 }
 
 impl Shard {
@@ -312,6 +320,7 @@ impl Shard {
             route_seq: 0,
             route_acked: vec![0; shard_count],
             pending_subacks: VecDeque::new(),
+            epoch: None,
         }
     }
 
@@ -346,6 +355,9 @@ impl Shard {
         let conn = self.new_conn(handoff.peer, handoff.accepted_at, now, true);
         if let Some(c) = self.conns.get_mut(conn) {
             c.rx = handoff.rx;
+            if let Some(p) = c.pending.as_mut() {
+                p.connect_at = Some(handoff.connect_at);
+            }
         }
         self.process_rx(conn, now);
         conn
@@ -359,6 +371,7 @@ impl Shard {
         adopted: bool,
     ) -> ConnId {
         self.last_now = Some(now);
+        self.epoch.get_or_insert(now);
         self.conn_generation = self.conn_generation.wrapping_add(1);
         let generation = self.conn_generation;
         let conn = self
@@ -627,6 +640,13 @@ impl Shard {
             | SessionError::SessionTakenOver
             | SessionError::ServerShuttingDown => {}
         }
+    }
+
+    /// `t` in ns since the shard's epoch (its first connection; earlier times, which
+    /// only a hand-off at start-up can bring, count as the epoch).
+    fn stamp_ns(&mut self, t: Instant) -> u64 {
+        let epoch = *self.epoch.get_or_insert(t);
+        u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// Whether the shard is over `memory_high_water_bytes`.

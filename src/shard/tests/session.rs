@@ -566,3 +566,175 @@ fn stats_track_connections_sessions_subscriptions() {
     let st = cl.shards[0].stats().clone();
     assert_eq!((st.connections, st.sessions, st.subscriptions), (0, 0, 0));
 }
+
+// ---- takeover races across shards --------------------------------------------
+// A client id's CONNECTs can reach its owner shard out of order: one read on a
+// non-owner shard travels as a hand-off while a later one is read on the owner (or
+// travels faster). The owner must apply them in the order the node read them.
+
+fn persistent() -> ConnectOpts {
+    ConnectOpts {
+        clean: false,
+        properties: expiry(600),
+        ..Default::default()
+    }
+}
+
+/// Open clients (CONNACKed, not closed) whose connection is `id`'s session's.
+fn live_with_id(cl: &Cluster, owner: usize, id: &str) -> usize {
+    let shard = &cl.shards[owner];
+    let Some(s) = shard.sessions.find(id.as_bytes()) else {
+        return 0;
+    };
+    let conn = shard
+        .sessions
+        .get(s)
+        .map_or(crate::session::NONE, |s| s.conn);
+    cl.clients
+        .iter()
+        .filter(|c| !c.closed && !c.dropped && c.shard == owner && c.conn as u32 == conn)
+        .count()
+}
+
+#[test]
+fn stale_handoff_does_not_take_over_a_newer_connection() {
+    let mut cl = Cluster::new(3, cfg());
+    let id = id_on(2, 3, "race");
+    // CONNECT 1 (clean start) is read on shard 0; its hand-off is slow.
+    cl.hold_migrations = true;
+    let stale = cl.connect(
+        V311,
+        &id,
+        ConnectOpts {
+            accept_on: 0,
+            ..Default::default()
+        },
+    );
+    assert_eq!(cl.clients[stale].raw, [0u8; 0]);
+    // CONNECT 2 (resume) is read later, on the owner itself, and subscribes.
+    cl.advance(Duration::from_millis(5));
+    let live = cl.connect(
+        V5,
+        &id,
+        ConnectOpts {
+            accept_on: 2,
+            ..persistent()
+        },
+    );
+    assert!(matches!(cl.next(live), Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success));
+    cl.subscribe(live, "t", Q1);
+    // The stale hand-off lands: it is answered as a connection taken over at once
+    // (CONNACK, then closed) and leaves the live connection and its session alone.
+    cl.hold_migrations = false;
+    cl.deliver_migrations(false);
+    assert_eq!(cl.clients[stale].raw, [0x20, 0x02, 0x00, 0x00]);
+    cl.expect_closed(stale);
+    cl.expect_nothing(live);
+    cl.expect_open(live);
+    assert_eq!(live_with_id(&cl, 2, &id), 1);
+    let p = cl.connect_ok(V5, &id_on(1, 3, "p"), ConnectOpts::default(), false);
+    cl.publish(p, "t", "x", Q1, false, 1);
+    cl.expect(live, pubp("t", "x", Q1, false, 1));
+    assert_eq!(cl.shards[2].stats().sessions, 1);
+    assert_eq!(cl.shards[2].stats().closed_superseded, 1);
+}
+
+#[test]
+fn stale_v5_handoff_gets_connack_then_session_taken_over() {
+    let mut cl = Cluster::new(3, cfg());
+    let id = id_on(2, 3, "race5");
+    let config = cfg();
+    cl.hold_migrations = true;
+    let stale = cl.connect(
+        V5,
+        &id,
+        ConnectOpts {
+            accept_on: 1,
+            ..persistent()
+        },
+    );
+    cl.advance(Duration::from_millis(5));
+    let live = cl.connect_ok(
+        V5,
+        &id,
+        ConnectOpts {
+            accept_on: 2,
+            ..persistent()
+        },
+        false,
+    );
+    cl.deliver_migrations(false);
+    cl.expect(
+        stale,
+        connack(false, ReasonCode::Success, v5_connack_props(&config)),
+    );
+    cl.expect(stale, disc(ReasonCode::SessionTakenOver));
+    cl.expect_nothing(stale);
+    cl.expect_closed(stale);
+    cl.expect_nothing(live);
+    cl.expect_open(live);
+    assert_eq!(live_with_id(&cl, 2, &id), 1);
+}
+
+#[test]
+fn handoffs_delivered_out_of_order_keep_the_later_connect() {
+    for newest_first in [false, true] {
+        let mut cl = Cluster::new(3, cfg());
+        let id = id_on(2, 3, "race2");
+        cl.hold_migrations = true;
+        let first = cl.connect(
+            V311,
+            &id,
+            ConnectOpts {
+                accept_on: 0,
+                ..persistent()
+            },
+        );
+        cl.advance(Duration::from_millis(5));
+        let second = cl.connect(
+            V311,
+            &id,
+            ConnectOpts {
+                accept_on: 1,
+                ..persistent()
+            },
+        );
+        cl.deliver_migrations(newest_first);
+        // Whatever the arrival order, the later CONNECT holds the session.
+        cl.expect_closed(first);
+        cl.expect_open(second);
+        assert!(
+            matches!(cl.next(second), Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success),
+            "newest_first {newest_first}"
+        );
+        cl.expect_nothing(second);
+        assert_eq!(live_with_id(&cl, 2, &id), 1, "newest_first {newest_first}");
+        assert_eq!(cl.shards[2].stats().connections, 1);
+        assert_eq!(cl.shards[2].stats().sessions, 1);
+    }
+}
+
+#[test]
+fn handoff_in_flight_while_the_session_is_online_elsewhere_takes_it_over() {
+    // Not a race: a newer CONNECT arriving by hand-off takes over as usual.
+    let mut cl = Cluster::new(3, cfg());
+    let id = id_on(2, 3, "race3");
+    let old = cl.connect_ok(V5, &id, persistent(), false);
+    cl.subscribe(old, "t", Q1);
+    cl.hold_migrations = true;
+    cl.advance(Duration::from_millis(5));
+    let new = cl.connect(
+        V5,
+        &id,
+        ConnectOpts {
+            accept_on: 1,
+            ..persistent()
+        },
+    );
+    cl.expect_open(old);
+    cl.deliver_migrations(false);
+    cl.expect(old, disc(ReasonCode::SessionTakenOver));
+    cl.expect_closed(old);
+    assert!(matches!(cl.next(new), Some(Packet::ConnAck(a)) if a.session_present));
+    assert_eq!(live_with_id(&cl, 2, &id), 1);
+}
