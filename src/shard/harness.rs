@@ -1,9 +1,10 @@
 //! In-memory test harness: a `Cluster` of shards with a virtual clock, an
 //! in-memory mesh, and test clients that speak real MQTT bytes through the codec.
-//! Does what the worker does: routes `Send`, performs `Migrate` (`adopt` on the
-//! target, `release` on the source), drains `take_tx` on `Flush`/`Close`.
+//! Does what the worker does: routes `Send`, performs `Migrate` (through the
+//! `Wiring` shared with the fuzz driver: adopt, refuse or hold in flight), drains
+//! `take_tx` on `Flush`/`Close`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
+use super::wiring::{Moved, Wiring};
 use super::{Action, ConnId, Shard, ShardId, ShardMsg};
 use crate::config::Config;
 use crate::protocol::{
@@ -41,20 +43,13 @@ pub(crate) struct Cluster {
     pub shards: Vec<Shard>,
     pub now: Instant,
     pub clients: Vec<Client>,
-    loc: HashMap<(ShardId, ConnId), Cid>,
+    /// Which client each connection id is, hand-offs (refused, held, adopted).
+    pub wiring: Wiring,
     mesh: VecDeque<(ShardId, ShardId, ShardMsg)>,
     /// Shard messages carried so far, by kind: (publish, route).
     pub mesh_counts: (usize, usize),
     /// While set, `pump` leaves shard-to-shard messages in flight (to test races).
     pub hold_mesh: bool,
-    pub migrations: usize,
-    /// While set, hand-offs are refused the way the worker refuses them when the
-    /// owner's socket table or the mesh is full (`Shard::on_migrate_refused`).
-    pub refuse_migrations: bool,
-    /// While set, hand-offs wait in flight (the source has released the connection,
-    /// the owner has not adopted it yet) until `deliver_migrations`, to test races.
-    pub hold_migrations: bool,
-    in_flight: VecDeque<(Option<Cid>, ShardId, super::Handoff)>,
 }
 
 #[derive(Clone, Debug)]
@@ -92,14 +87,10 @@ impl Cluster {
                 .collect(),
             now: Instant::now(),
             clients: Vec::new(),
-            loc: HashMap::new(),
+            wiring: Wiring::default(),
             mesh: VecDeque::new(),
             mesh_counts: (0, 0),
             hold_mesh: false,
-            migrations: 0,
-            refuse_migrations: false,
-            hold_migrations: false,
-            in_flight: VecDeque::new(),
         }
     }
 
@@ -119,7 +110,7 @@ impl Cluster {
             dropped: false,
             stalled: false,
         });
-        self.loc.insert((shard, conn), cid);
+        self.wiring.bind(shard, conn, cid);
         self.pump();
         cid
     }
@@ -254,23 +245,21 @@ impl Cluster {
         }
     }
 
-    /// Hand-offs held in flight (`hold_migrations`), oldest first when `newest_first`
-    /// is false: each is adopted by its owner.
+    /// Hand-offs held in flight (`wiring.hold_migrations`), oldest first unless
+    /// `newest_first`: each is adopted by its owner.
     pub fn deliver_migrations(&mut self, newest_first: bool) {
-        while let Some((cid, to, handoff)) = if newest_first {
-            self.in_flight.pop_back()
-        } else {
-            self.in_flight.pop_front()
-        } {
-            self.migrations += 1;
-            let new = self.shards[to].adopt(handoff, self.now);
-            if let Some(c) = cid {
-                self.clients[c].shard = to;
-                self.clients[c].conn = new;
-                self.loc.insert((to, new), c);
-            }
+        while let Some(m) = self
+            .wiring
+            .adopt_held(&mut self.shards, newest_first, self.now)
+        {
+            self.moved(m);
             self.pump();
         }
+    }
+
+    fn moved(&mut self, m: Moved) {
+        self.clients[m.peer].shard = m.shard;
+        self.clients[m.peer].conn = m.conn;
     }
 
     /// Moves virtual time forward and runs due timers.
@@ -294,8 +283,7 @@ impl Cluster {
         let (s, conn, closed) = (cl.shard, cl.conn, cl.closed);
         if !closed {
             self.shards[s].on_closed(conn, self.now);
-            self.shards[s].release(conn);
-            self.loc.remove(&(s, conn));
+            self.wiring.release(&mut self.shards, s, conn);
         }
         self.pump();
     }
@@ -341,9 +329,9 @@ impl Cluster {
         match a {
             Action::Flush(conn) => {
                 if self
-                    .loc
-                    .get(&(s, conn))
-                    .is_some_and(|c| self.clients[*c].stalled)
+                    .wiring
+                    .peer(s, conn)
+                    .is_some_and(|c| self.clients[c].stalled)
                 {
                     return;
                 }
@@ -355,28 +343,17 @@ impl Cluster {
                 while let Some(b) = self.shards[s].take_tx(conn) {
                     self.receive(s, conn, &b);
                 }
-                if let Some(c) = self.loc.remove(&(s, conn)) {
+                if let Some(c) = self.wiring.release(&mut self.shards, s, conn) {
                     self.clients[c].closed = true;
                 }
-                self.shards[s].release(conn);
-            }
-            Action::Migrate { conn, .. } if self.refuse_migrations => {
-                self.shards[s].on_migrate_refused(conn, self.now);
-            }
-            Action::Migrate { conn, to, handoff } if self.hold_migrations => {
-                let cid = self.loc.remove(&(s, conn));
-                self.shards[s].release(conn);
-                self.in_flight.push_back((cid, to, handoff));
             }
             Action::Migrate { conn, to, handoff } => {
-                self.migrations += 1;
-                let cid = self.loc.remove(&(s, conn));
-                let new = self.shards[to].adopt(handoff, self.now);
-                self.shards[s].release(conn);
-                if let Some(c) = cid {
-                    self.clients[c].shard = to;
-                    self.clients[c].conn = new;
-                    self.loc.insert((to, new), c);
+                let now = self.now;
+                if let Some(m) = self
+                    .wiring
+                    .migrate(&mut self.shards, s, conn, to, handoff, now)
+                {
+                    self.moved(m);
                 }
             }
             Action::Send { to, msg } => {
@@ -387,7 +364,7 @@ impl Cluster {
     }
 
     fn receive(&mut self, s: ShardId, conn: ConnId, bytes: &[u8]) {
-        let Some(&c) = self.loc.get(&(s, conn)) else {
+        let Some(c) = self.wiring.peer(s, conn) else {
             return;
         };
         let cl = &mut self.clients[c];

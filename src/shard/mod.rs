@@ -18,6 +18,8 @@ pub(crate) mod harness;
 pub mod testkit;
 #[cfg(test)]
 mod tests;
+#[cfg(any(test, feature = "testkit"))]
+mod wiring;
 
 use std::collections::{BinaryHeap, VecDeque};
 use std::net::SocketAddr;

@@ -5,12 +5,13 @@
 //!
 //! [`fuzz_connection`] drives a 2-shard set of [`Shard`]s the way the worker
 //! does, but lets the input choose every step — accept, bytes in, peer close,
-//! time, socket writability, mesh delivery — and checks invariants as it goes:
+//! time, socket writability, mesh delivery, refused and delayed hand-offs (through
+//! the `Wiring` shared with the test harness) — and checks invariants as it goes:
 //! no panic, unread output bounded (on every take), byte gauges and counts exact
 //! (every 8th step and at the end), server output decodable, no `ConnId` handed
 //! out twice before its release.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use smallvec::smallvec;
 
+use super::wiring::{Moved, Wiring};
 use super::{Action, ConnId, Shard, ShardId, ShardMsg};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::protocol::{
@@ -88,7 +90,12 @@ pub mod op {
     pub const PACKET: u8 = 6;
     /// Every socket is writable once.
     pub const TAKE_ALL: u8 = 7;
-    pub const OPS: u8 = 8;
+    /// `mode`: from now on hand-offs are refused (bit 0: owner's table or mesh
+    /// full) or held in flight (bit 1) until `ADOPT`; neither: adopted at once.
+    pub const HANDOFFS: u8 = 8;
+    /// `newest`: one held hand-off (the newest if bit 0, else the oldest) arrives.
+    pub const ADOPT: u8 = 9;
+    pub const OPS: u8 = 10;
 }
 
 const SHARDS: usize = 2;
@@ -132,7 +139,7 @@ pub fn fuzz_config(flags: u8) -> Config {
 struct Peer {
     shard: ShardId,
     conn: ConnId,
-    /// Not yet released: operations may still name it.
+    /// Not released and not in flight between shards: operations may name it.
     open: bool,
     /// Server output not yet decoded (a packet may straddle two takes).
     undecoded: BytesMut,
@@ -143,8 +150,7 @@ pub struct Driver {
     pub shards: Vec<Shard>,
     now: Instant,
     peers: Vec<Peer>,
-    /// Ids handed out by `accept`/`adopt` and not yet released → their peer.
-    live: HashMap<(ShardId, ConnId), usize>,
+    wiring: Wiring,
     mesh: VecDeque<(ShardId, ShardId, ShardMsg)>,
     max_tx: usize,
 }
@@ -164,7 +170,7 @@ impl Driver {
                 .collect(),
             now: Instant::now(),
             peers: Vec::new(),
-            live: HashMap::new(),
+            wiring: Wiring::default(),
             mesh: VecDeque::new(),
             max_tx,
         }
@@ -182,10 +188,7 @@ impl Driver {
         let peer = SocketAddr::from(([127, 0, 0, 1 + ip % 3], 40000));
         let conn = self.shards[shard].accept(peer, self.now);
         let p = self.peers.len();
-        assert!(
-            self.live.insert((shard, conn), p).is_none(),
-            "conn id {conn} on shard {shard} reused before release"
-        );
+        self.wiring.bind(shard, conn, p);
         self.peers.push(Peer {
             shard,
             conn,
@@ -208,9 +211,31 @@ impl Driver {
 
     fn release(&mut self, p: usize) {
         let (s, c) = (self.peers[p].shard, self.peers[p].conn);
-        self.shards[s].release(c);
+        self.wiring.release(&mut self.shards, s, c);
         self.peers[p].open = false;
-        self.live.remove(&(s, c));
+    }
+
+    /// How hand-offs go from now on (see [`op::HANDOFFS`]).
+    pub fn handoffs(&mut self, mode: u8) {
+        self.wiring.refuse_migrations = mode & 1 != 0;
+        self.wiring.hold_migrations = mode & 2 != 0;
+    }
+
+    /// One held hand-off arrives at its owner.
+    pub fn adopt_held(&mut self, newest_first: bool) {
+        if let Some(m) = self
+            .wiring
+            .adopt_held(&mut self.shards, newest_first, self.now)
+        {
+            self.moved(m);
+        }
+    }
+
+    fn moved(&mut self, m: Moved) {
+        let p = &mut self.peers[m.peer];
+        p.shard = m.shard;
+        p.conn = m.conn;
+        p.open = true;
     }
 
     pub fn advance(&mut self, t: u8) {
@@ -297,15 +322,18 @@ impl Driver {
                 let p = self
                     .find(s, conn)
                     .unwrap_or_else(|| panic!("Migrate of unknown conn {conn} on shard {s}"));
-                let new = self.shards[to].adopt(handoff, self.now);
-                assert!(
-                    self.live.insert((to, new), p).is_none(),
-                    "conn id {new} on shard {to} reused before release"
-                );
-                self.shards[s].release(conn);
-                self.live.remove(&(s, conn));
-                self.peers[p].shard = to;
-                self.peers[p].conn = new;
+                // Held: in flight, nothing may name it until it is adopted.
+                self.peers[p].open = false;
+                let now = self.now;
+                match self
+                    .wiring
+                    .migrate(&mut self.shards, s, conn, to, handoff, now)
+                {
+                    Some(m) => self.moved(m),
+                    // Refused: still here, answered, and a `Close` follows.
+                    None if self.wiring.peer(s, conn) == Some(p) => self.peers[p].open = true,
+                    None => {}
+                }
             }
             Action::Send { to, msg } => {
                 assert!(to < SHARDS && to != s, "send from {s} to {to}");
@@ -315,7 +343,7 @@ impl Driver {
     }
 
     fn find(&self, s: ShardId, conn: ConnId) -> Option<usize> {
-        self.live.get(&(s, conn)).copied()
+        self.wiring.peer(s, conn)
     }
 
     /// Bounds and bookkeeping that must hold between any two operations.
@@ -356,17 +384,21 @@ impl Driver {
                 st.bytes_retained, retained,
                 "bytes_retained gauge on shard {i}"
             );
-            let live = self.live.keys().filter(|(s, _)| *s == i).count();
+            let live = self.wiring.live_on(i);
             assert_eq!(st.connections, live, "connections gauge on shard {i}");
         }
     }
 
     /// End of input: everything in flight is delivered and every socket drained.
     pub fn finish(&mut self) {
+        self.handoffs(0);
         for _ in 0..10_000 {
             self.settle();
-            if self.mesh.is_empty() {
+            if self.mesh.is_empty() && self.wiring.in_flight() == 0 {
                 break;
+            }
+            while self.wiring.in_flight() > 0 {
+                self.adopt_held(false);
             }
             while !self.mesh.is_empty() {
                 self.deliver_one();
@@ -524,6 +556,14 @@ pub fn run_connection(data: &[u8]) -> Option<Driver> {
                 }
             }
             op::MESH => d.deliver_one(),
+            op::HANDOFFS => {
+                let Some(mode) = next() else { break };
+                d.handoffs(mode);
+            }
+            op::ADOPT => {
+                let Some(newest) = next() else { break };
+                d.adopt_held(newest & 1 != 0);
+            }
             op::PACKET => {
                 let (Some(p), Some(kind), Some(arg)) = (next(), next(), next()) else {
                     break;
@@ -599,6 +639,14 @@ impl Script {
     }
     pub fn mesh(mut self) -> Script {
         self.0.push(op::MESH);
+        self
+    }
+    pub fn handoffs(mut self, mode: u8) -> Script {
+        self.0.extend_from_slice(&[op::HANDOFFS, mode]);
+        self
+    }
+    pub fn adopt(mut self, newest: u8) -> Script {
+        self.0.extend_from_slice(&[op::ADOPT, newest]);
         self
     }
     pub fn bytes(self) -> Vec<u8> {
@@ -769,6 +817,30 @@ pub fn connection_seeds() -> Vec<(String, Vec<u8>)> {
         pings = pings.read(0, &flood);
     }
     let pings = pings.bytes();
+    // One client id connecting on both shards twice while hand-offs are slow; they
+    // arrive newest first (the older one is superseded); then hand-offs are refused.
+    let v5_a = 0x80; // MQTT 5, client id "a", session kept
+    let v5_b = 0x80 | 1 << 2;
+    let races = Script::new(0)
+        .handoffs(2)
+        .accept(0, 0)
+        .packet(0, 0, v5_a)
+        .accept(1, 1)
+        .packet(1, 0, v5_a)
+        .advance(1)
+        .accept(0, 2)
+        .packet(2, 0, v5_a)
+        .accept(1, 0)
+        .packet(3, 0, v5_a)
+        .adopt(1)
+        .adopt(0)
+        .handoffs(1)
+        .accept(0, 1)
+        .packet(4, 0, v5_b)
+        .accept(1, 2)
+        .packet(5, 0, v5_b)
+        .take_all()
+        .bytes();
     vec![
         ("v311-qos-flows".to_string(), v311_qos),
         ("v5-props-will".to_string(), v5),
@@ -776,6 +848,7 @@ pub fn connection_seeds() -> Vec<(String, Vec<u8>)> {
         ("half-open-slowloris".to_string(), slow),
         ("over-limits".to_string(), crowd),
         ("pingreq-flood".to_string(), pings),
+        ("handoff-races".to_string(), races),
     ]
 }
 
@@ -850,6 +923,8 @@ mod tests {
                 sum.refused_max_connections += st.refused_max_connections;
                 sum.messages_in += st.messages_in;
                 sum.messages_out += st.messages_out;
+                sum.closed_superseded += st.closed_superseded;
+                sum.refused_handoff += st.refused_handoff;
             }
             sum
         };
@@ -858,6 +933,8 @@ mod tests {
         assert_eq!((s.messages_in, s.closed_slow_consumer), (40, 1));
         assert!(s.dropped_queue_full >= 1);
         assert_eq!(stats("half-open-slowloris").connect_timeouts, 3);
+        let s = stats("handoff-races");
+        assert_eq!((s.closed_superseded, s.refused_handoff), (1, 1));
         let s = stats("over-limits");
         assert!(s.refused_rate + s.refused_per_ip + s.refused_max_connections > 0);
     }
@@ -901,7 +978,7 @@ mod tests {
         }
         assert_eq!(total(&d, |s| s.refused_per_ip), 2);
         assert_eq!(total(&d, |s| s.refused_max_connections), 2);
-        assert_eq!(d.live.len(), 12);
+        assert_eq!(d.wiring.live(), 12);
         d.finish();
 
         // CONNECT rate 4/s per shard, bursts of one second.
@@ -917,7 +994,7 @@ mod tests {
         d.accept(0, 2);
         connect(&mut d, 7);
         assert_eq!(total(&d, |s| s.refused_rate), 3);
-        assert_eq!(d.live.len(), 5);
+        assert_eq!(d.wiring.live(), 5);
         d.finish();
     }
 }

@@ -84,7 +84,7 @@ fn v5_empty_id_is_assigned_one_owned_by_the_accepting_shard() {
         Packet::ConnAck(ack),
         connack(false, ReasonCode::Success, props)
     );
-    assert_eq!(cl.migrations, 0);
+    assert_eq!(cl.wiring.migrations, 0);
     assert_eq!(cl.clients[c].shard, 2);
     // Even without clean start, MQTT 5 gets an id assigned.
     let d = cl.connect(
@@ -262,7 +262,7 @@ fn connect_on_non_owner_shard_migrates_with_raw_bytes() {
             ..Default::default()
         },
     );
-    assert_eq!(cl.migrations, 1);
+    assert_eq!(cl.wiring.migrations, 1);
     assert_eq!(cl.clients[c].shard, 2);
     cl.expect(
         c,
@@ -285,7 +285,7 @@ fn refused_handoff_gets_server_busy_then_close() {
         (V31, &[0x20, 0x02, 0x00, 0x03]),
     ];
     let mut cl = Cluster::new(4, cfg());
-    cl.refuse_migrations = true;
+    cl.wiring.refuse_migrations = true;
     let id = id_on(2, 4, "busy");
     for (i, (version, wire)) in cases.iter().enumerate() {
         let opts = ConnectOpts {
@@ -301,25 +301,25 @@ fn refused_handoff_gets_server_busy_then_close() {
         );
         assert_eq!(cl.shards[1].stats().refused_handoff, i as u64 + 1);
     }
-    assert_eq!(cl.migrations, 0);
+    assert_eq!(cl.wiring.migrations, 0);
     for s in 0..4 {
         assert_eq!(cl.shards[s].stats().connections, 0, "shard {s}");
         assert_eq!(cl.shards[s].stats().sessions, 0, "shard {s}");
     }
     // Room again: the same client is handed over and accepted.
-    cl.refuse_migrations = false;
+    cl.wiring.refuse_migrations = false;
     let opts = ConnectOpts {
         accept_on: 1,
         ..Default::default()
     };
     let c = cl.connect_ok(V5, &id, opts, false);
-    assert_eq!((cl.clients[c].shard, cl.migrations), (2, 1));
+    assert_eq!((cl.clients[c].shard, cl.wiring.migrations), (2, 1));
 }
 
 #[test]
 fn refused_handoff_ignores_bytes_sent_after_connect() {
     let mut cl = Cluster::new(2, cfg());
-    cl.refuse_migrations = true;
+    cl.wiring.refuse_migrations = true;
     let id = id_on(1, 2, "busy");
     let c = cl.open(0, V311);
     // CONNECT and a PINGREQ in one read: the PINGREQ left with the hand-off and is

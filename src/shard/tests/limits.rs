@@ -174,7 +174,7 @@ fn rate_is_charged_once_for_a_migrating_connection() {
     // Accepted on shard 0, owned by shard 1: only shard 0's token is used.
     let id = id_on(1, 2, "m");
     cl.connect_ok(V5, &id, ConnectOpts::default(), false);
-    assert_eq!(cl.migrations, 1);
+    assert_eq!(cl.wiring.migrations, 1);
     let opts = ConnectOpts {
         accept_on: 1,
         ..ConnectOpts::default()

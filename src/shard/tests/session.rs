@@ -601,7 +601,7 @@ fn stale_handoff_does_not_take_over_a_newer_connection() {
     let mut cl = Cluster::new(3, cfg());
     let id = id_on(2, 3, "race");
     // CONNECT 1 (clean start) is read on shard 0; its hand-off is slow.
-    cl.hold_migrations = true;
+    cl.wiring.hold_migrations = true;
     let stale = cl.connect(
         V311,
         &id,
@@ -625,7 +625,7 @@ fn stale_handoff_does_not_take_over_a_newer_connection() {
     cl.subscribe(live, "t", Q1);
     // The stale hand-off lands: it is answered as a connection taken over at once
     // (CONNACK, then closed) and leaves the live connection and its session alone.
-    cl.hold_migrations = false;
+    cl.wiring.hold_migrations = false;
     cl.deliver_migrations(false);
     assert_eq!(cl.clients[stale].raw, [0x20, 0x02, 0x00, 0x00]);
     cl.expect_closed(stale);
@@ -644,7 +644,7 @@ fn stale_v5_handoff_gets_connack_then_session_taken_over() {
     let mut cl = Cluster::new(3, cfg());
     let id = id_on(2, 3, "race5");
     let config = cfg();
-    cl.hold_migrations = true;
+    cl.wiring.hold_migrations = true;
     let stale = cl.connect(
         V5,
         &id,
@@ -681,7 +681,7 @@ fn handoffs_delivered_out_of_order_keep_the_later_connect() {
     for newest_first in [false, true] {
         let mut cl = Cluster::new(3, cfg());
         let id = id_on(2, 3, "race2");
-        cl.hold_migrations = true;
+        cl.wiring.hold_migrations = true;
         let first = cl.connect(
             V311,
             &id,
@@ -721,7 +721,7 @@ fn handoff_in_flight_while_the_session_is_online_elsewhere_takes_it_over() {
     let id = id_on(2, 3, "race3");
     let old = cl.connect_ok(V5, &id, persistent(), false);
     cl.subscribe(old, "t", Q1);
-    cl.hold_migrations = true;
+    cl.wiring.hold_migrations = true;
     cl.advance(Duration::from_millis(5));
     let new = cl.connect(
         V5,
