@@ -399,7 +399,7 @@ impl Shard {
         }
         self.conns
             .get(s.conn as usize)
-            .is_some_and(|c| epoch + Duration::from_nanos(c.connect_ns) > read_at)
+            .is_some_and(|c| c.connect_ns > super::ns_since(epoch, read_at))
     }
 
     /// A CONNECT overtaken by a later one for the same client id: answered as if it

@@ -644,11 +644,12 @@ impl Shard {
         }
     }
 
-    /// `t` in ns since the shard's epoch (its first connection; earlier times, which
-    /// only a hand-off at start-up can bring, count as the epoch).
-    fn stamp_ns(&mut self, t: Instant) -> u64 {
+    /// `t` in ns since the shard's epoch (its first connection). Signed: a hand-off
+    /// can carry a CONNECT read before the owner saw any connection, and clamping
+    /// those to the epoch would lose their order.
+    fn stamp_ns(&mut self, t: Instant) -> i64 {
         let epoch = *self.epoch.get_or_insert(t);
-        u64::try_from(t.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+        ns_since(epoch, t)
     }
 
     /// Whether the shard is over `memory_high_water_bytes`.
@@ -670,6 +671,14 @@ impl Shard {
         c.rx = BytesMut::new();
         c.pending = None;
         self.actions.push_back(Action::Close(conn));
+    }
+}
+
+/// `t - epoch` in ns, negative when `t` is earlier (saturating at ±292 years).
+pub(crate) fn ns_since(epoch: Instant, t: Instant) -> i64 {
+    match t.checked_duration_since(epoch) {
+        Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        None => i64::try_from(epoch.duration_since(t).as_nanos()).map_or(i64::MIN, |n| -n),
     }
 }
 

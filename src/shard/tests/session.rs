@@ -738,3 +738,45 @@ fn handoff_in_flight_while_the_session_is_online_elsewhere_takes_it_over() {
     assert!(matches!(cl.next(new), Some(Packet::ConnAck(a)) if a.session_present));
     assert_eq!(live_with_id(&cl, 2, &id), 1);
 }
+
+#[test]
+fn handoffs_read_before_the_owners_first_connection_keep_their_order() {
+    // The owner shard sees its first connection only when the hand-offs land, after
+    // both CONNECTs were read: their read times precede anything it has stamped.
+    for newest_first in [false, true] {
+        let mut cl = Cluster::new(3, cfg());
+        let id = id_on(2, 3, "early");
+        cl.wiring.hold_migrations = true;
+        let first = cl.connect(
+            V311,
+            &id,
+            ConnectOpts {
+                accept_on: 0,
+                ..persistent()
+            },
+        );
+        cl.advance(Duration::from_millis(5));
+        let second = cl.connect(
+            V311,
+            &id,
+            ConnectOpts {
+                accept_on: 1,
+                ..persistent()
+            },
+        );
+        cl.advance(Duration::from_millis(5));
+        cl.deliver_migrations(newest_first);
+        cl.expect_closed(first);
+        cl.expect_open(second);
+        assert!(
+            matches!(cl.next(second), Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success),
+            "newest_first {newest_first}"
+        );
+        cl.expect_nothing(second);
+        assert_eq!(live_with_id(&cl, 2, &id), 1, "newest_first {newest_first}");
+        assert_eq!(
+            cl.shards[2].stats().closed_superseded,
+            u64::from(newest_first)
+        );
+    }
+}
