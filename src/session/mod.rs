@@ -317,6 +317,10 @@ pub struct Session {
     /// a per-message map).
     pub match_gen: u32,
     pub match_idx: u32,
+    /// When the node read the CONNECT that last took this session (ns from the
+    /// shard's epoch; `i64::MIN`: none yet). A CONNECT read earlier that reaches the
+    /// owner late, by hand-off, must not take the session, online or offline.
+    pub connect_ns: i64,
 }
 
 impl Session {
@@ -333,6 +337,7 @@ impl Session {
             will_at: None,
             match_gen: 0,
             match_idx: 0,
+            connect_ns: i64::MIN,
         }
     }
 

@@ -61,10 +61,6 @@ pub(crate) struct Conn {
     pub last_seen: Instant,
     pub pending: Option<Box<Pending>>,
     pub aliases: Option<Box<Aliases>>,
-    /// When the node read this connection's CONNECT, in ns since the shard's epoch
-    /// (negative: before it): orders CONNECTs of one client id that reach the owner
-    /// out of order.
-    pub connect_ns: i64,
     /// Distinguishes reuses of this slab slot for timers.
     pub generation: u32,
     pub session: u32,
@@ -96,7 +92,6 @@ impl Conn {
                 connect_at: None,
             })),
             aliases: None,
-            connect_ns: 0,
             generation,
             session: NONE,
             keepalive_timeout_ms: 0,

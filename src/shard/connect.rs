@@ -312,7 +312,6 @@ impl Shard {
         c.state = ConnState::Connected;
         c.pending = None;
         c.session = session;
-        c.connect_ns = connect_ns;
         c.version = version;
         c.keepalive_timeout_ms = u32::from(keepalive_s) * 1500;
         if v5 {
@@ -323,6 +322,7 @@ impl Shard {
         }
         if let Some(s) = self.sessions.get_mut(session) {
             s.conn = conn as u32;
+            s.connect_ns = connect_ns;
             s.expiry_s = expiry_s;
             s.expires_at = None;
             s.will_at = None;
@@ -388,18 +388,14 @@ impl Shard {
         properties
     }
 
-    /// Whether `session` is online through a connection whose CONNECT the node read
-    /// after the one read at `read_at` (which then arrived late, by hand-off).
+    /// Whether `session` was last taken by a CONNECT the node read after the one
+    /// read at `read_at` (which then arrived late, by hand-off). Offline too: the
+    /// newer connection may have come and gone while the hand-off travelled.
     fn newer_connect_holds(&self, session: u32, read_at: Instant) -> bool {
         let (Some(s), Some(epoch)) = (self.sessions.get(session), self.epoch) else {
             return false;
         };
-        if s.conn == NONE {
-            return false;
-        }
-        self.conns
-            .get(s.conn as usize)
-            .is_some_and(|c| c.connect_ns > super::ns_since(epoch, read_at))
+        s.connect_ns > super::ns_since(epoch, read_at)
     }
 
     /// A CONNECT overtaken by a later one for the same client id: answered as if it

@@ -268,7 +268,7 @@ pub struct Shard {
     route_acked: Vec<u64>,
     /// SUBACKs waiting for every shard to apply our route adds.
     pending_subacks: VecDeque<route::PendingSubAck>,
-    /// Origin of `Conn::connect_ns`: when the first connection arrived.
+    /// Origin of `Session::connect_ns`: when the first connection arrived.
     epoch: Option<Instant>,
 }
 

@@ -780,3 +780,54 @@ fn handoffs_read_before_the_owners_first_connection_keep_their_order() {
         );
     }
 }
+
+#[test]
+fn stale_handoff_after_the_newer_connection_left_does_not_end_its_session() {
+    let mut cl = Cluster::new(3, cfg());
+    let id = id_on(2, 3, "gone");
+    cl.wiring.hold_migrations = true;
+    // CONNECT 1 (clean start) read on shard 0, hand-off slow.
+    let stale = cl.connect(
+        V5,
+        &id,
+        ConnectOpts {
+            accept_on: 0,
+            ..Default::default()
+        },
+    );
+    cl.advance(Duration::from_millis(5));
+    // CONNECT 2, read later on the owner: subscribes, then disconnects (session kept).
+    let newer = cl.connect_ok(
+        V5,
+        &id,
+        ConnectOpts {
+            accept_on: 2,
+            ..persistent()
+        },
+        false,
+    );
+    cl.subscribe(newer, "t", Q1);
+    cl.send(newer, disc(ReasonCode::Success));
+    cl.expect_closed(newer);
+    cl.wiring.hold_migrations = false;
+    cl.deliver_migrations(false);
+    // Read before CONNECT 2, so it must not wipe the session CONNECT 2 left behind:
+    // it is answered as taken over at once.
+    let config = cfg();
+    cl.expect(
+        stale,
+        connack(false, ReasonCode::Success, v5_connack_props(&config)),
+    );
+    cl.expect(stale, disc(ReasonCode::SessionTakenOver));
+    cl.expect_closed(stale);
+    let st = cl.shards[2].stats();
+    assert_eq!(
+        (st.sessions, st.subscriptions, st.closed_superseded),
+        (1, 1, 1)
+    );
+    // The session is the one CONNECT 2 left: resumed with its subscription.
+    let back = cl.connect_ok(V5, &id, persistent(), true);
+    let p = cl.connect_ok(V5, &id_on(1, 3, "p"), ConnectOpts::default(), false);
+    cl.publish(p, "t", "x", Q1, false, 1);
+    cl.expect(back, pubp("t", "x", Q1, false, 1));
+}
