@@ -82,12 +82,14 @@ fn measure(name: &str, clients: usize, subscribe: bool) {
 fn main() {
     // `cargo bench` passes --bench; under `cargo test --benches` this runs as a smoke
     // test in a debug build, so keep it small there.
-    let clients = if std::env::args().any(|a| a == "--bench") {
-        100_000
+    let counts: &[usize] = if std::env::args().any(|a| a == "--bench") {
+        &[10_000, 100_000]
     } else {
-        1_000
+        &[1_000]
     };
     println!("shard core heap per connected client (mimalloc; CONNECT v3.1.1, clean session)");
-    measure("idle", clients, false);
-    measure("one subscription", clients, true);
+    for &clients in counts {
+        measure("idle", clients, false);
+        measure("one subscription", clients, true);
+    }
 }

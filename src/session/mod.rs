@@ -5,14 +5,14 @@
 //! module holds the data, the one error enum of the core ([`SessionError`]) and the
 //! [`SessionStore`] seam where persistence slots in later (DESIGN.md "Later").
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use slab::Slab;
 use smallvec::SmallVec;
 
+use crate::arena::ChunkSlab;
 use crate::protocol::{
     DecodeError, PacketType, PublishProperties, QoS, ReasonCode, SubscriptionOptions,
 };
@@ -298,7 +298,8 @@ impl Delivery {
 /// One client's session.
 #[derive(Debug)]
 pub struct Session {
-    pub client_id: Bytes,
+    /// Exact-size copy (16 bytes inline, not `Bytes`' 32 plus a shared header).
+    pub client_id: Box<[u8]>,
     /// Unique per session creation on this shard; timers carry it to detect staleness.
     pub generation: u32,
     /// The connection currently attached, `NONE` when offline.
@@ -320,7 +321,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: Bytes, generation: u32) -> Session {
+    pub fn new(client_id: Box<[u8]>, generation: u32) -> Session {
         Session {
             client_id,
             generation,
@@ -354,16 +355,34 @@ impl Session {
 /// This struct is the persistence seam: a durable store later wraps these calls
 /// (create/resume/remove and the delivery state changes) with writes to disk, so
 /// nothing else in the shard touches session storage directly.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SessionStore {
-    slab: Slab<Session>,
-    by_client_id: HashMap<Bytes, u32, ahash::RandomState>,
+    slab: ChunkSlab<Session>,
+    /// Slab keys by client id: 4 bytes per bucket, the id itself is read from the
+    /// session (a map keyed by a copy of the id took 40 bytes per bucket).
+    by_client_id: hashbrown::HashTable<u32>,
+    hasher: ahash::RandomState,
     next_generation: u32,
+}
+
+impl std::fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStore")
+            .field("slab", &self.slab)
+            .field("next_generation", &self.next_generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SessionStore {
     pub fn new() -> SessionStore {
         SessionStore::default()
+    }
+
+    /// The id of session `idx` (empty if there is none: matches no CONNECT, since
+    /// an empty id is replaced by an assigned one).
+    fn id_of(slab: &ChunkSlab<Session>, idx: u32) -> &[u8] {
+        slab.get(idx as usize).map_or(&[], |s| &s.client_id)
     }
 
     pub fn len(&self) -> usize {
@@ -375,23 +394,32 @@ impl SessionStore {
     }
 
     pub fn find(&self, client_id: &[u8]) -> Option<u32> {
-        self.by_client_id.get(client_id).copied()
+        let hash = self.hasher.hash_one(client_id);
+        self.by_client_id
+            .find(hash, |&i| Self::id_of(&self.slab, i) == client_id)
+            .copied()
     }
 
     /// Creates an empty session for `client_id` (which must not have one).
-    pub fn create(&mut self, client_id: Bytes) -> u32 {
+    pub fn create(&mut self, client_id: &[u8]) -> u32 {
         self.next_generation = self.next_generation.wrapping_add(1);
         let idx = self
             .slab
-            .insert(Session::new(client_id.clone(), self.next_generation)) as u32;
-        self.by_client_id.insert(client_id, idx);
+            .insert(Session::new(client_id.into(), self.next_generation)) as u32;
+        let hash = self.hasher.hash_one(client_id);
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.by_client_id
+            .insert_unique(hash, idx, |&i| hasher.hash_one(Self::id_of(slab, i)));
         idx
     }
 
     pub fn remove(&mut self, idx: u32) -> Option<Session> {
-        let s = self.slab.try_remove(idx as usize)?;
-        self.by_client_id.remove(&s.client_id);
-        Some(s)
+        let s = self.slab.get(idx as usize)?;
+        let hash = self.hasher.hash_one(&*s.client_id);
+        if let Ok(e) = self.by_client_id.find_entry(hash, |&i| i == idx) {
+            e.remove();
+        }
+        self.slab.remove(idx as usize)
     }
 
     pub fn get(&self, idx: u32) -> Option<&Session> {
@@ -410,6 +438,7 @@ impl SessionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn msg(expiry: Option<u32>, at: Instant) -> Message {
         Message {
@@ -508,8 +537,8 @@ mod tests {
     #[test]
     fn store_indexes_by_client_id() {
         let mut st = SessionStore::new();
-        let a = st.create(Bytes::from_static(b"a"));
-        let b = st.create(Bytes::from_static(b"b"));
+        let a = st.create(b"a");
+        let b = st.create(b"b");
         assert_eq!(st.find(b"a"), Some(a));
         assert_eq!(st.find(b"b"), Some(b));
         assert_ne!(
@@ -519,6 +548,46 @@ mod tests {
         assert!(st.remove(a).is_some());
         assert_eq!(st.find(b"a"), None);
         assert_eq!(st.len(), 1);
+    }
+
+    /// The id index against a `HashMap` model through growth, removals and slot
+    /// reuse: every id finds exactly its own session.
+    #[test]
+    fn store_index_matches_a_map_model() {
+        let mut st = SessionStore::new();
+        let mut model: HashMap<Vec<u8>, u32> = HashMap::new();
+        for round in 0..3u32 {
+            for i in 0..5000u32 {
+                let id = format!("dev-{i}").into_bytes();
+                if model.contains_key(&id) {
+                    continue;
+                }
+                let idx = st.create(&id);
+                assert_eq!(st.get(idx).map(|s| &*s.client_id), Some(&id[..]));
+                model.insert(id, idx);
+            }
+            // Remove every third (shifted per round) so freed slots get reused.
+            let gone: Vec<Vec<u8>> = model
+                .keys()
+                .filter(|k| k.len() % 3 == round as usize % 3)
+                .cloned()
+                .collect();
+            for id in gone {
+                let idx = model.remove(&id).expect("in model");
+                assert_eq!(
+                    st.remove(idx).map(|s| s.client_id.to_vec()),
+                    Some(id.clone())
+                );
+                assert_eq!(st.find(&id), None);
+                assert!(st.remove(idx).is_none(), "removed twice");
+            }
+            assert_eq!(st.len(), model.len());
+            for (id, idx) in &model {
+                assert_eq!(st.find(id), Some(*idx));
+            }
+            assert_eq!(st.find(b"dev-5000"), None);
+            assert_eq!(st.find(b""), None);
+        }
     }
 
     #[test]

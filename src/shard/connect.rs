@@ -285,7 +285,7 @@ impl Shard {
         let session = match session {
             Some(s) => s,
             None => {
-                let s = self.sessions.create(client_id);
+                let s = self.sessions.create(&client_id);
                 self.stats.sessions = self.sessions.len();
                 s
             }
@@ -433,7 +433,7 @@ impl Shard {
         if expiry_s != u32::MAX {
             let at = now + Duration::from_secs(u64::from(expiry_s));
             s.expires_at = Some(at);
-            self.arm_session_timer(session, TimerKind::SessionExpiry, at);
+            self.arm_session_timer(session, TimerKind::SessionExpiry, at, now);
         }
         match will_delay_s {
             Some(0) if abnormal => self.publish_will(session, now),
@@ -444,7 +444,7 @@ impl Shard {
                 if let Some(s) = self.sessions.get_mut(session) {
                     s.will_at = Some(at);
                 }
-                self.arm_session_timer(session, TimerKind::WillDelay, at);
+                self.arm_session_timer(session, TimerKind::WillDelay, at, now);
             }
             _ => {}
         }

@@ -19,15 +19,15 @@ pub mod testkit;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use slab::Slab;
 use smallvec::SmallVec;
 
+use crate::arena::ChunkSlab;
 use crate::config::Config;
 use crate::protocol::{Disconnect, Packet, Properties};
 use crate::session::{Message, SessionError, SessionStore, NONE};
@@ -38,7 +38,7 @@ use deliver::EncodeCache;
 use limits::Limits;
 pub use limits::NodeCounters;
 use route::{LocalEntry, RouteEntry, Targets};
-use timer::{Timer, TimerKind};
+use timer::{TimerKind, Timers};
 
 pub type ShardId = usize;
 /// A connection's index on its shard; valid from `accept`/`adopt` until `release`.
@@ -219,7 +219,7 @@ pub struct Shard {
     id: ShardId,
     shard_count: usize,
     config: Arc<Config>,
-    conns: Slab<Conn>,
+    conns: ChunkSlab<Conn>,
     sessions: SessionStore,
     /// Filter (inner filter for shared subscriptions) → local subscribers.
     local: TopicTrie<LocalEntry>,
@@ -227,7 +227,7 @@ pub struct Shard {
     routes: TopicTrie<RouteEntry>,
     /// Topic name → retained message; a replica kept identical on every shard.
     retained: TopicTrie<Arc<Message>>,
-    timers: BinaryHeap<Timer>,
+    timers: Timers,
     actions: VecDeque<Action>,
     stats: ShardStats,
     conn_generation: u32,
@@ -281,12 +281,12 @@ impl Shard {
             id,
             shard_count,
             config,
-            conns: Slab::new(),
+            conns: ChunkSlab::new(),
             sessions: SessionStore::new(),
             local: TopicTrie::new(),
             routes: TopicTrie::new(),
             retained: TopicTrie::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             actions: VecDeque::new(),
             stats: ShardStats::default(),
             conn_generation: 0,
@@ -360,12 +360,13 @@ impl Shard {
         }
         self.stats.connections = self.conns.len();
         let deadline = accepted_at + Duration::from_millis(self.config.connect_timeout_ms);
-        self.timers.push(Timer::new(
+        self.timers.push(
+            now,
             deadline,
             TimerKind::ConnectTimeout,
             conn as u32,
             generation,
-        ));
+        );
         conn
     }
 
