@@ -37,7 +37,7 @@ use conn::{Conn, ConnState};
 use deliver::EncodeCache;
 use limits::Limits;
 pub use limits::NodeCounters;
-use route::{LocalEntry, RouteEntry, Targets};
+use route::{FilterEntry, Targets};
 use timer::{TimerKind, Timers};
 
 pub type ShardId = usize;
@@ -221,10 +221,10 @@ pub struct Shard {
     config: Arc<Config>,
     conns: ChunkSlab<Conn>,
     sessions: SessionStore,
-    /// Filter (inner filter for shared subscriptions) → local subscribers.
-    local: TopicTrie<LocalEntry>,
-    /// Filter → shards with local subscribers (this shard included).
-    routes: TopicTrie<RouteEntry>,
+    /// Filter (inner filter for shared subscriptions) → local subscribers and the
+    /// shards with subscribers (this one included): local subscriptions and the
+    /// replicated routes table in one trie.
+    filters: TopicTrie<FilterEntry>,
     /// Topic name → retained message; a replica kept identical on every shard.
     retained: TopicTrie<Arc<Message>>,
     timers: Timers,
@@ -283,8 +283,7 @@ impl Shard {
             config,
             conns: ChunkSlab::new(),
             sessions: SessionStore::new(),
-            local: TopicTrie::new(),
-            routes: TopicTrie::new(),
+            filters: TopicTrie::new(),
             retained: TopicTrie::new(),
             timers: Timers::default(),
             actions: VecDeque::new(),
