@@ -95,10 +95,6 @@ impl<T> ChunkSlab<T> {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     #[inline]
     fn entry(&self, i: usize) -> Option<&Entry<T>> {
         let (c, o) = split(i);

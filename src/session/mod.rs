@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use slab::Slab;
 use smallvec::SmallVec;
 
-use crate::arena::ChunkSlab;
 use crate::protocol::{
     DecodeError, PacketType, PublishProperties, QoS, ReasonCode, SubscriptionOptions,
 };
@@ -357,7 +357,7 @@ impl Session {
 /// nothing else in the shard touches session storage directly.
 #[derive(Default)]
 pub struct SessionStore {
-    slab: ChunkSlab<Session>,
+    slab: Slab<Session>,
     /// Slab keys by client id: 4 bytes per bucket, the id itself is read from the
     /// session (a map keyed by a copy of the id took 40 bytes per bucket).
     by_client_id: hashbrown::HashTable<u32>,
@@ -379,9 +379,18 @@ impl SessionStore {
         SessionStore::default()
     }
 
+    /// A store with room for `n` sessions before its slab grows. The id index is
+    /// not presized: a hash table writes all its control bytes when allocated.
+    pub fn with_capacity(n: usize) -> SessionStore {
+        SessionStore {
+            slab: Slab::with_capacity(n),
+            ..SessionStore::default()
+        }
+    }
+
     /// The id of session `idx` (empty if there is none: matches no CONNECT, since
     /// an empty id is replaced by an assigned one).
-    fn id_of(slab: &ChunkSlab<Session>, idx: u32) -> &[u8] {
+    fn id_of(slab: &Slab<Session>, idx: u32) -> &[u8] {
         slab.get(idx as usize).map_or(&[], |s| &s.client_id)
     }
 
@@ -419,7 +428,7 @@ impl SessionStore {
         if let Ok(e) = self.by_client_id.find_entry(hash, |&i| i == idx) {
             e.remove();
         }
-        self.slab.remove(idx as usize)
+        self.slab.try_remove(idx as usize)
     }
 
     pub fn get(&self, idx: u32) -> Option<&Session> {

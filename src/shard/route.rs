@@ -172,16 +172,14 @@ impl Targets {
     }
 }
 
-/// What a walk of the filter trie does besides collecting local plain subscribers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Walk {
-    /// A copy routed here by another shard: local plain subscribers only.
-    PlainOnly,
-    /// A publish on one of several shards: also plan the copies for the others.
-    Plan,
-    /// A publish on the only shard: also pick one member of each shared group.
-    PickGroups,
-}
+/// What a walk of the filter trie does besides collecting local plain subscribers
+/// (a const parameter, so each walk's closure carries only its own work).
+/// A copy routed here by another shard: local plain subscribers only.
+const WALK_PLAIN: u8 = 0;
+/// A publish on one of several shards: also plan the copies for the others.
+const WALK_PLAN: u8 = 1;
+/// A publish on the only shard: also pick one member of each shared group.
+const WALK_PICK: u8 = 2;
 
 /// One session's merged copy of a message.
 #[derive(Debug)]
@@ -488,13 +486,12 @@ impl Shard {
 
         // One walk finds the shards to forward to, the shared groups each serves
         // and this shard's own plain subscribers.
-        let walk = if self.shard_count == 1 {
+        if self.shard_count == 1 {
             // This shard serves every group: pick members during the walk.
-            Walk::PickGroups
+            self.deliver_local::<WALK_PICK>(msg, &mut arc, now);
         } else {
-            Walk::Plan
-        };
-        self.deliver_local(msg, &mut arc, now, walk);
+            self.deliver_local::<WALK_PLAN>(msg, &mut arc, now);
+        }
     }
 
     /// A publish routed here by another shard.
@@ -511,7 +508,7 @@ impl Shard {
         }
         let mut arc = Some(msg.clone());
         if plain {
-            self.deliver_local(&msg, &mut arc, now, Walk::PlainOnly);
+            self.deliver_local::<WALK_PLAIN>(&msg, &mut arc, now);
         }
         for t in &shared {
             self.deliver_shared(&msg, &mut arc, t, now);
@@ -519,19 +516,18 @@ impl Shard {
     }
 
     /// Delivers to every local non-shared subscription matching `msg`, and, as
-    /// `walk` says, plans the copies for other shards or picks the local shared
+    /// `WALK` says, plans the copies for other shards or picks the local shared
     /// group members, all from one walk of the filter trie.
     ///
     /// Overlapping subscriptions of one session (e.g. `a/+` and `a/#`) yield ONE
     /// copy at the highest granted QoS, carrying every matching subscription
     /// identifier, retained-as-published if any of them asks for it (MQTT 5 3.3.4
     /// allows either one copy or one per subscription; one copy is cheaper).
-    fn deliver_local(
+    fn deliver_local<const WALK: u8>(
         &mut self,
         msg: &Message,
         arc: &mut Option<Arc<Message>>,
         now: Instant,
-        walk: Walk,
     ) {
         self.match_generation = self.match_generation.wrapping_add(1);
         if self.match_generation == 0 {
@@ -548,11 +544,11 @@ impl Shard {
         let mut picks: SmallVec<[LocalSub; 2]> = SmallVec::new();
         let sessions = &mut self.sessions;
         let targets = &mut self.targets;
-        if walk == Walk::Plan {
+        if WALK == WALK_PLAN {
             targets.plain = ShardSet::default();
         }
         self.filters.for_each_match(&msg.topic, |e| {
-            if walk == Walk::Plan {
+            if WALK == WALK_PLAN {
                 e.shards.for_each(|s| targets.plain.insert(s));
                 for g in e.shared.iter().flat_map(|x| &x.routes) {
                     let n = g.shards.len();
@@ -599,7 +595,7 @@ impl Shard {
                     });
                 }
             }
-            if walk == Walk::PickGroups {
+            if WALK == WALK_PICK {
                 for g in e.local_groups() {
                     // An empty group is removed with its last member; nothing to pick.
                     if let Some(sub) = pick_member(g, sessions) {
@@ -608,7 +604,7 @@ impl Shard {
                 }
             }
         });
-        let local_shared = if walk == Walk::Plan {
+        let local_shared = if WALK == WALK_PLAN {
             self.send_to_shards(msg, arc);
             std::mem::take(&mut self.targets.shared[self.id])
         } else {
@@ -627,7 +623,7 @@ impl Shard {
         for sub in picks {
             self.deliver_member(msg, arc, sub, now);
         }
-        if walk == Walk::Plan {
+        if WALK == WALK_PLAN {
             for t in &local_shared {
                 self.deliver_shared(msg, arc, t, now);
             }
