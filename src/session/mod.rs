@@ -147,7 +147,8 @@ impl Message {
 /// One subscription as the session remembers it (the full filter, `$share/..` included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSub {
-    pub filter: Bytes,
+    /// Exact-size copy (16 bytes inline): a session may hold it for days.
+    pub filter: Box<[u8]>,
     pub options: SubscriptionOptions,
     /// 0 = none.
     pub sub_id: u32,
@@ -163,6 +164,9 @@ pub struct Will {
     pub retain: bool,
     pub properties: PublishProperties,
     pub delay_s: u32,
+    /// Offline session with a delayed will: when it is published. Kept here, not in
+    /// `Session`, so sessions without a will do not carry it.
+    pub at: Option<Instant>,
 }
 
 /// A message copy for one subscriber: the shared message plus what differs per copy.
@@ -311,8 +315,6 @@ pub struct Session {
     pub delivery: Option<Box<Delivery>>,
     /// Offline session: when it ends.
     pub expires_at: Option<Instant>,
-    /// Offline session with a delayed will: when the will is published.
-    pub will_at: Option<Instant>,
     /// Per-publish scratch: `match_idx` is valid while `match_gen` equals the
     /// shard's current match generation (merges overlapping subscriptions without
     /// a per-message map).
@@ -331,7 +333,6 @@ impl Session {
             will: None,
             delivery: None,
             expires_at: None,
-            will_at: None,
             match_gen: 0,
             match_idx: 0,
         }
@@ -597,6 +598,14 @@ mod tests {
             assert_eq!(st.find(b"dev-5000"), None);
             assert_eq!(st.find(b""), None);
         }
+    }
+
+    /// One of each per device (100k+ per shard): part of the per-connection budget.
+    #[test]
+    fn per_client_structs_stay_small() {
+        let session = std::mem::size_of::<Session>();
+        assert!(session <= 96, "Session is {session} bytes");
+        assert_eq!(std::mem::size_of::<SessionSub>(), 24);
     }
 
     #[test]

@@ -309,7 +309,6 @@ impl Shard {
             s.conn = conn as u32;
             s.expiry_s = expiry_s;
             s.expires_at = None;
-            s.will_at = None;
             s.will = connect.will.as_ref().map(|w| {
                 Box::new(Will {
                     topic: Bytes::copy_from_slice(&w.topic),
@@ -322,6 +321,7 @@ impl Shard {
                     } else {
                         0
                     },
+                    at: None,
                 })
             });
         }
@@ -374,7 +374,6 @@ impl Shard {
         };
         let old = s.conn;
         s.conn = NONE;
-        s.will_at = None;
         let will = s.will.take();
         let mut publish_will = false;
         if old != NONE {
@@ -441,8 +440,8 @@ impl Shard {
                 // Published at the delay or at session end, whichever is first; the
                 // session-expiry timer covers the latter.
                 let at = now + Duration::from_secs(u64::from(d));
-                if let Some(s) = self.sessions.get_mut(session) {
-                    s.will_at = Some(at);
+                if let Some(w) = self.sessions.get_mut(session).and_then(|s| s.will.as_mut()) {
+                    w.at = Some(at);
                 }
                 self.arm_session_timer(session, TimerKind::WillDelay, at, now);
             }
@@ -455,7 +454,6 @@ impl Shard {
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
-        s.will_at = None;
         if let Some(w) = s.will.take() {
             self.publish_will_now(session, *w, now);
         }

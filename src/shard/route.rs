@@ -310,9 +310,11 @@ impl Shard {
         removed
     }
 
-    /// Splits a full filter into (inner filter, group) as owned `Bytes`.
-    pub(crate) fn split_filter(full: &Bytes) -> (Bytes, Option<Bytes>) {
-        match crate::topic::parse_shared(full) {
+    /// Splits a full filter into (inner filter, group) as owned `Bytes` (one copy
+    /// of `full`, shared by both).
+    pub(crate) fn split_filter(full: &[u8]) -> (Bytes, Option<Bytes>) {
+        let full = Bytes::copy_from_slice(full);
+        match crate::topic::parse_shared(&full) {
             Ok(Some(s)) => (full.slice_ref(s.filter), Some(full.slice_ref(s.group))),
             _ => (full.clone(), None),
         }

@@ -134,16 +134,15 @@ impl Shard {
                 }
                 TimerKind::Keepalive => self.on_keepalive(t, now),
                 TimerKind::WillDelay => {
-                    let Some(s) = self.sessions.get_mut(t.key) else {
+                    let Some(s) = self.sessions.get(t.key) else {
                         continue;
                     };
                     if s.generation != t.generation
                         || s.is_online()
-                        || s.will_at.is_none_or_after(now)
+                        || s.will.as_ref().and_then(|w| w.at).is_none_or_after(now)
                     {
                         continue;
                     }
-                    s.will_at = None;
                     self.publish_will(t.key, now);
                 }
                 TimerKind::SessionExpiry => {
