@@ -2,8 +2,10 @@
 //!
 //! Layers, dependencies pointing downward only (see DESIGN.md):
 //! `worker` joins `io`, `ring` and `shard`; `shard` owns `session`s and a `topic` index;
-//! `protocol`, `topic`, `ring` and `config` import no other broker module.
+//! `protocol`, `topic`, `ring` and `config` import no other broker module (`arena`, a
+//! leaf utility of chunked tables, is used by `topic`).
 
+mod arena;
 pub mod config;
 pub mod config_load;
 pub mod io;

@@ -45,6 +45,8 @@ const EXTRA_RING_QUEUE_DIVISOR: u32 = 4;
 const EXTRA_RING_BUF_DIVISOR: usize = 4;
 /// Most socket entries reserved up front per loop.
 const SOCKS_PRESIZE_MAX: usize = 1 << 20;
+/// Idle loops trim their buffer pools at most this often (see `BufPool::trim`).
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// Single-shot accepts kept armed per ring and listener.
 const ACCEPTS_PER_RING: usize = 4;
 /// Table slots per ring never handed out through the ring's `RingRoom`: they absorb the
@@ -262,6 +264,18 @@ impl Drop for Mmap {
 
 /// A provided-buffer ring: `count` buffers of `size` bytes, handed to the kernel through
 /// a shared ring of `BufRingEntry`; the kernel picks one per multishot receive.
+///
+/// The kernel takes entries in ring order, so with every free buffer posted it cycles
+/// through the whole pool and every page of it becomes resident (2 MiB for 512 × 4 KiB,
+/// ~200 B per connection at 10k idle connections). Instead only `window` entries are
+/// posted; the other free buffers wait in `spare`, most recently returned on top, and
+/// refill the ring as the kernel takes entries. So the same few warm buffers circulate
+/// and the pool's resident size follows the receive concurrency, not the pool size.
+/// Running out of posted entries is `ENOBUFS` (the receive is re-armed after the turn,
+/// see `rearm_starved`), and widens the window, up to the whole pool. A burst (a
+/// connect storm) still warms the whole pool, so `trim`, run when the loop is idle,
+/// narrows the window again and releases the pages of buffers that sat in `spare`
+/// for a whole trim interval.
 struct BufPool {
     ring: Mmap,
     data: Mmap,
@@ -269,7 +283,25 @@ struct BufPool {
     size: usize,
     /// Our copy of the tail; published to the kernel with a release store.
     tail: u16,
+    /// Free buffers not posted to the kernel; the last one was returned most recently.
+    spare: Vec<u16>,
+    /// Entries posted and not yet taken by the kernel (`taken`).
+    posted: u16,
+    /// Entries kept posted while `spare` has buffers.
+    window: u16,
+    initial_window: u16,
+    /// Smallest `spare.len()` since the last `trim`: `spare[..spare_low]` were not
+    /// used during the whole interval.
+    spare_low: usize,
+    /// `spare[..trimmed]` have had their pages released and were not used since.
+    trimmed: usize,
+    /// A receive starved since the last `trim`.
+    starved: bool,
 }
+
+/// A pool posts this share of its buffers at first (and at least `WINDOW_MIN`).
+const WINDOW_DIVISOR: usize = 4;
+const WINDOW_MIN: usize = 64;
 
 impl BufPool {
     fn new(count: usize, size: usize) -> io::Result<BufPool> {
@@ -279,18 +311,91 @@ impl BufPool {
         );
         let ring = Mmap::new(count * std::mem::size_of::<BufRingEntry>())?;
         let data = Mmap::new(count * size)?;
+        let window = (count / WINDOW_DIVISOR).max(WINDOW_MIN).min(count);
         let mut pool = BufPool {
             ring,
             data,
             count: count as u16,
             size,
             tail: 0,
+            // Lowest ids on top: the first buffers used are the first pages.
+            spare: (0..count as u16).rev().collect(),
+            posted: 0,
+            window: window as u16,
+            initial_window: window as u16,
+            spare_low: count,
+            trimmed: 0,
+            starved: false,
         };
-        for bid in 0..count {
-            pool.write_entry(bid as u16);
-        }
-        pool.publish();
+        pool.top_up();
         Ok(pool)
+    }
+
+    /// Posts spare buffers until `window` entries are available to the kernel.
+    fn top_up(&mut self) {
+        let mut any = false;
+        while self.posted < self.window {
+            let Some(bid) = self.spare.pop() else { break };
+            self.write_entry(bid);
+            self.posted += 1;
+            any = true;
+        }
+        if any {
+            self.spare_low = self.spare_low.min(self.spare.len());
+            self.trimmed = self.trimmed.min(self.spare.len());
+            self.publish();
+        }
+    }
+
+    /// The kernel took a posted entry (a completion carried buffer `bid`).
+    fn taken(&mut self) {
+        self.posted = self.posted.saturating_sub(1);
+        self.top_up();
+    }
+
+    /// A receive found no posted buffer: post more from now on. Each starved receive
+    /// is one buffer short (a multishot receive ends at its first `ENOBUFS`), so the
+    /// window grows by about the shortfall of a burst, not by doubling per starved
+    /// socket.
+    fn widen(&mut self) {
+        self.window = self.window.saturating_add(2).min(self.count);
+        self.starved = true;
+        self.top_up();
+    }
+
+    /// Ends a trim interval: halves a widened window unless a receive starved during
+    /// the interval, and releases the pages of the spare buffers unused throughout
+    /// it. Returns how many buffers were released.
+    fn trim(&mut self) -> usize {
+        if !self.starved {
+            self.window = (self.window / 2).max(self.initial_window);
+        }
+        self.starved = false;
+        let cold = self.spare_low.min(self.spare.len());
+        let mut bids: Vec<u16> = self.spare.get(self.trimmed..cold).unwrap_or(&[]).to_vec();
+        bids.sort_unstable();
+        let released = bids.len();
+        // Adjacent buffers are one range: one call each.
+        let mut i = 0;
+        while i < bids.len() {
+            let mut j = i + 1;
+            while j < bids.len() && bids[j] == bids[j - 1] + 1 {
+                j += 1;
+            }
+            let start = usize::from(bids[i]) * self.size;
+            let len = (j - i) * self.size;
+            // SAFETY: the range lies inside the data mapping (bid < count). These
+            // buffers are in `spare`: neither posted to the kernel nor lent to the
+            // caller, so nothing reads or writes them until they are posted again,
+            // and a private anonymous page released here reads back as zeros.
+            unsafe {
+                libc::madvise(self.data.ptr.add(start).cast(), len, libc::MADV_DONTNEED);
+            }
+            i = j;
+        }
+        self.trimmed = cold;
+        self.spare_low = self.spare.len();
+        released
     }
 
     fn ring_addr(&self) -> u64 {
@@ -326,8 +431,8 @@ impl BufPool {
     }
 
     fn give_back(&mut self, bid: u16) {
-        self.write_entry(bid);
-        self.publish();
+        self.spare.push(bid);
+        self.top_up();
     }
 
     fn slice(&self, bid: u16, len: usize) -> &[u8] {
@@ -472,6 +577,8 @@ pub struct UringLoop {
     stats: IoStats,
     cqes: Vec<(u8, u64, i32, u32)>,
     pending: Vec<Completion>,
+    /// When the buffer pools were last trimmed (`BufPool::trim`).
+    last_trim: Instant,
 }
 
 /// Enter errors that only mean "try again next turn": a signal, CQ overflow backlog
@@ -573,6 +680,7 @@ impl UringLoop {
             stats: IoStats::default(),
             cqes: Vec::with_capacity(1024),
             pending: Vec::new(),
+            last_trim: Instant::now(),
         };
         for r in 1..lp.rings.len() {
             lp.arm_ring_poll(r);
@@ -994,6 +1102,9 @@ impl UringLoop {
     ) {
         let more = cqueue::more(flags);
         let bid = cqueue::buffer_select(flags);
+        if bid.is_some() {
+            self.rings[ring].bufs.taken();
+        }
         let Some(s) = self.socks.get_mut(sock as usize) else {
             // Cannot happen: a socket is released only after its receive ended. Keep the
             // buffer anyway.
@@ -1039,6 +1150,7 @@ impl UringLoop {
                     // of 100k connects made a million ENOBUFS completions); they wait
                     // in `starved` and are re-armed a pool's share per turn.
                     self.stats.recv_nobufs += 1;
+                    self.rings[ring].bufs.widen();
                     if !more {
                         if let Some(s) = self.socks.get_mut(sock as usize) {
                             if !s.starved {
@@ -1403,6 +1515,16 @@ impl EventLoop for UringLoop {
                 .rings
                 .iter_mut()
                 .any(|r| !r.uring.completion().is_empty());
+        if !ready && timeout != Some(Duration::ZERO) {
+            // About to wait: an idle moment, so the clock read costs nothing here.
+            let now = Instant::now();
+            if now.saturating_duration_since(self.last_trim) >= TRIM_INTERVAL {
+                self.last_trim = now;
+                for r in &mut self.rings {
+                    r.bufs.trim();
+                }
+            }
+        }
         let ring0 = &self.rings[0].uring;
         let res = match timeout {
             _ if ready => ring0.submit(),
@@ -1453,5 +1575,179 @@ impl Drop for UringLoop {
         unsafe {
             libc::close(self.eventfd);
         }
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+    use std::collections::{BTreeSet, VecDeque};
+
+    /// Plays the kernel: takes posted entries in ring order (no real io_uring).
+    struct FakeKernel {
+        head: u16,
+    }
+
+    impl FakeKernel {
+        /// The next posted buffer, as a multishot receive would pick it; `None` is
+        /// `ENOBUFS`.
+        fn take(&mut self, pool: &mut BufPool) -> Option<u16> {
+            if pool.posted == 0 {
+                return None;
+            }
+            let idx = (self.head & (pool.count - 1)) as usize;
+            // SAFETY: idx < count, inside the ring mapping; the pool wrote this entry
+            // (it is between our head and its tail) and nothing else touches it.
+            let e = unsafe { &*pool.entries().add(idx) };
+            let bid = e.bid();
+            assert_eq!(e.len() as usize, pool.size);
+            assert_eq!(
+                e.addr(),
+                pool.data.ptr as u64 + u64::from(bid) * pool.size as u64
+            );
+            self.head = self.head.wrapping_add(1);
+            pool.taken();
+            Some(bid)
+        }
+    }
+
+    /// Buffers are conserved (posted + spare + held = count), only `window` are
+    /// posted, and one receive at a time keeps reusing the same warm buffers
+    /// instead of cycling through the pool.
+    #[test]
+    fn a_quiet_pool_reuses_a_window_of_warm_buffers() {
+        let mut pool = BufPool::new(512, 64).expect("mmap");
+        assert_eq!(
+            (pool.window, pool.posted, pool.spare.len()),
+            (128, 128, 384)
+        );
+        let mut k = FakeKernel { head: 0 };
+        let mut used = BTreeSet::new();
+        for _ in 0..10_000 {
+            let bid = k.take(&mut pool).expect("posted");
+            used.insert(bid);
+            assert_eq!(usize::from(pool.posted) + pool.spare.len() + 1, 512);
+            pool.give_back(bid);
+        }
+        assert_eq!(usize::from(pool.posted) + pool.spare.len(), 512);
+        assert_eq!(used.len(), 129, "the window plus the one in hand");
+        assert_eq!(used.iter().max(), Some(&128));
+    }
+
+    /// Buffers held by the application do not shrink what the kernel can take:
+    /// spare ones are posted instead, until the pool is exhausted; then `ENOBUFS`.
+    #[test]
+    fn held_buffers_are_replaced_from_spare_until_exhausted() {
+        let mut pool = BufPool::new(256, 64).expect("mmap");
+        assert_eq!(pool.window, 64);
+        let mut k = FakeKernel { head: 0 };
+        let mut held = VecDeque::new();
+        for _ in 0..256 {
+            held.push_back(k.take(&mut pool).expect("a buffer"));
+        }
+        assert_eq!(k.take(&mut pool), None, "all 256 held");
+        assert_eq!(held.iter().collect::<BTreeSet<_>>().len(), 256);
+        // Returned buffers are posted again at once (the window is not full).
+        let first = held.pop_front().expect("held");
+        pool.give_back(first);
+        assert_eq!(k.take(&mut pool), Some(first));
+    }
+
+    /// Each starved receive widens the window by two, up to the pool size.
+    #[test]
+    fn starvation_widens_the_window_up_to_the_pool() {
+        let mut pool = BufPool::new(128, 64).expect("mmap");
+        assert_eq!(pool.window, 64);
+        let mut k = FakeKernel { head: 0 };
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            held.push(k.take(&mut pool).expect("posted"));
+        }
+        // Spare buffers were posted as entries were taken.
+        assert_eq!((pool.posted, pool.spare.len()), (64, 0));
+        pool.widen();
+        assert_eq!(pool.window, 66);
+        for _ in 0..40 {
+            pool.widen();
+        }
+        assert_eq!(pool.window, 128);
+        for bid in held {
+            pool.give_back(bid);
+        }
+        assert_eq!((pool.posted, pool.spare.len()), (128, 0));
+    }
+
+    fn fill(pool: &BufPool, bid: u16, byte: u8) {
+        // SAFETY: the buffer is inside the data mapping and held by the test.
+        unsafe {
+            std::ptr::write_bytes(
+                pool.data.ptr.add(usize::from(bid) * pool.size),
+                byte,
+                pool.size,
+            )
+        }
+    }
+
+    /// After a burst widened the window to the whole pool, idle trims narrow it
+    /// again, and buffers unused for a whole interval lose their pages (they read
+    /// back as zeros), while the warm ones keep theirs.
+    #[test]
+    fn trims_narrow_the_window_and_release_cold_buffers() {
+        let mut pool = BufPool::new(256, 4096).expect("mmap");
+        let mut k = FakeKernel { head: 0 };
+        // A burst: every buffer taken and written, receives starving meanwhile.
+        let held: Vec<u16> = (0..256)
+            .map(|_| k.take(&mut pool).expect("a buffer"))
+            .collect();
+        for &bid in &held {
+            fill(&pool, bid, 0xAB);
+        }
+        for _ in 0..100 {
+            pool.widen();
+        }
+        for &bid in &held {
+            pool.give_back(bid);
+        }
+        assert_eq!((pool.window, pool.posted), (256, 256));
+        assert_eq!(pool.trim(), 0, "a starved interval keeps the window");
+        assert_eq!(pool.window, 256);
+        assert_eq!(pool.trim(), 0, "everything is posted: nothing spare");
+        assert_eq!(pool.window, 128);
+        assert_eq!(pool.trim(), 0);
+        assert_eq!(pool.window, 64, "back to the initial window");
+        // Quiet traffic, one buffer at a time: the posted entries drain to the
+        // window, returned buffers pile up in spare and only the top one circulates.
+        let mut warm = BTreeSet::new();
+        for _ in 0..1000 {
+            let bid = k.take(&mut pool).expect("posted");
+            warm.insert(bid);
+            pool.give_back(bid);
+        }
+        assert_eq!((pool.posted, pool.spare.len()), (64, 192));
+        // Spare filled up during this interval (its low mark is 0): nothing is
+        // known to be cold yet.
+        assert_eq!(pool.trim(), 0);
+        warm.clear();
+        for _ in 0..1000 {
+            let bid = k.take(&mut pool).expect("posted");
+            warm.insert(bid);
+            pool.give_back(bid);
+        }
+        // This interval used only the top of spare: the rest is released.
+        assert_eq!(pool.trim(), 191, "all spare but the circulating top one");
+        assert_eq!(warm.len(), 256 - 191, "the window and the top of spare");
+        let zeroed = pool.spare[..191]
+            .iter()
+            .filter(|&&bid| pool.slice(bid, 4096).iter().all(|&b| b == 0))
+            .count();
+        assert_eq!(zeroed, 191);
+        let top = pool.spare[191];
+        assert!(
+            pool.slice(top, 4096).iter().all(|&b| b == 0xAB),
+            "warm buffer kept"
+        );
+        // A wholly idle interval: the last spare buffer goes too, and none twice.
+        assert_eq!(pool.trim(), 1);
+        assert_eq!(pool.trim(), 0);
     }
 }

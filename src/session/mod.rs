@@ -5,7 +5,7 @@
 //! module holds the data, the one error enum of the core ([`SessionError`]) and the
 //! [`SessionStore`] seam where persistence slots in later (DESIGN.md "Later").
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,7 +147,8 @@ impl Message {
 /// One subscription as the session remembers it (the full filter, `$share/..` included).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionSub {
-    pub filter: Bytes,
+    /// Exact-size copy (16 bytes inline): a session may hold it for days.
+    pub filter: Box<[u8]>,
     pub options: SubscriptionOptions,
     /// 0 = none.
     pub sub_id: u32,
@@ -163,6 +164,9 @@ pub struct Will {
     pub retain: bool,
     pub properties: PublishProperties,
     pub delay_s: u32,
+    /// Offline session with a delayed will: when it is published. Kept here, not in
+    /// `Session`, so sessions without a will do not carry it.
+    pub at: Option<Instant>,
 }
 
 /// A message copy for one subscriber: the shared message plus what differs per copy.
@@ -298,7 +302,8 @@ impl Delivery {
 /// One client's session.
 #[derive(Debug)]
 pub struct Session {
-    pub client_id: Bytes,
+    /// Exact-size copy (16 bytes inline, not `Bytes`' 32 plus a shared header).
+    pub client_id: Box<[u8]>,
     /// Unique per session creation on this shard; timers carry it to detect staleness.
     pub generation: u32,
     /// The connection currently attached, `NONE` when offline.
@@ -308,10 +313,9 @@ pub struct Session {
     pub subs: Vec<SessionSub>,
     pub will: Option<Box<Will>>,
     pub delivery: Option<Box<Delivery>>,
-    /// Offline session: when it ends.
-    pub expires_at: Option<Instant>,
-    /// Offline session with a delayed will: when the will is published.
-    pub will_at: Option<Instant>,
+    /// Offline session: when it ends, in ns from the shard's epoch (`i64::MAX`:
+    /// not expiring). An `Option<Instant>` would cost 16 bytes per session.
+    pub expires_ns: i64,
     /// Per-publish scratch: `match_idx` is valid while `match_gen` equals the
     /// shard's current match generation (merges overlapping subscriptions without
     /// a per-message map).
@@ -324,7 +328,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(client_id: Bytes, generation: u32) -> Session {
+    pub fn new(client_id: Box<[u8]>, generation: u32) -> Session {
         Session {
             client_id,
             generation,
@@ -333,8 +337,7 @@ impl Session {
             subs: Vec::new(),
             will: None,
             delivery: None,
-            expires_at: None,
-            will_at: None,
+            expires_ns: i64::MAX,
             match_gen: 0,
             match_idx: 0,
             connect_ns: i64::MIN,
@@ -359,16 +362,43 @@ impl Session {
 /// This struct is the persistence seam: a durable store later wraps these calls
 /// (create/resume/remove and the delivery state changes) with writes to disk, so
 /// nothing else in the shard touches session storage directly.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct SessionStore {
     slab: Slab<Session>,
-    by_client_id: HashMap<Bytes, u32, ahash::RandomState>,
+    /// Slab keys by client id: 4 bytes per bucket, the id itself is read from the
+    /// session (a map keyed by a copy of the id took 40 bytes per bucket).
+    by_client_id: hashbrown::HashTable<u32>,
+    hasher: ahash::RandomState,
     next_generation: u32,
+}
+
+impl std::fmt::Debug for SessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStore")
+            .field("slab", &self.slab)
+            .field("next_generation", &self.next_generation)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SessionStore {
     pub fn new() -> SessionStore {
         SessionStore::default()
+    }
+
+    /// A store with room for `n` sessions before its slab grows. The id index is
+    /// not presized: a hash table writes all its control bytes when allocated.
+    pub fn with_capacity(n: usize) -> SessionStore {
+        SessionStore {
+            slab: Slab::with_capacity(n),
+            ..SessionStore::default()
+        }
+    }
+
+    /// The id of session `idx` (empty if there is none: matches no CONNECT, since
+    /// an empty id is replaced by an assigned one).
+    fn id_of(slab: &Slab<Session>, idx: u32) -> &[u8] {
+        slab.get(idx as usize).map_or(&[], |s| &s.client_id)
     }
 
     pub fn len(&self) -> usize {
@@ -380,23 +410,32 @@ impl SessionStore {
     }
 
     pub fn find(&self, client_id: &[u8]) -> Option<u32> {
-        self.by_client_id.get(client_id).copied()
+        let hash = self.hasher.hash_one(client_id);
+        self.by_client_id
+            .find(hash, |&i| Self::id_of(&self.slab, i) == client_id)
+            .copied()
     }
 
     /// Creates an empty session for `client_id` (which must not have one).
-    pub fn create(&mut self, client_id: Bytes) -> u32 {
+    pub fn create(&mut self, client_id: &[u8]) -> u32 {
         self.next_generation = self.next_generation.wrapping_add(1);
         let idx = self
             .slab
-            .insert(Session::new(client_id.clone(), self.next_generation)) as u32;
-        self.by_client_id.insert(client_id, idx);
+            .insert(Session::new(client_id.into(), self.next_generation)) as u32;
+        let hash = self.hasher.hash_one(client_id);
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        self.by_client_id
+            .insert_unique(hash, idx, |&i| hasher.hash_one(Self::id_of(slab, i)));
         idx
     }
 
     pub fn remove(&mut self, idx: u32) -> Option<Session> {
-        let s = self.slab.try_remove(idx as usize)?;
-        self.by_client_id.remove(&s.client_id);
-        Some(s)
+        let s = self.slab.get(idx as usize)?;
+        let hash = self.hasher.hash_one(&*s.client_id);
+        if let Ok(e) = self.by_client_id.find_entry(hash, |&i| i == idx) {
+            e.remove();
+        }
+        self.slab.try_remove(idx as usize)
     }
 
     pub fn get(&self, idx: u32) -> Option<&Session> {
@@ -415,6 +454,7 @@ impl SessionStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn msg(expiry: Option<u32>, at: Instant) -> Message {
         Message {
@@ -513,8 +553,8 @@ mod tests {
     #[test]
     fn store_indexes_by_client_id() {
         let mut st = SessionStore::new();
-        let a = st.create(Bytes::from_static(b"a"));
-        let b = st.create(Bytes::from_static(b"b"));
+        let a = st.create(b"a");
+        let b = st.create(b"b");
         assert_eq!(st.find(b"a"), Some(a));
         assert_eq!(st.find(b"b"), Some(b));
         assert_ne!(
@@ -524,6 +564,54 @@ mod tests {
         assert!(st.remove(a).is_some());
         assert_eq!(st.find(b"a"), None);
         assert_eq!(st.len(), 1);
+    }
+
+    /// The id index against a `HashMap` model through growth, removals and slot
+    /// reuse: every id finds exactly its own session.
+    #[test]
+    fn store_index_matches_a_map_model() {
+        let mut st = SessionStore::new();
+        let mut model: HashMap<Vec<u8>, u32> = HashMap::new();
+        for round in 0..3u32 {
+            for i in 0..5000u32 {
+                let id = format!("dev-{i}").into_bytes();
+                if model.contains_key(&id) {
+                    continue;
+                }
+                let idx = st.create(&id);
+                assert_eq!(st.get(idx).map(|s| &*s.client_id), Some(&id[..]));
+                model.insert(id, idx);
+            }
+            // Remove every third (shifted per round) so freed slots get reused.
+            let gone: Vec<Vec<u8>> = model
+                .keys()
+                .filter(|k| k.len() % 3 == round as usize % 3)
+                .cloned()
+                .collect();
+            for id in gone {
+                let idx = model.remove(&id).expect("in model");
+                assert_eq!(
+                    st.remove(idx).map(|s| s.client_id.to_vec()),
+                    Some(id.clone())
+                );
+                assert_eq!(st.find(&id), None);
+                assert!(st.remove(idx).is_none(), "removed twice");
+            }
+            assert_eq!(st.len(), model.len());
+            for (id, idx) in &model {
+                assert_eq!(st.find(id), Some(*idx));
+            }
+            assert_eq!(st.find(b"dev-5000"), None);
+            assert_eq!(st.find(b""), None);
+        }
+    }
+
+    /// One of each per device (100k+ per shard): part of the per-connection budget.
+    #[test]
+    fn per_client_structs_stay_small() {
+        let session = std::mem::size_of::<Session>();
+        assert!(session <= 96, "Session is {session} bytes");
+        assert_eq!(std::mem::size_of::<SessionSub>(), 24);
     }
 
     #[test]

@@ -299,7 +299,7 @@ impl Shard {
         let session = match session {
             Some(s) => s,
             None => {
-                let s = self.sessions.create(client_id);
+                let s = self.sessions.create(&client_id);
                 self.stats.sessions = self.sessions.len();
                 s
             }
@@ -324,8 +324,7 @@ impl Shard {
             s.conn = conn as u32;
             s.connect_ns = connect_ns;
             s.expiry_s = expiry_s;
-            s.expires_at = None;
-            s.will_at = None;
+            s.expires_ns = i64::MAX;
             s.will = connect.will.as_ref().map(|w| {
                 Box::new(Will {
                     topic: Bytes::copy_from_slice(&w.topic),
@@ -338,6 +337,7 @@ impl Shard {
                     } else {
                         0
                     },
+                    at: None,
                 })
             });
         }
@@ -437,7 +437,6 @@ impl Shard {
         };
         let old = s.conn;
         s.conn = NONE;
-        s.will_at = None;
         let will = s.will.take();
         let mut publish_will = false;
         if old != NONE {
@@ -495,8 +494,11 @@ impl Shard {
         }
         if expiry_s != u32::MAX {
             let at = now + Duration::from_secs(u64::from(expiry_s));
-            s.expires_at = Some(at);
-            self.arm_session_timer(session, TimerKind::SessionExpiry, at);
+            let at_ns = self.stamp_ns(at);
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.expires_ns = at_ns;
+            }
+            self.arm_session_timer(session, TimerKind::SessionExpiry, at, now);
         }
         match will_delay_s {
             Some(0) if abnormal => self.publish_will(session, now),
@@ -504,10 +506,10 @@ impl Shard {
                 // Published at the delay or at session end, whichever is first; the
                 // session-expiry timer covers the latter.
                 let at = now + Duration::from_secs(u64::from(d));
-                if let Some(s) = self.sessions.get_mut(session) {
-                    s.will_at = Some(at);
+                if let Some(w) = self.sessions.get_mut(session).and_then(|s| s.will.as_mut()) {
+                    w.at = Some(at);
                 }
-                self.arm_session_timer(session, TimerKind::WillDelay, at);
+                self.arm_session_timer(session, TimerKind::WillDelay, at, now);
             }
             _ => {}
         }
@@ -518,7 +520,6 @@ impl Shard {
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
-        s.will_at = None;
         if let Some(w) = s.will.take() {
             self.publish_will_now(session, *w, now);
         }

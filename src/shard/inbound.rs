@@ -308,30 +308,27 @@ impl Shard {
                 codes.push(ReasonCode::QuotaExceeded);
                 continue;
             }
-            let full = match existing {
+            match existing {
                 Some(i) => {
                     sess.subs[i].options = *options;
                     sess.subs[i].sub_id = sub_id;
-                    sess.subs[i].filter.clone()
                 }
                 None => {
-                    // Own copy: the decoded filter is a slice of the receive buffer.
-                    let full = Bytes::copy_from_slice(filter);
                     // A device typically holds one or two subscriptions: grow exactly
-                    // at first instead of Vec's minimum capacity of 4 (120 B saved per
-                    // one-subscription session at 100k devices).
+                    // at first instead of Vec's minimum capacity of 4 (saves 72 B per
+                    // one-subscription session).
                     if sess.subs.len() < 4 {
                         sess.subs.reserve_exact(1);
                     }
+                    // Own copy: the decoded filter is a slice of the receive buffer.
                     sess.subs.push(SessionSub {
-                        filter: full.clone(),
+                        filter: Box::from(&filter[..]),
                         options: *options,
                         sub_id,
                     });
-                    full
                 }
-            };
-            let (inner, group) = Self::split_filter(&full);
+            }
+            let (inner, group) = Self::split_filter(filter);
             let is_new = self.add_local_sub(session, &inner, group.as_ref(), *options, sub_id);
             // Retained messages are not sent for shared subscriptions [MQTT-4.8.2].
             let send = group.is_none()

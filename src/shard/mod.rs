@@ -21,7 +21,7 @@ mod tests;
 #[cfg(any(test, feature = "testkit"))]
 mod wiring;
 
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,8 +39,8 @@ use conn::{Conn, ConnState};
 use deliver::EncodeCache;
 use limits::Limits;
 pub use limits::NodeCounters;
-use route::{LocalEntry, RouteEntry, Targets};
-use timer::{Timer, TimerKind};
+use route::{FilterEntry, Targets};
+use timer::{TimerKind, Timers};
 
 pub type ShardId = usize;
 /// A connection's index on its shard; valid from `accept`/`adopt` until `release`.
@@ -234,19 +234,27 @@ pub fn control_allowance(max_outbound_bytes: usize) -> usize {
     CONTROL_ALLOWANCE_BYTES.min(max_outbound_bytes)
 }
 
+/// Connection and session tables are sized up front for the shard's share of
+/// `max_connections`, capped here: address space only until entries are used, while
+/// growing by doubling would copy the table at every power of two and leave the old
+/// block resident with the allocator (at 10k connections that was ~35% of the
+/// broker's memory). Beyond the cap they grow as usual.
+const PRESIZE_MAX: usize = 1 << 20;
+
 pub struct Shard {
     id: ShardId,
     shard_count: usize,
     config: Arc<Config>,
+    /// Presized (see `PRESIZE_MAX`).
     conns: Slab<Conn>,
     sessions: SessionStore,
-    /// Filter (inner filter for shared subscriptions) → local subscribers.
-    local: TopicTrie<LocalEntry>,
-    /// Filter → shards with local subscribers (this shard included).
-    routes: TopicTrie<RouteEntry>,
+    /// Filter (inner filter for shared subscriptions) → local subscribers and the
+    /// shards with subscribers (this one included): local subscriptions and the
+    /// replicated routes table in one trie.
+    filters: TopicTrie<FilterEntry>,
     /// Topic name → retained message; a replica kept identical on every shard.
     retained: TopicTrie<Arc<Message>>,
-    timers: BinaryHeap<Timer>,
+    timers: Timers,
     actions: VecDeque<Action>,
     stats: ShardStats,
     conn_generation: u32,
@@ -298,16 +306,19 @@ impl Shard {
     ) -> Shard {
         let shard_count = shard_count.max(1);
         let limits = Limits::new(&config, shard_count, node);
+        let presize = config
+            .max_connections
+            .div_ceil(shard_count)
+            .min(PRESIZE_MAX);
         Shard {
             id,
             shard_count,
             config,
-            conns: Slab::new(),
-            sessions: SessionStore::new(),
-            local: TopicTrie::new(),
-            routes: TopicTrie::new(),
+            conns: Slab::with_capacity(presize),
+            sessions: SessionStore::with_capacity(presize),
+            filters: TopicTrie::new(),
             retained: TopicTrie::new(),
-            timers: BinaryHeap::new(),
+            timers: Timers::default(),
             actions: VecDeque::new(),
             stats: ShardStats::default(),
             conn_generation: 0,
@@ -386,12 +397,13 @@ impl Shard {
         }
         self.stats.connections = self.conns.len();
         let deadline = accepted_at + Duration::from_millis(self.config.connect_timeout_ms);
-        self.timers.push(Timer::new(
+        self.timers.push(
+            now,
             deadline,
             TimerKind::ConnectTimeout,
             conn as u32,
             generation,
-        ));
+        );
         conn
     }
 

@@ -29,11 +29,49 @@ pub(crate) struct LocalGroup {
     pub next: Cell<u32>,
 }
 
-/// Local subscribers of one filter.
+/// What one shard knows about one filter (the inner filter of shared subscriptions):
+/// its local subscribers and, as its row of the replicated routes table, which
+/// shards have subscribers. One trie holds both, so a filter costs one path of nodes
+/// and a publish walks once.
 #[derive(Debug, Default)]
-pub(crate) struct LocalEntry {
-    pub plain: Vec<LocalSub>,
-    pub groups: Vec<LocalGroup>,
+pub(crate) struct FilterEntry {
+    /// Local non-shared subscribers; one fits inline (a device subscribed to its own
+    /// command topic needs no allocation).
+    pub plain: SmallVec<[LocalSub; 1]>,
+    /// Shards with non-shared subscribers, this one included when `plain` is not empty.
+    pub shards: ShardSet,
+    /// Shared subscriptions on this filter; rare, so boxed. `None` once empty.
+    pub shared: Option<Box<SharedEntry>>,
+}
+
+/// The shared subscriptions of one filter.
+#[derive(Debug, Default)]
+pub(crate) struct SharedEntry {
+    /// Groups with members on this shard.
+    pub local: Vec<LocalGroup>,
+    /// Groups with members on any shard, and which shards.
+    pub routes: Vec<RouteGroup>,
+}
+
+impl FilterEntry {
+    fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.shards.is_empty() && self.shared.is_none()
+    }
+
+    /// Drops the shared part once it holds nothing.
+    fn tidy_shared(&mut self) {
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|x| x.local.is_empty() && x.routes.is_empty())
+        {
+            self.shared = None;
+        }
+    }
+
+    fn local_groups(&self) -> &[LocalGroup] {
+        self.shared.as_ref().map_or(&[], |x| &x.local)
+    }
 }
 
 /// A set of shards as a bitset.
@@ -118,18 +156,14 @@ pub(crate) struct RouteGroup {
     pub next: Cell<u32>,
 }
 
-/// Which shards have local subscribers of one filter.
-#[derive(Debug, Default)]
-pub(crate) struct RouteEntry {
-    pub plain: ShardSet,
-    pub groups: Vec<RouteGroup>,
-}
-
 /// Per-publish plan for each shard (this one included), reused between publishes.
 #[derive(Debug)]
 pub(crate) struct Targets {
     pub plain: ShardSet,
     pub shared: Vec<Vec<SharedTarget>>,
+    /// Whether the other shards store the message being planned in their retained
+    /// replica (it is retained and this shard did not refuse it).
+    pub store_retained: bool,
 }
 
 impl Targets {
@@ -137,9 +171,19 @@ impl Targets {
         Targets {
             plain: ShardSet::default(),
             shared: (0..shard_count).map(|_| Vec::new()).collect(),
+            store_retained: false,
         }
     }
 }
+
+/// What a walk of the filter trie does besides collecting local plain subscribers
+/// (a const parameter, so each walk's closure carries only its own work).
+/// A copy routed here by another shard: local plain subscribers only.
+const WALK_PLAIN: u8 = 0;
+/// A publish on one of several shards: also plan the copies for the others.
+const WALK_PLAN: u8 = 1;
+/// A publish on the only shard: also pick one member of each shared group.
+const WALK_PICK: u8 = 2;
 
 /// One session's merged copy of a message.
 #[derive(Debug)]
@@ -168,7 +212,9 @@ impl Shard {
             options,
             sub_id,
         };
-        let entry = self.local.entry_or_insert_with(inner, LocalEntry::default);
+        let entry = self
+            .filters
+            .entry_or_insert_with(inner, FilterEntry::default);
         let (added, first) = match group {
             None => match entry.plain.iter_mut().find(|s| s.session == session) {
                 Some(s) => {
@@ -181,18 +227,19 @@ impl Shard {
                 }
             },
             Some(g) => {
-                let gi = match entry.groups.iter().position(|x| x.name == *g) {
+                let groups = &mut entry.shared.get_or_insert_with(Default::default).local;
+                let gi = match groups.iter().position(|x| x.name == *g) {
                     Some(i) => i,
                     None => {
-                        entry.groups.push(LocalGroup {
+                        groups.push(LocalGroup {
                             name: g.clone(),
                             members: Vec::new(),
                             next: Cell::new(0),
                         });
-                        entry.groups.len() - 1
+                        groups.len() - 1
                     }
                 };
-                let members = &mut entry.groups[gi].members;
+                let members = &mut groups[gi].members;
                 match members.iter_mut().find(|s| s.session == session) {
                     Some(s) => {
                         *s = sub;
@@ -221,7 +268,7 @@ impl Shard {
         inner: &Bytes,
         group: Option<&Bytes>,
     ) -> bool {
-        let Some(entry) = self.local.get_mut(inner) else {
+        let Some(entry) = self.filters.get_mut(inner) else {
             return false;
         };
         let (removed, last) = match group {
@@ -232,30 +279,34 @@ impl Shard {
                 }
                 None => (false, false),
             },
-            Some(g) => match entry.groups.iter().position(|x| x.name == *g) {
-                Some(gi) => {
-                    let members = &mut entry.groups[gi].members;
-                    match members.iter().position(|s| s.session == session) {
-                        Some(i) => {
-                            // Keep member order (round robin stays fair).
-                            members.remove(i);
-                            let last = members.is_empty();
-                            if last {
-                                entry.groups.swap_remove(gi);
+            Some(g) => {
+                let groups = entry.shared.as_mut().map(|x| &mut x.local);
+                match groups.and_then(|gs| Some((gs.iter().position(|x| x.name == *g)?, gs))) {
+                    Some((gi, groups)) => {
+                        let members = &mut groups[gi].members;
+                        match members.iter().position(|s| s.session == session) {
+                            Some(i) => {
+                                // Keep member order (round robin stays fair).
+                                members.remove(i);
+                                let last = members.is_empty();
+                                if last {
+                                    groups.swap_remove(gi);
+                                }
+                                (true, last)
                             }
-                            (true, last)
+                            None => (false, false),
                         }
-                        None => (false, false),
                     }
+                    None => (false, false),
                 }
-                None => (false, false),
-            },
+            }
         };
-        if entry.plain.is_empty() && entry.groups.is_empty() {
-            self.local.remove(inner);
-        }
+        entry.tidy_shared();
         if last {
+            // Takes this shard out of the filter's routes (and prunes the entry).
             self.route_changed(inner, group, false);
+        } else if entry.is_empty() {
+            self.filters.remove(inner);
         }
         if removed {
             self.stats.subscriptions -= 1;
@@ -263,9 +314,11 @@ impl Shard {
         removed
     }
 
-    /// Splits a full filter into (inner filter, group) as owned `Bytes`.
-    pub(crate) fn split_filter(full: &Bytes) -> (Bytes, Option<Bytes>) {
-        match crate::topic::parse_shared(full) {
+    /// Splits a full filter into (inner filter, group) as owned `Bytes` (one copy
+    /// of `full`, shared by both).
+    pub(crate) fn split_filter(full: &[u8]) -> (Bytes, Option<Bytes>) {
+        let full = Bytes::copy_from_slice(full);
+        match crate::topic::parse_shared(&full) {
             Ok(Some(s)) => (full.slice_ref(s.filter), Some(full.slice_ref(s.group))),
             _ => (full.clone(), None),
         }
@@ -370,42 +423,48 @@ impl Shard {
     fn apply_route(&mut self, shard: ShardId, filter: &Bytes, group: Option<&Bytes>, add: bool) {
         if add {
             let e = self
-                .routes
-                .entry_or_insert_with(filter, RouteEntry::default);
+                .filters
+                .entry_or_insert_with(filter, FilterEntry::default);
             match group {
-                None => e.plain.insert(shard),
-                Some(g) => match e.groups.iter_mut().find(|x| x.name == *g) {
-                    Some(x) => x.shards.insert(shard),
-                    None => {
-                        let mut shards = ShardSet::default();
-                        shards.insert(shard);
-                        e.groups.push(RouteGroup {
-                            filter: filter.clone(),
-                            name: g.clone(),
-                            shards,
-                            next: Cell::new(0),
-                        });
-                    }
-                },
-            }
-            return;
-        }
-        let Some(e) = self.routes.get_mut(filter) else {
-            return;
-        };
-        match group {
-            None => e.plain.remove(shard),
-            Some(g) => {
-                if let Some(i) = e.groups.iter().position(|x| x.name == *g) {
-                    e.groups[i].shards.remove(shard);
-                    if e.groups[i].shards.is_empty() {
-                        e.groups.swap_remove(i);
+                None => e.shards.insert(shard),
+                Some(g) => {
+                    let routes = &mut e.shared.get_or_insert_with(Default::default).routes;
+                    match routes.iter_mut().find(|x| x.name == *g) {
+                        Some(x) => x.shards.insert(shard),
+                        None => {
+                            let mut shards = ShardSet::default();
+                            shards.insert(shard);
+                            routes.push(RouteGroup {
+                                filter: filter.clone(),
+                                name: g.clone(),
+                                shards,
+                                next: Cell::new(0),
+                            });
+                        }
                     }
                 }
             }
+            return;
         }
-        if e.plain.is_empty() && e.groups.is_empty() {
-            self.routes.remove(filter);
+        let Some(e) = self.filters.get_mut(filter) else {
+            return;
+        };
+        match group {
+            None => e.shards.remove(shard),
+            Some(g) => {
+                if let Some(routes) = e.shared.as_mut().map(|x| &mut x.routes) {
+                    if let Some(i) = routes.iter().position(|x| x.name == *g) {
+                        routes[i].shards.remove(shard);
+                        if routes[i].shards.is_empty() {
+                            routes.swap_remove(i);
+                        }
+                    }
+                }
+                e.tidy_shared();
+            }
+        }
+        if e.is_empty() {
+            self.filters.remove(filter);
         }
     }
 
@@ -435,68 +494,16 @@ impl Shard {
             &msg
         };
 
-        // One shard: the routes table only mirrors `local`, so one walk of `local`
-        // finds both the plain subscribers and the shared groups to serve.
+        // One walk finds the shards to forward to, the shared groups each serves
+        // and this shard's own plain subscribers.
         if self.shard_count == 1 {
-            self.deliver_local(msg, &mut arc, now, true);
-            return retain_refused;
+            // This shard serves every group: pick members during the walk.
+            self.deliver_local::<WALK_PICK>(msg, &mut arc, now);
+        } else {
+            // Refused here, so refused everywhere: the replicas stay identical.
+            self.targets.store_retained = msg.retain && !retain_refused;
+            self.deliver_local::<WALK_PLAN>(msg, &mut arc, now);
         }
-
-        // Plan: which shards get a plain copy, which shard serves each shared group.
-        let me = self.id;
-        let targets = &mut self.targets;
-        targets.plain = ShardSet::default();
-        self.routes.for_each_match(&msg.topic, |e| {
-            e.plain.for_each(|s| targets.plain.insert(s));
-            for g in &e.groups {
-                let n = g.shards.len();
-                if n == 0 {
-                    continue;
-                }
-                let pick = g.next.get() as usize % n;
-                g.next.set(g.next.get().wrapping_add(1));
-                if let Some(s) = g.shards.nth(pick) {
-                    targets.shared[s].push(SharedTarget {
-                        filter: g.filter.clone(),
-                        group: g.name.clone(),
-                    });
-                }
-            }
-        });
-
-        // Refused here, so refused everywhere: the replicas stay identical.
-        let store_retained = msg.retain && !retain_refused;
-        for to in 0..self.shard_count {
-            if to == me {
-                continue;
-            }
-            let plain = self.targets.plain.contains(to);
-            let shared = std::mem::take(&mut self.targets.shared[to]);
-            if !plain && shared.is_empty() && !store_retained {
-                continue;
-            }
-            let a = arc.get_or_insert_with(|| Arc::new(msg.clone())).clone();
-            self.actions.push_back(Action::Send {
-                to,
-                msg: ShardMsg::Publish {
-                    msg: a,
-                    plain,
-                    shared,
-                    store_retained,
-                },
-            });
-        }
-
-        let local_shared = std::mem::take(&mut self.targets.shared[me]);
-        if self.targets.plain.contains(me) {
-            self.deliver_plain(msg, &mut arc, now);
-        }
-        for t in &local_shared {
-            self.deliver_shared(msg, &mut arc, t, now);
-        }
-        let mut local_shared = local_shared;
-        local_shared.clear();
-        self.targets.shared[me] = local_shared;
         retain_refused
     }
 
@@ -515,37 +522,26 @@ impl Shard {
         }
         let mut arc = Some(msg.clone());
         if plain {
-            self.deliver_plain(&msg, &mut arc, now);
+            self.deliver_local::<WALK_PLAIN>(&msg, &mut arc, now);
         }
         for t in &shared {
             self.deliver_shared(&msg, &mut arc, t, now);
         }
     }
 
-    /// Delivers to every local non-shared subscription matching `msg`.
+    /// Delivers to every local non-shared subscription matching `msg`, and, as
+    /// `WALK` says, plans the copies for other shards or picks the local shared
+    /// group members, all from one walk of the filter trie.
     ///
     /// Overlapping subscriptions of one session (e.g. `a/+` and `a/#`) yield ONE
     /// copy at the highest granted QoS, carrying every matching subscription
     /// identifier, retained-as-published if any of them asks for it (MQTT 5 3.3.4
     /// allows either one copy or one per subscription; one copy is cheaper).
-    pub(crate) fn deliver_plain(
+    fn deliver_local<const WALK: u8>(
         &mut self,
         msg: &Message,
         arc: &mut Option<Arc<Message>>,
         now: Instant,
-    ) {
-        self.deliver_local(msg, arc, now, false);
-    }
-
-    /// `deliver_plain`, and with `groups` also one member of every matching local
-    /// shared group (chosen as `deliver_shared` does), all from one walk of `local`.
-    /// Only right when this shard serves every group, i.e. `shard_count == 1`.
-    fn deliver_local(
-        &mut self,
-        msg: &Message,
-        arc: &mut Option<Arc<Message>>,
-        now: Instant,
-        groups: bool,
     ) {
         self.match_generation = self.match_generation.wrapping_add(1);
         if self.match_generation == 0 {
@@ -561,7 +557,28 @@ impl Shard {
         matches.clear();
         let mut picks: SmallVec<[LocalSub; 2]> = SmallVec::new();
         let sessions = &mut self.sessions;
-        self.local.for_each_match(&msg.topic, |e| {
+        let targets = &mut self.targets;
+        if WALK == WALK_PLAN {
+            targets.plain = ShardSet::default();
+        }
+        self.filters.for_each_match(&msg.topic, |e| {
+            if WALK == WALK_PLAN {
+                e.shards.for_each(|s| targets.plain.insert(s));
+                for g in e.shared.iter().flat_map(|x| &x.routes) {
+                    let n = g.shards.len();
+                    if n == 0 {
+                        continue;
+                    }
+                    let pick = g.next.get() as usize % n;
+                    g.next.set(g.next.get().wrapping_add(1));
+                    if let Some(s) = g.shards.nth(pick) {
+                        targets.shared[s].push(SharedTarget {
+                            filter: g.filter.clone(),
+                            group: g.name.clone(),
+                        });
+                    }
+                }
+            }
             for s in &e.plain {
                 if s.options.no_local && s.session == origin {
                     continue;
@@ -592,8 +609,8 @@ impl Shard {
                     });
                 }
             }
-            if groups {
-                for g in &e.groups {
+            if WALK == WALK_PICK {
+                for g in e.local_groups() {
                     // An empty group is removed with its last member; nothing to pick.
                     if let Some(sub) = pick_member(g, sessions) {
                         picks.push(sub);
@@ -601,6 +618,12 @@ impl Shard {
                 }
             }
         });
+        let local_shared = if WALK == WALK_PLAN {
+            self.send_to_shards(msg, arc);
+            std::mem::take(&mut self.targets.shared[self.id])
+        } else {
+            Vec::new()
+        };
         self.cache.clear();
         for m in &mut matches {
             if m.sub_ids.len() > 1 {
@@ -611,10 +634,43 @@ impl Shard {
             self.deliver(m.session, msg, arc, qos, retain, &m.sub_ids, now, true);
         }
         self.matches = matches;
-        if !picks.is_empty() {
-            for sub in picks {
-                self.deliver_member(msg, arc, sub, now);
+        for sub in picks {
+            self.deliver_member(msg, arc, sub, now);
+        }
+        if WALK == WALK_PLAN {
+            for t in &local_shared {
+                self.deliver_shared(msg, arc, t, now);
             }
+            let mut local_shared = local_shared;
+            local_shared.clear();
+            self.targets.shared[self.id] = local_shared;
+        }
+    }
+
+    /// One `ShardMsg::Publish` per other shard that `targets` (just planned) or the
+    /// retained replica needs.
+    fn send_to_shards(&mut self, msg: &Message, arc: &mut Option<Arc<Message>>) {
+        let me = self.id;
+        let store_retained = self.targets.store_retained;
+        for to in 0..self.shard_count {
+            if to == me {
+                continue;
+            }
+            let plain = self.targets.plain.contains(to);
+            let shared = std::mem::take(&mut self.targets.shared[to]);
+            if !plain && shared.is_empty() && !store_retained {
+                continue;
+            }
+            let a = arc.get_or_insert_with(|| Arc::new(msg.clone())).clone();
+            self.actions.push_back(Action::Send {
+                to,
+                msg: ShardMsg::Publish {
+                    msg: a,
+                    plain,
+                    shared,
+                    store_retained,
+                },
+            });
         }
     }
 
@@ -626,11 +682,11 @@ impl Shard {
         t: &SharedTarget,
         now: Instant,
     ) {
-        let Some(e) = self.local.get(&t.filter) else {
+        let Some(e) = self.filters.get(&t.filter) else {
             self.stats.dropped_no_subscriber += 1;
             return;
         };
-        let Some(g) = e.groups.iter().find(|g| g.name == t.group) else {
+        let Some(g) = e.local_groups().iter().find(|g| g.name == t.group) else {
             self.stats.dropped_no_subscriber += 1;
             return;
         };
@@ -762,10 +818,187 @@ fn pick_member(g: &LocalGroup, sessions: &SessionStore) -> Option<LocalSub> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use bytes::Bytes;
+    use smallvec::smallvec;
+
     use super::ShardSet;
     use crate::config::Config;
-    use crate::protocol::QoS;
+    use crate::protocol::{Packet, Properties, QoS, UnsubAck, Unsubscribe};
     use crate::shard::harness::*;
+
+    const FILTERS: [&str; 10] = [
+        "a/b",
+        "a/+",
+        "a/#",
+        "+/b",
+        "#",
+        "b/c",
+        "$share/g/a/+",
+        "$share/h/a/b",
+        "$share/g/#",
+        "$share/g/a/b",
+    ];
+    const TOPICS: [&str; 5] = ["a/b", "a/c", "b/c", "b/b", "x"];
+
+    /// The filter trie (local subscribers and routes in one) against a model of
+    /// who subscribed to what, on 1, 2 and 3 shards, through random subscribes,
+    /// unsubscribes, disconnects and publishes:
+    /// - every shard holds exactly one entry per inner filter with a subscriber
+    ///   anywhere (its routes row) and prunes to the bare root when none is left;
+    /// - each publish reaches every plainly matching client exactly once, and each
+    ///   matching shared group (group, inner filter) exactly once, at one member.
+    #[test]
+    fn filter_trie_against_a_model() {
+        for shards in 1..=3 {
+            let mut cl = Cluster::new(shards, Config::default());
+            let ids: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+            let mut cids: Vec<Cid> = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                let opts = ConnectOpts {
+                    accept_on: i % shards,
+                    ..ConnectOpts::default()
+                };
+                cids.push(cl.connect_ok(V311, id, opts, false));
+            }
+            let mut subs: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); ids.len()];
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ shards as u64;
+            let mut published = 0u32;
+            for _ in 0..600 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let c = (x >> 8) as usize % ids.len();
+                let f = FILTERS[(x >> 16) as usize % FILTERS.len()];
+                match x % 10 {
+                    0..=3 => {
+                        cl.subscribe(cids[c], f, QoS::AtMostOnce);
+                        subs[c].insert(f);
+                    }
+                    4 | 5 => {
+                        let u = Unsubscribe {
+                            packet_id: 2,
+                            filters: smallvec![Bytes::from_static(f.as_bytes())],
+                            properties: Properties::default(),
+                        };
+                        cl.send(cids[c], Packet::Unsubscribe(u));
+                        subs[c].remove(f);
+                        // 3.1.1 UNSUBACK carries no reason codes.
+                        let ack = UnsubAck {
+                            packet_id: 2,
+                            codes: smallvec![],
+                            properties: Properties::default(),
+                        };
+                        cl.expect(cids[c], Packet::UnsubAck(ack));
+                    }
+                    6 => {
+                        // A clean session ends with its connection.
+                        cl.drop_connection(cids[c]);
+                        subs[c].clear();
+                        let opts = ConnectOpts {
+                            accept_on: (x >> 24) as usize % shards,
+                            ..ConnectOpts::default()
+                        };
+                        cids[c] = cl.connect_ok(V311, &ids[c], opts, false);
+                    }
+                    _ => {
+                        let topic = TOPICS[(x >> 32) as usize % TOPICS.len()];
+                        published += 1;
+                        let payload = published.to_string();
+                        cl.publish(cids[c], topic, &payload, QoS::AtMostOnce, false, 0);
+                        check_delivery(&mut cl, &cids, &subs, topic, &payload);
+                    }
+                }
+                check_entries(&cl, &subs);
+            }
+            for c in 0..ids.len() {
+                cl.drop_connection(cids[c]);
+                subs[c].clear();
+            }
+            check_entries(&cl, &subs);
+            for sh in &cl.shards {
+                assert_eq!(sh.filters.node_count(), 1, "pruned to the root");
+                assert_eq!(sh.stats().subscriptions, 0);
+            }
+        }
+    }
+
+    fn inner(filter: &str) -> (&str, Option<&str>) {
+        match filter.strip_prefix("$share/") {
+            Some(rest) => {
+                let (group, f) = rest.split_once('/').expect("group/filter");
+                (f, Some(group))
+            }
+            None => (filter, None),
+        }
+    }
+
+    #[track_caller]
+    fn check_entries(cl: &Cluster, subs: &[BTreeSet<&str>]) {
+        let inners: BTreeSet<&str> = subs.iter().flatten().map(|f| inner(f).0).collect();
+        for (i, sh) in cl.shards.iter().enumerate() {
+            assert_eq!(sh.filters.len(), inners.len(), "shard {i}: {inners:?}");
+            for f in &inners {
+                assert!(sh.filters.get(f.as_bytes()).is_some(), "shard {i}: {f}");
+            }
+        }
+        let total: usize = subs.iter().map(|s| s.len()).sum();
+        let on_shards: usize = cl.shards.iter().map(|s| s.stats().subscriptions).sum();
+        assert_eq!(on_shards, total);
+    }
+
+    #[track_caller]
+    fn check_delivery(
+        cl: &mut Cluster,
+        cids: &[Cid],
+        subs: &[BTreeSet<&str>],
+        topic: &str,
+        payload: &str,
+    ) {
+        // (group, inner filter) → members.
+        let mut groups: BTreeMap<(&str, &str), BTreeSet<usize>> = BTreeMap::new();
+        for (c, fs) in subs.iter().enumerate() {
+            for f in fs {
+                if let (inner, Some(g)) = inner(f) {
+                    if crate::topic::matches(inner.as_bytes(), topic.as_bytes()) {
+                        groups.entry((g, inner)).or_default().insert(c);
+                    }
+                }
+            }
+        }
+        let mut group_copies = 0;
+        for (c, &cid) in cids.iter().enumerate() {
+            let mut got = 0;
+            while let Some(p) = cl.next(cid) {
+                assert_eq!(
+                    p,
+                    pubp(topic, payload, QoS::AtMostOnce, false, 0),
+                    "client {c}"
+                );
+                got += 1;
+            }
+            let plain = subs[c].iter().any(|f| {
+                !f.starts_with("$share/") && crate::topic::matches(f.as_bytes(), topic.as_bytes())
+            });
+            let member_of = groups.values().filter(|m| m.contains(&c)).count();
+            assert!(
+                got >= usize::from(plain),
+                "client {c}: plain copy of {topic}"
+            );
+            let shared = got - usize::from(plain);
+            assert!(
+                shared <= member_of,
+                "client {c}: {shared} group copies of {topic}"
+            );
+            group_copies += shared;
+        }
+        assert_eq!(
+            group_copies,
+            groups.len(),
+            "one copy per matching group: {groups:?}"
+        );
+    }
 
     /// One shard serves plain and shared subscribers from a single walk of `local`:
     /// each group gets every message once, an offline member is skipped, and a

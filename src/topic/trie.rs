@@ -1,32 +1,13 @@
 use smallvec::SmallVec;
 
+use crate::arena::{chunk_of, push_chunked, ChunkSlab};
+
 /// Index of a node in the arena, or of a value in the value slab.
 type Idx = u32;
 /// "No node" / "no value". Indices are u32 to halve link size; 4G nodes would need
 /// hundreds of GB, so memory runs out long before an index could reach this.
-const NONE: Idx = u32::MAX;
+const NONE: Idx = crate::arena::NIL;
 const ROOT: Idx = 0;
-
-/// Entries per arena chunk. Fixed-size chunks instead of one growing `Vec` keep the
-/// slack below one chunk and avoid a 2x copy spike when a million-node trie grows.
-/// 1023, not 1024: mimalloc (through the `mimalloc` crate, which always calls
-/// `mi_malloc_aligned`) reserves `size + align - 1` for medium blocks, so an exact
-/// 64 KiB request lands in the 80 KiB size class; 1023 entries leave room for that.
-const CHUNK_LEN: usize = 1023;
-
-/// Index distance between chunks: an index is `chunk << CHUNK_SHIFT | offset`, so
-/// splitting one (every node visit of every topic walk) is a shift and a mask, not a
-/// division by `CHUNK_LEN`. Offset `CHUNK_LEN` (1023) is never used, so `NONE`
-/// (all ones) never names an entry.
-const CHUNK_SHIFT: u32 = 10;
-const _: () = assert!(CHUNK_LEN < 1 << CHUNK_SHIFT);
-
-/// Splits an arena index into (chunk, offset).
-#[inline(always)]
-fn chunk_of(i: Idx) -> (usize, usize) {
-    let i = i as usize;
-    (i >> CHUNK_SHIFT, i & ((1 << CHUNK_SHIFT) - 1))
-}
 
 /// Up to this many literal children are an unsorted exact-size list scanned
 /// linearly; above it they become an open-addressing table.
@@ -160,96 +141,6 @@ impl Node {
     }
 }
 
-/// Values by index: fixed-size chunks and a free list, so growth never copies and
-/// the slack stays under one chunk; an entry is `V` plus a tag, not a `usize` link.
-struct Values<V> {
-    chunks: Vec<Vec<Entry<V>>>,
-    free: Idx,
-    len: usize,
-}
-
-enum Entry<V> {
-    Full(V),
-    /// Next free entry.
-    Free(Idx),
-}
-
-impl<V> Values<V> {
-    fn new() -> Self {
-        Values {
-            chunks: Vec::new(),
-            free: NONE,
-            len: 0,
-        }
-    }
-
-    fn entry(&self, i: Idx) -> Option<&Entry<V>> {
-        self.chunks.get(chunk_of(i).0)?.get(chunk_of(i).1)
-    }
-
-    fn entry_mut(&mut self, i: Idx) -> Option<&mut Entry<V>> {
-        self.chunks.get_mut(chunk_of(i).0)?.get_mut(chunk_of(i).1)
-    }
-
-    fn get(&self, i: Idx) -> Option<&V> {
-        match self.entry(i)? {
-            Entry::Full(v) => Some(v),
-            Entry::Free(_) => None,
-        }
-    }
-
-    fn get_mut(&mut self, i: Idx) -> Option<&mut V> {
-        match self.entry_mut(i)? {
-            Entry::Full(v) => Some(v),
-            Entry::Free(_) => None,
-        }
-    }
-
-    fn insert(&mut self, v: V) -> Idx {
-        self.len += 1;
-        let free = self.free;
-        if let Some(e) = self.entry_mut(free) {
-            if let Entry::Free(next) = *e {
-                *e = Entry::Full(v);
-                self.free = next;
-                return free;
-            }
-        }
-        push_chunked(&mut self.chunks, Entry::Full(v))
-    }
-
-    fn remove(&mut self, i: Idx) -> Option<V> {
-        let next = self.free;
-        let e = self.entry_mut(i)?;
-        if let Entry::Free(_) = e {
-            return None;
-        }
-        let Entry::Full(v) = std::mem::replace(e, Entry::Free(next)) else {
-            return None;
-        };
-        self.free = i;
-        self.len -= 1;
-        Some(v)
-    }
-}
-
-/// Appends to the last chunk, opening a full-size one when it is full. The first
-/// chunk grows by doubling (capped at `CHUNK_LEN`) so a small trie stays small.
-fn push_chunked<T>(chunks: &mut Vec<Vec<T>>, t: T) -> Idx {
-    if chunks.last().map_or(true, |c| c.len() == CHUNK_LEN) {
-        let cap = if chunks.is_empty() { 4 } else { CHUNK_LEN };
-        chunks.push(Vec::with_capacity(cap));
-    }
-    let chunk = chunks.len() - 1;
-    let last = &mut chunks[chunk];
-    if last.len() == last.capacity() {
-        last.reserve_exact(last.len().min(CHUNK_LEN - last.len()));
-    }
-    let i = ((chunk << CHUNK_SHIFT) + last.len()) as Idx;
-    last.push(t);
-    i
-}
-
 /// Where a key's value sits: a node's own slot or its `#` slot.
 #[derive(Clone, Copy)]
 enum Slot {
@@ -271,7 +162,8 @@ pub struct TopicTrie<V> {
     /// Head of the free-node list (linked through `Node::hash`).
     free: Idx,
     live_nodes: usize,
-    values: Values<V>,
+    /// Values by index, so a node pays 4 bytes, not `size_of::<Option<V>>()`, per slot.
+    values: ChunkSlab<V>,
     hasher: ahash::RandomState,
 }
 
@@ -376,14 +268,14 @@ impl<V> TopicTrie<V> {
             chunks,
             free: NONE,
             live_nodes: 1,
-            values: Values::new(),
+            values: ChunkSlab::new(),
             hasher: ahash::RandomState::new(),
         }
     }
 
     /// Number of keys with a value.
     pub fn len(&self) -> usize {
-        self.values.len
+        self.values.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -397,23 +289,23 @@ impl<V> TopicTrie<V> {
 
     pub fn get(&self, key: &[u8]) -> Option<&V> {
         let idx = self.slot_value(self.find(key)?);
-        self.values.get(idx)
+        self.values.get(idx as usize)
     }
 
     pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
         let idx = self.slot_value(self.find(key)?);
-        self.values.get_mut(idx)
+        self.values.get_mut(idx as usize)
     }
 
     /// The value at `key`, inserted with `make` if absent.
     pub fn entry_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
         let slot = self.find_or_create(key);
         let mut idx = self.slot_value(slot);
-        if self.values.get(idx).is_none() {
-            idx = self.values.insert(make());
+        if self.values.get(idx as usize).is_none() {
+            idx = self.values.insert(make()) as Idx;
             self.set_slot(slot, idx);
         }
-        match self.values.get_mut(idx) {
+        match self.values.get_mut(idx as usize) {
             Some(v) => v,
             // `idx` was found or inserted just above.
             None => unreachable!("value {idx} vanished"),
@@ -424,10 +316,10 @@ impl<V> TopicTrie<V> {
     pub fn insert(&mut self, key: &[u8], value: V) -> Option<V> {
         let slot = self.find_or_create(key);
         let idx = self.slot_value(slot);
-        if let Some(old) = self.values.get_mut(idx) {
+        if let Some(old) = self.values.get_mut(idx as usize) {
             return Some(std::mem::replace(old, value));
         }
-        let idx = self.values.insert(value);
+        let idx = self.values.insert(value) as Idx;
         self.set_slot(slot, idx);
         None
     }
@@ -450,7 +342,7 @@ impl<V> TopicTrie<V> {
         }
         let slot = slot.unwrap_or(Slot::Value(node));
         let idx = self.slot_value(slot);
-        let value = self.values.remove(idx)?;
+        let value = self.values.remove(idx as usize)?;
         self.set_slot(slot, NONE);
         // A `#` slot lives on `node` itself, so both kinds prune from `node`.
         self.prune(node, &path);
@@ -604,26 +496,28 @@ impl<V> TopicTrie<V> {
 
     // ---- walking helpers ----
 
-    #[inline]
+    // Always inlined: with the caller's closure in it, the compiler would otherwise
+    // keep it out of line (a call per matching filter on every publish).
+    #[inline(always)]
     fn emit(&self, idx: Idx, f: &mut impl FnMut(&V)) {
         if idx == NONE {
             return;
         }
-        if let Some(v) = self.values.get(idx) {
+        if let Some(v) = self.values.get(idx as usize) {
             f(v);
         }
     }
 
     /// Emits `idx` under the name in `buf` minus its trailing '/'.
     fn emit_named(&self, idx: Idx, buf: &[u8], f: &mut impl FnMut(&[u8], &V)) {
-        if let Some(v) = self.values.get(idx) {
+        if let Some(v) = self.values.get(idx as usize) {
             f(&buf[..buf.len().saturating_sub(1)], v);
         }
     }
 
     /// Emits a `#` slot as the name in `buf` followed by a final `#` level.
     fn emit_hash_leaf(&self, idx: Idx, buf: &mut Vec<u8>, f: &mut impl FnMut(&[u8], &V)) {
-        if let Some(v) = self.values.get(idx) {
+        if let Some(v) = self.values.get(idx as usize) {
             buf.push(b'#');
             f(buf, v);
             buf.pop();
@@ -1041,7 +935,6 @@ mod tests {
     fn layout_sizes() {
         assert_eq!(std::mem::size_of::<Label>(), 24);
         assert_eq!(std::mem::size_of::<Node>(), 64);
-        assert_eq!(std::mem::size_of::<Entry<u32>>(), 8);
     }
 
     #[test]

@@ -37,7 +37,7 @@ fn flush_emitted_once_until_taken_and_idle_connection_parks_no_buffer() {
         Some(&[0x20, 0x02, 0x00, 0x00, 0xD0, 0x00][..])
     );
     assert_eq!(sh.take_tx(c), None);
-    let conn = &sh.conns[c];
+    let conn = sh.conns.get(c).expect("connection still there");
     assert_eq!((conn.rx.capacity(), conn.tx.capacity()), (0, 0));
     // After taking, new output gets a new Flush.
     sh.on_read(c, &[0xC0, 0x00], now);
