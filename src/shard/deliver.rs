@@ -456,7 +456,8 @@ impl Shard {
         let Some(sess) = sessions.get_mut(session) else {
             return;
         };
-        if sess.conn == NONE {
+        // Called after every ack and every flush; mostly nothing waits.
+        if sess.conn == NONE || sess.delivery.as_ref().is_none_or(|d| d.queue.is_empty()) {
             return;
         }
         let conn_id = sess.conn as usize;

@@ -149,7 +149,7 @@ impl Shard {
         self.drop_slow_consumers(now);
         match qos {
             QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write_control(conn, &Packet::PubAck(PubResp::new(packet_id))),
+            QoS::AtLeastOnce => self.write_puback(conn, packet_id),
             QoS::ExactlyOnce => self.write_control(conn, &Packet::PubRec(PubResp::new(packet_id))),
         }
         Ok(())
@@ -157,7 +157,13 @@ impl Shard {
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`: the flow ends if the
     /// message is waiting for exactly that acknowledgement, and the window moves on.
-    fn on_flow_end(&mut self, conn: ConnId, packet_id: u16, waiting_for: Phase, now: Instant) {
+    pub(super) fn on_flow_end(
+        &mut self,
+        conn: ConnId,
+        packet_id: u16,
+        waiting_for: Phase,
+        now: Instant,
+    ) {
         let session = self.conn_session(conn);
         let Some(d) = self
             .sessions
