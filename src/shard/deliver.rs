@@ -457,7 +457,8 @@ impl Shard {
             return;
         };
         // Called after every ack and every flush; mostly nothing waits.
-        if sess.conn == NONE || sess.delivery.as_ref().is_none_or(|d| d.queue.is_empty()) {
+        if sess.conn == NONE || !matches!(sess.delivery.as_deref(), Some(d) if !d.queue.is_empty())
+        {
             return;
         }
         let conn_id = sess.conn as usize;
