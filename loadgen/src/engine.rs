@@ -591,13 +591,17 @@ impl Worker {
         }
         self.enter(0, 0);
         let until = now.saturating_add(wait_ns.min(self.spin_ns));
-        let t0 = now_ns();
-        let mut t = t0;
-        while self.ring.completion().is_empty() && t < until {
-            std::hint::spin_loop();
-            t = now_ns();
+        let mut t = now_ns();
+        if self.ring.completion().is_empty() && t < until {
+            // Thread CPU, not wall time: a spin preempted by another process must not
+            // count more than it used.
+            let cpu0 = thread_cpu_ns();
+            while self.ring.completion().is_empty() && t < until {
+                std::hint::spin_loop();
+                t = now_ns();
+            }
+            self.spun_ns += thread_cpu_ns().saturating_sub(cpu0);
         }
-        self.spun_ns += t - t0;
         if !self.ring.completion().is_empty() {
             return;
         }
