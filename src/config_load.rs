@@ -34,6 +34,8 @@ pub struct Cli {
     pub io: Option<String>,
     #[arg(long, value_name = "LEVEL", help = with_default("tracing filter (RUST_LOG overrides it), e.g. info or ringmq=debug", &d().log_level))]
     pub log_level: Option<String>,
+    #[arg(long, value_name = "US", help = with_default("Most microseconds a loop spins for the next event after a busy turn before blocking (adaptive: shrinks to 0 when events are further apart); 0 = never spin", d().busy_poll_us))]
+    pub busy_poll_us: Option<String>,
     #[arg(long, value_name = "N", help = with_default("Connections the broker holds in total; by default lowered to what the io_uring tables hold", d().max_connections))]
     pub max_connections: Option<String>,
     #[arg(long, value_name = "N", help = with_default("Connections per client IP address; 0 = no limit", d().max_connections_per_ip))]
@@ -293,6 +295,7 @@ pub const KEYS: &[&str] = &[
     "shards",
     "io",
     "log_level",
+    "busy_poll_us",
     "max_connections",
     "max_connections_per_ip",
     "connect_rate_per_s",
@@ -323,6 +326,8 @@ pub const KEYS: &[&str] = &[
     "deny_subscribe",
 ];
 
+/// A spin longer than a millisecond no longer saves a wake-up worth its CPU.
+const MAX_BUSY_POLL_US: u64 = 1000;
 const MAX_SHARDS: u64 = crate::ring::MAX_SHARDS as u64;
 const U16: u64 = u16::MAX as u64;
 const U32: u64 = u32::MAX as u64;
@@ -347,6 +352,7 @@ pub fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
             }
         }
         "log_level" => cfg.log_level = text(raw)?,
+        "busy_poll_us" => cfg.busy_poll_us = int(raw, 0, MAX_BUSY_POLL_US)? as u32,
         "max_connections" => cfg.max_connections = usize_of(int(raw, 1, USIZE)?),
         "max_connections_per_ip" => cfg.max_connections_per_ip = usize_of(int(raw, 0, USIZE)?),
         "connect_rate_per_s" => cfg.connect_rate_per_s = int(raw, 0, U32)? as u32,
@@ -437,10 +443,11 @@ impl Cli {
                 Raw::List(self.listen.iter().cloned().map(Raw::Text).collect()),
             ));
         }
-        let singles: [(&'static str, &Option<String>); 30] = [
+        let singles: [(&'static str, &Option<String>); 31] = [
             ("shards", &self.shards),
             ("io", &self.io),
             ("log_level", &self.log_level),
+            ("busy_poll_us", &self.busy_poll_us),
             ("max_connections", &self.max_connections),
             ("max_connections_per_ip", &self.max_connections_per_ip),
             ("connect_rate_per_s", &self.connect_rate_per_s),
@@ -619,6 +626,7 @@ mod tests {
             ("shards", "2", "2"),
             ("io", "\"uring\"", "uring"),
             ("log_level", "\"debug\"", "debug"),
+            ("busy_poll_us", "7", "7"),
             ("max_connections", "7", "7"),
             ("max_connections_per_ip", "7", "7"),
             ("connect_rate_per_s", "7", "7"),
@@ -692,6 +700,15 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "config c.toml: key \"io\": expected one of auto, uring, epoll, got \"kqueue\""
+        );
+        let err = load_with(
+            &cli(&["--config", "c.toml"]),
+            with_file("busy_poll_us = 1001\n"),
+        )
+        .expect_err("fail");
+        assert_eq!(
+            err.to_string(),
+            "config c.toml: key \"busy_poll_us\": expected an integer 0..=1000, got 1001"
         );
     }
 

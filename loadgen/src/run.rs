@@ -288,6 +288,7 @@ fn merge(
         mut unclean,
     ) = (0, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut max_thread_pct: f64 = 0.0;
+    let mut spun_measured_ns = 0u64;
     let measured_phase = if cfg.scenario == Scenario::Connect {
         0
     } else {
@@ -309,6 +310,8 @@ fn merge(
         unexpected += r.unexpected;
         written_off += r.qos0_written_off;
         unclean += r.unclean_close;
+        let spin_start = r.spin_at_phase_ns[measured_phase];
+        spun_measured_ns += r.spin_at_phase_ns[measured_phase + 1].saturating_sub(spin_start);
         let start = r.cpu_at_phase_ns[measured_phase];
         let end = r.cpu_at_phase_ns[measured_phase + 1].max(start);
         max_thread_pct =
@@ -366,7 +369,8 @@ fn merge(
         errors_total,
         errors,
         unclean_closes: unclean,
-        cpu_process_pct: cpu_measured_ns as f64 * 100.0 / cpu_window_ns as f64,
+        cpu_process_pct: cpu_measured_ns.saturating_sub(spun_measured_ns) as f64 * 100.0
+            / cpu_window_ns as f64,
         cpu_max_thread_pct: max_thread_pct,
         loadgen_saturated: saturated,
         interrupted: interrupted(),

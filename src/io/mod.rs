@@ -165,6 +165,12 @@ pub trait EventLoop {
     /// Submits everything queued, waits up to `timeout` (`None`: until an event) when
     /// nothing is ready, and appends the completions to `out`.
     fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
+    /// Whether a non-blocking `turn` may find something, checked without a system
+    /// call where the backend can (io_uring reads its completion queues). Polled by a
+    /// busy-polling loop; `true` when the backend cannot tell without a system call.
+    fn poll_ready(&mut self) -> bool {
+        true
+    }
     fn stats(&self) -> IoStats;
     /// Backend name for logs.
     fn name(&self) -> &'static str;

@@ -1545,6 +1545,13 @@ impl EventLoop for UringLoop {
         Ok(())
     }
 
+    fn poll_ready(&mut self) -> bool {
+        !self.pending.is_empty()
+            || self.rings.iter_mut().any(|r| {
+                !r.backlog.is_empty() || !r.starved.is_empty() || !r.uring.completion().is_empty()
+            })
+    }
+
     fn stats(&self) -> IoStats {
         self.stats
     }

@@ -417,6 +417,12 @@ impl<T> Endpoint<T> {
         true
     }
 
+    /// Whether any inbound ring holds a message (a busy-polling consumer's check; no
+    /// flag is published, so producers send no doorbell).
+    pub fn has_inbound(&self) -> bool {
+        self.inbound.iter().flatten().any(|ring| !ring.is_empty())
+    }
+
     /// Call after waking from a park: producers stop sending doorbells. A producer
     /// that still saw the old flag sends one spurious doorbell, which is harmless.
     pub fn unpark(&mut self) {

@@ -456,7 +456,9 @@ impl Shard {
         let Some(sess) = sessions.get_mut(session) else {
             return;
         };
-        if sess.conn == NONE {
+        // Called after every ack and every flush; mostly nothing waits.
+        if sess.conn == NONE || !matches!(sess.delivery.as_deref(), Some(d) if !d.queue.is_empty())
+        {
             return;
         }
         let conn_id = sess.conn as usize;

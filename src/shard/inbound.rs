@@ -150,6 +150,10 @@ impl Shard {
         if qos == QoS::AtMostOnce {
             return Ok(());
         }
+        if qos == QoS::AtLeastOnce && !retain_refused {
+            self.write_puback(conn, packet_id);
+            return Ok(());
+        }
         let mut resp = PubResp::new(packet_id);
         // Retained but not stored: MQTT 5 publishers are told (3.x has no code).
         if retain_refused && self.conns.get(conn).is_some_and(|c| c.version.is_v5()) {
@@ -171,7 +175,13 @@ impl Shard {
 
     /// PUBACK (QoS 1) or PUBCOMP (QoS 2) for `packet_id`: the flow ends if the
     /// message is waiting for exactly that acknowledgement, and the window moves on.
-    fn on_flow_end(&mut self, conn: ConnId, packet_id: u16, waiting_for: Phase, now: Instant) {
+    pub(super) fn on_flow_end(
+        &mut self,
+        conn: ConnId,
+        packet_id: u16,
+        waiting_for: Phase,
+        now: Instant,
+    ) {
         let session = self.conn_session(conn);
         let Some(d) = self
             .sessions

@@ -26,13 +26,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::config::Config;
-use crate::protocol::{Disconnect, Packet, Properties, ReasonCode};
-use crate::session::{Message, SessionError, SessionStore, NONE};
+use crate::protocol::{Disconnect, Packet, Properties, ProtocolVersion, ReasonCode};
+use crate::session::{Message, Phase, SessionError, SessionStore, NONE};
 use crate::topic::TopicTrie;
 
 use conn::{Conn, ConnState};
@@ -460,6 +460,24 @@ impl Shard {
                 ConnState::Connected => {}
                 _ => return,
             }
+            // The commonest frame of a QoS 1 stream, a PUBACK with reason Success and no
+            // properties (remaining length 2, the same in every version), is read in
+            // place: decoding it builds and drops a whole `Packet`. Anything else,
+            // including packet id 0 and a max_packet_size below 4, takes the decoder.
+            if max_packet >= 4 {
+                if let [0x40, 0x02, hi, lo, ..] = c.rx[..] {
+                    let packet_id = u16::from_be_bytes([hi, lo]);
+                    if packet_id != 0 {
+                        c.rx.advance(4);
+                        if c.rx.is_empty() {
+                            c.rx = BytesMut::new();
+                        }
+                        self.on_flow_end(conn, packet_id, Phase::AwaitAck, now);
+                        self.drop_slow_consumers(now);
+                        continue;
+                    }
+                }
+            }
             let decoded = crate::protocol::decode_packet(&mut c.rx, c.version, max_packet);
             if c.rx.is_empty() {
                 c.rx = BytesMut::new();
@@ -582,6 +600,37 @@ impl Shard {
     /// without reading the replies is closed instead of growing the buffer.
     /// DISCONNECT is exempt: it ends the connection anyway.
     fn write_control(&mut self, conn: ConnId, packet: &Packet) {
+        self.write_control_with(
+            conn,
+            !matches!(packet, Packet::Disconnect(_)),
+            |v| crate::protocol::encoded_len(packet, v),
+            |tx, v| crate::protocol::encode_packet(packet, v, tx),
+        );
+    }
+
+    /// A PUBACK with reason Success and no properties: 4 bytes in every version
+    /// (MQTT 5 3.4.2.1 omits the code and properties), written without building and
+    /// encoding a `Packet` (what `encode_packet` writes for `PubResp::new(packet_id)`).
+    fn write_puback(&mut self, conn: ConnId, packet_id: u16) {
+        let [hi, lo] = packet_id.to_be_bytes();
+        let frame = [0x40, 0x02, hi, lo];
+        self.write_control_with(
+            conn,
+            true,
+            |_| frame.len(),
+            |tx, _| tx.extend_from_slice(&frame),
+        );
+    }
+
+    /// `write_control` for any encoder: `bounded` packets count against the
+    /// connection's outbound limit (plus the control allowance); a DISCONNECT does not.
+    fn write_control_with(
+        &mut self,
+        conn: ConnId,
+        bounded: bool,
+        len: impl FnOnce(ProtocolVersion) -> usize,
+        write: impl FnOnce(&mut BytesMut, ProtocolVersion),
+    ) {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
@@ -591,8 +640,8 @@ impl Shard {
         ) {
             return;
         }
-        if !matches!(packet, Packet::Disconnect(_)) {
-            let len = crate::protocol::encoded_len(packet, c.version);
+        if bounded {
+            let len = len(c.version);
             let max = self.config.max_outbound_bytes;
             if c.tx.len() + len > max + control_allowance(max) {
                 if !self.slow.iter().any(|(x, _)| *x == conn) {
@@ -602,7 +651,7 @@ impl Shard {
             }
         }
         let before = c.tx.len();
-        crate::protocol::encode_packet(packet, c.version, &mut c.tx);
+        write(&mut c.tx, c.version);
         self.stats.bytes_tx += c.tx.len() - before;
         if !c.flush_queued {
             c.flush_queued = true;

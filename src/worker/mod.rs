@@ -46,6 +46,52 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Then: how long the forced closes may take before the loop gives up.
 const SHUTDOWN_HARD: Duration = Duration::from_secs(2);
 
+/// Adaptive busy-poll window: how long a loop that just went idle spins on its
+/// completion queues and mesh before it blocks. KVM's halt-polling policy: an idle gap
+/// the cap would have covered grows the window (doubling from `BUSY_POLL_START_NS`),
+/// a longer one halves it, down to zero. A steady stream of events keeps the loop
+/// spinning between them (no wake-up latency); an idle fleet, whose rare events are
+/// far apart, costs a few halving spins and then none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BusyPoll {
+    max_ns: u64,
+    window_ns: u64,
+}
+
+/// First window after an idle gap the cap covers (or the cap, if smaller).
+const BUSY_POLL_START_NS: u64 = 10_000;
+
+impl BusyPoll {
+    fn new(max_us: u32) -> BusyPoll {
+        BusyPoll {
+            max_ns: u64::from(max_us) * 1000,
+            window_ns: 0,
+        }
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_nanos(self.window_ns)
+    }
+
+    /// Learns from one idle gap: from going idle to the next turn with work (found by
+    /// the spin or after blocking).
+    fn observe(&mut self, idle: Duration) {
+        let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        if idle_ns <= self.max_ns {
+            self.window_ns = self
+                .window_ns
+                .saturating_mul(2)
+                .max(BUSY_POLL_START_NS)
+                .min(self.max_ns);
+        } else {
+            self.window_ns /= 2;
+            if self.window_ns < BUSY_POLL_START_NS.min(self.max_ns) {
+                self.window_ns = 0;
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Open,
@@ -155,6 +201,7 @@ struct Worker<L: EventLoop> {
     draining: VecDeque<(Instant, ConnId, SockId)>,
     report: WorkerReport,
     shutting_down: bool,
+    busy_poll: BusyPoll,
 }
 
 /// Runs one shard's loop until shutdown has closed every connection.
@@ -193,6 +240,7 @@ pub fn run<L: EventLoop>(
     let peers = peers_rx
         .recv()
         .map_err(|_| io::Error::other("another worker failed to start"))?;
+    let busy_poll = BusyPoll::new(config.busy_poll_us);
     let shard = Shard::in_node(id, peers.len(), config, node);
     let presize = loop_options.max_connections.min(PRESIZE_MAX);
     let mut w = Worker {
@@ -214,6 +262,7 @@ pub fn run<L: EventLoop>(
             ..Default::default()
         },
         shutting_down: false,
+        busy_poll,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -244,8 +293,21 @@ impl<L: EventLoop> Worker<L> {
         let mut completions: Vec<Completion> = Vec::with_capacity(1024);
         let mut hard_deadline: Option<Instant> = None;
         let mut grace_deadline: Option<Instant> = None;
+        // When the loop last went idle (about to spin or block), until work arrives.
+        let mut idle_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            if let Some(t) = idle_since {
+                // Only events from outside end an idle gap: the completion of our own
+                // send follows it within microseconds and says nothing about traffic.
+                let outside = completions.iter().any(|c| {
+                    !matches!(c, Completion::SendDone { .. } | Completion::Released { .. })
+                });
+                if outside || self.mesh.has_inbound() {
+                    self.busy_poll.observe(now.saturating_duration_since(t));
+                    idle_since = None;
+                }
+            }
             for c in completions.drain(..) {
                 Self::dispatch(
                     &mut self.io,
@@ -311,6 +373,20 @@ impl<L: EventLoop> Worker<L> {
             } else if shutdown.load(Ordering::Relaxed) {
                 timeout = Some(Duration::ZERO);
             }
+            let would_block = !more_actions && timeout != Some(Duration::ZERO);
+            if would_block {
+                let idle_start = *idle_since.get_or_insert(now);
+                let spin = self.busy_poll.window();
+                if !spin.is_zero() {
+                    let spin_end = idle_start + timeout.map_or(spin, |t| t.min(spin));
+                    if self.spin(spin_end, &mut completions)? {
+                        continue;
+                    }
+                    // Nothing came: block for what is left of the timeout.
+                    let spent = Instant::now().saturating_duration_since(now);
+                    timeout = timeout.map(|t| t.saturating_sub(spent));
+                }
+            }
             let parked = !more_actions && self.mesh.prepare_park();
             if !parked {
                 timeout = Some(Duration::ZERO);
@@ -320,6 +396,26 @@ impl<L: EventLoop> Worker<L> {
                 self.mesh.unpark();
             }
             r?;
+        }
+    }
+
+    /// Busy-polls until `until`: submits this turn's output, then watches the
+    /// completion queues (a turn only when the backend says one may find something)
+    /// and the mesh. `true`: something arrived (completions are in `completions`, or
+    /// the mesh has messages), so the loop must not block.
+    fn spin(&mut self, until: Instant, completions: &mut Vec<Completion>) -> io::Result<bool> {
+        self.io.turn(Some(Duration::ZERO), completions)?;
+        loop {
+            if !completions.is_empty() || self.mesh.has_inbound() {
+                return Ok(true);
+            }
+            if Instant::now() >= until {
+                return Ok(false);
+            }
+            std::hint::spin_loop();
+            if self.io.poll_ready() {
+                self.io.turn(Some(Duration::ZERO), completions)?;
+            }
         }
     }
 
@@ -685,5 +781,66 @@ impl<L: EventLoop> Worker<L> {
                 self.io.close(c.sock);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn busy_poll_grows_on_short_gaps_up_to_the_cap() {
+        let mut b = BusyPoll::new(50);
+        assert_eq!(b.window(), Duration::ZERO);
+        b.observe(us(3));
+        assert_eq!(b.window(), us(10));
+        b.observe(us(30));
+        assert_eq!(b.window(), us(20));
+        b.observe(us(50));
+        assert_eq!(b.window(), us(40));
+        b.observe(us(1));
+        assert_eq!(b.window(), us(50));
+        b.observe(us(1));
+        assert_eq!(b.window(), us(50));
+    }
+
+    #[test]
+    fn busy_poll_halves_on_long_gaps_down_to_zero() {
+        let mut b = BusyPoll::new(50);
+        for _ in 0..4 {
+            b.observe(us(1));
+        }
+        assert_eq!(b.window(), us(50));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            b.observe(Duration::from_secs(60));
+            seen.push(b.window());
+        }
+        assert_eq!(
+            seen,
+            vec![
+                us(25),
+                us(12) + Duration::from_nanos(500),
+                Duration::ZERO,
+                Duration::ZERO
+            ]
+        );
+    }
+
+    #[test]
+    fn busy_poll_off_never_spins_and_a_small_cap_is_its_own_start() {
+        let mut off = BusyPoll::new(0);
+        off.observe(Duration::ZERO);
+        assert_eq!(off.window(), Duration::ZERO);
+        let mut small = BusyPoll::new(4);
+        small.observe(us(2));
+        assert_eq!(small.window(), us(4));
+        // Half of a 4 µs cap is below the smallest window worth spinning (the cap).
+        small.observe(us(5));
+        assert_eq!(small.window(), Duration::ZERO);
     }
 }

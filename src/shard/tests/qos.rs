@@ -153,6 +153,46 @@ fn inflight_window_bounded_by_config_max_inflight() {
 }
 
 #[test]
+fn pubacks_batched_in_one_read_and_split_across_reads_end_their_flows() {
+    // PUBACKs are read in place (no decode); these cover what the decoder covered.
+    for version in [V311, V5] {
+        let mut config = cfg();
+        config.max_inflight = 2;
+        let mut cl = Cluster::new(1, config);
+        let s = cl.connect_ok(version, "s", ConnectOpts::default(), false);
+        cl.subscribe(s, "t", Q1);
+        let p = cl.connect_ok(version, "p", ConnectOpts::default(), false);
+        for i in 1..=4u16 {
+            cl.publish(p, "t", &i.to_string(), Q1, false, i);
+            cl.expect(p, puback(i));
+        }
+        cl.expect(s, pubp("t", "1", Q1, false, 1));
+        cl.expect(s, pubp("t", "2", Q1, false, 2));
+        cl.expect_nothing(s);
+        // Two acks and the first byte of a third in one read.
+        cl.send_raw(s, &[0x40, 2, 0, 1, 0x40, 2, 0, 2, 0x40]);
+        cl.expect(s, pubp("t", "3", Q1, false, 3));
+        cl.expect(s, pubp("t", "4", Q1, false, 4));
+        cl.expect_nothing(s);
+        cl.send_raw(s, &[2, 0, 3]);
+        cl.send_raw(s, &[0x40, 2, 0, 4]);
+        // Both ids are free again: a new message goes out at once.
+        cl.publish(p, "t", "5", Q1, false, 5);
+        cl.expect(p, puback(5));
+        cl.expect(s, pubp("t", "5", Q1, false, 5));
+        cl.expect_open(s);
+    }
+}
+
+#[test]
+fn puback_with_packet_id_zero_is_a_protocol_error() {
+    let mut cl = Cluster::new(1, cfg());
+    let s = cl.connect_ok(V311, "s", ConnectOpts::default(), false);
+    cl.send_raw(s, &[0x40, 2, 0, 0]);
+    cl.expect_closed(s);
+}
+
+#[test]
 fn pubrec_with_error_code_ends_the_flow() {
     let mut cl = Cluster::new(1, cfg());
     let props = Properties {
