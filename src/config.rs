@@ -97,7 +97,7 @@ impl Default for Config {
             shards: None,
             io: IoBackend::Auto,
             log_level: "info".to_string(),
-            busy_poll_us: 50,
+            busy_poll_us: 0,
             max_connections: 1_000_000,
             max_connections_per_ip: 0,
             connect_rate_per_s: 0,
