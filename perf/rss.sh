@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Broker RSS per connection at N connections, idle or with one subscription each,
+# read once every connection is up and the broker has settled (idle buffer pages
+# released), for any --shards. compare.sh reads RSS as soon as the last connection is
+# up and covers one shard only.
+#
+#   bash perf/rss.sh                  # 10k and 100k, idle and subscribed, 1 and 2 shards
+#   COUNTS="10000" SHARDS="1" MODES="idle" bash perf/rss.sh
+#
+# Broker pinned to BROKER_CORE, loadgen to LOADGEN_CORE, 127.0.0.1 only; every process
+# started here is stopped by PID.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+COUNTS="${COUNTS:-10000 100000}"
+SHARDS="${SHARDS:-1 2}"
+MODES="${MODES:-idle sub}"
+SETTLE="${SETTLE:-3}"
+
+build_release
+
+measure() {
+  local n=$1 mode=$2 shards=$3 port logfile lg base_kb kb est hold
+  port=$(free_port)
+  logfile="$OUT/rss-$mode-$n-$shards.log"
+  taskset -c "$BROKER_CORE" "$RINGMQ" --shards "$shards" --listen "127.0.0.1:$port" >"$logfile" 2>&1 &
+  BROKER_PID=$!
+  STARTED_PIDS+=("$BROKER_PID")
+  wait_listening "$port" "$BROKER_PID"
+  sleep 0.5
+  base_kb=$(rss_kb "$BROKER_PID")
+  # Long enough to connect everything (~25k/s) and settle.
+  hold="$(( n / 10000 + 10 ))s"
+  if [[ $mode == idle ]]; then
+    taskset -c "$LOADGEN_CORE" "$LOADGEN" connect --clients "$n" --hold "$hold" --port "$port" >>"$logfile" 2>&1 &
+  else
+    taskset -c "$LOADGEN_CORE" "$LOADGEN" fleet --clients "$n" --interval 1h --cmd-rate 0 \
+      --duration "$hold" --warmup 0s --port "$port" >>"$logfile" 2>&1 &
+  fi
+  lg=$!
+  STARTED_PIDS+=("$lg")
+  est=0
+  for _ in $(seq 600); do
+    est=$(established_on "$port")
+    ((est >= n)) && break
+    sleep 0.2
+  done
+  sleep "$SETTLE"
+  kb=$(rss_kb "$BROKER_PID")
+  est=$(established_on "$port")
+  wait "$lg" || log "loadgen exited with status $? (see $logfile)"
+  forget_pid "$lg"
+  stop_pid "$BROKER_PID"
+  forget_pid "$BROKER_PID"
+  if ((est < n)); then
+    echo "| $n | $shards | $mode | only $est established | - |"
+  else
+    echo "| $n | $shards | $mode | $(( (kb - base_kb) )) KiB | $(( (kb - base_kb) * 1024 / est )) B |"
+  fi
+}
+
+echo "| connections | shards | mode | RSS growth | per connection |"
+echo "|---:|---:|---|---:|---:|"
+for n in $COUNTS; do
+  for shards in $SHARDS; do
+    for mode in $MODES; do
+      measure "$n" "$mode" "$shards"
+    done
+  done
+done
