@@ -676,41 +676,49 @@ fn stale_v5_handoff_gets_connack_then_session_taken_over() {
     assert_eq!(live_with_id(&cl, 2, &id), 1);
 }
 
+/// Two CONNECTs for one id read on two non-owner shards 5 ms apart, their hand-offs
+/// held, then delivered `settle` later in either order: the later CONNECT must hold
+/// the session and the earlier one be closed. Returns the superseded count.
+fn two_handoffs_keep_the_later_connect(tag: &str, settle: Duration, newest_first: bool) -> u64 {
+    let mut cl = Cluster::new(3, cfg());
+    let id = id_on(2, 3, tag);
+    cl.wiring.hold_migrations = true;
+    let first = cl.connect(
+        V311,
+        &id,
+        ConnectOpts {
+            accept_on: 0,
+            ..persistent()
+        },
+    );
+    cl.advance(Duration::from_millis(5));
+    let second = cl.connect(
+        V311,
+        &id,
+        ConnectOpts {
+            accept_on: 1,
+            ..persistent()
+        },
+    );
+    cl.advance(settle);
+    cl.deliver_migrations(newest_first);
+    cl.expect_closed(first);
+    cl.expect_open(second);
+    assert!(
+        matches!(cl.next(second), Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success),
+        "newest_first {newest_first}"
+    );
+    cl.expect_nothing(second);
+    assert_eq!(live_with_id(&cl, 2, &id), 1, "newest_first {newest_first}");
+    assert_eq!(cl.shards[2].stats().connections, 1);
+    assert_eq!(cl.shards[2].stats().sessions, 1);
+    cl.shards[2].stats().closed_superseded
+}
+
 #[test]
 fn handoffs_delivered_out_of_order_keep_the_later_connect() {
     for newest_first in [false, true] {
-        let mut cl = Cluster::new(3, cfg());
-        let id = id_on(2, 3, "race2");
-        cl.wiring.hold_migrations = true;
-        let first = cl.connect(
-            V311,
-            &id,
-            ConnectOpts {
-                accept_on: 0,
-                ..persistent()
-            },
-        );
-        cl.advance(Duration::from_millis(5));
-        let second = cl.connect(
-            V311,
-            &id,
-            ConnectOpts {
-                accept_on: 1,
-                ..persistent()
-            },
-        );
-        cl.deliver_migrations(newest_first);
-        // Whatever the arrival order, the later CONNECT holds the session.
-        cl.expect_closed(first);
-        cl.expect_open(second);
-        assert!(
-            matches!(cl.next(second), Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success),
-            "newest_first {newest_first}"
-        );
-        cl.expect_nothing(second);
-        assert_eq!(live_with_id(&cl, 2, &id), 1, "newest_first {newest_first}");
-        assert_eq!(cl.shards[2].stats().connections, 1);
-        assert_eq!(cl.shards[2].stats().sessions, 1);
+        two_handoffs_keep_the_later_connect("race2", Duration::ZERO, newest_first);
     }
 }
 
@@ -744,40 +752,9 @@ fn handoffs_read_before_the_owners_first_connection_keep_their_order() {
     // The owner shard sees its first connection only when the hand-offs land, after
     // both CONNECTs were read: their read times precede anything it has stamped.
     for newest_first in [false, true] {
-        let mut cl = Cluster::new(3, cfg());
-        let id = id_on(2, 3, "early");
-        cl.wiring.hold_migrations = true;
-        let first = cl.connect(
-            V311,
-            &id,
-            ConnectOpts {
-                accept_on: 0,
-                ..persistent()
-            },
-        );
-        cl.advance(Duration::from_millis(5));
-        let second = cl.connect(
-            V311,
-            &id,
-            ConnectOpts {
-                accept_on: 1,
-                ..persistent()
-            },
-        );
-        cl.advance(Duration::from_millis(5));
-        cl.deliver_migrations(newest_first);
-        cl.expect_closed(first);
-        cl.expect_open(second);
-        assert!(
-            matches!(cl.next(second), Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success),
-            "newest_first {newest_first}"
-        );
-        cl.expect_nothing(second);
-        assert_eq!(live_with_id(&cl, 2, &id), 1, "newest_first {newest_first}");
-        assert_eq!(
-            cl.shards[2].stats().closed_superseded,
-            u64::from(newest_first)
-        );
+        let superseded =
+            two_handoffs_keep_the_later_connect("early", Duration::from_millis(5), newest_first);
+        assert_eq!(superseded, u64::from(newest_first));
     }
 }
 
