@@ -1789,4 +1789,38 @@ mod pool_tests {
         assert_eq!(pool.trim(), 1);
         assert_eq!(pool.trim(), 0);
     }
+
+    /// Buffers smaller than a page share it (so do 4 KiB buffers on a 16 or 64 KiB
+    /// page kernel): a trim never releases a page that also holds a buffer in use
+    /// (here lent to the caller; a posted one may be receiving), and releases it once
+    /// every buffer on it is cold.
+    #[test]
+    fn trim_releases_only_pages_holding_nothing_but_cold_buffers() {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let size = page / 2;
+        let mut pool = BufPool::new(256, size).expect("mmap");
+        let mut k = FakeKernel { head: 0 };
+        // Buffers 0 and 1 share the first page; 1 stays with the caller.
+        assert_eq!(
+            (k.take(&mut pool), k.take(&mut pool)),
+            (Some(0), Some(1))
+        );
+        fill(&pool, 0, 0xAB);
+        fill(&pool, 1, 0xCD);
+        pool.give_back(0);
+        // 0 was in use during the first interval, cold during the second.
+        pool.trim();
+        pool.trim();
+        assert!(
+            pool.slice(1, size).iter().all(|&b| b == 0xCD),
+            "buffer 1, lent to the caller, was zeroed by a trim of buffer 0"
+        );
+        // Once 1 is cold too, their page goes.
+        pool.give_back(1);
+        assert_eq!(pool.trim(), 0, "1 was in use during this interval");
+        assert_eq!(pool.trim(), 1);
+        assert!(pool.slice(0, size).iter().all(|&b| b == 0));
+        assert!(pool.slice(1, size).iter().all(|&b| b == 0));
+    }
 }
