@@ -310,6 +310,8 @@ struct BufPool {
     data: Mmap,
     count: u16,
     size: usize,
+    /// The system page size: `trim` releases whole pages only.
+    page: usize,
     /// Our copy of the tail; published to the kernel with a release store.
     tail: u16,
     /// Free buffers not posted to the kernel; the last one was returned most recently.
@@ -326,6 +328,16 @@ struct BufPool {
     trimmed: usize,
     /// A receive starved since the last `trim`.
     starved: bool,
+}
+
+/// The system page size (4 KiB if it cannot be read).
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    usize::try_from(page)
+        .ok()
+        .filter(|p| *p > 0)
+        .unwrap_or(4096)
 }
 
 /// A pool posts this share of its buffers at first (and at least `WINDOW_MIN`).
@@ -346,6 +358,7 @@ impl BufPool {
             data,
             count: count as u16,
             size,
+            page: page_size(),
             tail: 0,
             // Lowest ids on top: the first buffers used are the first pages.
             spare: (0..count as u16).rev().collect(),
@@ -394,37 +407,76 @@ impl BufPool {
 
     /// Ends a trim interval: halves a widened window unless a receive starved during
     /// the interval, and releases the pages of the spare buffers unused throughout
-    /// it. Returns how many buffers were released.
+    /// it. Only whole pages that hold nothing but such buffers are released: a buffer
+    /// size that is not a multiple of the page size (or a page larger than the
+    /// buffer) makes neighbours share a page, and one of them may be posted (the
+    /// kernel may be writing a receive into it) or lent. Returns how many newly cold
+    /// buffers lost all their pages.
     fn trim(&mut self) -> usize {
         if !self.starved {
             self.window = (self.window / 2).max(self.initial_window);
         }
         self.starved = false;
         let cold = self.spare_low.min(self.spare.len());
-        let mut bids: Vec<u16> = self.spare.get(self.trimmed..cold).unwrap_or(&[]).to_vec();
-        bids.sort_unstable();
-        let released = bids.len();
-        // Adjacent buffers are one range: one call each.
-        let mut i = 0;
-        while i < bids.len() {
-            let mut j = i + 1;
-            while j < bids.len() && bids[j] == bids[j - 1] + 1 {
-                j += 1;
+        let first_new = self.trimmed.min(cold);
+        let mut released = 0;
+        if first_new < cold {
+            // Every cold buffer, marked newly cold or not: a page shared by a buffer
+            // that went cold earlier and one that went cold now is released now.
+            let mut bids: Vec<(u16, bool)> = self.spare[..cold]
+                .iter()
+                .enumerate()
+                .map(|(i, &bid)| (bid, i >= first_new))
+                .collect();
+            bids.sort_unstable();
+            // Adjacent buffers are one range: one call each.
+            let mut i = 0;
+            while i < bids.len() {
+                let mut j = i + 1;
+                while j < bids.len() && bids[j].0 == bids[j - 1].0 + 1 {
+                    j += 1;
+                }
+                if bids[i..j].iter().any(|&(_, new)| new) {
+                    released += self.release(&bids[i..j]);
+                }
+                i = j;
             }
-            let start = usize::from(bids[i]) * self.size;
-            let len = (j - i) * self.size;
-            // SAFETY: the range lies inside the data mapping (bid < count). These
-            // buffers are in `spare`: neither posted to the kernel nor lent to the
-            // caller, so nothing reads or writes them until they are posted again,
-            // and a private anonymous page released here reads back as zeros.
-            unsafe {
-                libc::madvise(self.data.ptr.add(start).cast(), len, libc::MADV_DONTNEED);
-            }
-            i = j;
         }
         self.trimmed = cold;
         self.spare_low = self.spare.len();
         released
+    }
+
+    /// Releases the pages lying wholly inside `run`, buffers with consecutive ids
+    /// that all sat in `spare[..spare_low]` for the interval. Returns how many of the
+    /// newly cold ones lost all their pages.
+    fn release(&self, run: &[(u16, bool)]) -> usize {
+        let (Some(&(first, _)), Some(&(last, _))) = (run.first(), run.last()) else {
+            return 0;
+        };
+        let start = usize::from(first) * self.size;
+        let end = (usize::from(last) + 1) * self.size;
+        // Inward to page boundaries: `madvise` acts on whole pages.
+        let lo = start.div_ceil(self.page) * self.page;
+        let hi = end / self.page * self.page;
+        if lo >= hi {
+            return 0;
+        }
+        // SAFETY: `data` is page-aligned (mmap) and `[lo, hi)` is a whole number of
+        // pages inside `[start, end)`, which lies inside the mapping (bid < count).
+        // Every byte of those pages belongs to a buffer of `run`; they are in
+        // `spare`: neither posted to the kernel nor lent to the caller, so nothing
+        // reads or writes them until they are posted again, and a private anonymous
+        // page released here reads back as zeros.
+        unsafe {
+            libc::madvise(self.data.ptr.add(lo).cast(), hi - lo, libc::MADV_DONTNEED);
+        }
+        run.iter()
+            .filter(|&&(bid, new)| {
+                let s = usize::from(bid) * self.size;
+                new && s >= lo && s + self.size <= hi
+            })
+            .count()
     }
 
     fn ring_addr(&self) -> u64 {
@@ -1788,5 +1840,34 @@ mod pool_tests {
         // A wholly idle interval: the last spare buffer goes too, and none twice.
         assert_eq!(pool.trim(), 1);
         assert_eq!(pool.trim(), 0);
+    }
+
+    /// Buffers smaller than a page share it (so do 4 KiB buffers on a 16 or 64 KiB
+    /// page kernel): a trim never releases a page that also holds a buffer in use
+    /// (here lent to the caller; a posted one may be receiving), and releases it once
+    /// every buffer on it is cold.
+    #[test]
+    fn trim_releases_only_pages_holding_nothing_but_cold_buffers() {
+        let size = page_size() / 2;
+        let mut pool = BufPool::new(256, size).expect("mmap");
+        let mut k = FakeKernel { head: 0 };
+        // Buffers 0 and 1 share the first page; 1 stays with the caller.
+        assert_eq!((k.take(&mut pool), k.take(&mut pool)), (Some(0), Some(1)));
+        fill(&pool, 0, 0xAB);
+        fill(&pool, 1, 0xCD);
+        pool.give_back(0);
+        // 0 was in use during the first interval, cold during the second.
+        pool.trim();
+        pool.trim();
+        assert!(
+            pool.slice(1, size).iter().all(|&b| b == 0xCD),
+            "buffer 1, lent to the caller, was zeroed by a trim of buffer 0"
+        );
+        // Once 1 is cold too, their page goes.
+        pool.give_back(1);
+        assert_eq!(pool.trim(), 0, "1 was in use during this interval");
+        assert_eq!(pool.trim(), 1);
+        assert!(pool.slice(0, size).iter().all(|&b| b == 0));
+        assert!(pool.slice(1, size).iter().all(|&b| b == 0));
     }
 }
