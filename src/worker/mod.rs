@@ -25,7 +25,8 @@ pub enum WorkerMsg {
     /// A connection handed over after CONNECT; `transfer` names its socket, which the
     /// IO layer moves separately (MSG_RING fd passing, or the raw fd for epoll).
     Adopt {
-        handoff: Handoff,
+        /// Boxed so a mesh ring slot is no larger than `ShardMsg` (see `Action::Migrate`).
+        handoff: Box<Handoff>,
         transfer: Transfer,
     },
 }
@@ -192,9 +193,9 @@ struct Worker<L: EventLoop> {
     live: usize,
     /// Handoffs whose socket has not arrived yet (io_uring: the MSG_RING completion
     /// and the mesh message race).
-    waiting_handoffs: HashMap<Transfer, Handoff>,
+    waiting_handoffs: HashMap<Transfer, Box<Handoff>>,
     /// Handoffs of connections being migrated out, until `Migrated`.
-    outgoing: HashMap<SockId, (usize, Handoff)>,
+    outgoing: HashMap<SockId, (usize, Box<Handoff>)>,
     wake: WakeSet,
     /// Connections draining before close, by deadline (FIFO: one fixed timeout). At
     /// most one entry per connection.
@@ -458,10 +459,10 @@ impl<L: EventLoop> Worker<L> {
         by_sock: &mut Vec<u32>,
         live: &mut usize,
         sock: SockId,
-        handoff: Handoff,
+        handoff: Box<Handoff>,
         now: Instant,
     ) {
-        let conn = shard.adopt(handoff, now);
+        let conn = shard.adopt(*handoff, now);
         Self::map(conns, by_sock, live, conn, sock);
         io.start_recv(sock);
     }
@@ -502,8 +503,8 @@ impl<L: EventLoop> Worker<L> {
         conns: &mut Vec<Option<ConnIo>>,
         by_sock: &mut Vec<u32>,
         live: &mut usize,
-        waiting_handoffs: &mut HashMap<Transfer, Handoff>,
-        outgoing: &mut HashMap<SockId, (usize, Handoff)>,
+        waiting_handoffs: &mut HashMap<Transfer, Box<Handoff>>,
+        outgoing: &mut HashMap<SockId, (usize, Box<Handoff>)>,
         mesh: &mut Endpoint<WorkerMsg>,
         wake: &mut WakeSet,
         report: &mut WorkerReport,
@@ -787,6 +788,15 @@ impl<L: EventLoop> Worker<L> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mesh_message_is_no_larger_than_a_shard_message() {
+        // Mesh ring slots are `WorkerMsg`s (see `WorkerMsg::Adopt`).
+        assert_eq!(
+            std::mem::size_of::<WorkerMsg>(),
+            std::mem::size_of::<ShardMsg>()
+        );
+    }
 
     fn us(n: u64) -> Duration {
         Duration::from_micros(n)
