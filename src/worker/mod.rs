@@ -42,6 +42,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const PRESIZE_MAX: usize = 1 << 20;
 /// `by_sock` entry of a socket with no connection.
 const NO_CONN: u32 = u32::MAX;
+/// Capacity the hand-off tables may keep while empty (see `shrink_handoff_tables`).
+const HANDOFF_TABLE_KEPT: usize = 64;
 /// After shutdown starts: how long clients get to receive their DISCONNECT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Then: how long the forced closes may take before the loop gives up.
@@ -376,6 +378,7 @@ impl<L: EventLoop> Worker<L> {
             }
             let would_block = !more_actions && timeout != Some(Duration::ZERO);
             if would_block {
+                self.shrink_handoff_tables();
                 let idle_start = *idle_since.get_or_insert(now);
                 let spin = self.busy_poll.window();
                 if !spin.is_zero() {
@@ -449,6 +452,13 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
         });
+    }
+
+    /// A connect storm grows the hand-off tables to the number of hand-offs in flight;
+    /// once they are empty again, a loop about to block gives that memory back.
+    fn shrink_handoff_tables(&mut self) {
+        shrink_emptied(&mut self.outgoing);
+        shrink_emptied(&mut self.waiting_handoffs);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -785,9 +795,31 @@ impl<L: EventLoop> Worker<L> {
     }
 }
 
+/// Frees an empty table's storage unless it is small (see `HANDOFF_TABLE_KEPT`).
+fn shrink_emptied<K: Eq + std::hash::Hash, V>(table: &mut HashMap<K, V>) {
+    if table.is_empty() && table.capacity() > HANDOFF_TABLE_KEPT {
+        table.shrink_to(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emptied_handoff_tables_are_freed_small_ones_kept() {
+        let mut big: HashMap<u64, u64> = (0..1000).map(|i| (i, i)).collect();
+        shrink_emptied(&mut big);
+        assert_eq!(big.len(), 1000, "a table in use is kept");
+        big.clear();
+        shrink_emptied(&mut big);
+        assert_eq!(big.capacity(), 0);
+        let mut small: HashMap<u64, u64> = (0..10).map(|i| (i, i)).collect();
+        small.clear();
+        let kept = small.capacity();
+        shrink_emptied(&mut small);
+        assert_eq!(small.capacity(), kept);
+    }
 
     #[test]
     fn a_mesh_message_is_no_larger_than_a_shard_message() {

@@ -94,6 +94,10 @@ fn migrate_hands_over_all_received_bytes() {
     let out = b.take_tx(n).expect("CONNACK and PINGRESP");
     assert_eq!(&out[out.len() - 2..], &[0xD0, 0x00]);
     assert_eq!(out[0], 0x20);
+    // Nothing of the hand-off stays allocated on either side once it is read.
+    let adopted = b.conns.get(n).expect("adopted connection");
+    assert_eq!((adopted.rx.capacity(), adopted.tx.capacity()), (0, 0));
+    assert!(a.conns.get(c).is_none());
     assert_eq!(
         (
             a.stats().connections,
