@@ -444,7 +444,7 @@ impl<L: EventLoop> Worker<L> {
                 match io.adopt(transfer) {
                     Some(sock) if *shutting_down => io.close(sock),
                     Some(sock) => {
-                        Self::adopt_conn(io, shard, conns, by_sock, live, sock, handoff, now)
+                        Self::adopt_conn(io, shard, conns, by_sock, live, sock, *handoff, now)
                     }
                     None => {
                         waiting_handoffs.insert(transfer, handoff);
@@ -469,10 +469,10 @@ impl<L: EventLoop> Worker<L> {
         by_sock: &mut Vec<u32>,
         live: &mut usize,
         sock: SockId,
-        handoff: Box<Handoff>,
+        handoff: Handoff,
         now: Instant,
     ) {
-        let conn = shard.adopt(*handoff, now);
+        let conn = shard.adopt(handoff, now);
         Self::map(conns, by_sock, live, conn, sock);
         io.start_recv(sock);
     }
@@ -542,7 +542,7 @@ impl<L: EventLoop> Worker<L> {
             Completion::Adopted { transfer, sock } => match waiting_handoffs.remove(&transfer) {
                 Some(_) if shutting_down => io.close(sock),
                 Some(handoff) => {
-                    Self::adopt_conn(io, shard, conns, by_sock, live, sock, handoff, now)
+                    Self::adopt_conn(io, shard, conns, by_sock, live, sock, *handoff, now)
                 }
                 None => {
                     tracing::warn!(shard = shard.id(), "socket arrived without its handoff");
