@@ -32,6 +32,17 @@ const MESH_RING_CAPACITY: usize = 8192;
 const MESH_OVERFLOW_MAX: usize = 65_536;
 const LISTEN_BACKLOG: i32 = 4096;
 
+/// Fewest provided receive buffers in a loop's first ring.
+const RECV_BUFS_MIN: usize = 128;
+
+/// Provided receive buffers in each loop's first ring: the default pool is split
+/// between the loops, since each receives its share of the traffic. A connect storm
+/// cycles through every buffer of a pool, so each loop's whole pool stays resident
+/// until traffic moves it along (2 MiB per loop at the default 512 × 4 KiB).
+fn loop_recv_bufs(shards: usize) -> usize {
+    (LoopOptions::default().recv_bufs_per_ring / shards.max(1)).max(RECV_BUFS_MIN)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
     Uring,
@@ -177,6 +188,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let share = config.max_connections.div_ceil(shards);
     let mut loop_options = LoopOptions {
         max_connections: loop_slots(share),
+        recv_bufs_per_ring: loop_recv_bufs(shards),
         ..LoopOptions::default()
     };
     match backend {
@@ -371,5 +383,19 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loops_split_the_receive_buffer_pool() {
+        assert_eq!(loop_recv_bufs(1), LoopOptions::default().recv_bufs_per_ring);
+        assert_eq!(loop_recv_bufs(1), 512);
+        assert_eq!(loop_recv_bufs(2), 256);
+        assert_eq!(loop_recv_bufs(4), RECV_BUFS_MIN);
+        assert_eq!(loop_recv_bufs(64), RECV_BUFS_MIN);
     }
 }

@@ -47,6 +47,8 @@ const EXTRA_RING_BUF_DIVISOR: usize = 4;
 const SOCKS_PRESIZE_MAX: usize = 1 << 20;
 /// Idle loops trim their buffer pools at most this often (see `BufPool::trim`).
 const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+/// Capacity the hand-off tables may keep while empty (see `shrink_handoff_tables`).
+const HANDOFF_TABLE_KEPT: usize = 64;
 /// Single-shot accepts kept armed per ring and listener.
 const ACCEPTS_PER_RING: usize = 4;
 /// Table slots per ring never handed out through the ring's `RingRoom`: they absorb the
@@ -1049,6 +1051,20 @@ impl UringLoop {
 
     /// Re-arms receives that ran out of buffers, at most a quarter of each ring's pool
     /// per turn: the buffers used last turn were given back during its dispatch.
+    /// A connect storm grows the hand-off tables to the number of hand-offs in flight;
+    /// once they are empty again, an idle loop gives that memory back.
+    fn shrink_handoff_tables(&mut self) {
+        if self.arrived.is_empty() && self.arrived.capacity() > HANDOFF_TABLE_KEPT {
+            self.arrived.shrink_to(0);
+        }
+        if self.claimed.is_empty() && self.claimed.capacity() > HANDOFF_TABLE_KEPT {
+            self.claimed.shrink_to(0);
+        }
+        if self.arrived_due.is_empty() && self.arrived_due.capacity() > HANDOFF_TABLE_KEPT {
+            self.arrived_due.shrink_to(0);
+        }
+    }
+
     fn rearm_starved(&mut self) {
         for r in 0..self.rings.len() {
             let mut budget = (usize::from(self.rings[r].bufs.count) / 4).max(1);
@@ -1602,6 +1618,7 @@ impl EventLoop for UringLoop {
                 for r in &mut self.rings {
                     r.bufs.trim();
                 }
+                self.shrink_handoff_tables();
             }
         }
         let ring0 = &self.rings[0].uring;
@@ -1704,6 +1721,38 @@ mod pool_tests {
 
     /// Buffers are conserved (posted + spare + held = count), only `window` are
     /// posted, and one receive at a time keeps reusing the same warm buffers
+    /// Hand-off tables grown by a connect storm are given back once empty, at the
+    /// first idle trim.
+    #[test]
+    fn idle_loop_shrinks_emptied_handoff_tables() {
+        let opts = LoopOptions {
+            max_connections: 100,
+            ..LoopOptions::default()
+        };
+        let mut lp = UringLoop::new(0, &opts).expect("loop");
+        let now = Instant::now();
+        for t in 0..1000u64 {
+            lp.arrived.insert(t, t as SockId);
+            lp.claimed.insert(t);
+            lp.arrived_due.push_back((now, t));
+        }
+        lp.shrink_handoff_tables();
+        assert_eq!(lp.arrived.len(), 1000, "tables in use are kept");
+        lp.arrived.clear();
+        lp.claimed.clear();
+        lp.arrived_due.clear();
+        assert!(lp.arrived.capacity() >= 1000);
+        lp.shrink_handoff_tables();
+        assert_eq!(
+            (
+                lp.arrived.capacity(),
+                lp.claimed.capacity(),
+                lp.arrived_due.capacity()
+            ),
+            (0, 0, 0)
+        );
+    }
+
     /// instead of cycling through the pool.
     #[test]
     fn a_quiet_pool_reuses_a_window_of_warm_buffers() {

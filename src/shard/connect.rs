@@ -147,12 +147,12 @@ impl Shard {
                 self.actions.push_back(Action::Migrate {
                     conn,
                     to: owner,
-                    handoff: Handoff {
+                    handoff: Box::new(Handoff {
                         peer,
                         rx,
                         accepted_at,
                         connect_at: now,
-                    },
+                    }),
                 });
                 return false;
             }

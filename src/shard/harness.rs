@@ -313,7 +313,7 @@ impl Cluster {
                 moved = true;
                 match &msg {
                     ShardMsg::Publish { .. } => self.mesh_counts.0 += 1,
-                    ShardMsg::Route { .. } => self.mesh_counts.1 += 1,
+                    ShardMsg::Route(_) => self.mesh_counts.1 += 1,
                     ShardMsg::RouteAck { .. } => {}
                 }
                 self.shards[to].on_message(from, msg, self.now);
@@ -351,7 +351,7 @@ impl Cluster {
                 let now = self.now;
                 if let Some(m) = self
                     .wiring
-                    .migrate(&mut self.shards, s, conn, to, handoff, now)
+                    .migrate(&mut self.shards, s, conn, to, *handoff, now)
                 {
                     self.moved(m);
                 }

@@ -86,6 +86,15 @@ pub struct SharedTarget {
     pub group: Bytes,
 }
 
+/// The payload of [`ShardMsg::Route`].
+#[derive(Debug)]
+pub struct RouteUpdate {
+    pub filter: Bytes,
+    pub group: Option<Bytes>,
+    pub add: bool,
+    pub seq: u64,
+}
+
 /// Messages between shards, carried over the SPSC mesh. All payloads are shared
 /// (`Arc`/`Bytes`), so a message is cheap to build and `Send`.
 #[derive(Debug)]
@@ -105,12 +114,10 @@ pub enum ShardMsg {
     /// `seq` is non-zero on adds: the receiver answers `RouteAck { seq }` once the
     /// route is in its table, so the sender can hold SUBACKs until every shard
     /// routes to it (see `route::PendingSubAck`).
-    Route {
-        filter: Bytes,
-        group: Option<Bytes>,
-        add: bool,
-        seq: u64,
-    },
+    ///
+    /// Boxed: a route update is rare next to `Publish`, and every mesh ring slot is
+    /// sized by the largest variant (a subscribe storm touches them all).
+    Route(Box<RouteUpdate>),
     /// Every `Route` the receiver sent us up to `seq` is applied (rings are FIFO
     /// per pair, so one number per shard is enough).
     RouteAck { seq: u64 },
@@ -129,7 +136,9 @@ pub enum Action {
     Migrate {
         conn: ConnId,
         to: ShardId,
-        handoff: Handoff,
+        /// Boxed: queued actions and mesh ring slots are sized by the largest
+        /// variant, and every slot a connect storm cycles through stays resident.
+        handoff: Box<Handoff>,
     },
     /// Deliver `msg` to shard `to` over the mesh.
     Send { to: ShardId, msg: ShardMsg },
@@ -547,12 +556,15 @@ impl Shard {
                 self.on_remote_publish(msg, plain, shared, store_retained, now);
                 self.drop_slow_consumers(now);
             }
-            ShardMsg::Route {
-                filter,
-                group,
-                add,
-                seq,
-            } => self.on_route(from, filter, group, add, seq),
+            ShardMsg::Route(r) => {
+                let RouteUpdate {
+                    filter,
+                    group,
+                    add,
+                    seq,
+                } = *r;
+                self.on_route(from, filter, group, add, seq)
+            }
             ShardMsg::RouteAck { seq } => self.on_route_ack(from, seq, now),
         }
     }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use smallvec::SmallVec;
 
-use super::{Action, ConnId, Shard, ShardId, ShardMsg, SharedTarget, SubIds};
+use super::{Action, ConnId, RouteUpdate, Shard, ShardId, ShardMsg, SharedTarget, SubIds};
 use crate::protocol::{QoS, SubAck, SubscriptionOptions};
 use crate::session::{Message, SessionStore, NONE};
 
@@ -73,6 +73,9 @@ impl FilterEntry {
         self.shared.as_ref().map_or(&[], |x| &x.local)
     }
 }
+
+/// Capacity `pending_subacks` keeps once empty (see `on_route_ack`).
+pub(crate) const PENDING_SUBACKS_KEPT: usize = 16;
 
 /// A set of shards as a bitset.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -355,12 +358,12 @@ impl Shard {
             0
         };
         for to in (0..self.shard_count).filter(|s| *s != me) {
-            let msg = ShardMsg::Route {
+            let msg = ShardMsg::Route(Box::new(RouteUpdate {
                 filter: filter.clone(),
                 group: group.cloned(),
                 add,
                 seq,
-            };
+            }));
             self.actions.push_back(Action::Send { to, msg });
         }
     }
@@ -417,6 +420,13 @@ impl Shard {
             if alive {
                 self.finish_subscribe(p.conn, p.session, p.ack, p.retained, p.sub_id, now);
             }
+        }
+        // A subscribe storm grows the queue to thousands of entries (~150 B each);
+        // once it drains, keep only a small one.
+        if self.pending_subacks.is_empty()
+            && self.pending_subacks.capacity() > PENDING_SUBACKS_KEPT * 4
+        {
+            self.pending_subacks.shrink_to(PENDING_SUBACKS_KEPT);
         }
     }
 

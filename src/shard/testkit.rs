@@ -327,7 +327,7 @@ impl Driver {
                 let now = self.now;
                 match self
                     .wiring
-                    .migrate(&mut self.shards, s, conn, to, handoff, now)
+                    .migrate(&mut self.shards, s, conn, to, *handoff, now)
                 {
                     Some(m) => self.moved(m),
                     // Refused: still here, answered, and a `Close` follows.

@@ -25,7 +25,8 @@ pub enum WorkerMsg {
     /// A connection handed over after CONNECT; `transfer` names its socket, which the
     /// IO layer moves separately (MSG_RING fd passing, or the raw fd for epoll).
     Adopt {
-        handoff: Handoff,
+        /// Boxed so a mesh ring slot is no larger than `ShardMsg` (see `Action::Migrate`).
+        handoff: Box<Handoff>,
         transfer: Transfer,
     },
 }
@@ -41,6 +42,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const PRESIZE_MAX: usize = 1 << 20;
 /// `by_sock` entry of a socket with no connection.
 const NO_CONN: u32 = u32::MAX;
+/// Capacity the hand-off tables may keep while empty (see `shrink_handoff_tables`).
+const HANDOFF_TABLE_KEPT: usize = 64;
 /// After shutdown starts: how long clients get to receive their DISCONNECT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Then: how long the forced closes may take before the loop gives up.
@@ -192,9 +195,9 @@ struct Worker<L: EventLoop> {
     live: usize,
     /// Handoffs whose socket has not arrived yet (io_uring: the MSG_RING completion
     /// and the mesh message race).
-    waiting_handoffs: HashMap<Transfer, Handoff>,
+    waiting_handoffs: HashMap<Transfer, Box<Handoff>>,
     /// Handoffs of connections being migrated out, until `Migrated`.
-    outgoing: HashMap<SockId, (usize, Handoff)>,
+    outgoing: HashMap<SockId, (usize, Box<Handoff>)>,
     wake: WakeSet,
     /// Connections draining before close, by deadline (FIFO: one fixed timeout). At
     /// most one entry per connection.
@@ -375,6 +378,7 @@ impl<L: EventLoop> Worker<L> {
             }
             let would_block = !more_actions && timeout != Some(Duration::ZERO);
             if would_block {
+                self.shrink_handoff_tables();
                 let idle_start = *idle_since.get_or_insert(now);
                 let spin = self.busy_poll.window();
                 if !spin.is_zero() {
@@ -440,7 +444,7 @@ impl<L: EventLoop> Worker<L> {
                 match io.adopt(transfer) {
                     Some(sock) if *shutting_down => io.close(sock),
                     Some(sock) => {
-                        Self::adopt_conn(io, shard, conns, by_sock, live, sock, handoff, now)
+                        Self::adopt_conn(io, shard, conns, by_sock, live, sock, *handoff, now)
                     }
                     None => {
                         waiting_handoffs.insert(transfer, handoff);
@@ -448,6 +452,13 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
         });
+    }
+
+    /// A connect storm grows the hand-off tables to the number of hand-offs in flight;
+    /// once they are empty again, a loop about to block gives that memory back.
+    fn shrink_handoff_tables(&mut self) {
+        shrink_emptied(&mut self.outgoing);
+        shrink_emptied(&mut self.waiting_handoffs);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -502,8 +513,8 @@ impl<L: EventLoop> Worker<L> {
         conns: &mut Vec<Option<ConnIo>>,
         by_sock: &mut Vec<u32>,
         live: &mut usize,
-        waiting_handoffs: &mut HashMap<Transfer, Handoff>,
-        outgoing: &mut HashMap<SockId, (usize, Handoff)>,
+        waiting_handoffs: &mut HashMap<Transfer, Box<Handoff>>,
+        outgoing: &mut HashMap<SockId, (usize, Box<Handoff>)>,
         mesh: &mut Endpoint<WorkerMsg>,
         wake: &mut WakeSet,
         report: &mut WorkerReport,
@@ -531,7 +542,7 @@ impl<L: EventLoop> Worker<L> {
             Completion::Adopted { transfer, sock } => match waiting_handoffs.remove(&transfer) {
                 Some(_) if shutting_down => io.close(sock),
                 Some(handoff) => {
-                    Self::adopt_conn(io, shard, conns, by_sock, live, sock, handoff, now)
+                    Self::adopt_conn(io, shard, conns, by_sock, live, sock, *handoff, now)
                 }
                 None => {
                     tracing::warn!(shard = shard.id(), "socket arrived without its handoff");
@@ -784,9 +795,40 @@ impl<L: EventLoop> Worker<L> {
     }
 }
 
+/// Frees an empty table's storage unless it is small (see `HANDOFF_TABLE_KEPT`).
+fn shrink_emptied<K: Eq + std::hash::Hash, V>(table: &mut HashMap<K, V>) {
+    if table.is_empty() && table.capacity() > HANDOFF_TABLE_KEPT {
+        table.shrink_to(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn emptied_handoff_tables_are_freed_small_ones_kept() {
+        let mut big: HashMap<u64, u64> = (0..1000).map(|i| (i, i)).collect();
+        shrink_emptied(&mut big);
+        assert_eq!(big.len(), 1000, "a table in use is kept");
+        big.clear();
+        shrink_emptied(&mut big);
+        assert_eq!(big.capacity(), 0);
+        let mut small: HashMap<u64, u64> = (0..10).map(|i| (i, i)).collect();
+        small.clear();
+        let kept = small.capacity();
+        shrink_emptied(&mut small);
+        assert_eq!(small.capacity(), kept);
+    }
+
+    #[test]
+    fn a_mesh_message_is_no_larger_than_a_shard_message() {
+        // Mesh ring slots are `WorkerMsg`s (see `WorkerMsg::Adopt`).
+        assert_eq!(
+            std::mem::size_of::<WorkerMsg>(),
+            std::mem::size_of::<ShardMsg>()
+        );
+    }
 
     fn us(n: u64) -> Duration {
         Duration::from_micros(n)

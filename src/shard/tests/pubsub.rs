@@ -460,3 +460,42 @@ fn suback_for_an_existing_route_is_immediate() {
     cl.subscribe(b, "known/t", Q0);
     cl.hold_mesh = false;
 }
+
+/// A subscribe storm on one of several shards queues a SUBACK per subscriber until
+/// the other shards apply the routes; once they have, the queue gives its memory back.
+#[test]
+fn held_subacks_release_their_queue_once_every_shard_routes() {
+    let mut cl = Cluster::new(2, cfg());
+    let subscribers: Vec<Cid> = (0..200)
+        .map(|i| {
+            cl.connect_ok(
+                V311,
+                &id_on(0, 2, &format!("dev{i}")),
+                ConnectOpts::default(),
+                false,
+            )
+        })
+        .collect();
+    cl.hold_mesh = true;
+    for (i, c) in subscribers.iter().enumerate() {
+        cl.subscribe_with(
+            *c,
+            &format!("dev/{i}/cmd"),
+            SubscriptionOptions::default(),
+            Properties::default(),
+        );
+        cl.expect_nothing(*c);
+    }
+    assert_eq!(cl.shards[0].pending_subacks.len(), 200);
+    assert!(cl.shards[0].pending_subacks.capacity() >= 200);
+    cl.hold_mesh = false;
+    cl.pump();
+    for c in &subscribers {
+        cl.expect(*c, suback(1, &[ReasonCode::Success]));
+    }
+    assert_eq!(
+        cl.shards[0].pending_subacks.capacity(),
+        crate::shard::route::PENDING_SUBACKS_KEPT
+    );
+    assert_eq!(cl.shards[1].stats().subscriptions, 0);
+}
