@@ -580,6 +580,14 @@ fn persistent() -> ConnectOpts {
     }
 }
 
+/// `persistent()`, with the CONNECT read on shard `accept_on`.
+fn persistent_on(accept_on: usize) -> ConnectOpts {
+    ConnectOpts {
+        accept_on,
+        ..persistent()
+    }
+}
+
 /// Open clients (CONNACKed, not closed) whose connection is `id`'s session's.
 fn live_with_id(cl: &Cluster, owner: usize, id: &str) -> usize {
     let shard = &cl.shards[owner];
@@ -613,14 +621,7 @@ fn stale_handoff_does_not_take_over_a_newer_connection() {
     assert_eq!(cl.clients[stale].raw, [0u8; 0]);
     // CONNECT 2 (resume) is read later, on the owner itself, and subscribes.
     cl.advance(Duration::from_millis(5));
-    let live = cl.connect(
-        V5,
-        &id,
-        ConnectOpts {
-            accept_on: 2,
-            ..persistent()
-        },
-    );
+    let live = cl.connect(V5, &id, persistent_on(2));
     assert!(matches!(cl.next(live), Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success));
     cl.subscribe(live, "t", Q1);
     // The stale hand-off lands: it is answered as a connection taken over at once
@@ -645,24 +646,9 @@ fn stale_v5_handoff_gets_connack_then_session_taken_over() {
     let id = id_on(2, 3, "race5");
     let config = cfg();
     cl.wiring.hold_migrations = true;
-    let stale = cl.connect(
-        V5,
-        &id,
-        ConnectOpts {
-            accept_on: 1,
-            ..persistent()
-        },
-    );
+    let stale = cl.connect(V5, &id, persistent_on(1));
     cl.advance(Duration::from_millis(5));
-    let live = cl.connect_ok(
-        V5,
-        &id,
-        ConnectOpts {
-            accept_on: 2,
-            ..persistent()
-        },
-        false,
-    );
+    let live = cl.connect_ok(V5, &id, persistent_on(2), false);
     cl.deliver_migrations(false);
     cl.expect(
         stale,
@@ -683,23 +669,9 @@ fn two_handoffs_keep_the_later_connect(tag: &str, settle: Duration, newest_first
     let mut cl = Cluster::new(3, cfg());
     let id = id_on(2, 3, tag);
     cl.wiring.hold_migrations = true;
-    let first = cl.connect(
-        V311,
-        &id,
-        ConnectOpts {
-            accept_on: 0,
-            ..persistent()
-        },
-    );
+    let first = cl.connect(V311, &id, persistent_on(0));
     cl.advance(Duration::from_millis(5));
-    let second = cl.connect(
-        V311,
-        &id,
-        ConnectOpts {
-            accept_on: 1,
-            ..persistent()
-        },
-    );
+    let second = cl.connect(V311, &id, persistent_on(1));
     cl.advance(settle);
     cl.deliver_migrations(newest_first);
     cl.expect_closed(first);
@@ -731,14 +703,7 @@ fn handoff_in_flight_while_the_session_is_online_elsewhere_takes_it_over() {
     cl.subscribe(old, "t", Q1);
     cl.wiring.hold_migrations = true;
     cl.advance(Duration::from_millis(5));
-    let new = cl.connect(
-        V5,
-        &id,
-        ConnectOpts {
-            accept_on: 1,
-            ..persistent()
-        },
-    );
+    let new = cl.connect(V5, &id, persistent_on(1));
     cl.expect_open(old);
     cl.deliver_migrations(false);
     cl.expect(old, disc(ReasonCode::SessionTakenOver));
@@ -774,15 +739,7 @@ fn stale_handoff_after_the_newer_connection_left_does_not_end_its_session() {
     );
     cl.advance(Duration::from_millis(5));
     // CONNECT 2, read later on the owner: subscribes, then disconnects (session kept).
-    let newer = cl.connect_ok(
-        V5,
-        &id,
-        ConnectOpts {
-            accept_on: 2,
-            ..persistent()
-        },
-        false,
-    );
+    let newer = cl.connect_ok(V5, &id, persistent_on(2), false);
     cl.subscribe(newer, "t", Q1);
     cl.send(newer, disc(ReasonCode::Success));
     cl.expect_closed(newer);
