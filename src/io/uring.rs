@@ -1321,6 +1321,24 @@ impl UringLoop {
         self.close_slot(sock);
     }
 
+    /// A socket that just landed in `ring`'s table at `slot` (accepted or adopted),
+    /// open and not yet receiving; counted as live in its ring.
+    fn insert_open(&mut self, ring: usize, slot: u32) -> SockId {
+        let sock = self.socks.insert(Sock {
+            ring: ring as u8,
+            slot,
+            state: SockState::Open,
+            recv_armed: false,
+            tx: None,
+            close_inflight: false,
+            slot_closed: false,
+            reported: true,
+            starved: false,
+        }) as SockId;
+        self.rings[ring].live += 1;
+        sock
+    }
+
     fn on_adopt(&mut self, ring: usize, ticket: u64, res: i32) {
         tracing::debug!(
             loop_id = self.id,
@@ -1334,19 +1352,8 @@ impl UringLoop {
             tracing::warn!(ticket, errno = -res, "socket handoff arrived with an error");
             return;
         }
-        let sock = self.socks.insert(Sock {
-            ring: ring as u8,
-            slot: res as u32,
-            state: SockState::Open,
-            recv_armed: false,
-            tx: None,
-            close_inflight: false,
-            slot_closed: false,
-            reported: true,
-            starved: false,
-        }) as SockId;
         // The sender reserved this slot in our `RingRoom`; it is ours to give back.
-        self.rings[ring].live += 1;
+        let sock = self.insert_open(ring, res as u32);
         if self.claimed.remove(&ticket) {
             self.pending.push(Completion::Adopted {
                 transfer: Transfer(ticket),
@@ -1407,18 +1414,7 @@ impl UringLoop {
             }
             return;
         }
-        let sock = self.socks.insert(Sock {
-            ring: ring as u8,
-            slot: res as u32,
-            state: SockState::Open,
-            recv_armed: false,
-            tx: None,
-            close_inflight: false,
-            slot_closed: false,
-            reported: true,
-            starved: false,
-        }) as SockId;
-        self.rings[ring].live += 1;
+        let sock = self.insert_open(ring, res as u32);
         // The over-capacity accept keeps its connection only if room came back, or by
         // taking over the reservation of a counted accept armed on the same ring.
         let keep = self.accepting
@@ -1601,15 +1597,7 @@ impl EventLoop for UringLoop {
                 }
             }
         }
-        let ready = !self.pending.is_empty()
-            || self
-                .rings
-                .iter()
-                .any(|r| !r.backlog.is_empty() || !r.starved.is_empty())
-            || self
-                .rings
-                .iter_mut()
-                .any(|r| !r.uring.completion().is_empty() || r.uring.submission().taskrun());
+        let ready = self.poll_ready();
         if !ready && timeout != Some(Duration::ZERO) {
             // About to wait: an idle moment, so the clock read costs nothing here.
             let now = Instant::now();
