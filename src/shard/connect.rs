@@ -415,6 +415,12 @@ impl Shard {
             properties,
         };
         self.write_control(conn, &Packet::ConnAck(ack));
+        self.close_taken_over(conn, v5);
+    }
+
+    /// Closes a connection whose session another CONNECT took: MQTT 5 is told so
+    /// first (DISCONNECT 0x8E); 3.x has no such packet.
+    fn close_taken_over(&mut self, conn: ConnId, v5: bool) {
         if v5 {
             let d = Disconnect {
                 code: ReasonCode::SessionTakenOver,
@@ -447,14 +453,7 @@ impl Shard {
                 if let Some(w) = &will {
                     publish_will = !v5 || w.delay_s == 0 || clean_start;
                 }
-                if v5 {
-                    let d = Disconnect {
-                        code: ReasonCode::SessionTakenOver,
-                        properties: Properties::default(),
-                    };
-                    self.write_control(old, &Packet::Disconnect(d));
-                }
-                self.close(old);
+                self.close_taken_over(old, v5);
             }
         } else {
             // Offline with a will still waiting for its delay: the session ending now

@@ -10,7 +10,7 @@ use super::{ConnId, Shard};
 use crate::protocol::{
     Disconnect, Packet, PubResp, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
-use crate::session::{Message, Phase, SessionError, SessionSub, NONE};
+use crate::session::{Delivery, Message, Phase, SessionError, SessionSub, NONE};
 
 impl Shard {
     pub(crate) fn handle_packet(
@@ -59,6 +59,13 @@ impl Shard {
 
     fn conn_session(&self, conn: ConnId) -> u32 {
         self.conns.get(conn).map_or(NONE, |c| c.session)
+    }
+
+    /// `conn`'s session index and its QoS 1/2 delivery state, if it has any.
+    fn conn_delivery(&mut self, conn: ConnId) -> Option<(u32, &mut Delivery)> {
+        let session = self.conn_session(conn);
+        let d = self.sessions.get_mut(session)?.delivery.as_mut()?;
+        Some((session, d))
     }
 
     fn on_publish(
@@ -182,12 +189,7 @@ impl Shard {
         waiting_for: Phase,
         now: Instant,
     ) {
-        let session = self.conn_session(conn);
-        let Some(d) = self
-            .sessions
-            .get_mut(session)
-            .and_then(|s| s.delivery.as_mut())
-        else {
+        let Some((session, d)) = self.conn_delivery(conn) else {
             return;
         };
         if let Some(i) = d.inflight_pos(packet_id) {
@@ -199,12 +201,7 @@ impl Shard {
     }
 
     fn on_pubrec(&mut self, conn: ConnId, r: PubResp, now: Instant) {
-        let session = self.conn_session(conn);
-        let Some(d) = self
-            .sessions
-            .get_mut(session)
-            .and_then(|s| s.delivery.as_mut())
-        else {
+        let Some((session, d)) = self.conn_delivery(conn) else {
             return;
         };
         let Some(i) = d.inflight_pos(r.packet_id) else {
@@ -232,14 +229,9 @@ impl Shard {
     }
 
     fn on_pubrel(&mut self, conn: ConnId, packet_id: u16) {
-        let session = self.conn_session(conn);
         let v5 = self.conns.get(conn).is_some_and(|c| c.version.is_v5());
         let mut found = false;
-        if let Some(d) = self
-            .sessions
-            .get_mut(session)
-            .and_then(|s| s.delivery.as_mut())
-        {
+        if let Some((_, d)) = self.conn_delivery(conn) {
             if let Some(i) = d.awaiting_pubrel.iter().position(|x| *x == packet_id) {
                 d.awaiting_pubrel.swap_remove(i);
                 found = true;
