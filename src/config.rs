@@ -33,6 +33,11 @@ pub struct Config {
     /// Spinning keeps the core from going idle, whose wake-up (an IPI, a VM exit on
     /// a virtual machine) costs tens of µs of latency per message at moderate rates.
     pub busy_poll_us: u32,
+    /// SCHED_FIFO priority (1..=99) for the event-loop threads; 0 = the normal
+    /// scheduler. Under the normal scheduler a kernel thread that wakes on a loop's
+    /// core (memory reclaim, RCU, workqueues) can hold it for milliseconds before the
+    /// loop runs again; a real-time loop preempts it at once.
+    pub rt_priority: u8,
 
     // Connection limits.
     pub max_connections: usize,
@@ -98,6 +103,7 @@ impl Default for Config {
             io: IoBackend::Auto,
             log_level: "info".to_string(),
             busy_poll_us: 0,
+            rt_priority: 0,
             max_connections: 1_000_000,
             max_connections_per_ip: 0,
             connect_rate_per_s: 0,

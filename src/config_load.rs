@@ -36,6 +36,8 @@ pub struct Cli {
     pub log_level: Option<String>,
     #[arg(long, value_name = "US", help = with_default("Most microseconds a loop spins for the next event after a busy turn before blocking (adaptive: shrinks to 0 when events are further apart); 0 = never spin", d().busy_poll_us))]
     pub busy_poll_us: Option<String>,
+    #[arg(long, value_name = "N", help = with_default("SCHED_FIFO priority 1..99 for the event-loop threads (needs CAP_SYS_NICE or RLIMIT_RTPRIO); cuts the latency tail that kernel threads on a loop's core cause; 0 = normal scheduling", d().rt_priority))]
+    pub rt_priority: Option<String>,
     #[arg(long, value_name = "N", help = with_default("Connections the broker holds in total; by default lowered to what the io_uring tables hold", d().max_connections))]
     pub max_connections: Option<String>,
     #[arg(long, value_name = "N", help = with_default("Connections per client IP address; 0 = no limit", d().max_connections_per_ip))]
@@ -296,6 +298,7 @@ pub const KEYS: &[&str] = &[
     "io",
     "log_level",
     "busy_poll_us",
+    "rt_priority",
     "max_connections",
     "max_connections_per_ip",
     "connect_rate_per_s",
@@ -353,6 +356,7 @@ pub fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
         }
         "log_level" => cfg.log_level = text(raw)?,
         "busy_poll_us" => cfg.busy_poll_us = int(raw, 0, MAX_BUSY_POLL_US)? as u32,
+        "rt_priority" => cfg.rt_priority = int(raw, 0, 99)? as u8,
         "max_connections" => cfg.max_connections = usize_of(int(raw, 1, USIZE)?),
         "max_connections_per_ip" => cfg.max_connections_per_ip = usize_of(int(raw, 0, USIZE)?),
         "connect_rate_per_s" => cfg.connect_rate_per_s = int(raw, 0, U32)? as u32,
@@ -443,11 +447,12 @@ impl Cli {
                 Raw::List(self.listen.iter().cloned().map(Raw::Text).collect()),
             ));
         }
-        let singles: [(&'static str, &Option<String>); 31] = [
+        let singles: [(&'static str, &Option<String>); 32] = [
             ("shards", &self.shards),
             ("io", &self.io),
             ("log_level", &self.log_level),
             ("busy_poll_us", &self.busy_poll_us),
+            ("rt_priority", &self.rt_priority),
             ("max_connections", &self.max_connections),
             ("max_connections_per_ip", &self.max_connections_per_ip),
             ("connect_rate_per_s", &self.connect_rate_per_s),
@@ -627,6 +632,7 @@ mod tests {
             ("io", "\"uring\"", "uring"),
             ("log_level", "\"debug\"", "debug"),
             ("busy_poll_us", "7", "7"),
+            ("rt_priority", "7", "7"),
             ("max_connections", "7", "7"),
             ("max_connections_per_ip", "7", "7"),
             ("connect_rate_per_s", "7", "7"),
@@ -736,6 +742,11 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "option --listen: expected a socket address like 0.0.0.0:1883 or [::]:1883, got [\"nowhere\"]"
+        );
+        let err = load_with(&cli(&["--rt-priority", "100"]), with_file("")).expect_err("fail");
+        assert_eq!(
+            err.to_string(),
+            "option --rt-priority: expected an integer 0..=99, got \"100\""
         );
     }
 

@@ -310,13 +310,15 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
         // A worker failed to build its loop: the others stop when their peers
         // channel closes. Report the first error.
         drop(peer_txs);
-        let errors: Vec<String> = handles
+        let mut errors: Vec<String> = handles
             .into_iter()
             .filter_map(|h| match h.join() {
                 Ok(Err(e)) => Some(e.to_string()),
                 _ => None,
             })
             .collect();
+        // Loops refused for the same reason (e.g. rt_priority) say it once.
+        errors.dedup();
         return Err(format!(
             "starting {} loops: {}",
             backend.name(),

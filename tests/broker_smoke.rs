@@ -325,3 +325,74 @@ fn bad_config_exits_2_naming_key_and_value() {
         )
     );
 }
+
+/// Scheduling policy and real-time priority of each thread of `pid`, by thread name
+/// (fields 41 and 40 of /proc/PID/task/TID/stat, after the parenthesised name).
+fn thread_policies(pid: u32) -> Vec<(String, u32, u32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir") {
+        let dir = entry.expect("task entry").path();
+        let comm = std::fs::read_to_string(dir.join("comm")).expect("comm");
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("stat");
+        let after_name = stat.rsplit_once(')').expect("stat format").1;
+        // after_name starts at field 3 (state); rt_priority is field 40, policy 41.
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        let rt_priority: u32 = fields[40 - 3].parse().expect("rt_priority");
+        let policy: u32 = fields[41 - 3].parse().expect("policy");
+        out.push((comm.trim().to_string(), policy, rt_priority));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn rt_priority_runs_every_loop_under_sched_fifo() {
+    // Whether this environment grants SCHED_FIFO decides which behaviour to expect;
+    // probed on a throwaway thread so the test's own threads stay as they are.
+    let granted = std::thread::spawn(|| ringmq::worker::set_realtime(10).is_ok())
+        .join()
+        .expect("probe thread");
+    if granted {
+        let broker = Launch::new(&["--shards", "2", "--rt-priority", "10"])
+            .startup_timeout(WAIT)
+            .spawn();
+        let threads = thread_policies(broker.pid());
+        let loops: Vec<_> = threads
+            .iter()
+            .filter(|(name, _, _)| name.starts_with("ringmq-shard-"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            loops,
+            vec![
+                ("ringmq-shard-0".to_string(), libc::SCHED_FIFO as u32, 10),
+                ("ringmq-shard-1".to_string(), libc::SCHED_FIFO as u32, 10),
+            ],
+            "{threads:?}"
+        );
+        // Only the loops: the main and signal threads keep the normal scheduler.
+        for (name, policy, _) in &threads {
+            if !name.starts_with("ringmq-shard-") {
+                assert_eq!(*policy, libc::SCHED_OTHER as u32, "{threads:?}");
+            }
+        }
+    } else {
+        let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                "1",
+                "--rt-priority",
+                "10",
+            ])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("rt_priority 10: SCHED_FIFO refused"),
+            "{stderr}"
+        );
+    }
+}

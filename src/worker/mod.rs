@@ -168,6 +168,19 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Puts the calling thread under SCHED_FIFO at `priority` (1..=99).
+pub fn set_realtime(priority: u8) -> io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the
+    // calling thread.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// CPUs this process may run on.
 pub fn allowed_cpus() -> Vec<usize> {
     // SAFETY: sched_getaffinity fills the zeroed set we pass; CPU_ISSET reads in bounds.
@@ -229,6 +242,26 @@ pub fn run<L: EventLoop>(
         if let Err(e) = pin_to_cpu(cpu) {
             tracing::warn!(shard = id, cpu, "pinning failed: {e}");
         }
+    }
+    if config.rt_priority > 0 {
+        if let Err(e) = set_realtime(config.rt_priority) {
+            // Asked for and not granted: running on silently would hide why the
+            // latency tail is back.
+            drop(remote_tx);
+            return Err(io::Error::new(
+                e.kind(),
+                format!(
+                    "rt_priority {}: SCHED_FIFO refused ({e}); it needs CAP_SYS_NICE or \
+                     an RLIMIT_RTPRIO of at least {0}",
+                    config.rt_priority
+                ),
+            ));
+        }
+        tracing::info!(
+            shard = id,
+            priority = config.rt_priority,
+            "loop runs under SCHED_FIFO"
+        );
     }
     let io = match make_loop(id, &loop_options) {
         Ok(io) => io,
