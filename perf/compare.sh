@@ -5,6 +5,7 @@
 #   bash perf/compare.sh                      # every scenario, both brokers
 #   bash perf/compare.sh fanin_qos0 idle_10k  # some scenarios
 #   BROKERS=ringmq DURATION=5s bash perf/compare.sh pairs_20k
+#   RINGMQ_ARGS="--rt-priority 50" bash perf/compare.sh pairs_20k   # extra ringmq flags
 #
 # Scenarios (issue #3 targets): fanin_qos0, fanin_qos1, fanin_qos1_5k (100 publishers
 # -> 1 wildcard subscriber, 64 B; see common.sh), pairs_20k (1000 pub/sub pairs, 20k msg/s total, open loop),
@@ -127,7 +128,7 @@ for s in "${scenarios[@]}"; do
 done
 
 {
-  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -r)), broker on core $BROKER_CORE, loadgen on core $LOADGEN_CORE, $DURATION per run; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')."
+  echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -r)), broker on core $BROKER_CORE, loadgen on core $LOADGEN_CORE, $DURATION per run${RINGMQ_ARGS:+, ringmq $RINGMQ_ARGS}; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')."
   echo
   echo "| scenario | broker | msg/s | p50 µs | p99 µs | RSS/conn B | lost | loadgen saturated |"
   echo "|---|---|---:|---:|---:|---:|---:|---|"
