@@ -60,7 +60,7 @@ pub struct Cli {
     pub max_subscriptions_per_client: Option<String>,
     #[arg(long, value_name = "BYTES", help = with_default("Longest client identifier, in bytes", d().max_client_id_len))]
     pub max_client_id_len: Option<String>,
-    #[arg(long, value_name = "S", alias = "keepalive-max", help = with_default("Cap on client keepalives, in seconds; 0 = no cap", d().keepalive_max_s))]
+    #[arg(long, value_name = "S", alias = "keepalive-max", help = with_default("Cap on client keepalives, in seconds; 0 = no cap. An MQTT 5 client asking for more (or for 0, none) is given this as Server Keep Alive; a 3.1/3.1.1 client, which cannot be told, is refused with CONNACK return code 2 (as Mosquitto's max_keepalive)", d().keepalive_max_s))]
     pub keepalive_max_s: Option<String>,
     #[arg(long, value_name = "S", help = with_default("Server Keep Alive sent to MQTT 5 clients, in seconds; none = not sent", "none"))]
     pub server_keep_alive_s: Option<String>,
