@@ -62,7 +62,8 @@ pub struct Config {
     pub max_client_id_len: usize,
 
     // Keepalive.
-    /// Keepalives above this are lowered (MQTT 5 Server Keep Alive); 0 = no cap.
+    /// Keepalives above this (or 0, none) are lowered for MQTT 5 (Server Keep Alive)
+    /// and refused for 3.x (CONNACK return code 2: it cannot be told); 0 = no cap.
     pub keepalive_max_s: u16,
     /// Server Keep Alive sent to every MQTT 5 client when set.
     pub server_keep_alive_s: Option<u16>,

@@ -32,7 +32,7 @@ pub struct Cli {
     pub shards: Option<String>,
     #[arg(long, value_name = "auto|uring|epoll", help = with_default("IO backend; auto = io_uring when the kernel allows it, else epoll", "auto"))]
     pub io: Option<String>,
-    #[arg(long, value_name = "LEVEL", help = with_default("tracing filter (RUST_LOG overrides it), e.g. info or ringmq=debug", &d().log_level))]
+    #[arg(long, value_name = "LEVEL", help = with_default("tracing filter, e.g. info or ringmq=debug,warn; refused at start-up if it does not parse. RUST_LOG overrides it (an unparsable RUST_LOG is ignored with a warning)", &d().log_level))]
     pub log_level: Option<String>,
     #[arg(long, value_name = "US", help = with_default("Most microseconds a loop spins for the next event after a busy turn before blocking (adaptive: shrinks to 0 when events are further apart); 0 = never spin", d().busy_poll_us))]
     pub busy_poll_us: Option<String>,
@@ -62,7 +62,7 @@ pub struct Cli {
     pub max_subscriptions_per_client: Option<String>,
     #[arg(long, value_name = "BYTES", help = with_default("Longest client identifier, in bytes", d().max_client_id_len))]
     pub max_client_id_len: Option<String>,
-    #[arg(long, value_name = "S", alias = "keepalive-max", help = with_default("Cap on client keepalives, in seconds; 0 = no cap", d().keepalive_max_s))]
+    #[arg(long, value_name = "S", alias = "keepalive-max", help = with_default("Cap on client keepalives, in seconds; 0 = no cap. An MQTT 5 client asking for more (or for 0, none) is given this as Server Keep Alive; a 3.1/3.1.1 client, which cannot be told, is refused with CONNACK return code 2 (as Mosquitto's max_keepalive)", d().keepalive_max_s))]
     pub keepalive_max_s: Option<String>,
     #[arg(long, value_name = "S", help = with_default("Server Keep Alive sent to MQTT 5 clients, in seconds; none = not sent", "none"))]
     pub server_keep_alive_s: Option<String>,
@@ -252,6 +252,20 @@ fn text(raw: &Raw) -> Result<String, Expect> {
     }
 }
 
+/// A `tracing` filter, parsed here so a typo is refused at start-up instead of
+/// being replaced by a default when logging is set up. (A bare word is a target
+/// name to `tracing`, so a misspelt level such as `debgu` parses: it logs only
+/// that target.)
+fn log_filter(raw: &Raw) -> Result<String, Expect> {
+    let s = text(raw)?;
+    match tracing_subscriber::EnvFilter::try_new(&s) {
+        Ok(_) => Ok(s),
+        Err(e) => Err(format!(
+            "a tracing filter such as info or ringmq=debug,warn ({e})"
+        )),
+    }
+}
+
 fn one_of<'a>(raw: &Raw, choices: &[&'a str]) -> Result<&'a str, Expect> {
     let expected = || format!("one of {}", choices.join(", "));
     let Raw::Text(s) = raw else {
@@ -354,7 +368,7 @@ pub fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
                 _ => IoBackend::Auto,
             }
         }
-        "log_level" => cfg.log_level = text(raw)?,
+        "log_level" => cfg.log_level = log_filter(raw)?,
         "busy_poll_us" => cfg.busy_poll_us = int(raw, 0, MAX_BUSY_POLL_US)? as u32,
         "rt_priority" => cfg.rt_priority = int(raw, 0, 99)? as u8,
         "max_connections" => cfg.max_connections = usize_of(int(raw, 1, USIZE)?),
@@ -709,6 +723,17 @@ mod tests {
         );
         let err = load_with(
             &cli(&["--config", "c.toml"]),
+            with_file("log_level = \"ringmq=loud\"\n"),
+        )
+        .expect_err("fail");
+        assert_eq!(
+            err.to_string(),
+            "config c.toml: key \"log_level\": expected a tracing filter such as info or \
+             ringmq=debug,warn (error parsing level filter: expected one of \"off\", \"error\", \
+             \"warn\", \"info\", \"debug\", \"trace\", or a number 0-5), got \"ringmq=loud\""
+        );
+        let err = load_with(
+            &cli(&["--config", "c.toml"]),
             with_file("busy_poll_us = 1001\n"),
         )
         .expect_err("fail");
@@ -738,6 +763,22 @@ mod tests {
             err.to_string(),
             "option --max-inflight: expected an integer 1..=65535, got \"70000\""
         );
+        let err = load_with(&cli(&["--log-level", "info,["]), with_file("")).expect_err("fail");
+        assert_eq!(
+            err.to_string(),
+            "option --log-level: expected a tracing filter such as info or ringmq=debug,warn \
+             (invalid filter directive), got \"info,[\""
+        );
+        for good in [
+            "warn",
+            "ringmq=debug,warn",
+            "ringmq::shard=trace",
+            "off",
+            "5",
+        ] {
+            let cfg = load_with(&cli(&["--log-level", good]), with_file("")).expect(good);
+            assert_eq!(cfg.log_level, good);
+        }
         let err = load_with(&cli(&["--listen", "nowhere"]), with_file("")).expect_err("fail");
         assert_eq!(
             err.to_string(),

@@ -102,16 +102,37 @@ fn disable_transparent_huge_pages() {
     }
 }
 
+/// `RUST_LOG`, when set, overrides `log_level`. `log_level` was parsed by the config
+/// layer (a bad one exits 2); an unparsable `RUST_LOG` is not the broker's config,
+/// so it does not stop the start, but it is named in a warning and `log_level` used.
 fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::env::VarError;
+    use tracing_subscriber::EnvFilter;
+    let (from_env, bad_env) = match std::env::var("RUST_LOG") {
+        Err(VarError::NotPresent) => (None, None),
+        Err(VarError::NotUnicode(v)) => (None, Some(format!("{v:?} (not UTF-8)"))),
+        Ok(v) => match EnvFilter::try_new(&v) {
+            Ok(f) => (Some(f), None),
+            Err(e) => (None, Some(format!("{v:?} ({e})"))),
+        },
+    };
+    // `new` skips a directive it cannot parse instead of failing; `level` has none.
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
     // Colour codes only for a terminal: in files and CI logs they are noise.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(bad) = bad_env {
+        let text = format!("RUST_LOG={bad} ignored; using log_level {level:?}");
+        // Shown even when `level` filters warnings out: it explains what is logged.
+        if tracing::enabled!(tracing::Level::WARN) {
+            tracing::warn!("{text}");
+        } else {
+            eprintln!("ringmq: {text}");
+        }
+    }
 }
 
 fn choose_backend(wanted: IoBackend) -> Result<Backend, String> {

@@ -396,3 +396,20 @@ fn rt_priority_runs_every_loop_under_sched_fifo() {
         );
     }
 }
+
+#[test]
+fn bad_log_level_exits_2_naming_option_and_value() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args(["--log-level", "ringmq=loud"])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "ringmq: option --log-level: expected a tracing filter such as info or ringmq=debug,warn \
+         (error parsing level filter: expected one of \"off\", \"error\", \"warn\", \"info\", \
+         \"debug\", \"trace\", or a number 0-5), got \"ringmq=loud\""
+    );
+}

@@ -12,12 +12,18 @@ const WAIT: Duration = Duration::from_secs(10);
 /// Starts ringmq with `args` at log level info, collects stderr up to and including the
 /// "listening" line, then stops it with SIGTERM.
 fn startup_lines(args: &[&str]) -> Vec<String> {
+    startup_lines_with(args, None)
+}
+
+/// [`startup_lines`] with `RUST_LOG` set to `rust_log` (unset when `None`).
+fn startup_lines_with(args: &[&str], rust_log: Option<&str>) -> Vec<String> {
     let mut all = vec!["--log-level", "info"];
     all.extend_from_slice(args);
-    let mut broker = Launch::new(&all)
-        .env_remove("RUST_LOG")
-        .startup_timeout(WAIT)
-        .spawn();
+    let launch = match rust_log {
+        Some(v) => Launch::new(&all).env("RUST_LOG", v),
+        None => Launch::new(&all).env_remove("RUST_LOG"),
+    };
+    let mut broker = launch.startup_timeout(WAIT).spawn();
     let lines = broker.startup_lines().to_vec();
     assert!(
         lines
@@ -58,6 +64,33 @@ fn explicit_max_connections_above_capacity_still_warns() {
         lines
             .iter()
             .any(|l| l.contains("WARN") && l.contains("max_connections 100000000 needs")),
+        "{lines:?}"
+    );
+}
+
+/// An unparsable RUST_LOG does not stop the broker, and is not silently replaced:
+/// a warning names it and says which filter is used instead.
+#[test]
+fn unparsable_rust_log_is_named_in_a_warning() {
+    let lines = startup_lines_with(&["--shards", "1"], Some("ringmq=loud"));
+    let warned: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("WARN") && l.contains("RUST_LOG"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{lines:?}");
+    assert!(
+        warned[0].ends_with(
+            "RUST_LOG=\"ringmq=loud\" (error parsing level filter: expected one of \"off\", \
+             \"error\", \"warn\", \"info\", \"debug\", \"trace\", or a number 0-5) ignored; \
+             using log_level \"info\""
+        ),
+        "{lines:?}"
+    );
+    // The fallback filter is in force: info lines follow.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("INFO") && l.contains("connections per loop")),
         "{lines:?}"
     );
 }

@@ -111,6 +111,17 @@ impl Shard {
             self.close(conn);
             return false;
         }
+        // A 3.x client cannot be told a lower keepalive (MQTT 5 gets Server Keep
+        // Alive): with a cap set, one asking for more, or for none (0), is refused
+        // with return code 2, as Mosquitto's `max_keepalive` does. Refused here,
+        // before any session is taken over.
+        let cap_s = self.config.keepalive_max_s;
+        if !version.is_v5() && cap_s > 0 && !(1..=cap_s).contains(&connect.keep_alive_s) {
+            self.stats.refused_keepalive += 1;
+            self.write_control(conn, &connack(ReasonCode::ClientIdentifierNotValid));
+            self.close(conn);
+            return false;
+        }
         // The will is published later under this topic: hold it to the limits a
         // PUBLISH topic meets now (the decoder already refused wildcards and NUL).
         if let Some(w) = &connect.will {

@@ -195,6 +195,9 @@ pub struct ShardStats {
     pub refused_rate: u64,
     /// CONNECTs refused with 0x89 / rc 3: shard memory over `memory_high_water_bytes`.
     pub refused_busy: u64,
+    /// 3.x CONNECTs refused with rc 2: keepalive 0 or above `keepalive_max_s`
+    /// (MQTT 5 clients are given Server Keep Alive instead).
+    pub refused_keepalive: u64,
     /// CONNECTs refused with 0x89 / rc 3 by the accepting shard because the hand-off
     /// to the owner shard was refused (owner's table or the mesh full).
     pub refused_handoff: u64,

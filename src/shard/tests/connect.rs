@@ -478,3 +478,107 @@ fn enhanced_auth_is_refused() {
     );
     cl.expect_closed(c);
 }
+
+/// `keepalive_max_s` for 3.x clients: no Server Keep Alive to tell them, so a
+/// keepalive above the cap, or 0 (none), is refused with return code 2 before any
+/// session is touched; one within the cap is accepted and enforced as asked.
+#[test]
+fn keepalive_cap_refuses_v3_clients_over_it_or_without_one() {
+    for version in [V31, V311] {
+        let mut config = cfg();
+        config.keepalive_max_s = 30;
+        let mut cl = Cluster::new(1, config);
+        let ka = |keepalive_s| ConnectOpts {
+            keepalive_s,
+            clean: false,
+            ..Default::default()
+        };
+        let held = cl.connect(version, "a", ka(30));
+        assert_eq!(
+            cl.clients[held].raw,
+            [0x20, 0x02, 0x00, 0x00],
+            "{version:?}"
+        );
+        cl.expect(
+            held,
+            connack(false, ReasonCode::Success, Properties::default()),
+        );
+        for (id, keepalive_s) in [("a", 31), ("a", 0), ("b", u16::MAX)] {
+            let c = cl.connect(version, id, ka(keepalive_s));
+            assert_eq!(
+                cl.clients[c].raw,
+                [0x20, 0x02, 0x00, 0x02],
+                "{version:?} keepalive {keepalive_s}"
+            );
+            cl.expect_closed(c);
+        }
+        // The refused CONNECTs for "a" did not take its session over.
+        cl.expect_nothing(held);
+        cl.expect_open(held);
+        assert_eq!(cl.shards[0].stats().refused_keepalive, 3);
+        assert_eq!(cl.shards[0].stats().sessions, 1);
+        let low = cl.connect(version, "c", ka(1));
+        assert_eq!(cl.clients[low].raw, [0x20, 0x02, 0x00, 0x00]);
+        // Enforced as asked (1.5 × 1 s), not as the cap.
+        cl.advance(Duration::from_millis(1_499));
+        cl.expect_open(low);
+        cl.advance(Duration::from_millis(1));
+        cl.expect_closed(low);
+    }
+}
+
+/// The same cap for MQTT 5: a keepalive of 0 is answered with Server Keep Alive
+/// (exact CONNACK bytes), not refused.
+#[test]
+fn keepalive_cap_gives_v5_clients_without_one_server_keep_alive() {
+    let mut config = cfg();
+    config.keepalive_max_s = 30;
+    let mut cl = Cluster::new(1, config);
+    let c = cl.connect(V5, "a", ConnectOpts::default());
+    assert_eq!(
+        cl.clients[c].raw,
+        [
+            0x20, 17, 0x00, 0x00, 14, // flags, reason, property length
+            0x13, 0x00, 30, // Server Keep Alive 30
+            0x21, 0x04, 0x00, // Receive Maximum 1024
+            0x22, 0x00, 0x40, // Topic Alias Maximum 64
+            0x27, 0x00, 0x10, 0x00, 0x00, // Maximum Packet Size 1 MiB
+        ]
+    );
+    cl.advance(Duration::from_millis(44_999));
+    cl.expect_open(c);
+    cl.advance(Duration::from_millis(1));
+    cl.expect_closed(c);
+    assert_eq!(cl.shards[0].stats().refused_keepalive, 0);
+}
+
+/// No cap (the default): every keepalive is accepted as asked, by every version,
+/// and MQTT 5 gets no Server Keep Alive.
+#[test]
+fn keepalive_without_cap_accepts_any_value() {
+    for version in [V31, V311, V5] {
+        let mut cl = Cluster::new(1, cfg());
+        for (id, keepalive_s) in [("a", 0), ("b", u16::MAX)] {
+            let opts = ConnectOpts {
+                keepalive_s,
+                ..Default::default()
+            };
+            let c = cl.connect(version, id, opts);
+            if version == V5 {
+                assert_eq!(
+                    cl.clients[c].raw,
+                    [
+                        0x20, 14, 0x00, 0x00, 11, 0x21, 0x04, 0x00, 0x22, 0x00, 0x40, 0x27, 0x00,
+                        0x10, 0x00, 0x00,
+                    ]
+                );
+            } else {
+                assert_eq!(cl.clients[c].raw, [0x20, 0x02, 0x00, 0x00]);
+            }
+            cl.expect_open(c);
+        }
+        cl.advance(Duration::from_secs(3600));
+        assert_eq!(cl.shards[0].stats().connections, 2, "{version:?}");
+        assert_eq!(cl.shards[0].stats().refused_keepalive, 0);
+    }
+}
