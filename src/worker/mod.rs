@@ -621,19 +621,22 @@ impl<L: EventLoop> Worker<L> {
                 match result {
                     Ok(transfer) => {
                         report.migrations_out += 1;
-                        match mesh.send(to, WorkerMsg::Adopt { handoff, transfer }) {
+                        // `Action::Migrate` reserved this place: a mesh that filled up
+                        // since cannot refuse the hand-off of a socket already sent.
+                        match mesh.send_reserved(to, WorkerMsg::Adopt { handoff, transfer }) {
                             Ok(SendOutcome::QueuedWake) => wake.insert(to),
                             Ok(_) => {}
                             Err(e) => {
-                                // The socket already left us with no handoff to pair it
+                                // Only a shard that is not in the mesh gets here. The
+                                // socket already left us with no handoff to pair it
                                 // with: io_uring's target closes it after a bound, epoll's
                                 // fd is closed here.
                                 report.mesh_rejected += 1;
                                 report.migrations_failed += 1;
-                                tracing::warn!(
+                                tracing::error!(
                                     shard = shard.id(),
                                     to,
-                                    "mesh full: handoff dropped"
+                                    "handoff to a shard outside the mesh dropped"
                                 );
                                 if let WorkerMsg::Adopt { transfer, .. } = e.into_inner() {
                                     io.discard(transfer);
@@ -642,6 +645,7 @@ impl<L: EventLoop> Worker<L> {
                         }
                     }
                     Err(errno) => {
+                        mesh.unreserve(to);
                         // The socket is still ours (ENFILE: every table of the target
                         // loop is full): the shard refuses the CONNECT (Server busy)
                         // and closes; the client reconnects.
@@ -729,9 +733,10 @@ impl<L: EventLoop> Worker<L> {
                         }
                         continue;
                     }
-                    if self.mesh.is_full(to) {
+                    if !self.mesh.reserve(to) {
                         // The hand-off could not follow the socket: refuse now, while
                         // the socket is still ours (the shard answers and closes).
+                        // The reservation holds a place for it until `Migrated`.
                         self.report.migrations_failed += 1;
                         self.shard.on_migrate_refused(conn, now);
                         continue;
