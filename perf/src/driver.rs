@@ -274,6 +274,19 @@ impl CrossShard {
                 }
             },
         );
+        // Route updates and acks, as the worker hands them over after the actions.
+        let others = if shard.control_waiting() {
+            0..shard.shard_count()
+        } else {
+            0..0
+        };
+        for to in others.filter(|&to| to != s) {
+            while let Some(msg) = shard.poll_control(to) {
+                if end.send(to, msg).is_err() {
+                    panic!("bench set-up: mesh to shard {to} is full");
+                }
+            }
+        }
         end.flush();
         written
     }

@@ -376,8 +376,11 @@ impl EventLoop for EpollLoop {
         if data.is_empty() || s.state == State::Dead {
             return;
         }
-        debug_assert!(s.tx.is_none(), "one send in flight per socket");
         if s.tx.is_some() {
+            // The worker keeps one send in flight per socket; if that ever slips, the
+            // bytes are lost, so say so loudly rather than silently.
+            self.stats.send_refused_busy += 1;
+            tracing::error!(sock, "send while one is in flight: dropped");
             return;
         }
         s.tx = Some(data);

@@ -95,6 +95,16 @@ pub struct IoStats {
     /// Sockets sent by another loop whose hand-off never came: closed after
     /// `LoopOptions::adopt_pair_timeout_ms`.
     pub adopt_unpaired_reaped: u64,
+    /// Hand-offs whose descriptor the kernel installed in the target's table without
+    /// telling it (`MSG_RING` EOVERFLOW): refused and shut down; one slot leaks each.
+    pub migrate_descriptor_lost: u64,
+    /// Doorbells sent again after a transient `MSG_RING` failure.
+    pub doorbell_retried: u64,
+    /// Doorbells given up on (permanent error, or too many attempts).
+    pub doorbell_failed: u64,
+    /// `send` calls refused because a send was already in flight (a worker bug: the
+    /// bytes are lost).
+    pub send_refused_busy: u64,
 }
 
 /// How a backend is sized. Derived from `Config` by the worker.

@@ -855,3 +855,61 @@ fn uring_starved_receives_lose_nothing() {
     assert_eq!((reports[0].accepted, reports[0].released), (60, 60));
     assert_eq!(reports[0].bytes_in, 60 * 2000 * 3);
 }
+
+/// A second `send` while one is in flight cannot queue (one in flight per socket): it
+/// is refused and counted, never dropped silently; the first one arrives whole.
+#[test]
+fn send_while_one_is_in_flight_is_counted() {
+    for (name, ctor) in backends() {
+        let mut lp = ctor(0, &opts()).expect("loop");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        lp.add_listener(l).expect("listen");
+        let mut c = connect(addr);
+        let mut out = Vec::new();
+        let mut sock = None;
+        for _ in 0..1000 {
+            lp.turn(Some(Duration::from_millis(10)), &mut out)
+                .expect("turn");
+            sock = out.iter().find_map(|c| match c {
+                Completion::Accepted { sock, .. } => Some(*sock),
+                _ => None,
+            });
+            if sock.is_some() {
+                break;
+            }
+        }
+        let sock = sock.expect("accepted");
+        // Larger than the socket buffers: the first send stays in flight (epoll
+        // writes what fits and keeps the rest; io_uring until its completion).
+        let first = pattern(1, 8 << 20);
+        lp.send(sock, Bytes::from(first.clone()));
+        lp.send(sock, Bytes::from_static(b"second"));
+        assert_eq!(lp.stats().send_refused_busy, 1, "{name}");
+        let reader = thread::spawn(move || read_exact(&mut c, 8 << 20));
+        let mut done = false;
+        for _ in 0..10_000 {
+            out.clear();
+            lp.turn(Some(Duration::from_millis(10)), &mut out)
+                .expect("turn");
+            if out
+                .iter()
+                .any(|c| matches!(c, Completion::SendDone { errno: 0, .. }))
+            {
+                done = true;
+                break;
+            }
+        }
+        assert!(done, "{name}: first send never completed");
+        assert!(reader.join().expect("reader") == first, "{name}");
+        lp.close(sock);
+        for _ in 0..100 {
+            out.clear();
+            lp.turn(Some(Duration::from_millis(1)), &mut out)
+                .expect("turn");
+            if out.iter().any(|c| matches!(c, Completion::Released { .. })) {
+                break;
+            }
+        }
+    }
+}

@@ -662,6 +662,27 @@ pub struct UringLoop {
     pending: Vec<Completion>,
     /// When the buffer pools were last trimmed (`BufPool::trim`).
     last_trim: Instant,
+    /// Doorbells whose `MSG_RING` failed transiently: (target loop, attempts so far),
+    /// sent again at the start of the next turn (see `on_doorbell_failed`).
+    doorbell_retry: Vec<(usize, u64)>,
+    /// Sockets whose descriptor also sits, unannounced, in another loop's table
+    /// (`on_send_fd`, EOVERFLOW): their close shuts the connection down first, since
+    /// closing our slot alone would leave it open through the other reference.
+    shutdown_on_close: std::collections::HashSet<SockId>,
+}
+
+/// Attempts at one doorbell before giving up on it (each is one turn apart).
+const DOORBELL_ATTEMPTS_MAX: u64 = 64;
+
+/// Whether a failed doorbell `MSG_RING` is worth sending again: the target's CQE could
+/// not be posted now (EOVERFLOW: no memory for the CQ overflow list; ENOMEM; EAGAIN,
+/// EBUSY, EINTR), as opposed to a target ring that is gone or not a ring (EBADFD,
+/// EBADF, EINVAL, ...), where a retry cannot help.
+fn doorbell_retryable(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc::EOVERFLOW | libc::ENOMEM | libc::EAGAIN | libc::EBUSY | libc::EINTR
+    )
 }
 
 /// Enter errors that only mean "try again next turn": a signal, CQ overflow backlog
@@ -762,6 +783,8 @@ impl UringLoop {
             cqes: Vec::with_capacity(1024),
             pending: Vec::new(),
             last_trim: Instant::now(),
+            doorbell_retry: Vec::new(),
+            shutdown_on_close: std::collections::HashSet::new(),
         };
         for r in 1..lp.rings.len() {
             lp.arm_ring_poll(r);
@@ -880,6 +903,12 @@ impl UringLoop {
         let close = opcode::Close::new(Fixed(slot))
             .build()
             .user_data(ud(K_CLOSE, sock as u64));
+        let shutdown = self.shutdown_on_close.remove(&sock).then(|| {
+            opcode::Shutdown::new(Fixed(slot), libc::SHUT_RDWR)
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK)
+                .user_data(ud(K_CANCEL, sock as u64))
+        });
         let r = &mut self.rings[ring];
         // Both should land in the same submission for the link to hold (if they are
         // split, the close still runs, after the cancel).
@@ -887,8 +916,11 @@ impl UringLoop {
             let sq = r.uring.submission();
             sq.capacity() - sq.len()
         };
-        if room < 2 && r.backlog.is_empty() {
+        if room < 3 && r.backlog.is_empty() {
             let _ = r.uring.submit();
+        }
+        if let Some(shutdown) = shutdown {
+            r.push(shutdown);
         }
         r.push(cancel);
         r.push(close);
@@ -1085,6 +1117,38 @@ impl UringLoop {
         }
     }
 
+    /// `MSG_RING`s a doorbell to loop `to`; `attempt` rides in the user data so a
+    /// failure knows how often it was tried.
+    fn send_doorbell(&mut self, to: usize, attempt: u64) {
+        let Some(peer) = self.peers.get(to) else {
+            return;
+        };
+        let RemoteKind::Uring { ring_fds, .. } = &peer.kind else {
+            return;
+        };
+        let Some(&fd) = ring_fds.first() else { return };
+        let e = opcode::MsgRingData::new(Fd(fd), 0, ud(K_DOORBELL, self.id as u64), None)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud(K_DOORBELL, (attempt << 16) | (to as u64 & 0xffff)));
+        self.rings[0].push(e);
+    }
+
+    /// A doorbell did not reach loop `to`, which may be blocked with messages in its
+    /// mesh ring: try again next turn, a bounded number of times.
+    fn on_doorbell_failed(&mut self, payload: u64, errno: i32) {
+        let (to, attempt) = ((payload & 0xffff) as usize, payload >> 16);
+        if doorbell_retryable(errno) && attempt + 1 < DOORBELL_ATTEMPTS_MAX {
+            self.stats.doorbell_retried += 1;
+            if !self.doorbell_retry.iter().any(|&(t, _)| t == to) {
+                self.doorbell_retry.push((to, attempt + 1));
+            }
+            return;
+        }
+        self.stats.doorbell_failed += 1;
+        tracing::error!(loop_id = self.id, to, errno, attempt, "doorbell lost");
+    }
+
     /// Closes sockets sent to us whose hand-off did not come in time.
     fn reap_unpaired(&mut self) {
         let Some(&(due, _)) = self.arrived_due.front() else {
@@ -1182,6 +1246,8 @@ impl UringLoop {
                     self.arm_eventfd();
                 }
             }
+            // Doorbells post a CQE here only on failure (`SKIP_SUCCESS`).
+            K_DOORBELL if res < 0 => self.on_doorbell_failed(payload, -res),
             K_CANCEL | K_DOORBELL => {}
             other => tracing::warn!(kind = other, res, "unknown io_uring completion"),
         }
@@ -1294,6 +1360,24 @@ impl UringLoop {
         };
         let result = match (res >= 0, sent) {
             (true, Some((ticket, _, _))) => Ok(Transfer(ticket)),
+            (false, Some((ticket, to, _))) if res == -libc::EOVERFLOW => {
+                // The kernel installed the descriptor in the target's table but could
+                // not post its CQE, and the slot number is lost with it: nobody can
+                // adopt or close that copy. Its reserved slot stays taken (it is in
+                // use), and our close shuts the connection down so the client is not
+                // left hanging on it. One table slot leaks per occurrence.
+                self.stats.migrate_descriptor_lost += 1;
+                self.stats.migrate_failed += 1;
+                tracing::error!(
+                    loop_id = self.id,
+                    sock,
+                    to,
+                    ticket,
+                    "socket handoff: descriptor installed unannounced (EOVERFLOW), connection refused"
+                );
+                self.shutdown_on_close.insert(sock);
+                Err(libc::EOVERFLOW)
+            }
             (_, sent) => {
                 // The descriptor did not arrive: its reserved slot is free again.
                 if let Some((_, to, ring)) = sent {
@@ -1505,8 +1589,15 @@ impl EventLoop for UringLoop {
         if data.is_empty() || s.state != SockState::Open {
             return;
         }
-        debug_assert!(s.tx.is_none(), "one send in flight per socket");
         if s.tx.is_some() {
+            // The worker keeps one send in flight per socket; if that ever slips, the
+            // bytes are lost, so say so loudly rather than silently.
+            self.stats.send_refused_busy += 1;
+            tracing::error!(
+                loop_id = self.id,
+                sock,
+                "send while one is in flight: dropped"
+            );
             return;
         }
         s.tx = Some(data);
@@ -1554,18 +1645,7 @@ impl EventLoop for UringLoop {
     }
 
     fn doorbell(&mut self, to: usize) {
-        let Some(peer) = self.peers.get(to) else {
-            return;
-        };
-        let RemoteKind::Uring { ring_fds, .. } = &peer.kind else {
-            return;
-        };
-        let Some(&fd) = ring_fds.first() else { return };
-        let e = opcode::MsgRingData::new(Fd(fd), 0, ud(K_DOORBELL, self.id as u64), None)
-            .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(ud(K_DOORBELL, to as u64));
-        self.rings[0].push(e);
+        self.send_doorbell(to, 0);
     }
 
     fn buf(&self, buf: BufRef) -> &[u8] {
@@ -1582,6 +1662,9 @@ impl EventLoop for UringLoop {
     }
 
     fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        for (to, attempt) in std::mem::take(&mut self.doorbell_retry) {
+            self.send_doorbell(to, attempt);
+        }
         for ring in self.rings.iter_mut() {
             ring.drain_backlog();
         }
@@ -1711,6 +1794,84 @@ mod pool_tests {
     /// posted, and one receive at a time keeps reusing the same warm buffers
     /// Hand-off tables grown by a connect storm are given back once empty, at the
     /// first idle trim.
+    #[test]
+    fn doorbell_errors_worth_a_retry() {
+        for errno in [
+            libc::EOVERFLOW,
+            libc::ENOMEM,
+            libc::EAGAIN,
+            libc::EBUSY,
+            libc::EINTR,
+        ] {
+            assert!(doorbell_retryable(errno), "{errno}");
+        }
+        for errno in [libc::EBADFD, libc::EBADF, libc::EINVAL, libc::EOWNERDEAD] {
+            assert!(!doorbell_retryable(errno), "{errno}");
+        }
+    }
+
+    /// A doorbell that failed transiently is sent again on the next turn (and reaches
+    /// the peer); after `DOORBELL_ATTEMPTS_MAX` attempts it is given up and counted.
+    #[test]
+    fn a_transiently_failed_doorbell_is_sent_again_next_turn() {
+        let opts = LoopOptions {
+            max_connections: 100,
+            ..LoopOptions::default()
+        };
+        let mut lp = UringLoop::new(0, &opts).expect("loop");
+        let mut peer = UringLoop::new(1, &opts).expect("peer loop");
+        lp.set_peers(vec![lp.remote(), peer.remote()]);
+        lp.on_doorbell_failed(1, libc::EOVERFLOW);
+        lp.on_doorbell_failed(1, libc::EOVERFLOW);
+        assert_eq!(lp.doorbell_retry, [(1, 1)], "one retry per target");
+        assert_eq!(lp.stats.doorbell_retried, 2);
+        assert!(!peer.poll_ready());
+        let mut out = Vec::new();
+        lp.turn(Some(Duration::ZERO), &mut out).expect("turn");
+        assert!(lp.doorbell_retry.is_empty());
+        assert!(peer.poll_ready(), "the retried doorbell rang");
+        peer.turn(Some(Duration::ZERO), &mut out)
+            .expect("peer turn");
+        // The last attempt is not retried.
+        lp.on_doorbell_failed(((DOORBELL_ATTEMPTS_MAX - 1) << 16) | 1, libc::EOVERFLOW);
+        assert!(lp.doorbell_retry.is_empty());
+        assert_eq!(lp.stats.doorbell_failed, 1);
+    }
+
+    /// A doorbell to something that is not a ring fails with EBADFD: counted, not
+    /// retried.
+    #[test]
+    fn a_doorbell_that_cannot_arrive_is_counted() {
+        let opts = LoopOptions {
+            max_connections: 100,
+            ..LoopOptions::default()
+        };
+        let mut lp = UringLoop::new(0, &opts).expect("loop");
+        // SAFETY: eventfd takes no pointers; the result is checked.
+        let not_a_ring = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        assert!(not_a_ring >= 0);
+        let bogus = Arc::new(Remote {
+            kind: RemoteKind::Uring {
+                ring_fds: vec![not_a_ring],
+                room: vec![RingRoom::new(0)],
+                eventfd: not_a_ring,
+            },
+        });
+        lp.set_peers(vec![lp.remote(), bogus]);
+        lp.doorbell(1);
+        let mut out = Vec::new();
+        for _ in 0..3 {
+            lp.turn(Some(Duration::ZERO), &mut out).expect("turn");
+        }
+        assert_eq!(
+            (lp.stats.doorbell_failed, lp.stats.doorbell_retried),
+            (1, 0)
+        );
+        assert!(lp.doorbell_retry.is_empty());
+        // SAFETY: we own this fd and nothing uses it any more.
+        unsafe { libc::close(not_a_ring) };
+    }
+
     #[test]
     fn idle_loop_shrinks_emptied_handoff_tables() {
         let opts = LoopOptions {

@@ -29,6 +29,12 @@
 //! then runs the producer side of the protocol and reports which consumers to wake.
 //! A shard with overflow pending must not block indefinitely itself (nobody would wake
 //! it to retry), so `prepare_park` refuses while any overflow list is non-empty.
+//!
+//! Reservations: a message that must not be refused later (a hand-off whose socket is
+//! already on its way) reserves its place first with [`Endpoint::reserve`]. Reserved
+//! places count against the overflow bound, so the matching
+//! [`Endpoint::send_reserved`] always finds room and the list still never exceeds
+//! `overflow_max`.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -163,8 +169,10 @@ impl fmt::Debug for WakeSet {
 /// Producer side of one pair: the ring plus messages that did not fit yet.
 struct Outbound<T> {
     ring: Producer<T>,
-    /// FIFO behind the ring's contents; at most `overflow_max` long.
+    /// FIFO behind the ring's contents; at most `overflow_max - reserved` long.
     overflow: VecDeque<T>,
+    /// Places promised by `reserve` and not yet used by `send_reserved` or given back.
+    reserved: usize,
 }
 
 type ParkedFlag = Arc<CachePadded<AtomicBool>>;
@@ -217,6 +225,7 @@ pub fn mesh<T>(
             outbound[from][to] = Some(Outbound {
                 ring,
                 overflow: VecDeque::new(),
+                reserved: 0,
             });
             inbound[to][from] = Some(consumer);
         }
@@ -280,10 +289,44 @@ impl<T> Endpoint<T> {
     pub fn is_full(&self, to: usize) -> bool {
         match self.outbound.get(to) {
             Some(Some(out)) => {
-                out.overflow.len() >= self.overflow_max
+                out.overflow.len() + out.reserved >= self.overflow_max
                     && (!out.overflow.is_empty() || out.ring.free_slots() == 0)
             }
             _ => true,
+        }
+    }
+
+    /// Promises one later [`Endpoint::send_reserved`] to `to` a place: false when the
+    /// overflow list has no unpromised room left (or `to` is not another shard).
+    /// Every `true` must be followed by exactly one `send_reserved` or `unreserve`.
+    pub fn reserve(&mut self, to: usize) -> bool {
+        let Some(Some(out)) = self.outbound.get_mut(to) else {
+            return false;
+        };
+        if out.overflow.len() + out.reserved >= self.overflow_max {
+            return false;
+        }
+        out.reserved += 1;
+        true
+    }
+
+    /// Gives back a place promised by `reserve` that will not be used.
+    pub fn unreserve(&mut self, to: usize) {
+        if let Some(Some(out)) = self.outbound.get_mut(to) {
+            out.reserved = out.reserved.saturating_sub(1);
+        }
+    }
+
+    /// Sends `msg` into a place promised by `reserve`: never `Rejected`. Without a
+    /// reservation it is a plain [`Endpoint::send`].
+    pub fn send_reserved(&mut self, to: usize, msg: T) -> Result<SendOutcome, SendError<T>> {
+        match self.outbound.get_mut(to) {
+            Some(Some(out)) if out.reserved > 0 => {
+                // Released first: `send` then sees the place as free overflow room.
+                out.reserved -= 1;
+                self.send(to, msg)
+            }
+            _ => self.send(to, msg),
         }
     }
 
@@ -315,7 +358,7 @@ impl<T> Endpoint<T> {
         } else {
             msg
         };
-        if out.overflow.len() >= self.overflow_max {
+        if out.overflow.len() + out.reserved >= self.overflow_max {
             self.stats.rejected += 1;
             return Err(SendError::Rejected(msg));
         }
@@ -507,6 +550,33 @@ mod tests {
             assert!(eps[0].is_full(5));
             assert!(eps[0].is_full(0));
         }
+    }
+
+    #[test]
+    fn a_reserved_place_survives_a_full_mesh() {
+        let mut eps = mesh::<u32>(2, 2, 3).expect("valid mesh");
+        assert!(eps[0].reserve(1));
+        // Ring (2) + unpromised overflow (2) fill up; the promised place is kept.
+        for m in 0..4 {
+            assert!(eps[0].send(1, m).is_ok(), "message {m}");
+        }
+        assert!(eps[0].is_full(1));
+        assert_eq!(eps[0].send(1, 90), Err(SendError::Rejected(90)));
+        assert!(!eps[0].reserve(1), "no unpromised room left");
+        assert_eq!(eps[0].send_reserved(1, 4), Ok(SendOutcome::Overflowed));
+        assert_eq!(eps[0].overflow_len(1), 3);
+        let mut got = Vec::new();
+        while eps[0].has_overflow() || eps[1].has_inbound() {
+            eps[1].recv_batch(8, |_, m| got.push(m));
+            eps[0].flush();
+        }
+        assert_eq!(got, [0, 1, 2, 3, 4]);
+        // A place given back is free for anyone again.
+        assert!(eps[0].reserve(1) && eps[0].reserve(1) && eps[0].reserve(1));
+        assert!(!eps[0].reserve(1));
+        eps[0].unreserve(1);
+        assert!(eps[0].reserve(1));
+        assert!(!eps[0].reserve(0) && !eps[0].reserve(7));
     }
 
     #[test]

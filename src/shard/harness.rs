@@ -50,6 +50,11 @@ pub(crate) struct Cluster {
     pub mesh_counts: (usize, usize),
     /// While set, `pump` leaves shard-to-shard messages in flight (to test races).
     pub hold_mesh: bool,
+    /// Messages one ordered pair of shards may have in flight, like the worker's ring
+    /// plus overflow list; `None`: unbounded. A `Send` beyond it is dropped and
+    /// counted in `mesh_dropped`, as the worker drops (and counts) it.
+    pub mesh_room: Option<usize>,
+    pub mesh_dropped: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +96,8 @@ impl Cluster {
             mesh: VecDeque::new(),
             mesh_counts: (0, 0),
             hold_mesh: false,
+            mesh_room: None,
+            mesh_dropped: 0,
         }
     }
 
@@ -304,6 +311,7 @@ impl Cluster {
                     moved = true;
                     self.perform(s, a);
                 }
+                moved |= self.take_control(s);
             }
             while let Some((from, to, msg)) = self.mesh.pop_front() {
                 if self.hold_mesh {
@@ -311,12 +319,7 @@ impl Cluster {
                     break;
                 }
                 moved = true;
-                match &msg {
-                    ShardMsg::Publish { .. } => self.mesh_counts.0 += 1,
-                    ShardMsg::Route(_) => self.mesh_counts.1 += 1,
-                    ShardMsg::RouteAck { .. } => {}
-                }
-                self.shards[to].on_message(from, msg, self.now);
+                self.carry(from, to, msg);
             }
             if !moved {
                 return;
@@ -358,9 +361,69 @@ impl Cluster {
             }
             Action::Send { to, msg } => {
                 assert_ne!(to, s, "a shard sent a message to itself");
+                if self.mesh_full(s, to) {
+                    self.mesh_dropped += 1;
+                    return;
+                }
                 self.mesh.push_back((s, to, msg));
             }
         }
+    }
+
+    fn carry(&mut self, from: ShardId, to: ShardId, msg: ShardMsg) {
+        match &msg {
+            ShardMsg::Publish { .. } => self.mesh_counts.0 += 1,
+            ShardMsg::Route(_) => self.mesh_counts.1 += 1,
+            ShardMsg::RouteAck { .. } => {}
+        }
+        self.shards[to].on_message(from, msg, self.now);
+    }
+
+    /// Like the worker: shard `s`'s control messages enter the mesh while it has room,
+    /// the rest wait in the shard (never dropped).
+    fn take_control(&mut self, s: ShardId) -> bool {
+        let mut moved = false;
+        if !self.shards[s].control_waiting() {
+            return false;
+        }
+        for to in (0..self.shards.len()).filter(|&to| to != s) {
+            while !self.mesh_full(s, to) {
+                let Some(msg) = self.shards[s].poll_control(to) else {
+                    break;
+                };
+                self.mesh.push_back((s, to, msg));
+                moved = true;
+            }
+        }
+        moved
+    }
+
+    /// Whether the pair `from → to` has no room left (see `mesh_room`).
+    fn mesh_full(&self, from: ShardId, to: ShardId) -> bool {
+        self.mesh_room.is_some_and(|room| {
+            let in_flight = self
+                .mesh
+                .iter()
+                .filter(|(f, t, _)| (*f, *t) == (from, to))
+                .count();
+            in_flight >= room
+        })
+    }
+
+    /// Delivers what is in flight from `from` to `to` (in order), leaving every other
+    /// pair's messages in flight, then runs the shards' actions like `pump` with the
+    /// mesh held.
+    pub fn deliver_pair(&mut self, from: ShardId, to: ShardId) {
+        let (now_due, rest): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.mesh)
+            .into_iter()
+            .partition(|(f, t, _)| (*f, *t) == (from, to));
+        self.mesh = rest;
+        for (f, t, msg) in now_due {
+            self.carry(f, t, msg);
+        }
+        let held = std::mem::replace(&mut self.hold_mesh, true);
+        self.pump();
+        self.hold_mesh = held;
     }
 
     fn receive(&mut self, s: ShardId, conn: ConnId, bytes: &[u8]) {

@@ -39,7 +39,7 @@ use conn::{Conn, ConnState};
 use deliver::EncodeCache;
 use limits::Limits;
 pub use limits::NodeCounters;
-use route::{FilterEntry, Targets};
+use route::{ControlOutbox, FilterEntry, Targets};
 use timer::{TimerKind, Timers};
 
 pub type ShardId = usize;
@@ -111,15 +111,17 @@ pub enum ShardMsg {
     },
     /// The sender's local subscriber count for `filter` (or for `group` on it)
     /// went 0 → 1 (`add`) or 1 → 0.
-    /// `seq` is non-zero on adds: the receiver answers `RouteAck { seq }` once the
+    /// `seq` is non-zero on adds (and on a remove that replaced a not yet sent add,
+    /// see `route::ControlOutbox`): the receiver answers `RouteAck { seq }` once the
     /// route is in its table, so the sender can hold SUBACKs until every shard
-    /// routes to it (see `route::PendingSubAck`).
+    /// routes to it (see `route::PendingSubAck`). Taken with `Shard::poll_control`,
+    /// never through `Action::Send`.
     ///
     /// Boxed: a route update is rare next to `Publish`, and every mesh ring slot is
     /// sized by the largest variant (a subscribe storm touches them all).
     Route(Box<RouteUpdate>),
     /// Every `Route` the receiver sent us up to `seq` is applied (rings are FIFO
-    /// per pair, so one number per shard is enough).
+    /// per pair, so one number per shard is enough). Taken with `Shard::poll_control`.
     RouteAck { seq: u64 },
 }
 
@@ -140,7 +142,9 @@ pub enum Action {
         /// variant, and every slot a connect storm cycles through stays resident.
         handoff: Box<Handoff>,
     },
-    /// Deliver `msg` to shard `to` over the mesh.
+    /// Deliver `msg` (a `Publish`) to shard `to` over the mesh; may be dropped (and
+    /// counted) when the mesh is full. Control messages are not sent this way: see
+    /// `Shard::poll_control`.
     Send { to: ShardId, msg: ShardMsg },
 }
 
@@ -288,6 +292,8 @@ pub struct Shard {
     route_acked: Vec<u64>,
     /// SUBACKs waiting for every shard to apply our route adds.
     pending_subacks: VecDeque<route::PendingSubAck>,
+    /// Route updates and acks not yet taken by the mesh (never dropped).
+    control: ControlOutbox,
     /// Origin of `Session::connect_ns`: when the first connection arrived.
     epoch: Option<Instant>,
 }
@@ -345,6 +351,7 @@ impl Shard {
             route_seq: 0,
             route_acked: vec![0; shard_count],
             pending_subacks: VecDeque::new(),
+            control: ControlOutbox::new(shard_count),
             epoch: None,
         }
     }

@@ -2,6 +2,7 @@
 //! retained replica and the publish fan-out (DESIGN.md "Ownership and routing").
 
 use std::cell::Cell;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,6 +12,156 @@ use smallvec::SmallVec;
 use super::{Action, ConnId, RouteUpdate, Shard, ShardId, ShardMsg, SharedTarget, SubIds};
 use crate::protocol::{QoS, SubAck, SubscriptionOptions};
 use crate::session::{Message, SessionStore, NONE};
+
+/// Control messages (route updates and route acks) this shard has not yet handed to
+/// the mesh, per destination. The worker takes them with [`Shard::poll_control`] only
+/// while the mesh to that shard has room, so a control message is never dropped the
+/// way QoS 0 data is when the mesh is full: a lost route add would keep a shard from
+/// ever forwarding that filter, a lost ack would hold SUBACKs forever.
+///
+/// # Bounded by construction
+/// Per destination: one ack (the highest sequence number: an ack covers every lower
+/// one) and at most one live route update per (filter, group), because a newer state
+/// of a route replaces the older one (only the latest state of our bit in the peer's
+/// table matters). Replaced entries leave a tombstone, compacted once they outnumber
+/// the live entries, so an outbox never exceeds twice the distinct routes that
+/// changed while the mesh to that shard was full (plus a small constant).
+///
+/// # Ordering (what the SUBACK hold relies on)
+/// A peer acks `seq` meaning "every route add of yours up to `seq` is applied" (see
+/// `PendingSubAck`). That stays true because:
+/// - route updates to one destination leave this outbox in order and the mesh is FIFO
+///   per pair, so the peer applies them in the order they were queued;
+/// - a replacing update moves to the end and carries the highest sequence number of
+///   the two (a remove replacing an add carries the add's number, so the ack still
+///   comes and a SUBACK queued behind it is not held forever). Anything queued before
+///   it with a higher number is applied first; the replaced add itself is never
+///   applied, which is right: its subscriber is gone (only a 1 → 0 change queues a
+///   remove) or a newer add with a newer number took its place;
+/// - acks travel separately and first: they say something about the *peer's* routes
+///   and need no order relative to our own route updates.
+///
+/// Publishes travel as `Action::Send`, not through this outbox, so a publish may
+/// overtake a route update or an ack to the same shard. That breaks nothing: a
+/// publish from us to a peer is planned from the *peer's* routes in our table and
+/// matched against the peer's local subscriptions, neither of which our own route
+/// updates change; and the SUBACK is held until the ack, so a publish that a peer
+/// planned before it applied our route add was published before the client held
+/// its SUBACK, when MQTT does not promise delivery. Acks overtaking the peer's
+/// publishes to us likewise only make a SUBACK go out while publishes planned with
+/// the new route are still on their way, which the client may receive after it.
+#[derive(Debug, Default)]
+pub(crate) struct ControlOutbox {
+    /// Indexed by destination shard.
+    to: Vec<ControlOut>,
+    /// Destinations with something queued, so the worker's check is free when none.
+    waiting: ShardSet,
+}
+
+type RouteKey = (Bytes, Option<Bytes>);
+
+/// Control messages waiting for one destination.
+#[derive(Debug, Default)]
+struct ControlOut {
+    /// Highest route seq of the destination's adds we applied and not yet acked (0: none).
+    ack: u64,
+    /// Route updates in send order; `None` where a later update of the same route
+    /// replaced it.
+    routes: VecDeque<Option<RouteUpdate>>,
+    /// Position of each route's live entry, counted from the first ever queued.
+    index: HashMap<RouteKey, u64>,
+    /// Position of `routes[0]`.
+    head: u64,
+    tombstones: usize,
+}
+
+/// Capacity an emptied outbox keeps (a subscribe storm grows it).
+const CONTROL_KEPT: usize = 64;
+
+impl ControlOut {
+    fn is_empty(&self) -> bool {
+        self.ack == 0 && self.routes.is_empty()
+    }
+
+    fn push_route(&mut self, mut update: RouteUpdate) {
+        let key = (update.filter.clone(), update.group.clone());
+        let end = self.head + self.routes.len() as u64;
+        if let Some(pos) = self.index.insert(key, end) {
+            // Position bookkeeping guarantees the slot exists; be lenient anyway.
+            let replaced = usize::try_from(pos - self.head)
+                .ok()
+                .and_then(|i| self.routes.get_mut(i))
+                .and_then(Option::take);
+            if let Some(old) = replaced {
+                update.seq = update.seq.max(old.seq);
+                self.tombstones += 1;
+            }
+        }
+        self.routes.push_back(Some(update));
+        if self.tombstones > self.index.len() + 16 {
+            self.compact();
+        }
+    }
+
+    fn compact(&mut self) {
+        self.routes.retain(Option::is_some);
+        self.tombstones = 0;
+        for (i, update) in self.routes.iter().flatten().enumerate() {
+            let key = (update.filter.clone(), update.group.clone());
+            self.index.insert(key, self.head + i as u64);
+        }
+    }
+
+    fn pop(&mut self) -> Option<ShardMsg> {
+        if self.ack != 0 {
+            let seq = std::mem::take(&mut self.ack);
+            return Some(ShardMsg::RouteAck { seq });
+        }
+        while let Some(entry) = self.routes.pop_front() {
+            self.head += 1;
+            let Some(update) = entry else {
+                self.tombstones -= 1;
+                continue;
+            };
+            let key = (update.filter, update.group);
+            self.index.remove(&key);
+            let (filter, group) = key;
+            if self.routes.is_empty() && self.index.capacity() > CONTROL_KEPT {
+                self.index.shrink_to(0);
+                self.routes.shrink_to(CONTROL_KEPT);
+            }
+            return Some(ShardMsg::Route(Box::new(RouteUpdate {
+                filter,
+                group,
+                ..update
+            })));
+        }
+        None
+    }
+}
+
+impl ControlOutbox {
+    pub fn new(shard_count: usize) -> ControlOutbox {
+        ControlOutbox {
+            to: (0..shard_count).map(|_| ControlOut::default()).collect(),
+            waiting: ShardSet::default(),
+        }
+    }
+
+    fn push_route(&mut self, to: ShardId, update: RouteUpdate) {
+        if let Some(out) = self.to.get_mut(to) {
+            out.push_route(update);
+            self.waiting.insert(to);
+        }
+    }
+
+    fn push_ack(&mut self, to: ShardId, seq: u64) {
+        if let Some(out) = self.to.get_mut(to) {
+            out.ack = out.ack.max(seq);
+            self.waiting.insert(to);
+        }
+    }
+}
 
 /// One local subscriber of a filter.
 #[derive(Debug, Clone, Copy)]
@@ -358,14 +509,31 @@ impl Shard {
             0
         };
         for to in (0..self.shard_count).filter(|s| *s != me) {
-            let msg = ShardMsg::Route(Box::new(RouteUpdate {
+            let update = RouteUpdate {
                 filter: filter.clone(),
                 group: group.cloned(),
                 add,
                 seq,
-            }));
-            self.actions.push_back(Action::Send { to, msg });
+            };
+            self.control.push_route(to, update);
         }
+    }
+
+    /// Whether some control message waits for [`Shard::poll_control`].
+    pub fn control_waiting(&self) -> bool {
+        !self.control.waiting.is_empty()
+    }
+
+    /// The next control message (route update or route ack) for shard `to`. Call only
+    /// when the mesh will take it (the worker checks it has room): what is taken here
+    /// must not be dropped (see `ControlOutbox`).
+    pub fn poll_control(&mut self, to: ShardId) -> Option<ShardMsg> {
+        let out = self.control.to.get_mut(to)?;
+        let msg = out.pop();
+        if out.is_empty() {
+            self.control.waiting.remove(to);
+        }
+        msg
     }
 
     pub(crate) fn on_route(
@@ -381,8 +549,7 @@ impl Shard {
         }
         self.apply_route(from, &filter, group.as_ref(), add);
         if seq != 0 {
-            let msg = ShardMsg::RouteAck { seq };
-            self.actions.push_back(Action::Send { to: from, msg });
+            self.control.push_ack(from, seq);
         }
     }
 

@@ -293,7 +293,9 @@ impl Driver {
         for _ in 0..1_000_000 {
             let mut moved = false;
             for s in 0..self.shards.len() {
+                // Like the worker: control messages go to the mesh after the actions.
                 let Some(a) = self.shards[s].poll_action() else {
+                    moved |= self.take_control(s);
                     continue;
                 };
                 moved = true;
@@ -340,6 +342,21 @@ impl Driver {
                 self.mesh.push_back((s, to, msg));
             }
         }
+    }
+
+    /// Moves shard `s`'s waiting control messages into the (unbounded) mesh.
+    fn take_control(&mut self, s: ShardId) -> bool {
+        let mut moved = false;
+        if !self.shards[s].control_waiting() {
+            return false;
+        }
+        for to in (0..self.shards.len()).filter(|&to| to != s) {
+            while let Some(msg) = self.shards[s].poll_control(to) {
+                self.mesh.push_back((s, to, msg));
+                moved = true;
+            }
+        }
+        moved
     }
 
     fn find(&self, s: ShardId, conn: ConnId) -> Option<usize> {

@@ -373,6 +373,7 @@ impl<L: EventLoop> Worker<L> {
                 grace_deadline = Some(now + SHUTDOWN_GRACE);
             }
             let more_actions = self.drain_actions(now);
+            Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
             for to in self.mesh.flush().iter() {
                 self.wake.insert(to);
@@ -424,9 +425,14 @@ impl<L: EventLoop> Worker<L> {
                     timeout = timeout.map(|t| t.saturating_sub(spent));
                 }
             }
-            let parked = !more_actions && self.mesh.prepare_park();
+            // Own messages waiting for room in a peer's ring: nobody would wake us to
+            // retry, so we may not park, but a peer that is merely slow must not cost
+            // a core spinning either.
+            let backed_up = self.mesh.has_overflow() || self.shard.control_waiting();
+            let parked = !more_actions && !backed_up && self.mesh.prepare_park();
             if !parked {
-                timeout = Some(Duration::ZERO);
+                let work = more_actions || self.mesh.has_inbound();
+                timeout = Some(unparked_timeout(work, backed_up, timeout));
             }
             let r = self.io.turn(timeout, &mut completions);
             if parked {
@@ -654,19 +660,22 @@ impl<L: EventLoop> Worker<L> {
                 match result {
                     Ok(transfer) => {
                         report.migrations_out += 1;
-                        match mesh.send(to, WorkerMsg::Adopt { handoff, transfer }) {
+                        // `Action::Migrate` reserved this place: a mesh that filled up
+                        // since cannot refuse the hand-off of a socket already sent.
+                        match mesh.send_reserved(to, WorkerMsg::Adopt { handoff, transfer }) {
                             Ok(SendOutcome::QueuedWake) => wake.insert(to),
                             Ok(_) => {}
                             Err(e) => {
-                                // The socket already left us with no handoff to pair it
+                                // Only a shard that is not in the mesh gets here. The
+                                // socket already left us with no handoff to pair it
                                 // with: io_uring's target closes it after a bound, epoll's
                                 // fd is closed here.
                                 report.mesh_rejected += 1;
                                 report.migrations_failed += 1;
-                                tracing::warn!(
+                                tracing::error!(
                                     shard = shard.id(),
                                     to,
-                                    "mesh full: handoff dropped"
+                                    "handoff to a shard outside the mesh dropped"
                                 );
                                 if let WorkerMsg::Adopt { transfer, .. } = e.into_inner() {
                                     io.discard(transfer);
@@ -675,6 +684,7 @@ impl<L: EventLoop> Worker<L> {
                         }
                     }
                     Err(errno) => {
+                        mesh.unreserve(to);
                         // The socket is still ours (ENFILE: every table of the target
                         // loop is full): the shard refuses the CONNECT (Server busy)
                         // and closes; the client reconnects.
@@ -762,9 +772,10 @@ impl<L: EventLoop> Worker<L> {
                         }
                         continue;
                     }
-                    if self.mesh.is_full(to) {
+                    if !self.mesh.reserve(to) {
                         // The hand-off could not follow the socket: refuse now, while
                         // the socket is still ours (the shard answers and closes).
+                        // The reservation holds a place for it until `Migrated`.
                         self.report.migrations_failed += 1;
                         self.shard.on_migrate_refused(conn, now);
                         continue;
@@ -797,6 +808,36 @@ impl<L: EventLoop> Worker<L> {
         true
     }
 
+    /// Hands the shard's control messages (route updates, route acks) to the mesh
+    /// while it has room for them; the rest wait in the shard for a later turn, never
+    /// dropped (see `shard::route::ControlOutbox`).
+    fn send_control(
+        id: usize,
+        shard: &mut Shard,
+        mesh: &mut Endpoint<WorkerMsg>,
+        wake: &mut WakeSet,
+    ) {
+        if !shard.control_waiting() {
+            return;
+        }
+        for to in (0..mesh.shard_count()).filter(|&to| to != id) {
+            // `is_full` stays false until our next send: the send below cannot fail.
+            while !mesh.is_full(to) {
+                let Some(msg) = shard.poll_control(to) else {
+                    break;
+                };
+                match mesh.send(to, WorkerMsg::Shard(msg)) {
+                    Ok(SendOutcome::QueuedWake) => wake.insert(to),
+                    Ok(_) => {}
+                    Err(_) => {
+                        tracing::error!(shard = id, to, "control message refused with room");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
     /// Closes draining connections whose peer did not take the last bytes in time.
     fn expire_drains(&mut self, now: Instant) {
         while let Some(&(deadline, conn, sock)) = self.draining.front() {
@@ -826,6 +867,21 @@ impl<L: EventLoop> Worker<L> {
             }
         }
     }
+}
+
+/// Longest wait of a loop whose own mesh messages wait for room in a peer's ring (it
+/// may not park: see `Endpoint::prepare_park`). Short, because inbound messages ring
+/// no doorbell meanwhile; long enough that a slow peer does not cost a spinning core.
+const BACKED_UP_WAIT: Duration = Duration::from_micros(100);
+
+/// Timeout of a turn that did not park: none when there is work (actions left,
+/// inbound messages), a short bounded wait when only our own backlog keeps us from
+/// parking, and at most `timeout` (the next deadline) either way.
+fn unparked_timeout(work: bool, backed_up: bool, timeout: Option<Duration>) -> Duration {
+    if work || !backed_up {
+        return Duration::ZERO;
+    }
+    timeout.map_or(BACKED_UP_WAIT, |t| t.min(BACKED_UP_WAIT))
 }
 
 /// Frees an empty table's storage unless it is small (see `HANDOFF_TABLE_KEPT`).
@@ -860,6 +916,94 @@ mod tests {
         assert_eq!(
             std::mem::size_of::<WorkerMsg>(),
             std::mem::size_of::<ShardMsg>()
+        );
+    }
+
+    #[test]
+    fn a_backed_up_loop_waits_briefly_instead_of_spinning() {
+        let ms = Duration::from_millis;
+        assert_eq!(unparked_timeout(false, true, None), BACKED_UP_WAIT);
+        assert_eq!(unparked_timeout(false, true, Some(ms(5))), BACKED_UP_WAIT);
+        // A deadline sooner than the bound wins.
+        assert_eq!(unparked_timeout(false, true, Some(us(20))), us(20));
+        // Work waiting: no wait at all.
+        assert_eq!(unparked_timeout(true, true, Some(ms(5))), Duration::ZERO);
+        assert_eq!(unparked_timeout(false, false, None), Duration::ZERO);
+    }
+
+    /// A shard on shard 1 of 2 with one subscriber of `filter`, its route update to
+    /// shard 0 waiting in its control outbox.
+    fn shard_with_a_new_route(filter: &str) -> Shard {
+        use crate::protocol::{encode_packet, Packet, Subscribe, SubscriptionOptions};
+        use crate::shard::harness::{connect_packet, id_on, peer, ConnectOpts, V311};
+        let now = Instant::now();
+        let mut shard = Shard::new(1, 2, Arc::new(Config::default()));
+        let conn = shard.accept(peer(), now);
+        let mut bytes = bytes::BytesMut::new();
+        let id = id_on(1, 2, "c");
+        encode_packet(
+            &connect_packet(V311, &id, &ConnectOpts::default()),
+            V311,
+            &mut bytes,
+        );
+        let mut filters = smallvec::SmallVec::new();
+        filters.push((
+            bytes::Bytes::copy_from_slice(filter.as_bytes()),
+            SubscriptionOptions::default(),
+        ));
+        let subscribe = Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters,
+            properties: Default::default(),
+        });
+        encode_packet(&subscribe, V311, &mut bytes);
+        shard.on_read(conn, &bytes, now);
+        while shard.poll_action().is_some() {}
+        assert!(shard.control_waiting());
+        shard
+    }
+
+    #[test]
+    fn control_messages_wait_for_room_in_a_full_mesh() {
+        let mut eps = crate::ring::mesh::<WorkerMsg>(2, 2, 1).expect("valid mesh");
+        let mut shard = shard_with_a_new_route("y");
+        let mut wake = WakeSet::default();
+        // Fill 1 -> 0 (ring 2 + overflow 1) with data.
+        let data = |n: u8| {
+            WorkerMsg::Shard(ShardMsg::RouteAck {
+                seq: u64::from(n) + 100,
+            })
+        };
+        for n in 0..3 {
+            assert!(eps[1].send(0, data(n)).is_ok());
+        }
+        assert!(eps[1].is_full(0));
+        Worker::<crate::io::epoll::EpollLoop>::send_control(1, &mut shard, &mut eps[1], &mut wake);
+        assert!(shard.control_waiting(), "kept, not dropped");
+        assert_eq!(eps[1].stats().rejected, 0);
+        // Room frees: the route update follows the data, in order.
+        let mut got = Vec::new();
+        let mut take = |ep: &mut Endpoint<WorkerMsg>| {
+            ep.recv_batch(16, |_, m| match m {
+                WorkerMsg::Shard(ShardMsg::RouteAck { seq }) => got.push(format!("ack {seq}")),
+                WorkerMsg::Shard(ShardMsg::Route(r)) => got.push(format!(
+                    "route {} add={} seq={}",
+                    String::from_utf8_lossy(&r.filter),
+                    r.add,
+                    r.seq
+                )),
+                other => got.push(format!("{other:?}")),
+            })
+        };
+        take(&mut eps[0]);
+        eps[1].flush();
+        Worker::<crate::io::epoll::EpollLoop>::send_control(1, &mut shard, &mut eps[1], &mut wake);
+        assert!(!shard.control_waiting());
+        eps[1].flush();
+        take(&mut eps[0]);
+        assert_eq!(
+            got,
+            ["ack 100", "ack 101", "ack 102", "route y add=true seq=1"]
         );
     }
 

@@ -5,6 +5,7 @@
 mod connect;
 mod contract;
 mod limits;
+mod mesh_full;
 mod pubsub;
 mod qos;
 mod retained;

@@ -1,0 +1,135 @@
+//! A full mesh between two shards (`Cluster::mesh_room`): data may be dropped and
+//! counted, control messages (route updates and their acks) never are.
+
+use bytes::Bytes;
+use smallvec::smallvec;
+
+use super::cfg;
+use crate::protocol::{Packet, Properties, QoS, SubscriptionOptions, UnsubAck, Unsubscribe};
+use crate::shard::harness::*;
+
+const Q0: QoS = QoS::AtMostOnce;
+
+fn sub_opts() -> SubscriptionOptions {
+    SubscriptionOptions {
+        qos: Q0,
+        ..Default::default()
+    }
+}
+
+fn unsubscribe(cl: &mut Cluster, c: Cid, filter: &'static str, packet_id: u16) {
+    cl.send(
+        c,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id,
+            filters: smallvec![Bytes::from_static(filter.as_bytes())],
+            properties: Properties::default(),
+        }),
+    );
+    cl.expect(
+        c,
+        Packet::UnsubAck(UnsubAck {
+            packet_id,
+            codes: smallvec![],
+            properties: Properties::default(),
+        }),
+    );
+}
+
+/// Two shards, `x` subscribed on shard 0 and published from shard 1, so shard 1's
+/// ring to shard 0 can be filled with publishes. Returns (cluster, subscriber of `x`
+/// on 0, publisher on 1, a client on 1, a client on 0).
+fn two_shards() -> (Cluster, Cid, Cid, Cid, Cid) {
+    let mut cl = Cluster::new(2, cfg());
+    let x_sub = cl.connect_ok(V311, &id_on(0, 2, "xs"), ConnectOpts::default(), false);
+    cl.subscribe(x_sub, "x", Q0);
+    let pub1 = cl.connect_ok(V311, &id_on(1, 2, "p1"), ConnectOpts::default(), false);
+    let c1 = cl.connect_ok(V311, &id_on(1, 2, "c1"), ConnectOpts::default(), false);
+    let c0 = cl.connect_ok(V311, &id_on(0, 2, "c0"), ConnectOpts::default(), false);
+    (cl, x_sub, pub1, c1, c0)
+}
+
+/// Fills `from → to` (room 2) with publishes held in flight; the third is dropped.
+fn fill(cl: &mut Cluster, publisher: Cid) {
+    cl.mesh_room = Some(2);
+    cl.hold_mesh = true;
+    for _ in 0..3 {
+        cl.publish(publisher, "x", "m", Q0, false, 0);
+    }
+    assert_eq!(cl.mesh_dropped, 1, "QoS 0 data beyond the room is dropped");
+}
+
+#[test]
+fn a_route_add_waits_for_room_instead_of_being_dropped() {
+    let (mut cl, x_sub, pub1, c1, c0) = two_shards();
+    fill(&mut cl, pub1);
+    cl.subscribe_with(c1, "y", sub_opts(), Properties::default());
+    // Held until shard 0 routes `y` to shard 1.
+    cl.expect_nothing(c1);
+    cl.hold_mesh = false;
+    cl.pump();
+    assert_eq!(cl.mesh_dropped, 1, "the route update was not dropped");
+    cl.expect(c1, suback(1, &[granted(Q0)]));
+    cl.expect(x_sub, pubp("x", "m", Q0, false, 0));
+    cl.expect(x_sub, pubp("x", "m", Q0, false, 0));
+    cl.expect_nothing(x_sub);
+    cl.publish(c0, "y", "hello", Q0, false, 0);
+    cl.expect(c1, pubp("y", "hello", Q0, false, 0));
+}
+
+#[test]
+fn a_route_ack_waits_for_room_instead_of_being_dropped() {
+    let mut cl = Cluster::new(2, cfg());
+    // `x` subscribed on shard 1, published from shard 0: fills 0 → 1.
+    let x_sub = cl.connect_ok(V311, &id_on(1, 2, "xs"), ConnectOpts::default(), false);
+    cl.subscribe(x_sub, "x", Q0);
+    let pub0 = cl.connect_ok(V311, &id_on(0, 2, "p0"), ConnectOpts::default(), false);
+    let c1 = cl.connect_ok(V311, &id_on(1, 2, "c1"), ConnectOpts::default(), false);
+    fill(&mut cl, pub0);
+    cl.subscribe_with(c1, "y", sub_opts(), Properties::default());
+    // Shard 0 applies the route while its ring back to shard 1 is full: the ack
+    // must wait for room.
+    cl.deliver_pair(1, 0);
+    cl.expect_nothing(c1);
+    cl.hold_mesh = false;
+    cl.pump();
+    assert_eq!(cl.mesh_dropped, 1, "the ack was not dropped");
+    cl.expect(c1, suback(1, &[granted(Q0)]));
+    cl.publish(pub0, "y", "hello", Q0, false, 0);
+    cl.expect(c1, pubp("y", "hello", Q0, false, 0));
+}
+
+#[test]
+fn route_updates_waiting_for_room_coalesce_per_filter() {
+    let (mut cl, _x_sub, pub1, c1, c0) = two_shards();
+    fill(&mut cl, pub1);
+    let routes_before = cl.mesh_counts.1;
+    // add, remove, add of `y` and add, remove of `z` while the ring is full.
+    cl.subscribe_with(c1, "y", sub_opts(), Properties::default());
+    unsubscribe(&mut cl, c1, "y", 2);
+    cl.subscribe_with(c1, "z", sub_opts(), Properties::default());
+    unsubscribe(&mut cl, c1, "z", 3);
+    cl.subscribe_with(c1, "y", sub_opts(), Properties::default());
+    cl.expect_nothing(c1);
+    cl.hold_mesh = false;
+    cl.pump();
+    assert_eq!(
+        cl.mesh_counts.1 - routes_before,
+        2,
+        "one route update per filter: y (add) and z (remove)"
+    );
+    // Every held SUBACK is released, the one whose route was superseded included.
+    for _ in 0..3 {
+        cl.expect(c1, suback(1, &[granted(Q0)]));
+    }
+    cl.expect_nothing(c1);
+    let publishes_before = cl.mesh_counts.0;
+    cl.publish(c0, "z", "gone", Q0, false, 0);
+    assert_eq!(
+        cl.mesh_counts.0, publishes_before,
+        "z is not routed to shard 1"
+    );
+    cl.publish(c0, "y", "hello", Q0, false, 0);
+    cl.expect(c1, pubp("y", "hello", Q0, false, 0));
+    cl.expect_nothing(c1);
+}
