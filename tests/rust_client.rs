@@ -560,43 +560,92 @@ fn volume_exactly_once(io: &str, ver: Ver) {
         publ.publish(&t2, 2, false, format!("{i}").as_bytes());
     }
     publ.wait_published(2 * VOLUME);
-    let want: Vec<String> = (0..VOLUME).map(|i| i.to_string()).collect();
     for sub in subs.iter_mut() {
         sub.wait_msgs(2 * VOLUME);
         sub.assert_settled(2 * VOLUME);
-        for (topic, qos) in [(&t1, 1u8), (&t2, 2u8)] {
-            let got: Vec<&Msg> = sub.msgs.iter().filter(|m| &m.topic == topic).collect();
-            assert!(
-                got.iter().all(|m| m.qos == qos && !m.retain),
-                "{}: wrong QoS/retain on {topic}",
-                sub.id
-            );
-            let payloads: Vec<String> = got
-                .iter()
-                .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
-                .collect();
-            if payloads != want {
-                let first_bad = payloads
-                    .iter()
-                    .zip(&want)
-                    .position(|(g, w)| g != w)
-                    .unwrap_or(payloads.len().min(want.len()));
-                panic!(
-                    "{}: {topic}: {} messages, first difference at index {first_bad}: got {:?} want {:?}",
-                    sub.id,
-                    payloads.len(),
-                    payloads.get(first_bad..(first_bad + 5).min(payloads.len())),
-                    want.get(first_bad..(first_bad + 5).min(want.len())),
-                );
-            }
-        }
+        assert_sequence(sub, &t1, 1, VOLUME);
+        assert_sequence(sub, &t2, 2, VOLUME);
     }
     publ.assert_settled(0);
 }
 
+/// The messages `sub` received on `topic` are exactly payloads "0".."n-1" in that order,
+/// all at `qos` and without the retain flag.
+#[track_caller]
+fn assert_sequence(sub: &Peer, topic: &str, qos: u8, n: usize) {
+    let got: Vec<&Msg> = sub.msgs.iter().filter(|m| m.topic == topic).collect();
+    assert!(
+        got.iter().all(|m| m.qos == qos && !m.retain),
+        "{}: wrong QoS/retain on {topic} (want QoS {qos})",
+        sub.id
+    );
+    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let payloads: Vec<String> = got
+        .iter()
+        .map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+        .collect();
+    if payloads != want {
+        let first_bad = payloads
+            .iter()
+            .zip(&want)
+            .position(|(g, w)| g != w)
+            .unwrap_or(payloads.len().min(want.len()));
+        panic!(
+            "{}: {topic}: {} messages, first difference at index {first_bad}: got {:?} want {:?}",
+            sub.id,
+            payloads.len(),
+            payloads.get(first_bad..(first_bad + 5).min(payloads.len())),
+            want.get(first_bad..(first_bad + 5).min(want.len())),
+        );
+    }
+}
+
+/// A 3.1.1 and a 5.0 publisher (shards 0 and 1) each send 300 QoS 1 and 300 QoS 2
+/// messages; a 5.0 subscriber on shard 2 and a 3.1.1 subscriber on shard 3 each receive
+/// all 1200 exactly once, in order per publisher and topic.
+fn mixed_versions(io: &str) {
+    const N: usize = 300;
+    let b = broker(io, &[]);
+    let t = format!("rc/{}", uniq("mix"));
+    let mut subs = [
+        Peer::connect(&b, Ver::V5, &placed_id("m5s", 2), Opts::default()),
+        Peer::connect(&b, Ver::V311, &placed_id("m3s", 3), Opts::default()),
+    ];
+    for sub in subs.iter_mut() {
+        sub.subscribe(&[(&format!("{t}/#"), 2)]);
+    }
+    let mut pubs = [
+        (
+            Peer::connect(&b, Ver::V311, &placed_id("m3p", 0), Opts::default()),
+            format!("{t}/v311"),
+        ),
+        (
+            Peer::connect(&b, Ver::V5, &placed_id("m5p", 1), Opts::default()),
+            format!("{t}/v5"),
+        ),
+    ];
+    for i in 0..N {
+        for (p, topic) in &pubs {
+            p.publish(&format!("{topic}/q1"), 1, false, i.to_string().as_bytes());
+            p.publish(&format!("{topic}/q2"), 2, false, i.to_string().as_bytes());
+        }
+    }
+    for (p, _) in pubs.iter_mut() {
+        p.wait_published(2 * N);
+    }
+    for sub in subs.iter_mut() {
+        sub.wait_msgs(4 * N);
+        sub.assert_settled(4 * N);
+        for (_, topic) in &pubs {
+            assert_sequence(sub, &format!("{topic}/q1"), 1, N);
+            assert_sequence(sub, &format!("{topic}/q2"), 2, N);
+        }
+    }
+}
+
 /// A persistent subscriber on shard 1 subscribes, disconnects; a publisher on shard 0
-/// sends 200 QoS 1 messages; the subscriber reconnects (session present) and receives
-/// every queued message exactly once, in order, and nothing more.
+/// sends 200 QoS 1 and 200 QoS 2 messages; the subscriber reconnects (session present)
+/// and receives every queued message exactly once, in order, and nothing more.
 fn persistent_session(io: &str, ver: Ver) {
     const QUEUED: usize = 200;
     let b = broker(io, &[]);
@@ -608,27 +657,22 @@ fn persistent_session(io: &str, ver: Ver) {
     };
     let mut sub = Peer::connect(&b, ver, &id, persistent());
     assert!(!sub.session_present, "{id}: fresh session reported present");
-    sub.subscribe(&[(&t, 1)]);
+    let (t1, t2) = (format!("{t}/q1"), format!("{t}/q2"));
+    sub.subscribe(&[(&t1, 1), (&t2, 2)]);
     let early = sub.disconnect();
     assert_eq!(early, Vec::new(), "{id}: messages before any publish");
     let mut publ = Peer::connect(&b, ver, &placed_id("pp", 0), Opts::default());
     for i in 0..QUEUED {
-        publ.publish(&t, 1, false, format!("{i}").as_bytes());
+        publ.publish(&t1, 1, false, format!("{i}").as_bytes());
+        publ.publish(&t2, 2, false, format!("{i}").as_bytes());
     }
-    publ.wait_published(QUEUED);
+    publ.wait_published(2 * QUEUED);
     let mut again = Peer::connect(&b, ver, &id, persistent());
     assert!(again.session_present, "{id}: session not present on resume");
-    again.wait_msgs(QUEUED);
-    again.assert_settled(QUEUED);
-    let want: Vec<Msg> = (0..QUEUED)
-        .map(|i| Msg {
-            topic: t.clone(),
-            payload: i.to_string().into_bytes(),
-            qos: 1,
-            retain: false,
-        })
-        .collect();
-    assert_eq!(again.msgs, want, "{id}: queued messages after resume");
+    again.wait_msgs(2 * QUEUED);
+    again.assert_settled(2 * QUEUED);
+    assert_sequence(&again, &t1, 1, QUEUED);
+    assert_sequence(&again, &t2, 2, QUEUED);
     // A clean session on the way out, so nothing outlives the test on an external broker.
     drop(again.disconnect());
 }
@@ -733,7 +777,17 @@ macro_rules! matrix {
 matrix! {
     pubsub_qos012_across_shards => pubsub_qos012;
     volume_qos1_qos2_exactly_once_in_order => volume_exactly_once;
-    persistent_session_queued_qos1_exactly_once => persistent_session;
+    persistent_session_queued_qos1_qos2_exactly_once => persistent_session;
     retained_reaches_later_subscriber_on_other_shard => retained_across_shards;
     will_on_abrupt_close_reaches_other_shard => will_on_abrupt_close;
+}
+
+#[test]
+fn uring_mixed_versions_exactly_once_in_order() {
+    mixed_versions("uring");
+}
+
+#[test]
+fn epoll_mixed_versions_exactly_once_in_order() {
+    mixed_versions("epoll");
 }
