@@ -747,6 +747,92 @@ fn will_on_abrupt_close(io: &str, ver: Ver) {
     );
 }
 
+/// Session takeover mid-stream: a persistent subscriber on shard 1 receives a stream of
+/// QoS 1 messages from shard 0 while a second connection with the same client id takes
+/// the session over. The old connection is closed by the broker; between the two
+/// connections every message arrives at least once (QoS 1 may repeat across the
+/// takeover, so duplicates are allowed here, losses are not), and the new connection
+/// stays up.
+fn takeover_mid_stream(io: &str, ver: Ver) {
+    const N: usize = 2000;
+    let b = broker(io, &["--max-queued-messages", "10000"]);
+    let t = format!("rc/{}", uniq("tko"));
+    let id = placed_id("tk", 1);
+    let persistent = || Opts {
+        persistent: true,
+        ..Opts::default()
+    };
+    let mut old = Peer::connect(&b, ver, &id, persistent());
+    old.subscribe(&[(&t, 1)]);
+    let mut publ = Peer::connect(&b, ver, &placed_id("tp", 0), Opts::default());
+    for i in 0..N / 2 {
+        publ.publish(&t, 1, false, i.to_string().as_bytes());
+    }
+    let mut new = Peer::connect(&b, ver, &id, persistent());
+    assert!(new.session_present, "{id}: session not present on takeover");
+    for i in N / 2..N {
+        publ.publish(&t, 1, false, i.to_string().as_bytes());
+    }
+    publ.wait_published(N);
+    while old.closed.is_none() {
+        old.next_event("the broker to close the taken-over connection");
+    }
+    let mut seen = vec![false; N];
+    for m in &old.msgs {
+        assert_eq!((m.topic.as_str(), m.qos), (t.as_str(), 1), "{id} (old)");
+        let i: usize = String::from_utf8_lossy(&m.payload)
+            .parse()
+            .expect("payload is a number");
+        seen[i] = true;
+    }
+    let mut counted = 0;
+    loop {
+        for m in &new.msgs[counted..] {
+            assert_eq!((m.topic.as_str(), m.qos), (t.as_str(), 1), "{id} (new)");
+            let i: usize = String::from_utf8_lossy(&m.payload)
+                .parse()
+                .expect("payload is a number");
+            seen[i] = true;
+        }
+        counted = new.msgs.len();
+        let missing: Vec<usize> = (0..N).filter(|i| !seen[*i]).collect();
+        if missing.is_empty() {
+            break;
+        }
+        let what = format!(
+            "{} missing messages (first {:?}; old got {}, new got {} so far)",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            old.msgs.len(),
+            new.msgs.len()
+        );
+        if let Seen::Closed(why) = new.next_event(&what) {
+            panic!("{id}: new connection closed: {why}; {what}");
+        }
+    }
+    let n = new.msgs.len();
+    new.assert_settled(n);
+    // Resent messages come first, in their original order, then the rest (MQTT 5
+    // 4.6, 3.1.1 4.6): one publisher, one topic, so the new connection sees payloads in
+    // strictly increasing order.
+    let order: Vec<usize> = new
+        .msgs
+        .iter()
+        .map(|m| {
+            String::from_utf8_lossy(&m.payload)
+                .parse()
+                .unwrap_or(usize::MAX)
+        })
+        .collect();
+    if let Some(w) = order.windows(2).position(|w| w[0] >= w[1]) {
+        panic!(
+            "{id}: new connection out of order at index {w}: {:?}",
+            &order[w.saturating_sub(3)..(w + 4).min(order.len())]
+        );
+    }
+    drop(new.disconnect());
+}
+
 macro_rules! matrix {
     ($($name:ident => $scenario:ident;)*) => {
         mod uring {
@@ -780,6 +866,7 @@ matrix! {
     persistent_session_queued_qos1_qos2_exactly_once => persistent_session;
     retained_reaches_later_subscriber_on_other_shard => retained_across_shards;
     will_on_abrupt_close_reaches_other_shard => will_on_abrupt_close;
+    takeover_mid_stream_loses_no_qos1 => takeover_mid_stream;
 }
 
 #[test]
