@@ -2,7 +2,8 @@
 //! Mosquitto's `mosquitto_pub`/`mosquitto_sub`, Eclipse Paho Python
 //! (`tests/interop/paho_check.py`) and Node.js `mqtt` (`tests/interop/node/`). Each does
 //! pub/sub at QoS 0/1/2, a retained message, a will on an abrupt close and a
-//! persistent-session resume. Every external program runs under a bounded timeout and
+//! persistent-session resume. The broker runs 4 shards and every client id is chosen so
+//! that publisher and subscribers live on different shards ([`placed_id`]). Every external program runs under a bounded timeout and
 //! is killed by PID. A missing tool FAILS the test: `tests/install-deps.sh` installs them.
 
 mod support;
@@ -202,11 +203,13 @@ fn mosquitto_pub(b: &Broker, v5: bool, args: &[&str]) -> Command {
     c
 }
 
-fn raw(b: &Broker, v5: bool, tag: &str) -> RawClient {
+/// A raw-bytes client whose session the broker keeps on `shard` (see [`placed_id`]).
+fn raw(b: &Broker, v5: bool, tag: &str, shard: usize) -> RawClient {
+    let id = placed_id(tag, shard);
     if v5 {
-        RawClient::connect_v5(b.addr(), &uniq(tag)).0
+        RawClient::connect_v5(b.addr(), &id).0
     } else {
-        RawClient::connect_v311(b.addr(), &uniq(tag))
+        RawClient::connect_v311(b.addr(), &id)
     }
 }
 
@@ -229,18 +232,18 @@ fn probe_until_subscribed(sub: &mut Running, p: &mut RawClient, topic: &str) {
 }
 
 fn mosq_sub_receives_qos012(v5: bool) {
-    let b = Broker::two_shards();
+    let b = Broker::placed();
     let t = format!("mq/{}", uniq("t"));
     let filter = format!("{t}/#");
     let mut sub = Running::spawn(
         &mut mosquitto_sub(
             &b,
             v5,
-            &["-t", &filter, "-q", "2", "-v", "-i", &uniq("msub")],
+            &["-t", &filter, "-q", "2", "-v", "-i", &placed_id("msub", 1)],
         ),
         "mosquitto_sub",
     );
-    let mut p = raw(&b, v5, "mpub");
+    let mut p = raw(&b, v5, "mpub", 0);
     let probe = format!("{t}/probe");
     probe_until_subscribed(&mut sub, &mut p, &probe);
     for q in 0..=2u8 {
@@ -259,9 +262,9 @@ fn mosq_sub_receives_qos012(v5: bool) {
 }
 
 fn mosq_pub_qos012(v5: bool) {
-    let b = Broker::two_shards();
+    let b = Broker::placed();
     let t = format!("mq/{}", uniq("t"));
-    let mut s = raw(&b, v5, "msubr");
+    let mut s = raw(&b, v5, "msubr", 2);
     s.subscribe_ok(1, &format!("{t}/#"), 2);
     for q in 0..=2u8 {
         let (ok, o, e) = run(
@@ -276,7 +279,7 @@ fn mosq_pub_qos012(v5: bool) {
                     "-m",
                     &format!("m{q}"),
                     "-i",
-                    &uniq("mpb"),
+                    &placed_id("mpb", 0),
                 ],
             ),
             "mosquitto_pub",
@@ -291,10 +294,24 @@ fn mosq_pub_qos012(v5: bool) {
 }
 
 fn mosq_retained(v5: bool) {
-    let b = Broker::two_shards();
+    let b = Broker::placed();
     let t = format!("mq/{}", uniq("t"));
     let (ok, o, e) = run(
-        &mut mosquitto_pub(&b, v5, &["-r", "-q", "1", "-t", &t, "-m", "kept"]),
+        &mut mosquitto_pub(
+            &b,
+            v5,
+            &[
+                "-r",
+                "-q",
+                "1",
+                "-t",
+                &t,
+                "-m",
+                "kept",
+                "-i",
+                &placed_id("mrp", 0),
+            ],
+        ),
         "mosquitto_pub -r",
     );
     assert!(ok, "mosquitto_pub -r failed; stdout {o}; stderr {e}");
@@ -313,6 +330,8 @@ fn mosq_retained(v5: bool) {
                 "10",
                 "-F",
                 "%r %q %t %p",
+                "-i",
+                &placed_id("mrs", 2),
             ],
         ),
         "mosquitto_sub (retained)",
@@ -324,20 +343,24 @@ fn mosq_retained(v5: bool) {
     assert_eq!(o.trim_end(), format!("1 1 {t} kept"));
     // Delete with an empty retained payload: a new subscriber then gets nothing.
     let (ok, _, e) = run(
-        &mut mosquitto_pub(&b, v5, &["-r", "-q", "1", "-t", &t, "-n"]),
+        &mut mosquitto_pub(
+            &b,
+            v5,
+            &["-r", "-q", "1", "-t", &t, "-n", "-i", &placed_id("mrc", 1)],
+        ),
         "mosquitto_pub -r -n",
     );
     assert!(ok, "{e}");
-    let mut s = raw(&b, v5, "mret");
+    let mut s = raw(&b, v5, "mret", 3);
     s.subscribe_ok(1, &t, 1);
     s.expect_silence();
 }
 
 fn mosq_will(v5: bool) {
-    let b = Broker::two_shards();
+    let b = Broker::placed();
     let u = uniq("t");
     let (t, wt) = (format!("mq/{u}/alive"), format!("mq/{u}/will"));
-    let mut w = raw(&b, v5, "mwat");
+    let mut w = raw(&b, v5, "mwat", 3);
     w.subscribe_ok(1, &wt, 1);
     let mut sub = Running::spawn(
         &mut mosquitto_sub(
@@ -354,12 +377,12 @@ fn mosq_will(v5: bool) {
                 "--will-qos",
                 "1",
                 "-i",
-                &uniq("mwill"),
+                &placed_id("mwill", 1),
             ],
         ),
         "mosquitto_sub (will)",
     );
-    let mut p = raw(&b, v5, "mwp");
+    let mut p = raw(&b, v5, "mwp", 0);
     probe_until_subscribed(&mut sub, &mut p, &t);
     sub.kill();
     let m = w.recv_publish_ack();
@@ -367,15 +390,15 @@ fn mosq_will(v5: bool) {
 }
 
 fn mosq_session(v5: bool) {
-    let b = Broker::two_shards();
+    let b = Broker::placed();
     let t = format!("mq/{}", uniq("t"));
-    let id = uniq("msess");
+    let id = placed_id("msess", 2);
     let mut args = vec!["-c", "-i", &id, "-q", "1", "-t", &t, "-v"];
     if v5 {
         args.extend(["-x", "60"]);
     }
     let mut sub = Running::spawn(&mut mosquitto_sub(&b, v5, &args), "mosquitto_sub -c");
-    let mut p = raw(&b, v5, "msp");
+    let mut p = raw(&b, v5, "msp", 0);
     probe_until_subscribed(&mut sub, &mut p, &t);
     sub.kill();
     p.publish_complete(&t, 1, false, 1, b"offline");
@@ -473,9 +496,28 @@ fn check_script_output(what: &str, (ok, out, err): (bool, String, String)) {
     }
 }
 
+/// `--ids` for the paho and mqtt.js scripts: `role=client id,...`, each role's session on
+/// its own shard so that every scenario crosses shards (publishers on shard 0).
+fn script_ids(tag: &str) -> String {
+    [
+        ("s", 1),  // pubsub subscriber
+        ("p", 0),  // pubsub publisher
+        ("rp", 0), // retained publisher
+        ("rs", 2), // retained subscriber
+        ("ww", 3), // will watcher
+        ("wd", 1), // client that dies with a will
+        ("ps", 2), // persistent-session subscriber
+        ("pp", 0), // persistent-session publisher
+    ]
+    .iter()
+    .map(|(role, shard)| format!("{role}={}", placed_id(tag, *shard)))
+    .collect::<Vec<_>>()
+    .join(",")
+}
+
 fn paho(version: &str) {
     let py = paho_python();
-    let b = Broker::two_shards();
+    let b = Broker::placed();
     let script = repo_root().join("tests/interop/paho_check.py");
     let mut cmd = Command::new(py);
     cmd.arg(&script).args([
@@ -487,6 +529,8 @@ fn paho(version: &str) {
         version,
         "--prefix",
         &uniq("paho"),
+        "--ids",
+        &script_ids("paho"),
     ]);
     check_script_output(
         &format!("paho MQTT {version}"),
@@ -516,7 +560,7 @@ fn node(version: &str) {
         "Node.js package `mqtt` is not installed in {}: run `bash tests/install-deps.sh` (npm ci)",
         dir.display()
     );
-    let b = Broker::two_shards();
+    let b = Broker::placed();
     let mut cmd = Command::new(node);
     cmd.current_dir(&dir).arg("mqtt_check.js").args([
         "--host",
@@ -527,6 +571,8 @@ fn node(version: &str) {
         version,
         "--prefix",
         &uniq("node"),
+        "--ids",
+        &script_ids("node"),
     ]);
     check_script_output(
         &format!("node mqtt MQTT {version}"),

@@ -8,6 +8,10 @@ and a persistent-session resume. Prints one "ok <scenario>" line per scenario an
 exits non-zero with a message on the first failure. Every wait is bounded.
 
 usage: paho_check.py --host 127.0.0.1 --port 1883 --version 311|5 --prefix UNIQUE
+                     [--ids s=ID,p=ID,rp=ID,rs=ID,ww=ID,wd=ID,ps=ID,pp=ID]
+
+--ids names the client id of each role (the test harness picks ids that land on chosen
+broker shards); a role not named gets PREFIX-ROLE.
 """
 import argparse
 import sys
@@ -20,10 +24,26 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 TIMEOUT_S = 10.0
+# How long to keep listening after the expected messages arrived, to catch duplicates.
+SETTLE_S = 0.7
 
 
 class Fail(Exception):
     pass
+
+
+def cid(args, role):
+    return args.ids.get(role, "%s-%s" % (args.prefix, role))
+
+
+def parse_ids(text):
+    ids = {}
+    for item in filter(None, text.split(",")):
+        role, sep, client_id = item.partition("=")
+        if not sep or not role or not client_id:
+            raise argparse.ArgumentTypeError("bad --ids item %r (want role=client_id)" % item)
+        ids[role] = client_id
+    return ids
 
 
 class Peer:
@@ -117,24 +137,28 @@ class Peer:
 
 def scenario_pubsub(args):
     t = "%s/pubsub" % args.prefix
-    sub = Peer(args, args.prefix + "-s")
-    pub = Peer(args, args.prefix + "-p")
+    sub = Peer(args, cid(args, "s"))
+    pub = Peer(args, cid(args, "p"))
     sub.subscribe(t + "/#", 2)
     for q in (0, 1, 2):
         pub.publish("%s/%d" % (t, q), b"m%d" % q, q)
-    got = sorted(sub.wait_messages(3, "3 messages"))
+    sub.wait_messages(3, "3 messages")
+    # Anything beyond the three (a duplicate, a stray) must show up now.
+    time.sleep(SETTLE_S)
+    with sub.cv:
+        got = sorted(sub.messages)
     want = [("%s/%d" % (t, q), b"m%d" % q, q, False) for q in (0, 1, 2)]
     if got != want:
-        raise Fail("pubsub: got %r want %r" % (got, want))
+        raise Fail("pubsub: got %r want exactly %r" % (got, want))
     sub.close()
     pub.close()
 
 
 def scenario_retained(args):
     t = "%s/retained" % args.prefix
-    pub = Peer(args, args.prefix + "-rp")
+    pub = Peer(args, cid(args, "rp"))
     pub.publish(t, b"kept", 1, retain=True)
-    sub = Peer(args, args.prefix + "-rs")
+    sub = Peer(args, cid(args, "rs"))
     sub.subscribe(t, 1)
     got = sub.wait_messages(1, "retained message")
     if got[0] != (t, b"kept", 1, True):
@@ -146,10 +170,10 @@ def scenario_retained(args):
 
 def scenario_will(args):
     wt = "%s/will" % args.prefix
-    watcher = Peer(args, args.prefix + "-ww")
+    watcher = Peer(args, cid(args, "ww"))
     watcher.subscribe(wt, 1)
     # Driven by hand (no loop thread) so nothing reconnects after the abrupt close.
-    dying = Peer(args, args.prefix + "-wd", will=(wt, b"gone", 1), start_loop=False)
+    dying = Peer(args, cid(args, "wd"), will=(wt, b"gone", 1), start_loop=False)
     deadline = time.monotonic() + TIMEOUT_S
     while dying.connack is None:
         if time.monotonic() > deadline:
@@ -165,13 +189,13 @@ def scenario_will(args):
 
 def scenario_session(args):
     t = "%s/session" % args.prefix
-    cid = args.prefix + "-ps"
-    sub = Peer(args, cid, clean=False, expiry=60)
+    sid = cid(args, "ps")
+    sub = Peer(args, sid, clean=False, expiry=60)
     sub.subscribe(t, 1)
     sub.close()
-    pub = Peer(args, args.prefix + "-pp")
+    pub = Peer(args, cid(args, "pp"))
     pub.publish(t, b"offline", 1)
-    sub = Peer(args, cid, clean=False, expiry=60)
+    sub = Peer(args, sid, clean=False, expiry=60)
     if not sub.connack[1]:
         raise Fail("session: session present was 0 on resume")
     got = sub.wait_messages(1, "message queued while offline")
@@ -187,6 +211,7 @@ def main():
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--version", choices=["311", "5"], required=True)
     ap.add_argument("--prefix", required=True)
+    ap.add_argument("--ids", default="", type=parse_ids)
     args = ap.parse_args()
     print("paho-mqtt %s, MQTT %s" % (getattr(paho.mqtt, "__version__", "?"), args.version))
     for name, fn in [("pubsub", scenario_pubsub), ("retained", scenario_retained),

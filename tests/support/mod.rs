@@ -1559,3 +1559,34 @@ impl Bystander {
         self.publ.ping();
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Shard placement (real clients on a multi-shard broker)
+// ---------------------------------------------------------------------------------------
+
+/// Shards of the broker that real-client tests start, so that every client can be placed
+/// on a shard of its own.
+pub const PLACED_SHARDS: usize = 4;
+
+/// `PREFIX-N`, the first such client id whose session the broker's owner hash puts on
+/// `shard` of `shards` (the same function the broker uses). With `prefix` from [`uniq`]
+/// the id stays within MQTT 3.1.1's 23 characters.
+pub fn id_on_shard(prefix: &str, shard: usize, shards: usize) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|id| ringmq::shard::owner_shard(id.as_bytes(), shards) == shard)
+        .expect("some id hashes to every shard")
+}
+
+/// A unique client id (from [`uniq`]`(tag)`) owned by `shard` of [`PLACED_SHARDS`].
+pub fn placed_id(tag: &str, shard: usize) -> String {
+    id_on_shard(&uniq(tag), shard, PLACED_SHARDS)
+}
+
+impl Broker {
+    /// A broker with [`PLACED_SHARDS`] shards (or the external one named by
+    /// `RINGMQ_TEST_ADDR`), for tests that put each client on a chosen shard.
+    pub fn placed() -> Broker {
+        Broker::start(&["--shards", &PLACED_SHARDS.to_string()])
+    }
+}

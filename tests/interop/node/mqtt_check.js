@@ -6,17 +6,34 @@
 // on the first failure. Every wait is bounded.
 //
 // usage: node mqtt_check.js --host 127.0.0.1 --port 1883 --version 311|5 --prefix UNIQUE
+//                           [--ids s=ID,p=ID,rp=ID,rs=ID,ww=ID,wd=ID,ps=ID,pp=ID]
+//
+// --ids names the client id of each role (the test harness picks ids that land on chosen
+// broker shards); a role not named gets PREFIX-ROLE.
 'use strict';
 
 const mqtt = require('mqtt');
 
 const TIMEOUT_MS = 10000;
+// How long to keep listening after the expected messages arrived, to catch duplicates.
+const SETTLE_MS = 700;
 
 function parseArgs(argv) {
   const out = { host: '127.0.0.1' };
   for (let i = 2; i < argv.length; i += 2) out[argv[i].replace(/^--/, '')] = argv[i + 1];
   if (!out.port || !out.version || !out.prefix) throw new Error('need --port --version --prefix');
+  const ids = {};
+  for (const item of (out.ids || '').split(',').filter((x) => x)) {
+    const eq = item.indexOf('=');
+    if (eq <= 0 || eq === item.length - 1) throw new Error(`bad --ids item ${item} (want role=client_id)`);
+    ids[item.slice(0, eq)] = item.slice(eq + 1);
+  }
+  out.ids = ids;
   return out;
+}
+
+function cid(args, role) {
+  return args.ids[role] || `${args.prefix}-${role}`;
 }
 
 function withTimeout(promise, what) {
@@ -106,13 +123,16 @@ function expectEq(got, want, what) {
 
 async function scenarioPubsub(args) {
   const t = `${args.prefix}/pubsub`;
-  const sub = new Peer(args, args.prefix + '-s');
-  const pub = new Peer(args, args.prefix + '-p');
+  const sub = new Peer(args, cid(args, 's'));
+  const pub = new Peer(args, cid(args, 'p'));
   await sub.connected;
   await pub.connected;
   await sub.subscribe(t + '/#', 2);
   for (const q of [0, 1, 2]) await pub.publish(`${t}/${q}`, `m${q}`, q);
-  const got = (await sub.waitMessages(3, '3 messages')).sort((a, b) => a.topic.localeCompare(b.topic));
+  await sub.waitMessages(3, '3 messages');
+  // Anything beyond the three (a duplicate, a stray) must show up now.
+  await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
+  const got = sub.messages.slice().sort((a, b) => a.topic.localeCompare(b.topic));
   expectEq(got, [0, 1, 2].map((q) => ({ topic: `${t}/${q}`, payload: `m${q}`, qos: q, retain: false })), 'pubsub');
   await sub.close();
   await pub.close();
@@ -120,10 +140,10 @@ async function scenarioPubsub(args) {
 
 async function scenarioRetained(args) {
   const t = `${args.prefix}/retained`;
-  const pub = new Peer(args, args.prefix + '-rp');
+  const pub = new Peer(args, cid(args, 'rp'));
   await pub.connected;
   await pub.publish(t, 'kept', 1, true);
-  const sub = new Peer(args, args.prefix + '-rs');
+  const sub = new Peer(args, cid(args, 'rs'));
   await sub.connected;
   await sub.subscribe(t, 1);
   const got = await sub.waitMessages(1, 'retained message');
@@ -135,10 +155,10 @@ async function scenarioRetained(args) {
 
 async function scenarioWill(args) {
   const wt = `${args.prefix}/will`;
-  const watcher = new Peer(args, args.prefix + '-ww');
+  const watcher = new Peer(args, cid(args, 'ww'));
   await watcher.connected;
   await watcher.subscribe(wt, 1);
-  const dying = new Peer(args, args.prefix + '-wd', { will: { topic: wt, payload: 'gone', qos: 1, retain: false } });
+  const dying = new Peer(args, cid(args, 'wd'), { will: { topic: wt, payload: 'gone', qos: 1, retain: false } });
   await dying.connected;
   dying.client.stream.destroy(); // no DISCONNECT: the will must fire
   const got = await watcher.waitMessages(1, 'will message');
@@ -149,15 +169,15 @@ async function scenarioWill(args) {
 
 async function scenarioSession(args) {
   const t = `${args.prefix}/session`;
-  const cid = args.prefix + '-ps';
-  let sub = new Peer(args, cid, { clean: false, expiry: 60 });
+  const sid = cid(args, 'ps');
+  let sub = new Peer(args, sid, { clean: false, expiry: 60 });
   await sub.connected;
   await sub.subscribe(t, 1);
   await sub.close();
-  const pub = new Peer(args, args.prefix + '-pp');
+  const pub = new Peer(args, cid(args, 'pp'));
   await pub.connected;
   await pub.publish(t, 'offline', 1);
-  sub = new Peer(args, cid, { clean: false, expiry: 60 });
+  sub = new Peer(args, sid, { clean: false, expiry: 60 });
   const connack = await sub.connected;
   if (!connack.sessionPresent) throw new Error('session: session present was 0 on resume');
   const got = await sub.waitMessages(1, 'message queued while offline');
