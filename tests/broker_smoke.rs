@@ -17,9 +17,8 @@ use ringmq::protocol::{
     ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, Subscribe,
     SubscriptionOptions,
 };
-use ringmq::shard::owner_shard;
 
-use support::{Broker, Launch};
+use support::{id_on_shard, Broker, Launch};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -167,14 +166,6 @@ impl Client {
             payload: Bytes::copy_from_slice(payload),
         }));
     }
-}
-
-/// A client id whose session lives on `shard`.
-fn id_on_shard(prefix: &str, shard: usize, shards: usize) -> String {
-    (0..10_000)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|id| owner_shard(id.as_bytes(), shards) == shard)
-        .expect("some id hashes to every shard")
 }
 
 fn expect_publish(c: &mut Client, topic: &str, payload: &[u8], qos: QoS) -> u16 {
