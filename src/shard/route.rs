@@ -50,8 +50,9 @@ use crate::session::{Message, SessionStore, NONE};
 /// a replica. Live delivery is untouched: subscribers get the message through the
 /// `Publish` data path (which may drop it when the mesh is full, as any data).
 /// - Bound: a pending store is the message the publisher's store holds (the same
-///   `Arc`, so no extra payload bytes) and there are at most `max_retained_messages`
-///   of them; a delete is queued only when the publisher held the topic or an update
+///   `Arc`, so no extra payload bytes; refused messages are not queued) unless it
+///   expired there since, so there are at most `max_retained_messages` of them plus
+///   the expired; a delete is queued only when the publisher held the topic or an update
 ///   of it is pending, so deleting unknown topics costs nothing. Like route updates,
 ///   the outbox holds at most one entry per topic changed while the mesh was full.
 /// - Limits: the publisher's shard alone applies the memory mark and decides; a
