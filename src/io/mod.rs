@@ -166,6 +166,14 @@ pub trait EventLoop {
     /// target loop. epoll: closes the fd, which nobody else will; io_uring: nothing, the
     /// target closes the unpaired socket after `adopt_pair_timeout_ms`.
     fn discard(&mut self, transfer: Transfer);
+    /// The worker gave up on `transfer`, claimed with `adopt` (which returned `None`),
+    /// because its socket did not come within `adopt_pair_timeout_ms`: typically the
+    /// hand-off arrived after this loop had closed the socket as unpaired. Forget the
+    /// claim; a socket that still arrives for it is then closed as unpaired. Default:
+    /// nothing, for a backend that keeps no claims (epoll adopts at once).
+    fn forget(&mut self, transfer: Transfer) {
+        let _ = transfer;
+    }
     /// Wakes loop `to` (which published "parked").
     fn doorbell(&mut self, to: usize);
     /// Bytes of a `Recv` completion.

@@ -55,6 +55,8 @@ pub(crate) struct Cluster {
     /// counted in `mesh_dropped`, as the worker drops (and counts) it.
     pub mesh_room: Option<usize>,
     pub mesh_dropped: usize,
+    /// Retained-store updates carried (`ShardMsg::Retain`).
+    pub mesh_retained: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -98,6 +100,7 @@ impl Cluster {
             hold_mesh: false,
             mesh_room: None,
             mesh_dropped: 0,
+            mesh_retained: 0,
         }
     }
 
@@ -375,6 +378,7 @@ impl Cluster {
             ShardMsg::Publish { .. } => self.mesh_counts.0 += 1,
             ShardMsg::Route(_) => self.mesh_counts.1 += 1,
             ShardMsg::RouteAck { .. } => {}
+            ShardMsg::Retain(_) => self.mesh_retained += 1,
         }
         self.shards[to].on_message(from, msg, self.now);
     }

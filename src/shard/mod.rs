@@ -101,14 +101,17 @@ pub struct RouteUpdate {
 pub enum ShardMsg {
     /// A PUBLISH routed to this shard. `plain`: deliver to the matching local
     /// non-shared subscriptions; `shared`: the shared subscriptions this shard was
-    /// picked for; `store_retained`: the message is retained and every shard keeps
-    /// a replica of the retained store.
+    /// picked for. Data: dropped (and counted) when the mesh is full.
     Publish {
         msg: Arc<Message>,
         plain: bool,
         shared: Vec<SharedTarget>,
-        store_retained: bool,
     },
+    /// Store (or, with an empty payload, delete) a retained message in the
+    /// receiver's replica of the retained store; the sender's shard stored it. Never
+    /// dropped: taken with `Shard::poll_control`, coalesced per topic (see
+    /// `route::ControlOutbox`, "Retained replica").
+    Retain(Arc<Message>),
     /// The sender's local subscriber count for `filter` (or for `group` on it)
     /// went 0 → 1 (`add`) or 1 → 0.
     /// `seq` is non-zero on adds (and on a remove that replaced a not yet sent add,
@@ -557,15 +560,11 @@ impl Shard {
     pub fn on_message(&mut self, from: ShardId, msg: ShardMsg, now: Instant) {
         self.last_now = Some(now);
         match msg {
-            ShardMsg::Publish {
-                msg,
-                plain,
-                shared,
-                store_retained,
-            } => {
-                self.on_remote_publish(msg, plain, shared, store_retained, now);
+            ShardMsg::Publish { msg, plain, shared } => {
+                self.on_remote_publish(msg, plain, shared, now);
                 self.drop_slow_consumers(now);
             }
+            ShardMsg::Retain(msg) => self.on_remote_retained(msg),
             ShardMsg::Route(r) => {
                 let RouteUpdate {
                     filter,

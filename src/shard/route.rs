@@ -13,11 +13,12 @@ use super::{Action, ConnId, RouteUpdate, Shard, ShardId, ShardMsg, SharedTarget,
 use crate::protocol::{QoS, SubAck, SubscriptionOptions};
 use crate::session::{Message, SessionStore, NONE};
 
-/// Control messages (route updates and route acks) this shard has not yet handed to
-/// the mesh, per destination. The worker takes them with [`Shard::poll_control`] only
-/// while the mesh to that shard has room, so a control message is never dropped the
-/// way QoS 0 data is when the mesh is full: a lost route add would keep a shard from
-/// ever forwarding that filter, a lost ack would hold SUBACKs forever.
+/// Control messages (route updates, route acks and retained-store updates) this shard
+/// has not yet handed to the mesh, per destination. The worker takes them with
+/// [`Shard::poll_control`] only while the mesh to that shard has room, so a control
+/// message is never dropped the way QoS 0 data is when the mesh is full: a lost route
+/// add would keep a shard from ever forwarding that filter, a lost ack would hold
+/// SUBACKs forever, a lost retained update would leave a replica stale for good.
 ///
 /// # Bounded by construction
 /// Per destination: one ack (the highest sequence number: an ack covers every lower
@@ -40,6 +41,39 @@ use crate::session::{Message, SessionStore, NONE};
 ///   remove) or a newer add with a newer number took its place;
 /// - acks travel separately and first: they say something about the *peer's* routes
 ///   and need no order relative to our own route updates.
+///
+/// # Retained replica
+/// Every shard keeps a full replica of the retained store. A retained message (or a
+/// delete: empty payload) that the publisher's shard stored is queued here for every
+/// other shard, at most one entry per topic and destination: a newer update of a
+/// topic replaces the unsent older one, as only the topic's latest state matters to
+/// a replica. Live delivery is untouched: subscribers get the message through the
+/// `Publish` data path (which may drop it when the mesh is full, as any data).
+/// - Bound: a pending store is the message the publisher's store holds (the same
+///   `Arc`, so no extra payload bytes; refused messages are not queued) unless it
+///   expired there since, so there are at most `max_retained_messages` of them plus
+///   the expired; a delete is queued only when the publisher held the topic or an update
+///   of it is pending, so deleting unknown topics costs nothing. Like route updates,
+///   the outbox holds at most one entry per topic changed while the mesh was full.
+/// - Limits: the publisher's shard alone applies the memory mark and decides; a
+///   replica applies the same `max_retained_*` checks, which cannot refuse what the
+///   publisher stored when the replicas agree: coalescing only skips intermediate
+///   states, and skipping a store of a topic that is then replaced or deleted leaves
+///   the replica with fewer messages and bytes than the publisher had when it checked
+///   (a replaced message no larger than the skipped one needs no check; a larger one
+///   is checked against the same bytes minus the skipped message).
+/// - Order with live delivery: the worker performs a turn's actions before it takes
+///   control messages, so the `Publish` of a message enters the mesh (or is dropped)
+///   before its retained update; a subscriber present on the replica's shard gets the
+///   message once, live, whichever way the replica lags.
+/// - Order with acks: retained updates leave before the ack. A subscriber's SUBACK is
+///   held until every shard acks its route add, and its retained messages are read
+///   from its own shard's replica afterwards; a message published on another shard
+///   before that shard applied the route add (so not forwarded live) has its retained
+///   update queued before the ack, so it is in the replica when the SUBACK goes out.
+/// - Concurrent publishes of one topic on two shards may still leave replicas with
+///   different winners (each applies the other's last); that needs a per-topic
+///   version and is not handled here.
 ///
 /// Publishes travel as `Action::Send`, not through this outbox, so a publish may
 /// overtake a route update or an ack to the same shard. That breaks nothing: a
@@ -73,6 +107,11 @@ struct ControlOut {
     /// Position of `routes[0]`.
     head: u64,
     tombstones: usize,
+    /// Retained-store updates by topic: the latest not yet sent (a delete is a
+    /// message with an empty payload). See `ControlOutbox` "Retained replica".
+    retained: HashMap<Bytes, Arc<Message>>,
+    /// The topics of `retained`, each once, in the order first queued.
+    retained_order: VecDeque<Bytes>,
 }
 
 /// Capacity an emptied outbox keeps (a subscribe storm grows it).
@@ -80,7 +119,14 @@ const CONTROL_KEPT: usize = 64;
 
 impl ControlOut {
     fn is_empty(&self) -> bool {
-        self.ack == 0 && self.routes.is_empty()
+        self.ack == 0 && self.routes.is_empty() && self.retained_order.is_empty()
+    }
+
+    fn push_retained(&mut self, msg: Arc<Message>) {
+        let topic = msg.topic.clone();
+        if self.retained.insert(topic.clone(), msg).is_none() {
+            self.retained_order.push_back(topic);
+        }
     }
 
     fn push_route(&mut self, mut update: RouteUpdate) {
@@ -113,6 +159,17 @@ impl ControlOut {
     }
 
     fn pop(&mut self) -> Option<ShardMsg> {
+        // Before the ack: see "Retained replica" on `ControlOutbox`.
+        while let Some(topic) = self.retained_order.pop_front() {
+            let Some(msg) = self.retained.remove(&topic) else {
+                continue;
+            };
+            if self.retained_order.is_empty() && self.retained.capacity() > CONTROL_KEPT {
+                self.retained.shrink_to(0);
+                self.retained_order.shrink_to(CONTROL_KEPT);
+            }
+            return Some(ShardMsg::Retain(msg));
+        }
         if self.ack != 0 {
             let seq = std::mem::take(&mut self.ack);
             return Some(ShardMsg::RouteAck { seq });
@@ -153,6 +210,18 @@ impl ControlOutbox {
             out.push_route(update);
             self.waiting.insert(to);
         }
+    }
+
+    fn push_retained(&mut self, to: ShardId, msg: Arc<Message>) {
+        if let Some(out) = self.to.get_mut(to) {
+            out.push_retained(msg);
+            self.waiting.insert(to);
+        }
+    }
+
+    /// Whether an update of retained `topic` waits for some destination.
+    fn retained_pending(&self, topic: &[u8]) -> bool {
+        self.to.iter().any(|out| out.retained.contains_key(topic))
     }
 
     fn push_ack(&mut self, to: ShardId, seq: u64) {
@@ -315,9 +384,6 @@ pub(crate) struct RouteGroup {
 pub(crate) struct Targets {
     pub plain: ShardSet,
     pub shared: Vec<Vec<SharedTarget>>,
-    /// Whether the other shards store the message being planned in their retained
-    /// replica (it is retained and this shard did not refuse it).
-    pub store_retained: bool,
 }
 
 impl Targets {
@@ -325,7 +391,6 @@ impl Targets {
         Targets {
             plain: ShardSet::default(),
             shared: (0..shard_count).map(|_| Vec::new()).collect(),
-            store_retained: false,
         }
     }
 }
@@ -524,9 +589,9 @@ impl Shard {
         !self.control.waiting.is_empty()
     }
 
-    /// The next control message (route update or route ack) for shard `to`. Call only
-    /// when the mesh will take it (the worker checks it has room): what is taken here
-    /// must not be dropped (see `ControlOutbox`).
+    /// The next control message (retained update, route ack or route update) for
+    /// shard `to`. Call only when the mesh will take it (the worker checks it has
+    /// room): what is taken here must not be dropped (see `ControlOutbox`).
     pub fn poll_control(&mut self, to: ShardId) -> Option<ShardMsg> {
         let out = self.control.to.get_mut(to)?;
         let msg = out.pop();
@@ -661,10 +726,19 @@ impl Shard {
         // struct (a `memcpy` call) on every publish.
         let stored;
         let mut retain_refused = false;
+        let mut replicate = None;
         let msg: &Message = if msg.retain {
             let a = Arc::new(msg.compacted());
             arc = Some(a.clone());
+            // A delete of a topic nobody holds needs no replica update (see
+            // `ControlOutbox`, "Retained replica": this bounds the outbox).
+            let known = !a.payload.is_empty()
+                || self.retained.get(&a.topic).is_some()
+                || self.control.retained_pending(&a.topic);
             retain_refused = !self.store_retained(&a, true);
+            if known && !retain_refused && self.shard_count > 1 {
+                replicate = Some(a.clone());
+            }
             stored = (*a).clone();
             &stored
         } else {
@@ -677,11 +751,24 @@ impl Shard {
             // This shard serves every group: pick members during the walk.
             self.deliver_local::<WALK_PICK>(msg, &mut arc, now);
         } else {
-            // Refused here, so refused everywhere: the replicas stay identical.
-            self.targets.store_retained = msg.retain && !retain_refused;
             self.deliver_local::<WALK_PLAN>(msg, &mut arc, now);
         }
+        // Queued after the `Publish` actions: see `ControlOutbox`, "Retained replica".
+        // Refused here, so refused everywhere: the replicas stay identical.
+        if let Some(a) = replicate {
+            let me = self.id;
+            for to in (0..self.shard_count).filter(|s| *s != me) {
+                self.control.push_retained(to, a.clone());
+            }
+        }
         retain_refused
+    }
+
+    /// A retained-store update from the shard it was published on.
+    pub(crate) fn on_remote_retained(&mut self, msg: Arc<Message>) {
+        // The publisher's shard already applied the memory mark; the bounds cannot
+        // refuse it while the replicas agree (see `ControlOutbox`).
+        self.store_retained(&msg, false);
     }
 
     /// A publish routed here by another shard.
@@ -690,13 +777,8 @@ impl Shard {
         msg: Arc<Message>,
         plain: bool,
         shared: Vec<SharedTarget>,
-        store_retained: bool,
         now: Instant,
     ) {
-        if store_retained {
-            // The publisher's shard already applied the memory mark.
-            self.store_retained(&msg, false);
-        }
         let mut arc = Some(msg.clone());
         if plain {
             self.deliver_local::<WALK_PLAIN>(&msg, &mut arc, now);
@@ -824,18 +906,16 @@ impl Shard {
         }
     }
 
-    /// One `ShardMsg::Publish` per other shard that `targets` (just planned) or the
-    /// retained replica needs.
+    /// One `ShardMsg::Publish` per other shard that `targets` (just planned) needs.
     fn send_to_shards(&mut self, msg: &Message, arc: &mut Option<Arc<Message>>) {
         let me = self.id;
-        let store_retained = self.targets.store_retained;
         for to in 0..self.shard_count {
             if to == me {
                 continue;
             }
             let plain = self.targets.plain.contains(to);
             let shared = std::mem::take(&mut self.targets.shared[to]);
-            if !plain && shared.is_empty() && !store_retained {
+            if !plain && shared.is_empty() {
                 continue;
             }
             let a = arc.get_or_insert_with(|| Arc::new(msg.clone())).clone();
@@ -845,7 +925,6 @@ impl Shard {
                     msg: a,
                     plain,
                     shared,
-                    store_retained,
                 },
             });
         }

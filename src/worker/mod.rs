@@ -122,6 +122,9 @@ pub struct WorkerReport {
     pub migrations_out: u64,
     pub migrations_failed: u64,
     pub handoffs_in: u64,
+    /// Hand-offs whose socket never came within `adopt_pair_timeout_ms` (it was closed
+    /// unpaired before its hand-off arrived, or adopting it failed): dropped.
+    pub handoffs_expired: u64,
     /// Connections still open when the shutdown deadline passed.
     pub forced_closes: u64,
     /// Connections closed because their last bytes were not taken within `DRAIN_TIMEOUT`.
@@ -208,7 +211,7 @@ struct Worker<L: EventLoop> {
     live: usize,
     /// Handoffs whose socket has not arrived yet (io_uring: the MSG_RING completion
     /// and the mesh message race).
-    waiting_handoffs: HashMap<Transfer, Box<Handoff>>,
+    waiting_handoffs: WaitingHandoffs,
     /// Handoffs of connections being migrated out, until `Migrated`.
     outgoing: HashMap<SockId, (usize, Box<Handoff>)>,
     wake: WakeSet,
@@ -289,7 +292,9 @@ pub fn run<L: EventLoop>(
         // copy, and leave the old block with the allocator, at every power of two.
         by_sock: Vec::with_capacity(presize),
         live: 0,
-        waiting_handoffs: HashMap::new(),
+        waiting_handoffs: WaitingHandoffs::new(Duration::from_millis(
+            loop_options.adopt_pair_timeout_ms,
+        )),
         outgoing: HashMap::new(),
         wake: WakeSet::default(),
         draining: VecDeque::new(),
@@ -362,6 +367,7 @@ impl<L: EventLoop> Worker<L> {
                 );
             }
             self.drain_mesh(now);
+            self.expire_handoffs(now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.on_timer(now);
             }
@@ -397,10 +403,14 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
 
-            let next = match (self.shard.next_deadline(), self.draining.front()) {
-                (Some(a), Some(&(b, _, _))) => Some(a.min(b)),
-                (a, b) => a.or(b.map(|&(d, _, _)| d)),
-            };
+            let next = [
+                self.shard.next_deadline(),
+                self.draining.front().map(|&(d, _, _)| d),
+                self.waiting_handoffs.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let mut timeout = next.map(|d| d.saturating_duration_since(now));
             if self.shutting_down {
                 // Wake at least every 50 ms to check the shutdown deadlines.
@@ -485,9 +495,7 @@ impl<L: EventLoop> Worker<L> {
                     Some(sock) => {
                         Self::adopt_conn(io, shard, conns, by_sock, live, sock, *handoff, now)
                     }
-                    None => {
-                        waiting_handoffs.insert(transfer, handoff);
-                    }
+                    None => waiting_handoffs.insert(transfer, handoff, now),
                 }
             }
         });
@@ -497,7 +505,7 @@ impl<L: EventLoop> Worker<L> {
     /// once they are empty again, a loop about to block gives that memory back.
     fn shrink_handoff_tables(&mut self) {
         shrink_emptied(&mut self.outgoing);
-        shrink_emptied(&mut self.waiting_handoffs);
+        self.waiting_handoffs.shrink();
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -552,7 +560,7 @@ impl<L: EventLoop> Worker<L> {
         conns: &mut Vec<Option<ConnIo>>,
         by_sock: &mut Vec<u32>,
         live: &mut usize,
-        waiting_handoffs: &mut HashMap<Transfer, Box<Handoff>>,
+        waiting_handoffs: &mut WaitingHandoffs,
         outgoing: &mut HashMap<SockId, (usize, Box<Handoff>)>,
         mesh: &mut Endpoint<WorkerMsg>,
         wake: &mut WakeSet,
@@ -578,7 +586,7 @@ impl<L: EventLoop> Worker<L> {
                 Self::map(conns, by_sock, live, conn, sock);
                 io.start_recv(sock);
             }
-            Completion::Adopted { transfer, sock } => match waiting_handoffs.remove(&transfer) {
+            Completion::Adopted { transfer, sock } => match waiting_handoffs.take(transfer) {
                 Some(_) if shutting_down => io.close(sock),
                 Some(handoff) => {
                     Self::adopt_conn(io, shard, conns, by_sock, live, sock, *handoff, now)
@@ -838,6 +846,33 @@ impl<L: EventLoop> Worker<L> {
         }
     }
 
+    /// Drops hand-offs whose socket did not come in time, and the loop's claims on
+    /// them. The usual cause: the hand-off arrived after the loop had already closed
+    /// the socket as unpaired (`adopt_pair_timeout_ms`), so it never will; without
+    /// this the hand-off (with its buffered bytes) and the claim stayed forever.
+    /// There is nothing to close: the socket is gone, its client saw the close, and
+    /// the shard never saw the connection.
+    fn expire_handoffs(&mut self, now: Instant) {
+        let Worker {
+            id,
+            io,
+            waiting_handoffs,
+            report,
+            ..
+        } = self;
+        waiting_handoffs.expire(now, |transfer, handoff| {
+            io.forget(transfer);
+            report.handoffs_expired += 1;
+            tracing::warn!(
+                shard = *id,
+                ?transfer,
+                peer = %handoff.peer,
+                expired = report.handoffs_expired,
+                "hand-off whose socket never came: dropped"
+            );
+        });
+    }
+
     /// Closes draining connections whose peer did not take the last bytes in time.
     fn expire_drains(&mut self, now: Instant) {
         while let Some(&(deadline, conn, sock)) = self.draining.front() {
@@ -882,6 +917,73 @@ fn unparked_timeout(work: bool, backed_up: bool, timeout: Option<Duration>) -> D
         return Duration::ZERO;
     }
     timeout.map_or(BACKED_UP_WAIT, |t| t.min(BACKED_UP_WAIT))
+}
+
+/// Hand-offs waiting for their socket, each for at most `wait`.
+struct WaitingHandoffs {
+    /// With the time each is given up on.
+    by_transfer: HashMap<Transfer, (Instant, Box<Handoff>)>,
+    /// Deadlines in order (one fixed wait); an entry whose hand-off was taken, or
+    /// replaced under a reused transfer id (epoll: an fd number), is skipped.
+    due: VecDeque<(Instant, Transfer)>,
+    wait: Duration,
+}
+
+impl WaitingHandoffs {
+    fn new(wait: Duration) -> WaitingHandoffs {
+        WaitingHandoffs {
+            by_transfer: HashMap::new(),
+            due: VecDeque::new(),
+            wait,
+        }
+    }
+
+    fn insert(&mut self, transfer: Transfer, handoff: Box<Handoff>, now: Instant) {
+        let deadline = now + self.wait;
+        self.by_transfer.insert(transfer, (deadline, handoff));
+        self.due.push_back((deadline, transfer));
+    }
+
+    fn take(&mut self, transfer: Transfer) -> Option<Box<Handoff>> {
+        self.by_transfer.remove(&transfer).map(|(_, h)| h)
+    }
+
+    /// Removes the hand-offs due by `now`, passing each to `gone`.
+    fn expire(&mut self, now: Instant, mut gone: impl FnMut(Transfer, Box<Handoff>)) {
+        while let Some(&(deadline, transfer)) = self.due.front() {
+            if deadline > now {
+                return;
+            }
+            self.due.pop_front();
+            let current = self
+                .by_transfer
+                .get(&transfer)
+                .is_some_and(|(d, _)| *d <= now);
+            if current {
+                if let Some((_, handoff)) = self.by_transfer.remove(&transfer) {
+                    gone(transfer, handoff);
+                }
+            }
+        }
+    }
+
+    /// When `expire` next has something to do (possibly nothing: a stale entry).
+    fn next_deadline(&self) -> Option<Instant> {
+        self.due.front().map(|&(d, _)| d)
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_transfer.len()
+    }
+
+    /// Gives a connect storm's memory back once empty.
+    fn shrink(&mut self) {
+        shrink_emptied(&mut self.by_transfer);
+        if self.due.is_empty() && self.due.capacity() > HANDOFF_TABLE_KEPT {
+            self.due.shrink_to(0);
+        }
+    }
 }
 
 /// Frees an empty table's storage unless it is small (see `HANDOFF_TABLE_KEPT`).
@@ -1005,6 +1107,176 @@ mod tests {
             got,
             ["ack 100", "ack 101", "ack 102", "route y add=true seq=1"]
         );
+    }
+
+    fn handoff() -> Box<Handoff> {
+        let now = Instant::now();
+        Box::new(Handoff {
+            peer: crate::shard::harness::peer(),
+            rx: bytes::BytesMut::new(),
+            accepted_at: now,
+            connect_at: now,
+        })
+    }
+
+    #[test]
+    fn waiting_handoffs_expire_once_after_the_wait_unless_taken() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut w = WaitingHandoffs::new(s(5));
+        w.insert(Transfer(1), handoff(), t0);
+        w.insert(Transfer(2), handoff(), t0 + s(1));
+        assert!(w.take(Transfer(1)).is_some(), "paired in time");
+        // Transfer ids may be reused (epoll: fd numbers): the newer claim keeps its
+        // own deadline.
+        w.insert(Transfer(3), handoff(), t0);
+        w.insert(Transfer(3), handoff(), t0 + s(3));
+        assert_eq!(w.next_deadline(), Some(t0 + s(5)));
+        let mut gone = Vec::new();
+        w.expire(t0 + s(5), |t, _| gone.push(t.0));
+        assert_eq!(gone, Vec::<u64>::new(), "1 was taken, 3 was renewed");
+        w.expire(t0 + s(6), |t, _| gone.push(t.0));
+        assert_eq!(gone, [2]);
+        w.expire(t0 + s(8), |t, _| gone.push(t.0));
+        assert_eq!(gone, [2, 3]);
+        assert_eq!((w.len(), w.next_deadline()), (0, None));
+        w.expire(t0 + s(60), |t, _| gone.push(t.0));
+        assert_eq!(gone, [2, 3], "each expires once");
+    }
+
+    /// An event loop whose sockets sent by other loops never arrive (the io_uring
+    /// loop closed them as unpaired before their hand-off came); everything else is
+    /// an epoll loop's.
+    struct NeverArrives {
+        inner: crate::io::epoll::EpollLoop,
+        claimed: Vec<Transfer>,
+        forgotten: Vec<Transfer>,
+        closed: Vec<SockId>,
+    }
+
+    impl EventLoop for NeverArrives {
+        fn remote(&self) -> Arc<Remote> {
+            self.inner.remote()
+        }
+        fn set_peers(&mut self, peers: Vec<Arc<Remote>>) {
+            self.inner.set_peers(peers)
+        }
+        fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
+            self.inner.add_listener(listener)
+        }
+        fn stop_accepting(&mut self) {
+            self.inner.stop_accepting()
+        }
+        fn start_recv(&mut self, sock: SockId) {
+            self.inner.start_recv(sock)
+        }
+        fn send(&mut self, sock: SockId, data: bytes::Bytes) {
+            self.inner.send(sock, data)
+        }
+        fn close(&mut self, sock: SockId) {
+            self.closed.push(sock);
+        }
+        fn migrate(&mut self, sock: SockId, to: usize) {
+            self.inner.migrate(sock, to)
+        }
+        fn adopt(&mut self, transfer: Transfer) -> Option<SockId> {
+            self.claimed.push(transfer);
+            None
+        }
+        fn discard(&mut self, transfer: Transfer) {
+            self.inner.discard(transfer)
+        }
+        fn forget(&mut self, transfer: Transfer) {
+            self.forgotten.push(transfer);
+        }
+        fn doorbell(&mut self, to: usize) {
+            self.inner.doorbell(to)
+        }
+        fn buf(&self, buf: crate::io::BufRef) -> &[u8] {
+            self.inner.buf(buf)
+        }
+        fn recycle(&mut self, buf: crate::io::BufRef) {
+            self.inner.recycle(buf)
+        }
+        fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+            self.inner.turn(timeout, out)
+        }
+        fn stats(&self) -> IoStats {
+            self.inner.stats()
+        }
+        fn name(&self) -> &'static str {
+            "never-arrives"
+        }
+    }
+
+    #[test]
+    fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
+        let opts = LoopOptions::default();
+        let io = NeverArrives {
+            inner: crate::io::epoll::EpollLoop::new(1, &opts).expect("epoll loop"),
+            claimed: Vec::new(),
+            forgotten: Vec::new(),
+            closed: Vec::new(),
+        };
+        let mut eps = crate::ring::mesh::<WorkerMsg>(2, 4, 1).expect("valid mesh");
+        let mesh = eps.pop().expect("endpoint 1");
+        let mut w = Worker {
+            id: 1,
+            io,
+            shard: Shard::new(1, 2, Arc::new(Config::default())),
+            mesh,
+            conns: Vec::new(),
+            by_sock: Vec::new(),
+            live: 0,
+            waiting_handoffs: WaitingHandoffs::new(Duration::from_millis(
+                opts.adopt_pair_timeout_ms,
+            )),
+            outgoing: HashMap::new(),
+            wake: WakeSet::default(),
+            draining: VecDeque::new(),
+            report: WorkerReport::default(),
+            shutting_down: false,
+            busy_poll: BusyPoll::new(0),
+        };
+        let late = Transfer(7);
+        let msg = WorkerMsg::Adopt {
+            handoff: handoff(),
+            transfer: late,
+        };
+        assert!(eps[0].send(1, msg).is_ok());
+        eps[0].flush();
+        let t0 = Instant::now();
+        w.drain_mesh(t0);
+        assert_eq!(w.io.claimed, [late]);
+        assert_eq!(w.waiting_handoffs.len(), 1);
+        let wait = Duration::from_millis(opts.adopt_pair_timeout_ms);
+        w.expire_handoffs(t0 + wait - Duration::from_millis(1));
+        assert_eq!(w.waiting_handoffs.len(), 1, "still within the wait");
+        w.expire_handoffs(t0 + wait);
+        assert_eq!(w.waiting_handoffs.len(), 0);
+        assert_eq!(w.report.handoffs_expired, 1);
+        assert_eq!(w.io.forgotten, [late]);
+        // Should the socket still come, it has no hand-off any more: closed.
+        Worker::dispatch(
+            &mut w.io,
+            &mut w.shard,
+            &mut w.conns,
+            &mut w.by_sock,
+            &mut w.live,
+            &mut w.waiting_handoffs,
+            &mut w.outgoing,
+            &mut w.mesh,
+            &mut w.wake,
+            &mut w.report,
+            false,
+            Completion::Adopted {
+                transfer: late,
+                sock: 3,
+            },
+            t0 + wait,
+        );
+        assert_eq!(w.io.closed, [3]);
+        assert_eq!((w.live, w.shard.stats().connections), (0, 0));
     }
 
     fn us(n: u64) -> Duration {

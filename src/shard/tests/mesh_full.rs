@@ -1,5 +1,6 @@
 //! A full mesh between two shards (`Cluster::mesh_room`): data may be dropped and
-//! counted, control messages (route updates and their acks) never are.
+//! counted, control messages (route updates, their acks, retained-store updates)
+//! never are.
 
 use bytes::Bytes;
 use smallvec::smallvec;
@@ -53,10 +54,15 @@ fn two_shards() -> (Cluster, Cid, Cid, Cid, Cid) {
 fn fill(cl: &mut Cluster, publisher: Cid) {
     cl.mesh_room = Some(2);
     cl.hold_mesh = true;
+    let dropped = cl.mesh_dropped;
     for _ in 0..3 {
         cl.publish(publisher, "x", "m", Q0, false, 0);
     }
-    assert_eq!(cl.mesh_dropped, 1, "QoS 0 data beyond the room is dropped");
+    assert_eq!(
+        cl.mesh_dropped - dropped,
+        1,
+        "QoS 0 data beyond the room is dropped"
+    );
 }
 
 #[test]
@@ -132,4 +138,121 @@ fn route_updates_waiting_for_room_coalesce_per_filter() {
     cl.publish(c0, "y", "hello", Q0, false, 0);
     cl.expect(c1, pubp("y", "hello", Q0, false, 0));
     cl.expect_nothing(c1);
+}
+
+/// Two shards, `x` subscribed on shard 1 and published from shard 0, so shard 0's
+/// ring to shard 1 can be filled. Returns (cluster, publisher on 0, a client on 1).
+fn filled_zero_to_one() -> (Cluster, Cid, Cid) {
+    let mut cl = Cluster::new(2, cfg());
+    let x_sub = cl.connect_ok(V311, &id_on(1, 2, "xs"), ConnectOpts::default(), false);
+    cl.subscribe(x_sub, "x", Q0);
+    let pub0 = cl.connect_ok(V311, &id_on(0, 2, "p0"), ConnectOpts::default(), false);
+    let c1 = cl.connect_ok(V311, &id_on(1, 2, "c1"), ConnectOpts::default(), false);
+    fill(&mut cl, pub0);
+    (cl, pub0, c1)
+}
+
+/// Frees the mesh and delivers everything in flight or waiting.
+fn free(cl: &mut Cluster) {
+    cl.hold_mesh = false;
+    cl.mesh_room = None;
+    cl.pump();
+}
+
+#[test]
+fn a_retained_update_waits_for_room_and_reaches_the_replica() {
+    let (mut cl, pub0, c1) = filled_zero_to_one();
+    let carried = cl.mesh_retained;
+    cl.publish(pub0, "r", "v", Q0, true, 0);
+    assert_eq!(cl.shards[0].stats().retained, 1);
+    assert_eq!(cl.shards[1].stats().retained, 0, "still waiting");
+    assert_eq!(cl.mesh_dropped, 1, "the retained update was not dropped");
+    free(&mut cl);
+    assert_eq!(cl.mesh_retained - carried, 1);
+    assert_eq!(cl.shards[1].stats().retained, 1, "replica on shard 1");
+    cl.subscribe(c1, "r", Q0);
+    cl.expect(c1, pubp("r", "v", Q0, true, 0));
+    cl.expect_nothing(c1);
+}
+
+#[test]
+fn a_newer_retained_message_supersedes_a_waiting_one() {
+    let (mut cl, pub0, c1) = filled_zero_to_one();
+    let carried = cl.mesh_retained;
+    cl.publish(pub0, "r", "old", Q0, true, 0);
+    cl.publish(pub0, "s", "other", Q0, true, 0);
+    cl.publish(pub0, "r", "new", Q0, true, 0);
+    free(&mut cl);
+    assert_eq!(
+        cl.mesh_retained - carried,
+        2,
+        "one update per topic: r and s"
+    );
+    assert_eq!(cl.shards[1].stats().retained, 2);
+    assert_eq!(
+        cl.shards[1].stats().bytes_retained,
+        cl.shards[0].stats().bytes_retained
+    );
+    cl.subscribe(c1, "r", Q0);
+    cl.expect(c1, pubp("r", "new", Q0, true, 0));
+    cl.expect_nothing(c1);
+}
+
+#[test]
+fn a_retained_delete_supersedes_a_waiting_message() {
+    let (mut cl, pub0, c1) = filled_zero_to_one();
+    free(&mut cl);
+    // Replicated while there was room.
+    cl.publish(pub0, "r", "first", Q0, true, 0);
+    assert_eq!(cl.shards[1].stats().retained, 1);
+    fill(&mut cl, pub0);
+    let carried = cl.mesh_retained;
+    cl.publish(pub0, "r", "second", Q0, true, 0);
+    cl.publish(pub0, "r", "", Q0, true, 0);
+    // A delete of a topic no shard holds is not sent at all.
+    cl.publish(pub0, "never", "", Q0, true, 0);
+    free(&mut cl);
+    assert_eq!(cl.mesh_retained - carried, 1, "only the delete of r");
+    assert_eq!(cl.shards[0].stats().retained, 0);
+    assert_eq!(cl.shards[1].stats().retained, 0, "the delete won");
+    cl.subscribe(c1, "r", Q0);
+    cl.expect_nothing(c1);
+}
+
+#[test]
+fn a_retained_update_reaches_the_replica_before_the_route_ack() {
+    let (mut cl, pub0, c1) = filled_zero_to_one();
+    // No subscriber of `r` yet: not forwarded live, only the replica needs it.
+    cl.publish(pub0, "r", "v", Q0, true, 0);
+    cl.subscribe_with(c1, "r", sub_opts(), Properties::default());
+    // Shard 0 applies the route while its ring to shard 1 is still full: its ack
+    // waits behind the retained update.
+    cl.deliver_pair(1, 0);
+    cl.expect_nothing(c1);
+    free(&mut cl);
+    cl.expect(c1, suback(1, &[granted(Q0)]));
+    cl.expect(c1, pubp("r", "v", Q0, true, 0));
+    cl.expect_nothing(c1);
+}
+
+#[test]
+fn live_delivery_of_a_retained_message_is_data_and_the_replica_still_converges() {
+    let (mut cl, pub0, c1) = filled_zero_to_one();
+    free(&mut cl);
+    cl.subscribe(c1, "r", Q0);
+    fill(&mut cl, pub0);
+    let dropped = cl.mesh_dropped;
+    cl.publish(pub0, "r", "v", Q0, true, 0);
+    assert_eq!(
+        cl.mesh_dropped - dropped,
+        1,
+        "the live copy is data: dropped"
+    );
+    free(&mut cl);
+    // The two held `x` publishes went to another client; `c1` missed `r` live.
+    cl.expect_nothing(c1);
+    assert_eq!(cl.shards[1].stats().retained, 1, "replica converged");
+    let late = cl.connect_ok(V311, &id_on(1, 2, "late"), ConnectOpts::default(), false);
+    cl.subscribe(late, "r", Q0);
+    cl.expect(late, pubp("r", "v", Q0, true, 0));
 }
