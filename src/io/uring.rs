@@ -1638,6 +1638,10 @@ impl EventLoop for UringLoop {
         None
     }
 
+    fn forget(&mut self, transfer: Transfer) {
+        self.claimed.remove(&transfer.0);
+    }
+
     fn discard(&mut self, transfer: Transfer) {
         // The descriptor sits in the target's table; the target closes it when its
         // hand-off does not come (`reap_unpaired`).
