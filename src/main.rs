@@ -210,6 +210,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let mut loop_options = LoopOptions {
         max_connections: loop_slots(share),
         recv_bufs_per_ring: loop_recv_bufs(shards),
+        accept_peer_addr: config.max_connections_per_ip > 0,
         ..LoopOptions::default()
     };
     match backend {
@@ -239,9 +240,14 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
                     loop_options.max_connections = loop_slots(share);
                 }
             }
+            let accept = if loop_options.accept_peer_addr {
+                "single-shot accepts with peer address (max_connections_per_ip is set)"
+            } else {
+                "multishot accept, peer address not collected"
+            };
             tracing::info!(
                 "io_uring: {rings} ring(s) per loop, {table} direct-descriptor slots each \
-                 (RLIMIT_NOFILE {nofile}), {capacity} connections per loop"
+                 (RLIMIT_NOFILE {nofile}), {capacity} connections per loop; {accept}"
             );
         }
         Backend::Epoll => {

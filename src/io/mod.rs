@@ -58,7 +58,8 @@ pub struct Transfer(pub u64);
 /// An event copied out of the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
-    /// A new connection; nothing is read until `start_recv`.
+    /// A new connection; nothing is read until `start_recv`. `peer` is `0.0.0.0:0` when
+    /// unknown (io_uring multishot accepts, `LoopOptions::accept_peer_addr` off).
     Accepted { sock: SockId, peer: SocketAddr },
     /// A descriptor sent by another loop arrived after the worker's `adopt` returned `None`.
     Adopted { transfer: Transfer, sock: SockId },
@@ -123,6 +124,10 @@ pub struct LoopOptions {
     /// How long a socket sent by another loop may wait for its hand-off (the mesh
     /// message) before it is closed: the sender may have failed to deliver it.
     pub adopt_pair_timeout_ms: u64,
+    /// Accepted connections must carry their peer address (the per-IP limit counts
+    /// it). io_uring: single-shot accepts, each with its own sockaddr buffer; otherwise
+    /// one multishot accept per listener, whose connections report `0.0.0.0:0`.
+    pub accept_peer_addr: bool,
 }
 
 impl Default for LoopOptions {
@@ -134,6 +139,7 @@ impl Default for LoopOptions {
             sq_entries: 1024,
             table_slots_max: 0,
             adopt_pair_timeout_ms: 5_000,
+            accept_peer_addr: false,
         }
     }
 }
