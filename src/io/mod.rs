@@ -88,6 +88,9 @@ pub struct IoStats {
     /// Connections dropped because the descriptor table (or fd limit) was full.
     pub accept_dropped_full: u64,
     pub accept_errors: u64,
+    /// io_uring multishot accepts armed (each listener re-arms its one after it ended:
+    /// its ring ran low, or an earlier ring has room again).
+    pub accept_multi_armed: u64,
     /// Multishot receives that ran out of provided buffers and were re-armed.
     pub recv_nobufs: u64,
     pub migrate_failed: u64,

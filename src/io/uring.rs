@@ -65,6 +65,9 @@ const ACCEPTS_PER_RING: usize = 4;
 /// one accept kept armed on a full loop (closed at once) and are a margin against
 /// accounting slips. Accepts and sockets migrating in reserve their slot first.
 const TABLE_HEADROOM: u32 = 64;
+/// At most this many slots of a ring are filled by single-shot accepts in multishot
+/// mode (see `UringLoop::multi_accept_margin`).
+const MULTI_ACCEPT_MARGIN: i64 = 256;
 
 // user_data layout: kind in the top byte, payload below.
 const KIND_SHIFT: u32 = 56;
@@ -546,6 +549,8 @@ struct Ring {
     live: u32,
     /// Accepts in flight on this ring (each may take a slot).
     accepts_armed: u32,
+    /// Sockets in this table whose reservation is in another ring's room (`borrow_room`).
+    borrowed: u32,
     /// Entries that did not fit into a full submission queue, in order.
     backlog: std::collections::VecDeque<squeue::Entry>,
     /// Sockets whose receive ended with ENOBUFS, to re-arm as buffers come back
@@ -622,6 +627,9 @@ enum SockState {
 
 struct Sock {
     ring: u8,
+    /// The ring whose `RingRoom` holds this socket's reservation: `ring`, or another
+    /// one it was borrowed from (see `borrow_room`).
+    room: u8,
     slot: u32,
     state: SockState,
     recv_armed: bool,
@@ -778,6 +786,7 @@ impl UringLoop {
                 table_size,
                 live: 0,
                 accepts_armed: 0,
+                borrowed: 0,
                 backlog: Default::default(),
                 starved: VecDeque::new(),
                 bufs,
@@ -851,6 +860,16 @@ impl UringLoop {
     /// Whether accepts are multishot (see the module doc).
     pub fn multishot_accept(&self) -> bool {
         self.multishot_accept
+    }
+
+    /// Sockets in each ring's table.
+    pub fn ring_live(&self) -> Vec<u32> {
+        self.rings.iter().map(|r| r.live).collect()
+    }
+
+    /// The ring whose table holds `sock`.
+    pub fn sock_ring(&self, sock: SockId) -> Option<usize> {
+        self.socks.get(sock as usize).map(|s| usize::from(s.ring))
     }
 
     /// Free-slot counter of ring `r`, shared with the loops that send descriptors.
@@ -976,12 +995,15 @@ impl UringLoop {
             return;
         };
         if s.slot_closed && !s.recv_armed && s.tx.is_none() && !s.close_inflight {
-            let (ring, reported) = (s.ring as usize, s.reported);
+            let (ring, room, reported) = (s.ring as usize, s.room as usize, s.reported);
             self.socks.remove(sock as usize);
             self.rings[ring].live = self.rings[ring].live.saturating_sub(1);
+            if room != ring {
+                self.rings[ring].borrowed = self.rings[ring].borrowed.saturating_sub(1);
+            }
             // Every socket in the table holds one reservation (its accept's or its
-            // sender's); the slot is free again.
-            self.room(ring).give_back();
+            // sender's, in `room`); the slot is free again.
+            self.room(room).give_back();
             if reported {
                 self.pending.push(Completion::Released { sock });
             }
@@ -1053,10 +1075,27 @@ impl UringLoop {
         // accept holds a reservation in its ring's `RingRoom`, shared with the loops
         // that send us descriptors, so the two can never overrun a table together.
         let room_ring = (0..self.rings.len()).find(|&r| self.room(r).free() > 0);
+        // Multishot only while that ring has more than the margin left: its last slots
+        // are filled by single-shot accepts (see `multi_accept_margin`).
+        let multi_ring = room_ring
+            .filter(|&r| self.multishot_accept && self.room(r).free() > self.multi_accept_margin());
         for li in 0..self.listeners.len() {
             let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
                 continue;
             };
+            let m = &self.listeners[li].multi;
+            if m.armed {
+                // On another ring than the one to fill now (an earlier one has room
+                // again, or its own is down to the margin): cancelled there, armed
+                // again after its last completion.
+                if m.counted && !m.cancel_sent && multi_ring != Some(m.ring as usize) {
+                    self.cancel_accept_multi(li);
+                }
+            } else if let Some(r) = multi_ring {
+                if self.room(r).try_take() {
+                    self.arm_accept_multi(li, r, fd);
+                }
+            }
             for si in 0..self.listeners[li].slots.len() {
                 let slot = &self.listeners[li].slots[si];
                 let ring = slot.ring as usize;
@@ -1069,7 +1108,7 @@ impl UringLoop {
                     }
                     continue;
                 }
-                if self.multishot_accept
+                if multi_ring.is_some()
                     || slot.armed
                     || room_ring != Some(ring)
                     || !self.room(ring).try_take()
@@ -1077,21 +1116,6 @@ impl UringLoop {
                     continue;
                 }
                 self.arm_accept(li, si, fd, true);
-            }
-            if self.multishot_accept {
-                let m = &self.listeners[li].multi;
-                if m.armed {
-                    // Back to an earlier ring that has room again: cancelled here,
-                    // armed there after its last completion.
-                    if m.counted && !m.cancel_sent && room_ring.is_some_and(|r| r < m.ring as usize)
-                    {
-                        self.cancel_accept_multi(li);
-                    }
-                } else if let Some(r) = room_ring {
-                    if self.room(r).try_take() {
-                        self.arm_accept_multi(li, r, fd);
-                    }
-                }
             }
             // Nothing armed (every table is full, or other loops took the room first):
             // keep one accept armed anyway in the headroom. What it takes is kept if
@@ -1125,6 +1149,18 @@ impl UringLoop {
         self.rings[ring].push(e);
     }
 
+    /// Slots of a ring left to single-shot accepts in multishot mode. A multishot accept
+    /// takes the whole listen backlog in one go, before its completions are read: a
+    /// burst larger than its ring's room lands in the headroom, over capacity, closed
+    /// and counted (or ENFILE, dropped by the kernel and counted) although the next
+    /// ring may have room. Stopping it this far from the end makes that need a burst
+    /// of more than the margin within one turn, and keeps a loop near full on exactly
+    /// the single-shot path (one over-capacity accept at a time).
+    fn multi_accept_margin(&self) -> i64 {
+        let per_ring = i64::from(self.rings[0].table_size.saturating_sub(TABLE_HEADROOM));
+        (per_ring / 2).min(MULTI_ACCEPT_MARGIN)
+    }
+
     /// Arms listener `li`'s multishot accept on `ring`, which reserved a slot for it.
     fn arm_accept_multi(&mut self, li: usize, ring: usize, fd: RawFd) {
         let m = &mut self.listeners[li].multi;
@@ -1139,6 +1175,7 @@ impl UringLoop {
             .user_data(ud(K_ACCEPT_MULTI, multi_payload(li, m.generation)));
         self.rings[ring].accepts_armed += 1;
         self.rings[ring].push(e);
+        self.stats.accept_multi_armed += 1;
     }
 
     /// Cancels listener `li`'s multishot accept (once); its last completion re-arms it.
@@ -1514,6 +1551,7 @@ impl UringLoop {
     fn insert_open(&mut self, ring: usize, slot: u32) -> SockId {
         let sock = self.socks.insert(Sock {
             ring: ring as u8,
+            room: ring as u8,
             slot,
             state: SockState::Open,
             recv_armed: false,
@@ -1634,12 +1672,36 @@ impl UringLoop {
             let refill = self.accepting && self.room(ring).try_take();
             if !refill {
                 self.listeners[li].multi.counted = false;
+            }
+            if !refill || self.room(ring).free() <= self.multi_accept_margin() {
                 self.cancel_accept_multi(li);
             }
         }
         let keep = self.accepting
-            && (counted || self.room(ring).try_take() || self.steal_accept_reservation(li, ring));
+            && (counted
+                || self.room(ring).try_take()
+                || self.steal_accept_reservation(li, ring)
+                || self.borrow_room(ring, sock));
         self.settle_accepted(ring, sock, counted, keep, SocketAddr::from(([0, 0, 0, 0], 0)), out);
+    }
+
+    /// Keeps `sock`, which a multishot accept took into `ring`'s headroom after the
+    /// ring's room ran out (the tail of a burst, before the cancel landed), by charging
+    /// it to another ring's room: the loop stays within its capacity, and `ring` keeps
+    /// at least half its headroom for the over-capacity accept and accounting slips.
+    fn borrow_room(&mut self, ring: usize, sock: SockId) -> bool {
+        if self.rings[ring].borrowed >= TABLE_HEADROOM / 2 {
+            return false;
+        }
+        let Some(from) = (0..self.rings.len()).find(|&r| r != ring && self.room(r).try_take())
+        else {
+            return false;
+        };
+        if let Some(s) = self.socks.get_mut(sock as usize) {
+            s.room = from as u8;
+        }
+        self.rings[ring].borrowed += 1;
+        true
     }
 
     fn on_accept_error(&mut self, ring: usize, errno: i32) {
