@@ -649,7 +649,11 @@ fn uring_loop_with_several_rings_serves_all() {
         drop(conns);
         thread::sleep(Duration::from_millis(200));
         let reports = srv.stop();
-        assert_eq!((reports[0].accepted, reports[0].released), (24, 24), "{name}");
+        assert_eq!(
+            (reports[0].accepted, reports[0].released),
+            (24, 24),
+            "{name}"
+        );
         assert_eq!(reports[0].stats.accept_dropped_full, 1, "{name}");
         assert_eq!(
             reports[0].peers_known + reports[0].peers_unknown,
@@ -788,7 +792,10 @@ fn uring_accept_accounting(multishot: bool) {
     close_all(&mut lp, &[accepted[0].0]);
     clients.push(connect(addr));
     let (sock, peer) = accept_next(&mut lp);
-    assert_eq!((lp.sock_ring(sock), peer.ip().is_loopback()), (Some(0), true));
+    assert_eq!(
+        (lp.sock_ring(sock), peer.ip().is_loopback()),
+        (Some(0), true)
+    );
     accepted[0] = (sock, peer);
     assert_eq!(lp.ring_live(), vec![16, 16]);
     // Everyone leaves, ring 0 first: the multishot accept is armed again on ring 0.
@@ -812,7 +819,69 @@ fn uring_accept_accounting(multishot: bool) {
     assert_eq!(lp.ring_live(), vec![0, 0]);
     assert_eq!(lp.remote().ring_room(), vec![16, 16]);
     let st = lp.stats();
-    assert_eq!((st.accepted, st.accept_dropped_full, st.accept_errors), (34, 1, 0));
+    assert_eq!(
+        (st.accepted, st.accept_dropped_full, st.accept_errors),
+        (34, 1, 0)
+    );
+}
+
+/// 30 connections waiting in the backlog of a loop with 3 rings of 8: 24 are kept, 6
+/// closed and counted, and every reservation comes back. A multishot accept takes the
+/// whole backlog at once into ring 0: its room, then the tail charged to rings 1 and 2.
+fn uring_accept_burst(multishot: bool) {
+    let o = LoopOptions {
+        max_connections: 24,
+        table_slots_max: 72,
+        accept_peer_addr: !multishot,
+        ..opts()
+    };
+    let mut lp = UringLoop::new(0, &o).expect("loop");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    lp.add_listener(l).expect("listen");
+    let clients: Vec<TcpStream> = (0..30).map(|_| connect(addr)).collect();
+    // Let the server side of every handshake reach the backlog before the first turn.
+    thread::sleep(Duration::from_millis(100));
+    let mut socks = Vec::new();
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        if socks.len() == 24 && lp.stats().accept_dropped_full == 6 {
+            break;
+        }
+        out.clear();
+        lp.turn(Some(Duration::from_millis(10)), &mut out)
+            .expect("turn");
+        for c in &out {
+            if let Completion::Accepted { sock, .. } = c {
+                socks.push(*sock);
+            }
+        }
+    }
+    settle(&mut lp);
+    assert_eq!((socks.len(), lp.stats().accept_dropped_full), (24, 6));
+    let live = if multishot {
+        vec![24, 0, 0]
+    } else {
+        vec![8, 8, 8]
+    };
+    assert_eq!(lp.ring_live(), live);
+    assert_eq!(lp.remote().ring_room(), vec![0, 0, 0]);
+    close_all(&mut lp, &socks);
+    lp.stop_accepting();
+    settle(&mut lp);
+    assert_eq!(lp.ring_live(), vec![0, 0, 0]);
+    assert_eq!(lp.remote().ring_room(), vec![8, 8, 8]);
+    drop(clients);
+}
+
+#[test]
+fn uring_multishot_accept_burst() {
+    uring_accept_burst(true);
+}
+
+#[test]
+fn uring_single_shot_accept_burst() {
+    uring_accept_burst(false);
 }
 
 #[test]

@@ -843,7 +843,11 @@ impl UringLoop {
             table_size,
             bufs_per_ring,
             buf_size = opts.recv_buf_size_bytes,
-            accept = if opts.accept_peer_addr { "single-shot" } else { "multishot" },
+            accept = if opts.accept_peer_addr {
+                "single-shot"
+            } else {
+                "multishot"
+            },
             "io_uring loop ready"
         );
         Ok(lp)
@@ -1643,7 +1647,13 @@ impl UringLoop {
         };
         let m = &mut listener.multi;
         if !m.armed || m.ring as usize != ring {
-            tracing::warn!(loop_id = self.id, ring, li, res, "stray multishot accept completion");
+            tracing::warn!(
+                loop_id = self.id,
+                ring,
+                li,
+                res,
+                "stray multishot accept completion"
+            );
             return;
         }
         let counted = m.counted;
@@ -1682,7 +1692,14 @@ impl UringLoop {
                 || self.room(ring).try_take()
                 || self.steal_accept_reservation(li, ring)
                 || self.borrow_room(ring, sock));
-        self.settle_accepted(ring, sock, counted, keep, SocketAddr::from(([0, 0, 0, 0], 0)), out);
+        self.settle_accepted(
+            ring,
+            sock,
+            counted,
+            keep,
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            out,
+        );
     }
 
     /// Keeps `sock`, which a multishot accept took into `ring`'s headroom after the
@@ -1715,11 +1732,7 @@ impl UringLoop {
                     "file table full: connection dropped"
                 );
             }
-            libc::ECANCELED
-            | libc::EINTR
-            | libc::EAGAIN
-            | libc::ECONNABORTED
-            | libc::EPROTO => {}
+            libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ECONNABORTED | libc::EPROTO => {}
             errno => {
                 self.stats.accept_errors += 1;
                 tracing::warn!(errno, "accept failed");
