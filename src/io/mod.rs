@@ -129,7 +129,8 @@ pub struct LoopOptions {
     pub adopt_pair_timeout_ms: u64,
     /// Accepted connections must carry their peer address (the per-IP limit counts
     /// it). io_uring: single-shot accepts, each with its own sockaddr buffer; otherwise
-    /// one multishot accept per listener, whose connections report `0.0.0.0:0`.
+    /// one multishot accept per listener, whose connections report `0.0.0.0:0` (each
+    /// ring's last slots still go through single-shot accepts, which report it).
     pub accept_peer_addr: bool,
 }
 
