@@ -30,7 +30,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Messages per mesh ring, and per overflow list, between two shards.
 const MESH_RING_CAPACITY: usize = 8192;
 const MESH_OVERFLOW_MAX: usize = 65_536;
-const LISTEN_BACKLOG: i32 = 4096;
 
 /// Fewest provided receive buffers in a loop's first ring.
 const RECV_BUFS_MIN: usize = 128;
@@ -161,7 +160,7 @@ fn bind_group(addr: SocketAddr, shards: usize) -> std::io::Result<(SocketAddr, V
         socket.set_reuse_port(true)?;
         socket.set_nodelay(true)?;
         socket.bind(&bound.into())?;
-        socket.listen(LISTEN_BACKLOG)?;
+        socket.listen(ringmq::io::LISTEN_BACKLOG)?;
         let listener: TcpListener = socket.into();
         if i == 0 {
             bound = listener.local_addr()?;

@@ -70,8 +70,9 @@ const ACCEPTS_PER_RING: usize = 4;
 /// accounting slips. Accepts and sockets migrating in reserve their slot first.
 const TABLE_HEADROOM: u32 = 64;
 /// At most this many slots of a ring are filled by single-shot accepts in multishot
-/// mode (see `UringLoop::multi_accept_margin`).
-const MULTI_ACCEPT_MARGIN: i64 = 256;
+/// mode (see `UringLoop::multi_accept_margin`): a whole listen backlog, which bounds
+/// what one multishot takes before its completions are read, and some to spare.
+const MULTI_ACCEPT_MARGIN: i64 = super::LISTEN_BACKLOG as i64 + 256;
 
 // user_data layout: kind in the top byte, payload below.
 const KIND_SHIFT: u32 = 56;
@@ -1161,9 +1162,10 @@ impl UringLoop {
     /// takes the whole listen backlog in one go, before its completions are read: a
     /// burst larger than its ring's room lands in the headroom, over capacity, closed
     /// and counted (or ENFILE, dropped by the kernel and counted) although the next
-    /// ring may have room. Stopping it this far from the end makes that need a burst
-    /// of more than the margin within one turn, and keeps a loop near full on exactly
-    /// the single-shot path (one over-capacity accept at a time).
+    /// ring may have room. Stopping it a listen backlog before the end means a connect
+    /// storm (100k devices reconnecting after a restart) cannot overrun a ring, and keeps
+    /// a loop near full on exactly the single-shot path (one over-capacity accept at a
+    /// time). Tables too small for that (tests) keep half for single-shot.
     fn multi_accept_margin(&self) -> i64 {
         let per_ring = i64::from(self.rings[0].table_size.saturating_sub(TABLE_HEADROOM));
         (per_ring / 2).min(MULTI_ACCEPT_MARGIN)
