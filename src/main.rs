@@ -30,7 +30,6 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Messages per mesh ring, and per overflow list, between two shards.
 const MESH_RING_CAPACITY: usize = 8192;
 const MESH_OVERFLOW_MAX: usize = 65_536;
-const LISTEN_BACKLOG: i32 = 4096;
 
 /// Fewest provided receive buffers in a loop's first ring.
 const RECV_BUFS_MIN: usize = 128;
@@ -161,7 +160,7 @@ fn bind_group(addr: SocketAddr, shards: usize) -> std::io::Result<(SocketAddr, V
         socket.set_reuse_port(true)?;
         socket.set_nodelay(true)?;
         socket.bind(&bound.into())?;
-        socket.listen(LISTEN_BACKLOG)?;
+        socket.listen(ringmq::io::LISTEN_BACKLOG)?;
         let listener: TcpListener = socket.into();
         if i == 0 {
             bound = listener.local_addr()?;
@@ -210,6 +209,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let mut loop_options = LoopOptions {
         max_connections: loop_slots(share),
         recv_bufs_per_ring: loop_recv_bufs(shards),
+        accept_peer_addr: config.max_connections_per_ip > 0,
         ..LoopOptions::default()
     };
     match backend {
@@ -239,9 +239,14 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
                     loop_options.max_connections = loop_slots(share);
                 }
             }
+            let accept = if loop_options.accept_peer_addr {
+                "single-shot accepts with peer address (max_connections_per_ip is set)"
+            } else {
+                "multishot accept, peer address not collected"
+            };
             tracing::info!(
                 "io_uring: {rings} ring(s) per loop, {table} direct-descriptor slots each \
-                 (RLIMIT_NOFILE {nofile}), {capacity} connections per loop"
+                 (RLIMIT_NOFILE {nofile}), {capacity} connections per loop; {accept}"
             );
         }
         Backend::Epoll => {

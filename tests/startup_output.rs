@@ -94,3 +94,27 @@ fn unparsable_rust_log_is_named_in_a_warning() {
         "{lines:?}"
     );
 }
+
+/// The io_uring sizing line says which accept mode runs: multishot by default,
+/// single-shot (with the peer address) when a per-IP limit needs the address.
+#[test]
+fn startup_names_the_accept_mode() {
+    let sizing = |args: &[&str]| -> String {
+        let lines = startup_lines(args);
+        lines
+            .iter()
+            .find(|l| l.contains("INFO") && l.contains("connections per loop"))
+            .cloned()
+            .unwrap_or_else(|| panic!("no sizing line: {lines:?}"))
+    };
+    let default = sizing(&["--shards", "1"]);
+    assert!(
+        default.ends_with("; multishot accept, peer address not collected"),
+        "{default}"
+    );
+    let per_ip = sizing(&["--shards", "1", "--max-connections-per-ip", "5"]);
+    assert!(
+        per_ip.ends_with("; single-shot accepts with peer address (max_connections_per_ip is set)"),
+        "{per_ip}"
+    );
+}

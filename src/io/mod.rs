@@ -22,6 +22,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
+/// Listen backlog of every listener (the kernel caps it at `net.core.somaxconn`). It
+/// bounds how many connections a multishot accept takes before the loop reads them.
+pub const LISTEN_BACKLOG: i32 = 4096;
 pub mod epoll;
 pub mod uring;
 
@@ -58,7 +61,8 @@ pub struct Transfer(pub u64);
 /// An event copied out of the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Completion {
-    /// A new connection; nothing is read until `start_recv`.
+    /// A new connection; nothing is read until `start_recv`. `peer` is `0.0.0.0:0` when
+    /// unknown (io_uring multishot accepts, `LoopOptions::accept_peer_addr` off).
     Accepted { sock: SockId, peer: SocketAddr },
     /// A descriptor sent by another loop arrived after the worker's `adopt` returned `None`.
     Adopted { transfer: Transfer, sock: SockId },
@@ -87,6 +91,9 @@ pub struct IoStats {
     /// Connections dropped because the descriptor table (or fd limit) was full.
     pub accept_dropped_full: u64,
     pub accept_errors: u64,
+    /// io_uring multishot accepts armed (each listener re-arms its one after it ended:
+    /// its ring ran low, or an earlier ring has room again).
+    pub accept_multi_armed: u64,
     /// Multishot receives that ran out of provided buffers and were re-armed.
     pub recv_nobufs: u64,
     pub migrate_failed: u64,
@@ -123,6 +130,11 @@ pub struct LoopOptions {
     /// How long a socket sent by another loop may wait for its hand-off (the mesh
     /// message) before it is closed: the sender may have failed to deliver it.
     pub adopt_pair_timeout_ms: u64,
+    /// Accepted connections must carry their peer address (the per-IP limit counts
+    /// it). io_uring: single-shot accepts, each with its own sockaddr buffer; otherwise
+    /// one multishot accept per listener, whose connections report `0.0.0.0:0` (each
+    /// ring's last slots still go through single-shot accepts, which report it).
+    pub accept_peer_addr: bool,
 }
 
 impl Default for LoopOptions {
@@ -134,6 +146,7 @@ impl Default for LoopOptions {
             sq_entries: 1024,
             table_slots_max: 0,
             adopt_pair_timeout_ms: 5_000,
+            accept_peer_addr: false,
         }
     }
 }

@@ -10,11 +10,25 @@
 //! Receives are multishot with a provided-buffer ring, so an idle connection parks no
 //! buffer. Sends: one `SEND` in flight per socket, resubmitted on a short write.
 //!
-//! Accepts are single-shot (a few armed per ring and listener, each with its own
-//! sockaddr buffer) rather than multishot: a multishot accept writes every peer address
-//! into one shared buffer, overwritten before the completions are read when connections
-//! arrive in a burst, and a direct descriptor cannot be asked `getpeername`. Re-arming a
-//! few accepts per turn costs nothing next to the TCP handshake.
+//! Accepts, two modes (`LoopOptions::accept_peer_addr`):
+//! - single-shot (the per-IP limit needs the address): a few armed per ring and
+//!   listener, each with its own sockaddr buffer. Re-arming a few accepts per turn costs
+//!   nothing next to the TCP handshake.
+//! - multishot (the default, no per-IP limit): one multishot accept per listener, armed
+//!   on the first ring with room while that ring has more than a margin left
+//!   (`multi_accept_margin`); a ring's last slots are filled by single-shot accepts, so
+//!   a loop near full behaves exactly as in single-shot mode. A multishot accept
+//!   reports no peer address (`0.0.0.0:0`): the kernel has no per-completion sockaddr
+//!   buffer for it, and a direct descriptor cannot be asked `getpeername`.
+//!
+//! Either way an armed accept holds one reservation in its ring's `RingRoom` for the
+//! slot its next connection takes. A multishot accept takes a new one per connection
+//! and is cancelled once its ring is down to the margin (or out of room); after its
+//! last completion it is armed again on the first ring with room, so rings still fill
+//! in order. The kernel accepts the whole backlog at once, so the tail of a burst can
+//! land past its ring's room before the cancel does: kept in the ring's headroom,
+//! charged to another ring's room (`borrow_room`), or, with none left anywhere, closed
+//! and counted like the over-capacity accept's.
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -55,6 +69,10 @@ const ACCEPTS_PER_RING: usize = 4;
 /// one accept kept armed on a full loop (closed at once) and are a margin against
 /// accounting slips. Accepts and sockets migrating in reserve their slot first.
 const TABLE_HEADROOM: u32 = 64;
+/// At most this many slots of a ring are filled by single-shot accepts in multishot
+/// mode (see `UringLoop::multi_accept_margin`): a whole listen backlog, which bounds
+/// what one multishot takes before its completions are read, and some to spare.
+const MULTI_ACCEPT_MARGIN: i64 = super::LISTEN_BACKLOG as i64 + 256;
 
 // user_data layout: kind in the top byte, payload below.
 const KIND_SHIFT: u32 = 56;
@@ -69,6 +87,7 @@ const K_ADOPT: u64 = 7;
 const K_DOORBELL: u64 = 8;
 const K_RING_POLL: u64 = 9;
 const K_EVENTFD: u64 = 10;
+const K_ACCEPT_MULTI: u64 = 11;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
@@ -535,6 +554,8 @@ struct Ring {
     live: u32,
     /// Accepts in flight on this ring (each may take a slot).
     accepts_armed: u32,
+    /// Sockets in this table whose reservation is in another ring's room (`borrow_room`).
+    borrowed: u32,
     /// Entries that did not fit into a full submission queue, in order.
     backlog: std::collections::VecDeque<squeue::Entry>,
     /// Sockets whose receive ended with ENOBUFS, to re-arm as buffers come back
@@ -611,6 +632,9 @@ enum SockState {
 
 struct Sock {
     ring: u8,
+    /// The ring whose `RingRoom` holds this socket's reservation: `ring`, or another
+    /// one it was borrowed from (see `borrow_room`).
+    room: u8,
     slot: u32,
     state: SockState,
     recv_armed: bool,
@@ -635,9 +659,33 @@ struct AcceptSlot {
     addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
 }
 
+/// The multishot accept of one listener (multishot mode).
+#[derive(Default)]
+struct MultiAccept {
+    ring: u8,
+    armed: bool,
+    /// Holds a reservation in its ring's `RingRoom` for the next connection (false: its
+    /// ring ran out of room, or accepting stopped, and a cancel is on its way).
+    counted: bool,
+    cancel_sent: bool,
+    /// Bumped at every arming, so a cancel names only the accept it was meant for.
+    generation: u16,
+}
+
 struct Listener {
     socket: Option<TcpListener>,
     slots: Vec<AcceptSlot>,
+    multi: MultiAccept,
+}
+
+impl Listener {
+    fn any_armed(&self) -> bool {
+        self.multi.armed || self.slots.iter().any(|s| s.armed)
+    }
+}
+
+fn multi_payload(li: usize, generation: u16) -> u64 {
+    (u64::from(generation) << 16) | li as u64
 }
 
 pub struct UringLoop {
@@ -645,6 +693,8 @@ pub struct UringLoop {
     rings: Vec<Ring>,
     socks: Slab<Sock>,
     listeners: Vec<Listener>,
+    /// One multishot accept per listener rather than single-shot ones (see module doc).
+    multishot_accept: bool,
     accepting: bool,
     peers: Vec<Arc<Remote>>,
     remote: Arc<Remote>,
@@ -741,6 +791,7 @@ impl UringLoop {
                 table_size,
                 live: 0,
                 accepts_armed: 0,
+                borrowed: 0,
                 backlog: Default::default(),
                 starved: VecDeque::new(),
                 bufs,
@@ -770,6 +821,7 @@ impl UringLoop {
                 planned_capacity(ring_count, table_size).min(SOCKS_PRESIZE_MAX),
             ),
             listeners: Vec::new(),
+            multishot_accept: !opts.accept_peer_addr,
             accepting: true,
             peers: Vec::new(),
             remote,
@@ -796,6 +848,11 @@ impl UringLoop {
             table_size,
             bufs_per_ring,
             buf_size = opts.recv_buf_size_bytes,
+            accept = if opts.accept_peer_addr {
+                "single-shot"
+            } else {
+                "multishot"
+            },
             "io_uring loop ready"
         );
         Ok(lp)
@@ -807,6 +864,21 @@ impl UringLoop {
 
     pub fn table_size(&self) -> u32 {
         self.rings[0].table_size
+    }
+
+    /// Whether accepts are multishot (see the module doc).
+    pub fn multishot_accept(&self) -> bool {
+        self.multishot_accept
+    }
+
+    /// Sockets in each ring's table.
+    pub fn ring_live(&self) -> Vec<u32> {
+        self.rings.iter().map(|r| r.live).collect()
+    }
+
+    /// The ring whose table holds `sock`.
+    pub fn sock_ring(&self, sock: SockId) -> Option<usize> {
+        self.socks.get(sock as usize).map(|s| usize::from(s.ring))
     }
 
     /// Free-slot counter of ring `r`, shared with the loops that send descriptors.
@@ -932,12 +1004,15 @@ impl UringLoop {
             return;
         };
         if s.slot_closed && !s.recv_armed && s.tx.is_none() && !s.close_inflight {
-            let (ring, reported) = (s.ring as usize, s.reported);
+            let (ring, room, reported) = (s.ring as usize, s.room as usize, s.reported);
             self.socks.remove(sock as usize);
             self.rings[ring].live = self.rings[ring].live.saturating_sub(1);
+            if room != ring {
+                self.rings[ring].borrowed = self.rings[ring].borrowed.saturating_sub(1);
+            }
             // Every socket in the table holds one reservation (its accept's or its
-            // sender's); the slot is free again.
-            self.room(ring).give_back();
+            // sender's, in `room`); the slot is free again.
+            self.room(room).give_back();
             if reported {
                 self.pending.push(Completion::Released { sock });
             }
@@ -1009,10 +1084,27 @@ impl UringLoop {
         // accept holds a reservation in its ring's `RingRoom`, shared with the loops
         // that send us descriptors, so the two can never overrun a table together.
         let room_ring = (0..self.rings.len()).find(|&r| self.room(r).free() > 0);
+        // Multishot only while that ring has more than the margin left: its last slots
+        // are filled by single-shot accepts (see `multi_accept_margin`).
+        let multi_ring = room_ring
+            .filter(|&r| self.multishot_accept && self.room(r).free() > self.multi_accept_margin());
         for li in 0..self.listeners.len() {
             let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
                 continue;
             };
+            let m = &self.listeners[li].multi;
+            if m.armed {
+                // On another ring than the one to fill now (an earlier one has room
+                // again, or its own is down to the margin): cancelled there, armed
+                // again after its last completion.
+                if m.counted && !m.cancel_sent && multi_ring != Some(m.ring as usize) {
+                    self.cancel_accept_multi(li);
+                }
+            } else if let Some(r) = multi_ring {
+                if self.room(r).try_take() {
+                    self.arm_accept_multi(li, r, fd);
+                }
+            }
             for si in 0..self.listeners[li].slots.len() {
                 let slot = &self.listeners[li].slots[si];
                 let ring = slot.ring as usize;
@@ -1025,7 +1117,11 @@ impl UringLoop {
                     }
                     continue;
                 }
-                if slot.armed || room_ring != Some(ring) || !self.room(ring).try_take() {
+                if multi_ring.is_some()
+                    || slot.armed
+                    || room_ring != Some(ring)
+                    || !self.room(ring).try_take()
+                {
                     continue;
                 }
                 self.arm_accept(li, si, fd, true);
@@ -1034,7 +1130,7 @@ impl UringLoop {
             // keep one accept armed anyway in the headroom. What it takes is kept if
             // room came back meanwhile, else closed at once and counted, rather than
             // left to time out in the backlog.
-            if self.listeners[li].slots.iter().all(|s| !s.armed) {
+            if !self.listeners[li].any_armed() {
                 let si = self.listeners[li]
                     .slots
                     .iter()
@@ -1062,23 +1158,71 @@ impl UringLoop {
         self.rings[ring].push(e);
     }
 
+    /// Slots of a ring left to single-shot accepts in multishot mode. A multishot accept
+    /// takes the whole listen backlog in one go, before its completions are read: a
+    /// burst larger than its ring's room lands in the headroom, over capacity, closed
+    /// and counted (or ENFILE, dropped by the kernel and counted) although the next
+    /// ring may have room. Stopping it a listen backlog before the end means a connect
+    /// storm (100k devices reconnecting after a restart) cannot overrun a ring, and keeps
+    /// a loop near full on exactly the single-shot path (one over-capacity accept at a
+    /// time). Tables too small for that (tests) keep half for single-shot.
+    fn multi_accept_margin(&self) -> i64 {
+        let per_ring = i64::from(self.rings[0].table_size.saturating_sub(TABLE_HEADROOM));
+        (per_ring / 2).min(MULTI_ACCEPT_MARGIN)
+    }
+
+    /// Arms listener `li`'s multishot accept on `ring`, which reserved a slot for it.
+    fn arm_accept_multi(&mut self, li: usize, ring: usize, fd: RawFd) {
+        let m = &mut self.listeners[li].multi;
+        m.ring = ring as u8;
+        m.armed = true;
+        m.counted = true;
+        m.cancel_sent = false;
+        m.generation = m.generation.wrapping_add(1);
+        let e = opcode::AcceptMulti::new(Fd(fd))
+            .allocate_file_index(true)
+            .build()
+            .user_data(ud(K_ACCEPT_MULTI, multi_payload(li, m.generation)));
+        self.rings[ring].accepts_armed += 1;
+        self.rings[ring].push(e);
+        self.stats.accept_multi_armed += 1;
+    }
+
+    /// Cancels listener `li`'s multishot accept (once); its last completion re-arms it.
+    fn cancel_accept_multi(&mut self, li: usize) {
+        let m = &mut self.listeners[li].multi;
+        if !m.armed || m.cancel_sent {
+            return;
+        }
+        m.cancel_sent = true;
+        let ring = m.ring as usize;
+        let e = opcode::AsyncCancel::new(ud(K_ACCEPT_MULTI, multi_payload(li, m.generation)))
+            .build()
+            .user_data(ud(K_CANCEL, u64::from(u32::MAX)));
+        self.rings[ring].push(e);
+    }
+
     /// Makes a counted accept of listener `li` armed on `ring` uncounted, handing its
-    /// reservation to the caller.
+    /// reservation to the caller (a multishot accept giving it up is cancelled).
     fn steal_accept_reservation(&mut self, li: usize, ring: usize) -> bool {
         let Some(listener) = self.listeners.get_mut(li) else {
             return false;
         };
-        match listener
+        if let Some(s) = listener
             .slots
             .iter_mut()
             .find(|s| s.armed && s.counted && s.ring as usize == ring)
         {
-            Some(s) => {
-                s.counted = false;
-                true
-            }
-            None => false,
+            s.counted = false;
+            return true;
         }
+        let m = &mut listener.multi;
+        if m.armed && m.counted && m.ring as usize == ring {
+            m.counted = false;
+            self.cancel_accept_multi(li);
+            return true;
+        }
+        false
     }
 
     /// Re-arms receives that ran out of buffers, at most a quarter of each ring's pool
@@ -1221,6 +1365,13 @@ impl UringLoop {
                 (payload >> 16) as usize,
                 (payload & 0xffff) as usize,
                 res,
+                out,
+            ),
+            K_ACCEPT_MULTI => self.on_accept_multi(
+                ring,
+                (payload & 0xffff) as usize,
+                res,
+                cqueue::more(flags),
                 out,
             ),
             K_CLOSE => {
@@ -1410,6 +1561,7 @@ impl UringLoop {
     fn insert_open(&mut self, ring: usize, slot: u32) -> SockId {
         let sock = self.socks.insert(Sock {
             ring: ring as u8,
+            room: ring as u8,
             slot,
             state: SockState::Open,
             recv_armed: false,
@@ -1469,33 +1621,14 @@ impl UringLoop {
         let counted = slot.counted;
         let peer = sockaddr_to_std(&slot.addr.0).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         // A listener whose accepts have all ended may close once we stopped accepting.
-        if !self.accepting && listener.slots.iter().all(|s| !s.armed) {
+        if !self.accepting && !listener.any_armed() {
             listener.socket = None;
         }
         if res < 0 {
             if counted {
                 self.room(ring).give_back();
             }
-            match -res {
-                libc::ENFILE | libc::EMFILE => {
-                    // The table is full: the kernel already dropped this connection.
-                    self.stats.accept_dropped_full += 1;
-                    tracing::warn!(
-                        loop_id = self.id,
-                        ring,
-                        "file table full: connection dropped"
-                    );
-                }
-                libc::ECANCELED
-                | libc::EINTR
-                | libc::EAGAIN
-                | libc::ECONNABORTED
-                | libc::EPROTO => {}
-                errno => {
-                    self.stats.accept_errors += 1;
-                    tracing::warn!(errno, "accept failed");
-                }
-            }
+            self.on_accept_error(ring, -res);
             return;
         }
         let sock = self.insert_open(ring, res as u32);
@@ -1503,6 +1636,127 @@ impl UringLoop {
         // taking over the reservation of a counted accept armed on the same ring.
         let keep = self.accepting
             && (counted || self.room(ring).try_take() || self.steal_accept_reservation(li, ring));
+        self.settle_accepted(ring, sock, counted, keep, peer, out);
+    }
+
+    /// A completion of listener `li`'s multishot accept on `ring`; `more`: it stays armed.
+    fn on_accept_multi(
+        &mut self,
+        ring: usize,
+        li: usize,
+        res: i32,
+        more: bool,
+        out: &mut Vec<Completion>,
+    ) {
+        let Some(listener) = self.listeners.get_mut(li) else {
+            return;
+        };
+        let m = &mut listener.multi;
+        if !m.armed || m.ring as usize != ring {
+            tracing::warn!(
+                loop_id = self.id,
+                ring,
+                li,
+                res,
+                "stray multishot accept completion"
+            );
+            return;
+        }
+        let counted = m.counted;
+        if !more {
+            m.armed = false;
+            m.counted = false;
+            m.cancel_sent = false;
+            self.rings[ring].accepts_armed = self.rings[ring].accepts_armed.saturating_sub(1);
+            if !self.accepting && !listener.any_armed() {
+                listener.socket = None;
+            }
+        }
+        if res < 0 {
+            // Errors always end a multishot accept: the spare reservation is unused.
+            if counted {
+                self.room(ring).give_back();
+            }
+            self.on_accept_error(ring, -res);
+            return;
+        }
+        let sock = self.insert_open(ring, res as u32);
+        // A counted accept's reservation goes to this connection. Still armed, it needs
+        // one for the next; none left: cancelled, and until the cancel lands it is the
+        // over-capacity accept.
+        if counted && more {
+            let refill = self.accepting && self.room(ring).try_take();
+            if !refill {
+                self.listeners[li].multi.counted = false;
+            }
+            if !refill || self.room(ring).free() <= self.multi_accept_margin() {
+                self.cancel_accept_multi(li);
+            }
+        }
+        let keep = self.accepting
+            && (counted
+                || self.room(ring).try_take()
+                || self.steal_accept_reservation(li, ring)
+                || self.borrow_room(ring, sock));
+        self.settle_accepted(
+            ring,
+            sock,
+            counted,
+            keep,
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+            out,
+        );
+    }
+
+    /// Keeps `sock`, which a multishot accept took into `ring`'s headroom after the
+    /// ring's room ran out (the tail of a burst, before the cancel landed), by charging
+    /// it to another ring's room: the loop stays within its capacity, and `ring` keeps
+    /// at least half its headroom for the over-capacity accept and accounting slips.
+    fn borrow_room(&mut self, ring: usize, sock: SockId) -> bool {
+        if self.rings[ring].borrowed >= TABLE_HEADROOM / 2 {
+            return false;
+        }
+        let Some(from) = (0..self.rings.len()).find(|&r| r != ring && self.room(r).try_take())
+        else {
+            return false;
+        };
+        if let Some(s) = self.socks.get_mut(sock as usize) {
+            s.room = from as u8;
+        }
+        self.rings[ring].borrowed += 1;
+        true
+    }
+
+    fn on_accept_error(&mut self, ring: usize, errno: i32) {
+        match errno {
+            libc::ENFILE | libc::EMFILE => {
+                // The table is full: the kernel already dropped this connection.
+                self.stats.accept_dropped_full += 1;
+                tracing::warn!(
+                    loop_id = self.id,
+                    ring,
+                    "file table full: connection dropped"
+                );
+            }
+            libc::ECANCELED | libc::EINTR | libc::EAGAIN | libc::ECONNABORTED | libc::EPROTO => {}
+            errno => {
+                self.stats.accept_errors += 1;
+                tracing::warn!(errno, "accept failed");
+            }
+        }
+    }
+
+    /// A connection accepted into `ring` as `sock`: reported, or (`keep` false) closed
+    /// and counted. `counted`: its accept had reserved its slot.
+    fn settle_accepted(
+        &mut self,
+        ring: usize,
+        sock: SockId,
+        counted: bool,
+        keep: bool,
+        peer: SocketAddr,
+        out: &mut Vec<Completion>,
+    ) {
         if !counted && !keep {
             // Borrowed from the headroom; the release gives it back.
             self.room(ring).take_anyway();
@@ -1552,6 +1806,7 @@ impl EventLoop for UringLoop {
         self.listeners.push(Listener {
             socket: Some(listener),
             slots,
+            multi: MultiAccept::default(),
         });
         Ok(())
     }
@@ -1565,9 +1820,17 @@ impl EventLoop for UringLoop {
             let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
                 continue;
             };
-            if self.listeners[li].slots.iter().all(|s| !s.armed) {
+            if !self.listeners[li].any_armed() {
                 self.listeners[li].socket = None;
                 continue;
+            }
+            // The cancel by fd below ends it; it must not take a reservation meanwhile.
+            let m = &mut self.listeners[li].multi;
+            if m.armed && m.counted {
+                m.counted = false;
+                m.cancel_sent = true;
+                let ring = m.ring as usize;
+                self.room(ring).give_back();
             }
             for r in 0..self.rings.len() {
                 let e = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
