@@ -150,6 +150,12 @@ impl Broker {
         let bin = env!("CARGO_BIN_EXE_ringmq");
         let mut cmd = Command::new(bin);
         cmd.arg("--listen").arg("127.0.0.1:0").args(&args);
+        // A test that names its backend keeps it; the others follow RINGMQ_TEST_IO.
+        let names_io = args.iter().any(|a| a == "--io" || a.starts_with("--io="));
+        let forced_io = if names_io { None } else { test_io() };
+        if let Some(io) = forced_io {
+            cmd.arg("--io").arg(io.flag);
+        }
         for (key, value) in &env {
             match value {
                 Some(v) => cmd.env(key, v),
@@ -192,6 +198,19 @@ impl Broker {
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok((addr, startup_lines)) => {
+                    if let Some(io) = forced_io {
+                        let line = startup_lines.last().map(String::as_str).unwrap_or("");
+                        let backend = line
+                            .split_once(" (")
+                            .and_then(|(_, tail)| tail.split(',').next());
+                        assert_eq!(
+                            backend,
+                            Some(io.backend),
+                            "RINGMQ_TEST_IO={}: ringmq {args:?} did not run on {}: {line:?}",
+                            io.flag,
+                            io.backend
+                        );
+                    }
                     return Broker {
                         child: Some(child),
                         addr,
@@ -322,6 +341,34 @@ impl Drop for Broker {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// An IO backend forced on spawned brokers by `RINGMQ_TEST_IO`.
+#[derive(Debug, Clone, Copy)]
+pub struct TestIo {
+    /// The `--io` value.
+    pub flag: &'static str,
+    /// The backend name the `listening on` line carries.
+    pub backend: &'static str,
+}
+
+/// `RINGMQ_TEST_IO=uring|epoll` adds `--io VALUE` to every spawned broker whose
+/// arguments do not name a backend, so a whole suite can run on either backend.
+/// Unset: the broker picks (auto). Any other value panics, so a typo cannot quietly
+/// run the suite on the default backend.
+pub fn test_io() -> Option<TestIo> {
+    let value = std::env::var("RINGMQ_TEST_IO").ok()?;
+    match value.as_str() {
+        "uring" => Some(TestIo {
+            flag: "uring",
+            backend: "io_uring",
+        }),
+        "epoll" => Some(TestIo {
+            flag: "epoll",
+            backend: "epoll",
+        }),
+        other => panic!("RINGMQ_TEST_IO={other:?}: expected `uring` or `epoll`"),
     }
 }
 
