@@ -1,5 +1,6 @@
-//! What a default start of the real `ringmq` binary prints: no warnings, and no ANSI
-//! colour codes when stderr is not a terminal (here: a pipe, as in CI logs).
+//! What a default start of the real `ringmq` binary prints: no warnings, no ANSI
+//! colour codes when stderr is not a terminal (here: a pipe, as in CI logs), and the
+//! io_uring features it probed. The epoll fallback's output is in tests/io_fallback.rs.
 
 mod support;
 
@@ -60,4 +61,56 @@ fn explicit_max_connections_above_capacity_still_warns() {
             .any(|l| l.contains("WARN") && l.contains("max_connections 100000000 needs")),
         "{lines:?}"
     );
+}
+
+/// What `probe_support` reports when io_uring is usable: the running kernel, then
+/// every feature in a fixed order. EXT_ARG, MSG_RING and provided-buffer rings are
+/// required (the probe refuses io_uring without them), so they read `true`.
+#[test]
+fn io_uring_start_logs_the_probed_features() {
+    // `--io auto` named explicitly so RINGMQ_TEST_IO cannot replace it.
+    let lines = startup_lines(&["--io", "auto", "--shards", "1"]);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("read /proc/sys/kernel/osrelease");
+    let prefix = format!("io_uring available: kernel {}, ", kernel.trim());
+    let found: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("io_uring available: "))
+        .collect();
+    assert_eq!(found.len(), 1, "{lines:?}");
+    let line = found[0];
+    assert!(line.contains(" INFO "), "{line:?}");
+    let features = line
+        .split_once(&prefix)
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("want {prefix:?} in {line:?}"));
+    let pairs: Vec<(&str, &str)> = features
+        .split(' ')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .collect();
+    let keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        keys,
+        [
+            "ext_arg",
+            "nodrop",
+            "fast_poll",
+            "msg_ring",
+            "pbuf_ring",
+            "coop_taskrun",
+            "send_zc",
+            "recv_bundle"
+        ],
+        "{line:?}"
+    );
+    for (key, value) in &pairs {
+        let required = matches!(*key, "ext_arg" | "msg_ring" | "pbuf_ring");
+        if required {
+            assert_eq!(*value, "true", "{key} in {line:?}");
+        } else {
+            assert!(matches!(*value, "true" | "false"), "{key} in {line:?}");
+        }
+    }
+    let listening = lines.last().expect("listening line");
+    assert!(listening.ends_with(" (io_uring, 1 shard)"), "{listening:?}");
 }

@@ -15,6 +15,7 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -56,6 +57,7 @@ pub struct Launch {
     env: Vec<(String, Option<String>)>,
     startup_timeout: Duration,
     echo_stderr: bool,
+    pre_exec: Option<fn() -> std::io::Result<()>>,
 }
 
 impl Launch {
@@ -65,7 +67,20 @@ impl Launch {
             env: Vec::new(),
             startup_timeout: STARTUP_TIMEOUT,
             echo_stderr: false,
+            pre_exec: None,
         }
+    }
+
+    /// Runs `hook` in the forked child just before it execs ringmq, e.g. to install a
+    /// seccomp filter the broker then runs under.
+    ///
+    /// # Safety
+    /// The contract of `std::os::unix::process::CommandExt::pre_exec`: `hook` runs in
+    /// the child of a multi-threaded process, so it may only make async-signal-safe
+    /// calls (no allocation, no locks).
+    pub unsafe fn pre_exec(mut self, hook: fn() -> std::io::Result<()>) -> Launch {
+        self.pre_exec = Some(hook);
+        self
     }
 
     /// Sets `key=value` in the broker's environment.
@@ -146,6 +161,7 @@ impl Broker {
             env,
             startup_timeout,
             echo_stderr,
+            pre_exec,
         } = launch;
         let bin = env!("CARGO_BIN_EXE_ringmq");
         let mut cmd = Command::new(bin);
@@ -165,6 +181,11 @@ impl Broker {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(hook) = pre_exec {
+            // SAFETY: the hook came through the unsafe `Launch::pre_exec`, whose caller
+            // promised what `CommandExt::pre_exec` requires (async-signal-safe only).
+            unsafe { cmd.pre_exec(hook) };
+        }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {bin}: {e}"));
@@ -203,13 +224,15 @@ impl Broker {
                         let backend = line
                             .split_once(" (")
                             .and_then(|(_, tail)| tail.split(',').next());
-                        assert_eq!(
-                            backend,
-                            Some(io.backend),
-                            "RINGMQ_TEST_IO={}: ringmq {args:?} did not run on {}: {line:?}",
-                            io.flag,
-                            io.backend
-                        );
+                        if backend != Some(io.backend) {
+                            // No `Broker` owns the child yet: stop it before failing.
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            panic!(
+                                "RINGMQ_TEST_IO={}: ringmq {args:?} did not run on {}: {line:?}",
+                                io.flag, io.backend
+                            );
+                        }
                     }
                     return Broker {
                         child: Some(child),
