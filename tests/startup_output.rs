@@ -11,9 +11,10 @@ use support::Launch;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Starts ringmq with `args` at log level info, collects stderr up to and including the
-/// "listening" line, then stops it with SIGTERM.
+/// "listening" line, then stops it with SIGTERM. `--io auto` (the default) is named so
+/// that RINGMQ_TEST_IO cannot replace it: these are the lines of an io_uring start.
 fn startup_lines(args: &[&str]) -> Vec<String> {
-    let mut all = vec!["--log-level", "info"];
+    let mut all = vec!["--log-level", "info", "--io", "auto"];
     all.extend_from_slice(args);
     let mut broker = Launch::new(&all)
         .env_remove("RUST_LOG")
@@ -68,8 +69,7 @@ fn explicit_max_connections_above_capacity_still_warns() {
 /// required (the probe refuses io_uring without them), so they read `true`.
 #[test]
 fn io_uring_start_logs_the_probed_features() {
-    // `--io auto` named explicitly so RINGMQ_TEST_IO cannot replace it.
-    let lines = startup_lines(&["--io", "auto", "--shards", "1"]);
+    let lines = startup_lines(&["--shards", "1"]);
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .expect("read /proc/sys/kernel/osrelease");
     let prefix = format!("io_uring available: kernel {}, ", kernel.trim());

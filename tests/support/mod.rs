@@ -378,11 +378,12 @@ pub struct TestIo {
 
 /// `RINGMQ_TEST_IO=uring|epoll` adds `--io VALUE` to every spawned broker whose
 /// arguments do not name a backend, so a whole suite can run on either backend.
-/// Unset: the broker picks (auto). Any other value panics, so a typo cannot quietly
-/// run the suite on the default backend.
+/// Unset or empty: the broker picks (auto). Any other value panics, so a typo cannot
+/// quietly run the suite on the default backend.
 pub fn test_io() -> Option<TestIo> {
     let value = std::env::var("RINGMQ_TEST_IO").ok()?;
     match value.as_str() {
+        "" => None,
         "uring" => Some(TestIo {
             flag: "uring",
             backend: "io_uring",
