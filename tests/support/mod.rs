@@ -2,7 +2,8 @@
 //!
 //! - [`Broker`] spawns the `ringmq` binary on an ephemeral port (or, with
 //!   `RINGMQ_TEST_ADDR=host:port`, points at a broker that is already running, e.g.
-//!   Mosquitto, to validate expectations).
+//!   Mosquitto, to validate expectations). `RINGMQ_TEST_IO=uring|epoll` runs every
+//!   spawned broker whose arguments name no backend on that one ([`test_io`]).
 //! - [`RawClient`] is a blocking TCP client with bounded read timeouts that speaks raw
 //!   bytes; `pkt` builds packets byte by byte (independent of the codec under test),
 //!   and `recv_packet`/`send_packet` use `ringmq::protocol` where structure matters more
