@@ -24,6 +24,15 @@ use ringmq::io::{self as rio, LoopOptions, Remote};
 use ringmq::ring;
 use ringmq::worker::{self, WorkerMsg, WorkerReport, WorkerSetup};
 
+/// `eprintln!` that ignores a failed write: with stderr closed, `eprintln!` panics,
+/// and a panic in the signal thread would lose the shutdown.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -63,7 +72,7 @@ fn main() -> ExitCode {
     let loaded = match config_load::load_tracked(&cli) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("ringmq: {e}");
+            say!("ringmq: {e}");
             return ExitCode::from(2);
         }
     };
@@ -73,7 +82,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
-            eprintln!("ringmq: {e}");
+            say!("ringmq: {e}");
             ExitCode::from(1)
         }
     }
@@ -94,7 +103,7 @@ fn disable_transparent_huge_pages() {
     let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     if rc != 0 {
         // Logging is not set up yet; the broker works either way.
-        eprintln!(
+        say!(
             "ringmq: PR_SET_THP_DISABLE failed: {}",
             std::io::Error::last_os_error()
         );
@@ -122,6 +131,9 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (the supervisor's pipe went away) must not turn every log
+        // line into a panic: the signal thread logs before it sets the shutdown flag.
+        .log_internal_errors(false)
         .init();
     if let Some(bad) = bad_env {
         let text = format!("RUST_LOG={bad} ignored; using log_level {level:?}");
@@ -129,7 +141,7 @@ fn init_logging(level: &str) {
         if tracing::enabled!(tracing::Level::WARN) {
             tracing::warn!("{text}");
         } else {
-            eprintln!("ringmq: {text}");
+            say!("ringmq: {text}");
         }
     }
 }
@@ -356,7 +368,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     }
 
     let addrs: Vec<String> = bound_addrs.iter().map(|a| a.to_string()).collect();
-    eprintln!(
+    say!(
         "ringmq listening on {} ({}, {} shard{})",
         addrs.join(", "),
         backend.name(),
@@ -383,7 +395,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
                 // A second signal: stop waiting for clients.
                 // SAFETY: as above.
                 if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
-                    eprintln!("ringmq: second signal {sig}, exiting now");
+                    say!("ringmq: second signal {sig}, exiting now");
                     std::process::exit(130);
                 }
             })

@@ -1,5 +1,6 @@
-//! What a default start of the real `ringmq` binary prints: no warnings, and no ANSI
-//! colour codes when stderr is not a terminal (here: a pipe, as in CI logs).
+//! What a default start of the real `ringmq` binary prints: no warnings, no ANSI
+//! colour codes when stderr is not a terminal (here: a pipe, as in CI logs), and the
+//! io_uring features it probed. The epoll fallback's output is in tests/io_fallback.rs.
 
 mod support;
 
@@ -10,14 +11,15 @@ use support::Launch;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Starts ringmq with `args` at log level info, collects stderr up to and including the
-/// "listening" line, then stops it with SIGTERM.
+/// "listening" line, then stops it with SIGTERM. `--io auto` (the default) is named so
+/// that RINGMQ_TEST_IO cannot replace it: these are the lines of an io_uring start.
 fn startup_lines(args: &[&str]) -> Vec<String> {
     startup_lines_with(args, None)
 }
 
 /// [`startup_lines`] with `RUST_LOG` set to `rust_log` (unset when `None`).
 fn startup_lines_with(args: &[&str], rust_log: Option<&str>) -> Vec<String> {
-    let mut all = vec!["--log-level", "info"];
+    let mut all = vec!["--log-level", "info", "--io", "auto"];
     all.extend_from_slice(args);
     let launch = match rust_log {
         Some(v) => Launch::new(&all).env("RUST_LOG", v),
@@ -117,4 +119,103 @@ fn startup_names_the_accept_mode() {
         per_ip.ends_with("; single-shot accepts with peer address (max_connections_per_ip is set)"),
         "{per_ip}"
     );
+}
+
+/// What `probe_support` reports when io_uring is usable: the running kernel, then
+/// every feature in a fixed order. EXT_ARG, MSG_RING and provided-buffer rings are
+/// required (the probe refuses io_uring without them), so they read `true`.
+#[test]
+fn io_uring_start_logs_the_probed_features() {
+    let lines = startup_lines(&["--shards", "1"]);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .expect("read /proc/sys/kernel/osrelease");
+    let prefix = format!("io_uring available: kernel {}, ", kernel.trim());
+    let found: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("io_uring available: "))
+        .collect();
+    assert_eq!(found.len(), 1, "{lines:?}");
+    let line = found[0];
+    assert!(line.contains(" INFO "), "{line:?}");
+    let features = line
+        .split_once(&prefix)
+        .map(|(_, rest)| rest)
+        .unwrap_or_else(|| panic!("want {prefix:?} in {line:?}"));
+    let pairs: Vec<(&str, &str)> = features
+        .split(' ')
+        .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+        .collect();
+    let keys: Vec<&str> = pairs.iter().map(|(k, _)| *k).collect();
+    assert_eq!(
+        keys,
+        [
+            "ext_arg",
+            "nodrop",
+            "fast_poll",
+            "msg_ring",
+            "pbuf_ring",
+            "coop_taskrun",
+            "send_zc",
+            "recv_bundle"
+        ],
+        "{line:?}"
+    );
+    for (key, value) in &pairs {
+        let required = matches!(*key, "ext_arg" | "msg_ring" | "pbuf_ring");
+        if required {
+            assert_eq!(*value, "true", "{key} in {line:?}");
+        } else {
+            assert!(matches!(*value, "true" | "false"), "{key} in {line:?}");
+        }
+    }
+    let listening = lines.last().expect("listening line");
+    assert!(listening.ends_with(" (io_uring, 1 shard)"), "{listening:?}");
+}
+
+/// A supervisor that stops reading the broker's stderr (its pipe closed) must still be
+/// able to stop it: logging into a closed pipe may not cost the shutdown.
+#[test]
+fn sigterm_stops_the_broker_after_its_stderr_closed() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ringmq"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--log-level",
+            "info",
+        ])
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ringmq");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    while !line.starts_with("ringmq listening on ") {
+        line.clear();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "ringmq exited before listening");
+    }
+    drop(stderr);
+    // SAFETY: kill(2) on the child we spawned and have not reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let deadline = std::time::Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let status = status.expect("ringmq ignored SIGTERM once its stderr was closed");
+    assert!(status.success(), "{status:?}");
 }

@@ -365,6 +365,43 @@ mod tests {
         <Consumer<String> as AmbiguousIfClone<_>>::check();
     }
 
+    /// The 128-byte line (`CachePadded`'s alignment) a byte offset falls on.
+    fn line_of(offset: usize) -> usize {
+        offset / 128
+    }
+
+    #[test]
+    fn head_and_tail_sit_on_separate_128_byte_lines() {
+        use std::mem::{align_of, offset_of, size_of};
+        // Offsets are relative to a 128-aligned base, so equal line numbers mean a
+        // shared line at run time and different ones mean disjoint lines.
+        assert_eq!(align_of::<Shared<u64>>() % 128, 0);
+        let word = size_of::<AtomicUsize>();
+        let head = offset_of!(Shared<u64>, head);
+        let tail = offset_of!(Shared<u64>, tail);
+        let slots = offset_of!(Shared<u64>, slots);
+        let mask = offset_of!(Shared<u64>, mask);
+        // Each index lies within one line (it does not straddle into the next)...
+        assert_eq!(line_of(head), line_of(head + word - 1));
+        assert_eq!(line_of(tail), line_of(tail + word - 1));
+        // ...that it shares with neither the other index nor the read-mostly fields
+        // (every push and pop reads `slots` and `mask`).
+        assert_ne!(line_of(head), line_of(tail));
+        for other in [slots, mask] {
+            for end in [other, other + size_of::<usize>() - 1] {
+                assert_ne!(line_of(end), line_of(head), "offset {end} on head's line");
+                assert_ne!(line_of(end), line_of(tail), "offset {end} on tail's line");
+            }
+        }
+
+        // And in a real ring: the `Arc` allocation keeps the alignment.
+        let (p, _c) = channel::<u64>(4);
+        let head_addr = &*p.shared.head as *const AtomicUsize as usize;
+        let tail_addr = &*p.shared.tail as *const AtomicUsize as usize;
+        assert_eq!((head_addr % 128, tail_addr % 128), (0, 0));
+        assert_ne!(head_addr / 128, tail_addr / 128);
+    }
+
     #[test]
     fn capacity_rounds_up_to_power_of_two() {
         let cases = [(0, 1), (1, 1), (2, 2), (3, 4), (4, 4), (5, 8), (1000, 1024)];

@@ -2,7 +2,8 @@
 //!
 //! - [`Broker`] spawns the `ringmq` binary on an ephemeral port (or, with
 //!   `RINGMQ_TEST_ADDR=host:port`, points at a broker that is already running, e.g.
-//!   Mosquitto, to validate expectations).
+//!   Mosquitto, to validate expectations). `RINGMQ_TEST_IO=uring|epoll` runs every
+//!   spawned broker whose arguments name no backend on that one ([`test_io`]).
 //! - [`RawClient`] is a blocking TCP client with bounded read timeouts that speaks raw
 //!   bytes; `pkt` builds packets byte by byte (independent of the codec under test),
 //!   and `recv_packet`/`send_packet` use `ringmq::protocol` where structure matters more
@@ -15,6 +16,7 @@
 
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -56,6 +58,7 @@ pub struct Launch {
     env: Vec<(String, Option<String>)>,
     startup_timeout: Duration,
     echo_stderr: bool,
+    pre_exec: Option<fn() -> std::io::Result<()>>,
 }
 
 impl Launch {
@@ -65,7 +68,20 @@ impl Launch {
             env: Vec::new(),
             startup_timeout: STARTUP_TIMEOUT,
             echo_stderr: false,
+            pre_exec: None,
         }
+    }
+
+    /// Runs `hook` in the forked child just before it execs ringmq, e.g. to install a
+    /// seccomp filter the broker then runs under.
+    ///
+    /// # Safety
+    /// The contract of `std::os::unix::process::CommandExt::pre_exec`: `hook` runs in
+    /// the child of a multi-threaded process, so it may only make async-signal-safe
+    /// calls (no allocation, no locks).
+    pub unsafe fn pre_exec(mut self, hook: fn() -> std::io::Result<()>) -> Launch {
+        self.pre_exec = Some(hook);
+        self
     }
 
     /// Sets `key=value` in the broker's environment.
@@ -146,10 +162,17 @@ impl Broker {
             env,
             startup_timeout,
             echo_stderr,
+            pre_exec,
         } = launch;
         let bin = env!("CARGO_BIN_EXE_ringmq");
         let mut cmd = Command::new(bin);
         cmd.arg("--listen").arg("127.0.0.1:0").args(&args);
+        // A test that names its backend keeps it; the others follow RINGMQ_TEST_IO.
+        let names_io = args.iter().any(|a| a == "--io" || a.starts_with("--io="));
+        let forced_io = if names_io { None } else { test_io() };
+        if let Some(io) = forced_io {
+            cmd.arg("--io").arg(io.flag);
+        }
         for (key, value) in &env {
             match value {
                 Some(v) => cmd.env(key, v),
@@ -159,6 +182,11 @@ impl Broker {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(hook) = pre_exec {
+            // SAFETY: the hook came through the unsafe `Launch::pre_exec`, whose caller
+            // promised what `CommandExt::pre_exec` requires (async-signal-safe only).
+            unsafe { cmd.pre_exec(hook) };
+        }
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("cannot spawn {bin}: {e}"));
@@ -192,6 +220,21 @@ impl Broker {
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok((addr, startup_lines)) => {
+                    if let Some(io) = forced_io {
+                        let line = startup_lines.last().map(String::as_str).unwrap_or("");
+                        let backend = line
+                            .split_once(" (")
+                            .and_then(|(_, tail)| tail.split(',').next());
+                        if backend != Some(io.backend) {
+                            // No `Broker` owns the child yet: stop it before failing.
+                            let _ = child.kill();
+                            let _ = child.wait();
+                            panic!(
+                                "RINGMQ_TEST_IO={}: ringmq {args:?} did not run on {}: {line:?}",
+                                io.flag, io.backend
+                            );
+                        }
+                    }
                     return Broker {
                         child: Some(child),
                         addr,
@@ -322,6 +365,35 @@ impl Drop for Broker {
                 let _ = child.wait();
             }
         }
+    }
+}
+
+/// An IO backend forced on spawned brokers by `RINGMQ_TEST_IO`.
+#[derive(Debug, Clone, Copy)]
+pub struct TestIo {
+    /// The `--io` value.
+    pub flag: &'static str,
+    /// The backend name the `listening on` line carries.
+    pub backend: &'static str,
+}
+
+/// `RINGMQ_TEST_IO=uring|epoll` adds `--io VALUE` to every spawned broker whose
+/// arguments do not name a backend, so a whole suite can run on either backend.
+/// Unset or empty: the broker picks (auto). Any other value panics, so a typo cannot
+/// quietly run the suite on the default backend.
+pub fn test_io() -> Option<TestIo> {
+    let value = std::env::var("RINGMQ_TEST_IO").ok()?;
+    match value.as_str() {
+        "" => None,
+        "uring" => Some(TestIo {
+            flag: "uring",
+            backend: "io_uring",
+        }),
+        "epoll" => Some(TestIo {
+            flag: "epoll",
+            backend: "epoll",
+        }),
+        other => panic!("RINGMQ_TEST_IO={other:?}: expected `uring` or `epoll`"),
     }
 }
 
