@@ -108,8 +108,9 @@ pub enum ShardMsg {
         shared: Vec<SharedTarget>,
     },
     /// Store (or, with an empty payload, delete) a retained message in the
-    /// receiver's replica of the retained store; the sender's shard stored it. Never
-    /// dropped: taken with `Shard::poll_control`, coalesced per topic (see
+    /// receiver's replica of the retained store; the sender's shard stored it. Not
+    /// applied when the replica holds or deleted a newer update of the topic
+    /// (`route::RetainedStamp`: last writer wins). Never dropped: taken with `Shard::poll_control`, coalesced per topic (see
     /// `route::ControlOutbox`, "Retained replica").
     Retain(Arc<Message>),
     /// The sender's local subscriber count for `filter` (or for `group` on it)
@@ -273,6 +274,8 @@ pub struct Shard {
     filters: TopicTrie<FilterEntry>,
     /// Topic name → retained message; a replica kept identical on every shard.
     retained: TopicTrie<Arc<Message>>,
+    /// Stamps of recently deleted retained topics (see `route::RetainedStamp`).
+    tombstones: route::Tombstones,
     timers: Timers,
     actions: VecDeque<Action>,
     stats: ShardStats,
@@ -339,6 +342,7 @@ impl Shard {
             sessions: SessionStore::with_capacity(presize),
             filters: TopicTrie::new(),
             retained: TopicTrie::new(),
+            tombstones: route::Tombstones::default(),
             timers: Timers::default(),
             actions: VecDeque::new(),
             stats: ShardStats::default(),
@@ -564,7 +568,7 @@ impl Shard {
                 self.on_remote_publish(msg, plain, shared, now);
                 self.drop_slow_consumers(now);
             }
-            ShardMsg::Retain(msg) => self.on_remote_retained(msg),
+            ShardMsg::Retain(msg) => self.on_remote_retained(msg, now),
             ShardMsg::Route(r) => {
                 let RouteUpdate {
                     filter,

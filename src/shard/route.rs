@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use smallvec::SmallVec;
@@ -71,9 +71,9 @@ use crate::session::{Message, SessionStore, NONE};
 ///   from its own shard's replica afterwards; a message published on another shard
 ///   before that shard applied the route add (so not forwarded live) has its retained
 ///   update queued before the ack, so it is in the replica when the SUBACK goes out.
-/// - Concurrent publishes of one topic on two shards may still leave replicas with
-///   different winners (each applies the other's last); that needs a per-topic
-///   version and is not handled here.
+/// - Concurrent publishes of one topic on two shards converge by last-writer-wins:
+///   see [`RetainedStamp`]. Coalescing keeps that: of one origin's updates of a topic
+///   it only skips older ones, which the rule would have overridden anyway.
 ///
 /// Publishes travel as `Action::Send`, not through this outbox, so a publish may
 /// overtake a route update or an ack to the same shard. That breaks nothing: a
@@ -116,6 +116,106 @@ struct ControlOut {
 
 /// Capacity an emptied outbox keeps (a subscribe storm grows it).
 const CONTROL_KEPT: usize = 64;
+
+/// The total order of the retained updates of one topic (last writer wins): when
+/// the node read the PUBLISH (`Message::arrived_at`; every shard reads the same
+/// monotonic clock, as `Handoff::connect_at` relies on for CONNECTs), then the shard
+/// that read it. Each replica applies an update only if its stamp is not below the
+/// stamp of what it holds (or last deleted) for the topic, so every replica ends on
+/// the update with the highest stamp whatever order they arrive in. Equal stamps
+/// come from one shard, whose updates arrive in the order it made them (FIFO mesh,
+/// per-topic coalescing keeps the latest), so equal means newer. The stamp lives in
+/// the stored `Message` itself: no extra bytes per retained message.
+pub(crate) type RetainedStamp = (Instant, ShardId);
+
+fn retained_stamp(m: &Message) -> RetainedStamp {
+    (m.arrived_at, m.origin_shard)
+}
+
+/// How long a replica remembers a deleted topic's stamp. A tombstone only has to
+/// outlive the updates of that topic stamped before the delete and still on their
+/// way here. Such an update was read before the delete was, and the delete was
+/// applied here later still, so when its tombstone goes it has been in flight for
+/// more than this: far beyond the mesh's delay (microseconds; milliseconds while a
+/// ring is full and control messages wait in the outbox, taken every loop turn). A
+/// shard stalled longer than this could bring back a topic deleted meanwhile, on
+/// its own replica only.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
+
+/// At most this many tombstones; beyond it the oldest go early (with the same risk
+/// as outliving `TOMBSTONE_TTL`). Only deletes of topics a replica held or had an
+/// update pending for make tombstones, so it takes this many distinct retained
+/// topics deleted within `TOMBSTONE_TTL` to reach it. Bounds the memory: about 150
+/// bytes plus the topic each.
+const TOMBSTONES_MAX: usize = 65_536;
+
+/// Stamps of recently deleted retained topics (see [`RetainedStamp`]), so an older
+/// update arriving after a delete cannot bring the topic back.
+#[derive(Debug, Default)]
+pub(crate) struct Tombstones {
+    /// Topic → stamp of its delete, and when this replica applied it.
+    by_topic: HashMap<Bytes, (RetainedStamp, Instant)>,
+    /// (applied at, topic), oldest first. An entry whose topic was stored again or
+    /// deleted again since is stale: `by_topic` then holds another time or nothing.
+    order: VecDeque<(Instant, Bytes)>,
+}
+
+impl Tombstones {
+    fn get(&self, topic: &[u8]) -> Option<RetainedStamp> {
+        self.by_topic.get(topic).map(|(stamp, _)| *stamp)
+    }
+
+    fn contains(&self, topic: &[u8]) -> bool {
+        self.by_topic.contains_key(topic)
+    }
+
+    fn insert(&mut self, topic: &Bytes, stamp: RetainedStamp, now: Instant) {
+        self.by_topic.insert(topic.clone(), (stamp, now));
+        self.order.push_back((now, topic.clone()));
+        self.expire(now);
+    }
+
+    fn remove(&mut self, topic: &[u8]) {
+        if !self.by_topic.is_empty() {
+            self.by_topic.remove(topic);
+        }
+    }
+
+    /// Drops the tombstones older than `TOMBSTONE_TTL` and those beyond `TOMBSTONES_MAX`.
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            let old = now.saturating_duration_since(*at) >= TOMBSTONE_TTL;
+            if !old && self.order.len() <= TOMBSTONES_MAX {
+                break;
+            }
+            let Some((at, topic)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_topic.get(&topic).is_some_and(|(_, a)| *a == at) {
+                self.by_topic.remove(&topic);
+            }
+        }
+        if self.order.is_empty() && self.order.capacity() > CONTROL_KEPT {
+            self.order.shrink_to(CONTROL_KEPT);
+            self.by_topic.shrink_to(CONTROL_KEPT);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_topic.len()
+    }
+}
+
+/// What became of a retained update (see [`Shard::apply_retained`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Applied {
+    Stored,
+    /// Older than what the replica holds or deleted for the topic.
+    Superseded,
+    /// Over a retained bound or the memory mark (`store_retained`).
+    Refused,
+}
 
 impl ControlOut {
     fn is_empty(&self) -> bool {
@@ -734,9 +834,17 @@ impl Shard {
             // `ControlOutbox`, "Retained replica": this bounds the outbox).
             let known = !a.payload.is_empty()
                 || self.retained.get(&a.topic).is_some()
-                || self.control.retained_pending(&a.topic);
-            retain_refused = !self.store_retained(&a, true);
-            if known && !retain_refused && self.shard_count > 1 {
+                || self.control.retained_pending(&a.topic)
+                || self.tombstones.contains(&a.topic);
+            // Superseded: a newer update from another shard is here already, so it
+            // is on its way to every replica too, and each would refuse this one.
+            let applied = if known {
+                self.apply_retained(&a, true, now)
+            } else {
+                Applied::Superseded
+            };
+            retain_refused = applied == Applied::Refused;
+            if applied == Applied::Stored && self.shard_count > 1 {
                 replicate = Some(a.clone());
             }
             stored = (*a).clone();
@@ -765,10 +873,10 @@ impl Shard {
     }
 
     /// A retained-store update from the shard it was published on.
-    pub(crate) fn on_remote_retained(&mut self, msg: Arc<Message>) {
+    pub(crate) fn on_remote_retained(&mut self, msg: Arc<Message>, now: Instant) {
         // The publisher's shard already applied the memory mark; the bounds cannot
         // refuse it while the replicas agree (see `ControlOutbox`).
-        self.store_retained(&msg, false);
+        self.apply_retained(&msg, false, now);
     }
 
     /// A publish routed here by another shard.
@@ -973,6 +1081,30 @@ impl Shard {
 
     // ---- retained ------------------------------------------------------------
 
+    /// Applies a retained update (a delete: empty payload) unless this replica holds
+    /// or deleted a newer one for the topic (see [`RetainedStamp`]).
+    fn apply_retained(&mut self, msg: &Arc<Message>, check_mark: bool, now: Instant) -> Applied {
+        let stamp = retained_stamp(msg);
+        self.tombstones.expire(now);
+        let held = match self.retained.get(&msg.topic) {
+            Some(m) => Some(retained_stamp(m)),
+            None => self.tombstones.get(&msg.topic),
+        };
+        if held.is_some_and(|h| stamp < h) {
+            return Applied::Superseded;
+        }
+        if msg.payload.is_empty() {
+            self.remove_retained(&msg.topic);
+            self.tombstones.insert(&msg.topic, stamp, now);
+            return Applied::Stored;
+        }
+        if !self.store_retained(msg, check_mark) {
+            return Applied::Refused;
+        }
+        self.tombstones.remove(&msg.topic);
+        Applied::Stored
+    }
+
     /// Stores, replaces or (empty payload) deletes a retained message. Returns
     /// `false` when it was not stored: it would add a message beyond
     /// `max_retained_messages`, or add or grow one beyond `max_retained_bytes` or
@@ -1039,7 +1171,10 @@ impl Shard {
         }
         for m in found {
             if m.is_expired(now) {
+                // Expired on every replica alike; the tombstone keeps it in the order
+                // as if still held, so an older update arriving later stays refused.
                 self.remove_retained(&m.topic);
+                self.tombstones.insert(&m.topic, retained_stamp(&m), now);
                 continue;
             }
             let qos = m.qos.min(options.qos);

@@ -336,3 +336,144 @@ fn retained_count_bound_answers_v5_with_quota_exceeded() {
     let st = cl.shards[0].stats();
     assert_eq!((st.retained, st.dropped_retained_full), (1, 1));
 }
+
+/// Topic → payload of every message in shard `s`'s retained replica, sorted.
+fn replica_payloads(cl: &Cluster, s: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    cl.shards[s].retained.for_each(|t, m| {
+        out.push((
+            String::from_utf8_lossy(t).into_owned(),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+        ))
+    });
+    out.sort();
+    out
+}
+
+/// Three shards, a publisher on shards 0 and 1 (index = shard).
+fn lww_cluster() -> (Cluster, [Cid; 2]) {
+    let mut cl = Cluster::new(3, cfg());
+    let p0 = cl.connect_ok(V311, &id_on(0, 3, "p0"), ConnectOpts::default(), false);
+    let p1 = cl.connect_ok(V311, &id_on(1, 3, "p1"), ConnectOpts::default(), false);
+    (cl, [p0, p1])
+}
+
+/// Every replica holds exactly `want` for topic `t`, and a new subscriber on each
+/// shard gets it (or nothing when `want` is `None`).
+#[track_caller]
+fn assert_converged(cl: &mut Cluster, want: Option<&str>, tag: &str) {
+    let expected: Vec<(String, String)> = want
+        .map(|w| vec![("t".to_string(), w.to_string())])
+        .unwrap_or_default();
+    for s in 0..3 {
+        assert_eq!(
+            replica_payloads(cl, s),
+            expected,
+            "{tag}: replica on shard {s}"
+        );
+    }
+    for s in 0..3 {
+        let c = cl.connect_ok(
+            V311,
+            &id_on(s, 3, &format!("sub-{tag}")),
+            ConnectOpts::default(),
+            false,
+        );
+        cl.subscribe(c, "t", Q0);
+        if let Some(w) = want {
+            cl.expect(c, pubp("t", w, Q0, true, 0));
+        }
+        cl.expect_nothing(c);
+        cl.drop_connection(c);
+    }
+}
+
+#[test]
+fn concurrent_retained_publishes_converge_on_the_newer() {
+    for newer in [0, 1] {
+        let (mut cl, p) = lww_cluster();
+        let older = 1 - newer;
+        // Both read before either shard's update reaches any other shard.
+        cl.hold_mesh = true;
+        cl.publish(p[older], "t", "old", Q0, true, 0);
+        cl.advance(Duration::from_millis(1));
+        cl.publish(p[newer], "t", "new", Q0, true, 0);
+        // Each origin stored its own.
+        assert_eq!(replica_payloads(&cl, older), [("t".into(), "old".into())]);
+        assert_eq!(replica_payloads(&cl, newer), [("t".into(), "new".into())]);
+        cl.hold_mesh = false;
+        cl.pump();
+        assert_converged(&mut cl, Some("new"), &format!("newer on {newer}"));
+    }
+}
+
+#[test]
+fn concurrent_retained_publishes_read_at_one_instant_go_to_the_higher_shard() {
+    let (mut cl, p) = lww_cluster();
+    cl.hold_mesh = true;
+    cl.publish(p[1], "t", "from-1", Q0, true, 0);
+    cl.publish(p[0], "t", "from-0", Q0, true, 0);
+    cl.hold_mesh = false;
+    cl.pump();
+    assert_converged(&mut cl, Some("from-1"), "tie");
+}
+
+#[test]
+fn a_delete_racing_an_older_update_wins_everywhere() {
+    for deleter in [0, 1] {
+        let (mut cl, p) = lww_cluster();
+        let other = 1 - deleter;
+        cl.publish(p[0], "t", "v0", Q0, true, 0);
+        assert_converged(&mut cl, Some("v0"), &format!("before {deleter}"));
+        cl.hold_mesh = true;
+        cl.publish(p[other], "t", "older", Q0, true, 0);
+        cl.advance(Duration::from_millis(1));
+        cl.publish(p[deleter], "t", "", Q0, true, 0);
+        // The delete reaches the other two replicas before the older update, so
+        // only its tombstone keeps that update out.
+        cl.deliver_pair(deleter, other);
+        cl.deliver_pair(deleter, 2);
+        for s in 0..3 {
+            assert_eq!(replica_payloads(&cl, s), [], "shard {s} after the delete");
+        }
+        cl.hold_mesh = false;
+        cl.pump();
+        assert_converged(&mut cl, None, &format!("deleter {deleter}"));
+        for s in 0..3 {
+            assert_eq!(cl.shards[s].tombstones.len(), 1, "shard {s}");
+        }
+
+        // A newer update after the delete wins, even racing an older delete.
+        cl.hold_mesh = true;
+        cl.publish(p[deleter], "t", "", Q0, true, 0);
+        cl.advance(Duration::from_millis(1));
+        cl.publish(p[other], "t", "newer", Q0, true, 0);
+        cl.hold_mesh = false;
+        cl.pump();
+        assert_converged(&mut cl, Some("newer"), &format!("after {deleter}"));
+        for s in 0..3 {
+            assert_eq!(cl.shards[s].tombstones.len(), 0, "shard {s}");
+        }
+    }
+}
+
+#[test]
+fn tombstones_go_after_their_ttl() {
+    let (mut cl, p) = lww_cluster();
+    cl.publish(p[0], "t", "v", Q0, true, 0);
+    cl.publish(p[0], "t", "", Q0, true, 0);
+    for s in 0..3 {
+        assert_eq!(cl.shards[s].tombstones.len(), 1, "shard {s}");
+    }
+    cl.advance(Duration::from_secs(29));
+    cl.publish(p[1], "u", "x", Q0, true, 0);
+    for s in 0..3 {
+        assert_eq!(cl.shards[s].tombstones.len(), 1, "shard {s} within the TTL");
+    }
+    cl.advance(Duration::from_secs(1));
+    cl.publish(p[1], "u", "y", Q0, true, 0);
+    for s in 0..3 {
+        assert_eq!(cl.shards[s].tombstones.len(), 0, "shard {s} after the TTL");
+        assert_eq!(replica_payloads(&cl, s), [("u".into(), "y".into())]);
+    }
+}
