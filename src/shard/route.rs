@@ -52,8 +52,9 @@ use crate::session::{Message, SessionStore, NONE};
 /// - Bound: a pending store is the message the publisher's store holds (the same
 ///   `Arc`, so no extra payload bytes; refused messages are not queued) unless it
 ///   expired there since, so there are at most `max_retained_messages` of them plus
-///   the expired; a delete is queued only when the publisher held the topic or an update
-///   of it is pending, so deleting unknown topics costs nothing. Like route updates,
+///   the expired; a delete is queued only when the publisher held the topic, an update
+///   of it is pending or it holds the topic's tombstone (at most `TOMBSTONES_MAX`), so
+///   deleting unknown topics costs nothing. Like route updates,
 ///   the outbox holds at most one entry per topic changed while the mesh was full.
 /// - Limits: the publisher's shard alone applies the memory mark and decides; a
 ///   replica applies the same `max_retained_*` checks, which cannot refuse what the
