@@ -647,6 +647,10 @@ struct Sock {
     reported: bool,
     /// Waiting in its ring's `starved` list for its receive to be re-armed.
     starved: bool,
+    /// Its descriptor also sits, unannounced, in another loop's table (`on_send_fd`,
+    /// EOVERFLOW): the close shuts the connection down first, since closing our slot
+    /// alone would leave it open through the other reference.
+    shutdown_on_close: bool,
 }
 
 struct AcceptSlot {
@@ -715,10 +719,6 @@ pub struct UringLoop {
     /// Doorbells whose `MSG_RING` failed transiently: (target loop, attempts so far),
     /// sent again at the start of the next turn (see `on_doorbell_failed`).
     doorbell_retry: Vec<(usize, u64)>,
-    /// Sockets whose descriptor also sits, unannounced, in another loop's table
-    /// (`on_send_fd`, EOVERFLOW): their close shuts the connection down first, since
-    /// closing our slot alone would leave it open through the other reference.
-    shutdown_on_close: std::collections::HashSet<SockId>,
 }
 
 /// Attempts at one doorbell before giving up on it (each is one turn apart).
@@ -836,7 +836,6 @@ impl UringLoop {
             pending: Vec::new(),
             last_trim: Instant::now(),
             doorbell_retry: Vec::new(),
-            shutdown_on_close: std::collections::HashSet::new(),
         };
         for r in 1..lp.rings.len() {
             lp.arm_ring_poll(r);
@@ -965,6 +964,7 @@ impl UringLoop {
             return;
         }
         s.close_inflight = true;
+        let shutdown_first = std::mem::take(&mut s.shutdown_on_close);
         let (ring, slot) = (s.ring as usize, s.slot);
         // Cancel whatever is still armed on the slot (receive, a stuck send), then
         // close it; hard-linked so the close runs even when nothing was there to cancel.
@@ -975,7 +975,7 @@ impl UringLoop {
         let close = opcode::Close::new(Fixed(slot))
             .build()
             .user_data(ud(K_CLOSE, sock as u64));
-        let shutdown = self.shutdown_on_close.remove(&sock).then(|| {
+        let shutdown = shutdown_first.then(|| {
             opcode::Shutdown::new(Fixed(slot), libc::SHUT_RDWR)
                 .build()
                 .flags(squeue::Flags::IO_HARDLINK)
@@ -1526,7 +1526,6 @@ impl UringLoop {
                     ticket,
                     "socket handoff: descriptor installed unannounced (EOVERFLOW), connection refused"
                 );
-                self.shutdown_on_close.insert(sock);
                 Err(libc::EOVERFLOW)
             }
             (_, sent) => {
@@ -1543,6 +1542,7 @@ impl UringLoop {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
+        s.shutdown_on_close = result == Err(libc::EOVERFLOW) && sent.is_some();
         if result.is_err() && sent.is_some() {
             // Our slot still holds the socket: it stays open (not receiving) so the
             // worker can answer the client before closing it.
@@ -1570,6 +1570,7 @@ impl UringLoop {
             slot_closed: false,
             reported: true,
             starved: false,
+            shutdown_on_close: false,
         }) as SockId;
         self.rings[ring].live += 1;
         sock

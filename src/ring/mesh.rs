@@ -320,14 +320,9 @@ impl<T> Endpoint<T> {
     /// Sends `msg` into a place promised by `reserve`: never `Rejected`. Without a
     /// reservation it is a plain [`Endpoint::send`].
     pub fn send_reserved(&mut self, to: usize, msg: T) -> Result<SendOutcome, SendError<T>> {
-        match self.outbound.get_mut(to) {
-            Some(Some(out)) if out.reserved > 0 => {
-                // Released first: `send` then sees the place as free overflow room.
-                out.reserved -= 1;
-                self.send(to, msg)
-            }
-            _ => self.send(to, msg),
-        }
+        // Released first: `send` then sees the place as free overflow room.
+        self.unreserve(to);
+        self.send(to, msg)
     }
 
     /// True while some overflow list is non-empty: `flush` still has work, so the loop
