@@ -293,10 +293,19 @@ impl Shard {
             .and_then(|p| p.connect_at)
             .unwrap_or(now);
 
-        // Existing session: takeover of its connection, clean start, or resume.
+        let connect_ns = self.stamp_ns(read_at);
+
+        // Existing session: takeover of its connection, clean start, or resume. A
+        // session last taken by a CONNECT the node read after this one (which then
+        // arrived late, by hand-off) stays with it; offline too, since the newer
+        // connection may have come and gone while the hand-off travelled.
         let mut session = self.sessions.find(&client_id);
         if let Some(s) = session {
-            if self.newer_connect_holds(s, read_at) {
+            if self
+                .sessions
+                .get(s)
+                .is_some_and(|x| x.connect_ns > connect_ns)
+            {
                 self.answer_superseded(conn, v5, server_keep_alive);
                 return;
             }
@@ -316,7 +325,6 @@ impl Shard {
             }
         };
 
-        let connect_ns = self.stamp_ns(read_at);
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
@@ -397,16 +405,6 @@ impl Shard {
             properties.shared_subscription_available = Some(0);
         }
         properties
-    }
-
-    /// Whether `session` was last taken by a CONNECT the node read after the one
-    /// read at `read_at` (which then arrived late, by hand-off). Offline too: the
-    /// newer connection may have come and gone while the hand-off travelled.
-    fn newer_connect_holds(&self, session: u32, read_at: Instant) -> bool {
-        let (Some(s), Some(epoch)) = (self.sessions.get(session), self.epoch) else {
-            return false;
-        };
-        s.connect_ns > super::ns_since(epoch, read_at)
     }
 
     /// A CONNECT overtaken by a later one for the same client id: answered as if it

@@ -1087,9 +1087,9 @@ impl Shard {
     fn apply_retained(&mut self, msg: &Arc<Message>, check_mark: bool, now: Instant) -> Applied {
         let stamp = retained_stamp(msg);
         self.tombstones.expire(now);
-        let held = match self.retained.get(&msg.topic) {
-            Some(m) => Some(retained_stamp(m)),
-            None => self.tombstones.get(&msg.topic),
+        let (held, old_bytes) = match self.retained.get(&msg.topic) {
+            Some(m) => (Some(retained_stamp(m)), Some(m.cost_bytes())),
+            None => (self.tombstones.get(&msg.topic), None),
         };
         if held.is_some_and(|h| stamp < h) {
             return Applied::Superseded;
@@ -1099,24 +1099,20 @@ impl Shard {
             self.tombstones.insert(&msg.topic, stamp, now);
             return Applied::Stored;
         }
-        if !self.store_retained(msg, check_mark) {
+        if !self.store_retained(msg, old_bytes, check_mark) {
             return Applied::Refused;
         }
         self.tombstones.remove(&msg.topic);
         Applied::Stored
     }
 
-    /// Stores, replaces or (empty payload) deletes a retained message. Returns
-    /// `false` when it was not stored: it would add a message beyond
-    /// `max_retained_messages`, or add or grow one beyond `max_retained_bytes` or
-    /// (with `check_mark`) while the shard is over `memory_high_water_bytes`.
-    /// Deleting, and replacing with a message no larger, always succeed.
-    pub(crate) fn store_retained(&mut self, msg: &Arc<Message>, check_mark: bool) -> bool {
-        if msg.payload.is_empty() {
-            self.remove_retained(&msg.topic);
-            return true;
-        }
-        let old = self.retained.get(&msg.topic).map(|m| m.cost_bytes());
+    /// Stores or replaces a retained message (non-empty payload; `apply_retained`
+    /// handles deletes); `old`: the cost of the one it replaces. Returns `false` when
+    /// it was not stored: it would add a message beyond `max_retained_messages`, or add
+    /// or grow one beyond `max_retained_bytes` or (with `check_mark`) while the shard
+    /// is over `memory_high_water_bytes`. Replacing with a message no larger always
+    /// succeeds.
+    fn store_retained(&mut self, msg: &Arc<Message>, old: Option<usize>, check_mark: bool) -> bool {
         let new = msg.cost_bytes();
         let grows = old.map_or(true, |old| new > old);
         if grows {
