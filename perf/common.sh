@@ -86,14 +86,14 @@ established_on() {
   ss -Htn state established "( sport = :$1 )" | wc -l
 }
 
-# Runs ringmq with one shard pinned to BROKER_CORE; sets BROKER_PID. Extra args
-# (e.g. queue limits) go to ringmq, and so do the words of RINGMQ_ARGS (e.g.
-# RINGMQ_ARGS="--rt-priority 50").
+# Runs ringmq pinned to BROKER_CORE with BROKER_SHARDS loops (default 1); sets
+# BROKER_PID. Extra args (e.g. queue limits) go to ringmq, and so do the words of
+# RINGMQ_ARGS (e.g. RINGMQ_ARGS="--rt-priority 50").
 start_ringmq() {
   local port=$1 logfile=$2; shift 2
   local extra=()
   read -r -a extra <<<"${RINGMQ_ARGS:-}"
-  taskset -c "$BROKER_CORE" "$RINGMQ" --shards 1 --listen "127.0.0.1:$port" "${extra[@]}" "$@" >"$logfile" 2>&1 &
+  taskset -c "$BROKER_CORE" "$RINGMQ" --shards "${BROKER_SHARDS:-1}" --listen "127.0.0.1:$port" "${extra[@]}" "$@" >"$logfile" 2>&1 &
   BROKER_PID=$!
   STARTED_PIDS+=("$BROKER_PID")
   wait_listening "$port" "$BROKER_PID"

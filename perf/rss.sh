@@ -23,10 +23,7 @@ measure() {
   local n=$1 mode=$2 shards=$3 port logfile lg base_kb kb est hold
   port=$(free_port)
   logfile="$OUT/rss-$mode-$n-$shards.log"
-  taskset -c "$BROKER_CORE" "$RINGMQ" --shards "$shards" --listen "127.0.0.1:$port" >"$logfile" 2>&1 &
-  BROKER_PID=$!
-  STARTED_PIDS+=("$BROKER_PID")
-  wait_listening "$port" "$BROKER_PID"
+  BROKER_SHARDS=$shards start_ringmq "$port" "$logfile"
   sleep 0.5
   base_kb=$(rss_kb "$BROKER_PID")
   # Long enough to connect everything (~25k/s) and settle.

@@ -141,18 +141,7 @@ fn run(cmd: &mut Command, what: &str) -> (bool, String, String) {
         let _ = err.read_to_string(&mut s);
         s
     });
-    let deadline = Instant::now() + TOOL_TIMEOUT;
-    let status = loop {
-        if let Some(st) = child.try_wait().expect("try_wait") {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_or_kill(&mut child, TOOL_TIMEOUT);
     let (o, e) = (
         t_out.join().unwrap_or_default(),
         t_err.join().unwrap_or_default(),

@@ -9,9 +9,9 @@ use std::io::Read;
 use std::mem::offset_of;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{uniq, Launch, RawClient};
+use support::{uniq, wait_or_kill, Launch, RawClient};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -159,19 +159,10 @@ fn forced_uring_refuses_to_start_when_io_uring_setup_is_denied() {
     // SAFETY: `deny_io_uring_setup` makes only async-signal-safe calls (see its doc).
     unsafe { cmd.pre_exec(deny_io_uring_setup) };
     let mut child = cmd.spawn().expect("spawn ringmq");
-    let deadline = Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for ringmq") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            // Still running: it started despite the filter. Stopped by its own PID.
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ringmq --io uring did not exit within {WAIT:?} without io_uring");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    // Still running at the deadline: it started despite the filter (killed by PID).
+    let status = wait_or_kill(&mut child, WAIT).unwrap_or_else(|| {
+        panic!("ringmq --io uring did not exit within {WAIT:?} without io_uring")
+    });
     let mut stderr = String::new();
     child
         .stderr

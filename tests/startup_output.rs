@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::Launch;
+use support::{wait_or_kill, Launch};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -202,20 +202,7 @@ fn sigterm_stops_the_broker_after_its_stderr_closed() {
     // SAFETY: kill(2) on the child we spawned and have not reaped.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     assert_eq!(rc, 0);
-    let deadline = std::time::Instant::now() + WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break Some(status);
-        }
-        if std::time::Instant::now() > deadline {
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    let status = status.expect("ringmq ignored SIGTERM once its stderr was closed");
+    let status =
+        wait_or_kill(&mut child, WAIT).expect("ringmq ignored SIGTERM once its stderr was closed");
     assert!(status.success(), "{status:?}");
 }

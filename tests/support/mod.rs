@@ -357,6 +357,23 @@ impl Broker {
     }
 }
 
+/// Waits up to `within` for `child` to exit; if it has not, kills it (by its own PID)
+/// and reaps it, and returns `None`.
+pub fn wait_or_kill(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait on a spawned child") {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 impl Drop for Broker {
     fn drop(&mut self) {
         if self.child.is_some() && self.terminate(Duration::from_secs(3)).is_none() {

@@ -11,13 +11,6 @@ use crate::shard::harness::*;
 
 const Q0: QoS = QoS::AtMostOnce;
 
-fn sub_opts() -> SubscriptionOptions {
-    SubscriptionOptions {
-        qos: Q0,
-        ..Default::default()
-    }
-}
-
 fn unsubscribe(cl: &mut Cluster, c: Cid, filter: &'static str, packet_id: u16) {
     cl.send(
         c,
@@ -69,7 +62,12 @@ fn fill(cl: &mut Cluster, publisher: Cid) {
 fn a_route_add_waits_for_room_instead_of_being_dropped() {
     let (mut cl, x_sub, pub1, c1, c0) = two_shards();
     fill(&mut cl, pub1);
-    cl.subscribe_with(c1, "y", sub_opts(), Properties::default());
+    cl.subscribe_with(
+        c1,
+        "y",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
     // Held until shard 0 routes `y` to shard 1.
     cl.expect_nothing(c1);
     cl.hold_mesh = false;
@@ -85,14 +83,13 @@ fn a_route_add_waits_for_room_instead_of_being_dropped() {
 
 #[test]
 fn a_route_ack_waits_for_room_instead_of_being_dropped() {
-    let mut cl = Cluster::new(2, cfg());
-    // `x` subscribed on shard 1, published from shard 0: fills 0 → 1.
-    let x_sub = cl.connect_ok(V311, &id_on(1, 2, "xs"), ConnectOpts::default(), false);
-    cl.subscribe(x_sub, "x", Q0);
-    let pub0 = cl.connect_ok(V311, &id_on(0, 2, "p0"), ConnectOpts::default(), false);
-    let c1 = cl.connect_ok(V311, &id_on(1, 2, "c1"), ConnectOpts::default(), false);
-    fill(&mut cl, pub0);
-    cl.subscribe_with(c1, "y", sub_opts(), Properties::default());
+    let (mut cl, pub0, c1) = filled_zero_to_one();
+    cl.subscribe_with(
+        c1,
+        "y",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
     // Shard 0 applies the route while its ring back to shard 1 is full: the ack
     // must wait for room.
     cl.deliver_pair(1, 0);
@@ -111,11 +108,26 @@ fn route_updates_waiting_for_room_coalesce_per_filter() {
     fill(&mut cl, pub1);
     let routes_before = cl.mesh_counts.1;
     // add, remove, add of `y` and add, remove of `z` while the ring is full.
-    cl.subscribe_with(c1, "y", sub_opts(), Properties::default());
+    cl.subscribe_with(
+        c1,
+        "y",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
     unsubscribe(&mut cl, c1, "y", 2);
-    cl.subscribe_with(c1, "z", sub_opts(), Properties::default());
+    cl.subscribe_with(
+        c1,
+        "z",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
     unsubscribe(&mut cl, c1, "z", 3);
-    cl.subscribe_with(c1, "y", sub_opts(), Properties::default());
+    cl.subscribe_with(
+        c1,
+        "y",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
     cl.expect_nothing(c1);
     cl.hold_mesh = false;
     cl.pump();
@@ -224,7 +236,12 @@ fn a_retained_update_reaches_the_replica_before_the_route_ack() {
     let (mut cl, pub0, c1) = filled_zero_to_one();
     // No subscriber of `r` yet: not forwarded live, only the replica needs it.
     cl.publish(pub0, "r", "v", Q0, true, 0);
-    cl.subscribe_with(c1, "r", sub_opts(), Properties::default());
+    cl.subscribe_with(
+        c1,
+        "r",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
     // Shard 0 applies the route while its ring to shard 1 is still full: its ack
     // waits behind the retained update.
     cl.deliver_pair(1, 0);

@@ -158,14 +158,22 @@ fn sent_since(cl: &mut Cluster, c: Cid, from: usize) -> Vec<u8> {
     cl.clients[c].raw[from..].to_vec()
 }
 
-/// Topic → payload length of every message in shard `s`'s retained replica, sorted.
-fn replica(cl: &Cluster, s: usize) -> Vec<(String, usize)> {
+/// Topic → payload of every message in shard `s`'s retained replica, by topic.
+fn replica_entries(cl: &Cluster, s: usize) -> Vec<(String, bytes::Bytes)> {
     let mut out = Vec::new();
     cl.shards[s]
         .retained
-        .for_each(|t, m| out.push((String::from_utf8_lossy(t).into_owned(), m.payload.len())));
+        .for_each(|t, m| out.push((String::from_utf8_lossy(t).into_owned(), m.payload.clone())));
     out.sort();
     out
+}
+
+/// Topic → payload length of every message in shard `s`'s retained replica, sorted.
+fn replica(cl: &Cluster, s: usize) -> Vec<(String, usize)> {
+    replica_entries(cl, s)
+        .into_iter()
+        .map(|(t, p)| (t, p.len()))
+        .collect()
 }
 
 #[test]
@@ -339,15 +347,10 @@ fn retained_count_bound_answers_v5_with_quota_exceeded() {
 
 /// Topic → payload of every message in shard `s`'s retained replica, sorted.
 fn replica_payloads(cl: &Cluster, s: usize) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    cl.shards[s].retained.for_each(|t, m| {
-        out.push((
-            String::from_utf8_lossy(t).into_owned(),
-            String::from_utf8_lossy(&m.payload).into_owned(),
-        ))
-    });
-    out.sort();
-    out
+    replica_entries(cl, s)
+        .into_iter()
+        .map(|(t, p)| (t, String::from_utf8_lossy(&p).into_owned()))
+        .collect()
 }
 
 /// Three shards, a publisher on shards 0 and 1 (index = shard).
