@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
-use super::wiring::{Moved, Wiring};
+use super::wiring::{self, Moved, TestMesh, Wiring};
 use super::{Action, ConnId, Shard, ShardId, ShardMsg};
 use crate::config::Config;
 use crate::protocol::{
@@ -45,7 +45,7 @@ pub(crate) struct Cluster {
     pub clients: Vec<Client>,
     /// Which client each connection id is, hand-offs (refused, held, adopted).
     pub wiring: Wiring,
-    mesh: VecDeque<(ShardId, ShardId, ShardMsg)>,
+    mesh: TestMesh,
     /// Shard messages carried so far, by kind: (publish, route).
     pub mesh_counts: (usize, usize),
     /// While set, `pump` leaves shard-to-shard messages in flight (to test races).
@@ -383,35 +383,13 @@ impl Cluster {
         self.shards[to].on_message(from, msg, self.now);
     }
 
-    /// Like the worker: shard `s`'s control messages enter the mesh while it has room,
-    /// the rest wait in the shard (never dropped).
     fn take_control(&mut self, s: ShardId) -> bool {
-        let mut moved = false;
-        if !self.shards[s].control_waiting() {
-            return false;
-        }
-        for to in (0..self.shards.len()).filter(|&to| to != s) {
-            while !self.mesh_full(s, to) {
-                let Some(msg) = self.shards[s].poll_control(to) else {
-                    break;
-                };
-                self.mesh.push_back((s, to, msg));
-                moved = true;
-            }
-        }
-        moved
+        wiring::take_control(&mut self.shards, s, &mut self.mesh, self.mesh_room)
     }
 
     /// Whether the pair `from → to` has no room left (see `mesh_room`).
     fn mesh_full(&self, from: ShardId, to: ShardId) -> bool {
-        self.mesh_room.is_some_and(|room| {
-            let in_flight = self
-                .mesh
-                .iter()
-                .filter(|(f, t, _)| (*f, *t) == (from, to))
-                .count();
-            in_flight >= room
-        })
+        wiring::pair_full(&self.mesh, self.mesh_room, from, to)
     }
 
     /// Delivers what is in flight from `from` to `to` (in order), leaving every other

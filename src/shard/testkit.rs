@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use smallvec::smallvec;
 
-use super::wiring::{Moved, Wiring};
-use super::{Action, ConnId, Shard, ShardId, ShardMsg};
+use super::wiring::{self, Moved, TestMesh, Wiring};
+use super::{Action, ConnId, Shard, ShardId};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::protocol::{
     decode_packet, encode_packet, Connect, Packet, Properties, ProtocolVersion, PubResp, Publish,
@@ -151,7 +151,7 @@ pub struct Driver {
     now: Instant,
     peers: Vec<Peer>,
     wiring: Wiring,
-    mesh: VecDeque<(ShardId, ShardId, ShardMsg)>,
+    mesh: TestMesh,
     max_tx: usize,
 }
 
@@ -344,19 +344,9 @@ impl Driver {
         }
     }
 
-    /// Moves shard `s`'s waiting control messages into the (unbounded) mesh.
+    /// Like the worker, with an unbounded mesh: every waiting control message enters it.
     fn take_control(&mut self, s: ShardId) -> bool {
-        let mut moved = false;
-        if !self.shards[s].control_waiting() {
-            return false;
-        }
-        for to in (0..self.shards.len()).filter(|&to| to != s) {
-            while let Some(msg) = self.shards[s].poll_control(to) {
-                self.mesh.push_back((s, to, msg));
-                moved = true;
-            }
-        }
-        moved
+        wiring::take_control(&mut self.shards, s, &mut self.mesh, None)
     }
 
     fn find(&self, s: ShardId, conn: ConnId) -> Option<usize> {

@@ -8,10 +8,50 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use super::{ConnId, Handoff, Shard, ShardId};
+use super::{ConnId, Handoff, Shard, ShardId, ShardMsg};
 
 /// The driver's own name for a connection: stays the same across hand-offs.
 pub(crate) type PeerId = usize;
+
+/// A test driver's mesh: messages in flight as (from, to, message), in send order.
+pub(crate) type TestMesh = VecDeque<(ShardId, ShardId, ShardMsg)>;
+
+/// Whether the pair `from → to` has no room left: `room` messages may be in flight per
+/// pair (`None`: unbounded).
+pub(crate) fn pair_full(mesh: &TestMesh, room: Option<usize>, from: ShardId, to: ShardId) -> bool {
+    room.is_some_and(|room| {
+        let in_flight = mesh
+            .iter()
+            .filter(|(f, t, _)| (*f, *t) == (from, to))
+            .count();
+        in_flight >= room
+    })
+}
+
+/// Like the worker: shard `s`'s control messages enter `mesh` while their pair has
+/// room (see [`pair_full`]), the rest wait in the shard (never dropped). True if any
+/// moved.
+pub(crate) fn take_control(
+    shards: &mut [Shard],
+    s: ShardId,
+    mesh: &mut TestMesh,
+    room: Option<usize>,
+) -> bool {
+    let mut moved = false;
+    if !shards[s].control_waiting() {
+        return false;
+    }
+    for to in (0..shards.len()).filter(|&to| to != s) {
+        while !pair_full(mesh, room, s, to) {
+            let Some(msg) = shards[s].poll_control(to) else {
+                break;
+            };
+            mesh.push_back((s, to, msg));
+            moved = true;
+        }
+    }
+    moved
+}
 
 /// Where a handed-over peer landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
