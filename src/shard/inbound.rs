@@ -359,7 +359,7 @@ impl Shard {
         } else {
             let generation = self.conns.get(conn).map_or(0, |c| c.generation);
             self.pending_subacks
-                .push_back(crate::shard::route::PendingSubAck {
+                .push_back(crate::shard::routes::PendingSubAck {
                     conn,
                     generation,
                     session,

@@ -5,10 +5,15 @@
 
 mod conn;
 mod connect;
+mod control;
 mod deliver;
+mod fanout;
 mod inbound;
 mod limits;
-mod route;
+mod retained;
+mod routes;
+mod shared;
+mod subs;
 mod timer;
 
 #[cfg(test)]
@@ -36,10 +41,12 @@ use crate::session::{Message, Phase, SessionError, SessionStore, NONE};
 use crate::topic::TopicTrie;
 
 use conn::{Conn, ConnState};
+use control::ControlOutbox;
 use deliver::EncodeCache;
+use fanout::Targets;
 use limits::Limits;
 pub use limits::NodeCounters;
-use route::{ControlOutbox, FilterEntry, Targets};
+use subs::FilterEntry;
 use timer::{TimerKind, Timers};
 
 pub type ShardId = usize;
@@ -110,15 +117,15 @@ pub enum ShardMsg {
     /// Store (or, with an empty payload, delete) a retained message in the
     /// receiver's replica of the retained store; the sender's shard stored it. Not
     /// applied when the replica holds or deleted a newer update of the topic
-    /// (`route::RetainedStamp`: last writer wins). Never dropped: taken with `Shard::poll_control`, coalesced per topic (see
-    /// `route::ControlOutbox`, "Retained replica").
+    /// (`retained::RetainedStamp`: last writer wins). Never dropped: taken with `Shard::poll_control`, coalesced per topic (see
+    /// the `retained` module).
     Retain(Arc<Message>),
     /// The sender's local subscriber count for `filter` (or for `group` on it)
     /// went 0 → 1 (`add`) or 1 → 0.
     /// `seq` is non-zero on adds (and on a remove that replaced a not yet sent add,
-    /// see `route::ControlOutbox`): the receiver answers `RouteAck { seq }` once the
+    /// see `control::ControlOutbox`): the receiver answers `RouteAck { seq }` once the
     /// route is in its table, so the sender can hold SUBACKs until every shard
-    /// routes to it (see `route::PendingSubAck`). Taken with `Shard::poll_control`,
+    /// routes to it (see `routes::PendingSubAck`). Taken with `Shard::poll_control`,
     /// never through `Action::Send`.
     ///
     /// Boxed: a route update is rare next to `Publish`, and every mesh ring slot is
@@ -274,15 +281,15 @@ pub struct Shard {
     filters: TopicTrie<FilterEntry>,
     /// Topic name → retained message; a replica kept identical on every shard.
     retained: TopicTrie<Arc<Message>>,
-    /// Stamps of recently deleted retained topics (see `route::RetainedStamp`).
-    tombstones: route::Tombstones,
+    /// Stamps of recently deleted retained topics (see `retained::RetainedStamp`).
+    tombstones: retained::Tombstones,
     timers: Timers,
     actions: VecDeque<Action>,
     stats: ShardStats,
     conn_generation: u32,
     match_generation: u32,
     /// Per-publish scratch, kept to avoid allocation per message.
-    matches: Vec<route::Match>,
+    matches: Vec<fanout::Match>,
     targets: Targets,
     cache: EncodeCache,
     assigned_ids: u64,
@@ -297,7 +304,7 @@ pub struct Shard {
     /// Per shard: the highest of our route adds it has applied.
     route_acked: Vec<u64>,
     /// SUBACKs waiting for every shard to apply our route adds.
-    pending_subacks: VecDeque<route::PendingSubAck>,
+    pending_subacks: VecDeque<routes::PendingSubAck>,
     /// Route updates and acks not yet taken by the mesh (never dropped).
     control: ControlOutbox,
     /// Origin of `Session::connect_ns`: when the first connection arrived.
@@ -342,7 +349,7 @@ impl Shard {
             sessions: SessionStore::with_capacity(presize),
             filters: TopicTrie::new(),
             retained: TopicTrie::new(),
-            tombstones: route::Tombstones::default(),
+            tombstones: retained::Tombstones::default(),
             timers: Timers::default(),
             actions: VecDeque::new(),
             stats: ShardStats::default(),

@@ -495,7 +495,7 @@ fn held_subacks_release_their_queue_once_every_shard_routes() {
     }
     assert_eq!(
         cl.shards[0].pending_subacks.capacity(),
-        crate::shard::route::PENDING_SUBACKS_KEPT
+        crate::shard::routes::PENDING_SUBACKS_KEPT
     );
     assert_eq!(cl.shards[1].stats().subscriptions, 0);
 }

@@ -1,0 +1,285 @@
+//! The retained replica: every shard keeps a full copy of the retained store. This
+//! file owns storing and deleting on a replica (with the `max_retained_*` bounds and
+//! the memory mark), the last-writer-wins order of updates ([`RetainedStamp`]), the
+//! tombstones that keep a deleted topic from coming back, and the replay of
+//! retained messages after a SUBSCRIBE. The updates travel between shards through
+//! the control outbox (`control.rs`).
+//!
+//! # How the replicas stay identical
+//! A retained message (or a delete: empty payload) that the publisher's shard stored
+//! is queued in the control outbox for every other shard, at most one entry per topic and destination: a newer update of a
+//! topic replaces the unsent older one, as only the topic's latest state matters to
+//! a replica. Live delivery is untouched: subscribers get the message through the
+//! `Publish` data path (which may drop it when the mesh is full, as any data).
+//! - Bound: a pending store is the message the publisher's store holds (the same
+//!   `Arc`, so no extra payload bytes; refused messages are not queued) unless it
+//!   expired there since, so there are at most `max_retained_messages` of them plus
+//!   the expired; a delete is queued only when the publisher held the topic, an update
+//!   of it is pending or it holds the topic's tombstone (at most `TOMBSTONES_MAX`), so
+//!   deleting unknown topics costs nothing. Like route updates,
+//!   the outbox holds at most one entry per topic changed while the mesh was full.
+//! - Limits: the publisher's shard alone applies the memory mark and decides; a
+//!   replica applies the same `max_retained_*` checks, which cannot refuse what the
+//!   publisher stored when the replicas agree: coalescing only skips intermediate
+//!   states, and skipping a store of a topic that is then replaced or deleted leaves
+//!   the replica with fewer messages and bytes than the publisher had when it checked
+//!   (a replaced message no larger than the skipped one needs no check; a larger one
+//!   is checked against the same bytes minus the skipped message).
+//! - Order with live delivery: the worker performs a turn's actions before it takes
+//!   control messages, so the `Publish` of a message enters the mesh (or is dropped)
+//!   before its retained update; a subscriber present on the replica's shard gets the
+//!   message once, live, whichever way the replica lags.
+//! - Order with acks: retained updates leave before the ack. A subscriber's SUBACK is
+//!   held until every shard acks its route add, and its retained messages are read
+//!   from its own shard's replica afterwards; a message published on another shard
+//!   before that shard applied the route add (so not forwarded live) has its retained
+//!   update queued before the ack, so it is in the replica when the SUBACK goes out.
+//! - Concurrent publishes of one topic on two shards converge by last-writer-wins:
+//!   see [`RetainedStamp`]. Coalescing keeps that: of one origin's updates of a topic
+//!   it only skips older ones, which the rule would have overridden anyway.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::control::CONTROL_KEPT;
+use super::{Shard, ShardId, SubIds};
+use crate::protocol::SubscriptionOptions;
+use crate::session::Message;
+
+/// The total order of the retained updates of one topic (last writer wins): when
+/// the node read the PUBLISH (`Message::arrived_at`; every shard reads the same
+/// monotonic clock, as `Handoff::connect_at` relies on for CONNECTs), then the shard
+/// that read it. Each replica applies an update only if its stamp is not below the
+/// stamp of what it holds (or last deleted) for the topic, so every replica ends on
+/// the update with the highest stamp whatever order they arrive in. Equal stamps
+/// come from one shard, whose updates arrive in the order it made them (FIFO mesh,
+/// per-topic coalescing keeps the latest), so equal means newer. The stamp lives in
+/// the stored `Message` itself: no extra bytes per retained message.
+pub(crate) type RetainedStamp = (Instant, ShardId);
+
+fn retained_stamp(m: &Message) -> RetainedStamp {
+    (m.arrived_at, m.origin_shard)
+}
+
+/// How long a replica remembers a deleted topic's stamp. A tombstone only has to
+/// outlive the updates of that topic stamped before the delete and still on their
+/// way here. Such an update was read before the delete was, and the delete was
+/// applied here later still, so when its tombstone goes it has been in flight for
+/// more than this: far beyond the mesh's delay (microseconds; milliseconds while a
+/// ring is full and control messages wait in the outbox, taken every loop turn). A
+/// shard stalled longer than this could bring back a topic deleted meanwhile, on
+/// its own replica only.
+const TOMBSTONE_TTL: Duration = Duration::from_secs(30);
+
+/// At most this many tombstones; beyond it the oldest go early (with the same risk
+/// as outliving `TOMBSTONE_TTL`). Only deletes of topics a replica held or had an
+/// update pending for make tombstones, so it takes this many distinct retained
+/// topics deleted within `TOMBSTONE_TTL` to reach it. Bounds the memory: about 150
+/// bytes plus the topic each.
+const TOMBSTONES_MAX: usize = 65_536;
+
+/// Stamps of recently deleted retained topics (see [`RetainedStamp`]), so an older
+/// update arriving after a delete cannot bring the topic back.
+#[derive(Debug, Default)]
+pub(crate) struct Tombstones {
+    /// Topic → stamp of its delete, and when this replica applied it.
+    by_topic: HashMap<Bytes, (RetainedStamp, Instant)>,
+    /// (applied at, topic), oldest first. An entry whose topic was stored again or
+    /// deleted again since is stale: `by_topic` then holds another time or nothing.
+    order: VecDeque<(Instant, Bytes)>,
+}
+
+impl Tombstones {
+    fn get(&self, topic: &[u8]) -> Option<RetainedStamp> {
+        self.by_topic.get(topic).map(|(stamp, _)| *stamp)
+    }
+
+    fn contains(&self, topic: &[u8]) -> bool {
+        self.by_topic.contains_key(topic)
+    }
+
+    fn insert(&mut self, topic: &Bytes, stamp: RetainedStamp, now: Instant) {
+        self.by_topic.insert(topic.clone(), (stamp, now));
+        self.order.push_back((now, topic.clone()));
+        self.expire(now);
+    }
+
+    fn remove(&mut self, topic: &[u8]) {
+        if !self.by_topic.is_empty() {
+            self.by_topic.remove(topic);
+        }
+    }
+
+    /// Drops the tombstones older than `TOMBSTONE_TTL` and those beyond `TOMBSTONES_MAX`.
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            let old = now.saturating_duration_since(*at) >= TOMBSTONE_TTL;
+            if !old && self.order.len() <= TOMBSTONES_MAX {
+                break;
+            }
+            let Some((at, topic)) = self.order.pop_front() else {
+                break;
+            };
+            if self.by_topic.get(&topic).is_some_and(|(_, a)| *a == at) {
+                self.by_topic.remove(&topic);
+            }
+        }
+        if self.order.is_empty() && self.order.capacity() > CONTROL_KEPT {
+            self.order.shrink_to(CONTROL_KEPT);
+            self.by_topic.shrink_to(CONTROL_KEPT);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.by_topic.len()
+    }
+}
+
+/// What became of a retained update (see [`Shard::apply_retained`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applied {
+    Stored,
+    /// Older than what the replica holds or deleted for the topic.
+    Superseded,
+    /// Over a retained bound or the memory mark (`store_retained`).
+    Refused,
+}
+
+impl Shard {
+    /// A retained-store update from the shard it was published on.
+    pub(crate) fn on_remote_retained(&mut self, msg: Arc<Message>, now: Instant) {
+        // The publisher's shard already applied the memory mark; the bounds cannot
+        // refuse it while the replicas agree (see `ControlOutbox`).
+        self.apply_retained(&msg, false, now);
+    }
+
+    /// A retained PUBLISH (or delete) read on this shard: applied to its replica as
+    /// the publisher's shard, under the memory mark.
+    pub(super) fn retain_published(&mut self, a: &Arc<Message>, now: Instant) -> Applied {
+        // A delete of a topic nobody holds needs no replica update (see the module
+        // docs, "Bound": this bounds the outbox).
+        let known = !a.payload.is_empty()
+            || self.retained.get(&a.topic).is_some()
+            || self.control.retained_pending(&a.topic)
+            || self.tombstones.contains(&a.topic);
+        // Superseded: a newer update from another shard is here already, so it
+        // is on its way to every replica too, and each would refuse this one.
+        if known {
+            self.apply_retained(a, true, now)
+        } else {
+            Applied::Superseded
+        }
+    }
+
+    /// Queues a retained update this shard stored for every other replica; called
+    /// after the publish's `Publish` actions (module docs, "Order with live
+    /// delivery"). Refused here, so refused everywhere: the replicas stay identical.
+    pub(super) fn replicate_retained(&mut self, a: Arc<Message>) {
+        let me = self.id;
+        for to in (0..self.shard_count).filter(|s| *s != me) {
+            self.control.push_retained(to, a.clone());
+        }
+    }
+
+    /// Applies a retained update (a delete: empty payload) unless this replica holds
+    /// or deleted a newer one for the topic (see [`RetainedStamp`]).
+    fn apply_retained(&mut self, msg: &Arc<Message>, check_mark: bool, now: Instant) -> Applied {
+        let stamp = retained_stamp(msg);
+        self.tombstones.expire(now);
+        let (held, old_bytes) = match self.retained.get(&msg.topic) {
+            Some(m) => (Some(retained_stamp(m)), Some(m.cost_bytes())),
+            None => (self.tombstones.get(&msg.topic), None),
+        };
+        if held.is_some_and(|h| stamp < h) {
+            return Applied::Superseded;
+        }
+        if msg.payload.is_empty() {
+            self.remove_retained(&msg.topic);
+            self.tombstones.insert(&msg.topic, stamp, now);
+            return Applied::Stored;
+        }
+        if !self.store_retained(msg, old_bytes, check_mark) {
+            return Applied::Refused;
+        }
+        self.tombstones.remove(&msg.topic);
+        Applied::Stored
+    }
+
+    /// Stores or replaces a retained message (non-empty payload; `apply_retained`
+    /// handles deletes); `old`: the cost of the one it replaces. Returns `false` when
+    /// it was not stored: it would add a message beyond `max_retained_messages`, or add
+    /// or grow one beyond `max_retained_bytes` or (with `check_mark`) while the shard
+    /// is over `memory_high_water_bytes`. Replacing with a message no larger always
+    /// succeeds.
+    fn store_retained(&mut self, msg: &Arc<Message>, old: Option<usize>, check_mark: bool) -> bool {
+        let new = msg.cost_bytes();
+        let grows = old.map_or(true, |old| new > old);
+        if grows {
+            let s = &mut self.stats;
+            if old.is_none() && self.retained.len() >= self.config.max_retained_messages {
+                s.dropped_retained_full += 1;
+                return false;
+            }
+            if s.bytes_retained - old.unwrap_or(0) + new > self.config.max_retained_bytes {
+                s.dropped_retained_bytes += 1;
+                return false;
+            }
+            if check_mark && self.over_memory_mark() {
+                self.stats.dropped_retained_memory += 1;
+                return false;
+            }
+        }
+        if let Some(v) = self.retained.get_mut(&msg.topic) {
+            self.stats.bytes_retained -= v.cost_bytes();
+            self.stats.bytes_retained += new;
+            *v = msg.clone();
+            return true;
+        }
+        self.retained.insert(&msg.topic, msg.clone());
+        self.stats.bytes_retained += new;
+        self.stats.retained = self.retained.len();
+        true
+    }
+
+    fn remove_retained(&mut self, topic: &[u8]) {
+        if let Some(old) = self.retained.remove(topic) {
+            self.stats.bytes_retained -= old.cost_bytes();
+            self.stats.retained = self.retained.len();
+        }
+    }
+
+    /// Sends the retained messages matching `filter` to `session` after a SUBSCRIBE.
+    /// Such copies always carry retain = 1; expired ones are dropped from the replica.
+    pub(crate) fn send_retained(
+        &mut self,
+        session: u32,
+        filter: &[u8],
+        options: SubscriptionOptions,
+        sub_id: u32,
+        now: Instant,
+    ) {
+        let mut found: Vec<Arc<Message>> = Vec::new();
+        self.retained
+            .for_each_matching_filter(filter, |_, m| found.push(m.clone()));
+        let mut sub_ids = SubIds::new();
+        if sub_id != 0 {
+            sub_ids.push(sub_id);
+        }
+        for m in found {
+            if m.is_expired(now) {
+                // Expired on every replica alike; the tombstone keeps it in the order
+                // as if still held, so an older update arriving later stays refused.
+                self.remove_retained(&m.topic);
+                self.tombstones.insert(&m.topic, retained_stamp(&m), now);
+                continue;
+            }
+            let qos = m.qos.min(options.qos);
+            let mut arc = Some(m.clone());
+            self.deliver(session, &m, &mut arc, qos, true, &sub_ids, now, false);
+        }
+    }
+}

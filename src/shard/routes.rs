@@ -1,0 +1,265 @@
+//! The replicated routes table: which shards have subscribers for each filter (a
+//! [`ShardSet`] per filter, and per shared group), kept in the filter trie beside the
+//! local subscriptions. Broadcasting our own row's changes, applying the other
+//! shards' updates, and holding SUBACKs until every shard has applied our route
+//! adds ([`PendingSubAck`]).
+
+use std::cell::Cell;
+use std::time::Instant;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::subs::FilterEntry;
+use super::{ConnId, RouteUpdate, Shard, ShardId};
+use crate::protocol::{SubAck, SubscriptionOptions};
+
+/// Capacity `pending_subacks` keeps once empty (see `on_route_ack`).
+pub(crate) const PENDING_SUBACKS_KEPT: usize = 16;
+
+/// A set of shards as a bitset.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct ShardSet(SmallVec<[u64; 1]>);
+
+/// A SUBACK held until every shard has applied this shard's route adds up to
+/// `route_seq`, so that once the client holds its SUBACK a message published on
+/// any shard reaches it (without this, a publish racing the route update to
+/// another shard would be lost).
+pub(crate) struct PendingSubAck {
+    pub conn: ConnId,
+    pub generation: u32,
+    pub session: u32,
+    pub route_seq: u64,
+    pub ack: SubAck,
+    pub retained: SmallVec<[(Bytes, SubscriptionOptions); 2]>,
+    pub sub_id: u32,
+}
+
+impl ShardSet {
+    pub fn insert(&mut self, s: ShardId) {
+        let w = s / 64;
+        if self.0.len() <= w {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << (s % 64);
+    }
+
+    pub fn remove(&mut self, s: ShardId) {
+        if let Some(w) = self.0.get_mut(s / 64) {
+            *w &= !(1 << (s % 64));
+        }
+    }
+
+    pub fn contains(&self, s: ShardId) -> bool {
+        self.0.get(s / 64).is_some_and(|w| w & (1 << (s % 64)) != 0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    /// The `n`-th member in ascending order.
+    pub fn nth(&self, mut n: usize) -> Option<ShardId> {
+        for (i, w) in self.0.iter().enumerate() {
+            let c = w.count_ones() as usize;
+            if n < c {
+                let mut w = *w;
+                for _ in 0..n {
+                    w &= w - 1;
+                }
+                return Some(i * 64 + w.trailing_zeros() as usize);
+            }
+            n -= c;
+        }
+        None
+    }
+
+    pub fn for_each(&self, mut f: impl FnMut(ShardId)) {
+        for (i, w) in self.0.iter().enumerate() {
+            let mut w = *w;
+            while w != 0 {
+                f(i * 64 + w.trailing_zeros() as usize);
+                w &= w - 1;
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct RouteGroup {
+    /// The trie key again: `for_each_match` does not say which key matched, and a
+    /// remote shard needs the filter to find the group.
+    pub filter: Bytes,
+    pub name: Bytes,
+    pub shards: ShardSet,
+    pub next: Cell<u32>,
+}
+
+impl Shard {
+    /// Our local count for `filter` (or `group` on it) went 0 → 1 or 1 → 0: update
+    /// our own row of the routes table and tell every other shard.
+    pub(super) fn route_changed(&mut self, filter: &Bytes, group: Option<&Bytes>, add: bool) {
+        let me = self.id;
+        self.apply_route(me, filter, group, add);
+        if self.shard_count == 1 {
+            return;
+        }
+        // Only adds need an ack: a publish that reaches a shard after the last local
+        // subscriber left is simply dropped there.
+        let seq = if add {
+            self.route_seq += 1;
+            self.route_seq
+        } else {
+            0
+        };
+        for to in (0..self.shard_count).filter(|s| *s != me) {
+            let update = RouteUpdate {
+                filter: filter.clone(),
+                group: group.cloned(),
+                add,
+                seq,
+            };
+            self.control.push_route(to, update);
+        }
+    }
+
+    pub(crate) fn on_route(
+        &mut self,
+        from: ShardId,
+        filter: Bytes,
+        group: Option<Bytes>,
+        add: bool,
+        seq: u64,
+    ) {
+        if from >= self.shard_count {
+            return;
+        }
+        self.apply_route(from, &filter, group.as_ref(), add);
+        if seq != 0 {
+            self.control.push_ack(from, seq);
+        }
+    }
+
+    /// Every other shard has applied all route adds we sent so far.
+    pub(crate) fn routes_settled(&self) -> bool {
+        let me = self.id;
+        self.route_acked
+            .iter()
+            .enumerate()
+            .all(|(shard, acked)| shard == me || *acked >= self.route_seq)
+    }
+
+    pub(crate) fn on_route_ack(&mut self, from: ShardId, seq: u64, now: Instant) {
+        let Some(acked) = self.route_acked.get_mut(from) else {
+            return;
+        };
+        *acked = (*acked).max(seq);
+        while let Some(p) = self.pending_subacks.front() {
+            let me = self.id;
+            let ready = self
+                .route_acked
+                .iter()
+                .enumerate()
+                .all(|(shard, acked)| shard == me || *acked >= p.route_seq);
+            if !ready {
+                break;
+            }
+            let Some(p) = self.pending_subacks.pop_front() else {
+                break;
+            };
+            let alive = self
+                .conns
+                .get(p.conn)
+                .is_some_and(|c| c.generation == p.generation && c.session == p.session);
+            if alive {
+                self.finish_subscribe(p.conn, p.session, p.ack, p.retained, p.sub_id, now);
+            }
+        }
+        // A subscribe storm grows the queue to thousands of entries (~150 B each);
+        // once it drains, keep only a small one.
+        if self.pending_subacks.is_empty()
+            && self.pending_subacks.capacity() > PENDING_SUBACKS_KEPT * 4
+        {
+            self.pending_subacks.shrink_to(PENDING_SUBACKS_KEPT);
+        }
+    }
+
+    fn apply_route(&mut self, shard: ShardId, filter: &Bytes, group: Option<&Bytes>, add: bool) {
+        if add {
+            let e = self
+                .filters
+                .entry_or_insert_with(filter, FilterEntry::default);
+            match group {
+                None => e.shards.insert(shard),
+                Some(g) => {
+                    let routes = &mut e.shared.get_or_insert_with(Default::default).routes;
+                    match routes.iter_mut().find(|x| x.name == *g) {
+                        Some(x) => x.shards.insert(shard),
+                        None => {
+                            let mut shards = ShardSet::default();
+                            shards.insert(shard);
+                            routes.push(RouteGroup {
+                                filter: filter.clone(),
+                                name: g.clone(),
+                                shards,
+                                next: Cell::new(0),
+                            });
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        let Some(e) = self.filters.get_mut(filter) else {
+            return;
+        };
+        match group {
+            None => e.shards.remove(shard),
+            Some(g) => {
+                if let Some(routes) = e.shared.as_mut().map(|x| &mut x.routes) {
+                    if let Some(i) = routes.iter().position(|x| x.name == *g) {
+                        routes[i].shards.remove(shard);
+                        if routes[i].shards.is_empty() {
+                            routes.swap_remove(i);
+                        }
+                    }
+                }
+                e.tidy_shared();
+            }
+        }
+        if e.is_empty() {
+            self.filters.remove(filter);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ShardSet;
+
+    #[test]
+    fn shard_set_ops() {
+        let mut s = ShardSet::default();
+        assert!(s.is_empty());
+        s.insert(3);
+        s.insert(70);
+        s.insert(0);
+        assert_eq!(s.len(), 3);
+        assert_eq!(
+            (s.nth(0), s.nth(1), s.nth(2), s.nth(3)),
+            (Some(0), Some(3), Some(70), None)
+        );
+        let mut v = Vec::new();
+        s.for_each(|x| v.push(x));
+        assert_eq!(v, vec![0, 3, 70]);
+        s.remove(3);
+        assert!(!s.contains(3) && s.contains(70));
+        s.remove(0);
+        s.remove(70);
+        assert!(s.is_empty());
+    }
+}

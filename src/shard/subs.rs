@@ -1,0 +1,400 @@
+//! Local subscriptions: the entry the filter trie holds per filter (this shard's
+//! subscribers, plain and per shared group, beside its row of the routes table),
+//! and adding or removing a session's subscriptions, which tells the routes table
+//! when a filter's local count goes 0 → 1 or 1 → 0.
+
+use std::cell::Cell;
+
+use bytes::Bytes;
+use smallvec::SmallVec;
+
+use super::routes::{RouteGroup, ShardSet};
+use super::Shard;
+use crate::protocol::SubscriptionOptions;
+
+/// One local subscriber of a filter.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LocalSub {
+    pub session: u32,
+    pub options: SubscriptionOptions,
+    /// 0 = none.
+    pub sub_id: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct LocalGroup {
+    pub name: Bytes,
+    pub members: Vec<LocalSub>,
+    /// Round-robin position; a `Cell` because the trie hands out shared references.
+    pub next: Cell<u32>,
+}
+
+/// What one shard knows about one filter (the inner filter of shared subscriptions):
+/// its local subscribers and, as its row of the replicated routes table, which
+/// shards have subscribers. One trie holds both, so a filter costs one path of nodes
+/// and a publish walks once.
+#[derive(Debug, Default)]
+pub(crate) struct FilterEntry {
+    /// Local non-shared subscribers; one fits inline (a device subscribed to its own
+    /// command topic needs no allocation).
+    pub plain: SmallVec<[LocalSub; 1]>,
+    /// Shards with non-shared subscribers, this one included when `plain` is not empty.
+    pub shards: ShardSet,
+    /// Shared subscriptions on this filter; rare, so boxed. `None` once empty.
+    pub shared: Option<Box<SharedEntry>>,
+}
+
+/// The shared subscriptions of one filter.
+#[derive(Debug, Default)]
+pub(crate) struct SharedEntry {
+    /// Groups with members on this shard.
+    pub local: Vec<LocalGroup>,
+    /// Groups with members on any shard, and which shards.
+    pub routes: Vec<RouteGroup>,
+}
+
+impl FilterEntry {
+    pub(super) fn is_empty(&self) -> bool {
+        self.plain.is_empty() && self.shards.is_empty() && self.shared.is_none()
+    }
+
+    /// Drops the shared part once it holds nothing.
+    pub(super) fn tidy_shared(&mut self) {
+        if self
+            .shared
+            .as_ref()
+            .is_some_and(|x| x.local.is_empty() && x.routes.is_empty())
+        {
+            self.shared = None;
+        }
+    }
+
+    pub(super) fn local_groups(&self) -> &[LocalGroup] {
+        self.shared.as_ref().map_or(&[], |x| &x.local)
+    }
+}
+
+impl Shard {
+    /// Adds or replaces `session`'s subscription to `inner` (the filter without
+    /// `$share/{group}/`). Returns whether it is new.
+    pub(crate) fn add_local_sub(
+        &mut self,
+        session: u32,
+        inner: &Bytes,
+        group: Option<&Bytes>,
+        options: SubscriptionOptions,
+        sub_id: u32,
+    ) -> bool {
+        let sub = LocalSub {
+            session,
+            options,
+            sub_id,
+        };
+        let entry = self
+            .filters
+            .entry_or_insert_with(inner, FilterEntry::default);
+        let (added, first) = match group {
+            None => match entry.plain.iter_mut().find(|s| s.session == session) {
+                Some(s) => {
+                    *s = sub;
+                    (false, false)
+                }
+                None => {
+                    entry.plain.push(sub);
+                    (true, entry.plain.len() == 1)
+                }
+            },
+            Some(g) => {
+                let groups = &mut entry.shared.get_or_insert_with(Default::default).local;
+                let gi = match groups.iter().position(|x| x.name == *g) {
+                    Some(i) => i,
+                    None => {
+                        groups.push(LocalGroup {
+                            name: g.clone(),
+                            members: Vec::new(),
+                            next: Cell::new(0),
+                        });
+                        groups.len() - 1
+                    }
+                };
+                let members = &mut groups[gi].members;
+                match members.iter_mut().find(|s| s.session == session) {
+                    Some(s) => {
+                        *s = sub;
+                        (false, false)
+                    }
+                    None => {
+                        members.push(sub);
+                        (true, members.len() == 1)
+                    }
+                }
+            }
+        };
+        if first {
+            self.route_changed(inner, group, true);
+        }
+        if added {
+            self.stats.subscriptions += 1;
+        }
+        added
+    }
+
+    /// Removes `session`'s subscription to `inner`; returns whether it existed.
+    pub(crate) fn remove_local_sub(
+        &mut self,
+        session: u32,
+        inner: &Bytes,
+        group: Option<&Bytes>,
+    ) -> bool {
+        let Some(entry) = self.filters.get_mut(inner) else {
+            return false;
+        };
+        let (removed, last) = match group {
+            None => match entry.plain.iter().position(|s| s.session == session) {
+                Some(i) => {
+                    entry.plain.swap_remove(i);
+                    (true, entry.plain.is_empty())
+                }
+                None => (false, false),
+            },
+            Some(g) => {
+                let groups = entry.shared.as_mut().map(|x| &mut x.local);
+                match groups.and_then(|gs| Some((gs.iter().position(|x| x.name == *g)?, gs))) {
+                    Some((gi, groups)) => {
+                        let members = &mut groups[gi].members;
+                        match members.iter().position(|s| s.session == session) {
+                            Some(i) => {
+                                // Keep member order (round robin stays fair).
+                                members.remove(i);
+                                let last = members.is_empty();
+                                if last {
+                                    groups.swap_remove(gi);
+                                }
+                                (true, last)
+                            }
+                            None => (false, false),
+                        }
+                    }
+                    None => (false, false),
+                }
+            }
+        };
+        entry.tidy_shared();
+        if last {
+            // Takes this shard out of the filter's routes (and prunes the entry).
+            self.route_changed(inner, group, false);
+        } else if entry.is_empty() {
+            self.filters.remove(inner);
+        }
+        if removed {
+            self.stats.subscriptions -= 1;
+        }
+        removed
+    }
+
+    /// Splits a full filter into (inner filter, group) as owned `Bytes` (one copy
+    /// of `full`, shared by both).
+    pub(crate) fn split_filter(full: &[u8]) -> (Bytes, Option<Bytes>) {
+        let full = Bytes::copy_from_slice(full);
+        match crate::topic::parse_shared(&full) {
+            Ok(Some(s)) => (full.slice_ref(s.filter), Some(full.slice_ref(s.group))),
+            _ => (full.clone(), None),
+        }
+    }
+
+    /// Removes every subscription of `session` (session end).
+    pub(crate) fn remove_all_subs(&mut self, session: u32) {
+        let subs = match self.sessions.get_mut(session) {
+            Some(s) => std::mem::take(&mut s.subs),
+            None => return,
+        };
+        for s in &subs {
+            let (inner, group) = Self::split_filter(&s.filter);
+            self.remove_local_sub(session, &inner, group.as_ref());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use bytes::Bytes;
+    use smallvec::smallvec;
+
+    use crate::config::Config;
+    use crate::protocol::{Packet, Properties, QoS, UnsubAck, Unsubscribe};
+    use crate::shard::harness::*;
+
+    const FILTERS: [&str; 10] = [
+        "a/b",
+        "a/+",
+        "a/#",
+        "+/b",
+        "#",
+        "b/c",
+        "$share/g/a/+",
+        "$share/h/a/b",
+        "$share/g/#",
+        "$share/g/a/b",
+    ];
+    const TOPICS: [&str; 5] = ["a/b", "a/c", "b/c", "b/b", "x"];
+
+    /// The filter trie (local subscribers and routes in one) against a model of
+    /// who subscribed to what, on 1, 2 and 3 shards, through random subscribes,
+    /// unsubscribes, disconnects and publishes:
+    /// - every shard holds exactly one entry per inner filter with a subscriber
+    ///   anywhere (its routes row) and prunes to the bare root when none is left;
+    /// - each publish reaches every plainly matching client exactly once, and each
+    ///   matching shared group (group, inner filter) exactly once, at one member.
+    #[test]
+    fn filter_trie_against_a_model() {
+        for shards in 1..=3 {
+            let mut cl = Cluster::new(shards, Config::default());
+            let ids: Vec<String> = (0..6).map(|i| format!("m{i}")).collect();
+            let mut cids: Vec<Cid> = Vec::new();
+            for (i, id) in ids.iter().enumerate() {
+                let opts = ConnectOpts {
+                    accept_on: i % shards,
+                    ..ConnectOpts::default()
+                };
+                cids.push(cl.connect_ok(V311, id, opts, false));
+            }
+            let mut subs: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); ids.len()];
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ shards as u64;
+            let mut published = 0u32;
+            for _ in 0..600 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let c = (x >> 8) as usize % ids.len();
+                let f = FILTERS[(x >> 16) as usize % FILTERS.len()];
+                match x % 10 {
+                    0..=3 => {
+                        cl.subscribe(cids[c], f, QoS::AtMostOnce);
+                        subs[c].insert(f);
+                    }
+                    4 | 5 => {
+                        let u = Unsubscribe {
+                            packet_id: 2,
+                            filters: smallvec![Bytes::from_static(f.as_bytes())],
+                            properties: Properties::default(),
+                        };
+                        cl.send(cids[c], Packet::Unsubscribe(u));
+                        subs[c].remove(f);
+                        // 3.1.1 UNSUBACK carries no reason codes.
+                        let ack = UnsubAck {
+                            packet_id: 2,
+                            codes: smallvec![],
+                            properties: Properties::default(),
+                        };
+                        cl.expect(cids[c], Packet::UnsubAck(ack));
+                    }
+                    6 => {
+                        // A clean session ends with its connection.
+                        cl.drop_connection(cids[c]);
+                        subs[c].clear();
+                        let opts = ConnectOpts {
+                            accept_on: (x >> 24) as usize % shards,
+                            ..ConnectOpts::default()
+                        };
+                        cids[c] = cl.connect_ok(V311, &ids[c], opts, false);
+                    }
+                    _ => {
+                        let topic = TOPICS[(x >> 32) as usize % TOPICS.len()];
+                        published += 1;
+                        let payload = published.to_string();
+                        cl.publish(cids[c], topic, &payload, QoS::AtMostOnce, false, 0);
+                        check_delivery(&mut cl, &cids, &subs, topic, &payload);
+                    }
+                }
+                check_entries(&cl, &subs);
+            }
+            for c in 0..ids.len() {
+                cl.drop_connection(cids[c]);
+                subs[c].clear();
+            }
+            check_entries(&cl, &subs);
+            for sh in &cl.shards {
+                assert_eq!(sh.filters.node_count(), 1, "pruned to the root");
+                assert_eq!(sh.stats().subscriptions, 0);
+            }
+        }
+    }
+
+    fn inner(filter: &str) -> (&str, Option<&str>) {
+        match filter.strip_prefix("$share/") {
+            Some(rest) => {
+                let (group, f) = rest.split_once('/').expect("group/filter");
+                (f, Some(group))
+            }
+            None => (filter, None),
+        }
+    }
+
+    #[track_caller]
+    fn check_entries(cl: &Cluster, subs: &[BTreeSet<&str>]) {
+        let inners: BTreeSet<&str> = subs.iter().flatten().map(|f| inner(f).0).collect();
+        for (i, sh) in cl.shards.iter().enumerate() {
+            assert_eq!(sh.filters.len(), inners.len(), "shard {i}: {inners:?}");
+            for f in &inners {
+                assert!(sh.filters.get(f.as_bytes()).is_some(), "shard {i}: {f}");
+            }
+        }
+        let total: usize = subs.iter().map(|s| s.len()).sum();
+        let on_shards: usize = cl.shards.iter().map(|s| s.stats().subscriptions).sum();
+        assert_eq!(on_shards, total);
+    }
+
+    #[track_caller]
+    fn check_delivery(
+        cl: &mut Cluster,
+        cids: &[Cid],
+        subs: &[BTreeSet<&str>],
+        topic: &str,
+        payload: &str,
+    ) {
+        // (group, inner filter) → members.
+        let mut groups: BTreeMap<(&str, &str), BTreeSet<usize>> = BTreeMap::new();
+        for (c, fs) in subs.iter().enumerate() {
+            for f in fs {
+                if let (inner, Some(g)) = inner(f) {
+                    if crate::topic::matches(inner.as_bytes(), topic.as_bytes()) {
+                        groups.entry((g, inner)).or_default().insert(c);
+                    }
+                }
+            }
+        }
+        let mut group_copies = 0;
+        for (c, &cid) in cids.iter().enumerate() {
+            let mut got = 0;
+            while let Some(p) = cl.next(cid) {
+                assert_eq!(
+                    p,
+                    pubp(topic, payload, QoS::AtMostOnce, false, 0),
+                    "client {c}"
+                );
+                got += 1;
+            }
+            let plain = subs[c].iter().any(|f| {
+                !f.starts_with("$share/") && crate::topic::matches(f.as_bytes(), topic.as_bytes())
+            });
+            let member_of = groups.values().filter(|m| m.contains(&c)).count();
+            assert!(
+                got >= usize::from(plain),
+                "client {c}: plain copy of {topic}"
+            );
+            let shared = got - usize::from(plain);
+            assert!(
+                shared <= member_of,
+                "client {c}: {shared} group copies of {topic}"
+            );
+            group_copies += shared;
+        }
+        assert_eq!(
+            group_copies,
+            groups.len(),
+            "one copy per matching group: {groups:?}"
+        );
+    }
+}
