@@ -1,0 +1,98 @@
+//! What crosses the shard's boundary: messages between shards over the mesh
+//! ([`ShardMsg`] and its payloads), a connection handed to its owner shard
+//! ([`Handoff`]), and the actions the IO side performs for the shard ([`Action`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use super::{ConnId, ShardId};
+use crate::session::Message;
+
+/// A connection moving to the shard that owns its client id. The bytes it sent so
+/// far (CONNECT included) travel with it and are parsed again by the owner.
+#[derive(Debug)]
+pub struct Handoff {
+    pub peer: SocketAddr,
+    pub rx: BytesMut,
+    pub accepted_at: Instant,
+    /// When the accepting shard read the CONNECT: the owner applies CONNECTs of one
+    /// client id in this order, however the hand-offs travel.
+    pub connect_at: Instant,
+}
+
+/// A shared subscription a remote shard must deliver to: one member of `group`
+/// subscribed to `filter` on that shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedTarget {
+    pub filter: Bytes,
+    pub group: Bytes,
+}
+
+/// The payload of [`ShardMsg::Route`].
+#[derive(Debug)]
+pub struct RouteUpdate {
+    pub filter: Bytes,
+    pub group: Option<Bytes>,
+    pub add: bool,
+    pub seq: u64,
+}
+
+/// Messages between shards, carried over the SPSC mesh. All payloads are shared
+/// (`Arc`/`Bytes`), so a message is cheap to build and `Send`.
+#[derive(Debug)]
+pub enum ShardMsg {
+    /// A PUBLISH routed to this shard. `plain`: deliver to the matching local
+    /// non-shared subscriptions; `shared`: the shared subscriptions this shard was
+    /// picked for. Data: dropped (and counted) when the mesh is full.
+    Publish {
+        msg: Arc<Message>,
+        plain: bool,
+        shared: Vec<SharedTarget>,
+    },
+    /// Store (or, with an empty payload, delete) a retained message in the
+    /// receiver's replica of the retained store; the sender's shard stored it. Not
+    /// applied when the replica holds or deleted a newer update of the topic
+    /// (`retained::RetainedStamp`: last writer wins). Never dropped: taken with `Shard::poll_control`, coalesced per topic (see
+    /// the `retained` module).
+    Retain(Arc<Message>),
+    /// The sender's local subscriber count for `filter` (or for `group` on it)
+    /// went 0 → 1 (`add`) or 1 → 0.
+    /// `seq` is non-zero on adds (and on a remove that replaced a not yet sent add,
+    /// see `control::ControlOutbox`): the receiver answers `RouteAck { seq }` once the
+    /// route is in its table, so the sender can hold SUBACKs until every shard
+    /// routes to it (see `routes::PendingSubAck`). Taken with `Shard::poll_control`,
+    /// never through `Action::Send`.
+    ///
+    /// Boxed: a route update is rare next to `Publish`, and every mesh ring slot is
+    /// sized by the largest variant (a subscribe storm touches them all).
+    Route(Box<RouteUpdate>),
+    /// Every `Route` the receiver sent us up to `seq` is applied (rings are FIFO
+    /// per pair, so one number per shard is enough). Taken with `Shard::poll_control`.
+    RouteAck { seq: u64 },
+}
+
+/// What the IO side must do. Pulled with [`Shard::poll_action`].
+#[derive(Debug)]
+pub enum Action {
+    /// `conn` has bytes waiting in `take_tx`; emitted once until they are taken.
+    Flush(ConnId),
+    /// Write what is pending, then close the socket and `release(conn)`.
+    Close(ConnId),
+    /// Hand the socket to shard `to` with `handoff`, then `release(conn)` here.
+    /// When the hand-off cannot be made while the socket is still here, call
+    /// [`Shard::on_migrate_refused`] instead and perform the `Close` it emits.
+    Migrate {
+        conn: ConnId,
+        to: ShardId,
+        /// Boxed: queued actions and mesh ring slots are sized by the largest
+        /// variant, and every slot a connect storm cycles through stays resident.
+        handoff: Box<Handoff>,
+    },
+    /// Deliver `msg` (a `Publish`) to shard `to` over the mesh; may be dropped (and
+    /// counted) when the mesh is full. Control messages are not sent this way: see
+    /// `Shard::poll_control`.
+    Send { to: ShardId, msg: ShardMsg },
+}

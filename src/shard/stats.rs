@@ -1,0 +1,93 @@
+//! The shard's counters ([`ShardStats`]): gauges of what it holds and one counter
+//! per drop, refusal and close reason, read by the worker's report and the tests.
+
+/// Counters of one shard. Gauges (connections, sessions, subscriptions,
+/// bytes_queued, retained) are current values; the rest only grow.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Connections accepted or adopted and not yet released.
+    pub connections: usize,
+    pub sessions: usize,
+    /// Subscriptions of the sessions on this shard.
+    pub subscriptions: usize,
+    /// PUBLISHes received from clients on this shard (wills included).
+    pub messages_in: u64,
+    /// PUBLISHes encoded for clients of this shard (resends included).
+    pub messages_out: u64,
+    /// QoS 0 copies dropped because the connection's outbound buffer was full.
+    pub dropped_outbound_full: u64,
+    /// Copies dropped because a session queue was at its message or byte bound.
+    pub dropped_queue_full: u64,
+    /// Copies dropped because they exceed the client's Maximum Packet Size.
+    pub dropped_too_large: u64,
+    /// Copies dropped because their Message Expiry Interval passed while queued.
+    pub dropped_expired: u64,
+    /// QoS 0 copies for offline sessions not queued (`queue_qos0_offline` off).
+    pub dropped_offline_qos0: u64,
+    /// Retained messages not stored because the store is at `max_retained_messages`.
+    pub dropped_retained_full: u64,
+    /// Retained messages not stored because they would take the store past
+    /// `max_retained_bytes`.
+    pub dropped_retained_bytes: u64,
+    /// Retained messages (adding or growing one) not stored because the shard was
+    /// over `memory_high_water_bytes`; checked on the publisher's shard only.
+    pub dropped_retained_memory: u64,
+    /// Shared-subscription copies whose group vanished on the picked shard.
+    pub dropped_no_subscriber: u64,
+    /// Bytes of messages waiting in session queues on this shard.
+    pub bytes_queued: usize,
+    /// Retained messages in this shard's replica.
+    pub retained: usize,
+    /// Bytes encoded into connection buffers and not yet taken by the IO side.
+    pub bytes_tx: usize,
+    /// Bytes (`Message::cost_bytes`) of the retained replica.
+    pub bytes_retained: usize,
+
+    // Hostile input and overload: one counter per limit.
+    /// CONNECTs refused with 0x97 / rc 3: node over `max_connections`.
+    pub refused_max_connections: u64,
+    /// CONNECTs refused with 0x97 / rc 3: source IP over `max_connections_per_ip`.
+    pub refused_per_ip: u64,
+    /// CONNECTs refused with 0x9F / rc 3: over `connect_rate_per_s`.
+    pub refused_rate: u64,
+    /// CONNECTs refused with 0x89 / rc 3: shard memory over `memory_high_water_bytes`.
+    pub refused_busy: u64,
+    /// 3.x CONNECTs refused with rc 2: keepalive 0 or above `keepalive_max_s`
+    /// (MQTT 5 clients are given Server Keep Alive instead).
+    pub refused_keepalive: u64,
+    /// CONNECTs refused with 0x89 / rc 3 by the accepting shard because the hand-off
+    /// to the owner shard was refused (owner's table or the mesh full).
+    pub refused_handoff: u64,
+    /// CONNECTs that reached the owner (by hand-off) after a later CONNECT for the
+    /// same client id: CONNACK, DISCONNECT 0x8E (MQTT 5), closed.
+    pub closed_superseded: u64,
+    /// Connections closed for not completing CONNECT within `connect_timeout_ms`.
+    pub connect_timeouts: u64,
+    /// Connections closed for a packet over `max_packet_size` (0x95).
+    pub closed_packet_too_large: u64,
+    /// Connections closed for a malformed packet or a protocol error.
+    pub closed_protocol_error: u64,
+    /// Connections closed for a PUBLISH topic over `max_topic_len` / `max_topic_levels`
+    /// (0x90); filters over them are refused per filter in SUBACK (`refused_filters`).
+    pub closed_topic_invalid: u64,
+    /// SUBSCRIBE filters refused: invalid or over the topic limits (0x8F).
+    pub refused_filters: u64,
+    /// SUBSCRIBE filters refused: over `max_subscriptions_per_client` (0x97).
+    pub refused_subscriptions: u64,
+    /// Connections closed for exceeding our Receive Maximum (0x93).
+    pub closed_receive_maximum: u64,
+    /// QoS 0 copies shed because the shard was over `memory_high_water_bytes`.
+    pub dropped_memory_qos0: u64,
+    /// Subscribers disconnected under `SlowConsumerPolicy::Disconnect` (0x97).
+    pub closed_slow_consumer: u64,
+    /// Connections closed because a reply would push their unread output past
+    /// `max_outbound_bytes` plus the control allowance: the peer is not reading.
+    pub closed_not_reading: u64,
+}
+
+impl ShardStats {
+    /// Message memory buffered on the shard, compared with `memory_high_water_bytes`.
+    pub fn memory_bytes(&self) -> usize {
+        self.bytes_tx + self.bytes_queued + self.bytes_retained
+    }
+}
