@@ -18,17 +18,19 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::io::{Completion, EventLoop, IoStats, LoopOptions, Remote, SockId, Transfer};
+use crate::io::{Completion, EventLoop, LoopOptions, Remote, SockId, Transfer};
 use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
 
 mod busy_poll;
 mod cpu;
 mod handoffs;
+mod report;
 
 use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
 use handoffs::{shrink_emptied, WaitingHandoffs};
+pub use report::WorkerReport;
 
 /// What travels over the mesh between workers.
 #[derive(Debug)]
@@ -75,26 +77,6 @@ struct ConnIo {
     sock: SockId,
     state: State,
     sending: bool,
-}
-
-/// Counters of one worker, logged at exit.
-#[derive(Debug, Default, Clone)]
-pub struct WorkerReport {
-    pub shard: usize,
-    pub io: IoStats,
-    pub mesh_rejected: u64,
-    pub migrations_out: u64,
-    pub migrations_failed: u64,
-    pub handoffs_in: u64,
-    /// Hand-offs whose socket never came within `adopt_pair_timeout_ms` (it was closed
-    /// unpaired before its hand-off arrived, or adopting it failed): dropped.
-    pub handoffs_expired: u64,
-    /// Connections still open when the shutdown deadline passed.
-    pub forced_closes: u64,
-    /// Connections closed because their last bytes were not taken within `DRAIN_TIMEOUT`.
-    pub drain_timeouts: u64,
-    /// The shard core's counters (every drop and refusal) at exit.
-    pub core: crate::shard::ShardStats,
 }
 
 /// Everything a worker thread needs; built by `main`.

@@ -2,6 +2,7 @@
 //! full mesh, a hand-off whose socket never comes.
 
 use super::*;
+use crate::io::IoStats;
 
 #[test]
 fn a_mesh_message_is_no_larger_than_a_shard_message() {
