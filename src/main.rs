@@ -405,7 +405,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let mut first_error = None;
     for h in handles {
         match h.join() {
-            Ok(Ok(report)) => tracing::info!(?report, "shard stopped"),
+            Ok(Ok(report)) => tracing::info!("shard stopped: {report}"),
             Ok(Err(e)) => {
                 tracing::error!("shard failed: {e}");
                 first_error.get_or_insert(e.to_string());

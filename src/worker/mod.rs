@@ -5,6 +5,10 @@
 //! the shard's actions (one send in flight per connection, gathering everything the
 //! shard encoded); flush the mesh and ring doorbells; then hand everything to the IO
 //! backend in one `turn`, which blocks only when the mesh agreed to park.
+//!
+//! This file owns that loop and the per-connection IO state it keeps beside the shard.
+//! Beside it: `cpu` (thread placement), `busy_poll` (the spin window before blocking),
+//! `handoffs` (hand-offs waiting for their socket), `tests`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -14,9 +18,19 @@ use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::io::{Completion, EventLoop, IoStats, LoopOptions, Remote, SockId, Transfer};
+use crate::io::{Completion, EventLoop, LoopOptions, Remote, SockId, Transfer};
 use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
+
+mod busy_poll;
+mod cpu;
+mod handoffs;
+mod report;
+
+use busy_poll::BusyPoll;
+pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
+use handoffs::{shrink_emptied, WaitingHandoffs};
+pub use report::WorkerReport;
 
 /// What travels over the mesh between workers.
 #[derive(Debug)]
@@ -42,58 +56,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 const PRESIZE_MAX: usize = 1 << 20;
 /// `by_sock` entry of a socket with no connection.
 const NO_CONN: u32 = u32::MAX;
-/// Capacity the hand-off tables may keep while empty (see `shrink_handoff_tables`).
-const HANDOFF_TABLE_KEPT: usize = 64;
 /// After shutdown starts: how long clients get to receive their DISCONNECT.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Then: how long the forced closes may take before the loop gives up.
 const SHUTDOWN_HARD: Duration = Duration::from_secs(2);
-
-/// Adaptive busy-poll window: how long a loop that just went idle spins on its
-/// completion queues and mesh before it blocks. KVM's halt-polling policy: an idle gap
-/// the cap would have covered grows the window (doubling from `BUSY_POLL_START_NS`),
-/// a longer one halves it, down to zero. A steady stream of events keeps the loop
-/// spinning between them (no wake-up latency); an idle fleet, whose rare events are
-/// far apart, costs a few halving spins and then none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BusyPoll {
-    max_ns: u64,
-    window_ns: u64,
-}
-
-/// First window after an idle gap the cap covers (or the cap, if smaller).
-const BUSY_POLL_START_NS: u64 = 10_000;
-
-impl BusyPoll {
-    fn new(max_us: u32) -> BusyPoll {
-        BusyPoll {
-            max_ns: u64::from(max_us) * 1000,
-            window_ns: 0,
-        }
-    }
-
-    fn window(&self) -> Duration {
-        Duration::from_nanos(self.window_ns)
-    }
-
-    /// Learns from one idle gap: from going idle to the next turn with work (found by
-    /// the spin or after blocking).
-    fn observe(&mut self, idle: Duration) {
-        let idle_ns = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
-        if idle_ns <= self.max_ns {
-            self.window_ns = self
-                .window_ns
-                .saturating_mul(2)
-                .max(BUSY_POLL_START_NS)
-                .min(self.max_ns);
-        } else {
-            self.window_ns /= 2;
-            if self.window_ns < BUSY_POLL_START_NS.min(self.max_ns) {
-                self.window_ns = 0;
-            }
-        }
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -111,26 +77,6 @@ struct ConnIo {
     sock: SockId,
     state: State,
     sending: bool,
-}
-
-/// Counters of one worker, logged at exit.
-#[derive(Debug, Default, Clone)]
-pub struct WorkerReport {
-    pub shard: usize,
-    pub io: IoStats,
-    pub mesh_rejected: u64,
-    pub migrations_out: u64,
-    pub migrations_failed: u64,
-    pub handoffs_in: u64,
-    /// Hand-offs whose socket never came within `adopt_pair_timeout_ms` (it was closed
-    /// unpaired before its hand-off arrived, or adopting it failed): dropped.
-    pub handoffs_expired: u64,
-    /// Connections still open when the shutdown deadline passed.
-    pub forced_closes: u64,
-    /// Connections closed because their last bytes were not taken within `DRAIN_TIMEOUT`.
-    pub drain_timeouts: u64,
-    /// The shard core's counters (every drop and refusal) at exit.
-    pub core: crate::shard::ShardStats,
 }
 
 /// Everything a worker thread needs; built by `main`.
@@ -152,50 +98,6 @@ pub struct WorkerSetup {
     /// Connection counters shared by all shards, so `max_connections` and
     /// `max_connections_per_ip` hold per node.
     pub node: Arc<crate::shard::NodeCounters>,
-}
-
-/// Pins the calling thread to `cpu`.
-pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET stays in bounds for
-    // cpu < CPU_SETSIZE (checked); sched_setaffinity(0) applies to this thread.
-    unsafe {
-        if cpu >= libc::CPU_SETSIZE as usize {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Puts the calling thread under SCHED_FIFO at `priority` (1..=99).
-pub fn set_realtime(priority: u8) -> io::Result<()> {
-    let param = libc::sched_param {
-        sched_priority: i32::from(priority),
-    };
-    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the
-    // calling thread.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// CPUs this process may run on.
-pub fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: sched_getaffinity fills the zeroed set we pass; CPU_ISSET reads in bounds.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&c| libc::CPU_ISSET(c, &set))
-            .collect()
-    }
 }
 
 struct Worker<L: EventLoop> {
@@ -919,419 +821,5 @@ fn unparked_timeout(work: bool, backed_up: bool, timeout: Option<Duration>) -> D
     timeout.map_or(BACKED_UP_WAIT, |t| t.min(BACKED_UP_WAIT))
 }
 
-/// Hand-offs waiting for their socket, each for at most `wait`.
-struct WaitingHandoffs {
-    /// With the time each is given up on.
-    by_transfer: HashMap<Transfer, (Instant, Box<Handoff>)>,
-    /// Deadlines in order (one fixed wait); an entry whose hand-off was taken, or
-    /// replaced under a reused transfer id (epoll: an fd number), is skipped.
-    due: VecDeque<(Instant, Transfer)>,
-    wait: Duration,
-}
-
-impl WaitingHandoffs {
-    fn new(wait: Duration) -> WaitingHandoffs {
-        WaitingHandoffs {
-            by_transfer: HashMap::new(),
-            due: VecDeque::new(),
-            wait,
-        }
-    }
-
-    fn insert(&mut self, transfer: Transfer, handoff: Box<Handoff>, now: Instant) {
-        let deadline = now + self.wait;
-        self.by_transfer.insert(transfer, (deadline, handoff));
-        self.due.push_back((deadline, transfer));
-    }
-
-    fn take(&mut self, transfer: Transfer) -> Option<Box<Handoff>> {
-        self.by_transfer.remove(&transfer).map(|(_, h)| h)
-    }
-
-    /// Removes the hand-offs due by `now`, passing each to `gone`.
-    fn expire(&mut self, now: Instant, mut gone: impl FnMut(Transfer, Box<Handoff>)) {
-        while let Some(&(deadline, transfer)) = self.due.front() {
-            if deadline > now {
-                return;
-            }
-            self.due.pop_front();
-            let current = self
-                .by_transfer
-                .get(&transfer)
-                .is_some_and(|(d, _)| *d <= now);
-            if current {
-                if let Some((_, handoff)) = self.by_transfer.remove(&transfer) {
-                    gone(transfer, handoff);
-                }
-            }
-        }
-    }
-
-    /// When `expire` next has something to do (possibly nothing: a stale entry).
-    fn next_deadline(&self) -> Option<Instant> {
-        self.due.front().map(|&(d, _)| d)
-    }
-
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.by_transfer.len()
-    }
-
-    /// Gives a connect storm's memory back once empty.
-    fn shrink(&mut self) {
-        shrink_emptied(&mut self.by_transfer);
-        if self.due.is_empty() && self.due.capacity() > HANDOFF_TABLE_KEPT {
-            self.due.shrink_to(0);
-        }
-    }
-}
-
-/// Frees an empty table's storage unless it is small (see `HANDOFF_TABLE_KEPT`).
-fn shrink_emptied<K: Eq + std::hash::Hash, V>(table: &mut HashMap<K, V>) {
-    if table.is_empty() && table.capacity() > HANDOFF_TABLE_KEPT {
-        table.shrink_to(0);
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn emptied_handoff_tables_are_freed_small_ones_kept() {
-        let mut big: HashMap<u64, u64> = (0..1000).map(|i| (i, i)).collect();
-        shrink_emptied(&mut big);
-        assert_eq!(big.len(), 1000, "a table in use is kept");
-        big.clear();
-        shrink_emptied(&mut big);
-        assert_eq!(big.capacity(), 0);
-        let mut small: HashMap<u64, u64> = (0..10).map(|i| (i, i)).collect();
-        small.clear();
-        let kept = small.capacity();
-        shrink_emptied(&mut small);
-        assert_eq!(small.capacity(), kept);
-    }
-
-    #[test]
-    fn a_mesh_message_is_no_larger_than_a_shard_message() {
-        // Mesh ring slots are `WorkerMsg`s (see `WorkerMsg::Adopt`).
-        assert_eq!(
-            std::mem::size_of::<WorkerMsg>(),
-            std::mem::size_of::<ShardMsg>()
-        );
-    }
-
-    #[test]
-    fn a_backed_up_loop_waits_briefly_instead_of_spinning() {
-        let ms = Duration::from_millis;
-        assert_eq!(unparked_timeout(false, true, None), BACKED_UP_WAIT);
-        assert_eq!(unparked_timeout(false, true, Some(ms(5))), BACKED_UP_WAIT);
-        // A deadline sooner than the bound wins.
-        assert_eq!(unparked_timeout(false, true, Some(us(20))), us(20));
-        // Work waiting: no wait at all.
-        assert_eq!(unparked_timeout(true, true, Some(ms(5))), Duration::ZERO);
-        assert_eq!(unparked_timeout(false, false, None), Duration::ZERO);
-    }
-
-    /// A shard on shard 1 of 2 with one subscriber of `filter`, its route update to
-    /// shard 0 waiting in its control outbox.
-    fn shard_with_a_new_route(filter: &str) -> Shard {
-        use crate::protocol::{encode_packet, Packet, Subscribe, SubscriptionOptions};
-        use crate::shard::harness::{connect_packet, id_on, peer, ConnectOpts, V311};
-        let now = Instant::now();
-        let mut shard = Shard::new(1, 2, Arc::new(Config::default()));
-        let conn = shard.accept(peer(), now);
-        let mut bytes = bytes::BytesMut::new();
-        let id = id_on(1, 2, "c");
-        encode_packet(
-            &connect_packet(V311, &id, &ConnectOpts::default()),
-            V311,
-            &mut bytes,
-        );
-        let mut filters = smallvec::SmallVec::new();
-        filters.push((
-            bytes::Bytes::copy_from_slice(filter.as_bytes()),
-            SubscriptionOptions::default(),
-        ));
-        let subscribe = Packet::Subscribe(Subscribe {
-            packet_id: 1,
-            filters,
-            properties: Default::default(),
-        });
-        encode_packet(&subscribe, V311, &mut bytes);
-        shard.on_read(conn, &bytes, now);
-        while shard.poll_action().is_some() {}
-        assert!(shard.control_waiting());
-        shard
-    }
-
-    #[test]
-    fn control_messages_wait_for_room_in_a_full_mesh() {
-        let mut eps = crate::ring::mesh::<WorkerMsg>(2, 2, 1).expect("valid mesh");
-        let mut shard = shard_with_a_new_route("y");
-        let mut wake = WakeSet::default();
-        // Fill 1 -> 0 (ring 2 + overflow 1) with data.
-        let data = |n: u8| {
-            WorkerMsg::Shard(ShardMsg::RouteAck {
-                seq: u64::from(n) + 100,
-            })
-        };
-        for n in 0..3 {
-            assert!(eps[1].send(0, data(n)).is_ok());
-        }
-        assert!(eps[1].is_full(0));
-        Worker::<crate::io::epoll::EpollLoop>::send_control(1, &mut shard, &mut eps[1], &mut wake);
-        assert!(shard.control_waiting(), "kept, not dropped");
-        assert_eq!(eps[1].stats().rejected, 0);
-        // Room frees: the route update follows the data, in order.
-        let mut got = Vec::new();
-        let mut take = |ep: &mut Endpoint<WorkerMsg>| {
-            ep.recv_batch(16, |_, m| match m {
-                WorkerMsg::Shard(ShardMsg::RouteAck { seq }) => got.push(format!("ack {seq}")),
-                WorkerMsg::Shard(ShardMsg::Route(r)) => got.push(format!(
-                    "route {} add={} seq={}",
-                    String::from_utf8_lossy(&r.filter),
-                    r.add,
-                    r.seq
-                )),
-                other => got.push(format!("{other:?}")),
-            })
-        };
-        take(&mut eps[0]);
-        eps[1].flush();
-        Worker::<crate::io::epoll::EpollLoop>::send_control(1, &mut shard, &mut eps[1], &mut wake);
-        assert!(!shard.control_waiting());
-        eps[1].flush();
-        take(&mut eps[0]);
-        assert_eq!(
-            got,
-            ["ack 100", "ack 101", "ack 102", "route y add=true seq=1"]
-        );
-    }
-
-    fn handoff() -> Box<Handoff> {
-        let now = Instant::now();
-        Box::new(Handoff {
-            peer: crate::shard::harness::peer(),
-            rx: bytes::BytesMut::new(),
-            accepted_at: now,
-            connect_at: now,
-        })
-    }
-
-    #[test]
-    fn waiting_handoffs_expire_once_after_the_wait_unless_taken() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut w = WaitingHandoffs::new(s(5));
-        w.insert(Transfer(1), handoff(), t0);
-        w.insert(Transfer(2), handoff(), t0 + s(1));
-        assert!(w.take(Transfer(1)).is_some(), "paired in time");
-        // Transfer ids may be reused (epoll: fd numbers): the newer claim keeps its
-        // own deadline.
-        w.insert(Transfer(3), handoff(), t0);
-        w.insert(Transfer(3), handoff(), t0 + s(3));
-        assert_eq!(w.next_deadline(), Some(t0 + s(5)));
-        let mut gone = Vec::new();
-        w.expire(t0 + s(5), |t, _| gone.push(t.0));
-        assert_eq!(gone, Vec::<u64>::new(), "1 was taken, 3 was renewed");
-        w.expire(t0 + s(6), |t, _| gone.push(t.0));
-        assert_eq!(gone, [2]);
-        w.expire(t0 + s(8), |t, _| gone.push(t.0));
-        assert_eq!(gone, [2, 3]);
-        assert_eq!((w.len(), w.next_deadline()), (0, None));
-        w.expire(t0 + s(60), |t, _| gone.push(t.0));
-        assert_eq!(gone, [2, 3], "each expires once");
-    }
-
-    /// An event loop whose sockets sent by other loops never arrive (the io_uring
-    /// loop closed them as unpaired before their hand-off came); everything else is
-    /// an epoll loop's.
-    struct NeverArrives {
-        inner: crate::io::epoll::EpollLoop,
-        claimed: Vec<Transfer>,
-        forgotten: Vec<Transfer>,
-        closed: Vec<SockId>,
-    }
-
-    impl EventLoop for NeverArrives {
-        fn remote(&self) -> Arc<Remote> {
-            self.inner.remote()
-        }
-        fn set_peers(&mut self, peers: Vec<Arc<Remote>>) {
-            self.inner.set_peers(peers)
-        }
-        fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
-            self.inner.add_listener(listener)
-        }
-        fn stop_accepting(&mut self) {
-            self.inner.stop_accepting()
-        }
-        fn start_recv(&mut self, sock: SockId) {
-            self.inner.start_recv(sock)
-        }
-        fn send(&mut self, sock: SockId, data: bytes::Bytes) {
-            self.inner.send(sock, data)
-        }
-        fn close(&mut self, sock: SockId) {
-            self.closed.push(sock);
-        }
-        fn migrate(&mut self, sock: SockId, to: usize) {
-            self.inner.migrate(sock, to)
-        }
-        fn adopt(&mut self, transfer: Transfer) -> Option<SockId> {
-            self.claimed.push(transfer);
-            None
-        }
-        fn discard(&mut self, transfer: Transfer) {
-            self.inner.discard(transfer)
-        }
-        fn forget(&mut self, transfer: Transfer) {
-            self.forgotten.push(transfer);
-        }
-        fn doorbell(&mut self, to: usize) {
-            self.inner.doorbell(to)
-        }
-        fn buf(&self, buf: crate::io::BufRef) -> &[u8] {
-            self.inner.buf(buf)
-        }
-        fn recycle(&mut self, buf: crate::io::BufRef) {
-            self.inner.recycle(buf)
-        }
-        fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
-            self.inner.turn(timeout, out)
-        }
-        fn stats(&self) -> IoStats {
-            self.inner.stats()
-        }
-        fn name(&self) -> &'static str {
-            "never-arrives"
-        }
-    }
-
-    #[test]
-    fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
-        let opts = LoopOptions::default();
-        let io = NeverArrives {
-            inner: crate::io::epoll::EpollLoop::new(1, &opts).expect("epoll loop"),
-            claimed: Vec::new(),
-            forgotten: Vec::new(),
-            closed: Vec::new(),
-        };
-        let mut eps = crate::ring::mesh::<WorkerMsg>(2, 4, 1).expect("valid mesh");
-        let mesh = eps.pop().expect("endpoint 1");
-        let mut w = Worker {
-            id: 1,
-            io,
-            shard: Shard::new(1, 2, Arc::new(Config::default())),
-            mesh,
-            conns: Vec::new(),
-            by_sock: Vec::new(),
-            live: 0,
-            waiting_handoffs: WaitingHandoffs::new(Duration::from_millis(
-                opts.adopt_pair_timeout_ms,
-            )),
-            outgoing: HashMap::new(),
-            wake: WakeSet::default(),
-            draining: VecDeque::new(),
-            report: WorkerReport::default(),
-            shutting_down: false,
-            busy_poll: BusyPoll::new(0),
-        };
-        let late = Transfer(7);
-        let msg = WorkerMsg::Adopt {
-            handoff: handoff(),
-            transfer: late,
-        };
-        assert!(eps[0].send(1, msg).is_ok());
-        eps[0].flush();
-        let t0 = Instant::now();
-        w.drain_mesh(t0);
-        assert_eq!(w.io.claimed, [late]);
-        assert_eq!(w.waiting_handoffs.len(), 1);
-        let wait = Duration::from_millis(opts.adopt_pair_timeout_ms);
-        w.expire_handoffs(t0 + wait - Duration::from_millis(1));
-        assert_eq!(w.waiting_handoffs.len(), 1, "still within the wait");
-        w.expire_handoffs(t0 + wait);
-        assert_eq!(w.waiting_handoffs.len(), 0);
-        assert_eq!(w.report.handoffs_expired, 1);
-        assert_eq!(w.io.forgotten, [late]);
-        // Should the socket still come, it has no hand-off any more: closed.
-        Worker::dispatch(
-            &mut w.io,
-            &mut w.shard,
-            &mut w.conns,
-            &mut w.by_sock,
-            &mut w.live,
-            &mut w.waiting_handoffs,
-            &mut w.outgoing,
-            &mut w.mesh,
-            &mut w.wake,
-            &mut w.report,
-            false,
-            Completion::Adopted {
-                transfer: late,
-                sock: 3,
-            },
-            t0 + wait,
-        );
-        assert_eq!(w.io.closed, [3]);
-        assert_eq!((w.live, w.shard.stats().connections), (0, 0));
-    }
-
-    fn us(n: u64) -> Duration {
-        Duration::from_micros(n)
-    }
-
-    #[test]
-    fn busy_poll_grows_on_short_gaps_up_to_the_cap() {
-        let mut b = BusyPoll::new(50);
-        assert_eq!(b.window(), Duration::ZERO);
-        b.observe(us(3));
-        assert_eq!(b.window(), us(10));
-        b.observe(us(30));
-        assert_eq!(b.window(), us(20));
-        b.observe(us(50));
-        assert_eq!(b.window(), us(40));
-        b.observe(us(1));
-        assert_eq!(b.window(), us(50));
-        b.observe(us(1));
-        assert_eq!(b.window(), us(50));
-    }
-
-    #[test]
-    fn busy_poll_halves_on_long_gaps_down_to_zero() {
-        let mut b = BusyPoll::new(50);
-        for _ in 0..4 {
-            b.observe(us(1));
-        }
-        assert_eq!(b.window(), us(50));
-        let mut seen = Vec::new();
-        for _ in 0..4 {
-            b.observe(Duration::from_secs(60));
-            seen.push(b.window());
-        }
-        assert_eq!(
-            seen,
-            vec![
-                us(25),
-                us(12) + Duration::from_nanos(500),
-                Duration::ZERO,
-                Duration::ZERO
-            ]
-        );
-    }
-
-    #[test]
-    fn busy_poll_off_never_spins_and_a_small_cap_is_its_own_start() {
-        let mut off = BusyPoll::new(0);
-        off.observe(Duration::ZERO);
-        assert_eq!(off.window(), Duration::ZERO);
-        let mut small = BusyPoll::new(4);
-        small.observe(us(2));
-        assert_eq!(small.window(), us(4));
-        // Half of a 4 µs cap is below the smallest window worth spinning (the cap).
-        small.observe(us(5));
-        assert_eq!(small.window(), Duration::ZERO);
-    }
-}
+mod tests;

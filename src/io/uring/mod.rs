@@ -1,0 +1,803 @@
+//! io_uring backend on the raw `io-uring` crate.
+//!
+//! One loop owns `k` rings. Ring 0 blocks in `io_uring_enter`; rings 1..k are watched
+//! by a multishot `POLL_ADD` on their fds submitted into ring 0, because each ring's
+//! registered file table holds at most `RLIMIT_NOFILE` slots (DESIGN.md: 2 loops × 3
+//! rings held 100k connections with a 20k fd limit).
+//!
+//! Per ring: a sparse registered file table; accepted sockets go straight into it as
+//! direct descriptors (`IORING_FILE_INDEX_ALLOC`), so a connection costs no process fd.
+//! Receives are multishot with a provided-buffer ring, so an idle connection parks no
+//! buffer. Sends: one `SEND` in flight per socket, resubmitted on a short write.
+//!
+//! Accepts, two modes (`LoopOptions::accept_peer_addr`):
+//! - single-shot (the per-IP limit needs the address): a few armed per ring and
+//!   listener, each with its own sockaddr buffer. Re-arming a few accepts per turn costs
+//!   nothing next to the TCP handshake.
+//! - multishot (the default, no per-IP limit): one multishot accept per listener, armed
+//!   on the first ring with room while that ring has more than a margin left
+//!   (`multi_accept_margin`); a ring's last slots are filled by single-shot accepts, so
+//!   a loop near full behaves exactly as in single-shot mode. A multishot accept
+//!   reports no peer address (`0.0.0.0:0`): the kernel has no per-completion sockaddr
+//!   buffer for it, and a direct descriptor cannot be asked `getpeername`.
+//!
+//! Either way an armed accept holds one reservation in its ring's `RingRoom` for the
+//! slot its next connection takes. A multishot accept takes a new one per connection
+//! and is cancelled once its ring is down to the margin (or out of room); after its
+//! last completion it is armed again on the first ring with room, so rings still fill
+//! in order. The kernel accepts the whole backlog at once, so the tail of a burst can
+//! land past its ring's room before the cancel does: kept in the ring's headroom,
+//! charged to another ring's room (`borrow_room`), or, with none left anywhere, closed
+//! and counted like the over-capacity accept's.
+//!
+//! This file owns the loop: its sockets and their states, receives, closes, reaping and
+//! dispatching completions, and the `EventLoop` entry points. One file per concept
+//! beside it: `ring` (set-up, feature probing, submission), `bufpool` (provided
+//! buffers), `accept` (both accept modes and their room reservations), `send` (the
+//! send path), `handoff` (descriptors over `MSG_RING`, doorbells).
+
+use std::collections::HashMap;
+use std::collections::VecDeque;
+use std::io;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use io_uring::types::{CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
+use io_uring::{cqueue, opcode, squeue};
+use slab::Slab;
+
+use super::{
+    BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind, RingRoom, SockId,
+    Transfer,
+};
+
+mod accept;
+mod bufpool;
+mod handoff;
+mod ring;
+mod send;
+
+use accept::Listener;
+use bufpool::BufPool;
+use ring::{build_ring, transient, Ring, TABLE_HEADROOM};
+pub use ring::{plan_rings, planned_capacity, probe_support, UringFeatures, MAX_RINGS};
+
+/// Rings after the first get this fraction of `LoopOptions::sq_entries`.
+const EXTRA_RING_QUEUE_DIVISOR: u32 = 4;
+/// Rings after the first get this fraction of `recv_bufs_per_ring` provided buffers.
+const EXTRA_RING_BUF_DIVISOR: usize = 4;
+/// Most socket entries reserved up front per loop.
+const SOCKS_PRESIZE_MAX: usize = 1 << 20;
+/// Idle loops trim their buffer pools at most this often (see `BufPool::trim`).
+const TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+// user_data layout: kind in the top byte, payload below.
+const KIND_SHIFT: u32 = 56;
+const PAYLOAD_MASK: u64 = (1 << KIND_SHIFT) - 1;
+const K_ACCEPT: u64 = 1;
+const K_RECV: u64 = 2;
+const K_SEND: u64 = 3;
+const K_CLOSE: u64 = 4;
+const K_CANCEL: u64 = 5;
+const K_SEND_FD: u64 = 6;
+const K_ADOPT: u64 = 7;
+const K_DOORBELL: u64 = 8;
+const K_RING_POLL: u64 = 9;
+const K_EVENTFD: u64 = 10;
+const K_ACCEPT_MULTI: u64 = 11;
+
+fn ud(kind: u64, payload: u64) -> u64 {
+    (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SockState {
+    Open,
+    /// `close` called: waiting for receive/send to end before releasing.
+    Closing,
+    /// `migrate` called: waiting for the receive to end, then MSG_RING the slot.
+    Migrating {
+        to: usize,
+    },
+    /// The slot was sent into ring `ring` of loop `to`, where a slot was reserved;
+    /// waiting for the MSG_RING result.
+    SendingFd {
+        ticket: u64,
+        to: u16,
+        ring: u8,
+    },
+}
+
+struct Sock {
+    ring: u8,
+    /// The ring whose `RingRoom` holds this socket's reservation: `ring`, or another
+    /// one it was borrowed from (see `borrow_room`).
+    room: u8,
+    slot: u32,
+    state: SockState,
+    recv_armed: bool,
+    /// The rest of the one send in flight.
+    tx: Option<Bytes>,
+    close_inflight: bool,
+    /// The slot was closed (or never needs closing): release once nothing is in flight.
+    slot_closed: bool,
+    /// The worker knows this socket (false for connections dropped at accept).
+    reported: bool,
+    /// Waiting in its ring's `starved` list for its receive to be re-armed.
+    starved: bool,
+    /// Its descriptor also sits, unannounced, in another loop's table (`on_send_fd`,
+    /// EOVERFLOW): the close shuts the connection down first, since closing our slot
+    /// alone would leave it open through the other reference.
+    shutdown_on_close: bool,
+}
+
+pub struct UringLoop {
+    id: usize,
+    rings: Vec<Ring>,
+    socks: Slab<Sock>,
+    listeners: Vec<Listener>,
+    /// One multishot accept per listener rather than single-shot ones (see module doc).
+    multishot_accept: bool,
+    accepting: bool,
+    peers: Vec<Arc<Remote>>,
+    remote: Arc<Remote>,
+    eventfd: RawFd,
+    /// Fd-passing tickets: arrived before the worker claimed them, or claimed first.
+    arrived: HashMap<u64, SockId>,
+    /// Arrivals in order with the time their hand-off is due: one never claimed by then
+    /// is closed (the sender could not deliver the hand-off), so it cannot leak.
+    arrived_due: VecDeque<(Instant, u64)>,
+    adopt_pair_timeout: Duration,
+    claimed: std::collections::HashSet<u64>,
+    next_ticket: u64,
+    stats: IoStats,
+    cqes: Vec<(u8, u64, i32, u32)>,
+    pending: Vec<Completion>,
+    /// When the buffer pools were last trimmed (`BufPool::trim`).
+    last_trim: Instant,
+    /// Doorbells whose `MSG_RING` failed transiently: (target loop, attempts so far),
+    /// sent again at the start of the next turn (see `on_doorbell_failed`).
+    doorbell_retry: Vec<(usize, u64)>,
+}
+
+impl UringLoop {
+    /// Builds the rings of loop `id`. Must run on the thread that drives the loop.
+    pub fn new(id: usize, opts: &LoopOptions) -> io::Result<UringLoop> {
+        let (ring_count, table_size) = plan_rings(opts)?;
+        let bufs_per_ring = opts.recv_bufs_per_ring.clamp(1, 32768).next_power_of_two();
+
+        let mut rings = Vec::with_capacity(ring_count);
+        for r in 0..ring_count {
+            // A ring's queues are kernel pages mapped into the process (1024 SQEs and
+            // 4096 CQEs: ~130 KiB), resident from setup whether or not the ring is
+            // used. Rings 1.. exist for connection count, not throughput (a default
+            // start makes 16 per loop), so they get a quarter; a fuller burst waits in
+            // `backlog` (SQ) or the kernel's overflow list (CQ), nothing is lost.
+            let sq_entries = if r == 0 {
+                opts.sq_entries
+            } else {
+                (opts.sq_entries / EXTRA_RING_QUEUE_DIVISOR).max(4.min(opts.sq_entries))
+            };
+            let uring = build_ring(sq_entries)?;
+            uring.submitter().register_files_sparse(table_size)?;
+            // Rings 1.. only fill once ring 0 holds a full table of (mostly idle, in the
+            // IoT case) connections; the kernel cycles through a pool, so every buffer
+            // of it ends up resident (2 MiB for 512 × 4 KiB). A smaller pool there keeps
+            // 100k connections from costing ~100 B each in buffers; a burst that
+            // outruns it is `recv_nobufs`, re-armed after this turn's buffers return.
+            let count = if r == 0 {
+                bufs_per_ring
+            } else {
+                (bufs_per_ring / EXTRA_RING_BUF_DIVISOR).max(16.min(bufs_per_ring))
+            };
+            let bufs = BufPool::new(count, opts.recv_buf_size_bytes)?;
+            // SAFETY: the pool's mappings live in the same `Ring` as the io_uring and are
+            // dropped after it (field order), or leaked when operations may remain.
+            unsafe {
+                uring.submitter().register_buf_ring_with_flags(
+                    bufs.ring_addr(),
+                    bufs.count,
+                    0,
+                    0,
+                )?;
+            }
+            rings.push(Ring {
+                uring,
+                table_size,
+                live: 0,
+                accepts_armed: 0,
+                borrowed: 0,
+                backlog: Default::default(),
+                starved: VecDeque::new(),
+                bufs,
+            });
+        }
+        // SAFETY: eventfd with valid flags; checked for -1.
+        let eventfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if eventfd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let remote = Arc::new(Remote {
+            kind: RemoteKind::Uring {
+                ring_fds: rings.iter().map(|r| r.uring.as_raw_fd()).collect(),
+                room: rings
+                    .iter()
+                    .map(|r| RingRoom::new(r.table_size.saturating_sub(TABLE_HEADROOM)))
+                    .collect(),
+                eventfd,
+            },
+        });
+        let mut lp = UringLoop {
+            id,
+            rings,
+            // Sized up front (address space only until used): growing by doubling would
+            // copy, and leave the old block with the allocator, at every power of two.
+            socks: Slab::with_capacity(
+                planned_capacity(ring_count, table_size).min(SOCKS_PRESIZE_MAX),
+            ),
+            listeners: Vec::new(),
+            multishot_accept: !opts.accept_peer_addr,
+            accepting: true,
+            peers: Vec::new(),
+            remote,
+            eventfd,
+            arrived: HashMap::new(),
+            arrived_due: VecDeque::new(),
+            adopt_pair_timeout: Duration::from_millis(opts.adopt_pair_timeout_ms),
+            claimed: Default::default(),
+            next_ticket: 0,
+            stats: IoStats::default(),
+            cqes: Vec::with_capacity(1024),
+            pending: Vec::new(),
+            last_trim: Instant::now(),
+            doorbell_retry: Vec::new(),
+        };
+        for r in 1..lp.rings.len() {
+            lp.arm_ring_poll(r);
+        }
+        lp.arm_eventfd();
+        tracing::debug!(
+            loop_id = id,
+            rings = ring_count,
+            table_size,
+            bufs_per_ring,
+            buf_size = opts.recv_buf_size_bytes,
+            accept = if opts.accept_peer_addr {
+                "single-shot"
+            } else {
+                "multishot"
+            },
+            "io_uring loop ready"
+        );
+        Ok(lp)
+    }
+
+    pub fn ring_count(&self) -> usize {
+        self.rings.len()
+    }
+
+    pub fn table_size(&self) -> u32 {
+        self.rings[0].table_size
+    }
+
+    /// Whether accepts are multishot (see the module doc).
+    pub fn multishot_accept(&self) -> bool {
+        self.multishot_accept
+    }
+
+    /// Sockets in each ring's table.
+    pub fn ring_live(&self) -> Vec<u32> {
+        self.rings.iter().map(|r| r.live).collect()
+    }
+
+    /// The ring whose table holds `sock`.
+    pub fn sock_ring(&self, sock: SockId) -> Option<usize> {
+        self.socks.get(sock as usize).map(|s| usize::from(s.ring))
+    }
+
+    /// Free-slot counter of ring `r`, shared with the loops that send descriptors.
+    fn room(&self, r: usize) -> &RingRoom {
+        match &self.remote.kind {
+            RemoteKind::Uring { room, .. } => &room[r],
+            RemoteKind::Epoll { .. } => unreachable!("an io_uring loop has an io_uring remote"),
+        }
+    }
+
+    fn arm_ring_poll(&mut self, r: usize) {
+        let fd = self.rings[r].uring.as_raw_fd();
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(ud(K_RING_POLL, r as u64));
+        self.rings[0].push(e);
+    }
+
+    fn arm_eventfd(&mut self) {
+        let e = opcode::PollAdd::new(Fd(self.eventfd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(ud(K_EVENTFD, 0));
+        self.rings[0].push(e);
+    }
+
+    fn drain_eventfd(&self) {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our non-blocking eventfd.
+        unsafe {
+            libc::read(self.eventfd, (&mut v as *mut u64).cast(), 8);
+        }
+    }
+
+    fn arm_recv(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if s.recv_armed || s.state != SockState::Open {
+            return;
+        }
+        s.recv_armed = true;
+        let (ring, slot) = (s.ring as usize, s.slot);
+        let e = opcode::RecvMulti::new(Fixed(slot), 0)
+            .build()
+            .user_data(ud(K_RECV, sock as u64));
+        self.rings[ring].push(e);
+    }
+
+    fn cancel_recv(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get(sock as usize) else {
+            return;
+        };
+        if !s.recv_armed {
+            return;
+        }
+        let e = opcode::AsyncCancel::new(ud(K_RECV, sock as u64))
+            .build()
+            .user_data(ud(K_CANCEL, sock as u64));
+        let ring = s.ring as usize;
+        self.rings[ring].push(e);
+    }
+
+    fn close_slot(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if s.close_inflight || s.slot_closed {
+            return;
+        }
+        s.close_inflight = true;
+        let shutdown_first = std::mem::take(&mut s.shutdown_on_close);
+        let (ring, slot) = (s.ring as usize, s.slot);
+        // Cancel whatever is still armed on the slot (receive, a stuck send), then
+        // close it; hard-linked so the close runs even when nothing was there to cancel.
+        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(slot)).all())
+            .build()
+            .flags(squeue::Flags::IO_HARDLINK)
+            .user_data(ud(K_CANCEL, sock as u64));
+        let close = opcode::Close::new(Fixed(slot))
+            .build()
+            .user_data(ud(K_CLOSE, sock as u64));
+        let shutdown = shutdown_first.then(|| {
+            opcode::Shutdown::new(Fixed(slot), libc::SHUT_RDWR)
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK)
+                .user_data(ud(K_CANCEL, sock as u64))
+        });
+        let r = &mut self.rings[ring];
+        // Both should land in the same submission for the link to hold (if they are
+        // split, the close still runs, after the cancel).
+        let room = {
+            let sq = r.uring.submission();
+            sq.capacity() - sq.len()
+        };
+        if room < 3 && r.backlog.is_empty() {
+            let _ = r.uring.submit();
+        }
+        if let Some(shutdown) = shutdown {
+            r.push(shutdown);
+        }
+        r.push(cancel);
+        r.push(close);
+    }
+
+    /// Releases the socket once nothing remains in flight.
+    fn maybe_release(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get(sock as usize) else {
+            return;
+        };
+        if s.slot_closed && !s.recv_armed && s.tx.is_none() && !s.close_inflight {
+            let (ring, room, reported) = (s.ring as usize, s.room as usize, s.reported);
+            self.socks.remove(sock as usize);
+            self.rings[ring].live = self.rings[ring].live.saturating_sub(1);
+            if room != ring {
+                self.rings[ring].borrowed = self.rings[ring].borrowed.saturating_sub(1);
+            }
+            // Every socket in the table holds one reservation (its accept's or its
+            // sender's, in `room`); the slot is free again.
+            self.room(room).give_back();
+            if reported {
+                self.pending.push(Completion::Released { sock });
+            }
+        }
+    }
+
+    /// Re-arms receives that ran out of buffers, at most a quarter of each ring's pool
+    /// per turn: the buffers used last turn were given back during its dispatch.
+    fn rearm_starved(&mut self) {
+        for r in 0..self.rings.len() {
+            let mut budget = (usize::from(self.rings[r].bufs.count) / 4).max(1);
+            while budget > 0 {
+                let Some(sock) = self.rings[r].starved.pop_front() else {
+                    break;
+                };
+                let Some(s) = self.socks.get_mut(sock as usize) else {
+                    continue;
+                };
+                if !s.starved || s.ring as usize != r {
+                    continue;
+                }
+                s.starved = false;
+                budget -= 1;
+                self.arm_recv(sock);
+            }
+        }
+    }
+
+    fn reap(&mut self, out: &mut Vec<Completion>) {
+        // Copy completions out of every ring first, then dispatch.
+        self.cqes.clear();
+        for (r, ring) in self.rings.iter_mut().enumerate() {
+            for cqe in ring.uring.completion() {
+                self.cqes
+                    .push((r as u8, cqe.user_data(), cqe.result(), cqe.flags()));
+            }
+        }
+        // Completions keep causal order: a `Released` must reach the worker before an
+        // `Accepted`/`Adopted` that reuses the same socket id. Events raised between
+        // turns go first, then each CQE's events in turn.
+        out.append(&mut self.pending);
+        let cqes = std::mem::take(&mut self.cqes);
+        for &(ring, user_data, res, flags) in &cqes {
+            self.dispatch(ring as usize, user_data, res, flags, out);
+            out.append(&mut self.pending);
+        }
+        self.cqes = cqes;
+    }
+
+    fn dispatch(
+        &mut self,
+        ring: usize,
+        user_data: u64,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion>,
+    ) {
+        let payload = user_data & PAYLOAD_MASK;
+        let sock = payload as SockId;
+        match user_data >> KIND_SHIFT {
+            K_RECV => self.on_recv(ring, sock, res, flags, out),
+            K_SEND => self.on_send(sock, res),
+            K_ACCEPT => self.on_accept(
+                ring,
+                (payload >> 16) as usize,
+                (payload & 0xffff) as usize,
+                res,
+                out,
+            ),
+            K_ACCEPT_MULTI => self.on_accept_multi(
+                ring,
+                (payload & 0xffff) as usize,
+                res,
+                cqueue::more(flags),
+                out,
+            ),
+            K_CLOSE => {
+                if let Some(s) = self.socks.get_mut(sock as usize) {
+                    s.close_inflight = false;
+                    s.slot_closed = true;
+                    if res < 0 {
+                        tracing::debug!(sock, errno = -res, "close failed");
+                    }
+                }
+                self.maybe_release(sock);
+            }
+            K_SEND_FD => self.on_send_fd(sock, res),
+            K_ADOPT => self.on_adopt(ring, payload, res),
+            K_RING_POLL => {
+                if !cqueue::more(flags) {
+                    self.arm_ring_poll(payload as usize);
+                }
+            }
+            K_EVENTFD => {
+                self.drain_eventfd();
+                if !cqueue::more(flags) {
+                    self.arm_eventfd();
+                }
+            }
+            // Doorbells post a CQE here only on failure (`SKIP_SUCCESS`).
+            K_DOORBELL if res < 0 => self.on_doorbell_failed(payload, -res),
+            K_CANCEL | K_DOORBELL => {}
+            other => tracing::warn!(kind = other, res, "unknown io_uring completion"),
+        }
+    }
+
+    fn on_recv(
+        &mut self,
+        ring: usize,
+        sock: SockId,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion>,
+    ) {
+        let more = cqueue::more(flags);
+        let bid = cqueue::buffer_select(flags);
+        if bid.is_some() {
+            self.rings[ring].bufs.taken();
+        }
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            // Cannot happen: a socket is released only after its receive ended. Keep the
+            // buffer anyway.
+            if let Some(bid) = bid {
+                self.rings[ring].bufs.give_back(bid);
+            }
+            return;
+        };
+        if !more {
+            s.recv_armed = false;
+        }
+        let state = s.state;
+        if res > 0 {
+            match bid {
+                Some(bid) => out.push(Completion::Recv {
+                    sock,
+                    buf: BufRef {
+                        group: ring as u16,
+                        bid,
+                        offset: 0,
+                        len: res as u32,
+                    },
+                }),
+                None => tracing::warn!(sock, res, "recv completion without a buffer"),
+            }
+            if !more {
+                match state {
+                    SockState::Open => self.arm_recv(sock),
+                    SockState::Migrating { .. } => self.maybe_send_fd(sock),
+                    _ => self.maybe_release(sock),
+                }
+            }
+            return;
+        }
+        if let Some(bid) = bid {
+            self.rings[ring].bufs.give_back(bid);
+        }
+        match state {
+            SockState::Open => {
+                if res == -libc::ENOBUFS {
+                    // Out of provided buffers. Re-arming at once would send every
+                    // starved socket of a burst back into the same empty pool (a storm
+                    // of 100k connects made a million ENOBUFS completions); they wait
+                    // in `starved` and are re-armed a pool's share per turn.
+                    self.stats.recv_nobufs += 1;
+                    self.rings[ring].bufs.widen();
+                    if !more {
+                        if let Some(s) = self.socks.get_mut(sock as usize) {
+                            if !s.starved {
+                                s.starved = true;
+                                self.rings[ring].starved.push_back(sock);
+                            }
+                        }
+                    }
+                } else if !more {
+                    out.push(Completion::RecvEnd { sock, errno: -res });
+                }
+            }
+            SockState::Migrating { .. } => self.maybe_send_fd(sock),
+            SockState::Closing | SockState::SendingFd { .. } => self.maybe_release(sock),
+        }
+    }
+
+    /// A socket that just landed in `ring`'s table at `slot` (accepted or adopted),
+    /// open and not yet receiving; counted as live in its ring.
+    fn insert_open(&mut self, ring: usize, slot: u32) -> SockId {
+        let sock = self.socks.insert(Sock {
+            ring: ring as u8,
+            room: ring as u8,
+            slot,
+            state: SockState::Open,
+            recv_armed: false,
+            tx: None,
+            close_inflight: false,
+            slot_closed: false,
+            reported: true,
+            starved: false,
+            shutdown_on_close: false,
+        }) as SockId;
+        self.rings[ring].live += 1;
+        sock
+    }
+}
+
+impl EventLoop for UringLoop {
+    fn remote(&self) -> Arc<Remote> {
+        self.remote.clone()
+    }
+
+    fn set_peers(&mut self, peers: Vec<Arc<Remote>>) {
+        self.peers = peers;
+    }
+
+    fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
+        self.listen_on(listener)
+    }
+
+    fn stop_accepting(&mut self) {
+        self.stop_accepts();
+    }
+
+    fn start_recv(&mut self, sock: SockId) {
+        self.arm_recv(sock);
+    }
+
+    fn send(&mut self, sock: SockId, data: Bytes) {
+        self.queue_send(sock, data);
+    }
+
+    fn close(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if s.state != SockState::Open {
+            return;
+        }
+        s.state = SockState::Closing;
+        self.close_slot(sock);
+    }
+
+    fn migrate(&mut self, sock: SockId, to: usize) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if s.state != SockState::Open {
+            return;
+        }
+        s.state = SockState::Migrating { to };
+        if s.recv_armed {
+            self.cancel_recv(sock);
+        } else {
+            self.maybe_send_fd(sock);
+        }
+    }
+
+    fn adopt(&mut self, transfer: Transfer) -> Option<SockId> {
+        if let Some(sock) = self.arrived.remove(&transfer.0) {
+            return Some(sock);
+        }
+        self.claimed.insert(transfer.0);
+        None
+    }
+
+    fn forget(&mut self, transfer: Transfer) {
+        self.claimed.remove(&transfer.0);
+    }
+
+    fn discard(&mut self, transfer: Transfer) {
+        // The descriptor sits in the target's table; the target closes it when its
+        // hand-off does not come (`reap_unpaired`).
+        let _ = transfer;
+    }
+
+    fn doorbell(&mut self, to: usize) {
+        self.send_doorbell(to, 0);
+    }
+
+    fn buf(&self, buf: BufRef) -> &[u8] {
+        match self.rings.get(buf.group as usize) {
+            Some(r) => r.bufs.slice(buf.bid, buf.len as usize),
+            None => &[],
+        }
+    }
+
+    fn recycle(&mut self, buf: BufRef) {
+        if let Some(r) = self.rings.get_mut(buf.group as usize) {
+            r.bufs.give_back(buf.bid);
+        }
+    }
+
+    fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        for (to, attempt) in std::mem::take(&mut self.doorbell_retry) {
+            self.send_doorbell(to, attempt);
+        }
+        for ring in self.rings.iter_mut() {
+            ring.drain_backlog();
+        }
+        self.reap_unpaired();
+        self.rearm_starved();
+        self.arm_accepts();
+        for r in 1..self.rings.len() {
+            if !self.rings[r].uring.submission().is_empty() {
+                if let Err(e) = self.rings[r].uring.submit() {
+                    if !transient(&e) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        let ready = self.poll_ready();
+        if !ready && timeout != Some(Duration::ZERO) {
+            // About to wait: an idle moment, so the clock read costs nothing here.
+            let now = Instant::now();
+            if now.saturating_duration_since(self.last_trim) >= TRIM_INTERVAL {
+                self.last_trim = now;
+                for r in &mut self.rings {
+                    r.bufs.trim();
+                }
+                self.shrink_handoff_tables();
+            }
+        }
+        let ring0 = &self.rings[0].uring;
+        let res = match timeout {
+            _ if ready => ring0.submit(),
+            Some(t) if t.is_zero() => ring0.submit(),
+            Some(t) => {
+                let ts = Timespec::new().sec(t.as_secs()).nsec(t.subsec_nanos());
+                let args = SubmitArgs::new().timespec(&ts);
+                ring0.submitter().submit_with_args(1, &args)
+            }
+            None => ring0.submit_and_wait(1),
+        };
+        match res {
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) || transient(&e) => {}
+            Err(e) => return Err(e),
+        }
+        self.reap(out);
+        Ok(())
+    }
+
+    fn poll_ready(&mut self) -> bool {
+        // `taskrun`: completions the kernel holds until we next enter it (cooperative
+        // task running, see `build_ring`); the next turn's submit posts them.
+        !self.pending.is_empty()
+            || self.rings.iter_mut().any(|r| {
+                !r.backlog.is_empty()
+                    || !r.starved.is_empty()
+                    || !r.uring.completion().is_empty()
+                    || r.uring.submission().taskrun()
+            })
+    }
+
+    fn stats(&self) -> IoStats {
+        self.stats
+    }
+
+    fn name(&self) -> &'static str {
+        "io_uring"
+    }
+}
+
+impl Drop for UringLoop {
+    fn drop(&mut self) {
+        let busy = !self.socks.is_empty()
+            || self
+                .listeners
+                .iter()
+                .any(|l| l.slots.iter().any(|s| s.armed));
+        if busy {
+            // Operations may still be in flight; the kernel tears them down
+            // asynchronously after the ring fd closes and could still write into
+            // receive buffers, so those mappings are leaked rather than unmapped.
+            for ring in self.rings.drain(..) {
+                let Ring { uring, bufs, .. } = ring;
+                drop(uring);
+                std::mem::forget(bufs);
+            }
+        }
+        // SAFETY: our eventfd, closed once; peers only write to it while every loop runs.
+        unsafe {
+            libc::close(self.eventfd);
+        }
+    }
+}

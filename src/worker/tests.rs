@@ -1,0 +1,249 @@
+//! Worker tests without sockets where possible: timeouts, control messages into a
+//! full mesh, a hand-off whose socket never comes.
+
+use super::*;
+use crate::io::IoStats;
+
+#[test]
+fn a_mesh_message_is_no_larger_than_a_shard_message() {
+    // Mesh ring slots are `WorkerMsg`s (see `WorkerMsg::Adopt`).
+    assert_eq!(
+        std::mem::size_of::<WorkerMsg>(),
+        std::mem::size_of::<ShardMsg>()
+    );
+}
+
+#[test]
+fn a_backed_up_loop_waits_briefly_instead_of_spinning() {
+    let ms = Duration::from_millis;
+    assert_eq!(unparked_timeout(false, true, None), BACKED_UP_WAIT);
+    assert_eq!(unparked_timeout(false, true, Some(ms(5))), BACKED_UP_WAIT);
+    // A deadline sooner than the bound wins.
+    assert_eq!(unparked_timeout(false, true, Some(us(20))), us(20));
+    // Work waiting: no wait at all.
+    assert_eq!(unparked_timeout(true, true, Some(ms(5))), Duration::ZERO);
+    assert_eq!(unparked_timeout(false, false, None), Duration::ZERO);
+}
+
+/// A shard on shard 1 of 2 with one subscriber of `filter`, its route update to
+/// shard 0 waiting in its control outbox.
+fn shard_with_a_new_route(filter: &str) -> Shard {
+    use crate::protocol::{encode_packet, Packet, Subscribe, SubscriptionOptions};
+    use crate::shard::harness::{connect_packet, id_on, peer, ConnectOpts, V311};
+    let now = Instant::now();
+    let mut shard = Shard::new(1, 2, Arc::new(Config::default()));
+    let conn = shard.accept(peer(), now);
+    let mut bytes = bytes::BytesMut::new();
+    let id = id_on(1, 2, "c");
+    encode_packet(
+        &connect_packet(V311, &id, &ConnectOpts::default()),
+        V311,
+        &mut bytes,
+    );
+    let mut filters = smallvec::SmallVec::new();
+    filters.push((
+        bytes::Bytes::copy_from_slice(filter.as_bytes()),
+        SubscriptionOptions::default(),
+    ));
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters,
+        properties: Default::default(),
+    });
+    encode_packet(&subscribe, V311, &mut bytes);
+    shard.on_read(conn, &bytes, now);
+    while shard.poll_action().is_some() {}
+    assert!(shard.control_waiting());
+    shard
+}
+
+#[test]
+fn control_messages_wait_for_room_in_a_full_mesh() {
+    let mut eps = crate::ring::mesh::<WorkerMsg>(2, 2, 1).expect("valid mesh");
+    let mut shard = shard_with_a_new_route("y");
+    let mut wake = WakeSet::default();
+    // Fill 1 -> 0 (ring 2 + overflow 1) with data.
+    let data = |n: u8| {
+        WorkerMsg::Shard(ShardMsg::RouteAck {
+            seq: u64::from(n) + 100,
+        })
+    };
+    for n in 0..3 {
+        assert!(eps[1].send(0, data(n)).is_ok());
+    }
+    assert!(eps[1].is_full(0));
+    Worker::<crate::io::epoll::EpollLoop>::send_control(1, &mut shard, &mut eps[1], &mut wake);
+    assert!(shard.control_waiting(), "kept, not dropped");
+    assert_eq!(eps[1].stats().rejected, 0);
+    // Room frees: the route update follows the data, in order.
+    let mut got = Vec::new();
+    let mut take = |ep: &mut Endpoint<WorkerMsg>| {
+        ep.recv_batch(16, |_, m| match m {
+            WorkerMsg::Shard(ShardMsg::RouteAck { seq }) => got.push(format!("ack {seq}")),
+            WorkerMsg::Shard(ShardMsg::Route(r)) => got.push(format!(
+                "route {} add={} seq={}",
+                String::from_utf8_lossy(&r.filter),
+                r.add,
+                r.seq
+            )),
+            other => got.push(format!("{other:?}")),
+        })
+    };
+    take(&mut eps[0]);
+    eps[1].flush();
+    Worker::<crate::io::epoll::EpollLoop>::send_control(1, &mut shard, &mut eps[1], &mut wake);
+    assert!(!shard.control_waiting());
+    eps[1].flush();
+    take(&mut eps[0]);
+    assert_eq!(
+        got,
+        ["ack 100", "ack 101", "ack 102", "route y add=true seq=1"]
+    );
+}
+
+pub(super) fn handoff() -> Box<Handoff> {
+    let now = Instant::now();
+    Box::new(Handoff {
+        peer: crate::shard::harness::peer(),
+        rx: bytes::BytesMut::new(),
+        accepted_at: now,
+        connect_at: now,
+    })
+}
+
+/// An event loop whose sockets sent by other loops never arrive (the io_uring
+/// loop closed them as unpaired before their hand-off came); everything else is
+/// an epoll loop's.
+struct NeverArrives {
+    inner: crate::io::epoll::EpollLoop,
+    claimed: Vec<Transfer>,
+    forgotten: Vec<Transfer>,
+    closed: Vec<SockId>,
+}
+
+impl EventLoop for NeverArrives {
+    fn remote(&self) -> Arc<Remote> {
+        self.inner.remote()
+    }
+    fn set_peers(&mut self, peers: Vec<Arc<Remote>>) {
+        self.inner.set_peers(peers)
+    }
+    fn add_listener(&mut self, listener: TcpListener) -> io::Result<()> {
+        self.inner.add_listener(listener)
+    }
+    fn stop_accepting(&mut self) {
+        self.inner.stop_accepting()
+    }
+    fn start_recv(&mut self, sock: SockId) {
+        self.inner.start_recv(sock)
+    }
+    fn send(&mut self, sock: SockId, data: bytes::Bytes) {
+        self.inner.send(sock, data)
+    }
+    fn close(&mut self, sock: SockId) {
+        self.closed.push(sock);
+    }
+    fn migrate(&mut self, sock: SockId, to: usize) {
+        self.inner.migrate(sock, to)
+    }
+    fn adopt(&mut self, transfer: Transfer) -> Option<SockId> {
+        self.claimed.push(transfer);
+        None
+    }
+    fn discard(&mut self, transfer: Transfer) {
+        self.inner.discard(transfer)
+    }
+    fn forget(&mut self, transfer: Transfer) {
+        self.forgotten.push(transfer);
+    }
+    fn doorbell(&mut self, to: usize) {
+        self.inner.doorbell(to)
+    }
+    fn buf(&self, buf: crate::io::BufRef) -> &[u8] {
+        self.inner.buf(buf)
+    }
+    fn recycle(&mut self, buf: crate::io::BufRef) {
+        self.inner.recycle(buf)
+    }
+    fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
+        self.inner.turn(timeout, out)
+    }
+    fn stats(&self) -> IoStats {
+        self.inner.stats()
+    }
+    fn name(&self) -> &'static str {
+        "never-arrives"
+    }
+}
+
+#[test]
+fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
+    let opts = LoopOptions::default();
+    let io = NeverArrives {
+        inner: crate::io::epoll::EpollLoop::new(1, &opts).expect("epoll loop"),
+        claimed: Vec::new(),
+        forgotten: Vec::new(),
+        closed: Vec::new(),
+    };
+    let mut eps = crate::ring::mesh::<WorkerMsg>(2, 4, 1).expect("valid mesh");
+    let mesh = eps.pop().expect("endpoint 1");
+    let mut w = Worker {
+        id: 1,
+        io,
+        shard: Shard::new(1, 2, Arc::new(Config::default())),
+        mesh,
+        conns: Vec::new(),
+        by_sock: Vec::new(),
+        live: 0,
+        waiting_handoffs: WaitingHandoffs::new(Duration::from_millis(opts.adopt_pair_timeout_ms)),
+        outgoing: HashMap::new(),
+        wake: WakeSet::default(),
+        draining: VecDeque::new(),
+        report: WorkerReport::default(),
+        shutting_down: false,
+        busy_poll: BusyPoll::new(0),
+    };
+    let late = Transfer(7);
+    let msg = WorkerMsg::Adopt {
+        handoff: handoff(),
+        transfer: late,
+    };
+    assert!(eps[0].send(1, msg).is_ok());
+    eps[0].flush();
+    let t0 = Instant::now();
+    w.drain_mesh(t0);
+    assert_eq!(w.io.claimed, [late]);
+    assert_eq!(w.waiting_handoffs.len(), 1);
+    let wait = Duration::from_millis(opts.adopt_pair_timeout_ms);
+    w.expire_handoffs(t0 + wait - Duration::from_millis(1));
+    assert_eq!(w.waiting_handoffs.len(), 1, "still within the wait");
+    w.expire_handoffs(t0 + wait);
+    assert_eq!(w.waiting_handoffs.len(), 0);
+    assert_eq!(w.report.handoffs_expired, 1);
+    assert_eq!(w.io.forgotten, [late]);
+    // Should the socket still come, it has no hand-off any more: closed.
+    Worker::dispatch(
+        &mut w.io,
+        &mut w.shard,
+        &mut w.conns,
+        &mut w.by_sock,
+        &mut w.live,
+        &mut w.waiting_handoffs,
+        &mut w.outgoing,
+        &mut w.mesh,
+        &mut w.wake,
+        &mut w.report,
+        false,
+        Completion::Adopted {
+            transfer: late,
+            sock: 3,
+        },
+        t0 + wait,
+    );
+    assert_eq!(w.io.closed, [3]);
+    assert_eq!((w.live, w.shard.stats().connections), (0, 0));
+}
+
+fn us(n: u64) -> Duration {
+    Duration::from_micros(n)
+}
