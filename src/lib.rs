@@ -7,7 +7,6 @@
 
 mod arena;
 pub mod config;
-pub mod config_load;
 pub mod io;
 pub mod protocol;
 pub mod ring;

@@ -16,8 +16,7 @@ use std::thread;
 use clap::Parser;
 use socket2::{Domain, Socket, Type};
 
-use ringmq::config::{Config, IoBackend};
-use ringmq::config_load::{self, Cli};
+use ringmq::config::{self, Cli, Config, IoBackend};
 use ringmq::io::epoll::EpollLoop;
 use ringmq::io::uring::{self, UringLoop};
 use ringmq::io::{self as rio, LoopOptions, Remote};
@@ -69,7 +68,7 @@ impl Backend {
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
-    let loaded = match config_load::load_tracked(&cli) {
+    let loaded = match config::load_tracked(&cli) {
         Ok(l) => l,
         Err(e) => {
             say!("ringmq: {e}");

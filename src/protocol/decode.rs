@@ -3,9 +3,10 @@ use smallvec::SmallVec;
 
 use super::error::DecodeError;
 use super::packet::{
-    Auth, ConnAck, Connect, Disconnect, LastWill, Packet, PacketType, ProtocolVersion, PubResp,
-    Publish, QoS, SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
+    Auth, ConnAck, Connect, Disconnect, LastWill, Packet, ProtocolVersion, PubResp, Publish, QoS,
+    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
+use super::packet_type::PacketType;
 use super::properties::{property_id as id, Properties, PropertySet, PublishProperties};
 use super::reason::ReasonCode;
 

@@ -8,6 +8,7 @@ mod decode;
 mod encode;
 mod error;
 mod packet;
+mod packet_type;
 mod properties;
 mod reason;
 
@@ -15,6 +16,7 @@ pub use decode::{decode_packet, peek_frame, FrameHeader};
 pub use encode::{encode_packet, encode_to_bytes, encoded_len, remaining_length_len};
 pub use error::DecodeError;
 pub use packet::*;
+pub use packet_type::PacketType;
 pub use properties::{property_id, Properties, PropertySet, PublishProperties, UserProperty};
 pub use reason::ReasonCode;
 

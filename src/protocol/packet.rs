@@ -1,6 +1,10 @@
+//! The decoded packets: one struct per control packet and the `Packet` enum over
+//! them, with the small value types they share (protocol version, QoS).
+
 use bytes::Bytes;
 use smallvec::SmallVec;
 
+use super::packet_type::PacketType;
 use super::properties::{Properties, PublishProperties};
 use super::reason::ReasonCode;
 
@@ -38,26 +42,6 @@ impl QoS {
             _ => None,
         }
     }
-}
-
-/// Control packet type, the high nibble of the fixed header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PacketType {
-    Connect = 1,
-    ConnAck = 2,
-    Publish = 3,
-    PubAck = 4,
-    PubRec = 5,
-    PubRel = 6,
-    PubComp = 7,
-    Subscribe = 8,
-    SubAck = 9,
-    Unsubscribe = 10,
-    UnsubAck = 11,
-    PingReq = 12,
-    PingResp = 13,
-    Disconnect = 14,
-    Auth = 15,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,7 @@
-use super::packet::PacketType;
+//! MQTT 5 reason codes, which of them each packet type allows, and their 3.x
+//! return-code equivalents.
+
+use super::packet_type::PacketType;
 
 /// MQTT 5 reason codes (spec 2.4). 3.x return codes are mapped from these by the encoder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

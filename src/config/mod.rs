@@ -1,24 +1,43 @@
-//! Broker configuration: one struct with an embedded default, filled from an
-//! optional TOML file and then CLI flags. Imports no other broker module.
+//! Broker configuration: one flat struct with an embedded default, filled from an
+//! optional TOML file and then CLI flags. Imports no other broker module but two
+//! size limits (`protocol::MAX_REMAINING_LENGTH`, `ring::MAX_SHARDS`).
+//!
+//! The struct and its defaults live here; each concern's keys (CLI options,
+//! validation, the key list) live in a file of their own:
+//! - `listeners`: addresses to listen on (TLS, WebSocket listeners next);
+//! - `runtime`: event loops, IO backend, busy polling, scheduling, logging;
+//! - `connections`: admission limits and the CONNECT timeout (auth next);
+//! - `limits`: protocol limits and keepalive;
+//! - `sessions`: session expiry, queues, slow consumers, the memory mark (data dir next);
+//! - `features`: optional MQTT features, retained bounds, refused filters (ACLs next);
+//!
+//! and the mechanism in three more: `cli` (the command line), `load` (defaults <
+//! file < CLI, errors) and `value` (raw values and the checks they go through).
+//! The struct stays flat so the hot path reads `cfg.max_inflight`, one TOML table
+//! maps onto it, and a key added in one concern touches no other's file.
+
+mod cli;
+mod connections;
+mod features;
+mod limits;
+mod listeners;
+mod load;
+mod runtime;
+mod sessions;
+#[cfg(test)]
+mod tests;
+mod value;
 
 use std::net::SocketAddr;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoBackend {
-    /// io_uring when `io_uring_setup` works, epoll otherwise.
-    Auto,
-    Uring,
-    Epoll,
-}
-
-/// What to do when a subscriber's outbound queue is full of QoS 1/2 messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SlowConsumerPolicy {
-    /// Drop the newest QoS 1/2 message for that subscriber (counted).
-    Drop,
-    /// Disconnect the subscriber (0x97 Quota exceeded); a persistent session keeps its queue.
-    Disconnect,
-}
+pub use cli::Cli;
+pub use load::{
+    apply_toml, keys, load, load_tracked, load_tracked_with, load_with, set, ConfigError, Loaded,
+    Source,
+};
+pub use runtime::IoBackend;
+pub use sessions::SlowConsumerPolicy;
+pub use value::{Expect, Raw};
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -1,0 +1,80 @@
+//! Runtime keys: how many event loops run, which IO backend they use, how they
+//! wait and at what scheduling priority, and what they log.
+
+use clap::Args;
+
+use super::cli::{d, with_default};
+use super::value::{int, one_of, push_text, text, usize_of, Expect, Raw};
+use super::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoBackend {
+    /// io_uring when `io_uring_setup` works, epoll otherwise.
+    Auto,
+    Uring,
+    Epoll,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct RuntimeArgs {
+    /// Event loops, one per core. Default: available cores.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<String>,
+    #[arg(long, value_name = "auto|uring|epoll", help = with_default("IO backend; auto = io_uring when the kernel allows it, else epoll", "auto"))]
+    pub io: Option<String>,
+    #[arg(long, value_name = "LEVEL", help = with_default("tracing filter, e.g. info or ringmq=debug,warn; refused at start-up if it does not parse. RUST_LOG overrides it (an unparsable RUST_LOG is ignored with a warning)", &d().log_level))]
+    pub log_level: Option<String>,
+    #[arg(long, value_name = "US", help = with_default("Most microseconds a loop spins for the next event after a busy turn before blocking (adaptive: shrinks to 0 when events are further apart); 0 = never spin", d().busy_poll_us))]
+    pub busy_poll_us: Option<String>,
+    #[arg(long, value_name = "N", help = with_default("SCHED_FIFO priority 1..99 for the event-loop threads (needs CAP_SYS_NICE or RLIMIT_RTPRIO); cuts the latency tail that kernel threads on a loop's core cause; 0 = normal scheduling", d().rt_priority))]
+    pub rt_priority: Option<String>,
+}
+
+pub(super) const KEYS: &[&str] = &["shards", "io", "log_level", "busy_poll_us", "rt_priority"];
+
+/// A spin longer than a millisecond no longer saves a wake-up worth its CPU.
+const MAX_BUSY_POLL_US: u64 = 1000;
+const MAX_SHARDS: u64 = crate::ring::MAX_SHARDS as u64;
+
+/// A `tracing` filter, parsed here so a typo is refused at start-up instead of
+/// being replaced by a default when logging is set up. (A bare word is a target
+/// name to `tracing`, so a misspelt level such as `debgu` parses: it logs only
+/// that target.)
+fn log_filter(raw: &Raw) -> Result<String, Expect> {
+    let s = text(raw)?;
+    match tracing_subscriber::EnvFilter::try_new(&s) {
+        Ok(_) => Ok(s),
+        Err(e) => Err(format!(
+            "a tracing filter such as info or ringmq=debug,warn ({e})"
+        )),
+    }
+}
+
+/// Applies one key of this part. `Ok(false)`: not one of its keys.
+pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
+    match key {
+        "shards" => cfg.shards = Some(usize_of(int(raw, 1, MAX_SHARDS)?)),
+        "io" => {
+            cfg.io = match one_of(raw, &["auto", "uring", "epoll"])? {
+                "uring" => IoBackend::Uring,
+                "epoll" => IoBackend::Epoll,
+                _ => IoBackend::Auto,
+            }
+        }
+        "log_level" => cfg.log_level = log_filter(raw)?,
+        "busy_poll_us" => cfg.busy_poll_us = int(raw, 0, MAX_BUSY_POLL_US)? as u32,
+        "rt_priority" => cfg.rt_priority = int(raw, 0, 99)? as u8,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+impl RuntimeArgs {
+    pub(super) fn values(&self, v: &mut Vec<(&'static str, Raw)>) {
+        push_text(v, "shards", &self.shards);
+        push_text(v, "io", &self.io);
+        push_text(v, "log_level", &self.log_level);
+        push_text(v, "busy_poll_us", &self.busy_poll_us);
+        push_text(v, "rt_priority", &self.rt_priority);
+    }
+}

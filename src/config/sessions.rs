@@ -1,0 +1,79 @@
+//! Session and queue keys: session expiry, what a session queues while offline or
+//! over its in-flight window, per-connection output, what happens to a slow
+//! subscriber, and the per-shard memory mark. The data directory (durable
+//! sessions) lands here.
+
+use clap::Args;
+
+use super::cli::{d, with_default};
+use super::value::{boolean, int, one_of, push_text, usize_of, Expect, Raw, U32, USIZE};
+use super::Config;
+
+/// What to do when a subscriber's outbound queue is full of QoS 1/2 messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlowConsumerPolicy {
+    /// Drop the newest QoS 1/2 message for that subscriber (counted).
+    Drop,
+    /// Disconnect the subscriber (0x97 Quota exceeded); a persistent session keeps its queue.
+    Disconnect,
+}
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct SessionArgs {
+    #[arg(long, value_name = "S", help = with_default("Cap on a session's expiry interval, in seconds", d().max_session_expiry_s))]
+    pub max_session_expiry_s: Option<String>,
+    #[arg(long, value_name = "N", help = with_default("Messages queued per session while offline or over the in-flight window", d().max_queued_messages))]
+    pub max_queued_messages: Option<String>,
+    #[arg(long, value_name = "BYTES", help = with_default("Bytes of messages queued per session", d().max_queued_bytes))]
+    pub max_queued_bytes: Option<String>,
+    #[arg(long, value_name = "BOOL", help = with_default("Queue QoS 0 messages for offline persistent sessions", d().queue_qos0_offline))]
+    pub queue_qos0_offline: Option<String>,
+    #[arg(long, value_name = "BYTES", help = with_default("Bytes encoded for one connection but not yet written to its socket", d().max_outbound_bytes))]
+    pub max_outbound_bytes: Option<String>,
+    #[arg(long, value_name = "POLICY", help = with_default("When a subscriber's queue is full of QoS 1/2 messages: drop (the newest, counted) or disconnect", "drop"))]
+    pub slow_consumer_policy: Option<String>,
+    #[arg(long, value_name = "BYTES", help = with_default("Buffered message bytes per shard above which QoS 0 is shed and new connections refused; 0 = no mark", d().memory_high_water_bytes))]
+    pub memory_high_water_bytes: Option<String>,
+}
+
+pub(super) const KEYS: &[&str] = &[
+    "max_session_expiry_s",
+    "max_queued_messages",
+    "max_queued_bytes",
+    "queue_qos0_offline",
+    "max_outbound_bytes",
+    "slow_consumer_policy",
+    "memory_high_water_bytes",
+];
+
+/// Applies one key of this part. `Ok(false)`: not one of its keys.
+pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
+    match key {
+        "max_session_expiry_s" => cfg.max_session_expiry_s = int(raw, 0, U32)? as u32,
+        "max_queued_messages" => cfg.max_queued_messages = usize_of(int(raw, 0, USIZE)?),
+        "max_queued_bytes" => cfg.max_queued_bytes = usize_of(int(raw, 0, USIZE)?),
+        "queue_qos0_offline" => cfg.queue_qos0_offline = boolean(raw)?,
+        "max_outbound_bytes" => cfg.max_outbound_bytes = usize_of(int(raw, 1, USIZE)?),
+        "slow_consumer_policy" => {
+            cfg.slow_consumer_policy = match one_of(raw, &["drop", "disconnect"])? {
+                "disconnect" => SlowConsumerPolicy::Disconnect,
+                _ => SlowConsumerPolicy::Drop,
+            }
+        }
+        "memory_high_water_bytes" => cfg.memory_high_water_bytes = usize_of(int(raw, 0, USIZE)?),
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+impl SessionArgs {
+    pub(super) fn values(&self, v: &mut Vec<(&'static str, Raw)>) {
+        push_text(v, "max_session_expiry_s", &self.max_session_expiry_s);
+        push_text(v, "max_queued_messages", &self.max_queued_messages);
+        push_text(v, "max_queued_bytes", &self.max_queued_bytes);
+        push_text(v, "queue_qos0_offline", &self.queue_qos0_offline);
+        push_text(v, "max_outbound_bytes", &self.max_outbound_bytes);
+        push_text(v, "slow_consumer_policy", &self.slow_consumer_policy);
+        push_text(v, "memory_high_water_bytes", &self.memory_high_water_bytes);
+    }
+}

@@ -1,0 +1,294 @@
+//! Tests of loading: defaults, file and CLI precedence, every key through both
+//! paths, and the exact error messages operators see.
+
+use std::net::SocketAddr;
+
+use clap::Parser;
+
+use super::*;
+
+fn cli(args: &[&str]) -> Cli {
+    let mut v = vec!["ringmq"];
+    v.extend_from_slice(args);
+    Cli::try_parse_from(v).expect("cli parses")
+}
+
+fn with_file(text: &'static str) -> impl Fn(&str) -> std::io::Result<String> {
+    move |_| Ok(text.to_string())
+}
+
+#[test]
+fn no_config_at_all_gives_defaults() {
+    let cfg = load_with(&cli(&[]), with_file("")).expect("load");
+    assert_eq!(
+        cfg.listen,
+        vec!["0.0.0.0:1883".parse::<SocketAddr>().expect("addr")]
+    );
+    assert_eq!(cfg.shards, None);
+    assert_eq!(cfg.io, IoBackend::Auto);
+    assert_eq!(cfg.max_packet_size, Config::default().max_packet_size);
+}
+
+#[test]
+fn file_then_cli_precedence() {
+    let file = "max_packet_size = 5000\nreceive_maximum = 10\nlisten = [\"127.0.0.1:1999\", \"[::1]:1999\"]\n\
+                io = \"epoll\"\nretain_available = false\nserver_keep_alive_s = 30\ndeny_subscribe = [\"a/#\"]\n";
+    let c = cli(&[
+        "--config",
+        "x.toml",
+        "--max-packet-size",
+        "7000",
+        "--listen",
+        "127.0.0.1:0",
+        "--shards",
+        "3",
+    ]);
+    let cfg = load_with(&c, with_file(file)).expect("load");
+    // CLI wins over the file, the file over defaults.
+    assert_eq!(cfg.max_packet_size, 7000);
+    assert_eq!(cfg.receive_maximum, 10);
+    assert_eq!(
+        cfg.listen,
+        vec!["127.0.0.1:0".parse::<SocketAddr>().expect("addr")]
+    );
+    assert_eq!(cfg.shards, Some(3));
+    assert_eq!(cfg.io, IoBackend::Epoll);
+    assert!(!cfg.retain_available);
+    assert_eq!(cfg.server_keep_alive_s, Some(30));
+    assert_eq!(cfg.deny_subscribe, vec!["a/#".to_string()]);
+    assert_eq!(cfg.max_inflight, Config::default().max_inflight);
+}
+
+#[test]
+fn every_cli_option_has_the_same_toml_key() {
+    // Each KEY set from the file and from the CLI gives the same Config field.
+    let samples: &[(&str, &str, &str)] = &[
+        ("listen", "\"127.0.0.1:5\"", "127.0.0.1:5"),
+        ("shards", "2", "2"),
+        ("io", "\"uring\"", "uring"),
+        ("log_level", "\"debug\"", "debug"),
+        ("busy_poll_us", "7", "7"),
+        ("rt_priority", "7", "7"),
+        ("max_connections", "7", "7"),
+        ("max_connections_per_ip", "7", "7"),
+        ("connect_rate_per_s", "7", "7"),
+        ("connect_timeout_ms", "7", "7"),
+        ("max_packet_size", "7", "7"),
+        ("receive_maximum", "7", "7"),
+        ("max_inflight", "7", "7"),
+        ("topic_alias_maximum", "7", "7"),
+        ("max_topic_levels", "7", "7"),
+        ("max_topic_len", "7", "7"),
+        ("max_subscriptions_per_client", "7", "7"),
+        ("max_client_id_len", "7", "7"),
+        ("keepalive_max_s", "7", "7"),
+        ("server_keep_alive_s", "7", "7"),
+        ("max_session_expiry_s", "7", "7"),
+        ("max_queued_messages", "7", "7"),
+        ("max_queued_bytes", "7", "7"),
+        ("queue_qos0_offline", "true", "true"),
+        ("max_outbound_bytes", "7", "7"),
+        ("slow_consumer_policy", "\"disconnect\"", "disconnect"),
+        ("memory_high_water_bytes", "7", "7"),
+        ("retain_available", "false", "false"),
+        ("wildcard_subscription_available", "false", "false"),
+        ("subscription_identifier_available", "false", "false"),
+        ("shared_subscription_available", "false", "false"),
+        ("max_retained_messages", "7", "7"),
+        ("max_retained_bytes", "7", "7"),
+        ("deny_subscribe", "[\"x\"]", "x"),
+    ];
+    assert_eq!(samples.len(), keys().count());
+    for (key, toml_value, cli_value) in samples {
+        assert!(keys().any(|k| k == *key), "{key}");
+        let mut from_file = Config::default();
+        apply_toml(&mut from_file, "t.toml", &format!("{key} = {toml_value}")).expect(key);
+        let flag = format!("--{}", key.replace('_', "-"));
+        let from_cli = load_with(&cli(&[&flag, cli_value]), with_file("")).expect(key);
+        assert_eq!(format!("{from_file:?}"), format!("{from_cli:?}"), "{key}");
+        assert_ne!(
+            format!("{from_file:?}"),
+            format!("{:?}", Config::default()),
+            "{key} changed nothing"
+        );
+    }
+}
+
+#[test]
+fn file_error_names_key_and_value() {
+    let err = load_with(
+        &cli(&["--config", "tests/x.toml"]),
+        with_file("max_packet_size = \"abc\"\n"),
+    )
+    .expect_err("must fail");
+    assert_eq!(
+        err.to_string(),
+        "config tests/x.toml: key \"max_packet_size\": expected an integer 1..=268435455, got \"abc\""
+    );
+    let err = load_with(
+        &cli(&["--config", "c.toml"]),
+        with_file("receive_maximum = 0\n"),
+    )
+    .expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "config c.toml: key \"receive_maximum\": expected an integer 1..=65535, got 0"
+    );
+    let err = load_with(
+        &cli(&["--config", "c.toml"]),
+        with_file("io = \"kqueue\"\n"),
+    )
+    .expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "config c.toml: key \"io\": expected one of auto, uring, epoll, got \"kqueue\""
+    );
+    let err = load_with(
+        &cli(&["--config", "c.toml"]),
+        with_file("log_level = \"ringmq=loud\"\n"),
+    )
+    .expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "config c.toml: key \"log_level\": expected a tracing filter such as info or \
+         ringmq=debug,warn (error parsing level filter: expected one of \"off\", \"error\", \
+         \"warn\", \"info\", \"debug\", \"trace\", or a number 0-5), got \"ringmq=loud\""
+    );
+    let err = load_with(
+        &cli(&["--config", "c.toml"]),
+        with_file("busy_poll_us = 1001\n"),
+    )
+    .expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "config c.toml: key \"busy_poll_us\": expected an integer 0..=1000, got 1001"
+    );
+}
+
+#[test]
+fn unknown_key_is_an_error() {
+    let err = load_with(
+        &cli(&["--config", "c.toml"]),
+        with_file("max_pakcet_size = 5\n"),
+    )
+    .expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "config c.toml: unknown key \"max_pakcet_size\""
+    );
+}
+
+#[test]
+fn cli_error_names_option_and_value() {
+    let err = load_with(&cli(&["--max-inflight", "70000"]), with_file("")).expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "option --max-inflight: expected an integer 1..=65535, got \"70000\""
+    );
+    let err = load_with(&cli(&["--log-level", "info,["]), with_file("")).expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "option --log-level: expected a tracing filter such as info or ringmq=debug,warn \
+         (invalid filter directive), got \"info,[\""
+    );
+    for good in [
+        "warn",
+        "ringmq=debug,warn",
+        "ringmq::shard=trace",
+        "off",
+        "5",
+    ] {
+        let cfg = load_with(&cli(&["--log-level", good]), with_file("")).expect(good);
+        assert_eq!(cfg.log_level, good);
+    }
+    let err = load_with(&cli(&["--listen", "nowhere"]), with_file("")).expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "option --listen: expected a socket address like 0.0.0.0:1883 or [::]:1883, got [\"nowhere\"]"
+    );
+    let err = load_with(&cli(&["--rt-priority", "100"]), with_file("")).expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "option --rt-priority: expected an integer 0..=99, got \"100\""
+    );
+}
+
+#[test]
+fn explicit_keys_are_tracked() {
+    let l = load_tracked_with(
+        &cli(&["--config", "c.toml", "--max-inflight", "5"]),
+        with_file("max_connections = 1000000\n"),
+    )
+    .expect("load");
+    assert_eq!(l.explicit, vec!["max_connections", "max_inflight"]);
+    assert!(l.is_explicit("max_connections"));
+    let l = load_tracked_with(&cli(&[]), with_file("")).expect("load");
+    assert!(l.explicit.is_empty());
+}
+
+#[test]
+fn every_option_has_help_with_its_default() {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut checked = 0;
+    for arg in cmd.get_arguments() {
+        let id = arg.get_id().as_str();
+        if matches!(id, "help" | "version") {
+            continue;
+        }
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        assert!(!help.is_empty(), "--{id} has no help text");
+        if id != "config" {
+            assert!(help.contains("efault"), "--{id}: no default in {help:?}");
+        }
+        checked += 1;
+    }
+    // `config` plus every key.
+    assert_eq!(checked, keys().count() + 1);
+    let help_of = |id: &str| {
+        cmd.get_arguments()
+            .find(|a| a.get_id().as_str() == id)
+            .and_then(|a| a.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+    };
+    let d = Config::default();
+    assert!(help_of("max_inflight").ends_with(&format!("[default: {}]", d.max_inflight)));
+    assert!(
+        help_of("connect_timeout_ms").ends_with(&format!("[default: {}]", d.connect_timeout_ms))
+    );
+    assert!(help_of("max_queued_bytes").ends_with(&format!("[default: {}]", d.max_queued_bytes)));
+}
+
+#[test]
+fn bad_toml_and_missing_file_are_errors() {
+    let err = load_with(
+        &cli(&["--config", "c.toml"]),
+        with_file("max_packet_size = = 3"),
+    )
+    .expect_err("fail");
+    assert!(err.to_string().starts_with("config c.toml: "), "{err}");
+    let err = load_with(&cli(&["--config", "/nonexistent/ringmq.toml"]), |p| {
+        std::fs::read_to_string(p)
+    })
+    .expect_err("fail");
+    assert!(
+        err.to_string()
+            .starts_with("config /nonexistent/ringmq.toml: "),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_options_are_the_keys_in_order() {
+    // Each concern lists its keys and declares its options in separate places;
+    // this keeps the two in step, and `--help` in documentation order.
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let options: Vec<&str> = cmd
+        .get_arguments()
+        .map(|a| a.get_id().as_str())
+        .filter(|id| !matches!(*id, "help" | "version" | "config"))
+        .collect();
+    assert_eq!(options, keys().collect::<Vec<_>>());
+}
