@@ -1,3 +1,7 @@
+//! Decoding: the fixed header first (`peek_frame`, which rejects an oversized remaining
+//! length before anything is buffered), then one packet of a known version from a
+//! complete frame, with every validation rule of the spec applied on the way.
+
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 

@@ -1,3 +1,6 @@
+//! Encoding: the exact length of a packet for a version (`encoded_len`), then its bytes
+//! written in one pass into the caller's buffer.
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::packet::{

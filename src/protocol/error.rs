@@ -1,3 +1,5 @@
+//! The codec's one error enum ([`DecodeError`]) and its single mapping to reason codes.
+
 use super::reason::ReasonCode;
 
 /// Everything that can be wrong with bytes on the wire. The one mapping to a reason

@@ -1,3 +1,6 @@
+//! MQTT 5 properties: the small set PUBLISH carries (forwarded to subscribers), the
+//! full set of the other packets, and the bitset that catches a duplicate property.
+
 use bytes::Bytes;
 use smallvec::SmallVec;
 

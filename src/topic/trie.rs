@@ -1,3 +1,7 @@
+//! The topic trie: filters (with `+`/`#`) or names as paths of levels in an arena of
+//! nodes, answering "which filters match this topic" and "which names match this filter".
+//! Children are a short list or, past a size, an open-addressing table.
+
 use smallvec::SmallVec;
 
 use crate::arena::{chunk_of, push_chunked, ChunkSlab};

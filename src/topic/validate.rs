@@ -1,3 +1,6 @@
+//! Topic names and filters as the spec defines them: length, levels, wildcard placement,
+//! `$share/{group}/{filter}` parsing, and the naive matcher the trie is tested against.
+
 /// Why a topic name or filter is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TopicError {
