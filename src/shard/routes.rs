@@ -36,6 +36,7 @@ pub(crate) struct PendingSubAck {
 }
 
 impl ShardSet {
+    #[inline]
     pub fn insert(&mut self, s: ShardId) {
         let w = s / 64;
         if self.0.len() <= w {
@@ -44,25 +45,30 @@ impl ShardSet {
         self.0[w] |= 1 << (s % 64);
     }
 
+    #[inline]
     pub fn remove(&mut self, s: ShardId) {
         if let Some(w) = self.0.get_mut(s / 64) {
             *w &= !(1 << (s % 64));
         }
     }
 
+    #[inline]
     pub fn contains(&self, s: ShardId) -> bool {
         self.0.get(s / 64).is_some_and(|w| w & (1 << (s % 64)) != 0)
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
     }
 
+    #[inline]
     pub fn len(&self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     /// The `n`-th member in ascending order.
+    #[inline]
     pub fn nth(&self, mut n: usize) -> Option<ShardId> {
         for (i, w) in self.0.iter().enumerate() {
             let c = w.count_ones() as usize;
@@ -78,6 +84,7 @@ impl ShardSet {
         None
     }
 
+    #[inline]
     pub fn for_each(&self, mut f: impl FnMut(ShardId)) {
         for (i, w) in self.0.iter().enumerate() {
             let mut w = *w;

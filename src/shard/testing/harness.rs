@@ -13,13 +13,13 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use super::wiring::{self, Moved, TestMesh, Wiring};
-use super::{Action, ConnId, Shard, ShardId, ShardMsg};
 use crate::config::Config;
 use crate::protocol::{
     decode_packet, encode_packet, ConnAck, Connect, Disconnect, LastWill, Packet, Properties,
     ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
     SubscriptionOptions, MAX_REMAINING_LENGTH,
 };
+use crate::shard::{Action, ConnId, Shard, ShardId, ShardMsg};
 
 pub(crate) type Cid = usize;
 
@@ -536,7 +536,7 @@ pub(crate) fn will(
 pub(crate) fn id_on(shard: ShardId, n: usize, prefix: &str) -> String {
     (0..10_000)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|id| super::owner_shard(id.as_bytes(), n) == shard)
+        .find(|id| crate::shard::owner_shard(id.as_bytes(), n) == shard)
         .unwrap_or_else(|| panic!("no id for shard {shard}"))
 }
 

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
-use super::{ConnId, Handoff, Shard, ShardId, ShardMsg};
+use crate::shard::{ConnId, Handoff, Shard, ShardId, ShardMsg};
 
 /// The driver's own name for a connection: stays the same across hand-offs.
 pub(crate) type PeerId = usize;
