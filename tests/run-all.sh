@@ -14,6 +14,10 @@ bash tests/install-deps.sh
 step "format and lint"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The fuzz crate is its own workspace (cargo fuzz builds it alone), so the two
+# commands above do not reach it.
+cargo fmt --all --check --manifest-path tests/fuzz/Cargo.toml
+cargo clippy --manifest-path tests/fuzz/Cargo.toml --all-targets -- -D warnings
 
 step "build (debug binaries used by integration tests)"
 cargo build --workspace --bins
