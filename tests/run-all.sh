@@ -29,8 +29,10 @@ step "integration suites again on the epoll backend"
 # The step above runs them on the backend the broker picks (io_uring where the kernel
 # allows it); RINGMQ_TEST_IO adds `--io epoll` to every broker that names no backend
 # and fails a test whose broker did not report epoll.
+# Tests that name their backend (uring_*/epoll_* in broker_smoke and rust_client) keep it.
 RINGMQ_TEST_IO=epoll cargo test --no-fail-fast \
-    --test conformance_v311 --test conformance_v5 --test interop --test profile_interop
+    --test conformance_v311 --test conformance_v5 --test interop --test profile_interop \
+    --test broker_smoke --test hostile_socket --test rust_client
 
 step "loom model checks (ring::spsc and ring::mesh loom_tests)"
 # Its own target dir: --cfg loom in RUSTFLAGS would otherwise invalidate the main
