@@ -19,7 +19,7 @@ budget_file=perf/budget.txt
 
 command -v valgrind >/dev/null || { echo "budget: valgrind is not installed (tests/install-deps.sh installs it)" >&2; exit 1; }
 cargo build --release -q -p ringmq-perf --bin callgrind-paths
-bin=target/release/callgrind-paths
+bin="${CARGO_TARGET_DIR:-target}/release/callgrind-paths"
 
 ir() { # path iterations -> total instructions
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 \
@@ -37,8 +37,13 @@ if [[ "$mode" == explain ]]; then
   exit 0
 fi
 
+# An assignment, not `for p in $(...)`: set -e stops here if --list fails, and an
+# empty list is refused below, so a broken driver cannot pass by measuring nothing.
+paths=$("$bin" --list)
+[[ -n "$paths" ]] || { echo "budget: $bin --list named no paths" >&2; exit 1; }
+
 declare -A measured
-for path in $("$bin" --list); do
+for path in $paths; do
   one=$(ir "$path" 1); many=$(ir "$path" $((N + 1)))
   [[ -n "$one" && -n "$many" ]] || { echo "budget: callgrind gave no count for $path" >&2; exit 1; }
   measured[$path]=$(( (many - one) / N ))
@@ -47,7 +52,7 @@ done
 if [[ "$mode" == update ]]; then
   {
     echo "# instructions per operation (callgrind Ir), checked by perf/budget.sh with ${TOLERANCE_PCT}% tolerance"
-    for path in $("$bin" --list); do echo "$path ${measured[$path]}"; done
+    for path in $paths; do echo "$path ${measured[$path]}"; done
   } > "$budget_file"
   cat "$budget_file"
   exit 0
@@ -55,8 +60,16 @@ fi
 
 [[ -f "$budget_file" ]] || { echo "budget: $budget_file is missing; run 'bash perf/budget.sh update'" >&2; exit 1; }
 fail=0
+# A budgeted path the driver no longer measures (renamed or dropped) would otherwise
+# stop being checked without anyone noticing.
+budgeted=$(awk '!/^#/ && NF { print $1 }' "$budget_file")
+[[ -n "$budgeted" ]] || { echo "budget: $budget_file holds no budgets" >&2; exit 1; }
+for path in $budgeted; do
+  [[ -n "${measured[$path]:-}" ]] || {
+    echo "budget: $path has a budget in $budget_file but $bin --list does not measure it" >&2; fail=1; }
+done
 printf '%-28s %10s %10s %8s\n' path budget measured change
-for path in $("$bin" --list); do
+for path in $paths; do
   budget=$(awk -v p="$path" '$1 == p { print $2 }' "$budget_file")
   got=${measured[$path]}
   if [[ -z "$budget" ]]; then

@@ -1,4 +1,4 @@
-# Shared by perf/profile.sh and perf/compare.sh (sourced, not run).
+# Shared by perf/profile.sh, perf/compare.sh and perf/rss.sh (sourced, not run).
 #
 # Brokers run pinned to BROKER_CORE, loadgen to LOADGEN_CORE, on 127.0.0.1 only.
 # Every process started here is recorded and stopped by PID on exit.
@@ -132,4 +132,33 @@ scenario_connections() {
     idle_10k_sub) echo $((IDLE_CLIENTS + 2)) ;;
     *) echo 0 ;;
   esac
+}
+
+# SAVE_RESULTS=1 keeps a run's small results (loadgen JSON lines, tables, the run's
+# settings) in perf/results/<UTC date>/<kind>-<UTC time>/, which is committed, so the
+# figures in README.md and perf/README.md can be checked against raw data. Logs and
+# profiles stay in perf/out/ (gitignored, too large). Called before the first
+# measurement (the load average it records is the one the run started under) with the
+# script's kind, its settings as one line, and its arguments; prints the folder.
+results_dir() {
+  local kind=$1 settings=$2 dir; shift 2
+  dir="$ROOT/perf/results/$(date -u +%Y-%m-%d)/$kind-$(date -u +%H%M%S)"
+  mkdir -p "$dir"
+  {
+    echo "command: perf/$kind.sh $*"
+    echo "settings: $settings"
+    echo "date_utc: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "commit: $(git -C "$ROOT" rev-parse HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src loadgen perf/src Cargo.lock || echo ' (with uncommitted changes)')"
+    echo "kernel: $(uname -r)"
+    echo "cpus: $(nproc) ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo))"
+    echo "load_average_at_start: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "broker_core: $BROKER_CORE loadgen_core: $LOADGEN_CORE"
+    echo "duration: $DURATION"
+    echo "ringmq: $RINGMQ ${RINGMQ_ARGS:-}"
+    echo "loadgen: $LOADGEN"
+    if command -v mosquitto >/dev/null; then
+      echo "mosquitto: $(mosquitto -h 2>/dev/null | head -1)"
+    fi
+  } >"$dir/run.txt"
+  echo "$dir"
 }

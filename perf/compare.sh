@@ -15,7 +15,9 @@
 # Each broker runs pinned to core $BROKER_CORE (default 0) with one shard, loadgen to
 # core $LOADGEN_CORE (default 1). Every run starts a fresh broker. RSS per connection
 # = (VmRSS with N connections established - VmRSS before) / N, from /proc/PID/status.
-# Raw JSON lines and logs go to perf/out/compare-<time>/.
+# Raw JSON lines and logs go to perf/out/compare-<time>/; with SAVE_RESULTS=1 the JSON
+# lines, the table and the run's settings are also copied to the committed
+# perf/results/<date>/compare-<time>/ (see perf/results/README.md).
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -122,6 +124,11 @@ mkdir -p "$run_dir"
 # Thousands of sockets per broker; mosquitto needs one fd each.
 ulimit -n "$(ulimit -Hn)"
 
+saved=""
+if [[ "${SAVE_RESULTS:-0}" == 1 ]]; then
+  saved=$(results_dir compare "BROKERS=${brokers[*]} MAX_QUEUED=$MAX_QUEUED MAX_INFLIGHT=$MAX_INFLIGHT RINGMQ_QUEUED_BYTES=$RINGMQ_QUEUED_BYTES IDLE_CLIENTS=$IDLE_CLIENTS" "$@")
+fi
+
 rows=()
 for s in "${scenarios[@]}"; do
   for b in "${brokers[@]}"; do run_one "$b" "$s"; done
@@ -135,3 +142,7 @@ done
   printf '%s\n' "${rows[@]}"
 } | tee "$run_dir/table.md"
 log "raw results in $run_dir"
+if [[ -n "$saved" ]]; then
+  cp "$run_dir"/*.json "$run_dir/table.md" "$saved/"
+  log "saved to ${saved#"$ROOT"/} (commit it with the figures it backs)"
+fi

@@ -8,7 +8,9 @@
 #   COUNTS="10000" SHARDS="1" MODES="idle" bash perf/rss.sh
 #
 # Broker pinned to BROKER_CORE, loadgen to LOADGEN_CORE, 127.0.0.1 only; every process
-# started here is stopped by PID.
+# started here is stopped by PID. The table and one JSON line per measurement (the raw
+# VmRSS readings) go to perf/out/rss-<time>/; with SAVE_RESULTS=1 also to the committed
+# perf/results/<date>/rss-<time>/ (see perf/results/README.md).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -18,11 +20,17 @@ MODES="${MODES:-idle sub}"
 SETTLE="${SETTLE:-3}"
 
 build_release
+run_dir="$OUT/rss-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$run_dir"
+saved=""
+if [[ "${SAVE_RESULTS:-0}" == 1 ]]; then
+  saved=$(results_dir rss "COUNTS=$COUNTS SHARDS=$SHARDS MODES=$MODES SETTLE=$SETTLE" "$@")
+fi
 
 measure() {
   local n=$1 mode=$2 shards=$3 port logfile lg base_kb kb est hold
   port=$(free_port)
-  logfile="$OUT/rss-$mode-$n-$shards.log"
+  logfile="$run_dir/$mode-$n-$shards.log"
   BROKER_SHARDS=$shards start_ringmq "$port" "$logfile"
   sleep 0.5
   base_kb=$(rss_kb "$BROKER_PID")
@@ -49,15 +57,20 @@ measure() {
   forget_pid "$lg"
   stop_pid "$BROKER_PID"
   forget_pid "$BROKER_PID"
+  printf '{"connections":%d,"shards":%d,"mode":"%s","established":%d,"rss_before_kib":%d,"rss_after_kib":%d}\n' \
+    "$n" "$shards" "$mode" "$est" "$base_kb" "$kb" >>"$run_dir/rss.jsonl"
   if ((est < n)); then
-    echo "| $n | $shards | $mode | only $est established | - |"
+    row "| $n | $shards | $mode | only $est established | - |"
   else
-    echo "| $n | $shards | $mode | $(( (kb - base_kb) )) KiB | $(( (kb - base_kb) * 1024 / est )) B |"
+    row "| $n | $shards | $mode | $(( (kb - base_kb) )) KiB | $(( (kb - base_kb) * 1024 / est )) B |"
   fi
 }
 
-echo "| connections | shards | mode | RSS growth | per connection |"
-echo "|---:|---:|---|---:|---:|"
+# Not `{ ...; } | tee`: measure must run in this shell, where the EXIT trap stops
+# the processes it started.
+row() { echo "$1" | tee -a "$run_dir/table.md"; }
+row "| connections | shards | mode | RSS growth | per connection |"
+row "|---:|---:|---|---:|---:|"
 for n in $COUNTS; do
   for shards in $SHARDS; do
     for mode in $MODES; do
@@ -65,3 +78,8 @@ for n in $COUNTS; do
     done
   done
 done
+log "raw results in $run_dir"
+if [[ -n "$saved" ]]; then
+  cp "$run_dir/rss.jsonl" "$run_dir/table.md" "$saved/"
+  log "saved to ${saved#"$ROOT"/} (commit it with the figures it backs)"
+fi

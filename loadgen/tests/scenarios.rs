@@ -1,5 +1,5 @@
-//! Every scenario, briefly, against a real broker (ringmq when it runs, else Mosquitto).
-//! A missing broker fails the test with instructions; it is never skipped.
+//! Every scenario, briefly, against this workspace's ringmq (built through Cargo).
+//! A broker that does not start fails the test; there is no fallback broker.
 
 mod support;
 

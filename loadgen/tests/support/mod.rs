@@ -1,11 +1,14 @@
-//! Test support: start a broker (ringmq, else Mosquitto) and a tiny io_uring
-//! accept-and-hold MQTT server that can hold more connections than RLIMIT_NOFILE.
+//! Test support: start ringmq (the workspace's own binary, built through Cargo) and a
+//! tiny io_uring accept-and-hold MQTT server that can hold more connections than
+//! RLIMIT_NOFILE.
 #![allow(dead_code)]
 
 pub mod holdserver;
 
 use std::net::TcpStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// A broker process we started; killed by PID on drop.
@@ -13,16 +16,14 @@ pub struct Broker {
     child: Child,
     pub port: u16,
     pub name: String,
-    _dir: Option<std::path::PathBuf>,
+    stderr_path: PathBuf,
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(d) = &self._dir {
-            let _ = std::fs::remove_dir_all(d);
-        }
+        let _ = std::fs::remove_file(&self.stderr_path);
     }
 }
 
@@ -32,99 +33,118 @@ pub fn free_port() -> u16 {
     l.local_addr().expect("local_addr").port()
 }
 
-fn wait_listening(child: &mut Child, port: u16) -> bool {
-    let end = Instant::now() + Duration::from_secs(5);
+/// How long a starting broker may take to accept. Generous because the test machine
+/// is shared with other builds; a broker slower than this is broken, not slow.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until 127.0.0.1:`port` accepts; Err says why not (exited, or timed out).
+fn wait_listening(child: &mut Child, port: u16) -> Result<(), String> {
+    let end = Instant::now() + START_TIMEOUT;
     while Instant::now() < end {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited during start-up ({status})"));
         }
         if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    false
+    Err(format!(
+        "did not accept on 127.0.0.1:{port} within {} s",
+        START_TIMEOUT.as_secs()
+    ))
 }
 
-fn ringmq_bin() -> std::path::PathBuf {
-    match std::env::var_os("RINGMQ_BIN") {
-        Some(p) => p.into(),
-        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ringmq"),
+/// The ringmq binary: `$RINGMQ_BIN` when set (e.g. a release build to test against),
+/// else the one Cargo builds for this workspace. `CARGO_BIN_EXE_*` covers only this
+/// package's binaries, so Cargo is asked to build ringmq (a no-op when it is fresh)
+/// and reports where the executable is: that follows CARGO_TARGET_DIR and the
+/// profile, and never picks up a stale binary. Built once per test process.
+fn ringmq_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("RINGMQ_BIN") {
+            let p = PathBuf::from(p);
+            assert!(p.is_file(), "RINGMQ_BIN={} is not a file", p.display());
+            return p;
+        }
+        cargo_build_ringmq()
+    })
+    .clone()
+}
+
+fn cargo_build_ringmq() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("loadgen sits in the workspace");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(workspace).args([
+        "build",
+        "-p",
+        "ringmq",
+        "--bin",
+        "ringmq",
+        "--message-format=json-render-diagnostics",
+    ]);
+    // Same profile as these tests (`cargo test --release` tests a release broker).
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
     }
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("running cargo build for ringmq");
+    assert!(
+        out.status.success(),
+        "cargo build -p ringmq --bin ringmq failed ({})",
+        out.status
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let exe = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "ringmq")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from));
+    let exe = exe.unwrap_or_else(|| {
+        panic!("cargo build -p ringmq --bin ringmq named no executable; output: {stdout}")
+    });
+    assert!(
+        exe.is_file(),
+        "cargo reported {} but it is missing",
+        exe.display()
+    );
+    exe
 }
 
-/// Starts ringmq (`$RINGMQ_BIN` or `<workspace>/target/debug/ringmq`) on a free port;
-/// if it is missing or does not accept connections, Mosquitto. Panics naming both
-/// attempts when neither starts: a test without a broker is a failure, not a skip.
+/// Starts ringmq on a free port on 127.0.0.1. A broker that does not start fails the
+/// test, with its stderr: there is no other broker to fall back to, so a pass always
+/// means ringmq carried the traffic.
 pub fn start_broker() -> Broker {
-    let mut tried = Vec::new();
     let bin = ringmq_bin();
     let port = free_port();
-    match Command::new(&bin)
+    let stderr_path =
+        std::env::temp_dir().join(format!("loadgen-ringmq-{}-{port}.err", std::process::id()));
+    let stderr = std::fs::File::create(&stderr_path)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", stderr_path.display()));
+    let mut child = Command::new(&bin)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
-    {
-        Ok(mut child) => {
-            if wait_listening(&mut child, port) {
-                return Broker {
-                    child,
-                    port,
-                    name: format!("ringmq ({})", bin.display()),
-                    _dir: None,
-                };
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            tried.push(format!(
-                "{} did not accept on 127.0.0.1:{port} within 5 s",
-                bin.display()
-            ));
-        }
-        Err(e) => tried.push(format!("{}: {e}", bin.display())),
+        .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
+    if let Err(why) = wait_listening(&mut child, port) {
+        let _ = child.kill();
+        let _ = child.wait();
+        let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&stderr_path);
+        panic!("ringmq ({}) {why}; its stderr:\n{log}", bin.display());
     }
-    let port = free_port();
-    let dir = std::env::temp_dir().join(format!("loadgen-mosq-{}-{port}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let conf = dir.join("mosquitto.conf");
-    let text = format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\nset_tcp_nodelay true\n"
-    );
-    if let Err(e) = std::fs::write(&conf, text) {
-        panic!("writing {}: {e}", conf.display());
+    Broker {
+        child,
+        port,
+        name: format!("ringmq ({})", bin.display()),
+        stderr_path,
     }
-    for mosq in ["mosquitto", "/usr/sbin/mosquitto"] {
-        match Command::new(mosq)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-        {
-            Ok(mut child) => {
-                if wait_listening(&mut child, port) {
-                    return Broker {
-                        child,
-                        port,
-                        name: format!("mosquitto ({mosq})"),
-                        _dir: Some(dir),
-                    };
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-                tried.push(format!(
-                    "{mosq} did not accept on 127.0.0.1:{port} within 5 s"
-                ));
-            }
-            Err(e) => tried.push(format!("{mosq}: {e}")),
-        }
-    }
-    panic!(
-        "no MQTT broker could be started for the loadgen integration tests; build ringmq \
-         (`cargo build --bin ringmq`, or set RINGMQ_BIN) or install mosquitto. Tried: {}",
-        tried.join("; ")
-    );
 }
 
 /// Runs the loadgen binary with `args` plus `--json`; returns (exit code, parsed JSON, stderr).
