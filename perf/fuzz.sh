@@ -6,12 +6,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo-fuzz is not installed (tests/install-deps.sh installs it)" >&2; exit 1; }
 # libFuzzer instrumentation needs nightly flags; use a nightly toolchain when one is
 # installed, otherwise let stable accept them.
 if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then tc=(+nightly); else tc=(); export RUSTC_BOOTSTRAP=1; fi
 fuzz_dir=tests/fuzz
-for target in $(cargo "${tc[@]}" fuzz list --fuzz-dir "$fuzz_dir"); do
+# An assignment, not `for t in $(...)`: set -e stops here if the listing fails, and an
+# empty list is refused, so a broken fuzz crate cannot pass by fuzzing nothing.
+targets=$(cargo "${tc[@]}" fuzz list --fuzz-dir "$fuzz_dir")
+[[ -n "$targets" ]] || { echo "fuzz: cargo fuzz list found no targets in $fuzz_dir" >&2; exit 1; }
+for target in $targets; do
   corpus="$fuzz_dir/corpus/$target"; seeds="$fuzz_dir/seeds/$target"
   mkdir -p "$corpus" "$seeds"
   echo "fuzz: $target for ${seconds}s"

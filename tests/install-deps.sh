@@ -5,6 +5,7 @@
 #   - node + npm                     (kept as found if present; Debian's nodejs/npm otherwise)
 #   - tests/interop/node: `npm ci`   (mqtt.js pinned by package-lock.json)
 #   - valgrind                       (perf/budget.sh instruction counts)
+#   - cargo-fuzz                     (perf/fuzz.sh; cargo install, built once)
 # apt-get update runs only when a package is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -41,6 +42,14 @@ fi
 
 /usr/bin/python3 -c 'import paho.mqtt, sys; v = paho.mqtt.__version__; print("install-deps: paho-mqtt", v); sys.exit(0 if v.startswith("1.") else 1)' \
     || { echo "install-deps: paho_check.py is written for paho-mqtt 1.x (Debian bookworm's python3-paho-mqtt)" >&2; exit 1; }
+
+# perf/fuzz.sh refuses to run without it rather than installing it mid-run.
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    echo "install-deps: cargo install cargo-fuzz"
+    cargo install cargo-fuzz --locked
+else
+    echo "install-deps: $(cargo fuzz --version 2>/dev/null || echo cargo-fuzz) present"
+fi
 
 node_dir=tests/interop/node
 want=$(node -e 'console.log(require("./'"$node_dir"'/package-lock.json").packages["node_modules/mqtt"].version)')
