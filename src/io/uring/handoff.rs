@@ -250,6 +250,7 @@ impl UringLoop {
 mod tests {
     use super::*;
     use crate::io::{EventLoop, LoopOptions, Remote, RingRoom};
+    use std::os::fd::{FromRawFd, OwnedFd};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -313,7 +314,9 @@ mod tests {
             kind: RemoteKind::Uring {
                 ring_fds: vec![not_a_ring],
                 room: vec![RingRoom::new(0)],
-                eventfd: not_a_ring,
+                // SAFETY: the remote owns the eventfd from here (closed when it drops);
+                // `ring_fds` only names it.
+                eventfd: unsafe { OwnedFd::from_raw_fd(not_a_ring) },
             },
         });
         lp.set_peers(vec![lp.remote(), bogus]);
@@ -327,8 +330,6 @@ mod tests {
             (1, 0)
         );
         assert!(lp.doorbell_retry.is_empty());
-        // SAFETY: we own this fd and nothing uses it any more.
-        unsafe { libc::close(not_a_ring) };
     }
 
     /// Hand-off tables grown by a connect storm are given back once empty, at the

@@ -40,7 +40,7 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,6 +144,7 @@ pub struct UringLoop {
     accepting: bool,
     peers: Vec<Arc<Remote>>,
     remote: Arc<Remote>,
+    /// The eventfd of `remote`, which owns it (and outlives us: we hold it).
     eventfd: RawFd,
     /// Fd-passing tickets: arrived before the worker claimed them, or claimed first.
     arrived: HashMap<u64, SockId>,
@@ -216,10 +217,13 @@ impl UringLoop {
             });
         }
         // SAFETY: eventfd with valid flags; checked for -1.
-        let eventfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if eventfd < 0 {
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        let eventfd = owned.as_raw_fd();
         let remote = Arc::new(Remote {
             kind: RemoteKind::Uring {
                 ring_fds: rings.iter().map(|r| r.uring.as_raw_fd()).collect(),
@@ -227,7 +231,7 @@ impl UringLoop {
                     .iter()
                     .map(|r| RingRoom::new(r.table_size.saturating_sub(TABLE_HEADROOM)))
                     .collect(),
-                eventfd,
+                eventfd: owned,
             },
         });
         let mut lp = UringLoop {
@@ -794,10 +798,6 @@ impl Drop for UringLoop {
                 drop(uring);
                 std::mem::forget(bufs);
             }
-        }
-        // SAFETY: our eventfd, closed once; peers only write to it while every loop runs.
-        unsafe {
-            libc::close(self.eventfd);
         }
     }
 }
