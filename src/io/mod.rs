@@ -103,8 +103,12 @@ pub struct IoStats {
     /// `LoopOptions::adopt_pair_timeout_ms`.
     pub adopt_unpaired_reaped: u64,
     /// Hand-offs whose descriptor the kernel installed in the target's table without
-    /// telling it (`MSG_RING` EOVERFLOW): refused and shut down; one slot leaks each.
+    /// telling it (`MSG_RING` EOVERFLOW): refused and shut down; the target is told,
+    /// and closes the copy (`migrate_slot_reclaimed` there).
     pub migrate_descriptor_lost: u64,
+    /// Descriptors installed here unannounced (another loop's EOVERFLOW) that a sweep
+    /// of the table found and closed, giving their slot back.
+    pub migrate_slot_reclaimed: u64,
     /// Doorbells sent again after a transient `MSG_RING` failure.
     pub doorbell_retried: u64,
     /// Doorbells given up on (permanent error, or too many attempts).

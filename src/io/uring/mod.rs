@@ -88,6 +88,12 @@ const K_DOORBELL: u64 = 8;
 const K_RING_POLL: u64 = 9;
 const K_EVENTFD: u64 = 10;
 const K_ACCEPT_MULTI: u64 = 11;
+/// Another loop's `MSG_RING` note: a descriptor it sent landed unannounced here.
+const K_LOST: u64 = 12;
+/// Our note to another loop failed (success posts nothing: `SKIP_SUCCESS`).
+const K_LOST_SENT: u64 = 13;
+const K_PROBE: u64 = 14;
+const K_ORPHAN_CLOSE: u64 = 15;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
@@ -162,6 +168,17 @@ pub struct UringLoop {
     /// Doorbells whose `MSG_RING` failed transiently: (target loop, attempts so far),
     /// sent again at the start of the next turn (see `on_doorbell_failed`).
     doorbell_retry: Vec<(usize, u64)>,
+    /// Notes of unannounced descriptors whose `MSG_RING` failed transiently: (target
+    /// loop, its ring, attempts so far), sent again next turn.
+    lost_note_retry: Vec<(usize, usize, u64)>,
+    /// Test-only failure injection: the next `n` descriptors we send report
+    /// EOVERFLOW although they arrived (`on_send_fd`).
+    #[cfg(test)]
+    inject_send_fd_overflow: u32,
+    /// Test-only failure injection: the next `n` descriptors that arrive here are
+    /// not announced (their CQE is ignored, as if the kernel could not post it).
+    #[cfg(test)]
+    inject_lose_adopt_cqe: u32,
 }
 
 impl UringLoop {
@@ -213,6 +230,11 @@ impl UringLoop {
                 borrowed: 0,
                 backlog: Default::default(),
                 starved: VecDeque::new(),
+                known: vec![0; table_size.div_ceil(64) as usize],
+                lost: 0,
+                sweep_next: 0,
+                sweep_inflight: 0,
+                sweep_passes: 0,
                 bufs,
             });
         }
@@ -258,6 +280,11 @@ impl UringLoop {
             pending: Vec::new(),
             last_trim: Instant::now(),
             doorbell_retry: Vec::new(),
+            lost_note_retry: Vec::new(),
+            #[cfg(test)]
+            inject_send_fd_overflow: 0,
+            #[cfg(test)]
+            inject_lose_adopt_cqe: 0,
         };
         for r in 1..lp.rings.len() {
             lp.arm_ring_poll(r);
@@ -504,11 +531,18 @@ impl UringLoop {
                     if res < 0 {
                         tracing::debug!(sock, errno = -res, "close failed");
                     }
+                    // The slot is empty from here: the kernel may hand it out again.
+                    let (r, slot) = (s.ring as usize, s.slot);
+                    self.rings[r].set_known(slot, false);
                 }
                 self.maybe_release(sock);
             }
             K_SEND_FD => self.on_send_fd(sock, res),
             K_ADOPT => self.on_adopt(ring, payload, res),
+            K_LOST => self.on_lost_note(payload as usize),
+            K_LOST_SENT if res < 0 => self.on_lost_note_failed(payload, -res),
+            K_PROBE => self.on_probe(payload, res),
+            K_ORPHAN_CLOSE => self.on_orphan_closed(payload, res),
             K_RING_POLL => {
                 if !cqueue::more(flags) {
                     self.arm_ring_poll(payload as usize);
@@ -522,7 +556,7 @@ impl UringLoop {
             }
             // Doorbells post a CQE here only on failure (`SKIP_SUCCESS`).
             K_DOORBELL if res < 0 => self.on_doorbell_failed(payload, -res),
-            K_CANCEL | K_DOORBELL => {}
+            K_CANCEL | K_DOORBELL | K_LOST_SENT => {}
             other => tracing::warn!(kind = other, res, "unknown io_uring completion"),
         }
     }
@@ -620,6 +654,7 @@ impl UringLoop {
             shutdown_on_close: false,
         }) as SockId;
         self.rings[ring].live += 1;
+        self.rings[ring].set_known(slot, true);
         sock
     }
 }
@@ -714,6 +749,10 @@ impl EventLoop for UringLoop {
         for (to, attempt) in std::mem::take(&mut self.doorbell_retry) {
             self.send_doorbell(to, attempt);
         }
+        for (to, ring, attempt) in std::mem::take(&mut self.lost_note_retry) {
+            self.send_lost_note(to, ring, attempt);
+        }
+        self.sweep_for_orphans();
         for ring in self.rings.iter_mut() {
             ring.drain_backlog();
         }
@@ -768,6 +807,7 @@ impl EventLoop for UringLoop {
             || self.rings.iter_mut().any(|r| {
                 !r.backlog.is_empty()
                     || !r.starved.is_empty()
+                    || (r.lost > 0 && r.sweep_inflight == 0)
                     || !r.uring.completion().is_empty()
                     || r.uring.submission().taskrun()
             })
