@@ -16,7 +16,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
@@ -103,8 +103,12 @@ pub struct IoStats {
     /// `LoopOptions::adopt_pair_timeout_ms`.
     pub adopt_unpaired_reaped: u64,
     /// Hand-offs whose descriptor the kernel installed in the target's table without
-    /// telling it (`MSG_RING` EOVERFLOW): refused and shut down; one slot leaks each.
+    /// telling it (`MSG_RING` EOVERFLOW): refused and shut down; the target is told,
+    /// and closes the copy (`migrate_slot_reclaimed` there).
     pub migrate_descriptor_lost: u64,
+    /// Descriptors installed here unannounced (another loop's EOVERFLOW) that a sweep
+    /// of the table found and closed, giving their slot back.
+    pub migrate_slot_reclaimed: u64,
     /// Doorbells sent again after a transient `MSG_RING` failure.
     pub doorbell_retried: u64,
     /// Doorbells given up on (permanent error, or too many attempts).
@@ -223,8 +227,11 @@ pub(crate) enum RemoteKind {
         /// before taking a slot, so a connection storm from several loops can never
         /// overrun a table; see [`RingRoom`].
         room: Vec<RingRoom>,
-        /// Wakes ring 0 from threads without a ring (signal handling).
-        eventfd: RawFd,
+        /// Wakes ring 0 from threads without a ring (signal handling, and `main` after a
+        /// loop failed). Owned here rather than by the loop: a handle may outlive the
+        /// loop (`main` wakes every loop when one fails, some of them already gone), and
+        /// a number the loop had closed could by then name another file.
+        eventfd: OwnedFd,
     },
     Epoll {
         waker: mio::Waker,
@@ -282,9 +289,10 @@ impl Remote {
         match &self.kind {
             RemoteKind::Uring { eventfd, .. } => {
                 let one: u64 = 1;
-                // SAFETY: writes 8 bytes from a live u64 to an eventfd the loop keeps open
-                // until every loop has stopped (the worker joins before dropping loops).
-                let rc = unsafe { libc::write(*eventfd, (&one as *const u64).cast(), 8) };
+                // SAFETY: writes 8 bytes from a live u64 to the eventfd this handle owns,
+                // open as long as `self` (a loop that has exited leaves it unread: harmless).
+                let rc =
+                    unsafe { libc::write(eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
                 if rc != 8 {
                     tracing::debug!("eventfd wake failed: {}", io::Error::last_os_error());
                 }

@@ -243,3 +243,27 @@ fn unpaired_handoff_is_closed_not_leaked() {
         }
     }
 }
+
+/// `main` wakes every loop after one failed, some of them already gone: the wake-up
+/// handle keeps its loop's eventfd open, so the write lands there and never in a file
+/// that reused the number.
+#[test]
+fn waking_an_exited_uring_loop_writes_to_its_own_eventfd() {
+    use std::os::fd::AsRawFd;
+    let lp = UringLoop::new(0, &opts()).expect("loop");
+    let remote = lp.remote();
+    let RemoteKind::Uring { eventfd, .. } = &remote.kind else {
+        panic!("an io_uring loop has an io_uring remote");
+    };
+    let fd = eventfd.as_raw_fd();
+    drop(lp);
+    // Still open, and still the eventfd (a closed number is free for any thread).
+    let link = std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .expect("the eventfd of an exited loop was closed under its wake-up handle");
+    assert_eq!(link.to_string_lossy(), "anon_inode:[eventfd]");
+    remote.wake();
+    let mut v: u64 = 0;
+    // SAFETY: reads 8 bytes into a live u64 from the non-blocking eventfd `remote` owns.
+    let n = unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+    assert_eq!((n, v), (8, 1), "the wake landed in the loop's eventfd");
+}

@@ -22,6 +22,28 @@ const ACCEPTS_PER_RING: usize = 4;
 /// what one multishot takes before its completions are read, and some to spare.
 const MULTI_ACCEPT_MARGIN: i64 = crate::io::LISTEN_BACKLOG as i64 + 256;
 
+/// Where the kernel writes the peer address of a single-shot accept. It may write
+/// there until the accept's completion, or until the ring is torn down, which the
+/// kernel finishes asynchronously after the ring fd closes: a loop dropped with an
+/// accept armed leaks it (see `UringLoop::drop`).
+pub(super) struct AcceptAddr {
+    pub(super) storage: libc::sockaddr_storage,
+    pub(super) len: libc::socklen_t,
+}
+
+#[cfg(test)]
+thread_local! {
+    /// `AcceptAddr`s freed on this thread, so a test can tell a leak from a free.
+    pub(super) static ACCEPT_ADDRS_FREED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+#[cfg(test)]
+impl Drop for AcceptAddr {
+    fn drop(&mut self) {
+        ACCEPT_ADDRS_FREED.with(|n| n.set(n.get() + 1));
+    }
+}
+
 pub(super) struct AcceptSlot {
     pub(super) ring: u8,
     pub(super) armed: bool,
@@ -29,7 +51,7 @@ pub(super) struct AcceptSlot {
     /// over-capacity accept of a full loop).
     pub(super) counted: bool,
     /// Boxed so the kernel's pointer stays valid while the slot vector grows.
-    pub(super) addr: Box<(libc::sockaddr_storage, libc::socklen_t)>,
+    pub(super) addr: Box<AcceptAddr>,
 }
 
 /// The multishot accept of one listener (multishot mode).
@@ -134,9 +156,10 @@ impl UringLoop {
         let ring = slot.ring as usize;
         slot.armed = true;
         slot.counted = counted;
-        slot.addr.1 = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        let addr_ptr = (&mut slot.addr.0 as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
-        let len_ptr = &mut slot.addr.1 as *mut libc::socklen_t;
+        slot.addr.len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        let addr_ptr =
+            (&mut slot.addr.storage as *mut libc::sockaddr_storage).cast::<libc::sockaddr>();
+        let len_ptr = &mut slot.addr.len as *mut libc::socklen_t;
         let e = opcode::Accept::new(Fd(fd), addr_ptr, len_ptr)
             .file_index(Some(DestinationSlot::auto_target()))
             .build()
@@ -229,7 +252,8 @@ impl UringLoop {
         };
         slot.armed = false;
         let counted = slot.counted;
-        let peer = sockaddr_to_std(&slot.addr.0).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+        let peer =
+            sockaddr_to_std(&slot.addr.storage).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
         // A listener whose accepts have all ended may close once we stopped accepting.
         if !self.accepting && !listener.any_armed() {
             listener.socket = None;
@@ -398,8 +422,11 @@ impl UringLoop {
                     ring: ring as u8,
                     armed: false,
                     counted: false,
-                    // SAFETY: sockaddr_storage is plain old data; all zeroes is valid.
-                    addr: Box::new((unsafe { std::mem::zeroed() }, 0)),
+                    addr: Box::new(AcceptAddr {
+                        // SAFETY: sockaddr_storage is plain old data; all zeroes is valid.
+                        storage: unsafe { std::mem::zeroed() },
+                        len: 0,
+                    }),
                 });
             }
         }

@@ -1,6 +1,8 @@
 //! Moving a connection to another loop: its direct descriptor goes over `MSG_RING`
 //! into a slot reserved in the target's table, paired there with the worker's mesh
-//! hand-off by a ticket; unpaired arrivals are closed after a timeout. Also the
+//! hand-off by a ticket; unpaired arrivals are closed after a timeout. A descriptor
+//! the kernel installed without telling the target (EOVERFLOW) is reported to the
+//! target, which sweeps its table for it and closes it, reclaiming the slot. Also the
 //! `MSG_RING` doorbells that wake a parked loop, retried when transiently refused.
 
 use std::time::Instant;
@@ -9,12 +11,18 @@ use io_uring::opcode;
 use io_uring::squeue;
 use io_uring::types::{DestinationSlot, Fd, Fixed};
 
-use super::{ud, SockState, UringLoop, K_ADOPT, K_DOORBELL, K_SEND_FD};
+use super::{
+    ud, SockState, UringLoop, K_ADOPT, K_DOORBELL, K_LOST, K_LOST_SENT, K_ORPHAN_CLOSE, K_PROBE,
+    K_SEND_FD,
+};
 use crate::io::{Completion, RemoteKind, SockId, Transfer};
 
 /// Capacity the hand-off tables may keep while empty (see `shrink_handoff_tables`).
 const HANDOFF_TABLE_KEPT: usize = 64;
 
+/// Sweep probes (and orphan closes) one ring keeps in flight while it looks for
+/// descriptors installed unannounced (`sweep_for_orphans`).
+const SWEEP_INFLIGHT_MAX: u32 = 256;
 /// Attempts at one doorbell before giving up on it (each is one turn apart).
 const DOORBELL_ATTEMPTS_MAX: u64 = 64;
 
@@ -166,6 +174,13 @@ impl UringLoop {
     }
 
     pub(super) fn on_send_fd(&mut self, sock: SockId, res: i32) {
+        #[cfg(test)]
+        let res = if res >= 0 && self.inject_send_fd_overflow > 0 {
+            self.inject_send_fd_overflow -= 1;
+            -libc::EOVERFLOW
+        } else {
+            res
+        };
         tracing::debug!(loop_id = self.id, sock, res, "descriptor sent");
         let sent = match self.socks.get(sock as usize).map(|s| s.state) {
             Some(SockState::SendingFd { ticket, to, ring }) => Some((ticket, to, ring)),
@@ -173,13 +188,15 @@ impl UringLoop {
         };
         let result = match (res >= 0, sent) {
             (true, Some((ticket, _, _))) => Ok(Transfer(ticket)),
-            (false, Some((ticket, to, _))) if res == -libc::EOVERFLOW => {
+            (false, Some((ticket, to, ring))) if res == -libc::EOVERFLOW => {
                 // The kernel installed the descriptor in the target's table but could
-                // not post its CQE, and the slot number is lost with it: nobody can
-                // adopt or close that copy. Its reserved slot stays taken (it is in
-                // use), and our close shuts the connection down so the client is not
-                // left hanging on it. One table slot leaks per occurrence.
+                // not post its CQE, and the slot number is lost with it: the target
+                // cannot adopt that copy. Its reserved slot stays taken (it is in use)
+                // until the target, told by a note, finds and closes the copy
+                // (`on_lost_note`); our close shuts the connection down so the client
+                // is not left hanging on it meanwhile.
                 self.stats.migrate_descriptor_lost += 1;
+                self.send_lost_note(usize::from(to), usize::from(ring), 0);
                 self.stats.migrate_failed += 1;
                 tracing::error!(
                     loop_id = self.id,
@@ -231,6 +248,11 @@ impl UringLoop {
             tracing::warn!(ticket, errno = -res, "socket handoff arrived with an error");
             return;
         }
+        #[cfg(test)]
+        if self.inject_lose_adopt_cqe > 0 {
+            self.inject_lose_adopt_cqe -= 1;
+            return;
+        }
         // The sender reserved this slot in our `RingRoom`; it is ours to give back.
         let sock = self.insert_open(ring, res as u32);
         if self.claimed.remove(&ticket) {
@@ -244,12 +266,162 @@ impl UringLoop {
                 .push_back((Instant::now() + self.adopt_pair_timeout, ticket));
         }
     }
+
+    /// Tells loop `to` that a descriptor we sent landed unannounced in its ring
+    /// `ring` (`MSG_RING` data to its ring 0, retried like a doorbell).
+    pub(super) fn send_lost_note(&mut self, to: usize, ring: usize, attempt: u64) {
+        let Some(peer) = self.peers.get(to) else {
+            return;
+        };
+        let RemoteKind::Uring { ring_fds, .. } = &peer.kind else {
+            return;
+        };
+        let Some(&fd) = ring_fds.first() else { return };
+        let payload = (attempt << 24) | ((ring as u64 & 0xff) << 16) | (to as u64 & 0xffff);
+        let e = opcode::MsgRingData::new(Fd(fd), 0, ud(K_LOST, ring as u64), None)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud(K_LOST_SENT, payload));
+        self.rings[0].push(e);
+    }
+
+    /// A note of ours did not reach its loop: again next turn, a bounded number of
+    /// times; after that the slot stays taken there (logged).
+    pub(super) fn on_lost_note_failed(&mut self, payload: u64, errno: i32) {
+        let (to, ring, attempt) = (
+            (payload & 0xffff) as usize,
+            ((payload >> 16) & 0xff) as usize,
+            payload >> 24,
+        );
+        if doorbell_retryable(errno) && attempt + 1 < DOORBELL_ATTEMPTS_MAX {
+            self.lost_note_retry.push((to, ring, attempt + 1));
+            return;
+        }
+        tracing::error!(
+            loop_id = self.id,
+            to,
+            ring,
+            errno,
+            "note of an unannounced descriptor lost: its table slot stays taken"
+        );
+    }
+
+    /// Another loop's descriptor sits unannounced in ring `ring`'s table. Its slot
+    /// number is known to nobody, so the table is swept: every slot no socket of ours
+    /// holds is probed, and the occupied one closed (`sweep_for_orphans`). Two passes
+    /// may start from here, so a note that arrives in the middle of a pass still gets
+    /// a whole one.
+    pub(super) fn on_lost_note(&mut self, ring: usize) {
+        let Some(r) = self.rings.get_mut(ring) else {
+            return;
+        };
+        if r.lost == 0 && r.sweep_inflight == 0 {
+            r.sweep_next = 0;
+        }
+        r.lost += 1;
+        r.sweep_passes = 2;
+    }
+
+    /// Issues the next probes of every ring with unannounced descriptors: an `FSYNC`
+    /// on the fixed slot, which fails with EBADF on an empty slot and touches nothing
+    /// on a socket. At most `SWEEP_INFLIGHT_MAX` per ring in flight.
+    ///
+    /// Why the probe can be trusted: a slot is marked known when the CQE of the accept
+    /// or adoption that filled it is dispatched, and unmarked when its close completes.
+    /// The kernel installs a descriptor and posts that CQE under the ring's lock, the
+    /// lock the probe's slot lookup takes too, and this ring's CQEs are dispatched in
+    /// order. So when a probe's CQE is dispatched, any socket that was in the slot
+    /// at probe time and is ours is already marked: an occupied slot still unmarked
+    /// holds the unannounced copy.
+    pub(super) fn sweep_for_orphans(&mut self) {
+        for ri in 0..self.rings.len() {
+            let r = &mut self.rings[ri];
+            if r.lost == 0 {
+                continue;
+            }
+            while r.sweep_inflight < SWEEP_INFLIGHT_MAX && r.sweep_next < r.table_size {
+                let slot = r.sweep_next;
+                r.sweep_next += 1;
+                if r.is_known(slot) {
+                    continue;
+                }
+                let e = opcode::Fsync::new(Fixed(slot))
+                    .build()
+                    .user_data(ud(K_PROBE, ((ri as u64) << 32) | u64::from(slot)));
+                r.sweep_inflight += 1;
+                r.push(e);
+            }
+            if r.sweep_next >= r.table_size && r.sweep_inflight == 0 {
+                // A pass ended without finding every unannounced descriptor.
+                r.sweep_passes = r.sweep_passes.saturating_sub(1);
+                if r.sweep_passes > 0 {
+                    r.sweep_next = 0;
+                } else {
+                    tracing::error!(
+                        loop_id = self.id,
+                        ring = ri,
+                        missing = r.lost,
+                        "sweep found no unannounced descriptor to close"
+                    );
+                    r.lost = 0;
+                }
+            }
+        }
+    }
+
+    /// A sweep probe's answer: EBADF is an empty slot; an occupied slot that no
+    /// socket of ours holds is the unannounced copy, closed.
+    pub(super) fn on_probe(&mut self, payload: u64, res: i32) {
+        let (ri, slot) = ((payload >> 32) as usize, payload as u32);
+        let Some(r) = self.rings.get_mut(ri) else {
+            return;
+        };
+        r.sweep_inflight = r.sweep_inflight.saturating_sub(1);
+        if res == -libc::EBADF || r.lost == 0 || r.is_known(slot) {
+            return;
+        }
+        r.lost -= 1;
+        r.sweep_inflight += 1;
+        let e = opcode::Close::new(Fixed(slot))
+            .build()
+            .user_data(ud(K_ORPHAN_CLOSE, payload));
+        r.push(e);
+    }
+
+    /// The unannounced copy in `payload`'s slot is closed: the slot, and the room the
+    /// sender reserved for it, are free again.
+    pub(super) fn on_orphan_closed(&mut self, payload: u64, res: i32) {
+        let (ri, slot) = ((payload >> 32) as usize, payload as u32);
+        let Some(r) = self.rings.get_mut(ri) else {
+            return;
+        };
+        r.sweep_inflight = r.sweep_inflight.saturating_sub(1);
+        if res < 0 {
+            tracing::warn!(
+                loop_id = self.id,
+                ring = ri,
+                slot,
+                errno = -res,
+                "closing an unannounced descriptor failed"
+            );
+            return;
+        }
+        self.room(ri).give_back();
+        self.stats.migrate_slot_reclaimed += 1;
+        tracing::warn!(
+            loop_id = self.id,
+            ring = ri,
+            slot,
+            "unannounced descriptor closed: slot reclaimed"
+        );
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{EventLoop, LoopOptions, Remote, RingRoom};
+    use crate::io::{Completion, EventLoop, LoopOptions, Remote, RingRoom};
+    use std::os::fd::{FromRawFd, OwnedFd};
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -313,7 +485,9 @@ mod tests {
             kind: RemoteKind::Uring {
                 ring_fds: vec![not_a_ring],
                 room: vec![RingRoom::new(0)],
-                eventfd: not_a_ring,
+                // SAFETY: the remote owns the eventfd from here (closed when it drops);
+                // `ring_fds` only names it.
+                eventfd: unsafe { OwnedFd::from_raw_fd(not_a_ring) },
             },
         });
         lp.set_peers(vec![lp.remote(), bogus]);
@@ -327,8 +501,6 @@ mod tests {
             (1, 0)
         );
         assert!(lp.doorbell_retry.is_empty());
-        // SAFETY: we own this fd and nothing uses it any more.
-        unsafe { libc::close(not_a_ring) };
     }
 
     /// Hand-off tables grown by a connect storm are given back once empty, at the
@@ -361,5 +533,128 @@ mod tests {
             ),
             (0, 0, 0)
         );
+    }
+
+    /// The kernel installs a sent descriptor but cannot post its CQE (EOVERFLOW,
+    /// injected on both sides): the target never learns the slot. The sender's note
+    /// makes the target sweep its table, close the copy, and give back the room the
+    /// sender reserved, so capacity does not shrink with each occurrence.
+    #[test]
+    fn an_unannounced_descriptor_is_found_and_its_slot_reclaimed() {
+        let opts = LoopOptions {
+            max_connections: 8,
+            table_slots_max: 8 + 64,
+            ..LoopOptions::default()
+        };
+        let mut a = UringLoop::new(0, &opts).expect("loop 0");
+        let mut b = UringLoop::new(1, &opts).expect("loop 1");
+        let peers = vec![a.remote(), b.remote()];
+        a.set_peers(peers.clone());
+        b.set_peers(peers);
+        assert_eq!(b.remote().ring_room(), [8]);
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        a.add_listener(l).expect("listen");
+        // A first connection moves to `b` normally: the sweep must leave it alone.
+        let mut kept_client = std::net::TcpStream::connect(addr).expect("connect");
+        let first = accept_one(&mut a);
+        a.migrate(first, 1);
+        let mut moved = None;
+        for _ in 0..1000 {
+            let mut out = Vec::new();
+            a.turn(Some(Duration::from_millis(1)), &mut out)
+                .expect("turn");
+            b.turn(Some(Duration::ZERO), &mut Vec::new()).expect("turn");
+            moved = out.iter().find_map(|c| match c {
+                Completion::Migrated { result, .. } => Some(*result),
+                _ => None,
+            });
+            if moved.is_some() {
+                break;
+            }
+        }
+        let transfer = moved.expect("migrated").expect("hand-off accepted");
+        let mut kept = b.adopt(transfer);
+        for _ in 0..1000 {
+            if kept.is_some() {
+                break;
+            }
+            let mut out = Vec::new();
+            b.turn(Some(Duration::from_millis(1)), &mut out)
+                .expect("turn");
+            kept = out.iter().find_map(|c| match c {
+                Completion::Adopted { sock, .. } => Some(*sock),
+                _ => None,
+            });
+        }
+        let kept = kept.expect("adopted");
+        let room = b.remote().ring_room();
+        assert_eq!(room, [7], "the kept socket holds one slot");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let mut out = Vec::new();
+        let sock = accept_one(&mut a);
+        a.inject_send_fd_overflow = 1;
+        b.inject_lose_adopt_cqe = 1;
+        a.migrate(sock, 1);
+        let mut refused = None;
+        for _ in 0..1000 {
+            out.clear();
+            a.turn(Some(Duration::from_millis(1)), &mut out)
+                .expect("turn");
+            b.turn(Some(Duration::ZERO), &mut Vec::new()).expect("turn");
+            refused = out.iter().find_map(|c| match c {
+                Completion::Migrated { result, .. } => Some(*result),
+                _ => None,
+            });
+            if refused.is_some() {
+                break;
+            }
+        }
+        assert_eq!(refused, Some(Err(libc::EOVERFLOW)));
+        assert_eq!(a.stats.migrate_descriptor_lost, 1);
+        // The worker closes a refused socket.
+        a.close(sock);
+        for _ in 0..1000 {
+            a.turn(Some(Duration::from_millis(1)), &mut Vec::new())
+                .expect("turn");
+            b.turn(Some(Duration::from_millis(1)), &mut Vec::new())
+                .expect("turn");
+            if b.stats.migrate_slot_reclaimed > 0 && b.remote().ring_room() == room {
+                break;
+            }
+        }
+        assert_eq!(b.stats.migrate_slot_reclaimed, 1, "the copy was closed");
+        assert_eq!(
+            b.remote().ring_room(),
+            room,
+            "the sender's reservation is back"
+        );
+        assert_eq!(b.rings[0].lost, 0);
+        // The socket the sweep had to skip still works.
+        b.send(kept, bytes::Bytes::from_static(b"still here"));
+        let mut got = [0u8; 10];
+        for _ in 0..100 {
+            b.turn(Some(Duration::from_millis(1)), &mut Vec::new())
+                .expect("turn");
+        }
+        std::io::Read::read_exact(&mut kept_client, &mut got).expect("read");
+        assert_eq!(&got, b"still here");
+        drop(client);
+    }
+
+    /// Turns `lp` until it accepts a connection.
+    fn accept_one(lp: &mut UringLoop) -> SockId {
+        for _ in 0..1000 {
+            let mut out = Vec::new();
+            lp.turn(Some(Duration::from_millis(10)), &mut out)
+                .expect("turn");
+            if let Some(sock) = out.iter().find_map(|c| match c {
+                Completion::Accepted { sock, .. } => Some(*sock),
+                _ => None,
+            }) {
+                return sock;
+            }
+        }
+        panic!("nothing accepted");
     }
 }

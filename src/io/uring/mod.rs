@@ -40,7 +40,7 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,12 @@ const K_DOORBELL: u64 = 8;
 const K_RING_POLL: u64 = 9;
 const K_EVENTFD: u64 = 10;
 const K_ACCEPT_MULTI: u64 = 11;
+/// Another loop's `MSG_RING` note: a descriptor it sent landed unannounced here.
+const K_LOST: u64 = 12;
+/// Our note to another loop failed (success posts nothing: `SKIP_SUCCESS`).
+const K_LOST_SENT: u64 = 13;
+const K_PROBE: u64 = 14;
+const K_ORPHAN_CLOSE: u64 = 15;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
@@ -144,6 +150,7 @@ pub struct UringLoop {
     accepting: bool,
     peers: Vec<Arc<Remote>>,
     remote: Arc<Remote>,
+    /// The eventfd of `remote`, which owns it (and outlives us: we hold it).
     eventfd: RawFd,
     /// Fd-passing tickets: arrived before the worker claimed them, or claimed first.
     arrived: HashMap<u64, SockId>,
@@ -161,6 +168,17 @@ pub struct UringLoop {
     /// Doorbells whose `MSG_RING` failed transiently: (target loop, attempts so far),
     /// sent again at the start of the next turn (see `on_doorbell_failed`).
     doorbell_retry: Vec<(usize, u64)>,
+    /// Notes of unannounced descriptors whose `MSG_RING` failed transiently: (target
+    /// loop, its ring, attempts so far), sent again next turn.
+    lost_note_retry: Vec<(usize, usize, u64)>,
+    /// Test-only failure injection: the next `n` descriptors we send report
+    /// EOVERFLOW although they arrived (`on_send_fd`).
+    #[cfg(test)]
+    inject_send_fd_overflow: u32,
+    /// Test-only failure injection: the next `n` descriptors that arrive here are
+    /// not announced (their CQE is ignored, as if the kernel could not post it).
+    #[cfg(test)]
+    inject_lose_adopt_cqe: u32,
 }
 
 impl UringLoop {
@@ -212,14 +230,22 @@ impl UringLoop {
                 borrowed: 0,
                 backlog: Default::default(),
                 starved: VecDeque::new(),
+                known: vec![0; table_size.div_ceil(64) as usize],
+                lost: 0,
+                sweep_next: 0,
+                sweep_inflight: 0,
+                sweep_passes: 0,
                 bufs,
             });
         }
         // SAFETY: eventfd with valid flags; checked for -1.
-        let eventfd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if eventfd < 0 {
+        let raw = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if raw < 0 {
             return Err(io::Error::last_os_error());
         }
+        // SAFETY: `raw` is a new descriptor nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+        let eventfd = owned.as_raw_fd();
         let remote = Arc::new(Remote {
             kind: RemoteKind::Uring {
                 ring_fds: rings.iter().map(|r| r.uring.as_raw_fd()).collect(),
@@ -227,7 +253,7 @@ impl UringLoop {
                     .iter()
                     .map(|r| RingRoom::new(r.table_size.saturating_sub(TABLE_HEADROOM)))
                     .collect(),
-                eventfd,
+                eventfd: owned,
             },
         });
         let mut lp = UringLoop {
@@ -254,6 +280,11 @@ impl UringLoop {
             pending: Vec::new(),
             last_trim: Instant::now(),
             doorbell_retry: Vec::new(),
+            lost_note_retry: Vec::new(),
+            #[cfg(test)]
+            inject_send_fd_overflow: 0,
+            #[cfg(test)]
+            inject_lose_adopt_cqe: 0,
         };
         for r in 1..lp.rings.len() {
             lp.arm_ring_poll(r);
@@ -500,11 +531,18 @@ impl UringLoop {
                     if res < 0 {
                         tracing::debug!(sock, errno = -res, "close failed");
                     }
+                    // The slot is empty from here: the kernel may hand it out again.
+                    let (r, slot) = (s.ring as usize, s.slot);
+                    self.rings[r].set_known(slot, false);
                 }
                 self.maybe_release(sock);
             }
             K_SEND_FD => self.on_send_fd(sock, res),
             K_ADOPT => self.on_adopt(ring, payload, res),
+            K_LOST => self.on_lost_note(payload as usize),
+            K_LOST_SENT if res < 0 => self.on_lost_note_failed(payload, -res),
+            K_PROBE => self.on_probe(payload, res),
+            K_ORPHAN_CLOSE => self.on_orphan_closed(payload, res),
             K_RING_POLL => {
                 if !cqueue::more(flags) {
                     self.arm_ring_poll(payload as usize);
@@ -518,7 +556,7 @@ impl UringLoop {
             }
             // Doorbells post a CQE here only on failure (`SKIP_SUCCESS`).
             K_DOORBELL if res < 0 => self.on_doorbell_failed(payload, -res),
-            K_CANCEL | K_DOORBELL => {}
+            K_CANCEL | K_DOORBELL | K_LOST_SENT => {}
             other => tracing::warn!(kind = other, res, "unknown io_uring completion"),
         }
     }
@@ -616,6 +654,7 @@ impl UringLoop {
             shutdown_on_close: false,
         }) as SockId;
         self.rings[ring].live += 1;
+        self.rings[ring].set_known(slot, true);
         sock
     }
 }
@@ -710,6 +749,10 @@ impl EventLoop for UringLoop {
         for (to, attempt) in std::mem::take(&mut self.doorbell_retry) {
             self.send_doorbell(to, attempt);
         }
+        for (to, ring, attempt) in std::mem::take(&mut self.lost_note_retry) {
+            self.send_lost_note(to, ring, attempt);
+        }
+        self.sweep_for_orphans();
         for ring in self.rings.iter_mut() {
             ring.drain_backlog();
         }
@@ -764,6 +807,7 @@ impl EventLoop for UringLoop {
             || self.rings.iter_mut().any(|r| {
                 !r.backlog.is_empty()
                     || !r.starved.is_empty()
+                    || (r.lost > 0 && r.sweep_inflight == 0)
                     || !r.uring.completion().is_empty()
                     || r.uring.submission().taskrun()
             })
@@ -785,19 +829,125 @@ impl Drop for UringLoop {
                 .listeners
                 .iter()
                 .any(|l| l.slots.iter().any(|s| s.armed));
-        if busy {
-            // Operations may still be in flight; the kernel tears them down
-            // asynchronously after the ring fd closes and could still write into
-            // receive buffers, so those mappings are leaked rather than unmapped.
-            for ring in self.rings.drain(..) {
-                let Ring { uring, bufs, .. } = ring;
-                drop(uring);
-                std::mem::forget(bufs);
+        if !busy {
+            return;
+        }
+        // Operations may still be in flight: the kernel tears them down asynchronously
+        // after the ring fd closes, and until then may write into receive buffers and
+        // accept address buffers and read send buffers. So whatever an operation may
+        // still point to is leaked rather than freed: the buffer pools, the address
+        // buffers of armed accepts, the data of sends in flight. Listening sockets
+        // close (an accept in flight holds its own reference to the file).
+        for ring in self.rings.drain(..) {
+            let Ring { uring, bufs, .. } = ring;
+            drop(uring);
+            std::mem::forget(bufs);
+        }
+        for listener in std::mem::take(&mut self.listeners) {
+            let Listener { socket, slots, .. } = listener;
+            drop(socket);
+            for slot in slots.into_iter().filter(|s| s.armed) {
+                Box::leak(slot.addr);
             }
         }
-        // SAFETY: our eventfd, closed once; peers only write to it while every loop runs.
-        unsafe {
-            libc::close(self.eventfd);
+        for (_, sock) in std::mem::take(&mut self.socks) {
+            if let Some(tx) = sock.tx {
+                std::mem::forget(tx);
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::accept::ACCEPT_ADDRS_FREED;
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Send data that records being freed.
+    struct Watched {
+        data: Vec<u8>,
+        freed: Arc<AtomicBool>,
+    }
+
+    impl AsRef<[u8]> for Watched {
+        fn as_ref(&self) -> &[u8] {
+            &self.data
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            self.freed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Dropped with a send in flight and single-shot accepts armed, a loop frees
+    /// neither the send's bytes nor those accepts' address buffers: the kernel may
+    /// still read or write them while it tears the ring down. Idle accept buffers go.
+    #[test]
+    fn a_busy_loop_leaves_what_the_kernel_may_still_use() {
+        let opts = LoopOptions {
+            max_connections: 100,
+            accept_peer_addr: true,
+            ..LoopOptions::default()
+        };
+        let mut lp = UringLoop::new(0, &opts).expect("loop");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        lp.add_listener(l).expect("listen");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let mut out = Vec::new();
+        let mut sock = None;
+        for _ in 0..1000 {
+            lp.turn(Some(Duration::from_millis(10)), &mut out)
+                .expect("turn");
+            sock = out.iter().find_map(|c| match c {
+                Completion::Accepted { sock, .. } => Some(*sock),
+                _ => None,
+            });
+            if sock.is_some() {
+                break;
+            }
+        }
+        let sock = sock.expect("accepted");
+        let freed = Arc::new(AtomicBool::new(false));
+        // Larger than the socket buffers, and the client does not read: the send
+        // stays in flight.
+        lp.send(
+            sock,
+            Bytes::from_owner(Watched {
+                data: vec![7; 8 << 20],
+                freed: freed.clone(),
+            }),
+        );
+        for _ in 0..3 {
+            out.clear();
+            lp.turn(Some(Duration::from_millis(1)), &mut out)
+                .expect("turn");
+            assert!(
+                !out.iter().any(|c| matches!(c, Completion::SendDone { .. })),
+                "the send must still be in flight"
+            );
+        }
+        let slots: usize = lp.listeners.iter().map(|l| l.slots.len()).sum();
+        let armed: usize = lp
+            .listeners
+            .iter()
+            .map(|l| l.slots.iter().filter(|s| s.armed).count())
+            .sum();
+        assert!(armed > 0, "accepts armed");
+        let freed_before = ACCEPT_ADDRS_FREED.with(|n| n.get());
+        drop(lp);
+        assert!(
+            !freed.load(Ordering::SeqCst),
+            "the data of a send in flight was freed"
+        );
+        assert_eq!(
+            ACCEPT_ADDRS_FREED.with(|n| n.get()) - freed_before,
+            slots - armed,
+            "only the address buffers of idle accept slots are freed"
+        );
+        drop(client);
     }
 }

@@ -212,6 +212,19 @@ pub(super) struct Ring {
     /// Sockets whose receive ended with ENOBUFS, to re-arm as buffers come back
     /// (`Sock::starved` marks the live entries; a released id is skipped).
     pub(super) starved: VecDeque<SockId>,
+    /// One bit per table slot: set while a socket we know of holds the slot (from
+    /// its accept or adoption to its close). A slot that is occupied and not known is
+    /// a descriptor installed unannounced (`MSG_RING` EOVERFLOW), see `handoff.rs`.
+    pub(super) known: Vec<u64>,
+    /// Descriptors other loops reported installed into this table unannounced, not
+    /// yet found and closed by the sweep.
+    pub(super) lost: u32,
+    /// Next slot the sweep probes (it runs while `lost > 0`).
+    pub(super) sweep_next: u32,
+    /// Sweep probes and orphan closes in flight.
+    pub(super) sweep_inflight: u32,
+    /// Whole passes over the table the sweep may still start (see `on_lost_note`).
+    pub(super) sweep_passes: u8,
     /// Declared after `uring` so the ring is torn down before the buffers are unmapped.
     pub(super) bufs: BufPool,
 }
@@ -255,6 +268,23 @@ impl Ring {
                 return;
             }
         }
+    }
+
+    /// Records whether a socket we know of holds `slot`.
+    pub(super) fn set_known(&mut self, slot: u32, held: bool) {
+        let (word, bit) = ((slot / 64) as usize, slot % 64);
+        if let Some(w) = self.known.get_mut(word) {
+            if held {
+                *w |= 1 << bit;
+            } else {
+                *w &= !(1 << bit);
+            }
+        }
+    }
+
+    pub(super) fn is_known(&self, slot: u32) -> bool {
+        let (word, bit) = ((slot / 64) as usize, slot % 64);
+        self.known.get(word).is_some_and(|w| w & (1 << bit) != 0)
     }
 
     /// Whether the table has a slot left, counting what is reserved in no `RingRoom`.
