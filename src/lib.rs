@@ -1,6 +1,6 @@
 //! ringmq: an MQTT 3.1 / 3.1.1 / 5.0 broker with one io_uring event loop per core.
 //!
-//! Layers, dependencies pointing downward only (see DESIGN.md):
+//! Layers, dependencies pointing downward only (see docs/ARCHITECTURE.md):
 //! `worker` joins `io`, `ring` and `shard`; `shard` owns `session`s and a `topic` index;
 //! `protocol`, `topic`, `ring` and `config` import no other broker module (`arena`, a
 //! leaf utility of chunked tables, is used by `topic`).

@@ -3,7 +3,7 @@
 //!
 //! The shard owns the sessions whose client id hashes to it and drives them; this
 //! module holds the data, the one error enum of the core ([`SessionError`]) and the
-//! [`SessionStore`] seam where persistence slots in later (DESIGN.md "Later").
+//! [`SessionStore`] seam where persistence slots in later (docs/ARCHITECTURE.md, "Layers": `store/`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;

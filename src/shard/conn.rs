@@ -120,7 +120,7 @@ mod tests {
 
     #[test]
     fn connection_struct_stays_small() {
-        // Part of the ≤ 600 B per idle connection budget (DESIGN.md).
+        // Part of the ≤ 600 B per idle connection budget (docs/ARCHITECTURE.md).
         assert!(
             std::mem::size_of::<Conn>() <= 128,
             "{}",

@@ -720,7 +720,7 @@ impl<L: EventLoop> Worker<L> {
 
     /// Hands the shard's control messages (route updates, route acks) to the mesh
     /// while it has room for them; the rest wait in the shard for a later turn, never
-    /// dropped (see `shard::route::ControlOutbox`).
+    /// dropped (see `shard::control::ControlOutbox`).
     fn send_control(
         id: usize,
         shard: &mut Shard,

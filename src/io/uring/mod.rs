@@ -2,7 +2,7 @@
 //!
 //! One loop owns `k` rings. Ring 0 blocks in `io_uring_enter`; rings 1..k are watched
 //! by a multishot `POLL_ADD` on their fds submitted into ring 0, because each ring's
-//! registered file table holds at most `RLIMIT_NOFILE` slots (DESIGN.md: 2 loops × 3
+//! registered file table holds at most `RLIMIT_NOFILE` slots (docs/ARCHITECTURE.md: 2 loops × 3
 //! rings held 100k connections with a 20k fd limit).
 //!
 //! Per ring: a sparse registered file table; accepted sockets go straight into it as

@@ -124,7 +124,7 @@ fn deadlines_follow_timers() {
 
 #[test]
 fn per_connection_and_session_structs_stay_small() {
-    // Budget: ≤ 600 B of broker RSS per idle connected client (DESIGN.md).
+    // Budget: ≤ 600 B of broker RSS per idle connected client (docs/ARCHITECTURE.md).
     let conn = std::mem::size_of::<crate::shard::conn::Conn>();
     let session = std::mem::size_of::<crate::session::Session>();
     assert!(conn + session <= 256, "conn {conn} + session {session}");
