@@ -5,8 +5,8 @@
 #   - node + npm                     (kept as found if present; Debian's nodejs/npm otherwise)
 #   - tests/interop/node: `npm ci`   (mqtt.js pinned by package-lock.json)
 #   - valgrind                       (perf/budget.sh instruction counts)
-#   - lintian, systemd, dpkg-dev, binutils  (tests/package.sh: lintian, systemd-analyze
-#     verify, dpkg-shlibdeps for the package's Depends, strip for cargo-deb)
+#   - lintian, systemd, dpkg-dev, binutils, procps  (tests/package.sh: lintian, systemd-analyze
+#     verify, dpkg-shlibdeps for the package's Depends, strip for cargo-deb, /bin/kill)
 #   - cargo-deb from crates.io       (tests/package.sh builds the .deb with it)
 # apt-get update runs only when a package is missing.
 set -euo pipefail
@@ -19,7 +19,7 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; f
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
-for p in mosquitto mosquitto-clients python3-paho-mqtt valgrind lintian systemd dpkg-dev binutils; do
+for p in mosquitto mosquitto-clients python3-paho-mqtt valgrind lintian systemd dpkg-dev binutils procps; do
     have_pkg "$p" || missing+=("$p")
 done
 # An existing node (e.g. NodeSource's nodejs 20, which bundles npm) is used as is:

@@ -68,7 +68,9 @@ grep -q 'rm -rf /var/lib/ringmq' "$work/control/postrm" || fail "postrm does not
 for script in postinst prerm postrm; do
     sh -n "$work/control/$script" || fail "$script is not valid sh"
 done
-dpkg-deb -f "$deb" Depends | grep -q adduser || fail "Depends lacks adduser"
+for dep in adduser procps; do
+    dpkg-deb -f "$deb" Depends | grep -qw "$dep" || fail "Depends lacks $dep"
+done
 version=$(dpkg-deb -f "$deb" Version)
 changelog_version=$(sed -n '1s/^ringmq (\([^)]*\)).*/\1/p' deploy/debian/changelog)
 [[ "$version" == "$changelog_version" ]] \
