@@ -59,7 +59,10 @@ fn abstract_notify_socket_gets_ready_then_stopping() {
 
 #[test]
 fn sighup_is_logged_and_the_broker_keeps_serving() {
-    let mut broker = Launch::new(&["--log-level", "info"]).spawn();
+    // RUST_LOG would override --log-level and could hide the line waited for.
+    let mut broker = Launch::new(&["--log-level", "info"])
+        .env_remove("RUST_LOG")
+        .spawn();
     // SAFETY: kill(2) on the PID of the child this test spawned and has not reaped.
     let rc = unsafe { libc::kill(broker.pid() as libc::pid_t, libc::SIGHUP) };
     assert_eq!(rc, 0, "kill(SIGHUP)");
