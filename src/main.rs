@@ -1,4 +1,5 @@
-//! The `ringmq` binary: configuration, listeners, one worker thread per shard, signals.
+//! The `ringmq` binary: configuration (and `ringmq check-config`), listeners, one
+//! worker thread per shard, signals, and systemd's readiness notification.
 //!
 //! Listener strategy: every shard accepts on its own `SO_REUSEPORT` listener bound to
 //! the same address, so the kernel spreads connections across loops without a shared
@@ -16,7 +17,7 @@ use std::thread;
 use clap::Parser;
 use socket2::{Domain, Socket, Type};
 
-use ringmq::config::{self, Cli, Config, IoBackend};
+use ringmq::config::{self, Cli, Command, Config, IoBackend};
 use ringmq::io::epoll::EpollLoop;
 use ringmq::io::uring::{self, UringLoop};
 use ringmq::io::{self as rio, LoopOptions, Remote};
@@ -68,6 +69,9 @@ impl Backend {
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
     let cli = Cli::parse();
+    if let Some(Command::CheckConfig { .. }) = cli.command {
+        return check_config(&cli.for_check());
+    }
     let loaded = match config::load_tracked(&cli) {
         Ok(l) => l,
         Err(e) => {
@@ -85,6 +89,60 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// `ringmq check-config`: loads the configuration as a start would, and stops there.
+/// The unit's `ExecStartPre` runs it, so the exit code is the contract: 0 valid, 2
+/// invalid (the same code a start with that configuration exits with).
+fn check_config(cli: &Cli) -> ExitCode {
+    let what = match &cli.config {
+        Some(path) => format!("config {path}"),
+        None => "configuration (built-in defaults and options)".to_string(),
+    };
+    match config::load(cli) {
+        Ok(_) => {
+            println!("ringmq: {what} is valid");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            say!("ringmq: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Tells systemd (sd_notify(3)) about a state change, e.g. `READY=1`, when it started
+/// us as `Type=notify`: one datagram to the unix socket named by `NOTIFY_SOCKET`
+/// (`@name`: the abstract namespace). Written by hand: the protocol is one `sendto`.
+/// Without `NOTIFY_SOCKET` (not under systemd) there is nothing to do. A failure is
+/// logged, not fatal: systemd then times the start out and says why.
+fn sd_notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    if let Err(e) = send_notify(&path, state) {
+        tracing::warn!("sd_notify {state:?} to NOTIFY_SOCKET {path:?}: {e}");
+    }
+}
+
+fn send_notify(path: &std::ffi::OsStr, state: &str) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+    let socket = UnixDatagram::unbound()?;
+    let sent = match path.as_bytes().strip_prefix(b"@") {
+        Some(name) => {
+            socket.send_to_addr(state.as_bytes(), &UnixAddr::from_abstract_name(name)?)?
+        }
+        None => socket.send_to(state.as_bytes(), path)?,
+    };
+    if sent != state.len() {
+        return Err(std::io::Error::other(format!(
+            "sent {sent} of {} bytes",
+            state.len()
+        )));
+    }
+    Ok(())
 }
 
 /// mimalloc asks for transparent huge pages on its arenas: every first touch of a
@@ -181,8 +239,9 @@ fn bind_group(addr: SocketAddr, shards: usize) -> std::io::Result<(SocketAddr, V
     Ok((bound, listeners))
 }
 
-/// Blocks SIGINT and SIGTERM in this thread (and threads spawned after), so only the
-/// signal thread's `sigwait` sees them.
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread (and threads spawned after), so
+/// only the signal thread's `sigwait` sees them. SIGHUP's default action would kill
+/// the broker, and the unit's `ExecReload` sends it.
 fn block_shutdown_signals() -> libc::sigset_t {
     // SAFETY: sigset operations on a local, zero-initialised set; pthread_sigmask
     // changes only this thread's mask.
@@ -191,8 +250,26 @@ fn block_shutdown_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
+    }
+}
+
+/// Waits for the next SIGINT or SIGTERM in `set`; a SIGHUP on the way is logged and
+/// skipped. `None`: sigwait failed.
+fn wait_shutdown_signal(set: &libc::sigset_t) -> Option<libc::c_int> {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: sigwait on a set blocked in every thread; writes the signal number.
+        if unsafe { libc::sigwait(set, &mut sig) } != 0 {
+            return None;
+        }
+        if sig != libc::SIGHUP {
+            return Some(sig);
+        }
+        // The reload hook (certificates, passwords, ACLs) once security lands.
+        tracing::info!("SIGHUP: nothing to reload yet");
     }
 }
 
@@ -374,6 +451,9 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
         shards,
         if shards == 1 { "" } else { "s" }
     );
+    // Every listener is bound and listening and every loop has built its rings, so a
+    // connection made from now on is accepted.
+    sd_notify("READY=1");
 
     {
         let shutdown = shutdown.clone();
@@ -381,19 +461,16 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
         thread::Builder::new()
             .name("ringmq-signals".into())
             .spawn(move || {
-                let mut sig: libc::c_int = 0;
-                // SAFETY: sigwait on the set blocked in every thread; writes the signal.
-                let rc = unsafe { libc::sigwait(&sigset, &mut sig) };
-                if rc == 0 {
+                if let Some(sig) = wait_shutdown_signal(&sigset) {
                     tracing::info!(signal = sig, "shutdown requested");
                 }
+                sd_notify("STOPPING=1");
                 shutdown.store(true, Ordering::SeqCst);
                 for r in &remotes {
                     r.wake();
                 }
                 // A second signal: stop waiting for clients.
-                // SAFETY: as above.
-                if unsafe { libc::sigwait(&sigset, &mut sig) } == 0 {
+                if let Some(sig) = wait_shutdown_signal(&sigset) {
                     say!("ringmq: second signal {sig}, exiting now");
                     std::process::exit(130);
                 }

@@ -6,6 +6,9 @@
 #   - tests/interop/node: `npm ci`   (mqtt.js pinned by package-lock.json)
 #   - valgrind                       (perf/budget.sh instruction counts)
 #   - cargo-fuzz                     (perf/fuzz.sh; cargo install, built once)
+#   - lintian, systemd, dpkg-dev, binutils, procps  (tests/package.sh: lintian, systemd-analyze
+#     verify, dpkg-shlibdeps for the package's Depends, strip for cargo-deb, /bin/kill)
+#   - cargo-deb from crates.io       (tests/package.sh builds the .deb with it)
 # apt-get update runs only when a package is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +20,7 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; f
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
-for p in mosquitto mosquitto-clients python3-paho-mqtt valgrind; do
+for p in mosquitto mosquitto-clients python3-paho-mqtt valgrind lintian systemd dpkg-dev binutils procps; do
     have_pkg "$p" || missing+=("$p")
 done
 # An existing node (e.g. NodeSource's nodejs 20, which bundles npm) is used as is:
@@ -62,3 +65,12 @@ else
 fi
 
 echo "install-deps: node $(node --version), npm $(npm --version), $(mosquitto_sub --help 2>/dev/null | head -1)"
+
+# cargo-deb for tests/package.sh: pinned, built from crates.io with its lock file
+# (about 3 minutes on 2 cores, once per machine).
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
+    echo "install-deps: cargo install cargo-deb $CARGO_DEB_VERSION"
+    cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --quiet
+fi
+echo "install-deps: $(cargo deb --version)"

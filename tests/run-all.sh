@@ -56,6 +56,10 @@ rm -f "$loom_log"
 step "instruction-count budget (callgrind)"
 bash perf/budget.sh check
 
+step "Debian package: build, contents, lintian, unit, extracted broker (tests/package.sh)"
+# After the budget step: its release build of the library and dependencies is reused.
+bash tests/package.sh
+
 step "fuzz (bounded)"
 bash perf/fuzz.sh "${FUZZ_SECONDS:-60}"
 

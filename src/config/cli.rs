@@ -1,10 +1,11 @@
 //! The `ringmq` command line: `--config` plus one option per config key, each
-//! concern's options flattened in from its own file. Values are taken as text and
-//! validated by the same code that validates the config file.
+//! concern's options flattened in from its own file, and the `check-config`
+//! subcommand. Values are taken as text and validated by the same code that
+//! validates the config file.
 
 use std::fmt;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use super::connections::ConnectionArgs;
 use super::features::FeatureArgs;
@@ -21,9 +22,12 @@ use super::Config;
 #[command(
     name = "ringmq",
     version,
-    about = "MQTT 3.1/3.1.1/5.0 broker, one io_uring loop per core"
+    about = "MQTT 3.1/3.1.1/5.0 broker, one io_uring loop per core",
+    disable_help_subcommand = true
 )]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML file with any of the options below as keys (underscores for dashes).
     #[arg(long, value_name = "FILE")]
     pub config: Option<String>,
@@ -39,6 +43,31 @@ pub struct Cli {
     pub sessions: SessionArgs,
     #[command(flatten)]
     pub features: FeatureArgs,
+}
+
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Validate the configuration (the file and any options given before the
+    /// subcommand) without starting the broker: exit code 0 if valid, 2 with the key
+    /// and value named if not
+    CheckConfig {
+        /// TOML file to check (replaces a --config given before the subcommand)
+        #[arg(long, value_name = "FILE")]
+        config: Option<String>,
+    },
+}
+
+impl Cli {
+    /// The command line `check-config` validates: these options with the
+    /// subcommand's `--config`, if it has one.
+    pub fn for_check(&self) -> Cli {
+        let mut cli = self.clone();
+        if let Some(Command::CheckConfig { config: Some(path) }) = &self.command {
+            cli.config = Some(path.clone());
+        }
+        cli.command = None;
+        cli
+    }
 }
 
 /// The defaults the help text shows, read from `Config::default()` so they cannot drift.
