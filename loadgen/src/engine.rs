@@ -125,8 +125,7 @@ pub fn thread_cpu_ns() -> u64 {
 }
 
 pub fn new_histogram() -> Histogram<u64> {
-    // 1 ns .. 10 min, 3 significant digits.
-    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("static histogram bounds are valid")
+    rx::new_histogram()
 }
 
 /// Setup failures, each naming the call and errno.

@@ -13,6 +13,11 @@ use ringmq::protocol::{peek_frame, DecodeError};
 use crate::payload::{self, Header, PayloadError};
 use crate::stats::{Arrival, SeqTracker};
 
+/// Every latency histogram loadgen keeps: 1 ns .. 10 min, 3 significant digits.
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
 /// One frame at the front of a buffer, as far as the fast path reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -36,6 +41,7 @@ pub enum Frame<'a> {
 /// A PUBLISH is checked as the codec checks its framing (flags, remaining length,
 /// topic and property lengths inside the frame, non-zero packet id), not its topic's
 /// text: the tool reads no topic, and a foreign payload is caught by its header.
+#[inline]
 pub fn next_frame(
     buf: &[u8],
     v5: bool,
@@ -56,13 +62,28 @@ pub fn next_frame(
             4,
         )));
     }
-    let Some(&first) = buf.first() else {
-        return Ok(None);
+    // Remaining lengths below 16 KiB (one or two bytes) are read here; longer ones
+    // and every malformed or cut header by the codec's `peek_frame`.
+    let (first, header_len, len) = match *buf {
+        [first, b1, ..] if b1 < 0x80 => (first, 2, 2 + usize::from(b1)),
+        [first, b1, b2, ..] if b2 < 0x80 && b2 != 0 => (
+            first,
+            3,
+            3 + (usize::from(b2) << 7 | usize::from(b1 & 0x7F)),
+        ),
+        _ => {
+            let Some(header) = peek_frame(buf, max_packet_bytes)? else {
+                return Ok(None);
+            };
+            (buf[0], header.header_len, header.frame_len())
+        }
     };
-    let Some(header) = peek_frame(buf, max_packet_bytes)? else {
-        return Ok(None);
-    };
-    let len = header.frame_len();
+    if len > max_packet_bytes {
+        return Err(DecodeError::PacketTooLarge {
+            size: len,
+            max: max_packet_bytes,
+        });
+    }
     if buf.len() < len {
         return Ok(None);
     }
@@ -76,7 +97,7 @@ pub fn next_frame(
     if qos == 0 && first & 0b1000 != 0 {
         return Err(DecodeError::DupOnQoS0);
     }
-    let body = &buf[header.header_len..len];
+    let body = &buf[header_len..len];
     let [th, tl, ..] = *body else {
         return Err(DecodeError::UnexpectedEndOfFrame);
     };
@@ -413,10 +434,6 @@ mod tests {
 
     const MAX: usize = 1 << 20;
 
-    fn hist() -> Histogram<u64> {
-        Histogram::new_with_bounds(1, 600_000_000_000, 3).unwrap()
-    }
-
     fn publish(v: ProtocolVersion, qos: QoS, pid: u16, stream: u32, seq: u64) -> Vec<u8> {
         let mut properties = PublishProperties::default();
         if v.is_v5() {
@@ -457,7 +474,7 @@ mod tests {
 
     impl Sub {
         fn new(expect: (u32, u32)) -> Sub {
-            let mut rx = RxStats::new(8, hist());
+            let mut rx = RxStats::new(8, new_histogram());
             rx.measuring = true;
             rx.measure_start_ns = 0;
             Sub {
