@@ -1207,22 +1207,27 @@ impl Worker {
                 streams: &mut c.streams,
                 out: &mut c.out,
             };
-            let scanned = rx::scan(&c.inbuf, &mut conn, &mut self.rx, MAX_PACKET_BYTES, now);
-            match scanned {
-                Ok(s) if s.stop == Stop::End && s.foreign.is_none() => {
-                    c.inbuf.clear();
-                    Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
-                }
-                Ok(s) if s.stop == Stop::Partial => {
-                    // Only when this buffer is used up: nothing is left to read.
-                    c.inbuf.advance(s.consumed);
+            let s = rx::scan(&c.inbuf, &mut conn, &mut self.rx, MAX_PACKET_BYTES, now);
+            c.inbuf.advance(s.consumed);
+            Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
+            if let Some(e) = s.foreign {
+                *self
+                    .result
+                    .errors
+                    .entry(format!("foreign payload: {e}"))
+                    .or_insert(0) += 1;
+            }
+            match s.stop {
+                // The completed frame was read: go on with the rest of this buffer.
+                Stop::End => {}
+                // Only when this buffer is used up: nothing is left to read.
+                Stop::Partial => {
                     c.inbuf.extend_from_slice(&data[off..]);
-                    Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
                     return false;
                 }
-                // A frame for the full decoder, a foreign payload or an error: let
-                // `process_input` read it all (scanning again from here).
-                _ => {
+                // A frame for the full decoder (or what follows a foreign payload, or a
+                // malformed frame): `process_input` reads it and the rest.
+                Stop::Slow => {
                     c.inbuf.extend_from_slice(&data[off..]);
                     return true;
                 }
@@ -1235,25 +1240,17 @@ impl Worker {
             streams: &mut c.streams,
             out: &mut c.out,
         };
-        match rx::scan(rest, &mut conn, &mut self.rx, MAX_PACKET_BYTES, now) {
-            Ok(s) => {
-                Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
-                if let Some(e) = s.foreign {
-                    *self
-                        .result
-                        .errors
-                        .entry(format!("foreign payload: {e}"))
-                        .or_insert(0) += 1;
-                }
-                c.inbuf.extend_from_slice(&rest[s.consumed..]);
-                s.stop == Stop::Slow
-            }
-            Err(_) => {
-                // `process_input` decodes it again and reports the error.
-                c.inbuf.extend_from_slice(rest);
-                true
-            }
+        let s = rx::scan(rest, &mut conn, &mut self.rx, MAX_PACKET_BYTES, now);
+        Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
+        if let Some(e) = s.foreign {
+            *self
+                .result
+                .errors
+                .entry(format!("foreign payload: {e}"))
+                .or_insert(0) += 1;
         }
+        c.inbuf.extend_from_slice(&rest[s.consumed..]);
+        s.stop == Stop::Slow
     }
 
     /// Applies what a scan read to the client: acknowledged publishes leave its
@@ -1295,38 +1292,29 @@ impl Worker {
                 streams: &mut c.streams,
                 out: &mut c.out,
             };
-            let scanned = rx::scan(&c.inbuf, &mut conn, &mut self.rx, MAX_PACKET_BYTES, now);
-            let mut malformed = None;
-            match scanned {
-                Ok(s) => {
-                    c.inbuf.advance(s.consumed);
-                    Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
-                    if let Some(e) = s.foreign {
-                        self.err_msg(format!("foreign payload: {e}"));
-                        continue;
-                    }
-                    if s.stop != Stop::Slow {
-                        return;
-                    }
-                }
-                Err(e) => malformed = Some(e),
+            let s = rx::scan(&c.inbuf, &mut conn, &mut self.rx, MAX_PACKET_BYTES, now);
+            c.inbuf.advance(s.consumed);
+            Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
+            if let Some(e) = s.foreign {
+                self.err_msg(format!("foreign payload: {e}"));
+                continue;
+            }
+            if s.stop != Stop::Slow {
+                return;
             }
             let c = &mut self.clients[idx];
-            if malformed.is_none() {
-                match decode_packet(&mut c.inbuf, v, MAX_PACKET_BYTES) {
-                    Ok(None) => return,
-                    Ok(Some(p)) => self.on_packet(idx, p, now),
-                    Err(e) => malformed = Some(e),
+            match decode_packet(&mut c.inbuf, v, MAX_PACKET_BYTES) {
+                Ok(None) => return,
+                Ok(Some(p)) => self.on_packet(idx, p, now),
+                Err(e) => {
+                    self.err_msg(format!("malformed packet from broker: {e}"));
+                    let c = &mut self.clients[idx];
+                    if matches!(c.state, St::AwaitConnAck | St::AwaitSubAck) {
+                        self.shared.failed.fetch_add(1, Ordering::AcqRel);
+                    }
+                    self.submit_close(idx);
+                    return;
                 }
-            }
-            if let Some(e) = malformed {
-                self.err_msg(format!("malformed packet from broker: {e}"));
-                let c = &mut self.clients[idx];
-                if matches!(c.state, St::AwaitConnAck | St::AwaitSubAck) {
-                    self.shared.failed.fetch_add(1, Ordering::AcqRel);
-                }
-                self.submit_close(idx);
-                return;
             }
             if self.clients[idx].state == St::Dead {
                 return;

@@ -306,14 +306,15 @@ pub struct Conn<'a> {
 /// Reads frames from `buf` while they need nothing but `conn` and `rx`: PUBLISHes of a
 /// plain subscriber (acknowledged at QoS 1 and 2, then accounted) and 2-byte acks.
 /// `now_ns` is when this batch of bytes was seen; it is the receive time of every
-/// message in it.
+/// message in it. A malformed frame stops the scan (`Stop::Slow`) in front of it, so
+/// the full decoder reports it and nothing read before it is read twice.
 pub fn scan(
     buf: &[u8],
     conn: &mut Conn<'_>,
     rx: &mut RxStats,
     max_packet_bytes: usize,
     now_ns: u64,
-) -> Result<Scanned, DecodeError> {
+) -> Scanned {
     let mut done = Scanned {
         consumed: 0,
         stop: Stop::End,
@@ -322,10 +323,16 @@ pub fn scan(
         foreign: None,
     };
     while done.consumed < buf.len() {
-        let Some((frame, len)) = next_frame(&buf[done.consumed..], conn.v5, max_packet_bytes)?
-        else {
-            done.stop = Stop::Partial;
-            return Ok(done);
+        let (frame, len) = match next_frame(&buf[done.consumed..], conn.v5, max_packet_bytes) {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                done.stop = Stop::Partial;
+                return done;
+            }
+            Err(_) => {
+                done.stop = Stop::Slow;
+                return done;
+            }
         };
         match frame {
             Frame::Publish {
@@ -355,7 +362,7 @@ pub fn scan(
                         rx.unexpected += 1;
                         done.foreign = Some(e);
                         done.stop = Stop::Slow;
-                        return Ok(done);
+                        return done;
                     }
                 }
             }
@@ -386,11 +393,11 @@ pub fn scan(
             }
             _ => {
                 done.stop = Stop::Slow;
-                return Ok(done);
+                return done;
             }
         }
     }
-    Ok(done)
+    done
 }
 
 /// Appends to `partial` (the start of one frame) the bytes of `data` that complete
@@ -484,7 +491,7 @@ mod tests {
             }
         }
 
-        fn scan(&mut self, buf: &[u8], v5: bool) -> Result<Scanned, DecodeError> {
+        fn scan(&mut self, buf: &[u8], v5: bool) -> Scanned {
             let mut conn = Conn {
                 v5,
                 plain_subscriber: true,
@@ -538,7 +545,7 @@ mod tests {
         wire.extend(encode(&Packet::PubRec(PubResp::new(3)), v));
         wire.extend(encode(&Packet::PubRel(PubResp::new(4)), v));
         let mut s = Sub::new((0, 1));
-        let got = s.scan(&wire, false).unwrap();
+        let got = s.scan(&wire, false);
         assert_eq!(
             (got.consumed, got.stop, got.acked, got.wrote),
             (16, Stop::End, 2, true)
@@ -560,7 +567,7 @@ mod tests {
             wire.extend(publish(v, QoS::AtMostOnce, 0, 2, 1)); // late
             wire.extend(publish(v, QoS::ExactlyOnce, 8, 3, 0)); // duplicate
             wire.extend(publish(v, QoS::AtMostOnce, 0, 5, 0)); // not expected
-            let got = s.scan(&wire, v.is_v5()).unwrap();
+            let got = s.scan(&wire, v.is_v5());
             assert_eq!(
                 (got.consumed, got.stop, got.acked),
                 (wire.len(), Stop::End, 0)
@@ -591,7 +598,7 @@ mod tests {
         let mut s = Sub::new((0, 1));
         s.rx.measure_start_ns = 1_001; // the message was sent at 1_000
         let wire = publish(ProtocolVersion::V311, QoS::AtMostOnce, 0, 0, 0);
-        s.scan(&wire, false).unwrap();
+        s.scan(&wire, false);
         assert_eq!((s.rx.unique_pending, s.rx.received_measure), (1, 0));
         assert!(s.rx.latency.is_empty());
     }
@@ -609,14 +616,14 @@ mod tests {
         for cut in 0..=wire.len() {
             let mut s = Sub::new((0, 1));
             let (a, b) = wire.split_at(cut);
-            let first = s.scan(a, true).unwrap();
+            let first = s.scan(a, true);
             let mut inbuf = BytesMut::from(&a[first.consumed..]);
             let mut acked = first.acked;
             let mut rest = b;
             if !inbuf.is_empty() {
                 assert_eq!(first.stop, Stop::Partial, "cut {cut}");
                 let used = complete_frame(&mut inbuf, b, MAX).unwrap();
-                let mid = s.scan(&inbuf, true).unwrap();
+                let mid = s.scan(&inbuf, true);
                 assert_eq!(
                     (mid.consumed, mid.stop),
                     (inbuf.len(), Stop::End),
@@ -625,7 +632,7 @@ mod tests {
                 acked += mid.acked;
                 rest = &b[used..];
             }
-            let last = s.scan(rest, true).unwrap();
+            let last = s.scan(rest, true);
             assert_eq!(
                 (last.consumed, last.stop),
                 (rest.len(), Stop::End),
@@ -656,7 +663,7 @@ mod tests {
         let mut wire = encode(&Packet::PubAck(PubResp::new(1)), v);
         wire.extend(&connack);
         let mut s = Sub::new((0, 1));
-        let got = s.scan(&wire, false).unwrap();
+        let got = s.scan(&wire, false);
         assert_eq!((got.consumed, got.stop, got.acked), (4, Stop::Slow, 1));
 
         let wire = publish(v, QoS::AtLeastOnce, 1, 0, 0);
@@ -666,7 +673,7 @@ mod tests {
             streams: &mut s.streams,
             out: &mut s.out,
         };
-        let got = scan(&wire, &mut conn, &mut s.rx, MAX, 0).unwrap();
+        let got = scan(&wire, &mut conn, &mut s.rx, MAX, 0);
         assert_eq!((got.consumed, got.stop, got.wrote), (0, Stop::Slow, false));
     }
 
@@ -688,10 +695,29 @@ mod tests {
         let mut wire = foreign.clone();
         wire.extend(publish(v, QoS::AtMostOnce, 0, 0, 0));
         let mut s = Sub::new((0, 1));
-        let got = s.scan(&wire, false).unwrap();
+        let got = s.scan(&wire, false);
         assert_eq!(got.consumed, foreign.len());
         assert_eq!(got.foreign, Some(PayloadError::TooShort(5)));
         assert_eq!(s.rx.unexpected, 1);
+    }
+
+    /// What precedes a malformed frame is read once; the bad frame is left in place
+    /// for the full decoder to report.
+    #[test]
+    fn a_scan_stops_in_front_of_a_malformed_frame() {
+        let mut wire = publish(ProtocolVersion::V311, QoS::AtMostOnce, 0, 0, 0);
+        let good = wire.len();
+        wire.extend([0x36, 0x00]); // QoS 3
+        let mut s = Sub::new((0, 1));
+        let got = s.scan(&wire, false);
+        assert_eq!((got.consumed, got.stop), (good, Stop::Slow));
+        assert_eq!(s.rx.unique_pending, 1);
+        assert!(decode_packet(
+            &mut BytesMut::from(&wire[good..]),
+            ProtocolVersion::V311,
+            MAX
+        )
+        .is_err());
     }
 
     #[test]
