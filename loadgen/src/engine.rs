@@ -3,8 +3,7 @@
 //! for multishot receives, and a bounded completion loop.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeMap, BinaryHeap};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -20,26 +19,8 @@ use ringmq::protocol::{
 use crate::cli::Config;
 use crate::payload::{self, Header, KIND_COMMAND, KIND_DATA};
 use crate::plan::{ClientSpec, Plan, Role};
-use crate::stats::{DeliveryTotals, SeqTracker};
-
-/// Hashes a stream id (a `u32` we assign) with one multiply: SipHash's DoS
-/// resistance buys nothing here and costs a large share of a delivery's accounting.
-#[derive(Default)]
-pub struct StreamHasher(u64);
-
-impl Hasher for StreamHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (self.0 ^ u64::from(n)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
+use crate::rx::{self, Conn, Delivery, RxStats, Stop, Streams};
+use crate::stats::DeliveryTotals;
 
 pub const PHASE_CONNECT: u8 = 0;
 pub const PHASE_WARMUP: u8 = 1;
@@ -144,8 +125,7 @@ pub fn thread_cpu_ns() -> u64 {
 }
 
 pub fn new_histogram() -> Histogram<u64> {
-    // 1 ns .. 10 min, 3 significant digits.
-    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("static histogram bounds are valid")
+    rx::new_histogram()
 }
 
 /// Setup failures, each naming the call and errno.
@@ -315,7 +295,7 @@ struct Client {
     /// so the closed-loop window is clamped to it.
     server_receive_max: u32,
     publ: Option<PubState>,
-    trackers: HashMap<u32, SeqTracker, BuildHasherDefault<StreamHasher>>,
+    streams: Streams,
     /// Controller: next sequence number per device command stream.
     cmd_seq: Vec<u64>,
     cmd_next_device: u32,
@@ -348,7 +328,9 @@ pub struct Worker {
     disconnect_ns: u64,
     /// Last completion seen: the close grace period counts from here.
     last_close_ns: u64,
-    local_unique: u64,
+    /// Deliveries: sequence tracking, latency, counts (the latency histogram lives
+    /// here until the thread ends).
+    rx: RxStats,
     /// Set while re-arming receives, so a nested reap leaves the rearm list alone.
     reaping: bool,
     /// `--spin` in ns, and the total spun so far.
@@ -395,6 +377,7 @@ impl Worker {
         devices: u32,
     ) -> Result<Worker, SetupError> {
         let n = specs.len();
+        let streams_total = shared.delivered.len();
         let entries = 4096u32;
         // Cooperative task running: completions wait for this thread's next kernel
         // entry instead of interrupting it (an IPI per burst); the spin below watches
@@ -429,6 +412,7 @@ impl Worker {
         let clients = specs
             .into_iter()
             .map(|spec| {
+                let streams = Streams::new(spec.expect);
                 let cmd_seq = if spec.role == Role::Controller {
                     vec![0; devices as usize]
                 } else {
@@ -451,7 +435,7 @@ impl Worker {
                     inflight: 0,
                     server_receive_max: u32::MAX,
                     publ: None,
-                    trackers: HashMap::default(),
+                    streams,
                     cmd_seq,
                     cmd_next_device: 0,
                     cmd_outstanding: 0,
@@ -482,7 +466,7 @@ impl Worker {
             measure_start_ns: u64::MAX,
             disconnect_ns: 0,
             last_close_ns: 0,
-            local_unique: 0,
+            rx: RxStats::new(streams_total, new_histogram()),
             reaping: false,
             spin_ns,
             spun_ns: 0,
@@ -581,8 +565,12 @@ impl Worker {
         self.result.cpu_end_ns = thread_cpu_ns().saturating_sub(self.spun_ns);
         self.result.spin_end_ns = self.spun_ns;
         self.flush_unique();
+        self.result.latency = std::mem::replace(&mut self.rx.latency, new_histogram());
+        self.result.received_measure = self.rx.received_measure;
+        self.result.received_bytes_measure = self.rx.received_bytes_measure;
+        self.result.unexpected += self.rx.unexpected;
         for c in &self.clients {
-            for t in c.trackers.values() {
+            for t in c.streams.trackers() {
                 self.result.delivery.duplicates += t.duplicates;
                 self.result.delivery.out_of_order += t.out_of_order;
                 self.result.delivery.unique += t.unique;
@@ -689,8 +677,11 @@ impl Worker {
                 }
             }
             PHASE_MEASURE => {
-                self.measure_start_ns = self.shared.measure_start_ns.load(Ordering::Acquire)
+                self.measure_start_ns = self.shared.measure_start_ns.load(Ordering::Acquire);
+                self.rx.measure_start_ns = self.measure_start_ns;
+                self.rx.measuring = true;
             }
+            PHASE_DRAIN => self.rx.measuring = false,
             PHASE_DISCONNECT => {
                 self.disconnect_ns = now;
                 for idx in 0..self.clients.len() {
@@ -1002,6 +993,9 @@ impl Worker {
                 .map(|c| (c.user_data(), c.result(), c.flags())),
         );
         let mut gave = false;
+        // Every completion reaped here was already posted: this one reading is when
+        // their bytes were seen, the receive time of each message in them.
+        let now = if cqes.is_empty() { 0 } else { now_ns() };
         for &(data, res, flags) in &cqes {
             let idx = (data & 0xFFFF_FFFF) as usize;
             match data >> 32 {
@@ -1021,15 +1015,19 @@ impl Worker {
                 OP_CONNECT => self.on_connect(idx, res),
                 OP_SEND => self.on_send(idx, res),
                 OP_RECV => {
+                    let take = self.on_recv(idx, res, cqueue::more(flags));
+                    let mut slow = false;
                     if let Some(bid) = cqueue::buffer_select(flags) {
-                        if res > 0 {
-                            let data = self.bufs.data(bid, res as usize);
-                            self.clients[idx].inbuf.extend_from_slice(data);
+                        if take {
+                            slow = self.feed(idx, bid, res as usize, now);
                         }
+                        // Only now: `feed` read the buffer in place.
                         self.bufs.give(bid);
                         gave = true;
                     }
-                    self.on_recv(idx, res, cqueue::more(flags));
+                    if slow {
+                        self.process_input(idx, now);
+                    }
                 }
                 OP_CANCEL => {}
                 OP_CLOSE => {
@@ -1040,7 +1038,7 @@ impl Worker {
         }
         if !cqes.is_empty() {
             // Any completion is progress for the close grace period.
-            self.last_close_ns = now_ns();
+            self.last_close_ns = now;
         }
         self.cqes = cqes;
         if gave {
@@ -1065,12 +1063,15 @@ impl Worker {
         self.flush_unique();
     }
 
+    /// Publishes this thread's delivery counts to the shared ones (once per reap: the
+    /// closed loop and the drain read them, nothing needs them per message).
     fn flush_unique(&mut self) {
-        if self.local_unique > 0 {
+        self.rx.publish_delivered(&self.shared.delivered);
+        if self.rx.unique_pending > 0 {
             self.shared
                 .unique_received
-                .fetch_add(self.local_unique, Ordering::AcqRel);
-            self.local_unique = 0;
+                .fetch_add(self.rx.unique_pending, Ordering::AcqRel);
+            self.rx.unique_pending = 0;
         }
     }
 
@@ -1141,9 +1142,11 @@ impl Worker {
         }
     }
 
-    fn on_recv(&mut self, idx: usize, res: i32, more: bool) {
+    /// Settles a receive completion's effect on the connection; true when its bytes
+    /// are to be read.
+    fn on_recv(&mut self, idx: usize, res: i32, more: bool) -> bool {
         if self.clients[idx].state == St::Dead {
-            return;
+            return false;
         }
         if res == 0 {
             let closing = self.clients[idx].closing;
@@ -1159,51 +1162,150 @@ impl Worker {
                 }
             }
             self.submit_close(idx);
-            return;
+            return false;
         }
         if res < 0 {
             if res == -libc::ENOBUFS {
                 self.rearm.push(idx);
-                return;
+                return false;
             }
             if self.clients[idx].closing {
                 self.submit_close(idx);
             } else {
                 self.fail(idx, "recv", -res);
             }
-            return;
+            return false;
         }
         if !more {
             self.rearm.push(idx);
         }
-        self.process_input(idx);
+        true
     }
 
-    fn process_input(&mut self, idx: usize) {
+    /// Reads one receive buffer in place as far as `rx::scan` can; what it cannot (from
+    /// a frame that needs the full decoder on, or a partial frame) is copied into the
+    /// client's `inbuf`. True when `inbuf` then holds frames for `process_input`.
+    fn feed(&mut self, idx: usize, bid: u16, len: usize, now: u64) -> bool {
+        let v5 = self.cfg.protocol.is_v5();
+        let data = self.bufs.data(bid, len);
+        let c = &mut self.clients[idx];
+        let mut off = 0;
+        if !c.inbuf.is_empty() {
+            // The last buffer ended inside a frame: complete that frame from this one
+            // (copying only its own bytes) and read it first.
+            match rx::complete_frame(&mut c.inbuf, data, MAX_PACKET_BYTES) {
+                Ok(n) => off = n,
+                // The full decoder reports it.
+                Err(_) => {
+                    c.inbuf.extend_from_slice(data);
+                    return true;
+                }
+            }
+            let mut conn = Conn {
+                v5,
+                plain_subscriber: c.spec.role == Role::Plain,
+                streams: &mut c.streams,
+                out: &mut c.out,
+            };
+            let s = rx::scan(&c.inbuf, &mut conn, &mut self.rx, MAX_PACKET_BYTES, now);
+            c.inbuf.advance(s.consumed);
+            Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
+            if let Some(e) = s.foreign {
+                *self
+                    .result
+                    .errors
+                    .entry(format!("foreign payload: {e}"))
+                    .or_insert(0) += 1;
+            }
+            match s.stop {
+                // The completed frame was read: go on with the rest of this buffer.
+                Stop::End => {}
+                // Only when this buffer is used up: nothing is left to read.
+                Stop::Partial => {
+                    c.inbuf.extend_from_slice(&data[off..]);
+                    return false;
+                }
+                // A frame for the full decoder (or what follows a foreign payload, or a
+                // malformed frame): `process_input` reads it and the rest.
+                Stop::Slow => {
+                    c.inbuf.extend_from_slice(&data[off..]);
+                    return true;
+                }
+            }
+        }
+        let rest = &data[off..];
+        let mut conn = Conn {
+            v5,
+            plain_subscriber: c.spec.role == Role::Plain,
+            streams: &mut c.streams,
+            out: &mut c.out,
+        };
+        let s = rx::scan(rest, &mut conn, &mut self.rx, MAX_PACKET_BYTES, now);
+        Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
+        if let Some(e) = s.foreign {
+            *self
+                .result
+                .errors
+                .entry(format!("foreign payload: {e}"))
+                .or_insert(0) += 1;
+        }
+        c.inbuf.extend_from_slice(&rest[s.consumed..]);
+        s.stop == Stop::Slow
+    }
+
+    /// Applies what a scan read to the client: acknowledged publishes leave its
+    /// window; acknowledgements written make it dirty.
+    fn settle(
+        c: &mut Client,
+        dirty: &mut Vec<usize>,
+        idx: usize,
+        acked: u32,
+        wrote: bool,
+        now: u64,
+    ) {
+        if acked > 0 {
+            c.inflight = c.inflight.saturating_sub(acked);
+            if let Some(pb) = c.publ.as_mut() {
+                pb.last_progress_ns = now;
+            }
+        }
+        if wrote && !c.dirty {
+            c.dirty = true;
+            dirty.push(idx);
+        }
+    }
+
+    /// Reads the frames buffered in the client's `inbuf`: the fast path first, the
+    /// full decoder for the frames it leaves.
+    fn process_input(&mut self, idx: usize, now: u64) {
         let v = self.cfg.protocol;
-        // One receive holds at most one provided buffer (16 KiB), so this loop is bounded
-        // by the packets that fit in it plus one partial frame kept for the next receive.
+        // `inbuf` holds at most one provided buffer (16 KiB) plus one partial frame,
+        // so this loop is bounded by the packets that fit in it.
         loop {
             let c = &mut self.clients[idx];
             if c.inbuf.is_empty() {
                 return;
             }
-            // A QoS 1 publisher's commonest frame, PUBACK with reason Success and no
-            // properties (4 bytes in every version), is read in place: decoding builds
-            // and drops a whole `Packet`, a large share of loadgen's cost per message.
-            if let [0x40, 0x02, hi, lo, ..] = c.inbuf[..] {
-                if u16::from_be_bytes([hi, lo]) != 0 {
-                    c.inbuf.advance(4);
-                    c.inflight = c.inflight.saturating_sub(1);
-                    if let Some(pb) = c.publ.as_mut() {
-                        pb.last_progress_ns = now_ns();
-                    }
-                    continue;
-                }
+            let mut conn = Conn {
+                v5: v.is_v5(),
+                plain_subscriber: c.spec.role == Role::Plain,
+                streams: &mut c.streams,
+                out: &mut c.out,
+            };
+            let s = rx::scan(&c.inbuf, &mut conn, &mut self.rx, MAX_PACKET_BYTES, now);
+            c.inbuf.advance(s.consumed);
+            Self::settle(c, &mut self.dirty, idx, s.acked, s.wrote, now);
+            if let Some(e) = s.foreign {
+                self.err_msg(format!("foreign payload: {e}"));
+                continue;
             }
+            if s.stop != Stop::Slow {
+                return;
+            }
+            let c = &mut self.clients[idx];
             match decode_packet(&mut c.inbuf, v, MAX_PACKET_BYTES) {
                 Ok(None) => return,
-                Ok(Some(p)) => self.on_packet(idx, p),
+                Ok(Some(p)) => self.on_packet(idx, p, now),
                 Err(e) => {
                     self.err_msg(format!("malformed packet from broker: {e}"));
                     let c = &mut self.clients[idx];
@@ -1235,7 +1337,7 @@ impl Worker {
         }
     }
 
-    fn on_packet(&mut self, idx: usize, p: Packet) {
+    fn on_packet(&mut self, idx: usize, p: Packet, now: u64) {
         let v = self.cfg.protocol;
         let qos = self.cfg.qos;
         match p {
@@ -1289,12 +1391,12 @@ impl Worker {
                 }
                 self.became_ready(idx);
             }
-            Packet::Publish(p) => self.on_publish(idx, p),
+            Packet::Publish(p) => self.on_publish(idx, p, now),
             Packet::PubAck(_) | Packet::PubComp(_) => {
                 let c = &mut self.clients[idx];
                 c.inflight = c.inflight.saturating_sub(1);
                 if let Some(pb) = c.publ.as_mut() {
-                    pb.last_progress_ns = now_ns();
+                    pb.last_progress_ns = now;
                 }
             }
             Packet::PubRec(r) => {
@@ -1315,9 +1417,8 @@ impl Worker {
         }
     }
 
-    fn on_publish(&mut self, idx: usize, p: Publish) {
+    fn on_publish(&mut self, idx: usize, p: Publish, now: u64) {
         let v = self.cfg.protocol;
-        let now = now_ns();
         {
             let c = &mut self.clients[idx];
             match p.qos {
@@ -1338,32 +1439,18 @@ impl Worker {
         let h = match payload::decode(&p.payload) {
             Ok(h) => h,
             Err(e) => {
-                self.result.unexpected += 1;
+                self.rx.unexpected += 1;
                 self.err_msg(format!("foreign payload: {e}"));
                 return;
             }
         };
         let c = &mut self.clients[idx];
-        let (lo, hi) = c.spec.expect;
-        if h.stream < lo || h.stream >= hi {
-            self.result.unexpected += 1;
-            return;
-        }
         let role = c.spec.role;
-        let fresh = c.trackers.entry(h.stream).or_default().record(h.seq)
-            != crate::stats::Arrival::Duplicate;
-        if let Some(d) = self.shared.delivered.get(h.stream as usize) {
-            d.fetch_add(1, Ordering::Relaxed);
-        }
-        if fresh {
-            self.local_unique += 1;
-        }
-        let measuring = self.phase == PHASE_MEASURE && h.send_ns >= self.measure_start_ns;
-        if measuring {
-            self.result.received_measure += 1;
-            self.result.received_bytes_measure += p.payload.len() as u64;
-        }
-        let lat = now.saturating_sub(h.send_ns).max(1);
+        let Delivery::Counted { latency_ns } =
+            self.rx.deliver(&mut c.streams, &h, p.payload.len(), now)
+        else {
+            return;
+        };
         match role {
             Role::Controller => {
                 let c = &mut self.clients[idx];
@@ -1371,13 +1458,13 @@ impl Worker {
                 if let Some(pb) = c.publ.as_mut() {
                     pb.last_progress_ns = now;
                 }
-                if measuring {
+                if let Some(lat) = latency_ns {
                     let _ = self.result.rtt.record(lat);
                 }
             }
             Role::Device(id) if h.kind == KIND_COMMAND => {
-                if measuring {
-                    let _ = self.result.latency.record(lat);
+                if let Some(lat) = latency_ns {
+                    let _ = self.rx.latency.record(lat);
                 }
                 // Echo unchanged (same stream, seq and timestamp) so the controller
                 // measures the whole round trip. Replies are never held back by the window.
@@ -1404,8 +1491,8 @@ impl Worker {
                 self.mark_dirty(idx);
             }
             _ => {
-                if measuring {
-                    let _ = self.result.latency.record(lat);
+                if let Some(lat) = latency_ns {
+                    let _ = self.rx.latency.record(lat);
                 }
             }
         }

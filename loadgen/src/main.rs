@@ -2,11 +2,12 @@
 
 mod cli;
 mod engine;
-mod payload;
 mod plan;
 mod report;
 mod run;
-mod stats;
+
+// The library's modules, under the paths the binary's own modules use.
+use loadgen::{payload, rx, stats};
 
 use clap::Parser;
 

@@ -22,7 +22,7 @@ pub struct Header {
 pub const KIND_DATA: u8 = 0;
 pub const KIND_COMMAND: u8 = 1;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadError {
     TooShort(usize),
     BadMagic(u16),

@@ -4,6 +4,7 @@
 //! result is instructions per operation, deterministic for a given binary.
 
 mod driver;
+mod loadgen_rx;
 
 use std::hint::black_box;
 
@@ -26,6 +27,8 @@ const PATHS: &[&str] = &[
     "route_publish_100_subs",
     "route_publish_qos1_1_sub",
     "cross_shard_hop",
+    "loadgen_rx_100_qos0",
+    "loadgen_rx_100_qos1",
 ];
 
 /// Payload of the routed PUBLISH paths.
@@ -121,6 +124,24 @@ fn cross_shard_hop(iters: u64) {
     black_box(&x);
 }
 
+/// loadgen's subscriber reading one receive buffer of `RX_PUBLISHES` PUBLISHes and
+/// accounting each (`perf/src/loadgen_rx.rs`): the load generator's own cost per
+/// message, kept in budget like the broker's. Per operation = per buffer.
+fn loadgen_rx(path: &str, qos: QoS, iters: u64) {
+    let mut rx = loadgen_rx::RxPath::new(qos);
+    for _ in 0..iters {
+        let got = rx.receive_once();
+        if got != loadgen_rx::RX_PUBLISHES as u64 {
+            eprintln!(
+                "callgrind-paths: {path} counted {got} deliveries, expected {}",
+                loadgen_rx::RX_PUBLISHES
+            );
+            std::process::exit(1);
+        }
+    }
+    black_box(&rx);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
@@ -155,6 +176,8 @@ fn main() {
         "route_publish_100_subs" => route_publish(&args[0], 100, QoS::AtMostOnce, iters),
         "route_publish_qos1_1_sub" => route_publish(&args[0], 1, QoS::AtLeastOnce, iters),
         "cross_shard_hop" => cross_shard_hop(iters),
+        "loadgen_rx_100_qos0" => loadgen_rx(&args[0], QoS::AtMostOnce, iters),
+        "loadgen_rx_100_qos1" => loadgen_rx(&args[0], QoS::AtLeastOnce, iters),
         other => {
             eprintln!("callgrind-paths: unknown path {other:?}");
             usage();

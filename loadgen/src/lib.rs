@@ -1,0 +1,7 @@
+//! loadgen's sans-IO parts, as a library so that benches and the callgrind budget
+//! (perf/) drive the same code the binary runs: the payload header, sequence
+//! accounting, and the subscriber's receive path.
+
+pub mod payload;
+pub mod rx;
+pub mod stats;
