@@ -84,7 +84,9 @@ pub struct Config {
     /// Keepalives above this (or 0, none) are lowered for MQTT 5 (Server Keep Alive)
     /// and refused for 3.x (CONNACK return code 2: it cannot be told); 0 = no cap.
     pub keepalive_max_s: u16,
-    /// Server Keep Alive sent to every MQTT 5 client when set.
+    /// Cap on MQTT 5 keepalives: one above it (or 0, none) is lowered to it with
+    /// Server Keep Alive, a lower one is kept; 3.x clients are not affected, so one
+    /// profile serves 3.x keepalive 0 and MQTT 5 clients alike.
     pub server_keep_alive_s: Option<u16>,
 
     // Sessions and queues.
