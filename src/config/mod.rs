@@ -66,6 +66,14 @@ pub struct Config {
     pub connect_rate_per_s: u32,
     /// Time allowed between TCP accept and a complete CONNECT.
     pub connect_timeout_ms: u64,
+    /// Lingering close: after the last bytes of a connection the broker ended are
+    /// written, its write side is shut and reads are discarded this long before the
+    /// close. Closing with unread bytes makes the kernel send a reset, which can
+    /// reach the client before it read our DISCONNECT/CONNACK reason. 0 = no linger.
+    pub close_linger_ms: u64,
+    /// Lingers each shard starts within one `close_linger_ms` at most (each holds a
+    /// socket that long); beyond it connections are closed at once.
+    pub max_lingering_per_shard: usize,
 
     // Protocol limits (advertised in CONNACK where MQTT 5 allows it).
     pub max_packet_size: u32,
@@ -130,6 +138,10 @@ impl Default for Config {
             max_connections_per_ip: 0,
             connect_rate_per_s: 0,
             connect_timeout_ms: 10_000,
+            // Long enough for a client on a slow link to read one packet, short
+            // enough that a refused client costs its socket for one second.
+            close_linger_ms: 1_000,
+            max_lingering_per_shard: 4_096,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight: 1024,

@@ -165,6 +165,10 @@ pub trait EventLoop {
     fn start_recv(&mut self, sock: SockId);
     /// Writes all of `data`; at most one send in flight per socket.
     fn send(&mut self, sock: SockId, data: Bytes);
+    /// Shuts down the write side (the peer reads EOF after the bytes already sent);
+    /// receiving goes on. Call only when no send is in flight: the shutdown must
+    /// follow the last bytes. For a lingering close (see `worker::linger`).
+    fn shutdown_write(&mut self, sock: SockId);
     /// Stops receiving, closes the socket, then reports `Released`.
     fn close(&mut self, sock: SockId);
     /// Stops receiving and hands the socket to loop `to`; reports `Migrated` then

@@ -1,0 +1,182 @@
+//! Connection lifecycle against the real `ringmq` binary, on both IO backends (each
+//! test names its backend, so `RINGMQ_TEST_IO` changes nothing here): lingering close
+//! after a DISCONNECT with a reason or a refusing CONNACK (issue #15).
+//!
+//! Raw sockets and hand-made packets; every wait is bounded and no assertion is about
+//! how fast something happens.
+
+mod support;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::pkt::{self, Connect};
+use support::{to_hex, Broker, Launch, V5};
+
+/// Generous bound on any single wait; never a pass/fail timing.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `ringmq --io IO ARGS...`, checked to run on that backend.
+fn start(io: &str, args: &[&str]) -> Broker {
+    let mut all = vec!["--io", io];
+    all.extend_from_slice(args);
+    let broker = Launch::new(&all).startup_timeout(WAIT).spawn();
+    let want = if io == "uring" {
+        "(io_uring,"
+    } else {
+        "(epoll,"
+    };
+    assert!(
+        broker.listening_line().contains(want),
+        "{io}: {}",
+        broker.listening_line()
+    );
+    broker
+}
+
+fn tcp(addr: &str) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("tcp connect");
+    s.set_read_timeout(Some(WAIT)).expect("read timeout");
+    s.set_nodelay(true).expect("nodelay");
+    s
+}
+
+/// Waits (bounded) until `want` sits in the socket's receive queue, without reading
+/// it: the client has not looked at the broker's answer yet when it writes next.
+fn peek_until(s: &TcpStream, want: &[u8]) {
+    let deadline = Instant::now() + WAIT;
+    let mut buf = vec![0u8; want.len() + 64];
+    loop {
+        let n = s.peek(&mut buf).expect("peek");
+        if n >= want.len() {
+            assert_eq!(to_hex(&buf[..want.len()]), to_hex(want), "answer so far");
+            return;
+        }
+        assert!(Instant::now() < deadline, "only {:?} arrived", &buf[..n]);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Everything the broker sent, up to its EOF. A reset is a failure: that is the bug.
+fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("read after {} bytes ({}): {e}", all.len(), to_hex(&all)),
+        }
+    }
+}
+
+/// The client goes on writing after the broker's last packet, as a client does that
+/// answers a PUBREC with PUBREL before it reads the DISCONNECT. Every write must
+/// succeed: without a lingering close the broker's socket is gone and the second
+/// write fails with EPIPE ("broken pipe") instead of the client reading the reason.
+fn keep_writing(s: &mut TcpStream, what: &str) {
+    let chunk = pkt::publish(V5, "linger/x", 0, false, false, 0, &[], &[b'z'; 512]);
+    for i in 0..32 {
+        if let Err(e) = s.write_all(&chunk) {
+            panic!("{what}: write {i} after the broker's last packet failed: {e}");
+        }
+        // Lets a reset to the previous write come back before the next one.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Ends the linger: after it, the broker closes and a write fails (bounded wait).
+fn expect_closed_by_broker(s: &mut TcpStream) {
+    let deadline = Instant::now() + WAIT;
+    let ping = [0xC0, 0x00];
+    loop {
+        if let Err(e) = s.write_all(&ping) {
+            assert!(
+                matches!(e.kind(), ErrorKind::BrokenPipe | ErrorKind::ConnectionReset),
+                "{e}"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "broker never closed after its linger"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lingering_close(io: &str) {
+    // A short Receive Maximum makes the broker end a connection with a reason (0x93);
+    // the linger is long enough that the writes below always fall inside it.
+    let broker = start(
+        io,
+        &[
+            "--shards",
+            "1",
+            "--receive-maximum",
+            "2",
+            "--close-linger-ms",
+            "3000",
+        ],
+    );
+
+    // 1. DISCONNECT 0x93 after a third unreleased QoS 2 PUBLISH.
+    let mut c = tcp(broker.addr());
+    c.write_all(&Connect::v5("linger-rm").bytes())
+        .expect("connect");
+    let mut qos2 = Vec::new();
+    for pid in 1..=3 {
+        qos2.extend(pkt::publish(
+            V5,
+            "linger/q",
+            2,
+            false,
+            false,
+            pid,
+            &[],
+            b"x",
+        ));
+    }
+    c.write_all(&qos2).expect("publish");
+    // CONNACK (Receive Maximum 2 among its properties) is matched by type and length
+    // only; then PUBREC 1, PUBREC 2, DISCONNECT 0x93.
+    let mut connack = [0u8; 2];
+    c.read_exact(&mut connack).expect("connack header");
+    assert_eq!(connack[0], 0x20, "CONNACK");
+    let mut rest = vec![0u8; usize::from(connack[1])];
+    c.read_exact(&mut rest).expect("connack body");
+    assert_eq!(rest[1], 0x00, "CONNACK reason");
+    let tail = [
+        0x50, 0x02, 0x00, 0x01, // PUBREC 1
+        0x50, 0x02, 0x00, 0x02, // PUBREC 2
+        0xE0, 0x01, 0x93, // DISCONNECT Receive Maximum exceeded
+    ];
+    peek_until(&c, &tail);
+    c.write_all(&pkt::ack(6, 1)).expect("pubrel 1");
+    keep_writing(&mut c, "after DISCONNECT 0x93");
+    assert_eq!(to_hex(&read_to_eof(&mut c)), to_hex(&tail));
+    expect_closed_by_broker(&mut c);
+
+    // 2. A refusing CONNACK (unsupported authentication method, 0x8C).
+    let mut c = tcp(broker.addr());
+    let connect = Connect::v5("linger-auth").props(&pkt::p_str(0x15, "SCRAM-SHA-1"));
+    c.write_all(&connect.bytes()).expect("connect");
+    peek_until(&c, &[0x20, 0x03, 0x00, 0x8C, 0x00]);
+    keep_writing(&mut c, "after CONNACK 0x8C");
+    assert_eq!(
+        to_hex(&read_to_eof(&mut c)),
+        to_hex(&[0x20, 0x03, 0x00, 0x8C, 0x00])
+    );
+    expect_closed_by_broker(&mut c);
+}
+
+#[test]
+fn lingering_close_uring() {
+    lingering_close("uring");
+}
+
+#[test]
+fn lingering_close_epoll() {
+    lingering_close("epoll");
+}
