@@ -1,6 +1,7 @@
 //! Connection lifecycle against the real `ringmq` binary, on both IO backends (each
 //! test names its backend, so `RINGMQ_TEST_IO` changes nothing here): lingering close
-//! after a DISCONNECT with a reason or a refusing CONNACK (issue #15).
+//! after a DISCONNECT with a reason or a refusing CONNACK, and TCP keepalive on
+//! accepted sockets (issue #15).
 //!
 //! Raw sockets and hand-made packets; every wait is bounded and no assertion is about
 //! how fast something happens.
@@ -179,4 +180,90 @@ fn lingering_close_uring() {
 #[test]
 fn lingering_close_epoll() {
     lingering_close("epoll");
+}
+
+/// The keepalive timer of the broker's end of `client`, from /proc/net/tcp: the
+/// `tr:tm->when` field is `02:<ticks>` while a keepalive timer is pending (the kernel
+/// arms it only on sockets with SO_KEEPALIVE), in clock ticks until it fires. Waits
+/// (bounded) for an idle moment: right after a send the retransmit timer shows.
+fn broker_keepalive_ticks(broker: &Broker, client: &TcpStream) -> Option<u64> {
+    let client_port = client.local_addr().expect("local addr").port();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = String::new();
+    loop {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+        for line in table.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = |a: &str| {
+                a.split(':')
+                    .nth(1)
+                    .and_then(|p| u16::from_str_radix(p, 16).ok())
+            };
+            // Local = the broker's listening port, remote = our client's port.
+            if f.len() > 5 && port(f[1]) == Some(broker.port()) && port(f[2]) == Some(client_port) {
+                last = line.to_string();
+                let (timer, when) = f[5].split_once(':').expect("tr:when");
+                if timer == "02" {
+                    return Some(u64::from_str_radix(when, 16).expect("when"));
+                }
+            }
+        }
+        if Instant::now() >= deadline {
+            eprintln!("broker end of the connection, last seen: {last:?}");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Clock ticks per second, the unit of /proc/net/tcp timers.
+fn clock_ticks_per_s() -> u64 {
+    // SAFETY: sysconf reads a constant; no memory is passed.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(t > 0, "sysconf(_SC_CLK_TCK)");
+    t as u64
+}
+
+fn tcp_keepalive(io: &str) {
+    let hz = clock_ticks_per_s();
+    // A v3.1.1 client with MQTT keepalive 0: only TCP keepalive can find it gone.
+    let connect = |broker: &Broker, id: &str| {
+        let mut c = tcp(broker.addr());
+        c.write_all(&Connect::v311(id).keepalive(0).bytes())
+            .expect("connect");
+        let mut ack = [0u8; 4];
+        c.read_exact(&mut ack).expect("connack");
+        assert_eq!(ack, [0x20, 0x02, 0x00, 0x00], "CONNACK");
+        c
+    };
+
+    let broker = start(io, &["--shards", "2", "--tcp-keepalive-idle-s", "7"]);
+    let c = connect(&broker, "ka-7");
+    let ticks = broker_keepalive_ticks(&broker, &c)
+        .unwrap_or_else(|| panic!("{io}: no keepalive timer on the broker's socket"));
+    assert!(
+        ticks > 0 && ticks <= 7 * hz,
+        "{io}: keepalive due in {ticks} ticks, idle 7 s"
+    );
+    drop(broker);
+
+    // The default is on too (120 s idle).
+    let broker = start(io, &["--shards", "2"]);
+    let c = connect(&broker, "ka-default");
+    let ticks = broker_keepalive_ticks(&broker, &c)
+        .unwrap_or_else(|| panic!("{io}: no keepalive timer on the broker's socket by default"));
+    assert!(
+        ticks > 7 * hz && ticks <= 120 * hz,
+        "{io}: keepalive due in {ticks} ticks, idle 120 s"
+    );
+}
+
+#[test]
+fn tcp_keepalive_on_accepted_sockets_uring() {
+    tcp_keepalive("uring");
+}
+
+#[test]
+fn tcp_keepalive_on_accepted_sockets_epoll() {
+    tcp_keepalive("epoll");
 }

@@ -74,6 +74,17 @@ pub struct Config {
     /// Lingers each shard starts within one `close_linger_ms` at most (each holds a
     /// socket that long); beyond it connections are closed at once.
     pub max_lingering_per_shard: usize,
+    /// TCP keepalive on accepted sockets (set on the listeners, which pass it on):
+    /// idle seconds before the first probe (0 = off), seconds between probes, and
+    /// probes unanswered before the kernel drops the connection. MQTT keepalive
+    /// already ends silent clients that asked for one; these find the peers that
+    /// vanished with keepalive 0, or whose NAT forgot them.
+    pub tcp_keepalive_idle_s: u32,
+    pub tcp_keepalive_interval_s: u32,
+    pub tcp_keepalive_count: u32,
+    /// `TCP_USER_TIMEOUT`: how long sent data or keepalive probes may stay
+    /// unacknowledged before the connection is dropped. 0 = kernel default.
+    pub tcp_user_timeout_ms: u32,
 
     // Protocol limits (advertised in CONNACK where MQTT 5 allows it).
     pub max_packet_size: u32,
@@ -142,6 +153,17 @@ impl Default for Config {
             // enough that a refused client costs its socket for one second.
             close_linger_ms: 1_000,
             max_lingering_per_shard: 4_096,
+            // Defaults: the first probe after 2 min idle, below the idle timeouts of
+            // common NATs and cloud load balancers for established TCP (~4-10 min),
+            // so probes also keep such mappings alive; then 4 probes 30 s apart: a
+            // dead peer is dropped within 120 + 4 x 30 = 240 s. TCP_USER_TIMEOUT is
+            // that same 240 s: it overrides the probe count when both apply (tcp(7)),
+            // so a shorter one would cut keepalive short, and it bounds a peer that
+            // vanished while we had unacknowledged data to send.
+            tcp_keepalive_idle_s: 120,
+            tcp_keepalive_interval_s: 30,
+            tcp_keepalive_count: 4,
+            tcp_user_timeout_ms: 240_000,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight: 1024,

@@ -332,6 +332,44 @@ impl Remote {
     }
 }
 
+/// TCP timers that find dead peers: keepalive probes on an idle connection (a client
+/// with MQTT keepalive 0 that vanished behind a NAT would otherwise hold its socket
+/// and session forever) and `TCP_USER_TIMEOUT`, how long sent data may stay
+/// unacknowledged (without it, retransmissions to a vanished peer go on for about
+/// 15 minutes, `tcp_retries2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpTimers {
+    /// Idle time before the first probe; 0 = no keepalive.
+    pub keepalive_idle_s: u32,
+    pub keepalive_interval_s: u32,
+    pub keepalive_count: u32,
+    /// 0 = the kernel's default (retransmissions decide).
+    pub user_timeout_ms: u32,
+}
+
+/// Sets `timers` on a listening socket (before `listen`, so no connection in the
+/// backlog misses them). Linux copies `SO_KEEPALIVE`, `TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`, `TCP_KEEPCNT` and `TCP_USER_TIMEOUT` from the listener to every
+/// socket it accepts, so both backends get them with no work per connection. For
+/// io_uring this is the only way short of a `SETSOCKOPT` uring command per accept
+/// (kernel 6.7+): its accepted sockets are direct descriptors, which `setsockopt(2)`
+/// cannot name. (`io::tests` checks the inheritance on the running kernel.)
+pub fn set_tcp_timers(listener: &impl std::os::fd::AsFd, timers: &TcpTimers) -> io::Result<()> {
+    let sock = socket2::SockRef::from(listener);
+    if timers.keepalive_idle_s == 0 {
+        sock.set_keepalive(false)?;
+    } else {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(u64::from(timers.keepalive_idle_s)))
+            .with_interval(Duration::from_secs(u64::from(timers.keepalive_interval_s)))
+            .with_retries(timers.keepalive_count);
+        sock.set_tcp_keepalive(&ka)?;
+    }
+    let user_timeout = (timers.user_timeout_ms > 0)
+        .then(|| Duration::from_millis(u64::from(timers.user_timeout_ms)));
+    sock.set_tcp_user_timeout(user_timeout)
+}
+
 /// Whether this process may use io_uring: `io_uring_setup` can fail with ENOSYS
 /// (old kernel), EPERM (seccomp, `kernel.io_uring_disabled`) or ENOMEM.
 pub fn uring_available() -> Result<(), io::Error> {
