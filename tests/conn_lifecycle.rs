@@ -109,7 +109,8 @@ fn expect_closed_by_broker(s: &mut TcpStream) {
 
 fn lingering_close(io: &str) {
     // A short Receive Maximum makes the broker end a connection with a reason (0x93);
-    // the linger is long enough that the writes below always fall inside it.
+    // the linger is long enough that the writes below always fall inside it (they
+    // take well under a second; the linger is 5 s).
     let broker = start(
         io,
         &[
@@ -118,7 +119,7 @@ fn lingering_close(io: &str) {
             "--receive-maximum",
             "2",
             "--close-linger-ms",
-            "3000",
+            "5000",
         ],
     );
 
@@ -157,6 +158,8 @@ fn lingering_close(io: &str) {
     c.write_all(&pkt::ack(6, 1)).expect("pubrel 1");
     keep_writing(&mut c, "after DISCONNECT 0x93");
     assert_eq!(to_hex(&read_to_eof(&mut c)), to_hex(&tail));
+    // The EOF was the write side's shutdown, not the close: still lingering.
+    keep_writing(&mut c, "after the EOF, within the linger");
     expect_closed_by_broker(&mut c);
 
     // 2. A refusing CONNACK (unsupported authentication method, 0x8C).
@@ -169,6 +172,7 @@ fn lingering_close(io: &str) {
         to_hex(&read_to_eof(&mut c)),
         to_hex(&[0x20, 0x03, 0x00, 0x8C, 0x00])
     );
+    keep_writing(&mut c, "after the EOF, within the linger");
     expect_closed_by_broker(&mut c);
 }
 
