@@ -351,9 +351,10 @@ pub struct TcpTimers {
 /// backlog misses them). Linux copies `SO_KEEPALIVE`, `TCP_KEEPIDLE`,
 /// `TCP_KEEPINTVL`, `TCP_KEEPCNT` and `TCP_USER_TIMEOUT` from the listener to every
 /// socket it accepts, so both backends get them with no work per connection. For
-/// io_uring this is the only way short of a `SETSOCKOPT` uring command per accept
-/// (kernel 6.7+): its accepted sockets are direct descriptors, which `setsockopt(2)`
-/// cannot name. (`io::tests` checks the inheritance on the running kernel.)
+/// io_uring the alternative would be `opcode::SetSockOpt` (io-uring 0.7.16: an
+/// `IORING_OP_URING_CMD` with `SOCKET_URING_OP_SETSOCKOPT`, kernel 6.7+), five SQEs
+/// per accepted connection, since its accepted sockets are direct descriptors that
+/// `setsockopt(2)` cannot name. (`io::tests` checks the inheritance on this kernel.)
 pub fn set_tcp_timers(listener: &impl std::os::fd::AsFd, timers: &TcpTimers) -> io::Result<()> {
     let sock = socket2::SockRef::from(listener);
     if timers.keepalive_idle_s == 0 {
