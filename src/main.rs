@@ -220,7 +220,12 @@ fn choose_backend(wanted: IoBackend) -> Result<Backend, String> {
 }
 
 /// Binds one listener per shard for `addr`, all on the same port (`SO_REUSEPORT`).
-fn bind_group(addr: SocketAddr, shards: usize) -> std::io::Result<(SocketAddr, Vec<TcpListener>)> {
+/// Accepted sockets inherit `timers` from their listener.
+fn bind_group(
+    addr: SocketAddr,
+    shards: usize,
+    timers: &ringmq::io::TcpTimers,
+) -> std::io::Result<(SocketAddr, Vec<TcpListener>)> {
     let mut listeners = Vec::with_capacity(shards);
     let mut bound = addr;
     for i in 0..shards {
@@ -228,6 +233,7 @@ fn bind_group(addr: SocketAddr, shards: usize) -> std::io::Result<(SocketAddr, V
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nodelay(true)?;
+        ringmq::io::set_tcp_timers(&socket, timers)?;
         socket.bind(&bound.into())?;
         socket.listen(ringmq::io::LISTEN_BACKLOG)?;
         let listener: TcpListener = socket.into();
@@ -363,9 +369,15 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     // Listeners: per address, one SO_REUSEPORT listener per shard.
     let mut per_shard: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound_addrs = Vec::new();
+    let timers = ringmq::io::TcpTimers {
+        keepalive_idle_s: config.tcp_keepalive_idle_s,
+        keepalive_interval_s: config.tcp_keepalive_interval_s,
+        keepalive_count: config.tcp_keepalive_count,
+        user_timeout_ms: config.tcp_user_timeout_ms,
+    };
     for addr in &config.listen {
         let (bound, group) =
-            bind_group(*addr, shards).map_err(|e| format!("listen on {addr}: {e}"))?;
+            bind_group(*addr, shards, &timers).map_err(|e| format!("listen on {addr}: {e}"))?;
         bound_addrs.push(bound);
         for (i, l) in group.into_iter().enumerate() {
             per_shard[i].push(l);

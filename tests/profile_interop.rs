@@ -83,6 +83,32 @@ fn profile_server_keep_alive_sent_in_connack() {
     );
 }
 
+/// The same run serves a shorter v5 keepalive as asked (no Server Keep Alive, so the
+/// client's will is not delayed to 60 s) ...
+#[test]
+fn profile_short_v5_keep_alive_is_kept() {
+    let b = broker();
+    let (mut c, ack) =
+        RawClient::connect_v5_with(b.addr(), &Connect::v5(&uniq("ska2")).keepalive(2));
+    assert_eq!(
+        ack.props.two(0x13),
+        None,
+        "CONNACK properties: {:?}",
+        ack.props
+    );
+    // Enforced at 1.5 × 2 s: a silent client is closed long before 60 s.
+    c.expect_disconnect_v5(&[0x8D]);
+}
+
+/// ... and a 3.1.1 client with keepalive 0 (none) is accepted, not refused.
+#[test]
+fn profile_v311_keep_alive_zero_is_accepted() {
+    let b = broker();
+    let (mut c, ack) = RawClient::connect_with(b.addr(), &Connect::v311(&uniq("ka0")).keepalive(0));
+    assert_eq!(ack.raw, vec![0x20, 0x02, 0x00, 0x00], "CONNACK");
+    c.ping();
+}
+
 // --- receive_maximum = 2 ---
 
 #[test]

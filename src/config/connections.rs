@@ -1,6 +1,8 @@
-//! Connection admission keys: how many connections the broker holds, per client
-//! address, how fast new ones are admitted, and how long a CONNECT may take.
-//! Auth checks at CONNECT land beside these.
+//! Connection lifecycle keys: how many connections the broker holds, per client
+//! address, how fast new ones are admitted, how long a CONNECT may take, how dead
+//! peers are found (TCP keepalive, `TCP_USER_TIMEOUT`), and how a connection the
+//! broker ends is closed (lingering close). Auth checks at CONNECT
+//! land beside these.
 
 use clap::Args;
 
@@ -18,6 +20,18 @@ pub struct ConnectionArgs {
     pub connect_rate_per_s: Option<String>,
     #[arg(long, value_name = "MS", help = with_default("Milliseconds allowed from TCP accept to a complete CONNECT", d().connect_timeout_ms))]
     pub connect_timeout_ms: Option<String>,
+    #[arg(long, value_name = "MS", help = with_default("After the broker ends a connection (DISCONNECT with a reason, refusing CONNACK) and its last bytes are written: milliseconds the write side stays shut while reads are drained and discarded, so the client reads the reason instead of a reset; 0 = close at once", d().close_linger_ms))]
+    pub close_linger_ms: Option<String>,
+    #[arg(long, value_name = "N", help = with_default("Connections that may start lingering per shard within one close_linger_ms; beyond it a connection is closed at once, so a flood of refused clients cannot pin sockets", d().max_lingering_per_shard))]
+    pub max_lingering_per_shard: Option<String>,
+    #[arg(long, value_name = "S", help = with_default("TCP keepalive: seconds a connection is idle before the first probe, so a peer that vanished (keepalive-0 clients behind a NAT) is found; 0 = no TCP keepalive", d().tcp_keepalive_idle_s))]
+    pub tcp_keepalive_idle_s: Option<String>,
+    #[arg(long, value_name = "S", help = with_default("TCP keepalive: seconds between probes", d().tcp_keepalive_interval_s))]
+    pub tcp_keepalive_interval_s: Option<String>,
+    #[arg(long, value_name = "N", help = with_default("TCP keepalive: unanswered probes before the connection is dropped", d().tcp_keepalive_count))]
+    pub tcp_keepalive_count: Option<String>,
+    #[arg(long, value_name = "MS", help = with_default("TCP_USER_TIMEOUT: milliseconds sent data (or keepalive probes) may stay unacknowledged before the connection is dropped; keep it at idle + interval x count; 0 = kernel default (about 15 minutes of retransmissions)", d().tcp_user_timeout_ms))]
+    pub tcp_user_timeout_ms: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -25,7 +39,15 @@ pub(super) const KEYS: &[&str] = &[
     "max_connections_per_ip",
     "connect_rate_per_s",
     "connect_timeout_ms",
+    "close_linger_ms",
+    "max_lingering_per_shard",
+    "tcp_keepalive_idle_s",
+    "tcp_keepalive_interval_s",
+    "tcp_keepalive_count",
+    "tcp_user_timeout_ms",
 ];
+
+const MAX_LINGER_MS: u64 = 60_000;
 
 /// Applies one key of this part. `Ok(false)`: not one of its keys.
 pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
@@ -34,6 +56,14 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "max_connections_per_ip" => cfg.max_connections_per_ip = usize_of(int(raw, 0, USIZE)?),
         "connect_rate_per_s" => cfg.connect_rate_per_s = int(raw, 0, U32)? as u32,
         "connect_timeout_ms" => cfg.connect_timeout_ms = int(raw, 1, U32)?,
+        // A linger is a grace for reading one packet, not a place to park sockets.
+        "close_linger_ms" => cfg.close_linger_ms = int(raw, 0, MAX_LINGER_MS)?,
+        "max_lingering_per_shard" => cfg.max_lingering_per_shard = usize_of(int(raw, 1, USIZE)?),
+        // The kernel's own bounds: TCP_KEEPIDLE/INTVL <= 32767 s, TCP_KEEPCNT <= 127.
+        "tcp_keepalive_idle_s" => cfg.tcp_keepalive_idle_s = int(raw, 0, 32_767)? as u32,
+        "tcp_keepalive_interval_s" => cfg.tcp_keepalive_interval_s = int(raw, 1, 32_767)? as u32,
+        "tcp_keepalive_count" => cfg.tcp_keepalive_count = int(raw, 1, 127)? as u32,
+        "tcp_user_timeout_ms" => cfg.tcp_user_timeout_ms = int(raw, 0, i32::MAX as u64)? as u32,
         _ => return Ok(false),
     }
     Ok(true)
@@ -45,5 +75,15 @@ impl ConnectionArgs {
         push_text(v, "max_connections_per_ip", &self.max_connections_per_ip);
         push_text(v, "connect_rate_per_s", &self.connect_rate_per_s);
         push_text(v, "connect_timeout_ms", &self.connect_timeout_ms);
+        push_text(v, "close_linger_ms", &self.close_linger_ms);
+        push_text(v, "max_lingering_per_shard", &self.max_lingering_per_shard);
+        push_text(v, "tcp_keepalive_idle_s", &self.tcp_keepalive_idle_s);
+        push_text(
+            v,
+            "tcp_keepalive_interval_s",
+            &self.tcp_keepalive_interval_s,
+        );
+        push_text(v, "tcp_keepalive_count", &self.tcp_keepalive_count);
+        push_text(v, "tcp_user_timeout_ms", &self.tcp_user_timeout_ms);
     }
 }

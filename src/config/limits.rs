@@ -28,7 +28,7 @@ pub struct LimitArgs {
     pub max_client_id_len: Option<String>,
     #[arg(long, value_name = "S", alias = "keepalive-max", help = with_default("Cap on client keepalives, in seconds; 0 = no cap. An MQTT 5 client asking for more (or for 0, none) is given this as Server Keep Alive; a 3.1/3.1.1 client, which cannot be told, is refused with CONNACK return code 2 (as Mosquitto's max_keepalive)", d().keepalive_max_s))]
     pub keepalive_max_s: Option<String>,
-    #[arg(long, value_name = "S", help = with_default("Server Keep Alive sent to MQTT 5 clients, in seconds; none = not sent", "none"))]
+    #[arg(long, value_name = "S", help = with_default("Cap on MQTT 5 keepalives, in seconds; none = no cap. A client asking for more (or for 0, none) is given this as Server Keep Alive; one asking for less keeps its own. 3.1/3.1.1 clients are not affected (keepalive_max_s refuses them)", "none"))]
     pub server_keep_alive_s: Option<String>,
 }
 
@@ -62,7 +62,8 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "server_keep_alive_s" => {
             cfg.server_keep_alive_s = match raw {
                 Raw::Text(s) if s.trim().eq_ignore_ascii_case("none") => None,
-                _ => Some(int(raw, 0, U16).map_err(|e| format!("{e} or \"none\""))? as u16),
+                // 0 is no cap to lower anything to: a keepalive of 0 means none.
+                _ => Some(int(raw, 1, U16).map_err(|e| format!("{e} or \"none\""))? as u16),
             }
         }
         _ => return Ok(false),

@@ -66,6 +66,25 @@ pub struct Config {
     pub connect_rate_per_s: u32,
     /// Time allowed between TCP accept and a complete CONNECT.
     pub connect_timeout_ms: u64,
+    /// Lingering close: after the last bytes of a connection the broker ended are
+    /// written, its write side is shut and reads are discarded this long before the
+    /// close. Closing with unread bytes makes the kernel send a reset, which can
+    /// reach the client before it read our DISCONNECT/CONNACK reason. 0 = no linger.
+    pub close_linger_ms: u64,
+    /// Lingers each shard starts within one `close_linger_ms` at most (each holds a
+    /// socket that long); beyond it connections are closed at once.
+    pub max_lingering_per_shard: usize,
+    /// TCP keepalive on accepted sockets (set on the listeners, which pass it on):
+    /// idle seconds before the first probe (0 = off), seconds between probes, and
+    /// probes unanswered before the kernel drops the connection. MQTT keepalive
+    /// already ends silent clients that asked for one; these find the peers that
+    /// vanished with keepalive 0, or whose NAT forgot them.
+    pub tcp_keepalive_idle_s: u32,
+    pub tcp_keepalive_interval_s: u32,
+    pub tcp_keepalive_count: u32,
+    /// `TCP_USER_TIMEOUT`: how long sent data or keepalive probes may stay
+    /// unacknowledged before the connection is dropped. 0 = kernel default.
+    pub tcp_user_timeout_ms: u32,
 
     // Protocol limits (advertised in CONNACK where MQTT 5 allows it).
     pub max_packet_size: u32,
@@ -84,7 +103,9 @@ pub struct Config {
     /// Keepalives above this (or 0, none) are lowered for MQTT 5 (Server Keep Alive)
     /// and refused for 3.x (CONNACK return code 2: it cannot be told); 0 = no cap.
     pub keepalive_max_s: u16,
-    /// Server Keep Alive sent to every MQTT 5 client when set.
+    /// Cap on MQTT 5 keepalives: one above it (or 0, none) is lowered to it with
+    /// Server Keep Alive, a lower one is kept; 3.x clients are not affected, so one
+    /// profile serves 3.x keepalive 0 and MQTT 5 clients alike.
     pub server_keep_alive_s: Option<u16>,
 
     // Sessions and queues.
@@ -128,6 +149,21 @@ impl Default for Config {
             max_connections_per_ip: 0,
             connect_rate_per_s: 0,
             connect_timeout_ms: 10_000,
+            // Long enough for a client on a slow link to read one packet, short
+            // enough that a refused client costs its socket for one second.
+            close_linger_ms: 1_000,
+            max_lingering_per_shard: 4_096,
+            // Defaults: the first probe after 2 min idle, below the idle timeouts of
+            // common NATs and cloud load balancers for established TCP (~4-10 min),
+            // so probes also keep such mappings alive; then 4 probes 30 s apart: a
+            // dead peer is dropped within 120 + 4 x 30 = 240 s. TCP_USER_TIMEOUT is
+            // that same 240 s: it overrides the probe count when both apply (tcp(7)),
+            // so a shorter one would cut keepalive short, and it bounds a peer that
+            // vanished while we had unacknowledged data to send.
+            tcp_keepalive_idle_s: 120,
+            tcp_keepalive_interval_s: 30,
+            tcp_keepalive_count: 4,
+            tcp_user_timeout_ms: 240_000,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight: 1024,

@@ -387,6 +387,20 @@ impl EventLoop for EpollLoop {
         self.write_some(sock);
     }
 
+    fn shutdown_write(&mut self, sock: SockId) {
+        let Some(stream) = self
+            .socks
+            .get(sock as usize)
+            .and_then(|s| s.stream.as_ref())
+        else {
+            return;
+        };
+        if let Err(e) = stream.shutdown(std::net::Shutdown::Write) {
+            // The peer is gone (ENOTCONN): the close that follows ends it anyway.
+            tracing::debug!(sock, "shutdown(SHUT_WR) failed: {e}");
+        }
+    }
+
     fn close(&mut self, sock: SockId) {
         drop(self.kill(sock));
     }

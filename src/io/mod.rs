@@ -169,6 +169,10 @@ pub trait EventLoop {
     fn start_recv(&mut self, sock: SockId);
     /// Writes all of `data`; at most one send in flight per socket.
     fn send(&mut self, sock: SockId, data: Bytes);
+    /// Shuts down the write side (the peer reads EOF after the bytes already sent);
+    /// receiving goes on. Call only when no send is in flight: the shutdown must
+    /// follow the last bytes. For a lingering close (see `worker::linger`).
+    fn shutdown_write(&mut self, sock: SockId);
     /// Stops receiving, closes the socket, then reports `Released`.
     fn close(&mut self, sock: SockId);
     /// Stops receiving and hands the socket to loop `to`; reports `Migrated` then
@@ -334,6 +338,45 @@ impl Remote {
             RemoteKind::Epoll { .. } => Vec::new(),
         }
     }
+}
+
+/// TCP timers that find dead peers: keepalive probes on an idle connection (a client
+/// with MQTT keepalive 0 that vanished behind a NAT would otherwise hold its socket
+/// and session forever) and `TCP_USER_TIMEOUT`, how long sent data may stay
+/// unacknowledged (without it, retransmissions to a vanished peer go on for about
+/// 15 minutes, `tcp_retries2`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpTimers {
+    /// Idle time before the first probe; 0 = no keepalive.
+    pub keepalive_idle_s: u32,
+    pub keepalive_interval_s: u32,
+    pub keepalive_count: u32,
+    /// 0 = the kernel's default (retransmissions decide).
+    pub user_timeout_ms: u32,
+}
+
+/// Sets `timers` on a listening socket (before `listen`, so no connection in the
+/// backlog misses them). Linux copies `SO_KEEPALIVE`, `TCP_KEEPIDLE`,
+/// `TCP_KEEPINTVL`, `TCP_KEEPCNT` and `TCP_USER_TIMEOUT` from the listener to every
+/// socket it accepts, so both backends get them with no work per connection. For
+/// io_uring the alternative would be `opcode::SetSockOpt` (io-uring 0.7.16: an
+/// `IORING_OP_URING_CMD` with `SOCKET_URING_OP_SETSOCKOPT`, kernel 6.7+), five SQEs
+/// per accepted connection, since its accepted sockets are direct descriptors that
+/// `setsockopt(2)` cannot name. (`io::tests` checks the inheritance on this kernel.)
+pub fn set_tcp_timers(listener: &impl std::os::fd::AsFd, timers: &TcpTimers) -> io::Result<()> {
+    let sock = socket2::SockRef::from(listener);
+    if timers.keepalive_idle_s == 0 {
+        sock.set_keepalive(false)?;
+    } else {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(u64::from(timers.keepalive_idle_s)))
+            .with_interval(Duration::from_secs(u64::from(timers.keepalive_interval_s)))
+            .with_retries(timers.keepalive_count);
+        sock.set_tcp_keepalive(&ka)?;
+    }
+    let user_timeout = (timers.user_timeout_ms > 0)
+        .then(|| Duration::from_millis(u64::from(timers.user_timeout_ms)));
+    sock.set_tcp_user_timeout(user_timeout)
 }
 
 /// Whether this process may use io_uring: `io_uring_setup` can fail with ENOSYS

@@ -10,6 +10,7 @@ use super::conn::ConnState;
 use super::limits::Refusal;
 use super::timer::TimerKind;
 use super::{owner_shard, Action, ConnId, Handoff, Shard};
+use crate::config::Config;
 use crate::protocol::{
     decode_packet, peek_frame, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
     ProtocolVersion, PublishProperties, ReasonCode,
@@ -40,6 +41,18 @@ pub(crate) fn connack(code: ReasonCode) -> Packet {
         code,
         properties: Properties::default(),
     })
+}
+
+/// The highest keepalive an MQTT 5 client keeps; one asking for more, or for none (0),
+/// is given this as Server Keep Alive. The lower of `server_keep_alive_s` (a cap for
+/// MQTT 5 only, so one profile serves 3.x clients with keepalive 0 too) and
+/// `keepalive_max_s` (which also refuses 3.x clients outside it). `None`: no cap.
+pub(crate) fn v5_keepalive_cap_s(cfg: &Config) -> Option<u16> {
+    let max = (cfg.keepalive_max_s > 0).then_some(cfg.keepalive_max_s);
+    match (cfg.server_keep_alive_s, max) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Will properties arrive as general `Properties`; the will is published with the
@@ -261,18 +274,14 @@ impl Shard {
             Bytes::copy_from_slice(&connect.client_id)
         };
 
-        // Keepalive: MQTT 5 clients can be told a different one.
+        // Keepalive: MQTT 5 clients can be told a lower one (Server Keep Alive). Only
+        // lowered: a client asking for less keeps it, so its will fires when it asked.
         let mut keepalive_s = connect.keep_alive_s;
         let mut server_keep_alive = None;
-        if v5 {
-            if let Some(s) = cfg.server_keep_alive_s {
-                server_keep_alive = Some(s);
-                keepalive_s = s;
-            } else if cfg.keepalive_max_s > 0
-                && (keepalive_s == 0 || keepalive_s > cfg.keepalive_max_s)
-            {
-                server_keep_alive = Some(cfg.keepalive_max_s);
-                keepalive_s = cfg.keepalive_max_s;
+        if let Some(cap_s) = v5.then(|| v5_keepalive_cap_s(&cfg)).flatten() {
+            if keepalive_s == 0 || keepalive_s > cap_s {
+                server_keep_alive = Some(cap_s);
+                keepalive_s = cap_s;
             }
         }
         let expiry_s = if v5 {

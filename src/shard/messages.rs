@@ -38,6 +38,10 @@ pub struct RouteUpdate {
     pub group: Option<Bytes>,
     pub add: bool,
     pub seq: u64,
+    /// Adds: start of the sender's turn that read the SUBSCRIBE; the receiver counts
+    /// how long the route took to be live there (`ShardStats::route_live_*`).
+    /// `None` for removes.
+    pub read_at: Option<Instant>,
 }
 
 /// Messages between shards, carried over the SPSC mesh. All payloads are shared

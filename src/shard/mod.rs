@@ -221,15 +221,7 @@ impl Shard {
                 self.drop_slow_consumers(now);
             }
             ShardMsg::Retain(msg) => self.on_remote_retained(msg, now),
-            ShardMsg::Route(r) => {
-                let RouteUpdate {
-                    filter,
-                    group,
-                    add,
-                    seq,
-                } = *r;
-                self.on_route(from, filter, group, add, seq)
-            }
+            ShardMsg::Route(r) => self.on_route(from, *r, now),
             ShardMsg::RouteAck { seq } => self.on_route_ack(from, seq, now),
         }
     }

@@ -14,6 +14,12 @@ use super::subs::FilterEntry;
 use super::{ConnId, RouteUpdate, Shard, ShardId};
 use crate::protocol::{SubAck, SubscriptionOptions};
 
+/// A route live on another shard later than this after the SUBSCRIBE was read
+/// counts as slow (`ShardStats::route_live_slow`): a client that publishes from a
+/// second connection this soon after subscribing (Paho's test suite does, ~100 µs,
+/// before the SUBACK) could miss the first message.
+pub(crate) const ROUTE_LIVE_SLOW_US: u64 = 100;
+
 /// Capacity `pending_subacks` keeps once empty (see `on_route_ack`).
 pub(crate) const PENDING_SUBACKS_KEPT: usize = 16;
 
@@ -129,23 +135,39 @@ impl Shard {
                 group: group.cloned(),
                 add,
                 seq,
+                // Adds only: a remove may come from a timer or a shutdown, long
+                // after the last read, and nothing waits for it to be live.
+                read_at: if add { self.last_now } else { None },
             };
             self.control.push_route(to, update);
         }
     }
 
-    pub(crate) fn on_route(
-        &mut self,
-        from: ShardId,
-        filter: Bytes,
-        group: Option<Bytes>,
-        add: bool,
-        seq: u64,
-    ) {
+    pub(crate) fn on_route(&mut self, from: ShardId, update: RouteUpdate, now: Instant) {
+        let RouteUpdate {
+            filter,
+            group,
+            add,
+            seq,
+            read_at,
+        } = update;
         if from >= self.shard_count {
             return;
         }
         self.apply_route(from, &filter, group.as_ref(), add);
+        if let Some(t) = read_at {
+            // Turn starts on both sides: the sender's before it read the SUBSCRIBE,
+            // ours before this drain of the mesh (once a parked loop was woken).
+            let us =
+                u64::try_from(now.saturating_duration_since(t).as_micros()).unwrap_or(u64::MAX);
+            let st = &mut self.stats;
+            st.route_live_count += 1;
+            st.route_live_total_us = st.route_live_total_us.saturating_add(us);
+            st.route_live_max_us = st.route_live_max_us.max(us);
+            if us > ROUTE_LIVE_SLOW_US {
+                st.route_live_slow += 1;
+            }
+        }
         if seq != 0 {
             self.control.push_ack(from, seq);
         }

@@ -83,6 +83,14 @@ pub struct ShardStats {
     /// Connections closed because a reply would push their unread output past
     /// `max_outbound_bytes` plus the control allowance: the peer is not reading.
     pub closed_not_reading: u64,
+    /// Route adds of other shards applied here, and how long each took from the
+    /// start of the sender's turn that read the SUBSCRIBE to the start of the turn
+    /// here that applied it (µs; sum, max, and how many took longer than
+    /// `routes::ROUTE_LIVE_SLOW_US`). A mesh hop is the floor.
+    pub route_live_count: u64,
+    pub route_live_total_us: u64,
+    pub route_live_max_us: u64,
+    pub route_live_slow: u64,
 }
 
 impl ShardStats {

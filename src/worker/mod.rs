@@ -8,7 +8,7 @@
 //!
 //! This file owns that loop and the per-connection IO state it keeps beside the shard.
 //! Beside it: `cpu` (thread placement), `busy_poll` (the spin window before blocking),
-//! `handoffs` (hand-offs waiting for their socket), `tests`.
+//! `handoffs` (hand-offs waiting for their socket), `linger` (lingering close), `tests`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -25,11 +25,13 @@ use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
 mod busy_poll;
 mod cpu;
 mod handoffs;
+mod linger;
 mod report;
 
 use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
 use handoffs::{shrink_emptied, WaitingHandoffs};
+use linger::Linger;
 pub use report::WorkerReport;
 
 /// What travels over the mesh between workers.
@@ -66,6 +68,9 @@ enum State {
     Open,
     /// The shard asked to close: flush what is pending, then close.
     Draining,
+    /// Everything was written and the write side shut down; reads are discarded
+    /// until the peer closes or the linger ends (see `linger`).
+    Lingering,
     /// `close` was issued; waiting for `Released`.
     Closing,
     /// `migrate` was issued; waiting for `Migrated` and `Released`.
@@ -120,6 +125,7 @@ struct Worker<L: EventLoop> {
     /// Connections draining before close, by deadline (FIFO: one fixed timeout). At
     /// most one entry per connection.
     draining: VecDeque<(Instant, ConnId, SockId)>,
+    linger: Linger,
     report: WorkerReport,
     shutting_down: bool,
     busy_poll: BusyPoll,
@@ -182,6 +188,10 @@ pub fn run<L: EventLoop>(
         .recv()
         .map_err(|_| io::Error::other("another worker failed to start"))?;
     let busy_poll = BusyPoll::new(config.busy_poll_us);
+    let linger = Linger::new(
+        Duration::from_millis(config.close_linger_ms),
+        config.max_lingering_per_shard,
+    );
     let shard = Shard::in_node(id, peers.len(), config, node);
     let presize = loop_options.max_connections.min(PRESIZE_MAX);
     let mut w = Worker {
@@ -200,6 +210,7 @@ pub fn run<L: EventLoop>(
         outgoing: HashMap::new(),
         wake: WakeSet::default(),
         draining: VecDeque::new(),
+        linger,
         report: WorkerReport {
             shard: id,
             ..Default::default()
@@ -225,6 +236,8 @@ pub fn run<L: EventLoop>(
         }
     }
     w.report.io = w.io.stats();
+    w.report.lingered = w.linger.started;
+    w.report.linger_refused_full = w.linger.refused_full;
     w.report.core = w.shard.stats().clone();
     // Keep this loop's rings alive until every loop stopped sending to them.
     exit_barrier.wait();
@@ -262,6 +275,7 @@ impl<L: EventLoop> Worker<L> {
                     &mut self.outgoing,
                     &mut self.mesh,
                     &mut self.wake,
+                    &mut self.linger,
                     &mut self.report,
                     self.shutting_down,
                     c,
@@ -283,6 +297,7 @@ impl<L: EventLoop> Worker<L> {
             let more_actions = self.drain_actions(now);
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
+            self.expire_lingers(now);
             for to in self.mesh.flush().iter() {
                 self.wake.insert(to);
             }
@@ -308,6 +323,7 @@ impl<L: EventLoop> Worker<L> {
             let next = [
                 self.shard.next_deadline(),
                 self.draining.front().map(|&(d, _, _)| d),
+                self.linger.next_deadline(),
                 self.waiting_handoffs.next_deadline(),
             ]
             .into_iter()
@@ -466,6 +482,7 @@ impl<L: EventLoop> Worker<L> {
         outgoing: &mut HashMap<SockId, (usize, Box<Handoff>)>,
         mesh: &mut Endpoint<WorkerMsg>,
         wake: &mut WakeSet,
+        linger: &mut Linger,
         report: &mut WorkerReport,
         shutting_down: bool,
         c: Completion,
@@ -522,7 +539,7 @@ impl<L: EventLoop> Worker<L> {
                 let Some(Some(c)) = conns.get_mut(conn) else {
                     return;
                 };
-                if matches!(c.state, State::Open | State::Draining) {
+                if matches!(c.state, State::Open | State::Draining | State::Lingering) {
                     if errno != 0 {
                         tracing::debug!(shard = shard.id(), conn, errno, "receive failed");
                     }
@@ -547,8 +564,15 @@ impl<L: EventLoop> Worker<L> {
                             c.sending = true;
                             io.send(sock, data);
                         } else if c.state == State::Draining {
-                            c.state = State::Closing;
-                            io.close(sock);
+                            // All written: linger rather than close over bytes the
+                            // client may still be sending (see `linger`).
+                            if linger.start(now, conn, sock) {
+                                c.state = State::Lingering;
+                                io.shutdown_write(sock);
+                            } else {
+                                c.state = State::Closing;
+                                io.close(sock);
+                            }
                         }
                     }
                     (State::Open, e) | (State::Draining, e) => {
@@ -794,10 +818,27 @@ impl<L: EventLoop> Worker<L> {
         }
     }
 
+    /// Closes lingering connections whose linger is over.
+    fn expire_lingers(&mut self, now: Instant) {
+        let Worker {
+            io, conns, linger, ..
+        } = self;
+        linger.expire(now, |conn, sock| {
+            let Some(Some(c)) = conns.get_mut(conn) else {
+                return;
+            };
+            // The entry may be stale: the peer closed first and the id was reused.
+            if c.sock == sock && c.state == State::Lingering {
+                c.state = State::Closing;
+                io.close(sock);
+            }
+        });
+    }
+
     /// Shutdown deadline passed: close what is still open, pending bytes or not.
     fn force_close_all(&mut self) {
         for c in self.conns.iter_mut().flatten() {
-            if matches!(c.state, State::Open | State::Draining) {
+            if matches!(c.state, State::Open | State::Draining | State::Lingering) {
                 self.report.forced_closes += 1;
                 c.state = State::Closing;
                 self.io.close(c.sock);

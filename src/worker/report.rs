@@ -21,6 +21,10 @@ pub struct WorkerReport {
     pub forced_closes: u64,
     /// Connections closed because their last bytes were not taken within `DRAIN_TIMEOUT`.
     pub drain_timeouts: u64,
+    /// Connections the shard ended that lingered before their close (`linger`).
+    pub lingered: u64,
+    /// Connections closed at once because `max_lingering_per_shard` were lingering.
+    pub linger_refused_full: u64,
     /// The shard core's counters (every drop and refusal) at exit.
     pub core: crate::shard::ShardStats,
 }

@@ -140,6 +140,9 @@ impl EventLoop for NeverArrives {
     fn send(&mut self, sock: SockId, data: bytes::Bytes) {
         self.inner.send(sock, data)
     }
+    fn shutdown_write(&mut self, sock: SockId) {
+        self.inner.shutdown_write(sock)
+    }
     fn close(&mut self, sock: SockId) {
         self.closed.push(sock);
     }
@@ -199,6 +202,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         outgoing: HashMap::new(),
         wake: WakeSet::default(),
         draining: VecDeque::new(),
+        linger: Linger::new(Duration::ZERO, 1),
         report: WorkerReport::default(),
         shutting_down: false,
         busy_poll: BusyPoll::new(0),
@@ -232,6 +236,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         &mut w.outgoing,
         &mut w.mesh,
         &mut w.wake,
+        &mut w.linger,
         &mut w.report,
         false,
         Completion::Adopted {

@@ -339,3 +339,45 @@ fn uring_multishot_accept_accounting() {
 fn uring_single_shot_accept_accounting() {
     uring_accept_accounting(false);
 }
+
+/// `set_tcp_timers` on a listener reaches the sockets it accepts: what both backends
+/// rely on (io_uring's accepted direct descriptors cannot be given socket options).
+#[test]
+fn tcp_timers_set_on_the_listener_are_inherited_by_accepted_sockets() {
+    let timers = crate::io::TcpTimers {
+        keepalive_idle_s: 7,
+        keepalive_interval_s: 3,
+        keepalive_count: 4,
+        user_timeout_ms: 12_345,
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    crate::io::set_tcp_timers(&listener, &timers).expect("set timers");
+    let _client = connect(listener.local_addr().expect("addr"));
+    let (accepted, _) = listener.accept().expect("accept");
+    let s = socket2::SockRef::from(&accepted);
+    assert!(s.keepalive().expect("SO_KEEPALIVE"));
+    assert_eq!(s.keepalive_time().expect("idle"), Duration::from_secs(7));
+    assert_eq!(
+        s.keepalive_interval().expect("intvl"),
+        Duration::from_secs(3)
+    );
+    assert_eq!(s.keepalive_retries().expect("cnt"), 4);
+    assert_eq!(
+        s.tcp_user_timeout().expect("TCP_USER_TIMEOUT"),
+        Some(Duration::from_millis(12_345))
+    );
+
+    // Idle 0 switches keepalive off; user timeout 0 leaves the kernel's default.
+    let off = crate::io::TcpTimers {
+        keepalive_idle_s: 0,
+        user_timeout_ms: 0,
+        ..timers
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    crate::io::set_tcp_timers(&listener, &off).expect("set timers");
+    let _client = connect(listener.local_addr().expect("addr"));
+    let (accepted, _) = listener.accept().expect("accept");
+    let s = socket2::SockRef::from(&accepted);
+    assert!(!s.keepalive().expect("SO_KEEPALIVE"));
+    assert_eq!(s.tcp_user_timeout().expect("TCP_USER_TIMEOUT"), None);
+}

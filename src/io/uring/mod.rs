@@ -684,6 +684,23 @@ impl EventLoop for UringLoop {
         self.queue_send(sock, data);
     }
 
+    fn shutdown_write(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get(sock as usize) else {
+            return;
+        };
+        if s.state != SockState::Open {
+            return;
+        }
+        // Its completion is ignored (`K_CANCEL`): a failed shutdown (peer gone) leaves
+        // nothing to undo, and the close that follows needs nothing from it. No buffer
+        // is involved, so it may still be in flight when the socket is released.
+        let e = opcode::Shutdown::new(Fixed(s.slot), libc::SHUT_WR)
+            .build()
+            .user_data(ud(K_CANCEL, sock as u64));
+        let ring = s.ring as usize;
+        self.rings[ring].push(e);
+    }
+
     fn close(&mut self, sock: SockId) {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;

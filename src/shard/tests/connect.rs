@@ -379,26 +379,70 @@ fn keepalive_timeout_v5_sends_0x8d() {
     cl.expect_closed(c);
 }
 
+/// `server_keep_alive_s` is a cap for MQTT 5 only: a keepalive above it (or 0) is
+/// lowered to it with Server Keep Alive, a shorter one is kept as asked (its will
+/// must not fire late), and a 3.x client with keepalive 0 is accepted as asked.
 #[test]
-fn server_keep_alive_override() {
+fn server_keep_alive_caps_v5_keepalives_only() {
     let mut config = cfg();
     config.server_keep_alive_s = Some(4);
+    let mut capped = v5_connack_props(&config);
+    capped.server_keep_alive_s = Some(4);
+    let mut cl = Cluster::new(1, config.clone());
+    let ka = |keepalive_s| ConnectOpts {
+        keepalive_s,
+        ..Default::default()
+    };
+    let long = cl.connect(V5, "long", ka(60));
+    cl.expect(long, connack(false, ReasonCode::Success, capped.clone()));
+    let none = cl.connect(V5, "none", ka(0));
+    cl.expect(none, connack(false, ReasonCode::Success, capped));
+    let short = cl.connect(V5, "short", ka(2));
+    cl.expect(
+        short,
+        connack(false, ReasonCode::Success, v5_connack_props(&config)),
+    );
+    let v3 = cl.connect(V311, "v3", ka(0));
+    cl.expect(
+        v3,
+        connack(false, ReasonCode::Success, Properties::default()),
+    );
+    // The short one is enforced as asked (1.5 × 2 s), not at the cap.
+    cl.advance(Duration::from_millis(2_999));
+    cl.expect_open(short);
+    cl.advance(Duration::from_millis(1));
+    cl.expect(short, disconnect(ReasonCode::KeepAliveTimeout));
+    // The capped ones at 1.5 × 4 s.
+    cl.advance(Duration::from_millis(2_999));
+    cl.expect_open(long);
+    cl.expect_open(none);
+    cl.advance(Duration::from_millis(1));
+    cl.expect(long, disconnect(ReasonCode::KeepAliveTimeout));
+    cl.expect(none, disconnect(ReasonCode::KeepAliveTimeout));
+    // 3.x keepalive 0: never timed out, never refused.
+    cl.advance(Duration::from_secs(600));
+    cl.expect_open(v3);
+    assert_eq!(cl.shards[0].stats().refused_keepalive, 0);
+}
+
+/// With both keys set, MQTT 5 gets the lower cap.
+#[test]
+fn v5_keepalive_cap_is_the_lower_of_both_keys() {
+    let mut config = cfg();
+    config.server_keep_alive_s = Some(60);
+    config.keepalive_max_s = 30;
     let mut props = v5_connack_props(&config);
-    props.server_keep_alive_s = Some(4);
+    props.server_keep_alive_s = Some(30);
     let mut cl = Cluster::new(1, config);
     let c = cl.connect(
         V5,
         "a",
         ConnectOpts {
-            keepalive_s: 60,
+            keepalive_s: 45,
             ..Default::default()
         },
     );
     cl.expect(c, connack(false, ReasonCode::Success, props));
-    cl.advance(Duration::from_millis(5_999));
-    cl.expect_open(c);
-    cl.advance(Duration::from_millis(1));
-    cl.expect(c, disconnect(ReasonCode::KeepAliveTimeout));
 }
 
 #[test]
