@@ -1,8 +1,8 @@
 //! The retained replica: every shard keeps a full copy of the retained store. This
 //! file owns storing and deleting on a replica (with the `max_retained_*` bounds and
 //! the memory mark), the last-writer-wins order of updates ([`RetainedStamp`]), the
-//! tombstones that keep a deleted topic from coming back, and the replay of
-//! retained messages after a SUBSCRIBE. The updates travel between shards through
+//! tombstones that keep a deleted topic from coming back. The replay of retained
+//! messages after a SUBSCRIBE is streamed by `stream.rs`. The updates travel between shards through
 //! the control outbox (`control.rs`).
 //!
 //! # How the replicas stay identical
@@ -45,8 +45,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::control::CONTROL_KEPT;
-use super::{Shard, ShardId, SubIds};
-use crate::protocol::SubscriptionOptions;
+use super::{Shard, ShardId};
 use crate::session::Message;
 
 /// The total order of the retained updates of one topic (last writer wins): when
@@ -59,6 +58,16 @@ use crate::session::Message;
 /// per-topic coalescing keeps the latest), so equal means newer. The stamp lives in
 /// the stored `Message` itself: no extra bytes per retained message.
 pub(crate) type RetainedStamp = (Instant, ShardId);
+
+/// A retained message as a replica holds it.
+#[derive(Debug)]
+pub(crate) struct RetainedEntry {
+    pub msg: Arc<Message>,
+    /// The replica's store count when this message was stored (`Shard::retained_seq`):
+    /// a stream of retained messages skips the topics stored after it started, whose
+    /// subscriber got them live (see `stream.rs`).
+    pub seq: u64,
+}
 
 fn retained_stamp(m: &Message) -> RetainedStamp {
     (m.arrived_at, m.origin_shard)
@@ -191,7 +200,7 @@ impl Shard {
         let stamp = retained_stamp(msg);
         self.tombstones.expire(now);
         let (held, old_bytes) = match self.retained.get(&msg.topic) {
-            Some(m) => (Some(retained_stamp(m)), Some(m.cost_bytes())),
+            Some(e) => (Some(retained_stamp(&e.msg)), Some(e.msg.cost_bytes())),
             None => (self.tombstones.get(&msg.topic), None),
         };
         if held.is_some_and(|h| stamp < h) {
@@ -233,13 +242,22 @@ impl Shard {
                 return false;
             }
         }
+        self.retained_seq += 1;
+        let seq = self.retained_seq;
         if let Some(v) = self.retained.get_mut(&msg.topic) {
-            self.stats.bytes_retained -= v.cost_bytes();
+            self.stats.bytes_retained -= v.msg.cost_bytes();
             self.stats.bytes_retained += new;
-            *v = msg.clone();
+            *v = RetainedEntry {
+                msg: msg.clone(),
+                seq,
+            };
             return true;
         }
-        self.retained.insert(&msg.topic, msg.clone());
+        let entry = RetainedEntry {
+            msg: msg.clone(),
+            seq,
+        };
+        self.retained.insert(&msg.topic, entry);
         self.stats.bytes_retained += new;
         self.stats.retained = self.retained.len();
         true
@@ -247,39 +265,16 @@ impl Shard {
 
     fn remove_retained(&mut self, topic: &[u8]) {
         if let Some(old) = self.retained.remove(topic) {
-            self.stats.bytes_retained -= old.cost_bytes();
+            self.stats.bytes_retained -= old.msg.cost_bytes();
             self.stats.retained = self.retained.len();
         }
     }
 
-    /// Sends the retained messages matching `filter` to `session` after a SUBSCRIBE.
-    /// Such copies always carry retain = 1; expired ones are dropped from the replica.
-    pub(crate) fn send_retained(
-        &mut self,
-        session: u32,
-        filter: &[u8],
-        options: SubscriptionOptions,
-        sub_id: u32,
-        now: Instant,
-    ) {
-        let mut found: Vec<Arc<Message>> = Vec::new();
-        self.retained
-            .for_each_matching_filter(filter, |_, m| found.push(m.clone()));
-        let mut sub_ids = SubIds::new();
-        if sub_id != 0 {
-            sub_ids.push(sub_id);
-        }
-        for m in found {
-            if m.is_expired(now) {
-                // Expired on every replica alike; the tombstone keeps it in the order
-                // as if still held, so an older update arriving later stays refused.
-                self.remove_retained(&m.topic);
-                self.tombstones.insert(&m.topic, retained_stamp(&m), now);
-                continue;
-            }
-            let qos = m.qos.min(options.qos);
-            let mut arc = Some(m.clone());
-            self.deliver(session, &m, &mut arc, qos, true, &sub_ids, now, false);
-        }
+    /// Drops an expired retained message from the replica (expired on every replica
+    /// alike); the tombstone keeps it in the order as if still held, so an older
+    /// update arriving later stays refused.
+    pub(super) fn expire_retained(&mut self, m: &Message, now: Instant) {
+        self.remove_retained(&m.topic);
+        self.tombstones.insert(&m.topic, retained_stamp(m), now);
     }
 }
