@@ -26,7 +26,8 @@ step "integration suites again on the epoll backend"
 # allows it); RINGMQ_TEST_IO adds `--io epoll` to every broker that names no backend
 # and fails a test whose broker did not report epoll.
 RINGMQ_TEST_IO=epoll cargo test --no-fail-fast \
-    --test conformance_v311 --test conformance_v5 --test interop --test profile_interop
+    --test conformance_v311 --test conformance_v5 --test interop --test profile_interop \
+    --test retained_stream
 
 step "loom model checks (ring::spsc and ring::mesh loom_tests)"
 # Its own target dir: --cfg loom in RUSTFLAGS would otherwise invalidate the main
