@@ -46,9 +46,10 @@ use bytes::Bytes;
 
 use super::conn::ConnState;
 use super::deliver::{encode_publish, Written};
+use super::retained::RetainedBody;
 use super::{Shard, SubIds};
 use crate::protocol::{QoS, SubscriptionOptions};
-use crate::session::{Inflight, Message, Phase, NONE};
+use crate::session::{Inflight, Phase, NONE};
 
 /// A filter matching at most this many topics keeps their keys (16 KiB at most);
 /// above, the cursor walks the whole store.
@@ -269,7 +270,7 @@ impl Shard {
                         .retained
                         .value_at(key)
                         .filter(|e| e.seq <= c.snapshot)
-                        .map(|e| e.msg.clone());
+                        .map(|e| e.body.clone());
                     (key as usize, msg)
                 }
                 Position::Scan { next } => {
@@ -277,8 +278,8 @@ impl Shard {
                         return Slice::Done;
                     };
                     let fits =
-                        e.seq <= c.snapshot && crate::topic::matches(&c.filter, &e.msg.topic);
-                    (key, fits.then(|| e.msg.clone()))
+                        e.seq <= c.snapshot && crate::topic::matches(&c.filter, e.body.topic());
+                    (key, fits.then(|| e.body.clone()))
                 }
             };
             let advance = |pos: &mut Position| match pos {
@@ -312,7 +313,7 @@ impl Shard {
     fn stream_copy(
         &mut self,
         session: u32,
-        msg: &Arc<Message>,
+        body: &RetainedBody,
         qos: QoS,
         sub_ids: &[u32],
         now: Instant,
@@ -361,8 +362,11 @@ impl Shard {
         }
         let empty = c.tx.is_empty();
         let before = c.tx.len();
+        // Built per copy from the compact stored form (two small copies): a stream
+        // sends each message once, while the store keeps it for good.
+        let msg = Arc::new(body.to_message());
         let w = encode_publish(
-            c, None, max, false, msg, qos, true, sub_ids, pid, false, now,
+            c, None, max, false, &msg, qos, true, sub_ids, pid, false, now,
         );
         stats.bytes_tx += c.tx.len() - before;
         match w {
@@ -404,7 +408,7 @@ impl Shard {
                 packet_id: pid,
                 phase,
                 out: crate::session::Outgoing {
-                    msg: msg.clone(),
+                    msg,
                     qos,
                     retain: true,
                     sub_ids: SubIds::from_slice(sub_ids),

@@ -390,7 +390,7 @@ impl Driver {
                 .sum();
             assert_eq!(st.bytes_queued, queued, "bytes_queued gauge on shard {i}");
             let mut retained = 0;
-            sh.retained.for_each(|_, m| retained += m.msg.cost_bytes());
+            sh.retained.for_each(|_, m| retained += m.body.cost_bytes());
             assert_eq!(
                 st.bytes_retained, retained,
                 "bytes_retained gauge on shard {i}"

@@ -164,7 +164,7 @@ fn replica_entries(cl: &Cluster, s: usize) -> Vec<(String, bytes::Bytes)> {
     cl.shards[s].retained.for_each(|t, m| {
         out.push((
             String::from_utf8_lossy(t).into_owned(),
-            m.msg.payload.clone(),
+            bytes::Bytes::copy_from_slice(m.body.payload()),
         ))
     });
     out.sort();
