@@ -7,6 +7,9 @@
 #   bash perf/retained.sh
 #   COUNT=200000 QOS=0,1 BROKERS="ringmq:1 ringmq:2 mosquitto" bash perf/retained.sh
 #
+#   LATENCY=1 bash perf/retained.sh   # also: pairs latency of other clients on the
+#                                     # loop while 1M retained stream (ringmq:1 only)
+#
 # ringmq:N runs `--shards N` (every loop keeps a replica, so N=2 shows the cost of
 # an extra loop). Broker pinned to BROKER_CORE, the client to LOADGEN_CORE, 127.0.0.1
 # only; each broker run is bounded by RUN_TIMEOUT and every process started here is
@@ -70,3 +73,37 @@ for b in "${brokers[@]}"; do
   stop_pid "$BROKER_PID"
   forget_pid "$BROKER_PID"
 done
+
+# Other clients of the same loop during a large retained stream: loadgen pairs
+# (PAIRS_ARGS) alone, then again while a fresh `#` subscriber streams LATENCY_COUNT
+# retained messages at QoS 0 and then QoS 1 (stored beforehand, not during the run).
+if [[ "${LATENCY:-0}" == 1 ]]; then
+  LATENCY_COUNT="${LATENCY_COUNT:-1000000}"
+  PAIRS_ARGS="${PAIRS_ARGS:-pairs --clients 100 --total-rate 20000 --open-loop --qos 0 --size 64 --duration 10s}"
+  read -r -a pairs_args <<<"$PAIRS_ARGS"
+  port=$(free_port)
+  BROKER_SHARDS=1 start_ringmq "$port" "$run_dir/latency.broker.log"
+  timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CORE" "$BENCH" --port "$port" --pid "$BROKER_PID" \
+    --count "$LATENCY_COUNT" --phase store >"$run_dir/latency.store.txt" 2>>"$run_dir/latency.bench.log" \
+    || die "storing $LATENCY_COUNT retained failed (see $run_dir/latency.bench.log)"
+  echo
+  echo "pairs (\`$PAIRS_ARGS\`) on ringmq --shards 1 holding $LATENCY_COUNT retained messages:"
+  echo
+  echo '```'
+  echo "alone:"
+  run_loadgen "$port" "$run_dir/latency.pairs.log" "${pairs_args[@]}"
+  # The stream starts 3 s into the measured run (1 s warm-up + 2 s).
+  ( sleep 3; timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CORE" "$BENCH" --port "$port" \
+      --count "$LATENCY_COUNT" --qos 0,1 --phase subscribe >"$run_dir/latency.stream.txt" 2>>"$run_dir/latency.bench.log" ) &
+  streamer=$!
+  STARTED_PIDS+=("$streamer")
+  echo "during the retained streams:"
+  run_loadgen "$port" "$run_dir/latency.pairs.log" "${pairs_args[@]}"
+  wait "$streamer" || log "retained stream run failed (see $run_dir/latency.bench.log)"
+  forget_pid "$streamer"
+  echo '```'
+  echo
+  cat "$run_dir/latency.stream.txt"
+  stop_pid "$BROKER_PID"
+  forget_pid "$BROKER_PID"
+fi

@@ -7,6 +7,10 @@
 //! ends the run with the count it got.
 //!
 //!   retained-bench --port P [--pid PID] [--count 200000] [--size 64] [--qos 0,1]
+//!                  [--phase both|store|subscribe]
+//!
+//! `--phase store` only stores; `--phase subscribe` only streams what a previous
+//! run stored (so a latency test can run during the stream alone).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -30,6 +34,7 @@ struct Args {
     size: usize,
     qos: Vec<QoS>,
     settle: Duration,
+    phase: String,
 }
 
 fn args() -> Args {
@@ -40,6 +45,7 @@ fn args() -> Args {
         size: 64,
         qos: vec![QoS::AtMostOnce, QoS::AtLeastOnce],
         settle: Duration::from_secs(2),
+        phase: "both".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,6 +55,7 @@ fn args() -> Args {
             "--pid" => a.pid = Some(v.parse().expect("--pid")),
             "--count" => a.count = v.parse().expect("--count"),
             "--size" => a.size = v.parse().expect("--size"),
+            "--phase" => a.phase = v,
             "--settle-ms" => a.settle = Duration::from_millis(v.parse().expect("--settle-ms")),
             "--qos" => {
                 a.qos = v
@@ -219,27 +226,36 @@ fn subscribe_all(port: u16, count: usize, qos: QoS) -> (usize, Duration) {
 
 fn main() {
     let a = args();
-    let rss0 = a.pid.and_then(rss_kb);
-    let t = Instant::now();
-    store(a.port, a.count, a.size);
-    let stored = t.elapsed();
-    std::thread::sleep(a.settle);
-    let rss1 = a.pid.and_then(rss_kb);
-    let per_msg = match (rss0, rss1) {
-        (Some(r0), Some(r1)) => format!(
-            "{} B",
-            (r1.saturating_sub(r0) * 1024) as usize / a.count.max(1)
-        ),
-        _ => "-".into(),
-    };
     let name_len = topic(0).len();
+    let mut stored_ms = "-".to_string();
+    let mut per_msg = "-".to_string();
+    if a.phase != "subscribe" {
+        let rss0 = a.pid.and_then(rss_kb);
+        let t = Instant::now();
+        store(a.port, a.count, a.size);
+        stored_ms = format!("{} ms", t.elapsed().as_millis());
+        std::thread::sleep(a.settle);
+        let rss1 = a.pid.and_then(rss_kb);
+        if let (Some(r0), Some(r1)) = (rss0, rss1) {
+            per_msg = format!(
+                "{} B",
+                (r1.saturating_sub(r0) * 1024) as usize / a.count.max(1)
+            );
+        }
+        if a.phase == "store" {
+            println!(
+                "| {} | {} B + {name_len} B topic | {per_msg} | {stored_ms} | - | - | - |",
+                a.count, a.size
+            );
+            return;
+        }
+    }
     for &qos in &a.qos {
         let (got, took) = subscribe_all(a.port, a.count, qos);
         println!(
-            "| {} | {} B + {name_len} B topic | {per_msg} | {} ms | {:?} | {got} of {} | {:.2} s |",
+            "| {} | {} B + {name_len} B topic | {per_msg} | {stored_ms} | {:?} | {got} of {} | {:.2} s |",
             a.count,
             a.size,
-            stored.as_millis(),
             qos,
             a.count,
             took.as_secs_f64()
