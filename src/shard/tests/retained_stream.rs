@@ -351,3 +351,91 @@ fn streams_run_in_bounded_slices() {
     assert!(!cl.shards[0].streams_pending());
     assert_eq!(cl.shards[0].stats().retained_streamed, 5 * MANY as u64);
 }
+
+/// Retain Handling on a re-SUBSCRIBE mid-stream: 1 (subscription exists) leaves the
+/// stream as it is, 0 restarts it from the first topic, 2 starts none.
+#[test]
+fn retain_handling_mid_stream() {
+    let mut cl = Cluster::new(1, small_buffers());
+    store(&mut cl, 0, MANY, Q1);
+    let s = cl.connect_ok(V5, "s", ConnectOpts::default(), false);
+    let rh = |n| SubscriptionOptions {
+        qos: Q1,
+        retain_handling: n,
+        ..Default::default()
+    };
+    cl.subscribe_with(s, "t/#", rh(0), Properties::default());
+    assert!(matches!(cl.next(s), Some(Packet::SubAck(_))));
+    let first = drain(&mut cl, s, false);
+    assert_eq!(first.len(), 10);
+    assert_eq!(first[0].0, "t/0");
+    for rh_value in [1, 2] {
+        cl.subscribe_with(s, "t/#", rh(rh_value), Properties::default());
+        assert!(matches!(cl.next(s), Some(Packet::SubAck(_))));
+        cl.expect_nothing(s);
+        assert_eq!(
+            cl.shards[0].streams.len(),
+            1,
+            "RH {rh_value}: the stream goes on"
+        );
+    }
+    // Acks let the same stream continue at t/10.
+    for i in 1..=10 {
+        cl.send(s, puback(i));
+    }
+    let next = drain(&mut cl, s, false);
+    assert_eq!(next.len(), 10);
+    assert_eq!(next[0].0, "t/10");
+    // 0: from the start again.
+    cl.subscribe_with(s, "t/#", rh(0), Properties::default());
+    assert!(matches!(cl.next(s), Some(Packet::SubAck(_))));
+    for i in 11..=20 {
+        cl.send(s, puback(i));
+    }
+    let again = drain(&mut cl, s, false);
+    assert_eq!(again.len(), 10);
+    assert_eq!(again[0].0, "t/0", "restarted");
+    assert_eq!(cl.shards[0].streams.len(), 1);
+}
+
+/// A kept session that goes offline mid-stream: nothing is sent (or queued) while
+/// it is away; the stream resumes on reconnect after the resent inflight copies.
+#[test]
+fn offline_mid_stream_resumes_on_reconnect() {
+    let mut cl = Cluster::new(1, small_buffers());
+    store(&mut cl, 0, MANY, Q1);
+    let keep = ConnectOpts {
+        clean: false,
+        ..ConnectOpts::default()
+    };
+    let s = cl.connect_ok(V311, "s", keep.clone(), false);
+    cl.subscribe(s, "t/#", Q1);
+    assert_eq!(drain(&mut cl, s, false).len(), 10);
+    cl.drop_connection(s);
+    let queued = cl.shards[0].stats().bytes_queued;
+    assert_eq!(
+        queued, 0,
+        "the stream queues nothing for an offline session"
+    );
+    assert_eq!(cl.shards[0].streams.len(), 1);
+    let s2 = cl.connect_ok(V311, "s", keep, true);
+    let mut fresh = BTreeMap::new();
+    let mut dups = 0;
+    loop {
+        let got = drain(&mut cl, s2, true);
+        if got.is_empty() {
+            break;
+        }
+        for (t, _, _, dup) in got {
+            if dup {
+                dups += 1;
+            } else {
+                *fresh.entry(t).or_insert(0) += 1;
+            }
+        }
+    }
+    assert_eq!(dups, 10, "the ten unacknowledged copies, resent");
+    assert_eq!(fresh.len(), MANY - 10, "the rest, once each");
+    assert!(fresh.values().all(|&n| n == 1));
+    assert!(!fresh.contains_key("t/0"));
+}
