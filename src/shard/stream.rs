@@ -83,6 +83,8 @@ pub(crate) struct Cursor {
     /// `Shard::retained_seq` at the start: entries stored later are skipped.
     snapshot: u64,
     pos: Position,
+    /// Every topic was handled; removed at the end of the turn.
+    done: bool,
 }
 
 /// Why a slice ended.
@@ -163,6 +165,7 @@ impl Shard {
             sub_id,
             snapshot: self.retained_seq,
             pos,
+            done: false,
         };
         let mut budget = SLICE_MESSAGES;
         match self.run_cursor(&mut cursor, &mut budget, now) {
@@ -212,7 +215,6 @@ impl Shard {
         let n = cursors.len();
         let start = self.streams.next.min(n);
         let mut turn = TURN_MESSAGES;
-        let mut done = vec![false; n];
         for k in 0..n {
             let i = (start + k) % n;
             if turn == 0 {
@@ -224,17 +226,13 @@ impl Shard {
             let mut budget = SLICE_MESSAGES.min(turn);
             let spent_from = budget;
             match self.run_cursor(&mut cursors[i], &mut budget, now) {
-                Slice::Done => done[i] = true,
+                Slice::Done => cursors[i].done = true,
                 Slice::Budget => self.streams.ready = true,
                 Slice::Blocked => {}
             }
             turn -= spent_from - budget;
         }
-        let mut i = 0;
-        cursors.retain(|_| {
-            i += 1;
-            !done[i - 1]
-        });
+        cursors.retain(|c| !c.done);
         // Cursors added meanwhile (none today: a slice starts no stream) stay too.
         cursors.append(&mut self.streams.cursors);
         if self.streams.next >= cursors.len() {
@@ -361,6 +359,15 @@ impl Shard {
             }
         }
         let empty = c.tx.is_empty();
+        // A blocked cursor is retried after every flush and ack of the shard: say
+        // no before building the copy when even its smallest encoding (topic and
+        // payload plus a 2-byte header and topic length) cannot fit.
+        if !empty && c.tx.len() + body.topic().len() + body.payload().len() + 4 > max {
+            if qos != QoS::AtMostOnce {
+                sess.delivery().last_packet_id = prev_id;
+            }
+            return Step::Blocked;
+        }
         let before = c.tx.len();
         // Built per copy from the compact stored form (two small copies): a stream
         // sends each message once, while the store keeps it for good.
