@@ -15,6 +15,10 @@
 //!   replica's store count ([`Shard::retained_seq`], kept in each entry) tells.
 //! - A topic deleted (or expired) before the cursor reaches it is skipped; one
 //!   deleted and stored again meanwhile counts as stored after the start.
+//! - An update applied between the SUBSCRIBE and the start (while the SUBACK waits
+//!   for other shards' route acks) was both delivered live, the subscription being
+//!   in place, and is in the snapshot: it can arrive twice, once live and once
+//!   retained, as before streaming.
 //! - Updates from other shards' replicas land in the same store, so a cursor sees
 //!   them exactly as local ones: whichever shard published, the rules above hold.
 //! - Overlapping subscriptions each have their cursor and each gets its copies, as
