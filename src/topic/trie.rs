@@ -1260,6 +1260,38 @@ mod tests {
             }
         }
 
+        /// `matching_keys` finds the keys of exactly the names the naive matcher
+        /// matches, or stops at `max` with `false`; `value_at` and
+        /// `next_value_from` walk the same values by key.
+        #[test]
+        fn matching_keys_equals_naive(names in prop::collection::vec(key(), 0..24), filters in prop::collection::vec(key(), 1..8), max in 0usize..6) {
+            let trie = trie_of(&names.iter().map(String::as_str).collect::<Vec<_>>());
+            for f in &filters {
+                let want: BTreeSet<String> =
+                    names.iter().filter(|n| matches(f.as_bytes(), n.as_bytes())).cloned().collect();
+                let mut keys = Vec::new();
+                let all = trie.matching_keys(f.as_bytes(), usize::MAX, &mut keys);
+                prop_assert!(all);
+                let got: BTreeSet<String> =
+                    keys.iter().filter_map(|&k| trie.value_at(k).cloned()).collect();
+                prop_assert_eq!(keys.len(), got.len());
+                prop_assert_eq!(&got, &want, "filter {:?}", f);
+                let mut some = Vec::new();
+                let complete = trie.matching_keys(f.as_bytes(), max, &mut some);
+                prop_assert_eq!(complete, want.len() <= max);
+                prop_assert_eq!(some.len(), want.len().min(max));
+            }
+            let mut walked = BTreeSet::new();
+            let mut next = 0;
+            while let Some((k, v)) = trie.next_value_from(next) {
+                prop_assert_eq!(trie.value_at(k as u32), Some(v));
+                walked.insert(v.clone());
+                next = k + 1;
+            }
+            let all: BTreeSet<String> = names.iter().cloned().collect();
+            prop_assert_eq!(walked, all);
+        }
+
         #[test]
         fn insert_remove_equals_hashmap(ops in prop::collection::vec((any::<bool>(), key(), any::<u8>()), 0..200)) {
             let mut trie: TopicTrie<u8> = TopicTrie::new();
