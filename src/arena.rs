@@ -154,6 +154,22 @@ impl<T> ChunkSlab<T> {
         Some(v)
     }
 
+    /// The first live entry whose key is `start` or above (resumable in-order walk).
+    pub fn next_from(&self, start: usize) -> Option<(usize, &T)> {
+        let (mut c, mut o) = split(start);
+        while let Some(chunk) = self.chunks.get(c) {
+            while let Some(e) = chunk.get(o) {
+                if let Entry::Full(v) = e {
+                    return Some(((c << CHUNK_SHIFT) + o, v));
+                }
+                o += 1;
+            }
+            c += 1;
+            o = 0;
+        }
+        None
+    }
+
     /// Live entries in key order.
     pub fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
         self.chunks.iter().enumerate().flat_map(|(c, chunk)| {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::retained::RetainedBody;
 use super::routes::ShardSet;
 use super::{RouteUpdate, Shard, ShardId, ShardMsg};
-use crate::session::Message;
 
 /// Control messages (route updates, route acks and retained-store updates) this shard
 /// has not yet handed to the mesh, per destination. The worker takes them with
@@ -79,7 +79,7 @@ struct ControlOut {
     tombstones: usize,
     /// Retained-store updates by topic: the latest not yet sent (a delete is a
     /// message with an empty payload). See the `retained` module.
-    retained: HashMap<Bytes, Arc<Message>>,
+    retained: HashMap<Bytes, Arc<RetainedBody>>,
     /// The topics of `retained`, each once, in the order first queued.
     retained_order: VecDeque<Bytes>,
 }
@@ -92,8 +92,8 @@ impl ControlOut {
         self.ack == 0 && self.routes.is_empty() && self.retained_order.is_empty()
     }
 
-    fn push_retained(&mut self, msg: Arc<Message>) {
-        let topic = msg.topic.clone();
+    fn push_retained(&mut self, msg: Arc<RetainedBody>) {
+        let topic = Bytes::copy_from_slice(msg.topic());
         if self.retained.insert(topic.clone(), msg).is_none() {
             self.retained_order.push_back(topic);
         }
@@ -181,7 +181,7 @@ impl ControlOutbox {
         }
     }
 
-    pub(super) fn push_retained(&mut self, to: ShardId, msg: Arc<Message>) {
+    pub(super) fn push_retained(&mut self, to: ShardId, msg: Arc<RetainedBody>) {
         if let Some(out) = self.to.get_mut(to) {
             out.push_retained(msg);
             self.waiting.insert(to);

@@ -445,6 +445,7 @@ impl Shard {
     /// Moves queued messages into the connection while the window and the buffer
     /// allow. Expired messages are dropped on the way (counted).
     pub(crate) fn pump(&mut self, session: u32, now: Instant) {
+        self.stream_room();
         let Shard {
             sessions,
             conns,

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
-use super::retained::Applied;
+use super::retained::{Applied, RetainedBody};
 use super::routes::ShardSet;
 use super::shared::{self, pick_member};
 use super::subs::LocalSub;
@@ -64,22 +64,19 @@ impl Shard {
         let mut arc: Option<Arc<Message>> = None;
         // Borrowed from here on: rebinding the owned `msg` would copy the whole
         // struct (a `memcpy` call) on every publish.
-        let stored;
+        let msg: &Message = &msg;
         let mut retain_refused = false;
         let mut replicate = None;
-        let msg: &Message = if msg.retain {
-            let a = Arc::new(msg.compacted());
-            arc = Some(a.clone());
-            let applied = self.retain_published(&a, now);
+        if msg.retain {
+            // The replicas' compact copy (its own topic and payload bytes, so the
+            // store does not keep a receive buffer alive), shared by all of them.
+            let body = Arc::new(RetainedBody::new(msg));
+            let applied = self.retain_published(&body, now);
             retain_refused = applied == Applied::Refused;
             if applied == Applied::Stored && self.shard_count > 1 {
-                replicate = Some(a.clone());
+                replicate = Some(body);
             }
-            stored = (*a).clone();
-            &stored
-        } else {
-            &msg
-        };
+        }
 
         // One walk finds the shards to forward to, the shared groups each serves
         // and this shard's own plain subscribers.

@@ -384,7 +384,7 @@ impl Shard {
     ) {
         self.write_control(conn, &Packet::SubAck(ack));
         for (filter, options) in retained {
-            self.send_retained(session, &filter, options, sub_id, now);
+            self.start_stream(session, filter, options, sub_id, now);
         }
         self.drop_slow_consumers(now);
     }

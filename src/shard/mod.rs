@@ -24,6 +24,7 @@ mod retained;
 mod routes;
 mod shared;
 mod stats;
+mod stream;
 mod subs;
 mod timer;
 
@@ -48,7 +49,7 @@ use slab::Slab;
 use smallvec::SmallVec;
 
 use crate::config::Config;
-use crate::session::{Message, SessionError, SessionStore};
+use crate::session::{SessionError, SessionStore};
 use crate::topic::TopicTrie;
 
 use conn::Conn;
@@ -106,7 +107,11 @@ pub struct Shard {
     /// replicated routes table in one trie.
     filters: TopicTrie<FilterEntry>,
     /// Topic name → retained message; a replica kept identical on every shard.
-    retained: TopicTrie<Arc<Message>>,
+    retained: TopicTrie<retained::RetainedEntry>,
+    /// Stores applied to the replica so far (the `seq` of each `RetainedEntry`).
+    retained_seq: u64,
+    /// Retained messages being streamed to new subscriptions (`stream.rs`).
+    streams: stream::Streams,
     /// Stamps of recently deleted retained topics (see `retained::RetainedStamp`).
     tombstones: retained::Tombstones,
     timers: Timers,
@@ -175,6 +180,8 @@ impl Shard {
             sessions: SessionStore::with_capacity(presize),
             filters: TopicTrie::new(),
             retained: TopicTrie::new(),
+            retained_seq: 0,
+            streams: stream::Streams::default(),
             tombstones: retained::Tombstones::default(),
             timers: Timers::default(),
             actions: VecDeque::new(),

@@ -1,8 +1,8 @@
 //! The retained replica: every shard keeps a full copy of the retained store. This
 //! file owns storing and deleting on a replica (with the `max_retained_*` bounds and
 //! the memory mark), the last-writer-wins order of updates ([`RetainedStamp`]), the
-//! tombstones that keep a deleted topic from coming back, and the replay of
-//! retained messages after a SUBSCRIBE. The updates travel between shards through
+//! tombstones that keep a deleted topic from coming back. The replay of retained
+//! messages after a SUBSCRIBE is streamed by `stream.rs`. The updates travel between shards through
 //! the control outbox (`control.rs`).
 //!
 //! # How the replicas stay identical
@@ -45,23 +45,109 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::control::CONTROL_KEPT;
-use super::{Shard, ShardId, SubIds};
-use crate::protocol::SubscriptionOptions;
+use super::{Shard, ShardId};
+use crate::protocol::{PublishProperties, QoS};
 use crate::session::Message;
 
 /// The total order of the retained updates of one topic (last writer wins): when
-/// the node read the PUBLISH (`Message::arrived_at`; every shard reads the same
+/// the node read the PUBLISH (`RetainedBody::arrived_at`; every shard reads the same
 /// monotonic clock, as `Handoff::connect_at` relies on for CONNECTs), then the shard
 /// that read it. Each replica applies an update only if its stamp is not below the
 /// stamp of what it holds (or last deleted) for the topic, so every replica ends on
 /// the update with the highest stamp whatever order they arrive in. Equal stamps
 /// come from one shard, whose updates arrive in the order it made them (FIFO mesh,
 /// per-topic coalescing keeps the latest), so equal means newer. The stamp lives in
-/// the stored `Message` itself: no extra bytes per retained message.
+/// the stored [`RetainedBody`] itself.
 pub(crate) type RetainedStamp = (Instant, ShardId);
 
-fn retained_stamp(m: &Message) -> RetainedStamp {
-    (m.arrived_at, m.origin_shard)
+/// A retained message as a replica holds it.
+#[derive(Debug)]
+pub(crate) struct RetainedEntry {
+    pub body: Arc<RetainedBody>,
+    /// The replica's store count when this message was stored (`Shard::retained_seq`):
+    /// a stream of retained messages skips the topics stored after it started, whose
+    /// subscriber got them live (see `stream.rs`).
+    pub seq: u64,
+}
+
+fn retained_stamp(b: &RetainedBody) -> RetainedStamp {
+    (b.arrived_at, b.origin_shard as ShardId)
+}
+
+/// A retained message (or a delete: empty payload) as the replicas hold it and the
+/// mesh carries it: one `Arc` shared by every replica, so another loop costs its
+/// index entry only. Compact on purpose (a fleet keeps hundreds of thousands):
+/// topic and payload in one allocation, properties only when there are any, no
+/// per-copy fields (`Message`'s is ~250 bytes before its topic and payload).
+#[derive(Debug)]
+pub struct RetainedBody {
+    /// The topic, then the payload.
+    data: Box<[u8]>,
+    /// The codec bounds a topic to 65,535 bytes.
+    topic_len: u16,
+    pub qos: QoS,
+    /// `None` when the PUBLISH had none (the subscription identifiers and topic
+    /// alias are per copy and never kept).
+    properties: Option<Box<PublishProperties>>,
+    /// When the node read the PUBLISH: expiry counts from here, and the stamp.
+    pub arrived_at: Instant,
+    pub origin_shard: u32,
+}
+
+impl RetainedBody {
+    pub(crate) fn new(m: &Message) -> RetainedBody {
+        let mut data = Vec::with_capacity(m.topic.len() + m.payload.len());
+        data.extend_from_slice(&m.topic);
+        data.extend_from_slice(&m.payload);
+        let properties = (!m.properties.is_empty()).then(|| Box::new(m.properties.clone()));
+        RetainedBody {
+            data: data.into_boxed_slice(),
+            topic_len: m.topic.len() as u16,
+            qos: m.qos,
+            properties,
+            arrived_at: m.arrived_at,
+            origin_shard: m.origin_shard as u32,
+        }
+    }
+
+    pub(crate) fn topic(&self) -> &[u8] {
+        self.data.get(..usize::from(self.topic_len)).unwrap_or(&[])
+    }
+
+    pub(crate) fn payload(&self) -> &[u8] {
+        self.data.get(usize::from(self.topic_len)..).unwrap_or(&[])
+    }
+
+    /// What it counts in `max_retained_bytes` and the memory mark: as `Message`.
+    pub(crate) fn cost_bytes(&self) -> usize {
+        self.data.len() + 64
+    }
+
+    pub(crate) fn is_expired(&self, now: Instant) -> bool {
+        let Some(interval_s) = self
+            .properties
+            .as_ref()
+            .and_then(|p| p.message_expiry_interval_s)
+        else {
+            return false;
+        };
+        now.saturating_duration_since(self.arrived_at) >= Duration::from_secs(u64::from(interval_s))
+    }
+
+    /// The message to send a subscriber (retain = 1): owns copies of the topic and
+    /// payload, as a stored message did.
+    pub(crate) fn to_message(&self) -> Message {
+        Message {
+            topic: Bytes::copy_from_slice(self.topic()),
+            payload: Bytes::copy_from_slice(self.payload()),
+            qos: self.qos,
+            retain: true,
+            properties: self.properties.as_deref().cloned().unwrap_or_default(),
+            arrived_at: self.arrived_at,
+            origin_shard: self.origin_shard as ShardId,
+            origin_session: crate::session::NONE,
+        }
+    }
 }
 
 /// How long a replica remembers a deleted topic's stamp. A tombstone only has to
@@ -101,9 +187,10 @@ impl Tombstones {
         self.by_topic.contains_key(topic)
     }
 
-    fn insert(&mut self, topic: &Bytes, stamp: RetainedStamp, now: Instant) {
+    fn insert(&mut self, topic: &[u8], stamp: RetainedStamp, now: Instant) {
+        let topic = Bytes::copy_from_slice(topic);
         self.by_topic.insert(topic.clone(), (stamp, now));
-        self.order.push_back((now, topic.clone()));
+        self.order.push_back((now, topic));
         self.expire(now);
     }
 
@@ -151,7 +238,7 @@ pub(super) enum Applied {
 
 impl Shard {
     /// A retained-store update from the shard it was published on.
-    pub(crate) fn on_remote_retained(&mut self, msg: Arc<Message>, now: Instant) {
+    pub(crate) fn on_remote_retained(&mut self, msg: Arc<RetainedBody>, now: Instant) {
         // The publisher's shard already applied the memory mark; the bounds cannot
         // refuse it while the replicas agree (see `ControlOutbox`).
         self.apply_retained(&msg, false, now);
@@ -159,13 +246,13 @@ impl Shard {
 
     /// A retained PUBLISH (or delete) read on this shard: applied to its replica as
     /// the publisher's shard, under the memory mark.
-    pub(super) fn retain_published(&mut self, a: &Arc<Message>, now: Instant) -> Applied {
+    pub(super) fn retain_published(&mut self, a: &Arc<RetainedBody>, now: Instant) -> Applied {
         // A delete of a topic nobody holds needs no replica update (see the module
         // docs, "Bound": this bounds the outbox).
-        let known = !a.payload.is_empty()
-            || self.retained.get(&a.topic).is_some()
-            || self.control.retained_pending(&a.topic)
-            || self.tombstones.contains(&a.topic);
+        let known = !a.payload().is_empty()
+            || self.retained.get(a.topic()).is_some()
+            || self.control.retained_pending(a.topic())
+            || self.tombstones.contains(a.topic());
         // Superseded: a newer update from another shard is here already, so it
         // is on its way to every replica too, and each would refuse this one.
         if known {
@@ -178,7 +265,7 @@ impl Shard {
     /// Queues a retained update this shard stored for every other replica; called
     /// after the publish's `Publish` actions (module docs, "Order with live
     /// delivery"). Refused here, so refused everywhere: the replicas stay identical.
-    pub(super) fn replicate_retained(&mut self, a: Arc<Message>) {
+    pub(super) fn replicate_retained(&mut self, a: Arc<RetainedBody>) {
         let me = self.id;
         for to in (0..self.shard_count).filter(|s| *s != me) {
             self.control.push_retained(to, a.clone());
@@ -187,25 +274,30 @@ impl Shard {
 
     /// Applies a retained update (a delete: empty payload) unless this replica holds
     /// or deleted a newer one for the topic (see [`RetainedStamp`]).
-    fn apply_retained(&mut self, msg: &Arc<Message>, check_mark: bool, now: Instant) -> Applied {
+    fn apply_retained(
+        &mut self,
+        msg: &Arc<RetainedBody>,
+        check_mark: bool,
+        now: Instant,
+    ) -> Applied {
         let stamp = retained_stamp(msg);
         self.tombstones.expire(now);
-        let (held, old_bytes) = match self.retained.get(&msg.topic) {
-            Some(m) => (Some(retained_stamp(m)), Some(m.cost_bytes())),
-            None => (self.tombstones.get(&msg.topic), None),
+        let (held, old_bytes) = match self.retained.get(msg.topic()) {
+            Some(e) => (Some(retained_stamp(&e.body)), Some(e.body.cost_bytes())),
+            None => (self.tombstones.get(msg.topic()), None),
         };
         if held.is_some_and(|h| stamp < h) {
             return Applied::Superseded;
         }
-        if msg.payload.is_empty() {
-            self.remove_retained(&msg.topic);
-            self.tombstones.insert(&msg.topic, stamp, now);
+        if msg.payload().is_empty() {
+            self.remove_retained(msg.topic());
+            self.tombstones.insert(msg.topic(), stamp, now);
             return Applied::Stored;
         }
         if !self.store_retained(msg, old_bytes, check_mark) {
             return Applied::Refused;
         }
-        self.tombstones.remove(&msg.topic);
+        self.tombstones.remove(msg.topic());
         Applied::Stored
     }
 
@@ -215,7 +307,12 @@ impl Shard {
     /// or grow one beyond `max_retained_bytes` or (with `check_mark`) while the shard
     /// is over `memory_high_water_bytes`. Replacing with a message no larger always
     /// succeeds.
-    fn store_retained(&mut self, msg: &Arc<Message>, old: Option<usize>, check_mark: bool) -> bool {
+    fn store_retained(
+        &mut self,
+        msg: &Arc<RetainedBody>,
+        old: Option<usize>,
+        check_mark: bool,
+    ) -> bool {
         let new = msg.cost_bytes();
         let grows = old.map_or(true, |old| new > old);
         if grows {
@@ -233,13 +330,22 @@ impl Shard {
                 return false;
             }
         }
-        if let Some(v) = self.retained.get_mut(&msg.topic) {
-            self.stats.bytes_retained -= v.cost_bytes();
+        self.retained_seq += 1;
+        let seq = self.retained_seq;
+        if let Some(v) = self.retained.get_mut(msg.topic()) {
+            self.stats.bytes_retained -= v.body.cost_bytes();
             self.stats.bytes_retained += new;
-            *v = msg.clone();
+            *v = RetainedEntry {
+                body: msg.clone(),
+                seq,
+            };
             return true;
         }
-        self.retained.insert(&msg.topic, msg.clone());
+        let entry = RetainedEntry {
+            body: msg.clone(),
+            seq,
+        };
+        self.retained.insert(msg.topic(), entry);
         self.stats.bytes_retained += new;
         self.stats.retained = self.retained.len();
         true
@@ -247,39 +353,16 @@ impl Shard {
 
     fn remove_retained(&mut self, topic: &[u8]) {
         if let Some(old) = self.retained.remove(topic) {
-            self.stats.bytes_retained -= old.cost_bytes();
+            self.stats.bytes_retained -= old.body.cost_bytes();
             self.stats.retained = self.retained.len();
         }
     }
 
-    /// Sends the retained messages matching `filter` to `session` after a SUBSCRIBE.
-    /// Such copies always carry retain = 1; expired ones are dropped from the replica.
-    pub(crate) fn send_retained(
-        &mut self,
-        session: u32,
-        filter: &[u8],
-        options: SubscriptionOptions,
-        sub_id: u32,
-        now: Instant,
-    ) {
-        let mut found: Vec<Arc<Message>> = Vec::new();
-        self.retained
-            .for_each_matching_filter(filter, |_, m| found.push(m.clone()));
-        let mut sub_ids = SubIds::new();
-        if sub_id != 0 {
-            sub_ids.push(sub_id);
-        }
-        for m in found {
-            if m.is_expired(now) {
-                // Expired on every replica alike; the tombstone keeps it in the order
-                // as if still held, so an older update arriving later stays refused.
-                self.remove_retained(&m.topic);
-                self.tombstones.insert(&m.topic, retained_stamp(&m), now);
-                continue;
-            }
-            let qos = m.qos.min(options.qos);
-            let mut arc = Some(m.clone());
-            self.deliver(session, &m, &mut arc, qos, true, &sub_ids, now, false);
-        }
+    /// Drops an expired retained message from the replica (expired on every replica
+    /// alike); the tombstone keeps it in the order as if still held, so an older
+    /// update arriving later stays refused.
+    pub(super) fn expire_retained(&mut self, m: &RetainedBody, now: Instant) {
+        self.remove_retained(m.topic());
+        self.tombstones.insert(m.topic(), retained_stamp(m), now);
     }
 }

@@ -20,6 +20,8 @@ pub struct ShardStats {
     pub dropped_queue_full: u64,
     /// Copies dropped because they exceed the client's Maximum Packet Size.
     pub dropped_too_large: u64,
+    /// Retained copies written by the retained streams (`stream.rs`).
+    pub retained_streamed: u64,
     /// Copies dropped because their Message Expiry Interval passed while queued.
     pub dropped_expired: u64,
     /// QoS 0 copies for offline sessions not queued (`queue_qos0_offline` off).

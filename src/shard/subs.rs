@@ -188,6 +188,10 @@ impl Shard {
         }
         if removed {
             self.stats.subscriptions -= 1;
+            if group.is_none() {
+                // Its retained stream ends with it.
+                self.drop_stream(session, inner);
+            }
         }
         removed
     }

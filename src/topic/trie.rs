@@ -418,6 +418,49 @@ impl<V> TopicTrie<V> {
         buf: &mut Vec<u8>,
         mut f: impl FnMut(&[u8], &V),
     ) {
+        self.walk_filter(filter, buf, |name, _, v| {
+            f(name, v);
+            true
+        });
+    }
+
+    /// Keys are topic names: appends to `out` the value keys (see [`Self::value_at`])
+    /// of the names `filter` matches, at most `max` of them. `false` when more match
+    /// than that (the walk stops there, so a broad filter over a large set costs
+    /// `max` visits, not one per name).
+    pub fn matching_keys(&self, filter: &[u8], max: usize, out: &mut Vec<u32>) -> bool {
+        let mut buf = Vec::new();
+        self.walk_filter(filter, &mut buf, |_, key, _| {
+            if out.len() >= max {
+                return false;
+            }
+            out.push(key);
+            true
+        })
+    }
+
+    /// The value stored under `key` (a value key from `matching_keys` or
+    /// `next_value_from`): keys are stable while the value is stored; a removed
+    /// value's key may be reused by a later insert.
+    pub fn value_at(&self, key: u32) -> Option<&V> {
+        self.values.get(key as usize)
+    }
+
+    /// The first stored value whose key is `key` or above, in key order: a walk
+    /// over every value that can be resumed after the trie changed.
+    pub fn next_value_from(&self, key: usize) -> Option<(usize, &V)> {
+        self.values.next_from(key)
+    }
+
+    /// The filter walk behind `for_each_matching_filter_with` and `matching_keys`:
+    /// `f(name, value key, value)` returns whether to go on; `false` from the walk
+    /// when `f` stopped it.
+    fn walk_filter(
+        &self,
+        filter: &[u8],
+        buf: &mut Vec<u8>,
+        mut f: impl FnMut(&[u8], Idx, &V) -> bool,
+    ) -> bool {
         buf.clear();
         let mut stack: SmallVec<[NameFrame; 16]> = SmallVec::new();
         stack.push(NameFrame {
@@ -436,32 +479,47 @@ impl<V> TopicTrie<V> {
             }
             let here = buf.len();
             if frame.filter_pos == DUMP {
-                self.emit_named(node.value, buf, &mut f);
-                self.emit_hash_leaf(node.hash, buf, &mut f);
+                if !self.emit_keyed(node.value, buf, &mut f) {
+                    return false;
+                }
+                if !self.emit_hash_keyed(node.hash, buf, &mut f) {
+                    return false;
+                }
                 self.push_children(n, DUMP, here, false, &mut stack);
                 continue;
             }
             let Some((level, next)) = level_at(filter, frame.filter_pos) else {
-                self.emit_named(node.value, buf, &mut f);
+                if !self.emit_keyed(node.value, buf, &mut f) {
+                    return false;
+                }
                 continue;
             };
             // MQTT §4.7.2: leading wildcards skip `$` names.
             let skip_dollar = n == ROOT;
             if level == b"#" && next > filter.len() {
                 // Zero levels (this node's own name), then every descendant.
-                self.emit_named(node.value, buf, &mut f);
-                self.emit_hash_leaf(node.hash, buf, &mut f);
+                if !self.emit_keyed(node.value, buf, &mut f) {
+                    return false;
+                }
+                if !self.emit_hash_keyed(node.hash, buf, &mut f) {
+                    return false;
+                }
                 self.push_children(n, DUMP, here, skip_dollar, &mut stack);
             } else if level == b"+" {
-                if rest_matches_nothing(filter, next) {
-                    self.emit_hash_leaf(node.hash, buf, &mut f);
+                if rest_matches_nothing(filter, next)
+                    && !self.emit_hash_keyed(node.hash, buf, &mut f)
+                {
+                    return false;
                 }
                 self.push_children(n, next, here, skip_dollar, &mut stack);
             } else {
                 // A literal level; a non-final `#` is literal too and can match a
                 // stored name's final `#` level if the filter then ends or ends in `#`.
-                if level == b"#" && rest_matches_nothing(filter, next) {
-                    self.emit_hash_leaf(node.hash, buf, &mut f);
+                if level == b"#"
+                    && rest_matches_nothing(filter, next)
+                    && !self.emit_hash_keyed(node.hash, buf, &mut f)
+                {
+                    return false;
                 }
                 let c = self.literal_child(n, level);
                 if c != NONE {
@@ -473,6 +531,7 @@ impl<V> TopicTrie<V> {
                 }
             }
         }
+        true
     }
 
     /// Every key and value, in no particular order.
@@ -526,6 +585,30 @@ impl<V> TopicTrie<V> {
             f(buf, v);
             buf.pop();
         }
+    }
+
+    /// `emit_named` for `walk_filter`: `false` when `f` stops the walk.
+    fn emit_keyed(&self, idx: Idx, buf: &[u8], f: &mut impl FnMut(&[u8], Idx, &V) -> bool) -> bool {
+        match self.values.get(idx as usize) {
+            Some(v) => f(&buf[..buf.len().saturating_sub(1)], idx, v),
+            None => true,
+        }
+    }
+
+    /// `emit_hash_leaf` for `walk_filter`: `false` when `f` stops the walk.
+    fn emit_hash_keyed(
+        &self,
+        idx: Idx,
+        buf: &mut Vec<u8>,
+        f: &mut impl FnMut(&[u8], Idx, &V) -> bool,
+    ) -> bool {
+        let Some(v) = self.values.get(idx as usize) else {
+            return true;
+        };
+        buf.push(b'#');
+        let go_on = f(buf, idx, v);
+        buf.pop();
+        go_on
     }
 
     fn push_children(
@@ -1179,6 +1262,38 @@ mod tests {
                 prop_assert_eq!(n, got.len(), "a name reported twice for {:?}", f);
                 prop_assert_eq!(got, want, "filter {:?}", f);
             }
+        }
+
+        /// `matching_keys` finds the keys of exactly the names the naive matcher
+        /// matches, or stops at `max` with `false`; `value_at` and
+        /// `next_value_from` walk the same values by key.
+        #[test]
+        fn matching_keys_equals_naive(names in prop::collection::vec(key(), 0..24), filters in prop::collection::vec(key(), 1..8), max in 0usize..6) {
+            let trie = trie_of(&names.iter().map(String::as_str).collect::<Vec<_>>());
+            for f in &filters {
+                let want: BTreeSet<String> =
+                    names.iter().filter(|n| matches(f.as_bytes(), n.as_bytes())).cloned().collect();
+                let mut keys = Vec::new();
+                let all = trie.matching_keys(f.as_bytes(), usize::MAX, &mut keys);
+                prop_assert!(all);
+                let got: BTreeSet<String> =
+                    keys.iter().filter_map(|&k| trie.value_at(k).cloned()).collect();
+                prop_assert_eq!(keys.len(), got.len());
+                prop_assert_eq!(&got, &want, "filter {:?}", f);
+                let mut some = Vec::new();
+                let complete = trie.matching_keys(f.as_bytes(), max, &mut some);
+                prop_assert_eq!(complete, want.len() <= max);
+                prop_assert_eq!(some.len(), want.len().min(max));
+            }
+            let mut walked = BTreeSet::new();
+            let mut next = 0;
+            while let Some((k, v)) = trie.next_value_from(next) {
+                prop_assert_eq!(trie.value_at(k as u32), Some(v));
+                walked.insert(v.clone());
+                next = k + 1;
+            }
+            let all: BTreeSet<String> = names.iter().cloned().collect();
+            prop_assert_eq!(walked, all);
         }
 
         #[test]

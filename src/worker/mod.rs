@@ -294,7 +294,11 @@ impl<L: EventLoop> Worker<L> {
                 self.shard.shutdown(now);
                 grace_deadline = Some(now + SHUTDOWN_GRACE);
             }
-            let more_actions = self.drain_actions(now);
+            // Retained streams write their slice before the actions are taken, so it
+            // is flushed in this turn; a stream with more to send keeps the loop from
+            // blocking (nothing else would wake it).
+            self.shard.run_streams(now);
+            let more_actions = self.drain_actions(now) || self.shard.streams_pending();
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
             self.expire_lingers(now);

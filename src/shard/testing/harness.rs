@@ -310,6 +310,9 @@ impl Cluster {
         for _ in 0..100_000 {
             let mut moved = false;
             for s in 0..self.shards.len() {
+                // Like the worker: retained streams run before the actions are taken.
+                moved |= self.shards[s].streams_pending();
+                self.shards[s].run_streams(self.now);
                 while let Some(a) = self.shards[s].poll_action() {
                     moved = true;
                     self.perform(s, a);

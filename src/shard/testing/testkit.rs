@@ -297,6 +297,10 @@ impl Driver {
         for _ in 0..1_000_000 {
             let mut moved = false;
             for s in 0..self.shards.len() {
+                if self.shards[s].streams_pending() {
+                    moved = true;
+                    self.shards[s].run_streams(self.now);
+                }
                 // Like the worker: control messages go to the mesh after the actions.
                 let Some(a) = self.shards[s].poll_action() else {
                     moved |= self.take_control(s);
@@ -390,7 +394,7 @@ impl Driver {
                 .sum();
             assert_eq!(st.bytes_queued, queued, "bytes_queued gauge on shard {i}");
             let mut retained = 0;
-            sh.retained.for_each(|_, m| retained += m.cost_bytes());
+            sh.retained.for_each(|_, m| retained += m.body.cost_bytes());
             assert_eq!(
                 st.bytes_retained, retained,
                 "bytes_retained gauge on shard {i}"

@@ -9,6 +9,7 @@ mod mesh_full;
 mod pubsub;
 mod qos;
 mod retained;
+mod retained_stream;
 mod session;
 mod v5;
 

@@ -161,9 +161,12 @@ fn sent_since(cl: &mut Cluster, c: Cid, from: usize) -> Vec<u8> {
 /// Topic → payload of every message in shard `s`'s retained replica, by topic.
 fn replica_entries(cl: &Cluster, s: usize) -> Vec<(String, bytes::Bytes)> {
     let mut out = Vec::new();
-    cl.shards[s]
-        .retained
-        .for_each(|t, m| out.push((String::from_utf8_lossy(t).into_owned(), m.payload.clone())));
+    cl.shards[s].retained.for_each(|t, m| {
+        out.push((
+            String::from_utf8_lossy(t).into_owned(),
+            bytes::Bytes::copy_from_slice(m.body.payload()),
+        ))
+    });
     out.sort();
     out
 }

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Retained messages to a new subscriber (issue #23), ringmq against Debian's
+# mosquitto in the same run: store COUNT retained messages (64-byte payloads on
+# fleet/devNNNNNN/state), read the broker's RSS growth per message, then time a fresh
+# `#` subscriber from SUBSCRIBE to the last retained message at each QoS in QOS.
+#
+#   bash perf/retained.sh
+#   COUNT=200000 QOS=0,1 BROKERS="ringmq:1 ringmq:2 mosquitto" bash perf/retained.sh
+#
+#   LATENCY=1 bash perf/retained.sh   # also: pairs latency of other clients on the
+#                                     # loop while 1M retained stream (ringmq:1 only)
+#
+# ringmq:N runs `--shards N` (every loop keeps a replica, so N=2 shows the cost of
+# an extra loop). Broker pinned to BROKER_CORE, the client to LOADGEN_CORE, 127.0.0.1
+# only; each broker run is bounded by RUN_TIMEOUT and every process started here is
+# stopped by PID.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+COUNT="${COUNT:-200000}"
+QOS="${QOS:-0,1}"
+read -r -a brokers <<<"${BROKERS:-ringmq:1 ringmq:2 mosquitto}"
+RUN_TIMEOUT="${RUN_TIMEOUT:-120}"
+BENCH="${BENCH:-$CARGO_TARGET_DIR/release/retained-bench}"
+
+build_release
+if ((!PREBUILT)); then
+  (cd "$ROOT" && cargo build --release -q -p ringmq-perf --bin retained-bench) || die "retained-bench build failed"
+fi
+[[ -x "$BENCH" ]] || die "missing $BENCH"
+if [[ " ${brokers[*]} " == *" mosquitto "* ]] && ! command -v mosquitto >/dev/null; then
+  log "installing Debian's mosquitto"
+  { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; } >/dev/null \
+    || die "apt-get install mosquitto failed"
+fi
+run_dir="$OUT/retained-$(date -u +%Y%m%d-%H%M%S)"
+mkdir -p "$run_dir"
+
+start_mosquitto() {
+  local port=$1 logfile=$2 conf="$run_dir/mosquitto-$1.conf"
+  cat >"$conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+set_tcp_nodelay true
+persistence false
+log_dest stderr
+log_type error
+log_type warning
+CONF
+  if [[ $(id -u) -eq 0 ]]; then echo "user root" >>"$conf"; fi
+  taskset -c "$BROKER_CORE" mosquitto -c "$conf" >"$logfile" 2>&1 &
+  BROKER_PID=$!
+  STARTED_PIDS+=("$BROKER_PID")
+  wait_listening "$port" "$BROKER_PID"
+}
+
+echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -r)), broker on core $BROKER_CORE, client on core $LOADGEN_CORE; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')."
+echo
+echo "| broker | retained | message | RSS per retained message | store time | QoS | received | SUBSCRIBE → last |"
+echo "|---|---:|---|---:|---:|---|---:|---:|"
+for b in "${brokers[@]}"; do
+  port=$(free_port)
+  logfile="$run_dir/$b.broker.log"
+  case "$b" in
+    ringmq:*) BROKER_SHARDS="${b#ringmq:}" start_ringmq "$port" "$logfile" ;;
+    mosquitto) start_mosquitto "$port" "$logfile" ;;
+    *) die "unknown broker $b (ringmq:N or mosquitto)" ;;
+  esac
+  sleep 0.5
+  rows=$(timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CORE" "$BENCH" --port "$port" --pid "$BROKER_PID" \
+    --count "$COUNT" --qos "$QOS" 2>>"$run_dir/$b.bench.log") || log "$b: retained-bench failed or timed out (see $run_dir/$b.bench.log)"
+  while IFS= read -r row; do [[ -n "$row" ]] && echo "| $b $row"; done <<<"$rows"
+  stop_pid "$BROKER_PID"
+  forget_pid "$BROKER_PID"
+done
+
+# Other clients of the same loop during a large retained stream: loadgen pairs
+# (PAIRS_ARGS) alone, then again while a fresh `#` subscriber streams LATENCY_COUNT
+# retained messages at QoS 0 and then QoS 1 (stored beforehand, not during the run).
+if [[ "${LATENCY:-0}" == 1 ]]; then
+  LATENCY_COUNT="${LATENCY_COUNT:-1000000}"
+  PAIRS_ARGS="${PAIRS_ARGS:-pairs --clients 100 --total-rate 20000 --open-loop --qos 0 --size 64 --duration 10s}"
+  read -r -a pairs_args <<<"$PAIRS_ARGS"
+  port=$(free_port)
+  BROKER_SHARDS=1 start_ringmq "$port" "$run_dir/latency.broker.log"
+  timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CORE" "$BENCH" --port "$port" --pid "$BROKER_PID" \
+    --count "$LATENCY_COUNT" --phase store >"$run_dir/latency.store.txt" 2>>"$run_dir/latency.bench.log" \
+    || die "storing $LATENCY_COUNT retained failed (see $run_dir/latency.bench.log)"
+  echo
+  echo "pairs (\`$PAIRS_ARGS\`) on ringmq --shards 1 holding $LATENCY_COUNT retained messages:"
+  echo
+  echo '```'
+  echo "alone:"
+  run_loadgen "$port" "$run_dir/latency.pairs.log" "${pairs_args[@]}"
+  # The stream starts 3 s into the measured run (1 s warm-up + 2 s).
+  ( sleep 3; timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CORE" "$BENCH" --port "$port" \
+      --count "$LATENCY_COUNT" --qos 0,1 --phase subscribe >"$run_dir/latency.stream.txt" 2>>"$run_dir/latency.bench.log" ) &
+  streamer=$!
+  STARTED_PIDS+=("$streamer")
+  echo "during the retained streams:"
+  run_loadgen "$port" "$run_dir/latency.pairs.log" "${pairs_args[@]}"
+  wait "$streamer" || log "retained stream run failed (see $run_dir/latency.bench.log)"
+  forget_pid "$streamer"
+  echo '```'
+  echo
+  cat "$run_dir/latency.stream.txt"
+  stop_pid "$BROKER_PID"
+  forget_pid "$BROKER_PID"
+fi
