@@ -34,11 +34,12 @@ fn peer() -> SocketAddr {
 }
 
 /// A client id whose session `owner_shard` places on `shard` of `shards`, so the
-/// connection stays where it was accepted (no migration during set-up).
+/// connection stays where it was accepted (no migration during set-up). The
+/// driver's configs set no placement seed: shards place with seed 0.
 pub fn client_id_on(shard: ShardId, shards: usize, prefix: &str, n: usize) -> Bytes {
     (0..)
         .map(|i| format!("{prefix}-{n}-{i}"))
-        .find(|id| owner_shard(id.as_bytes(), shards) == shard)
+        .find(|id| owner_shard(0, id.as_bytes(), shards) == shard)
         .map(Bytes::from)
         .expect("the owner hash reaches every shard")
 }

@@ -57,6 +57,10 @@ pub struct Config {
     /// core (memory reclaim, RCU, workqueues) can hold it for milliseconds before the
     /// loop runs again; a real-time loop preempts it at once.
     pub rt_priority: u8,
+    /// Key of the hash that places client sessions on loops (`shard::Placement`).
+    /// `None`: a random key chosen at start-up (main), so nobody can compute client
+    /// ids that all land on one loop. Set only for tests and debugging.
+    pub placement_seed: Option<u64>,
 
     // Connection limits.
     pub max_connections: usize,
@@ -124,6 +128,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             busy_poll_us: 0,
             rt_priority: 0,
+            placement_seed: None,
             max_connections: 1_000_000,
             max_connections_per_ip: 0,
             connect_rate_per_s: 0,

@@ -69,6 +69,7 @@ fn every_cli_option_has_the_same_toml_key() {
         ("log_level", "\"debug\"", "debug"),
         ("busy_poll_us", "7", "7"),
         ("rt_priority", "7", "7"),
+        ("placement_seed", "7", "7"),
         ("max_connections", "7", "7"),
         ("max_connections_per_ip", "7", "7"),
         ("connect_rate_per_s", "7", "7"),

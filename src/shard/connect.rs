@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use super::conn::ConnState;
 use super::limits::Refusal;
 use super::timer::TimerKind;
-use super::{owner_shard, Action, ConnId, Handoff, Shard};
+use super::{Action, ConnId, Handoff, Shard};
 use crate::protocol::{
     decode_packet, peek_frame, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
     ProtocolVersion, PublishProperties, ReasonCode,
@@ -143,7 +143,7 @@ impl Shard {
             return false;
         }
         if id_len > 0 {
-            let owner = owner_shard(&connect.client_id, self.shard_count);
+            let owner = self.placement.owner(&connect.client_id, self.shard_count);
             if owner != self.id {
                 let Some(c) = self.conns.get_mut(conn) else {
                     return false;
@@ -239,7 +239,7 @@ impl Shard {
         loop {
             self.assigned_ids += 1;
             let id = format!("ringmq-{}-{:x}", self.id, self.assigned_ids);
-            if owner_shard(id.as_bytes(), self.shard_count) == self.id
+            if self.placement.owner(id.as_bytes(), self.shard_count) == self.id
                 && self.sessions.find(id.as_bytes()).is_none()
             {
                 return Bytes::from(id);

@@ -532,11 +532,12 @@ pub(crate) fn will(
     }
 }
 
-/// A client id that the owner hash puts on `shard` of `n` (deterministic search).
+/// A client id that the owner hash puts on `shard` of `n` (deterministic search;
+/// harness configs set no placement seed, so shards place with seed 0).
 pub(crate) fn id_on(shard: ShardId, n: usize, prefix: &str) -> String {
     (0..10_000)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|id| super::owner_shard(id.as_bytes(), n) == shard)
+        .find(|id| super::owner_shard(0, id.as_bytes(), n) == shard)
         .unwrap_or_else(|| panic!("no id for shard {shard}"))
 }
 
