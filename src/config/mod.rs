@@ -70,6 +70,10 @@ pub struct Config {
     pub connect_rate_per_s: u32,
     /// Time allowed between TCP accept and a complete CONNECT.
     pub connect_timeout_ms: u64,
+    /// Largest packet read before CONNECT completes (the CONNECT itself, when
+    /// below `max_packet_size`): until then a connection is anonymous and holds at
+    /// most this much receive buffer.
+    pub max_connect_packet_bytes: usize,
 
     // Protocol limits (advertised in CONNACK where MQTT 5 allows it).
     pub max_packet_size: u32,
@@ -133,6 +137,10 @@ impl Default for Config {
             max_connections_per_ip: 0,
             connect_rate_per_s: 0,
             connect_timeout_ms: 10_000,
+            // A CONNECT is a client id, a will, a user name and a password: 64 KiB
+            // holds every realistic one (each field could reach 64 KiB on its own,
+            // but no client sends that; Mosquitto refuses ids over 65535 as well).
+            max_connect_packet_bytes: 64 * 1024,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight: 1024,

@@ -74,6 +74,7 @@ fn every_cli_option_has_the_same_toml_key() {
         ("max_connections_per_ip", "7", "7"),
         ("connect_rate_per_s", "7", "7"),
         ("connect_timeout_ms", "7", "7"),
+        ("max_connect_packet_bytes", "7", "7"),
         ("max_packet_size", "7", "7"),
         ("receive_maximum", "7", "7"),
         ("max_inflight", "7", "7"),

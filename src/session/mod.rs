@@ -51,6 +51,8 @@ pub enum SessionError {
     /// A reply would push the connection's unread output over its bound: the peer
     /// is not reading. Closed without a DISCONNECT (it would not be read either).
     NotReading,
+    /// A partial frame kept growing while the shard was over its memory mark.
+    ServerBusy,
 }
 
 impl SessionError {
@@ -76,6 +78,7 @@ impl SessionError {
             SessionError::SessionTakenOver => ReasonCode::SessionTakenOver,
             SessionError::ServerShuttingDown => ReasonCode::ServerShuttingDown,
             SessionError::QuotaExceeded | SessionError::NotReading => ReasonCode::QuotaExceeded,
+            SessionError::ServerBusy => ReasonCode::ServerBusy,
         }
     }
 

@@ -61,7 +61,10 @@ impl Shard {
     /// Handles the first frame of a connection. Returns `true` when the connection
     /// is now connected and further frames should be decoded.
     pub(crate) fn try_connect(&mut self, conn: ConnId, now: Instant) -> bool {
-        let max_packet = self.config.max_packet_size as usize;
+        // Until CONNECT completes only a CONNECT-sized packet is buffered: a peer
+        // that has not even identified itself cannot make us hold `max_packet_size`.
+        let max_packet =
+            (self.config.max_packet_size as usize).min(self.config.max_connect_packet_bytes);
         let Some(c) = self.conns.get_mut(conn) else {
             return false;
         };

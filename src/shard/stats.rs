@@ -42,6 +42,9 @@ pub struct ShardStats {
     pub bytes_tx: usize,
     /// Bytes (`Message::cost_bytes`) of the retained replica.
     pub bytes_retained: usize,
+    /// Capacity of the connections' receive buffers: partial frames (and, before
+    /// CONNECT, the CONNECT being read). Idle connections hold none.
+    pub bytes_rx: usize,
 
     // Hostile input and overload: one counter per limit.
     /// CONNECTs refused with 0x97 / rc 3: node over `max_connections`.
@@ -83,11 +86,15 @@ pub struct ShardStats {
     /// Connections closed because a reply would push their unread output past
     /// `max_outbound_bytes` plus the control allowance: the peer is not reading.
     pub closed_not_reading: u64,
+    /// Connections closed (0x89) because their partial frame grew past
+    /// `RX_OVER_MARK_BYTES` while the shard was over `memory_high_water_bytes`.
+    pub closed_memory: u64,
 }
 
 impl ShardStats {
-    /// Message memory buffered on the shard, compared with `memory_high_water_bytes`.
+    /// Memory buffered on the shard, compared with `memory_high_water_bytes`:
+    /// unread output, queued and retained messages, receive buffers.
     pub fn memory_bytes(&self) -> usize {
-        self.bytes_tx + self.bytes_queued + self.bytes_retained
+        self.bytes_tx + self.bytes_queued + self.bytes_retained + self.bytes_rx
     }
 }
