@@ -97,6 +97,13 @@ pub struct Config {
 
     // Sessions and queues.
     pub max_session_expiry_s: u32,
+    /// Expiry given to sessions whose client asked for "never" (3.x clean session 0,
+    /// MQTT 5 0xFFFFFFFF), before `max_session_expiry_s`. `None`: they never expire.
+    pub persistent_session_expiry_s: Option<u32>,
+    /// Sessions on the node (connected or not); a CONNECT that would create one more
+    /// is refused with 0x97 / rc 3. Each session may hold subscriptions that every
+    /// loop's routes table replicates, so this bounds their memory too.
+    pub max_sessions: usize,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
     pub queue_qos0_offline: bool,
@@ -152,6 +159,16 @@ impl Default for Config {
             keepalive_max_s: 0,
             server_keep_alive_s: None,
             max_session_expiry_s: u32::MAX,
+            // EMQX's default for the same case (its `session_expiry_interval`, 2 h);
+            // Mosquitto keeps them forever (`persistent_client_expiration` off).
+            // Without a data directory a session does not outlive the process anyway,
+            // and one that nobody resumes for hours (a retired device, an id that
+            // changed) would otherwise hold its subscriptions on every loop and its
+            // queue until restart. See README's limits table.
+            persistent_session_expiry_s: Some(2 * 3600),
+            // Twice the default max_connections: every connected client keeps one
+            // and as many again can wait offline before new ids are refused.
+            max_sessions: 2_000_000,
             max_queued_messages: 1000,
             max_queued_bytes: 1024 * 1024,
             queue_qos0_offline: false,

@@ -86,6 +86,8 @@ fn every_cli_option_has_the_same_toml_key() {
         ("keepalive_max_s", "7", "7"),
         ("server_keep_alive_s", "7", "7"),
         ("max_session_expiry_s", "7", "7"),
+        ("persistent_session_expiry_s", "7", "7"),
+        ("max_sessions", "7", "7"),
         ("max_queued_messages", "7", "7"),
         ("max_queued_bytes", "7", "7"),
         ("queue_qos0_offline", "true", "true"),

@@ -34,6 +34,18 @@ fn peek_connect_level(buf: &[u8]) -> Option<u8> {
     buf.get(name_at + 2 + name_len).copied()
 }
 
+/// The expiry a session gets when its client asks for `requested_s`: "never"
+/// (`u32::MAX`) becomes `persistent_session_expiry_s`, and every interval is capped
+/// by `max_session_expiry_s`.
+pub(crate) fn granted_expiry_s(cfg: &crate::config::Config, requested_s: u32) -> u32 {
+    let s = if requested_s == u32::MAX {
+        cfg.persistent_session_expiry_s.unwrap_or(u32::MAX)
+    } else {
+        requested_s
+    };
+    s.min(cfg.max_session_expiry_s)
+}
+
 pub(crate) fn connack(code: ReasonCode) -> Packet {
     Packet::ConnAck(ConnAck {
         session_present: false,
@@ -278,14 +290,14 @@ impl Shard {
                 keepalive_s = cfg.keepalive_max_s;
             }
         }
-        let expiry_s = if v5 {
+        let requested_s = if v5 {
             connect.properties.session_expiry_interval_s.unwrap_or(0)
         } else if connect.clean_start {
             0
         } else {
             u32::MAX
-        }
-        .min(cfg.max_session_expiry_s);
+        };
+        let expiry_s = granted_expiry_s(&cfg, requested_s);
 
         // When the node read this CONNECT: a hand-off may arrive after a CONNECT for
         // the same id that was read later (on this shard, or by a faster hand-off).
@@ -303,6 +315,14 @@ impl Shard {
         // arrived late, by hand-off) stays with it; offline too, since the newer
         // connection may have come and gone while the hand-off travelled.
         let mut session = self.sessions.find(&client_id);
+        // Refused before anything is taken over: a new session would pass
+        // `max_sessions` (a clean start on an existing one replaces it, no more).
+        if session.is_none() && self.limits.sessions_full() {
+            self.stats.refused_max_sessions += 1;
+            self.write_control(conn, &connack(ReasonCode::QuotaExceeded));
+            self.close(conn);
+            return;
+        }
         if let Some(s) = session {
             if self
                 .sessions
@@ -323,6 +343,7 @@ impl Shard {
             Some(s) => s,
             None => {
                 let s = self.sessions.create(&client_id);
+                self.limits.session_added();
                 self.stats.sessions = self.sessions.len();
                 s
             }
@@ -368,6 +389,10 @@ impl Shard {
         if v5 {
             properties = self.connack_properties(server_keep_alive);
             properties.assigned_client_identifier = assigned;
+            // 3.2.2.3.2: the client is told when its interval was not used.
+            if expiry_s != requested_s {
+                properties.session_expiry_interval_s = Some(expiry_s);
+            }
         }
         let ack = ConnAck {
             session_present,
@@ -559,6 +584,7 @@ impl Shard {
         self.publish_will(session, now);
         self.remove_all_subs(session);
         if let Some(s) = self.sessions.remove(session) {
+            self.limits.session_removed();
             if let Some(d) = s.delivery {
                 self.stats.bytes_queued -= d.queued_bytes;
             }

@@ -436,7 +436,7 @@ impl Shard {
                 if s.expiry_s == 0 && new_expiry != 0 {
                     return Err(SessionError::ProtocolError);
                 }
-                s.expiry_s = new_expiry.min(self.config.max_session_expiry_s);
+                s.expiry_s = super::connect::granted_expiry_s(&self.config, new_expiry);
             }
         }
         // The will is dropped only on a normal disconnection (0x00).

@@ -136,6 +136,7 @@ impl Shard {
         if added {
             self.stats.subscriptions += 1;
         }
+        self.stats.bytes_routes = self.filters.approx_bytes();
         added
     }
 
@@ -189,6 +190,7 @@ impl Shard {
         if removed {
             self.stats.subscriptions -= 1;
         }
+        self.stats.bytes_routes = self.filters.approx_bytes();
         removed
     }
 

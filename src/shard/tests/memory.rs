@@ -117,3 +117,138 @@ fn before_connect_only_a_connect_sized_packet_is_read() {
     cl.expect_open(c);
     assert_eq!(cl.shards[0].stats().closed_packet_too_large, 2);
 }
+
+#[test]
+fn max_sessions_refuses_new_ids_with_0x97_and_return_code_3() {
+    let config = Config {
+        max_sessions: 2,
+        ..cfg()
+    };
+    let mut cl = Cluster::new(1, config);
+    let persistent = ConnectOpts {
+        clean: false,
+        ..Default::default()
+    };
+    // Two sessions, kept offline.
+    let a = cl.connect_ok(V311, "a", persistent.clone(), false);
+    cl.drop_connection(a);
+    let b = cl.connect_ok(V311, "b", persistent.clone(), false);
+    cl.drop_connection(b);
+    assert_eq!(cl.shards[0].stats().sessions, 2);
+    // A third id: refused, in each version's form, and counted.
+    let v5 = cl.connect(V5, "c5", ConnectOpts::default());
+    cl.expect(
+        v5,
+        connack(false, ReasonCode::QuotaExceeded, Properties::default()),
+    );
+    cl.expect_closed(v5);
+    let v3 = cl.connect(V311, "c3", ConnectOpts::default());
+    assert_eq!(cl.clients[v3].raw, vec![0x20, 0x02, 0x00, 0x03]);
+    cl.expect_closed(v3);
+    assert_eq!(cl.shards[0].stats().refused_max_sessions, 2);
+    // Existing sessions resume, and a clean start replaces one (no more sessions).
+    let a = cl.connect_ok(V311, "a", persistent.clone(), true);
+    cl.drop_connection(a);
+    let b = cl.connect_ok(V311, "b", ConnectOpts::default(), false);
+    // Ending a session frees its place.
+    cl.drop_connection(b);
+    assert_eq!(cl.shards[0].stats().sessions, 1);
+    cl.connect_ok(V5, "c5", ConnectOpts::default(), false);
+}
+
+#[test]
+fn never_expiring_sessions_get_the_default_cap() {
+    let config = cfg();
+    assert_eq!(config.persistent_session_expiry_s, Some(7200));
+    let mut cl = Cluster::new(1, config);
+    // 3.1.1 clean session 0 asks for "never".
+    let persistent = ConnectOpts {
+        clean: false,
+        ..Default::default()
+    };
+    let a = cl.connect_ok(V311, "a", persistent.clone(), false);
+    cl.drop_connection(a);
+    cl.advance(std::time::Duration::from_secs(7199));
+    let a = cl.connect_ok(V311, "a", persistent.clone(), true);
+    cl.drop_connection(a);
+    cl.advance(std::time::Duration::from_secs(7201));
+    assert_eq!(cl.shards[0].stats().sessions, 0);
+    cl.connect_ok(V311, "a", persistent, false);
+    // MQTT 5 0xFFFFFFFF: lowered, and the client is told in CONNACK (3.2.2.3.2).
+    let never = ConnectOpts {
+        clean: false,
+        properties: Properties {
+            session_expiry_interval_s: Some(u32::MAX),
+            ..Properties::default()
+        },
+        ..Default::default()
+    };
+    let c = cl.connect(V5, "v5", never);
+    match cl.next(c) {
+        Some(Packet::ConnAck(ack)) => {
+            assert_eq!(ack.code, ReasonCode::Success);
+            assert_eq!(ack.properties.session_expiry_interval_s, Some(7200));
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // An interval within the caps is used as asked and not echoed.
+    let hour = ConnectOpts {
+        clean: false,
+        properties: Properties {
+            session_expiry_interval_s: Some(3600),
+            ..Properties::default()
+        },
+        ..Default::default()
+    };
+    let h = cl.connect(V5, "h", hour);
+    match cl.next(h) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.properties.session_expiry_interval_s, None),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn route_rows_count_against_the_mark() {
+    let config = Config {
+        memory_high_water_bytes: 20_000,
+        ..cfg()
+    };
+    let mut cl = Cluster::new(2, config);
+    let s = cl.connect_ok(V311, &id_on(0, 2, "subs"), ConnectOpts::default(), false);
+    // Each filter is a row on both shards: shard 1 holds only replicated rows.
+    let filters: Vec<String> = (0..200).map(|i| format!("fleet/{i}/cmd")).collect();
+    for f in &filters {
+        cl.subscribe(s, f, Q0);
+    }
+    let st = cl.shards[1].stats();
+    assert!(st.bytes_routes > 20_000, "{st:?}");
+    assert_eq!(st.memory_bytes(), st.bytes_routes);
+    // Over the mark on rows alone: shard 1 refuses new clients.
+    let n = cl.connect(
+        V5,
+        &id_on(1, 2, "n"),
+        ConnectOpts {
+            accept_on: 1,
+            ..Default::default()
+        },
+    );
+    cl.expect(
+        n,
+        connack(false, ReasonCode::ServerBusy, Properties::default()),
+    );
+    // Rows go with the subscriptions.
+    cl.drop_connection(s);
+    cl.pump();
+    for sh in &cl.shards {
+        assert_eq!(sh.stats().bytes_routes, 0, "{:?}", sh.stats());
+    }
+    cl.connect_ok(
+        V5,
+        &id_on(1, 2, "n"),
+        ConnectOpts {
+            accept_on: 1,
+            ..Default::default()
+        },
+        false,
+    );
+}
