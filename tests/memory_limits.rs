@@ -172,3 +172,82 @@ fn stalled_partial_packets_keep_rss_bounded() {
     qos1_round_trips(&mut publ, &mut sub, 20);
     drop(stallers);
 }
+
+/// The number after `core.bytes_queued=` in the broker's exit report, 0 if absent
+/// (the report names only counters that are not zero).
+fn reported_bytes_queued(stderr: &str) -> usize {
+    stderr
+        .lines()
+        .filter_map(|l| l.split("core.bytes_queued=").nth(1))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<usize>().ok())
+        .sum()
+}
+
+#[test]
+fn queued_messages_do_not_pin_receive_buffers() {
+    const MESSAGES: usize = 3000;
+    const SMALL: usize = 8 * 1024;
+    const BIG: usize = 64 * 1024;
+    let mut broker = Launch::new(&[
+        "--shards",
+        "1",
+        // Nothing may be dropped: every message is accounted.
+        "--max-queued-messages",
+        "100000",
+        "--max-queued-bytes",
+        "1000000000",
+    ])
+    .spawn();
+    let addr = broker.addr().to_string();
+    let pid = broker.pid();
+
+    // A persistent subscriber that goes offline: everything for it is queued.
+    let (mut sub, connack) =
+        RawClient::connect_with(&addr, &pkt::Connect::v311("q-sub").clean(false));
+    assert_eq!(connack.body, vec![0, 0]);
+    sub.subscribe_ok(1, "q/t", 1);
+    sub.disconnect();
+
+    // Large mixed reads: each write is a big QoS 0 PUBLISH nobody subscribes to,
+    // then a small QoS 1 one for the offline session, so the small one arrives in
+    // the receive buffer that held the big one.
+    let mut publ = RawClient::connect_v311(&addr, "q-pub");
+    let big = vec![b'b'; BIG];
+    let small = vec![b's'; SMALL];
+    let baseline = rss_bytes(pid);
+    for i in 0..MESSAGES {
+        let packet_id = (i + 1) as u16;
+        let mut write = pkt::publish(support::V311, "bulk", 0, false, false, 0, &[], &big);
+        write.extend(pkt::publish(
+            support::V311,
+            "q/t",
+            1,
+            false,
+            false,
+            packet_id,
+            &[],
+            &small,
+        ));
+        publ.send(&write);
+        publ.expect_ack(4, packet_id, false);
+    }
+    let peak = settled_max_rss(pid);
+    let grew = peak.saturating_sub(baseline);
+    // `Message::cost_bytes`: topic + payload + 64 per queued message.
+    let accounted = MESSAGES * (3 + SMALL + 64);
+    broker.terminate(Duration::from_secs(10));
+    let reported = reported_bytes_queued(&broker.stderr_tail());
+    eprintln!(
+        "queued: accounted {} KiB (reported {} KiB), RSS grew {} KiB",
+        accounted >> 10,
+        reported >> 10,
+        grew >> 10
+    );
+    assert_eq!(reported, accounted, "exit report: {}", broker.stderr_tail());
+    assert!(
+        grew <= 2 * accounted,
+        "RSS grew by {} KiB for {} KiB of accounted queued messages",
+        grew >> 10,
+        accounted >> 10
+    );
+}

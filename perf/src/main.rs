@@ -26,6 +26,7 @@ const PATHS: &[&str] = &[
     "route_publish_100_subs",
     "route_publish_qos1_1_sub",
     "cross_shard_hop",
+    "queue_offline_qos1",
 ];
 
 /// Payload of the routed PUBLISH paths.
@@ -121,6 +122,22 @@ fn cross_shard_hop(iters: u64) {
     black_box(&x);
 }
 
+/// One QoS 1 PUBLISH (v3.1.1, 64-byte payload) from `on_read` to the queue of an
+/// offline persistent session (where it is copied out of the receive buffer,
+/// `deliver::queued_arc`), plus the publisher's PUBACK.
+fn queue_offline(iters: u64) {
+    let mut x = driver::Offline::new(ROUTE_PAYLOAD_BYTES);
+    for _ in 0..iters {
+        let got = x.publish_once();
+        check_delivered("queue_offline_qos1", got, 4);
+    }
+    if x.queued() == 0 {
+        eprintln!("callgrind-paths: queue_offline_qos1 queued nothing");
+        std::process::exit(1);
+    }
+    black_box(&x);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
@@ -155,6 +172,7 @@ fn main() {
         "route_publish_100_subs" => route_publish(&args[0], 100, QoS::AtMostOnce, iters),
         "route_publish_qos1_1_sub" => route_publish(&args[0], 1, QoS::AtLeastOnce, iters),
         "cross_shard_hop" => cross_shard_hop(iters),
+        "queue_offline_qos1" => queue_offline(iters),
         other => {
             eprintln!("callgrind-paths: unknown path {other:?}");
             usage();

@@ -528,6 +528,17 @@ impl Shard {
             self.end_session(session, now);
             return;
         }
+        // Offline, its in-flight messages wait like queued ones (see
+        // `deliver::queued_arc`): each gets a copy that owns its bytes.
+        if let Some(d) = self
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.delivery.as_deref_mut())
+        {
+            for f in d.inflight.iter_mut().filter(|f| !f.out.msg.owned) {
+                f.out.msg = std::sync::Arc::new(f.out.msg.compacted());
+            }
+        }
         if expiry_s != u32::MAX {
             let at = now + Duration::from_secs(u64::from(expiry_s));
             let at_ns = self.stamp_ns(at);
@@ -574,6 +585,9 @@ impl Shard {
             arrived_at: now,
             origin_shard: self.id,
             origin_session: session,
+            // Topic and payload were copied at CONNECT; the properties are slices
+            // of the CONNECT frame.
+            owned: false,
         };
         self.publish(msg, now);
         self.drop_slow_consumers(now);

@@ -151,6 +151,7 @@ impl Shard {
             arrived_at: now,
             origin_shard: self.id,
             origin_session: session,
+            owned: false,
         };
         let retain_refused = self.publish(msg, now);
         self.drop_slow_consumers(now);

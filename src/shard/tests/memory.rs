@@ -252,3 +252,38 @@ fn route_rows_count_against_the_mark() {
         false,
     );
 }
+
+#[test]
+fn queued_and_offline_in_flight_messages_own_their_bytes() {
+    let mut cl = Cluster::new(2, cfg());
+    let persistent = ConnectOpts {
+        clean: false,
+        ..Default::default()
+    };
+    let sub_id = id_on(1, 2, "s");
+    let s = cl.connect_ok(V311, &sub_id, persistent, false);
+    cl.subscribe(s, "t", crate::protocol::QoS::AtLeastOnce);
+    let p = cl.connect_ok(V311, &id_on(0, 2, "p"), ConnectOpts::default(), false);
+    // Online: "a" is sent and stays unacknowledged (in flight).
+    cl.publish(p, "t", "a", crate::protocol::QoS::AtLeastOnce, false, 1);
+    cl.expect(p, puback(1));
+    assert!(matches!(cl.next(s), Some(Packet::Publish(_))));
+    cl.drop_connection(s);
+    // Offline: "b" arrives from the other shard (a slice of shard 0's receive
+    // buffer) and is queued.
+    cl.publish(p, "t", "b", crate::protocol::QoS::AtLeastOnce, false, 2);
+    cl.expect(p, puback(2));
+    let shard = &cl.shards[1];
+    let session = shard
+        .sessions
+        .find(sub_id.as_bytes())
+        .expect("session kept");
+    let d = shard
+        .sessions
+        .get(session)
+        .and_then(|s| s.delivery.as_deref())
+        .expect("delivery state");
+    assert_eq!((d.inflight.len(), d.queue.len()), (1, 1));
+    assert!(d.inflight.iter().all(|f| f.out.msg.owned));
+    assert!(d.queue.iter().all(|o| o.msg.owned));
+}
