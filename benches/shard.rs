@@ -1,7 +1,8 @@
 //! One PUBLISH through the sans-IO shard core, the way the worker drives it:
 //! `on_read` of the publisher's bytes, then `poll_action`/`take_tx` until every
 //! subscriber's encoded copy has been taken (QoS 1: the PUBACKs both ways too).
-//! Also one cross-shard hop through a real mesh. Run: `cargo bench --bench shard`.
+//! Also one cross-shard hop through a real mesh, and a PUBLISH queued for an offline
+//! session. Run: `cargo bench --bench shard`.
 //!
 //! The driver is shared with the callgrind budget (`perf/src/driver.rs`), so the
 //! wall-clock figures here and the instruction counts in `perf/budget.txt` measure
@@ -66,4 +67,19 @@ fn cross_shard_hop(bencher: Bencher) {
         .counter(ItemsCount::new(1usize))
         .bench_local(|| x.hop_once());
     assert_eq!(x.hop_once(), expected, "still delivering after the run");
+}
+
+/// A QoS 1 PUBLISH read and queued for an offline persistent session (copied out
+/// of the receive buffer there), plus the publisher's PUBACK. The driver replaces
+/// the session every 4,096 messages, so its queue never fills.
+#[divan::bench(args = [64, 4096])]
+fn queue_offline_qos1(bencher: Bencher, payload_bytes: usize) {
+    let mut x = driver::Offline::new(payload_bytes);
+    assert_eq!(x.publish_once(), 4, "set-up acknowledges the PUBLISH");
+    assert!(x.queued() > 0, "set-up queues for the offline session");
+    bencher
+        .counter(ItemsCount::new(1usize))
+        .bench_local(|| x.publish_once());
+    assert_eq!(x.publish_once(), 4, "still acknowledged after the run");
+    assert!(x.queued() > 0, "still queueing after the run");
 }

@@ -386,6 +386,10 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
 
     let endpoints = ring::mesh::<WorkerMsg>(shards, MESH_RING_CAPACITY, MESH_OVERFLOW_MAX)
         .map_err(|e| format!("mesh: {e}"))?;
+    // One key for every loop of the process: they must agree on each session's owner.
+    config
+        .placement_seed
+        .get_or_insert_with(ringmq::shard::random_placement_seed);
     let config = Arc::new(config);
     let shutdown = Arc::new(AtomicBool::new(false));
     let exit_barrier = Arc::new(Barrier::new(shards));

@@ -34,11 +34,12 @@ fn peer() -> SocketAddr {
 }
 
 /// A client id whose session `owner_shard` places on `shard` of `shards`, so the
-/// connection stays where it was accepted (no migration during set-up).
+/// connection stays where it was accepted (no migration during set-up). The
+/// driver's configs set no placement seed: shards place with seed 0.
 pub fn client_id_on(shard: ShardId, shards: usize, prefix: &str, n: usize) -> Bytes {
     (0..)
         .map(|i| format!("{prefix}-{n}-{i}"))
-        .find(|id| owner_shard(id.as_bytes(), shards) == shard)
+        .find(|id| owner_shard(0, id.as_bytes(), shards) == shard)
         .map(Bytes::from)
         .expect("the owner hash reaches every shard")
 }
@@ -50,9 +51,14 @@ pub fn encode(packet: &Packet) -> Bytes {
 }
 
 pub fn connect_frame(client_id: Bytes) -> Bytes {
+    connect_frame_clean(client_id, true)
+}
+
+/// A v3.1.1 CONNECT; `clean_start` false keeps the session after the connection.
+pub fn connect_frame_clean(client_id: Bytes, clean_start: bool) -> Bytes {
     encode(&Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V311,
-        clean_start: true,
+        clean_start,
         keep_alive_s: 0,
         client_id,
         will: None,
@@ -212,6 +218,91 @@ impl Fanout {
             QoS::AtMostOnce => self.subscribers * self.frame.len(),
             _ => self.subscribers * self.frame.len() + 4,
         }
+    }
+}
+
+/// One shard with a publisher and one offline persistent session subscribed to
+/// [`TOPIC`] at QoS 1: every PUBLISH is queued for it. Every `OFFLINE_RESET`
+/// messages the session is replaced by a fresh one, so a long benchmark run
+/// neither fills the queue (drops are another path) nor grows without bound.
+pub struct Offline {
+    shard: Shard,
+    publisher: ConnId,
+    frame: Bytes,
+    now: Instant,
+    since_reset: usize,
+}
+
+/// Far above the 2,001 iterations of a callgrind measurement, so it never runs
+/// there; amortised to nothing in a wall-clock benchmark.
+const OFFLINE_RESET: usize = 4096;
+
+impl Offline {
+    pub fn new(payload_len: usize) -> Offline {
+        let now = Instant::now();
+        let config = Config {
+            max_queued_messages: OFFLINE_RESET + 1,
+            max_queued_bytes: 1 << 40,
+            ..Config::default()
+        };
+        let mut shard = Shard::new(0, 1, Arc::new(config));
+        Offline::park_subscriber(&mut shard, now);
+        let publisher = connect(&mut shard, client_id_on(0, 1, "pub", 0), now);
+        drain(
+            &mut shard,
+            |_, _| {},
+            |_, _| panic!("one shard sends nothing"),
+        );
+        Offline {
+            shard,
+            publisher,
+            frame: publish_frame(QoS::AtLeastOnce, payload_len),
+            now,
+            since_reset: 0,
+        }
+    }
+
+    /// Connects the subscriber (`clean`: ending its old session first), subscribes
+    /// it (persistent) and leaves it offline.
+    fn subscriber_session(shard: &mut Shard, clean: bool, now: Instant) {
+        let sub = shard.accept(peer(), now);
+        let id = client_id_on(0, 1, "offline", 0);
+        shard.on_read(sub, &connect_frame_clean(id, clean), now);
+        if !clean {
+            shard.on_read(sub, &subscribe_frame(TOPIC, QoS::AtLeastOnce), now);
+        }
+        drain(shard, |_, _| {}, |_, _| panic!("one shard sends nothing"));
+        shard.on_closed(sub, now);
+        shard.release(sub);
+    }
+
+    fn park_subscriber(shard: &mut Shard, now: Instant) {
+        Offline::subscriber_session(shard, false, now);
+    }
+
+    /// One QoS 1 PUBLISH read, queued for the offline session, PUBACK taken.
+    /// Returns the bytes handed to the publisher (its PUBACK).
+    pub fn publish_once(&mut self) -> usize {
+        if self.since_reset == OFFLINE_RESET {
+            // A clean start ends the session and its queue; then a fresh one.
+            Offline::subscriber_session(&mut self.shard, true, self.now);
+            Offline::park_subscriber(&mut self.shard, self.now);
+            self.since_reset = 0;
+        }
+        self.since_reset += 1;
+        let mut written = 0;
+        self.shard.on_read(self.publisher, &self.frame, self.now);
+        drain(
+            &mut self.shard,
+            |_, bytes| written += bytes.len(),
+            |_, _| panic!("one shard sends nothing"),
+        );
+        written
+    }
+
+    /// Bytes queued for the offline session (`bytes_queued`).
+    pub fn queued(&self) -> usize {
+        self.shard.stats().bytes_queued
     }
 }
 

@@ -29,6 +29,7 @@ const PATHS: &[&str] = &[
     "cross_shard_hop",
     "loadgen_rx_100_qos0",
     "loadgen_rx_100_qos1",
+    "queue_offline_qos1",
 ];
 
 /// Payload of the routed PUBLISH paths.
@@ -142,6 +143,22 @@ fn loadgen_rx(path: &str, qos: QoS, iters: u64) {
     black_box(&rx);
 }
 
+/// One QoS 1 PUBLISH (v3.1.1, 64-byte payload) from `on_read` to the queue of an
+/// offline persistent session (where it is copied out of the receive buffer,
+/// `deliver::queued_arc`), plus the publisher's PUBACK.
+fn queue_offline(iters: u64) {
+    let mut x = driver::Offline::new(ROUTE_PAYLOAD_BYTES);
+    for _ in 0..iters {
+        let got = x.publish_once();
+        check_delivered("queue_offline_qos1", got, 4);
+    }
+    if x.queued() == 0 {
+        eprintln!("callgrind-paths: queue_offline_qos1 queued nothing");
+        std::process::exit(1);
+    }
+    black_box(&x);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
@@ -178,6 +195,7 @@ fn main() {
         "cross_shard_hop" => cross_shard_hop(iters),
         "loadgen_rx_100_qos0" => loadgen_rx(&args[0], QoS::AtMostOnce, iters),
         "loadgen_rx_100_qos1" => loadgen_rx(&args[0], QoS::AtLeastOnce, iters),
+        "queue_offline_qos1" => queue_offline(iters),
         other => {
             eprintln!("callgrind-paths: unknown path {other:?}");
             usage();

@@ -10,6 +10,9 @@ use super::cli::{d, with_default};
 use super::value::{int, push_text, usize_of, Expect, Raw, U32, USIZE};
 use super::Config;
 
+/// The largest MQTT packet: the longest remaining length plus its 5-byte header.
+const MAX_PACKET: u64 = crate::protocol::MAX_REMAINING_LENGTH as u64 + 5;
+
 #[derive(Args, Debug, Default, Clone)]
 pub struct ConnectionArgs {
     #[arg(long, value_name = "N", help = with_default("Connections the broker holds in total; by default lowered to what the io_uring tables hold", d().max_connections))]
@@ -32,6 +35,8 @@ pub struct ConnectionArgs {
     pub tcp_keepalive_count: Option<String>,
     #[arg(long, value_name = "MS", help = with_default("TCP_USER_TIMEOUT: milliseconds sent data (or keepalive probes) may stay unacknowledged before the connection is dropped; keep it at idle + interval x count; 0 = kernel default (about 15 minutes of retransmissions)", d().tcp_user_timeout_ms))]
     pub tcp_user_timeout_ms: Option<String>,
+    #[arg(long, value_name = "BYTES", help = with_default("Largest packet read before CONNECT completes (the CONNECT itself, lowered to max_packet_size); a larger one is refused (MQTT 5: CONNACK 0x95) and closed", d().max_connect_packet_bytes))]
+    pub max_connect_packet_bytes: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -45,6 +50,7 @@ pub(super) const KEYS: &[&str] = &[
     "tcp_keepalive_interval_s",
     "tcp_keepalive_count",
     "tcp_user_timeout_ms",
+    "max_connect_packet_bytes",
 ];
 
 const MAX_LINGER_MS: u64 = 60_000;
@@ -64,6 +70,9 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "tcp_keepalive_interval_s" => cfg.tcp_keepalive_interval_s = int(raw, 1, 32_767)? as u32,
         "tcp_keepalive_count" => cfg.tcp_keepalive_count = int(raw, 1, 127)? as u32,
         "tcp_user_timeout_ms" => cfg.tcp_user_timeout_ms = int(raw, 0, i32::MAX as u64)? as u32,
+        "max_connect_packet_bytes" => {
+            cfg.max_connect_packet_bytes = usize_of(int(raw, 1, MAX_PACKET)?)
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -85,5 +94,10 @@ impl ConnectionArgs {
         );
         push_text(v, "tcp_keepalive_count", &self.tcp_keepalive_count);
         push_text(v, "tcp_user_timeout_ms", &self.tcp_user_timeout_ms);
+        push_text(
+            v,
+            "max_connect_packet_bytes",
+            &self.max_connect_packet_bytes,
+        );
     }
 }

@@ -57,6 +57,10 @@ pub struct Config {
     /// core (memory reclaim, RCU, workqueues) can hold it for milliseconds before the
     /// loop runs again; a real-time loop preempts it at once.
     pub rt_priority: u8,
+    /// Key of the hash that places client sessions on loops (`shard::Placement`).
+    /// `None`: a random key chosen at start-up (main), so nobody can compute client
+    /// ids that all land on one loop. Set only for tests and debugging.
+    pub placement_seed: Option<u64>,
 
     // Connection limits.
     pub max_connections: usize,
@@ -85,6 +89,10 @@ pub struct Config {
     /// `TCP_USER_TIMEOUT`: how long sent data or keepalive probes may stay
     /// unacknowledged before the connection is dropped. 0 = kernel default.
     pub tcp_user_timeout_ms: u32,
+    /// Largest packet read before CONNECT completes (the CONNECT itself, when
+    /// below `max_packet_size`): until then a connection is anonymous and holds at
+    /// most this much receive buffer.
+    pub max_connect_packet_bytes: usize,
 
     // Protocol limits (advertised in CONNACK where MQTT 5 allows it).
     pub max_packet_size: u32,
@@ -110,6 +118,13 @@ pub struct Config {
 
     // Sessions and queues.
     pub max_session_expiry_s: u32,
+    /// Expiry given to sessions whose client asked for "never" (3.x clean session 0,
+    /// MQTT 5 0xFFFFFFFF), before `max_session_expiry_s`. `None`: they never expire.
+    pub persistent_session_expiry_s: Option<u32>,
+    /// Sessions on the node (connected or not); a CONNECT that would create one more
+    /// is refused with 0x97 / rc 3. Each session may hold subscriptions that every
+    /// loop's routes table replicates, so this bounds their memory too.
+    pub max_sessions: usize,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
     pub queue_qos0_offline: bool,
@@ -145,6 +160,7 @@ impl Default for Config {
             log_level: "info".to_string(),
             busy_poll_us: 0,
             rt_priority: 0,
+            placement_seed: None,
             max_connections: 1_000_000,
             max_connections_per_ip: 0,
             connect_rate_per_s: 0,
@@ -164,6 +180,10 @@ impl Default for Config {
             tcp_keepalive_interval_s: 30,
             tcp_keepalive_count: 4,
             tcp_user_timeout_ms: 240_000,
+            // A CONNECT is a client id, a will, a user name and a password: 64 KiB
+            // holds every realistic one (each field could reach 64 KiB on its own,
+            // but no client sends that; Mosquitto refuses ids over 65535 as well).
+            max_connect_packet_bytes: 64 * 1024,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight: 1024,
@@ -175,6 +195,16 @@ impl Default for Config {
             keepalive_max_s: 0,
             server_keep_alive_s: None,
             max_session_expiry_s: u32::MAX,
+            // EMQX's default for the same case (its `session_expiry_interval`, 2 h);
+            // Mosquitto keeps them forever (`persistent_client_expiration` off).
+            // Without a data directory a session does not outlive the process anyway,
+            // and one that nobody resumes for hours (a retired device, an id that
+            // changed) would otherwise hold its subscriptions on every loop and its
+            // queue until restart. See README's limits table.
+            persistent_session_expiry_s: Some(2 * 3600),
+            // Twice the default max_connections: every connected client keeps one
+            // and as many again can wait offline before new ids are refused.
+            max_sessions: 2_000_000,
             max_queued_messages: 1000,
             max_queued_bytes: 1024 * 1024,
             queue_qos0_offline: false,

@@ -28,9 +28,18 @@ pub struct RuntimeArgs {
     pub busy_poll_us: Option<String>,
     #[arg(long, value_name = "N", help = with_default("SCHED_FIFO priority 1..99 for the event-loop threads (needs CAP_SYS_NICE or RLIMIT_RTPRIO); cuts the latency tail that kernel threads on a loop's core cause; 0 = normal scheduling", d().rt_priority))]
     pub rt_priority: Option<String>,
+    #[arg(long, value_name = "N", help = with_default("Key of the hash that places client sessions on event loops, for tests and debugging only: anyone who knows it can choose client ids that all land on one loop; none = random at each start", "none"))]
+    pub placement_seed: Option<String>,
 }
 
-pub(super) const KEYS: &[&str] = &["shards", "io", "log_level", "busy_poll_us", "rt_priority"];
+pub(super) const KEYS: &[&str] = &[
+    "shards",
+    "io",
+    "log_level",
+    "busy_poll_us",
+    "rt_priority",
+    "placement_seed",
+];
 
 /// A spin longer than a millisecond no longer saves a wake-up worth its CPU.
 const MAX_BUSY_POLL_US: u64 = 1000;
@@ -64,6 +73,12 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "log_level" => cfg.log_level = log_filter(raw)?,
         "busy_poll_us" => cfg.busy_poll_us = int(raw, 0, MAX_BUSY_POLL_US)? as u32,
         "rt_priority" => cfg.rt_priority = int(raw, 0, 99)? as u8,
+        "placement_seed" => {
+            cfg.placement_seed = match raw {
+                Raw::Text(s) if s.trim().eq_ignore_ascii_case("none") => None,
+                _ => Some(int(raw, 0, u64::MAX).map_err(|e| format!("{e} or \"none\""))?),
+            }
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -76,5 +91,6 @@ impl RuntimeArgs {
         push_text(v, "log_level", &self.log_level);
         push_text(v, "busy_poll_us", &self.busy_poll_us);
         push_text(v, "rt_priority", &self.rt_priority);
+        push_text(v, "placement_seed", &self.placement_seed);
     }
 }

@@ -22,6 +22,10 @@ pub enum SlowConsumerPolicy {
 pub struct SessionArgs {
     #[arg(long, value_name = "S", help = with_default("Cap on a session's expiry interval, in seconds", d().max_session_expiry_s))]
     pub max_session_expiry_s: Option<String>,
+    #[arg(long, value_name = "S", help = with_default("Expiry, in seconds, of sessions whose client asked for them never to expire (3.1.1 clean session 0, MQTT 5 Session Expiry 0xFFFFFFFF; MQTT 5 clients are told in CONNACK); none = never", "7200"))]
+    pub persistent_session_expiry_s: Option<String>,
+    #[arg(long, value_name = "N", help = with_default("Sessions on the node, connected or offline; a CONNECT that needs a new one beyond this is refused (MQTT 5: CONNACK 0x97, 3.x: return code 3)", d().max_sessions))]
+    pub max_sessions: Option<String>,
     #[arg(long, value_name = "N", help = with_default("Messages queued per session while offline or over the in-flight window", d().max_queued_messages))]
     pub max_queued_messages: Option<String>,
     #[arg(long, value_name = "BYTES", help = with_default("Bytes of messages queued per session", d().max_queued_bytes))]
@@ -38,6 +42,8 @@ pub struct SessionArgs {
 
 pub(super) const KEYS: &[&str] = &[
     "max_session_expiry_s",
+    "persistent_session_expiry_s",
+    "max_sessions",
     "max_queued_messages",
     "max_queued_bytes",
     "queue_qos0_offline",
@@ -50,6 +56,13 @@ pub(super) const KEYS: &[&str] = &[
 pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
     match key {
         "max_session_expiry_s" => cfg.max_session_expiry_s = int(raw, 0, U32)? as u32,
+        "persistent_session_expiry_s" => {
+            cfg.persistent_session_expiry_s = match raw {
+                Raw::Text(s) if s.trim().eq_ignore_ascii_case("none") => None,
+                _ => Some(int(raw, 0, U32).map_err(|e| format!("{e} or \"none\""))? as u32),
+            }
+        }
+        "max_sessions" => cfg.max_sessions = usize_of(int(raw, 1, USIZE)?),
         "max_queued_messages" => cfg.max_queued_messages = usize_of(int(raw, 0, USIZE)?),
         "max_queued_bytes" => cfg.max_queued_bytes = usize_of(int(raw, 0, USIZE)?),
         "queue_qos0_offline" => cfg.queue_qos0_offline = boolean(raw)?,
@@ -69,6 +82,12 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
 impl SessionArgs {
     pub(super) fn values(&self, v: &mut Vec<(&'static str, Raw)>) {
         push_text(v, "max_session_expiry_s", &self.max_session_expiry_s);
+        push_text(
+            v,
+            "persistent_session_expiry_s",
+            &self.persistent_session_expiry_s,
+        );
+        push_text(v, "max_sessions", &self.max_sessions);
         push_text(v, "max_queued_messages", &self.max_queued_messages);
         push_text(v, "max_queued_bytes", &self.max_queued_bytes);
         push_text(v, "queue_qos0_offline", &self.queue_qos0_offline);

@@ -51,6 +51,8 @@ pub enum SessionError {
     /// A reply would push the connection's unread output over its bound: the peer
     /// is not reading. Closed without a DISCONNECT (it would not be read either).
     NotReading,
+    /// A partial frame kept growing while the shard was over its memory mark.
+    ServerBusy,
 }
 
 impl SessionError {
@@ -76,6 +78,7 @@ impl SessionError {
             SessionError::SessionTakenOver => ReasonCode::SessionTakenOver,
             SessionError::ServerShuttingDown => ReasonCode::ServerShuttingDown,
             SessionError::QuotaExceeded | SessionError::NotReading => ReasonCode::QuotaExceeded,
+            SessionError::ServerBusy => ReasonCode::ServerBusy,
         }
     }
 
@@ -107,6 +110,9 @@ pub struct Message {
     /// its owner shard, so a copy on any other shard can never match the publisher.
     pub origin_shard: usize,
     pub origin_session: u32,
+    /// Topic, payload and properties are copies of their own (`compacted`), not
+    /// slices of a receive buffer: holding the message holds only its own bytes.
+    pub owned: bool,
 }
 
 impl Message {
@@ -134,12 +140,23 @@ impl Message {
         self.topic.len() + self.payload.len() + 64
     }
 
-    /// A copy that owns its topic and payload, so a long-lived message (retained)
-    /// does not keep a whole receive buffer alive.
+    /// A copy that owns its bytes (topic, payload and the properties that are
+    /// bytes), so a long-lived message (retained, queued) does not keep a whole
+    /// receive buffer alive: a slice of it would pin every byte read with it.
     pub fn compacted(&self) -> Message {
+        let own = |b: &Bytes| Bytes::copy_from_slice(b);
         let mut m = self.clone();
-        m.topic = Bytes::copy_from_slice(&self.topic);
-        m.payload = Bytes::copy_from_slice(&self.payload);
+        m.topic = own(&self.topic);
+        m.payload = own(&self.payload);
+        let p = &mut m.properties;
+        p.response_topic = p.response_topic.as_ref().map(own);
+        p.correlation_data = p.correlation_data.as_ref().map(own);
+        p.content_type = p.content_type.as_ref().map(own);
+        for (k, v) in &mut p.user_properties {
+            *k = own(k);
+            *v = own(v);
+        }
+        m.owned = true;
         m
     }
 }
@@ -469,6 +486,7 @@ mod tests {
             arrived_at: at,
             origin_shard: 0,
             origin_session: NONE,
+            owned: true,
         }
     }
 

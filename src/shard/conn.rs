@@ -61,6 +61,8 @@ pub(crate) struct Conn {
     pub last_seen: Instant,
     pub pending: Option<Box<Pending>>,
     pub aliases: Option<Box<Aliases>>,
+    /// `rx.capacity()` as last added to `ShardStats::bytes_rx` (`Shard::sync_rx`).
+    pub rx_counted: u32,
     /// Distinguishes reuses of this slab slot for timers.
     pub generation: u32,
     pub session: u32,
@@ -92,6 +94,7 @@ impl Conn {
                 connect_at: None,
             })),
             aliases: None,
+            rx_counted: 0,
             generation,
             session: NONE,
             keepalive_timeout_ms: 0,

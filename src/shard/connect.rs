@@ -9,7 +9,7 @@ use bytes::{Bytes, BytesMut};
 use super::conn::ConnState;
 use super::limits::Refusal;
 use super::timer::TimerKind;
-use super::{owner_shard, Action, ConnId, Handoff, Shard};
+use super::{Action, ConnId, Handoff, Shard};
 use crate::config::Config;
 use crate::protocol::{
     decode_packet, peek_frame, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
@@ -33,6 +33,18 @@ fn peek_connect_level(buf: &[u8]) -> Option<u8> {
     let name_at = i + 1;
     let name_len = u16::from_be_bytes([*buf.get(name_at)?, *buf.get(name_at + 1)?]) as usize;
     buf.get(name_at + 2 + name_len).copied()
+}
+
+/// The expiry a session gets when its client asks for `requested_s`: "never"
+/// (`u32::MAX`) becomes `persistent_session_expiry_s`, and every interval is capped
+/// by `max_session_expiry_s`.
+pub(crate) fn granted_expiry_s(cfg: &crate::config::Config, requested_s: u32) -> u32 {
+    let s = if requested_s == u32::MAX {
+        cfg.persistent_session_expiry_s.unwrap_or(u32::MAX)
+    } else {
+        requested_s
+    };
+    s.min(cfg.max_session_expiry_s)
 }
 
 pub(crate) fn connack(code: ReasonCode) -> Packet {
@@ -74,7 +86,10 @@ impl Shard {
     /// Handles the first frame of a connection. Returns `true` when the connection
     /// is now connected and further frames should be decoded.
     pub(crate) fn try_connect(&mut self, conn: ConnId, now: Instant) -> bool {
-        let max_packet = self.config.max_packet_size as usize;
+        // Until CONNECT completes only a CONNECT-sized packet is buffered: a peer
+        // that has not even identified itself cannot make us hold `max_packet_size`.
+        let max_packet =
+            (self.config.max_packet_size as usize).min(self.config.max_connect_packet_bytes);
         let Some(c) = self.conns.get_mut(conn) else {
             return false;
         };
@@ -156,7 +171,7 @@ impl Shard {
             return false;
         }
         if id_len > 0 {
-            let owner = owner_shard(&connect.client_id, self.shard_count);
+            let owner = self.placement.owner(&connect.client_id, self.shard_count);
             if owner != self.id {
                 let Some(c) = self.conns.get_mut(conn) else {
                     return false;
@@ -252,7 +267,7 @@ impl Shard {
         loop {
             self.assigned_ids += 1;
             let id = format!("ringmq-{}-{:x}", self.id, self.assigned_ids);
-            if owner_shard(id.as_bytes(), self.shard_count) == self.id
+            if self.placement.owner(id.as_bytes(), self.shard_count) == self.id
                 && self.sessions.find(id.as_bytes()).is_none()
             {
                 return Bytes::from(id);
@@ -284,14 +299,14 @@ impl Shard {
                 keepalive_s = cap_s;
             }
         }
-        let expiry_s = if v5 {
+        let requested_s = if v5 {
             connect.properties.session_expiry_interval_s.unwrap_or(0)
         } else if connect.clean_start {
             0
         } else {
             u32::MAX
-        }
-        .min(cfg.max_session_expiry_s);
+        };
+        let expiry_s = granted_expiry_s(&cfg, requested_s);
 
         // When the node read this CONNECT: a hand-off may arrive after a CONNECT for
         // the same id that was read later (on this shard, or by a faster hand-off).
@@ -309,6 +324,14 @@ impl Shard {
         // arrived late, by hand-off) stays with it; offline too, since the newer
         // connection may have come and gone while the hand-off travelled.
         let mut session = self.sessions.find(&client_id);
+        // Refused before anything is taken over: a new session would pass
+        // `max_sessions` (a clean start on an existing one replaces it, no more).
+        if session.is_none() && self.limits.sessions_full() {
+            self.stats.refused_max_sessions += 1;
+            self.write_control(conn, &connack(ReasonCode::QuotaExceeded));
+            self.close(conn);
+            return;
+        }
         if let Some(s) = session {
             if self
                 .sessions
@@ -329,6 +352,7 @@ impl Shard {
             Some(s) => s,
             None => {
                 let s = self.sessions.create(&client_id);
+                self.limits.session_added();
                 self.stats.sessions = self.sessions.len();
                 s
             }
@@ -374,6 +398,10 @@ impl Shard {
         if v5 {
             properties = self.connack_properties(server_keep_alive);
             properties.assigned_client_identifier = assigned;
+            // 3.2.2.3.2: the client is told when its interval was not used.
+            if expiry_s != requested_s {
+                properties.session_expiry_interval_s = Some(expiry_s);
+            }
         }
         let ack = ConnAck {
             session_present,
@@ -509,6 +537,17 @@ impl Shard {
             self.end_session(session, now);
             return;
         }
+        // Offline, its in-flight messages wait like queued ones (see
+        // `deliver::queued_arc`): each gets a copy that owns its bytes.
+        if let Some(d) = self
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.delivery.as_deref_mut())
+        {
+            for f in d.inflight.iter_mut().filter(|f| !f.out.msg.owned) {
+                f.out.msg = std::sync::Arc::new(f.out.msg.compacted());
+            }
+        }
         if expiry_s != u32::MAX {
             let at = now + Duration::from_secs(u64::from(expiry_s));
             let at_ns = self.stamp_ns(at);
@@ -555,6 +594,9 @@ impl Shard {
             arrived_at: now,
             origin_shard: self.id,
             origin_session: session,
+            // Topic and payload were copied at CONNECT; the properties are slices
+            // of the CONNECT frame.
+            owned: false,
         };
         self.publish(msg, now);
         self.drop_slow_consumers(now);
@@ -565,6 +607,7 @@ impl Shard {
         self.publish_will(session, now);
         self.remove_all_subs(session);
         if let Some(s) = self.sessions.remove(session) {
+            self.limits.session_removed();
             if let Some(d) = s.delivery {
                 self.stats.bytes_queued -= d.queued_bytes;
             }

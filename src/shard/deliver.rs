@@ -248,6 +248,23 @@ fn reserve_tx(c: &mut Conn, len: usize) {
     }
 }
 
+/// The shared form of `msg` for a session queue, where it may wait for hours: a
+/// copy that owns its bytes. A slice of the receive buffer would keep the whole
+/// buffer alive (a small PUBLISH read behind a large one pinned the large one's
+/// buffer, 33× its own size), and `cost_bytes` would not see it. Copied once per
+/// fan-out; the following copies of this fan-out share it. Charging the whole
+/// buffer instead is not possible: a `Bytes` does not tell its buffer's size.
+fn queued_arc(msg: &Message, arc: &mut Option<Arc<Message>>) -> Arc<Message> {
+    match arc {
+        Some(a) if a.owned => a.clone(),
+        _ => {
+            let a = Arc::new(msg.compacted());
+            *arc = Some(a.clone());
+            a
+        }
+    }
+}
+
 fn mark_flush(actions: &mut VecDeque<Action>, conn: ConnId, c: &mut Conn) {
     if !c.flush_queued && !c.tx.is_empty() {
         c.flush_queued = true;
@@ -319,7 +336,7 @@ impl Shard {
                 return;
             }
             let out = Outgoing {
-                msg: arc.get_or_insert_with(|| Arc::new(msg.clone())).clone(),
+                msg: queued_arc(msg, arc),
                 qos,
                 retain,
                 sub_ids: SmallVec::from_slice(sub_ids),
@@ -400,7 +417,7 @@ impl Shard {
             }
         }
         let out = Outgoing {
-            msg: arc.get_or_insert_with(|| Arc::new(msg.clone())).clone(),
+            msg: queued_arc(msg, arc),
             qos,
             retain,
             sub_ids: SmallVec::from_slice(sub_ids),
@@ -618,6 +635,7 @@ mod tests {
                             arrived_at: now,
                             origin_shard: 0,
                             origin_session: 0,
+                            owned: true,
                         };
                         let p = publish_packet(
                             &msg,

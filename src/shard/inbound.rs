@@ -151,6 +151,7 @@ impl Shard {
             arrived_at: now,
             origin_shard: self.id,
             origin_session: session,
+            owned: false,
         };
         let retain_refused = self.publish(msg, now);
         self.drop_slow_consumers(now);
@@ -436,7 +437,7 @@ impl Shard {
                 if s.expiry_s == 0 && new_expiry != 0 {
                     return Err(SessionError::ProtocolError);
                 }
-                s.expiry_s = new_expiry.min(self.config.max_session_expiry_s);
+                s.expiry_s = super::connect::granted_expiry_s(&self.config, new_expiry);
             }
         }
         // The will is dropped only on a normal disconnection (0x00).

@@ -15,6 +15,12 @@ use super::{connect, Action, ConnId, Handoff, Shard};
 use crate::protocol::{Disconnect, Packet, Properties, ReasonCode};
 use crate::session::{Phase, SessionError};
 
+/// Over the memory mark a connection may still hold this much of a partial frame
+/// (any control packet, an ordinary PUBLISH); one whose frame grows past it is
+/// closed with 0x89 Server busy. Without this bound connections that each send part
+/// of a `max_packet_size` packet and stall could hold `connections × max_packet_size`.
+pub(crate) const RX_OVER_MARK_BYTES: usize = 16 * 1024;
+
 impl Shard {
     /// A TCP connection was accepted on this shard.
     ///
@@ -36,6 +42,7 @@ impl Shard {
             }
         }
         self.process_rx(conn, now);
+        self.bound_rx(conn, now);
         conn
     }
 
@@ -86,6 +93,7 @@ impl Shard {
         // hand-off and nothing more is read.
         c.state = ConnState::AwaitConnect;
         c.rx = BytesMut::new();
+        self.sync_rx(conn);
         self.stats.refused_handoff += 1;
         self.write_control(conn, &connect::connack(ReasonCode::ServerBusy));
         self.close(conn);
@@ -103,6 +111,34 @@ impl Shard {
         c.last_seen = now;
         self.last_now = Some(now);
         self.process_rx(conn, now);
+        self.bound_rx(conn, now);
+    }
+
+    /// Counts what `conn`'s receive buffer holds after a read, and ends the
+    /// connection if its partial frame is past `RX_OVER_MARK_BYTES` while the shard
+    /// is over the memory mark.
+    fn bound_rx(&mut self, conn: ConnId, now: Instant) {
+        // `sync_rx` inlined: this runs after every read.
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let cap = u32::try_from(c.rx.capacity()).unwrap_or(u32::MAX);
+        self.stats.bytes_rx = self.stats.bytes_rx + cap as usize - c.rx_counted as usize;
+        c.rx_counted = cap;
+        if c.rx.len() > RX_OVER_MARK_BYTES && c.is_live() && self.over_memory_mark() {
+            self.fail(conn, SessionError::ServerBusy, now);
+        }
+    }
+
+    /// Brings `stats.bytes_rx` up to date with `conn`'s receive buffer. Called
+    /// wherever the buffer may have changed size; `release` takes back the rest.
+    pub(super) fn sync_rx(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let cap = u32::try_from(c.rx.capacity()).unwrap_or(u32::MAX);
+        self.stats.bytes_rx = self.stats.bytes_rx + cap as usize - c.rx_counted as usize;
+        c.rx_counted = cap;
     }
 
     /// Decodes and handles every complete frame in `conn`'s receive buffer.
@@ -174,6 +210,7 @@ impl Shard {
         let was = c.state;
         c.state = ConnState::Closed;
         c.rx = BytesMut::new();
+        self.sync_rx(conn);
         if was == ConnState::Connected {
             self.detach_session(conn, true, now);
         }
@@ -190,8 +227,12 @@ impl Shard {
             let now = self.last_now.unwrap_or(c.last_seen);
             self.detach_session(conn, true, now);
         }
-        let unread = self.conns.get(conn).map_or(0, |c| c.tx.len());
+        let (unread, rx) = self
+            .conns
+            .get(conn)
+            .map_or((0, 0), |c| (c.tx.len(), c.rx_counted as usize));
         self.stats.bytes_tx -= unread;
+        self.stats.bytes_rx -= rx;
         self.conns.remove(conn);
         self.limits.release(conn);
         self.stats.connections = self.conns.len();
@@ -251,6 +292,7 @@ impl Shard {
             SessionError::ReceiveMaximumExceeded => s.closed_receive_maximum += 1,
             SessionError::QuotaExceeded => s.closed_slow_consumer += 1,
             SessionError::NotReading => s.closed_not_reading += 1,
+            SessionError::ServerBusy => s.closed_memory += 1,
             SessionError::KeepAliveTimeout
             | SessionError::SessionTakenOver
             | SessionError::ServerShuttingDown => {}
@@ -270,5 +312,6 @@ impl Shard {
         c.rx = BytesMut::new();
         c.pending = None;
         self.actions.push_back(Action::Close(conn));
+        self.sync_rx(conn);
     }
 }

@@ -1,6 +1,7 @@
-//! Admission limits: connections per node and per source IP, the CONNECT rate and
-//! the memory high-water mark. A refused connection is answered at its CONNECT
-//! (the reply needs the client's protocol version) and then closed.
+//! Admission limits: connections per node and per source IP, the CONNECT rate,
+//! sessions per node and the memory high-water mark. A refused connection is
+//! answered at its CONNECT (the reply needs the client's protocol version) and then
+//! closed.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -16,6 +17,8 @@ use crate::protocol::ReasonCode;
 #[derive(Debug, Default)]
 pub struct NodeCounters {
     connections: AtomicUsize,
+    /// Sessions on the node, connected or not (`max_sessions`).
+    sessions: AtomicUsize,
     /// Source IP → open connections; only maintained when a per-IP limit is set.
     per_ip: Mutex<HashMap<IpAddr, u32, ahash::RandomState>>,
 }
@@ -28,6 +31,11 @@ impl NodeCounters {
     /// Open connections on the node (refused ones included until released).
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Sessions on the node.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Relaxed)
     }
 
     /// Counts a new connection from `ip`; returns the node total and the IP's total,
@@ -134,6 +142,8 @@ pub(crate) struct Limits {
     /// counters are shared by all shards, this shard's share when they are private.
     pub max_connections: usize,
     pub max_per_ip: usize,
+    /// Limit applied to `node.sessions()`, shared or private as `max_connections`.
+    pub max_sessions: usize,
     pub rate: RateLimiter,
     /// Source IP of each counted connection, kept only while a per-IP limit is set
     /// (the connection struct has no room for it once CONNECT dropped `Pending`).
@@ -142,20 +152,38 @@ pub(crate) struct Limits {
 
 impl Limits {
     pub fn new(config: &Config, shard_count: usize, node: Option<Arc<NodeCounters>>) -> Limits {
-        let (node, max_connections) = match node {
-            Some(n) => (n, config.max_connections),
+        let shares = shard_count.max(1);
+        let (node, max_connections, max_sessions) = match node {
+            Some(n) => (n, config.max_connections, config.max_sessions),
             None => (
                 NodeCounters::new(),
-                config.max_connections.div_ceil(shard_count.max(1)),
+                config.max_connections.div_ceil(shares),
+                config.max_sessions.div_ceil(shares),
             ),
         };
         Limits {
             node,
             max_connections,
+            max_sessions,
             max_per_ip: config.max_connections_per_ip,
             rate: RateLimiter::default(),
             ip_of: HashMap::default(),
         }
+    }
+
+    /// Whether a new session would be over `max_sessions`. Checked, then counted
+    /// (`session_added`) once the CONNECT is accepted: CONNECTs on different loops
+    /// at the same moment can pass it by at most loops − 1.
+    pub fn sessions_full(&self) -> bool {
+        self.node.sessions() >= self.max_sessions
+    }
+
+    pub fn session_added(&self) {
+        self.node.sessions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn session_removed(&self) {
+        self.node.sessions.fetch_sub(1, Ordering::Relaxed);
     }
 
     fn track_ip(&self) -> bool {
@@ -234,5 +262,20 @@ mod tests {
         assert_eq!(node.connections(), 3);
         // Private counters: each shard gets its share of the node limit.
         assert_eq!(Limits::new(&config, 2, None).max_connections, 2);
+        // Sessions likewise: node-wide when shared.
+        let config = Config {
+            max_sessions: 3,
+            ..Config::default()
+        };
+        let shared = Limits::new(&config, 2, Some(node.clone()));
+        shared.session_added();
+        shared.session_added();
+        assert!(!shared.sessions_full());
+        Limits::new(&config, 2, Some(node.clone())).session_added();
+        assert!(shared.sessions_full());
+        shared.session_removed();
+        assert_eq!(node.sessions(), 2);
+        assert!(!shared.sessions_full());
+        assert_eq!(Limits::new(&config, 2, None).max_sessions, 2);
     }
 }

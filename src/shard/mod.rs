@@ -68,7 +68,8 @@ pub type ShardId = usize;
 /// A connection's index on its shard; valid from `accept`/`adopt` until `release`.
 pub type ConnId = usize;
 
-/// Fixed seeds: every shard (and the IO layer) must agree on a client id's owner.
+/// Mixed with the process's placement seed: the seed alone would leave three of
+/// ahash's four keys zero.
 const OWNER_SEEDS: [u64; 4] = [
     0x243f_6a88_85a3_08d3,
     0x1319_8a2e_0370_7344,
@@ -76,16 +77,38 @@ const OWNER_SEEDS: [u64; 4] = [
     0x082e_fa98_ec4e_6c89,
 ];
 
-/// The shard that owns the session of `client_id`.
-pub fn owner_shard(client_id: &[u8], shard_count: usize) -> ShardId {
-    let h = ahash::RandomState::with_seeds(
-        OWNER_SEEDS[0],
-        OWNER_SEEDS[1],
-        OWNER_SEEDS[2],
-        OWNER_SEEDS[3],
-    )
-    .hash_one(client_id);
-    (h % shard_count.max(1) as u64) as usize
+/// The keyed hash that places client sessions on shards. Keyed per process
+/// (`Config::placement_seed`, random at start-up unless set): with a key fixed in the
+/// source anyone could compute client ids that all land on one loop. Every shard of
+/// a process must use the same key, so it is chosen once before the shards start.
+/// Once sessions are durable the key must be persisted with the data directory, or a
+/// restart would look for each stored session on the wrong shard.
+#[derive(Clone, Debug)]
+pub struct Placement(ahash::RandomState);
+
+impl Placement {
+    pub fn new(seed: u64) -> Placement {
+        let k = |i: usize| OWNER_SEEDS[i] ^ seed.rotate_left(16 * i as u32);
+        Placement(ahash::RandomState::with_seeds(k(0), k(1), k(2), k(3)))
+    }
+
+    /// The shard that owns the session of `client_id`.
+    pub fn owner(&self, client_id: &[u8], shard_count: usize) -> ShardId {
+        (self.0.hash_one(client_id) % shard_count.max(1) as u64) as usize
+    }
+}
+
+/// The shard that owns the session of `client_id` in a process whose placement seed
+/// is `seed` (see [`Placement`]).
+pub fn owner_shard(seed: u64, client_id: &[u8], shard_count: usize) -> ShardId {
+    Placement::new(seed).owner(client_id, shard_count)
+}
+
+/// A placement seed nobody can predict, for a process whose config sets none: from
+/// std's `RandomState`, whose keys come from the OS random source.
+pub fn random_placement_seed() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64)
 }
 
 /// Connection and session tables are sized up front for the shard's share of
@@ -99,6 +122,8 @@ pub struct Shard {
     id: ShardId,
     shard_count: usize,
     config: Arc<Config>,
+    /// Where client sessions live; the same key on every shard of the process.
+    placement: Placement,
     /// Presized (see `PRESIZE_MAX`).
     conns: Slab<Conn>,
     sessions: SessionStore,
@@ -172,9 +197,13 @@ impl Shard {
             .max_connections
             .div_ceil(shard_count)
             .min(PRESIZE_MAX);
+        // Unset only where no process chose a seed (sans-IO tests, benches): those
+        // place with seed 0, as their id searches do.
+        let placement = Placement::new(config.placement_seed.unwrap_or(0));
         Shard {
             id,
             shard_count,
+            placement,
             config,
             conns: Slab::with_capacity(presize),
             sessions: SessionStore::with_capacity(presize),

@@ -146,6 +146,9 @@ impl RetainedBody {
             arrived_at: self.arrived_at,
             origin_shard: self.origin_shard as ShardId,
             origin_session: crate::session::NONE,
+            // Topic and payload are copied above, and a stored body's properties
+            // were owned when it was stored.
+            owned: true,
         }
     }
 }

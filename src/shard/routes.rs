@@ -241,6 +241,7 @@ impl Shard {
                     }
                 }
             }
+            self.stats.bytes_routes = self.filters.approx_bytes();
             return;
         }
         let Some(e) = self.filters.get_mut(filter) else {
@@ -263,6 +264,7 @@ impl Shard {
         if e.is_empty() {
             self.filters.remove(filter);
         }
+        self.stats.bytes_routes = self.filters.approx_bytes();
     }
 }
 

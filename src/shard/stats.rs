@@ -44,12 +44,20 @@ pub struct ShardStats {
     pub bytes_tx: usize,
     /// Bytes (`Message::cost_bytes`) of the retained replica.
     pub bytes_retained: usize,
+    /// Capacity of the connections' receive buffers: partial frames (and, before
+    /// CONNECT, the CONNECT being read). Idle connections hold none.
+    pub bytes_rx: usize,
+    /// Filter trie (`TopicTrie::approx_bytes`): local subscriptions and the routes
+    /// table rows replicated from the other shards.
+    pub bytes_routes: usize,
 
     // Hostile input and overload: one counter per limit.
     /// CONNECTs refused with 0x97 / rc 3: node over `max_connections`.
     pub refused_max_connections: u64,
     /// CONNECTs refused with 0x97 / rc 3: source IP over `max_connections_per_ip`.
     pub refused_per_ip: u64,
+    /// CONNECTs refused with 0x97 / rc 3: a new session would pass `max_sessions`.
+    pub refused_max_sessions: u64,
     /// CONNECTs refused with 0x9F / rc 3: over `connect_rate_per_s`.
     pub refused_rate: u64,
     /// CONNECTs refused with 0x89 / rc 3: shard memory over `memory_high_water_bytes`.
@@ -93,11 +101,15 @@ pub struct ShardStats {
     pub route_live_total_us: u64,
     pub route_live_max_us: u64,
     pub route_live_slow: u64,
+    /// Connections closed (0x89) because their partial frame grew past
+    /// `RX_OVER_MARK_BYTES` while the shard was over `memory_high_water_bytes`.
+    pub closed_memory: u64,
 }
 
 impl ShardStats {
-    /// Message memory buffered on the shard, compared with `memory_high_water_bytes`.
+    /// Memory buffered on the shard, compared with `memory_high_water_bytes`:
+    /// unread output, queued and retained messages, receive buffers, route rows.
     pub fn memory_bytes(&self) -> usize {
-        self.bytes_tx + self.bytes_queued + self.bytes_retained
+        self.bytes_tx + self.bytes_queued + self.bytes_retained + self.bytes_rx + self.bytes_routes
     }
 }

@@ -136,6 +136,7 @@ impl Shard {
         if added {
             self.stats.subscriptions += 1;
         }
+        self.stats.bytes_routes = self.filters.approx_bytes();
         added
     }
 
@@ -193,6 +194,7 @@ impl Shard {
                 self.drop_stream(session, inner);
             }
         }
+        self.stats.bytes_routes = self.filters.approx_bytes();
         removed
     }
 

@@ -291,6 +291,14 @@ impl<V> TopicTrie<V> {
         self.live_nodes
     }
 
+    /// Bytes the keys take beyond an empty trie, estimated: their nodes and values
+    /// inline. Labels longer than a node's inline room, child tables and whatever a
+    /// value owns on the heap are not counted.
+    pub fn approx_bytes(&self) -> usize {
+        (self.live_nodes - 1) * std::mem::size_of::<Node>()
+            + self.values.len() * std::mem::size_of::<V>()
+    }
+
     pub fn get(&self, key: &[u8]) -> Option<&V> {
         let idx = self.slot_value(self.find(key)?);
         self.values.get(idx as usize)

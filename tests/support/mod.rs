@@ -173,6 +173,13 @@ impl Broker {
         if let Some(io) = forced_io {
             cmd.arg("--io").arg(io.flag);
         }
+        // The broker keys its placement hash at random unless told: tests that place
+        // clients on chosen shards ([`id_on_shard`]) need the key they search with.
+        let names_seed = args.iter().any(|a| a.starts_with("--placement-seed"));
+        if !names_seed {
+            cmd.arg("--placement-seed")
+                .arg(TEST_PLACEMENT_SEED.to_string());
+        }
         for (key, value) in &env {
             match value {
                 Some(v) => cmd.env(key, v),
@@ -1657,13 +1664,19 @@ impl Bystander {
 /// on a shard of its own.
 pub const PLACED_SHARDS: usize = 4;
 
+/// The placement seed every spawned broker gets (`--placement-seed`), unless its
+/// arguments name one. An external broker (`RINGMQ_TEST_ADDR`) must be started with
+/// it for placed clients to land where the tests expect.
+pub const TEST_PLACEMENT_SEED: u64 = 0x7e57_5eed;
+
 /// `PREFIX-N`, the first such client id whose session the broker's owner hash puts on
-/// `shard` of `shards` (the same function the broker uses). With `prefix` from [`uniq`]
+/// `shard` of `shards` (the same function the broker uses, keyed with
+/// [`TEST_PLACEMENT_SEED`]). With `prefix` from [`uniq`]
 /// the id stays within MQTT 3.1.1's 23 characters.
 pub fn id_on_shard(prefix: &str, shard: usize, shards: usize) -> String {
     (0..10_000)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|id| ringmq::shard::owner_shard(id.as_bytes(), shards) == shard)
+        .find(|id| ringmq::shard::owner_shard(TEST_PLACEMENT_SEED, id.as_bytes(), shards) == shard)
         .expect("some id hashes to every shard")
 }
 

@@ -535,11 +535,21 @@ pub(crate) fn will(
     }
 }
 
-/// A client id that the owner hash puts on `shard` of `n` (deterministic search).
+/// What one filter row (a filter with no siblings, e.g. `t` or `r/#`) adds to a
+/// shard's `bytes_routes`, which counts against the memory mark: for tests that
+/// set a mark in bytes.
+pub(crate) fn filter_row_bytes(filter: &str) -> usize {
+    let mut trie = crate::topic::TopicTrie::<crate::shard::subs::FilterEntry>::new();
+    trie.entry_or_insert_with(filter.as_bytes(), Default::default);
+    trie.approx_bytes()
+}
+
+/// A client id that the owner hash puts on `shard` of `n` (deterministic search;
+/// harness configs set no placement seed, so shards place with seed 0).
 pub(crate) fn id_on(shard: ShardId, n: usize, prefix: &str) -> String {
     (0..10_000)
         .map(|i| format!("{prefix}-{i}"))
-        .find(|id| crate::shard::owner_shard(id.as_bytes(), n) == shard)
+        .find(|id| crate::shard::owner_shard(0, id.as_bytes(), n) == shard)
         .unwrap_or_else(|| panic!("no id for shard {shard}"))
 }
 

@@ -364,7 +364,7 @@ impl Driver {
     /// Bounds and bookkeeping that must hold between any two operations.
     pub fn check(&self) {
         for (i, sh) in self.shards.iter().enumerate() {
-            let mut tx = 0;
+            let (mut tx, mut rx) = (0, 0);
             for (id, c) in sh.conns.iter() {
                 assert!(
                     c.tx.len() <= self.max_tx,
@@ -377,10 +377,17 @@ impl Driver {
                     "conn {id} on shard {i} buffers {} received bytes",
                     c.rx.len()
                 );
+                assert_eq!(
+                    c.rx_counted as usize,
+                    c.rx.capacity(),
+                    "conn {id} on shard {i}: receive buffer not counted"
+                );
                 tx += c.tx.len();
+                rx += c.rx.capacity();
             }
             let st = sh.stats();
             assert_eq!(st.bytes_tx, tx, "bytes_tx gauge on shard {i}");
+            assert_eq!(st.bytes_rx, rx, "bytes_rx gauge on shard {i}");
             let queued: usize = sh
                 .sessions
                 .iter()

@@ -77,7 +77,7 @@ fn v5_empty_id_is_assigned_one_owned_by_the_accepting_shard() {
         .clone()
         .expect("assigned id");
     assert!(id.starts_with(b"ringmq-2-"), "{id:?}");
-    assert_eq!(owner_shard(&id, 4), 2);
+    assert_eq!(owner_shard(0, &id, 4), 2);
     let mut props = v5_connack_props(&config);
     props.assigned_client_identifier = Some(id);
     assert_eq!(
@@ -274,6 +274,38 @@ fn connect_on_non_owner_shard_migrates_with_raw_bytes() {
     assert_eq!(cl.shards[0].stats().sessions, 0);
     cl.send(c, Packet::PingReq);
     cl.expect(c, Packet::PingResp);
+}
+
+#[test]
+fn placement_follows_the_configured_seed() {
+    // An id that seed 0 places on shard 0 but seed `seed` places on shard 1: a shard
+    // keyed with `seed` hands it over, so placement is keyed per process, not fixed.
+    let seed = 0x5eed_u64;
+    let id = (0..1000)
+        .map(|i| format!("k-{i}"))
+        .find(|id| {
+            owner_shard(0, id.as_bytes(), 2) == 0 && owner_shard(seed, id.as_bytes(), 2) == 1
+        })
+        .expect("the seed changes some placement");
+    let mut config = cfg();
+    config.placement_seed = Some(seed);
+    let mut cl = Cluster::new(2, config);
+    let c = cl.connect(V311, &id, ConnectOpts::default());
+    assert_eq!(cl.wiring.migrations, 1);
+    assert_eq!(cl.clients[c].shard, 1);
+    assert_eq!(cl.shards[1].stats().sessions, 1);
+    // Seeds from the OS: two start-ups place ids differently.
+    let (a, b) = (
+        crate::shard::random_placement_seed(),
+        crate::shard::random_placement_seed(),
+    );
+    assert_ne!(a, b);
+    let spread = |s: u64| -> Vec<usize> {
+        (0..64)
+            .map(|i| owner_shard(s, format!("d-{i}").as_bytes(), 8))
+            .collect()
+    };
+    assert_ne!(spread(a), spread(b));
 }
 
 #[test]

@@ -399,8 +399,10 @@ fn session_queue_bounds_in_messages_and_bytes() {
 
 #[test]
 fn memory_high_water_sheds_qos0_and_refuses_connections() {
+    // The subscription's row counts too (`bytes_routes`).
+    let row = filter_row_bytes("t/#");
     let config = Config {
-        memory_high_water_bytes: 300,
+        memory_high_water_bytes: 300 + row,
         ..cfg()
     };
     let mut cl = Cluster::new(1, config);
@@ -410,7 +412,7 @@ fn memory_high_water_sheds_qos0_and_refuses_connections() {
     // Retained: 1 + 300 + 64 = 365 bytes on the shard, over the mark.
     cl.publish(p, "r", &"x".repeat(300), Q0, true, 0);
     let st = cl.shards[0].stats();
-    assert_eq!((st.bytes_retained, st.memory_bytes()), (365, 365));
+    assert_eq!((st.bytes_retained, st.memory_bytes()), (365, 365 + row));
     cl.publish(p, "t/a", "shed", Q0, false, 0);
     cl.expect_nothing(s);
     cl.publish(p, "t/b", "kept", Q1, false, 7);
@@ -425,7 +427,7 @@ fn memory_high_water_sheds_qos0_and_refuses_connections() {
     assert_eq!((st.dropped_memory_qos0, st.refused_busy), (1, 2));
     // Below the mark again: QoS 0 flows and connections are accepted.
     cl.publish(p, "r", "", Q0, true, 0);
-    assert_eq!(cl.shards[0].stats().memory_bytes(), 0);
+    assert_eq!(cl.shards[0].stats().memory_bytes(), row);
     cl.publish(p, "t/c", "flows", Q0, false, 0);
     cl.expect(s, pubp("t/c", "flows", Q0, false, 0));
     cl.connect_ok(V5, "n5", ConnectOpts::default(), false);
@@ -433,8 +435,9 @@ fn memory_high_water_sheds_qos0_and_refuses_connections() {
 
 #[test]
 fn memory_counts_unread_output() {
+    // The subscription's row counts too (`bytes_routes`).
     let config = Config {
-        memory_high_water_bytes: 100,
+        memory_high_water_bytes: 100 + filter_row_bytes("t"),
         ..cfg()
     };
     let mut cl = Cluster::new(1, config);

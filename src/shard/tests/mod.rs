@@ -5,6 +5,7 @@
 mod connect;
 mod contract;
 mod limits;
+mod memory;
 mod mesh_full;
 mod pubsub;
 mod qos;

@@ -216,7 +216,11 @@ fn will_properties_forwarded_to_v5_subscriber() {
 
 #[test]
 fn session_expiry_zero_n_and_never() {
-    let mut cl = Cluster::new(1, cfg());
+    // "Never" stays never when the operator removes the default cap
+    // (`persistent_session_expiry_s`, tested in `tests::memory`).
+    let mut config = cfg();
+    config.persistent_session_expiry_s = None;
+    let mut cl = Cluster::new(1, config);
     // 0: ends at disconnect.
     let a = cl.connect_ok(
         V5,
