@@ -27,6 +27,7 @@ use bytes::Bytes;
 pub const LISTEN_BACKLOG: i32 = 4096;
 pub mod datadir;
 pub mod epoll;
+pub mod store_thread;
 pub mod uring;
 
 /// A socket owned by one loop; index into that loop's socket table.
