@@ -11,6 +11,7 @@
 //! - `wal`: group commit, segments, failures, snapshot steps;
 //! - `snapshot`: the snapshot file format;
 //! - `recover`: snapshot + replay, stopping cleanly at the first bad frame;
+//! - `rehome`: merging and splitting recovered states when the loop count changed;
 //! - `sim` (tests and `testkit`): the simulated disk; `testkit`: the fuzz entry.
 //!
 //! Why a hand-written log and not redb, fjall, RocksDB or SQLite: each blocks the
@@ -21,6 +22,7 @@
 pub mod frame;
 pub mod record;
 pub mod recover;
+pub mod rehome;
 pub mod snapshot;
 pub mod state;
 pub mod wal;
