@@ -2,8 +2,8 @@
 //!
 //! Layers, dependencies pointing downward only (see docs/ARCHITECTURE.md):
 //! `worker` joins `io`, `ring` and `shard`; `shard` owns `session`s and a `topic` index;
-//! `protocol`, `topic`, `ring` and `config` import no other broker module (`arena`, a
-//! leaf utility of chunked tables, is used by `topic`).
+//! `protocol`, `topic`, `ring`, `config` and `store` import no other broker module
+//! (`arena`, a leaf utility of chunked tables, is used by `topic`).
 
 mod arena;
 pub mod config;
@@ -12,6 +12,7 @@ pub mod protocol;
 pub mod ring;
 pub mod session;
 pub mod shard;
+pub mod store;
 /// Fuzzing and test entry points (`testkit` feature); not the broker's API.
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]

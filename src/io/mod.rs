@@ -25,7 +25,9 @@ use bytes::Bytes;
 /// Listen backlog of every listener (the kernel caps it at `net.core.somaxconn`). It
 /// bounds how many connections a multishot accept takes before the loop reads them.
 pub const LISTEN_BACKLOG: i32 = 4096;
+pub mod datadir;
 pub mod epoll;
+pub mod store_thread;
 pub mod uring;
 
 /// A socket owned by one loop; index into that loop's socket table.
