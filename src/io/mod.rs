@@ -116,6 +116,11 @@ pub struct IoStats {
     /// `send` calls refused because a send was already in flight (a worker bug: the
     /// bytes are lost).
     pub send_refused_busy: u64,
+    /// Completions the kernel could not post because a completion queue was full
+    /// (io_uring's CQ overflow counter, summed over the loop's rings).
+    pub cq_overflow: u64,
+    /// Submissions that found the submission queue full and waited in the backlog.
+    pub sq_full: u64,
 }
 
 /// How a backend is sized. Derived from `Config` by the worker.

@@ -59,6 +59,9 @@ impl Shard {
             p.refusal = if adopted { None } else { refusal };
         }
         self.stats.connections = self.conns.len();
+        if !adopted {
+            self.stats.accepted += 1;
+        }
         let deadline = accepted_at + Duration::from_millis(self.config.connect_timeout_ms);
         self.timers.push(
             now,
@@ -100,6 +103,7 @@ impl Shard {
             return;
         }
         c.rx.extend_from_slice(data);
+        self.stats.bytes_in += data.len() as u64;
         c.last_seen = now;
         self.last_now = Some(now);
         self.process_rx(conn, now);

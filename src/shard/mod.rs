@@ -212,6 +212,26 @@ impl Shard {
         &self.stats
     }
 
+    /// The counters with the gauges that are not kept up to date on the hot path
+    /// (online sessions, queued messages, in-flight messages) filled in by one walk
+    /// of the sessions: for a scrape, not for every turn.
+    pub fn stats_snapshot(&mut self) -> ShardStats {
+        let (mut online, mut queued, mut inflight) = (0, 0, 0);
+        for (_, s) in self.sessions.iter() {
+            if s.conn != crate::session::NONE {
+                online += 1;
+            }
+            if let Some(d) = s.delivery.as_deref() {
+                queued += d.queue.len();
+                inflight += d.inflight.len();
+            }
+        }
+        self.stats.sessions_online = online;
+        self.stats.messages_queued = queued;
+        self.stats.inflight = inflight;
+        self.stats.clone()
+    }
+
     /// A message from shard `from`.
     pub fn on_message(&mut self, from: ShardId, msg: ShardMsg, now: Instant) {
         self.last_now = Some(now);
