@@ -372,6 +372,20 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
         }
     }
 
+    // The HTTP listener (metrics, health, status page): one socket, owned by loop 0.
+    let mut http_listener = match config.http_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).map_err(|e| format!("http_listen on {addr}: {e}"))?;
+            Some(l)
+        }
+        None => None,
+    };
+    let http_addr = match &http_listener {
+        Some(l) => Some(l.local_addr().map_err(|e| format!("http_listen: {e}"))?),
+        None => None,
+    };
+    let started = std::time::Instant::now();
+
     let endpoints = ring::mesh::<WorkerMsg>(shards, MESH_RING_CAPACITY, MESH_OVERFLOW_MAX)
         .map_err(|e| format!("mesh: {e}"))?;
     let config = Arc::new(config);
@@ -398,6 +412,8 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
             peers_rx,
             exit_barrier: exit_barrier.clone(),
             node: node.clone(),
+            http_listener: if id == 0 { http_listener.take() } else { None },
+            started,
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
@@ -444,6 +460,9 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     }
 
     let addrs: Vec<String> = bound_addrs.iter().map(|a| a.to_string()).collect();
+    if let Some(addr) = http_addr {
+        say!("ringmq http on {addr} (/metrics, /healthz, /readyz, /api/stats, /)");
+    }
     say!(
         "ringmq listening on {} ({}, {} shard{})",
         addrs.join(", "),

@@ -182,6 +182,8 @@ fn sigterm_stops_the_broker_after_its_stderr_closed() {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--shards",
             "1",
             "--log-level",

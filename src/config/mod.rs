@@ -42,6 +42,8 @@ pub use value::{Expect, Raw};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// The HTTP listener (metrics, health, status page), owned by loop 0; `None`: off.
+    pub http_listen: Option<SocketAddr>,
     /// Event loops (one per core). `None`: number of available cores.
     pub shards: Option<usize>,
     pub io: IoBackend,
@@ -119,6 +121,8 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            // Loopback only: the endpoints are unauthenticated and name every counter.
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9883))),
             shards: None,
             io: IoBackend::Auto,
             log_level: "info".to_string(),

@@ -8,6 +8,7 @@
 //! scrape asks every loop for a snapshot over the mesh, and the loop that answers
 //! renders the merge.
 
+pub mod http;
 pub mod json;
 pub mod process;
 pub mod prometheus;

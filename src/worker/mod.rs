@@ -8,7 +8,9 @@
 //!
 //! This file owns that loop and the per-connection IO state it keeps beside the shard.
 //! Beside it: `cpu` (thread placement), `busy_poll` (the spin window before blocking),
-//! `handoffs` (hand-offs waiting for their socket), `tests`.
+//! `handoffs` (hand-offs waiting for their socket), `observe` (the busy clock and the
+//! snapshot a scrape gets), `http` (the HTTP listener's connections and scrapes, on
+//! the loop that owns it), `tests`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -25,11 +27,15 @@ use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
 mod busy_poll;
 mod cpu;
 mod handoffs;
+mod http;
+mod observe;
 mod report;
 
 use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
 use handoffs::{shrink_emptied, WaitingHandoffs};
+use http::HttpServer;
+use observe::LoopClock;
 pub use report::WorkerReport;
 
 /// What travels over the mesh between workers.
@@ -42,6 +48,16 @@ pub enum WorkerMsg {
         /// Boxed so a mesh ring slot is no larger than `ShardMsg` (see `Action::Migrate`).
         handoff: Box<Handoff>,
         transfer: Transfer,
+    },
+    /// The HTTP loop asks for this loop's counters (scrape number `scrape`).
+    StatsRequest {
+        scrape: u64,
+    },
+    /// The answer to `StatsRequest`. Boxed: mesh ring slots are sized by the largest
+    /// variant.
+    StatsReply {
+        scrape: u64,
+        snapshot: Box<crate::metrics::LoopSnapshot>,
     },
 }
 
@@ -98,6 +114,10 @@ pub struct WorkerSetup {
     /// Connection counters shared by all shards, so `max_connections` and
     /// `max_connections_per_ip` hold per node.
     pub node: Arc<crate::shard::NodeCounters>,
+    /// The HTTP listener (metrics, health, status page), given to one loop only.
+    pub http_listener: Option<TcpListener>,
+    /// When the broker started (uptime in the metrics).
+    pub started: Instant,
 }
 
 struct Worker<L: EventLoop> {
@@ -123,6 +143,12 @@ struct Worker<L: EventLoop> {
     report: WorkerReport,
     shutting_down: bool,
     busy_poll: BusyPoll,
+    clock: LoopClock,
+    /// The HTTP side, on the loop that owns the HTTP listener.
+    http: Option<HttpServer>,
+    /// Scrapes other loops asked for during the mesh drain: (asking loop, scrape).
+    /// At most one entry per peer and scrape; answered right after the drain.
+    stats_requests: Vec<(usize, u64)>,
 }
 
 /// Runs one shard's loop until shutdown has closed every connection.
@@ -142,6 +168,8 @@ pub fn run<L: EventLoop>(
         peers_rx,
         exit_barrier,
         node,
+        http_listener,
+        started,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -206,12 +234,23 @@ pub fn run<L: EventLoop>(
         },
         shutting_down: false,
         busy_poll,
+        clock: LoopClock::new(Instant::now()),
+        http: None,
+        stats_requests: Vec::new(),
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
+    let mqtt_listeners = listeners.len();
     for l in listeners {
         if let Err(e) = w.io.add_listener(l) {
             result = Err(e);
+        }
+    }
+    if let Some(l) = http_listener {
+        match (u8::try_from(mqtt_listeners), w.io.add_listener(l)) {
+            (Ok(index), Ok(())) => w.http = Some(HttpServer::new(index, started, w.io.name())),
+            (Err(_), _) => result = Err(io::Error::other("too many listeners for the HTTP one")),
+            (_, Err(e)) => result = Err(e),
         }
     }
     if result.is_ok() {
@@ -240,6 +279,7 @@ impl<L: EventLoop> Worker<L> {
         let mut idle_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            self.clock.turn(now);
             if let Some(t) = idle_since {
                 // Only events from outside end an idle gap: the completion of our own
                 // send follows it within microseconds and says nothing about traffic.
@@ -263,12 +303,17 @@ impl<L: EventLoop> Worker<L> {
                     &mut self.mesh,
                     &mut self.wake,
                     &mut self.report,
+                    &mut self.http,
                     self.shutting_down,
                     c,
                     now,
                 );
             }
             self.drain_mesh(now);
+            if !self.stats_requests.is_empty() {
+                self.answer_stats_requests(now);
+            }
+            self.http_turn(now);
             self.expire_handoffs(now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.on_timer(now);
@@ -309,6 +354,7 @@ impl<L: EventLoop> Worker<L> {
                 self.shard.next_deadline(),
                 self.draining.front().map(|&(d, _, _)| d),
                 self.waiting_handoffs.next_deadline(),
+                self.http.as_ref().and_then(|h| h.next_deadline()),
             ]
             .into_iter()
             .flatten()
@@ -324,6 +370,7 @@ impl<L: EventLoop> Worker<L> {
             }
             let would_block = !more_actions && timeout != Some(Duration::ZERO);
             if would_block {
+                self.clock.waiting(Instant::now());
                 self.shrink_handoff_tables();
                 let idle_start = *idle_since.get_or_insert(now);
                 let spin = self.busy_poll.window();
@@ -385,10 +432,19 @@ impl<L: EventLoop> Worker<L> {
             mesh,
             report,
             shutting_down,
+            stats_requests,
             ..
         } = self;
+        let mut replies = Vec::new();
         mesh.recv_batch(MESH_BATCH, |from, msg| match msg {
             WorkerMsg::Shard(m) => shard.on_message(from, m, now),
+            WorkerMsg::StatsRequest { scrape } => {
+                // One per peer: a peer asks again only after its scrape ended.
+                if !stats_requests.contains(&(from, scrape)) {
+                    stats_requests.push((from, scrape));
+                }
+            }
+            WorkerMsg::StatsReply { scrape, snapshot } => replies.push((from, scrape, snapshot)),
             WorkerMsg::Adopt { handoff, transfer } => {
                 report.handoffs_in += 1;
                 tracing::debug!(shard = shard.id(), from, ?transfer, "handoff received");
@@ -401,6 +457,9 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
         });
+        for (from, scrape, snapshot) in replies {
+            self.on_stats_reply(from, scrape, *snapshot);
+        }
     }
 
     /// A connect storm grows the hand-off tables to the number of hand-offs in flight;
@@ -467,6 +526,7 @@ impl<L: EventLoop> Worker<L> {
         mesh: &mut Endpoint<WorkerMsg>,
         wake: &mut WakeSet,
         report: &mut WorkerReport,
+        http: &mut Option<HttpServer>,
         shutting_down: bool,
         c: Completion,
         now: Instant,
@@ -479,9 +539,17 @@ impl<L: EventLoop> Worker<L> {
                 .map(|c| c as ConnId)
         };
         match c {
-            Completion::Accepted { sock, peer } => {
+            Completion::Accepted {
+                sock,
+                peer,
+                listener,
+            } => {
                 if shutting_down {
                     io.close(sock);
+                    return;
+                }
+                if let Some(h) = http.as_mut().filter(|h| h.listener == listener) {
+                    h.accept(io, sock, now);
                     return;
                 }
                 let conn = shard.accept(peer, now);
@@ -512,11 +580,17 @@ impl<L: EventLoop> Worker<L> {
                         }
                         _ => {}
                     }
+                } else if let Some(h) = http.as_mut().filter(|h| h.owns(sock)) {
+                    let data = io.buf(buf).to_vec();
+                    h.on_recv(io, sock, &data);
                 }
                 io.recycle(buf);
             }
             Completion::RecvEnd { sock, errno } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
+                    if let Some(h) = http.as_mut() {
+                        h.on_recv_end(io, sock);
+                    }
                     return;
                 };
                 let Some(Some(c)) = conns.get_mut(conn) else {
@@ -535,6 +609,9 @@ impl<L: EventLoop> Worker<L> {
             }
             Completion::SendDone { sock, errno } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
+                    if let Some(h) = http.as_mut() {
+                        h.on_send_done(io, sock);
+                    }
                     return;
                 };
                 let Some(Some(c)) = conns.get_mut(conn) else {
