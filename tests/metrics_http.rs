@@ -324,3 +324,87 @@ fn hostile_http_input_leaves_the_broker_and_mqtt_alone() {
     mqtt_round_trip(&broker, "after");
     broker.assert_alive();
 }
+
+/// Every `$SYS` topic and payload mosquitto_sub receives (retained: at once).
+fn sys_topics(broker: &Broker) -> HashMap<String, String> {
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", broker.host(), "-p"])
+        .arg(broker.port().to_string())
+        .args([
+            "-V", "mqttv311", "-v", "-t", "$SYS/#", "-C", "42", "-W", "10",
+        ])
+        .output()
+        .expect("mosquitto_sub not found: tests/install-deps.sh installs mosquitto-clients");
+    assert!(out.status.success(), "mosquitto_sub: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            // One topic name holds a space (Mosquitto's), and so do some payloads.
+            const SPACED: &str = "$SYS/broker/retained messages/count";
+            let (t, p) = match l.strip_prefix(SPACED) {
+                Some(rest) => (SPACED, rest.trim_start()),
+                None => l.split_once(' ').expect("topic payload"),
+            };
+            (t.to_string(), p.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn sys_topics_reach_mosquitto_sub_with_the_right_values() {
+    const N: usize = 25;
+    let broker = Launch::new(&["--shards", "2", "--sys-interval-s", "1"]).spawn();
+    let mut sub = RawClient::connect_v311(broker.addr(), &uniq("syssub"));
+    sub.subscribe_ok(1, "sys/t", 0);
+    let mut publ = RawClient::connect_v311(broker.addr(), &uniq("syspub"));
+    for _ in 0..N {
+        publ.publish("sys/t", 0, false, 0, b"x");
+    }
+    for _ in 0..N {
+        sub.recv_publish();
+    }
+    // The figures are those of the last publish: wait for one after the traffic.
+    let deadline = Instant::now() + IO_TIMEOUT;
+    let topics = loop {
+        let t = sys_topics(&broker);
+        if t.get("$SYS/broker/messages/received").map(String::as_str) == Some("25") {
+            break t;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no $SYS publish after the traffic: {t:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let v = |k: &str| {
+        topics
+            .get(k)
+            .unwrap_or_else(|| panic!("{k} not received: {topics:?}"))
+            .as_str()
+    };
+    assert_eq!(topics.len(), 42, "{topics:?}");
+    assert_eq!(
+        v("$SYS/broker/version"),
+        format!("ringmq version {}", env!("CARGO_PKG_VERSION"))
+    );
+    // Sent counts the $SYS copies to mosquitto_sub too (as Mosquitto does).
+    let sent: usize = v("$SYS/broker/messages/sent").parse().unwrap();
+    assert!(sent >= N, "sent {sent}");
+    assert_eq!(v("$SYS/broker/publish/messages/received"), N.to_string());
+    assert_eq!(v("$SYS/broker/clients/expired"), "0");
+    assert_eq!(v("$SYS/broker/publish/messages/dropped"), "0");
+    assert_eq!(v("$SYS/broker/subscriptions/count"), "1");
+    // The two test clients, and perhaps the mosquitto_sub of an earlier round.
+    let connected: u64 = v("$SYS/broker/clients/connected").parse().unwrap();
+    assert!((2..=3).contains(&connected), "connected {connected}");
+    let offline: u64 = v("$SYS/broker/clients/disconnected").parse().unwrap();
+    assert_eq!(offline, 0);
+    assert_eq!(v("$SYS/broker/clients/total"), connected.to_string());
+    assert!(v("$SYS/broker/uptime").ends_with(" seconds"));
+    let heap: u64 = v("$SYS/broker/heap/current").parse().unwrap();
+    assert!(heap > 0);
+    // The $SYS messages themselves are retained, and not counted as client messages.
+    let retained: u64 = v("$SYS/broker/retained messages/count").parse().unwrap();
+    assert!(retained >= 42, "retained {retained}");
+    assert!(v("$SYS/broker/load/messages/received/1min").contains('.'));
+}

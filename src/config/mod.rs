@@ -115,6 +115,8 @@ pub struct Config {
     pub max_retained_bytes: usize,
     /// Filters that SUBSCRIBE is refused for with 0x80 (interop suites use `test/nosubscribe`).
     pub deny_subscribe: Vec<String>,
+    /// Seconds between `$SYS` status publishes; 0: none.
+    pub sys_interval_s: u64,
 }
 
 impl Default for Config {
@@ -160,6 +162,7 @@ impl Default for Config {
             // a shard over it.
             max_retained_bytes: 256 << 20,
             deny_subscribe: Vec::new(),
+            sys_interval_s: 10,
         }
     }
 }

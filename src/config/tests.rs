@@ -65,6 +65,7 @@ fn every_cli_option_has_the_same_toml_key() {
     let samples: &[(&str, &str, &str)] = &[
         ("listen", "\"127.0.0.1:5\"", "127.0.0.1:5"),
         ("http_listen", "\"127.0.0.1:6\"", "127.0.0.1:6"),
+        ("sys_interval_s", "7", "7"),
         ("shards", "2", "2"),
         ("io", "\"uring\"", "uring"),
         ("log_level", "\"debug\"", "debug"),

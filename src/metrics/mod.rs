@@ -12,6 +12,7 @@ pub mod http;
 pub mod json;
 pub mod process;
 pub mod prometheus;
+pub mod sys;
 
 use crate::io::IoStats;
 use crate::ring::MeshStats;
@@ -111,6 +112,7 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
     let ShardStats {
         connections,
         sessions,
+        sessions_expired,
         sessions_online,
         subscriptions,
         messages_in,
@@ -154,6 +156,7 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
     } = b;
     a.connections += connections;
     a.sessions += sessions;
+    a.sessions_expired += sessions_expired;
     a.sessions_online += sessions_online;
     a.subscriptions += subscriptions;
     a.messages_in += messages_in;

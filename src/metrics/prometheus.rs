@@ -205,6 +205,12 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
     o.sample("ringmq_sessions", &[("state", "online")], c.sessions_online);
     o.sample("ringmq_sessions", &[("state", "offline")], offline);
     o.one(
+        "ringmq_sessions_expired_total",
+        Counter,
+        "Offline sessions ended by their Session Expiry Interval.",
+        c.sessions_expired,
+    );
+    o.one(
         "ringmq_subscriptions",
         Gauge,
         "Subscriptions of the sessions held.",

@@ -8,6 +8,8 @@ pub struct ShardStats {
     /// Connections accepted or adopted and not yet released.
     pub connections: usize,
     pub sessions: usize,
+    /// Offline sessions ended because their Session Expiry Interval passed.
+    pub sessions_expired: u64,
     /// Sessions with a connection attached. Filled by `Shard::stats_snapshot` (a walk
     /// of the sessions at scrape time), not kept up to date on the hot path.
     pub sessions_online: usize,

@@ -1,4 +1,5 @@
-//! The HTTP listener's connections and scrapes, on the loop that owns the listener.
+//! The HTTP listener's connections, the `$SYS` publisher, and the scrapes both
+//! answer from, on loop 0 (the loop given the HTTP listener).
 //!
 //! Bounded everywhere: at most [`MAX_CONNS`] connections (more are closed at
 //! accept), a request head of at most `MAX_REQUEST_BYTES`, [`READ_TIMEOUT`] for the
@@ -16,6 +17,7 @@ use bytes::Bytes;
 
 use crate::io::{EventLoop, SockId};
 use crate::metrics::http::{self as h, Parsed, Response, Route};
+use crate::metrics::sys::SysState;
 use crate::metrics::{json, prometheus, LoopSnapshot, NodeSnapshot};
 use crate::ring::SendOutcome;
 
@@ -57,11 +59,24 @@ struct Scrape {
     deadline: Instant,
 }
 
-/// The HTTP side of the loop that owns the listener.
+/// The `$SYS` publisher: a scrape every interval, its figures published retained.
+#[derive(Debug)]
+struct SysPublisher {
+    interval: Duration,
+    next: Instant,
+    last: Option<Instant>,
+    /// The scrape in flight was started (or joined) for a publish.
+    pending: bool,
+    state: SysState,
+}
+
+/// The observability side of loop 0: HTTP connections, `$SYS`, scrapes.
 #[derive(Debug)]
 pub(super) struct HttpServer {
-    /// Index of the HTTP listener among the loop's listeners (`Completion::Accepted`).
-    pub(super) listener: u8,
+    /// Index of the HTTP listener among the loop's listeners (`Completion::Accepted`);
+    /// `None`: no HTTP listener (only `$SYS`).
+    pub(super) listener: Option<u8>,
+    sys: Option<SysPublisher>,
     conns: HashMap<SockId, HttpConn>,
     scrape: Option<Scrape>,
     next_scrape: u64,
@@ -73,9 +88,23 @@ pub(super) struct HttpServer {
 }
 
 impl HttpServer {
-    pub(super) fn new(listener: u8, started: Instant, io_backend: &'static str) -> HttpServer {
+    pub(super) fn new(
+        listener: Option<u8>,
+        sys_interval: Duration,
+        started: Instant,
+        io_backend: &'static str,
+    ) -> HttpServer {
+        let sys = (!sys_interval.is_zero()).then(|| SysPublisher {
+            interval: sys_interval,
+            // The first publish right away: retained status from the start.
+            next: started,
+            last: None,
+            pending: false,
+            state: SysState::default(),
+        });
         HttpServer {
             listener,
+            sys,
             conns: HashMap::new(),
             scrape: None,
             next_scrape: 1,
@@ -99,7 +128,8 @@ impl HttpServer {
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         let conns = self.conns.values().map(|c| c.deadline).min();
         let scrape = self.scrape.as_ref().map(|s| s.deadline);
-        conns.into_iter().chain(scrape).min()
+        let sys = self.sys.as_ref().map(|s| s.next);
+        conns.into_iter().chain(scrape).chain(sys).min()
     }
 
     pub(super) fn accept<L: EventLoop>(&mut self, io: &mut L, sock: SockId, now: Instant) {
@@ -203,14 +233,31 @@ impl HttpServer {
             .any(|c| matches!(c.state, ConnState::Waiting { .. }))
     }
 
-    /// Answers every waiting request from a finished scrape.
-    fn finish<L: EventLoop>(&mut self, io: &mut L, node: &NodeSnapshot, now: Instant) {
-        let ctx = prometheus::Context {
+    fn context(&self, now: Instant) -> prometheus::Context {
+        prometheus::Context {
             version: env!("CARGO_PKG_VERSION"),
             io_backend: self.io_backend,
             process: observe::read_process_info(),
             uptime_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
-        };
+        }
+    }
+
+    /// A `$SYS` publish is due and not yet part of a scrape.
+    fn sys_due(&self, now: Instant) -> bool {
+        self.sys
+            .as_ref()
+            .is_some_and(|s| !s.pending && now >= s.next)
+    }
+
+    /// Answers every waiting request from a finished scrape.
+    fn finish<L: EventLoop>(
+        &mut self,
+        io: &mut L,
+        node: &NodeSnapshot,
+        ctx: &prometheus::Context,
+        now: Instant,
+    ) {
+        let ctx = ctx.clone();
         let mut metrics: Option<Bytes> = None;
         let mut stats: Option<Bytes> = None;
         for (&sock, c) in self.conns.iter_mut() {
@@ -255,7 +302,13 @@ impl<L: EventLoop> Worker<L> {
             return;
         };
         http.expire(&mut self.io, now);
-        if http.scrape.is_none() && http.waiting() {
+        if http.sys_due(now) {
+            if let Some(s) = http.sys.as_mut() {
+                s.pending = true;
+            }
+        }
+        let sys_pending = http.sys.as_ref().is_some_and(|s| s.pending);
+        if http.scrape.is_none() && (sys_pending || http.waiting()) {
             self.start_scrape(now);
         }
         let Some(http) = self.http.as_mut() else {
@@ -274,7 +327,23 @@ impl<L: EventLoop> Worker<L> {
                     None => node.missing_loops.push(shard),
                 }
             }
-            http.finish(&mut self.io, &node, now);
+            let ctx = http.context(now);
+            http.finish(&mut self.io, &node, &ctx, now);
+            let Some(sys) = http.sys.as_mut().filter(|s| s.pending) else {
+                return;
+            };
+            sys.pending = false;
+            let interval_s = sys
+                .last
+                .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+            sys.last = Some(now);
+            // Fixed steps from the start, so a slow scrape does not drift the schedule.
+            while sys.next <= now {
+                sys.next += sys.interval;
+            }
+            for (topic, payload) in sys.state.update(&node, &ctx, interval_s) {
+                self.shard.publish_sys(topic.into(), payload.into(), now);
+            }
         }
     }
 

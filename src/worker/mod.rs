@@ -210,6 +210,8 @@ pub fn run<L: EventLoop>(
         .recv()
         .map_err(|_| io::Error::other("another worker failed to start"))?;
     let busy_poll = BusyPoll::new(config.busy_poll_us);
+    // Only loop 0 publishes $SYS (it owns the node-wide scrape).
+    let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
     let shard = Shard::in_node(id, peers.len(), config, node);
     let presize = loop_options.max_connections.min(PRESIZE_MAX);
     let mut w = Worker {
@@ -246,12 +248,21 @@ pub fn run<L: EventLoop>(
             result = Err(e);
         }
     }
+    let mut http_index = None;
     if let Some(l) = http_listener {
         match (u8::try_from(mqtt_listeners), w.io.add_listener(l)) {
-            (Ok(index), Ok(())) => w.http = Some(HttpServer::new(index, started, w.io.name())),
+            (Ok(index), Ok(())) => http_index = Some(index),
             (Err(_), _) => result = Err(io::Error::other("too many listeners for the HTTP one")),
             (_, Err(e)) => result = Err(e),
         }
+    }
+    if http_index.is_some() || !sys_interval.is_zero() {
+        w.http = Some(HttpServer::new(
+            http_index,
+            sys_interval,
+            started,
+            w.io.name(),
+        ));
     }
     if result.is_ok() {
         result = w.run_loop(&shutdown);
@@ -548,7 +559,7 @@ impl<L: EventLoop> Worker<L> {
                     io.close(sock);
                     return;
                 }
-                if let Some(h) = http.as_mut().filter(|h| h.listener == listener) {
+                if let Some(h) = http.as_mut().filter(|h| h.listener == Some(listener)) {
                     h.accept(io, sock, now);
                     return;
                 }

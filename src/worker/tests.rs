@@ -310,7 +310,7 @@ fn a_scrape_counts_a_loop_that_never_answers_as_missing() {
     // Shard 1 owns the HTTP side; shard 0 (`_ep0`) never answers.
     let (mut w, _ep0) = worker_of_two();
     let t0 = Instant::now();
-    w.http = Some(HttpServer::new(0, t0, "epoll"));
+    w.http = Some(HttpServer::new(Some(0), Duration::ZERO, t0, "epoll"));
     w.start_scrape(t0);
     let scrape = w
         .http
