@@ -408,3 +408,86 @@ fn sys_topics_reach_mosquitto_sub_with_the_right_values() {
     assert!(retained >= 42, "retained {retained}");
     assert!(v("$SYS/broker/load/messages/received/1min").contains('.'));
 }
+
+/// The metric names a PromQL expression reads: identifiers starting `ringmq_` or
+/// `process_` (label names and functions never do).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let b = expr.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let starts_word = i == 0 || !(b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        let rest = &expr[i..];
+        if starts_word && (rest.starts_with("ringmq_") || rest.starts_with("process_")) {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            names.push(rest[..end].to_string());
+            i += end;
+        } else {
+            i += 1;
+        }
+    }
+    names
+}
+
+/// Every `"expr"` and `"query"`/`"definition"` string of the dashboard JSON.
+fn dashboard_queries(json: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for key in ["\"expr\": \"", "\"definition\": \""] {
+        let mut rest = json;
+        while let Some(at) = rest.find(key) {
+            rest = &rest[at + key.len()..];
+            let mut s = String::new();
+            let mut chars = rest.chars();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => s.push(chars.next().unwrap_or('\\')),
+                    '"' => break,
+                    c => s.push(c),
+                }
+            }
+            out.push(s);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_metric_the_grafana_dashboard_queries_is_exported() {
+    let path = support::repo_root().join("deploy/grafana/ringmq.json");
+    let json = std::fs::read_to_string(&path).expect("deploy/grafana/ringmq.json");
+    let queries = dashboard_queries(&json);
+    assert!(queries.len() >= 20, "only {} queries found", queries.len());
+    let broker = Launch::new(&["--shards", "2"]).spawn();
+    let (status, body) = get(&http_addr(&broker), "/metrics");
+    assert_eq!(status, 200);
+    let exported: std::collections::HashSet<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let mut checked = 0;
+    for q in &queries {
+        for name in metric_names(q) {
+            assert!(
+                exported.contains(name.as_str()),
+                "{name} (in {q:?}) is not exported"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= queries.len(),
+        "a query names no metric: {queries:?}"
+    );
+}
+
+#[test]
+fn metric_names_are_read_from_promql() {
+    assert_eq!(
+        metric_names(r#"sum by (reason) (rate(ringmq_x_total{instance=~"$i"}[1m])) / process_y"#),
+        ["ringmq_x_total", "process_y"]
+    );
+    assert!(metric_names("label_values(instance)").is_empty());
+}
