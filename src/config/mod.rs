@@ -48,6 +48,8 @@ pub struct Config {
     pub shards: Option<usize>,
     pub io: IoBackend,
     pub log_level: String,
+    /// `log_format = "json"`: one JSON object per log line.
+    pub log_json: bool,
     /// Longest a loop spins on its completion queues before it blocks, after a turn
     /// that did work. Adaptive below this cap: it shrinks to nothing when the gaps
     /// between events are longer (an idle fleet costs no CPU). 0 = never spin.
@@ -128,6 +130,7 @@ impl Default for Config {
             shards: None,
             io: IoBackend::Auto,
             log_level: "info".to_string(),
+            log_json: false,
             busy_poll_us: 0,
             rt_priority: 0,
             max_connections: 1_000_000,

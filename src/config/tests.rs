@@ -69,6 +69,7 @@ fn every_cli_option_has_the_same_toml_key() {
         ("shards", "2", "2"),
         ("io", "\"uring\"", "uring"),
         ("log_level", "\"debug\"", "debug"),
+        ("log_format", "\"json\"", "json"),
         ("busy_poll_us", "7", "7"),
         ("rt_priority", "7", "7"),
         ("max_connections", "7", "7"),
