@@ -35,7 +35,7 @@ use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
 use handoffs::{shrink_emptied, WaitingHandoffs};
 use http::HttpServer;
-use observe::LoopClock;
+use observe::{LoopClock, Summary};
 pub use report::WorkerReport;
 
 /// What travels over the mesh between workers.
@@ -144,6 +144,8 @@ struct Worker<L: EventLoop> {
     shutting_down: bool,
     busy_poll: BusyPoll,
     clock: LoopClock,
+    /// The once-per-interval info line.
+    summary: Summary,
     /// The HTTP side, on the loop that owns the HTTP listener.
     http: Option<HttpServer>,
     /// Scrapes other loops asked for during the mesh drain: (asking loop, scrape).
@@ -237,6 +239,7 @@ pub fn run<L: EventLoop>(
         shutting_down: false,
         busy_poll,
         clock: LoopClock::new(Instant::now()),
+        summary: Summary::new(Instant::now()),
         http: None,
         stats_requests: Vec::new(),
     };
@@ -325,6 +328,9 @@ impl<L: EventLoop> Worker<L> {
                 self.answer_stats_requests(now);
             }
             self.http_turn(now);
+            if now >= self.summary.next {
+                self.log_summary(now);
+            }
             self.expire_handoffs(now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.on_timer(now);

@@ -1,11 +1,14 @@
 //! What a loop tells a scrape: its busy clock (time not waiting for work over wall
 //! time), the snapshot of its counters it hands out over the mesh, and the process
-//! figures read from `/proc` for the loop that renders the answer.
+//! figures read from `/proc` for the loop that renders the answer. Also the loop's
+//! once-per-interval summary log line, which says at info what moved instead of a
+//! line per event.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::io::EventLoop;
 use crate::metrics::{process, LoopSnapshot, ProcessInfo};
+use crate::shard::ShardStats;
 
 use super::Worker;
 
@@ -50,7 +53,105 @@ impl LoopClock {
     }
 }
 
+/// How often a loop may log its summary line (only when something moved).
+pub(super) const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What the last summary line had seen.
+#[derive(Debug)]
+pub(super) struct Summary {
+    pub(super) next: Instant,
+    messages_in: u64,
+    messages_out: u64,
+    dropped: u64,
+    refused: u64,
+    closed: u64,
+    busy_ns: u64,
+    wall_ns: u64,
+}
+
+impl Summary {
+    pub(super) fn new(now: Instant) -> Summary {
+        Summary {
+            next: now + SUMMARY_INTERVAL,
+            messages_in: 0,
+            messages_out: 0,
+            dropped: 0,
+            refused: 0,
+            closed: 0,
+            busy_ns: 0,
+            wall_ns: 0,
+        }
+    }
+}
+
+fn dropped(s: &ShardStats) -> u64 {
+    s.dropped_outbound_full
+        + s.dropped_queue_full
+        + s.dropped_too_large
+        + s.dropped_expired
+        + s.dropped_offline_qos0
+        + s.dropped_no_subscriber
+        + s.dropped_memory_qos0
+}
+
+fn refused(s: &ShardStats) -> u64 {
+    s.refused_max_connections
+        + s.refused_per_ip
+        + s.refused_rate
+        + s.refused_busy
+        + s.refused_keepalive
+        + s.refused_handoff
+}
+
+fn closed(s: &ShardStats) -> u64 {
+    s.closed_superseded
+        + s.connect_timeouts
+        + s.closed_packet_too_large
+        + s.closed_protocol_error
+        + s.closed_topic_invalid
+        + s.closed_receive_maximum
+        + s.closed_slow_consumer
+        + s.closed_not_reading
+}
+
 impl<L: EventLoop> Worker<L> {
+    /// Logs at info what this loop did since its last summary, if anything moved
+    /// (an idle broker stays quiet). Called when `summary.next` has passed.
+    pub(super) fn log_summary(&mut self, now: Instant) {
+        let s = self.shard.stats();
+        let (busy_ns, wall_ns, _) = self.clock.figures(now);
+        let p = &mut self.summary;
+        p.next = now + SUMMARY_INTERVAL;
+        let (d_in, d_out) = (
+            s.messages_in - p.messages_in,
+            s.messages_out - p.messages_out,
+        );
+        let d_drop = dropped(s) + self.report.mesh_rejected - p.dropped;
+        let (d_ref, d_closed) = (refused(s) - p.refused, closed(s) - p.closed);
+        let busy = (busy_ns - p.busy_ns) as f64 / (wall_ns - p.wall_ns).max(1) as f64;
+        if d_in + d_out + d_drop + d_ref + d_closed > 0 {
+            tracing::info!(
+                shard = self.id,
+                connections = s.connections,
+                messages_in = d_in,
+                messages_out = d_out,
+                dropped = d_drop,
+                refused = d_ref,
+                closed = d_closed,
+                busy = format_args!("{busy:.3}"),
+                seconds = (wall_ns - p.wall_ns) / 1_000_000_000,
+                "loop summary since the last one"
+            );
+        }
+        p.messages_in = s.messages_in;
+        p.messages_out = s.messages_out;
+        p.dropped = dropped(s) + self.report.mesh_rejected;
+        p.refused = refused(s);
+        p.closed = closed(s);
+        p.busy_ns = busy_ns;
+        p.wall_ns = wall_ns;
+    }
+
     /// This loop's counters for a scrape (walks the shard's sessions once).
     pub(super) fn snapshot(&mut self, now: Instant) -> LoopSnapshot {
         let (busy_ns, wall_ns, turns) = self.clock.figures(now);

@@ -203,6 +203,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         shutting_down: false,
         busy_poll: BusyPoll::new(0),
         clock: LoopClock::new(Instant::now()),
+        summary: Summary::new(Instant::now()),
         http: None,
         stats_requests: Vec::new(),
     };
@@ -273,6 +274,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
         shutting_down: false,
         busy_poll: BusyPoll::new(0),
         clock: LoopClock::new(Instant::now()),
+        summary: Summary::new(Instant::now()),
         http: None,
         stats_requests: Vec::new(),
     };
