@@ -40,8 +40,8 @@ pub struct LoopSnapshot {
     pub handoffs_in: u64,
     pub handoffs_expired: u64,
     pub drain_timeouts: u64,
-    /// Time the loop spent not waiting for work (not blocked or spinning idle),
-    /// since it started, in nanoseconds.
+    /// CPU time of the loop's thread since it started, in nanoseconds: blocked
+    /// waiting for events costs none (a `busy_poll_us` spin counts as busy).
     pub busy_ns: u64,
     /// Time since the loop started, in nanoseconds.
     pub wall_ns: u64,

@@ -381,14 +381,14 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
     o.per_loop(
         "ringmq_loop_busy_ratio",
         Gauge,
-        "Share of wall time a loop spent not waiting for work, since start.",
+        "CPU time of a loop's thread over wall time, since start.",
         node,
         |l| float(l.busy_ratio()),
     );
     o.per_loop(
         "ringmq_loop_busy_seconds_total",
         Counter,
-        "Time a loop spent not waiting for work.",
+        "CPU time of a loop's thread.",
         node,
         |l| float(l.busy_ns as f64 / 1e9),
     );

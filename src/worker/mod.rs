@@ -293,7 +293,7 @@ impl<L: EventLoop> Worker<L> {
         let mut idle_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            self.clock.turn(now);
+            self.clock.turn();
             if let Some(t) = idle_since {
                 // Only events from outside end an idle gap: the completion of our own
                 // send follows it within microseconds and says nothing about traffic.
@@ -387,7 +387,6 @@ impl<L: EventLoop> Worker<L> {
             }
             let would_block = !more_actions && timeout != Some(Duration::ZERO);
             if would_block {
-                self.clock.waiting(Instant::now());
                 self.shrink_handoff_tables();
                 let idle_start = *idle_since.get_or_insert(now);
                 let spin = self.busy_poll.window();
