@@ -8,6 +8,7 @@
 mod arena;
 pub mod config;
 pub mod io;
+pub mod metrics;
 pub mod protocol;
 pub mod ring;
 pub mod session;

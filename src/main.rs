@@ -79,7 +79,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&loaded.config.log_level);
+    init_logging(&loaded.config.log_level, loaded.config.log_json);
     let max_connections_explicit = loaded.is_explicit("max_connections");
     match run(loaded.config, max_connections_explicit) {
         Ok(()) => ExitCode::SUCCESS,
@@ -170,7 +170,7 @@ fn disable_transparent_huge_pages() {
 /// `RUST_LOG`, when set, overrides `log_level`. `log_level` was parsed by the config
 /// layer (a bad one exits 2); an unparsable `RUST_LOG` is not the broker's config,
 /// so it does not stop the start, but it is named in a warning and `log_level` used.
-fn init_logging(level: &str) {
+fn init_logging(level: &str, json: bool) {
     use std::env::VarError;
     use tracing_subscriber::EnvFilter;
     let (from_env, bad_env) = match std::env::var("RUST_LOG") {
@@ -184,14 +184,18 @@ fn init_logging(level: &str) {
     // `new` skips a directive it cannot parse instead of failing; `level` has none.
     let filter = from_env.unwrap_or_else(|| EnvFilter::new(level));
     // Colour codes only for a terminal: in files and CI logs they are noise.
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !json)
         // A closed stderr (the supervisor's pipe went away) must not turn every log
         // line into a panic: the signal thread logs before it sets the shutdown flag.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    if json {
+        fmt.json().flatten_event(true).init();
+    } else {
+        fmt.init();
+    }
     if let Some(bad) = bad_env {
         let text = format!("RUST_LOG={bad} ignored; using log_level {level:?}");
         // Shown even when `level` filters warnings out: it explains what is logged.
@@ -384,6 +388,20 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
         }
     }
 
+    // The HTTP listener (metrics, health, status page): one socket, owned by loop 0.
+    let mut http_listener = match config.http_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).map_err(|e| format!("http_listen on {addr}: {e}"))?;
+            Some(l)
+        }
+        None => None,
+    };
+    let http_addr = match &http_listener {
+        Some(l) => Some(l.local_addr().map_err(|e| format!("http_listen: {e}"))?),
+        None => None,
+    };
+    let started = std::time::Instant::now();
+
     let endpoints = ring::mesh::<WorkerMsg>(shards, MESH_RING_CAPACITY, MESH_OVERFLOW_MAX)
         .map_err(|e| format!("mesh: {e}"))?;
     // One key for every loop of the process: they must agree on each session's owner.
@@ -414,6 +432,8 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
             peers_rx,
             exit_barrier: exit_barrier.clone(),
             node: node.clone(),
+            http_listener: if id == 0 { http_listener.take() } else { None },
+            started,
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
@@ -460,6 +480,9 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     }
 
     let addrs: Vec<String> = bound_addrs.iter().map(|a| a.to_string()).collect();
+    if let Some(addr) = http_addr {
+        say!("ringmq http on {addr} (/metrics, /healthz, /readyz, /api/stats, /)");
+    }
     say!(
         "ringmq listening on {} ({}, {} shard{})",
         addrs.join(", "),

@@ -372,6 +372,8 @@ fn rt_priority_runs_every_loop_under_sched_fifo() {
             .args([
                 "--listen",
                 "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
                 "--shards",
                 "1",
                 "--rt-priority",

@@ -9,6 +9,8 @@
 #   - lintian, systemd, dpkg-dev, binutils, procps  (tests/package.sh: lintian, systemd-analyze
 #     verify, dpkg-shlibdeps for the package's Depends, strip for cargo-deb, /bin/kill)
 #   - cargo-deb from crates.io       (tests/package.sh builds the .deb with it)
+#   - prometheus (for promtool), chromium  (tests/metrics_http.rs: `promtool check metrics` on
+#     the real /metrics, the status page in headless Chromium)
 # apt-get update runs only when a package is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +22,8 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; f
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
-for p in mosquitto mosquitto-clients python3-paho-mqtt valgrind lintian systemd dpkg-dev binutils procps; do
+for p in mosquitto mosquitto-clients python3-paho-mqtt valgrind lintian systemd dpkg-dev binutils procps \
+         prometheus chromium; do
     have_pkg "$p" || missing+=("$p")
 done
 # An existing node (e.g. NodeSource's nodejs 20, which bundles npm) is used as is:

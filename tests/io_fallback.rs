@@ -147,6 +147,8 @@ fn forced_uring_refuses_to_start_when_io_uring_setup_is_denied() {
     cmd.args([
         "--listen",
         "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
         "--io",
         "uring",
         "--log-level",

@@ -182,6 +182,8 @@ fn sigterm_stops_the_broker_after_its_stderr_closed() {
         .args([
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--shards",
             "1",
             "--log-level",
@@ -204,5 +206,56 @@ fn sigterm_stops_the_broker_after_its_stderr_closed() {
     assert_eq!(rc, 0);
     let status =
         wait_or_kill(&mut child, WAIT).expect("ringmq ignored SIGTERM once its stderr was closed");
+    assert!(status.success(), "{status:?}");
+}
+
+/// `--log-format json`: every log line is one JSON object (the two plain start-up
+/// lines, `ringmq http on` and `ringmq listening on`, are the start-up contract and
+/// stay text), and a client the broker disconnects is logged at debug with the
+/// reason code.
+#[test]
+fn json_logs_are_one_object_per_line_and_name_the_disconnect_reason() {
+    let mut broker = Launch::new(&[
+        "--shards",
+        "1",
+        "--log-format",
+        "json",
+        "--log-level",
+        "debug",
+    ])
+    .env_remove("RUST_LOG")
+    .startup_timeout(WAIT)
+    .spawn();
+    let (mut c, _) = support::RawClient::connect_v5(broker.addr(), &support::uniq("jsonlog"));
+    // A PUBLISH with QoS 3: malformed, the broker disconnects with 0x81.
+    c.send_hex("36 05 00 01 74 00 01");
+    c.expect_disconnect_v5(&[0x81]);
+    let deadline = std::time::Instant::now() + WAIT;
+    let tail = loop {
+        let tail = broker.stderr_tail();
+        if tail.contains("client disconnected by the broker") {
+            break tail;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no disconnect line: {tail}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lines: Vec<&str> = tail.lines().filter(|l| !l.starts_with("ringmq ")).collect();
+    assert!(lines.len() >= 3, "{tail}");
+    for l in &lines {
+        assert!(
+            l.starts_with('{') && l.ends_with('}') && l.contains("\"level\":"),
+            "not a JSON log line: {l}"
+        );
+    }
+    let line = lines
+        .iter()
+        .find(|l| l.contains("client disconnected by the broker"))
+        .expect("found above");
+    assert!(line.contains("\"level\":\"DEBUG\""), "{line}");
+    assert!(line.contains("\"reason_code\":\"0x81\""), "{line}");
+    let status = broker.terminate(WAIT).expect("exits after SIGTERM");
     assert!(status.success(), "{status:?}");
 }

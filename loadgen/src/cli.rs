@@ -148,6 +148,11 @@ pub struct Opts {
     /// Write an SVG plot of the latency percentile curve.
     #[arg(long, global = true)]
     pub plot: Option<std::path::PathBuf>,
+    /// Scrape this Prometheus endpoint of the broker (e.g.
+    /// http://127.0.0.1:9883/metrics) before and after the run and print the
+    /// broker-side deltas (messages, drops by reason, busy ratio) after the report.
+    #[arg(long, global = true)]
+    pub scrape: Option<String>,
 }
 
 /// Validated settings for one run.

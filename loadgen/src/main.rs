@@ -5,6 +5,7 @@ mod engine;
 mod plan;
 mod report;
 mod run;
+mod scrape;
 
 // The library's modules, under the paths the binary's own modules use.
 use loadgen::{payload, rx, stats};
@@ -24,6 +25,15 @@ fn main() {
     let json = cfg.json;
     let hgrm_path = cfg.hgrm.clone();
     let plot_path = cfg.plot.clone();
+    let scrape_url = cli.opts.scrape.clone();
+    let before = match scrape_url.as_deref().map(scrape::fetch) {
+        Some(Err(e)) => {
+            eprintln!("loadgen: {e}");
+            std::process::exit(1);
+        }
+        Some(Ok(s)) => Some(s),
+        None => None,
+    };
     let (report, hists) = match run::run(cfg) {
         Ok(r) => r,
         Err(e) => {
@@ -40,6 +50,14 @@ fn main() {
         }
     } else {
         print!("{table}");
+    }
+    if let (Some(url), Some(before)) = (scrape_url.as_deref(), before.as_ref()) {
+        match scrape::fetch(url) {
+            // Beside the table: stderr under --json, so stdout stays one JSON line.
+            Ok(after) if json => eprint!("{}", scrape::deltas(before, &after)),
+            Ok(after) => print!("{}", scrape::deltas(before, &after)),
+            Err(e) => eprintln!("loadgen: {e}"),
+        }
     }
     let main_hist = if report.scenario == "connect" {
         &hists.connect

@@ -1,7 +1,7 @@
 //! Feature keys: which optional MQTT features the broker offers (retained,
 //! wildcards, subscription identifiers, shared subscriptions), the retained
-//! store's bounds, and filters refused on SUBSCRIBE. ACL settings land beside
-//! `deny_subscribe`.
+//! store's bounds, filters refused on SUBSCRIBE, and the `$SYS` status topics. ACL
+//! settings land beside `deny_subscribe`.
 
 use clap::Args;
 
@@ -26,6 +26,8 @@ pub struct FeatureArgs {
     /// Filter refused on SUBSCRIBE with 0x80 (repeatable). Default: none.
     #[arg(long, value_name = "FILTER")]
     pub deny_subscribe: Vec<String>,
+    #[arg(long, value_name = "SECONDS", help = with_default("Seconds between $SYS/broker/... status publishes (retained, Mosquitto's topic names); 0 turns them off", d().sys_interval_s))]
+    pub sys_interval_s: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -36,6 +38,7 @@ pub(super) const KEYS: &[&str] = &[
     "max_retained_messages",
     "max_retained_bytes",
     "deny_subscribe",
+    "sys_interval_s",
 ];
 
 /// Applies one key of this part. `Ok(false)`: not one of its keys.
@@ -52,6 +55,7 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "deny_subscribe" => {
             cfg.deny_subscribe = list(raw).iter().map(text).collect::<Result<Vec<_>, _>>()?;
         }
+        "sys_interval_s" => cfg.sys_interval_s = int(raw, 0, 86_400)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -78,5 +82,6 @@ impl FeatureArgs {
         push_text(v, "max_retained_messages", &self.max_retained_messages);
         push_text(v, "max_retained_bytes", &self.max_retained_bytes);
         push_list(v, "deny_subscribe", &self.deny_subscribe);
+        push_text(v, "sys_interval_s", &self.sys_interval_s);
     }
 }

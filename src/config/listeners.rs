@@ -1,10 +1,10 @@
-//! Listener keys: the addresses the broker accepts MQTT connections on. TLS and
-//! WebSocket listeners land here.
+//! Listener keys: the addresses the broker accepts MQTT connections on, and the HTTP
+//! listener of the metrics endpoints. TLS and WebSocket listeners land here.
 
 use clap::Args;
 
 use super::cli::with_default;
-use super::value::{addr, list, push_list, Expect, Raw};
+use super::value::{addr, list, push_list, push_text, Expect, Raw};
 use super::Config;
 
 #[derive(Args, Debug, Default, Clone)]
@@ -12,9 +12,11 @@ pub struct ListenerArgs {
     /// Address to listen on (repeatable).
     #[arg(long, value_name = "ADDR", help = with_default("Address to listen on (repeatable)", "0.0.0.0:1883"))]
     pub listen: Vec<String>,
+    #[arg(long, value_name = "ADDR", help = with_default("HTTP listener for /metrics (Prometheus), /healthz, /readyz, /api/stats and the status page at /; none turns it off", "127.0.0.1:9883"))]
+    pub http_listen: Option<String>,
 }
 
-pub(super) const KEYS: &[&str] = &["listen"];
+pub(super) const KEYS: &[&str] = &["listen", "http_listen"];
 
 /// Applies one key of this part. `Ok(false)`: not one of its keys.
 pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
@@ -26,6 +28,14 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
             }
             cfg.listen = addrs;
         }
+        "http_listen" => {
+            let off = matches!(raw, Raw::Text(s) if s.trim().eq_ignore_ascii_case("none"));
+            cfg.http_listen = if off {
+                None
+            } else {
+                Some(addr(raw).map_err(|e| format!("{e}, or none"))?)
+            };
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -34,5 +44,6 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
 impl ListenerArgs {
     pub(super) fn values(&self, v: &mut Vec<(&'static str, Raw)>) {
         push_list(v, "listen", &self.listen);
+        push_text(v, "http_listen", &self.http_listen);
     }
 }

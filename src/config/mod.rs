@@ -42,10 +42,14 @@ pub use value::{Expect, Raw};
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// The HTTP listener (metrics, health, status page), owned by loop 0; `None`: off.
+    pub http_listen: Option<SocketAddr>,
     /// Event loops (one per core). `None`: number of available cores.
     pub shards: Option<usize>,
     pub io: IoBackend,
     pub log_level: String,
+    /// `log_format = "json"`: one JSON object per log line.
+    pub log_json: bool,
     /// Longest a loop spins on its completion queues before it blocks, after a turn
     /// that did work. Adaptive below this cap: it shrinks to nothing when the gaps
     /// between events are longer (an idle fleet costs no CPU). 0 = never spin.
@@ -149,15 +153,20 @@ pub struct Config {
     pub max_retained_bytes: usize,
     /// Filters that SUBSCRIBE is refused for with 0x80 (interop suites use `test/nosubscribe`).
     pub deny_subscribe: Vec<String>,
+    /// Seconds between `$SYS` status publishes; 0: none.
+    pub sys_interval_s: u64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            // Loopback only: the endpoints are unauthenticated and name every counter.
+            http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9883))),
             shards: None,
             io: IoBackend::Auto,
             log_level: "info".to_string(),
+            log_json: false,
             busy_poll_us: 0,
             rt_priority: 0,
             placement_seed: None,
@@ -222,6 +231,7 @@ impl Default for Config {
             // a shard over it.
             max_retained_bytes: 256 << 20,
             deny_subscribe: Vec::new(),
+            sys_interval_s: 10,
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct RuntimeArgs {
     pub io: Option<String>,
     #[arg(long, value_name = "LEVEL", help = with_default("tracing filter, e.g. info or ringmq=debug,warn; refused at start-up if it does not parse. RUST_LOG overrides it (an unparsable RUST_LOG is ignored with a warning)", &d().log_level))]
     pub log_level: Option<String>,
+    #[arg(long, value_name = "text|json", help = with_default("Log line format: text for people, json (one object per line) for log collectors", "text"))]
+    pub log_format: Option<String>,
     #[arg(long, value_name = "US", help = with_default("Most microseconds a loop spins for the next event after a busy turn before blocking (adaptive: shrinks to 0 when events are further apart); 0 = never spin", d().busy_poll_us))]
     pub busy_poll_us: Option<String>,
     #[arg(long, value_name = "N", help = with_default("SCHED_FIFO priority 1..99 for the event-loop threads (needs CAP_SYS_NICE or RLIMIT_RTPRIO); cuts the latency tail that kernel threads on a loop's core cause; 0 = normal scheduling", d().rt_priority))]
@@ -36,6 +38,7 @@ pub(super) const KEYS: &[&str] = &[
     "shards",
     "io",
     "log_level",
+    "log_format",
     "busy_poll_us",
     "rt_priority",
     "placement_seed",
@@ -71,6 +74,7 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
             }
         }
         "log_level" => cfg.log_level = log_filter(raw)?,
+        "log_format" => cfg.log_json = one_of(raw, &["text", "json"])? == "json",
         "busy_poll_us" => cfg.busy_poll_us = int(raw, 0, MAX_BUSY_POLL_US)? as u32,
         "rt_priority" => cfg.rt_priority = int(raw, 0, 99)? as u8,
         "placement_seed" => {
@@ -89,6 +93,7 @@ impl RuntimeArgs {
         push_text(v, "shards", &self.shards);
         push_text(v, "io", &self.io);
         push_text(v, "log_level", &self.log_level);
+        push_text(v, "log_format", &self.log_format);
         push_text(v, "busy_poll_us", &self.busy_poll_us);
         push_text(v, "rt_priority", &self.rt_priority);
         push_text(v, "placement_seed", &self.placement_seed);

@@ -64,9 +64,12 @@ fn every_cli_option_has_the_same_toml_key() {
     // Each KEY set from the file and from the CLI gives the same Config field.
     let samples: &[(&str, &str, &str)] = &[
         ("listen", "\"127.0.0.1:5\"", "127.0.0.1:5"),
+        ("http_listen", "\"127.0.0.1:6\"", "127.0.0.1:6"),
+        ("sys_interval_s", "7", "7"),
         ("shards", "2", "2"),
         ("io", "\"uring\"", "uring"),
         ("log_level", "\"debug\"", "debug"),
+        ("log_format", "\"json\"", "json"),
         ("busy_poll_us", "7", "7"),
         ("rt_priority", "7", "7"),
         ("placement_seed", "7", "7"),
@@ -301,4 +304,30 @@ fn cli_options_are_the_keys_in_order() {
         .filter(|id| !matches!(*id, "help" | "version" | "config"))
         .collect();
     assert_eq!(options, keys().collect::<Vec<_>>());
+}
+
+#[test]
+fn http_listen_takes_an_address_or_none() {
+    let c = cli(&["--http-listen", "none"]);
+    assert_eq!(
+        load_with(&c, with_file("")).expect("load").http_listen,
+        None
+    );
+    let cfg = load_with(
+        &cli(&["--config", "x.toml"]),
+        with_file("http_listen = \"NONE\"\n"),
+    )
+    .expect("load");
+    assert_eq!(cfg.http_listen, None);
+    assert_eq!(
+        Config::default().http_listen,
+        Some("127.0.0.1:9883".parse().expect("addr"))
+    );
+    let err = load_with(&cli(&["--http-listen", "nowhere"]), with_file(""))
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("--http-listen") && err.contains("nowhere"),
+        "{err}"
+    );
 }

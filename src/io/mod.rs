@@ -65,7 +65,13 @@ pub struct Transfer(pub u64);
 pub enum Completion {
     /// A new connection; nothing is read until `start_recv`. `peer` is `0.0.0.0:0` when
     /// unknown (io_uring multishot accepts, `LoopOptions::accept_peer_addr` off).
-    Accepted { sock: SockId, peer: SocketAddr },
+    /// `listener`: the index of the listener that accepted it, in `add_listener` order
+    /// (the worker tells the MQTT listeners from the HTTP one by it).
+    Accepted {
+        sock: SockId,
+        peer: SocketAddr,
+        listener: u8,
+    },
     /// A descriptor sent by another loop arrived after the worker's `adopt` returned `None`.
     Adopted { transfer: Transfer, sock: SockId },
     /// Bytes received; `recycle(buf)` once copied.
@@ -118,6 +124,11 @@ pub struct IoStats {
     /// `send` calls refused because a send was already in flight (a worker bug: the
     /// bytes are lost).
     pub send_refused_busy: u64,
+    /// Completions the kernel could not post because a completion queue was full
+    /// (io_uring's CQ overflow counter, summed over the loop's rings).
+    pub cq_overflow: u64,
+    /// Submissions that found the submission queue full and waited in the backlog.
+    pub sq_full: u64,
 }
 
 /// How a backend is sized. Derived from `Config` by the worker.

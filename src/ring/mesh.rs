@@ -461,6 +461,11 @@ impl<T> Endpoint<T> {
         self.inbound.iter().flatten().any(|ring| !ring.is_empty())
     }
 
+    /// Messages waiting in the inbound rings (a snapshot, for metrics).
+    pub fn inbound_len(&self) -> usize {
+        self.inbound.iter().flatten().map(|ring| ring.len()).sum()
+    }
+
     /// Call after waking from a park: producers stop sending doorbells. A producer
     /// that still saw the old flag sends one spurious doorbell, which is harmless.
     pub fn unpark(&mut self) {

@@ -59,6 +59,7 @@ impl Shard {
     /// retained bound): it is still delivered, and not stored on any replica.
     pub(crate) fn publish(&mut self, msg: Message, now: Instant) -> bool {
         self.stats.messages_in += 1;
+        self.stats.messages_in_qos[msg.qos as usize] += 1;
         // Only stored/forwarded messages need the Arc; a purely local QoS 0 fan-out
         // does without (see `deliver`).
         let mut arc: Option<Arc<Message>> = None;

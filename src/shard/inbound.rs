@@ -428,6 +428,15 @@ impl Shard {
     ) -> Result<(), SessionError> {
         let session = self.conn_session(conn);
         let v5 = self.conns.get(conn).is_some_and(|c| c.version.is_v5());
+        if let Some(c) = self.conns.get(conn) {
+            tracing::debug!(
+                shard = self.id,
+                conn,
+                client_id = %self.client_id_of(c.session),
+                reason_code = format_args!("{:#04x}", d.code as u8),
+                "client sent DISCONNECT"
+            );
+        }
         if v5 {
             if let Some(new_expiry) = d.properties.session_expiry_interval_s {
                 let Some(s) = self.sessions.get_mut(session) else {

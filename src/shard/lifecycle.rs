@@ -66,6 +66,9 @@ impl Shard {
             p.refusal = if adopted { None } else { refusal };
         }
         self.stats.connections = self.conns.len();
+        if !adopted {
+            self.stats.accepted += 1;
+        }
         let deadline = accepted_at + Duration::from_millis(self.config.connect_timeout_ms);
         self.timers.push(
             now,
@@ -108,6 +111,7 @@ impl Shard {
             return;
         }
         c.rx.extend_from_slice(data);
+        self.stats.bytes_in += data.len() as u64;
         c.last_seen = now;
         self.last_now = Some(now);
         self.process_rx(conn, now);
@@ -204,6 +208,14 @@ impl Shard {
     /// The peer closed or the socket failed. The IO side calls `release` afterwards.
     pub fn on_closed(&mut self, conn: ConnId, now: Instant) {
         self.last_now = Some(now);
+        if let Some(c) = self.conns.get(conn).filter(|c| c.is_live()) {
+            tracing::debug!(
+                shard = self.id,
+                conn,
+                client_id = %self.client_id_of(c.session),
+                "client connection closed by the peer (no DISCONNECT)"
+            );
+        }
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
@@ -214,6 +226,14 @@ impl Shard {
         if was == ConnState::Connected {
             self.detach_session(conn, true, now);
         }
+    }
+
+    /// A session's client id for log lines (empty before CONNECT).
+    pub(super) fn client_id_of(&self, session: u32) -> String {
+        self.sessions
+            .get(session)
+            .map(|s| String::from_utf8_lossy(&s.client_id).into_owned())
+            .unwrap_or_default()
     }
 
     /// The IO side has no more operations on `conn`; its id may be reused.
@@ -261,6 +281,14 @@ impl Shard {
             return;
         }
         let (state, v5) = (c.state, c.version.is_v5());
+        tracing::debug!(
+            shard = self.id,
+            conn,
+            client_id = %self.client_id_of(c.session),
+            reason_code = format_args!("{:#04x}", err.reason_code() as u8),
+            reason = ?err,
+            "client disconnected by the broker"
+        );
         self.count_failure(&err);
         if state != ConnState::Connected {
             self.close(conn);

@@ -248,6 +248,48 @@ impl Shard {
         &self.stats
     }
 
+    /// Publishes a broker status message (`$SYS/...`), retained, QoS 0, as if a
+    /// client of this shard had: stored in every replica and delivered to matching
+    /// subscribers. Not counted as a message received from a client.
+    pub fn publish_sys(&mut self, topic: bytes::Bytes, payload: bytes::Bytes, now: Instant) {
+        let msg = crate::session::Message {
+            topic,
+            payload,
+            qos: crate::protocol::QoS::AtMostOnce,
+            retain: true,
+            properties: Default::default(),
+            arrived_at: now,
+            origin_shard: self.id,
+            origin_session: crate::session::NONE,
+            // Made by the broker, not sliced from a receive buffer.
+            owned: true,
+        };
+        self.publish(msg, now);
+        // `publish` counts client messages; this one is the broker's own.
+        self.stats.messages_in -= 1;
+        self.stats.messages_in_qos[0] -= 1;
+    }
+
+    /// The counters with the gauges that are not kept up to date on the hot path
+    /// (online sessions, queued messages, in-flight messages) filled in by one walk
+    /// of the sessions: for a scrape, not for every turn.
+    pub fn stats_snapshot(&mut self) -> ShardStats {
+        let (mut online, mut queued, mut inflight) = (0, 0, 0);
+        for (_, s) in self.sessions.iter() {
+            if s.conn != crate::session::NONE {
+                online += 1;
+            }
+            if let Some(d) = s.delivery.as_deref() {
+                queued += d.queue.len();
+                inflight += d.inflight.len();
+            }
+        }
+        self.stats.sessions_online = online;
+        self.stats.messages_queued = queued;
+        self.stats.inflight = inflight;
+        self.stats.clone()
+    }
+
     /// A message from shard `from`.
     pub fn on_message(&mut self, from: ShardId, msg: ShardMsg, now: Instant) {
         self.last_now = Some(now);

@@ -35,6 +35,7 @@ impl Shard {
         // Swap in an empty buffer (no allocation) so an idle connection parks nothing.
         let out = std::mem::take(&mut c.tx).freeze();
         self.stats.bytes_tx -= out.len();
+        self.stats.bytes_out += out.len() as u64;
         if c.state == ConnState::Connected && c.session != NONE {
             // Room was freed: messages waiting for it can be encoded now.
             let session = c.session;

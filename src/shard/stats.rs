@@ -8,12 +8,23 @@ pub struct ShardStats {
     /// Connections accepted or adopted and not yet released.
     pub connections: usize,
     pub sessions: usize,
+    /// Offline sessions ended because their Session Expiry Interval passed.
+    pub sessions_expired: u64,
+    /// Sessions with a connection attached. Filled by `Shard::stats_snapshot` (a walk
+    /// of the sessions at scrape time), not kept up to date on the hot path.
+    pub sessions_online: usize,
     /// Subscriptions of the sessions on this shard.
     pub subscriptions: usize,
     /// PUBLISHes received from clients on this shard (wills included).
     pub messages_in: u64,
+    /// `messages_in` by QoS (index 0, 1, 2).
+    pub messages_in_qos: [u64; 3],
     /// PUBLISHes encoded for clients of this shard (resends included).
     pub messages_out: u64,
+    /// Bytes read from clients of this shard (every packet, counted per read).
+    pub bytes_in: u64,
+    /// Bytes handed to the IO side for clients of this shard (counted per flush).
+    pub bytes_out: u64,
     /// QoS 0 copies dropped because the connection's outbound buffer was full.
     pub dropped_outbound_full: u64,
     /// Copies dropped because a session queue was at its message or byte bound.
@@ -38,6 +49,11 @@ pub struct ShardStats {
     pub dropped_no_subscriber: u64,
     /// Bytes of messages waiting in session queues on this shard.
     pub bytes_queued: usize,
+    /// Messages waiting in session queues; filled by `Shard::stats_snapshot`.
+    pub messages_queued: usize,
+    /// Outbound QoS 1/2 messages sent and not yet acknowledged; filled by
+    /// `Shard::stats_snapshot`.
+    pub inflight: usize,
     /// Retained messages in this shard's replica.
     pub retained: usize,
     /// Bytes encoded into connection buffers and not yet taken by the IO side.
@@ -50,6 +66,10 @@ pub struct ShardStats {
     /// Filter trie (`TopicTrie::approx_bytes`): local subscriptions and the routes
     /// table rows replicated from the other shards.
     pub bytes_routes: usize,
+
+    /// Connections accepted by this shard (not those adopted after a hand-off, which
+    /// another shard accepted).
+    pub accepted: u64,
 
     // Hostile input and overload: one counter per limit.
     /// CONNECTs refused with 0x97 / rc 3: node over `max_connections`.

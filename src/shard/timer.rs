@@ -311,6 +311,7 @@ impl Shard {
                     if s.generation != t.generation || s.is_online() || s.expires_ns > now_ns {
                         continue;
                     }
+                    self.stats.sessions_expired += 1;
                     self.end_session(t.key, now);
                 }
             }

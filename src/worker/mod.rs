@@ -8,7 +8,9 @@
 //!
 //! This file owns that loop and the per-connection IO state it keeps beside the shard.
 //! Beside it: `cpu` (thread placement), `busy_poll` (the spin window before blocking),
-//! `handoffs` (hand-offs waiting for their socket), `linger` (lingering close), `tests`.
+//! `handoffs` (hand-offs waiting for their socket), `linger` (lingering close), `observe`
+//! (the busy clock and the snapshot a scrape gets), `http` (the HTTP listener's
+//! connections and scrapes, on the loop that owns it), `tests`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -25,13 +27,17 @@ use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
 mod busy_poll;
 mod cpu;
 mod handoffs;
+mod http;
 mod linger;
+mod observe;
 mod report;
 
 use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
 use handoffs::{shrink_emptied, WaitingHandoffs};
+use http::HttpServer;
 use linger::Linger;
+use observe::{LoopClock, Summary};
 pub use report::WorkerReport;
 
 /// What travels over the mesh between workers.
@@ -44,6 +50,16 @@ pub enum WorkerMsg {
         /// Boxed so a mesh ring slot is no larger than `ShardMsg` (see `Action::Migrate`).
         handoff: Box<Handoff>,
         transfer: Transfer,
+    },
+    /// The HTTP loop asks for this loop's counters (scrape number `scrape`).
+    StatsRequest {
+        scrape: u64,
+    },
+    /// The answer to `StatsRequest`. Boxed: mesh ring slots are sized by the largest
+    /// variant.
+    StatsReply {
+        scrape: u64,
+        snapshot: Box<crate::metrics::LoopSnapshot>,
     },
 }
 
@@ -103,6 +119,10 @@ pub struct WorkerSetup {
     /// Connection counters shared by all shards, so `max_connections` and
     /// `max_connections_per_ip` hold per node.
     pub node: Arc<crate::shard::NodeCounters>,
+    /// The HTTP listener (metrics, health, status page), given to one loop only.
+    pub http_listener: Option<TcpListener>,
+    /// When the broker started (uptime in the metrics).
+    pub started: Instant,
 }
 
 struct Worker<L: EventLoop> {
@@ -129,6 +149,14 @@ struct Worker<L: EventLoop> {
     report: WorkerReport,
     shutting_down: bool,
     busy_poll: BusyPoll,
+    clock: LoopClock,
+    /// The once-per-interval info line.
+    summary: Summary,
+    /// The HTTP side, on the loop that owns the HTTP listener.
+    http: Option<HttpServer>,
+    /// Scrapes other loops asked for during the mesh drain: (asking loop, scrape).
+    /// At most one entry per peer and scrape; answered right after the drain.
+    stats_requests: Vec<(usize, u64)>,
 }
 
 /// Runs one shard's loop until shutdown has closed every connection.
@@ -148,6 +176,8 @@ pub fn run<L: EventLoop>(
         peers_rx,
         exit_barrier,
         node,
+        http_listener,
+        started,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -192,6 +222,8 @@ pub fn run<L: EventLoop>(
         Duration::from_millis(config.close_linger_ms),
         config.max_lingering_per_shard,
     );
+    // Only loop 0 publishes $SYS (it owns the node-wide scrape).
+    let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
     let shard = Shard::in_node(id, peers.len(), config, node);
     let presize = loop_options.max_connections.min(PRESIZE_MAX);
     let mut w = Worker {
@@ -217,13 +249,34 @@ pub fn run<L: EventLoop>(
         },
         shutting_down: false,
         busy_poll,
+        clock: LoopClock::new(Instant::now()),
+        summary: Summary::new(Instant::now()),
+        http: None,
+        stats_requests: Vec::new(),
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
+    let mqtt_listeners = listeners.len();
     for l in listeners {
         if let Err(e) = w.io.add_listener(l) {
             result = Err(e);
         }
+    }
+    let mut http_index = None;
+    if let Some(l) = http_listener {
+        match (u8::try_from(mqtt_listeners), w.io.add_listener(l)) {
+            (Ok(index), Ok(())) => http_index = Some(index),
+            (Err(_), _) => result = Err(io::Error::other("too many listeners for the HTTP one")),
+            (_, Err(e)) => result = Err(e),
+        }
+    }
+    if http_index.is_some() || !sys_interval.is_zero() {
+        w.http = Some(HttpServer::new(
+            http_index,
+            sys_interval,
+            started,
+            w.io.name(),
+        ));
     }
     if result.is_ok() {
         result = w.run_loop(&shutdown);
@@ -253,6 +306,7 @@ impl<L: EventLoop> Worker<L> {
         let mut idle_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
+            self.clock.turn();
             if let Some(t) = idle_since {
                 // Only events from outside end an idle gap: the completion of our own
                 // send follows it within microseconds and says nothing about traffic.
@@ -277,12 +331,20 @@ impl<L: EventLoop> Worker<L> {
                     &mut self.wake,
                     &mut self.linger,
                     &mut self.report,
+                    &mut self.http,
                     self.shutting_down,
                     c,
                     now,
                 );
             }
             self.drain_mesh(now);
+            if !self.stats_requests.is_empty() {
+                self.answer_stats_requests(now);
+            }
+            self.http_turn(now);
+            if now >= self.summary.next {
+                self.log_summary(now);
+            }
             self.expire_handoffs(now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.on_timer(now);
@@ -329,6 +391,7 @@ impl<L: EventLoop> Worker<L> {
                 self.draining.front().map(|&(d, _, _)| d),
                 self.linger.next_deadline(),
                 self.waiting_handoffs.next_deadline(),
+                self.http.as_ref().and_then(|h| h.next_deadline()),
             ]
             .into_iter()
             .flatten()
@@ -405,10 +468,19 @@ impl<L: EventLoop> Worker<L> {
             mesh,
             report,
             shutting_down,
+            stats_requests,
             ..
         } = self;
+        let mut replies = Vec::new();
         mesh.recv_batch(MESH_BATCH, |from, msg| match msg {
             WorkerMsg::Shard(m) => shard.on_message(from, m, now),
+            WorkerMsg::StatsRequest { scrape } => {
+                // One per peer: a peer asks again only after its scrape ended.
+                if !stats_requests.contains(&(from, scrape)) {
+                    stats_requests.push((from, scrape));
+                }
+            }
+            WorkerMsg::StatsReply { scrape, snapshot } => replies.push((from, scrape, snapshot)),
             WorkerMsg::Adopt { handoff, transfer } => {
                 report.handoffs_in += 1;
                 tracing::debug!(shard = shard.id(), from, ?transfer, "handoff received");
@@ -421,6 +493,9 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
         });
+        for (from, scrape, snapshot) in replies {
+            self.on_stats_reply(from, scrape, *snapshot);
+        }
     }
 
     /// A connect storm grows the hand-off tables to the number of hand-offs in flight;
@@ -488,6 +563,7 @@ impl<L: EventLoop> Worker<L> {
         wake: &mut WakeSet,
         linger: &mut Linger,
         report: &mut WorkerReport,
+        http: &mut Option<HttpServer>,
         shutting_down: bool,
         c: Completion,
         now: Instant,
@@ -500,9 +576,17 @@ impl<L: EventLoop> Worker<L> {
                 .map(|c| c as ConnId)
         };
         match c {
-            Completion::Accepted { sock, peer } => {
+            Completion::Accepted {
+                sock,
+                peer,
+                listener,
+            } => {
                 if shutting_down {
                     io.close(sock);
+                    return;
+                }
+                if let Some(h) = http.as_mut().filter(|h| h.listener == Some(listener)) {
+                    h.accept(io, sock, now);
                     return;
                 }
                 let conn = shard.accept(peer, now);
@@ -533,11 +617,17 @@ impl<L: EventLoop> Worker<L> {
                         }
                         _ => {}
                     }
+                } else if let Some(h) = http.as_mut().filter(|h| h.owns(sock)) {
+                    let data = io.buf(buf).to_vec();
+                    h.on_recv(io, sock, &data);
                 }
                 io.recycle(buf);
             }
             Completion::RecvEnd { sock, errno } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
+                    if let Some(h) = http.as_mut() {
+                        h.on_recv_end(io, sock);
+                    }
                     return;
                 };
                 let Some(Some(c)) = conns.get_mut(conn) else {
@@ -556,6 +646,9 @@ impl<L: EventLoop> Worker<L> {
             }
             Completion::SendDone { sock, errno } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
+                    if let Some(h) = http.as_mut() {
+                        h.on_send_done(io, sock);
+                    }
                     return;
                 };
                 let Some(Some(c)) = conns.get_mut(conn) else {

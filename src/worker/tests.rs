@@ -206,6 +206,10 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         report: WorkerReport::default(),
         shutting_down: false,
         busy_poll: BusyPoll::new(0),
+        clock: LoopClock::new(Instant::now()),
+        summary: Summary::new(Instant::now()),
+        http: None,
+        stats_requests: Vec::new(),
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
@@ -238,6 +242,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         &mut w.wake,
         &mut w.linger,
         &mut w.report,
+        &mut w.http,
         false,
         Completion::Adopted {
             transfer: late,
@@ -251,4 +256,97 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
 
 fn us(n: u64) -> Duration {
     Duration::from_micros(n)
+}
+
+/// A worker on shard 1 of 2 over a plain epoll loop, and shard 0's mesh endpoint.
+fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>) {
+    let opts = LoopOptions::default();
+    let mut eps = crate::ring::mesh::<WorkerMsg>(2, 4, 1).expect("valid mesh");
+    let mesh = eps.pop().expect("endpoint 1");
+    let w = Worker {
+        id: 1,
+        io: crate::io::epoll::EpollLoop::new(1, &opts).expect("epoll loop"),
+        shard: Shard::new(1, 2, Arc::new(Config::default())),
+        mesh,
+        conns: Vec::new(),
+        by_sock: Vec::new(),
+        live: 0,
+        waiting_handoffs: WaitingHandoffs::new(Duration::from_millis(opts.adopt_pair_timeout_ms)),
+        outgoing: HashMap::new(),
+        wake: WakeSet::default(),
+        draining: VecDeque::new(),
+        report: WorkerReport::default(),
+        shutting_down: false,
+        busy_poll: BusyPoll::new(0),
+        clock: LoopClock::new(Instant::now()),
+        summary: Summary::new(Instant::now()),
+        http: None,
+        stats_requests: Vec::new(),
+        linger: Linger::new(Duration::ZERO, 1),
+    };
+    (w, eps.pop().expect("endpoint 0"))
+}
+
+#[test]
+fn a_scrape_request_over_the_mesh_is_answered_with_this_loops_snapshot() {
+    let (mut w, mut ep0) = worker_of_two();
+    w.report.mesh_rejected = 3;
+    assert!(ep0.send(1, WorkerMsg::StatsRequest { scrape: 9 }).is_ok());
+    // Asked twice in one drain: answered once.
+    assert!(ep0.send(1, WorkerMsg::StatsRequest { scrape: 9 }).is_ok());
+    ep0.flush();
+    let now = Instant::now();
+    w.drain_mesh(now);
+    w.answer_stats_requests(now);
+    w.mesh.flush();
+    let mut got = Vec::new();
+    ep0.recv_batch(16, |from, msg| match msg {
+        WorkerMsg::StatsReply { scrape, snapshot } => got.push((from, scrape, *snapshot)),
+        other => panic!("unexpected {other:?}"),
+    });
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (from, scrape, snap) = &got[0];
+    assert_eq!(
+        (*from, *scrape, snap.shard, snap.mesh_rejected),
+        (1, 9, 1, 3)
+    );
+    assert!(snap.wall_ns >= snap.busy_ns);
+}
+
+#[test]
+fn a_scrape_counts_a_loop_that_never_answers_as_missing() {
+    // Shard 1 owns the HTTP side; shard 0 (`_ep0`) never answers.
+    let (mut w, _ep0) = worker_of_two();
+    let t0 = Instant::now();
+    w.http = Some(HttpServer::new(Some(0), Duration::ZERO, t0, "epoll"));
+    w.start_scrape(t0);
+    let scrape = w
+        .http
+        .as_ref()
+        .and_then(|h| h.scrape_state())
+        .expect("in flight");
+    assert_eq!(scrape, (1, 1), "scrape 1, one loop to answer");
+    w.http_turn(t0 + http::SCRAPE_TIMEOUT - Duration::from_millis(1));
+    assert!(
+        w.http.as_ref().unwrap().scrape_state().is_some(),
+        "still waiting"
+    );
+    w.http_turn(t0 + http::SCRAPE_TIMEOUT);
+    assert!(
+        w.http.as_ref().unwrap().scrape_state().is_none(),
+        "given up"
+    );
+    // The next scrape: a late answer to the first does not count, its own does,
+    // and the scrape ends as soon as every loop answered.
+    w.start_scrape(t0 + http::SCRAPE_TIMEOUT);
+    assert_eq!(w.http.as_ref().unwrap().scrape_state(), Some((2, 1)));
+    w.on_stats_reply(0, 1, crate::metrics::LoopSnapshot::default());
+    assert_eq!(w.http.as_ref().unwrap().scrape_state(), Some((2, 1)));
+    w.on_stats_reply(0, 2, crate::metrics::LoopSnapshot::default());
+    assert_eq!(w.http.as_ref().unwrap().scrape_state(), Some((2, 0)));
+    w.http_turn(t0 + http::SCRAPE_TIMEOUT);
+    assert!(
+        w.http.as_ref().unwrap().scrape_state().is_none(),
+        "finished"
+    );
 }

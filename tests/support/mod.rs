@@ -166,7 +166,12 @@ impl Broker {
         } = launch;
         let bin = env!("CARGO_BIN_EXE_ringmq");
         let mut cmd = Command::new(bin);
-        cmd.arg("--listen").arg("127.0.0.1:0").args(&args);
+        cmd.arg("--listen").arg("127.0.0.1:0");
+        // Tests run brokers side by side: each gets its own HTTP port unless it names one.
+        if !args.iter().any(|a| a.starts_with("--http-listen")) {
+            cmd.arg("--http-listen").arg("127.0.0.1:0");
+        }
+        cmd.args(&args);
         // A test that names its backend keeps it; the others follow RINGMQ_TEST_IO.
         let names_io = args.iter().any(|a| a == "--io" || a.starts_with("--io="));
         let forced_io = if names_io { None } else { test_io() };
@@ -312,6 +317,15 @@ impl Broker {
     /// external broker).
     pub fn startup_lines(&self) -> &[String] {
         &self.startup_lines
+    }
+
+    /// The HTTP listener's address from the `ringmq http on ADDR` start-up line;
+    /// `None` when the broker runs without one.
+    pub fn http_addr(&self) -> Option<String> {
+        self.startup_lines.iter().find_map(|l| {
+            let rest = l.strip_prefix("ringmq http on ")?;
+            Some(rest.split(' ').next()?.to_string())
+        })
     }
 
     /// The `listening on` line the broker printed at startup.

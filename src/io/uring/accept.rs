@@ -270,7 +270,7 @@ impl UringLoop {
         // taking over the reservation of a counted accept armed on the same ring.
         let keep = self.accepting
             && (counted || self.room(ring).try_take() || self.steal_accept_reservation(li, ring));
-        self.settle_accepted(ring, sock, counted, keep, peer, out);
+        self.settle_accepted(ring, li, sock, counted, keep, peer, out);
     }
 
     /// A completion of listener `li`'s multishot accept on `ring`; `more`: it stays armed.
@@ -334,6 +334,7 @@ impl UringLoop {
                 || self.borrow_room(ring, sock));
         self.settle_accepted(
             ring,
+            li,
             sock,
             counted,
             keep,
@@ -382,9 +383,11 @@ impl UringLoop {
 
     /// A connection accepted into `ring` as `sock`: reported, or (`keep` false) closed
     /// and counted. `counted`: its accept had reserved its slot.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn settle_accepted(
         &mut self,
         ring: usize,
+        li: usize,
         sock: SockId,
         counted: bool,
         keep: bool,
@@ -410,7 +413,11 @@ impl UringLoop {
             self.close_slot(sock);
         } else {
             self.stats.accepted += 1;
-            out.push(Completion::Accepted { sock, peer });
+            out.push(Completion::Accepted {
+                sock,
+                peer,
+                listener: li as u8,
+            });
         }
     }
 

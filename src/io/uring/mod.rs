@@ -229,6 +229,7 @@ impl UringLoop {
                 accepts_armed: 0,
                 borrowed: 0,
                 backlog: Default::default(),
+                sq_full: 0,
                 starved: VecDeque::new(),
                 known: vec![0; table_size.div_ceil(64) as usize],
                 lost: 0,
@@ -831,7 +832,15 @@ impl EventLoop for UringLoop {
     }
 
     fn stats(&self) -> IoStats {
-        self.stats
+        let mut stats = self.stats;
+        for r in &self.rings {
+            stats.sq_full += r.sq_full;
+            // SAFETY: the loop is single-threaded and no `CompletionQueue` of this
+            // ring is alive outside `turn`'s reaping, which cannot run while `&self`
+            // is borrowed here.
+            stats.cq_overflow += u64::from(unsafe { r.uring.completion_shared() }.overflow());
+        }
+        stats
     }
 
     fn name(&self) -> &'static str {

@@ -209,6 +209,9 @@ pub(super) struct Ring {
     pub(super) borrowed: u32,
     /// Entries that did not fit into a full submission queue, in order.
     pub(super) backlog: std::collections::VecDeque<squeue::Entry>,
+    /// Pushes that found the submission queue full (an SQ-full stall: the queue was
+    /// handed to the kernel early, or the entry waited in `backlog`).
+    pub(super) sq_full: u64,
     /// Sockets whose receive ended with ENOBUFS, to re-arm as buffers come back
     /// (`Sock::starved` marks the live entries; a released id is skipped).
     pub(super) starved: VecDeque<SockId>,
@@ -237,6 +240,7 @@ impl Ring {
         if self.backlog.is_empty() && self.try_push(&entry) {
             return;
         }
+        self.sq_full += 1;
         if self.backlog.is_empty() {
             if let Err(e) = self.uring.submit() {
                 if !transient(&e) {

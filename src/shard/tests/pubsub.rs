@@ -499,3 +499,41 @@ fn held_subacks_release_their_queue_once_every_shard_routes() {
     );
     assert_eq!(cl.shards[1].stats().subscriptions, 0);
 }
+
+#[test]
+fn scrape_counters_follow_known_traffic() {
+    // 2 shards: the subscribers' sessions and the publisher may live on either.
+    let mut cl = Cluster::new(2, cfg());
+    let s1 = cl.connect_ok(V311, &id_on(0, 2, "s1"), ConnectOpts::default(), false);
+    let s2 = cl.connect_ok(V311, &id_on(1, 2, "s2"), ConnectOpts::default(), false);
+    let p = cl.connect_ok(V5, "p", ConnectOpts::default(), false);
+    cl.subscribe(s1, "m/#", Q1);
+    cl.subscribe(s2, "m/#", Q0);
+    for (i, q) in [Q0, Q0, Q1, Q2].into_iter().enumerate() {
+        cl.publish(p, "m/x", "payload", q, false, i as u16 + 1);
+    }
+    // s1 leaves its QoS 1 copies unacknowledged: they are in flight.
+    let mut snaps: Vec<_> = cl.shards.iter_mut().map(|s| s.stats_snapshot()).collect();
+    let total = snaps.iter().fold([0u64; 3], |mut t, s| {
+        for (a, b) in t.iter_mut().zip(s.messages_in_qos) {
+            *a += b;
+        }
+        t
+    });
+    assert_eq!(total, [2, 1, 1]);
+    let sum = |f: &dyn Fn(&crate::shard::ShardStats) -> u64| snaps.iter().map(f).sum::<u64>();
+    assert_eq!(sum(&|s| s.messages_in), 4);
+    assert_eq!(sum(&|s| s.messages_out), 8, "4 messages x 2 subscribers");
+    assert_eq!(sum(&|s| s.sessions_online as u64), 3);
+    assert_eq!(
+        sum(&|s| s.accepted),
+        3,
+        "adopted connections are not counted twice"
+    );
+    // Copies of QoS 1 and 2 messages to s1 (subscribed at QoS 1) await PUBACK.
+    assert_eq!(sum(&|s| s.inflight as u64), 2);
+    assert!(sum(&|s| s.bytes_in) > 0 && sum(&|s| s.bytes_out) > 0);
+    cl.drop_connection(s2);
+    snaps = cl.shards.iter_mut().map(|s| s.stats_snapshot()).collect();
+    assert_eq!(snaps.iter().map(|s| s.sessions_online).sum::<usize>(), 2);
+}

@@ -1,0 +1,491 @@
+//! The Prometheus text exposition (format 0.0.4) of a [`NodeSnapshot`]: node-wide
+//! counters summed over loops, per-loop gauges labelled `shard`, one `reason` label
+//! per drop, refusal and close counter, `process_*` and `ringmq_build_info`. Names
+//! follow Prometheus conventions: `ringmq_` prefix, base units, `_total` on counters.
+
+use std::fmt::Write;
+
+use super::{NodeSnapshot, ProcessInfo};
+
+/// What the exposition says about the build and the process besides the loops.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    pub version: &'static str,
+    /// `io_uring` or `epoll`.
+    pub io_backend: &'static str,
+    pub process: Option<ProcessInfo>,
+    /// Seconds since the broker started.
+    pub uptime_seconds: f64,
+}
+
+/// The content type a scrape answers with.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+struct Out(String);
+
+impl Out {
+    fn family(&mut self, name: &str, kind: Kind, help: &str) {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.0.push_str(name);
+        if !labels.is_empty() {
+            self.0.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.0.push(',');
+                }
+                let _ = write!(self.0, "{k}=\"{}\"", escape(v));
+            }
+            self.0.push('}');
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    /// A family with one unlabelled sample.
+    fn one(&mut self, name: &str, kind: Kind, help: &str, value: impl std::fmt::Display) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
+    }
+
+    /// A family with one sample per `reason`.
+    fn reasons(&mut self, name: &str, kind: Kind, help: &str, label: &str, values: &[(&str, u64)]) {
+        self.family(name, kind, help);
+        for (reason, v) in values {
+            self.sample(name, &[(label, reason)], v);
+        }
+    }
+
+    /// A gauge family with one sample per loop.
+    fn per_loop(
+        &mut self,
+        name: &str,
+        kind: Kind,
+        help: &str,
+        node: &NodeSnapshot,
+        f: impl Fn(&super::LoopSnapshot) -> String,
+    ) {
+        self.family(name, kind, help);
+        for l in &node.loops {
+            let shard = l.shard.to_string();
+            self.sample(name, &[("shard", &shard)], f(l));
+        }
+    }
+}
+
+/// Label values escape `\`, `"` and newlines (the format's rule).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Floats as Prometheus reads them (no exponent needed: Rust's `Display` writes
+/// none, and `NaN`/`+Inf` are spelled as the format wants).
+fn float(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Renders the whole exposition.
+pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
+    use Kind::{Counter, Gauge};
+    let mut o = Out(String::with_capacity(16 * 1024));
+    let c = node.core_total();
+    let io = node.io_total();
+
+    o.family(
+        "ringmq_build_info",
+        Gauge,
+        "Build of the running broker (always 1).",
+    );
+    o.sample(
+        "ringmq_build_info",
+        &[("version", ctx.version), ("io_backend", ctx.io_backend)],
+        1,
+    );
+    o.one(
+        "ringmq_uptime_seconds",
+        Gauge,
+        "Seconds since the broker started.",
+        float(ctx.uptime_seconds),
+    );
+    o.one(
+        "ringmq_loops",
+        Gauge,
+        "Event loops that answered this scrape.",
+        node.loops.len(),
+    );
+    o.one(
+        "ringmq_scrape_missing_loops",
+        Gauge,
+        "Event loops that did not answer this scrape in time (their figures are missing).",
+        node.missing_loops.len(),
+    );
+
+    // Connections.
+    o.one(
+        "ringmq_connections",
+        Gauge,
+        "Client connections open now.",
+        c.connections,
+    );
+    o.one(
+        "ringmq_connections_accepted_total",
+        Counter,
+        "Client connections accepted.",
+        c.accepted,
+    );
+    o.reasons(
+        "ringmq_connections_refused_total",
+        Counter,
+        "CONNECTs refused, by reason.",
+        "reason",
+        &[
+            ("max_connections", c.refused_max_connections),
+            ("max_connections_per_ip", c.refused_per_ip),
+            ("connect_rate", c.refused_rate),
+            ("memory", c.refused_busy),
+            ("keepalive", c.refused_keepalive),
+            ("handoff", c.refused_handoff),
+            ("max_sessions", c.refused_max_sessions),
+        ],
+    );
+    o.reasons(
+        "ringmq_connections_closed_total",
+        Counter,
+        "Connections closed by the broker, by reason.",
+        "reason",
+        &[
+            ("superseded", c.closed_superseded),
+            ("connect_timeout", c.connect_timeouts),
+            ("packet_too_large", c.closed_packet_too_large),
+            ("protocol_error", c.closed_protocol_error),
+            ("topic_invalid", c.closed_topic_invalid),
+            ("receive_maximum", c.closed_receive_maximum),
+            ("slow_consumer", c.closed_slow_consumer),
+            ("not_reading", c.closed_not_reading),
+            ("memory", c.closed_memory),
+            ("drain_timeout", node.sum(|l| l.drain_timeouts)),
+        ],
+    );
+    o.reasons(
+        "ringmq_accept_failures_total",
+        Counter,
+        "Accepted sockets dropped before MQTT saw them, by reason.",
+        "reason",
+        &[
+            ("table_full", io.accept_dropped_full),
+            ("error", io.accept_errors),
+        ],
+    );
+
+    // Sessions and subscriptions.
+    o.family(
+        "ringmq_sessions",
+        Gauge,
+        "Sessions held, by state (online: a connection is attached).",
+    );
+    let offline = c.sessions.saturating_sub(c.sessions_online);
+    o.sample("ringmq_sessions", &[("state", "online")], c.sessions_online);
+    o.sample("ringmq_sessions", &[("state", "offline")], offline);
+    o.one(
+        "ringmq_sessions_expired_total",
+        Counter,
+        "Offline sessions ended by their Session Expiry Interval.",
+        c.sessions_expired,
+    );
+    o.one(
+        "ringmq_subscriptions",
+        Gauge,
+        "Subscriptions of the sessions held.",
+        c.subscriptions,
+    );
+    o.reasons(
+        "ringmq_subscriptions_refused_total",
+        Counter,
+        "SUBSCRIBE filters refused, by reason.",
+        "reason",
+        &[
+            ("invalid_filter", c.refused_filters),
+            ("max_subscriptions_per_client", c.refused_subscriptions),
+        ],
+    );
+
+    // Retained.
+    o.one(
+        "ringmq_retained_messages",
+        Gauge,
+        "Retained messages stored.",
+        c.retained,
+    );
+    o.one(
+        "ringmq_retained_bytes",
+        Gauge,
+        "Bytes of the retained messages stored.",
+        c.bytes_retained,
+    );
+    o.reasons(
+        "ringmq_retained_refused_total",
+        Counter,
+        "Retained messages not stored, by reason.",
+        "reason",
+        &[
+            ("max_retained_messages", c.dropped_retained_full),
+            ("max_retained_bytes", c.dropped_retained_bytes),
+            ("memory", c.dropped_retained_memory),
+        ],
+    );
+
+    o.one(
+        "ringmq_retained_streamed_total",
+        Counter,
+        "Retained messages sent to new subscriptions by their streams.",
+        c.retained_streamed,
+    );
+
+    // Routes: how long a subscription took to go live on the other loops.
+    o.one(
+        "ringmq_route_live_total",
+        Counter,
+        "Route adds of other loops applied here.",
+        c.route_live_count,
+    );
+    o.one(
+        "ringmq_route_live_seconds_total",
+        Counter,
+        "Time from the SUBSCRIBE read on one loop to its route applied on another, summed.",
+        c.route_live_total_us as f64 / 1e6,
+    );
+    o.one(
+        "ringmq_route_live_slow_total",
+        Counter,
+        "Route adds that took longer than 100 µs to go live on another loop.",
+        c.route_live_slow,
+    );
+
+    // Messages.
+    o.family(
+        "ringmq_messages_received_total",
+        Counter,
+        "PUBLISH packets received from clients (wills included), by QoS.",
+    );
+    for (q, v) in c.messages_in_qos.iter().enumerate() {
+        let q = q.to_string();
+        o.sample("ringmq_messages_received_total", &[("qos", &q)], v);
+    }
+    o.one(
+        "ringmq_messages_sent_total",
+        Counter,
+        "PUBLISH packets written for clients (resends included).",
+        c.messages_out,
+    );
+    o.one(
+        "ringmq_received_bytes_total",
+        Counter,
+        "Bytes read from client connections.",
+        c.bytes_in,
+    );
+    o.one(
+        "ringmq_sent_bytes_total",
+        Counter,
+        "Bytes handed to the kernel for client connections.",
+        c.bytes_out,
+    );
+    o.one(
+        "ringmq_messages_queued",
+        Gauge,
+        "Messages waiting in session queues.",
+        c.messages_queued,
+    );
+    o.one(
+        "ringmq_queued_bytes",
+        Gauge,
+        "Bytes of the messages waiting in session queues.",
+        c.bytes_queued,
+    );
+    o.one(
+        "ringmq_messages_inflight",
+        Gauge,
+        "Outbound QoS 1/2 messages sent and not yet acknowledged.",
+        c.inflight,
+    );
+    o.reasons(
+        "ringmq_messages_dropped_total",
+        Counter,
+        "Message copies dropped, by reason.",
+        "reason",
+        &[
+            ("outbound_full", c.dropped_outbound_full),
+            ("queue_full", c.dropped_queue_full),
+            ("too_large", c.dropped_too_large),
+            ("expired", c.dropped_expired),
+            ("offline_qos0", c.dropped_offline_qos0),
+            ("no_subscriber", c.dropped_no_subscriber),
+            ("memory", c.dropped_memory_qos0),
+            ("mesh_full", node.sum(|l| l.mesh_rejected)),
+        ],
+    );
+
+    // Mesh and hand-offs.
+    o.one(
+        "ringmq_mesh_messages_sent_total",
+        Counter,
+        "Messages published into the mesh between loops.",
+        node.sum(|l| l.mesh.sent),
+    );
+    o.one(
+        "ringmq_mesh_full_total",
+        Counter,
+        "Mesh sends that found the ring full (kept on the local overflow list).",
+        node.sum(|l| l.mesh.overflowed),
+    );
+    o.per_loop(
+        "ringmq_mesh_inbound_messages",
+        Gauge,
+        "Messages waiting in a loop's inbound mesh rings.",
+        node,
+        |l| l.mesh_inbound_waiting.to_string(),
+    );
+    o.reasons(
+        "ringmq_handoffs_total",
+        Counter,
+        "Connections handed to the loop that owns their session, by result.",
+        "result",
+        &[
+            ("ok", node.sum(|l| l.migrations_out)),
+            ("failed", node.sum(|l| l.migrations_failed)),
+            ("expired", node.sum(|l| l.handoffs_expired)),
+        ],
+    );
+
+    // IO.
+    o.one(
+        "ringmq_io_cq_overflow_total",
+        Counter,
+        "io_uring completions the kernel could not post at once (CQ overflow).",
+        io.cq_overflow,
+    );
+    o.one(
+        "ringmq_io_sq_full_total",
+        Counter,
+        "io_uring submissions that found the submission queue full.",
+        io.sq_full,
+    );
+    o.one(
+        "ringmq_io_recv_nobufs_total",
+        Counter,
+        "Receives that ran out of provided buffers and were re-armed.",
+        io.recv_nobufs,
+    );
+    o.reasons(
+        "ringmq_io_doorbells_total",
+        Counter,
+        "Cross-loop doorbells that needed another try or were given up on.",
+        "result",
+        &[
+            ("retried", io.doorbell_retried),
+            ("failed", io.doorbell_failed),
+        ],
+    );
+
+    // Loops.
+    o.per_loop(
+        "ringmq_loop_busy_ratio",
+        Gauge,
+        "CPU time of a loop's thread over wall time, since start.",
+        node,
+        |l| float(l.busy_ratio()),
+    );
+    o.per_loop(
+        "ringmq_loop_busy_seconds_total",
+        Counter,
+        "CPU time of a loop's thread.",
+        node,
+        |l| float(l.busy_ns as f64 / 1e9),
+    );
+    o.per_loop(
+        "ringmq_loop_turns_total",
+        Counter,
+        "Turns of a loop.",
+        node,
+        |l| l.turns.to_string(),
+    );
+    o.per_loop(
+        "ringmq_loop_connections",
+        Gauge,
+        "Client connections a loop holds.",
+        node,
+        |l| l.core.connections.to_string(),
+    );
+    o.per_loop(
+        "ringmq_memory_accounted_bytes",
+        Gauge,
+        "Message memory a loop accounts against memory_high_water_bytes (unsent output, queues, retained).",
+        node,
+        |l| l.core.memory_bytes().to_string(),
+    );
+
+    if let Some(p) = ctx.process {
+        o.one(
+            "process_resident_memory_bytes",
+            Gauge,
+            "Resident memory size in bytes.",
+            p.resident_bytes,
+        );
+        o.one(
+            "process_virtual_memory_bytes",
+            Gauge,
+            "Virtual memory size in bytes.",
+            p.virtual_bytes,
+        );
+        o.one(
+            "process_cpu_seconds_total",
+            Counter,
+            "Total user and system CPU time spent in seconds.",
+            float(p.cpu_seconds),
+        );
+        o.one(
+            "process_start_time_seconds",
+            Gauge,
+            "Start time of the process since unix epoch in seconds.",
+            float(p.start_time_seconds),
+        );
+        o.one(
+            "process_open_fds",
+            Gauge,
+            "Number of open file descriptors.",
+            p.open_fds,
+        );
+        o.one(
+            "process_max_fds",
+            Gauge,
+            "Maximum number of open file descriptors.",
+            p.max_fds,
+        );
+        o.one(
+            "process_threads",
+            Gauge,
+            "Number of OS threads in the process.",
+            p.threads,
+        );
+    }
+    o.0
+}

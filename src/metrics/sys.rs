@@ -1,0 +1,201 @@
+//! The `$SYS/broker/...` status topics, with Mosquitto's names and payload formats,
+//! computed from a scrape's [`NodeSnapshot`]; sans-IO: the caller says how much
+//! time passed and publishes what comes back (retained, as Mosquitto does).
+//!
+//! The `load/.../1min|5min|15min` figures are Mosquitto's: a per-minute rate
+//! smoothed by an exponential moving average over the window,
+//! `load = rate + exp(-interval/window) * (load - rate)`.
+
+use super::prometheus::Context;
+use super::NodeSnapshot;
+
+/// The totals whose rates the load figures smooth, in [`LOAD_NAMES`] order.
+const LOAD_NAMES: [&str; 7] = [
+    "messages/received",
+    "messages/sent",
+    "bytes/received",
+    "bytes/sent",
+    "publish/received",
+    "publish/sent",
+    "publish/dropped",
+];
+/// `connections` (new connections per minute) follows the others.
+const LOADS: usize = LOAD_NAMES.len() + 1;
+const WINDOWS: [(&str, f64); 3] = [("1min", 60.0), ("5min", 300.0), ("15min", 900.0)];
+
+/// What carries over between two publishes.
+#[derive(Debug, Clone, Default)]
+pub struct SysState {
+    /// Most clients connected at once seen at a publish.
+    max_clients: u64,
+    prev: Option<[u64; LOADS]>,
+    loads: [[f64; 3]; LOADS],
+}
+
+impl SysState {
+    /// The topics and payloads of one publish, `interval_s` after the last one.
+    pub fn update(
+        &mut self,
+        node: &NodeSnapshot,
+        ctx: &Context,
+        interval_s: f64,
+    ) -> Vec<(String, String)> {
+        let c = node.core_total();
+        let dropped = c.dropped_outbound_full
+            + c.dropped_queue_full
+            + c.dropped_too_large
+            + c.dropped_expired
+            + c.dropped_offline_qos0
+            + c.dropped_no_subscriber
+            + c.dropped_memory_qos0
+            + node.sum(|l| l.mesh_rejected);
+        let connected = c.sessions_online as u64;
+        self.max_clients = self.max_clients.max(connected);
+        let totals: [u64; LOADS] = [
+            c.messages_in,
+            c.messages_out,
+            c.bytes_in,
+            c.bytes_out,
+            c.messages_in,
+            c.messages_out,
+            dropped,
+            c.accepted,
+        ];
+        if let Some(prev) = self.prev.filter(|_| interval_s > 0.0) {
+            for (i, load) in self.loads.iter_mut().enumerate() {
+                let rate = totals[i].saturating_sub(prev[i]) as f64 / interval_s * 60.0;
+                for (w, (_, window)) in WINDOWS.iter().enumerate() {
+                    let decay = (-interval_s / window).exp();
+                    load[w] = rate + decay * (load[w] - rate);
+                }
+            }
+        }
+        self.prev = Some(totals);
+
+        let b = "$SYS/broker";
+        let mut out = vec![
+            (
+                format!("{b}/version"),
+                format!("ringmq version {}", ctx.version),
+            ),
+            (
+                format!("{b}/uptime"),
+                format!("{} seconds", ctx.uptime_seconds as u64),
+            ),
+            (format!("{b}/clients/connected"), connected.to_string()),
+            (
+                format!("{b}/clients/disconnected"),
+                c.sessions.saturating_sub(c.sessions_online).to_string(),
+            ),
+            (format!("{b}/clients/total"), c.sessions.to_string()),
+            (format!("{b}/clients/maximum"), self.max_clients.to_string()),
+            (
+                format!("{b}/clients/expired"),
+                c.sessions_expired.to_string(),
+            ),
+            (format!("{b}/messages/received"), c.messages_in.to_string()),
+            (format!("{b}/messages/sent"), c.messages_out.to_string()),
+            (
+                format!("{b}/messages/stored"),
+                (c.retained + c.messages_queued).to_string(),
+            ),
+            (
+                format!("{b}/subscriptions/count"),
+                c.subscriptions.to_string(),
+            ),
+            (
+                format!("{b}/retained messages/count"),
+                c.retained.to_string(),
+            ),
+            (format!("{b}/bytes/received"), c.bytes_in.to_string()),
+            (format!("{b}/bytes/sent"), c.bytes_out.to_string()),
+            (format!("{b}/publish/messages/dropped"), dropped.to_string()),
+            (
+                format!("{b}/publish/messages/received"),
+                c.messages_in.to_string(),
+            ),
+            (
+                format!("{b}/publish/messages/sent"),
+                c.messages_out.to_string(),
+            ),
+            (
+                format!("{b}/heap/current"),
+                ctx.process.map_or(0, |p| p.resident_bytes).to_string(),
+            ),
+        ];
+        let names = LOAD_NAMES.iter().chain(std::iter::once(&"connections"));
+        for (name, load) in names.zip(&self.loads) {
+            for (w, (window, _)) in WINDOWS.iter().enumerate() {
+                out.push((
+                    format!("{b}/load/{name}/{window}"),
+                    format!("{:.2}", load[w]),
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::LoopSnapshot;
+
+    fn node(messages_in: u64, online: usize) -> NodeSnapshot {
+        let mut l = LoopSnapshot::default();
+        l.core.messages_in = messages_in;
+        l.core.messages_out = 2 * messages_in;
+        l.core.sessions = 5;
+        l.core.sessions_online = online;
+        l.core.retained = 2;
+        l.core.dropped_queue_full = 1;
+        NodeSnapshot {
+            loops: vec![l],
+            missing_loops: vec![],
+        }
+    }
+
+    fn get<'a>(v: &'a [(String, String)], topic: &str) -> &'a str {
+        &v.iter()
+            .find(|(t, _)| t == topic)
+            .unwrap_or_else(|| panic!("{topic} missing"))
+            .1
+    }
+
+    #[test]
+    fn mosquittos_topics_carry_the_node_figures() {
+        let ctx = Context {
+            version: "0.1.0",
+            uptime_seconds: 42.7,
+            ..Default::default()
+        };
+        let mut s = SysState::default();
+        let v = s.update(&node(100, 3), &ctx, 10.0);
+        assert_eq!(get(&v, "$SYS/broker/version"), "ringmq version 0.1.0");
+        assert_eq!(get(&v, "$SYS/broker/uptime"), "42 seconds");
+        assert_eq!(get(&v, "$SYS/broker/clients/connected"), "3");
+        assert_eq!(get(&v, "$SYS/broker/clients/disconnected"), "2");
+        assert_eq!(get(&v, "$SYS/broker/clients/total"), "5");
+        assert_eq!(get(&v, "$SYS/broker/messages/received"), "100");
+        assert_eq!(get(&v, "$SYS/broker/publish/messages/sent"), "200");
+        assert_eq!(get(&v, "$SYS/broker/publish/messages/dropped"), "1");
+        assert_eq!(get(&v, "$SYS/broker/retained messages/count"), "2");
+        // No rate before a second sample.
+        assert_eq!(get(&v, "$SYS/broker/load/messages/received/1min"), "0.00");
+        // The maximum holds after clients leave.
+        let v = s.update(&node(160, 1), &ctx, 60.0);
+        assert_eq!(get(&v, "$SYS/broker/clients/maximum"), "3");
+        assert_eq!(get(&v, "$SYS/broker/clients/connected"), "1");
+        // 60 more messages in 60 s: 60/min, smoothed: 60 * (1 - e^-1) over 1 min.
+        let want = 60.0 * (1.0 - (-1.0f64).exp());
+        assert_eq!(
+            get(&v, "$SYS/broker/load/messages/received/1min"),
+            format!("{want:.2}")
+        );
+        let want5 = 60.0 * (1.0 - (-0.2f64).exp());
+        assert_eq!(
+            get(&v, "$SYS/broker/load/messages/received/5min"),
+            format!("{want5:.2}")
+        );
+    }
+}
