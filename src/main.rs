@@ -22,6 +22,7 @@ use ringmq::io::epoll::EpollLoop;
 use ringmq::io::uring::{self, UringLoop};
 use ringmq::io::{self as rio, LoopOptions, Remote};
 use ringmq::ring;
+use ringmq::worker::verify::{self, AuthShared, VerifierPool};
 use ringmq::worker::{self, WorkerMsg, WorkerReport, WorkerSetup};
 
 /// `eprintln!` that ignores a failed write: with stderr closed, `eprintln!` panics,
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig { .. }) = cli.command {
         return check_config(&cli.for_check());
     }
-    let loaded = match config::load_tracked(&cli) {
+    let mut loaded = match config::load_tracked(&cli) {
         Ok(l) => l,
         Err(e) => {
             say!("ringmq: {e}");
@@ -80,8 +81,19 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&loaded.config.log_level);
+    if let Some(line) = config::secure_default(&mut loaded) {
+        say!("{line}");
+    }
+    // A file that does not parse is a configuration error: exit 2, file named.
+    let auth = match verify::load_policy(&loaded.config) {
+        Ok(a) => a,
+        Err(e) => {
+            say!("ringmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let max_connections_explicit = loaded.is_explicit("max_connections");
-    match run(loaded.config, max_connections_explicit) {
+    match run(loaded.config, max_connections_explicit, auth) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -99,7 +111,10 @@ fn check_config(cli: &Cli) -> ExitCode {
         Some(path) => format!("config {path}"),
         None => "configuration (built-in defaults and options)".to_string(),
     };
-    match config::load(cli) {
+    match config::load(cli).map_err(|e| e.to_string()).and_then(|c| {
+        verify::load_policy(&c)?;
+        Ok(c)
+    }) {
         Ok(_) => {
             println!("ringmq: {what} is valid");
             ExitCode::SUCCESS
@@ -256,9 +271,9 @@ fn block_shutdown_signals() -> libc::sigset_t {
     }
 }
 
-/// Waits for the next SIGINT or SIGTERM in `set`; a SIGHUP on the way is logged and
-/// skipped. `None`: sigwait failed.
-fn wait_shutdown_signal(set: &libc::sigset_t) -> Option<libc::c_int> {
+/// Waits for the next SIGINT or SIGTERM in `set`; a SIGHUP on the way runs
+/// `on_reload`. `None`: sigwait failed.
+fn wait_shutdown_signal(set: &libc::sigset_t, on_reload: &dyn Fn()) -> Option<libc::c_int> {
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: sigwait on a set blocked in every thread; writes the signal number.
@@ -268,14 +283,17 @@ fn wait_shutdown_signal(set: &libc::sigset_t) -> Option<libc::c_int> {
         if sig != libc::SIGHUP {
             return Some(sig);
         }
-        // The reload hook (certificates, passwords, ACLs) once security lands.
-        tracing::info!("SIGHUP: nothing to reload yet");
+        on_reload();
     }
 }
 
 /// `max_connections_explicit`: the user set `max_connections`; when they did not, the
 /// default is lowered to what this machine's tables hold instead of warning.
-fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String> {
+fn run(
+    mut config: Config,
+    max_connections_explicit: bool,
+    auth: Option<ringmq::auth::AuthPolicy>,
+) -> Result<(), String> {
     let nofile = rio::raise_nofile_limit().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
     let backend = choose_backend(config.io)?;
     let cpus = worker::allowed_cpus();
@@ -297,7 +315,9 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let mut loop_options = LoopOptions {
         max_connections: loop_slots(share),
         recv_bufs_per_ring: loop_recv_bufs(shards),
-        accept_peer_addr: config.max_connections_per_ip > 0,
+        // The per-IP limit, and the failed-password limit per source address, need
+        // peer addresses (single-shot accepts).
+        accept_peer_addr: config.max_connections_per_ip > 0 || config.password_file.is_some(),
         ..LoopOptions::default()
     };
     match backend {
@@ -383,6 +403,15 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let mut peer_txs = Vec::with_capacity(shards);
     let mut handles = Vec::with_capacity(shards);
     let node = ringmq::shard::NodeCounters::new();
+    // Slow hashes run here, never on a loop: one thread per two loops, at least one.
+    let auth = match auth {
+        Some(policy) => {
+            let pool = VerifierPool::start(shards.div_ceil(2))
+                .map_err(|e| format!("starting the verifier pool: {e}"))?;
+            Some((Arc::new(AuthShared::new(policy)), pool))
+        }
+        None => None,
+    };
     for (id, (endpoint, listeners)) in endpoints.into_iter().zip(per_shard).enumerate() {
         let (peers_tx, peers_rx) = mpsc::channel();
         peer_txs.push(peers_tx);
@@ -398,6 +427,9 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
             peers_rx,
             exit_barrier: exit_barrier.clone(),
             node: node.clone(),
+            auth: auth
+                .as_ref()
+                .map(|(shared, pool)| (shared.clone(), pool.verifier())),
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
@@ -458,10 +490,13 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     {
         let shutdown = shutdown.clone();
         let remotes = remotes.clone();
+        let reload_config = config.clone();
+        let shared = auth.as_ref().map(|(s, _)| s.clone());
+        let on_reload = move || reload_auth(&reload_config, shared.as_deref());
         thread::Builder::new()
             .name("ringmq-signals".into())
             .spawn(move || {
-                if let Some(sig) = wait_shutdown_signal(&sigset) {
+                if let Some(sig) = wait_shutdown_signal(&sigset, &on_reload) {
                     tracing::info!(signal = sig, "shutdown requested");
                 }
                 sd_notify("STOPPING=1");
@@ -470,7 +505,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
                     r.wake();
                 }
                 // A second signal: stop waiting for clients.
-                if let Some(sig) = wait_shutdown_signal(&sigset) {
+                if let Some(sig) = wait_shutdown_signal(&sigset, &on_reload) {
                     say!("ringmq: second signal {sig}, exiting now");
                     std::process::exit(130);
                 }
@@ -496,9 +531,35 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
             }
         }
     }
+    if let Some((_, pool)) = auth {
+        pool.join();
+    }
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// SIGHUP: re-reads the password and ACL files. Connections stay; each loop installs
+/// the new policy on its next turn. A file that fails to parse leaves the old policy
+/// in force, and the error names the file.
+fn reload_auth(config: &Config, shared: Option<&AuthShared>) {
+    let Some(shared) = shared else {
+        tracing::info!("SIGHUP: no password or ACL file configured, nothing to reload");
+        return;
+    };
+    match verify::load_policy(config) {
+        Ok(Some(policy)) => {
+            shared.install(policy);
+            tracing::info!("SIGHUP: password and ACL files reloaded");
+        }
+        Ok(None) => {
+            tracing::warn!("SIGHUP: the files are now empty of rules; keeping the old ones")
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: reload failed, the old files stay in force: {e}");
+            say!("ringmq: reload failed, the old files stay in force: {e}");
+        }
     }
 }
 

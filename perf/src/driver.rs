@@ -123,6 +123,9 @@ pub fn drain(
             Action::Migrate { conn, to, .. } => {
                 panic!("bench set-up: connection {conn} migrates to shard {to}")
             }
+            Action::Verify { conn, .. } => {
+                panic!("bench set-up: connection {conn} waits for a password check")
+            }
         }
     }
 }

@@ -138,6 +138,15 @@ impl AuthPolicy {
         self.passwords.is_none() && self.acl.is_none() && self.allow_anonymous
     }
 
+    pub fn has_passwords(&self) -> bool {
+        self.passwords.is_some()
+    }
+
+    /// The stored hash of `user` (for the cache key after a successful check).
+    pub fn stored_hash(&self, user: &str) -> Option<&StoredHash> {
+        self.passwords.as_ref()?.get(user)
+    }
+
     pub fn has_acl(&self) -> bool {
         self.acl.is_some()
     }

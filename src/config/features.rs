@@ -1,12 +1,13 @@
 //! Feature keys: which optional MQTT features the broker offers (retained,
 //! wildcards, subscription identifiers, shared subscriptions), the retained
-//! store's bounds, and filters refused on SUBSCRIBE. ACL settings land beside
-//! `deny_subscribe`.
+//! store's bounds, filters refused on SUBSCRIBE, and the ACL file.
 
 use clap::Args;
 
 use super::cli::{d, with_default};
-use super::value::{boolean, int, list, push_list, push_text, text, usize_of, Expect, Raw, USIZE};
+use super::value::{
+    boolean, int, list, optional_path, push_list, push_text, text, usize_of, Expect, Raw, USIZE,
+};
 use super::Config;
 
 #[derive(Args, Debug, Default, Clone)]
@@ -26,6 +27,10 @@ pub struct FeatureArgs {
     /// Filter refused on SUBSCRIBE with 0x80 (repeatable). Default: none.
     #[arg(long, value_name = "FILTER")]
     pub deny_subscribe: Vec<String>,
+    /// Mosquitto-format ACL file (user/topic/pattern lines); re-read on SIGHUP.
+    /// Default: none (every client may publish and subscribe to anything).
+    #[arg(long, value_name = "FILE")]
+    pub acl_file: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -36,6 +41,7 @@ pub(super) const KEYS: &[&str] = &[
     "max_retained_messages",
     "max_retained_bytes",
     "deny_subscribe",
+    "acl_file",
 ];
 
 /// Applies one key of this part. `Ok(false)`: not one of its keys.
@@ -52,6 +58,7 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "deny_subscribe" => {
             cfg.deny_subscribe = list(raw).iter().map(text).collect::<Result<Vec<_>, _>>()?;
         }
+        "acl_file" => cfg.acl_file = optional_path(raw)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -78,5 +85,6 @@ impl FeatureArgs {
         push_text(v, "max_retained_messages", &self.max_retained_messages);
         push_text(v, "max_retained_bytes", &self.max_retained_bytes);
         push_list(v, "deny_subscribe", &self.deny_subscribe);
+        push_text(v, "acl_file", &self.acl_file);
     }
 }

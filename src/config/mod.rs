@@ -6,10 +6,10 @@
 //! validation, the key list) live in a file of their own:
 //! - `listeners`: addresses to listen on (TLS, WebSocket listeners next);
 //! - `runtime`: event loops, IO backend, busy polling, scheduling, logging;
-//! - `connections`: admission limits and the CONNECT timeout (auth next);
+//! - `connections`: admission limits, the CONNECT timeout, password file, anonymous;
 //! - `limits`: protocol limits and keepalive;
 //! - `sessions`: session expiry, queues, slow consumers, the memory mark (data dir next);
-//! - `features`: optional MQTT features, retained bounds, refused filters (ACLs next);
+//! - `features`: optional MQTT features, retained bounds, refused filters, ACL file;
 //!
 //! and the mechanism in three more: `cli` (the command line), `load` (defaults <
 //! file < CLI, errors) and `value` (raw values and the checks they go through).
@@ -31,6 +31,7 @@ mod value;
 use std::net::SocketAddr;
 
 pub use cli::{Cli, Command};
+pub use listeners::secure_default;
 pub use load::{
     apply_toml, keys, load, load_tracked, load_tracked_with, load_with, set, ConfigError, Loaded,
     Source,
@@ -66,6 +67,11 @@ pub struct Config {
     pub connect_rate_per_s: u32,
     /// Time allowed between TCP accept and a complete CONNECT.
     pub connect_timeout_ms: u64,
+    /// Mosquitto-format password file; `None`: no passwords are checked.
+    pub password_file: Option<String>,
+    /// `None` is "auto": anonymous clients are allowed only without a password file,
+    /// and then the default listener is loopback only (see `secure_default`).
+    pub allow_anonymous: Option<bool>,
 
     // Protocol limits (advertised in CONNACK where MQTT 5 allows it).
     pub max_packet_size: u32,
@@ -113,6 +119,8 @@ pub struct Config {
     pub max_retained_bytes: usize,
     /// Filters that SUBSCRIBE is refused for with 0x80 (interop suites use `test/nosubscribe`).
     pub deny_subscribe: Vec<String>,
+    /// Mosquitto-format ACL file; `None`: everything is allowed.
+    pub acl_file: Option<String>,
 }
 
 impl Default for Config {
@@ -128,6 +136,8 @@ impl Default for Config {
             max_connections_per_ip: 0,
             connect_rate_per_s: 0,
             connect_timeout_ms: 10_000,
+            password_file: None,
+            allow_anonymous: None,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight: 1024,
@@ -156,6 +166,15 @@ impl Default for Config {
             // a shard over it.
             max_retained_bytes: 256 << 20,
             deny_subscribe: Vec::new(),
+            acl_file: None,
         }
+    }
+}
+
+impl Config {
+    /// Whether clients without a username are let in: explicit, or (auto) only when
+    /// no password file is configured.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::limits::Refusal;
+use crate::auth::Acl;
 use crate::protocol::ProtocolVersion;
 use crate::session::NONE;
 
@@ -21,6 +22,9 @@ pub(crate) enum ConnState {
     Closed,
     /// Handed to another shard; waiting for `release`.
     Migrated,
+    /// CONNECT read, its password being checked on the verifier pool
+    /// (`Action::Verify`); input is buffered, not decoded, until `on_verified`.
+    Verifying,
 }
 
 /// Until CONNECT: where the connection came from (needed for a handoff).
@@ -34,6 +38,8 @@ pub(crate) struct Pending {
     pub adopted: bool,
     /// Adopted: when the accepting shard read the CONNECT (`Handoff::connect_at`).
     pub connect_at: Option<Instant>,
+    /// While `Verifying`: the CONNECT that waits for the verifier's answer.
+    pub verifying: Option<Box<crate::protocol::Connect>>,
 }
 
 /// MQTT 5 topic aliases of one network connection (they do not survive it).
@@ -76,6 +82,9 @@ pub(crate) struct Conn {
     pub state: ConnState,
     /// An `Action::Flush` was emitted and `take_tx` not yet called.
     pub flush_queued: bool,
+    /// What this client may publish and read, compiled at CONNECT (`AllowAll`
+    /// without an ACL file: a check is then one branch).
+    pub acl: Acl,
 }
 
 impl Conn {
@@ -90,6 +99,7 @@ impl Conn {
                 refusal: None,
                 adopted: false,
                 connect_at: None,
+                verifying: None,
             })),
             aliases: None,
             generation,
@@ -101,12 +111,16 @@ impl Conn {
             version: ProtocolVersion::V311,
             state: ConnState::AwaitConnect,
             flush_queued: false,
+            acl: Acl::AllowAll,
         }
     }
 
     /// Whether input is still processed.
     pub fn is_live(&self) -> bool {
-        matches!(self.state, ConnState::AwaitConnect | ConnState::Connected)
+        matches!(
+            self.state,
+            ConnState::AwaitConnect | ConnState::Connected | ConnState::Verifying
+        )
     }
 
     pub fn aliases(&mut self) -> &mut Aliases {

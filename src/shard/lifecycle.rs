@@ -101,6 +101,15 @@ impl Shard {
         }
         c.rx.extend_from_slice(data);
         c.last_seen = now;
+        if c.state == ConnState::Verifying {
+            // Nothing is decoded until the password is checked: hold at most one
+            // packet's worth, as a partial frame would be.
+            if c.rx.len() > self.config.max_packet_size as usize {
+                self.stats.closed_packet_too_large += 1;
+                self.close(conn);
+            }
+            return;
+        }
         self.last_now = Some(now);
         self.process_rx(conn, now);
     }
@@ -193,6 +202,7 @@ impl Shard {
         let unread = self.conns.get(conn).map_or(0, |c| c.tx.len());
         self.stats.bytes_tx -= unread;
         self.conns.remove(conn);
+        self.forget_identity(conn);
         self.limits.release(conn);
         self.stats.connections = self.conns.len();
     }

@@ -95,4 +95,12 @@ pub enum Action {
     /// counted) when the mesh is full. Control messages are not sent this way: see
     /// `Shard::poll_control`.
     Send { to: ShardId, msg: ShardMsg },
+    /// Check a password off the event loop (the verifier pool), then call
+    /// [`Shard::on_verified`] with `conn`, `generation` and the result, or with
+    /// `None` when the pool's queue is full.
+    Verify {
+        conn: ConnId,
+        generation: u32,
+        job: Box<crate::auth::VerifyJob>,
+    },
 }

@@ -26,6 +26,7 @@ mod busy_poll;
 mod cpu;
 mod handoffs;
 mod report;
+pub mod verify;
 
 use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
@@ -98,6 +99,9 @@ pub struct WorkerSetup {
     /// Connection counters shared by all shards, so `max_connections` and
     /// `max_connections_per_ip` hold per node.
     pub node: Arc<crate::shard::NodeCounters>,
+    /// The auth policy (reloaded on SIGHUP) and this loop's end of the verifier
+    /// pool; `None` without password or ACL files.
+    pub auth: Option<(Arc<verify::AuthShared>, verify::Verifier)>,
 }
 
 struct Worker<L: EventLoop> {
@@ -123,7 +127,19 @@ struct Worker<L: EventLoop> {
     report: WorkerReport,
     shutting_down: bool,
     busy_poll: BusyPoll,
+    auth: Option<AuthLink>,
 }
+
+/// A loop's link to authentication: the shared policy it last installed, and its
+/// end of the verifier pool.
+struct AuthLink {
+    shared: Arc<verify::AuthShared>,
+    generation: u64,
+    verifier: verify::Verifier,
+}
+
+/// Verifier replies taken per turn (bounded work per turn; the rest wait).
+const VERIFY_REPLIES_PER_TURN: usize = 256;
 
 /// Runs one shard's loop until shutdown has closed every connection.
 pub fn run<L: EventLoop>(
@@ -142,6 +158,7 @@ pub fn run<L: EventLoop>(
         peers_rx,
         exit_barrier,
         node,
+        auth,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -176,13 +193,23 @@ pub fn run<L: EventLoop>(
             return Err(e);
         }
     };
-    let _ = remote_tx.send((id, io.remote()));
+    let remote = io.remote();
+    let _ = remote_tx.send((id, remote.clone()));
     drop(remote_tx);
     let peers = peers_rx
         .recv()
         .map_err(|_| io::Error::other("another worker failed to start"))?;
     let busy_poll = BusyPoll::new(config.busy_poll_us);
-    let shard = Shard::in_node(id, peers.len(), config, node);
+    let mut shard = Shard::in_node(id, peers.len(), config, node);
+    let auth = auth.map(|(shared, mut verifier)| {
+        verifier.bind(remote);
+        shard.set_auth(shared.current());
+        AuthLink {
+            generation: shared.generation(),
+            shared,
+            verifier,
+        }
+    });
     let presize = loop_options.max_connections.min(PRESIZE_MAX);
     let mut w = Worker {
         id,
@@ -206,6 +233,7 @@ pub fn run<L: EventLoop>(
         },
         shutting_down: false,
         busy_poll,
+        auth,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -269,6 +297,7 @@ impl<L: EventLoop> Worker<L> {
                 );
             }
             self.drain_mesh(now);
+            self.drain_auth(now);
             self.expire_handoffs(now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.on_timer(now);
@@ -372,6 +401,24 @@ impl<L: EventLoop> Worker<L> {
                 self.io.turn(Some(Duration::ZERO), completions)?;
             }
         }
+    }
+
+    /// A reloaded policy (one atomic load when there is none), then the verifier's
+    /// answers.
+    fn drain_auth(&mut self, now: Instant) {
+        let Some(a) = &mut self.auth else {
+            return;
+        };
+        let g = a.shared.generation();
+        if g != a.generation {
+            a.generation = g;
+            self.shard.set_auth(a.shared.current());
+        }
+        let shard = &mut self.shard;
+        a.verifier
+            .drain(VERIFY_REPLIES_PER_TURN, |(conn, generation, ok)| {
+                shard.on_verified(conn, generation, Some(ok), now)
+            });
     }
 
     fn drain_mesh(&mut self, now: Instant) {
@@ -694,6 +741,19 @@ impl<L: EventLoop> Worker<L> {
                     tracing::debug!(shard = self.id, conn, sock = c.sock, to, "migrating");
                     self.outgoing.insert(c.sock, (to, handoff));
                     self.io.migrate(c.sock, to);
+                }
+                Action::Verify {
+                    conn,
+                    generation,
+                    job,
+                } => {
+                    let sent = self
+                        .auth
+                        .as_ref()
+                        .is_some_and(|a| a.verifier.submit(conn, generation, job));
+                    if !sent {
+                        self.shard.on_verified(conn, generation, None, now);
+                    }
                 }
                 Action::Send { to, msg } => match self.mesh.send(to, WorkerMsg::Shard(msg)) {
                     Ok(SendOutcome::QueuedWake) => self.wake.insert(to),

@@ -198,6 +198,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         waiting_handoffs: WaitingHandoffs::new(Duration::from_millis(opts.adopt_pair_timeout_ms)),
         outgoing: HashMap::new(),
         wake: WakeSet::default(),
+        auth: None,
         draining: VecDeque::new(),
         report: WorkerReport::default(),
         shutting_down: false,

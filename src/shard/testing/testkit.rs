@@ -315,6 +315,15 @@ impl Driver {
     fn perform(&mut self, s: ShardId, a: Action) {
         match a {
             Action::Flush(_) => {}
+            Action::Verify {
+                conn,
+                generation,
+                job,
+            } => {
+                let ok = job.run();
+                let now = self.now;
+                self.shards[s].on_verified(conn, generation, Some(ok), now);
+            }
             Action::Close(conn) => {
                 if let Some(p) = self.find(s, conn) {
                     self.take(p);
