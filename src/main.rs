@@ -7,6 +7,8 @@
 //! other shards' listeners bind to that port. After CONNECT a connection moves to the
 //! shard owning its client id anyway, so where it was accepted does not matter.
 
+mod passwd;
+
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
@@ -72,6 +74,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::CheckConfig { .. }) = cli.command {
         return check_config(&cli.for_check());
+    }
+    if let Some(Command::Passwd { action }) = &cli.command {
+        return passwd::main(action);
     }
     let mut loaded = match config::load_tracked(&cli) {
         Ok(l) => l,

@@ -50,8 +50,10 @@ pub enum Acl {
     Rules(Arc<CompiledAcl>),
 }
 
+// The `AllowAll` arm is inlined into the hot paths (one compare); the rule scan stays
+// out of line so it does not bloat `deliver` and stop it being inlined itself.
 impl Acl {
-    #[inline]
+    #[inline(always)]
     pub fn can_publish(&self, topic: &[u8]) -> bool {
         match self {
             Acl::AllowAll => true,
@@ -59,7 +61,7 @@ impl Acl {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn can_read(&self, topic: &[u8]) -> bool {
         match self {
             Acl::AllowAll => true,
@@ -199,7 +201,7 @@ impl AclFile {
 
 impl CompiledAcl {
     /// Publish (`WRITE`) or delivery (`READ`) check of a topic name.
-    #[inline]
+    #[inline(never)]
     pub fn check(&self, topic: &[u8], access: u8) -> bool {
         for (a, f) in self.rules.iter() {
             if matches_any(f, topic) {

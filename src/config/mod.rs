@@ -30,7 +30,7 @@ mod value;
 
 use std::net::SocketAddr;
 
-pub use cli::{Cli, Command};
+pub use cli::{Cli, Command, PasswdAction};
 pub use listeners::secure_default;
 pub use load::{
     apply_toml, keys, load, load_tracked, load_tracked_with, load_with, set, ConfigError, Loaded,
