@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::AuthError;
-use crate::topic::{matches, validate_filter};
+use crate::topic::{matches, validate_filter, TopicTrie};
 
 pub const READ: u8 = 1;
 pub const WRITE: u8 = 2;
@@ -37,10 +37,32 @@ pub struct AclFile {
     pub patterns: Vec<Rule>,
 }
 
+/// Up to this many rules a check scans them in order; beyond, a filter trie finds
+/// the matching ones in one walk of the topic's levels, whatever the rule count.
+const LINEAR_MAX: usize = 8;
+
+/// Filter → (evaluation position, access) of the rules with that filter.
+type RuleIndex = TopicTrie<Vec<(u32, u8)>>;
+
 /// A client's rules, substituted and in evaluation order.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Default)]
 pub struct CompiledAcl {
     rules: Box<[(u8, Box<[u8]>)]>,
+    /// Over `LINEAR_MAX` rules: filter → (evaluation position, access) of each rule
+    /// with that filter. The first deciding rule is the lowest position among the
+    /// matches, so the answer is the linear scan's.
+    index: Option<Box<RuleIndex>>,
+    /// Position of the first "deny everything" stand-in (`$#`), if any.
+    deny_all_at: Option<u32>,
+}
+
+impl std::fmt::Debug for CompiledAcl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompiledAcl")
+            .field("rules", &self.rules.len())
+            .field("indexed", &self.index.is_some())
+            .finish()
+    }
 }
 
 /// What a connection checks against: everything allowed (no ACL file), or its rules.
@@ -193,16 +215,47 @@ impl AclFile {
                 None => {}
             }
         }
-        CompiledAcl {
-            rules: rules.into_boxed_slice(),
-        }
+        CompiledAcl::new(rules)
     }
 }
 
 impl CompiledAcl {
+    fn new(rules: Vec<(u8, Box<[u8]>)>) -> CompiledAcl {
+        let deny_all_at = rules
+            .iter()
+            .position(|(_, f)| is_deny_all(f))
+            .map(|i| i as u32);
+        let index = (rules.len() > LINEAR_MAX).then(|| {
+            let mut t = RuleIndex::new();
+            for (i, (a, f)) in rules.iter().enumerate() {
+                if !is_deny_all(f) {
+                    t.entry_or_insert_with(f, Vec::new).push((i as u32, *a));
+                }
+            }
+            Box::new(t)
+        });
+        CompiledAcl {
+            rules: rules.into_boxed_slice(),
+            index,
+            deny_all_at,
+        }
+    }
+
     /// Publish (`WRITE`) or delivery (`READ`) check of a topic name.
     #[inline(never)]
     pub fn check(&self, topic: &[u8], access: u8) -> bool {
+        if let Some(t) = &self.index {
+            // The deciding rule with the lowest position wins, as in the scan.
+            let mut best = (self.deny_all_at.unwrap_or(u32::MAX), false);
+            t.for_each_match(topic, |v| {
+                for &(i, a) in v {
+                    if i < best.0 && (a == DENY || a & access != 0) {
+                        best = (i, a != DENY);
+                    }
+                }
+            });
+            return best.1;
+        }
         for (a, f) in self.rules.iter() {
             if matches_any(f, topic) {
                 if *a == DENY {
@@ -272,6 +325,10 @@ pub(crate) fn covers(p: &[u8], f: &[u8]) -> bool {
     // A leading wildcard of `p` does not match `$` topics; `f` may name one.
     if is_wild(p[0]) && f[0].first() == Some(&b'$') {
         return false;
+    }
+    // A filter `#` alone matches one level or more, and so does `+/#`.
+    if f == [b"#"] && p == [b"+", b"#"] {
+        return true;
     }
     let mut i = 0;
     loop {

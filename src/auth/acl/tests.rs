@@ -161,6 +161,36 @@ fn subscribe_checks() {
 }
 
 #[test]
+fn large_rule_lists_use_the_index_and_agree_with_the_scan() {
+    let mut text = String::from("user u\ntopic deny x/secret/#\n");
+    for i in 0..50 {
+        text.push_str(&format!("topic read site-{i}/+/t\n"));
+    }
+    text.push_str("topic readwrite x/#\ntopic write w/+\n");
+    let f = acl(&text);
+    let c = f.compile("c", Some("u"));
+    assert!(c.index.is_some());
+    for (topic, access, want) in [
+        ("x/a", READ, true),
+        ("x/secret/a", READ, false),
+        ("x/secret", WRITE, false), // `x/secret/#` matches `x/secret` too
+        ("site-7/q/t", READ, true),
+        ("site-7/q/t", WRITE, false),
+        ("w/1", WRITE, true),
+        ("w/1", READ, false),
+        ("$SYS/x", READ, false),
+        ("nothing", READ, false),
+    ] {
+        assert_eq!(c.check(topic.as_bytes(), access), want, "{topic} {access}");
+        assert_eq!(
+            naive(&f, "c", Some("u"), topic, access),
+            want,
+            "{topic} {access}"
+        );
+    }
+}
+
+#[test]
 fn allow_all_without_a_file() {
     let a = Acl::AllowAll;
     assert!(a.can_publish(b"$SYS/x") && a.can_read(b"x") && a.can_subscribe(b"#"));
@@ -201,9 +231,10 @@ fn rule_strategy() -> impl Strategy<Value = Rule> {
 
 fn file_strategy() -> impl Strategy<Value = AclFile> {
     (
-        prop::collection::vec(rule_strategy(), 0..4),
-        prop::collection::vec(rule_strategy(), 0..5),
-        prop::collection::vec(rule_strategy(), 0..4),
+        // Up to 20 rules a client: both the scan (≤ 8) and the trie index are hit.
+        prop::collection::vec(rule_strategy(), 0..6),
+        prop::collection::vec(rule_strategy(), 0..12),
+        prop::collection::vec(rule_strategy(), 0..8),
     )
         .prop_map(|(anonymous, u1, patterns)| {
             // `%` only means something in patterns.
