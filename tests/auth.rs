@@ -240,6 +240,7 @@ fn ringmq_passwd_file_is_accepted_by_mosquitto() {
     // And ringmq reads its own file.
     let b = Launch::new(&["--password-file", f]).spawn();
     assert!(publish(b.port(), Some(("dave", "from stdin")), "t", "x", false).0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -393,4 +394,37 @@ fn brute_force_of_1000_wrong_passwords_is_limited_and_counted() {
     assert_eq!(counter("auth_bad_credentials"), 1001, "{tail}");
     assert!(counter("auth_rate_limited") >= 990, "{tail}");
     assert!(counter("auth_verified") <= 11, "{tail}");
+}
+
+#[test]
+fn a_file_that_does_not_parse_stops_start_up_and_check_config_naming_it() {
+    let dir = tempdir("bad");
+    let acl = dir.join("acl");
+    write(&acl, "user alice\ntopic read a/#\nfrobnicate x\n");
+    let a = acl.to_str().unwrap();
+    // check-config takes the options before the subcommand; a start exits the same way.
+    for args in [
+        vec!["--acl-file", a, "check-config"],
+        vec!["--listen", "127.0.0.1:0", "--acl-file", a],
+    ] {
+        let out = Command::new(ringmq())
+            .args(&args)
+            .output()
+            .expect("run ringmq");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(a) && err.contains("line 3"), "{args:?}: {err}");
+    }
+    let missing = dir.join("nope");
+    let out = Command::new(ringmq())
+        .args(["--password-file", missing.to_str().unwrap(), "check-config"])
+        .output()
+        .expect("run ringmq");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("password_file") && err.contains("nope"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
