@@ -126,15 +126,26 @@ impl Shard {
                 let generation = c.generation;
                 if let Some(p) = c.pending.as_mut() {
                     p.verifying = Some(connect);
+                    p.verify_job = Some(Box::new(job));
                 }
-                self.actions.push_back(Action::Verify {
-                    conn,
-                    generation,
-                    job: Box::new(job),
-                });
+                self.actions.push_back(Action::Verify { conn, generation });
                 None
             }
         }
+    }
+
+    /// The password check `Action::Verify` announced; `None` when the connection
+    /// is gone (closed, or its slot reused) since.
+    pub fn take_verify_job(
+        &mut self,
+        conn: ConnId,
+        generation: u32,
+    ) -> Option<Box<crate::auth::VerifyJob>> {
+        let c = self.conns.get_mut(conn)?;
+        if c.generation != generation || c.state != ConnState::Verifying {
+            return None;
+        }
+        c.pending.as_mut()?.verify_job.take()
     }
 
     /// The verifier pool's answer for `conn`'s CONNECT: `Some(true)` the password

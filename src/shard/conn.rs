@@ -40,6 +40,8 @@ pub(crate) struct Pending {
     pub connect_at: Option<Instant>,
     /// While `Verifying`: the CONNECT that waits for the verifier's answer.
     pub verifying: Option<Box<crate::protocol::Connect>>,
+    /// The password check `Action::Verify` announced, until the IO side takes it.
+    pub verify_job: Option<Box<crate::auth::VerifyJob>>,
 }
 
 /// MQTT 5 topic aliases of one network connection (they do not survive it).
@@ -100,6 +102,7 @@ impl Conn {
                 adopted: false,
                 connect_at: None,
                 verifying: None,
+                verify_job: None,
             })),
             aliases: None,
             generation,

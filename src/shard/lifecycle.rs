@@ -101,6 +101,7 @@ impl Shard {
         }
         c.rx.extend_from_slice(data);
         c.last_seen = now;
+        self.last_now = Some(now);
         if c.state == ConnState::Verifying {
             // Nothing is decoded until the password is checked: hold at most one
             // packet's worth, as a partial frame would be.
@@ -110,7 +111,6 @@ impl Shard {
             }
             return;
         }
-        self.last_now = Some(now);
         self.process_rx(conn, now);
     }
 

@@ -742,11 +742,10 @@ impl<L: EventLoop> Worker<L> {
                     self.outgoing.insert(c.sock, (to, handoff));
                     self.io.migrate(c.sock, to);
                 }
-                Action::Verify {
-                    conn,
-                    generation,
-                    job,
-                } => {
+                Action::Verify { conn, generation } => {
+                    let Some(job) = self.shard.take_verify_job(conn, generation) else {
+                        continue;
+                    };
                     let sent = self
                         .auth
                         .as_ref()

@@ -339,14 +339,12 @@ impl Cluster {
         match a {
             // The verifier pool, inline: the shard still sees the answer come later,
             // through `on_verified`, as from the worker.
-            Action::Verify {
-                conn,
-                generation,
-                job,
-            } => {
-                let ok = job.run();
-                let now = self.now;
-                self.shards[s].on_verified(conn, generation, Some(ok), now);
+            Action::Verify { conn, generation } => {
+                if let Some(job) = self.shards[s].take_verify_job(conn, generation) {
+                    let ok = job.run();
+                    let now = self.now;
+                    self.shards[s].on_verified(conn, generation, Some(ok), now);
+                }
             }
             Action::Flush(conn) => {
                 if self

@@ -131,12 +131,19 @@ fn connect_waits_for_the_verifier_and_keeps_what_arrives_meanwhile() {
     let Some(Action::Verify {
         conn: vc,
         generation,
-        job,
     }) = shard.poll_action()
     else {
         panic!("expected a Verify action");
     };
     assert_eq!(vc, conn);
+    assert!(shard
+        .take_verify_job(conn, generation.wrapping_add(1))
+        .is_none());
+    let job = shard.take_verify_job(conn, generation).expect("the job");
+    assert!(
+        shard.take_verify_job(conn, generation).is_none(),
+        "taken once"
+    );
     assert!(
         shard.take_tx(conn).is_none(),
         "nothing answered before the verifier"
