@@ -29,7 +29,22 @@ const PAYLOAD_BYTES: usize = 64;
 
 /// Items are deliveries (one per subscriber per PUBLISH).
 fn bench_fanout(bencher: Bencher, subscribers: usize, qos: QoS) {
-    let mut fanout = driver::Fanout::new(subscribers, qos, PAYLOAD_BYTES);
+    run_fanout(
+        bencher,
+        subscribers,
+        driver::Fanout::new(subscribers, qos, PAYLOAD_BYTES),
+    );
+}
+
+fn bench_fanout_acl(bencher: Bencher, subscribers: usize, qos: QoS, acl: &str) {
+    run_fanout(
+        bencher,
+        subscribers,
+        driver::Fanout::with_acl(subscribers, qos, PAYLOAD_BYTES, Some(acl)),
+    );
+}
+
+fn run_fanout(bencher: Bencher, subscribers: usize, mut fanout: driver::Fanout) {
     let expected = fanout.expected_bytes();
     assert_eq!(
         fanout.publish_once(),
@@ -49,6 +64,18 @@ fn bench_fanout(bencher: Bencher, subscribers: usize, qos: QoS) {
 #[divan::bench(args = SUBSCRIBERS)]
 fn publish_qos0_local(bencher: Bencher, subscribers: usize) {
     bench_fanout(bencher, subscribers, QoS::AtMostOnce);
+}
+
+/// With a 100-rule ACL whose granting rule is last (the worst case of the scan):
+/// a write check per PUBLISH and a read check per copy.
+#[divan::bench(args = SUBSCRIBERS)]
+fn publish_qos0_local_acl100(bencher: Bencher, subscribers: usize) {
+    bench_fanout_acl(
+        bencher,
+        subscribers,
+        QoS::AtMostOnce,
+        &driver::acl_100_rules(),
+    );
 }
 
 #[divan::bench(args = SUBSCRIBERS)]

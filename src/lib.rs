@@ -6,6 +6,7 @@
 //! (`arena`, a leaf utility of chunked tables, is used by `topic`).
 
 mod arena;
+pub mod auth;
 pub mod config;
 pub mod io;
 pub mod metrics;

@@ -7,6 +7,8 @@
 //! other shards' listeners bind to that port. After CONNECT a connection moves to the
 //! shard owning its client id anyway, so where it was accepted does not matter.
 
+mod passwd;
+
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
@@ -22,6 +24,7 @@ use ringmq::io::epoll::EpollLoop;
 use ringmq::io::uring::{self, UringLoop};
 use ringmq::io::{self as rio, LoopOptions, Remote};
 use ringmq::ring;
+use ringmq::worker::verify::{self, AuthShared, VerifierPool};
 use ringmq::worker::{self, WorkerMsg, WorkerReport, WorkerSetup};
 
 /// `eprintln!` that ignores a failed write: with stderr closed, `eprintln!` panics,
@@ -72,7 +75,10 @@ fn main() -> ExitCode {
     if let Some(Command::CheckConfig { .. }) = cli.command {
         return check_config(&cli.for_check());
     }
-    let loaded = match config::load_tracked(&cli) {
+    if let Some(Command::Passwd { action }) = &cli.command {
+        return passwd::main(action);
+    }
+    let mut loaded = match config::load_tracked(&cli) {
         Ok(l) => l,
         Err(e) => {
             say!("ringmq: {e}");
@@ -80,8 +86,19 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&loaded.config.log_level, loaded.config.log_json);
+    if let Some(line) = config::secure_default(&mut loaded) {
+        say!("{line}");
+    }
+    // A file that does not parse is a configuration error: exit 2, file named.
+    let auth = match verify::load_policy(&loaded.config) {
+        Ok(a) => a,
+        Err(e) => {
+            say!("ringmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let max_connections_explicit = loaded.is_explicit("max_connections");
-    match run(loaded.config, max_connections_explicit) {
+    match run(loaded.config, max_connections_explicit, auth) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -99,7 +116,10 @@ fn check_config(cli: &Cli) -> ExitCode {
         Some(path) => format!("config {path}"),
         None => "configuration (built-in defaults and options)".to_string(),
     };
-    match config::load(cli) {
+    match config::load(cli).map_err(|e| e.to_string()).and_then(|c| {
+        verify::load_policy(&c)?;
+        Ok(c)
+    }) {
         Ok(_) => {
             println!("ringmq: {what} is valid");
             ExitCode::SUCCESS
@@ -266,9 +286,9 @@ fn block_shutdown_signals() -> libc::sigset_t {
     }
 }
 
-/// Waits for the next SIGINT or SIGTERM in `set`; a SIGHUP on the way is logged and
-/// skipped. `None`: sigwait failed.
-fn wait_shutdown_signal(set: &libc::sigset_t) -> Option<libc::c_int> {
+/// Waits for the next SIGINT or SIGTERM in `set`; a SIGHUP on the way runs
+/// `on_reload`. `None`: sigwait failed.
+fn wait_shutdown_signal(set: &libc::sigset_t, on_reload: &dyn Fn()) -> Option<libc::c_int> {
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: sigwait on a set blocked in every thread; writes the signal number.
@@ -278,14 +298,17 @@ fn wait_shutdown_signal(set: &libc::sigset_t) -> Option<libc::c_int> {
         if sig != libc::SIGHUP {
             return Some(sig);
         }
-        // The reload hook (certificates, passwords, ACLs) once security lands.
-        tracing::info!("SIGHUP: nothing to reload yet");
+        on_reload();
     }
 }
 
 /// `max_connections_explicit`: the user set `max_connections`; when they did not, the
 /// default is lowered to what this machine's tables hold instead of warning.
-fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String> {
+fn run(
+    mut config: Config,
+    max_connections_explicit: bool,
+    auth: Option<ringmq::auth::AuthPolicy>,
+) -> Result<(), String> {
     let nofile = rio::raise_nofile_limit().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
     let backend = choose_backend(config.io)?;
     let cpus = worker::allowed_cpus();
@@ -307,7 +330,9 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let mut loop_options = LoopOptions {
         max_connections: loop_slots(share),
         recv_bufs_per_ring: loop_recv_bufs(shards),
-        accept_peer_addr: config.max_connections_per_ip > 0,
+        // The per-IP limit, and the failed-password limit per source address, need
+        // peer addresses (single-shot accepts).
+        accept_peer_addr: config.max_connections_per_ip > 0 || config.password_file.is_some(),
         ..LoopOptions::default()
     };
     match backend {
@@ -417,6 +442,15 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     let mut peer_txs = Vec::with_capacity(shards);
     let mut handles = Vec::with_capacity(shards);
     let node = ringmq::shard::NodeCounters::new();
+    // Slow hashes run here, never on a loop: one thread per two loops, at least one.
+    let auth = match auth {
+        Some(policy) => {
+            let pool = VerifierPool::start(shards.div_ceil(2))
+                .map_err(|e| format!("starting the verifier pool: {e}"))?;
+            Some((Arc::new(AuthShared::new(policy)), pool))
+        }
+        None => None,
+    };
     for (id, (endpoint, listeners)) in endpoints.into_iter().zip(per_shard).enumerate() {
         let (peers_tx, peers_rx) = mpsc::channel();
         peer_txs.push(peers_tx);
@@ -434,6 +468,9 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
             node: node.clone(),
             http_listener: if id == 0 { http_listener.take() } else { None },
             started,
+            auth: auth
+                .as_ref()
+                .map(|(shared, pool)| (shared.clone(), pool.verifier())),
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
@@ -497,10 +534,13 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     {
         let shutdown = shutdown.clone();
         let remotes = remotes.clone();
+        let reload_config = config.clone();
+        let shared = auth.as_ref().map(|(s, _)| s.clone());
+        let on_reload = move || reload_auth(&reload_config, shared.as_deref());
         thread::Builder::new()
             .name("ringmq-signals".into())
             .spawn(move || {
-                if let Some(sig) = wait_shutdown_signal(&sigset) {
+                if let Some(sig) = wait_shutdown_signal(&sigset, &on_reload) {
                     tracing::info!(signal = sig, "shutdown requested");
                 }
                 sd_notify("STOPPING=1");
@@ -509,7 +549,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
                     r.wake();
                 }
                 // A second signal: stop waiting for clients.
-                if let Some(sig) = wait_shutdown_signal(&sigset) {
+                if let Some(sig) = wait_shutdown_signal(&sigset, &on_reload) {
                     say!("ringmq: second signal {sig}, exiting now");
                     std::process::exit(130);
                 }
@@ -535,9 +575,35 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
             }
         }
     }
+    if let Some((_, pool)) = auth {
+        pool.join();
+    }
     match first_error {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// SIGHUP: re-reads the password and ACL files. Connections stay; each loop installs
+/// the new policy on its next turn. A file that fails to parse leaves the old policy
+/// in force, and the error names the file.
+fn reload_auth(config: &Config, shared: Option<&AuthShared>) {
+    let Some(shared) = shared else {
+        tracing::info!("SIGHUP: no password or ACL file configured, nothing to reload");
+        return;
+    };
+    match verify::load_policy(config) {
+        Ok(Some(policy)) => {
+            shared.install(policy);
+            tracing::info!("SIGHUP: password and ACL files reloaded");
+        }
+        Ok(None) => {
+            tracing::warn!("SIGHUP: the files are now empty of rules; keeping the old ones")
+        }
+        Err(e) => {
+            tracing::error!("SIGHUP: reload failed, the old files stay in force: {e}");
+            say!("ringmq: reload failed, the old files stay in force: {e}");
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
+use ringmq::auth::{AclFile, AuthPolicy};
 use ringmq::config::Config;
 use ringmq::protocol::{
     encode_packet, Connect, Packet, ProtocolVersion, Publish, PublishProperties, QoS, Subscribe,
@@ -129,6 +130,9 @@ pub fn drain(
             Action::Migrate { conn, to, .. } => {
                 panic!("bench set-up: connection {conn} migrates to shard {to}")
             }
+            Action::Verify { conn, .. } => {
+                panic!("bench set-up: connection {conn} waits for a password check")
+            }
         }
     }
 }
@@ -155,8 +159,19 @@ pub struct Fanout {
 
 impl Fanout {
     pub fn new(subscribers: usize, qos: QoS, payload_len: usize) -> Fanout {
+        Fanout::with_acl(subscribers, qos, payload_len, None)
+    }
+
+    /// As `new`, with an ACL file (in Mosquitto's syntax) in force: every PUBLISH is
+    /// then checked for write and every copy for read. The clients are anonymous, so
+    /// the rules before the first `user` line are theirs.
+    pub fn with_acl(subscribers: usize, qos: QoS, payload_len: usize, acl: Option<&str>) -> Fanout {
         let now = Instant::now();
         let mut shard = Shard::new(0, 1, Arc::new(Config::default()));
+        if let Some(text) = acl {
+            let acl = AclFile::parse(text).expect("bench set-up: ACL parses");
+            shard.set_auth(Arc::new(AuthPolicy::new(None, Some(acl), true)));
+        }
         let publisher = connect(&mut shard, client_id_on(0, 1, "pub", 0), now);
         for n in 0..subscribers {
             let sub = connect(&mut shard, client_id_on(0, 1, "sub", n), now);
@@ -394,4 +409,16 @@ impl CrossShard {
     pub fn expected_bytes(&self) -> usize {
         self.frame.len()
     }
+}
+
+/// A 100-rule ACL whose granting rule for [`TOPIC`] comes last: one `deny` (checked
+/// first, as Mosquitto does), 98 rules for other topics, then `fleet/#`. The worst
+/// case of a linear scan, so the budget shows what a large ACL costs per message.
+pub fn acl_100_rules() -> String {
+    let mut s = String::from("topic deny fleet/+/+/secret\n");
+    for i in 0..98 {
+        s.push_str(&format!("topic readwrite site-{i}/+/telemetry\n"));
+    }
+    s.push_str("topic readwrite fleet/#\n");
+    s
 }

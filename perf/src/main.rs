@@ -26,6 +26,7 @@ const PATHS: &[&str] = &[
     "route_publish_1_sub",
     "route_publish_100_subs",
     "route_publish_qos1_1_sub",
+    "route_publish_acl100_1_sub",
     "cross_shard_hop",
     "loadgen_rx_100_qos0",
     "loadgen_rx_100_qos1",
@@ -104,7 +105,18 @@ fn check_delivered(path: &str, got: usize, expected: usize) {
 /// to the encoded bytes in every subscriber's `take_tx` (QoS 1: plus the PUBACK to
 /// the publisher and each subscriber's PUBACK handled).
 fn route_publish(path: &str, subscribers: usize, qos: QoS, iters: u64) {
-    let mut fanout = driver::Fanout::new(subscribers, qos, ROUTE_PAYLOAD_BYTES);
+    let fanout = driver::Fanout::new(subscribers, qos, ROUTE_PAYLOAD_BYTES);
+    run_fanout(path, fanout, iters)
+}
+
+/// `route_publish` with an ACL in force (write check on the PUBLISH, read check on
+/// each copy).
+fn route_publish_with(path: &str, subscribers: usize, qos: QoS, acl: Option<&str>, iters: u64) {
+    let fanout = driver::Fanout::with_acl(subscribers, qos, ROUTE_PAYLOAD_BYTES, acl);
+    run_fanout(path, fanout, iters)
+}
+
+fn run_fanout(path: &str, mut fanout: driver::Fanout, iters: u64) {
     let expected = fanout.expected_bytes();
     for _ in 0..iters {
         let got = fanout.publish_once();
@@ -192,6 +204,13 @@ fn main() {
         "route_publish_1_sub" => route_publish(&args[0], 1, QoS::AtMostOnce, iters),
         "route_publish_100_subs" => route_publish(&args[0], 100, QoS::AtMostOnce, iters),
         "route_publish_qos1_1_sub" => route_publish(&args[0], 1, QoS::AtLeastOnce, iters),
+        "route_publish_acl100_1_sub" => route_publish_with(
+            &args[0],
+            1,
+            QoS::AtMostOnce,
+            Some(&driver::acl_100_rules()),
+            iters,
+        ),
         "cross_shard_hop" => cross_shard_hop(iters),
         "loadgen_rx_100_qos0" => loadgen_rx(&args[0], QoS::AtMostOnce, iters),
         "loadgen_rx_100_qos1" => loadgen_rx(&args[0], QoS::AtLeastOnce, iters),

@@ -55,6 +55,43 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<String>,
     },
+    /// Manage a password file in Mosquitto's format ($7$ PBKDF2-SHA512 hashes, as
+    /// mosquitto_passwd 2.0 writes them): add, delete, batch
+    Passwd {
+        #[command(subcommand)]
+        action: PasswdAction,
+    },
+}
+
+/// `ringmq passwd ...`: each writes the file anew (temporary file, then rename).
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum PasswdAction {
+    /// Add a user or change their password; the password is read from the first line
+    /// of stdin unless --password is given
+    Add {
+        file: String,
+        user: String,
+        #[arg(long)]
+        password: Option<String>,
+        /// Start a new file (replacing any existing one)
+        #[arg(long)]
+        create: bool,
+        /// PBKDF2 iterations (mosquitto_passwd uses 101)
+        #[arg(long, default_value_t = 101)]
+        iterations: u32,
+    },
+    /// Remove a user
+    Delete { file: String, user: String },
+    /// Add or update every `user:password` line read from stdin
+    Batch {
+        file: String,
+        /// Start a new file (replacing any existing one)
+        #[arg(long)]
+        create: bool,
+        /// PBKDF2 iterations (mosquitto_passwd uses 101)
+        #[arg(long, default_value_t = 101)]
+        iterations: u32,
+    },
 }
 
 impl Cli {

@@ -1,13 +1,13 @@
 //! Connection lifecycle keys: how many connections the broker holds, per client
-//! address, how fast new ones are admitted, how long a CONNECT may take, how dead
-//! peers are found (TCP keepalive, `TCP_USER_TIMEOUT`), and how a connection the
-//! broker ends is closed (lingering close). Auth checks at CONNECT
-//! land beside these.
+//! address, how fast new ones are admitted, how long a CONNECT may take, who may
+//! connect (`password_file`, `allow_anonymous`; the ACL file is in `features`), how
+//! dead peers are found (TCP keepalive, `TCP_USER_TIMEOUT`), and how a connection
+//! the broker ends is closed (lingering close).
 
 use clap::Args;
 
 use super::cli::{d, with_default};
-use super::value::{int, push_text, usize_of, Expect, Raw, U32, USIZE};
+use super::value::{boolean, int, optional_path, push_text, usize_of, Expect, Raw, U32, USIZE};
 use super::Config;
 
 /// The largest MQTT packet: the longest remaining length plus its 5-byte header.
@@ -37,6 +37,15 @@ pub struct ConnectionArgs {
     pub tcp_user_timeout_ms: Option<String>,
     #[arg(long, value_name = "BYTES", help = with_default("Largest packet read before CONNECT completes (the CONNECT itself, lowered to max_packet_size); a larger one is refused (MQTT 5: CONNACK 0x95) and closed", d().max_connect_packet_bytes))]
     pub max_connect_packet_bytes: Option<String>,
+    /// Mosquitto-format password file (`ringmq passwd` or `mosquitto_passwd` make
+    /// one); re-read on SIGHUP. Default: none.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<String>,
+    /// Clients without a username: true, false, or auto (allowed only without a
+    /// password file; then, unless --listen is given, the broker listens on
+    /// 127.0.0.1:1883 only). [default: auto]
+    #[arg(long, value_name = "BOOL")]
+    pub allow_anonymous: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -51,6 +60,8 @@ pub(super) const KEYS: &[&str] = &[
     "tcp_keepalive_count",
     "tcp_user_timeout_ms",
     "max_connect_packet_bytes",
+    "password_file",
+    "allow_anonymous",
 ];
 
 const MAX_LINGER_MS: u64 = 60_000;
@@ -72,6 +83,13 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "tcp_user_timeout_ms" => cfg.tcp_user_timeout_ms = int(raw, 0, i32::MAX as u64)? as u32,
         "max_connect_packet_bytes" => {
             cfg.max_connect_packet_bytes = usize_of(int(raw, 1, MAX_PACKET)?)
+        }
+        "password_file" => cfg.password_file = optional_path(raw)?,
+        "allow_anonymous" => {
+            cfg.allow_anonymous = match raw {
+                Raw::Text(s) if s.trim().eq_ignore_ascii_case("auto") => None,
+                _ => Some(boolean(raw).map_err(|_| "true, false or auto".to_string())?),
+            }
         }
         _ => return Ok(false),
     }
@@ -99,5 +117,7 @@ impl ConnectionArgs {
             "max_connect_packet_bytes",
             &self.max_connect_packet_bytes,
         );
+        push_text(v, "password_file", &self.password_file);
+        push_text(v, "allow_anonymous", &self.allow_anonymous);
     }
 }

@@ -1,12 +1,14 @@
 //! Feature keys: which optional MQTT features the broker offers (retained,
 //! wildcards, subscription identifiers, shared subscriptions), the retained
-//! store's bounds, filters refused on SUBSCRIBE, and the `$SYS` status topics. ACL
-//! settings land beside `deny_subscribe`.
+//! store's bounds, filters refused on SUBSCRIBE, the `$SYS` status topics, and the
+//! ACL file.
 
 use clap::Args;
 
 use super::cli::{d, with_default};
-use super::value::{boolean, int, list, push_list, push_text, text, usize_of, Expect, Raw, USIZE};
+use super::value::{
+    boolean, int, list, optional_path, push_list, push_text, text, usize_of, Expect, Raw, USIZE,
+};
 use super::Config;
 
 #[derive(Args, Debug, Default, Clone)]
@@ -28,6 +30,10 @@ pub struct FeatureArgs {
     pub deny_subscribe: Vec<String>,
     #[arg(long, value_name = "SECONDS", help = with_default("Seconds between $SYS/broker/... status publishes (retained, Mosquitto's topic names); 0 turns them off", d().sys_interval_s))]
     pub sys_interval_s: Option<String>,
+    /// Mosquitto-format ACL file (user/topic/pattern lines); re-read on SIGHUP.
+    /// Default: none (every client may publish and subscribe to anything).
+    #[arg(long, value_name = "FILE")]
+    pub acl_file: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -39,6 +45,7 @@ pub(super) const KEYS: &[&str] = &[
     "max_retained_bytes",
     "deny_subscribe",
     "sys_interval_s",
+    "acl_file",
 ];
 
 /// Applies one key of this part. `Ok(false)`: not one of its keys.
@@ -56,6 +63,7 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
             cfg.deny_subscribe = list(raw).iter().map(text).collect::<Result<Vec<_>, _>>()?;
         }
         "sys_interval_s" => cfg.sys_interval_s = int(raw, 0, 86_400)?,
+        "acl_file" => cfg.acl_file = optional_path(raw)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -83,5 +91,6 @@ impl FeatureArgs {
         push_text(v, "max_retained_bytes", &self.max_retained_bytes);
         push_list(v, "deny_subscribe", &self.deny_subscribe);
         push_text(v, "sys_interval_s", &self.sys_interval_s);
+        push_text(v, "acl_file", &self.acl_file);
     }
 }

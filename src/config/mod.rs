@@ -6,10 +6,10 @@
 //! validation, the key list) live in a file of their own:
 //! - `listeners`: addresses to listen on (TLS, WebSocket listeners next);
 //! - `runtime`: event loops, IO backend, busy polling, scheduling, logging;
-//! - `connections`: admission limits and the CONNECT timeout (auth next);
+//! - `connections`: admission limits, the CONNECT timeout, password file, anonymous;
 //! - `limits`: protocol limits and keepalive;
 //! - `sessions`: session expiry, queues, slow consumers, the memory mark (data dir next);
-//! - `features`: optional MQTT features, retained bounds, refused filters (ACLs next);
+//! - `features`: optional MQTT features, retained bounds, refused filters, ACL file;
 //!
 //! and the mechanism in three more: `cli` (the command line), `load` (defaults <
 //! file < CLI, errors) and `value` (raw values and the checks they go through).
@@ -30,7 +30,8 @@ mod value;
 
 use std::net::SocketAddr;
 
-pub use cli::{Cli, Command};
+pub use cli::{Cli, Command, PasswdAction};
+pub use listeners::secure_default;
 pub use load::{
     apply_toml, keys, load, load_tracked, load_tracked_with, load_with, set, ConfigError, Loaded,
     Source,
@@ -97,6 +98,11 @@ pub struct Config {
     /// below `max_packet_size`): until then a connection is anonymous and holds at
     /// most this much receive buffer.
     pub max_connect_packet_bytes: usize,
+    /// Mosquitto-format password file; `None`: no passwords are checked.
+    pub password_file: Option<String>,
+    /// `None` is "auto": anonymous clients are allowed only without a password file,
+    /// and then the default listener is loopback only (see `secure_default`).
+    pub allow_anonymous: Option<bool>,
 
     // Protocol limits (advertised in CONNACK where MQTT 5 allows it).
     pub max_packet_size: u32,
@@ -155,6 +161,8 @@ pub struct Config {
     pub deny_subscribe: Vec<String>,
     /// Seconds between `$SYS` status publishes; 0: none.
     pub sys_interval_s: u64,
+    /// Mosquitto-format ACL file; `None`: everything is allowed.
+    pub acl_file: Option<String>,
 }
 
 impl Default for Config {
@@ -193,6 +201,8 @@ impl Default for Config {
             // holds every realistic one (each field could reach 64 KiB on its own,
             // but no client sends that; Mosquitto refuses ids over 65535 as well).
             max_connect_packet_bytes: 64 * 1024,
+            password_file: None,
+            allow_anonymous: None,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight: 1024,
@@ -232,6 +242,15 @@ impl Default for Config {
             max_retained_bytes: 256 << 20,
             deny_subscribe: Vec::new(),
             sys_interval_s: 10,
+            acl_file: None,
         }
+    }
+}
+
+impl Config {
+    /// Whether clients without a username are let in: explicit, or (auto) only when
+    /// no password file is configured.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
     }
 }

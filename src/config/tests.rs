@@ -84,6 +84,12 @@ fn every_cli_option_has_the_same_toml_key() {
         ("tcp_keepalive_count", "7", "7"),
         ("tcp_user_timeout_ms", "7", "7"),
         ("max_connect_packet_bytes", "7", "7"),
+        (
+            "password_file",
+            "\"/etc/ringmq/passwd\"",
+            "/etc/ringmq/passwd",
+        ),
+        ("allow_anonymous", "false", "false"),
         ("max_packet_size", "7", "7"),
         ("receive_maximum", "7", "7"),
         ("max_inflight", "7", "7"),
@@ -110,6 +116,7 @@ fn every_cli_option_has_the_same_toml_key() {
         ("max_retained_messages", "7", "7"),
         ("max_retained_bytes", "7", "7"),
         ("deny_subscribe", "[\"x\"]", "x"),
+        ("acl_file", "\"/etc/ringmq/acl\"", "/etc/ringmq/acl"),
     ];
     assert_eq!(samples.len(), keys().count());
     for (key, toml_value, cli_value) in samples {
@@ -330,4 +337,61 @@ fn http_listen_takes_an_address_or_none() {
         err.contains("--http-listen") && err.contains("nowhere"),
         "{err}"
     );
+}
+
+#[test]
+fn secure_default_binds_loopback_without_authentication() {
+    use super::secure_default;
+    let loaded = |args: &[&str]| load_tracked_with(&cli(args), with_file("")).expect("valid");
+    let lo: std::net::SocketAddr = "127.0.0.1:1883".parse().unwrap();
+    let any: std::net::SocketAddr = "0.0.0.0:1883".parse().unwrap();
+
+    // Nothing configured: loopback only, and one line saying how to open it.
+    let mut l = loaded(&[]);
+    let line = secure_default(&mut l).expect("a notice");
+    assert_eq!(l.config.listen, vec![lo]);
+    assert!(
+        !line.contains('\n') && line.contains("--allow-anonymous true"),
+        "{line}"
+    );
+    assert!(l.config.anonymous_allowed());
+
+    // Opened explicitly, by a password file, or by naming the listener.
+    for args in [
+        &["--allow-anonymous", "true"][..],
+        &["--password-file", "/x"][..],
+        &["--listen", "0.0.0.0:1883"][..],
+    ] {
+        let mut l = loaded(args);
+        assert_eq!(secure_default(&mut l), None, "{args:?}");
+        assert_eq!(l.config.listen, vec![any], "{args:?}");
+    }
+    // A password file makes anonymous clients refused unless said otherwise.
+    assert!(!loaded(&["--password-file", "/x"])
+        .config
+        .anonymous_allowed());
+    assert!(
+        loaded(&["--password-file", "/x", "--allow-anonymous", "true"])
+            .config
+            .anonymous_allowed()
+    );
+    // "auto" and "" (the shipped config's way of saying "unset") are the defaults.
+    let l = loaded(&["--allow-anonymous", "auto", "--password-file", ""]);
+    assert_eq!(
+        (l.config.allow_anonymous, l.config.password_file),
+        (None, None)
+    );
+}
+
+#[test]
+fn auth_keys_refuse_bad_values_naming_them() {
+    let err = load_with(&cli(&["--allow-anonymous", "maybe"]), with_file("")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("--allow-anonymous") && text.contains("maybe"),
+        "{text}"
+    );
+    let mut c = Config::default();
+    let err = apply_toml(&mut c, "t.toml", "acl_file = 3").unwrap_err();
+    assert!(err.to_string().contains("acl_file"), "{err}");
 }

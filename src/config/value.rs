@@ -86,6 +86,15 @@ pub(super) fn text(raw: &Raw) -> Result<String, Expect> {
     }
 }
 
+/// A file path; the empty string means none (how the shipped config shows "unset").
+pub(super) fn optional_path(raw: &Raw) -> Result<Option<String>, Expect> {
+    match raw {
+        Raw::Text(s) if s.trim().is_empty() => Ok(None),
+        Raw::Text(s) => Ok(Some(s.clone())),
+        _ => Err("a file path (a string; \"\" for none)".into()),
+    }
+}
+
 pub(super) fn one_of<'a>(raw: &Raw, choices: &[&'a str]) -> Result<&'a str, Expect> {
     let expected = || format!("one of {}", choices.join(", "));
     let Raw::Text(s) = raw else {

@@ -162,6 +162,15 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
         route_live_max_us,
         route_live_slow,
         closed_memory,
+        auth_bad_credentials,
+        auth_not_authorized,
+        auth_rate_limited,
+        auth_verified,
+        auth_cache_hits,
+        auth_pool_busy,
+        acl_denied_publish,
+        acl_denied_subscribe,
+        acl_denied_delivery,
     } = b;
     a.connections += connections;
     a.sessions += sessions;
@@ -217,6 +226,15 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
     a.route_live_max_us = a.route_live_max_us.max(*route_live_max_us);
     a.route_live_slow += route_live_slow;
     a.closed_memory += closed_memory;
+    a.auth_bad_credentials += auth_bad_credentials;
+    a.auth_not_authorized += auth_not_authorized;
+    a.auth_rate_limited += auth_rate_limited;
+    a.auth_verified += auth_verified;
+    a.auth_cache_hits += auth_cache_hits;
+    a.auth_pool_busy += auth_pool_busy;
+    a.acl_denied_publish += acl_denied_publish;
+    a.acl_denied_subscribe += acl_denied_subscribe;
+    a.acl_denied_delivery += acl_denied_delivery;
 }
 
 /// As [`add_shard`], for the io backend's counters.

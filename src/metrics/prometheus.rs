@@ -197,6 +197,43 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         ],
     );
 
+    // Authentication and ACLs.
+    o.reasons(
+        "ringmq_auth_refused_total",
+        Counter,
+        "CONNECTs refused by authentication, by reason.",
+        "reason",
+        &[
+            ("bad_credentials", c.auth_bad_credentials),
+            ("not_authorized", c.auth_not_authorized),
+            ("rate_limited", c.auth_rate_limited),
+            ("verifier_busy", c.auth_pool_busy),
+        ],
+    );
+    o.one(
+        "ringmq_auth_hashes_verified_total",
+        Counter,
+        "Password hashes checked on the verifier pool.",
+        c.auth_verified,
+    );
+    o.one(
+        "ringmq_auth_cache_hits_total",
+        Counter,
+        "CONNECTs authenticated from the verified-password cache.",
+        c.auth_cache_hits,
+    );
+    o.reasons(
+        "ringmq_acl_denied_total",
+        Counter,
+        "Operations the ACL refused, by kind.",
+        "kind",
+        &[
+            ("publish", c.acl_denied_publish),
+            ("subscribe", c.acl_denied_subscribe),
+            ("delivery", c.acl_denied_delivery),
+        ],
+    );
+
     // Sessions and subscriptions.
     o.family(
         "ringmq_sessions",

@@ -7,6 +7,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use super::limits::Refusal;
+use crate::auth::Acl;
 use crate::protocol::ProtocolVersion;
 use crate::session::NONE;
 
@@ -21,6 +22,9 @@ pub(crate) enum ConnState {
     Closed,
     /// Handed to another shard; waiting for `release`.
     Migrated,
+    /// CONNECT read, its password being checked on the verifier pool
+    /// (`Action::Verify`); input is buffered, not decoded, until `on_verified`.
+    Verifying,
 }
 
 /// Until CONNECT: where the connection came from (needed for a handoff).
@@ -34,6 +38,10 @@ pub(crate) struct Pending {
     pub adopted: bool,
     /// Adopted: when the accepting shard read the CONNECT (`Handoff::connect_at`).
     pub connect_at: Option<Instant>,
+    /// While `Verifying`: the CONNECT that waits for the verifier's answer.
+    pub verifying: Option<Box<crate::protocol::Connect>>,
+    /// The password check `Action::Verify` announced, until the IO side takes it.
+    pub verify_job: Option<Box<crate::auth::VerifyJob>>,
 }
 
 /// MQTT 5 topic aliases of one network connection (they do not survive it).
@@ -78,6 +86,9 @@ pub(crate) struct Conn {
     pub state: ConnState,
     /// An `Action::Flush` was emitted and `take_tx` not yet called.
     pub flush_queued: bool,
+    /// What this client may publish and read, compiled at CONNECT (`AllowAll`
+    /// without an ACL file: a check is then one branch).
+    pub acl: Acl,
 }
 
 impl Conn {
@@ -92,6 +103,8 @@ impl Conn {
                 refusal: None,
                 adopted: false,
                 connect_at: None,
+                verifying: None,
+                verify_job: None,
             })),
             aliases: None,
             rx_counted: 0,
@@ -104,12 +117,16 @@ impl Conn {
             version: ProtocolVersion::V311,
             state: ConnState::AwaitConnect,
             flush_queued: false,
+            acl: Acl::AllowAll,
         }
     }
 
     /// Whether input is still processed.
     pub fn is_live(&self) -> bool {
-        matches!(self.state, ConnState::AwaitConnect | ConnState::Connected)
+        matches!(
+            self.state,
+            ConnState::AwaitConnect | ConnState::Connected | ConnState::Verifying
+        )
     }
 
     pub fn aliases(&mut self) -> &mut Aliases {

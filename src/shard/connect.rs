@@ -204,10 +204,27 @@ impl Shard {
         } else {
             copy
         };
+        // On the owner only: the ACL is compiled where the connection will live.
+        let Some(connect) = self.authenticate(conn, connect, now) else {
+            return false;
+        };
         self.handle_connect(conn, connect, now);
         self.conns
             .get(conn)
             .is_some_and(|c| c.state == ConnState::Connected)
+    }
+
+    /// A CONNECT that waited for the verifier pool goes on, then the frames that
+    /// arrived meanwhile are decoded.
+    pub(super) fn finish_connect(&mut self, conn: ConnId, connect: Box<Connect>, now: Instant) {
+        self.handle_connect(conn, connect, now);
+        if self
+            .conns
+            .get(conn)
+            .is_some_and(|c| c.state == ConnState::Connected)
+        {
+            self.process_rx(conn, now);
+        }
     }
 
     /// Whether `conn`'s CONNECT is refused: a connection limit hit at accept, the

@@ -322,6 +322,15 @@ impl Shard {
         } else {
             conns.get_mut(conn_id)
         };
+        // ACL (read) at delivery, so a wildcard subscription cannot leak a topic the
+        // client may not read. Offline sessions are checked when the queue is
+        // written to their next connection (`pump`).
+        if let Some(c) = conn.as_ref() {
+            if !c.acl.can_read(&msg.topic) {
+                stats.acl_denied_delivery += 1;
+                return;
+            }
+        }
         let cache = if use_cache { Some(cache) } else { None };
         // Over the memory mark QoS 0 is shed first; QoS 1/2 stay within their
         // per-session bounds.
@@ -498,6 +507,13 @@ impl Shard {
                 d.queued_bytes -= cost;
                 stats.bytes_queued -= cost;
                 stats.dropped_expired += 1;
+                continue;
+            }
+            if !c.acl.can_read(&front.msg.topic) {
+                d.queue.pop_front();
+                d.queued_bytes -= cost;
+                stats.bytes_queued -= cost;
+                stats.acl_denied_delivery += 1;
                 continue;
             }
             let qos = front.qos;

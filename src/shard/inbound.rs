@@ -122,6 +122,27 @@ impl Shard {
         }
         let packet_id = p.packet_id;
         let qos = p.qos;
+        // ACL (write): compiled at CONNECT, one branch without an ACL file.
+        if let Some(c) = self
+            .conns
+            .get(conn)
+            .filter(|c| !c.acl.can_publish(&p.topic))
+        {
+            self.stats.acl_denied_publish += 1;
+            // MQTT 5: 0x87, which ends a QoS 2 flow at the PUBREC. 3.x has no code:
+            // the message is dropped and acknowledged as usual, so the client does
+            // not resend it forever (its PUBREL then meets a PUBCOMP).
+            let mut resp = PubResp::new(packet_id);
+            if c.version.is_v5() {
+                resp.code = ReasonCode::NotAuthorized;
+            }
+            match qos {
+                QoS::AtMostOnce => {}
+                QoS::AtLeastOnce => self.write_control(conn, &Packet::PubAck(resp)),
+                QoS::ExactlyOnce => self.write_control(conn, &Packet::PubRec(resp)),
+            }
+            return Ok(());
+        }
         if qos != QoS::AtMostOnce {
             let Some(s) = self.sessions.get_mut(session) else {
                 return Ok(());
@@ -256,14 +277,16 @@ impl Shard {
             return Ok(());
         };
         let session = c.session;
+        // Cloned once per SUBSCRIBE (an `Arc`), not per filter.
+        let acl = c.acl.clone();
         let sub_id = s.properties.subscription_identifier.unwrap_or(0);
         let mut codes: SmallVec<[ReasonCode; 2]> = SmallVec::new();
         // Retained messages are sent after the SUBACK.
         let mut retained: SmallVec<[(Bytes, crate::protocol::SubscriptionOptions); 2]> =
             SmallVec::new();
         for (filter, options) in &s.filters {
-            let shared = match crate::topic::parse_shared(filter) {
-                Ok(x) => x.is_some(),
+            let (shared, inner) = match crate::topic::parse_shared(filter) {
+                Ok(x) => (x.is_some(), x.map_or(&filter[..], |s| s.filter)),
                 Err(_) => {
                     self.stats.refused_filters += 1;
                     codes.push(ReasonCode::TopicFilterInvalid);
@@ -292,6 +315,10 @@ impl Shard {
                     .any(|d| d.as_bytes() == &filter[..])
                 {
                     Some(ReasonCode::UnspecifiedError)
+                } else if !acl.can_subscribe(inner) {
+                    // 0x87; 3.1.1 SUBACK gets 0x80 for this filter alone.
+                    self.stats.acl_denied_subscribe += 1;
+                    Some(ReasonCode::NotAuthorized)
                 } else {
                     None
                 };

@@ -114,6 +114,15 @@ impl Shard {
         self.stats.bytes_in += data.len() as u64;
         c.last_seen = now;
         self.last_now = Some(now);
+        if c.state == ConnState::Verifying {
+            // Nothing is decoded until the password is checked: hold at most one
+            // packet's worth, as a partial frame would be.
+            if c.rx.len() > self.config.max_packet_size as usize {
+                self.stats.closed_packet_too_large += 1;
+                self.close(conn);
+            }
+            return;
+        }
         self.process_rx(conn, now);
         self.bound_rx(conn, now);
     }
@@ -254,6 +263,7 @@ impl Shard {
         self.stats.bytes_tx -= unread;
         self.stats.bytes_rx -= rx;
         self.conns.remove(conn);
+        self.forget_identity(conn);
         self.limits.release(conn);
         self.stats.connections = self.conns.len();
     }

@@ -99,4 +99,10 @@ pub enum Action {
     /// counted) when the mesh is full. Control messages are not sent this way: see
     /// `Shard::poll_control`.
     Send { to: ShardId, msg: ShardMsg },
+    /// Check a password off the event loop: take the job with
+    /// `Shard::take_verify_job`, run it on the verifier pool, then call
+    /// `Shard::on_verified` with `conn`, `generation` and the result (`None` when
+    /// the pool's queue is full). The job stays in the shard rather than in the
+    /// action, so `Action` keeps plain drop glue on the per-message path.
+    Verify { conn: ConnId, generation: u32 },
 }

@@ -10,6 +10,7 @@
 //! a fan-out borrows several parts at once (trie, sessions, connections, stats,
 //! actions) and each part updates the shared counters and action queue.
 
+pub(crate) mod auth;
 mod conn;
 mod connect;
 mod control;
@@ -165,6 +166,7 @@ pub struct Shard {
     control: ControlOutbox,
     /// Origin of `Session::connect_ns`: when the first connection arrived.
     epoch: Option<Instant>,
+    auth: auth::ShardAuth,
 }
 
 impl Shard {
@@ -229,6 +231,12 @@ impl Shard {
             pending_subacks: VecDeque::new(),
             control: ControlOutbox::new(shard_count),
             epoch: None,
+            // Open until `set_auth`: the broker as it was without auth files. The
+            // cache key's secret comes with the policy's first install.
+            auth: auth::ShardAuth::new(
+                Arc::new(crate::auth::AuthPolicy::new(None, None, true)),
+                auth_secret(id),
+            ),
         }
     }
 
@@ -336,3 +344,18 @@ fn _assert_send() {
 }
 
 type SubIds = SmallVec<[u32; 1]>;
+
+/// The verify cache's key secret: unpredictable from outside (the std hasher's
+/// per-process random keys), so cache keys cannot be precomputed; the cache stores no
+/// passwords either way.
+fn auth_secret(id: ShardId) -> [u8; 32] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut out = [0u8; 32];
+    for (i, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(id);
+        h.write_usize(i);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
+}

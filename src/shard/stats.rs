@@ -124,6 +124,27 @@ pub struct ShardStats {
     /// Connections closed (0x89) because their partial frame grew past
     /// `RX_OVER_MARK_BYTES` while the shard was over `memory_high_water_bytes`.
     pub closed_memory: u64,
+
+    // Authentication and ACLs (src/auth).
+    /// CONNECTs refused with 0x86 / rc 4: unknown user, wrong or missing password.
+    pub auth_bad_credentials: u64,
+    /// CONNECTs refused with 0x87 / rc 5: anonymous not allowed, or a will topic the
+    /// ACL does not let the client write.
+    pub auth_not_authorized: u64,
+    /// CONNECTs refused with 0x86 / rc 4 without a hash check: their source address
+    /// failed too often lately.
+    pub auth_rate_limited: u64,
+    /// Password hashes checked on the verifier pool, and answered from the cache.
+    pub auth_verified: u64,
+    pub auth_cache_hits: u64,
+    /// CONNECTs refused with 0x89 / rc 3 because the verifier pool's queue was full.
+    pub auth_pool_busy: u64,
+    /// PUBLISHes the ACL refused (v5: PUBACK/PUBREC 0x87; 3.x: dropped).
+    pub acl_denied_publish: u64,
+    /// SUBSCRIBE filters the ACL refused (0x87 / 0x80).
+    pub acl_denied_subscribe: u64,
+    /// Copies not delivered because the subscriber may not read the topic.
+    pub acl_denied_delivery: u64,
 }
 
 impl ShardStats {

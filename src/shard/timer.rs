@@ -281,10 +281,9 @@ impl Shard {
                         .get(t.key as usize)
                         .map(|c| c.generation != t.generation);
                     if stale == Some(false)
-                        && self
-                            .conns
-                            .get(t.key as usize)
-                            .is_some_and(|c| c.state == ConnState::AwaitConnect)
+                        && self.conns.get(t.key as usize).is_some_and(|c| {
+                            matches!(c.state, ConnState::AwaitConnect | ConnState::Verifying)
+                        })
                     {
                         self.stats.connect_timeouts += 1;
                         self.close(t.key as usize);

@@ -31,6 +31,7 @@ mod http;
 mod linger;
 mod observe;
 mod report;
+pub mod verify;
 
 use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
@@ -123,6 +124,9 @@ pub struct WorkerSetup {
     pub http_listener: Option<TcpListener>,
     /// When the broker started (uptime in the metrics).
     pub started: Instant,
+    /// The auth policy (reloaded on SIGHUP) and this loop's end of the verifier
+    /// pool; `None` without password or ACL files.
+    pub auth: Option<(Arc<verify::AuthShared>, verify::Verifier)>,
 }
 
 struct Worker<L: EventLoop> {
@@ -157,7 +161,19 @@ struct Worker<L: EventLoop> {
     /// Scrapes other loops asked for during the mesh drain: (asking loop, scrape).
     /// At most one entry per peer and scrape; answered right after the drain.
     stats_requests: Vec<(usize, u64)>,
+    auth: Option<AuthLink>,
 }
+
+/// A loop's link to authentication: the shared policy it last installed, and its
+/// end of the verifier pool.
+struct AuthLink {
+    shared: Arc<verify::AuthShared>,
+    generation: u64,
+    verifier: verify::Verifier,
+}
+
+/// Verifier replies taken per turn (bounded work per turn; the rest wait).
+const VERIFY_REPLIES_PER_TURN: usize = 256;
 
 /// Runs one shard's loop until shutdown has closed every connection.
 pub fn run<L: EventLoop>(
@@ -178,6 +194,7 @@ pub fn run<L: EventLoop>(
         node,
         http_listener,
         started,
+        auth,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -212,7 +229,8 @@ pub fn run<L: EventLoop>(
             return Err(e);
         }
     };
-    let _ = remote_tx.send((id, io.remote()));
+    let remote = io.remote();
+    let _ = remote_tx.send((id, remote.clone()));
     drop(remote_tx);
     let peers = peers_rx
         .recv()
@@ -224,7 +242,16 @@ pub fn run<L: EventLoop>(
     );
     // Only loop 0 publishes $SYS (it owns the node-wide scrape).
     let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
-    let shard = Shard::in_node(id, peers.len(), config, node);
+    let mut shard = Shard::in_node(id, peers.len(), config, node);
+    let auth = auth.map(|(shared, mut verifier)| {
+        verifier.bind(remote);
+        shard.set_auth(shared.current());
+        AuthLink {
+            generation: shared.generation(),
+            shared,
+            verifier,
+        }
+    });
     let presize = loop_options.max_connections.min(PRESIZE_MAX);
     let mut w = Worker {
         id,
@@ -253,6 +280,7 @@ pub fn run<L: EventLoop>(
         summary: Summary::new(Instant::now()),
         http: None,
         stats_requests: Vec::new(),
+        auth,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -345,6 +373,7 @@ impl<L: EventLoop> Worker<L> {
             if now >= self.summary.next {
                 self.log_summary(now);
             }
+            self.drain_auth(now);
             self.expire_handoffs(now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.on_timer(now);
@@ -455,6 +484,24 @@ impl<L: EventLoop> Worker<L> {
                 self.io.turn(Some(Duration::ZERO), completions)?;
             }
         }
+    }
+
+    /// A reloaded policy (one atomic load when there is none), then the verifier's
+    /// answers.
+    fn drain_auth(&mut self, now: Instant) {
+        let Some(a) = &mut self.auth else {
+            return;
+        };
+        let g = a.shared.generation();
+        if g != a.generation {
+            a.generation = g;
+            self.shard.set_auth(a.shared.current());
+        }
+        let shard = &mut self.shard;
+        a.verifier
+            .drain(VERIFY_REPLIES_PER_TURN, |(conn, generation, ok)| {
+                shard.on_verified(conn, generation, Some(ok), now)
+            });
     }
 
     fn drain_mesh(&mut self, now: Instant) {
@@ -815,6 +862,18 @@ impl<L: EventLoop> Worker<L> {
                     tracing::debug!(shard = self.id, conn, sock = c.sock, to, "migrating");
                     self.outgoing.insert(c.sock, (to, handoff));
                     self.io.migrate(c.sock, to);
+                }
+                Action::Verify { conn, generation } => {
+                    let Some(job) = self.shard.take_verify_job(conn, generation) else {
+                        continue;
+                    };
+                    let sent = self
+                        .auth
+                        .as_ref()
+                        .is_some_and(|a| a.verifier.submit(conn, generation, job));
+                    if !sent {
+                        self.shard.on_verified(conn, generation, None, now);
+                    }
                 }
                 Action::Send { to, msg } => match self.mesh.send(to, WorkerMsg::Shard(msg)) {
                     Ok(SendOutcome::QueuedWake) => self.wake.insert(to),

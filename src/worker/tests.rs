@@ -201,6 +201,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         waiting_handoffs: WaitingHandoffs::new(Duration::from_millis(opts.adopt_pair_timeout_ms)),
         outgoing: HashMap::new(),
         wake: WakeSet::default(),
+        auth: None,
         draining: VecDeque::new(),
         linger: Linger::new(Duration::ZERO, 1),
         report: WorkerReport::default(),
@@ -283,6 +284,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
         http: None,
         stats_requests: Vec::new(),
         linger: Linger::new(Duration::ZERO, 1),
+        auth: None,
     };
     (w, eps.pop().expect("endpoint 0"))
 }

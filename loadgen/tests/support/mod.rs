@@ -127,7 +127,12 @@ pub fn start_broker() -> Broker {
     let stderr = std::fs::File::create(&stderr_path)
         .unwrap_or_else(|e| panic!("creating {}: {e}", stderr_path.display()));
     let mut child = Command::new(&bin)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--http-listen", "none"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--http-listen",
+            "none",
+        ])
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()

@@ -67,6 +67,8 @@ pub(crate) struct ConnectOpts {
     pub properties: Properties,
     /// Shard that accepts the TCP connection (the owner may differ).
     pub accept_on: ShardId,
+    pub username: Option<Bytes>,
+    pub password: Option<Bytes>,
 }
 
 impl Default for ConnectOpts {
@@ -77,6 +79,8 @@ impl Default for ConnectOpts {
             will: None,
             properties: Properties::default(),
             accept_on: 0,
+            username: None,
+            password: None,
         }
     }
 }
@@ -336,6 +340,15 @@ impl Cluster {
 
     fn perform(&mut self, s: ShardId, a: Action) {
         match a {
+            // The verifier pool, inline: the shard still sees the answer come later,
+            // through `on_verified`, as from the worker.
+            Action::Verify { conn, generation } => {
+                if let Some(job) = self.shards[s].take_verify_job(conn, generation) {
+                    let ok = job.run();
+                    let now = self.now;
+                    self.shards[s].on_verified(conn, generation, Some(ok), now);
+                }
+            }
             Action::Flush(conn) => {
                 if self
                     .wiring
@@ -437,8 +450,8 @@ pub(crate) fn connect_packet(version: ProtocolVersion, id: &str, opts: &ConnectO
         keep_alive_s: opts.keepalive_s,
         client_id: Bytes::copy_from_slice(id.as_bytes()),
         will: opts.will.clone(),
-        username: None,
-        password: None,
+        username: opts.username.clone(),
+        password: opts.password.clone(),
         properties: opts.properties.clone(),
     }))
 }

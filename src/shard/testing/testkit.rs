@@ -319,6 +319,13 @@ impl Driver {
     fn perform(&mut self, s: ShardId, a: Action) {
         match a {
             Action::Flush(_) => {}
+            Action::Verify { conn, generation } => {
+                if let Some(job) = self.shards[s].take_verify_job(conn, generation) {
+                    let ok = job.run();
+                    let now = self.now;
+                    self.shards[s].on_verified(conn, generation, Some(ok), now);
+                }
+            }
             Action::Close(conn) => {
                 if let Some(p) = self.find(s, conn) {
                     self.take(p);

@@ -2,6 +2,7 @@
 //! assertions on exact packets (and exact bytes where the decoded form would hide
 //! the wire format).
 
+mod auth;
 mod connect;
 mod contract;
 mod limits;

@@ -1,0 +1,312 @@
+//! Authentication and authorization (sans-IO): the password file and its hash schemes
+//! (`password`), the ACL file and its per-connection compiled form (`acl`), the
+//! CONNECT decision (`AuthPolicy::decide`), the cache of verified passwords and the
+//! per-address limit on failed attempts (`guard`). Nothing here reads files, clocks or
+//! sockets: `main` reads the files, the worker runs slow hash checks on its verifier
+//! pool, and the shard passes `now`.
+//!
+//! `AuthError` is this layer's one error enum; `reason_code` is its one mapping to the
+//! wire.
+
+pub mod acl;
+pub mod guard;
+pub mod password;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub use acl::{Acl, AclFile, CompiledAcl};
+pub use guard::{FailureLimiter, VerifyCache, VerifyKey};
+pub use password::{PasswordFile, StoredHash};
+
+use crate::protocol::ReasonCode;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// A password-file line that does not parse (1-based line number).
+    PasswordFile { line: usize, reason: String },
+    /// An ACL-file line that does not parse.
+    AclFile { line: usize, reason: String },
+    /// Unknown user, wrong or missing password, or too many recent failures.
+    BadCredentials,
+    /// Anonymous when not allowed, or a will the ACL does not let the client write.
+    NotAuthorized,
+}
+
+impl AuthError {
+    /// The CONNACK code; `ReasonCode` maps it to 3.x return codes 4 and 5.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            AuthError::BadCredentials => ReasonCode::BadUserNameOrPassword,
+            AuthError::NotAuthorized => ReasonCode::NotAuthorized,
+            // File errors never reach a client; refusing is the safe answer.
+            AuthError::PasswordFile { .. } | AuthError::AclFile { .. } => ReasonCode::NotAuthorized,
+        }
+    }
+}
+
+impl std::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthError::PasswordFile { line, reason } | AuthError::AclFile { line, reason } => {
+                write!(f, "line {line}: {reason}")
+            }
+            AuthError::BadCredentials => f.write_str("bad user name or password"),
+            AuthError::NotAuthorized => f.write_str("not authorized"),
+        }
+    }
+}
+
+/// What a client presented at CONNECT.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Credentials<'a> {
+    pub client_id: &'a str,
+    pub username: Option<&'a str>,
+    pub password: Option<&'a [u8]>,
+    /// The hook for TLS client certificates (`use_identity_as_username`): an identity
+    /// the transport has already verified. When set, it is the username and no
+    /// password is asked.
+    pub cert_identity: Option<&'a str>,
+}
+
+/// A password check to run on the verifier pool: the slow hash, and the key under
+/// which the shard caches a success.
+#[derive(Debug, Clone)]
+pub struct VerifyJob {
+    pub hash: StoredHash,
+    pub password: Vec<u8>,
+    pub key: VerifyKey,
+}
+
+impl VerifyJob {
+    /// The slow part; call it off the event loop.
+    pub fn run(&self) -> bool {
+        self.hash.verify(&self.password)
+    }
+}
+
+#[derive(Debug)]
+pub enum Decision {
+    /// Authenticated (or anonymous and allowed): this ACL applies.
+    Accept {
+        acl: Acl,
+        username: Option<String>,
+    },
+    Refuse(AuthError),
+    /// Needs a slow hash check first; on success `accept_verified` gives the ACL.
+    Verify(VerifyJob),
+}
+
+/// The loaded files and the anonymous rule: one immutable snapshot, swapped whole on
+/// reload (SIGHUP), shared by every shard.
+#[derive(Debug, Default)]
+pub struct AuthPolicy {
+    passwords: Option<PasswordFile>,
+    acl: Option<AclFile>,
+    allow_anonymous: bool,
+    /// Compiled ACLs shared per user when the file has no patterns (the common case),
+    /// so 100k clients of one user hold one copy.
+    shared: HashMap<String, Arc<CompiledAcl>>,
+    shared_anonymous: Option<Arc<CompiledAcl>>,
+}
+
+impl AuthPolicy {
+    pub fn new(
+        passwords: Option<PasswordFile>,
+        acl: Option<AclFile>,
+        allow_anonymous: bool,
+    ) -> AuthPolicy {
+        let mut shared = HashMap::new();
+        let mut shared_anonymous = None;
+        if let Some(a) = acl.as_ref().filter(|a| a.patterns.is_empty()) {
+            for user in a.users.keys() {
+                shared.insert(user.clone(), Arc::new(a.compile("", Some(user))));
+            }
+            shared_anonymous = Some(Arc::new(a.compile("", None)));
+        }
+        AuthPolicy {
+            passwords,
+            acl,
+            allow_anonymous,
+            shared,
+            shared_anonymous,
+        }
+    }
+
+    /// Anything to check at all? `false` keeps the broker as it was without auth.
+    pub fn is_open(&self) -> bool {
+        self.passwords.is_none() && self.acl.is_none() && self.allow_anonymous
+    }
+
+    pub fn has_passwords(&self) -> bool {
+        self.passwords.is_some()
+    }
+
+    /// The stored hash of `user` (for the cache key after a successful check).
+    pub fn stored_hash(&self, user: &str) -> Option<&StoredHash> {
+        self.passwords.as_ref()?.get(user)
+    }
+
+    pub fn has_acl(&self) -> bool {
+        self.acl.is_some()
+    }
+
+    /// The compiled ACL of a client (`AllowAll` without an ACL file).
+    pub fn acl_for(&self, client_id: &str, username: Option<&str>) -> Acl {
+        let Some(a) = &self.acl else {
+            return Acl::AllowAll;
+        };
+        if a.patterns.is_empty() {
+            let c = match username {
+                None => self.shared_anonymous.clone(),
+                Some(u) => self.shared.get(u).cloned(),
+            };
+            // A user the file does not name has no rules: an empty list denies all.
+            return Acl::Rules(c.unwrap_or_default());
+        }
+        Acl::Rules(Arc::new(a.compile(client_id, username)))
+    }
+
+    /// The CONNECT decision. `cache` holds earlier successes, so a reconnect storm
+    /// does not hash again.
+    pub fn decide(&self, cred: &Credentials<'_>, cache: &VerifyCache) -> Decision {
+        if let Some(id) = cred.cert_identity {
+            return self.accept(cred.client_id, Some(id));
+        }
+        let Some(user) = cred.username else {
+            if self.allow_anonymous {
+                return self.accept(cred.client_id, None);
+            }
+            return Decision::Refuse(AuthError::NotAuthorized);
+        };
+        let Some(pw) = &self.passwords else {
+            // No password file: a username is an unchecked label (Mosquitto), so the
+            // client counts as anonymous for admission and the name picks its ACL.
+            if self.allow_anonymous {
+                return self.accept(cred.client_id, Some(user));
+            }
+            return Decision::Refuse(AuthError::NotAuthorized);
+        };
+        let (Some(hash), Some(password)) = (pw.get(user), cred.password) else {
+            return Decision::Refuse(AuthError::BadCredentials);
+        };
+        let key = cache.key(user, password, hash);
+        if cache.contains(&key) {
+            return self.accept(cred.client_id, Some(user));
+        }
+        Decision::Verify(VerifyJob {
+            hash: hash.clone(),
+            password: password.to_vec(),
+            key,
+        })
+    }
+
+    /// After the pool answered `true` for a `Verify`.
+    pub fn accept_verified(&self, client_id: &str, username: &str) -> Decision {
+        self.accept(client_id, Some(username))
+    }
+
+    fn accept(&self, client_id: &str, username: Option<&str>) -> Decision {
+        Decision::Accept {
+            acl: self.acl_for(client_id, username),
+            username: username.map(str::to_owned),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(acl: Option<&str>, anon: bool) -> AuthPolicy {
+        let mut pw = PasswordFile::default();
+        pw.upsert("alice", StoredHash::new_pbkdf2(b"pw", b"0123456789ab", 10));
+        AuthPolicy::new(Some(pw), acl.map(|t| AclFile::parse(t).unwrap()), anon)
+    }
+
+    fn cred<'a>(user: Option<&'a str>, pw: Option<&'a [u8]>) -> Credentials<'a> {
+        Credentials {
+            client_id: "c",
+            username: user,
+            password: pw,
+            cert_identity: None,
+        }
+    }
+
+    #[test]
+    fn connect_decisions() {
+        let p = policy(None, false);
+        let mut cache = VerifyCache::new([7; 32], 16);
+        assert!(matches!(
+            p.decide(&cred(None, None), &cache),
+            Decision::Refuse(AuthError::NotAuthorized)
+        ));
+        assert!(matches!(
+            p.decide(&cred(Some("bob"), Some(b"pw")), &cache),
+            Decision::Refuse(AuthError::BadCredentials)
+        ));
+        assert!(matches!(
+            p.decide(&cred(Some("alice"), None), &cache),
+            Decision::Refuse(AuthError::BadCredentials)
+        ));
+        let Decision::Verify(job) = p.decide(&cred(Some("alice"), Some(b"pw")), &cache) else {
+            panic!("expected a verify job");
+        };
+        assert!(job.run());
+        cache.insert(job.key);
+        // Cached: accepted at once, no second hash.
+        assert!(matches!(
+            p.decide(&cred(Some("alice"), Some(b"pw")), &cache),
+            Decision::Accept { .. }
+        ));
+        // A wrong password is a different key: verified (and failing) again.
+        let Decision::Verify(bad) = p.decide(&cred(Some("alice"), Some(b"px")), &cache) else {
+            panic!("expected a verify job");
+        };
+        assert!(!bad.run());
+        assert!(matches!(
+            policy(None, true).decide(&cred(None, None), &cache),
+            Decision::Accept { .. }
+        ));
+    }
+
+    #[test]
+    fn certificate_identity_is_the_username() {
+        let p = policy(Some("user dev1\ntopic readwrite d/#\n"), false);
+        let cache = VerifyCache::new([0; 32], 16);
+        let c = Credentials {
+            client_id: "x",
+            username: None,
+            password: None,
+            cert_identity: Some("dev1"),
+        };
+        let Decision::Accept { acl, username } = p.decide(&c, &cache) else {
+            panic!("certificate identity refused");
+        };
+        assert_eq!(username.as_deref(), Some("dev1"));
+        assert!(acl.can_publish(b"d/1") && !acl.can_publish(b"e"));
+    }
+
+    #[test]
+    fn wire_codes() {
+        assert_eq!(AuthError::BadCredentials.reason_code() as u8, 0x86);
+        assert_eq!(AuthError::NotAuthorized.reason_code() as u8, 0x87);
+        assert_eq!(AuthError::BadCredentials.reason_code().v3_connack_code(), 4);
+        assert_eq!(AuthError::NotAuthorized.reason_code().v3_connack_code(), 5);
+    }
+
+    #[test]
+    fn shared_acl_per_user_without_patterns() {
+        let p = policy(Some("user alice\ntopic read a/#\n"), false);
+        let (Acl::Rules(a), Acl::Rules(b)) =
+            (p.acl_for("1", Some("alice")), p.acl_for("2", Some("alice")))
+        else {
+            panic!("rules expected");
+        };
+        assert!(Arc::ptr_eq(&a, &b));
+        let Acl::Rules(n) = p.acl_for("1", Some("nobody")) else {
+            panic!("rules expected");
+        };
+        assert!(n.is_empty() && !n.check(b"a/x", acl::READ));
+    }
+}

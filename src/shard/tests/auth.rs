@@ -1,0 +1,363 @@
+//! Authentication and ACLs through the shard: CONNACK codes for each refusal, the
+//! verifier round trip and its cache, the failure limit, PUBLISH/SUBSCRIBE/delivery
+//! checks, wills, `$SYS`, and a reload under live connections.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use smallvec::smallvec;
+
+use super::cfg;
+use crate::auth::{AclFile, AuthPolicy, PasswordFile, StoredHash};
+use crate::protocol::{
+    encode_packet, Packet, Properties, ProtocolVersion, PubResp, QoS, ReasonCode, Subscribe,
+    SubscriptionOptions,
+};
+use crate::shard::harness::*;
+use crate::shard::{Action, Shard};
+
+const Q0: QoS = QoS::AtMostOnce;
+const Q1: QoS = QoS::AtLeastOnce;
+
+const ACL: &str = "\
+topic read public/#
+user alice
+topic readwrite a/#
+topic deny a/secret/#
+topic read $SYS/#
+user bob
+topic readwrite #
+pattern write dev/%c/out
+";
+
+fn policy(acl: &str, anonymous: bool) -> Arc<AuthPolicy> {
+    let mut pw = PasswordFile::default();
+    for (u, p) in [("alice", "wonderland"), ("bob", "builder")] {
+        pw.upsert(u, StoredHash::new_pbkdf2(p.as_bytes(), b"0123456789ab", 1));
+    }
+    Arc::new(AuthPolicy::new(
+        Some(pw),
+        Some(AclFile::parse(acl).unwrap()),
+        anonymous,
+    ))
+}
+
+fn cluster(shards: usize, p: Arc<AuthPolicy>) -> Cluster {
+    let mut cl = Cluster::new(shards, cfg());
+    for s in &mut cl.shards {
+        s.set_auth(p.clone());
+    }
+    cl
+}
+
+fn login(user: &str, pw: &str) -> ConnectOpts {
+    ConnectOpts {
+        username: Some(Bytes::copy_from_slice(user.as_bytes())),
+        password: Some(Bytes::copy_from_slice(pw.as_bytes())),
+        ..Default::default()
+    }
+}
+
+fn stats(cl: &Cluster) -> crate::shard::ShardStats {
+    cl.shards[0].stats().clone()
+}
+
+#[test]
+fn wrong_password_unknown_user_and_anonymous_get_their_codes() {
+    let mut cl = cluster(1, policy(ACL, false));
+    // 3.1.1: return code 4 (bad user name or password), on the wire.
+    let c = cl.connect(V311, "c1", login("alice", "nope"));
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x04]);
+    cl.expect_closed(c);
+    let c = cl.connect(V311, "c2", login("mallory", "x"));
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x04]);
+    // Anonymous, not allowed: return code 5 (not authorized).
+    let c = cl.connect(V311, "c3", ConnectOpts::default());
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x05]);
+    cl.expect_closed(c);
+    // MQTT 5: 0x86 and 0x87.
+    let c = cl.connect(V5, "c4", login("alice", "nope"));
+    cl.expect(
+        c,
+        connack(
+            false,
+            ReasonCode::BadUserNameOrPassword,
+            Properties::default(),
+        ),
+    );
+    cl.expect_closed(c);
+    let c = cl.connect(V5, "c5", ConnectOpts::default());
+    cl.expect(
+        c,
+        connack(false, ReasonCode::NotAuthorized, Properties::default()),
+    );
+    let st = stats(&cl);
+    assert_eq!((st.auth_bad_credentials, st.auth_not_authorized), (3, 2));
+    // The wrong password went through the verifier; the unknown user did not.
+    assert_eq!(st.auth_verified, 0);
+}
+
+#[test]
+fn right_password_is_verified_once_then_cached() {
+    let mut cl = cluster(1, policy(ACL, false));
+    let c = cl.connect_ok(V311, "c1", login("alice", "wonderland"), false);
+    cl.drop_connection(c);
+    let c = cl.connect_ok(V311, "c1", login("alice", "wonderland"), false);
+    cl.expect_open(c);
+    let st = stats(&cl);
+    assert_eq!((st.auth_verified, st.auth_cache_hits), (1, 1));
+}
+
+#[test]
+fn connect_waits_for_the_verifier_and_keeps_what_arrives_meanwhile() {
+    let mut shard = Shard::new(0, 1, Arc::new(cfg()));
+    shard.set_auth(policy(ACL, false));
+    let now = std::time::Instant::now();
+    let conn = shard.accept(peer(), now);
+    let mut buf = BytesMut::new();
+    encode_packet(
+        &connect_packet(V311, "c1", &login("alice", "wonderland")),
+        ProtocolVersion::V311,
+        &mut buf,
+    );
+    // A SUBSCRIBE right behind the CONNECT, before the answer.
+    let sub = Packet::Subscribe(Subscribe {
+        packet_id: 7,
+        filters: smallvec![(Bytes::from_static(b"a/x"), SubscriptionOptions::default())],
+        properties: Properties::default(),
+    });
+    encode_packet(&sub, ProtocolVersion::V311, &mut buf);
+    shard.on_read(conn, &buf, now);
+    let Some(Action::Verify {
+        conn: vc,
+        generation,
+    }) = shard.poll_action()
+    else {
+        panic!("expected a Verify action");
+    };
+    assert_eq!(vc, conn);
+    assert!(shard
+        .take_verify_job(conn, generation.wrapping_add(1))
+        .is_none());
+    let job = shard.take_verify_job(conn, generation).expect("the job");
+    assert!(
+        shard.take_verify_job(conn, generation).is_none(),
+        "taken once"
+    );
+    assert!(
+        shard.take_tx(conn).is_none(),
+        "nothing answered before the verifier"
+    );
+    // A stale answer (another generation) changes nothing.
+    shard.on_verified(conn, generation.wrapping_add(1), Some(false), now);
+    assert!(shard.take_tx(conn).is_none());
+    shard.on_verified(conn, generation, Some(job.run()), now);
+    let out = shard.take_tx(conn).expect("CONNACK and SUBACK");
+    assert_eq!(
+        &out[..],
+        &[0x20, 0x02, 0x00, 0x00, 0x90, 0x03, 0x00, 0x07, 0x00]
+    );
+}
+
+#[test]
+fn a_full_verifier_queue_is_answered_busy() {
+    let mut shard = Shard::new(0, 1, Arc::new(cfg()));
+    shard.set_auth(policy(ACL, false));
+    let now = std::time::Instant::now();
+    let conn = shard.accept(peer(), now);
+    let mut buf = BytesMut::new();
+    encode_packet(
+        &connect_packet(V311, "c1", &login("alice", "wonderland")),
+        ProtocolVersion::V311,
+        &mut buf,
+    );
+    shard.on_read(conn, &buf, now);
+    let Some(Action::Verify { generation, .. }) = shard.poll_action() else {
+        panic!("expected a Verify action");
+    };
+    shard.on_verified(conn, generation, None, now);
+    // 3.x return code 3 (server unavailable), then closed.
+    assert_eq!(&shard.take_tx(conn).unwrap()[..], &[0x20, 0x02, 0x00, 0x03]);
+    assert_eq!(shard.stats().auth_pool_busy, 1);
+}
+
+#[test]
+fn failed_attempts_are_rate_limited_per_address() {
+    let mut cl = cluster(1, policy(ACL, false));
+    let limit = crate::shard::auth::FAILURES_PER_WINDOW as u64;
+    for i in 0..limit + 5 {
+        let c = cl.connect(V5, &format!("b{i}"), login("alice", "guess"));
+        cl.expect(
+            c,
+            connack(
+                false,
+                ReasonCode::BadUserNameOrPassword,
+                Properties::default(),
+            ),
+        );
+    }
+    let st = stats(&cl);
+    assert_eq!((st.auth_verified, st.auth_rate_limited), (0, 5));
+    assert_eq!(st.auth_bad_credentials, limit + 5);
+    // The window passes: the right password works again.
+    cl.advance(crate::shard::auth::FAILURE_WINDOW);
+    cl.connect_ok(V5, "ok", login("alice", "wonderland"), false);
+}
+
+#[test]
+fn denied_publish_v5_gets_0x87_and_3x_is_dropped() {
+    let mut cl = cluster(1, policy(ACL, false));
+    let bob = cl.connect_ok(V311, "bob", login("bob", "builder"), false);
+    cl.subscribe(bob, "#", Q1);
+    let a5 = cl.connect_ok(V5, "a5", login("alice", "wonderland"), false);
+    cl.publish(a5, "b/x", "no", Q1, false, 1);
+    cl.expect(
+        a5,
+        Packet::PubAck(PubResp {
+            packet_id: 1,
+            code: ReasonCode::NotAuthorized,
+            properties: Properties::default(),
+        }),
+    );
+    let a3 = cl.connect_ok(V311, "a3", login("alice", "wonderland"), false);
+    cl.publish(a3, "b/x", "no", Q1, false, 2);
+    cl.expect(a3, puback(2));
+    cl.expect_nothing(bob);
+    // Allowed topics still flow, and both clients stay connected.
+    cl.publish(a3, "a/x", "yes", Q1, false, 3);
+    cl.expect(a3, puback(3));
+    assert!(matches!(cl.next(bob), Some(Packet::Publish(p)) if &p.topic[..] == b"a/x"));
+    cl.expect_open(a5);
+    cl.expect_open(a3);
+    assert_eq!(stats(&cl).acl_denied_publish, 2);
+}
+
+#[test]
+fn denied_subscribe_refuses_that_filter_alone() {
+    let mut cl = cluster(1, policy(ACL, false));
+    let a = cl.connect_ok(V5, "a", login("alice", "wonderland"), false);
+    cl.send(
+        a,
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            filters: smallvec![
+                (Bytes::from_static(b"a/x"), SubscriptionOptions::default()),
+                (
+                    Bytes::from_static(b"a/secret/#"),
+                    SubscriptionOptions::default()
+                ),
+                (Bytes::from_static(b"b/#"), SubscriptionOptions::default()),
+            ],
+            properties: Properties::default(),
+        }),
+    );
+    cl.expect(
+        a,
+        suback(
+            1,
+            &[
+                ReasonCode::Success,
+                ReasonCode::NotAuthorized,
+                ReasonCode::NotAuthorized,
+            ],
+        ),
+    );
+    let a3 = cl.connect_ok(V311, "a3", login("alice", "wonderland"), false);
+    cl.clients[a3].raw.clear();
+    cl.subscribe_with(
+        a3,
+        "b/#",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
+    assert_eq!(cl.clients[a3].raw, vec![0x90, 0x03, 0x00, 0x01, 0x80]);
+    assert_eq!(stats(&cl).acl_denied_subscribe, 3);
+}
+
+#[test]
+fn wildcard_subscription_does_not_leak_a_denied_topic() {
+    let mut cl = cluster(1, policy(ACL, false));
+    let a = cl.connect_ok(V311, "a", login("alice", "wonderland"), false);
+    cl.subscribe(a, "a/#", Q0);
+    let bob = cl.connect_ok(V311, "bob", login("bob", "builder"), false);
+    cl.publish(bob, "a/secret/plans", "hidden", Q0, false, 0);
+    cl.expect_nothing(a);
+    cl.publish(bob, "a/open", "shown", Q0, false, 0);
+    cl.expect(a, pubp("a/open", "shown", Q0, false, 0));
+    assert_eq!(stats(&cl).acl_denied_delivery, 1);
+}
+
+#[test]
+fn will_needs_write_permission() {
+    let mut cl = cluster(1, policy(ACL, false));
+    let mut opts = login("alice", "wonderland");
+    opts.will = Some(will("b/status", "gone", Q0, false, Properties::default()));
+    let c = cl.connect(V5, "w", opts);
+    cl.expect(
+        c,
+        connack(false, ReasonCode::NotAuthorized, Properties::default()),
+    );
+    cl.expect_closed(c);
+    let mut opts = login("alice", "wonderland");
+    opts.will = Some(will("a/status", "gone", Q0, false, Properties::default()));
+    cl.connect_ok(V5, "w2", opts, false);
+    // Patterns: client id `dev1` may write dev/dev1/out.
+    let mut opts = login("bob", "builder");
+    opts.will = Some(will("dev/x/out", "gone", Q0, false, Properties::default()));
+    cl.connect_ok(V5, "dev1", opts, false);
+}
+
+#[test]
+fn sys_topics_only_for_users_granted_them() {
+    let mut cl = cluster(1, policy(ACL, true));
+    let bob = cl.connect_ok(V5, "bob", login("bob", "builder"), false);
+    cl.subscribe_with(
+        bob,
+        "$SYS/#",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
+    cl.expect(bob, suback(1, &[ReasonCode::NotAuthorized]));
+    let alice = cl.connect_ok(V5, "alice", login("alice", "wonderland"), false);
+    cl.subscribe(alice, "$SYS/#", Q0);
+    // Anonymous (allowed here): only the lines before the first `user`.
+    let anon = cl.connect_ok(V5, "anon", ConnectOpts::default(), false);
+    cl.subscribe(anon, "public/#", Q0);
+    cl.subscribe_with(
+        anon,
+        "private/#",
+        SubscriptionOptions::default(),
+        Properties::default(),
+    );
+    cl.expect(anon, suback(1, &[ReasonCode::NotAuthorized]));
+    // `#` overlaps `public/#`: granted, and delivery shows only what may be read.
+    cl.subscribe(anon, "#", Q0);
+    cl.publish(bob, "private/x", "no", Q0, false, 0);
+    cl.publish(bob, "public/x", "yes", Q0, false, 0);
+    cl.expect(anon, pubp("public/x", "yes", Q0, false, 0));
+    cl.expect_nothing(anon);
+}
+
+#[test]
+fn reload_applies_to_live_connections_without_closing_them() {
+    let mut cl = cluster(2, policy(ACL, false));
+    let a = cl.connect_ok(V5, "a-client", login("alice", "wonderland"), false);
+    cl.publish(a, "a/x", "1", Q1, false, 1);
+    cl.expect(a, puback(1));
+    // The new file takes write on a/# away from alice.
+    let p = policy("user alice\ntopic read a/#\n", false);
+    for s in &mut cl.shards {
+        s.set_auth(p.clone());
+    }
+    cl.pump();
+    cl.publish(a, "a/x", "2", Q1, false, 2);
+    cl.expect(
+        a,
+        Packet::PubAck(PubResp {
+            packet_id: 2,
+            code: ReasonCode::NotAuthorized,
+            properties: Properties::default(),
+        }),
+    );
+    cl.expect_open(a);
+}
