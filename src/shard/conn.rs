@@ -140,9 +140,13 @@ mod tests {
 
     #[test]
     fn connection_struct_stays_small() {
-        // Part of the ≤ 600 B per idle connection budget (docs/ARCHITECTURE.md).
+        // Part of the ≤ 600 B per idle connection budget (docs/ARCHITECTURE.md),
+        // which perf/rss.sh measures. 136 since wave 2: the receive-buffer
+        // accounting of the memory mark (`rx_counted`, 4 B) and the ACL compiled at
+        // CONNECT (`acl`, 8 B, read on every publish and delivery) did not fit the
+        // 5 B of padding left under 128.
         assert!(
-            std::mem::size_of::<Conn>() <= 128,
+            std::mem::size_of::<Conn>() <= 136,
             "{}",
             std::mem::size_of::<Conn>()
         );
