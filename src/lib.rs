@@ -7,6 +7,7 @@
 
 mod arena;
 pub mod config;
+pub mod gateway;
 pub mod io;
 pub mod protocol;
 pub mod ring;

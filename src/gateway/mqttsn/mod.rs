@@ -1,0 +1,30 @@
+//! MQTT-SN 1.2 (the OASIS-contributed IBM spec, 2013): the datagram codec. No state,
+//! no IO, no other broker module. One UDP datagram carries one message (or one
+//! forwarder-encapsulated message); topic names, client ids and payloads are
+//! zero-copy `Bytes` slices of the datagram.
+
+mod codec;
+
+pub use codec::{
+    decode, encode, encode_to_bytes, encoded_len, Flags, Message, MsgType, QoS, ReturnCode,
+    SnDecodeError, SnEncodeError, SubTopic, TopicIdType, TopicRef, WillTopic, MAX_MESSAGE_LEN,
+};
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+/// The decoder's fuzz property (tests/fuzz `sn_decode`, replayed by `cargo test`):
+/// any datagram decodes or errs without a panic, and whatever decodes re-encodes to
+/// a datagram that decodes to the same message.
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub fn check_roundtrip(data: &[u8]) {
+    let datagram = bytes::Bytes::copy_from_slice(data);
+    if let Ok(m) = decode(&datagram) {
+        let wire = encode_to_bytes(&m).expect("a decoded message fits the length field");
+        assert_eq!(wire.len(), encoded_len(&m));
+        assert_eq!(decode(&wire).as_ref(), Ok(&m), "re-decode of {data:02x?}");
+    }
+}
