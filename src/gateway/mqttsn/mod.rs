@@ -1,15 +1,22 @@
-//! MQTT-SN 1.2 (the OASIS-contributed IBM spec, 2013): the datagram codec. No state,
-//! no IO, no other broker module. One UDP datagram carries one message (or one
+//! MQTT-SN 1.2 (the OASIS-contributed IBM spec, 2013): the datagram codec (`codec`,
+//! no state) and the gateway's per-loop client state machine (`gateway`, sans-IO).
+//! No IO and no other broker module. One UDP datagram carries one message (or one
 //! forwarder-encapsulated message); topic names, client ids and payloads are
 //! zero-copy `Bytes` slices of the datagram.
 
 mod codec;
+mod downstream;
+mod gateway;
 
 pub use codec::{
     decode, encode, encode_to_bytes, encoded_len, Flags, Message, MsgType, QoS, ReturnCode,
     SnDecodeError, SnEncodeError, SubTopic, TopicIdType, TopicRef, WillTopic, MAX_MESSAGE_LEN,
 };
 
+pub use gateway::{BrokerQoS, Gateway, GatewayLimits, GatewayStats, Output, Upstream, Will};
+
+#[cfg(test)]
+mod gateway_tests;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
