@@ -7,6 +7,7 @@
 mod codec;
 mod downstream;
 mod gateway;
+mod predefined;
 
 pub use codec::{
     decode, encode, encode_to_bytes, encoded_len, Flags, Message, MsgType, QoS, ReturnCode,
@@ -14,6 +15,7 @@ pub use codec::{
 };
 
 pub use gateway::{BrokerQoS, Gateway, GatewayLimits, GatewayStats, Output, Upstream, Will};
+pub use predefined::{parse_predefined, PredefinedError};
 
 #[cfg(test)]
 mod gateway_tests;
