@@ -7,6 +7,7 @@
 mod codec;
 mod downstream;
 mod gateway;
+mod link;
 mod predefined;
 
 pub use codec::{
@@ -15,12 +16,15 @@ pub use codec::{
 };
 
 pub use gateway::{BrokerQoS, Gateway, GatewayLimits, GatewayStats, Output, Upstream, Will};
+pub use link::MqttLink;
 pub use predefined::{parse_predefined, PredefinedError};
 
 #[cfg(test)]
 mod gateway_tests;
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+mod seam_tests;
 #[cfg(test)]
 mod tests;
 
