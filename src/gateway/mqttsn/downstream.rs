@@ -332,3 +332,48 @@ fn sn_qos(q: BrokerQoS) -> QoS {
         _ => QoS::ExactlyOnce,
     }
 }
+
+#[cfg(any(test, feature = "testkit"))]
+impl<A: Clone + Eq + std::hash::Hash + std::fmt::Debug> Gateway<A> {
+    /// The bounds and bookkeeping every call must leave true (the `sn_gateway` fuzz
+    /// target checks them after each step).
+    pub fn check_invariants(&self) {
+        assert!(self.clients.len() <= self.limits.max_clients);
+        for (id, c) in &self.clients {
+            assert!(
+                c.queue.len() <= self.limits.max_buffered_msgs,
+                "{id:?} queue"
+            );
+            assert!(
+                c.topic_by_id.len() <= self.limits.max_topic_ids,
+                "{id:?} topic ids"
+            );
+            assert_eq!(
+                c.topic_by_id.len(),
+                c.id_by_topic.len(),
+                "{id:?} registry halves"
+            );
+            assert!(!c.topic_by_id.contains_key(&0), "{id:?} topic id 0");
+            assert_eq!(
+                self.by_addr.get(&c.addr),
+                Some(id),
+                "{id:?} address binding"
+            );
+        }
+        for (addr, id) in &self.by_addr {
+            assert!(
+                self.clients.get(id).is_some_and(|c| &c.addr == addr),
+                "{addr:?} dangling"
+            );
+        }
+        for o in &self.out {
+            if let Output::Datagram { bytes, .. } = o {
+                assert!(bytes.len() <= self.limits.max_datagram_bytes);
+                assert!(
+                    super::codec::decode(bytes).is_ok(),
+                    "gateway sent {bytes:02x?}"
+                );
+            }
+        }
+    }
+}

@@ -813,3 +813,45 @@ fn s6_3_reconnect_from_a_new_address_takes_over() {
     h.send(OTHER, Message::PingReq { client_id: None });
     assert_eq!(h.replies(), vec![Message::PingResp]);
 }
+
+proptest::proptest! {
+    /// The `sn_gateway` fuzz property over random scripts, with valid messages mixed
+    /// in so sessions get past CONNECT.
+    #[test]
+    fn random_scripts_keep_the_invariants(
+        steps in proptest::collection::vec((0u8..8, 0u8..=255, 0usize..6), 0..80)
+    ) {
+        let valid = [
+            encode_to_bytes(&Message::Connect { will: false, clean_session: true, duration: 1, client_id: b("a") }).unwrap(),
+            encode_to_bytes(&Message::Subscribe { dup: false, qos: QoS::AtLeastOnce, msg_id: 1, topic: SubTopic::Name(b("t/#")) }).unwrap(),
+            encode_to_bytes(&Message::Register { topic_id: 0, msg_id: 2, topic_name: b("t/9") }).unwrap(),
+            encode_to_bytes(&Message::Disconnect { duration: Some(2) }).unwrap(),
+            encode_to_bytes(&Message::PingReq { client_id: Some(b("a")) }).unwrap(),
+            encode_to_bytes(&Message::RegAck { topic_id: 1, msg_id: 1, code: ReturnCode::Accepted }).unwrap(),
+        ];
+        let mut script = Vec::new();
+        for (op, arg, pick) in steps {
+            if op == 0 {
+                // A datagram op: length then the bytes of one valid message.
+                let m = &valid[pick];
+                script.extend([0, m.len() as u8]);
+                script.extend_from_slice(m);
+            } else {
+                script.extend([op, arg]);
+            }
+        }
+        check_gateway_ops(&script);
+    }
+}
+
+#[test]
+fn fuzz_seeds_replay() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz/seeds/sn_gateway");
+    let entries = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{dir}: {e}"));
+    let mut n = 0;
+    for e in entries {
+        check_gateway_ops(&std::fs::read(e.unwrap().path()).unwrap());
+        n += 1;
+    }
+    assert!(n >= 4, "only {n} seeds in {dir}");
+}

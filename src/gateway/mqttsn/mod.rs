@@ -41,3 +41,64 @@ pub fn check_roundtrip(data: &[u8]) {
         assert_eq!(decode(&wire).as_ref(), Ok(&m), "re-decode of {data:02x?}");
     }
 }
+
+/// The gateway's fuzz property (tests/fuzz `sn_gateway`): the input is a script of
+/// datagrams from four peers, broker deliveries, ticks and output drains; after every
+/// step the gateway's bounds and bookkeeping hold (`Gateway::check_invariants`) and
+/// everything it sends decodes.
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub fn check_gateway_ops(data: &[u8]) {
+    use std::time::{Duration, Instant};
+    let limits = GatewayLimits {
+        max_clients: 3,
+        max_topic_ids: 3,
+        max_buffered_msgs: 3,
+        max_datagram_bytes: 64,
+        retry_interval: Duration::from_millis(500),
+        max_retries: 2,
+        ..GatewayLimits::default()
+    };
+    let mut gw: Gateway<u8> = Gateway::new(limits);
+    let mut now = Instant::now();
+    let mut it = data.iter().copied();
+    let ids = [&b"a"[..], b"b", b"c", b"d"];
+    let topics = [
+        &b"ab"[..],
+        b"t/1",
+        b"t/2",
+        b"t/3/x",
+        b"longer/topic/name/here",
+    ];
+    while let Some(op) = it.next() {
+        let arg = it.next().unwrap_or(0);
+        match op % 4 {
+            0 => {
+                let len = usize::from(arg % 48);
+                let bytes: Vec<u8> = it.by_ref().take(len).collect();
+                gw.on_datagram(op / 4 % 4, &bytes::Bytes::from(bytes), now);
+            }
+            1 => {
+                now += Duration::from_millis(u64::from(arg) * 100);
+                gw.on_tick(now);
+            }
+            2 => {
+                let id = bytes::Bytes::from_static(ids[usize::from(arg % 4)]);
+                let topic = bytes::Bytes::from_static(topics[usize::from(arg / 4 % 5)]);
+                gw.on_deliver(
+                    &id,
+                    topic,
+                    op / 4 % 3,
+                    false,
+                    bytes::Bytes::from_static(b"p"),
+                    now,
+                );
+            }
+            _ => {
+                gw.check_invariants();
+                gw.poll_output();
+            }
+        }
+        gw.check_invariants();
+    }
+}
