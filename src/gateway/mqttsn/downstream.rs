@@ -55,6 +55,7 @@ impl<A: Clone + Eq + std::hash::Hash> Gateway<A> {
             let Some(p) = c.queue.pop_front() else {
                 if c.state == State::Awake {
                     c.state = State::Asleep;
+                    c.deadline = Some(now + super::gateway::grace(c.sleep));
                     let addr = c.addr.clone();
                     self.send(&addr, &Message::PingResp);
                 }
@@ -215,7 +216,7 @@ impl<A: Clone + Eq + std::hash::Hash> Gateway<A> {
         let mut lost = Vec::new();
         let mut resend = Vec::new();
         for (id, c) in self.clients.iter_mut() {
-            if now >= c.deadline {
+            if c.deadline.is_some_and(|d| now >= d) {
                 lost.push(id.clone());
                 continue;
             }

@@ -186,8 +186,12 @@ pub(super) struct Client<A> {
     pub(super) addr: A,
     pub(super) state: State,
     pub(super) keepalive: Duration,
-    /// Keepalive or sleep deadline: past it, the client is lost.
-    pub(super) deadline: Instant,
+    /// Keepalive or sleep deadline: past it, the client is lost. `None`: keepalive 0,
+    /// no deadline (MQTT's meaning of 0).
+    pub(super) deadline: Option<Instant>,
+    /// The duration of the last DISCONNECT with duration: each return to sleep after
+    /// a wake-up restarts this deadline.
+    pub(super) sleep: Duration,
     pub(super) will: Option<Will>,
     /// Held between WILLTOPIC and WILLMSG.
     pub(super) will_topic: Option<WillTopic>,
@@ -231,6 +235,11 @@ pub(super) fn grace(d: Duration) -> Duration {
     d + d / 2
 }
 
+/// The keepalive deadline from `now`; none for keepalive 0.
+fn alive_until(keepalive: Duration, now: Instant) -> Option<Instant> {
+    (!keepalive.is_zero()).then(|| now + grace(keepalive))
+}
+
 impl<A: Clone + Eq + Hash> Gateway<A> {
     pub fn new(limits: GatewayLimits) -> Self {
         Gateway {
@@ -258,7 +267,7 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
             .values()
             .flat_map(|c| {
                 let r = c.in_flight.as_ref().map(|(_, at, _)| *at + retry);
-                [Some(c.deadline), r]
+                [c.deadline, r]
             })
             .flatten()
             .min()
@@ -337,7 +346,9 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
             self.stats.unexpected_msgs += 1;
             return;
         };
-        c.deadline = now + grace(c.keepalive);
+        if c.state == State::Active {
+            c.deadline = alive_until(c.keepalive, now);
+        }
         match (c.state, msg) {
             (State::AwaitWillTopic, Message::WillTopic(w)) => {
                 match w {
@@ -419,7 +430,8 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
                 addr: from.clone(),
                 state: State::Active,
                 keepalive,
-                deadline: now,
+                deadline: None,
+                sleep: Duration::ZERO,
                 will: None,
                 will_topic: None,
                 clean_session,
@@ -434,7 +446,8 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
         };
         c.keepalive = keepalive;
         c.clean_session = clean_session;
-        c.deadline = now + grace(keepalive.max(self.limits.retry_interval));
+        // The will exchange gets at least Tretry per step, whatever the keepalive.
+        c.deadline = Some(now + grace(keepalive.max(self.limits.retry_interval)));
         c.state = if will {
             State::AwaitWillTopic
         } else {
@@ -457,7 +470,7 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
             return;
         };
         c.state = State::Active;
-        c.deadline = now + grace(c.keepalive.max(self.limits.retry_interval));
+        c.deadline = alive_until(c.keepalive, now);
         let (addr, clean, ka) = (c.addr.clone(), c.clean_session, c.keepalive);
         let keepalive_s = u16::try_from(ka.as_secs()).unwrap_or(u16::MAX);
         self.up(Upstream::Connect {
@@ -558,7 +571,8 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
                 // wake-up PINGREQ.
                 let c = self.clients.get_mut(id).expect("looked up");
                 c.state = State::Asleep;
-                c.deadline = now + grace(Duration::from_secs(u64::from(d)));
+                c.sleep = Duration::from_secs(u64::from(d));
+                c.deadline = Some(now + grace(c.sleep));
                 // A REGISTER in flight is asked again on wake-up; a PUBLISH the
                 // client never acked before sleeping is dropped, counted (its wire
                 // form holds a message id the client may reuse after waking).
@@ -788,7 +802,7 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
         if !matches!(c.state, State::Asleep | State::Awake) {
             // An awake client naming itself: an ordinary PINGREQ.
             if c.addr == from {
-                c.deadline = now + grace(c.keepalive);
+                c.deadline = alive_until(c.keepalive, now);
                 return self.send(&from, &Message::PingResp);
             }
             self.stats.unexpected_msgs += 1;
@@ -796,8 +810,9 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
         }
         let old = std::mem::replace(&mut c.addr, from.clone());
         c.state = State::Awake;
-        // The sleep deadline stays; an awake period is short and bounded by Tretry.
-        c.deadline = now + grace(c.keepalive.max(self.limits.retry_interval));
+        // Awake only while the buffer drains: bounded by the keepalive or Tretry,
+        // whichever is longer; PINGRESP restarts the sleep deadline.
+        c.deadline = Some(now + grace(c.keepalive.max(self.limits.retry_interval)));
         if old != from {
             self.by_addr.remove(&old);
         }

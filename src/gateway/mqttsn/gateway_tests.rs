@@ -855,3 +855,39 @@ fn fuzz_seeds_replay() {
     }
     assert!(n >= 4, "only {n} seeds in {dir}");
 }
+
+#[test]
+fn s6_14_each_return_to_sleep_restarts_the_sleep_deadline() {
+    let mut h = H::new();
+    h.connect(DEV, "nap", 10);
+    h.send(
+        DEV,
+        Message::Disconnect {
+            duration: Some(300),
+        },
+    );
+    h.out();
+    for _ in 0..3 {
+        h.advance(Duration::from_secs(299));
+        h.send(
+            DEV,
+            Message::PingReq {
+                client_id: Some(b("nap")),
+            },
+        );
+        assert_eq!(h.replies(), vec![Message::PingResp]);
+    }
+    assert_eq!(
+        h.gw.stats.clients_lost, 0,
+        "keepalive 10 s does not apply while asleep"
+    );
+}
+
+#[test]
+fn s6_2_keepalive_zero_means_no_keepalive() {
+    let mut h = H::new();
+    h.connect(DEV, "forever", 0);
+    h.advance(Duration::from_secs(100_000));
+    assert_eq!(h.gw.stats.clients_lost, 0);
+    assert_eq!(h.gw.next_deadline(), None);
+}
