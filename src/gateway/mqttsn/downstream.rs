@@ -132,7 +132,7 @@ impl<A: Clone + Eq + std::hash::Hash> Gateway<A> {
         if let Some(t) = c.id_by_topic.get(topic) {
             return Some(TopicRef::Normal(*t));
         }
-        if let Some((p, _)) = self.limits.predefined.iter().find(|(_, n)| *n == topic) {
+        if let Some(p) = self.predefined_ids.get(topic) {
             return Some(TopicRef::Predefined(*p));
         }
         if topic.len() == 2 {

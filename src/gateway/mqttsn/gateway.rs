@@ -217,6 +217,8 @@ pub struct Gateway<A> {
     pub(super) by_addr: AHashMap<A, Bytes>,
     pub stats: GatewayStats,
     pub(super) out: Vec<Output<A>>,
+    /// `limits.predefined` the other way round, for deliveries (name → id).
+    pub(super) predefined_ids: AHashMap<Bytes, u16>,
 }
 
 const INBOUND_QOS2_MAX: usize = 64;
@@ -242,12 +244,18 @@ fn alive_until(keepalive: Duration, now: Instant) -> Option<Instant> {
 
 impl<A: Clone + Eq + Hash> Gateway<A> {
     pub fn new(limits: GatewayLimits) -> Self {
+        let predefined_ids = limits
+            .predefined
+            .iter()
+            .map(|(id, n)| (n.clone(), *id))
+            .collect();
         Gateway {
             limits,
             clients: AHashMap::new(),
             by_addr: AHashMap::new(),
             stats: GatewayStats::default(),
             out: Vec::new(),
+            predefined_ids,
         }
     }
 
