@@ -3,7 +3,8 @@
 //! Layers, dependencies pointing downward only (see docs/ARCHITECTURE.md):
 //! `worker` joins `io`, `ring` and `shard`; `shard` owns `session`s and a `topic` index;
 //! `protocol`, `topic`, `ring` and `config` import no other broker module (`arena`, a
-//! leaf utility of chunked tables, is used by `topic`).
+//! leaf utility of chunked tables, is used by `topic`). `gateway` (MQTT-SN) imports only
+//! `protocol`: its sessions reach the shard as virtual MQTT connections.
 
 mod arena;
 pub mod config;
