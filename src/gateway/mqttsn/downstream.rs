@@ -28,7 +28,10 @@ impl<A: Clone + Eq + std::hash::Hash> Gateway<A> {
             self.stats.unexpected_msgs += 1;
             return;
         };
-        if c.queue.len() >= max {
+        // A message whose topic is being REGISTERed waits outside the queue and
+        // goes back to its front on REGACK (or sleep), so it holds a slot too.
+        let registering = matches!(c.in_flight, Some((InFlight::Register { .. }, ..)));
+        if c.queue.len() + usize::from(registering) >= max {
             self.stats.buffered_dropped += 1;
             return;
         }
