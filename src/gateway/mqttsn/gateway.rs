@@ -822,7 +822,16 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
         // whichever is longer; PINGRESP restarts the sleep deadline.
         c.deadline = Some(now + grace(c.keepalive.max(self.limits.retry_interval)));
         if old != from {
-            self.by_addr.remove(&old);
+            if self.by_addr.get(&old) == Some(&id) {
+                self.by_addr.remove(&old);
+            }
+            // An address is one client's: whoever held the new one is replaced, as
+            // a CONNECT from it would replace them.
+            if let Some(other) = self.by_addr.get(&from).cloned() {
+                if other != id {
+                    self.drop_client(&other, false);
+                }
+            }
         }
         self.by_addr.insert(from, id.clone());
         self.pump(&id, now);

@@ -891,3 +891,34 @@ fn s6_2_keepalive_zero_means_no_keepalive() {
     assert_eq!(h.gw.stats.clients_lost, 0);
     assert_eq!(h.gw.next_deadline(), None);
 }
+
+#[test]
+fn s6_14_wake_from_an_address_another_client_holds_replaces_it() {
+    let mut h = H::new();
+    h.connect(DEV, "sleeper", 60);
+    h.send(
+        DEV,
+        Message::Disconnect {
+            duration: Some(600),
+        },
+    );
+    h.out();
+    h.connect(OTHER, "holder", 60);
+    h.out();
+    h.send(
+        OTHER,
+        Message::PingReq {
+            client_id: Some(b("sleeper")),
+        },
+    );
+    let (d, u) = h.out();
+    assert_eq!(d, vec![(OTHER, Message::PingResp)]);
+    assert_eq!(
+        u,
+        vec![Upstream::Disconnect {
+            client_id: b("holder")
+        }]
+    );
+    assert_eq!(h.gw.client_count(), 1);
+    h.gw.check_invariants();
+}
