@@ -214,6 +214,18 @@ impl<A: Clone + Eq + std::hash::Hash> Gateway<A> {
     /// Retransmissions (Tretry/Nretry, spec 6.13) and lost clients (keepalive and
     /// sleep deadlines). Call at or after [`Gateway::next_deadline`].
     pub fn on_tick(&mut self, now: Instant) {
+        if let Some(every) = self.limits.advertise_interval {
+            if !matches!(self.next_advertise, Some(t) if now < t) {
+                let m = Message::Advertise {
+                    gw_id: self.limits.gw_id,
+                    duration: u16::try_from(every.as_secs()).unwrap_or(u16::MAX),
+                };
+                if let Ok(bytes) = encode_to_bytes(&m) {
+                    self.out.push(Output::Broadcast { bytes });
+                }
+                self.next_advertise = Some(now + every);
+            }
+        }
         let retry = self.limits.retry_interval;
         let max_retries = self.limits.max_retries;
         let mut lost = Vec::new();
@@ -371,7 +383,7 @@ impl<A: Clone + Eq + std::hash::Hash + std::fmt::Debug> Gateway<A> {
             );
         }
         for o in &self.out {
-            if let Output::Datagram { bytes, .. } = o {
+            if let Output::Datagram { bytes, .. } | Output::Broadcast { bytes } = o {
                 assert!(bytes.len() <= self.limits.max_datagram_bytes);
                 assert!(
                     super::codec::decode(bytes).is_ok(),

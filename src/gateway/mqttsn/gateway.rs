@@ -43,6 +43,9 @@ pub struct GatewayLimits {
     pub max_retries: u32,
     /// Predefined topic ids (spec 3/6.6), shared by every client and every loop.
     pub predefined: Arc<AHashMap<u16, Bytes>>,
+    /// ADVERTISE period (spec 6.1; its Duration field says when the next one comes);
+    /// `None`: the gateway only answers SEARCHGW.
+    pub advertise_interval: Option<Duration>,
 }
 
 impl Default for GatewayLimits {
@@ -56,6 +59,7 @@ impl Default for GatewayLimits {
             retry_interval: Duration::from_secs(10),
             max_retries: 5,
             predefined: Arc::default(),
+            advertise_interval: None,
         }
     }
 }
@@ -112,7 +116,14 @@ pub enum Upstream {
 /// One thing the loop must do after a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output<A> {
-    Datagram { to: A, bytes: Bytes },
+    Datagram {
+        to: A,
+        bytes: Bytes,
+    },
+    /// An ADVERTISE for the IO side to send to the network's broadcast address.
+    Broadcast {
+        bytes: Bytes,
+    },
     Upstream(Upstream),
 }
 
@@ -219,6 +230,8 @@ pub struct Gateway<A> {
     pub(super) out: Vec<Output<A>>,
     /// `limits.predefined` the other way round, for deliveries (name → id).
     pub(super) predefined_ids: AHashMap<Bytes, u16>,
+    /// When the next ADVERTISE is due; `None` until the first tick sends one.
+    pub(super) next_advertise: Option<Instant>,
 }
 
 const INBOUND_QOS2_MAX: usize = 64;
@@ -256,6 +269,7 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
             stats: GatewayStats::default(),
             out: Vec::new(),
             predefined_ids,
+            next_advertise: None,
         }
     }
 
@@ -278,6 +292,7 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
                 [c.deadline, r]
             })
             .flatten()
+            .chain(self.next_advertise)
             .min()
     }
 

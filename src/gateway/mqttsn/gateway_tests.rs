@@ -11,6 +11,8 @@ use super::*;
 
 const DEV: u32 = 1;
 const OTHER: u32 = 2;
+/// Where `H::out` files broadcasts.
+const BROADCAST: u32 = u32::MAX;
 
 struct H {
     gw: Gateway<u32>,
@@ -45,6 +47,7 @@ impl H {
         for o in self.gw.poll_output() {
             match o {
                 Output::Datagram { to, bytes } => d.push((to, decode(&bytes).unwrap())),
+                Output::Broadcast { bytes } => d.push((BROADCAST, decode(&bytes).unwrap())),
                 Output::Upstream(x) => u.push(x),
             }
         }
@@ -921,4 +924,27 @@ fn s6_14_wake_from_an_address_another_client_holds_replaces_it() {
     );
     assert_eq!(h.gw.client_count(), 1);
     h.gw.check_invariants();
+}
+
+#[test]
+fn s6_1_advertise_every_interval_with_that_duration() {
+    let mut h = H::with(GatewayLimits {
+        advertise_interval: Some(Duration::from_secs(900)),
+        gw_id: 4,
+        ..GatewayLimits::default()
+    });
+    let adv = (
+        BROADCAST,
+        Message::Advertise {
+            gw_id: 4,
+            duration: 900,
+        },
+    );
+    h.advance(Duration::ZERO);
+    assert_eq!(h.out().0, vec![adv.clone()], "the first tick advertises");
+    h.advance(Duration::from_secs(899));
+    assert!(h.out().0.is_empty());
+    assert_eq!(h.gw.next_deadline(), Some(h.now + Duration::from_secs(1)));
+    h.advance(Duration::from_secs(1));
+    assert_eq!(h.out().0, vec![adv]);
 }

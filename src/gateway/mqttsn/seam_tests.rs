@@ -55,6 +55,7 @@ impl Seam {
             for o in self.gw.poll_output() {
                 moved = true;
                 match o {
+                    Output::Broadcast { .. } => panic!("no ADVERTISE configured"),
                     Output::Datagram { to, bytes } => {
                         assert_eq!(to, SN);
                         self.sn_inbox.push(decode(&bytes).unwrap());
