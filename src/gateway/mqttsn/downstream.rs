@@ -171,10 +171,20 @@ impl<A: Clone + Eq + std::hash::Hash> Gateway<A> {
         }
         let pending = pending.clone();
         c.in_flight = None;
-        if code == ReturnCode::Accepted {
-            c.topic_by_id.insert(topic_id, pending.topic.clone());
-            c.id_by_topic.insert(pending.topic.clone(), topic_id);
+        // While the REGISTER was out, the client's own REGISTERs may have taken this
+        // topic (it then goes out under that id) or the last free ids.
+        let known = c.id_by_topic.contains_key(&pending.topic);
+        let full = c.topic_by_id.len() >= self.limits.max_topic_ids
+            || c.topic_by_id.contains_key(&topic_id);
+        if code == ReturnCode::Accepted && (known || !full) {
+            if !known {
+                c.topic_by_id.insert(topic_id, pending.topic.clone());
+                c.id_by_topic.insert(pending.topic.clone(), topic_id);
+            }
             c.queue.push_front(pending);
+        } else if code == ReturnCode::Accepted {
+            self.stats.topic_ids_refused += 1;
+            self.stats.buffered_dropped += 1;
         } else {
             // The client refused the topic: the message cannot be delivered.
             self.stats.buffered_dropped += 1;
