@@ -3,11 +3,13 @@
 //! Layers, dependencies pointing downward only (see docs/ARCHITECTURE.md):
 //! `worker` joins `io`, `ring` and `shard`; `shard` owns `session`s and a `topic` index;
 //! `protocol`, `topic`, `ring`, `config` and `store` import no other broker module
-//! (`arena`, a leaf utility of chunked tables, is used by `topic`).
+//! (`arena`, a leaf utility of chunked tables, is used by `topic`). `gateway` (MQTT-SN)
+//! imports only `protocol`: its sessions reach the shard as virtual MQTT connections.
 
 mod arena;
 pub mod auth;
 pub mod config;
+pub mod gateway;
 pub mod io;
 pub mod metrics;
 pub mod protocol;
