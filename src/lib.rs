@@ -17,4 +17,5 @@ pub mod shard;
 #[doc(hidden)]
 pub use shard::testkit;
 pub mod topic;
+pub mod transport;
 pub mod worker;
