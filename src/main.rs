@@ -17,11 +17,13 @@ use std::thread;
 use clap::Parser;
 use socket2::{Domain, Socket, Type};
 
-use ringmq::config::{self, Cli, Command, Config, IoBackend};
+use ringmq::config::{self, Cli, Command, Config, IdentityUsername, IoBackend};
 use ringmq::io::epoll::EpollLoop;
 use ringmq::io::uring::{self, UringLoop};
 use ringmq::io::{self as rio, LoopOptions, Remote};
 use ringmq::ring;
+use ringmq::transport::identity::IdentitySource;
+use ringmq::transport::{ListenerTls, TlsFiles, TlsMaterial};
 use ringmq::worker::{self, WorkerMsg, WorkerReport, WorkerSetup};
 
 /// `eprintln!` that ignores a failed write: with stderr closed, `eprintln!` panics,
@@ -80,8 +82,17 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&loaded.config.log_level);
+    // TLS files are part of the configuration: one that does not load is refused like
+    // a bad key (exit 2), naming the file.
+    let tls = match load_tls(&loaded.config) {
+        Ok(t) => t,
+        Err(e) => {
+            say!("ringmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let max_connections_explicit = loaded.is_explicit("max_connections");
-    match run(loaded.config, max_connections_explicit) {
+    match run(loaded.config, tls, max_connections_explicit) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -99,7 +110,10 @@ fn check_config(cli: &Cli) -> ExitCode {
         Some(path) => format!("config {path}"),
         None => "configuration (built-in defaults and options)".to_string(),
     };
-    match config::load(cli) {
+    match config::load(cli)
+        .map_err(|e| e.to_string())
+        .and_then(|c| load_tls(&c))
+    {
         Ok(_) => {
             println!("ringmq: {what} is valid");
             ExitCode::SUCCESS
@@ -109,6 +123,47 @@ fn check_config(cli: &Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Reads every TLS listener's files (in `config.listeners()` order; `None` for a
+/// plain listener). Errors name the listener and the file.
+fn load_tls(config: &Config) -> Result<Vec<Option<Arc<ListenerTls>>>, String> {
+    let read = |p: &std::path::Path| std::fs::read(p);
+    config
+        .listeners()
+        .iter()
+        .map(|l| {
+            let Some(t) = &l.tls else { return Ok(None) };
+            let files = TlsFiles {
+                certs: t.cert.iter().map(Into::into).collect(),
+                keys: t.key.iter().map(Into::into).collect(),
+                client_ca: t.client_ca.as_ref().map(Into::into),
+                require_certificate: t.require_certificate,
+                identity: match t.identity_username {
+                    IdentityUsername::None => IdentitySource::None,
+                    IdentityUsername::CommonName => IdentitySource::CommonName,
+                    IdentityUsername::SubjectAltName => IdentitySource::SubjectAltName,
+                },
+            };
+            let material =
+                TlsMaterial::load(&files, &read).map_err(|e| format!("listener {}: {e}", l.url))?;
+            Ok(Some(Arc::new(ListenerTls::new(files, material))))
+        })
+        .collect()
+}
+
+/// SIGHUP: every TLS listener reads its files again. One that fails keeps its old
+/// material, and the error names the file; connections are not touched.
+fn reload_tls(tls: &[Option<Arc<ListenerTls>>]) {
+    let read = |p: &std::path::Path| std::fs::read(p);
+    let mut reloaded = 0;
+    for lt in tls.iter().flatten() {
+        match lt.reload(&read) {
+            Ok(()) => reloaded += 1,
+            Err(e) => tracing::error!("SIGHUP: TLS reload failed, old certificate kept: {e}"),
+        }
+    }
+    tracing::info!("SIGHUP: reloaded TLS material of {reloaded} listener(s)");
 }
 
 /// Tells systemd (sd_notify(3)) about a state change, e.g. `READY=1`, when it started
@@ -256,9 +311,9 @@ fn block_shutdown_signals() -> libc::sigset_t {
     }
 }
 
-/// Waits for the next SIGINT or SIGTERM in `set`; a SIGHUP on the way is logged and
-/// skipped. `None`: sigwait failed.
-fn wait_shutdown_signal(set: &libc::sigset_t) -> Option<libc::c_int> {
+/// Waits for the next SIGINT or SIGTERM in `set`; a SIGHUP on the way runs `reload`.
+/// `None`: sigwait failed.
+fn wait_shutdown_signal(set: &libc::sigset_t, reload: &dyn Fn()) -> Option<libc::c_int> {
     loop {
         let mut sig: libc::c_int = 0;
         // SAFETY: sigwait on a set blocked in every thread; writes the signal number.
@@ -268,14 +323,18 @@ fn wait_shutdown_signal(set: &libc::sigset_t) -> Option<libc::c_int> {
         if sig != libc::SIGHUP {
             return Some(sig);
         }
-        // The reload hook (certificates, passwords, ACLs) once security lands.
-        tracing::info!("SIGHUP: nothing to reload yet");
+        // Certificates here; passwords and ACLs join when authentication lands.
+        reload();
     }
 }
 
 /// `max_connections_explicit`: the user set `max_connections`; when they did not, the
 /// default is lowered to what this machine's tables hold instead of warning.
-fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String> {
+fn run(
+    mut config: Config,
+    tls: Vec<Option<Arc<ListenerTls>>>,
+    max_connections_explicit: bool,
+) -> Result<(), String> {
     let nofile = rio::raise_nofile_limit().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
     let backend = choose_backend(config.io)?;
     let cpus = worker::allowed_cpus();
@@ -363,10 +422,14 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
     // Listeners: per address, one SO_REUSEPORT listener per shard.
     let mut per_shard: Vec<Vec<TcpListener>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound_addrs = Vec::new();
-    for addr in &config.listen {
+    for listener in config.listeners() {
+        let addr = listener.url.addr;
         let (bound, group) =
-            bind_group(*addr, shards).map_err(|e| format!("listen on {addr}: {e}"))?;
-        bound_addrs.push(bound);
+            bind_group(addr, shards).map_err(|e| format!("listen on {}: {e}", listener.url))?;
+        bound_addrs.push(ringmq::config::ListenUrl {
+            scheme: listener.url.scheme,
+            addr: bound,
+        });
         for (i, l) in group.into_iter().enumerate() {
             per_shard[i].push(l);
         }
@@ -391,6 +454,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
             config: config.clone(),
             endpoint,
             listeners,
+            listener_tls: tls.clone(),
             loop_options: loop_options.clone(),
             pin_cpu: if pin { cpus.get(id).copied() } else { None },
             shutdown: shutdown.clone(),
@@ -443,7 +507,14 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
         let _ = tx.send(remotes.clone());
     }
 
-    let addrs: Vec<String> = bound_addrs.iter().map(|a| a.to_string()).collect();
+    // Plain listeners as bare addresses (the form scripts have always parsed).
+    let addrs: Vec<String> = bound_addrs
+        .iter()
+        .map(|u| match u.scheme {
+            ringmq::config::Scheme::Mqtt => u.addr.to_string(),
+            _ => u.to_string(),
+        })
+        .collect();
     say!(
         "ringmq listening on {} ({}, {} shard{})",
         addrs.join(", "),
@@ -461,7 +532,8 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
         thread::Builder::new()
             .name("ringmq-signals".into())
             .spawn(move || {
-                if let Some(sig) = wait_shutdown_signal(&sigset) {
+                let reload = || reload_tls(&tls);
+                if let Some(sig) = wait_shutdown_signal(&sigset, &reload) {
                     tracing::info!(signal = sig, "shutdown requested");
                 }
                 sd_notify("STOPPING=1");
@@ -470,7 +542,7 @@ fn run(mut config: Config, max_connections_explicit: bool) -> Result<(), String>
                     r.wake();
                 }
                 // A second signal: stop waiting for clients.
-                if let Some(sig) = wait_shutdown_signal(&sigset) {
+                if let Some(sig) = wait_shutdown_signal(&sigset, &reload) {
                     say!("ringmq: second signal {sig}, exiting now");
                     std::process::exit(130);
                 }

@@ -4,7 +4,7 @@
 //!
 //! The struct and its defaults live here; each concern's keys (CLI options,
 //! validation, the key list) live in a file of their own:
-//! - `listeners`: addresses to listen on (TLS, WebSocket listeners next);
+//! - `listeners`: listener URLs, TLS files, `[[listener]]` tables (WebSocket next);
 //! - `runtime`: event loops, IO backend, busy polling, scheduling, logging;
 //! - `connections`: admission limits and the CONNECT timeout (auth next);
 //! - `limits`: protocol limits and keepalive;
@@ -28,9 +28,8 @@ mod sessions;
 mod tests;
 mod value;
 
-use std::net::SocketAddr;
-
 pub use cli::{Cli, Command};
+pub use listeners::{IdentityUsername, ListenUrl, Listener, ListenerTable, Scheme, TlsSettings};
 pub use load::{
     apply_toml, keys, load, load_tracked, load_tracked_with, load_with, set, ConfigError, Loaded,
     Source,
@@ -41,7 +40,12 @@ pub use value::{Expect, Raw};
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: Vec<SocketAddr>,
+    /// The `listen` URLs (plain, or TLS with the `tls` settings).
+    pub listen: Vec<ListenUrl>,
+    /// The `tls_*` keys: every TLS listener's, unless its `[[listener]]` table says.
+    pub tls: TlsSettings,
+    /// The TOML `[[listener]]` tables, bound after the `listen` URLs.
+    pub listener: Vec<ListenerTable>,
     /// Event loops (one per core). `None`: number of available cores.
     pub shards: Option<usize>,
     pub io: IoBackend,
@@ -118,7 +122,12 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            listen: vec![ListenUrl {
+                scheme: Scheme::Mqtt,
+                addr: std::net::SocketAddr::from(([0, 0, 0, 0], 1883)),
+            }],
+            tls: TlsSettings::default(),
+            listener: Vec::new(),
             shards: None,
             io: IoBackend::Auto,
             log_level: "info".to_string(),

@@ -164,7 +164,11 @@ impl EpollLoop {
                         match self.insert(stream) {
                             Ok(sock) => {
                                 self.stats.accepted += 1;
-                                out.push(Completion::Accepted { sock, peer });
+                                out.push(Completion::Accepted {
+                                    sock,
+                                    peer,
+                                    listener: li as u16,
+                                });
                             }
                             Err(e) => {
                                 self.stats.accept_errors += 1;

@@ -63,7 +63,13 @@ pub struct Transfer(pub u64);
 pub enum Completion {
     /// A new connection; nothing is read until `start_recv`. `peer` is `0.0.0.0:0` when
     /// unknown (io_uring multishot accepts, `LoopOptions::accept_peer_addr` off).
-    Accepted { sock: SockId, peer: SocketAddr },
+    /// `listener`: index of the listener, in `add_listener` order (which transform,
+    /// plain or TLS, the connection gets).
+    Accepted {
+        sock: SockId,
+        peer: SocketAddr,
+        listener: u16,
+    },
     /// A descriptor sent by another loop arrived after the worker's `adopt` returned `None`.
     Adopted { transfer: Transfer, sock: SockId },
     /// Bytes received; `recycle(buf)` once copied.

@@ -163,6 +163,7 @@ impl Shard {
                         rx,
                         accepted_at,
                         connect_at: now,
+                        transport: None,
                     }),
                 });
                 return false;

@@ -21,6 +21,9 @@ pub struct Handoff {
     /// When the accepting shard read the CONNECT: the owner applies CONNECTs of one
     /// client id in this order, however the hand-offs travel.
     pub connect_at: Instant,
+    /// The connection's TLS state (`None`: plaintext). Carried for the IO side, which
+    /// takes it out before `Shard::adopt`; the shard never reads it.
+    pub transport: Option<Box<crate::transport::TlsSession>>,
 }
 
 /// A shared subscription a remote shard must deliver to: one member of `group`

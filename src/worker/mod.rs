@@ -10,6 +10,7 @@
 //! Beside it: `cpu` (thread placement), `busy_poll` (the spin window before blocking),
 //! `handoffs` (hand-offs waiting for their socket), `tests`.
 
+use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::TcpListener;
@@ -21,6 +22,7 @@ use crate::config::Config;
 use crate::io::{Completion, EventLoop, LoopOptions, Remote, SockId, Transfer};
 use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
+use crate::transport::{ListenerTls, TlsSession};
 
 mod busy_poll;
 mod cpu;
@@ -77,7 +79,21 @@ struct ConnIo {
     sock: SockId,
     state: State,
     sending: bool,
+    /// The connection's TLS transform; `None` for plaintext, which then pays one
+    /// test per receive and per send for TLS.
+    tls: Option<Box<TlsSession>>,
 }
+
+/// What the worker keeps for TLS listeners.
+struct TlsIo {
+    /// Indexed like the listeners: the TLS material of each TLS one.
+    listeners: Vec<Option<Arc<ListenerTls>>>,
+    /// Plaintext of one receive on its way to the shard, reused across receives.
+    plain: Vec<u8>,
+}
+
+/// Above this a TLS receive's plaintext buffer is given back rather than kept.
+const TLS_PLAIN_KEEP_BYTES: usize = 64 * 1024;
 
 /// Everything a worker thread needs; built by `main`.
 pub struct WorkerSetup {
@@ -85,6 +101,8 @@ pub struct WorkerSetup {
     pub config: Arc<Config>,
     pub endpoint: Endpoint<WorkerMsg>,
     pub listeners: Vec<TcpListener>,
+    /// Same length as `listeners`: the TLS material of each TLS listener (`None`: plain).
+    pub listener_tls: Vec<Option<Arc<ListenerTls>>>,
     pub loop_options: LoopOptions,
     /// CPU to pin this thread to, when there are at least as many CPUs as shards.
     pub pin_cpu: Option<usize>,
@@ -123,6 +141,7 @@ struct Worker<L: EventLoop> {
     report: WorkerReport,
     shutting_down: bool,
     busy_poll: BusyPoll,
+    tls: TlsIo,
 }
 
 /// Runs one shard's loop until shutdown has closed every connection.
@@ -135,6 +154,7 @@ pub fn run<L: EventLoop>(
         config,
         endpoint,
         listeners,
+        listener_tls,
         loop_options,
         pin_cpu,
         shutdown,
@@ -206,6 +226,10 @@ pub fn run<L: EventLoop>(
         },
         shutting_down: false,
         busy_poll,
+        tls: TlsIo {
+            listeners: listener_tls,
+            plain: Vec::new(),
+        },
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -264,6 +288,7 @@ impl<L: EventLoop> Worker<L> {
                     &mut self.wake,
                     &mut self.report,
                     self.shutting_down,
+                    &mut self.tls,
                     c,
                     now,
                 );
@@ -418,12 +443,32 @@ impl<L: EventLoop> Worker<L> {
         by_sock: &mut Vec<u32>,
         live: &mut usize,
         sock: SockId,
-        handoff: Handoff,
+        mut handoff: Handoff,
         now: Instant,
     ) {
+        let session = handoff.transport.take();
         let conn = shard.adopt(handoff, now);
-        Self::map(conns, by_sock, live, conn, sock);
+        Self::map(conns, by_sock, live, conn, sock, session);
         io.start_recv(sock);
+        // TLS records the old loop had not sent yet (session tickets) go out first.
+        if let Some(Some(c)) = conns.get_mut(conn) {
+            if let Some(data) = c.tls.as_mut().and_then(|s| s.take_tls()) {
+                c.sending = true;
+                io.send(sock, data);
+            }
+        }
+    }
+
+    /// The next bytes to send on `c`: the shard's output, through the connection's
+    /// TLS transform when it has one (with any handshake or alert records it queued).
+    fn next_tx(shard: &mut Shard, c: &mut ConnIo, conn: ConnId) -> Option<Bytes> {
+        let Some(session) = c.tls.as_mut() else {
+            return shard.take_tx(conn);
+        };
+        if let Some(plain) = shard.take_tx(conn) {
+            session.encrypt(&plain);
+        }
+        session.take_tls()
     }
 
     fn map(
@@ -432,6 +477,7 @@ impl<L: EventLoop> Worker<L> {
         live: &mut usize,
         conn: ConnId,
         sock: SockId,
+        tls: Option<Box<TlsSession>>,
     ) {
         if conns.len() <= conn {
             conns.resize_with(conn + 1, || None);
@@ -449,6 +495,7 @@ impl<L: EventLoop> Worker<L> {
             sock,
             state: State::Open,
             sending: false,
+            tls,
         });
         // A shard never holds 2^32 connections; `NO_CONN` would only lose the mapping.
         by_sock[s] = u32::try_from(conn).unwrap_or(NO_CONN);
@@ -468,6 +515,7 @@ impl<L: EventLoop> Worker<L> {
         wake: &mut WakeSet,
         report: &mut WorkerReport,
         shutting_down: bool,
+        tls: &mut TlsIo,
         c: Completion,
         now: Instant,
     ) {
@@ -479,13 +527,28 @@ impl<L: EventLoop> Worker<L> {
                 .map(|c| c as ConnId)
         };
         match c {
-            Completion::Accepted { sock, peer } => {
+            Completion::Accepted {
+                sock,
+                peer,
+                listener,
+            } => {
                 if shutting_down {
                     io.close(sock);
                     return;
                 }
+                let session = match tls.listeners.get(usize::from(listener)) {
+                    Some(Some(material)) => match TlsSession::new(material.current().config) {
+                        Ok(s) => Some(Box::new(s)),
+                        Err(e) => {
+                            tracing::warn!(shard = shard.id(), "tls session: {e}");
+                            io.close(sock);
+                            return;
+                        }
+                    },
+                    _ => None,
+                };
                 let conn = shard.accept(peer, now);
-                Self::map(conns, by_sock, live, conn, sock);
+                Self::map(conns, by_sock, live, conn, sock, session);
                 io.start_recv(sock);
             }
             Completion::Adopted { transfer, sock } => match waiting_handoffs.take(transfer) {
@@ -500,14 +563,53 @@ impl<L: EventLoop> Worker<L> {
             },
             Completion::Recv { sock, buf } => {
                 if let Some(conn) = conn_of(by_sock, sock) {
-                    let state = conns.get(conn).and_then(|c| c.as_ref()).map(|c| c.state);
-                    match state {
-                        Some(State::Open) => shard.on_read(conn, io.buf(buf), now),
-                        Some(State::Migrating) => {
+                    let Some(Some(c)) = conns.get_mut(conn) else {
+                        io.recycle(buf);
+                        return;
+                    };
+                    match (c.state, c.tls.as_mut()) {
+                        (State::Open, None) => shard.on_read(conn, io.buf(buf), now),
+                        (State::Open, Some(session)) => {
+                            tls.plain.clear();
+                            match session.on_recv(io.buf(buf), &mut tls.plain) {
+                                Ok(()) if tls.plain.is_empty() => {
+                                    // Handshake progress only: answer it now (with
+                                    // plaintext, the shard's Flush takes it along).
+                                    if !c.sending {
+                                        if let Some(data) = session.take_tls() {
+                                            c.sending = true;
+                                            io.send(sock, data);
+                                        }
+                                    }
+                                }
+                                Ok(()) => shard.on_read(conn, &tls.plain, now),
+                                Err(e) => {
+                                    report.tls_failed += 1;
+                                    tracing::debug!(shard = shard.id(), conn, "closed: {e}");
+                                    shard.on_closed(conn, now);
+                                    c.state = State::Closing;
+                                    io.close(sock);
+                                }
+                            }
+                            if tls.plain.capacity() > TLS_PLAIN_KEEP_BYTES {
+                                tls.plain = Vec::new();
+                            }
+                        }
+                        (State::Migrating, _) => {
                             // Bytes that arrived after the shard decided to migrate
-                            // travel with the connection.
+                            // travel with the connection (decrypted by its TLS state,
+                            // which travels too).
                             if let Some((_, handoff)) = outgoing.get_mut(&sock) {
-                                handoff.rx.extend_from_slice(io.buf(buf));
+                                match handoff.transport.as_mut() {
+                                    None => handoff.rx.extend_from_slice(io.buf(buf)),
+                                    Some(session) => {
+                                        let mut plain = Vec::new();
+                                        if session.on_recv(io.buf(buf), &mut plain).is_err() {
+                                            report.tls_failed += 1;
+                                        }
+                                        handoff.rx.extend_from_slice(&plain);
+                                    }
+                                }
                             }
                         }
                         _ => {}
@@ -543,7 +645,7 @@ impl<L: EventLoop> Worker<L> {
                 c.sending = false;
                 match (c.state, errno) {
                     (State::Open, 0) | (State::Draining, 0) => {
-                        if let Some(data) = shard.take_tx(conn) {
+                        if let Some(data) = Self::next_tx(shard, c, conn) {
                             c.sending = true;
                             io.send(sock, data);
                         } else if c.state == State::Draining {
@@ -608,9 +710,11 @@ impl<L: EventLoop> Worker<L> {
                                 "socket handoff refused: connection refused as busy"
                             );
                         }
+                        let mut handoff = handoff;
                         if let Some(conn) = conn_of(by_sock, sock) {
                             if let Some(Some(c)) = conns.get_mut(conn) {
                                 c.state = State::Open;
+                                c.tls = handoff.transport.take();
                             }
                             shard.on_migrate_refused(conn, now);
                         }
@@ -645,7 +749,7 @@ impl<L: EventLoop> Worker<L> {
                     if c.sending || !matches!(c.state, State::Open | State::Draining) {
                         continue;
                     }
-                    if let Some(data) = self.shard.take_tx(conn) {
+                    if let Some(data) = Self::next_tx(&mut self.shard, c, conn) {
                         c.sending = true;
                         self.io.send(c.sock, data);
                     }
@@ -659,7 +763,7 @@ impl<L: EventLoop> Worker<L> {
                     }
                     c.state = State::Draining;
                     if !c.sending {
-                        if let Some(data) = self.shard.take_tx(conn) {
+                        if let Some(data) = Self::next_tx(&mut self.shard, c, conn) {
                             c.sending = true;
                             self.io.send(c.sock, data);
                         } else {
@@ -692,6 +796,8 @@ impl<L: EventLoop> Worker<L> {
                     }
                     c.state = State::Migrating;
                     tracing::debug!(shard = self.id, conn, sock = c.sock, to, "migrating");
+                    let mut handoff = handoff;
+                    handoff.transport = c.tls.take();
                     self.outgoing.insert(c.sock, (to, handoff));
                     self.io.migrate(c.sock, to);
                 }

@@ -108,6 +108,7 @@ pub(super) fn handoff() -> Box<Handoff> {
         rx: bytes::BytesMut::new(),
         accepted_at: now,
         connect_at: now,
+        transport: None,
     })
 }
 
@@ -202,6 +203,10 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         report: WorkerReport::default(),
         shutting_down: false,
         busy_poll: BusyPoll::new(0),
+        tls: TlsIo {
+            listeners: Vec::new(),
+            plain: Vec::new(),
+        },
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
@@ -234,6 +239,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         &mut w.wake,
         &mut w.report,
         false,
+        &mut w.tls,
         Completion::Adopted {
             transfer: late,
             sock: 3,

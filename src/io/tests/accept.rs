@@ -122,7 +122,7 @@ fn accept_next(lp: &mut UringLoop) -> (SockId, SocketAddr) {
         lp.turn(Some(Duration::from_millis(10)), &mut out)
             .expect("turn");
         let got = out.iter().find_map(|c| match c {
-            Completion::Accepted { sock, peer } => Some((*sock, *peer)),
+            Completion::Accepted { sock, peer, .. } => Some((*sock, *peer)),
             _ => None,
         });
         if let Some(got) = got {

@@ -125,7 +125,7 @@ impl Echo {
             .expect("turn");
         for c in out {
             match c {
-                Completion::Accepted { sock, peer } => {
+                Completion::Accepted { sock, peer, .. } => {
                     assert!(self.live.insert(sock), "accepted sock {sock} still live");
                     if peer.ip().is_loopback() {
                         self.report.peers_known += 1;

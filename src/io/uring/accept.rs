@@ -270,7 +270,7 @@ impl UringLoop {
         // taking over the reservation of a counted accept armed on the same ring.
         let keep = self.accepting
             && (counted || self.room(ring).try_take() || self.steal_accept_reservation(li, ring));
-        self.settle_accepted(ring, sock, counted, keep, peer, out);
+        self.settle_accepted(ring, sock, counted, keep, (peer, li), out);
     }
 
     /// A completion of listener `li`'s multishot accept on `ring`; `more`: it stays armed.
@@ -337,7 +337,7 @@ impl UringLoop {
             sock,
             counted,
             keep,
-            SocketAddr::from(([0, 0, 0, 0], 0)),
+            (SocketAddr::from(([0, 0, 0, 0], 0)), li),
             out,
         );
     }
@@ -388,7 +388,7 @@ impl UringLoop {
         sock: SockId,
         counted: bool,
         keep: bool,
-        peer: SocketAddr,
+        (peer, li): (SocketAddr, usize),
         out: &mut Vec<Completion>,
     ) {
         if !counted && !keep {
@@ -410,7 +410,11 @@ impl UringLoop {
             self.close_slot(sock);
         } else {
             self.stats.accepted += 1;
-            out.push(Completion::Accepted { sock, peer });
+            out.push(Completion::Accepted {
+                sock,
+                peer,
+                listener: li as u16,
+            });
         }
     }
 
