@@ -34,6 +34,10 @@ pub(crate) struct Pending {
     pub adopted: bool,
     /// Adopted: when the accepting shard read the CONNECT (`Handoff::connect_at`).
     pub connect_at: Option<Instant>,
+    /// The username a verified TLS client certificate gives (`tls_identity_username`),
+    /// for the authentication check at CONNECT. Set by the IO side once the handshake
+    /// is done, before any CONNECT can arrive.
+    pub cert_username: Option<String>,
 }
 
 /// MQTT 5 topic aliases of one network connection (they do not survive it).
@@ -90,6 +94,7 @@ impl Conn {
                 refusal: None,
                 adopted: false,
                 connect_at: None,
+                cert_username: None,
             })),
             aliases: None,
             generation,

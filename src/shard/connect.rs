@@ -151,9 +151,9 @@ impl Shard {
                 let rx = std::mem::take(&mut c.rx);
                 let pending = c.pending.take();
                 c.state = ConnState::Migrated;
-                let (peer, accepted_at) = match pending {
-                    Some(p) => (p.peer, p.accepted_at),
-                    None => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), now),
+                let (peer, accepted_at, cert_username) = match pending {
+                    Some(p) => (p.peer, p.accepted_at, p.cert_username),
+                    None => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), now, None),
                 };
                 self.actions.push_back(Action::Migrate {
                     conn,
@@ -164,6 +164,7 @@ impl Shard {
                         accepted_at,
                         connect_at: now,
                         transport: None,
+                        cert_username,
                     }),
                 });
                 return false;

@@ -33,10 +33,29 @@ impl Shard {
             c.rx = handoff.rx;
             if let Some(p) = c.pending.as_mut() {
                 p.connect_at = Some(handoff.connect_at);
+                p.cert_username = handoff.cert_username;
             }
         }
         self.process_rx(conn, now);
         conn
+    }
+
+    /// The username a verified TLS client certificate gives, set by the IO side when
+    /// the handshake ends (before any CONNECT); read at CONNECT by
+    /// [`cert_username`](Self::cert_username). Ignored once CONNECT was processed.
+    pub fn set_cert_username(&mut self, conn: ConnId, username: String) {
+        if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending.as_mut()) {
+            p.cert_username = Some(username);
+        }
+    }
+
+    /// The certificate username of a connection still awaiting (or processing) its
+    /// CONNECT: what the authentication check uses in place of the CONNECT's own.
+    pub fn cert_username(&self, conn: ConnId) -> Option<&str> {
+        self.conns
+            .get(conn)
+            .and_then(|c| c.pending.as_ref())
+            .and_then(|p| p.cert_username.as_deref())
     }
 
     pub(super) fn new_conn(

@@ -24,6 +24,8 @@ pub struct Handoff {
     /// The connection's TLS state (`None`: plaintext). Carried for the IO side, which
     /// takes it out before `Shard::adopt`; the shard never reads it.
     pub transport: Option<Box<crate::transport::TlsSession>>,
+    /// `Pending::cert_username` of the accepting shard.
+    pub cert_username: Option<String>,
 }
 
 /// A shared subscription a remote shard must deliver to: one member of `group`

@@ -143,7 +143,7 @@ fn tls13_and_tls12_carry_bytes_both_ways_with_alpn_mqtt() {
         (&rustls::version::TLS13, true),
         (&rustls::version::TLS12, false),
     ] {
-        let mut server = TlsSession::new(material.config.clone()).unwrap();
+        let mut server = TlsSession::new(material.config.clone(), material.identity).unwrap();
         let mut client = ClientConnection::new(
             client_config(&ca, &[version], alpn, None),
             ServerName::try_from("localhost").unwrap(),
@@ -179,7 +179,7 @@ fn sni_picks_the_certificate_that_covers_the_name() {
     );
     let material = TlsMaterial::load(&tf, &files.reader()).unwrap();
     for name in ["a.example", "b.example"] {
-        let mut server = TlsSession::new(material.config.clone()).unwrap();
+        let mut server = TlsSession::new(material.config.clone(), material.identity).unwrap();
         let mut client = ClientConnection::new(
             client_config(&ca, &[&rustls::version::TLS13], true, None),
             ServerName::try_from(name).unwrap(),
@@ -193,7 +193,7 @@ fn sni_picks_the_certificate_that_covers_the_name() {
         assert_eq!(server.server_name(), Some(name));
     }
     // A name no certificate covers gets the first one, which the client refuses.
-    let mut server = TlsSession::new(material.config.clone()).unwrap();
+    let mut server = TlsSession::new(material.config.clone(), material.identity).unwrap();
     let mut client = ClientConnection::new(
         client_config(&ca, &[&rustls::version::TLS13], true, None),
         ServerName::try_from("c.example").unwrap(),
@@ -220,7 +220,7 @@ fn client_certificates_required_optional_and_their_identity() {
     let v13 = &[&rustls::version::TLS13];
 
     // Required, none given: the server refuses the handshake.
-    let mut server = TlsSession::new(required.config.clone()).unwrap();
+    let mut server = TlsSession::new(required.config.clone(), IdentitySource::CommonName).unwrap();
     let mut client =
         ClientConnection::new(client_config(&ca_srv, v13, false, None), name.clone()).unwrap();
     let r = pump(&mut client, &mut server, &mut Vec::new());
@@ -233,7 +233,7 @@ fn client_certificates_required_optional_and_their_identity() {
     );
 
     // Required, signed by another CA: refused.
-    let mut server = TlsSession::new(required.config.clone()).unwrap();
+    let mut server = TlsSession::new(required.config.clone(), IdentitySource::CommonName).unwrap();
     let mut client = ClientConnection::new(
         client_config(&ca_srv, v13, false, Some(stranger)),
         name.clone(),
@@ -249,7 +249,7 @@ fn client_certificates_required_optional_and_their_identity() {
     );
 
     // Required and given: verified, and it names the user.
-    let mut server = TlsSession::new(required.config.clone()).unwrap();
+    let mut server = TlsSession::new(required.config.clone(), IdentitySource::CommonName).unwrap();
     let mut client = ClientConnection::new(
         client_config(&ca_srv, v13, false, Some(device.clone())),
         name.clone(),
@@ -266,9 +266,10 @@ fn client_certificates_required_optional_and_their_identity() {
         Some("dev17.fleet.example")
     );
     assert_eq!(identity::username(&cert, IdentitySource::None), None);
+    assert_eq!(server.username().as_deref(), Some("device-17"));
 
     // Optional and none given: accepted, no identity.
-    let mut server = TlsSession::new(optional.config.clone()).unwrap();
+    let mut server = TlsSession::new(optional.config.clone(), IdentitySource::CommonName).unwrap();
     let mut client = ClientConnection::new(client_config(&ca_srv, v13, false, None), name).unwrap();
     pump(&mut client, &mut server, &mut Vec::new()).unwrap();
     assert!(!server.is_handshaking());
@@ -312,7 +313,7 @@ fn plaintext_mqtt_and_random_bytes_are_refused() {
     let material = TlsMaterial::load(&tf, &files.reader()).unwrap();
     // An MQTT 3.1.1 CONNECT sent to the TLS port.
     let connect = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x04test";
-    let mut server = TlsSession::new(material.config.clone()).unwrap();
+    let mut server = TlsSession::new(material.config.clone(), material.identity).unwrap();
     let r = server.on_recv(connect, &mut Vec::new());
     assert!(
         matches!(
@@ -331,7 +332,7 @@ fn plaintext_mqtt_and_random_bytes_are_refused() {
             x as u8
         })
         .collect();
-    let mut server = TlsSession::new(material.config.clone()).unwrap();
+    let mut server = TlsSession::new(material.config.clone(), material.identity).unwrap();
     let mut plain = Vec::new();
     assert!(server.on_recv(&noise, &mut plain).is_err());
     assert!(plain.is_empty());

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use rustls::server::ServerConnection;
 use rustls::ServerConfig;
 
+use super::identity::{self, IdentitySource};
 use super::TransportError;
 
 /// Boxed by the worker (one pointer per connection, `None` for plaintext) and moved
@@ -23,15 +24,20 @@ use super::TransportError;
 #[derive(Debug)]
 pub struct TlsSession {
     conn: ServerConnection,
+    identity: IdentitySource,
 }
 
 impl TlsSession {
-    pub fn new(config: Arc<ServerConfig>) -> Result<TlsSession, TransportError> {
+    /// `identity`: which part of a verified client certificate names the user.
+    pub fn new(
+        config: Arc<ServerConfig>,
+        identity: IdentitySource,
+    ) -> Result<TlsSession, TransportError> {
         let mut conn = ServerConnection::new(config).map_err(TransportError::Tls)?;
         // The shard bounds what it hands us (`max_outbound_bytes` plus the control
         // allowance) and a send is always in flight for it, so rustls need not refuse.
         conn.set_buffer_limit(None);
-        Ok(TlsSession { conn })
+        Ok(TlsSession { conn, identity })
     }
 
     /// Feeds received ciphertext; appends the plaintext it yields to `plain`. After an
@@ -106,6 +112,12 @@ impl TlsSession {
         Some(Bytes::from(out))
     }
 
+    /// A session with a listener's material in force (new handshakes take the
+    /// current one; a reload does not touch established sessions).
+    pub fn from_material(m: &super::TlsMaterial) -> Result<TlsSession, TransportError> {
+        TlsSession::new(m.config.clone(), m.identity)
+    }
+
     /// Queues a close_notify alert (a clean close the peer can tell from truncation).
     pub fn close(&mut self) {
         self.conn.send_close_notify();
@@ -127,6 +139,13 @@ impl TlsSession {
 
     pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
         self.conn.protocol_version()
+    }
+
+    /// The username the verified client certificate gives (`None`: no certificate,
+    /// none asked for, or the certificate lacks the field).
+    pub fn username(&self) -> Option<String> {
+        let cert = self.conn.peer_certificates()?.first()?;
+        identity::username(cert, self.identity)
     }
 
     /// The client's certificate (end entity first), once verified.

@@ -537,7 +537,7 @@ impl<L: EventLoop> Worker<L> {
                     return;
                 }
                 let session = match tls.listeners.get(usize::from(listener)) {
-                    Some(Some(material)) => match TlsSession::new(material.current().config) {
+                    Some(Some(lt)) => match TlsSession::from_material(&lt.current()) {
                         Ok(s) => Some(Box::new(s)),
                         Err(e) => {
                             tracing::warn!(shard = shard.id(), "tls session: {e}");
@@ -571,7 +571,16 @@ impl<L: EventLoop> Worker<L> {
                         (State::Open, None) => shard.on_read(conn, io.buf(buf), now),
                         (State::Open, Some(session)) => {
                             tls.plain.clear();
-                            match session.on_recv(io.buf(buf), &mut tls.plain) {
+                            let handshaking = session.is_handshaking();
+                            let result = session.on_recv(io.buf(buf), &mut tls.plain);
+                            // The handshake just ended: the certificate's username is
+                            // set before the CONNECT that may follow in these bytes.
+                            if handshaking && result.is_ok() && !session.is_handshaking() {
+                                if let Some(name) = session.username() {
+                                    shard.set_cert_username(conn, name);
+                                }
+                            }
+                            match result {
                                 Ok(()) if tls.plain.is_empty() => {
                                     // Handshake progress only: answer it now (with
                                     // plaintext, the shard's Flush takes it along).

@@ -109,6 +109,7 @@ pub(super) fn handoff() -> Box<Handoff> {
         accepted_at: now,
         connect_at: now,
         transport: None,
+        cert_username: None,
     })
 }
 

@@ -582,3 +582,40 @@ fn keepalive_without_cap_accepts_any_value() {
         assert_eq!(cl.shards[0].stats().refused_keepalive, 0);
     }
 }
+
+#[test]
+fn certificate_username_is_kept_until_connect_and_travels_with_the_handoff() {
+    use crate::shard::{Action, Shard};
+    let now = std::time::Instant::now();
+    let mut shard = Shard::new(0, 2, std::sync::Arc::new(cfg()));
+    let conn = shard.accept(peer(), now);
+    assert_eq!(shard.cert_username(conn), None);
+    shard.set_cert_username(conn, "device-17".to_string());
+    assert_eq!(shard.cert_username(conn), Some("device-17"));
+    // A CONNECT whose session belongs to shard 1: the name goes with the hand-off.
+    let id = id_on(1, 2, "cert");
+    let mut connect = vec![
+        0x10,
+        (12 + id.len()) as u8,
+        0,
+        4,
+        b'M',
+        b'Q',
+        b'T',
+        b'T',
+        4,
+        2,
+        0,
+        60,
+    ];
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(id.as_bytes());
+    shard.on_read(conn, &connect, now);
+    let handoff = std::iter::from_fn(|| shard.poll_action())
+        .find_map(|a| match a {
+            Action::Migrate { handoff, .. } => Some(handoff),
+            _ => None,
+        })
+        .expect("a hand-off to the owner");
+    assert_eq!(handoff.cert_username.as_deref(), Some("device-17"));
+}
