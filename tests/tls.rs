@@ -555,3 +555,59 @@ fn sighup_reloads_certificates_without_dropping_connections() {
     );
     let _ = std::fs::remove_dir_all(d);
 }
+
+/// Paho Python (`tls_set`) and mqtt.js (`mqtts://`) against an mqtts listener.
+#[test]
+fn paho_and_mqtt_js_over_tls() {
+    let d = dir("clients");
+    let ca = ca("ringmq test ca");
+    let (cert, key) = leaf(&ca, "localhost", false);
+    let cafile = write(&d, "ca.pem", &ca.cert.pem());
+    let certf = write(&d, "server.pem", &cert);
+    let keyf = write(&d, "server.key", &key);
+    let b = broker_with(&["--tls-cert", &certf, "--tls-key", &keyf]);
+    let port = port_of(&tls_addr(&b));
+
+    // Debian's python3-paho-mqtt (tests/install-deps.sh).
+    let py = Path::new("/usr/bin/python3");
+    assert!(
+        py.is_file(),
+        "/usr/bin/python3 missing: run `bash tests/install-deps.sh`"
+    );
+    let script = repo_root().join("tests/interop/paho_tls.py");
+    let topic = uniq("tls/paho");
+    let out = run(
+        Command::new(py)
+            .arg(&script)
+            .args(["localhost", &port, &cafile, &topic]),
+        "paho_tls.py",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.lines().any(|l| l == "ok paho-tls from-paho"),
+        "paho over TLS: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // mqtt.js pinned by tests/interop/node/package-lock.json (npm ci in install-deps).
+    let node_dir = repo_root().join("tests/interop/node");
+    assert!(
+        node_dir.join("node_modules/mqtt/package.json").is_file(),
+        "Node.js package `mqtt` is not installed in {}: run `bash tests/install-deps.sh`",
+        node_dir.display()
+    );
+    let topic = uniq("tls/mqttjs");
+    let out = run(
+        Command::new(require_tool("node"))
+            .current_dir(&node_dir)
+            .args(["mqtt_tls.js", "localhost", &port, &cafile, &topic]),
+        "mqtt_tls.js",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.lines().any(|l| l == "ok mqttjs-tls from-mqttjs"),
+        "mqtt.js over TLS: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(d);
+}
