@@ -92,6 +92,14 @@ struct TlsIo {
     plain: Vec<u8>,
 }
 
+/// The TLS state a hand-off carries (`Handoff::transport`), if any.
+fn carried_tls(handoff: &mut Handoff) -> Option<Box<TlsSession>> {
+    handoff
+        .transport
+        .take()
+        .and_then(|t| t.downcast::<TlsSession>().ok())
+}
+
 /// Above this a TLS receive's plaintext buffer is given back rather than kept.
 const TLS_PLAIN_KEEP_BYTES: usize = 64 * 1024;
 
@@ -446,7 +454,7 @@ impl<L: EventLoop> Worker<L> {
         mut handoff: Handoff,
         now: Instant,
     ) {
-        let session = handoff.transport.take();
+        let session = carried_tls(&mut handoff);
         let conn = shard.adopt(handoff, now);
         Self::map(conns, by_sock, live, conn, sock, session);
         io.start_recv(sock);
@@ -609,7 +617,11 @@ impl<L: EventLoop> Worker<L> {
                             // travel with the connection (decrypted by its TLS state,
                             // which travels too).
                             if let Some((_, handoff)) = outgoing.get_mut(&sock) {
-                                match handoff.transport.as_mut() {
+                                match handoff
+                                    .transport
+                                    .as_mut()
+                                    .and_then(|t| t.downcast_mut::<TlsSession>())
+                                {
                                     None => handoff.rx.extend_from_slice(io.buf(buf)),
                                     Some(session) => {
                                         let mut plain = Vec::new();
@@ -723,7 +735,7 @@ impl<L: EventLoop> Worker<L> {
                         if let Some(conn) = conn_of(by_sock, sock) {
                             if let Some(Some(c)) = conns.get_mut(conn) {
                                 c.state = State::Open;
-                                c.tls = handoff.transport.take();
+                                c.tls = carried_tls(&mut handoff);
                             }
                             shard.on_migrate_refused(conn, now);
                         }
@@ -806,7 +818,7 @@ impl<L: EventLoop> Worker<L> {
                     c.state = State::Migrating;
                     tracing::debug!(shard = self.id, conn, sock = c.sock, to, "migrating");
                     let mut handoff = handoff;
-                    handoff.transport = c.tls.take();
+                    handoff.transport = c.tls.take().map(|s| s as Box<dyn std::any::Any + Send>);
                     self.outgoing.insert(c.sock, (to, handoff));
                     self.io.migrate(c.sock, to);
                 }
