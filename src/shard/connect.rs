@@ -151,9 +151,11 @@ impl Shard {
                 let rx = std::mem::take(&mut c.rx);
                 let pending = c.pending.take();
                 c.state = ConnState::Migrated;
-                let (peer, accepted_at, cert_username) = match pending {
-                    Some(p) => (p.peer, p.accepted_at, p.cert_username),
-                    None => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), now, None),
+                // A certificate username stays behind: the owner's IO side reads it
+                // again from the TLS state that travels (`Shard::adopt_as`).
+                let (peer, accepted_at) = match pending {
+                    Some(p) => (p.peer, p.accepted_at),
+                    None => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), now),
                 };
                 self.actions.push_back(Action::Migrate {
                     conn,
@@ -164,7 +166,6 @@ impl Shard {
                         accepted_at,
                         connect_at: now,
                         transport: None,
-                        cert_username,
                     }),
                 });
                 return false;

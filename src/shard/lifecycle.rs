@@ -28,12 +28,25 @@ impl Shard {
     /// A connection handed over by another shard (see [`Action::Migrate`]). It was
     /// admitted by the accepting shard; only the memory mark is checked again here.
     pub fn adopt(&mut self, handoff: Handoff, now: Instant) -> ConnId {
+        self.adopt_as(handoff, None, now)
+    }
+
+    /// [`adopt`](Self::adopt) a connection whose TLS client certificate names a user
+    /// (see [`set_cert_username`](Self::set_cert_username)). Not a `Handoff` field: a
+    /// `String` there made dropping every `Action` cost more (its drop glue stopped the
+    /// compiler inlining it: +5% on route_publish_100_subs).
+    pub fn adopt_as(
+        &mut self,
+        handoff: Handoff,
+        cert_username: Option<String>,
+        now: Instant,
+    ) -> ConnId {
         let conn = self.new_conn(handoff.peer, handoff.accepted_at, now, true);
         if let Some(c) = self.conns.get_mut(conn) {
             c.rx = handoff.rx;
             if let Some(p) = c.pending.as_mut() {
                 p.connect_at = Some(handoff.connect_at);
-                p.cert_username = handoff.cert_username;
+                p.cert_username = cert_username;
             }
         }
         self.process_rx(conn, now);

@@ -27,8 +27,6 @@ pub struct Handoff {
     /// `Action` stays cheap: with the rustls state's drop glue inside, the compiler
     /// stopped inlining `drop_in_place::<Action>` (+6.9% on route_publish_100_subs).
     pub transport: Option<Box<dyn std::any::Any + Send>>,
-    /// `Pending::cert_username` of the accepting shard.
-    pub cert_username: Option<String>,
 }
 
 /// A shared subscription a remote shard must deliver to: one member of `group`

@@ -455,7 +455,9 @@ impl<L: EventLoop> Worker<L> {
         now: Instant,
     ) {
         let session = carried_tls(&mut handoff);
-        let conn = shard.adopt(handoff, now);
+        // The certificate's username, read again from the TLS state that travelled.
+        let cert_username = session.as_ref().and_then(|s| s.username());
+        let conn = shard.adopt_as(handoff, cert_username, now);
         Self::map(conns, by_sock, live, conn, sock, session);
         io.start_recv(sock);
         // TLS records the old loop had not sent yet (session tickets) go out first.

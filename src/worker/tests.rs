@@ -109,7 +109,6 @@ pub(super) fn handoff() -> Box<Handoff> {
         accepted_at: now,
         connect_at: now,
         transport: None,
-        cert_username: None,
     })
 }
 
