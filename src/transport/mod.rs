@@ -51,7 +51,10 @@ impl std::error::Error for TransportError {}
 pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     #[cfg(feature = "aws-lc-rs")]
     let p = rustls::crypto::aws_lc_rs::default_provider();
+    // rustls 0.23.48 deprecates it (no post-quantum key exchange); still offered for
+    // platforms aws-lc-rs does not build on, as the issue asks.
     #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    #[allow(deprecated)]
     let p = rustls::crypto::ring::default_provider();
     std::sync::Arc::new(p)
 }
