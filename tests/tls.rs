@@ -297,6 +297,18 @@ fn client_certificates_optional_and_required() {
     let _ = std::fs::remove_dir_all(d);
 }
 
+/// mosquitto_pub failed the TLS handshake: "A TLS error occurred" (exit 8,
+/// MOSQ_ERR_TLS, when it fails in connect; 1 when the error surfaces in its loop).
+fn assert_tls_refused(out: &Output, what: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && matches!(out.status.code(), Some(8) | Some(1)),
+        "{what}: {:?} {err}",
+        out.status
+    );
+    assert!(err.contains("A TLS error occurred"), "{what}: {err}");
+}
+
 /// A TLS round trip that must still work after each bad input.
 fn still_serves(port: &str, cafile: &str) {
     let out = pub_tls(port, cafile, &[], &uniq("tls/alive"), "alive");
@@ -354,13 +366,7 @@ fn bad_inputs_on_the_tls_port_each_with_its_result() {
 
     // A client that trusts another CA refuses our certificate: mosquitto's TLS error.
     let out = pub_tls(&port, &wrongca, &[], "t", "x");
-    assert_eq!(
-        out.status.code(),
-        Some(8),
-        "MOSQ_ERR_TLS: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("TLS error"));
+    assert_tls_refused(&out, "a client trusting another CA");
     still_serves(&port, &cafile);
 
     // Plaintext MQTT on the TLS port: no CONNACK, the connection is closed.
@@ -410,12 +416,7 @@ fn bad_inputs_on_the_tls_port_each_with_its_result() {
     let b = broker_with(&["--tls-cert", &ecertf, "--tls-key", &ekeyf]);
     let port = port_of(&tls_addr(&b));
     let out = pub_tls(&port, &cafile, &[], "t", "x");
-    assert_eq!(
-        out.status.code(),
-        Some(8),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_tls_refused(&out, "an expired server certificate");
     let mut c = RawClient::connect_v311(b.addr(), &uniq("after-expired"));
     c.ping();
     let _ = std::fs::remove_dir_all(d);
@@ -531,11 +532,7 @@ fn sighup_reloads_certificates_without_dropping_connections() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = pub_tls(&port, &oldca, &[], &uniq("tls/x"), "x");
-    assert_eq!(
-        out.status.code(),
-        Some(8),
-        "the old certificate is still served"
-    );
+    assert_tls_refused(&out, "the old certificate after the reload");
 
     // The subscriber connected before both reloads is still there and gets messages.
     let out = pub_tls(&port, &newca, &[], &topic, "after-reload");
@@ -609,5 +606,55 @@ fn paho_and_mqtt_js_over_tls() {
         "mqtt.js over TLS: {text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// rumqttc over rustls (its own TLS stack, ALPN `mqtt` offered): subscribe and publish
+/// through the mqtts listener.
+#[test]
+fn rumqttc_with_rustls_and_alpn() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+
+    let d = dir("rumqttc");
+    let ca = ca("ringmq test ca");
+    let (cert, key) = leaf(&ca, "localhost", false);
+    let certf = write(&d, "server.pem", &cert);
+    let keyf = write(&d, "server.key", &key);
+    let b = broker_with(&["--tls-cert", &certf, "--tls-key", &keyf]);
+    let port: u16 = port_of(&tls_addr(&b)).parse().expect("port");
+    let topic = uniq("tls/rumqttc");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let got = rt.block_on(async {
+        let mut opts = MqttOptions::new(uniq("rumqttc-tls"), "localhost", port);
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca: ca.cert.pem().into_bytes(),
+            alpn: Some(vec![b"mqtt".to_vec()]),
+            client_auth: None,
+        }));
+        let (client, mut events) = AsyncClient::new(opts, 16);
+        client
+            .subscribe(topic.clone(), QoS::AtLeastOnce)
+            .await
+            .expect("subscribe queued");
+        let wait = async {
+            loop {
+                match events.poll().await.expect("rumqttc over TLS") {
+                    Event::Incoming(Packet::SubAck(_)) => client
+                        .publish(topic.clone(), QoS::AtLeastOnce, false, "from-rumqttc")
+                        .await
+                        .expect("publish queued"),
+                    Event::Incoming(Packet::Publish(p)) => return p.payload.to_vec(),
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(TOOL_TIMEOUT, wait)
+            .await
+            .expect("message within the deadline")
+    });
+    assert_eq!(got, b"from-rumqttc");
     let _ = std::fs::remove_dir_all(d);
 }
