@@ -22,4 +22,5 @@ pub mod store;
 #[doc(hidden)]
 pub use shard::testkit;
 pub mod topic;
+pub mod transport;
 pub mod worker;

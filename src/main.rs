@@ -19,11 +19,13 @@ use std::thread;
 use clap::Parser;
 use socket2::{Domain, Socket, Type};
 
-use ringmq::config::{self, Cli, Command, Config, IoBackend};
+use ringmq::config::{self, Cli, Command, Config, IdentityUsername, IoBackend};
 use ringmq::io::epoll::EpollLoop;
 use ringmq::io::uring::{self, UringLoop};
 use ringmq::io::{self as rio, LoopOptions, Remote};
 use ringmq::ring;
+use ringmq::transport::identity::IdentitySource;
+use ringmq::transport::{ListenerTls, TlsFiles, TlsMaterial};
 use ringmq::worker::verify::{self, AuthShared, VerifierPool};
 use ringmq::worker::{self, WorkerMsg, WorkerReport, WorkerSetup};
 
@@ -97,8 +99,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // TLS files are part of the configuration: one that does not load is refused like
+    // a bad key (exit 2), naming the file.
+    let tls = match load_tls(&loaded.config) {
+        Ok(t) => t,
+        Err(e) => {
+            say!("ringmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let max_connections_explicit = loaded.is_explicit("max_connections");
-    match run(loaded.config, max_connections_explicit, auth) {
+    match run(loaded.config, tls, max_connections_explicit, auth) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -118,6 +129,7 @@ fn check_config(cli: &Cli) -> ExitCode {
     };
     match config::load(cli).map_err(|e| e.to_string()).and_then(|c| {
         verify::load_policy(&c)?;
+        load_tls(&c)?;
         Ok(c)
     }) {
         Ok(_) => {
@@ -129,6 +141,47 @@ fn check_config(cli: &Cli) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Reads every TLS listener's files (in `config.listeners()` order; `None` for a
+/// plain listener). Errors name the listener and the file.
+fn load_tls(config: &Config) -> Result<Vec<Option<Arc<ListenerTls>>>, String> {
+    let read = |p: &std::path::Path| std::fs::read(p);
+    config
+        .listeners()
+        .iter()
+        .map(|l| {
+            let Some(t) = &l.tls else { return Ok(None) };
+            let files = TlsFiles {
+                certs: t.cert.iter().map(Into::into).collect(),
+                keys: t.key.iter().map(Into::into).collect(),
+                client_ca: t.client_ca.as_ref().map(Into::into),
+                require_certificate: t.require_certificate,
+                identity: match t.identity_username {
+                    IdentityUsername::None => IdentitySource::None,
+                    IdentityUsername::CommonName => IdentitySource::CommonName,
+                    IdentityUsername::SubjectAltName => IdentitySource::SubjectAltName,
+                },
+            };
+            let material =
+                TlsMaterial::load(&files, &read).map_err(|e| format!("listener {}: {e}", l.url))?;
+            Ok(Some(Arc::new(ListenerTls::new(files, material))))
+        })
+        .collect()
+}
+
+/// SIGHUP: every TLS listener reads its files again. One that fails keeps its old
+/// material, and the error names the file; connections are not touched.
+fn reload_tls(tls: &[Option<Arc<ListenerTls>>]) {
+    let read = |p: &std::path::Path| std::fs::read(p);
+    let mut reloaded = 0;
+    for lt in tls.iter().flatten() {
+        match lt.reload(&read) {
+            Ok(()) => reloaded += 1,
+            Err(e) => tracing::error!("SIGHUP: TLS reload failed, old certificate kept: {e}"),
+        }
+    }
+    tracing::info!("SIGHUP: reloaded TLS material of {reloaded} listener(s)");
 }
 
 /// Tells systemd (sd_notify(3)) about a state change, e.g. `READY=1`, when it started
@@ -306,6 +359,7 @@ fn wait_shutdown_signal(set: &libc::sigset_t, on_reload: &dyn Fn()) -> Option<li
 /// default is lowered to what this machine's tables hold instead of warning.
 fn run(
     mut config: Config,
+    tls: Vec<Option<Arc<ListenerTls>>>,
     max_connections_explicit: bool,
     auth: Option<ringmq::auth::AuthPolicy>,
 ) -> Result<(), String> {
@@ -404,10 +458,14 @@ fn run(
         keepalive_count: config.tcp_keepalive_count,
         user_timeout_ms: config.tcp_user_timeout_ms,
     };
-    for addr in &config.listen {
-        let (bound, group) =
-            bind_group(*addr, shards, &timers).map_err(|e| format!("listen on {addr}: {e}"))?;
-        bound_addrs.push(bound);
+    for listener in config.listeners() {
+        let addr = listener.url.addr;
+        let (bound, group) = bind_group(addr, shards, &timers)
+            .map_err(|e| format!("listen on {}: {e}", listener.url))?;
+        bound_addrs.push(ringmq::config::ListenUrl {
+            scheme: listener.url.scheme,
+            addr: bound,
+        });
         for (i, l) in group.into_iter().enumerate() {
             per_shard[i].push(l);
         }
@@ -459,6 +517,7 @@ fn run(
             config: config.clone(),
             endpoint,
             listeners,
+            listener_tls: tls.clone(),
             loop_options: loop_options.clone(),
             pin_cpu: if pin { cpus.get(id).copied() } else { None },
             shutdown: shutdown.clone(),
@@ -516,7 +575,14 @@ fn run(
         let _ = tx.send(remotes.clone());
     }
 
-    let addrs: Vec<String> = bound_addrs.iter().map(|a| a.to_string()).collect();
+    // Plain listeners as bare addresses (the form scripts have always parsed).
+    let addrs: Vec<String> = bound_addrs
+        .iter()
+        .map(|u| match u.scheme {
+            ringmq::config::Scheme::Mqtt => u.addr.to_string(),
+            _ => u.to_string(),
+        })
+        .collect();
     if let Some(addr) = http_addr {
         say!("ringmq http on {addr} (/metrics, /healthz, /readyz, /api/stats, /)");
     }
@@ -536,7 +602,11 @@ fn run(
         let remotes = remotes.clone();
         let reload_config = config.clone();
         let shared = auth.as_ref().map(|(s, _)| s.clone());
-        let on_reload = move || reload_auth(&reload_config, shared.as_deref());
+        // SIGHUP reloads the password file, the ACL and the TLS material.
+        let on_reload = move || {
+            reload_auth(&reload_config, shared.as_deref());
+            reload_tls(&tls);
+        };
         thread::Builder::new()
             .name("ringmq-signals".into())
             .spawn(move || {

@@ -1,32 +1,168 @@
-//! Listener keys: the addresses the broker accepts MQTT connections on, and the HTTP
-//! listener of the metrics endpoints. TLS and WebSocket listeners land here.
+//! Listener keys: the addresses the broker accepts MQTT connections on, as URLs
+//! (`[scheme://]host:port[/path]`; `mqtt` plain, `mqtts` TLS; `ws`/`wss` parse and
+//! are refused until WebSocket lands, #16), the TLS flags every TLS listener uses,
+//! the TOML `[[listener]]` tables that override them per listener, and the HTTP
+//! listener of the metrics endpoints.
+
+use std::net::SocketAddr;
 
 use clap::Args;
 
 use super::cli::with_default;
-use super::value::{addr, list, push_list, push_text, Expect, Raw};
+use super::value::{addr, boolean, list, one_of, push_list, push_text, text, Expect, Raw};
 use super::{Config, Loaded};
 
 #[derive(Args, Debug, Default, Clone)]
 pub struct ListenerArgs {
-    /// Address to listen on (repeatable).
-    #[arg(long, value_name = "ADDR", help = with_default("Address to listen on (repeatable)", "0.0.0.0:1883; 127.0.0.1:1883 while no password file is set and --allow-anonymous is not true"))]
+    /// Listener URL (repeatable).
+    #[arg(long, value_name = "URL", help = with_default("Listener URL [scheme://]host:port, scheme mqtt (plain, the default) or mqtts (TLS); repeatable", "mqtt://0.0.0.0:1883; mqtt://127.0.0.1:1883 while no password file is set and --allow-anonymous is not true"))]
     pub listen: Vec<String>,
+    /// Certificate chain of TLS listeners (PEM, repeatable for SNI).
+    #[arg(long, value_name = "FILE", help = with_default("Certificate chain (PEM, end entity first) of every mqtts listener; repeat with --tls-key for several names (SNI picks, the first is the fallback)", "none"))]
+    pub tls_cert: Vec<String>,
+    /// Private keys of the certificates, same order.
+    #[arg(long, value_name = "FILE", help = with_default("Private key (PEM) of each --tls-cert, same order", "none"))]
+    pub tls_key: Vec<String>,
+    /// CA that client certificates are checked against.
+    #[arg(long, value_name = "FILE", help = with_default("CA certificates (PEM) client certificates are verified against; clients may then present one", "none"))]
+    pub tls_client_ca: Option<String>,
+    /// Refuse TLS clients without a valid certificate.
+    #[arg(long, value_name = "BOOL", help = with_default("Refuse TLS clients that present no certificate signed by --tls-client-ca", "false"))]
+    pub tls_require_certificate: Option<String>,
+    /// Username taken from a client certificate.
+    #[arg(long, value_name = "FROM", help = with_default("Username taken from a verified client certificate: none, cn (subject common name) or san (first DNS name, e-mail or URI)", "none"))]
+    pub tls_identity_username: Option<String>,
     #[arg(long, value_name = "ADDR", help = with_default("HTTP listener for /metrics (Prometheus), /healthz, /readyz, /api/stats and the status page at /; none turns it off", "127.0.0.1:9883"))]
     pub http_listen: Option<String>,
 }
 
-pub(super) const KEYS: &[&str] = &["listen", "http_listen"];
+pub(super) const KEYS: &[&str] = &[
+    "listen",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "tls_require_certificate",
+    "tls_identity_username",
+    "http_listen",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Mqtt,
+    Mqtts,
+}
+
+/// One `listen` entry or `[[listener]]` url.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenUrl {
+    pub scheme: Scheme,
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for ListenUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = match self.scheme {
+            Scheme::Mqtt => "mqtt",
+            Scheme::Mqtts => "mqtts",
+        };
+        write!(f, "{s}://{}", self.addr)
+    }
+}
+
+/// Which part of a verified client certificate becomes the username.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentityUsername {
+    #[default]
+    None,
+    CommonName,
+    SubjectAltName,
+}
+
+/// TLS settings: the `tls_*` keys, or a `[[listener]]` table's with those as fallback.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TlsSettings {
+    pub cert: Vec<String>,
+    pub key: Vec<String>,
+    pub client_ca: Option<String>,
+    pub require_certificate: bool,
+    pub identity_username: IdentityUsername,
+}
+
+/// A `[[listener]]` table: a URL and the TLS keys it overrides.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTable {
+    pub url: ListenUrl,
+    pub cert: Option<Vec<String>>,
+    pub key: Option<Vec<String>>,
+    pub client_ca: Option<String>,
+    pub require_certificate: Option<bool>,
+    pub identity_username: Option<IdentityUsername>,
+}
+
+/// A listener to bind: where, and its TLS settings (`None`: plain MQTT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub url: ListenUrl,
+    pub tls: Option<TlsSettings>,
+}
+
+const URL_EXPECTED: &str = "a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883 or 0.0.0.0:1883 (schemes mqtt, mqtts)";
+
+fn url(raw: &Raw) -> Result<ListenUrl, Expect> {
+    let Raw::Text(s) = raw else {
+        return Err(URL_EXPECTED.into());
+    };
+    let s = s.trim();
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+        None => ("mqtt".to_string(), s),
+    };
+    let scheme = match scheme.as_str() {
+        "mqtt" | "tcp" => Scheme::Mqtt,
+        "mqtts" | "ssl" | "tls" => Scheme::Mqtts,
+        "ws" | "wss" => {
+            return Err(format!(
+                "{URL_EXPECTED}; {scheme}:// (MQTT over WebSocket) is not supported yet"
+            ))
+        }
+        _ => return Err(URL_EXPECTED.into()),
+    };
+    if rest.contains('/') {
+        return Err(format!(
+            "{URL_EXPECTED}; a path is only for ws:// and wss://"
+        ));
+    }
+    let addr = addr(&Raw::Text(rest.to_string())).map_err(|_| URL_EXPECTED.to_string())?;
+    Ok(ListenUrl { scheme, addr })
+}
+
+fn paths(raw: &Raw) -> Result<Vec<String>, Expect> {
+    list(raw)
+        .iter()
+        .map(|r| text(r).map_err(|_| "a file path or a list of them".to_string()))
+        .collect()
+}
+
+/// A CA file, or `""` for none.
+fn ca_path(raw: &Raw) -> Result<Option<String>, Expect> {
+    let path = text(raw).map_err(|_| "a file path, or \"\" for none".to_string())?;
+    Ok((!path.trim().is_empty()).then_some(path))
+}
+
+fn identity(raw: &Raw) -> Result<IdentityUsername, Expect> {
+    Ok(match one_of(raw, &["none", "cn", "san"])? {
+        "cn" => IdentityUsername::CommonName,
+        "san" => IdentityUsername::SubjectAltName,
+        _ => IdentityUsername::None,
+    })
+}
 
 /// Applies one key of this part. `Ok(false)`: not one of its keys.
 pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
     match key {
         "listen" => {
-            let addrs = list(raw).iter().map(addr).collect::<Result<Vec<_>, _>>()?;
-            if addrs.is_empty() {
-                return Err("at least one socket address".into());
-            }
-            cfg.listen = addrs;
+            let urls = list(raw).iter().map(url).collect::<Result<Vec<_>, _>>()?;
+            cfg.listen = urls;
         }
         "http_listen" => {
             let off = matches!(raw, Raw::Text(s) if s.trim().eq_ignore_ascii_case("none"));
@@ -36,14 +172,142 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
                 Some(addr(raw).map_err(|e| format!("{e}, or none"))?)
             };
         }
+        "tls_cert" => cfg.tls.cert = paths(raw)?,
+        "tls_key" => cfg.tls.key = paths(raw)?,
+        "tls_client_ca" => cfg.tls.client_ca = ca_path(raw)?,
+        "tls_require_certificate" => cfg.tls.require_certificate = boolean(raw)?,
+        "tls_identity_username" => cfg.tls.identity_username = identity(raw)?,
         _ => return Ok(false),
     }
     Ok(true)
 }
 
+/// Keys a `[[listener]]` table may hold.
+const TABLE_KEYS: &[&str] = &[
+    "url",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "tls_require_certificate",
+    "tls_identity_username",
+];
+
+/// Parses one `[[listener]]` table. `Err((key, expected))` names the bad key.
+pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expect)> {
+    let mut out = ListenerTable {
+        url: ListenUrl {
+            scheme: Scheme::Mqtt,
+            addr: SocketAddr::from(([0, 0, 0, 0], 1883)),
+        },
+        cert: None,
+        key: None,
+        client_ca: None,
+        require_certificate: None,
+        identity_username: None,
+    };
+    let mut has_url = false;
+    for (key, raw) in t {
+        let k = key.as_str();
+        let r = match k {
+            "url" => url(raw).map(|u| {
+                out.url = u;
+                has_url = true;
+            }),
+            "tls_cert" => paths(raw).map(|v| out.cert = Some(v)),
+            "tls_key" => paths(raw).map(|v| out.key = Some(v)),
+            "tls_client_ca" => ca_path(raw).map(|v| out.client_ca = v),
+            "tls_require_certificate" => boolean(raw).map(|v| out.require_certificate = Some(v)),
+            "tls_identity_username" => identity(raw).map(|v| out.identity_username = Some(v)),
+            _ => Err(format!("one of {}", TABLE_KEYS.join(", "))),
+        };
+        r.map_err(|e| (k.to_string(), e))?;
+    }
+    if !has_url {
+        return Err(("url".into(), URL_EXPECTED.into()));
+    }
+    Ok(out)
+}
+
+impl Config {
+    /// Every listener to bind: the `listen` URLs with the `tls_*` keys, then the
+    /// `[[listener]]` tables with theirs (falling back to the `tls_*` keys).
+    pub fn listeners(&self) -> Vec<Listener> {
+        let global = |u: &ListenUrl| Listener {
+            url: u.clone(),
+            tls: (u.scheme == Scheme::Mqtts).then(|| self.tls.clone()),
+        };
+        let mut out: Vec<Listener> = self.listen.iter().map(global).collect();
+        for t in &self.listener {
+            let tls = (t.url.scheme == Scheme::Mqtts).then(|| TlsSettings {
+                cert: t.cert.clone().unwrap_or_else(|| self.tls.cert.clone()),
+                key: t.key.clone().unwrap_or_else(|| self.tls.key.clone()),
+                client_ca: t.client_ca.clone().or_else(|| self.tls.client_ca.clone()),
+                require_certificate: t
+                    .require_certificate
+                    .unwrap_or(self.tls.require_certificate),
+                identity_username: t.identity_username.unwrap_or(self.tls.identity_username),
+            });
+            out.push(Listener {
+                url: t.url.clone(),
+                tls,
+            });
+        }
+        out
+    }
+}
+
+/// Checks across keys, once everything is set: `(key, expected, got)` on failure.
+pub(super) fn check(cfg: &Config) -> Result<(), (String, Expect, String)> {
+    let listeners = cfg.listeners();
+    if listeners.is_empty() {
+        return Err((
+            "listen".into(),
+            "at least one listener (listen or [[listener]])".into(),
+            "none".into(),
+        ));
+    }
+    for l in &listeners {
+        let Some(tls) = &l.tls else { continue };
+        if tls.cert.is_empty() {
+            return Err((
+                "tls_cert".into(),
+                format!("a certificate file for the TLS listener {}", l.url),
+                "none".into(),
+            ));
+        }
+        if tls.cert.len() != tls.key.len() {
+            return Err((
+                "tls_key".into(),
+                format!(
+                    "one key file per certificate file ({}) for the TLS listener {}",
+                    tls.cert.len(),
+                    l.url
+                ),
+                format!("{} key file(s)", tls.key.len()),
+            ));
+        }
+        if tls.require_certificate && tls.client_ca.is_none() {
+            return Err((
+                "tls_client_ca".into(),
+                format!(
+                    "a CA file, since tls_require_certificate is true for the TLS listener {}",
+                    l.url
+                ),
+                "none".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl ListenerArgs {
     pub(super) fn values(&self, v: &mut Vec<(&'static str, Raw)>) {
         push_list(v, "listen", &self.listen);
+        push_list(v, "tls_cert", &self.tls_cert);
+        push_list(v, "tls_key", &self.tls_key);
+        push_text(v, "tls_client_ca", &self.tls_client_ca);
+        push_text(v, "tls_require_certificate", &self.tls_require_certificate);
+        push_text(v, "tls_identity_username", &self.tls_identity_username);
         push_text(v, "http_listen", &self.http_listen);
     }
 }
@@ -62,7 +326,10 @@ pub fn secure_default(loaded: &mut Loaded) -> Option<String> {
     {
         return None;
     }
-    c.listen = vec![LOOPBACK_DEFAULT.parse().expect("a valid address")];
+    c.listen = vec![ListenUrl {
+        scheme: Scheme::Mqtt,
+        addr: LOOPBACK_DEFAULT.parse().expect("a valid address"),
+    }];
     Some(format!(
         "ringmq: no authentication configured, so only {LOOPBACK_DEFAULT} (this machine) is served; \
          to serve the network set --password-file FILE (see `ringmq passwd`) or \

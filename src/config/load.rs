@@ -153,8 +153,55 @@ pub fn apply_toml(cfg: &mut Config, path: &str, text: &str) -> Result<(), Config
         })?;
     let source = Source::File(path.to_string());
     for (key, value) in &table {
+        if key == "listener" {
+            apply_listener_tables(cfg, &source, value)?;
+            continue;
+        }
         apply(cfg, &source, key, &from_toml(value))?;
     }
+    Ok(())
+}
+
+/// `[[listener]]`: an array of tables, each parsed whole; errors name the key as
+/// `listener[i].key`.
+fn apply_listener_tables(
+    cfg: &mut Config,
+    source: &Source,
+    value: &toml::Value,
+) -> Result<(), ConfigError> {
+    let invalid = |key: String, expected: String, got: String| ConfigError::Invalid {
+        source: source.clone(),
+        key,
+        expected,
+        got,
+    };
+    let toml::Value::Array(items) = value else {
+        return Err(invalid(
+            "listener".into(),
+            "[[listener]] tables".into(),
+            value.to_string(),
+        ));
+    };
+    let mut tables = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let toml::Value::Table(t) = item else {
+            return Err(invalid(
+                format!("listener[{i}]"),
+                "a table".into(),
+                item.to_string(),
+            ));
+        };
+        let pairs: Vec<(String, Raw)> = t.iter().map(|(k, v)| (k.clone(), from_toml(v))).collect();
+        let parsed = listeners::table(&pairs).map_err(|(key, expected)| {
+            let got = pairs
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or_else(|| "nothing".to_string(), |(_, v)| v.to_string());
+            invalid(format!("listener[{i}].{key}"), expected, got)
+        })?;
+        tables.push(parsed);
+    }
+    cfg.listener = tables;
     Ok(())
 }
 
@@ -197,10 +244,20 @@ pub fn load_tracked_with(
             explicit.extend(table.keys().cloned());
         }
     }
+    let mut last_source = cli.config.clone().map_or(Source::Cli, Source::File);
     for (key, raw) in cli.values() {
         apply(&mut cfg, &Source::Cli, key, &raw)?;
         explicit.push(key.to_string());
+        last_source = Source::Cli;
     }
+    // Checks that span keys (a TLS listener needs a certificate...), named after the
+    // key to fix; blamed on the command line when it set anything.
+    listeners::check(&cfg).map_err(|(key, expected, got)| ConfigError::Invalid {
+        source: last_source,
+        key,
+        expected,
+        got,
+    })?;
     Ok(Loaded {
         config: cfg,
         explicit,

@@ -4,7 +4,7 @@
 //!
 //! The struct and its defaults live here; each concern's keys (CLI options,
 //! validation, the key list) live in a file of their own:
-//! - `listeners`: addresses to listen on (TLS, WebSocket listeners next);
+//! - `listeners`: listener URLs, TLS files, `[[listener]]` tables (WebSocket next);
 //! - `runtime`: event loops, IO backend, busy polling, scheduling, logging;
 //! - `connections`: admission limits, the CONNECT timeout, password file, anonymous;
 //! - `limits`: protocol limits and keepalive;
@@ -32,6 +32,7 @@ use std::net::SocketAddr;
 
 pub use cli::{Cli, Command, PasswdAction};
 pub use listeners::secure_default;
+pub use listeners::{IdentityUsername, ListenUrl, Listener, ListenerTable, Scheme, TlsSettings};
 pub use load::{
     apply_toml, keys, load, load_tracked, load_tracked_with, load_with, set, ConfigError, Loaded,
     Source,
@@ -42,7 +43,12 @@ pub use value::{Expect, Raw};
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: Vec<SocketAddr>,
+    /// The `listen` URLs (plain, or TLS with the `tls` settings).
+    pub listen: Vec<ListenUrl>,
+    /// The `tls_*` keys: every TLS listener's, unless its `[[listener]]` table says.
+    pub tls: TlsSettings,
+    /// The TOML `[[listener]]` tables, bound after the `listen` URLs.
+    pub listener: Vec<ListenerTable>,
     /// The HTTP listener (metrics, health, status page), owned by loop 0; `None`: off.
     pub http_listen: Option<SocketAddr>,
     /// Event loops (one per core). `None`: number of available cores.
@@ -168,7 +174,12 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            listen: vec![ListenUrl {
+                scheme: Scheme::Mqtt,
+                addr: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            }],
+            tls: TlsSettings::default(),
+            listener: Vec::new(),
             // Loopback only: the endpoints are unauthenticated and name every counter.
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9883))),
             shards: None,

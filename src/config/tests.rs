@@ -21,9 +21,10 @@ fn with_file(text: &'static str) -> impl Fn(&str) -> std::io::Result<String> {
 fn no_config_at_all_gives_defaults() {
     let cfg = load_with(&cli(&[]), with_file("")).expect("load");
     assert_eq!(
-        cfg.listen,
+        cfg.listen.iter().map(|l| l.addr).collect::<Vec<_>>(),
         vec!["0.0.0.0:1883".parse::<SocketAddr>().expect("addr")]
     );
+    assert_eq!(cfg.listen[0].scheme, Scheme::Mqtt);
     assert_eq!(cfg.shards, None);
     assert_eq!(cfg.io, IoBackend::Auto);
     assert_eq!(cfg.max_packet_size, Config::default().max_packet_size);
@@ -48,7 +49,7 @@ fn file_then_cli_precedence() {
     assert_eq!(cfg.max_packet_size, 7000);
     assert_eq!(cfg.receive_maximum, 10);
     assert_eq!(
-        cfg.listen,
+        cfg.listen.iter().map(|l| l.addr).collect::<Vec<_>>(),
         vec!["127.0.0.1:0".parse::<SocketAddr>().expect("addr")]
     );
     assert_eq!(cfg.shards, Some(3));
@@ -64,6 +65,11 @@ fn every_cli_option_has_the_same_toml_key() {
     // Each KEY set from the file and from the CLI gives the same Config field.
     let samples: &[(&str, &str, &str)] = &[
         ("listen", "\"127.0.0.1:5\"", "127.0.0.1:5"),
+        ("tls_cert", "[\"c.pem\"]", "c.pem"),
+        ("tls_key", "[\"k.pem\"]", "k.pem"),
+        ("tls_client_ca", "\"ca.pem\"", "ca.pem"),
+        ("tls_require_certificate", "true", "true"),
+        ("tls_identity_username", "\"cn\"", "cn"),
         ("http_listen", "\"127.0.0.1:6\"", "127.0.0.1:6"),
         ("sys_interval_s", "7", "7"),
         ("shards", "2", "2"),
@@ -224,7 +230,7 @@ fn cli_error_names_option_and_value() {
     let err = load_with(&cli(&["--listen", "nowhere"]), with_file("")).expect_err("fail");
     assert_eq!(
         err.to_string(),
-        "option --listen: expected a socket address like 0.0.0.0:1883 or [::]:1883, got [\"nowhere\"]"
+        "option --listen: expected a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883 or 0.0.0.0:1883 (schemes mqtt, mqtts), got [\"nowhere\"]"
     );
     let err = load_with(&cli(&["--rt-priority", "100"]), with_file("")).expect_err("fail");
     assert_eq!(
@@ -343,13 +349,19 @@ fn http_listen_takes_an_address_or_none() {
 fn secure_default_binds_loopback_without_authentication() {
     use super::secure_default;
     let loaded = |args: &[&str]| load_tracked_with(&cli(args), with_file("")).expect("valid");
-    let lo: std::net::SocketAddr = "127.0.0.1:1883".parse().unwrap();
-    let any: std::net::SocketAddr = "0.0.0.0:1883".parse().unwrap();
+    let lo = ListenUrl {
+        scheme: Scheme::Mqtt,
+        addr: "127.0.0.1:1883".parse().unwrap(),
+    };
+    let any = ListenUrl {
+        scheme: Scheme::Mqtt,
+        addr: "0.0.0.0:1883".parse().unwrap(),
+    };
 
     // Nothing configured: loopback only, and one line saying how to open it.
     let mut l = loaded(&[]);
     let line = secure_default(&mut l).expect("a notice");
-    assert_eq!(l.config.listen, vec![lo]);
+    assert_eq!(l.config.listen, vec![lo.clone()]);
     assert!(
         !line.contains('\n') && line.contains("--allow-anonymous true"),
         "{line}"
@@ -364,7 +376,7 @@ fn secure_default_binds_loopback_without_authentication() {
     ] {
         let mut l = loaded(args);
         assert_eq!(secure_default(&mut l), None, "{args:?}");
-        assert_eq!(l.config.listen, vec![any], "{args:?}");
+        assert_eq!(l.config.listen, vec![any.clone()], "{args:?}");
     }
     // A password file makes anonymous clients refused unless said otherwise.
     assert!(!loaded(&["--password-file", "/x"])
@@ -394,4 +406,96 @@ fn auth_keys_refuse_bad_values_naming_them() {
     let mut c = Config::default();
     let err = apply_toml(&mut c, "t.toml", "acl_file = 3").unwrap_err();
     assert!(err.to_string().contains("acl_file"), "{err}");
+}
+
+#[test]
+fn listener_urls_tls_flags_and_listener_tables() {
+    // Schemes, the default scheme, repeatable.
+    let cfg = load_with(
+        &cli(&[
+            "--listen",
+            "127.0.0.1:1883",
+            "--listen",
+            "mqtts://[::1]:8883",
+            "--tls-cert",
+            "a.pem",
+            "--tls-key",
+            "a.key",
+        ]),
+        with_file(""),
+    )
+    .expect("load");
+    let ls = cfg.listeners();
+    assert_eq!(ls.len(), 2);
+    assert_eq!(ls[0].url.to_string(), "mqtt://127.0.0.1:1883");
+    assert_eq!(ls[0].tls, None);
+    assert_eq!(ls[1].url.to_string(), "mqtts://[::1]:8883");
+    let tls = ls[1].tls.as_ref().expect("tls");
+    assert_eq!(tls.cert, vec!["a.pem".to_string()]);
+    assert_eq!(tls.key, vec!["a.key".to_string()]);
+
+    // [[listener]] tables come after `listen` and override the tls_* keys.
+    let file = "listen = []\ntls_cert = \"g.pem\"\ntls_key = \"g.key\"\n\
+                [[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\n\
+                [[listener]]\nurl = \"mqtts://0.0.0.0:8884\"\ntls_cert = [\"o.pem\", \"p.pem\"]\ntls_key = [\"o.key\", \"p.key\"]\n\
+                tls_client_ca = \"ca.pem\"\ntls_require_certificate = true\ntls_identity_username = \"san\"\n\
+                [[listener]]\nurl = \"1.2.3.4:1883\"\n";
+    let cfg = load_with(&cli(&["--config", "c.toml"]), with_file(file)).expect("load");
+    let ls = cfg.listeners();
+    assert_eq!(ls.len(), 3);
+    assert_eq!(
+        ls[0].tls.as_ref().expect("tls").cert,
+        vec!["g.pem".to_string()]
+    );
+    let t = ls[1].tls.as_ref().expect("tls");
+    assert_eq!(t.cert, vec!["o.pem".to_string(), "p.pem".to_string()]);
+    assert_eq!(t.client_ca.as_deref(), Some("ca.pem"));
+    assert!(t.require_certificate);
+    assert_eq!(t.identity_username, IdentityUsername::SubjectAltName);
+    assert_eq!(ls[2].tls, None);
+
+    // Each error names the key and the value.
+    let e = |args: &[&str], file: &'static str| {
+        load_with(&cli(args), with_file(file))
+            .expect_err("must fail")
+            .to_string()
+    };
+    assert_eq!(
+        e(&["--listen", "ws://0.0.0.0:8080/mqtt"], ""),
+        "option --listen: expected a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883 or 0.0.0.0:1883 (schemes mqtt, mqtts); ws:// (MQTT over WebSocket) is not supported yet, got [\"ws://0.0.0.0:8080/mqtt\"]"
+    );
+    assert!(e(&["--listen", "wss://0.0.0.0:8443"], "")
+        .contains("wss:// (MQTT over WebSocket) is not supported yet"));
+    assert!(e(&["--listen", "mqtts://0.0.0.0:8883/x"], "")
+        .contains("a path is only for ws:// and wss://"));
+    assert!(e(&["--listen", "http://0.0.0.0:80"], "")
+        .starts_with("option --listen: expected a listener URL"));
+    assert_eq!(
+        e(&["--listen", "mqtts://127.0.0.1:8883"], ""),
+        "option --tls-cert: expected a certificate file for the TLS listener mqtts://127.0.0.1:8883, got none"
+    );
+    assert_eq!(
+        e(&["--listen", "mqtts://127.0.0.1:8883", "--tls-cert", "a", "--tls-cert", "b", "--tls-key", "k"], ""),
+        "option --tls-key: expected one key file per certificate file (2) for the TLS listener mqtts://127.0.0.1:8883, got 1 key file(s)"
+    );
+    assert_eq!(
+        e(&["--listen", "mqtts://127.0.0.1:8883", "--tls-cert", "a", "--tls-key", "k", "--tls-require-certificate", "true"], ""),
+        "option --tls-client-ca: expected a CA file, since tls_require_certificate is true for the TLS listener mqtts://127.0.0.1:8883, got none"
+    );
+    assert_eq!(
+        e(&["--tls-identity-username", "dn"], ""),
+        "option --tls-identity-username: expected one of none, cn, san, got \"dn\""
+    );
+    assert_eq!(
+        e(&["--config", "c.toml"], "[[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\ntls_certs = \"x\"\n"),
+        "config c.toml: key \"listener[0].tls_certs\": expected one of url, tls_cert, tls_key, tls_client_ca, tls_require_certificate, tls_identity_username, got \"x\""
+    );
+    assert_eq!(
+        e(&["--config", "c.toml"], "[[listener]]\ntls_cert = \"x\"\n"),
+        "config c.toml: key \"listener[0].url\": expected a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883 or 0.0.0.0:1883 (schemes mqtt, mqtts), got nothing"
+    );
+    assert_eq!(
+        e(&["--config", "c.toml"], "listen = []\n"),
+        "config c.toml: key \"listen\": expected at least one listener (listen or [[listener]]), got none"
+    );
 }

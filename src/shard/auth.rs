@@ -94,16 +94,22 @@ impl Shard {
             .as_deref()
             .map(lossy)
             .map(|u| u.into_owned());
+        // A verified client certificate's username stands in for the CONNECT's own
+        // (set by the IO side when the TLS handshake ended).
+        let cert_identity = self.cert_username(conn).map(str::to_owned);
         let cred = Credentials {
             client_id: &client_id,
             username: username.as_deref(),
             password: connect.password.as_deref(),
-            cert_identity: None,
+            cert_identity: cert_identity.as_deref(),
         };
         let peer_ip = self.peer_ip(conn);
         match self.auth.policy.decide(&cred, &self.auth.cache) {
             Decision::Accept { acl, username } => {
-                if cred.username.is_some() && self.auth.policy.has_passwords() {
+                if cred.cert_identity.is_none()
+                    && cred.username.is_some()
+                    && self.auth.policy.has_passwords()
+                {
                     self.stats.auth_cache_hits += 1;
                 }
                 self.accept_identity(conn, acl, username);

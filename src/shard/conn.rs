@@ -42,6 +42,10 @@ pub(crate) struct Pending {
     pub verifying: Option<Box<crate::protocol::Connect>>,
     /// The password check `Action::Verify` announced, until the IO side takes it.
     pub verify_job: Option<Box<crate::auth::VerifyJob>>,
+    /// The username a verified TLS client certificate gives (`tls_identity_username`),
+    /// for the authentication check at CONNECT. Set by the IO side once the handshake
+    /// is done, before any CONNECT can arrive.
+    pub cert_username: Option<String>,
 }
 
 /// MQTT 5 topic aliases of one network connection (they do not survive it).
@@ -105,6 +109,7 @@ impl Conn {
                 connect_at: None,
                 verifying: None,
                 verify_job: None,
+                cert_username: None,
             })),
             aliases: None,
             rx_counted: 0,

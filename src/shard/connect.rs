@@ -179,6 +179,8 @@ impl Shard {
                 let rx = std::mem::take(&mut c.rx);
                 let pending = c.pending.take();
                 c.state = ConnState::Migrated;
+                // A certificate username stays behind: the owner's IO side reads it
+                // again from the TLS state that travels (`Shard::adopt_as`).
                 let (peer, accepted_at) = match pending {
                     Some(p) => (p.peer, p.accepted_at),
                     None => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), now),

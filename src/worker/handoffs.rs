@@ -6,6 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::io::Transfer;
 use crate::shard::Handoff;
+use crate::transport::TlsSession;
+
+/// A hand-off and the connection's TLS state, which travels beside it (kept out of
+/// `Handoff` so that dropping an `Action` stays cheap; see `WorkerMsg::Adopt`).
+pub(super) type Moved = (Box<Handoff>, Option<Box<TlsSession>>);
 
 /// Capacity the hand-off tables may keep while empty (see `shrink_handoff_tables`).
 const HANDOFF_TABLE_KEPT: usize = 64;
@@ -13,7 +18,7 @@ const HANDOFF_TABLE_KEPT: usize = 64;
 /// Hand-offs waiting for their socket, each for at most `wait`.
 pub(super) struct WaitingHandoffs {
     /// With the time each is given up on.
-    by_transfer: HashMap<Transfer, (Instant, Box<Handoff>)>,
+    by_transfer: HashMap<Transfer, (Instant, Moved)>,
     /// Deadlines in order (one fixed wait); an entry whose hand-off was taken, or
     /// replaced under a reused transfer id (epoll: an fd number), is skipped.
     due: VecDeque<(Instant, Transfer)>,
@@ -29,18 +34,18 @@ impl WaitingHandoffs {
         }
     }
 
-    pub(super) fn insert(&mut self, transfer: Transfer, handoff: Box<Handoff>, now: Instant) {
+    pub(super) fn insert(&mut self, transfer: Transfer, handoff: Moved, now: Instant) {
         let deadline = now + self.wait;
         self.by_transfer.insert(transfer, (deadline, handoff));
         self.due.push_back((deadline, transfer));
     }
 
-    pub(super) fn take(&mut self, transfer: Transfer) -> Option<Box<Handoff>> {
+    pub(super) fn take(&mut self, transfer: Transfer) -> Option<Moved> {
         self.by_transfer.remove(&transfer).map(|(_, h)| h)
     }
 
     /// Removes the hand-offs due by `now`, passing each to `gone`.
-    pub(super) fn expire(&mut self, now: Instant, mut gone: impl FnMut(Transfer, Box<Handoff>)) {
+    pub(super) fn expire(&mut self, now: Instant, mut gone: impl FnMut(Transfer, Moved)) {
         while let Some(&(deadline, transfer)) = self.due.front() {
             if deadline > now {
                 return;
@@ -109,13 +114,13 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut w = WaitingHandoffs::new(s(5));
-        w.insert(Transfer(1), handoff(), t0);
-        w.insert(Transfer(2), handoff(), t0 + s(1));
+        w.insert(Transfer(1), (handoff(), None), t0);
+        w.insert(Transfer(2), (handoff(), None), t0 + s(1));
         assert!(w.take(Transfer(1)).is_some(), "paired in time");
         // Transfer ids may be reused (epoll: fd numbers): the newer claim keeps its
         // own deadline.
-        w.insert(Transfer(3), handoff(), t0);
-        w.insert(Transfer(3), handoff(), t0 + s(3));
+        w.insert(Transfer(3), (handoff(), None), t0);
+        w.insert(Transfer(3), (handoff(), None), t0 + s(3));
         assert_eq!(w.next_deadline(), Some(t0 + s(5)));
         let mut gone = Vec::new();
         w.expire(t0 + s(5), |t, _| gone.push(t.0));

@@ -14,6 +14,9 @@ pub struct WorkerReport {
     pub migrations_out: u64,
     pub migrations_failed: u64,
     pub handoffs_in: u64,
+    /// TLS connections closed for a TLS error (bad handshake, refused certificate,
+    /// not TLS at all, a bad record).
+    pub tls_failed: u64,
     /// Hand-offs whose socket never came within `adopt_pair_timeout_ms` (it was closed
     /// unpaired before its hand-off arrived, or adopting it failed): dropped.
     pub handoffs_expired: u64,

@@ -211,11 +211,17 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         summary: Summary::new(Instant::now()),
         http: None,
         stats_requests: Vec::new(),
+        tls: TlsIo {
+            listeners: Vec::new(),
+            plain: Vec::new(),
+            migrating: HashMap::new(),
+        },
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
         handoff: handoff(),
         transfer: late,
+        tls: None,
     };
     assert!(eps[0].send(1, msg).is_ok());
     eps[0].flush();
@@ -245,6 +251,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         &mut w.report,
         &mut w.http,
         false,
+        &mut w.tls,
         Completion::Adopted {
             transfer: late,
             sock: 3,
@@ -285,6 +292,11 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
         stats_requests: Vec::new(),
         linger: Linger::new(Duration::ZERO, 1),
         auth: None,
+        tls: TlsIo {
+            listeners: Vec::new(),
+            plain: Vec::new(),
+            migrating: HashMap::new(),
+        },
     };
     (w, eps.pop().expect("endpoint 0"))
 }

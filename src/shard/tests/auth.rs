@@ -361,3 +361,47 @@ fn reload_applies_to_live_connections_without_closing_them() {
     );
     cl.expect_open(a);
 }
+
+#[test]
+fn certificate_username_stands_for_the_connect_username_and_its_acl() {
+    // Anonymous refused: only the certificate's name lets these clients in.
+    let mut cl = cluster(1, policy(ACL, false));
+    // What the worker does when a TLS handshake ends, before any CONNECT.
+    let cert = |cl: &mut Cluster, c: Cid| {
+        let conn = cl.clients[c].conn;
+        cl.shards[0].set_cert_username(conn, "alice".to_string());
+    };
+    let c = cl.open(0, V5);
+    cert(&mut cl, c);
+    // No username or password in the CONNECT, or another user's wrong one: the
+    // certificate's name is the username and no password is asked.
+    cl.send(c, connect_packet(V5, "dev1", &ConnectOpts::default()));
+    assert!(matches!(cl.next(c), Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success));
+    let m = cl.open(0, V5);
+    cert(&mut cl, m);
+    cl.send(m, connect_packet(V5, "dev2", &login("mallory", "x")));
+    assert!(matches!(cl.next(m), Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success));
+    // The ACL is alice's: a/# writable, b/# not.
+    cl.publish(c, "a/x", "yes", Q1, false, 1);
+    cl.expect(c, puback(1));
+    cl.publish(c, "b/x", "no", Q1, false, 2);
+    cl.expect(
+        c,
+        Packet::PubAck(PubResp {
+            packet_id: 2,
+            code: ReasonCode::NotAuthorized,
+            properties: Properties::default(),
+        }),
+    );
+    cl.expect_open(c);
+    cl.expect_open(m);
+    let st = stats(&cl);
+    assert_eq!((st.auth_verified, st.auth_cache_hits), (0, 0));
+    assert_eq!(st.acl_denied_publish, 1);
+    // Without a certificate name the same anonymous CONNECT is refused.
+    let a = cl.connect(V5, "dev3", ConnectOpts::default());
+    cl.expect(
+        a,
+        connack(false, ReasonCode::NotAuthorized, Properties::default()),
+    );
+}
