@@ -746,36 +746,16 @@ fn a_flipped_bit_keeps_the_prefix_sets_the_tail_aside_and_the_log_goes_on() {
 /// rewrites them.
 #[test]
 fn fuzz_seeds_replay() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz/seeds/store");
-    let generated = seed_inputs();
-    if std::env::var_os("RINGMQ_WRITE_SEEDS").is_some() {
-        std::fs::create_dir_all(&dir).expect("create seeds dir");
-        for (name, bytes) in &generated {
-            std::fs::write(dir.join(name), bytes).expect("write seed");
-        }
-    }
-    for (name, bytes) in &generated {
-        let committed = std::fs::read(dir.join(name)).unwrap_or_else(|e| {
-            panic!("seed store/{name} missing ({e}); run with RINGMQ_WRITE_SEEDS=1")
-        });
-        assert_eq!(
-            &committed, bytes,
-            "seed store/{name} is stale; run with RINGMQ_WRITE_SEEDS=1"
-        );
-    }
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("seeds dir")
-        .map(|e| e.expect("dir entry").path())
-        .collect();
-    files.sort();
-    for f in files {
-        let input = std::fs::read(&f).expect("read seed");
-        fuzz_store(&input);
-        for i in 0..input.len() {
-            let mut b = input.clone();
-            b[i] ^= 0x41;
-            fuzz_store(&b);
-        }
+    crate::shard::testing::seeds::tests::replay("store", seed_inputs(), fuzz_store_with_flips);
+}
+
+/// A seed, then the same seed with each byte flipped in turn.
+fn fuzz_store_with_flips(input: &[u8]) {
+    fuzz_store(input);
+    for i in 0..input.len() {
+        let mut b = input.to_vec();
+        b[i] ^= 0x41;
+        fuzz_store(&b);
     }
 }
 

@@ -12,6 +12,6 @@
 
 #[cfg(test)]
 pub(crate) mod harness;
-mod seeds;
+pub(crate) mod seeds;
 pub mod testkit;
 mod wiring;

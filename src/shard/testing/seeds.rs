@@ -262,7 +262,7 @@ pub fn connection_seeds() -> Vec<(String, Vec<u8>)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::path::{Path, PathBuf};
 
     use bytes::BytesMut;
@@ -279,7 +279,8 @@ mod tests {
 
     /// Replays every committed seed (conformance vectors and fixed crashes) and
     /// checks the generated seeds are committed: `RINGMQ_WRITE_SEEDS=1` rewrites them.
-    fn replay(target: &str, generated: Vec<(String, Vec<u8>)>, run: fn(&[u8])) {
+    /// Shared by every fuzz target's seed test (the store's too).
+    pub(crate) fn replay(target: &str, generated: Vec<(String, Vec<u8>)>, run: fn(&[u8])) {
         let dir = seeds_dir(target);
         if std::env::var_os("RINGMQ_WRITE_SEEDS").is_some() {
             std::fs::create_dir_all(&dir).expect("create seeds dir");
