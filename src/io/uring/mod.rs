@@ -94,6 +94,8 @@ const K_LOST: u64 = 12;
 const K_LOST_SENT: u64 = 13;
 const K_PROBE: u64 = 14;
 const K_ORPHAN_CLOSE: u64 = 15;
+/// A lingering connection's `SHUT_WR` (see `shutdown_write`).
+const K_SHUTDOWN: u64 = 16;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
@@ -138,6 +140,10 @@ struct Sock {
     /// EOVERFLOW): the close shuts the connection down first, since closing our slot
     /// alone would leave it open through the other reference.
     shutdown_on_close: bool,
+    /// A `SHUT_WR` is in flight: the slot must not be closed before it completes (see
+    /// `shutdown_write`); a close asked for meanwhile waits in `close_after_shutdown`.
+    shutdown_inflight: bool,
+    close_after_shutdown: bool,
 }
 
 pub struct UringLoop {
@@ -399,6 +405,10 @@ impl UringLoop {
         if s.close_inflight || s.slot_closed {
             return;
         }
+        if s.shutdown_inflight {
+            s.close_after_shutdown = true;
+            return;
+        }
         s.close_inflight = true;
         let shutdown_first = std::mem::take(&mut s.shutdown_on_close);
         let (ring, slot) = (s.ring as usize, s.slot);
@@ -538,6 +548,15 @@ impl UringLoop {
                 }
                 self.maybe_release(sock);
             }
+            K_SHUTDOWN => {
+                let Some(s) = self.socks.get_mut(sock as usize) else {
+                    return;
+                };
+                s.shutdown_inflight = false;
+                if std::mem::take(&mut s.close_after_shutdown) {
+                    self.close_slot(sock);
+                }
+            }
             K_SEND_FD => self.on_send_fd(sock, res),
             K_ADOPT => self.on_adopt(ring, payload, res),
             K_LOST => self.on_lost_note(payload as usize),
@@ -653,6 +672,8 @@ impl UringLoop {
             reported: true,
             starved: false,
             shutdown_on_close: false,
+            shutdown_inflight: false,
+            close_after_shutdown: false,
         }) as SockId;
         self.rings[ring].live += 1;
         self.rings[ring].set_known(slot, true);
@@ -692,12 +713,21 @@ impl EventLoop for UringLoop {
         if s.state != SockState::Open {
             return;
         }
-        // Its completion is ignored (`K_CANCEL`): a failed shutdown (peer gone) leaves
-        // nothing to undo, and the close that follows needs nothing from it. No buffer
-        // is involved, so it may still be in flight when the socket is released.
+        // The kernel always runs a shutdown in io-wq and looks the fixed slot up only
+        // there, so a close issued before it ran would let it land on whatever socket
+        // the next accept put in the slot (seen: a CONNACK answered EPIPE). The close
+        // therefore waits for this completion (`close_after_shutdown`); its result is
+        // otherwise ignored, as a failed shutdown (peer gone) leaves nothing to undo.
+        if s.shutdown_inflight {
+            return;
+        }
         let e = opcode::Shutdown::new(Fixed(s.slot), libc::SHUT_WR)
             .build()
-            .user_data(ud(K_CANCEL, sock as u64));
+            .user_data(ud(K_SHUTDOWN, sock as u64));
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        s.shutdown_inflight = true;
         let ring = s.ring as usize;
         self.rings[ring].push(e);
     }
