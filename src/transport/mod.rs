@@ -1,8 +1,8 @@
 //! Per-connection byte transforms between `io` and the shard's decoder (sans-IO):
 //! plain bytes pass through untouched (the worker holds no transform at all for a
 //! plain connection, so plaintext pays one `Option` test per receive), TLS runs a
-//! rustls `ServerConnection` driven from byte slices ([`tls::TlsSession`]), and #16
-//! adds WebSocket framing as another transform here (ws, and tls+ws stacked).
+//! rustls `ServerConnection` driven from byte slices ([`tls::TlsSession`]), and
+//! WebSocket framing ([`ws::WsSession`]) runs alone or inside TLS.
 //!
 //! What this layer owns:
 //! - `tls`: one connection's TLS state; received ciphertext in, plaintext out for the
@@ -11,17 +11,26 @@
 //!   `rustls::ServerConfig` (SNI over several certificates, ALPN `mqtt`, TLS 1.2 and
 //!   1.3), and the reloadable holder SIGHUP swaps.
 //! - `identity`: the username a client certificate gives (CN or a SAN).
+//! - `ws`: MQTT over WebSocket, the upgrade and the framing (`ws/mod.rs`).
+//! - `stack`: [`Transport`], the transforms one connection holds (TLS, WebSocket,
+//!   or WebSocket inside TLS), as the worker sees them.
 //!
 //! One error enum ([`TransportError`]); the worker maps every variant to a close.
+//! WebSocket errors have their own ([`ws::WsError`]) because each is answered on the
+//! wire first (an HTTP status or a close code) and the worker then closes.
 
 pub mod identity;
 pub mod material;
+pub mod stack;
 pub mod tls;
+pub mod ws;
 
 use std::fmt;
 
 pub use material::{ListenerTls, TlsFiles, TlsMaterial};
+pub use stack::Transport;
 pub use tls::TlsSession;
+pub use ws::{WsConfig, WsSession};
 
 /// Why a transform gave up on a connection. Every variant closes it: TLS has no way to
 /// resynchronise after a bad record, and a peer that sent one is not speaking TLS.
