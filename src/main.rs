@@ -465,6 +465,7 @@ fn run(
         bound_addrs.push(ringmq::config::ListenUrl {
             scheme: listener.url.scheme,
             addr: bound,
+            path: listener.url.path.clone(),
         });
         for (i, l) in group.into_iter().enumerate() {
             per_shard[i].push(l);
@@ -509,6 +510,20 @@ fn run(
         }
         None => None,
     };
+    // WebSocket settings per listener, in `config.listeners()` order like `tls`.
+    let ws: Vec<Option<Arc<ringmq::transport::WsConfig>>> = config
+        .listeners()
+        .into_iter()
+        .map(|l| {
+            l.ws.map(|w| {
+                Arc::new(ringmq::transport::WsConfig {
+                    path: w.path,
+                    allowed_origins: w.allowed_origins,
+                    max_frame_bytes: w.max_frame_bytes,
+                })
+            })
+        })
+        .collect();
     for (id, (endpoint, listeners)) in endpoints.into_iter().zip(per_shard).enumerate() {
         let (peers_tx, peers_rx) = mpsc::channel();
         peer_txs.push(peers_tx);
@@ -518,6 +533,7 @@ fn run(
             endpoint,
             listeners,
             listener_tls: tls.clone(),
+            listener_ws: ws.clone(),
             loop_options: loop_options.clone(),
             pin_cpu: if pin { cpus.get(id).copied() } else { None },
             shutdown: shutdown.clone(),

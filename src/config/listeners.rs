@@ -1,7 +1,8 @@
 //! Listener keys: the addresses the broker accepts MQTT connections on, as URLs
-//! (`[scheme://]host:port[/path]`; `mqtt` plain, `mqtts` TLS; `ws`/`wss` parse and
-//! are refused until WebSocket lands, #16), the TLS flags every TLS listener uses,
-//! the TOML `[[listener]]` tables that override them per listener, and the HTTP
+//! (`[scheme://]host:port[/path]`; `mqtt` plain, `mqtts` TLS, `ws` MQTT over
+//! WebSocket, `wss` over WebSocket inside TLS, the path for the last two), the TLS
+//! flags every TLS listener uses, the WebSocket flags every WebSocket listener uses,
+//! the TOML `[[listener]]` tables that override both per listener, and the HTTP
 //! listener of the metrics endpoints.
 
 use std::net::SocketAddr;
@@ -9,13 +10,13 @@ use std::net::SocketAddr;
 use clap::Args;
 
 use super::cli::with_default;
-use super::value::{addr, boolean, list, one_of, push_list, push_text, text, Expect, Raw};
+use super::value::{addr, boolean, int, list, one_of, push_list, push_text, text, Expect, Raw};
 use super::{Config, Loaded};
 
 #[derive(Args, Debug, Default, Clone)]
 pub struct ListenerArgs {
     /// Listener URL (repeatable).
-    #[arg(long, value_name = "URL", help = with_default("Listener URL [scheme://]host:port, scheme mqtt (plain, the default) or mqtts (TLS); repeatable", "mqtt://0.0.0.0:1883; mqtt://127.0.0.1:1883 while no password file is set and --allow-anonymous is not true"))]
+    #[arg(long, value_name = "URL", help = with_default("Listener URL [scheme://]host:port[/path], scheme mqtt (plain, the default), mqtts (TLS), ws (MQTT over WebSocket; the path defaults to /mqtt) or wss (WebSocket over TLS); repeatable", "mqtt://0.0.0.0:1883; mqtt://127.0.0.1:1883 while no password file is set and --allow-anonymous is not true"))]
     pub listen: Vec<String>,
     /// Certificate chain of TLS listeners (PEM, repeatable for SNI).
     #[arg(long, value_name = "FILE", help = with_default("Certificate chain (PEM, end entity first) of every mqtts listener; repeat with --tls-key for several names (SNI picks, the first is the fallback)", "none"))]
@@ -32,6 +33,12 @@ pub struct ListenerArgs {
     /// Username taken from a client certificate.
     #[arg(long, value_name = "FROM", help = with_default("Username taken from a verified client certificate: none, cn (subject common name) or san (first DNS name, e-mail or URI)", "none"))]
     pub tls_identity_username: Option<String>,
+    /// Origins browser pages may open WebSocket listeners from.
+    #[arg(long, value_name = "ORIGIN", help = with_default("Origin a browser page may connect to a ws/wss listener from, e.g. https://app.example (repeatable; others get 403; clients sending no Origin are not browsers and are let in)", "any"))]
+    pub ws_allowed_origins: Vec<String>,
+    /// Largest WebSocket frame accepted.
+    #[arg(long, value_name = "BYTES", help = with_default("Largest WebSocket frame payload a ws/wss client may send; a larger one is closed with 1009 (frames stream into the MQTT decoder, so this is no buffer size)", DEFAULT_WS_MAX_FRAME_BYTES))]
+    pub ws_max_frame_bytes: Option<String>,
     #[arg(long, value_name = "ADDR", help = with_default("HTTP listener for /metrics (Prometheus), /healthz, /readyz, /api/stats and the status page at /; none turns it off", "127.0.0.1:9883"))]
     pub http_listen: Option<String>,
 }
@@ -43,13 +50,33 @@ pub(super) const KEYS: &[&str] = &[
     "tls_client_ca",
     "tls_require_certificate",
     "tls_identity_username",
+    "ws_allowed_origins",
+    "ws_max_frame_bytes",
     "http_listen",
 ];
+
+/// Default of `ws_max_frame_bytes`: the largest MQTT packet (256 MiB remaining
+/// length and its 5-byte fixed header), so every packet fits one frame.
+pub const DEFAULT_WS_MAX_FRAME_BYTES: u64 = 268_435_455 + 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     Mqtt,
     Mqtts,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Scheme {
+    pub fn is_tls(self) -> bool {
+        matches!(self, Scheme::Mqtts | Scheme::Wss)
+    }
+
+    pub fn is_websocket(self) -> bool {
+        matches!(self, Scheme::Ws | Scheme::Wss)
+    }
 }
 
 /// One `listen` entry or `[[listener]]` url.
@@ -57,6 +84,8 @@ pub enum Scheme {
 pub struct ListenUrl {
     pub scheme: Scheme,
     pub addr: SocketAddr,
+    /// The WebSocket path (`/mqtt` unless given); empty for mqtt and mqtts.
+    pub path: String,
 }
 
 impl std::fmt::Display for ListenUrl {
@@ -64,8 +93,10 @@ impl std::fmt::Display for ListenUrl {
         let s = match self.scheme {
             Scheme::Mqtt => "mqtt",
             Scheme::Mqtts => "mqtts",
+            Scheme::Ws => "ws",
+            Scheme::Wss => "wss",
         };
-        write!(f, "{s}://{}", self.addr)
+        write!(f, "{s}://{}{}", self.addr, self.path)
     }
 }
 
@@ -88,7 +119,17 @@ pub struct TlsSettings {
     pub identity_username: IdentityUsername,
 }
 
-/// A `[[listener]]` table: a URL and the TLS keys it overrides.
+/// WebSocket settings: the `ws_*` keys, or a `[[listener]]` table's with those as
+/// fallback, and the URL's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsSettings {
+    pub path: String,
+    /// Empty: any origin.
+    pub allowed_origins: Vec<String>,
+    pub max_frame_bytes: u64,
+}
+
+/// A `[[listener]]` table: a URL and the TLS and WebSocket keys it overrides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerTable {
     pub url: ListenUrl,
@@ -97,16 +138,20 @@ pub struct ListenerTable {
     pub client_ca: Option<String>,
     pub require_certificate: Option<bool>,
     pub identity_username: Option<IdentityUsername>,
+    pub ws_allowed_origins: Option<Vec<String>>,
+    pub ws_max_frame_bytes: Option<u64>,
 }
 
-/// A listener to bind: where, and its TLS settings (`None`: plain MQTT).
+/// A listener to bind: where, its TLS settings (`None`: no TLS) and its WebSocket
+/// settings (`None`: MQTT straight on the socket or TLS).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub url: ListenUrl,
     pub tls: Option<TlsSettings>,
+    pub ws: Option<WsSettings>,
 }
 
-const URL_EXPECTED: &str = "a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883 or 0.0.0.0:1883 (schemes mqtt, mqtts)";
+const URL_EXPECTED: &str = "a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883, ws://0.0.0.0:8080/mqtt or 0.0.0.0:1883 (schemes mqtt, mqtts, ws, wss)";
 
 fn url(raw: &Raw) -> Result<ListenUrl, Expect> {
     let Raw::Text(s) = raw else {
@@ -120,20 +165,29 @@ fn url(raw: &Raw) -> Result<ListenUrl, Expect> {
     let scheme = match scheme.as_str() {
         "mqtt" | "tcp" => Scheme::Mqtt,
         "mqtts" | "ssl" | "tls" => Scheme::Mqtts,
-        "ws" | "wss" => {
-            return Err(format!(
-                "{URL_EXPECTED}; {scheme}:// (MQTT over WebSocket) is not supported yet"
-            ))
-        }
+        "ws" => Scheme::Ws,
+        "wss" => Scheme::Wss,
         _ => return Err(URL_EXPECTED.into()),
     };
-    if rest.contains('/') {
-        return Err(format!(
-            "{URL_EXPECTED}; a path is only for ws:// and wss://"
-        ));
-    }
+    let (rest, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    let path = match (scheme.is_websocket(), path) {
+        (false, "") => String::new(),
+        (false, _) => {
+            return Err(format!(
+                "{URL_EXPECTED}; a path is only for ws:// and wss://"
+            ))
+        }
+        (true, "") => "/mqtt".to_string(),
+        (true, p) if p.contains(['?', '#']) || p.chars().any(|c| c.is_whitespace()) => {
+            return Err(format!("{URL_EXPECTED}; the path is a plain /path"))
+        }
+        (true, p) => p.to_string(),
+    };
     let addr = addr(&Raw::Text(rest.to_string())).map_err(|_| URL_EXPECTED.to_string())?;
-    Ok(ListenUrl { scheme, addr })
+    Ok(ListenUrl { scheme, addr, path })
 }
 
 fn paths(raw: &Raw) -> Result<Vec<String>, Expect> {
@@ -147,6 +201,25 @@ fn paths(raw: &Raw) -> Result<Vec<String>, Expect> {
 fn ca_path(raw: &Raw) -> Result<Option<String>, Expect> {
     let path = text(raw).map_err(|_| "a file path, or \"\" for none".to_string())?;
     Ok((!path.trim().is_empty()).then_some(path))
+}
+
+fn origins(raw: &Raw) -> Result<Vec<String>, Expect> {
+    let expected = || "origins like https://app.example, or [] for any".to_string();
+    list(raw)
+        .iter()
+        .map(|r| {
+            let o = text(r).map_err(|_| expected())?;
+            let o = o.trim().trim_end_matches('/').to_string();
+            if o.is_empty() || !o.contains("://") {
+                return Err(expected());
+            }
+            Ok(o)
+        })
+        .collect()
+}
+
+fn max_frame(raw: &Raw) -> Result<u64, Expect> {
+    int(raw, 2, DEFAULT_WS_MAX_FRAME_BYTES)
 }
 
 fn identity(raw: &Raw) -> Result<IdentityUsername, Expect> {
@@ -177,6 +250,8 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "tls_client_ca" => cfg.tls.client_ca = ca_path(raw)?,
         "tls_require_certificate" => cfg.tls.require_certificate = boolean(raw)?,
         "tls_identity_username" => cfg.tls.identity_username = identity(raw)?,
+        "ws_allowed_origins" => cfg.ws_allowed_origins = origins(raw)?,
+        "ws_max_frame_bytes" => cfg.ws_max_frame_bytes = max_frame(raw)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -190,6 +265,8 @@ const TABLE_KEYS: &[&str] = &[
     "tls_client_ca",
     "tls_require_certificate",
     "tls_identity_username",
+    "ws_allowed_origins",
+    "ws_max_frame_bytes",
 ];
 
 /// Parses one `[[listener]]` table. `Err((key, expected))` names the bad key.
@@ -198,12 +275,15 @@ pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expec
         url: ListenUrl {
             scheme: Scheme::Mqtt,
             addr: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            path: String::new(),
         },
         cert: None,
         key: None,
         client_ca: None,
         require_certificate: None,
         identity_username: None,
+        ws_allowed_origins: None,
+        ws_max_frame_bytes: None,
     };
     let mut has_url = false;
     for (key, raw) in t {
@@ -218,6 +298,8 @@ pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expec
             "tls_client_ca" => ca_path(raw).map(|v| out.client_ca = v),
             "tls_require_certificate" => boolean(raw).map(|v| out.require_certificate = Some(v)),
             "tls_identity_username" => identity(raw).map(|v| out.identity_username = Some(v)),
+            "ws_allowed_origins" => origins(raw).map(|v| out.ws_allowed_origins = Some(v)),
+            "ws_max_frame_bytes" => max_frame(raw).map(|v| out.ws_max_frame_bytes = Some(v)),
             _ => Err(format!("one of {}", TABLE_KEYS.join(", "))),
         };
         r.map_err(|e| (k.to_string(), e))?;
@@ -229,16 +311,24 @@ pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expec
 }
 
 impl Config {
-    /// Every listener to bind: the `listen` URLs with the `tls_*` keys, then the
-    /// `[[listener]]` tables with theirs (falling back to the `tls_*` keys).
+    /// Every listener to bind: the `listen` URLs with the `tls_*` and `ws_*` keys,
+    /// then the `[[listener]]` tables with theirs (falling back to the global keys).
     pub fn listeners(&self) -> Vec<Listener> {
+        let ws = |u: &ListenUrl, origins: Option<&Vec<String>>, max: Option<u64>| {
+            u.scheme.is_websocket().then(|| WsSettings {
+                path: u.path.clone(),
+                allowed_origins: origins.unwrap_or(&self.ws_allowed_origins).clone(),
+                max_frame_bytes: max.unwrap_or(self.ws_max_frame_bytes),
+            })
+        };
         let global = |u: &ListenUrl| Listener {
             url: u.clone(),
-            tls: (u.scheme == Scheme::Mqtts).then(|| self.tls.clone()),
+            tls: u.scheme.is_tls().then(|| self.tls.clone()),
+            ws: ws(u, None, None),
         };
         let mut out: Vec<Listener> = self.listen.iter().map(global).collect();
         for t in &self.listener {
-            let tls = (t.url.scheme == Scheme::Mqtts).then(|| TlsSettings {
+            let tls = t.url.scheme.is_tls().then(|| TlsSettings {
                 cert: t.cert.clone().unwrap_or_else(|| self.tls.cert.clone()),
                 key: t.key.clone().unwrap_or_else(|| self.tls.key.clone()),
                 client_ca: t.client_ca.clone().or_else(|| self.tls.client_ca.clone()),
@@ -250,6 +340,7 @@ impl Config {
             out.push(Listener {
                 url: t.url.clone(),
                 tls,
+                ws: ws(&t.url, t.ws_allowed_origins.as_ref(), t.ws_max_frame_bytes),
             });
         }
         out
@@ -308,6 +399,8 @@ impl ListenerArgs {
         push_text(v, "tls_client_ca", &self.tls_client_ca);
         push_text(v, "tls_require_certificate", &self.tls_require_certificate);
         push_text(v, "tls_identity_username", &self.tls_identity_username);
+        push_list(v, "ws_allowed_origins", &self.ws_allowed_origins);
+        push_text(v, "ws_max_frame_bytes", &self.ws_max_frame_bytes);
         push_text(v, "http_listen", &self.http_listen);
     }
 }
@@ -329,6 +422,7 @@ pub fn secure_default(loaded: &mut Loaded) -> Option<String> {
     c.listen = vec![ListenUrl {
         scheme: Scheme::Mqtt,
         addr: LOOPBACK_DEFAULT.parse().expect("a valid address"),
+        path: String::new(),
     }];
     Some(format!(
         "ringmq: no authentication configured, so only {LOOPBACK_DEFAULT} (this machine) is served; \

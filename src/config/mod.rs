@@ -4,7 +4,7 @@
 //!
 //! The struct and its defaults live here; each concern's keys (CLI options,
 //! validation, the key list) live in a file of their own:
-//! - `listeners`: listener URLs, TLS files, `[[listener]]` tables (WebSocket next);
+//! - `listeners`: listener URLs, TLS files, WebSocket settings, `[[listener]]` tables;
 //! - `runtime`: event loops, IO backend, busy polling, scheduling, logging;
 //! - `connections`: admission limits, the CONNECT timeout, password file, anonymous;
 //! - `limits`: protocol limits and keepalive;
@@ -32,7 +32,9 @@ use std::net::SocketAddr;
 
 pub use cli::{Cli, Command, PasswdAction};
 pub use listeners::secure_default;
-pub use listeners::{IdentityUsername, ListenUrl, Listener, ListenerTable, Scheme, TlsSettings};
+pub use listeners::{
+    IdentityUsername, ListenUrl, Listener, ListenerTable, Scheme, TlsSettings, WsSettings,
+};
 pub use load::{
     apply_toml, keys, load, load_tracked, load_tracked_with, load_with, set, ConfigError, Loaded,
     Source,
@@ -47,6 +49,10 @@ pub struct Config {
     pub listen: Vec<ListenUrl>,
     /// The `tls_*` keys: every TLS listener's, unless its `[[listener]]` table says.
     pub tls: TlsSettings,
+    /// `ws_allowed_origins`: every WebSocket listener's, unless its table says; empty: any.
+    pub ws_allowed_origins: Vec<String>,
+    /// `ws_max_frame_bytes`, likewise.
+    pub ws_max_frame_bytes: u64,
     /// The TOML `[[listener]]` tables, bound after the `listen` URLs.
     pub listener: Vec<ListenerTable>,
     /// The HTTP listener (metrics, health, status page), owned by loop 0; `None`: off.
@@ -177,8 +183,11 @@ impl Default for Config {
             listen: vec![ListenUrl {
                 scheme: Scheme::Mqtt,
                 addr: SocketAddr::from(([0, 0, 0, 0], 1883)),
+                path: String::new(),
             }],
             tls: TlsSettings::default(),
+            ws_allowed_origins: Vec::new(),
+            ws_max_frame_bytes: listeners::DEFAULT_WS_MAX_FRAME_BYTES,
             listener: Vec::new(),
             // Loopback only: the endpoints are unauthenticated and name every counter.
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9883))),

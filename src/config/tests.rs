@@ -70,6 +70,12 @@ fn every_cli_option_has_the_same_toml_key() {
         ("tls_client_ca", "\"ca.pem\"", "ca.pem"),
         ("tls_require_certificate", "true", "true"),
         ("tls_identity_username", "\"cn\"", "cn"),
+        (
+            "ws_allowed_origins",
+            "[\"https://a.example\"]",
+            "https://a.example",
+        ),
+        ("ws_max_frame_bytes", "7", "7"),
         ("http_listen", "\"127.0.0.1:6\"", "127.0.0.1:6"),
         ("sys_interval_s", "7", "7"),
         ("shards", "2", "2"),
@@ -230,7 +236,7 @@ fn cli_error_names_option_and_value() {
     let err = load_with(&cli(&["--listen", "nowhere"]), with_file("")).expect_err("fail");
     assert_eq!(
         err.to_string(),
-        "option --listen: expected a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883 or 0.0.0.0:1883 (schemes mqtt, mqtts), got [\"nowhere\"]"
+        "option --listen: expected a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883, ws://0.0.0.0:8080/mqtt or 0.0.0.0:1883 (schemes mqtt, mqtts, ws, wss), got [\"nowhere\"]"
     );
     let err = load_with(&cli(&["--rt-priority", "100"]), with_file("")).expect_err("fail");
     assert_eq!(
@@ -352,10 +358,12 @@ fn secure_default_binds_loopback_without_authentication() {
     let lo = ListenUrl {
         scheme: Scheme::Mqtt,
         addr: "127.0.0.1:1883".parse().unwrap(),
+        path: String::new(),
     };
     let any = ListenUrl {
         scheme: Scheme::Mqtt,
         addr: "0.0.0.0:1883".parse().unwrap(),
+        path: String::new(),
     };
 
     // Nothing configured: loopback only, and one line saying how to open it.
@@ -454,18 +462,49 @@ fn listener_urls_tls_flags_and_listener_tables() {
     assert_eq!(t.identity_username, IdentityUsername::SubjectAltName);
     assert_eq!(ls[2].tls, None);
 
+    // WebSocket listeners: the path (default /mqtt), the ws_* keys, wss with TLS.
+    let file = "listen = [\"ws://127.0.0.1:8080\", \"wss://127.0.0.1:8443/ws\"]\n\
+                tls_cert = \"g.pem\"\ntls_key = \"g.key\"\n\
+                ws_allowed_origins = [\"https://app.example/\"]\nws_max_frame_bytes = 65536\n\
+                [[listener]]\nurl = \"ws://0.0.0.0:8081/x/y\"\nws_allowed_origins = []\nws_max_frame_bytes = 100\n";
+    let cfg = load_with(&cli(&["--config", "c.toml"]), with_file(file)).expect("load");
+    let ls = cfg.listeners();
+    assert_eq!(ls[0].url.to_string(), "ws://127.0.0.1:8080/mqtt");
+    assert_eq!(ls[0].tls, None);
+    let ws = ls[0].ws.as_ref().expect("ws");
+    assert_eq!(ws.path, "/mqtt");
+    assert_eq!(ws.allowed_origins, vec!["https://app.example".to_string()]);
+    assert_eq!(ws.max_frame_bytes, 65536);
+    assert_eq!(ls[1].url.to_string(), "wss://127.0.0.1:8443/ws");
+    assert!(ls[1].tls.is_some());
+    assert_eq!(ls[1].ws.as_ref().expect("ws").path, "/ws");
+    let ws = ls[2].ws.as_ref().expect("ws");
+    assert_eq!(
+        (
+            ws.path.as_str(),
+            ws.allowed_origins.len(),
+            ws.max_frame_bytes
+        ),
+        ("/x/y", 0, 100)
+    );
+
     // Each error names the key and the value.
     let e = |args: &[&str], file: &'static str| {
         load_with(&cli(args), with_file(file))
             .expect_err("must fail")
             .to_string()
     };
+    assert!(e(&["--listen", "ws://0.0.0.0:8080/mqtt?x"], "").contains("the path is a plain /path"));
     assert_eq!(
-        e(&["--listen", "ws://0.0.0.0:8080/mqtt"], ""),
-        "option --listen: expected a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883 or 0.0.0.0:1883 (schemes mqtt, mqtts); ws:// (MQTT over WebSocket) is not supported yet, got [\"ws://0.0.0.0:8080/mqtt\"]"
+        e(&["--ws-max-frame-bytes", "1"], ""),
+        "option --ws-max-frame-bytes: expected an integer 2..=268435460, got \"1\""
     );
-    assert!(e(&["--listen", "wss://0.0.0.0:8443"], "")
-        .contains("wss:// (MQTT over WebSocket) is not supported yet"));
+    assert!(e(&["--ws-allowed-origins", "app.example"], "")
+        .contains("expected origins like https://app.example, or [] for any"));
+    assert_eq!(
+        e(&["--listen", "wss://127.0.0.1:8443"], ""),
+        "option --tls-cert: expected a certificate file for the TLS listener wss://127.0.0.1:8443/mqtt, got none"
+    );
     assert!(e(&["--listen", "mqtts://0.0.0.0:8883/x"], "")
         .contains("a path is only for ws:// and wss://"));
     assert!(e(&["--listen", "http://0.0.0.0:80"], "")
@@ -488,11 +527,11 @@ fn listener_urls_tls_flags_and_listener_tables() {
     );
     assert_eq!(
         e(&["--config", "c.toml"], "[[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\ntls_certs = \"x\"\n"),
-        "config c.toml: key \"listener[0].tls_certs\": expected one of url, tls_cert, tls_key, tls_client_ca, tls_require_certificate, tls_identity_username, got \"x\""
+        "config c.toml: key \"listener[0].tls_certs\": expected one of url, tls_cert, tls_key, tls_client_ca, tls_require_certificate, tls_identity_username, ws_allowed_origins, ws_max_frame_bytes, got \"x\""
     );
     assert_eq!(
         e(&["--config", "c.toml"], "[[listener]]\ntls_cert = \"x\"\n"),
-        "config c.toml: key \"listener[0].url\": expected a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883 or 0.0.0.0:1883 (schemes mqtt, mqtts), got nothing"
+        "config c.toml: key \"listener[0].url\": expected a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883, ws://0.0.0.0:8080/mqtt or 0.0.0.0:1883 (schemes mqtt, mqtts, ws, wss), got nothing"
     );
     assert_eq!(
         e(&["--config", "c.toml"], "listen = []\n"),

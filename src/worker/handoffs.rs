@@ -6,11 +6,12 @@ use std::time::{Duration, Instant};
 
 use crate::io::Transfer;
 use crate::shard::Handoff;
-use crate::transport::TlsSession;
+use crate::transport::Transport;
 
-/// A hand-off and the connection's TLS state, which travels beside it (kept out of
-/// `Handoff` so that dropping an `Action` stays cheap; see `WorkerMsg::Adopt`).
-pub(super) type Moved = (Box<Handoff>, Option<Box<TlsSession>>);
+/// A hand-off and the connection's transforms (TLS, WebSocket), which travel beside
+/// it (kept out of `Handoff` so that dropping an `Action` stays cheap; see
+/// `WorkerMsg::Adopt`).
+pub(super) type Moved = (Box<Handoff>, Option<Box<Transport>>);
 
 /// Capacity the hand-off tables may keep while empty (see `shrink_handoff_tables`).
 const HANDOFF_TABLE_KEPT: usize = 64;

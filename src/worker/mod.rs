@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::io::{Completion, EventLoop, LoopOptions, Remote, SockId, Transfer};
 use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
-use crate::transport::{ListenerTls, TlsSession};
+use crate::transport::{ListenerTls, TlsSession, Transport, WsConfig, WsSession};
 
 mod busy_poll;
 mod cpu;
@@ -53,10 +53,11 @@ pub enum WorkerMsg {
         /// Boxed so a mesh ring slot is no larger than `ShardMsg` (see `Action::Migrate`).
         handoff: Box<Handoff>,
         transfer: Transfer,
-        /// The connection's TLS state (`None`: plaintext). Beside the hand-off, not in
-        /// it: a transport field in `Handoff` gave `Action` drop glue that the compiler
-        /// stopped inlining on the per-message path (+7% on route_publish_100_subs).
-        tls: Option<Box<TlsSession>>,
+        /// The connection's TLS and/or WebSocket state (`None`: plain TCP). Beside the
+        /// hand-off, not in it: a transport field in `Handoff` gave `Action` drop glue
+        /// that the compiler stopped inlining on the per-message path (+7% on
+        /// route_publish_100_subs).
+        tls: Option<Box<Transport>>,
     },
     /// The HTTP loop asks for this loop's counters (scrape number `scrape`).
     StatsRequest {
@@ -105,20 +106,26 @@ struct ConnIo {
     sock: SockId,
     state: State,
     sending: bool,
-    /// The connection's TLS transform; `None` for plaintext, which then pays one
-    /// test per receive and per send for TLS.
-    tls: Option<Box<TlsSession>>,
+    /// The connection's transforms (TLS, WebSocket, both); `None` for plain TCP,
+    /// which then pays one test per receive and per send for them.
+    tls: Option<Box<Transport>>,
 }
 
-/// What the worker keeps for TLS listeners.
+/// What the worker keeps for TLS and WebSocket listeners.
 struct TlsIo {
     /// Indexed like the listeners: the TLS material of each TLS one.
     listeners: Vec<Option<Arc<ListenerTls>>>,
+    /// Indexed like the listeners: the settings of each WebSocket one.
+    ws_listeners: Vec<Option<Arc<WsConfig>>>,
+    /// Connections whose WebSocket ended during this turn's receives and that now
+    /// drain its answer (refusal, close frame): they get a drain deadline after the
+    /// completions are dispatched. At most one entry per connection.
+    closing: Vec<(ConnId, SockId)>,
     /// Plaintext of one receive on its way to the shard, reused across receives.
     plain: Vec<u8>,
     /// The TLS state of connections being handed off (keyed like `outgoing`), until
     /// the hand-off is sent (it travels in `WorkerMsg::Adopt`) or refused (it stays).
-    migrating: HashMap<SockId, Box<TlsSession>>,
+    migrating: HashMap<SockId, Box<Transport>>,
 }
 
 /// Above this a TLS receive's plaintext buffer is given back rather than kept.
@@ -132,6 +139,8 @@ pub struct WorkerSetup {
     pub listeners: Vec<TcpListener>,
     /// Same length as `listeners`: the TLS material of each TLS listener (`None`: plain).
     pub listener_tls: Vec<Option<Arc<ListenerTls>>>,
+    /// Same length as `listeners`: the settings of each WebSocket listener.
+    pub listener_ws: Vec<Option<Arc<WsConfig>>>,
     pub loop_options: LoopOptions,
     /// CPU to pin this thread to, when there are at least as many CPUs as shards.
     pub pin_cpu: Option<usize>,
@@ -212,6 +221,7 @@ pub fn run<L: EventLoop>(
         endpoint,
         listeners,
         listener_tls,
+        listener_ws,
         loop_options,
         pin_cpu,
         shutdown,
@@ -310,6 +320,8 @@ pub fn run<L: EventLoop>(
         auth,
         tls: TlsIo {
             listeners: listener_tls,
+            ws_listeners: listener_ws,
+            closing: Vec::new(),
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
@@ -397,6 +409,9 @@ impl<L: EventLoop> Worker<L> {
                     c,
                     now,
                 );
+            }
+            for (conn, sock) in self.tls.closing.drain(..) {
+                self.draining.push_back((now + DRAIN_TIMEOUT, conn, sock));
             }
             self.drain_mesh(now);
             if !self.stats_requests.is_empty() {
@@ -598,7 +613,7 @@ impl<L: EventLoop> Worker<L> {
         live: &mut usize,
         sock: SockId,
         handoff: Handoff,
-        session: Option<Box<TlsSession>>,
+        session: Option<Box<Transport>>,
         now: Instant,
     ) {
         // The certificate's username, read again from the TLS state that travelled.
@@ -608,7 +623,7 @@ impl<L: EventLoop> Worker<L> {
         io.start_recv(sock);
         // TLS records the old loop had not sent yet (session tickets) go out first.
         if let Some(Some(c)) = conns.get_mut(conn) {
-            if let Some(data) = c.tls.as_mut().and_then(|s| s.take_tls()) {
+            if let Some(data) = c.tls.as_mut().and_then(|s| s.take_wire()) {
                 c.sending = true;
                 io.send(sock, data);
             }
@@ -616,15 +631,16 @@ impl<L: EventLoop> Worker<L> {
     }
 
     /// The next bytes to send on `c`: the shard's output, through the connection's
-    /// TLS transform when it has one (with any handshake or alert records it queued).
+    /// transforms when it has any (with any handshake, alert or control bytes they
+    /// queued; a WebSocket frames the whole flush as one frame).
     fn next_tx(shard: &mut Shard, c: &mut ConnIo, conn: ConnId) -> Option<Bytes> {
         let Some(session) = c.tls.as_mut() else {
             return shard.take_tx(conn);
         };
         if let Some(plain) = shard.take_tx(conn) {
-            session.encrypt(&plain);
+            session.encode(&plain);
         }
-        session.take_tls()
+        session.take_wire()
     }
 
     fn map(
@@ -633,7 +649,7 @@ impl<L: EventLoop> Worker<L> {
         live: &mut usize,
         conn: ConnId,
         sock: SockId,
-        tls: Option<Box<TlsSession>>,
+        tls: Option<Box<Transport>>,
     ) {
         if conns.len() <= conn {
             conns.resize_with(conn + 1, || None);
@@ -698,9 +714,10 @@ impl<L: EventLoop> Worker<L> {
                     h.accept(io, sock, now);
                     return;
                 }
-                let session = match tls.listeners.get(usize::from(listener)) {
+                let index = usize::from(listener);
+                let tls_session = match tls.listeners.get(index) {
                     Some(Some(lt)) => match TlsSession::from_material(&lt.current()) {
-                        Ok(s) => Some(Box::new(s)),
+                        Ok(s) => Some(s),
                         Err(e) => {
                             tracing::warn!(shard = shard.id(), "tls session: {e}");
                             io.close(sock);
@@ -708,6 +725,16 @@ impl<L: EventLoop> Worker<L> {
                         }
                     },
                     _ => None,
+                };
+                let ws = match tls.ws_listeners.get(index) {
+                    Some(Some(cfg)) => Some(WsSession::new(cfg.clone())),
+                    _ => None,
+                };
+                let session = match (tls_session, ws) {
+                    (None, None) => None,
+                    (Some(t), None) => Some(Box::new(Transport::Tls(t))),
+                    (None, Some(w)) => Some(Box::new(Transport::Ws(w))),
+                    (Some(t), Some(w)) => Some(Box::new(Transport::Wss(t, w))),
                 };
                 let conn = shard.accept(peer, now);
                 Self::map(conns, by_sock, live, conn, sock, session);
@@ -743,17 +770,38 @@ impl<L: EventLoop> Worker<L> {
                                 }
                             }
                             match result {
-                                Ok(()) if tls.plain.is_empty() => {
-                                    // Handshake progress only: answer it now (with
-                                    // plaintext, the shard's Flush takes it along).
+                                Ok(()) => {
+                                    if !tls.plain.is_empty() {
+                                        shard.on_read(conn, &tls.plain, now);
+                                    }
+                                    if session.ended() {
+                                        // The WebSocket is over (the peer's close, a
+                                        // protocol error, a refused upgrade): its
+                                        // answer goes out, then the socket closes.
+                                        if let Some(e) = session.ws_error() {
+                                            report.ws_refused += 1;
+                                            tracing::debug!(
+                                                shard = shard.id(),
+                                                conn,
+                                                "closing: {e}"
+                                            );
+                                        }
+                                        shard.on_closed(conn, now);
+                                        c.state = State::Draining;
+                                        tls.closing.push((conn, sock));
+                                    }
+                                    // Handshake answers, pongs, close frames: sent now
+                                    // (the shard's Flush takes them along otherwise).
                                     if !c.sending {
-                                        if let Some(data) = session.take_tls() {
+                                        if let Some(data) = session.take_wire() {
                                             c.sending = true;
                                             io.send(sock, data);
+                                        } else if c.state == State::Draining {
+                                            c.state = State::Closing;
+                                            io.close(sock);
                                         }
                                     }
                                 }
-                                Ok(()) => shard.on_read(conn, &tls.plain, now),
                                 Err(e) => {
                                     report.tls_failed += 1;
                                     tracing::debug!(shard = shard.id(), conn, "closed: {e}");
@@ -768,8 +816,8 @@ impl<L: EventLoop> Worker<L> {
                         }
                         (State::Migrating, _) => {
                             // Bytes that arrived after the shard decided to migrate
-                            // travel with the connection (decrypted by its TLS state,
-                            // which travels too).
+                            // travel with the connection (through its transforms,
+                            // which travel too).
                             if let Some((_, handoff)) = outgoing.get_mut(&sock) {
                                 match tls.migrating.get_mut(&sock) {
                                     None => handoff.rx.extend_from_slice(io.buf(buf)),

@@ -17,6 +17,9 @@ pub struct WorkerReport {
     /// TLS connections closed for a TLS error (bad handshake, refused certificate,
     /// not TLS at all, a bad record).
     pub tls_failed: u64,
+    /// WebSocket connections closed for a protocol error or a refused upgrade (each
+    /// told why first: an HTTP status or a close code).
+    pub ws_refused: u64,
     /// Hand-offs whose socket never came within `adopt_pair_timeout_ms` (it was closed
     /// unpaired before its hand-off arrived, or adopting it failed): dropped.
     pub handoffs_expired: u64,

@@ -213,6 +213,8 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         stats_requests: Vec::new(),
         tls: TlsIo {
             listeners: Vec::new(),
+            ws_listeners: Vec::new(),
+            closing: Vec::new(),
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
@@ -294,6 +296,8 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
         auth: None,
         tls: TlsIo {
             listeners: Vec::new(),
+            ws_listeners: Vec::new(),
+            closing: Vec::new(),
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
