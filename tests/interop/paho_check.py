@@ -9,6 +9,10 @@ exits non-zero with a message on the first failure. Every wait is bounded.
 
 usage: paho_check.py --host 127.0.0.1 --port 1883 --version 311|5 --prefix UNIQUE
                      [--ids s=ID,p=ID,rp=ID,rs=ID,ww=ID,wd=ID,ps=ID,pp=ID]
+                     [--ws-path /mqtt [--cafile CA.pem]]
+
+--ws-path runs every client over WebSocket (transport="websockets") at that path;
+--cafile then adds TLS verified against that CA (wss).
 
 --ids names the client id of each role (the test harness picks ids that land on chosen
 broker shards); a role not named gets PREFIX-ROLE.
@@ -55,10 +59,16 @@ class Peer:
         self.subacks = {}
         self.connack = None  # (rc, session_present)
         v5 = args.version == "5"
+        transport = "websockets" if args.ws_path else "tcp"
         if v5:
-            self.c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5)
+            self.c = mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5, transport=transport)
         else:
-            self.c = mqtt.Client(client_id=client_id, clean_session=clean, protocol=mqtt.MQTTv311)
+            self.c = mqtt.Client(client_id=client_id, clean_session=clean,
+                                 protocol=mqtt.MQTTv311, transport=transport)
+        if args.ws_path:
+            self.c.ws_set_options(path=args.ws_path)
+        if args.cafile:
+            self.c.tls_set(ca_certs=args.cafile)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
         self.c.on_subscribe = self._on_subscribe
@@ -212,6 +222,8 @@ def main():
     ap.add_argument("--version", choices=["311", "5"], required=True)
     ap.add_argument("--prefix", required=True)
     ap.add_argument("--ids", default="", type=parse_ids)
+    ap.add_argument("--ws-path", default=None)
+    ap.add_argument("--cafile", default=None)
     args = ap.parse_args()
     print("paho-mqtt %s, MQTT %s" % (getattr(paho.mqtt, "__version__", "?"), args.version))
     for name, fn in [("pubsub", scenario_pubsub), ("retained", scenario_retained),

@@ -7,6 +7,9 @@
 //
 // usage: node mqtt_check.js --host 127.0.0.1 --port 1883 --version 311|5 --prefix UNIQUE
 //                           [--ids s=ID,p=ID,rp=ID,rs=ID,ww=ID,wd=ID,ps=ID,pp=ID]
+//                           [--ws-path /mqtt]
+//
+// --ws-path runs every client over WebSocket (`ws://host:port/path`).
 //
 // --ids names the client id of each role (the test harness picks ids that land on chosen
 // broker shards); a role not named gets PREFIX-ROLE.
@@ -59,7 +62,10 @@ class Peer {
     };
     if (v5 && opts.expiry !== undefined) o.properties = { sessionExpiryInterval: opts.expiry };
     if (opts.will) o.will = opts.will;
-    this.client = mqtt.connect(`mqtt://${args.host}:${args.port}`, o);
+    const url = args['ws-path']
+      ? `ws://${args.host}:${args.port}${args['ws-path']}`
+      : `mqtt://${args.host}:${args.port}`;
+    this.client = mqtt.connect(url, o);
     this.client.on('message', (topic, payload, packet) => {
       this.messages.push({ topic, payload: payload.toString(), qos: packet.qos, retain: packet.retain });
       this.waiters = this.waiters.filter((w) => !w());
