@@ -60,6 +60,14 @@ pub enum ProtocolArg {
     V5,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TransportArg {
+    /// MQTT straight on TCP.
+    Tcp,
+    /// MQTT over WebSocket (HTTP/1.1 upgrade at --ws-path, binary frames).
+    Ws,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct Opts {
     /// Broker host (IPv4 address or "localhost").
@@ -108,6 +116,12 @@ pub struct Opts {
     /// MQTT protocol version.
     #[arg(long, global = true, value_enum, default_value = "3.1.1")]
     pub protocol: ProtocolArg,
+    /// How MQTT reaches the broker: tcp, or ws (every scenario over WebSocket).
+    #[arg(long, global = true, value_enum, default_value = "tcp")]
+    pub transport: TransportArg,
+    /// --transport ws: the request path of the upgrade.
+    #[arg(long, global = true, default_value = "/mqtt")]
+    pub ws_path: String,
     /// Source addresses to bind, e.g. 127.0.0.2-127.0.0.9 or 10.0.0.1,10.0.0.2 ("none": kernel
     /// chooses). Default: 127.0.0.2-127.0.0.9 for a loopback host, none otherwise.
     #[arg(long, global = true)]
@@ -175,6 +189,8 @@ pub struct Config {
     pub drain: Duration,
     pub connect_timeout: Duration,
     pub protocol: ProtocolVersion,
+    /// `--transport ws`: the upgrade path; `None`: plain TCP.
+    pub ws_path: Option<String>,
     pub src_ips: Vec<Ipv4Addr>,
     pub threads: usize,
     pub window: u32,
@@ -349,6 +365,9 @@ impl Opts {
                 "needs --rate or --total-rate: an unpaced open loop would only fill kernel buffers",
             ));
         }
+        if self.transport == TransportArg::Ws && !self.ws_path.starts_with('/') {
+            return Err(bad("ws-path", &self.ws_path, "must start with /"));
+        }
         let src_ips = match &self.src_ips {
             Some(s) => parse_src_ips(s)?,
             None if host.is_loopback() => parse_src_ips("127.0.0.2-127.0.0.9")?,
@@ -377,6 +396,10 @@ impl Opts {
             protocol: match self.protocol {
                 ProtocolArg::V311 => ProtocolVersion::V311,
                 ProtocolArg::V5 => ProtocolVersion::V5,
+            },
+            ws_path: match self.transport {
+                TransportArg::Tcp => None,
+                TransportArg::Ws => Some(self.ws_path.clone()),
             },
             src_ips,
             threads: self.threads,

@@ -21,6 +21,7 @@ use crate::payload::{self, Header, KIND_COMMAND, KIND_DATA};
 use crate::plan::{ClientSpec, Plan, Role};
 use crate::rx::{self, Conn, Delivery, RxStats, Stop, Streams};
 use crate::stats::DeliveryTotals;
+use crate::ws::{self, WsClient};
 
 pub const PHASE_CONNECT: u8 = 0;
 pub const PHASE_WARMUP: u8 = 1;
@@ -300,6 +301,9 @@ struct Client {
     cmd_seq: Vec<u64>,
     cmd_next_device: u32,
     cmd_outstanding: u64,
+    /// `--transport ws`: the connection's WebSocket receive side (boxed: a pointer
+    /// per client when unused).
+    ws: Option<Box<WsClient>>,
 }
 
 pub struct Worker {
@@ -337,6 +341,8 @@ pub struct Worker {
     spin_ns: u64,
     spun_ns: u64,
     result: ThreadResult,
+    /// `--transport ws`: one receive's MQTT bytes, out of their frames (reused).
+    ws_scratch: Vec<u8>,
 }
 
 fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
@@ -439,6 +445,7 @@ impl Worker {
                     cmd_seq,
                     cmd_next_device: 0,
                     cmd_outstanding: 0,
+                    ws: cfg.ws_path.as_ref().map(|_| Box::default()),
                 }
             })
             .collect();
@@ -470,6 +477,7 @@ impl Worker {
             reaping: false,
             spin_ns,
             spun_ns: 0,
+            ws_scratch: Vec::new(),
             result: ThreadResult {
                 latency: new_histogram(),
                 rtt: new_histogram(),
@@ -960,7 +968,14 @@ impl Worker {
             }
             return;
         }
-        std::mem::swap(&mut c.out, &mut c.sending);
+        match c.ws.as_deref() {
+            // One frame per flush, as the broker sends.
+            Some(w) if w.open => {
+                c.sending.clear();
+                ws::frame_into(&c.out, &mut c.sending);
+            }
+            _ => std::mem::swap(&mut c.out, &mut c.sending),
+        }
         c.out.clear();
         c.send_off = 0;
         self.submit_send(idx);
@@ -1098,9 +1113,23 @@ impl Worker {
             self.fail(idx, "connect", errno);
             return;
         }
-        let v = self.cfg.protocol;
         let c = &mut self.clients[idx];
         c.state = St::AwaitConnAck;
+        if let (Some(path), Some(_)) = (&self.cfg.ws_path, &c.ws) {
+            // The CONNECT follows the 101.
+            c.out = ws::request(&self.cfg.host.to_string(), self.cfg.port, path);
+            self.arm_recv(idx);
+            self.mark_dirty(idx);
+            return;
+        }
+        self.queue_connect(idx);
+        self.arm_recv(idx);
+    }
+
+    /// Queues the CONNECT (after the TCP connect, or the WebSocket upgrade).
+    fn queue_connect(&mut self, idx: usize) {
+        let v = self.cfg.protocol;
+        let c = &mut self.clients[idx];
         let mut props = Properties::default();
         if v.is_v5() {
             props.receive_maximum = Some(u16::MAX);
@@ -1116,7 +1145,6 @@ impl Worker {
             properties: props,
         }));
         encode(&conn, v, &mut c.out);
-        self.arm_recv(idx);
         self.mark_dirty(idx);
     }
 
@@ -1187,7 +1215,30 @@ impl Worker {
     /// client's `inbuf`. True when `inbuf` then holds frames for `process_input`.
     fn feed(&mut self, idx: usize, bid: u16, len: usize, now: u64) -> bool {
         let v5 = self.cfg.protocol.is_v5();
-        let data = self.bufs.data(bid, len);
+        let ws_mode = self.clients[idx].ws.is_some();
+        if ws_mode {
+            self.ws_scratch.clear();
+            let raw = self.bufs.data(bid, len);
+            let Some(w) = self.clients[idx].ws.as_deref_mut() else {
+                return false;
+            };
+            match w.on_bytes(raw, &mut self.ws_scratch) {
+                Ok(false) => {}
+                Ok(true) => self.queue_connect(idx),
+                Err(e) => {
+                    self.err_msg(e);
+                    self.shared.failed.fetch_add(1, Ordering::AcqRel);
+                    self.clients[idx].state = St::Dead;
+                    self.submit_close(idx);
+                    return false;
+                }
+            }
+        }
+        let data: &[u8] = if ws_mode {
+            &self.ws_scratch
+        } else {
+            self.bufs.data(bid, len)
+        };
         let c = &mut self.clients[idx];
         let mut off = 0;
         if !c.inbuf.is_empty() {

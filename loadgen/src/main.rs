@@ -6,6 +6,7 @@ mod plan;
 mod report;
 mod run;
 mod scrape;
+mod ws;
 
 // The library's modules, under the paths the binary's own modules use.
 use loadgen::{payload, rx, stats};

@@ -285,3 +285,78 @@ fn broker_closing_before_connack_fails_every_attempt() {
         "{j}"
     );
 }
+
+/// `--transport ws`: every scenario runs over WebSocket, complete at QoS >= 1.
+#[test]
+fn every_scenario_over_websocket() {
+    let b = support::start_ws_broker();
+    fn with<'a>(args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--transport", "ws"]);
+        all
+    }
+    let j = run(
+        &b,
+        &with(&[
+            "fanin",
+            "--publishers",
+            "3",
+            "--subscribers",
+            "2",
+            "--qos",
+            "1",
+            "--rate",
+            "200",
+        ]),
+    );
+    assert_complete(&j);
+    let j = run(
+        &b,
+        &with(&["fanout", "--clients", "5", "--qos", "2", "--rate", "100"]),
+    );
+    assert_complete(&j);
+    let j = run(&b, &with(&["pairs", "--clients", "4", "--qos", "1"]));
+    assert_complete(&j);
+    let j = run(
+        &b,
+        &with(&[
+            "fleet",
+            "--clients",
+            "10",
+            "--qos",
+            "1",
+            "--interval",
+            "100ms",
+            "--cmd-rate",
+            "20",
+        ]),
+    );
+    assert_complete(&j);
+    let j = run(&b, &with(&["fanin", "--publishers", "2", "--qos", "0"]));
+    assert!(j["delivered"].as_u64().unwrap_or(0) > 0, "{j}");
+    let j = run(
+        &b,
+        &with(&["connect", "--clients", "200", "--hold", "200ms"]),
+    );
+    assert_eq!(j["connections_established"], 200, "{j}");
+    // A wrong path is refused by the broker (404) and said so.
+    let port = b.port.to_string();
+    let (code, j, stderr) = support::loadgen(&[
+        "connect",
+        "--clients",
+        "3",
+        "--hold",
+        "100ms",
+        "--transport",
+        "ws",
+        "--ws-path",
+        "/nope",
+        "--port",
+        &port,
+    ]);
+    assert_eq!(code, 3, "connection failures exit 3: {j} {stderr}");
+    assert!(
+        stderr.contains("WebSocket upgrade refused: HTTP/1.1 404 Not Found"),
+        "{stderr}"
+    );
+}

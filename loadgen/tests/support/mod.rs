@@ -120,6 +120,15 @@ fn cargo_build_ringmq() -> PathBuf {
 /// test, with its stderr: there is no other broker to fall back to, so a pass always
 /// means ringmq carried the traffic.
 pub fn start_broker() -> Broker {
+    start_broker_at(|port| format!("127.0.0.1:{port}"))
+}
+
+/// Like [`start_broker`] with an MQTT-over-WebSocket listener (`ws://…/mqtt`).
+pub fn start_ws_broker() -> Broker {
+    start_broker_at(|port| format!("ws://127.0.0.1:{port}/mqtt"))
+}
+
+fn start_broker_at(url: impl Fn(u16) -> String) -> Broker {
     let bin = ringmq_bin();
     let port = free_port();
     let stderr_path =
@@ -127,12 +136,7 @@ pub fn start_broker() -> Broker {
     let stderr = std::fs::File::create(&stderr_path)
         .unwrap_or_else(|e| panic!("creating {}: {e}", stderr_path.display()));
     let mut child = Command::new(&bin)
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--http-listen",
-            "none",
-        ])
+        .args(["--listen", &url(port), "--http-listen", "none"])
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
