@@ -8,6 +8,7 @@ use super::conn::ConnState;
 use super::{Action, ConnId, Shard};
 use crate::protocol::{Packet, ProtocolVersion};
 use crate::session::{SessionError, NONE};
+use crate::tx::TxChain;
 
 /// Control packets (acks, SUBACK, PINGRESP) may take a connection's unread output
 /// this far past `max_outbound_bytes` (which PUBLISH copies stop at), so a client
@@ -25,17 +26,19 @@ impl Shard {
         self.actions.pop_front()
     }
 
-    /// Bytes to write on `conn` now (everything encoded for it since the last call).
-    pub fn take_tx(&mut self, conn: ConnId) -> Option<Bytes> {
+    /// Bytes to write on `conn` now (everything encoded for it since the last
+    /// call), as segments: headers and small packets coalesced, large payloads
+    /// shared with every other subscriber of their fan-out.
+    pub fn take_tx_chain(&mut self, conn: ConnId) -> Option<TxChain> {
         let c = self.conns.get_mut(conn)?;
         c.flush_queued = false;
         if c.tx.is_empty() {
             return None;
         }
-        // Swap in an empty buffer (no allocation) so an idle connection parks nothing.
-        let out = std::mem::take(&mut c.tx).freeze();
-        self.stats.bytes_tx -= out.len();
-        self.stats.bytes_out += out.len() as u64;
+        let (len, own) = (c.tx.len(), c.tx.own_len());
+        let out = c.tx.take();
+        self.stats.bytes_tx -= own;
+        self.stats.bytes_out += len as u64;
         if c.state == ConnState::Connected && c.session != NONE {
             // Room was freed: messages waiting for it can be encoded now.
             let session = c.session;
@@ -43,6 +46,13 @@ impl Shard {
             self.pump(session, now);
         }
         Some(out)
+    }
+
+    /// [`take_tx_chain`](Self::take_tx_chain) as one contiguous copy: for tests and
+    /// in-memory drivers, which compare bytes; the worker sends the chain itself.
+    #[inline]
+    pub fn take_tx(&mut self, conn: ConnId) -> Option<Bytes> {
+        self.take_tx_chain(conn).map(TxChain::into_bytes)
     }
 
     /// Appends a control packet to `conn`'s buffer. Control packets are never
@@ -101,9 +111,9 @@ impl Shard {
                 return;
             }
         }
-        let before = c.tx.len();
-        write(&mut c.tx, c.version);
-        self.stats.bytes_tx += c.tx.len() - before;
+        let before = c.tx.own_len();
+        write(c.tx.tail_mut(), c.version);
+        self.stats.bytes_tx += c.tx.own_len() - before;
         if !c.flush_queued {
             c.flush_queued = true;
             self.actions.push_back(Action::Flush(conn));
