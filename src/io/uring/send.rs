@@ -14,9 +14,11 @@ use crate::tx::{TxChain, MAX_IOV};
 
 /// The `msghdr` and iovec array of one `SENDMSG`: the kernel reads them until the
 /// completion, so they live boxed in the socket, at a stable address, until then.
+/// The array is sized to the chain (at most `MAX_IOV`), not to the limit: a header
+/// and a payload take 32 bytes, which a thousand stalled subscribers each hold.
 pub(super) struct IovBuf {
     hdr: libc::msghdr,
-    iov: [libc::iovec; MAX_IOV],
+    iov: Vec<libc::iovec>,
 }
 
 impl UringLoop {
@@ -34,23 +36,20 @@ impl UringLoop {
         } else {
             let b = s.iov.get_or_insert_with(|| {
                 Box::new(IovBuf {
-                    // SAFETY: msghdr and iovec are plain C structs of integers and
-                    // pointers, for which all-zero is a valid (empty) value.
+                    // SAFETY: msghdr is a plain C struct of integers and pointers, for
+                    // which all-zero is a valid (empty) value.
                     hdr: unsafe { std::mem::zeroed() },
-                    iov: [libc::iovec {
-                        iov_base: std::ptr::null_mut(),
-                        iov_len: 0,
-                    }; MAX_IOV],
+                    iov: Vec::new(),
                 })
             });
-            let mut n = 0;
-            for (slot, chunk) in b.iov.iter_mut().zip(tx.chunks()) {
-                slot.iov_base = chunk.as_ptr() as *mut libc::c_void;
-                slot.iov_len = chunk.len();
-                n += 1;
-            }
+            b.iov.clear();
+            b.iov.reserve_exact(tx.segments().min(MAX_IOV));
+            b.iov.extend(tx.chunks().take(MAX_IOV).map(|c| libc::iovec {
+                iov_base: c.as_ptr() as *mut libc::c_void,
+                iov_len: c.len(),
+            }));
             b.hdr.msg_iov = b.iov.as_mut_ptr();
-            b.hdr.msg_iovlen = n;
+            b.hdr.msg_iovlen = b.iov.len();
             opcode::SendMsg::new(Fixed(s.slot), &b.hdr)
                 .flags(libc::MSG_NOSIGNAL as u32)
                 .build()
