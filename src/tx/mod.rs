@@ -117,11 +117,15 @@ impl TxBuf {
         match self.segs.take() {
             None => TxChain { first, rest: None },
             Some(segs) => {
+                // The segment list moves over as it is (no second allocation): a
+                // stalled subscriber holds one list, not two.
                 let mut q = segs.q;
                 if !first.is_empty() {
                     q.push_back(first);
                 }
-                TxChain::from_segments(q)
+                let first = q.pop_front().unwrap_or_default();
+                let rest = (!q.is_empty()).then(|| Box::new(q));
+                TxChain { first, rest }
             }
         }
     }
