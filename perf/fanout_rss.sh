@@ -24,7 +24,7 @@ for broker in $BROKERS; do
   port=$(free_port)
   logfile="$run_dir/$broker.log"
   case $broker in
-    ringmq) start_ringmq "$port" "$logfile" ;;
+    ringmq) start_ringmq "$port" "$logfile" --http-listen none ;;
     mosquitto)
       command -v mosquitto >/dev/null || die "mosquitto is not installed (tests/install-deps.sh installs it)"
       printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 1000\n' "$port" >"$run_dir/mosquitto.conf"
