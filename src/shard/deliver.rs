@@ -196,7 +196,6 @@ pub(crate) fn encode_publish(
     now: Instant,
 ) -> Written {
     let v5 = c.version.is_v5();
-    let shared = shares_payload(msg);
     let cacheable = !dup && sub_ids.is_empty() && (!v5 || c.client_alias_max == 0);
     if let (true, Some(cache)) = (cacheable, cache) {
         let found = cache
@@ -207,6 +206,7 @@ pub(crate) fn encode_publish(
             Some(i) => i,
             None => {
                 let start = cache.buf.len();
+                let shared = shares_payload(msg);
                 if v5 {
                     let mut p = publish_packet(
                         msg,
@@ -296,7 +296,7 @@ pub(crate) fn encode_publish(
     if !force && c.tx.len() + len > max_outbound {
         return Written::NoRoom;
     }
-    if shared {
+    if shares_payload(msg) {
         reserve_tx(c, len - msg.payload.len());
         encode_publish_header(&mut p, c.version, c.tx.tail_mut());
         c.tx.push_shared(msg.payload.clone());
@@ -318,9 +318,7 @@ pub(crate) fn encode_publish(
 /// becomes a `Bytes` without a second allocation for its shared header.
 #[inline]
 fn reserve_tx(c: &mut Conn, len: usize) {
-    if c.tx.capacity() == 0 {
-        *c.tx.tail_mut() = BytesMut::with_capacity(len);
-    }
+    c.tx.reserve_first(len);
 }
 
 /// A copy of `msg` that owns its bytes, a large payload as one counted shared

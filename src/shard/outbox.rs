@@ -8,7 +8,7 @@ use super::conn::ConnState;
 use super::{Action, ConnId, Shard};
 use crate::protocol::{Packet, ProtocolVersion};
 use crate::session::{SessionError, NONE};
-use crate::tx::TxChain;
+use crate::tx::{TxBuf, TxChain};
 
 /// Control packets (acks, SUBACK, PINGRESP) may take a connection's unread output
 /// this far past `max_outbound_bytes` (which PUBLISH copies stop at), so a client
@@ -30,13 +30,25 @@ impl Shard {
     /// call), as segments: headers and small packets coalesced, large payloads
     /// shared with every other subscriber of their fan-out.
     pub fn take_tx_chain(&mut self, conn: ConnId) -> Option<TxChain> {
+        self.take_out(conn, TxBuf::take)
+    }
+
+    /// [`take_tx_chain`](Self::take_tx_chain) as one `Bytes` (a copy only when there
+    /// are shared segments): for tests and in-memory drivers, which compare bytes;
+    /// the worker sends the chain itself.
+    pub fn take_tx(&mut self, conn: ConnId) -> Option<Bytes> {
+        self.take_out(conn, TxBuf::take_bytes)
+    }
+
+    #[inline]
+    fn take_out<T>(&mut self, conn: ConnId, take: impl FnOnce(&mut TxBuf) -> T) -> Option<T> {
         let c = self.conns.get_mut(conn)?;
         c.flush_queued = false;
         if c.tx.is_empty() {
             return None;
         }
-        let (len, own) = (c.tx.len(), c.tx.own_len());
-        let out = c.tx.take();
+        let (len, own) = c.tx.lens();
+        let out = take(&mut c.tx);
         self.stats.bytes_tx -= own;
         self.stats.bytes_out += len as u64;
         if c.state == ConnState::Connected && c.session != NONE {
@@ -46,13 +58,6 @@ impl Shard {
             self.pump(session, now);
         }
         Some(out)
-    }
-
-    /// [`take_tx_chain`](Self::take_tx_chain) as one contiguous copy: for tests and
-    /// in-memory drivers, which compare bytes; the worker sends the chain itself.
-    #[inline]
-    pub fn take_tx(&mut self, conn: ConnId) -> Option<Bytes> {
-        self.take_tx_chain(conn).map(TxChain::into_bytes)
     }
 
     /// Appends a control packet to `conn`'s buffer. Control packets are never

@@ -86,6 +86,16 @@ impl TxBuf {
         self.tail.capacity()
     }
 
+    /// Gives an empty buffer (as `take` leaves it) exactly `len` bytes of room: the
+    /// first packet after a flush allocates directly, far cheaper than `BytesMut`'s
+    /// general growth path, and a buffer frozen full needs no second allocation.
+    #[inline]
+    pub fn reserve_first(&mut self, len: usize) {
+        if self.tail.capacity() == 0 {
+            self.tail = BytesMut::with_capacity(len);
+        }
+    }
+
     /// The buffer encoders append to.
     #[inline]
     pub fn tail_mut(&mut self) -> &mut BytesMut {
@@ -107,6 +117,26 @@ impl TxBuf {
         segs.len += payload.len();
         segs.shared += payload.len();
         segs.q.push_back(payload);
+    }
+
+    /// `(len, own_len)` in one look at the segments.
+    #[inline]
+    pub fn lens(&self) -> (usize, usize) {
+        let t = self.tail.len();
+        match &self.segs {
+            None => (t, t),
+            Some(s) => (t + s.len, t + s.len - s.shared),
+        }
+    }
+
+    /// Everything written so far as one `Bytes`: the buffer itself when there are no
+    /// segments (no copy), else one contiguous copy. For tests and in-memory drivers.
+    #[inline]
+    pub fn take_bytes(&mut self) -> Bytes {
+        if self.segs.is_none() {
+            return std::mem::take(&mut self.tail).freeze();
+        }
+        self.take().to_bytes()
     }
 
     /// Everything written so far, as a chain for the IO side; leaves the buffer
