@@ -28,7 +28,9 @@ use bytes::{Buf, Bytes, BytesMut};
 /// Payloads at least this long travel as a shared segment; shorter ones are copied
 /// into the connection's buffer, where one contiguous write is cheaper than one more
 /// iovec entry, a reference count and a counted owner per payload. Small messages
-/// (the 64 B budget paths) therefore keep the single-buffer path.
+/// (the 64 B budget paths) therefore keep the single-buffer path. 2 KiB is an
+/// estimate, not yet a measured crossover: a copy of that size costs about what a
+/// shared segment's allocations do (segment list, chain, iovec array).
 pub const SHARE_MIN_BYTES: usize = 2048;
 
 /// At most this many segments go into one vectored send; the rest follow when it
