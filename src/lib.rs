@@ -23,4 +23,5 @@ pub mod store;
 pub use shard::testkit;
 pub mod topic;
 pub mod transport;
+pub mod tx;
 pub mod worker;

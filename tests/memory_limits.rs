@@ -251,3 +251,87 @@ fn queued_messages_do_not_pin_receive_buffers() {
         accounted >> 10
     );
 }
+
+/// Issue #24: one 300 KiB QoS 1 message to 1,000 subscribers that do not read (a
+/// 4 KiB receive buffer each, as constrained devices have). The broker keeps one
+/// copy of the payload, not one per subscriber: RSS growth stays within twice the
+/// payload plus a bounded per-connection state of the pending copy (its header
+/// segment, the chain and the iovec array). Then every subscriber reads its copy:
+/// exactly the PUBLISH that was sent, on each backend.
+#[test]
+fn large_payload_to_stalled_subscribers_is_held_once() {
+    const SUBS: usize = 1000;
+    const PAYLOAD: usize = 300 * 1024;
+    /// Per subscriber with a copy pending, whatever the payload's size: its QoS 1
+    /// delivery state (the inflight window; measured +592 KiB for 1,000 subscribers
+    /// with a 64-byte payload, `PAYLOAD=64 perf/fanout_rss.sh`), the header segment,
+    /// the `TxChain` and its segment list, the `SENDMSG` iovec array, allocator
+    /// rounding.
+    const PER_CONN: usize = 1536;
+    const TOPIC: &str = "fw/chunk";
+    for io in ["uring", "epoll"] {
+        let broker = Launch::new(&["--shards", "1", "--io", io]).spawn();
+        let addr = broker.addr().to_string();
+        let pid = broker.pid();
+        let sockaddr: std::net::SocketAddr = addr.parse().expect("addr");
+        let mut subs = Vec::with_capacity(SUBS);
+        for i in 0..SUBS {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                .expect("socket");
+            s.set_recv_buffer_size(4096).expect("rcvbuf");
+            s.connect(&sockaddr.into()).unwrap_or_else(|e| {
+                panic!("{io}: subscriber {i}: connect: {e} (needs {SUBS} fds)")
+            });
+            let mut s: TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(&pkt::Connect::v311(&format!("fw-{i}")).bytes())
+                .expect("connect");
+            let mut connack = [0u8; 4];
+            s.read_exact(&mut connack).expect("CONNACK");
+            assert_eq!(connack, [0x20, 2, 0, 0], "{io}: subscriber {i}");
+            s.write_all(&pkt::subscribe(support::V311, 1, &[], &[(TOPIC, 1)]))
+                .expect("subscribe");
+            let mut suback = [0u8; 5];
+            s.read_exact(&mut suback).expect("SUBACK");
+            assert_eq!(suback, [0x90, 3, 0, 1, 1], "{io}: subscriber {i}");
+            subs.push(s);
+        }
+        let baseline = settled_max_rss(pid);
+        let payload: Vec<u8> = (0..PAYLOAD).map(|i| (i * 31 % 251) as u8).collect();
+        let mut publ = RawClient::connect_v311(&addr, "fw-publisher");
+        publ.publish_complete(TOPIC, 1, false, 7, &payload);
+        let peak = settled_max_rss(pid);
+        let grew = peak.saturating_sub(baseline);
+        let bound = 2 * PAYLOAD + SUBS * PER_CONN;
+        eprintln!(
+            "{io}: RSS baseline {} KiB, peak {} KiB, grew {} KiB, bound {} KiB \
+             (one copy per subscriber would be {} KiB)",
+            baseline >> 10,
+            peak >> 10,
+            grew >> 10,
+            bound >> 10,
+            (SUBS * PAYLOAD) >> 10
+        );
+        assert!(
+            grew <= bound,
+            "{io}: broker RSS grew by {} KiB for one {} KiB payload to {SUBS} subscribers, bound {} KiB",
+            grew >> 10,
+            PAYLOAD >> 10,
+            bound >> 10
+        );
+        // Every subscriber gets the exact PUBLISH: header, topic, packet id 1, payload.
+        let mut want = header(0x32, 2 + TOPIC.len() + 2 + PAYLOAD);
+        want.extend_from_slice(&(TOPIC.len() as u16).to_be_bytes());
+        want.extend_from_slice(TOPIC.as_bytes());
+        want.extend_from_slice(&1u16.to_be_bytes());
+        want.extend_from_slice(&payload);
+        let mut got = vec![0u8; want.len()];
+        for (i, s) in subs.iter_mut().enumerate() {
+            s.read_exact(&mut got)
+                .unwrap_or_else(|e| panic!("{io}: subscriber {i}: reading its copy: {e}"));
+            assert!(got == want, "{io}: subscriber {i}: bytes differ");
+        }
+        drop(subs);
+    }
+}

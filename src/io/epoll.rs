@@ -7,16 +7,17 @@
 //! Writes happen at `send`; what the socket does not take waits for writability.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+
+use crate::tx::{TxChain, MAX_IOV};
 
 use super::{
     BufRef, Completion, EventLoop, IoStats, LoopOptions, Remote, RemoteKind, SockId, Transfer,
@@ -49,7 +50,7 @@ struct Sock {
     /// Queued in `readable`.
     queued: bool,
     /// The rest of the one send in flight.
-    tx: Option<Bytes>,
+    tx: Option<TxChain>,
 }
 
 pub struct EpollLoop {
@@ -280,9 +281,22 @@ impl EpollLoop {
             let Some(stream) = s.stream.as_mut() else {
                 return;
             };
-            match stream.write(tx) {
+            // One segment: `write`; several (headers and shared payloads): `writev`
+            // from the segments themselves, at most `MAX_IOV` at a time.
+            let res = if tx.segments() <= 1 {
+                stream.write(tx.chunks().next().unwrap_or(&[]))
+            } else {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let mut n = 0;
+                for (slot, chunk) in iov.iter_mut().zip(tx.chunks()) {
+                    *slot = IoSlice::new(chunk);
+                    n += 1;
+                }
+                stream.write_vectored(&iov[..n])
+            };
+            match res {
                 Ok(n) => {
-                    let _ = tx.split_to(n.min(tx.len()));
+                    tx.advance(n);
                     if tx.is_empty() {
                         s.tx = None;
                         self.pending.push(Completion::SendDone { sock, errno: 0 });
@@ -298,6 +312,7 @@ impl EpollLoop {
                         });
                         return;
                     }
+                    self.stats.sends_resumed += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -373,7 +388,7 @@ impl EventLoop for EpollLoop {
         self.enqueue_read(sock);
     }
 
-    fn send(&mut self, sock: SockId, data: Bytes) {
+    fn send(&mut self, sock: SockId, data: TxChain) {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };

@@ -20,8 +20,6 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
-
 /// Listen backlog of every listener (the kernel caps it at `net.core.somaxconn`). It
 /// bounds how many connections a multishot accept takes before the loop reads them.
 pub const LISTEN_BACKLOG: i32 = 4096;
@@ -124,6 +122,9 @@ pub struct IoStats {
     /// `send` calls refused because a send was already in flight (a worker bug: the
     /// bytes are lost).
     pub send_refused_busy: u64,
+    /// Sends resubmitted with the rest of their bytes: a short write, or a chain
+    /// of more segments than one vectored send takes (`tx::MAX_IOV`).
+    pub sends_resumed: u64,
     /// Completions the kernel could not post because a completion queue was full
     /// (io_uring's CQ overflow counter, summed over the loop's rings).
     pub cq_overflow: u64,
@@ -181,7 +182,7 @@ pub trait EventLoop {
     /// Starts receiving on an accepted or adopted socket.
     fn start_recv(&mut self, sock: SockId);
     /// Writes all of `data`; at most one send in flight per socket.
-    fn send(&mut self, sock: SockId, data: Bytes);
+    fn send(&mut self, sock: SockId, data: crate::tx::TxChain);
     /// Shuts down the write side (the peer reads EOF after the bytes already sent);
     /// receiving goes on. Call only when no send is in flight: the shutdown must
     /// follow the last bytes. For a lingering close (see `worker::linger`).

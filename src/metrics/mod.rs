@@ -134,6 +134,7 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
         inflight,
         retained,
         bytes_tx,
+        bytes_shared,
         bytes_retained,
         accepted,
         refused_max_connections,
@@ -198,6 +199,7 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
     a.inflight += inflight;
     a.retained += retained;
     a.bytes_tx += bytes_tx;
+    a.bytes_shared += bytes_shared;
     a.bytes_retained += bytes_retained;
     a.accepted += accepted;
     a.refused_max_connections += refused_max_connections;
@@ -253,6 +255,7 @@ fn add_io(a: &mut IoStats, b: &IoStats) {
         doorbell_retried,
         doorbell_failed,
         send_refused_busy,
+        sends_resumed,
         cq_overflow,
         sq_full,
     } = b;
@@ -269,6 +272,7 @@ fn add_io(a: &mut IoStats, b: &IoStats) {
     a.doorbell_retried += doorbell_retried;
     a.doorbell_failed += doorbell_failed;
     a.send_refused_busy += send_refused_busy;
+    a.sends_resumed += sends_resumed;
     a.cq_overflow += cq_overflow;
     a.sq_full += sq_full;
 }

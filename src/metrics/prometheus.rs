@@ -359,6 +359,12 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         c.bytes_queued,
     );
     o.one(
+        "ringmq_shared_payload_bytes",
+        Gauge,
+        "Bytes of large payloads held once for all their subscribers.",
+        c.bytes_shared,
+    );
+    o.one(
         "ringmq_messages_inflight",
         Gauge,
         "Outbound QoS 1/2 messages sent and not yet acknowledged.",
@@ -425,6 +431,12 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         Counter,
         "io_uring submissions that found the submission queue full.",
         io.sq_full,
+    );
+    o.one(
+        "ringmq_io_sends_resumed_total",
+        Counter,
+        "Sends resubmitted with the rest of their bytes after a short write.",
+        io.sends_resumed,
     );
     o.one(
         "ringmq_io_recv_nobufs_total",

@@ -1,5 +1,7 @@
 //! Outbound delivery: encoding PUBLISH copies into connection buffers (once per
 //! variant per fan-out), the QoS 1/2 inflight window, session queues and resends.
+//! A payload of at least `tx::SHARE_MIN_BYTES` is not copied per subscriber: each
+//! copy is its own header followed by one shared payload segment (`tx::TxBuf`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -12,10 +14,11 @@ use super::conn::{Conn, ConnState, MAX_OUTBOUND_ALIASES};
 use super::{Action, ConnId, Shard, ShardStats};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::protocol::{
-    encode_packet, encoded_len, remaining_length_len, Packet, PubResp, Publish, PublishProperties,
-    QoS,
+    encode_packet, encoded_len, remaining_length_len, Packet, ProtocolVersion, PubResp, Publish,
+    PublishProperties, QoS,
 };
 use crate::session::{Inflight, Message, Outgoing, Phase, SessionError, NONE};
+use crate::tx::{PayloadGauge, SHARE_MIN_BYTES};
 
 /// One encoded PUBLISH variant of the message currently being fanned out.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +30,8 @@ struct Variant {
     len: usize,
     /// Offset of the packet identifier inside the encoding (QoS > 0), patched per copy.
     packet_id_at: usize,
+    /// The encoding is the header only; the payload follows as a shared segment.
+    shared: bool,
 }
 
 /// Encodings of the message being fanned out, shared by every subscriber that gets
@@ -61,6 +66,47 @@ fn fixed_header_len(encoded: &[u8]) -> usize {
         i += 1;
     }
     i + 1
+}
+
+/// Whether `msg`'s payload travels as a shared segment rather than copied.
+#[inline]
+fn shares_payload(msg: &Message) -> bool {
+    msg.payload.len() >= SHARE_MIN_BYTES
+}
+
+fn put_remaining_length(out: &mut BytesMut, mut value: usize) {
+    loop {
+        let b = (value & 0x7F) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.put_u8(b);
+            break;
+        }
+        out.put_u8(b | 0x80);
+    }
+}
+
+/// Encodes `p` (a PUBLISH) without its payload into `out`: the same bytes
+/// `encode_packet` writes up to the payload, the remaining length counting the
+/// payload that follows as a segment of its own. Returns the header's length.
+fn encode_publish_header(p: &mut Packet, version: ProtocolVersion, out: &mut BytesMut) -> usize {
+    let Packet::Publish(publish) = p else {
+        return 0;
+    };
+    let payload = std::mem::take(&mut publish.payload);
+    let mut scratch = BytesMut::with_capacity(encoded_len(p, version));
+    encode_packet(p, version, &mut scratch);
+    if let Packet::Publish(publish) = p {
+        publish.payload = payload.clone();
+    }
+    let fh = fixed_header_len(&scratch);
+    let body = scratch.get(fh..).unwrap_or(&[]);
+    let start = out.len();
+    out.reserve(5 + body.len());
+    out.put_u8(scratch.first().copied().unwrap_or(0x30));
+    put_remaining_length(out, body.len() + payload.len());
+    out.put_slice(body);
+    out.len() - start
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -101,32 +147,40 @@ fn publish_packet(
 /// for `publish_packet(msg, false, qos, retain, &[], 1, false, msg.topic, None, _)`,
 /// without building and dropping a `Packet` (two `Bytes` clones, properties) for
 /// each fan-out. 3.x PUBLISH has no properties, so the layout is fixed.
-fn encode_v3_publish(out: &mut BytesMut, msg: &Message, qos: QoS, retain: bool) {
+/// `with_payload` false: the header only (remaining length still counting the
+/// payload), for a payload sent as a shared segment.
+fn encode_v3_publish(
+    out: &mut BytesMut,
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    with_payload: bool,
+) {
     let id_len = if qos == QoS::AtMostOnce { 0 } else { 2 };
     let remaining = 2 + msg.topic.len() + id_len + msg.payload.len();
-    out.reserve(1 + remaining_length_len(remaining) + remaining);
+    let own = if with_payload {
+        remaining
+    } else {
+        remaining - msg.payload.len()
+    };
+    out.reserve(1 + remaining_length_len(remaining) + own);
     out.put_u8(0x30 | ((qos as u8) << 1) | u8::from(retain));
-    let mut value = remaining;
-    loop {
-        let b = (value & 0x7F) as u8;
-        value >>= 7;
-        if value == 0 {
-            out.put_u8(b);
-            break;
-        }
-        out.put_u8(b | 0x80);
-    }
+    put_remaining_length(out, remaining);
     // The codec bounds a decoded topic to 65,535 bytes.
     out.put_u16(msg.topic.len() as u16);
     out.put_slice(&msg.topic);
     if id_len != 0 {
         out.put_u16(1);
     }
-    out.put_slice(&msg.payload);
+    if with_payload {
+        out.put_slice(&msg.payload);
+    }
 }
 
 /// Encodes one PUBLISH copy into `c.tx`. `force` skips the buffer bound (resends,
-/// which are already bounded by the inflight window).
+/// which are already bounded by the inflight window). A payload of at least
+/// `SHARE_MIN_BYTES` is appended as a reference to `msg.payload`, so callers pass a
+/// message whose payload owns its bytes (`shared_arc`), never a receive buffer slice.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn encode_publish(
     c: &mut Conn,
@@ -152,8 +206,9 @@ pub(crate) fn encode_publish(
             Some(i) => i,
             None => {
                 let start = cache.buf.len();
+                let shared = shares_payload(msg);
                 if v5 {
-                    let p = publish_packet(
+                    let mut p = publish_packet(
                         msg,
                         v5,
                         qos,
@@ -165,9 +220,13 @@ pub(crate) fn encode_publish(
                         None,
                         now,
                     );
-                    encode_packet(&p, c.version, &mut cache.buf);
+                    if shared {
+                        encode_publish_header(&mut p, c.version, &mut cache.buf);
+                    } else {
+                        encode_packet(&p, c.version, &mut cache.buf);
+                    }
                 } else {
-                    encode_v3_publish(&mut cache.buf, msg, qos, retain);
+                    encode_v3_publish(&mut cache.buf, msg, qos, retain, !shared);
                 }
                 let len = cache.buf.len() - start;
                 let packet_id_at = fixed_header_len(&cache.buf[start..]) + 2 + msg.topic.len();
@@ -178,24 +237,34 @@ pub(crate) fn encode_publish(
                     start,
                     len,
                     packet_id_at,
+                    shared,
                 });
                 cache.variants.len() - 1
             }
         };
         let v = cache.variants[i];
-        if v.len > c.client_max_packet as usize {
+        let total = if v.shared {
+            v.len + msg.payload.len()
+        } else {
+            v.len
+        };
+        if total > c.client_max_packet as usize {
             return Written::TooLarge;
         }
-        if !force && c.tx.len() + v.len > max_outbound {
+        if !force && c.tx.len() + total > max_outbound {
             return Written::NoRoom;
         }
         reserve_tx(c, v.len);
-        let at = c.tx.len();
-        c.tx.extend_from_slice(&cache.buf[v.start..v.start + v.len]);
+        let tail = c.tx.tail_mut();
+        let at = tail.len();
+        tail.extend_from_slice(&cache.buf[v.start..v.start + v.len]);
         if qos != QoS::AtMostOnce {
-            if let Some(dst) = c.tx.get_mut(at + v.packet_id_at..at + v.packet_id_at + 2) {
+            if let Some(dst) = tail.get_mut(at + v.packet_id_at..at + v.packet_id_at + 2) {
                 dst.copy_from_slice(&packet_id.to_be_bytes());
             }
+        }
+        if v.shared {
+            c.tx.push_shared(msg.payload.clone());
         }
         return Written::Yes;
     }
@@ -217,7 +286,7 @@ pub(crate) fn encode_publish(
             new_alias = true;
         }
     }
-    let p = publish_packet(
+    let mut p = publish_packet(
         msg, v5, qos, retain, sub_ids, packet_id, dup, topic, alias, now,
     );
     let len = encoded_len(&p, c.version);
@@ -227,8 +296,14 @@ pub(crate) fn encode_publish(
     if !force && c.tx.len() + len > max_outbound {
         return Written::NoRoom;
     }
-    reserve_tx(c, len);
-    encode_packet(&p, c.version, &mut c.tx);
+    if shares_payload(msg) {
+        reserve_tx(c, len - msg.payload.len());
+        encode_publish_header(&mut p, c.version, c.tx.tail_mut());
+        c.tx.push_shared(msg.payload.clone());
+    } else {
+        reserve_tx(c, len);
+        encode_packet(&p, c.version, c.tx.tail_mut());
+    }
     if new_alias {
         c.aliases()
             .outbound
@@ -243,9 +318,23 @@ pub(crate) fn encode_publish(
 /// becomes a `Bytes` without a second allocation for its shared header.
 #[inline]
 fn reserve_tx(c: &mut Conn, len: usize) {
-    if c.tx.capacity() == 0 {
-        c.tx = BytesMut::with_capacity(len);
+    c.tx.reserve_first(len);
+}
+
+/// A copy of `msg` that owns its bytes, a large payload as one counted shared
+/// payload (`PayloadGauge`): what queues, inflight windows, other loops and
+/// outbound segments all reference.
+pub(crate) fn compact(msg: &Message, gauge: &PayloadGauge) -> Message {
+    if !shares_payload(msg) {
+        return msg.compacted();
     }
+    let bare = Message {
+        payload: Bytes::new(),
+        ..msg.clone()
+    };
+    let mut m = bare.compacted();
+    m.payload = gauge.share(&msg.payload);
+    m
 }
 
 /// The shared form of `msg` for a session queue, where it may wait for hours: a
@@ -254,11 +343,15 @@ fn reserve_tx(c: &mut Conn, len: usize) {
 /// buffer, 33× its own size), and `cost_bytes` would not see it. Copied once per
 /// fan-out; the following copies of this fan-out share it. Charging the whole
 /// buffer instead is not possible: a `Bytes` does not tell its buffer's size.
-fn queued_arc(msg: &Message, arc: &mut Option<Arc<Message>>) -> Arc<Message> {
+pub(crate) fn queued_arc(
+    msg: &Message,
+    arc: &mut Option<Arc<Message>>,
+    gauge: &PayloadGauge,
+) -> Arc<Message> {
     match arc {
         Some(a) if a.owned => a.clone(),
         _ => {
-            let a = Arc::new(msg.compacted());
+            let a = Arc::new(compact(msg, gauge));
             *arc = Some(a.clone());
             a
         }
@@ -307,6 +400,7 @@ impl Shard {
             config,
             stats,
             actions,
+            payloads,
             ..
         } = self;
         let Some(sess) = sessions.get_mut(session) else {
@@ -316,6 +410,10 @@ impl Shard {
             stats.dropped_expired += 1;
             return;
         }
+        // A large payload goes out as a reference to one owned copy per node (made
+        // at the first copy of the fan-out), never to the receive buffer.
+        let big = shares_payload(msg).then(|| queued_arc(msg, arc, payloads));
+        let msg: &Message = big.as_deref().unwrap_or(msg);
         let conn_id = sess.conn as usize;
         let conn = if sess.conn == NONE {
             None
@@ -345,7 +443,7 @@ impl Shard {
                 return;
             }
             let out = Outgoing {
-                msg: queued_arc(msg, arc),
+                msg: queued_arc(msg, arc, payloads),
                 qos,
                 retain,
                 sub_ids: SmallVec::from_slice(sub_ids),
@@ -354,7 +452,7 @@ impl Shard {
             return;
         };
         if qos == QoS::AtMostOnce {
-            let before = c.tx.len();
+            let before = c.tx.own_len();
             let w = encode_publish(
                 c,
                 cache,
@@ -368,7 +466,7 @@ impl Shard {
                 false,
                 now,
             );
-            stats.bytes_tx += c.tx.len() - before;
+            stats.bytes_tx += c.tx.own_len() - before;
             count(stats, w);
             mark_flush(actions, conn_id, c);
             return;
@@ -378,7 +476,7 @@ impl Shard {
         if d.queue.is_empty() && d.inflight.len() < win {
             let prev_id = d.last_packet_id;
             if let Some(pid) = d.alloc_packet_id() {
-                let before = c.tx.len();
+                let before = c.tx.own_len();
                 let w = encode_publish(
                     c,
                     cache,
@@ -392,7 +490,7 @@ impl Shard {
                     false,
                     now,
                 );
-                stats.bytes_tx += c.tx.len() - before;
+                stats.bytes_tx += c.tx.own_len() - before;
                 match w {
                     Written::Yes => {
                         stats.messages_out += 1;
@@ -426,7 +524,7 @@ impl Shard {
             }
         }
         let out = Outgoing {
-            msg: queued_arc(msg, arc),
+            msg: queued_arc(msg, arc, &self.payloads),
             qos,
             retain,
             sub_ids: SmallVec::from_slice(sub_ids),
@@ -529,7 +627,7 @@ impl Shard {
                 }
             }
             let Some(front) = d.queue.front() else { break };
-            let before = c.tx.len();
+            let before = c.tx.own_len();
             let w = encode_publish(
                 c,
                 None,
@@ -543,7 +641,7 @@ impl Shard {
                 false,
                 now,
             );
-            stats.bytes_tx += c.tx.len() - before;
+            stats.bytes_tx += c.tx.own_len() - before;
             if w == Written::NoRoom {
                 d.last_packet_id = prev_id;
                 break;
@@ -592,13 +690,13 @@ impl Shard {
             return;
         };
         let max_outbound = config.max_outbound_bytes;
-        let before = c.tx.len();
+        let before = c.tx.own_len();
         d.retain_inflight(|f| match f.phase {
             Phase::AwaitComp => {
                 encode_packet(
                     &Packet::PubRel(PubResp::new(f.packet_id)),
                     c.version,
-                    &mut c.tx,
+                    c.tx.tail_mut(),
                 );
                 true
             }
@@ -621,7 +719,7 @@ impl Shard {
                 w == Written::Yes
             }
         });
-        stats.bytes_tx += c.tx.len() - before;
+        stats.bytes_tx += c.tx.own_len() - before;
         mark_flush(actions, conn_id, c);
     }
 }
@@ -669,7 +767,7 @@ mod tests {
                             let mut want = BytesMut::from(&b"prefix"[..]);
                             encode_packet(&p, version, &mut want);
                             let mut got = BytesMut::from(&b"prefix"[..]);
-                            encode_v3_publish(&mut got, &msg, qos, retain);
+                            encode_v3_publish(&mut got, &msg, qos, retain, true);
                             assert_eq!(
                                 got, want,
                                 "topic {topic_len} payload {payload_len} {qos:?} retain {retain}"

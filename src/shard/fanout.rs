@@ -60,6 +60,7 @@ impl Shard {
     pub(crate) fn publish(&mut self, msg: Message, now: Instant) -> bool {
         self.stats.messages_in += 1;
         self.stats.messages_in_qos[msg.qos as usize] += 1;
+        self.stats.bytes_shared = self.payloads.bytes();
         // Only stored/forwarded messages need the Arc; a purely local QoS 0 fan-out
         // does without (see `deliver`).
         let mut arc: Option<Arc<Message>> = None;
@@ -102,6 +103,7 @@ impl Shard {
         shared: Vec<SharedTarget>,
         now: Instant,
     ) {
+        self.stats.bytes_shared = self.payloads.bytes();
         let mut arc = Some(msg.clone());
         if plain {
             self.deliver_local::<WALK_PLAIN>(&msg, &mut arc, now);
@@ -228,7 +230,12 @@ impl Shard {
             if !plain && shared.is_empty() {
                 continue;
             }
-            let a = arc.get_or_insert_with(|| Arc::new(msg.clone())).clone();
+            // A large payload crosses as the node's one shared copy (see `deliver`).
+            let a = if msg.payload.len() >= crate::tx::SHARE_MIN_BYTES {
+                super::deliver::queued_arc(msg, arc, &self.payloads)
+            } else {
+                arc.get_or_insert_with(|| Arc::new(msg.clone())).clone()
+            };
             self.actions.push_back(Action::Send {
                 to,
                 msg: ShardMsg::Publish {

@@ -291,7 +291,7 @@ impl Shard {
         let (unread, rx) = self
             .conns
             .get(conn)
-            .map_or((0, 0), |c| (c.tx.len(), c.rx_counted as usize));
+            .map_or((0, 0), |c| (c.tx.own_len(), c.rx_counted as usize));
         self.stats.bytes_tx -= unread;
         self.stats.bytes_rx -= rx;
         self.conns.remove(conn);

@@ -149,6 +149,9 @@ pub struct Shard {
     matches: Vec<fanout::Match>,
     targets: Targets,
     cache: EncodeCache,
+    /// Shared payloads made on this loop, counted once each wherever they are
+    /// referenced (`ShardStats::bytes_shared`).
+    payloads: crate::tx::PayloadGauge,
     assigned_ids: u64,
     /// Connections to end once the current fan-out or packet is done: slow
     /// consumers, and peers that do not read their replies.
@@ -222,6 +225,7 @@ impl Shard {
             matches: Vec::new(),
             targets: Targets::new(shard_count),
             cache: EncodeCache::default(),
+            payloads: Default::default(),
             assigned_ids: 0,
             slow: Vec::new(),
             limits,
@@ -295,6 +299,7 @@ impl Shard {
         self.stats.sessions_online = online;
         self.stats.messages_queued = queued;
         self.stats.inflight = inflight;
+        self.stats.bytes_shared = self.payloads.bytes();
         self.stats.clone()
     }
 

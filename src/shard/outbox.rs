@@ -8,6 +8,7 @@ use super::conn::ConnState;
 use super::{Action, ConnId, Shard};
 use crate::protocol::{Packet, ProtocolVersion};
 use crate::session::{SessionError, NONE};
+use crate::tx::{TxBuf, TxChain};
 
 /// Control packets (acks, SUBACK, PINGRESP) may take a connection's unread output
 /// this far past `max_outbound_bytes` (which PUBLISH copies stop at), so a client
@@ -25,17 +26,31 @@ impl Shard {
         self.actions.pop_front()
     }
 
-    /// Bytes to write on `conn` now (everything encoded for it since the last call).
+    /// Bytes to write on `conn` now (everything encoded for it since the last
+    /// call), as segments: headers and small packets coalesced, large payloads
+    /// shared with every other subscriber of their fan-out.
+    pub fn take_tx_chain(&mut self, conn: ConnId) -> Option<TxChain> {
+        self.take_out(conn, TxBuf::take)
+    }
+
+    /// [`take_tx_chain`](Self::take_tx_chain) as one `Bytes` (a copy only when there
+    /// are shared segments): for tests and in-memory drivers, which compare bytes;
+    /// the worker sends the chain itself.
     pub fn take_tx(&mut self, conn: ConnId) -> Option<Bytes> {
+        self.take_out(conn, TxBuf::take_bytes)
+    }
+
+    #[inline]
+    fn take_out<T>(&mut self, conn: ConnId, take: impl FnOnce(&mut TxBuf) -> T) -> Option<T> {
         let c = self.conns.get_mut(conn)?;
         c.flush_queued = false;
         if c.tx.is_empty() {
             return None;
         }
-        // Swap in an empty buffer (no allocation) so an idle connection parks nothing.
-        let out = std::mem::take(&mut c.tx).freeze();
-        self.stats.bytes_tx -= out.len();
-        self.stats.bytes_out += out.len() as u64;
+        let (len, own) = c.tx.lens();
+        let out = take(&mut c.tx);
+        self.stats.bytes_tx -= own;
+        self.stats.bytes_out += len as u64;
         if c.state == ConnState::Connected && c.session != NONE {
             // Room was freed: messages waiting for it can be encoded now.
             let session = c.session;
@@ -101,9 +116,9 @@ impl Shard {
                 return;
             }
         }
-        let before = c.tx.len();
-        write(&mut c.tx, c.version);
-        self.stats.bytes_tx += c.tx.len() - before;
+        let before = c.tx.own_len();
+        write(c.tx.tail_mut(), c.version);
+        self.stats.bytes_tx += c.tx.own_len() - before;
         if !c.flush_queued {
             c.flush_queued = true;
             self.actions.push_back(Action::Flush(conn));

@@ -136,10 +136,17 @@ impl RetainedBody {
 
     /// The message to send a subscriber (retain = 1): owns copies of the topic and
     /// payload, as a stored message did.
-    pub(crate) fn to_message(&self) -> Message {
+    /// A large payload becomes a counted shared payload (`PayloadGauge`): the copy's
+    /// outbound segment references it.
+    pub(crate) fn to_message(&self, payloads: &crate::tx::PayloadGauge) -> Message {
+        let payload = if self.payload().len() >= crate::tx::SHARE_MIN_BYTES {
+            payloads.share(self.payload())
+        } else {
+            Bytes::copy_from_slice(self.payload())
+        };
         Message {
             topic: Bytes::copy_from_slice(self.topic()),
-            payload: Bytes::copy_from_slice(self.payload()),
+            payload,
             qos: self.qos,
             retain: true,
             properties: self.properties.as_deref().cloned().unwrap_or_default(),

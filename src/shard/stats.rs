@@ -56,8 +56,14 @@ pub struct ShardStats {
     pub inflight: usize,
     /// Retained messages in this shard's replica.
     pub retained: usize,
-    /// Bytes encoded into connection buffers and not yet taken by the IO side.
+    /// Bytes encoded into connection buffers and not yet taken by the IO side,
+    /// each connection's own bytes only (headers, small packets): a shared payload
+    /// segment is counted once, in `bytes_shared`.
     pub bytes_tx: usize,
+    /// Shared payloads (at least `tx::SHARE_MIN_BYTES`) this shard made and that are
+    /// still referenced anywhere on the node (outbound segments, queues, windows,
+    /// other loops), each counted once. Refreshed at each publish and scrape.
+    pub bytes_shared: usize,
     /// Bytes (`Message::cost_bytes`) of the retained replica.
     pub bytes_retained: usize,
     /// Capacity of the connections' receive buffers: partial frames (and, before
@@ -149,8 +155,14 @@ pub struct ShardStats {
 
 impl ShardStats {
     /// Memory buffered on the shard, compared with `memory_high_water_bytes`:
-    /// unread output, queued and retained messages, receive buffers, route rows.
+    /// unread output, shared payloads, queued and retained messages, receive
+    /// buffers, route rows.
     pub fn memory_bytes(&self) -> usize {
-        self.bytes_tx + self.bytes_queued + self.bytes_retained + self.bytes_rx + self.bytes_routes
+        self.bytes_tx
+            + self.bytes_shared
+            + self.bytes_queued
+            + self.bytes_retained
+            + self.bytes_rx
+            + self.bytes_routes
     }
 }

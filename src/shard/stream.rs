@@ -326,6 +326,7 @@ impl Shard {
             config,
             stats,
             actions,
+            payloads,
             ..
         } = self;
         let Some(sess) = sessions.get_mut(session) else {
@@ -372,14 +373,14 @@ impl Shard {
             }
             return Step::Blocked;
         }
-        let before = c.tx.len();
+        let before = c.tx.own_len();
         // Built per copy from the compact stored form (two small copies): a stream
         // sends each message once, while the store keeps it for good.
-        let msg = Arc::new(body.to_message());
+        let msg = Arc::new(body.to_message(payloads));
         let w = encode_publish(
             c, None, max, false, &msg, qos, true, sub_ids, pid, false, now,
         );
-        stats.bytes_tx += c.tx.len() - before;
+        stats.bytes_tx += c.tx.own_len() - before;
         match w {
             Written::Yes => {
                 stats.messages_out += 1;

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::ws::{WsError, WsSession};
 use super::{TlsSession, TransportError};
+use crate::tx::TxChain;
 
 /// Boxed by the worker (one pointer per connection) and moved with the connection
 /// when it is handed to another loop.
@@ -51,6 +52,20 @@ impl Transport {
                 w.write(data);
                 t.encrypt(&w.take_out());
             }
+        }
+    }
+
+    /// Feeds one flush of the shard's output: TLS encrypts its segments in order
+    /// without joining them; a WebSocket frames the whole flush as one frame, so a
+    /// flush of several segments is joined first (the frame copies it anyway).
+    pub fn encode_chain(&mut self, chain: TxChain) {
+        match self {
+            Transport::Tls(t) => {
+                for chunk in chain.chunks() {
+                    t.encrypt(chunk);
+                }
+            }
+            Transport::Ws(_) | Transport::Wss(..) => self.encode(&chain.into_bytes()),
         }
     }
 

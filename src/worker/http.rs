@@ -180,7 +180,7 @@ impl HttpServer {
     fn answer<L: EventLoop>(io: &mut L, sock: SockId, c: &mut HttpConn, r: &Response, head: bool) {
         c.rx = Vec::new();
         c.state = ConnState::Sending;
-        io.send(sock, r.to_bytes(head));
+        io.send(sock, r.to_bytes(head).into());
     }
 
     /// The one send finished (or failed): the connection is done.

@@ -12,7 +12,6 @@
 //! (the busy clock and the snapshot a scrape gets), `http` (the HTTP listener's
 //! connections and scrapes, on the loop that owns it), `tests`.
 
-use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::TcpListener;
@@ -25,6 +24,7 @@ use crate::io::{Completion, EventLoop, LoopOptions, Remote, SockId, Transfer};
 use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
 use crate::transport::{ListenerTls, TlsSession, Transport, WsConfig, WsSession};
+use crate::tx::TxChain;
 
 mod busy_poll;
 mod cpu;
@@ -625,22 +625,23 @@ impl<L: EventLoop> Worker<L> {
         if let Some(Some(c)) = conns.get_mut(conn) {
             if let Some(data) = c.tls.as_mut().and_then(|s| s.take_wire()) {
                 c.sending = true;
-                io.send(sock, data);
+                io.send(sock, data.into());
             }
         }
     }
 
-    /// The next bytes to send on `c`: the shard's output, through the connection's
-    /// transforms when it has any (with any handshake, alert or control bytes they
-    /// queued; a WebSocket frames the whole flush as one frame).
-    fn next_tx(shard: &mut Shard, c: &mut ConnIo, conn: ConnId) -> Option<Bytes> {
+    /// The next bytes to send on `c`: the shard's output as segments (shared
+    /// payloads by reference), or through the connection's transforms when it has
+    /// any (with any handshake, alert or control bytes they queued; a WebSocket frames
+    /// the whole flush as one frame).
+    fn next_tx(shard: &mut Shard, c: &mut ConnIo, conn: ConnId) -> Option<TxChain> {
         let Some(session) = c.tls.as_mut() else {
-            return shard.take_tx(conn);
+            return shard.take_tx_chain(conn);
         };
-        if let Some(plain) = shard.take_tx(conn) {
-            session.encode(&plain);
+        if let Some(plain) = shard.take_tx_chain(conn) {
+            session.encode_chain(plain);
         }
-        session.take_wire()
+        session.take_wire().map(TxChain::from)
     }
 
     fn map(
@@ -795,7 +796,7 @@ impl<L: EventLoop> Worker<L> {
                                     if !c.sending {
                                         if let Some(data) = session.take_wire() {
                                             c.sending = true;
-                                            io.send(sock, data);
+                                            io.send(sock, data.into());
                                         } else if c.state == State::Draining {
                                             c.state = State::Closing;
                                             io.close(sock);

@@ -137,7 +137,7 @@ impl EventLoop for NeverArrives {
     fn start_recv(&mut self, sock: SockId) {
         self.inner.start_recv(sock)
     }
-    fn send(&mut self, sock: SockId, data: bytes::Bytes) {
+    fn send(&mut self, sock: SockId, data: crate::tx::TxChain) {
         self.inner.send(sock, data)
     }
     fn shutdown_write(&mut self, sock: SockId) {

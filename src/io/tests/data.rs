@@ -215,8 +215,8 @@ fn send_while_one_is_in_flight_is_counted() {
         // Larger than the socket buffers: the first send stays in flight (epoll
         // writes what fits and keeps the rest; io_uring until its completion).
         let first = pattern(1, 8 << 20);
-        lp.send(sock, Bytes::from(first.clone()));
-        lp.send(sock, Bytes::from_static(b"second"));
+        lp.send(sock, Bytes::from(first.clone()).into());
+        lp.send(sock, Bytes::from_static(b"second").into());
         assert_eq!(lp.stats().send_refused_busy, 1, "{name}");
         let reader = thread::spawn(move || read_exact(&mut c, 8 << 20));
         let mut done = false;

@@ -172,7 +172,7 @@ impl Echo {
                         // refuses the CONNECT).
                         self.report.migrate_refused += 1;
                         self.sending.insert(sock);
-                        lp.send(sock, Bytes::from_static(&[REFUSED_REPLY]));
+                        lp.send(sock, Bytes::from_static(&[REFUSED_REPLY]).into());
                         self.closing.insert(sock);
                     }
                 },
@@ -209,7 +209,7 @@ impl Echo {
             let data: Bytes = q.split().freeze();
             let n = data.len();
             self.sending.insert(sock);
-            lp.send(sock, data);
+            lp.send(sock, data.into());
             let e = self.echoed.entry(sock).or_default();
             *e += n;
             if let Some(limit) = self.mode.close_after {
@@ -376,3 +376,4 @@ fn churn(ctor: Ctor, loops: usize, migrate_to: Option<usize>) -> Vec<EchoReport>
 mod accept;
 mod data;
 mod handoff;
+mod vectored;

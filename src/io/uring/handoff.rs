@@ -631,7 +631,7 @@ mod tests {
         );
         assert_eq!(b.rings[0].lost, 0);
         // The socket the sweep had to skip still works.
-        b.send(kept, bytes::Bytes::from_static(b"still here"));
+        b.send(kept, bytes::Bytes::from_static(b"still here").into());
         let mut got = [0u8; 10];
         for _ in 0..100 {
             b.turn(Some(Duration::from_millis(1)), &mut Vec::new())

@@ -44,7 +44,6 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use io_uring::types::{CancelBuilder, Fd, Fixed, SubmitArgs, Timespec};
 use io_uring::{cqueue, opcode, squeue};
 use slab::Slab;
@@ -128,7 +127,9 @@ struct Sock {
     state: SockState,
     recv_armed: bool,
     /// The rest of the one send in flight.
-    tx: Option<Bytes>,
+    tx: Option<crate::tx::TxChain>,
+    /// The iovec array of a `SENDMSG` in flight (chains of several segments).
+    iov: Option<Box<send::IovBuf>>,
     close_inflight: bool,
     /// The slot was closed (or never needs closing): release once nothing is in flight.
     slot_closed: bool,
@@ -667,6 +668,7 @@ impl UringLoop {
             state: SockState::Open,
             recv_armed: false,
             tx: None,
+            iov: None,
             close_inflight: false,
             slot_closed: false,
             reported: true,
@@ -702,7 +704,7 @@ impl EventLoop for UringLoop {
         self.arm_recv(sock);
     }
 
-    fn send(&mut self, sock: SockId, data: Bytes) {
+    fn send(&mut self, sock: SockId, data: crate::tx::TxChain) {
         self.queue_send(sock, data);
     }
 
@@ -910,6 +912,9 @@ impl Drop for UringLoop {
             if let Some(tx) = sock.tx {
                 std::mem::forget(tx);
             }
+            if let Some(iov) = sock.iov {
+                std::mem::forget(iov);
+            }
         }
     }
 }
@@ -972,10 +977,11 @@ mod tests {
         // stays in flight.
         lp.send(
             sock,
-            Bytes::from_owner(Watched {
+            bytes::Bytes::from_owner(Watched {
                 data: vec![7; 8 << 20],
                 freed: freed.clone(),
-            }),
+            })
+            .into(),
         );
         for _ in 0..3 {
             out.clear();

@@ -1,25 +1,64 @@
-//! The send path: one `SEND` in flight per socket, resubmitted with the rest on a
+//! The send path: one send in flight per socket, resubmitted with the rest on a
 //! short write; its completion tells the worker, or lets a closing or migrating
-//! socket move on.
+//! socket move on. A chain of one segment goes out as `SEND`; several segments
+//! (headers and shared payloads) as one `SENDMSG` over an iovec array, so a shared
+//! payload is written from its one copy. A short write advances the chain to the
+//! byte the kernel stopped at (no copy) and sends the rest.
 
-use bytes::Bytes;
 use io_uring::opcode;
 use io_uring::types::Fixed;
 
 use super::{ud, SockState, UringLoop, K_SEND};
 use crate::io::{Completion, SockId};
+use crate::tx::{TxChain, MAX_IOV};
+
+/// The `msghdr` and iovec array of one `SENDMSG`: the kernel reads them until the
+/// completion, so they live boxed in the socket, at a stable address, until then.
+/// The array is sized to the chain (at most `MAX_IOV`), not to the limit: a header
+/// and a payload take 32 bytes, which a thousand stalled subscribers each hold.
+pub(super) struct IovBuf {
+    hdr: libc::msghdr,
+    iov: Vec<libc::iovec>,
+}
 
 impl UringLoop {
     pub(super) fn submit_send(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get(sock as usize) else {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
         let Some(tx) = &s.tx else { return };
-        let len = tx.len().min(u32::MAX as usize) as u32;
-        let e = opcode::Send::new(Fixed(s.slot), tx.as_ptr(), len)
-            .flags(libc::MSG_NOSIGNAL)
-            .build()
-            .user_data(ud(K_SEND, sock as u64));
+        let e = if tx.segments() <= 1 {
+            let first = tx.chunks().next().unwrap_or(&[]);
+            let len = first.len().min(u32::MAX as usize) as u32;
+            opcode::Send::new(Fixed(s.slot), first.as_ptr(), len)
+                .flags(libc::MSG_NOSIGNAL)
+                .build()
+        } else {
+            let b = s.iov.get_or_insert_with(|| {
+                Box::new(IovBuf {
+                    // SAFETY: msghdr is a plain C struct of integers and pointers, for
+                    // which all-zero is a valid (empty) value.
+                    hdr: unsafe { std::mem::zeroed() },
+                    iov: Vec::new(),
+                })
+            });
+            b.iov.clear();
+            b.iov.reserve_exact(tx.segments().min(MAX_IOV));
+            b.iov.extend(tx.chunks().take(MAX_IOV).map(|c| libc::iovec {
+                iov_base: c.as_ptr() as *mut libc::c_void,
+                iov_len: c.len(),
+            }));
+            b.hdr.msg_iov = b.iov.as_mut_ptr();
+            b.hdr.msg_iovlen = b.iov.len();
+            opcode::SendMsg::new(Fixed(s.slot), &b.hdr)
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build()
+        };
+        // The pointers above stay valid until the completion: the chain's segments
+        // are reference-counted heap buffers held in `s.tx`, and `s.iov` is boxed;
+        // neither is touched before `on_send` (and `Drop` leaks both if the loop goes
+        // first).
+        let e = e.user_data(ud(K_SEND, sock as u64));
         let ring = s.ring as usize;
         self.rings[ring].push(e);
     }
@@ -30,13 +69,16 @@ impl UringLoop {
         };
         let Some(tx) = s.tx.as_mut() else { return };
         if res >= 0 && (res as usize) < tx.len() && s.state == SockState::Open {
-            // Short write: send the rest.
-            let _ = tx.split_to(res as usize);
+            // Short write, or a chain longer than one SENDMSG takes: send the rest.
+            tx.advance(res as usize);
+            self.stats.sends_resumed += 1;
             self.submit_send(sock);
             return;
         }
         let errno = if res < 0 { -res } else { 0 };
         s.tx = None;
+        // Kept only while a chain of several segments is being sent.
+        s.iov = None;
         match s.state {
             SockState::Open => self.pending.push(Completion::SendDone { sock, errno }),
             SockState::Migrating { .. } => {
@@ -47,7 +89,7 @@ impl UringLoop {
         }
     }
 
-    pub(super) fn queue_send(&mut self, sock: SockId, data: Bytes) {
+    pub(super) fn queue_send(&mut self, sock: SockId, data: TxChain) {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };

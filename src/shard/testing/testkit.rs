@@ -389,7 +389,9 @@ impl Driver {
                     c.rx.capacity(),
                     "conn {id} on shard {i}: receive buffer not counted"
                 );
-                tx += c.tx.len();
+                // The gauge counts each connection's own bytes; shared payload
+                // segments are counted once per node (`bytes_shared`).
+                tx += c.tx.own_len();
                 rx += c.rx.capacity();
             }
             let st = sh.stats();

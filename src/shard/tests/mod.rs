@@ -8,6 +8,7 @@ mod contract;
 mod limits;
 mod memory;
 mod mesh_full;
+mod payload;
 mod pubsub;
 mod qos;
 mod retained;
