@@ -25,6 +25,9 @@ use super::{
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
 const LISTENER_BASE: usize = usize::MAX - 1;
+/// `watch_readable` token `t` is `WATCH_BASE + t`: far above socket ids (u32) and
+/// below the listeners' tokens.
+const WATCH_BASE: usize = 1 << 40;
 /// Fds kept for everything that is not a connection (listeners, poll, stdio, spare).
 const FD_RESERVE: u64 = 64;
 /// Bound on accepts per listener per turn, so a connection storm cannot starve IO.
@@ -356,6 +359,14 @@ impl EventLoop for EpollLoop {
         Ok(())
     }
 
+    fn watch_readable(&mut self, fd: std::os::fd::RawFd, token: u32) -> io::Result<()> {
+        self.poll.registry().register(
+            &mut mio::unix::SourceFd(&fd),
+            Token(WATCH_BASE + token as usize),
+            Interest::READABLE,
+        )
+    }
+
     fn stop_accepting(&mut self) {
         self.accepting = false;
         for l in self.listeners.iter_mut() {
@@ -486,6 +497,12 @@ impl EventLoop for EpollLoop {
         for ev in self.events.iter() {
             let token = ev.token();
             if token == WAKER_TOKEN {
+                continue;
+            }
+            if (WATCH_BASE..WATCH_BASE + (1 << 32)).contains(&token.0) {
+                self.pending.push(Completion::Readable {
+                    token: (token.0 - WATCH_BASE) as u32,
+                });
                 continue;
             }
             if token.0 > LISTENER_BASE - self.listeners.len() && token.0 <= LISTENER_BASE {

@@ -90,6 +90,9 @@ pub enum Completion {
     },
     /// No operation remains on `sock`; its id may be reused.
     Released { sock: SockId },
+    /// A descriptor given to `watch_readable` became readable (edge: read it until
+    /// `EWOULDBLOCK`, or remember there is more; no new report comes for old data).
+    Readable { token: u32 },
 }
 
 /// Counters for what the backend dropped or failed; reported at shutdown.
@@ -208,6 +211,11 @@ pub trait EventLoop {
     fn forget(&mut self, transfer: Transfer) {
         let _ = transfer;
     }
+    /// Reports `Readable { token }` each time `fd` (non-blocking, owned by the caller
+    /// and kept open as long as the loop runs) gets data: a UDP socket, whose
+    /// datagrams the worker reads itself (the MQTT-SN gateway). io_uring: a multishot
+    /// `POLL_ADD`; epoll: an edge-triggered registration.
+    fn watch_readable(&mut self, fd: std::os::fd::RawFd, token: u32) -> io::Result<()>;
     /// Wakes loop `to` (which published "parked").
     fn doorbell(&mut self, to: usize);
     /// Bytes of a `Recv` completion.

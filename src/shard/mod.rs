@@ -256,6 +256,11 @@ impl Shard {
         &self.stats
     }
 
+    /// The loop that owns the session of `client_id` (the same answer on every loop).
+    pub fn owner_of(&self, client_id: &[u8]) -> ShardId {
+        self.placement.owner(client_id, self.shard_count)
+    }
+
     /// The MQTT-SN gateway's counters, which the worker keeps current (the shard only
     /// carries them into its snapshot).
     pub fn sn_stats_mut(&mut self) -> &mut SnStats {

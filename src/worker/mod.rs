@@ -10,7 +10,8 @@
 //! Beside it: `cpu` (thread placement), `busy_poll` (the spin window before blocking),
 //! `handoffs` (hand-offs waiting for their socket), `linger` (lingering close), `observe`
 //! (the busy clock and the snapshot a scrape gets), `http` (the HTTP listener's
-//! connections and scrapes, on the loop that owns it), `tests`.
+//! connections and scrapes, on the loop that owns it), `sn` (the MQTT-SN gateway's
+//! UDP socket and routing), `tests`.
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
@@ -33,6 +34,7 @@ mod http;
 mod linger;
 mod observe;
 mod report;
+mod sn;
 pub mod verify;
 
 use busy_poll::BusyPoll;
@@ -42,6 +44,7 @@ use http::HttpServer;
 use linger::Linger;
 use observe::{LoopClock, Summary};
 pub use report::WorkerReport;
+pub use sn::SnSetup;
 
 /// What travels over the mesh between workers.
 #[derive(Debug)]
@@ -68,6 +71,9 @@ pub enum WorkerMsg {
         scrape: u64,
         snapshot: Box<crate::metrics::LoopSnapshot>,
     },
+    /// An MQTT-SN datagram (sender, bytes) received on another loop for a client
+    /// this loop owns. Data like a `Publish`: dropped, counted, when the ring is full.
+    SnDatagram(Box<(std::net::SocketAddr, Bytes)>),
 }
 
 /// Mesh messages handled per turn, so inbound traffic cannot starve local IO.
@@ -152,6 +158,8 @@ pub struct WorkerSetup {
     /// The auth policy (reloaded on SIGHUP) and this loop's end of the verifier
     /// pool; `None` without password or ACL files.
     pub auth: Option<(Arc<verify::AuthShared>, verify::Verifier)>,
+    /// This loop's MQTT-SN socket and the gateway's bounds; `None`: gateway off.
+    pub mqttsn: Option<SnSetup>,
 }
 
 struct Worker<L: EventLoop> {
@@ -188,6 +196,7 @@ struct Worker<L: EventLoop> {
     stats_requests: Vec<(usize, u64)>,
     auth: Option<AuthLink>,
     tls: TlsIo,
+    sn: Option<sn::SnIo>,
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -222,6 +231,7 @@ pub fn run<L: EventLoop>(
         http_listener,
         started,
         auth,
+        mqttsn,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -313,6 +323,7 @@ pub fn run<L: EventLoop>(
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        sn: None,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -337,6 +348,12 @@ pub fn run<L: EventLoop>(
             started,
             w.io.name(),
         ));
+    }
+    if let Some(setup) = mqttsn {
+        match sn::SnIo::new(setup, &w.shard, &mut w.io, Instant::now()) {
+            Ok(s) => w.sn = Some(s),
+            Err(e) => result = Err(e),
+        }
     }
     if result.is_ok() {
         result = w.run_loop(&shutdown);
@@ -379,6 +396,12 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             for c in completions.drain(..) {
+                if let Completion::Readable { .. } = c {
+                    if let Some(sn) = &mut self.sn {
+                        sn.on_readable();
+                    }
+                    continue;
+                }
                 Self::dispatch(
                     &mut self.io,
                     &mut self.shard,
@@ -399,6 +422,10 @@ impl<L: EventLoop> Worker<L> {
                 );
             }
             self.drain_mesh(now);
+            if let Some(sn) = &mut self.sn {
+                sn.recv(&mut self.shard, &mut self.mesh, &mut self.wake, now);
+                sn.node.on_timer(&mut self.shard, now);
+            }
             if !self.stats_requests.is_empty() {
                 self.answer_stats_requests(now);
             }
@@ -422,7 +449,12 @@ impl<L: EventLoop> Worker<L> {
             // is flushed in this turn; a stream with more to send keeps the loop from
             // blocking (nothing else would wake it).
             self.shard.run_streams(now);
-            let more_actions = self.drain_actions(now) || self.shard.streams_pending();
+            let more_actions = self.drain_actions(now)
+                || self.shard.streams_pending()
+                || self.sn.as_ref().is_some_and(|s| s.pending());
+            if let Some(sn) = &mut self.sn {
+                sn.flush(&mut self.shard);
+            }
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
             self.expire_lingers(now);
@@ -454,6 +486,7 @@ impl<L: EventLoop> Worker<L> {
                 self.linger.next_deadline(),
                 self.waiting_handoffs.next_deadline(),
                 self.http.as_ref().and_then(|h| h.next_deadline()),
+                self.sn.as_ref().and_then(|s| s.node.next_deadline()),
             ]
             .into_iter()
             .flatten()
@@ -549,6 +582,7 @@ impl<L: EventLoop> Worker<L> {
             report,
             shutting_down,
             stats_requests,
+            sn,
             ..
         } = self;
         let mut replies = Vec::new();
@@ -561,6 +595,12 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             WorkerMsg::StatsReply { scrape, snapshot } => replies.push((from, scrape, snapshot)),
+            WorkerMsg::SnDatagram(d) => {
+                if let Some(sn) = sn.as_mut() {
+                    let (peer, data) = *d;
+                    sn.node.on_datagram(shard, peer, &data, now);
+                }
+            }
             WorkerMsg::Adopt {
                 handoff,
                 transfer,
@@ -913,6 +953,8 @@ impl<L: EventLoop> Worker<L> {
                     }
                 }
             }
+            // Taken by `run_loop` before dispatch.
+            Completion::Readable { .. } => {}
             Completion::Released { sock } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
                     return;
@@ -936,6 +978,10 @@ impl<L: EventLoop> Worker<L> {
             match action {
                 Action::Flush(conn) => {
                     let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        // No socket: an MQTT-SN client's virtual connection, or gone.
+                        if let Some(sn) = self.sn.as_mut().filter(|s| s.node.owns(conn)) {
+                            sn.node.on_flush(&mut self.shard, conn, now);
+                        }
                         continue;
                     };
                     if c.sending || !matches!(c.state, State::Open | State::Draining) {
@@ -948,6 +994,9 @@ impl<L: EventLoop> Worker<L> {
                 }
                 Action::Close(conn) => {
                     let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        if let Some(sn) = self.sn.as_mut().filter(|s| s.node.owns(conn)) {
+                            sn.node.on_close(&mut self.shard, conn, now);
+                        }
                         continue;
                     };
                     if c.state != State::Open {
@@ -969,6 +1018,11 @@ impl<L: EventLoop> Worker<L> {
                 }
                 Action::Migrate { conn, to, handoff } => {
                     let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        // A virtual connection is opened on its owner; should one be
+                        // asked to move all the same, it is refused (CONNACK rc 3).
+                        if self.sn.as_ref().is_some_and(|s| s.node.owns(conn)) {
+                            self.shard.on_migrate_refused(conn, now);
+                        }
                         continue;
                     };
                     if c.state != State::Open || self.shutting_down {

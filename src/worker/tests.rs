@@ -159,6 +159,9 @@ impl EventLoop for NeverArrives {
     fn forget(&mut self, transfer: Transfer) {
         self.forgotten.push(transfer);
     }
+    fn watch_readable(&mut self, fd: std::os::fd::RawFd, token: u32) -> io::Result<()> {
+        self.inner.watch_readable(fd, token)
+    }
     fn doorbell(&mut self, to: usize) {
         self.inner.doorbell(to)
     }
@@ -216,6 +219,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        sn: None,
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
@@ -297,6 +301,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        sn: None,
     };
     (w, eps.pop().expect("endpoint 0"))
 }

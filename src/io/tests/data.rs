@@ -245,3 +245,42 @@ fn send_while_one_is_in_flight_is_counted() {
         }
     }
 }
+
+/// `watch_readable` (the MQTT-SN gateway's UDP socket): each datagram that arrives
+/// after the descriptor was read dry is reported again, on every backend.
+#[test]
+fn watched_udp_socket_reports_each_new_datagram() {
+    for (name, ctor) in backends() {
+        let mut lp = ctor(0, &opts()).expect("loop");
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        rx.set_nonblocking(true).unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        lp.watch_readable(std::os::fd::AsRawFd::as_raw_fd(&rx), 3)
+            .expect("watch");
+        for round in 0..3u8 {
+            tx.send_to(&[round], rx.local_addr().unwrap()).unwrap();
+            let mut out = Vec::new();
+            // Bounded: the datagram is already queued, so the first turn that
+            // blocks sees it; 100 turns of 100 ms is far beyond that.
+            for _ in 0..100 {
+                lp.turn(Some(Duration::from_millis(100)), &mut out)
+                    .expect("turn");
+                if !out.is_empty() {
+                    break;
+                }
+            }
+            assert!(
+                out.contains(&Completion::Readable { token: 3 }),
+                "{name} round {round}: {out:?}"
+            );
+            let mut buf = [0u8; 8];
+            assert_eq!(rx.recv(&mut buf).expect("the datagram"), 1, "{name}");
+            assert_eq!(buf[0], round, "{name}");
+            assert_eq!(
+                rx.recv(&mut buf).map_err(|e| e.kind()),
+                Err(io::ErrorKind::WouldBlock),
+                "{name}"
+            );
+        }
+    }
+}

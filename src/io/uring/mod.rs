@@ -96,6 +96,8 @@ const K_PROBE: u64 = 14;
 const K_ORPHAN_CLOSE: u64 = 15;
 /// A lingering connection's `SHUT_WR` (see `shutdown_write`).
 const K_SHUTDOWN: u64 = 16;
+/// A `watch_readable` descriptor's multishot poll; payload: its token.
+const K_WATCH: u64 = 17;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
@@ -177,6 +179,9 @@ pub struct UringLoop {
     /// Notes of unannounced descriptors whose `MSG_RING` failed transiently: (target
     /// loop, its ring, attempts so far), sent again next turn.
     lost_note_retry: Vec<(usize, usize, u64)>,
+    /// `watch_readable` descriptors, indexed by token (re-armed when the kernel ends
+    /// a multishot poll).
+    watched: Vec<RawFd>,
     /// Test-only failure injection: the next `n` descriptors we send report
     /// EOVERFLOW although they arrived (`on_send_fd`).
     #[cfg(test)]
@@ -288,6 +293,7 @@ impl UringLoop {
             last_trim: Instant::now(),
             doorbell_retry: Vec::new(),
             lost_note_retry: Vec::new(),
+            watched: Vec::new(),
             #[cfg(test)]
             inject_send_fd_overflow: 0,
             #[cfg(test)]
@@ -358,6 +364,17 @@ impl UringLoop {
             .multi(true)
             .build()
             .user_data(ud(K_EVENTFD, 0));
+        self.rings[0].push(e);
+    }
+
+    fn arm_watch(&mut self, token: u32) {
+        let Some(&fd) = self.watched.get(token as usize) else {
+            return;
+        };
+        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(ud(K_WATCH, u64::from(token)));
         self.rings[0].push(e);
     }
 
@@ -574,6 +591,19 @@ impl UringLoop {
                     self.arm_eventfd();
                 }
             }
+            K_WATCH => {
+                let token = payload as u32;
+                if res < 0 {
+                    tracing::warn!(token, errno = -res, "poll of a watched descriptor failed");
+                } else {
+                    out.push(Completion::Readable { token });
+                }
+                // Re-armed after an error too: a transient one must not silence the
+                // socket for good (the loop's own teardown cancels nothing here).
+                if !cqueue::more(flags) && res != -libc::ECANCELED {
+                    self.arm_watch(token);
+                }
+            }
             // Doorbells post a CQE here only on failure (`SKIP_SUCCESS`).
             K_DOORBELL if res < 0 => self.on_doorbell_failed(payload, -res),
             K_CANCEL | K_DOORBELL | K_LOST_SENT => {}
@@ -774,6 +804,16 @@ impl EventLoop for UringLoop {
         // The descriptor sits in the target's table; the target closes it when its
         // hand-off does not come (`reap_unpaired`).
         let _ = transfer;
+    }
+
+    fn watch_readable(&mut self, fd: RawFd, token: u32) -> io::Result<()> {
+        let i = token as usize;
+        if self.watched.len() <= i {
+            self.watched.resize(i + 1, -1);
+        }
+        self.watched[i] = fd;
+        self.arm_watch(token);
+        Ok(())
     }
 
     fn doorbell(&mut self, to: usize) {
