@@ -120,6 +120,11 @@ fn cargo_build_ringmq() -> PathBuf {
 /// test, with its stderr: there is no other broker to fall back to, so a pass always
 /// means ringmq carried the traffic.
 pub fn start_broker() -> Broker {
+    start_broker_with(&[])
+}
+
+/// [`start_broker`] with more ringmq options (e.g. `--mqttsn-listen`).
+pub fn start_broker_with(extra: &[&str]) -> Broker {
     let bin = ringmq_bin();
     let port = free_port();
     let stderr_path =
@@ -133,6 +138,7 @@ pub fn start_broker() -> Broker {
             "--http-listen",
             "none",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
