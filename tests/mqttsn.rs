@@ -625,3 +625,39 @@ fn interop_with_mqtt_sn_12_client() {
     assert_eq!(out.trim(), "retained for python");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A TCP client that takes an SN client's id over ends the SN client's session: the
+/// gateway tells the SN client with a DISCONNECT, and a publish from it afterwards
+/// is not carried (no session).
+#[test]
+fn tcp_takeover_of_an_sn_client_id_disconnects_the_sn_client() {
+    let broker = sn_broker(&[]);
+    let gw = sn_addr(&broker);
+    let id = sn_id("take", 1);
+    let sn = Sn::connect(gw, &id, 600);
+    let mut tcp = RawClient::connect_v311(broker.addr(), &id);
+    assert_eq!(sn.recv(), Message::Disconnect { duration: None });
+    tcp.subscribe_ok(1, "take/#", 0);
+    sn.send(&Message::Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: TopicRef::Short(*b"ab"),
+        msg_id: 1,
+        data: b("after"),
+    });
+    // An SN client without a session gets nothing back for it (counted).
+    sn.sock
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        sn.sock.recv(&mut buf).is_err(),
+        "answered without a session"
+    );
+    let m = metrics(&broker);
+    assert!(
+        metric(&m, "ringmq_mqttsn_dropped_total{reason=\"unexpected\"}") >= 1,
+        "the publish without a session is counted"
+    );
+}

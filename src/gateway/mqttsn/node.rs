@@ -137,8 +137,11 @@ impl SnNode {
     pub fn on_close(&mut self, shard: &mut Shard, conn: ConnId, now: Instant) {
         self.drain(shard, conn, now);
         if let Some(vc) = self.vconns.remove(&conn) {
+            // Still the client's current connection: the broker, not the client,
+            // ended it (takeover by another connection, refusal, shutdown).
             if self.by_client.get(&vc.client_id) == Some(&conn) {
                 self.by_client.remove(&vc.client_id);
+                self.gw.end_session(&vc.client_id);
             }
         }
         if self.anon == Some(conn) {
