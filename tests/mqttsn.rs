@@ -661,3 +661,127 @@ fn tcp_takeover_of_an_sn_client_id_disconnects_the_sn_client() {
         "the publish without a session is counted"
     );
 }
+
+/// The `mqttsn_*` bounds and Tretry/Nretry reach the gateway of the real binary, each
+/// with its counter: SEARCHGW is answered (6.1); a REGISTER past
+/// `--mqttsn-max-topic-ids` gets REGACK 0x01 (6.5); a datagram over
+/// `--mqttsn-max-datagram-bytes` is dropped; a sleeping client's messages past
+/// `--mqttsn-max-buffered-msgs` are dropped (6.14); an unacknowledged QoS 1 PUBLISH
+/// is sent again with DUP after `--mqttsn-retry-interval-ms`, and after
+/// `--mqttsn-max-retries` the client is lost (6.13).
+#[test]
+fn bounds_and_retransmission_follow_the_config() {
+    let broker = sn_broker(&[
+        "--mqttsn-max-topic-ids",
+        "2",
+        "--mqttsn-max-datagram-bytes",
+        "64",
+        "--mqttsn-max-buffered-msgs",
+        "2",
+        "--mqttsn-retry-interval-ms",
+        "300",
+        "--mqttsn-max-retries",
+        "1",
+    ]);
+    let gw = sn_addr(&broker);
+    let searcher = Sn::new(gw, "searcher");
+    searcher.send(&Message::SearchGw { radius: 0 });
+    assert!(matches!(searcher.recv(), Message::GwInfo { gw_id: 1, .. }));
+
+    let reg = Sn::connect(gw, &sn_id("breg", 1), 600);
+    reg.register("b/1", 1);
+    reg.register("b/2", 2);
+    reg.send(&Message::Register {
+        topic_id: 0,
+        msg_id: 3,
+        topic_name: b("b/3"),
+    });
+    assert!(matches!(
+        reg.recv(),
+        Message::RegAck {
+            msg_id: 3,
+            code: ReturnCode::Congestion,
+            ..
+        }
+    ));
+    // 65 bytes: a well-formed PUBLISH one byte over the bound.
+    reg.send(&Message::Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: TopicRef::Short(*b"ab"),
+        msg_id: 0,
+        data: Bytes::from(vec![b'x'; 65 - 7]),
+    });
+
+    // Asleep: 4 messages for a buffer of 2.
+    let id = sn_id("bound", 0);
+    let sn = Sn::connect(gw, &id, 600);
+    let topic = format!("bound/{id}");
+    let topic_id = sn.subscribe(&topic, QoS::AtLeastOnce, 4);
+    sn.send(&Message::Disconnect {
+        duration: Some(600),
+    });
+    assert_eq!(sn.recv(), Message::Disconnect { duration: None });
+    let mut publisher = RawClient::connect_v311(broker.addr(), &uniq("bpub"));
+    for i in 0..4u16 {
+        publisher.publish_complete(&topic, 1, false, 1 + i, format!("m{i}").as_bytes());
+    }
+    // Every copy reached the gateway before the wake-up: a TCP subscriber on the
+    // sleeper's loop (loop 0) gets "sync" in the same turn the sleeper's session
+    // gets it, after the four before it.
+    let mut watcher = RawClient::connect_v311(broker.addr(), &sn_id("bwat", 0));
+    watcher.subscribe_ok(1, &topic, 1);
+    publisher.publish_complete(&topic, 1, false, 9, b"sync");
+    assert_eq!(watcher.recv_publish_ack().payload, b"sync");
+    sn.send(&Message::PingReq {
+        client_id: Some(b(&id)),
+    });
+    // m0 is sent and not acknowledged: sent again with DUP after Tretry, then the
+    // client is lost after Nretry = 1.
+    let first = sn.recv();
+    let Message::Publish {
+        dup: false,
+        msg_id,
+        topic: TopicRef::Normal(t),
+        ref data,
+        ..
+    } = first
+    else {
+        panic!("{first:?}")
+    };
+    assert_eq!((t, &data[..]), (topic_id, &b"m0"[..]));
+    match sn.recv() {
+        Message::Publish {
+            dup: true,
+            msg_id: again,
+            ..
+        } => assert_eq!(again, msg_id),
+        other => panic!("expected the retransmission, got {other:?}"),
+    }
+    // Lost: nothing more is sent; the counters say why.
+    let mut lost = 0;
+    for _ in 0..100 {
+        let m = metrics(&broker);
+        lost = metric(&m, "ringmq_mqttsn_clients_lost_total");
+        if lost == 1 {
+            assert_eq!(metric(&m, "ringmq_mqttsn_retransmits_total"), 1);
+            assert_eq!(
+                metric(&m, "ringmq_mqttsn_dropped_total{reason=\"max_topic_ids\"}"),
+                1
+            );
+            assert_eq!(
+                metric(&m, "ringmq_mqttsn_dropped_total{reason=\"bad_datagram\"}"),
+                1
+            );
+            // m2, m3 and "sync" found the buffer (m0, m1) full.
+            assert_eq!(
+                metric(&m, "ringmq_mqttsn_dropped_total{reason=\"max_buffered\"}"),
+                3
+            );
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(lost, 1, "the client was not lost after Nretry");
+}
