@@ -396,9 +396,23 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             for c in completions.drain(..) {
-                if let Completion::Readable { .. } = c {
+                if let Completion::SendToFailed { errno } = c {
+                    tracing::debug!(shard = self.id, errno, "mqttsn send failed");
+                    self.shard.sn_stats_mut().send_dropped += 1;
+                    continue;
+                }
+                if let Completion::Datagram { from, buf } = c {
+                    let data = Bytes::copy_from_slice(self.io.buf(buf));
+                    self.io.recycle(buf);
                     if let Some(sn) = &mut self.sn {
-                        sn.on_readable();
+                        sn.on_datagram(
+                            &mut self.shard,
+                            &mut self.mesh,
+                            &mut self.wake,
+                            from,
+                            data,
+                            now,
+                        );
                     }
                     continue;
                 }
@@ -423,7 +437,6 @@ impl<L: EventLoop> Worker<L> {
             }
             self.drain_mesh(now);
             if let Some(sn) = &mut self.sn {
-                sn.recv(&mut self.shard, &mut self.mesh, &mut self.wake, now);
                 sn.node.on_timer(&mut self.shard, now);
             }
             if !self.stats_requests.is_empty() {
@@ -449,11 +462,9 @@ impl<L: EventLoop> Worker<L> {
             // is flushed in this turn; a stream with more to send keeps the loop from
             // blocking (nothing else would wake it).
             self.shard.run_streams(now);
-            let more_actions = self.drain_actions(now)
-                || self.shard.streams_pending()
-                || self.sn.as_ref().is_some_and(|s| s.pending());
+            let more_actions = self.drain_actions(now) || self.shard.streams_pending();
             if let Some(sn) = &mut self.sn {
-                sn.flush(&mut self.shard);
+                sn.flush(&mut self.io, &mut self.shard);
             }
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
@@ -954,7 +965,8 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             // Taken by `run_loop` before dispatch.
-            Completion::Readable { .. } => {}
+            Completion::Datagram { buf, .. } => io.recycle(buf),
+            Completion::SendToFailed { .. } => {}
             Completion::Released { sock } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
                     return;

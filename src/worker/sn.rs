@@ -1,19 +1,18 @@
-//! The MQTT-SN gateway's IO on one loop: its UDP socket, the routing of each datagram
-//! to the loop that owns its client, and the datagrams the gateway sends.
+//! The MQTT-SN gateway's IO on one loop: the routing of each datagram to the loop
+//! that owns its client, and the datagrams the gateway sends.
 //!
-//! Every loop binds its own UDP socket on the gateway's port (`SO_REUSEPORT`), so the
-//! kernel keeps each peer address on one loop. A CONNECT (and the wake-up PINGREQ,
-//! which names its client) goes to the loop that owns the client id, over the mesh
-//! when that is another loop, and the address is remembered so its later datagrams
-//! follow; the owner answers from its own socket, bound to the same address. The
-//! backend reports the socket readable (`EventLoop::watch_readable`); datagrams are
-//! then read here with non-blocking `recv_from` in bounded batches (a socket with more
-//! left keeps the loop from blocking) and sent with `send_to`: a datagram the socket
-//! buffer will not take is dropped and counted (the gateway's Tretry covers QoS 1/2).
+//! Every loop binds its own UDP socket on the gateway's port (`SO_REUSEPORT`, in
+//! `main`), so the kernel keeps each peer address on one loop, and hands it to its
+//! backend (`EventLoop::add_udp`: io_uring multishot `RECVMSG` into provided buffers
+//! and `SENDMSG`, or epoll `recv_from`/`send_to`). A CONNECT (and the wake-up
+//! PINGREQ, which names its client) goes to the loop that owns the client id, over
+//! the mesh when that is another loop, and the address is remembered so its later
+//! datagrams follow; the owner answers from its own socket, bound to the same
+//! address. A datagram the socket will not take is dropped and counted (the
+//! gateway's Tretry covers QoS 1/2).
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
 use std::time::Instant;
 
 use ahash::AHashMap;
@@ -25,11 +24,6 @@ use crate::io::EventLoop;
 use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::Shard;
 
-/// The `watch_readable` token of the gateway's socket.
-pub(super) const SN_TOKEN: u32 = 0;
-/// Datagrams read per turn, so a flood cannot starve the loop's other work.
-const RECV_BATCH: usize = 1024;
-
 /// What `main` gives a loop when the gateway is on.
 pub struct SnSetup {
     /// Bound (the group shares one port through `SO_REUSEPORT`).
@@ -38,16 +32,10 @@ pub struct SnSetup {
 }
 
 pub(super) struct SnIo {
-    sock: UdpSocket,
     pub(super) node: SnNode,
     /// Peer address → the other loop that owns its client; bounded by `routes_max`.
     routes: AHashMap<SocketAddr, usize>,
     routes_max: usize,
-    /// The socket may hold datagrams not read yet.
-    readable: bool,
-    /// One byte over the datagram bound, so an oversized datagram is seen as such
-    /// (`recv_from` truncates to the buffer) and refused by the gateway.
-    buf: Box<[u8]>,
 }
 
 impl SnIo {
@@ -58,62 +46,19 @@ impl SnIo {
         now: Instant,
     ) -> io::Result<SnIo> {
         let SnSetup { socket, limits } = setup;
-        socket.set_nonblocking(true)?;
-        io.watch_readable(socket.as_raw_fd(), SN_TOKEN)?;
         let local = socket.local_addr()?;
-        let buf = vec![0u8; limits.max_datagram_bytes + 1].into_boxed_slice();
+        io.add_udp(socket)?;
         let routes_max = limits.max_clients.saturating_mul(4).max(1024);
         Ok(SnIo {
             node: SnNode::new(limits, shard, local, now),
-            sock: socket,
             routes: AHashMap::new(),
             routes_max,
-            // Datagrams may have arrived between the bind and the watch.
-            readable: true,
-            buf,
         })
     }
 
-    pub(super) fn on_readable(&mut self) {
-        self.readable = true;
-    }
-
-    /// Datagrams may be waiting: the loop must not block.
-    pub(super) fn pending(&self) -> bool {
-        self.readable
-    }
-
-    /// Reads one batch of datagrams and hands each to its loop.
-    pub(super) fn recv(
-        &mut self,
-        shard: &mut Shard,
-        mesh: &mut Endpoint<WorkerMsg>,
-        wake: &mut WakeSet,
-        now: Instant,
-    ) {
-        if !self.readable {
-            return;
-        }
-        for _ in 0..RECV_BATCH {
-            match self.sock.recv_from(&mut self.buf) {
-                Ok((n, from)) => {
-                    shard.sn_stats_mut().datagrams_in += 1;
-                    let data = Bytes::copy_from_slice(&self.buf[..n]);
-                    self.route(shard, mesh, wake, from, data, now);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.readable = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // ECONNREFUSED and the like: an ICMP error for an earlier send_to,
-                // reported on this read. Nothing was received; read on.
-                Err(e) => tracing::debug!(shard = shard.id(), "mqttsn recv: {e}"),
-            }
-        }
-    }
-
-    fn route(
+    /// One datagram received on this loop's socket: handled here or passed to the
+    /// loop that owns its client.
+    pub(super) fn on_datagram(
         &mut self,
         shard: &mut Shard,
         mesh: &mut Endpoint<WorkerMsg>,
@@ -122,6 +67,7 @@ impl SnIo {
         data: Bytes,
         now: Instant,
     ) {
+        shard.sn_stats_mut().datagrams_in += 1;
         let me = shard.id();
         let to = if mesh.shard_count() == 1 {
             me
@@ -160,15 +106,13 @@ impl SnIo {
     }
 
     /// Sends what the gateway wrote and brings the loop's counters up to date.
-    pub(super) fn flush(&mut self, shard: &mut Shard) {
+    pub(super) fn flush<L: EventLoop>(&mut self, io: &mut L, shard: &mut Shard) {
         for (to, bytes) in self.node.take_datagrams() {
             let stats = shard.sn_stats_mut();
-            match self.sock.send_to(&bytes, to) {
-                Ok(_) => stats.datagrams_out += 1,
-                Err(e) => {
-                    stats.send_dropped += 1;
-                    tracing::debug!(%to, "mqttsn send: {e}");
-                }
+            if io.send_to(to, bytes) {
+                stats.datagrams_out += 1;
+            } else {
+                stats.send_dropped += 1;
             }
         }
         self.node.sync_stats(shard);

@@ -159,8 +159,11 @@ impl EventLoop for NeverArrives {
     fn forget(&mut self, transfer: Transfer) {
         self.forgotten.push(transfer);
     }
-    fn watch_readable(&mut self, fd: std::os::fd::RawFd, token: u32) -> io::Result<()> {
-        self.inner.watch_readable(fd, token)
+    fn add_udp(&mut self, socket: std::net::UdpSocket) -> io::Result<()> {
+        self.inner.add_udp(socket)
+    }
+    fn send_to(&mut self, to: std::net::SocketAddr, data: bytes::Bytes) -> bool {
+        self.inner.send_to(to, data)
     }
     fn doorbell(&mut self, to: usize) {
         self.inner.doorbell(to)

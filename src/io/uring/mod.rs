@@ -59,6 +59,7 @@ mod bufpool;
 mod handoff;
 mod ring;
 mod send;
+mod udp;
 
 use accept::Listener;
 use bufpool::BufPool;
@@ -96,8 +97,10 @@ const K_PROBE: u64 = 14;
 const K_ORPHAN_CLOSE: u64 = 15;
 /// A lingering connection's `SHUT_WR` (see `shutdown_write`).
 const K_SHUTDOWN: u64 = 16;
-/// A `watch_readable` descriptor's multishot poll; payload: its token.
-const K_WATCH: u64 = 17;
+/// The UDP socket's multishot RECVMSG (`udp.rs`).
+const K_UDP_RECV: u64 = 17;
+/// One UDP SENDMSG; payload: its key in `Udp::sends`.
+const K_UDP_SEND: u64 = 18;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
@@ -179,9 +182,8 @@ pub struct UringLoop {
     /// Notes of unannounced descriptors whose `MSG_RING` failed transiently: (target
     /// loop, its ring, attempts so far), sent again next turn.
     lost_note_retry: Vec<(usize, usize, u64)>,
-    /// `watch_readable` descriptors, indexed by token (re-armed when the kernel ends
-    /// a multishot poll).
-    watched: Vec<RawFd>,
+    /// The `add_udp` socket and its operations (`udp.rs`).
+    udp: Option<udp::Udp>,
     /// Test-only failure injection: the next `n` descriptors we send report
     /// EOVERFLOW although they arrived (`on_send_fd`).
     #[cfg(test)]
@@ -293,7 +295,7 @@ impl UringLoop {
             last_trim: Instant::now(),
             doorbell_retry: Vec::new(),
             lost_note_retry: Vec::new(),
-            watched: Vec::new(),
+            udp: None,
             #[cfg(test)]
             inject_send_fd_overflow: 0,
             #[cfg(test)]
@@ -364,17 +366,6 @@ impl UringLoop {
             .multi(true)
             .build()
             .user_data(ud(K_EVENTFD, 0));
-        self.rings[0].push(e);
-    }
-
-    fn arm_watch(&mut self, token: u32) {
-        let Some(&fd) = self.watched.get(token as usize) else {
-            return;
-        };
-        let e = opcode::PollAdd::new(Fd(fd), libc::POLLIN as u32)
-            .multi(true)
-            .build()
-            .user_data(ud(K_WATCH, u64::from(token)));
         self.rings[0].push(e);
     }
 
@@ -591,19 +582,8 @@ impl UringLoop {
                     self.arm_eventfd();
                 }
             }
-            K_WATCH => {
-                let token = payload as u32;
-                if res < 0 {
-                    tracing::warn!(token, errno = -res, "poll of a watched descriptor failed");
-                } else {
-                    out.push(Completion::Readable { token });
-                }
-                // Re-armed after an error too: a transient one must not silence the
-                // socket for good (the loop's own teardown cancels nothing here).
-                if !cqueue::more(flags) && res != -libc::ECANCELED {
-                    self.arm_watch(token);
-                }
-            }
+            K_UDP_RECV => self.on_udp_recv(res, flags, out),
+            K_UDP_SEND => self.on_udp_sent(payload, res, out),
             // Doorbells post a CQE here only on failure (`SKIP_SUCCESS`).
             K_DOORBELL if res < 0 => self.on_doorbell_failed(payload, -res),
             K_CANCEL | K_DOORBELL | K_LOST_SENT => {}
@@ -806,14 +786,12 @@ impl EventLoop for UringLoop {
         let _ = transfer;
     }
 
-    fn watch_readable(&mut self, fd: RawFd, token: u32) -> io::Result<()> {
-        let i = token as usize;
-        if self.watched.len() <= i {
-            self.watched.resize(i + 1, -1);
-        }
-        self.watched[i] = fd;
-        self.arm_watch(token);
-        Ok(())
+    fn add_udp(&mut self, socket: std::net::UdpSocket) -> io::Result<()> {
+        self.start_udp(socket)
+    }
+
+    fn send_to(&mut self, to: std::net::SocketAddr, data: Bytes) -> bool {
+        self.udp_send_to(to, data)
     }
 
     fn doorbell(&mut self, to: usize) {
@@ -821,8 +799,14 @@ impl EventLoop for UringLoop {
     }
 
     fn buf(&self, buf: BufRef) -> &[u8] {
+        // `offset`: a datagram's payload after the RECVMSG header and address.
+        let (offset, len) = (buf.offset as usize, buf.len as usize);
         match self.rings.get(buf.group as usize) {
-            Some(r) => r.bufs.slice(buf.bid, buf.len as usize),
+            Some(r) => r
+                .bufs
+                .slice(buf.bid, offset + len)
+                .get(offset..)
+                .unwrap_or(&[]),
             None => &[],
         }
     }
@@ -846,6 +830,7 @@ impl EventLoop for UringLoop {
         }
         self.reap_unpaired();
         self.rearm_starved();
+        self.rearm_udp();
         self.arm_accepts();
         for r in 1..self.rings.len() {
             if !self.rings[r].uring.submission().is_empty() {
@@ -921,6 +906,7 @@ impl EventLoop for UringLoop {
 impl Drop for UringLoop {
     fn drop(&mut self) {
         let busy = !self.socks.is_empty()
+            || self.udp.is_some()
             || self
                 .listeners
                 .iter()
@@ -950,6 +936,10 @@ impl Drop for UringLoop {
             if let Some(tx) = sock.tx {
                 std::mem::forget(tx);
             }
+        }
+        // The RECVMSG template and the headers and data of sends in flight.
+        if let Some(u) = self.udp.take() {
+            std::mem::forget(u);
         }
     }
 }
