@@ -785,3 +785,56 @@ fn bounds_and_retransmission_follow_the_config() {
     }
     assert_eq!(lost, 1, "the client was not lost after Nretry");
 }
+
+/// A predefined-topics file that does not parse is a configuration error: start-up
+/// and `check-config` exit 2 naming the file and the line.
+#[test]
+fn bad_predefined_topics_file_is_refused_naming_file_and_line() {
+    let dir = std::env::temp_dir().join(uniq("snbad"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("predefined");
+    std::fs::write(&file, "1 ok/topic\n2 bad/+/wildcard\n").unwrap();
+    let path = file.to_str().unwrap();
+    for check in [false, true] {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "none",
+            "--mqttsn-listen",
+            "127.0.0.1:0",
+            "--mqttsn-predefined-topics-file",
+            path,
+        ]);
+        if check {
+            cmd.arg("check-config");
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run ringmq");
+        let status = support::wait_or_kill(&mut child, Duration::from_secs(20));
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert_eq!(
+            status.and_then(|s| s.code()),
+            Some(2),
+            "check {check}: {err}"
+        );
+        assert!(
+            err.contains("mqttsn_predefined_topics_file")
+                && err.contains(path)
+                && err.contains("line 2"),
+            "check {check}: {err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
