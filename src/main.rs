@@ -10,7 +10,7 @@
 mod passwd;
 
 use std::io::IsTerminal;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
@@ -20,6 +20,7 @@ use clap::Parser;
 use socket2::{Domain, Socket, Type};
 
 use ringmq::config::{self, Cli, Command, Config, IdentityUsername, IoBackend};
+use ringmq::gateway::mqttsn::{parse_predefined, GatewayLimits};
 use ringmq::io::epoll::EpollLoop;
 use ringmq::io::uring::{self, UringLoop};
 use ringmq::io::{self as rio, LoopOptions, Remote};
@@ -27,7 +28,7 @@ use ringmq::ring;
 use ringmq::transport::identity::IdentitySource;
 use ringmq::transport::{ListenerTls, TlsFiles, TlsMaterial};
 use ringmq::worker::verify::{self, AuthShared, VerifierPool};
-use ringmq::worker::{self, WorkerMsg, WorkerReport, WorkerSetup};
+use ringmq::worker::{self, SnSetup, WorkerMsg, WorkerReport, WorkerSetup};
 
 /// `eprintln!` that ignores a failed write: with stderr closed, `eprintln!` panics,
 /// and a panic in the signal thread would lose the shutdown.
@@ -108,8 +109,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The predefined-topics file too: exit 2, file and line named.
+    let sn = match load_sn(&loaded.config) {
+        Ok(s) => s,
+        Err(e) => {
+            say!("ringmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let max_connections_explicit = loaded.is_explicit("max_connections");
-    match run(loaded.config, tls, max_connections_explicit, auth) {
+    match run(loaded.config, tls, max_connections_explicit, auth, sn) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -130,6 +139,7 @@ fn check_config(cli: &Cli) -> ExitCode {
     match config::load(cli).map_err(|e| e.to_string()).and_then(|c| {
         verify::load_policy(&c)?;
         load_tls(&c)?;
+        load_sn(&c)?;
         Ok(c)
     }) {
         Ok(_) => {
@@ -145,6 +155,54 @@ fn check_config(cli: &Cli) -> ExitCode {
 
 /// Reads every TLS listener's files (in `config.listeners()` order; `None` for a
 /// plain listener). Errors name the listener and the file.
+/// The MQTT-SN gateway's bounds and predefined topics; `None` when it is off.
+fn load_sn(config: &Config) -> Result<Option<GatewayLimits>, String> {
+    if config.mqttsn_listen.is_none() {
+        return Ok(None);
+    }
+    let predefined = match &config.mqttsn_predefined_topics_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("mqttsn_predefined_topics_file {path}: {e}"))?;
+            parse_predefined(&text)
+                .map_err(|e| format!("mqttsn_predefined_topics_file {path}: {e}"))?
+        }
+        None => Default::default(),
+    };
+    Ok(Some(GatewayLimits {
+        max_clients: config.mqttsn_max_clients,
+        max_topic_ids: config.mqttsn_max_topic_ids,
+        max_buffered_msgs: config.mqttsn_max_buffered_msgs,
+        max_datagram_bytes: config.mqttsn_max_datagram_bytes,
+        retry_interval: std::time::Duration::from_millis(config.mqttsn_retry_interval_ms),
+        max_retries: config.mqttsn_max_retries,
+        predefined: Arc::new(predefined),
+        ..GatewayLimits::default()
+    }))
+}
+
+/// Binds one UDP socket per loop for the MQTT-SN gateway, all on one port
+/// (`SO_REUSEPORT`: the kernel keeps each peer address on one socket).
+fn bind_udp_group(
+    addr: SocketAddr,
+    shards: usize,
+) -> std::io::Result<(SocketAddr, Vec<UdpSocket>)> {
+    let mut sockets = Vec::with_capacity(shards);
+    let mut bound = addr;
+    for i in 0..shards {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&bound.into())?;
+        let s: UdpSocket = socket.into();
+        if i == 0 {
+            bound = s.local_addr()?;
+        }
+        sockets.push(s);
+    }
+    Ok((bound, sockets))
+}
+
 fn load_tls(config: &Config) -> Result<Vec<Option<Arc<ListenerTls>>>, String> {
     let read = |p: &std::path::Path| std::fs::read(p);
     config
@@ -362,6 +420,7 @@ fn run(
     tls: Vec<Option<Arc<ListenerTls>>>,
     max_connections_explicit: bool,
     auth: Option<ringmq::auth::AuthPolicy>,
+    sn: Option<GatewayLimits>,
 ) -> Result<(), String> {
     let nofile = rio::raise_nofile_limit().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
     let backend = choose_backend(config.io)?;
@@ -480,6 +539,17 @@ fn run(
         }
         None => None,
     };
+    // The MQTT-SN gateway: one UDP socket per loop on one port.
+    let mut sn_sockets: Vec<Option<UdpSocket>> = (0..shards).map(|_| None).collect();
+    let mut sn_addr = None;
+    if let (Some(addr), Some(_)) = (config.mqttsn_listen, &sn) {
+        let (bound, group) =
+            bind_udp_group(addr, shards).map_err(|e| format!("mqttsn_listen on {addr}: {e}"))?;
+        sn_addr = Some(bound);
+        for (slot, s) in sn_sockets.iter_mut().zip(group) {
+            *slot = Some(s);
+        }
+    }
     let http_addr = match &http_listener {
         Some(l) => Some(l.local_addr().map_err(|e| format!("http_listen: {e}"))?),
         None => None,
@@ -546,6 +616,10 @@ fn run(
             auth: auth
                 .as_ref()
                 .map(|(shared, pool)| (shared.clone(), pool.verifier())),
+            mqttsn: sn_sockets[id]
+                .take()
+                .zip(sn.clone())
+                .map(|(socket, limits)| SnSetup { socket, limits }),
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
@@ -601,6 +675,9 @@ fn run(
         .collect();
     if let Some(addr) = http_addr {
         say!("ringmq http on {addr} (/metrics, /healthz, /readyz, /api/stats, /)");
+    }
+    if let Some(addr) = sn_addr {
+        say!("ringmq mqttsn on {addr} (udp, MQTT-SN 1.2)");
     }
     say!(
         "ringmq listening on {} ({}, {} shard{})",

@@ -11,6 +11,8 @@
 #   - cargo-deb from crates.io       (tests/package.sh builds the .deb with it)
 #   - prometheus (for promtool), chromium  (tests/metrics_http.rs: `promtool check metrics` on
 #     the real /metrics, the status page in headless Chromium)
+#   - mqtt-sn-12 from PyPI, pinned, into tests/interop/mqttsn-py (tests/mqttsn.rs: interop
+#     with an independent MQTT-SN client, its mqtt_sn_pub/mqtt_sn_sub)
 # apt-get update runs only when a package is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null 2>&1; then SUDO="sudo"; f
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 
 missing=()
-for p in mosquitto mosquitto-clients python3-paho-mqtt valgrind lintian systemd dpkg-dev binutils procps \
+for p in mosquitto mosquitto-clients python3-paho-mqtt python3-pip valgrind lintian systemd dpkg-dev binutils procps \
          prometheus chromium; do
     have_pkg "$p" || missing+=("$p")
 done
@@ -48,6 +50,18 @@ fi
 
 /usr/bin/python3 -c 'import paho.mqtt, sys; v = paho.mqtt.__version__; print("install-deps: paho-mqtt", v); sys.exit(0 if v.startswith("1.") else 1)' \
     || { echo "install-deps: paho_check.py is written for paho-mqtt 1.x (Debian bookworm's python3-paho-mqtt)" >&2; exit 1; }
+
+# An independent MQTT-SN 1.2 client (pure Python, no dependencies), kept inside the
+# tree (--target) rather than in the system's Python, which Debian manages.
+MQTTSN_PY_VERSION=1.0.9
+sn_dir=tests/interop/mqttsn-py
+if [ ! -f "$sn_dir/mqtt_sn_12-$MQTTSN_PY_VERSION.dist-info/METADATA" ]; then
+    echo "install-deps: pip install mqtt-sn-12==$MQTTSN_PY_VERSION into $sn_dir"
+    rm -rf "$sn_dir"
+    /usr/bin/python3 -m pip install --quiet --no-deps --target "$sn_dir" "mqtt-sn-12==$MQTTSN_PY_VERSION"
+else
+    echo "install-deps: mqtt-sn-12 $MQTTSN_PY_VERSION present"
+fi
 
 # perf/fuzz.sh refuses to run without it rather than installing it mid-run.
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

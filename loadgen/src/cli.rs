@@ -38,6 +38,10 @@ pub enum Scenario {
     /// a collector subscribes dev/+/telemetry; a controller sends --cmd-rate commands/s that
     /// devices echo on dev/<id>/reply (round-trip latency).
     Fleet,
+    /// --clients MQTT-SN clients over UDP to the gateway at --sn-port publish at
+    /// --total-rate to a TCP collector (lg/sn/+); a TCP publisher sends --cmd-rate
+    /// messages/s to lg/sncmd/<i>, which SN client i subscribed to. Latency both ways.
+    Sn,
 }
 
 impl Scenario {
@@ -48,6 +52,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Pairs => "pairs",
             Scenario::Fleet => "fleet",
+            Scenario::Sn => "sn",
         }
     }
 }
@@ -76,6 +81,9 @@ pub struct Opts {
     /// Broker port.
     #[arg(long, global = true, default_value_t = 1883)]
     pub port: u16,
+    /// sn: the broker's MQTT-SN gateway port (UDP, on --host).
+    #[arg(long, global = true, default_value_t = 1884)]
+    pub sn_port: u16,
     /// connect: clients; fanout: subscribers; pairs: pairs; fleet: devices.
     #[arg(long, global = true, default_value_t = 100)]
     pub clients: u64,
@@ -351,7 +359,7 @@ impl Opts {
             Scenario::Connect => 0,
             Scenario::Fanin => self.publishers,
             Scenario::Fanout => 1,
-            Scenario::Pairs | Scenario::Fleet => self.clients,
+            Scenario::Pairs | Scenario::Fleet | Scenario::Sn => self.clients,
         };
         let msg_rate = match (scenario, self.total_rate) {
             (Scenario::Fleet, _) => 1e9 / self.interval.as_nanos().max(1) as f64,

@@ -6,6 +6,7 @@ mod plan;
 mod report;
 mod run;
 mod scrape;
+mod sn;
 mod ws;
 
 // The library's modules, under the paths the binary's own modules use.
@@ -16,6 +17,9 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     let scenario = cli.scenario.unwrap_or(cli::Scenario::Connect);
+    if scenario == cli::Scenario::Sn {
+        std::process::exit(sn::main(&cli.opts));
+    }
     let cfg = match cli.opts.validate(scenario) {
         Ok(c) => c,
         Err(e) => {

@@ -121,6 +121,8 @@ pub fn build(cfg: &Config) -> Plan {
                 multiplicity.push(1);
             }
         }
+        // Runs in sn.rs, outside the TCP engine: no plan.
+        Scenario::Sn => {}
         Scenario::Fleet => {
             let n = cfg.clients as u32;
             devices = n;

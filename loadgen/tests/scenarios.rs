@@ -360,3 +360,36 @@ fn every_scenario_over_websocket() {
         "{stderr}"
     );
 }
+
+/// `loadgen sn`: MQTT-SN clients over UDP to the broker's gateway and TCP peers;
+/// every message arrives both ways (low rate on loopback; SN publishes at QoS 1).
+#[test]
+fn sn_gateway_both_ways() {
+    let sn_port = support::free_port().to_string();
+    let b = support::start_broker_with(&["--mqttsn-listen", &format!("127.0.0.1:{sn_port}")]);
+    let port = b.port.to_string();
+    let (code, j, stderr) = support::loadgen(&[
+        "sn",
+        "--port",
+        &port,
+        "--sn-port",
+        &sn_port,
+        "--clients",
+        "50",
+        "--qos",
+        "1",
+        "--total-rate",
+        "200",
+        "--cmd-rate",
+        "50",
+        "--duration",
+        "1s",
+        "--drain",
+        "2s",
+    ]);
+    assert_eq!(code, 0, "json {j}; stderr {stderr}");
+    for way in ["sn_to_tcp", "tcp_to_sn"] {
+        assert!(j[way]["sent"].as_u64().unwrap_or(0) > 0, "{way}: {j}");
+        assert_eq!(j[way]["received"], j[way]["sent"], "{way}: {j}");
+    }
+}

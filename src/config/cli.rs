@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use super::connections::ConnectionArgs;
 use super::features::FeatureArgs;
+use super::gateway::GatewayArgs;
 use super::limits::LimitArgs;
 use super::listeners::ListenerArgs;
 use super::runtime::RuntimeArgs;
@@ -43,6 +44,8 @@ pub struct Cli {
     pub sessions: SessionArgs,
     #[command(flatten)]
     pub features: FeatureArgs,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
 }
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
@@ -126,6 +129,7 @@ impl Cli {
         self.limits.values(&mut v);
         self.sessions.values(&mut v);
         self.features.values(&mut v);
+        self.gateway.values(&mut v);
         v
     }
 }

@@ -10,6 +10,7 @@
 //! - `limits`: protocol limits and keepalive;
 //! - `sessions`: session expiry, queues, slow consumers, the memory mark (data dir next);
 //! - `features`: optional MQTT features, retained bounds, refused filters, ACL file;
+//! - `gateway`: the MQTT-SN gateway's UDP listener, predefined topics and bounds;
 //!
 //! and the mechanism in three more: `cli` (the command line), `load` (defaults <
 //! file < CLI, errors) and `value` (raw values and the checks they go through).
@@ -19,6 +20,7 @@
 mod cli;
 mod connections;
 mod features;
+mod gateway;
 mod limits;
 mod listeners;
 mod load;
@@ -175,6 +177,20 @@ pub struct Config {
     pub sys_interval_s: u64,
     /// Mosquitto-format ACL file; `None`: everything is allowed.
     pub acl_file: Option<String>,
+
+    // MQTT-SN gateway (per loop: each loop owns the SN clients whose ids it owns).
+    /// UDP address of the MQTT-SN gateway; `None`: off.
+    pub mqttsn_listen: Option<SocketAddr>,
+    /// `ID TOPIC` lines read at start-up; shared by every client and loop.
+    pub mqttsn_predefined_topics_file: Option<String>,
+    pub mqttsn_max_clients: usize,
+    pub mqttsn_max_topic_ids: usize,
+    /// Sleep buffer and wait-for-ack queue of one client, in messages.
+    pub mqttsn_max_buffered_msgs: usize,
+    pub mqttsn_max_datagram_bytes: usize,
+    /// Tretry and Nretry (spec 6.13) of the gateway's QoS 1/2 sends and REGISTERs.
+    pub mqttsn_retry_interval_ms: u64,
+    pub mqttsn_max_retries: u32,
 }
 
 impl Default for Config {
@@ -263,6 +279,16 @@ impl Default for Config {
             deny_subscribe: Vec::new(),
             sys_interval_s: 10,
             acl_file: None,
+            mqttsn_listen: None,
+            mqttsn_predefined_topics_file: None,
+            // Spec 6.13 suggests Tretry 10-15 s and Nretry 3-5; the other bounds keep
+            // a sleeping fleet's buffers to a few MB per loop.
+            mqttsn_max_clients: 10_000,
+            mqttsn_max_topic_ids: 256,
+            mqttsn_max_buffered_msgs: 64,
+            mqttsn_max_datagram_bytes: 1_024,
+            mqttsn_retry_interval_ms: 10_000,
+            mqttsn_max_retries: 5,
         }
     }
 }

@@ -129,6 +129,14 @@ fn every_cli_option_has_the_same_toml_key() {
         ("max_retained_bytes", "7", "7"),
         ("deny_subscribe", "[\"x\"]", "x"),
         ("acl_file", "\"/etc/ringmq/acl\"", "/etc/ringmq/acl"),
+        ("mqttsn_listen", "\"127.0.0.1:1884\"", "127.0.0.1:1884"),
+        ("mqttsn_predefined_topics_file", "\"/etc/sn\"", "/etc/sn"),
+        ("mqttsn_max_clients", "70", "70"),
+        ("mqttsn_max_topic_ids", "70", "70"),
+        ("mqttsn_max_buffered_msgs", "70", "70"),
+        ("mqttsn_max_datagram_bytes", "70", "70"),
+        ("mqttsn_retry_interval_ms", "70", "70"),
+        ("mqttsn_max_retries", "7", "7"),
     ];
     assert_eq!(samples.len(), keys().count());
     for (key, toml_value, cli_value) in samples {
@@ -537,4 +545,29 @@ fn listener_urls_tls_flags_and_listener_tables() {
         e(&["--config", "c.toml"], "listen = []\n"),
         "config c.toml: key \"listen\": expected at least one listener (listen or [[listener]]), got none"
     );
+}
+
+#[test]
+fn mqttsn_keys_are_off_by_default_and_refuse_bad_values_naming_them() {
+    let cfg = load_with(&cli(&[]), with_file("")).expect("load");
+    assert_eq!(cfg.mqttsn_listen, None, "the gateway is off by default");
+    let cfg = load_with(
+        &cli(&["--mqttsn-listen", "none"]),
+        with_file("mqttsn_listen = \"127.0.0.1:1884\"\n"),
+    )
+    .expect("load");
+    assert_eq!(cfg.mqttsn_listen, None);
+    let err = load_with(&cli(&["--mqttsn-max-datagram-bytes", "8"]), with_file("")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "option --mqttsn-max-datagram-bytes: expected an integer 16..=65535, got \"8\""
+    );
+    let err = load_with(&cli(&["--mqttsn-listen", "udp?"]), with_file("")).unwrap_err();
+    assert!(
+        err.to_string().contains("--mqttsn-listen") && err.to_string().contains("udp?"),
+        "{err}"
+    );
+    let mut c = Config::default();
+    let err = apply_toml(&mut c, "t.toml", "mqttsn_max_clients = 0").unwrap_err();
+    assert!(err.to_string().contains("mqttsn_max_clients"), "{err}");
 }

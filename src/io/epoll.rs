@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,8 @@ use std::time::Duration;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+
+use bytes::Bytes;
 
 use crate::tx::{TxChain, MAX_IOV};
 
@@ -26,6 +28,10 @@ use super::{
 const WAKER_TOKEN: Token = Token(usize::MAX);
 /// Listener `i` has token `LISTENER_BASE - i`.
 const LISTENER_BASE: usize = usize::MAX - 1;
+/// The `add_udp` socket: far above socket ids (u32), below the listeners' tokens.
+const UDP_TOKEN: Token = Token(1 << 40);
+/// Datagrams read per turn, so a flood cannot starve the loop's other work.
+const UDP_BATCH: usize = 1024;
 /// Fds kept for everything that is not a connection (listeners, poll, stdio, spare).
 const FD_RESERVE: u64 = 64;
 /// Bound on accepts per listener per turn, so a connection storm cannot starve IO.
@@ -73,6 +79,9 @@ pub struct EpollLoop {
     pending: Vec<Completion>,
     remote: Arc<Remote>,
     peers: Vec<Arc<Remote>>,
+    /// The `add_udp` socket, and whether it may hold datagrams not read yet.
+    udp: Option<mio::net::UdpSocket>,
+    udp_ready: bool,
     /// Reserved fd, given up to accept-and-drop a connection when fds run out.
     spare_fd: Option<std::fs::File>,
     stats: IoStats,
@@ -107,6 +116,8 @@ impl EpollLoop {
                 kind: RemoteKind::Epoll { waker },
             }),
             peers: Vec::new(),
+            udp: None,
+            udp_ready: false,
             spare_fd: std::fs::File::open("/dev/null").ok(),
             stats: IoStats::default(),
         })
@@ -206,6 +217,44 @@ impl EpollLoop {
                         break;
                     }
                 }
+            }
+        }
+    }
+
+    /// A batch of datagrams from the UDP socket into the arena.
+    fn read_udp(&mut self, out: &mut Vec<Completion>) {
+        if !self.udp_ready {
+            return;
+        }
+        let Some(u) = self.udp.as_ref() else {
+            return;
+        };
+        for _ in 0..UDP_BATCH {
+            if self.arena.len() - self.arena_used < self.chunk {
+                // Arena full: the rest next turn (`udp_ready` stays set).
+                return;
+            }
+            let start = self.arena_used;
+            match u.recv_from(&mut self.arena[start..start + self.chunk]) {
+                Ok((n, from)) => {
+                    self.arena_used += n;
+                    out.push(Completion::Datagram {
+                        from,
+                        buf: BufRef {
+                            group: 0,
+                            bid: 0,
+                            offset: start as u32,
+                            len: n as u32,
+                        },
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.udp_ready = false;
+                    return;
+                }
+                // ECONNREFUSED and the like: an ICMP error for an earlier send,
+                // reported on this read; nothing was received.
+                Err(_) => {}
             }
         }
     }
@@ -371,6 +420,27 @@ impl EventLoop for EpollLoop {
         Ok(())
     }
 
+    fn add_udp(&mut self, socket: std::net::UdpSocket) -> io::Result<()> {
+        if self.udp.is_some() {
+            return Err(io::Error::other("this loop already has a UDP socket"));
+        }
+        socket.set_nonblocking(true)?;
+        let mut s = mio::net::UdpSocket::from_std(socket);
+        self.poll
+            .registry()
+            .register(&mut s, UDP_TOKEN, Interest::READABLE)?;
+        self.udp = Some(s);
+        // Datagrams may be waiting already (edge-triggered: no event for them).
+        self.udp_ready = true;
+        Ok(())
+    }
+
+    fn send_to(&mut self, to: SocketAddr, data: Bytes) -> bool {
+        self.udp
+            .as_ref()
+            .is_some_and(|u| u.send_to(&data, to).is_ok())
+    }
+
     fn stop_accepting(&mut self) {
         self.accepting = false;
         for l in self.listeners.iter_mut() {
@@ -488,6 +558,7 @@ impl EventLoop for EpollLoop {
             out.push(Completion::Released { sock });
         }
         let busy = ready_before
+            || self.udp_ready
             || !self.readable.is_empty()
             || (self.accepting && self.listener_ready.iter().any(|r| *r));
         let timeout = if busy { Some(Duration::ZERO) } else { timeout };
@@ -501,6 +572,10 @@ impl EventLoop for EpollLoop {
         for ev in self.events.iter() {
             let token = ev.token();
             if token == WAKER_TOKEN {
+                continue;
+            }
+            if token == UDP_TOKEN {
+                self.udp_ready = true;
                 continue;
             }
             if token.0 > LISTENER_BASE - self.listeners.len() && token.0 <= LISTENER_BASE {
@@ -525,6 +600,7 @@ impl EventLoop for EpollLoop {
             self.accept_ready(out);
         }
         self.read_ready(out);
+        self.read_udp(out);
         out.append(&mut self.pending);
         Ok(())
     }

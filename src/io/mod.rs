@@ -88,6 +88,11 @@ pub enum Completion {
     },
     /// No operation remains on `sock`; its id may be reused.
     Released { sock: SockId },
+    /// A datagram on the loop's UDP socket (`add_udp`) from `from`; `recycle(buf)` once
+    /// copied.
+    Datagram { from: SocketAddr, buf: BufRef },
+    /// A `send_to` the kernel refused after taking it (errno).
+    SendToFailed { errno: i32 },
 }
 
 /// Counters for what the backend dropped or failed; reported at shutdown.
@@ -209,6 +214,15 @@ pub trait EventLoop {
     fn forget(&mut self, transfer: Transfer) {
         let _ = transfer;
     }
+    /// Starts receiving on `socket` (bound; one per loop: the MQTT-SN gateway's), each
+    /// datagram reported as `Datagram`. io_uring: one multishot `RECVMSG` into the
+    /// provided buffers of the loop's first ring; epoll: non-blocking `recv_from` into
+    /// the receive arena, a bounded batch per turn.
+    fn add_udp(&mut self, socket: std::net::UdpSocket) -> io::Result<()>;
+    /// Sends one datagram on the `add_udp` socket. `false`: dropped at once (no UDP
+    /// socket, too many sends in flight, or the socket buffer is full); a failure
+    /// the kernel reports later comes as `SendToFailed`.
+    fn send_to(&mut self, to: SocketAddr, data: bytes::Bytes) -> bool;
     /// Wakes loop `to` (which published "parked").
     fn doorbell(&mut self, to: usize);
     /// Bytes of a `Recv` completion.

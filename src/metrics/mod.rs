@@ -16,7 +16,7 @@ pub mod sys;
 
 use crate::io::IoStats;
 use crate::ring::MeshStats;
-use crate::shard::ShardStats;
+use crate::shard::{ShardStats, SnStats};
 
 pub use process::ProcessInfo;
 
@@ -172,6 +172,7 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
         acl_denied_publish,
         acl_denied_subscribe,
         acl_denied_delivery,
+        sn,
     } = b;
     a.connections += connections;
     a.sessions += sessions;
@@ -237,6 +238,43 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
     a.acl_denied_publish += acl_denied_publish;
     a.acl_denied_subscribe += acl_denied_subscribe;
     a.acl_denied_delivery += acl_denied_delivery;
+    add_sn(&mut a.sn, sn);
+}
+
+/// As [`add_shard`], for the MQTT-SN gateway's counters.
+fn add_sn(a: &mut SnStats, b: &SnStats) {
+    let SnStats {
+        clients,
+        datagrams_in,
+        datagrams_out,
+        bad_datagrams,
+        unexpected_msgs,
+        connects_refused_full,
+        topic_ids_refused,
+        buffered_dropped,
+        oversize_dropped,
+        retransmits,
+        clients_lost,
+        wills_published,
+        send_dropped,
+        forwarded,
+        forward_dropped,
+    } = b;
+    a.clients += clients;
+    a.datagrams_in += datagrams_in;
+    a.datagrams_out += datagrams_out;
+    a.bad_datagrams += bad_datagrams;
+    a.unexpected_msgs += unexpected_msgs;
+    a.connects_refused_full += connects_refused_full;
+    a.topic_ids_refused += topic_ids_refused;
+    a.buffered_dropped += buffered_dropped;
+    a.oversize_dropped += oversize_dropped;
+    a.retransmits += retransmits;
+    a.clients_lost += clients_lost;
+    a.wills_published += wills_published;
+    a.send_dropped += send_dropped;
+    a.forwarded += forwarded;
+    a.forward_dropped += forward_dropped;
 }
 
 /// As [`add_shard`], for the io backend's counters.

@@ -234,6 +234,62 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         ],
     );
 
+    // The MQTT-SN gateway (zero when `mqttsn_listen` is off).
+    let sn = &c.sn;
+    o.one(
+        "ringmq_mqttsn_clients",
+        Gauge,
+        "MQTT-SN clients held by the gateway (awake, asleep or connecting).",
+        sn.clients,
+    );
+    o.reasons(
+        "ringmq_mqttsn_datagrams_total",
+        Counter,
+        "MQTT-SN datagrams received and sent.",
+        "direction",
+        &[("in", sn.datagrams_in), ("out", sn.datagrams_out)],
+    );
+    o.reasons(
+        "ringmq_mqttsn_dropped_total",
+        Counter,
+        "MQTT-SN datagrams, messages and CONNECTs dropped or refused, by reason.",
+        "reason",
+        &[
+            ("bad_datagram", sn.bad_datagrams),
+            ("unexpected", sn.unexpected_msgs),
+            ("max_clients", sn.connects_refused_full),
+            ("max_topic_ids", sn.topic_ids_refused),
+            ("max_buffered", sn.buffered_dropped),
+            ("oversize", sn.oversize_dropped),
+            ("send_buffer_full", sn.send_dropped),
+            ("mesh_full", sn.forward_dropped),
+        ],
+    );
+    o.one(
+        "ringmq_mqttsn_retransmits_total",
+        Counter,
+        "MQTT-SN REGISTERs and QoS 1/2 PUBLISHes sent again after Tretry.",
+        sn.retransmits,
+    );
+    o.one(
+        "ringmq_mqttsn_clients_lost_total",
+        Counter,
+        "MQTT-SN clients lost (keepalive, sleep or Nretry passed).",
+        sn.clients_lost,
+    );
+    o.one(
+        "ringmq_mqttsn_wills_published_total",
+        Counter,
+        "Wills the MQTT-SN gateway published for lost clients.",
+        sn.wills_published,
+    );
+    o.one(
+        "ringmq_mqttsn_forwarded_total",
+        Counter,
+        "MQTT-SN datagrams passed to the loop that owns their client.",
+        sn.forwarded,
+    );
+
     // Sessions and subscriptions.
     o.family(
         "ringmq_sessions",

@@ -61,7 +61,7 @@ use limits::Limits;
 pub use limits::NodeCounters;
 pub use messages::{Action, Handoff, RouteUpdate, ShardMsg, SharedTarget};
 pub use outbox::{control_allowance, CONTROL_ALLOWANCE_BYTES};
-pub use stats::ShardStats;
+pub use stats::{ShardStats, SnStats};
 use subs::FilterEntry;
 use timer::Timers;
 
@@ -258,6 +258,17 @@ impl Shard {
 
     pub fn stats(&self) -> &ShardStats {
         &self.stats
+    }
+
+    /// The loop that owns the session of `client_id` (the same answer on every loop).
+    pub fn owner_of(&self, client_id: &[u8]) -> ShardId {
+        self.placement.owner(client_id, self.shard_count)
+    }
+
+    /// The MQTT-SN gateway's counters, which the worker keeps current (the shard only
+    /// carries them into its snapshot).
+    pub fn sn_stats_mut(&mut self) -> &mut SnStats {
+        &mut self.stats.sn
     }
 
     /// Publishes a broker status message (`$SYS/...`), retained, QoS 0, as if a

@@ -151,6 +151,42 @@ pub struct ShardStats {
     pub acl_denied_subscribe: u64,
     /// Copies not delivered because the subscriber may not read the topic.
     pub acl_denied_delivery: u64,
+
+    /// The MQTT-SN gateway of this loop (zero when it is off). The worker fills it
+    /// from the gateway's own counters; the shard only carries it to the snapshot.
+    pub sn: SnStats,
+}
+
+/// The MQTT-SN gateway's figures for one loop: one counter per bound and per kind
+/// of dropped datagram (`mqttsn_*` config keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnStats {
+    /// Clients held (awake, asleep or mid-CONNECT); a gauge.
+    pub clients: usize,
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    /// Datagrams that did not decode or were over `mqttsn_max_datagram_bytes`.
+    pub bad_datagrams: u64,
+    /// Well-formed messages that make no sense in the sender's state.
+    pub unexpected_msgs: u64,
+    /// CONNECTs refused (rc 0x03) at `mqttsn_max_clients`.
+    pub connects_refused_full: u64,
+    /// REGISTERs refused at `mqttsn_max_topic_ids`.
+    pub topic_ids_refused: u64,
+    /// Messages dropped at `mqttsn_max_buffered_msgs`.
+    pub buffered_dropped: u64,
+    /// Deliveries that would encode over `mqttsn_max_datagram_bytes`.
+    pub oversize_dropped: u64,
+    pub retransmits: u64,
+    pub clients_lost: u64,
+    pub wills_published: u64,
+    /// Datagrams the socket would not take (send buffer full): dropped; the
+    /// gateway's retransmission covers QoS 1/2.
+    pub send_dropped: u64,
+    /// Datagrams received on this loop for a client another loop owns, passed on
+    /// over the mesh, and those dropped because the mesh was full.
+    pub forwarded: u64,
+    pub forward_dropped: u64,
 }
 
 impl ShardStats {

@@ -10,7 +10,8 @@
 //! Beside it: `cpu` (thread placement), `busy_poll` (the spin window before blocking),
 //! `handoffs` (hand-offs waiting for their socket), `linger` (lingering close), `observe`
 //! (the busy clock and the snapshot a scrape gets), `http` (the HTTP listener's
-//! connections and scrapes, on the loop that owns it), `tests`.
+//! connections and scrapes, on the loop that owns it), `sn` (the MQTT-SN gateway's
+//! UDP socket and routing), `tests`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -25,6 +26,7 @@ use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
 use crate::transport::{ListenerTls, TlsSession, Transport, WsConfig, WsSession};
 use crate::tx::TxChain;
+use bytes::Bytes;
 
 mod busy_poll;
 mod cpu;
@@ -33,6 +35,7 @@ mod http;
 mod linger;
 mod observe;
 mod report;
+mod sn;
 pub mod verify;
 
 use busy_poll::BusyPoll;
@@ -42,6 +45,7 @@ use http::HttpServer;
 use linger::Linger;
 use observe::{LoopClock, Summary};
 pub use report::WorkerReport;
+pub use sn::SnSetup;
 
 /// What travels over the mesh between workers.
 #[derive(Debug)]
@@ -69,6 +73,9 @@ pub enum WorkerMsg {
         scrape: u64,
         snapshot: Box<crate::metrics::LoopSnapshot>,
     },
+    /// An MQTT-SN datagram (sender, bytes) received on another loop for a client
+    /// this loop owns. Data like a `Publish`: dropped, counted, when the ring is full.
+    SnDatagram(Box<(std::net::SocketAddr, Bytes)>),
 }
 
 /// Mesh messages handled per turn, so inbound traffic cannot starve local IO.
@@ -161,6 +168,8 @@ pub struct WorkerSetup {
     /// The auth policy (reloaded on SIGHUP) and this loop's end of the verifier
     /// pool; `None` without password or ACL files.
     pub auth: Option<(Arc<verify::AuthShared>, verify::Verifier)>,
+    /// This loop's MQTT-SN socket and the gateway's bounds; `None`: gateway off.
+    pub mqttsn: Option<SnSetup>,
 }
 
 struct Worker<L: EventLoop> {
@@ -197,6 +206,7 @@ struct Worker<L: EventLoop> {
     stats_requests: Vec<(usize, u64)>,
     auth: Option<AuthLink>,
     tls: TlsIo,
+    sn: Option<sn::SnIo>,
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -232,6 +242,7 @@ pub fn run<L: EventLoop>(
         http_listener,
         started,
         auth,
+        mqttsn,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -325,6 +336,7 @@ pub fn run<L: EventLoop>(
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        sn: None,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -349,6 +361,12 @@ pub fn run<L: EventLoop>(
             started,
             w.io.name(),
         ));
+    }
+    if let Some(setup) = mqttsn {
+        match sn::SnIo::new(setup, &w.shard, &mut w.io, Instant::now()) {
+            Ok(s) => w.sn = Some(s),
+            Err(e) => result = Err(e),
+        }
     }
     if result.is_ok() {
         result = w.run_loop(&shutdown);
@@ -391,6 +409,26 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             for c in completions.drain(..) {
+                if let Completion::SendToFailed { errno } = c {
+                    tracing::debug!(shard = self.id, errno, "mqttsn send failed");
+                    self.shard.sn_stats_mut().send_dropped += 1;
+                    continue;
+                }
+                if let Completion::Datagram { from, buf } = c {
+                    let data = Bytes::copy_from_slice(self.io.buf(buf));
+                    self.io.recycle(buf);
+                    if let Some(sn) = &mut self.sn {
+                        sn.on_datagram(
+                            &mut self.shard,
+                            &mut self.mesh,
+                            &mut self.wake,
+                            from,
+                            data,
+                            now,
+                        );
+                    }
+                    continue;
+                }
                 Self::dispatch(
                     &mut self.io,
                     &mut self.shard,
@@ -414,6 +452,9 @@ impl<L: EventLoop> Worker<L> {
                 self.draining.push_back((now + DRAIN_TIMEOUT, conn, sock));
             }
             self.drain_mesh(now);
+            if let Some(sn) = &mut self.sn {
+                sn.node.on_timer(&mut self.shard, now);
+            }
             if !self.stats_requests.is_empty() {
                 self.answer_stats_requests(now);
             }
@@ -438,6 +479,9 @@ impl<L: EventLoop> Worker<L> {
             // blocking (nothing else would wake it).
             self.shard.run_streams(now);
             let more_actions = self.drain_actions(now) || self.shard.streams_pending();
+            if let Some(sn) = &mut self.sn {
+                sn.flush(&mut self.io, &mut self.shard);
+            }
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
             self.expire_lingers(now);
@@ -469,6 +513,7 @@ impl<L: EventLoop> Worker<L> {
                 self.linger.next_deadline(),
                 self.waiting_handoffs.next_deadline(),
                 self.http.as_ref().and_then(|h| h.next_deadline()),
+                self.sn.as_ref().and_then(|s| s.node.next_deadline()),
             ]
             .into_iter()
             .flatten()
@@ -564,6 +609,7 @@ impl<L: EventLoop> Worker<L> {
             report,
             shutting_down,
             stats_requests,
+            sn,
             ..
         } = self;
         let mut replies = Vec::new();
@@ -576,6 +622,12 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             WorkerMsg::StatsReply { scrape, snapshot } => replies.push((from, scrape, snapshot)),
+            WorkerMsg::SnDatagram(d) => {
+                if let Some(sn) = sn.as_mut() {
+                    let (peer, data) = *d;
+                    sn.node.on_datagram(shard, peer, &data, now);
+                }
+            }
             WorkerMsg::Adopt {
                 handoff,
                 transfer,
@@ -962,6 +1014,9 @@ impl<L: EventLoop> Worker<L> {
                     }
                 }
             }
+            // Taken by `run_loop` before dispatch.
+            Completion::Datagram { buf, .. } => io.recycle(buf),
+            Completion::SendToFailed { .. } => {}
             Completion::Released { sock } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
                     return;
@@ -985,6 +1040,10 @@ impl<L: EventLoop> Worker<L> {
             match action {
                 Action::Flush(conn) => {
                     let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        // No socket: an MQTT-SN client's virtual connection, or gone.
+                        if let Some(sn) = self.sn.as_mut().filter(|s| s.node.owns(conn)) {
+                            sn.node.on_flush(&mut self.shard, conn, now);
+                        }
                         continue;
                     };
                     if c.sending || !matches!(c.state, State::Open | State::Draining) {
@@ -997,6 +1056,9 @@ impl<L: EventLoop> Worker<L> {
                 }
                 Action::Close(conn) => {
                     let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        if let Some(sn) = self.sn.as_mut().filter(|s| s.node.owns(conn)) {
+                            sn.node.on_close(&mut self.shard, conn, now);
+                        }
                         continue;
                     };
                     if c.state != State::Open {
@@ -1018,6 +1080,11 @@ impl<L: EventLoop> Worker<L> {
                 }
                 Action::Migrate { conn, to, handoff } => {
                     let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        // A virtual connection is opened on its owner; should one be
+                        // asked to move all the same, it is refused (CONNACK rc 3).
+                        if self.sn.as_ref().is_some_and(|s| s.node.owns(conn)) {
+                            self.shard.on_migrate_refused(conn, now);
+                        }
                         continue;
                     };
                     if c.state != State::Open || self.shutting_down {

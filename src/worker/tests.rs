@@ -159,6 +159,12 @@ impl EventLoop for NeverArrives {
     fn forget(&mut self, transfer: Transfer) {
         self.forgotten.push(transfer);
     }
+    fn add_udp(&mut self, socket: std::net::UdpSocket) -> io::Result<()> {
+        self.inner.add_udp(socket)
+    }
+    fn send_to(&mut self, to: std::net::SocketAddr, data: bytes::Bytes) -> bool {
+        self.inner.send_to(to, data)
+    }
     fn doorbell(&mut self, to: usize) {
         self.inner.doorbell(to)
     }
@@ -218,6 +224,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        sn: None,
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
@@ -301,6 +308,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        sn: None,
     };
     (w, eps.pop().expect("endpoint 0"))
 }

@@ -120,15 +120,20 @@ fn cargo_build_ringmq() -> PathBuf {
 /// test, with its stderr: there is no other broker to fall back to, so a pass always
 /// means ringmq carried the traffic.
 pub fn start_broker() -> Broker {
-    start_broker_at(|port| format!("127.0.0.1:{port}"))
+    start_broker_with(&[])
+}
+
+/// [`start_broker`] with more ringmq options (e.g. `--mqttsn-listen`).
+pub fn start_broker_with(extra: &[&str]) -> Broker {
+    start_broker_at(|port| format!("127.0.0.1:{port}"), extra)
 }
 
 /// Like [`start_broker`] with an MQTT-over-WebSocket listener (`ws://…/mqtt`).
 pub fn start_ws_broker() -> Broker {
-    start_broker_at(|port| format!("ws://127.0.0.1:{port}/mqtt"))
+    start_broker_at(|port| format!("ws://127.0.0.1:{port}/mqtt"), &[])
 }
 
-fn start_broker_at(url: impl Fn(u16) -> String) -> Broker {
+fn start_broker_at(url: impl Fn(u16) -> String, extra: &[&str]) -> Broker {
     let bin = ringmq_bin();
     let port = free_port();
     let stderr_path =
@@ -137,6 +142,7 @@ fn start_broker_at(url: impl Fn(u16) -> String) -> Broker {
         .unwrap_or_else(|e| panic!("creating {}: {e}", stderr_path.display()));
     let mut child = Command::new(&bin)
         .args(["--listen", &url(port), "--http-listen", "none"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()

@@ -323,6 +323,20 @@ impl<A: Clone + Eq + std::hash::Hash> Gateway<A> {
         });
     }
 
+    /// The broker ended client `id`'s session itself (another connection took the
+    /// client id over, the CONNECT was refused upstream, shutdown): the client is
+    /// told with a DISCONNECT (spec 6.13's gateway-initiated one) and forgotten. No
+    /// will: the session did not end by the client's silence.
+    pub fn end_session(&mut self, id: &Bytes) {
+        let Some(c) = self.clients.remove(id) else {
+            return;
+        };
+        if self.by_addr.get(&c.addr) == Some(id) {
+            self.by_addr.remove(&c.addr);
+        }
+        self.send(&c.addr, &Message::Disconnect { duration: None });
+    }
+
     /// The in-flight message id of a client, for tests of the retransmission rules.
     #[cfg(test)]
     pub(crate) fn in_flight_msg_id(&self, id: &[u8]) -> Option<u16> {

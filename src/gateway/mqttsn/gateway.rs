@@ -282,6 +282,11 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
         self.clients.len()
     }
 
+    /// Whether a client of this gateway speaks from `addr`.
+    pub fn knows(&self, addr: &A) -> bool {
+        self.by_addr.contains_key(addr)
+    }
+
     /// The next time [`Gateway::on_tick`] has work: a retransmission or a deadline.
     pub fn next_deadline(&self) -> Option<Instant> {
         let retry = self.limits.retry_interval;

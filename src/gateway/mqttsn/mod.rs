@@ -1,6 +1,6 @@
 //! MQTT-SN 1.2 (the OASIS-contributed IBM spec, 2013): the datagram codec (`codec`,
 //! no state) and the gateway's per-loop client state machine (`gateway`, sans-IO).
-//! No IO and no other broker module. One UDP datagram carries one message (or one
+//! No IO; `node` joins a loop's gateway to that loop's shard (virtual connections). One UDP datagram carries one message (or one
 //! forwarder-encapsulated message); topic names, client ids and payloads are
 //! zero-copy `Bytes` slices of the datagram.
 
@@ -8,6 +8,7 @@ mod codec;
 mod downstream;
 mod gateway;
 mod link;
+mod node;
 mod predefined;
 
 pub use codec::{
@@ -17,6 +18,7 @@ pub use codec::{
 
 pub use gateway::{BrokerQoS, Gateway, GatewayLimits, GatewayStats, Output, Upstream, Will};
 pub use link::MqttLink;
+pub use node::SnNode;
 pub use predefined::{parse_predefined, PredefinedError};
 
 #[cfg(test)]

@@ -176,6 +176,9 @@ impl Echo {
                         self.closing.insert(sock);
                     }
                 },
+                Completion::Datagram { .. } | Completion::SendToFailed { .. } => {
+                    panic!("no UDP socket here: {c:?}")
+                }
                 Completion::Released { sock } => {
                     assert!(self.live.remove(&sock), "released sock {sock} was not live");
                     self.report.released += 1;

@@ -58,6 +58,7 @@ mod bufpool;
 mod handoff;
 mod ring;
 mod send;
+mod udp;
 
 use accept::Listener;
 use bufpool::BufPool;
@@ -95,6 +96,10 @@ const K_PROBE: u64 = 14;
 const K_ORPHAN_CLOSE: u64 = 15;
 /// A lingering connection's `SHUT_WR` (see `shutdown_write`).
 const K_SHUTDOWN: u64 = 16;
+/// The UDP socket's multishot RECVMSG (`udp.rs`).
+const K_UDP_RECV: u64 = 17;
+/// One UDP SENDMSG; payload: its key in `Udp::sends`.
+const K_UDP_SEND: u64 = 18;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
@@ -178,6 +183,8 @@ pub struct UringLoop {
     /// Notes of unannounced descriptors whose `MSG_RING` failed transiently: (target
     /// loop, its ring, attempts so far), sent again next turn.
     lost_note_retry: Vec<(usize, usize, u64)>,
+    /// The `add_udp` socket and its operations (`udp.rs`).
+    udp: Option<udp::Udp>,
     /// Test-only failure injection: the next `n` descriptors we send report
     /// EOVERFLOW although they arrived (`on_send_fd`).
     #[cfg(test)]
@@ -289,6 +296,7 @@ impl UringLoop {
             last_trim: Instant::now(),
             doorbell_retry: Vec::new(),
             lost_note_retry: Vec::new(),
+            udp: None,
             #[cfg(test)]
             inject_send_fd_overflow: 0,
             #[cfg(test)]
@@ -575,6 +583,8 @@ impl UringLoop {
                     self.arm_eventfd();
                 }
             }
+            K_UDP_RECV => self.on_udp_recv(res, flags, out),
+            K_UDP_SEND => self.on_udp_sent(payload, res, out),
             // Doorbells post a CQE here only on failure (`SKIP_SUCCESS`).
             K_DOORBELL if res < 0 => self.on_doorbell_failed(payload, -res),
             K_CANCEL | K_DOORBELL | K_LOST_SENT => {}
@@ -778,13 +788,27 @@ impl EventLoop for UringLoop {
         let _ = transfer;
     }
 
+    fn add_udp(&mut self, socket: std::net::UdpSocket) -> io::Result<()> {
+        self.start_udp(socket)
+    }
+
+    fn send_to(&mut self, to: std::net::SocketAddr, data: bytes::Bytes) -> bool {
+        self.udp_send_to(to, data)
+    }
+
     fn doorbell(&mut self, to: usize) {
         self.send_doorbell(to, 0);
     }
 
     fn buf(&self, buf: BufRef) -> &[u8] {
+        // `offset`: a datagram's payload after the RECVMSG header and address.
+        let (offset, len) = (buf.offset as usize, buf.len as usize);
         match self.rings.get(buf.group as usize) {
-            Some(r) => r.bufs.slice(buf.bid, buf.len as usize),
+            Some(r) => r
+                .bufs
+                .slice(buf.bid, offset + len)
+                .get(offset..)
+                .unwrap_or(&[]),
             None => &[],
         }
     }
@@ -808,6 +832,7 @@ impl EventLoop for UringLoop {
         }
         self.reap_unpaired();
         self.rearm_starved();
+        self.rearm_udp();
         self.arm_accepts();
         for r in 1..self.rings.len() {
             if !self.rings[r].uring.submission().is_empty() {
@@ -883,6 +908,7 @@ impl EventLoop for UringLoop {
 impl Drop for UringLoop {
     fn drop(&mut self) {
         let busy = !self.socks.is_empty()
+            || self.udp.is_some()
             || self
                 .listeners
                 .iter()
@@ -915,6 +941,10 @@ impl Drop for UringLoop {
             if let Some(iov) = sock.iov {
                 std::mem::forget(iov);
             }
+        }
+        // The RECVMSG template and the headers and data of sends in flight.
+        if let Some(u) = self.udp.take() {
+            std::mem::forget(u);
         }
     }
 }

@@ -1,0 +1,328 @@
+//! One loop's MQTT-SN gateway joined to that loop's shard (sans-IO): each SN client's
+//! session is an ordinary MQTT 3.1.1 session on a *virtual connection* of the shard,
+//! one `ConnId` with no socket behind it. The worker hands this the datagrams that
+//! belong to the loop, the shard's `Flush`/`Close` actions on virtual connections,
+//! and a periodic tick; it returns the datagrams to send.
+//!
+//! The worker routes an SN client's datagrams to the loop that owns its client id
+//! (as TCP connections are handed to their owner), so a virtual connection is always
+//! opened on its session's owner and the shard never migrates one. QoS −1 publishes
+//! go through one extra virtual connection per loop, under a client id this loop owns.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use bytes::{Bytes, BytesMut};
+
+use super::gateway::{Gateway, GatewayLimits, Output, Upstream};
+use super::link::MqttLink;
+use crate::protocol::{decode_packet, encode_to_bytes, Packet, ProtocolVersion};
+use crate::shard::{ConnId, Shard};
+
+/// How often the gateway's timers (keepalive, sleep, Tretry, ADVERTISE) are checked
+/// while it holds clients: they are seconds-scale, and one check walks every client.
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// A virtual connection: whose session it carries and the MQTT side of it.
+struct VConn {
+    client_id: Bytes,
+    link: MqttLink,
+    /// Bytes of a packet the shard wrote in parts (it writes whole packets; kept
+    /// for safety, bounded by the shard's own packet size).
+    rx: BytesMut,
+    /// The gateway's SUBACKs, held until the shard's SUBACK for the same SUBSCRIBE
+    /// (in order): the shard sends it once every loop routes the filter here, so
+    /// a client that holds its SUBACK gets what is published after, as over TCP.
+    held_subacks: VecDeque<(SocketAddr, Bytes)>,
+}
+
+/// SUBACKs held per virtual connection; past it they go out at once (a client
+/// that floods SUBSCRIBEs gets answers that may precede the routes).
+const HELD_SUBACKS_MAX: usize = 64;
+/// MQTT-SN SUBACK: message type (spec 5.3), and the offset of its return code in
+/// the 8-byte short form.
+const SN_SUBACK: u8 = 0x13;
+const SN_SUBACK_CODE_AT: usize = 7;
+/// MQTT-SN return code 0x03, "rejected: not supported".
+const SN_REJECTED_NOT_SUPPORTED: u8 = 0x03;
+
+pub struct SnNode {
+    gw: Gateway<SocketAddr>,
+    /// The session's current virtual connection, by client id.
+    by_client: AHashMap<Bytes, ConnId>,
+    vconns: AHashMap<ConnId, VConn>,
+    /// The virtual connection that carries QoS −1 publishes, and its client id.
+    anon: Option<ConnId>,
+    anon_id: Bytes,
+    /// The UDP address: the peer address of the anonymous connection.
+    local: SocketAddr,
+    /// The sender of the datagram being handled: the peer address of a virtual
+    /// connection its CONNECT opens (per-IP connection limits then apply).
+    from: Option<SocketAddr>,
+    /// The virtual connection a SUBSCRIBE was just fed to: the gateway's SUBACK that
+    /// follows it in the output is held (see `VConn::held_subacks`).
+    hold_suback: Option<ConnId>,
+    out: Vec<(SocketAddr, Bytes)>,
+    next_tick: Instant,
+    /// Upstream operations for a client whose virtual connection the shard had
+    /// already closed (taken over by a TCP client with the same id, refused, shut
+    /// down): dropped.
+    pub orphaned: u64,
+}
+
+impl SnNode {
+    pub fn new(limits: GatewayLimits, shard: &Shard, local: SocketAddr, now: Instant) -> SnNode {
+        // An id this loop owns, so the anonymous connection is never handed off.
+        let anon_id = (0u32..)
+            .map(|n| format!("$sn-gw-{}-{n}", shard.id()))
+            .find(|id| shard.owner_of(id.as_bytes()) == shard.id())
+            .unwrap_or_default();
+        SnNode {
+            gw: Gateway::new(limits),
+            by_client: AHashMap::new(),
+            vconns: AHashMap::new(),
+            anon: None,
+            anon_id: Bytes::from(anon_id),
+            local,
+            from: None,
+            hold_suback: None,
+            out: Vec::new(),
+            next_tick: now + TICK,
+            orphaned: 0,
+        }
+    }
+
+    pub fn gateway(&self) -> &Gateway<SocketAddr> {
+        &self.gw
+    }
+
+    /// Whether `conn` is one of this gateway's virtual connections.
+    pub fn owns(&self, conn: ConnId) -> bool {
+        self.vconns.contains_key(&conn)
+    }
+
+    /// One datagram from `from` that belongs to this loop.
+    pub fn on_datagram(&mut self, shard: &mut Shard, from: SocketAddr, data: &Bytes, now: Instant) {
+        self.from = Some(from);
+        self.gw.on_datagram(from, data, now);
+        self.pump(shard, now);
+        self.from = None;
+    }
+
+    /// The gateway's timers, at most every `TICK`.
+    pub fn on_timer(&mut self, shard: &mut Shard, now: Instant) {
+        if now < self.next_tick {
+            return;
+        }
+        self.next_tick = now + TICK;
+        self.gw.on_tick(now);
+        self.pump(shard, now);
+    }
+
+    /// When `on_timer` next has work; `None` while the gateway holds no client.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        (self.gw.client_count() > 0).then_some(self.next_tick)
+    }
+
+    /// The shard wrote to virtual connection `conn` (`Action::Flush`).
+    pub fn on_flush(&mut self, shard: &mut Shard, conn: ConnId, now: Instant) {
+        self.drain(shard, conn, now);
+        self.pump(shard, now);
+    }
+
+    /// The shard closed virtual connection `conn` (`Action::Close`): its last packets
+    /// are taken and the connection is released at once (no socket to wait for).
+    pub fn on_close(&mut self, shard: &mut Shard, conn: ConnId, now: Instant) {
+        self.drain(shard, conn, now);
+        if let Some(vc) = self.vconns.remove(&conn) {
+            // Still the client's current connection: the broker, not the client,
+            // ended it (takeover by another connection, refusal, shutdown).
+            if self.by_client.get(&vc.client_id) == Some(&conn) {
+                self.by_client.remove(&vc.client_id);
+                self.gw.end_session(&vc.client_id);
+            }
+        }
+        if self.anon == Some(conn) {
+            self.anon = None;
+        }
+        shard.release(conn);
+        self.pump(shard, now);
+    }
+
+    /// The datagrams to send since the last call.
+    pub fn take_datagrams(&mut self) -> Vec<(SocketAddr, Bytes)> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// The shard's packets on `conn` into the gateway, and the acks back.
+    fn drain(&mut self, shard: &mut Shard, conn: ConnId, now: Instant) {
+        let Some(vc) = self.vconns.get_mut(&conn) else {
+            return;
+        };
+        while let Some(tx) = shard.take_tx(conn) {
+            vc.rx.extend_from_slice(&tx);
+            loop {
+                match decode_packet(&mut vc.rx, ProtocolVersion::V311, usize::MAX) {
+                    Ok(Some(Packet::SubAck(ack))) => {
+                        if let Some((to, mut bytes)) = vc.held_subacks.pop_front() {
+                            if ack.codes.iter().any(|c| c.is_error()) {
+                                // Refused upstream (ACL, limits): say so (spec 5.4.16).
+                                let mut b = BytesMut::from(&bytes[..]);
+                                if let Some(code) = b.get_mut(SN_SUBACK_CODE_AT) {
+                                    *code = SN_REJECTED_NOT_SUPPORTED;
+                                }
+                                bytes = b.freeze();
+                            }
+                            self.out.push((to, bytes));
+                        }
+                    }
+                    Ok(Some(p)) => {
+                        if let Some(reply) =
+                            vc.link.from_broker(&vc.client_id, p, &mut self.gw, now)
+                        {
+                            feed(shard, conn, &reply, now);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        // Our own shard's encoding: cannot happen short of a bug.
+                        tracing::error!(conn, "undecodable packet on a virtual connection: {e}");
+                        vc.rx.clear();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The gateway's output: datagrams out, upstream operations into the shard,
+    /// until the gateway has nothing more (a delivery can produce a REGISTER, an
+    /// upstream operation a delivery).
+    fn pump(&mut self, shard: &mut Shard, now: Instant) {
+        loop {
+            let outputs = self.gw.poll_output();
+            if outputs.is_empty() {
+                return;
+            }
+            for o in outputs {
+                match o {
+                    Output::Datagram { to, bytes } => {
+                        let held = self
+                            .hold_suback
+                            .take()
+                            .filter(|_| bytes.get(1) == Some(&SN_SUBACK))
+                            .and_then(|conn| self.vconns.get_mut(&conn))
+                            .filter(|vc| vc.held_subacks.len() < HELD_SUBACKS_MAX);
+                        match held {
+                            Some(vc) => vc.held_subacks.push_back((to, bytes)),
+                            None => self.out.push((to, bytes)),
+                        }
+                    }
+                    // No ADVERTISE is configured: the UDP side has no broadcast address.
+                    Output::Broadcast { .. } => {}
+                    Output::Upstream(u) => self.upstream(shard, u, now),
+                }
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        shard: &mut Shard,
+        client_id: Bytes,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> ConnId {
+        let conn = shard.accept(peer, now);
+        self.vconns.insert(
+            conn,
+            VConn {
+                client_id,
+                link: MqttLink::new(),
+                rx: BytesMut::new(),
+                held_subacks: VecDeque::new(),
+            },
+        );
+        conn
+    }
+
+    fn upstream(&mut self, shard: &mut Shard, u: Upstream, now: Instant) {
+        let conn = match &u {
+            Upstream::Connect { client_id, .. } => {
+                // A new CONNECT from a client already connected opens a new virtual
+                // connection; the shard's takeover closes the old one.
+                let peer = self.from.unwrap_or(self.local);
+                let conn = self.open(shard, client_id.clone(), peer, now);
+                self.by_client.insert(client_id.clone(), conn);
+                conn
+            }
+            Upstream::PublishAnonymous { .. } => match self.anon {
+                Some(conn) => conn,
+                None => {
+                    let conn = self.open(shard, self.anon_id.clone(), self.local, now);
+                    let connect = Upstream::Connect {
+                        client_id: self.anon_id.clone(),
+                        clean_session: true,
+                        keepalive_s: 0,
+                    };
+                    if let Some(vc) = self.vconns.get_mut(&conn) {
+                        let p = vc.link.to_packet(connect);
+                        feed(shard, conn, &p, now);
+                    }
+                    self.anon = Some(conn);
+                    conn
+                }
+            },
+            Upstream::Publish { client_id, .. }
+            | Upstream::Subscribe { client_id, .. }
+            | Upstream::Unsubscribe { client_id, .. }
+            | Upstream::Disconnect { client_id } => {
+                let conn = self.by_client.get(client_id).copied();
+                if matches!(u, Upstream::Disconnect { .. }) {
+                    self.by_client.remove(client_id);
+                }
+                match conn {
+                    Some(c) => c,
+                    None => {
+                        self.orphaned += 1;
+                        return;
+                    }
+                }
+            }
+        };
+        let Some(vc) = self.vconns.get_mut(&conn) else {
+            self.orphaned += 1;
+            return;
+        };
+        if matches!(u, Upstream::Subscribe { .. }) {
+            self.hold_suback = Some(conn);
+        }
+        let p = vc.link.to_packet(u);
+        feed(shard, conn, &p, now);
+    }
+
+    /// Copies the gateway's counters into the shard's `SnStats` (the worker counts
+    /// the socket side there itself).
+    pub fn sync_stats(&self, shard: &mut Shard) {
+        let g = &self.gw.stats;
+        let s = shard.sn_stats_mut();
+        s.clients = self.gw.client_count();
+        s.bad_datagrams = g.bad_datagrams;
+        s.unexpected_msgs = g.unexpected_msgs + self.orphaned;
+        s.connects_refused_full = g.connects_refused_full;
+        s.topic_ids_refused = g.topic_ids_refused;
+        s.buffered_dropped = g.buffered_dropped;
+        s.oversize_dropped = g.oversize_deliveries_dropped;
+        s.retransmits = g.retransmits;
+        s.clients_lost = g.clients_lost;
+        s.wills_published = g.wills_published;
+    }
+}
+
+/// One packet into the shard on virtual connection `conn`, as if read from it.
+fn feed(shard: &mut Shard, conn: ConnId, p: &Packet, now: Instant) {
+    let bytes = encode_to_bytes(p, ProtocolVersion::V311);
+    shard.on_read(conn, &bytes, now);
+}
