@@ -21,6 +21,7 @@
 
 pub mod client;
 pub mod config;
+pub mod link;
 pub mod rules;
 #[cfg(test)]
 mod tests;

@@ -26,6 +26,7 @@ use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
 use crate::transport::{ListenerTls, TlsSession};
 
+mod bridges;
 mod busy_poll;
 mod cpu;
 mod handoffs;
@@ -35,6 +36,7 @@ mod observe;
 mod report;
 pub mod verify;
 
+use bridges::Bridges;
 use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
 use handoffs::{shrink_emptied, WaitingHandoffs};
@@ -188,6 +190,8 @@ struct Worker<L: EventLoop> {
     stats_requests: Vec<(usize, u64)>,
     auth: Option<AuthLink>,
     tls: TlsIo,
+    /// The `[[bridge]]`s this loop owns; `None` for none.
+    bridges: Option<Bridges>,
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -248,6 +252,13 @@ pub fn run<L: EventLoop>(
             "loop runs under SCHED_FIFO"
         );
     }
+    let bridges = match Bridges::new(&config, id, endpoint.shard_count(), Instant::now()) {
+        Ok(b) => b,
+        Err(e) => {
+            drop(remote_tx);
+            return Err(e);
+        }
+    };
     let io = match make_loop(id, &loop_options) {
         Ok(io) => io,
         Err(e) => {
@@ -313,6 +324,7 @@ pub fn run<L: EventLoop>(
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        bridges,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -379,6 +391,11 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
             for c in completions.drain(..) {
+                if let Some(b) = self.bridges.as_mut() {
+                    if b.on_completion(&mut self.io, &c, now) {
+                        continue;
+                    }
+                }
                 Self::dispatch(
                     &mut self.io,
                     &mut self.shard,
@@ -418,6 +435,9 @@ impl<L: EventLoop> Worker<L> {
                 self.shard.shutdown(now);
                 grace_deadline = Some(now + SHUTDOWN_GRACE);
             }
+            if let Some(b) = self.bridges.as_mut() {
+                b.turn(&mut self.io, &mut self.shard, now, self.shutting_down);
+            }
             // Retained streams write their slice before the actions are taken, so it
             // is flushed in this turn; a stream with more to send keeps the loop from
             // blocking (nothing else would wake it).
@@ -454,6 +474,7 @@ impl<L: EventLoop> Worker<L> {
                 self.linger.next_deadline(),
                 self.waiting_handoffs.next_deadline(),
                 self.http.as_ref().and_then(|h| h.next_deadline()),
+                self.bridges.as_ref().and_then(|b| b.next_deadline()),
             ]
             .into_iter()
             .flatten()
@@ -913,6 +934,8 @@ impl<L: EventLoop> Worker<L> {
                     }
                 }
             }
+            // Outbound connects are the bridges' (taken before dispatch).
+            Completion::Connected { .. } => {}
             Completion::Released { sock } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
                     return;
@@ -948,6 +971,10 @@ impl<L: EventLoop> Worker<L> {
                 }
                 Action::Close(conn) => {
                     let Some(Some(c)) = self.conns.get_mut(conn) else {
+                        // No socket: perhaps a bridge's virtual connection.
+                        if let Some(b) = self.bridges.as_mut() {
+                            b.on_shard_close(&mut self.shard, conn, now);
+                        }
                         continue;
                     };
                     if c.state != State::Open {

@@ -176,6 +176,7 @@ impl Echo {
                         self.closing.insert(sock);
                     }
                 },
+                Completion::Connected { .. } => panic!("the echo server connects nowhere"),
                 Completion::Released { sock } => {
                     assert!(self.live.remove(&sock), "released sock {sock} was not live");
                     self.report.released += 1;
