@@ -123,16 +123,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `mqtts://` bridges are parsed and checked, but this build connects bridges over
-/// plain TCP only: refuse them rather than start without the forwarding asked for.
+/// The CA file of every `mqtts://` bridge loads (exit 2 naming the bridge and the
+/// file otherwise, as a bad TLS listener file is).
 fn bridges_runnable(config: &Config) -> Result<(), String> {
-    match config.bridge.iter().find(|b| b.tls.is_some()) {
-        Some(b) => Err(format!(
-            "config: key \"bridge[{}].address\": mqtts:// bridges are not supported by this build yet (use mqtt://)",
-            b.name
-        )),
-        None => Ok(()),
+    for b in &config.bridge {
+        if let Some(t) = &b.tls {
+            ringmq::worker::bridges::load_ca(&b.name, &t.ca_file)
+                .map_err(|e| format!("config: {e}"))?;
+        }
     }
+    Ok(())
 }
 
 /// `ringmq check-config`: loads the configuration as a start would, and stops there.

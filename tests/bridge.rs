@@ -59,12 +59,17 @@ struct Mosquitto {
 
 impl Mosquitto {
     fn start(dir: &Path, port: u16) -> Mosquitto {
+        Mosquitto::start_with(dir, port, "")
+    }
+
+    /// With `extra` lines at the end of its config (more listeners).
+    fn start_with(dir: &Path, port: u16, extra: &str) -> Mosquitto {
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nautosave_interval 1\n",
+                "allow_anonymous true\npersistence true\n\
+                 persistence_location {}/\nautosave_interval 1\nlistener {port} 127.0.0.1\n{extra}",
                 dir.display()
             ),
         )
@@ -221,6 +226,11 @@ fn text(b: &Bytes) -> String {
 
 /// GET /metrics; the value of `name{bridge="cloud"}`.
 fn bridge_metric(b: &Broker, name: &str) -> u64 {
+    metric_of(b, "cloud", name)
+}
+
+/// GET /metrics; the value of `name{bridge="BRIDGE"}`.
+fn metric_of(b: &Broker, bridge: &str, name: &str) -> u64 {
     let addr = b.http_addr().expect("http listener");
     let mut s = TcpStream::connect(&addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -228,7 +238,7 @@ fn bridge_metric(b: &Broker, name: &str) -> u64 {
         .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let key = format!("{name}{{bridge=\"cloud\"}} ");
+    let key = format!("{name}{{bridge=\"{bridge}\"}} ");
     out.lines()
         .find_map(|l| l.strip_prefix(&key))
         .and_then(|v| v.trim().parse().ok())
@@ -418,6 +428,81 @@ fn a_remote_restart_loses_nothing_within_the_queue_bound() {
 }
 
 #[test]
+fn an_mqtts_bridge_verifies_the_remote_against_its_ca_file() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = tempdir("tls");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(DnType::CommonName, "bridge test CA");
+    let ca_key = KeyPair::generate().expect("key");
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
+    let leaf_key = KeyPair::generate().expect("key");
+    let leaf = leaf_params
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write pem");
+        path.display().to_string()
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    // A CA that did not sign the remote's certificate: that bridge must never be up.
+    let mut other = CertificateParams::new(Vec::<String>::new()).expect("params");
+    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    other
+        .distinguished_name
+        .push(DnType::CommonName, "another CA");
+    let other = other
+        .self_signed(&KeyPair::generate().expect("key"))
+        .expect("other CA");
+    let other_ca_file = write("other-ca.pem", &other.pem());
+    let cert_file = write("server.pem", &leaf.pem());
+    let key_file = write("server.key", &leaf_key.serialize_pem());
+    let plain_port = free_port();
+    let tls_port = free_port();
+    let _remote = Mosquitto::start_with(
+        &dir,
+        plain_port,
+        &format!("listener {tls_port} 127.0.0.1\ncertfile {cert_file}\nkeyfile {key_file}\n"),
+    );
+    let cfg = dir.join("ringmq.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[bridge]]\nname = \"cloud\"\naddress = \"mqtts://127.0.0.1:{tls_port}\"\n\
+             tls_ca_file = \"{ca_file}\"\ntopics = [\"t/# both 1\"]\n\
+             reconnect_min_ms = 100\nreconnect_max_ms = 500\n\
+             [[bridge]]\nname = \"untrusting\"\naddress = \"mqtts://127.0.0.1:{tls_port}\"\n\
+             tls_ca_file = \"{other_ca_file}\"\ntopics = [\"u/# out 1\"]\n\
+             reconnect_min_ms = 100\nreconnect_max_ms = 200\n"
+        ),
+    )
+    .expect("write ringmq.toml");
+    let cfg = cfg.display().to_string();
+    let local = Launch::new(&["--config", &cfg, "--http-listen", "127.0.0.1:0"]).spawn();
+    let mut remote_sub = RawClient::connect_v311(&format!("127.0.0.1:{plain_port}"), "rs");
+    subscribe(&mut remote_sub, "t/#");
+    let mut local_pub = RawClient::connect_v311(local.addr(), "lp");
+    settle(&local, &mut local_pub, "t/probe", &mut remote_sub);
+    publish(&mut local_pub, "t/x", QoS::AtLeastOnce, 7, "over-tls");
+    let p = next_publish(&mut remote_sub, ARRIVE).expect("over TLS to the remote");
+    assert_eq!(text(&p.payload), "over-tls");
+    // The other bridge's handshakes fail (unknown issuer), again and again.
+    let deadline = Instant::now() + ARRIVE;
+    while metric_of(&local, "untrusting", "ringmq_bridge_connect_failures_total") < 3 {
+        assert!(Instant::now() < deadline, "untrusting bridge did not retry");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        metric_of(&local, "untrusting", "ringmq_bridge_connects_total"),
+        0
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn config_errors_name_the_bridge_and_the_key() {
     let dir = tempdir("cfg");
     let cases = [
@@ -432,6 +517,10 @@ fn config_errors_name_the_bridge_and_the_key() {
         (
             "[[bridge]]\nname = \"cloud\"\naddress = \"127.0.0.1:1883\"\ntopics = [\"a\"]\nqueue_max_messages = 0\n",
             "key \"bridge[cloud].queue_max_messages\": expected an integer 1..=10000000, got 0",
+        ),
+        (
+            "[[bridge]]\nname = \"cloud\"\naddress = \"mqtts://127.0.0.1:8883\"\ntls_ca_file = \"/nonexistent/ca.pem\"\ntopics = [\"a\"]\n",
+            "bridge[cloud].tls_ca_file: /nonexistent/ca.pem",
         ),
     ];
     for (i, (toml, want)) in cases.iter().enumerate() {

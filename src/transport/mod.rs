@@ -11,9 +11,12 @@
 //!   `rustls::ServerConfig` (SNI over several certificates, ALPN `mqtt`, TLS 1.2 and
 //!   1.3), and the reloadable holder SIGHUP swaps.
 //! - `identity`: the username a client certificate gives (CN or a SAN).
+//! - `client`: the client side (a bridge's connection to a remote broker): a rustls
+//!   `ClientConnection` from byte slices, and its config from a CA file.
 //!
 //! One error enum ([`TransportError`]); the worker maps every variant to a close.
 
+pub mod client;
 pub mod identity;
 pub mod material;
 pub mod tls;

@@ -11,6 +11,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::bridge::link::{LinkError, LocalLink};
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::io::{Completion, EventLoop, SockId};
 use crate::metrics::BridgeSnapshot;
 use crate::shard::{ConnId, Shard};
+use crate::transport::client::TlsClient;
 
 /// After the shard closed a bridge's virtual connection (a takeover of its client id,
 /// an ACL refusal): wait this long before opening it again, so two claimants of one
@@ -49,6 +51,10 @@ struct Link {
     close_after_send: bool,
     /// Remote messages dropped because the virtual connection was down.
     local_dropped: u64,
+    /// `mqtts://`: the client config (the CA file's roots) and the name to verify.
+    tls: Option<(Arc<rustls::ClientConfig>, String)>,
+    /// The TLS state of the current connection.
+    session: Option<Box<TlsClient>>,
 }
 
 /// The bridges of one loop.
@@ -100,12 +106,10 @@ impl Bridges {
                     b.name, b.host, b.port
                 )));
             }
-            if b.tls.is_some() {
-                return Err(io::Error::other(format!(
-                    "bridge[{}].address: mqtts:// bridges are not supported by this build yet",
-                    b.name
-                )));
-            }
+            let tls = match &b.tls {
+                Some(t) => Some((load_ca(&b.name, &t.ca_file)?, t.server_name.clone())),
+                None => None,
+            };
             tracing::info!(shard = loop_id, bridge = %b.name, remote = %addrs[0], "bridge owned by this loop");
             links.push(Link {
                 client: BridgeClient::new(b.clone(), seed(), now),
@@ -122,6 +126,8 @@ impl Bridges {
                 sending: false,
                 close_after_send: false,
                 local_dropped: 0,
+                tls,
+                session: None,
             });
         }
         Ok((!links.is_empty()).then_some(Bridges {
@@ -170,6 +176,19 @@ impl Bridges {
                     Ok(sock) => {
                         link.sock = Some(sock);
                         io.start_recv(sock);
+                        link.session = None;
+                        if let Some((config, name)) = &link.tls {
+                            match TlsClient::new(config.clone(), name) {
+                                Ok(t) => link.session = Some(Box::new(t)),
+                                Err(e) => {
+                                    tracing::warn!(bridge = %link.client.config().name, "tls: {e}");
+                                    Self::close_sock(link, io, &mut self.closing);
+                                    link.client.on_closed(now);
+                                    return true;
+                                }
+                            }
+                        }
+                        // With TLS, rustls holds the CONNECT until the handshake ends.
                         link.client.on_connected(now);
                         Self::flush(link, io, &mut self.closing);
                     }
@@ -187,8 +206,24 @@ impl Bridges {
                         true
                     };
                 };
-                link.client.on_bytes(io.buf(buf), now);
+                match link.session.as_mut() {
+                    None => link.client.on_bytes(io.buf(buf), now),
+                    Some(session) => {
+                        let mut plain = Vec::new();
+                        let r = session.on_recv(io.buf(buf), &mut plain);
+                        link.client.on_bytes(&plain, now);
+                        if let Err(e) = r {
+                            tracing::warn!(bridge = %link.client.config().name, "remote closed: {e}");
+                            io.recycle(buf);
+                            Self::close_sock(link, io, &mut self.closing);
+                            link.client.on_closed(now);
+                            return true;
+                        }
+                    }
+                }
                 io.recycle(buf);
+                // Handshake flights and acks go out at once.
+                Self::flush(link, io, &mut self.closing);
                 true
             }
             Completion::RecvEnd { sock, .. } => {
@@ -316,7 +351,7 @@ impl Bridges {
                             // The last bytes (DISCONNECT) go out before the close.
                             link.close_after_send = true;
                             if !link.sending {
-                                if let Some(data) = link.client.poll_transmit() {
+                                if let Some(data) = Self::next_tx(link) {
                                     link.sending = true;
                                     io.send(sock, data);
                                 }
@@ -387,12 +422,23 @@ impl Bridges {
         if link.sending {
             return;
         }
-        if let Some(data) = link.client.poll_transmit() {
+        if let Some(data) = Self::next_tx(link) {
             link.sending = true;
             io.send(sock, data);
         } else if link.close_after_send {
             Self::close_sock(link, io, closing);
         }
+    }
+
+    /// The client's bytes, through the TLS session when there is one.
+    fn next_tx(link: &mut Link) -> Option<bytes::Bytes> {
+        let Some(session) = link.session.as_mut() else {
+            return link.client.poll_transmit();
+        };
+        if let Some(plain) = link.client.poll_transmit() {
+            session.encrypt(&plain);
+        }
+        session.take_tls()
     }
 
     fn close_sock<L: EventLoop>(link: &mut Link, io: &mut L, closing: &mut Vec<SockId>) {
@@ -402,5 +448,15 @@ impl Bridges {
         }
         link.sending = false;
         link.close_after_send = false;
+        link.session = None;
     }
+}
+
+/// The client config of an `mqtts://` bridge: the remote is verified against the CAs
+/// in `ca_file`. Errors name the bridge, the key and the file.
+pub fn load_ca(bridge: &str, ca_file: &str) -> io::Result<Arc<rustls::ClientConfig>> {
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| io::Error::other(format!("bridge[{bridge}].tls_ca_file: {ca_file}: {e}")))?;
+    crate::transport::client::client_config(&pem)
+        .map_err(|e| io::Error::other(format!("bridge[{bridge}].tls_ca_file: {ca_file}: {e}")))
 }

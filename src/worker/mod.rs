@@ -26,7 +26,7 @@ use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::{Action, ConnId, Handoff, Shard, ShardMsg};
 use crate::transport::{ListenerTls, TlsSession};
 
-mod bridges;
+pub mod bridges;
 mod busy_poll;
 mod cpu;
 mod handoffs;
