@@ -24,6 +24,8 @@ pub mod config;
 pub mod link;
 pub mod rules;
 #[cfg(test)]
+mod seam_tests;
+#[cfg(test)]
 mod tests;
 
 pub use client::{BridgeClient, BridgeStats, LocalPublish, Transport};
