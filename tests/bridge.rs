@@ -224,13 +224,8 @@ fn text(b: &Bytes) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// GET /metrics; the value of `name{bridge="cloud"}`.
-fn bridge_metric(b: &Broker, name: &str) -> u64 {
-    metric_of(b, "cloud", name)
-}
-
-/// GET /metrics; the value of `name{bridge="BRIDGE"}`.
-fn metric_of(b: &Broker, bridge: &str, name: &str) -> u64 {
+/// GET /metrics, the whole exposition.
+fn metrics_text(b: &Broker) -> String {
     let addr = b.http_addr().expect("http listener");
     let mut s = TcpStream::connect(&addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -238,6 +233,19 @@ fn metric_of(b: &Broker, bridge: &str, name: &str) -> u64 {
         .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
+    out.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or(out)
+}
+
+/// GET /metrics; the value of `name{bridge="cloud"}`.
+fn bridge_metric(b: &Broker, name: &str) -> u64 {
+    metric_of(b, "cloud", name)
+}
+
+/// GET /metrics; the value of `name{bridge="BRIDGE"}`.
+fn metric_of(b: &Broker, bridge: &str, name: &str) -> u64 {
+    let out = metrics_text(b);
     let key = format!("{name}{{bridge=\"{bridge}\"}} ");
     out.lines()
         .find_map(|l| l.strip_prefix(&key))
@@ -353,6 +361,30 @@ fn both_directions_at_every_qos_without_echo() {
     // Nothing more on either side: no copy came back through the bridge.
     assert!(next_publish(&mut local_sub, Duration::from_secs(1)).is_none());
     assert!(next_publish(&mut remote_sub, Duration::from_secs(1)).is_none());
+
+    // The ringmq_bridge_* families are valid exposition format.
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: tests/install-deps.sh installs Debian's prometheus");
+    let text = metrics_text(&local);
+    assert!(text.contains("ringmq_bridge_in_received_total{bridge=\"cloud\"}"));
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = promtool.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
