@@ -10,7 +10,8 @@
 //! Beside it: `cpu` (thread placement), `busy_poll` (the spin window before blocking),
 //! `handoffs` (hand-offs waiting for their socket), `linger` (lingering close), `observe`
 //! (the busy clock and the snapshot a scrape gets), `http` (the HTTP listener's
-//! connections and scrapes, on the loop that owns it), `tests`.
+//! connections and scrapes, on the loop that owns it), `bridges` (the `[[bridge]]`s
+//! this loop owns: their sockets and virtual sessions), `tests`.
 
 use bytes::Bytes;
 use std::collections::{HashMap, VecDeque};
