@@ -362,6 +362,12 @@ fn both_directions_at_every_qos_without_echo() {
     assert!(next_publish(&mut local_sub, Duration::from_secs(1)).is_none());
     assert!(next_publish(&mut remote_sub, Duration::from_secs(1)).is_none());
 
+    // A network client cannot take the bridge's local session over: CONNACK 2.
+    let mut thief = RawClient::connect(local.addr());
+    thief.send(&pkt::Connect::v311("$bridge/cloud").bytes());
+    thief.expect_hex("20 02 00 02");
+    thief.expect_closed();
+
     // The ringmq_bridge_* families are valid exposition format.
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])

@@ -37,6 +37,9 @@ impl Seam {
         let mut cl = Cluster::new(2, Config::default());
         let owner = crate::shard::owner_shard(0, LOCAL_ID.as_bytes(), 2);
         let cid = cl.open(owner, ProtocolVersion::V5);
+        // As worker::bridges does: the virtual connection carries the bridge identity.
+        let conn = cl.clients[cid].conn;
+        cl.shards[owner].set_cert_username(conn, LOCAL_ID.to_string());
         let now = std::time::Instant::now();
         let mut client = BridgeClient::new(cfg, 1, now);
         // Bring the remote side up: CONNECT out, CONNACK in.
@@ -184,6 +187,17 @@ fn a_local_message_on_either_loop_reaches_the_remote() {
     s.cl.publish(dev, "other/t", "x", QoS::AtMostOnce, false, 0);
     s.step();
     assert!(publishes(&s.remote_packets()).is_empty());
+    // A network client asking for the bridge's client id is refused; the bridge's
+    // session stays and still forwards.
+    let thief =
+        s.cl.connect(ProtocolVersion::V311, LOCAL_ID, ConnectOpts::default());
+    match s.cl.next(thief) {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.code, ReasonCode::ClientIdentifierNotValid),
+        other => panic!("expected a refusing CONNACK, got {other:?}"),
+    }
+    s.cl.publish(dev, "up/after", "y", QoS::AtMostOnce, false, 0);
+    s.step();
+    assert_eq!(publishes(&s.remote_packets()).len(), 1);
 }
 
 #[test]
