@@ -5,9 +5,12 @@
 //! `protocol`, `topic`, `ring`, `config` and `store` import no other broker module
 //! (`arena`, a leaf utility of chunked tables, is used by `topic`). `gateway` (MQTT-SN)
 //! imports only `protocol`: its sessions reach the shard as virtual MQTT connections.
+//! `bridge` (MQTT bridges) imports only `protocol` and `topic`, and reaches the shard
+//! the same way; `worker::bridges` does its IO.
 
 mod arena;
 pub mod auth;
+pub mod bridge;
 pub mod config;
 pub mod gateway;
 pub mod io;

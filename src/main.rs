@@ -89,6 +89,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&loaded.config.log_level, loaded.config.log_json);
+    if let Err(e) = bridges_runnable(&loaded.config) {
+        say!("ringmq: {e}");
+        return ExitCode::from(2);
+    }
     if let Some(line) = config::secure_default(&mut loaded) {
         say!("{line}");
     }
@@ -128,6 +132,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The CA file of every `mqtts://` bridge loads (exit 2 naming the bridge and the
+/// file otherwise, as a bad TLS listener file is).
+fn bridges_runnable(config: &Config) -> Result<(), String> {
+    for b in &config.bridge {
+        if let Some(t) = &b.tls {
+            ringmq::worker::bridges::load_ca(&b.name, &t.ca_file)
+                .map_err(|e| format!("config: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
 /// `ringmq check-config`: loads the configuration as a start would, and stops there.
 /// The unit's `ExecStartPre` runs it, so the exit code is the contract: 0 valid, 2
 /// invalid (the same code a start with that configuration exits with).
@@ -137,6 +153,7 @@ fn check_config(cli: &Cli) -> ExitCode {
         None => "configuration (built-in defaults and options)".to_string(),
     };
     match config::load(cli).map_err(|e| e.to_string()).and_then(|c| {
+        bridges_runnable(&c)?;
         verify::load_policy(&c)?;
         load_tls(&c)?;
         load_sn(&c)?;

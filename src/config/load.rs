@@ -161,6 +161,15 @@ pub fn apply_toml(cfg: &mut Config, path: &str, text: &str) -> Result<(), Config
             apply_listener_tables(cfg, &source, value)?;
             continue;
         }
+        if key == "bridge" {
+            cfg.bridge = crate::bridge::parse_bridges(value).map_err(|e| ConfigError::Invalid {
+                source: source.clone(),
+                key: e.qualified_key(),
+                expected: e.expected,
+                got: e.got,
+            })?;
+            continue;
+        }
         apply(cfg, &source, key, &from_toml(value))?;
     }
     Ok(())

@@ -14,6 +14,8 @@
 //!
 //! and the mechanism in three more: `cli` (the command line), `load` (defaults <
 //! file < CLI, errors) and `value` (raw values and the checks they go through).
+//! `[[bridge]]` tables are parsed by `bridge::config` (their model lives with the
+//! bridge; it imports only `protocol` and `topic`).
 //! The struct stays flat so the hot path reads `cfg.max_inflight`, one TOML table
 //! maps onto it, and a key added in one concern touches no other's file.
 
@@ -57,6 +59,8 @@ pub struct Config {
     pub ws_max_frame_bytes: u64,
     /// The TOML `[[listener]]` tables, bound after the `listen` URLs.
     pub listener: Vec<ListenerTable>,
+    /// The TOML `[[bridge]]` tables (model and parser in `crate::bridge::config`).
+    pub bridge: Vec<crate::bridge::BridgeConfig>,
     /// The HTTP listener (metrics, health, status page), owned by loop 0; `None`: off.
     pub http_listen: Option<SocketAddr>,
     /// Event loops (one per core). `None`: number of available cores.
@@ -205,6 +209,7 @@ impl Default for Config {
             ws_allowed_origins: Vec::new(),
             ws_max_frame_bytes: listeners::DEFAULT_WS_MAX_FRAME_BYTES,
             listener: Vec::new(),
+            bridge: Vec::new(),
             // Loopback only: the endpoints are unauthenticated and name every counter.
             http_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9883))),
             shards: None,

@@ -571,3 +571,23 @@ fn mqttsn_keys_are_off_by_default_and_refuse_bad_values_naming_them() {
     let err = apply_toml(&mut c, "t.toml", "mqttsn_max_clients = 0").unwrap_err();
     assert!(err.to_string().contains("mqttsn_max_clients"), "{err}");
 }
+
+#[test]
+fn bridge_tables_load_and_their_errors_name_bridge_and_key() {
+    let file = "[[bridge]]\nname = \"cloud\"\naddress = \"127.0.0.1:1884\"\n\
+                topics = [\"sensors/# out 1\"]\n";
+    let cfg = load_with(&cli(&["--config", "c.toml"]), with_file(file)).expect("load");
+    assert_eq!(cfg.bridge.len(), 1);
+    assert_eq!(cfg.bridge[0].name, "cloud");
+    assert!(Config::default().bridge.is_empty());
+    let bad = "[[bridge]]\nname = \"cloud\"\naddress = \"127.0.0.1:1884\"\n\
+               topics = [\"sensors/# out 7\"]\n";
+    let e = load_with(&cli(&["--config", "c.toml"]), with_file(bad))
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        e.starts_with("config c.toml: key \"bridge[cloud].topics\": expected rules like"),
+        "{e}"
+    );
+    assert!(e.contains("QoS \"7\" is not 0, 1 or 2"), "{e}");
+}

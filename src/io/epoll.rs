@@ -57,6 +57,9 @@ struct Sock {
     queued: bool,
     /// The rest of the one send in flight.
     tx: Option<TxChain>,
+    /// An outbound connect in progress: the worker's token, reported with
+    /// `Connected` when the socket turns writable.
+    connecting: Option<u64>,
 }
 
 pub struct EpollLoop {
@@ -143,8 +146,48 @@ impl EpollLoop {
             recv_on: false,
             queued: false,
             tx: None,
+            connecting: None,
         });
         Ok(sock as SockId)
+    }
+
+    /// A connecting socket turned writable (or failed): report how the connect ended.
+    /// A failed one is removed at once: the worker never saw its id.
+    fn finish_connect(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        let Some(token) = s.connecting else {
+            return;
+        };
+        let Some(stream) = s.stream.as_mut() else {
+            return;
+        };
+        let errno = match stream.take_error() {
+            Ok(Some(e)) | Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => 0,
+                // Spurious wake-up: still connecting.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            },
+        };
+        s.connecting = None;
+        if errno == 0 {
+            self.pending.push(Completion::Connected {
+                token,
+                result: Ok(sock),
+            });
+            return;
+        }
+        let mut s = self.socks.remove(sock as usize);
+        if let Some(mut stream) = s.stream.take() {
+            let _ = self.poll.registry().deregister(&mut stream);
+        }
+        self.pending.push(Completion::Connected {
+            token,
+            result: Err(errno),
+        });
     }
 
     fn accept_ready(&mut self, out: &mut Vec<Completion>) {
@@ -494,6 +537,25 @@ impl EventLoop for EpollLoop {
         drop(self.kill(sock));
     }
 
+    fn connect(&mut self, addr: std::net::SocketAddr, token: u64) {
+        // mio's connect is non-blocking: EINPROGRESS, then writability says how it went.
+        let result = TcpStream::connect(addr).and_then(|stream| {
+            let _ = stream.set_nodelay(true);
+            self.insert(stream)
+        });
+        match result {
+            Ok(sock) => {
+                if let Some(s) = self.socks.get_mut(sock as usize) {
+                    s.connecting = Some(token);
+                }
+            }
+            Err(e) => self.pending.push(Completion::Connected {
+                token,
+                result: Err(e.raw_os_error().unwrap_or(libc::EIO)),
+            }),
+        }
+    }
+
     fn migrate(&mut self, sock: SockId, to: usize) {
         let _ = to;
         let Some(stream) = self.kill(sock) else {
@@ -594,6 +656,14 @@ impl EventLoop for EpollLoop {
             self.enqueue_read(sock);
         }
         for sock in writable {
+            if self
+                .socks
+                .get(sock as usize)
+                .is_some_and(|s| s.connecting.is_some())
+            {
+                self.finish_connect(sock);
+                continue;
+            }
             self.write_some(sock);
         }
         if self.accepting {

@@ -93,6 +93,12 @@ pub enum Completion {
     Datagram { from: SocketAddr, buf: BufRef },
     /// A `send_to` the kernel refused after taking it (errno).
     SendToFailed { errno: i32 },
+    /// The outbound connection `connect(addr, token)` asked for: `Ok` is an open
+    /// socket, not receiving until `start_recv`; `Err(errno)` left nothing behind.
+    Connected {
+        token: u64,
+        result: Result<SockId, i32>,
+    },
 }
 
 /// Counters for what the backend dropped or failed; reported at shutdown.
@@ -194,6 +200,9 @@ pub trait EventLoop {
     fn shutdown_write(&mut self, sock: SockId);
     /// Stops receiving, closes the socket, then reports `Released`.
     fn close(&mut self, sock: SockId);
+    /// Opens an outbound TCP connection to `addr` without blocking (the MQTT bridge's
+    /// link to a remote broker); reports `Connected` with `token`.
+    fn connect(&mut self, addr: SocketAddr, token: u64);
     /// Stops receiving and hands the socket to loop `to`; reports `Migrated` then
     /// `Released` (or, when refused, `Migrated` with an error and the socket kept
     /// open). Bytes received before the receive stopped are still reported.

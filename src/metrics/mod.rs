@@ -47,6 +47,21 @@ pub struct LoopSnapshot {
     pub wall_ns: u64,
     /// Loop turns since start.
     pub turns: u64,
+    /// The `[[bridge]]`s this loop owns.
+    pub bridges: Vec<BridgeSnapshot>,
+}
+
+/// One bridge's figures, from the loop that owns it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BridgeSnapshot {
+    pub name: String,
+    /// Connected to its remote (CONNACK accepted).
+    pub up: bool,
+    /// Outgoing messages held: queued while the remote is down, plus unacknowledged.
+    pub held: u64,
+    /// Remote messages dropped because the bridge's local session was down.
+    pub local_dropped: u64,
+    pub stats: crate::bridge::BridgeStats,
 }
 
 impl LoopSnapshot {

@@ -592,5 +592,36 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
             p.threads,
         );
     }
+    render_bridges(&mut o, node);
     o.0
+}
+
+/// One sample per `[[bridge]]`, labelled `bridge`, from the loop that owns it.
+fn render_bridges(o: &mut Out, node: &NodeSnapshot) {
+    use Kind::{Counter, Gauge};
+    let bridges: Vec<&super::BridgeSnapshot> =
+        node.loops.iter().flat_map(|l| l.bridges.iter()).collect();
+    if bridges.is_empty() {
+        return;
+    }
+    type Figure = fn(&super::BridgeSnapshot) -> u64;
+    let families: [(&str, Kind, &str, Figure); 11] = [
+        ("ringmq_bridge_up", Gauge, "1 while the bridge is connected to its remote broker.", |b| u64::from(b.up)),
+        ("ringmq_bridge_held_messages", Gauge, "Outgoing messages held: queued while the remote is down, plus sent and unacknowledged.", |b| b.held),
+        ("ringmq_bridge_connects_total", Counter, "Connections the remote accepted.", |b| b.stats.connects),
+        ("ringmq_bridge_connect_failures_total", Counter, "Connection attempts that failed (refused, timed out, closed before CONNACK).", |b| b.stats.connect_failures),
+        ("ringmq_bridge_disconnects_total", Counter, "Accepted connections that ended.", |b| b.stats.disconnects),
+        ("ringmq_bridge_out_sent_total", Counter, "PUBLISHes sent to the remote, resends included.", |b| b.stats.out_sent),
+        ("ringmq_bridge_out_acked_total", Counter, "QoS 1/2 messages the remote acknowledged.", |b| b.stats.out_acked),
+        ("ringmq_bridge_out_dropped_total", Counter, "Local messages dropped because queue_max_messages were held.", |b| b.stats.out_dropped_queue_full),
+        ("ringmq_bridge_in_received_total", Counter, "PUBLISHes received from the remote.", |b| b.stats.in_received),
+        ("ringmq_bridge_in_dropped_total", Counter, "Remote messages dropped: no rule matched, or the local session was down.", |b| b.stats.in_unmatched + b.local_dropped),
+        ("ringmq_bridge_protocol_errors_total", Counter, "Connections ended for a bad packet from the remote.", |b| b.stats.protocol_errors),
+    ];
+    for (name, kind, help, f) in families {
+        o.family(name, kind, help);
+        for b in &bridges {
+            o.sample(name, &[("bridge", &b.name)], f(b));
+        }
+    }
 }

@@ -139,6 +139,15 @@ impl Shard {
             self.close(conn);
             return false;
         }
+        // `$bridge/NAME` is a bridge's own local session (worker::bridges), whose
+        // connection carries that identity: a network client may not take it over.
+        if connect.client_id.starts_with(b"$bridge/")
+            && self.cert_username(conn).map(str::as_bytes) != Some(&connect.client_id[..])
+        {
+            self.write_control(conn, &connack(ReasonCode::ClientIdentifierNotValid));
+            self.close(conn);
+            return false;
+        }
         // A 3.x client cannot be told a lower keepalive (MQTT 5 gets Server Keep
         // Alive): with a cap set, one asking for more, or for none (0), is refused
         // with return code 2, as Mosquitto's `max_keepalive` does. Refused here,

@@ -14,11 +14,14 @@
 //! - `ws`: MQTT over WebSocket, the upgrade and the framing (`ws/mod.rs`).
 //! - `stack`: [`Transport`], the transforms one connection holds (TLS, WebSocket,
 //!   or WebSocket inside TLS), as the worker sees them.
+//! - `client`: the client side (a bridge's connection to a remote broker): a rustls
+//!   `ClientConnection` from byte slices, and its config from a CA file.
 //!
 //! One error enum ([`TransportError`]); the worker maps every variant to a close.
 //! WebSocket errors have their own ([`ws::WsError`]) because each is answered on the
 //! wire first (an HTTP status or a close code) and the worker then closes.
 
+pub mod client;
 pub mod identity;
 pub mod material;
 pub mod stack;

@@ -11,7 +11,8 @@
 //! `handoffs` (hand-offs waiting for their socket), `linger` (lingering close), `observe`
 //! (the busy clock and the snapshot a scrape gets), `http` (the HTTP listener's
 //! connections and scrapes, on the loop that owns it), `sn` (the MQTT-SN gateway's
-//! UDP socket and routing), `tests`.
+//! UDP socket and routing), `bridges` (the `[[bridge]]`s this loop owns: their
+//! sockets and virtual sessions), `tests`.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -28,6 +29,7 @@ use crate::transport::{ListenerTls, TlsSession, Transport, WsConfig, WsSession};
 use crate::tx::TxChain;
 use bytes::Bytes;
 
+pub mod bridges;
 mod busy_poll;
 mod cpu;
 mod handoffs;
@@ -38,6 +40,7 @@ mod report;
 mod sn;
 pub mod verify;
 
+use bridges::Bridges;
 use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
 use handoffs::{shrink_emptied, WaitingHandoffs};
@@ -207,6 +210,8 @@ struct Worker<L: EventLoop> {
     auth: Option<AuthLink>,
     tls: TlsIo,
     sn: Option<sn::SnIo>,
+    /// The `[[bridge]]`s this loop owns; `None` for none.
+    bridges: Option<Bridges>,
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -269,6 +274,13 @@ pub fn run<L: EventLoop>(
             "loop runs under SCHED_FIFO"
         );
     }
+    let bridges = match Bridges::new(&config, id, endpoint.shard_count(), Instant::now()) {
+        Ok(b) => b,
+        Err(e) => {
+            drop(remote_tx);
+            return Err(e);
+        }
+    };
     let io = match make_loop(id, &loop_options) {
         Ok(io) => io,
         Err(e) => {
@@ -337,6 +349,7 @@ pub fn run<L: EventLoop>(
             migrating: HashMap::new(),
         },
         sn: None,
+        bridges,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -429,6 +442,11 @@ impl<L: EventLoop> Worker<L> {
                     }
                     continue;
                 }
+                if let Some(b) = self.bridges.as_mut() {
+                    if b.on_completion(&mut self.io, &c, now) {
+                        continue;
+                    }
+                }
                 Self::dispatch(
                     &mut self.io,
                     &mut self.shard,
@@ -474,6 +492,9 @@ impl<L: EventLoop> Worker<L> {
                 self.shard.shutdown(now);
                 grace_deadline = Some(now + SHUTDOWN_GRACE);
             }
+            if let Some(b) = self.bridges.as_mut() {
+                b.turn(&mut self.io, &mut self.shard, now, self.shutting_down);
+            }
             // Retained streams write their slice before the actions are taken, so it
             // is flushed in this turn; a stream with more to send keeps the loop from
             // blocking (nothing else would wake it).
@@ -514,6 +535,7 @@ impl<L: EventLoop> Worker<L> {
                 self.waiting_handoffs.next_deadline(),
                 self.http.as_ref().and_then(|h| h.next_deadline()),
                 self.sn.as_ref().and_then(|s| s.node.next_deadline()),
+                self.bridges.as_ref().and_then(|b| b.next_deadline()),
             ]
             .into_iter()
             .flatten()
@@ -1017,6 +1039,8 @@ impl<L: EventLoop> Worker<L> {
             // Taken by `run_loop` before dispatch.
             Completion::Datagram { buf, .. } => io.recycle(buf),
             Completion::SendToFailed { .. } => {}
+            // Outbound connects are the bridges' (taken before dispatch).
+            Completion::Connected { .. } => {}
             Completion::Released { sock } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
                     return;
@@ -1058,6 +1082,10 @@ impl<L: EventLoop> Worker<L> {
                     let Some(Some(c)) = self.conns.get_mut(conn) else {
                         if let Some(sn) = self.sn.as_mut().filter(|s| s.node.owns(conn)) {
                             sn.node.on_close(&mut self.shard, conn, now);
+                        }
+                        // No socket: perhaps a bridge's virtual connection.
+                        if let Some(b) = self.bridges.as_mut() {
+                            b.on_shard_close(&mut self.shard, conn, now);
                         }
                         continue;
                     };

@@ -177,6 +177,10 @@ impl<L: EventLoop> Worker<L> {
             busy_ns,
             wall_ns,
             turns,
+            bridges: self
+                .bridges
+                .as_ref()
+                .map_or_else(Vec::new, |b| b.snapshot()),
         }
     }
 }

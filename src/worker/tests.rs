@@ -137,6 +137,9 @@ impl EventLoop for NeverArrives {
     fn start_recv(&mut self, sock: SockId) {
         self.inner.start_recv(sock)
     }
+    fn connect(&mut self, addr: std::net::SocketAddr, token: u64) {
+        self.inner.connect(addr, token)
+    }
     fn send(&mut self, sock: SockId, data: crate::tx::TxChain) {
         self.inner.send(sock, data)
     }
@@ -225,6 +228,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
             migrating: HashMap::new(),
         },
         sn: None,
+        bridges: None,
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
@@ -309,6 +313,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
             migrating: HashMap::new(),
         },
         sn: None,
+        bridges: None,
     };
     (w, eps.pop().expect("endpoint 0"))
 }

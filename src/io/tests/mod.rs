@@ -179,6 +179,7 @@ impl Echo {
                 Completion::Datagram { .. } | Completion::SendToFailed { .. } => {
                     panic!("no UDP socket here: {c:?}")
                 }
+                Completion::Connected { .. } => panic!("the echo server connects nowhere"),
                 Completion::Released { sock } => {
                     assert!(self.live.remove(&sock), "released sock {sock} was not live");
                     self.report.released += 1;

@@ -55,6 +55,7 @@ use super::{
 
 mod accept;
 mod bufpool;
+mod connect;
 mod handoff;
 mod ring;
 mod send;
@@ -100,6 +101,11 @@ const K_SHUTDOWN: u64 = 16;
 const K_UDP_RECV: u64 = 17;
 /// One UDP SENDMSG; payload: its key in `Udp::sends`.
 const K_UDP_SEND: u64 = 18;
+/// An outbound connect's `SOCKET`, `CONNECT`, and the close of a failed one's slot
+/// (see `connect`).
+const K_SOCKET: u64 = 19;
+const K_CONNECT: u64 = 20;
+const K_CONNECT_CLOSE: u64 = 21;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
@@ -175,6 +181,8 @@ pub struct UringLoop {
     stats: IoStats,
     cqes: Vec<(u8, u64, i32, u32)>,
     pending: Vec<Completion>,
+    /// Outbound connects in progress (see `connect`).
+    connects: Slab<connect::PendingConnect>,
     /// When the buffer pools were last trimmed (`BufPool::trim`).
     last_trim: Instant,
     /// Doorbells whose `MSG_RING` failed transiently: (target loop, attempts so far),
@@ -293,6 +301,7 @@ impl UringLoop {
             stats: IoStats::default(),
             cqes: Vec::with_capacity(1024),
             pending: Vec::new(),
+            connects: Slab::new(),
             last_trim: Instant::now(),
             doorbell_retry: Vec::new(),
             lost_note_retry: Vec::new(),
@@ -567,6 +576,9 @@ impl UringLoop {
                 }
             }
             K_SEND_FD => self.on_send_fd(sock, res),
+            K_SOCKET => self.on_socket(payload as usize, res),
+            K_CONNECT => self.on_connect(payload as usize, res),
+            K_CONNECT_CLOSE => self.on_connect_closed(payload as usize),
             K_ADOPT => self.on_adopt(ring, payload, res),
             K_LOST => self.on_lost_note(payload as usize),
             K_LOST_SENT if res < 0 => self.on_lost_note_failed(payload, -res),
@@ -753,6 +765,10 @@ impl EventLoop for UringLoop {
         }
         s.state = SockState::Closing;
         self.close_slot(sock);
+    }
+
+    fn connect(&mut self, addr: std::net::SocketAddr, token: u64) {
+        self.start_connect(addr, token);
     }
 
     fn migrate(&mut self, sock: SockId, to: usize) {
