@@ -8,6 +8,7 @@
 
 mod arena;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod io;
