@@ -4,12 +4,16 @@
 //! Sans-IO parts, tested without NATS: `subject` (the reversible MQTT topic/filter ↔
 //! NATS subject mapping), `interest` (which loops hold which filters, and so which
 //! NATS subscriptions the node holds), `headers` (the MQTT metadata of a forwarded
-//! message, the retained KV value). `link` is the cluster thread: the async-nats
-//! client on a current-thread tokio runtime, joined to the loops by bounded rings.
+//! message, the retained KV value). `bridge` is the loops' end of the bounded rings
+//! to and from the cluster thread; `link` is the cluster thread: the async-nats
+//! client on a current-thread tokio runtime.
 //! `ClusterError` is this layer's one error enum.
 
+pub mod bridge;
 pub mod headers;
 pub mod interest;
+#[cfg(not(loom))]
+pub mod link;
 pub mod subject;
 #[cfg(test)]
 mod tests;
@@ -43,3 +47,5 @@ impl fmt::Display for ClusterError {
 }
 
 impl std::error::Error for ClusterError {}
+
+pub use bridge::{ClusterStatus, LoopLink};

@@ -7,6 +7,7 @@ use std::fmt;
 
 use clap::{Parser, Subcommand};
 
+use super::cluster::ClusterArgs;
 use super::connections::ConnectionArgs;
 use super::features::FeatureArgs;
 use super::limits::LimitArgs;
@@ -43,6 +44,8 @@ pub struct Cli {
     pub sessions: SessionArgs,
     #[command(flatten)]
     pub features: FeatureArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
@@ -126,6 +129,7 @@ impl Cli {
         self.limits.values(&mut v);
         self.sessions.values(&mut v);
         self.features.values(&mut v);
+        self.cluster.values(&mut v);
         v
     }
 }

@@ -10,6 +10,7 @@
 //! - `limits`: protocol limits and keepalive;
 //! - `sessions`: session expiry, queues, slow consumers, the memory mark (data dir next);
 //! - `features`: optional MQTT features, retained bounds, refused filters, ACL file;
+//! - `cluster`: the NATS server of a cluster, node name, NATS credentials and TLS;
 //!
 //! and the mechanism in three more: `cli` (the command line), `load` (defaults <
 //! file < CLI, errors) and `value` (raw values and the checks they go through).
@@ -17,6 +18,7 @@
 //! maps onto it, and a key added in one concern touches no other's file.
 
 mod cli;
+mod cluster;
 mod connections;
 mod features;
 mod limits;
@@ -169,6 +171,20 @@ pub struct Config {
     pub sys_interval_s: u64,
     /// Mosquitto-format ACL file; `None`: everything is allowed.
     pub acl_file: Option<String>,
+
+    // Cluster (src/cluster). Empty `cluster_nats`: single node.
+    pub cluster_nats: Vec<String>,
+    /// Unique per node: the origin of its messages on NATS. "": random per start.
+    pub cluster_node_name: String,
+    pub cluster_nats_user: String,
+    pub cluster_nats_password: String,
+    pub cluster_nats_creds_file: Option<String>,
+    pub cluster_nats_tls_ca_file: Option<String>,
+    pub cluster_nats_tls_cert_file: Option<String>,
+    pub cluster_nats_tls_key_file: Option<String>,
+    /// JetStream replicas of the KV buckets: a bucket survives the loss of
+    /// `replicas / 2` NATS servers (rounded down).
+    pub cluster_kv_replicas: usize,
 }
 
 impl Default for Config {
@@ -254,6 +270,15 @@ impl Default for Config {
             deny_subscribe: Vec::new(),
             sys_interval_s: 10,
             acl_file: None,
+            cluster_nats: Vec::new(),
+            cluster_node_name: String::new(),
+            cluster_nats_user: String::new(),
+            cluster_nats_password: String::new(),
+            cluster_nats_creds_file: None,
+            cluster_nats_tls_ca_file: None,
+            cluster_nats_tls_cert_file: None,
+            cluster_nats_tls_key_file: None,
+            cluster_kv_replicas: 1,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! actions) and each part updates the shared counters and action queue.
 
 pub(crate) mod auth;
+mod cluster;
 mod conn;
 mod connect;
 mod control;
@@ -53,6 +54,7 @@ use crate::config::Config;
 use crate::session::{SessionError, SessionStore};
 use crate::topic::TopicTrie;
 
+pub use cluster::{ClusterInterest, ClusterOut};
 use conn::Conn;
 use control::ControlOutbox;
 use deliver::EncodeCache;
@@ -61,6 +63,7 @@ use limits::Limits;
 pub use limits::NodeCounters;
 pub use messages::{Action, Handoff, RouteUpdate, ShardMsg, SharedTarget};
 pub use outbox::{control_allowance, CONTROL_ALLOWANCE_BYTES};
+pub use retained::RetainedBody;
 pub use stats::ShardStats;
 use subs::FilterEntry;
 use timer::Timers;
@@ -167,6 +170,8 @@ pub struct Shard {
     /// Origin of `Session::connect_ns`: when the first connection arrived.
     epoch: Option<Instant>,
     auth: auth::ShardAuth,
+    /// The turn's output for the cluster thread; `None` on a single node.
+    cluster: Option<Box<cluster::ClusterOut>>,
 }
 
 impl Shard {
@@ -237,6 +242,7 @@ impl Shard {
                 Arc::new(crate::auth::AuthPolicy::new(None, None, true)),
                 auth_secret(id),
             ),
+            cluster: None,
         }
     }
 

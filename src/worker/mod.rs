@@ -152,6 +152,8 @@ pub struct WorkerSetup {
     /// The auth policy (reloaded on SIGHUP) and this loop's end of the verifier
     /// pool; `None` without password or ACL files.
     pub auth: Option<(Arc<verify::AuthShared>, verify::Verifier)>,
+    /// This loop's end of the cluster link; `None` on a single node.
+    pub cluster: Option<crate::cluster::LoopLink>,
 }
 
 struct Worker<L: EventLoop> {
@@ -188,6 +190,7 @@ struct Worker<L: EventLoop> {
     stats_requests: Vec<(usize, u64)>,
     auth: Option<AuthLink>,
     tls: TlsIo,
+    cluster: Option<crate::cluster::LoopLink>,
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -222,6 +225,7 @@ pub fn run<L: EventLoop>(
         http_listener,
         started,
         auth,
+        cluster,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -270,6 +274,10 @@ pub fn run<L: EventLoop>(
     // Only loop 0 publishes $SYS (it owns the node-wide scrape).
     let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
     let mut shard = Shard::in_node(id, peers.len(), config, node);
+    if let Some(link) = &cluster {
+        link.bind(remote.clone());
+        shard.enable_cluster();
+    }
     let auth = auth.map(|(shared, mut verifier)| {
         verifier.bind(remote);
         shard.set_auth(shared.current());
@@ -313,6 +321,7 @@ pub fn run<L: EventLoop>(
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        cluster,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -331,12 +340,9 @@ pub fn run<L: EventLoop>(
         }
     }
     if http_index.is_some() || !sys_interval.is_zero() {
-        w.http = Some(HttpServer::new(
-            http_index,
-            sys_interval,
-            started,
-            w.io.name(),
-        ));
+        let mut h = HttpServer::new(http_index, sys_interval, started, w.io.name());
+        h.cluster = w.cluster.as_ref().map(|c| c.status.clone());
+        w.http = Some(h);
     }
     if result.is_ok() {
         result = w.run_loop(&shutdown);
@@ -407,6 +413,7 @@ impl<L: EventLoop> Worker<L> {
                 self.log_summary(now);
             }
             self.drain_auth(now);
+            self.drain_cluster(now);
             self.expire_handoffs(now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.on_timer(now);
@@ -423,6 +430,11 @@ impl<L: EventLoop> Worker<L> {
             // blocking (nothing else would wake it).
             self.shard.run_streams(now);
             let more_actions = self.drain_actions(now) || self.shard.streams_pending();
+            if let Some(link) = &mut self.cluster {
+                if let Some(out) = self.shard.take_cluster_out() {
+                    link.send(out);
+                }
+            }
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
             self.expire_lingers(now);
@@ -485,7 +497,12 @@ impl<L: EventLoop> Worker<L> {
             // Own messages waiting for room in a peer's ring: nobody would wake us to
             // retry, so we may not park, but a peer that is merely slow must not cost
             // a core spinning either.
-            let backed_up = self.mesh.has_overflow() || self.shard.control_waiting();
+            let backed_up = self.mesh.has_overflow()
+                || self.shard.control_waiting()
+                || self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.backed_up() || c.has_inbound());
             let parked = !more_actions && !backed_up && self.mesh.prepare_park();
             if !parked {
                 let work = more_actions || self.mesh.has_inbound();
@@ -535,6 +552,15 @@ impl<L: EventLoop> Worker<L> {
             .drain(VERIFY_REPLIES_PER_TURN, |(conn, generation, ok)| {
                 shard.on_verified(conn, generation, Some(ok), now)
             });
+    }
+
+    /// Messages from other nodes (publishes, retained entries), a bounded batch.
+    fn drain_cluster(&mut self, now: Instant) {
+        let Some(link) = &mut self.cluster else {
+            return;
+        };
+        let shard = &mut self.shard;
+        link.drain(MESH_BATCH, |m| shard.on_cluster_message(m, now));
     }
 
     fn drain_mesh(&mut self, now: Instant) {
