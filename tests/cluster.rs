@@ -433,6 +433,80 @@ fn three_nodes_on_a_nats_cluster() {
     until_interest(&n1, "back/t", &mut [&mut s]);
     publish(&n3, 1, "back/t", "from-3", false);
     s.wait_for("from-3 on the restarted node", |l| l == "back/t from-3");
+    drop(s);
+
+    // kill -9 of the publisher's node mid-stream: every QoS 1 message it PUBACKed
+    // reaches the subscriber on another node (the PUBACK waited for JetStream).
+    let mut k = Sub::start(&n2, 1, &["kk/t"]);
+    until_interest(&n1, "kk/t", &mut [&mut k]);
+    let acked = publish_until_killed(&n1);
+    assert!(
+        acked.len() >= 50,
+        "only {} PUBACKs before the kill",
+        acked.len()
+    );
+    for i in &acked {
+        k.wait_for(&format!("PUBACKed m{i} on node 2"), |l| {
+            l == format!("kk/t m{i}")
+        });
+    }
+    drop(n1);
+}
+
+/// Publishes QoS 1 `kk/t` `m{i}` (packet id i) on `n` from a raw MQTT 3.1.1 client,
+/// kills the node with SIGKILL once 50 are PUBACKed while it keeps sending, and returns
+/// the packet ids PUBACKed before the connection died.
+fn publish_until_killed(n: &Broker) -> Vec<u16> {
+    let mut s = TcpStream::connect(n.addr()).expect("connect");
+    let id = b"killpub";
+    let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    connect.extend_from_slice(b"MQTT");
+    connect.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
+    connect.extend_from_slice(id);
+    s.write_all(&connect).expect("CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let (tx, rx) = mpsc::channel::<u16>();
+    let mut r = s.try_clone().expect("clone");
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 4];
+        // Only PUBACKs come on this connection; EOF or reset ends it.
+        while r.read_exact(&mut b).is_ok() {
+            assert_eq!(b[0], 0x40, "unexpected packet {b:?}");
+            let _ = tx.send(u16::from_be_bytes([b[2], b[3]]));
+        }
+    });
+    let mut acked = Vec::new();
+    let mut killed = false;
+    for i in 1..=5000u16 {
+        let payload = format!("m{i}");
+        let mut p = vec![0x32, (2 + 4 + 2 + payload.len()) as u8, 0, 4];
+        p.extend_from_slice(b"kk/t");
+        p.extend_from_slice(&i.to_be_bytes());
+        p.extend_from_slice(payload.as_bytes());
+        if s.write_all(&p).is_err() {
+            break;
+        }
+        while let Ok(a) = rx.try_recv() {
+            acked.push(a);
+        }
+        if !killed && acked.len() >= 50 {
+            // SAFETY: kill(2) on the PID of a child this test spawned, not yet reaped.
+            assert_eq!(
+                unsafe { libc::kill(n.pid() as libc::pid_t, libc::SIGKILL) },
+                0
+            );
+            killed = true;
+        }
+        if i % 20 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert!(killed, "the node was never killed: {} PUBACKs", acked.len());
+    let _ = reader.join();
+    acked.extend(rx.try_iter());
+    acked
 }
 
 /// Reaping a killed node without the usual SIGTERM path.

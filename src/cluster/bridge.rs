@@ -8,8 +8,10 @@
 //!   ring type) and rings the doorbell. A full ring drops the publishes (counted) and
 //!   keeps the interest changes for the next turn: they decide which NATS
 //!   subscriptions the node holds and must not be lost.
-//! - Cluster → loop: one SPSC ring per loop carrying ready `ShardMsg`s, and the loop's
-//!   `Remote::wake` once per burst. A full ring drops the message (counted).
+//! - Cluster → loop: one SPSC ring per loop carrying ready `ClusterIn`s (messages, and
+//!   the JetStream acks held PUBACKs wait for), and the loop's `Remote::wake` once per
+//!   burst. A full ring drops a message (counted); an ack waits in the cluster thread
+//!   for room instead (a dropped one would leave its PUBACK held).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::io::Remote;
 use crate::ring::{Consumer, Producer};
-use crate::shard::{ClusterOut, ShardMsg};
+use crate::shard::{ClusterIn, ClusterOut};
 
 /// Turns of output waiting in each loop's ring to the cluster thread.
 pub const FROM_LOOP_MAX: usize = 256;
@@ -43,6 +45,11 @@ pub struct ClusterStatus {
     pub retained_applied: AtomicU64,
     pub retained_dropped: AtomicU64,
     pub retained_errors: AtomicU64,
+    /// Held acknowledgements released after JetStream stored the message.
+    pub qos_stored: AtomicU64,
+    /// Held acknowledgements released without JetStream's confirmation (NATS down,
+    /// no stream, timeout): the message reached local subscribers only for sure.
+    pub qos_unconfirmed: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -126,6 +133,18 @@ impl ClusterStatus {
             g(&self.retained_dropped),
         );
         line(
+            "qos_stored_total",
+            "counter",
+            "QoS 1/2 publishes acknowledged after JetStream stored them",
+            g(&self.qos_stored),
+        );
+        line(
+            "qos_unconfirmed_total",
+            "counter",
+            "QoS 1/2 publishes acknowledged without JetStream's confirmation",
+            g(&self.qos_unconfirmed),
+        );
+        line(
             "retained_errors_total",
             "counter",
             "Retained KV writes or watches that failed",
@@ -170,7 +189,7 @@ impl Doorbell {
 /// A loop's end of the cluster link.
 pub struct LoopLink {
     pub(crate) out: Producer<ClusterOut>,
-    pub(crate) rx: Consumer<ShardMsg>,
+    pub(crate) rx: Consumer<ClusterIn>,
     pub(crate) bell: Arc<Doorbell>,
     pub(crate) wake: Arc<OnceLock<Arc<Remote>>>,
     pub(crate) status: Arc<ClusterStatus>,
@@ -214,8 +233,8 @@ impl LoopLink {
         !self.pending_interest.is_empty()
     }
 
-    /// Up to `max` messages from NATS for this loop.
-    pub fn drain(&mut self, max: usize, mut f: impl FnMut(ShardMsg)) -> usize {
+    /// Up to `max` messages from NATS (and JetStream acks) for this loop.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(ClusterIn)) -> usize {
         let mut n = 0;
         while n < max {
             let Some(m) = self.rx.pop() else { break };

@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::io::Remote;
 use crate::ring::{self as spsc, Consumer, Producer};
 use crate::session::{Message, NONE};
-use crate::shard::{ClusterOut, ShardMsg, SharedTarget};
+use crate::shard::{AckToken, ClusterIn, ClusterOut, ShardMsg, SharedTarget};
 
 /// Messages from NATS subscriptions waiting for the main task.
 const INBOUND_MAX: usize = 8192;
@@ -44,6 +44,14 @@ const DEDUP_WINDOW: usize = 65_536;
 const WAKE_BURST: usize = 256;
 /// The retained bucket.
 pub const RETAINED_BUCKET: &str = "ringmq_retained";
+/// The stream that stores QoS 1/2 messages (subjects `mq.1.>`) before their PUBACK.
+pub const QOS_STREAM: &str = "RINGMQ_QOS1";
+/// How long the QoS stream keeps a message: long enough for a replay after a
+/// partition (not in this version), bounded so the stream cannot grow for ever.
+const QOS_STREAM_MAX_AGE: Duration = Duration::from_secs(3600);
+const QOS_STREAM_MAX_BYTES: i64 = 1 << 30;
+/// JetStream acks in flight at once; more wait (backpressure on the cluster thread).
+const ACKS_MAX: usize = 8192;
 /// A stamp for retained entries from the bucket: not a shard of this node, so the
 /// replicas' last-writer-wins tie-break never mistakes it for a local publish.
 const CLUSTER_ORIGIN: usize = u32::MAX as usize;
@@ -138,6 +146,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 to_wake: vec![false; loops],
                 woken_burst: 0,
                 queue_client: None,
+                pending_acks: VecDeque::new(),
             };
             rt.block_on(run(state, consumers, bell, thread_stop));
         })?;
@@ -186,7 +195,9 @@ type Inbound = (Arc<InterestKey>, async_nats::Message);
 struct State {
     settings: Settings,
     status: Arc<ClusterStatus>,
-    producers: Vec<Producer<ShardMsg>>,
+    producers: Vec<Producer<ClusterIn>>,
+    /// Acks that found their loop's ring full, retried at every wake (never dropped).
+    pending_acks: VecDeque<(usize, AckToken, bool)>,
     wakes: Vec<Arc<OnceLock<Arc<Remote>>>>,
     interest: InterestTable,
     /// The forwarding tasks of each key's subscriptions (aborting one drops its
@@ -285,7 +296,9 @@ async fn run(
     let (ret_tx, ret_rx) = mpsc::channel::<(String, Option<Bytes>)>(RETAINED_MAX);
     let (watch_tx, mut watch_rx) = mpsc::channel::<kv::Entry>(INBOUND_MAX);
     let js = jetstream::new(client.clone());
+    let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, AckToken, bool)>(ACKS_MAX);
     let replicas = st.settings.kv_replicas;
+    tokio::spawn(qos_stream(js.clone(), replicas));
     let status = st.status.clone();
     tokio::spawn(retained_writer(
         js.clone(),
@@ -293,7 +306,7 @@ async fn run(
         ret_rx,
         status.clone(),
     ));
-    tokio::spawn(retained_watch(js, replicas, watch_tx, status));
+    tokio::spawn(retained_watch(js.clone(), replicas, watch_tx, status));
     loop {
         tokio::select! {
             biased;
@@ -302,7 +315,7 @@ async fn run(
                 // Every loop's ring, each drained to empty (a ring is read only here).
                 for (from, c) in from_loops.iter_mut().enumerate() {
                     while let Some(out) = c.pop() {
-                        st.on_batch(&client, from, out, &in_tx, &ret_tx).await;
+                        st.on_batch(&client, &js, from, out, &in_tx, &ret_tx, &ack_tx).await;
                     }
                 }
             }
@@ -314,6 +327,18 @@ async fn run(
                     if st.woken_burst >= WAKE_BURST {
                         st.wake();
                     }
+                }
+                st.wake();
+            }
+            // Acks that found a ring full: the loop drains it every turn, so retry soon.
+            _ = tokio::time::sleep(Duration::from_millis(5)), if !st.pending_acks.is_empty() => {
+                st.wake();
+            }
+            a = ack_rx.recv() => {
+                let Some(a) = a else { continue };
+                st.pending_acks.push_back(a);
+                while let Ok(a) = ack_rx.try_recv() {
+                    st.pending_acks.push_back(a);
                 }
                 st.wake();
             }
@@ -331,6 +356,28 @@ async fn run(
         }
     }
     let _ = client.flush().await;
+}
+
+/// Makes the QoS stream (retried until NATS answers; another node may make it first).
+async fn qos_stream(js: jetstream::Context, replicas: usize) {
+    let cfg = jetstream::stream::Config {
+        name: QOS_STREAM.to_string(),
+        description: Some("ringmq QoS 1/2 messages, stored before their PUBACK".into()),
+        subjects: vec![format!("{}.1.>", super::subject::PREFIX)],
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        max_age: QOS_STREAM_MAX_AGE,
+        max_bytes: QOS_STREAM_MAX_BYTES,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    loop {
+        match js.get_or_create_stream(cfg.clone()).await {
+            Ok(_) => return,
+            Err(e) => tracing::debug!("cluster: QoS stream not ready: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Keeps `ringmq_retained` (history 1) up to date with this node's retained
@@ -437,13 +484,16 @@ async fn retained_watch(
 }
 
 impl State {
+    #[allow(clippy::too_many_arguments)]
     async fn on_batch(
         &mut self,
         client: &async_nats::Client,
+        js: &jetstream::Context,
         from: usize,
         out: ClusterOut,
         in_tx: &mpsc::Sender<Inbound>,
         ret_tx: &mpsc::Sender<(String, Option<Bytes>)>,
+        ack_tx: &mpsc::Sender<(usize, AckToken, bool)>,
     ) {
         for i in out.interest {
             let key = InterestKey {
@@ -465,8 +515,12 @@ impl State {
         self.status
             .subscriptions
             .store(self.subs.len() as u64, Ordering::Relaxed);
-        for m in out.publishes {
+        for f in out.publishes {
+            let m = &f.msg;
             let Some(subject) = topic_subject(&m.topic, QosClass::of(m.qos)) else {
+                if let Some(token) = f.ack {
+                    self.pending_acks.push_back((from, token, false));
+                }
                 continue;
             };
             self.next_id += 1;
@@ -481,12 +535,30 @@ impl State {
             for (k, v) in headers::encode(&meta) {
                 h.insert(k, v);
             }
-            if client
-                .publish_with_headers(subject, h, m.payload.clone())
-                .await
-                .is_ok()
-            {
-                self.status.forwarded.fetch_add(1, Ordering::Relaxed);
+            match f.ack {
+                // The publisher waits: a JetStream publish, its ack awaited off this
+                // task so many are in flight at once.
+                Some(token) => {
+                    let sent = js.publish_with_headers(subject, h, m.payload.clone()).await;
+                    self.status.forwarded.fetch_add(1, Ordering::Relaxed);
+                    let tx = ack_tx.clone();
+                    tokio::spawn(async move {
+                        let stored = match sent {
+                            Ok(ack) => ack.await.is_ok(),
+                            Err(_) => false,
+                        };
+                        let _ = tx.send((from, token, stored)).await;
+                    });
+                }
+                None => {
+                    if client
+                        .publish_with_headers(subject, h, m.payload.clone())
+                        .await
+                        .is_ok()
+                    {
+                        self.status.forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
             }
             if m.retain {
                 let key = headers::retained_key(&m.topic);
@@ -497,6 +569,9 @@ impl State {
                     self.status.retained_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+        }
+        if !self.pending_acks.is_empty() {
+            self.wake();
         }
     }
 
@@ -659,7 +734,7 @@ impl State {
         let Some(p) = self.producers.get_mut(l) else {
             return;
         };
-        if p.push(m).is_err() {
+        if p.push(ClusterIn::Msg(m)).is_err() {
             self.status.dropped_in.fetch_add(1, Ordering::Relaxed);
             return;
         }
@@ -667,8 +742,26 @@ impl State {
         self.woken_burst += 1;
     }
 
-    /// One wake per loop that got messages since the last call.
+    /// One wake per loop that got messages since the last call; first the acks that
+    /// wait for room (in order; one that finds its ring full stays, with those after).
     fn wake(&mut self) {
+        while let Some(&(l, token, stored)) = self.pending_acks.front() {
+            let Some(p) = self.producers.get_mut(l) else {
+                self.pending_acks.pop_front();
+                continue;
+            };
+            if p.push(ClusterIn::Ack { token, stored }).is_err() {
+                break;
+            }
+            self.pending_acks.pop_front();
+            let c = if stored {
+                &self.status.qos_stored
+            } else {
+                &self.status.qos_unconfirmed
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            self.to_wake[l] = true;
+        }
         for (l, w) in self.to_wake.iter_mut().enumerate() {
             if std::mem::take(w) {
                 if let Some(r) = self.wakes[l].get() {

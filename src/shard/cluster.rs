@@ -1,8 +1,16 @@
 //! The shard's side of the cluster (issue #17; `src/cluster`): what a loop hands the
 //! cluster thread once per turn (this shard's client publishes and wills, and its
-//! interest changes), and the messages from NATS coming in. Off unless
-//! `enable_cluster` was called: single-node mode pays one `Option` test per publish
-//! and per route change.
+//! interest changes), and what comes back (messages from NATS, and the JetStream acks
+//! a held PUBACK/PUBREC waits for). Off unless `enable_cluster` was called:
+//! single-node mode pays one `Option` test per publish and per route change.
+//!
+//! **Acknowledgement follows the cluster.** A client's QoS 1/2 PUBLISH on a cluster
+//! node is delivered locally at once, but its PUBACK (PUBREC) is held until the
+//! cluster thread reports that JetStream stored the message (`ClusterIn::Ack`): once
+//! the publisher holds the PUBACK, a subscriber on another node gets the message
+//! even if this node dies right after. When NATS cannot confirm (down, no stream),
+//! the ack still comes, marked not stored, and the PUBACK is sent: a node cut off
+//! from NATS keeps serving its own clients.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -10,7 +18,8 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::retained::RetainedBody;
-use super::{Shard, ShardMsg};
+use super::{ConnId, Shard, ShardMsg};
+use crate::protocol::{Packet, PubResp, QoS};
 use crate::session::Message;
 
 /// Publishes kept for the cluster thread per turn; a turn that reads more drops the
@@ -26,13 +35,41 @@ pub struct ClusterInterest {
     pub add: bool,
 }
 
+/// A held PUBACK (QoS 1) or PUBREC (QoS 2): which connection, which packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    pub conn: ConnId,
+    /// The connection's generation: a connection id reused meanwhile is not this one.
+    pub generation: u32,
+    pub packet_id: u16,
+    pub qos: QoS,
+}
+
+/// One message for NATS; `ack` when its publisher waits for the JetStream ack.
+#[derive(Debug)]
+pub struct Forward {
+    pub msg: Arc<Message>,
+    pub ack: Option<AckToken>,
+}
+
+/// What the cluster thread hands a loop.
+#[derive(Debug)]
+pub enum ClusterIn {
+    /// A publish from another node or a retained entry from the bucket.
+    Msg(ShardMsg),
+    /// JetStream answered for a held acknowledgement (`stored`: it has the message).
+    Ack { token: AckToken, stored: bool },
+}
+
 /// What a turn of this shard gives the cluster thread.
 #[derive(Debug, Default)]
 pub struct ClusterOut {
-    pub publishes: Vec<Arc<Message>>,
+    pub publishes: Vec<Forward>,
     pub interest: Vec<ClusterInterest>,
     /// Publishes past `CLUSTER_OUT_MAX` this turn, not forwarded.
     pub dropped: u64,
+    /// Index in `publishes` of the message the current `publish` call forwarded.
+    pushed: Option<usize>,
 }
 
 impl ClusterOut {
@@ -81,7 +118,77 @@ impl Shard {
         }
         // Its own bytes: the cluster thread may hold it past this receive buffer.
         let a = arc.get_or_insert_with(|| Arc::new(msg.compacted())).clone();
-        c.publishes.push(a);
+        c.pushed = Some(c.publishes.len());
+        c.publishes.push(Forward { msg: a, ack: None });
+    }
+
+    /// Called before a client's `publish`: forgets which message was forwarded last.
+    #[inline]
+    pub(super) fn cluster_mark(&mut self) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.pushed = None;
+        }
+    }
+
+    /// Right after a client's QoS 1/2 `publish`: when it went to the cluster, its
+    /// acknowledgement waits for JetStream (returns `true`: do not send it now).
+    pub(super) fn cluster_hold_ack(
+        &mut self,
+        conn: ConnId,
+        packet_id: u16,
+        qos: QoS,
+        pushed: Option<usize>,
+    ) -> bool {
+        let Some(generation) = self.conns.get(conn).map(|c| c.generation) else {
+            return false;
+        };
+        let Some(f) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.publishes.get_mut(pushed?))
+        else {
+            return false;
+        };
+        f.ack = Some(AckToken {
+            conn,
+            generation,
+            packet_id,
+            qos,
+        });
+        true
+    }
+
+    /// Which entry the last `publish` forwarded (see `cluster_mark`).
+    #[inline]
+    pub(super) fn cluster_pushed(&mut self) -> Option<usize> {
+        self.cluster.as_deref_mut().and_then(|c| c.pushed.take())
+    }
+
+    /// What the cluster thread hands this shard.
+    pub fn on_cluster_in(&mut self, m: ClusterIn, now: Instant) {
+        match m {
+            ClusterIn::Msg(msg) => self.on_cluster_message(msg, now),
+            ClusterIn::Ack { token, stored: _ } => self.on_cluster_ack(token),
+        }
+    }
+
+    /// The held acknowledgement goes out, if its connection is still the one.
+    fn on_cluster_ack(&mut self, t: AckToken) {
+        if self
+            .conns
+            .get(t.conn)
+            .map_or(true, |c| c.generation != t.generation)
+        {
+            // Gone: the client sends the PUBLISH again on its next connection.
+            return;
+        }
+        match t.qos {
+            QoS::AtLeastOnce => self.write_puback(t.conn, t.packet_id),
+            QoS::ExactlyOnce => {
+                self.write_control(t.conn, &Packet::PubRec(PubResp::new(t.packet_id)))
+            }
+            QoS::AtMostOnce => {}
+        }
     }
 
     #[inline]

@@ -54,7 +54,7 @@ use crate::config::Config;
 use crate::session::{SessionError, SessionStore};
 use crate::topic::TopicTrie;
 
-pub use cluster::{ClusterInterest, ClusterOut};
+pub use cluster::{AckToken, ClusterIn, ClusterInterest, ClusterOut, Forward};
 use conn::Conn;
 use control::ControlOutbox;
 use deliver::EncodeCache;

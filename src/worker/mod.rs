@@ -560,7 +560,7 @@ impl<L: EventLoop> Worker<L> {
             return;
         };
         let shard = &mut self.shard;
-        link.drain(MESH_BATCH, |m| shard.on_cluster_message(m, now));
+        link.drain(MESH_BATCH, |m| shard.on_cluster_in(m, now));
     }
 
     fn drain_mesh(&mut self, now: Instant) {
