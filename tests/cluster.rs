@@ -23,6 +23,11 @@ use support::{uniq, Broker, Launch};
 
 /// Bound on every wait for an outcome (a failure, not a timing assertion).
 const PATIENCE: Duration = Duration::from_secs(20);
+/// Bound on retained outcomes after a NATS server was killed: a KV watch whose
+/// ordered consumer lived on that server is only recreated after its missed
+/// heartbeats (2 x 5 s in async-nats), and the bucket's stream may first elect a new
+/// leader.
+const RECOVERY: Duration = Duration::from_secs(60);
 
 fn require_tool(name: &str) -> PathBuf {
     std::env::var_os("PATH")
@@ -108,6 +113,8 @@ fn nats_cluster() -> Vec<Nats> {
 /// A ringmq node joined to the cluster through `urls`.
 fn node(name: &str, urls: &str) -> Broker {
     Launch::new(&[
+        "--log-level",
+        "info,ringmq::cluster=debug",
         "--shards",
         "2",
         "--http-listen",
@@ -276,7 +283,11 @@ fn until_interest(from: &Broker, topic: &str, subs: &mut [&mut Sub]) {
 /// Retained `topic` as a new subscriber on `b` sees it (bounded retries: the node's
 /// replica follows the KV bucket asynchronously).
 fn wait_retained(b: &Broker, topic: &str, want: &str) {
-    let deadline = Instant::now() + PATIENCE;
+    wait_retained_within(b, topic, want, PATIENCE)
+}
+
+fn wait_retained_within(b: &Broker, topic: &str, want: &str, bound: Duration) {
+    let deadline = Instant::now() + bound;
     loop {
         let out = Command::new(require_tool("mosquitto_sub"))
             .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
@@ -289,8 +300,9 @@ fn wait_retained(b: &Broker, topic: &str, want: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "retained {topic} on :{} never became {want:?}; last {text:?}",
-            b.port()
+            "retained {topic} on :{} never became {want:?}; last {text:?}; node stderr:\n{}",
+            b.port(),
+            b.stderr_tail()
         );
     }
 }
@@ -416,7 +428,7 @@ fn three_nodes_on_a_nats_cluster() {
     s2.wait_for("after-kill on node 2", |l| l == "k/t after-kill");
     // Retained writes still reach a quorum (2 of 3 replicas).
     publish(&n2, 1, "r/y", "quorum", true);
-    wait_retained(&n1, "r/y", "quorum");
+    wait_retained_within(&n1, "r/y", "quorum", RECOVERY);
     drop(s2);
     drop(s3);
 
@@ -428,7 +440,7 @@ fn three_nodes_on_a_nats_cluster() {
     n2.assert_alive_or_reap();
     let n2 = node("n2", &url(1));
     wait_health(&n2, 200);
-    wait_retained(&n2, "r/y", "quorum");
+    wait_retained_within(&n2, "r/y", "quorum", RECOVERY);
     let mut s = Sub::start(&n2, 1, &["back/t"]);
     until_interest(&n1, "back/t", &mut [&mut s]);
     publish(&n3, 1, "back/t", "from-3", false);

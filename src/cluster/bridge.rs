@@ -5,9 +5,9 @@
 //!
 //! - Loop → cluster: once per turn a loop pushes its `ClusterOut` (the turn's
 //!   publishes and interest changes) into its own SPSC ring (`ring::spsc`, the mesh's
-//!   ring type) and rings the doorbell. A full ring drops the publishes (counted) and
-//!   keeps the interest changes for the next turn: they decide which NATS
-//!   subscriptions the node holds and must not be lost.
+//!   ring type) and rings the doorbell. A full ring drops the plain publishes
+//!   (counted) and keeps for the next turn the interest changes (they decide which NATS
+//!   subscriptions the node holds) and the publishes whose PUBACK is held for them.
 //! - Cluster → loop: one SPSC ring per loop carrying ready `ClusterIn`s (messages, and
 //!   the JetStream acks held PUBACKs wait for), and the loop's `Remote::wake` once per
 //!   burst. A full ring drops a message (counted); an ack waits in the cluster thread
@@ -193,8 +193,10 @@ pub struct LoopLink {
     pub(crate) bell: Arc<Doorbell>,
     pub(crate) wake: Arc<OnceLock<Arc<Remote>>>,
     pub(crate) status: Arc<ClusterStatus>,
-    /// Interest changes a full ring sent back: they go first next turn.
-    pub(crate) pending_interest: Vec<crate::shard::ClusterInterest>,
+    /// What a full ring sent back and must not be lost: interest changes, and the
+    /// publishes whose PUBACK is held for them. They go first next turn; bounded by
+    /// the distinct filters and by the clients' in-flight windows.
+    pub(crate) pending: ClusterOut,
 }
 
 impl LoopLink {
@@ -205,10 +207,12 @@ impl LoopLink {
 
     /// Hands this turn's outbox to the cluster thread without waiting.
     pub fn send(&mut self, mut out: ClusterOut) {
-        if !self.pending_interest.is_empty() {
-            let mut first = std::mem::take(&mut self.pending_interest);
-            first.append(&mut out.interest);
-            out.interest = first;
+        if !self.pending.interest.is_empty() || !self.pending.publishes.is_empty() {
+            let mut first = std::mem::take(&mut self.pending);
+            first.interest.append(&mut out.interest);
+            first.publishes.append(&mut out.publishes);
+            first.dropped += out.dropped;
+            out = first;
         }
         if out.dropped > 0 {
             self.status
@@ -216,21 +220,22 @@ impl LoopLink {
                 .fetch_add(out.dropped, Ordering::Relaxed);
             out.dropped = 0;
         }
-        match self.out.push(out) {
-            Ok(()) => self.bell.ring(),
-            Err(back) => {
-                self.status
-                    .dropped_out
-                    .fetch_add(back.publishes.len() as u64, Ordering::Relaxed);
-                self.pending_interest = back.interest;
-                self.bell.ring();
-            }
+        if let Err(mut back) = self.out.push(out) {
+            // Plain copies are dropped (counted); a held acknowledgement's message and
+            // interest changes wait for room.
+            let before = back.publishes.len();
+            back.publishes.retain(|f| f.ack.is_some());
+            self.status
+                .dropped_out
+                .fetch_add((before - back.publishes.len()) as u64, Ordering::Relaxed);
+            self.pending = back;
         }
+        self.bell.ring();
     }
 
-    /// Whether interest changes wait for room (the loop must come back soon).
+    /// Whether something waits for room in the ring (the loop must come back soon).
     pub fn backed_up(&self) -> bool {
-        !self.pending_interest.is_empty()
+        !self.pending.interest.is_empty() || !self.pending.publishes.is_empty()
     }
 
     /// Up to `max` messages from NATS (and JetStream acks) for this loop.

@@ -112,7 +112,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
             bell: bell.clone(),
             wake,
             status: status.clone(),
-            pending_interest: Vec::new(),
+            pending: ClusterOut::default(),
         });
     }
     let stop = Arc::new(Notify::new());
