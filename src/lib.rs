@@ -11,6 +11,7 @@
 mod arena;
 pub mod auth;
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod io;

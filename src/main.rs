@@ -611,6 +611,21 @@ fn run(
             })
         })
         .collect();
+    // The cluster thread (issue #17): only with `cluster_nats`; a node that cannot
+    // reach NATS yet starts anyway and serves its own clients.
+    let (cluster, mut cluster_links) = if config.cluster_nats.is_empty() {
+        (None, Vec::new())
+    } else {
+        let (t, links) = ringmq::cluster::link::start(&config, shards)
+            .map_err(|e| format!("starting the cluster thread: {e}"))?;
+        say!(
+            "ringmq cluster node {} via {}",
+            t.status.node,
+            config.cluster_nats.join(",")
+        );
+        (Some(t), links)
+    };
+    let mut cluster_links = cluster_links.drain(..);
     for (id, (endpoint, listeners)) in endpoints.into_iter().zip(per_shard).enumerate() {
         let (peers_tx, peers_rx) = mpsc::channel();
         peer_txs.push(peers_tx);
@@ -637,6 +652,7 @@ fn run(
                 .take()
                 .zip(sn.clone())
                 .map(|(socket, limits)| SnSetup { socket, limits }),
+            cluster: cluster_links.next(),
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))
@@ -757,6 +773,9 @@ fn run(
     }
     if let Some((_, pool)) = auth {
         pool.join();
+    }
+    if let Some(c) = cluster {
+        c.stop();
     }
     match first_error {
         Some(e) => Err(e),

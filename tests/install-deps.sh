@@ -13,6 +13,8 @@
 #     the real /metrics, the status page in headless Chromium)
 #   - mqtt-sn-12 from PyPI, pinned, into tests/interop/mqttsn-py (tests/mqttsn.rs: interop
 #     with an independent MQTT-SN client, its mqtt_sn_pub/mqtt_sn_sub)
+#   - nats-server                    (tests/cluster.rs: a 3-server JetStream cluster under
+#     3 ringmq nodes)
 # apt-get update runs only when a package is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +27,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 
 missing=()
 for p in mosquitto mosquitto-clients python3-paho-mqtt python3-pip valgrind lintian systemd dpkg-dev binutils procps \
-         prometheus chromium; do
+         prometheus chromium nats-server; do
     have_pkg "$p" || missing+=("$p")
 done
 # An existing node (e.g. NodeSource's nodejs 20, which bundles npm) is used as is:
@@ -45,7 +47,8 @@ else
     echo "install-deps: apt packages present"
 fi
 
-# The packaged mosquitto service is not wanted: tests start brokers themselves.
+# The packaged mosquitto and nats-server services are not wanted: tests start their
+# own servers on free loopback ports.
 # (Containers without systemd never start it; nothing to do there.)
 
 /usr/bin/python3 -c 'import paho.mqtt, sys; v = paho.mqtt.__version__; print("install-deps: paho-mqtt", v); sys.exit(0 if v.startswith("1.") else 1)' \

@@ -84,6 +84,12 @@ pub struct Opts {
     /// sn: the broker's MQTT-SN gateway port (UDP, on --host).
     #[arg(long, global = true, default_value_t = 1884)]
     pub sn_port: u16,
+    /// Several broker nodes of one cluster, HOST:PORT,... (replaces --host/--port).
+    /// Publishers go to node (stream mod N), subscribers to node (index + 1 mod N), so
+    /// with N >= 2 each pairs-scenario subscriber sits on another node than its
+    /// publisher; clients that do both (fleet, connect) go to node (index mod N).
+    #[arg(long, global = true)]
+    pub hosts: Option<String>,
     /// connect: clients; fanout: subscribers; pairs: pairs; fleet: devices.
     #[arg(long, global = true, default_value_t = 100)]
     pub clients: u64,
@@ -181,8 +187,8 @@ pub struct Opts {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub scenario: Scenario,
-    pub host: Ipv4Addr,
-    pub port: u16,
+    /// Where clients connect: `--hosts`, or `--host`/`--port` alone.
+    pub targets: Vec<(Ipv4Addr, u16)>,
     pub clients: u64,
     pub publishers: u64,
     pub subscribers: u64,
@@ -254,6 +260,31 @@ fn parse_ip(flag: &str, s: &str) -> Result<Ipv4Addr, ConfigError> {
     s.trim()
         .parse()
         .map_err(|_| bad(flag, s, "not an IPv4 address"))
+}
+
+/// `--hosts`: `HOST:PORT,...` with IPv4 hosts or `localhost`.
+pub fn parse_hosts(s: &str) -> Result<Vec<(Ipv4Addr, u16)>, ConfigError> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (h, p) = part
+            .rsplit_once(':')
+            .ok_or_else(|| bad("hosts", part, "expected HOST:PORT"))?;
+        let ip = if h == "localhost" {
+            Ipv4Addr::LOCALHOST
+        } else {
+            parse_ip("hosts", h)?
+        };
+        let port: u16 = p
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("hosts", part, "port must be 1..65535"))?;
+        out.push((ip, port));
+    }
+    if out.is_empty() {
+        return Err(bad("hosts", s, "no HOST:PORT given"));
+    }
+    Ok(out)
 }
 
 pub fn parse_src_ips(s: &str) -> Result<Vec<Ipv4Addr>, ConfigError> {
@@ -381,10 +412,13 @@ impl Opts {
             None if host.is_loopback() => parse_src_ips("127.0.0.2-127.0.0.9")?,
             None => Vec::new(),
         };
+        let targets = match &self.hosts {
+            Some(list) => parse_hosts(list)?,
+            None => vec![(host, self.port)],
+        };
         Ok(Config {
             scenario,
-            host,
-            port: self.port,
+            targets,
             clients: self.clients,
             publishers: self.publishers,
             subscribers: self.subscribers,
@@ -443,6 +477,30 @@ mod tests {
         assert_eq!(c.hold, Duration::from_secs(10));
         assert_eq!(c.src_ips.len(), 8);
         assert_eq!(c.src_ips[0], Ipv4Addr::new(127, 0, 0, 2));
+    }
+
+    #[test]
+    fn hosts_list_replaces_host_and_port() {
+        let c = parse(&[
+            "loadgen",
+            "pairs",
+            "--hosts",
+            "127.0.0.1:1883, localhost:1884",
+        ])
+        .unwrap();
+        assert_eq!(
+            c.targets,
+            [
+                (Ipv4Addr::LOCALHOST, 1883),
+                (Ipv4Addr::new(127, 0, 0, 1), 1884)
+            ]
+        );
+        let c = parse(&["loadgen", "--port", "1999"]).unwrap();
+        assert_eq!(c.targets, [(Ipv4Addr::LOCALHOST, 1999)]);
+        for bad in ["127.0.0.1", "127.0.0.1:0", "host:1883", ","] {
+            let e = parse(&["loadgen", "--hosts", bad]).unwrap_err();
+            assert!(e.contains("--hosts"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -277,6 +277,8 @@ struct PubState {
 
 struct Client {
     spec: ClientSpec,
+    /// Index in `Worker::dst` of the node this client connects to.
+    target: usize,
     state: St,
     inbuf: BytesMut,
     out: Vec<u8>,
@@ -314,7 +316,8 @@ pub struct Worker {
     shared: Arc<Shared>,
     clients: Vec<Client>,
     devices: u32,
-    dst: Box<libc::sockaddr_in>,
+    /// The broker nodes (one unless `--hosts`); each client connects to `Client::target`.
+    dst: Box<[libc::sockaddr_in]>,
     srcs: Box<[libc::sockaddr_in]>,
     next_connect: usize,
     connects_inflight: u32,
@@ -410,7 +413,12 @@ impl Worker {
         };
         let bufs = BufRing::new(&ring, count, size)?;
         let spin_ns = u64::try_from(cfg.spin.as_nanos()).unwrap_or(u64::MAX);
-        let dst = Box::new(sockaddr(cfg.host, cfg.port));
+        let dst: Box<[libc::sockaddr_in]> = cfg
+            .targets
+            .iter()
+            .map(|(ip, port)| sockaddr(*ip, *port))
+            .collect();
+        let nodes = dst.len().max(1) as u64;
         let srcs: Box<[libc::sockaddr_in]> =
             cfg.src_ips.iter().map(|ip| sockaddr(*ip, 0)).collect();
         let threads = (cfg.threads as f64).max(1.0);
@@ -424,8 +432,14 @@ impl Worker {
                 } else {
                     Vec::new()
                 };
+                let target = match (&spec.publish, &spec.subscribe) {
+                    (Some(p), None) => u64::from(p.stream) % nodes,
+                    (None, Some(_)) => (spec.index + 1) % nodes,
+                    _ => spec.index % nodes,
+                } as usize;
                 Client {
                     spec,
+                    target,
                     state: St::Idle,
                     inbuf: BytesMut::new(),
                     out: Vec::new(),
@@ -854,7 +868,8 @@ impl Worker {
         chain.push(
             opcode::Connect::new(
                 fixed,
-                &*self.dst as *const libc::sockaddr_in as *const libc::sockaddr,
+                &self.dst[self.clients[idx].target] as *const libc::sockaddr_in
+                    as *const libc::sockaddr,
                 16,
             )
             .build()
@@ -1117,7 +1132,9 @@ impl Worker {
         c.state = St::AwaitConnAck;
         if let (Some(path), Some(_)) = (&self.cfg.ws_path, &c.ws) {
             // The CONNECT follows the 101.
-            c.out = ws::request(&self.cfg.host.to_string(), self.cfg.port, path);
+            // The Host header names the node this client dials (`--hosts`).
+            let (host, port) = self.cfg.targets[c.target];
+            c.out = ws::request(&host.to_string(), port, path);
             self.arm_recv(idx);
             self.mark_dirty(idx);
             return;

@@ -7,6 +7,7 @@ use std::fmt;
 
 use clap::{Parser, Subcommand};
 
+use super::cluster::ClusterArgs;
 use super::connections::ConnectionArgs;
 use super::features::FeatureArgs;
 use super::gateway::GatewayArgs;
@@ -46,6 +47,8 @@ pub struct Cli {
     pub features: FeatureArgs,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
@@ -130,6 +133,7 @@ impl Cli {
         self.sessions.values(&mut v);
         self.features.values(&mut v);
         self.gateway.values(&mut v);
+        self.cluster.values(&mut v);
         v
     }
 }

@@ -8,7 +8,9 @@ use std::fmt;
 
 use super::cli::Cli;
 use super::value::{from_toml, Expect, Raw};
-use super::{connections, features, gateway, limits, listeners, runtime, sessions, Config};
+use super::{
+    cluster, connections, features, gateway, limits, listeners, runtime, sessions, Config,
+};
 
 /// Where a value came from, for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,7 +89,7 @@ struct Part {
 
 /// Every concern, in documentation order (the order of [`Cli`]'s flattened parts).
 /// A new concern file registers here and in `Cli`.
-const PARTS: [Part; 7] = [
+const PARTS: [Part; 8] = [
     Part {
         keys: listeners::KEYS,
         set: listeners::set,
@@ -115,6 +117,10 @@ const PARTS: [Part; 7] = [
     Part {
         keys: gateway::KEYS,
         set: gateway::set,
+    },
+    Part {
+        keys: cluster::KEYS,
+        set: cluster::set,
     },
 ];
 

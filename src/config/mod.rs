@@ -11,6 +11,7 @@
 //! - `sessions`: session expiry, queues, slow consumers, the memory mark (data dir next);
 //! - `features`: optional MQTT features, retained bounds, refused filters, ACL file;
 //! - `gateway`: the MQTT-SN gateway's UDP listener, predefined topics and bounds;
+//! - `cluster`: the NATS server of a cluster, node name, NATS credentials and TLS;
 //!
 //! and the mechanism in three more: `cli` (the command line), `load` (defaults <
 //! file < CLI, errors) and `value` (raw values and the checks they go through).
@@ -20,6 +21,7 @@
 //! maps onto it, and a key added in one concern touches no other's file.
 
 mod cli;
+mod cluster;
 mod connections;
 mod features;
 mod gateway;
@@ -195,6 +197,19 @@ pub struct Config {
     /// Tretry and Nretry (spec 6.13) of the gateway's QoS 1/2 sends and REGISTERs.
     pub mqttsn_retry_interval_ms: u64,
     pub mqttsn_max_retries: u32,
+    // Cluster (src/cluster). Empty `cluster_nats`: single node.
+    pub cluster_nats: Vec<String>,
+    /// Unique per node: the origin of its messages on NATS. "": random per start.
+    pub cluster_node_name: String,
+    pub cluster_nats_user: String,
+    pub cluster_nats_password: String,
+    pub cluster_nats_creds_file: Option<String>,
+    pub cluster_nats_tls_ca_file: Option<String>,
+    pub cluster_nats_tls_cert_file: Option<String>,
+    pub cluster_nats_tls_key_file: Option<String>,
+    /// JetStream replicas of the KV buckets: a bucket survives the loss of
+    /// `replicas / 2` NATS servers (rounded down).
+    pub cluster_kv_replicas: usize,
 }
 
 impl Default for Config {
@@ -294,6 +309,15 @@ impl Default for Config {
             mqttsn_max_datagram_bytes: 1_024,
             mqttsn_retry_interval_ms: 10_000,
             mqttsn_max_retries: 5,
+            cluster_nats: Vec::new(),
+            cluster_node_name: String::new(),
+            cluster_nats_user: String::new(),
+            cluster_nats_password: String::new(),
+            cluster_nats_creds_file: None,
+            cluster_nats_tls_ca_file: None,
+            cluster_nats_tls_cert_file: None,
+            cluster_nats_tls_key_file: None,
+            cluster_kv_replicas: 1,
         }
     }
 }

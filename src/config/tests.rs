@@ -137,6 +137,19 @@ fn every_cli_option_has_the_same_toml_key() {
         ("mqttsn_max_datagram_bytes", "70", "70"),
         ("mqttsn_retry_interval_ms", "70", "70"),
         ("mqttsn_max_retries", "7", "7"),
+        (
+            "cluster_nats",
+            "\"nats://127.0.0.1:4222\"",
+            "nats://127.0.0.1:4222",
+        ),
+        ("cluster_node_name", "\"n1\"", "n1"),
+        ("cluster_nats_user", "\"u\"", "u"),
+        ("cluster_nats_password", "\"p\"", "p"),
+        ("cluster_nats_creds_file", "\"/etc/c\"", "/etc/c"),
+        ("cluster_nats_tls_ca_file", "\"/etc/ca\"", "/etc/ca"),
+        ("cluster_nats_tls_cert_file", "\"/etc/crt\"", "/etc/crt"),
+        ("cluster_nats_tls_key_file", "\"/etc/key\"", "/etc/key"),
+        ("cluster_kv_replicas", "3", "3"),
     ];
     assert_eq!(samples.len(), keys().count());
     for (key, toml_value, cli_value) in samples {
@@ -590,4 +603,29 @@ fn bridge_tables_load_and_their_errors_name_bridge_and_key() {
         "{e}"
     );
     assert!(e.contains("QoS \"7\" is not 0, 1 or 2"), "{e}");
+}
+
+#[test]
+fn cluster_keys_name_the_bad_value() {
+    for (key, bad) in [
+        ("cluster_nats", "\"http://x:4222\""),
+        ("cluster_nats", "\"nats://\""),
+        ("cluster_node_name", "\"a b\""),
+        ("cluster_kv_replicas", "0"),
+        ("cluster_kv_replicas", "6"),
+    ] {
+        let mut c = Config::default();
+        let e = apply_toml(&mut c, "t.toml", &format!("{key} = {bad}"))
+            .expect_err(key)
+            .to_string();
+        assert!(e.contains(key), "{e}");
+    }
+    let mut c = Config::default();
+    apply_toml(
+        &mut c,
+        "t.toml",
+        "cluster_nats = \"nats://a:4222, tls://b:4222\"",
+    )
+    .expect("two urls");
+    assert_eq!(c.cluster_nats, ["nats://a:4222", "tls://b:4222"]);
 }

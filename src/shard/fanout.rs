@@ -41,6 +41,10 @@ const WALK_PLAIN: u8 = 0;
 const WALK_PLAN: u8 = 1;
 /// A publish on the only shard: also pick one member of each shared group.
 const WALK_PICK: u8 = 2;
+/// A publish on a cluster node: plan plain copies for the other shards, but pick no
+/// shared-group member: NATS picks one node of each group cluster-wide (queue
+/// groups), and the message comes back to this node if it is the one.
+const WALK_CLUSTER: u8 = 3;
 
 /// One session's merged copy of a message.
 #[derive(Debug)]
@@ -82,7 +86,9 @@ impl Shard {
 
         // One walk finds the shards to forward to, the shared groups each serves
         // and this shard's own plain subscribers.
-        if self.shard_count == 1 {
+        if self.cluster.is_some() && msg.topic.first() != Some(&b'$') {
+            self.deliver_local::<WALK_CLUSTER>(msg, &mut arc, now);
+        } else if self.shard_count == 1 {
             // This shard serves every group: pick members during the walk.
             self.deliver_local::<WALK_PICK>(msg, &mut arc, now);
         } else {
@@ -91,6 +97,9 @@ impl Shard {
         // Queued after the `Publish` actions: see `retained`, "Order with live delivery".
         if let Some(a) = replicate {
             self.replicate_retained(a);
+        }
+        if self.cluster.is_some() {
+            self.cluster_forward(msg, &mut arc);
         }
         retain_refused
     }
@@ -142,12 +151,14 @@ impl Shard {
         let mut picks: SmallVec<[LocalSub; 2]> = SmallVec::new();
         let sessions = &mut self.sessions;
         let targets = &mut self.targets;
-        if WALK == WALK_PLAN {
+        if WALK == WALK_PLAN || WALK == WALK_CLUSTER {
             targets.plain = ShardSet::default();
         }
         self.filters.for_each_match(&msg.topic, |e| {
-            if WALK == WALK_PLAN {
+            if WALK == WALK_PLAN || WALK == WALK_CLUSTER {
                 e.shards.for_each(|s| targets.plain.insert(s));
+            }
+            if WALK == WALK_PLAN {
                 shared::pick_shards(e, targets);
             }
             for s in &e.plain {
@@ -189,7 +200,7 @@ impl Shard {
                 }
             }
         });
-        let local_shared = if WALK == WALK_PLAN {
+        let local_shared = if WALK == WALK_PLAN || WALK == WALK_CLUSTER {
             self.send_to_shards(msg, arc);
             std::mem::take(&mut self.targets.shared[self.id])
         } else {

@@ -174,9 +174,18 @@ impl Shard {
             origin_session: session,
             owned: false,
         };
+        self.cluster_mark();
         let retain_refused = self.publish(msg, now);
+        let forwarded = self.cluster_pushed();
         self.drop_slow_consumers(now);
         if qos == QoS::AtMostOnce {
+            return Ok(());
+        }
+        // On a cluster node the acknowledgement waits for JetStream (`cluster.rs`).
+        if forwarded.is_some()
+            && !retain_refused
+            && self.cluster_hold_ack(conn, packet_id, qos, forwarded)
+        {
             return Ok(());
         }
         if qos == QoS::AtLeastOnce && !retain_refused {

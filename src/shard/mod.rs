@@ -11,6 +11,7 @@
 //! actions) and each part updates the shared counters and action queue.
 
 pub(crate) mod auth;
+mod cluster;
 mod conn;
 mod connect;
 mod control;
@@ -53,6 +54,7 @@ use crate::config::Config;
 use crate::session::{SessionError, SessionStore};
 use crate::topic::TopicTrie;
 
+pub use cluster::{AckToken, ClusterIn, ClusterInterest, ClusterOut, Forward};
 use conn::Conn;
 use control::ControlOutbox;
 use deliver::EncodeCache;
@@ -61,6 +63,7 @@ use limits::Limits;
 pub use limits::NodeCounters;
 pub use messages::{Action, Handoff, RouteUpdate, ShardMsg, SharedTarget};
 pub use outbox::{control_allowance, CONTROL_ALLOWANCE_BYTES};
+pub use retained::RetainedBody;
 pub use stats::{ShardStats, SnStats};
 use subs::FilterEntry;
 use timer::Timers;
@@ -170,6 +173,8 @@ pub struct Shard {
     /// Origin of `Session::connect_ns`: when the first connection arrived.
     epoch: Option<Instant>,
     auth: auth::ShardAuth,
+    /// The turn's output for the cluster thread; `None` on a single node.
+    cluster: Option<Box<cluster::ClusterOut>>,
 }
 
 impl Shard {
@@ -241,6 +246,7 @@ impl Shard {
                 Arc::new(crate::auth::AuthPolicy::new(None, None, true)),
                 auth_secret(id),
             ),
+            cluster: None,
         }
     }
 

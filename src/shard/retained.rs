@@ -284,7 +284,7 @@ impl Shard {
 
     /// Applies a retained update (a delete: empty payload) unless this replica holds
     /// or deleted a newer one for the topic (see [`RetainedStamp`]).
-    fn apply_retained(
+    pub(super) fn apply_retained(
         &mut self,
         msg: &Arc<RetainedBody>,
         check_mark: bool,

@@ -118,6 +118,7 @@ impl Shard {
     pub(super) fn route_changed(&mut self, filter: &Bytes, group: Option<&Bytes>, add: bool) {
         let me = self.id;
         self.apply_route(me, filter, group, add);
+        self.cluster_interest(filter, group, add);
         if self.shard_count == 1 {
             return;
         }

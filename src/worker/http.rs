@@ -85,6 +85,8 @@ pub(super) struct HttpServer {
     io_backend: &'static str,
     /// Connections closed at accept because `MAX_CONNS` were open.
     pub(super) refused: u64,
+    /// The cluster link's state (NATS connection, counters); `None` on a single node.
+    pub(super) cluster: Option<std::sync::Arc<crate::cluster::ClusterStatus>>,
 }
 
 impl HttpServer {
@@ -108,6 +110,7 @@ impl HttpServer {
             conns: HashMap::new(),
             scrape: None,
             next_scrape: 1,
+            cluster: None,
             started,
             io_backend,
             refused: 0,
@@ -269,7 +272,13 @@ impl HttpServer {
                     200,
                     prometheus::CONTENT_TYPE,
                     metrics
-                        .get_or_insert_with(|| prometheus::render(node, &ctx).into())
+                        .get_or_insert_with(|| {
+                            let mut text = prometheus::render(node, &ctx);
+                            if let Some(c) = &self.cluster {
+                                text.push_str(&c.prometheus_text());
+                            }
+                            text.into()
+                        })
                         .clone(),
                 ),
                 Route::ApiStats => Response::new(
@@ -278,6 +287,13 @@ impl HttpServer {
                     stats
                         .get_or_insert_with(|| json::render(node, &ctx).into())
                         .clone(),
+                ),
+                // A node cut from NATS still serves its own clients, but it is not a
+                // healthy member of the cluster: a load balancer should know.
+                _ if self.cluster.as_ref().is_some_and(|c| !c.is_connected()) => Response::new(
+                    503,
+                    "text/plain; charset=utf-8",
+                    "cluster: NATS disconnected\n",
                 ),
                 _ if node.missing_loops.is_empty() => {
                     Response::new(200, "text/plain; charset=utf-8", "ok\n")

@@ -173,6 +173,8 @@ pub struct WorkerSetup {
     pub auth: Option<(Arc<verify::AuthShared>, verify::Verifier)>,
     /// This loop's MQTT-SN socket and the gateway's bounds; `None`: gateway off.
     pub mqttsn: Option<SnSetup>,
+    /// This loop's end of the cluster link; `None` on a single node.
+    pub cluster: Option<crate::cluster::LoopLink>,
 }
 
 struct Worker<L: EventLoop> {
@@ -212,6 +214,7 @@ struct Worker<L: EventLoop> {
     sn: Option<sn::SnIo>,
     /// The `[[bridge]]`s this loop owns; `None` for none.
     bridges: Option<Bridges>,
+    cluster: Option<crate::cluster::LoopLink>,
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -248,6 +251,7 @@ pub fn run<L: EventLoop>(
         started,
         auth,
         mqttsn,
+        cluster,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -303,6 +307,10 @@ pub fn run<L: EventLoop>(
     // Only loop 0 publishes $SYS (it owns the node-wide scrape).
     let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
     let mut shard = Shard::in_node(id, peers.len(), config, node);
+    if let Some(link) = &cluster {
+        link.bind(remote.clone());
+        shard.enable_cluster();
+    }
     let auth = auth.map(|(shared, mut verifier)| {
         verifier.bind(remote);
         shard.set_auth(shared.current());
@@ -350,6 +358,7 @@ pub fn run<L: EventLoop>(
         },
         sn: None,
         bridges,
+        cluster,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -368,12 +377,9 @@ pub fn run<L: EventLoop>(
         }
     }
     if http_index.is_some() || !sys_interval.is_zero() {
-        w.http = Some(HttpServer::new(
-            http_index,
-            sys_interval,
-            started,
-            w.io.name(),
-        ));
+        let mut h = HttpServer::new(http_index, sys_interval, started, w.io.name());
+        h.cluster = w.cluster.as_ref().map(|c| c.status.clone());
+        w.http = Some(h);
     }
     if let Some(setup) = mqttsn {
         match sn::SnIo::new(setup, &w.shard, &mut w.io, Instant::now()) {
@@ -481,6 +487,7 @@ impl<L: EventLoop> Worker<L> {
                 self.log_summary(now);
             }
             self.drain_auth(now);
+            self.drain_cluster(now);
             self.expire_handoffs(now);
             if self.shard.next_deadline().is_some_and(|d| d <= now) {
                 self.shard.on_timer(now);
@@ -502,6 +509,11 @@ impl<L: EventLoop> Worker<L> {
             let more_actions = self.drain_actions(now) || self.shard.streams_pending();
             if let Some(sn) = &mut self.sn {
                 sn.flush(&mut self.io, &mut self.shard);
+            }
+            if let Some(link) = &mut self.cluster {
+                if let Some(out) = self.shard.take_cluster_out() {
+                    link.send(out);
+                }
             }
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
@@ -567,7 +579,12 @@ impl<L: EventLoop> Worker<L> {
             // Own messages waiting for room in a peer's ring: nobody would wake us to
             // retry, so we may not park, but a peer that is merely slow must not cost
             // a core spinning either.
-            let backed_up = self.mesh.has_overflow() || self.shard.control_waiting();
+            let backed_up = self.mesh.has_overflow()
+                || self.shard.control_waiting()
+                || self
+                    .cluster
+                    .as_ref()
+                    .is_some_and(|c| c.backed_up() || c.has_inbound());
             let parked = !more_actions && !backed_up && self.mesh.prepare_park();
             if !parked {
                 let work = more_actions || self.mesh.has_inbound();
@@ -617,6 +634,15 @@ impl<L: EventLoop> Worker<L> {
             .drain(VERIFY_REPLIES_PER_TURN, |(conn, generation, ok)| {
                 shard.on_verified(conn, generation, Some(ok), now)
             });
+    }
+
+    /// Messages from other nodes (publishes, retained entries), a bounded batch.
+    fn drain_cluster(&mut self, now: Instant) {
+        let Some(link) = &mut self.cluster else {
+            return;
+        };
+        let shard = &mut self.shard;
+        link.drain(MESH_BATCH, |m| shard.on_cluster_in(m, now));
     }
 
     fn drain_mesh(&mut self, now: Instant) {

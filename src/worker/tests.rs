@@ -229,6 +229,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         },
         sn: None,
         bridges: None,
+        cluster: None,
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
@@ -314,6 +315,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
         },
         sn: None,
         bridges: None,
+        cluster: None,
     };
     (w, eps.pop().expect("endpoint 0"))
 }

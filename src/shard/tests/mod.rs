@@ -3,6 +3,7 @@
 //! the wire format).
 
 mod auth;
+mod cluster;
 mod connect;
 mod contract;
 mod limits;

@@ -1,0 +1,255 @@
+//! The loops' side of the cluster link, compiled in every build (the cluster thread
+//! itself, `link.rs`, needs tokio's network half, which `--cfg loom` builds leave out):
+//! the bounded rings both ways, the doorbell that wakes the cluster thread, and the
+//! node's cluster figures that `/healthz` and `/metrics` read.
+//!
+//! - Loop → cluster: once per turn a loop pushes its `ClusterOut` (the turn's
+//!   publishes and interest changes) into its own SPSC ring (`ring::spsc`, the mesh's
+//!   ring type) and rings the doorbell. A full ring drops the plain publishes
+//!   (counted) and keeps for the next turn the interest changes (they decide which NATS
+//!   subscriptions the node holds) and the publishes whose PUBACK is held for them.
+//! - Cluster → loop: one SPSC ring per loop carrying ready `ClusterIn`s (messages, and
+//!   the JetStream acks held PUBACKs wait for), and the loop's `Remote::wake` once per
+//!   burst. A full ring drops a message (counted); an ack waits in the cluster thread
+//!   for room instead (a dropped one would leave its PUBACK held).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use crate::io::Remote;
+use crate::ring::{Consumer, Producer};
+use crate::shard::{ClusterIn, ClusterOut};
+
+/// Turns of output waiting in each loop's ring to the cluster thread.
+pub const FROM_LOOP_MAX: usize = 256;
+/// Messages waiting in each loop's ring from the cluster thread.
+pub const TO_LOOP_MAX: usize = 8192;
+
+/// The node's cluster state, shared with `/healthz` and `/metrics`. Plain atomics,
+/// written by the cluster thread (and a drop counter by loops, once per turn at most).
+#[derive(Debug, Default)]
+pub struct ClusterStatus {
+    pub node: String,
+    pub connected: AtomicBool,
+    pub disconnects: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub received: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub malformed: AtomicU64,
+    /// Publishes a loop could not hand over (batch channel full).
+    pub dropped_out: AtomicU64,
+    /// Messages for a loop whose ring was full.
+    pub dropped_in: AtomicU64,
+    pub subscriptions: AtomicU64,
+    pub retained_applied: AtomicU64,
+    pub retained_dropped: AtomicU64,
+    pub retained_errors: AtomicU64,
+    /// Held acknowledgements released after JetStream stored the message.
+    pub qos_stored: AtomicU64,
+    /// Held acknowledgements released without JetStream's confirmation (NATS down,
+    /// no stream, timeout): the message reached local subscribers only for sure.
+    pub qos_unconfirmed: AtomicU64,
+}
+
+impl ClusterStatus {
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus lines of the cluster figures (appended to `/metrics`).
+    pub fn prometheus_text(&self) -> String {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut s = String::with_capacity(1024);
+        let mut line = |name: &str, kind: &str, help: &str, v: u64| {
+            s.push_str(&format!(
+                "# HELP ringmq_cluster_{name} {help}\n# TYPE ringmq_cluster_{name} {kind}\nringmq_cluster_{name} {v}\n"
+            ));
+        };
+        line(
+            "connected",
+            "gauge",
+            "1 while the node is connected to NATS",
+            u64::from(self.is_connected()),
+        );
+        line(
+            "disconnects_total",
+            "counter",
+            "Times the NATS connection was lost",
+            g(&self.disconnects),
+        );
+        line(
+            "forwarded_total",
+            "counter",
+            "Messages published to NATS",
+            g(&self.forwarded),
+        );
+        line(
+            "received_total",
+            "counter",
+            "Messages received from NATS and handed to loops",
+            g(&self.received),
+        );
+        line(
+            "duplicates_total",
+            "counter",
+            "Second copies from NATS (one per extra matching filter) dropped",
+            g(&self.duplicates),
+        );
+        line(
+            "malformed_total",
+            "counter",
+            "Messages from NATS with a subject or headers ringmq did not make",
+            g(&self.malformed),
+        );
+        line(
+            "dropped_out_total",
+            "counter",
+            "Publishes not forwarded: the cluster thread's queue was full",
+            g(&self.dropped_out),
+        );
+        line(
+            "dropped_in_total",
+            "counter",
+            "Messages from NATS not delivered: a loop's queue was full",
+            g(&self.dropped_in),
+        );
+        line(
+            "subscriptions",
+            "gauge",
+            "NATS subscriptions held for local interest (filter, group)",
+            g(&self.subscriptions),
+        );
+        line(
+            "retained_applied_total",
+            "counter",
+            "Retained entries applied from the KV bucket",
+            g(&self.retained_applied),
+        );
+        line(
+            "retained_dropped_total",
+            "counter",
+            "Retained updates not written to the KV bucket: its queue was full",
+            g(&self.retained_dropped),
+        );
+        line(
+            "qos_stored_total",
+            "counter",
+            "QoS 1/2 publishes acknowledged after JetStream stored them",
+            g(&self.qos_stored),
+        );
+        line(
+            "qos_unconfirmed_total",
+            "counter",
+            "QoS 1/2 publishes acknowledged without JetStream's confirmation",
+            g(&self.qos_unconfirmed),
+        );
+        line(
+            "retained_errors_total",
+            "counter",
+            "Retained KV writes or watches that failed",
+            g(&self.retained_errors),
+        );
+        s
+    }
+}
+
+/// Wakes the cluster thread's task from the loops (std only: no runtime here).
+#[derive(Debug, Default)]
+pub struct Doorbell {
+    rung: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+impl Doorbell {
+    pub fn ring(&self) {
+        if !self.rung.swap(true, Ordering::AcqRel) {
+            let w = self.waker.lock().ok().and_then(|mut g| g.take());
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
+    }
+
+    /// Ready once rung since the last ready. The waker is stored before the flag is
+    /// read, so a ring between the two is seen by the read, and one before the store
+    /// left the flag set.
+    pub fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Ok(mut g) = self.waker.lock() {
+            *g = Some(cx.waker().clone());
+        }
+        if self.rung.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// A loop's end of the cluster link.
+pub struct LoopLink {
+    pub(crate) out: Producer<ClusterOut>,
+    pub(crate) rx: Consumer<ClusterIn>,
+    pub(crate) bell: Arc<Doorbell>,
+    pub(crate) wake: Arc<OnceLock<Arc<Remote>>>,
+    pub(crate) status: Arc<ClusterStatus>,
+    /// What a full ring sent back and must not be lost: interest changes, and the
+    /// publishes whose PUBACK is held for them. They go first next turn; bounded by
+    /// the distinct filters and by the clients' in-flight windows.
+    pub(crate) pending: ClusterOut,
+}
+
+impl LoopLink {
+    /// Binds the loop's wake-up handle (once the loop exists).
+    pub fn bind(&self, wake: Arc<Remote>) {
+        let _ = self.wake.set(wake);
+    }
+
+    /// Hands this turn's outbox to the cluster thread without waiting.
+    pub fn send(&mut self, mut out: ClusterOut) {
+        if !self.pending.interest.is_empty() || !self.pending.publishes.is_empty() {
+            let mut first = std::mem::take(&mut self.pending);
+            first.interest.append(&mut out.interest);
+            first.publishes.append(&mut out.publishes);
+            first.dropped += out.dropped;
+            out = first;
+        }
+        if out.dropped > 0 {
+            self.status
+                .dropped_out
+                .fetch_add(out.dropped, Ordering::Relaxed);
+            out.dropped = 0;
+        }
+        if let Err(mut back) = self.out.push(out) {
+            // Plain copies are dropped (counted); a held acknowledgement's message and
+            // interest changes wait for room.
+            let before = back.publishes.len();
+            back.publishes.retain(|f| f.ack.is_some());
+            self.status
+                .dropped_out
+                .fetch_add((before - back.publishes.len()) as u64, Ordering::Relaxed);
+            self.pending = back;
+        }
+        self.bell.ring();
+    }
+
+    /// Whether something waits for room in the ring (the loop must come back soon).
+    pub fn backed_up(&self) -> bool {
+        !self.pending.interest.is_empty() || !self.pending.publishes.is_empty()
+    }
+
+    /// Up to `max` messages from NATS (and JetStream acks) for this loop.
+    pub fn drain(&mut self, max: usize, mut f: impl FnMut(ClusterIn)) -> usize {
+        let mut n = 0;
+        while n < max {
+            let Some(m) = self.rx.pop() else { break };
+            f(m);
+            n += 1;
+        }
+        n
+    }
+
+    pub fn has_inbound(&self) -> bool {
+        !self.rx.is_empty()
+    }
+}

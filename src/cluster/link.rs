@@ -1,0 +1,774 @@
+//! The cluster thread: one NATS connection (async-nats on a current-thread tokio
+//! runtime) per node, joined to the event loops by bounded queues only, so a loop never
+//! waits on the network or on NATS.
+//!
+//! The queues to and from the loops are in `bridge.rs`.
+//!
+//! This thread owns the interest table (NATS subscriptions follow it), the
+//! de-duplication window, the retained KV bucket (a writer task keeps one node's puts
+//! in order; a watch feeds every loop's replica) and the connection state that
+//! `/healthz` and `/metrics` read.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::poll_fn;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, Notify};
+
+use super::bridge::{ClusterStatus, Doorbell, LoopLink, FROM_LOOP_MAX, TO_LOOP_MAX};
+use super::headers::{self, Meta};
+use super::interest::{InterestChange, InterestKey, InterestTable};
+use super::subject::{filter_subjects, queue_group, subject_topic, topic_subject, QosClass};
+use crate::config::Config;
+use crate::io::Remote;
+use crate::ring::{self as spsc, Consumer, Producer};
+use crate::session::{Message, NONE};
+use crate::shard::{AckToken, ClusterIn, ClusterOut, ShardMsg, SharedTarget};
+
+/// Messages from NATS subscriptions waiting for the main task.
+const INBOUND_MAX: usize = 8192;
+/// Retained puts/deletes waiting for the KV writer.
+const RETAINED_MAX: usize = 4096;
+/// (origin, id) pairs remembered to drop a second copy of one message (NATS sends one
+/// per matching subscription; the copies arrive together, so a short window is enough).
+const DEDUP_WINDOW: usize = 65_536;
+/// Messages handed to loops before they are woken (one wake per burst, not per message).
+const WAKE_BURST: usize = 256;
+/// The retained bucket.
+pub const RETAINED_BUCKET: &str = "ringmq_retained";
+/// The stream that stores QoS 1/2 messages (subjects `mq.1.>`) before their PUBACK.
+pub const QOS_STREAM: &str = "RINGMQ_QOS1";
+/// How long the QoS stream keeps a message: long enough for a replay after a
+/// partition (not in this version), bounded so the stream cannot grow for ever.
+const QOS_STREAM_MAX_AGE: Duration = Duration::from_secs(3600);
+const QOS_STREAM_MAX_BYTES: i64 = 1 << 30;
+/// JetStream acks in flight at once; more wait (backpressure on the cluster thread).
+const ACKS_MAX: usize = 8192;
+/// A stamp for retained entries from the bucket: not a shard of this node, so the
+/// replicas' last-writer-wins tie-break never mistakes it for a local publish.
+const CLUSTER_ORIGIN: usize = u32::MAX as usize;
+
+/// The running cluster thread, held by `main`.
+pub struct ClusterThread {
+    handle: Option<JoinHandle<()>>,
+    stop: Arc<Notify>,
+    pub status: Arc<ClusterStatus>,
+}
+
+impl ClusterThread {
+    /// Asks the thread to stop (after flushing what NATS still has to send) and
+    /// waits for it.
+    pub fn stop(mut self) {
+        self.stop.notify_one();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// A random node name, for a config that sets none.
+fn random_name() -> String {
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("ringmq-{r:016x}")
+}
+
+/// Starts the cluster thread for `loops` event loops. The NATS connection is made in
+/// the background (and retried for ever): a node starts and serves its local clients
+/// whether or not NATS is up.
+pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopLink>)> {
+    let node = if cfg.cluster_node_name.is_empty() {
+        random_name()
+    } else {
+        cfg.cluster_node_name.clone()
+    };
+    let status = Arc::new(ClusterStatus {
+        node: node.clone(),
+        ..ClusterStatus::default()
+    });
+    let bell = Arc::new(Doorbell::default());
+    let mut producers = Vec::with_capacity(loops);
+    let mut consumers = Vec::with_capacity(loops);
+    let mut wakes = Vec::with_capacity(loops);
+    let mut links = Vec::with_capacity(loops);
+    for _ in 0..loops {
+        let (p, c) = spsc::channel(TO_LOOP_MAX);
+        let (out_p, out_c) = spsc::channel(FROM_LOOP_MAX);
+        let wake = Arc::new(OnceLock::new());
+        producers.push(p);
+        consumers.push(out_c);
+        wakes.push(wake.clone());
+        links.push(LoopLink {
+            out: out_p,
+            rx: c,
+            bell: bell.clone(),
+            wake,
+            status: status.clone(),
+            pending: ClusterOut::default(),
+        });
+    }
+    let stop = Arc::new(Notify::new());
+    let settings = Settings::from(cfg, node);
+    let thread_status = status.clone();
+    let thread_stop = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("ringmq-cluster".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("cluster: no tokio runtime: {e}");
+                    return;
+                }
+            };
+            let state = State {
+                settings,
+                status: thread_status,
+                producers,
+                wakes,
+                interest: InterestTable::new(),
+                subs: HashMap::new(),
+                seen: HashSet::new(),
+                seen_order: VecDeque::new(),
+                next_id: 0,
+                shared_rr: 0,
+                to_wake: vec![false; loops],
+                woken_burst: 0,
+                queue_client: None,
+                pending_acks: VecDeque::new(),
+            };
+            rt.block_on(run(state, consumers, bell, thread_stop));
+        })?;
+    Ok((
+        ClusterThread {
+            handle: Some(handle),
+            stop,
+            status,
+        },
+        links,
+    ))
+}
+
+/// What the thread needs of the configuration.
+struct Settings {
+    urls: Vec<String>,
+    node: String,
+    user: String,
+    password: String,
+    creds_file: Option<String>,
+    tls_ca_file: Option<String>,
+    tls_cert_file: Option<String>,
+    tls_key_file: Option<String>,
+    kv_replicas: usize,
+}
+
+impl Settings {
+    fn from(cfg: &Config, node: String) -> Settings {
+        Settings {
+            urls: cfg.cluster_nats.clone(),
+            node,
+            user: cfg.cluster_nats_user.clone(),
+            password: cfg.cluster_nats_password.clone(),
+            creds_file: cfg.cluster_nats_creds_file.clone(),
+            tls_ca_file: cfg.cluster_nats_tls_ca_file.clone(),
+            tls_cert_file: cfg.cluster_nats_tls_cert_file.clone(),
+            tls_key_file: cfg.cluster_nats_tls_key_file.clone(),
+            kv_replicas: cfg.cluster_kv_replicas,
+        }
+    }
+}
+
+/// A message from one of the node's NATS subscriptions, with the key it was made for.
+type Inbound = (Arc<InterestKey>, async_nats::Message);
+
+struct State {
+    settings: Settings,
+    status: Arc<ClusterStatus>,
+    producers: Vec<Producer<ClusterIn>>,
+    /// Acks that found their loop's ring full, retried at every wake (never dropped).
+    pending_acks: VecDeque<(usize, AckToken, bool)>,
+    wakes: Vec<Arc<OnceLock<Arc<Remote>>>>,
+    interest: InterestTable,
+    /// The forwarding tasks of each key's subscriptions (aborting one drops its
+    /// `Subscriber`, which unsubscribes).
+    subs: HashMap<InterestKey, Vec<tokio::task::JoinHandle<()>>>,
+    seen: HashSet<(u64, u64)>,
+    seen_order: VecDeque<(u64, u64)>,
+    /// Sequence of this node's forwarded messages (`Mqtt-Id`).
+    next_id: u64,
+    shared_rr: usize,
+    to_wake: Vec<bool>,
+    woken_burst: usize,
+    /// The connection with echo, for queue subscriptions (see `connect`).
+    queue_client: Option<async_nats::Client>,
+}
+
+/// `echo`: whether this connection gets the node's own publishes back. The main one
+/// does not (no-echo); the one holding queue subscriptions does, because NATS must be
+/// able to pick this node as a shared group's member for its own publishes.
+async fn connect(
+    s: &Settings,
+    status: Option<Arc<ClusterStatus>>,
+    echo: bool,
+) -> Result<async_nats::Client, String> {
+    let mut o = async_nats::ConnectOptions::new()
+        .name(format!("ringmq {}", s.node))
+        .retry_on_initial_connect()
+        .max_reconnects(None);
+    if !s.user.is_empty() {
+        o = o.user_and_password(s.user.clone(), s.password.clone());
+    }
+    if let Some(f) = &s.creds_file {
+        o = o
+            .credentials_file(f)
+            .await
+            .map_err(|e| format!("cluster_nats_creds_file {f}: {e}"))?;
+    }
+    if let Some(ca) = &s.tls_ca_file {
+        o = o.add_root_certificates(ca.into()).require_tls(true);
+    }
+    if let (Some(c), Some(k)) = (&s.tls_cert_file, &s.tls_key_file) {
+        o = o.add_client_certificate(c.into(), k.into());
+    }
+    if !echo {
+        o = o.no_echo();
+    }
+    let Some(st) = status else {
+        return o
+            .connect(s.urls.clone())
+            .await
+            .map_err(|e| format!("cluster_nats {}: {e}", s.urls.join(",")));
+    };
+    o = o.event_callback(move |ev| {
+        let st = st.clone();
+        async move {
+            match ev {
+                async_nats::Event::Connected => {
+                    st.connected.store(true, Ordering::Relaxed);
+                    tracing::info!("cluster: connected to NATS");
+                }
+                async_nats::Event::Disconnected => {
+                    st.connected.store(false, Ordering::Relaxed);
+                    st.disconnects.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        "cluster: lost NATS; serving local clients only until it returns"
+                    );
+                }
+                other => tracing::info!("cluster: {other}"),
+            }
+        }
+    });
+    o.connect(s.urls.clone())
+        .await
+        .map_err(|e| format!("cluster_nats {}: {e}", s.urls.join(",")))
+}
+
+async fn run(
+    mut st: State,
+    mut from_loops: Vec<Consumer<ClusterOut>>,
+    bell: Arc<Doorbell>,
+    stop: Arc<Notify>,
+) {
+    let conns = (
+        connect(&st.settings, Some(st.status.clone()), false).await,
+        connect(&st.settings, None, true).await,
+    );
+    let (client, queue_client) = match conns {
+        (Ok(c), Ok(q)) => (c, q),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!("cluster: {e}; this node runs alone");
+            return;
+        }
+    };
+    st.queue_client = Some(queue_client);
+    let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(INBOUND_MAX);
+    let (ret_tx, ret_rx) = mpsc::channel::<(String, Option<Bytes>)>(RETAINED_MAX);
+    let (watch_tx, mut watch_rx) = mpsc::channel::<kv::Entry>(INBOUND_MAX);
+    let js = jetstream::new(client.clone());
+    let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, AckToken, bool)>(ACKS_MAX);
+    let replicas = st.settings.kv_replicas;
+    tokio::spawn(qos_stream(js.clone(), replicas));
+    let status = st.status.clone();
+    tokio::spawn(retained_writer(
+        js.clone(),
+        replicas,
+        ret_rx,
+        status.clone(),
+    ));
+    tokio::spawn(retained_watch(js.clone(), replicas, watch_tx, status));
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.notified() => break,
+            _ = poll_fn(|cx| bell.poll(cx)) => {
+                // Every loop's ring, each drained to empty (a ring is read only here).
+                for (from, c) in from_loops.iter_mut().enumerate() {
+                    while let Some(out) = c.pop() {
+                        st.on_batch(&client, &js, from, out, &in_tx, &ret_tx, &ack_tx).await;
+                    }
+                }
+            }
+            m = in_rx.recv() => {
+                let Some((key, m)) = m else { continue };
+                st.on_nats(&key, m);
+                while let Ok((key, m)) = in_rx.try_recv() {
+                    st.on_nats(&key, m);
+                    if st.woken_burst >= WAKE_BURST {
+                        st.wake();
+                    }
+                }
+                st.wake();
+            }
+            // Acks that found a ring full: the loop drains it every turn, so retry soon.
+            _ = tokio::time::sleep(Duration::from_millis(5)), if !st.pending_acks.is_empty() => {
+                st.wake();
+            }
+            a = ack_rx.recv() => {
+                let Some(a) = a else { continue };
+                st.pending_acks.push_back(a);
+                while let Ok(a) = ack_rx.try_recv() {
+                    st.pending_acks.push_back(a);
+                }
+                st.wake();
+            }
+            e = watch_rx.recv() => {
+                let Some(e) = e else { continue };
+                st.on_retained(e);
+                while let Ok(e) = watch_rx.try_recv() {
+                    st.on_retained(e);
+                    if st.woken_burst >= WAKE_BURST {
+                        st.wake();
+                    }
+                }
+                st.wake();
+            }
+        }
+    }
+    let _ = client.flush().await;
+}
+
+/// Makes the QoS stream (retried until NATS answers; another node may make it first).
+async fn qos_stream(js: jetstream::Context, replicas: usize) {
+    let cfg = jetstream::stream::Config {
+        name: QOS_STREAM.to_string(),
+        description: Some("ringmq QoS 1/2 messages, stored before their PUBACK".into()),
+        subjects: vec![format!("{}.1.>", super::subject::PREFIX)],
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        max_age: QOS_STREAM_MAX_AGE,
+        max_bytes: QOS_STREAM_MAX_BYTES,
+        discard: jetstream::stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    loop {
+        match js.get_or_create_stream(cfg.clone()).await {
+            Ok(_) => return,
+            Err(e) => tracing::debug!("cluster: QoS stream not ready: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Keeps `ringmq_retained` (history 1) up to date with this node's retained
+/// publishes, one write at a time so they land in the order they were made.
+async fn retained_writer(
+    js: jetstream::Context,
+    replicas: usize,
+    mut rx: mpsc::Receiver<(String, Option<Bytes>)>,
+    status: Arc<ClusterStatus>,
+) {
+    let mut store: Option<kv::Store> = None;
+    while let Some((key, value)) = rx.recv().await {
+        loop {
+            if store.is_none() {
+                store = bucket(&js, replicas).await;
+            }
+            let Some(s) = &store else {
+                status.retained_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            };
+            let r = match &value {
+                Some(v) => s
+                    .put(&key, v.clone())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                None => s.delete(&key).await.map_err(|e| e.to_string()),
+            };
+            match r {
+                Ok(()) => break,
+                Err(e) => {
+                    status.retained_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("cluster: retained write failed ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+async fn bucket(js: &jetstream::Context, replicas: usize) -> Option<kv::Store> {
+    if let Ok(s) = js.get_key_value(RETAINED_BUCKET).await {
+        return Some(s);
+    }
+    // The stream a KV bucket is, made directly: `create_key_value` first reads the
+    // account info, which async-nats 0.46 cannot parse from nats-server 2.9 (Debian
+    // bookworm's). Same layout as async-nats's own (history 1, rollups, direct get).
+    let cfg = jetstream::stream::Config {
+        name: format!("KV_{RETAINED_BUCKET}"),
+        description: Some("ringmq retained messages (key: base64url of the topic)".into()),
+        subjects: vec![format!("$KV.{RETAINED_BUCKET}.>")],
+        max_messages_per_subject: 1,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: replicas,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    if let Err(e) = js.get_or_create_stream(cfg).await {
+        tracing::debug!("cluster: retained bucket not ready: {e}");
+    }
+    // Made now, or by another node meanwhile.
+    js.get_key_value(RETAINED_BUCKET).await.ok()
+}
+
+/// Feeds every entry of the bucket (the current values first, then each change) to
+/// the main task; starts again from the current values when the watch ends (NATS lost
+/// and back), which re-applies them harmlessly.
+async fn retained_watch(
+    js: jetstream::Context,
+    replicas: usize,
+    tx: mpsc::Sender<kv::Entry>,
+    status: Arc<ClusterStatus>,
+) {
+    loop {
+        if let Some(store) = bucket(&js, replicas).await {
+            match store.watch_with_history(">").await {
+                Ok(mut w) => {
+                    while let Some(e) = w.next().await {
+                        match e {
+                            Ok(e) => {
+                                if tx.send(e).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => {
+                                tracing::debug!("cluster: retained watch: {e}");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    status.retained_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("cluster: retained watch failed: {e}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+impl State {
+    #[allow(clippy::too_many_arguments)]
+    async fn on_batch(
+        &mut self,
+        client: &async_nats::Client,
+        js: &jetstream::Context,
+        from: usize,
+        out: ClusterOut,
+        in_tx: &mpsc::Sender<Inbound>,
+        ret_tx: &mpsc::Sender<(String, Option<Bytes>)>,
+        ack_tx: &mpsc::Sender<(usize, AckToken, bool)>,
+    ) {
+        for i in out.interest {
+            let key = InterestKey {
+                filter: i.filter,
+                group: i.group,
+            };
+            match self.interest.apply(from, &key, i.add) {
+                InterestChange::Subscribe => self.subscribe(client, key, in_tx).await,
+                InterestChange::Unsubscribe => {
+                    if let Some(tasks) = self.subs.remove(&key) {
+                        for t in tasks {
+                            t.abort();
+                        }
+                    }
+                }
+                InterestChange::None => {}
+            }
+        }
+        self.status
+            .subscriptions
+            .store(self.subs.len() as u64, Ordering::Relaxed);
+        for f in out.publishes {
+            let m = &f.msg;
+            let Some(subject) = topic_subject(&m.topic, QosClass::of(m.qos)) else {
+                if let Some(token) = f.ack {
+                    self.pending_acks.push_back((from, token, false));
+                }
+                continue;
+            };
+            self.next_id += 1;
+            let meta = Meta {
+                qos: m.qos,
+                retain: m.retain,
+                origin: self.settings.node.clone(),
+                id: self.next_id,
+                properties: m.properties.clone(),
+            };
+            let mut h = HeaderMap::new();
+            for (k, v) in headers::encode(&meta) {
+                h.insert(k, v);
+            }
+            match f.ack {
+                // The publisher waits: a JetStream publish, its ack awaited off this
+                // task so many are in flight at once.
+                Some(token) => {
+                    let sent = js.publish_with_headers(subject, h, m.payload.clone()).await;
+                    self.status.forwarded.fetch_add(1, Ordering::Relaxed);
+                    let tx = ack_tx.clone();
+                    tokio::spawn(async move {
+                        let stored = match sent {
+                            Ok(ack) => ack.await.is_ok(),
+                            Err(_) => false,
+                        };
+                        let _ = tx.send((from, token, stored)).await;
+                    });
+                }
+                None => {
+                    if client
+                        .publish_with_headers(subject, h, m.payload.clone())
+                        .await
+                        .is_ok()
+                    {
+                        self.status.forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if m.retain {
+                let key = headers::retained_key(&m.topic);
+                let value = (!m.payload.is_empty()).then(|| {
+                    Bytes::from(headers::encode_retained(m.qos, &m.properties, &m.payload))
+                });
+                if ret_tx.try_send((key, value)).is_err() {
+                    self.status.retained_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        if !self.pending_acks.is_empty() {
+            self.wake();
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        client: &async_nats::Client,
+        key: InterestKey,
+        in_tx: &mpsc::Sender<Inbound>,
+    ) {
+        let shared = Arc::new(key.clone());
+        let mut tasks = Vec::new();
+        for subject in filter_subjects(&key.filter) {
+            let sub = match (&key.group, &self.queue_client) {
+                (Some(g), Some(q)) => q.queue_subscribe(subject.clone(), queue_group(g)).await,
+                _ => client.subscribe(subject.clone()).await,
+            };
+            let mut sub = match sub {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("cluster: subscribe {subject}: {e}");
+                    continue;
+                }
+            };
+            let tx = in_tx.clone();
+            let k = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                while let Some(m) = sub.next().await {
+                    if tx.send((k.clone(), m)).await.is_err() {
+                        break;
+                    }
+                }
+            }));
+        }
+        self.subs.insert(key, tasks);
+    }
+
+    /// Whether (origin, id) was seen in the window; remembers it if not.
+    fn seen_before(&mut self, origin: &str, id: u64) -> bool {
+        let o = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(origin);
+        if !self.seen.insert((o, id)) {
+            return true;
+        }
+        self.seen_order.push_back((o, id));
+        if self.seen_order.len() > DEDUP_WINDOW {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        false
+    }
+
+    fn on_nats(&mut self, key: &InterestKey, m: async_nats::Message) {
+        let Ok((topic, _)) = subject_topic(m.subject.as_str()) else {
+            self.status.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let meta = match &m.headers {
+            Some(h) => headers::decode(|n| h.get(n).map(|v| v.as_str())),
+            None => Err(super::ClusterError::BadHeader(headers::QOS)),
+        };
+        let Ok(meta) = meta else {
+            self.status.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if key.group.is_none() && self.seen_before(&meta.origin, meta.id) {
+            self.status.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let msg = Arc::new(Message {
+            topic: Bytes::from(topic),
+            payload: m.payload,
+            qos: meta.qos,
+            retain: meta.retain,
+            properties: meta.properties,
+            arrived_at: Instant::now(),
+            // From another node: No Local can never apply here.
+            origin_shard: CLUSTER_ORIGIN,
+            origin_session: NONE,
+            owned: true,
+        });
+        self.status.received.fetch_add(1, Ordering::Relaxed);
+        match &key.group {
+            None => {
+                // A second matching filter's copy was dropped above, so every loop
+                // with interest gets this one and matches its own subscriptions.
+                let loops = self.interest.any_loops();
+                for l in loops.iter() {
+                    self.push(
+                        l,
+                        ShardMsg::Publish {
+                            msg: msg.clone(),
+                            plain: true,
+                            shared: Vec::new(),
+                        },
+                    );
+                }
+            }
+            Some(g) => {
+                // NATS picked this node for the group; pick one of its loops.
+                self.shared_rr = self.shared_rr.wrapping_add(1);
+                if let Some(l) = self.interest.loops(key).nth_wrapping(self.shared_rr) {
+                    let target = SharedTarget {
+                        filter: key.filter.clone(),
+                        group: g.clone(),
+                    };
+                    self.push(
+                        l,
+                        ShardMsg::Publish {
+                            msg,
+                            plain: false,
+                            shared: vec![target],
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    fn on_retained(&mut self, e: kv::Entry) {
+        let Ok(topic) = headers::retained_topic(&e.key) else {
+            self.status.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let (qos, properties, payload) = match e.operation {
+            kv::Operation::Put => match headers::decode_retained(&e.value) {
+                Ok(v) => v,
+                Err(_) => {
+                    self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+            },
+            // An empty payload is how a replica deletes.
+            kv::Operation::Delete | kv::Operation::Purge => (
+                crate::protocol::QoS::AtMostOnce,
+                Default::default(),
+                Bytes::new(),
+            ),
+        };
+        let msg = Message {
+            topic: Bytes::from(topic),
+            payload,
+            qos,
+            retain: true,
+            properties,
+            // Arrival here orders entries by the bucket's order (the watch delivers
+            // in it), which is what every node's replica converges to.
+            arrived_at: Instant::now(),
+            origin_shard: CLUSTER_ORIGIN,
+            origin_session: NONE,
+            owned: true,
+        };
+        let body = Arc::new(crate::shard::RetainedBody::from_cluster(&msg));
+        self.status.retained_applied.fetch_add(1, Ordering::Relaxed);
+        for l in 0..self.producers.len() {
+            self.push(l, ShardMsg::Retain(body.clone()));
+        }
+    }
+
+    fn push(&mut self, l: usize, m: ShardMsg) {
+        let Some(p) = self.producers.get_mut(l) else {
+            return;
+        };
+        if p.push(ClusterIn::Msg(m)).is_err() {
+            self.status.dropped_in.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.to_wake[l] = true;
+        self.woken_burst += 1;
+    }
+
+    /// One wake per loop that got messages since the last call; first the acks that
+    /// wait for room (in order; one that finds its ring full stays, with those after).
+    fn wake(&mut self) {
+        while let Some(&(l, token, stored)) = self.pending_acks.front() {
+            let Some(p) = self.producers.get_mut(l) else {
+                self.pending_acks.pop_front();
+                continue;
+            };
+            if p.push(ClusterIn::Ack { token, stored }).is_err() {
+                break;
+            }
+            self.pending_acks.pop_front();
+            let c = if stored {
+                &self.status.qos_stored
+            } else {
+                &self.status.qos_unconfirmed
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            self.to_wake[l] = true;
+        }
+        for (l, w) in self.to_wake.iter_mut().enumerate() {
+            if std::mem::take(w) {
+                if let Some(r) = self.wakes[l].get() {
+                    r.wake();
+                }
+            }
+        }
+        self.woken_burst = 0;
+    }
+}

@@ -1,0 +1,366 @@
+//! The cluster layer's sans-IO parts: mapping vectors and property tests (reversible,
+//! NATS matching agrees with MQTT matching and with the trie), interest counts against
+//! a model, header and retained-value round trips.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::headers::{self, Meta};
+use super::interest::{InterestChange, InterestKey, InterestTable};
+use super::subject::{
+    filter_subjects, nats_matches, queue_group, subject_topic, topic_subject, QosClass,
+};
+use super::ClusterError;
+use crate::protocol::{PublishProperties, QoS, UserProperty};
+use crate::topic::{matches, TopicTrie};
+
+const Q0: QosClass = QosClass::AtMostOnce;
+const Q1: QosClass = QosClass::AtLeastOnce;
+
+#[test]
+fn topic_vectors() {
+    let cases: &[(&str, &str)] = &[
+        ("a/b", "mq.0.a.b"),
+        ("a.b", "mq.0.a%2Eb"),
+        ("a b/*/>", "mq.0.a%20b.%2A.%3E"),
+        ("/", "mq.0.%.%"),
+        ("a//b", "mq.0.a.%.b"),
+        ("100%", "mq.0.100%25"),
+        ("é", "mq.0.%C3%A9"),
+        ("sensor-1/temp_c", "mq.0.sensor-1.temp_c"),
+    ];
+    for (topic, subject) in cases {
+        assert_eq!(
+            topic_subject(topic.as_bytes(), Q0).as_deref(),
+            Some(*subject)
+        );
+        let (back, class) = subject_topic(subject).unwrap();
+        assert_eq!(back, topic.as_bytes());
+        assert_eq!(class, Q0);
+    }
+    assert_eq!(topic_subject(b"a", Q1).as_deref(), Some("mq.1.a"));
+    assert_eq!(topic_subject(b"$SYS/broker/uptime", Q0), None);
+}
+
+#[test]
+fn filter_vectors() {
+    let subs = |f: &str| filter_subjects(f.as_bytes()).into_vec();
+    assert_eq!(subs("a/+/c"), ["mq.*.a.*.c"]);
+    assert_eq!(subs("a/#"), ["mq.*.a", "mq.*.a.>"]);
+    assert_eq!(subs("#"), ["mq.*.>"]);
+    assert_eq!(subs("+"), ["mq.*.*"]);
+    assert_eq!(subs("a.b/ /#"), ["mq.*.a%2Eb.%20", "mq.*.a%2Eb.%20.>"]);
+    assert!(subs("$SYS/#").is_empty());
+    assert_eq!(queue_group(b"g 1"), "g%201");
+}
+
+#[test]
+fn foreign_subjects_are_refused() {
+    for s in [
+        "x.0.a",
+        "mq.2.a",
+        "mq.0",
+        "mq.0.a%2",
+        "mq.0.a%zz",
+        "mq.0.%61",
+        "mq.0.a b",
+        "mq.0.a..b",
+        "mq.0.%24SYS",
+        "mq.0.*",
+    ] {
+        assert_eq!(subject_topic(s), Err(ClusterError::BadSubject), "{s}");
+    }
+}
+
+#[test]
+fn nats_matcher_follows_nats_rules() {
+    assert!(nats_matches("a.*", "a.b"));
+    assert!(!nats_matches("a.*", "a.b.c"));
+    assert!(nats_matches("a.>", "a.b.c"));
+    assert!(!nats_matches("a.>", "a"));
+    assert!(!nats_matches("a.b", "a"));
+}
+
+/// Levels built from the characters NATS reserves and the escape itself, so the
+/// escaping is exercised everywhere.
+fn level() -> impl Strategy<Value = String> {
+    proptest::collection::vec(
+        prop_oneof![
+            Just('a'),
+            Just('b'),
+            Just('.'),
+            Just(' '),
+            Just('*'),
+            Just('>'),
+            Just('%'),
+            Just('\t'),
+            Just('é'),
+            Just('-'),
+        ],
+        0..4,
+    )
+    .prop_map(|v| v.into_iter().collect())
+}
+
+fn topic() -> impl Strategy<Value = String> {
+    proptest::collection::vec(level(), 1..5)
+        .prop_map(|v| v.join("/"))
+        .prop_filter("$ topics stay local; no empty topic", |t| {
+            !t.is_empty() && !t.starts_with('$')
+        })
+}
+
+/// Filter levels from a small alphabet (so filters often match), wildcards included.
+fn filter() -> impl Strategy<Value = String> {
+    let lvl = prop_oneof![
+        Just("+".to_owned()),
+        Just("a".to_owned()),
+        Just("b".to_owned()),
+        Just("".to_owned()),
+        Just("a.b".to_owned()),
+        Just("*".to_owned()),
+    ];
+    (proptest::collection::vec(lvl, 1..4), any::<bool>())
+        .prop_map(|(v, hash)| {
+            let mut f = v.join("/");
+            if hash {
+                f.push_str("/#");
+            }
+            f
+        })
+        // MQTT refuses an empty filter (validate_filter); empty levels are fine.
+        .prop_filter("non-empty filter", |f| !f.is_empty())
+}
+
+fn small_topic() -> impl Strategy<Value = String> {
+    let lvl = prop_oneof![
+        Just("a".to_owned()),
+        Just("b".to_owned()),
+        Just("".to_owned()),
+        Just("a.b".to_owned()),
+        Just("*".to_owned()),
+        Just(">".to_owned()),
+    ];
+    proptest::collection::vec(lvl, 1..5)
+        .prop_map(|v| v.join("/"))
+        .prop_filter("non-empty topic", |t| !t.is_empty())
+}
+
+fn token_ok(t: &str) -> bool {
+    !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic() && b != b'.')
+}
+
+proptest! {
+    #[test]
+    fn topic_mapping_is_reversible(t in topic(), q1 in any::<bool>()) {
+        let class = if q1 { Q1 } else { Q0 };
+        let s = topic_subject(t.as_bytes(), class).unwrap();
+        // Valid NATS subject for a publish: non-empty printable tokens, no wildcards.
+        prop_assert!(s.split('.').all(token_ok), "{s}");
+        prop_assert!(s.split('.').all(|tok| tok != "*" && tok != ">"));
+        prop_assert!(!s.contains('*') && !s.contains('>'));
+        let (back, c) = subject_topic(&s).unwrap();
+        prop_assert_eq!(back, t.as_bytes().to_vec());
+        prop_assert_eq!(c, class);
+    }
+
+    #[test]
+    fn filter_subjects_are_valid(f in filter()) {
+        for s in filter_subjects(f.as_bytes()) {
+            let toks: Vec<&str> = s.split('.').collect();
+            prop_assert!(toks.iter().all(|t| token_ok(t)), "{s}");
+            // `>` only last; `*`/`>` never inside a token.
+            for (i, t) in toks.iter().enumerate() {
+                prop_assert!(*t != ">" || i == toks.len() - 1);
+                prop_assert!(t.len() == 1 || (!t.contains('*') && !t.contains('>')));
+            }
+        }
+    }
+
+    /// NATS delivers a message to a node exactly when MQTT matching (the naive
+    /// matcher and the broker's trie) says one of its filters matches.
+    #[test]
+    fn nats_matching_agrees_with_mqtt(f in filter(), t in small_topic(), q1 in any::<bool>()) {
+        let class = if q1 { Q1 } else { Q0 };
+        let subject = topic_subject(t.as_bytes(), class).unwrap();
+        let nats = filter_subjects(f.as_bytes()).iter().any(|p| nats_matches(p, &subject));
+        let naive = matches(f.as_bytes(), t.as_bytes());
+        let mut trie: TopicTrie<u32> = TopicTrie::new();
+        trie.insert(f.as_bytes(), 1);
+        let mut in_trie = false;
+        trie.for_each_match(t.as_bytes(), |_| in_trie = true);
+        prop_assert_eq!(nats, naive, "filter {:?} topic {:?} subject {}", f, t, subject);
+        prop_assert_eq!(nats, in_trie, "filter {:?} topic {:?}", f, t);
+    }
+
+    /// A message matching two filters of one node comes once per filter from NATS,
+    /// never more: each filter's subjects are disjoint (`a` and `a.>`).
+    #[test]
+    fn one_filter_matches_at_most_once(f in filter(), t in small_topic()) {
+        let subject = topic_subject(t.as_bytes(), Q0).unwrap();
+        let n = filter_subjects(f.as_bytes()).iter().filter(|p| nats_matches(p, &subject)).count();
+        prop_assert!(n <= 1);
+    }
+
+    #[test]
+    fn arbitrary_subjects_never_panic(s in "[a-z0-9%.*> A-F]{0,24}") {
+        if let Ok((t, c)) = subject_topic(&s) {
+            // Whatever decodes is canonical: it maps back to the same subject.
+            let again = topic_subject(&t, c);
+            prop_assert_eq!(again.as_deref(), Some(s.as_str()));
+        }
+    }
+
+    /// The table against a model: per key, the set of loops that said add last.
+    #[test]
+    fn interest_counts_follow_a_model(ops in proptest::collection::vec((0usize..4, 0usize..3, any::<bool>()), 0..64)) {
+        let keys: Vec<InterestKey> = ["a/#", "b", "c/+"]
+            .iter()
+            .map(|f| InterestKey { filter: Bytes::from_static(f.as_bytes()), group: None })
+            .collect();
+        let mut t = InterestTable::new();
+        let mut model = [[false; 4]; 3];
+        for (l, k, add) in ops {
+            let before = model[k].iter().any(|x| *x);
+            model[k][l] = add;
+            let after = model[k].iter().any(|x| *x);
+            let want = match (before, after) {
+                (false, true) => InterestChange::Subscribe,
+                (true, false) => InterestChange::Unsubscribe,
+                _ => InterestChange::None,
+            };
+            prop_assert_eq!(t.apply(l, &keys[k], add), want);
+            let loops = t.loops(&keys[k]);
+            for (i, m) in model[k].iter().enumerate() {
+                prop_assert_eq!(loops.contains(i), *m);
+            }
+            for l in 0..4 {
+                let any = model.iter().any(|m| m[l]);
+                prop_assert_eq!(t.any_loops().contains(l), any);
+            }
+        }
+        prop_assert_eq!(t.len(), model.iter().filter(|m| m.iter().any(|x| *x)).count());
+    }
+
+    #[test]
+    fn header_decode_never_panics(q in ".{0,4}", r in ".{0,2}", id in ".{0,6}", p in ".{0,12}") {
+        let _ = headers::decode(|n| match n {
+            headers::QOS => Some(q.as_str()),
+            headers::RETAIN => Some(r.as_str()),
+            headers::ORIGIN => Some("n1"),
+            headers::ID => Some(id.as_str()),
+            headers::PROPS => Some(p.as_str()),
+            _ => None,
+        });
+    }
+
+    #[test]
+    fn retained_value_decode_never_panics(v in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let _ = headers::decode_retained(&v);
+    }
+
+    #[test]
+    fn retained_key_is_reversible_and_valid(t in topic()) {
+        let k = headers::retained_key(t.as_bytes());
+        prop_assert!(k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        prop_assert_eq!(headers::retained_topic(&k).unwrap(), t.as_bytes().to_vec());
+    }
+}
+
+fn props() -> PublishProperties {
+    PublishProperties {
+        payload_format_indicator: Some(1),
+        message_expiry_interval_s: Some(60),
+        response_topic: Some(Bytes::from_static(b"reply/to")),
+        correlation_data: Some(Bytes::from_static(&[0, 1, 2])),
+        content_type: Some(Bytes::from_static(b"text/plain")),
+        user_properties: vec![(
+            Bytes::from_static("k é".as_bytes()),
+            Bytes::from_static(b"v\n"),
+        ) as UserProperty],
+        ..PublishProperties::default()
+    }
+}
+
+fn lookup<'a>(h: &'a [(&'static str, String)]) -> impl Fn(&str) -> Option<&'a str> {
+    move |n| h.iter().find(|(k, _)| *k == n).map(|(_, v)| v.as_str())
+}
+
+#[test]
+fn headers_round_trip() {
+    for (qos, retain, properties) in [
+        (QoS::AtMostOnce, false, PublishProperties::default()),
+        (QoS::AtLeastOnce, true, props()),
+        (QoS::ExactlyOnce, false, props()),
+    ] {
+        let meta = Meta {
+            qos,
+            retain,
+            origin: "node-1".into(),
+            id: 42,
+            properties,
+        };
+        let h = headers::encode(&meta);
+        assert_eq!(headers::decode(lookup(&h)), Ok(meta));
+    }
+}
+
+#[test]
+fn per_connection_properties_are_not_forwarded() {
+    let mut p = props();
+    p.topic_alias = Some(3);
+    p.subscription_identifiers.push(7);
+    let meta = Meta {
+        qos: QoS::AtMostOnce,
+        retain: false,
+        origin: "n".into(),
+        id: 1,
+        properties: p,
+    };
+    let back = headers::decode(lookup(&headers::encode(&meta))).unwrap();
+    assert_eq!(back.properties, props());
+}
+
+#[test]
+fn bad_headers_are_named() {
+    let h = [(headers::QOS, "3".to_owned())];
+    assert_eq!(
+        headers::decode(lookup(&h)),
+        Err(ClusterError::BadHeader(headers::QOS))
+    );
+    let h = [
+        (headers::QOS, "1".to_owned()),
+        (headers::ORIGIN, "n".to_owned()),
+        (headers::ID, "x".to_owned()),
+    ];
+    assert_eq!(
+        headers::decode(lookup(&h)),
+        Err(ClusterError::BadHeader(headers::ID))
+    );
+    let h = [
+        (headers::QOS, "1".to_owned()),
+        (headers::ORIGIN, "n".to_owned()),
+        (headers::ID, "1".to_owned()),
+        (headers::PROPS, "!!".to_owned()),
+    ];
+    assert_eq!(
+        headers::decode(lookup(&h)),
+        Err(ClusterError::BadHeader(headers::PROPS))
+    );
+}
+
+#[test]
+fn retained_value_round_trip() {
+    for (qos, p, payload) in [
+        (QoS::AtMostOnce, PublishProperties::default(), &b""[..]),
+        (QoS::AtLeastOnce, props(), &b"21.5"[..]),
+    ] {
+        let v = headers::encode_retained(qos, &p, payload);
+        let (q, back, pl) = headers::decode_retained(&v).unwrap();
+        assert_eq!((q, back, &pl[..]), (qos, p, payload));
+    }
+    assert_eq!(
+        headers::decode_retained(&[9, 0, 0, 0, 0, 0]),
+        Err(ClusterError::BadRetained)
+    );
+}

@@ -1,0 +1,127 @@
+//! Cluster keys (issue #17; `src/cluster`): the NATS server this node joins the
+//! cluster through, the node's name, the NATS credentials and TLS files, and the
+//! replication of the JetStream KV buckets. `cluster_nats = ""` (the default) is
+//! single-node mode: nothing of the cluster runs.
+
+use clap::Args;
+
+use super::cli::{d, with_default};
+use super::value::{int, optional_path, push_text, text, Expect, Raw};
+use super::Config;
+
+#[derive(Args, Debug, Default, Clone)]
+pub struct ClusterArgs {
+    /// NATS server URL(s) this node joins the cluster through, comma-separated
+    /// (nats://host:4222, tls://host:4222), usually the node's local member of a
+    /// NATS cluster with JetStream. Default: "" (single node, no cluster)
+    #[arg(long, value_name = "URL")]
+    pub cluster_nats: Option<String>,
+    /// This node's name in the cluster, unique per node (letters, digits, '-', '_').
+    /// Default: "" (a random name per start)
+    #[arg(long, value_name = "NAME")]
+    pub cluster_node_name: Option<String>,
+    /// NATS user name (with --cluster-nats-password). Default: "" (none)
+    #[arg(long, value_name = "USER")]
+    pub cluster_nats_user: Option<String>,
+    /// NATS password (with --cluster-nats-user). Default: "" (none)
+    #[arg(long, value_name = "PASSWORD")]
+    pub cluster_nats_password: Option<String>,
+    /// NATS credentials file (JWT and NKey seed, as `nsc` writes it). Default: "" (none)
+    #[arg(long, value_name = "FILE")]
+    pub cluster_nats_creds_file: Option<String>,
+    /// PEM file of the CA that signs the NATS servers' certificates; setting it
+    /// requires TLS to NATS. Default: "" (system roots when the URL is tls://)
+    #[arg(long, value_name = "FILE")]
+    pub cluster_nats_tls_ca_file: Option<String>,
+    /// PEM certificate chain this node presents to NATS (with
+    /// --cluster-nats-tls-key-file). Default: "" (none)
+    #[arg(long, value_name = "FILE")]
+    pub cluster_nats_tls_cert_file: Option<String>,
+    /// PEM private key of --cluster-nats-tls-cert-file. Default: "" (none)
+    #[arg(long, value_name = "FILE")]
+    pub cluster_nats_tls_key_file: Option<String>,
+    #[arg(long, value_name = "N", help = with_default("JetStream replicas of the cluster's KV buckets (retained messages); at most the NATS cluster size, 1..=5", d().cluster_kv_replicas))]
+    pub cluster_kv_replicas: Option<String>,
+}
+
+pub(super) const KEYS: &[&str] = &[
+    "cluster_nats",
+    "cluster_node_name",
+    "cluster_nats_user",
+    "cluster_nats_password",
+    "cluster_nats_creds_file",
+    "cluster_nats_tls_ca_file",
+    "cluster_nats_tls_cert_file",
+    "cluster_nats_tls_key_file",
+    "cluster_kv_replicas",
+];
+
+/// `nats://`, `tls://` (and `ws(s)://`, which async-nats would refuse here) URLs.
+fn nats_urls(raw: &Raw) -> Result<Vec<String>, Expect> {
+    let expected = || "NATS URLs like nats://127.0.0.1:4222, comma-separated, or \"\"".to_string();
+    let s = text(raw).map_err(|_| expected())?;
+    let mut urls = Vec::new();
+    for u in s.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+        let ok = ["nats://", "tls://"].iter().any(|p| {
+            u.strip_prefix(p)
+                .is_some_and(|rest| !rest.is_empty() && !rest.contains(char::is_whitespace))
+        });
+        if !ok {
+            return Err(expected());
+        }
+        urls.push(u.to_string());
+    }
+    Ok(urls)
+}
+
+fn node_name(raw: &Raw) -> Result<String, Expect> {
+    let expected = || "a name of letters, digits, '-' and '_' (at most 64), or \"\"".to_string();
+    let s = text(raw).map_err(|_| expected())?;
+    let ok = s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    ok.then_some(s).ok_or_else(expected)
+}
+
+/// Applies one key of this part. `Ok(false)`: not one of its keys.
+pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
+    match key {
+        "cluster_nats" => cfg.cluster_nats = nats_urls(raw)?,
+        "cluster_node_name" => cfg.cluster_node_name = node_name(raw)?,
+        "cluster_nats_user" => cfg.cluster_nats_user = text(raw)?,
+        "cluster_nats_password" => cfg.cluster_nats_password = text(raw)?,
+        "cluster_nats_creds_file" => cfg.cluster_nats_creds_file = optional_path(raw)?,
+        "cluster_nats_tls_ca_file" => cfg.cluster_nats_tls_ca_file = optional_path(raw)?,
+        "cluster_nats_tls_cert_file" => cfg.cluster_nats_tls_cert_file = optional_path(raw)?,
+        "cluster_nats_tls_key_file" => cfg.cluster_nats_tls_key_file = optional_path(raw)?,
+        "cluster_kv_replicas" => cfg.cluster_kv_replicas = int(raw, 1, 5)? as usize,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+impl ClusterArgs {
+    pub(super) fn values(&self, v: &mut Vec<(&'static str, Raw)>) {
+        push_text(v, "cluster_nats", &self.cluster_nats);
+        push_text(v, "cluster_node_name", &self.cluster_node_name);
+        push_text(v, "cluster_nats_user", &self.cluster_nats_user);
+        push_text(v, "cluster_nats_password", &self.cluster_nats_password);
+        push_text(v, "cluster_nats_creds_file", &self.cluster_nats_creds_file);
+        push_text(
+            v,
+            "cluster_nats_tls_ca_file",
+            &self.cluster_nats_tls_ca_file,
+        );
+        push_text(
+            v,
+            "cluster_nats_tls_cert_file",
+            &self.cluster_nats_tls_cert_file,
+        );
+        push_text(
+            v,
+            "cluster_nats_tls_key_file",
+            &self.cluster_nats_tls_key_file,
+        );
+        push_text(v, "cluster_kv_replicas", &self.cluster_kv_replicas);
+    }
+}

@@ -1,0 +1,223 @@
+//! The shard's side of the cluster (issue #17; `src/cluster`): what a loop hands the
+//! cluster thread once per turn (this shard's client publishes and wills, and its
+//! interest changes), and what comes back (messages from NATS, and the JetStream acks
+//! a held PUBACK/PUBREC waits for). Off unless `enable_cluster` was called:
+//! single-node mode pays one `Option` test per publish and per route change.
+//!
+//! **Acknowledgement follows the cluster.** A client's QoS 1/2 PUBLISH on a cluster
+//! node is delivered locally at once, but its PUBACK (PUBREC) is held until the
+//! cluster thread reports that JetStream stored the message (`ClusterIn::Ack`): once
+//! the publisher holds the PUBACK, a subscriber on another node gets the message
+//! even if this node dies right after. When NATS cannot confirm (down, no stream),
+//! the ack still comes, marked not stored, and the PUBACK is sent: a node cut off
+//! from NATS keeps serving its own clients.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::retained::RetainedBody;
+use super::{ConnId, Shard, ShardMsg};
+use crate::protocol::{Packet, PubResp, QoS};
+use crate::session::Message;
+
+/// Publishes kept for the cluster thread per turn; a turn that reads more drops the
+/// rest for the cluster (still delivered locally), counted in `ClusterOut::dropped`.
+const CLUSTER_OUT_MAX: usize = 65_536;
+
+/// One interest change: this shard's local count for `filter` (or `group` on it) went
+/// 0 → 1 (`add`) or 1 → 0.
+#[derive(Debug, Clone)]
+pub struct ClusterInterest {
+    pub filter: Bytes,
+    pub group: Option<Bytes>,
+    pub add: bool,
+}
+
+/// A held PUBACK (QoS 1) or PUBREC (QoS 2): which connection, which packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckToken {
+    pub conn: ConnId,
+    /// The connection's generation: a connection id reused meanwhile is not this one.
+    pub generation: u32,
+    pub packet_id: u16,
+    pub qos: QoS,
+}
+
+/// One message for NATS; `ack` when its publisher waits for the JetStream ack.
+#[derive(Debug)]
+pub struct Forward {
+    pub msg: Arc<Message>,
+    pub ack: Option<AckToken>,
+}
+
+/// What the cluster thread hands a loop.
+#[derive(Debug)]
+pub enum ClusterIn {
+    /// A publish from another node or a retained entry from the bucket.
+    Msg(ShardMsg),
+    /// JetStream answered for a held acknowledgement (`stored`: it has the message).
+    Ack { token: AckToken, stored: bool },
+}
+
+/// What a turn of this shard gives the cluster thread.
+#[derive(Debug, Default)]
+pub struct ClusterOut {
+    pub publishes: Vec<Forward>,
+    pub interest: Vec<ClusterInterest>,
+    /// Publishes past `CLUSTER_OUT_MAX` this turn, not forwarded.
+    pub dropped: u64,
+    /// Index in `publishes` of the message the current `publish` call forwarded.
+    pushed: Option<usize>,
+}
+
+impl ClusterOut {
+    fn is_empty(&self) -> bool {
+        self.publishes.is_empty() && self.interest.is_empty() && self.dropped == 0
+    }
+}
+
+impl RetainedBody {
+    /// A retained entry from the cluster's KV bucket.
+    pub fn from_cluster(m: &Message) -> RetainedBody {
+        RetainedBody::new(m)
+    }
+}
+
+impl Shard {
+    /// Turns the cluster side on, before the shard has any subscription:
+    /// publishes and interest changes are kept from now on for `take_cluster_out`.
+    pub fn enable_cluster(&mut self) {
+        self.cluster = Some(Box::default());
+    }
+
+    /// This turn's publishes and interest changes, when there are any.
+    pub fn take_cluster_out(&mut self) -> Option<ClusterOut> {
+        let c = self.cluster.as_deref_mut()?;
+        if c.is_empty() {
+            return None;
+        }
+        Some(std::mem::take(c))
+    }
+
+    /// A message this shard's client (or will) published: forwarded to NATS unless it
+    /// is a `$`-topic (those stay on their node). `arc` is the fan-out's shared copy
+    /// when it made one.
+    #[inline]
+    pub(super) fn cluster_forward(&mut self, msg: &Message, arc: &mut Option<Arc<Message>>) {
+        let Some(c) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if msg.topic.first() == Some(&b'$') {
+            return;
+        }
+        if c.publishes.len() >= CLUSTER_OUT_MAX {
+            c.dropped += 1;
+            return;
+        }
+        // Its own bytes: the cluster thread may hold it past this receive buffer.
+        let a = arc.get_or_insert_with(|| Arc::new(msg.compacted())).clone();
+        c.pushed = Some(c.publishes.len());
+        c.publishes.push(Forward { msg: a, ack: None });
+    }
+
+    /// Called before a client's `publish`: forgets which message was forwarded last.
+    #[inline]
+    pub(super) fn cluster_mark(&mut self) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.pushed = None;
+        }
+    }
+
+    /// Right after a client's QoS 1/2 `publish`: when it went to the cluster, its
+    /// acknowledgement waits for JetStream (returns `true`: do not send it now).
+    pub(super) fn cluster_hold_ack(
+        &mut self,
+        conn: ConnId,
+        packet_id: u16,
+        qos: QoS,
+        pushed: Option<usize>,
+    ) -> bool {
+        let Some(generation) = self.conns.get(conn).map(|c| c.generation) else {
+            return false;
+        };
+        let Some(f) = self
+            .cluster
+            .as_deref_mut()
+            .and_then(|c| c.publishes.get_mut(pushed?))
+        else {
+            return false;
+        };
+        f.ack = Some(AckToken {
+            conn,
+            generation,
+            packet_id,
+            qos,
+        });
+        true
+    }
+
+    /// Which entry the last `publish` forwarded (see `cluster_mark`).
+    #[inline]
+    pub(super) fn cluster_pushed(&mut self) -> Option<usize> {
+        self.cluster.as_deref_mut().and_then(|c| c.pushed.take())
+    }
+
+    /// What the cluster thread hands this shard.
+    pub fn on_cluster_in(&mut self, m: ClusterIn, now: Instant) {
+        match m {
+            ClusterIn::Msg(msg) => self.on_cluster_message(msg, now),
+            ClusterIn::Ack { token, stored: _ } => self.on_cluster_ack(token),
+        }
+    }
+
+    /// The held acknowledgement goes out, if its connection is still the one.
+    fn on_cluster_ack(&mut self, t: AckToken) {
+        if self
+            .conns
+            .get(t.conn)
+            .map_or(true, |c| c.generation != t.generation)
+        {
+            // Gone: the client sends the PUBLISH again on its next connection.
+            return;
+        }
+        match t.qos {
+            QoS::AtLeastOnce => self.write_puback(t.conn, t.packet_id),
+            QoS::ExactlyOnce => {
+                self.write_control(t.conn, &Packet::PubRec(PubResp::new(t.packet_id)))
+            }
+            QoS::AtMostOnce => {}
+        }
+    }
+
+    #[inline]
+    pub(super) fn cluster_interest(&mut self, filter: &Bytes, group: Option<&Bytes>, add: bool) {
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.interest.push(ClusterInterest {
+                filter: filter.clone(),
+                group: group.cloned(),
+                add,
+            });
+        }
+    }
+
+    /// A message the cluster thread hands this shard: a publish from another node
+    /// (delivered to local subscribers, never forwarded again) or a retained entry
+    /// from the bucket (applied under this node's own retained bounds and memory
+    /// mark: the publishing node's bounds say nothing about this one's).
+    pub fn on_cluster_message(&mut self, msg: ShardMsg, now: Instant) {
+        self.last_now = Some(now);
+        match msg {
+            ShardMsg::Publish { msg, plain, shared } => {
+                self.on_remote_publish(msg, plain, shared, now);
+                self.drop_slow_consumers(now);
+            }
+            ShardMsg::Retain(body) => {
+                self.apply_retained(&body, true, now);
+            }
+            // The cluster thread sends neither; a loop's routes stay between loops.
+            ShardMsg::Route(_) | ShardMsg::RouteAck { .. } => {}
+        }
+    }
+}

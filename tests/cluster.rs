@@ -1,0 +1,535 @@
+//! Several ringmq nodes on NATS (issue #17), end to end: 3 nats-servers as one
+//! JetStream cluster (explicit routes, temporary store directories, loopback ports) and
+//! 3 ringmq nodes, each joined to its own NATS server, driven by mosquitto_pub and
+//! mosquitto_sub. One test walks every scenario in order so the cluster is formed once
+//! (forming a JetStream cluster takes seconds). Needs `nats-server`, `mosquitto_pub`
+//! and `mosquitto_sub` (tests/install-deps.sh installs them); fails if they are
+//! missing.
+//!
+//! Waits are bounded polls for an outcome (interest reaches NATS asynchronously after
+//! the SUBACK); nothing asserts how long anything took.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use support::{uniq, Broker, Launch};
+
+/// Bound on every wait for an outcome (a failure, not a timing assertion).
+const PATIENCE: Duration = Duration::from_secs(20);
+/// Bound on retained outcomes after a NATS server was killed: a KV watch whose
+/// ordered consumer lived on that server is only recreated after its missed
+/// heartbeats (2 x 5 s in async-nats), and the bucket's stream may first elect a new
+/// leader.
+const RECOVERY: Duration = Duration::from_secs(60);
+
+fn require_tool(name: &str) -> PathBuf {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| {
+            panic!("`{name}` is not installed (not on PATH): run `bash tests/install-deps.sh`")
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// One nats-server of the test cluster, killed by its own PID on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(uniq(tag));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Three nats-servers routed into one JetStream cluster.
+fn nats_cluster() -> Vec<Nats> {
+    let bin = require_tool("nats-server");
+    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    (0..3)
+        .map(|i| {
+            let dir = TempDir::new(&format!("nats{i}"));
+            let routes: Vec<String> = (0..3)
+                .filter(|j| *j != i)
+                .map(|j| format!("nats://127.0.0.1:{}", route[j]))
+                .collect();
+            let child = Command::new(&bin)
+                .args(["-a", "127.0.0.1", "-p", &client[i].to_string()])
+                .args(["-n", &format!("ringmq-test-{i}")])
+                .args(["-js", "-sd", &dir.0.to_string_lossy()])
+                .args(["--cluster_name", "ringmq-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", route[i])])
+                .args(["--routes", &routes.join(",")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nats-server");
+            Nats {
+                child,
+                port: client[i],
+                _dir: dir,
+            }
+        })
+        .collect()
+}
+
+/// A ringmq node joined to the cluster through `urls`.
+fn node(name: &str, urls: &str) -> Broker {
+    Launch::new(&[
+        "--log-level",
+        "info,ringmq::cluster=debug",
+        "--shards",
+        "2",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--cluster-nats",
+        urls,
+        "--cluster-node-name",
+        name,
+        "--cluster-kv-replicas",
+        "3",
+    ])
+    .spawn()
+}
+
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the HTTP listener");
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    let code = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, text)
+}
+
+/// Polls `/healthz` until it answers `want` (bounded).
+fn wait_health(b: &Broker, want: u16) {
+    let addr = b.http_addr().expect("node has an HTTP listener");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (code, text) = http_get(&addr, "/healthz");
+        if code == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz of {addr} never answered {want}; last: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A running mosquitto_sub whose `topic payload` lines stream into the test.
+struct Sub {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Sub {
+    fn start(b: &Broker, qos: u8, filters: &[&str]) -> Sub {
+        let mut c = Command::new(require_tool("mosquitto_sub"));
+        c.args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+            .args(["-q", &qos.to_string(), "-v", "-i", &uniq("sub")]);
+        for f in filters {
+            c.args(["-t", f]);
+        }
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto_sub");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Sub {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (bounded) until a line satisfies `f`; every line read is kept in `seen`.
+    fn wait_for(&mut self, what: &str, f: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        if self.seen.iter().any(|l| f(l)) {
+            return;
+        }
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            if let Ok(l) = self
+                .lines
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                let hit = f(&l);
+                self.seen.push(l);
+                if hit {
+                    return;
+                }
+            }
+        }
+        panic!("never saw {what}; saw {:?}", self.seen);
+    }
+
+    /// Lines equal to `line` seen so far.
+    fn count(&self, line: &str) -> usize {
+        self.seen.iter().filter(|l| *l == line).count()
+    }
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn publish(b: &Broker, qos: u8, topic: &str, payload: &str, retain: bool) {
+    let mut c = Command::new(require_tool("mosquitto_pub"));
+    c.args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+        .args(["-q", &qos.to_string(), "-t", topic, "-i", &uniq("pub")]);
+    if payload.is_empty() {
+        c.arg("-n");
+    } else {
+        c.args(["-m", payload]);
+    }
+    if retain {
+        c.arg("-r");
+    }
+    let out = c.output().expect("run mosquitto_pub");
+    assert!(out.status.success(), "mosquitto_pub {topic}: {out:?}");
+}
+
+/// Publishes probes on `topic` from `from` until every sub has seen one: interest made
+/// on a node reaches the publisher's NATS server asynchronously.
+fn until_interest(from: &Broker, topic: &str, subs: &mut [&mut Sub]) {
+    let deadline = Instant::now() + PATIENCE;
+    let mut n = 0;
+    loop {
+        n += 1;
+        let probe = format!("probe-{n}");
+        publish(from, 0, topic, &probe, false);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut all = true;
+        for s in subs.iter_mut() {
+            while let Ok(l) = s.lines.try_recv() {
+                s.seen.push(l);
+            }
+            all &= s
+                .seen
+                .iter()
+                .any(|l| l.starts_with(&format!("{topic} probe-")));
+        }
+        if all {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "interest for {topic} never reached the publisher's node"
+        );
+    }
+}
+
+/// Retained `topic` as a new subscriber on `b` sees it (bounded retries: the node's
+/// replica follows the KV bucket asynchronously).
+fn wait_retained(b: &Broker, topic: &str, want: &str) {
+    wait_retained_within(b, topic, want, PATIENCE)
+}
+
+fn wait_retained_within(b: &Broker, topic: &str, want: &str, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    loop {
+        let out = Command::new(require_tool("mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+            .args(["-t", topic, "-v", "-C", "1", "-W", "1", "-i", &uniq("ret")])
+            .output()
+            .expect("run mosquitto_sub");
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if text == format!("{topic} {want}") {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "retained {topic} on :{} never became {want:?}; last {text:?}; node stderr:\n{}",
+            b.port(),
+            b.stderr_tail()
+        );
+    }
+}
+
+#[test]
+fn three_nodes_on_a_nats_cluster() {
+    let mut nats = nats_cluster();
+    let ports: Vec<u16> = nats.iter().map(|n| n.port).collect();
+    let url = |i: usize| format!("nats://127.0.0.1:{}", ports[i]);
+    let n1 = node("n1", &url(0));
+    let mut n2 = node("n2", &url(1));
+    // Node 3 knows every server: when its own goes away it moves to another.
+    let all = format!("{},{},{}", url(2), url(0), url(1));
+    let n3 = node("n3", &all);
+    for n in [&n1, &n2, &n3] {
+        wait_health(n, 200);
+    }
+
+    // Publish on node 1, subscribe on nodes 2 and 3, at QoS 0/1/2: each message once.
+    let mut s2 = Sub::start(&n2, 2, &["q/t"]);
+    let mut s3 = Sub::start(&n3, 2, &["q/t"]);
+    until_interest(&n1, "q/t", &mut [&mut s2, &mut s3]);
+    for qos in 0..=2 {
+        publish(&n1, qos, "q/t", &format!("m-qos{qos}"), false);
+    }
+    publish(&n1, 0, "q/t", "end", false);
+    for s in [&mut s2, &mut s3] {
+        s.wait_for("end", |l| l == "q/t end");
+        for qos in 0..=2 {
+            assert_eq!(s.count(&format!("q/t m-qos{qos}")), 1, "{:?}", s.seen);
+        }
+    }
+
+    // Wildcards: overlapping filters of one subscriber give one copy (NATS sends one
+    // per matching subscription; the node drops the second).
+    let mut w = Sub::start(&n2, 1, &["w/+/x", "w/#"]);
+    until_interest(&n1, "w/a/x", &mut [&mut w]);
+    publish(&n1, 1, "w/b/x", "one", false);
+    publish(&n1, 1, "w/end", "end", false);
+    w.wait_for("w/end", |l| l == "w/end end");
+    assert_eq!(w.count("w/b/x one"), 1, "{:?}", w.seen);
+
+    // $share across nodes: every message to exactly one member cluster-wide, the
+    // publisher's own node among the candidates.
+    let mut g: Vec<Sub> = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| Sub::start(n, 1, &["$share/g/s/#"]))
+        .collect();
+    // The probe reaches one member; wait until every node's queue subscription
+    // exists by probing each member's own node with a plain subscriber beside it.
+    let mut plain: Vec<Sub> = [&n1, &n2, &n3]
+        .iter()
+        .map(|n| Sub::start(n, 0, &["s/#"]))
+        .collect();
+    {
+        let mut refs: Vec<&mut Sub> = plain.iter_mut().skip(1).collect();
+        until_interest(&n1, "s/probe", &mut refs);
+    }
+    for i in 0..30 {
+        publish(&n1, 1, &format!("s/{i}"), &format!("v{i}"), false);
+    }
+    publish(&n1, 1, "s/end", "end", false);
+    for p in plain.iter_mut() {
+        p.wait_for("s/end on a plain subscriber", |l| l == "s/end end");
+    }
+    let deadline = Instant::now() + PATIENCE;
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    while got.len() < 31 && Instant::now() < deadline {
+        for m in g.iter_mut() {
+            while let Ok(l) = m.lines.recv_timeout(Duration::from_millis(50)) {
+                m.seen.push(l);
+            }
+        }
+        got.clear();
+        for m in &g {
+            for l in m.seen.iter().filter(|l| !l.contains("probe")) {
+                *got.entry(l.clone()).or_default() += 1;
+            }
+        }
+    }
+    for i in 0..30 {
+        assert_eq!(got.get(&format!("s/{i} v{i}")), Some(&1), "{got:?}");
+    }
+    drop(g);
+    drop(plain);
+
+    // Retained set on node 1 is seen from every node; cleared from node 3, then a
+    // marker set after the clear: once a node has the marker it has the clear too
+    // (the bucket is applied in its own order).
+    publish(&n1, 1, "r/x", "kept", true);
+    for n in [&n1, &n2, &n3] {
+        wait_retained(n, "r/x", "kept");
+    }
+    publish(&n3, 1, "r/x", "", true);
+    publish(&n3, 1, "r/marker", "after-clear", true);
+    for n in [&n1, &n2, &n3] {
+        wait_retained(n, "r/marker", "after-clear");
+        let out = Command::new(require_tool("mosquitto_sub"))
+            .args(["-h", "127.0.0.1", "-p", &n.port().to_string()])
+            .args(["-t", "r/#", "-v", "-W", "1", "-i", &uniq("ret")])
+            .output()
+            .expect("run mosquitto_sub");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(text.contains("r/marker after-clear"), "{text}");
+        assert!(!text.contains("r/x"), "cleared r/x still retained: {text}");
+    }
+
+    // One nats-server killed: the cluster keeps working on the other two. Node 3
+    // moves to another server and subscribes its interest again; node 2's server
+    // stays up.
+    let mut s3 = Sub::start(&n3, 1, &["k/t"]);
+    let mut s2 = Sub::start(&n2, 1, &["k/t"]);
+    until_interest(&n1, "k/t", &mut [&mut s2, &mut s3]);
+    let mut dead = nats.remove(2);
+    dead.child.kill().expect("kill nats-server 3");
+    let _ = dead.child.wait();
+    drop(dead);
+    s3.seen.clear();
+    s2.seen.clear();
+    until_interest(&n1, "k/t", &mut [&mut s2, &mut s3]);
+    publish(&n1, 1, "k/t", "after-kill", false);
+    s3.wait_for("after-kill on node 3", |l| l == "k/t after-kill");
+    s2.wait_for("after-kill on node 2", |l| l == "k/t after-kill");
+    // Retained writes still reach a quorum (2 of 3 replicas).
+    publish(&n2, 1, "r/y", "quorum", true);
+    wait_retained_within(&n1, "r/y", "quorum", RECOVERY);
+    drop(s2);
+    drop(s3);
+
+    // A node killed with SIGKILL and started again rejoins: it reads the retained
+    // bucket from the start and gets cross-node traffic for its new subscribers.
+    let pid = n2.pid() as libc::pid_t;
+    // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    n2.assert_alive_or_reap();
+    let n2 = node("n2", &url(1));
+    wait_health(&n2, 200);
+    wait_retained_within(&n2, "r/y", "quorum", RECOVERY);
+    let mut s = Sub::start(&n2, 1, &["back/t"]);
+    until_interest(&n1, "back/t", &mut [&mut s]);
+    publish(&n3, 1, "back/t", "from-3", false);
+    s.wait_for("from-3 on the restarted node", |l| l == "back/t from-3");
+    drop(s);
+
+    // kill -9 of the publisher's node mid-stream: every QoS 1 message it PUBACKed
+    // reaches the subscriber on another node (the PUBACK waited for JetStream).
+    let mut k = Sub::start(&n2, 1, &["kk/t"]);
+    until_interest(&n1, "kk/t", &mut [&mut k]);
+    let acked = publish_until_killed(&n1);
+    assert!(
+        acked.len() >= 50,
+        "only {} PUBACKs before the kill",
+        acked.len()
+    );
+    for i in &acked {
+        k.wait_for(&format!("PUBACKed m{i} on node 2"), |l| {
+            l == format!("kk/t m{i}")
+        });
+    }
+    drop(n1);
+}
+
+/// Publishes QoS 1 `kk/t` `m{i}` (packet id i) on `n` from a raw MQTT 3.1.1 client,
+/// kills the node with SIGKILL once 50 are PUBACKed while it keeps sending, and returns
+/// the packet ids PUBACKed before the connection died.
+fn publish_until_killed(n: &Broker) -> Vec<u16> {
+    let mut s = TcpStream::connect(n.addr()).expect("connect");
+    let id = b"killpub";
+    let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    connect.extend_from_slice(b"MQTT");
+    connect.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
+    connect.extend_from_slice(id);
+    s.write_all(&connect).expect("CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let (tx, rx) = mpsc::channel::<u16>();
+    let mut r = s.try_clone().expect("clone");
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 4];
+        // Only PUBACKs come on this connection; EOF or reset ends it.
+        while r.read_exact(&mut b).is_ok() {
+            assert_eq!(b[0], 0x40, "unexpected packet {b:?}");
+            let _ = tx.send(u16::from_be_bytes([b[2], b[3]]));
+        }
+    });
+    let mut acked = Vec::new();
+    let mut killed = false;
+    for i in 1..=5000u16 {
+        let payload = format!("m{i}");
+        let mut p = vec![0x32, (2 + 4 + 2 + payload.len()) as u8, 0, 4];
+        p.extend_from_slice(b"kk/t");
+        p.extend_from_slice(&i.to_be_bytes());
+        p.extend_from_slice(payload.as_bytes());
+        if s.write_all(&p).is_err() {
+            break;
+        }
+        while let Ok(a) = rx.try_recv() {
+            acked.push(a);
+        }
+        if !killed && acked.len() >= 50 {
+            // SAFETY: kill(2) on the PID of a child this test spawned, not yet reaped.
+            assert_eq!(
+                unsafe { libc::kill(n.pid() as libc::pid_t, libc::SIGKILL) },
+                0
+            );
+            killed = true;
+        }
+        if i % 20 == 0 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    assert!(killed, "the node was never killed: {} PUBACKs", acked.len());
+    let _ = reader.join();
+    acked.extend(rx.try_iter());
+    acked
+}
+
+/// Reaping a killed node without the usual SIGTERM path.
+trait Reap {
+    fn assert_alive_or_reap(&mut self);
+}
+
+impl Reap for Broker {
+    fn assert_alive_or_reap(&mut self) {
+        // `terminate` reaps a process that is already gone and reports its status.
+        let status = self.terminate(PATIENCE);
+        assert!(status.is_some(), "killed node did not exit");
+    }
+}
