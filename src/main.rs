@@ -108,8 +108,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The data directory is part of the configuration too: one that cannot be used
+    // (missing parent, read-only, locked by another broker, another store format)
+    // is refused before anything listens, exit 2, directory named.
+    let data_dir = match open_data_dir(&loaded.config) {
+        Ok(d) => d,
+        Err(e) => {
+            say!("ringmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let max_connections_explicit = loaded.is_explicit("max_connections");
-    match run(loaded.config, tls, max_connections_explicit, auth) {
+    match run(loaded.config, tls, max_connections_explicit, auth, data_dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -117,6 +127,25 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The locked, version-checked data directory when durability is on (the lock is
+/// held as long as the returned value lives).
+fn open_data_dir(
+    config: &Config,
+) -> Result<Option<Arc<ringmq::io::datadir::DataDir>>, ringmq::io::datadir::DataDirError> {
+    if config.store_mode() == config::Durability::None {
+        return Ok(None);
+    }
+    let Some(path) = config.data_dir.as_deref() else {
+        return Ok(None);
+    };
+    let dir = ringmq::io::datadir::DataDir::open(std::path::Path::new(path))?;
+    tracing::info!(
+        "data directory {path}: locked, durability {}",
+        config.durability.name()
+    );
+    Ok(Some(Arc::new(dir)))
 }
 
 /// `ringmq check-config`: loads the configuration as a start would, and stops there.
@@ -362,6 +391,8 @@ fn run(
     tls: Vec<Option<Arc<ListenerTls>>>,
     max_connections_explicit: bool,
     auth: Option<ringmq::auth::AuthPolicy>,
+    // Held (locked) until the broker exits; the loops open their directories in it.
+    _data_dir: Option<Arc<ringmq::io::datadir::DataDir>>,
 ) -> Result<(), String> {
     let nofile = rio::raise_nofile_limit().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
     let backend = choose_backend(config.io)?;
