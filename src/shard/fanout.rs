@@ -91,6 +91,7 @@ impl Shard {
         if let Some(a) = replicate {
             self.replicate_retained(a);
         }
+        self.store_fanout_done();
         retain_refused
     }
 
@@ -109,6 +110,7 @@ impl Shard {
         for t in &shared {
             self.deliver_shared(&msg, &mut arc, t, now);
         }
+        self.store_fanout_done();
     }
 
     /// Delivers to every local non-shared subscription matching `msg`, and, as

@@ -15,6 +15,7 @@ mod conn;
 mod connect;
 mod control;
 mod deliver;
+mod durable;
 mod fanout;
 mod inbound;
 mod lifecycle;
@@ -167,6 +168,9 @@ pub struct Shard {
     /// Origin of `Session::connect_ns`: when the first connection arrived.
     epoch: Option<Instant>,
     auth: auth::ShardAuth,
+    /// The loop's write-ahead log and the replies waiting for it (`durable.rs`);
+    /// `None` without a data directory.
+    store: Option<Box<durable::ShardStore>>,
 }
 
 impl Shard {
@@ -237,6 +241,7 @@ impl Shard {
                 Arc::new(crate::auth::AuthPolicy::new(None, None, true)),
                 auth_secret(id),
             ),
+            store: None,
         }
     }
 

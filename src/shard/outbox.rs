@@ -32,6 +32,17 @@ impl Shard {
         if c.tx.is_empty() {
             return None;
         }
+        // A recorded QoS 1/2 PUBLISH waits for its record (`durable.rs`); the gate
+        // flushes again when it opens.
+        let c = if self.store.is_some() {
+            let generation = c.generation;
+            if self.tx_gated(conn, generation) {
+                return None;
+            }
+            self.conns.get_mut(conn)?
+        } else {
+            c
+        };
         // Swap in an empty buffer (no allocation) so an idle connection parks nothing.
         let out = std::mem::take(&mut c.tx).freeze();
         self.stats.bytes_tx -= out.len();

@@ -5,6 +5,7 @@
 mod auth;
 mod connect;
 mod contract;
+mod durable;
 mod limits;
 mod memory;
 mod mesh_full;
