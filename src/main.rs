@@ -392,7 +392,7 @@ fn run(
     max_connections_explicit: bool,
     auth: Option<ringmq::auth::AuthPolicy>,
     // Held (locked) until the broker exits; the loops open their directories in it.
-    _data_dir: Option<Arc<ringmq::io::datadir::DataDir>>,
+    data_dir: Option<Arc<ringmq::io::datadir::DataDir>>,
 ) -> Result<(), String> {
     let nofile = rio::raise_nofile_limit().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
     let backend = choose_backend(config.io)?;
@@ -406,6 +406,21 @@ fn run(
     };
     let shards = config.shards.unwrap_or(cores).max(1);
     let pin = shards <= cpus.len();
+
+    // Durability: the sessions in the data directory were placed with its seed, and
+    // every loop's log is recovered (re-homed for another loop count) before any
+    // socket is bound, so nothing is served, /readyz included, before recovery.
+    if let (Some(d), None) = (&data_dir, config.placement_seed) {
+        let seed = d
+            .placement_seed(ringmq::shard::random_placement_seed())
+            .map_err(|e| e.to_string())?;
+        config.placement_seed = Some(seed);
+    }
+    let mut stores = match &data_dir {
+        Some(d) => worker::store::recover_loops(d, &config, shards)?,
+        None => Vec::new(),
+    }
+    .into_iter();
 
     // Each loop holds its share of max_connections plus room to accept connections
     // over the limit (and an uneven spread between loops) long enough for the shard
@@ -561,6 +576,7 @@ fn run(
             auth: auth
                 .as_ref()
                 .map(|(shared, pool)| (shared.clone(), pool.verifier())),
+            store: stores.next(),
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))

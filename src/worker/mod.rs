@@ -33,6 +33,7 @@ mod http;
 mod linger;
 mod observe;
 mod report;
+pub mod store;
 pub mod verify;
 
 use busy_poll::BusyPoll;
@@ -152,6 +153,8 @@ pub struct WorkerSetup {
     /// The auth policy (reloaded on SIGHUP) and this loop's end of the verifier
     /// pool; `None` without password or ACL files.
     pub auth: Option<(Arc<verify::AuthShared>, verify::Verifier)>,
+    /// This loop's recovered log (`None`: durability off).
+    pub store: Option<store::LoopStore>,
 }
 
 struct Worker<L: EventLoop> {
@@ -188,6 +191,7 @@ struct Worker<L: EventLoop> {
     stats_requests: Vec<(usize, u64)>,
     auth: Option<AuthLink>,
     tls: TlsIo,
+    store: Option<store::StoreIo>,
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -222,6 +226,7 @@ pub fn run<L: EventLoop>(
         http_listener,
         started,
         auth,
+        store,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -270,6 +275,22 @@ pub fn run<L: EventLoop>(
     // Only loop 0 publishes $SYS (it owns the node-wide scrape).
     let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
     let mut shard = Shard::in_node(id, peers.len(), config, node);
+    let store = match store {
+        Some(st) => match store::StoreIo::start(id, &mut shard, st, remote.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                // As a loop whose run failed: stop the others and meet them at the
+                // barrier before the rings close.
+                shutdown.store(true, Ordering::SeqCst);
+                for p in &peers {
+                    p.wake();
+                }
+                exit_barrier.wait();
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let auth = auth.map(|(shared, mut verifier)| {
         verifier.bind(remote);
         shard.set_auth(shared.current());
@@ -313,6 +334,7 @@ pub fn run<L: EventLoop>(
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        store,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -398,6 +420,9 @@ impl<L: EventLoop> Worker<L> {
                     now,
                 );
             }
+            if let Some(st) = self.store.as_mut() {
+                st.collect(&mut self.shard, now);
+            }
             self.drain_mesh(now);
             if !self.stats_requests.is_empty() {
                 self.answer_stats_requests(now);
@@ -423,6 +448,10 @@ impl<L: EventLoop> Worker<L> {
             // blocking (nothing else would wake it).
             self.shard.run_streams(now);
             let more_actions = self.drain_actions(now) || self.shard.streams_pending();
+            // Everything this turn appended leaves as one write (group commit).
+            if let Some(st) = self.store.as_mut() {
+                st.submit(&mut self.shard);
+            }
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
             self.expire_lingers(now);
@@ -454,6 +483,7 @@ impl<L: EventLoop> Worker<L> {
                 self.linger.next_deadline(),
                 self.waiting_handoffs.next_deadline(),
                 self.http.as_ref().and_then(|h| h.next_deadline()),
+                self.store.as_ref().and_then(|s| s.next_deadline()),
             ]
             .into_iter()
             .flatten()

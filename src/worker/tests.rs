@@ -216,6 +216,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        store: None,
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
@@ -297,6 +298,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
+        store: None,
     };
     (w, eps.pop().expect("endpoint 0"))
 }
