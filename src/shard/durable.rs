@@ -21,7 +21,7 @@
 //! once per fan-out (`MsgPut`), each session's copy refers to it (`Enqueue`), and
 //! the copy's `Outgoing::store_id` carries the id to its `Sent`/`Released`/`Ack`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,7 @@ use crate::protocol::{
 };
 use crate::session::{Inflight, Message, Outgoing, Phase, SessionSub, Will, NONE};
 use crate::store::record::{MsgRec, Record, WillRec};
+use crate::store::snapshot::SnapshotWriter;
 use crate::store::state::StoreState;
 use crate::store::wal::{AppendError, WalEvent};
 use crate::store::{DiskError, DiskOp, Wal};
@@ -94,7 +95,14 @@ pub(crate) struct ShardStore {
     /// Wall clock at `base`: message arrival times are stored in Unix ms.
     base: Instant,
     base_unix_ms: u64,
+    /// Log bytes written after which the next snapshot starts (so the log behind
+    /// it can go); `wal.stats.bytes_written` at the last one.
+    snapshot_after_bytes: u64,
+    snapshot_at_bytes: u64,
 }
+
+/// Log bytes between snapshots: recovery replays at most about this much.
+pub const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
 
 impl ShardStore {
     fn unix_ms(&self, t: Instant) -> u64 {
@@ -188,7 +196,131 @@ impl Shard {
             put: None,
             base: now,
             base_unix_ms: unix_ms,
+            snapshot_after_bytes: SNAPSHOT_AFTER_BYTES,
+            snapshot_at_bytes: 0,
         }));
+    }
+
+    /// How many log bytes between snapshots (tests use small figures).
+    pub fn set_snapshot_after_bytes(&mut self, n: u64) {
+        if let Some(s) = self.store.as_mut() {
+            s.snapshot_after_bytes = n.max(1);
+        }
+    }
+
+    /// Starts a snapshot of everything appended so far once enough log was written
+    /// since the last one: the state as it is in memory, as records. Built on the
+    /// loop (a walk of the persistent sessions and the retained replica); the
+    /// writer puts it on disk, then removes the log behind it.
+    fn maybe_snapshot(&mut self) {
+        let Some(s) = self.store.as_ref() else {
+            return;
+        };
+        let written = s.wal.stats.bytes_written;
+        if written - s.snapshot_at_bytes < s.snapshot_after_bytes
+            || s.wal.snapshot_in_progress()
+            || s.wal.is_stopped()
+        {
+            return;
+        }
+        let lsn = s.wal.next_lsn();
+        let mut w = SnapshotWriter::new(lsn, s.next_msg_id);
+        let mut bodies: HashSet<u64> = HashSet::new();
+        for (_, sess) in self.sessions.iter().filter(|(_, x)| x.expiry_s > 0) {
+            let client = Bytes::copy_from_slice(&sess.client_id);
+            w.push(&Record::SessionPut {
+                client: client.clone(),
+                expiry_s: sess.expiry_s,
+                will: sess.will.as_ref().map(|w| WillRec {
+                    topic: w.topic.clone(),
+                    payload: w.payload.clone(),
+                    qos: w.qos as u8,
+                    retain: w.retain,
+                    delay_s: w.delay_s,
+                    props: props_bytes(&w.properties),
+                }),
+            });
+            for sub in &sess.subs {
+                w.push(&Record::SubAdd {
+                    client: client.clone(),
+                    filter: Bytes::copy_from_slice(&sub.filter),
+                    options: pack_options(&sub.options),
+                    sub_id: sub.sub_id,
+                });
+            }
+            let Some(d) = sess.delivery.as_deref() else {
+                continue;
+            };
+            for id in &d.awaiting_pubrel {
+                w.push(&Record::InboundQos2 {
+                    client: client.clone(),
+                    packet_id: *id,
+                });
+            }
+            let copies = d
+                .inflight
+                .iter()
+                .map(|f| (&f.out, Some((f.packet_id, f.phase))))
+                .chain(d.queue.iter().map(|o| (o, None)));
+            for (out, sent) in copies.filter(|(o, _)| o.store_id != 0) {
+                if bodies.insert(out.store_id) {
+                    let m = &out.msg;
+                    w.push(&Record::MsgPut {
+                        id: out.store_id,
+                        msg: MsgRec {
+                            topic: m.topic.clone(),
+                            payload: m.payload.clone(),
+                            qos: m.qos as u8,
+                            retain: m.retain,
+                            props: props_bytes(&m.properties),
+                            arrived_unix_ms: s.unix_ms(m.arrived_at),
+                        },
+                    });
+                }
+                w.push(&Record::Enqueue {
+                    client: client.clone(),
+                    msg: out.store_id,
+                    qos: out.qos as u8,
+                    retain: out.retain,
+                    sub_ids: out.sub_ids.to_vec(),
+                });
+                if let Some((packet_id, phase)) = sent {
+                    w.push(&Record::Sent {
+                        client: client.clone(),
+                        msg: out.store_id,
+                        packet_id,
+                    });
+                    if phase == Phase::AwaitComp {
+                        w.push(&Record::Released {
+                            client: client.clone(),
+                            msg: out.store_id,
+                        });
+                    }
+                }
+            }
+        }
+        self.retained.for_each(|topic, e| {
+            if topic.starts_with(b"$SYS/") {
+                return;
+            }
+            let m = e.body.to_message();
+            w.push(&Record::RetainSet {
+                msg: MsgRec {
+                    topic: m.topic,
+                    payload: m.payload,
+                    qos: m.qos as u8,
+                    retain: true,
+                    props: props_bytes(&m.properties),
+                    arrived_unix_ms: s.unix_ms(m.arrived_at),
+                },
+            });
+        });
+        let data = w.finish();
+        if let Some(s) = self.store.as_mut() {
+            if s.wal.start_snapshot(lsn, data) {
+                s.snapshot_at_bytes = written;
+            }
+        }
     }
 
     pub fn has_store(&self) -> bool {
@@ -240,6 +372,7 @@ impl Shard {
                 WalEvent::Failed { from, .. } => self.fail_held(from, now),
             }
         }
+        self.maybe_snapshot();
         self.drop_slow_consumers(now);
     }
 

@@ -231,3 +231,60 @@ fn sub_raw(cl: &mut Cluster, c: Cid, filter: &str, qos: QoS) {
     };
     cl.subscribe_with(c, filter, options, crate::protocol::Properties::default());
 }
+
+#[test]
+fn snapshots_replace_the_log_behind_them_and_recover_the_same_sessions() {
+    let mut disk = SimDisk::new();
+    let mut cl = cluster_on(&mut disk, SyncMode::Fsync);
+    cl.shards[0].set_snapshot_after_bytes(2048);
+    let s = cl.connect_ok(V5, "sub", persistent_v5(), false);
+    sub_raw(&mut cl, s, "t/#", Q2);
+    run_disk(&mut cl, &mut disk);
+    assert!(matches!(cl.next(s), Some(Packet::SubAck(_))));
+    let p = cl.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    cl.publish(p, "r", "retained", Q1, true, 1);
+    run_disk(&mut cl, &mut disk);
+    cl.expect(p, puback(1));
+    // 60 messages; the subscriber completes the first 20 and leaves the rest.
+    for i in 0..60u16 {
+        cl.publish(p, "t/x", &format!("m{i}"), Q1, false, 100 + i);
+        run_disk(&mut cl, &mut disk);
+        cl.expect(p, puback(100 + i));
+        if i < 20 {
+            match cl.next(s) {
+                Some(Packet::Publish(m)) => cl.send(s, Packet::PubAck(PubResp::new(m.packet_id))),
+                other => panic!("{other:?}"),
+            }
+            run_disk(&mut cl, &mut disk);
+        }
+    }
+    cl.drop_connection(s);
+    run_disk(&mut cl, &mut disk);
+    let names = disk.names();
+    let snaps: Vec<_> = names.iter().filter(|n| n.starts_with("snap-")).collect();
+    assert_eq!(
+        snaps.len(),
+        1,
+        "the newest snapshot replaced the older: {names:?}"
+    );
+    assert!(
+        snaps[0].as_str() > "snap-00000000000000004096",
+        "more than one was taken: {names:?}"
+    );
+    let mut disk = disk.crash_power(None);
+    let mut cl = cluster_on(&mut disk, SyncMode::Fsync);
+    let s = cl.connect(V5, "sub", persistent_v5());
+    run_disk(&mut cl, &mut disk);
+    assert!(matches!(cl.next(s), Some(Packet::ConnAck(a)) if a.session_present));
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = cl.next(s) {
+        got.push(String::from_utf8_lossy(&m.payload).into_owned());
+        cl.send(s, Packet::PubAck(PubResp::new(m.packet_id)));
+        run_disk(&mut cl, &mut disk);
+    }
+    let want: Vec<String> = (20..60).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    let o = cl.connect_ok(V311, "obs", ConnectOpts::default(), false);
+    cl.subscribe(o, "r", Q1);
+    cl.expect(o, pubp("r", "retained", Q1, true, 1));
+}
