@@ -262,6 +262,19 @@ pub fn run<L: EventLoop>(
         }
     };
     let remote = io.remote();
+    // The shard and its recovered sessions are loaded before this loop reports in:
+    // `main` says "listening" (and loop 0 answers /readyz) only once every loop has.
+    let mut shard = Shard::in_node(id, endpoint.shard_count(), config.clone(), node);
+    let store = match store {
+        Some(st) => match store::StoreIo::start(id, &mut shard, st, remote.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                drop(remote_tx);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let _ = remote_tx.send((id, remote.clone()));
     drop(remote_tx);
     let peers = peers_rx
@@ -274,23 +287,6 @@ pub fn run<L: EventLoop>(
     );
     // Only loop 0 publishes $SYS (it owns the node-wide scrape).
     let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
-    let mut shard = Shard::in_node(id, peers.len(), config, node);
-    let store = match store {
-        Some(st) => match store::StoreIo::start(id, &mut shard, st, remote.clone()) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                // As a loop whose run failed: stop the others and meet them at the
-                // barrier before the rings close.
-                shutdown.store(true, Ordering::SeqCst);
-                for p in &peers {
-                    p.wake();
-                }
-                exit_barrier.wait();
-                return Err(e);
-            }
-        },
-        None => None,
-    };
     let auth = auth.map(|(shared, mut verifier)| {
         verifier.bind(remote);
         shard.set_auth(shared.current());
