@@ -72,8 +72,21 @@ pub fn recover_loops(
     let old = existing_loops(data.path());
     let mut found = Vec::with_capacity(old);
     let mut misplaced = old != shards && old > 0;
-    for i in 0..old {
-        let (dir, r) = recover_one(data, i)?;
+    // One thread per loop directory: reading and decoding them is independent.
+    let results: Vec<Result<(LoopDir, Recovered), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..old)
+            .map(|i| s.spawn(move || recover_one(data, i)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("recovering a loop directory panicked".into()))
+            })
+            .collect()
+    });
+    for (i, res) in results.into_iter().enumerate() {
+        let (dir, r) = res?;
         misplaced = misplaced
             || r.state
                 .sessions
