@@ -603,7 +603,7 @@ impl Shard {
             stats.bytes_queued -= cost;
             if out.store_id != 0 {
                 let change = if w == Written::Yes && qos != QoS::AtMostOnce {
-                    CopyChange::Sent(pid)
+                    CopyChange::Sent(pid, qos == QoS::ExactlyOnce)
                 } else {
                     CopyChange::Gone
                 };

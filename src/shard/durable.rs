@@ -84,10 +84,11 @@ pub(crate) struct ShardStore {
     held: VecDeque<Held>,
     /// Per connection with a held reply: (generation, position of its last one).
     last_held: HashMap<ConnId, (u32, u64)>,
-    /// Connections whose output carries a QoS 1/2 PUBLISH of a recorded copy:
+    /// Connections whose output carries a QoS 2 PUBLISH of a recorded copy:
     /// (generation, position of its `Sent`). Their output waits for the log: a
     /// client that got a QoS 2 PUBLISH whose `Sent` a crash then lost would get the
-    /// message again under another packet id, a second delivery.
+    /// message again under another packet id, a second delivery. QoS 1 does not
+    /// wait: a resend under another id is the at-least-once it promises.
     tx_gate: HashMap<ConnId, (u32, u64)>,
     next_msg_id: u64,
     /// The body written for the fan-out in progress: (message address, id).
@@ -782,7 +783,9 @@ impl Shard {
                 msg: id,
                 packet_id,
             });
-            self.gate_tx(session);
+            if out.qos == QoS::ExactlyOnce {
+                self.gate_tx(session);
+            }
         }
         id
     }
@@ -802,11 +805,11 @@ impl Shard {
         let Some(client) = self.store.as_ref().and(self.client_of(session)) else {
             return;
         };
-        if let CopyChange::Sent(_) = change {
+        if let CopyChange::Sent(_, true) = change {
             self.gate_tx(session);
         }
         let rec = match change {
-            CopyChange::Sent(packet_id) => Record::Sent {
+            CopyChange::Sent(packet_id, _) => Record::Sent {
                 client,
                 msg: store_id,
                 packet_id,
@@ -985,7 +988,8 @@ impl Shard {
 /// What happened to a recorded copy.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum CopyChange {
-    Sent(u16),
+    /// Went out with this packet id; `true`: QoS 2 (its output waits for the record).
+    Sent(u16, bool),
     Released,
     Gone,
 }

@@ -32,7 +32,7 @@ impl Shard {
         if c.tx.is_empty() {
             return None;
         }
-        // A recorded QoS 1/2 PUBLISH waits for its record (`durable.rs`); the gate
+        // A recorded QoS 2 PUBLISH waits for its record (`durable.rs`); the gate
         // flushes again when it opens.
         let c = if self.store.is_some() {
             let generation = c.generation;
