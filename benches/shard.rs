@@ -110,3 +110,15 @@ fn queue_offline_qos1(bencher: Bencher, payload_bytes: usize) {
     assert_eq!(x.publish_once(), 4, "still acknowledged after the run");
     assert!(x.queued() > 0, "still queueing after the run");
 }
+
+/// The same with a log (durability `process`, a disk that completes at once): the
+/// records encoded and framed, the PUBACK held and released.
+#[divan::bench(args = [64, 4096])]
+fn queue_offline_qos1_durable(bencher: Bencher, payload_bytes: usize) {
+    let mut x = driver::Offline::durable(payload_bytes);
+    assert_eq!(x.publish_once(), 4, "set-up acknowledges the PUBLISH");
+    bencher
+        .counter(ItemsCount::new(1usize))
+        .bench_local(|| x.publish_once());
+    assert_eq!(x.publish_once(), 4, "still acknowledged after the run");
+}

@@ -121,8 +121,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The data directory is part of the configuration too: one that cannot be used
+    // (missing parent, read-only, locked by another broker, another store format)
+    // is refused before anything listens, exit 2, directory named.
+    let data_dir = match open_data_dir(&loaded.config) {
+        Ok(d) => d,
+        Err(e) => {
+            say!("ringmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let max_connections_explicit = loaded.is_explicit("max_connections");
-    match run(loaded.config, tls, max_connections_explicit, auth, sn) {
+    match run(
+        loaded.config,
+        tls,
+        max_connections_explicit,
+        auth,
+        sn,
+        data_dir,
+    ) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");
@@ -142,6 +159,25 @@ fn bridges_runnable(config: &Config) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The locked, version-checked data directory when durability is on (the lock is
+/// held as long as the returned value lives).
+fn open_data_dir(
+    config: &Config,
+) -> Result<Option<Arc<ringmq::io::datadir::DataDir>>, ringmq::io::datadir::DataDirError> {
+    if config.store_mode() == config::Durability::None {
+        return Ok(None);
+    }
+    let Some(path) = config.data_dir.as_deref() else {
+        return Ok(None);
+    };
+    let dir = ringmq::io::datadir::DataDir::open(std::path::Path::new(path))?;
+    tracing::info!(
+        "data directory {path}: locked, durability {}",
+        config.durability.name()
+    );
+    Ok(Some(Arc::new(dir)))
 }
 
 /// `ringmq check-config`: loads the configuration as a start would, and stops there.
@@ -438,6 +474,8 @@ fn run(
     max_connections_explicit: bool,
     auth: Option<ringmq::auth::AuthPolicy>,
     sn: Option<GatewayLimits>,
+    // Held (locked) until the broker exits; the loops open their directories in it.
+    data_dir: Option<Arc<ringmq::io::datadir::DataDir>>,
 ) -> Result<(), String> {
     let nofile = rio::raise_nofile_limit().map_err(|e| format!("raising RLIMIT_NOFILE: {e}"))?;
     let backend = choose_backend(config.io)?;
@@ -451,6 +489,21 @@ fn run(
     };
     let shards = config.shards.unwrap_or(cores).max(1);
     let pin = shards <= cpus.len();
+
+    // Durability: the sessions in the data directory were placed with its seed, and
+    // every loop's log is recovered (re-homed for another loop count) before any
+    // socket is bound, so nothing is served, /readyz included, before recovery.
+    if let (Some(d), None) = (&data_dir, config.placement_seed) {
+        let seed = d
+            .placement_seed(ringmq::shard::random_placement_seed())
+            .map_err(|e| e.to_string())?;
+        config.placement_seed = Some(seed);
+    }
+    let mut stores = match &data_dir {
+        Some(d) => worker::store::recover_loops(d, &config, shards)?,
+        None => Vec::new(),
+    }
+    .into_iter();
 
     // Each loop holds its share of max_connections plus room to accept connections
     // over the limit (and an uneven spread between loops) long enough for the shard
@@ -653,6 +706,7 @@ fn run(
                 .zip(sn.clone())
                 .map(|(socket, limits)| SnSetup { socket, limits }),
             cluster: cluster_links.next(),
+            store: stores.next(),
         };
         let h = thread::Builder::new()
             .name(format!("ringmq-shard-{id}"))

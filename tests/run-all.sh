@@ -33,7 +33,7 @@ step "integration suites again on the epoll backend"
 RINGMQ_TEST_IO=epoll cargo test --no-fail-fast \
     --test conformance_v311 --test conformance_v5 --test interop --test profile_interop \
     --test broker_smoke --test hostile_socket --test rust_client --test metrics_http \
-    --test retained_stream --test memory_limits --test tls --test websocket --test mqttsn --test bridge
+    --test retained_stream --test memory_limits --test tls --test websocket --test mqttsn --test bridge --test durability
 
 step "loom model checks (ring::spsc and ring::mesh loom_tests)"
 # Its own target dir: --cfg loom in RUSTFLAGS would otherwise invalidate the main

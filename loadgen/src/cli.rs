@@ -150,6 +150,10 @@ pub struct Opts {
     /// Send at --rate regardless of acknowledgements (needs --rate or --total-rate).
     #[arg(long, global = true)]
     pub open_loop: bool,
+    /// Every client connects with a persistent session (3.1.1 clean session 0, MQTT 5
+    /// Session Expiry 3600 s), e.g. to measure a broker's durability.
+    #[arg(long, global = true)]
+    pub persistent: bool,
     /// Before blocking, poll for completions (and for the next paced send) this long
     /// instead of sleeping: a sleeping core's wake-up (tens of µs in a VM) would count
     /// as broker latency. Spin time is left out of loadgen's CPU figures. 0 = never spin.
@@ -209,6 +213,7 @@ pub struct Config {
     pub threads: usize,
     pub window: u32,
     pub open_loop: bool,
+    pub persistent: bool,
     pub spin: Duration,
     pub connect_inflight: u32,
     pub cmd_rate: f64,
@@ -447,6 +452,7 @@ impl Opts {
             threads: self.threads,
             window: self.window,
             open_loop: self.open_loop,
+            persistent: self.persistent,
             spin: self.spin,
             connect_inflight: self.connect_inflight,
             cmd_rate: self.cmd_rate,

@@ -1150,10 +1150,13 @@ impl Worker {
         let mut props = Properties::default();
         if v.is_v5() {
             props.receive_maximum = Some(u16::MAX);
+            if self.cfg.persistent {
+                props.session_expiry_interval_s = Some(3600);
+            }
         }
         let conn = Packet::Connect(Box::new(Connect {
             protocol: v,
-            clean_start: true,
+            clean_start: !self.cfg.persistent,
             keep_alive_s: 0,
             client_id: Bytes::from(client_id(c.spec.index).into_bytes()),
             will: None,

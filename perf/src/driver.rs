@@ -246,6 +246,9 @@ pub struct Offline {
     frame: Bytes,
     now: Instant,
     since_reset: usize,
+    /// The shard has a log (durability `process`): each PUBLISH appends its
+    /// records, and the "disk" completes the write at once (`complete_writes`).
+    durable: bool,
 }
 
 /// Far above the 2,001 iterations of a callgrind measurement, so it never runs
@@ -274,6 +277,28 @@ impl Offline {
             frame: publish_frame(QoS::AtLeastOnce, payload_len),
             now,
             since_reset: 0,
+            durable: false,
+        }
+    }
+
+    /// As `new`, with a log: the publish's records (body and the session's copy)
+    /// are encoded and framed, and its PUBACK waits for the write's completion.
+    pub fn durable(payload_len: usize) -> Offline {
+        let mut o = Offline::new(payload_len);
+        // One segment far larger than any run: no segment creation in the path.
+        let seg = 1 << 40;
+        let wal =
+            ringmq::store::Wal::new(ringmq::store::SyncMode::Process, seg, vec![0], seg, 0, None);
+        o.shard.attach_store(wal, 1, o.now, 1_765_000_000_000);
+        o.durable = true;
+        o
+    }
+
+    /// The IO side with a disk that completes every write at once.
+    fn complete_writes(&mut self) {
+        while let Some(op) = self.shard.poll_store_op() {
+            std::hint::black_box(&op);
+            self.shard.on_store_done(Ok(()), self.now);
         }
     }
 
@@ -307,6 +332,9 @@ impl Offline {
         self.since_reset += 1;
         let mut written = 0;
         self.shard.on_read(self.publisher, &self.frame, self.now);
+        if self.durable {
+            self.complete_writes();
+        }
         drain(
             &mut self.shard,
             |_, bytes| written += bytes.len(),

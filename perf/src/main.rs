@@ -31,6 +31,7 @@ const PATHS: &[&str] = &[
     "loadgen_rx_100_qos0",
     "loadgen_rx_100_qos1",
     "queue_offline_qos1",
+    "queue_offline_qos1_durable",
 ];
 
 /// Payload of the routed PUBLISH paths.
@@ -158,14 +159,18 @@ fn loadgen_rx(path: &str, qos: QoS, iters: u64) {
 /// One QoS 1 PUBLISH (v3.1.1, 64-byte payload) from `on_read` to the queue of an
 /// offline persistent session (where it is copied out of the receive buffer,
 /// `deliver::queued_arc`), plus the publisher's PUBACK.
-fn queue_offline(iters: u64) {
-    let mut x = driver::Offline::new(ROUTE_PAYLOAD_BYTES);
+fn queue_offline(path: &str, durable: bool, iters: u64) {
+    let mut x = if durable {
+        driver::Offline::durable(ROUTE_PAYLOAD_BYTES)
+    } else {
+        driver::Offline::new(ROUTE_PAYLOAD_BYTES)
+    };
     for _ in 0..iters {
         let got = x.publish_once();
-        check_delivered("queue_offline_qos1", got, 4);
+        check_delivered(path, got, 4);
     }
     if x.queued() == 0 {
-        eprintln!("callgrind-paths: queue_offline_qos1 queued nothing");
+        eprintln!("callgrind-paths: {path} queued nothing");
         std::process::exit(1);
     }
     black_box(&x);
@@ -214,7 +219,8 @@ fn main() {
         "cross_shard_hop" => cross_shard_hop(iters),
         "loadgen_rx_100_qos0" => loadgen_rx(&args[0], QoS::AtMostOnce, iters),
         "loadgen_rx_100_qos1" => loadgen_rx(&args[0], QoS::AtLeastOnce, iters),
-        "queue_offline_qos1" => queue_offline(iters),
+        "queue_offline_qos1" => queue_offline(&args[0], false, iters),
+        "queue_offline_qos1_durable" => queue_offline(&args[0], true, iters),
         other => {
             eprintln!("callgrind-paths: unknown path {other:?}");
             usage();

@@ -46,7 +46,7 @@ pub use load::{
     Source,
 };
 pub use runtime::IoBackend;
-pub use sessions::SlowConsumerPolicy;
+pub use sessions::{Durability, SlowConsumerPolicy};
 pub use value::{Expect, Raw};
 
 #[derive(Debug, Clone)]
@@ -165,6 +165,11 @@ pub struct Config {
     /// queues, retained replica), QoS 0 is shed and new connections are refused
     /// (0x89 Server busy; 3.x: return code 3). 0 = no mark.
     pub memory_high_water_bytes: usize,
+    /// Where each loop keeps its write-ahead log; `None`: nothing is written.
+    pub data_dir: Option<String>,
+    /// When acknowledgements may go for what persistent sessions stored; only in
+    /// effect with `data_dir`.
+    pub durability: Durability,
 
     // Features.
     pub retain_available: bool,
@@ -288,6 +293,12 @@ impl Default for Config {
             // Per shard; far above a healthy shard's buffers, well below what 100k
             // stalled subscribers could otherwise pin (100k × max_outbound_bytes).
             memory_high_water_bytes: 1 << 30,
+            // No data directory unless one is named: many brokers (tests, several
+            // instances on one host) would otherwise fight over one default path.
+            data_dir: None,
+            // Once a data directory is named, operators expect persistent sessions to
+            // survive a restart or crash; fsync costs a disk flush per group commit.
+            durability: Durability::Process,
             retain_available: true,
             wildcard_subscription_available: true,
             subscription_identifier_available: true,
@@ -327,5 +338,13 @@ impl Config {
     /// no password file is configured.
     pub fn anonymous_allowed(&self) -> bool {
         self.allow_anonymous.unwrap_or(self.password_file.is_none())
+    }
+
+    /// The durability in effect: `None` without a data directory.
+    pub fn store_mode(&self) -> Durability {
+        match self.data_dir {
+            Some(_) => self.durability,
+            None => Durability::None,
+        }
     }
 }

@@ -1,13 +1,41 @@
 //! Session and queue keys: session expiry, what a session queues while offline or
 //! over its in-flight window, per-connection output, what happens to a slow
-//! subscriber, and the per-shard memory mark. The data directory (durable
-//! sessions) lands here.
+//! subscriber, the per-shard memory mark, and durability (the data directory and
+//! when an acknowledgement may go).
 
 use clap::Args;
 
 use super::cli::{d, with_default};
-use super::value::{boolean, int, one_of, push_text, usize_of, Expect, Raw, U32, USIZE};
+use super::value::{
+    boolean, int, one_of, optional_path, push_text, usize_of, Expect, Raw, U32, USIZE,
+};
 use super::Config;
+
+/// When PUBACK/PUBREC/SUBACK/CONNACK(session present) may go for what a persistent
+/// session stored (`durability`). Only in effect with a `data_dir`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Nothing is written: sessions live as long as the process.
+    None,
+    /// Acknowledged once the log write completed: survives kill -9, not power loss.
+    Process,
+    /// Acknowledged after fdatasync: survives power loss.
+    Fsync,
+    /// Acknowledged once written, fdatasync every `ms`: a power loss may lose the
+    /// last `ms` of acknowledged messages (Redis `appendfsync everysec`).
+    IntervalMs(u32),
+}
+
+impl Durability {
+    pub fn name(self) -> String {
+        match self {
+            Durability::None => "none".into(),
+            Durability::Process => "process".into(),
+            Durability::Fsync => "fsync".into(),
+            Durability::IntervalMs(ms) => format!("interval:{ms}"),
+        }
+    }
+}
 
 /// What to do when a subscriber's outbound queue is full of QoS 1/2 messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +66,10 @@ pub struct SessionArgs {
     pub slow_consumer_policy: Option<String>,
     #[arg(long, value_name = "BYTES", help = with_default("Buffered message bytes per shard above which QoS 0 is shed and new connections refused; 0 = no mark", d().memory_high_water_bytes))]
     pub memory_high_water_bytes: Option<String>,
+    #[arg(long, value_name = "DIR", help = with_default("Data directory for persistent sessions, their subscriptions and queued QoS 1/2 messages, and retained messages (one write-ahead log per loop); \"\" = none: nothing survives a restart", "\"\""))]
+    pub data_dir: Option<String>,
+    #[arg(long, value_name = "MODE", help = with_default("With a data_dir: none (nothing written), process (acknowledged once written: survives kill -9), fsync (acknowledged after fdatasync: survives power loss), or interval:MS (written at once, fdatasync every MS ms: a power loss loses up to MS ms)", "process"))]
+    pub durability: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -50,6 +82,8 @@ pub(super) const KEYS: &[&str] = &[
     "max_outbound_bytes",
     "slow_consumer_policy",
     "memory_high_water_bytes",
+    "data_dir",
+    "durability",
 ];
 
 /// Applies one key of this part. `Ok(false)`: not one of its keys.
@@ -74,6 +108,8 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
             }
         }
         "memory_high_water_bytes" => cfg.memory_high_water_bytes = usize_of(int(raw, 0, USIZE)?),
+        "data_dir" => cfg.data_dir = optional_path(raw)?,
+        "durability" => cfg.durability = durability(raw)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -94,5 +130,24 @@ impl SessionArgs {
         push_text(v, "max_outbound_bytes", &self.max_outbound_bytes);
         push_text(v, "slow_consumer_policy", &self.slow_consumer_policy);
         push_text(v, "memory_high_water_bytes", &self.memory_high_water_bytes);
+        push_text(v, "data_dir", &self.data_dir);
+        push_text(v, "durability", &self.durability);
     }
+}
+
+fn durability(raw: &Raw) -> Result<Durability, Expect> {
+    const EXPECTED: &str = "none, process, fsync or interval:MS (MS from 1 to 60000)";
+    let Raw::Text(s) = raw else {
+        return Err(EXPECTED.into());
+    };
+    let s = s.trim().to_ascii_lowercase();
+    Ok(match s.as_str() {
+        "none" => Durability::None,
+        "process" => Durability::Process,
+        "fsync" => Durability::Fsync,
+        _ => match s.strip_prefix("interval:").map(str::parse::<u32>) {
+            Some(Ok(ms)) if (1..=60_000).contains(&ms) => Durability::IntervalMs(ms),
+            _ => return Err(EXPECTED.into()),
+        },
+    })
 }

@@ -121,6 +121,8 @@ fn every_cli_option_has_the_same_toml_key() {
         ("max_outbound_bytes", "7", "7"),
         ("slow_consumer_policy", "\"disconnect\"", "disconnect"),
         ("memory_high_water_bytes", "7", "7"),
+        ("data_dir", "\"/var/lib/ringmq\"", "/var/lib/ringmq"),
+        ("durability", "\"interval:7\"", "interval:7"),
         ("retain_available", "false", "false"),
         ("wildcard_subscription_available", "false", "false"),
         ("subscription_identifier_available", "false", "false"),
@@ -628,4 +630,34 @@ fn cluster_keys_name_the_bad_value() {
     )
     .expect("two urls");
     assert_eq!(c.cluster_nats, ["nats://a:4222", "tls://b:4222"]);
+}
+
+#[test]
+fn durability_names_its_modes_and_refuses_others_by_value() {
+    use super::Durability;
+    for (text, want) in [
+        ("none", Durability::None),
+        ("process", Durability::Process),
+        ("FSYNC", Durability::Fsync),
+        ("interval:1000", Durability::IntervalMs(1000)),
+    ] {
+        let mut cfg = Config::default();
+        apply_toml(&mut cfg, "t.toml", &format!("durability = \"{text}\"")).expect(text);
+        assert_eq!(cfg.durability, want, "{text}");
+    }
+    for bad in ["sometimes", "interval:0", "interval:", "interval:99999999"] {
+        let mut cfg = Config::default();
+        let err = apply_toml(&mut cfg, "t.toml", &format!("durability = \"{bad}\""))
+            .expect_err(bad)
+            .to_string();
+        assert!(
+            err.contains("durability") && err.contains(bad) && err.contains("interval:MS"),
+            "{err}"
+        );
+    }
+    // Without a data directory nothing is written, whatever the mode.
+    let mut cfg = Config::default();
+    assert_eq!(cfg.store_mode(), Durability::None);
+    cfg.data_dir = Some("d".into());
+    assert_eq!(cfg.store_mode(), Durability::Process);
 }

@@ -6,7 +6,8 @@
 //! loop never blocks on the disk.
 //!
 //! Layout: `<data_dir>/LOCK` (flock, holder's pid inside), `<data_dir>/VERSION`
-//! (`ringmq-store-format N`), `<data_dir>/loop-<i>/` (segments and snapshots).
+//! (`ringmq-store-format N`), `<data_dir>/PLACEMENT` (the placement seed sessions
+//! were placed with), `<data_dir>/loop-<i>/` (segments and snapshots).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -20,6 +21,7 @@ use crate::store::{DirView, DiskError, DiskOp, FORMAT_VERSION};
 const LOCK_FILE: &str = "LOCK";
 const VERSION_FILE: &str = "VERSION";
 const VERSION_PREFIX: &str = "ringmq-store-format ";
+const PLACEMENT_FILE: &str = "PLACEMENT";
 
 /// Why the data directory cannot be used. Each names the path; `main` prints it and
 /// exits with status 2.
@@ -129,6 +131,35 @@ impl DataDir {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The placement seed the sessions in this directory were placed with (see
+    /// `shard::Placement`): read from `PLACEMENT`, or `fresh` written there durably
+    /// the first time, so a restart finds each session on the loop that logged it.
+    pub fn placement_seed(&self, fresh: u64) -> Result<u64, DataDirError> {
+        let path = self.path.join(PLACEMENT_FILE);
+        let io_err = |what, error| DataDirError::Io {
+            path: path.clone(),
+            what,
+            error,
+        };
+        match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| DataDirError::Foreign { path: path.clone() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let tmp = self.path.join(format!("{PLACEMENT_FILE}.tmp"));
+                let mut f = File::create(&tmp).map_err(|e| io_err("write it", e))?;
+                f.write_all(format!("{fresh}\n").as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .and_then(|()| fs::rename(&tmp, &path))
+                    .and_then(|()| sync_dir(&self.path))
+                    .map_err(|e| io_err("write it", e))?;
+                Ok(fresh)
+            }
+            Err(e) => Err(io_err("read it", e)),
+        }
     }
 
     /// The directory of loop `index`, created when missing.

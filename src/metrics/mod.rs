@@ -144,6 +144,10 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
         dropped_retained_bytes,
         dropped_retained_memory,
         dropped_no_subscriber,
+        store_records,
+        store_records_refused,
+        store_write_errors,
+        store_acks_refused,
         bytes_queued,
         messages_queued,
         inflight,
@@ -210,6 +214,10 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
     a.dropped_retained_bytes += dropped_retained_bytes;
     a.dropped_retained_memory += dropped_retained_memory;
     a.dropped_no_subscriber += dropped_no_subscriber;
+    a.store_records += store_records;
+    a.store_records_refused += store_records_refused;
+    a.store_write_errors += store_write_errors;
+    a.store_acks_refused += store_acks_refused;
     a.bytes_queued += bytes_queued;
     a.messages_queued += messages_queued;
     a.inflight += inflight;

@@ -348,6 +348,24 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
     );
 
     o.one(
+        "ringmq_store_records_total",
+        Counter,
+        "Records appended to the write-ahead logs (durability on).",
+        c.store_records,
+    );
+    o.reasons(
+        "ringmq_store_errors_total",
+        Counter,
+        "Durability failures, by kind: log writes or syncs that failed (ENOSPC, EIO), records the log refused (stopped after a failed fdatasync, or too large), acknowledgements withheld or sent as 0x97 because their records were not written.",
+        "reason",
+        &[
+            ("write_failed", c.store_write_errors),
+            ("record_refused", c.store_records_refused),
+            ("ack_withheld", c.store_acks_refused),
+        ],
+    );
+
+    o.one(
         "ringmq_retained_streamed_total",
         Counter,
         "Retained messages sent to new subscriptions by their streams.",

@@ -193,6 +193,9 @@ pub struct Outgoing {
     pub qos: QoS,
     pub retain: bool,
     pub sub_ids: SmallVec<[u32; 1]>,
+    /// The copy's message id in the loop's log (0: not recorded: no data
+    /// directory, a clean session, or QoS 0).
+    pub store_id: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -517,6 +520,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             sub_ids: SmallVec::new(),
+            store_id: 0,
         };
         d.push_inflight(Inflight {
             packet_id: 1,
@@ -534,6 +538,7 @@ mod tests {
             qos: QoS::AtLeastOnce,
             retain: false,
             sub_ids: SmallVec::new(),
+            store_id: 0,
         };
         let mut d = Delivery::default();
         for _ in 0..100 {

@@ -304,6 +304,32 @@ impl Shard {
     }
 
     fn handle_connect(&mut self, conn: ConnId, connect: Box<Connect>, now: Instant) {
+        // Resuming a session waits until what it is made of is durable (`durable.rs`).
+        let Some(connect) = self.hold_connect(conn, connect) else {
+            return;
+        };
+        self.handle_connect_now(conn, connect, now);
+    }
+
+    /// A CONNECT that waited for the log goes on, then the frames that arrived
+    /// meanwhile are decoded.
+    pub(super) fn finish_connect_durable(
+        &mut self,
+        conn: ConnId,
+        connect: Box<Connect>,
+        now: Instant,
+    ) {
+        self.handle_connect_now(conn, connect, now);
+        if self
+            .conns
+            .get(conn)
+            .is_some_and(|c| c.state == ConnState::Connected)
+        {
+            self.process_rx(conn, now);
+        }
+    }
+
+    fn handle_connect_now(&mut self, conn: ConnId, connect: Box<Connect>, now: Instant) {
         let cfg = self.config.clone();
         let version = connect.protocol;
         let v5 = version.is_v5();
@@ -376,6 +402,7 @@ impl Shard {
             }
         }
         let session_present = session.is_some();
+        let was_persistent = session.is_some_and(|s| self.is_persistent(s));
         let session = match session {
             Some(s) => s,
             None => {
@@ -420,6 +447,12 @@ impl Shard {
                     at: None,
                 })
             });
+        }
+
+        if expiry_s > 0 {
+            self.log_session(session);
+        } else if was_persistent {
+            self.log_session_del(&client_id);
         }
 
         let mut properties = Properties::default();
@@ -597,6 +630,10 @@ impl Shard {
             }
             _ => {}
         }
+        if will_delay_s.is_some() && self.sessions.get(session).is_some_and(|s| s.will.is_none()) {
+            // Dropped (normal disconnection) or published: gone on disk too.
+            self.log_session(session);
+        }
     }
 
     /// Publishes and removes the session's stored will, if any.
@@ -605,6 +642,8 @@ impl Shard {
             return;
         };
         if let Some(w) = s.will.take() {
+            // A delayed will's session stays; recorded without it before it goes out.
+            self.log_session(session);
             self.publish_will_now(session, *w, now);
         }
     }
@@ -633,6 +672,11 @@ impl Shard {
     /// Ends a session: pending will published, subscriptions and queue dropped.
     pub(crate) fn end_session(&mut self, session: u32, now: Instant) {
         self.publish_will(session, now);
+        if self.is_persistent(session) {
+            if let Some(id) = self.sessions.get(session).map(|s| s.client_id.clone()) {
+                self.log_session_del(&id);
+            }
+        }
         self.remove_all_subs(session);
         if let Some(s) = self.sessions.remove(session) {
             self.limits.session_removed();

@@ -11,6 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use super::conn::{Conn, ConnState, MAX_OUTBOUND_ALIASES};
+use super::durable::CopyChange;
 use super::{Action, ConnId, Shard, ShardStats};
 use crate::config::{Config, SlowConsumerPolicy};
 use crate::protocol::{
@@ -447,6 +448,7 @@ impl Shard {
                 qos,
                 retain,
                 sub_ids: SmallVec::from_slice(sub_ids),
+                store_id: 0,
             };
             self.enqueue(session, out, false);
             return;
@@ -500,6 +502,7 @@ impl Shard {
                             qos,
                             retain,
                             sub_ids: SmallVec::from_slice(sub_ids),
+                            store_id: 0,
                         };
                         let phase = if qos == QoS::AtLeastOnce {
                             Phase::AwaitAck
@@ -511,6 +514,9 @@ impl Shard {
                             phase,
                             out,
                         });
+                        if self.store.is_some() {
+                            self.record_inflight_copy(session, pid);
+                        }
                         return;
                     }
                     // Spec 3.1.2-25: treated as delivered, nothing to acknowledge.
@@ -528,6 +534,7 @@ impl Shard {
             qos,
             retain,
             sub_ids: SmallVec::from_slice(sub_ids),
+            store_id: 0,
         };
         self.enqueue(session, out, true);
     }
@@ -555,8 +562,39 @@ impl Shard {
             return;
         }
         d.queued_bytes += cost;
-        d.queue.push_back(out);
         self.stats.bytes_queued += cost;
+        if self.store.is_none() {
+            d.queue.push_back(out);
+            return;
+        }
+        let mut out = out;
+        out.store_id = self.log_copy(session, &out, None);
+        if let Some(d) = self.sessions.get_mut(session).map(|s| s.delivery()) {
+            d.queue.push_back(out);
+        }
+    }
+
+    /// The copy just put in `session`'s window with `packet_id` went out directly:
+    /// recorded (body, copy, sent) when the session is persistent.
+    fn record_inflight_copy(&mut self, session: u32, packet_id: u16) {
+        let Some(out) = self
+            .sessions
+            .get(session)
+            .and_then(|s| s.delivery.as_deref())
+            .and_then(|d| d.inflight.back())
+            .map(|f| f.out.clone())
+        else {
+            return;
+        };
+        let id = self.log_copy(session, &out, Some(packet_id));
+        if let Some(f) = self
+            .sessions
+            .get_mut(session)
+            .and_then(|s| s.delivery.as_deref_mut())
+            .and_then(|d| d.inflight.back_mut())
+        {
+            f.out.store_id = id;
+        }
     }
 
     /// Disconnects the slow consumers found during a fan-out (0x97).
@@ -597,10 +635,16 @@ impl Shard {
         let Some(d) = sess.delivery.as_mut() else {
             return;
         };
+        // Recorded copies that went out or were dropped (persistent sessions only;
+        // empty, so without allocation, otherwise).
+        let mut changes: SmallVec<[(u64, CopyChange); 2]> = SmallVec::new();
         // Each turn pops one message or stops.
         while let Some(front) = d.queue.front() {
             let cost = front.msg.cost_bytes();
             if front.msg.is_expired(now) {
+                if front.store_id != 0 {
+                    changes.push((front.store_id, CopyChange::Gone));
+                }
                 d.queue.pop_front();
                 d.queued_bytes -= cost;
                 stats.bytes_queued -= cost;
@@ -608,6 +652,9 @@ impl Shard {
                 continue;
             }
             if !c.acl.can_read(&front.msg.topic) {
+                if front.store_id != 0 {
+                    changes.push((front.store_id, CopyChange::Gone));
+                }
                 d.queue.pop_front();
                 d.queued_bytes -= cost;
                 stats.bytes_queued -= cost;
@@ -652,6 +699,14 @@ impl Shard {
             };
             d.queued_bytes -= cost;
             stats.bytes_queued -= cost;
+            if out.store_id != 0 {
+                let change = if w == Written::Yes && qos != QoS::AtMostOnce {
+                    CopyChange::Sent(pid, qos == QoS::ExactlyOnce)
+                } else {
+                    CopyChange::Gone
+                };
+                changes.push((out.store_id, change));
+            }
             if w == Written::Yes && qos != QoS::AtMostOnce {
                 let phase = if qos == QoS::AtLeastOnce {
                     Phase::AwaitAck
@@ -666,6 +721,9 @@ impl Shard {
             }
         }
         mark_flush(actions, conn_id, c);
+        for (id, change) in changes {
+            self.log_copy_state(session, id, change);
+        }
     }
 
     /// On session resume: unacknowledged PUBLISHes again with DUP = 1, PUBREL for the

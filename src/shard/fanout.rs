@@ -101,6 +101,7 @@ impl Shard {
         if self.cluster.is_some() {
             self.cluster_forward(msg, &mut arc);
         }
+        self.store_fanout_done();
         retain_refused
     }
 
@@ -120,6 +121,7 @@ impl Shard {
         for t in &shared {
             self.deliver_shared(&msg, &mut arc, t, now);
         }
+        self.store_fanout_done();
     }
 
     /// Delivers to every local non-shared subscription matching `msg`, and, as

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 
 use super::conn::ConnState;
+use super::durable::CopyChange;
 use super::{ConnId, Shard};
 use crate::protocol::{
     Disconnect, Packet, PubResp, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
@@ -143,6 +144,9 @@ impl Shard {
             }
             return Ok(());
         }
+        // Records this publish appends (persistent sessions only) start here; its
+        // acknowledgement waits for them (`durable.rs`).
+        let mark = self.store_mark();
         if qos != QoS::AtMostOnce {
             let Some(s) = self.sessions.get_mut(session) else {
                 return Ok(());
@@ -151,7 +155,7 @@ impl Shard {
             if qos == QoS::ExactlyOnce && d.awaiting_pubrel.contains(&packet_id) {
                 // A resend of a QoS 2 message already received: acknowledge, do not
                 // deliver again.
-                self.write_control(conn, &Packet::PubRec(PubResp::new(packet_id)));
+                self.ack_publish(conn, packet_id, true, mark);
                 return Ok(());
             }
             // QoS 1 is acknowledged at once, so only QoS 2 waiting for PUBREL stays
@@ -161,6 +165,7 @@ impl Shard {
             }
             if qos == QoS::ExactlyOnce {
                 d.awaiting_pubrel.push(packet_id);
+                self.log_inbound_qos2(session, packet_id, true);
             }
         }
         let msg = Message {
@@ -188,8 +193,8 @@ impl Shard {
         {
             return Ok(());
         }
-        if qos == QoS::AtLeastOnce && !retain_refused {
-            self.write_puback(conn, packet_id);
+        if !retain_refused {
+            self.ack_publish(conn, packet_id, qos == QoS::ExactlyOnce, mark);
             return Ok(());
         }
         let mut resp = PubResp::new(packet_id);
@@ -225,7 +230,10 @@ impl Shard {
         };
         if let Some(i) = d.inflight_pos(packet_id) {
             if d.inflight[i].phase == waiting_for {
-                d.remove_inflight(i);
+                let gone = d.remove_inflight(i).map_or(0, |f| f.out.store_id);
+                if gone != 0 {
+                    self.log_copy_state(session, gone, CopyChange::Gone);
+                }
                 self.pump(session, now);
             }
         }
@@ -247,7 +255,10 @@ impl Shard {
         };
         if r.code.is_error() {
             // The client refused the message: the flow ends here (MQTT 5 4.3.3).
-            d.remove_inflight(i);
+            let gone = d.remove_inflight(i).map_or(0, |f| f.out.store_id);
+            if gone != 0 {
+                self.log_copy_state(session, gone, CopyChange::Gone);
+            }
             self.pump(session, now);
             return;
         }
@@ -256,16 +267,22 @@ impl Shard {
             return;
         }
         f.phase = Phase::AwaitComp;
-        self.write_control(conn, &Packet::PubRel(PubResp::new(r.packet_id)));
+        let id = f.out.store_id;
+        let mark = self.store_mark();
+        if id != 0 {
+            self.log_copy_state(session, id, CopyChange::Released);
+        }
+        self.send_pubrel(conn, r.packet_id, mark);
     }
 
     fn on_pubrel(&mut self, conn: ConnId, packet_id: u16) {
         let v5 = self.conns.get(conn).is_some_and(|c| c.version.is_v5());
         let mut found = false;
-        if let Some((_, d)) = self.conn_delivery(conn) {
+        if let Some((session, d)) = self.conn_delivery(conn) {
             if let Some(i) = d.awaiting_pubrel.iter().position(|x| *x == packet_id) {
                 d.awaiting_pubrel.swap_remove(i);
                 found = true;
+                self.log_inbound_qos2(session, packet_id, false);
             }
         }
         let mut resp = PubResp::new(packet_id);
@@ -367,6 +384,7 @@ impl Shard {
                     });
                 }
             }
+            self.log_sub(session, filter, Some((options, sub_id)));
             let (inner, group) = Self::split_filter(filter);
             let is_new = self.add_local_sub(session, &inner, group.as_ref(), *options, sub_id);
             // Retained messages are not sent for shared subscriptions [MQTT-4.8.2].
@@ -419,6 +437,24 @@ impl Shard {
         sub_id: u32,
         now: Instant,
     ) {
+        let Some((ack, retained)) = self.hold_subscribe(conn, session, ack, retained, sub_id)
+        else {
+            return;
+        };
+        self.send_subscribe_replies(conn, session, ack, retained, sub_id, now);
+    }
+
+    /// SUBACK, then the retained messages the new subscriptions asked for, once the
+    /// subscriptions are durable.
+    pub(crate) fn send_subscribe_replies(
+        &mut self,
+        conn: ConnId,
+        session: u32,
+        ack: SubAck,
+        retained: SmallVec<[(Bytes, crate::protocol::SubscriptionOptions); 2]>,
+        sub_id: u32,
+        now: Instant,
+    ) {
         self.write_control(conn, &Packet::SubAck(ack));
         for (filter, options) in retained {
             self.start_stream(session, filter, options, sub_id, now);
@@ -441,6 +477,7 @@ impl Shard {
                 .and_then(|s| s.sub_pos(filter).map(|i| s.subs.swap_remove(i)));
             match existing {
                 Some(sub) => {
+                    self.log_sub(session, &sub.filter, None);
                     let (inner, group) = Self::split_filter(&sub.filter);
                     self.remove_local_sub(session, &inner, group.as_ref());
                     codes.push(ReasonCode::Success);
@@ -482,7 +519,14 @@ impl Shard {
                 if s.expiry_s == 0 && new_expiry != 0 {
                     return Err(SessionError::ProtocolError);
                 }
+                let was = s.expiry_s;
                 s.expiry_s = super::connect::granted_expiry_s(&self.config, new_expiry);
+                if was > 0 && s.expiry_s == 0 {
+                    let id = Bytes::copy_from_slice(&s.client_id);
+                    self.log_session_del(&id);
+                } else if was != s.expiry_s {
+                    self.log_session(session);
+                }
             }
         }
         // The will is dropped only on a normal disconnection (0x00).

@@ -16,6 +16,7 @@ mod conn;
 mod connect;
 mod control;
 mod deliver;
+mod durable;
 mod fanout;
 mod inbound;
 mod lifecycle;
@@ -175,6 +176,9 @@ pub struct Shard {
     auth: auth::ShardAuth,
     /// The turn's output for the cluster thread; `None` on a single node.
     cluster: Option<Box<cluster::ClusterOut>>,
+    /// The loop's write-ahead log and the replies waiting for it (`durable.rs`);
+    /// `None` without a data directory.
+    store: Option<Box<durable::ShardStore>>,
 }
 
 impl Shard {
@@ -247,6 +251,7 @@ impl Shard {
                 auth_secret(id),
             ),
             cluster: None,
+            store: None,
         }
     }
 

@@ -47,6 +47,17 @@ impl Shard {
         if c.tx.is_empty() {
             return None;
         }
+        // A recorded QoS 2 PUBLISH waits for its record (`durable.rs`); the gate
+        // flushes again when it opens.
+        let c = if self.store.is_some() {
+            let generation = c.generation;
+            if self.tx_gated(conn, generation) {
+                return None;
+            }
+            self.conns.get_mut(conn)?
+        } else {
+            c
+        };
         let (len, own) = c.tx.lens();
         let out = take(&mut c.tx);
         self.stats.bytes_tx -= own;

@@ -302,13 +302,25 @@ impl Shard {
         if msg.payload().is_empty() {
             self.remove_retained(msg.topic());
             self.tombstones.insert(msg.topic(), stamp, now);
+            self.log_retained(msg);
             return Applied::Stored;
         }
         if !self.store_retained(msg, old_bytes, check_mark) {
             return Applied::Refused;
         }
         self.tombstones.remove(msg.topic());
+        self.log_retained(msg);
         Applied::Stored
+    }
+
+    /// A retained message recovered from the log: stored as it was, not recorded
+    /// again.
+    pub(super) fn load_retained(&mut self, msg: &Arc<RetainedBody>, now: Instant) {
+        if msg.is_expired(now) {
+            return;
+        }
+        let old = self.retained.get(msg.topic()).map(|e| e.body.cost_bytes());
+        self.store_retained(msg, old, false);
     }
 
     /// Stores or replaces a retained message (non-empty payload; `apply_retained`

@@ -47,6 +47,16 @@ pub struct ShardStats {
     pub dropped_retained_memory: u64,
     /// Shared-subscription copies whose group vanished on the picked shard.
     pub dropped_no_subscriber: u64,
+    /// Records appended to this loop's write-ahead log (durability on).
+    pub store_records: u64,
+    /// Records refused by the log (stopped after a failed fdatasync, or too large):
+    /// what depends on them is never acknowledged.
+    pub store_records_refused: u64,
+    /// Log writes or syncs that failed (ENOSPC, EIO, ...).
+    pub store_write_errors: u64,
+    /// Acknowledgements withheld (3.x) or sent as 0x97 (MQTT 5) because their
+    /// records could not be written.
+    pub store_acks_refused: u64,
     /// Bytes of messages waiting in session queues on this shard.
     pub bytes_queued: usize,
     /// Messages waiting in session queues; filled by `Shard::stats_snapshot`.

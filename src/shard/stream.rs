@@ -424,6 +424,7 @@ impl Shard {
                     qos,
                     retain: true,
                     sub_ids: SubIds::from_slice(sub_ids),
+                    store_id: 0,
                 },
             });
         }

@@ -38,6 +38,7 @@ mod linger;
 mod observe;
 mod report;
 mod sn;
+pub mod store;
 pub mod verify;
 
 use bridges::Bridges;
@@ -175,6 +176,8 @@ pub struct WorkerSetup {
     pub mqttsn: Option<SnSetup>,
     /// This loop's end of the cluster link; `None` on a single node.
     pub cluster: Option<crate::cluster::LoopLink>,
+    /// This loop's recovered log (`None`: durability off).
+    pub store: Option<store::LoopStore>,
 }
 
 struct Worker<L: EventLoop> {
@@ -215,6 +218,7 @@ struct Worker<L: EventLoop> {
     /// The `[[bridge]]`s this loop owns; `None` for none.
     bridges: Option<Bridges>,
     cluster: Option<crate::cluster::LoopLink>,
+    store: Option<store::StoreIo>,
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -252,6 +256,7 @@ pub fn run<L: EventLoop>(
         auth,
         mqttsn,
         cluster,
+        store,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -294,6 +299,24 @@ pub fn run<L: EventLoop>(
         }
     };
     let remote = io.remote();
+    // The shard and its recovered sessions are loaded before this loop reports in:
+    // `main` says "listening" (and loop 0 answers /readyz) only once every loop has.
+    let mut shard = Shard::in_node(id, endpoint.shard_count(), config.clone(), node);
+    // Before recovery, so recovered subscriptions announce their interest to NATS.
+    if let Some(link) = &cluster {
+        link.bind(remote.clone());
+        shard.enable_cluster();
+    }
+    let store = match store {
+        Some(st) => match store::StoreIo::start(id, &mut shard, st, remote.clone()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                drop(remote_tx);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let _ = remote_tx.send((id, remote.clone()));
     drop(remote_tx);
     let peers = peers_rx
@@ -306,11 +329,6 @@ pub fn run<L: EventLoop>(
     );
     // Only loop 0 publishes $SYS (it owns the node-wide scrape).
     let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
-    let mut shard = Shard::in_node(id, peers.len(), config, node);
-    if let Some(link) = &cluster {
-        link.bind(remote.clone());
-        shard.enable_cluster();
-    }
     let auth = auth.map(|(shared, mut verifier)| {
         verifier.bind(remote);
         shard.set_auth(shared.current());
@@ -359,6 +377,7 @@ pub fn run<L: EventLoop>(
         sn: None,
         bridges,
         cluster,
+        store,
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -475,6 +494,9 @@ impl<L: EventLoop> Worker<L> {
             for (conn, sock) in self.tls.closing.drain(..) {
                 self.draining.push_back((now + DRAIN_TIMEOUT, conn, sock));
             }
+            if let Some(st) = self.store.as_mut() {
+                st.collect(&mut self.shard, now);
+            }
             self.drain_mesh(now);
             if let Some(sn) = &mut self.sn {
                 sn.node.on_timer(&mut self.shard, now);
@@ -515,6 +537,10 @@ impl<L: EventLoop> Worker<L> {
                     link.send(out);
                 }
             }
+            // Everything this turn appended leaves as one write (group commit).
+            if let Some(st) = self.store.as_mut() {
+                st.submit(&mut self.shard);
+            }
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);
             self.expire_lingers(now);
@@ -548,6 +574,7 @@ impl<L: EventLoop> Worker<L> {
                 self.http.as_ref().and_then(|h| h.next_deadline()),
                 self.sn.as_ref().and_then(|s| s.node.next_deadline()),
                 self.bridges.as_ref().and_then(|b| b.next_deadline()),
+                self.store.as_ref().and_then(|s| s.next_deadline()),
             ]
             .into_iter()
             .flatten()

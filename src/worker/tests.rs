@@ -230,6 +230,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         sn: None,
         bridges: None,
         cluster: None,
+        store: None,
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
@@ -316,6 +317,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
         sn: None,
         bridges: None,
         cluster: None,
+        store: None,
     };
     (w, eps.pop().expect("endpoint 0"))
 }

@@ -6,6 +6,7 @@ mod auth;
 mod cluster;
 mod connect;
 mod contract;
+mod durable;
 mod limits;
 mod memory;
 mod mesh_full;

@@ -1,0 +1,691 @@
+//! Durability with the real binary (issue #13): data directories the broker cannot
+//! use are refused at start-up with the directory named and exit status 2, and
+//! persistent sessions, their queued and in-flight QoS 1/2 messages, and retained
+//! messages survive SIGKILL and restart.
+//!
+//! Every wait is bounded; nothing asserts how fast anything happens.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use support::*;
+
+/// A fresh directory under the system temp dir, removed again on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("ringmq-durability-{}", uniq(tag)));
+        let _ = std::fs::remove_dir_all(&p);
+        TempDir(p)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn data(&self) -> String {
+        self.0.join("data").display().to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs a broker that must refuse to start; returns its stderr. It exits before
+/// binding anything, so nothing needs a free port.
+fn refused(args: &[&str]) -> String {
+    refused_with(args, None, 2)
+}
+
+/// In the child before exec: files may not grow past 1 MiB, and going past it is an
+/// error (EFBIG) rather than SIGXFSZ: a disk that is full for the log.
+fn small_file_limit() -> std::io::Result<()> {
+    let lim = libc::rlimit {
+        rlim_cur: 1 << 20,
+        rlim_max: 1 << 20,
+    };
+    // SAFETY: setrlimit and signal are async-signal-safe and get valid arguments.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+    Ok(())
+}
+
+fn refused_with(args: &[&str], hook: Option<fn() -> std::io::Result<()>>, code: i32) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringmq"));
+    if let Some(hook) = hook {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the hook only makes async-signal-safe calls (see small_file_limit).
+        unsafe { cmd.pre_exec(hook) };
+    }
+    cmd.args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn ringmq");
+    let status = wait_or_kill(&mut child, Duration::from_secs(30))
+        .expect("a broker with an unusable data directory exits");
+    let mut err = String::new();
+    use std::io::Read;
+    if let Some(mut s) = child.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(code), "exit status; stderr: {err}");
+    err
+}
+
+#[test]
+fn a_second_broker_on_a_locked_data_directory_is_refused() {
+    let t = TempDir::new("lock");
+    let data = t.data();
+    let _first = Launch::new(&["--data-dir", &data]).spawn();
+    let err = refused(&["--data-dir", &data]);
+    assert!(
+        err.contains(&data) && err.contains("locked by another ringmq"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_data_directory_of_another_store_format_is_refused_by_name() {
+    let t = TempDir::new("vers");
+    let data = t.data();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(Path::new(&data).join("VERSION"), "ringmq-store-format 99\n").unwrap();
+    let err = refused(&["--data-dir", &data]);
+    assert!(
+        err.contains(&data) && err.contains("ringmq-store-format 99"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_data_directory_that_cannot_be_created_is_refused() {
+    // Its parent is a regular file.
+    let t = TempDir::new("file");
+    std::fs::create_dir_all(t.path()).unwrap();
+    let file = t.path().join("plain-file");
+    std::fs::write(&file, "x").unwrap();
+    let data = file.join("data").display().to_string();
+    let err = refused(&["--data-dir", &data]);
+    assert!(
+        err.contains(&data) && err.contains("cannot create the directory"),
+        "{err}"
+    );
+    // Not writable, even for root: sysfs refuses new directories.
+    let data = "/sys/ringmq-durability-test/data";
+    let err = refused(&["--data-dir", data]);
+    assert!(
+        err.contains(data) && err.contains("cannot create the directory"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_disk_too_full_for_the_log_is_refused_at_start() {
+    let t = TempDir::new("full");
+    let data = t.data();
+    let err = refused_with(&["--data-dir", &data], Some(small_file_limit), 1);
+    assert!(
+        err.contains(&data)
+            && err.contains("cannot prepare the log")
+            && err.contains("no space left"),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_a_data_directory_durability_writes_nothing_and_starts() {
+    // `durability` alone is accepted (it takes effect with a data_dir) and a bad
+    // mode is refused naming the value.
+    let mut b = Launch::new(&["--durability", "fsync"]).spawn();
+    b.assert_alive();
+    let err = refused(&["--durability", "sometimes"]);
+    assert!(
+        err.contains("durability") && err.contains("sometimes"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// The kill -9 loop
+// ---------------------------------------------------------------------------------------
+
+use std::collections::{HashMap, HashSet};
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use ringmq::protocol::{
+    decode_packet, encode_packet, Connect, Disconnect, LastWill, Packet, ProtocolVersion, PubResp,
+    Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions,
+};
+
+/// xorshift64*: the test's only randomness, from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// A minimal MQTT client that tolerates the broker dying under it: every read and
+/// write reports a closed connection instead of failing the test.
+struct Peer {
+    s: TcpStream,
+    buf: BytesMut,
+    v: ProtocolVersion,
+    closed: bool,
+}
+
+impl Peer {
+    fn connect(addr: &str, connect: Connect) -> Option<(Peer, bool)> {
+        let s = TcpStream::connect(addr).ok()?;
+        s.set_nodelay(true).ok()?;
+        let mut p = Peer {
+            s,
+            buf: BytesMut::new(),
+            v: connect.protocol,
+            closed: false,
+        };
+        p.send(&Packet::Connect(Box::new(connect)));
+        match p.recv(Duration::from_secs(20)) {
+            Some(Packet::ConnAck(a)) if a.code == ReasonCode::Success => {
+                Some((p, a.session_present))
+            }
+            other => panic!("CONNACK expected, got {other:?}"),
+        }
+    }
+
+    fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        encode_packet(packet, self.v, &mut out);
+        if self.s.write_all(&out).is_err() {
+            self.closed = true;
+        }
+    }
+
+    /// The next packet within `timeout`; `None` on timeout or once closed.
+    fn recv(&mut self, timeout: Duration) -> Option<Packet> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(p)) = decode_packet(&mut self.buf, self.v, usize::MAX >> 1) {
+                return Some(p);
+            }
+            if self.closed {
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            let _ = self
+                .s
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            let mut tmp = [0u8; 16384];
+            match self.s.read(&mut tmp) {
+                Ok(0) => self.closed = true,
+                Ok(n) => self.buf.extend_from_slice(&tmp[..n]),
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => self.closed = true,
+            }
+        }
+    }
+}
+
+fn connect_packet(id: &str, v5: bool, clean: bool) -> Connect {
+    let mut c = Connect {
+        protocol: if v5 {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V311
+        },
+        clean_start: clean,
+        keep_alive_s: 60,
+        client_id: Bytes::copy_from_slice(id.as_bytes()),
+        will: None,
+        username: None,
+        password: None,
+        properties: Default::default(),
+    };
+    if v5 && !clean {
+        c.properties.session_expiry_interval_s = Some(3600);
+    }
+    c
+}
+
+fn subscribe(p: &mut Peer, filters: &[&str]) {
+    let filters = filters
+        .iter()
+        .map(|f| {
+            (
+                Bytes::copy_from_slice(f.as_bytes()),
+                SubscriptionOptions {
+                    qos: QoS::ExactlyOnce,
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+    p.send(&Packet::Subscribe(Subscribe {
+        packet_id: 1,
+        filters,
+        properties: Default::default(),
+    }));
+    match p.recv(Duration::from_secs(20)) {
+        Some(Packet::SubAck(SubAck { codes, .. })) => {
+            assert!(
+                codes.iter().all(|c| *c == ReasonCode::GrantedQoS2),
+                "{codes:?}"
+            )
+        }
+        other => panic!("SUBACK expected, got {other:?}"),
+    }
+}
+
+fn publish_packet(topic: &str, payload: &str, qos: QoS, retain: bool, packet_id: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: Bytes::copy_from_slice(topic.as_bytes()),
+        packet_id,
+        properties: Default::default(),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+    })
+}
+
+/// A persistent subscriber as a real client keeps it: what it received, and the
+/// inbound QoS 2 ids it answered with PUBREC and not yet released (so a resend of
+/// one of those is a duplicate, not a new message).
+#[derive(Default)]
+struct Inbox {
+    got: HashMap<String, u32>,
+    awaiting_rel: HashSet<u16>,
+}
+
+impl Inbox {
+    /// Handles one packet; answers on `p`.
+    fn on(&mut self, p: &mut Peer, packet: Packet) {
+        match packet {
+            Packet::Publish(m) => {
+                let payload = String::from_utf8_lossy(&m.payload).into_owned();
+                match m.qos {
+                    QoS::AtMostOnce => *self.got.entry(payload).or_default() += 1,
+                    QoS::AtLeastOnce => {
+                        *self.got.entry(payload).or_default() += 1;
+                        p.send(&Packet::PubAck(PubResp::new(m.packet_id)));
+                    }
+                    QoS::ExactlyOnce => {
+                        if self.awaiting_rel.insert(m.packet_id) {
+                            *self.got.entry(payload).or_default() += 1;
+                        }
+                        p.send(&Packet::PubRec(PubResp::new(m.packet_id)));
+                    }
+                }
+            }
+            Packet::PubRel(r) => {
+                self.awaiting_rel.remove(&r.packet_id);
+                p.send(&Packet::PubComp(PubResp::new(r.packet_id)));
+            }
+            _ => {}
+        }
+    }
+
+    fn drain(&mut self, p: &mut Peer, quiet: Duration, limit: Duration) {
+        let end = Instant::now() + limit;
+        while Instant::now() < end {
+            match p.recv(quiet) {
+                Some(packet) => self.on(p, packet),
+                None => return,
+            }
+        }
+    }
+}
+
+/// One publisher's pipelined flow: what it sent and which acknowledgements came.
+struct Flow {
+    p: Option<Peer>,
+    qos: QoS,
+    prefix: String,
+    next: u32,
+    outstanding: HashMap<u16, String>,
+    /// QoS 2 after PUBREC: PUBREL sent, PUBCOMP pending.
+    released: HashMap<u16, String>,
+}
+
+const WINDOW: usize = 16;
+const PER_ROUND: u32 = 300;
+
+impl Flow {
+    fn pump(&mut self, acked: &mut HashSet<String>, maybe: &mut HashSet<String>) -> bool {
+        let Some(p) = self.p.as_mut() else {
+            return false;
+        };
+        while self.outstanding.len() + self.released.len() < WINDOW && self.next < PER_ROUND {
+            self.next += 1;
+            let pid = self.next as u16;
+            let payload = format!("{}-{}", self.prefix, self.next);
+            p.send(&publish_packet("d/x", &payload, self.qos, false, pid));
+            maybe.insert(payload.clone());
+            self.outstanding.insert(pid, payload);
+        }
+        let mut moved = false;
+        while let Some(packet) = p.recv(Duration::from_millis(1)) {
+            moved = true;
+            match packet {
+                Packet::PubAck(r) if r.code == ReasonCode::Success => {
+                    if let Some(m) = self.outstanding.remove(&r.packet_id) {
+                        acked.insert(m);
+                    }
+                }
+                Packet::PubRec(r) if r.code == ReasonCode::Success => {
+                    if let Some(m) = self.outstanding.remove(&r.packet_id) {
+                        self.released.insert(r.packet_id, m);
+                        p.send(&Packet::PubRel(PubResp::new(r.packet_id)));
+                    }
+                }
+                Packet::PubComp(r) => {
+                    if let Some(m) = self.released.remove(&r.packet_id) {
+                        acked.insert(m);
+                    }
+                }
+                other => panic!("publisher {}: unexpected {other:?}", self.prefix),
+            }
+        }
+        if p.closed {
+            self.p = None;
+        }
+        moved
+    }
+}
+
+fn kill_loop(extra: &[&str], shards: usize) {
+    let seed = std::env::var("RINGMQ_DURABILITY_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1
+        });
+    let kills: usize = std::env::var("RINGMQ_DURABILITY_KILLS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    println!("kill -9 loop: seed {seed} (RINGMQ_DURABILITY_SEED), {kills} kills, {extra:?}");
+    let mut rng = Rng(seed);
+    let t = TempDir::new("kill");
+    let data = t.data();
+    let mut args = vec![
+        "--data-dir",
+        &data,
+        "--durability",
+        "process",
+        "--max-queued-messages",
+        "100000",
+        "--max-queued-bytes",
+        "100000000",
+    ];
+    args.extend_from_slice(extra);
+    // Every client on loop 0: the loops' logs are independent, and a copy queued
+    // on another loop is durable only when that loop's log has it (README,
+    // "Durability", what is not covered yet).
+    let on0 = |p: &str| id_on_shard(p, 0, shards);
+    let (son, soff, p1, p2, w) = (on0("son"), on0("soff"), on0("p1"), on0("p2"), on0("w"));
+
+    let mut son_inbox = Inbox::default();
+    let mut soff_inbox = Inbox::default();
+    let mut acked: HashSet<String> = HashSet::new();
+    let mut maybe: HashSet<String> = HashSet::new();
+    for round in 0..=kills {
+        let mut broker = Launch::new(&args).spawn();
+        let addr = broker.addr().to_string();
+        let (mut s_on, present) =
+            Peer::connect(&addr, connect_packet(&son, false, false)).expect("son connects");
+        assert_eq!(present, round > 0, "round {round}: son's session present");
+        if round == 0 {
+            subscribe(&mut s_on, &["d/#", "w/#"]);
+            let (mut s_off, _) =
+                Peer::connect(&addr, connect_packet(&soff, true, false)).expect("soff");
+            subscribe(&mut s_off, &["d/#"]);
+            s_off.send(&Packet::Disconnect(Disconnect {
+                code: ReasonCode::Success,
+                properties: Default::default(),
+            }));
+            // A retained message, acknowledged before any kill.
+            let (mut r, _) = Peer::connect(&addr, connect_packet(&p1, false, true)).expect("p");
+            r.send(&publish_packet("r/keep", "kept", QoS::AtLeastOnce, true, 1));
+            assert!(matches!(
+                r.recv(Duration::from_secs(20)),
+                Some(Packet::PubAck(_))
+            ));
+            // A session with a will that only its end publishes (delay of an hour).
+            let mut c = connect_packet(&w, true, false);
+            c.will = Some(LastWill {
+                topic: Bytes::from_static(b"w/gone"),
+                payload: Bytes::from_static(b"will"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                properties: ringmq::protocol::Properties {
+                    will_delay_interval_s: Some(3600),
+                    ..Default::default()
+                },
+            });
+            let (wp, _) = Peer::connect(&addr, c).expect("w connects");
+            // Left open: the kill ends it abnormally, the will waits for its delay.
+            std::mem::forget(wp.s);
+        }
+        if round == kills {
+            // The last start: nothing is killed any more; the checks follow.
+            son_inbox.drain(&mut s_on, Duration::from_secs(2), Duration::from_secs(30));
+            let (mut s_off, present) =
+                Peer::connect(&addr, connect_packet(&soff, true, false)).expect("soff back");
+            assert!(present, "soff's session survived");
+            soff_inbox.drain(&mut s_off, Duration::from_secs(2), Duration::from_secs(30));
+            // The will's session ends with a clean start: its will goes out.
+            let _ = Peer::connect(&addr, connect_packet(&w, true, true)).expect("w back");
+            son_inbox.drain(&mut s_on, Duration::from_secs(2), Duration::from_secs(10));
+            let (mut late, _) =
+                Peer::connect(&addr, connect_packet("late", false, true)).expect("late");
+            subscribe(&mut late, &["r/#"]);
+            let mut retained = Inbox::default();
+            retained.drain(&mut late, Duration::from_secs(1), Duration::from_secs(10));
+            assert_eq!(
+                retained.got.get("kept"),
+                Some(&1),
+                "retained r/keep survived"
+            );
+            break;
+        }
+        let mut flows = [
+            Flow {
+                p: Peer::connect(&addr, connect_packet(&p1, false, true)).map(|x| x.0),
+                qos: QoS::AtLeastOnce,
+                prefix: format!("q1-{round}"),
+                next: 0,
+                outstanding: HashMap::new(),
+                released: HashMap::new(),
+            },
+            Flow {
+                p: Peer::connect(&addr, connect_packet(&p2, false, true)).map(|x| x.0),
+                qos: QoS::ExactlyOnce,
+                prefix: format!("q2-{round}"),
+                next: 0,
+                outstanding: HashMap::new(),
+                released: HashMap::new(),
+            },
+        ];
+        let pid = broker.pid() as libc::pid_t;
+        let delay = Duration::from_millis(5 + rng.below(150));
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            // SAFETY: kill(2) on our own unreaped child (a zombie at worst).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        });
+        let end = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < end {
+            let mut moved = false;
+            for f in &mut flows {
+                moved |= f.pump(&mut acked, &mut maybe);
+            }
+            while let Some(packet) = s_on.recv(Duration::from_millis(1)) {
+                son_inbox.on(&mut s_on, packet);
+                moved = true;
+            }
+            if flows.iter().all(|f| f.p.is_none()) && s_on.closed {
+                break;
+            }
+            if !moved
+                && flows
+                    .iter()
+                    .all(|f| f.next >= PER_ROUND && f.outstanding.is_empty())
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        killer.join().expect("killer");
+        let status = broker.terminate(Duration::from_secs(20));
+        assert!(
+            status.is_some_and(|s| !s.success()),
+            "round {round}: the broker died by SIGKILL: {status:?}"
+        );
+        println!(
+            "round {round}: killed after {delay:?}; {} acknowledged so far",
+            acked.len()
+        );
+    }
+    let mut lost = Vec::new();
+    for m in &acked {
+        for (who, inbox) in [("online", &son_inbox), ("offline", &soff_inbox)] {
+            match inbox.got.get(m) {
+                None => lost.push(format!("{who}: {m}")),
+                Some(&n) if m.starts_with("q2-") && n != 1 => {
+                    lost.push(format!("{who}: {m} delivered {n} times"))
+                }
+                _ => {}
+            }
+        }
+    }
+    for inbox in [&son_inbox, &soff_inbox] {
+        for (m, n) in &inbox.got {
+            assert!(
+                maybe.contains(m) || m == "will",
+                "delivered a message nobody sent: {m}"
+            );
+            if m.starts_with("q2-") {
+                assert_eq!(*n, 1, "QoS 2 {m} delivered {n} times (seed {seed})");
+            }
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "seed {seed}: {} of {} acknowledged messages not delivered as promised: {:?}",
+        lost.len(),
+        acked.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert_eq!(
+        son_inbox.got.get("will"),
+        Some(&1),
+        "the stored will went out"
+    );
+    assert!(
+        acked.len() > kills,
+        "traffic was acknowledged: {}",
+        acked.len()
+    );
+}
+
+#[test]
+fn acknowledged_messages_survive_sigkill_one_loop() {
+    kill_loop(&["--shards", "1"], 1);
+}
+
+#[test]
+fn acknowledged_messages_survive_sigkill_two_loops() {
+    kill_loop(&["--shards", "2"], 2);
+}
+
+/// Another loop count re-homes the stored sessions at start-up instead of refusing:
+/// 1 loop, then 3, then 2, with a session's subscription and queued messages intact.
+#[test]
+fn a_different_loop_count_rehomes_sessions() {
+    let t = TempDir::new("rehome");
+    let data = t.data();
+    let args = |shards: &'static str| -> Vec<String> {
+        ["--data-dir", data.as_str(), "--shards", shards]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let ids: Vec<String> = (0..6).map(|i| format!("rh-{i}")).collect();
+    let mut next = 0;
+    for (round, shards) in ["1", "3", "2"].into_iter().enumerate() {
+        let a = args(shards);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        let mut broker = Launch::new(&a).spawn();
+        let addr = broker.addr().to_string();
+        for id in &ids {
+            let (mut s, present) =
+                Peer::connect(&addr, connect_packet(id, false, false)).expect("connects");
+            assert_eq!(present, round > 0, "{id} in round {round}");
+            if round == 0 {
+                subscribe(&mut s, &["rh/#"]);
+            } else {
+                // Everything queued while offline arrives, once.
+                let mut inbox = Inbox::default();
+                inbox.drain(&mut s, Duration::from_millis(500), Duration::from_secs(10));
+                let want: HashSet<String> = (next - 3..next).map(|n| format!("m{n}")).collect();
+                let got: HashSet<String> = inbox.got.keys().cloned().collect();
+                assert_eq!(got, want, "{id} after re-homing onto {shards} loops");
+            }
+            s.send(&Packet::Disconnect(Disconnect {
+                code: ReasonCode::Success,
+                properties: Default::default(),
+            }));
+        }
+        let (mut p, _) = Peer::connect(&addr, connect_packet("rh-pub", false, true)).expect("p");
+        for _ in 0..3 {
+            next += 1;
+            p.send(&publish_packet(
+                "rh/t",
+                &format!("m{next}"),
+                QoS::AtLeastOnce,
+                false,
+                1,
+            ));
+            assert!(matches!(
+                p.recv(Duration::from_secs(20)),
+                Some(Packet::PubAck(_))
+            ));
+        }
+        let status = broker.terminate(Duration::from_secs(20));
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        next += 1; // the next round expects m(next-3)..m(next-1)
+    }
+}
