@@ -483,7 +483,7 @@ fn raise_nofile(want: u64) {
 }
 
 /// A handshake slowloris and 1,000 half-open upgrades: the others are served while
-/// they hang, and the connect timeout closes every one of them.
+/// they hang, and the connect timeout ends every one of them with a 503 naming it.
 #[test]
 fn slow_and_half_open_upgrades_are_closed_and_others_served() {
     raise_nofile(4096);
@@ -522,7 +522,16 @@ fn slow_and_half_open_upgrades_are_closed_and_others_served() {
                 closed = true;
                 break;
             }
-            Ok(n) => panic!("the slow upgrade got an answer: {:?}", &buf[..n]),
+            Ok(n) => {
+                // The connect timeout's answer, then the close.
+                let mut got = buf[..n].to_vec();
+                slow.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+                let (rest, eof) = read_until_closed(&mut slow);
+                got.extend(rest);
+                assert_eq!(status(&got), 503, "{}", String::from_utf8_lossy(&got));
+                closed = eof;
+                break;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                 closed = true;
                 break;
@@ -537,7 +546,26 @@ fn slow_and_half_open_upgrades_are_closed_and_others_served() {
             closed,
             "half-open upgrade {i} closed by the connect timeout"
         );
-        assert!(got.is_empty(), "half-open upgrade {i} got {got:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(status(&got), 503, "half-open upgrade {i}: {text}");
+        assert!(text.contains("connect_timeout_ms"), "{text}");
     }
     still_serves(&addr);
+}
+
+/// When the broker ends the connection (here after the client's DISCONNECT), the
+/// client gets a close frame (1000), not just a TCP close: a browser then reports a
+/// normal closure rather than 1006.
+#[test]
+fn the_broker_ends_with_a_close_frame() {
+    let b = ws_broker(&[]);
+    let addr = listener_addr(&b, "ws");
+    let mut s = upgraded(&addr);
+    s.write_all(&frame(0x82, CONNECT)).expect("connect");
+    assert_eq!(read_frame(&mut s).1, [0x20, 0x02, 0x00, 0x00]);
+    s.write_all(&frame(0x82, &[0xe0, 0x00]))
+        .expect("disconnect");
+    assert_eq!(read_frame(&mut s), (0x88, 1000u16.to_be_bytes().to_vec()));
+    let (rest, closed) = read_until_closed(&mut s);
+    assert!(closed && rest.is_empty(), "closed after it: {rest:?}");
 }
