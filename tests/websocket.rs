@@ -1,7 +1,7 @@
 //! MQTT over WebSocket with real clients and hostile peers: Paho Python
 //! (`transport="websockets"`) and mqtt.js (`ws://`) run the interop scenarios (QoS
 //! 0/1/2, retained, will, session resume) across shards, Paho again over `wss://`
-//! with a test CA; then raw sockets: every refused upgrade gets its HTTP status,
+//! with a test CA, rumqttc over its own WebSocket transport; then raw sockets: every refused upgrade gets its HTTP status,
 //! every bad frame its close code, a slow or half-open upgrade is closed by the
 //! connect timeout, and through all of it the broker keeps serving other clients.
 //! Every external program runs under a bounded wait and is killed by PID. A missing
@@ -568,4 +568,56 @@ fn the_broker_ends_with_a_close_frame() {
     assert_eq!(read_frame(&mut s), (0x88, 1000u16.to_be_bytes().to_vec()));
     let (rest, closed) = read_until_closed(&mut s);
     assert!(closed && rest.is_empty(), "closed after it: {rest:?}");
+}
+
+/// rumqttc's own WebSocket transport (async-tungstenite): subscribe, then QoS 1 and 2
+/// round trips through the ws listener.
+#[test]
+fn rumqttc_over_websocket() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+
+    let b = ws_broker(&[]);
+    let port: u16 = port_of(&listener_addr(&b, "ws")).parse().expect("port");
+    let topic = uniq("ws/rumqttc");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let got = rt.block_on(async {
+        let url = format!("ws://127.0.0.1:{port}/mqtt");
+        let mut opts = MqttOptions::new(uniq("rumqttc-ws"), url, port);
+        opts.set_transport(Transport::Ws);
+        let (client, mut events) = AsyncClient::new(opts, 16);
+        client
+            .subscribe(topic.clone(), QoS::ExactlyOnce)
+            .await
+            .expect("subscribe queued");
+        let wait = async {
+            let mut got = Vec::new();
+            loop {
+                match events.poll().await.expect("rumqttc over ws") {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        for (qos, body) in [(QoS::AtLeastOnce, "qos1"), (QoS::ExactlyOnce, "qos2")]
+                        {
+                            client
+                                .publish(topic.clone(), qos, false, body)
+                                .await
+                                .expect("publish queued");
+                        }
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                        if got.len() == 2 {
+                            return got;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(TOOL_TIMEOUT, wait)
+            .await
+            .expect("messages within the deadline")
+    });
+    assert_eq!(got, ["qos1", "qos2"]);
 }
