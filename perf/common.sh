@@ -8,6 +8,10 @@ OUT="${OUT:-$ROOT/perf/out}"
 BROKER_CORE="${BROKER_CORE:-0}"
 LOADGEN_CORE="${LOADGEN_CORE:-1}"
 DURATION="${DURATION:-10s}"
+# tcp, or ws: the broker listens on ws://127.0.0.1:PORT/mqtt (Mosquitto: `protocol
+# websockets`) and loadgen runs with --transport ws.
+TRANSPORT="${TRANSPORT:-tcp}"
+[[ "$TRANSPORT" == tcp || "$TRANSPORT" == ws ]] || { echo "error: TRANSPORT=$TRANSPORT: tcp or ws" >&2; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 # Set RINGMQ/LOADGEN to use prebuilt binaries (then nothing is built).
 PREBUILT=0
@@ -93,7 +97,9 @@ start_ringmq() {
   local port=$1 logfile=$2; shift 2
   local extra=()
   read -r -a extra <<<"${RINGMQ_ARGS:-}"
-  taskset -c "$BROKER_CORE" "$RINGMQ" --shards "${BROKER_SHARDS:-1}" --listen "127.0.0.1:$port" "${extra[@]}" "$@" >"$logfile" 2>&1 &
+  local url="127.0.0.1:$port"
+  [[ "$TRANSPORT" == ws ]] && url="ws://127.0.0.1:$port/mqtt"
+  taskset -c "$BROKER_CORE" "$RINGMQ" --shards "${BROKER_SHARDS:-1}" --listen "$url" "${extra[@]}" "$@" >"$logfile" 2>&1 &
   BROKER_PID=$!
   STARTED_PIDS+=("$BROKER_PID")
   wait_listening "$port" "$BROKER_PID"
@@ -103,7 +109,7 @@ start_ringmq() {
 # to stdout, loadgen's table and messages to LOGFILE. Extra args: scenario and flags.
 run_loadgen() {
   local port=$1 logfile=$2; shift 2
-  taskset -c "$LOADGEN_CORE" "$LOADGEN" "$@" --port "$port" --json 2>>"$logfile" | tail -n 1
+  taskset -c "$LOADGEN_CORE" "$LOADGEN" "$@" --transport "$TRANSPORT" --port "$port" --json 2>>"$logfile" | tail -n 1
 }
 
 # Scenario name -> loadgen arguments. The idle ones hold connections for the
@@ -154,6 +160,7 @@ results_dir() {
     echo "load_average_at_start: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "broker_core: $BROKER_CORE loadgen_core: $LOADGEN_CORE"
     echo "duration: $DURATION"
+    echo "transport: $TRANSPORT"
     echo "ringmq: $RINGMQ ${RINGMQ_ARGS:-}"
     echo "loadgen: $LOADGEN"
     if command -v mosquitto >/dev/null; then

@@ -6,6 +6,7 @@
 #   bash perf/compare.sh fanin_qos0 idle_10k  # some scenarios
 #   BROKERS=ringmq DURATION=5s bash perf/compare.sh pairs_20k
 #   RINGMQ_ARGS="--rt-priority 50" bash perf/compare.sh pairs_20k   # extra ringmq flags
+#   TRANSPORT=ws bash perf/compare.sh fanin_qos0   # both brokers over MQTT-over-WebSocket
 #
 # Scenarios (issue #3 targets): fanin_qos0, fanin_qos1, fanin_qos1_5k (100 publishers
 # -> 1 wildcard subscriber, 64 B; see common.sh), pairs_20k (1000 pub/sub pairs, 20k msg/s total, open loop),
@@ -45,11 +46,15 @@ ensure_mosquitto() {
     || die "apt-get install mosquitto failed"
 }
 
+# With TRANSPORT=ws, Mosquitto 2.0.11 also gets an unused plain listener: with only
+# websockets listeners it exits with "Unable to start any listening sockets".
 start_mosquitto() {
   local port=$1 logfile=$2 conf
   conf="$run_dir/mosquitto-$port.conf"
   cat >"$conf" <<EOF
+$([[ "$TRANSPORT" == ws ]] && echo "listener $(free_port) 127.0.0.1")
 listener $port 127.0.0.1
+$([[ "$TRANSPORT" == ws ]] && echo "protocol websockets")
 allow_anonymous true
 set_tcp_nodelay true
 max_queued_messages $MAX_QUEUED

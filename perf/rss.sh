@@ -6,6 +6,7 @@
 #
 #   bash perf/rss.sh                  # 10k and 100k, idle and subscribed, 1 and 2 shards
 #   COUNTS="10000" SHARDS="1" MODES="idle" bash perf/rss.sh
+#   TRANSPORT=ws COUNTS="20000" bash perf/rss.sh   # over MQTT-over-WebSocket
 #
 # Broker pinned to BROKER_CORE, loadgen to LOADGEN_CORE, 127.0.0.1 only; every process
 # started here is stopped by PID. The table and one JSON line per measurement (the raw
@@ -37,10 +38,11 @@ measure() {
   # Long enough to connect everything (~25k/s) and settle.
   hold="$(( n / 10000 + 10 ))s"
   if [[ $mode == idle ]]; then
-    taskset -c "$LOADGEN_CORE" "$LOADGEN" connect --clients "$n" --hold "$hold" --port "$port" >>"$logfile" 2>&1 &
+    taskset -c "$LOADGEN_CORE" "$LOADGEN" connect --clients "$n" --hold "$hold" --port "$port" \
+      --transport "$TRANSPORT" >>"$logfile" 2>&1 &
   else
     taskset -c "$LOADGEN_CORE" "$LOADGEN" fleet --clients "$n" --interval 1h --cmd-rate 0 \
-      --duration "$hold" --warmup 0s --port "$port" >>"$logfile" 2>&1 &
+      --duration "$hold" --warmup 0s --port "$port" --transport "$TRANSPORT" >>"$logfile" 2>&1 &
   fi
   lg=$!
   STARTED_PIDS+=("$lg")

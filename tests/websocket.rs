@@ -1,7 +1,7 @@
 //! MQTT over WebSocket with real clients and hostile peers: Paho Python
 //! (`transport="websockets"`) and mqtt.js (`ws://`) run the interop scenarios (QoS
 //! 0/1/2, retained, will, session resume) across shards, Paho again over `wss://`
-//! with a test CA; then raw sockets: every refused upgrade gets its HTTP status,
+//! with a test CA, rumqttc over its own WebSocket transport; then raw sockets: every refused upgrade gets its HTTP status,
 //! every bad frame its close code, a slow or half-open upgrade is closed by the
 //! connect timeout, and through all of it the broker keeps serving other clients.
 //! Every external program runs under a bounded wait and is killed by PID. A missing
@@ -483,7 +483,7 @@ fn raise_nofile(want: u64) {
 }
 
 /// A handshake slowloris and 1,000 half-open upgrades: the others are served while
-/// they hang, and the connect timeout closes every one of them.
+/// they hang, and the connect timeout ends every one of them with a 503 naming it.
 #[test]
 fn slow_and_half_open_upgrades_are_closed_and_others_served() {
     raise_nofile(4096);
@@ -522,7 +522,16 @@ fn slow_and_half_open_upgrades_are_closed_and_others_served() {
                 closed = true;
                 break;
             }
-            Ok(n) => panic!("the slow upgrade got an answer: {:?}", &buf[..n]),
+            Ok(n) => {
+                // The connect timeout's answer, then the close.
+                let mut got = buf[..n].to_vec();
+                slow.set_read_timeout(Some(READ_TIMEOUT)).expect("timeout");
+                let (rest, eof) = read_until_closed(&mut slow);
+                got.extend(rest);
+                assert_eq!(status(&got), 503, "{}", String::from_utf8_lossy(&got));
+                closed = eof;
+                break;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
                 closed = true;
                 break;
@@ -537,7 +546,78 @@ fn slow_and_half_open_upgrades_are_closed_and_others_served() {
             closed,
             "half-open upgrade {i} closed by the connect timeout"
         );
-        assert!(got.is_empty(), "half-open upgrade {i} got {got:?}");
+        let text = String::from_utf8_lossy(&got);
+        assert_eq!(status(&got), 503, "half-open upgrade {i}: {text}");
+        assert!(text.contains("connect_timeout_ms"), "{text}");
     }
     still_serves(&addr);
+}
+
+/// When the broker ends the connection (here after the client's DISCONNECT), the
+/// client gets a close frame (1000), not just a TCP close: a browser then reports a
+/// normal closure rather than 1006.
+#[test]
+fn the_broker_ends_with_a_close_frame() {
+    let b = ws_broker(&[]);
+    let addr = listener_addr(&b, "ws");
+    let mut s = upgraded(&addr);
+    s.write_all(&frame(0x82, CONNECT)).expect("connect");
+    assert_eq!(read_frame(&mut s).1, [0x20, 0x02, 0x00, 0x00]);
+    s.write_all(&frame(0x82, &[0xe0, 0x00]))
+        .expect("disconnect");
+    assert_eq!(read_frame(&mut s), (0x88, 1000u16.to_be_bytes().to_vec()));
+    let (rest, closed) = read_until_closed(&mut s);
+    assert!(closed && rest.is_empty(), "closed after it: {rest:?}");
+}
+
+/// rumqttc's own WebSocket transport (async-tungstenite): subscribe, then QoS 1 and 2
+/// round trips through the ws listener.
+#[test]
+fn rumqttc_over_websocket() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, Transport};
+
+    let b = ws_broker(&[]);
+    let port: u16 = port_of(&listener_addr(&b, "ws")).parse().expect("port");
+    let topic = uniq("ws/rumqttc");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let got = rt.block_on(async {
+        let url = format!("ws://127.0.0.1:{port}/mqtt");
+        let mut opts = MqttOptions::new(uniq("rumqttc-ws"), url, port);
+        opts.set_transport(Transport::Ws);
+        let (client, mut events) = AsyncClient::new(opts, 16);
+        client
+            .subscribe(topic.clone(), QoS::ExactlyOnce)
+            .await
+            .expect("subscribe queued");
+        let wait = async {
+            let mut got = Vec::new();
+            loop {
+                match events.poll().await.expect("rumqttc over ws") {
+                    Event::Incoming(Packet::SubAck(_)) => {
+                        for (qos, body) in [(QoS::AtLeastOnce, "qos1"), (QoS::ExactlyOnce, "qos2")]
+                        {
+                            client
+                                .publish(topic.clone(), qos, false, body)
+                                .await
+                                .expect("publish queued");
+                        }
+                    }
+                    Event::Incoming(Packet::Publish(p)) => {
+                        got.push(String::from_utf8_lossy(&p.payload).into_owned());
+                        if got.len() == 2 {
+                            return got;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(TOOL_TIMEOUT, wait)
+            .await
+            .expect("messages within the deadline")
+    });
+    assert_eq!(got, ["qos1", "qos2"]);
 }

@@ -9,13 +9,15 @@ use super::{TlsSession, TransportError};
 use crate::tx::TxChain;
 
 /// Boxed by the worker (one pointer per connection) and moved with the connection
-/// when it is handed to another loop.
+/// when it is handed to another loop. The TLS state is boxed again so that a plain
+/// WebSocket connection's box is the size of its small `WsSession`, not of a rustls
+/// connection (`size_of` is checked in `ws/tests.rs`).
 #[derive(Debug)]
 pub enum Transport {
-    Tls(TlsSession),
+    Tls(Box<TlsSession>),
     Ws(WsSession),
     /// WebSocket frames inside TLS records (`wss://`).
-    Wss(TlsSession, WsSession),
+    Wss(Box<TlsSession>, WsSession),
 }
 
 impl Transport {
@@ -91,6 +93,19 @@ impl Transport {
         }
     }
 
+    /// Whether a WebSocket is part of the stack.
+    pub fn is_websocket(&self) -> bool {
+        !matches!(self, Transport::Tls(_))
+    }
+
+    /// The broker closes the connection: a WebSocket queues its close frame (or, not
+    /// yet upgraded, an HTTP 503). TLS sends nothing more than before.
+    pub fn close_websocket(&mut self) {
+        if let Transport::Ws(w) | Transport::Wss(_, w) = self {
+            w.close();
+        }
+    }
+
     /// The WebSocket is over: send [`take_wire`](Self::take_wire), then close.
     pub fn ended(&self) -> bool {
         match self {
@@ -109,7 +124,7 @@ impl Transport {
 
     fn tls(&self) -> Option<&TlsSession> {
         match self {
-            Transport::Tls(t) | Transport::Wss(t, _) => Some(t),
+            Transport::Tls(t) | Transport::Wss(t, _) => Some(&**t),
             Transport::Ws(_) => None,
         }
     }

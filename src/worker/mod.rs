@@ -845,7 +845,7 @@ impl<L: EventLoop> Worker<L> {
                 let index = usize::from(listener);
                 let tls_session = match tls.listeners.get(index) {
                     Some(Some(lt)) => match TlsSession::from_material(&lt.current()) {
-                        Ok(s) => Some(s),
+                        Ok(s) => Some(Box::new(s)),
                         Err(e) => {
                             tracing::warn!(shard = shard.id(), "tls session: {e}");
                             io.close(sock);
@@ -1146,6 +1146,14 @@ impl<L: EventLoop> Worker<L> {
                         continue;
                     }
                     c.state = State::Draining;
+                    if let Some(t) = c.tls.as_mut().filter(|t| t.is_websocket()) {
+                        // The shard writes nothing after its Close: frame what it has
+                        // left, then the close frame (a browser sees 1000, not 1006).
+                        if let Some(plain) = self.shard.take_tx(conn) {
+                            t.encode(&plain);
+                        }
+                        t.close_websocket();
+                    }
                     if !c.sending {
                         if let Some(data) = Self::next_tx(&mut self.shard, c, conn) {
                             c.sending = true;

@@ -129,6 +129,28 @@ impl WsSession {
         }
     }
 
+    /// The broker ends the connection (after the shard's last output was framed):
+    /// a close frame (1000) once upgraded, or before the upgrade finished an HTTP 503
+    /// naming why it can be (the connect timeout, a limit, shutdown), so the peer
+    /// sees a clear end either way.
+    pub fn close(&mut self) {
+        match self.phase {
+            Phase::Open => frame::write_close(super::close_code::NORMAL, &mut self.out),
+            Phase::Upgrade => {
+                self.out = handshake::refusal(
+                    503,
+                    "Service Unavailable",
+                    "closed by the broker before the WebSocket upgrade and MQTT CONNECT \
+                     completed (connect_timeout_ms, a connection limit, or shutdown)",
+                    &self.config,
+                );
+            }
+            Phase::Closed => return,
+        }
+        self.pending = Vec::new();
+        self.phase = Phase::Closed;
+    }
+
     pub fn wants_write(&self) -> bool {
         !self.out.is_empty()
     }

@@ -450,3 +450,37 @@ fn fuzz_seeds_replay() {
     }
     assert!(n >= 5, "seeds found: {n}");
 }
+
+/// What an idle WebSocket connection costs beyond plain TCP is this box (and nothing
+/// else: its buffers are empty between reads). Kept small on purpose: a rustls
+/// connection inline would make every ws connection pay for TLS.
+#[test]
+fn an_idle_websocket_costs_one_small_box() {
+    let size = std::mem::size_of::<crate::transport::Transport>();
+    assert!(size <= 128, "Transport is {size} bytes");
+    let mut s = open();
+    feed(&mut s, &binary(&[0xc0, 0x00]));
+    let mut held = Vec::new();
+    s.restore_pending(&mut held);
+    assert!(held.is_empty() && s.take_out().is_empty());
+}
+
+#[test]
+fn a_close_by_the_broker_is_a_close_frame_or_a_503() {
+    let mut s = open();
+    s.write(&[0xe0, 0x00]);
+    s.close();
+    let out = s.take_out();
+    assert_eq!(out[..4], [0x82, 0x02, 0xe0, 0x00], "the last output first");
+    assert_eq!(close_code_of(&out), 1000);
+    s.write(b"late");
+    s.close();
+    assert!(s.take_out().is_empty(), "once only, nothing after");
+    let mut s = session(WsConfig::default());
+    feed(&mut s, b"GET /mqtt HTTP/1.1\r\n");
+    s.close();
+    let out = s.take_out();
+    assert_eq!(status_of(&out), 503);
+    assert!(String::from_utf8_lossy(&out).contains("connect_timeout_ms"));
+    assert!(s.ended());
+}
