@@ -3,7 +3,8 @@
 //! `on_verified`), the per-address failure limit, the cache of verified passwords, and
 //! reloading a new `AuthPolicy` into live connections. The ACL checks themselves sit
 //! in the packet handlers (`inbound.rs`) and in `deliver`, each one branch when no ACL
-//! file is configured.
+//! file is configured; the read check at delivery is skipped per shard
+//! (`ShardAuth::acl_active`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,6 +33,11 @@ pub(crate) struct ShardAuth {
     /// Usernames of connected clients, kept only to recompile their ACLs on reload
     /// (connections without a username have no entry).
     pub usernames: hashbrown::HashMap<ConnId, Box<str>, ahash::RandomState>,
+    /// Whether any connection of this shard may hold `Acl::Rules`. False (the
+    /// broker without an ACL file) lets `deliver` and `pump` skip the read check
+    /// with one test of a shard field instead of loading each subscriber's ACL.
+    /// Set when a connection is given rules; recomputed on reload.
+    pub acl_active: bool,
 }
 
 impl ShardAuth {
@@ -41,6 +47,7 @@ impl ShardAuth {
             cache: VerifyCache::new(secret, VERIFY_CACHE_MAX),
             failures: FailureLimiter::new(FAILURES_PER_WINDOW, FAILURE_WINDOW, FAILURE_ADDRS_MAX),
             usernames: Default::default(),
+            acl_active: false,
         }
     }
 }
@@ -54,6 +61,7 @@ impl Shard {
     /// their connections; their ACLs are compiled again from the new files.
     pub fn set_auth(&mut self, policy: Arc<AuthPolicy>) {
         self.auth.policy = policy;
+        self.auth.acl_active = self.auth.policy.has_acl();
         let ids: Vec<ConnId> = self
             .conns
             .iter()
@@ -71,6 +79,7 @@ impl Shard {
                 .unwrap_or_default();
             let user = self.auth.usernames.get(&conn).map(|u| &**u);
             let acl = self.auth.policy.acl_for(&client_id, user);
+            self.auth.acl_active |= matches!(acl, crate::auth::Acl::Rules(_));
             if let Some(c) = self.conns.get_mut(conn) {
                 c.acl = acl;
             }
@@ -212,6 +221,7 @@ impl Shard {
     }
 
     fn accept_identity(&mut self, conn: ConnId, acl: crate::auth::Acl, user: Option<String>) {
+        self.auth.acl_active |= matches!(acl, crate::auth::Acl::Rules(_));
         if let Some(c) = self.conns.get_mut(conn) {
             c.acl = acl;
         }

@@ -307,6 +307,7 @@ impl Shard {
             config,
             stats,
             actions,
+            auth,
             ..
         } = self;
         let Some(sess) = sessions.get_mut(session) else {
@@ -324,8 +325,9 @@ impl Shard {
         };
         // ACL (read) at delivery, so a wildcard subscription cannot leak a topic the
         // client may not read. Offline sessions are checked when the queue is
-        // written to their next connection (`pump`).
-        if let Some(c) = conn.as_ref() {
+        // written to their next connection (`pump`). Without rules on this shard
+        // the per-copy load of the subscriber's ACL is skipped.
+        if let Some(c) = conn.as_ref().filter(|_| auth.acl_active) {
             if !c.acl.can_read(&msg.topic) {
                 stats.acl_denied_delivery += 1;
                 return;
@@ -478,8 +480,10 @@ impl Shard {
             config,
             stats,
             actions,
+            auth,
             ..
         } = self;
+        let acl_active = auth.acl_active;
         let Some(sess) = sessions.get_mut(session) else {
             return;
         };
@@ -509,7 +513,7 @@ impl Shard {
                 stats.dropped_expired += 1;
                 continue;
             }
-            if !c.acl.can_read(&front.msg.topic) {
+            if acl_active && !c.acl.can_read(&front.msg.topic) {
                 d.queue.pop_front();
                 d.queued_bytes -= cost;
                 stats.bytes_queued -= cost;

@@ -287,6 +287,34 @@ fn wildcard_subscription_does_not_leak_a_denied_topic() {
     assert_eq!(stats(&cl).acl_denied_delivery, 1);
 }
 
+/// Without rules the read check at delivery is skipped per shard (`acl_active`); a
+/// reload that brings rules turns it on for live subscribers, one that removes them
+/// turns it off again.
+#[test]
+fn delivery_read_check_follows_whether_rules_are_loaded() {
+    let mut cl = Cluster::new(1, cfg());
+    assert!(!cl.shards[0].auth.acl_active);
+    let s = cl.connect_ok(V311, "s", ConnectOpts::default(), false);
+    cl.subscribe(s, "#", Q0);
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    cl.publish(p, "x/secret", "1", Q0, false, 0);
+    cl.expect(s, pubp("x/secret", "1", Q0, false, 0));
+    let rules = Arc::new(AuthPolicy::new(
+        None,
+        Some(AclFile::parse("topic readwrite public/#\ntopic write x/#\n").unwrap()),
+        true,
+    ));
+    cl.shards[0].set_auth(rules);
+    assert!(cl.shards[0].auth.acl_active);
+    cl.publish(p, "x/secret", "2", Q0, false, 0);
+    cl.expect_nothing(s);
+    assert_eq!(stats(&cl).acl_denied_delivery, 1);
+    cl.shards[0].set_auth(Arc::new(AuthPolicy::new(None, None, true)));
+    assert!(!cl.shards[0].auth.acl_active);
+    cl.publish(p, "x/secret", "3", Q0, false, 0);
+    cl.expect(s, pubp("x/secret", "3", Q0, false, 0));
+}
+
 #[test]
 fn will_needs_write_permission() {
     let mut cl = cluster(1, policy(ACL, false));
