@@ -322,6 +322,7 @@ pub fn secure_default(loaded: &mut Loaded) -> Option<String> {
     let c = &mut loaded.config;
     if loaded.explicit.iter().any(|k| k == "listen")
         || c.password_file.is_some()
+        || c.jwt_enabled()
         || c.allow_anonymous == Some(true)
     {
         return None;

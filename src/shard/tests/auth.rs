@@ -149,9 +149,14 @@ fn connect_waits_for_the_verifier_and_keeps_what_arrives_meanwhile() {
         "nothing answered before the verifier"
     );
     // A stale answer (another generation) changes nothing.
-    shard.on_verified(conn, generation.wrapping_add(1), Some(false), now);
+    shard.on_verified(
+        conn,
+        generation.wrapping_add(1),
+        Some(crate::auth::Verified::Denied),
+        now,
+    );
     assert!(shard.take_tx(conn).is_none());
-    shard.on_verified(conn, generation, Some(job.run()), now);
+    shard.on_verified(conn, generation, Some(job.run(0)), now);
     let out = shard.take_tx(conn).expect("CONNACK and SUBACK");
     assert_eq!(
         &out[..],
@@ -432,4 +437,90 @@ fn certificate_username_stands_for_the_connect_username_and_its_acl() {
         a,
         connack(false, ReasonCode::NotAuthorized, Properties::default()),
     );
+}
+
+fn jwt_policy(acl: Option<&str>) -> Arc<AuthPolicy> {
+    let jwt = crate::auth::JwtAuth::new(
+        crate::auth::JwtSettings {
+            username_claim: "username".into(),
+            ..Default::default()
+        },
+        Some(b"fleet secret"),
+        None,
+    )
+    .unwrap();
+    Arc::new(
+        AuthPolicy::new(None, acl.map(|a| AclFile::parse(a).unwrap()), false).with_jwt(Some(jwt)),
+    )
+}
+
+fn token(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"fleet secret"),
+    )
+    .unwrap()
+}
+
+/// A JWT in the password field: its `acl` claim rules the connection (delivery of
+/// a wildcard subscription included) and survives a reload of the ACL file; a
+/// refused token gets 0x86 / rc 4 and is counted.
+#[test]
+fn jwt_password_with_acl_claim() {
+    use crate::shard::testing::UNIX_NOW_S;
+    let mut cl = cluster(1, jwt_policy(Some("user dev-7\ntopic readwrite #\n")));
+    let t = token(serde_json::json!({
+        "username": "dev-7", "exp": UNIX_NOW_S + 60,
+        "acl": {"pub": ["up/%c"], "sub": ["down/#"]},
+    }));
+    let d = cl.connect_ok(V5, "d1", login("ignored", &t), false);
+    cl.subscribe(d, "#", Q0);
+    let w =
+        token(serde_json::json!({"username": "w", "exp": UNIX_NOW_S + 60, "acl": {"pub": ["#"]}}));
+    let writer = cl.connect_ok(V311, "w", login("w", &w), false);
+    cl.publish(writer, "other/x", "no", Q0, false, 0);
+    cl.publish(writer, "down/x", "yes", Q0, false, 0);
+    cl.expect(d, pubp("down/x", "yes", Q0, false, 0));
+    cl.expect_nothing(d);
+    // A reload of the ACL file (which would grant dev-7 everything) keeps the
+    // token's rules.
+    for sh in &mut cl.shards {
+        sh.set_auth(jwt_policy(Some("user dev-7\ntopic readwrite #\n")));
+    }
+    cl.publish(writer, "other/y", "no", Q0, false, 0);
+    cl.expect_nothing(d);
+    let st = stats(&cl);
+    assert_eq!((st.auth_jwt_verified, st.acl_denied_delivery), (2, 2));
+    // Expired, and signed with another secret: 3.x return code 4, counted.
+    let old = token(serde_json::json!({"username": "dev-7", "exp": UNIX_NOW_S - 60}));
+    let c = cl.connect(V311, "d2", login("dev-7", &old));
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x04]);
+    cl.expect_closed(c);
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"username": "dev-7", "exp": UNIX_NOW_S + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"guessed"),
+    )
+    .unwrap();
+    let c = cl.connect(V5, "d3", login("dev-7", &forged));
+    cl.expect(
+        c,
+        connack(
+            false,
+            ReasonCode::BadUserNameOrPassword,
+            Properties::default(),
+        ),
+    );
+    // A malformed acl claim: 0x87.
+    let bad =
+        token(serde_json::json!({"username": "u", "exp": UNIX_NOW_S + 60, "acl": {"pub": "x"}}));
+    let c = cl.connect(V5, "d4", login("u", &bad));
+    cl.expect(
+        c,
+        connack(false, ReasonCode::NotAuthorized, Properties::default()),
+    );
+    let st = stats(&cl);
+    assert_eq!(st.auth_jwt_refused, 3);
+    assert_eq!((st.auth_bad_credentials, st.auth_not_authorized), (2, 1));
 }
