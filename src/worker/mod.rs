@@ -390,6 +390,7 @@ impl<L: EventLoop> Worker<L> {
                     &mut self.mesh,
                     &mut self.wake,
                     &mut self.linger,
+                    &mut self.draining,
                     &mut self.report,
                     &mut self.http,
                     self.shutting_down,
@@ -670,6 +671,7 @@ impl<L: EventLoop> Worker<L> {
         mesh: &mut Endpoint<WorkerMsg>,
         wake: &mut WakeSet,
         linger: &mut Linger,
+        draining: &mut VecDeque<(Instant, ConnId, SockId)>,
         report: &mut WorkerReport,
         http: &mut Option<HttpServer>,
         shutting_down: bool,
@@ -758,8 +760,26 @@ impl<L: EventLoop> Worker<L> {
                                     report.tls_failed += 1;
                                     tracing::debug!(shard = shard.id(), conn, "closed: {e}");
                                     shard.on_closed(conn, now);
-                                    c.state = State::Closing;
-                                    io.close(sock);
+                                    // rustls queued the alert naming the failure: it is
+                                    // written before the close (then the linger), so
+                                    // the client reports why instead of a reset. The
+                                    // drain deadline bounds a peer that never reads.
+                                    c.state = State::Draining;
+                                    if !c.sending {
+                                        match session.take_tls() {
+                                            Some(alert) => {
+                                                c.sending = true;
+                                                io.send(sock, alert);
+                                            }
+                                            None => {
+                                                c.state = State::Closing;
+                                                io.close(sock);
+                                            }
+                                        }
+                                    }
+                                    if c.state == State::Draining {
+                                        draining.push_back((now + DRAIN_TIMEOUT, conn, sock));
+                                    }
                                 }
                             }
                             if tls.plain.capacity() > TLS_PLAIN_KEEP_BYTES {

@@ -248,6 +248,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         &mut w.mesh,
         &mut w.wake,
         &mut w.linger,
+        &mut w.draining,
         &mut w.report,
         &mut w.http,
         false,
