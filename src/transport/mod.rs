@@ -11,11 +11,14 @@
 //!   `rustls::ServerConfig` (SNI over several certificates, ALPN `mqtt`, TLS 1.2 and
 //!   1.3), and the reloadable holder SIGHUP swaps.
 //! - `identity`: the username a client certificate gives (CN or a SAN).
+//! - `testkit` (tests and the `testkit` feature): the `tls` fuzz target's checks.
 //!
 //! One error enum ([`TransportError`]); the worker maps every variant to a close.
 
 pub mod identity;
 pub mod material;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod tls;
 
 use std::fmt;

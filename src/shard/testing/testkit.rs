@@ -30,6 +30,7 @@ use crate::protocol::{
     PublishProperties, QoS, Subscribe, SubscriptionOptions, Unsubscribe, MAX_REMAINING_LENGTH,
 };
 use crate::shard::{Action, ConnId, Shard, ShardId};
+pub use crate::transport::testkit::{fuzz_tls, tls_seeds};
 
 /// Arbitrary bytes into the decoder for every protocol version in arbitrary chunks:
 /// never panics, consumes only whole frames, and every packet it returns encodes
