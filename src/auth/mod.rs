@@ -69,6 +69,9 @@ pub struct Credentials<'a> {
     /// the transport has already verified. When set, it is the username and no
     /// password is asked.
     pub cert_identity: Option<&'a str>,
+    /// The listener's own anonymous rule (`[[listener]]` `allow_anonymous`), in
+    /// place of the policy's; `None`: the policy's.
+    pub allow_anonymous: Option<bool>,
 }
 
 /// A check to run on the verifier pool: a slow password hash (with the key under
@@ -246,8 +249,9 @@ impl AuthPolicy {
                 });
             }
         }
+        let allow_anonymous = cred.allow_anonymous.unwrap_or(self.allow_anonymous);
         let Some(user) = cred.username else {
-            if self.allow_anonymous {
+            if allow_anonymous {
                 return self.accept(cred.client_id, None);
             }
             return Decision::Refuse(AuthError::NotAuthorized);
@@ -255,7 +259,7 @@ impl AuthPolicy {
         let Some(pw) = &self.passwords else {
             // No password file: a username is an unchecked label (Mosquitto), so the
             // client counts as anonymous for admission and the name picks its ACL.
-            if self.allow_anonymous {
+            if allow_anonymous {
                 return self.accept(cred.client_id, Some(user));
             }
             return Decision::Refuse(AuthError::NotAuthorized);
@@ -303,6 +307,7 @@ mod tests {
             username: user,
             password: pw,
             cert_identity: None,
+            allow_anonymous: None,
         }
     }
 
@@ -355,12 +360,42 @@ mod tests {
             username: None,
             password: None,
             cert_identity: Some("dev1"),
+            allow_anonymous: None,
         };
         let Decision::Accept { acl, username } = p.decide(&c, &cache) else {
             panic!("certificate identity refused");
         };
         assert_eq!(username.as_deref(), Some("dev1"));
         assert!(acl.can_publish(b"d/1") && !acl.can_publish(b"e"));
+    }
+
+    #[test]
+    fn a_listener_rule_replaces_the_policys_anonymous_rule() {
+        let cache = VerifyCache::new([0; 32], 16);
+        let anon = |allow: Option<bool>| Credentials {
+            allow_anonymous: allow,
+            ..cred(None, None)
+        };
+        let closed = policy(None, false);
+        assert!(matches!(
+            closed.decide(&anon(Some(true)), &cache),
+            Decision::Accept { username: None, .. }
+        ));
+        assert!(matches!(
+            closed.decide(&anon(None), &cache),
+            Decision::Refuse(AuthError::NotAuthorized)
+        ));
+        let open = AuthPolicy::new(None, None, true);
+        assert!(matches!(
+            open.decide(&anon(Some(false)), &cache),
+            Decision::Refuse(AuthError::NotAuthorized)
+        ));
+        // A password user is still checked on a listener that allows anonymous.
+        let c = Credentials {
+            allow_anonymous: Some(true),
+            ..cred(Some("alice"), Some(b"pw"))
+        };
+        assert!(matches!(closed.decide(&c, &cache), Decision::Verify(_)));
     }
 
     #[test]

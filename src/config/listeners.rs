@@ -1,7 +1,8 @@
 //! Listener keys: the addresses the broker accepts MQTT connections on, as URLs
 //! (`[scheme://]host:port[/path]`; `mqtt` plain, `mqtts` TLS; `ws`/`wss` parse and
 //! are refused until WebSocket lands, #16), the TLS flags every TLS listener uses,
-//! the TOML `[[listener]]` tables that override them per listener, and the HTTP
+//! the TOML `[[listener]]` tables that override them (and `allow_anonymous`) per
+//! listener, and the HTTP
 //! listener of the metrics endpoints.
 
 use std::net::SocketAddr;
@@ -97,13 +98,18 @@ pub struct ListenerTable {
     pub client_ca: Option<String>,
     pub require_certificate: Option<bool>,
     pub identity_username: Option<IdentityUsername>,
+    /// Clients without credentials on this listener, whatever the global
+    /// `allow_anonymous` says (Mosquitto's per-listener `allow_anonymous`).
+    pub allow_anonymous: Option<bool>,
 }
 
-/// A listener to bind: where, and its TLS settings (`None`: plain MQTT).
+/// A listener to bind: where, its TLS settings (`None`: plain MQTT), and its own
+/// anonymous rule (`None`: the global one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub url: ListenUrl,
     pub tls: Option<TlsSettings>,
+    pub allow_anonymous: Option<bool>,
 }
 
 const URL_EXPECTED: &str = "a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883 or 0.0.0.0:1883 (schemes mqtt, mqtts)";
@@ -190,6 +196,7 @@ const TABLE_KEYS: &[&str] = &[
     "tls_client_ca",
     "tls_require_certificate",
     "tls_identity_username",
+    "allow_anonymous",
 ];
 
 /// Parses one `[[listener]]` table. `Err((key, expected))` names the bad key.
@@ -204,6 +211,7 @@ pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expec
         client_ca: None,
         require_certificate: None,
         identity_username: None,
+        allow_anonymous: None,
     };
     let mut has_url = false;
     for (key, raw) in t {
@@ -218,6 +226,7 @@ pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expec
             "tls_client_ca" => ca_path(raw).map(|v| out.client_ca = v),
             "tls_require_certificate" => boolean(raw).map(|v| out.require_certificate = Some(v)),
             "tls_identity_username" => identity(raw).map(|v| out.identity_username = Some(v)),
+            "allow_anonymous" => boolean(raw).map(|v| out.allow_anonymous = Some(v)),
             _ => Err(format!("one of {}", TABLE_KEYS.join(", "))),
         };
         r.map_err(|e| (k.to_string(), e))?;
@@ -235,6 +244,7 @@ impl Config {
         let global = |u: &ListenUrl| Listener {
             url: u.clone(),
             tls: (u.scheme == Scheme::Mqtts).then(|| self.tls.clone()),
+            allow_anonymous: None,
         };
         let mut out: Vec<Listener> = self.listen.iter().map(global).collect();
         for t in &self.listener {
@@ -250,6 +260,7 @@ impl Config {
             out.push(Listener {
                 url: t.url.clone(),
                 tls,
+                allow_anonymous: t.allow_anonymous,
             });
         }
         out

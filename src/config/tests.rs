@@ -450,10 +450,14 @@ fn listener_urls_tls_flags_and_listener_tables() {
                 [[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\n\
                 [[listener]]\nurl = \"mqtts://0.0.0.0:8884\"\ntls_cert = [\"o.pem\", \"p.pem\"]\ntls_key = [\"o.key\", \"p.key\"]\n\
                 tls_client_ca = \"ca.pem\"\ntls_require_certificate = true\ntls_identity_username = \"san\"\n\
-                [[listener]]\nurl = \"1.2.3.4:1883\"\n";
+                [[listener]]\nurl = \"1.2.3.4:1883\"\nallow_anonymous = true\n";
     let cfg = load_with(&cli(&["--config", "c.toml"]), with_file(file)).expect("load");
     let ls = cfg.listeners();
     assert_eq!(ls.len(), 3);
+    assert_eq!(
+        ls.iter().map(|l| l.allow_anonymous).collect::<Vec<_>>(),
+        [None, None, Some(true)]
+    );
     assert_eq!(
         ls[0].tls.as_ref().expect("tls").cert,
         vec!["g.pem".to_string()]
@@ -499,7 +503,7 @@ fn listener_urls_tls_flags_and_listener_tables() {
     );
     assert_eq!(
         e(&["--config", "c.toml"], "[[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\ntls_certs = \"x\"\n"),
-        "config c.toml: key \"listener[0].tls_certs\": expected one of url, tls_cert, tls_key, tls_client_ca, tls_require_certificate, tls_identity_username, got \"x\""
+        "config c.toml: key \"listener[0].tls_certs\": expected one of url, tls_cert, tls_key, tls_client_ca, tls_require_certificate, tls_identity_username, allow_anonymous, got \"x\""
     );
     assert_eq!(
         e(&["--config", "c.toml"], "[[listener]]\ntls_cert = \"x\"\n"),

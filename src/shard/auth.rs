@@ -103,7 +103,12 @@ impl Shard {
         connect: Box<Connect>,
         now: Instant,
     ) -> Option<Box<Connect>> {
-        if self.auth.policy.is_open() {
+        let listener_anonymous = self
+            .conns
+            .get(conn)
+            .and_then(|c| c.pending.as_ref())
+            .and_then(|p| p.listener_anonymous);
+        if self.auth.policy.is_open() && listener_anonymous != Some(false) {
             return Some(connect);
         }
         let client_id = lossy(&connect.client_id).into_owned();
@@ -120,6 +125,7 @@ impl Shard {
             username: username.as_deref(),
             password: connect.password.as_deref(),
             cert_identity: cert_identity.as_deref(),
+            allow_anonymous: listener_anonymous,
         };
         let peer_ip = self.peer_ip(conn);
         match self.auth.policy.decide(&cred, &self.auth.cache) {

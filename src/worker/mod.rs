@@ -114,6 +114,9 @@ struct ConnIo {
 struct TlsIo {
     /// Indexed like the listeners: the TLS material of each TLS one.
     listeners: Vec<Option<Arc<ListenerTls>>>,
+    /// Indexed like the listeners too: each one's own `allow_anonymous` (not TLS, but
+    /// read at the same accept, by the same listener index).
+    anonymous: Vec<Option<bool>>,
     /// Plaintext of one receive on its way to the shard, reused across receives.
     plain: Vec<u8>,
     /// The TLS state of connections being handed off (keyed like `outgoing`), until
@@ -269,6 +272,11 @@ pub fn run<L: EventLoop>(
     );
     // Only loop 0 publishes $SYS (it owns the node-wide scrape).
     let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
+    let listener_anonymous = config
+        .listeners()
+        .iter()
+        .map(|l| l.allow_anonymous)
+        .collect();
     let mut shard = Shard::in_node(id, peers.len(), config, node);
     let auth = auth.map(|(shared, mut verifier)| {
         verifier.bind(remote);
@@ -310,6 +318,7 @@ pub fn run<L: EventLoop>(
         auth,
         tls: TlsIo {
             listeners: listener_tls,
+            anonymous: listener_anonymous,
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
@@ -712,6 +721,9 @@ impl<L: EventLoop> Worker<L> {
                     _ => None,
                 };
                 let conn = shard.accept(peer, now);
+                if let Some(&Some(allow)) = tls.anonymous.get(usize::from(listener)) {
+                    shard.set_listener_anonymous(conn, Some(allow));
+                }
                 Self::map(conns, by_sock, live, conn, sock, session);
                 io.start_recv(sock);
             }

@@ -108,6 +108,7 @@ pub(super) fn handoff() -> Box<Handoff> {
         rx: bytes::BytesMut::new(),
         accepted_at: now,
         connect_at: now,
+        listener_anonymous: None,
     })
 }
 
@@ -213,6 +214,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         stats_requests: Vec::new(),
         tls: TlsIo {
             listeners: Vec::new(),
+            anonymous: Vec::new(),
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
@@ -295,6 +297,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
         auth: None,
         tls: TlsIo {
             listeners: Vec::new(),
+            anonymous: Vec::new(),
             plain: Vec::new(),
             migrating: HashMap::new(),
         },

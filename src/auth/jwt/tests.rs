@@ -160,6 +160,7 @@ fn cred<'a>(user: Option<&'a str>, pw: Option<&'a [u8]>) -> Credentials<'a> {
         username: user,
         password: pw,
         cert_identity: None,
+        allow_anonymous: None,
     }
 }
 

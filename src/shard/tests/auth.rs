@@ -524,3 +524,57 @@ fn jwt_password_with_acl_claim() {
     assert_eq!(st.auth_jwt_refused, 3);
     assert_eq!((st.auth_bad_credentials, st.auth_not_authorized), (2, 1));
 }
+
+/// A listener's own `allow_anonymous` replaces the policy's, on the accepting shard
+/// and, travelling in the hand-off, on the owner.
+#[test]
+fn listener_anonymous_rule_applies_and_travels_with_the_handoff() {
+    let now = std::time::Instant::now();
+    let anon_connect = |client_id: &str| {
+        let mut buf = BytesMut::new();
+        encode_packet(
+            &connect_packet(V311, client_id, &ConnectOpts::default()),
+            ProtocolVersion::V311,
+            &mut buf,
+        );
+        buf
+    };
+    // Open policy (no files), listener says no: rc 5.
+    let mut shard = Shard::new(0, 1, Arc::new(cfg()));
+    let conn = shard.accept(peer(), now);
+    shard.set_listener_anonymous(conn, Some(false));
+    shard.on_read(conn, &anon_connect("a1"), now);
+    assert_eq!(&shard.take_tx(conn).unwrap()[..], &[0x20, 0x02, 0x00, 0x05]);
+    // Closed policy (password file, anonymous refused), listener says yes: accepted.
+    let mut shard = Shard::new(0, 1, Arc::new(cfg()));
+    shard.set_auth(policy("topic readwrite #\n", false));
+    let conn = shard.accept(peer(), now);
+    shard.set_listener_anonymous(conn, Some(true));
+    shard.on_read(conn, &anon_connect("a2"), now);
+    assert_eq!(&shard.take_tx(conn).unwrap()[..], &[0x20, 0x02, 0x00, 0x00]);
+    // Two shards: the CONNECT of a client id owned by the other shard migrates with
+    // the rule, and the owner refuses it.
+    let mut shards: Vec<Shard> = (0..2).map(|i| Shard::new(i, 2, Arc::new(cfg()))).collect();
+    let id = (0..)
+        .map(|n| format!("m{n}"))
+        .find(|id| {
+            crate::shard::owner_shard(cfg().placement_seed.unwrap_or(0), id.as_bytes(), 2) == 1
+        })
+        .unwrap();
+    let conn = shards[0].accept(peer(), now);
+    shards[0].set_listener_anonymous(conn, Some(false));
+    shards[0].on_read(conn, &anon_connect(&id), now);
+    let handoff = loop {
+        match shards[0].poll_action() {
+            Some(Action::Migrate { handoff, .. }) => break handoff,
+            Some(_) => continue,
+            None => panic!("expected a hand-off"),
+        }
+    };
+    assert_eq!(handoff.listener_anonymous, Some(false));
+    let owned = shards[1].adopt(*handoff, now);
+    assert_eq!(
+        &shards[1].take_tx(owned).unwrap()[..],
+        &[0x20, 0x02, 0x00, 0x05]
+    );
+}
