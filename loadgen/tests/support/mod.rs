@@ -60,7 +60,7 @@ fn wait_listening(child: &mut Child, port: u16) -> Result<(), String> {
 /// package's binaries, so Cargo is asked to build ringmq (a no-op when it is fresh)
 /// and reports where the executable is: that follows CARGO_TARGET_DIR and the
 /// profile, and never picks up a stale binary. Built once per test process.
-fn ringmq_bin() -> PathBuf {
+pub fn ringmq_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("RINGMQ_BIN") {
@@ -120,6 +120,11 @@ fn cargo_build_ringmq() -> PathBuf {
 /// test, with its stderr: there is no other broker to fall back to, so a pass always
 /// means ringmq carried the traffic.
 pub fn start_broker() -> Broker {
+    start_broker_with("mqtt", &[])
+}
+
+/// As [`start_broker`], its listener of `scheme` (mqtt or mqtts) and `extra` flags.
+pub fn start_broker_with(scheme: &str, extra: &[&str]) -> Broker {
     let bin = ringmq_bin();
     let port = free_port();
     let stderr_path =
@@ -129,10 +134,11 @@ pub fn start_broker() -> Broker {
     let mut child = Command::new(&bin)
         .args([
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            &format!("{scheme}://127.0.0.1:{port}"),
             "--http-listen",
             "none",
         ])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
