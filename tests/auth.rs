@@ -428,3 +428,46 @@ fn a_file_that_does_not_parse_stops_start_up_and_check_config_naming_it() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `[[listener]]` `allow_anonymous`: one listener lets clients in without credentials
+/// while the others keep the global rule (anonymous refused, rc 5), over two loops so
+/// the rule travels with connections handed to their owner.
+#[test]
+fn per_listener_allow_anonymous() {
+    let dir = tempdir("listener");
+    let pw = dir.join("passwd");
+    let out = Command::new(ringmq())
+        .args(["passwd", "add", "--create"])
+        .arg(&pw)
+        .args(["alice", "--password", "wonderland"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ringmq passwd");
+    assert!(out.status.success(), "{out:?}");
+    let (open, closed) = (free_port(), free_port());
+    let cfg = dir.join("ringmq.toml");
+    write(
+        &cfg,
+        &format!(
+            "password_file = \"{}\"\nallow_anonymous = false\n\
+             [[listener]]\nurl = \"mqtt://127.0.0.1:{open}\"\nallow_anonymous = true\n\
+             [[listener]]\nurl = \"mqtt://127.0.0.1:{closed}\"\n",
+            pw.display()
+        ),
+    );
+    let b = Launch::new(&["--config", cfg.to_str().unwrap(), "--shards", "2"]).spawn();
+    let open_addr = format!("127.0.0.1:{open}");
+    let closed_addr = format!("127.0.0.1:{closed}");
+    for i in 0..8 {
+        let anon = pkt::Connect::v311(&format!("anon-{i}"));
+        assert_eq!(connack_code(&open_addr, &anon), 0, "open listener, {i}");
+        assert_eq!(connack_code(&closed_addr, &anon), 5, "closed listener, {i}");
+        assert_eq!(connack_code(b.addr(), &anon), 5, "global listener, {i}");
+    }
+    let alice = login(&uniq("alice"), "alice", "wonderland");
+    assert_eq!(connack_code(&closed_addr, &alice), 0);
+    // A password user on the open listener is still checked.
+    let wrong = login(&uniq("alice"), "alice", "nope");
+    assert_eq!(connack_code(&open_addr, &wrong), 4);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -342,6 +342,15 @@ fn read_until_closed(s: &mut TcpStream, within: Duration) -> (Vec<u8>, bool) {
     (got, false)
 }
 
+/// `got` is one TLS alert record: content type 21, version 3.x, length 2, level 2
+/// (fatal), then the description.
+fn assert_alert(got: &[u8], what: &str) {
+    assert!(
+        got.len() == 7 && got[..2] == [0x15, 0x03] && got[3..6] == [0x00, 0x02, 0x02],
+        "{what}: expected a fatal TLS alert before the close, got {got:02x?}"
+    );
+}
+
 #[test]
 fn bad_inputs_on_the_tls_port_each_with_its_result() {
     let d = dir("bad");
@@ -369,7 +378,8 @@ fn bad_inputs_on_the_tls_port_each_with_its_result() {
     assert_tls_refused(&out, "a client trusting another CA");
     still_serves(&port, &cafile);
 
-    // Plaintext MQTT on the TLS port: no CONNACK, the connection is closed.
+    // Plaintext MQTT on the TLS port: no CONNACK; a TLS alert record (content type
+    // 21, fatal) is flushed before the connection is closed, so the client can say why.
     let mut s = TcpStream::connect(&addr).expect("connect");
     s.write_all(&pkt::Connect::v311(&uniq("plain-on-tls")).bytes())
         .expect("send");
@@ -379,6 +389,7 @@ fn bad_inputs_on_the_tls_port_each_with_its_result() {
         got.first() != Some(&0x20),
         "a CONNACK went to a plaintext client: {got:02x?}"
     );
+    assert_alert(&got, "plaintext client");
     still_serves(&port, &cafile);
 
     // Random bytes: closed, nothing that looks like MQTT comes back.
@@ -396,6 +407,7 @@ fn bad_inputs_on_the_tls_port_each_with_its_result() {
     let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10));
     assert!(closed, "random bytes left the connection open");
     assert!(got.first() != Some(&0x20), "{got:02x?}");
+    assert_alert(&got, "random bytes");
     still_serves(&port, &cafile);
 
     // A handshake that stalls (half a ClientHello header, then nothing): closed by the

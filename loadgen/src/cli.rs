@@ -2,6 +2,7 @@
 //! validated into a [`Config`]. Bad values are rejected naming the flag and the value.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -185,6 +186,22 @@ pub struct Opts {
     /// broker-side deltas (messages, drops by reason, busy ratio) after the report.
     #[arg(long, global = true)]
     pub scrape: Option<String>,
+    /// Connect over TLS (mqtts, rustls): every scenario then runs encrypted. Needs
+    /// --ca-file.
+    #[arg(long, global = true)]
+    pub tls: bool,
+    /// CA certificate(s), PEM, the broker's certificate is verified against (--tls).
+    #[arg(long, global = true)]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Name the broker's certificate must carry, also sent as SNI (--tls).
+    #[arg(long, global = true, default_value = "localhost")]
+    pub server_name: String,
+    /// CONNECT username of every client.
+    #[arg(long, global = true)]
+    pub username: Option<String>,
+    /// CONNECT password of every client.
+    #[arg(long, global = true)]
+    pub password: Option<String>,
 }
 
 /// Validated settings for one run.
@@ -221,6 +238,59 @@ pub struct Config {
     pub json: bool,
     pub hgrm: Option<std::path::PathBuf>,
     pub plot: Option<std::path::PathBuf>,
+    /// `Some` with --tls: the client config (roots from --ca-file) and server name.
+    pub tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+}
+
+/// The rustls client config of `--tls`: TLS 1.2 and 1.3, roots from `ca_file`, ALPN
+/// `mqtt`. Errors name the flag and the file.
+fn tls_client(
+    ca_file: Option<&std::path::Path>,
+    server_name: &str,
+) -> Result<
+    (
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
+    ConfigError,
+> {
+    use rustls::pki_types::pem::PemObject;
+    let Some(path) = ca_file else {
+        return Err(bad(
+            "tls",
+            true,
+            "needs --ca-file (the CA that signed the broker's certificate)",
+        ));
+    };
+    let shown = path.display();
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad("ca-file", &shown, &e.to_string()))?;
+    for c in certs {
+        let c = c.map_err(|e| bad("ca-file", &shown, &e.to_string()))?;
+        roots
+            .add(c)
+            .map_err(|e| bad("ca-file", &shown, &e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("ca-file", &shown, "no certificate in the file"));
+    }
+    let name = rustls::pki_types::ServerName::try_from(server_name.to_string())
+        .map_err(|e| bad("server-name", server_name, &e.to_string()))?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| bad("tls", true, &e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"mqtt".to_vec()];
+    Ok((Arc::new(cfg), name))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -460,6 +530,12 @@ impl Opts {
             json: self.json,
             hgrm: self.hgrm.clone(),
             plot: self.plot.clone(),
+            tls: match self.tls {
+                true => Some(tls_client(self.ca_file.as_deref(), &self.server_name)?),
+                false => None,
+            },
+            username: self.username.clone(),
+            password: self.password.clone(),
         })
     }
 }

@@ -306,6 +306,9 @@ struct Client {
     /// `--transport ws`: the connection's WebSocket receive side (boxed: a pointer
     /// per client when unused).
     ws: Option<Box<WsClient>>,
+    /// With --tls: the connection's rustls client. `out` stays plaintext (what the
+    /// protocol code writes); `flush_one` turns it into records.
+    tls: Option<Box<rustls::ClientConnection>>,
 }
 
 pub struct Worker {
@@ -460,6 +463,7 @@ impl Worker {
                     cmd_next_device: 0,
                     cmd_outstanding: 0,
                     ws: cfg.ws_path.as_ref().map(|_| Box::default()),
+                    tls: None,
                 }
             })
             .collect();
@@ -977,6 +981,20 @@ impl Worker {
         if c.send_busy || c.state == St::Dead {
             return;
         }
+        if let Some(tls) = c.tls.as_mut() {
+            // Plaintext in (rustls holds it until the handshake is done), records out.
+            if !c.out.is_empty() {
+                use std::io::Write;
+                let _ = tls.writer().write_all(&c.out);
+                c.out.clear();
+            }
+            while tls.wants_write() {
+                match tls.write_tls(&mut c.out) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
         if c.out.is_empty() {
             if c.closing {
                 self.submit_close(idx);
@@ -1049,7 +1067,11 @@ impl Worker {
                     let mut slow = false;
                     if let Some(bid) = cqueue::buffer_select(flags) {
                         if take {
-                            slow = self.feed(idx, bid, res as usize, now);
+                            slow = if self.clients[idx].tls.is_some() {
+                                self.feed_tls(idx, bid, res as usize)
+                            } else {
+                                self.feed(idx, bid, res as usize, now)
+                            };
                         }
                         // Only now: `feed` read the buffer in place.
                         self.bufs.give(bid);
@@ -1128,6 +1150,18 @@ impl Worker {
             self.fail(idx, "connect", errno);
             return;
         }
+        if let Some((config, name)) = &self.cfg.tls {
+            match rustls::ClientConnection::new(config.clone(), name.clone()) {
+                Ok(t) => self.clients[idx].tls = Some(Box::new(t)),
+                Err(e) => {
+                    self.err_msg(format!("tls client: {e}"));
+                    self.clients[idx].state = St::Dead;
+                    self.shared.failed.fetch_add(1, Ordering::AcqRel);
+                    self.submit_close(idx);
+                    return;
+                }
+            }
+        }
         let c = &mut self.clients[idx];
         c.state = St::AwaitConnAck;
         if let (Some(path), Some(_)) = (&self.cfg.ws_path, &c.ws) {
@@ -1160,8 +1194,16 @@ impl Worker {
             keep_alive_s: 0,
             client_id: Bytes::from(client_id(c.spec.index).into_bytes()),
             will: None,
-            username: None,
-            password: None,
+            username: self
+                .cfg
+                .username
+                .as_ref()
+                .map(|u| Bytes::from(u.clone().into_bytes())),
+            password: self
+                .cfg
+                .password
+                .as_ref()
+                .map(|p| Bytes::from(p.clone().into_bytes())),
             properties: props,
         }));
         encode(&conn, v, &mut c.out);
@@ -1185,7 +1227,8 @@ impl Worker {
         }
         c.sending.clear();
         c.send_off = 0;
-        if !c.out.is_empty() || c.closing {
+        let tls_pending = c.tls.as_ref().is_some_and(|t| t.wants_write());
+        if !c.out.is_empty() || c.closing || tls_pending {
             self.flush_one(idx);
         }
     }
@@ -1322,6 +1365,61 @@ impl Worker {
         }
         c.inbuf.extend_from_slice(&rest[s.consumed..]);
         s.stop == Stop::Slow
+    }
+
+    /// With --tls: decrypts one receive buffer into `inbuf` (read by `process_input`,
+    /// the same decoder as plaintext); handshake answers are flushed. True when
+    /// `inbuf` holds plaintext.
+    fn feed_tls(&mut self, idx: usize, bid: u16, len: usize) -> bool {
+        use std::io::Read;
+        let mut rd = self.bufs.data(bid, len);
+        let c = &mut self.clients[idx];
+        let Some(tls) = c.tls.as_mut() else {
+            return false;
+        };
+        let mut failed = None;
+        // Bounded: each pass consumes bytes of `rd` or stops.
+        while !rd.is_empty() {
+            match tls.read_tls(&mut rd) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+            match tls.process_new_packets() {
+                Ok(st) => {
+                    let n = st.plaintext_bytes_to_read();
+                    if n > 0 {
+                        let start = c.inbuf.len();
+                        c.inbuf.resize(start + n, 0);
+                        let got = tls.reader().read(&mut c.inbuf[start..]).unwrap_or(0);
+                        c.inbuf.truncate(start + got);
+                    }
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let wants_write = tls.wants_write();
+        let has_input = !c.inbuf.is_empty();
+        if let Some(e) = failed {
+            self.err_msg(format!("tls: {e}"));
+            let c = &mut self.clients[idx];
+            if matches!(c.state, St::AwaitConnAck | St::AwaitSubAck) {
+                self.shared.failed.fetch_add(1, Ordering::AcqRel);
+            }
+            c.state = St::Dead;
+            self.submit_close(idx);
+            return false;
+        }
+        if wants_write {
+            self.mark_dirty(idx);
+        }
+        has_input
     }
 
     /// Applies what a scan read to the client: acknowledged publishes leave its

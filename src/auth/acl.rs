@@ -99,8 +99,8 @@ impl Acl {
     }
 }
 
-const MAX_TOPIC: usize = 65_535;
-const MAX_LEVELS: usize = 128;
+pub(super) const MAX_TOPIC: usize = 65_535;
+pub(super) const MAX_LEVELS: usize = 128;
 
 fn parse_rule(rest: &str) -> Result<Rule, String> {
     let rest = rest.trim_start();

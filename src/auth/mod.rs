@@ -1,6 +1,6 @@
 //! Authentication and authorization (sans-IO): the password file and its hash schemes
 //! (`password`), the ACL file and its per-connection compiled form (`acl`), the
-//! CONNECT decision (`AuthPolicy::decide`), the cache of verified passwords and the
+//! CONNECT decision (`AuthPolicy::decide`), JWTs (`jwt`), the cache of verified passwords and the
 //! per-address limit on failed attempts (`guard`). Nothing here reads files, clocks or
 //! sockets: `main` reads the files, the worker runs slow hash checks on its verifier
 //! pool, and the shard passes `now`.
@@ -10,6 +10,7 @@
 
 pub mod acl;
 pub mod guard;
+pub mod jwt;
 pub mod password;
 
 use std::collections::HashMap;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 
 pub use acl::{Acl, AclFile, CompiledAcl};
 pub use guard::{FailureLimiter, VerifyCache, VerifyKey};
+pub use jwt::{JwtAuth, JwtSettings, TokenField};
 pub use password::{PasswordFile, StoredHash};
 
 use crate::protocol::ReasonCode;
@@ -67,21 +69,66 @@ pub struct Credentials<'a> {
     /// the transport has already verified. When set, it is the username and no
     /// password is asked.
     pub cert_identity: Option<&'a str>,
+    /// The listener's own anonymous rule (`[[listener]]` `allow_anonymous`), in
+    /// place of the policy's; `None`: the policy's.
+    pub allow_anonymous: Option<bool>,
 }
 
-/// A password check to run on the verifier pool: the slow hash, and the key under
-/// which the shard caches a success.
+/// A check to run on the verifier pool: a slow password hash (with the key under
+/// which the shard caches a success), or a JWT signature and its claims.
 #[derive(Debug, Clone)]
-pub struct VerifyJob {
-    pub hash: StoredHash,
-    pub password: Vec<u8>,
-    pub key: VerifyKey,
+pub enum VerifyJob {
+    Password {
+        hash: StoredHash,
+        password: Vec<u8>,
+        key: VerifyKey,
+    },
+    Token {
+        token: Vec<u8>,
+        client_id: String,
+        jwt: Arc<JwtAuth>,
+    },
+}
+
+/// What the pool found.
+#[derive(Debug)]
+pub enum Verified {
+    /// The password did not match.
+    Denied,
+    Password,
+    /// The token was refused: `BadCredentials` or `NotAuthorized`.
+    TokenDenied(AuthError),
+    /// A valid token: its username, and its own ACL when it carries an `acl` claim
+    /// (compiled here, off the loop).
+    Token {
+        username: String,
+        acl: Option<Acl>,
+    },
 }
 
 impl VerifyJob {
-    /// The slow part; call it off the event loop.
-    pub fn run(&self) -> bool {
-        self.hash.verify(&self.password)
+    /// The slow part; call it off the event loop. `now_unix_s` is checked against a
+    /// token's `exp`/`nbf`.
+    pub fn run(&self, now_unix_s: u64) -> Verified {
+        match self {
+            VerifyJob::Password { hash, password, .. } => match hash.verify(password) {
+                true => Verified::Password,
+                false => Verified::Denied,
+            },
+            VerifyJob::Token {
+                token,
+                client_id,
+                jwt,
+            } => match jwt.verify(token, now_unix_s) {
+                Ok(id) => Verified::Token {
+                    acl: id
+                        .rules
+                        .map(|r| Acl::Rules(Arc::new(r.compile(client_id, Some(&id.username))))),
+                    username: id.username,
+                },
+                Err(e) => Verified::TokenDenied(e),
+            },
+        }
     }
 }
 
@@ -108,6 +155,7 @@ pub struct AuthPolicy {
     /// so 100k clients of one user hold one copy.
     shared: HashMap<String, Arc<CompiledAcl>>,
     shared_anonymous: Option<Arc<CompiledAcl>>,
+    jwt: Option<Arc<JwtAuth>>,
 }
 
 impl AuthPolicy {
@@ -130,12 +178,25 @@ impl AuthPolicy {
             allow_anonymous,
             shared,
             shared_anonymous,
+            jwt: None,
         }
+    }
+
+    /// Also accepts JWTs (in the password or username field, as `jwt` says).
+    pub fn with_jwt(mut self, jwt: Option<JwtAuth>) -> AuthPolicy {
+        self.jwt = jwt.map(Arc::new);
+        self
     }
 
     /// Anything to check at all? `false` keeps the broker as it was without auth.
     pub fn is_open(&self) -> bool {
-        self.passwords.is_none() && self.acl.is_none() && self.allow_anonymous
+        self.passwords.is_none() && self.acl.is_none() && self.jwt.is_none() && self.allow_anonymous
+    }
+
+    /// Whether a token alone can let a client in (for `secure_default`-style
+    /// messages and for counting).
+    pub fn has_jwt(&self) -> bool {
+        self.jwt.is_some()
     }
 
     pub fn has_passwords(&self) -> bool {
@@ -173,8 +234,24 @@ impl AuthPolicy {
         if let Some(id) = cred.cert_identity {
             return self.accept(cred.client_id, Some(id));
         }
+        if let Some(jwt) = &self.jwt {
+            let field = match jwt.from_field() {
+                TokenField::Password => cred.password,
+                TokenField::Username => cred.username.map(str::as_bytes),
+            };
+            // Only a field shaped like a token is checked as one; anything else goes
+            // on to the password file and the anonymous rule.
+            if let Some(token) = field.filter(|t| JwtAuth::looks_like_token(t)) {
+                return Decision::Verify(VerifyJob::Token {
+                    token: token.to_vec(),
+                    client_id: cred.client_id.to_owned(),
+                    jwt: jwt.clone(),
+                });
+            }
+        }
+        let allow_anonymous = cred.allow_anonymous.unwrap_or(self.allow_anonymous);
         let Some(user) = cred.username else {
-            if self.allow_anonymous {
+            if allow_anonymous {
                 return self.accept(cred.client_id, None);
             }
             return Decision::Refuse(AuthError::NotAuthorized);
@@ -182,7 +259,7 @@ impl AuthPolicy {
         let Some(pw) = &self.passwords else {
             // No password file: a username is an unchecked label (Mosquitto), so the
             // client counts as anonymous for admission and the name picks its ACL.
-            if self.allow_anonymous {
+            if allow_anonymous {
                 return self.accept(cred.client_id, Some(user));
             }
             return Decision::Refuse(AuthError::NotAuthorized);
@@ -194,7 +271,7 @@ impl AuthPolicy {
         if cache.contains(&key) {
             return self.accept(cred.client_id, Some(user));
         }
-        Decision::Verify(VerifyJob {
+        Decision::Verify(VerifyJob::Password {
             hash: hash.clone(),
             password: password.to_vec(),
             key,
@@ -230,6 +307,7 @@ mod tests {
             username: user,
             password: pw,
             cert_identity: None,
+            allow_anonymous: None,
         }
     }
 
@@ -252,8 +330,11 @@ mod tests {
         let Decision::Verify(job) = p.decide(&cred(Some("alice"), Some(b"pw")), &cache) else {
             panic!("expected a verify job");
         };
-        assert!(job.run());
-        cache.insert(job.key);
+        assert!(matches!(job.run(0), Verified::Password));
+        let VerifyJob::Password { key, .. } = job else {
+            panic!("a password job");
+        };
+        cache.insert(key);
         // Cached: accepted at once, no second hash.
         assert!(matches!(
             p.decide(&cred(Some("alice"), Some(b"pw")), &cache),
@@ -263,7 +344,7 @@ mod tests {
         let Decision::Verify(bad) = p.decide(&cred(Some("alice"), Some(b"px")), &cache) else {
             panic!("expected a verify job");
         };
-        assert!(!bad.run());
+        assert!(matches!(bad.run(0), Verified::Denied));
         assert!(matches!(
             policy(None, true).decide(&cred(None, None), &cache),
             Decision::Accept { .. }
@@ -279,12 +360,42 @@ mod tests {
             username: None,
             password: None,
             cert_identity: Some("dev1"),
+            allow_anonymous: None,
         };
         let Decision::Accept { acl, username } = p.decide(&c, &cache) else {
             panic!("certificate identity refused");
         };
         assert_eq!(username.as_deref(), Some("dev1"));
         assert!(acl.can_publish(b"d/1") && !acl.can_publish(b"e"));
+    }
+
+    #[test]
+    fn a_listener_rule_replaces_the_policys_anonymous_rule() {
+        let cache = VerifyCache::new([0; 32], 16);
+        let anon = |allow: Option<bool>| Credentials {
+            allow_anonymous: allow,
+            ..cred(None, None)
+        };
+        let closed = policy(None, false);
+        assert!(matches!(
+            closed.decide(&anon(Some(true)), &cache),
+            Decision::Accept { username: None, .. }
+        ));
+        assert!(matches!(
+            closed.decide(&anon(None), &cache),
+            Decision::Refuse(AuthError::NotAuthorized)
+        ));
+        let open = AuthPolicy::new(None, None, true);
+        assert!(matches!(
+            open.decide(&anon(Some(false)), &cache),
+            Decision::Refuse(AuthError::NotAuthorized)
+        ));
+        // A password user is still checked on a listener that allows anonymous.
+        let c = Credentials {
+            allow_anonymous: Some(true),
+            ..cred(Some("alice"), Some(b"pw"))
+        };
+        assert!(matches!(closed.decide(&c, &cache), Decision::Verify(_)));
     }
 
     #[test]

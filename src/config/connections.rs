@@ -1,13 +1,16 @@
 //! Connection lifecycle keys: how many connections the broker holds, per client
 //! address, how fast new ones are admitted, how long a CONNECT may take, who may
-//! connect (`password_file`, `allow_anonymous`; the ACL file is in `features`), how
+//! connect (`password_file`, `allow_anonymous`, the `jwt_*` keys; the ACL file is in
+//! `features`), how
 //! dead peers are found (TCP keepalive, `TCP_USER_TIMEOUT`), and how a connection
 //! the broker ends is closed (lingering close).
 
 use clap::Args;
 
 use super::cli::{d, with_default};
-use super::value::{boolean, int, optional_path, push_text, usize_of, Expect, Raw, U32, USIZE};
+use super::value::{
+    boolean, int, one_of, optional_path, push_text, text, usize_of, Expect, Raw, U32, USIZE,
+};
 use super::Config;
 
 /// The largest MQTT packet: the longest remaining length plus its 5-byte header.
@@ -46,6 +49,26 @@ pub struct ConnectionArgs {
     /// 127.0.0.1:1883 only). [default: auto]
     #[arg(long, value_name = "BOOL")]
     pub allow_anonymous: Option<String>,
+    #[arg(long, value_name = "FIELD", help = with_default("JWT authentication: the CONNECT field that carries the token, password or username (only a value shaped like a JWT is checked as one; others go to the password file)", &d().jwt_from))]
+    pub jwt_from: Option<String>,
+    /// JWT authentication: file holding the HS256 shared secret (trailing
+    /// whitespace ignored); re-read on SIGHUP. Default: none.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_secret_file: Option<String>,
+    /// JWT authentication: RS256 (RSA) or ES256 (EC P-256) public key, PEM; re-read
+    /// on SIGHUP. Default: none.
+    #[arg(long, value_name = "FILE")]
+    pub jwt_public_key_file: Option<String>,
+    #[arg(long, value_name = "CLAIM", help = with_default("JWT claim whose string value is the client's username (its ACL follows it); a token without it is refused", &d().jwt_username_claim))]
+    pub jwt_username_claim: Option<String>,
+    /// JWT `iss` a token must carry; "" = not checked. Default: "".
+    #[arg(long, value_name = "TEXT")]
+    pub jwt_issuer: Option<String>,
+    /// JWT `aud` a token must carry; "" = not checked. Default: "".
+    #[arg(long, value_name = "TEXT")]
+    pub jwt_audience: Option<String>,
+    #[arg(long, value_name = "S", help = with_default("Seconds of clock skew allowed on a JWT's exp and nbf", d().jwt_leeway_s))]
+    pub jwt_leeway_s: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -62,6 +85,13 @@ pub(super) const KEYS: &[&str] = &[
     "max_connect_packet_bytes",
     "password_file",
     "allow_anonymous",
+    "jwt_from",
+    "jwt_secret_file",
+    "jwt_public_key_file",
+    "jwt_username_claim",
+    "jwt_issuer",
+    "jwt_audience",
+    "jwt_leeway_s",
 ];
 
 const MAX_LINGER_MS: u64 = 60_000;
@@ -91,6 +121,19 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
                 _ => Some(boolean(raw).map_err(|_| "true, false or auto".to_string())?),
             }
         }
+        "jwt_from" => cfg.jwt_from = one_of(raw, &["password", "username"])?.to_string(),
+        "jwt_secret_file" => cfg.jwt_secret_file = optional_path(raw)?,
+        "jwt_public_key_file" => cfg.jwt_public_key_file = optional_path(raw)?,
+        "jwt_username_claim" => {
+            let t = text(raw)?;
+            if t.trim().is_empty() {
+                return Err("a claim name".to_string());
+            }
+            cfg.jwt_username_claim = t.trim().to_string();
+        }
+        "jwt_issuer" => cfg.jwt_issuer = Some(text(raw)?).filter(|t| !t.is_empty()),
+        "jwt_audience" => cfg.jwt_audience = Some(text(raw)?).filter(|t| !t.is_empty()),
+        "jwt_leeway_s" => cfg.jwt_leeway_s = int(raw, 0, 3_600)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -119,5 +162,12 @@ impl ConnectionArgs {
         );
         push_text(v, "password_file", &self.password_file);
         push_text(v, "allow_anonymous", &self.allow_anonymous);
+        push_text(v, "jwt_from", &self.jwt_from);
+        push_text(v, "jwt_secret_file", &self.jwt_secret_file);
+        push_text(v, "jwt_public_key_file", &self.jwt_public_key_file);
+        push_text(v, "jwt_username_claim", &self.jwt_username_claim);
+        push_text(v, "jwt_issuer", &self.jwt_issuer);
+        push_text(v, "jwt_audience", &self.jwt_audience);
+        push_text(v, "jwt_leeway_s", &self.jwt_leeway_s);
     }
 }

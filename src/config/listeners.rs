@@ -2,7 +2,8 @@
 //! (`[scheme://]host:port[/path]`; `mqtt` plain, `mqtts` TLS, `ws` MQTT over
 //! WebSocket, `wss` over WebSocket inside TLS, the path for the last two), the TLS
 //! flags every TLS listener uses, the WebSocket flags every WebSocket listener uses,
-//! the TOML `[[listener]]` tables that override both per listener, and the HTTP
+//! the TOML `[[listener]]` tables that override both (and `allow_anonymous`) per
+//! listener, and the HTTP
 //! listener of the metrics endpoints.
 
 use std::net::SocketAddr;
@@ -140,15 +141,20 @@ pub struct ListenerTable {
     pub identity_username: Option<IdentityUsername>,
     pub ws_allowed_origins: Option<Vec<String>>,
     pub ws_max_frame_bytes: Option<u64>,
+    /// Clients without credentials on this listener, whatever the global
+    /// `allow_anonymous` says (Mosquitto's per-listener `allow_anonymous`).
+    pub allow_anonymous: Option<bool>,
 }
 
-/// A listener to bind: where, its TLS settings (`None`: no TLS) and its WebSocket
-/// settings (`None`: MQTT straight on the socket or TLS).
+/// A listener to bind: where, its TLS settings (`None`: no TLS), its WebSocket
+/// settings (`None`: MQTT straight on the socket or TLS) and its own anonymous
+/// rule (`None`: the global one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listener {
     pub url: ListenUrl,
     pub tls: Option<TlsSettings>,
     pub ws: Option<WsSettings>,
+    pub allow_anonymous: Option<bool>,
 }
 
 const URL_EXPECTED: &str = "a listener URL like mqtt://0.0.0.0:1883, mqtts://[::]:8883, ws://0.0.0.0:8080/mqtt or 0.0.0.0:1883 (schemes mqtt, mqtts, ws, wss)";
@@ -267,6 +273,7 @@ const TABLE_KEYS: &[&str] = &[
     "tls_identity_username",
     "ws_allowed_origins",
     "ws_max_frame_bytes",
+    "allow_anonymous",
 ];
 
 /// Parses one `[[listener]]` table. `Err((key, expected))` names the bad key.
@@ -284,6 +291,7 @@ pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expec
         identity_username: None,
         ws_allowed_origins: None,
         ws_max_frame_bytes: None,
+        allow_anonymous: None,
     };
     let mut has_url = false;
     for (key, raw) in t {
@@ -300,6 +308,7 @@ pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expec
             "tls_identity_username" => identity(raw).map(|v| out.identity_username = Some(v)),
             "ws_allowed_origins" => origins(raw).map(|v| out.ws_allowed_origins = Some(v)),
             "ws_max_frame_bytes" => max_frame(raw).map(|v| out.ws_max_frame_bytes = Some(v)),
+            "allow_anonymous" => boolean(raw).map(|v| out.allow_anonymous = Some(v)),
             _ => Err(format!("one of {}", TABLE_KEYS.join(", "))),
         };
         r.map_err(|e| (k.to_string(), e))?;
@@ -325,6 +334,7 @@ impl Config {
             url: u.clone(),
             tls: u.scheme.is_tls().then(|| self.tls.clone()),
             ws: ws(u, None, None),
+            allow_anonymous: None,
         };
         let mut out: Vec<Listener> = self.listen.iter().map(global).collect();
         for t in &self.listener {
@@ -341,6 +351,7 @@ impl Config {
                 url: t.url.clone(),
                 tls,
                 ws: ws(&t.url, t.ws_allowed_origins.as_ref(), t.ws_max_frame_bytes),
+                allow_anonymous: t.allow_anonymous,
             });
         }
         out
@@ -415,6 +426,7 @@ pub fn secure_default(loaded: &mut Loaded) -> Option<String> {
     let c = &mut loaded.config;
     if loaded.explicit.iter().any(|k| k == "listen")
         || c.password_file.is_some()
+        || c.jwt_enabled()
         || c.allow_anonymous == Some(true)
     {
         return None;

@@ -123,6 +123,16 @@ pub struct Config {
     /// `None` is "auto": anonymous clients are allowed only without a password file,
     /// and then the default listener is loopback only (see `secure_default`).
     pub allow_anonymous: Option<bool>,
+    /// JWT authentication (on when a key file is set): the CONNECT field with the
+    /// token ("password" or "username"), the key files, the username claim, the
+    /// required `iss`/`aud`, and the clock skew allowed on `exp`/`nbf`.
+    pub jwt_from: String,
+    pub jwt_secret_file: Option<String>,
+    pub jwt_public_key_file: Option<String>,
+    pub jwt_username_claim: String,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub jwt_leeway_s: u64,
 
     // Protocol limits (advertised in CONNACK where MQTT 5 allows it).
     pub max_packet_size: u32,
@@ -264,6 +274,13 @@ impl Default for Config {
             max_connect_packet_bytes: 64 * 1024,
             password_file: None,
             allow_anonymous: None,
+            jwt_from: "password".to_string(),
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            jwt_username_claim: "username".to_string(),
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_s: 5,
             max_packet_size: 1024 * 1024,
             receive_maximum: 1024,
             max_inflight: 1024,
@@ -335,9 +352,15 @@ impl Default for Config {
 
 impl Config {
     /// Whether clients without a username are let in: explicit, or (auto) only when
-    /// no password file is configured.
+    /// no password file and no JWT key is configured.
     pub fn anonymous_allowed(&self) -> bool {
-        self.allow_anonymous.unwrap_or(self.password_file.is_none())
+        self.allow_anonymous
+            .unwrap_or(self.password_file.is_none() && !self.jwt_enabled())
+    }
+
+    /// JWT authentication is on when a key is configured.
+    pub fn jwt_enabled(&self) -> bool {
+        self.jwt_secret_file.is_some() || self.jwt_public_key_file.is_some()
     }
 
     /// The durability in effect: `None` without a data directory.

@@ -102,6 +102,17 @@ fn every_cli_option_has_the_same_toml_key() {
             "/etc/ringmq/passwd",
         ),
         ("allow_anonymous", "false", "false"),
+        ("jwt_from", "\"username\"", "username"),
+        ("jwt_secret_file", "\"/etc/ringmq/jwt\"", "/etc/ringmq/jwt"),
+        (
+            "jwt_public_key_file",
+            "\"/etc/ringmq/jwt.pem\"",
+            "/etc/ringmq/jwt.pem",
+        ),
+        ("jwt_username_claim", "\"sub\"", "sub"),
+        ("jwt_issuer", "\"idp\"", "idp"),
+        ("jwt_audience", "\"mqtt\"", "mqtt"),
+        ("jwt_leeway_s", "7", "7"),
         ("max_packet_size", "7", "7"),
         ("receive_maximum", "7", "7"),
         ("max_inflight", "7", "7"),
@@ -470,10 +481,14 @@ fn listener_urls_tls_flags_and_listener_tables() {
                 [[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\n\
                 [[listener]]\nurl = \"mqtts://0.0.0.0:8884\"\ntls_cert = [\"o.pem\", \"p.pem\"]\ntls_key = [\"o.key\", \"p.key\"]\n\
                 tls_client_ca = \"ca.pem\"\ntls_require_certificate = true\ntls_identity_username = \"san\"\n\
-                [[listener]]\nurl = \"1.2.3.4:1883\"\n";
+                [[listener]]\nurl = \"1.2.3.4:1883\"\nallow_anonymous = true\n";
     let cfg = load_with(&cli(&["--config", "c.toml"]), with_file(file)).expect("load");
     let ls = cfg.listeners();
     assert_eq!(ls.len(), 3);
+    assert_eq!(
+        ls.iter().map(|l| l.allow_anonymous).collect::<Vec<_>>(),
+        [None, None, Some(true)]
+    );
     assert_eq!(
         ls[0].tls.as_ref().expect("tls").cert,
         vec!["g.pem".to_string()]
@@ -550,7 +565,7 @@ fn listener_urls_tls_flags_and_listener_tables() {
     );
     assert_eq!(
         e(&["--config", "c.toml"], "[[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\ntls_certs = \"x\"\n"),
-        "config c.toml: key \"listener[0].tls_certs\": expected one of url, tls_cert, tls_key, tls_client_ca, tls_require_certificate, tls_identity_username, ws_allowed_origins, ws_max_frame_bytes, got \"x\""
+        "config c.toml: key \"listener[0].tls_certs\": expected one of url, tls_cert, tls_key, tls_client_ca, tls_require_certificate, tls_identity_username, ws_allowed_origins, ws_max_frame_bytes, allow_anonymous, got \"x\""
     );
     assert_eq!(
         e(&["--config", "c.toml"], "[[listener]]\ntls_cert = \"x\"\n"),

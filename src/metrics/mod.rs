@@ -188,6 +188,8 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
         auth_verified,
         auth_cache_hits,
         auth_pool_busy,
+        auth_jwt_verified,
+        auth_jwt_refused,
         acl_denied_publish,
         acl_denied_subscribe,
         acl_denied_delivery,
@@ -258,6 +260,8 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
     a.auth_verified += auth_verified;
     a.auth_cache_hits += auth_cache_hits;
     a.auth_pool_busy += auth_pool_busy;
+    a.auth_jwt_verified += auth_jwt_verified;
+    a.auth_jwt_refused += auth_jwt_refused;
     a.acl_denied_publish += acl_denied_publish;
     a.acl_denied_subscribe += acl_denied_subscribe;
     a.acl_denied_delivery += acl_denied_delivery;

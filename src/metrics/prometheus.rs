@@ -223,6 +223,16 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         c.auth_cache_hits,
     );
     o.reasons(
+        "ringmq_auth_jwt_total",
+        Counter,
+        "JWTs presented at CONNECT, by result.",
+        "result",
+        &[
+            ("verified", c.auth_jwt_verified),
+            ("refused", c.auth_jwt_refused),
+        ],
+    );
+    o.reasons(
         "ringmq_acl_denied_total",
         Counter,
         "Operations the ACL refused, by kind.",

@@ -3,7 +3,8 @@
 //! `on_verified`), the per-address failure limit, the cache of verified passwords, and
 //! reloading a new `AuthPolicy` into live connections. The ACL checks themselves sit
 //! in the packet handlers (`inbound.rs`) and in `deliver`, each one branch when no ACL
-//! file is configured.
+//! file is configured; the read check at delivery is skipped per shard
+//! (`ShardAuth::acl_active`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +12,9 @@ use std::time::{Duration, Instant};
 use super::conn::ConnState;
 use super::connect::connack;
 use super::{Action, ConnId, Shard};
-use crate::auth::{AuthError, AuthPolicy, Credentials, Decision, FailureLimiter, VerifyCache};
+use crate::auth::{
+    Acl, AuthError, AuthPolicy, Credentials, Decision, FailureLimiter, Verified, VerifyCache,
+};
 use crate::protocol::{Connect, ReasonCode};
 
 /// Failed password attempts per source address per window before CONNECTs from it
@@ -32,6 +35,14 @@ pub(crate) struct ShardAuth {
     /// Usernames of connected clients, kept only to recompile their ACLs on reload
     /// (connections without a username have no entry).
     pub usernames: hashbrown::HashMap<ConnId, Box<str>, ahash::RandomState>,
+    /// Whether any connection of this shard may hold `Acl::Rules`. False (the
+    /// broker without an ACL file) lets `deliver` and `pump` skip the read check
+    /// with one test of a shard field instead of loading each subscriber's ACL.
+    /// Set when a connection is given rules; recomputed on reload.
+    pub acl_active: bool,
+    /// ACLs that came in a JWT's `acl` claim, kept so a reload of the ACL file
+    /// (`set_auth`) does not replace them.
+    pub token_acls: hashbrown::HashMap<ConnId, Acl, ahash::RandomState>,
 }
 
 impl ShardAuth {
@@ -41,6 +52,8 @@ impl ShardAuth {
             cache: VerifyCache::new(secret, VERIFY_CACHE_MAX),
             failures: FailureLimiter::new(FAILURES_PER_WINDOW, FAILURE_WINDOW, FAILURE_ADDRS_MAX),
             usernames: Default::default(),
+            acl_active: false,
+            token_acls: Default::default(),
         }
     }
 }
@@ -54,6 +67,7 @@ impl Shard {
     /// their connections; their ACLs are compiled again from the new files.
     pub fn set_auth(&mut self, policy: Arc<AuthPolicy>) {
         self.auth.policy = policy;
+        self.auth.acl_active = self.auth.policy.has_acl();
         let ids: Vec<ConnId> = self
             .conns
             .iter()
@@ -70,7 +84,11 @@ impl Shard {
                 .map(|s| lossy(&s.client_id).into_owned())
                 .unwrap_or_default();
             let user = self.auth.usernames.get(&conn).map(|u| &**u);
-            let acl = self.auth.policy.acl_for(&client_id, user);
+            let acl = match self.auth.token_acls.get(&conn) {
+                Some(a) => a.clone(),
+                None => self.auth.policy.acl_for(&client_id, user),
+            };
+            self.auth.acl_active |= matches!(acl, Acl::Rules(_));
             if let Some(c) = self.conns.get_mut(conn) {
                 c.acl = acl;
             }
@@ -85,7 +103,12 @@ impl Shard {
         connect: Box<Connect>,
         now: Instant,
     ) -> Option<Box<Connect>> {
-        if self.auth.policy.is_open() {
+        let listener_anonymous = self
+            .conns
+            .get(conn)
+            .and_then(|c| c.pending.as_ref())
+            .and_then(|p| p.listener_anonymous);
+        if self.auth.policy.is_open() && listener_anonymous != Some(false) {
             return Some(connect);
         }
         let client_id = lossy(&connect.client_id).into_owned();
@@ -102,6 +125,7 @@ impl Shard {
             username: username.as_deref(),
             password: connect.password.as_deref(),
             cert_identity: cert_identity.as_deref(),
+            allow_anonymous: listener_anonymous,
         };
         let peer_ip = self.peer_ip(conn);
         match self.auth.policy.decide(&cred, &self.auth.cache) {
@@ -154,9 +178,15 @@ impl Shard {
         c.pending.as_mut()?.verify_job.take()
     }
 
-    /// The verifier pool's answer for `conn`'s CONNECT: `Some(true)` the password
-    /// matched, `Some(false)` it did not, `None` the pool's queue was full.
-    pub fn on_verified(&mut self, conn: ConnId, generation: u32, ok: Option<bool>, now: Instant) {
+    /// The verifier pool's answer for `conn`'s CONNECT (`None`: the pool's queue
+    /// was full).
+    pub fn on_verified(
+        &mut self,
+        conn: ConnId,
+        generation: u32,
+        ok: Option<Verified>,
+        now: Instant,
+    ) {
         self.last_now = Some(now);
         let Some(c) = self.conns.get_mut(conn) else {
             return;
@@ -170,21 +200,30 @@ impl Shard {
         };
         c.state = ConnState::AwaitConnect;
         let peer_ip = self.peer_ip(conn);
-        match ok {
-            None => {
-                self.stats.auth_pool_busy += 1;
-                self.write_control(conn, &connack(ReasonCode::ServerBusy));
-                self.close(conn);
-            }
-            Some(false) => {
+        let client_id = lossy(&connect.client_id).into_owned();
+        let Some(ok) = ok else {
+            self.stats.auth_pool_busy += 1;
+            self.write_control(conn, &connack(ReasonCode::ServerBusy));
+            self.close(conn);
+            return;
+        };
+        let (acl, username) = match ok {
+            Verified::Denied | Verified::TokenDenied(_) => {
                 if let Some(ip) = peer_ip {
                     self.auth.failures.record_failure(ip, now);
                 }
-                self.refuse_auth(conn, &AuthError::BadCredentials);
+                let e = match ok {
+                    Verified::TokenDenied(e) => {
+                        self.stats.auth_jwt_refused += 1;
+                        e
+                    }
+                    _ => AuthError::BadCredentials,
+                };
+                self.refuse_auth(conn, &e);
+                return;
             }
-            Some(true) => {
+            Verified::Password => {
                 self.stats.auth_verified += 1;
-                let client_id = lossy(&connect.client_id).into_owned();
                 let user = lossy(connect.username.as_deref().unwrap_or_default()).into_owned();
                 let password = connect.password.as_deref().unwrap_or_default();
                 if let Some(h) = self.auth.policy.stored_hash(&user) {
@@ -196,11 +235,28 @@ impl Shard {
                 else {
                     return;
                 };
-                self.accept_identity(conn, acl, username);
-                if let Some(connect) = self.check_will(conn, connect) {
-                    self.finish_connect(conn, connect, now);
-                }
+                self.auth.token_acls.remove(&conn);
+                (acl, username)
             }
+            Verified::Token { username, acl } => {
+                self.stats.auth_jwt_verified += 1;
+                // The token's own rules survive a reload of the ACL file.
+                let acl = match acl {
+                    Some(a) => {
+                        self.auth.token_acls.insert(conn, a.clone());
+                        a
+                    }
+                    None => {
+                        self.auth.token_acls.remove(&conn);
+                        self.auth.policy.acl_for(&client_id, Some(&username))
+                    }
+                };
+                (acl, Some(username))
+            }
+        };
+        self.accept_identity(conn, acl, username);
+        if let Some(connect) = self.check_will(conn, connect) {
+            self.finish_connect(conn, connect, now);
         }
     }
 
@@ -211,7 +267,8 @@ impl Shard {
         (!ip.is_unspecified()).then_some(ip)
     }
 
-    fn accept_identity(&mut self, conn: ConnId, acl: crate::auth::Acl, user: Option<String>) {
+    fn accept_identity(&mut self, conn: ConnId, acl: Acl, user: Option<String>) {
+        self.auth.acl_active |= matches!(acl, Acl::Rules(_));
         if let Some(c) = self.conns.get_mut(conn) {
             c.acl = acl;
         }
@@ -244,6 +301,7 @@ impl Shard {
             _ => self.stats.auth_not_authorized += 1,
         }
         self.auth.usernames.remove(&conn);
+        self.auth.token_acls.remove(&conn);
         self.write_control(conn, &connack(e.reason_code()));
         self.close(conn);
     }
@@ -252,6 +310,9 @@ impl Shard {
     pub(super) fn forget_identity(&mut self, conn: ConnId) {
         if !self.auth.usernames.is_empty() {
             self.auth.usernames.remove(&conn);
+        }
+        if !self.auth.token_acls.is_empty() {
+            self.auth.token_acls.remove(&conn);
         }
     }
 }

@@ -47,6 +47,8 @@ pub(crate) struct Pending {
     /// for the authentication check at CONNECT. Set by the IO side once the handshake
     /// is done, before any CONNECT can arrive.
     pub cert_username: Option<String>,
+    /// The accepting listener's own anonymous rule (`None`: the policy's).
+    pub listener_anonymous: Option<bool>,
 }
 
 /// MQTT 5 topic aliases of one network connection (they do not survive it).
@@ -111,6 +113,7 @@ impl Conn {
                 verifying: None,
                 verify_job: None,
                 cert_username: None,
+                listener_anonymous: None,
             })),
             aliases: None,
             rx_counted: 0,

@@ -190,9 +190,9 @@ impl Shard {
                 c.state = ConnState::Migrated;
                 // A certificate username stays behind: the owner's IO side reads it
                 // again from the TLS state that travels (`Shard::adopt_as`).
-                let (peer, accepted_at) = match pending {
-                    Some(p) => (p.peer, p.accepted_at),
-                    None => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), now),
+                let (peer, accepted_at, listener_anonymous) = match pending {
+                    Some(p) => (p.peer, p.accepted_at, p.listener_anonymous),
+                    None => (std::net::SocketAddr::from(([0, 0, 0, 0], 0)), now, None),
                 };
                 self.actions.push_back(Action::Migrate {
                     conn,
@@ -202,6 +202,7 @@ impl Shard {
                         rx,
                         accepted_at,
                         connect_at: now,
+                        listener_anonymous,
                     }),
                 });
                 return false;

@@ -402,6 +402,7 @@ impl Shard {
             stats,
             actions,
             payloads,
+            auth,
             ..
         } = self;
         let Some(sess) = sessions.get_mut(session) else {
@@ -423,8 +424,9 @@ impl Shard {
         };
         // ACL (read) at delivery, so a wildcard subscription cannot leak a topic the
         // client may not read. Offline sessions are checked when the queue is
-        // written to their next connection (`pump`).
-        if let Some(c) = conn.as_ref() {
+        // written to their next connection (`pump`). Without rules on this shard
+        // the per-copy load of the subscriber's ACL is skipped.
+        if let Some(c) = conn.as_ref().filter(|_| auth.acl_active) {
             if !c.acl.can_read(&msg.topic) {
                 stats.acl_denied_delivery += 1;
                 return;
@@ -614,8 +616,10 @@ impl Shard {
             config,
             stats,
             actions,
+            auth,
             ..
         } = self;
+        let acl_active = auth.acl_active;
         let Some(sess) = sessions.get_mut(session) else {
             return;
         };
@@ -651,7 +655,7 @@ impl Shard {
                 stats.dropped_expired += 1;
                 continue;
             }
-            if !c.acl.can_read(&front.msg.topic) {
+            if acl_active && !c.acl.can_read(&front.msg.topic) {
                 if front.store_id != 0 {
                     changes.push((front.store_id, CopyChange::Gone));
                 }

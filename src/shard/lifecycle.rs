@@ -53,6 +53,7 @@ impl Shard {
             if let Some(p) = c.pending.as_mut() {
                 p.connect_at = Some(handoff.connect_at);
                 p.cert_username = cert_username;
+                p.listener_anonymous = handoff.listener_anonymous;
             }
         }
         self.process_rx(conn, now);
@@ -66,6 +67,14 @@ impl Shard {
     pub fn set_cert_username(&mut self, conn: ConnId, username: String) {
         if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending.as_mut()) {
             p.cert_username = Some(username);
+        }
+    }
+
+    /// The accepting listener's own `allow_anonymous` (a `[[listener]]` key), set by
+    /// the IO side right after `accept`; it travels with a hand-off.
+    pub fn set_listener_anonymous(&mut self, conn: ConnId, allow: Option<bool>) {
+        if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending.as_mut()) {
+            p.listener_anonymous = allow;
         }
     }
 

@@ -21,6 +21,9 @@ pub struct Handoff {
     /// When the accepting shard read the CONNECT: the owner applies CONNECTs of one
     /// client id in this order, however the hand-offs travel.
     pub connect_at: Instant,
+    /// The accepting listener's anonymous rule, for the owner's CONNECT check
+    /// (`Copy`, so `Action`'s drop glue does not grow).
+    pub listener_anonymous: Option<bool>,
 }
 
 /// A shared subscription a remote shard must deliver to: one member of `group`

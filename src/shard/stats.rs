@@ -155,6 +155,11 @@ pub struct ShardStats {
     pub auth_cache_hits: u64,
     /// CONNECTs refused with 0x89 / rc 3 because the verifier pool's queue was full.
     pub auth_pool_busy: u64,
+    /// JWTs accepted, and refused (bad signature or key, expired, not yet valid,
+    /// wrong issuer or audience, no username claim, malformed `acl` claim); a refused
+    /// one is also counted in `auth_bad_credentials` or `auth_not_authorized`.
+    pub auth_jwt_verified: u64,
+    pub auth_jwt_refused: u64,
     /// PUBLISHes the ACL refused (v5: PUBACK/PUBREC 0x87; 3.x: dropped).
     pub acl_denied_publish: u64,
     /// SUBSCRIBE filters the ACL refused (0x87 / 0x80).

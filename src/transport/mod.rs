@@ -16,6 +16,7 @@
 //!   or WebSocket inside TLS), as the worker sees them.
 //! - `client`: the client side (a bridge's connection to a remote broker): a rustls
 //!   `ClientConnection` from byte slices, and its config from a CA file.
+//! - `testkit` (tests and the `testkit` feature): the `tls` fuzz target's checks.
 //!
 //! One error enum ([`TransportError`]); the worker maps every variant to a close.
 //! WebSocket errors have their own ([`ws::WsError`]) because each is answered on the
@@ -25,6 +26,8 @@ pub mod client;
 pub mod identity;
 pub mod material;
 pub mod stack;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
 pub mod tls;
 pub mod ws;
 

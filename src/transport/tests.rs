@@ -380,3 +380,24 @@ fn load_errors_name_the_file_and_reload_keeps_the_old_material() {
     let e = TlsMaterial::load(&bad, &files.reader()).unwrap_err();
     assert!(e.reason.contains("tls_client_ca"), "{e}");
 }
+
+/// The `tls` fuzz target's committed seeds and a spread of generated inputs, both
+/// modes, replayed on every `cargo test`.
+#[test]
+fn tls_fuzz_seeds_replay() {
+    for seed in super::testkit::tls_seeds() {
+        super::testkit::fuzz_tls(&seed);
+    }
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for n in 0..64usize {
+        let input: Vec<u8> = (0..(n * 37) % 700)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        super::testkit::fuzz_tls(&input);
+    }
+}

@@ -132,6 +132,9 @@ struct TlsIo {
     /// drain its answer (refusal, close frame): they get a drain deadline after the
     /// completions are dispatched. At most one entry per connection.
     closing: Vec<(ConnId, SockId)>,
+    /// Indexed like the listeners too: each one's own `allow_anonymous` (not TLS, but
+    /// read at the same accept, by the same listener index).
+    anonymous: Vec<Option<bool>>,
     /// Plaintext of one receive on its way to the shard, reused across receives.
     plain: Vec<u8>,
     /// The TLS state of connections being handed off (keyed like `outgoing`), until
@@ -329,6 +332,11 @@ pub fn run<L: EventLoop>(
     );
     // Only loop 0 publishes $SYS (it owns the node-wide scrape).
     let sys_interval = Duration::from_secs(if id == 0 { config.sys_interval_s } else { 0 });
+    let listener_anonymous = config
+        .listeners()
+        .iter()
+        .map(|l| l.allow_anonymous)
+        .collect();
     let auth = auth.map(|(shared, mut verifier)| {
         verifier.bind(remote);
         shard.set_auth(shared.current());
@@ -371,6 +379,7 @@ pub fn run<L: EventLoop>(
             listeners: listener_tls,
             ws_listeners: listener_ws,
             closing: Vec::new(),
+            anonymous: listener_anonymous,
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
@@ -483,6 +492,7 @@ impl<L: EventLoop> Worker<L> {
                     &mut self.mesh,
                     &mut self.wake,
                     &mut self.linger,
+                    &mut self.draining,
                     &mut self.report,
                     &mut self.http,
                     self.shutting_down,
@@ -814,6 +824,7 @@ impl<L: EventLoop> Worker<L> {
         mesh: &mut Endpoint<WorkerMsg>,
         wake: &mut WakeSet,
         linger: &mut Linger,
+        draining: &mut VecDeque<(Instant, ConnId, SockId)>,
         report: &mut WorkerReport,
         http: &mut Option<HttpServer>,
         shutting_down: bool,
@@ -865,6 +876,9 @@ impl<L: EventLoop> Worker<L> {
                     (Some(t), Some(w)) => Some(Box::new(Transport::Wss(t, w))),
                 };
                 let conn = shard.accept(peer, now);
+                if let Some(&Some(allow)) = tls.anonymous.get(usize::from(listener)) {
+                    shard.set_listener_anonymous(conn, Some(allow));
+                }
                 Self::map(conns, by_sock, live, conn, sock, session);
                 io.start_recv(sock);
             }
@@ -934,8 +948,26 @@ impl<L: EventLoop> Worker<L> {
                                     report.tls_failed += 1;
                                     tracing::debug!(shard = shard.id(), conn, "closed: {e}");
                                     shard.on_closed(conn, now);
-                                    c.state = State::Closing;
-                                    io.close(sock);
+                                    // rustls queued the alert naming the failure: it is
+                                    // written before the close (then the linger), so
+                                    // the client reports why instead of a reset. The
+                                    // drain deadline bounds a peer that never reads.
+                                    c.state = State::Draining;
+                                    if !c.sending {
+                                        match session.take_wire() {
+                                            Some(alert) => {
+                                                c.sending = true;
+                                                io.send(sock, alert.into());
+                                            }
+                                            None => {
+                                                c.state = State::Closing;
+                                                io.close(sock);
+                                            }
+                                        }
+                                    }
+                                    if c.state == State::Draining {
+                                        draining.push_back((now + DRAIN_TIMEOUT, conn, sock));
+                                    }
                                 }
                             }
                             if tls.plain.capacity() > TLS_PLAIN_KEEP_BYTES {

@@ -108,6 +108,7 @@ pub(super) fn handoff() -> Box<Handoff> {
         rx: bytes::BytesMut::new(),
         accepted_at: now,
         connect_at: now,
+        listener_anonymous: None,
     })
 }
 
@@ -224,6 +225,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
             listeners: Vec::new(),
             ws_listeners: Vec::new(),
             closing: Vec::new(),
+            anonymous: Vec::new(),
             plain: Vec::new(),
             migrating: HashMap::new(),
         },
@@ -263,6 +265,7 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
         &mut w.mesh,
         &mut w.wake,
         &mut w.linger,
+        &mut w.draining,
         &mut w.report,
         &mut w.http,
         false,
@@ -311,6 +314,7 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
             listeners: Vec::new(),
             ws_listeners: Vec::new(),
             closing: Vec::new(),
+            anonymous: Vec::new(),
             plain: Vec::new(),
             migrating: HashMap::new(),
         },

@@ -1,6 +1,7 @@
 //! The verifier pool: a few threads that run slow password hashes (argon2id costs
 //! tens of MiB and milliseconds) so no event loop ever does, and the shared handle
-//! through which a reload (SIGHUP) hands every loop a new `AuthPolicy`.
+//! through which a reload (SIGHUP) hands every loop a new `AuthPolicy`. JWT
+//! signatures are checked here too, with the wall clock for `exp`/`nbf`.
 //!
 //! A loop sends a request with `try_send` into one bounded queue (full: the CONNECT
 //! is refused as busy, never waited for) and gets the answer on its own bounded
@@ -11,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 
-use crate::auth::{AuthPolicy, VerifyJob};
+use crate::auth::{AuthPolicy, Verified, VerifyJob};
 use crate::io::Remote;
 use crate::shard::ConnId;
 
@@ -59,8 +60,8 @@ struct Request {
     wake: Arc<Remote>,
 }
 
-/// `(conn, generation, matched)` for `Shard::on_verified`.
-pub type Reply = (ConnId, u32, bool);
+/// `(conn, generation, result)` for `Shard::on_verified`.
+pub type Reply = (ConnId, u32, Verified);
 
 /// The pool's threads; dropping the last sender (every loop's `Verifier`) ends them.
 pub struct VerifierPool {
@@ -86,7 +87,12 @@ impl VerifierPool {
                                 Err(_) => return,
                             }
                         };
-                        let ok = req.job.run();
+                        // A clock before 1970 reads as 0: every token is then
+                        // "not yet valid" rather than accepted.
+                        let now_unix_s = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_secs());
+                        let ok = req.job.run(now_unix_s);
                         // A loop that has exited dropped its receiver: nothing to tell.
                         if req.reply.send((req.conn, req.generation, ok)).is_ok() {
                             req.wake.wake();
@@ -183,6 +189,50 @@ pub fn load_policy(cfg: &crate::config::Config) -> Result<Option<AuthPolicy>, St
         }
         None => None,
     };
-    let policy = AuthPolicy::new(passwords, acl, cfg.anonymous_allowed());
+    let policy = AuthPolicy::new(passwords, acl, cfg.anonymous_allowed()).with_jwt(load_jwt(cfg)?);
     Ok((!policy.is_open()).then_some(policy))
+}
+
+/// The JWT keys `cfg` names, `None` when none is set. Errors name the key and file.
+fn load_jwt(cfg: &crate::config::Config) -> Result<Option<crate::auth::JwtAuth>, String> {
+    use crate::auth::{JwtAuth, JwtSettings, TokenField};
+    if !cfg.jwt_enabled() {
+        return Ok(None);
+    }
+    let read =
+        |key: &str, path: &str| std::fs::read(path).map_err(|e| format!("{key} {path}: {e}"));
+    let secret = match &cfg.jwt_secret_file {
+        Some(p) => {
+            let mut s = read("jwt_secret_file", p)?;
+            while s.last().is_some_and(u8::is_ascii_whitespace) {
+                s.pop();
+            }
+            if s.is_empty() {
+                return Err(format!("jwt_secret_file {p}: the file is empty"));
+            }
+            Some(s)
+        }
+        None => None,
+    };
+    let public = match &cfg.jwt_public_key_file {
+        Some(p) => Some(read("jwt_public_key_file", p)?),
+        None => None,
+    };
+    let settings = JwtSettings {
+        from: match cfg.jwt_from.as_str() {
+            "username" => TokenField::Username,
+            _ => TokenField::Password,
+        },
+        username_claim: cfg.jwt_username_claim.clone(),
+        issuer: cfg.jwt_issuer.clone(),
+        audience: cfg.jwt_audience.clone(),
+        leeway_s: cfg.jwt_leeway_s,
+    };
+    let jwt = JwtAuth::new(settings, secret.as_deref(), public.as_deref()).map_err(|e| {
+        match (&cfg.jwt_public_key_file, &cfg.jwt_secret_file) {
+            (Some(p), _) if e.contains("PEM") => format!("jwt_public_key_file {p}: {e}"),
+            _ => format!("jwt: {e}"),
+        }
+    })?;
+    Ok(Some(jwt))
 }

@@ -60,7 +60,7 @@ fn wait_listening(child: &mut Child, port: u16) -> Result<(), String> {
 /// package's binaries, so Cargo is asked to build ringmq (a no-op when it is fresh)
 /// and reports where the executable is: that follows CARGO_TARGET_DIR and the
 /// profile, and never picks up a stale binary. Built once per test process.
-fn ringmq_bin() -> PathBuf {
+pub fn ringmq_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Some(p) = std::env::var_os("RINGMQ_BIN") {
@@ -126,6 +126,12 @@ pub fn start_broker() -> Broker {
 /// [`start_broker`] with more ringmq options (e.g. `--mqttsn-listen`).
 pub fn start_broker_with(extra: &[&str]) -> Broker {
     start_broker_at(|port| format!("127.0.0.1:{port}"), extra)
+}
+
+/// As [`start_broker`], its listener of `scheme` (e.g. mqtts) and `extra` flags.
+pub fn start_broker_scheme(scheme: &str, extra: &[&str]) -> Broker {
+    let scheme = scheme.to_owned();
+    start_broker_at(move |port| format!("{scheme}://127.0.0.1:{port}"), extra)
 }
 
 /// Like [`start_broker`] with an MQTT-over-WebSocket listener (`ws://…/mqtt`).

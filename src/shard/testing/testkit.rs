@@ -30,6 +30,7 @@ use crate::protocol::{
     PublishProperties, QoS, Subscribe, SubscriptionOptions, Unsubscribe, MAX_REMAINING_LENGTH,
 };
 use crate::shard::{Action, ConnId, Shard, ShardId};
+pub use crate::transport::testkit::{fuzz_tls, tls_seeds};
 
 /// Arbitrary bytes into the decoder for every protocol version in arbitrary chunks:
 /// never panics, consumes only whole frames, and every packet it returns encodes
@@ -321,7 +322,7 @@ impl Driver {
             Action::Flush(_) => {}
             Action::Verify { conn, generation } => {
                 if let Some(job) = self.shards[s].take_verify_job(conn, generation) {
-                    let ok = job.run();
+                    let ok = job.run(crate::shard::testing::UNIX_NOW_S);
                     let now = self.now;
                     self.shards[s].on_verified(conn, generation, Some(ok), now);
                 }

@@ -149,9 +149,14 @@ fn connect_waits_for_the_verifier_and_keeps_what_arrives_meanwhile() {
         "nothing answered before the verifier"
     );
     // A stale answer (another generation) changes nothing.
-    shard.on_verified(conn, generation.wrapping_add(1), Some(false), now);
+    shard.on_verified(
+        conn,
+        generation.wrapping_add(1),
+        Some(crate::auth::Verified::Denied),
+        now,
+    );
     assert!(shard.take_tx(conn).is_none());
-    shard.on_verified(conn, generation, Some(job.run()), now);
+    shard.on_verified(conn, generation, Some(job.run(0)), now);
     let out = shard.take_tx(conn).expect("CONNACK and SUBACK");
     assert_eq!(
         &out[..],
@@ -287,6 +292,34 @@ fn wildcard_subscription_does_not_leak_a_denied_topic() {
     assert_eq!(stats(&cl).acl_denied_delivery, 1);
 }
 
+/// Without rules the read check at delivery is skipped per shard (`acl_active`); a
+/// reload that brings rules turns it on for live subscribers, one that removes them
+/// turns it off again.
+#[test]
+fn delivery_read_check_follows_whether_rules_are_loaded() {
+    let mut cl = Cluster::new(1, cfg());
+    assert!(!cl.shards[0].auth.acl_active);
+    let s = cl.connect_ok(V311, "s", ConnectOpts::default(), false);
+    cl.subscribe(s, "#", Q0);
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    cl.publish(p, "x/secret", "1", Q0, false, 0);
+    cl.expect(s, pubp("x/secret", "1", Q0, false, 0));
+    let rules = Arc::new(AuthPolicy::new(
+        None,
+        Some(AclFile::parse("topic readwrite public/#\ntopic write x/#\n").unwrap()),
+        true,
+    ));
+    cl.shards[0].set_auth(rules);
+    assert!(cl.shards[0].auth.acl_active);
+    cl.publish(p, "x/secret", "2", Q0, false, 0);
+    cl.expect_nothing(s);
+    assert_eq!(stats(&cl).acl_denied_delivery, 1);
+    cl.shards[0].set_auth(Arc::new(AuthPolicy::new(None, None, true)));
+    assert!(!cl.shards[0].auth.acl_active);
+    cl.publish(p, "x/secret", "3", Q0, false, 0);
+    cl.expect(s, pubp("x/secret", "3", Q0, false, 0));
+}
+
 #[test]
 fn will_needs_write_permission() {
     let mut cl = cluster(1, policy(ACL, false));
@@ -403,5 +436,145 @@ fn certificate_username_stands_for_the_connect_username_and_its_acl() {
     cl.expect(
         a,
         connack(false, ReasonCode::NotAuthorized, Properties::default()),
+    );
+}
+
+fn jwt_policy(acl: Option<&str>) -> Arc<AuthPolicy> {
+    let jwt = crate::auth::JwtAuth::new(
+        crate::auth::JwtSettings {
+            username_claim: "username".into(),
+            ..Default::default()
+        },
+        Some(b"fleet secret"),
+        None,
+    )
+    .unwrap();
+    Arc::new(
+        AuthPolicy::new(None, acl.map(|a| AclFile::parse(a).unwrap()), false).with_jwt(Some(jwt)),
+    )
+}
+
+fn token(claims: serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(b"fleet secret"),
+    )
+    .unwrap()
+}
+
+/// A JWT in the password field: its `acl` claim rules the connection (delivery of
+/// a wildcard subscription included) and survives a reload of the ACL file; a
+/// refused token gets 0x86 / rc 4 and is counted.
+#[test]
+fn jwt_password_with_acl_claim() {
+    use crate::shard::testing::UNIX_NOW_S;
+    let mut cl = cluster(1, jwt_policy(Some("user dev-7\ntopic readwrite #\n")));
+    let t = token(serde_json::json!({
+        "username": "dev-7", "exp": UNIX_NOW_S + 60,
+        "acl": {"pub": ["up/%c"], "sub": ["down/#"]},
+    }));
+    let d = cl.connect_ok(V5, "d1", login("ignored", &t), false);
+    cl.subscribe(d, "#", Q0);
+    let w =
+        token(serde_json::json!({"username": "w", "exp": UNIX_NOW_S + 60, "acl": {"pub": ["#"]}}));
+    let writer = cl.connect_ok(V311, "w", login("w", &w), false);
+    cl.publish(writer, "other/x", "no", Q0, false, 0);
+    cl.publish(writer, "down/x", "yes", Q0, false, 0);
+    cl.expect(d, pubp("down/x", "yes", Q0, false, 0));
+    cl.expect_nothing(d);
+    // A reload of the ACL file (which would grant dev-7 everything) keeps the
+    // token's rules.
+    for sh in &mut cl.shards {
+        sh.set_auth(jwt_policy(Some("user dev-7\ntopic readwrite #\n")));
+    }
+    cl.publish(writer, "other/y", "no", Q0, false, 0);
+    cl.expect_nothing(d);
+    let st = stats(&cl);
+    assert_eq!((st.auth_jwt_verified, st.acl_denied_delivery), (2, 2));
+    // Expired, and signed with another secret: 3.x return code 4, counted.
+    let old = token(serde_json::json!({"username": "dev-7", "exp": UNIX_NOW_S - 60}));
+    let c = cl.connect(V311, "d2", login("dev-7", &old));
+    assert_eq!(cl.clients[c].raw, vec![0x20, 0x02, 0x00, 0x04]);
+    cl.expect_closed(c);
+    let forged = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &serde_json::json!({"username": "dev-7", "exp": UNIX_NOW_S + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(b"guessed"),
+    )
+    .unwrap();
+    let c = cl.connect(V5, "d3", login("dev-7", &forged));
+    cl.expect(
+        c,
+        connack(
+            false,
+            ReasonCode::BadUserNameOrPassword,
+            Properties::default(),
+        ),
+    );
+    // A malformed acl claim: 0x87.
+    let bad =
+        token(serde_json::json!({"username": "u", "exp": UNIX_NOW_S + 60, "acl": {"pub": "x"}}));
+    let c = cl.connect(V5, "d4", login("u", &bad));
+    cl.expect(
+        c,
+        connack(false, ReasonCode::NotAuthorized, Properties::default()),
+    );
+    let st = stats(&cl);
+    assert_eq!(st.auth_jwt_refused, 3);
+    assert_eq!((st.auth_bad_credentials, st.auth_not_authorized), (2, 1));
+}
+
+/// A listener's own `allow_anonymous` replaces the policy's, on the accepting shard
+/// and, travelling in the hand-off, on the owner.
+#[test]
+fn listener_anonymous_rule_applies_and_travels_with_the_handoff() {
+    let now = std::time::Instant::now();
+    let anon_connect = |client_id: &str| {
+        let mut buf = BytesMut::new();
+        encode_packet(
+            &connect_packet(V311, client_id, &ConnectOpts::default()),
+            ProtocolVersion::V311,
+            &mut buf,
+        );
+        buf
+    };
+    // Open policy (no files), listener says no: rc 5.
+    let mut shard = Shard::new(0, 1, Arc::new(cfg()));
+    let conn = shard.accept(peer(), now);
+    shard.set_listener_anonymous(conn, Some(false));
+    shard.on_read(conn, &anon_connect("a1"), now);
+    assert_eq!(&shard.take_tx(conn).unwrap()[..], &[0x20, 0x02, 0x00, 0x05]);
+    // Closed policy (password file, anonymous refused), listener says yes: accepted.
+    let mut shard = Shard::new(0, 1, Arc::new(cfg()));
+    shard.set_auth(policy("topic readwrite #\n", false));
+    let conn = shard.accept(peer(), now);
+    shard.set_listener_anonymous(conn, Some(true));
+    shard.on_read(conn, &anon_connect("a2"), now);
+    assert_eq!(&shard.take_tx(conn).unwrap()[..], &[0x20, 0x02, 0x00, 0x00]);
+    // Two shards: the CONNECT of a client id owned by the other shard migrates with
+    // the rule, and the owner refuses it.
+    let mut shards: Vec<Shard> = (0..2).map(|i| Shard::new(i, 2, Arc::new(cfg()))).collect();
+    let id = (0..)
+        .map(|n| format!("m{n}"))
+        .find(|id| {
+            crate::shard::owner_shard(cfg().placement_seed.unwrap_or(0), id.as_bytes(), 2) == 1
+        })
+        .unwrap();
+    let conn = shards[0].accept(peer(), now);
+    shards[0].set_listener_anonymous(conn, Some(false));
+    shards[0].on_read(conn, &anon_connect(&id), now);
+    let handoff = loop {
+        match shards[0].poll_action() {
+            Some(Action::Migrate { handoff, .. }) => break handoff,
+            Some(_) => continue,
+            None => panic!("expected a hand-off"),
+        }
+    };
+    assert_eq!(handoff.listener_anonymous, Some(false));
+    let owned = shards[1].adopt(*handoff, now);
+    assert_eq!(
+        &shards[1].take_tx(owned).unwrap()[..],
+        &[0x20, 0x02, 0x00, 0x05]
     );
 }
