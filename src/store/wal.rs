@@ -379,7 +379,9 @@ impl Wal {
                 name: segment_name(base),
             });
         }
-        if let Some(old) = self.current_snapshot.replace(lsn) {
+        // A snapshot at the position of the one before it (nothing appended since)
+        // replaced that file by the rename: removing the "old" name would remove it.
+        if let Some(old) = self.current_snapshot.replace(lsn).filter(|&old| old != lsn) {
             self.ops.push_back(DiskOp::Remove {
                 name: snapshot_name(old),
             });
