@@ -3,7 +3,6 @@
 //! [`super::TlsSession`] drives a server one, and the `ClientConfig` that verifies the
 //! remote against a CA file. No sockets, no clocks.
 
-use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -61,57 +60,21 @@ impl TlsClient {
     /// Feeds received ciphertext; appends the plaintext it yields to `plain`.
     pub fn on_recv(
         &mut self,
-        mut ciphertext: &[u8],
+        ciphertext: &[u8],
         plain: &mut Vec<u8>,
     ) -> Result<(), TransportError> {
-        // Bounded: each pass consumes at least one byte of `ciphertext` or stops.
-        while !ciphertext.is_empty() {
-            let n = match self.conn.read_tls(&mut ciphertext) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    return Err(TransportError::Oversized)
-                }
-                Err(_) => 0,
-            };
-            let state = self
-                .conn
-                .process_new_packets()
-                .map_err(TransportError::Tls)?;
-            let available = state.plaintext_bytes_to_read();
-            if available > 0 {
-                let start = plain.len();
-                plain.resize(start + available, 0);
-                let got = self.conn.reader().read(&mut plain[start..]).unwrap_or(0);
-                plain.truncate(start + got);
-            }
-            if n == 0 {
-                break;
-            }
-        }
-        Ok(())
+        super::records::feed(&mut self.conn, ciphertext, plain)
     }
 
     /// Queues plaintext; before the handshake ends rustls holds it until the keys are
     /// ready.
     pub fn encrypt(&mut self, plaintext: &[u8]) {
-        // Unbounded buffer (see `new`): a write into it does not fail.
-        let _ = self.conn.writer().write_all(plaintext);
+        super::records::queue(&mut self.conn, plaintext);
     }
 
     /// Everything queued for the wire, or `None`.
     pub fn take_tls(&mut self) -> Option<Bytes> {
-        if !self.conn.wants_write() {
-            return None;
-        }
-        let mut out = Vec::new();
-        // Bounded: each pass moves at least one queued chunk into `out`.
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut out) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        Some(Bytes::from(out))
+        super::records::take(&mut self.conn)
     }
 
     pub fn is_handshaking(&self) -> bool {

@@ -25,6 +25,7 @@
 pub mod client;
 pub mod identity;
 pub mod material;
+mod records;
 pub mod stack;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

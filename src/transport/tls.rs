@@ -9,7 +9,6 @@
 //! holds no partial record, and its send queue frees each chunk once written, so an
 //! idle connection holds no 16 KiB record buffers (`tests/tls_memory.rs` measures it).
 
-use std::io::{self, Read};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -44,51 +43,17 @@ impl TlsSession {
     /// error, [`take_tls`](Self::take_tls) may hold the alert that tells the peer.
     pub fn on_recv(
         &mut self,
-        mut ciphertext: &[u8],
+        ciphertext: &[u8],
         plain: &mut Vec<u8>,
     ) -> Result<(), TransportError> {
-        // Bounded: each pass consumes at least one byte of `ciphertext` or stops.
-        while !ciphertext.is_empty() {
-            let n = match self.conn.read_tls(&mut ciphertext) {
-                Ok(n) => n,
-                // rustls refuses more when a handshake message or record outgrows its
-                // buffer: the peer sent something no honest client sends.
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    return Err(TransportError::Oversized)
-                }
-                Err(_) => 0,
-            };
-            let state = self
-                .conn
-                .process_new_packets()
-                .map_err(TransportError::Tls)?;
-            // Drained at once, so rustls's plaintext buffer is empty at every read.
-            self.drain_plaintext(state.plaintext_bytes_to_read(), plain);
-            if n == 0 {
-                // close_notify received: rustls reads nothing more.
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn drain_plaintext(&mut self, available: usize, plain: &mut Vec<u8>) {
-        if available == 0 {
-            return;
-        }
-        let start = plain.len();
-        plain.resize(start + available, 0);
-        let got = self.conn.reader().read(&mut plain[start..]).unwrap_or(0);
-        plain.truncate(start + got);
+        super::records::feed(&mut self.conn, ciphertext, plain)
     }
 
     /// Queues plaintext from the shard to be sent as TLS records. During the handshake
     /// rustls holds it until the keys are ready (the shard only answers a CONNECT,
     /// which cannot come before).
     pub fn encrypt(&mut self, plaintext: &[u8]) {
-        use std::io::Write;
-        // Unbounded buffer (see `new`): a write into it does not fail.
-        let _ = self.conn.writer().write_all(plaintext);
+        super::records::queue(&mut self.conn, plaintext);
     }
 
     /// Whether [`take_tls`](Self::take_tls) has bytes to give.
@@ -98,18 +63,7 @@ impl TlsSession {
 
     /// Everything queued for the wire (handshake flights, records, alerts), or `None`.
     pub fn take_tls(&mut self) -> Option<Bytes> {
-        if !self.conn.wants_write() {
-            return None;
-        }
-        let mut out = Vec::new();
-        // Bounded: each pass moves at least one queued chunk into `out`.
-        while self.conn.wants_write() {
-            match self.conn.write_tls(&mut out) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-        Some(Bytes::from(out))
+        super::records::take(&mut self.conn)
     }
 
     /// A session with a listener's material in force (new handshakes take the
