@@ -62,6 +62,6 @@ step "Debian package: build, contents, lintian, unit, extracted broker (tests/pa
 bash tests/package.sh
 
 step "fuzz (bounded)"
-bash perf/fuzz.sh "${FUZZ_SECONDS:-60}"
+bash perf/fuzz.sh "${FUZZ_SECONDS:-45}"
 
 step "all passed"
