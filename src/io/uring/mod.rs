@@ -30,11 +30,13 @@
 //! charged to another ring's room (`borrow_room`), or, with none left anywhere, closed
 //! and counted like the over-capacity accept's.
 //!
-//! This file owns the loop: its sockets and their states, receives, closes, reaping and
+//! This file owns the loop: its sockets and their states, closes, reaping and
 //! dispatching completions, and the `EventLoop` entry points. One file per concept
-//! beside it: `ring` (set-up, feature probing, submission), `bufpool` (provided
-//! buffers), `accept` (both accept modes and their room reservations), `send` (the
-//! send path), `handoff` (descriptors over `MSG_RING`, doorbells).
+//! beside it: `ring` (set-up, feature probing, submission), `recv` (the receive
+//! path), `bufpool` (provided buffers), `accept` (both accept modes and their room
+//! reservations), `send` (the send path), `handoff` (descriptors over `MSG_RING`,
+//! doorbells), `connect` and `udp` (outbound connects, the gateway's UDP socket),
+//! `tests`.
 
 use std::collections::HashMap;
 use std::collections::VecDeque;
@@ -57,6 +59,7 @@ mod accept;
 mod bufpool;
 mod connect;
 mod handoff;
+mod recv;
 mod ring;
 mod send;
 mod udp;
@@ -387,35 +390,6 @@ impl UringLoop {
         }
     }
 
-    fn arm_recv(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get_mut(sock as usize) else {
-            return;
-        };
-        if s.recv_armed || s.state != SockState::Open {
-            return;
-        }
-        s.recv_armed = true;
-        let (ring, slot) = (s.ring as usize, s.slot);
-        let e = opcode::RecvMulti::new(Fixed(slot), 0)
-            .build()
-            .user_data(ud(K_RECV, sock as u64));
-        self.rings[ring].push(e);
-    }
-
-    fn cancel_recv(&mut self, sock: SockId) {
-        let Some(s) = self.socks.get(sock as usize) else {
-            return;
-        };
-        if !s.recv_armed {
-            return;
-        }
-        let e = opcode::AsyncCancel::new(ud(K_RECV, sock as u64))
-            .build()
-            .user_data(ud(K_CANCEL, sock as u64));
-        let ring = s.ring as usize;
-        self.rings[ring].push(e);
-    }
-
     fn close_slot(&mut self, sock: SockId) {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
@@ -479,28 +453,6 @@ impl UringLoop {
             self.room(room).give_back();
             if reported {
                 self.pending.push(Completion::Released { sock });
-            }
-        }
-    }
-
-    /// Re-arms receives that ran out of buffers, at most a quarter of each ring's pool
-    /// per turn: the buffers used last turn were given back during its dispatch.
-    fn rearm_starved(&mut self) {
-        for r in 0..self.rings.len() {
-            let mut budget = (usize::from(self.rings[r].bufs.count) / 4).max(1);
-            while budget > 0 {
-                let Some(sock) = self.rings[r].starved.pop_front() else {
-                    break;
-                };
-                let Some(s) = self.socks.get_mut(sock as usize) else {
-                    continue;
-                };
-                if !s.starved || s.ring as usize != r {
-                    continue;
-                }
-                s.starved = false;
-                budget -= 1;
-                self.arm_recv(sock);
             }
         }
     }
@@ -601,82 +553,6 @@ impl UringLoop {
             K_DOORBELL if res < 0 => self.on_doorbell_failed(payload, -res),
             K_CANCEL | K_DOORBELL | K_LOST_SENT => {}
             other => tracing::warn!(kind = other, res, "unknown io_uring completion"),
-        }
-    }
-
-    fn on_recv(
-        &mut self,
-        ring: usize,
-        sock: SockId,
-        res: i32,
-        flags: u32,
-        out: &mut Vec<Completion>,
-    ) {
-        let more = cqueue::more(flags);
-        let bid = cqueue::buffer_select(flags);
-        if bid.is_some() {
-            self.rings[ring].bufs.taken();
-        }
-        let Some(s) = self.socks.get_mut(sock as usize) else {
-            // Cannot happen: a socket is released only after its receive ended. Keep the
-            // buffer anyway.
-            if let Some(bid) = bid {
-                self.rings[ring].bufs.give_back(bid);
-            }
-            return;
-        };
-        if !more {
-            s.recv_armed = false;
-        }
-        let state = s.state;
-        if res > 0 {
-            match bid {
-                Some(bid) => out.push(Completion::Recv {
-                    sock,
-                    buf: BufRef {
-                        group: ring as u16,
-                        bid,
-                        offset: 0,
-                        len: res as u32,
-                    },
-                }),
-                None => tracing::warn!(sock, res, "recv completion without a buffer"),
-            }
-            if !more {
-                match state {
-                    SockState::Open => self.arm_recv(sock),
-                    SockState::Migrating { .. } => self.maybe_send_fd(sock),
-                    _ => self.maybe_release(sock),
-                }
-            }
-            return;
-        }
-        if let Some(bid) = bid {
-            self.rings[ring].bufs.give_back(bid);
-        }
-        match state {
-            SockState::Open => {
-                if res == -libc::ENOBUFS {
-                    // Out of provided buffers. Re-arming at once would send every
-                    // starved socket of a burst back into the same empty pool (a storm
-                    // of 100k connects made a million ENOBUFS completions); they wait
-                    // in `starved` and are re-armed a pool's share per turn.
-                    self.stats.recv_nobufs += 1;
-                    self.rings[ring].bufs.widen();
-                    if !more {
-                        if let Some(s) = self.socks.get_mut(sock as usize) {
-                            if !s.starved {
-                                s.starved = true;
-                                self.rings[ring].starved.push_back(sock);
-                            }
-                        }
-                    }
-                } else if !more {
-                    out.push(Completion::RecvEnd { sock, errno: -res });
-                }
-            }
-            SockState::Migrating { .. } => self.maybe_send_fd(sock),
-            SockState::Closing | SockState::SendingFd { .. } => self.maybe_release(sock),
         }
     }
 
@@ -966,96 +842,4 @@ impl Drop for UringLoop {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::accept::ACCEPT_ADDRS_FREED;
-    use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    /// Send data that records being freed.
-    struct Watched {
-        data: Vec<u8>,
-        freed: Arc<AtomicBool>,
-    }
-
-    impl AsRef<[u8]> for Watched {
-        fn as_ref(&self) -> &[u8] {
-            &self.data
-        }
-    }
-
-    impl Drop for Watched {
-        fn drop(&mut self) {
-            self.freed.store(true, Ordering::SeqCst);
-        }
-    }
-
-    /// Dropped with a send in flight and single-shot accepts armed, a loop frees
-    /// neither the send's bytes nor those accepts' address buffers: the kernel may
-    /// still read or write them while it tears the ring down. Idle accept buffers go.
-    #[test]
-    fn a_busy_loop_leaves_what_the_kernel_may_still_use() {
-        let opts = LoopOptions {
-            max_connections: 100,
-            accept_peer_addr: true,
-            ..LoopOptions::default()
-        };
-        let mut lp = UringLoop::new(0, &opts).expect("loop");
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        lp.add_listener(l).expect("listen");
-        let client = std::net::TcpStream::connect(addr).expect("connect");
-        let mut out = Vec::new();
-        let mut sock = None;
-        for _ in 0..1000 {
-            lp.turn(Some(Duration::from_millis(10)), &mut out)
-                .expect("turn");
-            sock = out.iter().find_map(|c| match c {
-                Completion::Accepted { sock, .. } => Some(*sock),
-                _ => None,
-            });
-            if sock.is_some() {
-                break;
-            }
-        }
-        let sock = sock.expect("accepted");
-        let freed = Arc::new(AtomicBool::new(false));
-        // Larger than the socket buffers, and the client does not read: the send
-        // stays in flight.
-        lp.send(
-            sock,
-            bytes::Bytes::from_owner(Watched {
-                data: vec![7; 8 << 20],
-                freed: freed.clone(),
-            })
-            .into(),
-        );
-        for _ in 0..3 {
-            out.clear();
-            lp.turn(Some(Duration::from_millis(1)), &mut out)
-                .expect("turn");
-            assert!(
-                !out.iter().any(|c| matches!(c, Completion::SendDone { .. })),
-                "the send must still be in flight"
-            );
-        }
-        let slots: usize = lp.listeners.iter().map(|l| l.slots.len()).sum();
-        let armed: usize = lp
-            .listeners
-            .iter()
-            .map(|l| l.slots.iter().filter(|s| s.armed).count())
-            .sum();
-        assert!(armed > 0, "accepts armed");
-        let freed_before = ACCEPT_ADDRS_FREED.with(|n| n.get());
-        drop(lp);
-        assert!(
-            !freed.load(Ordering::SeqCst),
-            "the data of a send in flight was freed"
-        );
-        assert_eq!(
-            ACCEPT_ADDRS_FREED.with(|n| n.get()) - freed_before,
-            slots - armed,
-            "only the address buffers of idle accept slots are freed"
-        );
-        drop(client);
-    }
-}
+mod tests;

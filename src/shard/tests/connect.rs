@@ -1,3 +1,7 @@
+//! Shard tests of CONNECT and CONNACK: versions, client ids (empty, assigned, too long),
+//! refused levels, the first packet and connect timeout, decode errors after CONNECT,
+//! hand-off to the owner shard and placement, keepalive.
+
 use std::time::Duration;
 
 use bytes::Bytes;

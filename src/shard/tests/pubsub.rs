@@ -1,3 +1,7 @@
+//! Shard tests of publish/subscribe: local and cross-shard delivery, no-local,
+//! wildcards and `$` topics, shared subscriptions, overlapping subscriptions, SUBACK
+//! and UNSUBACK codes and when a SUBACK may be sent, refusals and topic limits.
+
 use bytes::Bytes;
 use smallvec::smallvec;
 

@@ -1,3 +1,7 @@
+//! Shard tests of QoS 1 and 2 flows: acknowledgements, duplicates, PUBREL for an
+//! unknown id, receive maximum and the in-flight window, batched acknowledgements, and
+//! QoS 0 fan-out sharing one encoding per variant.
+
 use super::cfg;
 use crate::protocol::{Packet, Properties, PubResp, QoS, ReasonCode};
 use crate::shard::harness::*;

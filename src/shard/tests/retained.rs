@@ -1,3 +1,7 @@
+//! Shard tests of retained messages: store, replace and delete across shards, retain
+//! handling and retain-as-published, expiry, bounds and the over-memory mark, and the
+//! replicas' convergence (last writer wins, tombstones and their TTL).
+
 use std::time::Duration;
 
 use super::cfg;

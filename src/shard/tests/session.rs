@@ -1,3 +1,7 @@
+//! Shard tests of sessions: wills (when they fire, delay, properties), session expiry,
+//! clean sessions, offline queues and resume with redelivery, takeover, stale and
+//! out-of-order hand-offs, and the connection/session counters.
+
 use std::time::Duration;
 
 use super::cfg;

@@ -1,3 +1,6 @@
+//! Shard tests of MQTT 5 features: topic aliases both ways, the client's maximum
+//! packet size, the outbound buffer bound and slow-consumer policy, subscription ids.
+
 use super::cfg;
 use crate::config::SlowConsumerPolicy;
 use crate::protocol::{Packet, Properties, QoS, ReasonCode};

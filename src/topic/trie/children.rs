@@ -1,0 +1,208 @@
+//! The trie's children: how a node finds, attaches and detaches a child by level,
+//! with a short unsorted list up to `SMALL_MAX` children and an open-addressing
+//! table keyed by the level's hash above it. Split out of `topic/trie.rs`, unchanged.
+
+use super::*;
+
+impl<V> TopicTrie<V> {
+    /// A label's 32-bit hash: the table's home slot is `tag & mask`, so tables
+    /// rehash and shift entries without visiting the child nodes.
+    pub(super) fn tag(&self, label: &[u8]) -> Idx {
+        self.hasher.hash_one(label) as Idx
+    }
+
+    /// The child of `n` for `level` (`+` is the plus child), or `NONE`.
+    pub(super) fn child(&self, n: Idx, level: &[u8]) -> Idx {
+        if level == b"+" {
+            return self.node(n).plus;
+        }
+        self.literal_child(n, level)
+    }
+
+    /// The literal child of `n` labelled `level`, or `NONE`; never the plus child.
+    pub(super) fn literal_child(&self, n: Idx, level: &[u8]) -> Idx {
+        self.literal_child_of(self.node(n), level)
+    }
+
+    /// As `literal_child`, given the node itself.
+    pub(super) fn literal_child_of(&self, node: &Node, level: &[u8]) -> Idx {
+        if node.one != NONE {
+            let hit = self.node(node.one).label.is(level);
+            return if hit { node.one } else { NONE };
+        }
+        if node.kids.is_empty() {
+            return NONE;
+        }
+        let tag = self.tag(level);
+        let hit = |c: Idx, t: Idx| t == tag && self.node(c).label.is(level);
+        if !node.is_table() {
+            return pairs(&node.kids)
+                .find(|p| hit(p[0], p[1]))
+                .map_or(NONE, |p| p[0]);
+        }
+        let cap = node.kids.len() / 2;
+        let mask = cap - 1;
+        let mut i = tag as usize & mask;
+        // Load stays at most 3/4, so an empty slot ends the probe; the bound is a backstop.
+        for _ in 0..cap {
+            let c = node.kids[2 * i];
+            if c == NONE {
+                return NONE;
+            }
+            if hit(c, node.kids[2 * i + 1]) {
+                return c;
+            }
+            i = (i + 1) & mask;
+        }
+        NONE
+    }
+
+    pub(super) fn attach(&mut self, parent: Idx, child: Idx, level: &[u8]) {
+        if level == b"+" {
+            self.node_mut(parent).plus = child;
+            return;
+        }
+        let tag = self.tag(level);
+        let p = self.node(parent);
+        let (one, count) = (p.one, p.child_count as usize + 1);
+        let one_tag = if one != NONE {
+            self.tag(self.node(one).label.as_bytes())
+        } else {
+            0
+        };
+        let p = self.node_mut(parent);
+        if count == 1 {
+            p.one = child;
+            p.child_count = 1;
+            return;
+        }
+        let mut kids = std::mem::take(&mut p.kids);
+        if one != NONE {
+            kids = Box::new([one, one_tag, child, tag]);
+        } else if kids.len() > 2 * SMALL_MAX {
+            let cap = kids.len() / 2;
+            if count * 4 > cap * 3 {
+                kids = rebuild_table(&kids, cap * 2);
+            }
+            table_insert(&mut kids, child, tag);
+        } else if count <= SMALL_MAX {
+            let mut list = Vec::with_capacity(2 * count);
+            list.extend_from_slice(&kids);
+            list.extend_from_slice(&[child, tag]);
+            kids = list.into_boxed_slice();
+        } else {
+            kids = rebuild_table(&kids, TABLE_MIN);
+            table_insert(&mut kids, child, tag);
+        }
+        p.one = NONE;
+        p.kids = kids;
+        p.child_count = count as u32;
+    }
+
+    pub(super) fn detach(&mut self, parent: Idx, child: Idx) {
+        let p = self.node(parent);
+        if p.plus == child {
+            self.node_mut(parent).plus = NONE;
+            return;
+        }
+        if p.one == child {
+            let p = self.node_mut(parent);
+            p.one = NONE;
+            p.child_count = 0;
+            return;
+        }
+        let tag = self.tag(self.node(child).label.as_bytes());
+        let p = self.node_mut(parent);
+        let mut kids = std::mem::take(&mut p.kids);
+        let count = (p.child_count as usize).saturating_sub(1);
+        if kids.len() > 2 * SMALL_MAX {
+            table_remove(&mut kids, child, tag);
+            let cap = kids.len() / 2;
+            if count <= SMALL_BACK {
+                kids = pairs(&kids)
+                    .filter(|p| p[0] != NONE)
+                    .flatten()
+                    .copied()
+                    .collect();
+            } else if cap > TABLE_MIN && count * 8 < cap {
+                kids = rebuild_table(&kids, cap / 2);
+            }
+        } else {
+            kids = pairs(&kids)
+                .filter(|p| p[0] != child)
+                .flatten()
+                .copied()
+                .collect();
+        }
+        if count == 1 {
+            // Back to the inline form; `kids` is a one-pair list here.
+            p.one = kids.first().copied().unwrap_or(NONE);
+            kids = Box::default();
+        }
+        p.kids = kids;
+        p.child_count = count as u32;
+    }
+}
+
+pub(super) fn pairs(kids: &[Idx]) -> std::slice::ChunksExact<'_, Idx> {
+    kids.chunks_exact(2)
+}
+
+pub(super) fn rebuild_table(old: &[Idx], cap: usize) -> Box<[Idx]> {
+    let mut table = vec![NONE; 2 * cap].into_boxed_slice();
+    for p in pairs(old).filter(|p| p[0] != NONE) {
+        table_insert(&mut table, p[0], p[1]);
+    }
+    table
+}
+
+pub(super) fn table_insert(table: &mut [Idx], child: Idx, tag: Idx) {
+    let cap = table.len() / 2;
+    let mask = cap - 1;
+    let mut i = tag as usize & mask;
+    for _ in 0..cap {
+        if table[2 * i] == NONE {
+            table[2 * i] = child;
+            table[2 * i + 1] = tag;
+            return;
+        }
+        i = (i + 1) & mask;
+    }
+}
+
+/// Linear-probing deletion by backward shift, so no tombstones accumulate.
+pub(super) fn table_remove(table: &mut [Idx], child: Idx, tag: Idx) {
+    let cap = table.len() / 2;
+    let mask = cap - 1;
+    let mut hole = tag as usize & mask;
+    let mut probes = 0;
+    while table[2 * hole] != child {
+        if table[2 * hole] == NONE || probes == cap {
+            return;
+        }
+        hole = (hole + 1) & mask;
+        probes += 1;
+    }
+    table[2 * hole] = NONE;
+    let mut j = hole;
+    loop {
+        j = (j + 1) & mask;
+        let c = table[2 * j];
+        if c == NONE {
+            return;
+        }
+        let home = table[2 * j + 1] as usize & mask;
+        // Move the entry into the hole unless its home lies cyclically in (hole, j].
+        let stays = if hole <= j {
+            hole < home && home <= j
+        } else {
+            hole < home || home <= j
+        };
+        if !stays {
+            table[2 * hole] = c;
+            table[2 * hole + 1] = table[2 * j + 1];
+            table[2 * j] = NONE;
+            hole = j;
+        }
+    }
+}
