@@ -838,3 +838,101 @@ fn bad_predefined_topics_file_is_refused_naming_file_and_line() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Spec 5.4.5 / 6.2: the CONNACK carries the broker's own verdict. With
+/// `--allow-anonymous false` (SN has no credentials) the client gets CONNACK 0x03
+/// (rejected: not supported) and nothing after it: no CONNACK 0x00 first, no
+/// DISCONNECT, and no session for what it sends next. Clients owned by either loop.
+#[test]
+fn connack_carries_the_brokers_auth_verdict() {
+    let broker = sn_broker(&["--allow-anonymous", "false"]);
+    let gw = sn_addr(&broker);
+    for shard in 0..2 {
+        let id = sn_id("snauth", shard);
+        let sn = Sn::new(gw, &id);
+        sn.send(&Message::Connect {
+            will: false,
+            clean_session: true,
+            duration: 60,
+            client_id: b(&id),
+        });
+        assert_eq!(
+            sn.recv(),
+            Message::ConnAck {
+                code: ReturnCode::NotSupported
+            },
+            "{id}: refused by the broker's auth"
+        );
+        sn.send(&Message::PingReq { client_id: None });
+        sn.sock
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        match sn.sock.recv(&mut buf) {
+            Err(_) => {}
+            Ok(n) => panic!(
+                "{id}: a refused client was sent {:?}",
+                decode(&Bytes::copy_from_slice(&buf[..n]))
+            ),
+        }
+    }
+    let m = metrics(&broker);
+    assert!(
+        metric(&m, "ringmq_mqttsn_dropped_total{reason=\"unexpected\"}") >= 2,
+        "the PINGREQs without a session are counted"
+    );
+}
+
+/// With `--keepalive-max-s` set, the 3.1.1 sessions the gateway opens declare that
+/// keepalive (0 would be refused) and the gateway pings them: an SN client is
+/// accepted, its session outlives 1.5 × the cap while the SN client is quiet, and
+/// its publish still reaches a TCP subscriber.
+#[test]
+fn keepalive_cap_admits_sn_clients_and_keeps_their_sessions() {
+    let broker = sn_broker(&["--keepalive-max-s", "2"]);
+    let gw = sn_addr(&broker);
+    let id = sn_id("snka", 1);
+    let sn = Sn::connect(gw, &id, 600);
+    let topic_id = sn.register("snka/t", 1);
+    // Longer than the shard's 1.5 × 2 s keepalive window: a session the gateway did
+    // not ping would be closed, and the SN client told with a DISCONNECT.
+    sn.sock
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    if let Ok(n) = sn.sock.recv(&mut buf) {
+        panic!(
+            "the quiet SN client was sent {:?}",
+            decode(&Bytes::copy_from_slice(&buf[..n]))
+        );
+    }
+    sn.sock.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+    let connect = support::pkt::Connect {
+        keepalive_s: 2,
+        ..support::pkt::Connect::v311(&uniq("kasub"))
+    };
+    let (mut sub, ack) = RawClient::connect_with(broker.addr(), &connect);
+    assert_eq!(ack.raw, [0x20, 0x02, 0x00, 0x00], "TCP subscriber admitted");
+    sub.subscribe_ok(1, "snka/t", 1);
+    sn.send(&Message::Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: TopicRef::Normal(topic_id),
+        msg_id: 2,
+        data: b("still here"),
+    });
+    assert_eq!(
+        sn.recv(),
+        Message::PubAck {
+            topic_id,
+            msg_id: 2,
+            code: ReturnCode::Accepted
+        }
+    );
+    let m = sub.recv_publish_ack();
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_slice()),
+        ("snka/t", &b"still here"[..])
+    );
+}

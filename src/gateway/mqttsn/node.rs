@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 use bytes::{Bytes, BytesMut};
 
+use super::codec::{encode_to_bytes as encode_sn, Message, ReturnCode};
 use super::gateway::{Gateway, GatewayLimits, Output, Upstream};
 use super::link::MqttLink;
-use crate::protocol::{decode_packet, encode_to_bytes, Packet, ProtocolVersion};
+use crate::protocol::{decode_packet, encode_to_bytes, Packet, ProtocolVersion, ReasonCode};
 use crate::shard::{ConnId, Shard};
 
 /// How often the gateway's timers (keepalive, sleep, Tretry, ADVERTISE) are checked
@@ -36,6 +37,34 @@ struct VConn {
     /// (in order): the shard sends it once every loop routes the filter here, so
     /// a client that holds its SUBACK gets what is published after, as over TCP.
     held_subacks: VecDeque<(SocketAddr, Bytes)>,
+    /// The SN client's address, where its CONNACK goes.
+    addr: SocketAddr,
+    /// From the CONNECT until the shard's CONNACK: the gateway's CONNACK and whatever
+    /// else is due to the client wait here, so the client hears the broker's verdict
+    /// (password file, `allow_anonymous`, ACL on the will, limits) and nothing after
+    /// a refusal. `None` once the verdict is in (and on the anonymous connection).
+    held: Option<Vec<Bytes>>,
+    /// The shard refused the CONNECT: the refusing CONNACK told the client, so the
+    /// close that follows ends it without a DISCONNECT.
+    refused: bool,
+}
+
+/// Datagrams held for one client while its CONNACK waits; past it they are dropped
+/// (the gateway's Tretry sends QoS 1/2 ones again).
+const HELD_DATAGRAMS_MAX: usize = 64;
+/// MQTT-SN CONNACK message type (spec 5.3).
+const SN_CONNACK: u8 = 0x05;
+
+/// The MQTT-SN return code (spec 5.3.10) for the broker's CONNACK: the one mapping of
+/// the broker's verdict to what an SN client can be told. MQTT-SN has no "not
+/// authorized": a refusal for credentials, ACL or client id is "not supported", a
+/// busy or unavailable server is "congestion" (the client may retry later).
+pub(super) fn sn_connack_code(code: ReasonCode) -> ReturnCode {
+    match code.v3_connack_code() {
+        0 => ReturnCode::Accepted,
+        3 => ReturnCode::Congestion,
+        _ => ReturnCode::NotSupported,
+    }
 }
 
 /// SUBACKs held per virtual connection; past it they go out at once (a client
@@ -65,6 +94,13 @@ pub struct SnNode {
     /// follows it in the output is held (see `VConn::held_subacks`).
     hold_suback: Option<ConnId>,
     out: Vec<(SocketAddr, Bytes)>,
+    /// Client address → its virtual connection while that one's CONNACK is held.
+    awaiting_connack: AHashMap<SocketAddr, ConnId>,
+    /// Keepalive the virtual connections declare: `keepalive_max_s` when set (a 3.1.1
+    /// CONNECT with 0 would be refused), else 0. The gateway enforces the SN
+    /// client's own duration; the node pings every virtual connection at half of it.
+    vconn_keepalive_s: u16,
+    next_ping: Instant,
     next_tick: Instant,
     /// Upstream operations for a client whose virtual connection the shard had
     /// already closed (taken over by a TCP client with the same id, refused, shut
@@ -89,6 +125,9 @@ impl SnNode {
             from: None,
             hold_suback: None,
             out: Vec::new(),
+            awaiting_connack: AHashMap::new(),
+            vconn_keepalive_s: shard.config().keepalive_max_s,
+            next_ping: now,
             next_tick: now + TICK,
             orphaned: 0,
         }
@@ -119,11 +158,21 @@ impl SnNode {
         self.next_tick = now + TICK;
         self.gw.on_tick(now);
         self.pump(shard, now);
+        if self.vconn_keepalive_s > 0 && now >= self.next_ping {
+            let every = Duration::from_secs(u64::from(self.vconn_keepalive_s / 2).max(1));
+            self.next_ping = now + every;
+            let conns: Vec<ConnId> = self.vconns.keys().copied().collect();
+            for conn in conns {
+                feed(shard, conn, &Packet::PingReq, now);
+            }
+        }
     }
 
-    /// When `on_timer` next has work; `None` while the gateway holds no client.
+    /// When `on_timer` next has work; `None` while the gateway holds no client and
+    /// no virtual connection needs pinging.
     pub fn next_deadline(&self) -> Option<Instant> {
-        (self.gw.client_count() > 0).then_some(self.next_tick)
+        let pinging = self.vconn_keepalive_s > 0 && !self.vconns.is_empty();
+        (self.gw.client_count() > 0 || pinging).then_some(self.next_tick)
     }
 
     /// The shard wrote to virtual connection `conn` (`Action::Flush`).
@@ -136,12 +185,30 @@ impl SnNode {
     /// are taken and the connection is released at once (no socket to wait for).
     pub fn on_close(&mut self, shard: &mut Shard, conn: ConnId, now: Instant) {
         self.drain(shard, conn, now);
-        if let Some(vc) = self.vconns.remove(&conn) {
+        if let Some(mut vc) = self.vconns.remove(&conn) {
+            if self.awaiting_connack.get(&vc.addr) == Some(&conn) {
+                self.awaiting_connack.remove(&vc.addr);
+            }
+            if vc.held.take().is_some() {
+                // Closed with no CONNACK at all (shutdown, a limit): the client is
+                // told to come back later rather than left waiting.
+                vc.refused = true;
+                let nack = Message::ConnAck {
+                    code: ReturnCode::Congestion,
+                };
+                if let Ok(bytes) = encode_sn(&nack) {
+                    self.out.push((vc.addr, bytes));
+                }
+            }
             // Still the client's current connection: the broker, not the client,
             // ended it (takeover by another connection, refusal, shutdown).
             if self.by_client.get(&vc.client_id) == Some(&conn) {
                 self.by_client.remove(&vc.client_id);
-                self.gw.end_session(&vc.client_id);
+                if vc.refused {
+                    self.gw.forget_session(&vc.client_id);
+                } else {
+                    self.gw.end_session(&vc.client_id);
+                }
             }
         }
         if self.anon == Some(conn) {
@@ -165,6 +232,25 @@ impl SnNode {
             vc.rx.extend_from_slice(&tx);
             loop {
                 match decode_packet(&mut vc.rx, ProtocolVersion::V311, usize::MAX) {
+                    Ok(Some(Packet::ConnAck(ack))) => {
+                        let Some(held) = vc.held.take() else {
+                            continue;
+                        };
+                        if self.awaiting_connack.get(&vc.addr) == Some(&conn) {
+                            self.awaiting_connack.remove(&vc.addr);
+                        }
+                        let code = sn_connack_code(ack.code);
+                        if code == ReturnCode::Accepted {
+                            self.out.extend(held.into_iter().map(|b| (vc.addr, b)));
+                            continue;
+                        }
+                        // Refused: the client hears the verdict and nothing else;
+                        // the shard closes the connection next.
+                        vc.refused = true;
+                        if let Ok(bytes) = encode_sn(&Message::ConnAck { code }) {
+                            self.out.push((vc.addr, bytes));
+                        }
+                    }
                     Ok(Some(Packet::SubAck(ack))) => {
                         if let Some((to, mut bytes)) = vc.held_subacks.pop_front() {
                             if ack.codes.iter().any(|c| c.is_error()) {
@@ -209,6 +295,18 @@ impl SnNode {
             for o in outputs {
                 match o {
                     Output::Datagram { to, bytes } => {
+                        let waiting = self
+                            .awaiting_connack
+                            .get(&to)
+                            .and_then(|conn| self.vconns.get_mut(conn))
+                            .and_then(|vc| vc.held.as_mut());
+                        if let Some(held) = waiting {
+                            if held.len() < HELD_DATAGRAMS_MAX || bytes.get(1) == Some(&SN_CONNACK)
+                            {
+                                held.push(bytes);
+                            }
+                            continue;
+                        }
                         let held = self
                             .hold_suback
                             .take()
@@ -243,6 +341,9 @@ impl SnNode {
                 link: MqttLink::new(),
                 rx: BytesMut::new(),
                 held_subacks: VecDeque::new(),
+                addr: peer,
+                held: None,
+                refused: false,
             },
         );
         conn
@@ -256,6 +357,10 @@ impl SnNode {
                 let peer = self.from.unwrap_or(self.local);
                 let conn = self.open(shard, client_id.clone(), peer, now);
                 self.by_client.insert(client_id.clone(), conn);
+                if let Some(vc) = self.vconns.get_mut(&conn) {
+                    vc.held = Some(Vec::new());
+                }
+                self.awaiting_connack.insert(peer, conn);
                 conn
             }
             Upstream::PublishAnonymous { .. } => match self.anon {
@@ -268,7 +373,10 @@ impl SnNode {
                         keepalive_s: 0,
                     };
                     if let Some(vc) = self.vconns.get_mut(&conn) {
-                        let p = vc.link.to_packet(connect);
+                        let mut p = vc.link.to_packet(connect);
+                        if let Packet::Connect(c) = &mut p {
+                            c.keep_alive_s = self.vconn_keepalive_s;
+                        }
                         feed(shard, conn, &p, now);
                     }
                     self.anon = Some(conn);
@@ -299,7 +407,10 @@ impl SnNode {
         if matches!(u, Upstream::Subscribe { .. }) {
             self.hold_suback = Some(conn);
         }
-        let p = vc.link.to_packet(u);
+        let mut p = vc.link.to_packet(u);
+        if let Packet::Connect(c) = &mut p {
+            c.keep_alive_s = self.vconn_keepalive_s;
+        }
         feed(shard, conn, &p, now);
     }
 
@@ -325,4 +436,37 @@ impl SnNode {
 fn feed(shard: &mut Shard, conn: ConnId, p: &Packet, now: Instant) {
     let bytes = encode_to_bytes(p, ProtocolVersion::V311);
     shard.on_read(conn, &bytes, now);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The broker's CONNACK verdicts as an SN client hears them (spec 5.3.10 has only
+    /// congestion, invalid topic id and not supported).
+    #[test]
+    fn broker_verdicts_map_to_sn_return_codes() {
+        use ReasonCode::*;
+        assert_eq!(sn_connack_code(Success), ReturnCode::Accepted);
+        for busy in [
+            ServerUnavailable,
+            ServerBusy,
+            QuotaExceeded,
+            ConnectionRateExceeded,
+        ] {
+            assert_eq!(sn_connack_code(busy), ReturnCode::Congestion, "{busy:?}");
+        }
+        for refused in [
+            NotAuthorized,
+            BadUserNameOrPassword,
+            ClientIdentifierNotValid,
+            Banned,
+        ] {
+            assert_eq!(
+                sn_connack_code(refused),
+                ReturnCode::NotSupported,
+                "{refused:?}"
+            );
+        }
+    }
 }
