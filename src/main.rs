@@ -149,13 +149,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The CA file of every `mqtts://` bridge loads (exit 2 naming the bridge and the
-/// file otherwise, as a bad TLS listener file is).
+/// The CA file (and client certificate, if any) of every `mqtts://` bridge loads
+/// (exit 2 naming the bridge and the file otherwise, as a bad TLS listener file is).
 fn bridges_runnable(config: &Config) -> Result<(), String> {
     for b in &config.bridge {
         if let Some(t) = &b.tls {
-            ringmq::worker::bridges::load_ca(&b.name, &t.ca_file)
-                .map_err(|e| format!("config: {e}"))?;
+            ringmq::worker::bridges::load_tls(&b.name, t).map_err(|e| format!("config: {e}"))?;
         }
     }
     Ok(())
