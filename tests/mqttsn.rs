@@ -936,3 +936,56 @@ fn keepalive_cap_admits_sn_clients_and_keeps_their_sessions() {
         ("snka/t", &b"still here"[..])
     );
 }
+
+/// Spec 6.1: with `--mqttsn-advertise-interval-s` and `--mqttsn-advertise-address`
+/// the gateway sends ADVERTISE (its GwId, Duration = the interval) to that address
+/// from its own port, again each interval; here the "network" is one loopback
+/// socket. One without the other is refused at start-up, the key named.
+#[test]
+fn advertise_goes_to_the_configured_address_every_interval() {
+    let net = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    net.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+    let to = net.local_addr().unwrap().to_string();
+    let broker = sn_broker(&[
+        "--mqttsn-advertise-interval-s",
+        "1",
+        "--mqttsn-advertise-address",
+        &to,
+    ]);
+    let gw = sn_addr(&broker);
+    let mut buf = [0u8; 64];
+    for n in 0..3 {
+        let (len, from) = net
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("ADVERTISE {n}: none within {RECV_TIMEOUT:?}: {e}"));
+        assert_eq!(from.port(), gw.port(), "sent from the gateway's port");
+        assert_eq!(
+            decode(&Bytes::copy_from_slice(&buf[..len])),
+            Ok(Message::Advertise {
+                gw_id: 1,
+                duration: 1
+            }),
+            "ADVERTISE {n}"
+        );
+    }
+    for (args, key) in [
+        (
+            &["--mqttsn-advertise-interval-s", "5"][..],
+            "mqttsn_advertise_interval_s 5",
+        ),
+        (
+            &["--mqttsn-advertise-address", &to][..],
+            "mqttsn_advertise_address",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--mqttsn-listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("check-config")
+            .output()
+            .expect("run ringmq check-config");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(key), "{args:?}: {err}");
+    }
+}

@@ -29,6 +29,8 @@ pub struct SnSetup {
     /// Bound (the group shares one port through `SO_REUSEPORT`).
     pub socket: UdpSocket,
     pub limits: GatewayLimits,
+    /// Where this loop's ADVERTISE broadcasts go (only loop 0 has an interval).
+    pub advertise_to: Option<SocketAddr>,
 }
 
 pub(super) struct SnIo {
@@ -36,6 +38,7 @@ pub(super) struct SnIo {
     /// Peer address → the other loop that owns its client; bounded by `routes_max`.
     routes: AHashMap<SocketAddr, usize>,
     routes_max: usize,
+    advertise_to: Option<SocketAddr>,
 }
 
 impl SnIo {
@@ -45,7 +48,11 @@ impl SnIo {
         io: &mut L,
         now: Instant,
     ) -> io::Result<SnIo> {
-        let SnSetup { socket, limits } = setup;
+        let SnSetup {
+            socket,
+            limits,
+            advertise_to,
+        } = setup;
         let local = socket.local_addr()?;
         io.add_udp(socket)?;
         let routes_max = limits.max_clients.saturating_mul(4).max(1024);
@@ -53,6 +60,7 @@ impl SnIo {
             node: SnNode::new(limits, shard, local, now),
             routes: AHashMap::new(),
             routes_max,
+            advertise_to,
         })
     }
 
@@ -107,7 +115,12 @@ impl SnIo {
 
     /// Sends what the gateway wrote and brings the loop's counters up to date.
     pub(super) fn flush<L: EventLoop>(&mut self, io: &mut L, shard: &mut Shard) {
-        for (to, bytes) in self.node.take_datagrams() {
+        let broadcasts = self.node.take_broadcasts();
+        let advertised = self
+            .advertise_to
+            .into_iter()
+            .flat_map(|to| broadcasts.iter().map(move |b| (to, b.clone())));
+        for (to, bytes) in self.node.take_datagrams().into_iter().chain(advertised) {
             let stats = shard.sn_stats_mut();
             if io.send_to(to, bytes) {
                 stats.datagrams_out += 1;

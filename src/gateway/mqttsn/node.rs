@@ -94,6 +94,10 @@ pub struct SnNode {
     /// follows it in the output is held (see `VConn::held_subacks`).
     hold_suback: Option<ConnId>,
     out: Vec<(SocketAddr, Bytes)>,
+    /// ADVERTISE messages due (spec 6.1); the IO side knows the broadcast address.
+    broadcasts: Vec<Bytes>,
+    /// Whether ADVERTISE is configured: the timer then runs with no client too.
+    advertising: bool,
     /// Client address → its virtual connection while that one's CONNACK is held.
     awaiting_connack: AHashMap<SocketAddr, ConnId>,
     /// Keepalive the virtual connections declare: `keepalive_max_s` when set (a 3.1.1
@@ -116,6 +120,8 @@ impl SnNode {
             .find(|id| shard.owner_of(id.as_bytes()) == shard.id())
             .unwrap_or_default();
         SnNode {
+            advertising: limits.advertise_interval.is_some(),
+            broadcasts: Vec::new(),
             gw: Gateway::new(limits),
             by_client: AHashMap::new(),
             vconns: AHashMap::new(),
@@ -168,11 +174,11 @@ impl SnNode {
         }
     }
 
-    /// When `on_timer` next has work; `None` while the gateway holds no client and
-    /// no virtual connection needs pinging.
+    /// When `on_timer` next has work; `None` while the gateway holds no client, no
+    /// virtual connection needs pinging and nothing is advertised.
     pub fn next_deadline(&self) -> Option<Instant> {
         let pinging = self.vconn_keepalive_s > 0 && !self.vconns.is_empty();
-        (self.gw.client_count() > 0 || pinging).then_some(self.next_tick)
+        (self.gw.client_count() > 0 || pinging || self.advertising).then_some(self.next_tick)
     }
 
     /// The shard wrote to virtual connection `conn` (`Action::Flush`).
@@ -221,6 +227,11 @@ impl SnNode {
     /// The datagrams to send since the last call.
     pub fn take_datagrams(&mut self) -> Vec<(SocketAddr, Bytes)> {
         std::mem::take(&mut self.out)
+    }
+
+    /// The ADVERTISE messages due since the last call, for the broadcast address.
+    pub fn take_broadcasts(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.broadcasts)
     }
 
     /// The shard's packets on `conn` into the gateway, and the acks back.
@@ -318,8 +329,7 @@ impl SnNode {
                             None => self.out.push((to, bytes)),
                         }
                     }
-                    // No ADVERTISE is configured: the UDP side has no broadcast address.
-                    Output::Broadcast { .. } => {}
+                    Output::Broadcast { bytes } => self.broadcasts.push(bytes),
                     Output::Upstream(u) => self.upstream(shard, u, now),
                 }
             }
