@@ -989,3 +989,121 @@ fn advertise_goes_to_the_configured_address_every_interval() {
         assert!(err.contains(key), "{args:?}: {err}");
     }
 }
+
+/// Spec 5.5: a forwarder encapsulates the messages of the wireless nodes behind it
+/// (Ctrl, Wireless Node Id, the message). Two nodes share the forwarder's one UDP
+/// address, their clients owned by different loops: each is connected, registers,
+/// publishes at QoS 1 to a TCP subscriber, and every answer comes back encapsulated
+/// with that node's id; a TCP publish reaches a node that subscribed, encapsulated.
+#[test]
+fn forwarder_encapsulated_nodes_are_served_through_the_forwarder() {
+    let broker = sn_broker(&[]);
+    let gw = sn_addr(&broker);
+    let fwd = Sn::new(gw, "forwarder");
+    let mut sub = RawClient::connect_v311(broker.addr(), &uniq("fwdsub"));
+    sub.subscribe_ok(1, "fwd/+", 1);
+    let send = |node: &[u8], m: Message| {
+        fwd.send(&Message::Encapsulated {
+            radius: 1,
+            node_id: Bytes::copy_from_slice(node),
+            inner: encode_to_bytes(&m).expect("encodes"),
+        })
+    };
+    let recv = |node: &[u8]| match fwd.recv() {
+        Message::Encapsulated { node_id, inner, .. } => {
+            assert_eq!(&node_id[..], node, "answered to the node that asked");
+            decode(&inner).expect("a valid encapsulated message")
+        }
+        other => panic!("expected an encapsulated message, got {other:?}"),
+    };
+    for (node, shard) in [(&[0x0a, 0x01][..], 0), (&[0x0a, 0x02][..], 1)] {
+        let id = sn_id("fwd", shard);
+        send(
+            node,
+            Message::Connect {
+                will: false,
+                clean_session: true,
+                duration: 60,
+                client_id: b(&id),
+            },
+        );
+        assert_eq!(
+            recv(node),
+            Message::ConnAck {
+                code: ReturnCode::Accepted
+            },
+            "{id}"
+        );
+        let topic = format!("fwd/{shard}");
+        send(
+            node,
+            Message::Register {
+                topic_id: 0,
+                msg_id: 1,
+                topic_name: b(&topic),
+            },
+        );
+        let topic_id = match recv(node) {
+            Message::RegAck {
+                topic_id,
+                msg_id: 1,
+                code: ReturnCode::Accepted,
+            } => topic_id,
+            other => panic!("{id}: REGISTER: {other:?}"),
+        };
+        send(
+            node,
+            Message::Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: TopicRef::Normal(topic_id),
+                msg_id: 2,
+                data: b("via forwarder"),
+            },
+        );
+        assert_eq!(
+            recv(node),
+            Message::PubAck {
+                topic_id,
+                msg_id: 2,
+                code: ReturnCode::Accepted
+            }
+        );
+        let m = sub.recv_publish_ack();
+        assert_eq!(
+            (m.topic.as_str(), m.payload.as_slice()),
+            (topic.as_str(), &b"via forwarder"[..])
+        );
+    }
+    // Downstream: node 2 subscribes; a TCP publish reaches it through the forwarder.
+    let node = &[0x0a, 0x02][..];
+    send(
+        node,
+        Message::Subscribe {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            msg_id: 3,
+            topic: SubTopic::Name(b("fwd/in")),
+        },
+    );
+    let topic_id = match recv(node) {
+        Message::SubAck {
+            msg_id: 3,
+            code: ReturnCode::Accepted,
+            topic_id,
+            ..
+        } => topic_id,
+        other => panic!("SUBSCRIBE: {other:?}"),
+    };
+    let mut tcp = RawClient::connect_v311(broker.addr(), &uniq("fwdpub"));
+    tcp.publish("fwd/in", 0, false, 0, b"to the node");
+    match recv(node) {
+        Message::Publish {
+            topic: TopicRef::Normal(t),
+            data,
+            ..
+        } => assert_eq!((t, &data[..]), (topic_id, &b"to the node"[..])),
+        other => panic!("expected the PUBLISH for the node, got {other:?}"),
+    }
+}

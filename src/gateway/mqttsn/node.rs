@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use ahash::AHashMap;
 use bytes::{Bytes, BytesMut};
 
-use super::codec::{encode_to_bytes as encode_sn, Message, ReturnCode};
+use super::codec::{decode as decode_sn, encode_to_bytes as encode_sn, Message, ReturnCode};
 use super::gateway::{Gateway, GatewayLimits, Output, Upstream};
 use super::link::MqttLink;
 use crate::protocol::{decode_packet, encode_to_bytes, Packet, ProtocolVersion, ReasonCode};
@@ -25,6 +25,44 @@ use crate::shard::{ConnId, Shard};
 /// How often the gateway's timers (keepalive, sleep, Tretry, ADVERTISE) are checked
 /// while it holds clients: they are seconds-scale, and one check walks every client.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// Where an SN client speaks from: a UDP address, and behind a forwarder (spec 5.5)
+/// the wireless node id the forwarder encapsulates its messages with. Replies to a
+/// node are encapsulated again for the forwarder.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SnPeer {
+    pub addr: SocketAddr,
+    pub node: Option<Bytes>,
+}
+
+impl SnPeer {
+    fn direct(addr: SocketAddr) -> SnPeer {
+        SnPeer { addr, node: None }
+    }
+
+    /// The peer a datagram from `from` comes from, and the MQTT-SN message inside it
+    /// (the datagram itself unless a forwarder encapsulated it). A malformed
+    /// encapsulation is returned as is, for the gateway to count as bad.
+    pub fn of(from: SocketAddr, data: &Bytes) -> (SnPeer, Bytes) {
+        // The type follows a 1-byte length, or 0x01 and a 2-byte length (spec 5.2.1).
+        let ty = if data.first() == Some(&0x01) {
+            data.get(3)
+        } else {
+            data.get(1)
+        };
+        const ENCAPSULATED: u8 = 0xFE;
+        if ty == Some(&ENCAPSULATED) {
+            if let Ok(Message::Encapsulated { node_id, inner, .. }) = decode_sn(data) {
+                let peer = SnPeer {
+                    addr: from,
+                    node: Some(node_id),
+                };
+                return (peer, inner);
+            }
+        }
+        (SnPeer::direct(from), data.clone())
+    }
+}
 
 /// A virtual connection: whose session it carries and the MQTT side of it.
 struct VConn {
@@ -36,9 +74,9 @@ struct VConn {
     /// The gateway's SUBACKs, held until the shard's SUBACK for the same SUBSCRIBE
     /// (in order): the shard sends it once every loop routes the filter here, so
     /// a client that holds its SUBACK gets what is published after, as over TCP.
-    held_subacks: VecDeque<(SocketAddr, Bytes)>,
+    held_subacks: VecDeque<(SnPeer, Bytes)>,
     /// The SN client's address, where its CONNACK goes.
-    addr: SocketAddr,
+    addr: SnPeer,
     /// From the CONNECT until the shard's CONNACK: the gateway's CONNACK and whatever
     /// else is due to the client wait here, so the client hears the broker's verdict
     /// (password file, `allow_anonymous`, ACL on the will, limits) and nothing after
@@ -78,7 +116,7 @@ const SN_SUBACK_CODE_AT: usize = 7;
 const SN_REJECTED_NOT_SUPPORTED: u8 = 0x03;
 
 pub struct SnNode {
-    gw: Gateway<SocketAddr>,
+    gw: Gateway<SnPeer>,
     /// The session's current virtual connection, by client id.
     by_client: AHashMap<Bytes, ConnId>,
     vconns: AHashMap<ConnId, VConn>,
@@ -89,17 +127,17 @@ pub struct SnNode {
     local: SocketAddr,
     /// The sender of the datagram being handled: the peer address of a virtual
     /// connection its CONNECT opens (per-IP connection limits then apply).
-    from: Option<SocketAddr>,
+    from: Option<SnPeer>,
     /// The virtual connection a SUBSCRIBE was just fed to: the gateway's SUBACK that
     /// follows it in the output is held (see `VConn::held_subacks`).
     hold_suback: Option<ConnId>,
-    out: Vec<(SocketAddr, Bytes)>,
+    out: Vec<(SnPeer, Bytes)>,
     /// ADVERTISE messages due (spec 6.1); the IO side knows the broadcast address.
     broadcasts: Vec<Bytes>,
     /// Whether ADVERTISE is configured: the timer then runs with no client too.
     advertising: bool,
     /// Client address → its virtual connection while that one's CONNACK is held.
-    awaiting_connack: AHashMap<SocketAddr, ConnId>,
+    awaiting_connack: AHashMap<SnPeer, ConnId>,
     /// Keepalive the virtual connections declare: `keepalive_max_s` when set (a 3.1.1
     /// CONNECT with 0 would be refused), else 0. The gateway enforces the SN
     /// client's own duration; the node pings every virtual connection at half of it.
@@ -139,8 +177,9 @@ impl SnNode {
         }
     }
 
-    pub fn gateway(&self) -> &Gateway<SocketAddr> {
-        &self.gw
+    /// Whether the client a datagram from `from` comes from is held here.
+    pub fn knows(&self, from: SocketAddr, data: &Bytes) -> bool {
+        self.gw.knows(&SnPeer::of(from, data).0)
     }
 
     /// Whether `conn` is one of this gateway's virtual connections.
@@ -150,8 +189,9 @@ impl SnNode {
 
     /// One datagram from `from` that belongs to this loop.
     pub fn on_datagram(&mut self, shard: &mut Shard, from: SocketAddr, data: &Bytes, now: Instant) {
-        self.from = Some(from);
-        self.gw.on_datagram(from, data, now);
+        let (peer, msg) = SnPeer::of(from, data);
+        self.from = Some(peer.clone());
+        self.gw.on_datagram(peer, &msg, now);
         self.pump(shard, now);
         self.from = None;
     }
@@ -203,7 +243,7 @@ impl SnNode {
                     code: ReturnCode::Congestion,
                 };
                 if let Ok(bytes) = encode_sn(&nack) {
-                    self.out.push((vc.addr, bytes));
+                    self.out.push((vc.addr.clone(), bytes));
                 }
             }
             // Still the client's current connection: the broker, not the client,
@@ -224,9 +264,32 @@ impl SnNode {
         self.pump(shard, now);
     }
 
-    /// The datagrams to send since the last call.
+    /// The datagrams to send since the last call; those for a node behind a
+    /// forwarder encapsulated for it (spec 5.5: radius 0, the node's id).
     pub fn take_datagrams(&mut self) -> Vec<(SocketAddr, Bytes)> {
-        std::mem::take(&mut self.out)
+        let mut wrapped_too_long = 0;
+        let out = std::mem::take(&mut self.out)
+            .into_iter()
+            .filter_map(|(to, bytes)| match to.node {
+                None => Some((to.addr, bytes)),
+                Some(node_id) => {
+                    let m = Message::Encapsulated {
+                        radius: 0,
+                        node_id,
+                        inner: bytes,
+                    };
+                    match encode_sn(&m) {
+                        Ok(b) => Some((to.addr, b)),
+                        Err(_) => {
+                            wrapped_too_long += 1;
+                            None
+                        }
+                    }
+                }
+            })
+            .collect();
+        self.gw.stats.oversize_deliveries_dropped += wrapped_too_long;
+        out
     }
 
     /// The ADVERTISE messages due since the last call, for the broadcast address.
@@ -252,14 +315,15 @@ impl SnNode {
                         }
                         let code = sn_connack_code(ack.code);
                         if code == ReturnCode::Accepted {
-                            self.out.extend(held.into_iter().map(|b| (vc.addr, b)));
+                            let to = &vc.addr;
+                            self.out.extend(held.into_iter().map(|b| (to.clone(), b)));
                             continue;
                         }
                         // Refused: the client hears the verdict and nothing else;
                         // the shard closes the connection next.
                         vc.refused = true;
                         if let Ok(bytes) = encode_sn(&Message::ConnAck { code }) {
-                            self.out.push((vc.addr, bytes));
+                            self.out.push((vc.addr.clone(), bytes));
                         }
                     }
                     Ok(Some(Packet::SubAck(ack))) => {
@@ -336,14 +400,8 @@ impl SnNode {
         }
     }
 
-    fn open(
-        &mut self,
-        shard: &mut Shard,
-        client_id: Bytes,
-        peer: SocketAddr,
-        now: Instant,
-    ) -> ConnId {
-        let conn = shard.accept(peer, now);
+    fn open(&mut self, shard: &mut Shard, client_id: Bytes, peer: SnPeer, now: Instant) -> ConnId {
+        let conn = shard.accept(peer.addr, now);
         self.vconns.insert(
             conn,
             VConn {
@@ -364,8 +422,11 @@ impl SnNode {
             Upstream::Connect { client_id, .. } => {
                 // A new CONNECT from a client already connected opens a new virtual
                 // connection; the shard's takeover closes the old one.
-                let peer = self.from.unwrap_or(self.local);
-                let conn = self.open(shard, client_id.clone(), peer, now);
+                let peer = self
+                    .from
+                    .clone()
+                    .unwrap_or_else(|| SnPeer::direct(self.local));
+                let conn = self.open(shard, client_id.clone(), peer.clone(), now);
                 self.by_client.insert(client_id.clone(), conn);
                 if let Some(vc) = self.vconns.get_mut(&conn) {
                     vc.held = Some(Vec::new());
@@ -376,7 +437,8 @@ impl SnNode {
             Upstream::PublishAnonymous { .. } => match self.anon {
                 Some(conn) => conn,
                 None => {
-                    let conn = self.open(shard, self.anon_id.clone(), self.local, now);
+                    let local = SnPeer::direct(self.local);
+                    let conn = self.open(shard, self.anon_id.clone(), local, now);
                     let connect = Upstream::Connect {
                         client_id: self.anon_id.clone(),
                         clean_session: true,
@@ -478,5 +540,29 @@ mod tests {
                 "{refused:?}"
             );
         }
+    }
+
+    /// Spec 5.5: an encapsulated message is unwrapped and its peer is the forwarder's
+    /// address with the node id; a plain one, or a malformed wrapper (left for the
+    /// gateway to count as bad), is the address alone.
+    #[test]
+    fn peers_behind_a_forwarder_are_told_apart_by_node_id() {
+        let from: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let inner = encode_sn(&Message::PingReq { client_id: None }).unwrap();
+        let wrapped = encode_sn(&Message::Encapsulated {
+            radius: 2,
+            node_id: Bytes::from_static(b"\x0a\x07"),
+            inner: inner.clone(),
+        })
+        .unwrap();
+        let (peer, msg) = SnPeer::of(from, &wrapped);
+        assert_eq!(peer.node.as_deref(), Some(&b"\x0a\x07"[..]));
+        assert_eq!((peer.addr, msg), (from, inner.clone()));
+        assert_eq!(SnPeer::of(from, &inner), (SnPeer::direct(from), inner));
+        let truncated = wrapped.slice(..3);
+        assert_eq!(
+            SnPeer::of(from, &truncated),
+            (SnPeer::direct(from), truncated.clone())
+        );
     }
 }
