@@ -17,7 +17,7 @@ use ringmq::protocol::{
 };
 
 use crate::cli::Config;
-use crate::payload::{self, Header, KIND_COMMAND, KIND_DATA};
+use crate::payload::{self, Header, KIND_COMMAND};
 use crate::plan::{ClientSpec, Plan, Role};
 use crate::rx::{self, Conn, Delivery, RxStats, Stop, Streams};
 use crate::stats::DeliveryTotals;
@@ -267,8 +267,7 @@ enum St {
 
 struct PubState {
     stream: u32,
-    template: Vec<u8>,
-    pid_off: usize,
+    template: crate::tx::Template,
     period_ns: u64,
     next_due_ns: u64,
     seq: u64,
@@ -734,8 +733,7 @@ impl Worker {
             let period_ns = (1e9 / self.cfg.cmd_rate) as u64;
             c.publ = Some(PubState {
                 stream: u32::MAX,
-                template: Vec::new(),
-                pid_off: 0,
+                template: Default::default(),
                 period_ns,
                 next_due_ns: now + period_ns,
                 seq: 0,
@@ -769,8 +767,12 @@ impl Worker {
         let first = now + spec.phase_offset_ns;
         c.publ = Some(PubState {
             stream: spec.stream,
-            template,
-            pid_off,
+            template: crate::tx::Template {
+                frame: template,
+                pid_off,
+                payload_len: size,
+                stream: spec.stream,
+            },
             period_ns,
             next_due_ns: first,
             seq: 0,
@@ -1830,25 +1832,14 @@ impl Worker {
             } else {
                 let seq = pb.seq;
                 pb.seq += 1;
-                let start = c.out.len();
-                c.out.extend_from_slice(&pb.template);
-                let pid_off = pb.pid_off;
-                let stream = pb.stream;
-                if qos != QoS::AtMostOnce {
-                    let pid = Self::next_pid(c);
-                    c.out[start + pid_off..start + pid_off + 2].copy_from_slice(&pid.to_be_bytes());
+                let pid = if qos != QoS::AtMostOnce {
                     c.inflight += 1;
-                }
-                let end = c.out.len();
-                payload::write_header(
-                    &mut c.out[end - size..end],
-                    &Header {
-                        kind: KIND_DATA,
-                        stream,
-                        seq,
-                        send_ns: ts,
-                    },
-                );
+                    Some(Self::next_pid(c))
+                } else {
+                    None
+                };
+                let Some(pb) = c.publ.as_ref() else { return };
+                crate::tx::append(&mut c.out, &pb.template, pid, seq, ts);
             }
             sent += 1;
         }

@@ -6,3 +6,4 @@ pub mod batch;
 pub mod payload;
 pub mod rx;
 pub mod stats;
+pub mod tx;
