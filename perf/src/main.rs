@@ -5,6 +5,7 @@
 
 mod driver;
 mod loadgen_rx;
+mod loadgen_tx;
 
 use std::hint::black_box;
 
@@ -30,6 +31,8 @@ const PATHS: &[&str] = &[
     "cross_shard_hop",
     "loadgen_rx_100_qos0",
     "loadgen_rx_100_qos1",
+    "loadgen_tx_100_qos0",
+    "loadgen_tx_100_qos1",
     "queue_offline_qos1",
     "queue_offline_qos1_durable",
 ];
@@ -156,6 +159,21 @@ fn loadgen_rx(path: &str, qos: QoS, iters: u64) {
     black_box(&rx);
 }
 
+/// A loadgen publisher appending one burst of `TX_PUBLISHES` PUBLISHes to its output
+/// (`perf/src/loadgen_tx.rs`). Per operation = per burst.
+fn loadgen_tx(path: &str, qos: QoS, iters: u64) {
+    let mut tx = loadgen_tx::TxPath::new(qos);
+    let mut bytes = 0;
+    for i in 0..iters {
+        bytes = tx.publish_once(black_box(1_000_000 + i));
+    }
+    if bytes < loadgen_tx::TX_PUBLISHES * 64 {
+        eprintln!("callgrind-paths: {path} made {bytes} bytes for a burst");
+        std::process::exit(1);
+    }
+    black_box(&tx);
+}
+
 /// One QoS 1 PUBLISH (v3.1.1, 64-byte payload) from `on_read` to the queue of an
 /// offline persistent session (where it is copied out of the receive buffer,
 /// `deliver::queued_arc`), plus the publisher's PUBACK.
@@ -219,6 +237,8 @@ fn main() {
         "cross_shard_hop" => cross_shard_hop(iters),
         "loadgen_rx_100_qos0" => loadgen_rx(&args[0], QoS::AtMostOnce, iters),
         "loadgen_rx_100_qos1" => loadgen_rx(&args[0], QoS::AtLeastOnce, iters),
+        "loadgen_tx_100_qos0" => loadgen_tx(&args[0], QoS::AtMostOnce, iters),
+        "loadgen_tx_100_qos1" => loadgen_tx(&args[0], QoS::AtLeastOnce, iters),
         "queue_offline_qos1" => queue_offline(&args[0], false, iters),
         "queue_offline_qos1_durable" => queue_offline(&args[0], true, iters),
         other => {
