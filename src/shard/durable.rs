@@ -304,7 +304,7 @@ impl Shard {
             if topic.starts_with(b"$SYS/") {
                 return;
             }
-            let m = e.body.to_message(&self.payloads);
+            let m = e.body.to_message();
             w.push(&Record::RetainSet {
                 msg: MsgRec {
                     topic: m.topic,
@@ -840,7 +840,7 @@ impl Shard {
     }
 
     /// A retained set (or clear: empty payload) applied to this replica.
-    pub(super) fn log_retained(&mut self, body: &RetainedBody) {
+    pub(super) fn log_retained(&mut self, body: &Arc<RetainedBody>) {
         let Some(s) = self.store.as_ref() else {
             return;
         };
@@ -852,7 +852,7 @@ impl Shard {
         let rec = if body.payload().is_empty() {
             Record::RetainClear { topic }
         } else {
-            let m = body.to_message(&self.payloads);
+            let m = body.to_message();
             Record::RetainSet {
                 msg: MsgRec {
                     topic,

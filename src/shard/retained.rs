@@ -134,13 +134,17 @@ impl RetainedBody {
         now.saturating_duration_since(self.arrived_at) >= Duration::from_secs(u64::from(interval_s))
     }
 
-    /// The message to send a subscriber (retain = 1): owns copies of the topic and
-    /// payload, as a stored message did.
-    /// A large payload becomes a counted shared payload (`PayloadGauge`): the copy's
-    /// outbound segment references it.
-    pub(crate) fn to_message(&self, payloads: &crate::tx::PayloadGauge) -> Message {
+    /// The message to send a subscriber (retain = 1). The topic is copied; a payload
+    /// of at least `tx::SHARE_MIN_BYTES` is not: it is a `Bytes` over the stored body
+    /// itself (`SharedBody`), so the copy's outbound segment and inflight entry
+    /// reference the one copy the node holds, however many subscribers stream it.
+    /// Such a payload is counted in the retained bytes (once per node), not by
+    /// `PayloadGauge`; if the body is replaced or deleted while a copy is still
+    /// unsent or unacknowledged, the copy keeps it alive under the connection's
+    /// `max_outbound_bytes` and the inflight window, as any shared payload.
+    pub(crate) fn to_message(self: &Arc<Self>) -> Message {
         let payload = if self.payload().len() >= crate::tx::SHARE_MIN_BYTES {
-            payloads.share(self.payload())
+            Bytes::from_owner(SharedBody(self.clone()))
         } else {
             Bytes::copy_from_slice(self.payload())
         };
@@ -153,10 +157,20 @@ impl RetainedBody {
             arrived_at: self.arrived_at,
             origin_shard: self.origin_shard as ShardId,
             origin_session: crate::session::NONE,
-            // Topic and payload are copied above, and a stored body's properties
-            // were owned when it was stored.
+            // The topic is copied above, the payload copied or held through the
+            // body, and a stored body's properties were owned when it was stored.
             owned: true,
         }
+    }
+}
+
+/// The owner behind a streamed copy's shared payload: the stored body, whose
+/// payload part the `Bytes` reads.
+struct SharedBody(Arc<RetainedBody>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.payload()
     }
 }
 

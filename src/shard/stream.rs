@@ -315,7 +315,7 @@ impl Shard {
     fn stream_copy(
         &mut self,
         session: u32,
-        body: &RetainedBody,
+        body: &Arc<RetainedBody>,
         qos: QoS,
         sub_ids: &[u32],
         now: Instant,
@@ -326,7 +326,6 @@ impl Shard {
             config,
             stats,
             actions,
-            payloads,
             ..
         } = self;
         let Some(sess) = sessions.get_mut(session) else {
@@ -374,9 +373,9 @@ impl Shard {
             return Step::Blocked;
         }
         let before = c.tx.own_len();
-        // Built per copy from the compact stored form (two small copies): a stream
-        // sends each message once, while the store keeps it for good.
-        let msg = Arc::new(body.to_message(payloads));
+        // Built per copy from the compact stored form: the topic (and a small
+        // payload) copied, a large payload shared with the store.
+        let msg = Arc::new(body.to_message());
         let w = encode_publish(
             c, None, max, false, &msg, qos, true, sub_ids, pid, false, now,
         );
