@@ -244,7 +244,7 @@ impl Shard {
                 continue;
             }
             // A large payload crosses as the node's one shared copy (see `deliver`).
-            let a = if msg.payload.len() >= crate::tx::SHARE_MIN_BYTES {
+            let a = if crate::tx::shares(msg.payload.len()) {
                 super::deliver::queued_arc(msg, arc, &self.payloads)
             } else {
                 arc.get_or_insert_with(|| Arc::new(msg.clone())).clone()

@@ -143,7 +143,7 @@ impl RetainedBody {
     /// unsent or unacknowledged, the copy keeps it alive under the connection's
     /// `max_outbound_bytes` and the inflight window, as any shared payload.
     pub(crate) fn to_message(self: &Arc<Self>) -> Message {
-        let payload = if self.payload().len() >= crate::tx::SHARE_MIN_BYTES {
+        let payload = if crate::tx::shares(self.payload().len()) {
             Bytes::from_owner(SharedBody(self.clone()))
         } else {
             Bytes::copy_from_slice(self.payload())

@@ -33,6 +33,24 @@ use bytes::{Buf, Bytes, BytesMut};
 /// shared segment's allocations do (segment list, chain, iovec array).
 pub const SHARE_MIN_BYTES: usize = 2048;
 
+/// The threshold in force: [`SHARE_MIN_BYTES`] unless a measuring tool set another
+/// (`perf/share_threshold.sh` compares shared and copied deliveries of one build).
+static SHARE_MIN: AtomicUsize = AtomicUsize::new(SHARE_MIN_BYTES);
+
+/// Whether a payload of `len` bytes travels as a shared segment. One relaxed load:
+/// a plain read of a word no broker code ever writes.
+#[inline]
+pub fn shares(len: usize) -> bool {
+    len >= SHARE_MIN.load(Ordering::Relaxed)
+}
+
+/// Sets the share threshold for this process. For measuring tools only
+/// (`callgrind-paths share_*`): the broker never calls it, and every shard of a
+/// process must see one value (set it before any shard exists).
+pub fn set_share_min_bytes_for_measurement(len: usize) {
+    SHARE_MIN.store(len, Ordering::Relaxed);
+}
+
 /// At most this many segments go into one vectored send; the rest follow when it
 /// completes (one send in flight per socket). Well under `UIO_MAXIOV` (1024).
 pub const MAX_IOV: usize = 64;
