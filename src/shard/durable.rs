@@ -840,7 +840,7 @@ impl Shard {
     }
 
     /// A retained set (or clear: empty payload) applied to this replica.
-    pub(super) fn log_retained(&mut self, body: &Arc<RetainedBody>) {
+    pub(super) fn log_retained(&mut self, body: &RetainedBody) {
         let Some(s) = self.store.as_ref() else {
             return;
         };
@@ -979,7 +979,7 @@ impl Shard {
         }
         self.stats.sessions = self.sessions.len();
         for m in retained {
-            let body = Arc::new(RetainedBody::new(&m));
+            let body = RetainedBody::new(&m);
             self.load_retained(&body, now);
         }
     }

@@ -76,7 +76,7 @@ impl Shard {
         if msg.retain {
             // The replicas' compact copy (its own topic and payload bytes, so the
             // store does not keep a receive buffer alive), shared by all of them.
-            let body = Arc::new(RetainedBody::new(msg));
+            let body = RetainedBody::new(msg);
             let applied = self.retain_published(&body, now);
             retain_refused = applied == Applied::Refused;
             if applied == Applied::Stored && self.shard_count > 1 {

@@ -297,7 +297,7 @@ impl Shard {
                 advance(&mut c.pos);
                 continue;
             }
-            let qos = msg.qos.min(c.options.qos);
+            let qos = msg.qos().min(c.options.qos);
             match self.stream_copy(c.session, &msg, qos, &sub_ids, now) {
                 Step::Sent => {
                     *budget -= 1;
@@ -315,7 +315,7 @@ impl Shard {
     fn stream_copy(
         &mut self,
         session: u32,
-        body: &Arc<RetainedBody>,
+        body: &RetainedBody,
         qos: QoS,
         sub_ids: &[u32],
         now: Instant,
