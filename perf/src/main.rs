@@ -6,6 +6,7 @@
 mod driver;
 mod loadgen_rx;
 mod loadgen_tx;
+mod share;
 
 use std::hint::black_box;
 
@@ -194,6 +195,45 @@ fn queue_offline(path: &str, durable: bool, iters: u64) {
     black_box(&x);
 }
 
+/// `share_<q0|q1>_<bytes>_<shared|copied>`: one PUBLISH of that payload to
+/// `share::SUBSCRIBERS` subscribers with the payload shared or copied
+/// (`perf/share_threshold.sh`); not listed, so not a budget path.
+fn share(path: &str, iters: u64) {
+    let parts: Vec<&str> = path.split('_').collect();
+    let (qos, len, shared) = match parts.as_slice() {
+        ["share", q, n, mode] => {
+            let qos = match *q {
+                "q0" => QoS::AtMostOnce,
+                "q1" => QoS::AtLeastOnce,
+                _ => usage_share(path),
+            };
+            let Ok(len) = n.parse::<usize>() else {
+                usage_share(path)
+            };
+            let shared = match *mode {
+                "shared" => true,
+                "copied" => false,
+                _ => usage_share(path),
+            };
+            (qos, len, shared)
+        }
+        _ => usage_share(path),
+    };
+    ringmq::tx::set_share_min_bytes_for_measurement(if shared { 1 } else { usize::MAX });
+    let mut x = share::Share::new(qos, len);
+    let expected = x.expected_bytes();
+    for _ in 0..iters {
+        let got = x.publish_once();
+        check_delivered(path, got, expected);
+    }
+    black_box(&x);
+}
+
+fn usage_share(path: &str) -> ! {
+    eprintln!("callgrind-paths: {path:?} is not share_<q0|q1>_<payload bytes>_<shared|copied>");
+    std::process::exit(2);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage = || {
@@ -241,6 +281,7 @@ fn main() {
         "loadgen_tx_100_qos1" => loadgen_tx(&args[0], QoS::AtLeastOnce, iters),
         "queue_offline_qos1" => queue_offline(&args[0], false, iters),
         "queue_offline_qos1_durable" => queue_offline(&args[0], true, iters),
+        other if other.starts_with("share_") => share(other, iters),
         other => {
             eprintln!("callgrind-paths: unknown path {other:?}");
             usage();
