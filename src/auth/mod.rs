@@ -103,6 +103,8 @@ pub enum Verified {
     Token {
         username: String,
         acl: Option<Acl>,
+        /// Seconds until the token's `exp`: the connection ends then (0xA0).
+        valid_for_s: u64,
     },
 }
 
@@ -125,6 +127,7 @@ impl VerifyJob {
                         .rules
                         .map(|r| Acl::Rules(Arc::new(r.compile(client_id, Some(&id.username))))),
                     username: id.username,
+                    valid_for_s: id.valid_for_s,
                 },
                 Err(e) => Verified::TokenDenied(e),
             },
