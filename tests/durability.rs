@@ -452,11 +452,19 @@ fn kill_loop(extra: &[&str], shards: usize) {
         "100000000",
     ];
     args.extend_from_slice(extra);
-    // Every client on loop 0: the loops' logs are independent, and a copy queued
-    // on another loop is durable only when that loop's log has it (README,
-    // "Durability", what is not covered yet).
+    // With several loops the publishers (and the will's session) live on loop 0 and
+    // the persistent subscribers on the last loop: every acknowledged copy crosses
+    // the mesh, so a PUBACK must wait for the subscribers' loop's log too
+    // (`shard/durable_remote.rs`).
     let on0 = |p: &str| id_on_shard(p, 0, shards);
-    let (son, soff, p1, p2, w) = (on0("son"), on0("soff"), on0("p1"), on0("p2"), on0("w"));
+    let on_last = |p: &str| id_on_shard(p, shards - 1, shards);
+    let (son, soff, p1, p2, w) = (
+        on_last("son"),
+        on_last("soff"),
+        on0("p1"),
+        on0("p2"),
+        on0("w"),
+    );
 
     let mut son_inbox = Inbox::default();
     let mut soff_inbox = Inbox::default();

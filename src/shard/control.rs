@@ -69,6 +69,11 @@ type RouteKey = (Bytes, Option<Bytes>);
 struct ControlOut {
     /// Highest route seq of the destination's adds we applied and not yet acked (0: none).
     ack: u64,
+    /// Cross-loop durability (`durable_remote.rs`): the highest seq of the
+    /// destination's publishes whose copies here are durable, not yet sent (0: none),
+    /// and the range of them that never will be (sent first).
+    store_ack: u32,
+    store_nack: Option<(u32, u32)>,
     /// Route updates in send order; `None` where a later update of the same route
     /// replaced it.
     routes: VecDeque<Option<RouteUpdate>>,
@@ -89,7 +94,11 @@ pub(super) const CONTROL_KEPT: usize = 64;
 
 impl ControlOut {
     fn is_empty(&self) -> bool {
-        self.ack == 0 && self.routes.is_empty() && self.retained_order.is_empty()
+        self.ack == 0
+            && self.store_ack == 0
+            && self.store_nack.is_none()
+            && self.routes.is_empty()
+            && self.retained_order.is_empty()
     }
 
     fn push_retained(&mut self, msg: Arc<RetainedBody>) {
@@ -129,6 +138,15 @@ impl ControlOut {
     }
 
     fn pop(&mut self) -> Option<ShardMsg> {
+        // A nack before the ack that passes its range: the sender must know the
+        // range failed before it releases the replies waiting on it.
+        if let Some((from, to)) = self.store_nack.take() {
+            return Some(ShardMsg::StoreNack { from, to });
+        }
+        if self.store_ack != 0 {
+            let seq = std::mem::take(&mut self.store_ack);
+            return Some(ShardMsg::StoreAck { seq });
+        }
         // Before the ack: see "Retained replica" on `ControlOutbox`.
         while let Some(topic) = self.retained_order.pop_front() {
             let Some(msg) = self.retained.remove(&topic) else {
@@ -191,6 +209,31 @@ impl ControlOutbox {
     /// Whether an update of retained `topic` waits for some destination.
     pub(super) fn retained_pending(&self, topic: &[u8]) -> bool {
         self.to.iter().any(|out| out.retained.contains_key(topic))
+    }
+
+    /// Cumulative: the later seq covers the earlier (see `durable_remote.rs`).
+    pub(super) fn push_store_ack(&mut self, to: ShardId, seq: u32) {
+        if let Some(out) = self.to.get_mut(to) {
+            if out.store_ack == 0 || super::durable_remote::seq_ge(seq, out.store_ack) {
+                out.store_ack = seq;
+            }
+            self.waiting.insert(to);
+        }
+    }
+
+    /// Two nacks not yet sent merge into the range covering both (conservative).
+    pub(super) fn push_store_nack(&mut self, to: ShardId, (lo, hi): (u32, u32)) {
+        use super::durable_remote::seq_ge;
+        if let Some(out) = self.to.get_mut(to) {
+            out.store_nack = Some(match out.store_nack {
+                Some((a, b)) => (
+                    if seq_ge(lo, a) { a } else { lo },
+                    if seq_ge(hi, b) { hi } else { b },
+                ),
+                None => (lo, hi),
+            });
+            self.waiting.insert(to);
+        }
     }
 
     pub(super) fn push_ack(&mut self, to: ShardId, seq: u64) {

@@ -42,6 +42,8 @@ use crate::store::state::StoreState;
 use crate::store::wal::{AppendError, WalEvent};
 use crate::store::{DiskError, DiskOp, Wal};
 
+use super::durable_remote::{RemoteDurability, RemoteNeeds};
+
 /// A reply waiting for the log.
 enum Reply {
     /// PUBACK or PUBREC with reason Success; `qos2`: a PUBREC.
@@ -70,6 +72,10 @@ struct HeldSubAck {
 
 struct Held {
     lsn: u64,
+    /// The other loops whose logs must have this publish's copies first.
+    remote: RemoteNeeds,
+    /// Unique per held reply (`last_held` names the connection's last one).
+    n: u64,
     conn: ConnId,
     generation: u32,
     reply: Reply,
@@ -79,11 +85,14 @@ struct Held {
 pub(crate) struct ShardStore {
     wal: Wal,
     /// Every record ending at or before this is durable for the mode.
-    durable: u64,
+    pub(super) durable: u64,
     /// Replies in log order (positions never decrease).
     held: VecDeque<Held>,
-    /// Per connection with a held reply: (generation, position of its last one).
+    /// Per connection with a held reply: (generation, `Held::n` of its last one).
     last_held: HashMap<ConnId, (u32, u64)>,
+    held_n: u64,
+    /// Publishes to other loops and their answers (`durable_remote.rs`).
+    pub(super) remote: RemoteDurability,
     /// Connections whose output carries a QoS 2 PUBLISH of a recorded copy:
     /// (generation, position of its `Sent`). Their output waits for the log: a
     /// client that got a QoS 2 PUBLISH whose `Sent` a crash then lost would get the
@@ -192,6 +201,8 @@ impl Shard {
             durable,
             held: VecDeque::new(),
             last_held: HashMap::new(),
+            held_n: 0,
+            remote: RemoteDurability::new(self.shard_count),
             tx_gate: HashMap::new(),
             next_msg_id: next_msg_id.max(1),
             put: None,
@@ -368,9 +379,13 @@ impl Shard {
                     if let Some(s) = self.store.as_mut() {
                         s.durable = n;
                     }
+                    self.answer_remote(None);
                     self.release_held(now);
                 }
-                WalEvent::Failed { from, .. } => self.fail_held(from, now),
+                WalEvent::Failed { from, .. } => {
+                    self.answer_remote(Some(from));
+                    self.fail_held(from, now);
+                }
             }
         }
         self.maybe_snapshot();
@@ -430,18 +445,30 @@ impl Shard {
         }
     }
 
-    fn release_held(&mut self, now: Instant) {
+    pub(super) fn release_held(&mut self, now: Instant) {
         self.open_tx_gates(false);
         loop {
             let Some(s) = self.store.as_mut() else {
                 return;
             };
-            if !s.held.front().is_some_and(|h| h.lsn <= s.durable) {
+            if !s
+                .held
+                .front()
+                .is_some_and(|h| h.lsn <= s.durable && s.remote.answered(&h.remote))
+            {
+                if s.held.is_empty() {
+                    s.remote.forget_failures();
+                }
                 return;
             }
             let Some(h) = s.held.pop_front() else { return };
-            if s.last_held.get(&h.conn) == Some(&(h.generation, h.lsn)) {
+            if s.last_held.get(&h.conn) == Some(&(h.generation, h.n)) {
                 s.last_held.remove(&h.conn);
+            }
+            if s.remote.any_failed(&h.remote) {
+                // Another loop could not keep its copies: as a failed write here.
+                self.refuse_held(h);
+                continue;
             }
             if !self
                 .conns
@@ -492,7 +519,8 @@ impl Shard {
             let keep = s.held.iter().take_while(|h| h.lsn <= from).count();
             s.held.drain(keep..).collect()
         };
-        s.last_held.retain(|_, (_, lsn)| *lsn <= from);
+        let kept: HashSet<u64> = s.held.iter().map(|h| h.n).collect();
+        s.last_held.retain(|_, (_, n)| kept.contains(n));
         self.open_tx_gates(true);
         if !failed.is_empty() {
             tracing::warn!(
@@ -502,13 +530,22 @@ impl Shard {
             );
         }
         for h in failed {
-            self.stats.store_acks_refused += 1;
+            self.refuse_held(h);
+        }
+        let _ = now;
+    }
+
+    /// A held reply whose records will never be durable: refused, as the reply's
+    /// kind allows.
+    fn refuse_held(&mut self, h: Held) {
+        self.stats.store_acks_refused += 1;
+        {
             let Some(c) = self
                 .conns
                 .get(h.conn)
                 .filter(|c| c.generation == h.generation)
             else {
-                continue;
+                return;
             };
             let v5 = c.version.is_v5();
             match h.reply {
@@ -545,7 +582,6 @@ impl Shard {
                 }
             }
         }
-        let _ = now;
     }
 
     /// Appends `rec`; `None` without a store. A record that cannot be appended (the
@@ -576,25 +612,34 @@ impl Shard {
         let s = self.store.as_ref()?;
         let end = s.wal.next_lsn();
         let generation = self.conns.get(conn)?.generation;
-        let mut need = if always || end > mark { end } else { 0 };
-        if let Some((g, lsn)) = s.last_held.get(&conn) {
-            if *g == generation {
-                need = need.max(*lsn);
-            }
-        }
-        (need > s.durable).then_some(need)
+        let need = if always || end > mark { end } else { 0 };
+        // Behind a reply of its connection still held (the queue is released in
+        // order), whatever that one waits for.
+        let behind = s
+            .last_held
+            .get(&conn)
+            .is_some_and(|(g, _)| *g == generation);
+        (need > s.durable || behind).then_some(need)
     }
 
     fn hold(&mut self, conn: ConnId, lsn: u64, reply: Reply) {
+        self.hold_remote(conn, lsn, RemoteNeeds::new(), reply);
+    }
+
+    fn hold_remote(&mut self, conn: ConnId, lsn: u64, remote: RemoteNeeds, reply: Reply) {
         let Some(generation) = self.conns.get(conn).map(|c| c.generation) else {
             return;
         };
         let Some(s) = self.store.as_mut() else {
             return;
         };
-        s.last_held.insert(conn, (generation, lsn));
+        s.held_n += 1;
+        let n = s.held_n;
+        s.last_held.insert(conn, (generation, n));
         s.held.push_back(Held {
             lsn,
+            remote,
+            n,
             conn,
             generation,
             reply,
@@ -604,8 +649,15 @@ impl Shard {
     /// PUBACK (QoS 1) or PUBREC (QoS 2) with reason Success, once the records of
     /// the publish (appended since `mark`) are durable.
     pub(super) fn ack_publish(&mut self, conn: ConnId, packet_id: u16, qos2: bool, mark: u64) {
-        if let Some(lsn) = self.gate(conn, mark, false) {
-            self.hold(conn, lsn, Reply::PubResp { packet_id, qos2 });
+        let remote = self
+            .store
+            .as_deref_mut()
+            .map(|s| std::mem::take(&mut s.remote.needs))
+            .unwrap_or_default();
+        let gate = self.gate(conn, mark, false);
+        if gate.is_some() || !remote.is_empty() {
+            let lsn = gate.unwrap_or(0);
+            self.hold_remote(conn, lsn, remote, Reply::PubResp { packet_id, qos2 });
         } else if qos2 {
             self.write_control(conn, &Packet::PubRec(PubResp::new(packet_id)));
         } else {

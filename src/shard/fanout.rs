@@ -249,12 +249,14 @@ impl Shard {
             } else {
                 arc.get_or_insert_with(|| Arc::new(msg.clone())).clone()
             };
+            let hold = self.store_remote_seq(to, msg.qos);
             self.actions.push_back(Action::Send {
                 to,
                 msg: ShardMsg::Publish {
                     msg: a,
                     plain,
                     shared,
+                    hold,
                 },
             });
         }

@@ -146,7 +146,7 @@ impl Shard {
         }
         // Records this publish appends (persistent sessions only) start here; its
         // acknowledgement waits for them (`durable.rs`).
-        let mark = self.store_mark();
+        let mark = self.store_publish_mark();
         if qos != QoS::AtMostOnce {
             let Some(s) = self.sessions.get_mut(session) else {
                 return Ok(());

@@ -58,6 +58,9 @@ pub enum ShardMsg {
         msg: Arc<Message>,
         plain: bool,
         shared: Vec<SharedTarget>,
+        /// Non-zero: the sender's seq for this pair; its publisher's PUBACK waits for
+        /// `StoreAck` covering it (see `durable_remote.rs`). `u32` keeps this 40 bytes.
+        hold: u32,
     },
     /// Store (or, with an empty payload, delete) a retained message in the
     /// receiver's replica of the retained store; the sender's shard stored it. Not
@@ -79,6 +82,13 @@ pub enum ShardMsg {
     /// Every `Route` the receiver sent us up to `seq` is applied (rings are FIFO
     /// per pair, so one number per shard is enough). Taken with `Shard::poll_control`.
     RouteAck { seq: u64 },
+    /// Every `Publish` of the receiver's with `hold` up to `seq` has its copies here
+    /// durable (or nacked). Taken with `Shard::poll_control`.
+    StoreAck { seq: u32 },
+    /// The receiver's publishes with `hold` in `from..=to` were not made durable
+    /// here (a failed write): their PUBACKs must not go. Sent before the `StoreAck`
+    /// that passes them.
+    StoreNack { from: u32, to: u32 },
 }
 
 /// What the IO side must do. Pulled with [`Shard::poll_action`].
