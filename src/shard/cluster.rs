@@ -174,6 +174,10 @@ impl Shard {
 
     /// The held acknowledgement goes out, if its connection is still the one.
     fn on_cluster_ack(&mut self, t: AckToken) {
+        // With a data directory the reply may wait for the log too.
+        if self.store_cluster_acked(&t) {
+            return;
+        }
         if self
             .conns
             .get(t.conn)

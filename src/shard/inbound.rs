@@ -191,6 +191,8 @@ impl Shard {
             && !retain_refused
             && self.cluster_hold_ack(conn, packet_id, qos, forwarded)
         {
+            // One hold, two conditions: JetStream and the log (`durable_cluster.rs`).
+            self.store_hold_with_cluster(conn, packet_id, qos == QoS::ExactlyOnce, mark);
             return Ok(());
         }
         if !retain_refused {
