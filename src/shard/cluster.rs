@@ -226,7 +226,8 @@ impl Shard {
             ShardMsg::Route(_)
             | ShardMsg::RouteAck { .. }
             | ShardMsg::StoreAck { .. }
-            | ShardMsg::StoreNack { .. } => {}
+            | ShardMsg::StoreNack { .. }
+            | ShardMsg::StoreProbe { .. } => {}
         }
     }
 }

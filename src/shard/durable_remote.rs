@@ -22,6 +22,15 @@
 //! message that already crosses, and one control message per pair per turn back.
 //! Without a data directory nothing here runs (`hold` is 0).
 //!
+//! **Retained messages** reach the other loops' replicas (and logs) as
+//! `ShardMsg::Retain` through the control outbox, not as a `Publish`, so they have a
+//! lane of their own: after the `Retain`s it queued, a QoS 1/2 retained publish
+//! queues `StoreProbe { seq }` (lane 1) for each other loop; the control outbox sends
+//! a probe after every `Retain` queued before it, and the receiver answers
+//! `StoreAck { lane: 1 }` once its log is durable up to where it was when the probe
+//! came. Two lanes, because the two paths can overtake each other and an ack is
+//! cumulative within its lane.
+//!
 //! Sequence numbers are `u32` compared in serial-number arithmetic (RFC 1982), so
 //! the mesh's `Publish` stays 40 bytes; far fewer than 2^31 are ever outstanding.
 
@@ -32,7 +41,7 @@ use smallvec::SmallVec;
 use super::{Shard, ShardId};
 use crate::protocol::QoS;
 
-/// What one held reply waits for on other loops: (loop, seq).
+/// What one held reply waits for on other loops: (loop | lane bit, seq).
 pub(crate) type RemoteNeeds = SmallVec<[(u16, u32); 1]>;
 
 /// Nack ranges kept per destination at most; more are merged (conservatively:
@@ -49,51 +58,55 @@ fn in_range(seq: u32, (lo, hi): (u32, u32)) -> bool {
     seq_ge(seq, lo) && seq_ge(hi, seq)
 }
 
-/// The cross-loop side of a shard's log.
+/// Lanes: 0 for publishes, 1 for retained probes (see the module docs).
+pub(crate) const LANES: usize = 2;
+/// In a `RemoteNeeds` entry's loop number: the retained lane.
+const PROBE_BIT: u16 = 0x8000;
+
+fn split(to: u16) -> (usize, usize) {
+    (
+        usize::from(to & !PROBE_BIT),
+        usize::from(to & PROBE_BIT != 0),
+    )
+}
+
+/// One lane's sequence numbers, both ways.
 #[derive(Debug, Default)]
-pub(crate) struct RemoteDurability {
-    /// Per destination: the last seq given to a publish sent there.
+struct Lane {
+    /// Per destination: the last seq given to a message sent there.
     sent: Vec<u32>,
     /// Per destination: every seq up to this is durable there (or nacked).
     acked: Vec<u32>,
     /// Per destination: seq ranges that will never be durable there.
     failed: Vec<SmallVec<[(u32, u32); 2]>>,
-    /// Per origin: publishes received, in order: (seq, log end they need; 0: none).
+    /// Per origin: messages received, in order: (seq, log end they need; 0: none).
     pending: Vec<VecDeque<(u32, u64)>>,
-    /// The (loop, seq) pairs of the client publish in progress.
-    pub(crate) needs: RemoteNeeds,
 }
 
-impl RemoteDurability {
-    pub(crate) fn new(shards: usize) -> RemoteDurability {
-        RemoteDurability {
+impl Lane {
+    fn new(shards: usize) -> Lane {
+        Lane {
             sent: vec![0; shards],
             acked: vec![0; shards],
             failed: vec![SmallVec::new(); shards],
             pending: vec![VecDeque::new(); shards],
-            needs: RemoteNeeds::new(),
         }
     }
 
-    /// Whether every pair in `needs` is answered (acked, nacked or dropped).
-    pub(crate) fn answered(&self, needs: &RemoteNeeds) -> bool {
-        needs.iter().all(|&(to, seq)| {
-            let to = usize::from(to);
-            self.acked.get(to).is_some_and(|&a| seq_ge(a, seq)) || self.failed(to, seq)
-        })
+    /// The next seq towards `to` (never 0).
+    fn next(&mut self, to: usize) -> Option<u32> {
+        let last = self.sent.get_mut(to)?;
+        *last = last.wrapping_add(1);
+        if *last == 0 {
+            *last = 1;
+        }
+        Some(*last)
     }
 
     fn failed(&self, to: usize, seq: u32) -> bool {
         self.failed
             .get(to)
             .is_some_and(|f| f.iter().any(|&r| in_range(seq, r)))
-    }
-
-    /// Whether some pair in `needs` will never be durable.
-    pub(crate) fn any_failed(&self, needs: &RemoteNeeds) -> bool {
-        needs
-            .iter()
-            .any(|&(to, seq)| self.failed(usize::from(to), seq))
     }
 
     fn add_failed(&mut self, to: usize, range: (u32, u32)) {
@@ -108,11 +121,53 @@ impl RemoteDurability {
             f.insert(0, (lo, hi));
         }
     }
+}
+
+/// The cross-loop side of a shard's log.
+#[derive(Debug, Default)]
+pub(crate) struct RemoteDurability {
+    lanes: [Lane; LANES],
+    /// The (loop | lane bit, seq) pairs of the client publish in progress.
+    pub(crate) needs: RemoteNeeds,
+}
+
+impl RemoteDurability {
+    pub(crate) fn new(shards: usize) -> RemoteDurability {
+        RemoteDurability {
+            lanes: [Lane::new(shards), Lane::new(shards)],
+            needs: RemoteNeeds::new(),
+        }
+    }
+
+    /// Whether every pair in `needs` is answered (acked, nacked or dropped).
+    pub(crate) fn answered(&self, needs: &RemoteNeeds) -> bool {
+        needs.iter().all(|&(to, seq)| {
+            let (to, lane) = split(to);
+            let l = &self.lanes[lane];
+            l.acked.get(to).is_some_and(|&a| seq_ge(a, seq)) || l.failed(to, seq)
+        })
+    }
+
+    /// Whether some pair in `needs` will never be durable.
+    pub(crate) fn any_failed(&self, needs: &RemoteNeeds) -> bool {
+        needs.iter().any(|&(to, seq)| {
+            let (to, lane) = split(to);
+            self.lanes[lane].failed(to, seq)
+        })
+    }
+
+    fn add_failed(&mut self, lane: usize, to: usize, range: (u32, u32)) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.add_failed(to, range);
+        }
+    }
 
     /// No held reply is left: nothing can ask about an old range any more.
     pub(crate) fn forget_failures(&mut self) {
-        for f in &mut self.failed {
-            f.clear();
+        for l in &mut self.lanes {
+            for f in &mut l.failed {
+                f.clear();
+            }
         }
     }
 }
@@ -129,16 +184,42 @@ impl Shard {
             return 0;
         }
         let r = &mut s.remote;
-        let Some(last) = r.sent.get_mut(to) else {
+        let Some(seq) = r.lanes[0].next(to) else {
             return 0;
         };
-        *last = last.wrapping_add(1);
-        if *last == 0 {
-            *last = 1;
-        }
-        let seq = *last;
         r.needs.push((to as u16, seq));
         seq
+    }
+
+    /// After a QoS 1/2 retained publish queued its `Retain`s for the other loops: a
+    /// probe behind them to each, which the reply waits for (lane 1).
+    pub(super) fn store_retained_probes(&mut self, qos: QoS) {
+        let Some(s) = self.store.as_deref_mut() else {
+            return;
+        };
+        if qos == QoS::AtMostOnce {
+            return;
+        }
+        for to in (0..self.shard_count).filter(|&to| to != self.id) {
+            if let Some(seq) = s.remote.lanes[1].next(to) {
+                s.remote.needs.push((to as u16 | PROBE_BIT, seq));
+                self.control.push_store_probe(to, seq);
+            }
+        }
+    }
+
+    /// A probe from `from`: answered once everything logged so far is durable (the
+    /// `Retain`s sent before it were applied before it came).
+    pub(super) fn on_store_probe(&mut self, from: ShardId, seq: u32) {
+        let end = self.store_mark();
+        let Some(s) = self.store.as_deref_mut() else {
+            self.control.push_store_ack(from, 1, seq);
+            return;
+        };
+        if let Some(p) = s.remote.lanes[1].pending.get_mut(from) {
+            p.push_back((seq, end));
+        }
+        self.answer_remote(None);
     }
 
     /// Called where a client publish starts: its remote needs start empty, and the
@@ -159,11 +240,11 @@ impl Shard {
         let end = self.store_mark();
         let Some(s) = self.store.as_deref_mut() else {
             // No log here (the sender has one): nothing to wait for.
-            self.control.push_store_ack(from, seq);
+            self.control.push_store_ack(from, 0, seq);
             return;
         };
         let need = if end > mark { end } else { 0 };
-        if let Some(p) = s.remote.pending.get_mut(from) {
+        if let Some(p) = s.remote.lanes[0].pending.get_mut(from) {
             p.push_back((seq, need));
         }
         self.answer_remote(None);
@@ -176,7 +257,13 @@ impl Shard {
             return;
         };
         let durable = s.durable;
-        for (from, p) in s.remote.pending.iter_mut().enumerate() {
+        let pending = s.remote.lanes.iter_mut().enumerate().flat_map(|(lane, l)| {
+            l.pending
+                .iter_mut()
+                .enumerate()
+                .map(move |(from, p)| (lane as u8, from, p))
+        });
+        for (lane, from, p) in pending {
             let mut acked = None;
             let mut nack: Option<(u32, u32)> = None;
             while let Some(&(seq, need)) = p.front() {
@@ -192,20 +279,29 @@ impl Shard {
                 p.pop_front();
             }
             if let Some(range) = nack {
-                self.control.push_store_nack(from, range);
+                self.control.push_store_nack(from, lane, range);
             }
             if let Some(seq) = acked {
-                self.control.push_store_ack(from, seq);
+                self.control.push_store_ack(from, lane, seq);
             }
         }
     }
 
     /// Loop `from` has every publish of ours up to `seq` durable (or nacked).
-    pub(super) fn on_store_ack(&mut self, from: ShardId, seq: u32, now: std::time::Instant) {
+    pub(super) fn on_store_ack(
+        &mut self,
+        from: ShardId,
+        lane: u8,
+        seq: u32,
+        now: std::time::Instant,
+    ) {
         let Some(s) = self.store.as_deref_mut() else {
             return;
         };
-        if let Some(a) = s.remote.acked.get_mut(from) {
+        let Some(l) = s.remote.lanes.get_mut(usize::from(lane)) else {
+            return;
+        };
+        if let Some(a) = l.acked.get_mut(from) {
             if seq_ge(seq, *a) {
                 *a = seq;
             }
@@ -214,9 +310,9 @@ impl Shard {
     }
 
     /// Loop `from` could not write the copies of our publishes `range.0..=range.1`.
-    pub(super) fn on_store_nack(&mut self, from: ShardId, range: (u32, u32)) {
+    pub(super) fn on_store_nack(&mut self, from: ShardId, lane: u8, range: (u32, u32)) {
         if let Some(s) = self.store.as_deref_mut() {
-            s.remote.add_failed(from, range);
+            s.remote.add_failed(usize::from(lane), from, range);
         }
     }
 
@@ -227,7 +323,7 @@ impl Shard {
             return;
         }
         if let Some(s) = self.store.as_deref_mut() {
-            s.remote.add_failed(to, (hold, hold));
+            s.remote.add_failed(0, to, (hold, hold));
         }
         self.release_held(now);
     }

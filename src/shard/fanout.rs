@@ -97,6 +97,7 @@ impl Shard {
         // Queued after the `Publish` actions: see `retained`, "Order with live delivery".
         if let Some(a) = replicate {
             self.replicate_retained(a);
+            self.store_retained_probes(msg.qos);
         }
         if self.cluster.is_some() {
             self.cluster_forward(msg, &mut arc);

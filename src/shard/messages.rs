@@ -84,11 +84,16 @@ pub enum ShardMsg {
     RouteAck { seq: u64 },
     /// Every `Publish` of the receiver's with `hold` up to `seq` has its copies here
     /// durable (or nacked). Taken with `Shard::poll_control`.
-    StoreAck { seq: u32 },
+    /// `lane` 1: the same for `StoreProbe`s (retained messages).
+    StoreAck { lane: u8, seq: u32 },
     /// The receiver's publishes with `hold` in `from..=to` were not made durable
     /// here (a failed write): their PUBACKs must not go. Sent before the `StoreAck`
     /// that passes them.
-    StoreNack { from: u32, to: u32 },
+    StoreNack { lane: u8, from: u32, to: u32 },
+    /// Answer `StoreAck { lane: 1 }` once everything the receiver logged so far is
+    /// durable: sent behind the `Retain`s of a QoS 1/2 retained publish, whose
+    /// PUBACK waits for it. Taken with `Shard::poll_control`.
+    StoreProbe { seq: u32 },
 }
 
 /// What the IO side must do. Pulled with [`Shard::poll_action`].

@@ -346,8 +346,13 @@ impl Shard {
             ShardMsg::Retain(msg) => self.on_remote_retained(msg, now),
             ShardMsg::Route(r) => self.on_route(from, *r, now),
             ShardMsg::RouteAck { seq } => self.on_route_ack(from, seq, now),
-            ShardMsg::StoreAck { seq } => self.on_store_ack(from, seq, now),
-            ShardMsg::StoreNack { from: lo, to: hi } => self.on_store_nack(from, (lo, hi)),
+            ShardMsg::StoreAck { lane, seq } => self.on_store_ack(from, lane, seq, now),
+            ShardMsg::StoreNack {
+                lane,
+                from: lo,
+                to: hi,
+            } => self.on_store_nack(from, lane, (lo, hi)),
+            ShardMsg::StoreProbe { seq } => self.on_store_probe(from, seq),
         }
     }
 

@@ -397,7 +397,10 @@ impl Cluster {
         match &msg {
             ShardMsg::Publish { .. } => self.mesh_counts.0 += 1,
             ShardMsg::Route(_) => self.mesh_counts.1 += 1,
-            ShardMsg::RouteAck { .. } | ShardMsg::StoreAck { .. } | ShardMsg::StoreNack { .. } => {}
+            ShardMsg::RouteAck { .. }
+            | ShardMsg::StoreAck { .. }
+            | ShardMsg::StoreNack { .. }
+            | ShardMsg::StoreProbe { .. } => {}
             ShardMsg::Retain(_) => self.mesh_retained += 1,
         }
         self.shards[to].on_message(from, msg, self.now);

@@ -179,3 +179,22 @@ fn a_publish_the_full_mesh_dropped_is_not_acknowledged() {
     refused.code = ReasonCode::QuotaExceeded;
     cl.expect(p5, Packet::PubAck(refused));
 }
+
+#[test]
+fn a_retained_puback_waits_for_every_loops_replica_log() {
+    let mut disks = [SimDisk::new(), SimDisk::new()];
+    let mut cl = two_loops(&mut disks);
+    let p = cl.connect_ok(V311, &id_on(0, 2, "pub"), opts(true, 0, false), false);
+    cl.publish(p, "r/1", "kept", Q1, true, 3);
+    // Loop 0's own replica is written; loop 1's is not yet.
+    run_disk(&mut cl, &mut disks, 0);
+    cl.expect_nothing(p);
+    run_disk(&mut cl, &mut disks, 1);
+    cl.expect(p, puback(3));
+    let mut disks = [disks[0].crash_process(), disks[1].crash_process()];
+    let mut cl = two_loops(&mut disks);
+    // A subscriber on loop 1 gets it from loop 1's recovered replica.
+    let s = cl.connect_ok(V311, &id_on(1, 2, "late"), opts(true, 1, false), false);
+    cl.subscribe(s, "r/#", Q1);
+    cl.expect(s, pubp("r/1", "kept", Q1, true, 1));
+}
