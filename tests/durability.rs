@@ -505,11 +505,19 @@ fn kill_loop(extra: &[&str], shards: usize) {
         "100000000",
     ];
     args.extend_from_slice(extra);
-    // Every client on loop 0: the loops' logs are independent, and a copy queued
-    // on another loop is durable only when that loop's log has it (README,
-    // "Durability", what is not covered yet).
+    // With several loops the publishers (and the will's session) live on loop 0 and
+    // the persistent subscribers on the last loop: every acknowledged copy crosses
+    // the mesh, so a PUBACK must wait for the subscribers' loop's log too
+    // (`shard/durable_remote.rs`).
     let on0 = |p: &str| id_on_shard(p, 0, shards);
-    let (son, soff, p1, p2, w) = (on0("son"), on0("soff"), on0("p1"), on0("p2"), on0("w"));
+    let on_last = |p: &str| id_on_shard(p, shards - 1, shards);
+    let (son, soff, p1, p2, w) = (
+        on_last("son"),
+        on_last("soff"),
+        on0("p1"),
+        on0("p2"),
+        on0("w"),
+    );
 
     let mut son_inbox = Inbox::default();
     let mut soff_inbox = Inbox::default();
@@ -741,4 +749,233 @@ fn a_different_loop_count_rehomes_sessions() {
         assert!(status.is_some_and(|s| s.success()), "{status:?}");
         next += 1; // the next round expects m(next-3)..m(next-1)
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A real disk that fills while the broker runs
+// ---------------------------------------------------------------------------------------
+
+use std::ffi::CString;
+use std::sync::OnceLock;
+
+/// What the child's hook needs, prepared before the fork (it may not allocate).
+struct SmallDisk {
+    mount_at: CString,
+    uid_map: CString,
+    gid_map: CString,
+}
+
+static SMALL_DISK: OnceLock<SmallDisk> = OnceLock::new();
+
+/// In the child before exec: a user and mount namespace of its own (no privilege
+/// needed where unprivileged user namespaces are allowed), then a 12 MiB tmpfs on
+/// the prepared directory: room for the first 8 MiB log segment, not the second.
+fn small_tmpfs() -> std::io::Result<()> {
+    let err = std::io::Error::last_os_error;
+    let Some(d) = SMALL_DISK.get() else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: unshare, open, write, close and mount are async-signal-safe; every
+    // pointer is a NUL-terminated string that outlives the calls (statics).
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+            return Err(err());
+        }
+        for (path, text) in [
+            (c"/proc/self/setgroups", c"deny".as_ptr()),
+            (c"/proc/self/uid_map", d.uid_map.as_ptr()),
+            (c"/proc/self/gid_map", d.gid_map.as_ptr()),
+        ] {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(err());
+            }
+            let n = libc::strlen(text);
+            let w = libc::write(fd, text.cast(), n);
+            libc::close(fd);
+            if w != n as isize {
+                return Err(err());
+            }
+        }
+        let none = c"none".as_ptr();
+        if libc::mount(
+            none,
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(err());
+        }
+        if libc::mount(
+            c"tmpfs".as_ptr(),
+            d.mount_at.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            c"size=12m".as_ptr().cast(),
+        ) != 0
+        {
+            return Err(err());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_disk_that_fills_while_running_refuses_instead_of_acknowledging() {
+    let t = TempDir::new("enospc");
+    let mnt = t.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let disk = SMALL_DISK.get_or_init(|| SmallDisk {
+        mount_at: CString::new(mnt.display().to_string()).unwrap(),
+        uid_map: CString::new(format!("0 {uid} 1")).unwrap(),
+        gid_map: CString::new(format!("0 {gid} 1")).unwrap(),
+    });
+    assert_eq!(disk.mount_at.to_str().unwrap(), mnt.display().to_string());
+    let data = mnt.join("data").display().to_string();
+    let args = [
+        "--data-dir",
+        &data,
+        "--shards",
+        "1",
+        "--max-queued-messages",
+        "100000",
+        "--max-queued-bytes",
+        "200000000",
+    ];
+    // SAFETY: small_tmpfs makes only async-signal-safe calls on prepared statics.
+    let mut broker = unsafe { Launch::new(&args).pre_exec(small_tmpfs) }.spawn();
+    let addr = broker.addr().to_string();
+    let (mut s, _) = Peer::connect(&addr, connect_packet("keep", true, false)).expect("sub");
+    subscribe(&mut s, &["d/#"]);
+    s.send(&Packet::Disconnect(Disconnect {
+        code: ReasonCode::Success,
+        properties: Default::default(),
+    }));
+    let (mut p, _) = Peer::connect(&addr, connect_packet("filler", true, true)).expect("pub");
+    let body = "x".repeat(4096);
+    let (mut acked, mut refused) = (HashSet::new(), 0u32);
+    let mut outstanding: HashMap<u16, String> = HashMap::new();
+    let (mut next, end) = (0u32, Instant::now() + Duration::from_secs(120));
+    // 8 MiB of log holds fewer than 2,100 such messages; 6,000 overflow it.
+    while (next < 6000 || !outstanding.is_empty()) && refused < 200 && Instant::now() < end {
+        while outstanding.len() < 16 && next < 6000 {
+            next += 1;
+            let pid = (next % 60_000 + 1) as u16;
+            let payload = format!("{next}-{body}");
+            p.send(&publish_packet(
+                "d/x",
+                &payload,
+                QoS::AtLeastOnce,
+                false,
+                pid,
+            ));
+            outstanding.insert(pid, format!("{next}"));
+        }
+        match p.recv(Duration::from_secs(20)) {
+            Some(Packet::PubAck(r)) => {
+                let m = outstanding.remove(&r.packet_id).expect("an outstanding id");
+                match r.code {
+                    ReasonCode::Success => {
+                        acked.insert(m);
+                    }
+                    ReasonCode::QuotaExceeded => refused += 1,
+                    other => panic!("PUBACK {other:?} for message {m}"),
+                }
+            }
+            other => panic!("PUBACK expected, got {other:?} ({} acked)", acked.len()),
+        }
+    }
+    assert!(
+        refused > 0,
+        "the full disk refused publishes ({} acked)",
+        acked.len()
+    );
+    assert!(
+        acked.len() > 100,
+        "{} acknowledged before the disk filled",
+        acked.len()
+    );
+    broker.assert_alive();
+    if let Some(http) = broker.http_addr() {
+        let mut c = TcpStream::connect(&http).expect("http");
+        c.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        let _ = c.read_to_string(&mut text);
+        let failed = text
+            .lines()
+            .find(|l| l.starts_with("ringmq_store_errors_total{reason=\"write_failed\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+        assert!(
+            failed.is_some_and(|n| n > 0),
+            "write_failed counted: {failed:?}"
+        );
+    }
+    // While the disk is full, resuming a persistent session never claims state that
+    // is not on disk.
+    println!(
+        "full disk: {} acknowledged, {refused} refused with 0x97",
+        acked.len()
+    );
+    let mut peer = Peer {
+        s: TcpStream::connect(&addr).expect("connect"),
+        buf: BytesMut::new(),
+        v: ProtocolVersion::V5,
+        closed: false,
+    };
+    peer.send(&Packet::Connect(Box::new(connect_packet(
+        "keep", true, false,
+    ))));
+    match peer.recv(Duration::from_secs(20)) {
+        // Refused while records it would resume are still being written (and failing);
+        // once nothing is pending, what it resumes is on disk: session present.
+        Some(Packet::ConnAck(a)) => assert!(
+            a.code == ReasonCode::ServerUnavailable
+                || (a.code == ReasonCode::Success && a.session_present),
+            "{a:?}"
+        ),
+        other => panic!("CONNACK expected, got {other:?}"),
+    }
+    // Room again (the operator freed space): the log goes on, nothing was lost.
+    let status = Command::new("nsenter")
+        .args([
+            "--target",
+            &broker.pid().to_string(),
+            "--user",
+            "--mount",
+            "--",
+        ])
+        .args([
+            "mount",
+            "-o",
+            "remount,size=64m",
+            &mnt.display().to_string(),
+        ])
+        .status()
+        .expect("nsenter (util-linux) runs");
+    assert!(status.success(), "tmpfs grown: {status:?}");
+    drop(peer);
+    // Everything acknowledged reaches the subscriber.
+    let (mut s, present) =
+        Peer::connect(&addr, connect_packet("keep", true, false)).expect("sub back");
+    assert!(present);
+    let mut inbox = Inbox::default();
+    inbox.drain(&mut s, Duration::from_secs(2), Duration::from_secs(60));
+    let got: HashSet<String> = inbox
+        .got
+        .keys()
+        .map(|k| k.split('-').next().unwrap_or("").to_string())
+        .collect();
+    let missing: Vec<_> = acked
+        .iter()
+        .filter(|m| !got.contains(*m))
+        .take(10)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged, not delivered: {missing:?}"
+    );
 }

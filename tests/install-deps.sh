@@ -15,6 +15,7 @@
 #     with an independent MQTT-SN client, its mqtt_sn_pub/mqtt_sn_sub)
 #   - nats-server                    (tests/cluster.rs: a 3-server JetStream cluster under
 #     3 ringmq nodes)
+#   - util-linux                     (tests/durability.rs: nsenter grows the test's tmpfs)
 # apt-get update runs only when a package is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +28,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 
 missing=()
 for p in mosquitto mosquitto-clients python3-paho-mqtt python3-pip valgrind lintian systemd dpkg-dev binutils procps \
-         prometheus chromium nats-server; do
+         prometheus chromium nats-server util-linux; do
     have_pkg "$p" || missing+=("$p")
 done
 # An existing node (e.g. NodeSource's nodejs 20, which bundles npm) is used as is:

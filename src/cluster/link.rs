@@ -665,6 +665,7 @@ impl State {
                             msg: msg.clone(),
                             plain: true,
                             shared: Vec::new(),
+                            hold: 0,
                         },
                     );
                 }
@@ -683,6 +684,7 @@ impl State {
                             msg,
                             plain: false,
                             shared: vec![target],
+                            hold: 0,
                         },
                     );
                 }

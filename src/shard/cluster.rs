@@ -174,6 +174,10 @@ impl Shard {
 
     /// The held acknowledgement goes out, if its connection is still the one.
     fn on_cluster_ack(&mut self, t: AckToken) {
+        // With a data directory the reply may wait for the log too.
+        if self.store_cluster_acked(&t) {
+            return;
+        }
         if self
             .conns
             .get(t.conn)
@@ -209,7 +213,9 @@ impl Shard {
     pub fn on_cluster_message(&mut self, msg: ShardMsg, now: Instant) {
         self.last_now = Some(now);
         match msg {
-            ShardMsg::Publish { msg, plain, shared } => {
+            ShardMsg::Publish {
+                msg, plain, shared, ..
+            } => {
                 self.on_remote_publish(msg, plain, shared, now);
                 self.drop_slow_consumers(now);
             }
@@ -217,7 +223,11 @@ impl Shard {
                 self.apply_retained(&body, true, now);
             }
             // The cluster thread sends neither; a loop's routes stay between loops.
-            ShardMsg::Route(_) | ShardMsg::RouteAck { .. } => {}
+            ShardMsg::Route(_)
+            | ShardMsg::RouteAck { .. }
+            | ShardMsg::StoreAck { .. }
+            | ShardMsg::StoreNack { .. }
+            | ShardMsg::StoreProbe { .. } => {}
         }
     }
 }

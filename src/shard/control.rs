@@ -68,6 +68,14 @@ type RouteKey = (Bytes, Option<Bytes>);
 struct ControlOut {
     /// Highest route seq of the destination's adds we applied and not yet acked (0: none).
     ack: u64,
+    /// Cross-loop durability (`durable_remote.rs`): the highest seq of the
+    /// destination's publishes whose copies here are durable, not yet sent (0: none),
+    /// and the range of them that never will be (sent first).
+    store_ack: [u32; 2],
+    store_nack: [Option<(u32, u32)>; 2],
+    /// The latest retained probe for the destination (0: none); sent after the
+    /// retained updates queued before it.
+    store_probe: u32,
     /// Route updates in send order; `None` where a later update of the same route
     /// replaced it.
     routes: VecDeque<Option<RouteUpdate>>,
@@ -88,7 +96,12 @@ pub(super) const CONTROL_KEPT: usize = 64;
 
 impl ControlOut {
     fn is_empty(&self) -> bool {
-        self.ack == 0 && self.routes.is_empty() && self.retained_order.is_empty()
+        self.ack == 0
+            && self.store_ack == [0; 2]
+            && self.store_nack == [None; 2]
+            && self.store_probe == 0
+            && self.routes.is_empty()
+            && self.retained_order.is_empty()
     }
 
     fn push_retained(&mut self, msg: RetainedBody) {
@@ -128,6 +141,18 @@ impl ControlOut {
     }
 
     fn pop(&mut self) -> Option<ShardMsg> {
+        // A nack before the ack that passes its range: the sender must know the
+        // range failed before it releases the replies waiting on it.
+        for lane in 0..2u8 {
+            let l = usize::from(lane);
+            if let Some((from, to)) = self.store_nack[l].take() {
+                return Some(ShardMsg::StoreNack { lane, from, to });
+            }
+            if self.store_ack[l] != 0 {
+                let seq = std::mem::take(&mut self.store_ack[l]);
+                return Some(ShardMsg::StoreAck { lane, seq });
+            }
+        }
         // Before the ack: see "Retained replica" on `ControlOutbox`.
         while let Some(topic) = self.retained_order.pop_front() {
             let Some(msg) = self.retained.remove(&topic) else {
@@ -138,6 +163,12 @@ impl ControlOut {
                 self.retained_order.shrink_to(CONTROL_KEPT);
             }
             return Some(ShardMsg::Retain(msg));
+        }
+        // Behind every retained update queued before it (a later probe only
+        // replaces it: it covers those too).
+        if self.store_probe != 0 {
+            let seq = std::mem::take(&mut self.store_probe);
+            return Some(ShardMsg::StoreProbe { seq });
         }
         if self.ack != 0 {
             let seq = std::mem::take(&mut self.ack);
@@ -190,6 +221,40 @@ impl ControlOutbox {
     /// Whether an update of retained `topic` waits for some destination.
     pub(super) fn retained_pending(&self, topic: &[u8]) -> bool {
         self.to.iter().any(|out| out.retained.contains_key(topic))
+    }
+
+    /// Cumulative: the later seq covers the earlier (see `durable_remote.rs`).
+    pub(super) fn push_store_ack(&mut self, to: ShardId, lane: u8, seq: u32) {
+        if let Some(out) = self.to.get_mut(to) {
+            let a = &mut out.store_ack[usize::from(lane & 1)];
+            if *a == 0 || super::durable_remote::seq_ge(seq, *a) {
+                *a = seq;
+            }
+            self.waiting.insert(to);
+        }
+    }
+
+    pub(super) fn push_store_probe(&mut self, to: ShardId, seq: u32) {
+        if let Some(out) = self.to.get_mut(to) {
+            out.store_probe = seq;
+            self.waiting.insert(to);
+        }
+    }
+
+    /// Two nacks not yet sent merge into the range covering both (conservative).
+    pub(super) fn push_store_nack(&mut self, to: ShardId, lane: u8, (lo, hi): (u32, u32)) {
+        use super::durable_remote::seq_ge;
+        if let Some(out) = self.to.get_mut(to) {
+            let n = &mut out.store_nack[usize::from(lane & 1)];
+            *n = Some(match *n {
+                Some((a, b)) => (
+                    if seq_ge(lo, a) { a } else { lo },
+                    if seq_ge(hi, b) { hi } else { b },
+                ),
+                None => (lo, hi),
+            });
+            self.waiting.insert(to);
+        }
     }
 
     pub(super) fn push_ack(&mut self, to: ShardId, seq: u64) {

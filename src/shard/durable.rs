@@ -37,15 +37,22 @@ use crate::protocol::{
 };
 use crate::session::{Inflight, Message, Outgoing, Phase, SessionSub, Will, NONE};
 use crate::store::record::{MsgRec, Record, WillRec};
-use crate::store::snapshot::SnapshotWriter;
 use crate::store::state::StoreState;
 use crate::store::wal::{AppendError, WalEvent};
 use crate::store::{DiskError, DiskOp, Wal};
 
+use super::durable_cluster::BothHolds;
+use super::durable_remote::{RemoteDurability, RemoteNeeds};
+
 /// A reply waiting for the log.
 enum Reply {
-    /// PUBACK or PUBREC with reason Success; `qos2`: a PUBREC.
-    PubResp { packet_id: u16, qos2: bool },
+    /// PUBACK or PUBREC with reason Success; `qos2`: a PUBREC; `cluster`: it also
+    /// waits for JetStream (`durable_cluster.rs`).
+    PubResp {
+        packet_id: u16,
+        qos2: bool,
+        cluster: bool,
+    },
     /// A SUBACK and the retained messages its subscriptions asked for.
     /// Boxed: most held replies are PUBACKs.
     SubAck(Box<HeldSubAck>),
@@ -70,6 +77,10 @@ struct HeldSubAck {
 
 struct Held {
     lsn: u64,
+    /// The other loops whose logs must have this publish's copies first.
+    remote: RemoteNeeds,
+    /// Unique per held reply (`last_held` names the connection's last one).
+    n: u64,
     conn: ConnId,
     generation: u32,
     reply: Reply,
@@ -77,20 +88,25 @@ struct Held {
 
 /// The log of one shard and what waits for it.
 pub(crate) struct ShardStore {
-    wal: Wal,
+    pub(super) wal: Wal,
     /// Every record ending at or before this is durable for the mode.
-    durable: u64,
+    pub(super) durable: u64,
     /// Replies in log order (positions never decrease).
     held: VecDeque<Held>,
-    /// Per connection with a held reply: (generation, position of its last one).
+    /// Per connection with a held reply: (generation, `Held::n` of its last one).
     last_held: HashMap<ConnId, (u32, u64)>,
+    held_n: u64,
+    /// Publishes to other loops and their answers (`durable_remote.rs`).
+    pub(super) remote: RemoteDurability,
+    /// Replies held for JetStream too (`durable_cluster.rs`).
+    pub(super) both: BothHolds,
     /// Connections whose output carries a QoS 2 PUBLISH of a recorded copy:
     /// (generation, position of its `Sent`). Their output waits for the log: a
     /// client that got a QoS 2 PUBLISH whose `Sent` a crash then lost would get the
     /// message again under another packet id, a second delivery. QoS 1 does not
     /// wait: a resend under another id is the at-least-once it promises.
     tx_gate: HashMap<ConnId, (u32, u64)>,
-    next_msg_id: u64,
+    pub(super) next_msg_id: u64,
     /// The body written for the fan-out in progress: (message address, id).
     put: Option<(usize, u64)>,
     /// Wall clock at `base`: message arrival times are stored in Unix ms.
@@ -98,15 +114,15 @@ pub(crate) struct ShardStore {
     base_unix_ms: u64,
     /// Log bytes written after which the next snapshot starts (so the log behind
     /// it can go); `wal.stats.bytes_written` at the last one.
-    snapshot_after_bytes: u64,
-    snapshot_at_bytes: u64,
+    pub(super) snapshot_after_bytes: u64,
+    pub(super) snapshot_at_bytes: u64,
 }
 
 /// Log bytes between snapshots: recovery replays at most about this much.
 pub const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
 
 impl ShardStore {
-    fn unix_ms(&self, t: Instant) -> u64 {
+    pub(super) fn unix_ms(&self, t: Instant) -> u64 {
         match t.checked_duration_since(self.base) {
             Some(d) => self.base_unix_ms + d.as_millis() as u64,
             None => self
@@ -124,7 +140,7 @@ impl ShardStore {
 
 /// The MQTT 5 properties of a message as the store keeps them: an encoded v5
 /// PUBLISH that carries them (empty when there are none), read back by the codec.
-fn props_bytes(p: &PublishProperties) -> Bytes {
+pub(super) fn props_bytes(p: &PublishProperties) -> Bytes {
     if p.is_empty() {
         return Bytes::new();
     }
@@ -165,7 +181,7 @@ fn qos_of(q: u8) -> QoS {
     }
 }
 
-fn pack_options(o: &SubscriptionOptions) -> u8 {
+pub(super) fn pack_options(o: &SubscriptionOptions) -> u8 {
     (o.qos as u8)
         | (u8::from(o.no_local) << 2)
         | (u8::from(o.retain_as_published) << 3)
@@ -192,6 +208,9 @@ impl Shard {
             durable,
             held: VecDeque::new(),
             last_held: HashMap::new(),
+            held_n: 0,
+            remote: RemoteDurability::new(self.shard_count),
+            both: BothHolds::new(),
             tx_gate: HashMap::new(),
             next_msg_id: next_msg_id.max(1),
             put: None,
@@ -206,121 +225,6 @@ impl Shard {
     pub fn set_snapshot_after_bytes(&mut self, n: u64) {
         if let Some(s) = self.store.as_mut() {
             s.snapshot_after_bytes = n.max(1);
-        }
-    }
-
-    /// Starts a snapshot of everything appended so far once enough log was written
-    /// since the last one: the state as it is in memory, as records. Built on the
-    /// loop (a walk of the persistent sessions and the retained replica); the
-    /// writer puts it on disk, then removes the log behind it.
-    fn maybe_snapshot(&mut self) {
-        let Some(s) = self.store.as_ref() else {
-            return;
-        };
-        let written = s.wal.stats.bytes_written;
-        if written - s.snapshot_at_bytes < s.snapshot_after_bytes
-            || s.wal.snapshot_in_progress()
-            || s.wal.is_stopped()
-        {
-            return;
-        }
-        let lsn = s.wal.next_lsn();
-        let mut w = SnapshotWriter::new(lsn, s.next_msg_id);
-        let mut bodies: HashSet<u64> = HashSet::new();
-        for (_, sess) in self.sessions.iter().filter(|(_, x)| x.expiry_s > 0) {
-            let client = Bytes::copy_from_slice(&sess.client_id);
-            w.push(&Record::SessionPut {
-                client: client.clone(),
-                expiry_s: sess.expiry_s,
-                will: sess.will.as_ref().map(|w| WillRec {
-                    topic: w.topic.clone(),
-                    payload: w.payload.clone(),
-                    qos: w.qos as u8,
-                    retain: w.retain,
-                    delay_s: w.delay_s,
-                    props: props_bytes(&w.properties),
-                }),
-            });
-            for sub in &sess.subs {
-                w.push(&Record::SubAdd {
-                    client: client.clone(),
-                    filter: Bytes::copy_from_slice(&sub.filter),
-                    options: pack_options(&sub.options),
-                    sub_id: sub.sub_id,
-                });
-            }
-            let Some(d) = sess.delivery.as_deref() else {
-                continue;
-            };
-            for id in &d.awaiting_pubrel {
-                w.push(&Record::InboundQos2 {
-                    client: client.clone(),
-                    packet_id: *id,
-                });
-            }
-            let copies = d
-                .inflight
-                .iter()
-                .map(|f| (&f.out, Some((f.packet_id, f.phase))))
-                .chain(d.queue.iter().map(|o| (o, None)));
-            for (out, sent) in copies.filter(|(o, _)| o.store_id != 0) {
-                if bodies.insert(out.store_id) {
-                    let m = &out.msg;
-                    w.push(&Record::MsgPut {
-                        id: out.store_id,
-                        msg: MsgRec {
-                            topic: m.topic.clone(),
-                            payload: m.payload.clone(),
-                            qos: m.qos as u8,
-                            retain: m.retain,
-                            props: props_bytes(&m.properties),
-                            arrived_unix_ms: s.unix_ms(m.arrived_at),
-                        },
-                    });
-                }
-                w.push(&Record::Enqueue {
-                    client: client.clone(),
-                    msg: out.store_id,
-                    qos: out.qos as u8,
-                    retain: out.retain,
-                    sub_ids: out.sub_ids.to_vec(),
-                });
-                if let Some((packet_id, phase)) = sent {
-                    w.push(&Record::Sent {
-                        client: client.clone(),
-                        msg: out.store_id,
-                        packet_id,
-                    });
-                    if phase == Phase::AwaitComp {
-                        w.push(&Record::Released {
-                            client: client.clone(),
-                            msg: out.store_id,
-                        });
-                    }
-                }
-            }
-        }
-        self.retained.for_each(|topic, e| {
-            if topic.starts_with(b"$SYS/") {
-                return;
-            }
-            let m = e.body.to_message();
-            w.push(&Record::RetainSet {
-                msg: MsgRec {
-                    topic: m.topic,
-                    payload: m.payload,
-                    qos: m.qos as u8,
-                    retain: true,
-                    props: props_bytes(&m.properties),
-                    arrived_unix_ms: s.unix_ms(m.arrived_at),
-                },
-            });
-        });
-        let data = w.finish();
-        if let Some(s) = self.store.as_mut() {
-            if s.wal.start_snapshot(lsn, data) {
-                s.snapshot_at_bytes = written;
-            }
         }
     }
 
@@ -368,9 +272,13 @@ impl Shard {
                     if let Some(s) = self.store.as_mut() {
                         s.durable = n;
                     }
+                    self.answer_remote(None);
                     self.release_held(now);
                 }
-                WalEvent::Failed { from, .. } => self.fail_held(from, now),
+                WalEvent::Failed { from, .. } => {
+                    self.answer_remote(Some(from));
+                    self.fail_held(from, now);
+                }
             }
         }
         self.maybe_snapshot();
@@ -430,18 +338,41 @@ impl Shard {
         }
     }
 
-    fn release_held(&mut self, now: Instant) {
+    pub(super) fn release_held(&mut self, now: Instant) {
         self.open_tx_gates(false);
         loop {
             let Some(s) = self.store.as_mut() else {
                 return;
             };
-            if !s.held.front().is_some_and(|h| h.lsn <= s.durable) {
+            if !s
+                .held
+                .front()
+                .is_some_and(|h| h.lsn <= s.durable && s.remote.answered(&h.remote))
+            {
+                if s.held.is_empty() {
+                    s.remote.forget_failures();
+                }
                 return;
             }
             let Some(h) = s.held.pop_front() else { return };
-            if s.last_held.get(&h.conn) == Some(&(h.generation, h.lsn)) {
+            if s.last_held.get(&h.conn) == Some(&(h.generation, h.n)) {
                 s.last_held.remove(&h.conn);
+            }
+            if s.remote.any_failed(&h.remote) {
+                // Another loop could not keep its copies: as a failed write here.
+                self.refuse_held(h);
+                continue;
+            }
+            if let Reply::PubResp {
+                packet_id,
+                cluster: true,
+                ..
+            } = h.reply
+            {
+                // Before the connection check: JetStream's answer still comes.
+                if !self.store_both_log_done((h.conn, h.generation, packet_id), true) {
+                    continue;
+                }
             }
             if !self
                 .conns
@@ -451,7 +382,9 @@ impl Shard {
                 continue;
             }
             match h.reply {
-                Reply::PubResp { packet_id, qos2 } => {
+                Reply::PubResp {
+                    packet_id, qos2, ..
+                } => {
                     if qos2 {
                         self.write_control(h.conn, &Packet::PubRec(PubResp::new(packet_id)));
                     } else {
@@ -492,7 +425,8 @@ impl Shard {
             let keep = s.held.iter().take_while(|h| h.lsn <= from).count();
             s.held.drain(keep..).collect()
         };
-        s.last_held.retain(|_, (_, lsn)| *lsn <= from);
+        let kept: HashSet<u64> = s.held.iter().map(|h| h.n).collect();
+        s.last_held.retain(|_, (_, n)| kept.contains(n));
         self.open_tx_gates(true);
         if !failed.is_empty() {
             tracing::warn!(
@@ -502,50 +436,49 @@ impl Shard {
             );
         }
         for h in failed {
-            self.stats.store_acks_refused += 1;
-            let Some(c) = self
-                .conns
-                .get(h.conn)
-                .filter(|c| c.generation == h.generation)
-            else {
-                continue;
-            };
-            let v5 = c.version.is_v5();
-            match h.reply {
-                Reply::PubResp { packet_id, qos2 } => {
-                    if qos2 {
-                        // A PUBREC of 0x80 or more ends the flow: no PUBREL follows.
-                        let session = c.session;
-                        if let Some(d) = self.sessions.get_mut(session).map(|s| s.delivery()) {
-                            d.awaiting_pubrel.retain(|x| *x != packet_id);
-                        }
-                    }
-                    if v5 {
-                        let mut resp = PubResp::new(packet_id);
-                        resp.code = ReasonCode::QuotaExceeded;
-                        let p = if qos2 {
-                            Packet::PubRec(resp)
-                        } else {
-                            Packet::PubAck(resp)
-                        };
-                        self.write_control(h.conn, &p);
-                    }
-                }
-                // The copy stays as it was on disk; the client resends PUBREC.
-                Reply::SubAck(_) | Reply::PubRel { .. } => self.close(h.conn),
-                Reply::Connect(_) => {
-                    if let Some(c) = self.conns.get_mut(h.conn) {
-                        c.state = ConnState::AwaitConnect;
-                    }
-                    self.write_control(
-                        h.conn,
-                        &super::connect::connack(ReasonCode::ServerUnavailable),
-                    );
-                    self.close(h.conn);
-                }
-            }
+            self.refuse_held(h);
         }
         let _ = now;
+    }
+
+    /// A held reply whose records will never be durable: refused, as the reply's
+    /// kind allows.
+    fn refuse_held(&mut self, h: Held) {
+        self.stats.store_acks_refused += 1;
+        if let Reply::PubResp {
+            packet_id,
+            qos2,
+            cluster,
+        } = h.reply
+        {
+            let key = (h.conn, h.generation, packet_id);
+            if !cluster || self.store_both_log_done(key, false) {
+                self.refuse_publish(h.conn, h.generation, packet_id, qos2);
+            }
+            return;
+        }
+        if !self
+            .conns
+            .get(h.conn)
+            .is_some_and(|c| c.generation == h.generation)
+        {
+            return;
+        }
+        match h.reply {
+            Reply::PubResp { .. } => {}
+            // The copy stays as it was on disk; the client resends PUBREC.
+            Reply::SubAck(_) | Reply::PubRel { .. } => self.close(h.conn),
+            Reply::Connect(_) => {
+                if let Some(c) = self.conns.get_mut(h.conn) {
+                    c.state = ConnState::AwaitConnect;
+                }
+                self.write_control(
+                    h.conn,
+                    &super::connect::connack(ReasonCode::ServerUnavailable),
+                );
+                self.close(h.conn);
+            }
+        }
     }
 
     /// Appends `rec`; `None` without a store. A record that cannot be appended (the
@@ -576,25 +509,34 @@ impl Shard {
         let s = self.store.as_ref()?;
         let end = s.wal.next_lsn();
         let generation = self.conns.get(conn)?.generation;
-        let mut need = if always || end > mark { end } else { 0 };
-        if let Some((g, lsn)) = s.last_held.get(&conn) {
-            if *g == generation {
-                need = need.max(*lsn);
-            }
-        }
-        (need > s.durable).then_some(need)
+        let need = if always || end > mark { end } else { 0 };
+        // Behind a reply of its connection still held (the queue is released in
+        // order), whatever that one waits for.
+        let behind = s
+            .last_held
+            .get(&conn)
+            .is_some_and(|(g, _)| *g == generation);
+        (need > s.durable || behind).then_some(need)
     }
 
     fn hold(&mut self, conn: ConnId, lsn: u64, reply: Reply) {
+        self.hold_remote(conn, lsn, RemoteNeeds::new(), reply);
+    }
+
+    fn hold_remote(&mut self, conn: ConnId, lsn: u64, remote: RemoteNeeds, reply: Reply) {
         let Some(generation) = self.conns.get(conn).map(|c| c.generation) else {
             return;
         };
         let Some(s) = self.store.as_mut() else {
             return;
         };
-        s.last_held.insert(conn, (generation, lsn));
+        s.held_n += 1;
+        let n = s.held_n;
+        s.last_held.insert(conn, (generation, n));
         s.held.push_back(Held {
             lsn,
+            remote,
+            n,
             conn,
             generation,
             reply,
@@ -604,13 +546,43 @@ impl Shard {
     /// PUBACK (QoS 1) or PUBREC (QoS 2) with reason Success, once the records of
     /// the publish (appended since `mark`) are durable.
     pub(super) fn ack_publish(&mut self, conn: ConnId, packet_id: u16, qos2: bool, mark: u64) {
-        if let Some(lsn) = self.gate(conn, mark, false) {
-            self.hold(conn, lsn, Reply::PubResp { packet_id, qos2 });
-        } else if qos2 {
+        if self.hold_publish(conn, packet_id, qos2, mark, false) {
+            return;
+        }
+        if qos2 {
             self.write_control(conn, &Packet::PubRec(PubResp::new(packet_id)));
         } else {
             self.write_puback(conn, packet_id);
         }
+    }
+
+    /// Holds a publish's PUBACK/PUBREC when its records (since `mark`) or copies on
+    /// other loops are not yet durable, or a reply of its connection is held;
+    /// `cluster`: it waits for JetStream too. Returns whether it was held.
+    pub(super) fn hold_publish(
+        &mut self,
+        conn: ConnId,
+        packet_id: u16,
+        qos2: bool,
+        mark: u64,
+        cluster: bool,
+    ) -> bool {
+        let remote = self
+            .store
+            .as_deref_mut()
+            .map(|s| std::mem::take(&mut s.remote.needs))
+            .unwrap_or_default();
+        let gate = self.gate(conn, mark, false);
+        if gate.is_none() && remote.is_empty() {
+            return false;
+        }
+        let reply = Reply::PubResp {
+            packet_id,
+            qos2,
+            cluster,
+        };
+        self.hold_remote(conn, gate.unwrap_or(0), remote, reply);
+        true
     }
 
     /// PUBREL once the copy's `Released` record (appended since `mark`) is durable.

@@ -97,6 +97,7 @@ impl Shard {
         // Queued after the `Publish` actions: see `retained`, "Order with live delivery".
         if let Some(a) = replicate {
             self.replicate_retained(a);
+            self.store_retained_probes(msg.qos);
         }
         if self.cluster.is_some() {
             self.cluster_forward(msg, &mut arc);
@@ -249,12 +250,14 @@ impl Shard {
             } else {
                 arc.get_or_insert_with(|| Arc::new(msg.clone())).clone()
             };
+            let hold = self.store_remote_seq(to, msg.qos);
             self.actions.push_back(Action::Send {
                 to,
                 msg: ShardMsg::Publish {
                     msg: a,
                     plain,
                     shared,
+                    hold,
                 },
             });
         }

@@ -146,7 +146,7 @@ impl Shard {
         }
         // Records this publish appends (persistent sessions only) start here; its
         // acknowledgement waits for them (`durable.rs`).
-        let mark = self.store_mark();
+        let mark = self.store_publish_mark();
         if qos != QoS::AtMostOnce {
             let Some(s) = self.sessions.get_mut(session) else {
                 return Ok(());
@@ -191,6 +191,8 @@ impl Shard {
             && !retain_refused
             && self.cluster_hold_ack(conn, packet_id, qos, forwarded)
         {
+            // One hold, two conditions: JetStream and the log (`durable_cluster.rs`).
+            self.store_hold_with_cluster(conn, packet_id, qos == QoS::ExactlyOnce, mark);
             return Ok(());
         }
         if !retain_refused {

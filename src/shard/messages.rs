@@ -58,6 +58,9 @@ pub enum ShardMsg {
         msg: Arc<Message>,
         plain: bool,
         shared: Vec<SharedTarget>,
+        /// Non-zero: the sender's seq for this pair; its publisher's PUBACK waits for
+        /// `StoreAck` covering it (see `durable_remote.rs`). `u32` keeps this 40 bytes.
+        hold: u32,
     },
     /// Store (or, with an empty payload, delete) a retained message in the
     /// receiver's replica of the retained store; the sender's shard stored it. Not
@@ -79,6 +82,18 @@ pub enum ShardMsg {
     /// Every `Route` the receiver sent us up to `seq` is applied (rings are FIFO
     /// per pair, so one number per shard is enough). Taken with `Shard::poll_control`.
     RouteAck { seq: u64 },
+    /// Every `Publish` of the receiver's with `hold` up to `seq` has its copies here
+    /// durable (or nacked). Taken with `Shard::poll_control`.
+    /// `lane` 1: the same for `StoreProbe`s (retained messages).
+    StoreAck { lane: u8, seq: u32 },
+    /// The receiver's publishes with `hold` in `from..=to` were not made durable
+    /// here (a failed write): their PUBACKs must not go. Sent before the `StoreAck`
+    /// that passes them.
+    StoreNack { lane: u8, from: u32, to: u32 },
+    /// Answer `StoreAck { lane: 1 }` once everything the receiver logged so far is
+    /// durable: sent behind the `Retain`s of a QoS 1/2 retained publish, whose
+    /// PUBACK waits for it. Taken with `Shard::poll_control`.
+    StoreProbe { seq: u32 },
 }
 
 /// What the IO side must do. Pulled with [`Shard::poll_action`].

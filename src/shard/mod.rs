@@ -17,6 +17,9 @@ mod connect;
 mod control;
 mod deliver;
 mod durable;
+mod durable_cluster;
+mod durable_remote;
+mod durable_snapshot;
 mod fanout;
 mod inbound;
 mod lifecycle;
@@ -329,13 +332,27 @@ impl Shard {
     pub fn on_message(&mut self, from: ShardId, msg: ShardMsg, now: Instant) {
         self.last_now = Some(now);
         match msg {
-            ShardMsg::Publish { msg, plain, shared } => {
+            ShardMsg::Publish {
+                msg,
+                plain,
+                shared,
+                hold,
+            } => {
+                let mark = self.store_mark();
                 self.on_remote_publish(msg, plain, shared, now);
+                self.store_remote_received(from, hold, mark);
                 self.drop_slow_consumers(now);
             }
             ShardMsg::Retain(msg) => self.on_remote_retained(msg, now),
             ShardMsg::Route(r) => self.on_route(from, *r, now),
             ShardMsg::RouteAck { seq } => self.on_route_ack(from, seq, now),
+            ShardMsg::StoreAck { lane, seq } => self.on_store_ack(from, lane, seq, now),
+            ShardMsg::StoreNack {
+                lane,
+                from: lo,
+                to: hi,
+            } => self.on_store_nack(from, lane, (lo, hi)),
+            ShardMsg::StoreProbe { seq } => self.on_store_probe(from, seq),
         }
     }
 

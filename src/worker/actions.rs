@@ -112,7 +112,10 @@ impl<L: EventLoop> Worker<L> {
                 Action::Send { to, msg } => match self.mesh.send(to, WorkerMsg::Shard(msg)) {
                     Ok(SendOutcome::QueuedWake) => self.wake.insert(to),
                     Ok(SendOutcome::Queued) | Ok(SendOutcome::Overflowed) => {}
-                    Err(SendError::Rejected(_)) => {
+                    Err(SendError::Rejected(m)) => {
+                        if let WorkerMsg::Shard(ShardMsg::Publish { hold, .. }) = m {
+                            self.shard.on_publish_dropped(to, hold, now);
+                        }
                         self.report.mesh_rejected += 1;
                         if self.report.mesh_rejected.is_power_of_two() {
                             tracing::warn!(

@@ -382,6 +382,10 @@ impl Cluster {
                 assert_ne!(to, s, "a shard sent a message to itself");
                 if self.mesh_full(s, to) {
                     self.mesh_dropped += 1;
+                    if let ShardMsg::Publish { hold, .. } = msg {
+                        let now = self.now;
+                        self.shards[s].on_publish_dropped(to, hold, now);
+                    }
                     return;
                 }
                 self.mesh.push_back((s, to, msg));
@@ -393,7 +397,10 @@ impl Cluster {
         match &msg {
             ShardMsg::Publish { .. } => self.mesh_counts.0 += 1,
             ShardMsg::Route(_) => self.mesh_counts.1 += 1,
-            ShardMsg::RouteAck { .. } => {}
+            ShardMsg::RouteAck { .. }
+            | ShardMsg::StoreAck { .. }
+            | ShardMsg::StoreNack { .. }
+            | ShardMsg::StoreProbe { .. } => {}
             ShardMsg::Retain(_) => self.mesh_retained += 1,
         }
         self.shards[to].on_message(from, msg, self.now);

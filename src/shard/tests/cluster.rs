@@ -161,6 +161,7 @@ fn copies_from_other_nodes_are_delivered_and_not_forwarded() {
             msg,
             plain: true,
             shared: Vec::new(),
+            hold: 0,
         }),
         cl.now,
     );
@@ -190,6 +191,7 @@ fn shared_groups_are_picked_by_nats_not_locally() {
             msg,
             plain: false,
             shared: vec![target],
+            hold: 0,
         }),
         cl.now,
     );

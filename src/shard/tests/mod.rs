@@ -7,6 +7,8 @@ mod cluster;
 mod connect;
 mod contract;
 mod durable;
+mod durable_cluster;
+mod durable_loops;
 mod limits;
 mod memory;
 mod mesh_full;
