@@ -195,7 +195,12 @@ fn every_rust_file_opens_with_what_it_owns() {
 #[test]
 fn protocol_reason_does_not_import_packet() {
     let reason = fs::read_to_string(root().join("src/protocol/reason.rs")).expect("reason.rs");
-    for import in ["super::packet::", "protocol::packet::", "super::{packet", "use super::*"] {
+    for import in [
+        "super::packet::",
+        "protocol::packet::",
+        "super::{packet",
+        "use super::*",
+    ] {
         assert!(
             !reason.contains(import),
             "src/protocol/reason.rs imports packet.rs (`{import}`): use packet_type.rs"
