@@ -15,11 +15,17 @@ cd "$(dirname "$0")/.."
 mode="${1:-check}"
 N=2000
 TOLERANCE_PCT=5
-budget_file=perf/budget.txt
+# BUDGET_BIN and BUDGET_FILE stand in for the driver and the budget in
+# tests/budget_gate.sh, which checks that this script fails when it should.
+budget_file=${BUDGET_FILE:-perf/budget.txt}
 
 command -v valgrind >/dev/null || { echo "budget: valgrind is not installed (tests/install-deps.sh installs it)" >&2; exit 1; }
-cargo build --release -q -p ringmq-perf --bin callgrind-paths
-bin="${CARGO_TARGET_DIR:-target}/release/callgrind-paths"
+if [[ -n "${BUDGET_BIN:-}" ]]; then
+  bin=$BUDGET_BIN
+else
+  cargo build --release -q -p ringmq-perf --bin callgrind-paths
+  bin="${CARGO_TARGET_DIR:-target}/release/callgrind-paths"
+fi
 
 ir() { # path iterations -> total instructions
   valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bin" "$1" "$2" 2>&1 \

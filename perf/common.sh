@@ -8,10 +8,13 @@ OUT="${OUT:-$ROOT/perf/out}"
 BROKER_CORE="${BROKER_CORE:-0}"
 LOADGEN_CORE="${LOADGEN_CORE:-1}"
 DURATION="${DURATION:-10s}"
-# tcp, or ws: the broker listens on ws://127.0.0.1:PORT/mqtt (Mosquitto: `protocol
-# websockets`) and loadgen runs with --transport ws.
+# tcp, ws: the broker listens on ws://127.0.0.1:PORT/mqtt (Mosquitto: `protocol
+# websockets`) and loadgen runs with --transport ws, or tls: mqtts://127.0.0.1:PORT
+# with a certificate generated here (ECDSA P-256, openssl; Mosquitto: certfile/keyfile)
+# and loadgen runs with --tls.
 TRANSPORT="${TRANSPORT:-tcp}"
-[[ "$TRANSPORT" == tcp || "$TRANSPORT" == ws ]] || { echo "error: TRANSPORT=$TRANSPORT: tcp or ws" >&2; exit 1; }
+[[ "$TRANSPORT" == tcp || "$TRANSPORT" == ws || "$TRANSPORT" == tls ]] \
+  || { echo "error: TRANSPORT=$TRANSPORT: tcp, ws or tls" >&2; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 # Set RINGMQ/LOADGEN to use prebuilt binaries (then nothing is built).
 PREBUILT=0
@@ -20,6 +23,29 @@ RINGMQ="${RINGMQ:-$CARGO_TARGET_DIR/release/ringmq}"
 LOADGEN="${LOADGEN:-$CARGO_TARGET_DIR/release/loadgen}"
 
 mkdir -p "$OUT"
+
+# TRANSPORT=tls: one self-signed ECDSA P-256 certificate for localhost/127.0.0.1,
+# made once per $OUT (never committed), used by both brokers and trusted by loadgen
+# (not a CA: webpki refuses a CA certificate as the server's own).
+TLS_DIR="$OUT/tls"
+TLS_CERT="$TLS_DIR/cert.pem"
+TLS_KEY="$TLS_DIR/key.pem"
+if [[ "$TRANSPORT" == tls && ! -s "$TLS_CERT" ]]; then
+  command -v openssl >/dev/null || { echo "error: TRANSPORT=tls needs openssl" >&2; exit 1; }
+  mkdir -p "$TLS_DIR"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -addext "basicConstraints=critical,CA:FALSE" \
+    -keyout "$TLS_KEY" -out "$TLS_CERT" 2>/dev/null \
+    || { echo "error: openssl could not make $TLS_CERT" >&2; exit 1; }
+fi
+# loadgen's transport flags for $TRANSPORT.
+loadgen_transport() {
+  case "$TRANSPORT" in
+    tls) echo "--transport tcp --tls --ca-file $TLS_CERT --server-name localhost" ;;
+    *) echo "--transport $TRANSPORT" ;;
+  esac
+}
 
 STARTED_PIDS=()
 
@@ -66,6 +92,13 @@ build_release() {
   [[ -x "$RINGMQ" && -x "$LOADGEN" ]] || die "missing $RINGMQ or $LOADGEN after build"
 }
 
+# CPU time (user + system) PID has used so far, in milliseconds (/proc/PID/stat
+# fields 14-15, in clock ticks): what a run costs the broker, steadier than msg/s on
+# a machine other builds load.
+cpu_ms() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print int(($12 + $13) * 1000 / hz) }' "/proc/$1/stat"
+}
+
 # A TCP port on 127.0.0.1 that is free right now.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
@@ -99,6 +132,10 @@ start_ringmq() {
   read -r -a extra <<<"${RINGMQ_ARGS:-}"
   local url="127.0.0.1:$port"
   [[ "$TRANSPORT" == ws ]] && url="ws://127.0.0.1:$port/mqtt"
+  if [[ "$TRANSPORT" == tls ]]; then
+    url="mqtts://127.0.0.1:$port"
+    extra+=(--tls-cert "$TLS_CERT" --tls-key "$TLS_KEY")
+  fi
   taskset -c "$BROKER_CORE" "$RINGMQ" --shards "${BROKER_SHARDS:-1}" --listen "$url" "${extra[@]}" "$@" >"$logfile" 2>&1 &
   BROKER_PID=$!
   STARTED_PIDS+=("$BROKER_PID")
@@ -109,7 +146,9 @@ start_ringmq() {
 # to stdout, loadgen's table and messages to LOGFILE. Extra args: scenario and flags.
 run_loadgen() {
   local port=$1 logfile=$2; shift 2
-  taskset -c "$LOADGEN_CORE" "$LOADGEN" "$@" --transport "$TRANSPORT" --port "$port" --json 2>>"$logfile" | tail -n 1
+  local tr
+  read -r -a tr <<<"$(loadgen_transport)"
+  taskset -c "$LOADGEN_CORE" "$LOADGEN" "$@" "${tr[@]}" --port "$port" --json 2>>"$logfile" | tail -n 1
 }
 
 # Scenario name -> loadgen arguments. The idle ones hold connections for the

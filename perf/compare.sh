@@ -7,6 +7,7 @@
 #   BROKERS=ringmq DURATION=5s bash perf/compare.sh pairs_20k
 #   RINGMQ_ARGS="--rt-priority 50" bash perf/compare.sh pairs_20k   # extra ringmq flags
 #   TRANSPORT=ws bash perf/compare.sh fanin_qos0   # both brokers over MQTT-over-WebSocket
+#   TRANSPORT=tls bash perf/compare.sh fanin_qos0  # both brokers over mqtts (ECDSA P-256)
 #
 # Scenarios (issue #3 targets): fanin_qos0, fanin_qos1, fanin_qos1_5k (100 publishers
 # -> 1 wildcard subscriber, 64 B; see common.sh), pairs_20k (1000 pub/sub pairs, 20k msg/s total, open loop),
@@ -16,6 +17,8 @@
 # Each broker runs pinned to core $BROKER_CORE (default 0) with one shard, loadgen to
 # core $LOADGEN_CORE (default 1). Every run starts a fresh broker. RSS per connection
 # = (VmRSS with N connections established - VmRSS before) / N, from /proc/PID/status.
+# Broker CPU per message = the broker's user + system CPU time over the loadgen run
+# (connects included) / messages delivered, from /proc/PID/stat.
 # Raw JSON lines and logs go to perf/out/compare-<time>/; with SAVE_RESULTS=1 the JSON
 # lines, the table and the run's settings are also copied to the committed
 # perf/results/<date>/compare-<time>/ (see perf/results/README.md).
@@ -55,6 +58,7 @@ start_mosquitto() {
 $([[ "$TRANSPORT" == ws ]] && echo "listener $(free_port) 127.0.0.1")
 listener $port 127.0.0.1
 $([[ "$TRANSPORT" == ws ]] && echo "protocol websockets")
+$([[ "$TRANSPORT" == tls ]] && printf 'certfile %s\nkeyfile %s' "$TLS_CERT" "$TLS_KEY")
 allow_anonymous true
 set_tcp_nodelay true
 max_queued_messages $MAX_QUEUED
@@ -75,7 +79,7 @@ EOF
 
 # Runs one scenario against one broker; appends a markdown row to $rows.
 run_one() {
-  local broker=$1 scenario=$2 port logfile json conns base_kb rss_kb_n per_conn="-" args
+  local broker=$1 scenario=$2 port logfile json conns base_kb rss_kb_n per_conn="-" args cpu0
   port=$(free_port)
   logfile="$run_dir/$scenario-$broker.loadgen.log"
   json="$run_dir/$scenario-$broker.json"
@@ -88,6 +92,7 @@ run_one() {
   esac
   sleep 1
   base_kb=$(rss_kb "$BROKER_PID")
+  cpu0=$(cpu_ms "$BROKER_PID")
   conns=$(scenario_connections "$scenario")
   log "$scenario on $broker (port $port, pid $BROKER_PID, RSS ${base_kb} KiB idle)"
   if ((conns > 0)); then
@@ -115,11 +120,14 @@ run_one() {
     run_loadgen "$port" "$logfile" "${args[@]}" >"$json" \
       || log "  loadgen exited with status $? (see $logfile)"
   fi
+  local cpu=$(( $(cpu_ms "$BROKER_PID") - cpu0 )) delivered per_msg="-"
   stop_pid "$BROKER_PID"
   forget_pid "$BROKER_PID"
   local msgs p50 p99 lost sat
   read -r msgs p50 p99 lost sat < <(python3 "$ROOT/perf/loadgen_json.py" fields "$json")
-  rows+=("| $scenario | $broker | $msgs | $p50 | $p99 | $per_conn | $lost | $sat |")
+  delivered=$(python3 "$ROOT/perf/loadgen_json.py" delivered "$json")
+  ((delivered > 0)) && per_msg=$(( cpu * 1000000 / delivered ))
+  rows+=("| $scenario | $broker | $msgs | $p50 | $p99 | $per_conn | $lost | $sat | $cpu | $per_msg |")
 }
 
 build_release
@@ -142,8 +150,8 @@ done
 {
   echo "Measured $(date -u +%Y-%m-%d) on $(nproc) cores ($(uname -r)), broker on core $BROKER_CORE, loadgen on core $LOADGEN_CORE, $DURATION per run${RINGMQ_ARGS:+, ringmq $RINGMQ_ARGS}; mosquitto $(mosquitto -h 2>/dev/null | head -1 | awk '{print $3}')."
   echo
-  echo "| scenario | broker | msg/s | p50 µs | p99 µs | RSS/conn B | lost | loadgen saturated |"
-  echo "|---|---|---:|---:|---:|---:|---:|---|"
+  echo "| scenario | broker | msg/s | p50 µs | p99 µs | RSS/conn B | lost | loadgen saturated | broker CPU ms | broker CPU ns/msg |"
+  echo "|---|---|---:|---:|---:|---:|---:|---|---:|---:|"
   printf '%s\n' "${rows[@]}"
 } | tee "$run_dir/table.md"
 log "raw results in $run_dir"

@@ -15,20 +15,41 @@ fuzz_dir=tests/fuzz
 # empty list is refused, so a broken fuzz crate cannot pass by fuzzing nothing.
 targets=$(cargo "${tc[@]}" fuzz list --fuzz-dir "$fuzz_dir")
 [[ -n "$targets" ]] || { echo "fuzz: cargo fuzz list found no targets in $fuzz_dir" >&2; exit 1; }
-for target in $targets; do
-  corpus="$fuzz_dir/corpus/$target"; seeds="$fuzz_dir/seeds/$target"
+# Build every target once, then fuzz FUZZ_JOBS targets at a time (default: one per
+# core). Each libFuzzer process is single-threaded, so on CI's 2 cores two run side by
+# side in the time of one; the build is shared.
+cargo "${tc[@]}" fuzz build --fuzz-dir "$fuzz_dir"
+jobs="${FUZZ_JOBS:-$(nproc)}"
+logs=$(mktemp -d)
+run_target() {
+  local target=$1 corpus="$fuzz_dir/corpus/$1" seeds="$fuzz_dir/seeds/$1"
   mkdir -p "$corpus" "$seeds"
+  cargo "${tc[@]}" fuzz run --fuzz-dir "$fuzz_dir" "$target" "$corpus" "$seeds" -- \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 \
+    > "$logs/$target.log" 2>&1
+  echo $? > "$logs/$target.rc"
+}
+running=0
+for target in $targets; do
   echo "fuzz: $target for ${seconds}s"
+  run_target "$target" &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
+done
+wait || true
+failed=0
+for target in $targets; do
   # Keep libFuzzer's summary (coverage, executions) and any crash report; the
   # fuzzer's own exit status decides the run.
-  set +e
-  cargo "${tc[@]}" fuzz run --fuzz-dir "$fuzz_dir" "$target" "$corpus" "$seeds" -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=8192 -print_final_stats=1 2>&1 |
-    grep -E -A4 '^#[0-9]+[[:space:]]+(INITED|DONE)|^Done |stat::|panicked|ERROR|SUMMARY|Test unit written'
-  status=${PIPESTATUS[0]}
-  set -e
-  if [ "$status" -ne 0 ]; then
+  echo "fuzz: $target"
+  grep -E -A4 '^#[0-9]+[[:space:]]+(INITED|DONE)|^Done |stat::|panicked|ERROR|SUMMARY|Test unit written' \
+    "$logs/$target.log" || true
+  status=$(cat "$logs/$target.rc" 2>/dev/null || echo missing)
+  if [ "$status" != 0 ]; then
     echo "fuzz: $target FAILED (status $status); input in $fuzz_dir/artifacts/$target/"
-    exit "$status"
+    tail -n 40 "$logs/$target.log"
+    failed=1
   fi
 done
+rm -rf "$logs"
+exit "$failed"

@@ -3,6 +3,7 @@
 
   loadgen_json.py fields [FILE]   -> "msg_per_s p50_us p99_us lost saturated" ("-" if absent)
   loadgen_json.py summary [FILE]  -> one human line
+  loadgen_json.py delivered [FILE] -> messages delivered over the whole run (0 if absent)
 """
 import json
 import sys
@@ -15,11 +16,14 @@ def load(path):
 
 
 def main():
-    if len(sys.argv) not in (2, 3) or sys.argv[1] not in ("fields", "summary"):
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in ("fields", "summary", "delivered"):
         sys.exit(__doc__)
     r = load(sys.argv[2] if len(sys.argv) == 3 else None)
     if r is None:
-        print("- - - - -" if sys.argv[1] == "fields" else "loadgen: no JSON result")
+        print({"fields": "- - - - -", "delivered": "0"}.get(sys.argv[1], "loadgen: no JSON result"))
+        return
+    if sys.argv[1] == "delivered":
+        print(r.get("delivered", 0))
         return
     lat = r.get("latency_us") or {}
     measured = lat.get("count", 0) > 0

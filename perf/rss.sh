@@ -7,6 +7,7 @@
 #   bash perf/rss.sh                  # 10k and 100k, idle and subscribed, 1 and 2 shards
 #   COUNTS="10000" SHARDS="1" MODES="idle" bash perf/rss.sh
 #   TRANSPORT=ws COUNTS="20000" bash perf/rss.sh   # over MQTT-over-WebSocket
+#   TRANSPORT=tls COUNTS="20000" SHARDS=1 MODES=idle bash perf/rss.sh   # over mqtts
 #
 # Broker pinned to BROKER_CORE, loadgen to LOADGEN_CORE, 127.0.0.1 only; every process
 # started here is stopped by PID. The table and one JSON line per measurement (the raw
@@ -29,7 +30,8 @@ if [[ "${SAVE_RESULTS:-0}" == 1 ]]; then
 fi
 
 measure() {
-  local n=$1 mode=$2 shards=$3 port logfile lg base_kb kb est hold
+  local n=$1 mode=$2 shards=$3 port logfile lg base_kb kb est hold tr
+  read -r -a tr <<<"$(loadgen_transport)"
   port=$(free_port)
   logfile="$run_dir/$mode-$n-$shards.log"
   BROKER_SHARDS=$shards start_ringmq "$port" "$logfile"
@@ -39,10 +41,10 @@ measure() {
   hold="$(( n / 10000 + 10 ))s"
   if [[ $mode == idle ]]; then
     taskset -c "$LOADGEN_CORE" "$LOADGEN" connect --clients "$n" --hold "$hold" --port "$port" \
-      --transport "$TRANSPORT" >>"$logfile" 2>&1 &
+      "${tr[@]}" >>"$logfile" 2>&1 &
   else
     taskset -c "$LOADGEN_CORE" "$LOADGEN" fleet --clients "$n" --interval 1h --cmd-rate 0 \
-      --duration "$hold" --warmup 0s --port "$port" --transport "$TRANSPORT" >>"$logfile" 2>&1 &
+      --duration "$hold" --warmup 0s --port "$port" "${tr[@]}" >>"$logfile" 2>&1 &
   fi
   lg=$!
   STARTED_PIDS+=("$lg")

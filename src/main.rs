@@ -149,13 +149,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// The CA file of every `mqtts://` bridge loads (exit 2 naming the bridge and the
-/// file otherwise, as a bad TLS listener file is).
+/// The CA file (and client certificate, if any) of every `mqtts://` bridge loads
+/// (exit 2 naming the bridge and the file otherwise, as a bad TLS listener file is).
 fn bridges_runnable(config: &Config) -> Result<(), String> {
     for b in &config.bridge {
         if let Some(t) = &b.tls {
-            ringmq::worker::bridges::load_ca(&b.name, &t.ca_file)
-                .map_err(|e| format!("config: {e}"))?;
+            ringmq::worker::bridges::load_tls(&b.name, t).map_err(|e| format!("config: {e}"))?;
         }
     }
     Ok(())
@@ -222,7 +221,26 @@ fn load_sn(config: &Config) -> Result<Option<GatewayLimits>, String> {
         }
         None => Default::default(),
     };
+    // ADVERTISE needs both its period and its destination: one alone is a mistake.
+    let advertise_interval = match (
+        config.mqttsn_advertise_interval_s,
+        config.mqttsn_advertise_address,
+    ) {
+        (0, None) => None,
+        (s, Some(_)) if s > 0 => Some(std::time::Duration::from_secs(s)),
+        (0, Some(a)) => {
+            return Err(format!(
+                "mqttsn_advertise_address {a}: needs mqttsn_advertise_interval_s above 0"
+            ))
+        }
+        (s, _) => {
+            return Err(format!(
+                "mqttsn_advertise_interval_s {s}: needs mqttsn_advertise_address"
+            ))
+        }
+    };
     Ok(Some(GatewayLimits {
+        advertise_interval,
         max_clients: config.mqttsn_max_clients,
         max_topic_ids: config.mqttsn_max_topic_ids,
         max_buffered_msgs: config.mqttsn_max_buffered_msgs,
@@ -247,6 +265,8 @@ fn bind_udp_group(
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.bind(&bound.into())?;
+        // ADVERTISE may go to a broadcast address (spec 6.1).
+        socket.set_broadcast(true)?;
         let s: UdpSocket = socket.into();
         if i == 0 {
             bound = s.local_addr()?;
@@ -704,7 +724,17 @@ fn run(
             mqttsn: sn_sockets[id]
                 .take()
                 .zip(sn.clone())
-                .map(|(socket, limits)| SnSetup { socket, limits }),
+                .map(|(socket, mut limits)| {
+                    // One loop broadcasts ADVERTISE, not one per loop.
+                    if id != 0 {
+                        limits.advertise_interval = None;
+                    }
+                    SnSetup {
+                        socket,
+                        limits,
+                        advertise_to: config.mqttsn_advertise_address,
+                    }
+                }),
             cluster: cluster_links.next(),
             store: stores.next(),
         };

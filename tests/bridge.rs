@@ -574,6 +574,105 @@ fn an_mqtts_bridge_verifies_the_remote_against_its_ca_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A remote that requires client certificates (Mosquitto `require_certificate
+/// true`): the bridge with `tls_cert_file`/`tls_key_file` (signed by the CA the
+/// remote trusts) carries messages both ways; the same bridge without them is
+/// refused at every handshake and never counted as connected.
+#[test]
+fn an_mqtts_bridge_presents_its_client_certificate() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let dir = tempdir("mtls");
+    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name
+        .push(DnType::CommonName, "mtls test CA");
+    let ca_key = KeyPair::generate().expect("key");
+    let ca = p.self_signed(&ca_key).expect("CA");
+    let server_key = KeyPair::generate().expect("key");
+    let server = CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .expect("server params")
+        .signed_by(&server_key, &ca, &ca_key)
+        .expect("server cert");
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "edge-7");
+    let client_key = KeyPair::generate().expect("key");
+    let client = client_params
+        .signed_by(&client_key, &ca, &ca_key)
+        .expect("client cert");
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write pem");
+        path.display().to_string()
+    };
+    let ca_file = write("ca.pem", &ca.pem());
+    let server_cert = write("server.pem", &server.pem());
+    let server_key = write("server.key", &server_key.serialize_pem());
+    let client_cert = write("client.pem", &client.pem());
+    let client_key = write("client.key", &client_key.serialize_pem());
+    let plain_port = free_port();
+    let tls_port = free_port();
+    let _remote = Mosquitto::start_with(
+        &dir,
+        plain_port,
+        &format!(
+            "listener {tls_port} 127.0.0.1\ncafile {ca_file}\ncertfile {server_cert}\n\
+             keyfile {server_key}\nrequire_certificate true\n"
+        ),
+    );
+    let cfg = dir.join("ringmq.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[bridge]]\nname = \"cloud\"\naddress = \"mqtts://127.0.0.1:{tls_port}\"\n\
+             tls_ca_file = \"{ca_file}\"\ntls_cert_file = \"{client_cert}\"\n\
+             tls_key_file = \"{client_key}\"\ntopics = [\"t/# out 1\", \"c/# in 1\"]\n\
+             reconnect_min_ms = 100\nreconnect_max_ms = 500\n\
+             [[bridge]]\nname = \"nocert\"\naddress = \"mqtts://127.0.0.1:{tls_port}\"\n\
+             tls_ca_file = \"{ca_file}\"\ntopics = [\"u/# out 1\"]\n\
+             reconnect_min_ms = 100\nreconnect_max_ms = 200\n"
+        ),
+    )
+    .expect("write ringmq.toml");
+    let cfg = cfg.display().to_string();
+    let local = Launch::new(&["--config", &cfg, "--http-listen", "127.0.0.1:0"]).spawn();
+    let mut remote_sub = RawClient::connect_v311(&format!("127.0.0.1:{plain_port}"), "rs");
+    subscribe(&mut remote_sub, "t/#");
+    let mut local_pub = RawClient::connect_v311(local.addr(), "lp");
+    settle(&local, &mut local_pub, "t/probe", &mut remote_sub);
+    publish(&mut local_pub, "t/x", QoS::AtLeastOnce, 7, "with-cert");
+    let p = next_publish(&mut remote_sub, ARRIVE).expect("out over mutual TLS");
+    assert_eq!(text(&p.payload), "with-cert");
+    // And in: the remote's publish reaches a local subscriber through the bridge.
+    let mut local_sub = RawClient::connect_v311(local.addr(), "ls");
+    subscribe(&mut local_sub, "c/#");
+    let mut remote_pub = RawClient::connect_v311(&format!("127.0.0.1:{plain_port}"), "rp");
+    let deadline = Instant::now() + ARRIVE;
+    let mut n = 0u16;
+    let got = loop {
+        assert!(Instant::now() < deadline, "nothing came in over mutual TLS");
+        n += 1;
+        publish(&mut remote_pub, "c/cmd", QoS::AtLeastOnce, n, "inbound");
+        if let Some(p) = next_publish(&mut local_sub, Duration::from_millis(500)) {
+            break p;
+        }
+    };
+    assert_eq!(text(&got.payload), "inbound");
+    // Without a certificate the remote ends every handshake.
+    let deadline = Instant::now() + ARRIVE;
+    while metric_of(&local, "nocert", "ringmq_bridge_connect_failures_total") < 3 {
+        assert!(Instant::now() < deadline, "nocert bridge did not retry");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        metric_of(&local, "nocert", "ringmq_bridge_connects_total"),
+        0
+    );
+    assert_eq!(metric_of(&local, "cloud", "ringmq_bridge_up"), 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn config_errors_name_the_bridge_and_the_key() {
     let dir = tempdir("cfg");
@@ -593,6 +692,14 @@ fn config_errors_name_the_bridge_and_the_key() {
         (
             "[[bridge]]\nname = \"cloud\"\naddress = \"mqtts://127.0.0.1:8883\"\ntls_ca_file = \"/nonexistent/ca.pem\"\ntopics = [\"a\"]\n",
             "bridge[cloud].tls_ca_file: /nonexistent/ca.pem",
+        ),
+        (
+            "[[bridge]]\nname = \"cloud\"\naddress = \"mqtts://127.0.0.1:8883\"\ntls_ca_file = \"/etc/hostname\"\ntls_cert_file = \"/x.pem\"\ntopics = [\"a\"]\n",
+            "key \"bridge[cloud].tls_key_file\"",
+        ),
+        (
+            "[[bridge]]\nname = \"cloud\"\naddress = \"127.0.0.1:1883\"\ntls_cert_file = \"/x.pem\"\ntls_key_file = \"/x.key\"\ntopics = [\"a\"]\n",
+            "key \"bridge[cloud].address\"",
         ),
     ];
     for (i, (toml, want)) in cases.iter().enumerate() {

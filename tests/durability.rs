@@ -158,6 +158,59 @@ fn without_a_data_directory_durability_writes_nothing_and_starts() {
     );
 }
 
+/// Issue #15: unless set, the key of the hash that places sessions on loops is random
+/// per process (so nobody can pick client ids that all land on one loop), and a data
+/// directory keeps the key its sessions were placed with (`<data_dir>/PLACEMENT`): a
+/// restart with another random key would find every session on the wrong loop and
+/// re-home them all. Without the file, 16 sessions over 2 loops keep their loops
+/// under a fresh key with probability 2^-16.
+#[test]
+fn a_random_placement_key_is_kept_with_the_data_directory() {
+    let t = TempDir::new("placement");
+    let data = t.data();
+    let args = [
+        "--data-dir",
+        data.as_str(),
+        "--shards",
+        "2",
+        "--placement-seed",
+        "none",
+    ];
+    let ids: Vec<String> = (0..16).map(|i| format!("pk-{i}")).collect();
+    let mut keys = Vec::new();
+    for round in 0..2 {
+        let mut broker = Launch::new(&args).spawn();
+        let addr = broker.addr().to_string();
+        let rehomed = broker
+            .startup_lines()
+            .iter()
+            .find(|l| l.contains("re-homed"))
+            .cloned();
+        assert_eq!(
+            rehomed, None,
+            "round {round}: sessions placed with another key"
+        );
+        for id in &ids {
+            let (mut s, present) =
+                Peer::connect(&addr, connect_packet(id, false, false)).expect("connects");
+            assert_eq!(present, round > 0, "{id} in round {round}");
+            if round == 0 {
+                subscribe(&mut s, &["pk/#"]);
+            }
+            s.send(&Packet::Disconnect(Disconnect {
+                code: ReasonCode::Success,
+                properties: Default::default(),
+            }));
+        }
+        let status = broker.terminate(Duration::from_secs(20));
+        assert!(status.is_some_and(|s| s.success()), "{status:?}");
+        keys.push(std::fs::read_to_string(Path::new(&data).join("PLACEMENT")).ok());
+    }
+    let key = keys[0].as_deref().map(str::trim).map(str::parse::<u64>);
+    assert!(matches!(key, Some(Ok(_))), "PLACEMENT: {:?}", keys[0]);
+    assert_eq!(keys[0], keys[1], "the key changed across a restart");
+}
+
 // ---------------------------------------------------------------------------------------
 // The kill -9 loop
 // ---------------------------------------------------------------------------------------

@@ -838,3 +838,272 @@ fn bad_predefined_topics_file_is_refused_naming_file_and_line() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Spec 5.4.5 / 6.2: the CONNACK carries the broker's own verdict. With
+/// `--allow-anonymous false` (SN has no credentials) the client gets CONNACK 0x03
+/// (rejected: not supported) and nothing after it: no CONNACK 0x00 first, no
+/// DISCONNECT, and no session for what it sends next. Clients owned by either loop.
+#[test]
+fn connack_carries_the_brokers_auth_verdict() {
+    let broker = sn_broker(&["--allow-anonymous", "false"]);
+    let gw = sn_addr(&broker);
+    for shard in 0..2 {
+        let id = sn_id("snauth", shard);
+        let sn = Sn::new(gw, &id);
+        sn.send(&Message::Connect {
+            will: false,
+            clean_session: true,
+            duration: 60,
+            client_id: b(&id),
+        });
+        assert_eq!(
+            sn.recv(),
+            Message::ConnAck {
+                code: ReturnCode::NotSupported
+            },
+            "{id}: refused by the broker's auth"
+        );
+        sn.send(&Message::PingReq { client_id: None });
+        sn.sock
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        match sn.sock.recv(&mut buf) {
+            Err(_) => {}
+            Ok(n) => panic!(
+                "{id}: a refused client was sent {:?}",
+                decode(&Bytes::copy_from_slice(&buf[..n]))
+            ),
+        }
+    }
+    let m = metrics(&broker);
+    assert!(
+        metric(&m, "ringmq_mqttsn_dropped_total{reason=\"unexpected\"}") >= 2,
+        "the PINGREQs without a session are counted"
+    );
+}
+
+/// With `--keepalive-max-s` set, the 3.1.1 sessions the gateway opens declare that
+/// keepalive (0 would be refused) and the gateway pings them: an SN client is
+/// accepted, its session outlives 1.5 × the cap while the SN client is quiet, and
+/// its publish still reaches a TCP subscriber.
+#[test]
+fn keepalive_cap_admits_sn_clients_and_keeps_their_sessions() {
+    let broker = sn_broker(&["--keepalive-max-s", "2"]);
+    let gw = sn_addr(&broker);
+    let id = sn_id("snka", 1);
+    let sn = Sn::connect(gw, &id, 600);
+    let topic_id = sn.register("snka/t", 1);
+    // Longer than the shard's 1.5 × 2 s keepalive window: a session the gateway did
+    // not ping would be closed, and the SN client told with a DISCONNECT.
+    sn.sock
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    if let Ok(n) = sn.sock.recv(&mut buf) {
+        panic!(
+            "the quiet SN client was sent {:?}",
+            decode(&Bytes::copy_from_slice(&buf[..n]))
+        );
+    }
+    sn.sock.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+    let connect = support::pkt::Connect {
+        keepalive_s: 2,
+        ..support::pkt::Connect::v311(&uniq("kasub"))
+    };
+    let (mut sub, ack) = RawClient::connect_with(broker.addr(), &connect);
+    assert_eq!(ack.raw, [0x20, 0x02, 0x00, 0x00], "TCP subscriber admitted");
+    sub.subscribe_ok(1, "snka/t", 1);
+    sn.send(&Message::Publish {
+        dup: false,
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        topic: TopicRef::Normal(topic_id),
+        msg_id: 2,
+        data: b("still here"),
+    });
+    assert_eq!(
+        sn.recv(),
+        Message::PubAck {
+            topic_id,
+            msg_id: 2,
+            code: ReturnCode::Accepted
+        }
+    );
+    let m = sub.recv_publish_ack();
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_slice()),
+        ("snka/t", &b"still here"[..])
+    );
+}
+
+/// Spec 6.1: with `--mqttsn-advertise-interval-s` and `--mqttsn-advertise-address`
+/// the gateway sends ADVERTISE (its GwId, Duration = the interval) to that address
+/// from its own port, again each interval; here the "network" is one loopback
+/// socket. One without the other is refused at start-up, the key named.
+#[test]
+fn advertise_goes_to_the_configured_address_every_interval() {
+    let net = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    net.set_read_timeout(Some(RECV_TIMEOUT)).unwrap();
+    let to = net.local_addr().unwrap().to_string();
+    let broker = sn_broker(&[
+        "--mqttsn-advertise-interval-s",
+        "1",
+        "--mqttsn-advertise-address",
+        &to,
+    ]);
+    let gw = sn_addr(&broker);
+    let mut buf = [0u8; 64];
+    for n in 0..3 {
+        let (len, from) = net
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("ADVERTISE {n}: none within {RECV_TIMEOUT:?}: {e}"));
+        assert_eq!(from.port(), gw.port(), "sent from the gateway's port");
+        assert_eq!(
+            decode(&Bytes::copy_from_slice(&buf[..len])),
+            Ok(Message::Advertise {
+                gw_id: 1,
+                duration: 1
+            }),
+            "ADVERTISE {n}"
+        );
+    }
+    for (args, key) in [
+        (
+            &["--mqttsn-advertise-interval-s", "5"][..],
+            "mqttsn_advertise_interval_s 5",
+        ),
+        (
+            &["--mqttsn-advertise-address", &to][..],
+            "mqttsn_advertise_address",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ringmq"))
+            .args(["--mqttsn-listen", "127.0.0.1:0"])
+            .args(args)
+            .arg("check-config")
+            .output()
+            .expect("run ringmq check-config");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(key), "{args:?}: {err}");
+    }
+}
+
+/// Spec 5.5: a forwarder encapsulates the messages of the wireless nodes behind it
+/// (Ctrl, Wireless Node Id, the message). Two nodes share the forwarder's one UDP
+/// address, their clients owned by different loops: each is connected, registers,
+/// publishes at QoS 1 to a TCP subscriber, and every answer comes back encapsulated
+/// with that node's id; a TCP publish reaches a node that subscribed, encapsulated.
+#[test]
+fn forwarder_encapsulated_nodes_are_served_through_the_forwarder() {
+    let broker = sn_broker(&[]);
+    let gw = sn_addr(&broker);
+    let fwd = Sn::new(gw, "forwarder");
+    let mut sub = RawClient::connect_v311(broker.addr(), &uniq("fwdsub"));
+    sub.subscribe_ok(1, "fwd/+", 1);
+    let send = |node: &[u8], m: Message| {
+        fwd.send(&Message::Encapsulated {
+            radius: 1,
+            node_id: Bytes::copy_from_slice(node),
+            inner: encode_to_bytes(&m).expect("encodes"),
+        })
+    };
+    let recv = |node: &[u8]| match fwd.recv() {
+        Message::Encapsulated { node_id, inner, .. } => {
+            assert_eq!(&node_id[..], node, "answered to the node that asked");
+            decode(&inner).expect("a valid encapsulated message")
+        }
+        other => panic!("expected an encapsulated message, got {other:?}"),
+    };
+    for (node, shard) in [(&[0x0a, 0x01][..], 0), (&[0x0a, 0x02][..], 1)] {
+        let id = sn_id("fwd", shard);
+        send(
+            node,
+            Message::Connect {
+                will: false,
+                clean_session: true,
+                duration: 60,
+                client_id: b(&id),
+            },
+        );
+        assert_eq!(
+            recv(node),
+            Message::ConnAck {
+                code: ReturnCode::Accepted
+            },
+            "{id}"
+        );
+        let topic = format!("fwd/{shard}");
+        send(
+            node,
+            Message::Register {
+                topic_id: 0,
+                msg_id: 1,
+                topic_name: b(&topic),
+            },
+        );
+        let topic_id = match recv(node) {
+            Message::RegAck {
+                topic_id,
+                msg_id: 1,
+                code: ReturnCode::Accepted,
+            } => topic_id,
+            other => panic!("{id}: REGISTER: {other:?}"),
+        };
+        send(
+            node,
+            Message::Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: TopicRef::Normal(topic_id),
+                msg_id: 2,
+                data: b("via forwarder"),
+            },
+        );
+        assert_eq!(
+            recv(node),
+            Message::PubAck {
+                topic_id,
+                msg_id: 2,
+                code: ReturnCode::Accepted
+            }
+        );
+        let m = sub.recv_publish_ack();
+        assert_eq!(
+            (m.topic.as_str(), m.payload.as_slice()),
+            (topic.as_str(), &b"via forwarder"[..])
+        );
+    }
+    // Downstream: node 2 subscribes; a TCP publish reaches it through the forwarder.
+    let node = &[0x0a, 0x02][..];
+    send(
+        node,
+        Message::Subscribe {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            msg_id: 3,
+            topic: SubTopic::Name(b("fwd/in")),
+        },
+    );
+    let topic_id = match recv(node) {
+        Message::SubAck {
+            msg_id: 3,
+            code: ReturnCode::Accepted,
+            topic_id,
+            ..
+        } => topic_id,
+        other => panic!("SUBSCRIBE: {other:?}"),
+    };
+    let mut tcp = RawClient::connect_v311(broker.addr(), &uniq("fwdpub"));
+    tcp.publish("fwd/in", 0, false, 0, b"to the node");
+    match recv(node) {
+        Message::Publish {
+            topic: TopicRef::Normal(t),
+            data,
+            ..
+        } => assert_eq!((t, &data[..]), (topic_id, &b"to the node"[..])),
+        other => panic!("expected the PUBLISH for the node, got {other:?}"),
+    }
+}

@@ -55,6 +55,8 @@ done
 rm -f "$loom_log"
 
 step "instruction-count budget (callgrind)"
+# The gate's own failure cases first (a stand-in driver; seconds).
+bash tests/budget_gate.sh
 bash perf/budget.sh check
 
 step "Debian package: build, contents, lintian, unit, extracted broker (tests/package.sh)"

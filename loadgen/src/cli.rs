@@ -148,6 +148,12 @@ pub struct Opts {
     /// QoS 0: until every subscriber received it).
     #[arg(long, global = true, default_value_t = 16)]
     pub window: u32,
+    /// Closed loop: a publisher with messages in flight sends again once its window has
+    /// room for this many (default: half the window). Fewer, larger sends cost loadgen
+    /// (and, on loopback, the broker's receive path it runs) less CPU per message;
+    /// 1 sends as soon as any room appears.
+    #[arg(long, global = true)]
+    pub send_batch: Option<u32>,
     /// Send at --rate regardless of acknowledgements (needs --rate or --total-rate).
     #[arg(long, global = true)]
     pub open_loop: bool,
@@ -229,6 +235,8 @@ pub struct Config {
     pub src_ips: Vec<Ipv4Addr>,
     pub threads: usize,
     pub window: u32,
+    /// `--send-batch`; `None`: half the window.
+    pub send_batch: Option<u32>,
     pub open_loop: bool,
     pub persistent: bool,
     pub spin: Duration,
@@ -439,6 +447,15 @@ impl Opts {
                 "must be 1..65535 (MQTT packet identifiers)",
             ));
         }
+        if let Some(b) = self.send_batch {
+            if b == 0 || b > self.window {
+                return Err(bad(
+                    "send-batch",
+                    b,
+                    &format!("must be 1..{} (--window)", self.window),
+                ));
+            }
+        }
         if self.threads == 0 || self.threads > 1024 {
             return Err(bad("threads", self.threads, "must be 1..1024"));
         }
@@ -521,6 +538,7 @@ impl Opts {
             src_ips,
             threads: self.threads,
             window: self.window,
+            send_batch: self.send_batch,
             open_loop: self.open_loop,
             persistent: self.persistent,
             spin: self.spin,
@@ -621,6 +639,12 @@ mod tests {
         assert!(e.contains("--open-loop"), "{e}");
         let e = parse(&["loadgen", "--window", "0"]).unwrap_err();
         assert!(e.contains("'--window'") && e.contains("'0'"), "{e}");
+        let e = parse(&["loadgen", "fanin", "--window", "8", "--send-batch", "9"]).unwrap_err();
+        assert!(e.contains("'--send-batch'") && e.contains("'9'"), "{e}");
+        let e = parse(&["loadgen", "fanin", "--send-batch", "0"]).unwrap_err();
+        assert!(e.contains("'--send-batch'") && e.contains("'0'"), "{e}");
+        let c = parse(&["loadgen", "fanin", "--window", "8", "--send-batch", "8"]).unwrap();
+        assert_eq!(c.send_batch, Some(8));
     }
 
     #[test]

@@ -10,7 +10,7 @@ mod sn;
 mod ws;
 
 // The library's modules, under the paths the binary's own modules use.
-use loadgen::{payload, rx, stats};
+use loadgen::{batch, payload, rx, stats, tx};
 
 use clap::Parser;
 

@@ -79,8 +79,16 @@ pub struct Report {
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Connections not closed within 5 s of the end.
     pub unclean_closes: u64,
+    /// Sends loadgen submitted per second during the measured phase (publishes and
+    /// acknowledgements), and messages published per send: what the kernel's part of
+    /// loadgen's CPU scales with.
+    pub sends_per_s: f64,
+    pub msgs_per_send: f64,
     /// loadgen CPU over the measured phase, % of one core (whole process).
     pub cpu_process_pct: f64,
+    /// loadgen's process CPU over the measured phase (busy-poll spins excluded) per
+    /// message received, microseconds; `null` when nothing was received.
+    pub cpu_us_per_msg: Option<f64>,
     /// Busiest worker thread, % of one core.
     pub cpu_max_thread_pct: f64,
     /// True when a worker thread was above 90% of a core: the numbers are then a floor.
@@ -168,11 +176,22 @@ pub fn table(r: &Report) -> String {
             r.measured_s, r.hold_s
         );
     }
+    let per_msg = r.cpu_us_per_msg.map_or(String::new(), |us| {
+        format!(", {us:.3} us per message received")
+    });
     let _ = writeln!(
         s,
-        "  loadgen cpu   {:.0}% of a core (busiest thread {:.0}%)",
+        "  loadgen cpu   {:.0}% of a core (busiest thread {:.0}%){per_msg}",
         r.cpu_process_pct, r.cpu_max_thread_pct
     );
+    if r.scenario != "connect" {
+        let _ = writeln!(
+            s,
+            "  sends         {}/s, {:.1} messages published per send",
+            fmt_rate(r.sends_per_s),
+            r.msgs_per_send
+        );
+    }
     let _ = writeln!(s, "  errors        {}", r.errors_total);
     for (k, v) in &r.errors {
         let _ = writeln!(s, "    {v:>8}  {k}");
@@ -444,6 +463,9 @@ mod tests {
             unclean_closes: 0,
             cpu_process_pct: 12.5,
             cpu_max_thread_pct: 10.0,
+            sends_per_s: 1000.0,
+            msgs_per_send: 10.0,
+            cpu_us_per_msg: Some(0.5),
             loadgen_saturated: false,
             interrupted: false,
             exit_code: 2,

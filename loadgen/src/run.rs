@@ -286,7 +286,8 @@ fn merge(
         mut unexpected,
         mut written_off,
         mut unclean,
-    ) = (0, 0, 0, 0, 0, 0, 0, 0, 0);
+        mut sends,
+    ) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut max_thread_pct: f64 = 0.0;
     let mut spun_measured_ns = 0u64;
     let measured_phase = if cfg.scenario == Scenario::Connect {
@@ -302,6 +303,7 @@ fn merge(
             *errors.entry(k.clone()).or_insert(0) += v;
         }
         sent += r.sent_measure;
+        sends += r.sends_measure;
         recv += r.received_measure;
         recv_bytes += r.received_bytes_measure;
         dups += r.delivery.duplicates;
@@ -331,6 +333,7 @@ fn merge(
     let failed_pct = failed as f64 * 100.0 / total.max(1) as f64;
     let exit_code = exit_code(cfg.qos, lost, failed_pct, cfg.max_failed_pct);
     let saturated = max_thread_pct > 90.0;
+    let cpu_busy_ns = cpu_measured_ns.saturating_sub(spun_measured_ns);
     let report = Report {
         scenario: cfg.scenario.name().to_string(),
         protocol: if cfg.protocol.is_v5() {
@@ -369,8 +372,10 @@ fn merge(
         errors_total,
         errors,
         unclean_closes: unclean,
-        cpu_process_pct: cpu_measured_ns.saturating_sub(spun_measured_ns) as f64 * 100.0
-            / cpu_window_ns as f64,
+        sends_per_s: sends as f64 / secs,
+        msgs_per_send: sent as f64 / sends.max(1) as f64,
+        cpu_process_pct: cpu_busy_ns as f64 * 100.0 / cpu_window_ns as f64,
+        cpu_us_per_msg: (recv > 0).then(|| cpu_busy_ns as f64 / 1000.0 / recv as f64),
         cpu_max_thread_pct: max_thread_pct,
         loadgen_saturated: saturated,
         interrupted: interrupted(),

@@ -80,10 +80,20 @@ fn fanin_qos0_closed_loop() {
             "0",
             "--threads",
             "2",
+            "--window",
+            "16",
         ],
     );
     assert_eq!(j["connections_established"], 3);
     assert!(j["delivered"].as_u64().unwrap_or(0) > 0, "{j}");
+    // Send batching: a publisher with messages in flight waits for half its window
+    // (8) to be free, so no send carries fewer (the subscriber sends nothing at QoS 0).
+    let per_send = j["msgs_per_send"].as_f64().unwrap_or(0.0);
+    assert!(per_send >= 8.0, "{j}");
+    assert!(
+        j["cpu_us_per_msg"].as_f64().is_some_and(|us| us > 0.0),
+        "{j}"
+    );
 }
 
 #[test]

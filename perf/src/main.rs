@@ -5,6 +5,8 @@
 
 mod driver;
 mod loadgen_rx;
+mod loadgen_tx;
+mod share;
 
 use std::hint::black_box;
 
@@ -30,6 +32,8 @@ const PATHS: &[&str] = &[
     "cross_shard_hop",
     "loadgen_rx_100_qos0",
     "loadgen_rx_100_qos1",
+    "loadgen_tx_100_qos0",
+    "loadgen_tx_100_qos1",
     "queue_offline_qos1",
     "queue_offline_qos1_durable",
 ];
@@ -156,6 +160,21 @@ fn loadgen_rx(path: &str, qos: QoS, iters: u64) {
     black_box(&rx);
 }
 
+/// A loadgen publisher appending one burst of `TX_PUBLISHES` PUBLISHes to its output
+/// (`perf/src/loadgen_tx.rs`). Per operation = per burst.
+fn loadgen_tx(path: &str, qos: QoS, iters: u64) {
+    let mut tx = loadgen_tx::TxPath::new(qos);
+    let mut bytes = 0;
+    for i in 0..iters {
+        bytes = tx.publish_once(black_box(1_000_000 + i));
+    }
+    if bytes < loadgen_tx::TX_PUBLISHES * 64 {
+        eprintln!("callgrind-paths: {path} made {bytes} bytes for a burst");
+        std::process::exit(1);
+    }
+    black_box(&tx);
+}
+
 /// One QoS 1 PUBLISH (v3.1.1, 64-byte payload) from `on_read` to the queue of an
 /// offline persistent session (where it is copied out of the receive buffer,
 /// `deliver::queued_arc`), plus the publisher's PUBACK.
@@ -174,6 +193,45 @@ fn queue_offline(path: &str, durable: bool, iters: u64) {
         std::process::exit(1);
     }
     black_box(&x);
+}
+
+/// `share_<q0|q1>_<bytes>_<shared|copied>`: one PUBLISH of that payload to
+/// `share::SUBSCRIBERS` subscribers with the payload shared or copied
+/// (`perf/share_threshold.sh`); not listed, so not a budget path.
+fn share(path: &str, iters: u64) {
+    let parts: Vec<&str> = path.split('_').collect();
+    let (qos, len, shared) = match parts.as_slice() {
+        ["share", q, n, mode] => {
+            let qos = match *q {
+                "q0" => QoS::AtMostOnce,
+                "q1" => QoS::AtLeastOnce,
+                _ => usage_share(path),
+            };
+            let Ok(len) = n.parse::<usize>() else {
+                usage_share(path)
+            };
+            let shared = match *mode {
+                "shared" => true,
+                "copied" => false,
+                _ => usage_share(path),
+            };
+            (qos, len, shared)
+        }
+        _ => usage_share(path),
+    };
+    ringmq::tx::set_share_min_bytes_for_measurement(if shared { 1 } else { usize::MAX });
+    let mut x = share::Share::new(qos, len);
+    let expected = x.expected_bytes();
+    for _ in 0..iters {
+        let got = x.publish_once();
+        check_delivered(path, got, expected);
+    }
+    black_box(&x);
+}
+
+fn usage_share(path: &str) -> ! {
+    eprintln!("callgrind-paths: {path:?} is not share_<q0|q1>_<payload bytes>_<shared|copied>");
+    std::process::exit(2);
 }
 
 fn main() {
@@ -219,8 +277,11 @@ fn main() {
         "cross_shard_hop" => cross_shard_hop(iters),
         "loadgen_rx_100_qos0" => loadgen_rx(&args[0], QoS::AtMostOnce, iters),
         "loadgen_rx_100_qos1" => loadgen_rx(&args[0], QoS::AtLeastOnce, iters),
+        "loadgen_tx_100_qos0" => loadgen_tx(&args[0], QoS::AtMostOnce, iters),
+        "loadgen_tx_100_qos1" => loadgen_tx(&args[0], QoS::AtLeastOnce, iters),
         "queue_offline_qos1" => queue_offline(&args[0], false, iters),
         "queue_offline_qos1_durable" => queue_offline(&args[0], true, iters),
+        other if other.starts_with("share_") => share(other, iters),
         other => {
             eprintln!("callgrind-paths: unknown path {other:?}");
             usage();

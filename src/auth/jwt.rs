@@ -67,6 +67,9 @@ pub struct TokenIdentity {
     /// The `acl` claim's rules (as `pattern` lines, so `%c`/`%u` apply); `None`: the
     /// token has no `acl` claim and the ACL file decides.
     pub rules: Option<AclFile>,
+    /// Seconds from the check until `exp` (leeway included): the broker ends the
+    /// connection then, so a token's lifetime bounds the session it opened.
+    pub valid_for_s: u64,
 }
 
 impl JwtAuth {
@@ -169,10 +172,12 @@ impl JwtAuth {
         let claims = data.claims;
         let leeway = self.settings.leeway_s;
         // `exp` is required: a token that never expires cannot be revoked.
-        match claims.get("exp").and_then(Value::as_u64) {
-            Some(exp) if now_unix_s <= exp.saturating_add(leeway) => {}
+        let valid_for_s = match claims.get("exp").and_then(Value::as_u64) {
+            Some(exp) if now_unix_s <= exp.saturating_add(leeway) => {
+                exp.saturating_add(leeway) - now_unix_s
+            }
             _ => return bad,
-        }
+        };
         match claims.get("nbf") {
             None => {}
             Some(n) => match n.as_u64() {
@@ -194,6 +199,7 @@ impl JwtAuth {
         Ok(TokenIdentity {
             username: username.to_owned(),
             rules,
+            valid_for_s,
         })
     }
 }

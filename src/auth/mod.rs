@@ -103,10 +103,51 @@ pub enum Verified {
     Token {
         username: String,
         acl: Option<Acl>,
+        /// Seconds until the token's `exp`: the connection ends then (0xA0).
+        valid_for_s: u64,
     },
 }
 
+/// Password checks the verifier pool has passed, shared by its threads. A reconnect
+/// storm of one credential queues many identical jobs before the first answer
+/// reaches the shard's cache (5,000 CONNECTs made 512 hashes): the first to finish
+/// puts its key here and the queued rest are answered without hashing. Keys are the
+/// shard's (a keyed digest of user, password and stored hash), so a changed hash
+/// misses; only successes are kept, so a failure is hashed (and counted) each time.
+#[derive(Debug)]
+pub struct PoolMemo(std::sync::Mutex<VerifyCache>);
+
+/// Keys the pool memo holds at most (two generations, as `VerifyCache`).
+pub const POOL_MEMO_MAX: usize = 4096;
+
+impl PoolMemo {
+    pub fn new(cap: usize) -> PoolMemo {
+        // The secret only feeds `VerifyCache::key`, which the memo never calls.
+        PoolMemo(std::sync::Mutex::new(VerifyCache::new([0; 32], cap)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VerifyCache> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl VerifyJob {
+    /// [`run`](Self::run) through the pool's memo: a password job whose key it holds
+    /// is answered `Password` at once. Also returns whether a password hash ran.
+    pub fn run_memo(&self, now_unix_s: u64, memo: &PoolMemo) -> (Verified, bool) {
+        let VerifyJob::Password { key, .. } = self else {
+            return (self.run(now_unix_s), false);
+        };
+        if memo.lock().contains(key) {
+            return (Verified::Password, false);
+        }
+        let ok = self.run(now_unix_s);
+        if matches!(ok, Verified::Password) {
+            memo.lock().insert(*key);
+        }
+        (ok, true)
+    }
+
     /// The slow part; call it off the event loop. `now_unix_s` is checked against a
     /// token's `exp`/`nbf`.
     pub fn run(&self, now_unix_s: u64) -> Verified {
@@ -125,6 +166,7 @@ impl VerifyJob {
                         .rules
                         .map(|r| Acl::Rules(Arc::new(r.compile(client_id, Some(&id.username))))),
                     username: id.username,
+                    valid_for_s: id.valid_for_s,
                 },
                 Err(e) => Verified::TokenDenied(e),
             },
@@ -349,6 +391,31 @@ mod tests {
             policy(None, true).decide(&cred(None, None), &cache),
             Decision::Accept { .. }
         ));
+    }
+
+    /// Identical jobs queued together hash once: the rest are answered from the pool
+    /// memo; a wrong password is hashed every time and never remembered.
+    #[test]
+    fn the_pool_memo_answers_identical_queued_checks_without_hashing() {
+        let p = policy(None, false);
+        let cache = VerifyCache::new([7; 32], 16);
+        let memo = PoolMemo::new(16);
+        let job = |pw: &[u8]| match p.decide(&cred(Some("alice"), Some(pw)), &cache) {
+            Decision::Verify(j) => j,
+            _ => panic!("expected a verify job"),
+        };
+        let jobs: Vec<VerifyJob> = (0..50).map(|_| job(b"pw")).collect();
+        let mut hashed = 0;
+        for j in &jobs {
+            let (ok, h) = j.run_memo(0, &memo);
+            assert!(matches!(ok, Verified::Password));
+            hashed += usize::from(h);
+        }
+        assert_eq!(hashed, 1);
+        for _ in 0..3 {
+            let (ok, h) = job(b"px").run_memo(0, &memo);
+            assert!(matches!(ok, Verified::Denied) && h);
+        }
     }
 
     #[test]

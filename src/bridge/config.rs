@@ -58,6 +58,9 @@ pub struct BridgeTls {
     pub ca_file: String,
     /// Name checked against the remote's certificate; defaults to the host.
     pub server_name: String,
+    /// PEM certificate chain and private key presented to a remote that asks for a
+    /// client certificate (Mosquitto `require_certificate true`); both or neither.
+    pub client_cert: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +142,8 @@ pub const KEYS: &[&str] = &[
     "address",
     "tls_ca_file",
     "tls_server_name",
+    "tls_cert_file",
+    "tls_key_file",
     "protocol_version",
     "client_id",
     "username",
@@ -259,6 +264,8 @@ pub fn parse_table(index: usize, t: &toml::Table) -> Result<BridgeConfig, Bridge
     let mut tls_scheme = false;
     let mut ca_file = None;
     let mut server_name = None;
+    let mut cert_file = None;
+    let mut key_file = None;
     let mut has_address = false;
     for (key, v) in t {
         let r: Result<(), String> = match key.as_str() {
@@ -271,6 +278,8 @@ pub fn parse_table(index: usize, t: &toml::Table) -> Result<BridgeConfig, Bridge
             }),
             "tls_ca_file" => string(v, "a CA file path").map(|s| ca_file = Some(s)),
             "tls_server_name" => string(v, "a host name").map(|s| server_name = Some(s)),
+            "tls_cert_file" => string(v, "a certificate file path").map(|s| cert_file = Some(s)),
+            "tls_key_file" => string(v, "a private key file path").map(|s| key_file = Some(s)),
             "protocol_version" => match v.as_str().map(str::trim) {
                 Some("3.1.1") => {
                     b.protocol = ProtocolVersion::V311;
@@ -327,11 +336,37 @@ pub fn parse_table(index: usize, t: &toml::Table) -> Result<BridgeConfig, Bridge
             t.get("reconnect_max_ms"),
         ));
     }
+    let client_cert = match (cert_file, key_file) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(err(
+                "tls_key_file",
+                "the private key of tls_cert_file".into(),
+                None,
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(err(
+                "tls_cert_file",
+                "the certificate of tls_key_file".into(),
+                None,
+            ))
+        }
+    };
+    if !tls_scheme && client_cert.is_some() {
+        return Err(err(
+            "address",
+            "an mqtts:// address, since tls_cert_file is set".into(),
+            t.get("address"),
+        ));
+    }
     match (tls_scheme, ca_file) {
         (true, Some(ca)) => {
             b.tls = Some(BridgeTls {
                 ca_file: ca,
                 server_name: server_name.unwrap_or_else(|| b.host.clone()),
+                client_cert,
             })
         }
         (true, None) => {

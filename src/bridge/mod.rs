@@ -29,4 +29,4 @@ mod seam_tests;
 mod tests;
 
 pub use client::{BridgeClient, BridgeStats, LocalPublish, Transport};
-pub use config::{parse_bridges, BridgeConfig, BridgeConfigError, Direction, TopicRule};
+pub use config::{parse_bridges, BridgeConfig, BridgeConfigError, BridgeTls, Direction, TopicRule};

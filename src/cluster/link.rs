@@ -723,7 +723,7 @@ impl State {
             origin_session: NONE,
             owned: true,
         };
-        let body = Arc::new(crate::shard::RetainedBody::from_cluster(&msg));
+        let body = crate::shard::RetainedBody::from_cluster(&msg);
         self.status.retained_applied.fetch_add(1, Ordering::Relaxed);
         for l in 0..self.producers.len() {
             self.push(l, ShardMsg::Retain(body.clone()));

@@ -1,7 +1,7 @@
 //! MQTT-SN gateway keys: the UDP listener (off by default), the predefined-topics
 //! file, and the gateway's bounds per loop (clients, topic ids, sleep buffer,
-//! datagram size) and retransmission (Tretry, Nretry). Each bound has a counter
-//! (`ShardStats::sn_*`).
+//! datagram size) and retransmission (Tretry, Nretry), and ADVERTISE broadcasts
+//! (off by default). Each bound has a counter (`ShardStats::sn_*`).
 
 use clap::Args;
 
@@ -17,7 +17,7 @@ pub struct GatewayArgs {
     /// Default: none.
     #[arg(long, value_name = "FILE")]
     pub mqttsn_predefined_topics_file: Option<String>,
-    #[arg(long, value_name = "N", help = with_default("MQTT-SN clients each loop holds (awake, asleep or connecting); CONNECTs beyond it get rc 0x03", d().mqttsn_max_clients))]
+    #[arg(long, value_name = "N", help = with_default("MQTT-SN clients each loop holds (awake, asleep or connecting); CONNECTs beyond it get rc 0x01 (congestion)", d().mqttsn_max_clients))]
     pub mqttsn_max_clients: Option<String>,
     #[arg(long, value_name = "N", help = with_default("Normal topic ids (REGISTER either way) per MQTT-SN client; beyond it REGACK rc 0x02", d().mqttsn_max_topic_ids))]
     pub mqttsn_max_topic_ids: Option<String>,
@@ -29,6 +29,10 @@ pub struct GatewayArgs {
     pub mqttsn_retry_interval_ms: Option<String>,
     #[arg(long, value_name = "N", help = with_default("Nretry: retransmissions before an MQTT-SN client is lost (its will is published)", d().mqttsn_max_retries))]
     pub mqttsn_max_retries: Option<String>,
+    #[arg(long, value_name = "S", help = with_default("Seconds between the MQTT-SN gateway's ADVERTISE broadcasts (spec 6.1; its Duration field); 0 = none (the gateway still answers SEARCHGW). Needs --mqttsn-advertise-address", d().mqttsn_advertise_interval_s))]
+    pub mqttsn_advertise_interval_s: Option<String>,
+    #[arg(long, value_name = "ADDR", help = with_default("Where ADVERTISE goes: the SN network's broadcast address and port (e.g. 192.168.1.255:1884 or 255.255.255.255:1884); none = no ADVERTISE", "none"))]
+    pub mqttsn_advertise_address: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -40,6 +44,8 @@ pub(super) const KEYS: &[&str] = &[
     "mqttsn_max_datagram_bytes",
     "mqttsn_retry_interval_ms",
     "mqttsn_max_retries",
+    "mqttsn_advertise_interval_s",
+    "mqttsn_advertise_address",
 ];
 
 /// Applies one key of this part. `Ok(false)`: not one of its keys.
@@ -66,6 +72,16 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         }
         "mqttsn_retry_interval_ms" => cfg.mqttsn_retry_interval_ms = int(raw, 10, 3_600_000)?,
         "mqttsn_max_retries" => cfg.mqttsn_max_retries = int(raw, 0, 100)? as u32,
+        // ADVERTISE's Duration field is 2 octets of seconds.
+        "mqttsn_advertise_interval_s" => cfg.mqttsn_advertise_interval_s = int(raw, 0, 65_535)?,
+        "mqttsn_advertise_address" => {
+            let off = matches!(raw, Raw::Text(s) if s.trim().eq_ignore_ascii_case("none"));
+            cfg.mqttsn_advertise_address = if off {
+                None
+            } else {
+                Some(addr(raw).map_err(|e| format!("{e}, or none"))?)
+            };
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -97,5 +113,15 @@ impl GatewayArgs {
             &self.mqttsn_retry_interval_ms,
         );
         push_text(v, "mqttsn_max_retries", &self.mqttsn_max_retries);
+        push_text(
+            v,
+            "mqttsn_advertise_interval_s",
+            &self.mqttsn_advertise_interval_s,
+        );
+        push_text(
+            v,
+            "mqttsn_advertise_address",
+            &self.mqttsn_advertise_address,
+        );
     }
 }

@@ -212,6 +212,9 @@ pub struct Config {
     /// Tretry and Nretry (spec 6.13) of the gateway's QoS 1/2 sends and REGISTERs.
     pub mqttsn_retry_interval_ms: u64,
     pub mqttsn_max_retries: u32,
+    /// ADVERTISE period (0: none) and where it is sent; both set for ADVERTISE.
+    pub mqttsn_advertise_interval_s: u64,
+    pub mqttsn_advertise_address: Option<SocketAddr>,
     // Cluster (src/cluster). Empty `cluster_nats`: single node.
     pub cluster_nats: Vec<String>,
     /// Unique per node: the origin of its messages on NATS. "": random per start.
@@ -337,6 +340,8 @@ impl Default for Config {
             mqttsn_max_datagram_bytes: 1_024,
             mqttsn_retry_interval_ms: 10_000,
             mqttsn_max_retries: 5,
+            mqttsn_advertise_interval_s: 0,
+            mqttsn_advertise_address: None,
             cluster_nats: Vec::new(),
             cluster_node_name: String::new(),
             cluster_nats_user: String::new(),

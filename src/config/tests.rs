@@ -150,6 +150,12 @@ fn every_cli_option_has_the_same_toml_key() {
         ("mqttsn_max_datagram_bytes", "70", "70"),
         ("mqttsn_retry_interval_ms", "70", "70"),
         ("mqttsn_max_retries", "7", "7"),
+        ("mqttsn_advertise_interval_s", "70", "70"),
+        (
+            "mqttsn_advertise_address",
+            "\"127.0.0.255:1884\"",
+            "127.0.0.255:1884",
+        ),
         (
             "cluster_nats",
             "\"nats://127.0.0.1:4222\"",

@@ -40,6 +40,9 @@ pub enum DataDirError {
     Version { path: PathBuf, found: String },
     /// Not empty and no VERSION file: not ours, never misread.
     Foreign { path: PathBuf },
+    /// `PLACEMENT` does not hold one unsigned integer; never replaced, since the
+    /// sessions logged here were placed with the key it held.
+    Placement { path: PathBuf, found: String },
 }
 
 impl fmt::Display for DataDirError {
@@ -69,6 +72,13 @@ impl fmt::Display for DataDirError {
                 f,
                 "data directory {} is not empty and has no {VERSION_FILE} file: not a \
                  ringmq data directory",
+                path.display()
+            ),
+            DataDirError::Placement { path, found } => write!(
+                f,
+                "{} holds {found:?}, not a placement key (one unsigned integer, the key \
+                 the sessions here were placed with); restore it, or remove it only if \
+                 the data directory holds no sessions",
                 path.display()
             ),
         }
@@ -147,7 +157,10 @@ impl DataDir {
             Ok(text) => text
                 .trim()
                 .parse::<u64>()
-                .map_err(|_| DataDirError::Foreign { path: path.clone() }),
+                .map_err(|_| DataDirError::Placement {
+                    path: path.clone(),
+                    found: text.chars().take(40).collect(),
+                }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let tmp = self.path.join(format!("{PLACEMENT_FILE}.tmp"));
                 let mut f = File::create(&tmp).map_err(|e| io_err("write it", e))?;
@@ -385,6 +398,32 @@ mod tests {
             .expect_err("a file is no directory")
             .to_string();
         assert!(msg.contains("cannot create the directory"), "{msg}");
+        let _ = fs::remove_dir_all(&p);
+    }
+
+    #[test]
+    fn the_placement_seed_is_written_once_and_kept_across_reopens() {
+        let p = temp_dir("placement");
+        let d = DataDir::open(&p).expect("open");
+        assert_eq!(d.placement_seed(5).expect("written"), 5);
+        assert_eq!(d.placement_seed(9).expect("read"), 5, "the first key stays");
+        drop(d);
+        let d = DataDir::open(&p).expect("reopen");
+        assert_eq!(d.placement_seed(11).expect("read after reopen"), 5);
+        assert_eq!(fs::read_to_string(p.join(PLACEMENT_FILE)).unwrap(), "5\n");
+        assert!(!p.join(format!("{PLACEMENT_FILE}.tmp")).exists());
+        // A file that is not a key is refused by name, never replaced.
+        fs::write(p.join(PLACEMENT_FILE), "seven\n").unwrap();
+        let err = d.placement_seed(3).expect_err("refused");
+        assert!(matches!(err, DataDirError::Placement { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(PLACEMENT_FILE)
+                && msg.contains("\"seven\\n\"")
+                && msg.contains("not a placement key"),
+            "{msg}"
+        );
+        drop(d);
         let _ = fs::remove_dir_all(&p);
     }
 

@@ -190,6 +190,7 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
         auth_pool_busy,
         auth_jwt_verified,
         auth_jwt_refused,
+        auth_jwt_expired,
         acl_denied_publish,
         acl_denied_subscribe,
         acl_denied_delivery,
@@ -262,6 +263,7 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
     a.auth_pool_busy += auth_pool_busy;
     a.auth_jwt_verified += auth_jwt_verified;
     a.auth_jwt_refused += auth_jwt_refused;
+    a.auth_jwt_expired += auth_jwt_expired;
     a.acl_denied_publish += acl_denied_publish;
     a.acl_denied_subscribe += acl_denied_subscribe;
     a.acl_denied_delivery += acl_denied_delivery;

@@ -225,11 +225,12 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
     o.reasons(
         "ringmq_auth_jwt_total",
         Counter,
-        "JWTs presented at CONNECT, by result.",
+        "JWTs presented at CONNECT, by result; expired: connections ended at their token's exp.",
         "result",
         &[
             ("verified", c.auth_jwt_verified),
             ("refused", c.auth_jwt_refused),
+            ("expired", c.auth_jwt_expired),
         ],
     );
     o.reasons(

@@ -53,6 +53,8 @@ pub enum SessionError {
     NotReading,
     /// A partial frame kept growing while the shard was over its memory mark.
     ServerBusy,
+    /// The JWT the connection authenticated with reached its `exp`.
+    TokenExpired,
 }
 
 impl SessionError {
@@ -79,6 +81,9 @@ impl SessionError {
             SessionError::ServerShuttingDown => ReasonCode::ServerShuttingDown,
             SessionError::QuotaExceeded | SessionError::NotReading => ReasonCode::QuotaExceeded,
             SessionError::ServerBusy => ReasonCode::ServerBusy,
+            // "The maximum connection time authorized for this connection has been
+            // exceeded" (MQTT 5.0, 3.14.2.1): what a token's lifetime is.
+            SessionError::TokenExpired => ReasonCode::MaximumConnectTime,
         }
     }
 

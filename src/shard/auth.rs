@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::conn::ConnState;
 use super::connect::connack;
+use super::timer::TimerKind;
 use super::{Action, ConnId, Shard};
 use crate::auth::{
     Acl, AuthError, AuthPolicy, Credentials, Decision, FailureLimiter, Verified, VerifyCache,
@@ -43,6 +44,10 @@ pub(crate) struct ShardAuth {
     /// ACLs that came in a JWT's `acl` claim, kept so a reload of the ACL file
     /// (`set_auth`) does not replace them.
     pub token_acls: hashbrown::HashMap<ConnId, Acl, ahash::RandomState>,
+    /// When each JWT-authenticated connection's token reaches `exp`. A
+    /// `ConnectTimeout` timer entry fires then (its kind is free once connected) and
+    /// finds the deadline here; connections without a token have no entry.
+    pub token_deadlines: hashbrown::HashMap<ConnId, Instant, ahash::RandomState>,
 }
 
 impl ShardAuth {
@@ -54,6 +59,7 @@ impl ShardAuth {
             usernames: Default::default(),
             acl_active: false,
             token_acls: Default::default(),
+            token_deadlines: Default::default(),
         }
     }
 }
@@ -236,10 +242,22 @@ impl Shard {
                     return;
                 };
                 self.auth.token_acls.remove(&conn);
+                self.auth.token_deadlines.remove(&conn);
                 (acl, username)
             }
-            Verified::Token { username, acl } => {
+            Verified::Token {
+                username,
+                acl,
+                valid_for_s,
+            } => {
                 self.stats.auth_jwt_verified += 1;
+                let deadline = now + Duration::from_secs(valid_for_s);
+                self.auth.token_deadlines.insert(conn, deadline);
+                if let Some(c) = self.conns.get(conn) {
+                    let g = c.generation;
+                    self.timers
+                        .push(now, deadline, TimerKind::ConnectTimeout, conn as u32, g);
+                }
                 // The token's own rules survive a reload of the ACL file.
                 let acl = match acl {
                     Some(a) => {
@@ -302,6 +320,7 @@ impl Shard {
         }
         self.auth.usernames.remove(&conn);
         self.auth.token_acls.remove(&conn);
+        self.auth.token_deadlines.remove(&conn);
         self.write_control(conn, &connack(e.reason_code()));
         self.close(conn);
     }
@@ -313,6 +332,9 @@ impl Shard {
         }
         if !self.auth.token_acls.is_empty() {
             self.auth.token_acls.remove(&conn);
+        }
+        if !self.auth.token_deadlines.is_empty() {
+            self.auth.token_deadlines.remove(&conn);
         }
     }
 }

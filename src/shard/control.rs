@@ -3,7 +3,6 @@
 //! dropped, coalesced so it stays bounded (see [`ControlOutbox`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -79,7 +78,7 @@ struct ControlOut {
     tombstones: usize,
     /// Retained-store updates by topic: the latest not yet sent (a delete is a
     /// message with an empty payload). See the `retained` module.
-    retained: HashMap<Bytes, Arc<RetainedBody>>,
+    retained: HashMap<Bytes, RetainedBody>,
     /// The topics of `retained`, each once, in the order first queued.
     retained_order: VecDeque<Bytes>,
 }
@@ -92,7 +91,7 @@ impl ControlOut {
         self.ack == 0 && self.routes.is_empty() && self.retained_order.is_empty()
     }
 
-    fn push_retained(&mut self, msg: Arc<RetainedBody>) {
+    fn push_retained(&mut self, msg: RetainedBody) {
         let topic = Bytes::copy_from_slice(msg.topic());
         if self.retained.insert(topic.clone(), msg).is_none() {
             self.retained_order.push_back(topic);
@@ -181,7 +180,7 @@ impl ControlOutbox {
         }
     }
 
-    pub(super) fn push_retained(&mut self, to: ShardId, msg: Arc<RetainedBody>) {
+    pub(super) fn push_retained(&mut self, to: ShardId, msg: RetainedBody) {
         if let Some(out) = self.to.get_mut(to) {
             out.push_retained(msg);
             self.waiting.insert(to);

@@ -19,7 +19,7 @@ use crate::protocol::{
     PublishProperties, QoS,
 };
 use crate::session::{Inflight, Message, Outgoing, Phase, SessionError, NONE};
-use crate::tx::{PayloadGauge, SHARE_MIN_BYTES};
+use crate::tx::PayloadGauge;
 
 /// One encoded PUBLISH variant of the message currently being fanned out.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +72,7 @@ fn fixed_header_len(encoded: &[u8]) -> usize {
 /// Whether `msg`'s payload travels as a shared segment rather than copied.
 #[inline]
 fn shares_payload(msg: &Message) -> bool {
-    msg.payload.len() >= SHARE_MIN_BYTES
+    crate::tx::shares(msg.payload.len())
 }
 
 fn put_remaining_length(out: &mut BytesMut, mut value: usize) {

@@ -304,7 +304,7 @@ impl Shard {
             if topic.starts_with(b"$SYS/") {
                 return;
             }
-            let m = e.body.to_message(&self.payloads);
+            let m = e.body.to_message();
             w.push(&Record::RetainSet {
                 msg: MsgRec {
                     topic: m.topic,
@@ -852,7 +852,7 @@ impl Shard {
         let rec = if body.payload().is_empty() {
             Record::RetainClear { topic }
         } else {
-            let m = body.to_message(&self.payloads);
+            let m = body.to_message();
             Record::RetainSet {
                 msg: MsgRec {
                     topic,
@@ -979,7 +979,7 @@ impl Shard {
         }
         self.stats.sessions = self.sessions.len();
         for m in retained {
-            let body = Arc::new(RetainedBody::new(&m));
+            let body = RetainedBody::new(&m);
             self.load_retained(&body, now);
         }
     }

@@ -76,7 +76,7 @@ impl Shard {
         if msg.retain {
             // The replicas' compact copy (its own topic and payload bytes, so the
             // store does not keep a receive buffer alive), shared by all of them.
-            let body = Arc::new(RetainedBody::new(msg));
+            let body = RetainedBody::new(msg);
             let applied = self.retain_published(&body, now);
             retain_refused = applied == Applied::Refused;
             if applied == Applied::Stored && self.shard_count > 1 {
@@ -244,7 +244,7 @@ impl Shard {
                 continue;
             }
             // A large payload crosses as the node's one shared copy (see `deliver`).
-            let a = if msg.payload.len() >= crate::tx::SHARE_MIN_BYTES {
+            let a = if crate::tx::shares(msg.payload.len()) {
                 super::deliver::queued_arc(msg, arc, &self.payloads)
             } else {
                 arc.get_or_insert_with(|| Arc::new(msg.clone())).clone()

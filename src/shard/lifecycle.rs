@@ -372,6 +372,7 @@ impl Shard {
             SessionError::QuotaExceeded => s.closed_slow_consumer += 1,
             SessionError::NotReading => s.closed_not_reading += 1,
             SessionError::ServerBusy => s.closed_memory += 1,
+            SessionError::TokenExpired => s.auth_jwt_expired += 1,
             SessionError::KeepAliveTimeout
             | SessionError::SessionTakenOver
             | SessionError::ServerShuttingDown => {}

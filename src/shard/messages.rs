@@ -64,7 +64,7 @@ pub enum ShardMsg {
     /// applied when the replica holds or deleted a newer update of the topic
     /// (`retained::RetainedStamp`: last writer wins). Never dropped: taken with `Shard::poll_control`, coalesced per topic (see
     /// the `retained` module).
-    Retain(Arc<super::retained::RetainedBody>),
+    Retain(super::retained::RetainedBody),
     /// The sender's local subscriber count for `filter` (or for `group` on it)
     /// went 0 → 1 (`add`) or 1 → 0.
     /// `seq` is non-zero on adds (and on a remove that replaced a not yet sent add,

@@ -39,10 +39,11 @@
 //!   it only skips older ones, which the rule would have overridden anyway.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use triomphe::ThinArc;
 
 use super::control::CONTROL_KEPT;
 use super::{Shard, ShardId};
@@ -63,7 +64,7 @@ pub(crate) type RetainedStamp = (Instant, ShardId);
 /// A retained message as a replica holds it.
 #[derive(Debug)]
 pub(crate) struct RetainedEntry {
-    pub body: Arc<RetainedBody>,
+    pub body: RetainedBody,
     /// The replica's store count when this message was stored (`Shard::retained_seq`):
     /// a stream of retained messages skips the topics stored after it started, whose
     /// subscriber got them live (see `stream.rs`).
@@ -71,92 +72,175 @@ pub(crate) struct RetainedEntry {
 }
 
 fn retained_stamp(b: &RetainedBody) -> RetainedStamp {
-    (b.arrived_at, b.origin_shard as ShardId)
+    (b.arrived_at(), b.origin_shard() as ShardId)
 }
 
 /// A retained message (or a delete: empty payload) as the replicas hold it and the
-/// mesh carries it: one `Arc` shared by every replica, so another loop costs its
-/// index entry only. Compact on purpose (a fleet keeps hundreds of thousands):
-/// topic and payload in one allocation, properties only when there are any, no
-/// per-copy fields (`Message`'s is ~250 bytes before its topic and payload).
+/// mesh carries it: one reference-counted allocation shared by every replica, so
+/// another loop costs its index entry only. Compact on purpose (a fleet keeps
+/// hundreds of thousands): one allocation holding an 8-byte count, a 24-byte head,
+/// the length, then topic and payload (`triomphe::ThinArc`: a thin pointer and no
+/// weak count), properties only when there are any, no per-copy fields
+/// (`Message`'s is ~250 bytes before its topic and payload). A 64-byte payload on a
+/// 21-byte topic fits mimalloc's 128-byte class, where an `Arc` of the fields plus
+/// a boxed topic and payload took 64 + 96.
+#[derive(Clone)]
+pub struct RetainedBody(ThinArc<Head, u8>);
+
 #[derive(Debug)]
-pub struct RetainedBody {
-    /// The topic, then the payload.
-    data: Box<[u8]>,
-    /// The codec bounds a topic to 65,535 bytes.
-    topic_len: u16,
-    pub qos: QoS,
+struct Head {
     /// `None` when the PUBLISH had none (the subscription identifiers and topic
     /// alias are per copy and never kept).
     properties: Option<Box<PublishProperties>>,
-    /// When the node read the PUBLISH: expiry counts from here, and the stamp.
-    pub arrived_at: Instant,
-    pub origin_shard: u32,
+    /// When the node read the PUBLISH (expiry counts from here, and the stamp), as
+    /// nanoseconds from [`EPOCH`]: 8 bytes where an `Instant` takes 16.
+    arrived_ns: i64,
+    origin_shard: u32,
+    /// The codec bounds a topic to 65,535 bytes.
+    topic_len: u16,
+    qos: QoS,
+}
+
+/// The reference point of `Head::arrived_ns`: the first arrival time converted, so
+/// no clock is read here. Signed offsets, since a message recovered from the log
+/// may have arrived before it (±292 years fit).
+static EPOCH: OnceLock<Instant> = OnceLock::new();
+
+fn to_ns(t: Instant) -> i64 {
+    let e = *EPOCH.get_or_init(|| t);
+    match t.checked_duration_since(e) {
+        Some(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        None => i64::try_from(e.duration_since(t).as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+fn from_ns(n: i64) -> Instant {
+    // The epoch was set by the first `to_ns`, which made every stored `n`: the
+    // clock is never read here in fact.
+    let e = EPOCH.get().copied().unwrap_or_else(Instant::now);
+    let d = Duration::from_nanos(n.unsigned_abs());
+    if n >= 0 {
+        e + d
+    } else {
+        e.checked_sub(d).unwrap_or(e)
+    }
+}
+
+impl std::fmt::Debug for RetainedBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RetainedBody")
+            .field("topic", &String::from_utf8_lossy(self.topic()))
+            .field("payload_len", &self.payload().len())
+            .field("qos", &self.qos())
+            .field("arrived_at", &self.arrived_at())
+            .field("origin_shard", &self.origin_shard())
+            .finish()
+    }
 }
 
 impl RetainedBody {
     pub(crate) fn new(m: &Message) -> RetainedBody {
+        let properties = (!m.properties.is_empty()).then(|| Box::new(m.properties.clone()));
+        let head = Head {
+            properties,
+            arrived_ns: to_ns(m.arrived_at),
+            origin_shard: m.origin_shard as u32,
+            topic_len: m.topic.len() as u16,
+            qos: m.qos,
+        };
         let mut data = Vec::with_capacity(m.topic.len() + m.payload.len());
         data.extend_from_slice(&m.topic);
         data.extend_from_slice(&m.payload);
-        let properties = (!m.properties.is_empty()).then(|| Box::new(m.properties.clone()));
-        RetainedBody {
-            data: data.into_boxed_slice(),
-            topic_len: m.topic.len() as u16,
-            qos: m.qos,
-            properties,
-            arrived_at: m.arrived_at,
-            origin_shard: m.origin_shard as u32,
-        }
+        RetainedBody(ThinArc::from_header_and_slice(head, &data))
+    }
+
+    fn head(&self) -> &Head {
+        &self.0.header.header
     }
 
     pub(crate) fn topic(&self) -> &[u8] {
-        self.data.get(..usize::from(self.topic_len)).unwrap_or(&[])
+        let n = usize::from(self.head().topic_len);
+        self.0.slice.get(..n).unwrap_or(&[])
     }
 
     pub(crate) fn payload(&self) -> &[u8] {
-        self.data.get(usize::from(self.topic_len)..).unwrap_or(&[])
+        let n = usize::from(self.head().topic_len);
+        self.0.slice.get(n..).unwrap_or(&[])
+    }
+
+    pub(crate) fn qos(&self) -> QoS {
+        self.head().qos
+    }
+
+    /// When the node read the PUBLISH: expiry counts from here, and the stamp.
+    pub(crate) fn arrived_at(&self) -> Instant {
+        from_ns(self.head().arrived_ns)
+    }
+
+    pub(crate) fn origin_shard(&self) -> u32 {
+        self.head().origin_shard
     }
 
     /// What it counts in `max_retained_bytes` and the memory mark: as `Message`.
     pub(crate) fn cost_bytes(&self) -> usize {
-        self.data.len() + 64
+        self.0.slice.len() + 64
     }
 
     pub(crate) fn is_expired(&self, now: Instant) -> bool {
         let Some(interval_s) = self
+            .head()
             .properties
             .as_ref()
             .and_then(|p| p.message_expiry_interval_s)
         else {
             return false;
         };
-        now.saturating_duration_since(self.arrived_at) >= Duration::from_secs(u64::from(interval_s))
+        now.saturating_duration_since(self.arrived_at())
+            >= Duration::from_secs(u64::from(interval_s))
     }
 
-    /// The message to send a subscriber (retain = 1): owns copies of the topic and
-    /// payload, as a stored message did.
-    /// A large payload becomes a counted shared payload (`PayloadGauge`): the copy's
-    /// outbound segment references it.
-    pub(crate) fn to_message(&self, payloads: &crate::tx::PayloadGauge) -> Message {
-        let payload = if self.payload().len() >= crate::tx::SHARE_MIN_BYTES {
-            payloads.share(self.payload())
+    /// The message to send a subscriber (retain = 1). The topic is copied; a payload
+    /// of at least `tx::SHARE_MIN_BYTES` is not: it is a `Bytes` over the stored body
+    /// itself (`SharedBody`), so the copy's outbound segment and inflight entry
+    /// reference the one copy the node holds, however many subscribers stream it.
+    /// Such a payload is counted in the retained bytes (once per node), not by
+    /// `PayloadGauge`; if the body is replaced or deleted while a copy is still
+    /// unsent or unacknowledged, the copy keeps it alive under the connection's
+    /// `max_outbound_bytes` and the inflight window, as any shared payload.
+    pub(crate) fn to_message(&self) -> Message {
+        let payload = if crate::tx::shares(self.payload().len()) {
+            Bytes::from_owner(SharedBody(self.clone()))
         } else {
             Bytes::copy_from_slice(self.payload())
         };
         Message {
             topic: Bytes::copy_from_slice(self.topic()),
             payload,
-            qos: self.qos,
+            qos: self.qos(),
             retain: true,
-            properties: self.properties.as_deref().cloned().unwrap_or_default(),
-            arrived_at: self.arrived_at,
-            origin_shard: self.origin_shard as ShardId,
+            properties: self
+                .head()
+                .properties
+                .as_deref()
+                .cloned()
+                .unwrap_or_default(),
+            arrived_at: self.arrived_at(),
+            origin_shard: self.origin_shard() as ShardId,
             origin_session: crate::session::NONE,
-            // Topic and payload are copied above, and a stored body's properties
-            // were owned when it was stored.
+            // The topic is copied above, the payload copied or held through the
+            // body, and a stored body's properties were owned when it was stored.
             owned: true,
         }
+    }
+}
+
+/// The owner behind a streamed copy's shared payload: the stored body, whose
+/// payload part the `Bytes` reads.
+struct SharedBody(RetainedBody);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.payload()
     }
 }
 
@@ -248,7 +332,7 @@ pub(super) enum Applied {
 
 impl Shard {
     /// A retained-store update from the shard it was published on.
-    pub(crate) fn on_remote_retained(&mut self, msg: Arc<RetainedBody>, now: Instant) {
+    pub(crate) fn on_remote_retained(&mut self, msg: RetainedBody, now: Instant) {
         // The publisher's shard already applied the memory mark; the bounds cannot
         // refuse it while the replicas agree (see `ControlOutbox`).
         self.apply_retained(&msg, false, now);
@@ -256,7 +340,7 @@ impl Shard {
 
     /// A retained PUBLISH (or delete) read on this shard: applied to its replica as
     /// the publisher's shard, under the memory mark.
-    pub(super) fn retain_published(&mut self, a: &Arc<RetainedBody>, now: Instant) -> Applied {
+    pub(super) fn retain_published(&mut self, a: &RetainedBody, now: Instant) -> Applied {
         // A delete of a topic nobody holds needs no replica update (see the module
         // docs, "Bound": this bounds the outbox).
         let known = !a.payload().is_empty()
@@ -275,7 +359,7 @@ impl Shard {
     /// Queues a retained update this shard stored for every other replica; called
     /// after the publish's `Publish` actions (module docs, "Order with live
     /// delivery"). Refused here, so refused everywhere: the replicas stay identical.
-    pub(super) fn replicate_retained(&mut self, a: Arc<RetainedBody>) {
+    pub(super) fn replicate_retained(&mut self, a: RetainedBody) {
         let me = self.id;
         for to in (0..self.shard_count).filter(|s| *s != me) {
             self.control.push_retained(to, a.clone());
@@ -286,7 +370,7 @@ impl Shard {
     /// or deleted a newer one for the topic (see [`RetainedStamp`]).
     pub(super) fn apply_retained(
         &mut self,
-        msg: &Arc<RetainedBody>,
+        msg: &RetainedBody,
         check_mark: bool,
         now: Instant,
     ) -> Applied {
@@ -315,7 +399,7 @@ impl Shard {
 
     /// A retained message recovered from the log: stored as it was, not recorded
     /// again.
-    pub(super) fn load_retained(&mut self, msg: &Arc<RetainedBody>, now: Instant) {
+    pub(super) fn load_retained(&mut self, msg: &RetainedBody, now: Instant) {
         if msg.is_expired(now) {
             return;
         }
@@ -329,12 +413,7 @@ impl Shard {
     /// or grow one beyond `max_retained_bytes` or (with `check_mark`) while the shard
     /// is over `memory_high_water_bytes`. Replacing with a message no larger always
     /// succeeds.
-    fn store_retained(
-        &mut self,
-        msg: &Arc<RetainedBody>,
-        old: Option<usize>,
-        check_mark: bool,
-    ) -> bool {
+    fn store_retained(&mut self, msg: &RetainedBody, old: Option<usize>, check_mark: bool) -> bool {
         let new = msg.cost_bytes();
         let grows = old.map_or(true, |old| new > old);
         if grows {
@@ -386,5 +465,60 @@ impl Shard {
     pub(super) fn expire_retained(&mut self, m: &RetainedBody, now: Instant) {
         self.remove_retained(m.topic());
         self.tombstones.insert(m.topic(), retained_stamp(m), now);
+    }
+}
+
+#[cfg(test)]
+mod layout {
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+
+    use super::{Head, RetainedBody};
+    use crate::protocol::QoS;
+    use crate::session::Message;
+
+    fn msg(topic: &str, payload: &str, arrived_at: Instant) -> Message {
+        Message {
+            topic: Bytes::copy_from_slice(topic.as_bytes()),
+            payload: Bytes::copy_from_slice(payload.as_bytes()),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: Default::default(),
+            arrived_at,
+            origin_shard: 3,
+            origin_session: crate::session::NONE,
+            owned: true,
+        }
+    }
+
+    /// The sizes the per-message memory figure (perf/README, issue #23) rests on: a
+    /// thin pointer in each replica's entry, a 24-byte head in the one allocation.
+    #[test]
+    fn a_body_is_a_thin_pointer_to_one_compact_allocation() {
+        assert_eq!(std::mem::size_of::<RetainedBody>(), 8);
+        assert_eq!(std::mem::size_of::<Head>(), 24);
+    }
+
+    /// Arrival times round-trip exactly, before and after the first one converted
+    /// (the epoch), so last-writer-wins stamps compare as the `Instant`s did.
+    #[test]
+    fn arrival_times_round_trip_around_the_epoch() {
+        let t = Instant::now();
+        let times = [
+            t,
+            t + Duration::from_nanos(1),
+            t + Duration::from_secs(86_400 * 365),
+            t.checked_sub(Duration::from_secs(3600)).unwrap_or(t),
+            t.checked_sub(Duration::from_nanos(7)).unwrap_or(t),
+        ];
+        for at in times {
+            let b = RetainedBody::new(&msg("fleet/dev000001/state", "v", at));
+            assert_eq!(b.arrived_at(), at);
+            assert_eq!(b.topic(), b"fleet/dev000001/state");
+            assert_eq!(b.payload(), b"v");
+            assert_eq!(b.qos(), QoS::AtLeastOnce);
+            assert_eq!(b.origin_shard(), 3);
+        }
     }
 }

@@ -160,6 +160,8 @@ pub struct ShardStats {
     /// one is also counted in `auth_bad_credentials` or `auth_not_authorized`.
     pub auth_jwt_verified: u64,
     pub auth_jwt_refused: u64,
+    /// Connections ended (v5 DISCONNECT 0xA0) because their JWT reached `exp`.
+    pub auth_jwt_expired: u64,
     /// PUBLISHes the ACL refused (v5: PUBACK/PUBREC 0x87; 3.x: dropped).
     pub acl_denied_publish: u64,
     /// SUBSCRIBE filters the ACL refused (0x87 / 0x80).

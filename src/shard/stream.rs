@@ -297,7 +297,7 @@ impl Shard {
                 advance(&mut c.pos);
                 continue;
             }
-            let qos = msg.qos.min(c.options.qos);
+            let qos = msg.qos().min(c.options.qos);
             match self.stream_copy(c.session, &msg, qos, &sub_ids, now) {
                 Step::Sent => {
                     *budget -= 1;
@@ -326,7 +326,6 @@ impl Shard {
             config,
             stats,
             actions,
-            payloads,
             ..
         } = self;
         let Some(sess) = sessions.get_mut(session) else {
@@ -374,9 +373,9 @@ impl Shard {
             return Step::Blocked;
         }
         let before = c.tx.own_len();
-        // Built per copy from the compact stored form (two small copies): a stream
-        // sends each message once, while the store keeps it for good.
-        let msg = Arc::new(body.to_message(payloads));
+        // Built per copy from the compact stored form: the topic (and a small
+        // payload) copied, a large payload shared with the store.
+        let msg = Arc::new(body.to_message());
         let w = encode_publish(
             c, None, max, false, &msg, qos, true, sub_ids, pid, false, now,
         );

@@ -276,17 +276,28 @@ impl Shard {
         while let Some(t) = self.timers.pop_due(now) {
             match t.kind() {
                 TimerKind::ConnectTimeout => {
-                    let stale = self
-                        .conns
-                        .get(t.key as usize)
-                        .map(|c| c.generation != t.generation);
-                    if stale == Some(false)
-                        && self.conns.get(t.key as usize).is_some_and(|c| {
-                            matches!(c.state, ConnState::AwaitConnect | ConnState::Verifying)
-                        })
-                    {
-                        self.stats.connect_timeouts += 1;
-                        self.close(t.key as usize);
+                    let Some(c) = self.conns.get(t.key as usize) else {
+                        continue;
+                    };
+                    if c.generation != t.generation {
+                        continue;
+                    }
+                    match c.state {
+                        ConnState::AwaitConnect | ConnState::Verifying => {
+                            self.stats.connect_timeouts += 1;
+                            self.close(t.key as usize);
+                        }
+                        // The same kind marks a JWT's `exp` (see `ShardAuth`).
+                        ConnState::Connected
+                            if self
+                                .auth
+                                .token_deadlines
+                                .get(&(t.key as usize))
+                                .is_some_and(|&d| d <= now) =>
+                        {
+                            self.fail(t.key as usize, SessionError::TokenExpired, now);
+                        }
+                        _ => {}
                     }
                 }
                 TimerKind::Keepalive => self.on_keepalive(t, now),

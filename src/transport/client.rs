@@ -8,14 +8,64 @@ use std::sync::Arc;
 use bytes::Bytes;
 use rustls::client::ClientConnection;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 
 use super::TransportError;
 
+/// A client certificate chain and its private key (PEM), for a remote that asks.
+pub struct ClientCertPem<'a> {
+    pub chain: &'a [u8],
+    pub key: &'a [u8],
+}
+
+/// What is wrong with a client certificate: in the chain's file or in the key's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientCertError {
+    Chain(String),
+    Key(String),
+}
+
 /// A `ClientConfig` trusting exactly the CAs in `ca_pem` (PEM), TLS 1.2 and 1.3,
 /// ALPN `mqtt`. `Err` says what is wrong with the file's content.
 pub fn client_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>, String> {
+    client_config_with(ca_pem, None).map_err(|e| match e {
+        ClientCertError::Chain(e) | ClientCertError::Key(e) => e,
+    })
+}
+
+/// [`client_config`], presenting `cert` when the remote asks for a client
+/// certificate (a bridge to a Mosquitto with `require_certificate true`). A bad CA
+/// file also comes back as `Chain`: callers that name files check it first with
+/// [`client_config`].
+pub fn client_config_with(
+    ca_pem: &[u8],
+    cert: Option<ClientCertPem<'_>>,
+) -> Result<Arc<ClientConfig>, ClientCertError> {
+    let builder = ca_builder(ca_pem).map_err(ClientCertError::Chain)?;
+    let mut cfg = match cert {
+        None => builder.with_no_client_auth(),
+        Some(c) => {
+            let chain = CertificateDer::pem_slice_iter(c.chain)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ClientCertError::Chain(format!("not a PEM certificate chain: {e}")))?;
+            if chain.is_empty() {
+                return Err(ClientCertError::Chain("no CERTIFICATE in the file".into()));
+            }
+            let key = PrivateKeyDer::from_pem_slice(c.key)
+                .map_err(|e| ClientCertError::Key(format!("no private key: {e}")))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| {
+                ClientCertError::Key(format!("key does not fit the certificate: {e}"))
+            })?
+        }
+    };
+    cfg.alpn_protocols = vec![b"mqtt".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+fn ca_builder(
+    ca_pem: &[u8],
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, String> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem) {
         let cert = cert.map_err(|e| format!("not a PEM certificate: {e}"))?;
@@ -26,13 +76,10 @@ pub fn client_config(ca_pem: &[u8]) -> Result<Arc<ClientConfig>, String> {
     if roots.is_empty() {
         return Err("no certificate in the file".into());
     }
-    let mut cfg = ClientConfig::builder_with_provider(super::provider())
+    Ok(ClientConfig::builder_with_provider(super::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS versions: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"mqtt".to_vec()];
-    Ok(Arc::new(cfg))
+        .with_root_certificates(roots))
 }
 
 /// One outbound connection's TLS state.

@@ -2,7 +2,7 @@
 //! sides: [`super::TlsSession`] (a client's connection to us) and
 //! [`super::client::TlsClient`] (a bridge's connection to a remote broker).
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Write};
 
 use bytes::Bytes;
 use rustls::ConnectionCommon;
@@ -28,13 +28,20 @@ pub(super) fn feed<D>(
             Err(_) => 0,
         };
         let state = conn.process_new_packets().map_err(TransportError::Tls)?;
-        // Drained at once, so rustls's plaintext buffer is empty at every read.
-        let available = state.plaintext_bytes_to_read();
-        if available > 0 {
-            let start = plain.len();
-            plain.resize(start + available, 0);
-            let got = conn.reader().read(&mut plain[start..]).unwrap_or(0);
-            plain.truncate(start + got);
+        // Drained at once, so rustls's plaintext buffer is empty at every read. Chunk
+        // by chunk (one per record) straight from rustls's buffer: no zero-filled
+        // staging. Bounded: each pass consumes one chunk; an empty one or
+        // `WouldBlock` means nothing is left.
+        if state.plaintext_bytes_to_read() > 0 {
+            let mut reader = conn.reader();
+            while let Ok(chunk) = reader.fill_buf() {
+                if chunk.is_empty() {
+                    break;
+                }
+                let n = chunk.len();
+                plain.extend_from_slice(chunk);
+                reader.consume(n);
+            }
         }
         if n == 0 {
             // close_notify received: rustls reads nothing more.
@@ -50,6 +57,27 @@ pub(super) fn queue<D>(conn: &mut ConnectionCommon<D>, plaintext: &[u8]) {
     // Unbounded buffer (both sides call `set_buffer_limit(None)`, bounded by what
     // their owner hands them): a write into it does not fail.
     let _ = conn.writer().write_all(plaintext);
+}
+
+/// Queues several plaintext slices as one write: rustls fragments across them, so
+/// a flush of many segments becomes as few records as its length needs (one per
+/// 16 KiB) instead of at least one record per segment, without joining them first.
+pub(super) fn queue_chunks<D>(conn: &mut ConnectionCommon<D>, chunks: &[&[u8]]) {
+    let slices: Vec<io::IoSlice<'_>> = chunks.iter().map(|c| io::IoSlice::new(c)).collect();
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    // Unbounded buffer (see `queue`): rustls takes the whole write at once. Should
+    // it ever take less, the rest goes out slice by slice, in order.
+    let mut taken = conn.writer().write_vectored(&slices).unwrap_or(0);
+    if taken < total {
+        for c in chunks {
+            if taken >= c.len() {
+                taken -= c.len();
+                continue;
+            }
+            queue(conn, &c[taken..]);
+            taken = 0;
+        }
+    }
 }
 
 /// Everything queued for the wire (handshake flights, records, alerts), or `None`.

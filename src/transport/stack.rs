@@ -58,13 +58,18 @@ impl Transport {
     }
 
     /// Feeds one flush of the shard's output: TLS encrypts its segments in order
-    /// without joining them; a WebSocket frames the whole flush as one frame, so a
-    /// flush of several segments is joined first (the frame copies it anyway).
+    /// without joining them, as one write (records span segments, so small headers
+    /// between shared payloads do not each cost a record); a WebSocket frames the
+    /// whole flush as one frame, so a flush of several segments is joined first (the
+    /// frame copies it anyway).
     pub fn encode_chain(&mut self, chain: TxChain) {
         match self {
             Transport::Tls(t) => {
-                for chunk in chain.chunks() {
-                    t.encrypt(chunk);
+                let chunks: smallvec::SmallVec<[&[u8]; 8]> = chain.chunks().collect();
+                match chunks.as_slice() {
+                    [] => {}
+                    [one] => t.encrypt(one),
+                    many => t.encrypt_chunks(many),
                 }
             }
             Transport::Ws(_) | Transport::Wss(..) => self.encode(&chain.into_bytes()),

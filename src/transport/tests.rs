@@ -401,3 +401,68 @@ fn tls_fuzz_seeds_replay() {
         super::testkit::fuzz_tls(&input);
     }
 }
+
+/// The TLS record headers in `wire`: (content type, length) of each.
+fn records(mut wire: &[u8]) -> Vec<(u8, usize)> {
+    let mut out = Vec::new();
+    while wire.len() >= 5 {
+        let len = usize::from(u16::from_be_bytes([wire[3], wire[4]]));
+        out.push((wire[0], len));
+        wire = &wire[(5 + len).min(wire.len())..];
+    }
+    out
+}
+
+/// A flush of many segments (small headers between shared payloads, as the shard
+/// builds for large messages) is encrypted as one write: the records span the
+/// segments, one per 16 KiB, and the client reads the bytes in order.
+#[test]
+fn a_flush_of_many_segments_becomes_as_few_records_as_its_length_needs() {
+    use crate::transport::Transport;
+    use bytes::Bytes;
+    let ca = ca("test ca");
+    let mut files = Files::default();
+    let tf = server_files(&mut files, &ca, &[("broker", &["localhost"])]);
+    let material = TlsMaterial::load(&tf, &files.reader()).unwrap();
+    let mut server = TlsSession::new(material.config.clone(), material.identity).unwrap();
+    let mut client = ClientConnection::new(
+        client_config(&ca, &[&rustls::version::TLS13], true, None),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut plain = Vec::new();
+    client.writer().write_all(b"\x10\x0cconnect").unwrap();
+    pump(&mut client, &mut server, &mut plain).unwrap();
+    assert!(!server.is_handshaking());
+    // Tickets and anything else the handshake left are not part of the flush.
+    while server.take_tls().is_some() {}
+    let mut t = Transport::Tls(Box::new(server));
+    // 40 segments: 7-byte headers around 2,500-byte payloads, 100,280 bytes.
+    let mut segs = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..20u8 {
+        let head = Bytes::from(vec![0x30, i, 1, 2, 3, 4, 5]);
+        let body = Bytes::from(vec![i; 2500]);
+        expected.extend_from_slice(&head);
+        expected.extend_from_slice(&body);
+        segs.push(head);
+        segs.push(body);
+    }
+    t.encode_chain(crate::tx::TxChain::from_segments(segs));
+    let wire = t.take_wire().expect("records");
+    let recs = records(&wire);
+    // 100,280 bytes in 16 KiB records: 7 application-data records (type 23 on the
+    // wire in TLS 1.3), not 40.
+    assert_eq!(recs.len(), expected.len().div_ceil(16 * 1024), "{recs:?}");
+    assert!(recs.iter().all(|&(ty, _)| ty == 23), "{recs:?}");
+    let mut rd = &wire[..];
+    let mut got = Vec::new();
+    while !rd.is_empty() {
+        client.read_tls(&mut rd).unwrap();
+        client.process_new_packets().unwrap();
+        let mut buf = Vec::new();
+        let _ = client.reader().read_to_end(&mut buf);
+        got.extend_from_slice(&buf);
+    }
+    assert_eq!(got, expected);
+}

@@ -56,6 +56,12 @@ impl TlsSession {
         super::records::queue(&mut self.conn, plaintext);
     }
 
+    /// Queues one flush made of several slices, encrypted as if joined (as few
+    /// records as its length needs), without joining them.
+    pub fn encrypt_chunks(&mut self, chunks: &[&[u8]]) {
+        super::records::queue_chunks(&mut self.conn, chunks);
+    }
+
     /// Whether [`take_tls`](Self::take_tls) has bytes to give.
     pub fn wants_write(&self) -> bool {
         self.conn.wants_write()

@@ -26,12 +26,34 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes, BytesMut};
 
 /// Payloads at least this long travel as a shared segment; shorter ones are copied
-/// into the connection's buffer, where one contiguous write is cheaper than one more
-/// iovec entry, a reference count and a counted owner per payload. Small messages
-/// (the 64 B budget paths) therefore keep the single-buffer path. 2 KiB is an
-/// estimate, not yet a measured crossover: a copy of that size costs about what a
-/// shared segment's allocations do (segment list, chain, iovec array).
-pub const SHARE_MIN_BYTES: usize = 2048;
+/// into the connection's buffer, where one contiguous write is cheaper than a frozen
+/// head, one more segment and iovec entry and a reference count per copy. Small
+/// messages (the 64 B budget paths) therefore keep the single-buffer path. Measured
+/// (`perf/share_threshold.sh`, callgrind instructions per delivery of one PUBLISH to
+/// 16 subscribers, 2026-12-06): copying costs ~0.22 instructions per byte and
+/// sharing a flat ~2,700 (QoS 1) / ~1,720 (QoS 0); at 3,584 B copying still wins
+/// (2,682 vs 2,702 and 1,679 vs 1,724), at 4,096 B sharing does (2,708 vs 2,828 and
+/// 1,730 vs 1,824). A connection's output stays bounded by `max_outbound_bytes`
+/// either way, so copies below the threshold cannot pile up.
+pub const SHARE_MIN_BYTES: usize = 4096;
+
+/// The threshold in force: [`SHARE_MIN_BYTES`] unless a measuring tool set another
+/// (`perf/share_threshold.sh` compares shared and copied deliveries of one build).
+static SHARE_MIN: AtomicUsize = AtomicUsize::new(SHARE_MIN_BYTES);
+
+/// Whether a payload of `len` bytes travels as a shared segment. One relaxed load:
+/// a plain read of a word no broker code ever writes.
+#[inline]
+pub fn shares(len: usize) -> bool {
+    len >= SHARE_MIN.load(Ordering::Relaxed)
+}
+
+/// Sets the share threshold for this process. For measuring tools only
+/// (`callgrind-paths share_*`): the broker never calls it, and every shard of a
+/// process must see one value (set it before any shard exists).
+pub fn set_share_min_bytes_for_measurement(len: usize) {
+    SHARE_MIN.store(len, Ordering::Relaxed);
+}
 
 /// At most this many segments go into one vectored send; the rest follow when it
 /// completes (one send in flight per socket). Well under `UIO_MAXIOV` (1024).

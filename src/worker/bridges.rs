@@ -107,7 +107,7 @@ impl Bridges {
                 )));
             }
             let tls = match &b.tls {
-                Some(t) => Some((load_ca(&b.name, &t.ca_file)?, t.server_name.clone())),
+                Some(t) => Some((load_tls(&b.name, t)?, t.server_name.clone())),
                 None => None,
             };
             tracing::info!(shard = loop_id, bridge = %b.name, remote = %addrs[0], "bridge owned by this loop");
@@ -453,10 +453,30 @@ impl Bridges {
 }
 
 /// The client config of an `mqtts://` bridge: the remote is verified against the CAs
-/// in `ca_file`. Errors name the bridge, the key and the file.
-pub fn load_ca(bridge: &str, ca_file: &str) -> io::Result<Arc<rustls::ClientConfig>> {
-    let pem = std::fs::read(ca_file)
-        .map_err(|e| io::Error::other(format!("bridge[{bridge}].tls_ca_file: {ca_file}: {e}")))?;
-    crate::transport::client::client_config(&pem)
-        .map_err(|e| io::Error::other(format!("bridge[{bridge}].tls_ca_file: {ca_file}: {e}")))
+/// in `ca_file`, and the client certificate, if any, is presented when the remote
+/// asks. Errors name the bridge, the key and the file.
+pub fn load_tls(
+    bridge: &str,
+    tls: &crate::bridge::BridgeTls,
+) -> io::Result<Arc<rustls::ClientConfig>> {
+    use crate::transport::client::{client_config, client_config_with, ClientCertError};
+    let named = |key: &str, file: &str, e: &dyn std::fmt::Display| {
+        io::Error::other(format!("bridge[{bridge}].{key}: {file}: {e}"))
+    };
+    let ca_file = &tls.ca_file;
+    let ca = std::fs::read(ca_file).map_err(|e| named("tls_ca_file", ca_file, &e))?;
+    let config = client_config(&ca).map_err(|e| named("tls_ca_file", ca_file, &e))?;
+    let Some((cert_file, key_file)) = &tls.client_cert else {
+        return Ok(config);
+    };
+    let chain = std::fs::read(cert_file).map_err(|e| named("tls_cert_file", cert_file, &e))?;
+    let key = std::fs::read(key_file).map_err(|e| named("tls_key_file", key_file, &e))?;
+    let cert = crate::transport::client::ClientCertPem {
+        chain: &chain,
+        key: &key,
+    };
+    client_config_with(&ca, Some(cert)).map_err(|e| match e {
+        ClientCertError::Chain(e) => named("tls_cert_file", cert_file, &e),
+        ClientCertError::Key(e) => named("tls_key_file", key_file, &e),
+    })
 }

@@ -17,6 +17,7 @@ impl<L: EventLoop> Worker<L> {
         sock: SockId,
         handoff: Handoff,
         session: Option<Box<Transport>>,
+        draining: &mut VecDeque<(Instant, ConnId, SockId)>,
         now: Instant,
     ) {
         // The certificate's username, read again from the TLS state that travelled.
@@ -25,11 +26,27 @@ impl<L: EventLoop> Worker<L> {
         Self::map(conns, by_sock, live, conn, sock, session);
         io.start_recv(sock);
         // TLS records the old loop had not sent yet (session tickets) go out first.
-        if let Some(Some(c)) = conns.get_mut(conn) {
-            if let Some(data) = c.tls.as_mut().and_then(|s| s.take_wire()) {
+        let Some(Some(c)) = conns.get_mut(conn) else {
+            return;
+        };
+        let wire = c.tls.as_mut().and_then(|s| s.take_wire());
+        // The WebSocket ended while the connection was on its way (the peer's close
+        // frame came in on the old loop): the session ends now, not when TCP closes.
+        if c.tls.as_ref().is_some_and(|s| s.ended()) {
+            shard.on_closed(conn, now);
+            c.state = State::Draining;
+            draining.push_back((now + DRAIN_TIMEOUT, conn, sock));
+        }
+        match wire {
+            Some(data) => {
                 c.sending = true;
                 io.send(sock, data.into());
             }
+            None if c.state == State::Draining => {
+                c.state = State::Closing;
+                io.close(sock);
+            }
+            None => {}
         }
     }
 
@@ -150,9 +167,9 @@ impl<L: EventLoop> Worker<L> {
             }
             Completion::Adopted { transfer, sock } => match waiting_handoffs.take(transfer) {
                 Some(_) if shutting_down => io.close(sock),
-                Some((handoff, tls)) => {
-                    Self::adopt_conn(io, shard, conns, by_sock, live, sock, *handoff, tls, now)
-                }
+                Some((handoff, tls)) => Self::adopt_conn(
+                    io, shard, conns, by_sock, live, sock, *handoff, tls, draining, now,
+                ),
                 None => {
                     tracing::warn!(shard = shard.id(), "socket arrived without its handoff");
                     io.close(sock);

@@ -86,8 +86,11 @@ pub enum WorkerMsg {
     SnDatagram(Box<(std::net::SocketAddr, Bytes)>),
 }
 
-/// Mesh messages handled per turn, so inbound traffic cannot starve local IO.
+/// Mesh messages handled per drain (two per turn: before and after the completions),
+/// so inbound traffic cannot starve local IO.
 const MESH_BATCH: usize = 1024;
+/// A `WorkerMsg::Adopt` taken from the mesh: sending loop, hand-off, socket, transforms.
+type Adopt = (usize, Box<Handoff>, Transfer, Option<Box<Transport>>);
 /// Shard actions handled per turn before IO gets its turn again.
 const ACTION_BATCH: usize = 65_536;
 /// How long a connection the shard closed may take to take its last bytes before it
@@ -441,6 +444,7 @@ pub fn run<L: EventLoop>(
 impl<L: EventLoop> Worker<L> {
     fn run_loop(&mut self, shutdown: &AtomicBool) -> io::Result<()> {
         let mut completions: Vec<Completion> = Vec::with_capacity(1024);
+        let mut early_adopts: Vec<Adopt> = Vec::new();
         let mut hard_deadline: Option<Instant> = None;
         let mut grace_deadline: Option<Instant> = None;
         // When the loop last went idle (about to spin or block), until work arrives.
@@ -459,6 +463,12 @@ impl<L: EventLoop> Worker<L> {
                     idle_since = None;
                 }
             }
+            // The mesh before the sockets: a route update another loop sent before this
+            // turn is live before a PUBLISH read in it is routed (a loop woken late finds
+            // the doorbell and the publisher's bytes waiting together). Hand-offs wait
+            // for the completions: a `Released` among them may name the socket id the
+            // adoption would be given.
+            self.drain_mesh_into(now, &mut early_adopts);
             for c in completions.drain(..) {
                 if let Completion::SendToFailed { errno } = c {
                     tracing::debug!(shard = self.id, errno, "mqttsn send failed");
@@ -510,6 +520,9 @@ impl<L: EventLoop> Worker<L> {
             }
             if let Some(st) = self.store.as_mut() {
                 st.collect(&mut self.shard, now);
+            }
+            for a in early_adopts.drain(..) {
+                self.on_adopt(a, now);
             }
             self.drain_mesh(now);
             if let Some(sn) = &mut self.sn {
@@ -687,16 +700,18 @@ impl<L: EventLoop> Worker<L> {
     }
 
     fn drain_mesh(&mut self, now: Instant) {
+        let mut adopts = Vec::new();
+        self.drain_mesh_into(now, &mut adopts);
+        for a in adopts {
+            self.on_adopt(a, now);
+        }
+    }
+
+    /// One batch from the mesh; hand-offs are left in `adopts` for `on_adopt`.
+    fn drain_mesh_into(&mut self, now: Instant, adopts: &mut Vec<Adopt>) {
         let Worker {
-            io,
             shard,
-            conns,
-            by_sock,
-            live,
-            waiting_handoffs,
             mesh,
-            report,
-            shutting_down,
             stats_requests,
             sn,
             ..
@@ -721,20 +736,36 @@ impl<L: EventLoop> Worker<L> {
                 handoff,
                 transfer,
                 tls,
-            } => {
-                report.handoffs_in += 1;
-                tracing::debug!(shard = shard.id(), from, ?transfer, "handoff received");
-                match io.adopt(transfer) {
-                    Some(sock) if *shutting_down => io.close(sock),
-                    Some(sock) => {
-                        Self::adopt_conn(io, shard, conns, by_sock, live, sock, *handoff, tls, now)
-                    }
-                    None => waiting_handoffs.insert(transfer, (handoff, tls), now),
-                }
-            }
+            } => adopts.push((from, handoff, transfer, tls)),
         });
         for (from, scrape, snapshot) in replies {
             self.on_stats_reply(from, scrape, *snapshot);
+        }
+    }
+
+    /// A connection handed over by loop `from`: adopted now if its socket is here, else
+    /// it waits for the socket.
+    fn on_adopt(&mut self, (from, handoff, transfer, tls): Adopt, now: Instant) {
+        let Worker {
+            io,
+            shard,
+            conns,
+            by_sock,
+            live,
+            waiting_handoffs,
+            report,
+            shutting_down,
+            draining,
+            ..
+        } = self;
+        report.handoffs_in += 1;
+        tracing::debug!(shard = shard.id(), from, ?transfer, "handoff received");
+        match io.adopt(transfer) {
+            Some(sock) if *shutting_down => io.close(sock),
+            Some(sock) => Self::adopt_conn(
+                io, shard, conns, by_sock, live, sock, *handoff, tls, draining, now,
+            ),
+            None => waiting_handoffs.insert(transfer, (handoff, tls), now),
         }
     }
 

@@ -9,7 +9,9 @@
 //! the mesh when that is another loop, and the address is remembered so its later
 //! datagrams follow; the owner answers from its own socket, bound to the same
 //! address. A datagram the socket will not take is dropped and counted (the
-//! gateway's Tretry covers QoS 1/2).
+//! gateway's Tretry covers QoS 1/2). Behind a forwarder (spec 5.5) one address
+//! carries many clients: the route is then kept per (address, wireless node id), and
+//! the CONNECT inside the encapsulation decides it.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -19,7 +21,7 @@ use ahash::AHashMap;
 use bytes::Bytes;
 
 use super::WorkerMsg;
-use crate::gateway::mqttsn::{decode, GatewayLimits, Message, SnNode};
+use crate::gateway::mqttsn::{decode, GatewayLimits, Message, SnNode, SnPeer};
 use crate::io::EventLoop;
 use crate::ring::{Endpoint, SendError, SendOutcome, WakeSet};
 use crate::shard::Shard;
@@ -29,13 +31,17 @@ pub struct SnSetup {
     /// Bound (the group shares one port through `SO_REUSEPORT`).
     pub socket: UdpSocket,
     pub limits: GatewayLimits,
+    /// Where this loop's ADVERTISE broadcasts go (only loop 0 has an interval).
+    pub advertise_to: Option<SocketAddr>,
 }
 
 pub(super) struct SnIo {
     pub(super) node: SnNode,
-    /// Peer address → the other loop that owns its client; bounded by `routes_max`.
-    routes: AHashMap<SocketAddr, usize>,
+    /// Peer (address, forwarded node) → the other loop that owns its client;
+    /// bounded by `routes_max`.
+    routes: AHashMap<SnPeer, usize>,
     routes_max: usize,
+    advertise_to: Option<SocketAddr>,
 }
 
 impl SnIo {
@@ -45,7 +51,11 @@ impl SnIo {
         io: &mut L,
         now: Instant,
     ) -> io::Result<SnIo> {
-        let SnSetup { socket, limits } = setup;
+        let SnSetup {
+            socket,
+            limits,
+            advertise_to,
+        } = setup;
         let local = socket.local_addr()?;
         io.add_udp(socket)?;
         let routes_max = limits.max_clients.saturating_mul(4).max(1024);
@@ -53,6 +63,7 @@ impl SnIo {
             node: SnNode::new(limits, shard, local, now),
             routes: AHashMap::new(),
             routes_max,
+            advertise_to,
         })
     }
 
@@ -71,22 +82,25 @@ impl SnIo {
         let me = shard.id();
         let to = if mesh.shard_count() == 1 {
             me
-        } else if let Some(id) = names_client(&data) {
-            let owner = shard.owner_of(&id);
-            if owner == me {
-                self.routes.remove(&from);
-            } else {
-                if self.routes.len() >= self.routes_max {
-                    // Forgotten addresses are relearned from their next CONNECT.
-                    self.routes.clear();
-                }
-                self.routes.insert(from, owner);
-            }
-            owner
-        } else if self.node.gateway().knows(&from) {
-            me
         } else {
-            self.routes.get(&from).copied().unwrap_or(me)
+            let (peer, msg) = SnPeer::of(from, &data);
+            if let Some(id) = names_client(&msg) {
+                let owner = shard.owner_of(&id);
+                if owner == me {
+                    self.routes.remove(&peer);
+                } else {
+                    if self.routes.len() >= self.routes_max {
+                        // Forgotten addresses are relearned from their next CONNECT.
+                        self.routes.clear();
+                    }
+                    self.routes.insert(peer, owner);
+                }
+                owner
+            } else if self.node.knows(from, &data) {
+                me
+            } else {
+                self.routes.get(&peer).copied().unwrap_or(me)
+            }
         };
         if to == me {
             self.node.on_datagram(shard, from, &data, now);
@@ -107,7 +121,12 @@ impl SnIo {
 
     /// Sends what the gateway wrote and brings the loop's counters up to date.
     pub(super) fn flush<L: EventLoop>(&mut self, io: &mut L, shard: &mut Shard) {
-        for (to, bytes) in self.node.take_datagrams() {
+        let broadcasts = self.node.take_broadcasts();
+        let advertised = self
+            .advertise_to
+            .into_iter()
+            .flat_map(|to| broadcasts.iter().map(move |b| (to, b.clone())));
+        for (to, bytes) in self.node.take_datagrams().into_iter().chain(advertised) {
             let stats = shard.sn_stats_mut();
             if io.send_to(to, bytes) {
                 stats.datagrams_out += 1;

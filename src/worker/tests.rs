@@ -389,3 +389,112 @@ fn a_scrape_counts_a_loop_that_never_answers_as_missing() {
         "finished"
     );
 }
+
+/// Runs `w`'s actions and one IO turn, dispatching what completed.
+fn turn_once(w: &mut Worker<crate::io::epoll::EpollLoop>, now: Instant) {
+    w.drain_actions(now);
+    let mut out = Vec::new();
+    w.io.turn(Some(Duration::from_millis(20)), &mut out)
+        .expect("epoll turn");
+    for c in out {
+        Worker::dispatch(
+            &mut w.io,
+            &mut w.shard,
+            &mut w.conns,
+            &mut w.by_sock,
+            &mut w.live,
+            &mut w.waiting_handoffs,
+            &mut w.outgoing,
+            &mut w.mesh,
+            &mut w.wake,
+            &mut w.linger,
+            &mut w.draining,
+            &mut w.report,
+            &mut w.http,
+            false,
+            &mut w.tls,
+            c,
+            now,
+        );
+    }
+}
+
+/// The peer's WebSocket close frame came in on the old loop while the connection was
+/// on its way (`State::Migrating` feeds it to the transform that travels): the new
+/// loop answers the close, and its shard ends the session at once (the will goes
+/// out) instead of when the client closes TCP, which it may never do.
+#[test]
+fn a_websocket_closed_during_its_handoff_ends_its_session_on_adoption() {
+    use crate::protocol::{encode_packet, Properties, QoS};
+    use crate::shard::harness::{connect_packet, id_on, will, ConnectOpts, V311};
+    use std::io::Read;
+    use std::os::fd::IntoRawFd;
+
+    let (mut w, mut ep0) = worker_of_two();
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    let (server, _) = listener.accept().expect("accept");
+    server.set_nonblocking(true).expect("nonblocking");
+    let transfer = Transfer(server.into_raw_fd() as u64);
+
+    // What the old loop did: the upgrade (its 101 already sent), then the CONNECT (in
+    // the hand-off's bytes), then, migrating, the peer's close frame (masked, 1000).
+    let mut ws = Transport::Ws(WsSession::new(Arc::new(WsConfig::default())));
+    let mut plain = Vec::new();
+    let upgrade = "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+                   Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                   Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n";
+    ws.on_recv(upgrade.as_bytes(), &mut plain).expect("upgrade");
+    assert!(ws
+        .take_wire()
+        .is_some_and(|b| b.starts_with(b"HTTP/1.1 101")));
+    ws.on_recv(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8], &mut plain)
+        .expect("close frame");
+    assert!(plain.is_empty() && ws.ended());
+
+    let opts = ConnectOpts {
+        will: Some(will(
+            "ws/gone",
+            "bye",
+            QoS::AtMostOnce,
+            false,
+            Properties::default(),
+        )),
+        ..ConnectOpts::default()
+    };
+    let mut h = handoff();
+    let connect = connect_packet(V311, &id_on(1, 2, "ws"), &opts);
+    encode_packet(&connect, V311, &mut h.rx);
+    let msg = WorkerMsg::Adopt {
+        handoff: h,
+        transfer,
+        tls: Some(Box::new(ws)),
+    };
+    assert!(ep0.send(1, msg).is_ok());
+    ep0.flush();
+    let now = Instant::now();
+    w.drain_mesh(now);
+    assert_eq!(w.report.handoffs_in, 1);
+    let stats = w.shard.stats();
+    assert_eq!(
+        (stats.sessions, stats.messages_in),
+        (0, 1),
+        "the session ended on adoption and its will was published"
+    );
+
+    // The close answer reaches the client, then the socket closes (no linger here).
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        turn_once(&mut w, now);
+        if w.live == 0 {
+            break;
+        }
+    }
+    client.read_to_end(&mut got).expect("read until EOF");
+    assert_eq!(got, [0x88, 0x02, 0x03, 0xe8], "the close frame, then EOF");
+    assert_eq!((w.live, w.shard.stats().connections), (0, 0));
+}

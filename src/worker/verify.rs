@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread;
 
-use crate::auth::{AuthPolicy, Verified, VerifyJob};
+use crate::auth::{AuthPolicy, PoolMemo, Verified, VerifyJob, POOL_MEMO_MAX};
 use crate::io::Remote;
 use crate::shard::ConnId;
 
@@ -73,9 +73,11 @@ impl VerifierPool {
     pub fn start(threads: usize) -> std::io::Result<VerifierPool> {
         let (tx, rx) = mpsc::sync_channel::<Request>(QUEUE_MAX);
         let rx = Arc::new(Mutex::new(rx));
+        let memo = Arc::new(PoolMemo::new(POOL_MEMO_MAX));
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let rx = rx.clone();
+            let memo = memo.clone();
             handles.push(
                 thread::Builder::new()
                     .name(format!("ringmq-verify-{i}"))
@@ -92,7 +94,7 @@ impl VerifierPool {
                         let now_unix_s = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
                             .map_or(0, |d| d.as_secs());
-                        let ok = req.job.run(now_unix_s);
+                        let (ok, _) = req.job.run_memo(now_unix_s, &memo);
                         // A loop that has exited dropped its receiver: nothing to tell.
                         if req.reply.send((req.conn, req.generation, ok)).is_ok() {
                             req.wake.wake();

@@ -17,8 +17,7 @@ impl Worker {
             let period_ns = (1e9 / self.cfg.cmd_rate) as u64;
             c.publ = Some(PubState {
                 stream: u32::MAX,
-                template: Vec::new(),
-                pid_off: 0,
+                template: Default::default(),
                 period_ns,
                 next_due_ns: now + period_ns,
                 seq: 0,
@@ -52,8 +51,12 @@ impl Worker {
         let first = now + spec.phase_offset_ns;
         c.publ = Some(PubState {
             stream: spec.stream,
-            template,
-            pid_off,
+            template: crate::tx::Template {
+                frame: template,
+                pid_off,
+                payload_len: size,
+                stream: spec.stream,
+            },
             period_ns,
             next_due_ns: first,
             seq: 0,
@@ -114,6 +117,7 @@ impl Worker {
             return u32::MAX;
         }
         let window = self.cfg.window;
+        let send_batch = self.cfg.send_batch;
         let qos = self.cfg.qos;
         let c = &mut self.clients[idx];
         if c.spec.role == Role::Controller {
@@ -146,7 +150,9 @@ impl Worker {
         }
         let done = delivered / mult + pb.written_off;
         let mut inflight = pb.seq.saturating_sub(done);
-        if inflight >= u64::from(window) && now.saturating_sub(pb.last_progress_ns) > STALL_NS {
+        let room = ack_room.min(window.saturating_sub(inflight.min(u64::from(window)) as u32));
+        let refill = crate::batch::refill_at(window, c.server_receive_max, qos, send_batch);
+        if inflight > 0 && room < refill && now.saturating_sub(pb.last_progress_ns) > STALL_NS {
             // Deliveries stopped: stop waiting for them. For QoS 0 that is counted
             // here; QoS >= 1 messages that never arrive are counted as lost at the end.
             pb.written_off += inflight;
@@ -156,7 +162,8 @@ impl Worker {
             pb.last_progress_ns = now;
             inflight = 0;
         }
-        ack_room.min(window.saturating_sub(inflight.min(u64::from(window)) as u32))
+        let room = ack_room.min(window.saturating_sub(inflight.min(u64::from(window)) as u32));
+        crate::batch::gate(room, refill)
     }
 
     pub(super) fn publish_some(&mut self, idx: usize, now: u64) {
@@ -231,28 +238,20 @@ impl Worker {
             } else {
                 let seq = pb.seq;
                 pb.seq += 1;
-                let start = c.out.len();
-                c.out.extend_from_slice(&pb.template);
-                let pid_off = pb.pid_off;
-                let stream = pb.stream;
-                if qos != QoS::AtMostOnce {
-                    let pid = Self::next_pid(c);
-                    c.out[start + pid_off..start + pid_off + 2].copy_from_slice(&pid.to_be_bytes());
+                let pid = if qos != QoS::AtMostOnce {
                     c.inflight += 1;
-                }
-                let end = c.out.len();
-                payload::write_header(
-                    &mut c.out[end - size..end],
-                    &Header {
-                        kind: KIND_DATA,
-                        stream,
-                        seq,
-                        send_ns: ts,
-                    },
-                );
-                self.shared.sent[stream as usize].store(seq + 1, Ordering::Release);
+                    Some(Self::next_pid(c))
+                } else {
+                    None
+                };
+                let Some(pb) = c.publ.as_ref() else { return };
+                crate::tx::append(&mut c.out, &pb.template, pid, seq, ts);
             }
             sent += 1;
+        }
+        if let (Some(pb), false) = (c.publ.as_ref(), is_controller || sent == 0) {
+            // Once per burst, not per message: only the drain and the report read it.
+            self.shared.sent[pb.stream as usize].store(pb.seq, Ordering::Release);
         }
         if sent > 0 {
             if measuring {

@@ -61,6 +61,7 @@ impl Worker {
         }
         c.out.clear();
         c.send_off = 0;
+        self.result.sends_measure += u64::from(self.phase == PHASE_MEASURE);
         self.submit_send(idx);
     }
 

@@ -181,7 +181,7 @@ fn policy_checks_tokens_on_the_pool_and_passwords_as_before() {
     };
     assert!(matches!(job, VerifyJob::Token { .. }));
     match job.run(NOW) {
-        Verified::Token { username, acl } => {
+        Verified::Token { username, acl, .. } => {
             assert_eq!(username, "dev-7");
             assert!(acl.is_none());
         }

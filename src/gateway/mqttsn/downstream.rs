@@ -337,6 +337,17 @@ impl<A: Clone + Eq + std::hash::Hash> Gateway<A> {
         self.send(&c.addr, &Message::Disconnect { duration: None });
     }
 
+    /// The broker refused client `id`'s CONNECT: the refusing CONNACK told it, so it
+    /// is forgotten without a DISCONNECT, and without its will (it never connected).
+    pub fn forget_session(&mut self, id: &Bytes) {
+        let Some(c) = self.clients.remove(id) else {
+            return;
+        };
+        if self.by_addr.get(&c.addr) == Some(id) {
+            self.by_addr.remove(&c.addr);
+        }
+    }
+
     /// The in-flight message id of a client, for tests of the retransmission rules.
     #[cfg(test)]
     pub(crate) fn in_flight_msg_id(&self, id: &[u8]) -> Option<u16> {

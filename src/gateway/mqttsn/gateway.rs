@@ -324,8 +324,9 @@ impl<A: Clone + Eq + Hash> Gateway<A> {
             return;
         }
         let msg = match decode(datagram) {
-            // Forwarder encapsulation (5.5) is not supported: the reply would have to
-            // be wrapped for the forwarder; count and drop.
+            // Forwarder encapsulation (5.5) is taken off by the caller, which knows
+            // how to address the node behind it (`SnNode`, `SnPeer`); one reaching
+            // here is nested or unwrapped by nobody: count and drop.
             Ok(Message::Encapsulated { .. }) | Err(_) => {
                 self.stats.bad_datagrams += 1;
                 return;

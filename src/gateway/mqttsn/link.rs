@@ -68,7 +68,8 @@ impl MqttLink {
                     clean_start: clean_session,
                     // The gateway enforces the SN keepalive itself (1.5 × duration)
                     // and sends DISCONNECT for a lost client; the virtual connection
-                    // has no idle socket to time out.
+                    // has no idle socket to time out. (`SnNode` declares
+                    // `keepalive_max_s` instead when one is set, and pings.)
                     keep_alive_s: 0,
                     client_id,
                     will: None,

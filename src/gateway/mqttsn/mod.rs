@@ -18,7 +18,7 @@ pub use codec::{
 
 pub use gateway::{BrokerQoS, Gateway, GatewayLimits, GatewayStats, Output, Upstream, Will};
 pub use link::MqttLink;
-pub use node::SnNode;
+pub use node::{SnNode, SnPeer};
 pub use predefined::{parse_predefined, PredefinedError};
 
 #[cfg(test)]

@@ -525,6 +525,33 @@ fn jwt_password_with_acl_claim() {
     assert_eq!((st.auth_bad_credentials, st.auth_not_authorized), (2, 1));
 }
 
+/// A JWT bounds the connection it opened: when its `exp` (plus leeway) passes, an
+/// MQTT 5 client gets DISCONNECT 0xA0 (Maximum connect time) and a 3.1.1
+/// client is closed; both are counted. Traffic before then does not matter, and a
+/// password client on the same shard is untouched.
+#[test]
+fn jwt_connection_ends_when_the_token_expires() {
+    use crate::shard::testing::UNIX_NOW_S;
+    use std::time::Duration;
+    let mut cl = cluster(1, jwt_policy(None));
+    let t = |exp: u64| token(serde_json::json!({"username": "dev", "exp": exp}));
+    let v5 = cl.connect_ok(V5, "v5", login("dev", &t(UNIX_NOW_S + 30)), false);
+    let v3 = cl.connect_ok(V311, "v3", login("dev", &t(UNIX_NOW_S + 90)), false);
+    cl.advance(Duration::from_secs(29));
+    cl.publish(v5, "t", "still valid", Q0, false, 0);
+    cl.expect_open(v5);
+    cl.advance(Duration::from_secs(2));
+    cl.expect(v5, disconnect(ReasonCode::MaximumConnectTime));
+    cl.expect_closed(v5);
+    cl.expect_open(v3);
+    cl.advance(Duration::from_secs(58));
+    cl.expect_open(v3);
+    cl.advance(Duration::from_secs(2));
+    cl.expect_nothing(v3);
+    cl.expect_closed(v3);
+    assert_eq!(stats(&cl).auth_jwt_expired, 2);
+}
+
 /// A listener's own `allow_anonymous` replaces the policy's, on the accepting shard
 /// and, travelling in the hand-off, on the owner.
 #[test]

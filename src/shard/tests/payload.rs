@@ -201,3 +201,91 @@ fn a_shared_payload_is_counted_once_per_node() {
     let own: usize = cl.shards.iter().map(|s| s.stats().bytes_tx).sum();
     assert_eq!(own, 0);
 }
+
+/// A large retained payload streamed to new subscribers is the stored body itself:
+/// no counted shared copy is made per subscriber (nor per stream), each stalled
+/// subscriber's output references the one stored payload, and every subscriber still
+/// gets the exact packet.
+#[test]
+fn a_streamed_retained_payload_is_the_stored_one() {
+    let mut cl = Cluster::new(2, cfg());
+    let len = 64 * 1024;
+    let body = payload(len, 9);
+    let p = cl.connect_ok(V311, "publisher", ConnectOpts::default(), false);
+    let mut m = publish(TOPIC, "", Q1, true, 1);
+    m.payload = body.clone();
+    cl.send(p, Packet::Publish(m));
+    cl.expect(p, puback(1));
+    let n = 20;
+    let subs: Vec<Cid> = (0..n)
+        .map(|i| {
+            let c = cl.connect_ok(V311, &format!("late-{i}"), ConnectOpts::default(), false);
+            cl.stall(c, true);
+            let opts = SubscriptionOptions {
+                qos: Q1,
+                ..Default::default()
+            };
+            cl.subscribe_with(c, TOPIC, opts, Properties::default());
+            c
+        })
+        .collect();
+    let on: Vec<usize> = subs.iter().map(|&c| cl.clients[c].shard).collect();
+    assert!(
+        on.contains(&0) && on.contains(&1),
+        "subscribers on both shards"
+    );
+    let snaps: Vec<_> = cl.shards.iter_mut().map(|s| s.stats_snapshot()).collect();
+    assert_eq!(
+        snaps.iter().map(|s| s.retained_streamed).sum::<u64>(),
+        n as u64,
+        "every subscriber got its copy written"
+    );
+    let shared: usize = snaps.iter().map(|s| s.bytes_shared).sum();
+    assert_eq!(shared, 0, "no payload copy made for a streamed copy");
+    let own: usize = snaps.iter().map(|s| s.bytes_tx).sum();
+    assert!(own <= n * 64, "SUBACKs and headers only: {own} bytes");
+    for &c in &subs {
+        let (s, conn) = (cl.clients[c].shard, cl.clients[c].conn);
+        let tx = &cl.shards[s].conns.get(conn).expect("conn").tx;
+        assert_eq!(tx.shared_len(), len, "the copy references the payload");
+    }
+    // The segment is the stored body's payload, not a copy of it.
+    let (s, conn) = (cl.clients[subs[0]].shard, cl.clients[subs[0]].conn);
+    let stored = cl.shards[s]
+        .retained
+        .get(TOPIC.as_bytes())
+        .expect("stored")
+        .body
+        .payload()
+        .as_ptr();
+    let chain = cl.shards[s].conns.get_mut(conn).expect("conn").tx.take();
+    assert!(
+        chain
+            .chunks()
+            .any(|c| c.len() == len && c.as_ptr() == stored),
+        "a segment over the stored payload"
+    );
+    // Put the same bytes back, the payload again as a shared segment, so the
+    // accounting of what is taken below stays as it was.
+    cl.shards[s].conns.get_mut(conn).expect("conn").tx = {
+        let mut t = crate::tx::TxBuf::default();
+        for c in chain.chunks() {
+            if c.as_ptr() == stored {
+                t.push_shared(Bytes::copy_from_slice(c));
+            } else {
+                t.tail_mut().extend_from_slice(c);
+            }
+        }
+        t
+    };
+    for &c in &subs {
+        cl.stall(c, false);
+        assert!(matches!(cl.next(c), Some(Packet::SubAck(_))));
+        let mut want = publish(TOPIC, "", Q1, true, 1);
+        want.payload = body.clone();
+        cl.expect(c, Packet::Publish(want));
+        cl.send(c, puback(1));
+    }
+    let own: usize = cl.shards.iter().map(|s| s.stats().bytes_tx).sum();
+    assert_eq!(own, 0, "nothing left once sent and acknowledged");
+}

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""loadgen's CPU per message beside the broker's, for issue #22 ("loadgen must never
+be the bottleneck"). CPU time, not throughput: a loaded machine moves it far less.
+
+    python3 perf/loadgen_cpu.py RINGMQ LOADGEN [SCENARIO ...]
+    SCENARIO: fanin_qos0 | fanin_qos1 | connect_100k   (default: all three)
+    DURATION=8s BROKER_CORE=0 LOADGEN_CORE=1 LOADGEN_ARGS="--window 64" BROKER_ARGS=...
+
+Starts `RINGMQ --shards 1` pinned to BROKER_CORE on a free 127.0.0.1 port, runs
+LOADGEN pinned to LOADGEN_CORE with --json, and prints one line per scenario:
+loadgen's own figures (received msg/s, its measured-phase CPU per message with
+busy-poll spins excluded, messages per send, loadgen_saturated) and, over the whole
+loadgen run, loadgen's CPU (rusage of the child, spins included) and the broker's
+(/proc/PID/stat utime+stime delta, same wall interval). Every process it starts is
+stopped by PID. The load average is printed with each line: figures from a busy
+machine are not comparable with a quiet one.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+TICK = os.sysconf("SC_CLK_TCK")
+BROKER_CORE = os.environ.get("BROKER_CORE", "0")
+LOADGEN_CORE = os.environ.get("LOADGEN_CORE", "1")
+DURATION = os.environ.get("DURATION", "8s")
+EXTRA = os.environ.get("LOADGEN_ARGS", "").split()
+# E.g. "--max-queued-messages 20000 --max-outbound-bytes 8388608" for windows whose
+# messages in flight exceed the broker's default queue limits.
+BROKER_ARGS = os.environ.get("BROKER_ARGS", "").split()
+
+SCENARIOS = {
+    "fanin_qos0": ["fanin", "--publishers", "100", "--subscribers", "1", "--qos", "0",
+                   "--size", "64", "--duration", DURATION],
+    "fanin_qos1": ["fanin", "--publishers", "100", "--subscribers", "1", "--qos", "1",
+                   "--size", "64", "--duration", DURATION],
+    "connect_100k": ["connect", "--clients", "100000", "--hold", "1s"],
+}
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def wait_listening(port, broker):
+    for _ in range(100):
+        if broker.poll() is not None:
+            sys.exit(f"broker exited during start-up (status {broker.returncode})")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    sys.exit(f"nothing listening on 127.0.0.1:{port} after 10 s")
+
+
+def run(ringmq, loadgen, name):
+    port = free_port()
+    broker = subprocess.Popen(
+        ["taskset", "-c", BROKER_CORE, ringmq, "--shards", "1", "--listen",
+         f"127.0.0.1:{port}", "--http-listen", "none"] + BROKER_ARGS,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, broker)
+        time.sleep(0.3)
+        b0 = cpu_s(broker.pid)
+        t0 = time.monotonic()
+        lg = subprocess.Popen(
+            ["taskset", "-c", LOADGEN_CORE, loadgen] + SCENARIOS[name] + EXTRA
+            + ["--port", str(port), "--json"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        out = lg.stdout.read()
+        _, status, ru = os.wait4(lg.pid, 0)
+        wall = time.monotonic() - t0
+        b1 = cpu_s(broker.pid)
+    finally:
+        broker.send_signal(signal.SIGINT)
+        try:
+            broker.wait(10)
+        except subprocess.TimeoutExpired:
+            broker.kill()
+            broker.wait()
+    lines = out.decode().strip().splitlines()
+    if not lines:
+        sys.exit(f"{name}: loadgen printed no JSON (status {status})")
+    r = json.loads(lines[-1])
+    lg_cpu = ru.ru_utime + ru.ru_stime
+    broker_cpu = b1 - b0
+    load = os.getloadavg()[0]
+    if name.startswith("connect"):
+        print(f"{name}: established {r['connections_established']}/"
+              f"{r['connections_attempted']} storm {r['measured_s']:.2f} s "
+              f"({r['connect_rate_per_s']:.0f}/s); whole run {wall:.1f} s: loadgen CPU "
+              f"{lg_cpu:.2f} s, broker CPU {broker_cpu:.2f} s; load {load:.1f}")
+        return
+    n = max(r["delivered"], 1)
+    per_msg = r.get("cpu_us_per_msg")
+    if per_msg is None and r["received_per_s"] > 0:
+        # A loadgen from before the field: the same figure from its parts.
+        per_msg = r["cpu_process_pct"] / 100 / r["received_per_s"] * 1e6
+    print(f"{name}: {r['received_per_s'] / 1e6:.2f}M msg/s, lost {r['lost']}, "
+          f"loadgen {per_msg or 0:.3f} us/msg measured "
+          f"({r['cpu_process_pct']:.0f}% of a core, saturated {r['loadgen_saturated']}, "
+          f"{r.get('msgs_per_send', 0):.1f} msgs/send); whole run: loadgen "
+          f"{lg_cpu * 1e6 / n:.3f} us/msg, broker {broker_cpu * 1e6 / n:.3f} us/msg "
+          f"({n} delivered, {wall:.1f} s); load {load:.1f}")
+
+
+def main():
+    if len(sys.argv) < 3:
+        sys.exit(__doc__)
+    ringmq, loadgen = sys.argv[1], sys.argv[2]
+    names = sys.argv[3:] or list(SCENARIOS)
+    for name in names:
+        if name not in SCENARIOS:
+            sys.exit(f"unknown scenario {name!r}: one of {', '.join(SCENARIOS)}")
+        run(ringmq, loadgen, name)
+
+
+if __name__ == "__main__":
+    main()
