@@ -9,12 +9,11 @@
 mod support;
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{pkt, uniq, Launch, RawClient};
+use support::{free_loopback_port, pkt, uniq, Launch, RawClient};
 
 fn tool(name: &str) -> String {
     for dir in ["/usr/bin", "/usr/sbin", "/usr/local/bin", "/usr/local/sbin"] {
@@ -74,13 +73,6 @@ fn publish(
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// A 3.1.1 CONNECT with a username and password.
@@ -201,7 +193,7 @@ fn ringmq_passwd_file_is_accepted_by_mosquitto() {
     assert_eq!(mode, 0o600);
 
     // A real Mosquitto 2.0 with that password file.
-    let port = free_port();
+    let port = free_loopback_port();
     let conf = dir.join("mosquitto.conf");
     let mut conf_text =
         format!("listener {port} 127.0.0.1\npassword_file {f}\nallow_anonymous false\n");
@@ -444,7 +436,7 @@ fn per_listener_allow_anonymous() {
         .output()
         .expect("ringmq passwd");
     assert!(out.status.success(), "{out:?}");
-    let (open, closed) = (free_port(), free_port());
+    let (open, closed) = (free_loopback_port(), free_loopback_port());
     let cfg = dir.join("ringmq.toml");
     write(
         &cfg,

@@ -21,7 +21,7 @@ use ringmq::protocol::{
 };
 use smallvec::smallvec;
 use support::pkt;
-use support::{wait_or_kill, Broker, Launch, RawClient, ReadOutcome};
+use support::{wait_or_kill, write_file, Broker, Launch, RawClient, ReadOutcome, TestCa};
 
 /// Longest wait for a message that must arrive (bridge reconnects included).
 const ARRIVE: Duration = Duration::from_secs(20);
@@ -523,37 +523,15 @@ fn a_remote_stopped_mid_stream_loses_nothing() {
 
 #[test]
 fn an_mqtts_bridge_verifies_the_remote_against_its_ca_file() {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let dir = tempdir("tls");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(DnType::CommonName, "bridge test CA");
-    let ca_key = KeyPair::generate().expect("key");
-    let ca = p.self_signed(&ca_key).expect("CA");
-    let leaf_params = CertificateParams::new(vec!["127.0.0.1".to_string()]).expect("leaf params");
-    let leaf_key = KeyPair::generate().expect("key");
-    let leaf = leaf_params
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .expect("leaf");
-    let write = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write pem");
-        path.display().to_string()
-    };
-    let ca_file = write("ca.pem", &ca.pem());
+    let ca = TestCa::new("bridge test CA");
+    let (leaf, leaf_key) = ca.leaf(&["127.0.0.1"], None, false);
+    let ca_file = write_file(&dir, "ca.pem", &ca.cert.pem());
     // A CA that did not sign the remote's certificate: that bridge must never be up.
-    let mut other = CertificateParams::new(Vec::<String>::new()).expect("params");
-    other.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    other
-        .distinguished_name
-        .push(DnType::CommonName, "another CA");
-    let other = other
-        .self_signed(&KeyPair::generate().expect("key"))
-        .expect("other CA");
-    let other_ca_file = write("other-ca.pem", &other.pem());
-    let cert_file = write("server.pem", &leaf.pem());
-    let key_file = write("server.key", &leaf_key.serialize_pem());
+    let other = TestCa::new("another CA");
+    let other_ca_file = write_file(&dir, "other-ca.pem", &other.cert.pem());
+    let cert_file = write_file(&dir, "server.pem", &leaf);
+    let key_file = write_file(&dir, "server.key", &leaf_key);
     let plain_port = free_port();
     let tls_port = free_port();
     let _remote = Mosquitto::start_with(

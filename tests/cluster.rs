@@ -13,13 +13,13 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{uniq, Broker, Launch};
+use support::{free_loopback_port, require_tool, uniq, Broker, Launch};
 
 /// Bound on every wait for an outcome (a failure, not a timing assertion).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -28,25 +28,6 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// heartbeats (2 x 5 s in async-nats), and the bucket's stream may first elect a new
 /// leader.
 const RECOVERY: Duration = Duration::from_secs(60);
-
-fn require_tool(name: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| {
-            panic!("`{name}` is not installed (not on PATH): run `bash tests/install-deps.sh`")
-        })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
 
 /// One nats-server of the test cluster, killed by its own PID on drop.
 struct Nats {
@@ -81,8 +62,8 @@ impl Drop for TempDir {
 /// Three nats-servers routed into one JetStream cluster.
 fn nats_cluster() -> Vec<Nats> {
     let bin = require_tool("nats-server");
-    let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
-    let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let client: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
+    let route: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
     (0..3)
         .map(|i| {
             let dir = TempDir::new(&format!("nats{i}"));

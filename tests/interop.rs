@@ -19,19 +19,6 @@ use support::*;
 const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-fn require_tool(name: &str) -> PathBuf {
-    find_in_path(name).unwrap_or_else(|| {
-        panic!("`{name}` is not installed (not on PATH): run `bash tests/install-deps.sh`")
-    })
-}
-
 /// A long-running external client whose stdout lines are streamed to the test.
 struct Running {
     child: Child,

@@ -112,8 +112,13 @@ cfg="$work/ringmq.toml"
 # loopback port (0: the kernel picks, the broker prints it).
 sed -e "s|\"/var/lib/ringmq|\"$root/var/lib/ringmq|g" -e "s|\"/etc/ringmq|\"$root/etc/ringmq|g" \
     -e 's|^#\?listen = .*|listen = ["127.0.0.1:0"]|' \
+    -e "s|^#\\?data_dir = .*|data_dir = \"$root/var/lib/ringmq\"|" \
     "$root/etc/ringmq/ringmq.toml" > "$cfg"
 grep -qx 'listen = \["127.0.0.1:0"\]' "$cfg" || fail "no listen line to rewrite in the shipped config"
+# Durability on, in the package's data directory (the postinst creates it on a real
+# install; dpkg -x runs no scripts).
+grep -qxF "data_dir = \"$root/var/lib/ringmq\"" "$cfg" || fail "no data_dir line to rewrite in the shipped config"
+mkdir -p "$root/var/lib/ringmq"
 
 "$bin" check-config --config "$root/etc/ringmq/ringmq.toml" > /dev/null \
     || fail "check-config refused the shipped config"
@@ -158,5 +163,8 @@ for _ in $(seq 1 150); do kill -0 "$broker_pid" 2>/dev/null || break; sleep 0.1;
 kill -0 "$broker_pid" 2>/dev/null && fail "ringmq did not exit within 15 s of SIGTERM"
 wait "$broker_pid" || fail "ringmq exited $? after SIGTERM"
 broker_pid=""
-echo "package: extracted ringmq ran with the shipped config; mosquitto_pub/sub round trip ok"
+for f in LOCK VERSION loop-0; do
+    [[ -e "$root/var/lib/ringmq/$f" ]] || fail "no $f in the data directory /var/lib/ringmq: $(ls -A "$root/var/lib/ringmq")"
+done
+echo "package: extracted ringmq ran with the shipped config and /var/lib/ringmq as data_dir; mosquitto_pub/sub round trip ok"
 echo "package: all checks passed in $(( SECONDS - t0 )) s"

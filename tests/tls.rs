@@ -15,47 +15,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use support::*;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn require_tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").expect("PATH is set");
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{name}` is not installed (not on PATH): run `bash tests/install-deps.sh`")
-        })
-}
-
-struct Ca {
-    cert: rcgen::Certificate,
-    key: KeyPair,
-}
-
-fn ca(name: &str) -> Ca {
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().expect("key");
-    let cert = p.self_signed(&key).expect("self-signed");
-    Ca { cert, key }
-}
-
-/// A leaf for `localhost`/127.0.0.1 with subject CN `cn`; `expired`: valid in 2020 only.
-fn leaf(ca: &Ca, cn: &str, expired: bool) -> (String, String) {
-    let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .expect("params");
-    p.distinguished_name.push(DnType::CommonName, cn);
-    if expired {
-        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
-        p.not_after = rcgen::date_time_ymd(2020, 2, 1);
-    }
-    let key = KeyPair::generate().expect("key");
-    let cert = p.signed_by(&key, &ca.cert, &ca.key).expect("signed");
-    (cert.pem(), key.serialize_pem())
+/// A leaf for `localhost` and 127.0.0.1 with common name `cn`, signed by `ca`.
+fn leaf(ca: &TestCa, cn: &str, expired: bool) -> (String, String) {
+    ca.leaf(&["localhost", "127.0.0.1"], Some(cn), expired)
 }
 
 /// A fresh directory for one test's certificate files.
@@ -63,12 +29,6 @@ fn dir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(uniq(&format!("ringmq-tls-{tag}")));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
-}
-
-fn write(d: &Path, name: &str, text: &str) -> String {
-    let p = d.join(name);
-    std::fs::write(&p, text).expect("write");
-    p.to_str().expect("UTF-8 path").to_string()
 }
 
 /// The `mqtts://` address in the broker's listening line, as `127.0.0.1:port`.
@@ -81,26 +41,6 @@ fn tls_addr(b: &Broker) -> String {
         .chars()
         .take_while(|c| !c.is_whitespace() && *c != ',' && *c != ')')
         .collect()
-}
-
-fn port_of(addr: &str) -> String {
-    addr.rsplit(':').next().expect("port").to_string()
-}
-
-fn run(cmd: &mut Command, what: &str) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let status = wait_or_kill(&mut child, TOOL_TIMEOUT);
-    let out = child.wait_with_output().expect("output");
-    assert!(
-        status.is_some(),
-        "{what} did not finish within {TOOL_TIMEOUT:?}"
-    );
-    out
 }
 
 /// `mosquitto_pub` over TLS to `localhost:port` (the name the certificate carries).
@@ -121,7 +61,7 @@ fn pub_tls(port: &str, cafile: &str, extra: &[&str], topic: &str, msg: &str) -> 
         "1",
     ])
     .args(extra);
-    run(&mut cmd, "mosquitto_pub")
+    run_tool(&mut cmd, "mosquitto_pub", TOOL_TIMEOUT)
 }
 
 /// A `mosquitto_sub` over TLS that waits for `count` messages.
@@ -188,11 +128,11 @@ fn broker_with(args: &[&str]) -> Broker {
 #[test]
 fn mosquitto_over_tls_beside_a_plain_listener() {
     let d = dir("basic");
-    let ca = ca("ringmq test ca");
+    let ca = TestCa::new("ringmq test ca");
     let (cert, key) = leaf(&ca, "localhost", false);
-    let cafile = write(&d, "ca.pem", &ca.cert.pem());
-    let certf = write(&d, "server.pem", &cert);
-    let keyf = write(&d, "server.key", &key);
+    let cafile = write_file(&d, "ca.pem", &ca.cert.pem());
+    let certf = write_file(&d, "server.pem", &cert);
+    let keyf = write_file(&d, "server.key", &key);
     let b = broker_with(&["--tls-cert", &certf, "--tls-key", &keyf]);
     let port = port_of(&tls_addr(&b));
     for version in ["mqttv311", "mqttv5"] {
@@ -236,19 +176,19 @@ fn mosquitto_over_tls_beside_a_plain_listener() {
 #[test]
 fn client_certificates_optional_and_required() {
     let d = dir("clientcert");
-    let srv_ca = ca("server ca");
-    let cli_ca = ca("client ca");
+    let srv_ca = TestCa::new("server ca");
+    let cli_ca = TestCa::new("client ca");
     let (cert, key) = leaf(&srv_ca, "localhost", false);
     let (ccert, ckey) = leaf(&cli_ca, "device-1", false);
-    let (scert, skey) = leaf(&ca("stranger ca"), "device-1", false);
-    let cafile = write(&d, "ca.pem", &srv_ca.cert.pem());
-    let certf = write(&d, "server.pem", &cert);
-    let keyf = write(&d, "server.key", &key);
-    let clientca = write(&d, "clients.pem", &cli_ca.cert.pem());
-    let ccertf = write(&d, "device.pem", &ccert);
-    let ckeyf = write(&d, "device.key", &ckey);
-    let scertf = write(&d, "stranger.pem", &scert);
-    let skeyf = write(&d, "stranger.key", &skey);
+    let (scert, skey) = leaf(&TestCa::new("stranger ca"), "device-1", false);
+    let cafile = write_file(&d, "ca.pem", &srv_ca.cert.pem());
+    let certf = write_file(&d, "server.pem", &cert);
+    let keyf = write_file(&d, "server.key", &key);
+    let clientca = write_file(&d, "clients.pem", &cli_ca.cert.pem());
+    let ccertf = write_file(&d, "device.pem", &ccert);
+    let ckeyf = write_file(&d, "device.key", &ckey);
+    let scertf = write_file(&d, "stranger.pem", &scert);
+    let skeyf = write_file(&d, "stranger.key", &skey);
     let with_cert = ["--cert", ccertf.as_str(), "--key", ckeyf.as_str()];
 
     // Optional: with or without a certificate.
@@ -354,13 +294,13 @@ fn assert_alert(got: &[u8], what: &str) {
 #[test]
 fn bad_inputs_on_the_tls_port_each_with_its_result() {
     let d = dir("bad");
-    let ca_good = ca("server ca");
-    let ca_wrong = ca("wrong ca");
+    let ca_good = TestCa::new("server ca");
+    let ca_wrong = TestCa::new("wrong ca");
     let (cert, key) = leaf(&ca_good, "localhost", false);
-    let cafile = write(&d, "ca.pem", &ca_good.cert.pem());
-    let wrongca = write(&d, "wrong.pem", &ca_wrong.cert.pem());
-    let certf = write(&d, "server.pem", &cert);
-    let keyf = write(&d, "server.key", &key);
+    let cafile = write_file(&d, "ca.pem", &ca_good.cert.pem());
+    let wrongca = write_file(&d, "wrong.pem", &ca_wrong.cert.pem());
+    let certf = write_file(&d, "server.pem", &cert);
+    let keyf = write_file(&d, "server.key", &key);
     let b = broker_with(&[
         "--tls-cert",
         &certf,
@@ -423,8 +363,8 @@ fn bad_inputs_on_the_tls_port_each_with_its_result() {
 
     // An expired server certificate: the client refuses it (TLS error), the broker runs on.
     let (ecert, ekey) = leaf(&ca_good, "localhost", true);
-    let ecertf = write(&d, "expired.pem", &ecert);
-    let ekeyf = write(&d, "expired.key", &ekey);
+    let ecertf = write_file(&d, "expired.pem", &ecert);
+    let ekeyf = write_file(&d, "expired.key", &ekey);
     let b = broker_with(&["--tls-cert", &ecertf, "--tls-key", &ekeyf]);
     let port = port_of(&tls_addr(&b));
     let out = pub_tls(&port, &cafile, &[], "t", "x");
@@ -437,10 +377,10 @@ fn bad_inputs_on_the_tls_port_each_with_its_result() {
 #[test]
 fn start_up_refuses_tls_files_that_do_not_load_naming_the_file() {
     let d = dir("badfiles");
-    let ca = ca("ca");
+    let ca = TestCa::new("ca");
     let (cert, _) = leaf(&ca, "localhost", false);
-    let certf = write(&d, "server.pem", &cert);
-    let keyf = write(&d, "server.key", "not a key\n");
+    let certf = write_file(&d, "server.pem", &cert);
+    let keyf = write_file(&d, "server.key", "not a key\n");
     let out = Command::new(env!("CARGO_BIN_EXE_ringmq"))
         .args([
             "--listen",
@@ -462,13 +402,13 @@ fn start_up_refuses_tls_files_that_do_not_load_naming_the_file() {
 #[test]
 fn sighup_reloads_certificates_without_dropping_connections() {
     let d = dir("reload");
-    let ca_old = ca("old ca");
-    let ca_new = ca("new ca");
+    let ca_old = TestCa::new("old ca");
+    let ca_new = TestCa::new("new ca");
     let (cert, key) = leaf(&ca_old, "localhost", false);
-    let oldca = write(&d, "old-ca.pem", &ca_old.cert.pem());
-    let newca = write(&d, "new-ca.pem", &ca_new.cert.pem());
-    let certf = write(&d, "server.pem", &cert);
-    let keyf = write(&d, "server.key", &key);
+    let oldca = write_file(&d, "old-ca.pem", &ca_old.cert.pem());
+    let newca = write_file(&d, "new-ca.pem", &ca_new.cert.pem());
+    let certf = write_file(&d, "server.pem", &cert);
+    let keyf = write_file(&d, "server.key", &key);
     let b = broker_with(&["--tls-cert", &certf, "--tls-key", &keyf]);
     let port = port_of(&tls_addr(&b));
     let topic = uniq("tls/reload");
@@ -569,11 +509,11 @@ fn sighup_reloads_certificates_without_dropping_connections() {
 #[test]
 fn paho_and_mqtt_js_over_tls() {
     let d = dir("clients");
-    let ca = ca("ringmq test ca");
+    let ca = TestCa::new("ringmq test ca");
     let (cert, key) = leaf(&ca, "localhost", false);
-    let cafile = write(&d, "ca.pem", &ca.cert.pem());
-    let certf = write(&d, "server.pem", &cert);
-    let keyf = write(&d, "server.key", &key);
+    let cafile = write_file(&d, "ca.pem", &ca.cert.pem());
+    let certf = write_file(&d, "server.pem", &cert);
+    let keyf = write_file(&d, "server.key", &key);
     let b = broker_with(&["--tls-cert", &certf, "--tls-key", &keyf]);
     let port = port_of(&tls_addr(&b));
 
@@ -585,11 +525,12 @@ fn paho_and_mqtt_js_over_tls() {
     );
     let script = repo_root().join("tests/interop/paho_tls.py");
     let topic = uniq("tls/paho");
-    let out = run(
+    let out = run_tool(
         Command::new(py)
             .arg(&script)
             .args(["localhost", &port, &cafile, &topic]),
         "paho_tls.py",
+        TOOL_TIMEOUT,
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -606,11 +547,12 @@ fn paho_and_mqtt_js_over_tls() {
         node_dir.display()
     );
     let topic = uniq("tls/mqttjs");
-    let out = run(
+    let out = run_tool(
         Command::new(require_tool("node"))
             .current_dir(&node_dir)
             .args(["mqtt_tls.js", "localhost", &port, &cafile, &topic]),
         "mqtt_tls.js",
+        TOOL_TIMEOUT,
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -628,10 +570,10 @@ fn rumqttc_with_rustls_and_alpn() {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
     let d = dir("rumqttc");
-    let ca = ca("ringmq test ca");
+    let ca = TestCa::new("ringmq test ca");
     let (cert, key) = leaf(&ca, "localhost", false);
-    let certf = write(&d, "server.pem", &cert);
-    let keyf = write(&d, "server.key", &key);
+    let certf = write_file(&d, "server.pem", &cert);
+    let keyf = write_file(&d, "server.key", &key);
     let b = broker_with(&["--tls-cert", &certf, "--tls-key", &keyf]);
     let port: u16 = port_of(&tls_addr(&b)).parse().expect("port");
     let topic = uniq("tls/rumqttc");

@@ -12,41 +12,14 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use support::*;
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest wait for one answer from the broker (generous: the machine is shared).
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn require_tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").expect("PATH is set");
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{name}` is not installed (not on PATH): run `bash tests/install-deps.sh`")
-        })
-}
-
-fn run(cmd: &mut Command, what: &str) -> Output {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-    let status = wait_or_kill(&mut child, TOOL_TIMEOUT);
-    let out = child.wait_with_output().expect("output");
-    assert!(
-        status.is_some(),
-        "{what} did not finish within {TOOL_TIMEOUT:?}"
-    );
-    out
-}
 
 /// The `scheme://` listener's `127.0.0.1:port` in the broker's listening line.
 fn listener_addr(b: &Broker, scheme: &str) -> String {
@@ -59,10 +32,6 @@ fn listener_addr(b: &Broker, scheme: &str) -> String {
         .chars()
         .take_while(|c| !c.is_whitespace() && *c != ',' && *c != '/')
         .collect()
-}
-
-fn port_of(addr: &str) -> String {
-    addr.rsplit(':').next().expect("port").to_string()
 }
 
 /// A broker with `PLACED_SHARDS` shards (client ids placed on chosen shards) and a
@@ -143,7 +112,7 @@ fn paho_over(b: &Broker, scheme: &str, version: &str, cafile: Option<&str>) -> O
     if let Some(ca) = cafile {
         cmd.args(["--cafile", ca]);
     }
-    run(&mut cmd, "paho_check.py")
+    run_tool(&mut cmd, "paho_check.py", TOOL_TIMEOUT)
 }
 
 #[test]
@@ -166,7 +135,7 @@ fn mqtt_js_over_websocket_v311_and_v5() {
     let b = ws_broker(&[]);
     let port = port_of(&listener_addr(&b, "ws"));
     for version in ["311", "5"] {
-        let out = run(
+        let out = run_tool(
             Command::new(require_tool("node"))
                 .current_dir(&node_dir)
                 .arg("mqtt_check.js")
@@ -185,6 +154,7 @@ fn mqtt_js_over_websocket_v311_and_v5() {
                     "/mqtt",
                 ]),
             "mqtt_check.js",
+            TOOL_TIMEOUT,
         );
         check_scenarios(&format!("mqtt.js over ws, MQTT {version}"), &out);
     }
@@ -195,24 +165,11 @@ fn mqtt_js_over_websocket_v311_and_v5() {
 fn test_ca() -> (PathBuf, String, String, String) {
     let d = std::env::temp_dir().join(uniq("ringmq-wss"));
     std::fs::create_dir_all(&d).expect("temp dir");
-    let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name
-        .push(DnType::CommonName, "ringmq ws test ca");
-    let ca_key = KeyPair::generate().expect("key");
-    let ca = p.self_signed(&ca_key).expect("self-signed");
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    p.distinguished_name.push(DnType::CommonName, "localhost");
-    let key = KeyPair::generate().expect("key");
-    let cert = p.signed_by(&key, &ca, &ca_key).expect("signed");
-    let write = |name: &str, text: &str| {
-        let path = d.join(name);
-        std::fs::write(&path, text).expect("write");
-        path.to_str().expect("UTF-8 path").to_string()
-    };
-    let ca_file = write("ca.pem", &ca.pem());
-    let cert_file = write("server.pem", &cert.pem());
-    let key_file = write("server.key", &key.serialize_pem());
+    let ca = TestCa::new("ringmq ws test ca");
+    let (cert, key) = ca.leaf(&["localhost"], Some("localhost"), false);
+    let ca_file = write_file(&d, "ca.pem", &ca.cert.pem());
+    let cert_file = write_file(&d, "server.pem", &cert);
+    let key_file = write_file(&d, "server.key", &key);
     (d, ca_file, cert_file, key_file)
 }
 

@@ -29,16 +29,6 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 /// long when things work).
 const BROWSER_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn require_tool(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").expect("PATH is set");
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!("`{name}` is not installed (not on PATH): run `bash tests/install-deps.sh`")
-        })
-}
-
 /// The `ws://` listener's `127.0.0.1:port` in the broker's listening line.
 fn ws_addr(b: &Broker) -> String {
     let line = b.listening_line();

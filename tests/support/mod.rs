@@ -13,7 +13,8 @@
 //! happens before a generous deadline.
 //!
 //! Files: `broker` (the broker process), `raw_client` (raw client and frames), `parsed`
-//! (server packets parsed by hand), `pkt` (packet builders), `bystander`. This file holds
+//! (server packets parsed by hand), `pkt` (packet builders), `bystander`, `tools`
+//! (external tools: find, require, run), `certs` (rcgen test certificates). This file holds
 //! the timeouts, unique names, hex helpers and shard placement.
 
 #![allow(dead_code, unused_imports)] // each test crate uses a different subset
@@ -35,14 +36,18 @@ pub use ringmq::protocol::ProtocolVersion::{V311, V5};
 
 mod broker;
 mod bystander;
+mod certs;
 mod parsed;
 pub mod pkt;
 mod raw_client;
+mod tools;
 
 pub use broker::*;
 pub use bystander::*;
+pub use certs::*;
 pub use parsed::*;
 pub use raw_client::*;
+pub use tools::*;
 
 /// How long a test waits for an expected packet before failing.
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(5);
