@@ -325,14 +325,25 @@ fn hostile_http_input_leaves_the_broker_and_mqtt_alone() {
     broker.assert_alive();
 }
 
-/// Every `$SYS` topic and payload mosquitto_sub receives (retained: at once).
+/// Mosquitto's `$SYS` topics and payloads as mosquitto_sub receives them (retained:
+/// at once); ringmq's own (`$SYS/broker/ringmq/...`) are left out.
 fn sys_topics(broker: &Broker) -> HashMap<String, String> {
+    sys_filter(broker, "$SYS/#", &["-T", "$SYS/broker/ringmq/#"], 42)
+}
+
+/// The first `count` topics and payloads matching `filter`.
+fn sys_filter(
+    broker: &Broker,
+    filter: &str,
+    extra: &[&str],
+    count: usize,
+) -> HashMap<String, String> {
     let out = Command::new("mosquitto_sub")
         .args(["-h", broker.host(), "-p"])
         .arg(broker.port().to_string())
-        .args([
-            "-V", "mqttv311", "-v", "-t", "$SYS/#", "-C", "42", "-W", "10",
-        ])
+        .args(["-V", "mqttv311", "-v", "-t", filter, "-W", "10", "-C"])
+        .arg(count.to_string())
+        .args(extra)
         .output()
         .expect("mosquitto_sub not found: tests/install-deps.sh installs mosquitto-clients");
     assert!(out.status.success(), "mosquitto_sub: {out:?}");
@@ -407,6 +418,25 @@ fn sys_topics_reach_mosquitto_sub_with_the_right_values() {
     let retained: u64 = v("$SYS/broker/retained messages/count").parse().unwrap();
     assert!(retained >= 42, "retained {retained}");
     assert!(v("$SYS/broker/load/messages/received/1min").contains('.'));
+    // ringmq's own families, one topic a reason (the table /metrics renders).
+    let dropped = sys_filter(&broker, "$SYS/broker/ringmq/messages_dropped/+", &[], 8);
+    for reason in [
+        "outbound_full",
+        "queue_full",
+        "too_large",
+        "expired",
+        "offline_qos0",
+        "no_subscriber",
+        "memory",
+        "mesh_full",
+    ] {
+        let topic = format!("$SYS/broker/ringmq/messages_dropped/{reason}");
+        assert_eq!(
+            dropped.get(&topic).map(String::as_str),
+            Some("0"),
+            "{topic}: {dropped:?}"
+        );
+    }
 }
 
 /// The metric names a PromQL expression reads: identifiers starting `ringmq_` or

@@ -921,7 +921,7 @@ impl<L: EventLoop> Worker<L> {
                                         // protocol error, a refused upgrade): its
                                         // answer goes out, then the socket closes.
                                         if let Some(e) = session.ws_error() {
-                                            report.ws_refused += 1;
+                                            report.ws_refused.count(e);
                                             tracing::debug!(
                                                 shard = shard.id(),
                                                 conn,
