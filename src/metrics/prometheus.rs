@@ -145,11 +145,12 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
     );
 
     // Connections.
-    o.one(
+    o.reasons(
         "ringmq_http_refused_total",
         Counter,
-        "Connections to the HTTP listener closed at accept: its connection bound was reached.",
-        ctx.http_refused,
+        "Connections to the HTTP listener closed at accept, by reason (max_connections: its bound of open connections was reached).",
+        "reason",
+        &[("max_connections", ctx.http_refused)],
     );
     o.one(
         "ringmq_connections",
