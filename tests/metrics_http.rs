@@ -143,6 +143,20 @@ fn known_traffic_gives_exact_counters() {
         (SUBS + 1) as f64
     );
     assert_eq!(metric(&addr, "ringmq_subscriptions"), SUBS as f64);
+    // PUBLISH → kernel: one sample per send holding live copies; every subscriber
+    // got at least one such send and at most one per message.
+    let sends = metric(&addr, "ringmq_publish_to_kernel_seconds_count");
+    assert!(
+        (SUBS as f64..=(N * SUBS) as f64).contains(&sends),
+        "{sends} latency samples for {SUBS} subscribers of {N} messages"
+    );
+    assert_eq!(
+        metric(
+            &addr,
+            r#"ringmq_publish_to_kernel_seconds_bucket{le="+Inf"}"#
+        ),
+        sends
+    );
     assert_eq!(
         metric(
             &addr,

@@ -11,6 +11,7 @@
 pub mod families;
 pub mod http;
 pub mod json;
+pub mod latency;
 pub mod process;
 pub mod prometheus;
 pub mod sys;
@@ -57,6 +58,8 @@ pub struct LoopSnapshot {
     pub wall_ns: u64,
     /// Loop turns since start.
     pub turns: u64,
+    /// PUBLISH read → send completion (`latency`).
+    pub latency: latency::LatencyHistogram,
     /// The `[[bridge]]`s this loop owns.
     pub bridges: Vec<BridgeSnapshot>,
 }
@@ -166,6 +169,7 @@ fn add_loop(a: &mut LoopSnapshot, b: &LoopSnapshot) {
         busy_ns,
         wall_ns,
         turns,
+        latency,
         bridges: _,
     } = b;
     add_io(&mut a.io, io);
@@ -191,6 +195,7 @@ fn add_loop(a: &mut LoopSnapshot, b: &LoopSnapshot) {
     a.busy_ns += busy_ns;
     a.wall_ns += wall_ns;
     a.turns += turns;
+    a.latency.add(latency);
 }
 
 /// Adds `b` into `a`, field by field. `b` is destructured without `..`, so a field

@@ -28,6 +28,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 struct Out(String);
@@ -37,6 +38,7 @@ impl Out {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
@@ -422,6 +424,22 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         "Receives that ran out of provided buffers and were re-armed.",
         io.recv_nobufs,
     );
+
+    // PUBLISH → kernel latency, every loop's histogram merged.
+    let name = "ringmq_publish_to_kernel_seconds";
+    o.family(
+        name,
+        Kind::Histogram,
+        "Time from the loop turn that read a PUBLISH to the turn that reaped the completion of the send holding its delivery to a subscriber (bytes in the kernel's socket buffer), one sample per send of live deliveries, at loop-turn resolution.",
+    );
+    let h = &total.latency;
+    let bucket = format!("{name}_bucket");
+    for (le, n) in h.cumulative() {
+        o.sample(&bucket, &[("le", &float(le))], n);
+    }
+    o.sample(&bucket, &[("le", "+Inf")], h.count);
+    o.sample(&format!("{name}_sum"), &[], float(h.sum_us as f64 / 1e6));
+    o.sample(&format!("{name}_count"), &[], h.count);
 
     // Loops.
     o.per_loop(

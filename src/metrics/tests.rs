@@ -70,7 +70,7 @@ fn parse(text: &str) -> HashMap<String, f64> {
             let mut it = rest.split(' ');
             let (name, kind) = (it.next().unwrap(), it.next().unwrap());
             assert_eq!(help_for.as_deref(), Some(name), "TYPE without HELP: {line}");
-            assert!(matches!(kind, "counter" | "gauge"), "{line}");
+            assert!(matches!(kind, "counter" | "gauge" | "histogram"), "{line}");
             if kind == "counter" {
                 assert!(name.ends_with("_total"), "counter {name} lacks _total");
             } else {
@@ -81,8 +81,19 @@ fn parse(text: &str) -> HashMap<String, f64> {
         } else {
             let (key, value) = line.rsplit_once(' ').expect("sample has a value");
             let name = key.split('{').next().unwrap();
+            // A histogram's samples carry a suffix on the family's name.
+            let family = match current.as_deref() {
+                Some(f) if families.get(f).map(String::as_str) == Some("histogram") => {
+                    let base = ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .find_map(|suffix| name.strip_suffix(suffix));
+                    assert_eq!(base, Some(f), "sample outside its histogram: {line}");
+                    f
+                }
+                _ => name,
+            };
             assert_eq!(
-                Some(name),
+                Some(family),
                 current.as_deref(),
                 "sample outside its family: {line}"
             );
@@ -316,6 +327,8 @@ fn every_counter() -> Vec<Setter> {
         handoffs_in, handoffs_expired, drain_timeouts, tls_failed, lingered,
         linger_refused_full, busy_ns, wall_ns, turns,
     } skip {
+        // Set below, bucket by bucket.
+        latency,
         // The label of every per-loop sample.
         shard,
         // Listed above, field by field.
@@ -324,6 +337,19 @@ fn every_counter() -> Vec<Setter> {
     for (n, f) in lp {
         out.push((n.to_string(), Box::new(f)));
     }
+    // The overflow bucket, `counts[BUCKETS]`, is not a sample of its own: `+Inf` is
+    // `count` (set below).
+    for i in 0..latency::BUCKETS {
+        out.push((
+            format!("latency.counts[{i}]"),
+            Box::new(move |l, v| l.latency.counts[i] = v),
+        ));
+    }
+    out.push((
+        "latency.sum_us".into(),
+        Box::new(|l, v| l.latency.sum_us = v),
+    ));
+    out.push(("latency.count".into(), Box::new(|l, v| l.latency.count = v)));
     let bridge = fields!(BridgeStats {
         connect_attempts, connects, connect_failures, disconnects, out_queued, out_sent,
         out_acked, out_dropped_queue_full, in_received, in_unmatched, subscribe_refused,
@@ -468,4 +494,22 @@ fn every_cluster_counter_is_exported() {
         before,
         "cluster connected not exported"
     );
+}
+
+#[test]
+fn the_latency_histogram_is_merged_and_rendered_cumulative() {
+    let mut n = node();
+    n.loops[0].latency.record(20); // bucket le=0.000032
+    n.loops[0].latency.record(100); // le=0.000128
+    n.loops[1].latency.record(100);
+    n.loops[1].latency.record(10_000_000); // over the last bound: only +Inf
+    let s = parse(&render(&n, &ctx()));
+    let b = |le: &str| s[&format!("ringmq_publish_to_kernel_seconds_bucket{{le=\"{le}\"}}")];
+    assert_eq!(b("0.000032"), 1.0);
+    assert_eq!(b("0.000064"), 1.0);
+    assert_eq!(b("0.000128"), 3.0);
+    assert_eq!(b("4.194304"), 3.0);
+    assert_eq!(b("+Inf"), 4.0);
+    assert_eq!(s["ringmq_publish_to_kernel_seconds_count"], 4.0);
+    assert_eq!(s["ringmq_publish_to_kernel_seconds_sum"], 10.00022);
 }

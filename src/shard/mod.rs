@@ -173,6 +173,13 @@ pub struct Shard {
     control: ControlOutbox,
     /// Origin of `Session::connect_ns`: when the first connection arrived.
     epoch: Option<Instant>,
+    /// Origin of the latency stamps (`latency_stamp`): the first time stamped.
+    latency_epoch: Option<Instant>,
+    /// The stamp of the message being fanned out (`publish`, `on_remote_publish`),
+    /// given to each connection its live copy is written to (`Conn::tx_read_at`).
+    fanout_stamp: u32,
+    /// `Conn::tx_read_at` of the output the last `take_tx_chain` returned.
+    taken_stamp: u32,
     auth: auth::ShardAuth,
     /// The turn's output for the cluster thread; `None` on a single node.
     cluster: Option<Box<cluster::ClusterOut>>,
@@ -244,6 +251,9 @@ impl Shard {
             pending_subacks: VecDeque::new(),
             control: ControlOutbox::new(shard_count),
             epoch: None,
+            latency_epoch: None,
+            fanout_stamp: 0,
+            taken_stamp: 0,
             // Open until `set_auth`: the broker as it was without auth files. The
             // cache key's secret comes with the policy's first install.
             auth: auth::ShardAuth::new(
@@ -323,6 +333,24 @@ impl Shard {
         self.stats.inflight = inflight;
         self.stats.bytes_shared = self.payloads.bytes();
         self.stats.clone()
+    }
+
+    /// `t` as a latency stamp: µs since this shard's first stamp, wrapping after
+    /// ~71 minutes, never 0 (0 means "no live delivery"). The worker stamps send
+    /// completions with it, the fan-out each PUBLISH's read time
+    /// (`metrics::latency`).
+    #[inline]
+    pub fn latency_stamp(&mut self, t: Instant) -> u32 {
+        let epoch = *self.latency_epoch.get_or_insert(t);
+        (t.saturating_duration_since(epoch).as_micros() as u32).max(1)
+    }
+
+    /// The latency stamp of the oldest live delivery in what the last
+    /// `take_tx_chain` returned; 0: none (control packets, queued or retained
+    /// copies only).
+    #[inline]
+    pub fn taken_read_stamp(&self) -> u32 {
+        self.taken_stamp
     }
 
     /// A message from shard `from`.

@@ -117,6 +117,9 @@ struct ConnIo {
     sock: SockId,
     state: State,
     sending: bool,
+    /// Latency stamp of the oldest live delivery in the send in flight; 0: none
+    /// (`metrics::latency`).
+    read_at: u32,
     /// The connection's transforms (TLS, WebSocket, both); `None` for plain TCP,
     /// which then pays one test per receive and per send for them.
     tls: Option<Box<Transport>>,
@@ -772,10 +775,16 @@ impl<L: EventLoop> Worker<L> {
     /// any (with any handshake, alert or control bytes they queued; a WebSocket frames
     /// the whole flush as one frame).
     fn next_tx(shard: &mut Shard, c: &mut ConnIo, conn: ConnId) -> Option<TxChain> {
-        let Some(session) = c.tls.as_mut() else {
-            return shard.take_tx_chain(conn);
+        let chain = shard.take_tx_chain(conn);
+        c.read_at = if chain.is_some() {
+            shard.taken_read_stamp()
+        } else {
+            0
         };
-        if let Some(plain) = shard.take_tx_chain(conn) {
+        let Some(session) = c.tls.as_mut() else {
+            return chain;
+        };
+        if let Some(plain) = chain {
             session.encode_chain(plain);
         }
         session.take_wire().map(TxChain::from)
@@ -805,6 +814,7 @@ impl<L: EventLoop> Worker<L> {
             sock,
             state: State::Open,
             sending: false,
+            read_at: 0,
             tls,
         });
         // A shard never holds 2^32 connections; `NO_CONN` would only lose the mapping.
@@ -1031,6 +1041,12 @@ impl<L: EventLoop> Worker<L> {
                     return;
                 };
                 c.sending = false;
+                if c.read_at != 0 && errno == 0 {
+                    let done = shard.latency_stamp(now);
+                    report
+                        .latency
+                        .record_since(std::mem::take(&mut c.read_at), done);
+                }
                 match (c.state, errno) {
                     (State::Open, 0) | (State::Draining, 0) => {
                         if let Some(data) = Self::next_tx(shard, c, conn) {

@@ -172,6 +172,7 @@ impl<L: EventLoop> Worker<L> {
             linger_refused_full: _,
             // The shard's own counters, read below.
             core: _,
+            latency,
         } = &self.report;
         LoopSnapshot {
             shard: self.id,
@@ -192,6 +193,7 @@ impl<L: EventLoop> Worker<L> {
             busy_ns,
             wall_ns,
             turns,
+            latency: *latency,
             bridges: Vec::new(),
         }
     }

@@ -31,6 +31,8 @@ pub struct WorkerReport {
     pub lingered: u64,
     /// Connections closed at once because `max_lingering_per_shard` were lingering.
     pub linger_refused_full: u64,
+    /// PUBLISH read → send completion, per send holding a live delivery.
+    pub latency: crate::metrics::latency::LatencyHistogram,
     /// The shard core's counters (every drop and refusal) at exit.
     pub core: crate::shard::ShardStats,
 }
