@@ -535,3 +535,46 @@ fn metric_names_are_read_from_promql() {
     );
     assert!(metric_names("label_values(instance)").is_empty());
 }
+
+#[test]
+fn per_client_sys_events_are_published_when_turned_on_and_only_then() {
+    let broker = Launch::new(&[
+        "--shards",
+        "2",
+        "--sys-client-events",
+        "true",
+        "--sys-interval-s",
+        "0",
+    ])
+    .spawn();
+    let mut watch = RawClient::connect_v311(broker.addr(), &uniq("watch"));
+    watch.subscribe_ok(1, "$SYS/broker/clients/+/+", 0);
+    let id = uniq("evt");
+    let c = RawClient::connect_v311(broker.addr(), &id);
+    let m = watch.recv_publish();
+    assert_eq!(m.topic, format!("$SYS/broker/clients/{id}/connected"));
+    assert!(!m.retain, "events are not retained");
+    let p = String::from_utf8(m.payload).expect("UTF-8 payload");
+    assert!(
+        p.starts_with(&format!("{{\"clientid\":\"{id}\","))
+            && p.ends_with(",\"protocol\":4,\"clean_start\":true,\"keepalive_s\":60}"),
+        "{p}"
+    );
+    c.disconnect();
+    let m = watch.recv_publish();
+    assert_eq!(m.topic, format!("$SYS/broker/clients/{id}/disconnected"));
+    assert_eq!(
+        String::from_utf8(m.payload).unwrap(),
+        format!("{{\"clientid\":\"{id}\",\"normal\":true}}")
+    );
+
+    // Off by default: a connect and a disconnect, then a marker, which comes first.
+    let quiet = Launch::new(&["--shards", "1", "--sys-interval-s", "0"]).spawn();
+    let mut w = RawClient::connect_v311(quiet.addr(), &uniq("w"));
+    w.subscribe_ok(1, "$SYS/broker/clients/+/+", 0);
+    w.subscribe_ok(2, "mark", 0);
+    RawClient::connect_v311(quiet.addr(), &uniq("q")).disconnect();
+    let mut p = RawClient::connect_v311(quiet.addr(), &uniq("p"));
+    p.publish("mark", 0, false, 0, b"m");
+    assert_eq!(w.recv_publish().topic, "mark");
+}

@@ -17,6 +17,7 @@ mod connect;
 mod control;
 mod deliver;
 mod durable;
+mod events;
 mod fanout;
 mod inbound;
 mod lifecycle;
@@ -296,11 +297,22 @@ impl Shard {
     /// client of this shard had: stored in every replica and delivered to matching
     /// subscribers. Not counted as a message received from a client.
     pub fn publish_sys(&mut self, topic: bytes::Bytes, payload: bytes::Bytes, now: Instant) {
+        self.publish_broker(topic, payload, true, now);
+    }
+
+    /// As [`publish_sys`](Self::publish_sys), retained or not (events are not).
+    fn publish_broker(
+        &mut self,
+        topic: bytes::Bytes,
+        payload: bytes::Bytes,
+        retain: bool,
+        now: Instant,
+    ) {
         let msg = crate::session::Message {
             topic,
             payload,
             qos: crate::protocol::QoS::AtMostOnce,
-            retain: true,
+            retain,
             properties: Default::default(),
             arrived_at: now,
             origin_shard: self.id,
