@@ -176,6 +176,9 @@ pub struct Shard {
     epoch: Option<Instant>,
     /// Origin of the latency stamps (`latency_stamp`): the first time stamped.
     latency_epoch: Option<Instant>,
+    /// The last stamp made and the time it was made from: a turn's fan-outs share
+    /// the turn's `now` as their `arrived_at`, so one conversion serves them all.
+    latency_last: Option<(Instant, u32)>,
     /// The stamp of the message being fanned out (`publish`, `on_remote_publish`),
     /// given to each connection its live copy is written to (`Conn::tx_read_at`).
     fanout_stamp: u32,
@@ -253,6 +256,7 @@ impl Shard {
             control: ControlOutbox::new(shard_count),
             epoch: None,
             latency_epoch: None,
+            latency_last: None,
             fanout_stamp: 0,
             taken_stamp: 0,
             // Open until `set_auth`: the broker as it was without auth files. The
@@ -353,8 +357,18 @@ impl Shard {
     /// (`metrics::latency`).
     #[inline]
     pub fn latency_stamp(&mut self, t: Instant) -> u32 {
+        match self.latency_last {
+            Some((at, stamp)) if at == t => stamp,
+            _ => self.latency_stamp_new(t),
+        }
+    }
+
+    #[inline(never)]
+    fn latency_stamp_new(&mut self, t: Instant) -> u32 {
         let epoch = *self.latency_epoch.get_or_insert(t);
-        (t.saturating_duration_since(epoch).as_micros() as u32).max(1)
+        let stamp = (t.saturating_duration_since(epoch).as_micros() as u32).max(1);
+        self.latency_last = Some((t, stamp));
+        stamp
     }
 
     /// The latency stamp of the oldest live delivery in what the last
