@@ -506,11 +506,17 @@ fn every_metric_the_grafana_dashboard_queries_is_exported() {
     let broker = Launch::new(&["--shards", "2"]).spawn();
     let (status, body) = get(&http_addr(&broker), "/metrics");
     assert_eq!(status, 200);
-    let exported: std::collections::HashSet<&str> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split(' ').next())
-        .collect();
+    // A histogram is queried through its `_bucket`, `_sum` and `_count` series.
+    let mut exported = std::collections::HashSet::new();
+    for l in body.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = l.split_once(' ').expect("TYPE name kind");
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                exported.insert(format!("{name}{suffix}"));
+            }
+        }
+        exported.insert(name.to_string());
+    }
     let mut checked = 0;
     for q in &queries {
         for name in metric_names(q) {
