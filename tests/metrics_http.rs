@@ -143,6 +143,20 @@ fn known_traffic_gives_exact_counters() {
         (SUBS + 1) as f64
     );
     assert_eq!(metric(&addr, "ringmq_subscriptions"), SUBS as f64);
+    // PUBLISH → kernel: one sample per send holding live copies; every subscriber
+    // got at least one such send and at most one per message.
+    let sends = metric(&addr, "ringmq_publish_to_kernel_seconds_count");
+    assert!(
+        (SUBS as f64..=(N * SUBS) as f64).contains(&sends),
+        "{sends} latency samples for {SUBS} subscribers of {N} messages"
+    );
+    assert_eq!(
+        metric(
+            &addr,
+            r#"ringmq_publish_to_kernel_seconds_bucket{le="+Inf"}"#
+        ),
+        sends
+    );
     assert_eq!(
         metric(
             &addr,
@@ -325,14 +339,25 @@ fn hostile_http_input_leaves_the_broker_and_mqtt_alone() {
     broker.assert_alive();
 }
 
-/// Every `$SYS` topic and payload mosquitto_sub receives (retained: at once).
+/// Mosquitto's `$SYS` topics and payloads as mosquitto_sub receives them (retained:
+/// at once); ringmq's own (`$SYS/broker/ringmq/...`) are left out.
 fn sys_topics(broker: &Broker) -> HashMap<String, String> {
+    sys_filter(broker, "$SYS/#", &["-T", "$SYS/broker/ringmq/#"], 42)
+}
+
+/// The first `count` topics and payloads matching `filter`.
+fn sys_filter(
+    broker: &Broker,
+    filter: &str,
+    extra: &[&str],
+    count: usize,
+) -> HashMap<String, String> {
     let out = Command::new("mosquitto_sub")
         .args(["-h", broker.host(), "-p"])
         .arg(broker.port().to_string())
-        .args([
-            "-V", "mqttv311", "-v", "-t", "$SYS/#", "-C", "42", "-W", "10",
-        ])
+        .args(["-V", "mqttv311", "-v", "-t", filter, "-W", "10", "-C"])
+        .arg(count.to_string())
+        .args(extra)
         .output()
         .expect("mosquitto_sub not found: tests/install-deps.sh installs mosquitto-clients");
     assert!(out.status.success(), "mosquitto_sub: {out:?}");
@@ -407,6 +432,25 @@ fn sys_topics_reach_mosquitto_sub_with_the_right_values() {
     let retained: u64 = v("$SYS/broker/retained messages/count").parse().unwrap();
     assert!(retained >= 42, "retained {retained}");
     assert!(v("$SYS/broker/load/messages/received/1min").contains('.'));
+    // ringmq's own families, one topic a reason (the table /metrics renders).
+    let dropped = sys_filter(&broker, "$SYS/broker/ringmq/messages_dropped/+", &[], 8);
+    for reason in [
+        "outbound_full",
+        "queue_full",
+        "too_large",
+        "expired",
+        "offline_qos0",
+        "no_subscriber",
+        "memory",
+        "mesh_full",
+    ] {
+        let topic = format!("$SYS/broker/ringmq/messages_dropped/{reason}");
+        assert_eq!(
+            dropped.get(&topic).map(String::as_str),
+            Some("0"),
+            "{topic}: {dropped:?}"
+        );
+    }
 }
 
 /// The metric names a PromQL expression reads: identifiers starting `ringmq_` or
@@ -462,11 +506,17 @@ fn every_metric_the_grafana_dashboard_queries_is_exported() {
     let broker = Launch::new(&["--shards", "2"]).spawn();
     let (status, body) = get(&http_addr(&broker), "/metrics");
     assert_eq!(status, 200);
-    let exported: std::collections::HashSet<&str> = body
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split(' ').next())
-        .collect();
+    // A histogram is queried through its `_bucket`, `_sum` and `_count` series.
+    let mut exported = std::collections::HashSet::new();
+    for l in body.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let (name, kind) = l.split_once(' ').expect("TYPE name kind");
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                exported.insert(format!("{name}{suffix}"));
+            }
+        }
+        exported.insert(name.to_string());
+    }
     let mut checked = 0;
     for q in &queries {
         for name in metric_names(q) {
@@ -490,4 +540,47 @@ fn metric_names_are_read_from_promql() {
         ["ringmq_x_total", "process_y"]
     );
     assert!(metric_names("label_values(instance)").is_empty());
+}
+
+#[test]
+fn per_client_sys_events_are_published_when_turned_on_and_only_then() {
+    let broker = Launch::new(&[
+        "--shards",
+        "2",
+        "--sys-client-events",
+        "true",
+        "--sys-interval-s",
+        "0",
+    ])
+    .spawn();
+    let mut watch = RawClient::connect_v311(broker.addr(), &uniq("watch"));
+    watch.subscribe_ok(1, "$SYS/broker/clients/+/+", 0);
+    let id = uniq("evt");
+    let c = RawClient::connect_v311(broker.addr(), &id);
+    let m = watch.recv_publish();
+    assert_eq!(m.topic, format!("$SYS/broker/clients/{id}/connected"));
+    assert!(!m.retain, "events are not retained");
+    let p = String::from_utf8(m.payload).expect("UTF-8 payload");
+    assert!(
+        p.starts_with(&format!("{{\"clientid\":\"{id}\","))
+            && p.ends_with(",\"protocol\":4,\"clean_start\":true,\"keepalive_s\":60}"),
+        "{p}"
+    );
+    c.disconnect();
+    let m = watch.recv_publish();
+    assert_eq!(m.topic, format!("$SYS/broker/clients/{id}/disconnected"));
+    assert_eq!(
+        String::from_utf8(m.payload).unwrap(),
+        format!("{{\"clientid\":\"{id}\",\"normal\":true}}")
+    );
+
+    // Off by default: a connect and a disconnect, then a marker, which comes first.
+    let quiet = Launch::new(&["--shards", "1", "--sys-interval-s", "0"]).spawn();
+    let mut w = RawClient::connect_v311(quiet.addr(), &uniq("w"));
+    w.subscribe_ok(1, "$SYS/broker/clients/+/+", 0);
+    w.subscribe_ok(2, "mark", 0);
+    RawClient::connect_v311(quiet.addr(), &uniq("q")).disconnect();
+    let mut p = RawClient::connect_v311(quiet.addr(), &uniq("p"));
+    p.publish("mark", 0, false, 0, b"m");
+    assert_eq!(w.recv_publish().topic, "mark");
 }

@@ -392,6 +392,32 @@ fn refused_upgrades_get_their_http_status() {
     s.write_all(ok.as_bytes()).expect("send");
     assert!(read_upgrade_answer(&mut s).starts_with("HTTP/1.1 101 "));
     still_serves(&addr);
+    // Each refusal is counted under its answer in /metrics.
+    let metrics = http_get(&b.http_addr().expect("the HTTP listener"), "/metrics");
+    for (reason, n) in [
+        ("not_found", 1),
+        ("bad_request", 2),
+        ("no_mqtt_subprotocol", 1),
+        ("forbidden_origin", 1),
+        ("upgrade_required", 1),
+    ] {
+        let line = format!("ringmq_websocket_refused_total{{reason=\"{reason}\"}} {n}\n");
+        assert!(
+            metrics.contains(&line),
+            "{line:?} missing from /metrics:\n{metrics}"
+        );
+    }
+}
+
+/// The body of `GET path` on the HTTP listener.
+fn http_get(addr: &str, path: &str) -> String {
+    let mut s = connect_tcp(addr);
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .expect("send");
+    let (got, _) = read_until_closed(&mut s);
+    let text = String::from_utf8_lossy(&got).into_owned();
+    assert!(text.starts_with("HTTP/1.1 200 "), "{path}: {text}");
+    text
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Feature keys: which optional MQTT features the broker offers (retained,
 //! wildcards, subscription identifiers, shared subscriptions), the retained
-//! store's bounds, filters refused on SUBSCRIBE, the `$SYS` status topics, and the
-//! ACL file.
+//! store's bounds, filters refused on SUBSCRIBE, the `$SYS` status topics and
+//! per-client events, and the ACL file.
 
 use clap::Args;
 
@@ -30,6 +30,8 @@ pub struct FeatureArgs {
     pub deny_subscribe: Vec<String>,
     #[arg(long, value_name = "SECONDS", help = with_default("Seconds between $SYS/broker/... status publishes (retained, Mosquitto's topic names); 0 turns them off", d().sys_interval_s))]
     pub sys_interval_s: Option<String>,
+    #[arg(long, value_name = "BOOL", help = with_default("Publish $SYS/broker/clients/<client id>/connected and .../disconnected (not retained, a JSON payload) at each client connect and disconnect", d().sys_client_events))]
+    pub sys_client_events: Option<String>,
     /// Mosquitto-format ACL file (user/topic/pattern lines); re-read on SIGHUP.
     /// Default: none (every client may publish and subscribe to anything).
     #[arg(long, value_name = "FILE")]
@@ -45,6 +47,7 @@ pub(super) const KEYS: &[&str] = &[
     "max_retained_bytes",
     "deny_subscribe",
     "sys_interval_s",
+    "sys_client_events",
     "acl_file",
 ];
 
@@ -63,6 +66,7 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
             cfg.deny_subscribe = list(raw).iter().map(text).collect::<Result<Vec<_>, _>>()?;
         }
         "sys_interval_s" => cfg.sys_interval_s = int(raw, 0, 86_400)?,
+        "sys_client_events" => cfg.sys_client_events = boolean(raw)?,
         "acl_file" => cfg.acl_file = optional_path(raw)?,
         _ => return Ok(false),
     }
@@ -91,6 +95,7 @@ impl FeatureArgs {
         push_text(v, "max_retained_bytes", &self.max_retained_bytes);
         push_list(v, "deny_subscribe", &self.deny_subscribe);
         push_text(v, "sys_interval_s", &self.sys_interval_s);
+        push_text(v, "sys_client_events", &self.sys_client_events);
         push_text(v, "acl_file", &self.acl_file);
     }
 }

@@ -196,6 +196,9 @@ pub struct Config {
     pub deny_subscribe: Vec<String>,
     /// Seconds between `$SYS` status publishes; 0: none.
     pub sys_interval_s: u64,
+    /// Per-client `$SYS/broker/clients/<id>/connected|disconnected` events. Off by
+    /// default: a connect storm would publish one message per client.
+    pub sys_client_events: bool,
     /// Mosquitto-format ACL file; `None`: everything is allowed.
     pub acl_file: Option<String>,
 
@@ -329,6 +332,7 @@ impl Default for Config {
             max_retained_bytes: 256 << 20,
             deny_subscribe: Vec::new(),
             sys_interval_s: 10,
+            sys_client_events: false,
             acl_file: None,
             mqttsn_listen: None,
             mqttsn_predefined_topics_file: None,

@@ -78,6 +78,7 @@ fn every_cli_option_has_the_same_toml_key() {
         ("ws_max_frame_bytes", "7", "7"),
         ("http_listen", "\"127.0.0.1:6\"", "127.0.0.1:6"),
         ("sys_interval_s", "7", "7"),
+        ("sys_client_events", "true", "true"),
         ("shards", "2", "2"),
         ("io", "\"uring\"", "uring"),
         ("log_level", "\"debug\"", "debug"),

@@ -1,29 +1,20 @@
 //! The JSON of `/api/stats`, which the status page polls: node totals and per-loop
-//! figures, written by hand (a dozen numbers do not need a serializer).
+//! figures, and every labelled counter family (`families.rs`) under `reasons`,
+//! written by hand (names are fixed identifiers, values numbers: nothing to escape).
 
 use std::fmt::Write;
 
+use super::families::{families, total as total_of, DROPPED, REFUSED};
 use super::prometheus::Context;
 use super::NodeSnapshot;
 
 /// `{"uptime_s":..,"connections":..,...,"loops":[{"shard":0,...}]}`.
 pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
-    let c = node.core_total();
-    let dropped = c.dropped_outbound_full
-        + c.dropped_queue_full
-        + c.dropped_too_large
-        + c.dropped_expired
-        + c.dropped_offline_qos0
-        + c.dropped_no_subscriber
-        + c.dropped_memory_qos0
-        + node.sum(|l| l.mesh_rejected);
-    let refused = c.refused_max_connections
-        + c.refused_per_ip
-        + c.refused_rate
-        + c.refused_busy
-        + c.refused_keepalive
-        + c.refused_handoff
-        + c.refused_max_sessions;
+    let total = node.total();
+    let c = &total.core;
+    let families = families(&total);
+    let dropped = total_of(&families, DROPPED);
+    let refused = total_of(&families, REFUSED);
     let memory: usize = node.loops.iter().map(|l| l.core.memory_bytes()).sum();
     let mut s = String::with_capacity(512 + 128 * node.loops.len());
     let _ = write!(
@@ -67,6 +58,21 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
             l.core.messages_out,
         );
     }
-    s.push_str("]}");
+    // Every labelled counter family, from the table `/metrics` renders.
+    s.push_str("],\"reasons\":{");
+    for (i, f) in families.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        let _ = write!(s, "\"{}\":{{", f.short);
+        for (j, (label, v)) in f.samples.iter().enumerate() {
+            if j > 0 {
+                s.push(',');
+            }
+            let _ = write!(s, "\"{label}\":{v}");
+        }
+        s.push('}');
+    }
+    s.push_str("}}");
     s
 }

@@ -8,8 +8,10 @@
 //! scrape asks every loop for a snapshot over the mesh, and the loop that answers
 //! renders the merge.
 
+pub mod families;
 pub mod http;
 pub mod json;
+pub mod latency;
 pub mod process;
 pub mod prometheus;
 pub mod sys;
@@ -17,6 +19,7 @@ pub mod sys;
 use crate::io::IoStats;
 use crate::ring::MeshStats;
 use crate::shard::{ShardStats, SnStats};
+use crate::transport::ws::WsRefused;
 
 pub use process::ProcessInfo;
 
@@ -40,6 +43,14 @@ pub struct LoopSnapshot {
     pub handoffs_in: u64,
     pub handoffs_expired: u64,
     pub drain_timeouts: u64,
+    /// TLS connections closed for a TLS error.
+    pub tls_failed: u64,
+    /// WebSocket connections refused or closed for an error, by their answer.
+    pub ws_refused: WsRefused,
+    /// Closes that lingered (write side shut, reads discarded) before the close.
+    pub lingered: u64,
+    /// Closes made at once because `max_lingering_per_shard` were lingering.
+    pub linger_refused_full: u64,
     /// CPU time of the loop's thread since it started, in nanoseconds: blocked
     /// waiting for events costs none (a `busy_poll_us` spin counts as busy).
     pub busy_ns: u64,
@@ -47,6 +58,8 @@ pub struct LoopSnapshot {
     pub wall_ns: u64,
     /// Loop turns since start.
     pub turns: u64,
+    /// PUBLISH read → send completion (`latency`).
+    pub latency: latency::LatencyHistogram,
     /// The `[[bridge]]`s this loop owns.
     pub bridges: Vec<BridgeSnapshot>,
 }
@@ -115,10 +128,74 @@ impl NodeSnapshot {
         t
     }
 
+    /// Every loop's counters merged into one snapshot (`shard` 0, no bridges; the
+    /// per-loop figures stay in `loops`): what the node-wide families read.
+    pub fn total(&self) -> LoopSnapshot {
+        let mut t = LoopSnapshot::default();
+        for l in &self.loops {
+            add_loop(&mut t, l);
+        }
+        t.core = self.core_total();
+        t
+    }
+
     /// A loop-level counter summed over loops.
     pub fn sum(&self, f: impl Fn(&LoopSnapshot) -> u64) -> u64 {
         self.loops.iter().map(f).fold(0, u64::wrapping_add)
     }
+}
+
+/// Adds the loop-level counters of `b` into `a` (`core` is merged by
+/// [`NodeSnapshot::core_total`], which knows the retained replica is not summed).
+/// Destructured without `..`, so a field added to `LoopSnapshot` does not compile
+/// until it is merged here.
+fn add_loop(a: &mut LoopSnapshot, b: &LoopSnapshot) {
+    let LoopSnapshot {
+        shard: _,
+        core: _,
+        io,
+        mesh,
+        mesh_inbound_waiting,
+        mesh_rejected,
+        migrations_out,
+        migrations_failed,
+        handoffs_in,
+        handoffs_expired,
+        drain_timeouts,
+        tls_failed,
+        ws_refused,
+        lingered,
+        linger_refused_full,
+        busy_ns,
+        wall_ns,
+        turns,
+        latency,
+        bridges: _,
+    } = b;
+    add_io(&mut a.io, io);
+    let MeshStats {
+        sent,
+        overflowed,
+        rejected,
+    } = mesh;
+    a.mesh.sent += sent;
+    a.mesh.overflowed += overflowed;
+    a.mesh.rejected += rejected;
+    a.mesh_inbound_waiting += mesh_inbound_waiting;
+    a.mesh_rejected += mesh_rejected;
+    a.migrations_out += migrations_out;
+    a.migrations_failed += migrations_failed;
+    a.handoffs_in += handoffs_in;
+    a.handoffs_expired += handoffs_expired;
+    a.drain_timeouts += drain_timeouts;
+    a.tls_failed += tls_failed;
+    a.ws_refused.add(ws_refused);
+    a.lingered += lingered;
+    a.linger_refused_full += linger_refused_full;
+    a.busy_ns += busy_ns;
+    a.wall_ns += wall_ns;
+    a.turns += turns;
+    a.latency.add(latency);
 }
 
 /// Adds `b` into `a`, field by field. `b` is destructured without `..`, so a field

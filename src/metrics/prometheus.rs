@@ -5,6 +5,7 @@
 
 use std::fmt::Write;
 
+use super::families::families;
 use super::{NodeSnapshot, ProcessInfo};
 
 /// What the exposition says about the build and the process besides the loops.
@@ -16,6 +17,8 @@ pub struct Context {
     pub process: Option<ProcessInfo>,
     /// Seconds since the broker started.
     pub uptime_seconds: f64,
+    /// HTTP connections closed at accept because the listener's bound was reached.
+    pub http_refused: u64,
 }
 
 /// The content type a scrape answers with.
@@ -25,6 +28,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 enum Kind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 struct Out(String);
@@ -34,6 +38,7 @@ impl Out {
         let kind = match kind {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
         };
         let _ = writeln!(self.0, "# HELP {name} {help}");
         let _ = writeln!(self.0, "# TYPE {name} {kind}");
@@ -108,8 +113,9 @@ fn float(v: f64) -> String {
 pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
     use Kind::{Counter, Gauge};
     let mut o = Out(String::with_capacity(16 * 1024));
-    let c = node.core_total();
-    let io = node.io_total();
+    let total = node.total();
+    let c = &total.core;
+    let io = &total.io;
 
     o.family(
         "ringmq_build_info",
@@ -141,6 +147,13 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
     );
 
     // Connections.
+    o.reasons(
+        "ringmq_http_refused_total",
+        Counter,
+        "Connections to the HTTP listener closed at accept, by reason (max_connections: its bound of open connections was reached).",
+        "reason",
+        &[("max_connections", ctx.http_refused)],
+    );
     o.one(
         "ringmq_connections",
         Gauge,
@@ -153,63 +166,19 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         "Client connections accepted.",
         c.accepted,
     );
-    o.reasons(
-        "ringmq_connections_refused_total",
+    // Every labelled counter family, from the one table `/api/stats` and `$SYS`
+    // read too.
+    for f in families(&total) {
+        o.reasons(f.name, Counter, f.help, f.label, &f.samples);
+    }
+    o.one(
+        "ringmq_connections_lingered_total",
         Counter,
-        "CONNECTs refused, by reason.",
-        "reason",
-        &[
-            ("max_connections", c.refused_max_connections),
-            ("max_connections_per_ip", c.refused_per_ip),
-            ("connect_rate", c.refused_rate),
-            ("memory", c.refused_busy),
-            ("keepalive", c.refused_keepalive),
-            ("handoff", c.refused_handoff),
-            ("max_sessions", c.refused_max_sessions),
-        ],
-    );
-    o.reasons(
-        "ringmq_connections_closed_total",
-        Counter,
-        "Connections closed by the broker, by reason.",
-        "reason",
-        &[
-            ("superseded", c.closed_superseded),
-            ("connect_timeout", c.connect_timeouts),
-            ("packet_too_large", c.closed_packet_too_large),
-            ("protocol_error", c.closed_protocol_error),
-            ("topic_invalid", c.closed_topic_invalid),
-            ("receive_maximum", c.closed_receive_maximum),
-            ("slow_consumer", c.closed_slow_consumer),
-            ("not_reading", c.closed_not_reading),
-            ("memory", c.closed_memory),
-            ("drain_timeout", node.sum(|l| l.drain_timeouts)),
-        ],
-    );
-    o.reasons(
-        "ringmq_accept_failures_total",
-        Counter,
-        "Accepted sockets dropped before MQTT saw them, by reason.",
-        "reason",
-        &[
-            ("table_full", io.accept_dropped_full),
-            ("error", io.accept_errors),
-        ],
+        "Closes that lingered (write side shut, reads discarded for close_linger_ms) so the client reads the reason.",
+        total.lingered,
     );
 
     // Authentication and ACLs.
-    o.reasons(
-        "ringmq_auth_refused_total",
-        Counter,
-        "CONNECTs refused by authentication, by reason.",
-        "reason",
-        &[
-            ("bad_credentials", c.auth_bad_credentials),
-            ("not_authorized", c.auth_not_authorized),
-            ("rate_limited", c.auth_rate_limited),
-            ("verifier_busy", c.auth_pool_busy),
-        ],
-    );
     o.one(
         "ringmq_auth_hashes_verified_total",
         Counter,
@@ -222,28 +191,6 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         "CONNECTs authenticated from the verified-password cache.",
         c.auth_cache_hits,
     );
-    o.reasons(
-        "ringmq_auth_jwt_total",
-        Counter,
-        "JWTs presented at CONNECT, by result; expired: connections ended at their token's exp.",
-        "result",
-        &[
-            ("verified", c.auth_jwt_verified),
-            ("refused", c.auth_jwt_refused),
-            ("expired", c.auth_jwt_expired),
-        ],
-    );
-    o.reasons(
-        "ringmq_acl_denied_total",
-        Counter,
-        "Operations the ACL refused, by kind.",
-        "kind",
-        &[
-            ("publish", c.acl_denied_publish),
-            ("subscribe", c.acl_denied_subscribe),
-            ("delivery", c.acl_denied_delivery),
-        ],
-    );
 
     // The MQTT-SN gateway (zero when `mqttsn_listen` is off).
     let sn = &c.sn;
@@ -252,29 +199,6 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         Gauge,
         "MQTT-SN clients held by the gateway (awake, asleep or connecting).",
         sn.clients,
-    );
-    o.reasons(
-        "ringmq_mqttsn_datagrams_total",
-        Counter,
-        "MQTT-SN datagrams received and sent.",
-        "direction",
-        &[("in", sn.datagrams_in), ("out", sn.datagrams_out)],
-    );
-    o.reasons(
-        "ringmq_mqttsn_dropped_total",
-        Counter,
-        "MQTT-SN datagrams, messages and CONNECTs dropped or refused, by reason.",
-        "reason",
-        &[
-            ("bad_datagram", sn.bad_datagrams),
-            ("unexpected", sn.unexpected_msgs),
-            ("max_clients", sn.connects_refused_full),
-            ("max_topic_ids", sn.topic_ids_refused),
-            ("max_buffered", sn.buffered_dropped),
-            ("oversize", sn.oversize_dropped),
-            ("send_buffer_full", sn.send_dropped),
-            ("mesh_full", sn.forward_dropped),
-        ],
     );
     o.one(
         "ringmq_mqttsn_retransmits_total",
@@ -322,16 +246,6 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         "Subscriptions of the sessions held.",
         c.subscriptions,
     );
-    o.reasons(
-        "ringmq_subscriptions_refused_total",
-        Counter,
-        "SUBSCRIBE filters refused, by reason.",
-        "reason",
-        &[
-            ("invalid_filter", c.refused_filters),
-            ("max_subscriptions_per_client", c.refused_subscriptions),
-        ],
-    );
 
     // Retained.
     o.one(
@@ -346,34 +260,12 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         "Bytes of the retained messages stored.",
         c.bytes_retained,
     );
-    o.reasons(
-        "ringmq_retained_refused_total",
-        Counter,
-        "Retained messages not stored, by reason.",
-        "reason",
-        &[
-            ("max_retained_messages", c.dropped_retained_full),
-            ("max_retained_bytes", c.dropped_retained_bytes),
-            ("memory", c.dropped_retained_memory),
-        ],
-    );
 
     o.one(
         "ringmq_store_records_total",
         Counter,
         "Records appended to the write-ahead logs (durability on).",
         c.store_records,
-    );
-    o.reasons(
-        "ringmq_store_errors_total",
-        Counter,
-        "Durability failures, by kind: log writes or syncs that failed (ENOSPC, EIO), records the log refused (stopped after a failed fdatasync, or too large), acknowledgements withheld or sent as 0x97 because their records were not written.",
-        "reason",
-        &[
-            ("write_failed", c.store_write_errors),
-            ("record_refused", c.store_records_refused),
-            ("ack_withheld", c.store_acks_refused),
-        ],
     );
 
     o.one(
@@ -395,6 +287,12 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         Counter,
         "Time from the SUBSCRIBE read on one loop to its route applied on another, summed.",
         c.route_live_total_us as f64 / 1e6,
+    );
+    o.one(
+        "ringmq_route_live_max_seconds",
+        Gauge,
+        "Longest time a route add took to go live on another loop, since start (max over loops).",
+        float(c.route_live_max_us as f64 / 1e6),
     );
     o.one(
         "ringmq_route_live_slow_total",
@@ -455,22 +353,6 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         "Outbound QoS 1/2 messages sent and not yet acknowledged.",
         c.inflight,
     );
-    o.reasons(
-        "ringmq_messages_dropped_total",
-        Counter,
-        "Message copies dropped, by reason.",
-        "reason",
-        &[
-            ("outbound_full", c.dropped_outbound_full),
-            ("queue_full", c.dropped_queue_full),
-            ("too_large", c.dropped_too_large),
-            ("expired", c.dropped_expired),
-            ("offline_qos0", c.dropped_offline_qos0),
-            ("no_subscriber", c.dropped_no_subscriber),
-            ("memory", c.dropped_memory_qos0),
-            ("mesh_full", node.sum(|l| l.mesh_rejected)),
-        ],
-    );
 
     // Mesh and hand-offs.
     o.one(
@@ -485,23 +367,18 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         "Mesh sends that found the ring full (kept on the local overflow list).",
         node.sum(|l| l.mesh.overflowed),
     );
+    o.one(
+        "ringmq_mesh_rejected_total",
+        Counter,
+        "Mesh sends refused outright: ring and overflow list full.",
+        total.mesh.rejected,
+    );
     o.per_loop(
         "ringmq_mesh_inbound_messages",
         Gauge,
         "Messages waiting in a loop's inbound mesh rings.",
         node,
         |l| l.mesh_inbound_waiting.to_string(),
-    );
-    o.reasons(
-        "ringmq_handoffs_total",
-        Counter,
-        "Connections handed to the loop that owns their session, by result.",
-        "result",
-        &[
-            ("ok", node.sum(|l| l.migrations_out)),
-            ("failed", node.sum(|l| l.migrations_failed)),
-            ("expired", node.sum(|l| l.handoffs_expired)),
-        ],
     );
 
     // IO.
@@ -524,21 +401,45 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         io.sends_resumed,
     );
     o.one(
+        "ringmq_io_accepted_total",
+        Counter,
+        "Sockets the io backend accepted (MQTT and WebSocket listeners).",
+        io.accepted,
+    );
+    o.one(
+        "ringmq_io_accept_multishot_armed_total",
+        Counter,
+        "io_uring multishot accepts armed (each re-arm after its ring ran low).",
+        io.accept_multi_armed,
+    );
+    o.one(
+        "ringmq_io_send_busy_total",
+        Counter,
+        "Sends refused because one was already in flight on the socket (a bug: the bytes are lost).",
+        io.send_refused_busy,
+    );
+    o.one(
         "ringmq_io_recv_nobufs_total",
         Counter,
         "Receives that ran out of provided buffers and were re-armed.",
         io.recv_nobufs,
     );
-    o.reasons(
-        "ringmq_io_doorbells_total",
-        Counter,
-        "Cross-loop doorbells that needed another try or were given up on.",
-        "result",
-        &[
-            ("retried", io.doorbell_retried),
-            ("failed", io.doorbell_failed),
-        ],
+
+    // PUBLISH → kernel latency, every loop's histogram merged.
+    let name = "ringmq_publish_to_kernel_seconds";
+    o.family(
+        name,
+        Kind::Histogram,
+        "Time from the loop turn that read a PUBLISH to the turn that reaped the completion of the send holding its delivery to a subscriber (bytes in the kernel's socket buffer), one sample per send of live deliveries, at loop-turn resolution.",
     );
+    let h = &total.latency;
+    let bucket = format!("{name}_bucket");
+    for (le, n) in h.cumulative() {
+        o.sample(&bucket, &[("le", &float(le))], n);
+    }
+    o.sample(&bucket, &[("le", "+Inf")], h.count);
+    o.sample(&format!("{name}_sum"), &[], float(h.sum_us as f64 / 1e6));
+    o.sample(&format!("{name}_count"), &[], h.count);
 
     // Loops.
     o.per_loop(
@@ -577,6 +478,27 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         |l| l.core.memory_bytes().to_string(),
     );
 
+    o.family(
+        "ringmq_memory_part_bytes",
+        Gauge,
+        "Accounted message memory of all loops, by part: unsent output (tx), large payloads shared by their subscribers (shared), session queues (queued), the retained replica (retained, per loop), partial frames (rx), the filter trie and routes table (routes).",
+    );
+    for (part, v) in [
+        ("tx", c.bytes_tx),
+        ("shared", c.bytes_shared),
+        ("queued", c.bytes_queued),
+        (
+            "retained",
+            node.loops
+                .iter()
+                .map(|l| l.core.bytes_retained)
+                .sum::<usize>(),
+        ),
+        ("rx", c.bytes_rx),
+        ("routes", c.bytes_routes),
+    ] {
+        o.sample("ringmq_memory_part_bytes", &[("part", part)], v);
+    }
     if let Some(p) = ctx.process {
         o.one(
             "process_resident_memory_bytes",
@@ -634,9 +556,12 @@ fn render_bridges(o: &mut Out, node: &NodeSnapshot) {
         return;
     }
     type Figure = fn(&super::BridgeSnapshot) -> u64;
-    let families: [(&str, Kind, &str, Figure); 11] = [
+    let families: [(&str, Kind, &str, Figure); 14] = [
         ("ringmq_bridge_up", Gauge, "1 while the bridge is connected to its remote broker.", |b| u64::from(b.up)),
         ("ringmq_bridge_held_messages", Gauge, "Outgoing messages held: queued while the remote is down, plus sent and unacknowledged.", |b| b.held),
+        ("ringmq_bridge_connect_attempts_total", Counter, "Connection attempts towards the remote.", |b| b.stats.connect_attempts),
+        ("ringmq_bridge_out_queued_total", Counter, "Local messages taken for the remote.", |b| b.stats.out_queued),
+        ("ringmq_bridge_subscribe_refused_total", Counter, "Subscriptions the remote refused (SUBACK failure codes).", |b| b.stats.subscribe_refused),
         ("ringmq_bridge_connects_total", Counter, "Connections the remote accepted.", |b| b.stats.connects),
         ("ringmq_bridge_connect_failures_total", Counter, "Connection attempts that failed (refused, timed out, closed before CONNACK).", |b| b.stats.connect_failures),
         ("ringmq_bridge_disconnects_total", Counter, "Accepted connections that ended.", |b| b.stats.disconnects),

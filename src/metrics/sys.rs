@@ -1,11 +1,13 @@
 //! The `$SYS/broker/...` status topics, with Mosquitto's names and payload formats,
-//! computed from a scrape's [`NodeSnapshot`]; sans-IO: the caller says how much
+//! computed from a scrape's [`NodeSnapshot`], plus ringmq's own counter families
+//! (`families.rs`) under `$SYS/broker/ringmq/<family>/<label>`; sans-IO: the caller says how much
 //! time passed and publishes what comes back (retained, as Mosquitto does).
 //!
 //! The `load/.../1min|5min|15min` figures are Mosquitto's: a per-minute rate
 //! smoothed by an exponential moving average over the window,
 //! `load = rate + exp(-interval/window) * (load - rate)`.
 
+use super::families::{self, families, DROPPED};
 use super::prometheus::Context;
 use super::NodeSnapshot;
 
@@ -40,15 +42,10 @@ impl SysState {
         ctx: &Context,
         interval_s: f64,
     ) -> Vec<(String, String)> {
-        let c = node.core_total();
-        let dropped = c.dropped_outbound_full
-            + c.dropped_queue_full
-            + c.dropped_too_large
-            + c.dropped_expired
-            + c.dropped_offline_qos0
-            + c.dropped_no_subscriber
-            + c.dropped_memory_qos0
-            + node.sum(|l| l.mesh_rejected);
+        let total = node.total();
+        let c = &total.core;
+        let families = families(&total);
+        let dropped = families::total(&families, DROPPED);
         let connected = c.sessions_online as u64;
         self.max_clients = self.max_clients.max(connected);
         let totals: [u64; LOADS] = [
@@ -123,6 +120,12 @@ impl SysState {
                 ctx.process.map_or(0, |p| p.resident_bytes).to_string(),
             ),
         ];
+        // ringmq's own figures: every labelled counter family, one topic a label.
+        for f in &families {
+            for (label, v) in &f.samples {
+                out.push((format!("{b}/ringmq/{}/{label}", f.short), v.to_string()));
+            }
+        }
         let names = LOAD_NAMES.iter().chain(std::iter::once(&"connections"));
         for (name, load) in names.zip(&self.loads) {
             for (w, (window, _)) in WINDOWS.iter().enumerate() {

@@ -80,6 +80,9 @@ pub(crate) struct Conn {
     pub rx_counted: u32,
     /// Distinguishes reuses of this slab slot for timers.
     pub generation: u32,
+    /// Latency stamp (`Shard::latency_stamp`) of the oldest live delivery written
+    /// into `tx` since the last take; 0: none. Fits the struct's padding.
+    pub tx_read_at: u32,
     pub session: u32,
     /// 1.5 × negotiated keepalive; 0 = no keepalive.
     pub keepalive_timeout_ms: u32,
@@ -118,6 +121,7 @@ impl Conn {
             aliases: None,
             rx_counted: 0,
             generation,
+            tx_read_at: 0,
             session: NONE,
             keepalive_timeout_ms: 0,
             client_max_packet: u32::MAX,

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::conn::ConnState;
+use super::events;
 use super::limits::Refusal;
 use super::timer::TimerKind;
 use super::{Action, ConnId, Handoff, Shard};
@@ -418,6 +419,7 @@ impl Shard {
             return;
         };
         c.state = ConnState::Connected;
+        let peer = c.pending.as_ref().map(|p| p.peer);
         c.pending = None;
         c.session = session;
         c.version = version;
@@ -472,6 +474,16 @@ impl Shard {
         };
         self.write_control(conn, &Packet::ConnAck(ack));
         self.arm_keepalive(conn, now);
+        if self.config.sys_client_events {
+            let e = events::Connected {
+                client_id: &client_id[..],
+                peer,
+                protocol: version as u8,
+                clean_start: connect.clean_start,
+                keepalive_s,
+            };
+            self.event_connected(e, now);
+        }
         if session_present {
             self.resend_inflight(session, now);
             self.pump(session, now);
@@ -590,6 +602,13 @@ impl Shard {
             return;
         }
         s.conn = NONE;
+        if self.config.sys_client_events {
+            let id = s.client_id.clone();
+            self.event_disconnected(&id, !abnormal, now);
+        }
+        let Some(s) = self.sessions.get_mut(session) else {
+            return;
+        };
         let expiry_s = s.expiry_s;
         let will_delay_s = s.will.as_ref().map(|w| w.delay_s);
         if !abnormal {

@@ -366,6 +366,15 @@ fn mark_flush(actions: &mut VecDeque<Action>, conn: ConnId, c: &mut Conn) {
     }
 }
 
+/// The first live copy written since the last take is the oldest in the output
+/// (copies are written in the order they are routed): its read time stays.
+#[inline]
+fn stamp(c: &mut Conn, fanout_stamp: u32) {
+    if c.tx_read_at == 0 {
+        c.tx_read_at = fanout_stamp;
+    }
+}
+
 fn window(config: &Config, c: &Conn) -> usize {
     usize::from(config.max_inflight.min(c.client_receive_max)).max(1)
 }
@@ -403,6 +412,7 @@ impl Shard {
             actions,
             payloads,
             auth,
+            fanout_stamp,
             ..
         } = self;
         let Some(sess) = sessions.get_mut(session) else {
@@ -472,6 +482,7 @@ impl Shard {
             );
             stats.bytes_tx += c.tx.own_len() - before;
             count(stats, w);
+            stamp(c, *fanout_stamp);
             mark_flush(actions, conn_id, c);
             return;
         }
@@ -498,6 +509,7 @@ impl Shard {
                 match w {
                     Written::Yes => {
                         stats.messages_out += 1;
+                        stamp(c, *fanout_stamp);
                         mark_flush(actions, conn_id, c);
                         let out = Outgoing {
                             msg: arc.get_or_insert_with(|| Arc::new(msg.clone())).clone(),

@@ -65,6 +65,7 @@ impl Shard {
         self.stats.messages_in += 1;
         self.stats.messages_in_qos[msg.qos as usize] += 1;
         self.stats.bytes_shared = self.payloads.bytes();
+        self.fanout_stamp = self.latency_stamp(msg.arrived_at);
         // Only stored/forwarded messages need the Arc; a purely local QoS 0 fan-out
         // does without (see `deliver`).
         let mut arc: Option<Arc<Message>> = None;
@@ -115,6 +116,7 @@ impl Shard {
         now: Instant,
     ) {
         self.stats.bytes_shared = self.payloads.bytes();
+        self.fanout_stamp = self.latency_stamp(msg.arrived_at);
         let mut arc = Some(msg.clone());
         if plain {
             self.deliver_local::<WALK_PLAIN>(&msg, &mut arc, now);

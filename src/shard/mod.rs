@@ -20,6 +20,7 @@ mod durable;
 mod durable_cluster;
 mod durable_remote;
 mod durable_snapshot;
+mod events;
 mod fanout;
 mod inbound;
 mod lifecycle;
@@ -176,6 +177,16 @@ pub struct Shard {
     control: ControlOutbox,
     /// Origin of `Session::connect_ns`: when the first connection arrived.
     epoch: Option<Instant>,
+    /// Origin of the latency stamps (`latency_stamp`): the first time stamped.
+    latency_epoch: Option<Instant>,
+    /// The last stamp made and the time it was made from: a turn's fan-outs share
+    /// the turn's `now` as their `arrived_at`, so one conversion serves them all.
+    latency_last: Option<(Instant, u32)>,
+    /// The stamp of the message being fanned out (`publish`, `on_remote_publish`),
+    /// given to each connection its live copy is written to (`Conn::tx_read_at`).
+    fanout_stamp: u32,
+    /// `Conn::tx_read_at` of the output the last `take_tx_chain` returned.
+    taken_stamp: u32,
     auth: auth::ShardAuth,
     /// The turn's output for the cluster thread; `None` on a single node.
     cluster: Option<Box<cluster::ClusterOut>>,
@@ -247,6 +258,10 @@ impl Shard {
             pending_subacks: VecDeque::new(),
             control: ControlOutbox::new(shard_count),
             epoch: None,
+            latency_epoch: None,
+            latency_last: None,
+            fanout_stamp: 0,
+            taken_stamp: 0,
             // Open until `set_auth`: the broker as it was without auth files. The
             // cache key's secret comes with the policy's first install.
             auth: auth::ShardAuth::new(
@@ -289,11 +304,22 @@ impl Shard {
     /// client of this shard had: stored in every replica and delivered to matching
     /// subscribers. Not counted as a message received from a client.
     pub fn publish_sys(&mut self, topic: bytes::Bytes, payload: bytes::Bytes, now: Instant) {
+        self.publish_broker(topic, payload, true, now);
+    }
+
+    /// As [`publish_sys`](Self::publish_sys), retained or not (events are not).
+    fn publish_broker(
+        &mut self,
+        topic: bytes::Bytes,
+        payload: bytes::Bytes,
+        retain: bool,
+        now: Instant,
+    ) {
         let msg = crate::session::Message {
             topic,
             payload,
             qos: crate::protocol::QoS::AtMostOnce,
-            retain: true,
+            retain,
             properties: Default::default(),
             arrived_at: now,
             origin_shard: self.id,
@@ -326,6 +352,34 @@ impl Shard {
         self.stats.inflight = inflight;
         self.stats.bytes_shared = self.payloads.bytes();
         self.stats.clone()
+    }
+
+    /// `t` as a latency stamp: µs since this shard's first stamp, wrapping after
+    /// ~71 minutes, never 0 (0 means "no live delivery"). The worker stamps send
+    /// completions with it, the fan-out each PUBLISH's read time
+    /// (`metrics::latency`).
+    #[inline]
+    pub fn latency_stamp(&mut self, t: Instant) -> u32 {
+        match self.latency_last {
+            Some((at, stamp)) if at == t => stamp,
+            _ => self.latency_stamp_new(t),
+        }
+    }
+
+    #[inline(never)]
+    fn latency_stamp_new(&mut self, t: Instant) -> u32 {
+        let epoch = *self.latency_epoch.get_or_insert(t);
+        let stamp = (t.saturating_duration_since(epoch).as_micros() as u32).max(1);
+        self.latency_last = Some((t, stamp));
+        stamp
+    }
+
+    /// The latency stamp of the oldest live delivery in what the last
+    /// `take_tx_chain` returned; 0: none (control packets, queued or retained
+    /// copies only).
+    #[inline]
+    pub fn taken_read_stamp(&self) -> u32 {
+        self.taken_stamp
     }
 
     /// A message from shard `from`.

@@ -60,6 +60,7 @@ impl Shard {
         };
         let (len, own) = c.tx.lens();
         let out = take(&mut c.tx);
+        self.taken_stamp = std::mem::take(&mut c.tx_read_at);
         self.stats.bytes_tx -= own;
         self.stats.bytes_out += len as u64;
         if c.state == ConnState::Connected && c.session != NONE {

@@ -55,10 +55,16 @@ impl<L: EventLoop> Worker<L> {
     /// any (with any handshake, alert or control bytes they queued; a WebSocket frames
     /// the whole flush as one frame).
     pub(super) fn next_tx(shard: &mut Shard, c: &mut ConnIo, conn: ConnId) -> Option<TxChain> {
-        let Some(session) = c.tls.as_mut() else {
-            return shard.take_tx_chain(conn);
+        let chain = shard.take_tx_chain(conn);
+        c.read_at = if chain.is_some() {
+            shard.taken_read_stamp()
+        } else {
+            0
         };
-        if let Some(plain) = shard.take_tx_chain(conn) {
+        let Some(session) = c.tls.as_mut() else {
+            return chain;
+        };
+        if let Some(plain) = chain {
             session.encode_chain(plain);
         }
         session.take_wire().map(TxChain::from)
@@ -88,6 +94,7 @@ impl<L: EventLoop> Worker<L> {
             sock,
             state: State::Open,
             sending: false,
+            read_at: 0,
             tls,
         });
         // A shard never holds 2^32 connections; `NO_CONN` would only lose the mapping.
@@ -204,7 +211,7 @@ impl<L: EventLoop> Worker<L> {
                                         // protocol error, a refused upgrade): its
                                         // answer goes out, then the socket closes.
                                         if let Some(e) = session.ws_error() {
-                                            report.ws_refused += 1;
+                                            report.ws_refused.count(e);
                                             tracing::debug!(
                                                 shard = shard.id(),
                                                 conn,
@@ -314,6 +321,12 @@ impl<L: EventLoop> Worker<L> {
                     return;
                 };
                 c.sending = false;
+                if c.read_at != 0 && errno == 0 {
+                    let done = shard.latency_stamp(now);
+                    report
+                        .latency
+                        .record_since(std::mem::take(&mut c.read_at), done);
+                }
                 match (c.state, errno) {
                     (State::Open, 0) | (State::Draining, 0) => {
                         if let Some(data) = Self::next_tx(shard, c, conn) {

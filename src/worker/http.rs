@@ -242,6 +242,7 @@ impl HttpServer {
             io_backend: self.io_backend,
             process: observe::read_process_info(),
             uptime_seconds: now.saturating_duration_since(self.started).as_secs_f64(),
+            http_refused: self.refused,
         }
     }
 

@@ -124,6 +124,9 @@ struct ConnIo {
     sock: SockId,
     state: State,
     sending: bool,
+    /// Latency stamp of the oldest live delivery in the send in flight; 0: none
+    /// (`metrics::latency`).
+    read_at: u32,
     /// The connection's transforms (TLS, WebSocket, both); `None` for plain TCP,
     /// which then pays one test per receive and per send for them.
     tls: Option<Box<Transport>>,

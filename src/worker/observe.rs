@@ -7,10 +7,10 @@
 use std::time::{Duration, Instant};
 
 use crate::io::EventLoop;
+use crate::metrics::families::{families, total, CLOSED, DROPPED, REFUSED};
 use crate::metrics::{process, LoopSnapshot, ProcessInfo};
-use crate::shard::ShardStats;
 
-use super::Worker;
+use super::{Worker, WorkerReport};
 
 /// Busy time of one loop: the CPU time of its thread. Time blocked in the kernel
 /// waiting for events costs none; the work the kernel does for the loop's own
@@ -91,50 +91,28 @@ impl Summary {
     }
 }
 
-fn dropped(s: &ShardStats) -> u64 {
-    s.dropped_outbound_full
-        + s.dropped_queue_full
-        + s.dropped_too_large
-        + s.dropped_expired
-        + s.dropped_offline_qos0
-        + s.dropped_no_subscriber
-        + s.dropped_memory_qos0
-}
-
-fn refused(s: &ShardStats) -> u64 {
-    s.refused_max_connections
-        + s.refused_per_ip
-        + s.refused_rate
-        + s.refused_busy
-        + s.refused_keepalive
-        + s.refused_handoff
-}
-
-fn closed(s: &ShardStats) -> u64 {
-    s.closed_superseded
-        + s.connect_timeouts
-        + s.closed_packet_too_large
-        + s.closed_protocol_error
-        + s.closed_topic_invalid
-        + s.closed_receive_maximum
-        + s.closed_slow_consumer
-        + s.closed_not_reading
+/// The totals the summary line reports, from the metrics' family table.
+fn totals(l: &LoopSnapshot) -> (u64, u64, u64) {
+    let f = families(l);
+    (total(&f, DROPPED), total(&f, REFUSED), total(&f, CLOSED))
 }
 
 impl<L: EventLoop> Worker<L> {
     /// Logs at info what this loop did since its last summary, if anything moved
     /// (an idle broker stays quiet). Called when `summary.next` has passed.
     pub(super) fn log_summary(&mut self, now: Instant) {
-        let s = self.shard.stats();
-        let (busy_ns, wall_ns, _) = self.clock.figures(now);
+        let l = self.counters(now);
+        let s = &l.core;
+        let (busy_ns, wall_ns) = (l.busy_ns, l.wall_ns);
+        let (dropped, refused, closed) = totals(&l);
         let p = &mut self.summary;
         p.next = now + SUMMARY_INTERVAL;
         let (d_in, d_out) = (
             s.messages_in - p.messages_in,
             s.messages_out - p.messages_out,
         );
-        let d_drop = dropped(s) + self.report.mesh_rejected - p.dropped;
-        let (d_ref, d_closed) = (refused(s) - p.refused, closed(s) - p.closed);
+        let d_drop = dropped - p.dropped;
+        let (d_ref, d_closed) = (refused - p.refused, closed - p.closed);
         let busy = (busy_ns - p.busy_ns) as f64 / (wall_ns - p.wall_ns).max(1) as f64;
         if d_in + d_out + d_drop + d_ref + d_closed > 0 {
             tracing::info!(
@@ -152,35 +130,71 @@ impl<L: EventLoop> Worker<L> {
         }
         p.messages_in = s.messages_in;
         p.messages_out = s.messages_out;
-        p.dropped = dropped(s) + self.report.mesh_rejected;
-        p.refused = refused(s);
-        p.closed = closed(s);
+        p.dropped = dropped;
+        p.refused = refused;
+        p.closed = closed;
         p.busy_ns = busy_ns;
         p.wall_ns = wall_ns;
     }
 
     /// This loop's counters for a scrape (walks the shard's sessions once).
     pub(super) fn snapshot(&mut self, now: Instant) -> LoopSnapshot {
+        let mut l = self.counters(now);
+        l.core = self.shard.stats_snapshot();
+        l.bridges = self
+            .bridges
+            .as_ref()
+            .map_or_else(Vec::new, |b| b.snapshot());
+        l
+    }
+
+    /// This loop's counters without the gauges a walk of the sessions fills.
+    fn counters(&self, now: Instant) -> LoopSnapshot {
         let (busy_ns, wall_ns, turns) = self.clock.figures(now);
+        // Destructured without `..`: a counter added to the report does not compile
+        // until it is exported here or said not to be.
+        let WorkerReport {
+            shard: _,
+            // Read from the backend itself (the report's copy is filled at exit).
+            io: _,
+            mesh_rejected,
+            migrations_out,
+            migrations_failed,
+            handoffs_in,
+            tls_failed,
+            ws_refused,
+            handoffs_expired,
+            // Only at shutdown, after the last scrape.
+            forced_closes: _,
+            drain_timeouts,
+            // Filled at exit; the linger keeps the live figures.
+            lingered: _,
+            linger_refused_full: _,
+            // The shard's own counters, read below.
+            core: _,
+            latency,
+        } = &self.report;
         LoopSnapshot {
             shard: self.id,
-            core: self.shard.stats_snapshot(),
+            core: self.shard.stats().clone(),
             io: self.io.stats(),
             mesh: self.mesh.stats(),
             mesh_inbound_waiting: self.mesh.inbound_len() as u64,
-            mesh_rejected: self.report.mesh_rejected,
-            migrations_out: self.report.migrations_out,
-            migrations_failed: self.report.migrations_failed,
-            handoffs_in: self.report.handoffs_in,
-            handoffs_expired: self.report.handoffs_expired,
-            drain_timeouts: self.report.drain_timeouts,
+            mesh_rejected: *mesh_rejected,
+            migrations_out: *migrations_out,
+            migrations_failed: *migrations_failed,
+            handoffs_in: *handoffs_in,
+            handoffs_expired: *handoffs_expired,
+            drain_timeouts: *drain_timeouts,
+            tls_failed: *tls_failed,
+            ws_refused: *ws_refused,
+            lingered: self.linger.started,
+            linger_refused_full: self.linger.refused_full,
             busy_ns,
             wall_ns,
             turns,
-            bridges: self
-                .bridges
-                .as_ref()
-                .map_or_else(Vec::new, |b| b.snapshot()),
+            latency: *latency,
+            bridges: Vec::new(),
         }
     }
 }

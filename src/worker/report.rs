@@ -18,8 +18,8 @@ pub struct WorkerReport {
     /// not TLS at all, a bad record).
     pub tls_failed: u64,
     /// WebSocket connections closed for a protocol error or a refused upgrade (each
-    /// told why first: an HTTP status or a close code).
-    pub ws_refused: u64,
+    /// told why first: an HTTP status or a close code), by that answer.
+    pub ws_refused: crate::transport::ws::WsRefused,
     /// Hand-offs whose socket never came within `adopt_pair_timeout_ms` (it was closed
     /// unpaired before its hand-off arrived, or adopting it failed): dropped.
     pub handoffs_expired: u64,
@@ -31,6 +31,8 @@ pub struct WorkerReport {
     pub lingered: u64,
     /// Connections closed at once because `max_lingering_per_shard` were lingering.
     pub linger_refused_full: u64,
+    /// PUBLISH read → send completion, per send holding a live delivery.
+    pub latency: crate::metrics::latency::LatencyHistogram,
     /// The shard core's counters (every drop and refusal) at exit.
     pub core: crate::shard::ShardStats,
 }

@@ -125,6 +125,86 @@ impl WsError {
     }
 }
 
+/// WebSocket connections refused or closed for an error, by the answer they got: one
+/// counter per HTTP status of a refused upgrade, and per close code after it (the
+/// exit log names them `ws_refused.<reason>`; `/metrics` as
+/// `ringmq_websocket_refused_total{reason}`, the table in `metrics/families.rs`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WsRefused {
+    /// 400: not a well-formed upgrade request.
+    pub bad_request: u64,
+    /// 400: no `mqtt` or `mqttv3.1` subprotocol offered.
+    pub no_mqtt_subprotocol: u64,
+    /// 431: request head too large.
+    pub request_too_large: u64,
+    /// 405: not a GET.
+    pub method_not_allowed: u64,
+    /// 404: another path than the listener's.
+    pub not_found: u64,
+    /// 426: not a WebSocket 13 upgrade.
+    pub upgrade_required: u64,
+    /// 403: `Origin` not allowed.
+    pub forbidden_origin: u64,
+    /// Close 1002: a frame breaking RFC 6455 (unmasked, RSV bits, reserved opcode,
+    /// bad control frame or fragmentation, bad close code).
+    pub protocol_error: u64,
+    /// Close 1003: a text frame.
+    pub text_frame: u64,
+    /// Close 1009: a frame over `ws_max_frame_bytes`.
+    pub frame_too_large: u64,
+}
+
+impl WsRefused {
+    /// Counts `e` under its answer (the same split as [`WsError::answer`]).
+    pub fn count(&mut self, e: &WsError) {
+        let n = match e {
+            WsError::BadRequest(_) => &mut self.bad_request,
+            WsError::NoMqttSubprotocol => &mut self.no_mqtt_subprotocol,
+            WsError::RequestTooLarge => &mut self.request_too_large,
+            WsError::MethodNotAllowed => &mut self.method_not_allowed,
+            WsError::NotFound => &mut self.not_found,
+            WsError::UpgradeRequired => &mut self.upgrade_required,
+            WsError::ForbiddenOrigin => &mut self.forbidden_origin,
+            WsError::Unmasked
+            | WsError::ReservedBits
+            | WsError::BadOpcode
+            | WsError::BadControlFrame
+            | WsError::BadFragmentation
+            | WsError::BadCloseCode => &mut self.protocol_error,
+            WsError::TextFrame => &mut self.text_frame,
+            WsError::FrameTooLarge(_) => &mut self.frame_too_large,
+        };
+        *n += 1;
+    }
+
+    /// Adds `b` into `self`, field by field (destructured without `..`, so a new
+    /// reason does not compile until it is merged).
+    pub fn add(&mut self, b: &WsRefused) {
+        let WsRefused {
+            bad_request,
+            no_mqtt_subprotocol,
+            request_too_large,
+            method_not_allowed,
+            not_found,
+            upgrade_required,
+            forbidden_origin,
+            protocol_error,
+            text_frame,
+            frame_too_large,
+        } = b;
+        self.bad_request += bad_request;
+        self.no_mqtt_subprotocol += no_mqtt_subprotocol;
+        self.request_too_large += request_too_large;
+        self.method_not_allowed += method_not_allowed;
+        self.not_found += not_found;
+        self.upgrade_required += upgrade_required;
+        self.forbidden_origin += forbidden_origin;
+        self.protocol_error += protocol_error;
+        self.text_frame += text_frame;
+        self.frame_too_large += frame_too_large;
+    }
+}
+
 impl fmt::Display for WsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
