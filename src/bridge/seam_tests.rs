@@ -66,7 +66,9 @@ impl Seam {
             client,
             remote_rx: BytesMut::new(),
         };
-        let open = s.link.open(LOCAL_ID, &s.client.local_subscriptions());
+        let open = s
+            .link
+            .open(LOCAL_ID, &s.client.local_subscriptions(), false);
         s.cl.send_raw(cid, &open);
         s.step();
         assert!(s.link.is_up());
@@ -87,7 +89,7 @@ impl Seam {
                 let answer = self
                     .link
                     .on_shard_bytes(&b, |d| {
-                        client.publish_out(&d.topic, d.qos, d.retain, d.payload, now);
+                        client.forward(&d.topic, d.qos, d.retain, d.payload, d.token, now)
                     })
                     .expect("the shard speaks MQTT 5 on the virtual connection");
                 if let Some(a) = answer {
@@ -97,6 +99,13 @@ impl Seam {
             while let Some(m) = self.client.poll_local() {
                 moved = true;
                 let b = self.link.publish(m);
+                self.cl.send_raw(self.cid, &b);
+            }
+            while let Some(token) = self.client.poll_local_done() {
+                moved = true;
+                self.link.ack(token);
+            }
+            if let Some(b) = self.link.take() {
                 self.cl.send_raw(self.cid, &b);
             }
             if !moved {
