@@ -2,7 +2,8 @@
 //! tests/install-deps.sh; a missing `mosquitto` fails the test). Both directions at
 //! QoS 0, 1 and 2 with no message bounced back; the remote stopped mid-stream and
 //! restarted: nothing lost within `queue_max_messages`, and beyond it the excess
-//! counted in /metrics; `mqtts://` verified against a CA file; config errors named. Every wait is bounded; nothing asserts
+//! counted in /metrics; with a data directory the held queue survives a kill -9 of
+//! ringmq while the remote is down; `mqtts://` verified against a CA file; config errors named. Every wait is bounded; nothing asserts
 //! how fast. tests/run-all.sh runs this file again on the epoll backend.
 
 mod support;
@@ -518,6 +519,133 @@ fn a_remote_stopped_mid_stream_loses_nothing() {
     }
     assert_eq!(seen, (0..500).map(|i| format!("s{i}")).collect());
     assert_eq!(bridge_metric(&local, "ringmq_bridge_out_dropped_total"), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A ringmq with `--data-dir DATA` and one bridge `cloud` forwarding `data/#` out at
+/// QoS 1 and holding at most `HELD_MAX`, two loops (placement seed from the test
+/// support, so `id_on_shard` works), `max_inflight` far below the bridge's bound
+/// (which a bridge's session is not held to).
+fn durable_ringmq_with_bridge(dir: &Path, data: &str, remote_port: u16) -> Broker {
+    let cfg = dir.join("ringmq-durable.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[bridge]]\nname = \"cloud\"\naddress = \"127.0.0.1:{remote_port}\"\n\
+             reconnect_min_ms = 100\nreconnect_max_ms = 500\n\
+             topics = [\"data/# out 1\"]\nqueue_max_messages = {HELD_MAX}\n"
+        ),
+    )
+    .expect("write ringmq-durable.toml");
+    let cfg = cfg.display().to_string();
+    Launch::new(&[
+        "--config",
+        &cfg,
+        "--shards",
+        "2",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--durability",
+        "process",
+        "--max-inflight",
+        "20",
+    ])
+    .spawn()
+}
+
+const HELD_MAX: usize = 150;
+
+#[test]
+fn the_held_queue_survives_a_kill_9_of_ringmq_while_the_remote_is_down() {
+    // More than the bridge holds: the excess is dropped and counted, the rest must
+    // all arrive.
+    const N: usize = 200;
+    let dir = tempdir("dur");
+    let data = dir.join("data").display().to_string();
+    let port = free_port();
+    let remote_addr = format!("127.0.0.1:{port}");
+    // A persistent subscriber on the remote, made while it runs: Mosquitto keeps it
+    // (persistence file) and queues for it what the bridge delivers later.
+    let keeper = || {
+        let mut c = pkt::Connect::v311("remote-keeper");
+        c.clean = false;
+        RawClient::connect_with(&remote_addr, &c).0
+    };
+    let mut remote = Mosquitto::start(&dir, port);
+    subscribe(&mut keeper(), "data/#");
+    remote.stop();
+
+    let mut local = durable_ringmq_with_bridge(&dir, &data, port);
+    // The publisher on the bridge's own loop: its PUBACK then waits for the log that
+    // holds the bridge's copy (a copy on another loop is durable only when that
+    // loop's log has it; README, "Durability").
+    let owner = ringmq::shard::owner_shard(support::TEST_PLACEMENT_SEED, b"$bridge/cloud", 2);
+    let pub_id = support::id_on_shard("dur-pub", owner, 2);
+    let mut local_pub = RawClient::connect_v311(local.addr(), &pub_id);
+    // Probes until the bridge's local subscription exists (a message before it has
+    // no subscriber), seen as a message held for the remote.
+    let deadline = Instant::now() + ARRIVE;
+    let mut id = 1000;
+    while bridge_metric(&local, "ringmq_bridge_held_messages") == 0 {
+        assert!(Instant::now() < deadline, "the bridge never took a probe");
+        id += 1;
+        publish(&mut local_pub, "data/probe", QoS::AtLeastOnce, id, "probe");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let probes = bridge_metric(&local, "ringmq_bridge_held_messages") as usize;
+    for i in 0..N {
+        publish(
+            &mut local_pub,
+            "data/x",
+            QoS::AtLeastOnce,
+            i as u16 + 1,
+            &format!("m{i}"),
+        );
+    }
+    let kept = HELD_MAX - probes;
+    wait_metric(&local, "ringmq_bridge_held_messages", HELD_MAX as u64);
+    wait_metric(&local, "ringmq_bridge_out_dropped_total", (N - kept) as u64);
+    // kill -9: nothing gets a chance to tidy up.
+    // SAFETY: kill(2) on our own unreaped child.
+    assert_eq!(
+        unsafe { libc::kill(local.pid() as libc::pid_t, libc::SIGKILL) },
+        0
+    );
+    let status = local.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| !s.success()), "killed: {status:?}");
+    drop(local_pub);
+
+    // Restarted on the same data directory, the remote still down: the bridge holds
+    // every one of them again, nothing dropped.
+    let mut local = durable_ringmq_with_bridge(&dir, &data, port);
+    wait_metric(&local, "ringmq_bridge_held_messages", HELD_MAX as u64);
+    let _remote = Mosquitto::start(&dir, port);
+    let mut sub = keeper();
+    let mut seen = BTreeSet::new();
+    while seen.len() < kept {
+        let Some(p) = next_publish(&mut sub, ARRIVE) else {
+            panic!("only {} of {kept} arrived", seen.len());
+        };
+        if text(&p.payload) != "probe" {
+            seen.insert(text(&p.payload));
+        }
+    }
+    assert_eq!(seen, (0..kept).map(|i| format!("m{i}")).collect());
+    wait_metric(&local, "ringmq_bridge_held_messages", 0);
+    assert_eq!(bridge_metric(&local, "ringmq_bridge_out_dropped_total"), 0);
+
+    // The remote's acknowledgements let the local session go of them: after a
+    // restart nothing is sent again.
+    let status = local.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "SIGTERM: {status:?}");
+    let local = durable_ringmq_with_bridge(&dir, &data, port);
+    wait_metric(&local, "ringmq_bridge_up", 1);
+    while let Some(p) = next_publish(&mut sub, Duration::from_secs(1)) {
+        assert_eq!(text(&p.payload), "probe", "sent again after the restart");
+    }
+    assert_eq!(bridge_metric(&local, "ringmq_bridge_out_sent_total"), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

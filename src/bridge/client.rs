@@ -9,7 +9,10 @@
 //! accepted, `in` rules subscribed, the outgoing queue pumped) → back to `Idle` on any
 //! failure, with exponential backoff and jitter. Outgoing QoS 1/2 messages stay held
 //! until acknowledged and are sent again (DUP) after a reconnect; everything held is
-//! bounded by `queue_max_messages`, and drops beyond it are counted.
+//! bounded by `queue_max_messages`, and drops beyond it are counted. A message that
+//! carries a local token (the local session holds it in the log, `link.rs`) gives
+//! the token back (`poll_local_done`) once the remote acknowledged it, or once it
+//! was sent at QoS 0 or dropped: only then is it acknowledged locally.
 //!
 //! Loop prevention, remote side: MQTT 5 subscribes with No Local; 3.1.1 announces a
 //! bridge (protocol level 0x84, Mosquitto's `try_private`), which makes a Mosquitto
@@ -110,6 +113,8 @@ struct OutMsg {
     qos: QoS,
     retain: bool,
     payload: Bytes,
+    /// The local session's token for this message (0: none), given back when done.
+    local_token: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -137,6 +142,8 @@ pub struct BridgeClient {
     tx: BytesMut,
     transport: VecDeque<Transport>,
     local: VecDeque<LocalPublish>,
+    /// Local tokens of messages done with (bounded by what is held).
+    local_done: VecDeque<u32>,
     queue: VecDeque<OutMsg>,
     /// Sent and unacknowledged, by packet id; kept across reconnects.
     inflight: AHashMap<u16, Inflight>,
@@ -169,6 +176,7 @@ impl BridgeClient {
             tx: BytesMut::new(),
             transport: VecDeque::new(),
             local: VecDeque::new(),
+            local_done: VecDeque::new(),
             queue: VecDeque::new(),
             inflight: AHashMap::new(),
             inflight_order: VecDeque::new(),
@@ -222,6 +230,21 @@ impl BridgeClient {
         payload: Bytes,
         now: Instant,
     ) -> bool {
+        self.forward(topic, q, retain, payload, 0, now)
+    }
+
+    /// `publish_out` of a message the local session holds under `local_token`
+    /// (non-zero): once taken, the token comes back from `poll_local_done` when the
+    /// message is done with. Not taken: nothing comes back (the caller acknowledges).
+    pub fn forward(
+        &mut self,
+        topic: &[u8],
+        q: QoS,
+        retain: bool,
+        payload: Bytes,
+        local_token: u32,
+        now: Instant,
+    ) -> bool {
         let Some((remote_topic, rule_qos)) = self.rules.outbound(topic) else {
             return false;
         };
@@ -235,6 +258,7 @@ impl BridgeClient {
             qos: q.min(rule_qos),
             retain,
             payload,
+            local_token,
         });
         self.pump(now);
         true
@@ -370,6 +394,11 @@ impl BridgeClient {
     /// The send of what `poll_transmit` returned finished: more may be encoded now.
     pub fn on_sent(&mut self, now: Instant) {
         self.pump(now);
+    }
+
+    /// The next local token whose message is done with (see `forward`).
+    pub fn poll_local_done(&mut self) -> Option<u32> {
+        self.local_done.pop_front()
     }
 
     /// The next message for the local broker.
@@ -578,6 +607,7 @@ impl BridgeClient {
                 if let Some(inf) = self.inflight.remove(&id) {
                     if inf.released {
                         self.stats.out_acked += 1;
+                        self.done(inf.msg.local_token);
                     } else {
                         requeue.push(inf.msg);
                     }
@@ -613,7 +643,10 @@ impl BridgeClient {
             };
             self.stats.out_sent += 1;
             self.send(&Packet::Publish(to_publish(&msg, id, false)), now);
-            if id != 0 {
+            if id == 0 {
+                // QoS 0 towards the remote: done once written.
+                self.done(msg.local_token);
+            } else {
                 self.inflight.insert(
                     id,
                     Inflight {
@@ -627,9 +660,16 @@ impl BridgeClient {
     }
 
     fn acked(&mut self, id: u16) {
-        if self.inflight.remove(&id).is_some() {
+        if let Some(inf) = self.inflight.remove(&id) {
             self.stats.out_acked += 1;
             self.inflight_order.retain(|i| *i != id);
+            self.done(inf.msg.local_token);
+        }
+    }
+
+    fn done(&mut self, local_token: u32) {
+        if local_token != 0 {
+            self.local_done.push_back(local_token);
         }
     }
 

@@ -5,7 +5,15 @@
 //! through ordinary fan-out (from any loop, over the mesh), and publishes what the
 //! remote sends. `LocalLink` encodes what goes into that connection and decodes what
 //! comes out; the worker moves the bytes. No IO, no clock.
+//!
+//! With a data directory (`open(.., persistent = true)`) the session is persistent,
+//! so the shard logs every QoS 1/2 copy it queues for the bridge, and a delivery is
+//! acknowledged locally only when the bridge is done with it (`ack`: the remote
+//! acknowledged it, or the bridge dropped it); until then the copy stays in the
+//! session, in the log, and a restart (kill -9 included) delivers it again. Without
+//! one, deliveries are acknowledged as they are taken, as before.
 
+use ahash::{AHashMap, AHashSet};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
@@ -25,6 +33,9 @@ pub struct Delivered {
     pub qos: QoS,
     pub retain: bool,
     pub payload: Bytes,
+    /// What `ack` takes once the bridge is done with it; 0: nothing owed (QoS 0, or
+    /// acknowledged already because the session is not persistent).
+    pub token: u32,
 }
 
 /// Why the virtual connection failed (the worker closes and reopens it).
@@ -44,6 +55,20 @@ pub struct LocalLink {
     /// Server Keep Alive the shard imposed (keepalive_max_s / server_keep_alive_s): the
     /// worker sends PINGREQ at half of it.
     keepalive_s: u16,
+    /// The session is persistent and deliveries are acknowledged by `ack` (above).
+    persistent: bool,
+    /// Which incarnation of the local session the held packet ids belong to: it
+    /// changes when a CONNACK says the session was not present, so an `ack` for a
+    /// message of a lost session never acknowledges a new one under the same id.
+    /// Starts at 1 (a token of 0 means nothing owed).
+    epoch: u16,
+    /// Deliveries the bridge holds, by the session's packet id: the ack still owed.
+    held: AHashMap<u16, QoS>,
+    /// Acks owed while the connection was down: written after the next CONNACK.
+    owed: Vec<(u16, QoS)>,
+    /// Acknowledged right after a CONNACK: the retransmission (DUP) of these that the
+    /// shard wrote behind that CONNACK is not delivered again.
+    acked_on_connect: AHashSet<u16>,
 }
 
 impl LocalLink {
@@ -55,24 +80,54 @@ impl LocalLink {
         self.up
     }
 
+    /// The virtual connection is gone: acks wait for the next CONNACK.
+    pub fn on_closed(&mut self) {
+        self.up = false;
+        self.tx.clear();
+    }
+
     /// Seconds between PINGREQs the shard needs (0: none).
     pub fn ping_interval_s(&self) -> u16 {
         self.keepalive_s / 2
     }
 
-    /// CONNECT (clean start: nothing to keep locally; the subscriptions are made again
-    /// at each start) and, behind it, SUBSCRIBE of `out_filters` with No Local.
-    pub fn open(&mut self, client_id: &str, out_filters: &[(String, QoS)]) -> Bytes {
+    /// CONNECT and, behind it, SUBSCRIBE of `out_filters` with No Local (made again
+    /// at each start, so a changed rule takes effect). Not `persistent`: clean start,
+    /// nothing kept. `persistent`: the session and what it holds for the bridge are
+    /// kept (Session Expiry "never", which the broker caps by
+    /// `persistent_session_expiry_s`, counted from its last start), retained
+    /// messages are sent only to a new subscription, and the deliveries still held
+    /// carry over to the new connection.
+    pub fn open(
+        &mut self,
+        client_id: &str,
+        out_filters: &[(String, QoS)],
+        persistent: bool,
+    ) -> Bytes {
+        let (epoch, held, owed) = (
+            self.epoch,
+            std::mem::take(&mut self.held),
+            std::mem::take(&mut self.owed),
+        );
         *self = LocalLink::new();
+        self.persistent = persistent;
+        self.epoch = epoch.max(1);
+        if persistent {
+            self.held = held;
+            self.owed = owed;
+        }
         let connect = Connect {
             protocol: ProtocolVersion::V5,
-            clean_start: true,
+            clean_start: !persistent,
             keep_alive_s: 0,
             client_id: Bytes::copy_from_slice(client_id.as_bytes()),
             will: None,
             username: None,
             password: None,
-            properties: Properties::default(),
+            properties: Properties {
+                session_expiry_interval_s: persistent.then_some(u32::MAX),
+                ..Properties::default()
+            },
         };
         encode_packet(
             &Packet::Connect(Box::new(connect)),
@@ -89,7 +144,7 @@ impl LocalLink {
                             qos: *q,
                             no_local: true,
                             retain_as_published: true,
-                            retain_handling: 0,
+                            retain_handling: u8::from(persistent),
                         },
                     )
                 })
@@ -123,17 +178,46 @@ impl LocalLink {
         self.tx.split().freeze()
     }
 
+    /// The bridge is done with the delivery `token` names (the remote acknowledged
+    /// it, or it was dropped): its PUBACK/PUBREC, from `take` (at once when up, else
+    /// after the next CONNACK). A token of a lost session is ignored.
+    pub fn ack(&mut self, token: u32) {
+        let (epoch, id) = ((token >> 16) as u16, token as u16);
+        if token == 0 || epoch != self.epoch {
+            return;
+        }
+        let Some(q) = self.held.remove(&id) else {
+            return;
+        };
+        if self.up {
+            self.encode_ack(id, q);
+        } else {
+            self.owed.push((id, q));
+        }
+    }
+
+    /// Deliveries held for the bridge, their acks owed.
+    pub fn held(&self) -> usize {
+        self.held.len() + self.owed.len()
+    }
+
+    /// Bytes for the shard encoded by `ack`.
+    pub fn take(&mut self) -> Option<Bytes> {
+        (!self.tx.is_empty()).then(|| self.tx.split().freeze())
+    }
+
     pub fn ping(&mut self) -> Bytes {
         self.encode(&Packet::PingReq);
         self.tx.split().freeze()
     }
 
-    /// Bytes the shard wrote on the connection: deliveries go to `deliver`; the
-    /// answers the shard expects (acks, PUBREL) are returned, to feed back in.
+    /// Bytes the shard wrote on the connection: deliveries go to `deliver`, which
+    /// says whether the bridge took it (a message not taken is acknowledged at once);
+    /// the answers the shard expects (acks, PUBREL) are returned, to feed back in.
     pub fn on_shard_bytes(
         &mut self,
         data: &[u8],
-        mut deliver: impl FnMut(Delivered),
+        mut deliver: impl FnMut(Delivered) -> bool,
     ) -> Result<Option<Bytes>, LinkError> {
         self.rx.extend_from_slice(data);
         loop {
@@ -149,21 +233,47 @@ impl LocalLink {
                     }
                     self.up = true;
                     self.keepalive_s = a.properties.server_keep_alive_s.unwrap_or(0);
+                    if self.persistent && !a.session_present {
+                        // What the old session held is gone with it (expired): its
+                        // ids mean nothing now, and the bridge's tokens for them
+                        // must not acknowledge new messages.
+                        self.held.clear();
+                        self.owed.clear();
+                        self.epoch = self.epoch.wrapping_add(1).max(1);
+                    }
+                    for (id, q) in std::mem::take(&mut self.owed) {
+                        self.encode_ack(id, q);
+                        self.acked_on_connect.insert(id);
+                    }
                 }
                 Packet::Publish(p) => {
                     let (id, q) = (p.packet_id, p.qos);
                     // The shard retransmits only on a new connection (never on this
-                    // one), so a QoS 2 delivery is not seen twice here.
-                    deliver(Delivered {
+                    // one): a DUP of a delivery the bridge still holds, or whose ack
+                    // went out just now, is not taken twice.
+                    if q != QoS::AtMostOnce
+                        && p.dup
+                        && (self.held.contains_key(&id) || self.acked_on_connect.remove(&id))
+                    {
+                        continue;
+                    }
+                    let hold = self.persistent && q != QoS::AtMostOnce;
+                    let token = if hold {
+                        (u32::from(self.epoch) << 16) | u32::from(id)
+                    } else {
+                        0
+                    };
+                    let taken = deliver(Delivered {
                         topic: p.topic,
                         qos: q,
                         retain: p.retain,
                         payload: p.payload,
+                        token,
                     });
-                    match q {
-                        QoS::AtMostOnce => {}
-                        QoS::AtLeastOnce => self.encode(&Packet::PubAck(PubResp::new(id))),
-                        QoS::ExactlyOnce => self.encode(&Packet::PubRec(PubResp::new(id))),
+                    if hold && taken {
+                        self.held.insert(id, q);
+                    } else {
+                        self.encode_ack(id, q);
                     }
                 }
                 Packet::PubRel(r) => self.encode(&Packet::PubComp(PubResp::new(r.packet_id))),
@@ -180,6 +290,14 @@ impl LocalLink {
             }
         }
         Ok((!self.tx.is_empty()).then(|| self.tx.split().freeze()))
+    }
+
+    fn encode_ack(&mut self, id: u16, q: QoS) {
+        match q {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.encode(&Packet::PubAck(PubResp::new(id))),
+            QoS::ExactlyOnce => self.encode(&Packet::PubRec(PubResp::new(id))),
+        }
     }
 
     fn packet_id(&mut self) -> u16 {

@@ -3,6 +3,9 @@
 //! `$bridge/edge`), its remote side scripted. Proves the seam before any socket: a
 //! local client's message on the other loop reaches the bridge through the mesh, a
 //! remote message reaches local subscribers, and No Local keeps it from going back.
+//! With a persistent local session (what a data directory turns on), the shard
+//! keeps a message until the remote acknowledged it, and a new bridge (a restart)
+//! gets it again.
 
 use bytes::{Bytes, BytesMut};
 
@@ -21,57 +24,92 @@ const LOCAL_ID: &str = "$bridge/edge";
 struct Seam {
     cl: Cluster,
     cid: Cid,
+    owner: usize,
+    persistent: bool,
     link: LocalLink,
     client: BridgeClient,
     /// What the bridge sent the remote, decoded (CONNECT excepted).
     remote_rx: BytesMut,
 }
 
+fn bridge_client() -> BridgeClient {
+    let t: toml::Table = "[[bridge]]\nname = \"edge\"\naddress = \"127.0.0.1:1883\"\n\
+         topics = [\"up/# out 1 \\\"\\\" edge/\", \"down/# in 1\", \"both/# both 1\"]\n"
+        .parse()
+        .unwrap();
+    let cfg = parse_bridges(t.get("bridge").unwrap()).unwrap().remove(0);
+    let now = std::time::Instant::now();
+    let mut client = BridgeClient::new(cfg, 1, now);
+    // Bring the remote side up: CONNECT out, CONNACK in.
+    client.on_timeout(now);
+    client.poll_transport();
+    client.on_connected(now);
+    client.poll_transmit();
+    client.on_bytes(
+        &encode_to_bytes(
+            &Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ReasonCode::Success,
+                properties: Properties::default(),
+            }),
+            ProtocolVersion::V311,
+        ),
+        now,
+    );
+    assert!(client.is_up());
+    client
+}
+
 impl Seam {
     fn new() -> Seam {
-        let t: toml::Table = "[[bridge]]\nname = \"edge\"\naddress = \"127.0.0.1:1883\"\n\
-             topics = [\"up/# out 1 \\\"\\\" edge/\", \"down/# in 1\", \"both/# both 1\"]\n"
-            .parse()
-            .unwrap();
-        let cfg = parse_bridges(t.get("bridge").unwrap()).unwrap().remove(0);
+        Seam::with(false)
+    }
+
+    fn with(persistent: bool) -> Seam {
         let mut cl = Cluster::new(2, Config::default());
         let owner = crate::shard::owner_shard(0, LOCAL_ID.as_bytes(), 2);
         let cid = cl.open(owner, ProtocolVersion::V5);
         // As worker::bridges does: the virtual connection carries the bridge identity.
         let conn = cl.clients[cid].conn;
         cl.shards[owner].set_cert_username(conn, LOCAL_ID.to_string());
-        let now = std::time::Instant::now();
-        let mut client = BridgeClient::new(cfg, 1, now);
-        // Bring the remote side up: CONNECT out, CONNACK in.
-        client.on_timeout(now);
-        client.poll_transport();
-        client.on_connected(now);
-        client.poll_transmit();
-        client.on_bytes(
-            &encode_to_bytes(
-                &Packet::ConnAck(ConnAck {
-                    session_present: false,
-                    code: ReasonCode::Success,
-                    properties: Properties::default(),
-                }),
-                ProtocolVersion::V311,
-            ),
-            now,
-        );
-        assert!(client.is_up());
+        let client = bridge_client();
         let mut s = Seam {
             cl,
             cid,
+            owner,
+            persistent,
             link: LocalLink::new(),
             client,
             remote_rx: BytesMut::new(),
         };
-        let open = s.link.open(LOCAL_ID, &s.client.local_subscriptions());
+        let open = s
+            .link
+            .open(LOCAL_ID, &s.client.local_subscriptions(), persistent);
         s.cl.send_raw(cid, &open);
         s.step();
         assert!(s.link.is_up());
         s.remote_packets();
         s
+    }
+
+    /// ringmq restarts (in memory: the shard lives on, the bridge is new): the
+    /// virtual connection breaks, a new one carries a new link and client.
+    fn restart_bridge(&mut self) {
+        self.cl.drop_connection(self.cid);
+        self.cid = self.cl.open(self.owner, ProtocolVersion::V5);
+        let conn = self.cl.clients[self.cid].conn;
+        self.cl.shards[self.owner].set_cert_username(conn, LOCAL_ID.to_string());
+        self.client = bridge_client();
+        self.link = LocalLink::new();
+        self.remote_rx.clear();
+        let open = self.link.open(
+            LOCAL_ID,
+            &self.client.local_subscriptions(),
+            self.persistent,
+        );
+        self.cl.send_raw(self.cid, &open);
+        self.step();
+        assert!(self.link.is_up());
     }
 
     /// What the worker does each turn, until nothing moves.
@@ -87,7 +125,7 @@ impl Seam {
                 let answer = self
                     .link
                     .on_shard_bytes(&b, |d| {
-                        client.publish_out(&d.topic, d.qos, d.retain, d.payload, now);
+                        client.forward(&d.topic, d.qos, d.retain, d.payload, d.token, now)
                     })
                     .expect("the shard speaks MQTT 5 on the virtual connection");
                 if let Some(a) = answer {
@@ -97,6 +135,13 @@ impl Seam {
             while let Some(m) = self.client.poll_local() {
                 moved = true;
                 let b = self.link.publish(m);
+                self.cl.send_raw(self.cid, &b);
+            }
+            while let Some(token) = self.client.poll_local_done() {
+                moved = true;
+                self.link.ack(token);
+            }
+            if let Some(b) = self.link.take() {
                 self.cl.send_raw(self.cid, &b);
             }
             if !moved {
@@ -245,4 +290,57 @@ fn a_remote_message_reaches_local_subscribers_and_is_not_sent_back() {
         ]
     );
     assert_eq!(s.client.stats().out_queued, 0);
+}
+
+#[test]
+fn a_persistent_session_keeps_a_message_until_the_remote_acknowledged_it() {
+    let mut s = Seam::with(true);
+    let dev =
+        s.cl.connect_ok(ProtocolVersion::V311, "dev", ConnectOpts::default(), false);
+    s.cl.publish(dev, "up/t", "m", QoS::AtLeastOnce, false, 1);
+    s.cl.expect(dev, Packet::PubAck(PubResp::new(1)));
+    s.step();
+    let want = vec![("edge/up/t".to_string(), "m".to_string(), QoS::AtLeastOnce)];
+    assert_eq!(publishes(&s.remote_packets()), want);
+    // Sent, not acknowledged by the remote: the local session is still owed it.
+    assert_eq!(s.link.held(), 1);
+
+    // A restart before the remote's PUBACK: the new bridge gets it again.
+    s.restart_bridge();
+    let out = s.remote_packets();
+    assert_eq!(publishes(&out), want);
+    let id = out
+        .iter()
+        .find_map(|p| match p {
+            Packet::Publish(p) => Some(p.packet_id),
+            _ => None,
+        })
+        .expect("a PUBLISH");
+    // The remote acknowledges it: the local ack follows and the session lets go.
+    let ack = Packet::PubAck(PubResp::new(id));
+    s.client.on_bytes(
+        &encode_to_bytes(&ack, ProtocolVersion::V311),
+        std::time::Instant::now(),
+    );
+    s.step();
+    assert_eq!(s.link.held(), 0);
+    s.restart_bridge();
+    assert!(
+        publishes(&s.remote_packets()).is_empty(),
+        "sent again after the remote acknowledged it"
+    );
+}
+
+#[test]
+fn without_persistence_a_message_is_acknowledged_as_the_bridge_takes_it() {
+    let mut s = Seam::new();
+    let dev =
+        s.cl.connect_ok(ProtocolVersion::V311, "dev", ConnectOpts::default(), false);
+    s.cl.publish(dev, "up/t", "m", QoS::AtLeastOnce, false, 1);
+    s.cl.expect(dev, Packet::PubAck(PubResp::new(1)));
+    s.step();
+    assert_eq!(publishes(&s.remote_packets()).len(), 1);
+    assert_eq!(s.link.held(), 0);
+    s.restart_bridge();
+    assert!(publishes(&s.remote_packets()).is_empty());
 }

@@ -88,7 +88,8 @@ pub(crate) struct Conn {
     pub keepalive_timeout_ms: u32,
     /// Client's Maximum Packet Size (MQTT 5), `u32::MAX` when not given.
     pub client_max_packet: u32,
-    /// Client's Receive Maximum (MQTT 5), 65535 when not given.
+    /// Our window towards the client: its Receive Maximum (MQTT 5) within
+    /// `max_inflight` (a bridge's session: within 65535), set at CONNECT.
     pub client_receive_max: u16,
     /// Client's Topic Alias Maximum (MQTT 5): 0 = no server → client aliases.
     pub client_alias_max: u16,

@@ -424,9 +424,18 @@ impl Shard {
         c.session = session;
         c.version = version;
         c.keepalive_timeout_ms = u32::from(keepalive_s) * 1500;
+        // A bridge's session (only a bridge has a `$bridge/` id, checked above)
+        // holds each message until the remote acknowledged it: its window is
+        // the packet id space, and the bridge's `queue_max_messages` bounds it.
+        let window_max = if connect.client_id.starts_with(b"$bridge/") {
+            u16::MAX
+        } else {
+            self.config.max_inflight
+        };
+        c.client_receive_max = window_max;
         if v5 {
             let p = &connect.properties;
-            c.client_receive_max = p.receive_maximum.unwrap_or(u16::MAX);
+            c.client_receive_max = p.receive_maximum.unwrap_or(u16::MAX).min(window_max);
             c.client_max_packet = p.maximum_packet_size.unwrap_or(u32::MAX);
             c.client_alias_max = p.topic_alias_maximum.unwrap_or(0);
         }

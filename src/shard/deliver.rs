@@ -13,7 +13,7 @@ use smallvec::SmallVec;
 use super::conn::{Conn, ConnState, MAX_OUTBOUND_ALIASES};
 use super::durable::CopyChange;
 use super::{Action, ConnId, Shard, ShardStats};
-use crate::config::{Config, SlowConsumerPolicy};
+use crate::config::SlowConsumerPolicy;
 use crate::protocol::{
     encode_packet, encoded_len, remaining_length_len, Packet, ProtocolVersion, PubResp, Publish,
     PublishProperties, QoS,
@@ -375,8 +375,8 @@ fn stamp(c: &mut Conn, fanout_stamp: u32) {
     }
 }
 
-fn window(config: &Config, c: &Conn) -> usize {
-    usize::from(config.max_inflight.min(c.client_receive_max)).max(1)
+fn window(c: &Conn) -> usize {
+    usize::from(c.client_receive_max).max(1)
 }
 
 fn count(stats: &mut ShardStats, w: Written) {
@@ -486,7 +486,7 @@ impl Shard {
             mark_flush(actions, conn_id, c);
             return;
         }
-        let win = window(config, c);
+        let win = window(c);
         let d = sess.delivery();
         if d.queue.is_empty() && d.inflight.len() < win {
             let prev_id = d.last_packet_id;
@@ -647,7 +647,7 @@ impl Shard {
         else {
             return;
         };
-        let win = window(config, c);
+        let win = window(c);
         let Some(d) = sess.delivery.as_mut() else {
             return;
         };

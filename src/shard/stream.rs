@@ -351,7 +351,7 @@ impl Shard {
         let mut pid = 0;
         let mut prev_id = 0;
         if qos != QoS::AtMostOnce {
-            let win = usize::from(config.max_inflight.min(c.client_receive_max)).max(1);
+            let win = usize::from(c.client_receive_max).max(1);
             let d = sess.delivery();
             if !d.queue.is_empty() || d.inflight.len() >= win {
                 return Step::Blocked;

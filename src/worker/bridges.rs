@@ -40,6 +40,10 @@ struct Link {
     next_addr: usize,
     /// Virtual connection into the shard.
     conn: Option<ConnId>,
+    /// With a data directory: the local session is persistent and holds each
+    /// message until the remote acknowledged it (`bridge::link`), so the held queue
+    /// survives a restart.
+    persistent: bool,
     reopen_at: Instant,
     next_ping: Option<Instant>,
     sock: Option<SockId>,
@@ -118,6 +122,7 @@ impl Bridges {
                 addrs,
                 next_addr: 0,
                 conn: None,
+                persistent: cfg.data_dir.is_some(),
                 reopen_at: now,
                 next_ping: None,
                 sock: None,
@@ -269,6 +274,7 @@ impl Bridges {
         tracing::warn!(bridge = %link.client.config().name, "the broker closed the bridge's local session");
         shard.release(conn);
         link.conn = None;
+        link.local.on_closed();
         link.reopen_at = now + REOPEN_DELAY;
         true
     }
@@ -298,7 +304,7 @@ impl Bridges {
                 // Stands for the username (no password asked); the ACL follows it.
                 shard.set_cert_username(conn, link.local_id.clone());
                 let subs = link.client.local_subscriptions();
-                let open = link.local.open(&link.local_id, &subs);
+                let open = link.local.open(&link.local_id, &subs, link.persistent);
                 link.conn = Some(conn);
                 link.next_ping = None;
                 shard.on_read(conn, &open, now);
@@ -315,6 +321,15 @@ impl Bridges {
                     }
                     None => link.local_dropped += 1,
                 }
+            }
+            // Messages the remote acknowledged (or the bridge dropped): their
+            // local acks, so the session lets go of them.
+            while let Some(token) = link.client.poll_local_done() {
+                link.local.ack(token);
+            }
+            if let (Some(conn), Some(acks)) = (link.conn, link.local.take()) {
+                shard.on_read(conn, &acks, now);
+                Self::pump_shard(link, shard, now);
             }
             if let (Some(conn), true) = (link.conn, link.local.is_up()) {
                 let every = u64::from(link.local.ping_interval_s());
@@ -389,7 +404,7 @@ impl Bridges {
         while let Some(data) = shard.take_tx(conn) {
             let client = &mut link.client;
             let r = link.local.on_shard_bytes(&data, |d| {
-                client.publish_out(&d.topic, d.qos, d.retain, d.payload, now);
+                client.forward(&d.topic, d.qos, d.retain, d.payload, d.token, now)
             });
             match r {
                 Ok(Some(answer)) => shard.on_read(conn, &answer, now),
@@ -407,6 +422,7 @@ impl Bridges {
                     shard.on_closed(conn, now);
                     shard.release(conn);
                     link.conn = None;
+                    link.local.on_closed();
                     link.reopen_at = now + REOPEN_DELAY;
                     return;
                 }

@@ -247,3 +247,50 @@ fn qos0_fan_out_shares_one_encoding_per_variant() {
         cl.expect(s, pubp("t", "m2", q, false, id2));
     }
 }
+
+#[test]
+fn a_bridge_session_window_is_the_packet_id_space_not_max_inflight() {
+    // A bridge holds each message until its remote acknowledged it (bridge::link);
+    // its own queue_max_messages bounds that, not max_inflight.
+    let mut config = cfg();
+    config.max_inflight = 1;
+    let mut cl = Cluster::new(1, config);
+    let b = cl.open(0, V5);
+    let conn = cl.clients[b].conn;
+    cl.shards[0].set_cert_username(conn, "$bridge/b".to_string());
+    cl.send(
+        b,
+        Packet::Connect(Box::new(crate::protocol::Connect {
+            protocol: V5,
+            clean_start: true,
+            keep_alive_s: 0,
+            client_id: bytes::Bytes::from_static(b"$bridge/b"),
+            will: None,
+            username: None,
+            password: None,
+            properties: Properties::default(),
+        })),
+    );
+    match cl.next(b) {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.code, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    cl.subscribe(b, "t", Q1);
+    let s = cl.connect_ok(V311, "s", ConnectOpts::default(), false);
+    cl.subscribe(s, "t", Q1);
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    for i in 1..=3u16 {
+        cl.publish(p, "t", &i.to_string(), Q1, false, i);
+        cl.expect(p, puback(i));
+    }
+    for i in 1..=3u16 {
+        match cl.next(b) {
+            Some(Packet::Publish(m)) => {
+                assert_eq!((m.packet_id, &m.payload[..]), (i, i.to_string().as_bytes()))
+            }
+            other => panic!("bridge: expected message {i}, got {other:?}"),
+        }
+    }
+    cl.expect(s, pubp("t", "1", Q1, false, 1));
+    cl.expect_nothing(s);
+}
