@@ -359,3 +359,115 @@ fn udp_burst_beyond_the_buffer_pool_loses_nothing() {
         }
     }
 }
+
+/// A pool that stays empty (every buffer held) does not make starved receives bounce:
+/// a multishot receive picks its buffer when armed, so one re-armed into an empty pool
+/// ends at once with `ENOBUFS` again. They wait (the counter stands still) and, once
+/// the buffers come back, every one is re-armed and every byte arrives in order.
+/// Driven turn by turn, like the UDP test, so the buffers can be held across turns.
+#[test]
+fn uring_starved_receives_wait_for_buffers_then_all_arrive() {
+    const CLIENTS: usize = 8;
+    const LEN: usize = 600;
+    let o = LoopOptions {
+        recv_buf_size_bytes: 512,
+        recv_bufs_per_ring: 4,
+        ..opts()
+    };
+    let mut lp = new_uring(0, &o).expect("uring loop");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    lp.add_listener(listener).expect("add_listener");
+    // Every client's bytes wait in its socket before the loop arms any receive: each
+    // needs two 512-byte buffers, the pool has four.
+    let clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = connect(addr);
+            c.write_all(&pattern(i, LEN)).expect("write");
+            c
+        })
+        .collect();
+    let mut s = Starving::default();
+    // Hold every buffer: the pool runs dry with bytes still waiting.
+    for _ in 0..500 {
+        s.turn(&mut lp, true);
+        if s.socks.len() == CLIENTS && s.held.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(
+        (s.socks.len(), s.held.len()),
+        (CLIENTS, 4),
+        "accepted, held"
+    );
+    assert!(lp.stats().recv_nobufs > 0, "the pool never ran out");
+    for _ in 0..5 {
+        s.turn(&mut lp, true);
+    }
+    let starved = lp.stats().recv_nobufs;
+    for _ in 0..20 {
+        s.turn(&mut lp, true);
+    }
+    assert_eq!(
+        lp.stats().recv_nobufs,
+        starved,
+        "receives were re-armed into an empty pool"
+    );
+    // Buffers back: every starved receive is re-armed and completes.
+    for _ in 0..500 {
+        s.turn(&mut lp, false);
+        if s.got.values().map(Vec::len).sum::<usize>() == CLIENTS * LEN {
+            break;
+        }
+    }
+    for (sock, i) in &s.socks {
+        let bytes = s.got.get(sock).map(Vec::as_slice).unwrap_or_default();
+        assert!(
+            bytes == pattern(*i, LEN),
+            "client {i}: {} bytes",
+            bytes.len()
+        );
+    }
+    drop(clients);
+}
+
+/// The server side of `uring_starved_receives_wait_for_buffers_then_all_arrive`.
+#[derive(Default)]
+struct Starving {
+    /// Accepted sockets, by accept order.
+    socks: HashMap<SockId, usize>,
+    got: HashMap<SockId, Vec<u8>>,
+    /// Buffers not given back yet.
+    held: Vec<BufRef>,
+}
+
+impl Starving {
+    /// One turn; `keep` holds the buffers received instead of giving them back.
+    fn turn(&mut self, lp: &mut Box<dyn EventLoop>, keep: bool) {
+        let mut out = Vec::new();
+        lp.turn(Some(Duration::from_millis(20)), &mut out)
+            .expect("turn");
+        for c in out {
+            match c {
+                Completion::Accepted { sock, .. } => {
+                    let n = self.socks.len();
+                    self.socks.insert(sock, n);
+                    lp.start_recv(sock);
+                }
+                Completion::Recv { sock, buf } => {
+                    self.got
+                        .entry(sock)
+                        .or_default()
+                        .extend_from_slice(lp.buf(buf));
+                    self.held.push(buf);
+                }
+                other => panic!("unexpected completion {other:?}"),
+            }
+        }
+        if !keep {
+            for buf in self.held.drain(..) {
+                lp.recycle(buf);
+            }
+        }
+    }
+}

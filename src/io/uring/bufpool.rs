@@ -143,6 +143,12 @@ impl BufPool {
         }
     }
 
+    /// Buffers posted to the kernel and not yet taken (by our count: a completion
+    /// carrying a buffer is `taken`).
+    pub(super) fn posted(&self) -> u16 {
+        self.posted
+    }
+
     /// The kernel took a posted entry (a completion carried buffer `bid`).
     pub(super) fn taken(&mut self) {
         self.posted = self.posted.saturating_sub(1);

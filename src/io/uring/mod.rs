@@ -773,7 +773,8 @@ impl EventLoop for UringLoop {
         !self.pending.is_empty()
             || self.rings.iter_mut().any(|r| {
                 !r.backlog.is_empty()
-                    || !r.starved.is_empty()
+                    // Starved receives wait for a posted buffer (`rearm_starved`).
+                    || (!r.starved.is_empty() && r.bufs.posted() > 0)
                     || (r.lost > 0 && r.sweep_inflight == 0)
                     || !r.uring.completion().is_empty()
                     || r.uring.submission().taskrun()

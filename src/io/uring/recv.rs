@@ -34,10 +34,15 @@ impl UringLoop {
         self.rings[ring].push(e);
     }
     /// Re-arms receives that ran out of buffers, at most a quarter of each ring's pool
-    /// per turn: the buffers used last turn were given back during its dispatch.
+    /// per turn, and no more than the buffers posted to the kernel right now: a
+    /// multishot receive picks its buffer when it is armed, so one armed into an
+    /// empty pool ends at once with `ENOBUFS` again, data or not (a wasted round
+    /// trip, counted again). The buffers used last turn were given back during its
+    /// dispatch, so the pool is posted again by the next turn.
     pub(super) fn rearm_starved(&mut self) {
         for r in 0..self.rings.len() {
-            let mut budget = (usize::from(self.rings[r].bufs.count) / 4).max(1);
+            let bufs = &self.rings[r].bufs;
+            let mut budget = rearm_budget(bufs.count, bufs.posted());
             while budget > 0 {
                 let Some(sock) = self.rings[r].starved.pop_front() else {
                     break;
@@ -129,4 +134,11 @@ impl UringLoop {
             SockState::Closing | SockState::SendingFd { .. } => self.maybe_release(sock),
         }
     }
+}
+
+/// How many starved receives of a ring to re-arm this turn: a quarter of its pool
+/// (the rest wait a turn, so a burst does not empty the pool at once), and at most
+/// one per buffer posted now.
+pub(super) fn rearm_budget(count: u16, posted: u16) -> usize {
+    (usize::from(count) / 4).max(1).min(usize::from(posted))
 }
