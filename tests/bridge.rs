@@ -845,3 +845,109 @@ fn config_errors_name_the_bridge_and_the_key() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A ringmq with `--data-dir DATA` and one bridge `cloud` taking `cmd/#` in at QoS 2.
+fn durable_ringmq_with_in_bridge(dir: &Path, data: &str, remote_port: u16) -> Broker {
+    let cfg = dir.join("ringmq-in.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[bridge]]\nname = \"cloud\"\naddress = \"127.0.0.1:{remote_port}\"\n\
+             reconnect_min_ms = 100\nreconnect_max_ms = 500\ntopics = [\"cmd/# in 2\"]\n"
+        ),
+    )
+    .expect("write ringmq-in.toml");
+    let cfg = cfg.display().to_string();
+    Launch::new(&[
+        "--config",
+        &cfg,
+        "--shards",
+        "2",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data,
+        "--durability",
+        "fsync",
+    ])
+    .spawn()
+}
+
+#[test]
+fn a_kill_9_of_ringmq_mid_stream_loses_no_message_the_remote_sent_in() {
+    // The bridge acknowledges a remote message only once ringmq's log has it, so
+    // whatever the kill -9 interrupts is either in the log (delivered after the
+    // restart) or still with Mosquitto (sent again to the bridge's kept session).
+    const N: usize = 300;
+    let dir = tempdir("in9");
+    let data = dir.join("data").display().to_string();
+    let port = free_port();
+    let remote_addr = format!("127.0.0.1:{port}");
+    let _remote = Mosquitto::start(&dir, port);
+    let mut local = durable_ringmq_with_in_bridge(&dir, &data, port);
+    let keeper = |local: &Broker| {
+        let mut c = pkt::Connect::v311("in-keeper");
+        c.clean = false;
+        RawClient::connect_with(local.addr(), &c).0
+    };
+    let mut sub = keeper(&local);
+    subscribe(&mut sub, "cmd/#");
+    let mut remote_pub = RawClient::connect_v311(&remote_addr, "in-pub");
+    // Probes until the bridge's remote subscription exists.
+    let deadline = Instant::now() + ARRIVE;
+    let mut id = 1000;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no probe came through the bridge"
+        );
+        id += 1;
+        publish(&mut remote_pub, "cmd/probe", QoS::AtLeastOnce, id, "probe");
+        if next_publish(&mut sub, Duration::from_millis(200)).is_some() {
+            break;
+        }
+    }
+    drop(sub);
+    for i in 0..N {
+        let q = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        publish(&mut remote_pub, "cmd/x", q, i as u16 + 1, &format!("m{i}"));
+    }
+    // Mid-stream: Mosquitto has them all, the bridge is still taking them.
+    // SAFETY: kill(2) on our own unreaped child.
+    assert_eq!(
+        unsafe { libc::kill(local.pid() as libc::pid_t, libc::SIGKILL) },
+        0
+    );
+    let status = local.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| !s.success()), "killed: {status:?}");
+
+    let local = durable_ringmq_with_in_bridge(&dir, &data, port);
+    let mut sub = keeper(&local);
+    let mut seen = BTreeSet::new();
+    while seen.len() < N {
+        let Some(p) = next_publish(&mut sub, ARRIVE) else {
+            let missing: Vec<usize> = (0..N)
+                .filter(|i| !seen.contains(&format!("m{i}")))
+                .collect();
+            panic!(
+                "only {} of {N} arrived; missing {missing:?}; {}",
+                seen.len(),
+                metrics_text(&local)
+                    .lines()
+                    .filter(|l| l.contains("bridge") || l.contains("drop"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        };
+        if text(&p.payload) != "probe" {
+            seen.insert(text(&p.payload));
+        }
+    }
+    assert_eq!(seen, (0..N).map(|i| format!("m{i}")).collect());
+    drop(local);
+    let _ = std::fs::remove_dir_all(&dir);
+}

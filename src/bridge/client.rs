@@ -14,6 +14,14 @@
 //! the token back (`poll_local_done`) once the remote acknowledged it, or once it
 //! was sent at QoS 0 or dropped: only then is it acknowledged locally.
 //!
+//! Inbound, the other way round: a remote QoS 1/2 message goes to the local side
+//! with a remote token (`LocalPublish::remote_token`) and is acknowledged to the
+//! remote (PUBACK / PUBREC) only when `local_acked` gives the token back, i.e. once
+//! the local broker acknowledged its copy (which with a data directory waits for
+//! the log). A resend of an id still waiting is not forwarded again. At most
+//! `inflight_max` wait: MQTT 5 announces it as our Receive Maximum, and either way
+//! decoding stops while the window is full (the bytes wait in the receive buffer).
+//!
 //! Loop prevention, remote side: MQTT 5 subscribes with No Local; 3.1.1 announces a
 //! bridge (protocol level 0x84, Mosquitto's `try_private`), which makes a Mosquitto
 //! remote skip messages whose publisher is this client. The local side is the
@@ -43,6 +51,9 @@ pub const RX_PACKET_BYTES_MAX: usize = 1 << 20;
 const TX_BYTES_MAX: usize = 256 * 1024;
 /// Inbound QoS 2 ids held between PUBREC and PUBREL (the remote's window is far below).
 const IN_QOS2_IDS_MAX: usize = 1024;
+/// Remote messages waiting to be taken by the local side (QoS 0 ones included)
+/// before decoding pauses: bounds `local` while the local session is down.
+const LOCAL_QUEUE_MAX: usize = 4096;
 
 /// What the worker does with the transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +72,9 @@ pub struct LocalPublish {
     pub qos: QoS,
     pub retain: bool,
     pub payload: Bytes,
+    /// What `local_acked` takes once the local broker acknowledged this message; 0:
+    /// nothing owed to the remote (QoS 0).
+    pub remote_token: u32,
 }
 
 /// Plain per-bridge counters (read at scrape time).
@@ -152,6 +166,16 @@ pub struct BridgeClient {
     inflight_max: u16,
     next_packet_id: u16,
     in_qos2: VecDeque<u16>,
+    /// Remote QoS 1/2 messages handed to the local side whose local ack has not come
+    /// yet, by the remote's packet id: their remote ack is owed. Kept across
+    /// reconnects (the remote resends them, and a resend is not forwarded twice);
+    /// cleared when the remote lost our session.
+    in_wait: AHashMap<u16, QoS>,
+    /// Incarnation of the remote session the waiting ids belong to (in the token,
+    /// so the local ack of a lost session's message acknowledges nothing).
+    in_epoch: u16,
+    /// Room opened in the inbound window: `read_on` decodes what waits in `rx`.
+    resume_decode: bool,
     last_tx: Instant,
     last_rx: Instant,
     ping_outstanding: bool,
@@ -182,6 +206,9 @@ impl BridgeClient {
             inflight_order: VecDeque::new(),
             next_packet_id: 0,
             in_qos2: VecDeque::new(),
+            in_wait: AHashMap::new(),
+            in_epoch: 1,
+            resume_decode: false,
             last_tx: now,
             last_rx: now,
             ping_outstanding: false,
@@ -285,6 +312,8 @@ impl BridgeClient {
                     // Keep the session as long as the 3.1.1 remote would (clean
                     // session false means forever there).
                     session_expiry_interval_s: (!self.cfg.clean_session).then_some(u32::MAX),
+                    // What may wait for the local ack (`in_wait`).
+                    receive_maximum: Some(self.cfg.inflight_max.max(1)),
                     ..Properties::default()
                 }
             } else {
@@ -312,7 +341,18 @@ impl BridgeClient {
         }
         self.last_rx = now;
         self.rx.extend_from_slice(data);
+        self.decode(now);
+    }
+
+    /// Decodes what `rx` holds, pausing while the inbound window is full (MQTT
+    /// 3.1.1 has no Receive Maximum: not reading is its flow control).
+    fn decode(&mut self, now: Instant) {
         loop {
+            if self.in_wait.len() >= usize::from(self.cfg.inflight_max.max(1))
+                || self.local.len() >= LOCAL_QUEUE_MAX
+            {
+                break;
+            }
             match decode_packet(&mut self.rx, self.version, RX_PACKET_BYTES_MAX) {
                 Ok(Some(p)) => {
                     if !self.on_packet(p, now) {
@@ -403,7 +443,48 @@ impl BridgeClient {
 
     /// The next message for the local broker.
     pub fn poll_local(&mut self) -> Option<LocalPublish> {
-        self.local.pop_front()
+        let m = self.local.pop_front();
+        if m.is_some() && self.local.len() + 1 == LOCAL_QUEUE_MAX {
+            self.resume_decode = true;
+        }
+        m
+    }
+
+    /// Gives back what `poll_local` returned when the local side could not take it
+    /// (its session is down or its window full): it goes first next time.
+    pub fn unpoll_local(&mut self, m: LocalPublish) {
+        self.local.push_front(m);
+    }
+
+    /// The local broker acknowledged the message `token` names (`LocalPublish::
+    /// remote_token`): acknowledge it to the remote, and read on if the window was
+    /// full. A token of a lost remote session, or of one already done, does nothing.
+    pub fn local_acked(&mut self, token: u32, now: Instant) {
+        let (epoch, id) = ((token >> 16) as u16, token as u16);
+        if token == 0 || epoch != self.in_epoch {
+            return;
+        }
+        let Some(q) = self.in_wait.remove(&id) else {
+            return;
+        };
+        self.ack_remote(id, q, now);
+        self.resume_decode = true;
+    }
+
+    /// Inbound messages waiting for their local ack.
+    pub fn in_waiting(&self) -> usize {
+        self.in_wait.len()
+    }
+
+    /// Decoding paused on a full window: go on now that there is room (called by the
+    /// worker once per turn after `local_acked`/`poll_local`).
+    pub fn read_on(&mut self, now: Instant) {
+        if std::mem::take(&mut self.resume_decode)
+            && matches!(self.state, State::Handshake { .. } | State::Up)
+        {
+            self.decode(now);
+            self.pump(now);
+        }
     }
 
     /// When `on_timeout` must be called next.
@@ -447,6 +528,14 @@ impl BridgeClient {
                     if let Some(rm) = ack.properties.receive_maximum {
                         self.inflight_max = self.cfg.inflight_max.min(rm.max(1));
                     }
+                }
+                if !ack.session_present {
+                    // The remote forgot its half of the inbound exchanges: it will
+                    // not resend what waits, and may reuse those ids for new
+                    // messages, so they must not look like resends.
+                    self.in_wait.clear();
+                    self.in_qos2.clear();
+                    self.in_epoch = self.in_epoch.wrapping_add(1).max(1);
                 }
                 self.state = State::Up;
                 self.attempts = 0;
@@ -520,34 +609,66 @@ impl BridgeClient {
 
     fn on_remote_publish(&mut self, p: Publish, now: Instant) {
         let id = p.packet_id;
-        let duplicate = p.qos == QoS::ExactlyOnce && self.in_qos2.contains(&id);
-        if !duplicate {
-            self.stats.in_received += 1;
-            match self.rules.inbound(&p.topic) {
-                Some(topic) => self.local.push_back(LocalPublish {
-                    topic,
-                    qos: p.qos,
-                    retain: p.retain,
-                    payload: p.payload,
-                }),
-                None => self.stats.in_unmatched += 1,
-            }
+        if p.qos != QoS::AtMostOnce && self.in_wait.contains_key(&id) {
+            // A resend (the remote cannot reuse an id we have not acknowledged) of a
+            // message the local broker has not acknowledged yet: its ack follows that.
+            return;
         }
-        // Acknowledged once handed to the local side, which takes it in this loop turn
-        // (there is no durable store yet for an acknowledgement to wait for).
-        match p.qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.send(&Packet::PubAck(PubResp::new(id)), now),
+        if p.qos == QoS::ExactlyOnce && self.in_qos2.contains(&id) {
+            // PUBREC'd already, PUBREL not yet come: taken once, answered again.
+            self.send(&Packet::PubRec(PubResp::new(id)), now);
+            return;
+        }
+        self.stats.in_received += 1;
+        let Some(topic) = self.rules.inbound(&p.topic) else {
+            self.stats.in_unmatched += 1;
+            self.ack_remote(id, p.qos, now);
+            return;
+        };
+        let remote_token = if p.qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.in_wait.insert(id, p.qos);
+            (u32::from(self.in_epoch) << 16) | u32::from(id)
+        };
+        self.local.push_back(LocalPublish {
+            topic,
+            qos: p.qos,
+            retain: p.retain,
+            payload: p.payload,
+            remote_token,
+        });
+    }
+
+    /// The remote's PUBACK / PUBREC for its message `id`, once the local broker has
+    /// it. Written only while `Up`; otherwise the remote resends it after the
+    /// reconnect (QoS 2: remembered in `in_qos2`, so the resend is answered, not
+    /// delivered again; QoS 1: delivered again, which at least once allows).
+    fn ack_remote(&mut self, id: u16, q: QoS, now: Instant) {
+        match q {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => {}
             QoS::ExactlyOnce => {
-                if !duplicate {
+                if !self.in_qos2.contains(&id) {
                     if self.in_qos2.len() >= IN_QOS2_IDS_MAX {
                         self.in_qos2.pop_front();
                     }
                     self.in_qos2.push_back(id);
                 }
-                self.send(&Packet::PubRec(PubResp::new(id)), now);
             }
         }
+        if self.state != State::Up {
+            return;
+        }
+        let ack = PubResp::new(id);
+        self.send(
+            &if q == QoS::AtLeastOnce {
+                Packet::PubAck(ack)
+            } else {
+                Packet::PubRec(ack)
+            },
+            now,
+        );
     }
 
     fn subscribe_in(&mut self, now: Instant) {

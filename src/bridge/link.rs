@@ -12,6 +12,15 @@
 //! acknowledged it, or the bridge dropped it); until then the copy stays in the
 //! session, in the log, and a restart (kill -9 included) delivers it again. Without
 //! one, deliveries are acknowledged as they are taken, as before.
+//!
+//! What the remote sends is published here at its QoS and kept (`pending`) until
+//! the shard's PUBACK / PUBREC for it; that ack gives the remote token back
+//! (`poll_remote_done`), and only then does the bridge acknowledge to the remote.
+//! After a reopen the pending ones are published again (DUP when the session was
+//! kept, so the shard's QoS 2 state takes each once) and a PUBREL still owed is sent
+//! again.
+
+use std::collections::VecDeque;
 
 use ahash::{AHashMap, AHashSet};
 use bytes::{Bytes, BytesMut};
@@ -69,6 +78,15 @@ pub struct LocalLink {
     /// Acknowledged right after a CONNACK: the retransmission (DUP) of these that the
     /// shard wrote behind that CONNACK is not delivered again.
     acked_on_connect: AHashSet<u16>,
+    /// Remote messages published into the shard and not yet acknowledged by it, in
+    /// publish order (acks mostly come in order, so removal is near the front).
+    pending: VecDeque<(u16, LocalPublish)>,
+    /// QoS 2 ids the shard PUBREC'd, PUBREL sent, PUBCOMP not yet come.
+    released: AHashSet<u16>,
+    /// Remote tokens of messages the shard acknowledged.
+    remote_done: VecDeque<u32>,
+    /// The shard's Receive Maximum (CONNACK): what `pending` may hold.
+    receive_max: u16,
 }
 
 impl LocalLink {
@@ -109,9 +127,21 @@ impl LocalLink {
             std::mem::take(&mut self.held),
             std::mem::take(&mut self.owed),
         );
+        let (pending, released, remote_done, next_packet_id) = (
+            std::mem::take(&mut self.pending),
+            std::mem::take(&mut self.released),
+            std::mem::take(&mut self.remote_done),
+            self.next_packet_id,
+        );
         *self = LocalLink::new();
         self.persistent = persistent;
         self.epoch = epoch.max(1);
+        // The remote's messages not yet acknowledged locally go in again after the
+        // CONNACK; their ids stay taken until then.
+        self.pending = pending;
+        self.released = released;
+        self.remote_done = remote_done;
+        self.next_packet_id = next_packet_id;
         if persistent {
             self.held = held;
             self.owed = owed;
@@ -159,23 +189,59 @@ impl LocalLink {
         self.tx.split().freeze()
     }
 
-    /// A message from the remote, as a PUBLISH into the shard.
+    /// A message from the remote, as a PUBLISH into the shard. QoS 1/2: kept until
+    /// the shard acknowledged it (`poll_remote_done`).
     pub fn publish(&mut self, m: LocalPublish) -> Bytes {
         let packet_id = if m.qos == QoS::AtMostOnce {
             0
         } else {
             self.packet_id()
         };
+        self.encode_publish(packet_id, &m, false);
+        if packet_id != 0 {
+            self.pending.push_back((packet_id, m));
+        }
+        self.tx.split().freeze()
+    }
+
+    /// Whether `publish` may be called: up, and the shard's window has room.
+    pub fn can_publish(&self) -> bool {
+        self.up && self.pending.len() + self.released.len() < usize::from(self.receive_max.max(1))
+    }
+
+    /// Remote messages published here that the shard has not acknowledged yet.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The next remote token whose message the shard acknowledged.
+    pub fn poll_remote_done(&mut self) -> Option<u32> {
+        self.remote_done.pop_front()
+    }
+
+    fn encode_publish(&mut self, packet_id: u16, m: &LocalPublish, dup: bool) {
         self.encode(&Packet::Publish(Publish {
-            dup: false,
+            dup,
             qos: m.qos,
             retain: m.retain,
-            topic: m.topic,
+            topic: m.topic.clone(),
             packet_id,
             properties: PublishProperties::default(),
-            payload: m.payload,
+            payload: m.payload.clone(),
         }));
-        self.tx.split().freeze()
+    }
+
+    /// The shard acknowledged our publish `id`: its remote token is done.
+    fn local_acked(&mut self, id: u16) -> bool {
+        let Some(i) = self.pending.iter().position(|(p, _)| *p == id) else {
+            return false;
+        };
+        if let Some((_, m)) = self.pending.remove(i) {
+            if m.remote_token != 0 {
+                self.remote_done.push_back(m.remote_token);
+            }
+        }
+        true
     }
 
     /// The bridge is done with the delivery `token` names (the remote acknowledged
@@ -233,6 +299,21 @@ impl LocalLink {
                     }
                     self.up = true;
                     self.keepalive_s = a.properties.server_keep_alive_s.unwrap_or(0);
+                    self.receive_max = a.properties.receive_maximum.unwrap_or(u16::MAX);
+                    if !a.session_present {
+                        // The shard forgot our QoS 2 exchanges: nothing to release.
+                        self.released.clear();
+                    }
+                    // Not acknowledged on the old connection: again, DUP when the
+                    // session (and its QoS 2 state) was kept.
+                    for (id, m) in std::mem::take(&mut self.pending) {
+                        self.encode_publish(id, &m, a.session_present);
+                        self.pending.push_back((id, m));
+                    }
+                    let released: Vec<u16> = self.released.iter().copied().collect();
+                    for id in released {
+                        self.encode(&Packet::PubRel(PubResp::new(id)));
+                    }
                     if self.persistent && !a.session_present {
                         // What the old session held is gone with it (expired): its
                         // ids mean nothing now, and the bridge's tokens for them
@@ -277,15 +358,33 @@ impl LocalLink {
                     }
                 }
                 Packet::PubRel(r) => self.encode(&Packet::PubComp(PubResp::new(r.packet_id))),
-                // Our QoS 2 publish was taken: release it.
-                Packet::PubRec(r) => self.encode(&Packet::PubRel(PubResp::new(r.packet_id))),
+                // The shard has our QoS 1 publish (in its log, with a data directory).
+                Packet::PubAck(r) => {
+                    let refused = self.local_acked(r.packet_id) && r.code as u8 >= 0x80;
+                    if refused {
+                        tracing::warn!("the broker refused a bridged message: {:?}", r.code);
+                    }
+                }
+                // Our QoS 2 publish was taken (or refused, which ends the exchange):
+                // release it.
+                Packet::PubRec(r) => {
+                    if self.local_acked(r.packet_id) && r.code as u8 >= 0x80 {
+                        tracing::warn!("the broker refused a bridged message: {:?}", r.code);
+                    } else {
+                        self.released.insert(r.packet_id);
+                        self.encode(&Packet::PubRel(PubResp::new(r.packet_id)));
+                    }
+                }
+                Packet::PubComp(r) => {
+                    self.released.remove(&r.packet_id);
+                }
                 Packet::SubAck(s) => {
                     if let Some(c) = s.codes.iter().find(|c| **c as u8 >= 0x80) {
                         return Err(LinkError::Refused(*c));
                     }
                 }
                 Packet::Disconnect(d) => return Err(LinkError::Refused(d.code)),
-                // PUBACK, PUBCOMP, PINGRESP: nothing to answer.
+                // PINGRESP, UNSUBACK: nothing to answer.
                 _ => {}
             }
         }
@@ -300,9 +399,16 @@ impl LocalLink {
         }
     }
 
+    /// An id not held by a publish the shard has not finished with (the window is
+    /// far below the id space, so this ends).
     fn packet_id(&mut self) -> u16 {
-        self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
-        self.next_packet_id
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            let id = self.next_packet_id;
+            if !self.released.contains(&id) && !self.pending.iter().any(|(p, _)| *p == id) {
+                return id;
+            }
+        }
     }
 
     fn encode(&mut self, p: &Packet) {

@@ -133,10 +133,19 @@ impl Seam {
                 }
             }
             while let Some(m) = self.client.poll_local() {
+                if !self.link.can_publish() {
+                    self.client.unpoll_local(m);
+                    break;
+                }
                 moved = true;
                 let b = self.link.publish(m);
                 self.cl.send_raw(self.cid, &b);
             }
+            while let Some(token) = self.link.poll_remote_done() {
+                moved = true;
+                self.client.local_acked(token, now);
+            }
+            self.client.read_on(now);
             while let Some(token) = self.client.poll_local_done() {
                 moved = true;
                 self.link.ack(token);
@@ -164,8 +173,14 @@ impl Seam {
     }
 
     fn remote_publishes(&mut self, topic: &str, qos: QoS, id: u16, payload: &str) {
+        self.remote_sends(topic, qos, id, payload, false);
+        self.step();
+    }
+
+    /// The remote's PUBLISH reaches the bridge client; the worker's turn not yet run.
+    fn remote_sends(&mut self, topic: &str, qos: QoS, id: u16, payload: &str, dup: bool) {
         let p = Packet::Publish(Publish {
-            dup: false,
+            dup,
             qos,
             retain: false,
             topic: Bytes::copy_from_slice(topic.as_bytes()),
@@ -177,7 +192,15 @@ impl Seam {
             &encode_to_bytes(&p, ProtocolVersion::V311),
             std::time::Instant::now(),
         );
-        self.step();
+    }
+
+    /// Half a worker turn: the client's messages go into the shard, whose answers
+    /// (the local PUBACK / PUBREC) are not read yet.
+    fn publish_locally_unanswered(&mut self) {
+        while let Some(m) = self.client.poll_local() {
+            let b = self.link.publish(m);
+            self.cl.send_raw(self.cid, &b);
+        }
     }
 }
 
@@ -343,4 +366,75 @@ fn without_persistence_a_message_is_acknowledged_as_the_bridge_takes_it() {
     assert_eq!(s.link.held(), 0);
     s.restart_bridge();
     assert!(publishes(&s.remote_packets()).is_empty());
+}
+
+#[test]
+fn the_remote_ack_waits_for_the_local_ack_and_a_resend_is_forwarded_once() {
+    for (qos, ack) in [
+        (QoS::AtLeastOnce, Packet::PubAck(PubResp::new(7))),
+        (QoS::ExactlyOnce, Packet::PubRec(PubResp::new(7))),
+    ] {
+        let mut s = Seam::new();
+        let sub =
+            s.cl.connect_ok(ProtocolVersion::V5, "sub", ConnectOpts::default(), false);
+        s.cl.subscribe(sub, "down/#", QoS::AtMostOnce);
+        s.step();
+        s.remote_sends("down/a", qos, 7, "d", false);
+        s.publish_locally_unanswered();
+        // The shard has the PUBLISH, its ack not yet read by the bridge: nothing to
+        // the remote (a kill -9 here leaves the remote holding the message).
+        assert_eq!(s.remote_packets(), vec![], "{qos:?}");
+        assert_eq!(s.link.pending(), 1);
+        // The remote resends (DUP) while the local ack is owed: not forwarded again.
+        s.remote_sends("down/a", qos, 7, "d", true);
+        assert_eq!(s.client.poll_local(), None, "{qos:?}");
+        s.step();
+        // The local ack came: now the remote's.
+        assert_eq!(s.remote_packets(), vec![ack.clone()], "{qos:?}");
+        assert_eq!((s.link.pending(), s.client.in_waiting()), (0, 0));
+        if qos == QoS::ExactlyOnce {
+            // A resend after our PUBREC is answered, not delivered.
+            s.remote_sends("down/a", qos, 7, "d", true);
+            s.step();
+            assert_eq!(s.remote_packets(), vec![ack]);
+            s.client.on_bytes(
+                &encode_to_bytes(&Packet::PubRel(PubResp::new(7)), ProtocolVersion::V311),
+                std::time::Instant::now(),
+            );
+            s.step();
+            assert_eq!(s.remote_packets(), vec![Packet::PubComp(PubResp::new(7))]);
+        }
+        match s.cl.next(sub) {
+            Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"d"),
+            other => panic!("{qos:?}: expected the message, got {other:?}"),
+        }
+        assert_eq!(s.cl.next(sub), None, "{qos:?}: delivered twice");
+    }
+}
+
+#[test]
+fn a_message_published_while_the_local_session_broke_goes_in_again() {
+    let mut s = Seam::with(true);
+    let sub =
+        s.cl.connect_ok(ProtocolVersion::V5, "sub", ConnectOpts::default(), false);
+    s.cl.subscribe(sub, "down/#", QoS::AtMostOnce);
+    s.step();
+    s.remote_sends("down/a", QoS::ExactlyOnce, 9, "d", false);
+    s.publish_locally_unanswered();
+    // The virtual connection breaks before the shard's PUBREC is read; the same link
+    // (the process lives on) reopens and publishes it again with DUP.
+    s.cl.drop_connection(s.cid);
+    s.link.on_closed();
+    s.cid = s.cl.open(s.owner, ProtocolVersion::V5);
+    let conn = s.cl.clients[s.cid].conn;
+    s.cl.shards[s.owner].set_cert_username(conn, LOCAL_ID.to_string());
+    let open = s.link.open(LOCAL_ID, &s.client.local_subscriptions(), true);
+    s.cl.send_raw(s.cid, &open);
+    s.step();
+    assert_eq!(s.remote_packets(), vec![Packet::PubRec(PubResp::new(9))]);
+    match s.cl.next(sub) {
+        Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"d"),
+        other => panic!("expected the message, got {other:?}"),
+    }
+    assert_eq!(s.cl.next(sub), None, "delivered twice");
 }

@@ -395,12 +395,28 @@ fn qos1_and_qos2_in_are_delivered_once_and_acknowledged() {
     let mut r = Remote::new(ProtocolVersion::V311);
     bring_up(&mut c, &mut r, t0, false);
     r.answer(&mut c, publish("r/cmd/a", QoS::AtLeastOnce, 5, "p1"), t0);
-    assert_eq!(r.packets(&mut c), vec![Packet::PubAck(PubResp::new(5))]);
+    // Not acknowledged to the remote until the local broker has it.
+    assert_eq!(r.packets(&mut c), vec![]);
     let m = c.poll_local().unwrap();
     assert_eq!(&m.topic[..], b"l/cmd/a");
     assert_eq!(m.qos, QoS::AtLeastOnce);
+    // A resend while the local ack is owed is not forwarded again.
+    r.answer(&mut c, publish("r/cmd/a", QoS::AtLeastOnce, 5, "p1"), t0);
+    assert_eq!(c.poll_local(), None);
+    c.local_acked(m.remote_token, t0);
+    assert_eq!(r.packets(&mut c), vec![Packet::PubAck(PubResp::new(5))]);
+    // Twice is once.
+    c.local_acked(m.remote_token, t0);
+    assert_eq!(r.packets(&mut c), vec![]);
     r.answer(&mut c, publish("r/cmd/b", QoS::ExactlyOnce, 6, "p2"), t0);
-    // The remote did not see our PUBREC and sends again with DUP: not delivered twice.
+    // The remote did not see our PUBREC and sends again with DUP: not delivered twice,
+    // neither before the local PUBREC nor after it.
+    r.answer(&mut c, publish("r/cmd/b", QoS::ExactlyOnce, 6, "p2"), t0);
+    assert_eq!(r.packets(&mut c), vec![]);
+    let m = c.poll_local().unwrap();
+    assert_eq!(&m.payload[..], b"p2");
+    assert_eq!(c.poll_local(), None);
+    c.local_acked(m.remote_token, t0);
     r.answer(&mut c, publish("r/cmd/b", QoS::ExactlyOnce, 6, "p2"), t0);
     assert_eq!(
         r.packets(&mut c),
@@ -409,7 +425,6 @@ fn qos1_and_qos2_in_are_delivered_once_and_acknowledged() {
             Packet::PubRec(PubResp::new(6))
         ]
     );
-    assert_eq!(&c.poll_local().unwrap().payload[..], b"p2");
     assert_eq!(c.poll_local(), None);
     r.answer(&mut c, Packet::PubRel(PubResp::new(6)), t0);
     assert_eq!(r.packets(&mut c), vec![Packet::PubComp(PubResp::new(6))]);
@@ -421,6 +436,51 @@ fn qos1_and_qos2_in_are_delivered_once_and_acknowledged() {
     assert_eq!(c.poll_local(), None);
     assert_eq!(c.stats().in_unmatched, 1);
     assert_eq!(c.stats().in_received, 4);
+}
+
+#[test]
+fn a_full_inbound_window_pauses_reading_and_the_local_ack_resumes_it() {
+    let t0 = Instant::now();
+    let mut c = BridgeClient::new(cfg("topics = [\"cmd/# in 1\"]\ninflight_max = 2"), 7, t0);
+    let mut r = Remote::new(ProtocolVersion::V311);
+    bring_up(&mut c, &mut r, t0, false);
+    for id in 1..=4 {
+        r.answer(&mut c, publish("cmd/x", QoS::AtLeastOnce, id, "m"), t0);
+    }
+    // Two wait for their local ack; the other two stay undecoded (3.1.1: not reading).
+    assert_eq!(c.in_waiting(), 2);
+    let first = c.poll_local().unwrap();
+    assert!(c.poll_local().is_some());
+    assert_eq!(c.poll_local(), None);
+    c.local_acked(first.remote_token, t0);
+    c.read_on(t0);
+    assert_eq!(r.packets(&mut c), vec![Packet::PubAck(PubResp::new(1))]);
+    assert_eq!(c.in_waiting(), 2);
+    assert!(c.poll_local().is_some());
+    assert_eq!(c.poll_local(), None);
+    assert_eq!(c.stats().in_received, 3);
+}
+
+#[test]
+fn a_lost_remote_session_forgets_what_waits_for_the_local_ack() {
+    let t0 = Instant::now();
+    let mut c = BridgeClient::new(cfg("topics = [\"cmd/# in 1\"]"), 7, t0);
+    let mut r = Remote::new(ProtocolVersion::V311);
+    bring_up(&mut c, &mut r, t0, false);
+    r.answer(&mut c, publish("cmd/x", QoS::AtLeastOnce, 1, "old"), t0);
+    let old = c.poll_local().unwrap();
+    c.on_closed(t0);
+    let t1 = c.next_timeout().unwrap();
+    // The remote comes back without our session and reuses id 1 for a new message:
+    // delivered, not taken for a resend; the old token acknowledges nothing.
+    bring_up(&mut c, &mut r, t1, false);
+    r.answer(&mut c, publish("cmd/x", QoS::AtLeastOnce, 1, "new"), t1);
+    let new = c.poll_local().unwrap();
+    assert_eq!(&new.payload[..], b"new");
+    c.local_acked(old.remote_token, t1);
+    assert_eq!(r.packets(&mut c), vec![]);
+    c.local_acked(new.remote_token, t1);
+    assert_eq!(r.packets(&mut c), vec![Packet::PubAck(PubResp::new(1))]);
 }
 
 #[test]

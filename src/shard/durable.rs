@@ -901,7 +901,12 @@ impl Shard {
             sess.will = will.map(Box::new);
             sess.subs = subs;
             let d = sess.delivery();
-            d.awaiting_pubrel = s.inbound_qos2.iter().copied().collect();
+            // A bridge's link numbers its publishes from 1 again in a new process, so
+            // an id it left awaiting PUBREL would swallow a new message as a resend;
+            // the message itself was delivered at PUBLISH time (bridge/link.rs).
+            if !client.starts_with(b"$bridge/") {
+                d.awaiting_pubrel = s.inbound_qos2.iter().copied().collect();
+            }
             let mut queued = 0;
             for (id, copy) in &s.copies {
                 let Some(msg) = bodies.get(id) else { continue };

@@ -19,6 +19,7 @@ use crate::bridge::{BridgeClient, Transport};
 use crate::config::Config;
 use crate::io::{Completion, EventLoop, SockId};
 use crate::metrics::BridgeSnapshot;
+use crate::protocol::QoS;
 use crate::shard::{ConnId, Shard};
 use crate::transport::client::TlsClient;
 
@@ -311,17 +312,26 @@ impl Bridges {
             }
             Self::pump_shard(link, shard, now);
             while let Some(m) = link.client.poll_local() {
-                match link.conn.filter(|_| link.local.is_up()) {
+                match link.conn.filter(|_| link.local.can_publish()) {
                     Some(conn) => {
                         let bytes = link.local.publish(m);
                         shard.on_read(conn, &bytes, now);
-                        // Acks (and a QoS 2 PUBREC to release) at once, so the
-                        // shard's receive window never fills.
                         Self::pump_shard(link, shard, now);
                     }
-                    None => link.local_dropped += 1,
+                    None if m.qos == QoS::AtMostOnce => link.local_dropped += 1,
+                    // Held (the remote's ack waits for the local one) until the
+                    // session is back or its window has room.
+                    None => {
+                        link.client.unpoll_local(m);
+                        break;
+                    }
                 }
             }
+            // The local broker has these: acknowledge them to the remote.
+            while let Some(token) = link.local.poll_remote_done() {
+                link.client.local_acked(token, now);
+            }
+            link.client.read_on(now);
             // Messages the remote acknowledged (or the bridge dropped): their
             // local acks, so the session lets go of them.
             while let Some(token) = link.client.poll_local_done() {
