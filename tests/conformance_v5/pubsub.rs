@@ -168,12 +168,16 @@ fn mqtt_3_3_1_5_retained_set_replace_delete() {
     s2.expect_silence();
 }
 
+// The retained message is published at QoS 1 and its PUBACK awaited: a QoS 0 publish
+// the broker has not read yet can be routed after the new subscription is live on the
+// publisher's loop (publishes on different connections have no order), and then it
+// arrives as a live copy, which retain handling does not govern.
 #[test]
 fn mqtt_3_3_1_10_retain_handling_0_sends_on_every_subscribe() {
     let b = Broker::two_shards();
     let mut p = c5(b.addr(), "rh0p");
     let t = format!("rh0/{}", uniq("t"));
-    p.publish_complete(&t, 0, true, 0, b"r");
+    p.publish_complete(&t, 1, true, 1, b"r");
     let mut s = c5(b.addr(), "rh0s");
     sub_ok(&mut s, &t, opts(0, false, false, 0));
     assert_eq!(s.recv_publish().payload, b"r");
@@ -190,7 +194,7 @@ fn mqtt_3_3_1_10_retain_handling_1_sends_only_for_new_subscription() {
     let b = Broker::two_shards();
     let mut p = c5(b.addr(), "rh1p");
     let t = format!("rh1/{}", uniq("t"));
-    p.publish_complete(&t, 0, true, 0, b"r");
+    p.publish_complete(&t, 1, true, 1, b"r");
     let mut s = c5(b.addr(), "rh1s");
     sub_ok(&mut s, &t, opts(0, false, false, 1));
     assert_eq!(s.recv_publish().payload, b"r");
@@ -203,7 +207,7 @@ fn mqtt_3_3_1_10_retain_handling_2_never_sends() {
     let b = Broker::two_shards();
     let mut p = c5(b.addr(), "rh2p");
     let t = format!("rh2/{}", uniq("t"));
-    p.publish_complete(&t, 0, true, 0, b"r");
+    p.publish_complete(&t, 1, true, 1, b"r");
     let mut s = c5(b.addr(), "rh2s");
     sub_ok(&mut s, &t, opts(0, false, false, 2));
     s.expect_silence();
