@@ -15,6 +15,8 @@ use ringmq::protocol::QoS;
 /// within ringmq's default `max_outbound_bytes` (1 MiB). Measured on fan-in 100 -> 1,
 /// 64 B: windows of 128 (~1.0 MB in flight) lost nothing, 256 lost 69,163 messages.
 const QOS0_INFLIGHT_BYTES: u64 = 1024 * 1024;
+/// The default window's budget at QoS 1/2: ringmq's default `max_queued_messages`.
+const QOS12_QUEUED_MESSAGES: u64 = 1000;
 /// Bytes a loadgen PUBLISH takes beyond its payload (fixed header, topic, its length).
 const FRAME_OVERHEAD_BYTES: u64 = 16;
 
@@ -22,12 +24,16 @@ const FRAME_OVERHEAD_BYTES: u64 = 16;
 /// `senders` publishers' messages to one subscriber within `QOS0_INFLIGHT_BYTES`,
 /// clamped to 16..=128: below 16 every send carries too few messages (loadgen's CPU
 /// per message is set by messages per send), above 128 the gain is small (fan-in
-/// 100 -> 1: 0.31 us/msg at 16, 0.12 at 64, 0.08-0.10 at 128). QoS 1/2: 16, what
-/// ringmq's default queue limits hold for a fan-in of 100 (1,600 messages toward
-/// one subscriber; 32 per publisher lost 10,584).
+/// 100 -> 1: 0.31 us/msg at 16, 0.12 at 64, 0.08-0.10 at 128). QoS 1/2: the most
+/// that keeps `senders` publishers' undelivered messages within ringmq's default
+/// `max_queued_messages` (1,000), at most 16: a message the subscriber has received
+/// leaves the window, but it holds one of the broker's in-flight slots until the
+/// subscriber's PUBACK gets there, so every undelivered message can be queued at once
+/// (fan-in 100 -> 1 at 16 per publisher: `queue_full` dropped 472 and 568 messages in
+/// two of six runs; at 32, 10,584).
 pub fn default_window(qos: QoS, senders: u64, size: usize) -> u32 {
     if qos != QoS::AtMostOnce {
-        return 16;
+        return (QOS12_QUEUED_MESSAGES / senders.max(1)).clamp(1, 16) as u32;
     }
     let frame = size as u64 + FRAME_OVERHEAD_BYTES;
     let fit = QOS0_INFLIGHT_BYTES / (senders.max(1) * frame);
@@ -72,9 +78,11 @@ mod tests {
         assert_eq!(default_window(QoS::AtMostOnce, 10_000, 64), 16);
         // One publisher per subscriber (pairs, fanout): the cap.
         assert_eq!(default_window(QoS::AtMostOnce, 1, 64), 128);
-        // QoS 1/2: what the broker's default queues hold for a fan-in of 100.
-        assert_eq!(default_window(QoS::AtLeastOnce, 100, 64), 16);
+        // QoS 1/2: what the broker's default queue holds for one subscriber.
+        assert_eq!(default_window(QoS::AtLeastOnce, 100, 64), 10);
+        assert_eq!(default_window(QoS::AtLeastOnce, 50, 64), 16);
         assert_eq!(default_window(QoS::ExactlyOnce, 1, 64), 16);
+        assert_eq!(default_window(QoS::AtLeastOnce, 5000, 64), 1);
     }
 
     #[test]

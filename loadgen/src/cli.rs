@@ -145,9 +145,10 @@ pub struct Opts {
     #[arg(long, global = true, default_value_t = 1)]
     pub threads: usize,
     /// Closed loop: unacknowledged messages per publisher (QoS>=1: until PUBACK/PUBCOMP;
-    /// QoS 0: until every subscriber received it). Default: QoS 1/2 16; QoS 0 as many
-    /// as keep one subscriber's messages in flight within 1 MiB (ringmq's default
-    /// max_outbound_bytes), 16..128 (fan-in 100 x 64 B: 128). The output says which.
+    /// QoS 0: until every subscriber received it). Default: QoS 1/2 as many as keep one
+    /// subscriber's undelivered messages within 1,000 (ringmq's default
+    /// max_queued_messages), 1..16; QoS 0 as many as keep them within 1 MiB (its
+    /// max_outbound_bytes), 16..128. Fan-in 100 x 64 B: 10 and 128. The output says which.
     #[arg(long, global = true)]
     pub window: Option<u32>,
     /// Closed loop: a publisher with messages in flight sends again once its window has
@@ -665,13 +666,13 @@ mod tests {
         let c = parse(&["loadgen", "fanin", "--publishers", "100"]).unwrap();
         assert_eq!(c.window, 128);
         let c = parse(&["loadgen", "fanin", "--publishers", "100", "--qos", "1"]).unwrap();
-        assert_eq!(c.window, 16);
+        assert_eq!(c.window, 10);
         let c = parse(&["loadgen", "fanin", "--publishers", "100", "--size", "4096"]).unwrap();
         assert_eq!(c.window, 16);
         let c = parse(&["loadgen", "fanin", "--publishers", "100", "--window", "7"]).unwrap();
         assert_eq!(c.window, 7);
         // --send-batch is checked against the window the run will use.
-        let e = parse(&["loadgen", "fanin", "--qos", "1", "--send-batch", "17"]).unwrap_err();
+        let e = parse(&["loadgen", "pairs", "--qos", "1", "--send-batch", "17"]).unwrap_err();
         assert!(e.contains("'--send-batch'") && e.contains("1..16"), "{e}");
     }
 
