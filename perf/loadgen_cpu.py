@@ -139,7 +139,8 @@ def run(ringmq, loadgen, name):
     broker_cpu = b1 - b0
     broker_wait_pct = (w1 - w0) * 100 / wall
     lg_wait = r.get("runq_wait_pct")
-    waits = (f"waited for a CPU: loadgen {lg_wait or 0:.0f}%, broker {broker_wait_pct:.0f}%; "
+    lg_wait = "n/a" if lg_wait is None else f"{lg_wait:.0f}%"
+    waits = (f"waited for a CPU: loadgen {lg_wait}, broker {broker_wait_pct:.0f}%; "
              f"broker {broker_cpu * 100 / wall:.0f}% of its core; ")
     load = os.getloadavg()[0]
     if name.startswith("connect"):
