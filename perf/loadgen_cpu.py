@@ -5,6 +5,7 @@ be the bottleneck"). CPU time, not throughput: a loaded machine moves it far les
     python3 perf/loadgen_cpu.py RINGMQ LOADGEN [SCENARIO ...]
     SCENARIO: fanin_qos0 | fanin_qos1 | connect_100k   (default: all three)
     DURATION=8s BROKER_CORE=0 LOADGEN_CORE=1 LOADGEN_ARGS="--window 64" BROKER_ARGS=...
+    PRIO=1: run both in their own autogroup at nice -20 (see below)
 
 Starts `RINGMQ --shards 1` pinned to BROKER_CORE on a free 127.0.0.1 port, runs
 LOADGEN pinned to LOADGEN_CORE with --json, and prints one line per scenario:
@@ -14,6 +15,15 @@ loadgen run, loadgen's CPU (rusage of the child, spins included) and the broker'
 (/proc/PID/stat utime+stime delta, same wall interval). Every process it starts is
 stopped by PID. The load average is printed with each line: figures from a busy
 machine are not comparable with a quiet one.
+
+Each line also gives, over the measured phase, how long each process waited for a CPU
+(runnable, not running: /proc/PID/schedstat; loadgen prints its own) and the broker's
+share of its core. Other builds on the cores make both wait: on the shared development
+machine (load ~14) fan-in reached 0.6-1.0M msg/s with loadgen at ~10% and the broker at
+~20% of their cores, each waiting 20-60% of the time. `nice` alone does not help: with
+kernel.sched_autogroup_enabled each session's processes share one weight. PRIO=1
+starts both in a new session (a new autogroup) at autogroup nice -20 and nice -20, so
+for the run's seconds they take their cores from the other sessions' builds.
 """
 import json
 import os
@@ -39,6 +49,30 @@ SCENARIOS = {
                    "--size", "64", "--duration", DURATION],
     "connect_100k": ["connect", "--clients", "100000", "--hold", "1s"],
 }
+
+
+PRIO = os.environ.get("PRIO", "") == "1"
+
+
+def raise_priority():
+    """In the child before exec (PRIO=1): a new session is a new autogroup; give it
+    and the process the highest weight. Needs root (CAP_SYS_NICE)."""
+    os.setsid()
+    with open("/proc/self/autogroup", "w") as f:
+        f.write("-20")
+    os.nice(-20)
+
+
+def runq_wait_s(pid):
+    """Seconds the process's threads waited on a run queue (schedstat's 2nd field)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+                total += int(f.read().split()[1])
+        except FileNotFoundError:
+            pass
+    return total / 1e9
 
 
 def free_port():
@@ -72,20 +106,24 @@ def run(ringmq, loadgen, name):
     broker = subprocess.Popen(
         ["taskset", "-c", BROKER_CORE, ringmq, "--shards", "1", "--listen",
          f"127.0.0.1:{port}", "--http-listen", "none"] + BROKER_ARGS,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=raise_priority if PRIO else None)
     try:
         wait_listening(port, broker)
         time.sleep(0.3)
         b0 = cpu_s(broker.pid)
+        w0 = runq_wait_s(broker.pid)
         t0 = time.monotonic()
         lg = subprocess.Popen(
             ["taskset", "-c", LOADGEN_CORE, loadgen] + SCENARIOS[name] + EXTRA
             + ["--port", str(port), "--json"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            preexec_fn=raise_priority if PRIO else None)
         out = lg.stdout.read()
         _, status, ru = os.wait4(lg.pid, 0)
         wall = time.monotonic() - t0
         b1 = cpu_s(broker.pid)
+        w1 = runq_wait_s(broker.pid)
     finally:
         broker.send_signal(signal.SIGINT)
         try:
@@ -99,12 +137,17 @@ def run(ringmq, loadgen, name):
     r = json.loads(lines[-1])
     lg_cpu = ru.ru_utime + ru.ru_stime
     broker_cpu = b1 - b0
+    broker_wait_pct = (w1 - w0) * 100 / wall
+    lg_wait = r.get("runq_wait_pct")
+    lg_wait = "n/a" if lg_wait is None else f"{lg_wait:.0f}%"
+    waits = (f"waited for a CPU: loadgen {lg_wait}, broker {broker_wait_pct:.0f}%; "
+             f"broker {broker_cpu * 100 / wall:.0f}% of its core; ")
     load = os.getloadavg()[0]
     if name.startswith("connect"):
         print(f"{name}: established {r['connections_established']}/"
               f"{r['connections_attempted']} storm {r['measured_s']:.2f} s "
               f"({r['connect_rate_per_s']:.0f}/s); whole run {wall:.1f} s: loadgen CPU "
-              f"{lg_cpu:.2f} s, broker CPU {broker_cpu:.2f} s; load {load:.1f}")
+              f"{lg_cpu:.2f} s, broker CPU {broker_cpu:.2f} s; {waits}load {load:.1f}")
         return
     n = max(r["delivered"], 1)
     per_msg = r.get("cpu_us_per_msg")
@@ -116,7 +159,8 @@ def run(ringmq, loadgen, name):
           f"({r['cpu_process_pct']:.0f}% of a core, saturated {r['loadgen_saturated']}, "
           f"{r.get('msgs_per_send', 0):.1f} msgs/send); whole run: loadgen "
           f"{lg_cpu * 1e6 / n:.3f} us/msg, broker {broker_cpu * 1e6 / n:.3f} us/msg "
-          f"({n} delivered, {wall:.1f} s); load {load:.1f}")
+          f"({n} delivered, {wall:.1f} s); {waits}load {load:.1f}"
+          f"{' (PRIO=1)' if PRIO else ''}")
 
 
 def main():

@@ -145,9 +145,12 @@ pub struct Opts {
     #[arg(long, global = true, default_value_t = 1)]
     pub threads: usize,
     /// Closed loop: unacknowledged messages per publisher (QoS>=1: until PUBACK/PUBCOMP;
-    /// QoS 0: until every subscriber received it).
-    #[arg(long, global = true, default_value_t = 16)]
-    pub window: u32,
+    /// QoS 0: until every subscriber received it). Default: QoS 1/2 as many as keep one
+    /// subscriber's undelivered messages within 1,000 (ringmq's default
+    /// max_queued_messages), 1..16; QoS 0 as many as keep them within 1 MiB (its
+    /// max_outbound_bytes), 16..128. Fan-in 100 x 64 B: 10 and 128. The output says which.
+    #[arg(long, global = true)]
+    pub window: Option<u32>,
     /// Closed loop: a publisher with messages in flight sends again once its window has
     /// room for this many (default: half the window). Fewer, larger sends cost loadgen
     /// (and, on loopback, the broker's receive path it runs) less CPU per message;
@@ -440,19 +443,28 @@ impl Opts {
         if self.spin > std::time::Duration::from_millis(10) {
             return Err(bad("spin", format!("{:?}", self.spin), "at most 10ms"));
         }
-        if self.window == 0 || self.window > 65_535 {
+        if let Some(w @ (0 | 65_536..)) = self.window {
             return Err(bad(
                 "window",
-                self.window,
+                w,
                 "must be 1..65535 (MQTT packet identifiers)",
             ));
         }
+        let qos = QoS::from_u8(self.qos).unwrap_or_default();
+        let senders_per_subscriber = if scenario == Scenario::Fanin {
+            self.publishers
+        } else {
+            1
+        };
+        let window = self.window.unwrap_or_else(|| {
+            crate::batch::default_window(qos, senders_per_subscriber, self.size)
+        });
         if let Some(b) = self.send_batch {
-            if b == 0 || b > self.window {
+            if b == 0 || b > window {
                 return Err(bad(
                     "send-batch",
                     b,
-                    &format!("must be 1..{} (--window)", self.window),
+                    &format!("must be 1..{window} (--window)"),
                 ));
             }
         }
@@ -537,7 +549,7 @@ impl Opts {
             },
             src_ips,
             threads: self.threads,
-            window: self.window,
+            window,
             send_batch: self.send_batch,
             open_loop: self.open_loop,
             persistent: self.persistent,
@@ -645,6 +657,23 @@ mod tests {
         assert!(e.contains("'--send-batch'") && e.contains("'0'"), "{e}");
         let c = parse(&["loadgen", "fanin", "--window", "8", "--send-batch", "8"]).unwrap();
         assert_eq!(c.send_batch, Some(8));
+        let e = parse(&["loadgen", "--window", "65536"]).unwrap_err();
+        assert!(e.contains("'--window'") && e.contains("'65536'"), "{e}");
+    }
+
+    #[test]
+    fn default_window_follows_qos_and_fan_in() {
+        let c = parse(&["loadgen", "fanin", "--publishers", "100"]).unwrap();
+        assert_eq!(c.window, 128);
+        let c = parse(&["loadgen", "fanin", "--publishers", "100", "--qos", "1"]).unwrap();
+        assert_eq!(c.window, 10);
+        let c = parse(&["loadgen", "fanin", "--publishers", "100", "--size", "4096"]).unwrap();
+        assert_eq!(c.window, 16);
+        let c = parse(&["loadgen", "fanin", "--publishers", "100", "--window", "7"]).unwrap();
+        assert_eq!(c.window, 7);
+        // --send-batch is checked against the window the run will use.
+        let e = parse(&["loadgen", "pairs", "--qos", "1", "--send-batch", "17"]).unwrap_err();
+        assert!(e.contains("'--send-batch'") && e.contains("1..16"), "{e}");
     }
 
     #[test]

@@ -117,6 +117,9 @@ pub struct ThreadResult {
     /// Busy-poll ns spun before each phase began (left out of the process CPU figure).
     pub spin_at_phase_ns: [u64; PHASES],
     pub spin_end_ns: u64,
+    /// ns the thread had waited on a run queue (runnable, not running) when it saw each
+    /// phase begin; `None` where the kernel does not say (no /proc schedstat).
+    pub runq_wait_at_phase_ns: [Option<u64>; PHASES],
     pub unclean_close: u64,
 }
 
@@ -138,6 +141,15 @@ pub fn thread_cpu_ns() -> u64 {
     // SAFETY: as above.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// ns this thread has spent runnable but not running (waiting for a CPU other
+/// processes held): the second field of /proc/thread-self/schedstat. Read at phase
+/// changes only. A run whose threads waited long was bounded by the machine's load,
+/// which neither loadgen's CPU nor the broker's shows.
+pub fn thread_runq_wait_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub fn new_histogram() -> Histogram<u64> {
@@ -448,6 +460,7 @@ impl Worker {
                 cpu_end_ns: 0,
                 spin_at_phase_ns: [0; PHASES],
                 spin_end_ns: 0,
+                runq_wait_at_phase_ns: [None; PHASES],
                 unclean_close: 0,
             },
         })
@@ -495,6 +508,7 @@ impl Worker {
 
     pub fn run(mut self) -> ThreadResult {
         self.result.cpu_at_phase_ns[0] = thread_cpu_ns();
+        self.result.runq_wait_at_phase_ns[0] = thread_runq_wait_ns();
         self.connect_t0_ns = now_ns();
         loop {
             let phase = self.shared.phase.load(Ordering::Acquire);
@@ -504,6 +518,7 @@ impl Worker {
                 let p = usize::from(self.phase);
                 self.result.cpu_at_phase_ns[p] = thread_cpu_ns().saturating_sub(self.spun_ns);
                 self.result.spin_at_phase_ns[p] = self.spun_ns;
+                self.result.runq_wait_at_phase_ns[p] = thread_runq_wait_ns();
                 self.enter_phase(now);
             }
             if self.phase == PHASE_CONNECT || self.phase < PHASE_DISCONNECT {
@@ -801,5 +816,20 @@ impl Worker {
                 .fetch_add(self.rx.unique_pending, Ordering::AcqRel);
             self.rx.unique_pending = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_queue_wait_is_read_and_never_goes_back() {
+        // Linux has said this since 2.6 (CONFIG_SCHED_INFO): a kernel without it makes
+        // `runq_wait_pct` null, which this machine must not.
+        let a = thread_runq_wait_ns().expect("/proc/thread-self/schedstat is readable");
+        std::thread::yield_now();
+        let b = thread_runq_wait_ns().expect("still readable");
+        assert!(b >= a, "{a} then {b}");
     }
 }

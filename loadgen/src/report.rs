@@ -93,10 +93,20 @@ pub struct Report {
     pub cpu_max_thread_pct: f64,
     /// True when a worker thread was above 90% of a core: the numbers are then a floor.
     pub loadgen_saturated: bool,
+    /// The longest a worker thread waited for a CPU (runnable, but other processes
+    /// held its core) during the measured phase, % of the phase; `null` when the
+    /// kernel does not say. Above `RUNQ_WAIT_WARN_PCT` the run measured the machine's
+    /// load: loadgen and the broker can both be below a core and still be the limit of
+    /// nothing.
+    pub runq_wait_pct: Option<f64>,
     /// The run was cut short by SIGINT (Ctrl-C).
     pub interrupted: bool,
     pub exit_code: i32,
 }
+
+/// Run-queue wait above which the table warns that the machine, not loadgen or the
+/// broker, bounded the run.
+pub const RUNQ_WAIT_WARN_PCT: f64 = 10.0;
 
 fn fmt_rate(v: f64) -> String {
     if v >= 1e6 {
@@ -179,9 +189,12 @@ pub fn table(r: &Report) -> String {
     let per_msg = r.cpu_us_per_msg.map_or(String::new(), |us| {
         format!(", {us:.3} us per message received")
     });
+    let waited = r.runq_wait_pct.map_or(String::new(), |w| {
+        format!(", waited {w:.0}% of the run for a CPU")
+    });
     let _ = writeln!(
         s,
-        "  loadgen cpu   {:.0}% of a core (busiest thread {:.0}%){per_msg}",
+        "  loadgen cpu   {:.0}% of a core (busiest thread {:.0}%){per_msg}{waited}",
         r.cpu_process_pct, r.cpu_max_thread_pct
     );
     if r.scenario != "connect" {
@@ -204,6 +217,9 @@ pub fn table(r: &Report) -> String {
     }
     if r.loadgen_saturated {
         let _ = writeln!(s, "  WARNING: a loadgen thread used >90% of a core; these numbers are a floor, not the broker's limit (add --threads)");
+    }
+    if let Some(w) = r.runq_wait_pct.filter(|w| *w > RUNQ_WAIT_WARN_PCT) {
+        let _ = writeln!(s, "  WARNING: a loadgen thread waited {w:.0}% of the run for a CPU other processes held; throughput here is the machine's load, not the broker's limit (use an idle machine or raise loadgen's and the broker's priority)");
     }
     s
 }
@@ -467,6 +483,7 @@ mod tests {
             msgs_per_send: 10.0,
             cpu_us_per_msg: Some(0.5),
             loadgen_saturated: false,
+            runq_wait_pct: Some(25.0),
             interrupted: false,
             exit_code: 2,
         }
@@ -487,6 +504,7 @@ mod tests {
         assert_eq!(v["rtt_us"], serde_json::Value::Null);
         assert_eq!(v["errors"]["connect: refused"], 1);
         assert_eq!(v["exit_code"], 2);
+        assert_eq!(v["runq_wait_pct"], 25.0);
     }
 
     #[test]
@@ -500,6 +518,8 @@ mod tests {
             "MB/s",
             "5 established",
             "loadgen cpu",
+            "waited 25% of the run for a CPU",
+            "WARNING: a loadgen thread waited 25%",
         ] {
             assert!(t.contains(needle), "missing {needle} in {t}");
         }

@@ -290,6 +290,7 @@ fn merge(
     ) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
     let mut max_thread_pct: f64 = 0.0;
     let mut spun_measured_ns = 0u64;
+    let mut runq_wait_pct: Option<f64> = None;
     let measured_phase = if cfg.scenario == Scenario::Connect {
         0
     } else {
@@ -318,6 +319,11 @@ fn merge(
         let end = r.cpu_at_phase_ns[measured_phase + 1].max(start);
         max_thread_pct =
             max_thread_pct.max((end - start) as f64 * 100.0 / measured_ns.max(1) as f64);
+        let wait = &r.runq_wait_at_phase_ns;
+        if let (Some(a), Some(b)) = (wait[measured_phase], wait[measured_phase + 1]) {
+            let pct = b.saturating_sub(a) as f64 * 100.0 / measured_ns.max(1) as f64;
+            runq_wait_pct = Some(runq_wait_pct.map_or(pct, |m: f64| m.max(pct)));
+        }
     }
     let expected = shared.expected();
     let secs = measured_ns as f64 / 1e9;
@@ -378,6 +384,7 @@ fn merge(
         cpu_us_per_msg: (recv > 0).then(|| cpu_busy_ns as f64 / 1000.0 / recv as f64),
         cpu_max_thread_pct: max_thread_pct,
         loadgen_saturated: saturated,
+        runq_wait_pct,
         interrupted: interrupted(),
         exit_code,
     };

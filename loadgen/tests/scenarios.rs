@@ -65,6 +65,30 @@ fn fanin_qos1() {
     assert_eq!(j["expected"].as_u64().unwrap_or(1) % 2, 0, "{j}");
 }
 
+/// The default window at QoS 1 keeps a 100-publisher fan-in's undelivered messages
+/// within ringmq's default queue (1,000), so an unpaced closed loop loses nothing;
+/// at the old default (16 per publisher) ringmq dropped some as `queue_full`.
+#[test]
+fn fanin_qos1_default_window_fits_the_default_queue() {
+    let b = support::start_broker();
+    let j = run(
+        &b,
+        &[
+            "fanin",
+            "--publishers",
+            "100",
+            "--subscribers",
+            "1",
+            "--qos",
+            "1",
+        ],
+    );
+    assert_eq!(j["window"], 10, "{j}");
+    assert_complete(&j);
+    // Linux says how long the threads waited for a CPU.
+    assert!(j["runq_wait_pct"].as_f64().is_some(), "{j}");
+}
+
 #[test]
 fn fanin_qos0_closed_loop() {
     let b = support::start_broker();
