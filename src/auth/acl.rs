@@ -177,6 +177,11 @@ impl Acl {
         }
     }
 
+    /// Whether live delivery skips the read check (every subscription readable).
+    pub fn skips_read_check(&self) -> bool {
+        matches!(self, Acl::Rules(r) if r.reads_granted)
+    }
+
     pub fn can_subscribe(&self, filter: &[u8]) -> bool {
         match self {
             Acl::AllowAll => true,
