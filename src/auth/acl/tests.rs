@@ -312,6 +312,35 @@ proptest! {
         }
     }
 
+    /// The publish memo answers as the rules do, whatever the order of topics.
+    #[test]
+    fn the_publish_memo_answers_as_the_rules(
+        f in file_strategy(),
+        topics in prop::collection::vec(topic_strategy(), 1..24),
+    ) {
+        let c = Arc::new(f.compile("c1", Some("u1")));
+        let mut acl = Acl::rules(c.clone());
+        for t in &topics {
+            prop_assert_eq!(acl.can_publish(t.as_bytes()), c.check(t.as_bytes(), WRITE), "topic {}", t);
+        }
+    }
+
+    #[test]
+    fn covers_and_overlaps_match_brute_force(p in plain_filter_strategy(), q in plain_filter_strategy()) {
+        let u = universe();
+        let by_q: Vec<&String> = u.iter().filter(|t| matches(q.as_bytes(), t.as_bytes())).collect();
+        let covered = by_q.iter().all(|t| matches(p.as_bytes(), t.as_bytes()));
+        let overlapping = by_q.iter().any(|t| matches(p.as_bytes(), t.as_bytes()));
+        prop_assert_eq!(covers(p.as_bytes(), q.as_bytes()), covered, "covers({}, {})", p, q);
+        prop_assert_eq!(overlaps(p.as_bytes(), q.as_bytes()), overlapping, "overlaps({}, {})", p, q);
+    }
+}
+
+proptest! {
+    // Each case walks the whole topic universe (1,554 topics) per filter: fewer
+    // cases keep it near a second in a debug build.
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
     /// A filter `grants_read_of` says is readable in full has no topic the check
     /// refuses: live delivery skips the check on that promise.
     #[test]
@@ -337,28 +366,5 @@ proptest! {
                 prop_assert_eq!(acl.can_read(t.as_bytes()), acl.can_read_queued(t.as_bytes()), "topic {}", t);
             }
         }
-    }
-
-    /// The publish memo answers as the rules do, whatever the order of topics.
-    #[test]
-    fn the_publish_memo_answers_as_the_rules(
-        f in file_strategy(),
-        topics in prop::collection::vec(topic_strategy(), 1..24),
-    ) {
-        let c = Arc::new(f.compile("c1", Some("u1")));
-        let mut acl = Acl::rules(c.clone());
-        for t in &topics {
-            prop_assert_eq!(acl.can_publish(t.as_bytes()), c.check(t.as_bytes(), WRITE), "topic {}", t);
-        }
-    }
-
-    #[test]
-    fn covers_and_overlaps_match_brute_force(p in plain_filter_strategy(), q in plain_filter_strategy()) {
-        let u = universe();
-        let by_q: Vec<&String> = u.iter().filter(|t| matches(q.as_bytes(), t.as_bytes())).collect();
-        let covered = by_q.iter().all(|t| matches(p.as_bytes(), t.as_bytes()));
-        let overlapping = by_q.iter().any(|t| matches(p.as_bytes(), t.as_bytes()));
-        prop_assert_eq!(covers(p.as_bytes(), q.as_bytes()), covered, "covers({}, {})", p, q);
-        prop_assert_eq!(overlaps(p.as_bytes(), q.as_bytes()), overlapping, "overlaps({}, {})", p, q);
     }
 }
