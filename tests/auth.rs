@@ -280,6 +280,37 @@ fn denied_publish_subscribe_and_wildcard_delivery() {
     assert_eq!((f.ptype(), f.body[2]), (4, 0x87), "{f:?}");
 }
 
+/// Retained messages are deliveries too: a wildcard subscription made after them
+/// gets only the retained topics the client may read.
+#[test]
+fn retained_messages_on_a_denied_topic_stay_with_the_broker() {
+    let dir = tempdir("acl-retained");
+    let b = broker(&dir, &["--shards", "1"]);
+    let addr = b.addr().to_string();
+    let (mut bob, _) = RawClient::connect_with(&addr, &login(&uniq("b"), "bob", "builder"));
+    bob.publish("a/secret/kept", 1, true, 1, b"hidden");
+    bob.expect_ack(4, 1, false);
+    bob.publish("a/open/kept", 1, true, 2, b"shown");
+    bob.expect_ack(4, 2, false);
+    let (mut alice, _) = RawClient::connect_with(&addr, &login(&uniq("a"), "alice", "wonderland"));
+    let f = alice.subscribe(1, "a/#", 1);
+    assert_eq!(f.body[2..], [1], "{f:?}");
+    let m = alice.recv_publish();
+    assert_eq!(
+        (m.topic.as_str(), m.retain),
+        ("a/open/kept", true),
+        "alice got {m:?}"
+    );
+    alice.ack_received(&m);
+    alice.expect_silence_for(Duration::from_millis(300));
+    // bob may read everything: both are kept.
+    let (mut bob2, _) = RawClient::connect_with(&addr, &login(&uniq("b2"), "bob", "builder"));
+    bob2.subscribe(1, "a/#", 0);
+    let mut got = vec![bob2.recv_publish().topic, bob2.recv_publish().topic];
+    got.sort();
+    assert_eq!(got, ["a/open/kept", "a/secret/kept"]);
+}
+
 #[test]
 fn reload_while_clients_are_connected() {
     let dir = tempdir("rl");

@@ -10,6 +10,9 @@
 //! tried; nothing decides → denied. The file is compiled once per connection at CONNECT
 //! (patterns substituted, rules in evaluation order, shared per user when there are no
 //! patterns), so a check is a short scan of that client's rules: no per-message lookup.
+//! Each connection also remembers its last published topic's answer and whether its
+//! subscriptions are readable in full ([`ConnAcl`]), so a device's steady stream of
+//! PUBLISHes and deliveries walks no rules at all.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,32 +72,130 @@ impl std::fmt::Debug for CompiledAcl {
 #[derive(Debug, Clone)]
 pub enum Acl {
     AllowAll,
-    Rules(Arc<CompiledAcl>),
+    Rules(Box<ConnAcl>),
+}
+
+/// Longest topic the publish memo keeps a copy of: a longer one is checked each time
+/// rather than held per connection.
+const WRITE_MEMO_MAX: usize = 128;
+
+/// One connection's view of its compiled rules (shared per user), with what this
+/// connection learnt about them, so the steady state of a device costs no rule walk:
+/// - the last topic it published and the answer (a device publishes on one or a few
+///   topics; a hit is one comparison of the topic's bytes);
+/// - whether every subscription it holds is readable in full, which lets live
+///   delivery skip the read check (the rules were walked once, at SUBSCRIBE).
+#[derive(Debug)]
+pub struct ConnAcl {
+    pub rules: Arc<CompiledAcl>,
+    last_write: Option<(Box<[u8]>, bool)>,
+    /// Set only by [`Acl::refresh_reads`] from the session's whole subscription list;
+    /// a new `ConnAcl` (CONNECT, reload, hand-off) starts without it.
+    reads_granted: bool,
+}
+
+/// What a connection learnt stays with it: a copy starts afresh.
+impl Clone for ConnAcl {
+    fn clone(&self) -> ConnAcl {
+        ConnAcl::new(self.rules.clone())
+    }
+}
+
+impl ConnAcl {
+    fn new(rules: Arc<CompiledAcl>) -> ConnAcl {
+        ConnAcl {
+            rules,
+            last_write: None,
+            reads_granted: false,
+        }
+    }
+
+    #[inline(never)]
+    fn can_publish(&mut self, topic: &[u8]) -> bool {
+        if let Some((t, ok)) = &self.last_write {
+            if **t == *topic {
+                return *ok;
+            }
+        }
+        let ok = self.rules.check(topic, WRITE);
+        if topic.len() <= WRITE_MEMO_MAX {
+            match &mut self.last_write {
+                // Same length (a device's topics often are): no allocation.
+                Some((t, v)) if t.len() == topic.len() => {
+                    t.copy_from_slice(topic);
+                    *v = ok;
+                }
+                slot => *slot = Some((topic.into(), ok)),
+            }
+        }
+        ok
+    }
 }
 
 // The `AllowAll` arm is inlined into the hot paths (one compare); the rule scan stays
 // out of line so it does not bloat `deliver` and stop it being inlined itself.
 impl Acl {
-    #[inline(always)]
-    pub fn can_publish(&self, topic: &[u8]) -> bool {
+    /// A connection's ACL from its compiled rules.
+    pub fn rules(rules: Arc<CompiledAcl>) -> Acl {
+        Acl::Rules(Box::new(ConnAcl::new(rules)))
+    }
+
+    /// The compiled rules, `None` for `AllowAll`.
+    pub fn compiled(&self) -> Option<&Arc<CompiledAcl>> {
         match self {
-            Acl::AllowAll => true,
-            Acl::Rules(r) => r.check(topic, WRITE),
+            Acl::AllowAll => None,
+            Acl::Rules(r) => Some(&r.rules),
         }
     }
 
+    /// PUBLISH (and will) check. Remembers the last topic and its answer.
+    #[inline(always)]
+    pub fn can_publish(&mut self, topic: &[u8]) -> bool {
+        match self {
+            Acl::AllowAll => true,
+            Acl::Rules(r) => r.can_publish(topic),
+        }
+    }
+
+    /// Read check of a message matched against the session's current subscriptions
+    /// right now (live delivery): skipped when every subscription is readable in full.
     #[inline(always)]
     pub fn can_read(&self, topic: &[u8]) -> bool {
         match self {
             Acl::AllowAll => true,
-            Acl::Rules(r) => r.check(topic, READ),
+            Acl::Rules(r) => r.reads_granted || r.rules.check(topic, READ),
         }
+    }
+
+    /// Read check of a message matched earlier (queued while offline or behind a full
+    /// window): the subscription that matched it may be gone, so the rules decide.
+    #[inline(always)]
+    pub fn can_read_queued(&self, topic: &[u8]) -> bool {
+        match self {
+            Acl::AllowAll => true,
+            Acl::Rules(r) => r.rules.check(topic, READ),
+        }
+    }
+
+    /// Whether live delivery skips the read check (every subscription readable).
+    pub fn skips_read_check(&self) -> bool {
+        matches!(self, Acl::Rules(r) if r.reads_granted)
     }
 
     pub fn can_subscribe(&self, filter: &[u8]) -> bool {
         match self {
             Acl::AllowAll => true,
-            Acl::Rules(r) => r.check_subscribe(filter),
+            Acl::Rules(r) => r.rules.check_subscribe(filter),
+        }
+    }
+
+    /// Recomputes, from every filter the session holds (shared ones without their
+    /// `$share/<group>/`), whether live delivery may skip the read check. Call it
+    /// after the session's subscriptions grew; without a call the check stays on.
+    pub fn refresh_reads<'a>(&mut self, filters: impl IntoIterator<Item = &'a [u8]>) {
+        if let Acl::Rules(r) = self {
+            let rules = &r.rules;
+            r.reads_granted = filters.into_iter().all(|f| rules.grants_read_of(f));
         }
     }
 }
@@ -282,6 +383,26 @@ impl CompiledAcl {
                     return true;
                 }
             } else if a & READ != 0 && overlaps(f, filter) {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Whether every topic `filter` matches is readable: a read rule covers the
+    /// whole filter and no deny rule before it overlaps the filter. Conservative (a
+    /// filter readable only through several partial rules answers `false`, and its
+    /// messages are then checked one by one), never wrong in the other direction.
+    pub fn grants_read_of(&self, filter: &[u8]) -> bool {
+        for (a, f) in self.rules.iter() {
+            if is_deny_all(f) {
+                return false;
+            }
+            if *a == DENY {
+                if overlaps(f, filter) {
+                    return false;
+                }
+            } else if a & READ != 0 && covers(f, filter) {
                 return true;
             }
         }

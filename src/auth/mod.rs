@@ -164,7 +164,7 @@ impl VerifyJob {
                 Ok(id) => Verified::Token {
                     acl: id
                         .rules
-                        .map(|r| Acl::Rules(Arc::new(r.compile(client_id, Some(&id.username))))),
+                        .map(|r| Acl::rules(Arc::new(r.compile(client_id, Some(&id.username))))),
                     username: id.username,
                     valid_for_s: id.valid_for_s,
                 },
@@ -265,9 +265,9 @@ impl AuthPolicy {
                 Some(u) => self.shared.get(u).cloned(),
             };
             // A user the file does not name has no rules: an empty list denies all.
-            return Acl::Rules(c.unwrap_or_default());
+            return Acl::rules(c.unwrap_or_default());
         }
-        Acl::Rules(Arc::new(a.compile(client_id, username)))
+        Acl::rules(Arc::new(a.compile(client_id, username)))
     }
 
     /// The CONNECT decision. `cache` holds earlier successes, so a reconnect storm
@@ -429,7 +429,7 @@ mod tests {
             cert_identity: Some("dev1"),
             allow_anonymous: None,
         };
-        let Decision::Accept { acl, username } = p.decide(&c, &cache) else {
+        let Decision::Accept { mut acl, username } = p.decide(&c, &cache) else {
             panic!("certificate identity refused");
         };
         assert_eq!(username.as_deref(), Some("dev1"));
@@ -476,13 +476,13 @@ mod tests {
     #[test]
     fn shared_acl_per_user_without_patterns() {
         let p = policy(Some("user alice\ntopic read a/#\n"), false);
-        let (Acl::Rules(a), Acl::Rules(b)) =
-            (p.acl_for("1", Some("alice")), p.acl_for("2", Some("alice")))
-        else {
+        let (a, b) = (p.acl_for("1", Some("alice")), p.acl_for("2", Some("alice")));
+        let (Some(a), Some(b)) = (a.compiled(), b.compiled()) else {
             panic!("rules expected");
         };
-        assert!(Arc::ptr_eq(&a, &b));
-        let Acl::Rules(n) = p.acl_for("1", Some("nobody")) else {
+        assert!(Arc::ptr_eq(a, b));
+        let nobody = p.acl_for("1", Some("nobody"));
+        let Some(n) = nobody.compiled() else {
             panic!("rules expected");
         };
         assert!(n.is_empty() && !n.check(b"a/x", acl::READ));

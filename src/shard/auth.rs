@@ -300,9 +300,28 @@ impl Shard {
         }
     }
 
+    /// Recomputes whether live delivery to `conn` may skip the read check: only
+    /// when every subscription of `session` is readable in full. Called after a
+    /// SUBSCRIBE changed the list; until then (a new connection, a reload) the
+    /// check stays on.
+    pub(super) fn refresh_read_grant(&mut self, conn: ConnId, session: u32) {
+        let (Some(c), Some(s)) = (self.conns.get_mut(conn), self.sessions.get(session)) else {
+            return;
+        };
+        if matches!(c.acl, Acl::AllowAll) {
+            return;
+        }
+        c.acl.refresh_reads(s.subs.iter().map(|sub| {
+            match crate::topic::parse_shared(&sub.filter) {
+                Ok(Some(shared)) => shared.filter,
+                _ => &sub.filter[..],
+            }
+        }));
+    }
+
     /// Wills are checked against write permission at CONNECT (0x87 / rc 5).
     fn check_will(&mut self, conn: ConnId, connect: Box<Connect>) -> Option<Box<Connect>> {
-        let denied = match (&connect.will, self.conns.get(conn)) {
+        let denied = match (&connect.will, self.conns.get_mut(conn)) {
             (Some(w), Some(c)) => !c.acl.can_publish(&w.topic),
             _ => false,
         };

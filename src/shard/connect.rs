@@ -460,6 +460,11 @@ impl Shard {
                 })
             });
         }
+        if session_present {
+            // A kept session's subscriptions decide whether live delivery may skip
+            // the read check, as after a SUBSCRIBE.
+            self.refresh_read_grant(conn, session);
+        }
 
         if expiry_s > 0 {
             self.log_session(session);

@@ -667,7 +667,7 @@ impl Shard {
                 stats.dropped_expired += 1;
                 continue;
             }
-            if acl_active && !c.acl.can_read(&front.msg.topic) {
+            if acl_active && !c.acl.can_read_queued(&front.msg.topic) {
                 if front.store_id != 0 {
                     changes.push((front.store_id, CopyChange::Gone));
                 }

@@ -124,17 +124,18 @@ impl Shard {
         let packet_id = p.packet_id;
         let qos = p.qos;
         // ACL (write): compiled at CONNECT, one branch without an ACL file.
-        if let Some(c) = self
+        // `Some(is_v5)` when denied: one slab lookup on the allowed path.
+        let denied = self
             .conns
-            .get(conn)
-            .filter(|c| !c.acl.can_publish(&p.topic))
-        {
+            .get_mut(conn)
+            .and_then(|c| (!c.acl.can_publish(&p.topic)).then(|| c.version.is_v5()));
+        if let Some(v5) = denied {
             self.stats.acl_denied_publish += 1;
             // MQTT 5: 0x87, which ends a QoS 2 flow at the PUBREC. 3.x has no code:
             // the message is dropped and acknowledged as usual, so the client does
             // not resend it forever (its PUBREL then meets a PUBCOMP).
             let mut resp = PubResp::new(packet_id);
-            if c.version.is_v5() {
+            if v5 {
                 resp.code = ReasonCode::NotAuthorized;
             }
             match qos {
@@ -405,6 +406,7 @@ impl Shard {
                 QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
             });
         }
+        self.refresh_read_grant(conn, session);
         // 3.x SUBACKs carry only granted QoS or 0x80: the encoder maps the codes.
         let ack = SubAck {
             packet_id: s.packet_id,

@@ -341,6 +341,13 @@ impl Shard {
         else {
             return Step::Blocked;
         };
+        // ACL (read): a retained copy is a delivery too, so a wildcard subscription
+        // must not stream a topic the client may not read. Skipped and counted as
+        // the live path counts it.
+        if !c.acl.can_read_queued(body.topic()) {
+            stats.acl_denied_delivery += 1;
+            return Step::Sent;
+        }
         // Over the memory mark the live path sheds QoS 0; a cursor holds nothing,
         // so it waits instead.
         let mark = config.memory_high_water_bytes;

@@ -129,6 +129,11 @@ impl TlsMaterial {
         let mut config = builder.with_cert_resolver(Arc::new(SniResolver { keys }));
         // Offered by a client that speaks ALPN: MQTT's registered protocol id.
         config.alpn_protocols = vec![b"mqtt".to_vec()];
+        // No TLS 1.3 session tickets (rustls sends two after every full handshake):
+        // each costs the handshake a key derivation, an encrypted record and an entry
+        // in rustls's in-memory cache of 256 sessions, which a fleet's reconnects
+        // would rarely find again. TLS 1.2 clients still resume by session id.
+        config.send_tls13_tickets = 0;
         Ok(TlsMaterial {
             config: Arc::new(config),
             identity: files.identity,

@@ -168,6 +168,71 @@ fn tls13_and_tls12_carry_bytes_both_ways_with_alpn_mqtt() {
     }
 }
 
+/// Counts the TLS 1.3 session tickets a client is given.
+#[derive(Debug, Default)]
+struct TicketCount(std::sync::atomic::AtomicUsize);
+
+impl rustls::client::ClientSessionStore for TicketCount {
+    fn set_kx_hint(&self, _: ServerName<'static>, _: rustls::NamedGroup) {}
+    fn kx_hint(&self, _: &ServerName<'_>) -> Option<rustls::NamedGroup> {
+        None
+    }
+    fn set_tls12_session(
+        &self,
+        _: ServerName<'static>,
+        _: rustls::client::Tls12ClientSessionValue,
+    ) {
+    }
+    fn tls12_session(&self, _: &ServerName<'_>) -> Option<rustls::client::Tls12ClientSessionValue> {
+        None
+    }
+    fn remove_tls12_session(&self, _: &ServerName<'static>) {}
+    fn insert_tls13_ticket(
+        &self,
+        _: ServerName<'static>,
+        _: rustls::client::Tls13ClientSessionValue,
+    ) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn take_tls13_ticket(
+        &self,
+        _: &ServerName<'static>,
+    ) -> Option<rustls::client::Tls13ClientSessionValue> {
+        None
+    }
+}
+
+/// A full TLS 1.3 handshake ends without session tickets (each would cost the
+/// handshake a key derivation and a record; see `material.rs`), and the connection
+/// carries data as usual.
+#[test]
+fn tls13_handshakes_send_no_session_tickets() {
+    let ca = ca("test ca");
+    let mut files = Files::default();
+    let tf = server_files(&mut files, &ca, &[("broker", &["localhost"])]);
+    let material = TlsMaterial::load(&tf, &files.reader()).unwrap();
+    let tickets = Arc::new(TicketCount::default());
+    let mut cfg = (*client_config(&ca, &[&rustls::version::TLS13], true, None)).clone();
+    cfg.resumption = rustls::client::Resumption::store(tickets.clone());
+    let mut server = TlsSession::new(material.config.clone(), material.identity).unwrap();
+    let mut client =
+        ClientConnection::new(Arc::new(cfg), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut plain = Vec::new();
+    client.writer().write_all(b"\x10\x0cconnect").unwrap();
+    pump(&mut client, &mut server, &mut plain).unwrap();
+    assert!(!server.is_handshaking() && !client.is_handshaking());
+    assert_eq!(plain, b"\x10\x0cconnect");
+    server.encrypt(b"\x20\x02\x00\x00");
+    let back = server.take_tls().expect("a record");
+    let mut rd = &back[..];
+    client.read_tls(&mut rd).unwrap();
+    client.process_new_packets().unwrap();
+    let mut got = [0u8; 4];
+    client.reader().read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"\x20\x02\x00\x00");
+    assert_eq!(tickets.0.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
 #[test]
 fn sni_picks_the_certificate_that_covers_the_name() {
     let ca = ca("test ca");

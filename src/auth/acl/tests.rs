@@ -115,8 +115,8 @@ fn deny_overrides_and_order() {
 #[test]
 fn sys_topics_need_an_explicit_grant() {
     let f = acl("user u\ntopic readwrite #\nuser admin\ntopic read $SYS/#\ntopic readwrite #\n");
-    let u = Acl::Rules(Arc::new(f.compile("c", Some("u"))));
-    let admin = Acl::Rules(Arc::new(f.compile("c", Some("admin"))));
+    let u = Acl::rules(Arc::new(f.compile("c", Some("u"))));
+    let admin = Acl::rules(Arc::new(f.compile("c", Some("admin"))));
     assert!(u.can_read(b"x/y"));
     assert!(!u.can_read(b"$SYS/broker/uptime"));
     assert!(!u.can_subscribe(b"$SYS/#"));
@@ -190,10 +190,32 @@ fn large_rule_lists_use_the_index_and_agree_with_the_scan() {
     }
 }
 
+/// What a connection learnt (the memo, the read grant) is not copied with it.
+#[test]
+fn a_copy_starts_with_the_read_check_on() {
+    let f = acl("user u\ntopic readwrite a/#\ntopic deny a/secret/#\n");
+    let mut x = Acl::rules(Arc::new(f.compile("c", Some("u"))));
+    x.refresh_reads([&b"a/open/#"[..]]);
+    assert!(
+        x.can_read(b"a/secret/1"),
+        "granted in full: the check is skipped"
+    );
+    assert!(!x.can_read_queued(b"a/secret/1"));
+    let y = x.clone();
+    assert!(!y.can_read(b"a/secret/1"));
+    x.refresh_reads([&b"a/open/#"[..], &b"a/#"[..]]);
+    assert!(
+        !x.can_read(b"a/secret/1"),
+        "a/# overlaps the deny: checked again"
+    );
+}
+
 #[test]
 fn allow_all_without_a_file() {
-    let a = Acl::AllowAll;
+    let mut a = Acl::AllowAll;
     assert!(a.can_publish(b"$SYS/x") && a.can_read(b"x") && a.can_subscribe(b"#"));
+    a.refresh_reads([&b"#"[..]]);
+    assert!(a.can_read_queued(b"$SYS/x"));
 }
 
 // ---- property tests ----
@@ -290,6 +312,19 @@ proptest! {
         }
     }
 
+    /// The publish memo answers as the rules do, whatever the order of topics.
+    #[test]
+    fn the_publish_memo_answers_as_the_rules(
+        f in file_strategy(),
+        topics in prop::collection::vec(topic_strategy(), 1..24),
+    ) {
+        let c = Arc::new(f.compile("c1", Some("u1")));
+        let mut acl = Acl::rules(c.clone());
+        for t in &topics {
+            prop_assert_eq!(acl.can_publish(t.as_bytes()), c.check(t.as_bytes(), WRITE), "topic {}", t);
+        }
+    }
+
     #[test]
     fn covers_and_overlaps_match_brute_force(p in plain_filter_strategy(), q in plain_filter_strategy()) {
         let u = universe();
@@ -298,5 +333,38 @@ proptest! {
         let overlapping = by_q.iter().any(|t| matches(p.as_bytes(), t.as_bytes()));
         prop_assert_eq!(covers(p.as_bytes(), q.as_bytes()), covered, "covers({}, {})", p, q);
         prop_assert_eq!(overlaps(p.as_bytes(), q.as_bytes()), overlapping, "overlaps({}, {})", p, q);
+    }
+}
+
+proptest! {
+    // Each case walks the whole topic universe (1,554 topics) per filter: fewer
+    // cases keep it near a second in a debug build.
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// A filter `grants_read_of` says is readable in full has no topic the check
+    /// refuses: live delivery skips the check on that promise.
+    #[test]
+    fn a_filter_granted_in_full_has_no_unreadable_topic(
+        f in file_strategy(),
+        client in prop::sample::select(&["c1", "a", "+"][..]),
+        user in prop::sample::select(&[None, Some("u1"), Some("u2")][..]),
+        filters in prop::collection::vec(plain_filter_strategy(), 1..6),
+    ) {
+        let c = f.compile(client, user);
+        let u = universe();
+        for q in &filters {
+            if c.grants_read_of(q.as_bytes()) {
+                for t in u.iter().filter(|t| matches(q.as_bytes(), t.as_bytes())) {
+                    prop_assert!(c.check(t.as_bytes(), READ), "{} granted but {} refused", q, t);
+                }
+            }
+        }
+        let mut acl = Acl::rules(Arc::new(c));
+        acl.refresh_reads(filters.iter().map(|q| q.as_bytes()));
+        for t in &u {
+            if filters.iter().any(|q| matches(q.as_bytes(), t.as_bytes())) {
+                prop_assert_eq!(acl.can_read(t.as_bytes()), acl.can_read_queued(t.as_bytes()), "topic {}", t);
+            }
+        }
     }
 }

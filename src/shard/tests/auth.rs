@@ -292,6 +292,78 @@ fn wildcard_subscription_does_not_leak_a_denied_topic() {
     assert_eq!(stats(&cl).acl_denied_delivery, 1);
 }
 
+/// Retained messages are deliveries too: a wildcard subscription streams only the
+/// retained topics the client may read; the others are counted.
+#[test]
+fn retained_messages_do_not_leak_a_denied_topic() {
+    let mut cl = cluster(1, policy(ACL, false));
+    let bob = cl.connect_ok(V311, "bob", login("bob", "builder"), false);
+    cl.publish(bob, "a/secret/plans", "hidden", Q0, true, 0);
+    cl.publish(bob, "a/open", "shown", Q0, true, 0);
+    let a = cl.connect_ok(V311, "a", login("alice", "wonderland"), false);
+    cl.subscribe(a, "a/#", Q0);
+    cl.expect(a, pubp("a/open", "shown", Q0, true, 0));
+    cl.expect_nothing(a);
+    assert_eq!(stats(&cl).acl_denied_delivery, 1);
+}
+
+/// Live delivery skips the read check only while every subscription is readable in
+/// full: one more subscription that overlaps a deny turns the check back on.
+#[test]
+fn the_read_check_returns_with_a_partly_denied_subscription() {
+    let mut cl = cluster(1, policy(ACL, false));
+    let a = cl.connect_ok(V311, "a", login("alice", "wonderland"), false);
+    let bob = cl.connect_ok(V311, "bob", login("bob", "builder"), false);
+    cl.subscribe(a, "a/open/#", Q0);
+    cl.publish(bob, "a/open/1", "1", Q0, false, 0);
+    cl.expect(a, pubp("a/open/1", "1", Q0, false, 0));
+    cl.subscribe(a, "a/#", Q0);
+    cl.publish(bob, "a/secret/plans", "hidden", Q0, false, 0);
+    cl.expect_nothing(a);
+    assert_eq!(stats(&cl).acl_denied_delivery, 1);
+    // Shared subscriptions are judged by their filter without the group.
+    let s = cl.connect_ok(V311, "s", login("alice", "wonderland"), false);
+    cl.subscribe(s, "$share/g/a/#", Q0);
+    cl.publish(bob, "a/secret/more", "hidden", Q0, false, 0);
+    cl.expect_nothing(s);
+    cl.expect_nothing(a);
+    assert_eq!(stats(&cl).acl_denied_delivery, 3);
+}
+
+/// A kept session's subscriptions set the read grant when it is resumed, as a
+/// SUBSCRIBE does; one that overlaps a deny keeps the check on.
+#[test]
+fn a_resumed_session_gets_its_read_grant_from_its_subscriptions() {
+    let granted = |cl: &Cluster| {
+        cl.shards[0]
+            .conns
+            .iter()
+            .filter(|(_, c)| c.state == crate::shard::conn::ConnState::Connected)
+            .filter(|(_, c)| c.acl.skips_read_check())
+            .count()
+    };
+    let mut cl = cluster(1, policy(ACL, false));
+    let mut opts = login("alice", "wonderland");
+    opts.clean = false;
+    let a = cl.connect_ok(V311, "a", opts.clone(), false);
+    assert_eq!(granted(&cl), 0, "no subscription yet: nothing learnt");
+    cl.subscribe(a, "a/open/#", Q0);
+    assert_eq!(granted(&cl), 1);
+    cl.drop_connection(a);
+    let a = cl.connect_ok(V311, "a", opts.clone(), true);
+    assert_eq!(granted(&cl), 1, "resumed with a/open/# only");
+    cl.subscribe(a, "a/#", Q0);
+    assert_eq!(granted(&cl), 0);
+    cl.drop_connection(a);
+    let a = cl.connect_ok(V311, "a", opts, true);
+    assert_eq!(granted(&cl), 0, "a/# overlaps the deny of a/secret/#");
+    let bob = cl.connect_ok(V311, "bob", login("bob", "builder"), false);
+    cl.publish(bob, "a/secret/plans", "hidden", Q0, false, 0);
+    cl.expect_nothing(a);
+    cl.publish(bob, "a/open/1", "1", Q0, false, 0);
+    cl.expect(a, pubp("a/open/1", "1", Q0, false, 0));
+}
+
 /// Without rules the read check at delivery is skipped per shard (`acl_active`); a
 /// reload that brings rules turns it on for live subscribers, one that removes them
 /// turns it off again.
