@@ -57,9 +57,9 @@ CONF
 start() {
   local name=$1 port=$2 dir="$run_dir/data-$1-$2"
   case "$name" in
-    ringmq-memory) start_ringmq "$port" "$run_dir/$name-$port.log" --max-queued-messages 1000000 --max-queued-bytes 1073741824 ;;
-    ringmq-process) start_ringmq "$port" "$run_dir/$name-$port.log" --max-queued-messages 1000000 --max-queued-bytes 1073741824 --data-dir "$dir" --durability process ;;
-    ringmq-fsync) start_ringmq "$port" "$run_dir/$name-$port.log" --max-queued-messages 1000000 --max-queued-bytes 1073741824 --data-dir "$dir" --durability fsync ;;
+    ringmq-memory) start_ringmq "$port" "$run_dir/$name-$port.log" --http-listen none --max-queued-messages 1000000 --max-queued-bytes 1073741824 ;;
+    ringmq-process) start_ringmq "$port" "$run_dir/$name-$port.log" --http-listen none --max-queued-messages 1000000 --max-queued-bytes 1073741824 --data-dir "$dir" --durability process ;;
+    ringmq-fsync) start_ringmq "$port" "$run_dir/$name-$port.log" --http-listen none --max-queued-messages 1000000 --max-queued-bytes 1073741824 --data-dir "$dir" --durability fsync ;;
     mosquitto-memory) start_mosq "$port" false "$dir" ;;
     mosquitto-persist) start_mosq "$port" true "$dir" ;;
   esac
