@@ -1002,3 +1002,107 @@ fn a_disk_that_fills_while_running_refuses_instead_of_acknowledging() {
         "acknowledged, not delivered: {missing:?}"
     );
 }
+
+/// What the read-only hook needs, prepared before the fork (it may not allocate).
+struct ReadOnlyDir {
+    path: CString,
+    uid_map: CString,
+    gid_map: CString,
+    /// The mount's own flags (nosuid, nodev, atime ...): a user namespace may not
+    /// drop them, so the read-only remount repeats them.
+    flags: libc::c_ulong,
+}
+
+static READ_ONLY_DIR: OnceLock<ReadOnlyDir> = OnceLock::new();
+
+/// In the child before exec: a user and mount namespace of its own, in which the
+/// prepared directory is bind-mounted onto itself and remounted read-only (EROFS
+/// for every write, root included).
+fn read_only_bind() -> std::io::Result<()> {
+    let err = std::io::Error::last_os_error;
+    let Some(d) = READ_ONLY_DIR.get() else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    // SAFETY: unshare, open, write, close and mount are async-signal-safe; every
+    // pointer is a NUL-terminated string that outlives the calls (a static).
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+            return Err(err());
+        }
+        for (path, text) in [
+            (c"/proc/self/setgroups", c"deny".as_ptr()),
+            (c"/proc/self/uid_map", d.uid_map.as_ptr()),
+            (c"/proc/self/gid_map", d.gid_map.as_ptr()),
+        ] {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
+            if fd < 0 {
+                return Err(err());
+            }
+            let n = libc::strlen(text);
+            let w = libc::write(fd, text.cast(), n);
+            libc::close(fd);
+            if w != n as isize {
+                return Err(err());
+            }
+        }
+        let none = c"none".as_ptr();
+        let null = std::ptr::null();
+        if libc::mount(
+            none,
+            c"/".as_ptr(),
+            null,
+            libc::MS_REC | libc::MS_PRIVATE,
+            null.cast(),
+        ) != 0
+            || libc::mount(
+                d.path.as_ptr(),
+                d.path.as_ptr(),
+                null,
+                libc::MS_BIND,
+                null.cast(),
+            ) != 0
+            || libc::mount(
+                null,
+                d.path.as_ptr(),
+                null,
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | d.flags,
+                null.cast(),
+            ) != 0
+        {
+            return Err(err());
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn a_read_only_data_directory_is_refused() {
+    let t = TempDir::new("readonly");
+    let dir = t.path().join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let c = CString::new(dir.display().to_string()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct we own from a NUL-terminated path.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs");
+    // ST_* and MS_* share their values for these flags.
+    let keep = libc::ST_NOSUID
+        | libc::ST_NODEV
+        | libc::ST_NOEXEC
+        | libc::ST_NOATIME
+        | libc::ST_NODIRATIME
+        | libc::ST_RELATIME;
+    // SAFETY: getuid/getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let ro = READ_ONLY_DIR.get_or_init(|| ReadOnlyDir {
+        path: c,
+        uid_map: CString::new(format!("0 {uid} 1")).unwrap(),
+        gid_map: CString::new(format!("0 {gid} 1")).unwrap(),
+        flags: st.f_flag & keep,
+    });
+    let data = ro.path.to_str().unwrap().to_string();
+    let err = refused_with(&["--data-dir", &data], Some(read_only_bind), 2);
+    assert!(
+        err.contains(&data) && err.contains("Read-only file system"),
+        "{err}"
+    );
+}

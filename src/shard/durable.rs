@@ -35,9 +35,8 @@ use crate::protocol::{
     decode_packet, encode_packet, Connect, Packet, ProtocolVersion, PubResp, Publish,
     PublishProperties, QoS, ReasonCode, SubAck, SubscriptionOptions,
 };
-use crate::session::{Inflight, Message, Outgoing, Phase, SessionSub, Will, NONE};
+use crate::session::{Outgoing, NONE};
 use crate::store::record::{MsgRec, Record, WillRec};
-use crate::store::state::StoreState;
 use crate::store::wal::{AppendError, WalEvent};
 use crate::store::{DiskError, DiskOp, Wal};
 
@@ -131,7 +130,7 @@ impl ShardStore {
         }
     }
 
-    fn instant(&self, unix_ms: u64, now: Instant) -> Instant {
+    pub(super) fn instant(&self, unix_ms: u64, now: Instant) -> Instant {
         let now_ms = self.unix_ms(now);
         now.checked_sub(Duration::from_millis(now_ms.saturating_sub(unix_ms)))
             .unwrap_or(now)
@@ -161,7 +160,7 @@ pub(super) fn props_bytes(p: &PublishProperties) -> Bytes {
     out.freeze()
 }
 
-fn props_of(b: &Bytes) -> PublishProperties {
+pub(super) fn props_of(b: &Bytes) -> PublishProperties {
     if b.is_empty() {
         return PublishProperties::default();
     }
@@ -173,7 +172,7 @@ fn props_of(b: &Bytes) -> PublishProperties {
     }
 }
 
-fn qos_of(q: u8) -> QoS {
+pub(super) fn qos_of(q: u8) -> QoS {
     match q {
         2 => QoS::ExactlyOnce,
         1 => QoS::AtLeastOnce,
@@ -188,7 +187,7 @@ pub(super) fn pack_options(o: &SubscriptionOptions) -> u8 {
         | ((o.retain_handling & 3) << 4)
 }
 
-fn unpack_options(b: u8) -> SubscriptionOptions {
+pub(super) fn unpack_options(b: u8) -> SubscriptionOptions {
     SubscriptionOptions {
         qos: qos_of(b & 3),
         no_local: b & 4 != 0,
@@ -837,128 +836,6 @@ impl Shard {
             }
         };
         self.log(&rec);
-    }
-
-    /// Loads a recovered state: its sessions (offline, with subscriptions, queues,
-    /// copies in flight and inbound QoS 2 ids) and the retained messages. Called
-    /// once, after `attach_store` and before any connection.
-    pub fn load_store(&mut self, state: StoreState, now: Instant) {
-        let Some(st) = self.store.as_ref() else {
-            return;
-        };
-        let msg_of = |m: &MsgRec, st: &ShardStore| Message {
-            topic: m.topic.clone(),
-            payload: m.payload.clone(),
-            qos: qos_of(m.qos),
-            retain: m.retain,
-            properties: props_of(&m.props),
-            arrived_at: st.instant(m.arrived_unix_ms, now),
-            origin_shard: self.id,
-            origin_session: NONE,
-            owned: true,
-        };
-        let mut bodies: HashMap<u64, Arc<Message>> = HashMap::new();
-        for (id, m) in &state.messages {
-            bodies.insert(*id, Arc::new(msg_of(&m.msg, st)));
-        }
-        let retained: Vec<Message> = state.retained.values().map(|m| msg_of(m, st)).collect();
-        let wills: Vec<Option<Will>> = state
-            .sessions
-            .values()
-            .map(|s| {
-                s.will.as_ref().map(|w| Will {
-                    topic: w.topic.clone(),
-                    payload: w.payload.clone(),
-                    qos: qos_of(w.qos),
-                    retain: w.retain,
-                    properties: props_of(&w.props),
-                    delay_s: w.delay_s,
-                    at: None,
-                })
-            })
-            .collect();
-        for ((client, s), will) in state.sessions.iter().zip(wills) {
-            if self.sessions.find(client).is_some() {
-                continue;
-            }
-            let idx = self.sessions.create(client);
-            self.limits.session_added();
-            let mut subs = Vec::new();
-            for (filter, (options, sub_id)) in &s.subs {
-                let options = unpack_options(*options);
-                subs.push(SessionSub {
-                    filter: Box::from(&filter[..]),
-                    options,
-                    sub_id: *sub_id,
-                });
-                let (inner, group) = Self::split_filter(filter);
-                self.add_local_sub(idx, &inner, group.as_ref(), options, *sub_id);
-            }
-            let Some(sess) = self.sessions.get_mut(idx) else {
-                continue;
-            };
-            sess.expiry_s = s.expiry_s;
-            sess.will = will.map(Box::new);
-            sess.subs = subs;
-            let d = sess.delivery();
-            // A bridge's link numbers its publishes from 1 again in a new process, so
-            // an id it left awaiting PUBREL would swallow a new message as a resend;
-            // the message itself was delivered at PUBLISH time (bridge/link.rs).
-            if !client.starts_with(b"$bridge/") {
-                d.awaiting_pubrel = s.inbound_qos2.iter().copied().collect();
-            }
-            let mut queued = 0;
-            for (id, copy) in &s.copies {
-                let Some(msg) = bodies.get(id) else { continue };
-                let out = Outgoing {
-                    msg: msg.clone(),
-                    qos: qos_of(copy.qos),
-                    retain: copy.retain,
-                    sub_ids: copy.sub_ids.iter().copied().collect(),
-                    store_id: *id,
-                };
-                match copy.packet_id {
-                    Some(packet_id) => {
-                        let phase = if copy.released {
-                            Phase::AwaitComp
-                        } else if out.qos == QoS::ExactlyOnce {
-                            Phase::AwaitRec
-                        } else {
-                            Phase::AwaitAck
-                        };
-                        d.last_packet_id = d.last_packet_id.max(packet_id);
-                        d.push_inflight(Inflight {
-                            packet_id,
-                            phase,
-                            out,
-                        });
-                    }
-                    None => {
-                        let cost = out.msg.cost_bytes();
-                        d.queued_bytes += cost;
-                        queued += cost;
-                        d.queue.push_back(out);
-                    }
-                }
-            }
-            if d.queue.is_empty() && d.inflight.is_empty() && d.awaiting_pubrel.is_empty() {
-                sess.delivery = None;
-            }
-            self.stats.bytes_queued += queued;
-            if s.expiry_s != u32::MAX {
-                let at = now + Duration::from_secs(u64::from(s.expiry_s));
-                let at_ns = self.stamp_ns(at);
-                if let Some(sess) = self.sessions.get_mut(idx) {
-                    sess.expires_ns = at_ns;
-                }
-                self.arm_session_timer(idx, super::timer::TimerKind::SessionExpiry, at, now);
-            }
-        }
-        self.stats.sessions = self.sessions.len();
-        for m in retained {
-            let body = RetainedBody::new(&m);
-            self.load_retained(&body, now);
-        }
     }
 }
 

@@ -18,6 +18,7 @@ mod control;
 mod deliver;
 mod durable;
 mod durable_cluster;
+mod durable_load;
 mod durable_remote;
 mod durable_snapshot;
 mod events;

@@ -198,7 +198,7 @@ pub fn recover(dir: &dyn DirView, segment_bytes: u64) -> Result<Recovered, Recov
                 }
                 Frame::Record(payload) => match Record::decode(payload) {
                     Ok(rec) => {
-                        state.apply(&rec);
+                        state.apply_owned(rec);
                         replayed += 1;
                         let n = frame_bytes(payload.len());
                         off += n;

@@ -124,7 +124,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<(StoreState, u64), SnapshotError>
             break;
         }
         match Record::decode(payload) {
-            Ok(rec) => state.apply(&rec),
+            Ok(rec) => state.apply_owned(rec),
             Err(e) => {
                 return Err(SnapshotError::Damaged {
                     index,

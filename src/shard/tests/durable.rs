@@ -288,3 +288,66 @@ fn snapshots_replace_the_log_behind_them_and_recover_the_same_sessions() {
     cl.subscribe(o, "r", Q1);
     cl.expect(o, pubp("r", "retained", Q1, true, 1));
 }
+
+/// `load_store` hands a body shared by several sessions' copies to each of them
+/// (moved to the last, cloned to the others), whether the ids are dense (a slot per
+/// id) or far apart (the hashed table).
+#[test]
+fn a_recovered_body_shared_by_several_sessions_reaches_each_of_them() {
+    use crate::store::record::{MsgRec, Record};
+    use crate::store::StoreState;
+    use bytes::Bytes;
+    for ids in [[1u64, 2, 3], [7, 40_000_000, 90_000_000_000]] {
+        let mut state = StoreState::default();
+        for c in ["a", "b", "c"] {
+            state.apply_owned(Record::SessionPut {
+                client: Bytes::from(c),
+                expiry_s: 3600,
+                will: None,
+            });
+        }
+        for (i, id) in ids.iter().enumerate() {
+            state.apply_owned(Record::MsgPut {
+                id: *id,
+                msg: MsgRec {
+                    topic: Bytes::from(format!("t/{i}")),
+                    payload: Bytes::from(format!("m{i}")),
+                    qos: 1,
+                    retain: false,
+                    props: Bytes::new(),
+                    arrived_unix_ms: 1_700_000_000_000,
+                },
+            });
+        }
+        // Message 0 goes to all three sessions, 1 to "a" and "c", 2 to "b" only.
+        for (msg, to) in [(0, "abc"), (1, "ac"), (2, "b")] {
+            for c in to.chars() {
+                state.apply_owned(Record::Enqueue {
+                    client: Bytes::from(c.to_string()),
+                    msg: ids[msg],
+                    qos: 1,
+                    retain: false,
+                    sub_ids: vec![],
+                });
+            }
+        }
+        state.check().expect("a valid state");
+        let mut disk = SimDisk::new();
+        let mut cl = cluster_on(&mut disk, SyncMode::Process);
+        let now = cl.now;
+        cl.shards[0].load_store(state, now);
+        for (c, want) in [("a", &[0, 1][..]), ("b", &[0, 2]), ("c", &[0, 1])] {
+            let s = cl.connect(V311, c, persistent());
+            run_disk(&mut cl, &mut disk);
+            assert!(
+                matches!(cl.next(s), Some(Packet::ConnAck(a)) if a.session_present),
+                "{c} ({ids:?})"
+            );
+            for (k, i) in want.iter().enumerate() {
+                let pid = k as u16 + 1;
+                cl.expect(s, pubp(&format!("t/{i}"), &format!("m{i}"), Q1, false, pid));
+            }
+            cl.expect_nothing(s);
+        }
+    }
+}
