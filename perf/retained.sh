@@ -62,7 +62,8 @@ for b in "${brokers[@]}"; do
   port=$(free_port)
   logfile="$run_dir/$b.broker.log"
   case "$b" in
-    ringmq:*) BROKER_SHARDS="${b#ringmq:}" start_ringmq "$port" "$logfile" ;;
+    # No HTTP listener: the default port may be taken by another broker.
+    ringmq:*) BROKER_SHARDS="${b#ringmq:}" start_ringmq "$port" "$logfile" --http-listen none ;;
     mosquitto) start_mosquitto "$port" "$logfile" ;;
     *) die "unknown broker $b (ringmq:N or mosquitto)" ;;
   esac

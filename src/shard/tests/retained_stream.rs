@@ -301,7 +301,8 @@ fn unsubscribe_and_overlap() {
 }
 
 /// One cursor writes at most `SLICE_MESSAGES` per turn, all cursors together at
-/// most `TURN_MESSAGES`, and a cursor with more to send keeps the loop awake.
+/// most `TURN_MESSAGES` (the first slices of SUBSCRIBEs read in one turn
+/// included), and a cursor with more to send keeps the loop awake.
 #[test]
 fn streams_run_in_bounded_slices() {
     use crate::shard::stream::{SLICE_MESSAGES, TURN_MESSAGES};
@@ -335,13 +336,25 @@ fn streams_run_in_bounded_slices() {
             &mut buf,
         );
         cl.shards[0].on_read(conn, &buf, now);
-        streamed += SLICE_MESSAGES as u64;
+        // Until the turn's budget is spent; the rest start next turn.
+        streamed += SLICE_MESSAGES.min(TURN_MESSAGES - streamed as usize) as u64;
         assert_eq!(
             cl.shards[0].stats().retained_streamed,
             streamed,
             "first slice at SUBSCRIBE"
         );
     }
+    assert_eq!(
+        streamed, TURN_MESSAGES as u64,
+        "5 first slices exceed a turn"
+    );
+    assert!(cl.shards[0].streams_pending());
+    cl.shards[0].run_streams(now);
+    assert_eq!(
+        cl.shards[0].stats().retained_streamed,
+        streamed,
+        "the SUBSCRIBEs spent this turn's budget"
+    );
     assert!(cl.shards[0].streams_pending());
     cl.shards[0].run_streams(now);
     streamed += TURN_MESSAGES as u64;
