@@ -62,7 +62,8 @@ for b in "${brokers[@]}"; do
   port=$(free_port)
   logfile="$run_dir/$b.broker.log"
   case "$b" in
-    ringmq:*) BROKER_SHARDS="${b#ringmq:}" start_ringmq "$port" "$logfile" ;;
+    # No HTTP listener: the default port may be taken by another broker.
+    ringmq:*) BROKER_SHARDS="${b#ringmq:}" start_ringmq "$port" "$logfile" --http-listen none ;;
     mosquitto) start_mosquitto "$port" "$logfile" ;;
     *) die "unknown broker $b (ringmq:N or mosquitto)" ;;
   esac
@@ -77,12 +78,44 @@ done
 # Other clients of the same loop during a large retained stream: loadgen pairs
 # (PAIRS_ARGS) alone, then again while a fresh `#` subscriber streams LATENCY_COUNT
 # retained messages at QoS 0 and then QoS 1 (stored beforehand, not during the run).
+# The loop's own view of the same: `ringmq_publish_to_kernel_seconds` (PUBLISH read ->
+# delivery in the subscriber's socket buffer; streamed retained copies are not
+# sampled) scraped before and after each pairs run, the difference's p50/p99 as
+# bucket upper bounds. It leaves out the clients' scheduling, which the bench
+# client streaming on loadgen's core disturbs.
+scrape_latency() {
+  curl -sf "127.0.0.1:$1/metrics" | grep '^ringmq_publish_to_kernel_seconds_bucket' || true
+}
+latency_delta() {
+  python3 - "$1" "$2" <<'PY'
+import re, sys
+def read(p):
+    out = {}
+    for line in open(p):
+        m = re.search(r'le="([^"]+)"\} (\d+)', line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+a, b = read(sys.argv[1]), read(sys.argv[2])
+les = sorted((k for k in b if k != "+Inf"), key=float) + ["+Inf"]
+d = [(le, b.get(le, 0) - a.get(le, 0)) for le in les]
+n = d[-1][1] if d else 0
+def q(f):
+    for le, c in d:
+        if c >= f * n:
+            return "<= %s ms" % ("inf" if le == "+Inf" else "%g" % (float(le) * 1e3))
+    return "-"
+print("broker-side PUBLISH -> kernel, %d samples: p50 %s, p99 %s, p99.9 %s" % (n, q(0.5), q(0.99), q(0.999)))
+PY
+}
+
 if [[ "${LATENCY:-0}" == 1 ]]; then
   LATENCY_COUNT="${LATENCY_COUNT:-1000000}"
   PAIRS_ARGS="${PAIRS_ARGS:-pairs --clients 100 --total-rate 20000 --open-loop --qos 0 --size 64 --duration 10s}"
   read -r -a pairs_args <<<"$PAIRS_ARGS"
   port=$(free_port)
-  BROKER_SHARDS=1 start_ringmq "$port" "$run_dir/latency.broker.log"
+  hport=$(free_port)
+  BROKER_SHARDS=1 start_ringmq "$port" "$run_dir/latency.broker.log" --http-listen "127.0.0.1:$hport"
   timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CORE" "$BENCH" --port "$port" --pid "$BROKER_PID" \
     --count "$LATENCY_COUNT" --phase store >"$run_dir/latency.store.txt" 2>>"$run_dir/latency.bench.log" \
     || die "storing $LATENCY_COUNT retained failed (see $run_dir/latency.bench.log)"
@@ -91,7 +124,10 @@ if [[ "${LATENCY:-0}" == 1 ]]; then
   echo
   echo '```'
   echo "alone:"
+  scrape_latency "$hport" >"$run_dir/latency.h0"
   run_loadgen "$port" "$run_dir/latency.pairs.log" "${pairs_args[@]}"
+  scrape_latency "$hport" >"$run_dir/latency.h1"
+  latency_delta "$run_dir/latency.h0" "$run_dir/latency.h1"
   # The stream starts 3 s into the measured run (1 s warm-up + 2 s).
   ( sleep 3; timeout "$RUN_TIMEOUT" taskset -c "$LOADGEN_CORE" "$BENCH" --port "$port" \
       --count "$LATENCY_COUNT" --qos 0,1 --phase subscribe >"$run_dir/latency.stream.txt" 2>>"$run_dir/latency.bench.log" ) &
@@ -99,6 +135,8 @@ if [[ "${LATENCY:-0}" == 1 ]]; then
   STARTED_PIDS+=("$streamer")
   echo "during the retained streams:"
   run_loadgen "$port" "$run_dir/latency.pairs.log" "${pairs_args[@]}"
+  scrape_latency "$hport" >"$run_dir/latency.h2"
+  latency_delta "$run_dir/latency.h1" "$run_dir/latency.h2"
   wait "$streamer" || log "retained stream run failed (see $run_dir/latency.bench.log)"
   forget_pid "$streamer"
   echo '```'

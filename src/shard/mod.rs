@@ -29,6 +29,7 @@ mod limits;
 mod messages;
 mod outbox;
 mod retained;
+mod retained_index;
 mod routes;
 mod shared;
 mod stats;
@@ -141,8 +142,9 @@ pub struct Shard {
     /// shards with subscribers (this one included): local subscriptions and the
     /// replicated routes table in one trie.
     filters: TopicTrie<FilterEntry>,
-    /// Topic name → retained message; a replica kept identical on every shard.
-    retained: TopicTrie<retained::RetainedEntry>,
+    /// Topic name → retained message; a replica kept identical on every shard,
+    /// indexed without copying topics (`retained_index.rs`).
+    retained: retained_index::RetainedIndex,
     /// Stores applied to the replica so far (the `seq` of each `RetainedEntry`).
     retained_seq: u64,
     /// Retained messages being streamed to new subscriptions (`stream.rs`).
@@ -237,7 +239,7 @@ impl Shard {
             conns: Slab::with_capacity(presize),
             sessions: SessionStore::with_capacity(presize),
             filters: TopicTrie::new(),
-            retained: TopicTrie::new(),
+            retained: retained_index::RetainedIndex::default(),
             retained_seq: 0,
             streams: stream::Streams::default(),
             tombstones: retained::Tombstones::default(),

@@ -46,6 +46,7 @@ use bytes::Bytes;
 use triomphe::ThinArc;
 
 use super::control::CONTROL_KEPT;
+use super::retained_index::RetainedEntry;
 use super::{Shard, ShardId};
 use crate::protocol::{PublishProperties, QoS};
 use crate::session::Message;
@@ -60,16 +61,6 @@ use crate::session::Message;
 /// per-topic coalescing keeps the latest), so equal means newer. The stamp lives in
 /// the stored [`RetainedBody`] itself.
 pub(crate) type RetainedStamp = (Instant, ShardId);
-
-/// A retained message as a replica holds it.
-#[derive(Debug)]
-pub(crate) struct RetainedEntry {
-    pub body: RetainedBody,
-    /// The replica's store count when this message was stored (`Shard::retained_seq`):
-    /// a stream of retained messages skips the topics stored after it started, whose
-    /// subscriber got them live (see `stream.rs`).
-    pub seq: u64,
-}
 
 fn retained_stamp(b: &RetainedBody) -> RetainedStamp {
     (b.arrived_at(), b.origin_shard() as ShardId)
@@ -433,22 +424,15 @@ impl Shard {
         }
         self.retained_seq += 1;
         let seq = self.retained_seq;
-        if let Some(v) = self.retained.get_mut(msg.topic()) {
-            self.stats.bytes_retained -= v.body.cost_bytes();
-            self.stats.bytes_retained += new;
-            *v = RetainedEntry {
-                body: msg.clone(),
-                seq,
-            };
-            return true;
-        }
         let entry = RetainedEntry {
             body: msg.clone(),
             seq,
         };
-        self.retained.insert(msg.topic(), entry);
+        match self.retained.replace(entry) {
+            Some(old) => self.stats.bytes_retained -= old.body.cost_bytes(),
+            None => self.stats.retained = self.retained.len(),
+        }
         self.stats.bytes_retained += new;
-        self.stats.retained = self.retained.len();
         true
     }
 

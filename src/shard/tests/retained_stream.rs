@@ -46,12 +46,13 @@ fn drain(cl: &mut Cluster, c: Cid, ack: bool) -> Vec<(String, String, bool, bool
     got
 }
 
-/// Stores `n` retained messages `t/<i>` = `v0` from a publisher on `shard`.
+/// Stores `n` retained messages `t/<i>` = `v0` from a publisher on `shard`, `i`
+/// zero-padded so that topic order (the order streams send in) is the order stored.
 fn store(cl: &mut Cluster, shard: usize, n: usize, qos: QoS) -> Cid {
     let id = id_on(shard, cl.shards.len(), "pub");
     let p = cl.connect_ok(V311, &id, ConnectOpts::default(), false);
     for i in 0..n {
-        cl.publish(p, &format!("t/{i}"), "v0", qos, true, 1);
+        cl.publish(p, &format!("t/{i:04}"), "v0", qos, true, 1);
         cl.next(p);
     }
     p
@@ -116,8 +117,8 @@ fn stream_delivers_every_retained_message_past_the_buffers() {
     }
 }
 
-/// The documented view of a set changing mid-stream, checked exactly, for both
-/// positions (a narrow filter keeps a key list, `t/#` scans) and with the changes
+/// The documented view of a set changing mid-stream, checked exactly, for a `#`
+/// and a `+` filter and with the changes
 /// published on the subscriber's shard and on another one (replica updates).
 #[test]
 fn changes_during_a_stream() {
@@ -131,17 +132,17 @@ fn changes_during_a_stream() {
             // The inflight window (10) holds the stream: t/0..t/9 are out.
             let first = drain(&mut cl, s, false);
             let want: Vec<_> = (0..10)
-                .map(|i| (format!("t/{i}"), "v0".to_string(), true, false))
+                .map(|i| (format!("t/{i:04}"), "v0".to_string(), true, false))
                 .collect();
             assert_eq!(first, want, "{shards} {pub_shard} {filter}");
             // Updated after it was sent; updated, deleted and deleted-then-stored
             // before the cursor reaches them; created.
             for (t, v) in [
-                ("t/5", "v1"),
-                ("t/100", "v1"),
-                ("t/200", ""),
-                ("t/201", ""),
-                ("t/201", "v2"),
+                ("t/0005", "v1"),
+                ("t/0100", "v1"),
+                ("t/0200", ""),
+                ("t/0201", ""),
+                ("t/0201", "v2"),
                 ("t/new", "v1"),
             ] {
                 cl.publish(p, t, v, Q1, true, 1);
@@ -160,11 +161,11 @@ fn changes_during_a_stream() {
                 rest.extend(got);
             }
             let live: Vec<_> = [
-                ("t/5", "v1"),
-                ("t/100", "v1"),
-                ("t/200", ""),
-                ("t/201", ""),
-                ("t/201", "v2"),
+                ("t/0005", "v1"),
+                ("t/0100", "v1"),
+                ("t/0200", ""),
+                ("t/0201", ""),
+                ("t/0201", "v2"),
                 ("t/new", "v1"),
             ]
             .iter()
@@ -175,7 +176,7 @@ fn changes_during_a_stream() {
             retained.sort();
             let mut want: Vec<_> = (10..n)
                 .filter(|i| ![100, 200, 201].contains(i))
-                .map(|i| (format!("t/{i}"), "v0".to_string(), true, false))
+                .map(|i| (format!("t/{i:04}"), "v0".to_string(), true, false))
                 .collect();
             want.sort();
             assert_eq!(retained, want, "{shards} {pub_shard} {filter}");
@@ -207,7 +208,7 @@ fn takeover_mid_stream_resumes_with_the_session() {
     let mut seen: BTreeMap<String, Vec<bool>> = BTreeMap::new();
     for (t, _, _, dup) in first.iter().skip(4).cloned().chain(
         // t/10..t/13 also unacknowledged.
-        (10..14).map(|i| (format!("t/{i}"), String::new(), true, false)),
+        (10..14).map(|i| (format!("t/{i:04}"), String::new(), true, false)),
     ) {
         assert!(!dup);
         seen.entry(t).or_default().push(false);
@@ -300,7 +301,8 @@ fn unsubscribe_and_overlap() {
 }
 
 /// One cursor writes at most `SLICE_MESSAGES` per turn, all cursors together at
-/// most `TURN_MESSAGES`, and a cursor with more to send keeps the loop awake.
+/// most `TURN_MESSAGES` (the first slices of SUBSCRIBEs read in one turn
+/// included), and a cursor with more to send keeps the loop awake.
 #[test]
 fn streams_run_in_bounded_slices() {
     use crate::shard::stream::{SLICE_MESSAGES, TURN_MESSAGES};
@@ -334,13 +336,25 @@ fn streams_run_in_bounded_slices() {
             &mut buf,
         );
         cl.shards[0].on_read(conn, &buf, now);
-        streamed += SLICE_MESSAGES as u64;
+        // Until the turn's budget is spent; the rest start next turn.
+        streamed += SLICE_MESSAGES.min(TURN_MESSAGES - streamed as usize) as u64;
         assert_eq!(
             cl.shards[0].stats().retained_streamed,
             streamed,
             "first slice at SUBSCRIBE"
         );
     }
+    assert_eq!(
+        streamed, TURN_MESSAGES as u64,
+        "5 first slices exceed a turn"
+    );
+    assert!(cl.shards[0].streams_pending());
+    cl.shards[0].run_streams(now);
+    assert_eq!(
+        cl.shards[0].stats().retained_streamed,
+        streamed,
+        "the SUBSCRIBEs spent this turn's budget"
+    );
     assert!(cl.shards[0].streams_pending());
     cl.shards[0].run_streams(now);
     streamed += TURN_MESSAGES as u64;
@@ -368,7 +382,7 @@ fn retain_handling_mid_stream() {
     assert!(matches!(cl.next(s), Some(Packet::SubAck(_))));
     let first = drain(&mut cl, s, false);
     assert_eq!(first.len(), 10);
-    assert_eq!(first[0].0, "t/0");
+    assert_eq!(first[0].0, "t/0000");
     for rh_value in [1, 2] {
         cl.subscribe_with(s, "t/#", rh(rh_value), Properties::default());
         assert!(matches!(cl.next(s), Some(Packet::SubAck(_))));
@@ -385,7 +399,7 @@ fn retain_handling_mid_stream() {
     }
     let next = drain(&mut cl, s, false);
     assert_eq!(next.len(), 10);
-    assert_eq!(next[0].0, "t/10");
+    assert_eq!(next[0].0, "t/0010");
     // 0: from the start again.
     cl.subscribe_with(s, "t/#", rh(0), Properties::default());
     assert!(matches!(cl.next(s), Some(Packet::SubAck(_))));
@@ -394,7 +408,7 @@ fn retain_handling_mid_stream() {
     }
     let again = drain(&mut cl, s, false);
     assert_eq!(again.len(), 10);
-    assert_eq!(again[0].0, "t/0", "restarted");
+    assert_eq!(again[0].0, "t/0000", "restarted");
     assert_eq!(cl.shards[0].streams.len(), 1);
 }
 
@@ -437,5 +451,5 @@ fn offline_mid_stream_resumes_on_reconnect() {
     assert_eq!(dups, 10, "the ten unacknowledged copies, resent");
     assert_eq!(fresh.len(), MANY - 10, "the rest, once each");
     assert!(fresh.values().all(|&n| n == 1));
-    assert!(!fresh.contains_key("t/0"));
+    assert!(!fresh.contains_key("t/0000"));
 }
