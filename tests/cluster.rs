@@ -19,7 +19,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{free_loopback_port, require_tool, uniq, Broker, Launch};
+use support::{
+    free_loopback_port, pkt, require_tool, uniq, Broker, Launch, PublishMsg, RawClient,
+    ReadOutcome, V5,
+};
 
 /// Bound on every wait for an outcome (a failure, not a timing assertion).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -428,6 +431,8 @@ fn three_nodes_on_a_nats_cluster() {
     s.wait_for("from-3 on the restarted node", |l| l == "back/t from-3");
     drop(s);
 
+    sessions_across_nodes(&n1, &n2, &n3);
+
     // kill -9 of the publisher's node mid-stream: every QoS 1 message it PUBACKed
     // reaches the subscriber on another node (the PUBACK waited for JetStream).
     let mut k = Sub::start(&n2, 1, &["kk/t"]);
@@ -513,4 +518,154 @@ impl Reap for Broker {
         let status = self.terminate(PATIENCE);
         assert!(status.is_some(), "killed node did not exit");
     }
+}
+
+/// An MQTT 5 CONNECT with clean start 0 and a 300 s session expiry.
+fn persistent_v5(id: &str) -> pkt::Connect {
+    pkt::Connect::v5(id)
+        .clean(false)
+        .props(&pkt::p_u32(0x11, 300))
+}
+
+/// The next PUBLISH on `c` within `bound` (acknowledged as its QoS asks); `None` on
+/// timeout. Anything but a PUBLISH fails the test.
+fn next_publish(c: &mut RawClient, bound: Duration) -> Option<PublishMsg> {
+    match c.read_frame_within(bound) {
+        ReadOutcome::Frame(f) => {
+            assert_eq!(f.ptype(), 3, "{}: expected PUBLISH, got {f:?}", c.name());
+            let m = PublishMsg::parse(V5, &f);
+            c.ack_received(&m);
+            Some(m)
+        }
+        ReadOutcome::Timeout => None,
+        ReadOutcome::Closed => panic!("{}: closed while waiting for a PUBLISH", c.name()),
+    }
+}
+
+/// DISCONNECT 0x00, then waits (bounded) for the close; PUBLISHes still in flight
+/// to the client are read past.
+fn leave(mut c: RawClient) {
+    c.send(&[0xe0, 0]);
+    loop {
+        match c.read_frame_within(PATIENCE) {
+            ReadOutcome::Frame(f) if f.ptype() == 3 => {}
+            ReadOutcome::Closed => return,
+            ReadOutcome::Frame(f) => panic!("{}: expected close, got {f:?}", c.name()),
+            ReadOutcome::Timeout => panic!("{}: not closed after DISCONNECT", c.name()),
+        }
+    }
+}
+
+/// From `pubc` (a client on another node) QoS 0 probes on `topic` every few ms until
+/// `c` gets one; returns how long that took. Later PUBLISHes on `c` are drained.
+fn probe_until_delivered(pubc: &mut RawClient, c: &mut RawClient, topic: &str) -> Duration {
+    let start = Instant::now();
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        pubc.publish(topic, 0, false, 0, format!("probe-{n}").as_bytes());
+        if let Some(m) = next_publish(c, Duration::from_millis(5)) {
+            assert!(m.payload.starts_with(b"probe-"), "{m:?}");
+            let took = start.elapsed();
+            while next_publish(c, Duration::from_millis(300)).is_some() {}
+            return took;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{}: no probe on {topic} arrived from another node",
+            c.name()
+        );
+    }
+}
+
+/// Sessions across nodes (issue #17): a persistent session made on node 2 with a
+/// subscription and QoS 1 messages queued while its client was away is taken over by
+/// a CONNECT on node 3 (session present, the queue delivered once, the subscription
+/// live on node 3); an MQTT 5 client still connected on node 2 is told 0x8E when its
+/// id connects on node 3. Prints the takeover and interest figures (not asserted).
+fn sessions_across_nodes(n1: &Broker, n2: &Broker, n3: &Broker) {
+    let mut pubc = RawClient::connect_v311(n1.addr(), &uniq("probe-pub"));
+    let id = uniq("roam");
+    let (mut c, ack) = RawClient::connect_v5_with(n2.addr(), &persistent_v5(&id));
+    assert!(!ack.session_present);
+    c.subscribe_ok(1, "roam/t", 1);
+    let first = probe_until_delivered(&mut pubc, &mut c, "roam/t");
+    eprintln!(
+        "figure: interest propagation (SUBACK on node 2 -> first delivery from node 1): {first:?}"
+    );
+    // A plain subscriber beside it on node 2 says when node 2 has the queued messages.
+    let mut beside = Sub::start(n2, 1, &["roam/t"]);
+    until_interest(n1, "roam/t", &mut [&mut beside]);
+    leave(c);
+    for i in 1..=3 {
+        publish(n1, 1, "roam/t", &format!("q{i}"), false);
+    }
+    beside.wait_for("q3 on node 2", |l| l == "roam/t q3");
+    drop(beside);
+
+    // An MQTT 5 client that stays connected on node 2 (for the 0x8E below).
+    let live_id = uniq("live");
+    let (mut live, _) = RawClient::connect_v5_with(n2.addr(), &persistent_v5(&live_id));
+
+    let t = Instant::now();
+    let (mut c, ack) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&id));
+    let takeover = t.elapsed();
+    assert!(
+        ack.session_present,
+        "session not present on node 3; node 3 stderr:\n{}",
+        n3.stderr_tail()
+    );
+    eprintln!("figure: session takeover across nodes (CONNECT on node 3 -> CONNACK, 3 queued): {takeover:?}");
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + PATIENCE;
+    while (1..=3).any(|i| !got.contains_key(&format!("q{i}"))) {
+        assert!(
+            Instant::now() < deadline,
+            "queued messages missing: {got:?}"
+        );
+        if let Some(m) = next_publish(&mut c, Duration::from_millis(200)) {
+            let p = String::from_utf8_lossy(&m.payload).to_string();
+            if !p.starts_with("probe-") {
+                assert_eq!(m.qos, 1, "{m:?}");
+                *got.entry(p).or_default() += 1;
+            }
+        }
+    }
+    // Nothing else queued comes (each queued message once).
+    while let Some(m) = next_publish(&mut c, Duration::from_millis(300)) {
+        let p = String::from_utf8_lossy(&m.payload).to_string();
+        if !p.starts_with("probe-") {
+            *got.entry(p).or_default() += 1;
+        }
+    }
+    for i in 1..=3 {
+        assert_eq!(got.get(&format!("q{i}")), Some(&1), "{got:?}");
+    }
+    // The subscription came with the session: node 3 subscribed its interest.
+    let live_sub = probe_until_delivered(&mut pubc, &mut c, "roam/t");
+    eprintln!("figure: first cross-node delivery after the takeover's CONNACK: {live_sub:?}");
+    publish(n1, 1, "roam/t", "after", false);
+    let m = loop {
+        let m = next_publish(&mut c, PATIENCE).expect("a publish after the takeover");
+        if m.payload == b"after" {
+            break m;
+        }
+    };
+    assert_eq!(m.topic, "roam/t");
+
+    // Same node again: the claim finds this node as owner (one KV compare-and-set).
+    leave(c);
+    let t = Instant::now();
+    let (c, ack) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&id));
+    eprintln!(
+        "figure: session resume on its owner node (claim only): {:?}",
+        t.elapsed()
+    );
+    assert!(ack.session_present);
+    leave(c);
+
+    // A connected MQTT 5 client whose id connects on another node: DISCONNECT 0x8E.
+    let (other, _) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&live_id));
+    live.expect_disconnect_v5(&[0x8e]);
+    leave(other);
 }

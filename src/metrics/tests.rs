@@ -478,6 +478,11 @@ fn every_cluster_counter_is_exported() {
         retained_errors,
         qos_stored,
         qos_unconfirmed,
+        sessions_claimed,
+        sessions_received,
+        sessions_handed,
+        sessions_lost,
+        sessions_local,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {

@@ -306,6 +306,15 @@ impl Shard {
     }
 
     fn handle_connect(&mut self, conn: ConnId, connect: Box<Connect>, now: Instant) {
+        // On a cluster node the session is first claimed from the cluster
+        // (`cluster_session.rs`), which answers through `continue_connect`.
+        let Some(connect) = self.hold_connect_cluster(conn, connect) else {
+            return;
+        };
+        self.continue_connect(conn, connect, now);
+    }
+
+    pub(super) fn continue_connect(&mut self, conn: ConnId, connect: Box<Connect>, now: Instant) {
         // Resuming a session waits until what it is made of is durable (`durable.rs`).
         let Some(connect) = self.hold_connect(conn, connect) else {
             return;
@@ -566,7 +575,7 @@ impl Shard {
     /// Will rules: 3.1.1 publishes the will whenever the server closes the old
     /// connection; 5.0 publishes it when the Will Delay Interval is 0 or the session
     /// ends now (clean start), and otherwise the reconnect cancels it.
-    fn take_over(&mut self, session: u32, clean_start: bool, now: Instant) {
+    pub(super) fn take_over(&mut self, session: u32, clean_start: bool, now: Instant) {
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };

@@ -161,7 +161,7 @@ pub(super) fn props_bytes(p: &PublishProperties) -> Bytes {
     out.freeze()
 }
 
-fn props_of(b: &Bytes) -> PublishProperties {
+pub(super) fn props_of(b: &Bytes) -> PublishProperties {
     if b.is_empty() {
         return PublishProperties::default();
     }
@@ -173,7 +173,7 @@ fn props_of(b: &Bytes) -> PublishProperties {
     }
 }
 
-fn qos_of(q: u8) -> QoS {
+pub(super) fn qos_of(q: u8) -> QoS {
     match q {
         2 => QoS::ExactlyOnce,
         1 => QoS::AtLeastOnce,
@@ -188,7 +188,7 @@ pub(super) fn pack_options(o: &SubscriptionOptions) -> u8 {
         | ((o.retain_handling & 3) << 4)
 }
 
-fn unpack_options(b: u8) -> SubscriptionOptions {
+pub(super) fn unpack_options(b: u8) -> SubscriptionOptions {
     SubscriptionOptions {
         qos: qos_of(b & 3),
         no_local: b & 4 != 0,
