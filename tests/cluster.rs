@@ -131,6 +131,24 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, text)
 }
 
+/// Polls `/metrics` until the counter `name` is at least `want` (bounded).
+fn wait_metric(b: &Broker, name: &str, want: u64) {
+    let addr = b.http_addr().expect("node has an HTTP listener");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (_, text) = http_get(&addr, "/metrics");
+        let v = text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if v >= want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} on {addr} stayed {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls `/healthz` until it answers `want` (bounded).
 fn wait_health(b: &Broker, want: u16) {
     let addr = b.http_addr().expect("node has an HTTP listener");
@@ -186,7 +204,11 @@ impl Sub {
 
     /// Waits (bounded) until a line satisfies `f`; every line read is kept in `seen`.
     fn wait_for(&mut self, what: &str, f: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_for_within(what, PATIENCE, f)
+    }
+
+    fn wait_for_within(&mut self, what: &str, bound: Duration, f: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + bound;
         if self.seen.iter().any(|l| f(l)) {
             return;
         }
@@ -432,6 +454,47 @@ fn three_nodes_on_a_nats_cluster() {
     drop(s);
 
     sessions_across_nodes(&n1, &n2, &n3);
+
+    // Wills across nodes: a client with a will on node 3, node 3 killed with SIGKILL:
+    // one survivor claims the will and publishes it, seen once on nodes 1 and 2.
+    let mut n3 = n3;
+    let mut w1 = Sub::start(&n1, 1, &["will/#"]);
+    let mut w2 = Sub::start(&n2, 1, &["will/#"]);
+    until_interest(&n3, "will/probe", &mut [&mut w1, &mut w2]);
+    let will = pkt::Will {
+        qos: 1,
+        ..pkt::Will::new("will/w", b"gone")
+    };
+    let conn = pkt::Connect::v311(&uniq("willer")).will(will);
+    let (_willer, ack) = RawClient::connect_with(n3.addr(), &conn);
+    assert_eq!(ack.raw, [0x20, 2, 0, 0]);
+    wait_metric(&n3, "ringmq_cluster_wills_stored_total", 1);
+    // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+    assert_eq!(
+        unsafe { libc::kill(n3.pid() as libc::pid_t, libc::SIGKILL) },
+        0
+    );
+    n3.assert_alive_or_reap();
+    let t = Instant::now();
+    // Bounded by RECOVERY: the heartbeat must age past its limit first, and the
+    // survivors' JetStream reads are slow while the machine is loaded.
+    for w in [&mut w1, &mut w2] {
+        w.wait_for_within("the dead node's will", RECOVERY, |l| l == "will/w gone");
+    }
+    eprintln!(
+        "figure: will of a SIGKILLed node published after {:?}",
+        t.elapsed()
+    );
+    // Exactly once: nothing more while every survivor sweeps again (two beats).
+    std::thread::sleep(Duration::from_secs(2));
+    for w in [&mut w1, &mut w2] {
+        while let Ok(l) = w.lines.try_recv() {
+            w.seen.push(l);
+        }
+        assert_eq!(w.count("will/w gone"), 1, "{:?}", w.seen);
+    }
+    drop(w1);
+    drop(w2);
 
     // kill -9 of the publisher's node mid-stream: every QoS 1 message it PUBACKed
     // reaches the subscriber on another node (the PUBACK waited for JetStream).

@@ -60,6 +60,11 @@ pub struct ClusterStatus {
     pub sessions_lost: AtomicU64,
     /// CONNECTs served from this node's own state: NATS or the bucket did not answer.
     pub sessions_local: AtomicU64,
+    /// Wills written to the wills bucket, writes that failed, and dead nodes' wills
+    /// this node claimed and published.
+    pub wills_stored: AtomicU64,
+    pub wills_errors: AtomicU64,
+    pub wills_published: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -185,6 +190,24 @@ impl ClusterStatus {
             g(&self.sessions_local),
         );
         line(
+            "wills_stored_total",
+            "counter",
+            "Wills of connected clients written to the wills bucket",
+            g(&self.wills_stored),
+        );
+        line(
+            "wills_errors_total",
+            "counter",
+            "Wills bucket writes that failed",
+            g(&self.wills_errors),
+        );
+        line(
+            "wills_published_total",
+            "counter",
+            "Wills of dead nodes' clients this node claimed and published",
+            g(&self.wills_published),
+        );
+        line(
             "retained_errors_total",
             "counter",
             "Retained KV writes or watches that failed",
@@ -253,6 +276,7 @@ impl LoopLink {
             first.publishes.append(&mut out.publishes);
             first.claims.append(&mut out.claims);
             first.handovers.append(&mut out.handovers);
+            first.wills.append(&mut out.wills);
             first.dropped += out.dropped;
             out = first;
         }
@@ -264,7 +288,7 @@ impl LoopLink {
         }
         if let Err(mut back) = self.out.push(out) {
             // Plain copies are dropped (counted); a held acknowledgement's message,
-            // interest changes and session claims/hand-overs wait for room.
+            // interest changes, session claims/hand-overs and wills wait for room.
             let before = back.publishes.len();
             back.publishes.retain(|f| f.ack.is_some());
             self.status
@@ -281,6 +305,7 @@ impl LoopLink {
             || !self.pending.publishes.is_empty()
             || !self.pending.claims.is_empty()
             || !self.pending.handovers.is_empty()
+            || !self.pending.wills.is_empty()
     }
 
     /// Up to `max` messages from NATS (and JetStream acks) for this loop.

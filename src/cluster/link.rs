@@ -29,6 +29,7 @@ use super::headers::{self, Meta};
 use super::interest::{InterestChange, InterestKey, InterestTable};
 use super::sessions::{self, Claims};
 use super::subject::{filter_subjects, queue_group, subject_topic, topic_subject, QosClass};
+use super::wills::{self, Wills};
 use crate::config::Config;
 use crate::io::Remote;
 use crate::ring::{self as spsc, Consumer, Producer};
@@ -326,6 +327,23 @@ async fn run(
     };
     let (claimed_tx, mut claimed_rx) = mpsc::channel::<(usize, ClusterIn)>(SESSIONS_MAX);
     let (takeover_tx, mut takeover_rx) = mpsc::channel::<async_nats::Message>(SESSIONS_MAX);
+    let incarnation = {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+    };
+    let w = Wills {
+        js: js.clone(),
+        replicas,
+        node: st.settings.node.clone(),
+        me: wills::incarnation_of(&st.settings.node, incarnation),
+        incarnation,
+        status: st.status.clone(),
+        beating: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let (will_tx, will_rx) = mpsc::channel::<(Bytes, Option<Bytes>)>(SESSIONS_MAX);
+    let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
+    tokio::spawn(w.clone().writer(will_rx));
+    tokio::spawn(w.liveness(orphan_tx));
     tokio::spawn(takeover_requests(
         client.clone(),
         sessions::takeover_subject(&st.settings.node),
@@ -350,6 +368,11 @@ async fn run(
                     while let Some(mut out) = c.pop() {
                         let asked = std::mem::take(&mut out.claims);
                         let handed = std::mem::take(&mut out.handovers);
+                        for w in std::mem::take(&mut out.wills) {
+                            // Waits rather than drops: a lost "gone" would let a
+                            // survivor publish a will that must not fire.
+                            let _ = will_tx.send(w).await;
+                        }
                         st.on_batch(&client, &js, from, out, &in_tx, &ret_tx, &ack_tx).await;
                         st.on_sessions(&client, &claims, &claimed_tx, from, asked, handed).await;
                     }
@@ -385,6 +408,11 @@ async fn run(
                 while let Ok(c) = claimed_rx.try_recv() {
                     st.pending_in.push_back(c);
                 }
+                st.wake();
+            }
+            m = orphan_rx.recv() => {
+                let Some(m) = m else { continue };
+                st.pending_in.push_back((0, ClusterIn::Will(Arc::new(m))));
                 st.wake();
             }
             m = takeover_rx.recv() => {

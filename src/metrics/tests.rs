@@ -483,6 +483,9 @@ fn every_cluster_counter_is_exported() {
         sessions_handed,
         sessions_lost,
         sessions_local,
+        wills_stored,
+        wills_errors,
+        wills_published,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {

@@ -67,6 +67,8 @@ pub enum ClusterIn {
         generation: u32,
         session: Option<Bytes>,
     },
+    /// A dead node's will this node claimed: publish it as a local client would.
+    Will(Arc<Message>),
     /// Another node took `client_id`'s session: close it here and answer `reply`
     /// with a `SessionHandover`.
     Takeover {
@@ -85,6 +87,8 @@ pub struct ClusterOut {
     pub claims: Vec<SessionClaim>,
     /// Sessions this loop gave up to another node's CONNECT.
     pub handovers: Vec<SessionHandover>,
+    /// Wills set (a will record) or gone (`None`) by client id, in order.
+    pub wills: Vec<(Bytes, Option<Bytes>)>,
     /// Publishes past `CLUSTER_OUT_MAX` this turn, not forwarded.
     pub dropped: u64,
     /// Index in `publishes` of the message the current `publish` call forwarded.
@@ -97,6 +101,7 @@ impl ClusterOut {
             && self.interest.is_empty()
             && self.claims.is_empty()
             && self.handovers.is_empty()
+            && self.wills.is_empty()
             && self.dropped == 0
     }
 }
@@ -212,6 +217,7 @@ impl Shard {
                 clean,
                 reply,
             } => self.on_session_takeover(&client_id, clean, reply, now),
+            ClusterIn::Will(m) => self.on_cluster_will((*m).clone(), now),
         }
     }
 

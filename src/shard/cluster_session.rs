@@ -49,6 +49,44 @@ pub struct SessionHandover {
     pub session: Option<Bytes>,
 }
 
+/// A will as the cluster's `ringmq_wills` bucket keeps it: the log's `SessionPut`
+/// record of the session (expiry 0) with the will.
+pub fn will_record(client_id: &[u8], w: &crate::session::Will) -> Bytes {
+    let mut out = Vec::new();
+    Record::SessionPut {
+        client: Bytes::copy_from_slice(client_id),
+        expiry_s: 0,
+        will: Some(WillRec {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos as u8,
+            retain: w.retain,
+            delay_s: w.delay_s,
+            props: props_bytes(&w.properties),
+        }),
+    }
+    .encode(&mut out);
+    Bytes::from(out)
+}
+
+/// The message a will record publishes (`None`: not a will record).
+pub fn will_message(b: &[u8], now: Instant) -> Option<Message> {
+    let Ok(Record::SessionPut { will: Some(w), .. }) = Record::decode(b) else {
+        return None;
+    };
+    Some(Message {
+        topic: w.topic,
+        payload: w.payload,
+        qos: qos_of(w.qos),
+        retain: w.retain,
+        properties: props_of(&w.props),
+        arrived_at: now,
+        origin_shard: u32::MAX as usize,
+        origin_session: NONE,
+        owned: true,
+    })
+}
+
 /// Appends one record behind its 4-byte little-endian length.
 fn push_record(out: &mut Vec<u8>, rec: &Record) {
     let at = out.len();
@@ -105,6 +143,46 @@ impl Shard {
             out.claims.push(claim);
         }
         None
+    }
+
+    /// On a cluster node, `session`'s will (now set by its CONNECT) goes to the wills
+    /// bucket, so another node publishes it if this one dies (`cluster/wills.rs`).
+    pub(super) fn cluster_will_set(&mut self, session: u32) {
+        let Some(out) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        if let Some(w) = s.will.as_deref() {
+            out.wills.push((
+                Bytes::copy_from_slice(&s.client_id),
+                Some(will_record(&s.client_id, w)),
+            ));
+        }
+    }
+
+    /// `session`'s connection is gone: its will is published, dropped or delayed here,
+    /// and leaves the wills bucket (a delayed will lives on this node only).
+    pub(super) fn cluster_will_gone(&mut self, session: u32) {
+        let Some(out) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if let Some(s) = self.sessions.get(session) {
+            out.wills.push((Bytes::copy_from_slice(&s.client_id), None));
+        }
+    }
+
+    /// A dead node's will, claimed by this node's cluster thread: published as if a
+    /// client of this loop had (so it also goes to NATS, once).
+    pub(super) fn on_cluster_will(&mut self, msg: Message, now: Instant) {
+        self.last_now = Some(now);
+        let msg = Message {
+            origin_shard: self.id,
+            ..msg
+        };
+        self.publish(msg, now);
+        self.drop_slow_consumers(now);
     }
 
     /// The claims this turn made so far, taken out of the cluster outbox (the

@@ -470,6 +470,7 @@ impl Shard {
             });
         }
 
+        self.cluster_will_set(session);
         if expiry_s > 0 {
             self.log_session(session);
         } else if was_persistent {
@@ -582,6 +583,9 @@ impl Shard {
         let old = s.conn;
         s.conn = NONE;
         let will = s.will.take();
+        if will.is_some() {
+            self.cluster_will_gone(session);
+        }
         let mut publish_will = false;
         if old != NONE {
             let old = old as usize;
@@ -620,9 +624,13 @@ impl Shard {
             return;
         }
         s.conn = NONE;
+        let had_will = s.will.is_some();
         if self.config.sys_client_events {
             let id = s.client_id.clone();
             self.event_disconnected(&id, !abnormal, now);
+        }
+        if had_will {
+            self.cluster_will_gone(session);
         }
         let Some(s) = self.sessions.get_mut(session) else {
             return;

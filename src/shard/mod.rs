@@ -61,7 +61,9 @@ use crate::session::{SessionError, SessionStore};
 use crate::topic::TopicTrie;
 
 pub use cluster::{AckToken, ClusterIn, ClusterInterest, ClusterOut, Forward};
-pub use cluster_session::{handover_records, SessionClaim, SessionHandover};
+pub use cluster_session::{
+    handover_records, will_message, will_record, SessionClaim, SessionHandover,
+};
 use conn::Conn;
 use control::ControlOutbox;
 use deliver::EncodeCache;

@@ -171,3 +171,40 @@ fn a_claim_answered_without_a_session_connects_fresh() {
     b.pump();
     b.expect_nothing(c);
 }
+
+/// A will goes to the cluster's wills bucket while its connection lives and leaves it
+/// when the connection goes (this node then publishes it, as on a single node); a
+/// dead node's will claimed by this node is published once, locally and to NATS.
+#[test]
+fn wills_are_announced_while_connected_and_a_dead_nodes_will_is_published() {
+    let mut a = node();
+    let opts = ConnectOpts {
+        will: Some(will("w/t", "gone", Q1, false, Properties::default())),
+        ..ConnectOpts::default()
+    };
+    let c = a.connect_ok(V311, "willer", opts, false);
+    let out = a.shards[0].take_cluster_out().expect("will set");
+    assert_eq!(out.wills.len(), 1);
+    let (id, rec) = &out.wills[0];
+    assert_eq!(&id[..], b"willer");
+    let m = crate::shard::will_message(rec.as_ref().expect("a record"), a.now).expect("decodes");
+    assert_eq!(
+        (&m.topic[..], &m.payload[..], m.qos),
+        (&b"w/t"[..], &b"gone"[..], Q1)
+    );
+    a.drop_connection(c);
+    let out = a.shards[0].take_cluster_out().expect("will gone");
+    assert_eq!(out.wills, [(Bytes::from_static(b"willer"), None)]);
+    assert_eq!(out.publishes.len(), 1, "published here, forwarded once");
+
+    let s = a.connect_ok(V311, "s", ConnectOpts::default(), false);
+    a.subscribe(s, "w/#", Q1);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(ClusterIn::Will(std::sync::Arc::new(m)), now);
+    a.pump();
+    a.expect(s, pubp("w/t", "gone", Q1, false, 1));
+    let out = a.shards[0].take_cluster_out().expect("forwarded");
+    assert_eq!(out.publishes.len(), 1);
+    assert!(out.wills.is_empty());
+}
