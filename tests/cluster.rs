@@ -498,8 +498,13 @@ fn three_nodes_on_a_nats_cluster() {
 
     // kill -9 of the publisher's node mid-stream: every QoS 1 message it PUBACKed
     // reaches the subscriber on another node (the PUBACK waited for JetStream).
+    // A QoS 2 publisher streams beside it: every message PUBREC'd reaches node 2
+    // exactly once, and none reaches it twice.
     let mut k = Sub::start(&n2, 1, &["kk/t"]);
+    let mut k2 = Sub::start(&n2, 2, &["kk2/t"]);
     until_interest(&n1, "kk/t", &mut [&mut k]);
+    until_interest(&n1, "kk2/t", &mut [&mut k2]);
+    let qos2 = qos2_until_closed(&n1);
     let acked = publish_until_killed(&n1);
     assert!(
         acked.len() >= 50,
@@ -511,7 +516,81 @@ fn three_nodes_on_a_nats_cluster() {
             l == format!("kk/t m{i}")
         });
     }
+    let (sent, recd) = qos2.join().expect("QoS 2 publisher");
+    assert!(!recd.is_empty(), "no PUBREC before the kill");
+    for i in &recd {
+        k2.wait_for(&format!("PUBREC'd m{i} on node 2"), |l| {
+            l == format!("kk2/t m{i}")
+        });
+    }
+    // Whatever else is still on its way arrives within a short drain.
+    std::thread::sleep(Duration::from_millis(500));
+    while let Ok(l) = k2.lines.try_recv() {
+        k2.seen.push(l);
+    }
+    for i in 1..=sent {
+        let n = k2.count(&format!("kk2/t m{i}"));
+        assert!(n <= 1, "QoS 2 m{i} delivered {n} times");
+    }
+    eprintln!(
+        "QoS 2 through the kill: {sent} sent, {} PUBREC'd, all delivered once",
+        recd.len()
+    );
     drop(n1);
+}
+
+/// Publishes QoS 2 `kk2/t` `m{i}` on `n` from a raw MQTT 3.1.1 client (PUBREL for
+/// every PUBREC) until the connection dies; returns how many were sent and the
+/// packet ids PUBREC'd.
+fn qos2_until_closed(n: &Broker) -> std::thread::JoinHandle<(u16, Vec<u16>)> {
+    let mut s = TcpStream::connect(n.addr()).expect("connect");
+    let id = b"killpub2";
+    let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    connect.extend_from_slice(b"MQTT");
+    connect.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
+    connect.extend_from_slice(id);
+    s.write_all(&connect).expect("CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let mut r = s.try_clone().expect("clone");
+    let reader = std::thread::spawn(move || {
+        let mut recd = Vec::new();
+        let mut w = r.try_clone().expect("clone");
+        let mut b = [0u8; 4];
+        while r.read_exact(&mut b).is_ok() {
+            match b[0] {
+                0x50 => {
+                    recd.push(u16::from_be_bytes([b[2], b[3]]));
+                    if w.write_all(&[0x62, 2, b[2], b[3]]).is_err() {
+                        break;
+                    }
+                }
+                0x70 => {}
+                _ => panic!("unexpected packet {b:?}"),
+            }
+        }
+        recd
+    });
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        for i in 1..=5000u16 {
+            let payload = format!("m{i}");
+            let mut p = vec![0x34, (2 + 5 + 2 + payload.len()) as u8, 0, 5];
+            p.extend_from_slice(b"kk2/t");
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend_from_slice(payload.as_bytes());
+            if s.write_all(&p).is_err() {
+                break;
+            }
+            sent = i;
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        (sent, reader.join().expect("reader"))
+    })
 }
 
 /// Publishes QoS 1 `kk/t` `m{i}` (packet id i) on `n` from a raw MQTT 3.1.1 client,
