@@ -455,6 +455,29 @@ fn three_nodes_on_a_nats_cluster() {
 
     sessions_across_nodes(&n1, &n2, &n3);
 
+    // Partition: a node whose NATS is unreachable serves its own clients, says so on
+    // /healthz (503, for the load balancer) and counts it; a CONNECT is served from
+    // the node's own sessions (counted) instead of waiting for the cluster.
+    let dead_url = format!("nats://127.0.0.1:{}", free_loopback_port());
+    let alone = node("alone", &dead_url);
+    let addr = alone.http_addr().expect("HTTP listener");
+    let (code, text) = http_get(&addr, "/healthz");
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("cluster: NATS disconnected"), "{text}");
+    let mut local = Sub::start(&alone, 0, &["p/t"]);
+    let deadline = Instant::now() + PATIENCE;
+    while !local.seen.iter().any(|l| l == "p/t here") {
+        publish(&alone, 0, "p/t", "here", false);
+        let _ = local
+            .lines
+            .recv_timeout(Duration::from_millis(200))
+            .map(|l| local.seen.push(l));
+        assert!(Instant::now() < deadline, "no local delivery while cut off");
+    }
+    wait_metric(&alone, "ringmq_cluster_sessions_local_total", 2);
+    drop(local);
+    drop(alone);
+
     // Wills across nodes: a client with a will on node 3, node 3 killed with SIGKILL:
     // one survivor claims the will and publishes it, seen once on nodes 1 and 2.
     let mut n3 = n3;
