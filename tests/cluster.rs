@@ -131,16 +131,21 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, text)
 }
 
+/// The counter `name` on `b`'s `/metrics` (0 when absent).
+fn metric(b: &Broker, name: &str) -> u64 {
+    let addr = b.http_addr().expect("node has an HTTP listener");
+    let (_, text) = http_get(&addr, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// Polls `/metrics` until the counter `name` is at least `want` (bounded).
 fn wait_metric(b: &Broker, name: &str, want: u64) {
     let addr = b.http_addr().expect("node has an HTTP listener");
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let (_, text) = http_get(&addr, "/metrics");
-        let v = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let v = metric(b, name);
         if v >= want {
             return;
         }
@@ -492,6 +497,14 @@ fn three_nodes_on_a_nats_cluster() {
     let (_willer, ack) = RawClient::connect_with(n3.addr(), &conn);
     assert_eq!(ack.raw, [0x20, 2, 0, 0]);
     wait_metric(&n3, "ringmq_cluster_wills_stored_total", 1);
+    // And a persistent session with a subscription, saved to the sessions bucket,
+    // whose client is offline when node 3 dies.
+    let orphan_id = uniq("orphan");
+    let saved = metric(&n3, "ringmq_cluster_sessions_saved_total");
+    let (mut orphan, _) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&orphan_id));
+    orphan.subscribe_ok(1, "orph/t", 1);
+    wait_metric(&n3, "ringmq_cluster_sessions_saved_total", saved + 1);
+    leave(orphan);
     // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
     assert_eq!(
         unsafe { libc::kill(n3.pid() as libc::pid_t, libc::SIGKILL) },
@@ -518,6 +531,13 @@ fn three_nodes_on_a_nats_cluster() {
     }
     drop(w1);
     drop(w2);
+    // The dead node's session comes back on node 1 from the bucket: session present,
+    // its subscription live (its queue, had it one, was lost with node 3).
+    let (mut orphan, ack) = RawClient::connect_v5_with(n1.addr(), &persistent_v5(&orphan_id));
+    assert!(ack.session_present, "{}", n1.stderr_tail());
+    let mut pubc = RawClient::connect_v311(n2.addr(), &uniq("orph-pub"));
+    probe_until_delivered(&mut pubc, &mut orphan, "orph/t");
+    leave(orphan);
 
     // kill -9 of the publisher's node mid-stream: every QoS 1 message it PUBACKed
     // reaches the subscriber on another node (the PUBACK waited for JetStream).

@@ -60,6 +60,10 @@ pub struct ClusterStatus {
     pub sessions_lost: AtomicU64,
     /// CONNECTs served from this node's own state: NATS or the bucket did not answer.
     pub sessions_local: AtomicU64,
+    /// Persistent sessions' subscriptions saved to their bucket entry, and sessions
+    /// rebuilt from it because their owner did not answer (their queue was lost).
+    pub sessions_saved: AtomicU64,
+    pub sessions_recovered: AtomicU64,
     /// Wills written to the wills bucket, writes that failed, and dead nodes' wills
     /// this node claimed and published.
     pub wills_stored: AtomicU64,
@@ -190,6 +194,18 @@ impl ClusterStatus {
             g(&self.sessions_local),
         );
         line(
+            "sessions_saved_total",
+            "counter",
+            "Persistent sessions' subscriptions saved to the sessions bucket",
+            g(&self.sessions_saved),
+        );
+        line(
+            "sessions_recovered_total",
+            "counter",
+            "Sessions rebuilt from the bucket (subscriptions only) because their owner was gone",
+            g(&self.sessions_recovered),
+        );
+        line(
             "wills_stored_total",
             "counter",
             "Wills of connected clients written to the wills bucket",
@@ -277,6 +293,7 @@ impl LoopLink {
             first.claims.append(&mut out.claims);
             first.handovers.append(&mut out.handovers);
             first.wills.append(&mut out.wills);
+            first.states.append(&mut out.states);
             first.dropped += out.dropped;
             out = first;
         }
@@ -306,6 +323,7 @@ impl LoopLink {
             || !self.pending.claims.is_empty()
             || !self.pending.handovers.is_empty()
             || !self.pending.wills.is_empty()
+            || !self.pending.states.is_empty()
     }
 
     /// Up to `max` messages from NATS (and JetStream acks) for this loop.

@@ -344,6 +344,8 @@ async fn run(
     let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
     tokio::spawn(w.clone().writer(will_rx));
     tokio::spawn(w.liveness(orphan_tx));
+    let (state_tx, state_rx) = mpsc::channel::<(Bytes, Bytes)>(SESSIONS_MAX);
+    tokio::spawn(claims.clone().state_writer(state_rx));
     tokio::spawn(takeover_requests(
         client.clone(),
         sessions::takeover_subject(&st.settings.node),
@@ -368,6 +370,9 @@ async fn run(
                     while let Some(mut out) = c.pop() {
                         let asked = std::mem::take(&mut out.claims);
                         let handed = std::mem::take(&mut out.handovers);
+                        for s in std::mem::take(&mut out.states) {
+                            let _ = state_tx.send(s).await;
+                        }
                         for w in std::mem::take(&mut out.wills) {
                             // Waits rather than drops: a lost "gone" would let a
                             // survivor publish a will that must not fire.

@@ -8,10 +8,16 @@
 //! takeover subject (`ringmq.node.<node>.takeover`, NATS request/reply) to close the
 //! old connection and send the session; the claim's answer carries what came back.
 //!
+//! The owner also keeps a persistent session's expiry and subscriptions in the
+//! entry, after the `node\nepoch\n` prefix (hand-over bytes without will or copies),
+//! rewritten by compare-and-set after each SUBSCRIBE/UNSUBSCRIBE (`state_writer`).
+//!
 //! What is lost, and why: when the previous owner does not answer (killed, or cut
-//! from NATS) within `FETCH_TIMEOUT`, its sessions' subscriptions and queued
-//! messages were only in its memory (and its own data directory): the claim goes on
-//! without them and the CONNACK says session present 0. When NATS or the bucket
+//! from NATS) within `FETCH_TIMEOUT`, the claim rebuilds the session from the entry:
+//! its subscriptions come back (CONNACK session present 1), but its queued and
+//! in-flight messages and open inbound QoS 2 ids were only in the dead node's memory
+//! (and its own data directory) and are lost; so is a subscription whose SUBACK went
+//! out just before the node died, before its entry was rewritten. When NATS or the bucket
 //! cannot answer within `CLAIM_TIMEOUT`, the node serves the CONNECT from what it
 //! holds itself (a node cut off from NATS keeps serving its own clients).
 
@@ -21,6 +27,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use super::bridge::ClusterStatus;
 use super::subject::escape_token;
@@ -78,15 +85,19 @@ pub fn decode_reply(b: &[u8]) -> Option<Option<Bytes>> {
     }
 }
 
-/// An ownership entry's value: `node\nepoch`.
-pub fn encode_owner(node: &str, epoch: u64) -> Bytes {
-    Bytes::from(format!("{node}\n{epoch}"))
+/// An ownership entry's value: `node\nepoch\n` and the session's saved state.
+pub fn encode_owner(node: &str, epoch: u64, state: &[u8]) -> Bytes {
+    let mut b = format!("{node}\n{epoch}\n").into_bytes();
+    b.extend_from_slice(state);
+    Bytes::from(b)
 }
 
-pub fn decode_owner(b: &[u8]) -> Option<(String, u64)> {
-    let s = std::str::from_utf8(b).ok()?;
-    let (node, epoch) = s.split_once('\n')?;
-    Some((node.to_string(), epoch.parse().ok()?))
+pub fn decode_owner(b: &[u8]) -> Option<(String, u64, Bytes)> {
+    let i = b.iter().position(|&c| c == b'\n')?;
+    let j = i + 1 + b[i + 1..].iter().position(|&c| c == b'\n')?;
+    let node = std::str::from_utf8(&b[..i]).ok()?;
+    let epoch = std::str::from_utf8(&b[i + 1..j]).ok()?.parse().ok()?;
+    Some((node.to_string(), epoch, Bytes::copy_from_slice(&b[j + 1..])))
 }
 
 /// What a claim task needs (cheap to clone: handles and `Arc`s).
@@ -143,21 +154,21 @@ impl Claims {
         };
         let key = super::headers::retained_key(&c.client_id);
         for _ in 0..CLAIM_TRIES {
-            let (prev, epoch, revision) = match kv.entry(&key).await {
+            let (prev, epoch, saved, revision) = match kv.entry(&key).await {
                 Ok(Some(e)) => match (e.operation, decode_owner(&e.value)) {
-                    (kv::Operation::Put, Some((node, epoch))) => {
-                        (Some(node), epoch, Some(e.revision))
+                    (kv::Operation::Put, Some((node, epoch, saved))) => {
+                        (Some(node), epoch, saved, Some(e.revision))
                     }
-                    _ => (None, 0, Some(e.revision)),
+                    _ => (None, 0, Bytes::new(), Some(e.revision)),
                 },
-                Ok(None) => (None, 0, None),
+                Ok(None) => (None, 0, Bytes::new(), None),
                 Err(e) => {
                     tracing::debug!("cluster: session entry read failed: {e}");
                     self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
                     return None;
                 }
             };
-            let value = encode_owner(&self.node, epoch + 1);
+            let value = encode_owner(&self.node, epoch + 1, &[]);
             let won = match revision {
                 Some(r) => kv.update(&key, value, r).await.is_ok(),
                 None => kv.create(&key, value).await.is_ok(),
@@ -168,7 +179,17 @@ impl Claims {
             }
             self.status.sessions_claimed.fetch_add(1, Ordering::Relaxed);
             return match prev {
-                Some(owner) if owner != self.node => self.fetch(&owner, c).await,
+                Some(owner) if owner != self.node => match self.fetch(&owner, c).await {
+                    Fetched::Session(s) => Some(s),
+                    Fetched::Nothing => None,
+                    Fetched::NoAnswer if !saved.is_empty() && !c.clean => {
+                        self.status
+                            .sessions_recovered
+                            .fetch_add(1, Ordering::Relaxed);
+                        Some(saved)
+                    }
+                    Fetched::NoAnswer => None,
+                },
                 _ => None,
             };
         }
@@ -177,42 +198,73 @@ impl Claims {
     }
 
     /// Asks `owner` to give the session up.
-    async fn fetch(&self, owner: &str, c: &SessionClaim) -> Option<Bytes> {
+    async fn fetch(&self, owner: &str, c: &SessionClaim) -> Fetched {
         let req = self.client.request(
             takeover_subject(owner),
             encode_request(&c.client_id, c.clean),
         );
         let id = String::from_utf8_lossy(&c.client_id);
-        match tokio::time::timeout(FETCH_TIMEOUT, req).await {
-            Ok(Ok(m)) => match decode_reply(&m.payload) {
-                Some(Some(s)) => {
-                    self.status
-                        .sessions_received
-                        .fetch_add(1, Ordering::Relaxed);
-                    Some(s)
-                }
-                Some(None) => None,
-                None => {
-                    self.status.malformed.fetch_add(1, Ordering::Relaxed);
-                    None
-                }
-            },
-            Ok(Err(e)) => {
-                self.status.sessions_lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "cluster: node {owner} did not hand over session {id:?} ({e}); \
-                     its subscriptions and queued messages are lost"
-                );
-                None
+        let why = match tokio::time::timeout(FETCH_TIMEOUT, req).await {
+            Ok(Ok(m)) => {
+                return match decode_reply(&m.payload) {
+                    Some(Some(s)) => {
+                        self.status
+                            .sessions_received
+                            .fetch_add(1, Ordering::Relaxed);
+                        Fetched::Session(s)
+                    }
+                    Some(None) => Fetched::Nothing,
+                    None => {
+                        self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                        Fetched::Nothing
+                    }
+                };
             }
-            Err(_) => {
-                self.status.sessions_lost.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(
-                    "cluster: node {owner} did not answer for session {id:?}; \
-                     its subscriptions and queued messages are lost"
-                );
-                None
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_string(),
+        };
+        self.status.sessions_lost.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "cluster: node {owner} did not hand over session {id:?} ({why}); its queued \
+             messages are lost, its subscriptions come from the sessions bucket"
+        );
+        Fetched::NoAnswer
+    }
+
+    /// Keeps this node's persistent sessions' subscriptions in their entries, one
+    /// change at a time in the loops' order; an entry another node claimed since is
+    /// left alone (the session is no longer this node's).
+    pub async fn state_writer(self, mut rx: mpsc::Receiver<(Bytes, Bytes)>) {
+        while let Some((client_id, state)) = rx.recv().await {
+            let Some(kv) = self.bucket().await else {
+                continue;
+            };
+            let key = super::headers::retained_key(&client_id);
+            for _ in 0..CLAIM_TRIES {
+                let Ok(Some(e)) = kv.entry(&key).await else {
+                    break;
+                };
+                let Some((node, epoch, _)) = decode_owner(&e.value) else {
+                    break;
+                };
+                if node != self.node {
+                    break;
+                }
+                let value = encode_owner(&self.node, epoch, &state);
+                if kv.update(&key, value, e.revision).await.is_ok() {
+                    self.status.sessions_saved.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
             }
         }
     }
+}
+
+/// What the previous owner said.
+enum Fetched {
+    Session(Bytes),
+    /// It had no such session (or the claim was a clean start).
+    Nothing,
+    /// It did not answer: dead, or cut from NATS.
+    NoAnswer,
 }

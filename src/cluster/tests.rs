@@ -389,8 +389,12 @@ fn session_wire_formats_round_trip() {
     assert_eq!(decode_reply(b"\x00x"), None);
     assert_eq!(decode_reply(b"\x07"), None);
     assert_eq!(
-        decode_owner(&encode_owner("n.1 x", 42)),
-        Some(("n.1 x".to_string(), 42))
+        decode_owner(&encode_owner("n.1 x", 42, b"state\n\x00")),
+        Some(("n.1 x".to_string(), 42, Bytes::from_static(b"state\n\x00")))
+    );
+    assert_eq!(
+        decode_owner(&encode_owner("n", 1, b"")),
+        Some(("n".to_string(), 1, Bytes::new()))
     );
     assert_eq!(decode_owner(b"n1"), None);
     // A node name with NATS's reserved characters stays one token.

@@ -483,6 +483,8 @@ fn every_cluster_counter_is_exported() {
         sessions_handed,
         sessions_lost,
         sessions_local,
+        sessions_saved,
+        sessions_recovered,
         wills_stored,
         wills_errors,
         wills_published,

@@ -89,6 +89,8 @@ pub struct ClusterOut {
     pub handovers: Vec<SessionHandover>,
     /// Wills set (a will record) or gone (`None`) by client id, in order.
     pub wills: Vec<(Bytes, Option<Bytes>)>,
+    /// Persistent sessions' subscriptions after a change, by client id, in order.
+    pub states: Vec<(Bytes, Bytes)>,
     /// Publishes past `CLUSTER_OUT_MAX` this turn, not forwarded.
     pub dropped: u64,
     /// Index in `publishes` of the message the current `publish` call forwarded.
@@ -102,6 +104,7 @@ impl ClusterOut {
             && self.claims.is_empty()
             && self.handovers.is_empty()
             && self.wills.is_empty()
+            && self.states.is_empty()
             && self.dropped == 0
     }
 }

@@ -251,8 +251,33 @@ impl Shard {
         }
     }
 
+    /// On a cluster node, a persistent session's subscriptions (and expiry) go to its
+    /// entry in the sessions bucket after each change, so a node that takes the
+    /// session over from a dead owner still has them (`cluster/sessions.rs`).
+    pub(super) fn cluster_session_state(&mut self, session: u32) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        if s.expiry_s == 0 || s.client_id.starts_with(b"$bridge/") {
+            return;
+        }
+        let id = Bytes::copy_from_slice(&s.client_id);
+        let state = self.session_bytes(session, false);
+        if let Some(out) = self.cluster.as_deref_mut() {
+            out.states.push((id, state));
+        }
+    }
+
     /// The session as hand-over bytes (see the module doc).
     fn handover_bytes(&self, session: u32) -> Bytes {
+        self.session_bytes(session, true)
+    }
+
+    /// `full`: will, inbound QoS 2 ids and copies too; else expiry and subscriptions.
+    fn session_bytes(&self, session: u32, full: bool) -> Bytes {
         let mut out = Vec::new();
         let Some(sess) = self.sessions.get(session) else {
             return Bytes::new();
@@ -263,7 +288,7 @@ impl Shard {
             &Record::SessionPut {
                 client: client.clone(),
                 expiry_s: sess.expiry_s,
-                will: sess.will.as_ref().map(|w| WillRec {
+                will: sess.will.as_ref().filter(|_| full).map(|w| WillRec {
                     topic: w.topic.clone(),
                     payload: w.payload.clone(),
                     qos: w.qos as u8,
@@ -284,7 +309,7 @@ impl Shard {
                 },
             );
         }
-        let Some(d) = sess.delivery.as_deref() else {
+        let Some(d) = sess.delivery.as_deref().filter(|_| full) else {
             return Bytes::from(out);
         };
         for id in &d.awaiting_pubrel {

@@ -471,6 +471,9 @@ impl Shard {
         }
 
         self.cluster_will_set(session);
+        if session_present {
+            self.cluster_session_state(session);
+        }
         if expiry_s > 0 {
             self.log_session(session);
         } else if was_persistent {

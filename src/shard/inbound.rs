@@ -439,6 +439,7 @@ impl Shard {
         sub_id: u32,
         now: Instant,
     ) {
+        self.cluster_session_state(session);
         let Some((ack, retained)) = self.hold_subscribe(conn, session, ack, retained, sub_id)
         else {
             return;
@@ -492,6 +493,7 @@ impl Shard {
             codes,
             properties: Default::default(),
         };
+        self.cluster_session_state(session);
         self.write_control(conn, &Packet::UnsubAck(ack));
     }
 

@@ -208,3 +208,33 @@ fn wills_are_announced_while_connected_and_a_dead_nodes_will_is_published() {
     assert_eq!(out.publishes.len(), 1);
     assert!(out.wills.is_empty());
 }
+
+/// A persistent session's subscriptions go to the cluster after each change (so a
+/// node taking it from a dead owner gets them back); a clean session's never do.
+#[test]
+fn persistent_subscriptions_are_saved_after_each_change() {
+    use crate::store::record::Record;
+    let mut a = node();
+    let s = a.connect_ok(V311, "keep", persistent(), false);
+    a.subscribe(s, "k/1", Q1);
+    a.subscribe(s, "k/2", Q2);
+    let out = a.shards[0].take_cluster_out().expect("states");
+    let (id, last) = out.states.last().expect("saved").clone();
+    assert_eq!(&id[..], b"keep");
+    let subs: Vec<_> = handover_records(&last)
+        .expect("decodes")
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::SubAdd { filter, .. } => Some(filter),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        subs,
+        [Bytes::from_static(b"k/1"), Bytes::from_static(b"k/2")]
+    );
+    let c = a.connect_ok(V311, "clean", ConnectOpts::default(), false);
+    a.subscribe(c, "k/3", Q1);
+    let out = a.shards[0].take_cluster_out().expect("interest");
+    assert!(out.states.is_empty(), "a clean session is not saved");
+}
