@@ -10,7 +10,8 @@
 # the publishers alternate between the nodes and the subscriber sits on node 2, so
 # half of the publishers cross), pairs QoS 0 and 1 (PAIRS pairs; with --hosts every
 # subscriber is on the other node than its publisher; PAIRS_RATE msg/s each, so the
-# latency is not a saturated queue's). Each run is DURATION long.
+# latency is not a saturated queue's), and a CONNECT storm of CLIENTS clients.
+# Each message run is DURATION long.
 # Prints one line per run: msg/s received, p50/p99 latency in us, lost, whether
 # loadgen itself was saturated. Wall-clock figures: note the load (uptime) printed
 # first; the machine's other work moves them.
@@ -21,6 +22,7 @@ LOADGEN=${LOADGEN:-$ROOT/target/release/loadgen}
 DURATION=${DURATION:-10s}
 PUBLISHERS=${PUBLISHERS:-8}
 PAIRS=${PAIRS:-100}
+CLIENTS=${CLIENTS:-2000}
 # Messages/s per pairs publisher: latency at a modest load, not at saturation.
 PAIRS_RATE=${PAIRS_RATE:-50}
 for bin in "$RINGMQ" "$LOADGEN" "$(command -v nats-server || true)"; do
@@ -85,6 +87,18 @@ run() {
     "$label" "$msgs" "$p50" "$p99" "$lost" "$sat"
 }
 two="127.0.0.1:$a,127.0.0.1:$b"
+# CONNECT storm: on a cluster node every CONNECT with a client id waits for its claim
+# in the sessions bucket (a KV read and a replicated compare-and-set).
+connect_run() {
+  local label=$1; shift
+  "$LOADGEN" connect "$@" --clients "$CLIENTS" --hold 1s --json 2>>"$work/loadgen.log" | tail -n 1 \
+    | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); l=r["connect_latency_us"]
+print("%-34s %10.0f conn/s p50 %7.0f us  p99 %7.0f us  established %d" % (sys.argv[1],
+  r["connect_rate_per_s"], l["p50"], l["p99"], r["connections_established"]))' "$label" \
+    || echo "  ($label: loadgen failed)" >&2
+}
+connect_run "connect single node" --host 127.0.0.1 --port "$single"
+connect_run "connect two nodes (claims)" --hosts "$two"
 for q in 0 1; do
   run "fanin qos$q single node" fanin --host 127.0.0.1 --port "$single" --publishers "$PUBLISHERS" --qos "$q"
   run "fanin qos$q two nodes" fanin --hosts "$two" --publishers "$PUBLISHERS" --qos "$q"
