@@ -19,7 +19,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::{free_loopback_port, require_tool, uniq, Broker, Launch};
+use support::{
+    free_loopback_port, pkt, require_tool, uniq, Broker, Launch, PublishMsg, RawClient,
+    ReadOutcome, V5,
+};
 
 /// Bound on every wait for an outcome (a failure, not a timing assertion).
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -128,6 +131,29 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, text)
 }
 
+/// The counter `name` on `b`'s `/metrics` (0 when absent).
+fn metric(b: &Broker, name: &str) -> u64 {
+    let addr = b.http_addr().expect("node has an HTTP listener");
+    let (_, text) = http_get(&addr, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// Polls `/metrics` until the counter `name` is at least `want` (bounded).
+fn wait_metric(b: &Broker, name: &str, want: u64) {
+    let addr = b.http_addr().expect("node has an HTTP listener");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let v = metric(b, name);
+        if v >= want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} on {addr} stayed {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls `/healthz` until it answers `want` (bounded).
 fn wait_health(b: &Broker, want: u16) {
     let addr = b.http_addr().expect("node has an HTTP listener");
@@ -183,7 +209,11 @@ impl Sub {
 
     /// Waits (bounded) until a line satisfies `f`; every line read is kept in `seen`.
     fn wait_for(&mut self, what: &str, f: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + PATIENCE;
+        self.wait_for_within(what, PATIENCE, f)
+    }
+
+    fn wait_for_within(&mut self, what: &str, bound: Duration, f: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + bound;
         if self.seen.iter().any(|l| f(l)) {
             return;
         }
@@ -428,10 +458,96 @@ fn three_nodes_on_a_nats_cluster() {
     s.wait_for("from-3 on the restarted node", |l| l == "back/t from-3");
     drop(s);
 
+    sessions_across_nodes(&n1, &n2, &n3);
+
+    // Partition: a node whose NATS is unreachable serves its own clients, says so on
+    // /healthz (503, for the load balancer) and counts it; a CONNECT is served from
+    // the node's own sessions (counted) instead of waiting for the cluster.
+    let dead_url = format!("nats://127.0.0.1:{}", free_loopback_port());
+    let alone = node("alone", &dead_url);
+    let addr = alone.http_addr().expect("HTTP listener");
+    let (code, text) = http_get(&addr, "/healthz");
+    assert_eq!(code, 503, "{text}");
+    assert!(text.contains("cluster: NATS disconnected"), "{text}");
+    let mut local = Sub::start(&alone, 0, &["p/t"]);
+    let deadline = Instant::now() + PATIENCE;
+    while !local.seen.iter().any(|l| l == "p/t here") {
+        publish(&alone, 0, "p/t", "here", false);
+        let _ = local
+            .lines
+            .recv_timeout(Duration::from_millis(200))
+            .map(|l| local.seen.push(l));
+        assert!(Instant::now() < deadline, "no local delivery while cut off");
+    }
+    wait_metric(&alone, "ringmq_cluster_sessions_local_total", 2);
+    drop(local);
+    drop(alone);
+
+    // Wills across nodes: a client with a will on node 3, node 3 killed with SIGKILL:
+    // one survivor claims the will and publishes it, seen once on nodes 1 and 2.
+    let mut n3 = n3;
+    let mut w1 = Sub::start(&n1, 1, &["will/#"]);
+    let mut w2 = Sub::start(&n2, 1, &["will/#"]);
+    until_interest(&n3, "will/probe", &mut [&mut w1, &mut w2]);
+    let will = pkt::Will {
+        qos: 1,
+        ..pkt::Will::new("will/w", b"gone")
+    };
+    let conn = pkt::Connect::v311(&uniq("willer")).will(will);
+    let (_willer, ack) = RawClient::connect_with(n3.addr(), &conn);
+    assert_eq!(ack.raw, [0x20, 2, 0, 0]);
+    wait_metric(&n3, "ringmq_cluster_wills_stored_total", 1);
+    // And a persistent session with a subscription, saved to the sessions bucket,
+    // whose client is offline when node 3 dies.
+    let orphan_id = uniq("orphan");
+    let saved = metric(&n3, "ringmq_cluster_sessions_saved_total");
+    let (mut orphan, _) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&orphan_id));
+    orphan.subscribe_ok(1, "orph/t", 1);
+    wait_metric(&n3, "ringmq_cluster_sessions_saved_total", saved + 1);
+    leave(orphan);
+    // SAFETY: kill(2) on the PID of a child this test spawned and has not reaped.
+    assert_eq!(
+        unsafe { libc::kill(n3.pid() as libc::pid_t, libc::SIGKILL) },
+        0
+    );
+    n3.assert_alive_or_reap();
+    let t = Instant::now();
+    // Bounded by RECOVERY: the heartbeat must age past its limit first, and the
+    // survivors' JetStream reads are slow while the machine is loaded.
+    for w in [&mut w1, &mut w2] {
+        w.wait_for_within("the dead node's will", RECOVERY, |l| l == "will/w gone");
+    }
+    eprintln!(
+        "figure: will of a SIGKILLed node published after {:?}",
+        t.elapsed()
+    );
+    // Exactly once: nothing more while every survivor sweeps again (two beats).
+    std::thread::sleep(Duration::from_secs(2));
+    for w in [&mut w1, &mut w2] {
+        while let Ok(l) = w.lines.try_recv() {
+            w.seen.push(l);
+        }
+        assert_eq!(w.count("will/w gone"), 1, "{:?}", w.seen);
+    }
+    drop(w1);
+    drop(w2);
+    // The dead node's session comes back on node 1 from the bucket: session present,
+    // its subscription live (its queue, had it one, was lost with node 3).
+    let (mut orphan, ack) = RawClient::connect_v5_with(n1.addr(), &persistent_v5(&orphan_id));
+    assert!(ack.session_present, "{}", n1.stderr_tail());
+    let mut pubc = RawClient::connect_v311(n2.addr(), &uniq("orph-pub"));
+    probe_until_delivered(&mut pubc, &mut orphan, "orph/t");
+    leave(orphan);
+
     // kill -9 of the publisher's node mid-stream: every QoS 1 message it PUBACKed
     // reaches the subscriber on another node (the PUBACK waited for JetStream).
+    // A QoS 2 publisher streams beside it: every message PUBREC'd reaches node 2
+    // exactly once, and none reaches it twice.
     let mut k = Sub::start(&n2, 1, &["kk/t"]);
+    let mut k2 = Sub::start(&n2, 2, &["kk2/t"]);
     until_interest(&n1, "kk/t", &mut [&mut k]);
+    until_interest(&n1, "kk2/t", &mut [&mut k2]);
+    let qos2 = qos2_until_closed(&n1);
     let acked = publish_until_killed(&n1);
     assert!(
         acked.len() >= 50,
@@ -443,7 +559,81 @@ fn three_nodes_on_a_nats_cluster() {
             l == format!("kk/t m{i}")
         });
     }
+    let (sent, recd) = qos2.join().expect("QoS 2 publisher");
+    assert!(!recd.is_empty(), "no PUBREC before the kill");
+    for i in &recd {
+        k2.wait_for(&format!("PUBREC'd m{i} on node 2"), |l| {
+            l == format!("kk2/t m{i}")
+        });
+    }
+    // Whatever else is still on its way arrives within a short drain.
+    std::thread::sleep(Duration::from_millis(500));
+    while let Ok(l) = k2.lines.try_recv() {
+        k2.seen.push(l);
+    }
+    for i in 1..=sent {
+        let n = k2.count(&format!("kk2/t m{i}"));
+        assert!(n <= 1, "QoS 2 m{i} delivered {n} times");
+    }
+    eprintln!(
+        "QoS 2 through the kill: {sent} sent, {} PUBREC'd, all delivered once",
+        recd.len()
+    );
     drop(n1);
+}
+
+/// Publishes QoS 2 `kk2/t` `m{i}` on `n` from a raw MQTT 3.1.1 client (PUBREL for
+/// every PUBREC) until the connection dies; returns how many were sent and the
+/// packet ids PUBREC'd.
+fn qos2_until_closed(n: &Broker) -> std::thread::JoinHandle<(u16, Vec<u16>)> {
+    let mut s = TcpStream::connect(n.addr()).expect("connect");
+    let id = b"killpub2";
+    let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
+    connect.extend_from_slice(b"MQTT");
+    connect.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
+    connect.extend_from_slice(id);
+    s.write_all(&connect).expect("CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let mut r = s.try_clone().expect("clone");
+    let reader = std::thread::spawn(move || {
+        let mut recd = Vec::new();
+        let mut w = r.try_clone().expect("clone");
+        let mut b = [0u8; 4];
+        while r.read_exact(&mut b).is_ok() {
+            match b[0] {
+                0x50 => {
+                    recd.push(u16::from_be_bytes([b[2], b[3]]));
+                    if w.write_all(&[0x62, 2, b[2], b[3]]).is_err() {
+                        break;
+                    }
+                }
+                0x70 => {}
+                _ => panic!("unexpected packet {b:?}"),
+            }
+        }
+        recd
+    });
+    std::thread::spawn(move || {
+        let mut sent = 0;
+        for i in 1..=5000u16 {
+            let payload = format!("m{i}");
+            let mut p = vec![0x34, (2 + 5 + 2 + payload.len()) as u8, 0, 5];
+            p.extend_from_slice(b"kk2/t");
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend_from_slice(payload.as_bytes());
+            if s.write_all(&p).is_err() {
+                break;
+            }
+            sent = i;
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        (sent, reader.join().expect("reader"))
+    })
 }
 
 /// Publishes QoS 1 `kk/t` `m{i}` (packet id i) on `n` from a raw MQTT 3.1.1 client,
@@ -513,4 +703,154 @@ impl Reap for Broker {
         let status = self.terminate(PATIENCE);
         assert!(status.is_some(), "killed node did not exit");
     }
+}
+
+/// An MQTT 5 CONNECT with clean start 0 and a 300 s session expiry.
+fn persistent_v5(id: &str) -> pkt::Connect {
+    pkt::Connect::v5(id)
+        .clean(false)
+        .props(&pkt::p_u32(0x11, 300))
+}
+
+/// The next PUBLISH on `c` within `bound` (acknowledged as its QoS asks); `None` on
+/// timeout. Anything but a PUBLISH fails the test.
+fn next_publish(c: &mut RawClient, bound: Duration) -> Option<PublishMsg> {
+    match c.read_frame_within(bound) {
+        ReadOutcome::Frame(f) => {
+            assert_eq!(f.ptype(), 3, "{}: expected PUBLISH, got {f:?}", c.name());
+            let m = PublishMsg::parse(V5, &f);
+            c.ack_received(&m);
+            Some(m)
+        }
+        ReadOutcome::Timeout => None,
+        ReadOutcome::Closed => panic!("{}: closed while waiting for a PUBLISH", c.name()),
+    }
+}
+
+/// DISCONNECT 0x00, then waits (bounded) for the close; PUBLISHes still in flight
+/// to the client are read past.
+fn leave(mut c: RawClient) {
+    c.send(&[0xe0, 0]);
+    loop {
+        match c.read_frame_within(PATIENCE) {
+            ReadOutcome::Frame(f) if f.ptype() == 3 => {}
+            ReadOutcome::Closed => return,
+            ReadOutcome::Frame(f) => panic!("{}: expected close, got {f:?}", c.name()),
+            ReadOutcome::Timeout => panic!("{}: not closed after DISCONNECT", c.name()),
+        }
+    }
+}
+
+/// From `pubc` (a client on another node) QoS 0 probes on `topic` every few ms until
+/// `c` gets one; returns how long that took. Later PUBLISHes on `c` are drained.
+fn probe_until_delivered(pubc: &mut RawClient, c: &mut RawClient, topic: &str) -> Duration {
+    let start = Instant::now();
+    let mut n = 0u32;
+    loop {
+        n += 1;
+        pubc.publish(topic, 0, false, 0, format!("probe-{n}").as_bytes());
+        if let Some(m) = next_publish(c, Duration::from_millis(5)) {
+            assert!(m.payload.starts_with(b"probe-"), "{m:?}");
+            let took = start.elapsed();
+            while next_publish(c, Duration::from_millis(300)).is_some() {}
+            return took;
+        }
+        assert!(
+            start.elapsed() < PATIENCE,
+            "{}: no probe on {topic} arrived from another node",
+            c.name()
+        );
+    }
+}
+
+/// Sessions across nodes (issue #17): a persistent session made on node 2 with a
+/// subscription and QoS 1 messages queued while its client was away is taken over by
+/// a CONNECT on node 3 (session present, the queue delivered once, the subscription
+/// live on node 3); an MQTT 5 client still connected on node 2 is told 0x8E when its
+/// id connects on node 3. Prints the takeover and interest figures (not asserted).
+fn sessions_across_nodes(n1: &Broker, n2: &Broker, n3: &Broker) {
+    let mut pubc = RawClient::connect_v311(n1.addr(), &uniq("probe-pub"));
+    let id = uniq("roam");
+    let (mut c, ack) = RawClient::connect_v5_with(n2.addr(), &persistent_v5(&id));
+    assert!(!ack.session_present);
+    c.subscribe_ok(1, "roam/t", 1);
+    let first = probe_until_delivered(&mut pubc, &mut c, "roam/t");
+    eprintln!(
+        "figure: interest propagation (SUBACK on node 2 -> first delivery from node 1): {first:?}"
+    );
+    // A plain subscriber beside it on node 2 says when node 2 has the queued messages.
+    let mut beside = Sub::start(n2, 1, &["roam/t"]);
+    until_interest(n1, "roam/t", &mut [&mut beside]);
+    leave(c);
+    for i in 1..=3 {
+        publish(n1, 1, "roam/t", &format!("q{i}"), false);
+    }
+    beside.wait_for("q3 on node 2", |l| l == "roam/t q3");
+    drop(beside);
+
+    // An MQTT 5 client that stays connected on node 2 (for the 0x8E below).
+    let live_id = uniq("live");
+    let (mut live, _) = RawClient::connect_v5_with(n2.addr(), &persistent_v5(&live_id));
+
+    let t = Instant::now();
+    let (mut c, ack) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&id));
+    let takeover = t.elapsed();
+    assert!(
+        ack.session_present,
+        "session not present on node 3; node 3 stderr:\n{}",
+        n3.stderr_tail()
+    );
+    eprintln!("figure: session takeover across nodes (CONNECT on node 3 -> CONNACK, 3 queued): {takeover:?}");
+    let mut got: BTreeMap<String, usize> = BTreeMap::new();
+    let deadline = Instant::now() + PATIENCE;
+    while (1..=3).any(|i| !got.contains_key(&format!("q{i}"))) {
+        assert!(
+            Instant::now() < deadline,
+            "queued messages missing: {got:?}"
+        );
+        if let Some(m) = next_publish(&mut c, Duration::from_millis(200)) {
+            let p = String::from_utf8_lossy(&m.payload).to_string();
+            if !p.starts_with("probe-") {
+                assert_eq!(m.qos, 1, "{m:?}");
+                *got.entry(p).or_default() += 1;
+            }
+        }
+    }
+    // Nothing else queued comes (each queued message once).
+    while let Some(m) = next_publish(&mut c, Duration::from_millis(300)) {
+        let p = String::from_utf8_lossy(&m.payload).to_string();
+        if !p.starts_with("probe-") {
+            *got.entry(p).or_default() += 1;
+        }
+    }
+    for i in 1..=3 {
+        assert_eq!(got.get(&format!("q{i}")), Some(&1), "{got:?}");
+    }
+    // The subscription came with the session: node 3 subscribed its interest.
+    let live_sub = probe_until_delivered(&mut pubc, &mut c, "roam/t");
+    eprintln!("figure: first cross-node delivery after the takeover's CONNACK: {live_sub:?}");
+    publish(n1, 1, "roam/t", "after", false);
+    let m = loop {
+        let m = next_publish(&mut c, PATIENCE).expect("a publish after the takeover");
+        if m.payload == b"after" {
+            break m;
+        }
+    };
+    assert_eq!(m.topic, "roam/t");
+
+    // Same node again: the claim finds this node as owner (one KV compare-and-set).
+    leave(c);
+    let t = Instant::now();
+    let (c, ack) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&id));
+    eprintln!(
+        "figure: session resume on its owner node (claim only): {:?}",
+        t.elapsed()
+    );
+    assert!(ack.session_present);
+    leave(c);
+
+    // A connected MQTT 5 client whose id connects on another node: DISCONNECT 0x8E.
+    let (other, _) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&live_id));
+    live.expect_disconnect_v5(&[0x8e]);
+    leave(other);
 }

@@ -7,7 +7,8 @@
 //!   publishes and interest changes) into its own SPSC ring (`ring::spsc`, the mesh's
 //!   ring type) and rings the doorbell. A full ring drops the plain publishes
 //!   (counted) and keeps for the next turn the interest changes (they decide which NATS
-//!   subscriptions the node holds) and the publishes whose PUBACK is held for them.
+//!   subscriptions the node holds), the publishes whose PUBACK is held for them, and
+//!   session claims and hand-overs (a CONNECT, or another node's, waits for them).
 //! - Cluster → loop: one SPSC ring per loop carrying ready `ClusterIn`s (messages, and
 //!   the JetStream acks held PUBACKs wait for), and the loop's `Remote::wake` once per
 //!   burst. A full ring drops a message (counted); an ack waits in the cluster thread
@@ -50,6 +51,24 @@ pub struct ClusterStatus {
     /// Held acknowledgements released without JetStream's confirmation (NATS down,
     /// no stream, timeout): the message reached local subscribers only for sure.
     pub qos_unconfirmed: AtomicU64,
+    /// CONNECTs that made this node their session's owner in the sessions bucket.
+    pub sessions_claimed: AtomicU64,
+    /// Sessions another node handed over to this one (and the reverse).
+    pub sessions_received: AtomicU64,
+    pub sessions_handed: AtomicU64,
+    /// Claims whose previous owner never answered: its session state was lost.
+    pub sessions_lost: AtomicU64,
+    /// CONNECTs served from this node's own state: NATS or the bucket did not answer.
+    pub sessions_local: AtomicU64,
+    /// Persistent sessions' subscriptions saved to their bucket entry, and sessions
+    /// rebuilt from it because their owner did not answer (their queue was lost).
+    pub sessions_saved: AtomicU64,
+    pub sessions_recovered: AtomicU64,
+    /// Wills written to the wills bucket, writes that failed, and dead nodes' wills
+    /// this node claimed and published.
+    pub wills_stored: AtomicU64,
+    pub wills_errors: AtomicU64,
+    pub wills_published: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -145,6 +164,66 @@ impl ClusterStatus {
             g(&self.qos_unconfirmed),
         );
         line(
+            "sessions_claimed_total",
+            "counter",
+            "CONNECTs that made this node the session's owner in the sessions bucket",
+            g(&self.sessions_claimed),
+        );
+        line(
+            "sessions_received_total",
+            "counter",
+            "Sessions handed over to this node by their previous owner",
+            g(&self.sessions_received),
+        );
+        line(
+            "sessions_handed_total",
+            "counter",
+            "Sessions this node handed over to another node's CONNECT",
+            g(&self.sessions_handed),
+        );
+        line(
+            "sessions_lost_total",
+            "counter",
+            "Claims whose previous owner did not answer: its session state was lost",
+            g(&self.sessions_lost),
+        );
+        line(
+            "sessions_local_total",
+            "counter",
+            "CONNECTs served from this node's own state: NATS or the sessions bucket did not answer",
+            g(&self.sessions_local),
+        );
+        line(
+            "sessions_saved_total",
+            "counter",
+            "Persistent sessions' subscriptions saved to the sessions bucket",
+            g(&self.sessions_saved),
+        );
+        line(
+            "sessions_recovered_total",
+            "counter",
+            "Sessions rebuilt from the bucket (subscriptions only) because their owner was gone",
+            g(&self.sessions_recovered),
+        );
+        line(
+            "wills_stored_total",
+            "counter",
+            "Wills of connected clients written to the wills bucket",
+            g(&self.wills_stored),
+        );
+        line(
+            "wills_errors_total",
+            "counter",
+            "Wills bucket writes that failed",
+            g(&self.wills_errors),
+        );
+        line(
+            "wills_published_total",
+            "counter",
+            "Wills of dead nodes' clients this node claimed and published",
+            g(&self.wills_published),
+        );
+        line(
             "retained_errors_total",
             "counter",
             "Retained KV writes or watches that failed",
@@ -207,10 +286,14 @@ impl LoopLink {
 
     /// Hands this turn's outbox to the cluster thread without waiting.
     pub fn send(&mut self, mut out: ClusterOut) {
-        if !self.pending.interest.is_empty() || !self.pending.publishes.is_empty() {
+        if self.backed_up() {
             let mut first = std::mem::take(&mut self.pending);
             first.interest.append(&mut out.interest);
             first.publishes.append(&mut out.publishes);
+            first.claims.append(&mut out.claims);
+            first.handovers.append(&mut out.handovers);
+            first.wills.append(&mut out.wills);
+            first.states.append(&mut out.states);
             first.dropped += out.dropped;
             out = first;
         }
@@ -221,8 +304,8 @@ impl LoopLink {
             out.dropped = 0;
         }
         if let Err(mut back) = self.out.push(out) {
-            // Plain copies are dropped (counted); a held acknowledgement's message and
-            // interest changes wait for room.
+            // Plain copies are dropped (counted); a held acknowledgement's message,
+            // interest changes, session claims/hand-overs and wills wait for room.
             let before = back.publishes.len();
             back.publishes.retain(|f| f.ack.is_some());
             self.status
@@ -235,7 +318,12 @@ impl LoopLink {
 
     /// Whether something waits for room in the ring (the loop must come back soon).
     pub fn backed_up(&self) -> bool {
-        !self.pending.interest.is_empty() || !self.pending.publishes.is_empty()
+        !self.pending.interest.is_empty()
+            || !self.pending.publishes.is_empty()
+            || !self.pending.claims.is_empty()
+            || !self.pending.handovers.is_empty()
+            || !self.pending.wills.is_empty()
+            || !self.pending.states.is_empty()
     }
 
     /// Up to `max` messages from NATS (and JetStream acks) for this loop.

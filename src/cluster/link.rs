@@ -6,8 +6,9 @@
 //!
 //! This thread owns the interest table (NATS subscriptions follow it), the
 //! de-duplication window, the retained KV bucket (a writer task keeps one node's puts
-//! in order; a watch feeds every loop's replica) and the connection state that
-//! `/healthz` and `/metrics` read.
+//! in order; a watch feeds every loop's replica), session claims and takeover
+//! requests (`sessions.rs`) and the connection state that `/healthz` and `/metrics`
+//! read.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::poll_fn;
@@ -26,12 +27,14 @@ use tokio::sync::{mpsc, Notify};
 use super::bridge::{ClusterStatus, Doorbell, LoopLink, FROM_LOOP_MAX, TO_LOOP_MAX};
 use super::headers::{self, Meta};
 use super::interest::{InterestChange, InterestKey, InterestTable};
+use super::sessions::{self, Claims};
 use super::subject::{filter_subjects, queue_group, subject_topic, topic_subject, QosClass};
+use super::wills::{self, Wills};
 use crate::config::Config;
 use crate::io::Remote;
 use crate::ring::{self as spsc, Consumer, Producer};
 use crate::session::{Message, NONE};
-use crate::shard::{AckToken, ClusterIn, ClusterOut, ShardMsg, SharedTarget};
+use crate::shard::{AckToken, ClusterIn, ClusterOut, SessionClaim, ShardMsg, SharedTarget};
 
 /// Messages from NATS subscriptions waiting for the main task.
 const INBOUND_MAX: usize = 8192;
@@ -52,6 +55,10 @@ const QOS_STREAM_MAX_AGE: Duration = Duration::from_secs(3600);
 const QOS_STREAM_MAX_BYTES: i64 = 1 << 30;
 /// JetStream acks in flight at once; more wait (backpressure on the cluster thread).
 const ACKS_MAX: usize = 8192;
+/// Session claims answered and takeover requests waiting for the main task, and
+/// takeover requests waiting for their loop's answer; past it a request is answered
+/// "no session" at once (counted in `sessions_lost` on the asking node).
+const SESSIONS_MAX: usize = 4096;
 /// A stamp for retained entries from the bucket: not a shard of this node, so the
 /// replicas' last-writer-wins tie-break never mistakes it for a local publish.
 const CLUSTER_ORIGIN: usize = u32::MAX as usize;
@@ -147,6 +154,9 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 woken_burst: 0,
                 queue_client: None,
                 pending_acks: VecDeque::new(),
+                pending_in: VecDeque::new(),
+                replies: HashMap::new(),
+                next_reply: 0,
             };
             rt.block_on(run(state, consumers, bell, thread_stop));
         })?;
@@ -171,6 +181,8 @@ struct Settings {
     tls_cert_file: Option<String>,
     tls_key_file: Option<String>,
     kv_replicas: usize,
+    /// Which loop owns a client id's session (as the loops place it).
+    placement_seed: u64,
 }
 
 impl Settings {
@@ -185,6 +197,7 @@ impl Settings {
             tls_cert_file: cfg.cluster_nats_tls_cert_file.clone(),
             tls_key_file: cfg.cluster_nats_tls_key_file.clone(),
             kv_replicas: cfg.cluster_kv_replicas,
+            placement_seed: cfg.placement_seed.unwrap_or(0),
         }
     }
 }
@@ -198,6 +211,12 @@ struct State {
     producers: Vec<Producer<ClusterIn>>,
     /// Acks that found their loop's ring full, retried at every wake (never dropped).
     pending_acks: VecDeque<(usize, AckToken, bool)>,
+    /// Session claims answered and takeover requests for loops, never dropped
+    /// (a CONNECT, here or on another node, waits for each); retried at every wake.
+    pending_in: VecDeque<(usize, ClusterIn)>,
+    /// Takeover requests handed to a loop, by id: where its answer goes.
+    replies: HashMap<u64, async_nats::Subject>,
+    next_reply: u64,
     wakes: Vec<Arc<OnceLock<Arc<Remote>>>>,
     interest: InterestTable,
     /// The forwarding tasks of each key's subscriptions (aborting one drops its
@@ -298,6 +317,40 @@ async fn run(
     let js = jetstream::new(client.clone());
     let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, AckToken, bool)>(ACKS_MAX);
     let replicas = st.settings.kv_replicas;
+    let claims = Claims {
+        client: client.clone(),
+        js: js.clone(),
+        replicas,
+        node: st.settings.node.clone(),
+        status: st.status.clone(),
+        store: Arc::new(OnceLock::new()),
+    };
+    let (claimed_tx, mut claimed_rx) = mpsc::channel::<(usize, ClusterIn)>(SESSIONS_MAX);
+    let (takeover_tx, mut takeover_rx) = mpsc::channel::<async_nats::Message>(SESSIONS_MAX);
+    let incarnation = {
+        use std::hash::BuildHasher;
+        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+    };
+    let w = Wills {
+        js: js.clone(),
+        replicas,
+        node: st.settings.node.clone(),
+        me: wills::incarnation_of(&st.settings.node, incarnation),
+        incarnation,
+        status: st.status.clone(),
+        beating: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let (will_tx, will_rx) = mpsc::channel::<(Bytes, Option<Bytes>)>(SESSIONS_MAX);
+    let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
+    tokio::spawn(w.clone().writer(will_rx));
+    tokio::spawn(w.liveness(orphan_tx));
+    let (state_tx, state_rx) = mpsc::channel::<(Bytes, Bytes)>(SESSIONS_MAX);
+    tokio::spawn(claims.clone().state_writer(state_rx));
+    tokio::spawn(takeover_requests(
+        client.clone(),
+        sessions::takeover_subject(&st.settings.node),
+        takeover_tx,
+    ));
     tokio::spawn(qos_stream(js.clone(), replicas));
     let status = st.status.clone();
     tokio::spawn(retained_writer(
@@ -314,8 +367,19 @@ async fn run(
             _ = poll_fn(|cx| bell.poll(cx)) => {
                 // Every loop's ring, each drained to empty (a ring is read only here).
                 for (from, c) in from_loops.iter_mut().enumerate() {
-                    while let Some(out) = c.pop() {
+                    while let Some(mut out) = c.pop() {
+                        let asked = std::mem::take(&mut out.claims);
+                        let handed = std::mem::take(&mut out.handovers);
+                        for s in std::mem::take(&mut out.states) {
+                            let _ = state_tx.send(s).await;
+                        }
+                        for w in std::mem::take(&mut out.wills) {
+                            // Waits rather than drops: a lost "gone" would let a
+                            // survivor publish a will that must not fire.
+                            let _ = will_tx.send(w).await;
+                        }
                         st.on_batch(&client, &js, from, out, &in_tx, &ret_tx, &ack_tx).await;
+                        st.on_sessions(&client, &claims, &claimed_tx, from, asked, handed).await;
                     }
                 }
             }
@@ -331,7 +395,8 @@ async fn run(
                 st.wake();
             }
             // Acks that found a ring full: the loop drains it every turn, so retry soon.
-            _ = tokio::time::sleep(Duration::from_millis(5)), if !st.pending_acks.is_empty() => {
+            _ = tokio::time::sleep(Duration::from_millis(5)),
+                if !st.pending_acks.is_empty() || !st.pending_in.is_empty() => {
                 st.wake();
             }
             a = ack_rx.recv() => {
@@ -339,6 +404,27 @@ async fn run(
                 st.pending_acks.push_back(a);
                 while let Ok(a) = ack_rx.try_recv() {
                     st.pending_acks.push_back(a);
+                }
+                st.wake();
+            }
+            c = claimed_rx.recv() => {
+                let Some(c) = c else { continue };
+                st.pending_in.push_back(c);
+                while let Ok(c) = claimed_rx.try_recv() {
+                    st.pending_in.push_back(c);
+                }
+                st.wake();
+            }
+            m = orphan_rx.recv() => {
+                let Some(m) = m else { continue };
+                st.pending_in.push_back((0, ClusterIn::Will(Arc::new(m))));
+                st.wake();
+            }
+            m = takeover_rx.recv() => {
+                let Some(m) = m else { continue };
+                st.on_takeover_request(&client, m).await;
+                while let Ok(m) = takeover_rx.try_recv() {
+                    st.on_takeover_request(&client, m).await;
                 }
                 st.wake();
             }
@@ -392,7 +478,7 @@ async fn retained_writer(
     while let Some((key, value)) = rx.recv().await {
         loop {
             if store.is_none() {
-                store = bucket(&js, replicas).await;
+                store = retained_bucket(&js, replicas).await;
             }
             let Some(s) = &store else {
                 status.retained_errors.fetch_add(1, Ordering::Relaxed);
@@ -419,17 +505,23 @@ async fn retained_writer(
     }
 }
 
-async fn bucket(js: &jetstream::Context, replicas: usize) -> Option<kv::Store> {
-    if let Ok(s) = js.get_key_value(RETAINED_BUCKET).await {
+/// The KV bucket `name` (history 1), made when no node made it yet.
+pub(super) async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    description: &str,
+    replicas: usize,
+) -> Option<kv::Store> {
+    if let Ok(s) = js.get_key_value(name).await {
         return Some(s);
     }
     // The stream a KV bucket is, made directly: `create_key_value` first reads the
     // account info, which async-nats 0.46 cannot parse from nats-server 2.9 (Debian
     // bookworm's). Same layout as async-nats's own (history 1, rollups, direct get).
     let cfg = jetstream::stream::Config {
-        name: format!("KV_{RETAINED_BUCKET}"),
-        description: Some("ringmq retained messages (key: base64url of the topic)".into()),
-        subjects: vec![format!("$KV.{RETAINED_BUCKET}.>")],
+        name: format!("KV_{name}"),
+        description: Some(description.into()),
+        subjects: vec![format!("$KV.{name}.>")],
         max_messages_per_subject: 1,
         storage: jetstream::stream::StorageType::File,
         num_replicas: replicas,
@@ -440,10 +532,37 @@ async fn bucket(js: &jetstream::Context, replicas: usize) -> Option<kv::Store> {
         ..Default::default()
     };
     if let Err(e) = js.get_or_create_stream(cfg).await {
-        tracing::debug!("cluster: retained bucket not ready: {e}");
+        tracing::debug!("cluster: bucket {name} not ready: {e}");
     }
     // Made now, or by another node meanwhile.
-    js.get_key_value(RETAINED_BUCKET).await.ok()
+    js.get_key_value(name).await.ok()
+}
+
+async fn retained_bucket(js: &jetstream::Context, replicas: usize) -> Option<kv::Store> {
+    let what = "ringmq retained messages (key: base64url of the topic)";
+    bucket(js, RETAINED_BUCKET, what, replicas).await
+}
+
+/// Takeover requests for this node (`sessions.rs`), handed to the main task; the
+/// subscription is made again when it ends (async-nats restores it on reconnect).
+async fn takeover_requests(
+    client: async_nats::Client,
+    subject: String,
+    tx: mpsc::Sender<async_nats::Message>,
+) {
+    loop {
+        match client.subscribe(subject.clone()).await {
+            Ok(mut sub) => {
+                while let Some(m) = sub.next().await {
+                    if tx.send(m).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cluster: subscribe {subject}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Feeds every entry of the bucket (the current values first, then each change) to
@@ -456,7 +575,7 @@ async fn retained_watch(
     status: Arc<ClusterStatus>,
 ) {
     loop {
-        if let Some(store) = bucket(&js, replicas).await {
+        if let Some(store) = retained_bucket(&js, replicas).await {
             match store.watch_with_history(">").await {
                 Ok(mut w) => {
                     while let Some(e) = w.next().await {
@@ -732,6 +851,74 @@ impl State {
         }
     }
 
+    /// A loop's session traffic: claims of its held CONNECTs (each a task, so a slow
+    /// bucket never holds up forwarding) and its answers to takeover requests.
+    async fn on_sessions(
+        &mut self,
+        client: &async_nats::Client,
+        claims: &Claims,
+        claimed_tx: &mpsc::Sender<(usize, ClusterIn)>,
+        from: usize,
+        asked: Vec<SessionClaim>,
+        handed: Vec<crate::shard::SessionHandover>,
+    ) {
+        for c in asked {
+            let claims = claims.clone();
+            let tx = claimed_tx.clone();
+            tokio::spawn(async move {
+                let session = claims.claim(&c).await;
+                let m = ClusterIn::Claimed {
+                    conn: c.conn,
+                    generation: c.generation,
+                    session,
+                };
+                let _ = tx.send((from, m)).await;
+            });
+        }
+        for h in handed {
+            let Some(to) = self.replies.remove(&h.reply) else {
+                continue;
+            };
+            if h.session.is_some() {
+                self.status.sessions_handed.fetch_add(1, Ordering::Relaxed);
+            }
+            let body = sessions::encode_reply(h.session.as_ref());
+            if let Err(e) = client.publish(to, body).await {
+                tracing::warn!("cluster: session hand-over not sent: {e}");
+            }
+        }
+    }
+
+    /// Another node's CONNECT takes a session: the loop that owns the client id here
+    /// closes it and answers (`on_sessions`).
+    async fn on_takeover_request(&mut self, client: &async_nats::Client, m: async_nats::Message) {
+        let Some(reply) = m.reply else { return };
+        let Some((client_id, clean)) = sessions::decode_request(&m.payload) else {
+            self.status.malformed.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if self.replies.len() >= SESSIONS_MAX {
+            let _ = client.publish(reply, sessions::encode_reply(None)).await;
+            return;
+        }
+        self.next_reply += 1;
+        let id = self.next_reply;
+        self.replies.insert(id, reply);
+        let l = crate::shard::owner_shard(
+            self.settings.placement_seed,
+            &client_id,
+            self.producers.len(),
+        );
+        self.pending_in.push_back((
+            l,
+            ClusterIn::Takeover {
+                client_id,
+                clean,
+                reply: id,
+            },
+        ));
+    }
+
     fn push(&mut self, l: usize, m: ShardMsg) {
         let Some(p) = self.producers.get_mut(l) else {
             return;
@@ -762,6 +949,16 @@ impl State {
                 &self.status.qos_unconfirmed
             };
             c.fetch_add(1, Ordering::Relaxed);
+            self.to_wake[l] = true;
+        }
+        while let Some((l, m)) = self.pending_in.pop_front() {
+            let Some(p) = self.producers.get_mut(l) else {
+                continue;
+            };
+            if let Err(m) = p.push(m) {
+                self.pending_in.push_front((l, m));
+                break;
+            }
             self.to_wake[l] = true;
         }
         for (l, w) in self.to_wake.iter_mut().enumerate() {

@@ -6,7 +6,9 @@
 //! NATS subscriptions the node holds), `headers` (the MQTT metadata of a forwarded
 //! message, the retained KV value). `bridge` is the loops' end of the bounded rings
 //! to and from the cluster thread; `link` is the cluster thread: the async-nats
-//! client on a current-thread tokio runtime.
+//! client on a current-thread tokio runtime; `sessions` its session ownership (KV
+//! compare-and-set) and takeover requests between nodes; `wills` the heartbeats and
+//! the wills bucket that let a survivor publish a dead node's wills once.
 //! `ClusterError` is this layer's one error enum.
 
 pub mod bridge;
@@ -14,9 +16,13 @@ pub mod headers;
 pub mod interest;
 #[cfg(not(loom))]
 pub mod link;
+#[cfg(not(loom))]
+pub mod sessions;
 pub mod subject;
 #[cfg(test)]
 mod tests;
+#[cfg(not(loom))]
+pub mod wills;
 
 use std::fmt;
 

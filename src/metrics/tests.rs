@@ -478,6 +478,16 @@ fn every_cluster_counter_is_exported() {
         retained_errors,
         qos_stored,
         qos_unconfirmed,
+        sessions_claimed,
+        sessions_received,
+        sessions_handed,
+        sessions_lost,
+        sessions_local,
+        sessions_saved,
+        sessions_recovered,
+        wills_stored,
+        wills_errors,
+        wills_published,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {

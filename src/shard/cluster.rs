@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::cluster_session::{SessionClaim, SessionHandover};
 use super::retained::RetainedBody;
 use super::{ConnId, Shard, ShardMsg};
 use crate::protocol::{Packet, PubResp, QoS};
@@ -59,6 +60,22 @@ pub enum ClusterIn {
     Msg(ShardMsg),
     /// JetStream answered for a held acknowledgement (`stored`: it has the message).
     Ack { token: AckToken, stored: bool },
+    /// This node now owns the session a held CONNECT claimed (`SessionClaim`);
+    /// `session`: what the previous owner handed over (`cluster_session.rs`).
+    Claimed {
+        conn: ConnId,
+        generation: u32,
+        session: Option<Bytes>,
+    },
+    /// A dead node's will this node claimed: publish it as a local client would.
+    Will(Arc<Message>),
+    /// Another node took `client_id`'s session: close it here and answer `reply`
+    /// with a `SessionHandover`.
+    Takeover {
+        client_id: Bytes,
+        clean: bool,
+        reply: u64,
+    },
 }
 
 /// What a turn of this shard gives the cluster thread.
@@ -66,6 +83,14 @@ pub enum ClusterIn {
 pub struct ClusterOut {
     pub publishes: Vec<Forward>,
     pub interest: Vec<ClusterInterest>,
+    /// CONNECTs waiting for the cluster to make this node their session's owner.
+    pub claims: Vec<SessionClaim>,
+    /// Sessions this loop gave up to another node's CONNECT.
+    pub handovers: Vec<SessionHandover>,
+    /// Wills set (a will record) or gone (`None`) by client id, in order.
+    pub wills: Vec<(Bytes, Option<Bytes>)>,
+    /// Persistent sessions' subscriptions after a change, by client id, in order.
+    pub states: Vec<(Bytes, Bytes)>,
     /// Publishes past `CLUSTER_OUT_MAX` this turn, not forwarded.
     pub dropped: u64,
     /// Index in `publishes` of the message the current `publish` call forwarded.
@@ -74,7 +99,13 @@ pub struct ClusterOut {
 
 impl ClusterOut {
     fn is_empty(&self) -> bool {
-        self.publishes.is_empty() && self.interest.is_empty() && self.dropped == 0
+        self.publishes.is_empty()
+            && self.interest.is_empty()
+            && self.claims.is_empty()
+            && self.handovers.is_empty()
+            && self.wills.is_empty()
+            && self.states.is_empty()
+            && self.dropped == 0
     }
 }
 
@@ -169,6 +200,27 @@ impl Shard {
         match m {
             ClusterIn::Msg(msg) => self.on_cluster_message(msg, now),
             ClusterIn::Ack { token, stored: _ } => self.on_cluster_ack(token),
+            ClusterIn::Claimed {
+                conn,
+                generation,
+                session,
+            } => {
+                self.on_session_claimed(conn, generation, session, now);
+                if self
+                    .conns
+                    .get(conn)
+                    .is_some_and(|c| c.state == super::conn::ConnState::Connected)
+                {
+                    // Frames that came while the claim travelled.
+                    self.process_rx(conn, now);
+                }
+            }
+            ClusterIn::Takeover {
+                client_id,
+                clean,
+                reply,
+            } => self.on_session_takeover(&client_id, clean, reply, now),
+            ClusterIn::Will(m) => self.on_cluster_will((*m).clone(), now),
         }
     }
 

@@ -306,6 +306,15 @@ impl Shard {
     }
 
     fn handle_connect(&mut self, conn: ConnId, connect: Box<Connect>, now: Instant) {
+        // On a cluster node the session is first claimed from the cluster
+        // (`cluster_session.rs`), which answers through `continue_connect`.
+        let Some(connect) = self.hold_connect_cluster(conn, connect) else {
+            return;
+        };
+        self.continue_connect(conn, connect, now);
+    }
+
+    pub(super) fn continue_connect(&mut self, conn: ConnId, connect: Box<Connect>, now: Instant) {
         // Resuming a session waits until what it is made of is durable (`durable.rs`).
         let Some(connect) = self.hold_connect(conn, connect) else {
             return;
@@ -466,6 +475,10 @@ impl Shard {
             self.refresh_read_grant(conn, session);
         }
 
+        self.cluster_will_set(session);
+        if session_present {
+            self.cluster_session_state(session);
+        }
         if expiry_s > 0 {
             self.log_session(session);
         } else if was_persistent {
@@ -571,13 +584,16 @@ impl Shard {
     /// Will rules: 3.1.1 publishes the will whenever the server closes the old
     /// connection; 5.0 publishes it when the Will Delay Interval is 0 or the session
     /// ends now (clean start), and otherwise the reconnect cancels it.
-    fn take_over(&mut self, session: u32, clean_start: bool, now: Instant) {
+    pub(super) fn take_over(&mut self, session: u32, clean_start: bool, now: Instant) {
         let Some(s) = self.sessions.get_mut(session) else {
             return;
         };
         let old = s.conn;
         s.conn = NONE;
         let will = s.will.take();
+        if will.is_some() {
+            self.cluster_will_gone(session);
+        }
         let mut publish_will = false;
         if old != NONE {
             let old = old as usize;
@@ -616,9 +632,13 @@ impl Shard {
             return;
         }
         s.conn = NONE;
+        let had_will = s.will.is_some();
         if self.config.sys_client_events {
             let id = s.client_id.clone();
             self.event_disconnected(&id, !abnormal, now);
+        }
+        if had_will {
+            self.cluster_will_gone(session);
         }
         let Some(s) = self.sessions.get_mut(session) else {
             return;

@@ -441,6 +441,7 @@ impl Shard {
         sub_id: u32,
         now: Instant,
     ) {
+        self.cluster_session_state(session);
         let Some((ack, retained)) = self.hold_subscribe(conn, session, ack, retained, sub_id)
         else {
             return;
@@ -494,6 +495,7 @@ impl Shard {
             codes,
             properties: Default::default(),
         };
+        self.cluster_session_state(session);
         self.write_control(conn, &Packet::UnsubAck(ack));
     }
 

@@ -12,6 +12,7 @@
 
 pub(crate) mod auth;
 mod cluster;
+mod cluster_session;
 mod conn;
 mod connect;
 mod control;
@@ -62,6 +63,9 @@ use crate::session::{SessionError, SessionStore};
 use crate::topic::TopicTrie;
 
 pub use cluster::{AckToken, ClusterIn, ClusterInterest, ClusterOut, Forward};
+pub use cluster_session::{
+    handover_records, will_message, will_record, SessionClaim, SessionHandover,
+};
 use conn::Conn;
 use control::ControlOutbox;
 use deliver::EncodeCache;

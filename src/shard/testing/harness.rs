@@ -57,6 +57,9 @@ pub(crate) struct Cluster {
     pub mesh_dropped: usize,
     /// Retained-store updates carried (`ShardMsg::Retain`).
     pub mesh_retained: usize,
+    /// On a cluster node, `pump` answers every session claim as a cluster with no
+    /// other owner would (`shard/cluster_session.rs`); off to drive claims by hand.
+    pub auto_claim: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +108,7 @@ impl Cluster {
             mesh_room: None,
             mesh_dropped: 0,
             mesh_retained: 0,
+            auto_claim: true,
         }
     }
 
@@ -322,6 +326,17 @@ impl Cluster {
                     self.perform(s, a);
                 }
                 moved |= self.take_control(s);
+                if self.auto_claim {
+                    for c in self.shards[s].take_cluster_claims() {
+                        moved = true;
+                        let m = crate::shard::ClusterIn::Claimed {
+                            conn: c.conn,
+                            generation: c.generation,
+                            session: None,
+                        };
+                        self.shards[s].on_cluster_in(m, self.now);
+                    }
+                }
             }
             while let Some((from, to, msg)) = self.mesh.pop_front() {
                 if self.hold_mesh {

@@ -4,6 +4,7 @@
 
 mod auth;
 mod cluster;
+mod cluster_session;
 mod connect;
 mod contract;
 mod durable;

@@ -1,0 +1,270 @@
+//! Session ownership across nodes, the cluster thread's side (issue #17; the loops'
+//! side is `shard/cluster_session.rs`).
+//!
+//! The JetStream KV bucket `ringmq_sessions` maps a client id (key: base64url of the
+//! id) to `node\nepoch`. A CONNECT's claim reads the entry and writes this node with
+//! the next epoch by compare-and-set on the revision it read; a lost race reads
+//! again (bounded). When the entry named another node, that node is asked on its
+//! takeover subject (`ringmq.node.<node>.takeover`, NATS request/reply) to close the
+//! old connection and send the session; the claim's answer carries what came back.
+//!
+//! The owner also keeps a persistent session's expiry and subscriptions in the
+//! entry, after the `node\nepoch\n` prefix (hand-over bytes without will or copies),
+//! rewritten by compare-and-set after each SUBSCRIBE/UNSUBSCRIBE (`state_writer`).
+//!
+//! What is lost, and why: when the previous owner does not answer (killed, or cut
+//! from NATS) within `FETCH_TIMEOUT`, the claim rebuilds the session from the entry:
+//! its subscriptions come back (CONNACK session present 1), but its queued and
+//! in-flight messages and open inbound QoS 2 ids were only in the dead node's memory
+//! (and its own data directory) and are lost; so is a subscription whose SUBACK went
+//! out just before the node died, before its entry was rewritten. When NATS or the bucket
+//! cannot answer within `CLAIM_TIMEOUT`, the node serves the CONNECT from what it
+//! holds itself (a node cut off from NATS keeps serving its own clients).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use super::bridge::ClusterStatus;
+use super::subject::escape_token;
+use crate::shard::SessionClaim;
+
+/// The session-ownership bucket.
+pub const SESSIONS_BUCKET: &str = "ringmq_sessions";
+/// Compare-and-set attempts of one claim before it goes on without the cluster.
+const CLAIM_TRIES: usize = 4;
+/// Bound on a whole claim (bucket read, CAS, fetch): past it the CONNECT goes on
+/// with what this node holds. Below the connect timeout, so the client gets a CONNACK.
+pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(4);
+/// Bound on the previous owner's answer; a node that does not answer is taken as dead.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The subject a node answers takeover requests on.
+pub fn takeover_subject(node: &str) -> String {
+    let mut s = String::from("ringmq.node.");
+    escape_token(node.as_bytes(), &mut s);
+    s.push_str(".takeover");
+    s
+}
+
+/// A takeover request: the clean-start flag, then the client id.
+pub fn encode_request(client_id: &[u8], clean: bool) -> Bytes {
+    let mut b = Vec::with_capacity(client_id.len() + 1);
+    b.push(u8::from(clean));
+    b.extend_from_slice(client_id);
+    Bytes::from(b)
+}
+
+pub fn decode_request(b: &[u8]) -> Option<(Bytes, bool)> {
+    let (&flag, id) = b.split_first()?;
+    (flag <= 1 && !id.is_empty()).then(|| (Bytes::copy_from_slice(id), flag == 1))
+}
+
+/// A takeover answer: `0` (no session there) or `1` and the hand-over bytes.
+pub fn encode_reply(session: Option<&Bytes>) -> Bytes {
+    match session {
+        None => Bytes::from_static(&[0]),
+        Some(s) => {
+            let mut b = Vec::with_capacity(s.len() + 1);
+            b.push(1);
+            b.extend_from_slice(s);
+            Bytes::from(b)
+        }
+    }
+}
+
+pub fn decode_reply(b: &[u8]) -> Option<Option<Bytes>> {
+    match b.split_first()? {
+        (0, []) => Some(None),
+        (1, rest) => Some(Some(Bytes::copy_from_slice(rest))),
+        _ => None,
+    }
+}
+
+/// An ownership entry's value: `node\nepoch\n` and the session's saved state.
+pub fn encode_owner(node: &str, epoch: u64, state: &[u8]) -> Bytes {
+    let mut b = format!("{node}\n{epoch}\n").into_bytes();
+    b.extend_from_slice(state);
+    Bytes::from(b)
+}
+
+pub fn decode_owner(b: &[u8]) -> Option<(String, u64, Bytes)> {
+    let i = b.iter().position(|&c| c == b'\n')?;
+    let j = i + 1 + b[i + 1..].iter().position(|&c| c == b'\n')?;
+    let node = std::str::from_utf8(&b[..i]).ok()?;
+    let epoch = std::str::from_utf8(&b[i + 1..j]).ok()?.parse().ok()?;
+    Some((node.to_string(), epoch, Bytes::copy_from_slice(&b[j + 1..])))
+}
+
+/// What a claim task needs (cheap to clone: handles and `Arc`s).
+#[derive(Clone)]
+pub struct Claims {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub replicas: usize,
+    pub node: String,
+    pub status: Arc<ClusterStatus>,
+    pub store: Arc<OnceLock<kv::Store>>,
+}
+
+impl Claims {
+    async fn bucket(&self) -> Option<kv::Store> {
+        if let Some(s) = self.store.get() {
+            return Some(s.clone());
+        }
+        let s = super::link::bucket(
+            &self.js,
+            SESSIONS_BUCKET,
+            "ringmq session owners (key: base64url of the client id; value: node, epoch)",
+            self.replicas,
+        )
+        .await?;
+        let _ = self.store.set(s.clone());
+        Some(s)
+    }
+
+    /// Makes this node the owner of `c.client_id` and returns what the previous
+    /// owner handed over (`None`: nothing came; see the module doc for why).
+    pub async fn claim(&self, c: &SessionClaim) -> Option<Bytes> {
+        if !self.status.is_connected() {
+            self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        match tokio::time::timeout(CLAIM_TIMEOUT, self.claim_now(c)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "cluster: claim of session {:?} timed out; served from this node",
+                    String::from_utf8_lossy(&c.client_id)
+                );
+                None
+            }
+        }
+    }
+
+    async fn claim_now(&self, c: &SessionClaim) -> Option<Bytes> {
+        let Some(kv) = self.bucket().await else {
+            self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
+        let key = super::headers::retained_key(&c.client_id);
+        for _ in 0..CLAIM_TRIES {
+            let (prev, epoch, saved, revision) = match kv.entry(&key).await {
+                Ok(Some(e)) => match (e.operation, decode_owner(&e.value)) {
+                    (kv::Operation::Put, Some((node, epoch, saved))) => {
+                        (Some(node), epoch, saved, Some(e.revision))
+                    }
+                    _ => (None, 0, Bytes::new(), Some(e.revision)),
+                },
+                Ok(None) => (None, 0, Bytes::new(), None),
+                Err(e) => {
+                    tracing::debug!("cluster: session entry read failed: {e}");
+                    self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+                    return None;
+                }
+            };
+            let value = encode_owner(&self.node, epoch + 1, &[]);
+            let won = match revision {
+                Some(r) => kv.update(&key, value, r).await.is_ok(),
+                None => kv.create(&key, value).await.is_ok(),
+            };
+            if !won {
+                // Another node claimed it meanwhile: read again and ask that one.
+                continue;
+            }
+            self.status.sessions_claimed.fetch_add(1, Ordering::Relaxed);
+            return match prev {
+                Some(owner) if owner != self.node => match self.fetch(&owner, c).await {
+                    Fetched::Session(s) => Some(s),
+                    Fetched::Nothing => None,
+                    Fetched::NoAnswer if !saved.is_empty() && !c.clean => {
+                        self.status
+                            .sessions_recovered
+                            .fetch_add(1, Ordering::Relaxed);
+                        Some(saved)
+                    }
+                    Fetched::NoAnswer => None,
+                },
+                _ => None,
+            };
+        }
+        self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+
+    /// Asks `owner` to give the session up.
+    async fn fetch(&self, owner: &str, c: &SessionClaim) -> Fetched {
+        let req = self.client.request(
+            takeover_subject(owner),
+            encode_request(&c.client_id, c.clean),
+        );
+        let id = String::from_utf8_lossy(&c.client_id);
+        let why = match tokio::time::timeout(FETCH_TIMEOUT, req).await {
+            Ok(Ok(m)) => {
+                return match decode_reply(&m.payload) {
+                    Some(Some(s)) => {
+                        self.status
+                            .sessions_received
+                            .fetch_add(1, Ordering::Relaxed);
+                        Fetched::Session(s)
+                    }
+                    Some(None) => Fetched::Nothing,
+                    None => {
+                        self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                        Fetched::Nothing
+                    }
+                };
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_string(),
+        };
+        self.status.sessions_lost.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "cluster: node {owner} did not hand over session {id:?} ({why}); its queued \
+             messages are lost, its subscriptions come from the sessions bucket"
+        );
+        Fetched::NoAnswer
+    }
+
+    /// Keeps this node's persistent sessions' subscriptions in their entries, one
+    /// change at a time in the loops' order; an entry another node claimed since is
+    /// left alone (the session is no longer this node's).
+    pub async fn state_writer(self, mut rx: mpsc::Receiver<(Bytes, Bytes)>) {
+        while let Some((client_id, state)) = rx.recv().await {
+            let Some(kv) = self.bucket().await else {
+                continue;
+            };
+            let key = super::headers::retained_key(&client_id);
+            for _ in 0..CLAIM_TRIES {
+                let Ok(Some(e)) = kv.entry(&key).await else {
+                    break;
+                };
+                let Some((node, epoch, _)) = decode_owner(&e.value) else {
+                    break;
+                };
+                if node != self.node {
+                    break;
+                }
+                let value = encode_owner(&self.node, epoch, &state);
+                if kv.update(&key, value, e.revision).await.is_ok() {
+                    self.status.sessions_saved.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// What the previous owner said.
+enum Fetched {
+    Session(Bytes),
+    /// It had no such session (or the claim was a clean start).
+    Nothing,
+    /// It did not answer: dead, or cut from NATS.
+    NoAnswer,
+}

@@ -1,0 +1,281 @@
+//! Wills across nodes, the cluster thread's side (issue #17): a will fires exactly
+//! once cluster-wide, also when the node holding its connection dies.
+//!
+//! - **Liveness.** Each node process has an incarnation (random at start) and puts
+//!   its heartbeat `b64(node) = incarnation` in the KV bucket `ringmq_nodes` every
+//!   `BEAT`. An incarnation is alive while its heartbeat is the current value of its
+//!   key and is younger than `DEAD_AFTER` by the server's clock (the stored entry's
+//!   time against this node's own latest heartbeat, so no two hosts' clocks are
+//!   compared). A node restarted under the same name is a new incarnation: the old
+//!   one's wills count as a dead node's.
+//! - **Wills.** While a client with a will is connected, its node keeps the will
+//!   (the log's `SessionPut` record) in the bucket `ringmq_wills` under
+//!   `b64(client).b64(node).incarnation`; the loop says when the connection is gone
+//!   (the will is then published, dropped or delayed by that node, as on a single
+//!   node) and the entry is deleted. Entries are written only after the node's first
+//!   heartbeat, so a live node's will never looks orphaned.
+//! - **Exactly once.** Every node watches the heartbeats and sweeps the wills bucket
+//!   when an incarnation stops being alive (and at start, and every `SWEEP_EVERY`
+//!   beats): for each entry of a dead incarnation (`is_dead`) it deletes the entry
+//!   with the revision it read (compare-and-set) and only the node whose delete
+//!   succeeds publishes the will, through one of its loops (so local subscribers and
+//!   NATS both get it, once).
+//!
+//! What this does not cover, and why: a will with a delay whose connection had
+//! already gone when its node died lives on that node only (the entry is deleted
+//! when the connection goes) and is lost with it; a dead node's will is published
+//! at once, its will delay not waited for. A node cut from NATS while its clients
+//! stay connected to it looks dead to the others after `DEAD_AFTER`: their wills are
+//! published although the clients are still there (the price of not waiting for a
+//! consensus the cluster does not have).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, kv};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::bridge::ClusterStatus;
+use crate::session::Message;
+
+pub const NODES_BUCKET: &str = "ringmq_nodes";
+pub const WILLS_BUCKET: &str = "ringmq_wills";
+/// How often a node puts its heartbeat and reads the others'.
+const BEAT: Duration = Duration::from_secs(1);
+/// A heartbeat older than this (server time) is a dead incarnation's.
+const DEAD_AFTER_MS: i128 = 5_000;
+/// Beats between full sweeps of the wills bucket when no node died (catches an
+/// incarnation that came and went between two beats).
+const SWEEP_EVERY: u32 = 10;
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
+}
+
+/// An incarnation's name: `b64(node).incarnation` (hex).
+pub fn incarnation_of(node: &str, incarnation: u64) -> String {
+    format!("{}.{incarnation:016x}", b64(node.as_bytes()))
+}
+
+/// The wills-bucket key of `client_id`'s will on incarnation `owner`.
+pub fn will_key(client_id: &[u8], owner: &str) -> String {
+    format!("{}.{owner}", b64(client_id))
+}
+
+/// The incarnation a will key names (`None`: not a key ringmq makes).
+pub fn owner_of_key(key: &str) -> Option<&str> {
+    let (_client, owner) = key.split_once('.')?;
+    owner.split_once('.').map(|_| owner)
+}
+
+/// What the wills tasks share with the main task.
+#[derive(Clone)]
+pub struct Wills {
+    pub js: jetstream::Context,
+    pub replicas: usize,
+    pub node: String,
+    /// This process's incarnation name (`incarnation_of`).
+    pub me: String,
+    pub incarnation: u64,
+    pub status: Arc<ClusterStatus>,
+    /// Set once the first heartbeat is stored: wills are written only after.
+    pub beating: Arc<AtomicBool>,
+}
+
+impl Wills {
+    async fn buckets(&self) -> (kv::Store, kv::Store) {
+        loop {
+            let nodes = super::link::bucket(
+                &self.js,
+                NODES_BUCKET,
+                "ringmq node heartbeats (key: base64url of the node; value: incarnation)",
+                self.replicas,
+            )
+            .await;
+            let wills = super::link::bucket(
+                &self.js,
+                WILLS_BUCKET,
+                "ringmq wills of connected clients (key: client.node.incarnation)",
+                self.replicas,
+            )
+            .await;
+            if let (Some(n), Some(w)) = (nodes, wills) {
+                return (n, w);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Keeps this node's wills in the bucket, one change at a time in the loops'
+    /// order (a set then a gone for one client must land in that order).
+    pub async fn writer(self, mut rx: mpsc::Receiver<(Bytes, Option<Bytes>)>) {
+        let (_, wills) = self.buckets().await;
+        while !self.beating.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        while let Some((client, value)) = rx.recv().await {
+            let key = will_key(&client, &self.me);
+            for _ in 0..3 {
+                let r = match &value {
+                    Some(v) => wills.put(&key, v.clone()).await.map(|_| ()).is_ok(),
+                    None => wills.delete(&key).await.is_ok(),
+                };
+                if r {
+                    if value.is_some() {
+                        self.status.wills_stored.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                self.status.wills_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    /// Heartbeats, and the sweep that publishes dead incarnations' wills (handed to
+    /// the main task on `tx`). Every node's heartbeat comes in on a watch of the
+    /// bucket (current values first), so a beat reads nothing but its own put.
+    pub async fn liveness(self, tx: mpsc::Sender<Message>) {
+        let (nodes, wills) = self.buckets().await;
+        let my_key = b64(self.node.as_bytes());
+        let my_value = Bytes::from(format!("{:016x}", self.incarnation));
+        // Heartbeat key -> (incarnation, server time of the put).
+        let mut beats: HashMap<String, (String, i128)> = HashMap::new();
+        let mut alive: HashSet<String> = HashSet::new();
+        let mut n = 0u32;
+        let mut watch = None;
+        let mut tick = tokio::time::interval(BEAT);
+        loop {
+            if watch.is_none() {
+                match nodes.watch_with_history(">").await {
+                    Ok(w) => watch = Some(w),
+                    Err(e) => tracing::debug!("cluster: heartbeat watch: {e}"),
+                }
+            }
+            tokio::select! {
+                e = async { watch.as_mut()?.next().await }, if watch.is_some() => {
+                    match e {
+                        Some(Ok(e)) if e.operation == kv::Operation::Put => {
+                            let inc = String::from_utf8_lossy(&e.value).into_owned();
+                            beats.insert(e.key, (inc, e.created.unix_timestamp_nanos()));
+                        }
+                        Some(Ok(e)) => {
+                            beats.remove(&e.key);
+                        }
+                        _ => watch = None,
+                    }
+                }
+                _ = tick.tick() => {
+                    if nodes.put(&my_key, my_value.clone()).await.is_err() {
+                        continue;
+                    }
+                    self.beating.store(true, Ordering::Release);
+                    // Our own last put, as the watch delivered it, is "now".
+                    let Some(now) = beats.get(&my_key).map(|b| b.1) else {
+                        continue;
+                    };
+                    let now_alive = alive_at(&beats, now);
+                    let gone: Vec<_> = alive.difference(&now_alive).cloned().collect();
+                    if !gone.is_empty() {
+                        tracing::info!("cluster: node incarnations gone: {gone:?}");
+                    }
+                    if n % SWEEP_EVERY == 0 || !gone.is_empty() {
+                        self.sweep(&wills, &beats, now, &now_alive, &tx).await;
+                    }
+                    alive = now_alive;
+                    n = n.wrapping_add(1);
+                }
+            }
+        }
+    }
+
+    async fn sweep(
+        &self,
+        wills: &kv::Store,
+        beats: &HashMap<String, (String, i128)>,
+        now_ns: i128,
+        alive: &HashSet<String>,
+        tx: &mpsc::Sender<Message>,
+    ) {
+        let mut keys = match wills.keys().await {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::debug!("cluster: wills not listed: {e}");
+                return;
+            }
+        };
+        let mut orphans = Vec::new();
+        while let Some(Ok(k)) = keys.next().await {
+            if owner_of_key(&k).is_some_and(|o| !alive.contains(o)) {
+                orphans.push(k);
+            }
+        }
+        for k in orphans {
+            let Ok(Some(e)) = wills.entry(&k).await else {
+                continue;
+            };
+            let dead = owner_of_key(&k)
+                .is_some_and(|o| is_dead(beats, now_ns, o, e.created.unix_timestamp_nanos()));
+            if e.operation != kv::Operation::Put || !dead {
+                continue;
+            }
+            // Compare-and-set: of all survivors, the one whose delete lands publishes.
+            if wills
+                .delete_expect_revision(&k, Some(e.revision))
+                .await
+                .is_err()
+            {
+                continue;
+            }
+            let Some(m) = crate::shard::will_message(&e.value, Instant::now()) else {
+                self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            tracing::info!("cluster: publishing the will of {k} (its node is gone)");
+            self.status.wills_published.fetch_add(1, Ordering::Relaxed);
+            if tx.send(m).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Whether incarnation `owner` (`b64(node).inc`) is dead, for a will it wrote at
+/// `will_ns`. Its node's heartbeat must be known: a node that started within the
+/// last beat may have written wills before the watch brought its heartbeat here.
+/// Same incarnation: dead when its heartbeat is stale. Another one: dead only when
+/// that heartbeat is newer than the will (else the heartbeat known here is the
+/// older incarnation's and the will the new one's).
+pub fn is_dead(
+    beats: &HashMap<String, (String, i128)>,
+    now_ns: i128,
+    owner: &str,
+    will_ns: i128,
+) -> bool {
+    let Some((node, inc)) = owner.split_once('.') else {
+        return false;
+    };
+    let Some((beat_inc, at)) = beats.get(node) else {
+        return false;
+    };
+    if beat_inc == inc {
+        now_ns - at >= DEAD_AFTER_MS * 1_000_000
+    } else {
+        will_ns < *at
+    }
+}
+
+/// The incarnations whose heartbeat is younger than `DEAD_AFTER` at server time
+/// `now_ns`.
+fn alive_at(beats: &HashMap<String, (String, i128)>, now_ns: i128) -> HashSet<String> {
+    beats
+        .iter()
+        .filter(|(_, (_, at))| now_ns - at < DEAD_AFTER_MS * 1_000_000)
+        .map(|(k, (inc, _))| format!("{k}.{inc}"))
+        .collect()
+}

@@ -1,0 +1,493 @@
+//! Sessions across cluster nodes, the shard's side (issue #17; the cluster thread's
+//! side is `cluster/sessions.rs`): a CONNECT that names a client id waits until the
+//! cluster thread has made this node the session's owner in the `ringmq_sessions`
+//! bucket and brought the session from its previous owner; the previous owner's loop
+//! closes the old connection (MQTT 5: DISCONNECT 0x8E) and hands the session over as
+//! bytes.
+//!
+//! **The hand-over format** is the durability log's own records (`store::record`),
+//! each behind a 4-byte length: `SessionPut`, `SubAdd` per subscription,
+//! `InboundQos2` per open inbound id, and per copy `MsgPut` + `Enqueue` (+ `Sent`,
+//! `Released` for copies in flight). The receiving loop replays them into a
+//! `StoreState` (which already knows how to make sense of them) and loads the one
+//! session, so both ends share the codec the log tests already cover. A hand-over is
+//! bounded by what a session may hold (`max_queued_messages` / `max_queued_bytes`
+//! plus the in-flight window), so it is one NATS message.
+//!
+//! Off on a single node and for ids the cluster never claims (`$bridge/` sessions are
+//! local to the node that runs the bridge; an empty id gets a node-local one).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::conn::ConnState;
+use super::durable::{pack_options, props_bytes, props_of, qos_of, unpack_options};
+use super::{ConnId, Shard};
+use crate::protocol::{Connect, QoS};
+use crate::session::{Inflight, Message, Outgoing, Phase, SessionSub, NONE};
+use crate::store::record::{MsgRec, Record, WillRec};
+use crate::store::state::StoreState;
+
+/// A CONNECT's claim on its client id, for the cluster thread.
+#[derive(Debug, Clone)]
+pub struct SessionClaim {
+    pub conn: ConnId,
+    pub generation: u32,
+    pub client_id: Bytes,
+    /// Clean start: the previous owner ends the session instead of sending it.
+    pub clean: bool,
+}
+
+/// A loop's answer to another node's takeover request (`reply`: the cluster thread's
+/// id for the request); `session`: the hand-over bytes, `None` when this loop had no
+/// such session or the claim was a clean start.
+#[derive(Debug, Clone)]
+pub struct SessionHandover {
+    pub reply: u64,
+    pub session: Option<Bytes>,
+}
+
+/// A will as the cluster's `ringmq_wills` bucket keeps it: the log's `SessionPut`
+/// record of the session (expiry 0) with the will.
+pub fn will_record(client_id: &[u8], w: &crate::session::Will) -> Bytes {
+    let mut out = Vec::new();
+    Record::SessionPut {
+        client: Bytes::copy_from_slice(client_id),
+        expiry_s: 0,
+        will: Some(WillRec {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos as u8,
+            retain: w.retain,
+            delay_s: w.delay_s,
+            props: props_bytes(&w.properties),
+        }),
+    }
+    .encode(&mut out);
+    Bytes::from(out)
+}
+
+/// The message a will record publishes (`None`: not a will record).
+pub fn will_message(b: &[u8], now: Instant) -> Option<Message> {
+    let Ok(Record::SessionPut { will: Some(w), .. }) = Record::decode(b) else {
+        return None;
+    };
+    Some(Message {
+        topic: w.topic,
+        payload: w.payload,
+        qos: qos_of(w.qos),
+        retain: w.retain,
+        properties: props_of(&w.props),
+        arrived_at: now,
+        origin_shard: u32::MAX as usize,
+        origin_session: NONE,
+        owned: true,
+    })
+}
+
+/// Appends one record behind its 4-byte little-endian length.
+fn push_record(out: &mut Vec<u8>, rec: &Record) {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    rec.encode(out);
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// The records of a hand-over, or `None` when the bytes are not one (truncated, or a
+/// record that does not decode): the session is then treated as lost, never misread.
+pub fn handover_records(mut b: &[u8]) -> Option<Vec<Record>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+        let rec = Record::decode(b.get(4..4 + len)?).ok()?;
+        out.push(rec);
+        b = &b[4 + len..];
+    }
+    Some(out)
+}
+
+impl Shard {
+    /// A CONNECT with a client id on a cluster node waits (as one waiting for a
+    /// password check does) until the cluster thread answers its claim
+    /// (`on_session_claimed`); the connect timeout still bounds the wait.
+    pub(super) fn hold_connect_cluster(
+        &mut self,
+        conn: ConnId,
+        connect: Box<Connect>,
+    ) -> Option<Box<Connect>> {
+        if self.cluster.is_none()
+            || connect.client_id.is_empty()
+            || connect.client_id.starts_with(b"$bridge/")
+        {
+            return Some(connect);
+        }
+        let Some(c) = self.conns.get_mut(conn) else {
+            return Some(connect);
+        };
+        let generation = c.generation;
+        let Some(p) = c.pending.as_mut() else {
+            return Some(connect);
+        };
+        let claim = SessionClaim {
+            conn,
+            generation,
+            client_id: Bytes::copy_from_slice(&connect.client_id),
+            clean: connect.clean_start,
+        };
+        p.verifying = Some(connect);
+        c.state = ConnState::Verifying;
+        if let Some(out) = self.cluster.as_deref_mut() {
+            out.claims.push(claim);
+        }
+        None
+    }
+
+    /// On a cluster node, `session`'s will (now set by its CONNECT) goes to the wills
+    /// bucket, so another node publishes it if this one dies (`cluster/wills.rs`).
+    pub(super) fn cluster_will_set(&mut self, session: u32) {
+        let Some(out) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        if let Some(w) = s.will.as_deref() {
+            out.wills.push((
+                Bytes::copy_from_slice(&s.client_id),
+                Some(will_record(&s.client_id, w)),
+            ));
+        }
+    }
+
+    /// `session`'s connection is gone: its will is published, dropped or delayed here,
+    /// and leaves the wills bucket (a delayed will lives on this node only).
+    pub(super) fn cluster_will_gone(&mut self, session: u32) {
+        let Some(out) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        if let Some(s) = self.sessions.get(session) {
+            out.wills.push((Bytes::copy_from_slice(&s.client_id), None));
+        }
+    }
+
+    /// A dead node's will, claimed by this node's cluster thread: published as if a
+    /// client of this loop had (so it also goes to NATS, once).
+    pub(super) fn on_cluster_will(&mut self, msg: Message, now: Instant) {
+        self.last_now = Some(now);
+        let msg = Message {
+            origin_shard: self.id,
+            ..msg
+        };
+        self.publish(msg, now);
+        self.drop_slow_consumers(now);
+    }
+
+    /// The claims this turn made so far, taken out of the cluster outbox (the
+    /// sans-IO tests answer them in place of the cluster thread).
+    pub fn take_cluster_claims(&mut self) -> Vec<SessionClaim> {
+        self.cluster
+            .as_deref_mut()
+            .map(|c| std::mem::take(&mut c.claims))
+            .unwrap_or_default()
+    }
+
+    /// The cluster thread made this node the owner of `conn`'s client id; `session`:
+    /// what the previous owner handed over. The CONNECT goes on with it (its CONNACK
+    /// says session present when a session arrived or was here already).
+    pub(super) fn on_session_claimed(
+        &mut self,
+        conn: ConnId,
+        generation: u32,
+        session: Option<Bytes>,
+        now: Instant,
+    ) {
+        self.last_now = Some(now);
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        if c.generation != generation || c.state != ConnState::Verifying {
+            return;
+        }
+        let Some(connect) = c.pending.as_mut().and_then(|p| p.verifying.take()) else {
+            return;
+        };
+        c.state = ConnState::AwaitConnect;
+        if let Some(b) = session.filter(|_| !connect.clean_start) {
+            self.load_handover(&connect.client_id, &b, now);
+        }
+        self.continue_connect(conn, connect, now);
+    }
+
+    /// Another node took `client_id`'s session: its connection here (if any) is
+    /// closed as a local takeover's would be (0x8E, will rules), and the session
+    /// leaves this node: as hand-over bytes unless the new CONNECT was a clean start.
+    pub(super) fn on_session_takeover(
+        &mut self,
+        client_id: &[u8],
+        clean: bool,
+        reply: u64,
+        now: Instant,
+    ) {
+        self.last_now = Some(now);
+        let mut bytes = None;
+        if let Some(s) = self.sessions.find(client_id) {
+            self.take_over(s, clean, now);
+            if !clean {
+                bytes = Some(self.handover_bytes(s));
+            }
+            // The will went with `take_over`; subscriptions, queue and (with a data
+            // directory) the records go now: this node no longer owns the session.
+            self.end_session(s, now);
+            self.drop_slow_consumers(now);
+        }
+        if let Some(out) = self.cluster.as_deref_mut() {
+            out.handovers.push(SessionHandover {
+                reply,
+                session: bytes,
+            });
+        }
+    }
+
+    /// On a cluster node, a persistent session's subscriptions (and expiry) go to its
+    /// entry in the sessions bucket after each change, so a node that takes the
+    /// session over from a dead owner still has them (`cluster/sessions.rs`).
+    pub(super) fn cluster_session_state(&mut self, session: u32) {
+        if self.cluster.is_none() {
+            return;
+        }
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        if s.expiry_s == 0 || s.client_id.starts_with(b"$bridge/") {
+            return;
+        }
+        let id = Bytes::copy_from_slice(&s.client_id);
+        let state = self.session_bytes(session, false);
+        if let Some(out) = self.cluster.as_deref_mut() {
+            out.states.push((id, state));
+        }
+    }
+
+    /// The session as hand-over bytes (see the module doc).
+    fn handover_bytes(&self, session: u32) -> Bytes {
+        self.session_bytes(session, true)
+    }
+
+    /// `full`: will, inbound QoS 2 ids and copies too; else expiry and subscriptions.
+    fn session_bytes(&self, session: u32, full: bool) -> Bytes {
+        let mut out = Vec::new();
+        let Some(sess) = self.sessions.get(session) else {
+            return Bytes::new();
+        };
+        let client = Bytes::copy_from_slice(&sess.client_id);
+        push_record(
+            &mut out,
+            &Record::SessionPut {
+                client: client.clone(),
+                expiry_s: sess.expiry_s,
+                will: sess.will.as_ref().filter(|_| full).map(|w| WillRec {
+                    topic: w.topic.clone(),
+                    payload: w.payload.clone(),
+                    qos: w.qos as u8,
+                    retain: w.retain,
+                    delay_s: w.delay_s,
+                    props: props_bytes(&w.properties),
+                }),
+            },
+        );
+        for sub in &sess.subs {
+            push_record(
+                &mut out,
+                &Record::SubAdd {
+                    client: client.clone(),
+                    filter: Bytes::copy_from_slice(&sub.filter),
+                    options: pack_options(&sub.options),
+                    sub_id: sub.sub_id,
+                },
+            );
+        }
+        let Some(d) = sess.delivery.as_deref().filter(|_| full) else {
+            return Bytes::from(out);
+        };
+        for id in &d.awaiting_pubrel {
+            push_record(
+                &mut out,
+                &Record::InboundQos2 {
+                    client: client.clone(),
+                    packet_id: *id,
+                },
+            );
+        }
+        let copies = d
+            .inflight
+            .iter()
+            .map(|f| (&f.out, Some((f.packet_id, f.phase))))
+            .chain(d.queue.iter().map(|o| (o, None)));
+        for (n, (o, sent)) in copies.enumerate() {
+            if o.qos == QoS::AtMostOnce {
+                continue;
+            }
+            // Ids local to this hand-over (the log's ids are the old node's own).
+            let id = n as u64 + 1;
+            let m = &o.msg;
+            push_record(
+                &mut out,
+                &Record::MsgPut {
+                    id,
+                    msg: MsgRec {
+                        topic: m.topic.clone(),
+                        payload: m.payload.clone(),
+                        qos: m.qos as u8,
+                        retain: m.retain,
+                        props: props_bytes(&m.properties),
+                        arrived_unix_ms: 0,
+                    },
+                },
+            );
+            push_record(
+                &mut out,
+                &Record::Enqueue {
+                    client: client.clone(),
+                    msg: id,
+                    qos: o.qos as u8,
+                    retain: o.retain,
+                    sub_ids: o.sub_ids.to_vec(),
+                },
+            );
+            if let Some((packet_id, phase)) = sent {
+                push_record(
+                    &mut out,
+                    &Record::Sent {
+                        client: client.clone(),
+                        msg: id,
+                        packet_id,
+                    },
+                );
+                if phase == Phase::AwaitComp {
+                    push_record(
+                        &mut out,
+                        &Record::Released {
+                            client: client.clone(),
+                            msg: id,
+                        },
+                    );
+                }
+            }
+        }
+        Bytes::from(out)
+    }
+
+    /// Makes `client_id`'s session from hand-over bytes, unless one is here already
+    /// (then this node's own is newer: it was taken here after the hand-over left).
+    /// With a data directory the loaded session is written to this node's log, and
+    /// the CONNECT's resume waits for it as any resume does.
+    fn load_handover(&mut self, client_id: &[u8], bytes: &[u8], now: Instant) {
+        if self.sessions.find(client_id).is_some() {
+            return;
+        }
+        let Some(records) = handover_records(bytes) else {
+            tracing::warn!("cluster: a session hand-over did not decode; session lost");
+            return;
+        };
+        let mut state = StoreState::default();
+        for r in &records {
+            state.apply(r);
+        }
+        let Some(s) = state.sessions.get(client_id) else {
+            return;
+        };
+        if self.limits.sessions_full() {
+            return;
+        }
+        let idx = self.sessions.create(client_id);
+        self.limits.session_added();
+        let mut subs = Vec::with_capacity(s.subs.len());
+        for (filter, (options, sub_id)) in &s.subs {
+            let options = unpack_options(*options);
+            subs.push(SessionSub {
+                filter: Box::from(&filter[..]),
+                options,
+                sub_id: *sub_id,
+            });
+            let (inner, group) = Self::split_filter(filter);
+            self.add_local_sub(idx, &inner, group.as_ref(), options, *sub_id);
+        }
+        let Some(sess) = self.sessions.get_mut(idx) else {
+            return;
+        };
+        sess.expiry_s = s.expiry_s;
+        sess.subs = subs;
+        let d = sess.delivery();
+        d.awaiting_pubrel = s.inbound_qos2.iter().copied().collect();
+        let mut loaded: Vec<(Outgoing, Option<(u16, Phase)>)> = Vec::new();
+        for (id, copy) in &s.copies {
+            let Some(m) = state.messages.get(id) else {
+                continue;
+            };
+            let msg = Arc::new(Message {
+                topic: m.msg.topic.clone(),
+                payload: m.msg.payload.clone(),
+                qos: qos_of(m.msg.qos),
+                retain: m.msg.retain,
+                properties: props_of(&m.msg.props),
+                // The old node's clock does not travel: Message Expiry restarts here.
+                arrived_at: now,
+                origin_shard: self.id,
+                origin_session: NONE,
+                owned: true,
+            });
+            let out = Outgoing {
+                msg,
+                qos: qos_of(copy.qos),
+                retain: copy.retain,
+                sub_ids: copy.sub_ids.iter().copied().collect(),
+                store_id: 0,
+            };
+            let sent = copy.packet_id.map(|p| {
+                let phase = if copy.released {
+                    Phase::AwaitComp
+                } else if out.qos == QoS::ExactlyOnce {
+                    Phase::AwaitRec
+                } else {
+                    Phase::AwaitAck
+                };
+                (p, phase)
+            });
+            loaded.push((out, sent));
+        }
+        self.log_session(idx);
+        for sub in s.subs.iter() {
+            let o = unpack_options(sub.1 .0);
+            self.log_sub(idx, sub.0, Some((&o, sub.1 .1)));
+        }
+        let mut queued = 0;
+        for (mut out, sent) in loaded {
+            out.store_id = self.log_copy(idx, &out, sent.map(|(p, _)| p));
+            self.store_fanout_done();
+            let Some(d) = self.sessions.get_mut(idx).map(|s| s.delivery()) else {
+                return;
+            };
+            match sent {
+                Some((packet_id, phase)) => {
+                    d.last_packet_id = d.last_packet_id.max(packet_id);
+                    d.push_inflight(Inflight {
+                        packet_id,
+                        phase,
+                        out,
+                    });
+                }
+                None => {
+                    let cost = out.msg.cost_bytes();
+                    d.queued_bytes += cost;
+                    queued += cost;
+                    d.queue.push_back(out);
+                }
+            }
+        }
+        self.stats.bytes_queued += queued;
+        self.stats.sessions = self.sessions.len();
+    }
+}

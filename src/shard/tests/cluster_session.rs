@@ -1,0 +1,240 @@
+//! Sessions across cluster nodes without NATS (`shard/cluster_session.rs`): two
+//! one-loop nodes, the test playing the cluster thread between them. A CONNECT waits
+//! for its claim; the previous owner closes the old connection (0x8E for MQTT 5) and
+//! hands the session over; the new node's CONNACK says session present and the
+//! queued messages follow, with the subscriptions' interest made on the new node.
+
+use bytes::Bytes;
+
+use super::cfg;
+use crate::protocol::{Packet, Properties, QoS, ReasonCode};
+use crate::shard::harness::*;
+use crate::shard::{handover_records, ClusterIn, SessionClaim};
+
+const Q1: QoS = QoS::AtLeastOnce;
+const Q2: QoS = QoS::ExactlyOnce;
+
+fn node() -> Cluster {
+    let mut cl = Cluster::new(1, cfg());
+    cl.shards[0].enable_cluster();
+    cl
+}
+
+fn persistent() -> ConnectOpts {
+    ConnectOpts {
+        clean: false,
+        ..ConnectOpts::default()
+    }
+}
+
+/// The one claim node `cl` made for `id`.
+fn claim_of(cl: &mut Cluster, id: &str) -> SessionClaim {
+    let claims = cl.shards[0].take_cluster_claims();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert_eq!(&claims[0].client_id[..], id.as_bytes());
+    claims[0].clone()
+}
+
+/// Node `old` answers a takeover request for `id`: returns the hand-over bytes and
+/// the interest changes it made.
+fn take_from(old: &mut Cluster, id: &str, clean: bool) -> (Option<Bytes>, Vec<bool>) {
+    let m = ClusterIn::Takeover {
+        client_id: Bytes::copy_from_slice(id.as_bytes()),
+        clean,
+        reply: 77,
+    };
+    let now = old.now;
+    old.shards[0].on_cluster_in(m, now);
+    old.pump();
+    let out = old.shards[0].take_cluster_out().expect("an answer");
+    assert_eq!(out.handovers.len(), 1);
+    assert_eq!(out.handovers[0].reply, 77);
+    let interest = out.interest.iter().map(|i| i.add).collect();
+    (out.handovers[0].session.clone(), interest)
+}
+
+#[test]
+fn an_offline_session_moves_with_its_queue_and_subscriptions() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.subscribe(s, "u/+", Q2);
+    a.drop_connection(s);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    a.publish(p, "t", "x1", Q1, false, 1);
+    a.publish(p, "u/1", "x2", Q2, false, 2);
+    let _ = a.shards[0].take_cluster_out();
+
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    // No CONNACK until the claim is answered.
+    b.expect_nothing(c);
+    let claim = claim_of(&mut b, "roam");
+    assert!(!claim.clean);
+
+    let (bytes, interest) = take_from(&mut a, "roam", false);
+    let bytes = bytes.expect("a session");
+    assert_eq!(interest, [false, false], "both filters leave a");
+    let recs = handover_records(&bytes).expect("decodes");
+    assert!(recs.len() >= 5, "{recs:?}");
+    assert_eq!(
+        a.shards[0].stats().sessions,
+        1,
+        "only the publisher is left on a"
+    );
+
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::Claimed {
+            conn: claim.conn,
+            generation: claim.generation,
+            session: Some(bytes),
+        },
+        now,
+    );
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => {
+            assert!(ack.session_present);
+            assert_eq!(ack.code, ReasonCode::Success);
+        }
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    b.expect(c, pubp("t", "x1", Q1, false, 1));
+    b.expect(c, pubp("u/1", "x2", Q2, false, 2));
+    // The subscriptions are live on b: interest for both filters goes to NATS.
+    let out = b.shards[0].take_cluster_out().expect("interest");
+    let mut filters: Vec<_> = out.interest.iter().map(|i| i.filter.clone()).collect();
+    filters.sort();
+    assert_eq!(
+        filters,
+        [Bytes::from_static(b"t"), Bytes::from_static(b"u/+")]
+    );
+    b.auto_claim = true;
+    let q = b.connect_ok(V311, "local", ConnectOpts::default(), false);
+    b.publish(q, "t", "live", Q1, false, 5);
+    b.expect(c, pubp("t", "live", Q1, false, 3));
+}
+
+#[test]
+fn a_connected_mqtt5_client_is_told_0x8e_and_a_clean_start_takes_nothing() {
+    let mut a = node();
+    let s = a.connect_ok(V5, "roam5", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    let _ = a.shards[0].take_cluster_out();
+    assert_eq!(take_from(&mut a, "roam5", true), (None, vec![false]));
+    a.expect(s, disconnect(ReasonCode::SessionTakenOver));
+    a.expect_closed(s);
+    // Asked again (the session is gone): nothing to hand over, and no error.
+    assert_eq!(take_from(&mut a, "roam5", false), (None, vec![]));
+}
+
+#[test]
+fn a_claim_answered_without_a_session_connects_fresh() {
+    let mut b = node();
+    b.auto_claim = false;
+    let opts = ConnectOpts {
+        properties: Properties {
+            session_expiry_interval_s: Some(60),
+            ..Properties::default()
+        },
+        ..persistent()
+    };
+    let c = b.connect(V5, "fresh", opts);
+    b.expect_nothing(c);
+    let claim = claim_of(&mut b, "fresh");
+    // Garbage from a foreign or broken peer is not a session: lost, never misread.
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::Claimed {
+            conn: claim.conn,
+            generation: claim.generation,
+            session: Some(Bytes::from_static(b"\x05\x00\x00\x00junk")),
+        },
+        now,
+    );
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(!ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // A stale answer for a connection that is gone changes nothing.
+    b.shards[0].on_cluster_in(
+        ClusterIn::Claimed {
+            conn: claim.conn,
+            generation: claim.generation,
+            session: None,
+        },
+        now,
+    );
+    b.pump();
+    b.expect_nothing(c);
+}
+
+/// A will goes to the cluster's wills bucket while its connection lives and leaves it
+/// when the connection goes (this node then publishes it, as on a single node); a
+/// dead node's will claimed by this node is published once, locally and to NATS.
+#[test]
+fn wills_are_announced_while_connected_and_a_dead_nodes_will_is_published() {
+    let mut a = node();
+    let opts = ConnectOpts {
+        will: Some(will("w/t", "gone", Q1, false, Properties::default())),
+        ..ConnectOpts::default()
+    };
+    let c = a.connect_ok(V311, "willer", opts, false);
+    let out = a.shards[0].take_cluster_out().expect("will set");
+    assert_eq!(out.wills.len(), 1);
+    let (id, rec) = &out.wills[0];
+    assert_eq!(&id[..], b"willer");
+    let m = crate::shard::will_message(rec.as_ref().expect("a record"), a.now).expect("decodes");
+    assert_eq!(
+        (&m.topic[..], &m.payload[..], m.qos),
+        (&b"w/t"[..], &b"gone"[..], Q1)
+    );
+    a.drop_connection(c);
+    let out = a.shards[0].take_cluster_out().expect("will gone");
+    assert_eq!(out.wills, [(Bytes::from_static(b"willer"), None)]);
+    assert_eq!(out.publishes.len(), 1, "published here, forwarded once");
+
+    let s = a.connect_ok(V311, "s", ConnectOpts::default(), false);
+    a.subscribe(s, "w/#", Q1);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(ClusterIn::Will(std::sync::Arc::new(m)), now);
+    a.pump();
+    a.expect(s, pubp("w/t", "gone", Q1, false, 1));
+    let out = a.shards[0].take_cluster_out().expect("forwarded");
+    assert_eq!(out.publishes.len(), 1);
+    assert!(out.wills.is_empty());
+}
+
+/// A persistent session's subscriptions go to the cluster after each change (so a
+/// node taking it from a dead owner gets them back); a clean session's never do.
+#[test]
+fn persistent_subscriptions_are_saved_after_each_change() {
+    use crate::store::record::Record;
+    let mut a = node();
+    let s = a.connect_ok(V311, "keep", persistent(), false);
+    a.subscribe(s, "k/1", Q1);
+    a.subscribe(s, "k/2", Q2);
+    let out = a.shards[0].take_cluster_out().expect("states");
+    let (id, last) = out.states.last().expect("saved").clone();
+    assert_eq!(&id[..], b"keep");
+    let subs: Vec<_> = handover_records(&last)
+        .expect("decodes")
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::SubAdd { filter, .. } => Some(filter),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        subs,
+        [Bytes::from_static(b"k/1"), Bytes::from_static(b"k/2")]
+    );
+    let c = a.connect_ok(V311, "clean", ConnectOpts::default(), false);
+    a.subscribe(c, "k/3", Q1);
+    let out = a.shards[0].take_cluster_out().expect("interest");
+    assert!(out.states.is_empty(), "a clean session is not saved");
+}
