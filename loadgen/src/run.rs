@@ -137,14 +137,13 @@ pub struct Hists {
 /// Pause between a storm's disconnect and its reconnect.
 const STORM_PAUSE: Duration = Duration::from_secs(2);
 
+/// The shared state, the threads and the start time of one round.
+type Started = (Arc<Shared>, Vec<JoinHandle<ThreadResult>>, u64);
+
 /// Builds one ring per thread for `plan`, every ring before any thread starts so a
 /// refusal is reported up front, and starts them. Returns the shared state, the
 /// threads and the start time.
-fn start(
-    cfg: &Arc<Config>,
-    plan: &plan::Plan,
-    threads: usize,
-) -> Result<(Arc<Shared>, Vec<JoinHandle<ThreadResult>>, u64), SetupError> {
+fn start(cfg: &Arc<Config>, plan: &plan::Plan, threads: usize) -> Result<Started, SetupError> {
     let shared = Arc::new(Shared::new(plan));
     let mut per: Vec<Vec<ClientSpec>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, c) in plan.clients.iter().enumerate() {
