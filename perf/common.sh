@@ -168,10 +168,14 @@ scenario_args() {
     pairs_20k)    echo "pairs --clients 1000 --total-rate 20000 --open-loop --qos 0 --size 64 --duration $DURATION" ;;
     idle_10k)     echo "connect --clients $IDLE_CLIENTS --hold $DURATION" ;;
     idle_10k_sub) echo "fleet --clients $IDLE_CLIENTS --interval 1h --cmd-rate 0 --duration $DURATION --warmup 0s" ;;
+    # Reconnect storms (#21): persistent sessions with one subscription each, a clean
+    # disconnect, then every client reconnects at once; compare.sh adds --broker-pid.
+    storm_10k)    echo "storm --clients 10000 --hold 0s" ;;
+    storm_100k)   echo "storm --clients 100000 --hold 0s" ;;
     *) return 1 ;;
   esac
 }
-ALL_SCENARIOS=(fanin_qos0 fanin_qos1 fanin_qos1_5k pairs_20k idle_10k idle_10k_sub)
+ALL_SCENARIOS=(fanin_qos0 fanin_qos1 fanin_qos1_5k pairs_20k idle_10k idle_10k_sub storm_10k storm_100k)
 
 # Connections an idle scenario holds open at the broker (fleet adds a collector
 # and a controller connection).

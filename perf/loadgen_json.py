@@ -4,6 +4,8 @@
   loadgen_json.py fields [FILE]   -> "msg_per_s p50_us p99_us lost saturated" ("-" if absent)
   loadgen_json.py summary [FILE]  -> one human line
   loadgen_json.py delivered [FILE] -> messages delivered over the whole run (0 if absent)
+  loadgen_json.py storm [FILE]    -> "reconnects_per_s connack_p50_us connack_p99_us
+                                      seconds sessions_present broker_cpu_s saturated"
 """
 import json
 import sys
@@ -16,11 +18,21 @@ def load(path):
 
 
 def main():
-    if len(sys.argv) not in (2, 3) or sys.argv[1] not in ("fields", "summary", "delivered"):
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in ("fields", "summary", "delivered", "storm"):
         sys.exit(__doc__)
     r = load(sys.argv[2] if len(sys.argv) == 3 else None)
     if r is None:
-        print({"fields": "- - - - -", "delivered": "0"}.get(sys.argv[1], "loadgen: no JSON result"))
+        print({"fields": "- - - - -", "delivered": "0", "storm": "- - - - - - -"}
+              .get(sys.argv[1], "loadgen: no JSON result"))
+        return
+    if sys.argv[1] == "storm":
+        c = r.get("connect_latency_us") or {}
+        st = r.get("storm") or {}
+        cpu = r.get("broker_cpu_s")
+        print(f"{r.get('connect_rate_per_s', 0):.0f}", f"{c.get('p50', 0):.0f}",
+              f"{c.get('p99', 0):.0f}", f"{r.get('measured_s', 0):.2f}",
+              st.get("sessions_present", "-"), "-" if cpu is None else f"{cpu:.3f}",
+              "yes" if r.get("loadgen_saturated") else "no")
         return
     if sys.argv[1] == "delivered":
         print(r.get("delivered", 0))

@@ -29,6 +29,10 @@ pub struct Cli {
 pub enum Scenario {
     /// Connection storm: open --clients at --rate connects/s, hold them for --hold, disconnect.
     Connect,
+    /// Reconnect storm: --clients connect with persistent sessions and subscribe
+    /// lg/storm/<i>, disconnect, then all reconnect at once; measures the reconnect
+    /// (time to the last CONNACK, CONNACK latency, sessions present, --broker-pid CPU).
+    Storm,
     /// --publishers publishers on lg/fanin/<i> -> --subscribers subscribers on lg/fanin/+.
     Fanin,
     /// One publisher on lg/fanout -> --clients subscribers.
@@ -46,9 +50,15 @@ pub enum Scenario {
 }
 
 impl Scenario {
+    /// Scenarios whose measured phase is the connect storm itself (no messages).
+    pub fn is_connect_storm(self) -> bool {
+        matches!(self, Scenario::Connect | Scenario::Storm)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::Connect => "connect",
+            Scenario::Storm => "storm",
             Scenario::Fanin => "fanin",
             Scenario::Fanout => "fanout",
             Scenario::Pairs => "pairs",
@@ -211,6 +221,10 @@ pub struct Opts {
     /// CONNECT password of every client.
     #[arg(long, global = true)]
     pub password: Option<String>,
+    /// connect, storm: the broker's process id; its CPU time (/proc/PID/stat) over the
+    /// measured storm is reported beside loadgen's.
+    #[arg(long, global = true)]
+    pub broker_pid: Option<u32>,
 }
 
 /// Validated settings for one run.
@@ -256,6 +270,7 @@ pub struct Config {
     )>,
     pub username: Option<String>,
     pub password: Option<String>,
+    pub broker_pid: Option<u32>,
 }
 
 /// The rustls client config of `--tls`: TLS 1.2 and 1.3, roots from `ca_file`, ALPN
@@ -487,11 +502,16 @@ impl Opts {
         if scenario == Scenario::Fleet && self.interval.is_zero() {
             return Err(bad("interval", "0s", "must be positive"));
         }
-        if scenario != Scenario::Connect && self.duration.is_zero() {
+        if let Some(pid) = self.broker_pid {
+            if !std::path::Path::new(&format!("/proc/{pid}/stat")).exists() {
+                return Err(bad("broker-pid", pid, "no such process"));
+            }
+        }
+        if !scenario.is_connect_storm() && self.duration.is_zero() {
             return Err(bad("duration", "0s", "must be positive"));
         }
         let publishers = match scenario {
-            Scenario::Connect => 0,
+            Scenario::Connect | Scenario::Storm => 0,
             Scenario::Fanin => self.publishers,
             Scenario::Fanout => 1,
             Scenario::Pairs | Scenario::Fleet | Scenario::Sn => self.clients,
@@ -526,7 +546,7 @@ impl Opts {
             clients: self.clients,
             publishers: self.publishers,
             subscribers: self.subscribers,
-            connect_rate: if scenario == Scenario::Connect {
+            connect_rate: if scenario.is_connect_storm() {
                 self.rate
             } else {
                 0.0
@@ -552,7 +572,8 @@ impl Opts {
             window,
             send_batch: self.send_batch,
             open_loop: self.open_loop,
-            persistent: self.persistent,
+            // A storm resumes sessions: both rounds connect with persistent ones.
+            persistent: self.persistent || scenario == Scenario::Storm,
             spin: self.spin,
             connect_inflight: self.connect_inflight,
             cmd_rate: self.cmd_rate,
@@ -566,6 +587,7 @@ impl Opts {
             },
             username: self.username.clone(),
             password: self.password.clone(),
+            broker_pid: self.broker_pid,
         })
     }
 }

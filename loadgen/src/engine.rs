@@ -59,6 +59,8 @@ pub struct Shared {
     pub ready: AtomicU64,
     pub failed: AtomicU64,
     pub last_connack_ns: AtomicU64,
+    /// CONNACKs with Session Present set (a storm's reconnect resumed the session).
+    pub session_present: AtomicU64,
     /// CLOCK_MONOTONIC ns when MEASURE started; receipts of earlier sends are not recorded.
     pub measure_start_ns: AtomicU64,
     /// Messages sent per stream (sequence numbers 0..sent).
@@ -77,6 +79,7 @@ impl Shared {
             ready: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             last_connack_ns: AtomicU64::new(0),
+            session_present: AtomicU64::new(0),
             measure_start_ns: AtomicU64::new(u64::MAX),
             sent: (0..n).map(|_| AtomicU64::new(0)).collect(),
             delivered: (0..n).map(|_| AtomicU64::new(0)).collect(),
@@ -357,7 +360,7 @@ impl Worker {
         ring.submitter()
             .register_files_sparse(n.max(1) as u32)
             .map_err(|e| setup_err(&format!("io_uring_register(FILES_SPARSE, {n} files)"), e))?;
-        let (count, size) = if cfg.scenario == crate::cli::Scenario::Connect {
+        let (count, size) = if cfg.scenario.is_connect_storm() {
             (256, 4096)
         } else {
             (1024, 16 * 1024)

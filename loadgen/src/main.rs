@@ -64,7 +64,8 @@ fn main() {
             Err(e) => eprintln!("loadgen: {e}"),
         }
     }
-    let main_hist = if report.scenario == "connect" {
+    let storm = report.scenario == "connect" || report.scenario == "storm";
+    let main_hist = if storm {
         &hists.connect
     } else {
         &hists.latency
@@ -81,7 +82,7 @@ fn main() {
             report.scenario, report.qos, report.size_bytes
         );
         let mut series: Vec<(&str, &hdrhistogram::Histogram<u64>)> = Vec::new();
-        if report.scenario == "connect" {
+        if storm {
             series.push(("connect + CONNACK", &hists.connect));
         } else {
             series.push(("one-way latency", &hists.latency));

@@ -63,7 +63,9 @@ pub fn build(cfg: &Config) -> Plan {
         }
     };
     match cfg.scenario {
-        Scenario::Connect => clients.extend((0..cfg.clients).map(plain)),
+        // A storm's measured round only reconnects: the subscriptions are the
+        // session's, made by `storm_prime`.
+        Scenario::Connect | Scenario::Storm => clients.extend((0..cfg.clients).map(plain)),
         Scenario::Fanin => {
             let (p, s) = (cfg.publishers, cfg.subscribers);
             for i in 0..s {
@@ -161,6 +163,23 @@ pub fn build(cfg: &Config) -> Plan {
     }
 }
 
+/// A storm's first round: every client subscribes lg/storm/<i> (QoS --qos), so the
+/// session the reconnect resumes holds a subscription.
+pub fn storm_prime(cfg: &Config) -> Plan {
+    let clients = (0..cfg.clients)
+        .map(|i| {
+            let mut c = plain(i);
+            c.subscribe = Some(format!("lg/storm/{i}"));
+            c
+        })
+        .collect();
+    Plan {
+        clients,
+        multiplicity: Vec::new(),
+        devices: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +238,18 @@ mod tests {
         let p = build(&cfg(&["lg", "fanout", "--clients", "7"]));
         assert_eq!(p.multiplicity, vec![7]);
         assert_eq!(p.clients.len(), 8);
+    }
+
+    #[test]
+    fn storm_shape() {
+        let c = cfg(&["lg", "storm", "--clients", "3"]);
+        assert!(c.persistent, "a storm resumes persistent sessions");
+        let prime = storm_prime(&c);
+        assert_eq!(prime.clients.len(), 3);
+        assert_eq!(prime.clients[2].subscribe.as_deref(), Some("lg/storm/2"));
+        let p = build(&c);
+        assert_eq!(p.clients.len(), 3);
+        assert!(p.clients.iter().all(|c| c.subscribe.is_none()));
+        assert!(p.multiplicity.is_empty());
     }
 }

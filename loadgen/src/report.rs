@@ -101,12 +101,28 @@ pub struct Report {
     pub runq_wait_pct: Option<f64>,
     /// The run was cut short by SIGINT (Ctrl-C).
     pub interrupted: bool,
+    /// connect, storm with --broker-pid: the broker's CPU seconds (user + system) from
+    /// the first connect attempt until every client was connected or failed.
+    pub broker_cpu_s: Option<f64>,
+    /// storm: the first round; the fields above describe the reconnect.
+    pub storm: Option<StormReport>,
     pub exit_code: i32,
 }
 
 /// Run-queue wait above which the table warns that the machine, not loadgen or the
 /// broker, bounded the run.
 pub const RUNQ_WAIT_WARN_PCT: f64 = 10.0;
+
+/// storm: how the first round went, and how many reconnects resumed their session.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    /// Clients connected and subscribed in the first round.
+    pub first_round_established: u64,
+    /// Seconds of the first round (connect + SUBSCRIBE, to the last SUBACK).
+    pub first_round_s: f64,
+    /// Reconnects whose CONNACK had Session Present set.
+    pub sessions_present: u64,
+}
 
 fn fmt_rate(v: f64) -> String {
     if v >= 1e6 {
@@ -116,6 +132,11 @@ fn fmt_rate(v: f64) -> String {
     } else {
         format!("{v:.1}")
     }
+}
+
+/// connect and storm measure connects, not messages.
+fn is_storm(r: &Report) -> bool {
+    r.scenario == "connect" || r.scenario == "storm"
 }
 
 pub fn table(r: &Report) -> String {
@@ -148,7 +169,19 @@ pub fn table(r: &Report) -> String {
         "  connect us    p50 {:.0}  p99 {:.0}  max {:.0}",
         c.p50, c.p99, c.max
     );
-    if r.scenario != "connect" {
+    if let Some(st) = &r.storm {
+        let _ = writeln!(
+            s,
+            "  first round   {} connected and subscribed in {:.2} s, then disconnected",
+            st.first_round_established, st.first_round_s
+        );
+        let _ = writeln!(
+            s,
+            "  reconnect     {} of {} CONNACKs with session present",
+            st.sessions_present, r.connections_attempted
+        );
+    }
+    if !is_storm(r) {
         let _ = writeln!(
             s,
             "  throughput    sent {} msg/s  received {} msg/s  {:.2} MB/s  over {:.2} s",
@@ -197,7 +230,14 @@ pub fn table(r: &Report) -> String {
         "  loadgen cpu   {:.0}% of a core (busiest thread {:.0}%){per_msg}{waited}",
         r.cpu_process_pct, r.cpu_max_thread_pct
     );
-    if r.scenario != "connect" {
+    if let Some(b) = r.broker_cpu_s {
+        let _ = writeln!(
+            s,
+            "  broker cpu    {b:.2} s over the storm ({:.1} us per connection)",
+            b * 1e6 / r.connections_established.max(1) as f64
+        );
+    }
+    if !is_storm(r) {
         let _ = writeln!(
             s,
             "  sends         {}/s, {:.1} messages published per send",
@@ -485,8 +525,37 @@ mod tests {
             loadgen_saturated: false,
             runq_wait_pct: Some(25.0),
             interrupted: false,
+            broker_cpu_s: None,
+            storm: None,
             exit_code: 2,
         }
+    }
+
+    #[test]
+    fn storm_table_and_json() {
+        let mut r = report();
+        r.scenario = "storm".into();
+        r.broker_cpu_s = Some(0.5);
+        r.storm = Some(StormReport {
+            first_round_established: 5,
+            first_round_s: 1.25,
+            sessions_present: 4,
+        });
+        let t = table(&r);
+        for needle in [
+            "5 connected and subscribed in 1.25 s",
+            "4 of 5 CONNACKs with session present",
+            "broker cpu    0.50 s",
+            "100000.0 us per connection",
+            "to the last CONNACK",
+        ] {
+            assert!(t.contains(needle), "missing {needle} in {t}");
+        }
+        assert!(!t.contains("throughput"), "a storm has no messages: {t}");
+        let v: serde_json::Value =
+            serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(v["storm"]["sessions_present"], 4);
+        assert_eq!(v["broker_cpu_s"], 0.5);
     }
 
     #[test]

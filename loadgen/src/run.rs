@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -133,6 +134,113 @@ pub struct Hists {
     pub connect: hdrhistogram::Histogram<u64>,
 }
 
+/// Pause between a storm's disconnect and its reconnect.
+const STORM_PAUSE: Duration = Duration::from_secs(2);
+
+/// The shared state, the threads and the start time of one round.
+type Started = (Arc<Shared>, Vec<JoinHandle<ThreadResult>>, u64);
+
+/// Builds one ring per thread for `plan`, every ring before any thread starts so a
+/// refusal is reported up front, and starts them. Returns the shared state, the
+/// threads and the start time.
+fn start(cfg: &Arc<Config>, plan: &plan::Plan, threads: usize) -> Result<Started, SetupError> {
+    let shared = Arc::new(Shared::new(plan));
+    let mut per: Vec<Vec<ClientSpec>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, c) in plan.clients.iter().enumerate() {
+        per[i % threads].push(c.clone());
+    }
+    let mut workers = Vec::with_capacity(threads);
+    for specs in per {
+        workers.push(Worker::new(
+            cfg.clone(),
+            shared.clone(),
+            specs,
+            plan.devices,
+        )?);
+    }
+    let t0 = engine::now_ns();
+    let handles = workers
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| {
+            std::thread::Builder::new()
+                .name(format!("loadgen-{i}"))
+                .spawn(move || w.run())
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| SetupError(format!("spawning a worker thread failed: {e}")))?;
+    Ok((shared, handles, t0))
+}
+
+/// Waits until every client is connected (and subscribed) or failed, or
+/// --connect-timeout from `t0`.
+fn wait_connected(cfg: &Config, shared: &Shared, total: u64, t0: u64, msg: &str) {
+    let pb = bar(total, msg);
+    let deadline = t0 + cfg.connect_timeout.as_nanos() as u64;
+    loop {
+        let done = shared.ready.load(Ordering::Acquire) + shared.failed.load(Ordering::Acquire);
+        if let Some(pb) = &pb {
+            pb.set_position(done);
+        }
+        if done >= total || engine::now_ns() > deadline || interrupted() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+}
+
+/// CPU time (user + system) of process `pid` in ns, from /proc/PID/stat; `None` once
+/// it is gone.
+fn proc_cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may hold spaces: utime and stime are the
+    // 12th and 13th of them (fields 14 and 15 of the line).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace().skip(11);
+    let ticks: u64 = f.next()?.parse::<u64>().ok()? + f.next()?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Some(ticks * 1_000_000_000 / hz)
+}
+
+/// A storm's first round, as it went.
+pub struct StormPrime {
+    pub established: u64,
+    pub secs: f64,
+    pub errors: std::collections::BTreeMap<String, u64>,
+}
+
+/// A storm's first round: every client connects with a persistent session,
+/// subscribes, and disconnects cleanly once all are in.
+fn storm_prime(cfg: &Arc<Config>, threads: usize) -> Result<StormPrime, SetupError> {
+    let plan = plan::storm_prime(cfg);
+    let total = plan.clients.len() as u64;
+    let (shared, handles, t0) = start(cfg, &plan, threads)?;
+    wait_connected(cfg, &shared, total, t0, "subscribing");
+    let established = shared.ready.load(Ordering::Acquire);
+    let secs = (engine::now_ns() - t0) as f64 / 1e9;
+    shared
+        .phase
+        .store(engine::PHASE_DISCONNECT, Ordering::Release);
+    let mut errors = std::collections::BTreeMap::new();
+    for h in handles {
+        let r = h
+            .join()
+            .map_err(|_| SetupError("a worker thread panicked".into()))?;
+        for (k, v) in r.errors {
+            *errors.entry(format!("first round: {k}")).or_insert(0) += v;
+        }
+    }
+    Ok(StormPrime {
+        established,
+        secs,
+        errors,
+    })
+}
+
 pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
     let nofile = raise_nofile();
     // SAFETY: the handler only stores to an atomic and calls signal(), both
@@ -154,50 +262,23 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
     }
     cfg.threads = threads;
     let cfg = Arc::new(cfg);
-    let shared = Arc::new(Shared::new(&plan));
-    let mut per: Vec<Vec<ClientSpec>> = (0..threads).map(|_| Vec::new()).collect();
-    for (i, c) in plan.clients.iter().enumerate() {
-        per[i % threads].push(c.clone());
-    }
-    // Build every ring before starting any thread so a refusal is reported up front.
-    let mut workers = Vec::with_capacity(threads);
-    for specs in per {
-        workers.push(Worker::new(
-            cfg.clone(),
-            shared.clone(),
-            specs,
-            plan.devices,
-        )?);
-    }
+    let prime = if cfg.scenario == Scenario::Storm {
+        let p = storm_prime(&cfg, threads)?;
+        // Let the broker finish the DISCONNECTs before the storm, so it reconnects to
+        // stored sessions rather than taking over live connections.
+        std::thread::sleep(STORM_PAUSE);
+        Some(p)
+    } else {
+        None
+    };
+    let broker_cpu0 = cfg.broker_pid.and_then(proc_cpu_ns);
     let cpu0 = cpu_process_ns();
-    let t0 = engine::now_ns();
-    let handles: Vec<_> = workers
-        .into_iter()
-        .enumerate()
-        .map(|(i, w)| {
-            std::thread::Builder::new()
-                .name(format!("loadgen-{i}"))
-                .spawn(move || w.run())
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| SetupError(format!("spawning a worker thread failed: {e}")))?;
-
-    // Connect (and subscribe) everyone.
-    let pb = bar(total, "connecting");
-    let deadline = t0 + cfg.connect_timeout.as_nanos() as u64;
-    loop {
-        let done = shared.ready.load(Ordering::Acquire) + shared.failed.load(Ordering::Acquire);
-        if let Some(pb) = &pb {
-            pb.set_position(done);
-        }
-        if done >= total || engine::now_ns() > deadline || interrupted() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    if let Some(pb) = pb {
-        pb.finish_and_clear();
-    }
+    let (shared, handles, t0) = start(&cfg, &plan, threads)?;
+    wait_connected(&cfg, &shared, total, t0, "connecting");
+    let broker_cpu_ns = match (broker_cpu0, cfg.broker_pid.and_then(proc_cpu_ns)) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
     let ready_after_connect = shared.ready.load(Ordering::Acquire);
     let last_connack = shared.last_connack_ns.load(Ordering::Acquire);
     let cpu_connect = cpu_process_ns() - cpu0;
@@ -211,7 +292,7 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
     .max(1);
 
     let (measured_ns, cpu_measured_ns, cpu_window_ns);
-    if cfg.scenario == Scenario::Connect {
+    if cfg.scenario.is_connect_storm() {
         shared
             .measure_start_ns
             .store(engine::now_ns(), Ordering::Release);
@@ -258,6 +339,7 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
         connect_wall_ns,
         measured_ns,
         (cpu_measured_ns, cpu_window_ns),
+        (prime, broker_cpu_ns),
     ))
 }
 
@@ -271,6 +353,7 @@ fn merge(
     connect_wall_ns: u64,
     measured_ns: u64,
     (cpu_measured_ns, cpu_window_ns): (u64, u64),
+    (prime, broker_cpu_ns): (Option<StormPrime>, Option<u64>),
 ) -> (Report, Hists) {
     let mut latency = engine::new_histogram();
     let mut rtt = engine::new_histogram();
@@ -291,7 +374,7 @@ fn merge(
     let mut max_thread_pct: f64 = 0.0;
     let mut spun_measured_ns = 0u64;
     let mut runq_wait_pct: Option<f64> = None;
-    let measured_phase = if cfg.scenario == Scenario::Connect {
+    let measured_phase = if cfg.scenario.is_connect_storm() {
         0
     } else {
         engine::PHASE_MEASURE as usize
@@ -335,8 +418,22 @@ fn merge(
         out_of_order: ooo,
     }
     .lost();
+    let storm = prime.map(|p| {
+        for (k, v) in p.errors {
+            *errors.entry(k).or_insert(0) += v;
+        }
+        crate::report::StormReport {
+            first_round_established: p.established,
+            first_round_s: p.secs,
+            sessions_present: shared.session_present.load(Ordering::Acquire),
+        }
+    });
     let errors_total = errors.values().sum();
-    let failed_pct = failed as f64 * 100.0 / total.max(1) as f64;
+    // A storm's reconnect that found no session failed its purpose.
+    let not_resumed = storm
+        .as_ref()
+        .map_or(failed, |st| total - st.sessions_present.min(total));
+    let failed_pct = not_resumed.max(failed) as f64 * 100.0 / total.max(1) as f64;
     let exit_code = exit_code(cfg.qos, lost, failed_pct, cfg.max_failed_pct);
     let saturated = max_thread_pct > 90.0;
     let cpu_busy_ns = cpu_measured_ns.saturating_sub(spun_measured_ns);
@@ -353,7 +450,7 @@ fn merge(
         open_loop: cfg.open_loop,
         window: cfg.window,
         measured_s: secs,
-        hold_s: if cfg.scenario == Scenario::Connect {
+        hold_s: if cfg.scenario.is_connect_storm() {
             cfg.hold.as_secs_f64()
         } else {
             0.0
@@ -386,6 +483,8 @@ fn merge(
         loadgen_saturated: saturated,
         runq_wait_pct,
         interrupted: interrupted(),
+        broker_cpu_s: broker_cpu_ns.map(|ns| ns as f64 / 1e9),
+        storm,
         exit_code,
     };
     (

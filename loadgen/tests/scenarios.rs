@@ -206,6 +206,54 @@ fn connect_hold_and_disconnect() {
     assert_eq!(j["errors_total"], 0, "{j}");
 }
 
+/// A storm's reconnect resumes every session the first round made (Session Present
+/// on every CONNACK), on two loops (so about half the sessions live on the loop that
+/// did not accept the reconnect), and reports the broker's CPU over it.
+#[test]
+fn storm_resumes_every_session() {
+    let b = support::start_broker_with(&["--shards", "2"]);
+    let (port, pid) = (b.port.to_string(), b.pid().to_string());
+    let (code, j, stderr) = support::loadgen(&[
+        "storm",
+        "--port",
+        &port,
+        "--clients",
+        "300",
+        "--hold",
+        "0s",
+        "--broker-pid",
+        &pid,
+    ]);
+    assert_eq!(code, 0, "{j} {stderr}");
+    assert_eq!(j["scenario"], "storm");
+    assert_eq!(j["storm"]["first_round_established"], 300, "{j}");
+    assert_eq!(j["storm"]["sessions_present"], 300, "{j}");
+    assert_eq!(j["connections_established"], 300, "{j}");
+    assert_eq!(j["connect_latency_us"]["count"], 300, "{j}");
+    assert_eq!(j["errors_total"], 0, "{j}");
+    assert!(j["broker_cpu_s"].as_f64().is_some(), "{j}");
+    assert!(
+        stderr.contains("300 of 300 CONNACKs with session present"),
+        "{stderr}"
+    );
+}
+
+/// `--broker-pid` naming no process is refused up front, naming the flag and the
+/// value (exit 2).
+#[test]
+fn storm_broker_pid_must_exist() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(["storm", "--clients", "1", "--broker-pid", "4000000000"])
+        .output()
+        .expect("running loadgen");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broker-pid") && err.contains("4000000000"),
+        "{err}"
+    );
+}
+
 #[test]
 fn refused_connections_exit_3() {
     // Nothing listens on this port: every connect is refused.

@@ -295,6 +295,9 @@ impl Worker {
                     self.submit_close(idx);
                     return;
                 }
+                if ack.session_present {
+                    self.shared.session_present.fetch_add(1, Ordering::AcqRel);
+                }
                 if let Some(rm) = ack.properties.receive_maximum {
                     c.server_receive_max = u32::from(rm);
                 }

@@ -27,6 +27,13 @@ impl Drop for Broker {
     }
 }
 
+impl Broker {
+    /// The broker's process id (for `--broker-pid`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 pub fn free_port() -> u16 {
     let l =
         std::net::TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 for a free port");
