@@ -3,9 +3,15 @@
 # tests/fuzz/seeds/<target>/ (committed regression inputs and conformance vectors).
 # A crash fails the run; the crashing input is left in tests/fuzz/artifacts/<target>/
 # and belongs in tests/fuzz/seeds/<target>/ once fixed, so it stays a regression test.
+# `perf/fuzz.sh build` only builds the targets (tests/run-all.sh does that early, in
+# the background, and fuzzes later).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-60}"
+build_only=false
+if [[ "$seconds" == build ]]; then build_only=true; fi
+[[ "$build_only" == true || "$seconds" =~ ^[1-9][0-9]*$ ]] \
+  || { echo "fuzz: '$seconds' is neither a number of seconds per target nor 'build'" >&2; exit 2; }
 command -v cargo-fuzz >/dev/null || { echo "fuzz: cargo-fuzz is not installed (tests/install-deps.sh installs it)" >&2; exit 1; }
 # libFuzzer instrumentation needs nightly flags; use a nightly toolchain when one is
 # installed, otherwise let stable accept them.
@@ -19,6 +25,7 @@ targets=$(cargo "${tc[@]}" fuzz list --fuzz-dir "$fuzz_dir")
 # core). Each libFuzzer process is single-threaded, so on CI's 2 cores two run side by
 # side in the time of one; the build is shared.
 cargo "${tc[@]}" fuzz build --fuzz-dir "$fuzz_dir"
+if [[ "$build_only" == true ]]; then echo "fuzz: built $(echo $targets)"; exit 0; fi
 jobs="${FUZZ_JOBS:-$(nproc)}"
 logs=$(mktemp -d)
 run_target() {

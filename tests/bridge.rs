@@ -107,6 +107,26 @@ impl Drop for Mosquitto {
     }
 }
 
+/// A 3.1.1 client with a persistent session (clean session 0) on `addr`: what the
+/// server queues for it while it is away comes on its next connect.
+fn persistent_client(addr: &str, id: &str) -> RawClient {
+    let mut c = pkt::Connect::v311(id);
+    c.clean = false;
+    RawClient::connect_with(addr, &c).0
+}
+
+/// kill -9 of `b` (nothing gets a chance to tidy up), reaped; fails unless it died
+/// of the signal.
+fn kill_9(b: &mut Broker) {
+    // SAFETY: kill(2) on the PID of a child the test spawned and has not reaped.
+    assert_eq!(
+        unsafe { libc::kill(b.pid() as libc::pid_t, libc::SIGKILL) },
+        0
+    );
+    let status = b.terminate(Duration::from_secs(20));
+    assert!(status.is_some_and(|s| !s.success()), "killed: {status:?}");
+}
+
 fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(support::uniq(&format!("brg{tag}")));
     std::fs::create_dir_all(&d).expect("temp dir");
@@ -408,11 +428,7 @@ fn a_remote_restart_loses_nothing_within_the_queue_bound() {
     let remote_addr = format!("127.0.0.1:{port}");
     // A persistent QoS 2 subscriber on the remote: Mosquitto queues for it across
     // the restart, so everything the bridge delivers is seen.
-    let persistent = || {
-        let mut c = pkt::Connect::v311("remote-keeper");
-        c.clean = false;
-        RawClient::connect_with(&remote_addr, &c).0
-    };
+    let persistent = || persistent_client(&remote_addr, "remote-keeper");
     let mut sub = persistent();
     subscribe(&mut sub, "data/#");
     let mut local_pub = RawClient::connect_v311(local.addr(), "local-pub");
@@ -477,11 +493,7 @@ fn a_remote_stopped_mid_stream_loses_nothing() {
         "topics = [\"data/# out 1\"]\nqueue_max_messages = 1000\n",
     );
     let remote_addr = format!("127.0.0.1:{port}");
-    let persistent = || {
-        let mut c = pkt::Connect::v311("remote-keeper");
-        c.clean = false;
-        RawClient::connect_with(&remote_addr, &c).0
-    };
+    let persistent = || persistent_client(&remote_addr, "remote-keeper");
     let mut sub = persistent();
     subscribe(&mut sub, "data/#");
     let mut local_pub = RawClient::connect_v311(local.addr(), "local-pub");
@@ -568,11 +580,7 @@ fn the_held_queue_survives_a_kill_9_of_ringmq_while_the_remote_is_down() {
     let remote_addr = format!("127.0.0.1:{port}");
     // A persistent subscriber on the remote, made while it runs: Mosquitto keeps it
     // (persistence file) and queues for it what the bridge delivers later.
-    let keeper = || {
-        let mut c = pkt::Connect::v311("remote-keeper");
-        c.clean = false;
-        RawClient::connect_with(&remote_addr, &c).0
-    };
+    let keeper = || persistent_client(&remote_addr, "remote-keeper");
     let mut remote = Mosquitto::start(&dir, port);
     subscribe(&mut keeper(), "data/#");
     remote.stop();
@@ -607,14 +615,7 @@ fn the_held_queue_survives_a_kill_9_of_ringmq_while_the_remote_is_down() {
     let kept = HELD_MAX - probes;
     wait_metric(&local, "ringmq_bridge_held_messages", HELD_MAX as u64);
     wait_metric(&local, "ringmq_bridge_out_dropped_total", (N - kept) as u64);
-    // kill -9: nothing gets a chance to tidy up.
-    // SAFETY: kill(2) on our own unreaped child.
-    assert_eq!(
-        unsafe { libc::kill(local.pid() as libc::pid_t, libc::SIGKILL) },
-        0
-    );
-    let status = local.terminate(Duration::from_secs(20));
-    assert!(status.is_some_and(|s| !s.success()), "killed: {status:?}");
+    kill_9(&mut local);
     drop(local_pub);
 
     // Restarted on the same data directory, the remote still down: the bridge holds
@@ -885,11 +886,7 @@ fn a_kill_9_of_ringmq_mid_stream_loses_no_message_the_remote_sent_in() {
     let remote_addr = format!("127.0.0.1:{port}");
     let _remote = Mosquitto::start(&dir, port);
     let mut local = durable_ringmq_with_in_bridge(&dir, &data, port);
-    let keeper = |local: &Broker| {
-        let mut c = pkt::Connect::v311("in-keeper");
-        c.clean = false;
-        RawClient::connect_with(local.addr(), &c).0
-    };
+    let keeper = |local: &Broker| persistent_client(local.addr(), "in-keeper");
     let mut sub = keeper(&local);
     subscribe(&mut sub, "cmd/#");
     let mut remote_pub = RawClient::connect_v311(&remote_addr, "in-pub");
@@ -917,13 +914,7 @@ fn a_kill_9_of_ringmq_mid_stream_loses_no_message_the_remote_sent_in() {
         publish(&mut remote_pub, "cmd/x", q, i as u16 + 1, &format!("m{i}"));
     }
     // Mid-stream: Mosquitto has them all, the bridge is still taking them.
-    // SAFETY: kill(2) on our own unreaped child.
-    assert_eq!(
-        unsafe { libc::kill(local.pid() as libc::pid_t, libc::SIGKILL) },
-        0
-    );
-    let status = local.terminate(Duration::from_secs(20));
-    assert!(status.is_some_and(|s| !s.success()), "killed: {status:?}");
+    kill_9(&mut local);
 
     let local = durable_ringmq_with_in_bridge(&dir, &data, port);
     let mut sub = keeper(&local);

@@ -566,11 +566,13 @@ impl Shard {
         mark: u64,
         cluster: bool,
     ) -> bool {
-        let remote = self
-            .store
-            .as_deref_mut()
-            .map(|s| std::mem::take(&mut s.remote.needs))
-            .unwrap_or_default();
+        // No data directory: nothing is ever held here (a cluster's JetStream wait is
+        // `cluster.rs`'s). Out before the empty `needs` is made and dropped: this
+        // runs for every QoS 1/2 publish.
+        let Some(s) = self.store.as_deref_mut() else {
+            return false;
+        };
+        let remote = std::mem::take(&mut s.remote.needs);
         let gate = self.gate(conn, mark, false);
         if gate.is_none() && remote.is_empty() {
             return false;

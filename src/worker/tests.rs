@@ -254,22 +254,8 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
     assert_eq!(w.report.handoffs_expired, 1);
     assert_eq!(w.io.forgotten, [late]);
     // Should the socket still come, it has no hand-off any more: closed.
-    Worker::dispatch(
-        &mut w.io,
-        &mut w.shard,
-        &mut w.conns,
-        &mut w.by_sock,
-        &mut w.live,
-        &mut w.waiting_handoffs,
-        &mut w.outgoing,
-        &mut w.mesh,
-        &mut w.wake,
-        &mut w.linger,
-        &mut w.draining,
-        &mut w.report,
-        &mut w.http,
-        false,
-        &mut w.tls,
+    dispatch_on(
+        &mut w,
         Completion::Adopted {
             transfer: late,
             sock: 3,
@@ -397,26 +383,33 @@ fn turn_once(w: &mut Worker<crate::io::epoll::EpollLoop>, now: Instant) {
     w.io.turn(Some(Duration::from_millis(20)), &mut out)
         .expect("epoll turn");
     for c in out {
-        Worker::dispatch(
-            &mut w.io,
-            &mut w.shard,
-            &mut w.conns,
-            &mut w.by_sock,
-            &mut w.live,
-            &mut w.waiting_handoffs,
-            &mut w.outgoing,
-            &mut w.mesh,
-            &mut w.wake,
-            &mut w.linger,
-            &mut w.draining,
-            &mut w.report,
-            &mut w.http,
-            false,
-            &mut w.tls,
-            c,
-            now,
-        );
+        dispatch_on(w, c, now);
     }
+}
+
+/// Hands one completion to `w` as its running loop would. `Worker::dispatch` takes
+/// the worker's fields one by one (the loop lends them apart); the tests lend them
+/// here, in one place, so a new parameter changes one call.
+fn dispatch_on<L: EventLoop>(w: &mut Worker<L>, c: Completion, now: Instant) {
+    Worker::dispatch(
+        &mut w.io,
+        &mut w.shard,
+        &mut w.conns,
+        &mut w.by_sock,
+        &mut w.live,
+        &mut w.waiting_handoffs,
+        &mut w.outgoing,
+        &mut w.mesh,
+        &mut w.wake,
+        &mut w.linger,
+        &mut w.draining,
+        &mut w.report,
+        &mut w.http,
+        w.shutting_down,
+        &mut w.tls,
+        c,
+        now,
+    );
 }
 
 /// The peer's WebSocket close frame came in on the old loop while the connection was
