@@ -259,7 +259,7 @@ pub fn table(r: &Report) -> String {
         let _ = writeln!(s, "  WARNING: a loadgen thread used >90% of a core; these numbers are a floor, not the broker's limit (add --threads)");
     }
     if let Some(w) = r.runq_wait_pct.filter(|w| *w > RUNQ_WAIT_WARN_PCT) {
-        let _ = writeln!(s, "  WARNING: a loadgen thread waited {w:.0}% of the run for a CPU other processes held; throughput here is the machine's load, not the broker's limit (use an idle machine or raise loadgen's and the broker's priority)");
+        let _ = writeln!(s, "  WARNING: a loadgen thread waited {w:.0}% of the run for a CPU other processes held; the figures here measure the machine's load, not the broker's limit (use an idle machine or raise loadgen's and the broker's priority)");
     }
     s
 }
