@@ -340,9 +340,9 @@ async fn run(
         status: st.status.clone(),
         beating: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
-    let (will_tx, will_rx) = mpsc::channel::<(Bytes, Option<Bytes>)>(SESSIONS_MAX);
+    let will_feed = wills::WillFeed::default();
     let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
-    tokio::spawn(w.clone().writer(will_rx));
+    tokio::spawn(w.clone().writer(will_feed.clone()));
     tokio::spawn(w.liveness(orphan_tx));
     tokio::spawn(takeover_requests(
         client.clone(),
@@ -368,10 +368,11 @@ async fn run(
                     while let Some(mut out) = c.pop() {
                         let asked = std::mem::take(&mut out.claims);
                         let handed = std::mem::take(&mut out.handovers);
-                        for w in std::mem::take(&mut out.wills) {
-                            // Waits rather than drops: a lost "gone" would let a
-                            // survivor publish a will that must not fire.
-                            let _ = will_tx.send(w).await;
+                        for (client, value) in std::mem::take(&mut out.wills) {
+                            // Never dropped (a lost "gone" would let a survivor
+                            // publish a will that must not fire) and never waited
+                            // for: the writer may be stuck on JetStream.
+                            will_feed.put(client, value);
                         }
                         st.on_batch(&client, &js, from, out, &in_tx, &ret_tx, &ack_tx).await;
                         st.on_sessions(&client, &claims, &claimed_tx, from, asked, handed).await;

@@ -428,3 +428,31 @@ fn a_will_is_orphaned_only_by_a_dead_incarnation() {
         "will newer than the heartbeat known"
     );
 }
+
+/// Will changes while no writer drains them (NATS down, bucket missing) pile up as one
+/// entry per client id, the latest state each, and adding never waits: the cluster
+/// thread's main task (forwarding, acks, claims) cannot be held by the wills writer.
+#[test]
+fn will_changes_keep_the_latest_per_client_without_waiting() {
+    let feed = super::wills::WillFeed::default();
+    for round in 0..1_000u32 {
+        for c in 0..100u32 {
+            let client = Bytes::from(format!("c{c}"));
+            // Each client ends on "set" in the last round, except odd ones: "gone".
+            let value =
+                (round % 2 == 0 || c % 2 == 0).then(|| Bytes::from(format!("will {c} {round}")));
+            feed.put(client, value);
+        }
+    }
+    assert_eq!(feed.len(), 100, "one entry per client id, not per change");
+    for c in 0..100u32 {
+        let (client, value) = feed.pop().expect("an entry per client");
+        assert_eq!(client, Bytes::from(format!("c{c}")), "first-change order");
+        let want = (c % 2 == 0).then(|| Bytes::from(format!("will {c} 999")));
+        assert_eq!(value, want, "the latest state of c{c}");
+    }
+    assert!(feed.pop().is_none());
+    // A client changed again after its entry was taken is queued again.
+    feed.put(Bytes::from_static(b"c1"), None);
+    assert_eq!(feed.pop(), Some((Bytes::from_static(b"c1"), None)));
+}
