@@ -811,3 +811,41 @@ fn sessions_across_nodes(n1: &Broker, n2: &Broker, n3: &Broker) {
     live.expect_disconnect_v5(&[0x8e]);
     leave(other);
 }
+
+/// A node whose cluster thread ends at start (a creds file async-nats cannot read)
+/// still serves clients with a client id: their CONNECTs are not held for claims
+/// nobody answers (review item B). Needs no nats-server: the creds file fails first.
+#[test]
+fn a_node_whose_cluster_thread_ended_serves_connects_locally() {
+    let dir = TempDir::new("bad-creds");
+    let creds = dir.0.join("bad.creds");
+    std::fs::write(&creds, "not a NATS credentials file\n").expect("write creds");
+    let url = format!("nats://127.0.0.1:{}", free_loopback_port());
+    let n = Launch::new(&[
+        "--log-level",
+        "info",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--cluster-nats",
+        &url,
+        "--cluster-node-name",
+        "alone",
+        "--cluster-nats-creds-file",
+        creds.to_str().expect("utf-8 path"),
+    ])
+    .spawn();
+    let until = Instant::now() + PATIENCE;
+    while !n.stderr_tail().contains("this node runs alone") {
+        assert!(
+            Instant::now() < until,
+            "the cluster thread did not end; stderr:\n{}",
+            n.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // connect_v311 fails if no CONNACK comes within RECV_TIMEOUT (5 s, below the
+    // 10 s connect timeout a held CONNECT would wait out).
+    let mut c = RawClient::connect_v311(n.addr(), &uniq("alone"));
+    c.subscribe_ok(1, "a/t", 1);
+    wait_metric(&n, "ringmq_cluster_sessions_local_total", 1);
+}

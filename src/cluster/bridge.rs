@@ -33,6 +33,9 @@ pub const TO_LOOP_MAX: usize = 8192;
 pub struct ClusterStatus {
     pub node: String,
     pub connected: AtomicBool,
+    /// The cluster thread ended (bad NATS settings, no runtime): nothing answers
+    /// session claims, so the loops serve every CONNECT from their own state.
+    pub stopped: AtomicBool,
     pub disconnects: AtomicU64,
     pub forwarded: AtomicU64,
     pub received: AtomicU64,
@@ -72,6 +75,10 @@ impl ClusterStatus {
         self.connected.load(Ordering::Relaxed)
     }
 
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
     /// The Prometheus lines of the cluster figures (appended to `/metrics`).
     pub fn prometheus_text(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -86,6 +93,12 @@ impl ClusterStatus {
             "gauge",
             "1 while the node is connected to NATS",
             u64::from(self.is_connected()),
+        );
+        line(
+            "stopped",
+            "gauge",
+            "1 once the cluster thread has ended (bad NATS settings): the node runs alone",
+            u64::from(self.is_stopped()),
         );
         line(
             "disconnects_total",

@@ -129,6 +129,14 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
     let handle = std::thread::Builder::new()
         .name("ringmq-cluster".into())
         .spawn(move || {
+            // However the thread ends (even by a panic), the loops stop waiting for it.
+            struct Stopped(Arc<ClusterStatus>);
+            impl Drop for Stopped {
+                fn drop(&mut self) {
+                    self.0.stopped.store(true, Ordering::Release);
+                }
+            }
+            let _stopped = Stopped(thread_status.clone());
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -456,7 +456,7 @@ fn every_cluster_counter_is_exported() {
         ($($f:ident),* $(,)?) => {{
             #[allow(dead_code)]
             fn all_listed(x: &ClusterStatus) {
-                let ClusterStatus { node: _, connected: _, $($f: _,)* } = x;
+                let ClusterStatus { node: _, connected: _, stopped: _, $($f: _,)* } = x;
             }
             vec![$( (stringify!($f), (|x: &ClusterStatus, v: u64| {
                 let a: &AtomicU64 = &x.$f;
@@ -502,6 +502,11 @@ fn every_cluster_counter_is_exported() {
         before,
         "cluster connected not exported"
     );
+    let s = ClusterStatus {
+        stopped: AtomicBool::new(true),
+        ..Default::default()
+    };
+    assert_ne!(s.prometheus_text(), before, "cluster stopped not exported");
 }
 
 #[test]

@@ -120,6 +120,12 @@ impl Shard {
         self.cluster = Some(Box::default());
     }
 
+    /// The cluster thread's state (`ClusterStatus::stopped`): once that thread has
+    /// ended, CONNECTs no longer wait for claims nobody would answer.
+    pub fn set_cluster_status(&mut self, status: Arc<crate::cluster::ClusterStatus>) {
+        self.cluster_status = Some(status);
+    }
+
     /// This turn's publishes and interest changes, when there are any.
     pub fn take_cluster_out(&mut self) -> Option<ClusterOut> {
         let c = self.cluster.as_deref_mut()?;

@@ -17,6 +17,7 @@
 //! Off on a single node and for ids the cluster never claims (`$bridge/` sessions are
 //! local to the node that runs the bridge; an empty id gets a node-local one).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -122,6 +123,11 @@ impl Shard {
             || connect.client_id.is_empty()
             || connect.client_id.starts_with(b"$bridge/")
         {
+            return Some(connect);
+        }
+        if let Some(st) = self.cluster_status.as_deref().filter(|s| s.is_stopped()) {
+            // No cluster thread to answer a claim: served from this node's own state.
+            st.sessions_local.fetch_add(1, Ordering::Relaxed);
             return Some(connect);
         }
         let Some(c) = self.conns.get_mut(conn) else {

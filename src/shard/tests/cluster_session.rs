@@ -208,3 +208,31 @@ fn wills_are_announced_while_connected_and_a_dead_nodes_will_is_published() {
     assert_eq!(out.publishes.len(), 1);
     assert!(out.wills.is_empty());
 }
+
+/// Once the cluster thread has ended (e.g. a bad `cluster_nats_creds_file`), nothing
+/// answers claims: a CONNECT with a client id is served from this node's own state
+/// at once (counted in `sessions_local`) instead of waiting out the connect timeout.
+#[test]
+fn a_connect_is_served_locally_once_the_cluster_thread_has_ended() {
+    use std::sync::atomic::Ordering;
+    let mut b = node();
+    b.auto_claim = false;
+    let status = std::sync::Arc::new(crate::cluster::ClusterStatus::default());
+    b.shards[0].set_cluster_status(status.clone());
+    // While the thread runs, the CONNECT waits for its claim.
+    let held = b.connect(V311, "early", persistent());
+    b.expect_nothing(held);
+    let _ = claim_of(&mut b, "early");
+
+    status.stopped.store(true, Ordering::Release);
+    let c = b.connect(V311, "late", persistent());
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert!(
+        b.shards[0].take_cluster_claims().is_empty(),
+        "no claim made"
+    );
+    assert_eq!(status.sessions_local.load(Ordering::Relaxed), 1);
+}
