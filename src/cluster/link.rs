@@ -59,6 +59,10 @@ const ACKS_MAX: usize = 8192;
 /// takeover requests waiting for their loop's answer; past it a request is answered
 /// "no session" at once (counted in `sessions_lost` on the asking node).
 const SESSIONS_MAX: usize = 4096;
+/// Claimed answers, takeover requests and dead nodes' wills waiting for room in one
+/// loop's ring; while any loop has this many, the sources feeding them are not read
+/// (their senders wait in their own tasks, NATS holds the rest).
+const PENDING_IN_MAX: usize = SESSIONS_MAX;
 /// A stamp for retained entries from the bucket: not a shard of this node, so the
 /// replicas' last-writer-wins tie-break never mistakes it for a local publish.
 const CLUSTER_ORIGIN: usize = u32::MAX as usize;
@@ -162,7 +166,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 woken_burst: 0,
                 queue_client: None,
                 pending_acks: VecDeque::new(),
-                pending_in: VecDeque::new(),
+                pending_in: PendingIn::new(loops),
                 replies: HashMap::new(),
                 next_reply: 0,
             };
@@ -221,7 +225,7 @@ struct State {
     pending_acks: VecDeque<(usize, AckToken, bool)>,
     /// Session claims answered and takeover requests for loops, never dropped
     /// (a CONNECT, here or on another node, waits for each); retried at every wake.
-    pending_in: VecDeque<(usize, ClusterIn)>,
+    pending_in: PendingIn,
     /// Takeover requests handed to a loop, by id: where its answer goes.
     replies: HashMap<u64, async_nats::Subject>,
     next_reply: u64,
@@ -411,23 +415,27 @@ async fn run(
                 }
                 st.wake();
             }
-            c = claimed_rx.recv() => {
-                let Some(c) = c else { continue };
-                st.pending_in.push_back(c);
-                while let Ok(c) = claimed_rx.try_recv() {
-                    st.pending_in.push_back(c);
+            c = claimed_rx.recv(), if st.pending_in.has_room() => {
+                let Some((l, m)) = c else { continue };
+                st.pending_in.push(l, m);
+                while st.pending_in.has_room() {
+                    let Ok((l, m)) = claimed_rx.try_recv() else { break };
+                    st.pending_in.push(l, m);
                 }
                 st.wake();
             }
-            m = orphan_rx.recv() => {
+            m = orphan_rx.recv(), if st.pending_in.has_room() => {
                 let Some(m) = m else { continue };
-                st.pending_in.push_back((0, ClusterIn::Will(Arc::new(m))));
+                // Any loop can publish it: the one with the least waiting.
+                let l = st.pending_in.shortest();
+                st.pending_in.push(l, ClusterIn::Will(Arc::new(m)));
                 st.wake();
             }
-            m = takeover_rx.recv() => {
+            m = takeover_rx.recv(), if st.pending_in.has_room() => {
                 let Some(m) = m else { continue };
                 st.on_takeover_request(&client, m).await;
-                while let Ok(m) = takeover_rx.try_recv() {
+                while st.pending_in.has_room() {
+                    let Ok(m) = takeover_rx.try_recv() else { break };
                     st.on_takeover_request(&client, m).await;
                 }
                 st.wake();
@@ -913,14 +921,14 @@ impl State {
             &client_id,
             self.producers.len(),
         );
-        self.pending_in.push_back((
+        self.pending_in.push(
             l,
             ClusterIn::Takeover {
                 client_id,
                 clean,
                 reply: id,
             },
-        ));
+        );
     }
 
     fn push(&mut self, l: usize, m: ShardMsg) {
@@ -955,16 +963,8 @@ impl State {
             c.fetch_add(1, Ordering::Relaxed);
             self.to_wake[l] = true;
         }
-        while let Some((l, m)) = self.pending_in.pop_front() {
-            let Some(p) = self.producers.get_mut(l) else {
-                continue;
-            };
-            if let Err(m) = p.push(m) {
-                self.pending_in.push_front((l, m));
-                break;
-            }
-            self.to_wake[l] = true;
-        }
+        self.pending_in
+            .flush(&mut self.producers, &mut self.to_wake);
         for (l, w) in self.to_wake.iter_mut().enumerate() {
             if std::mem::take(w) {
                 if let Some(r) = self.wakes[l].get() {
@@ -973,5 +973,60 @@ impl State {
             }
         }
         self.woken_burst = 0;
+    }
+}
+
+/// What waits for room in the loops' rings from the cluster thread, one bounded queue
+/// per loop: a loop whose ring is full holds up only its own queue, never another
+/// loop's claims or takeovers.
+pub(super) struct PendingIn {
+    queues: Vec<VecDeque<ClusterIn>>,
+}
+
+impl PendingIn {
+    pub(super) fn new(loops: usize) -> PendingIn {
+        PendingIn {
+            queues: (0..loops).map(|_| VecDeque::new()).collect(),
+        }
+    }
+
+    /// Queues `m` for loop `l` (dropped for a loop that does not exist).
+    pub(super) fn push(&mut self, l: usize, m: ClusterIn) {
+        if let Some(q) = self.queues.get_mut(l) {
+            q.push_back(m);
+        }
+    }
+
+    /// Whether every loop's queue is below `PENDING_IN_MAX` (else the sources
+    /// feeding them wait).
+    pub(super) fn has_room(&self) -> bool {
+        self.queues.iter().all(|q| q.len() < PENDING_IN_MAX)
+    }
+
+    /// The loop with the least waiting.
+    pub(super) fn shortest(&self) -> usize {
+        (0..self.queues.len())
+            .min_by_key(|&l| self.queues[l].len())
+            .unwrap_or(0)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queues.iter().all(VecDeque::is_empty)
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self, l: usize) -> usize {
+        self.queues.get(l).map_or(0, VecDeque::len)
+    }
+
+    /// Moves each loop's queue into its ring, in order, until that ring is full.
+    pub(super) fn flush(&mut self, producers: &mut [Producer<ClusterIn>], to_wake: &mut [bool]) {
+        for (l, (q, p)) in self.queues.iter_mut().zip(producers.iter_mut()).enumerate() {
+            if p.push_from(q) > 0 {
+                if let Some(w) = to_wake.get_mut(l) {
+                    *w = true;
+                }
+            }
+        }
     }
 }

@@ -456,3 +456,50 @@ fn will_changes_keep_the_latest_per_client_without_waiting() {
     feed.put(Bytes::from_static(b"c1"), None);
     assert_eq!(feed.pop(), Some((Bytes::from_static(b"c1"), None)));
 }
+
+/// One loop whose ring is full holds up only its own queue: another loop's claims and
+/// takeovers still reach it (before, one FIFO for all loops stopped at the first full
+/// ring). While a loop's queue is long the sources are not read (`has_room`), and a
+/// dead node's will goes to the loop with the least waiting.
+#[test]
+fn a_full_loop_ring_holds_up_only_its_own_queue() {
+    use super::link::PendingIn;
+    use crate::ring as spsc;
+    use crate::shard::ClusterIn;
+    let takeover = |n: u64| ClusterIn::Takeover {
+        client_id: Bytes::from_static(b"c"),
+        clean: false,
+        reply: n,
+    };
+    let (mut p0, mut c0) = spsc::channel::<ClusterIn>(4);
+    let (p1, mut c1) = spsc::channel::<ClusterIn>(4);
+    let cap = p0.capacity();
+    // Loop 0 is busy: its ring is full.
+    for n in 0..cap as u64 {
+        assert!(p0.push(takeover(n)).is_ok());
+    }
+    let mut producers = vec![p0, p1];
+    let mut to_wake = vec![false; 2];
+    let mut q = PendingIn::new(2);
+    for n in 0..10_000 {
+        q.push(0, takeover(n));
+    }
+    q.push(1, takeover(99));
+    assert!(!q.has_room(), "loop 0's queue is long: sources wait");
+    assert_eq!(q.shortest(), 1);
+    q.flush(&mut producers, &mut to_wake);
+    match c1.pop() {
+        Some(ClusterIn::Takeover { reply: 99, .. }) => {}
+        other => panic!("loop 1 did not get its takeover: {other:?}"),
+    }
+    assert_eq!(to_wake, [false, true]);
+    assert_eq!(q.len(0), 10_000, "nothing lost for loop 0");
+    // Loop 0 drains its ring: its queue moves on, in order.
+    while c0.pop().is_some() {}
+    q.flush(&mut producers, &mut to_wake);
+    match c0.pop() {
+        Some(ClusterIn::Takeover { reply: 0, .. }) => {}
+        other => panic!("loop 0's first queued takeover: {other:?}"),
+    }
+    assert_eq!(q.len(0), 10_000 - cap);
+}
