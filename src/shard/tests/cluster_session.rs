@@ -236,3 +236,90 @@ fn a_connect_is_served_locally_once_the_cluster_thread_has_ended() {
     );
     assert_eq!(status.sessions_local.load(Ordering::Relaxed), 1);
 }
+
+/// Node `a` with an offline persistent session "roam" (subscribed to "t") holding
+/// two queued messages.
+fn old_owner_with_queue() -> Cluster {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    a.publish(p, "t", "x1", Q1, false, 1);
+    a.publish(p, "t", "x2", Q1, false, 2);
+    let _ = a.shards[0].take_cluster_out();
+    a
+}
+
+/// A hand-over that arrives after its CONNECT gave up is kept here, offline: the old
+/// node has already ended the session (review item D).
+#[test]
+fn a_handover_after_the_connect_gave_up_stays_as_an_offline_session() {
+    let mut a = old_owner_with_queue();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    b.expect_nothing(c);
+    let claim = claim_of(&mut b, "roam");
+    // The client gives up before the answer.
+    b.drop_connection(c);
+    b.pump();
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::Claimed {
+            conn: claim.conn,
+            generation: claim.generation,
+            session: bytes,
+        },
+        now,
+    );
+    b.pump();
+    assert_eq!(b.shards[0].stats().sessions, 1, "kept offline on b");
+    b.auto_claim = true;
+    let c = b.connect(V311, "roam", persistent());
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    b.expect(c, pubp("t", "x1", Q1, false, 1));
+    b.expect(c, pubp("t", "x2", Q1, false, 2));
+}
+
+/// A stale offline session of the id on the claiming node (e.g. left from before a
+/// partition) gives way to the hand-over instead of dropping it (review item D).
+#[test]
+fn a_handover_replaces_a_stale_offline_session() {
+    let mut a = old_owner_with_queue();
+    let mut b = node();
+    let stale = b.connect_ok(V311, "roam", persistent(), false);
+    b.subscribe(stale, "stale", Q1);
+    b.drop_connection(stale);
+    b.pump();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    b.expect_nothing(c);
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::Claimed {
+            conn: claim.conn,
+            generation: claim.generation,
+            session: bytes,
+        },
+        now,
+    );
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    b.expect(c, pubp("t", "x1", Q1, false, 1));
+    b.expect(c, pubp("t", "x2", Q1, false, 2));
+    // The stale session's subscription went with it.
+    b.auto_claim = true;
+    let p = b.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    b.publish(p, "stale", "nobody", Q1, false, 9);
+    b.expect_nothing(c);
+}
