@@ -61,6 +61,9 @@ pub struct ClusterStatus {
     pub sessions_handed: AtomicU64,
     /// Claims whose previous owner never answered: its session state was lost.
     pub sessions_lost: AtomicU64,
+    /// Takeovers whose hand-over was larger than NATS `max_payload`: the session
+    /// stayed (offline) on this node instead of being ended unsent.
+    pub sessions_kept: AtomicU64,
     /// CONNECTs served from this node's own state: NATS or the bucket did not answer.
     pub sessions_local: AtomicU64,
     /// Wills written to the wills bucket, writes that failed, and dead nodes' wills
@@ -195,6 +198,12 @@ impl ClusterStatus {
             "counter",
             "Claims whose previous owner did not answer: its session state was lost",
             g(&self.sessions_lost),
+        );
+        line(
+            "sessions_kept_total",
+            "counter",
+            "Takeovers whose session was too large for one NATS message: kept here, offline",
+            g(&self.sessions_kept),
         );
         line(
             "sessions_local_total",

@@ -894,7 +894,11 @@ impl State {
             if h.session.is_some() {
                 self.status.sessions_handed.fetch_add(1, Ordering::Relaxed);
             }
-            let body = sessions::encode_reply(h.session.as_ref());
+            let body = if h.too_large {
+                Bytes::from_static(&[sessions::REPLY_TOO_LARGE])
+            } else {
+                sessions::encode_reply(h.session.as_ref())
+            };
             if let Err(e) = client.publish(to, body).await {
                 tracing::warn!("cluster: session hand-over not sent: {e}");
             }
@@ -916,6 +920,8 @@ impl State {
         self.next_reply += 1;
         let id = self.next_reply;
         self.replies.insert(id, reply);
+        // What one NATS message can carry on this connection (the reply's tag: 1 byte).
+        let max_bytes = client.server_info().max_payload.saturating_sub(1);
         let l = crate::shard::owner_shard(
             self.settings.placement_seed,
             &client_id,
@@ -927,6 +933,7 @@ impl State {
                 client_id,
                 clean,
                 reply: id,
+                max_bytes,
             },
         );
     }

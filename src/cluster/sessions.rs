@@ -57,7 +57,11 @@ pub fn decode_request(b: &[u8]) -> Option<(Bytes, bool)> {
     (flag <= 1 && !id.is_empty()).then(|| (Bytes::copy_from_slice(id), flag == 1))
 }
 
-/// A takeover answer: `0` (no session there) or `1` and the hand-over bytes.
+/// The takeover answer of a node that kept the session: too large for one NATS message.
+pub const REPLY_TOO_LARGE: u8 = 2;
+
+/// A takeover answer: `0` (no session there) or `1` and the hand-over bytes (or
+/// `REPLY_TOO_LARGE` alone).
 pub fn encode_reply(session: Option<&Bytes>) -> Bytes {
     match session {
         None => Bytes::from_static(&[0]),
@@ -184,6 +188,14 @@ impl Claims {
         );
         let id = String::from_utf8_lossy(&c.client_id);
         match tokio::time::timeout(FETCH_TIMEOUT, req).await {
+            Ok(Ok(m)) if m.payload[..] == [REPLY_TOO_LARGE] => {
+                self.status.sessions_lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "cluster: node {owner} kept session {id:?}: too large for one NATS \
+                     message (max_payload); served fresh here"
+                );
+                None
+            }
             Ok(Ok(m)) => match decode_reply(&m.payload) {
                 Some(Some(s)) => {
                     self.status

@@ -470,6 +470,7 @@ fn a_full_loop_ring_holds_up_only_its_own_queue() {
         client_id: Bytes::from_static(b"c"),
         clean: false,
         reply: n,
+        max_bytes: 1 << 20,
     };
     let (mut p0, mut c0) = spsc::channel::<ClusterIn>(4);
     let (p1, mut c1) = spsc::channel::<ClusterIn>(4);

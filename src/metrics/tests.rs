@@ -482,6 +482,7 @@ fn every_cluster_counter_is_exported() {
         sessions_received,
         sessions_handed,
         sessions_lost,
+        sessions_kept,
         sessions_local,
         wills_stored,
         wills_errors,

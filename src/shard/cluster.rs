@@ -75,6 +75,9 @@ pub enum ClusterIn {
         client_id: Bytes,
         clean: bool,
         reply: u64,
+        /// The largest hand-over the NATS connection can send (its `max_payload`
+        /// less the reply's tag byte): a larger session stays here.
+        max_bytes: usize,
     },
 }
 
@@ -222,7 +225,8 @@ impl Shard {
                 client_id,
                 clean,
                 reply,
-            } => self.on_session_takeover(&client_id, clean, reply, now),
+                max_bytes,
+            } => self.on_session_takeover(&client_id, clean, reply, max_bytes, now),
             ClusterIn::Will(m) => self.on_cluster_will((*m).clone(), now),
         }
     }

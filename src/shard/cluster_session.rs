@@ -48,6 +48,9 @@ pub struct SessionClaim {
 pub struct SessionHandover {
     pub reply: u64,
     pub session: Option<Bytes>,
+    /// The session was larger than one NATS message may be: it stayed on this node
+    /// (offline) rather than be ended unsent; the asking node serves a fresh one.
+    pub too_large: bool,
 }
 
 /// A will as the cluster's `ringmq_wills` bucket keeps it: the log's `SessionPut`
@@ -246,6 +249,7 @@ impl Shard {
         client_id: &[u8],
         clean: bool,
         reply: u64,
+        max_bytes: usize,
         now: Instant,
     ) {
         self.last_now = Some(now);
@@ -253,7 +257,30 @@ impl Shard {
         if let Some(s) = self.sessions.find(client_id) {
             self.take_over(s, clean, now);
             if !clean {
-                bytes = Some(self.handover_bytes(s));
+                let b = self.handover_bytes(s);
+                if b.len() > max_bytes {
+                    // Ending it would lose it: kept here offline (expiring as usual),
+                    // counted, and the asking node told so.
+                    tracing::warn!(
+                        "cluster: session {:?} not handed over: {} bytes, NATS allows {max_bytes}; kept here",
+                        String::from_utf8_lossy(client_id),
+                        b.len()
+                    );
+                    if let Some(st) = self.cluster_status.as_deref() {
+                        st.sessions_kept.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.expire_offline_handover(s, now);
+                    self.drop_slow_consumers(now);
+                    if let Some(out) = self.cluster.as_deref_mut() {
+                        out.handovers.push(SessionHandover {
+                            reply,
+                            session: None,
+                            too_large: true,
+                        });
+                    }
+                    return;
+                }
+                bytes = Some(b);
             }
             // The will went with `take_over`; subscriptions, queue and (with a data
             // directory) the records go now: this node no longer owns the session.
@@ -264,6 +291,7 @@ impl Shard {
             out.handovers.push(SessionHandover {
                 reply,
                 session: bytes,
+                too_large: false,
             });
         }
     }
@@ -500,7 +528,8 @@ impl Shard {
         Some(idx)
     }
 
-    /// A hand-over loaded with no connection: it expires as any offline session does.
+    /// An offline session with no timer yet (a hand-over loaded with no connection, or
+    /// one kept because it could not be sent): it expires as any offline session does.
     fn expire_offline_handover(&mut self, idx: u32, now: Instant) {
         let Some(expiry_s) = self.sessions.get(idx).map(|s| s.expiry_s) else {
             return;

@@ -42,6 +42,7 @@ fn take_from(old: &mut Cluster, id: &str, clean: bool) -> (Option<Bytes>, Vec<bo
         client_id: Bytes::copy_from_slice(id.as_bytes()),
         clean,
         reply: 77,
+        max_bytes: 1 << 20,
     };
     let now = old.now;
     old.shards[0].on_cluster_in(m, now);
@@ -322,4 +323,41 @@ fn a_handover_replaces_a_stale_offline_session() {
     let p = b.connect_ok(V311, "pub", ConnectOpts::default(), false);
     b.publish(p, "stale", "nobody", Q1, false, 9);
     b.expect_nothing(c);
+}
+
+/// A session whose hand-over is larger than one NATS message may be is not ended
+/// unsent: it stays on the old node (offline), the answer says so, and it is counted
+/// (review item E).
+#[test]
+fn a_session_too_large_to_send_stays_on_the_old_node() {
+    use std::sync::atomic::Ordering;
+    let mut a = old_owner_with_queue();
+    let status = std::sync::Arc::new(crate::cluster::ClusterStatus::default());
+    a.shards[0].set_cluster_status(status.clone());
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Takeover {
+            client_id: Bytes::from_static(b"roam"),
+            clean: false,
+            reply: 5,
+            max_bytes: 16,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    assert_eq!(out.handovers.len(), 1);
+    assert!(out.handovers[0].too_large);
+    assert!(out.handovers[0].session.is_none());
+    assert!(out.interest.is_empty(), "its subscription stays: {out:?}");
+    assert_eq!(a.shards[0].stats().sessions, 2, "roam is still on a");
+    assert_eq!(status.sessions_kept.load(Ordering::Relaxed), 1);
+    // Nothing was lost: a takeover that fits gets the whole session.
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let recs = handover_records(&bytes.expect("the session")).expect("decodes");
+    let queued = recs
+        .iter()
+        .filter(|r| matches!(r, crate::store::record::Record::Enqueue { .. }))
+        .count();
+    assert_eq!(queued, 2, "{recs:?}");
 }
