@@ -131,16 +131,25 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, text)
 }
 
+/// The counter `name` on `b`'s `/metrics` now (0 when absent).
+fn metric(b: &Broker, name: &str) -> u64 {
+    let addr = b.http_addr().expect("node has an HTTP listener");
+    let (_, text) = http_get(&addr, "/metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
 /// Polls `/metrics` until the counter `name` is at least `want` (bounded).
 fn wait_metric(b: &Broker, name: &str, want: u64) {
+    wait_metric_within(b, name, want, PATIENCE);
+}
+
+fn wait_metric_within(b: &Broker, name: &str, want: u64, bound: Duration) {
     let addr = b.http_addr().expect("node has an HTTP listener");
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + bound;
     loop {
-        let (_, text) = http_get(&addr, "/metrics");
-        let v = text
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let v = metric(b, name);
         if v >= want {
             return;
         }
@@ -485,8 +494,19 @@ fn three_nodes_on_a_nats_cluster() {
         "figure: will of a SIGKILLed node published after {:?}",
         t.elapsed()
     );
-    // Exactly once: nothing more while every survivor sweeps again (two beats).
-    std::thread::sleep(Duration::from_secs(2));
+    // Exactly once: nothing more while every survivor finishes two more sweeps of the
+    // wills bucket (the first may have started before it saw node 3 gone; the second
+    // starts after, and would find an entry a lost delete left).
+    let t = Instant::now();
+    for n in [&n1, &n2] {
+        let swept = metric(n, "ringmq_cluster_wills_sweeps_total");
+        // A sweep every 10 beats (~10 s): RECOVERY, not PATIENCE, bounds two.
+        wait_metric_within(n, "ringmq_cluster_wills_sweeps_total", swept + 2, RECOVERY);
+    }
+    eprintln!(
+        "figure: two more wills sweeps on both survivors took {:?}",
+        t.elapsed()
+    );
     for w in [&mut w1, &mut w2] {
         while let Ok(l) = w.lines.try_recv() {
             w.seen.push(l);
@@ -518,6 +538,8 @@ fn three_nodes_on_a_nats_cluster() {
     }
     let (sent, recd) = qos2.join().expect("QoS 2 publisher");
     assert!(!recd.is_empty(), "no PUBREC before the kill");
+    // The kill, not the end of the stream, stopped it: else nothing here tests a kill.
+    assert!(sent < 5000, "the QoS 2 stream ended before the kill");
     for i in &recd {
         k2.wait_for(&format!("PUBREC'd m{i} on node 2"), |l| {
             l == format!("kk2/t m{i}")

@@ -71,6 +71,9 @@ pub struct ClusterStatus {
     pub wills_stored: AtomicU64,
     pub wills_errors: AtomicU64,
     pub wills_published: AtomicU64,
+    /// Sweeps of the wills bucket this node finished (tests wait for one more sweep
+    /// to show a will was published once, not twice).
+    pub wills_sweeps: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -228,6 +231,12 @@ impl ClusterStatus {
             "counter",
             "Wills of dead nodes' clients this node claimed and published",
             g(&self.wills_published),
+        );
+        line(
+            "wills_sweeps_total",
+            "counter",
+            "Sweeps of the wills bucket for dead nodes' wills this node finished",
+            g(&self.wills_sweeps),
         );
         line(
             "retained_errors_total",

@@ -52,6 +52,8 @@ const DEAD_AFTER_MS: i128 = 5_000;
 /// Beats between full sweeps of the wills bucket when no node died (catches an
 /// incarnation that came and went between two beats).
 const SWEEP_EVERY: u32 = 10;
+/// Bound on listing the wills bucket in one sweep (well below `DEAD_AFTER_MS`).
+const SWEEP_LIST_MAX: Duration = Duration::from_millis(1500);
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -277,18 +279,27 @@ impl Wills {
         alive: &HashSet<String>,
         tx: &mpsc::Sender<Message>,
     ) {
-        let mut keys = match wills.keys().await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::debug!("cluster: wills not listed: {e}");
-                return;
-            }
-        };
         let mut orphans = Vec::new();
-        while let Some(Ok(k)) = keys.next().await {
-            if owner_of_key(&k).is_some_and(|o| !alive.contains(o)) {
-                orphans.push(k);
+        // Bounded: the listing's stream can wait for ever once the bucket holds only
+        // delete markers (seen after the first dead node's wills were taken), and
+        // this task also beats: a beat late by DEAD_AFTER makes this node look dead.
+        let listed = tokio::time::timeout(SWEEP_LIST_MAX, async {
+            let mut keys = match wills.keys().await {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::debug!("cluster: wills not listed: {e}");
+                    return;
+                }
+            };
+            while let Some(Ok(k)) = keys.next().await {
+                if owner_of_key(&k).is_some_and(|o| !alive.contains(o)) {
+                    orphans.push(k);
+                }
             }
+        })
+        .await;
+        if listed.is_err() {
+            tracing::debug!("cluster: wills listing cut at {SWEEP_LIST_MAX:?}");
         }
         for k in orphans {
             let Ok(Some(e)) = wills.entry(&k).await else {
@@ -317,6 +328,7 @@ impl Wills {
                 return;
             }
         }
+        self.status.wills_sweeps.fetch_add(1, Ordering::Relaxed);
     }
 }
 

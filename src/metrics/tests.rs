@@ -487,6 +487,7 @@ fn every_cluster_counter_is_exported() {
         wills_stored,
         wills_errors,
         wills_published,
+        wills_sweeps,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {
