@@ -131,7 +131,7 @@ fn http_get(addr: &str, path: &str) -> (u16, String) {
     (code, text)
 }
 
-/// The counter `name` on `b`'s `/metrics` (0 when absent).
+/// The counter `name` on `b`'s `/metrics` now (0 when absent).
 fn metric(b: &Broker, name: &str) -> u64 {
     let addr = b.http_addr().expect("node has an HTTP listener");
     let (_, text) = http_get(&addr, "/metrics");
@@ -142,8 +142,12 @@ fn metric(b: &Broker, name: &str) -> u64 {
 
 /// Polls `/metrics` until the counter `name` is at least `want` (bounded).
 fn wait_metric(b: &Broker, name: &str, want: u64) {
+    wait_metric_within(b, name, want, PATIENCE);
+}
+
+fn wait_metric_within(b: &Broker, name: &str, want: u64, bound: Duration) {
     let addr = b.http_addr().expect("node has an HTTP listener");
-    let deadline = Instant::now() + PATIENCE;
+    let deadline = Instant::now() + bound;
     loop {
         let v = metric(b, name);
         if v >= want {
@@ -521,8 +525,19 @@ fn three_nodes_on_a_nats_cluster() {
         "figure: will of a SIGKILLed node published after {:?}",
         t.elapsed()
     );
-    // Exactly once: nothing more while every survivor sweeps again (two beats).
-    std::thread::sleep(Duration::from_secs(2));
+    // Exactly once: nothing more while every survivor finishes two more sweeps of the
+    // wills bucket (the first may have started before it saw node 3 gone; the second
+    // starts after, and would find an entry a lost delete left).
+    let t = Instant::now();
+    for n in [&n1, &n2] {
+        let swept = metric(n, "ringmq_cluster_wills_sweeps_total");
+        // A sweep every 10 beats (~10 s): RECOVERY, not PATIENCE, bounds two.
+        wait_metric_within(n, "ringmq_cluster_wills_sweeps_total", swept + 2, RECOVERY);
+    }
+    eprintln!(
+        "figure: two more wills sweeps on both survivors took {:?}",
+        t.elapsed()
+    );
     for w in [&mut w1, &mut w2] {
         while let Ok(l) = w.lines.try_recv() {
             w.seen.push(l);
@@ -561,6 +576,8 @@ fn three_nodes_on_a_nats_cluster() {
     }
     let (sent, recd) = qos2.join().expect("QoS 2 publisher");
     assert!(!recd.is_empty(), "no PUBREC before the kill");
+    // The kill, not the end of the stream, stopped it: else nothing here tests a kill.
+    assert!(sent < 5000, "the QoS 2 stream ended before the kill");
     for i in &recd {
         k2.wait_for(&format!("PUBREC'd m{i} on node 2"), |l| {
             l == format!("kk2/t m{i}")
@@ -853,4 +870,42 @@ fn sessions_across_nodes(n1: &Broker, n2: &Broker, n3: &Broker) {
     let (other, _) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&live_id));
     live.expect_disconnect_v5(&[0x8e]);
     leave(other);
+}
+
+/// A node whose cluster thread ends at start (a creds file async-nats cannot read)
+/// still serves clients with a client id: their CONNECTs are not held for claims
+/// nobody answers (review item B). Needs no nats-server: the creds file fails first.
+#[test]
+fn a_node_whose_cluster_thread_ended_serves_connects_locally() {
+    let dir = TempDir::new("bad-creds");
+    let creds = dir.0.join("bad.creds");
+    std::fs::write(&creds, "not a NATS credentials file\n").expect("write creds");
+    let url = format!("nats://127.0.0.1:{}", free_loopback_port());
+    let n = Launch::new(&[
+        "--log-level",
+        "info",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--cluster-nats",
+        &url,
+        "--cluster-node-name",
+        "alone",
+        "--cluster-nats-creds-file",
+        creds.to_str().expect("utf-8 path"),
+    ])
+    .spawn();
+    let until = Instant::now() + PATIENCE;
+    while !n.stderr_tail().contains("this node runs alone") {
+        assert!(
+            Instant::now() < until,
+            "the cluster thread did not end; stderr:\n{}",
+            n.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // connect_v311 fails if no CONNACK comes within RECV_TIMEOUT (5 s, below the
+    // 10 s connect timeout a held CONNECT would wait out).
+    let mut c = RawClient::connect_v311(n.addr(), &uniq("alone"));
+    c.subscribe_ok(1, "a/t", 1);
+    wait_metric(&n, "ringmq_cluster_sessions_local_total", 1);
 }

@@ -33,6 +33,9 @@ pub const TO_LOOP_MAX: usize = 8192;
 pub struct ClusterStatus {
     pub node: String,
     pub connected: AtomicBool,
+    /// The cluster thread ended (bad NATS settings, no runtime): nothing answers
+    /// session claims, so the loops serve every CONNECT from their own state.
+    pub stopped: AtomicBool,
     pub disconnects: AtomicU64,
     pub forwarded: AtomicU64,
     pub received: AtomicU64,
@@ -58,6 +61,9 @@ pub struct ClusterStatus {
     pub sessions_handed: AtomicU64,
     /// Claims whose previous owner never answered: its session state was lost.
     pub sessions_lost: AtomicU64,
+    /// Takeovers whose hand-over was larger than NATS `max_payload`: the session
+    /// stayed (offline) on this node instead of being ended unsent.
+    pub sessions_kept: AtomicU64,
     /// CONNECTs served from this node's own state: NATS or the bucket did not answer.
     pub sessions_local: AtomicU64,
     /// Persistent sessions' subscriptions saved to their bucket entry, and sessions
@@ -69,11 +75,18 @@ pub struct ClusterStatus {
     pub wills_stored: AtomicU64,
     pub wills_errors: AtomicU64,
     pub wills_published: AtomicU64,
+    /// Sweeps of the wills bucket this node finished (tests wait for one more sweep
+    /// to show a will was published once, not twice).
+    pub wills_sweeps: AtomicU64,
 }
 
 impl ClusterStatus {
     pub fn is_connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// The Prometheus lines of the cluster figures (appended to `/metrics`).
@@ -90,6 +103,12 @@ impl ClusterStatus {
             "gauge",
             "1 while the node is connected to NATS",
             u64::from(self.is_connected()),
+        );
+        line(
+            "stopped",
+            "gauge",
+            "1 once the cluster thread has ended (bad NATS settings): the node runs alone",
+            u64::from(self.is_stopped()),
         );
         line(
             "disconnects_total",
@@ -188,6 +207,12 @@ impl ClusterStatus {
             g(&self.sessions_lost),
         );
         line(
+            "sessions_kept_total",
+            "counter",
+            "Takeovers whose session was too large for one NATS message: kept here, offline",
+            g(&self.sessions_kept),
+        );
+        line(
             "sessions_local_total",
             "counter",
             "CONNECTs served from this node's own state: NATS or the sessions bucket did not answer",
@@ -222,6 +247,12 @@ impl ClusterStatus {
             "counter",
             "Wills of dead nodes' clients this node claimed and published",
             g(&self.wills_published),
+        );
+        line(
+            "wills_sweeps_total",
+            "counter",
+            "Sweeps of the wills bucket for dead nodes' wills this node finished",
+            g(&self.wills_sweeps),
         );
         line(
             "retained_errors_total",

@@ -59,6 +59,10 @@ const ACKS_MAX: usize = 8192;
 /// takeover requests waiting for their loop's answer; past it a request is answered
 /// "no session" at once (counted in `sessions_lost` on the asking node).
 const SESSIONS_MAX: usize = 4096;
+/// Claimed answers, takeover requests and dead nodes' wills waiting for room in one
+/// loop's ring; while any loop has this many, the sources feeding them are not read
+/// (their senders wait in their own tasks, NATS holds the rest).
+const PENDING_IN_MAX: usize = SESSIONS_MAX;
 /// A stamp for retained entries from the bucket: not a shard of this node, so the
 /// replicas' last-writer-wins tie-break never mistakes it for a local publish.
 const CLUSTER_ORIGIN: usize = u32::MAX as usize;
@@ -129,6 +133,14 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
     let handle = std::thread::Builder::new()
         .name("ringmq-cluster".into())
         .spawn(move || {
+            // However the thread ends (even by a panic), the loops stop waiting for it.
+            struct Stopped(Arc<ClusterStatus>);
+            impl Drop for Stopped {
+                fn drop(&mut self) {
+                    self.0.stopped.store(true, Ordering::Release);
+                }
+            }
+            let _stopped = Stopped(thread_status.clone());
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -154,7 +166,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 woken_burst: 0,
                 queue_client: None,
                 pending_acks: VecDeque::new(),
-                pending_in: VecDeque::new(),
+                pending_in: PendingIn::new(loops),
                 replies: HashMap::new(),
                 next_reply: 0,
             };
@@ -213,7 +225,7 @@ struct State {
     pending_acks: VecDeque<(usize, AckToken, bool)>,
     /// Session claims answered and takeover requests for loops, never dropped
     /// (a CONNECT, here or on another node, waits for each); retried at every wake.
-    pending_in: VecDeque<(usize, ClusterIn)>,
+    pending_in: PendingIn,
     /// Takeover requests handed to a loop, by id: where its answer goes.
     replies: HashMap<u64, async_nats::Subject>,
     next_reply: u64,
@@ -340,12 +352,12 @@ async fn run(
         status: st.status.clone(),
         beating: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
-    let (will_tx, will_rx) = mpsc::channel::<(Bytes, Option<Bytes>)>(SESSIONS_MAX);
+    let will_feed = wills::WillFeed::default();
     let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
-    tokio::spawn(w.clone().writer(will_rx));
+    tokio::spawn(w.clone().writer(will_feed.clone()));
     tokio::spawn(w.liveness(orphan_tx));
-    let (state_tx, state_rx) = mpsc::channel::<(Bytes, Bytes)>(SESSIONS_MAX);
-    tokio::spawn(claims.clone().state_writer(state_rx));
+    let state_feed = wills::WillFeed::default();
+    tokio::spawn(claims.clone().state_writer(state_feed.clone()));
     tokio::spawn(takeover_requests(
         client.clone(),
         sessions::takeover_subject(&st.settings.node),
@@ -370,13 +382,15 @@ async fn run(
                     while let Some(mut out) = c.pop() {
                         let asked = std::mem::take(&mut out.claims);
                         let handed = std::mem::take(&mut out.handovers);
-                        for s in std::mem::take(&mut out.states) {
-                            let _ = state_tx.send(s).await;
+                        for (client, state) in std::mem::take(&mut out.states) {
+                            // Latest per client, never waited for (as the wills below).
+                            state_feed.put(client, Some(state));
                         }
-                        for w in std::mem::take(&mut out.wills) {
-                            // Waits rather than drops: a lost "gone" would let a
-                            // survivor publish a will that must not fire.
-                            let _ = will_tx.send(w).await;
+                        for (client, value) in std::mem::take(&mut out.wills) {
+                            // Never dropped (a lost "gone" would let a survivor
+                            // publish a will that must not fire) and never waited
+                            // for: the writer may be stuck on JetStream.
+                            will_feed.put(client, value);
                         }
                         st.on_batch(&client, &js, from, out, &in_tx, &ret_tx, &ack_tx).await;
                         st.on_sessions(&client, &claims, &claimed_tx, from, asked, handed).await;
@@ -407,23 +421,27 @@ async fn run(
                 }
                 st.wake();
             }
-            c = claimed_rx.recv() => {
-                let Some(c) = c else { continue };
-                st.pending_in.push_back(c);
-                while let Ok(c) = claimed_rx.try_recv() {
-                    st.pending_in.push_back(c);
+            c = claimed_rx.recv(), if st.pending_in.has_room() => {
+                let Some((l, m)) = c else { continue };
+                st.pending_in.push(l, m);
+                while st.pending_in.has_room() {
+                    let Ok((l, m)) = claimed_rx.try_recv() else { break };
+                    st.pending_in.push(l, m);
                 }
                 st.wake();
             }
-            m = orphan_rx.recv() => {
+            m = orphan_rx.recv(), if st.pending_in.has_room() => {
                 let Some(m) = m else { continue };
-                st.pending_in.push_back((0, ClusterIn::Will(Arc::new(m))));
+                // Any loop can publish it: the one with the least waiting.
+                let l = st.pending_in.shortest();
+                st.pending_in.push(l, ClusterIn::Will(Arc::new(m)));
                 st.wake();
             }
-            m = takeover_rx.recv() => {
+            m = takeover_rx.recv(), if st.pending_in.has_room() => {
                 let Some(m) = m else { continue };
                 st.on_takeover_request(&client, m).await;
-                while let Ok(m) = takeover_rx.try_recv() {
+                while st.pending_in.has_room() {
+                    let Ok(m) = takeover_rx.try_recv() else { break };
                     st.on_takeover_request(&client, m).await;
                 }
                 st.wake();
@@ -882,7 +900,11 @@ impl State {
             if h.session.is_some() {
                 self.status.sessions_handed.fetch_add(1, Ordering::Relaxed);
             }
-            let body = sessions::encode_reply(h.session.as_ref());
+            let body = if h.too_large {
+                Bytes::from_static(&[sessions::REPLY_TOO_LARGE])
+            } else {
+                sessions::encode_reply(h.session.as_ref())
+            };
             if let Err(e) = client.publish(to, body).await {
                 tracing::warn!("cluster: session hand-over not sent: {e}");
             }
@@ -904,19 +926,22 @@ impl State {
         self.next_reply += 1;
         let id = self.next_reply;
         self.replies.insert(id, reply);
+        // What one NATS message can carry on this connection (the reply's tag: 1 byte).
+        let max_bytes = client.server_info().max_payload.saturating_sub(1);
         let l = crate::shard::owner_shard(
             self.settings.placement_seed,
             &client_id,
             self.producers.len(),
         );
-        self.pending_in.push_back((
+        self.pending_in.push(
             l,
             ClusterIn::Takeover {
                 client_id,
                 clean,
                 reply: id,
+                max_bytes,
             },
-        ));
+        );
     }
 
     fn push(&mut self, l: usize, m: ShardMsg) {
@@ -951,16 +976,8 @@ impl State {
             c.fetch_add(1, Ordering::Relaxed);
             self.to_wake[l] = true;
         }
-        while let Some((l, m)) = self.pending_in.pop_front() {
-            let Some(p) = self.producers.get_mut(l) else {
-                continue;
-            };
-            if let Err(m) = p.push(m) {
-                self.pending_in.push_front((l, m));
-                break;
-            }
-            self.to_wake[l] = true;
-        }
+        self.pending_in
+            .flush(&mut self.producers, &mut self.to_wake);
         for (l, w) in self.to_wake.iter_mut().enumerate() {
             if std::mem::take(w) {
                 if let Some(r) = self.wakes[l].get() {
@@ -969,5 +986,60 @@ impl State {
             }
         }
         self.woken_burst = 0;
+    }
+}
+
+/// What waits for room in the loops' rings from the cluster thread, one bounded queue
+/// per loop: a loop whose ring is full holds up only its own queue, never another
+/// loop's claims or takeovers.
+pub(super) struct PendingIn {
+    queues: Vec<VecDeque<ClusterIn>>,
+}
+
+impl PendingIn {
+    pub(super) fn new(loops: usize) -> PendingIn {
+        PendingIn {
+            queues: (0..loops).map(|_| VecDeque::new()).collect(),
+        }
+    }
+
+    /// Queues `m` for loop `l` (dropped for a loop that does not exist).
+    pub(super) fn push(&mut self, l: usize, m: ClusterIn) {
+        if let Some(q) = self.queues.get_mut(l) {
+            q.push_back(m);
+        }
+    }
+
+    /// Whether every loop's queue is below `PENDING_IN_MAX` (else the sources
+    /// feeding them wait).
+    pub(super) fn has_room(&self) -> bool {
+        self.queues.iter().all(|q| q.len() < PENDING_IN_MAX)
+    }
+
+    /// The loop with the least waiting.
+    pub(super) fn shortest(&self) -> usize {
+        (0..self.queues.len())
+            .min_by_key(|&l| self.queues[l].len())
+            .unwrap_or(0)
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.queues.iter().all(VecDeque::is_empty)
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self, l: usize) -> usize {
+        self.queues.get(l).map_or(0, VecDeque::len)
+    }
+
+    /// Moves each loop's queue into its ring, in order, until that ring is full.
+    pub(super) fn flush(&mut self, producers: &mut [Producer<ClusterIn>], to_wake: &mut [bool]) {
+        for (l, (q, p)) in self.queues.iter_mut().zip(producers.iter_mut()).enumerate() {
+            if p.push_from(q) > 0 {
+                if let Some(w) = to_wake.get_mut(l) {
+                    *w = true;
+                }
+            }
+        }
     }
 }

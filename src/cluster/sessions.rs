@@ -27,7 +27,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::bridge::ClusterStatus;
 use super::subject::escape_token;
@@ -64,7 +63,11 @@ pub fn decode_request(b: &[u8]) -> Option<(Bytes, bool)> {
     (flag <= 1 && !id.is_empty()).then(|| (Bytes::copy_from_slice(id), flag == 1))
 }
 
-/// A takeover answer: `0` (no session there) or `1` and the hand-over bytes.
+/// The takeover answer of a node that kept the session: too large for one NATS message.
+pub const REPLY_TOO_LARGE: u8 = 2;
+
+/// A takeover answer: `0` (no session there) or `1` and the hand-over bytes (or
+/// `REPLY_TOO_LARGE` alone).
 pub fn encode_reply(session: Option<&Bytes>) -> Bytes {
     match session {
         None => Bytes::from_static(&[0]),
@@ -205,6 +208,14 @@ impl Claims {
         );
         let id = String::from_utf8_lossy(&c.client_id);
         let why = match tokio::time::timeout(FETCH_TIMEOUT, req).await {
+            Ok(Ok(m)) if m.payload[..] == [REPLY_TOO_LARGE] => {
+                self.status.sessions_lost.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "cluster: node {owner} kept session {id:?}: too large for one NATS \
+                     message (max_payload); served fresh here"
+                );
+                return Fetched::Nothing;
+            }
             Ok(Ok(m)) => {
                 return match decode_reply(&m.payload) {
                     Some(Some(s)) => {
@@ -234,8 +245,11 @@ impl Claims {
     /// Keeps this node's persistent sessions' subscriptions in their entries, one
     /// change at a time in the loops' order; an entry another node claimed since is
     /// left alone (the session is no longer this node's).
-    pub async fn state_writer(self, mut rx: mpsc::Receiver<(Bytes, Bytes)>) {
-        while let Some((client_id, state)) = rx.recv().await {
+    pub async fn state_writer(self, feed: super::wills::WillFeed) {
+        loop {
+            let (client_id, Some(state)) = feed.next().await else {
+                continue;
+            };
             let Some(kv) = self.bucket().await else {
                 continue;
             };

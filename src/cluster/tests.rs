@@ -432,3 +432,79 @@ fn a_will_is_orphaned_only_by_a_dead_incarnation() {
         "will newer than the heartbeat known"
     );
 }
+
+/// Will changes while no writer drains them (NATS down, bucket missing) pile up as one
+/// entry per client id, the latest state each, and adding never waits: the cluster
+/// thread's main task (forwarding, acks, claims) cannot be held by the wills writer.
+#[test]
+fn will_changes_keep_the_latest_per_client_without_waiting() {
+    let feed = super::wills::WillFeed::default();
+    for round in 0..1_000u32 {
+        for c in 0..100u32 {
+            let client = Bytes::from(format!("c{c}"));
+            // Each client ends on "set" in the last round, except odd ones: "gone".
+            let value =
+                (round % 2 == 0 || c % 2 == 0).then(|| Bytes::from(format!("will {c} {round}")));
+            feed.put(client, value);
+        }
+    }
+    assert_eq!(feed.len(), 100, "one entry per client id, not per change");
+    for c in 0..100u32 {
+        let (client, value) = feed.pop().expect("an entry per client");
+        assert_eq!(client, Bytes::from(format!("c{c}")), "first-change order");
+        let want = (c % 2 == 0).then(|| Bytes::from(format!("will {c} 999")));
+        assert_eq!(value, want, "the latest state of c{c}");
+    }
+    assert!(feed.pop().is_none());
+    // A client changed again after its entry was taken is queued again.
+    feed.put(Bytes::from_static(b"c1"), None);
+    assert_eq!(feed.pop(), Some((Bytes::from_static(b"c1"), None)));
+}
+
+/// One loop whose ring is full holds up only its own queue: another loop's claims and
+/// takeovers still reach it (before, one FIFO for all loops stopped at the first full
+/// ring). While a loop's queue is long the sources are not read (`has_room`), and a
+/// dead node's will goes to the loop with the least waiting.
+#[test]
+fn a_full_loop_ring_holds_up_only_its_own_queue() {
+    use super::link::PendingIn;
+    use crate::ring as spsc;
+    use crate::shard::ClusterIn;
+    let takeover = |n: u64| ClusterIn::Takeover {
+        client_id: Bytes::from_static(b"c"),
+        clean: false,
+        reply: n,
+        max_bytes: 1 << 20,
+    };
+    let (mut p0, mut c0) = spsc::channel::<ClusterIn>(4);
+    let (p1, mut c1) = spsc::channel::<ClusterIn>(4);
+    let cap = p0.capacity();
+    // Loop 0 is busy: its ring is full.
+    for n in 0..cap as u64 {
+        assert!(p0.push(takeover(n)).is_ok());
+    }
+    let mut producers = vec![p0, p1];
+    let mut to_wake = vec![false; 2];
+    let mut q = PendingIn::new(2);
+    for n in 0..10_000 {
+        q.push(0, takeover(n));
+    }
+    q.push(1, takeover(99));
+    assert!(!q.has_room(), "loop 0's queue is long: sources wait");
+    assert_eq!(q.shortest(), 1);
+    q.flush(&mut producers, &mut to_wake);
+    match c1.pop() {
+        Some(ClusterIn::Takeover { reply: 99, .. }) => {}
+        other => panic!("loop 1 did not get its takeover: {other:?}"),
+    }
+    assert_eq!(to_wake, [false, true]);
+    assert_eq!(q.len(0), 10_000, "nothing lost for loop 0");
+    // Loop 0 drains its ring: its queue moves on, in order.
+    while c0.pop().is_some() {}
+    q.flush(&mut producers, &mut to_wake);
+    match c0.pop() {
+        Some(ClusterIn::Takeover { reply: 0, .. }) => {}
+        other => panic!("loop 0's first queued takeover: {other:?}"),
+    }
+    assert_eq!(q.len(0), 10_000 - cap);
+}

@@ -29,16 +29,16 @@
 //! published although the clients are still there (the price of not waiting for a
 //! consensus the cluster does not have).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
 use base64::Engine;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::bridge::ClusterStatus;
 use crate::session::Message;
@@ -52,6 +52,8 @@ const DEAD_AFTER_MS: i128 = 5_000;
 /// Beats between full sweeps of the wills bucket when no node died (catches an
 /// incarnation that came and went between two beats).
 const SWEEP_EVERY: u32 = 10;
+/// Bound on listing the wills bucket in one sweep (well below `DEAD_AFTER_MS`).
+const SWEEP_LIST_MAX: Duration = Duration::from_millis(1500);
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -71,6 +73,81 @@ pub fn will_key(client_id: &[u8], owner: &str) -> String {
 pub fn owner_of_key(key: &str) -> Option<&str> {
     let (_client, owner) = key.split_once('.')?;
     owner.split_once('.').map(|_| owner)
+}
+
+/// Will changes waiting for the writer: only the latest state per client id (a will
+/// record, or `None` for gone), in the order the ids first changed. The cluster
+/// thread's main task adds to it without waiting, so a writer stuck on JetStream
+/// (NATS down, bucket not there yet) never holds up forwarding, acks or claims;
+/// bounded by the distinct client ids that changed since the writer last caught up.
+#[derive(Default)]
+pub struct WillQueue {
+    latest: HashMap<Bytes, Option<Bytes>>,
+    order: VecDeque<Bytes>,
+}
+
+impl WillQueue {
+    /// Records `client`'s latest will state (a later one replaces an unwritten one:
+    /// set then gone needs only the delete, gone then set only the put).
+    pub fn put(&mut self, client: Bytes, value: Option<Bytes>) {
+        if self.latest.insert(client.clone(), value).is_none() {
+            self.order.push_back(client);
+        }
+    }
+
+    pub fn pop(&mut self) -> Option<(Bytes, Option<Bytes>)> {
+        let client = self.order.pop_front()?;
+        let value = self.latest.remove(&client)?;
+        Some((client, value))
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// The main task's handle on a writer's queue (the wills writer's, and the
+/// session-state writer's in `sessions.rs`: both keep only a client's latest value).
+#[derive(Clone, Default)]
+pub struct WillFeed {
+    queue: Arc<Mutex<WillQueue>>,
+    ready: Arc<Notify>,
+}
+
+impl WillFeed {
+    /// Never waits (see `WillQueue`).
+    pub fn put(&self, client: Bytes, value: Option<Bytes>) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.put(client, value);
+        }
+        self.ready.notify_one();
+    }
+
+    pub fn pop(&self) -> Option<(Bytes, Option<Bytes>)> {
+        self.queue.lock().ok()?.pop()
+    }
+
+    pub fn len(&self) -> usize {
+        self.queue.lock().map_or(0, |q| q.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The next change, waiting for one (a `put` before the wait leaves a permit).
+    pub async fn next(&self) -> (Bytes, Option<Bytes>) {
+        loop {
+            if let Some(c) = self.pop() {
+                return c;
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// What the wills tasks share with the main task.
@@ -113,12 +190,13 @@ impl Wills {
 
     /// Keeps this node's wills in the bucket, one change at a time in the loops'
     /// order (a set then a gone for one client must land in that order).
-    pub async fn writer(self, mut rx: mpsc::Receiver<(Bytes, Option<Bytes>)>) {
+    pub async fn writer(self, feed: WillFeed) {
         let (_, wills) = self.buckets().await;
         while !self.beating.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        while let Some((client, value)) = rx.recv().await {
+        loop {
+            let (client, value) = feed.next().await;
             let key = will_key(&client, &self.me);
             for _ in 0..3 {
                 let r = match &value {
@@ -202,18 +280,27 @@ impl Wills {
         alive: &HashSet<String>,
         tx: &mpsc::Sender<Message>,
     ) {
-        let mut keys = match wills.keys().await {
-            Ok(k) => k,
-            Err(e) => {
-                tracing::debug!("cluster: wills not listed: {e}");
-                return;
-            }
-        };
         let mut orphans = Vec::new();
-        while let Some(Ok(k)) = keys.next().await {
-            if owner_of_key(&k).is_some_and(|o| !alive.contains(o)) {
-                orphans.push(k);
+        // Bounded: the listing's stream can wait for ever once the bucket holds only
+        // delete markers (seen after the first dead node's wills were taken), and
+        // this task also beats: a beat late by DEAD_AFTER makes this node look dead.
+        let listed = tokio::time::timeout(SWEEP_LIST_MAX, async {
+            let mut keys = match wills.keys().await {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::debug!("cluster: wills not listed: {e}");
+                    return;
+                }
+            };
+            while let Some(Ok(k)) = keys.next().await {
+                if owner_of_key(&k).is_some_and(|o| !alive.contains(o)) {
+                    orphans.push(k);
+                }
             }
+        })
+        .await;
+        if listed.is_err() {
+            tracing::debug!("cluster: wills listing cut at {SWEEP_LIST_MAX:?}");
         }
         for k in orphans {
             let Ok(Some(e)) = wills.entry(&k).await else {
@@ -242,6 +329,7 @@ impl Wills {
                 return;
             }
         }
+        self.status.wills_sweeps.fetch_add(1, Ordering::Relaxed);
     }
 }
 

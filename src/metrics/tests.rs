@@ -456,7 +456,7 @@ fn every_cluster_counter_is_exported() {
         ($($f:ident),* $(,)?) => {{
             #[allow(dead_code)]
             fn all_listed(x: &ClusterStatus) {
-                let ClusterStatus { node: _, connected: _, $($f: _,)* } = x;
+                let ClusterStatus { node: _, connected: _, stopped: _, $($f: _,)* } = x;
             }
             vec![$( (stringify!($f), (|x: &ClusterStatus, v: u64| {
                 let a: &AtomicU64 = &x.$f;
@@ -482,12 +482,14 @@ fn every_cluster_counter_is_exported() {
         sessions_received,
         sessions_handed,
         sessions_lost,
+        sessions_kept,
         sessions_local,
         sessions_saved,
         sessions_recovered,
         wills_stored,
         wills_errors,
         wills_published,
+        wills_sweeps,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {
@@ -504,6 +506,11 @@ fn every_cluster_counter_is_exported() {
         before,
         "cluster connected not exported"
     );
+    let s = ClusterStatus {
+        stopped: AtomicBool::new(true),
+        ..Default::default()
+    };
+    assert_ne!(s.prometheus_text(), before, "cluster stopped not exported");
 }
 
 #[test]

@@ -75,6 +75,9 @@ pub enum ClusterIn {
         client_id: Bytes,
         clean: bool,
         reply: u64,
+        /// The largest hand-over the NATS connection can send (its `max_payload`
+        /// less the reply's tag byte): a larger session stays here.
+        max_bytes: usize,
     },
 }
 
@@ -121,6 +124,12 @@ impl Shard {
     /// publishes and interest changes are kept from now on for `take_cluster_out`.
     pub fn enable_cluster(&mut self) {
         self.cluster = Some(Box::default());
+    }
+
+    /// The cluster thread's state (`ClusterStatus::stopped`): once that thread has
+    /// ended, CONNECTs no longer wait for claims nobody would answer.
+    pub fn set_cluster_status(&mut self, status: Arc<crate::cluster::ClusterStatus>) {
+        self.cluster_status = Some(status);
     }
 
     /// This turn's publishes and interest changes, when there are any.
@@ -219,7 +228,8 @@ impl Shard {
                 client_id,
                 clean,
                 reply,
-            } => self.on_session_takeover(&client_id, clean, reply, now),
+                max_bytes,
+            } => self.on_session_takeover(&client_id, clean, reply, max_bytes, now),
             ClusterIn::Will(m) => self.on_cluster_will((*m).clone(), now),
         }
     }

@@ -17,6 +17,7 @@
 //! Off on a single node and for ids the cluster never claims (`$bridge/` sessions are
 //! local to the node that runs the bridge; an empty id gets a node-local one).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -47,6 +48,9 @@ pub struct SessionClaim {
 pub struct SessionHandover {
     pub reply: u64,
     pub session: Option<Bytes>,
+    /// The session was larger than one NATS message may be: it stayed on this node
+    /// (offline) rather than be ended unsent; the asking node serves a fresh one.
+    pub too_large: bool,
 }
 
 /// A will as the cluster's `ringmq_wills` bucket keeps it: the log's `SessionPut`
@@ -122,6 +126,11 @@ impl Shard {
             || connect.client_id.is_empty()
             || connect.client_id.starts_with(b"$bridge/")
         {
+            return Some(connect);
+        }
+        if let Some(st) = self.cluster_status.as_deref().filter(|s| s.is_stopped()) {
+            // No cluster thread to answer a claim: served from this node's own state.
+            st.sessions_local.fetch_add(1, Ordering::Relaxed);
             return Some(connect);
         }
         let Some(c) = self.conns.get_mut(conn) else {
@@ -205,18 +214,29 @@ impl Shard {
         now: Instant,
     ) {
         self.last_now = Some(now);
-        let Some(c) = self.conns.get_mut(conn) else {
+        let held = match self.conns.get_mut(conn) {
+            Some(c) if c.generation == generation && c.state == ConnState::Verifying => {
+                let connect = c.pending.as_mut().and_then(|p| p.verifying.take());
+                if connect.is_some() {
+                    c.state = ConnState::AwaitConnect;
+                }
+                connect
+            }
+            _ => None,
+        };
+        let Some(connect) = held else {
+            // The CONNECT gave up (closed, connect timeout) while its claim travelled,
+            // but the old node has ended the session and this node owns it in the
+            // bucket: it stays here, offline, for the client's next CONNECT.
+            if let Some(b) = session {
+                if let Some(idx) = self.load_handover(None, &b, now) {
+                    self.expire_offline_handover(idx, now);
+                }
+            }
             return;
         };
-        if c.generation != generation || c.state != ConnState::Verifying {
-            return;
-        }
-        let Some(connect) = c.pending.as_mut().and_then(|p| p.verifying.take()) else {
-            return;
-        };
-        c.state = ConnState::AwaitConnect;
         if let Some(b) = session.filter(|_| !connect.clean_start) {
-            self.load_handover(&connect.client_id, &b, now);
+            self.load_handover(Some(&connect.client_id), &b, now);
         }
         self.continue_connect(conn, connect, now);
     }
@@ -229,6 +249,7 @@ impl Shard {
         client_id: &[u8],
         clean: bool,
         reply: u64,
+        max_bytes: usize,
         now: Instant,
     ) {
         self.last_now = Some(now);
@@ -236,7 +257,30 @@ impl Shard {
         if let Some(s) = self.sessions.find(client_id) {
             self.take_over(s, clean, now);
             if !clean {
-                bytes = Some(self.handover_bytes(s));
+                let b = self.handover_bytes(s);
+                if b.len() > max_bytes {
+                    // Ending it would lose it: kept here offline (expiring as usual),
+                    // counted, and the asking node told so.
+                    tracing::warn!(
+                        "cluster: session {:?} not handed over: {} bytes, NATS allows {max_bytes}; kept here",
+                        String::from_utf8_lossy(client_id),
+                        b.len()
+                    );
+                    if let Some(st) = self.cluster_status.as_deref() {
+                        st.sessions_kept.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.expire_offline_handover(s, now);
+                    self.drop_slow_consumers(now);
+                    if let Some(out) = self.cluster.as_deref_mut() {
+                        out.handovers.push(SessionHandover {
+                            reply,
+                            session: None,
+                            too_large: true,
+                        });
+                    }
+                    return;
+                }
+                bytes = Some(b);
             }
             // The will went with `take_over`; subscriptions, queue and (with a data
             // directory) the records go now: this node no longer owns the session.
@@ -247,6 +291,7 @@ impl Shard {
             out.handovers.push(SessionHandover {
                 reply,
                 session: bytes,
+                too_large: false,
             });
         }
     }
@@ -380,27 +425,47 @@ impl Shard {
         Bytes::from(out)
     }
 
-    /// Makes `client_id`'s session from hand-over bytes, unless one is here already
-    /// (then this node's own is newer: it was taken here after the hand-over left).
+    /// Makes the session from hand-over bytes (`client_id`: the CONNECT's id, which it
+    /// must be; `None`: the one the bytes name). An offline local session of that id
+    /// (a stale one, e.g. from before a partition) gives way to it: the old owner
+    /// ended the session for this claim. An online one (a later CONNECT here took the
+    /// id while this claim travelled) is newer and stays; the hand-over is dropped.
     /// With a data directory the loaded session is written to this node's log, and
-    /// the CONNECT's resume waits for it as any resume does.
-    fn load_handover(&mut self, client_id: &[u8], bytes: &[u8], now: Instant) {
-        if self.sessions.find(client_id).is_some() {
-            return;
-        }
+    /// the CONNECT's resume waits for it as any resume does. Returns the session.
+    fn load_handover(
+        &mut self,
+        client_id: Option<&[u8]>,
+        bytes: &[u8],
+        now: Instant,
+    ) -> Option<u32> {
         let Some(records) = handover_records(bytes) else {
             tracing::warn!("cluster: a session hand-over did not decode; session lost");
-            return;
+            return None;
         };
         let mut state = StoreState::default();
         for r in &records {
             state.apply(r);
         }
-        let Some(s) = state.sessions.get(client_id) else {
-            return;
+        let (client_id, s) = match client_id {
+            Some(id) => (id, state.sessions.get(id)?),
+            None => state.sessions.iter().next().map(|(id, s)| (&id[..], s))?,
         };
+        if let Some(old) = self.sessions.find(client_id) {
+            if self.sessions.get(old).is_some_and(|o| o.is_online()) {
+                tracing::warn!(
+                    "cluster: session hand-over for {:?} dropped: a newer connection has it here",
+                    String::from_utf8_lossy(client_id)
+                );
+                return None;
+            }
+            // Replaced, not ended as a client would end it: its will is not published.
+            if let Some(o) = self.sessions.get_mut(old) {
+                o.will = None;
+            }
+            self.end_session(old, now);
+        }
         if self.limits.sessions_full() {
-            return;
+            return None;
         }
         let idx = self.sessions.create(client_id);
         self.limits.session_added();
@@ -415,9 +480,7 @@ impl Shard {
             let (inner, group) = Self::split_filter(filter);
             self.add_local_sub(idx, &inner, group.as_ref(), options, *sub_id);
         }
-        let Some(sess) = self.sessions.get_mut(idx) else {
-            return;
-        };
+        let sess = self.sessions.get_mut(idx)?;
         sess.expiry_s = s.expiry_s;
         sess.subs = subs;
         let d = sess.delivery();
@@ -467,9 +530,7 @@ impl Shard {
         for (mut out, sent) in loaded {
             out.store_id = self.log_copy(idx, &out, sent.map(|(p, _)| p));
             self.store_fanout_done();
-            let Some(d) = self.sessions.get_mut(idx).map(|s| s.delivery()) else {
-                return;
-            };
+            let d = self.sessions.get_mut(idx).map(|s| s.delivery())?;
             match sent {
                 Some((packet_id, phase)) => {
                     d.last_packet_id = d.last_packet_id.max(packet_id);
@@ -489,5 +550,27 @@ impl Shard {
         }
         self.stats.bytes_queued += queued;
         self.stats.sessions = self.sessions.len();
+        Some(idx)
+    }
+
+    /// An offline session with no timer yet (a hand-over loaded with no connection, or
+    /// one kept because it could not be sent): it expires as any offline session does.
+    fn expire_offline_handover(&mut self, idx: u32, now: Instant) {
+        let Some(expiry_s) = self.sessions.get(idx).map(|s| s.expiry_s) else {
+            return;
+        };
+        if expiry_s == 0 {
+            // Ends with its connection, and that has gone.
+            self.end_session(idx, now);
+            return;
+        }
+        if expiry_s != u32::MAX {
+            let at = now + std::time::Duration::from_secs(u64::from(expiry_s));
+            let at_ns = self.stamp_ns(at);
+            if let Some(s) = self.sessions.get_mut(idx) {
+                s.expires_ns = at_ns;
+            }
+            self.arm_session_timer(idx, super::timer::TimerKind::SessionExpiry, at, now);
+        }
     }
 }

@@ -197,6 +197,8 @@ pub struct Shard {
     auth: auth::ShardAuth,
     /// The turn's output for the cluster thread; `None` on a single node.
     cluster: Option<Box<cluster::ClusterOut>>,
+    /// The cluster thread's state, read to stop holding CONNECTs once it has ended.
+    cluster_status: Option<Arc<crate::cluster::ClusterStatus>>,
     /// The loop's write-ahead log and the replies waiting for it (`durable.rs`);
     /// `None` without a data directory.
     store: Option<Box<durable::ShardStore>>,
@@ -276,6 +278,7 @@ impl Shard {
                 auth_secret(id),
             ),
             cluster: None,
+            cluster_status: None,
             store: None,
         }
     }

@@ -319,6 +319,7 @@ pub fn run<L: EventLoop>(
     if let Some(link) = &cluster {
         link.bind(remote.clone());
         shard.enable_cluster();
+        shard.set_cluster_status(link.status.clone());
     }
     let store = match store {
         Some(st) => match store::StoreIo::start(id, &mut shard, st, remote.clone()) {

@@ -42,6 +42,7 @@ fn take_from(old: &mut Cluster, id: &str, clean: bool) -> (Option<Bytes>, Vec<bo
         client_id: Bytes::copy_from_slice(id.as_bytes()),
         clean,
         reply: 77,
+        max_bytes: 1 << 20,
     };
     let now = old.now;
     old.shards[0].on_cluster_in(m, now);
@@ -237,4 +238,156 @@ fn persistent_subscriptions_are_saved_after_each_change() {
     a.subscribe(c, "k/3", Q1);
     let out = a.shards[0].take_cluster_out().expect("interest");
     assert!(out.states.is_empty(), "a clean session is not saved");
+}
+
+/// Once the cluster thread has ended (e.g. a bad `cluster_nats_creds_file`), nothing
+/// answers claims: a CONNECT with a client id is served from this node's own state
+/// at once (counted in `sessions_local`) instead of waiting out the connect timeout.
+#[test]
+fn a_connect_is_served_locally_once_the_cluster_thread_has_ended() {
+    use std::sync::atomic::Ordering;
+    let mut b = node();
+    b.auto_claim = false;
+    let status = std::sync::Arc::new(crate::cluster::ClusterStatus::default());
+    b.shards[0].set_cluster_status(status.clone());
+    // While the thread runs, the CONNECT waits for its claim.
+    let held = b.connect(V311, "early", persistent());
+    b.expect_nothing(held);
+    let _ = claim_of(&mut b, "early");
+
+    status.stopped.store(true, Ordering::Release);
+    let c = b.connect(V311, "late", persistent());
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ReasonCode::Success),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    assert!(
+        b.shards[0].take_cluster_claims().is_empty(),
+        "no claim made"
+    );
+    assert_eq!(status.sessions_local.load(Ordering::Relaxed), 1);
+}
+
+/// Node `a` with an offline persistent session "roam" (subscribed to "t") holding
+/// two queued messages.
+fn old_owner_with_queue() -> Cluster {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    a.publish(p, "t", "x1", Q1, false, 1);
+    a.publish(p, "t", "x2", Q1, false, 2);
+    let _ = a.shards[0].take_cluster_out();
+    a
+}
+
+/// A hand-over that arrives after its CONNECT gave up is kept here, offline: the old
+/// node has already ended the session (review item D).
+#[test]
+fn a_handover_after_the_connect_gave_up_stays_as_an_offline_session() {
+    let mut a = old_owner_with_queue();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    b.expect_nothing(c);
+    let claim = claim_of(&mut b, "roam");
+    // The client gives up before the answer.
+    b.drop_connection(c);
+    b.pump();
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::Claimed {
+            conn: claim.conn,
+            generation: claim.generation,
+            session: bytes,
+        },
+        now,
+    );
+    b.pump();
+    assert_eq!(b.shards[0].stats().sessions, 1, "kept offline on b");
+    b.auto_claim = true;
+    let c = b.connect(V311, "roam", persistent());
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    b.expect(c, pubp("t", "x1", Q1, false, 1));
+    b.expect(c, pubp("t", "x2", Q1, false, 2));
+}
+
+/// A stale offline session of the id on the claiming node (e.g. left from before a
+/// partition) gives way to the hand-over instead of dropping it (review item D).
+#[test]
+fn a_handover_replaces_a_stale_offline_session() {
+    let mut a = old_owner_with_queue();
+    let mut b = node();
+    let stale = b.connect_ok(V311, "roam", persistent(), false);
+    b.subscribe(stale, "stale", Q1);
+    b.drop_connection(stale);
+    b.pump();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    b.expect_nothing(c);
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::Claimed {
+            conn: claim.conn,
+            generation: claim.generation,
+            session: bytes,
+        },
+        now,
+    );
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    b.expect(c, pubp("t", "x1", Q1, false, 1));
+    b.expect(c, pubp("t", "x2", Q1, false, 2));
+    // The stale session's subscription went with it.
+    b.auto_claim = true;
+    let p = b.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    b.publish(p, "stale", "nobody", Q1, false, 9);
+    b.expect_nothing(c);
+}
+
+/// A session whose hand-over is larger than one NATS message may be is not ended
+/// unsent: it stays on the old node (offline), the answer says so, and it is counted
+/// (review item E).
+#[test]
+fn a_session_too_large_to_send_stays_on_the_old_node() {
+    use std::sync::atomic::Ordering;
+    let mut a = old_owner_with_queue();
+    let status = std::sync::Arc::new(crate::cluster::ClusterStatus::default());
+    a.shards[0].set_cluster_status(status.clone());
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Takeover {
+            client_id: Bytes::from_static(b"roam"),
+            clean: false,
+            reply: 5,
+            max_bytes: 16,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    assert_eq!(out.handovers.len(), 1);
+    assert!(out.handovers[0].too_large);
+    assert!(out.handovers[0].session.is_none());
+    assert!(out.interest.is_empty(), "its subscription stays: {out:?}");
+    assert_eq!(a.shards[0].stats().sessions, 2, "roam is still on a");
+    assert_eq!(status.sessions_kept.load(Ordering::Relaxed), 1);
+    // Nothing was lost: a takeover that fits gets the whole session.
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let recs = handover_records(&bytes.expect("the session")).expect("decodes");
+    let queued = recs
+        .iter()
+        .filter(|r| matches!(r, crate::store::record::Record::Enqueue { .. }))
+        .count();
+    assert_eq!(queued, 2, "{recs:?}");
 }
