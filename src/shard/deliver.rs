@@ -712,9 +712,22 @@ impl Shard {
     }
 
     /// Moves queued messages into the connection while the window and the buffer
-    /// allow. Expired messages are dropped on the way (counted).
+    /// allow. Expired messages are dropped on the way (counted). Called after every
+    /// ack and every flush, where mostly nothing waits: that test is inlined into
+    /// the caller, the queue walk (`pump_queue`) is not.
+    #[inline]
     pub(crate) fn pump(&mut self, session: u32, now: Instant) {
         self.stream_room();
+        let waits = self.sessions.get(session).is_some_and(|s| {
+            s.conn != NONE && matches!(s.delivery.as_deref(), Some(d) if !d.queue.is_empty())
+        });
+        if waits {
+            self.pump_queue(session, now);
+        }
+    }
+
+    #[inline(never)]
+    fn pump_queue(&mut self, session: u32, now: Instant) {
         let Shard {
             sessions,
             conns,
