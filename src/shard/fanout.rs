@@ -213,7 +213,12 @@ impl Shard {
             Vec::new()
         };
         self.cache.clear();
-        let big = outbound_form(msg, arc, &self.payloads);
+        // No local subscriber: no owned copy of a large payload for nobody.
+        let big = if matches.is_empty() {
+            None
+        } else {
+            outbound_form(msg, arc, &self.payloads)
+        };
         let msg: &Message = big.as_deref().unwrap_or(msg);
         for m in &mut matches {
             if m.sub_ids.len() > 1 {
