@@ -29,6 +29,8 @@ struct Variant {
     retain: bool,
     start: usize,
     len: usize,
+    /// Bytes of one copy on the wire: `len`, plus the payload when it is shared.
+    total: usize,
     /// Offset of the packet identifier inside the encoding (QoS > 0), patched per copy.
     packet_id_at: usize,
     /// The encoding is the header only; the payload follows as a shared segment.
@@ -182,7 +184,13 @@ fn encode_v3_publish(
 /// which are already bounded by the inflight window). A payload of at least
 /// `SHARE_MIN_BYTES` is appended as a reference to `msg.payload`, so callers pass a
 /// message whose payload owns its bytes (`shared_arc`), never a receive buffer slice.
+/// Returns, with the outcome, the bytes appended that `c.tx` owns (shared payload
+/// segments left out): what `bytes_tx` counts, known here without reading
+/// `own_len` before and after each copy.
+/// Inlined into its callers with the cached path: per fan-out copy, a call with
+/// eleven arguments cost more than the copy's cached bytes themselves.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 pub(crate) fn encode_publish(
     c: &mut Conn,
     cache: Option<&mut EncodeCache>,
@@ -195,81 +203,149 @@ pub(crate) fn encode_publish(
     packet_id: u16,
     dup: bool,
     now: Instant,
-) -> Written {
+) -> (Written, usize) {
     let v5 = c.version.is_v5();
     let cacheable = !dup && sub_ids.is_empty() && (!v5 || c.client_alias_max == 0);
-    if let (true, Some(cache)) = (cacheable, cache) {
-        let found = cache
-            .variants
-            .iter()
-            .position(|v| v.v5 == v5 && v.qos == qos && v.retain == retain);
-        let i = match found {
-            Some(i) => i,
-            None => {
-                let start = cache.buf.len();
-                let shared = shares_payload(msg);
-                if v5 {
-                    let mut p = publish_packet(
-                        msg,
-                        v5,
-                        qos,
-                        retain,
-                        &[],
-                        1,
-                        false,
-                        msg.topic.clone(),
-                        None,
-                        now,
-                    );
-                    if shared {
-                        encode_publish_header(&mut p, c.version, &mut cache.buf);
-                    } else {
-                        encode_packet(&p, c.version, &mut cache.buf);
-                    }
-                } else {
-                    encode_v3_publish(&mut cache.buf, msg, qos, retain, !shared);
-                }
-                let len = cache.buf.len() - start;
-                let packet_id_at = fixed_header_len(&cache.buf[start..]) + 2 + msg.topic.len();
-                cache.variants.push(Variant {
-                    v5,
-                    qos,
-                    retain,
-                    start,
-                    len,
-                    packet_id_at,
-                    shared,
-                });
-                cache.variants.len() - 1
-            }
-        };
-        let v = cache.variants[i];
-        let total = if v.shared {
-            v.len + msg.payload.len()
-        } else {
-            v.len
-        };
-        if total > c.client_max_packet as usize {
-            return Written::TooLarge;
-        }
-        if !force && c.tx.len() + total > max_outbound {
-            return Written::NoRoom;
-        }
-        reserve_tx(c, v.len);
-        let tail = c.tx.tail_mut();
-        let at = tail.len();
-        tail.extend_from_slice(&cache.buf[v.start..v.start + v.len]);
-        if qos != QoS::AtMostOnce {
-            if let Some(dst) = tail.get_mut(at + v.packet_id_at..at + v.packet_id_at + 2) {
-                dst.copy_from_slice(&packet_id.to_be_bytes());
-            }
-        }
-        if v.shared {
-            c.tx.push_shared(msg.payload.clone());
-        }
-        return Written::Yes;
+    match cache {
+        Some(cache) if cacheable => encode_cached(
+            c,
+            cache,
+            max_outbound,
+            force,
+            msg,
+            qos,
+            retain,
+            packet_id,
+            now,
+        ),
+        _ => encode_one(
+            c,
+            max_outbound,
+            force,
+            msg,
+            qos,
+            retain,
+            sub_ids,
+            packet_id,
+            dup,
+            now,
+        ),
     }
+}
 
+/// A copy from the fan-out's cached encoding of its variant (made at the variant's
+/// first copy), its packet identifier patched in.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn encode_cached(
+    c: &mut Conn,
+    cache: &mut EncodeCache,
+    max_outbound: usize,
+    force: bool,
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    packet_id: u16,
+    now: Instant,
+) -> (Written, usize) {
+    let v5 = c.version.is_v5();
+    let found = cache
+        .variants
+        .iter()
+        .position(|v| v.v5 == v5 && v.qos == qos && v.retain == retain);
+    let i = match found {
+        Some(i) => i,
+        None => add_variant(cache, c.version, msg, qos, retain, now),
+    };
+    let v = cache.variants[i];
+    if v.total > c.client_max_packet as usize {
+        return (Written::TooLarge, 0);
+    }
+    if !force && c.tx.len() + v.total > max_outbound {
+        return (Written::NoRoom, 0);
+    }
+    reserve_tx(c, v.len);
+    let tail = c.tx.tail_mut();
+    let at = tail.len();
+    tail.extend_from_slice(&cache.buf[v.start..v.start + v.len]);
+    if qos != QoS::AtMostOnce {
+        if let Some(dst) = tail.get_mut(at + v.packet_id_at..at + v.packet_id_at + 2) {
+            dst.copy_from_slice(&packet_id.to_be_bytes());
+        }
+    }
+    if v.shared {
+        c.tx.push_shared(msg.payload.clone());
+    }
+    (Written::Yes, v.len)
+}
+
+/// Encodes the variant (`version` family, `qos`, `retain`) of the message being
+/// fanned out into the cache; returns its index. Once per variant per fan-out.
+#[inline]
+fn add_variant(
+    cache: &mut EncodeCache,
+    version: ProtocolVersion,
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    now: Instant,
+) -> usize {
+    let v5 = version.is_v5();
+    let start = cache.buf.len();
+    let shared = shares_payload(msg);
+    if v5 {
+        let mut p = publish_packet(
+            msg,
+            v5,
+            qos,
+            retain,
+            &[],
+            1,
+            false,
+            msg.topic.clone(),
+            None,
+            now,
+        );
+        if shared {
+            encode_publish_header(&mut p, version, &mut cache.buf);
+        } else {
+            encode_packet(&p, version, &mut cache.buf);
+        }
+    } else {
+        encode_v3_publish(&mut cache.buf, msg, qos, retain, !shared);
+    }
+    let len = cache.buf.len() - start;
+    let packet_id_at = fixed_header_len(&cache.buf[start..]) + 2 + msg.topic.len();
+    cache.variants.push(Variant {
+        v5,
+        qos,
+        retain,
+        start,
+        len,
+        total: if shared { len + msg.payload.len() } else { len },
+        packet_id_at,
+        shared,
+    });
+    cache.variants.len() - 1
+}
+
+/// One copy encoded for this connection alone: per-copy properties (subscription
+/// identifiers, topic alias), DUP resends, and deliveries outside a fan-out.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn encode_one(
+    c: &mut Conn,
+    max_outbound: usize,
+    force: bool,
+    msg: &Message,
+    qos: QoS,
+    retain: bool,
+    sub_ids: &[u32],
+    packet_id: u16,
+    dup: bool,
+    now: Instant,
+) -> (Written, usize) {
+    let v5 = c.version.is_v5();
     // Server → client topic aliases: topics get aliases in first-seen order until the
     // client's Topic Alias Maximum (capped at MAX_OUTBOUND_ALIASES) is used up; later
     // topics are always sent in full. An alias, once set, is never remapped.
@@ -292,25 +368,29 @@ pub(crate) fn encode_publish(
     );
     let len = encoded_len(&p, c.version);
     if len > c.client_max_packet as usize {
-        return Written::TooLarge;
+        return (Written::TooLarge, 0);
     }
     if !force && c.tx.len() + len > max_outbound {
-        return Written::NoRoom;
+        return (Written::NoRoom, 0);
     }
-    if shares_payload(msg) {
+    let own = if shares_payload(msg) {
         reserve_tx(c, len - msg.payload.len());
-        encode_publish_header(&mut p, c.version, c.tx.tail_mut());
+        let own = encode_publish_header(&mut p, c.version, c.tx.tail_mut());
         c.tx.push_shared(msg.payload.clone());
+        own
     } else {
         reserve_tx(c, len);
-        encode_packet(&p, c.version, c.tx.tail_mut());
-    }
+        let tail = c.tx.tail_mut();
+        let at = tail.len();
+        encode_packet(&p, c.version, tail);
+        tail.len() - at
+    };
     if new_alias {
         c.aliases()
             .outbound
             .push(Bytes::copy_from_slice(&msg.topic));
     }
-    Written::Yes
+    (Written::Yes, own)
 }
 
 /// `take_tx` leaves `c.tx` without a buffer (an idle connection parks nothing), so
@@ -359,6 +439,20 @@ pub(crate) fn queued_arc(
     }
 }
 
+/// The form fan-out copies of `msg` are encoded from: `msg` itself, or, for a
+/// payload that travels as a shared segment, its owned copy in `arc` (one per node,
+/// made at the first need), never a slice of the receive buffer. Taken once per
+/// message by the caller of `deliver`, not once per subscriber.
+#[inline]
+pub(crate) fn outbound_form(
+    msg: &Message,
+    arc: &mut Option<Arc<Message>>,
+    gauge: &PayloadGauge,
+) -> Option<Arc<Message>> {
+    shares_payload(msg).then(|| queued_arc(msg, arc, gauge))
+}
+
+#[inline]
 fn mark_flush(actions: &mut VecDeque<Action>, conn: ConnId, c: &mut Conn) {
     if !c.flush_queued && !c.tx.is_empty() {
         c.flush_queued = true;
@@ -390,7 +484,8 @@ fn count(stats: &mut ShardStats, w: Written) {
 impl Shard {
     /// Delivers one copy of `msg` to `session`: written now when possible, else
     /// queued (QoS 1/2, or QoS 0 for offline sessions when configured) or dropped
-    /// (counted). `arc` is the shared form of `msg`, created on first need.
+    /// (counted). `arc` is the shared form of `msg`, created on first need. `msg` is
+    /// the fan-out's [`outbound_form`] (taken once per message, not per copy).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn deliver(
         &mut self,
@@ -422,10 +517,10 @@ impl Shard {
             stats.dropped_expired += 1;
             return;
         }
-        // A large payload goes out as a reference to one owned copy per node (made
-        // at the first copy of the fan-out), never to the receive buffer.
-        let big = shares_payload(msg).then(|| queued_arc(msg, arc, payloads));
-        let msg: &Message = big.as_deref().unwrap_or(msg);
+        debug_assert!(
+            !shares_payload(msg) || msg.owned,
+            "a shared payload is encoded from its outbound form"
+        );
         let conn_id = sess.conn as usize;
         let conn = if sess.conn == NONE {
             None
@@ -466,8 +561,7 @@ impl Shard {
             return;
         };
         if qos == QoS::AtMostOnce {
-            let before = c.tx.own_len();
-            let w = encode_publish(
+            let (w, own) = encode_publish(
                 c,
                 cache,
                 config.max_outbound_bytes,
@@ -480,7 +574,7 @@ impl Shard {
                 false,
                 now,
             );
-            stats.bytes_tx += c.tx.own_len() - before;
+            stats.bytes_tx += own;
             count(stats, w);
             stamp(c, *fanout_stamp);
             mark_flush(actions, conn_id, c);
@@ -491,8 +585,7 @@ impl Shard {
         if d.queue.is_empty() && d.inflight.len() < win {
             let prev_id = d.last_packet_id;
             if let Some(pid) = d.alloc_packet_id() {
-                let before = c.tx.own_len();
-                let w = encode_publish(
+                let (w, own) = encode_publish(
                     c,
                     cache,
                     config.max_outbound_bytes,
@@ -505,7 +598,7 @@ impl Shard {
                     false,
                     now,
                 );
-                stats.bytes_tx += c.tx.own_len() - before;
+                stats.bytes_tx += own;
                 match w {
                     Written::Yes => {
                         stats.messages_out += 1;
@@ -619,9 +712,22 @@ impl Shard {
     }
 
     /// Moves queued messages into the connection while the window and the buffer
-    /// allow. Expired messages are dropped on the way (counted).
+    /// allow. Expired messages are dropped on the way (counted). Called after every
+    /// ack and every flush, where mostly nothing waits: that test is inlined into
+    /// the caller, the queue walk (`pump_queue`) is not.
+    #[inline]
     pub(crate) fn pump(&mut self, session: u32, now: Instant) {
         self.stream_room();
+        let waits = self.sessions.get(session).is_some_and(|s| {
+            s.conn != NONE && matches!(s.delivery.as_deref(), Some(d) if !d.queue.is_empty())
+        });
+        if waits {
+            self.pump_queue(session, now);
+        }
+    }
+
+    #[inline(never)]
+    fn pump_queue(&mut self, session: u32, now: Instant) {
         let Shard {
             sessions,
             conns,
@@ -690,8 +796,7 @@ impl Shard {
                 }
             }
             let Some(front) = d.queue.front() else { break };
-            let before = c.tx.own_len();
-            let w = encode_publish(
+            let (w, own) = encode_publish(
                 c,
                 None,
                 config.max_outbound_bytes,
@@ -704,7 +809,7 @@ impl Shard {
                 false,
                 now,
             );
-            stats.bytes_tx += c.tx.own_len() - before;
+            stats.bytes_tx += own;
             if w == Written::NoRoom {
                 d.last_packet_id = prev_id;
                 break;
@@ -776,7 +881,8 @@ impl Shard {
             }
             _ => {
                 let o = &f.out;
-                let w = encode_publish(
+                // `bytes_tx` is counted around the whole resend (PUBRELs too).
+                let (w, _) = encode_publish(
                     c,
                     None,
                     max_outbound,

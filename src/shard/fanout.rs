@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use smallvec::SmallVec;
 
+use super::deliver::outbound_form;
 use super::retained::{Applied, RetainedBody};
 use super::routes::ShardSet;
 use super::shared::{self, pick_member};
@@ -212,6 +213,13 @@ impl Shard {
             Vec::new()
         };
         self.cache.clear();
+        // No local subscriber: no owned copy of a large payload for nobody.
+        let big = if matches.is_empty() {
+            None
+        } else {
+            outbound_form(msg, arc, &self.payloads)
+        };
+        let msg: &Message = big.as_deref().unwrap_or(msg);
         for m in &mut matches {
             if m.sub_ids.len() > 1 {
                 m.sub_ids.sort_unstable();

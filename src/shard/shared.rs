@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::deliver::outbound_form;
 use super::fanout::Targets;
 use super::subs::{FilterEntry, LocalGroup, LocalSub};
 use super::{Shard, SharedTarget, SubIds};
@@ -49,6 +50,8 @@ impl Shard {
         let qos = msg.qos.min(sub.options.qos);
         let retain = msg.retain && sub.options.retain_as_published;
         self.cache.clear();
+        let big = outbound_form(msg, arc, &self.payloads);
+        let msg: &Message = big.as_deref().unwrap_or(msg);
         self.deliver(sub.session, msg, arc, qos, retain, &sub_ids, now, false);
     }
 }

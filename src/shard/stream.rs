@@ -399,14 +399,13 @@ impl Shard {
             }
             return Step::Blocked;
         }
-        let before = c.tx.own_len();
         // Built per copy from the compact stored form: the topic (and a small
         // payload) copied, a large payload shared with the store.
         let msg = Arc::new(body.to_message());
-        let w = encode_publish(
+        let (w, own) = encode_publish(
             c, None, max, false, &msg, qos, true, sub_ids, pid, false, now,
         );
-        stats.bytes_tx += c.tx.own_len() - before;
+        stats.bytes_tx += own;
         match w {
             Written::Yes => {
                 stats.messages_out += 1;

@@ -289,3 +289,74 @@ fn a_streamed_retained_payload_is_the_stored_one() {
     let own: usize = cl.shards.iter().map(|s| s.stats().bytes_tx).sum();
     assert_eq!(own, 0, "nothing left once sent and acknowledged");
 }
+
+/// `bytes_tx` is exactly the connections' own output on every encode path: cached
+/// variants (3.1.1, plain 5) and per-copy encodings (a topic alias, a subscription
+/// identifier), shared and copied payloads, while subscribers are stalled, and zero
+/// once everything is delivered and acknowledged. The encoders report the bytes
+/// they append instead of the gauge reading `own_len` around each copy.
+#[test]
+fn bytes_tx_is_the_own_output_on_every_encode_path() {
+    let mut cl = Cluster::new(2, cfg());
+    let kinds: [(ProtocolVersion, u16, Option<u32>); 4] = [
+        (V311, 0, None),
+        (V5, 0, None),
+        (V5, 5, None),
+        (V5, 0, Some(7)),
+    ];
+    let mut subs = Vec::new();
+    for (i, (version, alias_max, sub_id)) in kinds.into_iter().enumerate() {
+        let opts = ConnectOpts {
+            properties: Properties {
+                topic_alias_maximum: (alias_max > 0).then_some(alias_max),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let c = cl.connect_ok(version, &format!("acct-{i}"), opts, false);
+        let props = Properties {
+            subscription_identifier: sub_id,
+            ..Default::default()
+        };
+        let sub_opts = SubscriptionOptions {
+            qos: Q1,
+            ..Default::default()
+        };
+        cl.subscribe_with(c, TOPIC, sub_opts, props);
+        assert!(matches!(cl.next(c), Some(Packet::SubAck(_))), "sub {i}");
+        cl.stall(c, true);
+        subs.push(c);
+    }
+    let p = cl.connect_ok(V5, "publisher", ConnectOpts::default(), false);
+    let sent = [(70_000, Q1), (100, Q0), (SHARE_MIN_BYTES, Q0), (300, Q1)];
+    for (n, &(len, qos)) in sent.iter().enumerate() {
+        let mut m = publish(TOPIC, "", qos, false, 20 + n as u16);
+        m.payload = payload(len, n as u8);
+        cl.send(p, Packet::Publish(m));
+        if qos == Q1 {
+            cl.expect(p, puback(20 + n as u16));
+        }
+        for (s, shard) in cl.shards.iter().enumerate() {
+            let own: usize = shard.conns.iter().map(|(_, c)| c.tx.own_len()).sum();
+            assert_eq!(shard.stats().bytes_tx, own, "shard {s} after publish {n}");
+        }
+    }
+    let total: usize = cl.shards.iter().map(|s| s.stats().bytes_tx).sum();
+    assert!(total > 0, "stalled subscribers hold output");
+    for &c in &subs {
+        cl.stall(c, false);
+        let mut got = 0;
+        while let Some(packet) = cl.next(c) {
+            if let Packet::Publish(m) = packet {
+                got += 1;
+                if m.qos == Q1 {
+                    cl.send(c, puback(m.packet_id));
+                }
+            }
+        }
+        assert_eq!(got, sent.len(), "every publish delivered");
+    }
+    for (s, shard) in cl.shards.iter().enumerate() {
+        assert_eq!(shard.stats().bytes_tx, 0, "shard {s}: all output taken");
+    }
+}
