@@ -436,6 +436,7 @@ fn a_will_is_orphaned_only_by_a_dead_incarnation() {
 /// Will changes while no writer drains them (NATS down, bucket missing) pile up as one
 /// entry per client id, the latest state each, and adding never waits: the cluster
 /// thread's main task (forwarding, acks, claims) cannot be held by the wills writer.
+#[cfg(not(loom))]
 #[test]
 fn will_changes_keep_the_latest_per_client_without_waiting() {
     let feed = super::wills::WillFeed::default();
@@ -465,6 +466,7 @@ fn will_changes_keep_the_latest_per_client_without_waiting() {
 /// takeovers still reach it (before, one FIFO for all loops stopped at the first full
 /// ring). While a loop's queue is long the sources are not read (`has_room`), and a
 /// dead node's will goes to the loop with the least waiting.
+#[cfg(not(loom))]
 #[test]
 fn a_full_loop_ring_holds_up_only_its_own_queue() {
     use super::link::PendingIn;
