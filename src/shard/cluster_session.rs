@@ -24,11 +24,11 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::conn::ConnState;
-use super::durable::{pack_options, props_bytes, props_of, qos_of, unpack_options};
+use super::durable::{props_bytes, props_of, qos_of, unpack_options};
 use super::{ConnId, Shard};
 use crate::protocol::{Connect, QoS};
 use crate::session::{Inflight, Message, Outgoing, Phase, SessionSub, NONE};
-use crate::store::record::{MsgRec, Record, WillRec};
+use crate::store::record::{Record, WillRec};
 use crate::store::state::StoreState;
 
 /// A CONNECT's claim on its client id, for the cluster thread.
@@ -327,101 +327,15 @@ impl Shard {
         let Some(sess) = self.sessions.get(session) else {
             return Bytes::new();
         };
-        let client = Bytes::copy_from_slice(&sess.client_id);
-        push_record(
-            &mut out,
-            &Record::SessionPut {
-                client: client.clone(),
-                expiry_s: sess.expiry_s,
-                will: sess.will.as_ref().filter(|_| full).map(|w| WillRec {
-                    topic: w.topic.clone(),
-                    payload: w.payload.clone(),
-                    qos: w.qos as u8,
-                    retain: w.retain,
-                    delay_s: w.delay_s,
-                    props: props_bytes(&w.properties),
-                }),
-            },
+        // Ids local to this hand-over (the log's ids are the old node's own); QoS 0
+        // copies are not handed over.
+        super::durable_snapshot::session_records(
+            sess,
+            full,
+            |n, o| (o.qos != QoS::AtMostOnce).then_some((n as u64 + 1, true)),
+            |_| 0,
+            |rec| push_record(&mut out, rec),
         );
-        for sub in &sess.subs {
-            push_record(
-                &mut out,
-                &Record::SubAdd {
-                    client: client.clone(),
-                    filter: Bytes::copy_from_slice(&sub.filter),
-                    options: pack_options(&sub.options),
-                    sub_id: sub.sub_id,
-                },
-            );
-        }
-        let Some(d) = sess.delivery.as_deref().filter(|_| full) else {
-            return Bytes::from(out);
-        };
-        for id in &d.awaiting_pubrel {
-            push_record(
-                &mut out,
-                &Record::InboundQos2 {
-                    client: client.clone(),
-                    packet_id: *id,
-                },
-            );
-        }
-        let copies = d
-            .inflight
-            .iter()
-            .map(|f| (&f.out, Some((f.packet_id, f.phase))))
-            .chain(d.queue.iter().map(|o| (o, None)));
-        for (n, (o, sent)) in copies.enumerate() {
-            if o.qos == QoS::AtMostOnce {
-                continue;
-            }
-            // Ids local to this hand-over (the log's ids are the old node's own).
-            let id = n as u64 + 1;
-            let m = &o.msg;
-            push_record(
-                &mut out,
-                &Record::MsgPut {
-                    id,
-                    msg: MsgRec {
-                        topic: m.topic.clone(),
-                        payload: m.payload.clone(),
-                        qos: m.qos as u8,
-                        retain: m.retain,
-                        props: props_bytes(&m.properties),
-                        arrived_unix_ms: 0,
-                    },
-                },
-            );
-            push_record(
-                &mut out,
-                &Record::Enqueue {
-                    client: client.clone(),
-                    msg: id,
-                    qos: o.qos as u8,
-                    retain: o.retain,
-                    sub_ids: o.sub_ids.to_vec(),
-                },
-            );
-            if let Some((packet_id, phase)) = sent {
-                push_record(
-                    &mut out,
-                    &Record::Sent {
-                        client: client.clone(),
-                        msg: id,
-                        packet_id,
-                    },
-                );
-                if phase == Phase::AwaitComp {
-                    push_record(
-                        &mut out,
-                        &Record::Released {
-                            client: client.clone(),
-                            msg: id,
-                        },
-                    );
-                }
-            }
-        }
         Bytes::from(out)
     }
 
