@@ -286,6 +286,29 @@ impl Delivery {
         }
     }
 
+    /// Puts back a copy recovered from the log or handed over by another node: in
+    /// flight when it had been sent (`sent`: its packet id and phase), else queued.
+    /// Returns the bytes it adds to the queue (0 when in flight).
+    pub fn restore_copy(&mut self, out: Outgoing, sent: Option<(u16, Phase)>) -> usize {
+        match sent {
+            Some((packet_id, phase)) => {
+                self.last_packet_id = self.last_packet_id.max(packet_id);
+                self.push_inflight(Inflight {
+                    packet_id,
+                    phase,
+                    out,
+                });
+                0
+            }
+            None => {
+                let cost = out.msg.cost_bytes();
+                self.queued_bytes += cost;
+                self.queue.push_back(out);
+                cost
+            }
+        }
+    }
+
     pub fn remove_inflight(&mut self, i: usize) -> Option<Inflight> {
         let f = if i == 0 {
             self.inflight.pop_front()

@@ -27,7 +27,7 @@ use super::conn::ConnState;
 use super::durable::{props_bytes, props_of, qos_of, unpack_options};
 use super::{ConnId, Shard};
 use crate::protocol::{Connect, QoS};
-use crate::session::{Inflight, Message, Outgoing, Phase, SessionSub, NONE};
+use crate::session::{Message, Outgoing, Phase, SessionSub, NONE};
 use crate::store::record::{Record, WillRec};
 use crate::store::state::StoreState;
 
@@ -445,22 +445,7 @@ impl Shard {
             out.store_id = self.log_copy(idx, &out, sent.map(|(p, _)| p));
             self.store_fanout_done();
             let d = self.sessions.get_mut(idx).map(|s| s.delivery())?;
-            match sent {
-                Some((packet_id, phase)) => {
-                    d.last_packet_id = d.last_packet_id.max(packet_id);
-                    d.push_inflight(Inflight {
-                        packet_id,
-                        phase,
-                        out,
-                    });
-                }
-                None => {
-                    let cost = out.msg.cost_bytes();
-                    d.queued_bytes += cost;
-                    queued += cost;
-                    d.queue.push_back(out);
-                }
-            }
+            queued += d.restore_copy(out, sent);
         }
         self.stats.bytes_queued += queued;
         self.stats.sessions = self.sessions.len();

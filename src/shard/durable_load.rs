@@ -16,7 +16,7 @@ use super::retained::RetainedBody;
 use super::timer::TimerKind;
 use super::Shard;
 use crate::protocol::QoS;
-use crate::session::{Inflight, Message, Outgoing, Phase, SessionSub, Will, NONE};
+use crate::session::{Message, Outgoing, Phase, SessionSub, Will, NONE};
 use crate::store::record::MsgRec;
 use crate::store::state::{StoreState, StoredMsg};
 
@@ -175,29 +175,17 @@ impl Shard {
                     sub_ids: copy.sub_ids.iter().copied().collect(),
                     store_id: *id,
                 };
-                match copy.packet_id {
-                    Some(packet_id) => {
-                        let phase = if copy.released {
-                            Phase::AwaitComp
-                        } else if out.qos == QoS::ExactlyOnce {
-                            Phase::AwaitRec
-                        } else {
-                            Phase::AwaitAck
-                        };
-                        d.last_packet_id = d.last_packet_id.max(packet_id);
-                        d.push_inflight(Inflight {
-                            packet_id,
-                            phase,
-                            out,
-                        });
-                    }
-                    None => {
-                        let cost = out.msg.cost_bytes();
-                        d.queued_bytes += cost;
-                        queued += cost;
-                        d.queue.push_back(out);
-                    }
-                }
+                let sent = copy.packet_id.map(|packet_id| {
+                    let phase = if copy.released {
+                        Phase::AwaitComp
+                    } else if out.qos == QoS::ExactlyOnce {
+                        Phase::AwaitRec
+                    } else {
+                        Phase::AwaitAck
+                    };
+                    (packet_id, phase)
+                });
+                queued += d.restore_copy(out, sent);
             }
             if d.queue.is_empty() && d.inflight.is_empty() && d.awaiting_pubrel.is_empty() {
                 sess.delivery = None;
