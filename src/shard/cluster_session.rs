@@ -27,7 +27,7 @@ use super::conn::ConnState;
 use super::durable::{props_bytes, props_of, qos_of, unpack_options};
 use super::{ConnId, Shard};
 use crate::protocol::{Connect, QoS};
-use crate::session::{Message, Outgoing, Phase, SessionSub, NONE};
+use crate::session::{Message, Outgoing, Phase, NONE};
 use crate::store::record::{Record, WillRec};
 use crate::store::state::StoreState;
 
@@ -383,17 +383,7 @@ impl Shard {
         }
         let idx = self.sessions.create(client_id);
         self.limits.session_added();
-        let mut subs = Vec::with_capacity(s.subs.len());
-        for (filter, (options, sub_id)) in &s.subs {
-            let options = unpack_options(*options);
-            subs.push(SessionSub {
-                filter: Box::from(&filter[..]),
-                options,
-                sub_id: *sub_id,
-            });
-            let (inner, group) = Self::split_filter(filter);
-            self.add_local_sub(idx, &inner, group.as_ref(), options, *sub_id);
-        }
+        let subs = self.restore_subs(idx, &s.subs);
         let sess = self.sessions.get_mut(idx)?;
         sess.expiry_s = s.expiry_s;
         sess.subs = subs;

@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use super::durable::{props_of, qos_of, unpack_options, ShardStore};
 use super::retained::RetainedBody;
 use super::timer::TimerKind;
@@ -139,17 +141,7 @@ impl Shard {
             }
             let idx = self.sessions.create(client);
             self.limits.session_added();
-            let mut subs = Vec::new();
-            for (filter, (options, sub_id)) in &s.subs {
-                let options = unpack_options(*options);
-                subs.push(SessionSub {
-                    filter: Box::from(&filter[..]),
-                    options,
-                    sub_id: *sub_id,
-                });
-                let (inner, group) = Shard::split_filter(filter);
-                self.add_local_sub(idx, &inner, group.as_ref(), options, *sub_id);
-            }
+            let subs = self.restore_subs(idx, &s.subs);
             let Some(sess) = self.sessions.get_mut(idx) else {
                 continue;
             };
@@ -205,5 +197,28 @@ impl Shard {
             let body = RetainedBody::new(&m);
             self.load_retained(&body, now);
         }
+    }
+}
+
+impl Shard {
+    /// A recovered or handed-over session's subscriptions (as the log keeps them),
+    /// routed on this loop; returns them for the session.
+    pub(super) fn restore_subs(
+        &mut self,
+        idx: u32,
+        subs: &BTreeMap<Bytes, (u8, u32)>,
+    ) -> Vec<SessionSub> {
+        let mut out = Vec::with_capacity(subs.len());
+        for (filter, (options, sub_id)) in subs {
+            let options = unpack_options(*options);
+            out.push(SessionSub {
+                filter: Box::from(&filter[..]),
+                options,
+                sub_id: *sub_id,
+            });
+            let (inner, group) = Shard::split_filter(filter);
+            self.add_local_sub(idx, &inner, group.as_ref(), options, *sub_id);
+        }
+        out
     }
 }
