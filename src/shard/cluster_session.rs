@@ -406,24 +406,8 @@ impl Shard {
                 origin_session: NONE,
                 owned: true,
             });
-            let out = Outgoing {
-                msg,
-                qos: qos_of(copy.qos),
-                retain: copy.retain,
-                sub_ids: copy.sub_ids.iter().copied().collect(),
-                store_id: 0,
-            };
-            let sent = copy.packet_id.map(|p| {
-                let phase = if copy.released {
-                    Phase::AwaitComp
-                } else if out.qos == QoS::ExactlyOnce {
-                    Phase::AwaitRec
-                } else {
-                    Phase::AwaitAck
-                };
-                (p, phase)
-            });
-            loaded.push((out, sent));
+            // Not in this node's log yet: `log_copy` below gives it its id here.
+            loaded.push(super::durable_load::copy_of(copy, msg, 0));
         }
         self.log_session(idx);
         for sub in s.subs.iter() {

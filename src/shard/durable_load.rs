@@ -20,7 +20,7 @@ use super::Shard;
 use crate::protocol::QoS;
 use crate::session::{Message, Outgoing, Phase, SessionSub, Will, NONE};
 use crate::store::record::MsgRec;
-use crate::store::state::{StoreState, StoredMsg};
+use crate::store::state::{CopyState, StoreState, StoredMsg};
 
 /// The recovered bodies by message id, each with the number of copies still to
 /// take it. The last copy gets the body moved out, the others a clone: with one
@@ -160,23 +160,7 @@ impl Shard {
                 let Some(msg) = bodies.take(*id) else {
                     continue;
                 };
-                let out = Outgoing {
-                    msg,
-                    qos: qos_of(copy.qos),
-                    retain: copy.retain,
-                    sub_ids: copy.sub_ids.iter().copied().collect(),
-                    store_id: *id,
-                };
-                let sent = copy.packet_id.map(|packet_id| {
-                    let phase = if copy.released {
-                        Phase::AwaitComp
-                    } else if out.qos == QoS::ExactlyOnce {
-                        Phase::AwaitRec
-                    } else {
-                        Phase::AwaitAck
-                    };
-                    (packet_id, phase)
-                });
+                let (out, sent) = copy_of(copy, msg, *id);
                 queued += d.restore_copy(out, sent);
             }
             if d.queue.is_empty() && d.inflight.is_empty() && d.awaiting_pubrel.is_empty() {
@@ -221,4 +205,32 @@ impl Shard {
         }
         out
     }
+}
+
+/// A copy as the log (or a hand-over) describes it: the copy for the session and,
+/// when it had been sent, its packet id and the phase its acknowledgements reached.
+pub(super) fn copy_of(
+    copy: &CopyState,
+    msg: Arc<Message>,
+    store_id: u64,
+) -> (Outgoing, Option<(u16, Phase)>) {
+    let qos = qos_of(copy.qos);
+    let sent = copy.packet_id.map(|packet_id| {
+        let phase = if copy.released {
+            Phase::AwaitComp
+        } else if qos == QoS::ExactlyOnce {
+            Phase::AwaitRec
+        } else {
+            Phase::AwaitAck
+        };
+        (packet_id, phase)
+    });
+    let out = Outgoing {
+        msg,
+        qos,
+        retain: copy.retain,
+        sub_ids: copy.sub_ids.iter().copied().collect(),
+        store_id,
+    };
+    (out, sent)
 }
