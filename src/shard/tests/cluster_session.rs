@@ -35,6 +35,19 @@ fn claim_of(cl: &mut Cluster, id: &str) -> SessionClaim {
     claims[0].clone()
 }
 
+/// The cluster thread answers `claim` on `new` with `session` (hand-over bytes).
+fn answer_claim(new: &mut Cluster, claim: &SessionClaim, session: Option<Bytes>) {
+    let now = new.now;
+    new.shards[0].on_cluster_in(
+        ClusterIn::Claimed {
+            conn: claim.conn,
+            generation: claim.generation,
+            session,
+        },
+        now,
+    );
+}
+
 /// Node `old` answers a takeover request for `id`: returns the hand-over bytes and
 /// the interest changes it made.
 fn take_from(old: &mut Cluster, id: &str, clean: bool) -> (Option<Bytes>, Vec<bool>) {
@@ -85,15 +98,7 @@ fn an_offline_session_moves_with_its_queue_and_subscriptions() {
         "only the publisher is left on a"
     );
 
-    let now = b.now;
-    b.shards[0].on_cluster_in(
-        ClusterIn::Claimed {
-            conn: claim.conn,
-            generation: claim.generation,
-            session: Some(bytes),
-        },
-        now,
-    );
+    answer_claim(&mut b, &claim, Some(bytes));
     b.pump();
     match b.next(c) {
         Some(Packet::ConnAck(ack)) => {
@@ -146,14 +151,10 @@ fn a_claim_answered_without_a_session_connects_fresh() {
     b.expect_nothing(c);
     let claim = claim_of(&mut b, "fresh");
     // Garbage from a foreign or broken peer is not a session: lost, never misread.
-    let now = b.now;
-    b.shards[0].on_cluster_in(
-        ClusterIn::Claimed {
-            conn: claim.conn,
-            generation: claim.generation,
-            session: Some(Bytes::from_static(b"\x05\x00\x00\x00junk")),
-        },
-        now,
+    answer_claim(
+        &mut b,
+        &claim,
+        Some(Bytes::from_static(b"\x05\x00\x00\x00junk")),
     );
     b.pump();
     match b.next(c) {
@@ -161,14 +162,7 @@ fn a_claim_answered_without_a_session_connects_fresh() {
         other => panic!("expected CONNACK, got {other:?}"),
     }
     // A stale answer for a connection that is gone changes nothing.
-    b.shards[0].on_cluster_in(
-        ClusterIn::Claimed {
-            conn: claim.conn,
-            generation: claim.generation,
-            session: None,
-        },
-        now,
-    );
+    answer_claim(&mut b, &claim, None);
     b.pump();
     b.expect_nothing(c);
 }
@@ -296,15 +290,7 @@ fn a_handover_after_the_connect_gave_up_stays_as_an_offline_session() {
     b.drop_connection(c);
     b.pump();
     let (bytes, _) = take_from(&mut a, "roam", false);
-    let now = b.now;
-    b.shards[0].on_cluster_in(
-        ClusterIn::Claimed {
-            conn: claim.conn,
-            generation: claim.generation,
-            session: bytes,
-        },
-        now,
-    );
+    answer_claim(&mut b, &claim, bytes);
     b.pump();
     assert_eq!(b.shards[0].stats().sessions, 1, "kept offline on b");
     b.auto_claim = true;
@@ -332,15 +318,7 @@ fn a_handover_replaces_a_stale_offline_session() {
     b.expect_nothing(c);
     let claim = claim_of(&mut b, "roam");
     let (bytes, _) = take_from(&mut a, "roam", false);
-    let now = b.now;
-    b.shards[0].on_cluster_in(
-        ClusterIn::Claimed {
-            conn: claim.conn,
-            generation: claim.generation,
-            session: bytes,
-        },
-        now,
-    );
+    answer_claim(&mut b, &claim, bytes);
     b.pump();
     match b.next(c) {
         Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
