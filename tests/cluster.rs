@@ -599,12 +599,10 @@ fn three_nodes_on_a_nats_cluster() {
     drop(n1);
 }
 
-/// Publishes QoS 2 `kk2/t` `m{i}` on `n` from a raw MQTT 3.1.1 client (PUBREL for
-/// every PUBREC) until the connection dies; returns how many were sent and the
-/// packet ids PUBREC'd.
-fn qos2_until_closed(n: &Broker) -> std::thread::JoinHandle<(u16, Vec<u16>)> {
+/// A raw MQTT 3.1.1 connection to `n` as clean-session client `id`, CONNACKed:
+/// the stream stays the caller's to split between a writer and a reader thread.
+fn connect_raw_311(n: &Broker, id: &[u8]) -> TcpStream {
     let mut s = TcpStream::connect(n.addr()).expect("connect");
-    let id = b"killpub2";
     let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
     connect.extend_from_slice(b"MQTT");
     connect.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
@@ -613,6 +611,14 @@ fn qos2_until_closed(n: &Broker) -> std::thread::JoinHandle<(u16, Vec<u16>)> {
     let mut connack = [0u8; 4];
     s.read_exact(&mut connack).expect("CONNACK");
     assert_eq!(connack, [0x20, 2, 0, 0]);
+    s
+}
+
+/// Publishes QoS 2 `kk2/t` `m{i}` on `n` from a raw MQTT 3.1.1 client (PUBREL for
+/// every PUBREC) until the connection dies; returns how many were sent and the
+/// packet ids PUBREC'd.
+fn qos2_until_closed(n: &Broker) -> std::thread::JoinHandle<(u16, Vec<u16>)> {
+    let mut s = connect_raw_311(n, b"killpub2");
     let mut r = s.try_clone().expect("clone");
     let reader = std::thread::spawn(move || {
         let mut recd = Vec::new();
@@ -657,16 +663,7 @@ fn qos2_until_closed(n: &Broker) -> std::thread::JoinHandle<(u16, Vec<u16>)> {
 /// kills the node with SIGKILL once 50 are PUBACKed while it keeps sending, and returns
 /// the packet ids PUBACKed before the connection died.
 fn publish_until_killed(n: &Broker) -> Vec<u16> {
-    let mut s = TcpStream::connect(n.addr()).expect("connect");
-    let id = b"killpub";
-    let mut connect = vec![0x10, (12 + id.len()) as u8, 0, 4];
-    connect.extend_from_slice(b"MQTT");
-    connect.extend_from_slice(&[4, 2, 0, 60, 0, id.len() as u8]);
-    connect.extend_from_slice(id);
-    s.write_all(&connect).expect("CONNECT");
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).expect("CONNACK");
-    assert_eq!(connack, [0x20, 2, 0, 0]);
+    let mut s = connect_raw_311(n, b"killpub");
     let (tx, rx) = mpsc::channel::<u16>();
     let mut r = s.try_clone().expect("clone");
     let reader = std::thread::spawn(move || {
