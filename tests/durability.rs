@@ -768,23 +768,22 @@ struct SmallDisk {
 static SMALL_DISK: OnceLock<SmallDisk> = OnceLock::new();
 
 /// In the child before exec: a user and mount namespace of its own (no privilege
-/// needed where unprivileged user namespaces are allowed), then a 12 MiB tmpfs on
-/// the prepared directory: room for the first 8 MiB log segment, not the second.
-fn small_tmpfs() -> std::io::Result<()> {
+/// needed where unprivileged user namespaces are allowed), the caller's ids mapped
+/// in (`uid_map`/`gid_map`, prepared before the fork), and `/` made private so the
+/// caller's mounts stay in this namespace.
+fn own_user_and_mount_ns(uid_map: &CString, gid_map: &CString) -> std::io::Result<()> {
     let err = std::io::Error::last_os_error;
-    let Some(d) = SMALL_DISK.get() else {
-        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
-    };
     // SAFETY: unshare, open, write, close and mount are async-signal-safe; every
-    // pointer is a NUL-terminated string that outlives the calls (statics).
+    // pointer is a NUL-terminated string that outlives the calls (the caller's
+    // statics and literals).
     unsafe {
         if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
             return Err(err());
         }
         for (path, text) in [
             (c"/proc/self/setgroups", c"deny".as_ptr()),
-            (c"/proc/self/uid_map", d.uid_map.as_ptr()),
-            (c"/proc/self/gid_map", d.gid_map.as_ptr()),
+            (c"/proc/self/uid_map", uid_map.as_ptr()),
+            (c"/proc/self/gid_map", gid_map.as_ptr()),
         ] {
             let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
             if fd < 0 {
@@ -797,17 +796,33 @@ fn small_tmpfs() -> std::io::Result<()> {
                 return Err(err());
             }
         }
-        let none = c"none".as_ptr();
+        let null = std::ptr::null();
         if libc::mount(
-            none,
+            c"none".as_ptr(),
             c"/".as_ptr(),
-            std::ptr::null(),
+            null,
             libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
+            null.cast(),
         ) != 0
         {
             return Err(err());
         }
+    }
+    Ok(())
+}
+
+/// In the child before exec: a user and mount namespace of its own (no privilege
+/// needed where unprivileged user namespaces are allowed), then a 12 MiB tmpfs on
+/// the prepared directory: room for the first 8 MiB log segment, not the second.
+fn small_tmpfs() -> std::io::Result<()> {
+    let err = std::io::Error::last_os_error;
+    let Some(d) = SMALL_DISK.get() else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    own_user_and_mount_ns(&d.uid_map, &d.gid_map)?;
+    // SAFETY: mount is async-signal-safe; every pointer is a NUL-terminated string
+    // that outlives the call (statics).
+    unsafe {
         if libc::mount(
             c"tmpfs".as_ptr(),
             d.mount_at.as_ptr(),
@@ -1023,44 +1038,18 @@ fn read_only_bind() -> std::io::Result<()> {
     let Some(d) = READ_ONLY_DIR.get() else {
         return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
     };
-    // SAFETY: unshare, open, write, close and mount are async-signal-safe; every
-    // pointer is a NUL-terminated string that outlives the calls (a static).
+    own_user_and_mount_ns(&d.uid_map, &d.gid_map)?;
+    // SAFETY: mount is async-signal-safe; every pointer is a NUL-terminated string
+    // that outlives the calls (a static).
     unsafe {
-        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
-            return Err(err());
-        }
-        for (path, text) in [
-            (c"/proc/self/setgroups", c"deny".as_ptr()),
-            (c"/proc/self/uid_map", d.uid_map.as_ptr()),
-            (c"/proc/self/gid_map", d.gid_map.as_ptr()),
-        ] {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY);
-            if fd < 0 {
-                return Err(err());
-            }
-            let n = libc::strlen(text);
-            let w = libc::write(fd, text.cast(), n);
-            libc::close(fd);
-            if w != n as isize {
-                return Err(err());
-            }
-        }
-        let none = c"none".as_ptr();
         let null = std::ptr::null();
         if libc::mount(
-            none,
-            c"/".as_ptr(),
+            d.path.as_ptr(),
+            d.path.as_ptr(),
             null,
-            libc::MS_REC | libc::MS_PRIVATE,
+            libc::MS_BIND,
             null.cast(),
         ) != 0
-            || libc::mount(
-                d.path.as_ptr(),
-                d.path.as_ptr(),
-                null,
-                libc::MS_BIND,
-                null.cast(),
-            ) != 0
             || libc::mount(
                 null,
                 d.path.as_ptr(),
