@@ -727,13 +727,23 @@ fn bounds_and_retransmission_follow_the_config() {
     for i in 0..4u16 {
         publisher.publish_complete(&topic, 1, false, 1 + i, format!("m{i}").as_bytes());
     }
-    // Every copy reached the gateway before the wake-up: a TCP subscriber on the
-    // sleeper's loop (loop 0) gets "sync" in the same turn the sleeper's session
-    // gets it, after the four before it.
-    let mut watcher = RawClient::connect_v311(broker.addr(), &sn_id("bwat", 0));
-    watcher.subscribe_ok(1, &topic, 1);
     publisher.publish_complete(&topic, 1, false, 9, b"sync");
-    assert_eq!(watcher.recv_publish_ack().payload, b"sync");
+    // Every copy reached the sleeping client's buffer before the wake-up: m2, m3 and
+    // "sync" found it (m0, m1) full. Waiting on the counter, not on a TCP subscriber
+    // of the same topic: the PUBACK and another subscriber's copy say nothing about
+    // when the gateway took its own.
+    let mut dropped = 0;
+    for _ in 0..100 {
+        dropped = metric(
+            &metrics(&broker),
+            "ringmq_mqttsn_dropped_total{reason=\"max_buffered\"}",
+        );
+        if dropped >= 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(dropped, 3, "m2, m3 and sync must find the buffer full");
     sn.send(&Message::PingReq {
         client_id: Some(b(&id)),
     });
