@@ -10,6 +10,9 @@ use ringmq::protocol::{ProtocolVersion, QoS};
 
 use crate::payload::HEADER_LEN;
 
+/// `--spin` of the message scenarios: a VM core's wake-up would count as broker latency.
+const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+
 #[derive(Debug, Parser)]
 #[command(
     name = "loadgen",
@@ -177,8 +180,11 @@ pub struct Opts {
     /// Before blocking, poll for completions (and for the next paced send) this long
     /// instead of sleeping: a sleeping core's wake-up (tens of µs in a VM) would count
     /// as broker latency. Spin time is left out of loadgen's CPU figures. 0 = never spin.
-    #[arg(long, global = true, default_value = "100us", value_parser = parse_duration)]
-    pub spin: Duration,
+    /// Default 100us; connect and storm: 0 (a CONNACK takes milliseconds in a storm,
+    /// and six threads spinning between completions cost more CPU than the storm's own
+    /// work in loadgen's user space).
+    #[arg(long, global = true, value_parser = parse_duration)]
+    pub spin: Option<Duration>,
     /// Connection attempts in flight per thread.
     #[arg(long, global = true, default_value_t = 1024)]
     pub connect_inflight: u32,
@@ -455,8 +461,13 @@ impl Opts {
         if self.size > 16 * 1024 * 1024 {
             return Err(bad("size", self.size, "at most 16777216"));
         }
-        if self.spin > std::time::Duration::from_millis(10) {
-            return Err(bad("spin", format!("{:?}", self.spin), "at most 10ms"));
+        let spin = self.spin.unwrap_or(if scenario.is_connect_storm() {
+            Duration::ZERO
+        } else {
+            DEFAULT_SPIN
+        });
+        if spin > std::time::Duration::from_millis(10) {
+            return Err(bad("spin", format!("{spin:?}"), "at most 10ms"));
         }
         if let Some(w @ (0 | 65_536..)) = self.window {
             return Err(bad(
@@ -574,7 +585,7 @@ impl Opts {
             open_loop: self.open_loop,
             // A storm resumes sessions: both rounds connect with persistent ones.
             persistent: self.persistent || scenario == Scenario::Storm,
-            spin: self.spin,
+            spin,
             connect_inflight: self.connect_inflight,
             cmd_rate: self.cmd_rate,
             max_failed_pct: self.max_failed_pct,
@@ -601,6 +612,22 @@ mod tests {
         cli.opts
             .validate(cli.scenario.unwrap_or(Scenario::Connect))
             .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn spin_defaults_per_scenario_and_an_explicit_one_wins() {
+        let spin = |args: &[&str]| parse(args).unwrap().spin;
+        assert_eq!(spin(&["loadgen", "connect"]), Duration::ZERO);
+        assert_eq!(spin(&["loadgen", "storm"]), Duration::ZERO);
+        assert_eq!(spin(&["loadgen", "fanin"]), DEFAULT_SPIN);
+        assert_eq!(spin(&["loadgen", "pairs"]), DEFAULT_SPIN);
+        assert_eq!(
+            spin(&["loadgen", "connect", "--spin", "50us"]),
+            Duration::from_micros(50)
+        );
+        assert_eq!(spin(&["loadgen", "fanin", "--spin", "0"]), Duration::ZERO);
+        let e = parse(&["loadgen", "connect", "--spin", "11ms"]).unwrap_err();
+        assert!(e.contains("spin") && e.contains("11ms"), "{e}");
     }
 
     #[test]

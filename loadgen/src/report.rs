@@ -86,6 +86,11 @@ pub struct Report {
     pub msgs_per_send: f64,
     /// loadgen CPU over the measured phase, % of one core (whole process).
     pub cpu_process_pct: f64,
+    /// loadgen's process CPU seconds over the measured phase, busy-poll spins excluded:
+    /// for connect and storm the counterpart of `broker_cpu_s` (same window).
+    pub cpu_s: f64,
+    /// `--spin` in effect, µs (connect and storm default to 0: see cli.rs).
+    pub spin_us: f64,
     /// loadgen's process CPU over the measured phase (busy-poll spins excluded) per
     /// message received, microseconds; `null` when nothing was received.
     pub cpu_us_per_msg: Option<f64>,
@@ -230,6 +235,14 @@ pub fn table(r: &Report) -> String {
         "  loadgen cpu   {:.0}% of a core (busiest thread {:.0}%){per_msg}{waited}",
         r.cpu_process_pct, r.cpu_max_thread_pct
     );
+    if is_storm(r) {
+        let _ = writeln!(
+            s,
+            "  loadgen cpu   {:.2} s over the storm ({:.1} us per connection)",
+            r.cpu_s,
+            r.cpu_s * 1e6 / r.connections_established.max(1) as f64
+        );
+    }
     if let Some(b) = r.broker_cpu_s {
         let _ = writeln!(
             s,
@@ -518,6 +531,8 @@ mod tests {
             errors: [("connect: refused".to_string(), 1)].into_iter().collect(),
             unclean_closes: 0,
             cpu_process_pct: 12.5,
+            cpu_s: 0.25,
+            spin_us: 100.0,
             cpu_max_thread_pct: 10.0,
             sends_per_s: 1000.0,
             msgs_per_send: 10.0,
@@ -547,6 +562,7 @@ mod tests {
             "4 of 5 CONNACKs with session present",
             "broker cpu    0.50 s",
             "100000.0 us per connection",
+            "loadgen cpu   0.25 s over the storm (50000.0 us per connection)",
             "to the last CONNACK",
         ] {
             assert!(t.contains(needle), "missing {needle} in {t}");
@@ -556,6 +572,8 @@ mod tests {
             serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(v["storm"]["sessions_present"], 4);
         assert_eq!(v["broker_cpu_s"], 0.5);
+        assert_eq!(v["cpu_s"], 0.25);
+        assert_eq!(v["spin_us"], 100.0);
     }
 
     #[test]

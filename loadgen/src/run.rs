@@ -478,6 +478,8 @@ fn merge(
         sends_per_s: sends as f64 / secs,
         msgs_per_send: sent as f64 / sends.max(1) as f64,
         cpu_process_pct: cpu_busy_ns as f64 * 100.0 / cpu_window_ns as f64,
+        cpu_s: cpu_busy_ns as f64 / 1e9,
+        spin_us: cfg.spin.as_secs_f64() * 1e6,
         cpu_us_per_msg: (recv > 0).then(|| cpu_busy_ns as f64 / 1000.0 / recv as f64),
         cpu_max_thread_pct: max_thread_pct,
         loadgen_saturated: saturated,
