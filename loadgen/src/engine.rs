@@ -197,6 +197,12 @@ const OP_RECV: u64 = 4;
 const OP_CANCEL: u64 = 5;
 const OP_CLOSE: u64 = 6;
 
+/// The close phase gives up when nothing completed for `CLOSE_GRACE_NS`, counted from
+/// the later of the DISCONNECT phase's start and the last completion reaped.
+fn close_grace_over(now: u64, disconnect_ns: u64, last_completion_ns: u64) -> bool {
+    now.saturating_sub(disconnect_ns.max(last_completion_ns)) > CLOSE_GRACE_NS
+}
+
 fn ud(op: u64, idx: usize) -> u64 {
     (op << 32) | idx as u64
 }
@@ -531,17 +537,20 @@ impl Worker {
                 self.generate(now);
             }
             self.flush();
-            if self.phase == PHASE_DISCONNECT
-                && (self.open == 0
-                    || now_ns().saturating_sub(self.disconnect_ns.max(self.last_close_ns))
-                        > CLOSE_GRACE_NS)
-            {
-                self.result.unclean_close = self.open as u64;
+            if self.phase == PHASE_DISCONNECT && self.open == 0 {
                 break;
             }
             let wait_ns = self.wait_ns(now);
             self.wait(now, wait_ns);
             self.reap();
+            // Checked after reaping, never right after a flush: a flush of 16k
+            // DISCONNECTs on a loaded machine can itself outlast the grace period.
+            if self.phase == PHASE_DISCONNECT
+                && close_grace_over(now_ns(), self.disconnect_ns, self.last_close_ns)
+            {
+                self.result.unclean_close = self.open as u64;
+                break;
+            }
         }
         self.result.cpu_end_ns = thread_cpu_ns().saturating_sub(self.spun_ns);
         self.result.spin_end_ns = self.spun_ns;
@@ -783,8 +792,11 @@ impl Worker {
             }
         }
         if !cqes.is_empty() {
-            // Any completion is progress for the close grace period.
-            self.last_close_ns = now;
+            // Any completion is progress for the close grace period, stamped when they
+            // were handled: handling 16k sends' completions submits 16k closes, each
+            // running the broker socket's FIN in this thread, which on a loaded machine
+            // outlasted the grace period and wrote the thread's connections off.
+            self.last_close_ns = now_ns();
         }
         self.cqes = cqes;
         if gave {
@@ -825,6 +837,23 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_grace_counts_from_the_last_completion() {
+        let start = 1_000;
+        assert!(!close_grace_over(start + CLOSE_GRACE_NS, start, 0));
+        assert!(close_grace_over(start + CLOSE_GRACE_NS + 1, start, 0));
+        // A completion after the start moves the deadline.
+        let last = start + 4 * CLOSE_GRACE_NS;
+        assert!(!close_grace_over(last + CLOSE_GRACE_NS, start, last));
+        assert!(close_grace_over(last + CLOSE_GRACE_NS + 1, start, last));
+        // A completion stamped before the phase (or none: 0) does not extend it.
+        assert!(close_grace_over(
+            start + CLOSE_GRACE_NS + 1,
+            start,
+            start - 1
+        ));
+    }
 
     #[test]
     fn run_queue_wait_is_read_and_never_goes_back() {
