@@ -232,6 +232,7 @@ results_dir() {
     echo "broker_core: $BROKER_CORE loadgen_core: $LOADGEN_CORE"
     echo "duration: $DURATION"
     echo "transport: $TRANSPORT"
+    echo "prio: ${PRIO:-0}"
     echo "ringmq: $RINGMQ ${RINGMQ_ARGS:-}"
     echo "loadgen: $LOADGEN"
     if command -v mosquitto >/dev/null; then
