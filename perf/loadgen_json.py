@@ -4,6 +4,7 @@
   loadgen_json.py fields [FILE]   -> "msg_per_s p50_us p99_us lost saturated" ("-" if absent)
   loadgen_json.py summary [FILE]  -> one human line
   loadgen_json.py delivered [FILE] -> messages delivered over the whole run (0 if absent)
+  loadgen_json.py p999 [FILE]     -> latency p99.9 in µs ("-" if absent)
   loadgen_json.py storm [FILE]    -> "reconnects_per_s connack_p50_us connack_p99_us
                                       seconds sessions_present broker_cpu_s saturated"
 """
@@ -18,11 +19,11 @@ def load(path):
 
 
 def main():
-    if len(sys.argv) not in (2, 3) or sys.argv[1] not in ("fields", "summary", "delivered", "storm"):
+    if len(sys.argv) not in (2, 3) or sys.argv[1] not in ("fields", "summary", "delivered", "storm", "p999"):
         sys.exit(__doc__)
     r = load(sys.argv[2] if len(sys.argv) == 3 else None)
     if r is None:
-        print({"fields": "- - - - -", "delivered": "0", "storm": "- - - - - - -"}
+        print({"fields": "- - - - -", "delivered": "0", "storm": "- - - - - - -", "p999": "-"}
               .get(sys.argv[1], "loadgen: no JSON result"))
         return
     if sys.argv[1] == "storm":
@@ -45,7 +46,9 @@ def main():
     p99 = f"{lat['p99']:.0f}" if measured else "-"
     lost = r.get("lost", 0)
     sat = "yes" if r.get("loadgen_saturated") else "no"
-    if sys.argv[1] == "fields":
+    if sys.argv[1] == "p999":
+        print(f"{lat['p999']:.0f}" if measured else "-")
+    elif sys.argv[1] == "fields":
         print(msgs, p50, p99, lost, sat)
     else:
         est = r.get("connections_established", 0)
