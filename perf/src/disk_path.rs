@@ -92,7 +92,7 @@ fn via_thread(data: &DataDir, commits: usize, bytes: usize, sync: bool) -> Figur
         let res = loop {
             let mut v = [0u8; 8];
             efd_r.read_exact(&mut v).expect("eventfd");
-            if let Some(r) = t.poll() {
+            if let Some((r, _)) = t.poll() {
                 break r;
             }
         };
