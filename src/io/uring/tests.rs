@@ -182,3 +182,62 @@ fn a_failed_file_write_reports_its_errno_and_the_next_one_runs() {
     drop(lp);
     let _ = std::fs::remove_file(&p);
 }
+
+/// Set in the child process of `a_short_file_write_writes_the_rest_then_reports_its_error`.
+const FSIZE_CHILD: &str = "RINGMQ_TEST_FSIZE_CHILD";
+
+/// A short write: the file-size limit (RLIMIT_FSIZE, in a child process so the
+/// limit binds nothing else) lets the kernel write the first 4 KiB of an 8 KiB
+/// write linked to an fdatasync. The link breaks (the sync is cancelled), the rest
+/// is written again, which fails with EFBIG: reported as the write's errno, once,
+/// not as a sync failure, with the first 4 KiB on disk.
+#[test]
+fn a_short_file_write_writes_the_rest_then_reports_its_error() {
+    if let Ok(path) = std::env::var(FSIZE_CHILD) {
+        // SAFETY: setrlimit on this (child) process with a live struct; SIGXFSZ is
+        // ignored so the failing write returns EFBIG instead of killing it.
+        unsafe {
+            let lim = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let mut lp = UringLoop::new(0, &LoopOptions::default()).expect("loop");
+        lp.write_file(f.as_raw_fd(), 0, vec![3; 8192], true)
+            .expect("started");
+        let (errno, sync_errno) = file_written(&mut lp);
+        println!("child result: errno {errno} sync_errno {sync_errno}");
+        return;
+    }
+    let p = std::env::temp_dir().join(format!("ringmq-uring-short-{}", std::process::id()));
+    std::fs::write(&p, b"").expect("create");
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "io::uring::tests::a_short_file_write_writes_the_rest_then_reports_its_error",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FSIZE_CHILD, &p)
+        .output()
+        .expect("child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {stdout}");
+    assert!(
+        stdout.contains(&format!("child result: errno {} sync_errno 0", libc::EFBIG)),
+        "{stdout}"
+    );
+    let back = std::fs::read(&p).expect("read");
+    assert_eq!(
+        back,
+        vec![3u8; 4096],
+        "the first 4 KiB landed, nothing more"
+    );
+    let _ = std::fs::remove_file(&p);
+}
