@@ -16,6 +16,8 @@
 #   bash perf/durability_compare.sh
 #   ROUNDS=3 DURATION=8s bash perf/durability_compare.sh
 #   PARTS=bytes bash perf/durability_compare.sh     # only part 2
+#   CONFIGS="ringmq-process ringmq-fsync" PARTS=fanin RINGMQ=/tmp/old/ringmq \
+#     LOADGEN=target/release/loadgen bash perf/durability_compare.sh   # one build
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -75,9 +77,11 @@ loss() {
   esac
 }
 
-CONFIGS=(ringmq-memory ringmq-process ringmq-fsync mosquitto-memory mosquitto-persist)
+# CONFIGS="ringmq-process ringmq-fsync" runs a subset (e.g. two ringmq builds
+# alternated through RINGMQ=).
+read -r -a CONFIGS <<<"${CONFIGS:-ringmq-memory ringmq-process ringmq-fsync mosquitto-memory mosquitto-persist}"
 if [[ " $PARTS " == *" fanin "* ]]; then
-echo "## fan-in, 100 persistent publishers -> 1 persistent subscriber, QoS 1, 64 B, window $FANIN_WINDOW, $DURATION, broker on core $BROKER_CORE"
+echo "## fan-in, 100 persistent publishers -> 1 persistent subscriber, QoS 1, 64 B, window ${FANIN_WINDOW:-loadgen default}, $DURATION, broker on core $BROKER_CORE"
 echo "| round | broker | msg/s | broker CPU us/msg | lost | loss window | load |"
 echo "|---|---|---|---|---|---|---|"
 for round in $(seq 1 "$ROUNDS"); do
@@ -89,7 +93,7 @@ for round in $(seq 1 "$ROUNDS"); do
     load="$(cut -d' ' -f1 /proc/loadavg)"
     json="$run_dir/fanin-$name-$round.json"
     run_loadgen "$port" "$run_dir/fanin-$name-$round.loadgen.log" fanin --publishers 100 \
-      --subscribers 1 --qos 1 --size 64 --window "$FANIN_WINDOW" --duration "$DURATION" \
+      --subscribers 1 --qos 1 --size 64 ${FANIN_WINDOW:+--window "$FANIN_WINDOW"} --duration "$DURATION" \
       --threads 1 --persistent >"$json" || log "loadgen failed ($name), see $run_dir"
     cpu=$(( $(cpu_ms "$BROKER_PID") - cpu0 ))
     stop_pid "$BROKER_PID"; forget_pid "$BROKER_PID"

@@ -6,7 +6,10 @@
 # and times each start to the first CONNACK of a persistent session that is told
 # its session is present (perf/first_connack.py). Prints the broker's CPU time up to
 # that CONNACK (steadier than wall time on a loaded machine), its RSS, its own
-# recovery line (records replayed, ms) and the load average beside each figure.
+# recovery line (records replayed, ms) and the load average beside each figure, and
+# (perf/sched_wait.py) how much of the broker threads' time up to that CONNACK was
+# spent on a CPU and how much runnable, waiting for one: on the shared machine the
+# second is where the wall time goes.
 #
 #   perf/recovery.sh                       # 2 loops, 100k sessions, 1M messages, snapshot
 #   FORM=log RUNS=3 perf/recovery.sh
@@ -49,12 +52,17 @@ for run in $(seq 1 "$RUNS"); do
     --durability process >"$logf" 2>&1 &
   pid=$!
   STARTED_PIDS+=("$pid")
+  python3 "$ROOT/perf/sched_wait.py" "$pid" >"$OUT/recovery-sched-$run.txt" &
+  sampler=$!
   out="$(python3 "$ROOT/perf/first_connack.py" 127.0.0.1 "$PORT" device-000001 120 "$t0")" \
     || { stop_pid "$pid"; tail -5 "$logf" >&2; die "no CONNACK (run $run)"; }
+  kill -TERM "$sampler"
+  wait "$sampler" || true
+  sched="$(cat "$OUT/recovery-sched-$run.txt")"
   cpu="$(cpu_ms "$pid")"
   rss_kb="$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")"
   stop_pid "$pid"
   rec="$(grep -o 'recovered .*durability [a-z]*' "$logf" | head -1 || true)"
-  echo "run $run: $out; broker CPU ${cpu} ms (user+sys, all threads); RSS ${rss_kb} kB; broker: $rec; load $load"
+  echo "run $run: $out; broker CPU ${cpu} ms (user+sys, all threads); $sched; RSS ${rss_kb} kB; broker: $rec; load $load"
 done
 rm -rf "$WORK"

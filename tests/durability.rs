@@ -476,7 +476,9 @@ impl Flow {
     }
 }
 
-fn kill_loop(extra: &[&str], shards: usize) {
+/// The kill -9 loop with durability `mode` (`process`, or `fsync`, whose io_uring
+/// group commits are writes linked to an fdatasync).
+fn kill_loop(mode: &str, extra: &[&str], shards: usize) {
     let seed = std::env::var("RINGMQ_DURABILITY_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -490,7 +492,9 @@ fn kill_loop(extra: &[&str], shards: usize) {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    println!("kill -9 loop: seed {seed} (RINGMQ_DURABILITY_SEED), {kills} kills, {extra:?}");
+    println!(
+        "kill -9 loop: seed {seed} (RINGMQ_DURABILITY_SEED), {kills} kills, {mode}, {extra:?}"
+    );
     let mut rng = Rng(seed);
     let t = TempDir::new("kill");
     let data = t.data();
@@ -498,7 +502,7 @@ fn kill_loop(extra: &[&str], shards: usize) {
         "--data-dir",
         &data,
         "--durability",
-        "process",
+        mode,
         "--max-queued-messages",
         "100000",
         "--max-queued-bytes",
@@ -684,12 +688,12 @@ fn kill_loop(extra: &[&str], shards: usize) {
 
 #[test]
 fn acknowledged_messages_survive_sigkill_one_loop() {
-    kill_loop(&["--shards", "1"], 1);
+    kill_loop("process", &["--shards", "1"], 1);
 }
 
 #[test]
 fn acknowledged_messages_survive_sigkill_two_loops() {
-    kill_loop(&["--shards", "2"], 2);
+    kill_loop("fsync", &["--shards", "2"], 2);
 }
 
 /// Another loop count re-homes the stored sessions at start-up instead of refusing:

@@ -2,8 +2,9 @@
 //! the disk thread the broker uses (`io/store_thread.rs` running `LoopDir::run`,
 //! woken back through an eventfd the "loop" blocks on, as a parked loop is woken)
 //! against a write linked to an `IORING_FSYNC_DATASYNC` on an io_uring of the
-//! loop's own. Same file, same group-commit sizes, one commit in flight, as the
-//! writer keeps it. Printed, never asserted: latency per commit (p50/p99) and CPU
+//! loop's own, and the broker's own path for that (`UringLoop::write_file`, what an
+//! io_uring loop now runs, driven through `EventLoop::turn`). Same file, same
+//! group-commit sizes, one commit in flight, as the writer keeps it. Printed, never asserted: latency per commit (p50/p99) and CPU
 //! time per commit (user + system of the whole process, both threads).
 //!
 //! `disk-path DIR [COMMITS] [BYTES]` (defaults 300 and 4096): DIR must exist; a
@@ -17,6 +18,8 @@ use std::time::{Duration, Instant};
 use io_uring::{opcode, squeue, types, IoUring};
 use ringmq::io::datadir::DataDir;
 use ringmq::io::store_thread::StoreThread;
+use ringmq::io::uring::UringLoop;
+use ringmq::io::{Completion, EventLoop, LoopOptions};
 use ringmq::store::DiskOp;
 
 const FILE_BYTES: u64 = 64 << 20;
@@ -92,7 +95,7 @@ fn via_thread(data: &DataDir, commits: usize, bytes: usize, sync: bool) -> Figur
         let res = loop {
             let mut v = [0u8; 8];
             efd_r.read_exact(&mut v).expect("eventfd");
-            if let Some(r) = t.poll() {
+            if let Some((r, _)) = t.poll() {
                 break r;
             }
         };
@@ -157,6 +160,36 @@ fn via_uring(path: &std::path::Path, commits: usize, bytes: usize, sync: bool) -
     }
 }
 
+/// The broker's path: the loop's `write_file`, completions taken by `turn`.
+fn via_loop(path: &std::path::Path, commits: usize, bytes: usize, sync: bool) -> Figures {
+    let f = OpenOptions::new().write(true).open(path).expect("open");
+    let mut lp = UringLoop::new(0, &LoopOptions::default()).expect("io_uring loop");
+    let buf = vec![0xa5u8; bytes];
+    let mut out = Vec::new();
+    let mut lat = Vec::with_capacity(commits);
+    let cpu0 = cpu_us();
+    for i in 0..commits {
+        let offset = (i * bytes) as u64 % (FILE_BYTES - bytes as u64);
+        let start = Instant::now();
+        lp.write_file(f.as_raw_fd(), offset, buf.clone(), sync)
+            .expect("one in flight");
+        'wait: loop {
+            lp.turn(None, &mut out).expect("turn");
+            for c in out.drain(..) {
+                if let Completion::FileWritten { errno, sync_errno } = c {
+                    assert_eq!((errno, sync_errno), (0, 0), "write failed");
+                    break 'wait;
+                }
+            }
+        }
+        lat.push(start.elapsed());
+    }
+    Figures {
+        lat,
+        cpu_us: cpu_us() - cpu0,
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let root = PathBuf::from(args.get(1).expect("usage: disk-path DIR [COMMITS] [BYTES]"));
@@ -181,7 +214,7 @@ fn main() {
     );
     // Alternating short rounds, so both paths see the same moments of the shared
     // machine and of the disk (whose fdatasync latency drifts by 10x within seconds).
-    let mut figs: Vec<Figures> = (0..4)
+    let mut figs: Vec<Figures> = (0..6)
         .map(|_| Figures {
             lat: Vec::new(),
             cpu_us: 0,
@@ -194,6 +227,8 @@ fn main() {
             via_uring(&file, per, bytes, true),
             via_thread(&data, per * 20, bytes, false),
             via_uring(&file, per * 20, bytes, false),
+            via_loop(&file, per, bytes, true),
+            via_loop(&file, per * 20, bytes, false),
         ];
         for (acc, f) in figs.iter_mut().zip(runs) {
             acc.lat.extend(f.lat);
@@ -205,6 +240,8 @@ fn main() {
         "io_uring, write+fdatasync",
         "thread, write only",
         "io_uring, write only",
+        "UringLoop, write+fdatasync",
+        "UringLoop, write only",
     ];
     for (name, f) in names.iter().zip(figs) {
         report(name, f);

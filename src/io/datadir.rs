@@ -248,6 +248,12 @@ impl LoopDir {
         &self.path
     }
 
+    /// Opens `name` for writing in place (a segment the log writes through the loop's
+    /// ring); never creates it.
+    pub fn open_segment(&self, name: &str) -> io::Result<File> {
+        OpenOptions::new().write(true).open(self.path.join(name))
+    }
+
     /// Runs one operation, blocking (start-up only).
     pub fn run(&self, op: &DiskOp) -> Result<(), DiskError> {
         let p = |name: &str| self.path.join(name);

@@ -99,6 +99,9 @@ pub enum Completion {
         token: u64,
         result: Result<SockId, i32>,
     },
+    /// The `write_file` in flight finished: `errno` 0 when every byte was written,
+    /// `sync_errno` 0 when the fdatasync asked for succeeded (or none was asked).
+    FileWritten { errno: i32, sync_errno: i32 },
 }
 
 /// Counters for what the backend dropped or failed; reported at shutdown.
@@ -232,6 +235,22 @@ pub trait EventLoop {
     /// socket, too many sends in flight, or the socket buffer is full); a failure
     /// the kernel reports later comes as `SendToFailed`.
     fn send_to(&mut self, to: SocketAddr, data: bytes::Bytes) -> bool;
+    /// Writes all of `data` at `offset` of the regular file `fd`, then, when
+    /// `datasync`, fdatasyncs it, without blocking the loop; reports `FileWritten`.
+    /// One at a time; `fd` must stay open until the completion. io_uring: on the
+    /// loop's own ring, the write linked to an `IORING_FSYNC_DATASYNC`. `Err(data)`:
+    /// not started (a write is in flight, or the backend has no file IO: epoll, whose
+    /// loops write their log through a disk thread instead).
+    fn write_file(
+        &mut self,
+        fd: RawFd,
+        offset: u64,
+        data: Vec<u8>,
+        datasync: bool,
+    ) -> Result<(), Vec<u8>> {
+        let _ = (fd, offset, datasync);
+        Err(data)
+    }
     /// Wakes loop `to` (which published "parked").
     fn doorbell(&mut self, to: usize);
     /// Bytes of a `Recv` completion.

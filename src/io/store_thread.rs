@@ -4,19 +4,26 @@
 //! entry: nothing queues here. After each result the thread calls the loop's wake-up
 //! (`Remote::wake` in the worker) so a parked loop picks it up.
 //!
-//! This is the epoll backend's path (a blocking write is not allowed on the loop);
-//! the io_uring backend is meant to submit the same operations through its own ring
-//! (a write linked to an `IORING_FSYNC_DATASYNC`), with this thread as its fallback.
+//! This is the epoll backend's path for every operation (a blocking write is not
+//! allowed on the loop). On io_uring the loop writes its segments through its own
+//! ring and this thread runs the rarer steps (creating a segment, which it also
+//! opens for the ring, snapshots, directory syncs, removals): `worker/store.rs`
+//! `DiskRoute`.
 
+use std::fs::File;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 
 use super::datadir::LoopDir;
 use crate::store::{DiskError, DiskOp};
 
+/// An operation's result, and for a segment it created, that segment opened for
+/// writing (named), so the loop can write it through its own ring.
+pub type Done = (Result<(), DiskError>, Option<(String, File)>);
+
 pub struct StoreThread {
     ops: Option<SyncSender<DiskOp>>,
-    results: Receiver<Result<(), DiskError>>,
+    results: Receiver<Done>,
     thread: Option<JoinHandle<()>>,
     in_flight: bool,
 }
@@ -33,7 +40,15 @@ impl StoreThread {
         let thread = std::thread::Builder::new().name(name).spawn(move || {
             // Ends when the loop drops its sender.
             while let Ok(op) = op_rx.recv() {
-                if res_tx.send(dir.run(&op)).is_err() {
+                let res = dir.run(&op);
+                let opened = match (&op, &res) {
+                    // Opened here, not on the loop: opening may wait on the disk too.
+                    (DiskOp::Create { name, .. }, Ok(())) => {
+                        dir.open_segment(name).ok().map(|f| (name.clone(), f))
+                    }
+                    _ => None,
+                };
+                if res_tx.send((res, opened)).is_err() {
                     return;
                 }
                 wake();
@@ -64,7 +79,7 @@ impl StoreThread {
     }
 
     /// The result of the operation in flight, if it has come.
-    pub fn poll(&mut self) -> Option<Result<(), DiskError>> {
+    pub fn poll(&mut self) -> Option<Done> {
         if !self.in_flight {
             return None;
         }
@@ -78,7 +93,7 @@ impl StoreThread {
             // the writer fails what it carried instead of waiting forever.
             Err(TryRecvError::Disconnected) => {
                 self.in_flight = false;
-                Some(Err(DiskError::Io(libc::EIO)))
+                Some((Err(DiskError::Io(libc::EIO)), None))
             }
         }
     }
@@ -157,14 +172,14 @@ mod tests {
             if let Some(op) = wal.poll_op() {
                 io.submit(op).expect("one at a time");
             }
-            if let Some(res) = io.poll() {
+            if let Some((res, _)) = io.poll() {
                 wal.on_done(res);
             }
         }
         // Drain: wait on the wake-up only while an operation is out.
         let mut seen_wakes = 0;
         loop {
-            if let Some(res) = io.poll() {
+            if let Some((res, _)) = io.poll() {
                 wal.on_done(res);
             }
             while let Some(ev) = wal.poll_event() {

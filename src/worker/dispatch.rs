@@ -422,6 +422,8 @@ impl<L: EventLoop> Worker<L> {
             Completion::SendToFailed { .. } => {}
             // Outbound connects are the bridges' (taken before dispatch).
             Completion::Connected { .. } => {}
+            // Taken by the run loop for the store before dispatching.
+            Completion::FileWritten { .. } => {}
             Completion::Released { sock } => {
                 let Some(conn) = conn_of(by_sock, sock) else {
                     return;

@@ -479,6 +479,12 @@ impl<L: EventLoop> Worker<L> {
                     self.shard.sn_stats_mut().send_dropped += 1;
                     continue;
                 }
+                if let Completion::FileWritten { errno, sync_errno } = c {
+                    if let Some(st) = self.store.as_mut() {
+                        st.on_file_written(errno, sync_errno);
+                    }
+                    continue;
+                }
                 if let Completion::Datagram { from, buf } = c {
                     let data = Bytes::copy_from_slice(self.io.buf(buf));
                     self.io.recycle(buf);
@@ -570,7 +576,7 @@ impl<L: EventLoop> Worker<L> {
             }
             // Everything this turn appended leaves as one write (group commit).
             if let Some(st) = self.store.as_mut() {
-                st.submit(&mut self.shard);
+                st.submit(&mut self.shard, &mut self.io);
             }
             Self::send_control(self.id, &mut self.shard, &mut self.mesh, &mut self.wake);
             self.expire_drains(now);

@@ -180,6 +180,7 @@ impl Echo {
                     panic!("no UDP socket here: {c:?}")
                 }
                 Completion::Connected { .. } => panic!("the echo server connects nowhere"),
+                Completion::FileWritten { .. } => panic!("the echo server writes no file"),
                 Completion::Released { sock } => {
                     assert!(self.live.remove(&sock), "released sock {sock} was not live");
                     self.report.released += 1;

@@ -36,6 +36,7 @@
 //! path), `bufpool` (provided buffers), `accept` (both accept modes and their room
 //! reservations), `send` (the send path), `handoff` (descriptors over `MSG_RING`,
 //! doorbells), `connect` and `udp` (outbound connects, the gateway's UDP socket),
+//! `file` (a durability log's write linked to its fdatasync),
 //! `tests`.
 
 use std::collections::HashMap;
@@ -58,6 +59,7 @@ use super::{
 mod accept;
 mod bufpool;
 mod connect;
+mod file;
 mod handoff;
 mod recv;
 mod ring;
@@ -109,6 +111,9 @@ const K_UDP_SEND: u64 = 18;
 const K_SOCKET: u64 = 19;
 const K_CONNECT: u64 = 20;
 const K_CONNECT_CLOSE: u64 = 21;
+/// The file write of `write_file` and its linked fdatasync (`file.rs`).
+const K_FILE_WRITE: u64 = 22;
+const K_FILE_SYNC: u64 = 23;
 
 fn ud(kind: u64, payload: u64) -> u64 {
     (kind << KIND_SHIFT) | (payload & PAYLOAD_MASK)
@@ -196,6 +201,8 @@ pub struct UringLoop {
     lost_note_retry: Vec<(usize, usize, u64)>,
     /// The `add_udp` socket and its operations (`udp.rs`).
     udp: Option<udp::Udp>,
+    /// The one `write_file` in flight (`file.rs`).
+    file: Option<file::FileWrite>,
     /// Test-only failure injection: the next `n` descriptors we send report
     /// EOVERFLOW although they arrived (`on_send_fd`).
     #[cfg(test)]
@@ -309,6 +316,7 @@ impl UringLoop {
             doorbell_retry: Vec::new(),
             lost_note_retry: Vec::new(),
             udp: None,
+            file: None,
             #[cfg(test)]
             inject_send_fd_overflow: 0,
             #[cfg(test)]
@@ -563,6 +571,8 @@ impl UringLoop {
             }
             K_UDP_RECV => self.on_udp_recv(res, flags, out),
             K_UDP_SEND => self.on_udp_sent(payload, res, out),
+            K_FILE_WRITE => self.on_file_cqe(false, res),
+            K_FILE_SYNC => self.on_file_cqe(true, res),
             // Doorbells post a CQE here only on failure (`SKIP_SUCCESS`).
             K_DOORBELL if res < 0 => self.on_doorbell_failed(payload, -res),
             K_CANCEL | K_DOORBELL | K_LOST_SENT => {}
@@ -702,6 +712,16 @@ impl EventLoop for UringLoop {
         self.udp_send_to(to, data)
     }
 
+    fn write_file(
+        &mut self,
+        fd: RawFd,
+        offset: u64,
+        data: Vec<u8>,
+        datasync: bool,
+    ) -> Result<(), Vec<u8>> {
+        self.start_file_write(fd, offset, data, datasync)
+    }
+
     fn doorbell(&mut self, to: usize) {
         self.send_doorbell(to, 0);
     }
@@ -816,6 +836,7 @@ impl Drop for UringLoop {
     fn drop(&mut self) {
         let busy = !self.socks.is_empty()
             || self.udp.is_some()
+            || self.file.is_some()
             || self
                 .listeners
                 .iter()
@@ -852,6 +873,10 @@ impl Drop for UringLoop {
         // The RECVMSG template and the headers and data of sends in flight.
         if let Some(u) = self.udp.take() {
             std::mem::forget(u);
+        }
+        // A file write's bytes, which the kernel may still read.
+        if let Some(f) = self.file.take() {
+            std::mem::forget(f.data);
         }
     }
 }

@@ -254,6 +254,28 @@ impl Ring {
         self.backlog.push_back(entry);
     }
 
+    /// Queues `first` (flagged `IO_LINK`) and `second` in the same submission, or
+    /// neither: a link split between two submissions does not hold, and the second
+    /// could run before the first finished. Hands the queue to the kernel first when
+    /// it has no room for both; `false` when that did not make room.
+    pub(super) fn push_linked(&mut self, first: squeue::Entry, second: squeue::Entry) -> bool {
+        let room = |u: &mut IoUring| {
+            let sq = u.submission();
+            sq.capacity() - sq.len()
+        };
+        if room(&mut self.uring) < 2 {
+            self.sq_full += 1;
+            if let Err(e) = self.uring.submit() {
+                if !transient(&e) {
+                    tracing::warn!("io_uring submit (queue full) failed: {e}");
+                }
+            }
+        }
+        // SAFETY: as `try_push`: the loop owns what the entries point to until their
+        // completions.
+        unsafe { self.uring.submission().push_multiple(&[first, second]) }.is_ok()
+    }
+
     fn try_push(&mut self, entry: &squeue::Entry) -> bool {
         // SAFETY: every pointer an entry carries (send data, sockaddr buffers) is owned
         // by the loop and outlives the operation; see the builders in `UringLoop`.

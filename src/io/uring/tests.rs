@@ -1,4 +1,5 @@
-//! Tests of the io_uring loop's teardown: what a dropped loop must leave to the kernel.
+//! Tests of the io_uring loop's teardown (what a dropped loop must leave to the
+//! kernel) and of its file writes (`file.rs`).
 
 use super::accept::ACCEPT_ADDRS_FREED;
 use super::*;
@@ -90,4 +91,153 @@ fn a_busy_loop_leaves_what_the_kernel_may_still_use() {
         "only the address buffers of idle accept slots are freed"
     );
     drop(client);
+}
+
+/// Turns `lp` until its file write reports, then a few more times to show it
+/// reports once.
+fn file_written(lp: &mut UringLoop) -> (i32, i32) {
+    let mut out = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..2000 {
+        lp.turn(Some(Duration::from_millis(5)), &mut out)
+            .expect("turn");
+        got.extend(out.drain(..).filter_map(|c| match c {
+            Completion::FileWritten { errno, sync_errno } => Some((errno, sync_errno)),
+            _ => None,
+        }));
+        if !got.is_empty() {
+            break;
+        }
+    }
+    for _ in 0..3 {
+        lp.turn(Some(Duration::ZERO), &mut out).expect("turn");
+        got.extend(out.drain(..).filter_map(|c| match c {
+            Completion::FileWritten { errno, sync_errno } => Some((errno, sync_errno)),
+            _ => None,
+        }));
+    }
+    assert_eq!(got.len(), 1, "one report per write: {got:?}");
+    got[0]
+}
+
+fn temp_file(tag: &str) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("ringmq-uring-file-{}-{tag}", std::process::id()));
+    std::fs::write(&p, vec![0u8; 64 << 10]).expect("create");
+    p
+}
+
+/// A write linked to its fdatasync, a write alone and an fdatasync alone each land
+/// where asked and report once; a second write while one is out is given back.
+#[test]
+fn file_writes_land_at_their_offset_and_report_once() {
+    let p = temp_file("ok");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .expect("open");
+    let fd = f.as_raw_fd();
+    let mut lp = UringLoop::new(0, &LoopOptions::default()).expect("loop");
+    let first: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+    lp.write_file(fd, 4096, first.clone(), true)
+        .expect("started");
+    let refused = lp
+        .write_file(fd, 0, vec![1, 2, 3], false)
+        .expect_err("one at a time");
+    assert_eq!(refused, vec![1, 2, 3], "the refused bytes come back");
+    assert_eq!(file_written(&mut lp), (0, 0));
+    lp.write_file(fd, 20_000, vec![9; 100], false)
+        .expect("started");
+    assert_eq!(file_written(&mut lp), (0, 0));
+    lp.write_file(fd, 0, Vec::new(), true).expect("sync alone");
+    assert_eq!(file_written(&mut lp), (0, 0));
+    let back = std::fs::read(&p).expect("read");
+    assert_eq!(&back[4096..14_096], &first[..]);
+    assert_eq!(&back[20_000..20_100], &[9u8; 100][..]);
+    assert!(
+        back[..4096].iter().all(|&b| b == 0),
+        "nothing before the offset"
+    );
+    drop(lp);
+    let _ = std::fs::remove_file(&p);
+}
+
+/// A write the kernel refuses reports its errno, not a sync error (the linked
+/// fdatasync is cancelled with it), and the next write goes through.
+#[test]
+fn a_failed_file_write_reports_its_errno_and_the_next_one_runs() {
+    let p = temp_file("fail");
+    let ro = std::fs::File::open(&p).expect("open read-only");
+    let rw = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .expect("open");
+    let mut lp = UringLoop::new(0, &LoopOptions::default()).expect("loop");
+    lp.write_file(ro.as_raw_fd(), 0, vec![5; 512], true)
+        .expect("started");
+    assert_eq!(file_written(&mut lp), (libc::EBADF, 0));
+    lp.write_file(rw.as_raw_fd(), 0, vec![6; 512], true)
+        .expect("started after the failure");
+    assert_eq!(file_written(&mut lp), (0, 0));
+    assert_eq!(&std::fs::read(&p).expect("read")[..512], &[6u8; 512][..]);
+    drop(lp);
+    let _ = std::fs::remove_file(&p);
+}
+
+/// Set in the child process of `a_short_file_write_writes_the_rest_then_reports_its_error`.
+const FSIZE_CHILD: &str = "RINGMQ_TEST_FSIZE_CHILD";
+
+/// A short write: the file-size limit (RLIMIT_FSIZE, in a child process so the
+/// limit binds nothing else) lets the kernel write the first 4 KiB of an 8 KiB
+/// write linked to an fdatasync. The link breaks (the sync is cancelled), the rest
+/// is written again, which fails with EFBIG: reported as the write's errno, once,
+/// not as a sync failure, with the first 4 KiB on disk.
+#[test]
+fn a_short_file_write_writes_the_rest_then_reports_its_error() {
+    if let Ok(path) = std::env::var(FSIZE_CHILD) {
+        // SAFETY: setrlimit on this (child) process with a live struct; SIGXFSZ is
+        // ignored so the failing write returns EFBIG instead of killing it.
+        unsafe {
+            let lim = libc::rlimit {
+                rlim_cur: 4096,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open");
+        let mut lp = UringLoop::new(0, &LoopOptions::default()).expect("loop");
+        lp.write_file(f.as_raw_fd(), 0, vec![3; 8192], true)
+            .expect("started");
+        let (errno, sync_errno) = file_written(&mut lp);
+        println!("child result: errno {errno} sync_errno {sync_errno}");
+        return;
+    }
+    let p = std::env::temp_dir().join(format!("ringmq-uring-short-{}", std::process::id()));
+    std::fs::write(&p, b"").expect("create");
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "io::uring::tests::a_short_file_write_writes_the_rest_then_reports_its_error",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FSIZE_CHILD, &p)
+        .output()
+        .expect("child runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {stdout}");
+    assert!(
+        stdout.contains(&format!("child result: errno {} sync_errno 0", libc::EFBIG)),
+        "{stdout}"
+    );
+    let back = std::fs::read(&p).expect("read");
+    assert_eq!(
+        back,
+        vec![3u8; 4096],
+        "the first 4 KiB landed, nothing more"
+    );
+    let _ = std::fs::remove_file(&p);
 }
