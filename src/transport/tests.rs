@@ -291,7 +291,7 @@ fn session_tickets_one_per_handshake_and_resumption_survives_reloads() {
         "after a reload with a new certificate"
     );
 
-    // Tickets off (the shipped default, see `material.rs`): every handshake is full.
+    // Tickets off (`tls_session_tickets = false`): every handshake is full.
     tf.session_tickets = false;
     let off = ListenerTls::load(tf, &files.reader()).unwrap();
     let device = client_config(&ca, &[&rustls::version::TLS13], true, None);
