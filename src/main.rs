@@ -26,7 +26,7 @@ use ringmq::io::uring::{self, UringLoop};
 use ringmq::io::{self as rio, LoopOptions, Remote};
 use ringmq::ring;
 use ringmq::transport::identity::IdentitySource;
-use ringmq::transport::{ListenerTls, TlsFiles, TlsMaterial};
+use ringmq::transport::{ListenerTls, TlsFiles};
 use ringmq::worker::verify::{self, AuthShared, VerifierPool};
 use ringmq::worker::{self, SnSetup, WorkerMsg, WorkerReport, WorkerSetup};
 
@@ -293,10 +293,11 @@ fn load_tls(config: &Config) -> Result<Vec<Option<Arc<ListenerTls>>>, String> {
                     IdentityUsername::CommonName => IdentitySource::CommonName,
                     IdentityUsername::SubjectAltName => IdentitySource::SubjectAltName,
                 },
+                session_tickets: t.session_tickets,
             };
-            let material =
-                TlsMaterial::load(&files, &read).map_err(|e| format!("listener {}: {e}", l.url))?;
-            Ok(Some(Arc::new(ListenerTls::new(files, material))))
+            let tls =
+                ListenerTls::load(files, &read).map_err(|e| format!("listener {}: {e}", l.url))?;
+            Ok(Some(Arc::new(tls)))
         })
         .collect()
 }

@@ -1,7 +1,8 @@
 //! mqtts listeners with real clients: Mosquitto's `mosquitto_pub`/`mosquitto_sub`
 //! with `--cafile`, with and without a client certificate, next to a plain listener;
 //! bad inputs on the TLS port, each with its exact result and the broker still
-//! serving others; SIGHUP reloading certificates with a client connected.
+//! serving others; SIGHUP reloading certificates with a client connected; TLS 1.3
+//! resumption from session tickets across reloads.
 //!
 //! Certificates are made by the test (rcgen) in a fresh directory; no private key is
 //! committed. Every external program runs under a bounded wait and is killed by PID.
@@ -502,6 +503,104 @@ fn sighup_reloads_certificates_without_dropping_connections() {
         status.is_some_and(|s| s.success()),
         "mosquitto_sub: {status:?}"
     );
+    let _ = std::fs::remove_dir_all(d);
+}
+
+/// One MQTT 3.1.1 CONNECT/CONNACK over TLS with a rustls client of `cfg` (which
+/// keeps the tickets it is given): how the handshake went. The CONNACK is read, so
+/// the session ticket the broker sends before it has reached the client's store.
+fn rustls_connect(port: &str, cfg: &std::sync::Arc<rustls::ClientConfig>) -> rustls::HandshakeKind {
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let conn = rustls::ClientConnection::new(cfg.clone(), name).expect("client");
+    let sock = TcpStream::connect(format!("127.0.0.1:{port}")).expect("connect");
+    sock.set_read_timeout(Some(TOOL_TIMEOUT)).expect("timeout");
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(b"\x10\x12\x00\x04MQTT\x04\x02\x00\x3c\x00\x06resume")
+        .expect("CONNECT");
+    let mut connack = [0u8; 4];
+    tls.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "CONNACK accepted");
+    let kind = tls.conn.handshake_kind().expect("handshake done");
+    tls.conn.send_close_notify();
+    let _ = tls.flush();
+    kind
+}
+
+/// `tls_session_tickets` (on by default): a client that reconnects resumes its TLS
+/// 1.3 session from the ticket the broker gave it, also after SIGHUP reloads (one
+/// with a new certificate); with the key off every handshake is full.
+#[test]
+fn tls13_clients_resume_across_sighup_reloads() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let d = dir("resume");
+    let ca = TestCa::new("resume ca");
+    let (cert, key) = leaf(&ca, "localhost", false);
+    let certf = write_file(&d, "server.pem", &cert);
+    let keyf = write_file(&d, "server.key", &key);
+    let device = || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.cert.der().clone()).expect("root");
+        std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(ringmq::transport::provider())
+                .with_protocol_versions(&[&rustls::version::TLS13])
+                .expect("versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    };
+    let b = broker_with(&["--tls-cert", &certf, "--tls-key", &keyf]);
+    let port = port_of(&tls_addr(&b));
+    let cfg = device();
+    assert_eq!(rustls_connect(&port, &cfg), Full);
+    assert_eq!(rustls_connect(&port, &cfg), Resumed);
+
+    let reloads = |n: usize| {
+        // SAFETY: kill(2) on the PID of the broker this test spawned.
+        assert_eq!(
+            unsafe { libc::kill(b.pid() as libc::pid_t, libc::SIGHUP) },
+            0
+        );
+        let done = || {
+            b.stderr_tail()
+                .matches("SIGHUP: reloaded TLS material of 1 listener")
+                .count()
+                >= n
+        };
+        let deadline = Instant::now() + TOOL_TIMEOUT;
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(done(), "reload {n} not logged: {}", b.stderr_tail());
+    };
+    reloads(1);
+    assert_eq!(rustls_connect(&port, &cfg), Resumed, "after SIGHUP");
+    let (cert2, key2) = leaf(&ca, "localhost", false);
+    std::fs::write(&certf, cert2).expect("write");
+    std::fs::write(&keyf, key2).expect("write");
+    reloads(2);
+    assert_eq!(
+        rustls_connect(&port, &cfg),
+        Resumed,
+        "after SIGHUP with a new certificate"
+    );
+    // A new device gets the new certificate in a full handshake, then resumes.
+    let fresh = device();
+    assert_eq!(rustls_connect(&port, &fresh), Full);
+    assert_eq!(rustls_connect(&port, &fresh), Resumed);
+    drop(b);
+
+    let off = broker_with(&[
+        "--tls-cert",
+        &certf,
+        "--tls-key",
+        &keyf,
+        "--tls-session-tickets",
+        "false",
+    ]);
+    let port = port_of(&tls_addr(&off));
+    let cfg = device();
+    assert_eq!(rustls_connect(&port, &cfg), Full);
+    assert_eq!(rustls_connect(&port, &cfg), Full, "tickets off");
     let _ = std::fs::remove_dir_all(d);
 }
 

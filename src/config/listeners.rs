@@ -34,6 +34,9 @@ pub struct ListenerArgs {
     /// Username taken from a client certificate.
     #[arg(long, value_name = "FROM", help = with_default("Username taken from a verified client certificate: none, cn (subject common name) or san (first DNS name, e-mail or URI)", "none"))]
     pub tls_identity_username: Option<String>,
+    /// TLS 1.3 resumption by stateless session tickets.
+    #[arg(long, value_name = "BOOL", help = with_default("Give each TLS 1.3 client one stateless session ticket per full handshake, so it can resume (no certificate signature) when it reconnects; ticket keys rotate every 6 h and survive SIGHUP", DEFAULT_TLS_SESSION_TICKETS_STR))]
+    pub tls_session_tickets: Option<String>,
     /// Origins browser pages may open WebSocket listeners from.
     #[arg(long, value_name = "ORIGIN", help = with_default("Origin a browser page may connect to a ws/wss listener from, e.g. https://app.example (repeatable; others get 403; clients sending no Origin are not browsers and are let in)", "any"))]
     pub ws_allowed_origins: Vec<String>,
@@ -51,10 +54,16 @@ pub(super) const KEYS: &[&str] = &[
     "tls_client_ca",
     "tls_require_certificate",
     "tls_identity_username",
+    "tls_session_tickets",
     "ws_allowed_origins",
     "ws_max_frame_bytes",
     "http_listen",
 ];
+
+/// Default of `tls_session_tickets` (see `transport/material.rs` for what a ticket
+/// costs a full handshake and saves a resumed one).
+pub const DEFAULT_TLS_SESSION_TICKETS: bool = true;
+const DEFAULT_TLS_SESSION_TICKETS_STR: &str = "true";
 
 /// Default of `ws_max_frame_bytes`: the largest MQTT packet (256 MiB remaining
 /// length and its 5-byte fixed header), so every packet fits one frame.
@@ -68,6 +77,19 @@ pub enum Scheme {
     Ws,
     /// MQTT over WebSocket over TLS.
     Wss,
+}
+
+impl Default for TlsSettings {
+    fn default() -> TlsSettings {
+        TlsSettings {
+            cert: Vec::new(),
+            key: Vec::new(),
+            client_ca: None,
+            require_certificate: false,
+            identity_username: IdentityUsername::None,
+            session_tickets: DEFAULT_TLS_SESSION_TICKETS,
+        }
+    }
 }
 
 impl Scheme {
@@ -111,13 +133,14 @@ pub enum IdentityUsername {
 }
 
 /// TLS settings: the `tls_*` keys, or a `[[listener]]` table's with those as fallback.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSettings {
     pub cert: Vec<String>,
     pub key: Vec<String>,
     pub client_ca: Option<String>,
     pub require_certificate: bool,
     pub identity_username: IdentityUsername,
+    pub session_tickets: bool,
 }
 
 /// WebSocket settings: the `ws_*` keys, or a `[[listener]]` table's with those as
@@ -139,6 +162,7 @@ pub struct ListenerTable {
     pub client_ca: Option<String>,
     pub require_certificate: Option<bool>,
     pub identity_username: Option<IdentityUsername>,
+    pub session_tickets: Option<bool>,
     pub ws_allowed_origins: Option<Vec<String>>,
     pub ws_max_frame_bytes: Option<u64>,
     /// Clients without credentials on this listener, whatever the global
@@ -256,6 +280,7 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "tls_client_ca" => cfg.tls.client_ca = ca_path(raw)?,
         "tls_require_certificate" => cfg.tls.require_certificate = boolean(raw)?,
         "tls_identity_username" => cfg.tls.identity_username = identity(raw)?,
+        "tls_session_tickets" => cfg.tls.session_tickets = boolean(raw)?,
         "ws_allowed_origins" => cfg.ws_allowed_origins = origins(raw)?,
         "ws_max_frame_bytes" => cfg.ws_max_frame_bytes = max_frame(raw)?,
         _ => return Ok(false),
@@ -271,6 +296,7 @@ const TABLE_KEYS: &[&str] = &[
     "tls_client_ca",
     "tls_require_certificate",
     "tls_identity_username",
+    "tls_session_tickets",
     "ws_allowed_origins",
     "ws_max_frame_bytes",
     "allow_anonymous",
@@ -289,6 +315,7 @@ pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expec
         client_ca: None,
         require_certificate: None,
         identity_username: None,
+        session_tickets: None,
         ws_allowed_origins: None,
         ws_max_frame_bytes: None,
         allow_anonymous: None,
@@ -306,6 +333,7 @@ pub(super) fn table(t: &[(String, Raw)]) -> Result<ListenerTable, (String, Expec
             "tls_client_ca" => ca_path(raw).map(|v| out.client_ca = v),
             "tls_require_certificate" => boolean(raw).map(|v| out.require_certificate = Some(v)),
             "tls_identity_username" => identity(raw).map(|v| out.identity_username = Some(v)),
+            "tls_session_tickets" => boolean(raw).map(|v| out.session_tickets = Some(v)),
             "ws_allowed_origins" => origins(raw).map(|v| out.ws_allowed_origins = Some(v)),
             "ws_max_frame_bytes" => max_frame(raw).map(|v| out.ws_max_frame_bytes = Some(v)),
             "allow_anonymous" => boolean(raw).map(|v| out.allow_anonymous = Some(v)),
@@ -346,6 +374,7 @@ impl Config {
                     .require_certificate
                     .unwrap_or(self.tls.require_certificate),
                 identity_username: t.identity_username.unwrap_or(self.tls.identity_username),
+                session_tickets: t.session_tickets.unwrap_or(self.tls.session_tickets),
             });
             out.push(Listener {
                 url: t.url.clone(),
@@ -410,6 +439,7 @@ impl ListenerArgs {
         push_text(v, "tls_client_ca", &self.tls_client_ca);
         push_text(v, "tls_require_certificate", &self.tls_require_certificate);
         push_text(v, "tls_identity_username", &self.tls_identity_username);
+        push_text(v, "tls_session_tickets", &self.tls_session_tickets);
         push_list(v, "ws_allowed_origins", &self.ws_allowed_origins);
         push_text(v, "ws_max_frame_bytes", &self.ws_max_frame_bytes);
         push_text(v, "http_listen", &self.http_listen);

@@ -70,6 +70,7 @@ fn every_cli_option_has_the_same_toml_key() {
         ("tls_client_ca", "\"ca.pem\"", "ca.pem"),
         ("tls_require_certificate", "true", "true"),
         ("tls_identity_username", "\"cn\"", "cn"),
+        ("tls_session_tickets", "false", "false"),
         (
             "ws_allowed_origins",
             "[\"https://a.example\"]",
@@ -487,7 +488,7 @@ fn listener_urls_tls_flags_and_listener_tables() {
     let file = "listen = []\ntls_cert = \"g.pem\"\ntls_key = \"g.key\"\n\
                 [[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\n\
                 [[listener]]\nurl = \"mqtts://0.0.0.0:8884\"\ntls_cert = [\"o.pem\", \"p.pem\"]\ntls_key = [\"o.key\", \"p.key\"]\n\
-                tls_client_ca = \"ca.pem\"\ntls_require_certificate = true\ntls_identity_username = \"san\"\n\
+                tls_client_ca = \"ca.pem\"\ntls_require_certificate = true\ntls_identity_username = \"san\"\ntls_session_tickets = false\n\
                 [[listener]]\nurl = \"1.2.3.4:1883\"\nallow_anonymous = true\n";
     let cfg = load_with(&cli(&["--config", "c.toml"]), with_file(file)).expect("load");
     let ls = cfg.listeners();
@@ -505,6 +506,11 @@ fn listener_urls_tls_flags_and_listener_tables() {
     assert_eq!(t.client_ca.as_deref(), Some("ca.pem"));
     assert!(t.require_certificate);
     assert_eq!(t.identity_username, IdentityUsername::SubjectAltName);
+    assert!(!t.session_tickets, "the table's tls_session_tickets");
+    assert!(
+        ls[0].tls.as_ref().expect("tls").session_tickets,
+        "the default"
+    );
     assert_eq!(ls[2].tls, None);
 
     // WebSocket listeners: the path (default /mqtt), the ws_* keys, wss with TLS.
@@ -572,7 +578,7 @@ fn listener_urls_tls_flags_and_listener_tables() {
     );
     assert_eq!(
         e(&["--config", "c.toml"], "[[listener]]\nurl = \"mqtts://0.0.0.0:8883\"\ntls_certs = \"x\"\n"),
-        "config c.toml: key \"listener[0].tls_certs\": expected one of url, tls_cert, tls_key, tls_client_ca, tls_require_certificate, tls_identity_username, ws_allowed_origins, ws_max_frame_bytes, allow_anonymous, got \"x\""
+        "config c.toml: key \"listener[0].tls_certs\": expected one of url, tls_cert, tls_key, tls_client_ca, tls_require_certificate, tls_identity_username, tls_session_tickets, ws_allowed_origins, ws_max_frame_bytes, allow_anonymous, got \"x\""
     );
     assert_eq!(
         e(&["--config", "c.toml"], "[[listener]]\ntls_cert = \"x\"\n"),

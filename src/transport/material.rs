@@ -5,6 +5,10 @@
 //! error names the file it came from. A reload that fails keeps the old config in
 //! force ([`ListenerTls::reload`]); new handshakes take the config current at accept
 //! ([`ListenerTls::current`]), established connections keep theirs.
+//!
+//! Session tickets (TLS 1.3 resumption, `tls_session_tickets`): one stateless
+//! ticketer per listener, made when the listener is and kept by [`ListenerTls`]
+//! across reloads, so a ticket issued before a SIGHUP still resumes after it.
 
 use std::fmt;
 use std::io;
@@ -14,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 
@@ -34,6 +38,9 @@ pub struct TlsFiles {
     pub require_certificate: bool,
     /// Which part of a client certificate becomes the username.
     pub identity: IdentitySource,
+    /// Issue one stateless TLS 1.3 session ticket per full handshake, so a client
+    /// that comes back resumes (no certificate signature, no chain sent).
+    pub session_tickets: bool,
 }
 
 /// Why material could not be loaded; names the file.
@@ -65,18 +72,44 @@ pub struct TlsMaterial {
     pub identity: IdentitySource,
 }
 
+/// The file an error about the listener as a whole names: its first certificate.
+fn first_cert(files: &TlsFiles) -> &Path {
+    files
+        .certs
+        .first()
+        .map(PathBuf::as_path)
+        .unwrap_or(Path::new("tls_cert"))
+}
+
+/// A fresh ticketer when `files` asks for tickets.
+fn ticketer_for(files: &TlsFiles) -> Result<Option<Arc<dyn ProducesTickets>>, MaterialError> {
+    if !files.session_tickets {
+        return Ok(None);
+    }
+    super::ticketer()
+        .map(Some)
+        .map_err(|e| err(first_cert(files), format!("session ticket keys: {e}")))
+}
+
 impl TlsMaterial {
-    /// Reads and checks every file of `files` through `read`.
+    /// Reads and checks every file of `files` through `read`; with
+    /// `files.session_tickets`, tickets come from a ticketer of its own (a listener
+    /// keeps one across reloads: [`ListenerTls::load`]).
     pub fn load(
         files: &TlsFiles,
         read: &dyn Fn(&Path) -> io::Result<Vec<u8>>,
     ) -> Result<TlsMaterial, MaterialError> {
+        TlsMaterial::build(files, read, ticketer_for(files)?)
+    }
+
+    /// `ticketer`: `None`, no TLS 1.3 tickets.
+    fn build(
+        files: &TlsFiles,
+        read: &dyn Fn(&Path) -> io::Result<Vec<u8>>,
+        ticketer: Option<Arc<dyn ProducesTickets>>,
+    ) -> Result<TlsMaterial, MaterialError> {
         let provider = super::provider();
-        let first = files
-            .certs
-            .first()
-            .map(PathBuf::as_path)
-            .unwrap_or(Path::new("tls_cert"));
+        let first = first_cert(files);
         if files.certs.is_empty() {
             return Err(err(first, "a TLS listener needs tls_cert and tls_key"));
         }
@@ -129,11 +162,21 @@ impl TlsMaterial {
         let mut config = builder.with_cert_resolver(Arc::new(SniResolver { keys }));
         // Offered by a client that speaks ALPN: MQTT's registered protocol id.
         config.alpn_protocols = vec![b"mqtt".to_vec()];
-        // No TLS 1.3 session tickets (rustls sends two after every full handshake):
-        // each costs the handshake a key derivation, an encrypted record and an entry
-        // in rustls's in-memory cache of 256 sessions, which a fleet's reconnects
-        // would rarely find again. TLS 1.2 clients still resume by session id.
-        config.send_tls13_tickets = 0;
+        // rustls's default is two TLS 1.3 tickets per full handshake into an
+        // in-memory cache of 256 sessions, which a fleet's reconnects would rarely
+        // find again. Instead: none, or one stateless ticket (sealed with the
+        // listener's rotating key, nothing kept per session), which any later
+        // connection can resume from; one is enough for a device that reconnects
+        // with a single session at a time, and each costs the full handshake a key
+        // derivation and an encrypted record. TLS 1.2 clients still resume by
+        // session id (or by a TLS 1.2 ticket from the same ticketer).
+        match ticketer {
+            Some(t) => {
+                config.ticketer = t;
+                config.send_tls13_tickets = 1;
+            }
+            None => config.send_tls13_tickets = 0,
+        }
         Ok(TlsMaterial {
             config: Arc::new(config),
             identity: files.identity,
@@ -204,14 +247,23 @@ impl ResolvesServerCert for SniResolver {
 pub struct ListenerTls {
     pub files: TlsFiles,
     current: Mutex<TlsMaterial>,
+    /// The ticket keys every config of this listener seals with, reloads included.
+    ticketer: Option<Arc<dyn ProducesTickets>>,
 }
 
 impl ListenerTls {
-    pub fn new(files: TlsFiles, material: TlsMaterial) -> ListenerTls {
-        ListenerTls {
+    /// Loads a listener's files, with its ticketer when `files` asks for tickets.
+    pub fn load(
+        files: TlsFiles,
+        read: &dyn Fn(&Path) -> io::Result<Vec<u8>>,
+    ) -> Result<ListenerTls, MaterialError> {
+        let ticketer = ticketer_for(&files)?;
+        let material = TlsMaterial::build(&files, read, ticketer.clone())?;
+        Ok(ListenerTls {
             files,
             current: Mutex::new(material),
-        }
+            ticketer,
+        })
     }
 
     /// The config new handshakes use.
@@ -225,7 +277,7 @@ impl ListenerTls {
     /// Reads the files again; on success new handshakes use them, on failure the old
     /// material stays in force and the error names the file.
     pub fn reload(&self, read: &dyn Fn(&Path) -> io::Result<Vec<u8>>) -> Result<(), MaterialError> {
-        let fresh = TlsMaterial::load(&self.files, read)?;
+        let fresh = TlsMaterial::build(&self.files, read, self.ticketer.clone())?;
         match self.current.lock() {
             Ok(mut m) => *m = fresh,
             Err(poisoned) => *poisoned.into_inner() = fresh,

@@ -9,7 +9,8 @@
 //!   shard, shard output in, ciphertext out for `io`.
 //! - `material`: certificates, keys and client CAs read from PEM into a shared
 //!   `rustls::ServerConfig` (SNI over several certificates, ALPN `mqtt`, TLS 1.2 and
-//!   1.3), and the reloadable holder SIGHUP swaps.
+//!   1.3, stateless TLS 1.3 session tickets when enabled), and the reloadable holder
+//!   SIGHUP swaps, which keeps the listener's ticket keys across reloads.
 //! - `identity`: the username a client certificate gives (CN or a SAN).
 //! - `ws`: MQTT over WebSocket, the upgrade and the framing (`ws/mod.rs`).
 //! - `stack`: [`Transport`], the transforms one connection holds (TLS, WebSocket,
@@ -73,6 +74,18 @@ pub fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     #[allow(deprecated)]
     let p = rustls::crypto::ring::default_provider();
     std::sync::Arc::new(p)
+}
+
+/// A stateless TLS session ticketer from the same provider: tickets are sealed with
+/// a key only this process holds, and rustls rotates it every 6 hours (keeping the
+/// previous one, so a ticket stays valid for up to 12), so resumption needs no
+/// per-session state in the broker however many devices hold tickets.
+pub fn ticketer() -> Result<std::sync::Arc<dyn rustls::server::ProducesTickets>, rustls::Error> {
+    #[cfg(feature = "aws-lc-rs")]
+    let t = rustls::crypto::aws_lc_rs::Ticketer::new();
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    let t = rustls::crypto::ring::Ticketer::new();
+    t
 }
 
 #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]

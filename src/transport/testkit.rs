@@ -36,6 +36,7 @@ fn fixture() -> &'static Fixture {
             client_ca: None,
             require_certificate: false,
             identity: IdentitySource::None,
+            session_tickets: false,
         };
         let read = |p: &Path| -> std::io::Result<Vec<u8>> {
             Ok(match p.to_str() {

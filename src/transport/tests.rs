@@ -233,6 +233,72 @@ fn tls13_handshakes_send_no_session_tickets() {
     assert_eq!(tickets.0.load(std::sync::atomic::Ordering::Relaxed), 0);
 }
 
+/// One handshake of `cfg` against `holder`'s current config, with a CONNECT and its
+/// CONNACK through it (the client reads the ticket, which comes before the CONNACK):
+/// how the client's handshake went.
+fn handshake_kind(holder: &ListenerTls, cfg: &Arc<ClientConfig>) -> rustls::HandshakeKind {
+    let material = holder.current();
+    let mut server = TlsSession::new(material.config.clone(), material.identity).unwrap();
+    let mut client =
+        ClientConnection::new(cfg.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut plain = Vec::new();
+    client.writer().write_all(b"\x10\x0cconnect").unwrap();
+    pump(&mut client, &mut server, &mut plain).unwrap();
+    assert_eq!(plain, b"\x10\x0cconnect");
+    server.encrypt(b"\x20\x02\x00\x00");
+    let back = server.take_tls().expect("a record");
+    let mut rd = &back[..];
+    while !rd.is_empty() && client.read_tls(&mut rd).unwrap() > 0 {
+        client.process_new_packets().unwrap();
+    }
+    let mut got = [0u8; 4];
+    client.reader().read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"\x20\x02\x00\x00");
+    client.handshake_kind().expect("handshake done")
+}
+
+/// `session_tickets`: one ticket per full handshake (not rustls's two), a client that
+/// comes back resumes, and tickets issued before a reload still resume after it (the
+/// listener keeps its ticket keys); a reload with new certificates too.
+#[test]
+fn session_tickets_one_per_handshake_and_resumption_survives_reloads() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let ca = ca("test ca");
+    let mut files = Files::default();
+    let mut tf = server_files(&mut files, &ca, &[("broker", &["localhost"])]);
+    tf.session_tickets = true;
+    let holder = ListenerTls::load(tf.clone(), &files.reader()).unwrap();
+
+    let counted = Arc::new(TicketCount::default());
+    let mut cfg = (*client_config(&ca, &[&rustls::version::TLS13], true, None)).clone();
+    cfg.resumption = rustls::client::Resumption::store(counted.clone());
+    assert_eq!(handshake_kind(&holder, &Arc::new(cfg)), Full);
+    assert_eq!(counted.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+
+    // The default client keeps its tickets in memory, as device libraries do.
+    let device = client_config(&ca, &[&rustls::version::TLS13], true, None);
+    assert_eq!(handshake_kind(&holder, &device), Full);
+    assert_eq!(handshake_kind(&holder, &device), Resumed);
+    holder.reload(&files.reader()).unwrap();
+    assert_eq!(handshake_kind(&holder, &device), Resumed, "after a reload");
+    let (c, k) = leaf(&ca, "broker2", &["localhost"]);
+    files.put("cert0.pem", &c);
+    files.put("key0.pem", &k);
+    holder.reload(&files.reader()).unwrap();
+    assert_eq!(
+        handshake_kind(&holder, &device),
+        Resumed,
+        "after a reload with a new certificate"
+    );
+
+    // Tickets off (`tls_session_tickets = false`): every handshake is full.
+    tf.session_tickets = false;
+    let off = ListenerTls::load(tf, &files.reader()).unwrap();
+    let device = client_config(&ca, &[&rustls::version::TLS13], true, None);
+    assert_eq!(handshake_kind(&off, &device), Full);
+    assert_eq!(handshake_kind(&off, &device), Full);
+}
+
 #[test]
 fn sni_picks_the_certificate_that_covers_the_name() {
     let ca = ca("test ca");
@@ -408,8 +474,8 @@ fn load_errors_name_the_file_and_reload_keeps_the_old_material() {
     let ca = ca("ca");
     let mut files = Files::default();
     let tf = server_files(&mut files, &ca, &[("broker", &["localhost"])]);
-    let first = TlsMaterial::load(&tf, &files.reader()).unwrap();
-    let holder = ListenerTls::new(tf.clone(), first.clone());
+    let holder = ListenerTls::load(tf.clone(), &files.reader()).unwrap();
+    let first = holder.current();
 
     // A key file that is not PEM.
     files.put("key0.pem", "garbage");
