@@ -463,6 +463,7 @@ fn three_nodes_on_a_nats_cluster() {
     drop(s);
 
     sessions_across_nodes(&n1, &n2, &n3);
+    takeover_under_a_running_publisher(&n1, &n2, &n3);
 
     // Partition: a node whose NATS is unreachable serves its own clients, says so on
     // /healthz (503, for the load balancer) and counts it; a CONNECT is served from
@@ -867,6 +868,125 @@ fn sessions_across_nodes(n1: &Broker, n2: &Broker, n3: &Broker) {
     let (other, _) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&live_id));
     live.expect_disconnect_v5(&[0x8e]);
     leave(other);
+}
+
+/// Publishes QoS 1 `topic` `g{i}` (packet id i) on `n` from a raw MQTT 3.1.1 client
+/// until `stop` is set, then waits (bounded) for the PUBACKs still due; returns the
+/// packet ids PUBACKed.
+fn qos1_until_stopped(
+    n: &Broker,
+    topic: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<u16>> {
+    let mut s = connect_raw_311(n, uniq("gappub").as_bytes());
+    std::thread::spawn(move || {
+        let mut r = s.try_clone().expect("clone");
+        r.set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("read timeout");
+        let reader = std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut b = [0u8; 4];
+            // Only PUBACKs come; the read timeout ends it once the last is in.
+            while r.read_exact(&mut b).is_ok() {
+                assert_eq!(b[0], 0x40, "unexpected packet {b:?}");
+                acked.push(u16::from_be_bytes([b[2], b[3]]));
+            }
+            acked
+        });
+        let mut i = 0u16;
+        while !stop.load(std::sync::atomic::Ordering::Acquire) && i < 20_000 {
+            i += 1;
+            let payload = format!("g{i}");
+            let mut p = vec![0x32, (2 + topic.len() + 2 + payload.len()) as u8];
+            p.extend_from_slice(&(topic.len() as u16).to_be_bytes());
+            p.extend_from_slice(topic.as_bytes());
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend_from_slice(payload.as_bytes());
+            s.write_all(&p).expect("publish");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let acked = reader.join().expect("reader");
+        drop(s);
+        acked
+    })
+}
+
+/// Reads `c` until it is closed (or DISCONNECTed), acknowledging and recording each
+/// PUBLISH's payload.
+fn read_until_closed(c: &mut RawClient, got: &mut Vec<String>) {
+    loop {
+        match c.read_frame_within(PATIENCE) {
+            ReadOutcome::Frame(f) if f.ptype() == 3 => {
+                let m = PublishMsg::parse(V5, &f);
+                c.ack_received(&m);
+                got.push(String::from_utf8_lossy(&m.payload).to_string());
+            }
+            ReadOutcome::Frame(f) if f.ptype() == 14 => {}
+            ReadOutcome::Frame(f) => panic!("{}: unexpected {f:?}", c.name()),
+            ReadOutcome::Closed => return,
+            ReadOutcome::Timeout => panic!("{}: not closed after the takeover", c.name()),
+        }
+    }
+}
+
+/// No subscription gap during a takeover (review item 4): a persistent QoS 1
+/// subscriber on node 2 is taken over by a CONNECT on node 3 while a publisher on
+/// node 1 keeps sending; every message node 1 PUBACKed reaches the subscriber, on
+/// node 2 before the takeover or on node 3 after it (QoS 1: a copy may come twice).
+fn takeover_under_a_running_publisher(n1: &Broker, n2: &Broker, n3: &Broker) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let id = uniq("gap");
+    let (mut old, _) = RawClient::connect_v5_with(n2.addr(), &persistent_v5(&id));
+    old.subscribe_ok(1, "gap/t", 1);
+    let mut pubc = RawClient::connect_v311(n1.addr(), &uniq("gap-probe"));
+    probe_until_delivered(&mut pubc, &mut old, "gap/t");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let publisher = qos1_until_stopped(n1, "gap/t", stop.clone());
+    let mut got = Vec::new();
+    // The stream is running through node 2.
+    while got.len() < 50 {
+        let m = next_publish(&mut old, PATIENCE).expect("the stream on node 2");
+        got.push(String::from_utf8_lossy(&m.payload).to_string());
+    }
+    let (mut new, ack) = RawClient::connect_v5_with(n3.addr(), &persistent_v5(&id));
+    assert!(ack.session_present, "{}", n3.stderr_tail());
+    read_until_closed(&mut old, &mut got);
+    // The stream goes on through node 3 for a while, then stops.
+    let until = got.len() + 200;
+    while got.len() < until {
+        let m = next_publish(&mut new, PATIENCE).expect("the stream on node 3");
+        got.push(String::from_utf8_lossy(&m.payload).to_string());
+    }
+    stop.store(true, Ordering::Release);
+    let acked = publisher.join().expect("publisher");
+    assert!(acked.len() > 200, "{} PUBACKs", acked.len());
+    let deadline = Instant::now() + PATIENCE;
+    let missing = |got: &[String]| -> Vec<u16> {
+        let seen: std::collections::HashSet<&str> = got.iter().map(String::as_str).collect();
+        acked
+            .iter()
+            .copied()
+            .filter(|i| !seen.contains(format!("g{i}").as_str()))
+            .collect()
+    };
+    while !missing(&got).is_empty() && Instant::now() < deadline {
+        if let Some(m) = next_publish(&mut new, Duration::from_millis(200)) {
+            got.push(String::from_utf8_lossy(&m.payload).to_string());
+        }
+    }
+    let lost = missing(&got);
+    assert!(
+        lost.is_empty(),
+        "PUBACKed on node 1 but never delivered across the takeover: {lost:?}\nnode 2:\n{}\nnode 3:\n{}",
+        n2.stderr_tail(),
+        n3.stderr_tail()
+    );
+    eprintln!(
+        "figure: takeover under a running QoS 1 publisher: {} PUBACKed, {} delivered (duplicates allowed), none lost",
+        acked.len(),
+        got.len()
+    );
+    leave(new);
 }
 
 /// A node whose cluster thread ends at start (a creds file async-nats cannot read)

@@ -63,6 +63,9 @@ const SESSIONS_MAX: usize = 4096;
 /// loop's ring; while any loop has this many, the sources feeding them are not read
 /// (their senders wait in their own tasks, NATS holds the rest).
 const PENDING_IN_MAX: usize = SESSIONS_MAX;
+/// Bound on the flush that puts a loaded session's subscriptions on NATS before its
+/// hand-over is confirmed.
+const CONFIRM_FLUSH_MAX: Duration = Duration::from_secs(2);
 /// A stamp for retained entries from the bucket: not a shard of this node, so the
 /// replicas' last-writer-wins tie-break never mistakes it for a local publish.
 const CLUSTER_ORIGIN: usize = u32::MAX as usize;
@@ -382,6 +385,7 @@ async fn run(
                     while let Some(mut out) = c.pop() {
                         let asked = std::mem::take(&mut out.claims);
                         let handed = std::mem::take(&mut out.handovers);
+                        let confirms = std::mem::take(&mut out.confirms);
                         for (client, state) in std::mem::take(&mut out.states) {
                             // Latest per client, never waited for (as the wills below).
                             state_feed.put(client, Some(state));
@@ -394,6 +398,8 @@ async fn run(
                         }
                         st.on_batch(&client, &js, from, out, &in_tx, &ret_tx, &ack_tx).await;
                         st.on_sessions(&client, &claims, &claimed_tx, from, asked, handed).await;
+                        // After `on_batch` queued the loaded sessions' SUBs.
+                        on_confirms(&client, &claims, &claimed_tx, from, confirms);
                     }
                 }
             }
@@ -884,11 +890,15 @@ impl State {
             let claims = claims.clone();
             let tx = claimed_tx.clone();
             tokio::spawn(async move {
-                let session = claims.claim(&c).await;
+                let (session, handed) = match claims.claim(&c).await {
+                    Some((s, handed)) => (Some(s), handed),
+                    None => (None, None),
+                };
                 let m = ClusterIn::Claimed {
                     conn: c.conn,
                     generation: c.generation,
                     session,
+                    from: handed,
                 };
                 let _ = tx.send((from, m)).await;
             });
@@ -903,7 +913,7 @@ impl State {
             let body = if h.too_large {
                 Bytes::from_static(&[sessions::REPLY_TOO_LARGE])
             } else {
-                sessions::encode_reply(h.session.as_ref())
+                sessions::encode_reply(h.session.as_ref(), h.reply)
             };
             if let Err(e) = client.publish(to, body).await {
                 tracing::warn!("cluster: session hand-over not sent: {e}");
@@ -915,14 +925,37 @@ impl State {
     /// closes it and answers (`on_sessions`).
     async fn on_takeover_request(&mut self, client: &async_nats::Client, m: async_nats::Message) {
         let Some(reply) = m.reply else { return };
-        let Some((client_id, clean)) = sessions::decode_request(&m.payload) else {
+        let Some(request) = sessions::decode_request(&m.payload) else {
             self.status.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
         if self.replies.len() >= SESSIONS_MAX {
-            let _ = client.publish(reply, sessions::encode_reply(None)).await;
+            // A confirmation answered so is retried by its sender; the session stays.
+            let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
             return;
         }
+        let (client_id, clean) = match request {
+            sessions::Request::Takeover { client_id, clean } => (client_id, clean),
+            sessions::Request::Confirm { client_id, token } => {
+                self.next_reply += 1;
+                let id = self.next_reply;
+                self.replies.insert(id, reply);
+                let l = crate::shard::owner_shard(
+                    self.settings.placement_seed,
+                    &client_id,
+                    self.producers.len(),
+                );
+                self.pending_in.push(
+                    l,
+                    ClusterIn::Confirmed {
+                        client_id,
+                        token,
+                        reply: id,
+                    },
+                );
+                return;
+            }
+        };
         self.next_reply += 1;
         let id = self.next_reply;
         self.replies.insert(id, reply);
@@ -986,6 +1019,43 @@ impl State {
             }
         }
         self.woken_burst = 0;
+    }
+}
+
+/// Hand-overs loop `from` loaded: each is confirmed to its old node once the loaded
+/// sessions' subscriptions are on NATS (a flush after the SUBs `on_batch` queued),
+/// and the delta that node answers with goes back to the loop. A task per
+/// confirmation, so the main task never waits on another node.
+fn on_confirms(
+    client: &async_nats::Client,
+    claims: &Claims,
+    tx: &mpsc::Sender<(usize, ClusterIn)>,
+    from: usize,
+    confirms: Vec<crate::shard::HandoverConfirm>,
+) {
+    for c in confirms {
+        let client = client.clone();
+        let claims = claims.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            // The server has the SUBs (in order on this connection) once the flush's
+            // PONG is back; a flush that cannot finish leaves the session on the old
+            // node, which is what an unconfirmed hand-over does.
+            if tokio::time::timeout(CONFIRM_FLUSH_MAX, client.flush())
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                tracing::warn!("cluster: interest not flushed; hand-over left unconfirmed");
+                return;
+            }
+            if let Some(delta) = claims.confirm(&c).await {
+                let m = ClusterIn::Delta {
+                    client_id: c.client_id,
+                    session: delta,
+                };
+                let _ = tx.send((from, m)).await;
+            }
+        });
     }
 }
 

@@ -7,6 +7,8 @@
 //! again (bounded). When the entry named another node, that node is asked on its
 //! takeover subject (`ringmq.node.<node>.takeover`, NATS request/reply) to close the
 //! old connection and send the session; the claim's answer carries what came back.
+//! The new owner confirms receipt (`confirm`) once it holds the session's interest; only
+//! then does the old owner end the session, answering with what reached it meanwhile.
 //!
 //! The owner also keeps a persistent session's expiry and subscriptions in the
 //! entry, after the `node\nepoch\n` prefix (hand-over bytes without will or copies),
@@ -30,7 +32,7 @@ use bytes::Bytes;
 
 use super::bridge::ClusterStatus;
 use super::subject::escape_token;
-use crate::shard::SessionClaim;
+use crate::shard::{Handed, SessionClaim};
 
 /// The session-ownership bucket.
 pub const SESSIONS_BUCKET: &str = "ringmq_sessions";
@@ -41,6 +43,8 @@ const CLAIM_TRIES: usize = 4;
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(4);
 /// Bound on the previous owner's answer; a node that does not answer is taken as dead.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts to confirm a hand-over to its old node.
+const CONFIRM_TRIES: usize = 3;
 
 /// The subject a node answers takeover requests on.
 pub fn takeover_subject(node: &str) -> String {
@@ -58,32 +62,64 @@ pub fn encode_request(client_id: &[u8], clean: bool) -> Bytes {
     Bytes::from(b)
 }
 
-pub fn decode_request(b: &[u8]) -> Option<(Bytes, bool)> {
-    let (&flag, id) = b.split_first()?;
-    (flag <= 1 && !id.is_empty()).then(|| (Bytes::copy_from_slice(id), flag == 1))
+/// The confirmation of hand-over `token` (tag 2, the token, then the client id): the
+/// new owner holds the session and its NATS interest.
+pub fn encode_confirm(client_id: &[u8], token: u64) -> Bytes {
+    let mut b = Vec::with_capacity(client_id.len() + 9);
+    b.push(2);
+    b.extend_from_slice(&token.to_le_bytes());
+    b.extend_from_slice(client_id);
+    Bytes::from(b)
+}
+
+/// What another node asks of this one on its takeover subject.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    Takeover { client_id: Bytes, clean: bool },
+    Confirm { client_id: Bytes, token: u64 },
+}
+
+pub fn decode_request(b: &[u8]) -> Option<Request> {
+    let (&flag, rest) = b.split_first()?;
+    match flag {
+        0 | 1 if !rest.is_empty() => Some(Request::Takeover {
+            client_id: Bytes::copy_from_slice(rest),
+            clean: flag == 1,
+        }),
+        2 if rest.len() > 8 => Some(Request::Confirm {
+            token: u64::from_le_bytes(rest[..8].try_into().ok()?),
+            client_id: Bytes::copy_from_slice(&rest[8..]),
+        }),
+        _ => None,
+    }
 }
 
 /// The takeover answer of a node that kept the session: too large for one NATS message.
 pub const REPLY_TOO_LARGE: u8 = 2;
 
-/// A takeover answer: `0` (no session there) or `1` and the hand-over bytes (or
-/// `REPLY_TOO_LARGE` alone).
-pub fn encode_reply(session: Option<&Bytes>) -> Bytes {
+/// A takeover (or confirmation) answer: `0` (no session there) or `1`, the
+/// hand-over's id on the answering node (`token`, what a confirmation names) and the
+/// hand-over bytes (or `REPLY_TOO_LARGE` alone).
+pub fn encode_reply(session: Option<&Bytes>, token: u64) -> Bytes {
     match session {
         None => Bytes::from_static(&[0]),
         Some(s) => {
-            let mut b = Vec::with_capacity(s.len() + 1);
+            let mut b = Vec::with_capacity(s.len() + 9);
             b.push(1);
+            b.extend_from_slice(&token.to_le_bytes());
             b.extend_from_slice(s);
             Bytes::from(b)
         }
     }
 }
 
-pub fn decode_reply(b: &[u8]) -> Option<Option<Bytes>> {
+pub fn decode_reply(b: &[u8]) -> Option<Option<(u64, Bytes)>> {
     match b.split_first()? {
         (0, []) => Some(None),
-        (1, rest) => Some(Some(Bytes::copy_from_slice(rest))),
+        (1, rest) if rest.len() >= 8 => Some(Some((
+            u64::from_le_bytes(rest[..8].try_into().ok()?),
+            Bytes::copy_from_slice(&rest[8..]),
+        ))),
         _ => None,
     }
 }
@@ -131,8 +167,9 @@ impl Claims {
     }
 
     /// Makes this node the owner of `c.client_id` and returns what the previous
-    /// owner handed over (`None`: nothing came; see the module doc for why).
-    pub async fn claim(&self, c: &SessionClaim) -> Option<Bytes> {
+    /// owner handed over (`None`: nothing came; see the module doc for why) and, when
+    /// it is to be confirmed, where from.
+    pub async fn claim(&self, c: &SessionClaim) -> Option<(Bytes, Option<Handed>)> {
         if !self.status.is_connected() {
             self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -150,7 +187,7 @@ impl Claims {
         }
     }
 
-    async fn claim_now(&self, c: &SessionClaim) -> Option<Bytes> {
+    async fn claim_now(&self, c: &SessionClaim) -> Option<(Bytes, Option<Handed>)> {
         let Some(kv) = self.bucket().await else {
             self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -183,13 +220,13 @@ impl Claims {
             self.status.sessions_claimed.fetch_add(1, Ordering::Relaxed);
             return match prev {
                 Some(owner) if owner != self.node => match self.fetch(&owner, c).await {
-                    Fetched::Session(s) => Some(s),
+                    Fetched::Session(token, s) => Some((s, Some(Handed { node: owner, token }))),
                     Fetched::Nothing => None,
                     Fetched::NoAnswer if !saved.is_empty() && !c.clean => {
                         self.status
                             .sessions_recovered
                             .fetch_add(1, Ordering::Relaxed);
-                        Some(saved)
+                        Some((saved, None))
                     }
                     Fetched::NoAnswer => None,
                 },
@@ -218,11 +255,11 @@ impl Claims {
             }
             Ok(Ok(m)) => {
                 return match decode_reply(&m.payload) {
-                    Some(Some(s)) => {
+                    Some(Some((token, s))) => {
                         self.status
                             .sessions_received
                             .fetch_add(1, Ordering::Relaxed);
-                        Fetched::Session(s)
+                        Fetched::Session(token, s)
                     }
                     Some(None) => Fetched::Nothing,
                     None => {
@@ -240,6 +277,39 @@ impl Claims {
              messages are lost, its subscriptions come from the sessions bucket"
         );
         Fetched::NoAnswer
+    }
+
+    /// Tells `c.from.node` this node holds the session and its interest (the caller
+    /// has flushed the subscriptions to NATS) and returns the delta it answers with:
+    /// the copies that reached the session there since the hand-over. Retried while
+    /// the old node does not answer (bounded); a node that never answers keeps the
+    /// session (it ends there with its expiry).
+    pub async fn confirm(&self, c: &crate::shard::HandoverConfirm) -> Option<Bytes> {
+        let body = encode_confirm(&c.client_id, c.from.token);
+        for _ in 0..CONFIRM_TRIES {
+            let req = self
+                .client
+                .request(takeover_subject(&c.from.node), body.clone());
+            match tokio::time::timeout(FETCH_TIMEOUT, req).await {
+                Ok(Ok(m)) => {
+                    return match decode_reply(&m.payload) {
+                        Some(d) => d.map(|(_, b)| b),
+                        None => {
+                            self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                    };
+                }
+                Ok(Err(e)) => tracing::debug!("cluster: hand-over confirmation: {e}"),
+                Err(_) => tracing::debug!("cluster: hand-over confirmation not answered"),
+            }
+        }
+        tracing::warn!(
+            "cluster: node {} did not answer the hand-over confirmation of {:?}; it keeps its copy",
+            c.from.node,
+            String::from_utf8_lossy(&c.client_id)
+        );
+        None
     }
 
     /// Keeps this node's persistent sessions' subscriptions in their entries, one
@@ -276,7 +346,8 @@ impl Claims {
 
 /// What the previous owner said.
 enum Fetched {
-    Session(Bytes),
+    /// The hand-over's id on the old node, and the bytes.
+    Session(u64, Bytes),
     /// It had no such session (or the claim was a clean start).
     Nothing,
     /// It did not answer: dead, or cut from NATS.

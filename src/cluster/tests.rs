@@ -374,19 +374,39 @@ fn session_wire_formats_round_trip() {
     let r = encode_request(b"dev/1", true);
     assert_eq!(
         decode_request(&r),
-        Some((Bytes::from_static(b"dev/1"), true))
+        Some(Request::Takeover {
+            client_id: Bytes::from_static(b"dev/1"),
+            clean: true
+        })
+    );
+    assert_eq!(
+        decode_request(&encode_confirm(b"dev/1", u64::MAX - 3)),
+        Some(Request::Confirm {
+            client_id: Bytes::from_static(b"dev/1"),
+            token: u64::MAX - 3
+        })
     );
     assert_eq!(decode_request(b""), None);
-    assert_eq!(decode_request(b"\x02id"), None);
+    assert_eq!(
+        decode_request(b"\x02id"),
+        None,
+        "a confirmation without its token"
+    );
+    assert_eq!(decode_request(b"\x03id"), None);
     assert_eq!(
         decode_request(b"\x00"),
         None,
         "an empty id is never claimed"
     );
     let s = Bytes::from_static(b"records");
-    assert_eq!(decode_reply(&encode_reply(Some(&s))), Some(Some(s)));
-    assert_eq!(decode_reply(&encode_reply(None)), Some(None));
+    assert_eq!(decode_reply(&encode_reply(Some(&s), 9)), Some(Some((9, s))));
+    assert_eq!(decode_reply(&encode_reply(None, 9)), Some(None));
     assert_eq!(decode_reply(b"\x00x"), None);
+    assert_eq!(
+        decode_reply(b"\x01short"),
+        None,
+        "a hand-over without its id"
+    );
     assert_eq!(decode_reply(b"\x07"), None);
     assert_eq!(
         decode_owner(&encode_owner("n.1 x", 42, b"state\n\x00")),
