@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_loopback_port, pkt, require_tool, uniq, Broker, Launch, PublishMsg, RawClient,
+    free_loopback_port, pkt, require_tool, uniq, Broker, CutProxy, Launch, PublishMsg, RawClient,
     ReadOutcome, V5,
 };
 
@@ -94,8 +94,33 @@ fn nats_cluster() -> Vec<Nats> {
         .collect()
 }
 
+/// One nats-server with JetStream, alone (no routes): enough for the scenarios that
+/// cut a node from NATS, and quick to start.
+fn one_nats() -> Nats {
+    let bin = require_tool("nats-server");
+    let port = free_loopback_port();
+    let dir = TempDir::new("nats-alone");
+    let child = Command::new(&bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-js", "-sd", &dir.0.to_string_lossy()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nats-server");
+    Nats {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
 /// A ringmq node joined to the cluster through `urls`.
 fn node(name: &str, urls: &str) -> Broker {
+    node_with(name, urls, "3")
+}
+
+/// A ringmq node joined through `urls`, its buckets made with `replicas` replicas.
+fn node_with(name: &str, urls: &str, replicas: &str) -> Broker {
     Launch::new(&[
         "--log-level",
         "info,ringmq::cluster=debug",
@@ -108,7 +133,7 @@ fn node(name: &str, urls: &str) -> Broker {
         "--cluster-node-name",
         name,
         "--cluster-kv-replicas",
-        "3",
+        replicas,
     ])
     .spawn()
 }
@@ -988,6 +1013,109 @@ fn takeover_under_a_running_publisher(n1: &Broker, n2: &Broker, n3: &Broker) {
     );
     leave(new);
 }
+
+/// Wills across a partition and a graceful stop (issue #17 items 2 and 3, review 9
+/// and 10). Node "stopping" stops with SIGTERM while a client with a will is
+/// connected: a shutdown publishes no will (0x8B, as on a single node) and no
+/// survivor publishes it later. Node "cut" reaches NATS through a proxy that cuts
+/// it off for longer than the heartbeat staleness while its MQTT 5 client with a will
+/// stays connected: a survivor publishes the will (the cluster cannot tell a cut node
+/// from a dead one); when the cut ends, the node finds the will taken, tells the
+/// client 0x9C and closes it, and does not publish the will a second time.
+#[test]
+fn wills_across_a_cut_and_a_graceful_stop() {
+    let nats = one_nats();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let proxy = CutProxy::start(nats.port);
+    let steady = node_with("steady", &url, "1");
+    let mut stopping = node_with("stopping", &url, "1");
+    let cut = node_with("cut", &format!("nats://127.0.0.1:{}", proxy.port()), "1");
+    for n in [&steady, &stopping, &cut] {
+        wait_health(n, 200);
+    }
+    let mut w = Sub::start(&steady, 1, &["pw/#"]);
+    until_interest(&cut, "pw/probe", &mut [&mut w]);
+    until_interest(&stopping, "pw/probe", &mut [&mut w]);
+    let will = |topic: &str, payload: &'static [u8]| pkt::Will {
+        qos: 1,
+        ..pkt::Will::new(topic, payload)
+    };
+    let (mut x, _) = RawClient::connect_v5_with(
+        cut.addr(),
+        &pkt::Connect::v5(&uniq("cutx")).will(will("pw/x", b"x-gone")),
+    );
+    wait_metric(&cut, "ringmq_cluster_wills_stored_total", 1);
+    // Many, so that the stop comes while the wills writer still has "gone"s to write.
+    let ys: Vec<_> = (0..STOPPING_WILLS)
+        .map(|i| {
+            let topic = format!("pw/y/{i}");
+            let conn = pkt::Connect::v311(&uniq("stopy")).will(will(&topic, b"y-gone"));
+            let (y, ack) = RawClient::connect_with(stopping.addr(), &conn);
+            assert_eq!(ack.raw, [0x20, 2, 0, 0]);
+            y
+        })
+        .collect();
+    wait_metric(
+        &stopping,
+        "ringmq_cluster_wills_stored_total",
+        STOPPING_WILLS as u64,
+    );
+
+    // Graceful stop: a node shutting down does not publish its clients' wills (as on
+    // a single node, DISCONNECT 0x8B), and withdraws their entries so that no
+    // survivor does either.
+    assert!(stopping.terminate(PATIENCE).is_some(), "no exit on SIGTERM");
+    drop(ys);
+
+    // The cut: x's will is published by the survivor once x's node looks dead.
+    proxy.cut();
+    let t = Instant::now();
+    w.wait_for_within("x's will while its node is cut off", RECOVERY, |l| {
+        l == "pw/x x-gone"
+    });
+    eprintln!(
+        "figure: will of a node cut from NATS published after {:?}",
+        t.elapsed()
+    );
+    proxy.restore();
+    let t = Instant::now();
+    let deadline = t + RECOVERY;
+    loop {
+        match x.read_frame_within(Duration::from_millis(500)) {
+            ReadOutcome::Frame(f) if f.ptype() == 14 => {
+                assert_eq!(f.body.first(), Some(&0x9c), "{f:?}");
+                break;
+            }
+            ReadOutcome::Frame(f) => panic!("expected DISCONNECT 0x9C, got {f:?}"),
+            ReadOutcome::Closed => panic!("closed without DISCONNECT 0x9C"),
+            ReadOutcome::Timeout => {
+                assert!(
+                    Instant::now() < deadline,
+                    "x not disconnected after the cut ended; node stderr:\n{}",
+                    cut.stderr_tail()
+                );
+            }
+        }
+    }
+    eprintln!(
+        "figure: client whose will was taken disconnected {:?} after the cut ended",
+        t.elapsed()
+    );
+    assert_eq!(metric(&cut, "ringmq_cluster_wills_taken_total"), 1);
+    // Nothing published x's will again: a marker from the cut node, sent after the
+    // close, arrives with x's will still seen once. And none of the stopped node's
+    // wills came from the survivor (its sweeps found "stopping" stale long before).
+    until_interest(&cut, "pw/marker", &mut [&mut w]);
+    assert_eq!(w.count("pw/x x-gone"), 1, "{:?}", w.seen);
+    assert!(
+        !w.seen.iter().any(|l| l.starts_with("pw/y/")),
+        "{:?}",
+        w.seen
+    );
+}
+
+/// Clients with wills on the node stopped gracefully in `wills_across_a_cut_and_a_graceful_stop`.
+const STOPPING_WILLS: usize = 300;
 
 /// A node whose cluster thread ends at start (a creds file async-nats cannot read)
 /// still serves clients with a client id: their CONNECTs are not held for claims

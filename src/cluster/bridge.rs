@@ -78,6 +78,11 @@ pub struct ClusterStatus {
     /// Sweeps of the wills bucket this node finished (tests wait for one more sweep
     /// to show a will was published once, not twice).
     pub wills_sweeps: AtomicU64,
+    /// Wills of this node's connected clients that another node published while this
+    /// one was cut from NATS (found on its return; those clients are disconnected).
+    pub wills_taken: AtomicU64,
+    /// This node's wills entries deleted at a graceful stop (so no survivor fires them).
+    pub wills_withdrawn: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -255,6 +260,18 @@ impl ClusterStatus {
             g(&self.wills_sweeps),
         );
         line(
+            "wills_taken_total",
+            "counter",
+            "Wills of connected clients another node published while this node was cut from NATS",
+            g(&self.wills_taken),
+        );
+        line(
+            "wills_withdrawn_total",
+            "counter",
+            "Wills entries this node deleted at a graceful stop",
+            g(&self.wills_withdrawn),
+        );
+        line(
             "retained_errors_total",
             "counter",
             "Retained KV writes or watches that failed",
@@ -323,6 +340,7 @@ impl LoopLink {
             first.publishes.append(&mut out.publishes);
             first.claims.append(&mut out.claims);
             first.handovers.append(&mut out.handovers);
+            first.confirms.append(&mut out.confirms);
             first.wills.append(&mut out.wills);
             first.states.append(&mut out.states);
             first.dropped += out.dropped;
@@ -353,6 +371,7 @@ impl LoopLink {
             || !self.pending.publishes.is_empty()
             || !self.pending.claims.is_empty()
             || !self.pending.handovers.is_empty()
+            || !self.pending.confirms.is_empty()
             || !self.pending.wills.is_empty()
             || !self.pending.states.is_empty()
     }

@@ -63,6 +63,8 @@ const SESSIONS_MAX: usize = 4096;
 /// loop's ring; while any loop has this many, the sources feeding them are not read
 /// (their senders wait in their own tasks, NATS holds the rest).
 const PENDING_IN_MAX: usize = SESSIONS_MAX;
+/// Bound on a graceful stop's withdrawal of this node's wills entries.
+const STOP_WILLS_MAX: Duration = Duration::from_secs(3);
 /// Bound on the flush that puts a loaded session's subscriptions on NATS before its
 /// hand-over is confirmed.
 const CONFIRM_FLUSH_MAX: Duration = Duration::from_secs(2);
@@ -357,8 +359,13 @@ async fn run(
     };
     let will_feed = wills::WillFeed::default();
     let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
-    tokio::spawn(w.clone().writer(will_feed.clone()));
-    tokio::spawn(w.liveness(orphan_tx));
+    let (taken_tx, mut taken_rx) = mpsc::channel::<Bytes>(SESSIONS_MAX);
+    let reconcile = Arc::new(Notify::new());
+    let writer = tokio::spawn(
+        w.clone()
+            .writer(will_feed.clone(), reconcile.clone(), taken_tx),
+    );
+    tokio::spawn(w.clone().liveness(orphan_tx, reconcile));
     let state_feed = wills::WillFeed::default();
     tokio::spawn(claims.clone().state_writer(state_feed.clone()));
     tokio::spawn(takeover_requests(
@@ -375,33 +382,23 @@ async fn run(
         status.clone(),
     ));
     tokio::spawn(retained_watch(js.clone(), replicas, watch_tx, status));
+    let loops_io = LoopsIo {
+        client: client.clone(),
+        js: js.clone(),
+        claims: claims.clone(),
+        claimed_tx: claimed_tx.clone(),
+        in_tx: in_tx.clone(),
+        ret_tx: ret_tx.clone(),
+        ack_tx: ack_tx.clone(),
+        will_feed: will_feed.clone(),
+        state_feed: state_feed.clone(),
+    };
     loop {
         tokio::select! {
             biased;
             _ = stop.notified() => break,
             _ = poll_fn(|cx| bell.poll(cx)) => {
-                // Every loop's ring, each drained to empty (a ring is read only here).
-                for (from, c) in from_loops.iter_mut().enumerate() {
-                    while let Some(mut out) = c.pop() {
-                        let asked = std::mem::take(&mut out.claims);
-                        let handed = std::mem::take(&mut out.handovers);
-                        let confirms = std::mem::take(&mut out.confirms);
-                        for (client, state) in std::mem::take(&mut out.states) {
-                            // Latest per client, never waited for (as the wills below).
-                            state_feed.put(client, Some(state));
-                        }
-                        for (client, value) in std::mem::take(&mut out.wills) {
-                            // Never dropped (a lost "gone" would let a survivor
-                            // publish a will that must not fire) and never waited
-                            // for: the writer may be stuck on JetStream.
-                            will_feed.put(client, value);
-                        }
-                        st.on_batch(&client, &js, from, out, &in_tx, &ret_tx, &ack_tx).await;
-                        st.on_sessions(&client, &claims, &claimed_tx, from, asked, handed).await;
-                        // After `on_batch` queued the loaded sessions' SUBs.
-                        on_confirms(&client, &claims, &claimed_tx, from, confirms);
-                    }
-                }
+                st.drain_loops(&mut from_loops, &loops_io).await;
             }
             m = in_rx.recv() => {
                 let Some((key, m)) = m else { continue };
@@ -443,6 +440,16 @@ async fn run(
                 st.pending_in.push(l, ClusterIn::Will(Arc::new(m)));
                 st.wake();
             }
+            c = taken_rx.recv(), if st.pending_in.has_room() => {
+                let Some(client_id) = c else { continue };
+                let l = crate::shard::owner_shard(
+                    st.settings.placement_seed,
+                    &client_id,
+                    st.producers.len(),
+                );
+                st.pending_in.push(l, ClusterIn::WillTaken { client_id });
+                st.wake();
+            }
             m = takeover_rx.recv(), if st.pending_in.has_room() => {
                 let Some(m) = m else { continue };
                 st.on_takeover_request(&client, m).await;
@@ -465,7 +472,38 @@ async fn run(
             }
         }
     }
+    // A graceful stop: the loops have ended and their last output (closed
+    // connections' wills, published or gone) is in the rings. Forward it, then let no
+    // wills entry of this incarnation outlive the process (`Wills::withdraw_all`).
+    st.drain_loops(&mut from_loops, &loops_io).await;
+    writer.abort();
+    let wills_left = async {
+        // The writer's changes are moot now: every entry of this incarnation goes.
+        let _ = client.flush().await;
+        w.withdraw_all().await;
+    };
+    if tokio::time::timeout(STOP_WILLS_MAX, wills_left)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "cluster: wills entries not all withdrawn at stop; survivors may publish them"
+        );
+    }
     let _ = client.flush().await;
+}
+
+/// What `drain_loops` hands on to: NATS, the claim tasks, the writers.
+struct LoopsIo {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    claims: Claims,
+    claimed_tx: mpsc::Sender<(usize, ClusterIn)>,
+    in_tx: mpsc::Sender<Inbound>,
+    ret_tx: mpsc::Sender<(String, Option<Bytes>)>,
+    ack_tx: mpsc::Sender<(usize, AckToken, bool)>,
+    will_feed: wills::WillFeed,
+    state_feed: wills::WillFeed,
 }
 
 /// Makes the QoS stream (retried until NATS answers; another node may make it first).
@@ -627,6 +665,35 @@ async fn retained_watch(
 }
 
 impl State {
+    /// Every loop's ring, each drained to empty (a ring is read only here).
+    async fn drain_loops(&mut self, from_loops: &mut [Consumer<ClusterOut>], io: &LoopsIo) {
+        for (from, c) in from_loops.iter_mut().enumerate() {
+            while let Some(mut out) = c.pop() {
+                let asked = std::mem::take(&mut out.claims);
+                let handed = std::mem::take(&mut out.handovers);
+                let confirms = std::mem::take(&mut out.confirms);
+                for (client, state) in std::mem::take(&mut out.states) {
+                    // Latest per client, never waited for (as the wills below).
+                    io.state_feed.put(client, Some(state));
+                }
+                for (client, value) in std::mem::take(&mut out.wills) {
+                    // Never dropped (a lost "gone" would let a survivor publish a will
+                    // that must not fire) and never waited for: the writer may be
+                    // stuck on JetStream.
+                    io.will_feed.put(client, value);
+                }
+                self.on_batch(
+                    &io.client, &io.js, from, out, &io.in_tx, &io.ret_tx, &io.ack_tx,
+                )
+                .await;
+                self.on_sessions(&io.client, &io.claims, &io.claimed_tx, from, asked, handed)
+                    .await;
+                // After `on_batch` queued the loaded sessions' SUBs.
+                on_confirms(&io.client, &io.claims, &io.claimed_tx, from, confirms);
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn on_batch(
         &mut self,

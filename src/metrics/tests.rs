@@ -490,6 +490,8 @@ fn every_cluster_counter_is_exported() {
         wills_errors,
         wills_published,
         wills_sweeps,
+        wills_taken,
+        wills_withdrawn,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {

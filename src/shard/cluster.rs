@@ -91,6 +91,9 @@ pub enum ClusterIn {
     /// What reached `client_id`'s session on its old node between the hand-over and
     /// the confirmation: hand-over bytes whose copies join the session here.
     Delta { client_id: Bytes, session: Bytes },
+    /// Another node published `client_id`'s will while this node was cut from NATS:
+    /// its connection here goes, without publishing the will again.
+    WillTaken { client_id: Bytes },
 }
 
 /// What a turn of this shard gives the cluster thread.
@@ -255,6 +258,7 @@ impl Shard {
             ClusterIn::Delta { client_id, session } => {
                 self.on_handover_delta(&client_id, &session, now)
             }
+            ClusterIn::WillTaken { client_id } => self.on_will_taken(&client_id, now),
         }
     }
 

@@ -207,6 +207,42 @@ impl Shard {
         }
     }
 
+    /// The cluster published `client_id`'s will while this node was cut from NATS
+    /// (`cluster/wills.rs`): the rule is that a published will means its client is
+    /// gone, so its connection here is closed (MQTT 5: DISCONNECT 0x9C, use another
+    /// server) without publishing the will again; the session stays, offline, for the
+    /// client's next CONNECT, which registers its will anew.
+    pub(super) fn on_will_taken(&mut self, client_id: &[u8], now: Instant) {
+        self.last_now = Some(now);
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        if !sess.is_online() || sess.will.is_none() {
+            // Gone or will-less since: nothing of what the cluster published is here.
+            return;
+        }
+        sess.will = None;
+        let conn = sess.conn as usize;
+        sess.conn = NONE;
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.session = NONE;
+            let v5 = c.version.is_v5();
+            if v5 {
+                let d = crate::protocol::Disconnect {
+                    code: crate::protocol::ReasonCode::UseAnotherServer,
+                    properties: crate::protocol::Properties::default(),
+                };
+                self.write_control(conn, &crate::protocol::Packet::Disconnect(d));
+            }
+            self.close(conn);
+        }
+        self.expire_offline_handover(s, now);
+        self.drop_slow_consumers(now);
+    }
+
     /// A dead node's will, claimed by this node's cluster thread: published as if a
     /// client of this loop had (so it also goes to NATS, once).
     pub(super) fn on_cluster_will(&mut self, msg: Message, now: Instant) {

@@ -500,3 +500,59 @@ fn an_unconfirmed_handover_keeps_the_session_for_the_next_claim() {
         .collect();
     assert_eq!(payloads, [&b"x1"[..], b"x2", b"x3"]);
 }
+
+/// A will the cluster published while this node was cut from NATS (its entry taken
+/// by a survivor, `cluster/wills.rs`): the client's connection here is closed with
+/// 0x9C and its will is not published a second time, here or to NATS; the session
+/// stays for its next CONNECT. A client that left meanwhile is not touched.
+#[test]
+fn a_will_taken_by_another_node_disconnects_its_client_without_a_second_will() {
+    let mut a = node();
+    let opts = ConnectOpts {
+        will: Some(will("w/t", "gone", Q1, false, Properties::default())),
+        properties: Properties {
+            session_expiry_interval_s: Some(300),
+            ..Properties::default()
+        },
+        ..persistent()
+    };
+    let c = a.connect_ok(V5, "cut", opts, false);
+    let s = a.connect_ok(V311, "s", ConnectOpts::default(), false);
+    a.subscribe(s, "w/#", Q1);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::WillTaken {
+            client_id: Bytes::from_static(b"cut"),
+        },
+        now,
+    );
+    a.pump();
+    a.expect(c, disconnect(ReasonCode::UseAnotherServer));
+    a.expect_closed(c);
+    a.expect_nothing(s);
+    if let Some(out) = a.shards[0].take_cluster_out() {
+        assert!(
+            out.publishes.is_empty(),
+            "the will went to NATS again: {out:?}"
+        );
+    }
+    // Again (the second check after a return): nothing left to do.
+    a.shards[0].on_cluster_in(
+        ClusterIn::WillTaken {
+            client_id: Bytes::from_static(b"cut"),
+        },
+        now,
+    );
+    a.pump();
+    a.expect_nothing(s);
+    let back = ConnectOpts {
+        properties: Properties {
+            session_expiry_interval_s: Some(300),
+            ..Properties::default()
+        },
+        ..persistent()
+    };
+    let c = a.connect_ok(V5, "cut", back, true);
+    a.expect_nothing(c);
+}
