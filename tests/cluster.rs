@@ -1077,6 +1077,15 @@ fn wills_across_a_cut_and_a_graceful_stop() {
         "figure: will of a node cut from NATS published after {:?}",
         t.elapsed()
     );
+    // Sessions during the cut: "early" connects to the cut node first and then to
+    // the steady node; "late" the other way round. Each node serves its own CONNECT.
+    let (early, late) = (uniq("early"), uniq("late"));
+    let (mut early_cut, _) = RawClient::connect_v5_with(cut.addr(), &persistent_v5(&early));
+    let (mut late_steady, _) = RawClient::connect_v5_with(steady.addr(), &persistent_v5(&late));
+    // Apart by more than a clock tick (the CONNECT times are compared in ms).
+    std::thread::sleep(Duration::from_millis(20));
+    let (mut early_steady, _) = RawClient::connect_v5_with(steady.addr(), &persistent_v5(&early));
+    let (mut late_cut, _) = RawClient::connect_v5_with(cut.addr(), &persistent_v5(&late));
     proxy.restore();
     let t = Instant::now();
     let deadline = t + RECOVERY;
@@ -1102,6 +1111,33 @@ fn wills_across_a_cut_and_a_graceful_stop() {
         t.elapsed()
     );
     assert_eq!(metric(&cut, "ringmq_cluster_wills_taken_total"), 1);
+    // One owner per id again, the later CONNECT winning: the earlier connection of
+    // each id is told 0x8E (item 4, review 8).
+    for (c, what) in [
+        (&mut early_cut, "early on the cut node"),
+        (&mut late_steady, "late on the steady node"),
+    ] {
+        match c.read_frame_within(RECOVERY) {
+            ReadOutcome::Frame(f) if f.ptype() == 14 => {
+                assert_eq!(f.body.first(), Some(&0x8e), "{what}: {f:?}")
+            }
+            other => panic!(
+                "{what}: expected DISCONNECT 0x8E, got {other:?}; cut node:\n{}",
+                cut.stderr_tail()
+            ),
+        }
+    }
+    wait_metric(&cut, "ringmq_cluster_sessions_reconciled_total", 2);
+    for (c, what) in [
+        (&mut early_steady, "early on steady"),
+        (&mut late_cut, "late on cut"),
+    ] {
+        c.send(&[0xc0, 0]);
+        match c.read_frame_within(PATIENCE) {
+            ReadOutcome::Frame(f) if f.ptype() == 13 => {}
+            other => panic!("{what}: the later CONNECT lost its connection: {other:?}"),
+        }
+    }
     // Nothing published x's will again: a marker from the cut node, sent after the
     // close, arrives with x's will still seen once. And none of the stopped node's
     // wills came from the survivor (its sweeps found "stopping" stale long before).

@@ -70,6 +70,9 @@ pub struct ClusterStatus {
     /// rebuilt from it because their owner did not answer (their queue was lost).
     pub sessions_saved: AtomicU64,
     pub sessions_recovered: AtomicU64,
+    /// Ids served on their own by this node and another during a partition, settled
+    /// to one owner when NATS returned (`sessions.rs` `reconcile`).
+    pub sessions_reconciled: AtomicU64,
     /// Wills written to the wills bucket, writes that failed, and dead nodes' wills
     /// this node claimed and published.
     pub wills_stored: AtomicU64,
@@ -236,6 +239,12 @@ impl ClusterStatus {
             g(&self.sessions_recovered),
         );
         line(
+            "sessions_reconciled_total",
+            "counter",
+            "Sessions served during a partition settled to one owner when NATS returned",
+            g(&self.sessions_reconciled),
+        );
+        line(
             "wills_stored_total",
             "counter",
             "Wills of connected clients written to the wills bucket",
@@ -341,6 +350,7 @@ impl LoopLink {
             first.claims.append(&mut out.claims);
             first.handovers.append(&mut out.handovers);
             first.confirms.append(&mut out.confirms);
+            first.yields.append(&mut out.yields);
             first.wills.append(&mut out.wills);
             first.states.append(&mut out.states);
             first.dropped += out.dropped;
@@ -372,6 +382,7 @@ impl LoopLink {
             || !self.pending.claims.is_empty()
             || !self.pending.handovers.is_empty()
             || !self.pending.confirms.is_empty()
+            || !self.pending.yields.is_empty()
             || !self.pending.wills.is_empty()
             || !self.pending.states.is_empty()
     }

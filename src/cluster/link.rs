@@ -174,6 +174,10 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 pending_in: PendingIn::new(loops),
                 replies: HashMap::new(),
                 next_reply: 0,
+                claiming: HashMap::new(),
+                claim_ids: HashMap::new(),
+                deferred: HashMap::new(),
+                deferred_count: 0,
             };
             rt.block_on(run(state, consumers, bell, thread_stop));
         })?;
@@ -234,6 +238,13 @@ struct State {
     /// Takeover requests handed to a loop, by id: where its answer goes.
     replies: HashMap<u64, async_nats::Subject>,
     next_reply: u64,
+    /// Claims in flight per client id, and which id each (loop, conn, generation)
+    /// claims: a takeover request for such an id waits in `deferred` (at most
+    /// `SESSIONS_MAX` in all) until the claim is answered (`push_claimed`).
+    claiming: HashMap<Bytes, usize>,
+    claim_ids: HashMap<(usize, crate::shard::ConnId, u32), Bytes>,
+    deferred: HashMap<Bytes, Vec<async_nats::Message>>,
+    deferred_count: usize,
     wakes: Vec<Arc<OnceLock<Arc<Remote>>>>,
     interest: InterestTable,
     /// The forwarding tasks of each key's subscriptions (aborting one drops its
@@ -341,6 +352,8 @@ async fn run(
         node: st.settings.node.clone(),
         status: st.status.clone(),
         store: Arc::new(OnceLock::new()),
+        local: Default::default(),
+        epochs: Default::default(),
     };
     let (claimed_tx, mut claimed_rx) = mpsc::channel::<(usize, ClusterIn)>(SESSIONS_MAX);
     let (takeover_tx, mut takeover_rx) = mpsc::channel::<async_nats::Message>(SESSIONS_MAX);
@@ -374,6 +387,12 @@ async fn run(
         takeover_tx,
     ));
     tokio::spawn(qos_stream(js.clone(), replicas));
+    tokio::spawn(reconciler(
+        claims.clone(),
+        claimed_tx.clone(),
+        st.settings.placement_seed,
+        st.producers.len(),
+    ));
     let status = st.status.clone();
     tokio::spawn(retained_writer(
         js.clone(),
@@ -426,10 +445,10 @@ async fn run(
             }
             c = claimed_rx.recv(), if st.pending_in.has_room() => {
                 let Some((l, m)) = c else { continue };
-                st.pending_in.push(l, m);
+                st.push_claimed(&client, &claims, l, m).await;
                 while st.pending_in.has_room() {
                     let Ok((l, m)) = claimed_rx.try_recv() else { break };
-                    st.pending_in.push(l, m);
+                    st.push_claimed(&client, &claims, l, m).await;
                 }
                 st.wake();
             }
@@ -452,10 +471,10 @@ async fn run(
             }
             m = takeover_rx.recv(), if st.pending_in.has_room() => {
                 let Some(m) = m else { continue };
-                st.on_takeover_request(&client, m).await;
+                st.on_takeover_request(&client, &claims, m).await;
                 while st.pending_in.has_room() {
                     let Ok(m) = takeover_rx.try_recv() else { break };
-                    st.on_takeover_request(&client, m).await;
+                    st.on_takeover_request(&client, &claims, m).await;
                 }
                 st.wake();
             }
@@ -672,6 +691,16 @@ impl State {
                 let asked = std::mem::take(&mut out.claims);
                 let handed = std::mem::take(&mut out.handovers);
                 let confirms = std::mem::take(&mut out.confirms);
+                for (client_id, node, session) in std::mem::take(&mut out.yields) {
+                    let body = sessions::encode_merge(&client_id, &session);
+                    if let Err(e) = io
+                        .client
+                        .publish(sessions::takeover_subject(&node), body)
+                        .await
+                    {
+                        tracing::warn!("cluster: session given up to {node} not sent: {e}");
+                    }
+                }
                 for (client, state) in std::mem::take(&mut out.states) {
                     // Latest per client, never waited for (as the wills below).
                     io.state_feed.put(client, Some(state));
@@ -954,6 +983,9 @@ impl State {
         handed: Vec<crate::shard::SessionHandover>,
     ) {
         for c in asked {
+            *self.claiming.entry(c.client_id.clone()).or_default() += 1;
+            self.claim_ids
+                .insert((from, c.conn, c.generation), c.client_id.clone());
             let claims = claims.clone();
             let tx = claimed_tx.clone();
             tokio::spawn(async move {
@@ -988,21 +1020,98 @@ impl State {
         }
     }
 
+    /// An answer for loop `l`; a claim's answer also releases the takeover requests
+    /// for its id that waited for it (`on_takeover_request`), in that order on the
+    /// loop's queue: the loop loads the session first and then gives it up whole.
+    async fn push_claimed(
+        &mut self,
+        client: &async_nats::Client,
+        claims: &Claims,
+        l: usize,
+        m: ClusterIn,
+    ) {
+        let done = match &m {
+            ClusterIn::Claimed {
+                conn, generation, ..
+            } => self.claim_ids.remove(&(l, *conn, *generation)),
+            _ => None,
+        };
+        self.pending_in.push(l, m);
+        let Some(id) = done else { return };
+        let left = self.claiming.get_mut(&id).map(|n| {
+            *n -= 1;
+            *n
+        });
+        if left == Some(0) {
+            self.claiming.remove(&id);
+            for r in self.deferred.remove(&id).unwrap_or_default() {
+                self.deferred_count -= 1;
+                self.on_takeover_request(client, claims, r).await;
+            }
+        }
+    }
+
     /// Another node's CONNECT takes a session: the loop that owns the client id here
-    /// closes it and answers (`on_sessions`).
-    async fn on_takeover_request(&mut self, client: &async_nats::Client, m: async_nats::Message) {
-        let Some(reply) = m.reply else { return };
+    /// closes it and answers (`on_sessions`). A request for an id this node is itself
+    /// claiming right now (two CONNECTs for one id on two nodes at once; this node won
+    /// the compare-and-set first) waits until that claim is answered, so the session
+    /// this node is fetching is handed on whole instead of "no session".
+    async fn on_takeover_request(
+        &mut self,
+        client: &async_nats::Client,
+        claims: &Claims,
+        m: async_nats::Message,
+    ) {
         let Some(request) = sessions::decode_request(&m.payload) else {
             self.status.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        if let sessions::Request::Merge { client_id, session } = request {
+            // Copies of a session another node gave up to this one (a reconcile).
+            let l = crate::shard::owner_shard(
+                self.settings.placement_seed,
+                &client_id,
+                self.producers.len(),
+            );
+            self.pending_in
+                .push(l, ClusterIn::Delta { client_id, session });
+            return;
+        }
+        let Some(reply) = m.reply.clone() else { return };
+        if let sessions::Request::Takeover { client_id, .. } = &request {
+            if self.claiming.contains_key(client_id) && self.deferred_count < SESSIONS_MAX {
+                self.deferred_count += 1;
+                tracing::debug!(
+                    "cluster: takeover request for {:?} waits for this node's own claim",
+                    String::from_utf8_lossy(client_id)
+                );
+                self.deferred.entry(client_id.clone()).or_default().push(m);
+                return;
+            }
+        }
+        if let sessions::Request::Takeover {
+            client_id, epoch, ..
+        } = &request
+        {
+            if claims.is_stale(client_id, *epoch) {
+                // This node claimed the id after the asker did: the session stays.
+                tracing::info!(
+                    "cluster: stale takeover request for {:?} (epoch {epoch}) refused",
+                    String::from_utf8_lossy(client_id)
+                );
+                let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
+                return;
+            }
+        }
         if self.replies.len() >= SESSIONS_MAX {
             // A confirmation answered so is retried by its sender; the session stays.
             let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
             return;
         }
         let (client_id, clean) = match request {
-            sessions::Request::Takeover { client_id, clean } => (client_id, clean),
+            sessions::Request::Takeover {
+                client_id, clean, ..
+            } => (client_id, clean),
             sessions::Request::Confirm { client_id, token } => {
                 self.next_reply += 1;
                 let id = self.next_reply;
@@ -1022,12 +1131,17 @@ impl State {
                 );
                 return;
             }
+            sessions::Request::Merge { .. } => return,
         };
+        tracing::debug!(
+            "cluster: takeover request for {:?} handed to its loop",
+            String::from_utf8_lossy(&client_id)
+        );
         self.next_reply += 1;
         let id = self.next_reply;
         self.replies.insert(id, reply);
-        // What one NATS message can carry on this connection (the reply's tag: 1 byte).
-        let max_bytes = client.server_info().max_payload.saturating_sub(1);
+        // What one NATS message can carry on this connection (the reply's tag and id: 9 bytes).
+        let max_bytes = client.server_info().max_payload.saturating_sub(9);
         let l = crate::shard::owner_shard(
             self.settings.placement_seed,
             &client_id,
@@ -1086,6 +1200,78 @@ impl State {
             }
         }
         self.woken_burst = 0;
+    }
+}
+
+/// Settles the ids this node served on its own each time NATS returns
+/// (`Claims::reconcile`), and hands the outcome to the loop owning each id: the
+/// copies another node gave up (then confirmed, so it ends its copy) or the order to
+/// give the session up.
+async fn reconciler(
+    claims: Claims,
+    tx: mpsc::Sender<(usize, ClusterIn)>,
+    placement_seed: u64,
+    loops: usize,
+) {
+    let mut was_connected = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let connected = claims.status.is_connected();
+        let returned = connected && !was_connected;
+        was_connected = connected;
+        if !returned {
+            continue;
+        }
+        let (done_tx, mut done_rx) = mpsc::channel::<sessions::Reconciled>(SESSIONS_MAX);
+        let c = claims.clone();
+        let run = async move {
+            c.reconcile(&done_tx).await;
+        };
+        let apply = async {
+            while let Some(r) = done_rx.recv().await {
+                reconciled(&claims, &tx, placement_seed, loops, r).await;
+            }
+        };
+        tokio::join!(run, apply);
+    }
+}
+
+async fn reconciled(
+    claims: &Claims,
+    tx: &mpsc::Sender<(usize, ClusterIn)>,
+    placement_seed: u64,
+    loops: usize,
+    r: sessions::Reconciled,
+) {
+    match r {
+        sessions::Reconciled::Won {
+            client_id,
+            session: Some((bytes, from)),
+        } => {
+            let l = crate::shard::owner_shard(placement_seed, &client_id, loops);
+            let m = ClusterIn::Delta {
+                client_id: client_id.clone(),
+                session: bytes,
+            };
+            let _ = tx.send((l, m)).await;
+            // This node's session here is subscribed already: confirm at once.
+            let c = crate::shard::HandoverConfirm {
+                client_id: client_id.clone(),
+                from,
+            };
+            if let Some(delta) = claims.confirm(&c).await {
+                let m = ClusterIn::Delta {
+                    client_id,
+                    session: delta,
+                };
+                let _ = tx.send((l, m)).await;
+            }
+        }
+        sessions::Reconciled::Won { session: None, .. } => {}
+        sessions::Reconciled::Lost { client_id, node } => {
+            let l = crate::shard::owner_shard(placement_seed, &client_id, loops);
+            let _ = tx.send((l, ClusterIn::Yield { client_id, node })).await;
+        }
     }
 }
 

@@ -371,12 +371,13 @@ fn retained_value_round_trip() {
 #[test]
 fn session_wire_formats_round_trip() {
     use super::sessions::*;
-    let r = encode_request(b"dev/1", true);
+    let r = encode_request(b"dev/1", true, 7);
     assert_eq!(
         decode_request(&r),
         Some(Request::Takeover {
             client_id: Bytes::from_static(b"dev/1"),
-            clean: true
+            clean: true,
+            epoch: 7
         })
     );
     assert_eq!(
@@ -409,14 +410,42 @@ fn session_wire_formats_round_trip() {
     );
     assert_eq!(decode_reply(b"\x07"), None);
     assert_eq!(
-        decode_owner(&encode_owner("n.1 x", 42, b"state\n\x00")),
-        Some(("n.1 x".to_string(), 42, Bytes::from_static(b"state\n\x00")))
+        decode_owner(&encode_owner(
+            "n.1 x",
+            42,
+            1_700_000_000_123,
+            b"state\n\x00"
+        )),
+        Some(Owner {
+            node: "n.1 x".to_string(),
+            epoch: 42,
+            connect_ms: 1_700_000_000_123,
+            state: Bytes::from_static(b"state\n\x00")
+        })
     );
     assert_eq!(
-        decode_owner(&encode_owner("n", 1, b"")),
-        Some(("n".to_string(), 1, Bytes::new()))
+        decode_owner(&encode_owner("n", 1, 0, b"")),
+        Some(Owner {
+            node: "n".to_string(),
+            epoch: 1,
+            connect_ms: 0,
+            state: Bytes::new()
+        })
     );
     assert_eq!(decode_owner(b"n1"), None);
+    assert_eq!(decode_owner(b"n\n1\n"), None, "no CONNECT time");
+    assert_eq!(
+        decode_request(&encode_merge(b"dev/1", b"records")),
+        Some(Request::Merge {
+            client_id: Bytes::from_static(b"dev/1"),
+            session: Bytes::from_static(b"records")
+        })
+    );
+    assert_eq!(
+        decode_request(b"\x03\x09\x00dev"),
+        None,
+        "id longer than the message"
+    );
     // A node name with NATS's reserved characters stays one token.
     assert_eq!(takeover_subject("a.b c"), "ringmq.node.a%2Eb%20c.takeover");
 }

@@ -486,6 +486,7 @@ fn every_cluster_counter_is_exported() {
         sessions_local,
         sessions_saved,
         sessions_recovered,
+        sessions_reconciled,
         wills_stored,
         wills_errors,
         wills_published,

@@ -94,6 +94,9 @@ pub enum ClusterIn {
     /// Another node published `client_id`'s will while this node was cut from NATS:
     /// its connection here goes, without publishing the will again.
     WillTaken { client_id: Bytes },
+    /// After a partition, `node` holds `client_id` from a later CONNECT: the
+    /// connection here goes (0x8E) and the session's copies go to `node`.
+    Yield { client_id: Bytes, node: String },
 }
 
 /// What a turn of this shard gives the cluster thread.
@@ -107,6 +110,9 @@ pub struct ClusterOut {
     pub handovers: Vec<SessionHandover>,
     /// Hand-overs this loop loaded, to confirm to their old node.
     pub confirms: Vec<HandoverConfirm>,
+    /// Sessions given up after a partition: (client id, the node that keeps it, the
+    /// hand-over bytes whose copies join its session there).
+    pub yields: Vec<(Bytes, String, Bytes)>,
     /// Wills set (a will record) or gone (`None`) by client id, in order.
     pub wills: Vec<(Bytes, Option<Bytes>)>,
     /// Persistent sessions' subscriptions after a change, by client id, in order.
@@ -124,6 +130,7 @@ impl ClusterOut {
             && self.claims.is_empty()
             && self.handovers.is_empty()
             && self.confirms.is_empty()
+            && self.yields.is_empty()
             && self.wills.is_empty()
             && self.states.is_empty()
             && self.dropped == 0
@@ -259,6 +266,7 @@ impl Shard {
                 self.on_handover_delta(&client_id, &session, now)
             }
             ClusterIn::WillTaken { client_id } => self.on_will_taken(&client_id, now),
+            ClusterIn::Yield { client_id, node } => self.on_session_yield(&client_id, node, now),
         }
     }
 

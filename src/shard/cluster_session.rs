@@ -207,6 +207,26 @@ impl Shard {
         }
     }
 
+    /// After a partition another node keeps `client_id` (its CONNECT came later,
+    /// `cluster/sessions.rs` reconcile): the connection here is closed as a takeover's
+    /// would be (MQTT 5: DISCONNECT 0x8E; will rules as for a takeover) and the session
+    /// ends here, its QoS 1/2 copies sent to `node` to join the session there.
+    pub(super) fn on_session_yield(&mut self, client_id: &[u8], node: String, now: Instant) {
+        self.last_now = Some(now);
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        self.take_over(s, false, now);
+        let bytes = self.handover_bytes(s);
+        self.cluster_handing.remove(client_id);
+        self.end_session(s, now);
+        self.drop_slow_consumers(now);
+        if let Some(out) = self.cluster.as_deref_mut() {
+            out.yields
+                .push((Bytes::copy_from_slice(client_id), node, bytes));
+        }
+    }
+
     /// The cluster published `client_id`'s will while this node was cut from NATS
     /// (`cluster/wills.rs`): the rule is that a published will means its client is
     /// gone, so its connection here is closed (MQTT 5: DISCONNECT 0x9C, use another
@@ -372,7 +392,10 @@ impl Shard {
         let Some(s) = state.sessions.get(client_id) else {
             return;
         };
-        if self.restore_handover_copies(idx, &state, s, now).is_none() {
+        if self
+            .restore_handover_copies(idx, &state, s, true, now)
+            .is_none()
+        {
             return;
         }
         if self.sessions.get(idx).is_some_and(|x| x.is_online()) {
@@ -585,18 +608,21 @@ impl Shard {
             let o = unpack_options(sub.1 .0);
             self.log_sub(idx, sub.0, Some((&o, sub.1 .1)));
         }
-        self.restore_handover_copies(idx, &state, s, now)?;
+        self.restore_handover_copies(idx, &state, s, false, now)?;
         self.stats.sessions = self.sessions.len();
         Some(idx)
     }
 
     /// Puts the copies of hand-over session `s` (from `state`) in session `idx`'s
-    /// queue or window, each logged with a data directory.
+    /// queue or window, each logged with a data directory. `queue_all`: into the
+    /// queue, as new copies (a delta joining a live session, whose packet ids are not
+    /// the old node's: a copy in flight there is sent again here with an id of ours).
     fn restore_handover_copies(
         &mut self,
         idx: u32,
         state: &StoreState,
         s: &crate::store::state::SessionState,
+        queue_all: bool,
         now: Instant,
     ) -> Option<()> {
         let mut loaded: Vec<(Outgoing, Option<(u16, Phase)>)> = Vec::new();
@@ -617,7 +643,8 @@ impl Shard {
                 owned: true,
             });
             // Not in this node's log yet: `log_copy` below gives it its id here.
-            loaded.push(super::durable_load::copy_of(copy, msg, 0));
+            let (out, sent) = super::durable_load::copy_of(copy, msg, 0);
+            loaded.push((out, sent.filter(|_| !queue_all)));
         }
         let mut queued = 0;
         for (mut out, sent) in loaded {

@@ -556,3 +556,54 @@ fn a_will_taken_by_another_node_disconnects_its_client_without_a_second_will() {
     let c = a.connect_ok(V5, "cut", back, true);
     a.expect_nothing(c);
 }
+
+/// After a partition, the node whose CONNECT for an id came earlier gives the id up
+/// (`cluster/sessions.rs` reconcile): its MQTT 5 client is told 0x8E, the session
+/// ends here and its queued copies go to the node that keeps the id, where they join
+/// that node's own session (as a delta) behind what it holds.
+#[test]
+fn a_session_given_up_after_a_partition_joins_the_winners_session() {
+    let mut a = node();
+    let s = a.connect_ok(V5, "split", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    // Unacknowledged by the client: still held when the id is given up.
+    a.publish(p, "t", "from-a", Q1, false, 1);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Yield {
+            client_id: Bytes::from_static(b"split"),
+            node: "b".into(),
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("the yield");
+    assert_eq!(out.yields.len(), 1);
+    let (id, to, bytes) = out.yields[0].clone();
+    assert_eq!((&id[..], to.as_str()), (&b"split"[..], "b"));
+    assert_eq!(
+        a.shards[0].stats().sessions,
+        1,
+        "only the publisher is left"
+    );
+
+    let mut b = node();
+    let c = b.connect_ok(V5, "split", persistent(), false);
+    b.subscribe(c, "t", Q1);
+    let q = b.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    b.publish(q, "t", "from-b", Q1, false, 1);
+    b.expect(c, pubp("t", "from-b", Q1, false, 1));
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::Delta {
+            client_id: id,
+            session: bytes,
+        },
+        now,
+    );
+    b.pump();
+    b.expect(c, pubp("t", "from-a", Q1, false, 2));
+    b.expect_nothing(c);
+}
