@@ -702,7 +702,16 @@ fn publish_until_killed(n: &Broker) -> Vec<u16> {
     });
     let mut acked = Vec::new();
     let mut killed = false;
-    for i in 1..=5000u16 {
+    // Until the node is killed: PUBACKs wait for JetStream, which a loaded machine
+    // (or a stream leader moving after the killed nats-server) can hold back for
+    // longer than a fixed burst takes to send. Past the burst, slower, bounded.
+    let deadline = Instant::now() + RECOVERY;
+    let mut killed_at = u16::MAX;
+    for i in 1..=u16::MAX {
+        // It keeps sending through the kill (until the socket fails, or a little).
+        if Instant::now() > deadline || i > killed_at.saturating_add(200) {
+            break;
+        }
         let payload = format!("m{i}");
         let mut p = vec![0x32, (2 + 4 + 2 + payload.len()) as u8, 0, 4];
         p.extend_from_slice(b"kk/t");
@@ -721,8 +730,9 @@ fn publish_until_killed(n: &Broker) -> Vec<u16> {
                 0
             );
             killed = true;
+            killed_at = i;
         }
-        if i % 20 == 0 {
+        if i % 20 == 0 || i > 5000 {
             std::thread::sleep(Duration::from_millis(2));
         }
     }

@@ -48,6 +48,10 @@ pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(4);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts to confirm a hand-over to its old node.
 const CONFIRM_TRIES: usize = 3;
+/// Attempts of one session-state save, `STATE_RETRY` apart (the writer is one task
+/// for every client: bounded so one entry cannot hold up the others for long).
+const STATE_TRIES: usize = 10;
+const STATE_RETRY: Duration = Duration::from_millis(100);
 /// Ids served locally during one partition that are reconciled when NATS returns;
 /// past it they are not (counted as `sessions_local`, logged).
 const LOCAL_MAX: usize = 65_536;
@@ -557,9 +561,13 @@ impl Claims {
                 continue;
             };
             let key = super::headers::retained_key(&client_id);
-            for _ in 0..CLAIM_TRIES {
+            for _ in 0..STATE_TRIES {
+                // A read can be served by a replica that has not applied this node's
+                // claim yet (direct get): no entry, or a CAS on a stale revision, is
+                // tried again shortly rather than dropped.
                 let Ok(Some(e)) = kv.entry(&key).await else {
-                    break;
+                    tokio::time::sleep(STATE_RETRY).await;
+                    continue;
                 };
                 let Some(o) = decode_owner(&e.value) else {
                     break;
@@ -572,6 +580,7 @@ impl Claims {
                     self.status.sessions_saved.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
+                tokio::time::sleep(STATE_RETRY).await;
             }
         }
     }
