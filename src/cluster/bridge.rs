@@ -70,6 +70,9 @@ pub struct ClusterStatus {
     /// rebuilt from it because their owner did not answer (their queue was lost).
     pub sessions_saved: AtomicU64,
     pub sessions_recovered: AtomicU64,
+    /// Ids served on their own by this node and another during a partition, settled
+    /// to one owner when NATS returned (`sessions.rs` `reconcile`).
+    pub sessions_reconciled: AtomicU64,
     /// Wills written to the wills bucket, writes that failed, and dead nodes' wills
     /// this node claimed and published.
     pub wills_stored: AtomicU64,
@@ -78,6 +81,11 @@ pub struct ClusterStatus {
     /// Sweeps of the wills bucket this node finished (tests wait for one more sweep
     /// to show a will was published once, not twice).
     pub wills_sweeps: AtomicU64,
+    /// Wills of this node's connected clients that another node published while this
+    /// one was cut from NATS (found on its return; those clients are disconnected).
+    pub wills_taken: AtomicU64,
+    /// This node's wills entries deleted at a graceful stop (so no survivor fires them).
+    pub wills_withdrawn: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -231,6 +239,12 @@ impl ClusterStatus {
             g(&self.sessions_recovered),
         );
         line(
+            "sessions_reconciled_total",
+            "counter",
+            "Sessions served during a partition settled to one owner when NATS returned",
+            g(&self.sessions_reconciled),
+        );
+        line(
             "wills_stored_total",
             "counter",
             "Wills of connected clients written to the wills bucket",
@@ -253,6 +267,18 @@ impl ClusterStatus {
             "counter",
             "Sweeps of the wills bucket for dead nodes' wills this node finished",
             g(&self.wills_sweeps),
+        );
+        line(
+            "wills_taken_total",
+            "counter",
+            "Wills of connected clients another node published while this node was cut from NATS",
+            g(&self.wills_taken),
+        );
+        line(
+            "wills_withdrawn_total",
+            "counter",
+            "Wills entries this node deleted at a graceful stop",
+            g(&self.wills_withdrawn),
         );
         line(
             "retained_errors_total",
@@ -323,6 +349,8 @@ impl LoopLink {
             first.publishes.append(&mut out.publishes);
             first.claims.append(&mut out.claims);
             first.handovers.append(&mut out.handovers);
+            first.confirms.append(&mut out.confirms);
+            first.yields.append(&mut out.yields);
             first.wills.append(&mut out.wills);
             first.states.append(&mut out.states);
             first.dropped += out.dropped;
@@ -353,6 +381,8 @@ impl LoopLink {
             || !self.pending.publishes.is_empty()
             || !self.pending.claims.is_empty()
             || !self.pending.handovers.is_empty()
+            || !self.pending.confirms.is_empty()
+            || !self.pending.yields.is_empty()
             || !self.pending.wills.is_empty()
             || !self.pending.states.is_empty()
     }

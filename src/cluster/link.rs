@@ -63,6 +63,11 @@ const SESSIONS_MAX: usize = 4096;
 /// loop's ring; while any loop has this many, the sources feeding them are not read
 /// (their senders wait in their own tasks, NATS holds the rest).
 const PENDING_IN_MAX: usize = SESSIONS_MAX;
+/// Bound on a graceful stop's withdrawal of this node's wills entries.
+const STOP_WILLS_MAX: Duration = Duration::from_secs(3);
+/// Bound on the flush that puts a loaded session's subscriptions on NATS before its
+/// hand-over is confirmed.
+const CONFIRM_FLUSH_MAX: Duration = Duration::from_secs(2);
 /// A stamp for retained entries from the bucket: not a shard of this node, so the
 /// replicas' last-writer-wins tie-break never mistakes it for a local publish.
 const CLUSTER_ORIGIN: usize = u32::MAX as usize;
@@ -169,6 +174,10 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 pending_in: PendingIn::new(loops),
                 replies: HashMap::new(),
                 next_reply: 0,
+                claiming: HashMap::new(),
+                claim_ids: HashMap::new(),
+                deferred: HashMap::new(),
+                deferred_count: 0,
             };
             rt.block_on(run(state, consumers, bell, thread_stop));
         })?;
@@ -229,6 +238,13 @@ struct State {
     /// Takeover requests handed to a loop, by id: where its answer goes.
     replies: HashMap<u64, async_nats::Subject>,
     next_reply: u64,
+    /// Claims in flight per client id, and which id each (loop, conn, generation)
+    /// claims: a takeover request for such an id waits in `deferred` (at most
+    /// `SESSIONS_MAX` in all) until the claim is answered (`push_claimed`).
+    claiming: HashMap<Bytes, usize>,
+    claim_ids: HashMap<(usize, crate::shard::ConnId, u32), Bytes>,
+    deferred: HashMap<Bytes, Vec<async_nats::Message>>,
+    deferred_count: usize,
     wakes: Vec<Arc<OnceLock<Arc<Remote>>>>,
     interest: InterestTable,
     /// The forwarding tasks of each key's subscriptions (aborting one drops its
@@ -336,6 +352,8 @@ async fn run(
         node: st.settings.node.clone(),
         status: st.status.clone(),
         store: Arc::new(OnceLock::new()),
+        local: Default::default(),
+        epochs: Default::default(),
     };
     let (claimed_tx, mut claimed_rx) = mpsc::channel::<(usize, ClusterIn)>(SESSIONS_MAX);
     let (takeover_tx, mut takeover_rx) = mpsc::channel::<async_nats::Message>(SESSIONS_MAX);
@@ -354,8 +372,13 @@ async fn run(
     };
     let will_feed = wills::WillFeed::default();
     let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
-    tokio::spawn(w.clone().writer(will_feed.clone()));
-    tokio::spawn(w.liveness(orphan_tx));
+    let (taken_tx, mut taken_rx) = mpsc::channel::<Bytes>(SESSIONS_MAX);
+    let reconcile = Arc::new(Notify::new());
+    let writer = tokio::spawn(
+        w.clone()
+            .writer(will_feed.clone(), reconcile.clone(), taken_tx),
+    );
+    tokio::spawn(w.clone().liveness(orphan_tx, reconcile));
     let state_feed = wills::WillFeed::default();
     tokio::spawn(claims.clone().state_writer(state_feed.clone()));
     tokio::spawn(takeover_requests(
@@ -364,6 +387,12 @@ async fn run(
         takeover_tx,
     ));
     tokio::spawn(qos_stream(js.clone(), replicas));
+    tokio::spawn(reconciler(
+        claims.clone(),
+        claimed_tx.clone(),
+        st.settings.placement_seed,
+        st.producers.len(),
+    ));
     let status = st.status.clone();
     tokio::spawn(retained_writer(
         js.clone(),
@@ -372,30 +401,23 @@ async fn run(
         status.clone(),
     ));
     tokio::spawn(retained_watch(js.clone(), replicas, watch_tx, status));
+    let loops_io = LoopsIo {
+        client: client.clone(),
+        js: js.clone(),
+        claims: claims.clone(),
+        claimed_tx: claimed_tx.clone(),
+        in_tx: in_tx.clone(),
+        ret_tx: ret_tx.clone(),
+        ack_tx: ack_tx.clone(),
+        will_feed: will_feed.clone(),
+        state_feed: state_feed.clone(),
+    };
     loop {
         tokio::select! {
             biased;
             _ = stop.notified() => break,
             _ = poll_fn(|cx| bell.poll(cx)) => {
-                // Every loop's ring, each drained to empty (a ring is read only here).
-                for (from, c) in from_loops.iter_mut().enumerate() {
-                    while let Some(mut out) = c.pop() {
-                        let asked = std::mem::take(&mut out.claims);
-                        let handed = std::mem::take(&mut out.handovers);
-                        for (client, state) in std::mem::take(&mut out.states) {
-                            // Latest per client, never waited for (as the wills below).
-                            state_feed.put(client, Some(state));
-                        }
-                        for (client, value) in std::mem::take(&mut out.wills) {
-                            // Never dropped (a lost "gone" would let a survivor
-                            // publish a will that must not fire) and never waited
-                            // for: the writer may be stuck on JetStream.
-                            will_feed.put(client, value);
-                        }
-                        st.on_batch(&client, &js, from, out, &in_tx, &ret_tx, &ack_tx).await;
-                        st.on_sessions(&client, &claims, &claimed_tx, from, asked, handed).await;
-                    }
-                }
+                st.drain_loops(&mut from_loops, &loops_io).await;
             }
             m = in_rx.recv() => {
                 let Some((key, m)) = m else { continue };
@@ -423,10 +445,10 @@ async fn run(
             }
             c = claimed_rx.recv(), if st.pending_in.has_room() => {
                 let Some((l, m)) = c else { continue };
-                st.pending_in.push(l, m);
+                st.push_claimed(&client, &claims, l, m).await;
                 while st.pending_in.has_room() {
                     let Ok((l, m)) = claimed_rx.try_recv() else { break };
-                    st.pending_in.push(l, m);
+                    st.push_claimed(&client, &claims, l, m).await;
                 }
                 st.wake();
             }
@@ -437,12 +459,22 @@ async fn run(
                 st.pending_in.push(l, ClusterIn::Will(Arc::new(m)));
                 st.wake();
             }
+            c = taken_rx.recv(), if st.pending_in.has_room() => {
+                let Some(client_id) = c else { continue };
+                let l = crate::shard::owner_shard(
+                    st.settings.placement_seed,
+                    &client_id,
+                    st.producers.len(),
+                );
+                st.pending_in.push(l, ClusterIn::WillTaken { client_id });
+                st.wake();
+            }
             m = takeover_rx.recv(), if st.pending_in.has_room() => {
                 let Some(m) = m else { continue };
-                st.on_takeover_request(&client, m).await;
+                st.on_takeover_request(&client, &claims, m).await;
                 while st.pending_in.has_room() {
                     let Ok(m) = takeover_rx.try_recv() else { break };
-                    st.on_takeover_request(&client, m).await;
+                    st.on_takeover_request(&client, &claims, m).await;
                 }
                 st.wake();
             }
@@ -459,7 +491,38 @@ async fn run(
             }
         }
     }
+    // A graceful stop: the loops have ended and their last output (closed
+    // connections' wills, published or gone) is in the rings. Forward it, then let no
+    // wills entry of this incarnation outlive the process (`Wills::withdraw_all`).
+    st.drain_loops(&mut from_loops, &loops_io).await;
+    writer.abort();
+    let wills_left = async {
+        // The writer's changes are moot now: every entry of this incarnation goes.
+        let _ = client.flush().await;
+        w.withdraw_all().await;
+    };
+    if tokio::time::timeout(STOP_WILLS_MAX, wills_left)
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "cluster: wills entries not all withdrawn at stop; survivors may publish them"
+        );
+    }
     let _ = client.flush().await;
+}
+
+/// What `drain_loops` hands on to: NATS, the claim tasks, the writers.
+struct LoopsIo {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    claims: Claims,
+    claimed_tx: mpsc::Sender<(usize, ClusterIn)>,
+    in_tx: mpsc::Sender<Inbound>,
+    ret_tx: mpsc::Sender<(String, Option<Bytes>)>,
+    ack_tx: mpsc::Sender<(usize, AckToken, bool)>,
+    will_feed: wills::WillFeed,
+    state_feed: wills::WillFeed,
 }
 
 /// Makes the QoS stream (retried until NATS answers; another node may make it first).
@@ -621,6 +684,45 @@ async fn retained_watch(
 }
 
 impl State {
+    /// Every loop's ring, each drained to empty (a ring is read only here).
+    async fn drain_loops(&mut self, from_loops: &mut [Consumer<ClusterOut>], io: &LoopsIo) {
+        for (from, c) in from_loops.iter_mut().enumerate() {
+            while let Some(mut out) = c.pop() {
+                let asked = std::mem::take(&mut out.claims);
+                let handed = std::mem::take(&mut out.handovers);
+                let confirms = std::mem::take(&mut out.confirms);
+                for (client_id, node, session) in std::mem::take(&mut out.yields) {
+                    let body = sessions::encode_merge(&client_id, &session);
+                    if let Err(e) = io
+                        .client
+                        .publish(sessions::takeover_subject(&node), body)
+                        .await
+                    {
+                        tracing::warn!("cluster: session given up to {node} not sent: {e}");
+                    }
+                }
+                for (client, state) in std::mem::take(&mut out.states) {
+                    // Latest per client, never waited for (as the wills below).
+                    io.state_feed.put(client, Some(state));
+                }
+                for (client, value) in std::mem::take(&mut out.wills) {
+                    // Never dropped (a lost "gone" would let a survivor publish a will
+                    // that must not fire) and never waited for: the writer may be
+                    // stuck on JetStream.
+                    io.will_feed.put(client, value);
+                }
+                self.on_batch(
+                    &io.client, &io.js, from, out, &io.in_tx, &io.ret_tx, &io.ack_tx,
+                )
+                .await;
+                self.on_sessions(&io.client, &io.claims, &io.claimed_tx, from, asked, handed)
+                    .await;
+                // After `on_batch` queued the loaded sessions' SUBs.
+                on_confirms(&io.client, &io.claims, &io.claimed_tx, from, confirms);
+            }
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn on_batch(
         &mut self,
@@ -881,14 +983,21 @@ impl State {
         handed: Vec<crate::shard::SessionHandover>,
     ) {
         for c in asked {
+            *self.claiming.entry(c.client_id.clone()).or_default() += 1;
+            self.claim_ids
+                .insert((from, c.conn, c.generation), c.client_id.clone());
             let claims = claims.clone();
             let tx = claimed_tx.clone();
             tokio::spawn(async move {
-                let session = claims.claim(&c).await;
+                let (session, handed) = match claims.claim(&c).await {
+                    Some((s, handed)) => (Some(s), handed),
+                    None => (None, None),
+                };
                 let m = ClusterIn::Claimed {
                     conn: c.conn,
                     generation: c.generation,
                     session,
+                    from: handed,
                 };
                 let _ = tx.send((from, m)).await;
             });
@@ -903,7 +1012,7 @@ impl State {
             let body = if h.too_large {
                 Bytes::from_static(&[sessions::REPLY_TOO_LARGE])
             } else {
-                sessions::encode_reply(h.session.as_ref())
+                sessions::encode_reply(h.session.as_ref(), h.reply)
             };
             if let Err(e) = client.publish(to, body).await {
                 tracing::warn!("cluster: session hand-over not sent: {e}");
@@ -911,23 +1020,128 @@ impl State {
         }
     }
 
+    /// An answer for loop `l`; a claim's answer also releases the takeover requests
+    /// for its id that waited for it (`on_takeover_request`), in that order on the
+    /// loop's queue: the loop loads the session first and then gives it up whole.
+    async fn push_claimed(
+        &mut self,
+        client: &async_nats::Client,
+        claims: &Claims,
+        l: usize,
+        m: ClusterIn,
+    ) {
+        let done = match &m {
+            ClusterIn::Claimed {
+                conn, generation, ..
+            } => self.claim_ids.remove(&(l, *conn, *generation)),
+            _ => None,
+        };
+        self.pending_in.push(l, m);
+        let Some(id) = done else { return };
+        let left = self.claiming.get_mut(&id).map(|n| {
+            *n -= 1;
+            *n
+        });
+        if left == Some(0) {
+            self.claiming.remove(&id);
+            for r in self.deferred.remove(&id).unwrap_or_default() {
+                self.deferred_count -= 1;
+                self.on_takeover_request(client, claims, r).await;
+            }
+        }
+    }
+
     /// Another node's CONNECT takes a session: the loop that owns the client id here
-    /// closes it and answers (`on_sessions`).
-    async fn on_takeover_request(&mut self, client: &async_nats::Client, m: async_nats::Message) {
-        let Some(reply) = m.reply else { return };
-        let Some((client_id, clean)) = sessions::decode_request(&m.payload) else {
+    /// closes it and answers (`on_sessions`). A request for an id this node is itself
+    /// claiming right now (two CONNECTs for one id on two nodes at once; this node won
+    /// the compare-and-set first) waits until that claim is answered, so the session
+    /// this node is fetching is handed on whole instead of "no session".
+    async fn on_takeover_request(
+        &mut self,
+        client: &async_nats::Client,
+        claims: &Claims,
+        m: async_nats::Message,
+    ) {
+        let Some(request) = sessions::decode_request(&m.payload) else {
             self.status.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if self.replies.len() >= SESSIONS_MAX {
-            let _ = client.publish(reply, sessions::encode_reply(None)).await;
+        if let sessions::Request::Merge { client_id, session } = request {
+            // Copies of a session another node gave up to this one (a reconcile).
+            let l = crate::shard::owner_shard(
+                self.settings.placement_seed,
+                &client_id,
+                self.producers.len(),
+            );
+            self.pending_in
+                .push(l, ClusterIn::Delta { client_id, session });
             return;
         }
+        let Some(reply) = m.reply.clone() else { return };
+        if let sessions::Request::Takeover { client_id, .. } = &request {
+            if self.claiming.contains_key(client_id) && self.deferred_count < SESSIONS_MAX {
+                self.deferred_count += 1;
+                tracing::debug!(
+                    "cluster: takeover request for {:?} waits for this node's own claim",
+                    String::from_utf8_lossy(client_id)
+                );
+                self.deferred.entry(client_id.clone()).or_default().push(m);
+                return;
+            }
+        }
+        if let sessions::Request::Takeover {
+            client_id, epoch, ..
+        } = &request
+        {
+            if claims.is_stale(client_id, *epoch) {
+                // This node claimed the id after the asker did: the session stays.
+                tracing::info!(
+                    "cluster: stale takeover request for {:?} (epoch {epoch}) refused",
+                    String::from_utf8_lossy(client_id)
+                );
+                let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
+                return;
+            }
+        }
+        if self.replies.len() >= SESSIONS_MAX {
+            // A confirmation answered so is retried by its sender; the session stays.
+            let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
+            return;
+        }
+        let (client_id, clean) = match request {
+            sessions::Request::Takeover {
+                client_id, clean, ..
+            } => (client_id, clean),
+            sessions::Request::Confirm { client_id, token } => {
+                self.next_reply += 1;
+                let id = self.next_reply;
+                self.replies.insert(id, reply);
+                let l = crate::shard::owner_shard(
+                    self.settings.placement_seed,
+                    &client_id,
+                    self.producers.len(),
+                );
+                self.pending_in.push(
+                    l,
+                    ClusterIn::Confirmed {
+                        client_id,
+                        token,
+                        reply: id,
+                    },
+                );
+                return;
+            }
+            sessions::Request::Merge { .. } => return,
+        };
+        tracing::debug!(
+            "cluster: takeover request for {:?} handed to its loop",
+            String::from_utf8_lossy(&client_id)
+        );
         self.next_reply += 1;
         let id = self.next_reply;
         self.replies.insert(id, reply);
-        // What one NATS message can carry on this connection (the reply's tag: 1 byte).
-        let max_bytes = client.server_info().max_payload.saturating_sub(1);
+        // What one NATS message can carry on this connection (the reply's tag and id: 9 bytes).
+        let max_bytes = client.server_info().max_payload.saturating_sub(9);
         let l = crate::shard::owner_shard(
             self.settings.placement_seed,
             &client_id,
@@ -986,6 +1200,115 @@ impl State {
             }
         }
         self.woken_burst = 0;
+    }
+}
+
+/// Settles the ids this node served on its own each time NATS returns
+/// (`Claims::reconcile`), and hands the outcome to the loop owning each id: the
+/// copies another node gave up (then confirmed, so it ends its copy) or the order to
+/// give the session up.
+async fn reconciler(
+    claims: Claims,
+    tx: mpsc::Sender<(usize, ClusterIn)>,
+    placement_seed: u64,
+    loops: usize,
+) {
+    let mut was_connected = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let connected = claims.status.is_connected();
+        let returned = connected && !was_connected;
+        was_connected = connected;
+        if !returned {
+            continue;
+        }
+        let (done_tx, mut done_rx) = mpsc::channel::<sessions::Reconciled>(SESSIONS_MAX);
+        let c = claims.clone();
+        let run = async move {
+            c.reconcile(&done_tx).await;
+        };
+        let apply = async {
+            while let Some(r) = done_rx.recv().await {
+                reconciled(&claims, &tx, placement_seed, loops, r).await;
+            }
+        };
+        tokio::join!(run, apply);
+    }
+}
+
+async fn reconciled(
+    claims: &Claims,
+    tx: &mpsc::Sender<(usize, ClusterIn)>,
+    placement_seed: u64,
+    loops: usize,
+    r: sessions::Reconciled,
+) {
+    match r {
+        sessions::Reconciled::Won {
+            client_id,
+            session: Some((bytes, from)),
+        } => {
+            let l = crate::shard::owner_shard(placement_seed, &client_id, loops);
+            let m = ClusterIn::Delta {
+                client_id: client_id.clone(),
+                session: bytes,
+            };
+            let _ = tx.send((l, m)).await;
+            // This node's session here is subscribed already: confirm at once.
+            let c = crate::shard::HandoverConfirm {
+                client_id: client_id.clone(),
+                from,
+            };
+            if let Some(delta) = claims.confirm(&c).await {
+                let m = ClusterIn::Delta {
+                    client_id,
+                    session: delta,
+                };
+                let _ = tx.send((l, m)).await;
+            }
+        }
+        sessions::Reconciled::Won { session: None, .. } => {}
+        sessions::Reconciled::Lost { client_id, node } => {
+            let l = crate::shard::owner_shard(placement_seed, &client_id, loops);
+            let _ = tx.send((l, ClusterIn::Yield { client_id, node })).await;
+        }
+    }
+}
+
+/// Hand-overs loop `from` loaded: each is confirmed to its old node once the loaded
+/// sessions' subscriptions are on NATS (a flush after the SUBs `on_batch` queued),
+/// and the delta that node answers with goes back to the loop. A task per
+/// confirmation, so the main task never waits on another node.
+fn on_confirms(
+    client: &async_nats::Client,
+    claims: &Claims,
+    tx: &mpsc::Sender<(usize, ClusterIn)>,
+    from: usize,
+    confirms: Vec<crate::shard::HandoverConfirm>,
+) {
+    for c in confirms {
+        let client = client.clone();
+        let claims = claims.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            // The server has the SUBs (in order on this connection) once the flush's
+            // PONG is back; a flush that cannot finish leaves the session on the old
+            // node, which is what an unconfirmed hand-over does.
+            if tokio::time::timeout(CONFIRM_FLUSH_MAX, client.flush())
+                .await
+                .map_or(true, |r| r.is_err())
+            {
+                tracing::warn!("cluster: interest not flushed; hand-over left unconfirmed");
+                return;
+            }
+            if let Some(delta) = claims.confirm(&c).await {
+                let m = ClusterIn::Delta {
+                    client_id: c.client_id,
+                    session: delta,
+                };
+                let _ = tx.send((from, m)).await;
+            }
+        });
     }
 }
 

@@ -7,6 +7,8 @@
 //! again (bounded). When the entry named another node, that node is asked on its
 //! takeover subject (`ringmq.node.<node>.takeover`, NATS request/reply) to close the
 //! old connection and send the session; the claim's answer carries what came back.
+//! The new owner confirms receipt (`confirm`) once it holds the session's interest; only
+//! then does the old owner end the session, answering with what reached it meanwhile.
 //!
 //! The owner also keeps a persistent session's expiry and subscriptions in the
 //! entry, after the `node\nepoch\n` prefix (hand-over bytes without will or copies),
@@ -21,16 +23,19 @@
 //! cannot answer within `CLAIM_TIMEOUT`, the node serves the CONNECT from what it
 //! holds itself (a node cut off from NATS keeps serving its own clients).
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
+use tokio::sync::mpsc;
+
 use super::bridge::ClusterStatus;
 use super::subject::escape_token;
-use crate::shard::SessionClaim;
+use crate::shard::{Handed, SessionClaim};
 
 /// The session-ownership bucket.
 pub const SESSIONS_BUCKET: &str = "ringmq_sessions";
@@ -41,6 +46,18 @@ const CLAIM_TRIES: usize = 4;
 pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(4);
 /// Bound on the previous owner's answer; a node that does not answer is taken as dead.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
+/// Attempts to confirm a hand-over to its old node.
+const CONFIRM_TRIES: usize = 3;
+/// Attempts of one session-state save, `STATE_RETRY` apart (the writer is one task
+/// for every client: bounded so one entry cannot hold up the others for long).
+const STATE_TRIES: usize = 10;
+const STATE_RETRY: Duration = Duration::from_millis(100);
+/// Ids served locally during one partition that are reconciled when NATS returns;
+/// past it they are not (counted as `sessions_local`, logged).
+const LOCAL_MAX: usize = 65_536;
+/// Ids whose claimed epoch is remembered (for refusing stale takeover requests);
+/// the map starts over past it (an unknown id's request is accepted).
+const EPOCHS_MAX: usize = 262_144;
 
 /// The subject a node answers takeover requests on.
 pub fn takeover_subject(node: &str) -> String {
@@ -50,57 +67,149 @@ pub fn takeover_subject(node: &str) -> String {
     s
 }
 
-/// A takeover request: the clean-start flag, then the client id.
-pub fn encode_request(client_id: &[u8], clean: bool) -> Bytes {
-    let mut b = Vec::with_capacity(client_id.len() + 1);
+/// A takeover request: the clean-start flag, the epoch the asking node claimed, then
+/// the client id.
+pub fn encode_request(client_id: &[u8], clean: bool, epoch: u64) -> Bytes {
+    let mut b = Vec::with_capacity(client_id.len() + 9);
     b.push(u8::from(clean));
+    b.extend_from_slice(&epoch.to_le_bytes());
     b.extend_from_slice(client_id);
     Bytes::from(b)
 }
 
-pub fn decode_request(b: &[u8]) -> Option<(Bytes, bool)> {
-    let (&flag, id) = b.split_first()?;
-    (flag <= 1 && !id.is_empty()).then(|| (Bytes::copy_from_slice(id), flag == 1))
+/// A session the asking node gives up to this one (it lost a reconcile after a
+/// partition): tag 3, then the client id's length (2 bytes), the id and hand-over
+/// bytes whose copies join this node's session of that id.
+pub fn encode_merge(client_id: &[u8], session: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(client_id.len() + session.len() + 3);
+    b.push(3);
+    b.extend_from_slice(&(client_id.len() as u16).to_le_bytes());
+    b.extend_from_slice(client_id);
+    b.extend_from_slice(session);
+    Bytes::from(b)
+}
+
+/// The confirmation of hand-over `token` (tag 2, the token, then the client id): the
+/// new owner holds the session and its NATS interest.
+pub fn encode_confirm(client_id: &[u8], token: u64) -> Bytes {
+    let mut b = Vec::with_capacity(client_id.len() + 9);
+    b.push(2);
+    b.extend_from_slice(&token.to_le_bytes());
+    b.extend_from_slice(client_id);
+    Bytes::from(b)
+}
+
+/// What another node asks of this one on its takeover subject.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Request {
+    Takeover {
+        client_id: Bytes,
+        clean: bool,
+        epoch: u64,
+    },
+    Confirm {
+        client_id: Bytes,
+        token: u64,
+    },
+    Merge {
+        client_id: Bytes,
+        session: Bytes,
+    },
+}
+
+pub fn decode_request(b: &[u8]) -> Option<Request> {
+    let (&flag, rest) = b.split_first()?;
+    match flag {
+        0 | 1 if rest.len() > 8 => Some(Request::Takeover {
+            epoch: u64::from_le_bytes(rest[..8].try_into().ok()?),
+            client_id: Bytes::copy_from_slice(&rest[8..]),
+            clean: flag == 1,
+        }),
+        3 if rest.len() > 2 => {
+            let n = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+            let id = rest.get(2..2 + n).filter(|id| !id.is_empty())?;
+            Some(Request::Merge {
+                client_id: Bytes::copy_from_slice(id),
+                session: Bytes::copy_from_slice(&rest[2 + n..]),
+            })
+        }
+        2 if rest.len() > 8 => Some(Request::Confirm {
+            token: u64::from_le_bytes(rest[..8].try_into().ok()?),
+            client_id: Bytes::copy_from_slice(&rest[8..]),
+        }),
+        _ => None,
+    }
 }
 
 /// The takeover answer of a node that kept the session: too large for one NATS message.
 pub const REPLY_TOO_LARGE: u8 = 2;
 
-/// A takeover answer: `0` (no session there) or `1` and the hand-over bytes (or
-/// `REPLY_TOO_LARGE` alone).
-pub fn encode_reply(session: Option<&Bytes>) -> Bytes {
+/// A takeover (or confirmation) answer: `0` (no session there) or `1`, the
+/// hand-over's id on the answering node (`token`, what a confirmation names) and the
+/// hand-over bytes (or `REPLY_TOO_LARGE` alone).
+pub fn encode_reply(session: Option<&Bytes>, token: u64) -> Bytes {
     match session {
         None => Bytes::from_static(&[0]),
         Some(s) => {
-            let mut b = Vec::with_capacity(s.len() + 1);
+            let mut b = Vec::with_capacity(s.len() + 9);
             b.push(1);
+            b.extend_from_slice(&token.to_le_bytes());
             b.extend_from_slice(s);
             Bytes::from(b)
         }
     }
 }
 
-pub fn decode_reply(b: &[u8]) -> Option<Option<Bytes>> {
+pub fn decode_reply(b: &[u8]) -> Option<Option<(u64, Bytes)>> {
     match b.split_first()? {
         (0, []) => Some(None),
-        (1, rest) => Some(Some(Bytes::copy_from_slice(rest))),
+        (1, rest) if rest.len() >= 8 => Some(Some((
+            u64::from_le_bytes(rest[..8].try_into().ok()?),
+            Bytes::copy_from_slice(&rest[8..]),
+        ))),
         _ => None,
     }
 }
 
-/// An ownership entry's value: `node\nepoch\n` and the session's saved state.
-pub fn encode_owner(node: &str, epoch: u64, state: &[u8]) -> Bytes {
-    let mut b = format!("{node}\n{epoch}\n").into_bytes();
+/// An ownership entry: the owning node, the claim's epoch, when its CONNECT came
+/// (wall clock, Unix ms: only compared when two nodes served one id during a
+/// partition, `reconcile`) and the session's saved state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    pub epoch: u64,
+    pub connect_ms: u64,
+    pub state: Bytes,
+}
+
+/// An ownership entry's value: `node\nepoch\nconnect_ms\n` and the saved state.
+pub fn encode_owner(node: &str, epoch: u64, connect_ms: u64, state: &[u8]) -> Bytes {
+    let mut b = format!("{node}\n{epoch}\n{connect_ms}\n").into_bytes();
     b.extend_from_slice(state);
     Bytes::from(b)
 }
 
-pub fn decode_owner(b: &[u8]) -> Option<(String, u64, Bytes)> {
-    let i = b.iter().position(|&c| c == b'\n')?;
-    let j = i + 1 + b[i + 1..].iter().position(|&c| c == b'\n')?;
-    let node = std::str::from_utf8(&b[..i]).ok()?;
-    let epoch = std::str::from_utf8(&b[i + 1..j]).ok()?.parse().ok()?;
-    Some((node.to_string(), epoch, Bytes::copy_from_slice(&b[j + 1..])))
+pub fn decode_owner(b: &[u8]) -> Option<Owner> {
+    let field = |from: usize| -> Option<(&[u8], usize)> {
+        let end = from + b.get(from..)?.iter().position(|&c| c == b'\n')?;
+        Some((&b[from..end], end + 1))
+    };
+    let (node, at) = field(0)?;
+    let (epoch, at) = field(at)?;
+    let (ms, at) = field(at)?;
+    Some(Owner {
+        node: std::str::from_utf8(node).ok()?.to_string(),
+        epoch: std::str::from_utf8(epoch).ok()?.parse().ok()?,
+        connect_ms: std::str::from_utf8(ms).ok()?.parse().ok()?,
+        state: Bytes::copy_from_slice(&b[at..]),
+    })
+}
+
+/// Now, as Unix ms (a CONNECT's time in its ownership entry).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What a claim task needs (cheap to clone: handles and `Arc`s).
@@ -112,6 +221,26 @@ pub struct Claims {
     pub node: String,
     pub status: Arc<ClusterStatus>,
     pub store: Arc<OnceLock<kv::Store>>,
+    /// Ids this node served without the cluster (NATS away), with their CONNECT's
+    /// time: reconciled when NATS returns (`reconcile`). Bounded by `LOCAL_MAX`.
+    pub local: Arc<Mutex<HashMap<Bytes, u64>>>,
+    /// The epoch of each id this node last claimed: a takeover request with an epoch
+    /// not above it is stale and refused (`is_stale`). Bounded by `EPOCHS_MAX`.
+    pub epochs: Arc<Mutex<HashMap<Bytes, u64>>>,
+}
+
+/// What a reconcile decided for one id this node served during a partition.
+#[derive(Debug)]
+pub enum Reconciled {
+    /// This node's CONNECT was the later one and it owns the id again; `session`:
+    /// what the other node handed over (its copies join the session here).
+    Won {
+        client_id: Bytes,
+        session: Option<(Bytes, Handed)>,
+    },
+    /// The other node's CONNECT was the later one: this node's connection goes
+    /// (0x8E) and its session's copies go to `node`.
+    Lost { client_id: Bytes, node: String },
 }
 
 impl Claims {
@@ -131,16 +260,17 @@ impl Claims {
     }
 
     /// Makes this node the owner of `c.client_id` and returns what the previous
-    /// owner handed over (`None`: nothing came; see the module doc for why).
-    pub async fn claim(&self, c: &SessionClaim) -> Option<Bytes> {
+    /// owner handed over (`None`: nothing came; see the module doc for why) and, when
+    /// it is to be confirmed, where from.
+    pub async fn claim(&self, c: &SessionClaim) -> Option<(Bytes, Option<Handed>)> {
         if !self.status.is_connected() {
-            self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+            self.served_locally(&c.client_id);
             return None;
         }
         match tokio::time::timeout(CLAIM_TIMEOUT, self.claim_now(c)).await {
             Ok(r) => r,
             Err(_) => {
-                self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+                self.served_locally(&c.client_id);
                 tracing::warn!(
                     "cluster: claim of session {:?} timed out; served from this node",
                     String::from_utf8_lossy(&c.client_id)
@@ -150,28 +280,61 @@ impl Claims {
         }
     }
 
-    async fn claim_now(&self, c: &SessionClaim) -> Option<Bytes> {
+    /// `client_id` was served without the cluster: counted, and remembered for the
+    /// reconcile when NATS returns.
+    fn served_locally(&self, client_id: &Bytes) {
+        self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut l) = self.local.lock() {
+            if l.len() < LOCAL_MAX || l.contains_key(client_id) {
+                l.insert(client_id.clone(), unix_ms());
+            } else {
+                tracing::warn!("cluster: too many sessions served locally to reconcile them all");
+            }
+        }
+    }
+
+    /// Whether a takeover request claiming `epoch` for `client_id` is older than this
+    /// node's own claim of it (a request that crossed a later claim, e.g. this node's
+    /// reconcile after a partition): then it is refused and the session stays.
+    pub fn is_stale(&self, client_id: &[u8], epoch: u64) -> bool {
+        self.epochs
+            .lock()
+            .ok()
+            .and_then(|e| e.get(client_id).copied())
+            .is_some_and(|mine| mine >= epoch)
+    }
+
+    fn claimed_epoch(&self, client_id: &Bytes, epoch: u64) {
+        if let Ok(mut e) = self.epochs.lock() {
+            if e.len() >= EPOCHS_MAX {
+                e.clear();
+            }
+            e.insert(client_id.clone(), epoch);
+        }
+    }
+
+    async fn claim_now(&self, c: &SessionClaim) -> Option<(Bytes, Option<Handed>)> {
         let Some(kv) = self.bucket().await else {
-            self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+            self.served_locally(&c.client_id);
             return None;
         };
         let key = super::headers::retained_key(&c.client_id);
         for _ in 0..CLAIM_TRIES {
             let (prev, epoch, saved, revision) = match kv.entry(&key).await {
                 Ok(Some(e)) => match (e.operation, decode_owner(&e.value)) {
-                    (kv::Operation::Put, Some((node, epoch, saved))) => {
-                        (Some(node), epoch, saved, Some(e.revision))
+                    (kv::Operation::Put, Some(o)) => {
+                        (Some(o.node), o.epoch, o.state, Some(e.revision))
                     }
                     _ => (None, 0, Bytes::new(), Some(e.revision)),
                 },
                 Ok(None) => (None, 0, Bytes::new(), None),
                 Err(e) => {
                     tracing::debug!("cluster: session entry read failed: {e}");
-                    self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+                    self.served_locally(&c.client_id);
                     return None;
                 }
             };
-            let value = encode_owner(&self.node, epoch + 1, &[]);
+            let value = encode_owner(&self.node, epoch + 1, unix_ms(), &[]);
             let won = match revision {
                 Some(r) => kv.update(&key, value, r).await.is_ok(),
                 None => kv.create(&key, value).await.is_ok(),
@@ -181,30 +344,40 @@ impl Claims {
                 continue;
             }
             self.status.sessions_claimed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                "cluster: claimed {:?} at epoch {} (previous owner {prev:?})",
+                String::from_utf8_lossy(&c.client_id),
+                epoch + 1
+            );
+            self.claimed_epoch(&c.client_id, epoch + 1);
+            if let Ok(mut l) = self.local.lock() {
+                // Claimed through the cluster now: nothing left to reconcile.
+                l.remove(&c.client_id);
+            }
             return match prev {
-                Some(owner) if owner != self.node => match self.fetch(&owner, c).await {
-                    Fetched::Session(s) => Some(s),
+                Some(owner) if owner != self.node => match self.fetch(&owner, c, epoch + 1).await {
+                    Fetched::Session(token, s) => Some((s, Some(Handed { node: owner, token }))),
                     Fetched::Nothing => None,
                     Fetched::NoAnswer if !saved.is_empty() && !c.clean => {
                         self.status
                             .sessions_recovered
                             .fetch_add(1, Ordering::Relaxed);
-                        Some(saved)
+                        Some((saved, None))
                     }
                     Fetched::NoAnswer => None,
                 },
                 _ => None,
             };
         }
-        self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
+        self.served_locally(&c.client_id);
         None
     }
 
-    /// Asks `owner` to give the session up.
-    async fn fetch(&self, owner: &str, c: &SessionClaim) -> Fetched {
+    /// Asks `owner` to give the session up (this node claimed it at `epoch`).
+    async fn fetch(&self, owner: &str, c: &SessionClaim, epoch: u64) -> Fetched {
         let req = self.client.request(
             takeover_subject(owner),
-            encode_request(&c.client_id, c.clean),
+            encode_request(&c.client_id, c.clean, epoch),
         );
         let id = String::from_utf8_lossy(&c.client_id);
         let why = match tokio::time::timeout(FETCH_TIMEOUT, req).await {
@@ -218,11 +391,11 @@ impl Claims {
             }
             Ok(Ok(m)) => {
                 return match decode_reply(&m.payload) {
-                    Some(Some(s)) => {
+                    Some(Some((token, s))) => {
                         self.status
                             .sessions_received
                             .fetch_add(1, Ordering::Relaxed);
-                        Fetched::Session(s)
+                        Fetched::Session(token, s)
                     }
                     Some(None) => Fetched::Nothing,
                     None => {
@@ -242,6 +415,140 @@ impl Claims {
         Fetched::NoAnswer
     }
 
+    /// Tells `c.from.node` this node holds the session and its interest (the caller
+    /// has flushed the subscriptions to NATS) and returns the delta it answers with:
+    /// the copies that reached the session there since the hand-over. Retried while
+    /// the old node does not answer (bounded); a node that never answers keeps the
+    /// session (it ends there with its expiry).
+    pub async fn confirm(&self, c: &crate::shard::HandoverConfirm) -> Option<Bytes> {
+        let body = encode_confirm(&c.client_id, c.from.token);
+        for _ in 0..CONFIRM_TRIES {
+            let req = self
+                .client
+                .request(takeover_subject(&c.from.node), body.clone());
+            match tokio::time::timeout(FETCH_TIMEOUT, req).await {
+                Ok(Ok(m)) => {
+                    return match decode_reply(&m.payload) {
+                        Some(d) => d.map(|(_, b)| b),
+                        None => {
+                            self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                    };
+                }
+                Ok(Err(e)) => tracing::debug!("cluster: hand-over confirmation: {e}"),
+                Err(_) => tracing::debug!("cluster: hand-over confirmation not answered"),
+            }
+        }
+        tracing::warn!(
+            "cluster: node {} did not answer the hand-over confirmation of {:?}; it keeps its copy",
+            c.from.node,
+            String::from_utf8_lossy(&c.client_id)
+        );
+        None
+    }
+
+    /// NATS is back after this node served some ids on its own: one owner per id
+    /// again, the later CONNECT winning (each node's CONNECT time, wall clock). For
+    /// each id: an entry naming this node, or none, is (re)claimed; an entry naming
+    /// another node whose CONNECT came earlier is claimed by compare-and-set and that
+    /// node is asked to give the session up (its client gets 0x8E; its copies join
+    /// the session here, `Won`); one whose CONNECT came later wins, and this node's
+    /// client gets 0x8E (`Lost`). Ids that cannot be settled now (NATS away again)
+    /// stay for the next return.
+    pub async fn reconcile(&self, done: &mpsc::Sender<Reconciled>) {
+        let pending: Vec<(Bytes, u64)> = match self.local.lock() {
+            Ok(l) => l.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            Err(_) => return,
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let Some(kv) = self.bucket().await else {
+            return;
+        };
+        tracing::info!(
+            "cluster: reconciling {} sessions served during the partition",
+            pending.len()
+        );
+        for (client_id, mine_ms) in pending {
+            let Some(r) = self.reconcile_one(&kv, &client_id, mine_ms).await else {
+                continue;
+            };
+            if let Ok(mut l) = self.local.lock() {
+                if l.get(&client_id) == Some(&mine_ms) {
+                    l.remove(&client_id);
+                }
+            }
+            if let Some(r) = r {
+                self.status
+                    .sessions_reconciled
+                    .fetch_add(1, Ordering::Relaxed);
+                if done.send(r).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// `None`: not settled (try again later); `Some(None)`: nothing to do.
+    async fn reconcile_one(
+        &self,
+        kv: &kv::Store,
+        client_id: &Bytes,
+        mine_ms: u64,
+    ) -> Option<Option<Reconciled>> {
+        let key = super::headers::retained_key(client_id);
+        for _ in 0..CLAIM_TRIES {
+            let (owner, revision) = match kv.entry(&key).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                    (decode_owner(&e.value), Some(e.revision))
+                }
+                Ok(Some(e)) => (None, Some(e.revision)),
+                Ok(None) => (None, None),
+                Err(_) => return None,
+            };
+            let (other, epoch, state) = match owner {
+                Some(o) if o.node != self.node && o.connect_ms > mine_ms => {
+                    // The other node's CONNECT is the later one: it keeps the id.
+                    return Some(Some(Reconciled::Lost {
+                        client_id: client_id.clone(),
+                        node: o.node,
+                    }));
+                }
+                Some(o) => ((o.node != self.node).then_some(o.node), o.epoch, o.state),
+                None => (None, 0, Bytes::new()),
+            };
+            let value = encode_owner(&self.node, epoch + 1, mine_ms, &state);
+            let won = match revision {
+                Some(r) => kv.update(&key, value, r).await.is_ok(),
+                None => kv.create(&key, value).await.is_ok(),
+            };
+            if !won {
+                continue;
+            }
+            self.claimed_epoch(client_id, epoch + 1);
+            let Some(other) = other else {
+                return Some(None);
+            };
+            let c = SessionClaim {
+                conn: 0,
+                generation: 0,
+                client_id: client_id.clone(),
+                clean: false,
+            };
+            let session = match self.fetch(&other, &c, epoch + 1).await {
+                Fetched::Session(token, s) => Some((s, Handed { node: other, token })),
+                _ => None,
+            };
+            return Some(Some(Reconciled::Won {
+                client_id: client_id.clone(),
+                session,
+            }));
+        }
+        None
+    }
+
     /// Keeps this node's persistent sessions' subscriptions in their entries, one
     /// change at a time in the loops' order; an entry another node claimed since is
     /// left alone (the session is no longer this node's).
@@ -254,21 +561,26 @@ impl Claims {
                 continue;
             };
             let key = super::headers::retained_key(&client_id);
-            for _ in 0..CLAIM_TRIES {
+            for _ in 0..STATE_TRIES {
+                // A read can be served by a replica that has not applied this node's
+                // claim yet (direct get): no entry, or a CAS on a stale revision, is
+                // tried again shortly rather than dropped.
                 let Ok(Some(e)) = kv.entry(&key).await else {
+                    tokio::time::sleep(STATE_RETRY).await;
+                    continue;
+                };
+                let Some(o) = decode_owner(&e.value) else {
                     break;
                 };
-                let Some((node, epoch, _)) = decode_owner(&e.value) else {
-                    break;
-                };
-                if node != self.node {
+                if o.node != self.node {
                     break;
                 }
-                let value = encode_owner(&self.node, epoch, &state);
+                let value = encode_owner(&self.node, o.epoch, o.connect_ms, &state);
                 if kv.update(&key, value, e.revision).await.is_ok() {
                     self.status.sessions_saved.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
+                tokio::time::sleep(STATE_RETRY).await;
             }
         }
     }
@@ -276,7 +588,8 @@ impl Claims {
 
 /// What the previous owner said.
 enum Fetched {
-    Session(Bytes),
+    /// The hand-over's id on the old node, and the bytes.
+    Session(u64, Bytes),
     /// It had no such session (or the claim was a clean start).
     Nothing,
     /// It did not answer: dead, or cut from NATS.

@@ -371,32 +371,81 @@ fn retained_value_round_trip() {
 #[test]
 fn session_wire_formats_round_trip() {
     use super::sessions::*;
-    let r = encode_request(b"dev/1", true);
+    let r = encode_request(b"dev/1", true, 7);
     assert_eq!(
         decode_request(&r),
-        Some((Bytes::from_static(b"dev/1"), true))
+        Some(Request::Takeover {
+            client_id: Bytes::from_static(b"dev/1"),
+            clean: true,
+            epoch: 7
+        })
+    );
+    assert_eq!(
+        decode_request(&encode_confirm(b"dev/1", u64::MAX - 3)),
+        Some(Request::Confirm {
+            client_id: Bytes::from_static(b"dev/1"),
+            token: u64::MAX - 3
+        })
     );
     assert_eq!(decode_request(b""), None);
-    assert_eq!(decode_request(b"\x02id"), None);
+    assert_eq!(
+        decode_request(b"\x02id"),
+        None,
+        "a confirmation without its token"
+    );
+    assert_eq!(decode_request(b"\x03id"), None);
     assert_eq!(
         decode_request(b"\x00"),
         None,
         "an empty id is never claimed"
     );
     let s = Bytes::from_static(b"records");
-    assert_eq!(decode_reply(&encode_reply(Some(&s))), Some(Some(s)));
-    assert_eq!(decode_reply(&encode_reply(None)), Some(None));
+    assert_eq!(decode_reply(&encode_reply(Some(&s), 9)), Some(Some((9, s))));
+    assert_eq!(decode_reply(&encode_reply(None, 9)), Some(None));
     assert_eq!(decode_reply(b"\x00x"), None);
+    assert_eq!(
+        decode_reply(b"\x01short"),
+        None,
+        "a hand-over without its id"
+    );
     assert_eq!(decode_reply(b"\x07"), None);
     assert_eq!(
-        decode_owner(&encode_owner("n.1 x", 42, b"state\n\x00")),
-        Some(("n.1 x".to_string(), 42, Bytes::from_static(b"state\n\x00")))
+        decode_owner(&encode_owner(
+            "n.1 x",
+            42,
+            1_700_000_000_123,
+            b"state\n\x00"
+        )),
+        Some(Owner {
+            node: "n.1 x".to_string(),
+            epoch: 42,
+            connect_ms: 1_700_000_000_123,
+            state: Bytes::from_static(b"state\n\x00")
+        })
     );
     assert_eq!(
-        decode_owner(&encode_owner("n", 1, b"")),
-        Some(("n".to_string(), 1, Bytes::new()))
+        decode_owner(&encode_owner("n", 1, 0, b"")),
+        Some(Owner {
+            node: "n".to_string(),
+            epoch: 1,
+            connect_ms: 0,
+            state: Bytes::new()
+        })
     );
     assert_eq!(decode_owner(b"n1"), None);
+    assert_eq!(decode_owner(b"n\n1\n"), None, "no CONNECT time");
+    assert_eq!(
+        decode_request(&encode_merge(b"dev/1", b"records")),
+        Some(Request::Merge {
+            client_id: Bytes::from_static(b"dev/1"),
+            session: Bytes::from_static(b"records")
+        })
+    );
+    assert_eq!(
+        decode_request(b"\x03\x09\x00dev"),
+        None,
+        "id longer than the message"
+    );
     // A node name with NATS's reserved characters stays one token.
     assert_eq!(takeover_subject("a.b c"), "ringmq.node.a%2Eb%20c.takeover");
 }

@@ -21,13 +21,27 @@
 //!   succeeds publishes the will, through one of its loops (so local subscribers and
 //!   NATS both get it, once).
 //!
+//! - **A node cut from NATS** looks dead to the others after `DEAD_AFTER` (the
+//!   cluster cannot tell a dead node from an unreachable one): a survivor publishes
+//!   its clients' wills. The rule that keeps this consistent: a will published by
+//!   the cluster means its client is gone. A node whose heartbeat lands again after
+//!   `RECONCILE_AFTER` without one checks each will it holds (`reconcile`, again
+//!   `RECHECK_AFTER` later for a sweep that was already running); an entry it did not
+//!   delete itself is gone because a survivor took and published it, so it
+//!   disconnects that client (MQTT 5: DISCONNECT 0x9C, use another server) without
+//!   publishing the will again. The client's next CONNECT registers its will anew.
+//!   Wills of a cut that ends within `DEAD_AFTER` never fire; the writer retries
+//!   every write until it lands, however long NATS is away.
+//! - **A graceful stop** closes every connection with 0x8B, which publishes no will
+//!   (as on a single node), forwards the loops' last output and deletes what is
+//!   left of this incarnation's entries (`withdraw_all`), so no survivor fires them.
+//!
 //! What this does not cover, and why: a will with a delay whose connection had
 //! already gone when its node died lives on that node only (the entry is deleted
 //! when the connection goes) and is lost with it; a dead node's will is published
-//! at once, its will delay not waited for. A node cut from NATS while its clients
-//! stay connected to it looks dead to the others after `DEAD_AFTER`: their wills are
-//! published although the clients are still there (the price of not waiting for a
-//! consensus the cluster does not have).
+//! at once, its will delay not waited for. A client of a cut-off node whose will a
+//! survivor published stays connected to that node until it returns (the node
+//! cannot learn it sooner); a stop while NATS is away cannot withdraw its entries.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,6 +68,16 @@ const DEAD_AFTER_MS: i128 = 5_000;
 const SWEEP_EVERY: u32 = 10;
 /// Bound on listing the wills bucket in one sweep (well below `DEAD_AFTER_MS`).
 const SWEEP_LIST_MAX: Duration = Duration::from_millis(1500);
+/// A heartbeat landing this long after the previous one means this node may have
+/// looked dead to the others (below `DEAD_AFTER_MS`, so no such gap goes unchecked):
+/// it checks which of its wills were taken.
+const RECONCILE_AFTER: Duration = Duration::from_secs(3);
+/// The second check after a return: by then no survivor's sweep that began before it
+/// saw this node's heartbeat again is still deleting (a sweep lists for at most
+/// `SWEEP_LIST_MAX`, and the survivors see the heartbeat within a beat).
+const RECHECK_AFTER: Duration = Duration::from_secs(5);
+/// The longest wait between two attempts of one wills write.
+const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -189,28 +213,123 @@ impl Wills {
     }
 
     /// Keeps this node's wills in the bucket, one change at a time in the loops'
-    /// order (a set then a gone for one client must land in that order).
-    pub async fn writer(self, feed: WillFeed) {
+    /// order (a set then a gone for one client must land in that order). A write is
+    /// retried until it lands, however long NATS is away: a lost "gone" would let a
+    /// survivor publish a will that must not fire. On `reconcile` (this node is back
+    /// from a cut long enough to have looked dead) it checks every will it holds and
+    /// sends the client ids whose entry another node took (and published) on `taken`.
+    pub async fn writer(self, feed: WillFeed, reconcile: Arc<Notify>, taken: mpsc::Sender<Bytes>) {
         let (_, wills) = self.buckets().await;
         while !self.beating.load(Ordering::Acquire) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        // The clients whose will entry this node last wrote (and has not deleted).
+        let mut held: HashSet<Bytes> = HashSet::new();
         loop {
-            let (client, value) = feed.next().await;
-            let key = will_key(&client, &self.me);
-            for _ in 0..3 {
-                let r = match &value {
-                    Some(v) => wills.put(&key, v.clone()).await.map(|_| ()).is_ok(),
-                    None => wills.delete(&key).await.is_ok(),
-                };
-                if r {
-                    if value.is_some() {
-                        self.status.wills_stored.fetch_add(1, Ordering::Relaxed);
+            tokio::select! {
+                biased;
+                _ = reconcile.notified() => {
+                    // What the loops changed first, so a will set since is not
+                    // mistaken for one taken.
+                    while let Some(c) = feed.pop() {
+                        self.write(&wills, c, &mut held).await;
                     }
-                    break;
+                    self.reconcile(&wills, &mut held, &taken).await;
                 }
-                self.status.wills_errors.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                c = feed.next() => self.write(&wills, c, &mut held).await,
+            }
+        }
+    }
+
+    async fn write(
+        &self,
+        wills: &kv::Store,
+        (client, value): (Bytes, Option<Bytes>),
+        held: &mut HashSet<Bytes>,
+    ) {
+        let key = will_key(&client, &self.me);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let r = match &value {
+                Some(v) => wills.put(&key, v.clone()).await.map(|_| ()).is_ok(),
+                None => wills.delete(&key).await.is_ok(),
+            };
+            if r {
+                if value.is_some() {
+                    self.status.wills_stored.fetch_add(1, Ordering::Relaxed);
+                    held.insert(client);
+                } else {
+                    held.remove(&client);
+                }
+                return;
+            }
+            self.status.wills_errors.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(WRITE_BACKOFF_MAX);
+        }
+    }
+
+    /// Which of the wills this node holds another node took while this one looked
+    /// dead (the entry is gone, and this node did not delete it): those wills were
+    /// published, so their clients are told to go (`taken`) and their wills are not
+    /// published again. An entry that cannot be read now is checked at the next call.
+    async fn reconcile(
+        &self,
+        wills: &kv::Store,
+        held: &mut HashSet<Bytes>,
+        taken: &mpsc::Sender<Bytes>,
+    ) {
+        let clients: Vec<Bytes> = held.iter().cloned().collect();
+        for client in clients {
+            let gone = match wills.entry(will_key(&client, &self.me)).await {
+                Ok(Some(e)) => e.operation != kv::Operation::Put,
+                Ok(None) => true,
+                Err(e) => {
+                    tracing::debug!("cluster: will entry not read: {e}");
+                    false
+                }
+            };
+            if gone {
+                held.remove(&client);
+                self.status.wills_taken.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "cluster: the will of {:?} was published by another node while this one \
+                     was cut from NATS; disconnecting that client",
+                    String::from_utf8_lossy(&client)
+                );
+                if taken.send(client).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// At a graceful stop, after the loops' last changes were written: deletes every
+    /// wills entry of this incarnation (a client still connected had its will
+    /// published or dropped by this node as it closed), so no survivor fires one.
+    /// Bounded by the caller; what it cannot delete (NATS away) a survivor publishes.
+    pub async fn withdraw_all(&self) {
+        let Some(wills) = super::link::bucket(
+            &self.js,
+            WILLS_BUCKET,
+            "ringmq wills of connected clients (key: client.node.incarnation)",
+            self.replicas,
+        )
+        .await
+        else {
+            return;
+        };
+        let mut mine = Vec::new();
+        if let Ok(mut keys) = wills.keys().await {
+            while let Ok(Some(Ok(k))) = tokio::time::timeout(SWEEP_LIST_MAX, keys.next()).await {
+                if owner_of_key(&k) == Some(self.me.as_str()) {
+                    mine.push(k);
+                }
+            }
+        }
+        for k in mine {
+            if wills.delete(&k).await.is_ok() {
+                self.status.wills_withdrawn.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
@@ -218,7 +337,7 @@ impl Wills {
     /// Heartbeats, and the sweep that publishes dead incarnations' wills (handed to
     /// the main task on `tx`). Every node's heartbeat comes in on a watch of the
     /// bucket (current values first), so a beat reads nothing but its own put.
-    pub async fn liveness(self, tx: mpsc::Sender<Message>) {
+    pub async fn liveness(self, tx: mpsc::Sender<Message>, reconcile: Arc<Notify>) {
         let (nodes, wills) = self.buckets().await;
         let my_key = b64(self.node.as_bytes());
         let my_value = Bytes::from(format!("{:016x}", self.incarnation));
@@ -227,6 +346,10 @@ impl Wills {
         let mut alive: HashSet<String> = HashSet::new();
         let mut n = 0u32;
         let mut watch = None;
+        // When the last heartbeat landed, and when to check the wills once more after
+        // a return (a survivor's sweep may have started before it saw this node back).
+        let mut last_beat = Instant::now();
+        let mut recheck_at: Option<Instant> = None;
         let mut tick = tokio::time::interval(BEAT);
         loop {
             if watch.is_none() {
@@ -252,6 +375,16 @@ impl Wills {
                     if nodes.put(&my_key, my_value.clone()).await.is_err() {
                         continue;
                     }
+                    if last_beat.elapsed() >= RECONCILE_AFTER {
+                        // Back from a cut that others may have taken for death.
+                        tracing::info!("cluster: heartbeat back after {:?}; checking this node's wills", last_beat.elapsed());
+                        reconcile.notify_one();
+                        recheck_at = Some(Instant::now() + RECHECK_AFTER);
+                    } else if recheck_at.is_some_and(|t| Instant::now() >= t) {
+                        recheck_at = None;
+                        reconcile.notify_one();
+                    }
+                    last_beat = Instant::now();
                     self.beating.store(true, Ordering::Release);
                     // Our own last put, as the watch delivered it, is "now".
                     let Some(now) = beats.get(&my_key).map(|b| b.1) else {

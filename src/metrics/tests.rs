@@ -486,10 +486,13 @@ fn every_cluster_counter_is_exported() {
         sessions_local,
         sessions_saved,
         sessions_recovered,
+        sessions_reconciled,
         wills_stored,
         wills_errors,
         wills_published,
         wills_sweeps,
+        wills_taken,
+        wills_withdrawn,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {

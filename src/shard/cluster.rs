@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::cluster_session::{SessionClaim, SessionHandover};
+use super::cluster_session::{Handed, HandoverConfirm, SessionClaim, SessionHandover};
 use super::retained::RetainedBody;
 use super::{ConnId, Shard, ShardMsg};
 use crate::protocol::{Packet, PubResp, QoS};
@@ -66,6 +66,8 @@ pub enum ClusterIn {
         conn: ConnId,
         generation: u32,
         session: Option<Bytes>,
+        /// The node that sent `session` and its id for it, to confirm receipt to.
+        from: Option<Handed>,
     },
     /// A dead node's will this node claimed: publish it as a local client would.
     Will(Arc<Message>),
@@ -79,6 +81,22 @@ pub enum ClusterIn {
         /// less the reply's tag byte): a larger session stays here.
         max_bytes: usize,
     },
+    /// The new owner of `client_id` confirmed hand-over `token`: end the session here
+    /// and answer `reply` with the copies that reached it since (`SessionHandover`).
+    Confirmed {
+        client_id: Bytes,
+        token: u64,
+        reply: u64,
+    },
+    /// What reached `client_id`'s session on its old node between the hand-over and
+    /// the confirmation: hand-over bytes whose copies join the session here.
+    Delta { client_id: Bytes, session: Bytes },
+    /// Another node published `client_id`'s will while this node was cut from NATS:
+    /// its connection here goes, without publishing the will again.
+    WillTaken { client_id: Bytes },
+    /// After a partition, `node` holds `client_id` from a later CONNECT: the
+    /// connection here goes (0x8E) and the session's copies go to `node`.
+    Yield { client_id: Bytes, node: String },
 }
 
 /// What a turn of this shard gives the cluster thread.
@@ -88,8 +106,13 @@ pub struct ClusterOut {
     pub interest: Vec<ClusterInterest>,
     /// CONNECTs waiting for the cluster to make this node their session's owner.
     pub claims: Vec<SessionClaim>,
-    /// Sessions this loop gave up to another node's CONNECT.
+    /// Sessions this loop gave up to another node's CONNECT (and deltas).
     pub handovers: Vec<SessionHandover>,
+    /// Hand-overs this loop loaded, to confirm to their old node.
+    pub confirms: Vec<HandoverConfirm>,
+    /// Sessions given up after a partition: (client id, the node that keeps it, the
+    /// hand-over bytes whose copies join its session there).
+    pub yields: Vec<(Bytes, String, Bytes)>,
     /// Wills set (a will record) or gone (`None`) by client id, in order.
     pub wills: Vec<(Bytes, Option<Bytes>)>,
     /// Persistent sessions' subscriptions after a change, by client id, in order.
@@ -106,6 +129,8 @@ impl ClusterOut {
             && self.interest.is_empty()
             && self.claims.is_empty()
             && self.handovers.is_empty()
+            && self.confirms.is_empty()
+            && self.yields.is_empty()
             && self.wills.is_empty()
             && self.states.is_empty()
             && self.dropped == 0
@@ -213,8 +238,9 @@ impl Shard {
                 conn,
                 generation,
                 session,
+                from,
             } => {
-                self.on_session_claimed(conn, generation, session, now);
+                self.on_session_claimed(conn, generation, session, from, now);
                 if self
                     .conns
                     .get(conn)
@@ -231,6 +257,16 @@ impl Shard {
                 max_bytes,
             } => self.on_session_takeover(&client_id, clean, reply, max_bytes, now),
             ClusterIn::Will(m) => self.on_cluster_will((*m).clone(), now),
+            ClusterIn::Confirmed {
+                client_id,
+                token,
+                reply,
+            } => self.on_handover_confirmed(&client_id, token, reply, now),
+            ClusterIn::Delta { client_id, session } => {
+                self.on_handover_delta(&client_id, &session, now)
+            }
+            ClusterIn::WillTaken { client_id } => self.on_will_taken(&client_id, now),
+            ClusterIn::Yield { client_id, node } => self.on_session_yield(&client_id, node, now),
         }
     }
 

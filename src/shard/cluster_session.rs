@@ -3,7 +3,9 @@
 //! cluster thread has made this node the session's owner in the `ringmq_sessions`
 //! bucket and brought the session from its previous owner; the previous owner's loop
 //! closes the old connection (MQTT 5: DISCONNECT 0x8E) and hands the session over as
-//! bytes.
+//! bytes, keeping it (offline, still subscribed) until the new owner confirms it holds
+//! the session and its interest; then it ends it and sends what arrived meanwhile
+//! (`on_handover_confirmed`, `on_handover_delta`), so no message finds neither node.
 //!
 //! **The hand-over format** is the durability log's own records (`store::record`),
 //! each behind a 4-byte length: `SessionPut`, `SubAdd` per subscription,
@@ -52,6 +54,29 @@ pub struct SessionHandover {
     /// (offline) rather than be ended unsent; the asking node serves a fresh one.
     pub too_large: bool,
 }
+
+/// Where a hand-over came from and its id there: the new owner confirms receipt with
+/// it once its subscriptions are on NATS, and only then does the old owner end the
+/// session (sending what reached it meanwhile, `ClusterIn::Delta`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handed {
+    pub node: String,
+    pub token: u64,
+}
+
+/// A loaded hand-over to confirm to the node it came from.
+#[derive(Debug, Clone)]
+pub struct HandoverConfirm {
+    pub client_id: Bytes,
+    pub from: Handed,
+}
+
+/// How long a handed-over session with no expiry of its own (it would end with its
+/// connection, which is gone) waits on the old node for the new owner's confirmation.
+const HANDING_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
+/// Hand-overs waiting for confirmation past which entries of sessions gone meanwhile
+/// are swept out (bounds the map).
+const HANDING_SWEEP_AT: usize = 4096;
 
 /// A will as the cluster's `ringmq_wills` bucket keeps it: the log's `SessionPut`
 /// record of the session (expiry 0) with the will.
@@ -182,6 +207,62 @@ impl Shard {
         }
     }
 
+    /// After a partition another node keeps `client_id` (its CONNECT came later,
+    /// `cluster/sessions.rs` reconcile): the connection here is closed as a takeover's
+    /// would be (MQTT 5: DISCONNECT 0x8E; will rules as for a takeover) and the session
+    /// ends here, its QoS 1/2 copies sent to `node` to join the session there.
+    pub(super) fn on_session_yield(&mut self, client_id: &[u8], node: String, now: Instant) {
+        self.last_now = Some(now);
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        self.take_over(s, false, now);
+        let bytes = self.handover_bytes(s);
+        self.cluster_handing.remove(client_id);
+        self.end_session(s, now);
+        self.drop_slow_consumers(now);
+        if let Some(out) = self.cluster.as_deref_mut() {
+            out.yields
+                .push((Bytes::copy_from_slice(client_id), node, bytes));
+        }
+    }
+
+    /// The cluster published `client_id`'s will while this node was cut from NATS
+    /// (`cluster/wills.rs`): the rule is that a published will means its client is
+    /// gone, so its connection here is closed (MQTT 5: DISCONNECT 0x9C, use another
+    /// server) without publishing the will again; the session stays, offline, for the
+    /// client's next CONNECT, which registers its will anew.
+    pub(super) fn on_will_taken(&mut self, client_id: &[u8], now: Instant) {
+        self.last_now = Some(now);
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        if !sess.is_online() || sess.will.is_none() {
+            // Gone or will-less since: nothing of what the cluster published is here.
+            return;
+        }
+        sess.will = None;
+        let conn = sess.conn as usize;
+        sess.conn = NONE;
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.session = NONE;
+            let v5 = c.version.is_v5();
+            if v5 {
+                let d = crate::protocol::Disconnect {
+                    code: crate::protocol::ReasonCode::UseAnotherServer,
+                    properties: crate::protocol::Properties::default(),
+                };
+                self.write_control(conn, &crate::protocol::Packet::Disconnect(d));
+            }
+            self.close(conn);
+        }
+        self.expire_offline_handover(s, now);
+        self.drop_slow_consumers(now);
+    }
+
     /// A dead node's will, claimed by this node's cluster thread: published as if a
     /// client of this loop had (so it also goes to NATS, once).
     pub(super) fn on_cluster_will(&mut self, msg: Message, now: Instant) {
@@ -211,6 +292,7 @@ impl Shard {
         conn: ConnId,
         generation: u32,
         session: Option<Bytes>,
+        from: Option<Handed>,
         now: Instant,
     ) {
         self.last_now = Some(now);
@@ -230,15 +312,96 @@ impl Shard {
             // bucket: it stays here, offline, for the client's next CONNECT.
             if let Some(b) = session {
                 if let Some(idx) = self.load_handover(None, &b, now) {
+                    self.confirm_handover(idx, from);
                     self.expire_offline_handover(idx, now);
                 }
             }
             return;
         };
         if let Some(b) = session.filter(|_| !connect.clean_start) {
-            self.load_handover(Some(&connect.client_id), &b, now);
+            if let Some(idx) = self.load_handover(Some(&connect.client_id), &b, now) {
+                self.confirm_handover(idx, from);
+            }
         }
         self.continue_connect(conn, connect, now);
+    }
+
+    /// The hand-over loaded as `idx` is confirmed to its old node in this turn's
+    /// output, after the interest its subscriptions made (the cluster thread
+    /// subscribes on NATS before it sends the confirmation), so the old node keeps its
+    /// interest until this node holds its own: no message published meanwhile reaches
+    /// neither (`on_handover_confirmed`).
+    fn confirm_handover(&mut self, idx: u32, from: Option<Handed>) {
+        let (Some(from), Some(s)) = (from, self.sessions.get(idx)) else {
+            return;
+        };
+        let client_id = Bytes::copy_from_slice(&s.client_id);
+        if let Some(out) = self.cluster.as_deref_mut() {
+            out.confirms.push(HandoverConfirm { client_id, from });
+        }
+    }
+
+    /// The new owner confirmed the hand-over `token` of `client_id`: the session ends
+    /// here, and the QoS 1/2 copies that reached it since the hand-over go to the new
+    /// owner as a delta (`reply`). A session resumed here meanwhile (its client came
+    /// back to this node) stays, and the answer is empty.
+    pub(super) fn on_handover_confirmed(
+        &mut self,
+        client_id: &[u8],
+        token: u64,
+        reply: u64,
+        now: Instant,
+    ) {
+        self.last_now = Some(now);
+        let mut delta = None;
+        let handing = self.cluster_handing.get(client_id).copied();
+        if let (Some((t, copies)), Some(s)) = (handing, self.sessions.find(client_id)) {
+            if t == token {
+                self.cluster_handing.remove(client_id);
+                if !self.sessions.get(s).is_some_and(|x| x.is_online()) {
+                    delta = Some(self.session_bytes_from(s, copies));
+                    self.end_session(s, now);
+                    self.drop_slow_consumers(now);
+                }
+            }
+        }
+        if let Some(out) = self.cluster.as_deref_mut() {
+            out.handovers.push(SessionHandover {
+                reply,
+                session: delta,
+                too_large: false,
+            });
+        }
+    }
+
+    /// The copies the old node sent after the hand-over (`on_handover_confirmed`) join
+    /// `client_id`'s session here, behind what it already holds.
+    pub(super) fn on_handover_delta(&mut self, client_id: &[u8], bytes: &[u8], now: Instant) {
+        self.last_now = Some(now);
+        let Some(idx) = self.sessions.find(client_id) else {
+            return;
+        };
+        let Some(records) = handover_records(bytes) else {
+            tracing::warn!("cluster: a session delta did not decode; its messages are lost");
+            return;
+        };
+        let mut state = StoreState::default();
+        for r in &records {
+            state.apply(r);
+        }
+        let Some(s) = state.sessions.get(client_id) else {
+            return;
+        };
+        if self
+            .restore_handover_copies(idx, &state, s, true, now)
+            .is_none()
+        {
+            return;
+        }
+        if self.sessions.get(idx).is_some_and(|x| x.is_online()) {
+            self.pump(idx, now);
+        }
+        self.drop_slow_consumers(now);
     }
 
     /// Another node took `client_id`'s session: its connection here (if any) is
@@ -280,12 +443,32 @@ impl Shard {
                     }
                     return;
                 }
+                // Kept, offline and still subscribed, until the new owner confirms
+                // it holds the session and its interest (`on_handover_confirmed`):
+                // what reaches it meanwhile follows as a delta, and a new owner that
+                // never confirms leaves it here.
+                let copies = self.sessions.get(s).map_or(0, |x| {
+                    x.delivery
+                        .as_deref()
+                        .map_or(0, |d| d.inflight.len() + d.queue.len())
+                });
+                if self.cluster_handing.len() >= HANDING_SWEEP_AT {
+                    let sessions = &self.sessions;
+                    self.cluster_handing
+                        .retain(|id, _| sessions.find(id).is_some());
+                }
+                self.cluster_handing
+                    .insert(Bytes::copy_from_slice(client_id), (reply, copies));
+                self.hold_handed(s, now);
+                self.drop_slow_consumers(now);
                 bytes = Some(b);
+            } else {
+                // Clean start: the new owner starts empty, nothing to hand over. The
+                // will went with `take_over`; subscriptions, queue and (with a data
+                // directory) the records go now.
+                self.end_session(s, now);
+                self.drop_slow_consumers(now);
             }
-            // The will went with `take_over`; subscriptions, queue and (with a data
-            // directory) the records go now: this node no longer owns the session.
-            self.end_session(s, now);
-            self.drop_slow_consumers(now);
         }
         if let Some(out) = self.cluster.as_deref_mut() {
             out.handovers.push(SessionHandover {
@@ -323,6 +506,21 @@ impl Shard {
 
     /// `full`: will, inbound QoS 2 ids and copies too; else expiry and subscriptions.
     fn session_bytes(&self, session: u32, full: bool) -> Bytes {
+        if full {
+            self.session_bytes_from(session, 0)
+        } else {
+            self.records_of(session, false, 0)
+        }
+    }
+
+    /// Hand-over bytes with only the copies from the `from`-th on (in flight, then
+    /// queued: a session held for confirmation is offline, so copies only join it
+    /// at the back).
+    fn session_bytes_from(&self, session: u32, from: usize) -> Bytes {
+        self.records_of(session, true, from)
+    }
+
+    fn records_of(&self, session: u32, full: bool, from: usize) -> Bytes {
         let mut out = Vec::new();
         let Some(sess) = self.sessions.get(session) else {
             return Bytes::new();
@@ -332,11 +530,27 @@ impl Shard {
         super::durable_snapshot::session_records(
             sess,
             full,
-            |n, o| (o.qos != QoS::AtMostOnce).then_some((n as u64 + 1, true)),
+            |n, o| (n >= from && o.qos != QoS::AtMostOnce).then_some((n as u64 + 1, true)),
             |_| 0,
             |rec| push_record(&mut out, rec),
         );
         Bytes::from(out)
+    }
+
+    /// A session handed over and kept for its confirmation: it expires as an offline
+    /// session would, and one that would end with its (gone) connection waits
+    /// `HANDING_HOLD` for the confirmation instead.
+    fn hold_handed(&mut self, idx: u32, now: Instant) {
+        if self.sessions.get(idx).is_some_and(|s| s.expiry_s != 0) {
+            self.expire_offline_handover(idx, now);
+            return;
+        }
+        let at = now + HANDING_HOLD;
+        let at_ns = self.stamp_ns(at);
+        if let Some(s) = self.sessions.get_mut(idx) {
+            s.expires_ns = at_ns;
+        }
+        self.arm_session_timer(idx, super::timer::TimerKind::SessionExpiry, at, now);
     }
 
     /// Makes the session from hand-over bytes (`client_id`: the CONNECT's id, which it
@@ -389,6 +603,28 @@ impl Shard {
         sess.subs = subs;
         let d = sess.delivery();
         d.awaiting_pubrel = s.inbound_qos2.iter().copied().collect();
+        self.log_session(idx);
+        for sub in s.subs.iter() {
+            let o = unpack_options(sub.1 .0);
+            self.log_sub(idx, sub.0, Some((&o, sub.1 .1)));
+        }
+        self.restore_handover_copies(idx, &state, s, false, now)?;
+        self.stats.sessions = self.sessions.len();
+        Some(idx)
+    }
+
+    /// Puts the copies of hand-over session `s` (from `state`) in session `idx`'s
+    /// queue or window, each logged with a data directory. `queue_all`: into the
+    /// queue, as new copies (a delta joining a live session, whose packet ids are not
+    /// the old node's: a copy in flight there is sent again here with an id of ours).
+    fn restore_handover_copies(
+        &mut self,
+        idx: u32,
+        state: &StoreState,
+        s: &crate::store::state::SessionState,
+        queue_all: bool,
+        now: Instant,
+    ) -> Option<()> {
         let mut loaded: Vec<(Outgoing, Option<(u16, Phase)>)> = Vec::new();
         for (id, copy) in &s.copies {
             let Some(m) = state.messages.get(id) else {
@@ -407,12 +643,8 @@ impl Shard {
                 owned: true,
             });
             // Not in this node's log yet: `log_copy` below gives it its id here.
-            loaded.push(super::durable_load::copy_of(copy, msg, 0));
-        }
-        self.log_session(idx);
-        for sub in s.subs.iter() {
-            let o = unpack_options(sub.1 .0);
-            self.log_sub(idx, sub.0, Some((&o, sub.1 .1)));
+            let (out, sent) = super::durable_load::copy_of(copy, msg, 0);
+            loaded.push((out, sent.filter(|_| !queue_all)));
         }
         let mut queued = 0;
         for (mut out, sent) in loaded {
@@ -422,8 +654,7 @@ impl Shard {
             queued += d.restore_copy(out, sent);
         }
         self.stats.bytes_queued += queued;
-        self.stats.sessions = self.sessions.len();
-        Some(idx)
+        Some(())
     }
 
     /// An offline session with no timer yet (a hand-over loaded with no connection, or

@@ -64,7 +64,8 @@ use crate::topic::TopicTrie;
 
 pub use cluster::{AckToken, ClusterIn, ClusterInterest, ClusterOut, Forward};
 pub use cluster_session::{
-    handover_records, will_message, will_record, SessionClaim, SessionHandover,
+    handover_records, will_message, will_record, Handed, HandoverConfirm, SessionClaim,
+    SessionHandover,
 };
 use conn::Conn;
 use control::ControlOutbox;
@@ -199,6 +200,9 @@ pub struct Shard {
     cluster: Option<Box<cluster::ClusterOut>>,
     /// The cluster thread's state, read to stop holding CONNECTs once it has ended.
     cluster_status: Option<Arc<crate::cluster::ClusterStatus>>,
+    /// Sessions handed to another node and kept until it confirms: client id ->
+    /// (hand-over id, copies the hand-over carried) (`cluster_session.rs`).
+    cluster_handing: std::collections::HashMap<bytes::Bytes, (u64, usize)>,
     /// The loop's write-ahead log and the replies waiting for it (`durable.rs`);
     /// `None` without a data directory.
     store: Option<Box<durable::ShardStore>>,
@@ -279,6 +283,7 @@ impl Shard {
             ),
             cluster: None,
             cluster_status: None,
+            cluster_handing: Default::default(),
             store: None,
         }
     }

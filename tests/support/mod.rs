@@ -14,7 +14,8 @@
 //!
 //! Files: `broker` (the broker process), `raw_client` (raw client and frames), `parsed`
 //! (server packets parsed by hand), `pkt` (packet builders), `bystander`, `tools`
-//! (external tools: find, require, run), `certs` (rcgen test certificates). This file holds
+//! (external tools: find, require, run), `certs` (rcgen test certificates), `cut_proxy`
+//! (a TCP proxy that cuts its connections: a partition). This file holds
 //! the timeouts, unique names, hex helpers and shard placement.
 
 #![allow(dead_code, unused_imports)] // each test crate uses a different subset
@@ -37,6 +38,7 @@ pub use ringmq::protocol::ProtocolVersion::{V311, V5};
 mod broker;
 mod bystander;
 mod certs;
+mod cut_proxy;
 mod parsed;
 pub mod pkt;
 mod raw_client;
@@ -45,6 +47,7 @@ mod tools;
 pub use broker::*;
 pub use bystander::*;
 pub use certs::*;
+pub use cut_proxy::*;
 pub use parsed::*;
 pub use raw_client::*;
 pub use tools::*;

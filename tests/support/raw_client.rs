@@ -48,6 +48,7 @@ pub fn read_varint(b: &[u8]) -> Option<(u32, usize)> {
 // Raw client
 // ---------------------------------------------------------------------------------------
 
+#[derive(Debug)]
 pub enum ReadOutcome {
     Frame(Frame),
     Closed,

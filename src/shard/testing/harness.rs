@@ -333,6 +333,7 @@ impl Cluster {
                             conn: c.conn,
                             generation: c.generation,
                             session: None,
+                            from: None,
                         };
                         self.shards[s].on_cluster_in(m, self.now);
                     }

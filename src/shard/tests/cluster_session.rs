@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::cfg;
 use crate::protocol::{Packet, Properties, QoS, ReasonCode};
 use crate::shard::harness::*;
-use crate::shard::{handover_records, ClusterIn, SessionClaim};
+use crate::shard::{handover_records, ClusterIn, Handed, SessionClaim};
 
 const Q1: QoS = QoS::AtLeastOnce;
 const Q2: QoS = QoS::ExactlyOnce;
@@ -35,17 +35,56 @@ fn claim_of(cl: &mut Cluster, id: &str) -> SessionClaim {
     claims[0].clone()
 }
 
-/// The cluster thread answers `claim` on `new` with `session` (hand-over bytes).
+/// The cluster thread answers `claim` on `new` with `session` (hand-over bytes, from
+/// node "a" as its hand-over 77, `take_from`'s id).
 fn answer_claim(new: &mut Cluster, claim: &SessionClaim, session: Option<Bytes>) {
     let now = new.now;
+    let from = session.as_ref().map(|_| Handed {
+        node: "a".into(),
+        token: 77,
+    });
     new.shards[0].on_cluster_in(
         ClusterIn::Claimed {
             conn: claim.conn,
             generation: claim.generation,
             session,
+            from,
         },
         now,
     );
+}
+
+/// The cluster thread carries `new`'s confirmations (taken from `out`, its turn's
+/// output) to `old` and the deltas back; returns `old`'s interest changes.
+fn confirm(old: &mut Cluster, new: &mut Cluster, out: &crate::shard::ClusterOut) -> Vec<bool> {
+    assert_eq!(out.confirms.len(), 1, "{out:?}");
+    let c = &out.confirms[0];
+    assert_eq!(c.from.node, "a");
+    let now = old.now;
+    old.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: c.client_id.clone(),
+            token: c.from.token,
+            reply: 78,
+        },
+        now,
+    );
+    old.pump();
+    let o = old.shards[0].take_cluster_out().expect("an answer");
+    assert_eq!(o.handovers.len(), 1);
+    assert_eq!(o.handovers[0].reply, 78);
+    if let Some(delta) = o.handovers[0].session.clone() {
+        let now = new.now;
+        new.shards[0].on_cluster_in(
+            ClusterIn::Delta {
+                client_id: c.client_id.clone(),
+                session: delta,
+            },
+            now,
+        );
+        new.pump();
+    }
+    o.interest.iter().map(|i| i.add).collect()
 }
 
 /// Node `old` answers a takeover request for `id`: returns the hand-over bytes and
@@ -89,14 +128,13 @@ fn an_offline_session_moves_with_its_queue_and_subscriptions() {
 
     let (bytes, interest) = take_from(&mut a, "roam", false);
     let bytes = bytes.expect("a session");
-    assert_eq!(interest, [false, false], "both filters leave a");
+    assert!(
+        interest.is_empty(),
+        "the filters stay on a until b confirms"
+    );
     let recs = handover_records(&bytes).expect("decodes");
     assert!(recs.len() >= 5, "{recs:?}");
-    assert_eq!(
-        a.shards[0].stats().sessions,
-        1,
-        "only the publisher is left on a"
-    );
+    assert_eq!(a.shards[0].stats().sessions, 2, "kept until confirmed");
 
     answer_claim(&mut b, &claim, Some(bytes));
     b.pump();
@@ -109,13 +147,24 @@ fn an_offline_session_moves_with_its_queue_and_subscriptions() {
     }
     b.expect(c, pubp("t", "x1", Q1, false, 1));
     b.expect(c, pubp("u/1", "x2", Q2, false, 2));
-    // The subscriptions are live on b: interest for both filters goes to NATS.
+    // The subscriptions are live on b: interest for both filters goes to NATS, in
+    // the same output as the confirmation (the cluster thread subscribes first).
     let out = b.shards[0].take_cluster_out().expect("interest");
     let mut filters: Vec<_> = out.interest.iter().map(|i| i.filter.clone()).collect();
     filters.sort();
     assert_eq!(
         filters,
         [Bytes::from_static(b"t"), Bytes::from_static(b"u/+")]
+    );
+    assert_eq!(
+        confirm(&mut a, &mut b, &out),
+        [false, false],
+        "both filters leave a once b confirmed"
+    );
+    assert_eq!(
+        a.shards[0].stats().sessions,
+        1,
+        "only the publisher is left on a"
     );
     b.auto_claim = true;
     let q = b.connect_ok(V311, "local", ConnectOpts::default(), false);
@@ -368,4 +417,193 @@ fn a_session_too_large_to_send_stays_on_the_old_node() {
         .filter(|r| matches!(r, crate::store::record::Record::Enqueue { .. }))
         .count();
     assert_eq!(queued, 2, "{recs:?}");
+}
+
+/// No subscription gap during a takeover (review item 4): the old node keeps the
+/// session subscribed until the new one, subscribed itself, confirms; a QoS 1 message
+/// that reaches the old node in between follows as a delta, and one published after
+/// the confirmation is the new node's alone. Without the hold, "gap" reached no one.
+#[test]
+fn a_message_published_during_a_takeover_reaches_the_new_owner() {
+    let mut a = old_owner_with_queue();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, interest) = take_from(&mut a, "roam", false);
+    assert!(interest.is_empty(), "a still holds t");
+    // Published on a while the hand-over travels (and PUBACKed there).
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "gap", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    b.expect(c, pubp("t", "x1", Q1, false, 1));
+    b.expect(c, pubp("t", "x2", Q1, false, 2));
+    let out = b.shards[0]
+        .take_cluster_out()
+        .expect("interest and confirmation");
+    assert_eq!(confirm(&mut a, &mut b, &out), [false], "t leaves a now");
+    b.expect(c, pubp("t", "gap", Q1, false, 3));
+    b.expect_nothing(c);
+    // After the confirmation the session is b's alone.
+    a.publish(p, "t", "late", Q1, false, 4);
+    assert_eq!(
+        a.shards[0].stats().sessions,
+        2,
+        "only the publishers are left"
+    );
+}
+
+/// The old node ends a session only when the new owner confirms it (review item 3):
+/// a hand-over never confirmed (the requester timed out, or died) leaves the session
+/// on the old node, whole, and a later takeover gets all of it, including what
+/// arrived since. A stale confirmation (an older hand-over's id) ends nothing.
+#[test]
+fn an_unconfirmed_handover_keeps_the_session_for_the_next_claim() {
+    use crate::store::record::Record;
+    let mut a = old_owner_with_queue();
+    let (first, _) = take_from(&mut a, "roam", false);
+    assert!(first.is_some());
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "x3", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+    assert_eq!(a.shards[0].stats().sessions, 3, "roam is still on a");
+    // A confirmation for another hand-over id is not this one's.
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 12345,
+            reply: 6,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    assert_eq!(out.handovers[0].session, None);
+    assert!(out.interest.is_empty());
+    assert_eq!(a.shards[0].stats().sessions, 3);
+    // The next claim gets the whole session.
+    let (again, _) = take_from(&mut a, "roam", false);
+    let recs = handover_records(&again.expect("the session")).expect("decodes");
+    let payloads: Vec<_> = recs
+        .iter()
+        .filter_map(|r| match r {
+            Record::MsgPut { msg, .. } => Some(msg.payload.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads, [&b"x1"[..], b"x2", b"x3"]);
+}
+
+/// A will the cluster published while this node was cut from NATS (its entry taken
+/// by a survivor, `cluster/wills.rs`): the client's connection here is closed with
+/// 0x9C and its will is not published a second time, here or to NATS; the session
+/// stays for its next CONNECT. A client that left meanwhile is not touched.
+#[test]
+fn a_will_taken_by_another_node_disconnects_its_client_without_a_second_will() {
+    let mut a = node();
+    let opts = ConnectOpts {
+        will: Some(will("w/t", "gone", Q1, false, Properties::default())),
+        properties: Properties {
+            session_expiry_interval_s: Some(300),
+            ..Properties::default()
+        },
+        ..persistent()
+    };
+    let c = a.connect_ok(V5, "cut", opts, false);
+    let s = a.connect_ok(V311, "s", ConnectOpts::default(), false);
+    a.subscribe(s, "w/#", Q1);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::WillTaken {
+            client_id: Bytes::from_static(b"cut"),
+        },
+        now,
+    );
+    a.pump();
+    a.expect(c, disconnect(ReasonCode::UseAnotherServer));
+    a.expect_closed(c);
+    a.expect_nothing(s);
+    if let Some(out) = a.shards[0].take_cluster_out() {
+        assert!(
+            out.publishes.is_empty(),
+            "the will went to NATS again: {out:?}"
+        );
+    }
+    // Again (the second check after a return): nothing left to do.
+    a.shards[0].on_cluster_in(
+        ClusterIn::WillTaken {
+            client_id: Bytes::from_static(b"cut"),
+        },
+        now,
+    );
+    a.pump();
+    a.expect_nothing(s);
+    let back = ConnectOpts {
+        properties: Properties {
+            session_expiry_interval_s: Some(300),
+            ..Properties::default()
+        },
+        ..persistent()
+    };
+    let c = a.connect_ok(V5, "cut", back, true);
+    a.expect_nothing(c);
+}
+
+/// After a partition, the node whose CONNECT for an id came earlier gives the id up
+/// (`cluster/sessions.rs` reconcile): its MQTT 5 client is told 0x8E, the session
+/// ends here and its queued copies go to the node that keeps the id, where they join
+/// that node's own session (as a delta) behind what it holds.
+#[test]
+fn a_session_given_up_after_a_partition_joins_the_winners_session() {
+    let mut a = node();
+    let s = a.connect_ok(V5, "split", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    // Unacknowledged by the client: still held when the id is given up.
+    a.publish(p, "t", "from-a", Q1, false, 1);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Yield {
+            client_id: Bytes::from_static(b"split"),
+            node: "b".into(),
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("the yield");
+    assert_eq!(out.yields.len(), 1);
+    let (id, to, bytes) = out.yields[0].clone();
+    assert_eq!((&id[..], to.as_str()), (&b"split"[..], "b"));
+    assert_eq!(
+        a.shards[0].stats().sessions,
+        1,
+        "only the publisher is left"
+    );
+
+    let mut b = node();
+    let c = b.connect_ok(V5, "split", persistent(), false);
+    b.subscribe(c, "t", Q1);
+    let q = b.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    b.publish(q, "t", "from-b", Q1, false, 1);
+    b.expect(c, pubp("t", "from-b", Q1, false, 1));
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::Delta {
+            client_id: id,
+            session: bytes,
+        },
+        now,
+    );
+    b.pump();
+    b.expect(c, pubp("t", "from-a", Q1, false, 2));
+    b.expect_nothing(c);
 }
