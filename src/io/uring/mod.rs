@@ -15,17 +15,18 @@
 //!   listener, each with its own sockaddr buffer. Re-arming a few accepts per turn costs
 //!   nothing next to the TCP handshake.
 //! - multishot (the default, no per-IP limit): one multishot accept per listener, armed
-//!   on the first ring with room while that ring has more than a margin left
-//!   (`multi_accept_margin`); a ring's last slots are filled by single-shot accepts, so
-//!   a loop near full behaves exactly as in single-shot mode. A multishot accept
+//!   on the first ring with more than a margin left (`multi_accept_margin`); a ring's
+//!   last slots are filled by descriptors other loops hand over and, once no ring is
+//!   above its margin, by single-shot accepts, so a loop near full behaves exactly as
+//!   in single-shot mode while a storm never waits for them. A multishot accept
 //!   reports no peer address (`0.0.0.0:0`): the kernel has no per-completion sockaddr
 //!   buffer for it, and a direct descriptor cannot be asked `getpeername`.
 //!
 //! Either way an armed accept holds one reservation in its ring's `RingRoom` for the
 //! slot its next connection takes. A multishot accept takes a new one per connection
 //! and is cancelled once its ring is down to the margin (or out of room); after its
-//! last completion it is armed again on the first ring with room, so rings still fill
-//! in order. The kernel accepts the whole backlog at once, so the tail of a burst can
+//! last completion it is armed again on the first ring above the margin, so rings
+//! still fill in order. The kernel accepts the whole backlog at once, so the tail of a burst can
 //! land past its ring's room before the cancel does: kept in the ring's headroom,
 //! charged to another ring's room (`borrow_room`), or, with none left anywhere, closed
 //! and counted like the over-capacity accept's.
