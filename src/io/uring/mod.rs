@@ -614,6 +614,22 @@ impl EventLoop for UringLoop {
     }
 
     fn start_recv(&mut self, sock: SockId) {
+        // While receives wait in `starved` for buffers, a new socket queues behind
+        // them instead of arming at once: armed at once, it took the buffers posted
+        // for them, so in a storm the newest connections read their CONNECT first and
+        // the oldest starved on until `connect_timeout_ms` closed them (675 of 100k).
+        if let Some(s) = self.socks.get_mut(sock as usize) {
+            let r = s.ring as usize;
+            if !s.recv_armed
+                && !s.starved
+                && s.state == SockState::Open
+                && !self.rings[r].starved.is_empty()
+            {
+                s.starved = true;
+                self.rings[r].starved.push_back(sock);
+                return;
+            }
+        }
         self.arm_recv(sock);
     }
 
