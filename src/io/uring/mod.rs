@@ -141,8 +141,10 @@ struct Sock {
     slot: u32,
     state: SockState,
     recv_armed: bool,
-    /// The rest of the one send in flight.
-    tx: Option<crate::tx::TxChain>,
+    /// The rest of the one send in flight. Boxed: 8 bytes in every socket instead of
+    /// 40, for a chain that exists only while a send is in flight (an idle connection
+    /// has none; issue #21's ≤ 300 B per idle connection).
+    tx: Option<Box<crate::tx::TxChain>>,
     /// The iovec array of a `SENDMSG` in flight (chains of several segments).
     iov: Option<Box<send::IovBuf>>,
     close_inflight: bool,

@@ -107,7 +107,7 @@ impl UringLoop {
             );
             return;
         }
-        s.tx = Some(data);
+        s.tx = Some(Box::new(data));
         self.submit_send(sock);
     }
 }
