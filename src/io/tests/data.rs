@@ -431,6 +431,101 @@ fn uring_starved_receives_wait_for_buffers_then_all_arrive() {
     drop(clients);
 }
 
+/// A connection accepted while receives are starved queues behind them: its bytes
+/// arrive after the first bytes of every socket that was waiting before it. Armed at
+/// once, it took the buffers given back for them (in a 100k reconnect storm the oldest
+/// waited until `connect_timeout_ms` closed them).
+#[test]
+fn uring_a_new_connection_queues_behind_starved_receives() {
+    const CLIENTS: usize = 8;
+    const LEN: usize = 600;
+    let o = LoopOptions {
+        recv_buf_size_bytes: 512,
+        recv_bufs_per_ring: 4,
+        ..opts()
+    };
+    let mut lp = new_uring(0, &o).expect("uring loop");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    lp.add_listener(listener).expect("add_listener");
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|i| {
+            let mut c = connect(addr);
+            c.write_all(&pattern(i, LEN)).expect("write");
+            c
+        })
+        .collect();
+    let mut s = Starving::default();
+    for _ in 0..500 {
+        s.turn(&mut lp, true);
+        if s.socks.len() == CLIENTS && s.held.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!((s.socks.len(), s.held.len()), (CLIENTS, 4));
+    for _ in 0..5 {
+        s.turn(&mut lp, true);
+    }
+    let waiting: Vec<SockId> = s
+        .socks
+        .keys()
+        .copied()
+        .filter(|k| s.got.get(k).map_or(0, Vec::len) < LEN)
+        .collect();
+    assert!(waiting.len() >= CLIENTS - 2, "{} starved", waiting.len());
+    // The late one is accepted (and its receive started) in the turn that gives every
+    // buffer back.
+    let mut late = connect(addr);
+    late.write_all(&pattern(CLIENTS, LEN)).expect("write");
+    clients.push(late);
+    for _ in 0..500 {
+        s.turn(&mut lp, true);
+        if s.socks.len() == CLIENTS + 1 {
+            break;
+        }
+    }
+    assert_eq!(s.socks.len(), CLIENTS + 1);
+    let late_sock = s
+        .socks
+        .iter()
+        .find_map(|(k, i)| (*i == CLIENTS).then_some(*k))
+        .expect("late socket");
+    for buf in s.held.drain(..) {
+        lp.recycle(buf);
+    }
+    let mut order: Vec<SockId> = Vec::new();
+    for _ in 0..500 {
+        let before: HashMap<SockId, usize> = s.got.iter().map(|(k, v)| (*k, v.len())).collect();
+        s.turn(&mut lp, false);
+        for (k, v) in &s.got {
+            if v.len() > before.get(k).copied().unwrap_or(0) && !order.contains(k) {
+                order.push(*k);
+            }
+        }
+        if s.got.values().map(Vec::len).sum::<usize>() == (CLIENTS + 1) * LEN {
+            break;
+        }
+    }
+    let at = |k: SockId| {
+        order
+            .iter()
+            .position(|o| *o == k)
+            .expect("no bytes arrived")
+    };
+    for w in &waiting {
+        assert!(
+            at(*w) < at(late_sock),
+            "socket {w}, waiting since before, read after the late one: {order:?}"
+        );
+    }
+    for (sock, i) in &s.socks {
+        assert!(
+            s.got.get(sock).is_some_and(|b| *b == pattern(*i, LEN)),
+            "client {i}"
+        );
+    }
+}
+
 /// The server side of `uring_starved_receives_wait_for_buffers_then_all_arrive`.
 #[derive(Default)]
 struct Starving {

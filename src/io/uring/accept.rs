@@ -93,20 +93,40 @@ impl UringLoop {
         // accept holds a reservation in its ring's `RingRoom`, shared with the loops
         // that send us descriptors, so the two can never overrun a table together.
         let room_ring = (0..self.rings.len()).find(|&r| self.room(r).free() > 0);
-        // Multishot only while that ring has more than the margin left: its last slots
-        // are filled by single-shot accepts (see `multi_accept_margin`).
-        let multi_ring = room_ring
-            .filter(|&r| self.multishot_accept && self.room(r).free() > self.multi_accept_margin());
+        // Multishot on the first ring with more than the margin left, which is not
+        // always `room_ring`: a ring down to its margin hands the multishot to the next
+        // one at once. Filling its last slots with single-shot accepts first (a few per
+        // turn) stalled the listener during a storm: 4,352 slots at a few hundred a
+        // second overflowed the listen backlog (18,000-25,000 `ListenOverflows` in a
+        // 100k reconnect storm, each a SYN retried 1, 3, 7 s later). The tails fill
+        // with descriptors other loops hand over (`reserve_adopt_slot` takes the first
+        // ring with room) and, once no ring is above its margin, single-shot accepts.
+        let margin = self.multi_accept_margin();
+        // Arming takes a reservation, and a multishot is cancelled once its ring is down
+        // to the margin after taking its next one (`on_accept_multi`): a ring is armed
+        // on only with more than that left, or it would flap by one slot.
+        let multi_ring = (0..self.rings.len())
+            .find(|&r| self.room(r).free() > margin + 1)
+            .filter(|_| self.multishot_accept);
         for li in 0..self.listeners.len() {
             let Some(fd) = self.listeners[li].socket.as_ref().map(|l| l.as_raw_fd()) else {
                 continue;
             };
             let m = &self.listeners[li].multi;
+            // An armed multishot stays on its ring while that ring is above the margin,
+            // unless an earlier ring has twice the margin free again: one close on a ring
+            // at its margin must not move it back and forth.
+            let on = m.ring as usize;
+            let stays = m.armed
+                && m.counted
+                && !m.cancel_sent
+                && self.room(on).free() > margin
+                && multi_ring.map_or(true, |f| f >= on || self.room(f).free() <= 2 * margin);
             if m.armed {
                 // On another ring than the one to fill now (an earlier one has room
                 // again, or its own is down to the margin): cancelled there, armed
                 // again after its last completion.
-                if m.counted && !m.cancel_sent && multi_ring != Some(m.ring as usize) {
+                if m.counted && !m.cancel_sent && !stays {
                     self.cancel_accept_multi(li);
                 }
             } else if let Some(r) = multi_ring {
@@ -114,6 +134,8 @@ impl UringLoop {
                     self.arm_accept_multi(li, r, fd);
                 }
             }
+            // Single-shot accepts only once no multishot is (or can be) armed.
+            let single = multi_ring.is_none() && !stays;
             for si in 0..self.listeners[li].slots.len() {
                 let slot = &self.listeners[li].slots[si];
                 let ring = slot.ring as usize;
@@ -126,11 +148,7 @@ impl UringLoop {
                     }
                     continue;
                 }
-                if multi_ring.is_some()
-                    || slot.armed
-                    || room_ring != Some(ring)
-                    || !self.room(ring).try_take()
-                {
+                if !single || slot.armed || room_ring != Some(ring) || !self.room(ring).try_take() {
                     continue;
                 }
                 self.arm_accept(li, si, fd, true);

@@ -15,17 +15,18 @@
 //!   listener, each with its own sockaddr buffer. Re-arming a few accepts per turn costs
 //!   nothing next to the TCP handshake.
 //! - multishot (the default, no per-IP limit): one multishot accept per listener, armed
-//!   on the first ring with room while that ring has more than a margin left
-//!   (`multi_accept_margin`); a ring's last slots are filled by single-shot accepts, so
-//!   a loop near full behaves exactly as in single-shot mode. A multishot accept
+//!   on the first ring with more than a margin left (`multi_accept_margin`); a ring's
+//!   last slots are filled by descriptors other loops hand over and, once no ring is
+//!   above its margin, by single-shot accepts, so a loop near full behaves exactly as
+//!   in single-shot mode while a storm never waits for them. A multishot accept
 //!   reports no peer address (`0.0.0.0:0`): the kernel has no per-completion sockaddr
 //!   buffer for it, and a direct descriptor cannot be asked `getpeername`.
 //!
 //! Either way an armed accept holds one reservation in its ring's `RingRoom` for the
 //! slot its next connection takes. A multishot accept takes a new one per connection
 //! and is cancelled once its ring is down to the margin (or out of room); after its
-//! last completion it is armed again on the first ring with room, so rings still fill
-//! in order. The kernel accepts the whole backlog at once, so the tail of a burst can
+//! last completion it is armed again on the first ring above the margin, so rings
+//! still fill in order. The kernel accepts the whole backlog at once, so the tail of a burst can
 //! land past its ring's room before the cancel does: kept in the ring's headroom,
 //! charged to another ring's room (`borrow_room`), or, with none left anywhere, closed
 //! and counted like the over-capacity accept's.
@@ -145,10 +146,10 @@ struct Sock {
     slot: u32,
     state: SockState,
     recv_armed: bool,
-    /// The rest of the one send in flight.
-    tx: Option<crate::tx::TxChain>,
-    /// The iovec array of a `SENDMSG` in flight (chains of several segments).
-    iov: Option<Box<send::IovBuf>>,
+    /// The one send in flight. Boxed: 8 bytes in every socket instead of 48 (the chain
+    /// and the iovec array's pointer), for what exists only while a send is in flight
+    /// (an idle connection has none; issue #21's ≤ 300 B per idle connection).
+    tx: Option<Box<send::InFlight>>,
     close_inflight: bool,
     /// The slot was closed (or never needs closing): release once nothing is in flight.
     slot_closed: bool,
@@ -590,7 +591,6 @@ impl UringLoop {
             state: SockState::Open,
             recv_armed: false,
             tx: None,
-            iov: None,
             close_inflight: false,
             slot_closed: false,
             reported: true,
@@ -623,6 +623,22 @@ impl EventLoop for UringLoop {
     }
 
     fn start_recv(&mut self, sock: SockId) {
+        // While receives wait in `starved` for buffers, a new socket queues behind
+        // them instead of arming at once: armed at once, it took the buffers posted
+        // for them, so in a storm the newest connections read their CONNECT first and
+        // the oldest starved on until `connect_timeout_ms` closed them (675 of 100k).
+        if let Some(s) = self.socks.get_mut(sock as usize) {
+            let r = s.ring as usize;
+            if !s.recv_armed
+                && !s.starved
+                && s.state == SockState::Open
+                && !self.rings[r].starved.is_empty()
+            {
+                s.starved = true;
+                self.rings[r].starved.push_back(sock);
+                return;
+            }
+        }
         self.arm_recv(sock);
     }
 
@@ -863,11 +879,9 @@ impl Drop for UringLoop {
             }
         }
         for (_, sock) in std::mem::take(&mut self.socks) {
+            // The chain's bytes and the iovec array, which the kernel may still read.
             if let Some(tx) = sock.tx {
                 std::mem::forget(tx);
-            }
-            if let Some(iov) = sock.iov {
-                std::mem::forget(iov);
             }
         }
         // The RECVMSG template and the headers and data of sends in flight.

@@ -21,12 +21,22 @@ pub(super) struct IovBuf {
     iov: Vec<libc::iovec>,
 }
 
+/// A socket's send in flight, boxed in its `Sock` until the completion.
+pub(super) struct InFlight {
+    /// The rest of the chain being sent.
+    chain: TxChain,
+    /// The `SENDMSG` header and iovecs of a chain of several segments, kept (at a
+    /// stable address) across its resubmissions.
+    iov: Option<Box<IovBuf>>,
+}
+
 impl UringLoop {
     pub(super) fn submit_send(&mut self, sock: SockId) {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
-        let Some(tx) = &s.tx else { return };
+        let Some(f) = s.tx.as_mut() else { return };
+        let tx = &f.chain;
         let e = if tx.segments() <= 1 {
             let first = tx.chunks().next().unwrap_or(&[]);
             let len = first.len().min(u32::MAX as usize) as u32;
@@ -34,7 +44,7 @@ impl UringLoop {
                 .flags(libc::MSG_NOSIGNAL)
                 .build()
         } else {
-            let b = s.iov.get_or_insert_with(|| {
+            let b = f.iov.get_or_insert_with(|| {
                 Box::new(IovBuf {
                     // SAFETY: msghdr is a plain C struct of integers and pointers, for
                     // which all-zero is a valid (empty) value.
@@ -55,7 +65,7 @@ impl UringLoop {
                 .build()
         };
         // The pointers above stay valid until the completion: the chain's segments
-        // are reference-counted heap buffers held in `s.tx`, and `s.iov` is boxed;
+        // are reference-counted heap buffers held in `s.tx`, and the iovecs are boxed;
         // neither is touched before `on_send` (and `Drop` leaks both if the loop goes
         // first).
         let e = e.user_data(ud(K_SEND, sock as u64));
@@ -67,7 +77,9 @@ impl UringLoop {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
-        let Some(tx) = s.tx.as_mut() else { return };
+        let Some(tx) = s.tx.as_mut().map(|f| &mut f.chain) else {
+            return;
+        };
         if res >= 0 && (res as usize) < tx.len() && s.state == SockState::Open {
             // Short write, or a chain longer than one SENDMSG takes: send the rest.
             tx.advance(res as usize);
@@ -76,9 +88,8 @@ impl UringLoop {
             return;
         }
         let errno = if res < 0 { -res } else { 0 };
+        // The iovecs go with it: kept only while a chain of several segments is sent.
         s.tx = None;
-        // Kept only while a chain of several segments is being sent.
-        s.iov = None;
         match s.state {
             SockState::Open => self.pending.push(Completion::SendDone { sock, errno }),
             SockState::Migrating { .. } => {
@@ -107,7 +118,10 @@ impl UringLoop {
             );
             return;
         }
-        s.tx = Some(data);
+        s.tx = Some(Box::new(InFlight {
+            chain: data,
+            iov: None,
+        }));
         self.submit_send(sock);
     }
 }
