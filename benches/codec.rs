@@ -10,9 +10,9 @@ use bytes::{Bytes, BytesMut};
 use divan::counter::BytesCount;
 use divan::Bencher;
 use ringmq::protocol::{
-    decode_packet, encode_packet, ConnAck, Connect, Packet, PacketType, Properties,
-    ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
-    SubscriptionOptions, MAX_REMAINING_LENGTH,
+    decode_packet, encode_packet, ConnAck, Connect, Packet, PacketType, Properties, PropertyValues,
+    ProtocolVersion, PubResp, Publish, PublishProperties, PublishRare, QoS, ReasonCode, SubAck,
+    Subscribe, SubscriptionOptions, MAX_REMAINING_LENGTH,
 };
 use smallvec::SmallVec;
 
@@ -37,14 +37,17 @@ fn publish(version: ProtocolVersion, payload_len: usize) -> Packet {
             payload_format_indicator: Some(1),
             message_expiry_interval_s: Some(3600),
             topic_alias: None,
-            response_topic: Some(Bytes::from_static(b"fleet/eu-west/device-000042/reply")),
-            correlation_data: Some(Bytes::from_static(&[7; 16])),
-            subscription_identifiers: SmallVec::new(),
-            content_type: Some(Bytes::from_static(b"application/cbor")),
-            user_properties: vec![
-                (Bytes::from_static(b"fw"), Bytes::from_static(b"2.4.1")),
-                (Bytes::from_static(b"site"), Bytes::from_static(b"ams-3")),
-            ],
+            rare: PublishRare {
+                response_topic: Some(Bytes::from_static(b"fleet/eu-west/device-000042/reply")),
+                correlation_data: Some(Bytes::from_static(&[7; 16])),
+                subscription_identifiers: SmallVec::new(),
+                content_type: Some(Bytes::from_static(b"application/cbor")),
+                user_properties: vec![
+                    (Bytes::from_static(b"fw"), Bytes::from_static(b"2.4.1")),
+                    (Bytes::from_static(b"site"), Bytes::from_static(b"ams-3")),
+                ],
+            }
+            .into(),
         }
     } else {
         PublishProperties::default()
@@ -62,13 +65,13 @@ fn publish(version: ProtocolVersion, payload_len: usize) -> Packet {
 
 fn connect(version: ProtocolVersion) -> Packet {
     let properties = if version.is_v5() {
-        Properties {
+        Properties::from(PropertyValues {
             session_expiry_interval_s: Some(3600),
             receive_maximum: Some(64),
             maximum_packet_size: Some(65536),
             topic_alias_maximum: Some(16),
             ..Default::default()
-        }
+        })
     } else {
         Properties::default()
     };

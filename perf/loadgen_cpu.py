@@ -18,7 +18,7 @@ machine are not comparable with a quiet one.
 
 Each line also gives, over the measured phase, how long each process waited for a CPU
 (runnable, not running: /proc/PID/schedstat; loadgen prints its own) and the broker's
-share of its core. Other builds on the cores make both wait: on the shared development
+share of its core and peak RSS (VmHWM). Other builds on the cores make both wait: on the shared development
 machine (load ~14) fan-in reached 0.6-1.0M msg/s with loadgen at ~10% and the broker at
 ~20% of their cores, each waiting 20-60% of the time. `nice` alone does not help: with
 kernel.sched_autogroup_enabled each session's processes share one weight. PRIO=1
@@ -89,6 +89,16 @@ def cpu_s(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def peak_rss_mib(pid):
+    """The broker's peak resident set (VmHWM): what a window or queue setting costs
+    in memory while the run fills it."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def wait_listening(port, broker):
     for _ in range(100):
         if broker.poll() is not None:
@@ -124,6 +134,7 @@ def run(ringmq, loadgen, name):
         wall = time.monotonic() - t0
         b1 = cpu_s(broker.pid)
         w1 = runq_wait_s(broker.pid)
+        rss = peak_rss_mib(broker.pid)
     finally:
         broker.send_signal(signal.SIGINT)
         try:
@@ -141,7 +152,7 @@ def run(ringmq, loadgen, name):
     lg_wait = r.get("runq_wait_pct")
     lg_wait = "n/a" if lg_wait is None else f"{lg_wait:.0f}%"
     waits = (f"waited for a CPU: loadgen {lg_wait}, broker {broker_wait_pct:.0f}%; "
-             f"broker {broker_cpu * 100 / wall:.0f}% of its core; ")
+             f"broker {broker_cpu * 100 / wall:.0f}% of its core, peak RSS {rss:.1f} MiB; ")
     load = os.getloadavg()[0]
     if name.startswith("connect"):
         print(f"{name}: established {r['connections_established']}/"

@@ -325,7 +325,7 @@ fn connect_packet(id: &str, v5: bool, clean: bool) -> Connect {
         properties: Default::default(),
     };
     if v5 && !clean {
-        c.properties.session_expiry_interval_s = Some(3600);
+        c.properties.to_mut().session_expiry_interval_s = Some(3600);
     }
     c
 }
@@ -556,10 +556,10 @@ fn kill_loop(mode: &str, extra: &[&str], shards: usize) {
                 payload: Bytes::from_static(b"will"),
                 qos: QoS::AtLeastOnce,
                 retain: false,
-                properties: ringmq::protocol::Properties {
+                properties: ringmq::protocol::Properties::from(ringmq::protocol::PropertyValues {
                     will_delay_interval_s: Some(3600),
                     ..Default::default()
-                },
+                }),
             });
             let (wp, _) = Peer::connect(&addr, c).expect("w connects");
             // Left open: the kill ends it abnormally, the will waits for its delay.

@@ -445,7 +445,7 @@ mod tests {
         let mut properties = PublishProperties::default();
         if v.is_v5() {
             properties.message_expiry_interval_s = Some(60);
-            properties.subscription_identifiers.push(300);
+            properties.rare.to_mut().subscription_identifiers.push(300);
         }
         let h = Header {
             kind: payload::KIND_DATA,

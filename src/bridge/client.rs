@@ -38,8 +38,9 @@ use smallvec::SmallVec;
 use super::config::BridgeConfig;
 use super::rules::Rules;
 use crate::protocol::{
-    decode_packet, encode_packet, Connect, Disconnect, Packet, Properties, ProtocolVersion,
-    PubResp, Publish, PublishProperties, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    decode_packet, encode_packet, Connect, Disconnect, Packet, Properties, PropertyValues,
+    ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, Subscribe,
+    SubscriptionOptions,
 };
 
 /// Largest packet accepted from the remote. A bigger one ends the connection: the
@@ -308,14 +309,14 @@ impl BridgeClient {
             username: self.cfg.username.clone().map(Bytes::from),
             password: self.cfg.password.clone().map(Bytes::from),
             properties: if self.version.is_v5() {
-                Properties {
+                Properties::from(PropertyValues {
                     // Keep the session as long as the 3.1.1 remote would (clean
                     // session false means forever there).
                     session_expiry_interval_s: (!self.cfg.clean_session).then_some(u32::MAX),
                     // What may wait for the local ack (`in_wait`).
                     receive_maximum: Some(self.cfg.inflight_max.max(1)),
-                    ..Properties::default()
-                }
+                    ..Default::default()
+                })
             } else {
                 Properties::default()
             },

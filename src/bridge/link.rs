@@ -28,8 +28,8 @@ use smallvec::SmallVec;
 
 use super::client::LocalPublish;
 use crate::protocol::{
-    decode_packet, encode_packet, Connect, Packet, Properties, ProtocolVersion, PubResp, Publish,
-    PublishProperties, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    decode_packet, encode_packet, Connect, Packet, Properties, PropertyValues, ProtocolVersion,
+    PubResp, Publish, PublishProperties, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 
 /// Largest packet taken from the shard on this connection.
@@ -154,10 +154,10 @@ impl LocalLink {
             will: None,
             username: None,
             password: None,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 session_expiry_interval_s: persistent.then_some(u32::MAX),
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
         };
         encode_packet(
             &Packet::Connect(Box::new(connect)),

@@ -94,7 +94,9 @@ pub fn decode<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Result<Meta, Cluster
 fn properties_frame(properties: &PublishProperties) -> Bytes {
     let mut properties = properties.clone();
     properties.topic_alias = None;
-    properties.subscription_identifiers.clear();
+    if let Some(r) = properties.rare.get_mut() {
+        r.subscription_identifiers.clear();
+    }
     let p = Publish {
         dup: false,
         qos: QoS::AtMostOnce,

@@ -11,7 +11,7 @@ use super::subject::{
     filter_subjects, nats_matches, queue_group, subject_topic, topic_subject, QosClass,
 };
 use super::ClusterError;
-use crate::protocol::{PublishProperties, QoS, UserProperty};
+use crate::protocol::{PublishProperties, PublishRare, QoS, UserProperty};
 use crate::topic::{matches, TopicTrie};
 
 const Q0: QosClass = QosClass::AtMostOnce;
@@ -271,14 +271,18 @@ fn props() -> PublishProperties {
     PublishProperties {
         payload_format_indicator: Some(1),
         message_expiry_interval_s: Some(60),
-        response_topic: Some(Bytes::from_static(b"reply/to")),
-        correlation_data: Some(Bytes::from_static(&[0, 1, 2])),
-        content_type: Some(Bytes::from_static(b"text/plain")),
-        user_properties: vec![(
-            Bytes::from_static("k é".as_bytes()),
-            Bytes::from_static(b"v\n"),
-        ) as UserProperty],
-        ..PublishProperties::default()
+        rare: PublishRare {
+            response_topic: Some(Bytes::from_static(b"reply/to")),
+            correlation_data: Some(Bytes::from_static(&[0, 1, 2])),
+            content_type: Some(Bytes::from_static(b"text/plain")),
+            user_properties: vec![(
+                Bytes::from_static("k é".as_bytes()),
+                Bytes::from_static(b"v\n"),
+            ) as UserProperty],
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
     }
 }
 
@@ -309,7 +313,7 @@ fn headers_round_trip() {
 fn per_connection_properties_are_not_forwarded() {
     let mut p = props();
     p.topic_alias = Some(3);
-    p.subscription_identifiers.push(7);
+    p.rare.to_mut().subscription_identifiers.push(7);
     let meta = Meta {
         qos: QoS::AtMostOnce,
         retain: false,

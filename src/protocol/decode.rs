@@ -11,7 +11,9 @@ use super::packet::{
     SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use super::packet_type::PacketType;
-use super::properties::{property_id as id, Properties, PropertySet, PublishProperties};
+use super::properties::{
+    property_id as id, Properties, PropertySet, PropertyValues, PublishProperties,
+};
 use super::reason::ReasonCode;
 
 /// Fixed header of one frame: the first byte, and the remaining length with the
@@ -465,7 +467,10 @@ fn reason_for(raw: u8, packet_type: PacketType) -> Result<ReasonCode, DecodeErro
 fn decode_properties(r: &mut Reader<'_>, allowed: PropertySet) -> Result<Properties, DecodeError> {
     let len = r.vbi()? as usize;
     let mut p = r.sub(len)?;
-    let mut props = Properties::default();
+    if p.remaining() == 0 {
+        return Ok(Properties::default());
+    }
+    let mut props = PropertyValues::default();
     let mut seen = 0u64;
     while p.remaining() > 0 {
         let pid = p.u8()?;
@@ -526,7 +531,7 @@ fn decode_properties(r: &mut Reader<'_>, allowed: PropertySet) -> Result<Propert
     if props.authentication_data.is_some() && props.authentication_method.is_none() {
         return Err(DecodeError::InvalidPropertyValue(id::AUTHENTICATION_DATA));
     }
-    Ok(props)
+    Ok(Properties::from(props))
 }
 
 /// PUBLISH properties: subscription identifiers and user properties may repeat.
@@ -551,15 +556,19 @@ fn decode_publish_properties(r: &mut Reader<'_>) -> Result<PublishProperties, De
                 props.payload_format_indicator = Some(p.flag_byte(pid)?)
             }
             id::MESSAGE_EXPIRY_INTERVAL => props.message_expiry_interval_s = Some(p.u32()?),
-            id::CONTENT_TYPE => props.content_type = Some(p.utf8()?),
-            id::RESPONSE_TOPIC => props.response_topic = Some(p.response_topic()?),
-            id::CORRELATION_DATA => props.correlation_data = Some(p.binary()?),
+            id::CONTENT_TYPE => props.rare.to_mut().content_type = Some(p.utf8()?),
+            id::RESPONSE_TOPIC => props.rare.to_mut().response_topic = Some(p.response_topic()?),
+            id::CORRELATION_DATA => props.rare.to_mut().correlation_data = Some(p.binary()?),
             id::SUBSCRIPTION_IDENTIFIER => {
-                props.subscription_identifiers.push(p.subscription_id()?)
+                let v = p.subscription_id()?;
+                props.rare.to_mut().subscription_identifiers.push(v)
             }
             // 3.3.2.3.4: a topic alias of 0 is not permitted.
             id::TOPIC_ALIAS => props.topic_alias = Some(p.nonzero_u16(pid)?),
-            id::USER_PROPERTY => props.user_properties.push((p.utf8()?, p.utf8()?)),
+            id::USER_PROPERTY => {
+                let pair = (p.utf8()?, p.utf8()?);
+                props.rare.to_mut().user_properties.push(pair)
+            }
             other => return Err(DecodeError::InvalidProperty(other)),
         }
     }

@@ -614,28 +614,33 @@ fn visit_properties(p: &Properties, allowed: PropertySet, s: &mut impl PropertyS
 
 /// PUBLISH properties in ascending identifier order.
 fn visit_publish_properties(p: &PublishProperties, s: &mut impl PropertySink) {
+    let rare = p.rare.get();
     if let Some(v) = p.payload_format_indicator {
         s.byte(id::PAYLOAD_FORMAT_INDICATOR, v);
     }
     if let Some(v) = p.message_expiry_interval_s {
         s.u32(id::MESSAGE_EXPIRY_INTERVAL, v);
     }
-    if let Some(v) = &p.content_type {
-        s.binary(id::CONTENT_TYPE, v);
-    }
-    if let Some(v) = &p.response_topic {
-        s.binary(id::RESPONSE_TOPIC, v);
-    }
-    if let Some(v) = &p.correlation_data {
-        s.binary(id::CORRELATION_DATA, v);
-    }
-    for &v in &p.subscription_identifiers {
-        s.vbi(id::SUBSCRIPTION_IDENTIFIER, v);
+    if let Some(r) = rare {
+        if let Some(v) = &r.content_type {
+            s.binary(id::CONTENT_TYPE, v);
+        }
+        if let Some(v) = &r.response_topic {
+            s.binary(id::RESPONSE_TOPIC, v);
+        }
+        if let Some(v) = &r.correlation_data {
+            s.binary(id::CORRELATION_DATA, v);
+        }
+        for &v in &r.subscription_identifiers {
+            s.vbi(id::SUBSCRIPTION_IDENTIFIER, v);
+        }
     }
     if let Some(v) = p.topic_alias {
         s.u16(id::TOPIC_ALIAS, v);
     }
-    for (k, v) in &p.user_properties {
-        s.pair(id::USER_PROPERTY, k, v);
+    if let Some(r) = rare {
+        for (k, v) in &r.user_properties {
+            s.pair(id::USER_PROPERTY, k, v);
+        }
     }
 }

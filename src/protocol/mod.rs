@@ -17,7 +17,10 @@ pub use encode::{encode_packet, encode_to_bytes, encoded_len, remaining_length_l
 pub use error::DecodeError;
 pub use packet::*;
 pub use packet_type::PacketType;
-pub use properties::{property_id, Properties, PropertySet, PublishProperties, UserProperty};
+pub use properties::{
+    property_id, Properties, PropertySet, PropertyValues, PublishProperties, PublishRare, Sparse,
+    SparseFields, UserProperty,
+};
 pub use reason::ReasonCode;
 
 /// Largest value the variable-length "remaining length" can express (4 bytes).

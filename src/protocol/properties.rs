@@ -8,7 +8,9 @@ use smallvec::SmallVec;
 pub type UserProperty = (Bytes, Bytes);
 
 /// Properties that may appear on PUBLISH (and are forwarded to subscribers).
-/// Kept separate from [`Properties`] so the hot path stays small.
+/// Kept separate from [`Properties`] so the hot path stays small: the three
+/// fixed-size ones are inline, the rest sit behind one pointer that is null when
+/// none of them is present, so a PUBLISH without them moves in a few words.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PublishProperties {
     /// 0x01
@@ -17,6 +19,23 @@ pub struct PublishProperties {
     pub message_expiry_interval_s: Option<u32>,
     /// 0x23
     pub topic_alias: Option<u16>,
+    /// Response topic, correlation data, subscription identifiers, content type and
+    /// user properties: read through `Deref`, written through `to_mut()`.
+    pub rare: Sparse<PublishRare>,
+}
+
+impl PublishProperties {
+    pub fn is_empty(&self) -> bool {
+        self.payload_format_indicator.is_none()
+            && self.message_expiry_interval_s.is_none()
+            && self.topic_alias.is_none()
+            && self.rare.is_empty()
+    }
+}
+
+/// The PUBLISH properties that most messages do not carry (see [`PublishProperties`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PublishRare {
     /// 0x08
     pub response_topic: Option<Bytes>,
     /// 0x09
@@ -29,16 +48,122 @@ pub struct PublishProperties {
     pub user_properties: Vec<UserProperty>,
 }
 
-impl PublishProperties {
-    pub fn is_empty(&self) -> bool {
-        *self == PublishProperties::default()
+static NO_PUBLISH_RARE: PublishRare = PublishRare {
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: SmallVec::new_const(),
+    content_type: None,
+    user_properties: Vec::new(),
+};
+
+impl SparseFields for PublishRare {
+    fn empty() -> &'static Self {
+        &NO_PUBLISH_RARE
     }
 }
 
-/// Every MQTT 5 property other than the PUBLISH-only set. Which ones are legal
-/// depends on the packet; the decoder rejects a property on the wrong packet.
+/// A set of fields that are usually all absent, stored as one pointer that is null
+/// when they are. Every decoded packet carries one (its properties), so a packet
+/// without properties costs a word instead of a few hundred bytes that each move of
+/// the packet would copy. Reads go through `Deref` (to a shared empty value when
+/// absent); writes through [`Sparse::to_mut`], which allocates on first use, so a
+/// write is visible where it is made.
+pub struct Sparse<T: SparseFields>(Option<Box<T>>);
+
+/// A fields struct that [`Sparse`] can hold: it names its empty value, which reads of
+/// an absent set are served from.
+pub trait SparseFields: Default + PartialEq + 'static {
+    fn empty() -> &'static Self;
+}
+
+impl<T: SparseFields> Sparse<T> {
+    /// The fields if they were ever written: lets a reader skip them all at once.
+    #[inline]
+    pub fn get(&self) -> Option<&T> {
+        self.0.as_deref()
+    }
+
+    /// The fields for changing those already present, without allocating.
+    #[inline]
+    pub fn get_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()
+    }
+
+    /// The fields for writing, allocated (empty) on first use.
+    pub fn to_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// No field is present (never allocated, or allocated and left empty).
+    pub fn is_empty(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(b) => **b == *T::empty(),
+        }
+    }
+}
+
+impl<T: SparseFields> Default for Sparse<T> {
+    fn default() -> Self {
+        Sparse(None)
+    }
+}
+
+/// Boxes `v` only when some field is present.
+impl<T: SparseFields> From<T> for Sparse<T> {
+    fn from(v: T) -> Self {
+        if v == *T::empty() {
+            Sparse(None)
+        } else {
+            Sparse(Some(Box::new(v)))
+        }
+    }
+}
+
+impl<T: SparseFields> std::ops::Deref for Sparse<T> {
+    type Target = T;
+    #[inline]
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(b) => b,
+            None => T::empty(),
+        }
+    }
+}
+
+impl<T: SparseFields + Clone> Clone for Sparse<T> {
+    fn clone(&self) -> Self {
+        Sparse(self.0.clone())
+    }
+}
+
+/// Equal when the fields are: an absent set equals an allocated empty one.
+impl<T: SparseFields> PartialEq for Sparse<T> {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            _ => **self == **other,
+        }
+    }
+}
+
+impl<T: SparseFields + Eq> Eq for Sparse<T> {}
+
+impl<T: SparseFields + std::fmt::Debug> std::fmt::Debug for Sparse<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        (**self).fmt(f)
+    }
+}
+
+/// Every MQTT 5 property other than the PUBLISH-only set, as packets carry it: one
+/// pointer, null when the packet has none (see [`Sparse`]). Build one with
+/// `Properties::from(PropertyValues { .. })`; set a field with `to_mut()`.
+pub type Properties = Sparse<PropertyValues>;
+
+/// The fields of [`Properties`]. Which ones are legal depends on the packet; the
+/// decoder rejects a property on the wrong packet.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Properties {
+pub struct PropertyValues {
     /// 0x01 (will properties)
     pub payload_format_indicator: Option<u8>,
     /// 0x02 (will properties), seconds
@@ -93,9 +218,38 @@ pub struct Properties {
     pub shared_subscription_available: Option<u8>,
 }
 
-impl Properties {
-    pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+static NO_PROPERTIES: PropertyValues = PropertyValues {
+    payload_format_indicator: None,
+    message_expiry_interval_s: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifier: None,
+    session_expiry_interval_s: None,
+    assigned_client_identifier: None,
+    server_keep_alive_s: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval_s: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl SparseFields for PropertyValues {
+    fn empty() -> &'static Self {
+        &NO_PROPERTIES
     }
 }
 

@@ -100,7 +100,7 @@ fn properties(allowed: PropertySet) -> impl Strategy<Value = Properties> {
     );
     let c = (flag(), flag());
     (a, b, c).prop_map(move |(a, b, c)| {
-        let p = Properties {
+        let p = PropertyValues {
             payload_format_indicator: a.0,
             message_expiry_interval_s: a.1,
             content_type: a.2,
@@ -132,11 +132,11 @@ fn properties(allowed: PropertySet) -> impl Strategy<Value = Properties> {
         if p.authentication_method.is_none() {
             p.authentication_data = None;
         }
-        p
+        Properties::from(p)
     })
 }
 
-fn keep_allowed(mut p: Properties, allowed: PropertySet) -> Properties {
+fn keep_allowed(mut p: PropertyValues, allowed: PropertySet) -> PropertyValues {
     fn keep<T>(field: &mut Option<T>, pid: u8, allowed: PropertySet) {
         if !allowed.contains(pid) {
             *field = None;
@@ -249,11 +249,14 @@ fn publish_properties() -> impl Strategy<Value = PublishProperties> {
             payload_format_indicator: p.0,
             message_expiry_interval_s: p.1,
             topic_alias: p.2,
-            response_topic: p.3,
-            correlation_data: p.4,
-            subscription_identifiers: p.5.into(),
-            content_type: p.6,
-            user_properties: p.7,
+            rare: PublishRare {
+                response_topic: p.3,
+                correlation_data: p.4,
+                subscription_identifiers: p.5.into(),
+                content_type: p.6,
+                user_properties: p.7,
+            }
+            .into(),
         })
 }
 

@@ -161,18 +161,18 @@ fn connect_v5_vector() {
         0x00, 0x01, b'u', 0x00, 0x01, b'p', // username, password
     ];
     let mut c = connect(V5, "c1");
-    c.properties.session_expiry_interval_s = Some(120);
-    c.properties.receive_maximum = Some(10);
+    c.properties.to_mut().session_expiry_interval_s = Some(120);
+    c.properties.to_mut().receive_maximum = Some(10);
     c.will = Some(LastWill {
         topic: b("w"),
         payload: b("x"),
         qos: QoS::AtMostOnce,
         retain: false,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             payload_format_indicator: Some(1),
             will_delay_interval_s: Some(5),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
     });
     c.username = Some(b("u"));
     c.password = Some(b("p"));
@@ -269,12 +269,12 @@ fn connack_v5_vectors() {
         Packet::ConnAck(ConnAck {
             session_present: false,
             code: ReasonCode::Success,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 assigned_client_identifier: Some(b("ab")),
                 topic_alias_maximum: Some(10),
                 maximum_qos: Some(1),
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
         }),
     );
     vector(
@@ -337,9 +337,12 @@ fn publish_v5_vectors() {
         payload_format_indicator: Some(1),
         message_expiry_interval_s: Some(60),
         topic_alias: Some(2),
-        subscription_identifiers: smallvec![5],
-        user_properties: vec![(b("k"), b("v"))],
-        ..PublishProperties::default()
+        rare: PublishRare {
+            subscription_identifiers: smallvec![5],
+            user_properties: vec![(b("k"), b("v"))],
+            ..Default::default()
+        }
+        .into(),
     };
     vector(&wire, V5, Packet::Publish(p));
 
@@ -359,11 +362,15 @@ fn publish_v5_vectors() {
     ];
     let mut p = publish("t", QoS::AtMostOnce, 0, "");
     p.properties = PublishProperties {
-        content_type: Some(b("j")),
-        response_topic: Some(b("r/s")),
-        correlation_data: Some(Bytes::from_static(&[1, 2])),
-        subscription_identifiers: smallvec![1, 268_435_455],
-        ..PublishProperties::default()
+        rare: PublishRare {
+            content_type: Some(b("j")),
+            response_topic: Some(b("r/s")),
+            correlation_data: Some(Bytes::from_static(&[1, 2])),
+            subscription_identifiers: smallvec![1, 268_435_455],
+            ..Default::default()
+        }
+        .into(),
+        ..Default::default()
     };
     vector(&wire, V5, Packet::Publish(p));
 }
@@ -427,7 +434,7 @@ fn pub_resp_v5_vectors() {
         Packet::PubAck(resp(10, ReasonCode::NoMatchingSubscribers)),
     );
     let mut r = resp(10, ReasonCode::UnspecifiedError);
-    r.properties.reason_string = Some(b("bad"));
+    r.properties.to_mut().reason_string = Some(b("bad"));
     vector(
         &[
             0x40, 0x0A, 0x00, 0x0A, 0x80, 0x06, 0x1F, 0x00, 0x03, b'b', b'a', b'd',
@@ -510,10 +517,10 @@ fn subscribe_v5_vector() {
                     retain_handling: 2,
                 }
             )],
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 subscription_identifier: Some(7),
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
         }),
     );
 }
@@ -582,10 +589,10 @@ fn unsubscribe_vectors() {
         Packet::Unsubscribe(Unsubscribe {
             packet_id: 3,
             filters: smallvec![b("x")],
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 user_properties: vec![(b("k"), b("v"))],
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
         }),
     );
 }
@@ -659,10 +666,10 @@ fn disconnect_vectors() {
         V5,
         Packet::Disconnect(Disconnect {
             code: ReasonCode::UseAnotherServer,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 server_reference: Some(b("s")),
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
         }),
     );
     assert_eq!(
@@ -697,11 +704,11 @@ fn auth_vectors() {
         V5,
         Packet::Auth(Auth {
             code: ReasonCode::ContinueAuthentication,
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 authentication_method: Some(b("SCRAM")),
                 authentication_data: Some(Bytes::from_static(&[1, 2])),
-                ..Properties::default()
-            },
+                ..Default::default()
+            }),
         }),
     );
 }
@@ -710,6 +717,6 @@ fn auth_vectors() {
 fn disallowed_properties_are_not_encoded() {
     // Topic alias maximum belongs to CONNECT/CONNACK, not PUBACK.
     let mut r = PubResp::new(10);
-    r.properties.topic_alias_maximum = Some(5);
+    r.properties.to_mut().topic_alias_maximum = Some(5);
     encodes_to(Packet::PubAck(r), V5, &[0x40, 0x02, 0x00, 0x0A]);
 }

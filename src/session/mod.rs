@@ -153,13 +153,14 @@ impl Message {
         let mut m = self.clone();
         m.topic = own(&self.topic);
         m.payload = own(&self.payload);
-        let p = &mut m.properties;
-        p.response_topic = p.response_topic.as_ref().map(own);
-        p.correlation_data = p.correlation_data.as_ref().map(own);
-        p.content_type = p.content_type.as_ref().map(own);
-        for (k, v) in &mut p.user_properties {
-            *k = own(k);
-            *v = own(v);
+        if let Some(p) = m.properties.rare.get_mut() {
+            p.response_topic = p.response_topic.as_ref().map(own);
+            p.correlation_data = p.correlation_data.as_ref().map(own);
+            p.content_type = p.content_type.as_ref().map(own);
+            for (k, v) in &mut p.user_properties {
+                *k = own(k);
+                *v = own(v);
+            }
         }
         m.owned = true;
         m

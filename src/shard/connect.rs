@@ -14,7 +14,7 @@ use super::{Action, ConnId, Handoff, Shard};
 use crate::config::Config;
 use crate::protocol::{
     decode_packet, peek_frame, ConnAck, Connect, DecodeError, Disconnect, Packet, Properties,
-    ProtocolVersion, PublishProperties, ReasonCode,
+    PropertyValues, ProtocolVersion, PublishProperties, PublishRare, ReasonCode,
 };
 use crate::session::{Message, Will, NONE};
 
@@ -75,11 +75,14 @@ fn will_publish_properties(p: &Properties) -> PublishProperties {
         payload_format_indicator: p.payload_format_indicator,
         message_expiry_interval_s: p.message_expiry_interval_s,
         topic_alias: None,
-        response_topic: p.response_topic.clone(),
-        correlation_data: p.correlation_data.clone(),
-        subscription_identifiers: Default::default(),
-        content_type: p.content_type.clone(),
-        user_properties: p.user_properties.clone(),
+        rare: PublishRare {
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+            subscription_identifiers: Default::default(),
+            content_type: p.content_type.clone(),
+            user_properties: p.user_properties.clone(),
+        }
+        .into(),
     }
 }
 
@@ -319,17 +322,12 @@ impl Shard {
         let Some(connect) = self.hold_connect(conn, connect) else {
             return;
         };
-        self.handle_connect_now(conn, connect, now);
+        self.handle_connect_now(conn, *connect, now);
     }
 
     /// A CONNECT that waited for the log goes on, then the frames that arrived
     /// meanwhile are decoded.
-    pub(super) fn finish_connect_durable(
-        &mut self,
-        conn: ConnId,
-        connect: Box<Connect>,
-        now: Instant,
-    ) {
+    pub(super) fn finish_connect_durable(&mut self, conn: ConnId, connect: Connect, now: Instant) {
         self.handle_connect_now(conn, connect, now);
         if self
             .conns
@@ -340,7 +338,7 @@ impl Shard {
         }
     }
 
-    fn handle_connect_now(&mut self, conn: ConnId, connect: Box<Connect>, now: Instant) {
+    fn handle_connect_now(&mut self, conn: ConnId, connect: Connect, now: Instant) {
         let cfg = self.config.clone();
         let version = connect.protocol;
         let v5 = version.is_v5();
@@ -488,10 +486,10 @@ impl Shard {
         let mut properties = Properties::default();
         if v5 {
             properties = self.connack_properties(server_keep_alive);
-            properties.assigned_client_identifier = assigned;
+            properties.to_mut().assigned_client_identifier = assigned;
             // 3.2.2.3.2: the client is told when its interval was not used.
             if expiry_s != requested_s {
-                properties.session_expiry_interval_s = Some(expiry_s);
+                properties.to_mut().session_expiry_interval_s = Some(expiry_s);
             }
         }
         let ack = ConnAck {
@@ -520,27 +518,27 @@ impl Shard {
     /// The properties of an accepting MQTT 5 CONNACK.
     fn connack_properties(&self, server_keep_alive: Option<u16>) -> Properties {
         let cfg = &self.config;
-        let mut properties = Properties {
+        let mut properties = Properties::from(PropertyValues {
             receive_maximum: Some(cfg.receive_maximum),
             maximum_packet_size: Some(cfg.max_packet_size),
             server_keep_alive_s: server_keep_alive,
-            ..Properties::default()
-        };
+            ..Default::default()
+        });
         if cfg.topic_alias_maximum > 0 {
-            properties.topic_alias_maximum = Some(cfg.topic_alias_maximum);
+            properties.to_mut().topic_alias_maximum = Some(cfg.topic_alias_maximum);
         }
         // Feature flags are sent only when a feature is off (absent = available).
         if !cfg.retain_available {
-            properties.retain_available = Some(0);
+            properties.to_mut().retain_available = Some(0);
         }
         if !cfg.wildcard_subscription_available {
-            properties.wildcard_subscription_available = Some(0);
+            properties.to_mut().wildcard_subscription_available = Some(0);
         }
         if !cfg.subscription_identifier_available {
-            properties.subscription_identifier_available = Some(0);
+            properties.to_mut().subscription_identifier_available = Some(0);
         }
         if !cfg.shared_subscription_available {
-            properties.shared_subscription_available = Some(0);
+            properties.to_mut().shared_subscription_available = Some(0);
         }
         properties
     }

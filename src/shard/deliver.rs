@@ -129,7 +129,11 @@ fn publish_packet(
         let mut p = msg.properties.clone();
         p.message_expiry_interval_s = msg.remaining_expiry_s(now).ok().flatten();
         p.topic_alias = alias;
-        p.subscription_identifiers = SmallVec::from_slice(sub_ids);
+        if !sub_ids.is_empty() {
+            p.rare.to_mut().subscription_identifiers = SmallVec::from_slice(sub_ids);
+        } else if let Some(r) = p.rare.get_mut() {
+            r.subscription_identifiers.clear();
+        }
         p
     } else {
         PublishProperties::default()

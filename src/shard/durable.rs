@@ -145,7 +145,9 @@ pub(super) fn props_bytes(p: &PublishProperties) -> Bytes {
     }
     let mut p = p.clone();
     p.topic_alias = None;
-    p.subscription_identifiers.clear();
+    if let Some(r) = p.rare.get_mut() {
+        r.subscription_identifiers.clear();
+    }
     let packet = Packet::Publish(Publish {
         dup: false,
         qos: QoS::AtMostOnce,
@@ -406,7 +408,7 @@ impl Shard {
                     if let Some(c) = self.conns.get_mut(h.conn) {
                         if c.state == ConnState::Verifying {
                             c.state = ConnState::AwaitConnect;
-                            self.finish_connect_durable(h.conn, connect, now);
+                            self.finish_connect_durable(h.conn, *connect, now);
                         }
                     }
                 }

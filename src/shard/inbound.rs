@@ -82,7 +82,7 @@ impl Shard {
         };
         let session = c.session;
         // [MQTT-3.3.4-6]: only the server puts Subscription Identifiers on a PUBLISH.
-        if !p.properties.subscription_identifiers.is_empty() {
+        if !p.properties.rare.subscription_identifiers.is_empty() {
             return Err(SessionError::ProtocolError);
         }
         // Client → server topic alias.

@@ -184,11 +184,17 @@ fn mqtt_3_3_2_passthrough_decoded_by_codec() {
         ringmq::protocol::Packet::Publish(m) => {
             assert_eq!(&m.topic[..], t.as_bytes());
             assert_eq!(&m.payload[..], b"req");
-            assert_eq!(m.properties.response_topic.as_deref(), Some(&b"resp"[..]));
-            assert_eq!(m.properties.correlation_data.as_deref(), Some(&b"id-1"[..]));
-            assert_eq!(m.properties.user_properties.len(), 1);
-            assert_eq!(&m.properties.user_properties[0].0[..], b"k");
-            assert_eq!(&m.properties.user_properties[0].1[..], b"v");
+            assert_eq!(
+                m.properties.rare.response_topic.as_deref(),
+                Some(&b"resp"[..])
+            );
+            assert_eq!(
+                m.properties.rare.correlation_data.as_deref(),
+                Some(&b"id-1"[..])
+            );
+            assert_eq!(m.properties.rare.user_properties.len(), 1);
+            assert_eq!(&m.properties.rare.user_properties[0].0[..], b"k");
+            assert_eq!(&m.properties.rare.user_properties[0].1[..], b"v");
         }
         other => panic!("expected PUBLISH, got {other:?}"),
     }

@@ -217,6 +217,7 @@ fn mqtt_3_2_2_16_assigned_identifier_decodes_with_codec() {
             let id = ack
                 .properties
                 .assigned_client_identifier
+                .clone()
                 .expect("assigned client identifier");
             assert!(!id.is_empty());
         }

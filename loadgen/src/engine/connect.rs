@@ -190,9 +190,9 @@ impl Worker {
         let c = &mut self.clients[idx];
         let mut props = Properties::default();
         if v.is_v5() {
-            props.receive_maximum = Some(u16::MAX);
+            props.to_mut().receive_maximum = Some(u16::MAX);
             if self.cfg.persistent {
-                props.session_expiry_interval_s = Some(3600);
+                props.to_mut().session_expiry_interval_s = Some(3600);
             }
         }
         let conn = Packet::Connect(Box::new(Connect {

@@ -135,7 +135,10 @@ fn duplicate_properties() {
     let Packet::Publish(p) = decode_one(&publish_with(&[0x0B, 0x01, 0x0B, 0x01]), V5) else {
         panic!()
     };
-    assert_eq!(p.properties.subscription_identifiers.as_slice(), &[1, 1]);
+    assert_eq!(
+        p.properties.rare.subscription_identifiers.as_slice(),
+        &[1, 1]
+    );
 }
 
 #[test]
@@ -185,7 +188,7 @@ fn property_values_out_of_range() {
         panic!()
     };
     assert_eq!(
-        p.properties.subscription_identifiers.as_slice(),
+        p.properties.rare.subscription_identifiers.as_slice(),
         &[268_435_455]
     );
     assert_eq!(
@@ -213,7 +216,7 @@ fn malformed_property_length() {
 
 #[test]
 fn all_properties_of_connack_round_trip() {
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         session_expiry_interval_s: Some(1),
         assigned_client_identifier: Some(b("id")),
         server_keep_alive_s: Some(30),
@@ -231,8 +234,8 @@ fn all_properties_of_connack_round_trip() {
         wildcard_subscription_available: Some(0),
         subscription_identifier_available: Some(1),
         shared_subscription_available: Some(0),
-        ..Properties::default()
-    };
+        ..Default::default()
+    });
     let packet = Packet::ConnAck(ConnAck {
         session_present: true,
         code: ReasonCode::Success,
@@ -293,4 +296,57 @@ fn every_error_maps_to_one_reason_code() {
             "{e}"
         );
     }
+}
+
+// ------------------------------------------------------------- sizes, sparse sets
+
+/// A decoded PUBLISH moves by value several times on its way (decoder, dispatch,
+/// routing): the rare MQTT 5 properties sit behind one pointer, and every other
+/// packet's properties too, so those moves copy a few words, not ~400 bytes.
+#[test]
+fn decoded_packets_stay_a_few_words() {
+    use std::mem::size_of;
+    assert_eq!(size_of::<Properties>(), 8);
+    assert!(
+        size_of::<PublishProperties>() <= 24,
+        "{}",
+        size_of::<PublishProperties>()
+    );
+    assert!(size_of::<Publish>() <= 96, "{}", size_of::<Publish>());
+    assert!(size_of::<Packet>() <= 112, "{}", size_of::<Packet>());
+}
+
+/// The common PUBLISH (no rare property) allocates nothing for them, in either
+/// version; one rare property allocates the set, and the set round-trips.
+#[test]
+fn rare_publish_properties_allocate_only_when_present() {
+    let Packet::Publish(p) = decode_one(&publish_with(&[0x23, 0x00, 0x01]), V5) else {
+        panic!("not a PUBLISH");
+    };
+    assert_eq!(p.properties.topic_alias, Some(1));
+    assert!(p.properties.rare.get().is_none());
+    let Packet::Publish(p) = decode_one(&publish_with(&[0x03, 0x00, 0x01, b'j']), V5) else {
+        panic!("not a PUBLISH");
+    };
+    assert_eq!(p.properties.rare.get().unwrap().content_type, Some(b("j")));
+    assert!(!p.properties.is_empty());
+}
+
+/// An absent set and an allocated empty one are the same properties: equal, empty,
+/// and encoded alike (nothing).
+#[test]
+fn an_allocated_empty_set_equals_an_absent_one() {
+    let absent = Properties::default();
+    let mut allocated = Properties::default();
+    allocated.to_mut().reason_string = Some(b("x"));
+    assert_ne!(absent, allocated);
+    allocated.to_mut().reason_string = None;
+    assert!(allocated.get().is_some());
+    assert!(allocated.is_empty());
+    assert_eq!(absent, allocated);
+    assert_eq!(Properties::from(PropertyValues::default()).get(), None);
+    let mut r = resp(1, ReasonCode::UnspecifiedError);
+    let plain = encode_to_bytes(&Packet::PubAck(r.clone()), V5);
+    r.properties = allocated;
+    assert_eq!(encode_to_bytes(&Packet::PubAck(r), V5), plain);
 }

@@ -16,8 +16,8 @@ use super::wiring::{self, Moved, TestMesh, Wiring};
 use crate::config::Config;
 use crate::protocol::{
     decode_packet, encode_packet, ConnAck, Connect, Disconnect, LastWill, Packet, Properties,
-    ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, SubAck, Subscribe,
-    SubscriptionOptions, MAX_REMAINING_LENGTH,
+    PropertyValues, ProtocolVersion, PubResp, Publish, PublishProperties, QoS, ReasonCode, SubAck,
+    Subscribe, SubscriptionOptions, MAX_REMAINING_LENGTH,
 };
 use crate::shard::{Action, ConnId, Shard, ShardId, ShardMsg};
 
@@ -527,12 +527,12 @@ pub(crate) fn connack(present: bool, code: ReasonCode, properties: Properties) -
 
 /// The CONNACK properties a default-config shard sends to MQTT 5 clients.
 pub(crate) fn v5_connack_props(config: &Config) -> Properties {
-    Properties {
+    Properties::from(PropertyValues {
         receive_maximum: Some(config.receive_maximum),
         maximum_packet_size: Some(config.max_packet_size),
         topic_alias_maximum: Some(config.topic_alias_maximum),
         ..Default::default()
-    }
+    })
 }
 
 pub(crate) fn disconnect(code: ReasonCode) -> Packet {

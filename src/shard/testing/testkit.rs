@@ -472,10 +472,11 @@ pub fn dictionary_packet(kind: u8, arg: u8) -> (Packet, ProtocolVersion) {
         0 | 1 => {
             let mut properties = Properties::default();
             if version.is_v5() {
-                properties.session_expiry_interval_s = Some(u32::from(arg % 4) * 30);
-                properties.receive_maximum = Some(2);
-                properties.topic_alias_maximum = Some(u16::from(arg % 3));
-                properties.maximum_packet_size = Some(if arg & 8 != 0 { 64 } else { 1024 });
+                properties.to_mut().session_expiry_interval_s = Some(u32::from(arg % 4) * 30);
+                properties.to_mut().receive_maximum = Some(2);
+                properties.to_mut().topic_alias_maximum = Some(u16::from(arg % 3));
+                properties.to_mut().maximum_packet_size =
+                    Some(if arg & 8 != 0 { 64 } else { 1024 });
             }
             Packet::Connect(Box::new(Connect {
                 protocol: version,

@@ -7,7 +7,7 @@
 use bytes::Bytes;
 
 use super::cfg;
-use crate::protocol::{Packet, Properties, QoS, ReasonCode};
+use crate::protocol::{Packet, Properties, PropertyValues, QoS, ReasonCode};
 use crate::shard::harness::*;
 use crate::shard::{handover_records, ClusterIn, Handed, SessionClaim};
 
@@ -190,10 +190,10 @@ fn a_claim_answered_without_a_session_connects_fresh() {
     let mut b = node();
     b.auto_claim = false;
     let opts = ConnectOpts {
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval_s: Some(60),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
         ..persistent()
     };
     let c = b.connect(V5, "fresh", opts);

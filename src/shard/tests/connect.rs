@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::cfg;
-use crate::protocol::{Packet, Properties, QoS, ReasonCode};
+use crate::protocol::{Packet, Properties, PropertyValues, QoS, ReasonCode};
 use crate::shard::harness::*;
 use crate::shard::owner_shard;
 
@@ -51,10 +51,10 @@ fn v5_feature_flags_sent_only_when_off() {
     config.subscription_identifier_available = false;
     config.shared_subscription_available = false;
     let mut props = v5_connack_props(&config);
-    props.retain_available = Some(0);
-    props.wildcard_subscription_available = Some(0);
-    props.subscription_identifier_available = Some(0);
-    props.shared_subscription_available = Some(0);
+    props.to_mut().retain_available = Some(0);
+    props.to_mut().wildcard_subscription_available = Some(0);
+    props.to_mut().subscription_identifier_available = Some(0);
+    props.to_mut().shared_subscription_available = Some(0);
     let mut cl = Cluster::new(1, config);
     let c = cl.connect(V5, "dev1", ConnectOpts::default());
     cl.expect(c, connack(false, ReasonCode::Success, props));
@@ -83,7 +83,7 @@ fn v5_empty_id_is_assigned_one_owned_by_the_accepting_shard() {
     assert!(id.starts_with(b"ringmq-2-"), "{id:?}");
     assert_eq!(owner_shard(0, &id, 4), 2);
     let mut props = v5_connack_props(&config);
-    props.assigned_client_identifier = Some(id);
+    props.to_mut().assigned_client_identifier = Some(id);
     assert_eq!(
         Packet::ConnAck(ack),
         connack(false, ReasonCode::Success, props)
@@ -423,7 +423,7 @@ fn server_keep_alive_caps_v5_keepalives_only() {
     let mut config = cfg();
     config.server_keep_alive_s = Some(4);
     let mut capped = v5_connack_props(&config);
-    capped.server_keep_alive_s = Some(4);
+    capped.to_mut().server_keep_alive_s = Some(4);
     let mut cl = Cluster::new(1, config.clone());
     let ka = |keepalive_s| ConnectOpts {
         keepalive_s,
@@ -468,7 +468,7 @@ fn v5_keepalive_cap_is_the_lower_of_both_keys() {
     config.server_keep_alive_s = Some(60);
     config.keepalive_max_s = 30;
     let mut props = v5_connack_props(&config);
-    props.server_keep_alive_s = Some(30);
+    props.to_mut().server_keep_alive_s = Some(30);
     let mut cl = Cluster::new(1, config);
     let c = cl.connect(
         V5,
@@ -486,7 +486,7 @@ fn keepalive_above_max_is_lowered_for_v5() {
     let mut config = cfg();
     config.keepalive_max_s = 30;
     let mut props = v5_connack_props(&config);
-    props.server_keep_alive_s = Some(30);
+    props.to_mut().server_keep_alive_s = Some(30);
     let mut cl = Cluster::new(1, config.clone());
     let c = cl.connect(
         V5,
@@ -536,10 +536,10 @@ fn shutdown_sends_0x8b_to_v5_and_closes_all() {
 #[test]
 fn enhanced_auth_is_refused() {
     let mut cl = Cluster::new(1, cfg());
-    let properties = Properties {
+    let properties = Properties::from(PropertyValues {
         authentication_method: Some(Bytes::from_static(b"SCRAM")),
         ..Default::default()
-    };
+    });
     let c = cl.connect(
         V5,
         "a",

@@ -219,7 +219,7 @@ fn persistent_v5() -> ConnectOpts {
         clean: false,
         ..ConnectOpts::default()
     };
-    o.properties.session_expiry_interval_s = Some(3600);
+    o.properties.to_mut().session_expiry_interval_s = Some(3600);
     o
 }
 

@@ -62,7 +62,7 @@ fn opts(clean: bool, on: usize, v5: bool) -> ConnectOpts {
         ..ConnectOpts::default()
     };
     if v5 && !clean {
-        o.properties.session_expiry_interval_s = Some(3600);
+        o.properties.to_mut().session_expiry_interval_s = Some(3600);
     }
     o
 }

@@ -6,7 +6,7 @@ use bytes::BytesMut;
 
 use super::cfg;
 use crate::config::Config;
-use crate::protocol::{encode_packet, Packet, Properties, ReasonCode};
+use crate::protocol::{encode_packet, Packet, Properties, PropertyValues, ReasonCode};
 use crate::shard::harness::*;
 use crate::shard::lifecycle::RX_OVER_MARK_BYTES;
 
@@ -177,10 +177,10 @@ fn never_expiring_sessions_get_the_default_cap() {
     // MQTT 5 0xFFFFFFFF: lowered, and the client is told in CONNACK (3.2.2.3.2).
     let never = ConnectOpts {
         clean: false,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval_s: Some(u32::MAX),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let c = cl.connect(V5, "v5", never);
@@ -194,10 +194,10 @@ fn never_expiring_sessions_get_the_default_cap() {
     // An interval within the caps is used as asked and not echoed.
     let hour = ConnectOpts {
         clean: false,
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval_s: Some(3600),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let h = cl.connect(V5, "h", hour);

@@ -8,7 +8,8 @@ use bytes::{Bytes, BytesMut};
 
 use super::cfg;
 use crate::protocol::{
-    encode_packet, Packet, Properties, ProtocolVersion, PublishProperties, QoS, SubscriptionOptions,
+    encode_packet, Packet, Properties, PropertyValues, ProtocolVersion, PublishProperties,
+    PublishRare, QoS, SubscriptionOptions,
 };
 use crate::shard::harness::*;
 use crate::tx::SHARE_MIN_BYTES;
@@ -50,10 +51,10 @@ fn every_subscriber_gets_exact_bytes() {
     ];
     for (i, (version, qos, alias_max, sub_id)) in kinds.into_iter().enumerate() {
         let opts = ConnectOpts {
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 topic_alias_maximum: (alias_max > 0).then_some(alias_max),
                 ..Default::default()
-            },
+            }),
             ..Default::default()
         };
         let c = cl.connect_ok(version, &format!("sub-{i}"), opts, false);
@@ -61,10 +62,10 @@ fn every_subscriber_gets_exact_bytes() {
             qos,
             ..Default::default()
         };
-        let props = Properties {
+        let props = Properties::from(PropertyValues {
             subscription_identifier: sub_id,
             ..Default::default()
-        };
+        });
         cl.subscribe_with(c, TOPIC, sub_opts, props);
         assert!(matches!(cl.next(c), Some(Packet::SubAck(_))), "sub {i}");
         subs.push(Sub {
@@ -85,8 +86,12 @@ fn every_subscriber_gets_exact_bytes() {
         (70_000, Q0),
     ];
     let mut props = PublishProperties {
-        content_type: Some(Bytes::from_static(b"application/octet-stream")),
-        correlation_data: Some(Bytes::from_static(b"fw-17")),
+        rare: PublishRare {
+            content_type: Some(Bytes::from_static(b"application/octet-stream")),
+            correlation_data: Some(Bytes::from_static(b"fw-17")),
+            ..Default::default()
+        }
+        .into(),
         ..Default::default()
     };
     let mut want: Vec<BytesMut> = subs.iter().map(|_| BytesMut::new()).collect();
@@ -115,7 +120,8 @@ fn every_subscriber_gets_exact_bytes() {
             }
             if s.version == V5 {
                 e.properties = props.clone();
-                e.properties.subscription_identifiers = s.sub_id.into_iter().collect();
+                e.properties.rare.to_mut().subscription_identifiers =
+                    s.sub_id.into_iter().collect();
                 if s.alias_max > 0 {
                     // First use sets alias 1 with the topic; later ones send the alias alone.
                     e.properties.topic_alias = Some(1);
@@ -307,17 +313,17 @@ fn bytes_tx_is_the_own_output_on_every_encode_path() {
     let mut subs = Vec::new();
     for (i, (version, alias_max, sub_id)) in kinds.into_iter().enumerate() {
         let opts = ConnectOpts {
-            properties: Properties {
+            properties: Properties::from(PropertyValues {
                 topic_alias_maximum: (alias_max > 0).then_some(alias_max),
                 ..Default::default()
-            },
+            }),
             ..Default::default()
         };
         let c = cl.connect_ok(version, &format!("acct-{i}"), opts, false);
-        let props = Properties {
+        let props = Properties::from(PropertyValues {
             subscription_identifier: sub_id,
             ..Default::default()
-        };
+        });
         let sub_opts = SubscriptionOptions {
             qos: Q1,
             ..Default::default()

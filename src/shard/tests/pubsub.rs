@@ -7,8 +7,8 @@ use smallvec::smallvec;
 
 use super::cfg;
 use crate::protocol::{
-    Packet, Properties, PublishProperties, QoS, ReasonCode, SubscriptionOptions, UnsubAck,
-    Unsubscribe,
+    Packet, Properties, PropertyValues, PublishProperties, PublishRare, QoS, ReasonCode,
+    SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use crate::shard::harness::*;
 
@@ -242,9 +242,11 @@ fn shared_subscription_no_local_is_protocol_error() {
 fn overlapping_subscriptions_one_copy_highest_qos_all_ids() {
     let mut cl = Cluster::new(1, cfg());
     let s = cl.connect_ok(V5, "s", ConnectOpts::default(), false);
-    let id = |n| Properties {
-        subscription_identifier: Some(n),
-        ..Default::default()
+    let id = |n| {
+        Properties::from(PropertyValues {
+            subscription_identifier: Some(n),
+            ..Default::default()
+        })
     };
     cl.subscribe_with(
         s,
@@ -270,7 +272,7 @@ fn overlapping_subscriptions_one_copy_highest_qos_all_ids() {
     cl.publish(p, "a/b", "x", Q2, false, 1);
     cl.expect(p, pubrec(1));
     let mut expected = publish("a/b", "x", Q1, false, 1);
-    expected.properties.subscription_identifiers = smallvec![3, 7];
+    expected.properties.rare.to_mut().subscription_identifiers = smallvec![3, 7];
     cl.expect(s, Packet::Publish(expected));
     cl.expect_nothing(s);
 }
@@ -302,13 +304,17 @@ fn v5_properties_forwarded_unchanged_and_to_v311_stripped() {
     let p = cl.connect_ok(V5, "p", ConnectOpts::default(), false);
     let props = PublishProperties {
         payload_format_indicator: Some(1),
-        response_topic: Some(Bytes::from_static(b"reply/here")),
-        correlation_data: Some(Bytes::from_static(b"\x01\x02")),
-        content_type: Some(Bytes::from_static(b"text/plain")),
-        user_properties: vec![
-            (Bytes::from_static(b"k"), Bytes::from_static(b"v1")),
-            (Bytes::from_static(b"k"), Bytes::from_static(b"v2")),
-        ],
+        rare: PublishRare {
+            response_topic: Some(Bytes::from_static(b"reply/here")),
+            correlation_data: Some(Bytes::from_static(b"\x01\x02")),
+            content_type: Some(Bytes::from_static(b"text/plain")),
+            user_properties: vec![
+                (Bytes::from_static(b"k"), Bytes::from_static(b"v1")),
+                (Bytes::from_static(b"k"), Bytes::from_static(b"v2")),
+            ],
+            ..Default::default()
+        }
+        .into(),
         ..Default::default()
     };
     let mut m = publish("t", "body", Q0, false, 0);
@@ -375,10 +381,10 @@ fn features_off_refuse_subscriptions() {
         Properties::default(),
     );
     cl.expect(s, suback(1, &[ReasonCode::SharedSubscriptionsNotSupported]));
-    let id = Properties {
+    let id = Properties::from(PropertyValues {
         subscription_identifier: Some(1),
         ..Default::default()
-    };
+    });
     cl.subscribe_with(s, "a", SubscriptionOptions::default(), id);
     cl.expect(
         s,

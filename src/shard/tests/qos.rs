@@ -3,7 +3,7 @@
 //! QoS 0 fan-out sharing one encoding per variant.
 
 use super::cfg;
-use crate::protocol::{Packet, Properties, PubResp, QoS, ReasonCode};
+use crate::protocol::{Packet, Properties, PropertyValues, PubResp, QoS, ReasonCode};
 use crate::shard::harness::*;
 
 const Q0: QoS = QoS::AtMostOnce;
@@ -105,10 +105,10 @@ fn outbound_qos2_flow() {
 #[test]
 fn inflight_window_bounded_by_client_receive_maximum() {
     let mut cl = Cluster::new(1, cfg());
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         receive_maximum: Some(2),
         ..Default::default()
-    };
+    });
     let s = cl.connect_ok(
         V5,
         "s",
@@ -199,10 +199,10 @@ fn puback_with_packet_id_zero_is_a_protocol_error() {
 #[test]
 fn pubrec_with_error_code_ends_the_flow() {
     let mut cl = Cluster::new(1, cfg());
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         receive_maximum: Some(1),
         ..Default::default()
-    };
+    });
     let s = cl.connect_ok(
         V5,
         "s",

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use super::cfg;
-use crate::protocol::{Disconnect, Packet, Properties, PublishProperties, QoS, ReasonCode};
+use crate::protocol::{
+    Disconnect, Packet, Properties, PropertyValues, PublishProperties, PublishRare, QoS, ReasonCode,
+};
 use crate::shard::harness::*;
 
 const Q0: QoS = QoS::AtMostOnce;
@@ -27,17 +29,17 @@ fn with_will(v_props: Properties, will_props: Properties) -> ConnectOpts {
 }
 
 fn expiry(s: u32) -> Properties {
-    Properties {
+    Properties::from(PropertyValues {
         session_expiry_interval_s: Some(s),
         ..Default::default()
-    }
+    })
 }
 
 fn delay(s: u32) -> Properties {
-    Properties {
+    Properties::from(PropertyValues {
         will_delay_interval_s: Some(s),
         ..Default::default()
-    }
+    })
 }
 
 fn disc(code: ReasonCode) -> Packet {
@@ -196,23 +198,27 @@ fn will_properties_forwarded_to_v5_subscriber() {
     let mut cl = Cluster::new(1, cfg());
     let w = cl.connect_ok(V5, "w", ConnectOpts::default(), false);
     cl.subscribe(w, "will/#", Q1);
-    let wp = Properties {
+    let wp = Properties::from(PropertyValues {
         content_type: Some(bytes::Bytes::from_static(b"text/plain")),
         user_properties: vec![(
             bytes::Bytes::from_static(b"a"),
             bytes::Bytes::from_static(b"b"),
         )],
         ..Default::default()
-    };
+    });
     let c = cl.connect_ok(V5, "c", with_will(Properties::default(), wp), false);
     cl.drop_connection(c);
     let mut m = publish("will/t", "gone", Q0, false, 0);
     m.properties = PublishProperties {
-        content_type: Some(bytes::Bytes::from_static(b"text/plain")),
-        user_properties: vec![(
-            bytes::Bytes::from_static(b"a"),
-            bytes::Bytes::from_static(b"b"),
-        )],
+        rare: PublishRare {
+            content_type: Some(bytes::Bytes::from_static(b"text/plain")),
+            user_properties: vec![(
+                bytes::Bytes::from_static(b"a"),
+                bytes::Bytes::from_static(b"b"),
+            )],
+            ..Default::default()
+        }
+        .into(),
         ..Default::default()
     };
     cl.expect(w, Packet::Publish(m));

@@ -3,7 +3,7 @@
 
 use super::cfg;
 use crate::config::SlowConsumerPolicy;
-use crate::protocol::{Packet, Properties, QoS, ReasonCode};
+use crate::protocol::{Packet, Properties, PropertyValues, QoS, ReasonCode};
 use crate::shard::harness::*;
 
 const Q0: QoS = QoS::AtMostOnce;
@@ -55,10 +55,10 @@ fn inbound_topic_alias_errors() {
 #[test]
 fn outbound_topic_aliases_first_seen_until_client_maximum() {
     let mut cl = Cluster::new(1, cfg());
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         topic_alias_maximum: Some(1),
         ..Default::default()
-    };
+    });
     let s = cl.connect_ok(
         V5,
         "s",
@@ -80,10 +80,10 @@ fn outbound_topic_aliases_first_seen_until_client_maximum() {
     cl.expect(s, aliased("", "4", 1));
     // A new connection starts without aliases.
     cl.drop_connection(s);
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         topic_alias_maximum: Some(1),
         ..Default::default()
-    };
+    });
     let s = cl.connect_ok(
         V5,
         "s",
@@ -101,10 +101,10 @@ fn outbound_topic_aliases_first_seen_until_client_maximum() {
 #[test]
 fn client_maximum_packet_size_drops_oversized_copies() {
     let mut cl = Cluster::new(1, cfg());
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         maximum_packet_size: Some(32),
         ..Default::default()
-    };
+    });
     let s = cl.connect_ok(
         V5,
         "s",
@@ -182,10 +182,10 @@ fn slow_consumer_disconnect_policy() {
 fn subscription_identifier_on_delivery() {
     let mut cl = Cluster::new(2, cfg());
     let s = cl.connect_ok(V5, &id_on(1, 2, "s"), ConnectOpts::default(), false);
-    let props = Properties {
+    let props = Properties::from(PropertyValues {
         subscription_identifier: Some(99),
         ..Default::default()
-    };
+    });
     cl.subscribe_with(
         s,
         "t/#",
@@ -196,7 +196,7 @@ fn subscription_identifier_on_delivery() {
     let p = cl.connect_ok(V5, &id_on(0, 2, "p"), ConnectOpts::default(), false);
     cl.publish(p, "t/x", "m", Q0, false, 0);
     let mut m = publish("t/x", "m", Q0, false, 0);
-    m.properties.subscription_identifiers = smallvec::smallvec![99];
+    m.properties.rare.to_mut().subscription_identifiers = smallvec::smallvec![99];
     cl.expect(s, Packet::Publish(m));
 }
 
@@ -205,7 +205,7 @@ fn subscription_identifier_from_a_client_is_a_protocol_error() {
     let mut cl = Cluster::new(1, cfg());
     let p = cl.connect_ok(V5, "p", ConnectOpts::default(), false);
     let mut m = publish("t/x", "m", Q0, false, 0);
-    m.properties.subscription_identifiers = smallvec::smallvec![5];
+    m.properties.rare.to_mut().subscription_identifiers = smallvec::smallvec![5];
     cl.send(p, Packet::Publish(m));
     cl.expect(p, disconnect(ReasonCode::ProtocolError));
     cl.expect_closed(p);
