@@ -510,10 +510,10 @@ fn a_will_taken_by_another_node_disconnects_its_client_without_a_second_will() {
     let mut a = node();
     let opts = ConnectOpts {
         will: Some(will("w/t", "gone", Q1, false, Properties::default())),
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval_s: Some(300),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
         ..persistent()
     };
     let c = a.connect_ok(V5, "cut", opts, false);
@@ -547,10 +547,10 @@ fn a_will_taken_by_another_node_disconnects_its_client_without_a_second_will() {
     a.pump();
     a.expect_nothing(s);
     let back = ConnectOpts {
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval_s: Some(300),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
         ..persistent()
     };
     let c = a.connect_ok(V5, "cut", back, true);
