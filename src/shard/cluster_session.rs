@@ -78,6 +78,56 @@ const HANDING_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 /// are swept out (bounds the map).
 const HANDING_SWEEP_AT: usize = 4096;
 
+/// How long a confirmed hand-over's delta stays for a repeated confirmation: the
+/// new owner re-sends after `FETCH_TIMEOUT` (2 s, `cluster/sessions.rs`) up to
+/// `CONFIRM_TRIES` times, so 10 s covers every retry of one confirmation.
+const CONFIRMED_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
+/// At most this many confirmed deltas are kept; past it the oldest goes (a retry of
+/// that one then gets an empty answer, as before this table existed).
+const CONFIRMED_MAX: usize = 4096;
+
+/// Confirmed hand-overs' deltas, for replay to a repeated confirmation (review H1):
+/// client id -> (hand-over id, delta, confirmed at). Bounded by `CONFIRMED_MAX` and
+/// `CONFIRMED_KEEP`.
+#[derive(Debug, Default)]
+pub(super) struct ConfirmedDeltas {
+    map: std::collections::HashMap<Bytes, (u64, Option<Bytes>, Instant)>,
+}
+
+impl ConfirmedDeltas {
+    fn insert(&mut self, client_id: &[u8], token: u64, delta: Option<Bytes>, now: Instant) {
+        if self.map.len() >= CONFIRMED_MAX {
+            self.map
+                .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < CONFIRMED_KEEP);
+        }
+        if self.map.len() >= CONFIRMED_MAX {
+            let oldest = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, _, at))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.map.remove(&k);
+            }
+        }
+        self.map
+            .insert(Bytes::copy_from_slice(client_id), (token, delta, now));
+    }
+
+    /// The delta a confirmation of `token` got, when it was confirmed less than
+    /// `CONFIRMED_KEEP` ago (`Some(None)`: it was confirmed with an empty delta).
+    fn replay(&self, client_id: &[u8], token: u64, now: Instant) -> Option<Option<Bytes>> {
+        match self.map.get(client_id) {
+            Some((t, d, at))
+                if *t == token && now.saturating_duration_since(*at) < CONFIRMED_KEEP =>
+            {
+                Some(d.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A will as the cluster's `ringmq_wills` bucket keeps it: the log's `SessionPut`
 /// record of the session (expiry 0) with the will.
 pub fn will_record(client_id: &[u8], w: &crate::session::Will) -> Bytes {
@@ -355,15 +405,23 @@ impl Shard {
         self.last_now = Some(now);
         let mut delta = None;
         let handing = self.cluster_handing.get(client_id).copied();
-        if let (Some((t, copies)), Some(s)) = (handing, self.sessions.find(client_id)) {
-            if t == token {
-                self.cluster_handing.remove(client_id);
-                if !self.sessions.get(s).is_some_and(|x| x.is_online()) {
-                    delta = Some(self.session_bytes_from(s, copies));
-                    self.end_session(s, now);
-                    self.drop_slow_consumers(now);
-                }
+        let found = handing
+            .filter(|(t, _)| *t == token)
+            .zip(self.sessions.find(client_id));
+        if let Some(((_, copies), s)) = found {
+            self.cluster_handing.remove(client_id);
+            if !self.sessions.get(s).is_some_and(|x| x.is_online()) {
+                delta = Some(self.session_bytes_from(s, copies));
+                self.end_session(s, now);
+                self.drop_slow_consumers(now);
             }
+            // Kept for a repeat: the sender may have timed out on this one and
+            // re-sent it; without the copy the repeat got an empty answer and
+            // the copies in the delta were lost (review H1).
+            self.cluster_confirmed
+                .insert(client_id, token, delta.clone(), now);
+        } else if let Some(d) = self.cluster_confirmed.replay(client_id, token, now) {
+            delta = d;
         }
         if let Some(out) = self.cluster.as_deref_mut() {
             out.handovers.push(SessionHandover {

@@ -459,6 +459,61 @@ fn a_message_published_during_a_takeover_reaches_the_new_owner() {
     );
 }
 
+/// A repeated confirmation (the new owner timed out waiting for the first answer,
+/// which went to an inbox it had dropped, and re-sent it) gets the same delta again
+/// (review H1): before, the session was gone by the repeat and it got an empty
+/// answer, losing the copies that reached the old node during the hand-over. Past
+/// `CONFIRMED_KEEP` (10 s) the repeat is answered empty, and so is another id.
+#[test]
+fn a_repeated_confirmation_gets_the_same_delta() {
+    use crate::store::record::Record;
+    let mut a = old_owner_with_queue();
+    let (first, _) = take_from(&mut a, "roam", false);
+    assert!(first.is_some());
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "gap", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+    let ask = |a: &mut Cluster, token: u64, reply: u64| {
+        let now = a.now;
+        a.shards[0].on_cluster_in(
+            ClusterIn::Confirmed {
+                client_id: Bytes::from_static(b"roam"),
+                token,
+                reply,
+            },
+            now,
+        );
+        a.pump();
+        let out = a.shards[0].take_cluster_out().expect("an answer");
+        assert_eq!(out.handovers.len(), 1);
+        assert_eq!(out.handovers[0].reply, reply);
+        out.handovers[0].session.clone()
+    };
+    let payloads = |b: Bytes| -> Vec<Bytes> {
+        handover_records(&b)
+            .expect("decodes")
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::MsgPut { msg, .. } => Some(msg.payload),
+                _ => None,
+            })
+            .collect()
+    };
+    let d1 = ask(&mut a, 77, 80).expect("the delta");
+    assert_eq!(payloads(d1.clone()), [&b"gap"[..]]);
+    assert_eq!(a.shards[0].stats().sessions, 2, "roam ended on a");
+    a.advance(std::time::Duration::from_secs(3));
+    let d2 = ask(&mut a, 77, 81).expect("the same delta, replayed");
+    assert_eq!(d2, d1);
+    assert_eq!(
+        ask(&mut a, 76, 82),
+        None,
+        "another hand-over id gets nothing"
+    );
+    a.advance(std::time::Duration::from_secs(8));
+    assert_eq!(ask(&mut a, 77, 83), None, "kept 10 s, not for ever");
+}
+
 /// The old node ends a session only when the new owner confirms it (review item 3):
 /// a hand-over never confirmed (the requester timed out, or died) leaves the session
 /// on the old node, whole, and a later takeover gets all of it, including what
