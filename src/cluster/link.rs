@@ -1127,6 +1127,8 @@ impl State {
                         client_id,
                         token,
                         reply: id,
+                        // The reply's tag and id: 9 bytes (as for a takeover).
+                        max_bytes: client.server_info().max_payload.saturating_sub(9),
                     },
                 );
                 return;

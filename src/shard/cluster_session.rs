@@ -400,6 +400,7 @@ impl Shard {
         client_id: &[u8],
         token: u64,
         reply: u64,
+        max_bytes: usize,
         now: Instant,
     ) {
         self.last_now = Some(now);
@@ -411,8 +412,24 @@ impl Shard {
         if let Some(((_, copies), s)) = found {
             self.cluster_handing.remove(client_id);
             if !self.sessions.get(s).is_some_and(|x| x.is_online()) {
-                delta = Some(self.session_bytes_from(s, copies));
-                self.end_session(s, now);
+                let d = self.session_bytes_from(s, copies);
+                if d.len() > max_bytes {
+                    // Sent, it would fail after the session ended here, and its copies
+                    // be lost (review M4): the session stays here, offline and
+                    // expiring as usual, counted, and the new owner gets no delta.
+                    tracing::warn!(
+                        "cluster: delta of {:?} not sent: {} bytes, NATS allows {max_bytes}; session kept here",
+                        String::from_utf8_lossy(client_id),
+                        d.len()
+                    );
+                    if let Some(st) = self.cluster_status.as_deref() {
+                        st.sessions_kept.fetch_add(1, Ordering::Relaxed);
+                    }
+                    self.expire_offline_handover(s, now);
+                } else {
+                    delta = Some(d);
+                    self.end_session(s, now);
+                }
                 self.drop_slow_consumers(now);
             }
             // Kept for a repeat: the sender may have timed out on this one and

@@ -66,6 +66,7 @@ fn confirm(old: &mut Cluster, new: &mut Cluster, out: &crate::shard::ClusterOut)
             client_id: c.client_id.clone(),
             token: c.from.token,
             reply: 78,
+            max_bytes: 1 << 20,
         },
         now,
     );
@@ -480,6 +481,7 @@ fn a_repeated_confirmation_gets_the_same_delta() {
                 client_id: Bytes::from_static(b"roam"),
                 token,
                 reply,
+                max_bytes: 1 << 20,
             },
             now,
         );
@@ -514,6 +516,41 @@ fn a_repeated_confirmation_gets_the_same_delta() {
     assert_eq!(ask(&mut a, 77, 83), None, "kept 10 s, not for ever");
 }
 
+/// A delta larger than one NATS message (review M4) is not sent, and the session is
+/// not ended: it stays on the old node, whole, with the copies that reached it.
+#[test]
+fn a_delta_too_large_to_send_keeps_the_session_on_the_old_node() {
+    let mut a = old_owner_with_queue();
+    let (first, _) = take_from(&mut a, "roam", false);
+    assert!(first.is_some());
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "gap", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            reply: 80,
+            max_bytes: 16,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    assert_eq!(out.handovers.len(), 1);
+    assert_eq!(out.handovers[0].session, None, "nothing sent");
+    assert!(out.interest.is_empty(), "still subscribed to t");
+    assert_eq!(a.shards[0].stats().sessions, 3, "roam is still on a");
+    let (again, _) = take_from(&mut a, "roam", false);
+    let recs = handover_records(&again.expect("the session")).expect("decodes");
+    let n = recs
+        .iter()
+        .filter(|r| matches!(r, crate::store::record::Record::MsgPut { .. }))
+        .count();
+    assert_eq!(n, 3, "x1, x2 and gap");
+}
+
 /// The old node ends a session only when the new owner confirms it (review item 3):
 /// a hand-over never confirmed (the requester timed out, or died) leaves the session
 /// on the old node, whole, and a later takeover gets all of it, including what
@@ -535,6 +572,7 @@ fn an_unconfirmed_handover_keeps_the_session_for_the_next_claim() {
             client_id: Bytes::from_static(b"roam"),
             token: 12345,
             reply: 6,
+            max_bytes: 1 << 20,
         },
         now,
     );
