@@ -68,6 +68,10 @@ const PENDING_IN_MAX: usize = SESSIONS_MAX;
 const STOP_WILLS_MAX: Duration = Duration::from_secs(3);
 /// Bound on the last flush at a graceful stop (what the stop forwarded to NATS).
 const STOP_FLUSH_MAX: Duration = Duration::from_secs(1);
+/// How long after its own interest is on NATS a new owner waits before it confirms a
+/// hand-over (the old node ends the session then). The confirmation's own answer
+/// bound (`FETCH_TIMEOUT`, 2 s) starts after this wait.
+const CONFIRM_GRACE: Duration = Duration::from_secs(1);
 /// Bound on the flush that puts a loaded session's subscriptions on NATS before its
 /// hand-over is confirmed.
 const CONFIRM_FLUSH_MAX: Duration = Duration::from_secs(2);
@@ -1310,6 +1314,13 @@ fn on_confirms(
                 tracing::warn!("cluster: interest not flushed; hand-over left unconfirmed");
                 return;
             }
+            // The flush proves only this node's server has the SUBs: the publishers'
+            // servers learn of them over routes, unordered against the old node's
+            // UNSUB, and a message may still wait in the old node's own queues. The
+            // old node keeps its interest this much longer, so such a message lands
+            // in its delta instead of nowhere (review H2). What is published in the
+            // grace reaches both nodes: a QoS 1/2 copy may arrive twice.
+            tokio::time::sleep(CONFIRM_GRACE).await;
             if let Some(delta) = claims.confirm(&c).await {
                 let m = ClusterIn::Delta {
                     client_id: c.client_id,
