@@ -415,8 +415,8 @@ impl Shard {
                 let d = self.session_bytes_from(s, copies);
                 if d.len() > max_bytes {
                     // Sent, it would fail after the session ended here, and its copies
-                    // be lost (review M4): the session stays here, offline and
-                    // expiring as usual, counted, and the new owner gets no delta.
+                    // be lost (review M4): the session stays here, offline, under the
+                    // hold `hold_handed` set, counted, and the new owner gets no delta.
                     tracing::warn!(
                         "cluster: delta of {:?} not sent: {} bytes, NATS allows {max_bytes}; session kept here",
                         String::from_utf8_lossy(client_id),
@@ -425,7 +425,6 @@ impl Shard {
                     if let Some(st) = self.cluster_status.as_deref() {
                         st.sessions_kept.fetch_add(1, Ordering::Relaxed);
                     }
-                    self.expire_offline_handover(s, now);
                 } else {
                     delta = Some(d);
                     self.end_session(s, now);
@@ -613,10 +612,12 @@ impl Shard {
     }
 
     /// A session handed over and kept for its confirmation: it expires as an offline
-    /// session would, and one that would end with its (gone) connection waits
-    /// `HANDING_HOLD` for the confirmation instead.
+    /// session would, and one that would end sooner than `HANDING_HOLD` (with its gone
+    /// connection, or a short expiry) waits that long for the confirmation instead, so
+    /// the copies that reach it meanwhile are still here for the delta (review L2).
     fn hold_handed(&mut self, idx: u32, now: Instant) {
-        if self.sessions.get(idx).is_some_and(|s| s.expiry_s != 0) {
+        let long = |s: &crate::session::Session| u64::from(s.expiry_s) >= HANDING_HOLD.as_secs();
+        if self.sessions.get(idx).is_some_and(long) {
             self.expire_offline_handover(idx, now);
             return;
         }

@@ -551,6 +551,49 @@ fn a_delta_too_large_to_send_keeps_the_session_on_the_old_node() {
     assert_eq!(n, 3, "x1, x2 and gap");
 }
 
+/// A session with a short expiry (1 s) waits for its confirmation as long as one
+/// without (review L2): before, it ended after 1 s and the confirmation found
+/// nothing, losing the copies that had reached it during the hand-over.
+#[test]
+fn a_short_expiry_session_waits_for_its_confirmation() {
+    let mut a = node();
+    let opts = ConnectOpts {
+        properties: Properties {
+            session_expiry_interval_s: Some(1),
+            ..Properties::default()
+        },
+        ..persistent()
+    };
+    let s = a.connect_ok(V5, "roam", opts, false);
+    a.subscribe(s, "t", Q1);
+    let (first, _) = take_from(&mut a, "roam", false);
+    assert!(first.is_some());
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    a.publish(p, "t", "gap", Q1, false, 1);
+    let _ = a.shards[0].take_cluster_out();
+    a.advance(std::time::Duration::from_secs(5));
+    assert_eq!(a.shards[0].stats().sessions, 2, "roam is still held");
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            reply: 80,
+            max_bytes: 1 << 20,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    let delta = out.handovers[0].session.clone().expect("the delta");
+    let n = handover_records(&delta)
+        .expect("decodes")
+        .iter()
+        .filter(|r| matches!(r, crate::store::record::Record::MsgPut { .. }))
+        .count();
+    assert_eq!(n, 1, "gap");
+}
+
 /// The old node ends a session only when the new owner confirms it (review item 3):
 /// a hand-over never confirmed (the requester timed out, or died) leaves the session
 /// on the old node, whole, and a later takeover gets all of it, including what
