@@ -654,6 +654,7 @@ impl Shard {
             Some(id) => (id, state.sessions.get(id)?),
             None => state.sessions.iter().next().map(|(id, s)| (&id[..], s))?,
         };
+        let mut gap = None;
         if let Some(old) = self.sessions.find(client_id) {
             if self.sessions.get(old).is_some_and(|o| o.is_online()) {
                 tracing::warn!(
@@ -662,6 +663,14 @@ impl Shard {
                 );
                 return None;
             }
+            // Held here for another node's confirmation, and the id came back before
+            // it came (review M2): the copies that reached it since the hand-over are
+            // on this node only, so they join the loaded session; the confirmation,
+            // now stale, ends nothing.
+            gap = self
+                .cluster_handing
+                .remove(client_id)
+                .map(|(_, copies)| self.session_bytes_from(old, copies));
             // Replaced, not ended as a client would end it: its will is not published.
             if let Some(o) = self.sessions.get_mut(old) {
                 o.will = None;
@@ -686,6 +695,9 @@ impl Shard {
         }
         self.restore_handover_copies(idx, &state, s, false, now)?;
         self.stats.sessions = self.sessions.len();
+        if let Some(g) = gap {
+            self.on_handover_delta(client_id, &g, now);
+        }
         Some(idx)
     }
 

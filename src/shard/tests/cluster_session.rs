@@ -594,6 +594,56 @@ fn a_short_expiry_session_waits_for_its_confirmation() {
     assert_eq!(n, 1, "gap");
 }
 
+/// Ping-pong (review M2): node a hands "roam" to b, and the client comes back to a
+/// before b's confirmation did. The copy that reached a in between ("gap", on a
+/// only) joins the session a loads back from b, and b's late confirmation of the
+/// first hand-over ends nothing. Before, a ended its held session, gap and all.
+#[test]
+fn a_session_handed_back_before_its_confirmation_keeps_what_reached_it_meanwhile() {
+    let mut a = old_owner_with_queue();
+    let (first, _) = take_from(&mut a, "roam", false);
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "gap", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+    a.auto_claim = false;
+    // The client is back on a; b hands the session back (what it loaded from a).
+    let c = a.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut a, "roam");
+    answer_claim(&mut a, &claim, first);
+    a.pump();
+    match a.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = a.next(c) {
+        got.push(m.payload.clone());
+    }
+    assert_eq!(got, [&b"x1"[..], b"x2", b"gap"]);
+    // b's confirmation of a's first hand-over (77) comes late: nothing ends.
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            reply: 90,
+            max_bytes: 1 << 20,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    let answer = out
+        .handovers
+        .iter()
+        .find(|h| h.reply == 90)
+        .expect("answered");
+    assert_eq!(answer.session, None);
+    assert_eq!(a.shards[0].stats().sessions, 3, "roam, pub and pub2");
+    a.publish(p, "t", "after", Q1, false, 4);
+    a.expect(c, pubp("t", "after", Q1, false, 4));
+}
+
 /// The old node ends a session only when the new owner confirms it (review item 3):
 /// a hand-over never confirmed (the requester timed out, or died) leaves the session
 /// on the old node, whole, and a later takeover gets all of it, including what
