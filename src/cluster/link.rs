@@ -63,8 +63,15 @@ const SESSIONS_MAX: usize = 4096;
 /// loop's ring; while any loop has this many, the sources feeding them are not read
 /// (their senders wait in their own tasks, NATS holds the rest).
 const PENDING_IN_MAX: usize = SESSIONS_MAX;
-/// Bound on a graceful stop's withdrawal of this node's wills entries.
+/// Bound on a graceful stop's last forwarding of the loops' output and its withdrawal
+/// of this node's wills entries.
 const STOP_WILLS_MAX: Duration = Duration::from_secs(3);
+/// Bound on the last flush at a graceful stop (what the stop forwarded to NATS).
+const STOP_FLUSH_MAX: Duration = Duration::from_secs(1);
+/// How long after its own interest is on NATS a new owner waits before it confirms a
+/// hand-over (the old node ends the session then). The confirmation's own answer
+/// bound (`FETCH_TIMEOUT`, 2 s) starts after this wait.
+const CONFIRM_GRACE: Duration = Duration::from_secs(1);
 /// Bound on the flush that puts a loaded session's subscriptions on NATS before its
 /// hand-over is confirmed.
 const CONFIRM_FLUSH_MAX: Duration = Duration::from_secs(2);
@@ -494,9 +501,11 @@ async fn run(
     // A graceful stop: the loops have ended and their last output (closed
     // connections' wills, published or gone) is in the rings. Forward it, then let no
     // wills entry of this incarnation outlive the process (`Wills::withdraw_all`).
-    st.drain_loops(&mut from_loops, &loops_io).await;
-    writer.abort();
     let wills_left = async {
+        // Under the same bound as the withdrawal (review L5): with NATS away a
+        // forwarded publish could block, and SIGTERM must not hang on it.
+        st.drain_loops(&mut from_loops, &loops_io).await;
+        writer.abort();
         // The writer's changes are moot now: every entry of this incarnation goes.
         let _ = client.flush().await;
         w.withdraw_all().await;
@@ -509,7 +518,9 @@ async fn run(
             "cluster: wills entries not all withdrawn at stop; survivors may publish them"
         );
     }
-    let _ = client.flush().await;
+    writer.abort();
+    // Bounded too: with NATS away the flush's PONG never comes.
+    let _ = tokio::time::timeout(STOP_FLUSH_MAX, client.flush()).await;
 }
 
 /// What `drain_loops` hands on to: NATS, the claim tasks, the writers.
@@ -1127,6 +1138,8 @@ impl State {
                         client_id,
                         token,
                         reply: id,
+                        // The reply's tag and id: 9 bytes (as for a takeover).
+                        max_bytes: client.server_info().max_payload.saturating_sub(9),
                     },
                 );
                 return;
@@ -1301,6 +1314,13 @@ fn on_confirms(
                 tracing::warn!("cluster: interest not flushed; hand-over left unconfirmed");
                 return;
             }
+            // The flush proves only this node's server has the SUBs: the publishers'
+            // servers learn of them over routes, unordered against the old node's
+            // UNSUB, and a message may still wait in the old node's own queues. The
+            // old node keeps its interest this much longer, so such a message lands
+            // in its delta instead of nowhere (review H2). What is published in the
+            // grace reaches both nodes: a QoS 1/2 copy may arrive twice.
+            tokio::time::sleep(CONFIRM_GRACE).await;
             if let Some(delta) = claims.confirm(&c).await {
                 let m = ClusterIn::Delta {
                     client_id: c.client_id,

@@ -68,6 +68,10 @@ const DEAD_AFTER_MS: i128 = 5_000;
 const SWEEP_EVERY: u32 = 10;
 /// Bound on listing the wills bucket in one sweep (well below `DEAD_AFTER_MS`).
 const SWEEP_LIST_MAX: Duration = Duration::from_millis(1500);
+/// A sweep stops starting new deletes this long after it began (its listing is
+/// bounded by `SWEEP_LIST_MAX`), and the next beat starts another with fresh
+/// heartbeats: a long sweep acts on liveness this old at most (review H3a).
+const SWEEP_MAX: Duration = Duration::from_secs(2);
 /// A heartbeat landing this long after the previous one means this node may have
 /// looked dead to the others (below `DEAD_AFTER_MS`, so no such gap goes unchecked):
 /// it checks which of its wills were taken.
@@ -339,6 +343,23 @@ impl Wills {
     /// bucket (current values first), so a beat reads nothing but its own put.
     pub async fn liveness(self, tx: mpsc::Sender<Message>, reconcile: Arc<Notify>) {
         let (nodes, wills) = self.buckets().await;
+        // The sweep runs in its own task (review M6): its per-orphan round trips, and
+        // its wait for room in the main task, never delay a beat, which would make
+        // this node look dead to the others. It takes the latest beat's view.
+        let (sweep_tx, sweep_rx) = tokio::sync::watch::channel(None);
+        let sweep_more = Arc::new(AtomicBool::new(false));
+        let sweeper = tokio::spawn(
+            self.clone()
+                .sweeper(wills, sweep_rx, sweep_more.clone(), tx),
+        );
+        // The sweeper ends with this task (it is aborted when the thread stops).
+        struct AbortOnDrop(tokio::task::JoinHandle<()>);
+        impl Drop for AbortOnDrop {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _sweeper = AbortOnDrop(sweeper);
         let my_key = b64(self.node.as_bytes());
         let my_value = Bytes::from(format!("{:016x}", self.incarnation));
         // Heartbeat key -> (incarnation, server time of the put).
@@ -395,8 +416,14 @@ impl Wills {
                     if !gone.is_empty() {
                         tracing::info!("cluster: node incarnations gone: {gone:?}");
                     }
-                    if n % SWEEP_EVERY == 0 || !gone.is_empty() {
-                        self.sweep(&wills, &beats, now, &now_alive, &tx).await;
+                    // A sweep cut at `SWEEP_MAX` resumes at the next beat.
+                    let more = sweep_more.swap(false, Ordering::AcqRel);
+                    if n % SWEEP_EVERY == 0 || !gone.is_empty() || more {
+                        sweep_tx.send_replace(Some(SweepAsk {
+                            beats: beats.clone(),
+                            now_ns: now,
+                            alive: now_alive.clone(),
+                        }));
                     }
                     alive = now_alive;
                     n = n.wrapping_add(1);
@@ -405,6 +432,33 @@ impl Wills {
         }
     }
 
+    /// Runs each sweep the heartbeat asks for, the latest ask winning; one cut at
+    /// `SWEEP_MAX` sets `more` so the next beat asks again.
+    async fn sweeper(
+        self,
+        wills: kv::Store,
+        mut asks: tokio::sync::watch::Receiver<Option<SweepAsk>>,
+        more: Arc<AtomicBool>,
+        tx: mpsc::Sender<Message>,
+    ) {
+        while asks.changed().await.is_ok() {
+            let Some(a) = asks.borrow_and_update().clone() else {
+                continue;
+            };
+            let deadline = Instant::now() + SWEEP_MAX;
+            match self
+                .sweep(&wills, &a.beats, a.now_ns, &a.alive, &tx, deadline)
+                .await
+            {
+                Some(cut) => more.store(cut, Ordering::Release),
+                None => return,
+            }
+        }
+    }
+
+    /// Returns whether the sweep was cut at `deadline` (`None`: the main task is gone).
+    /// The deadline is checked between orphans, never between an orphan's delete and
+    /// its publication, so a will whose delete landed is always published.
     async fn sweep(
         &self,
         wills: &kv::Store,
@@ -412,7 +466,8 @@ impl Wills {
         now_ns: i128,
         alive: &HashSet<String>,
         tx: &mpsc::Sender<Message>,
-    ) {
+        deadline: Instant,
+    ) -> Option<bool> {
         let mut orphans = Vec::new();
         // Bounded: the listing's stream can wait for ever once the bucket holds only
         // delete markers (seen after the first dead node's wills were taken), and
@@ -432,10 +487,20 @@ impl Wills {
             }
         })
         .await;
+        // A cut listing is not resumed early: a bucket that lists slowly (M7) would
+        // then be listed every beat.
+        let mut cut = false;
         if listed.is_err() {
             tracing::debug!("cluster: wills listing cut at {SWEEP_LIST_MAX:?}");
         }
         for k in orphans {
+            if Instant::now() >= deadline {
+                tracing::debug!(
+                    "cluster: wills sweep cut at {SWEEP_MAX:?}; the next beat resumes it"
+                );
+                cut = true;
+                break;
+            }
             let Ok(Some(e)) = wills.entry(&k).await else {
                 continue;
             };
@@ -459,11 +524,21 @@ impl Wills {
             tracing::info!("cluster: publishing the will of {k} (its node is gone)");
             self.status.wills_published.fetch_add(1, Ordering::Relaxed);
             if tx.send(m).await.is_err() {
-                return;
+                return None;
             }
         }
         self.status.wills_sweeps.fetch_add(1, Ordering::Relaxed);
+        Some(cut)
     }
+}
+
+/// What one sweep works from: the heartbeats as the beat that asked for it saw them.
+#[derive(Clone)]
+struct SweepAsk {
+    beats: HashMap<String, (String, i128)>,
+    /// Server time of this node's own last put.
+    now_ns: i128,
+    alive: HashSet<String>,
 }
 
 /// Whether incarnation `owner` (`b64(node).inc`) is dead, for a will it wrote at

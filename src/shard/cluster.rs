@@ -87,6 +87,8 @@ pub enum ClusterIn {
         client_id: Bytes,
         token: u64,
         reply: u64,
+        /// As for `Takeover`: a larger delta keeps the session here.
+        max_bytes: usize,
     },
     /// What reached `client_id`'s session on its old node between the hand-over and
     /// the confirmation: hand-over bytes whose copies join the session here.
@@ -261,7 +263,8 @@ impl Shard {
                 client_id,
                 token,
                 reply,
-            } => self.on_handover_confirmed(&client_id, token, reply, now),
+                max_bytes,
+            } => self.on_handover_confirmed(&client_id, token, reply, max_bytes, now),
             ClusterIn::Delta { client_id, session } => {
                 self.on_handover_delta(&client_id, &session, now)
             }

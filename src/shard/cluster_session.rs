@@ -78,6 +78,56 @@ const HANDING_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 /// are swept out (bounds the map).
 const HANDING_SWEEP_AT: usize = 4096;
 
+/// How long a confirmed hand-over's delta stays for a repeated confirmation: the
+/// new owner re-sends after `FETCH_TIMEOUT` (2 s, `cluster/sessions.rs`) up to
+/// `CONFIRM_TRIES` times, so 10 s covers every retry of one confirmation.
+const CONFIRMED_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
+/// At most this many confirmed deltas are kept; past it the oldest goes (a retry of
+/// that one then gets an empty answer, as before this table existed).
+const CONFIRMED_MAX: usize = 4096;
+
+/// Confirmed hand-overs' deltas, for replay to a repeated confirmation (review H1):
+/// client id -> (hand-over id, delta, confirmed at). Bounded by `CONFIRMED_MAX` and
+/// `CONFIRMED_KEEP`.
+#[derive(Debug, Default)]
+pub(super) struct ConfirmedDeltas {
+    map: std::collections::HashMap<Bytes, (u64, Option<Bytes>, Instant)>,
+}
+
+impl ConfirmedDeltas {
+    fn insert(&mut self, client_id: &[u8], token: u64, delta: Option<Bytes>, now: Instant) {
+        if self.map.len() >= CONFIRMED_MAX {
+            self.map
+                .retain(|_, (_, _, at)| now.saturating_duration_since(*at) < CONFIRMED_KEEP);
+        }
+        if self.map.len() >= CONFIRMED_MAX {
+            let oldest = self
+                .map
+                .iter()
+                .min_by_key(|(_, (_, _, at))| *at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.map.remove(&k);
+            }
+        }
+        self.map
+            .insert(Bytes::copy_from_slice(client_id), (token, delta, now));
+    }
+
+    /// The delta a confirmation of `token` got, when it was confirmed less than
+    /// `CONFIRMED_KEEP` ago (`Some(None)`: it was confirmed with an empty delta).
+    fn replay(&self, client_id: &[u8], token: u64, now: Instant) -> Option<Option<Bytes>> {
+        match self.map.get(client_id) {
+            Some((t, d, at))
+                if *t == token && now.saturating_duration_since(*at) < CONFIRMED_KEEP =>
+            {
+                Some(d.clone())
+            }
+            _ => None,
+        }
+    }
+}
+
 /// A will as the cluster's `ringmq_wills` bucket keeps it: the log's `SessionPut`
 /// record of the session (expiry 0) with the will.
 pub fn will_record(client_id: &[u8], w: &crate::session::Will) -> Bytes {
@@ -350,20 +400,44 @@ impl Shard {
         client_id: &[u8],
         token: u64,
         reply: u64,
+        max_bytes: usize,
         now: Instant,
     ) {
         self.last_now = Some(now);
         let mut delta = None;
         let handing = self.cluster_handing.get(client_id).copied();
-        if let (Some((t, copies)), Some(s)) = (handing, self.sessions.find(client_id)) {
-            if t == token {
-                self.cluster_handing.remove(client_id);
-                if !self.sessions.get(s).is_some_and(|x| x.is_online()) {
-                    delta = Some(self.session_bytes_from(s, copies));
+        let found = handing
+            .filter(|(t, _)| *t == token)
+            .zip(self.sessions.find(client_id));
+        if let Some(((_, copies), s)) = found {
+            self.cluster_handing.remove(client_id);
+            if !self.sessions.get(s).is_some_and(|x| x.is_online()) {
+                let d = self.session_bytes_from(s, copies);
+                if d.len() > max_bytes {
+                    // Sent, it would fail after the session ended here, and its copies
+                    // be lost (review M4): the session stays here, offline, under the
+                    // hold `hold_handed` set, counted, and the new owner gets no delta.
+                    tracing::warn!(
+                        "cluster: delta of {:?} not sent: {} bytes, NATS allows {max_bytes}; session kept here",
+                        String::from_utf8_lossy(client_id),
+                        d.len()
+                    );
+                    if let Some(st) = self.cluster_status.as_deref() {
+                        st.sessions_kept.fetch_add(1, Ordering::Relaxed);
+                    }
+                } else {
+                    delta = Some(d);
                     self.end_session(s, now);
-                    self.drop_slow_consumers(now);
                 }
+                self.drop_slow_consumers(now);
             }
+            // Kept for a repeat: the sender may have timed out on this one and
+            // re-sent it; without the copy the repeat got an empty answer and
+            // the copies in the delta were lost (review H1).
+            self.cluster_confirmed
+                .insert(client_id, token, delta.clone(), now);
+        } else if let Some(d) = self.cluster_confirmed.replay(client_id, token, now) {
+            delta = d;
         }
         if let Some(out) = self.cluster.as_deref_mut() {
             out.handovers.push(SessionHandover {
@@ -538,10 +612,12 @@ impl Shard {
     }
 
     /// A session handed over and kept for its confirmation: it expires as an offline
-    /// session would, and one that would end with its (gone) connection waits
-    /// `HANDING_HOLD` for the confirmation instead.
+    /// session would, and one that would end sooner than `HANDING_HOLD` (with its gone
+    /// connection, or a short expiry) waits that long for the confirmation instead, so
+    /// the copies that reach it meanwhile are still here for the delta (review L2).
     fn hold_handed(&mut self, idx: u32, now: Instant) {
-        if self.sessions.get(idx).is_some_and(|s| s.expiry_s != 0) {
+        let long = |s: &crate::session::Session| u64::from(s.expiry_s) >= HANDING_HOLD.as_secs();
+        if self.sessions.get(idx).is_some_and(long) {
             self.expire_offline_handover(idx, now);
             return;
         }
@@ -578,6 +654,7 @@ impl Shard {
             Some(id) => (id, state.sessions.get(id)?),
             None => state.sessions.iter().next().map(|(id, s)| (&id[..], s))?,
         };
+        let mut gap = None;
         if let Some(old) = self.sessions.find(client_id) {
             if self.sessions.get(old).is_some_and(|o| o.is_online()) {
                 tracing::warn!(
@@ -586,6 +663,14 @@ impl Shard {
                 );
                 return None;
             }
+            // Held here for another node's confirmation, and the id came back before
+            // it came (review M2): the copies that reached it since the hand-over are
+            // on this node only, so they join the loaded session; the confirmation,
+            // now stale, ends nothing.
+            gap = self
+                .cluster_handing
+                .remove(client_id)
+                .map(|(_, copies)| self.session_bytes_from(old, copies));
             // Replaced, not ended as a client would end it: its will is not published.
             if let Some(o) = self.sessions.get_mut(old) {
                 o.will = None;
@@ -610,6 +695,9 @@ impl Shard {
         }
         self.restore_handover_copies(idx, &state, s, false, now)?;
         self.stats.sessions = self.sessions.len();
+        if let Some(g) = gap {
+            self.on_handover_delta(client_id, &g, now);
+        }
         Some(idx)
     }
 

@@ -203,6 +203,9 @@ pub struct Shard {
     /// Sessions handed to another node and kept until it confirms: client id ->
     /// (hand-over id, copies the hand-over carried) (`cluster_session.rs`).
     cluster_handing: std::collections::HashMap<bytes::Bytes, (u64, usize)>,
+    /// Hand-overs confirmed here, kept so a repeated confirmation (its sender timed
+    /// out) gets the same delta: client id -> (hand-over id, delta, when; bounded).
+    cluster_confirmed: cluster_session::ConfirmedDeltas,
     /// The loop's write-ahead log and the replies waiting for it (`durable.rs`);
     /// `None` without a data directory.
     store: Option<Box<durable::ShardStore>>,
@@ -284,6 +287,7 @@ impl Shard {
             cluster: None,
             cluster_status: None,
             cluster_handing: Default::default(),
+            cluster_confirmed: Default::default(),
             store: None,
         }
     }

@@ -66,6 +66,7 @@ fn confirm(old: &mut Cluster, new: &mut Cluster, out: &crate::shard::ClusterOut)
             client_id: c.client_id.clone(),
             token: c.from.token,
             reply: 78,
+            max_bytes: 1 << 20,
         },
         now,
     );
@@ -459,6 +460,190 @@ fn a_message_published_during_a_takeover_reaches_the_new_owner() {
     );
 }
 
+/// A repeated confirmation (the new owner timed out waiting for the first answer,
+/// which went to an inbox it had dropped, and re-sent it) gets the same delta again
+/// (review H1): before, the session was gone by the repeat and it got an empty
+/// answer, losing the copies that reached the old node during the hand-over. Past
+/// `CONFIRMED_KEEP` (10 s) the repeat is answered empty, and so is another id.
+#[test]
+fn a_repeated_confirmation_gets_the_same_delta() {
+    use crate::store::record::Record;
+    let mut a = old_owner_with_queue();
+    let (first, _) = take_from(&mut a, "roam", false);
+    assert!(first.is_some());
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "gap", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+    let ask = |a: &mut Cluster, token: u64, reply: u64| {
+        let now = a.now;
+        a.shards[0].on_cluster_in(
+            ClusterIn::Confirmed {
+                client_id: Bytes::from_static(b"roam"),
+                token,
+                reply,
+                max_bytes: 1 << 20,
+            },
+            now,
+        );
+        a.pump();
+        let out = a.shards[0].take_cluster_out().expect("an answer");
+        assert_eq!(out.handovers.len(), 1);
+        assert_eq!(out.handovers[0].reply, reply);
+        out.handovers[0].session.clone()
+    };
+    let payloads = |b: Bytes| -> Vec<Bytes> {
+        handover_records(&b)
+            .expect("decodes")
+            .into_iter()
+            .filter_map(|r| match r {
+                Record::MsgPut { msg, .. } => Some(msg.payload),
+                _ => None,
+            })
+            .collect()
+    };
+    let d1 = ask(&mut a, 77, 80).expect("the delta");
+    assert_eq!(payloads(d1.clone()), [&b"gap"[..]]);
+    assert_eq!(a.shards[0].stats().sessions, 2, "roam ended on a");
+    a.advance(std::time::Duration::from_secs(3));
+    let d2 = ask(&mut a, 77, 81).expect("the same delta, replayed");
+    assert_eq!(d2, d1);
+    assert_eq!(
+        ask(&mut a, 76, 82),
+        None,
+        "another hand-over id gets nothing"
+    );
+    a.advance(std::time::Duration::from_secs(8));
+    assert_eq!(ask(&mut a, 77, 83), None, "kept 10 s, not for ever");
+}
+
+/// A delta larger than one NATS message (review M4) is not sent, and the session is
+/// not ended: it stays on the old node, whole, with the copies that reached it.
+#[test]
+fn a_delta_too_large_to_send_keeps_the_session_on_the_old_node() {
+    let mut a = old_owner_with_queue();
+    let (first, _) = take_from(&mut a, "roam", false);
+    assert!(first.is_some());
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "gap", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            reply: 80,
+            max_bytes: 16,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    assert_eq!(out.handovers.len(), 1);
+    assert_eq!(out.handovers[0].session, None, "nothing sent");
+    assert!(out.interest.is_empty(), "still subscribed to t");
+    assert_eq!(a.shards[0].stats().sessions, 3, "roam is still on a");
+    let (again, _) = take_from(&mut a, "roam", false);
+    let recs = handover_records(&again.expect("the session")).expect("decodes");
+    let n = recs
+        .iter()
+        .filter(|r| matches!(r, crate::store::record::Record::MsgPut { .. }))
+        .count();
+    assert_eq!(n, 3, "x1, x2 and gap");
+}
+
+/// A session with a short expiry (1 s) waits for its confirmation as long as one
+/// without (review L2): before, it ended after 1 s and the confirmation found
+/// nothing, losing the copies that had reached it during the hand-over.
+#[test]
+fn a_short_expiry_session_waits_for_its_confirmation() {
+    let mut a = node();
+    let opts = ConnectOpts {
+        properties: Properties {
+            session_expiry_interval_s: Some(1),
+            ..Properties::default()
+        },
+        ..persistent()
+    };
+    let s = a.connect_ok(V5, "roam", opts, false);
+    a.subscribe(s, "t", Q1);
+    let (first, _) = take_from(&mut a, "roam", false);
+    assert!(first.is_some());
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    a.publish(p, "t", "gap", Q1, false, 1);
+    let _ = a.shards[0].take_cluster_out();
+    a.advance(std::time::Duration::from_secs(5));
+    assert_eq!(a.shards[0].stats().sessions, 2, "roam is still held");
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            reply: 80,
+            max_bytes: 1 << 20,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    let delta = out.handovers[0].session.clone().expect("the delta");
+    let n = handover_records(&delta)
+        .expect("decodes")
+        .iter()
+        .filter(|r| matches!(r, crate::store::record::Record::MsgPut { .. }))
+        .count();
+    assert_eq!(n, 1, "gap");
+}
+
+/// Ping-pong (review M2): node a hands "roam" to b, and the client comes back to a
+/// before b's confirmation did. The copy that reached a in between ("gap", on a
+/// only) joins the session a loads back from b, and b's late confirmation of the
+/// first hand-over ends nothing. Before, a ended its held session, gap and all.
+#[test]
+fn a_session_handed_back_before_its_confirmation_keeps_what_reached_it_meanwhile() {
+    let mut a = old_owner_with_queue();
+    let (first, _) = take_from(&mut a, "roam", false);
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "gap", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+    a.auto_claim = false;
+    // The client is back on a; b hands the session back (what it loaded from a).
+    let c = a.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut a, "roam");
+    answer_claim(&mut a, &claim, first);
+    a.pump();
+    match a.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = a.next(c) {
+        got.push(m.payload.clone());
+    }
+    assert_eq!(got, [&b"x1"[..], b"x2", b"gap"]);
+    // b's confirmation of a's first hand-over (77) comes late: nothing ends.
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            reply: 90,
+            max_bytes: 1 << 20,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    let answer = out
+        .handovers
+        .iter()
+        .find(|h| h.reply == 90)
+        .expect("answered");
+    assert_eq!(answer.session, None);
+    assert_eq!(a.shards[0].stats().sessions, 3, "roam, pub and pub2");
+    a.publish(p, "t", "after", Q1, false, 4);
+    a.expect(c, pubp("t", "after", Q1, false, 4));
+}
+
 /// The old node ends a session only when the new owner confirms it (review item 3):
 /// a hand-over never confirmed (the requester timed out, or died) leaves the session
 /// on the old node, whole, and a later takeover gets all of it, including what
@@ -480,6 +665,7 @@ fn an_unconfirmed_handover_keeps_the_session_for_the_next_claim() {
             client_id: Bytes::from_static(b"roam"),
             token: 12345,
             reply: 6,
+            max_bytes: 1 << 20,
         },
         now,
     );
