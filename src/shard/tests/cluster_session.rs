@@ -558,10 +558,10 @@ fn a_delta_too_large_to_send_keeps_the_session_on_the_old_node() {
 fn a_short_expiry_session_waits_for_its_confirmation() {
     let mut a = node();
     let opts = ConnectOpts {
-        properties: Properties {
+        properties: Properties::from(PropertyValues {
             session_expiry_interval_s: Some(1),
-            ..Properties::default()
-        },
+            ..Default::default()
+        }),
         ..persistent()
     };
     let s = a.connect_ok(V5, "roam", opts, false);
