@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use support::{
     free_loopback_port, pkt, require_tool, uniq, Broker, CutProxy, Launch, PublishMsg, RawClient,
-    ReadOutcome, V5,
+    ReadOutcome, V311, V5,
 };
 
 /// Bound on every wait for an outcome (a failure, not a timing assertion).
@@ -668,10 +668,7 @@ fn qos2_until_closed(n: &Broker) -> std::thread::JoinHandle<(u16, Vec<u16>)> {
         let mut sent = 0;
         for i in 1..=5000u16 {
             let payload = format!("m{i}");
-            let mut p = vec![0x34, (2 + 5 + 2 + payload.len()) as u8, 0, 5];
-            p.extend_from_slice(b"kk2/t");
-            p.extend_from_slice(&i.to_be_bytes());
-            p.extend_from_slice(payload.as_bytes());
+            let p = pkt::publish(V311, "kk2/t", 2, false, false, i, &[], payload.as_bytes());
             if s.write_all(&p).is_err() {
                 break;
             }
@@ -713,10 +710,7 @@ fn publish_until_killed(n: &Broker) -> Vec<u16> {
             break;
         }
         let payload = format!("m{i}");
-        let mut p = vec![0x32, (2 + 4 + 2 + payload.len()) as u8, 0, 4];
-        p.extend_from_slice(b"kk/t");
-        p.extend_from_slice(&i.to_be_bytes());
-        p.extend_from_slice(payload.as_bytes());
+        let p = pkt::publish(V311, "kk/t", 1, false, false, i, &[], payload.as_bytes());
         if s.write_all(&p).is_err() {
             break;
         }

@@ -10,6 +10,7 @@ use super::cfg;
 use crate::protocol::{Packet, Properties, PropertyValues, QoS, ReasonCode};
 use crate::shard::harness::*;
 use crate::shard::{handover_records, ClusterIn, Handed, SessionClaim};
+use crate::store::record::Record;
 
 const Q1: QoS = QoS::AtLeastOnce;
 const Q2: QoS = QoS::ExactlyOnce;
@@ -25,6 +26,27 @@ fn persistent() -> ConnectOpts {
         clean: false,
         ..ConnectOpts::default()
     }
+}
+
+/// The payloads of a hand-over's queued messages, in record order.
+fn handed_payloads(handover: &[u8]) -> Vec<Bytes> {
+    handover_records(handover)
+        .expect("decodes")
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::MsgPut { msg, .. } => Some(msg.payload),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How many of a hand-over's records `is` picks.
+fn count_handed(handover: &[u8], is: fn(&Record) -> bool) -> usize {
+    handover_records(handover)
+        .expect("decodes")
+        .iter()
+        .filter(|r| is(r))
+        .count()
 }
 
 /// The one claim node `cl` made for `id`.
@@ -258,7 +280,6 @@ fn wills_are_announced_while_connected_and_a_dead_nodes_will_is_published() {
 /// node taking it from a dead owner gets them back); a clean session's never do.
 #[test]
 fn persistent_subscriptions_are_saved_after_each_change() {
-    use crate::store::record::Record;
     let mut a = node();
     let s = a.connect_ok(V311, "keep", persistent(), false);
     a.subscribe(s, "k/1", Q1);
@@ -412,12 +433,9 @@ fn a_session_too_large_to_send_stays_on_the_old_node() {
     assert_eq!(status.sessions_kept.load(Ordering::Relaxed), 1);
     // Nothing was lost: a takeover that fits gets the whole session.
     let (bytes, _) = take_from(&mut a, "roam", false);
-    let recs = handover_records(&bytes.expect("the session")).expect("decodes");
-    let queued = recs
-        .iter()
-        .filter(|r| matches!(r, crate::store::record::Record::Enqueue { .. }))
-        .count();
-    assert_eq!(queued, 2, "{recs:?}");
+    let bytes = bytes.expect("the session");
+    let queued = count_handed(&bytes, |r| matches!(r, Record::Enqueue { .. }));
+    assert_eq!(queued, 2, "{:?}", handover_records(&bytes));
 }
 
 /// No subscription gap during a takeover (review item 4): the old node keeps the
@@ -467,7 +485,6 @@ fn a_message_published_during_a_takeover_reaches_the_new_owner() {
 /// `CONFIRMED_KEEP` (10 s) the repeat is answered empty, and so is another id.
 #[test]
 fn a_repeated_confirmation_gets_the_same_delta() {
-    use crate::store::record::Record;
     let mut a = old_owner_with_queue();
     let (first, _) = take_from(&mut a, "roam", false);
     assert!(first.is_some());
@@ -491,18 +508,8 @@ fn a_repeated_confirmation_gets_the_same_delta() {
         assert_eq!(out.handovers[0].reply, reply);
         out.handovers[0].session.clone()
     };
-    let payloads = |b: Bytes| -> Vec<Bytes> {
-        handover_records(&b)
-            .expect("decodes")
-            .into_iter()
-            .filter_map(|r| match r {
-                Record::MsgPut { msg, .. } => Some(msg.payload),
-                _ => None,
-            })
-            .collect()
-    };
     let d1 = ask(&mut a, 77, 80).expect("the delta");
-    assert_eq!(payloads(d1.clone()), [&b"gap"[..]]);
+    assert_eq!(handed_payloads(&d1), [&b"gap"[..]]);
     assert_eq!(a.shards[0].stats().sessions, 2, "roam ended on a");
     a.advance(std::time::Duration::from_secs(3));
     let d2 = ask(&mut a, 77, 81).expect("the same delta, replayed");
@@ -543,11 +550,9 @@ fn a_delta_too_large_to_send_keeps_the_session_on_the_old_node() {
     assert!(out.interest.is_empty(), "still subscribed to t");
     assert_eq!(a.shards[0].stats().sessions, 3, "roam is still on a");
     let (again, _) = take_from(&mut a, "roam", false);
-    let recs = handover_records(&again.expect("the session")).expect("decodes");
-    let n = recs
-        .iter()
-        .filter(|r| matches!(r, crate::store::record::Record::MsgPut { .. }))
-        .count();
+    let n = count_handed(&again.expect("the session"), |r| {
+        matches!(r, Record::MsgPut { .. })
+    });
     assert_eq!(n, 3, "x1, x2 and gap");
 }
 
@@ -586,11 +591,7 @@ fn a_short_expiry_session_waits_for_its_confirmation() {
     a.pump();
     let out = a.shards[0].take_cluster_out().expect("an answer");
     let delta = out.handovers[0].session.clone().expect("the delta");
-    let n = handover_records(&delta)
-        .expect("decodes")
-        .iter()
-        .filter(|r| matches!(r, crate::store::record::Record::MsgPut { .. }))
-        .count();
+    let n = count_handed(&delta, |r| matches!(r, Record::MsgPut { .. }));
     assert_eq!(n, 1, "gap");
 }
 
@@ -650,7 +651,6 @@ fn a_session_handed_back_before_its_confirmation_keeps_what_reached_it_meanwhile
 /// arrived since. A stale confirmation (an older hand-over's id) ends nothing.
 #[test]
 fn an_unconfirmed_handover_keeps_the_session_for_the_next_claim() {
-    use crate::store::record::Record;
     let mut a = old_owner_with_queue();
     let (first, _) = take_from(&mut a, "roam", false);
     assert!(first.is_some());
@@ -676,14 +676,7 @@ fn an_unconfirmed_handover_keeps_the_session_for_the_next_claim() {
     assert_eq!(a.shards[0].stats().sessions, 3);
     // The next claim gets the whole session.
     let (again, _) = take_from(&mut a, "roam", false);
-    let recs = handover_records(&again.expect("the session")).expect("decodes");
-    let payloads: Vec<_> = recs
-        .iter()
-        .filter_map(|r| match r {
-            Record::MsgPut { msg, .. } => Some(msg.payload.clone()),
-            _ => None,
-        })
-        .collect();
+    let payloads = handed_payloads(&again.expect("the session"));
     assert_eq!(payloads, [&b"x1"[..], b"x2", b"x3"]);
 }
 
