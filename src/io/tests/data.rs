@@ -369,37 +369,7 @@ fn udp_burst_beyond_the_buffer_pool_loses_nothing() {
 fn uring_starved_receives_wait_for_buffers_then_all_arrive() {
     const CLIENTS: usize = 8;
     const LEN: usize = 600;
-    let o = LoopOptions {
-        recv_buf_size_bytes: 512,
-        recv_bufs_per_ring: 4,
-        ..opts()
-    };
-    let mut lp = new_uring(0, &o).expect("uring loop");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    lp.add_listener(listener).expect("add_listener");
-    // Every client's bytes wait in its socket before the loop arms any receive: each
-    // needs two 512-byte buffers, the pool has four.
-    let clients: Vec<TcpStream> = (0..CLIENTS)
-        .map(|i| {
-            let mut c = connect(addr);
-            c.write_all(&pattern(i, LEN)).expect("write");
-            c
-        })
-        .collect();
-    let mut s = Starving::default();
-    // Hold every buffer: the pool runs dry with bytes still waiting.
-    for _ in 0..500 {
-        s.turn(&mut lp, true);
-        if s.socks.len() == CLIENTS && s.held.len() == 4 {
-            break;
-        }
-    }
-    assert_eq!(
-        (s.socks.len(), s.held.len()),
-        (CLIENTS, 4),
-        "accepted, held"
-    );
+    let (mut lp, _, clients, mut s) = starved_pool(CLIENTS, LEN);
     assert!(lp.stats().recv_nobufs > 0, "the pool never ran out");
     for _ in 0..5 {
         s.turn(&mut lp, true);
@@ -439,30 +409,7 @@ fn uring_starved_receives_wait_for_buffers_then_all_arrive() {
 fn uring_a_new_connection_queues_behind_starved_receives() {
     const CLIENTS: usize = 8;
     const LEN: usize = 600;
-    let o = LoopOptions {
-        recv_buf_size_bytes: 512,
-        recv_bufs_per_ring: 4,
-        ..opts()
-    };
-    let mut lp = new_uring(0, &o).expect("uring loop");
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    lp.add_listener(listener).expect("add_listener");
-    let mut clients: Vec<TcpStream> = (0..CLIENTS)
-        .map(|i| {
-            let mut c = connect(addr);
-            c.write_all(&pattern(i, LEN)).expect("write");
-            c
-        })
-        .collect();
-    let mut s = Starving::default();
-    for _ in 0..500 {
-        s.turn(&mut lp, true);
-        if s.socks.len() == CLIENTS && s.held.len() == 4 {
-            break;
-        }
-    }
-    assert_eq!((s.socks.len(), s.held.len()), (CLIENTS, 4));
+    let (mut lp, addr, mut clients, mut s) = starved_pool(CLIENTS, LEN);
     for _ in 0..5 {
         s.turn(&mut lp, true);
     }
@@ -524,6 +471,45 @@ fn uring_a_new_connection_queues_behind_starved_receives() {
             "client {i}"
         );
     }
+}
+
+/// An io_uring loop with a receive pool of four 512-byte buffers, `clients` accepted
+/// connections whose `len` bytes each (`pattern`) wait in their sockets, and every
+/// buffer held by `Starving`: the pool is dry with bytes still waiting. Each client
+/// needs two buffers, so before the loop arms any receive they all wait.
+fn starved_pool(
+    clients: usize,
+    len: usize,
+) -> (Box<dyn EventLoop>, SocketAddr, Vec<TcpStream>, Starving) {
+    let o = LoopOptions {
+        recv_buf_size_bytes: 512,
+        recv_bufs_per_ring: 4,
+        ..opts()
+    };
+    let mut lp = new_uring(0, &o).expect("uring loop");
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    lp.add_listener(listener).expect("add_listener");
+    let streams: Vec<TcpStream> = (0..clients)
+        .map(|i| {
+            let mut c = connect(addr);
+            c.write_all(&pattern(i, len)).expect("write");
+            c
+        })
+        .collect();
+    let mut s = Starving::default();
+    for _ in 0..500 {
+        s.turn(&mut lp, true);
+        if s.socks.len() == clients && s.held.len() == 4 {
+            break;
+        }
+    }
+    assert_eq!(
+        (s.socks.len(), s.held.len()),
+        (clients, 4),
+        "accepted, held"
+    );
+    (lp, addr, streams, s)
 }
 
 /// The server side of `uring_starved_receives_wait_for_buffers_then_all_arrive`.
