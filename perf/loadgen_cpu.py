@@ -124,9 +124,12 @@ def run(ringmq, loadgen, name):
         b0 = cpu_s(broker.pid)
         w0 = runq_wait_s(broker.pid)
         t0 = time.monotonic()
+        # Connect storms: loadgen also reads the broker's CPU over the storm window
+        # (first attempt to last CONNACK), beside its own over the same window.
+        window = ["--broker-pid", str(broker.pid)] if name.startswith("connect") else []
         lg = subprocess.Popen(
             ["taskset", "-c", LOADGEN_CORE, loadgen] + SCENARIOS[name] + EXTRA
-            + ["--port", str(port), "--json"],
+            + ["--port", str(port), "--json"] + window,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             preexec_fn=raise_priority if PRIO else None)
         out = lg.stdout.read()
@@ -155,10 +158,21 @@ def run(ringmq, loadgen, name):
              f"broker {broker_cpu * 100 / wall:.0f}% of its core, peak RSS {rss:.1f} MiB; ")
     load = os.getloadavg()[0]
     if name.startswith("connect"):
+        storm_cpu = ""
+        if r.get("broker_cpu_s") is not None:
+            storm_cpu = (f"storm window: loadgen CPU {r['cpu_s']:.2f} s, broker CPU "
+                         f"{r['broker_cpu_s']:.2f} s ({r['cpu_s'] / max(r['broker_cpu_s'], 1e-9):.2f}x); ")
+        if r.get("broker_teardown_cpu_s") is not None:
+            storm_cpu += (f"teardown {r['teardown_s']:.2f} s: loadgen CPU "
+                          f"{r['teardown_cpu_s']:.2f} s, broker CPU "
+                          f"{r['broker_teardown_cpu_s']:.2f} s; ")
         print(f"{name}: established {r['connections_established']}/"
               f"{r['connections_attempted']} storm {r['measured_s']:.2f} s "
-              f"({r['connect_rate_per_s']:.0f}/s); whole run {wall:.1f} s: loadgen CPU "
-              f"{lg_cpu:.2f} s, broker CPU {broker_cpu:.2f} s; {waits}load {load:.1f}")
+              f"({r['connect_rate_per_s']:.0f}/s); {storm_cpu}whole run {wall:.1f} s: loadgen CPU "
+              f"{lg_cpu:.2f} s, broker CPU {broker_cpu:.2f} s "
+              f"({lg_cpu / max(broker_cpu, 1e-9):.2f}x), loadgen closed first "
+              f"{r.get('closed_before_broker', 'n/a')}, unclean {r['unclean_closes']}; "
+              f"{waits}load {load:.1f}{' (PRIO=1)' if PRIO else ''}")
         return
     n = max(r["delivered"], 1)
     per_msg = r.get("cpu_us_per_msg")

@@ -32,8 +32,10 @@ mod connect;
 mod input;
 mod publish;
 mod send;
+mod teardown;
 
 use bufring::BufRing;
+use teardown::EofWaits;
 
 pub const PHASE_CONNECT: u8 = 0;
 pub const PHASE_WARMUP: u8 = 1;
@@ -124,6 +126,9 @@ pub struct ThreadResult {
     /// phase begin; `None` where the kernel does not say (no /proc schedstat).
     pub runq_wait_at_phase_ns: [Option<u64>; PHASES],
     pub unclean_close: u64,
+    /// Clients loadgen closed itself after DISCONNECT because the broker had not
+    /// closed them when the teardown stalled (see `engine/teardown.rs`).
+    pub closed_before_broker: u64,
 }
 
 pub fn now_ns() -> u64 {
@@ -196,6 +201,7 @@ const OP_SEND: u64 = 3;
 const OP_RECV: u64 = 4;
 const OP_CANCEL: u64 = 5;
 const OP_CLOSE: u64 = 6;
+const OP_LINGER: u64 = 11;
 
 /// The close phase gives up when nothing completed for `CLOSE_GRACE_NS`, counted from
 /// the later of the DISCONNECT phase's start and the last completion reaped.
@@ -244,6 +250,10 @@ struct Client {
     send_busy: bool,
     dirty: bool,
     closing: bool,
+    /// A DISCONNECT was encoded: once it is sent the broker is expected to close.
+    disconnect_queued: bool,
+    /// DISCONNECT sent, waiting for the broker's end of stream (`engine/teardown.rs`).
+    awaiting_eof: bool,
     close_submitted: bool,
     /// Counted in `connects_inflight` until CONNACK or failure.
     attempt_open: bool,
@@ -286,6 +296,7 @@ pub struct Worker {
     open: usize,
     dirty: Vec<usize>,
     rearm: Vec<usize>,
+    eof_waits: EofWaits,
     paced: BinaryHeap<Reverse<(u64, usize)>>,
     unpaced: Vec<usize>,
     cqes: Vec<(u64, i32, u32)>,
@@ -408,6 +419,8 @@ impl Worker {
                     send_busy: false,
                     dirty: false,
                     closing: false,
+                    disconnect_queued: false,
+                    awaiting_eof: false,
                     close_submitted: false,
                     attempt_open: false,
                     connect_start_ns: 0,
@@ -440,6 +453,7 @@ impl Worker {
             open: 0,
             dirty: Vec::new(),
             rearm: Vec::new(),
+            eof_waits: EofWaits::default(),
             paced: BinaryHeap::new(),
             unpaced: Vec::new(),
             cqes: Vec::with_capacity(4096),
@@ -471,6 +485,7 @@ impl Worker {
                 spin_end_ns: 0,
                 runq_wait_at_phase_ns: [None; PHASES],
                 unclean_close: 0,
+                closed_before_broker: 0,
             },
         })
     }
@@ -543,6 +558,9 @@ impl Worker {
             let wait_ns = self.wait_ns(now);
             self.wait(now, wait_ns);
             self.reap();
+            if !self.eof_waits.is_empty() {
+                self.expire_eof_waits(now_ns());
+            }
             // Checked after reaping, never right after a flush: a flush of 16k
             // DISCONNECTs on a loaded machine can itself outlast the grace period.
             if self.phase == PHASE_DISCONNECT
@@ -684,28 +702,6 @@ impl Worker {
         }
     }
 
-    fn submit_close(&mut self, idx: usize) {
-        self.end_attempt(idx);
-        let c = &mut self.clients[idx];
-        if c.close_submitted {
-            return;
-        }
-        c.close_submitted = true;
-        c.state = St::Dead;
-        let fixed = types::Fixed(idx as u32);
-        // Cancel the multishot receive (it holds a reference to the socket), then close
-        // the slot: the last reference goes and the kernel sends FIN. Both run inline;
-        // SHUTDOWN would be punted to io-wq threads and crawl at 100k connections.
-        let sh = opcode::AsyncCancel::new(ud(OP_RECV, idx))
-            .build()
-            .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(ud(OP_CANCEL, idx));
-        let cl = opcode::Close::new(fixed)
-            .build()
-            .user_data(ud(OP_CLOSE, idx));
-        self.push(&[sh, cl]);
-    }
-
     /// Starts a clean close: DISCONNECT, then shutdown and close once it is sent.
     fn begin_close(&mut self, idx: usize, polite: bool) {
         let v = self.cfg.protocol;
@@ -721,6 +717,7 @@ impl Worker {
                         properties: Properties::default(),
                     });
                     encode(&d, v, &mut c.out);
+                    c.disconnect_queued = true;
                 }
                 c.closing = true;
                 self.mark_dirty(idx);
@@ -784,7 +781,7 @@ impl Worker {
                         self.process_input(idx, now);
                     }
                 }
-                OP_CANCEL => {}
+                OP_CANCEL | OP_LINGER => {}
                 OP_CLOSE => {
                     self.open = self.open.saturating_sub(1);
                 }

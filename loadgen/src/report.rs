@@ -79,6 +79,10 @@ pub struct Report {
     pub errors: std::collections::BTreeMap<String, u64>,
     /// Connections not closed within 5 s of the end.
     pub unclean_closes: u64,
+    /// Plain TCP clients loadgen closed itself after DISCONNECT because the broker had
+    /// not closed them when its thread's teardown made no progress for 1 s (MQTT has
+    /// the server close; loadgen waits for that, then resets).
+    pub closed_before_broker: u64,
     /// Sends loadgen submitted per second during the measured phase (publishes and
     /// acknowledgements), and messages published per send: what the kernel's part of
     /// loadgen's CPU scales with.
@@ -109,6 +113,13 @@ pub struct Report {
     /// connect, storm with --broker-pid: the broker's CPU seconds (user + system) from
     /// the first connect attempt until every client was connected or failed.
     pub broker_cpu_s: Option<f64>,
+    /// Seconds from DISCONNECT to the last close, and loadgen's process CPU seconds
+    /// over them (busy-poll spins included; connect and storm spin none). Not in
+    /// `cpu_s`: a connect storm's whole cost is `cpu_s` + `teardown_cpu_s`.
+    pub teardown_s: f64,
+    pub teardown_cpu_s: f64,
+    /// With --broker-pid: the broker's CPU seconds over the same teardown.
+    pub broker_teardown_cpu_s: Option<f64>,
     /// storm: the first round; the fields above describe the reconnect.
     pub storm: Option<StormReport>,
     pub exit_code: i32,
@@ -250,6 +261,17 @@ pub fn table(r: &Report) -> String {
             b * 1e6 / r.connections_established.max(1) as f64
         );
     }
+    if is_storm(r) {
+        let broker = r
+            .broker_teardown_cpu_s
+            .map_or(String::new(), |b| format!(", the broker's {b:.2} s"));
+        // Worded unlike the "broker cpu" line, which perf/storm.sh reads.
+        let _ = writeln!(
+            s,
+            "  teardown      {:.2} s from DISCONNECT to the last close: CPU loadgen's {:.2} s{broker}",
+            r.teardown_s, r.teardown_cpu_s
+        );
+    }
     if !is_storm(r) {
         let _ = writeln!(
             s,
@@ -264,6 +286,13 @@ pub fn table(r: &Report) -> String {
     }
     if r.unclean_closes > 0 {
         let _ = writeln!(s, "  unclean close {}", r.unclean_closes);
+    }
+    if r.closed_before_broker > 0 {
+        let _ = writeln!(
+            s,
+            "  closed first  {} (the broker had not closed them 1 s after the last close)",
+            r.closed_before_broker
+        );
     }
     if r.interrupted {
         let _ = writeln!(s, "  INTERRUPTED: the run was cut short by SIGINT");
@@ -530,6 +559,7 @@ mod tests {
             errors_total: 1,
             errors: [("connect: refused".to_string(), 1)].into_iter().collect(),
             unclean_closes: 0,
+            closed_before_broker: 0,
             cpu_process_pct: 12.5,
             cpu_s: 0.25,
             spin_us: 100.0,
@@ -541,6 +571,9 @@ mod tests {
             runq_wait_pct: Some(25.0),
             interrupted: false,
             broker_cpu_s: None,
+            teardown_s: 0.5,
+            teardown_cpu_s: 0.125,
+            broker_teardown_cpu_s: None,
             storm: None,
             exit_code: 2,
         }
@@ -551,6 +584,7 @@ mod tests {
         let mut r = report();
         r.scenario = "storm".into();
         r.broker_cpu_s = Some(0.5);
+        r.broker_teardown_cpu_s = Some(0.25);
         r.storm = Some(StormReport {
             first_round_established: 5,
             first_round_s: 1.25,
@@ -564,16 +598,25 @@ mod tests {
             "100000.0 us per connection",
             "loadgen cpu   0.25 s over the storm (50000.0 us per connection)",
             "to the last CONNACK",
+            "teardown      0.50 s from DISCONNECT to the last close: CPU loadgen's 0.12 s, the broker's 0.25 s",
         ] {
             assert!(t.contains(needle), "missing {needle} in {t}");
         }
         assert!(!t.contains("throughput"), "a storm has no messages: {t}");
+        assert_eq!(
+            t.matches("broker cpu").count(),
+            1,
+            "perf/storm.sh reads the one \"broker cpu\" line: {t}"
+        );
         let v: serde_json::Value =
             serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(v["storm"]["sessions_present"], 4);
         assert_eq!(v["broker_cpu_s"], 0.5);
         assert_eq!(v["cpu_s"], 0.25);
         assert_eq!(v["spin_us"], 100.0);
+        assert_eq!(v["teardown_cpu_s"], 0.125);
+        assert_eq!(v["broker_teardown_cpu_s"], 0.25);
+        assert_eq!(v["closed_before_broker"], 0);
     }
 
     #[test]

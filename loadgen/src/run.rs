@@ -320,6 +320,9 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+    let teardown_t0 = engine::now_ns();
+    let teardown_cpu0 = cpu_process_ns();
+    let teardown_broker0 = cfg.broker_pid.and_then(proc_cpu_ns);
     shared
         .phase
         .store(engine::PHASE_DISCONNECT, Ordering::Release);
@@ -330,6 +333,14 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
                 .map_err(|_| SetupError("a worker thread panicked".into()))?,
         );
     }
+    let teardown = Teardown {
+        secs: (engine::now_ns() - teardown_t0) as f64 / 1e9,
+        cpu_ns: cpu_process_ns().saturating_sub(teardown_cpu0),
+        broker_cpu_ns: match (teardown_broker0, cfg.broker_pid.and_then(proc_cpu_ns)) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
+    };
     Ok(merge(
         &cfg,
         &shared,
@@ -339,8 +350,16 @@ pub fn run(mut cfg: Config) -> Result<(Report, Hists), SetupError> {
         connect_wall_ns,
         measured_ns,
         (cpu_measured_ns, cpu_window_ns),
-        (prime, broker_cpu_ns),
+        (prime, broker_cpu_ns, teardown),
     ))
+}
+
+/// DISCONNECT to the last close (every worker thread ended): what a run's teardown
+/// cost loadgen and, with --broker-pid, the broker.
+struct Teardown {
+    secs: f64,
+    cpu_ns: u64,
+    broker_cpu_ns: Option<u64>,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -353,7 +372,7 @@ fn merge(
     connect_wall_ns: u64,
     measured_ns: u64,
     (cpu_measured_ns, cpu_window_ns): (u64, u64),
-    (prime, broker_cpu_ns): (Option<StormPrime>, Option<u64>),
+    (prime, broker_cpu_ns, teardown): (Option<StormPrime>, Option<u64>, Teardown),
 ) -> (Report, Hists) {
     let mut latency = engine::new_histogram();
     let mut rtt = engine::new_histogram();
@@ -371,6 +390,7 @@ fn merge(
         mut unclean,
         mut sends,
     ) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mut closed_before_broker = 0u64;
     let mut max_thread_pct: f64 = 0.0;
     let mut spun_measured_ns = 0u64;
     let mut runq_wait_pct: Option<f64> = None;
@@ -396,6 +416,7 @@ fn merge(
         unexpected += r.unexpected;
         written_off += r.qos0_written_off;
         unclean += r.unclean_close;
+        closed_before_broker += r.closed_before_broker;
         let spin_start = r.spin_at_phase_ns[measured_phase];
         spun_measured_ns += r.spin_at_phase_ns[measured_phase + 1].saturating_sub(spin_start);
         let start = r.cpu_at_phase_ns[measured_phase];
@@ -475,6 +496,7 @@ fn merge(
         errors_total,
         errors,
         unclean_closes: unclean,
+        closed_before_broker,
         sends_per_s: sends as f64 / secs,
         msgs_per_send: sent as f64 / sends.max(1) as f64,
         cpu_process_pct: cpu_busy_ns as f64 * 100.0 / cpu_window_ns as f64,
@@ -486,6 +508,9 @@ fn merge(
         runq_wait_pct,
         interrupted: interrupted(),
         broker_cpu_s: broker_cpu_ns.map(|ns| ns as f64 / 1e9),
+        teardown_s: teardown.secs,
+        teardown_cpu_s: teardown.cpu_ns as f64 / 1e9,
+        broker_teardown_cpu_s: teardown.broker_cpu_ns.map(|ns| ns as f64 / 1e9),
         storm,
         exit_code,
     };

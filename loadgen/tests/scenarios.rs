@@ -27,6 +27,9 @@ fn run(broker: &support::Broker, args: &[&str]) -> serde_json::Value {
     assert_eq!(j["connections_failed"], 0, "{j}");
     assert_eq!(j["unexpected"], 0, "{j}");
     assert_eq!(j["unclean_closes"], 0, "{j}");
+    // ringmq closes every connection after its DISCONNECT, as MQTT has the server do,
+    // so loadgen never had to close one first.
+    assert_eq!(j["closed_before_broker"], 0, "{j}");
     j
 }
 
@@ -204,6 +207,10 @@ fn connect_hold_and_disconnect() {
     assert_eq!(j["scenario"], "connect");
     assert_eq!(j["connections_established"], 200, "{j}");
     assert_eq!(j["errors_total"], 0, "{j}");
+    // ringmq closed each connection after its DISCONNECT; loadgen then reset its end.
+    assert_eq!(j["unclean_closes"], 0, "{j}");
+    assert_eq!(j["closed_before_broker"], 0, "{j}");
+    assert!(j["teardown_cpu_s"].as_f64().is_some(), "{j}");
 }
 
 /// A storm's reconnect resumes every session the first round made (Session Present
@@ -232,6 +239,8 @@ fn storm_resumes_every_session() {
     assert_eq!(j["connect_latency_us"]["count"], 300, "{j}");
     assert_eq!(j["errors_total"], 0, "{j}");
     assert!(j["broker_cpu_s"].as_f64().is_some(), "{j}");
+    assert!(j["broker_teardown_cpu_s"].as_f64().is_some(), "{j}");
+    assert_eq!(j["closed_before_broker"], 0, "{j}");
     assert!(
         stderr.contains("300 of 300 CONNACKs with session present"),
         "{stderr}"

@@ -25,7 +25,13 @@ impl Worker {
                     self.shared.failed.fetch_add(1, Ordering::AcqRel);
                 }
             }
-            self.submit_close(idx);
+            // The broker closed after our DISCONNECT (sent, or in flight when it read
+            // it): nothing unread can be lost at its end any more.
+            if closing && self.waits_for_broker_close(idx) {
+                self.close_after_broker(idx);
+            } else {
+                self.submit_close(idx);
+            }
             return false;
         }
         if res < 0 {

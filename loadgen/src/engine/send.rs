@@ -1,6 +1,6 @@
 //! A loadgen client's output: marking it dirty, flushing what it encoded as one send
 //! (through TLS or WebSocket framing when it has them), and settling send completions.
-//! Split out of `engine.rs`, unchanged.
+//! Split out of `engine.rs`; what follows a sent DISCONNECT is `teardown.rs`.
 
 use super::*;
 
@@ -47,7 +47,11 @@ impl Worker {
         }
         if c.out.is_empty() {
             if c.closing {
-                self.submit_close(idx);
+                if self.waits_for_broker_close(idx) {
+                    self.await_broker_close(idx, now_ns());
+                } else {
+                    self.submit_close(idx);
+                }
             }
             return;
         }
