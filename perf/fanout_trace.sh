@@ -10,12 +10,18 @@
 # cores while they were runnable (perf/fanout_bursts.py).
 #
 #   PRIO=1 bash perf/fanout_trace.sh
-#   PRIO=1 RINGMQ=base-bin/ringmq LOADGEN=base-bin/loadgen LOADGEN_ARGS="--rt-priority 50" bash perf/fanout_trace.sh
+#   PRIO=1 RINGMQ=base-bin/ringmq LOADGEN=base-bin/loadgen bash perf/fanout_trace.sh
+#
+# LOADGEN_ARGS are added to loadgen's. With loadgen and ringmq both at --rt-priority on
+# a 2-core machine this script's own steps (finding loadgen's thread, switching perf
+# on) waited 10+ s for a CPU at load average 28 and the trace missed the run.
 #
 # The tracepoints cost the traced threads ~4 us per copy (a burst of 1,000 takes
 # ~10 ms traced against ~6 ms untraced): read the shares and the waits, not the
 # absolute burst. 127.0.0.1 only; every process started here is stopped by PID.
 set -euo pipefail
+# Long enough for perf's start-up and this script's steps on a loaded machine.
+DURATION="${DURATION:-20s}"
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 CLIENTS="${CLIENTS:-1000}"
@@ -39,9 +45,10 @@ thread_of() {
 # perf starts first, its events off, and is switched on and off through its control
 # fifo: under load its start-up (a pass over every thread of the machine) takes
 # seconds, and a `perf record -- sleep` started mid-run would trace after the run.
+# With PRIO=1 it runs at the same priority as the two processes, or it answers late.
 mkfifo "$run_dir/perf.ctl" "$run_dir/perf.ack"
 exec {ctl_fd}<>"$run_dir/perf.ctl" {ack_fd}<>"$run_dir/perf.ack"
-perf record -a -D -1 --control "fifo:$run_dir/perf.ctl,$run_dir/perf.ack" -o "$run_dir/trace.data" \
+"${PRIO_CMD[@]}" perf record -a -D -1 --control "fifo:$run_dir/perf.ctl,$run_dir/perf.ack" -o "$run_dir/trace.data" \
   -e sched:sched_switch -e sched:sched_wakeup \
   -e syscalls:sys_enter_io_uring_enter -e syscalls:sys_exit_io_uring_enter \
   -e io_uring:io_uring_task_work_run -e io_uring:io_uring_local_work_run \
@@ -54,6 +61,9 @@ perf_ctl() {
   echo "$1" >&"$ctl_fd"
   read -r -t 60 -u "$ack_fd" answer || die "perf did not answer '$1' within 60 s (see $run_dir/perf.log)"
 }
+
+# perf answers only once its start-up is done: wait for that before the run starts.
+perf_ctl disable
 
 port=$(free_port)
 start_ringmq "$port" "$run_dir/broker.log" --http-listen none
