@@ -185,6 +185,12 @@ pub struct Opts {
     /// work in loadgen's user space).
     #[arg(long, global = true, value_parser = parse_duration)]
     pub spin: Option<Duration>,
+    /// SCHED_FIFO priority 1..99 for the worker threads (needs CAP_SYS_NICE or
+    /// RLIMIT_RTPRIO); 0 = normal scheduling. On a shared machine a subscriber's copy
+    /// otherwise waits while other processes hold loadgen's core, and that wait is
+    /// counted as the broker's latency.
+    #[arg(long, global = true, default_value_t = 0)]
+    pub rt_priority: u32,
     /// Connection attempts in flight per thread.
     #[arg(long, global = true, default_value_t = 1024)]
     pub connect_inflight: u32,
@@ -263,6 +269,8 @@ pub struct Config {
     pub open_loop: bool,
     pub persistent: bool,
     pub spin: Duration,
+    /// SCHED_FIFO priority of the worker threads; 0 = normal scheduling.
+    pub rt_priority: u8,
     pub connect_inflight: u32,
     pub cmd_rate: f64,
     pub max_failed_pct: f64,
@@ -494,6 +502,13 @@ impl Opts {
                 ));
             }
         }
+        if self.rt_priority > 99 {
+            return Err(bad(
+                "rt-priority",
+                self.rt_priority,
+                "must be 0..99 (0 = normal scheduling)",
+            ));
+        }
         if self.threads == 0 || self.threads > 1024 {
             return Err(bad("threads", self.threads, "must be 1..1024"));
         }
@@ -586,6 +601,7 @@ impl Opts {
             // A storm resumes sessions: both rounds connect with persistent ones.
             persistent: self.persistent || scenario == Scenario::Storm,
             spin,
+            rt_priority: self.rt_priority as u8,
             connect_inflight: self.connect_inflight,
             cmd_rate: self.cmd_rate,
             max_failed_pct: self.max_failed_pct,
@@ -628,6 +644,19 @@ mod tests {
         assert_eq!(spin(&["loadgen", "fanin", "--spin", "0"]), Duration::ZERO);
         let e = parse(&["loadgen", "connect", "--spin", "11ms"]).unwrap_err();
         assert!(e.contains("spin") && e.contains("11ms"), "{e}");
+    }
+
+    #[test]
+    fn rt_priority_defaults_to_normal_scheduling_and_is_bounded() {
+        assert_eq!(parse(&["loadgen", "fanout"]).unwrap().rt_priority, 0);
+        assert_eq!(
+            parse(&["loadgen", "fanout", "--rt-priority", "50"])
+                .unwrap()
+                .rt_priority,
+            50
+        );
+        let e = parse(&["loadgen", "fanout", "--rt-priority", "100"]).unwrap_err();
+        assert!(e.contains("rt-priority") && e.contains("100"), "{e}");
     }
 
     #[test]

@@ -160,6 +160,28 @@ pub fn thread_runq_wait_ns() -> Option<u64> {
     s.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Puts the calling thread under SCHED_FIFO at `priority` (1..99).
+pub fn set_fifo(priority: u8) -> std::io::Result<()> {
+    set_policy(libc::SCHED_FIFO, i32::from(priority))
+}
+
+/// Puts the calling thread back under normal scheduling.
+pub fn set_normal() -> std::io::Result<()> {
+    set_policy(libc::SCHED_OTHER, 0)
+}
+
+fn set_policy(policy: libc::c_int, priority: i32) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the
+    // calling thread.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 pub fn new_histogram() -> Histogram<u64> {
     rx::new_histogram()
 }
@@ -317,6 +339,9 @@ pub struct Worker {
     result: ThreadResult,
     /// `--transport ws`: one receive's MQTT bytes, out of their frames (reused).
     ws_scratch: Vec<u8>,
+    /// The ring was built disabled (single issuer, deferred task running): the thread
+    /// that runs it enables it first and so becomes its only submitter.
+    disabled: bool,
 }
 
 fn sockaddr(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
@@ -359,21 +384,42 @@ impl Worker {
         let n = specs.len();
         let streams_total = shared.delivered.len();
         let entries = 4096u32;
-        // Cooperative task running: completions wait for this thread's next kernel
-        // entry instead of interrupting it (an IPI per burst); the spin below watches
-        // IORING_SQ_TASKRUN. Kernels before 5.19 reject the flags: plain ring then.
-        let ring = match IoUring::builder()
+        // Deferred task running (6.1+): a receive's completion work waits on the ring
+        // until this thread asks for it (an enter with GETEVENTS), so it never runs on
+        // some other kernel exit in the middle of a paced send, and an arrival wakes a
+        // sleeping thread only once the wait's count is met. It needs a single issuer,
+        // which is whatever thread enables the ring: built disabled here, enabled by
+        // the worker thread in `run`. Before 6.1, cooperative task running (5.19+):
+        // completions wait for this thread's next kernel entry instead of interrupting
+        // it (an IPI per burst). Both leave IORING_SQ_TASKRUN for the spin below to
+        // watch. Older kernels reject the flags: plain ring then.
+        let deferred = IoUring::builder()
             .setup_cqsize(entries * 8)
             .setup_coop_taskrun()
             .setup_taskrun_flag()
-            .build(entries)
-        {
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_r_disabled()
+            .build(entries);
+        let (ring, disabled) = match deferred {
+            Ok(r) => (Ok(r), true),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                IoUring::builder().setup_cqsize(entries * 8).build(entries)
+                let r = match IoUring::builder()
+                    .setup_cqsize(entries * 8)
+                    .setup_coop_taskrun()
+                    .setup_taskrun_flag()
+                    .build(entries)
+                {
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        IoUring::builder().setup_cqsize(entries * 8).build(entries)
+                    }
+                    r => r,
+                };
+                (r, false)
             }
-            r => r,
-        }
-        .map_err(|e| setup_err("io_uring_setup", e))?;
+            Err(e) => (Err(e), false),
+        };
+        let ring = ring.map_err(|e| setup_err("io_uring_setup", e))?;
         ring.submitter()
             .register_files_sparse(n.max(1) as u32)
             .map_err(|e| setup_err(&format!("io_uring_register(FILES_SPARSE, {n} files)"), e))?;
@@ -467,6 +513,7 @@ impl Worker {
             spin_ns,
             spun_ns: 0,
             ws_scratch: Vec::new(),
+            disabled,
             result: ThreadResult {
                 latency: new_histogram(),
                 rtt: new_histogram(),
@@ -531,6 +578,17 @@ impl Worker {
     }
 
     pub fn run(mut self) -> ThreadResult {
+        if self.disabled {
+            if let Err(e) = self.ring.submitter().register_enable_rings() {
+                // Nothing can be submitted: every client of this thread fails to connect.
+                self.err(
+                    "io_uring_register(ENABLE_RINGS)",
+                    e.raw_os_error().unwrap_or(0),
+                );
+                return self.result;
+            }
+            self.disabled = false;
+        }
         self.result.cpu_at_phase_ns[0] = thread_cpu_ns();
         self.result.runq_wait_at_phase_ns[0] = thread_runq_wait_ns();
         self.connect_t0_ns = now_ns();

@@ -158,6 +158,16 @@ fn start(cfg: &Arc<Config>, plan: &plan::Plan, threads: usize) -> Result<Started
             plan.devices,
         )?);
     }
+    // Threads inherit their creator's policy: the workers start under SCHED_FIFO and
+    // this thread, which only waits and prints, goes back to normal scheduling.
+    if cfg.rt_priority > 0 {
+        engine::set_fifo(cfg.rt_priority).map_err(|e| {
+            SetupError(format!(
+                "--rt-priority {}: sched_setscheduler(SCHED_FIFO) failed: {e} (needs CAP_SYS_NICE or RLIMIT_RTPRIO)",
+                cfg.rt_priority
+            ))
+        })?;
+    }
     let t0 = engine::now_ns();
     let handles = workers
         .into_iter()
@@ -168,8 +178,12 @@ fn start(cfg: &Arc<Config>, plan: &plan::Plan, threads: usize) -> Result<Started
                 .spawn(move || w.run())
         })
         .collect::<Result<_, _>>()
-        .map_err(|e| SetupError(format!("spawning a worker thread failed: {e}")))?;
-    Ok((shared, handles, t0))
+        .map_err(|e| SetupError(format!("spawning a worker thread failed: {e}")));
+    if cfg.rt_priority > 0 {
+        engine::set_normal()
+            .map_err(|e| SetupError(format!("sched_setscheduler(SCHED_OTHER) failed: {e}")))?;
+    }
+    Ok((shared, handles?, t0))
 }
 
 /// Waits until every client is connected (and subscribed) or failed, or
