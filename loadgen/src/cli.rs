@@ -12,6 +12,9 @@ use crate::payload::HEADER_LEN;
 
 /// `--spin` of the message scenarios: a VM core's wake-up would count as broker latency.
 const DEFAULT_SPIN: Duration = Duration::from_micros(100);
+/// The range the kernel clamps a SCHED_OTHER thread's requested slice to.
+const MIN_SCHED_SLICE: Duration = Duration::from_micros(100);
+const MAX_SCHED_SLICE: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -191,6 +194,12 @@ pub struct Opts {
     /// counted as the broker's latency.
     #[arg(long, global = true, default_value_t = 0)]
     pub rt_priority: u32,
+    /// Time slice loadgen's threads ask the normal scheduler (EEVDF, Linux 6.12+) for,
+    /// 100us..100ms; 0 = the kernel's default. With a slice shorter than the task
+    /// running on its core, a woken worker preempts that task at once instead of
+    /// waiting up to a scheduler tick: the wait would count as broker latency.
+    #[arg(long, global = true, default_value = "100us", value_parser = parse_duration)]
+    pub sched_slice: Duration,
     /// Connection attempts in flight per thread.
     #[arg(long, global = true, default_value_t = 1024)]
     pub connect_inflight: u32,
@@ -271,6 +280,8 @@ pub struct Config {
     pub spin: Duration,
     /// SCHED_FIFO priority of the worker threads; 0 = normal scheduling.
     pub rt_priority: u8,
+    /// `--sched-slice`; zero: the kernel's default.
+    pub sched_slice: Duration,
     pub connect_inflight: u32,
     pub cmd_rate: f64,
     pub max_failed_pct: f64,
@@ -477,6 +488,15 @@ impl Opts {
         if spin > std::time::Duration::from_millis(10) {
             return Err(bad("spin", format!("{spin:?}"), "at most 10ms"));
         }
+        if !self.sched_slice.is_zero()
+            && (self.sched_slice < MIN_SCHED_SLICE || self.sched_slice > MAX_SCHED_SLICE)
+        {
+            return Err(bad(
+                "sched-slice",
+                format!("{:?}", self.sched_slice),
+                "0 (the kernel's default) or 100us..100ms (the kernel would clamp it)",
+            ));
+        }
         if let Some(w @ (0 | 65_536..)) = self.window {
             return Err(bad(
                 "window",
@@ -602,6 +622,7 @@ impl Opts {
             persistent: self.persistent || scenario == Scenario::Storm,
             spin,
             rt_priority: self.rt_priority as u8,
+            sched_slice: self.sched_slice,
             connect_inflight: self.connect_inflight,
             cmd_rate: self.cmd_rate,
             max_failed_pct: self.max_failed_pct,
@@ -628,6 +649,31 @@ mod tests {
         cli.opts
             .validate(cli.scenario.unwrap_or(Scenario::Connect))
             .map_err(|e| e.0)
+    }
+
+    #[test]
+    fn sched_slice_is_zero_or_what_the_kernel_takes_unclamped() {
+        let slice = |args: &[&str]| parse(args).map(|c| c.sched_slice);
+        assert_eq!(slice(&["loadgen", "pairs"]), Ok(Duration::from_micros(100)));
+        assert_eq!(
+            slice(&["loadgen", "pairs", "--sched-slice", "0"]),
+            Ok(Duration::ZERO)
+        );
+        assert_eq!(
+            slice(&["loadgen", "pairs", "--sched-slice", "3ms"]),
+            Ok(Duration::from_millis(3))
+        );
+        assert_eq!(
+            slice(&["loadgen", "pairs", "--sched-slice", "100ms"]),
+            Ok(Duration::from_millis(100))
+        );
+        for bad in ["99us", "101ms", "1s"] {
+            let e = slice(&["loadgen", "pairs", "--sched-slice", bad]).unwrap_err();
+            assert!(
+                e.contains("--sched-slice") && e.contains("100us..100ms"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -27,6 +27,17 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Before any worker starts: threads inherit the slice.
+    if !cfg.sched_slice.is_zero() {
+        let us = cfg.sched_slice.as_micros() as u32;
+        match ringmq::worker::set_fair_slice(us) {
+            Ok(true) => {}
+            Ok(false) => eprintln!(
+                "loadgen: --sched-slice {us}us: this kernel keeps its default time slice (per-task slices need Linux 6.12+)"
+            ),
+            Err(e) => eprintln!("loadgen: --sched-slice {us}us: sched_setattr refused ({e})"),
+        }
+    }
     let json = cfg.json;
     let hgrm_path = cfg.hgrm.clone();
     let plot_path = cfg.plot.clone();

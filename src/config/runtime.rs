@@ -30,6 +30,8 @@ pub struct RuntimeArgs {
     pub busy_poll_us: Option<String>,
     #[arg(long, value_name = "N", help = with_default("SCHED_FIFO priority 1..99 for the event-loop threads (needs CAP_SYS_NICE or RLIMIT_RTPRIO); cuts the latency tail that kernel threads on a loop's core cause; 0 = normal scheduling", d().rt_priority))]
     pub rt_priority: Option<String>,
+    #[arg(long, value_name = "US", help = with_default("Time slice in microseconds (100..100000) the event-loop threads ask the normal scheduler for (Linux 6.12+, no privilege needed): a woken loop with a shorter slice than the task on its core preempts it at once instead of waiting for that task's slice to end; 0 = the kernel's default. Ignored with --rt-priority", d().sched_slice_us))]
+    pub sched_slice_us: Option<String>,
     #[arg(long, value_name = "N", help = with_default("Key of the hash that places client sessions on event loops, for tests and debugging only: anyone who knows it can choose client ids that all land on one loop; none = random at each start", "none"))]
     pub placement_seed: Option<String>,
 }
@@ -41,12 +43,17 @@ pub(super) const KEYS: &[&str] = &[
     "log_format",
     "busy_poll_us",
     "rt_priority",
+    "sched_slice_us",
     "placement_seed",
 ];
 
 /// A spin longer than a millisecond no longer saves a wake-up worth its CPU.
 const MAX_BUSY_POLL_US: u64 = 1000;
 const MAX_SHARDS: u64 = crate::ring::MAX_SHARDS as u64;
+/// The kernel clamps a SCHED_OTHER thread's requested slice to this range
+/// (`sched_setattr`, Linux 6.12+).
+const SCHED_SLICE_US_MIN: u64 = 100;
+const SCHED_SLICE_US_MAX: u64 = 100_000;
 
 /// A `tracing` filter, parsed here so a typo is refused at start-up instead of
 /// being replaced by a default when logging is set up. (A bare word is a target
@@ -59,6 +66,18 @@ fn log_filter(raw: &Raw) -> Result<String, Expect> {
         Err(e) => Err(format!(
             "a tracing filter such as info or ringmq=debug,warn ({e})"
         )),
+    }
+}
+
+/// 0 (the kernel's default) or a slice the kernel takes as given: outside
+/// 100..=100000 µs it would clamp the value silently.
+fn sched_slice_us(raw: &Raw) -> Result<u32, Expect> {
+    let (min, max) = (SCHED_SLICE_US_MIN, SCHED_SLICE_US_MAX);
+    let expected = || format!("0 (the kernel's default) or an integer {min}..={max}");
+    match int(raw, 0, max) {
+        Ok(0) => Ok(0),
+        Ok(v) if v >= min => Ok(v as u32),
+        _ => Err(expected()),
     }
 }
 
@@ -77,6 +96,7 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "log_format" => cfg.log_json = one_of(raw, &["text", "json"])? == "json",
         "busy_poll_us" => cfg.busy_poll_us = int(raw, 0, MAX_BUSY_POLL_US)? as u32,
         "rt_priority" => cfg.rt_priority = int(raw, 0, 99)? as u8,
+        "sched_slice_us" => cfg.sched_slice_us = sched_slice_us(raw)?,
         "placement_seed" => {
             cfg.placement_seed = match raw {
                 Raw::Text(s) if s.trim().eq_ignore_ascii_case("none") => None,
@@ -96,6 +116,7 @@ impl RuntimeArgs {
         push_text(v, "log_format", &self.log_format);
         push_text(v, "busy_poll_us", &self.busy_poll_us);
         push_text(v, "rt_priority", &self.rt_priority);
+        push_text(v, "sched_slice_us", &self.sched_slice_us);
         push_text(v, "placement_seed", &self.placement_seed);
     }
 }

@@ -86,6 +86,7 @@ fn every_cli_option_has_the_same_toml_key() {
         ("log_format", "\"json\"", "json"),
         ("busy_poll_us", "7", "7"),
         ("rt_priority", "7", "7"),
+        ("sched_slice_us", "700", "700"),
         ("placement_seed", "7", "7"),
         ("max_connections", "7", "7"),
         ("max_connections_per_ip", "7", "7"),
@@ -236,6 +237,42 @@ fn file_error_names_key_and_value() {
     assert_eq!(
         err.to_string(),
         "config c.toml: key \"busy_poll_us\": expected an integer 0..=1000, got 1001"
+    );
+}
+
+#[test]
+fn sched_slice_us_is_zero_or_what_the_kernel_takes_unclamped() {
+    assert_eq!(Config::default().sched_slice_us, 100);
+    for (given, want) in [("0", 0), ("100", 100), ("3000", 3000), ("100000", 100_000)] {
+        let cfg = load_with(&cli(&["--sched-slice-us", given]), with_file("")).expect(given);
+        assert_eq!(cfg.sched_slice_us, want, "{given}");
+    }
+    let cfg = load_with(
+        &cli(&["--config", "c.toml"]),
+        with_file("sched_slice_us = 250\n"),
+    )
+    .expect("load");
+    assert_eq!(cfg.sched_slice_us, 250);
+    // The kernel would clamp these silently to 100 µs or 100 ms.
+    for bad in ["1", "99", "100001", "fast"] {
+        let err = load_with(&cli(&["--sched-slice-us", bad]), with_file("")).expect_err(bad);
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "option --sched-slice-us: expected 0 (the kernel's default) or an integer \
+                 100..=100000, got \"{bad}\""
+            )
+        );
+    }
+    let err = load_with(
+        &cli(&["--config", "c.toml"]),
+        with_file("sched_slice_us = 50\n"),
+    )
+    .expect_err("fail");
+    assert_eq!(
+        err.to_string(),
+        "config c.toml: key \"sched_slice_us\": expected 0 (the kernel's default) or an \
+         integer 100..=100000, got 50"
     );
 }
 

@@ -1,4 +1,5 @@
-//! Where a worker thread runs: pinning it to a CPU, SCHED_FIFO, the CPUs allowed.
+//! Where a worker thread runs: pinning it to a CPU, SCHED_FIFO or the normal
+//! scheduler's time slice, the CPUs allowed.
 
 use std::io;
 
@@ -30,6 +31,70 @@ pub fn set_realtime(priority: u8) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// The kernel's `struct sched_attr` up to `sched_period` (SCHED_ATTR_SIZE_VER0): the
+/// `libc` crate does not declare it.
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime_ns: u64,
+    deadline_ns: u64,
+    period_ns: u64,
+}
+
+fn sched_getattr() -> io::Result<SchedAttr> {
+    let mut attr = SchedAttr::default();
+    // SAFETY: `attr` is a writable SCHED_ATTR_SIZE_VER0 struct and its size is passed;
+    // pid 0 is the calling thread.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getattr,
+            0,
+            &mut attr as *mut SchedAttr,
+            std::mem::size_of::<SchedAttr>() as u32,
+            0u32,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(attr)
+}
+
+/// Asks the normal scheduler (EEVDF) for a `slice_us` time slice for the calling
+/// thread: Linux 6.12+ reads a SCHED_OTHER thread's `sched_runtime` as its slice, no
+/// privilege needed. A thread with a shorter slice than the one running gets an
+/// earlier deadline, so when it wakes it preempts a task (or kernel thread) that
+/// would otherwise keep the core until its own slice, tick-rounded, runs out. The
+/// thread's share of the CPU does not change. `Ok(false)`: the kernel ignored the
+/// request (before 6.12 the field means nothing outside SCHED_DEADLINE). The thread's
+/// nice value is kept.
+pub fn set_fair_slice(slice_us: u32) -> io::Result<bool> {
+    let mut attr = sched_getattr()?;
+    if attr.policy != libc::SCHED_OTHER as u32 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the thread is not under the normal scheduler (SCHED_OTHER)",
+        ));
+    }
+    attr.size = std::mem::size_of::<SchedAttr>() as u32;
+    attr.flags = 0;
+    attr.runtime_ns = u64::from(slice_us) * 1000;
+    attr.deadline_ns = 0;
+    attr.period_ns = 0;
+    // SAFETY: `attr` is a valid SCHED_ATTR_SIZE_VER0 struct whose size field is set;
+    // pid 0 is the calling thread.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0u32) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(sched_getattr()?.runtime_ns == u64::from(slice_us) * 1000)
 }
 
 /// CPUs this process may run on.

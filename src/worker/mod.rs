@@ -47,7 +47,7 @@ pub mod verify;
 
 use bridges::Bridges;
 use busy_poll::BusyPoll;
-pub use cpu::{allowed_cpus, pin_to_cpu, set_realtime};
+pub use cpu::{allowed_cpus, pin_to_cpu, set_fair_slice, set_realtime};
 use handoffs::{shrink_emptied, WaitingHandoffs};
 use http::HttpServer;
 use linger::Linger;
@@ -295,6 +295,26 @@ pub fn run<L: EventLoop>(
             priority = config.rt_priority,
             "loop runs under SCHED_FIFO"
         );
+    } else if config.sched_slice_us > 0 {
+        // A hint, not a guarantee: a kernel without per-task slices runs the loop as
+        // before, so say so and go on.
+        match set_fair_slice(config.sched_slice_us) {
+            Ok(true) => tracing::debug!(
+                shard = id,
+                slice_us = config.sched_slice_us,
+                "loop asks the normal scheduler for a short time slice"
+            ),
+            Ok(false) => tracing::warn!(
+                shard = id,
+                slice_us = config.sched_slice_us,
+                "sched_slice_us: this kernel keeps its default time slice (per-task slices need Linux 6.12+)"
+            ),
+            Err(e) => tracing::warn!(
+                shard = id,
+                slice_us = config.sched_slice_us,
+                "sched_slice_us: sched_setattr refused ({e}); the loop keeps the kernel's default time slice"
+            ),
+        }
     }
     let bridges = match Bridges::new(&config, id, endpoint.shard_count(), Instant::now()) {
         Ok(b) => b,
