@@ -86,6 +86,19 @@ pub struct ClusterStatus {
     pub wills_taken: AtomicU64,
     /// This node's wills entries deleted at a graceful stop (so no survivor fires them).
     pub wills_withdrawn: AtomicU64,
+    /// The self-fencing lease (`wills.rs`): true while no heartbeat of this node was
+    /// acknowledged for `cluster_fence_after_ms`; how often it ran out; the
+    /// connections it closed (their wills left to the cluster); and the wills of
+    /// fenced connections this node published itself once its heartbeat was back.
+    pub fenced: AtomicBool,
+    pub fences: AtomicU64,
+    pub wills_fenced: AtomicU64,
+    pub wills_fenced_published: AtomicU64,
+    /// Hand-overs the asker never confirmed (it looks dead) whose session this node
+    /// took back by compare-and-set (review M1), and those whose entry a newer claim
+    /// held by then, the session sent on to that claimer.
+    pub sessions_reasserted: AtomicU64,
+    pub sessions_sent_on: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -279,6 +292,42 @@ impl ClusterStatus {
             "counter",
             "Wills entries this node deleted at a graceful stop",
             g(&self.wills_withdrawn),
+        );
+        line(
+            "fenced",
+            "gauge",
+            "1 while no heartbeat of this node was acknowledged for cluster_fence_after_ms",
+            u64::from(self.fenced.load(Ordering::Relaxed)),
+        );
+        line(
+            "fences_total",
+            "counter",
+            "Times the heartbeat lease ran out",
+            g(&self.fences),
+        );
+        line(
+            "wills_fenced_total",
+            "counter",
+            "Connections with a will closed by the fence (0x9C), their wills left to the cluster",
+            g(&self.wills_fenced),
+        );
+        line(
+            "wills_fenced_published_total",
+            "counter",
+            "Wills of fenced connections this node published once its heartbeat was back",
+            g(&self.wills_fenced_published),
+        );
+        line(
+            "sessions_reasserted_total",
+            "counter",
+            "Unconfirmed hand-overs whose session this node took back (the asker looked dead)",
+            g(&self.sessions_reasserted),
+        );
+        line(
+            "sessions_sent_on_total",
+            "counter",
+            "Unconfirmed hand-overs whose session went on to a newer claimer",
+            g(&self.sessions_sent_on),
         );
         line(
             "retained_errors_total",

@@ -211,6 +211,7 @@ struct Settings {
     kv_replicas: usize,
     /// Which loop owns a client id's session (as the loops place it).
     placement_seed: u64,
+    timings: wills::Timings,
 }
 
 impl Settings {
@@ -226,6 +227,11 @@ impl Settings {
             tls_key_file: cfg.cluster_nats_tls_key_file.clone(),
             kv_replicas: cfg.cluster_kv_replicas,
             placement_seed: cfg.placement_seed.unwrap_or(0),
+            timings: wills::Timings::from_ms(
+                cfg.cluster_beat_ms,
+                cfg.cluster_fence_after_ms,
+                cfg.cluster_dead_after_ms,
+            ),
         }
     }
 }
@@ -242,8 +248,10 @@ struct State {
     /// Session claims answered and takeover requests for loops, never dropped
     /// (a CONNECT, here or on another node, waits for each); retried at every wake.
     pending_in: PendingIn,
-    /// Takeover requests handed to a loop, by id: where its answer goes.
-    replies: HashMap<u64, async_nats::Subject>,
+    /// Takeover requests handed to a loop, by id: where its answer goes, and for a
+    /// takeover (not a confirmation) the client id and the asker's epoch, so a
+    /// hand-over never confirmed can be watched (`Claims::watch_handover`).
+    replies: HashMap<u64, (async_nats::Subject, Option<(Bytes, u64)>)>,
     next_reply: u64,
     /// Claims in flight per client id, and which id each (loop, conn, generation)
     /// claims: a takeover request for such an id waits in `deferred` (at most
@@ -352,6 +360,7 @@ async fn run(
     let js = jetstream::new(client.clone());
     let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, AckToken, bool)>(ACKS_MAX);
     let replicas = st.settings.kv_replicas;
+    let alive_nodes = wills::AliveNodes::default();
     let claims = Claims {
         client: client.clone(),
         js: js.clone(),
@@ -361,6 +370,7 @@ async fn run(
         store: Arc::new(OnceLock::new()),
         local: Default::default(),
         epochs: Default::default(),
+        confirmed: Default::default(),
     };
     let (claimed_tx, mut claimed_rx) = mpsc::channel::<(usize, ClusterIn)>(SESSIONS_MAX);
     let (takeover_tx, mut takeover_rx) = mpsc::channel::<async_nats::Message>(SESSIONS_MAX);
@@ -375,17 +385,25 @@ async fn run(
         me: wills::incarnation_of(&st.settings.node, incarnation),
         incarnation,
         status: st.status.clone(),
-        beating: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        timings: st.settings.timings,
+        alive_nodes: alive_nodes.clone(),
     };
     let will_feed = wills::WillFeed::default();
     let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
     let (taken_tx, mut taken_rx) = mpsc::channel::<Bytes>(SESSIONS_MAX);
     let reconcile = Arc::new(Notify::new());
-    let writer = tokio::spawn(
-        w.clone()
-            .writer(will_feed.clone(), reconcile.clone(), taken_tx),
-    );
-    tokio::spawn(w.clone().liveness(orphan_tx, reconcile));
+    let (lease_tx, lease_rx) =
+        tokio::sync::watch::channel(wills::Lease::new(st.settings.timings.fence_after));
+    let (fence_tx, mut fence_rx) = mpsc::channel::<bool>(4);
+    tokio::spawn(wills::fencer(lease_rx.clone(), fence_tx, st.status.clone()));
+    let writer = tokio::spawn(w.clone().writer(
+        will_feed.clone(),
+        reconcile.clone(),
+        taken_tx,
+        orphan_tx.clone(),
+        lease_rx,
+    ));
+    tokio::spawn(w.clone().liveness(orphan_tx, reconcile, lease_tx));
     let state_feed = wills::WillFeed::default();
     tokio::spawn(claims.clone().state_writer(state_feed.clone()));
     tokio::spawn(takeover_requests(
@@ -418,6 +436,7 @@ async fn run(
         ack_tx: ack_tx.clone(),
         will_feed: will_feed.clone(),
         state_feed: state_feed.clone(),
+        alive_nodes,
     };
     loop {
         tokio::select! {
@@ -456,6 +475,15 @@ async fn run(
                 while st.pending_in.has_room() {
                     let Ok((l, m)) = claimed_rx.try_recv() else { break };
                     st.push_claimed(&client, &claims, l, m).await;
+                }
+                st.wake();
+            }
+            // Never held back by `has_room`: the fence must reach every loop before
+            // any survivor may take this node for dead.
+            f = fence_rx.recv() => {
+                let Some(on) = f else { continue };
+                for l in 0..st.producers.len() {
+                    st.pending_in.push(l, ClusterIn::Fence { on });
                 }
                 st.wake();
             }
@@ -534,6 +562,7 @@ struct LoopsIo {
     ack_tx: mpsc::Sender<(usize, AckToken, bool)>,
     will_feed: wills::WillFeed,
     state_feed: wills::WillFeed,
+    alive_nodes: wills::AliveNodes,
 }
 
 /// Makes the QoS stream (retried until NATS answers; another node may make it first).
@@ -716,6 +745,14 @@ impl State {
                     // Latest per client, never waited for (as the wills below).
                     io.state_feed.put(client, Some(state));
                 }
+                // Before the turn's will changes: a fenced connection's pending put
+                // is dropped, and the writer settles its will (`WillQueue::fence`).
+                for (client, record) in std::mem::take(&mut out.fenced) {
+                    io.will_feed.fence(client, record);
+                }
+                for (client_id, epoch) in std::mem::take(&mut out.reasserts) {
+                    reassert(io, from, client_id, epoch);
+                }
                 for (client, value) in std::mem::take(&mut out.wills) {
                     // Never dropped (a lost "gone" would let a survivor publish a will
                     // that must not fire) and never waited for: the writer may be
@@ -726,8 +763,7 @@ impl State {
                     &io.client, &io.js, from, out, &io.in_tx, &io.ret_tx, &io.ack_tx,
                 )
                 .await;
-                self.on_sessions(&io.client, &io.claims, &io.claimed_tx, from, asked, handed)
-                    .await;
+                self.on_sessions(io, from, asked, handed).await;
                 // After `on_batch` queued the loaded sessions' SUBs.
                 on_confirms(&io.client, &io.claims, &io.claimed_tx, from, confirms);
             }
@@ -986,13 +1022,12 @@ impl State {
     /// bucket never holds up forwarding) and its answers to takeover requests.
     async fn on_sessions(
         &mut self,
-        client: &async_nats::Client,
-        claims: &Claims,
-        claimed_tx: &mpsc::Sender<(usize, ClusterIn)>,
+        io: &LoopsIo,
         from: usize,
         asked: Vec<SessionClaim>,
         handed: Vec<crate::shard::SessionHandover>,
     ) {
+        let (client, claims, claimed_tx) = (&io.client, &io.claims, &io.claimed_tx);
         for c in asked {
             *self.claiming.entry(c.client_id.clone()).or_default() += 1;
             self.claim_ids
@@ -1014,11 +1049,22 @@ impl State {
             });
         }
         for h in handed {
-            let Some(to) = self.replies.remove(&h.reply) else {
+            let Some((to, takeover)) = self.replies.remove(&h.reply) else {
                 continue;
             };
             if h.session.is_some() {
                 self.status.sessions_handed.fetch_add(1, Ordering::Relaxed);
+                if let Some((client_id, epoch)) = takeover {
+                    // Kept on this loop until confirmed: watched in case it never is.
+                    tokio::spawn(claims.clone().watch_handover(
+                        io.alive_nodes.clone(),
+                        client_id,
+                        h.reply,
+                        epoch,
+                        claimed_tx.clone(),
+                        from,
+                    ));
+                }
             }
             let body = if h.too_large {
                 Bytes::from_static(&[sessions::REPLY_TOO_LARGE])
@@ -1119,14 +1165,18 @@ impl State {
             let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
             return;
         }
-        let (client_id, clean) = match request {
+        let (client_id, clean, epoch) = match request {
             sessions::Request::Takeover {
-                client_id, clean, ..
-            } => (client_id, clean),
+                client_id,
+                clean,
+                epoch,
+            } => (client_id, clean, epoch),
             sessions::Request::Confirm { client_id, token } => {
+                // The asker holds the session: its lapse watch can end.
+                claims.note_confirmed(token);
                 self.next_reply += 1;
                 let id = self.next_reply;
-                self.replies.insert(id, reply);
+                self.replies.insert(id, (reply, None));
                 let l = crate::shard::owner_shard(
                     self.settings.placement_seed,
                     &client_id,
@@ -1152,7 +1202,8 @@ impl State {
         );
         self.next_reply += 1;
         let id = self.next_reply;
-        self.replies.insert(id, reply);
+        self.replies
+            .insert(id, (reply, Some((client_id.clone(), epoch))));
         // What one NATS message can carry on this connection (the reply's tag and id: 9 bytes).
         let max_bytes = client.server_info().max_payload.saturating_sub(9);
         let l = crate::shard::owner_shard(
@@ -1286,6 +1337,28 @@ async fn reconciled(
             let _ = tx.send((l, ClusterIn::Yield { client_id, node })).await;
         }
     }
+}
+
+/// Loop `from` took back a hand-over never confirmed (review M1): this node
+/// becomes the owner again by compare-and-set, or, when a newer claim holds the
+/// entry and its node is alive, the session's copies go to that node (`Yield`).
+fn reassert(io: &LoopsIo, from: usize, client_id: Bytes, epoch: u64) {
+    let claims = io.claims.clone();
+    let alive = io.alive_nodes.clone();
+    let tx = io.claimed_tx.clone();
+    tokio::spawn(async move {
+        if let sessions::Reassert::SendTo(node) = claims.reassert(&client_id, epoch).await {
+            if !wills::node_alive(&alive, &node) {
+                // Its claimer is silent too: the session stays here to expire.
+                return;
+            }
+            claims
+                .status
+                .sessions_sent_on
+                .fetch_add(1, Ordering::Relaxed);
+            let _ = tx.send((from, ClusterIn::Yield { client_id, node })).await;
+        }
+    });
 }
 
 /// Hand-overs loop `from` loaded: each is confirmed to its old node once the loaded

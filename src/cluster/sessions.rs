@@ -58,6 +58,21 @@ const LOCAL_MAX: usize = 65_536;
 /// Ids whose claimed epoch is remembered (for refusing stale takeover requests);
 /// the map starts over past it (an unknown id's request is accepted).
 const EPOCHS_MAX: usize = 262_144;
+/// How long after answering a takeover with the session the old node waits for the
+/// confirmation before it may take the session back (review M1). A live asker sends
+/// its last confirmation within about 9 s of loading it (`CONFIRM_FLUSH_MAX` and
+/// `CONFIRM_GRACE` in link.rs, 3 s, then `CONFIRM_TRIES` x `FETCH_TIMEOUT`, 6 s);
+/// this leaves 6 s more for the claim's own fetch bound and a loaded loop, and stays
+/// below the 30 s a short-lived session is held for its confirmation (`HANDING_HOLD`).
+pub const HANDOVER_LAPSE: Duration = Duration::from_secs(15);
+/// While the asker still looks alive past `HANDOVER_LAPSE` (it may have the session
+/// and only its confirmation failed), the old node looks again this often, for at
+/// most `LAPSE_WATCH_MAX`; then it leaves the session to expire (as before M1).
+const LAPSE_RECHECK: Duration = Duration::from_secs(5);
+const LAPSE_WATCH_MAX: Duration = Duration::from_secs(300);
+/// Reads of the entry right after a hand-over, to learn the asker's name (a
+/// replica may not have applied its claim yet), `STATE_RETRY` apart.
+const ASKER_READS: usize = 5;
 
 /// The subject a node answers takeover requests on.
 pub fn takeover_subject(node: &str) -> String {
@@ -227,7 +242,14 @@ pub struct Claims {
     /// The epoch of each id this node last claimed: a takeover request with an epoch
     /// not above it is stale and refused (`is_stale`). Bounded by `EPOCHS_MAX`.
     pub epochs: Arc<Mutex<HashMap<Bytes, u64>>>,
+    /// Hand-overs of this node (their tokens) whose confirmation arrived: their
+    /// watch (`watch_handover`) ends. Bounded: starts over past `CONFIRMED_SEEN_MAX`
+    /// (a watch then runs to its own bound).
+    pub confirmed: Arc<Mutex<std::collections::HashSet<u64>>>,
 }
+
+/// See `Claims::confirmed`.
+const CONFIRMED_SEEN_MAX: usize = 65_536;
 
 /// What a reconcile decided for one id this node served during a partition.
 #[derive(Debug)]
@@ -583,6 +605,157 @@ impl Claims {
                 tokio::time::sleep(STATE_RETRY).await;
             }
         }
+    }
+}
+
+/// What an old node does with a session it handed over and that was never
+/// confirmed, given the ownership entry now (review M1; `Claims::reassert`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reassert {
+    /// The entry still holds the asker's claim (`epoch`, handed over): this node
+    /// writes itself with the next epoch by compare-and-set on that revision, so
+    /// the next claim asks it, and it hands the session on whole.
+    Take,
+    /// A newer claim holds the entry (its claimer asked the silent asker, or
+    /// rebuilt the session from the entry): the session's copies go to it, where
+    /// they join its session (as after a partition, `Yield`).
+    SendTo(String),
+    /// This node owns it again already, or the entry is gone: nothing to do.
+    Leave,
+}
+
+/// See `Reassert`. `epoch`: the asker's claim, the one this node handed over to.
+pub fn reassert_step(entry: Option<&Owner>, me: &str, epoch: u64) -> Reassert {
+    match entry {
+        Some(o) if o.node == me => Reassert::Leave,
+        Some(o) if o.epoch == epoch => Reassert::Take,
+        Some(o) if o.epoch > epoch => Reassert::SendTo(o.node.clone()),
+        _ => Reassert::Leave,
+    }
+}
+
+impl Claims {
+    /// A confirmation of this node's hand-over `token` arrived.
+    pub fn note_confirmed(&self, token: u64) {
+        if let Ok(mut c) = self.confirmed.lock() {
+            if c.len() >= CONFIRMED_SEEN_MAX {
+                c.clear();
+            }
+            c.insert(token);
+        }
+    }
+
+    fn take_confirmed(&self, token: u64) -> bool {
+        self.confirmed.lock().is_ok_and(|mut c| c.remove(&token))
+    }
+
+    /// Watches hand-over `token` of `client_id` (the asker claimed it at `epoch`):
+    /// after `HANDOVER_LAPSE`, once the asker (named by the entry at that epoch)
+    /// looks dead by its heartbeat, the loop `l` that holds the session is told
+    /// (`HandoverLapsed`); it takes the session back only if it still holds it for
+    /// this hand-over (a confirmation ends that). A live asker is never raced: it
+    /// may hold the session with only its confirmation lost.
+    pub async fn watch_handover(
+        self,
+        alive: super::wills::AliveNodes,
+        client_id: Bytes,
+        token: u64,
+        epoch: u64,
+        tx: mpsc::Sender<(usize, crate::shard::ClusterIn)>,
+        l: usize,
+    ) {
+        let Some(kv) = self.bucket().await else {
+            return;
+        };
+        let key = super::headers::retained_key(&client_id);
+        let mut asker = None;
+        for _ in 0..ASKER_READS {
+            if let Ok(Some(e)) = kv.entry(&key).await {
+                if let Some(o) = decode_owner(&e.value).filter(|o| o.epoch >= epoch) {
+                    asker = (o.epoch == epoch).then_some(o.node);
+                    break;
+                }
+            }
+            tokio::time::sleep(STATE_RETRY).await;
+        }
+        let Some(asker) = asker else {
+            // Unknown, or claimed again already: the session is not stranded here
+            // by this hand-over's asker (or cannot be shown to be).
+            return;
+        };
+        // Most hand-overs are confirmed within seconds: their watch ends then.
+        let lapse = tokio::time::Instant::now() + HANDOVER_LAPSE;
+        while tokio::time::Instant::now() < lapse {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if self.take_confirmed(token) {
+                return;
+            }
+        }
+        let until = tokio::time::Instant::now() + LAPSE_WATCH_MAX;
+        while super::wills::node_alive(&alive, &asker) {
+            if tokio::time::Instant::now() >= until {
+                return;
+            }
+            tokio::time::sleep(LAPSE_RECHECK).await;
+            if self.take_confirmed(token) {
+                return;
+            }
+        }
+        tracing::info!(
+            "cluster: node {asker} never confirmed the hand-over of {:?} and looks dead; \
+             taking the session back",
+            String::from_utf8_lossy(&client_id)
+        );
+        let m = crate::shard::ClusterIn::HandoverLapsed {
+            client_id,
+            token,
+            epoch,
+        };
+        let _ = tx.send((l, m)).await;
+    }
+
+    /// The loop took back a lapsed hand-over of `client_id` (the asker claimed it at
+    /// `epoch`): this node becomes the owner again by compare-and-set on the exact
+    /// revision that still holds that claim (never over a newer one). Returns where
+    /// the session goes instead when a newer claim holds the entry (`SendTo`).
+    pub async fn reassert(&self, client_id: &Bytes, epoch: u64) -> Reassert {
+        let Some(kv) = self.bucket().await else {
+            return Reassert::Leave;
+        };
+        let key = super::headers::retained_key(client_id);
+        for _ in 0..CLAIM_TRIES {
+            let e = match kv.entry(&key).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put => e,
+                Ok(_) => return Reassert::Leave,
+                Err(_) => {
+                    tokio::time::sleep(STATE_RETRY).await;
+                    continue;
+                }
+            };
+            let o = decode_owner(&e.value);
+            match reassert_step(o.as_ref(), &self.node, epoch) {
+                Reassert::Take => {}
+                other => return other,
+            }
+            let Some(o) = o else {
+                return Reassert::Leave;
+            };
+            let value = encode_owner(&self.node, epoch + 1, o.connect_ms, &o.state);
+            if kv.update(&key, value, e.revision).await.is_ok() {
+                self.claimed_epoch(client_id, epoch + 1);
+                self.status
+                    .sessions_reasserted
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "cluster: owner of {:?} again at epoch {} (hand-over never confirmed)",
+                    String::from_utf8_lossy(client_id),
+                    epoch + 1
+                );
+                return Reassert::Take;
+            }
+            // Changed meanwhile: read again (a newer claim is sent the session).
+        }
+        Reassert::Leave
     }
 }
 

@@ -470,18 +470,24 @@ fn a_will_is_orphaned_only_by_a_dead_incarnation() {
     assert_eq!(owner_of_key("a.b"), None);
     let (node, inc) = me.split_once('.').unwrap();
     let mut beats: HashMap<String, (String, i128)> = HashMap::new();
-    assert!(!is_dead(&beats, 100 * S, &me, 0), "unknown node");
+    assert!(!is_dead(&beats, 100 * S, &me, 0, 5 * S), "unknown node");
     beats.insert(node.to_string(), (inc.to_string(), 100 * S));
-    assert!(!is_dead(&beats, 104 * S, &me, 99 * S), "fresh heartbeat");
-    assert!(is_dead(&beats, 105 * S, &me, 99 * S), "stale heartbeat");
+    assert!(
+        !is_dead(&beats, 104 * S, &me, 99 * S, 5 * S),
+        "fresh heartbeat"
+    );
+    assert!(
+        is_dead(&beats, 105 * S, &me, 99 * S, 5 * S),
+        "stale heartbeat"
+    );
     // Restarted: the heartbeat known here is another incarnation's.
     beats.insert(node.to_string(), ("ff".into(), 100 * S));
     assert!(
-        is_dead(&beats, 100 * S, &me, 90 * S),
+        is_dead(&beats, 100 * S, &me, 90 * S, 5 * S),
         "will older than the new incarnation"
     );
     assert!(
-        !is_dead(&beats, 100 * S, &me, 101 * S),
+        !is_dead(&beats, 100 * S, &me, 101 * S, 5 * S),
         "will newer than the heartbeat known"
     );
 }
@@ -562,4 +568,116 @@ fn a_full_loop_ring_holds_up_only_its_own_queue() {
         other => panic!("loop 0's first queued takeover: {other:?}"),
     }
     assert_eq!(q.len(0), 10_000 - cap);
+}
+
+/// The self-fencing lease ends before any survivor can take the node for dead
+/// (review H3), whatever the delays: a heartbeat sent at `sent` by the node's clock
+/// is stamped by the server at some `stamp` >= `sent` (delivery delay), acknowledged
+/// or not; a survivor's "now" is its own latest heartbeat's stamp, at most real time.
+/// For every survivor judgement `is_dead`, the node's lease (from the last
+/// acknowledged send) ran out at least `dead - fence` before it (the survivor's own
+/// heartbeat lagging real time only widens that); an unacknowledged heartbeat never
+/// extends the lease.
+#[cfg(not(loom))]
+#[test]
+fn the_lease_runs_out_before_any_survivor_calls_the_node_dead() {
+    use super::wills::*;
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+    let t = Timings::from_ms(1_000, 3_000, 5_000);
+    let base = Instant::now();
+    let ns = |d: Duration| d.as_nanos() as i128;
+    let me = incarnation_of("cut", 1);
+    let (node, inc) = me.split_once('.').unwrap();
+    for sent_ms in [0u64, 250, 1_000] {
+        for delay_ms in [0u64, 1, 400, 2_900] {
+            let sent = Duration::from_millis(sent_ms);
+            let stamp = sent + Duration::from_millis(delay_ms);
+            let mut lease = Lease::new(t.fence_after);
+            assert_eq!(
+                lease.step(false, base),
+                None,
+                "no lease yet: nothing fenced"
+            );
+            lease.renewed(base + sent);
+            // An older heartbeat acknowledged late does not move the lease back.
+            lease.renewed(base);
+            let deadline = lease.deadline().expect("a lease");
+            assert_eq!(deadline, base + sent + t.fence_after);
+            let beats: HashMap<String, (String, i128)> =
+                [(node.to_string(), (inc.to_string(), ns(stamp)))].into();
+            // Survivor judgements every 10 ms of server time.
+            let mut judged = false;
+            for now_ms in 0..20_000u64 {
+                let now = Duration::from_millis(now_ms * 10);
+                if !is_dead(&beats, ns(now), &me, 0, ns(t.dead_after)) {
+                    continue;
+                }
+                let margin = (base + now).saturating_duration_since(deadline);
+                assert!(
+                    margin >= t.dead_after - t.fence_after,
+                    "sent {sent_ms} delay {delay_ms}: dead at {now:?}, fenced at {:?}",
+                    deadline - base
+                );
+                assert!(!lease.holds(base + now));
+                assert_eq!(lease.step(false, base + now), Some(true), "fences");
+                judged = true;
+                break;
+            }
+            assert!(judged, "the survivor never called it dead");
+            assert!(lease.holds(deadline - Duration::from_millis(1)));
+            assert_eq!(
+                lease.step(true, deadline - Duration::from_millis(1)),
+                Some(false)
+            );
+            assert_eq!(lease.step(true, deadline), None, "stays fenced");
+        }
+    }
+}
+
+/// A fence drops a fenced client's will change that was not written yet (its put
+/// must never land for a connection already closed) and keeps the fenced will apart
+/// from the latest-per-client queue, so a later change of the id cannot replace it.
+#[cfg(not(loom))]
+#[test]
+fn a_fence_drops_the_unwritten_put_and_keeps_the_will_apart() {
+    let feed = super::wills::WillFeed::default();
+    let (a, b) = (Bytes::from_static(b"a"), Bytes::from_static(b"b"));
+    feed.put(a.clone(), Some(Bytes::from_static(b"put a")));
+    feed.put(b.clone(), Some(Bytes::from_static(b"put b")));
+    feed.fence(a.clone(), Bytes::from_static(b"will a"));
+    // The id comes back (a local will while fenced) and goes.
+    feed.put(a.clone(), None);
+    assert_eq!(
+        feed.take_fenced(),
+        [(a.clone(), Bytes::from_static(b"will a"))]
+    );
+    assert!(feed.take_fenced().is_empty());
+    assert_eq!(feed.pop(), Some((a, None)), "the later change, not the put");
+    assert_eq!(feed.pop(), Some((b, Some(Bytes::from_static(b"put b")))));
+    assert!(feed.pop().is_none());
+    assert!(feed.is_empty());
+}
+
+/// What an old node does with a hand-over never confirmed (review M1): it takes the
+/// entry back only while it holds the asker's exact claim, sends the session on to a
+/// newer claim, and leaves an entry naming itself alone.
+#[cfg(not(loom))]
+#[test]
+fn a_lapsed_handover_is_reasserted_only_over_the_askers_claim() {
+    use super::sessions::{reassert_step, Owner, Reassert};
+    let owner = |node: &str, epoch| Owner {
+        node: node.into(),
+        epoch,
+        connect_ms: 0,
+        state: Bytes::new(),
+    };
+    assert_eq!(reassert_step(Some(&owner("b", 7)), "a", 7), Reassert::Take);
+    assert_eq!(
+        reassert_step(Some(&owner("c", 8)), "a", 7),
+        Reassert::SendTo("c".into())
+    );
+    assert_eq!(reassert_step(Some(&owner("a", 9)), "a", 7), Reassert::Leave);
+    assert_eq!(reassert_step(Some(&owner("b", 6)), "a", 7), Reassert::Leave);
+    assert_eq!(reassert_step(None, "a", 7), Reassert::Leave);
 }

@@ -3,8 +3,8 @@
 //!
 //! - **Liveness.** Each node process has an incarnation (random at start) and puts
 //!   its heartbeat `b64(node) = incarnation` in the KV bucket `ringmq_nodes` every
-//!   `BEAT`. An incarnation is alive while its heartbeat is the current value of its
-//!   key and is younger than `DEAD_AFTER` by the server's clock (the stored entry's
+//!   `beat` (`Timings`). An incarnation is alive while its heartbeat is the current
+//!   value of its key and is younger than `dead_after` by the server's clock (the stored entry's
 //!   time against this node's own latest heartbeat, so no two hosts' clocks are
 //!   compared). A node restarted under the same name is a new incarnation: the old
 //!   one's wills count as a dead node's.
@@ -12,8 +12,9 @@
 //!   (the log's `SessionPut` record) in the bucket `ringmq_wills` under
 //!   `b64(client).b64(node).incarnation`; the loop says when the connection is gone
 //!   (the will is then published, dropped or delayed by that node, as on a single
-//!   node) and the entry is deleted. Entries are written only after the node's first
-//!   heartbeat, so a live node's will never looks orphaned.
+//!   node) and the entry is deleted. Entries are written only while the lease holds
+//!   (below), so never before the node's first heartbeat: a live node's will never
+//!   looks orphaned.
 //! - **Exactly once.** Every node watches the heartbeats and sweeps the wills bucket
 //!   when an incarnation stops being alive (and at start, and every `SWEEP_EVERY`
 //!   beats): for each entry of a dead incarnation (`is_dead`) it deletes the entry
@@ -21,17 +22,42 @@
 //!   succeeds publishes the will, through one of its loops (so local subscribers and
 //!   NATS both get it, once).
 //!
-//! - **A node cut from NATS** looks dead to the others after `DEAD_AFTER` (the
-//!   cluster cannot tell a dead node from an unreachable one): a survivor publishes
-//!   its clients' wills. The rule that keeps this consistent: a will published by
-//!   the cluster means its client is gone. A node whose heartbeat lands again after
-//!   `RECONCILE_AFTER` without one checks each will it holds (`reconcile`, again
-//!   `RECHECK_AFTER` later for a sweep that was already running); an entry it did not
-//!   delete itself is gone because a survivor took and published it, so it
-//!   disconnects that client (MQTT 5: DISCONNECT 0x9C, use another server) without
-//!   publishing the will again. The client's next CONNECT registers its will anew.
-//!   Wills of a cut that ends within `DEAD_AFTER` never fire; the writer retries
-//!   every write until it lands, however long NATS is away.
+//! - **The invariant: the cluster publishes a will only after its client's
+//!   connection is gone.** A node cut from NATS looks dead to the others after
+//!   `dead_after` (the cluster cannot tell a dead node from an unreachable one), and
+//!   a survivor then publishes its clients' wills. So the node fences itself first
+//!   (review H3): its heartbeat is a lease (`Lease`) that holds for `fence_after`
+//!   from the *send* of its last heartbeat a server acknowledged, by its own
+//!   monotonic clock. That heartbeat's server time is at or after its send, and a
+//!   survivor calls the node dead only when its own latest heartbeat (server time,
+//!   never ahead of real time) is `dead_after` past the node's latest; so the lease
+//!   runs out at least `dead_after - fence_after` (more than a beat, checked at
+//!   start) before any survivor can act, and a delayed heartbeat only pushes that
+//!   later. When it runs out (`fencer`, a timer on the deadline) every loop closes
+//!   the connections whose wills it registered (MQTT 5: DISCONNECT 0x9C, use
+//!   another server; 3.1.1: closed) without publishing those wills, and hands them
+//!   to the writer (`WillQueue::fence`): the entries stay in the bucket. While the
+//!   lease is out no will is put (a put is sent only while it holds; one sent
+//!   before it ran out belongs to a client the fence closed) and a new client's
+//!   will stays the node's own (published by it, as on a single node, if the client
+//!   goes). When a heartbeat is acknowledged again the writer settles each fenced
+//!   will before anything else (`settle`): an entry still there is deleted by
+//!   compare-and-set and published by this node if that delete lands; one gone was
+//!   taken by a survivor, which published it (`wills_taken`); one never written is
+//!   published here. Then the loops register their clients' wills again. So every
+//!   will fires once, and only once its connection is gone. Clients without a will
+//!   stay connected through the fence: nothing of theirs can fire elsewhere, and
+//!   closing them would only make a short NATS outage an outage of the node.
+//!   The check on return (`reconcile`, after a gap of `fence_after`, again
+//!   `dead_after` later) is kept as a second line: a will entry it holds that is
+//!   gone was taken, so that client (if a loop was too late to fence it) is
+//!   disconnected with 0x9C and its will not published again. Cost: none while the
+//!   heartbeat is acknowledged; a cut longer than `fence_after` closes the node's
+//!   will-carrying clients even if it ends before `dead_after`. It rests on every
+//!   node using the same `dead_after`, on the bucket's timestamps coming from one
+//!   clock (the stream leader's; a leader change between servers whose clocks
+//!   disagree shifts them by that skew), and on a loop reading its ring within
+//!   `dead_after - fence_after` (2 s by default).
 //! - **A graceful stop** closes every connection with 0x8B, which publishes no will
 //!   (as on a single node), forwards the loops' last output and deletes what is
 //!   left of this incarnation's entries (`withdraw_all`), so no survivor fires them.
@@ -39,9 +65,8 @@
 //! What this does not cover, and why: a will with a delay whose connection had
 //! already gone when its node died lives on that node only (the entry is deleted
 //! when the connection goes) and is lost with it; a dead node's will is published
-//! at once, its will delay not waited for. A client of a cut-off node whose will a
-//! survivor published stays connected to that node until it returns (the node
-//! cannot learn it sooner); a stop while NATS is away cannot withdraw its entries.
+//! at once, its will delay not waited for. A stop while NATS is away cannot
+//! withdraw its entries.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,29 +84,150 @@ use crate::session::Message;
 
 pub const NODES_BUCKET: &str = "ringmq_nodes";
 pub const WILLS_BUCKET: &str = "ringmq_wills";
-/// How often a node puts its heartbeat and reads the others'.
-const BEAT: Duration = Duration::from_secs(1);
-/// A heartbeat older than this (server time) is a dead incarnation's.
-const DEAD_AFTER_MS: i128 = 5_000;
 /// Beats between full sweeps of the wills bucket when no node died (catches an
 /// incarnation that came and went between two beats).
 const SWEEP_EVERY: u32 = 10;
-/// Bound on listing the wills bucket in one sweep (well below `DEAD_AFTER_MS`).
+/// Bound on listing the wills bucket in one sweep (well below the default `dead_after`).
 const SWEEP_LIST_MAX: Duration = Duration::from_millis(1500);
 /// A sweep stops starting new deletes this long after it began (its listing is
 /// bounded by `SWEEP_LIST_MAX`), and the next beat starts another with fresh
 /// heartbeats: a long sweep acts on liveness this old at most (review H3a).
 const SWEEP_MAX: Duration = Duration::from_secs(2);
-/// A heartbeat landing this long after the previous one means this node may have
-/// looked dead to the others (below `DEAD_AFTER_MS`, so no such gap goes unchecked):
-/// it checks which of its wills were taken.
-const RECONCILE_AFTER: Duration = Duration::from_secs(3);
-/// The second check after a return: by then no survivor's sweep that began before it
-/// saw this node's heartbeat again is still deleting (a sweep lists for at most
-/// `SWEEP_LIST_MAX`, and the survivors see the heartbeat within a beat).
-const RECHECK_AFTER: Duration = Duration::from_secs(5);
 /// The longest wait between two attempts of one wills write.
 const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// The liveness timings (`cluster_beat_ms`, `cluster_fence_after_ms`,
+/// `cluster_dead_after_ms`; `config/cluster.rs` checks 2 beats <= fence < dead -
+/// beat). A heartbeat landing `fence_after` or more after the previous one means
+/// this node may have looked dead (it fenced, and `dead_after` may have passed):
+/// it checks which of its wills were taken, and again `dead_after` later (by then
+/// no survivor's sweep that began before it saw this node's heartbeat again is
+/// still deleting: a sweep lists for at most `SWEEP_LIST_MAX`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timings {
+    pub beat: Duration,
+    pub fence_after: Duration,
+    pub dead_after: Duration,
+}
+
+impl Timings {
+    pub fn from_ms(beat_ms: u64, fence_after_ms: u64, dead_after_ms: u64) -> Timings {
+        Timings {
+            beat: Duration::from_millis(beat_ms),
+            fence_after: Duration::from_millis(fence_after_ms),
+            dead_after: Duration::from_millis(dead_after_ms),
+        }
+    }
+
+    fn dead_after_ns(&self) -> i128 {
+        self.dead_after.as_nanos() as i128
+    }
+}
+
+/// The self-fencing lease (review H3), by this node's own monotonic clock: it holds
+/// for `fence_after` from the *send* of the last heartbeat a NATS server
+/// acknowledged. That heartbeat's server time is at or after its send, and a
+/// survivor takes this node for dead only when its own latest heartbeat (server
+/// time, at most real time) is `dead_after` past this node's latest: so the lease
+/// ends at least `dead_after - fence_after` (more than a beat) before any survivor
+/// acts. A heartbeat delayed in flight only moves its server time later, never the
+/// lease; one whose acknowledgement is lost does not renew it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    fence_after: Duration,
+    /// Send time of the latest acknowledged heartbeat (`None`: none yet).
+    from: Option<Instant>,
+}
+
+impl Lease {
+    pub fn new(fence_after: Duration) -> Lease {
+        Lease {
+            fence_after,
+            from: None,
+        }
+    }
+
+    /// The heartbeat sent at `sent` was acknowledged (an older one acknowledged
+    /// late does not shorten the lease).
+    pub fn renewed(&mut self, sent: Instant) {
+        self.from = Some(self.from.map_or(sent, |f| f.max(sent)));
+    }
+
+    /// When the lease runs out (`None`: it never began).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.from.map(|f| f + self.fence_after)
+    }
+
+    /// Whether wills may be registered at `now`.
+    pub fn holds(&self, now: Instant) -> bool {
+        self.deadline().is_some_and(|d| now < d)
+    }
+
+    /// The fence's change at `now`, for a node that is `fenced` or not: `Some(true)`
+    /// to fence (the lease ran out; a lease that never began fences nothing, since no
+    /// will was registered under it), `Some(false)` to lift it.
+    pub fn step(&self, fenced: bool, now: Instant) -> Option<bool> {
+        match (fenced, self.holds(now)) {
+            (true, true) => Some(false),
+            (false, false) if self.from.is_some() => Some(true),
+            _ => None,
+        }
+    }
+}
+
+/// Tells the main task (`fence`) each time the lease runs out (`true`) and comes
+/// back (`false`), at the moment it does: a timer on the deadline, not a beat.
+pub async fn fencer(
+    mut lease: tokio::sync::watch::Receiver<Lease>,
+    fence: mpsc::Sender<bool>,
+    status: Arc<ClusterStatus>,
+) {
+    let mut fenced = false;
+    loop {
+        let l = *lease.borrow_and_update();
+        let now = Instant::now();
+        if let Some(on) = l.step(fenced, now) {
+            fenced = on;
+            status.fenced.store(on, Ordering::Relaxed);
+            if on {
+                status.fences.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    "cluster: no heartbeat acknowledged for {:?}; closing the clients whose \
+                     wills are in the cluster before the others may take this node for dead",
+                    l.deadline().map(|d| now.saturating_duration_since(d)),
+                );
+            } else {
+                tracing::info!("cluster: heartbeat acknowledged again; wills registered again");
+            }
+            if fence.send(on).await.is_err() {
+                return;
+            }
+        }
+        let ended = match l.deadline().filter(|_| l.holds(now)) {
+            Some(d) => tokio::select! {
+                _ = tokio::time::sleep_until(d.into()) => false,
+                r = lease.changed() => r.is_err(),
+            },
+            None => lease.changed().await.is_err(),
+        };
+        if ended {
+            return;
+        }
+    }
+}
+
+/// Waits until the lease holds (`false`: the heartbeat task is gone).
+async fn lease_holds(lease: &mut tokio::sync::watch::Receiver<Lease>) -> bool {
+    loop {
+        let l = *lease.borrow_and_update();
+        if l.holds(Instant::now()) {
+            return true;
+        }
+        if lease.changed().await.is_err() {
+            return false;
+        }
+    }
+}
 
 fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
@@ -112,6 +258,9 @@ pub fn owner_of_key(key: &str) -> Option<&str> {
 pub struct WillQueue {
     latest: HashMap<Bytes, Option<Bytes>>,
     order: VecDeque<Bytes>,
+    /// Connections the fence closed (client id, will record), in order: kept apart
+    /// from `latest`, never replaced by a later change of the same id.
+    fenced: Vec<(Bytes, Bytes)>,
 }
 
 impl WillQueue {
@@ -123,18 +272,34 @@ impl WillQueue {
         }
     }
 
+    /// The fence closed `client`'s connection, whose will is `record`: a change of
+    /// it not yet written is dropped (its put never lands, so no entry of it can
+    /// outlive the connection unnoticed), and the writer settles the will.
+    pub fn fence(&mut self, client: Bytes, record: Bytes) {
+        self.latest.remove(&client);
+        self.fenced.push((client, record));
+    }
+
+    pub fn take_fenced(&mut self) -> Vec<(Bytes, Bytes)> {
+        std::mem::take(&mut self.fenced)
+    }
+
     pub fn pop(&mut self) -> Option<(Bytes, Option<Bytes>)> {
-        let client = self.order.pop_front()?;
-        let value = self.latest.remove(&client)?;
-        Some((client, value))
+        while let Some(client) = self.order.pop_front() {
+            // An id whose change a fence dropped has no value left.
+            if let Some(value) = self.latest.remove(&client) {
+                return Some((client, value));
+            }
+        }
+        None
     }
 
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.latest.len() + self.fenced.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.len() == 0
     }
 }
 
@@ -159,6 +324,21 @@ impl WillFeed {
         self.queue.lock().ok()?.pop()
     }
 
+    /// Never waits (see `WillQueue::fence`).
+    pub fn fence(&self, client: Bytes, record: Bytes) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.fence(client, record);
+        }
+        self.ready.notify_one();
+    }
+
+    pub fn take_fenced(&self) -> Vec<(Bytes, Bytes)> {
+        self.queue
+            .lock()
+            .map(|mut q| q.take_fenced())
+            .unwrap_or_default()
+    }
+
     pub fn len(&self) -> usize {
         self.queue.lock().map_or(0, |q| q.len())
     }
@@ -176,6 +356,21 @@ impl WillFeed {
             self.ready.notified().await;
         }
     }
+
+    /// The next change, waiting for one, unless a fenced connection waits (`None`):
+    /// that comes first, so no change queued after a fence is written before the
+    /// caller took the fenced will (`take_fenced`).
+    pub async fn next_or_fenced(&self) -> Option<(Bytes, Option<Bytes>)> {
+        loop {
+            if self.queue.lock().is_ok_and(|q| !q.fenced.is_empty()) {
+                return None;
+            }
+            if let Some(c) = self.pop() {
+                return Some(c);
+            }
+            self.ready.notified().await;
+        }
+    }
 }
 
 /// What the wills tasks share with the main task.
@@ -188,8 +383,31 @@ pub struct Wills {
     pub me: String,
     pub incarnation: u64,
     pub status: Arc<ClusterStatus>,
-    /// Set once the first heartbeat is stored: wills are written only after.
-    pub beating: Arc<AtomicBool>,
+    pub timings: Timings,
+    /// The names (`b64(node)`) of the nodes whose heartbeat is alive, as of this
+    /// node's latest beat (`None`: no beat yet); read by the hand-over watch
+    /// (`sessions.rs`, review M1).
+    pub alive_nodes: AliveNodes,
+}
+
+/// See `Wills::alive_nodes`.
+pub type AliveNodes = Arc<Mutex<Option<HashSet<String>>>>;
+
+/// Whether node `node` (its name, not encoded) looked alive at this node's latest
+/// beat; unknown (no beat yet) counts as alive, so nothing is taken from it.
+pub fn node_alive(alive: &AliveNodes, node: &str) -> bool {
+    alive
+        .lock()
+        .ok()
+        .and_then(|a| a.as_ref().map(|a| a.contains(&b64(node.as_bytes()))))
+        .unwrap_or(true)
+}
+
+/// A will whose connection the fence closed, to settle once the lease holds again.
+struct Fenced {
+    record: Bytes,
+    /// Its entry was written (and this node has not deleted it): a survivor may take it.
+    in_bucket: bool,
 }
 
 impl Wills {
@@ -219,41 +437,85 @@ impl Wills {
     /// Keeps this node's wills in the bucket, one change at a time in the loops'
     /// order (a set then a gone for one client must land in that order). A write is
     /// retried until it lands, however long NATS is away: a lost "gone" would let a
-    /// survivor publish a will that must not fire. On `reconcile` (this node is back
-    /// from a cut long enough to have looked dead) it checks every will it holds and
-    /// sends the client ids whose entry another node took (and published) on `taken`.
-    pub async fn writer(self, feed: WillFeed, reconcile: Arc<Notify>, taken: mpsc::Sender<Bytes>) {
+    /// survivor publish a will that must not fire. A put is sent only while the lease
+    /// holds (`Lease`): one sent later could land while this node looks dead, for a
+    /// client the fence did not close. The fence's closed connections (`fenced`)
+    /// are settled first once the lease holds again (`settle`). On `reconcile` (this
+    /// node is back from a cut long enough to have looked dead) it checks every will
+    /// it holds and sends the client ids whose entry another node took (and
+    /// published) on `taken`.
+    pub async fn writer(
+        self,
+        feed: WillFeed,
+        reconcile: Arc<Notify>,
+        taken: mpsc::Sender<Bytes>,
+        publish: mpsc::Sender<Message>,
+        mut lease: tokio::sync::watch::Receiver<Lease>,
+    ) {
         let (_, wills) = self.buckets().await;
-        while !self.beating.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         // The clients whose will entry this node last wrote (and has not deleted).
         let mut held: HashSet<Bytes> = HashSet::new();
+        let mut fenced: HashMap<Bytes, Fenced> = HashMap::new();
         loop {
+            for (client, record) in feed.take_fenced() {
+                let in_bucket = held.remove(&client);
+                fenced.insert(client, Fenced { record, in_bucket });
+            }
+            if !fenced.is_empty() && lease.borrow().holds(Instant::now()) {
+                self.settle(&wills, &mut fenced, &publish).await;
+            }
+            let settling = !fenced.is_empty();
             tokio::select! {
                 biased;
-                _ = reconcile.notified() => {
+                _ = reconcile.notified(), if !settling => {
                     // What the loops changed first, so a will set since is not
                     // mistaken for one taken.
                     while let Some(c) = feed.pop() {
-                        self.write(&wills, c, &mut held).await;
+                        if !self.write(&wills, c, &mut held, &fenced, &mut lease).await {
+                            return;
+                        }
                     }
                     self.reconcile(&wills, &mut held, &taken).await;
                 }
-                c = feed.next() => self.write(&wills, c, &mut held).await,
+                // Until every fenced will is settled no change is written: a put
+                // of the same client's new will would overwrite the entry.
+                c = feed.next_or_fenced(), if !settling => {
+                    if let Some(c) = c {
+                        if !self.write(&wills, c, &mut held, &fenced, &mut lease).await {
+                            return;
+                        }
+                    }
+                }
+                r = lease.changed(), if settling => {
+                    if r.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(WRITE_BACKOFF_MAX), if settling => {}
             }
         }
     }
 
+    /// `false`: the heartbeat task is gone (the thread is stopping).
     async fn write(
         &self,
         wills: &kv::Store,
         (client, value): (Bytes, Option<Bytes>),
         held: &mut HashSet<Bytes>,
-    ) {
+        fenced: &HashMap<Bytes, Fenced>,
+        lease: &mut tokio::sync::watch::Receiver<Lease>,
+    ) -> bool {
+        if value.is_none() && fenced.contains_key(&client) {
+            // A later connection's will kept local while fenced: the entry is the
+            // fenced connection's, which `settle` owns.
+            return true;
+        }
         let key = will_key(&client, &self.me);
         let mut backoff = Duration::from_millis(100);
         loop {
+            if value.is_some() && !lease_holds(lease).await {
+                return false;
+            }
             let r = match &value {
                 Some(v) => wills.put(&key, v.clone()).await.map(|_| ()).is_ok(),
                 None => wills.delete(&key).await.is_ok(),
@@ -265,11 +527,70 @@ impl Wills {
                 } else {
                     held.remove(&client);
                 }
-                return;
+                return true;
             }
             self.status.wills_errors.fetch_add(1, Ordering::Relaxed);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(WRITE_BACKOFF_MAX);
+        }
+    }
+
+    /// The wills of connections the fence closed, once the lease holds again: each
+    /// is published exactly once cluster-wide, and only now that its connection is
+    /// gone. One whose entry was never written is this node's alone: published here.
+    /// One whose entry is still there is deleted by compare-and-set, and published
+    /// here only if that delete lands (a survivor's sweep races on the same
+    /// revision). One whose entry is gone was taken by a survivor, which published
+    /// it. An entry that cannot be read or deleted now stays for the next call (a
+    /// delete that landed but was not acknowledged then reads as taken: not
+    /// published twice).
+    async fn settle(
+        &self,
+        wills: &kv::Store,
+        fenced: &mut HashMap<Bytes, Fenced>,
+        publish: &mpsc::Sender<Message>,
+    ) {
+        let clients: Vec<Bytes> = fenced.keys().cloned().collect();
+        for client in clients {
+            let Some(f) = fenced.get(&client) else {
+                continue;
+            };
+            let mine = if f.in_bucket {
+                let key = will_key(&client, &self.me);
+                match wills.entry(&key).await {
+                    Ok(Some(e)) if e.operation == kv::Operation::Put => {
+                        match wills.delete_expect_revision(&key, Some(e.revision)).await {
+                            Ok(_) => true,
+                            // Lost to a survivor, or not answered: read again next time.
+                            Err(_) => continue,
+                        }
+                    }
+                    Ok(_) => false,
+                    Err(e) => {
+                        tracing::debug!("cluster: fenced will entry not read: {e}");
+                        continue;
+                    }
+                }
+            } else {
+                true
+            };
+            let Some(f) = fenced.remove(&client) else {
+                continue;
+            };
+            if !mine {
+                self.status.wills_taken.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(m) = crate::shard::will_message(&f.record, Instant::now()) else {
+                self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            self.status
+                .wills_fenced_published
+                .fetch_add(1, Ordering::Relaxed);
+            if publish.send(m).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -341,7 +662,12 @@ impl Wills {
     /// Heartbeats, and the sweep that publishes dead incarnations' wills (handed to
     /// the main task on `tx`). Every node's heartbeat comes in on a watch of the
     /// bucket (current values first), so a beat reads nothing but its own put.
-    pub async fn liveness(self, tx: mpsc::Sender<Message>, reconcile: Arc<Notify>) {
+    pub async fn liveness(
+        self,
+        tx: mpsc::Sender<Message>,
+        reconcile: Arc<Notify>,
+        lease: tokio::sync::watch::Sender<Lease>,
+    ) {
         let (nodes, wills) = self.buckets().await;
         // The sweep runs in its own task (review M6): its per-orphan round trips, and
         // its wait for room in the main task, never delay a beat, which would make
@@ -371,7 +697,8 @@ impl Wills {
         // a return (a survivor's sweep may have started before it saw this node back).
         let mut last_beat = Instant::now();
         let mut recheck_at: Option<Instant> = None;
-        let mut tick = tokio::time::interval(BEAT);
+        let mut tick = tokio::time::interval(self.timings.beat);
+        let dead_after_ns = self.timings.dead_after_ns();
         loop {
             if watch.is_none() {
                 match nodes.watch_with_history(">").await {
@@ -393,25 +720,36 @@ impl Wills {
                     }
                 }
                 _ = tick.tick() => {
+                    // The lease counts from the send: the server's time for this
+                    // heartbeat is at or after it (`Lease`).
+                    let sent = Instant::now();
                     if nodes.put(&my_key, my_value.clone()).await.is_err() {
                         continue;
                     }
-                    if last_beat.elapsed() >= RECONCILE_AFTER {
+                    lease.send_modify(|l| l.renewed(sent));
+                    if last_beat.elapsed() >= self.timings.fence_after {
                         // Back from a cut that others may have taken for death.
                         tracing::info!("cluster: heartbeat back after {:?}; checking this node's wills", last_beat.elapsed());
                         reconcile.notify_one();
-                        recheck_at = Some(Instant::now() + RECHECK_AFTER);
+                        recheck_at = Some(Instant::now() + self.timings.dead_after);
                     } else if recheck_at.is_some_and(|t| Instant::now() >= t) {
                         recheck_at = None;
                         reconcile.notify_one();
                     }
                     last_beat = Instant::now();
-                    self.beating.store(true, Ordering::Release);
                     // Our own last put, as the watch delivered it, is "now".
                     let Some(now) = beats.get(&my_key).map(|b| b.1) else {
                         continue;
                     };
-                    let now_alive = alive_at(&beats, now);
+                    let now_alive = alive_at(&beats, now, dead_after_ns);
+                    if let Ok(mut a) = self.alive_nodes.lock() {
+                        *a = Some(
+                            now_alive
+                                .iter()
+                                .filter_map(|i| i.split_once('.').map(|(n, _)| n.to_string()))
+                                .collect(),
+                        );
+                    }
                     let gone: Vec<_> = alive.difference(&now_alive).cloned().collect();
                     if !gone.is_empty() {
                         tracing::info!("cluster: node incarnations gone: {gone:?}");
@@ -471,7 +809,7 @@ impl Wills {
         let mut orphans = Vec::new();
         // Bounded: the listing's stream can wait for ever once the bucket holds only
         // delete markers (seen after the first dead node's wills were taken), and
-        // this task also beats: a beat late by DEAD_AFTER makes this node look dead.
+        // this task also beats: a beat late by `dead_after` makes this node look dead.
         let listed = tokio::time::timeout(SWEEP_LIST_MAX, async {
             let mut keys = match wills.keys().await {
                 Ok(k) => k,
@@ -504,8 +842,15 @@ impl Wills {
             let Ok(Some(e)) = wills.entry(&k).await else {
                 continue;
             };
-            let dead = owner_of_key(&k)
-                .is_some_and(|o| is_dead(beats, now_ns, o, e.created.unix_timestamp_nanos()));
+            let dead = owner_of_key(&k).is_some_and(|o| {
+                is_dead(
+                    beats,
+                    now_ns,
+                    o,
+                    e.created.unix_timestamp_nanos(),
+                    self.timings.dead_after_ns(),
+                )
+            });
             if e.operation != kv::Operation::Put || !dead {
                 continue;
             }
@@ -552,6 +897,7 @@ pub fn is_dead(
     now_ns: i128,
     owner: &str,
     will_ns: i128,
+    dead_after_ns: i128,
 ) -> bool {
     let Some((node, inc)) = owner.split_once('.') else {
         return false;
@@ -560,18 +906,22 @@ pub fn is_dead(
         return false;
     };
     if beat_inc == inc {
-        now_ns - at >= DEAD_AFTER_MS * 1_000_000
+        now_ns - at >= dead_after_ns
     } else {
         will_ns < *at
     }
 }
 
-/// The incarnations whose heartbeat is younger than `DEAD_AFTER` at server time
+/// The incarnations whose heartbeat is younger than `dead_after_ns` at server time
 /// `now_ns`.
-fn alive_at(beats: &HashMap<String, (String, i128)>, now_ns: i128) -> HashSet<String> {
+fn alive_at(
+    beats: &HashMap<String, (String, i128)>,
+    now_ns: i128,
+    dead_after_ns: i128,
+) -> HashSet<String> {
     beats
         .iter()
-        .filter(|(_, (_, at))| now_ns - at < DEAD_AFTER_MS * 1_000_000)
+        .filter(|(_, (_, at))| now_ns - at < dead_after_ns)
         .map(|(k, (inc, _))| format!("{k}.{inc}"))
         .collect()
 }

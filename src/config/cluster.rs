@@ -42,6 +42,12 @@ pub struct ClusterArgs {
     pub cluster_nats_tls_key_file: Option<String>,
     #[arg(long, value_name = "N", help = with_default("JetStream replicas of the cluster's KV buckets (retained messages); at most the NATS cluster size, 1..=5", d().cluster_kv_replicas))]
     pub cluster_kv_replicas: Option<String>,
+    #[arg(long, value_name = "MS", help = with_default("How often this node puts its heartbeat in the cluster, in ms", d().cluster_beat_ms))]
+    pub cluster_beat_ms: Option<String>,
+    #[arg(long, value_name = "MS", help = with_default("A node whose heartbeat NATS has not acknowledged for this long closes its clients that have a will (MQTT 5: DISCONNECT 0x9C), before the others may take it for dead; below cluster_dead_after_ms - cluster_beat_ms", d().cluster_fence_after_ms))]
+    pub cluster_fence_after_ms: Option<String>,
+    #[arg(long, value_name = "MS", help = with_default("A node whose heartbeat is this old is dead and its clients' wills are published; the same on every node", d().cluster_dead_after_ms))]
+    pub cluster_dead_after_ms: Option<String>,
 }
 
 pub(super) const KEYS: &[&str] = &[
@@ -54,6 +60,9 @@ pub(super) const KEYS: &[&str] = &[
     "cluster_nats_tls_cert_file",
     "cluster_nats_tls_key_file",
     "cluster_kv_replicas",
+    "cluster_beat_ms",
+    "cluster_fence_after_ms",
+    "cluster_dead_after_ms",
 ];
 
 /// `nats://`, `tls://` (and `ws(s)://`, which async-nats would refuse here) URLs.
@@ -95,6 +104,9 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "cluster_nats_tls_cert_file" => cfg.cluster_nats_tls_cert_file = optional_path(raw)?,
         "cluster_nats_tls_key_file" => cfg.cluster_nats_tls_key_file = optional_path(raw)?,
         "cluster_kv_replicas" => cfg.cluster_kv_replicas = int(raw, 1, 5)? as usize,
+        "cluster_beat_ms" => cfg.cluster_beat_ms = int(raw, 100, 60_000)?,
+        "cluster_fence_after_ms" => cfg.cluster_fence_after_ms = int(raw, 200, 600_000)?,
+        "cluster_dead_after_ms" => cfg.cluster_dead_after_ms = int(raw, 500, 600_000)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -123,5 +135,40 @@ impl ClusterArgs {
             &self.cluster_nats_tls_key_file,
         );
         push_text(v, "cluster_kv_replicas", &self.cluster_kv_replicas);
+        push_text(v, "cluster_beat_ms", &self.cluster_beat_ms);
+        push_text(v, "cluster_fence_after_ms", &self.cluster_fence_after_ms);
+        push_text(v, "cluster_dead_after_ms", &self.cluster_dead_after_ms);
     }
+}
+
+/// The lease timings across keys (review H3): a node must have closed its clients
+/// with wills before any survivor can take it for dead. Survivors judge by their own
+/// latest heartbeat, which lags by up to a beat, against this node's last one; this
+/// node counts from the send of its last acknowledged one. So the fence must come
+/// more than a beat before `dead_after`, and after more than two beats (else one
+/// slow acknowledgement would close clients of a healthy node).
+pub(super) fn check(cfg: &Config) -> Result<(), (String, Expect, String)> {
+    let (beat, fence, dead) = (
+        cfg.cluster_beat_ms,
+        cfg.cluster_fence_after_ms,
+        cfg.cluster_dead_after_ms,
+    );
+    if fence >= dead.saturating_sub(beat) {
+        return Err((
+            "cluster_fence_after_ms".into(),
+            format!(
+                "less than cluster_dead_after_ms - cluster_beat_ms ({dead} - {beat} = {} ms)",
+                dead.saturating_sub(beat)
+            ),
+            fence.to_string(),
+        ));
+    }
+    if fence < 2 * beat {
+        return Err((
+            "cluster_fence_after_ms".into(),
+            format!("at least 2 x cluster_beat_ms ({} ms)", 2 * beat),
+            fence.to_string(),
+        ));
+    }
+    Ok(())
 }

@@ -271,12 +271,14 @@ pub fn load_tracked_with(
     }
     // Checks that span keys (a TLS listener needs a certificate...), named after the
     // key to fix; blamed on the command line when it set anything.
-    listeners::check(&cfg).map_err(|(key, expected, got)| ConfigError::Invalid {
-        source: last_source,
-        key,
-        expected,
-        got,
-    })?;
+    listeners::check(&cfg)
+        .and_then(|()| cluster::check(&cfg))
+        .map_err(|(key, expected, got)| ConfigError::Invalid {
+            source: last_source,
+            key,
+            expected,
+            got,
+        })?;
     Ok(Loaded {
         config: cfg,
         explicit,

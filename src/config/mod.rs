@@ -238,6 +238,17 @@ pub struct Config {
     /// JetStream replicas of the KV buckets: a bucket survives the loss of
     /// `replicas / 2` NATS servers (rounded down).
     pub cluster_kv_replicas: usize,
+    /// How often a node puts its heartbeat in the cluster.
+    pub cluster_beat_ms: u64,
+    /// A node whose heartbeat no server has acknowledged for this long (by its own
+    /// monotonic clock, from the send of the last acknowledged one) fences itself:
+    /// it closes the connections whose wills it registered in the cluster, before
+    /// any survivor may take it for dead (`cluster/wills.rs`). Below
+    /// `cluster_dead_after_ms - cluster_beat_ms` (`config/cluster.rs` `check`).
+    pub cluster_fence_after_ms: u64,
+    /// A heartbeat older than this (server time) is a dead node's: survivors publish
+    /// its wills. The same on every node.
+    pub cluster_dead_after_ms: u64,
 }
 
 impl Default for Config {
@@ -363,6 +374,9 @@ impl Default for Config {
             cluster_nats_tls_cert_file: None,
             cluster_nats_tls_key_file: None,
             cluster_kv_replicas: 1,
+            cluster_beat_ms: 1_000,
+            cluster_fence_after_ms: 3_000,
+            cluster_dead_after_ms: 5_000,
         }
     }
 }

@@ -172,6 +172,9 @@ fn every_cli_option_has_the_same_toml_key() {
         ("cluster_nats_tls_cert_file", "\"/etc/crt\"", "/etc/crt"),
         ("cluster_nats_tls_key_file", "\"/etc/key\"", "/etc/key"),
         ("cluster_kv_replicas", "3", "3"),
+        ("cluster_beat_ms", "900", "900"),
+        ("cluster_fence_after_ms", "2500", "2500"),
+        ("cluster_dead_after_ms", "6000", "6000"),
     ];
     assert_eq!(samples.len(), keys().count());
     for (key, toml_value, cli_value) in samples {
@@ -695,6 +698,59 @@ fn cluster_keys_name_the_bad_value() {
     )
     .expect("two urls");
     assert_eq!(c.cluster_nats, ["nats://a:4222", "tls://b:4222"]);
+}
+
+/// The self-fencing lease must end more than a beat before the others may take the
+/// node for dead (review H3), and must outlast two beats; a bad pair is refused with
+/// the key, the bound and the value.
+#[test]
+fn the_fence_must_come_a_beat_before_death() {
+    let cfg = load_with(&cli(&[]), with_file("")).expect("load");
+    assert_eq!(
+        (
+            cfg.cluster_beat_ms,
+            cfg.cluster_fence_after_ms,
+            cfg.cluster_dead_after_ms
+        ),
+        (1000, 3000, 5000)
+    );
+    let e = load_with(&cli(&["--cluster-fence-after-ms", "4000"]), with_file(""))
+        .expect_err("fence = dead - beat")
+        .to_string();
+    assert_eq!(
+        e,
+        "option --cluster-fence-after-ms: expected less than cluster_dead_after_ms - cluster_beat_ms (5000 - 1000 = 4000 ms), got 4000"
+    );
+    let e = load_with(
+        &cli(&["--config", "c.toml"]),
+        with_file("cluster_dead_after_ms = 3500\n"),
+    )
+    .expect_err("fence above dead - beat")
+    .to_string();
+    assert!(
+        e.starts_with("config c.toml: key \"cluster_fence_after_ms\": expected less than"),
+        "{e}"
+    );
+    let e = load_with(&cli(&["--cluster-fence-after-ms", "1500"]), with_file(""))
+        .expect_err("fence below two beats")
+        .to_string();
+    assert!(
+        e.contains("at least 2 x cluster_beat_ms (2000 ms), got 1500"),
+        "{e}"
+    );
+    let cfg = load_with(
+        &cli(&[
+            "--cluster-beat-ms",
+            "500",
+            "--cluster-fence-after-ms",
+            "1500",
+            "--cluster-dead-after-ms",
+            "2500",
+        ]),
+        with_file(""),
+    )
+    .expect("a shorter lease that keeps the order");
+    assert_eq!(cfg.cluster_fence_after_ms, 1500);
 }
 
 #[test]

@@ -456,7 +456,7 @@ fn every_cluster_counter_is_exported() {
         ($($f:ident),* $(,)?) => {{
             #[allow(dead_code)]
             fn all_listed(x: &ClusterStatus) {
-                let ClusterStatus { node: _, connected: _, stopped: _, $($f: _,)* } = x;
+                let ClusterStatus { node: _, connected: _, stopped: _, fenced: _, $($f: _,)* } = x;
             }
             vec![$( (stringify!($f), (|x: &ClusterStatus, v: u64| {
                 let a: &AtomicU64 = &x.$f;
@@ -493,6 +493,11 @@ fn every_cluster_counter_is_exported() {
         wills_sweeps,
         wills_taken,
         wills_withdrawn,
+        fences,
+        wills_fenced,
+        wills_fenced_published,
+        sessions_reasserted,
+        sessions_sent_on,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {
@@ -514,6 +519,11 @@ fn every_cluster_counter_is_exported() {
         ..Default::default()
     };
     assert_ne!(s.prometheus_text(), before, "cluster stopped not exported");
+    let s = ClusterStatus {
+        fenced: AtomicBool::new(true),
+        ..Default::default()
+    };
+    assert_ne!(s.prometheus_text(), before, "cluster fenced not exported");
 }
 
 #[test]

@@ -99,6 +99,20 @@ pub enum ClusterIn {
     /// After a partition, `node` holds `client_id` from a later CONNECT: the
     /// connection here goes (0x8E) and the session's copies go to `node`.
     Yield { client_id: Bytes, node: String },
+    /// The self-fencing lease (`cluster/wills.rs`, review H3): `on`, no heartbeat
+    /// of this node was acknowledged for `cluster_fence_after_ms`, so the
+    /// connections whose wills are registered in the cluster go (MQTT 5: 0x9C)
+    /// and new wills stay off the cluster; not `on`, the heartbeat is back and the
+    /// connected clients' wills are registered again.
+    Fence { on: bool },
+    /// Hand-over `token` of `client_id` (claimed by the asker at `epoch`) was not
+    /// confirmed in its window and the asker looks dead (review M1): if the
+    /// session is still held here for it, it is taken back (`ClusterOut::reasserts`).
+    HandoverLapsed {
+        client_id: Bytes,
+        token: u64,
+        epoch: u64,
+    },
 }
 
 /// What a turn of this shard gives the cluster thread.
@@ -119,6 +133,13 @@ pub struct ClusterOut {
     pub wills: Vec<(Bytes, Option<Bytes>)>,
     /// Persistent sessions' subscriptions after a change, by client id, in order.
     pub states: Vec<(Bytes, Bytes)>,
+    /// Connections closed by the fence: (client id, its will record). The will stays
+    /// in the cluster's wills bucket for whichever node takes it (`cluster/wills.rs`).
+    pub fenced: Vec<(Bytes, Bytes)>,
+    /// Unconfirmed hand-overs taken back (client id, the epoch handed over): the
+    /// cluster thread makes this node the owner again if the entry still names
+    /// that claim (review M1).
+    pub reasserts: Vec<(Bytes, u64)>,
     /// Publishes past `CLUSTER_OUT_MAX` this turn, not forwarded.
     pub dropped: u64,
     /// Index in `publishes` of the message the current `publish` call forwarded.
@@ -135,6 +156,8 @@ impl ClusterOut {
             && self.yields.is_empty()
             && self.wills.is_empty()
             && self.states.is_empty()
+            && self.fenced.is_empty()
+            && self.reasserts.is_empty()
             && self.dropped == 0
     }
 }
@@ -270,6 +293,12 @@ impl Shard {
             }
             ClusterIn::WillTaken { client_id } => self.on_will_taken(&client_id, now),
             ClusterIn::Yield { client_id, node } => self.on_session_yield(&client_id, node, now),
+            ClusterIn::Fence { on } => self.on_cluster_fence(on, now),
+            ClusterIn::HandoverLapsed {
+                client_id,
+                token,
+                epoch,
+            } => self.on_handover_lapsed(&client_id, token, epoch, now),
         }
     }
 

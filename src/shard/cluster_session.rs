@@ -238,11 +238,132 @@ impl Shard {
         let Some(s) = self.sessions.get(session) else {
             return;
         };
+        if self.cluster_fenced {
+            // No lease: a will registered now could be published by a survivor
+            // while its client is connected here. It stays this node's own until
+            // the heartbeat is back (`on_cluster_fence`).
+            return;
+        }
         if let Some(w) = s.will.as_deref() {
             out.wills.push((
                 Bytes::copy_from_slice(&s.client_id),
                 Some(will_record(&s.client_id, w)),
             ));
+        }
+    }
+
+    /// The self-fencing lease (`cluster/wills.rs`, review H3). Fenced: no heartbeat
+    /// of this node was acknowledged for `cluster_fence_after_ms`, so before any
+    /// survivor may take this node for dead and publish the wills it registered,
+    /// their connections go (MQTT 5: DISCONNECT 0x9C, use another server; 3.1.1:
+    /// closed), their wills not published here: each stays in the wills bucket,
+    /// handed to the cluster thread (`ClusterOut::fenced`), and the node whose
+    /// compare-and-set delete lands publishes it, once (a survivor, or this node
+    /// when its heartbeat is back). Clients without a will stay: nothing of theirs
+    /// can fire elsewhere. Lifted: the connected clients' wills (set while fenced,
+    /// kept local) are registered in the cluster again.
+    pub(super) fn on_cluster_fence(&mut self, on: bool, now: Instant) {
+        self.last_now = Some(now);
+        if self.cluster.is_none() || self.cluster_fenced == on {
+            return;
+        }
+        self.cluster_fenced = on;
+        let online: Vec<u32> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.is_online() && s.will.is_some())
+            .map(|(i, _)| i)
+            .collect();
+        if !on {
+            for s in online {
+                self.cluster_will_set(s);
+            }
+            return;
+        }
+        let mut closed = 0;
+        for s in online {
+            let Some(sess) = self.sessions.get(s) else {
+                continue;
+            };
+            let Some(w) = sess.will.as_deref() else {
+                continue;
+            };
+            let id = Bytes::copy_from_slice(&sess.client_id);
+            let record = will_record(&id, w);
+            self.close_for_another_server(s, now);
+            if let Some(out) = self.cluster.as_deref_mut() {
+                out.fenced.push((id, record));
+            }
+            closed += 1;
+        }
+        if let Some(st) = self.cluster_status.as_deref() {
+            st.wills_fenced.fetch_add(closed, Ordering::Relaxed);
+        }
+        self.drop_slow_consumers(now);
+    }
+
+    /// Closes online session `s`'s connection without its will (which the cluster
+    /// has): MQTT 5 gets DISCONNECT 0x9C (use another server). The session stays,
+    /// offline, for the client's next CONNECT, which registers its will anew.
+    fn close_for_another_server(&mut self, s: u32, now: Instant) {
+        let Some(sess) = self.sessions.get_mut(s) else {
+            return;
+        };
+        sess.will = None;
+        let conn = sess.conn as usize;
+        sess.conn = NONE;
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.session = NONE;
+            if c.version.is_v5() {
+                let d = crate::protocol::Disconnect {
+                    code: crate::protocol::ReasonCode::UseAnotherServer,
+                    properties: crate::protocol::Properties::default(),
+                };
+                self.write_control(conn, &crate::protocol::Packet::Disconnect(d));
+            }
+            self.close(conn);
+        }
+        // With a data directory: a restart must not bring the will back here.
+        self.log_session(s);
+        self.expire_offline_handover(s, now);
+    }
+
+    /// The asker of hand-over `token` never confirmed it and looks dead (review
+    /// M1): without this the session would sit here until it expires while the
+    /// ownership entry names the dead asker, so the client's next CONNECT (to any
+    /// node) would start without its queue. If it is still held here for that
+    /// hand-over (not confirmed, not handed back), it is taken back: a later
+    /// confirmation ends nothing, it expires as an offline session does, and the
+    /// cluster thread makes this node its owner again by compare-and-set against
+    /// the asker's claim (`epoch`), never over a newer one (`ClusterOut::reasserts`).
+    /// A session that ends with its connection (expiry 0) is left to end.
+    pub(super) fn on_handover_lapsed(
+        &mut self,
+        client_id: &[u8],
+        token: u64,
+        epoch: u64,
+        now: Instant,
+    ) {
+        self.last_now = Some(now);
+        if self.cluster_handing.get(client_id).map(|h| h.0) != Some(token) {
+            return;
+        }
+        let Some(s) = self.sessions.find(client_id) else {
+            self.cluster_handing.remove(client_id);
+            return;
+        };
+        if self
+            .sessions
+            .get(s)
+            .map_or(true, |x| x.is_online() || x.expiry_s == 0)
+        {
+            return;
+        }
+        self.cluster_handing.remove(client_id);
+        self.expire_offline_handover(s, now);
+        if let Some(out) = self.cluster.as_deref_mut() {
+            out.reasserts
+                .push((Bytes::copy_from_slice(client_id), epoch));
         }
     }
 
@@ -287,29 +408,14 @@ impl Shard {
         let Some(s) = self.sessions.find(client_id) else {
             return;
         };
-        let Some(sess) = self.sessions.get_mut(s) else {
+        let Some(sess) = self.sessions.get(s) else {
             return;
         };
         if !sess.is_online() || sess.will.is_none() {
             // Gone or will-less since: nothing of what the cluster published is here.
             return;
         }
-        sess.will = None;
-        let conn = sess.conn as usize;
-        sess.conn = NONE;
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.session = NONE;
-            let v5 = c.version.is_v5();
-            if v5 {
-                let d = crate::protocol::Disconnect {
-                    code: crate::protocol::ReasonCode::UseAnotherServer,
-                    properties: crate::protocol::Properties::default(),
-                };
-                self.write_control(conn, &crate::protocol::Packet::Disconnect(d));
-            }
-            self.close(conn);
-        }
-        self.expire_offline_handover(s, now);
+        self.close_for_another_server(s, now);
         self.drop_slow_consumers(now);
     }
 

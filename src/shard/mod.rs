@@ -206,6 +206,9 @@ pub struct Shard {
     /// Hand-overs confirmed here, kept so a repeated confirmation (its sender timed
     /// out) gets the same delta: client id -> (hand-over id, delta, when; bounded).
     cluster_confirmed: cluster_session::ConfirmedDeltas,
+    /// The self-fencing lease has run out (`ClusterIn::Fence`): wills set now stay
+    /// off the cluster until it is back.
+    cluster_fenced: bool,
     /// The loop's write-ahead log and the replies waiting for it (`durable.rs`);
     /// `None` without a data directory.
     store: Option<Box<durable::ShardStore>>,
@@ -288,6 +291,7 @@ impl Shard {
             cluster_status: None,
             cluster_handing: Default::default(),
             cluster_confirmed: Default::default(),
+            cluster_fenced: false,
             store: None,
         }
     }

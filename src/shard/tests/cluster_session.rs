@@ -786,3 +786,197 @@ fn a_session_given_up_after_a_partition_joins_the_winners_session() {
     b.expect(c, pubp("t", "from-a", Q1, false, 2));
     b.expect_nothing(c);
 }
+
+/// The self-fencing lease ran out (review H3): before any survivor may take this node
+/// for dead, the connections whose wills are registered in the cluster go (MQTT 5:
+/// 0x9C; 3.1.1: closed), their wills not published here but handed to the cluster
+/// thread for the one node whose compare-and-set delete lands; clients without a
+/// will stay. While fenced a new will stays off the cluster; once the heartbeat is
+/// back the connected clients' wills are registered again (and a second fence
+/// closes them).
+#[test]
+fn the_fence_closes_the_clients_whose_wills_the_cluster_holds() {
+    use std::sync::atomic::Ordering;
+    let mut a = node();
+    let status = std::sync::Arc::new(crate::cluster::ClusterStatus::default());
+    a.shards[0].set_cluster_status(status.clone());
+    let with_will = |topic: &str| ConnectOpts {
+        will: Some(will(topic, "gone", Q1, false, Properties::default())),
+        properties: Properties::from(PropertyValues {
+            session_expiry_interval_s: Some(300),
+            ..Default::default()
+        }),
+        ..persistent()
+    };
+    let v5 = a.connect_ok(V5, "fence5", with_will("w/5"), false);
+    let v3 = a.connect_ok(
+        V311,
+        "fence3",
+        ConnectOpts {
+            will: Some(will("w/3", "gone", Q1, false, Properties::default())),
+            ..persistent()
+        },
+        false,
+    );
+    let plain = a.connect_ok(V5, "plain", persistent(), false);
+    let s = a.connect_ok(V311, "s", ConnectOpts::default(), false);
+    a.subscribe(s, "w/#", Q1);
+    let out = a.shards[0].take_cluster_out().expect("wills set");
+    assert_eq!(out.wills.len(), 2, "{:?}", out.wills);
+
+    let now = a.now;
+    a.shards[0].on_cluster_in(ClusterIn::Fence { on: true }, now);
+    a.pump();
+    a.expect(v5, disconnect(ReasonCode::UseAnotherServer));
+    a.expect_closed(v5);
+    a.expect_closed(v3);
+    a.expect_nothing(s);
+    let out = a.shards[0].take_cluster_out().expect("the fenced wills");
+    assert!(out.publishes.is_empty(), "a will published here: {out:?}");
+    assert!(
+        out.wills.is_empty(),
+        "a fenced will left the bucket: {out:?}"
+    );
+    let mut fenced: Vec<_> = out
+        .fenced
+        .iter()
+        .map(|(id, rec)| {
+            let m = crate::shard::will_message(rec, now).expect("a will record");
+            (id.clone(), m.topic)
+        })
+        .collect();
+    fenced.sort();
+    assert_eq!(
+        fenced,
+        [
+            (Bytes::from_static(b"fence3"), Bytes::from_static(b"w/3")),
+            (Bytes::from_static(b"fence5"), Bytes::from_static(b"w/5")),
+        ]
+    );
+    assert_eq!(status.wills_fenced.load(Ordering::Relaxed), 2);
+    // Nothing of the will-less client can fire elsewhere: it stays.
+    a.expect_open(plain);
+
+    // Fenced: a will set now is this node's own (published here if its client goes).
+    let late = a.connect_ok(V5, "late", with_will("w/late"), false);
+    if let Some(out) = a.shards[0].take_cluster_out() {
+        assert!(out.wills.is_empty(), "registered while fenced: {out:?}");
+    }
+    // The sessions of the closed clients are kept: they come back with session present.
+    let back = a.connect_ok(V5, "fence5", with_will("w/5"), true);
+    let _ = a.shards[0].take_cluster_out();
+
+    a.shards[0].on_cluster_in(ClusterIn::Fence { on: false }, now);
+    a.pump();
+    let out = a.shards[0]
+        .take_cluster_out()
+        .expect("wills registered again");
+    let mut ids: Vec<_> = out
+        .wills
+        .iter()
+        .map(|(id, rec)| (id.clone(), rec.is_some()))
+        .collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            (Bytes::from_static(b"fence5"), true),
+            (Bytes::from_static(b"late"), true)
+        ]
+    );
+    a.shards[0].on_cluster_in(ClusterIn::Fence { on: true }, now);
+    a.pump();
+    a.expect(late, disconnect(ReasonCode::UseAnotherServer));
+    a.expect(back, disconnect(ReasonCode::UseAnotherServer));
+    a.expect_nothing(s);
+    let out = a.shards[0].take_cluster_out().expect("fenced again");
+    assert_eq!(out.fenced.len(), 2);
+}
+
+/// A hand-over whose asker never confirmed it and looks dead (review M1): the old
+/// node takes the session back (for the cluster thread to make it the owner again by
+/// compare-and-set on the asker's epoch), a late confirmation then ends nothing, and
+/// the next claim's takeover request gets the whole session with its queue. A lapse
+/// for another hand-over, or after the confirmation, changes nothing.
+#[test]
+fn an_unconfirmed_handover_is_taken_back_and_served_to_the_next_claim() {
+    let mut a = old_owner_with_queue();
+    let opts = ConnectOpts {
+        properties: Properties::from(PropertyValues {
+            session_expiry_interval_s: Some(600),
+            ..Default::default()
+        }),
+        ..persistent()
+    };
+    let r5 = a.connect_ok(V5, "roam5", opts, false);
+    a.subscribe(r5, "t", Q1);
+    a.drop_connection(r5);
+    let _ = a.shards[0].take_cluster_out();
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    assert!(bytes.is_some());
+    let now = a.now;
+    let lapse = |token: u64| ClusterIn::HandoverLapsed {
+        client_id: Bytes::from_static(b"roam"),
+        token,
+        epoch: 2,
+    };
+    // Not the hand-over this node made: ignored.
+    a.shards[0].on_cluster_in(lapse(76), now);
+    a.pump();
+    if let Some(out) = a.shards[0].take_cluster_out() {
+        assert!(out.reasserts.is_empty(), "{out:?}");
+    }
+    a.shards[0].on_cluster_in(lapse(77), now);
+    a.pump();
+    let out = a.shards[0]
+        .take_cluster_out()
+        .expect("the session taken back");
+    assert_eq!(out.reasserts, [(Bytes::from_static(b"roam"), 2)]);
+    assert!(out.interest.is_empty(), "still subscribed here");
+
+    // The asker's confirmation, late: the session is this node's again.
+    a.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            reply: 78,
+            max_bytes: 1 << 20,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    assert_eq!(out.handovers.len(), 1);
+    assert!(
+        out.handovers[0].session.is_none(),
+        "ended by a late confirmation"
+    );
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "x3", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+
+    // The next claim (any node) asks this one and gets the session whole.
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let bytes = bytes.expect("the session, not stranded");
+    assert_eq!(handed_payloads(&bytes), [&b"x1"[..], b"x2", b"x3"]);
+
+    // Confirmed this time: a lapse afterwards finds nothing to take back.
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    answer_claim(&mut b, &claim, Some(bytes));
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let out = b.shards[0].take_cluster_out().expect("interest");
+    let _ = confirm(&mut a, &mut b, &out);
+    a.shards[0].on_cluster_in(lapse(77), now);
+    a.pump();
+    if let Some(out) = a.shards[0].take_cluster_out() {
+        assert!(out.reasserts.is_empty(), "{out:?}");
+    }
+    assert_eq!(a.shards[0].stats().sessions, 3, "pub, pub2 and roam5 left");
+}
