@@ -2,9 +2,10 @@
 //! JetStream cluster (explicit routes, temporary store directories, loopback ports) and
 //! 3 ringmq nodes, each joined to its own NATS server, driven by mosquitto_pub and
 //! mosquitto_sub. One test walks every scenario in order so the cluster is formed once
-//! (forming a JetStream cluster takes seconds). Needs `nats-server`, `mosquitto_pub`
-//! and `mosquitto_sub` (tests/install-deps.sh installs them); fails if they are
-//! missing.
+//! (forming a JetStream cluster takes seconds). Needs `mosquitto_pub`,
+//! `mosquitto_sub` and nats-server 2.9.21 or later, the one tests/install-deps.sh
+//! unpacks into tests/interop/nats (or `RINGMQ_TEST_NATS_SERVER`); fails if they are
+//! missing or the nats-server is older.
 //!
 //! Waits are bounded polls for an outcome (interest reaches NATS asynchronously after
 //! the SUBACK); nothing asserts how long anything took.
@@ -20,8 +21,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use support::{
-    free_loopback_port, pkt, require_tool, uniq, Broker, CutProxy, Launch, PublishMsg, RawClient,
-    ReadOutcome, V311, V5,
+    free_loopback_port, pkt, require_nats_server, require_tool, uniq, Broker, CutProxy, Launch,
+    PublishMsg, RawClient, ReadOutcome, V311, V5,
 };
 
 /// Bound on every wait for an outcome (a failure, not a timing assertion).
@@ -64,7 +65,7 @@ impl Drop for TempDir {
 
 /// Three nats-servers routed into one JetStream cluster.
 fn nats_cluster() -> Vec<Nats> {
-    let bin = require_tool("nats-server");
+    let bin = require_nats_server();
     let client: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
     let route: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
     (0..3)
@@ -97,7 +98,7 @@ fn nats_cluster() -> Vec<Nats> {
 /// One nats-server with JetStream, alone (no routes): enough for the scenarios that
 /// cut a node from NATS, and quick to start.
 fn one_nats() -> Nats {
-    let bin = require_tool("nats-server");
+    let bin = require_nats_server();
     let port = free_loopback_port();
     let dir = TempDir::new("nats-alone");
     let child = Command::new(&bin)
@@ -329,12 +330,13 @@ fn wait_retained(b: &Broker, topic: &str, want: &str) {
 fn wait_retained_within(b: &Broker, topic: &str, want: &str, bound: Duration) {
     let deadline = Instant::now() + bound;
     loop {
-        let out = Command::new(require_tool("mosquitto_sub"))
-            .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
-            .args(["-t", topic, "-v", "-C", "1", "-W", "1", "-i", &uniq("ret")])
-            .output()
-            .expect("run mosquitto_sub");
-        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let text = retained_now(
+            Command::new(require_tool("mosquitto_sub"))
+                .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+                .args(["-t", topic, "-v", "-C", "1", "-W", "1", "-i", &uniq("ret")]),
+        )
+        .trim()
+        .to_string();
         if text == format!("{topic} {want}") {
             return;
         }
@@ -346,6 +348,28 @@ fn wait_retained_within(b: &Broker, topic: &str, want: &str, bound: Duration) {
         );
     }
 }
+
+/// What a mosquitto_sub that ends by itself (`-W`) printed. Killed when it has not
+/// ended within `SUB_RUN_MAX`, and then it printed nothing the test may rely on:
+/// mosquitto_sub 2.0.11 can hang for good in its `-W` (SIGALRM) handler, on a futex,
+/// with its connection already closed (seen once in this file's walk).
+fn retained_now(c: &mut Command) -> String {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn mosquitto_sub");
+    let ended = support::wait_or_kill(&mut child, SUB_RUN_MAX).is_some();
+    let out = child.wait_with_output().expect("mosquitto_sub output");
+    match ended {
+        true => String::from_utf8_lossy(&out.stdout).to_string(),
+        false => String::new(),
+    }
+}
+
+/// Bound on one `mosquitto_sub -W 1` run (its own timeout plus the connect).
+const SUB_RUN_MAX: Duration = Duration::from_secs(10);
 
 #[test]
 fn three_nodes_on_a_nats_cluster() {
@@ -440,12 +464,11 @@ fn three_nodes_on_a_nats_cluster() {
     publish(&n3, 1, "r/marker", "after-clear", true);
     for n in [&n1, &n2, &n3] {
         wait_retained(n, "r/marker", "after-clear");
-        let out = Command::new(require_tool("mosquitto_sub"))
-            .args(["-h", "127.0.0.1", "-p", &n.port().to_string()])
-            .args(["-t", "r/#", "-v", "-W", "1", "-i", &uniq("ret")])
-            .output()
-            .expect("run mosquitto_sub");
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let text = retained_now(
+            Command::new(require_tool("mosquitto_sub"))
+                .args(["-h", "127.0.0.1", "-p", &n.port().to_string()])
+                .args(["-t", "r/#", "-v", "-W", "1", "-i", &uniq("ret")]),
+        );
         assert!(text.contains("r/marker after-clear"), "{text}");
         assert!(!text.contains("r/x"), "cleared r/x still retained: {text}");
     }
@@ -1216,4 +1239,30 @@ fn a_node_whose_cluster_thread_ended_serves_connects_locally() {
     let mut c = RawClient::connect_v311(n.addr(), &uniq("alone"));
     c.subscribe_ok(1, "a/t", 1);
     wait_metric(&n, "ringmq_cluster_sessions_local_total", 1);
+}
+
+/// The version gate of `require_nats_server`: bookworm's 2.9.10 is refused, the
+/// pinned 2.10.27 and 2.9.21 (the fix of nats-server#4320) pass, and text that is not
+/// a version is not read as one.
+#[test]
+fn nats_server_versions_older_than_the_cas_fix_are_refused() {
+    use support::{nats_server_version, NATS_SERVER_MIN};
+    let v = |t: &str| nats_server_version(t);
+    assert_eq!(v("nats-server: v2.10.27"), Some((2, 10, 27)));
+    assert_eq!(v("nats-server: v2.9.10"), Some((2, 9, 10)));
+    assert_eq!(v("nats-server: v2.11.0-beta.1"), Some((2, 11, 0)));
+    assert!(v("nats-server: v2.9.10").unwrap() < NATS_SERVER_MIN);
+    assert!(v("nats-server: v2.9.20").unwrap() < NATS_SERVER_MIN);
+    assert!(v("nats-server: v2.9.21").unwrap() >= NATS_SERVER_MIN);
+    assert!(v("nats-server: v2.10.27").unwrap() >= NATS_SERVER_MIN);
+    for bad in [
+        "",
+        "nats-server: 2.10.27",
+        "nats-server: v2.10",
+        "v2.10.27",
+        "nats-server: v2.x.1",
+        "nats-server: v2.10.27.1",
+    ] {
+        assert_eq!(v(bad), None, "{bad:?}");
+    }
 }
