@@ -6,6 +6,9 @@
 #
 #   bash perf/cluster.sh            # release binaries from target/release
 #
+# nats-server: tests/interop/nats/nats-server (tests/install-deps.sh puts 2.10.27 there),
+# or NATS_SERVER=/path; older than 2.9.21 is refused.
+#
 # Scenarios: fanin QoS 0 and 1 (PUBLISHERS publishers -> 1 subscriber; with --hosts
 # the publishers alternate between the nodes and the subscriber sits on node 2, so
 # half of the publishers cross), pairs QoS 0 and 1 (PAIRS pairs; with --hosts every
@@ -25,9 +28,20 @@ PAIRS=${PAIRS:-100}
 CLIENTS=${CLIENTS:-2000}
 # Messages/s per pairs publisher: latency at a modest load, not at saturation.
 PAIRS_RATE=${PAIRS_RATE:-50}
-for bin in "$RINGMQ" "$LOADGEN" "$(command -v nats-server || true)"; do
-  [[ -x "$bin" ]] || { echo "missing $bin (cargo build --release; apt-get install nats-server)" >&2; exit 1; }
+# The nats-server tests/install-deps.sh unpacks (2.10.27; the tests use the same one).
+# Session ownership needs 2.9.21 or later (nats-server#4320), so an older one is refused.
+NATS_SERVER=${NATS_SERVER:-$ROOT/tests/interop/nats/nats-server}
+for bin in "$RINGMQ" "$LOADGEN"; do
+  [[ -x "$bin" ]] || { echo "missing $bin (cargo build --release)" >&2; exit 1; }
 done
+[[ -x "$NATS_SERVER" ]] \
+  || { echo "missing $NATS_SERVER (bash tests/install-deps.sh, or NATS_SERVER=/path/to/nats-server)" >&2; exit 1; }
+nats_version=$("$NATS_SERVER" --version 2>&1 || true)
+if ! [[ $nats_version =~ ^nats-server:\ v([0-9]+)\.([0-9]+)\.([0-9]+) ]] \
+  || (( BASH_REMATCH[1] * 1000000 + BASH_REMATCH[2] * 1000 + BASH_REMATCH[3] < 2009021 )); then
+  echo "$NATS_SERVER is '$nats_version': nats-server 2.9.21 or later is needed (bash tests/install-deps.sh)" >&2
+  exit 1
+fi
 work=$(mktemp -d)
 pids=()
 cleanup() {
@@ -46,7 +60,7 @@ for i in 0 1 2; do
   routes=""
   for j in 0 1 2; do [[ $j == "$i" ]] || routes+="${routes:+,}nats://127.0.0.1:${NR[$j]}"; done
   mkdir -p "$work/nats$i"
-  nats-server -a 127.0.0.1 -p "${NC[$i]}" -n "perf-$i" -js -sd "$work/nats$i" \
+  "$NATS_SERVER" -a 127.0.0.1 -p "${NC[$i]}" -n "perf-$i" -js -sd "$work/nats$i" \
     --cluster_name ringmq-perf --cluster "nats://127.0.0.1:${NR[$i]}" --routes "$routes" \
     >"$work/nats$i.log" 2>&1 &
   pids+=($!)
