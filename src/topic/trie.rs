@@ -2,6 +2,13 @@
 //! nodes, answering "which filters match this topic" and "which names match this filter".
 //! Children are a short list or, past a size, an open-addressing table (`children`);
 //! tests in `trie/tests.rs`.
+//!
+//! Paths are compressed: a chain of literal levels with nothing hanging between them
+//! (no value, `#` slot, `+` child or other child) is one node whose label holds all
+//! of them, so a device's `dev/<id>/cmd` costs one node below `dev`, not two. Such a
+//! node is split where a new key branches off, ends or adds a wildcard inside it, and
+//! joined with its only child again when that key is removed, so the shape depends on
+//! the live keys only. `+` and `#` levels always have nodes of their own.
 
 use smallvec::SmallVec;
 
@@ -60,6 +67,65 @@ impl Label {
         }
     }
 
+    /// `self.first_level() == level`: how insertion and removal find a child.
+    fn first_level_is(&self, level: &[u8]) -> bool {
+        let b = self.as_bytes();
+        match b.len().cmp(&level.len()) {
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Equal => self.is(level),
+            std::cmp::Ordering::Greater => b[level.len()] == b'/' && b[..level.len()] == *level,
+        }
+    }
+
+    /// Whether the label holds more than one level (a compressed chain).
+    fn is_multi(&self) -> bool {
+        find_slash(self.as_bytes()).is_some()
+    }
+
+    /// The label's first level: the one its parent finds it by.
+    fn first_level(&self) -> &[u8] {
+        let b = self.as_bytes();
+        match find_slash(b) {
+            Some(i) => &b[..i],
+            None => b,
+        }
+    }
+
+    /// The topic walk's compare: `level` is the topic's level at `pos` and `next` the
+    /// position after it. A one-level label must equal `level`; a compressed label
+    /// (several levels) must equal the topic's next levels. `Some(position after
+    /// the label)` on a match.
+    #[inline(always)]
+    fn consumes(&self, topic: &[u8], pos: usize, level: &[u8], next: usize) -> Option<usize> {
+        match self {
+            Label::Inline { len, bytes } => {
+                let n = usize::from(*len);
+                if n == level.len() {
+                    return (n <= INLINE_MAX && short_eq(&bytes[..n], level)).then_some(next);
+                }
+                if n < level.len() || n > INLINE_MAX {
+                    return None;
+                }
+                let end = pos + n;
+                let t = topic.get(pos..end)?;
+                if !short_eq(&bytes[..n], t) {
+                    return None;
+                }
+                after_levels(topic, end)
+            }
+            Label::Heap(b) => {
+                if b.len() == level.len() {
+                    return (**b == *level).then_some(next);
+                }
+                let end = pos + b.len();
+                if topic.get(pos..end)? != &**b {
+                    return None;
+                }
+                after_levels(topic, end)
+            }
+        }
+    }
+
     fn as_bytes(&self) -> &[u8] {
         match self {
             // `len <= INLINE_MAX` by construction; `get` keeps this panic-free regardless.
@@ -97,6 +163,18 @@ fn short_eq(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// Where the walk goes on after a compressed label ending at `end` matched: the
+/// topic ends there, or a level boundary follows (else the label's last level was
+/// only a prefix of the topic's).
+#[inline]
+fn after_levels(topic: &[u8], end: usize) -> Option<usize> {
+    match topic.get(end) {
+        None => Some(topic.len() + 1),
+        Some(b'/') => Some(end + 1),
+        Some(_) => None,
+    }
+}
+
 const EMPTY_LABEL: Label = Label::Inline {
     len: 0,
     bytes: [0; INLINE_MAX],
@@ -105,7 +183,8 @@ const EMPTY_LABEL: Label = Label::Inline {
 /// 64 bytes, so a chunk of `CHUNK_LEN` nodes fits the 64 KiB allocator size class. Values live in a separate arena so the node size does not depend on `V`
 /// and intermediate nodes pay 4 bytes, not `size_of::<Option<V>>()`, per slot.
 struct Node {
-    /// This node's own level (`+` for a plus child); the root's is empty.
+    /// This node's own level (`+` for a plus child), or several literal levels joined
+    /// by `/` (a compressed chain); the root's is empty.
     label: Label,
     /// Literal children when there are 2 or more, as `[child, tag]` pairs (`tag` is
     /// the child label's 32-bit hash, compared before the label to skip wrong
@@ -180,35 +259,6 @@ impl<V> Default for TopicTrie<V> {
     }
 }
 
-/// Iterates the levels of a key or topic; `next` also says whether the level is last.
-struct Levels<'a> {
-    rest: Option<&'a [u8]>,
-}
-
-impl<'a> Levels<'a> {
-    fn new(s: &'a [u8]) -> Self {
-        Levels { rest: Some(s) }
-    }
-}
-
-impl<'a> Iterator for Levels<'a> {
-    type Item = (&'a [u8], bool);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let s = self.rest?;
-        match s.iter().position(|&b| b == b'/') {
-            Some(i) => {
-                self.rest = Some(&s[i + 1..]);
-                Some((&s[..i], false))
-            }
-            None => {
-                self.rest = None;
-                Some((s, true))
-            }
-        }
-    }
-}
-
 /// Position of the next level in a topic/filter being matched: a byte offset, or
 /// `len + 1` once every level is consumed (`len` itself is a trailing empty level).
 #[inline]
@@ -245,6 +295,30 @@ fn find_slash(s: &[u8]) -> Option<usize> {
         .iter()
         .position(|&b| b == b'/')
         .map(|i| at + i)
+}
+
+/// `+` or `#`: a level that never joins a compressed label.
+fn is_wild(level: &[u8]) -> bool {
+    level == b"+" || level == b"#"
+}
+
+/// The run of literal levels of `key` from `pos`, whose first level (`level`,
+/// ending before `next`) is what a new node is attached by: (end of the run, key
+/// position after it). A wildcard level (`+`, or `#` anywhere) stands alone.
+fn literal_run(key: &[u8], pos: usize, level: &[u8], next: usize) -> (usize, usize) {
+    let mut end = pos + level.len();
+    let mut after = next;
+    if is_wild(level) {
+        return (end, after);
+    }
+    while let Some((l, n)) = level_at(key, after) {
+        if is_wild(l) {
+            break;
+        }
+        end = after + l.len();
+        after = n;
+    }
+    (end, after)
 }
 
 /// Does the filter from `pos` match zero levels? (Exhausted, or exactly a final `#`.)
@@ -342,24 +416,15 @@ impl<V> TopicTrie<V> {
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
         // The path from the root, to prune bottom-up afterwards.
         let mut path: SmallVec<[Idx; 16]> = SmallVec::new();
-        let mut node = ROOT;
-        let mut slot = None;
-        for (level, is_last) in Levels::new(key) {
-            if is_last && level == b"#" {
-                slot = Some(Slot::Hash(node));
-                break;
-            }
-            path.push(node);
-            node = self.child(node, level);
-            if node == NONE {
-                return None;
-            }
-        }
-        let slot = slot.unwrap_or(Slot::Value(node));
+        let slot = self.find_with(key, |n| path.push(n))?;
         let idx = self.slot_value(slot);
         let value = self.values.remove(idx as usize)?;
         self.set_slot(slot, NONE);
         // A `#` slot lives on `node` itself, so both kinds prune from `node`.
+        let (Slot::Value(node) | Slot::Hash(node)) = slot;
+        if node != ROOT {
+            path.pop();
+        }
         self.prune(node, &path);
         Some(value)
     }
@@ -394,16 +459,15 @@ impl<V> TopicTrie<V> {
                     // Literal only: a topic level `+` must not reach the plus child twice.
                     // The single-child case inline: it is most of a topic's levels.
                     let c = if node.one != NONE {
-                        if self.node(node.one).label.is(level) {
-                            node.one
-                        } else {
-                            NONE
-                        }
+                        self.node(node.one)
+                            .label
+                            .consumes(topic, pos, level, next)
+                            .map(|p| (node.one, p))
                     } else {
-                        self.literal_child_of(node, level)
+                        self.literal_child_at(node, topic, pos, level, next)
                     };
-                    if c != NONE {
-                        (n, pos) = (c, next);
+                    if let Some(c) = c {
+                        (n, pos) = c;
                         continue;
                     }
                 }
@@ -489,6 +553,13 @@ impl<V> TopicTrie<V> {
                 buf.push(b'/');
             }
             let here = buf.len();
+            let Some(filter_pos) = self.past_label(node, filter, frame.filter_pos) else {
+                continue;
+            };
+            let frame = NameFrame {
+                filter_pos,
+                ..frame
+            };
             if frame.filter_pos == DUMP {
                 if !self.emit_keyed(node.value, buf, &mut f) {
                     return false;
@@ -543,6 +614,34 @@ impl<V> TopicTrie<V> {
             }
         }
         true
+    }
+
+    /// A frame reaches a node with its label's first level matched; a compressed
+    /// label's other levels must match the filter from `filter_pos` too. The filter
+    /// position after the label (`DUMP` when a final `#` covers the rest), or `None`.
+    /// Levels inside a label hold no value, so a filter ending inside one matches
+    /// nothing there.
+    fn past_label(&self, node: &Node, filter: &[u8], filter_pos: usize) -> Option<usize> {
+        if filter_pos == DUMP || !node.label.is_multi() {
+            return Some(filter_pos);
+        }
+        let label = node.label.as_bytes();
+        let mut fpos = filter_pos;
+        let mut lpos = node.label.first_level().len() + 1;
+        loop {
+            let (lvl, lnext) = match level_at(label, lpos) {
+                Some(x) => x,
+                None => return Some(fpos),
+            };
+            let (f, fnext) = level_at(filter, fpos)?;
+            if f == b"#" && fnext > filter.len() {
+                return Some(DUMP);
+            }
+            if f != b"+" && f != lvl {
+                return None;
+            }
+            (fpos, lpos) = (fnext, lnext);
+        }
     }
 
     /// Every key and value, in no particular order.
@@ -655,35 +754,158 @@ impl<V> TopicTrie<V> {
     }
 
     fn find(&self, key: &[u8]) -> Option<Slot> {
-        let mut node = ROOT;
-        for (level, is_last) in Levels::new(key) {
-            if is_last && level == b"#" {
+        self.find_with(key, |_| {})
+    }
+
+    /// `key`'s slot, if its path exists; `visit` sees every node of the path from the
+    /// root, the slot's own node last.
+    fn find_with(&self, key: &[u8], mut visit: impl FnMut(Idx)) -> Option<Slot> {
+        let (mut node, mut pos) = (ROOT, 0);
+        visit(ROOT);
+        loop {
+            let Some((level, next)) = level_at(key, pos) else {
+                return Some(Slot::Value(node));
+            };
+            if level == b"#" && next > key.len() {
                 return Some(Slot::Hash(node));
             }
-            node = self.child(node, level);
-            if node == NONE {
+            let c = self.child(node, level);
+            if c == NONE {
                 return None;
             }
+            let (matched, after) = self.common_levels(c, key, pos);
+            if matched < self.node(c).label.as_bytes().len() {
+                return None;
+            }
+            visit(c);
+            (node, pos) = (c, after);
         }
-        Some(Slot::Value(node))
     }
 
     fn find_or_create(&mut self, key: &[u8]) -> Slot {
-        let mut node = ROOT;
-        for (level, is_last) in Levels::new(key) {
-            if is_last && level == b"#" {
+        let (mut node, mut pos) = (ROOT, 0);
+        loop {
+            let Some((level, next)) = level_at(key, pos) else {
+                return Slot::Value(node);
+            };
+            if level == b"#" && next > key.len() {
                 return Slot::Hash(node);
             }
             let c = self.child(node, level);
-            node = if c != NONE {
-                c
-            } else {
-                let c = self.alloc(level);
+            if c == NONE {
+                // One node for the whole run of literal levels from here: a
+                // device's own `dev/<id>/cmd` then costs one node below `dev`.
+                let (end, after) = literal_run(key, pos, level, next);
+                let c = self.alloc(&key[pos..end]);
                 self.attach(node, c, level);
-                c
-            };
+                (node, pos) = (c, after);
+                continue;
+            }
+            let (matched, after) = self.common_levels(c, key, pos);
+            if matched < self.node(c).label.as_bytes().len() {
+                self.split(c, matched);
+            }
+            (node, pos) = (c, after);
         }
-        Slot::Value(node)
+    }
+
+    /// How far `key` from `pos` follows the label of `c`, whose first level it
+    /// matches already: (label bytes matched, whole levels only; the key position
+    /// after them). A `+` or final `#` key level never matches inside a label.
+    fn common_levels(&self, c: Idx, key: &[u8], pos: usize) -> (usize, usize) {
+        let label = self.node(c).label.as_bytes();
+        let Some((first, mut kpos)) = level_at(key, pos) else {
+            return (0, pos);
+        };
+        let mut matched = first.len();
+        while matched < label.len() {
+            // `label[matched]` is a '/': the next label level starts after it.
+            let (lvl, lnext) = match find_slash(&label[matched + 1..]) {
+                Some(i) => (&label[matched + 1..matched + 1 + i], matched + 1 + i),
+                None => (&label[matched + 1..], label.len()),
+            };
+            match level_at(key, kpos) {
+                Some((k, knext)) if k == lvl => {
+                    matched = lnext;
+                    kpos = knext;
+                }
+                _ => break,
+            }
+        }
+        (matched, kpos)
+    }
+
+    /// Splits the label of `c` after `at` bytes (a level boundary): `c` keeps the
+    /// first part and everything below moves to a new only child holding the rest,
+    /// so the parent's link (and tag: the first level is unchanged) stays valid.
+    fn split(&mut self, c: Idx, at: usize) {
+        let label = self.node(c).label.as_bytes();
+        let (head, tail) = (Label::new(&label[..at]), label[at + 1..].to_vec());
+        let d = self.alloc(&tail);
+        let node = self.node_mut(c);
+        let moved = Node {
+            label: EMPTY_LABEL,
+            kids: std::mem::take(&mut node.kids),
+            one: std::mem::replace(&mut node.one, d),
+            child_count: std::mem::replace(&mut node.child_count, 1),
+            value: std::mem::replace(&mut node.value, NONE),
+            hash: std::mem::replace(&mut node.hash, NONE),
+            plus: std::mem::replace(&mut node.plus, NONE),
+        };
+        node.label = head;
+        let below = self.node_mut(d);
+        below.kids = moved.kids;
+        below.one = moved.one;
+        below.child_count = moved.child_count;
+        below.value = moved.value;
+        below.hash = moved.hash;
+        below.plus = moved.plus;
+    }
+
+    /// Joins `n` with its only child when nothing else hangs at `n` (no value, `#`
+    /// slot or `+` child), undoing a `split` once the branch that caused it is gone.
+    /// Wildcard levels keep their own nodes: a `+` child is structural and a literal
+    /// `#` level stays findable as itself.
+    fn merge_with_child(&mut self, n: Idx) {
+        let node = self.node(n);
+        if n == ROOT
+            || node.value != NONE
+            || node.hash != NONE
+            || node.plus != NONE
+            || node.child_count != 1
+            || node.one == NONE
+            || is_wild(node.label.as_bytes())
+        {
+            return;
+        }
+        let d = node.one;
+        let child = self.node(d);
+        if is_wild(child.label.as_bytes()) {
+            return;
+        }
+        let mut joined =
+            Vec::with_capacity(node.label.as_bytes().len() + 1 + child.label.as_bytes().len());
+        joined.extend_from_slice(node.label.as_bytes());
+        joined.push(b'/');
+        joined.extend_from_slice(child.label.as_bytes());
+        let below = self.node_mut(d);
+        let kids = std::mem::take(&mut below.kids);
+        let (one, child_count, value, hash, plus) = (
+            below.one,
+            below.child_count,
+            below.value,
+            below.hash,
+            below.plus,
+        );
+        let node = self.node_mut(n);
+        node.label = Label::new(&joined);
+        node.kids = kids;
+        node.one = one;
+        node.child_count = child_count;
+        node.value = value;
+        node.hash = hash;
+        node.plus = plus;
+        self.release(d);
     }
 
     fn slot_value(&self, slot: Slot) -> Idx {
@@ -700,16 +922,23 @@ impl<V> TopicTrie<V> {
         }
     }
 
-    /// Frees empty nodes from `node` upward; `path` holds its ancestors, root first.
+    /// Frees empty nodes from `node` upward, then joins the first one kept with its
+    /// only child if it can (`merge_with_child`); `path` holds `node`'s ancestors,
+    /// root first.
     fn prune(&mut self, mut node: Idx, path: &[Idx]) {
         for &parent in path.iter().rev() {
-            if node == ROOT || !self.node(node).is_prunable() {
+            if node == ROOT {
+                return;
+            }
+            if !self.node(node).is_prunable() {
+                self.merge_with_child(node);
                 return;
             }
             self.detach(parent, node);
             self.release(node);
             node = parent;
         }
+        self.merge_with_child(node);
     }
 
     // ---- arena ----

@@ -1,6 +1,7 @@
 //! The trie's children: how a node finds, attaches and detaches a child by level,
 //! with a short unsorted list up to `SMALL_MAX` children and an open-addressing
-//! table keyed by the level's hash above it. Split out of `topic/trie.rs`, unchanged.
+//! table keyed by the hash of the child label's first level above it (a compressed
+//! label is found by its first level). Split out of `topic/trie.rs`.
 
 use super::*;
 
@@ -27,18 +28,43 @@ impl<V> TopicTrie<V> {
     /// As `literal_child`, given the node itself.
     pub(super) fn literal_child_of(&self, node: &Node, level: &[u8]) -> Idx {
         if node.one != NONE {
-            let hit = self.node(node.one).label.is(level);
+            let hit = self.node(node.one).label.first_level_is(level);
             return if hit { node.one } else { NONE };
         }
+        self.find_kid(node, level, |c| {
+            self.node(c).label.first_level_is(level).then_some(c)
+        })
+        .unwrap_or(NONE)
+    }
+
+    /// The topic walk's lookup among several children: the child whose label the
+    /// topic continues with at `pos` (`level` is its level there, `next` the
+    /// position after it), and the position after that label.
+    #[inline]
+    pub(super) fn literal_child_at(
+        &self,
+        node: &Node,
+        topic: &[u8],
+        pos: usize,
+        level: &[u8],
+        next: usize,
+    ) -> Option<(Idx, usize)> {
+        self.find_kid(node, level, |c| {
+            let p = self.node(c).label.consumes(topic, pos, level, next)?;
+            Some((c, p))
+        })
+    }
+
+    /// Probes the children of `node` (two or more, in `kids`) whose tag is that of
+    /// `level`, returning the first for which `hit` says yes.
+    #[inline(always)]
+    fn find_kid<T>(&self, node: &Node, level: &[u8], hit: impl Fn(Idx) -> Option<T>) -> Option<T> {
         if node.kids.is_empty() {
-            return NONE;
+            return None;
         }
         let tag = self.tag(level);
-        let hit = |c: Idx, t: Idx| t == tag && self.node(c).label.is(level);
         if !node.is_table() {
-            return pairs(&node.kids)
-                .find(|p| hit(p[0], p[1]))
-                .map_or(NONE, |p| p[0]);
+            return pairs(&node.kids).find_map(|p| if p[1] == tag { hit(p[0]) } else { None });
         }
         let cap = node.kids.len() / 2;
         let mask = cap - 1;
@@ -47,14 +73,16 @@ impl<V> TopicTrie<V> {
         for _ in 0..cap {
             let c = node.kids[2 * i];
             if c == NONE {
-                return NONE;
+                return None;
             }
-            if hit(c, node.kids[2 * i + 1]) {
-                return c;
+            if node.kids[2 * i + 1] == tag {
+                if let Some(t) = hit(c) {
+                    return Some(t);
+                }
             }
             i = (i + 1) & mask;
         }
-        NONE
+        None
     }
 
     pub(super) fn attach(&mut self, parent: Idx, child: Idx, level: &[u8]) {
@@ -66,7 +94,7 @@ impl<V> TopicTrie<V> {
         let p = self.node(parent);
         let (one, count) = (p.one, p.child_count as usize + 1);
         let one_tag = if one != NONE {
-            self.tag(self.node(one).label.as_bytes())
+            self.tag(self.node(one).label.first_level())
         } else {
             0
         };
@@ -111,7 +139,7 @@ impl<V> TopicTrie<V> {
             p.child_count = 0;
             return;
         }
-        let tag = self.tag(self.node(child).label.as_bytes());
+        let tag = self.tag(self.node(child).label.first_level());
         let p = self.node_mut(parent);
         let mut kids = std::mem::take(&mut p.kids);
         let count = (p.child_count as usize).saturating_sub(1);

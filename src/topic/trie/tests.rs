@@ -198,8 +198,8 @@ fn insert_get_remove_prunes() {
     *t.entry_or_insert_with(b"x", || 7) += 1;
     assert_eq!(t.get(b"+/+"), Some(&6));
     assert_eq!(t.get(b"x"), Some(&8));
-    // root, a, b, c, +, + (second level), x
-    assert_eq!(t.node_count(), 7);
+    // root, a, b/c (one node for the chain), +, + (second level), x
+    assert_eq!(t.node_count(), 6);
     assert_eq!(t.remove(b"a/b"), None);
     assert_eq!(t.remove(b"a/b/c"), Some(2));
     assert_eq!(t.node_count(), 5, "b and c pruned, a kept for a/#");
@@ -220,7 +220,8 @@ fn many_children_switch_to_table_and_back() {
         assert_eq!(t.insert(key(i).as_bytes(), i), None);
     }
     assert_eq!(t.len(), 5000);
-    assert_eq!(t.node_count(), 1 + 1 + 2 * 5000);
+    // root, dev, and one `<i>/cmd` node per key.
+    assert_eq!(t.node_count(), 1 + 1 + 5000);
     for i in (0..5000).step_by(7) {
         let mut got = Vec::new();
         t.for_each_match(key(i).as_bytes(), |v| got.push(*v));
@@ -273,6 +274,80 @@ fn deep_topic_does_not_overflow() {
     assert_eq!(matched_names(&t, "a/#").len(), 2);
     assert!(t.remove(deep.as_bytes()).is_some());
     assert_eq!(t.node_count(), 2);
+}
+
+/// Compressed paths: a chain of literal levels is one node, split when a key
+/// branches, ends or hangs a wildcard inside it, and joined again when that key goes.
+#[test]
+fn compressed_paths_split_and_merge() {
+    let mut t: TopicTrie<String> = TopicTrie::new();
+    let mut live: Vec<&str> = Vec::new();
+    let check = |t: &TopicTrie<String>, live: &[&str], nodes: usize| {
+        assert_eq!(t.node_count(), nodes, "{live:?}");
+        for k in live {
+            assert_eq!(t.get(k.as_bytes()), Some(&k.to_string()));
+        }
+        for topic in [
+            "dev/1/cmd",
+            "dev/1",
+            "dev/1/cmd/x",
+            "dev/2/cmd",
+            "dev/1/x",
+            "dev",
+            "dev/1/cm",
+        ] {
+            let mut want: Vec<String> = live
+                .iter()
+                .filter(|f| matches(f.as_bytes(), topic.as_bytes()))
+                .map(|f| f.to_string())
+                .collect();
+            want.sort();
+            assert_eq!(matched_filters(t, topic), want, "topic {topic}, {live:?}");
+            assert_eq!(
+                matched_names(t, topic).len(),
+                live.iter()
+                    .filter(|k| matches(topic.as_bytes(), k.as_bytes()))
+                    .count()
+            );
+        }
+    };
+    // (key inserted, node count after it): root plus ...
+    let steps: [(&str, usize); 7] = [
+        ("dev/1/cmd", 2),   // dev/1/cmd
+        ("dev/2/cmd", 4),   // dev, 1/cmd, 2/cmd
+        ("dev/1/cmd/x", 5), // ... x below 1/cmd
+        ("dev/1", 6),       // 1/cmd splits into 1 and cmd
+        ("dev/1/+", 7),     // a `+` child of 1
+        ("dev/1/cmd/#", 7), // the `#` slot of cmd: no node
+        ("dev/+/cmd", 9),   // + and cmd below dev
+    ];
+    for (k, nodes) in steps {
+        assert_eq!(t.insert(k.as_bytes(), k.to_string()), None);
+        live.push(k);
+        check(&t, &live, nodes);
+    }
+    assert_eq!(t.get(b"dev/1/cm"), None, "a partial level is no key");
+    assert_eq!(t.get(b"dev/2"), None, "a level inside a label is no key");
+    assert_eq!(t.remove(b"dev/2"), None);
+    // Removed in reverse: the same shapes back, joins included.
+    for i in (0..steps.len()).rev() {
+        let k = live.pop().expect("live key");
+        assert_eq!(t.remove(k.as_bytes()), Some(k.to_string()));
+        check(&t, &live, if i == 0 { 1 } else { steps[i - 1].1 });
+    }
+    // Removed in insertion order, the dev node joins its last child again.
+    for (k, _) in steps {
+        t.insert(k.as_bytes(), k.to_string());
+    }
+    for (k, _) in &steps[..6] {
+        t.remove(k.as_bytes());
+    }
+    assert_eq!(
+        t.node_count(),
+        4,
+        "root, dev (kept for its + child), +, cmd"
+    );
+    assert_eq!(matched_filters(&t, "dev/9/cmd"), ["dev/+/cmd"]);
 }
 
 const LEVELS: &[&str] = &["", "$SYS", "$", "a", "b", "+", "#", "a+"];
@@ -374,6 +449,28 @@ proptest! {
         }
         prop_assert!(trie.is_empty());
         prop_assert_eq!(trie.node_count(), 1);
+    }
+
+    /// Whatever the order of inserts and removals, the trie has the shape it would
+    /// have if built from its live keys alone: splits and joins leave no extra node.
+    #[test]
+    fn shape_depends_on_live_keys_only(ops in prop::collection::vec((any::<bool>(), key()), 0..120)) {
+        let mut trie: TopicTrie<()> = TopicTrie::new();
+        let mut model: BTreeSet<String> = BTreeSet::new();
+        for (is_insert, k) in &ops {
+            if *is_insert {
+                trie.insert(k.as_bytes(), ());
+                model.insert(k.clone());
+            } else {
+                trie.remove(k.as_bytes());
+                model.remove(k);
+            }
+            let mut fresh: TopicTrie<()> = TopicTrie::new();
+            for m in &model {
+                fresh.insert(m.as_bytes(), ());
+            }
+            prop_assert_eq!(trie.node_count(), fresh.node_count(), "{:?}", model);
+        }
     }
 
     #[test]
