@@ -57,8 +57,13 @@ impl Drop for Mmap {
 /// Running out of posted entries is `ENOBUFS` (the receive is re-armed after the turn,
 /// see `rearm_starved`), and widens the window, up to the whole pool. A burst (a
 /// connect storm) still warms the whole pool, so `trim`, run when the loop is idle,
-/// narrows the window again and releases the pages of buffers that sat in `spare`
-/// for a whole trim interval.
+/// narrows the window again (straight to `WINDOW_IDLE` after an interval that took
+/// almost nothing) and releases the pages of buffers that sat in `spare` for a whole
+/// trim interval. Entries posted beyond the narrowed window cannot be taken back one
+/// by one, and after a burst that is the whole pool, resident for good (~200 B per
+/// connection at 10k idle ones): `recall` takes them all back while the ring's
+/// registration is withdrawn (the loop's `recall_posted_buffers`), releases their
+/// pages and posts the window again.
 pub(super) struct BufPool {
     ring: Mmap,
     data: Mmap,
@@ -82,6 +87,9 @@ pub(super) struct BufPool {
     trimmed: usize,
     /// A receive starved since the last `trim`.
     starved: bool,
+    /// Buffers the kernel took since the last `trim`: what the interval asked of
+    /// the pool.
+    taken_in_interval: u32,
 }
 
 /// The system page size (4 KiB if it cannot be read).
@@ -97,6 +105,11 @@ fn page_size() -> usize {
 /// A pool posts this share of its buffers at first (and at least `WINDOW_MIN`).
 const WINDOW_DIVISOR: usize = 4;
 const WINDOW_MIN: usize = 64;
+/// The window of a pool that took at most this many buffers in a whole trim
+/// interval (idle connections, a few pings): 64 KiB posted with 4 KiB buffers
+/// instead of a quarter of the pool. A burst after it widens the window again, by
+/// two per starved receive.
+const WINDOW_IDLE: u16 = 16;
 
 impl BufPool {
     pub(super) fn new(count: usize, size: usize) -> io::Result<BufPool> {
@@ -122,6 +135,7 @@ impl BufPool {
             spare_low: count,
             trimmed: 0,
             starved: false,
+            taken_in_interval: 0,
         };
         pool.top_up();
         Ok(pool)
@@ -152,6 +166,7 @@ impl BufPool {
     /// The kernel took a posted entry (a completion carried buffer `bid`).
     pub(super) fn taken(&mut self) {
         self.posted = self.posted.saturating_sub(1);
+        self.taken_in_interval = self.taken_in_interval.saturating_add(1);
         self.top_up();
     }
 
@@ -165,18 +180,26 @@ impl BufPool {
         self.top_up();
     }
 
-    /// Ends a trim interval: halves a widened window unless a receive starved during
-    /// the interval, and releases the pages of the spare buffers unused throughout
-    /// it. Only whole pages that hold nothing but such buffers are released: a buffer
+    /// Ends a trim interval: unless a receive starved during the interval, halves a
+    /// widened window down to the initial one, or narrows it to `WINDOW_IDLE` if the
+    /// interval took no more buffers than that; and releases the pages of the spare buffers unused
+    /// throughout it. Only whole pages that hold nothing but such buffers are released: a buffer
     /// size that is not a multiple of the page size (or a page larger than the
     /// buffer) makes neighbours share a page, and one of them may be posted (the
     /// kernel may be writing a receive into it) or lent. Returns how many newly cold
     /// buffers lost all their pages.
     pub(super) fn trim(&mut self) -> usize {
         if !self.starved {
-            self.window = (self.window / 2).max(self.initial_window);
+            self.window = if self.taken_in_interval <= u32::from(WINDOW_IDLE) {
+                WINDOW_IDLE.min(self.count)
+            } else {
+                // Towards the initial window, never above the current one: traffic
+                // a narrow window served without starving needs no more.
+                (self.window / 2).max(self.initial_window.min(self.window))
+            };
         }
         self.starved = false;
+        self.taken_in_interval = 0;
         let cold = self.spare_low.min(self.spare.len());
         let first_new = self.trimmed.min(cold);
         let mut released = 0;
@@ -208,8 +231,8 @@ impl BufPool {
     }
 
     /// Releases the pages lying wholly inside `run`, buffers with consecutive ids
-    /// that all sat in `spare[..spare_low]` for the interval. Returns how many of the
-    /// newly cold ones lost all their pages.
+    /// that all sat in `spare[..spare_low]` for the interval or that `recall` took
+    /// back. Returns how many of the newly cold ones lost all their pages.
     fn release(&self, run: &[(u16, bool)]) -> usize {
         let (Some(&(first, _)), Some(&(last, _))) = (run.first(), run.last()) else {
             return 0;
@@ -225,7 +248,8 @@ impl BufPool {
         // SAFETY: `data` is page-aligned (mmap) and `[lo, hi)` is a whole number of
         // pages inside `[start, end)`, which lies inside the mapping (bid < count).
         // Every byte of those pages belongs to a buffer of `run`; they are in
-        // `spare`: neither posted to the kernel nor lent to the caller, so nothing
+        // `spare` or being recalled: neither posted to the kernel (a recalled entry
+        // is in no registered ring) nor lent to the caller, so nothing
         // reads or writes them until they are posted again, and a private anonymous
         // page released here reads back as zeros.
         unsafe {
@@ -237,6 +261,76 @@ impl BufPool {
                 new && s >= lo && s + self.size <= hi
             })
             .count()
+    }
+
+    /// Nothing left for a trim to do on an idle loop: the idle window, nothing
+    /// posted beyond it, every spare buffer's pages released.
+    pub(super) fn settled(&self) -> bool {
+        self.window <= WINDOW_IDLE && !self.overposted() && self.trimmed >= self.spare.len()
+    }
+
+    /// More entries are posted than the window asks for: only `recall` takes them
+    /// back (the kernel keeps a posted entry until a receive takes it).
+    pub(super) fn overposted(&self) -> bool {
+        self.posted > self.window
+    }
+
+    /// Takes back every entry still posted, for a ring whose buffer registration the
+    /// caller has withdrawn after reporting every completion of it (so the entries
+    /// left, the last `posted` in ring order, were never taken and never will be),
+    /// releases their pages and resets the ring to empty. The caller registers the
+    /// ring again (the kernel starts it at head 0) and then calls `refill`. Returns
+    /// how many buffers lost all their pages.
+    pub(super) fn recall(&mut self) -> usize {
+        let mask = self.count.wrapping_sub(1);
+        let mut bids: Vec<(u16, bool)> = (0..self.posted)
+            .map(|i| {
+                let idx = (self.tail.wrapping_sub(self.posted).wrapping_add(i) & mask) as usize;
+                // SAFETY: idx < count, inside the ring mapping; the kernel no longer
+                // reads the ring (its registration is withdrawn).
+                (unsafe { (*self.entries().add(idx)).bid() }, true)
+            })
+            .collect();
+        self.posted = 0;
+        self.tail = 0;
+        self.publish();
+        bids.sort_unstable();
+        let mut released = 0;
+        let mut i = 0;
+        while i < bids.len() {
+            let mut j = i + 1;
+            while j < bids.len() && bids[j].0 == bids[j - 1].0 + 1 {
+                j += 1;
+            }
+            released += self.release(&bids[i..j]);
+            i = j;
+        }
+        // Below the warm buffers, among those already released: the window is
+        // posted again from the top, the most recently used first.
+        let recalled = bids.len();
+        let trimmed = self.trimmed.min(self.spare.len());
+        self.spare
+            .splice(trimmed..trimmed, bids.into_iter().map(|(bid, _)| bid));
+        self.trimmed = trimmed + recalled;
+        self.spare_low = self.spare_low.min(self.spare.len() - recalled) + recalled;
+        released
+    }
+
+    /// Drops every entry still posted from the pool's books, for a withdrawn ring
+    /// whose completions could not all be reported: a taken one comes back through
+    /// its completion and `give_back`, an untaken one is lost to the pool. Returns
+    /// how many were dropped.
+    pub(super) fn forget_posted(&mut self) -> u16 {
+        let dropped = self.posted;
+        self.posted = 0;
+        self.tail = 0;
+        self.publish();
+        dropped
+    }
+
+    /// Posts the window again after `recall` and the ring's new registration.
+    pub(super) fn refill(&mut self) {
+        self.top_up();
     }
 
     pub(super) fn ring_addr(&self) -> u64 {
@@ -396,9 +490,9 @@ mod tests {
         }
     }
 
-    /// After a burst widened the window to the whole pool, idle trims narrow it
-    /// again, and buffers unused for a whole interval lose their pages (they read
-    /// back as zeros), while the warm ones keep theirs.
+    /// After a burst widened the window to the whole pool, trims narrow it again,
+    /// and buffers unused for a whole interval lose their pages (they read back as
+    /// zeros), while the warm ones keep theirs.
     #[test]
     fn trims_narrow_the_window_and_release_cold_buffers() {
         let mut pool = BufPool::new(256, 4096).expect("mmap");
@@ -419,10 +513,16 @@ mod tests {
         assert_eq!((pool.window, pool.posted), (256, 256));
         assert_eq!(pool.trim(), 0, "a starved interval keeps the window");
         assert_eq!(pool.window, 256);
+        // Traffic that does not starve: the window halves.
+        for _ in 0..100 {
+            let bid = k.take(&mut pool).expect("posted");
+            pool.give_back(bid);
+        }
         assert_eq!(pool.trim(), 0, "everything is posted: nothing spare");
         assert_eq!(pool.window, 128);
+        // Nothing taken for an interval: straight to the idle window.
         assert_eq!(pool.trim(), 0);
-        assert_eq!(pool.window, 64, "back to the initial window");
+        assert_eq!(pool.window, WINDOW_IDLE);
         // Quiet traffic, one buffer at a time: the posted entries drain to the
         // window, returned buffers pile up in spare and only the top one circulates.
         let mut warm = BTreeSet::new();
@@ -431,10 +531,11 @@ mod tests {
             warm.insert(bid);
             pool.give_back(bid);
         }
-        assert_eq!((pool.posted, pool.spare.len()), (64, 192));
+        assert_eq!((pool.posted, pool.spare.len()), (16, 240));
         // Spare filled up during this interval (its low mark is 0): nothing is
-        // known to be cold yet.
+        // known to be cold yet. Traffic a narrow window served keeps it narrow.
         assert_eq!(pool.trim(), 0);
+        assert_eq!(pool.window, WINDOW_IDLE);
         warm.clear();
         for _ in 0..1000 {
             let bid = k.take(&mut pool).expect("posted");
@@ -442,14 +543,14 @@ mod tests {
             pool.give_back(bid);
         }
         // This interval used only the top of spare: the rest is released.
-        assert_eq!(pool.trim(), 191, "all spare but the circulating top one");
-        assert_eq!(warm.len(), 256 - 191, "the window and the top of spare");
-        let zeroed = pool.spare[..191]
+        assert_eq!(pool.trim(), 239, "all spare but the circulating top one");
+        assert_eq!(warm.len(), 256 - 239, "the window and the top of spare");
+        let zeroed = pool.spare[..239]
             .iter()
             .filter(|&&bid| pool.slice(bid, 4096).iter().all(|&b| b == 0))
             .count();
-        assert_eq!(zeroed, 191);
-        let top = pool.spare[191];
+        assert_eq!(zeroed, 239);
+        let top = pool.spare[239];
         assert!(
             pool.slice(top, 4096).iter().all(|&b| b == 0xAB),
             "warm buffer kept"
@@ -457,6 +558,90 @@ mod tests {
         // A wholly idle interval: the last spare buffer goes too, and none twice.
         assert_eq!(pool.trim(), 1);
         assert_eq!(pool.trim(), 0);
+    }
+
+    /// A burst leaves the whole pool posted and resident; an idle interval narrows
+    /// the window, and `recall` (the ring's registration withdrawn, then renewed at
+    /// head 0) takes back every entry the kernel had not taken, releases their
+    /// pages and posts the window again, with every buffer posted once, held or
+    /// spare: none lost, none twice.
+    #[test]
+    fn recall_takes_back_what_a_burst_left_posted() {
+        let mut pool = BufPool::new(512, 4096).expect("mmap");
+        let mut k = FakeKernel { head: 0 };
+        let burst: Vec<u16> = (0..512)
+            .map(|_| k.take(&mut pool).expect("a buffer"))
+            .collect();
+        for &bid in &burst {
+            fill(&pool, bid, 0xAB);
+        }
+        for _ in 0..300 {
+            pool.widen();
+        }
+        for &bid in &burst {
+            pool.give_back(bid);
+        }
+        assert_eq!((pool.window, pool.posted), (512, 512));
+        assert!(!pool.overposted());
+        pool.trim();
+        assert_eq!(pool.window, 512, "the burst starved");
+        pool.trim();
+        assert_eq!(pool.window, WINDOW_IDLE, "an idle interval");
+        assert!(pool.overposted(), "all 512 still posted");
+        // Two receives landed before the registration was withdrawn; the caller
+        // holds their buffers.
+        let held = [
+            k.take(&mut pool).expect("posted"),
+            k.take(&mut pool).expect("posted"),
+        ];
+        assert_eq!(pool.recall(), 510, "every untaken entry's page released");
+        assert_eq!((pool.posted, pool.spare.len()), (0, 510));
+        assert!(!pool.overposted());
+        k.head = 0;
+        pool.refill();
+        assert_eq!(pool.posted, WINDOW_IDLE);
+        for &bid in &held {
+            assert!(pool.slice(bid, 4096).iter().all(|&b| b == 0xAB), "held");
+        }
+        let zeroed = (0..512u16)
+            .filter(|bid| pool.slice(*bid, 4096).iter().all(|&b| b == 0))
+            .count();
+        assert_eq!(zeroed, 510);
+        // The kernel can now take each buffer not held exactly once.
+        let mut taken = BTreeSet::new();
+        while let Some(bid) = k.take(&mut pool) {
+            assert!(taken.insert(bid), "buffer {bid} posted twice");
+        }
+        assert_eq!(taken.len(), 510);
+        assert!(held.iter().all(|bid| !taken.contains(bid)));
+        for bid in taken.into_iter().chain(held) {
+            pool.give_back(bid);
+        }
+        assert_eq!(usize::from(pool.posted) + pool.spare.len(), 512);
+    }
+
+    /// Entries that cannot be told taken or not are dropped from the books, never
+    /// posted again while the kernel may hold them; a taken one comes back through
+    /// its completion.
+    #[test]
+    fn forgotten_entries_are_never_posted_again() {
+        let mut pool = BufPool::new(64, 64).expect("mmap");
+        let mut k = FakeKernel { head: 0 };
+        let first = k.take(&mut pool).expect("posted");
+        let posted = pool.posted;
+        assert_eq!(pool.forget_posted(), posted);
+        k.head = 0;
+        pool.refill();
+        let mut seen = BTreeSet::new();
+        while let Some(bid) = k.take(&mut pool) {
+            assert!(seen.insert(bid));
+        }
+        assert!(
+            seen.is_empty(),
+            "every other buffer was posted and forgotten"
+        );
+        pool.give_back(first);
+        assert_eq!(k.take(&mut pool), Some(first));
     }
 
     /// Buffers smaller than a page share it (so do 4 KiB buffers on a 16 or 64 KiB

@@ -785,7 +785,8 @@ impl EventLoop for UringLoop {
                 }
             }
         }
-        let ready = self.poll_ready();
+        let mut ready = self.poll_ready();
+        let mut timeout = timeout;
         if !ready && timeout != Some(Duration::ZERO) {
             // About to wait: an idle moment, so the clock read costs nothing here.
             let now = Instant::now();
@@ -795,6 +796,17 @@ impl EventLoop for UringLoop {
                     r.bufs.trim();
                 }
                 self.shrink_handoff_tables();
+                // Completions reported by the recall, or receives it starved, are
+                // this turn's work: do not wait for more.
+                ready = self.recall_posted_buffers(out)? || self.poll_ready();
+            }
+            // A pool not yet back to its idle window and pages wakes the loop for its
+            // next trim: an idle loop may otherwise sleep until a keepalive deadline
+            // minutes away, with a burst's buffers resident meanwhile.
+            if !ready && !self.rings.iter().all(|r| r.bufs.settled()) {
+                let left =
+                    TRIM_INTERVAL.saturating_sub(now.saturating_duration_since(self.last_trim));
+                timeout = Some(timeout.map_or(left, |t| t.min(left)));
             }
         }
         let ring0 = &self.rings[0].uring;

@@ -1,7 +1,8 @@
 //! The io_uring receive path: arming and cancelling a socket's multishot receive,
 //! turning its completions into `Completion::Recv`/`RecvEnd` (or a hand-off step for
-//! a migrating socket), and re-arming receives that ran out of provided buffers a
-//! pool's share per turn. Split out of `io/uring/mod.rs`, unchanged.
+//! a migrating socket), re-arming receives that ran out of provided buffers a
+//! pool's share per turn, and an idle loop's recall of the buffers posted beyond a
+//! pool's window.
 
 use super::*;
 
@@ -133,6 +134,93 @@ impl UringLoop {
             SockState::Migrating { .. } => self.maybe_send_fd(sock),
             SockState::Closing | SockState::SendingFd { .. } => self.maybe_release(sock),
         }
+    }
+}
+
+/// Enters that flush the kernel's overflow list during a recall before it gives up
+/// on telling taken entries from untaken ones.
+const RECALL_OVERFLOW_FLUSHES: usize = 8;
+
+impl UringLoop {
+    /// Takes back the buffers posted beyond each ring's narrowed window
+    /// (`BufPool::recall`), called when the loop is idle. The ring's buffer
+    /// registration is withdrawn first, so no receive can take an entry any more (one
+    /// that tries ends with `ENOBUFS` and waits in `starved` as usual, its bytes still
+    /// in the socket). Then every completion the ring holds is reported: each names
+    /// the buffer it took, and the kernel takes entries in ring order, so the last
+    /// `posted` entries were never taken. A receive copies into its buffer in this
+    /// thread's task work (sockets are polled, never handed to io-wq: no
+    /// `IOSQE_ASYNC` here) and posts the completion in the same run, so once the
+    /// registration is gone no write into a recalled buffer is pending. Their pages
+    /// are released and the ring registered again with the window. Returns whether
+    /// completions went into `out`.
+    pub(super) fn recall_posted_buffers(&mut self, out: &mut Vec<Completion>) -> io::Result<bool> {
+        let mut withdrawn = Vec::new();
+        for r in 0..self.rings.len() {
+            let ring = &mut self.rings[r];
+            if !ring.bufs.overposted() || ring.uring.submission().cq_overflow() {
+                continue;
+            }
+            match ring.uring.submitter().unregister_buf_ring(0) {
+                Ok(()) => withdrawn.push(r),
+                Err(e) => {
+                    tracing::debug!(ring = r, error = %e, "buffer ring not withdrawn; nothing recalled")
+                }
+            }
+        }
+        if withdrawn.is_empty() {
+            return Ok(false);
+        }
+        let before = out.len();
+        self.reap(out);
+        // A completion the queue had no room for waits in the kernel's overflow list
+        // until an enter flushes it.
+        for _ in 0..RECALL_OVERFLOW_FLUSHES {
+            let mut flushed = false;
+            for &r in &withdrawn {
+                let uring = &mut self.rings[r].uring;
+                if uring.submission().cq_overflow() {
+                    flushed = true;
+                    if let Err(e) = uring.submit() {
+                        if !transient(&e) {
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            if !flushed {
+                break;
+            }
+            self.reap(out);
+        }
+        for &r in &withdrawn {
+            let ring = &mut self.rings[r];
+            if ring.uring.submission().cq_overflow() {
+                // Taken entries whose completions still wait cannot be told from the
+                // untaken ones: leave them all out of the pool (a taken one comes back
+                // with its completion, an untaken one is lost to this pool) rather
+                // than post a buffer the kernel may still be filling.
+                let lost = ring.bufs.forget_posted();
+                tracing::warn!(ring = r, lost, "completion overflow during a buffer recall");
+            } else {
+                let released = ring.bufs.recall();
+                tracing::debug!(ring = r, released, "recalled posted receive buffers");
+            }
+            // SAFETY: as at `UringLoop::new`: the pool's mappings live in the same
+            // `Ring` as the io_uring and are dropped after it, or leaked when
+            // operations may remain; the ring memory is reset (tail 0) for the new
+            // registration, which starts at head 0.
+            unsafe {
+                ring.uring.submitter().register_buf_ring_with_flags(
+                    ring.bufs.ring_addr(),
+                    ring.bufs.count,
+                    0,
+                    0,
+                )?;
+            }
+            ring.bufs.refill();
+        }
+        Ok(out.len() > before)
     }
 }
 

@@ -1,8 +1,10 @@
 //! Tests of the io_uring loop's teardown (what a dropped loop must leave to the
-//! kernel), of its file writes (`file.rs`) and of the size of its per-socket state.
+//! kernel), of its file writes (`file.rs`), of the size of its per-socket state and
+//! of an idle loop's recall of posted receive buffers.
 
 use super::accept::ACCEPT_ADDRS_FREED;
 use super::*;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Send data that records being freed.
@@ -248,4 +250,85 @@ fn a_short_file_write_writes_the_rest_then_reports_its_error() {
 #[test]
 fn socket_state_stays_small() {
     assert_eq!(std::mem::size_of::<Sock>(), 40);
+}
+
+/// Turns `lp` until `want` bytes arrived on `sock`, giving each buffer back.
+fn received(lp: &mut UringLoop, sock: SockId, want: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut got = Vec::new();
+    for _ in 0..2000 {
+        lp.turn(Some(Duration::from_millis(5)), &mut out)
+            .expect("turn");
+        for c in out.drain(..) {
+            match c {
+                Completion::Recv { sock: s, buf } => {
+                    assert_eq!(s, sock);
+                    got.extend_from_slice(lp.buf(buf));
+                    lp.recycle(buf);
+                }
+                other => panic!("unexpected completion {other:?}"),
+            }
+        }
+        if got.len() >= want {
+            break;
+        }
+    }
+    got
+}
+
+/// An idle loop takes back the buffers posted beyond its narrowed window: the
+/// recall withdraws the ring's buffer registration and renews it, and the
+/// connection's multishot receive, armed all along, still gets every byte after it,
+/// in order.
+#[test]
+fn an_idle_recall_keeps_receives_working() {
+    let opts = LoopOptions {
+        max_connections: 100,
+        recv_bufs_per_ring: 64,
+        recv_buf_size_bytes: 512,
+        ..LoopOptions::default()
+    };
+    let mut lp = UringLoop::new(0, &opts).expect("loop");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    lp.add_listener(l).expect("listen");
+    let mut client = std::net::TcpStream::connect(addr).expect("connect");
+    let mut out = Vec::new();
+    let mut sock = None;
+    for _ in 0..1000 {
+        lp.turn(Some(Duration::from_millis(10)), &mut out)
+            .expect("turn");
+        sock = out.iter().find_map(|c| match c {
+            Completion::Accepted { sock, .. } => Some(*sock),
+            _ => None,
+        });
+        if sock.is_some() {
+            break;
+        }
+    }
+    let sock = sock.expect("accepted");
+    out.clear();
+    lp.start_recv(sock);
+    let r = lp.socks[sock as usize].ring as usize;
+    let first: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    client.write_all(&first).expect("write");
+    assert_eq!(received(&mut lp, sock, first.len()), first);
+    // The whole pool is posted (a window of 64 of 64); an interval that took a
+    // few buffers narrows the window, and the recall takes the rest back.
+    assert!(lp.rings[r].bufs.posted() > 16);
+    for _ in 0..2 {
+        lp.last_trim = Instant::now() - TRIM_INTERVAL;
+        lp.turn(Some(Duration::from_millis(1)), &mut out)
+            .expect("turn");
+        assert!(out.is_empty(), "{out:?}");
+    }
+    assert_eq!(
+        lp.rings[r].bufs.posted(),
+        16,
+        "the idle window, posted again"
+    );
+    assert!(lp.rings[r].bufs.settled());
+    let second: Vec<u8> = (0..20_000u32).map(|i| (i % 241) as u8).collect();
+    client.write_all(&second).expect("write");
+    assert_eq!(received(&mut lp, sock, second.len()), second);
 }
