@@ -98,16 +98,25 @@ impl Worker {
         }
     }
 
-    /// The broker closed (end of stream on the receive, which is over): close with an
-    /// RST, no cancel needed.
-    pub(super) fn close_after_broker(&mut self, idx: usize) {
+    /// Ends `idx`'s attempt and marks it closing; false when its close was already
+    /// submitted (the broker's close and loadgen's own can both reach it).
+    fn mark_closing(&mut self, idx: usize) -> bool {
         self.end_attempt(idx);
         let c = &mut self.clients[idx];
         if c.close_submitted {
-            return;
+            return false;
         }
         c.close_submitted = true;
         c.state = St::Dead;
+        true
+    }
+
+    /// The broker closed (end of stream on the receive, which is over): close with an
+    /// RST, no cancel needed.
+    pub(super) fn close_after_broker(&mut self, idx: usize) {
+        if !self.mark_closing(idx) {
+            return;
+        }
         self.eof_waits.progressed(now_ns());
         let fixed = types::Fixed(idx as u32);
         let linger = &LINGER_ABORT as *const libc::linger as *const libc::c_void;
@@ -133,13 +142,9 @@ impl Worker {
     /// FIN. Both run inline; SHUTDOWN would be punted to io-wq threads and crawl at
     /// 100k connections.
     pub(super) fn submit_close(&mut self, idx: usize) {
-        self.end_attempt(idx);
-        let c = &mut self.clients[idx];
-        if c.close_submitted {
+        if !self.mark_closing(idx) {
             return;
         }
-        c.close_submitted = true;
-        c.state = St::Dead;
         let fixed = types::Fixed(idx as u32);
         let sh = opcode::AsyncCancel::new(ud(OP_RECV, idx))
             .build()

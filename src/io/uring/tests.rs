@@ -40,20 +40,8 @@ fn a_busy_loop_leaves_what_the_kernel_may_still_use() {
     let addr = l.local_addr().expect("addr");
     lp.add_listener(l).expect("listen");
     let client = std::net::TcpStream::connect(addr).expect("connect");
+    let sock = accepted(&mut lp);
     let mut out = Vec::new();
-    let mut sock = None;
-    for _ in 0..1000 {
-        lp.turn(Some(Duration::from_millis(10)), &mut out)
-            .expect("turn");
-        sock = out.iter().find_map(|c| match c {
-            Completion::Accepted { sock, .. } => Some(*sock),
-            _ => None,
-        });
-        if sock.is_some() {
-            break;
-        }
-    }
-    let sock = sock.expect("accepted");
     let freed = Arc::new(AtomicBool::new(false));
     // Larger than the socket buffers, and the client does not read: the send
     // stays in flight.
@@ -252,6 +240,23 @@ fn socket_state_stays_small() {
     assert_eq!(std::mem::size_of::<Sock>(), 40);
 }
 
+/// Turns the loop until it reports the one connection a test opened.
+fn accepted(lp: &mut UringLoop) -> SockId {
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        lp.turn(Some(Duration::from_millis(10)), &mut out)
+            .expect("turn");
+        let sock = out.iter().find_map(|c| match c {
+            Completion::Accepted { sock, .. } => Some(*sock),
+            _ => None,
+        });
+        if let Some(sock) = sock {
+            return sock;
+        }
+    }
+    panic!("no connection accepted in 1000 turns");
+}
+
 /// Turns `lp` until `want` bytes arrived on `sock`, giving each buffer back.
 fn received(lp: &mut UringLoop, sock: SockId, want: usize) -> Vec<u8> {
     let mut out = Vec::new();
@@ -293,21 +298,8 @@ fn an_idle_recall_keeps_receives_working() {
     let addr = l.local_addr().expect("addr");
     lp.add_listener(l).expect("listen");
     let mut client = std::net::TcpStream::connect(addr).expect("connect");
+    let sock = accepted(&mut lp);
     let mut out = Vec::new();
-    let mut sock = None;
-    for _ in 0..1000 {
-        lp.turn(Some(Duration::from_millis(10)), &mut out)
-            .expect("turn");
-        sock = out.iter().find_map(|c| match c {
-            Completion::Accepted { sock, .. } => Some(*sock),
-            _ => None,
-        });
-        if sock.is_some() {
-            break;
-        }
-    }
-    let sock = sock.expect("accepted");
-    out.clear();
     lp.start_recv(sock);
     let r = lp.socks[sock as usize].ring as usize;
     let first: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
