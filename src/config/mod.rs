@@ -272,7 +272,7 @@ impl Default for Config {
             log_json: false,
             busy_poll_us: 0,
             rt_priority: 0,
-            sched_slice_us: 100,
+            sched_slice_us: 0,
             placement_seed: None,
             max_connections: 1_000_000,
             max_connections_per_ip: 0,

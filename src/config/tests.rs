@@ -245,7 +245,7 @@ fn file_error_names_key_and_value() {
 
 #[test]
 fn sched_slice_us_is_zero_or_what_the_kernel_takes_unclamped() {
-    assert_eq!(Config::default().sched_slice_us, 100);
+    assert_eq!(Config::default().sched_slice_us, 0);
     for (given, want) in [("0", 0), ("100", 100), ("3000", 3000), ("100000", 100_000)] {
         let cfg = load_with(&cli(&["--sched-slice-us", given]), with_file("")).expect(given);
         assert_eq!(cfg.sched_slice_us, want, "{given}");
