@@ -30,8 +30,8 @@ cleanup() {
 trap cleanup EXIT
 
 # --- build ---------------------------------------------------------------------------
-# Release profile, the binaries only: the ringmq library and the dependencies were
-# built in release already by perf/budget.sh when run-all.sh runs this after it.
+# Release profile, the binaries only: under run-all.sh both were built already, in
+# the background beside the tests, so this finds them done.
 cargo build --release -q -p ringmq --bin ringmq -p loadgen --bin loadgen
 # --strip: the release profile keeps line tables, which a package does not ship.
 deb=$(cargo deb --no-build --strip -q --output "$work/")

@@ -26,26 +26,34 @@ CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}" \
 step "build (debug binaries used by integration tests)"
 cargo build --workspace --bins
 
+step "release and fuzz builds, in the background"
+# Two builds run niced beside the test steps, which leave most of a core idle (the
+# integration suites mostly wait on sockets): first the release build that the budget
+# and package steps use (one selection for both, so the second finds it done), then
+# the sanitizer build of every fuzz target (all dependencies again). They change what
+# the tests check in no way (bounded waits, instruction counts). A release build that
+# fails here fails again, with its errors, in the budget step's own cargo build; the
+# fuzz build's status is checked before the fuzz step. Their own process group, so a
+# failing step that ends this script ends them too.
+release_selection=(-p ringmq --bin ringmq -p loadgen --bin loadgen -p ringmq-perf --bin callgrind-paths)
+background_log=$(mktemp)
+setsid nice -n 10 bash -c '
+    cargo build --release -q "$@" || echo "run-all: background release build failed; the budget step builds again"
+    exec bash perf/fuzz.sh build' _ "${release_selection[@]}" > "$background_log" 2>&1 &
+background_pid=$!
+trap 'kill -TERM -- -"$background_pid" 2>/dev/null || true' EXIT
+
 step "tests"
 cargo test --workspace --no-fail-fast
-
-step "fuzz targets: instrumented build, in the background"
-# The sanitizer build of every fuzz target (minutes, all dependencies again) runs
-# niced beside the steps up to the fuzz step, which leave most of a core idle: the
-# integration suites mostly wait on sockets, valgrind and lintian use one core. It
-# changes what those steps measure in no way (bounded waits, instruction counts).
-# Its own process group, so a failing step that ends this script ends it too.
-fuzz_build_log=$(mktemp)
-setsid nice -n 10 bash perf/fuzz.sh build > "$fuzz_build_log" 2>&1 &
-fuzz_build_pid=$!
-trap 'kill -TERM -- -"$fuzz_build_pid" 2>/dev/null || true' EXIT
 
 step "integration suites again on the epoll backend"
 # The step above runs them on the backend the broker picks (io_uring where the kernel
 # allows it); RINGMQ_TEST_IO adds `--io epoll` to every broker that names no backend
 # and fails a test whose broker did not report epoll.
 # Tests that name their backend (uring_*/epoll_* in broker_smoke and rust_client) keep it.
-RINGMQ_TEST_IO=epoll cargo test --no-fail-fast \
+# `--workspace`, as the step above: without it cargo unifies dependency features for
+# the ringmq package alone and compiles ringmq and part of its dependencies again.
+RINGMQ_TEST_IO=epoll cargo test --workspace --no-fail-fast \
     --test conformance_v311 --test conformance_v5 --test interop --test profile_interop \
     --test broker_smoke --test hostile_socket --test rust_client --test metrics_http \
     --test retained_stream --test memory_limits --test tls --test websocket --test mqttsn --test bridge --test durability
@@ -77,23 +85,25 @@ rm -f "$loom_log"
 step "instruction-count budget (callgrind)"
 # The gate's own failure cases first (a stand-in driver; seconds).
 bash tests/budget_gate.sh
+# The background build above is this selection: cargo waits for it if it still runs.
+cargo build --release -q "${release_selection[@]}"
 bash perf/budget.sh check
 
 step "Debian package: build, contents, lintian, unit, extracted broker (tests/package.sh)"
-# After the budget step: its release build of the library and dependencies is reused.
+# After the budget step: the release build above is reused.
 bash tests/package.sh
 
 step "fuzz (bounded)"
 fuzz_build_status=0
-wait "$fuzz_build_pid" || fuzz_build_status=$?
+wait "$background_pid" || fuzz_build_status=$?
 trap - EXIT
 if (( fuzz_build_status != 0 )); then
-    cat "$fuzz_build_log"
+    cat "$background_log"
     echo "run-all: the fuzz build failed (status $fuzz_build_status)" >&2
     exit 1
 fi
-tail -n 2 "$fuzz_build_log"
-rm -f "$fuzz_build_log"
+tail -n 2 "$background_log"
+rm -f "$background_log"
 bash perf/fuzz.sh "${FUZZ_SECONDS:-45}"
 
 step "all passed"

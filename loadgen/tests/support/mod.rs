@@ -85,10 +85,11 @@ fn cargo_build_ringmq() -> PathBuf {
         .parent()
         .expect("loadgen sits in the workspace");
     let mut cmd = Command::new(env!("CARGO"));
+    // `--workspace`, as CI's `cargo test --workspace`: a build of the ringmq package
+    // alone unifies dependency features differently and compiles ringmq again.
     cmd.current_dir(workspace).args([
         "build",
-        "-p",
-        "ringmq",
+        "--workspace",
         "--bin",
         "ringmq",
         "--message-format=json-render-diagnostics",
@@ -103,7 +104,7 @@ fn cargo_build_ringmq() -> PathBuf {
         .expect("running cargo build for ringmq");
     assert!(
         out.status.success(),
-        "cargo build -p ringmq --bin ringmq failed ({})",
+        "cargo build --workspace --bin ringmq failed ({})",
         out.status
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -113,7 +114,7 @@ fn cargo_build_ringmq() -> PathBuf {
         .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "ringmq")
         .find_map(|m| m["executable"].as_str().map(PathBuf::from));
     let exe = exe.unwrap_or_else(|| {
-        panic!("cargo build -p ringmq --bin ringmq named no executable; output: {stdout}")
+        panic!("cargo build --workspace --bin ringmq named no executable; output: {stdout}")
     });
     assert!(
         exe.is_file(),
