@@ -306,6 +306,7 @@ def run(ringmq, loadgen, name):
               f"{waits}{softirq_line(sirq0, sirq1)}; load {load:.1f}"
               f"{' (PRIO=1)' if PRIO else ''}{' (RFS=1)' if RFS else ''}")
         if recorder:
+            sys.dont_write_bytecode = True  # no __pycache__ left in perf/
             import storm_sides
             print(storm_sides.report(perf_data, r["measured_s"], BROKER_CORE, LOADGEN_CORE,
                                      RFS, r["cpu_s"], r.get("broker_cpu_s")), flush=True)
