@@ -223,6 +223,7 @@ def wait_listening(port, broker):
 def run(ringmq, loadgen, name):
     port = free_port()
     recorder = None
+    lg = None
     broker = subprocess.Popen(
         ["taskset", "-c", BROKER_CORE, ringmq, "--shards", "1", "--listen",
          f"127.0.0.1:{port}", "--http-listen", "none"] + BROKER_ARGS,
@@ -267,6 +268,10 @@ def run(ringmq, loadgen, name):
         sirq1 = softirq_snapshot()
         rss = peak_rss_mib(broker.pid)
     finally:
+        # Reached early only on an error or SIGTERM (RFS=1): loadgen is stopped too.
+        if lg and lg.poll() is None:
+            lg.kill()
+            lg.wait()
         if recorder and recorder.poll() is None:
             recorder.send_signal(signal.SIGINT)
             recorder.wait(60)
