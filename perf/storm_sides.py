@@ -6,8 +6,8 @@
     python3 perf/storm_sides.py PERF_DATA STORM_S BROKER_CORE LOADGEN_CORE rfs|norfs
 
 On loopback the receive half of a segment runs in softirq on whatever core sent it (or,
-with RFS=1, on the core Receive Flow Steering picks) and is billed by the tick to
-whichever task is current there. So process CPU alone cannot say whose work a core
+with RFS=1, on the core Receive Flow Steering picks) and is billed to whichever task
+is current there (no CONFIG_IRQ_TIME_ACCOUNTING on this kernel). So process CPU alone cannot say whose work a core
 did. This reads the kernel call chains of every sample on the two pinned cores over
 the storm window (from the first sample of a loadgen worker thread, `loadgen-N`, for
 STORM_S seconds) and sorts the TCP receive samples by the socket they served:
@@ -26,8 +26,8 @@ with only the certain cross-billed samples moved (one side's socket work run whi
 other side's process was current), and each side's work counted in samples alone, with
 every receive sample moved to the side it served ("either" by where it ran, see
 `per_side`) including those billed to idle, ksoftirqd or other programs. Samples are at
-999 Hz per core; /proc's CPU figures and perf's samples differ on a VM (steal time is
-in the former), so compare within one kind.
+999 Hz per core; /proc's CPU figures and perf's sample counts of the same process
+differed by up to ~25% on this VM, so compare within one kind.
 """
 import collections
 import re
@@ -69,9 +69,15 @@ HEADER = re.compile(r"\s*(.+?)\s+\d+\s+\[(\d+)\]\s+([\d.]+):")
 
 def samples(perf_data):
     """(task, cpu, time, [function per frame, innermost first]) for every sample."""
-    out = subprocess.run(
-        ["perf", "script", "-i", perf_data, "-F", "comm,tid,cpu,time,ip,sym"],
-        capture_output=True, text=True, check=True).stdout
+    try:
+        run = subprocess.run(
+            ["perf", "script", "-i", perf_data, "-F", "comm,tid,cpu,time,ip,sym"],
+            capture_output=True, text=True)
+    except FileNotFoundError:
+        sys.exit("storm_sides: perf not found (apt-get install linux-perf)")
+    if run.returncode != 0:
+        sys.exit(f"storm_sides: perf script -i {perf_data} failed: {run.stderr.strip()[-300:]}")
+    out = run.stdout
     for block in out.split("\n\n"):
         lines = block.strip().split("\n")
         m = HEADER.match(lines[0]) if lines and lines[0].strip() else None
