@@ -21,11 +21,12 @@ STORM_S seconds) and sorts the TCP receive samples by the socket they served:
   cannot tell apart.
 
 It prints per core: samples of each process and of others, and the receive samples per
-side with the task that was current. Then two corrections: the process CPU figures
-with only the certain cross-billed samples moved (one side's socket work run while the
-other side's process was current), and each side's work counted in samples alone, with
-every receive sample moved to the side it served ("either" by where it ran, see
-`per_side`) including those billed to idle, ksoftirqd or other programs. Samples are at
+side with the task that was current. Then two estimates of each side's work: the
+processes' CPU (loadgen's `cpu_s`, the broker's `/proc` CPU over the storm) split by
+the share of each process's samples that served the other side (`split_by_shares`),
+and the same counted in samples alone, every receive sample moved to the side it
+served ("either" by where it ran, see `per_side`) including those billed to idle,
+ksoftirqd or other programs. Samples are at
 999 Hz per core; /proc's CPU figures and perf's sample counts of the same process
 differed by up to ~40% on this VM (the broker without RFS: 2,059 samples in a
 window where /proc gave 3.43 s), so compare within one kind.
@@ -134,6 +135,28 @@ def per_side(tasks, rx, broker_core, loadgen_core, rfs):
     return own
 
 
+def split_by_shares(tasks, rx, broker_core, loadgen_core, rfs, loadgen_cpu_s, broker_cpu_s):
+    """Each side's CPU in /proc units: each process's CPU split by the share of its own
+    samples that served the other side's sockets ("either" as in `per_side`).
+
+    Uses perf only for shares within one process, so a sampling bias between the two
+    processes (perf saw 77-82% of the broker's /proc CPU without RFS, 90-96% of
+    loadgen's) does not enter. Work billed to idle, ksoftirqd or other programs is
+    left out.
+    """
+    broker_samples = max(tasks[(broker_core, "broker")], 1)
+    loadgen_samples = max(tasks[(loadgen_core, "loadgen")], 1)
+    broker_work_in_loadgen = rx[(loadgen_core, "broker", "loadgen")]
+    loadgen_work_in_broker = rx[(broker_core, "loadgen", "broker")]
+    if not rfs:
+        # Without RFS a segment is received on its sender's core.
+        broker_work_in_loadgen += rx[(loadgen_core, "either", "loadgen")]
+        loadgen_work_in_broker += rx[(broker_core, "either", "broker")]
+    to_broker = loadgen_cpu_s * broker_work_in_loadgen / loadgen_samples
+    to_loadgen = broker_cpu_s * loadgen_work_in_broker / broker_samples
+    return (loadgen_cpu_s - to_broker + to_loadgen, broker_cpu_s - to_loadgen + to_broker)
+
+
 def report(perf_data, storm_s, broker_core, loadgen_core, rfs, loadgen_cpu_s=None,
            broker_cpu_s=None):
     broker_core, loadgen_core = int(broker_core), int(loadgen_core)
@@ -150,10 +173,10 @@ def report(perf_data, storm_s, broker_core, loadgen_core, rfs, loadgen_cpu_s=Non
     lines.append(f"  certain cross-billing: loadgen sockets' work in the broker's process "
                  f"{lg_on_broker:.2f} s, broker sockets' work in loadgen's {br_on_loadgen:.2f} s")
     if loadgen_cpu_s is not None and broker_cpu_s:
-        lg = loadgen_cpu_s + lg_on_broker - br_on_loadgen
-        br = broker_cpu_s - lg_on_broker + br_on_loadgen
-        lines.append(f"  process CPU with only that moved: loadgen {lg:.2f} s, broker "
-                     f"{br:.2f} s ({lg / max(br, 1e-9):.2f}x)")
+        lg, br = split_by_shares(tasks, rx, broker_core, loadgen_core, rfs, loadgen_cpu_s,
+                                 broker_cpu_s)
+        lines.append(f"  process CPU split by each process's sample shares: loadgen "
+                     f"{lg:.2f} s, broker {br:.2f} s ({lg / max(br, 1e-9):.2f}x)")
     own = per_side(tasks, rx, broker_core, loadgen_core, rfs)
     lines.append(f"  each side's work in samples (all receive work moved to the side it "
                  f"served): loadgen {own['loadgen'] / HZ:.2f} s, broker {own['broker'] / HZ:.2f} s "
