@@ -937,6 +937,7 @@ impl State {
             origin_shard: CLUSTER_ORIGIN,
             origin_session: NONE,
             owned: true,
+            cluster_key: headers::message_key(&meta.origin, meta.id),
         });
         self.status.received.fetch_add(1, Ordering::Relaxed);
         match &key.group {
@@ -1010,6 +1011,7 @@ impl State {
             origin_shard: CLUSTER_ORIGIN,
             origin_session: NONE,
             owned: true,
+            cluster_key: 0,
         };
         let body = crate::shard::RetainedBody::from_cluster(&msg);
         self.status.retained_applied.fetch_add(1, Ordering::Relaxed);

@@ -681,3 +681,19 @@ fn a_lapsed_handover_is_reasserted_only_over_the_askers_claim() {
     assert_eq!(reassert_step(Some(&owner("b", 6)), "a", 7), Reassert::Leave);
     assert_eq!(reassert_step(None, "a", 7), Reassert::Leave);
 }
+
+/// Two nodes compare the identities they computed apart from one message's headers,
+/// so the key must not depend on the build or the process (no seeded hasher), must
+/// tell origins and sequences apart, and is never 0 (a local message's mark).
+#[test]
+fn message_keys_are_stable_and_tell_messages_apart() {
+    use super::headers::message_key;
+    // FNV-1a of "n1", 0xff, 7u64 LE (checked by hand): pinned, since nodes of two
+    // builds must agree.
+    assert_eq!(message_key("n1", 7), 0xa6e9_acc1_caa4_6c4a);
+    assert_eq!(message_key("n1", 7), message_key("n1", 7));
+    assert_ne!(message_key("n1", 7), message_key("n1", 8));
+    assert_ne!(message_key("n1", 7), message_key("n2", 7));
+    assert_ne!(message_key("n", 0x31), message_key("n1", 0));
+    assert_ne!(message_key("", 0), 0);
+}

@@ -980,3 +980,80 @@ fn an_unconfirmed_handover_is_taken_back_and_served_to_the_next_claim() {
     }
     assert_eq!(a.shards[0].stats().sessions, 3, "pub, pub2 and roam5 left");
 }
+
+/// A message from node "c" (`key`: its cluster identity) as the cluster thread hands
+/// it to node `cl`'s loop.
+fn from_c(cl: &mut Cluster, payload: &str, qos: QoS, key: u64) {
+    let msg = std::sync::Arc::new(crate::session::Message {
+        topic: Bytes::from_static(b"t"),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos,
+        retain: false,
+        properties: Default::default(),
+        arrived_at: cl.now,
+        origin_shard: u32::MAX as usize,
+        origin_session: crate::session::NONE,
+        owned: true,
+        cluster_key: key,
+    });
+    let now = cl.now;
+    cl.shards[0].on_cluster_in(
+        ClusterIn::Msg(crate::shard::ShardMsg::Publish {
+            msg,
+            plain: true,
+            shared: Vec::new(),
+            hold: 0,
+        }),
+        now,
+    );
+    cl.pump();
+}
+
+/// Exactly once across the interest grace: the old node keeps the session's
+/// interest a second past the new node's own, so a QoS 2 message published then
+/// reaches both, directly on the new node and in the old node's delta. The delta's
+/// copy carries the message's cluster identity and the new node drops it; a message
+/// that reached only the old node still arrives. Before, "both" came twice.
+#[test]
+fn a_qos2_message_reaching_both_nodes_in_the_grace_is_delivered_once() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q2);
+    a.drop_connection(s);
+    from_c(&mut a, "queued", Q2, 10);
+    let _ = a.shards[0].take_cluster_out();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let bytes = bytes.expect("a hand-over");
+    assert!(
+        handover_records(&bytes)
+            .expect("decodes")
+            .iter()
+            .any(|r| matches!(r, Record::MsgOrigin { key: 10, .. })),
+        "the queued copy carries its identity"
+    );
+    answer_claim(&mut b, &claim, Some(bytes));
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    b.expect(c, pubp("t", "queued", Q2, false, 1));
+    let out = b.shards[0]
+        .take_cluster_out()
+        .expect("interest and confirmation");
+    // In the grace: one message reaches both nodes, one only the old node.
+    from_c(&mut a, "both", Q2, 11);
+    from_c(&mut b, "both", Q2, 11);
+    from_c(&mut a, "only-a", Q2, 12);
+    b.expect(c, pubp("t", "both", Q2, false, 2));
+    confirm(&mut a, &mut b, &out);
+    b.expect(c, pubp("t", "only-a", Q2, false, 3));
+    b.expect_nothing(c);
+    // The watch ended with the delta: a later message is simply delivered.
+    from_c(&mut b, "after", Q2, 13);
+    b.expect(c, pubp("t", "after", Q2, false, 4));
+}
