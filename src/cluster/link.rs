@@ -57,7 +57,7 @@ const QOS_STREAM_MAX_BYTES: i64 = 1 << 30;
 const ACKS_MAX: usize = 8192;
 /// Session claims answered and takeover requests waiting for the main task, and
 /// takeover requests waiting for their loop's answer; past it a request is answered
-/// "no session" at once (counted in `sessions_lost` on the asking node).
+/// "busy" at once (`REPLY_BUSY`), and its sender asks again.
 const SESSIONS_MAX: usize = 4096;
 /// Claimed answers, takeover requests and dead nodes' wills waiting for room in one
 /// loop's ring; while any loop has this many, the sources feeding them are not read
@@ -1163,8 +1163,12 @@ impl State {
             }
         }
         if self.replies.len() >= SESSIONS_MAX {
-            // A confirmation answered so is retried by its sender; the session stays.
-            let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
+            // Nothing done with it: "busy", which its sender asks again (a
+            // confirmation answered "no session" would never be, and its delta be
+            // lost; review L1). The session stays on its loop meanwhile.
+            let _ = client
+                .publish(reply, Bytes::from_static(&[sessions::REPLY_BUSY]))
+                .await;
             return;
         }
         let (client_id, clean, epoch) = match request {
