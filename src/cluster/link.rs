@@ -1383,6 +1383,13 @@ fn on_confirms(
         let claims = claims.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
+            // The loop waits for a delta (a confirmation of this session's own
+            // hand-over onwards waits with it, review M3): it always gets one, empty
+            // when none came.
+            let given_up = ClusterIn::Delta {
+                client_id: c.client_id.clone(),
+                session: Bytes::new(),
+            };
             // The server has the SUBs (in order on this connection) once the flush's
             // PONG is back; a flush that cannot finish leaves the session on the old
             // node, which is what an unconfirmed hand-over does.
@@ -1391,6 +1398,7 @@ fn on_confirms(
                 .map_or(true, |r| r.is_err())
             {
                 tracing::warn!("cluster: interest not flushed; hand-over left unconfirmed");
+                let _ = tx.send((from, given_up)).await;
                 return;
             }
             // The flush proves only this node's server has the SUBs: the publishers'
@@ -1398,15 +1406,17 @@ fn on_confirms(
             // UNSUB, and a message may still wait in the old node's own queues. The
             // old node keeps its interest this much longer, so such a message lands
             // in its delta instead of nowhere (review H2). What is published in the
-            // grace reaches both nodes: a QoS 1/2 copy may arrive twice.
+            // grace reaches both nodes; the loop drops the delta's copy of a message
+            // it got directly (`shard/cluster_dedup.rs`).
             tokio::time::sleep(CONFIRM_GRACE).await;
-            if let Some(delta) = claims.confirm(&c).await {
-                let m = ClusterIn::Delta {
+            let m = match claims.confirm(&c).await {
+                Some(delta) => ClusterIn::Delta {
                     client_id: c.client_id,
                     session: delta,
-                };
-                let _ = tx.send((from, m)).await;
-            }
+                },
+                None => given_up,
+            };
+            let _ = tx.send((from, m)).await;
         });
     }
 }

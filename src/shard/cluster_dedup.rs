@@ -58,6 +58,14 @@ impl DeltaDedup {
             .insert(Bytes::copy_from_slice(client_id), (next, now));
     }
 
+    /// Whether `client_id`'s session, loaded from a hand-over, still waits for its
+    /// old node's delta.
+    pub(super) fn is_awaiting(&self, client_id: &[u8], now: Instant) -> bool {
+        self.watching
+            .get(client_id)
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < WATCH_MAX)
+    }
+
     /// Whether any session waits for its delta (else nothing is recorded).
     #[inline]
     pub(super) fn is_watching(&self) -> bool {

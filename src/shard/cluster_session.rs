@@ -75,6 +75,16 @@ pub struct HandoverConfirm {
     pub from: Handed,
 }
 
+/// A confirmation held until the session's own previous node's delta is in
+/// (`on_handover_confirmed`, review M3).
+#[derive(Debug)]
+pub(super) struct HeldConfirm {
+    client_id: Bytes,
+    token: u64,
+    reply: u64,
+    max_bytes: usize,
+}
+
 /// How long a handed-over session with no expiry of its own (it would end with its
 /// connection, which is gone) waits on the old node for the new owner's confirmation.
 const HANDING_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
@@ -547,8 +557,25 @@ impl Shard {
         now: Instant,
     ) {
         self.last_now = Some(now);
-        let mut delta = None;
         let handing = self.cluster_handing.get(client_id).copied();
+        if handing.is_some_and(|(t, _)| t == token)
+            && self.cluster_dedup.is_awaiting(client_id, now)
+        {
+            // A chain A -> B -> C, this node B (review M3): the session came from A,
+            // whose delta has not come yet, and already went on to C. Answered now,
+            // the session would end here and A's delta find nothing to join: the
+            // answer waits for A's delta (`on_handover_delta`), which then goes on
+            // to C inside this node's. The cluster thread always hands the loop a
+            // delta, an empty one when A never answers, so this ends.
+            self.cluster_held_confirms.push(HeldConfirm {
+                client_id: Bytes::copy_from_slice(client_id),
+                token,
+                reply,
+                max_bytes,
+            });
+            return;
+        }
+        let mut delta = None;
         let found = handing
             .filter(|(t, _)| *t == token)
             .zip(self.sessions.find(client_id));
@@ -595,9 +622,21 @@ impl Shard {
     /// `client_id`'s session here, behind what it already holds; a copy of a cluster
     /// message that already reached this loop since the hand-over was loaded is
     /// dropped (it reached the session here directly: `cluster_dedup.rs`).
+    /// Confirmations of this session's own hand-over that waited for the delta are
+    /// answered then, with the copies it brought (review M3).
     pub(super) fn on_handover_delta(&mut self, client_id: &[u8], bytes: &[u8], now: Instant) {
         let seen = self.cluster_dedup.take(client_id, now);
         self.join_copies(client_id, bytes, seen.as_ref(), now);
+        if self.cluster_held_confirms.is_empty() {
+            return;
+        }
+        let (held, kept) = std::mem::take(&mut self.cluster_held_confirms)
+            .into_iter()
+            .partition(|h| h.client_id[..] == *client_id);
+        self.cluster_held_confirms = kept;
+        for h in held {
+            self.on_handover_confirmed(&h.client_id, h.token, h.reply, h.max_bytes, now);
+        }
     }
 
     /// Hand-over bytes' copies join `client_id`'s session here, except those whose

@@ -210,6 +210,9 @@ pub struct Shard {
     /// Sessions loaded from a hand-over whose old node's delta has not come yet, and
     /// the cluster messages that reached this loop meanwhile (`cluster_dedup.rs`).
     cluster_dedup: cluster_dedup::DeltaDedup,
+    /// Confirmations of hand-overs of sessions still waiting for their own previous
+    /// node's delta, answered once it is in (review M3; `on_handover_confirmed`).
+    cluster_held_confirms: Vec<cluster_session::HeldConfirm>,
     /// The self-fencing lease has run out (`ClusterIn::Fence`): wills set now stay
     /// off the cluster until it is back.
     cluster_fenced: bool,
@@ -296,6 +299,7 @@ impl Shard {
             cluster_handing: Default::default(),
             cluster_confirmed: Default::default(),
             cluster_dedup: Default::default(),
+            cluster_held_confirms: Vec::new(),
             cluster_fenced: false,
             store: None,
         }
