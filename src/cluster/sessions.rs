@@ -67,7 +67,7 @@ const EPOCHS_MAX: usize = 262_144;
 /// confirmation before it may take the session back (review M1). A live asker sends
 /// its last confirmation within about 11 s of loading it (`CONFIRM_FLUSH_MAX` and
 /// `CONFIRM_GRACE` in link.rs, 3 s, then `CONFIRM_TRIES` x `FETCH_TIMEOUT`, 6 s, and
-/// at most `BUSY_TRIES` x `BUSY_RETRY`, 2 s, of "busy" answers); this leaves 4 s
+/// at most 10 "busy" answers `BUSY_RETRY` apart, 2.5 s); this leaves 4 s
 /// more for the claim's own fetch bound and a loaded loop, and stays
 /// below the 30 s a short-lived session is held for its confirmation (`HANDING_HOLD`).
 pub const HANDOVER_LAPSE: Duration = Duration::from_secs(15);
@@ -226,8 +226,14 @@ impl ConfirmTries {
             }
             Some(Answer::Busy) | None => {
                 self.unanswered += 1;
+                // A busy node is not asked again at once even past `BUSY_TRIES`.
+                let wait = if answer.is_some() {
+                    BUSY_RETRY
+                } else {
+                    Duration::ZERO
+                };
                 if self.unanswered < CONFIRM_TRIES {
-                    ConfirmStep::Again(Duration::ZERO)
+                    ConfirmStep::Again(wait)
                 } else {
                     ConfirmStep::GiveUp
                 }

@@ -731,7 +731,10 @@ fn a_busy_answer_is_asked_again_and_no_session_is_final() {
     let mut again = 0;
     loop {
         match t.next(Some(Answer::Busy)) {
-            ConfirmStep::Again(_) => again += 1,
+            ConfirmStep::Again(wait) => {
+                assert!(!wait.is_zero(), "a busy node is not asked again at once");
+                again += 1
+            }
             ConfirmStep::GiveUp => break,
             ConfirmStep::Done(d) => panic!("busy is not an answer: {d:?}"),
         }

@@ -98,7 +98,8 @@ impl DeltaDedup {
     /// Keys no watch needs any more go.
     fn forget_unwatched(&mut self) {
         let Some(oldest) = self.watching.values().map(|(from, _)| *from).min() else {
-            self.recent.clear();
+            // Its memory too: a burst's 512 KiB are not kept for the next takeover.
+            self.recent = VecDeque::new();
             self.first_seq = 0;
             return;
         };
