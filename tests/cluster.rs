@@ -1394,15 +1394,12 @@ fn wills_across_a_cut_and_a_graceful_stop() {
     // is x's will published, once, by the survivor.
     proxy.cut();
     let t = Instant::now();
-    match x.read_frame_within(RECOVERY) {
-        ReadOutcome::Frame(f) if f.ptype() == 14 => {
-            assert_eq!(f.body.first(), Some(&0x9c), "{f:?}")
-        }
-        other => panic!(
-            "x not fenced (DISCONNECT 0x9C) during the cut: {other:?}; node stderr:\n{}",
+    x.expect_disconnect_v5_within(&[0x9c], RECOVERY, || {
+        format!(
+            "x not fenced during the cut; node stderr:\n{}",
             cut.stderr_tail()
-        ),
-    }
+        )
+    });
     let fenced = t.elapsed();
     assert_eq!(
         w.count_now("pw/x x-gone"),
@@ -1442,15 +1439,9 @@ fn wills_across_a_cut_and_a_graceful_stop() {
         (&mut early_cut, "early on the cut node"),
         (&mut late_steady, "late on the steady node"),
     ] {
-        match c.read_frame_within(RECOVERY) {
-            ReadOutcome::Frame(f) if f.ptype() == 14 => {
-                assert_eq!(f.body.first(), Some(&0x8e), "{what}: {f:?}")
-            }
-            other => panic!(
-                "{what}: expected DISCONNECT 0x8E, got {other:?}; cut node:\n{}",
-                cut.stderr_tail()
-            ),
-        }
+        c.expect_disconnect_v5_within(&[0x8e], RECOVERY, || {
+            format!("{what}; cut node stderr:\n{}", cut.stderr_tail())
+        });
     }
     wait_metric(&cut, "ringmq_cluster_sessions_reconciled_total", 2);
     for (c, what) in [

@@ -64,6 +64,9 @@ pub struct ClusterStatus {
     /// Takeovers whose hand-over was larger than NATS `max_payload`: the session
     /// stayed (offline) on this node instead of being ended unsent.
     pub sessions_kept: AtomicU64,
+    /// Copies in hand-over deltas dropped because the same cluster message had
+    /// reached the session here directly (the old node's interest grace).
+    pub delta_duplicates: AtomicU64,
     /// CONNECTs served from this node's own state: NATS or the bucket did not answer.
     pub sessions_local: AtomicU64,
     /// Persistent sessions' subscriptions saved to their bucket entry, and sessions
@@ -232,6 +235,12 @@ impl ClusterStatus {
             "counter",
             "Takeovers whose session was too large for one NATS message: kept here, offline",
             g(&self.sessions_kept),
+        );
+        line(
+            "sessions_delta_duplicates_total",
+            "counter",
+            "Hand-over delta copies dropped: the message had reached the session here directly",
+            g(&self.delta_duplicates),
         );
         line(
             "sessions_local_total",

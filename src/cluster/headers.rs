@@ -38,6 +38,28 @@ pub struct Meta {
     pub properties: PublishProperties,
 }
 
+/// A forwarded message's identity as every node computes it from its headers
+/// (`Message::cluster_key`): FNV-1a over the origin node's name and its sequence
+/// number, never 0 (0 marks a message published on this node). Stable across builds
+/// (not a seeded hasher), since two nodes compare the keys they computed apart; a
+/// collision needs two of the few messages in one hand-over's grace window to share
+/// a 64-bit hash.
+pub fn message_key(origin: &str, id: u64) -> u64 {
+    const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const FNV_PRIME: u64 = 0x0100_0000_01b3;
+    let mut h = FNV_OFFSET;
+    for &b in origin
+        .as_bytes()
+        .iter()
+        .chain([0xff].iter())
+        .chain(&id.to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h.max(1)
+}
+
 /// The header pairs for `meta`, in a fixed order.
 pub fn encode(meta: &Meta) -> Vec<(&'static str, String)> {
     let mut h = Vec::with_capacity(5);

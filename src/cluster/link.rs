@@ -57,7 +57,7 @@ const QOS_STREAM_MAX_BYTES: i64 = 1 << 30;
 const ACKS_MAX: usize = 8192;
 /// Session claims answered and takeover requests waiting for the main task, and
 /// takeover requests waiting for their loop's answer; past it a request is answered
-/// "no session" at once (counted in `sessions_lost` on the asking node).
+/// "busy" at once (`REPLY_BUSY`), and its sender asks again.
 const SESSIONS_MAX: usize = 4096;
 /// Claimed answers, takeover requests and dead nodes' wills waiting for room in one
 /// loop's ring; while any loop has this many, the sources feeding them are not read
@@ -937,6 +937,7 @@ impl State {
             origin_shard: CLUSTER_ORIGIN,
             origin_session: NONE,
             owned: true,
+            cluster_key: headers::message_key(&meta.origin, meta.id),
         });
         self.status.received.fetch_add(1, Ordering::Relaxed);
         match &key.group {
@@ -1010,6 +1011,7 @@ impl State {
             origin_shard: CLUSTER_ORIGIN,
             origin_session: NONE,
             owned: true,
+            cluster_key: 0,
         };
         let body = crate::shard::RetainedBody::from_cluster(&msg);
         self.status.retained_applied.fetch_add(1, Ordering::Relaxed);
@@ -1161,8 +1163,12 @@ impl State {
             }
         }
         if self.replies.len() >= SESSIONS_MAX {
-            // A confirmation answered so is retried by its sender; the session stays.
-            let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
+            // Nothing done with it: "busy", which its sender asks again (a
+            // confirmation answered "no session" would never be, and its delta be
+            // lost; review L1). The session stays on its loop meanwhile.
+            let _ = client
+                .publish(reply, Bytes::from_static(&[sessions::REPLY_BUSY]))
+                .await;
             return;
         }
         let (client_id, clean, epoch) = match request {
@@ -1377,6 +1383,13 @@ fn on_confirms(
         let claims = claims.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
+            // The loop waits for a delta (a confirmation of this session's own
+            // hand-over onwards waits with it, review M3): it always gets one, empty
+            // when none came.
+            let given_up = ClusterIn::Delta {
+                client_id: c.client_id.clone(),
+                session: Bytes::new(),
+            };
             // The server has the SUBs (in order on this connection) once the flush's
             // PONG is back; a flush that cannot finish leaves the session on the old
             // node, which is what an unconfirmed hand-over does.
@@ -1385,6 +1398,7 @@ fn on_confirms(
                 .map_or(true, |r| r.is_err())
             {
                 tracing::warn!("cluster: interest not flushed; hand-over left unconfirmed");
+                let _ = tx.send((from, given_up)).await;
                 return;
             }
             // The flush proves only this node's server has the SUBs: the publishers'
@@ -1392,15 +1406,17 @@ fn on_confirms(
             // UNSUB, and a message may still wait in the old node's own queues. The
             // old node keeps its interest this much longer, so such a message lands
             // in its delta instead of nowhere (review H2). What is published in the
-            // grace reaches both nodes: a QoS 1/2 copy may arrive twice.
+            // grace reaches both nodes; the loop drops the delta's copy of a message
+            // it got directly (`shard/cluster_dedup.rs`).
             tokio::time::sleep(CONFIRM_GRACE).await;
-            if let Some(delta) = claims.confirm(&c).await {
-                let m = ClusterIn::Delta {
+            let m = match claims.confirm(&c).await {
+                Some(delta) => ClusterIn::Delta {
                     client_id: c.client_id,
                     session: delta,
-                };
-                let _ = tx.send((from, m)).await;
-            }
+                },
+                None => given_up,
+            };
+            let _ = tx.send((from, m)).await;
         });
     }
 }

@@ -48,6 +48,11 @@ pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(4);
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts to confirm a hand-over to its old node.
 const CONFIRM_TRIES: usize = 3;
+/// Answers "busy" (`REPLY_BUSY`) one confirmation or takeover request may get
+/// before it counts as unanswered, `BUSY_RETRY` apart: the old node's table of
+/// requests waiting for their loop was full, and it did nothing with this one.
+const BUSY_TRIES: usize = 8;
+const BUSY_RETRY: Duration = Duration::from_millis(250);
 /// Attempts of one session-state save, `STATE_RETRY` apart (the writer is one task
 /// for every client: bounded so one entry cannot hold up the others for long).
 const STATE_TRIES: usize = 10;
@@ -60,9 +65,10 @@ const LOCAL_MAX: usize = 65_536;
 const EPOCHS_MAX: usize = 262_144;
 /// How long after answering a takeover with the session the old node waits for the
 /// confirmation before it may take the session back (review M1). A live asker sends
-/// its last confirmation within about 9 s of loading it (`CONFIRM_FLUSH_MAX` and
-/// `CONFIRM_GRACE` in link.rs, 3 s, then `CONFIRM_TRIES` x `FETCH_TIMEOUT`, 6 s);
-/// this leaves 6 s more for the claim's own fetch bound and a loaded loop, and stays
+/// its last confirmation within about 11 s of loading it (`CONFIRM_FLUSH_MAX` and
+/// `CONFIRM_GRACE` in link.rs, 3 s, then `CONFIRM_TRIES` x `FETCH_TIMEOUT`, 6 s, and
+/// at most 10 "busy" answers `BUSY_RETRY` apart, 2.5 s); this leaves 4 s
+/// more for the claim's own fetch bound and a loaded loop, and stays
 /// below the 30 s a short-lived session is held for its confirmation (`HANDING_HOLD`).
 pub const HANDOVER_LAPSE: Duration = Duration::from_secs(15);
 /// While the asker still looks alive past `HANDOVER_LAPSE` (it may have the session
@@ -158,6 +164,83 @@ pub fn decode_request(b: &[u8]) -> Option<Request> {
 
 /// The takeover answer of a node that kept the session: too large for one NATS message.
 pub const REPLY_TOO_LARGE: u8 = 2;
+/// The answer of a node whose table of requests waiting for their loop is full
+/// (review L1): it did nothing with this request, and the asker asks again shortly.
+/// Not "no session" (`0`), which a confirmation takes as final.
+pub const REPLY_BUSY: u8 = 3;
+
+/// What one answer on a takeover subject says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The hand-over's id on the answering node and the bytes.
+    Session(u64, Bytes),
+    /// No such session there (or a clean start, or a confirmation with no delta).
+    Nothing,
+    /// `REPLY_TOO_LARGE`.
+    TooLarge,
+    /// `REPLY_BUSY`: ask again.
+    Busy,
+    Malformed,
+}
+
+pub fn decode_answer(b: &[u8]) -> Answer {
+    match b {
+        [REPLY_TOO_LARGE] => Answer::TooLarge,
+        [REPLY_BUSY] => Answer::Busy,
+        _ => match decode_reply(b) {
+            Some(Some((token, s))) => Answer::Session(token, s),
+            Some(None) => Answer::Nothing,
+            None => Answer::Malformed,
+        },
+    }
+}
+
+/// How a confirmation goes on after each answer (sans-IO, so its bounds are tested
+/// without NATS): an answer ends it, "busy" or silence asks again, boundedly.
+#[derive(Debug, Default)]
+pub struct ConfirmTries {
+    unanswered: usize,
+    busy: usize,
+}
+
+/// See `ConfirmTries`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ConfirmStep {
+    /// The old node answered: its delta (`None`: nothing reached it, or no session).
+    Done(Option<Bytes>),
+    /// Ask again after this wait.
+    Again(Duration),
+    /// The old node never answered: it keeps the session.
+    GiveUp,
+}
+
+impl ConfirmTries {
+    /// `answer`: what came back (`None`: no answer within `FETCH_TIMEOUT`).
+    pub fn next(&mut self, answer: Option<Answer>) -> ConfirmStep {
+        match answer {
+            Some(Answer::Session(_, b)) => ConfirmStep::Done(Some(b)),
+            Some(Answer::Nothing | Answer::TooLarge | Answer::Malformed) => ConfirmStep::Done(None),
+            Some(Answer::Busy) if self.busy < BUSY_TRIES => {
+                self.busy += 1;
+                ConfirmStep::Again(BUSY_RETRY)
+            }
+            Some(Answer::Busy) | None => {
+                self.unanswered += 1;
+                // A busy node is not asked again at once even past `BUSY_TRIES`.
+                let wait = if answer.is_some() {
+                    BUSY_RETRY
+                } else {
+                    Duration::ZERO
+                };
+                if self.unanswered < CONFIRM_TRIES {
+                    ConfirmStep::Again(wait)
+                } else {
+                    ConfirmStep::GiveUp
+                }
+            }
+        }
+    }
+}
 
 /// A takeover (or confirmation) answer: `0` (no session there) or `1`, the
 /// hand-over's id on the answering node (`token`, what a confirmation names) and the
@@ -397,12 +480,22 @@ impl Claims {
 
     /// Asks `owner` to give the session up (this node claimed it at `epoch`).
     async fn fetch(&self, owner: &str, c: &SessionClaim, epoch: u64) -> Fetched {
-        let req = self.client.request(
-            takeover_subject(owner),
-            encode_request(&c.client_id, c.clean, epoch),
-        );
+        let body = encode_request(&c.client_id, c.clean, epoch);
         let id = String::from_utf8_lossy(&c.client_id);
-        let why = match tokio::time::timeout(FETCH_TIMEOUT, req).await {
+        let deadline = tokio::time::Instant::now() + FETCH_TIMEOUT;
+        let mut answer = self.fetch_once(owner, &body, deadline).await;
+        // A busy node did nothing with the request (review L1): asked again while
+        // the fetch's own bound lasts, then taken as silent (the claim goes on from
+        // the sessions bucket, as for a node that does not answer).
+        while matches!(&answer, Ok(Ok(m)) if m.payload[..] == [REPLY_BUSY]) {
+            if tokio::time::Instant::now() + BUSY_RETRY >= deadline {
+                answer = Err(());
+                break;
+            }
+            tokio::time::sleep(BUSY_RETRY).await;
+            answer = self.fetch_once(owner, &body, deadline).await;
+        }
+        let why = match answer {
             Ok(Ok(m)) if m.payload[..] == [REPLY_TOO_LARGE] => {
                 self.status.sessions_lost.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -427,7 +520,7 @@ impl Claims {
                 };
             }
             Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer".to_string(),
+            Err(()) => "no answer".to_string(),
         };
         self.status.sessions_lost.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(
@@ -437,6 +530,17 @@ impl Claims {
         Fetched::NoAnswer
     }
 
+    /// One takeover request to `owner`, answered by `deadline` (`Err`: not).
+    async fn fetch_once(
+        &self,
+        owner: &str,
+        body: &Bytes,
+        deadline: tokio::time::Instant,
+    ) -> Result<Result<async_nats::Message, async_nats::RequestError>, ()> {
+        let req = self.client.request(takeover_subject(owner), body.clone());
+        tokio::time::timeout_at(deadline, req).await.map_err(|_| ())
+    }
+
     /// Tells `c.from.node` this node holds the session and its interest (the caller
     /// has flushed the subscriptions to NATS) and returns the delta it answers with:
     /// the copies that reached the session there since the hand-over. Retried while
@@ -444,22 +548,35 @@ impl Claims {
     /// session (it ends there with its expiry).
     pub async fn confirm(&self, c: &crate::shard::HandoverConfirm) -> Option<Bytes> {
         let body = encode_confirm(&c.client_id, c.from.token);
-        for _ in 0..CONFIRM_TRIES {
+        let mut tries = ConfirmTries::default();
+        loop {
             let req = self
                 .client
                 .request(takeover_subject(&c.from.node), body.clone());
-            match tokio::time::timeout(FETCH_TIMEOUT, req).await {
-                Ok(Ok(m)) => {
-                    return match decode_reply(&m.payload) {
-                        Some(d) => d.map(|(_, b)| b),
-                        None => {
-                            self.status.malformed.fetch_add(1, Ordering::Relaxed);
-                            None
-                        }
-                    };
+            let answer = match tokio::time::timeout(FETCH_TIMEOUT, req).await {
+                Ok(Ok(m)) => Some(decode_answer(&m.payload)),
+                Ok(Err(e)) => {
+                    tracing::debug!("cluster: hand-over confirmation: {e}");
+                    None
                 }
-                Ok(Err(e)) => tracing::debug!("cluster: hand-over confirmation: {e}"),
-                Err(_) => tracing::debug!("cluster: hand-over confirmation not answered"),
+                Err(_) => {
+                    tracing::debug!("cluster: hand-over confirmation not answered");
+                    None
+                }
+            };
+            if answer == Some(Answer::Malformed) {
+                self.status.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+            if answer == Some(Answer::Busy) {
+                tracing::debug!(
+                    "cluster: node {} busy; confirmation asked again",
+                    c.from.node
+                );
+            }
+            match tries.next(answer) {
+                ConfirmStep::Done(delta) => return delta,
+                ConfirmStep::Again(wait) => tokio::time::sleep(wait).await,
+                ConfirmStep::GiveUp => break,
             }
         }
         tracing::warn!(

@@ -681,3 +681,71 @@ fn a_lapsed_handover_is_reasserted_only_over_the_askers_claim() {
     assert_eq!(reassert_step(Some(&owner("b", 6)), "a", 7), Reassert::Leave);
     assert_eq!(reassert_step(None, "a", 7), Reassert::Leave);
 }
+
+/// Two nodes compare the identities they computed apart from one message's headers,
+/// so the key must not depend on the build or the process (no seeded hasher), must
+/// tell origins and sequences apart, and is never 0 (a local message's mark).
+#[test]
+fn message_keys_are_stable_and_tell_messages_apart() {
+    use super::headers::message_key;
+    // FNV-1a of "n1", 0xff, 7u64 LE (checked by hand): pinned, since nodes of two
+    // builds must agree.
+    assert_eq!(message_key("n1", 7), 0xa6e9_acc1_caa4_6c4a);
+    assert_eq!(message_key("n1", 7), message_key("n1", 7));
+    assert_ne!(message_key("n1", 7), message_key("n1", 8));
+    assert_ne!(message_key("n1", 7), message_key("n2", 7));
+    assert_ne!(message_key("n", 0x31), message_key("n1", 0));
+    assert_ne!(message_key("", 0), 0);
+}
+
+/// Review L1: a node whose table of requests waiting for their loop is full answers
+/// "busy", distinct from "no session"; a confirmation asks again after "busy" (a
+/// "no session" answer would end it for good and lose the delta), boundedly, and a
+/// real answer or the old node's silence ends it as before.
+#[test]
+fn a_busy_answer_is_asked_again_and_no_session_is_final() {
+    use super::sessions::{
+        decode_answer, encode_reply, Answer, ConfirmStep, ConfirmTries, REPLY_BUSY, REPLY_TOO_LARGE,
+    };
+    let delta = bytes::Bytes::from_static(b"delta");
+    assert_eq!(decode_answer(&[REPLY_BUSY]), Answer::Busy);
+    assert_eq!(decode_answer(&encode_reply(None, 0)), Answer::Nothing);
+    assert_eq!(decode_answer(&[REPLY_TOO_LARGE]), Answer::TooLarge);
+    assert_eq!(
+        decode_answer(&encode_reply(Some(&delta), 9)),
+        Answer::Session(9, delta.clone())
+    );
+    assert_eq!(decode_answer(&[7, 7]), Answer::Malformed);
+
+    let mut t = ConfirmTries::default();
+    assert!(matches!(t.next(Some(Answer::Busy)), ConfirmStep::Again(d) if !d.is_zero()));
+    assert_eq!(
+        t.next(Some(Answer::Session(9, delta.clone()))),
+        ConfirmStep::Done(Some(delta))
+    );
+    let mut t = ConfirmTries::default();
+    assert_eq!(t.next(Some(Answer::Nothing)), ConfirmStep::Done(None));
+
+    // Busy for ever, or silent: asked again a bounded number of times, then given up.
+    let mut t = ConfirmTries::default();
+    let mut again = 0;
+    loop {
+        match t.next(Some(Answer::Busy)) {
+            ConfirmStep::Again(wait) => {
+                assert!(!wait.is_zero(), "a busy node is not asked again at once");
+                again += 1
+            }
+            ConfirmStep::GiveUp => break,
+            ConfirmStep::Done(d) => panic!("busy is not an answer: {d:?}"),
+        }
+        assert!(again < 100, "unbounded");
+    }
+    assert!(
+        again > 3,
+        "busy is asked again more than silence is: {again}"
+    );
+    let mut t = ConfirmTries::default();
+    assert_eq!(t.next(None), ConfirmStep::Again(std::time::Duration::ZERO));
+    assert_eq!(t.next(None), ConfirmStep::Again(std::time::Duration::ZERO));
+    assert_eq!(t.next(None), ConfirmStep::GiveUp);
+}

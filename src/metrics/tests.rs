@@ -483,6 +483,7 @@ fn every_cluster_counter_is_exported() {
         sessions_handed,
         sessions_lost,
         sessions_kept,
+        delta_duplicates,
         sessions_local,
         sessions_saved,
         sessions_recovered,

@@ -118,6 +118,11 @@ pub struct Message {
     /// Topic, payload and properties are copies of their own (`compacted`), not
     /// slices of a receive buffer: holding the message holds only its own bytes.
     pub owned: bool,
+    /// A message from another cluster node: its identity there (origin node and
+    /// sequence, `cluster::headers::message_key`); 0 for one published on this node.
+    /// It travels with a session's copies in a hand-over, so the new owner can drop a
+    /// delta copy it already got directly (`shard/cluster_dedup.rs`).
+    pub cluster_key: u64,
 }
 
 impl Message {
@@ -519,6 +524,7 @@ mod tests {
             origin_shard: 0,
             origin_session: NONE,
             owned: true,
+            cluster_key: 0,
         }
     }
 

@@ -346,6 +346,12 @@ impl Shard {
             ShardMsg::Publish {
                 msg, plain, shared, ..
             } => {
+                if msg.cluster_key != 0
+                    && msg.qos != QoS::AtMostOnce
+                    && self.cluster_dedup.is_watching()
+                {
+                    self.cluster_dedup.record(msg.cluster_key);
+                }
                 self.on_remote_publish(msg, plain, shared, now);
                 self.drop_slow_consumers(now);
             }

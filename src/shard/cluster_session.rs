@@ -12,13 +12,17 @@
 //! `InboundQos2` per open inbound id, and per copy `MsgPut` + `Enqueue` (+ `Sent`,
 //! `Released` for copies in flight). The receiving loop replays them into a
 //! `StoreState` (which already knows how to make sense of them) and loads the one
-//! session, so both ends share the codec the log tests already cover. A hand-over is
+//! session, so both ends share the codec the log tests already cover. A copy of a
+//! message from another node is followed by `MsgOrigin` (its cluster identity), so
+//! the new owner can drop a delta copy it already got directly (`cluster_dedup.rs`).
+//! A hand-over is
 //! bounded by what a session may hold (`max_queued_messages` / `max_queued_bytes`
 //! plus the in-flight window), so it is one NATS message.
 //!
 //! Off on a single node and for ids the cluster never claims (`$bridge/` sessions are
 //! local to the node that runs the bridge; an empty id gets a node-local one).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -69,6 +73,16 @@ pub struct Handed {
 pub struct HandoverConfirm {
     pub client_id: Bytes,
     pub from: Handed,
+}
+
+/// A confirmation held until the session's own previous node's delta is in
+/// (`on_handover_confirmed`, review M3).
+#[derive(Debug)]
+pub(super) struct HeldConfirm {
+    client_id: Bytes,
+    token: u64,
+    reply: u64,
+    max_bytes: usize,
 }
 
 /// How long a handed-over session with no expiry of its own (it would end with its
@@ -163,6 +177,7 @@ pub fn will_message(b: &[u8], now: Instant) -> Option<Message> {
         origin_shard: u32::MAX as usize,
         origin_session: NONE,
         owned: true,
+        cluster_key: 0,
     })
 }
 
@@ -186,6 +201,35 @@ pub fn handover_records(mut b: &[u8]) -> Option<Vec<Record>> {
         b = &b[4 + len..];
     }
     Some(out)
+}
+
+/// The cluster identities a hand-over's `MsgOrigin` records give its messages, and
+/// the identities that already reached the session here (`cluster_dedup.rs`).
+struct Origins<'a> {
+    keys: HashMap<u64, u64>,
+    seen: Option<&'a HashSet<u64>>,
+}
+
+impl<'a> Origins<'a> {
+    fn of(records: &[Record], seen: Option<&'a HashSet<u64>>) -> Origins<'a> {
+        let keys = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::MsgOrigin { msg, key } => Some((*msg, *key)),
+                _ => None,
+            })
+            .collect();
+        Origins { keys, seen }
+    }
+
+    /// Message `msg`'s cluster identity (0: published on the node that handed it).
+    fn key(&self, msg: u64) -> u64 {
+        self.keys.get(&msg).copied().unwrap_or(0)
+    }
+
+    fn seen(&self, key: u64) -> bool {
+        key != 0 && self.seen.is_some_and(|s| s.contains(&key))
+    }
 }
 
 impl Shard {
@@ -468,7 +512,7 @@ impl Shard {
             // bucket: it stays here, offline, for the client's next CONNECT.
             if let Some(b) = session {
                 if let Some(idx) = self.load_handover(None, &b, now) {
-                    self.confirm_handover(idx, from);
+                    self.confirm_handover(idx, from, now);
                     self.expire_offline_handover(idx, now);
                 }
             }
@@ -476,7 +520,7 @@ impl Shard {
         };
         if let Some(b) = session.filter(|_| !connect.clean_start) {
             if let Some(idx) = self.load_handover(Some(&connect.client_id), &b, now) {
-                self.confirm_handover(idx, from);
+                self.confirm_handover(idx, from, now);
             }
         }
         self.continue_connect(conn, connect, now);
@@ -486,12 +530,15 @@ impl Shard {
     /// output, after the interest its subscriptions made (the cluster thread
     /// subscribes on NATS before it sends the confirmation), so the old node keeps its
     /// interest until this node holds its own: no message published meanwhile reaches
-    /// neither (`on_handover_confirmed`).
-    fn confirm_handover(&mut self, idx: u32, from: Option<Handed>) {
+    /// neither (`on_handover_confirmed`). Until the old node's delta comes, the
+    /// cluster messages reaching this loop are remembered: what the old node got in
+    /// its grace and this one got directly is then in the delta once too many.
+    fn confirm_handover(&mut self, idx: u32, from: Option<Handed>, now: Instant) {
         let (Some(from), Some(s)) = (from, self.sessions.get(idx)) else {
             return;
         };
         let client_id = Bytes::copy_from_slice(&s.client_id);
+        self.cluster_dedup.watch(&client_id, now);
         if let Some(out) = self.cluster.as_deref_mut() {
             out.confirms.push(HandoverConfirm { client_id, from });
         }
@@ -510,8 +557,25 @@ impl Shard {
         now: Instant,
     ) {
         self.last_now = Some(now);
-        let mut delta = None;
         let handing = self.cluster_handing.get(client_id).copied();
+        if handing.is_some_and(|(t, _)| t == token)
+            && self.cluster_dedup.is_awaiting(client_id, now)
+        {
+            // A chain A -> B -> C, this node B (review M3): the session came from A,
+            // whose delta has not come yet, and already went on to C. Answered now,
+            // the session would end here and A's delta find nothing to join: the
+            // answer waits for A's delta (`on_handover_delta`), which then goes on
+            // to C inside this node's. The cluster thread always hands the loop a
+            // delta, an empty one when A never answers, so this ends.
+            self.cluster_held_confirms.push(HeldConfirm {
+                client_id: Bytes::copy_from_slice(client_id),
+                token,
+                reply,
+                max_bytes,
+            });
+            return;
+        }
+        let mut delta = None;
         let found = handing
             .filter(|(t, _)| *t == token)
             .zip(self.sessions.find(client_id));
@@ -555,8 +619,35 @@ impl Shard {
     }
 
     /// The copies the old node sent after the hand-over (`on_handover_confirmed`) join
-    /// `client_id`'s session here, behind what it already holds.
+    /// `client_id`'s session here, behind what it already holds; a copy of a cluster
+    /// message that already reached this loop since the hand-over was loaded is
+    /// dropped (it reached the session here directly: `cluster_dedup.rs`).
+    /// Confirmations of this session's own hand-over that waited for the delta are
+    /// answered then, with the copies it brought (review M3).
     pub(super) fn on_handover_delta(&mut self, client_id: &[u8], bytes: &[u8], now: Instant) {
+        let seen = self.cluster_dedup.take(client_id, now);
+        self.join_copies(client_id, bytes, seen.as_ref(), now);
+        if self.cluster_held_confirms.is_empty() {
+            return;
+        }
+        let (held, kept) = std::mem::take(&mut self.cluster_held_confirms)
+            .into_iter()
+            .partition(|h| h.client_id[..] == *client_id);
+        self.cluster_held_confirms = kept;
+        for h in held {
+            self.on_handover_confirmed(&h.client_id, h.token, h.reply, h.max_bytes, now);
+        }
+    }
+
+    /// Hand-over bytes' copies join `client_id`'s session here, except those whose
+    /// cluster identity is in `seen`.
+    fn join_copies(
+        &mut self,
+        client_id: &[u8],
+        bytes: &[u8],
+        seen: Option<&HashSet<u64>>,
+        now: Instant,
+    ) {
         self.last_now = Some(now);
         let Some(idx) = self.sessions.find(client_id) else {
             return;
@@ -572,8 +663,9 @@ impl Shard {
         let Some(s) = state.sessions.get(client_id) else {
             return;
         };
+        let origins = Origins::of(&records, seen);
         if self
-            .restore_handover_copies(idx, &state, s, true, now)
+            .restore_handover_copies(idx, &state, s, &origins, true, now)
             .is_none()
         {
             return;
@@ -705,14 +797,31 @@ impl Shard {
         let Some(sess) = self.sessions.get(session) else {
             return Bytes::new();
         };
-        // Ids local to this hand-over (the log's ids are the old node's own); QoS 0
-        // copies are not handed over.
+        // The cluster identity of each copy's message, in the order
+        // `session_records` visits the copies (in flight, then queued).
+        let keys: Vec<u64> = sess.delivery.as_deref().map_or_else(Vec::new, |d| {
+            d.inflight
+                .iter()
+                .map(|f| f.out.msg.cluster_key)
+                .chain(d.queue.iter().map(|o| o.msg.cluster_key))
+                .collect()
+        });
+        // Ids local to this hand-over (the log's ids are the old node's own): copy n
+        // is message n + 1. QoS 0 copies are not handed over.
         super::durable_snapshot::session_records(
             sess,
             full,
             |n, o| (n >= from && o.qos != QoS::AtMostOnce).then_some((n as u64 + 1, true)),
             |_| 0,
-            |rec| push_record(&mut out, rec),
+            |rec| {
+                push_record(&mut out, rec);
+                if let Record::MsgPut { id, .. } = rec {
+                    let key = keys.get((*id - 1) as usize).copied().unwrap_or(0);
+                    if key != 0 {
+                        push_record(&mut out, &Record::MsgOrigin { msg: *id, key });
+                    }
+                }
+            },
         );
         Bytes::from(out)
     }
@@ -799,10 +908,11 @@ impl Shard {
             let o = unpack_options(sub.1 .0);
             self.log_sub(idx, sub.0, Some((&o, sub.1 .1)));
         }
-        self.restore_handover_copies(idx, &state, s, false, now)?;
+        self.restore_handover_copies(idx, &state, s, &Origins::of(&records, None), false, now)?;
         self.stats.sessions = self.sessions.len();
         if let Some(g) = gap {
-            self.on_handover_delta(client_id, &g, now);
+            // This node's own copies: none of them reached the session twice.
+            self.join_copies(client_id, &g, None, now);
         }
         Some(idx)
     }
@@ -816,14 +926,21 @@ impl Shard {
         idx: u32,
         state: &StoreState,
         s: &crate::store::state::SessionState,
+        origins: &Origins,
         queue_all: bool,
         now: Instant,
     ) -> Option<()> {
         let mut loaded: Vec<(Outgoing, Option<(u16, Phase)>)> = Vec::new();
+        let mut duplicates = 0u64;
         for (id, copy) in &s.copies {
             let Some(m) = state.messages.get(id) else {
                 continue;
             };
+            let cluster_key = origins.key(*id);
+            if origins.seen(cluster_key) {
+                duplicates += 1;
+                continue;
+            }
             let msg = Arc::new(Message {
                 topic: m.msg.topic.clone(),
                 payload: m.msg.payload.clone(),
@@ -835,6 +952,7 @@ impl Shard {
                 origin_shard: self.id,
                 origin_session: NONE,
                 owned: true,
+                cluster_key,
             });
             // Not in this node's log yet: `log_copy` below gives it its id here.
             let (out, sent) = super::durable_load::copy_of(copy, msg, 0);
@@ -848,6 +966,12 @@ impl Shard {
             queued += d.restore_copy(out, sent);
         }
         self.stats.bytes_queued += queued;
+        if duplicates > 0 {
+            tracing::debug!("cluster: {duplicates} delta copies already delivered here dropped");
+            if let Some(st) = self.cluster_status.as_deref() {
+                st.delta_duplicates.fetch_add(duplicates, Ordering::Relaxed);
+            }
+        }
         Some(())
     }
 

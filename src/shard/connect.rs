@@ -716,6 +716,7 @@ impl Shard {
             // Topic and payload were copied at CONNECT; the properties are slices
             // of the CONNECT frame.
             owned: false,
+            cluster_key: 0,
         };
         self.publish(msg, now);
         self.drop_slow_consumers(now);

@@ -934,6 +934,7 @@ mod tests {
                             origin_shard: 0,
                             origin_session: 0,
                             owned: true,
+                            cluster_key: 0,
                         };
                         let p = publish_packet(
                             &msg,

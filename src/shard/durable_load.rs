@@ -115,6 +115,7 @@ impl Shard {
             origin_shard: self.id,
             origin_session: NONE,
             owned: true,
+            cluster_key: 0,
         };
         let mut bodies = Bodies::new(&messages);
         for (id, m) in messages {

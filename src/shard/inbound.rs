@@ -179,6 +179,7 @@ impl Shard {
             origin_shard: self.id,
             origin_session: session,
             owned: false,
+            cluster_key: 0,
         };
         self.cluster_mark();
         let retain_refused = self.publish(msg, now);

@@ -12,6 +12,7 @@
 
 pub(crate) mod auth;
 mod cluster;
+mod cluster_dedup;
 mod cluster_session;
 mod conn;
 mod connect;
@@ -206,6 +207,12 @@ pub struct Shard {
     /// Hand-overs confirmed here, kept so a repeated confirmation (its sender timed
     /// out) gets the same delta: client id -> (hand-over id, delta, when; bounded).
     cluster_confirmed: cluster_session::ConfirmedDeltas,
+    /// Sessions loaded from a hand-over whose old node's delta has not come yet, and
+    /// the cluster messages that reached this loop meanwhile (`cluster_dedup.rs`).
+    cluster_dedup: cluster_dedup::DeltaDedup,
+    /// Confirmations of hand-overs of sessions still waiting for their own previous
+    /// node's delta, answered once it is in (review M3; `on_handover_confirmed`).
+    cluster_held_confirms: Vec<cluster_session::HeldConfirm>,
     /// The self-fencing lease has run out (`ClusterIn::Fence`): wills set now stay
     /// off the cluster until it is back.
     cluster_fenced: bool,
@@ -291,6 +298,8 @@ impl Shard {
             cluster_status: None,
             cluster_handing: Default::default(),
             cluster_confirmed: Default::default(),
+            cluster_dedup: Default::default(),
+            cluster_held_confirms: Vec::new(),
             cluster_fenced: false,
             store: None,
         }
@@ -349,6 +358,7 @@ impl Shard {
             origin_session: crate::session::NONE,
             // Made by the broker, not sliced from a receive buffer.
             owned: true,
+            cluster_key: 0,
         };
         self.publish(msg, now);
         // `publish` counts client messages; this one is the broker's own.

@@ -221,6 +221,7 @@ impl RetainedBody {
             // The topic is copied above, the payload copied or held through the
             // body, and a stored body's properties were owned when it was stored.
             owned: true,
+            cluster_key: 0,
         }
     }
 }
@@ -473,6 +474,7 @@ mod layout {
             origin_shard: 3,
             origin_session: crate::session::NONE,
             owned: true,
+            cluster_key: 0,
         }
     }
 

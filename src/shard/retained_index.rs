@@ -207,6 +207,7 @@ mod tests {
             origin_shard: 0,
             origin_session: crate::session::NONE,
             owned: true,
+            cluster_key: 0,
         };
         RetainedEntry {
             body: RetainedBody::new(&m),

@@ -106,6 +106,14 @@ pub enum Record {
     RetainClear {
         topic: Bytes,
     },
+    /// Hand-overs between cluster nodes only (`shard/cluster_session.rs`; the log
+    /// never writes it): message `msg` of the hand-over came from another node with
+    /// identity `key` (`Message::cluster_key`), so the receiving node can drop a copy
+    /// it already got directly.
+    MsgOrigin {
+        msg: u64,
+        key: u64,
+    },
 }
 
 /// Why a record payload was refused.
@@ -131,6 +139,7 @@ mod tag {
     pub const INBOUND_DONE: u8 = 11;
     pub const RETAIN_SET: u8 = 12;
     pub const RETAIN_CLEAR: u8 = 13;
+    pub const MSG_ORIGIN: u8 = 14;
     /// Snapshot trailer only (see `snapshot.rs`).
     pub const END: u8 = 255;
 }
@@ -242,6 +251,11 @@ impl Record {
             Record::RetainClear { topic } => {
                 out.push(tag::RETAIN_CLEAR);
                 put16(out, topic);
+            }
+            Record::MsgOrigin { msg, key } => {
+                out.push(tag::MSG_ORIGIN);
+                out.extend_from_slice(&msg.to_le_bytes());
+                out.extend_from_slice(&key.to_le_bytes());
             }
         }
     }
@@ -363,6 +377,10 @@ impl Record {
             }
             tag::RETAIN_SET => Record::RetainSet { msg: r.msg()? },
             tag::RETAIN_CLEAR => Record::RetainClear { topic: r.topic()? },
+            tag::MSG_ORIGIN => Record::MsgOrigin {
+                msg: r.u64()?,
+                key: r.u64()?,
+            },
             t => return Err(RecordError::UnknownTag(t)),
         };
         if !r.buf.is_empty() {

@@ -187,6 +187,8 @@ impl StoreState {
             Record::RetainClear { topic } => {
                 return self.retained.remove(&topic).is_some();
             }
+            // Hand-overs only: their receiver reads it (`shard/cluster_session.rs`).
+            Record::MsgOrigin { .. } => return false,
         }
         true
     }

@@ -94,6 +94,10 @@ fn every_kind() -> Vec<Record> {
         Record::RetainClear {
             topic: Bytes::from_static(b"r/t"),
         },
+        Record::MsgOrigin {
+            msg: 7,
+            key: u64::MAX,
+        },
         Record::SessionDel { client: c },
     ]
 }

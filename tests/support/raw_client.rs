@@ -278,20 +278,41 @@ impl RawClient {
 
     /// MQTT 5 server-side error after CONNACK: a DISCONNECT with one of `codes`, then close.
     pub fn expect_disconnect_v5(&mut self, codes: &[u8]) {
-        let f = self.recv_frame();
+        self.expect_disconnect_v5_within(codes, RECV_TIMEOUT, String::new)
+    }
+
+    /// As `expect_disconnect_v5`, the DISCONNECT within `timeout` (a server that
+    /// decides later, e.g. a cluster node's lease or reconcile); a failure also
+    /// prints `context()`, e.g. the server's stderr, which says why it did not.
+    pub fn expect_disconnect_v5_within(
+        &mut self,
+        codes: &[u8],
+        timeout: Duration,
+        context: impl Fn() -> String,
+    ) {
+        let f = match self.read_frame_within(timeout) {
+            ReadOutcome::Frame(f) => f,
+            other => panic!(
+                "{}: expected DISCONNECT {codes:02x?} within {timeout:?}, got {other:?}\n{}",
+                self.name,
+                context()
+            ),
+        };
         assert_eq!(
             f.ptype(),
             14,
-            "{}: expected DISCONNECT {codes:02x?}, got {f:?}",
-            self.name
+            "{}: expected DISCONNECT {codes:02x?}, got {f:?}\n{}",
+            self.name,
+            context()
         );
         assert_eq!(f.flags(), 0, "{}: DISCONNECT flags {f:?}", self.name);
         // Remaining length 0 means reason 0x00.
         let rc = f.body.first().copied().unwrap_or(0);
         assert!(
             codes.contains(&rc),
-            "{}: DISCONNECT reason {rc:#04x}, expected one of {codes:02x?}: {f:?}",
-            self.name
+            "{}: DISCONNECT reason {rc:#04x}, expected one of {codes:02x?}: {f:?}\n{}",
+            self.name,
+            context()
         );
         self.expect_closed();
     }

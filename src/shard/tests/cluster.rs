@@ -33,6 +33,7 @@ fn from_node(cl: &Cluster, topic: &str, payload: &str, qos: QoS) -> Arc<Message>
         origin_shard: u32::MAX as usize,
         origin_session: NONE,
         owned: true,
+        cluster_key: 0,
     })
 }
 

@@ -980,3 +980,210 @@ fn an_unconfirmed_handover_is_taken_back_and_served_to_the_next_claim() {
     }
     assert_eq!(a.shards[0].stats().sessions, 3, "pub, pub2 and roam5 left");
 }
+
+/// A message from node "c" (`key`: its cluster identity) as the cluster thread hands
+/// it to node `cl`'s loop.
+fn from_c(cl: &mut Cluster, payload: &str, qos: QoS, key: u64) {
+    let msg = std::sync::Arc::new(crate::session::Message {
+        topic: Bytes::from_static(b"t"),
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        qos,
+        retain: false,
+        properties: Default::default(),
+        arrived_at: cl.now,
+        origin_shard: u32::MAX as usize,
+        origin_session: crate::session::NONE,
+        owned: true,
+        cluster_key: key,
+    });
+    let now = cl.now;
+    cl.shards[0].on_cluster_in(
+        ClusterIn::Msg(crate::shard::ShardMsg::Publish {
+            msg,
+            plain: true,
+            shared: Vec::new(),
+            hold: 0,
+        }),
+        now,
+    );
+    cl.pump();
+}
+
+/// Exactly once across the interest grace: the old node keeps the session's
+/// interest a second past the new node's own, so a QoS 2 message published then
+/// reaches both, directly on the new node and in the old node's delta. The delta's
+/// copy carries the message's cluster identity and the new node drops it; a message
+/// that reached only the old node still arrives. Before, "both" came twice.
+#[test]
+fn a_qos2_message_reaching_both_nodes_in_the_grace_is_delivered_once() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q2);
+    a.drop_connection(s);
+    from_c(&mut a, "queued", Q2, 10);
+    let _ = a.shards[0].take_cluster_out();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let bytes = bytes.expect("a hand-over");
+    assert!(
+        handover_records(&bytes)
+            .expect("decodes")
+            .iter()
+            .any(|r| matches!(r, Record::MsgOrigin { key: 10, .. })),
+        "the queued copy carries its identity"
+    );
+    answer_claim(&mut b, &claim, Some(bytes));
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    b.expect(c, pubp("t", "queued", Q2, false, 1));
+    let out = b.shards[0]
+        .take_cluster_out()
+        .expect("interest and confirmation");
+    // In the grace: one message reaches both nodes, one only the old node.
+    from_c(&mut a, "both", Q2, 11);
+    from_c(&mut b, "both", Q2, 11);
+    from_c(&mut a, "only-a", Q2, 12);
+    b.expect(c, pubp("t", "both", Q2, false, 2));
+    confirm(&mut a, &mut b, &out);
+    b.expect(c, pubp("t", "only-a", Q2, false, 3));
+    b.expect_nothing(c);
+    // The watch ended with the delta: a later message is simply delivered.
+    from_c(&mut b, "after", Q2, 13);
+    b.expect(c, pubp("t", "after", Q2, false, 4));
+}
+
+/// Node `n` answers the confirmation of its hand-over `token` of "roam" (`reply`):
+/// the delta it sends, or `None` when it answers nothing yet (its answer waits).
+fn answer_confirm(n: &mut Cluster, token: u64, reply: u64) -> Option<Option<Bytes>> {
+    let now = n.now;
+    n.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token,
+            reply,
+            max_bytes: 1 << 20,
+        },
+        now,
+    );
+    n.pump();
+    let out = n.shards[0].take_cluster_out()?;
+    let h = out.handovers.iter().find(|h| h.reply == reply)?;
+    Some(h.session.clone())
+}
+
+/// Node `n` gets `delta` from the node it loaded "roam" from.
+fn give_delta(n: &mut Cluster, delta: Bytes) {
+    let now = n.now;
+    n.shards[0].on_cluster_in(
+        ClusterIn::Delta {
+            client_id: Bytes::from_static(b"roam"),
+            session: delta,
+        },
+        now,
+    );
+    n.pump();
+}
+
+/// The chain A -> B -> C (review M3): the client moves on from b to c before a has
+/// answered b's confirmation, and c's confirmation reaches b first. b holds its
+/// answer until a's delta is in, so the copies that reached a late travel on to c
+/// with b's own. Before, b ended the session at c's confirmation and a's delta,
+/// coming next, found no session: those copies were lost, PUBACKed on a.
+#[test]
+fn a_late_delta_travels_on_along_a_chain_of_takeovers() {
+    let mut a = old_owner_with_queue();
+    let mut b = node();
+    b.auto_claim = false;
+    let _cb = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    let out_b = b.shards[0]
+        .take_cluster_out()
+        .expect("b's confirmation to a");
+    assert_eq!(out_b.confirms.len(), 1);
+    // Reaches a while b's confirmation travels (PUBACKed on a).
+    let p = a.connect_ok(V311, "pub2", ConnectOpts::default(), false);
+    a.publish(p, "t", "late-a", Q1, false, 3);
+    let _ = a.shards[0].take_cluster_out();
+    // The client moves on to c, which takes the session from b (b's hand-over 77).
+    let mut c = node();
+    c.auto_claim = false;
+    let cc = c.connect(V311, "roam", persistent());
+    let claim_c = claim_of(&mut c, "roam");
+    let (bytes_b, _) = take_from(&mut b, "roam", false);
+    answer_claim(&mut c, &claim_c, bytes_b);
+    c.pump();
+    match c.next(cc) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    // In flight on b: sent again, as duplicates.
+    for want in ["x1", "x2"] {
+        match c.next(cc) {
+            Some(Packet::Publish(m)) => assert!(m.dup && m.payload[..] == *want.as_bytes()),
+            other => panic!("expected {want}, got {other:?}"),
+        }
+    }
+    let _ = c.shards[0].take_cluster_out();
+    // c's confirmation reaches b before a's delta does: b's answer waits for it.
+    assert_eq!(answer_confirm(&mut b, 77, 91), None, "held for a's delta");
+    let d_a = answer_confirm(&mut a, 77, 92)
+        .expect("answered")
+        .expect("a's delta");
+    assert_eq!(handed_payloads(&d_a), [&b"late-a"[..]]);
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::Delta {
+            client_id: Bytes::from_static(b"roam"),
+            session: d_a,
+        },
+        now,
+    );
+    b.pump();
+    let out = b.shards[0].take_cluster_out().expect("b's answer to c");
+    let answer = out
+        .handovers
+        .iter()
+        .find(|h| h.reply == 91)
+        .expect("answered");
+    let d_b = answer
+        .session
+        .clone()
+        .expect("b's delta carries a's copies");
+    assert_eq!(handed_payloads(&d_b), [&b"late-a"[..]]);
+    give_delta(&mut c, d_b);
+    c.expect(cc, pubp("t", "late-a", Q1, false, 3));
+    c.expect_nothing(cc);
+    assert_eq!(b.shards[0].stats().sessions, 0, "the session left b");
+}
+
+/// A delta that never comes (the old node never answered: the cluster thread hands
+/// the loop an empty one) releases a held confirmation as well: the chain's next
+/// node gets its answer, without the copies nobody sent.
+#[test]
+fn a_held_confirmation_is_answered_when_the_awaited_delta_is_given_up() {
+    let mut a = old_owner_with_queue();
+    let mut b = node();
+    b.auto_claim = false;
+    let _cb = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    let _ = b.shards[0].take_cluster_out();
+    let (bytes_b, _) = take_from(&mut b, "roam", false);
+    assert!(bytes_b.is_some());
+    assert_eq!(answer_confirm(&mut b, 77, 91), None, "held for a's delta");
+    give_delta(&mut b, Bytes::new());
+    let out = b.shards[0].take_cluster_out().expect("b's answer");
+    assert!(out.handovers.iter().any(|h| h.reply == 91), "{out:?}");
+    assert_eq!(b.shards[0].stats().sessions, 0, "the session left b");
+}

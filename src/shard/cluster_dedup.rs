@@ -1,0 +1,149 @@
+//! Exactly once across a takeover's grace (issue #17): the new owner of a session
+//! remembers which cluster messages reached this loop while it waits for the old
+//! node's delta, and drops a delta copy it already queued or delivered.
+//!
+//! Why it is needed: the old node keeps the session's NATS interest about a second
+//! past the new node's own (`CONFIRM_GRACE` in `cluster/link.rs`), so a message
+//! published then reaches both nodes: directly here, and in the old node's delta.
+//! At QoS 2 that second copy is a duplicate MQTT forbids. Both copies carry the
+//! message's cluster identity (`Message::cluster_key`; the delta's `MsgOrigin`
+//! records), so the copy that arrives second is recognised.
+//!
+//! Why a per-loop log and not a per-session set: once the hand-over is loaded its
+//! subscriptions are in this loop's trie, and every cluster message this loop gets
+//! is matched against them; so any message of the old node's delta that also
+//! reached this loop after the load reached the session here too (or was refused
+//! by its bounds, or its client unsubscribed: then dropping the delta's copy keeps
+//! to what the session asked for). A message that reached this loop but matched no
+//! filter of the session is not in the delta either. So the keys that reached the
+//! loop since the session's load are enough, with no per-copy bookkeeping on the
+//! delivery path.
+//!
+//! Bounded: keys are kept only while some session waits for its delta, at most
+//! `RECENT_MAX` of them (the oldest go first: a watch that lost the start of its
+//! window lets a duplicate through rather than drop a message), and a watch whose
+//! delta never comes ends after `WATCH_MAX`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+/// Cluster message keys remembered at most, across every watch of the loop.
+const RECENT_MAX: usize = 65_536;
+/// A watch whose delta has not come by then is dropped: the new owner sends its
+/// last confirmation within about 12 s of loading (`cluster/sessions.rs`).
+const WATCH_MAX: Duration = Duration::from_secs(30);
+
+/// See the module doc.
+#[derive(Debug, Default)]
+pub(super) struct DeltaDedup {
+    /// Client id -> (the sequence number of the first key that counts for it,
+    /// when its watch began).
+    watching: HashMap<Bytes, (u64, Instant)>,
+    /// Keys of the cluster messages (QoS 1/2) this loop got, oldest first.
+    recent: VecDeque<u64>,
+    /// The sequence number of `recent[0]`.
+    first_seq: u64,
+}
+
+impl DeltaDedup {
+    /// `client_id`'s session was loaded from a hand-over: from now on its old node's
+    /// delta is checked against what reaches this loop.
+    pub(super) fn watch(&mut self, client_id: &[u8], now: Instant) {
+        self.watching
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < WATCH_MAX);
+        let next = self.first_seq + self.recent.len() as u64;
+        self.watching
+            .insert(Bytes::copy_from_slice(client_id), (next, now));
+    }
+
+    /// Whether `client_id`'s session, loaded from a hand-over, still waits for its
+    /// old node's delta.
+    pub(super) fn is_awaiting(&self, client_id: &[u8], now: Instant) -> bool {
+        self.watching
+            .get(client_id)
+            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < WATCH_MAX)
+    }
+
+    /// Whether any session waits for its delta (else nothing is recorded).
+    #[inline]
+    pub(super) fn is_watching(&self) -> bool {
+        !self.watching.is_empty()
+    }
+
+    /// A cluster message with identity `key` reached this loop.
+    pub(super) fn record(&mut self, key: u64) {
+        if self.watching.is_empty() {
+            return;
+        }
+        if self.recent.len() >= RECENT_MAX {
+            self.recent.pop_front();
+            self.first_seq += 1;
+        }
+        self.recent.push_back(key);
+    }
+
+    /// `client_id`'s delta came: its watch ends, and the keys that reached this loop
+    /// since it began are returned (`None`: no watch, e.g. a delta from a reconcile).
+    pub(super) fn take(&mut self, client_id: &[u8], now: Instant) -> Option<HashSet<u64>> {
+        let (from, at) = self.watching.remove(client_id)?;
+        let fresh = now.saturating_duration_since(at) < WATCH_MAX;
+        let skip = from.saturating_sub(self.first_seq) as usize;
+        let seen = fresh.then(|| self.recent.iter().skip(skip).copied().collect());
+        self.forget_unwatched();
+        seen
+    }
+
+    /// Keys no watch needs any more go.
+    fn forget_unwatched(&mut self) {
+        let Some(oldest) = self.watching.values().map(|(from, _)| *from).min() else {
+            // Its memory too: a burst's 512 KiB are not kept for the next takeover.
+            self.recent = VecDeque::new();
+            self.first_seq = 0;
+            return;
+        };
+        while self.first_seq < oldest && self.recent.pop_front().is_some() {
+            self.first_seq += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_sees_only_what_came_after_it_began_and_ends_with_its_delta() {
+        let t0 = Instant::now();
+        let mut d = DeltaDedup::default();
+        d.record(1);
+        assert!(!d.is_watching(), "nothing is kept while no one waits");
+        d.watch(b"a", t0);
+        d.record(2);
+        d.watch(b"b", t0);
+        d.record(3);
+        assert_eq!(d.take(b"a", t0), Some(HashSet::from([2, 3])));
+        assert_eq!(d.take(b"a", t0), None, "taken once");
+        d.record(4);
+        assert_eq!(d.take(b"b", t0), Some(HashSet::from([3, 4])));
+        assert!(d.recent.is_empty(), "no watch left, no keys left");
+    }
+
+    #[test]
+    fn the_log_is_bounded_and_a_stale_watch_gets_nothing() {
+        let t0 = Instant::now();
+        let mut d = DeltaDedup::default();
+        d.watch(b"a", t0);
+        for k in 0..(RECENT_MAX as u64 + 10) {
+            d.record(k);
+        }
+        assert_eq!(d.recent.len(), RECENT_MAX);
+        let seen = d.take(b"a", t0).expect("a watch");
+        assert_eq!(seen.len(), RECENT_MAX);
+        assert!(!seen.contains(&0), "the oldest went first");
+        d.watch(b"b", t0);
+        d.record(7);
+        assert_eq!(d.take(b"b", t0 + WATCH_MAX), None, "past WATCH_MAX");
+    }
+}
