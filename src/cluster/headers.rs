@@ -30,12 +30,100 @@ const PROPS_MAX_BYTES: usize = 256 * 1024;
 pub struct Meta {
     pub qos: QoS,
     pub retain: bool,
-    /// The node that published it (its `cluster_node_name`).
+    /// The node incarnation that published it (`origin_of`: its `cluster_node_name`
+    /// and the process's random incarnation).
     pub origin: String,
-    /// The origin node's sequence number of this message: with `origin`, the key that
-    /// drops the second copy NATS sends for a second matching subscription.
+    /// The origin incarnation's sequence number of this message: with `origin`, the
+    /// key that identifies one forwarded message (it drops the second copy NATS sends
+    /// for a second matching subscription).
     pub id: u64,
     pub properties: PublishProperties,
+}
+
+/// The `Mqtt-Origin` of a node's forwarded messages: its name and its process
+/// incarnation (review10 H2). The ids restart at 1 in every process, so with the name
+/// alone a restarted node's new messages would carry (origin, id) pairs its peers
+/// still remember from before, and be dropped as duplicates.
+pub fn origin_of(node: &str, incarnation: u64) -> String {
+    format!("{node}.{incarnation:016x}")
+}
+
+/// The length of `origin_of(node, _)`.
+pub fn origin_len(node: &str) -> usize {
+    node.len() + 17
+}
+
+/// A random number per call (per process, as the callers use it): this process's
+/// incarnation, told apart from the same node name's earlier processes.
+pub fn new_incarnation() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+}
+
+/// The (origin, id) pairs of the last `cap` forwarded messages received, to drop a
+/// second copy of one message (NATS sends one per matching subscription; the copies
+/// arrive together, so a short window is enough).
+pub struct SeenWindow {
+    cap: usize,
+    seen: std::collections::HashSet<(u64, u64)>,
+    order: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl SeenWindow {
+    pub fn new(cap: usize) -> SeenWindow {
+        SeenWindow {
+            cap,
+            seen: Default::default(),
+            order: Default::default(),
+        }
+    }
+
+    /// Whether (origin, id) was seen in the window; remembers it if not.
+    pub fn seen_before(&mut self, origin: &str, id: u64) -> bool {
+        let o = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(origin);
+        if !self.seen.insert((o, id)) {
+            return true;
+        }
+        self.order.push_back((o, id));
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        false
+    }
+}
+
+/// NATS's default `max_payload` (1 MiB), assumed until the server says otherwise.
+pub const NATS_MAX_PAYLOAD_DEFAULT: usize = 1 << 20;
+
+/// Headers of a forwarded message besides `Mqtt-Origin`'s value and `Mqtt-Props`:
+/// the `NATS/1.0` line, the names, a u64 id, QoS and retain, with room to spare.
+const HEADERS_FIXED_BYTES: usize = 160;
+
+/// An upper bound of what NATS counts against `max_payload` for one forwarded
+/// message (headers and payload, review10 H3: nats-server closes the connection of a
+/// client that sends more; async-nats checks the payload alone), and for a retained
+/// one, of its KV value too. Encodes the properties only when there are any.
+pub fn forward_bytes(
+    origin_len: usize,
+    properties: &PublishProperties,
+    payload_len: usize,
+    retain: bool,
+) -> usize {
+    let props = if properties.is_empty() {
+        0
+    } else {
+        properties_frame(properties).len()
+    };
+    let headers = HEADERS_FIXED_BYTES + origin_len + props.div_ceil(3) * 4;
+    let forwarded = headers + payload_len;
+    if retain {
+        // The KV value (`encode_retained`) carries the raw frame, not base64.
+        forwarded.max(6 + props + payload_len)
+    } else {
+        forwarded
+    }
 }
 
 /// The header pairs for `meta`, in a fixed order.

@@ -498,6 +498,10 @@ fn every_cluster_counter_is_exported() {
         wills_fenced_published,
         sessions_reasserted,
         sessions_sent_on,
+        max_payload,
+        refused_subjects,
+        refused_large,
+        shared_dropped,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use super::cluster_session::{Handed, HandoverConfirm, SessionClaim, SessionHandover};
 use super::retained::RetainedBody;
 use super::{ConnId, Shard, ShardMsg};
+use crate::cluster::bridge::Refusal;
 use crate::protocol::{Packet, PubResp, QoS};
 use crate::session::Message;
 
@@ -144,6 +145,8 @@ pub struct ClusterOut {
     pub dropped: u64,
     /// Index in `publishes` of the message the current `publish` call forwarded.
     pushed: Option<usize>,
+    /// The current `publish` call's message passed `cluster_refuses` already.
+    checked: bool,
 }
 
 impl ClusterOut {
@@ -199,6 +202,7 @@ impl Shard {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
+        let checked = std::mem::take(&mut c.checked);
         if msg.topic.first() == Some(&b'$') {
             return;
         }
@@ -206,10 +210,53 @@ impl Shard {
             c.dropped += 1;
             return;
         }
+        // A client's PUBLISH was checked already (`cluster_refuses`); a will was not.
+        // One NATS cannot carry stays on this node (counted).
+        if !checked {
+            if let Some(st) = self.cluster_status.as_deref() {
+                if st
+                    .refuses(&msg.topic, msg.retain, &msg.properties, msg.payload.len())
+                    .is_some()
+                {
+                    return;
+                }
+            }
+        }
         // Its own bytes: the cluster thread may hold it past this receive buffer.
         let a = arc.get_or_insert_with(|| Arc::new(msg.compacted())).clone();
         c.pushed = Some(c.publishes.len());
         c.publishes.push(Forward { msg: a, ack: None });
+    }
+
+    /// Whether NATS picks the shared-group member of a publish made now (queue groups):
+    /// only while the node is connected, the cluster thread runs and this turn's
+    /// forwards are not full. Otherwise nothing would come back through the queue
+    /// group, so this node picks among its own members (review10 H4). A publish made
+    /// while disconnected that async-nats still sends once NATS is back may then also
+    /// reach a member on another node: at least once, not exactly once, in an outage.
+    #[inline]
+    pub(super) fn cluster_picks_shared(&self) -> bool {
+        let forwards = self
+            .cluster
+            .as_deref()
+            .is_some_and(|c| c.publishes.len() < CLUSTER_OUT_MAX);
+        forwards
+            && self
+                .cluster_status
+                .as_deref()
+                .map_or(true, |s| s.is_connected() && !s.is_stopped())
+    }
+
+    /// Why a client's PUBLISH cannot go to NATS on this cluster node (review10 H3):
+    /// `None` off the cluster, for a `$`-topic (never forwarded) and for one that fits.
+    #[inline]
+    pub(super) fn cluster_refuses(&self, p: &crate::protocol::Publish) -> Option<Refusal> {
+        self.cluster.as_ref()?;
+        if p.topic.first() == Some(&b'$') {
+            return None;
+        }
+        let status = self.cluster_status.as_deref()?;
+        status.refuses(&p.topic, p.retain, &p.properties, p.payload.len())
     }
 
     /// Called before a client's `publish`: forgets which message was forwarded last.
@@ -217,6 +264,8 @@ impl Shard {
     pub(super) fn cluster_mark(&mut self) {
         if let Some(c) = self.cluster.as_deref_mut() {
             c.pushed = None;
+            // Only a client's PUBLISH comes here, after `cluster_refuses`.
+            c.checked = true;
         }
     }
 
