@@ -65,6 +65,13 @@ pub struct ClusterStatus {
     pub refused_large: AtomicU64,
     /// Shared-group messages from NATS for a group with no member left on this node.
     pub shared_dropped: AtomicU64,
+    /// The QoS 2 publishers' packet ids this node saw lately (review10 H5), read by
+    /// the cluster thread for messages from NATS and by a loop for a DUP = 1 QoS 2
+    /// PUBLISH its session has no state for; held for one lookup at a time.
+    pub qos2_window: Mutex<super::headers::Qos2Window>,
+    /// QoS 2 re-sends (DUP = 1) of a message this node had already received through
+    /// another node: acknowledged, not delivered again.
+    pub qos2_resends: AtomicU64,
     pub subscriptions: AtomicU64,
     pub retained_applied: AtomicU64,
     pub retained_dropped: AtomicU64,
@@ -128,6 +135,25 @@ impl ClusterStatus {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Whether `publisher`'s QoS 2 message is a re-send of one this node received
+    /// already (`Qos2Window::resent`; counted when it is).
+    pub fn qos2_resent(
+        &self,
+        publisher: &super::headers::Publisher,
+        topic: &[u8],
+        payload: &[u8],
+        now: std::time::Instant,
+    ) -> bool {
+        let resent = match self.qos2_window.lock() {
+            Ok(mut w) => w.resent(publisher, topic, payload, now),
+            Err(poisoned) => poisoned.into_inner().resent(publisher, topic, payload, now),
+        };
+        if resent {
+            self.qos2_resends.fetch_add(1, Ordering::Relaxed);
+        }
+        resent
     }
 
     /// The largest message (headers and payload) NATS takes from this node.
@@ -245,6 +271,12 @@ impl ClusterStatus {
             "counter",
             "Publishes and retained writes over NATS max_payload with their headers",
             g(&self.refused_large),
+        );
+        line(
+            "qos2_resends_total",
+            "counter",
+            "QoS 2 re-sends of a message already received through another node, not delivered again",
+            g(&self.qos2_resends),
         );
         line(
             "shared_dropped_total",

@@ -20,6 +20,9 @@ pub const RETAIN: &str = "Mqtt-Retain";
 pub const ORIGIN: &str = "Mqtt-Origin";
 pub const ID: &str = "Mqtt-Id";
 pub const PROPS: &str = "Mqtt-Props";
+/// On a forwarded QoS 2 message: its publisher's client id, packet id and DUP flag
+/// (`Publisher`, review10 H5).
+pub const PUBLISHER: &str = "Mqtt-Pub";
 
 /// Bounds a property header on decode (a frame of properties only; MQTT's own bound is
 /// far larger, but a cluster peer has no reason to send more).
@@ -90,6 +93,112 @@ impl SeenWindow {
                 self.seen.remove(&old);
             }
         }
+        false
+    }
+}
+
+/// Who published a QoS 2 message, and with which packet id (review10 H5). A client
+/// whose node died before its PUBREC re-sends the message (DUP = 1) to another node,
+/// which does not have the dead node's inbound QoS 2 state; nodes that saw the first
+/// copy recognise the re-send by this pair (`Qos2Window`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    pub client_id: Bytes,
+    pub packet_id: u16,
+    pub dup: bool,
+}
+
+/// `Mqtt-Pub`'s value: base64url of the client id, the packet id, and 1 for DUP.
+pub fn encode_publisher(p: &Publisher) -> String {
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&p.client_id);
+    format!("{id} {} {}", p.packet_id, u8::from(p.dup))
+}
+
+/// The `Publisher` an `Mqtt-Pub` value names; `None` for one ringmq did not make.
+pub fn decode_publisher(v: &str) -> Option<Publisher> {
+    let mut parts = v.split(' ');
+    let (id, packet_id, dup) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let client_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(id.as_bytes())
+        .ok()?;
+    let dup = match dup {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    Some(Publisher {
+        client_id: Bytes::from(client_id),
+        packet_id: packet_id.parse().ok()?,
+        dup,
+    })
+}
+
+/// How long, and for how many messages, a node remembers QoS 2 publishers' packet
+/// ids: a client re-sends within its reconnect time, which is seconds.
+pub const QOS2_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+pub const QOS2_WINDOW_MAX: usize = 65_536;
+
+type Qos2Key = (u64, u16);
+
+/// The (client id, packet id) of the QoS 2 messages a node received lately, with a
+/// hash of their topic and payload, bounded in time and count (review10 H5).
+#[derive(Debug)]
+pub struct Qos2Window {
+    entries: std::collections::HashMap<Qos2Key, (u64, std::time::Instant)>,
+    order: std::collections::VecDeque<(Qos2Key, std::time::Instant)>,
+}
+
+impl Default for Qos2Window {
+    fn default() -> Qos2Window {
+        Qos2Window {
+            entries: Default::default(),
+            order: Default::default(),
+        }
+    }
+}
+
+impl Qos2Window {
+    /// Records a QoS 2 message of `publisher` with `topic` and `payload` at `now`.
+    /// Returns `true`, without recording, when it is a re-send (DUP = 1) of the message
+    /// recorded for that pair within the window: acknowledge it, do not deliver it.
+    /// A packet id reused after PUBCOMP comes with DUP = 0 and always passes; a DUP = 1
+    /// message whose content differs from the recorded one passes too.
+    pub fn resent(
+        &mut self,
+        publisher: &Publisher,
+        topic: &[u8],
+        payload: &[u8],
+        now: std::time::Instant,
+    ) -> bool {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let state = ahash::RandomState::with_seeds(5, 6, 7, 8);
+        while let Some(&(key, at)) = self.order.front() {
+            let old = now.saturating_duration_since(at) > QOS2_WINDOW;
+            if !old && self.order.len() <= QOS2_WINDOW_MAX {
+                break;
+            }
+            self.order.pop_front();
+            // A later record of the same pair keeps its entry.
+            if self.entries.get(&key).is_some_and(|e| e.1 == at) {
+                self.entries.remove(&key);
+            }
+        }
+        let key = (
+            state.hash_one(&publisher.client_id[..]),
+            publisher.packet_id,
+        );
+        let mut h = state.build_hasher();
+        topic.hash(&mut h);
+        payload.hash(&mut h);
+        let content = h.finish();
+        if publisher.dup && self.entries.get(&key).is_some_and(|e| e.0 == content) {
+            return true;
+        }
+        self.entries.insert(key, (content, now));
+        self.order.push_back((key, now));
         false
     }
 }

@@ -849,6 +849,9 @@ impl State {
             for (k, v) in headers::encode(&meta) {
                 h.insert(k, v);
             }
+            if let Some(p) = &f.publisher {
+                h.insert(headers::PUBLISHER, headers::encode_publisher(p));
+            }
             match f.ack {
                 // The publisher waits: a JetStream publish, its ack awaited off this
                 // task so many are in flight at once.
@@ -946,6 +949,23 @@ impl State {
         if key.group.is_none() && self.seen.seen_before(&meta.origin, meta.id) {
             self.status.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        // A QoS 2 re-send (DUP = 1) on another node after its publisher's node died
+        // before the PUBREC: this node delivered the first copy (review10 H5).
+        if meta.qos == crate::protocol::QoS::ExactlyOnce {
+            let publisher = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::PUBLISHER))
+                .and_then(|v| headers::decode_publisher(v.as_str()));
+            if let Some(p) = publisher {
+                if self
+                    .status
+                    .qos2_resent(&p, &topic, &m.payload, Instant::now())
+                {
+                    return;
+                }
+            }
         }
         let msg = Arc::new(Message {
             topic: Bytes::from(topic),

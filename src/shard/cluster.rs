@@ -52,6 +52,8 @@ pub struct AckToken {
 pub struct Forward {
     pub msg: Arc<Message>,
     pub ack: Option<AckToken>,
+    /// A client's QoS 2 message: who published it with which packet id (review10 H5).
+    pub publisher: Option<crate::cluster::headers::Publisher>,
 }
 
 /// What the cluster thread hands a loop.
@@ -225,7 +227,11 @@ impl Shard {
         // Its own bytes: the cluster thread may hold it past this receive buffer.
         let a = arc.get_or_insert_with(|| Arc::new(msg.compacted())).clone();
         c.pushed = Some(c.publishes.len());
-        c.publishes.push(Forward { msg: a, ack: None });
+        c.publishes.push(Forward {
+            msg: a,
+            ack: None,
+            publisher: None,
+        });
     }
 
     /// Whether NATS picks the shared-group member of a publish made now (queue groups):
@@ -245,6 +251,30 @@ impl Shard {
                 .cluster_status
                 .as_deref()
                 .map_or(true, |s| s.is_connected() && !s.is_stopped())
+    }
+
+    /// Whether a DUP = 1 QoS 2 PUBLISH that this session holds no state for is a
+    /// re-send of a message this node already received from another node (its
+    /// publisher's node died before the PUBREC; review10 H5).
+    pub(super) fn cluster_qos2_resent(
+        &self,
+        session: u32,
+        p: &crate::protocol::Publish,
+        now: Instant,
+    ) -> bool {
+        let (Some(_), Some(status), Some(s)) = (
+            self.cluster.as_deref(),
+            self.cluster_status.as_deref(),
+            self.sessions.get(session),
+        ) else {
+            return false;
+        };
+        let publisher = crate::cluster::headers::Publisher {
+            client_id: Bytes::copy_from_slice(&s.client_id),
+            packet_id: p.packet_id,
+            dup: true,
+        };
+        status.qos2_resent(&publisher, &p.topic, &p.payload, now)
     }
 
     /// Why a client's PUBLISH cannot go to NATS on this cluster node (review10 H3):
@@ -276,11 +306,22 @@ impl Shard {
         conn: ConnId,
         packet_id: u16,
         qos: QoS,
+        dup: bool,
         pushed: Option<usize>,
     ) -> bool {
-        let Some(generation) = self.conns.get(conn).map(|c| c.generation) else {
+        let Some((generation, session)) = self.conns.get(conn).map(|c| (c.generation, c.session))
+        else {
             return false;
         };
+        // Other nodes tell a re-send of it on another node by this (review10 H5).
+        let publisher = (qos == QoS::ExactlyOnce)
+            .then(|| self.sessions.get(session))
+            .flatten()
+            .map(|s| crate::cluster::headers::Publisher {
+                client_id: Bytes::copy_from_slice(&s.client_id),
+                packet_id,
+                dup,
+            });
         let Some(f) = self
             .cluster
             .as_deref_mut()
@@ -294,6 +335,7 @@ impl Shard {
             packet_id,
             qos,
         });
+        f.publisher = publisher;
         true
     }
 

@@ -124,6 +124,7 @@ impl Shard {
         }
         let packet_id = p.packet_id;
         let qos = p.qos;
+        let dup = p.dup;
         // ACL (write): compiled at CONNECT, one branch without an ACL file.
         // `Some(is_v5)` when denied: one slab lookup on the allowed path.
         let denied = self
@@ -193,6 +194,12 @@ impl Shard {
             if qos == QoS::ExactlyOnce {
                 d.awaiting_pubrel.push(packet_id);
                 self.log_inbound_qos2(session, packet_id, true);
+                // A re-send whose first copy reached this node through another node
+                // (review10 H5): acknowledged, its PUBREL completes it, not delivered.
+                if dup && self.cluster_qos2_resent(session, &p, now) {
+                    self.ack_publish(conn, packet_id, true, mark);
+                    return Ok(());
+                }
             }
         }
         let msg = Message {
@@ -216,7 +223,7 @@ impl Shard {
         // On a cluster node the acknowledgement waits for JetStream (`cluster.rs`).
         if forwarded.is_some()
             && !retain_refused
-            && self.cluster_hold_ack(conn, packet_id, qos, forwarded)
+            && self.cluster_hold_ack(conn, packet_id, qos, dup, forwarded)
         {
             // One hold, two conditions: JetStream and the log (`durable_cluster.rs`).
             self.store_hold_with_cluster(conn, packet_id, qos == QoS::ExactlyOnce, mark);

@@ -374,3 +374,54 @@ fn shared_groups_are_picked_locally_while_the_cluster_cannot_take_them() {
     cl.publish(p, "t", "back", Q0, false, 0);
     cl.expect_nothing(m);
 }
+
+/// Review10 H5: a client whose node died before its PUBREC re-sends the QoS 2 message
+/// (DUP = 1) to this node, which had received the first copy from NATS: PUBREC, no
+/// second delivery, not forwarded again. Another message under a DUP flag is new.
+#[test]
+fn a_qos2_resend_after_a_node_died_is_not_delivered_twice() {
+    let (mut cl, status) = connected_node(0);
+    let s = cl.connect_ok(V311, "s", ConnectOpts::default(), false);
+    cl.subscribe(s, "t", Q2);
+    let _ = cl.shards[0].take_cluster_out();
+    // The first copy, from the dead node, as the cluster thread records it.
+    let first = crate::cluster::headers::Publisher {
+        client_id: Bytes::from_static(b"p"),
+        packet_id: 7,
+        dup: false,
+    };
+    assert!(!status.qos2_resent(&first, b"t", b"m", cl.now));
+    let msg = from_node(&cl, "t", "m", Q2);
+    cl.shards[0].on_cluster_in(
+        ClusterIn::Msg(ShardMsg::Publish {
+            msg,
+            plain: true,
+            shared: Vec::new(),
+            hold: 0,
+        }),
+        cl.now,
+    );
+    cl.pump();
+    cl.expect(s, pubp("t", "m", Q2, false, 1));
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    let mut resend = publish("t", "m", Q2, false, 7);
+    resend.dup = true;
+    cl.send(p, Packet::Publish(resend.clone()));
+    cl.expect(p, pubrec(7));
+    cl.send(p, pubrel(7));
+    cl.expect(p, pubcomp(7));
+    cl.expect_nothing(s);
+    assert!(cl.shards[0].take_cluster_out().is_none(), "not forwarded");
+    assert_eq!(status.qos2_resends.load(Ordering::Relaxed), 1);
+    // Another message with a DUP flag: delivered, forwarded with its publisher.
+    let mut other = publish("t", "other", Q2, false, 8);
+    other.dup = true;
+    cl.send(p, Packet::Publish(other));
+    let out = cl.shards[0].take_cluster_out().expect("forwarded");
+    let publisher = out.publishes[0].publisher.as_ref().expect("publisher");
+    assert_eq!(
+        (&publisher.client_id[..], publisher.packet_id, publisher.dup),
+        (&b"p"[..], 8, true)
+    );
+    assert!(matches!(cl.next(s), Some(Packet::Publish(m)) if &m.payload[..] == b"other"));
+}
