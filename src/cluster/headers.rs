@@ -145,19 +145,10 @@ type Qos2Key = (u64, u16);
 
 /// The (client id, packet id) of the QoS 2 messages a node received lately, with a
 /// hash of their topic and payload, bounded in time and count (review10 H5).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Qos2Window {
     entries: std::collections::HashMap<Qos2Key, (u64, std::time::Instant)>,
     order: std::collections::VecDeque<(Qos2Key, std::time::Instant)>,
-}
-
-impl Default for Qos2Window {
-    fn default() -> Qos2Window {
-        Qos2Window {
-            entries: Default::default(),
-            order: Default::default(),
-        }
-    }
 }
 
 impl Qos2Window {
