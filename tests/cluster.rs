@@ -503,6 +503,16 @@ fn three_nodes_on_a_nats_cluster() {
     drop(s2);
     drop(s3);
 
+    // Traffic from node 2 to a subscriber on node 1 before node 2 is killed, so node 1
+    // remembers node 2's message ids (review10 H2: the restarted process numbers its
+    // messages from 1 again and must not be taken for those).
+    let mut s1 = Sub::start(&n1, 1, &["from2/t"]);
+    until_interest(&n2, "from2/t", &mut [&mut s1]);
+    for i in 0..5 {
+        publish(&n2, 1, "from2/t", &format!("before-{i}"), false);
+    }
+    s1.wait_for("before-4 on node 1", |l| l == "from2/t before-4");
+
     // A node killed with SIGKILL and started again rejoins: it reads the retained
     // bucket from the start and gets cross-node traffic for its new subscribers.
     let pid = n2.pid() as libc::pid_t;
@@ -517,6 +527,19 @@ fn three_nodes_on_a_nats_cluster() {
     publish(&n3, 1, "back/t", "from-3", false);
     s.wait_for("from-3 on the restarted node", |l| l == "back/t from-3");
     drop(s);
+    // The restarted node's own messages reach node 1, none taken for a duplicate.
+    let dups = metric(&n1, "ringmq_cluster_duplicates_total");
+    for i in 0..5 {
+        publish(&n2, 1, "from2/t", &format!("after-{i}"), false);
+    }
+    s1.wait_for("after-4 from the restarted node", |l| {
+        l == "from2/t after-4"
+    });
+    for i in 0..5 {
+        assert_eq!(s1.count(&format!("from2/t after-{i}")), 1, "{:?}", s1.seen);
+    }
+    assert_eq!(metric(&n1, "ringmq_cluster_duplicates_total"), dups);
+    drop(s1);
 
     sessions_across_nodes(&n1, &n2, &n3);
     takeover_under_a_running_publisher(&n1, &n2, &n3);

@@ -27,6 +27,15 @@ pub const FROM_LOOP_MAX: usize = 256;
 /// Messages waiting in each loop's ring from the cluster thread.
 pub const TO_LOOP_MAX: usize = 8192;
 
+/// Why a message cannot be forwarded to NATS (`ClusterStatus::refuses`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Its subject (or retained key) would be over `subject::SUBJECT_MAX_BYTES`.
+    Subject,
+    /// With its headers it is over the server's `max_payload`.
+    TooLarge,
+}
+
 /// The node's cluster state, shared with `/healthz` and `/metrics`. Plain atomics,
 /// written by the cluster thread (and a drop counter by loops, once per turn at most).
 #[derive(Debug, Default)]
@@ -45,6 +54,24 @@ pub struct ClusterStatus {
     pub dropped_out: AtomicU64,
     /// Messages for a loop whose ring was full.
     pub dropped_in: AtomicU64,
+    /// The NATS server's `max_payload` (0 until known: NATS's default is assumed).
+    pub max_payload: AtomicU64,
+    /// Publishes, subscriptions and retained writes not taken to NATS because their
+    /// subject would be over `subject::SUBJECT_MAX_BYTES` (review10 H3): refused to
+    /// the client, or (a will, a subscription loaded from elsewhere) kept local.
+    pub refused_subjects: AtomicU64,
+    /// Publishes and retained writes larger than NATS's `max_payload` with their
+    /// headers: refused to the client, or (a will, QoS 0) kept local.
+    pub refused_large: AtomicU64,
+    /// Shared-group messages from NATS for a group with no member left on this node.
+    pub shared_dropped: AtomicU64,
+    /// The QoS 2 publishers' packet ids this node saw lately (review10 H5), read by
+    /// the cluster thread for messages from NATS and by a loop for a DUP = 1 QoS 2
+    /// PUBLISH its session has no state for; held for one lookup at a time.
+    pub qos2_window: Mutex<super::headers::Qos2Window>,
+    /// QoS 2 re-sends (DUP = 1) of a message this node had already received through
+    /// another node: acknowledged, not delivered again.
+    pub qos2_resends: AtomicU64,
     pub subscriptions: AtomicU64,
     pub retained_applied: AtomicU64,
     pub retained_dropped: AtomicU64,
@@ -113,6 +140,60 @@ impl ClusterStatus {
         self.stopped.load(Ordering::Acquire)
     }
 
+    /// Whether `publisher`'s QoS 2 message is a re-send of one this node received
+    /// already (`Qos2Window::resent`; counted when it is).
+    pub fn qos2_resent(
+        &self,
+        publisher: &super::headers::Publisher,
+        topic: &[u8],
+        payload: &[u8],
+        now: std::time::Instant,
+    ) -> bool {
+        let resent = match self.qos2_window.lock() {
+            Ok(mut w) => w.resent(publisher, topic, payload, now),
+            Err(poisoned) => poisoned.into_inner().resent(publisher, topic, payload, now),
+        };
+        if resent {
+            self.qos2_resends.fetch_add(1, Ordering::Relaxed);
+        }
+        resent
+    }
+
+    /// The largest message (headers and payload) NATS takes from this node.
+    pub fn max_payload(&self) -> usize {
+        match self.max_payload.load(Ordering::Relaxed) {
+            0 => super::headers::NATS_MAX_PAYLOAD_DEFAULT,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Why a message published here cannot travel on NATS (review10 H3), if it cannot:
+    /// its subject is too long, or it is larger than `max_payload`. Counted.
+    pub fn refuses(
+        &self,
+        topic: &[u8],
+        retain: bool,
+        properties: &crate::protocol::PublishProperties,
+        payload_len: usize,
+    ) -> Option<Refusal> {
+        if !super::subject::topic_fits(topic, retain) {
+            self.refused_subjects.fetch_add(1, Ordering::Relaxed);
+            return Some(Refusal::Subject);
+        }
+        // Encodes the properties only when there are any.
+        let bytes = super::headers::forward_bytes(
+            super::headers::origin_len(&self.node),
+            properties,
+            payload_len,
+            retain,
+        );
+        if bytes > self.max_payload() {
+            self.refused_large.fetch_add(1, Ordering::Relaxed);
+            return Some(Refusal::TooLarge);
+        }
+        None
+    }
+
     /// The Prometheus lines of the cluster figures (appended to `/metrics`).
     pub fn prometheus_text(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -175,6 +256,36 @@ impl ClusterStatus {
             "counter",
             "Messages from NATS not delivered: a loop's queue was full",
             g(&self.dropped_in),
+        );
+        line(
+            "max_payload_bytes",
+            "gauge",
+            "The NATS server's max_payload, which bounds what this node forwards (0: not yet known)",
+            g(&self.max_payload),
+        );
+        line(
+            "refused_subjects_total",
+            "counter",
+            "Publishes, subscriptions and retained writes whose NATS subject would be too long",
+            g(&self.refused_subjects),
+        );
+        line(
+            "refused_large_total",
+            "counter",
+            "Publishes and retained writes over NATS max_payload with their headers",
+            g(&self.refused_large),
+        );
+        line(
+            "qos2_resends_total",
+            "counter",
+            "QoS 2 re-sends of a message already received through another node, not delivered again",
+            g(&self.qos2_resends),
+        );
+        line(
+            "shared_dropped_total",
+            "counter",
+            "Shared-group messages from NATS whose group had no member left here",
+            g(&self.shared_dropped),
         );
         line(
             "subscriptions",

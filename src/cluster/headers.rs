@@ -20,6 +20,9 @@ pub const RETAIN: &str = "Mqtt-Retain";
 pub const ORIGIN: &str = "Mqtt-Origin";
 pub const ID: &str = "Mqtt-Id";
 pub const PROPS: &str = "Mqtt-Props";
+/// On a forwarded QoS 2 message: its publisher's client id, packet id and DUP flag
+/// (`Publisher`, review10 H5).
+pub const PUBLISHER: &str = "Mqtt-Pub";
 
 /// Bounds a property header on decode (a frame of properties only; MQTT's own bound is
 /// far larger, but a cluster peer has no reason to send more).
@@ -30,10 +33,12 @@ const PROPS_MAX_BYTES: usize = 256 * 1024;
 pub struct Meta {
     pub qos: QoS,
     pub retain: bool,
-    /// The node that published it (its `cluster_node_name`).
+    /// The node incarnation that published it (`origin_of`: its `cluster_node_name`
+    /// and the process's random incarnation).
     pub origin: String,
-    /// The origin node's sequence number of this message: with `origin`, the key that
-    /// drops the second copy NATS sends for a second matching subscription.
+    /// The origin incarnation's sequence number of this message: with `origin`, the
+    /// key that identifies one forwarded message (it drops the second copy NATS sends
+    /// for a second matching subscription).
     pub id: u64,
     pub properties: PublishProperties,
 }
@@ -58,6 +63,189 @@ pub fn message_key(origin: &str, id: u64) -> u64 {
         h = h.wrapping_mul(FNV_PRIME);
     }
     h.max(1)
+}
+
+/// The `Mqtt-Origin` of a node's forwarded messages: its name and its process
+/// incarnation (review10 H2). The ids restart at 1 in every process, so with the name
+/// alone a restarted node's new messages would carry (origin, id) pairs its peers
+/// still remember from before, and be dropped as duplicates.
+pub fn origin_of(node: &str, incarnation: u64) -> String {
+    format!("{node}.{incarnation:016x}")
+}
+
+/// The length of `origin_of(node, _)`.
+pub fn origin_len(node: &str) -> usize {
+    node.len() + 17
+}
+
+/// A random number per call (per process, as the callers use it): this process's
+/// incarnation, told apart from the same node name's earlier processes.
+pub fn new_incarnation() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+}
+
+/// The (origin, id) pairs of the last `cap` forwarded messages received, to drop a
+/// second copy of one message (NATS sends one per matching subscription; the copies
+/// arrive together, so a short window is enough).
+pub struct SeenWindow {
+    cap: usize,
+    seen: std::collections::HashSet<(u64, u64)>,
+    order: std::collections::VecDeque<(u64, u64)>,
+}
+
+impl SeenWindow {
+    pub fn new(cap: usize) -> SeenWindow {
+        SeenWindow {
+            cap,
+            seen: Default::default(),
+            order: Default::default(),
+        }
+    }
+
+    /// Whether (origin, id) was seen in the window; remembers it if not.
+    pub fn seen_before(&mut self, origin: &str, id: u64) -> bool {
+        let o = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(origin);
+        if !self.seen.insert((o, id)) {
+            return true;
+        }
+        self.order.push_back((o, id));
+        if self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        false
+    }
+}
+
+/// Who published a QoS 2 message, and with which packet id (review10 H5). A client
+/// whose node died before its PUBREC re-sends the message (DUP = 1) to another node,
+/// which does not have the dead node's inbound QoS 2 state; nodes that saw the first
+/// copy recognise the re-send by this pair (`Qos2Window`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publisher {
+    pub client_id: Bytes,
+    pub packet_id: u16,
+    pub dup: bool,
+}
+
+/// `Mqtt-Pub`'s value: base64url of the client id, the packet id, and 1 for DUP.
+pub fn encode_publisher(p: &Publisher) -> String {
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&p.client_id);
+    format!("{id} {} {}", p.packet_id, u8::from(p.dup))
+}
+
+/// The `Publisher` an `Mqtt-Pub` value names; `None` for one ringmq did not make.
+pub fn decode_publisher(v: &str) -> Option<Publisher> {
+    let mut parts = v.split(' ');
+    let (id, packet_id, dup) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let client_id = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(id.as_bytes())
+        .ok()?;
+    let dup = match dup {
+        "0" => false,
+        "1" => true,
+        _ => return None,
+    };
+    Some(Publisher {
+        client_id: Bytes::from(client_id),
+        packet_id: packet_id.parse().ok()?,
+        dup,
+    })
+}
+
+/// How long, and for how many messages, a node remembers QoS 2 publishers' packet
+/// ids: a client re-sends within its reconnect time, which is seconds.
+pub const QOS2_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+pub const QOS2_WINDOW_MAX: usize = 65_536;
+
+type Qos2Key = (u64, u16);
+
+/// The (client id, packet id) of the QoS 2 messages a node received lately, with a
+/// hash of their topic and payload, bounded in time and count (review10 H5).
+#[derive(Debug, Default)]
+pub struct Qos2Window {
+    entries: std::collections::HashMap<Qos2Key, (u64, std::time::Instant)>,
+    order: std::collections::VecDeque<(Qos2Key, std::time::Instant)>,
+}
+
+impl Qos2Window {
+    /// Records a QoS 2 message of `publisher` with `topic` and `payload` at `now`.
+    /// Returns `true`, without recording, when it is a re-send (DUP = 1) of the message
+    /// recorded for that pair within the window: acknowledge it, do not deliver it.
+    /// A packet id reused after PUBCOMP comes with DUP = 0 and always passes; a DUP = 1
+    /// message whose content differs from the recorded one passes too.
+    pub fn resent(
+        &mut self,
+        publisher: &Publisher,
+        topic: &[u8],
+        payload: &[u8],
+        now: std::time::Instant,
+    ) -> bool {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let state = ahash::RandomState::with_seeds(5, 6, 7, 8);
+        while let Some(&(key, at)) = self.order.front() {
+            let old = now.saturating_duration_since(at) > QOS2_WINDOW;
+            if !old && self.order.len() <= QOS2_WINDOW_MAX {
+                break;
+            }
+            self.order.pop_front();
+            // A later record of the same pair keeps its entry.
+            if self.entries.get(&key).is_some_and(|e| e.1 == at) {
+                self.entries.remove(&key);
+            }
+        }
+        let key = (
+            state.hash_one(&publisher.client_id[..]),
+            publisher.packet_id,
+        );
+        let mut h = state.build_hasher();
+        topic.hash(&mut h);
+        payload.hash(&mut h);
+        let content = h.finish();
+        if publisher.dup && self.entries.get(&key).is_some_and(|e| e.0 == content) {
+            return true;
+        }
+        self.entries.insert(key, (content, now));
+        self.order.push_back((key, now));
+        false
+    }
+}
+
+/// NATS's default `max_payload` (1 MiB), assumed until the server says otherwise.
+pub const NATS_MAX_PAYLOAD_DEFAULT: usize = 1 << 20;
+
+/// Headers of a forwarded message besides `Mqtt-Origin`'s value and `Mqtt-Props`:
+/// the `NATS/1.0` line, the names, a u64 id, QoS and retain, with room to spare.
+const HEADERS_FIXED_BYTES: usize = 160;
+
+/// An upper bound of what NATS counts against `max_payload` for one forwarded
+/// message (headers and payload, review10 H3: nats-server closes the connection of a
+/// client that sends more; async-nats checks the payload alone), and for a retained
+/// one, of its KV value too. Encodes the properties only when there are any.
+pub fn forward_bytes(
+    origin_len: usize,
+    properties: &PublishProperties,
+    payload_len: usize,
+    retain: bool,
+) -> usize {
+    let props = if properties.is_empty() {
+        0
+    } else {
+        properties_frame(properties).len()
+    };
+    let headers = HEADERS_FIXED_BYTES + origin_len + props.div_ceil(3) * 4;
+    let forwarded = headers + payload_len;
+    if retain {
+        // The KV value (`encode_retained`) carries the raw frame, not base64.
+        forwarded.max(6 + props + payload_len)
+    } else {
+        forwarded
+    }
 }
 
 /// The header pairs for `meta`, in a fixed order.

@@ -10,7 +10,7 @@
 //! requests (`sessions.rs`) and the connection state that `/healthz` and `/metrics`
 //! read.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::io;
 use std::sync::atomic::Ordering;
@@ -40,8 +40,7 @@ use crate::shard::{AckToken, ClusterIn, ClusterOut, SessionClaim, ShardMsg, Shar
 const INBOUND_MAX: usize = 8192;
 /// Retained puts/deletes waiting for the KV writer.
 const RETAINED_MAX: usize = 4096;
-/// (origin, id) pairs remembered to drop a second copy of one message (NATS sends one
-/// per matching subscription; the copies arrive together, so a short window is enough).
+/// (origin, id) pairs remembered to drop a second copy of one message (`SeenWindow`).
 const DEDUP_WINDOW: usize = 65_536;
 /// Messages handed to loops before they are woken (one wake per burst, not per message).
 const WAKE_BURST: usize = 256;
@@ -139,7 +138,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
         });
     }
     let stop = Arc::new(Notify::new());
-    let settings = Settings::from(cfg, node);
+    let settings = Settings::from(cfg, node, headers::new_incarnation());
     let thread_status = status.clone();
     let thread_stop = stop.clone();
     let handle = std::thread::Builder::new()
@@ -170,8 +169,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 wakes,
                 interest: InterestTable::new(),
                 subs: HashMap::new(),
-                seen: HashSet::new(),
-                seen_order: VecDeque::new(),
+                seen: headers::SeenWindow::new(DEDUP_WINDOW),
                 next_id: 0,
                 shared_rr: 0,
                 to_wake: vec![false; loops],
@@ -202,6 +200,10 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
 struct Settings {
     urls: Vec<String>,
     node: String,
+    /// This process's incarnation (wills entries, `Mqtt-Origin`), random per process.
+    incarnation: u64,
+    /// `Mqtt-Origin` of this node's forwarded messages (`headers::origin_of`).
+    origin: String,
     user: String,
     password: String,
     creds_file: Option<String>,
@@ -215,10 +217,12 @@ struct Settings {
 }
 
 impl Settings {
-    fn from(cfg: &Config, node: String) -> Settings {
+    fn from(cfg: &Config, node: String, incarnation: u64) -> Settings {
         Settings {
             urls: cfg.cluster_nats.clone(),
+            origin: headers::origin_of(&node, incarnation),
             node,
+            incarnation,
             user: cfg.cluster_nats_user.clone(),
             password: cfg.cluster_nats_password.clone(),
             creds_file: cfg.cluster_nats_creds_file.clone(),
@@ -265,9 +269,8 @@ struct State {
     /// The forwarding tasks of each key's subscriptions (aborting one drops its
     /// `Subscriber`, which unsubscribes).
     subs: HashMap<InterestKey, Vec<tokio::task::JoinHandle<()>>>,
-    seen: HashSet<(u64, u64)>,
-    seen_order: VecDeque<(u64, u64)>,
-    /// Sequence of this node's forwarded messages (`Mqtt-Id`).
+    seen: headers::SeenWindow,
+    /// Sequence of this incarnation's forwarded messages (`Mqtt-Id`).
     next_id: u64,
     shared_rr: usize,
     to_wake: Vec<bool>,
@@ -354,6 +357,8 @@ async fn run(
         }
     };
     st.queue_client = Some(queue_client);
+    // The loops size what they forward by the server's `max_payload` (review10 H3).
+    tokio::spawn(watch_max_payload(client.clone(), st.status.clone()));
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(INBOUND_MAX);
     let (ret_tx, ret_rx) = mpsc::channel::<(String, Option<Bytes>)>(RETAINED_MAX);
     let (watch_tx, mut watch_rx) = mpsc::channel::<kv::Entry>(INBOUND_MAX);
@@ -374,10 +379,7 @@ async fn run(
     };
     let (claimed_tx, mut claimed_rx) = mpsc::channel::<(usize, ClusterIn)>(SESSIONS_MAX);
     let (takeover_tx, mut takeover_rx) = mpsc::channel::<async_nats::Message>(SESSIONS_MAX);
-    let incarnation = {
-        use std::hash::BuildHasher;
-        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
-    };
+    let incarnation = st.settings.incarnation;
     let w = Wills {
         js: js.clone(),
         replicas,
@@ -565,6 +567,20 @@ struct LoopsIo {
     alive_nodes: wills::AliveNodes,
 }
 
+/// Keeps `ClusterStatus::max_payload` at what the connected server announced (a
+/// reconnect may reach a server configured otherwise).
+async fn watch_max_payload(client: async_nats::Client, status: Arc<ClusterStatus>) {
+    loop {
+        let announced = client.server_info().max_payload;
+        if announced > 0 {
+            status
+                .max_payload
+                .store(announced as u64, Ordering::Relaxed);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 /// Makes the QoS stream (retried until NATS answers; another node may make it first).
 async fn qos_stream(js: jetstream::Context, replicas: usize) {
     let cfg = jetstream::stream::Config {
@@ -597,6 +613,18 @@ async fn retained_writer(
 ) {
     let mut store: Option<kv::Store> = None;
     while let Some((key, value)) = rx.recv().await {
+        // A write NATS would refuse (and close the connection for) never lands:
+        // dropped, not retried (review10 H3). The loops refuse such publishes already.
+        let too_long = 20 + key.len() > super::subject::SUBJECT_MAX_BYTES;
+        if too_long
+            || value
+                .as_ref()
+                .is_some_and(|v| v.len() > status.max_payload())
+        {
+            status.refused_large.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("cluster: retained write too large for NATS; not written");
+            continue;
+        }
         loop {
             if store.is_none() {
                 store = retained_bucket(&js, replicas).await;
@@ -813,13 +841,16 @@ impl State {
             let meta = Meta {
                 qos: m.qos,
                 retain: m.retain,
-                origin: self.settings.node.clone(),
+                origin: self.settings.origin.clone(),
                 id: self.next_id,
                 properties: m.properties.clone(),
             };
             let mut h = HeaderMap::new();
             for (k, v) in headers::encode(&meta) {
                 h.insert(k, v);
+            }
+            if let Some(p) = &f.publisher {
+                h.insert(headers::PUBLISHER, headers::encode_publisher(p));
             }
             match f.ack {
                 // The publisher waits: a JetStream publish, its ack awaited off this
@@ -869,6 +900,14 @@ impl State {
     ) {
         let shared = Arc::new(key.clone());
         let mut tasks = Vec::new();
+        // The loops refuse such a SUBSCRIBE; a session loaded from elsewhere may hold
+        // one. NATS would close the connection for it on every reconnect (review10 H3).
+        if !super::subject::filter_fits(&key.filter, key.group.as_deref()) {
+            self.status.refused_subjects.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("cluster: a filter's NATS subject is too long; kept local");
+            self.subs.insert(key, tasks);
+            return;
+        }
         for subject in filter_subjects(&key.filter) {
             let sub = match (&key.group, &self.queue_client) {
                 (Some(g), Some(q)) => q.queue_subscribe(subject.clone(), queue_group(g)).await,
@@ -894,21 +933,6 @@ impl State {
         self.subs.insert(key, tasks);
     }
 
-    /// Whether (origin, id) was seen in the window; remembers it if not.
-    fn seen_before(&mut self, origin: &str, id: u64) -> bool {
-        let o = ahash::RandomState::with_seeds(1, 2, 3, 4).hash_one(origin);
-        if !self.seen.insert((o, id)) {
-            return true;
-        }
-        self.seen_order.push_back((o, id));
-        if self.seen_order.len() > DEDUP_WINDOW {
-            if let Some(old) = self.seen_order.pop_front() {
-                self.seen.remove(&old);
-            }
-        }
-        false
-    }
-
     fn on_nats(&mut self, key: &InterestKey, m: async_nats::Message) {
         let Ok((topic, _)) = subject_topic(m.subject.as_str()) else {
             self.status.malformed.fetch_add(1, Ordering::Relaxed);
@@ -922,9 +946,26 @@ impl State {
             self.status.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
-        if key.group.is_none() && self.seen_before(&meta.origin, meta.id) {
+        if key.group.is_none() && self.seen.seen_before(&meta.origin, meta.id) {
             self.status.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        // A QoS 2 re-send (DUP = 1) on another node after its publisher's node died
+        // before the PUBREC: this node delivered the first copy (review10 H5).
+        if meta.qos == crate::protocol::QoS::ExactlyOnce {
+            let publisher = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(headers::PUBLISHER))
+                .and_then(|v| headers::decode_publisher(v.as_str()));
+            if let Some(p) = publisher {
+                if self
+                    .status
+                    .qos2_resent(&p, &topic, &m.payload, Instant::now())
+                {
+                    return;
+                }
+            }
         }
         let msg = Arc::new(Message {
             topic: Bytes::from(topic),
@@ -960,21 +1001,24 @@ impl State {
             Some(g) => {
                 // NATS picked this node for the group; pick one of its loops.
                 self.shared_rr = self.shared_rr.wrapping_add(1);
-                if let Some(l) = self.interest.loops(key).nth_wrapping(self.shared_rr) {
-                    let target = SharedTarget {
-                        filter: key.filter.clone(),
-                        group: g.clone(),
-                    };
-                    self.push(
-                        l,
-                        ShardMsg::Publish {
-                            msg,
-                            plain: false,
-                            shared: vec![target],
-                            hold: 0,
-                        },
-                    );
-                }
+                let Some(l) = self.interest.loops(key).nth_wrapping(self.shared_rr) else {
+                    // The last local member left while its UNSUB travelled.
+                    self.status.shared_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                };
+                let target = SharedTarget {
+                    filter: key.filter.clone(),
+                    group: g.clone(),
+                };
+                self.push(
+                    l,
+                    ShardMsg::Publish {
+                        msg,
+                        plain: false,
+                        shared: vec![target],
+                        hold: 0,
+                    },
+                );
             }
         }
     }

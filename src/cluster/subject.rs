@@ -46,6 +46,13 @@ impl QosClass {
     }
 }
 
+/// The longest subject (with its queue group, for a queue subscription) ringmq puts on
+/// NATS (review10 H3). nats-server closes a connection whose control line
+/// (`HPUB <subject> <reply> <hdr> <total>`, `SUB <subject> [queue] <sid>`) exceeds its
+/// `max_control_line`, 4 KiB by default; escaping can triple a topic's length. The
+/// rest of the line (a reply inbox, sizes, a subscription id) fits in what is left.
+pub const SUBJECT_MAX_BYTES: usize = 3_800;
+
 /// The token of an empty MQTT level.
 const EMPTY_LEVEL: &str = "%";
 
@@ -130,6 +137,39 @@ pub fn topic_subject(topic: &[u8], class: QosClass) -> Option<String> {
         escape_token(level, &mut s);
     }
     Some(s)
+}
+
+/// The length of `topic`'s subject (as `topic_subject` makes it) without making it.
+pub fn topic_subject_len(topic: &[u8]) -> usize {
+    let escaped: usize = topic
+        .iter()
+        .map(|&b| if is_plain(b) { 1 } else { 3 })
+        .sum::<usize>();
+    // "mq.Q" and one separator per level; a '/' is replaced by '.', not escaped, and an
+    // empty level is one token byte.
+    let slashes = topic.iter().filter(|&&b| b == b'/').count();
+    let empty_levels = topic.split(|&b| b == b'/').filter(|l| l.is_empty()).count();
+    PREFIX.len() + 2 + 1 + escaped - 2 * slashes + empty_levels
+}
+
+/// Whether `topic` can travel on NATS: its subject, and for a retained message its KV
+/// key's subject (`$KV.<bucket>.` and base64 of the topic), are within
+/// `SUBJECT_MAX_BYTES`.
+pub fn topic_fits(topic: &[u8], retain: bool) -> bool {
+    if topic_subject_len(topic) > SUBJECT_MAX_BYTES {
+        return false;
+    }
+    // "$KV.ringmq_retained." is 20 bytes; base64 without padding is 4 per 3.
+    !retain || 20 + topic.len().div_ceil(3) * 4 <= SUBJECT_MAX_BYTES
+}
+
+/// Whether a subscription to `filter` (in `group` when shared) can be made on NATS:
+/// each of its subjects with the queue group within `SUBJECT_MAX_BYTES`.
+pub fn filter_fits(filter: &[u8], group: Option<&[u8]>) -> bool {
+    let queue = group.map_or(0, |g| queue_group(g).len() + 1);
+    filter_subjects(filter)
+        .iter()
+        .all(|s| s.len() + queue <= SUBJECT_MAX_BYTES)
 }
 
 /// The topic and class a subject carries; `Err` for a subject ringmq did not make.

@@ -749,3 +749,194 @@ fn a_busy_answer_is_asked_again_and_no_session_is_final() {
     assert_eq!(t.next(None), ConfirmStep::Again(std::time::Duration::ZERO));
     assert_eq!(t.next(None), ConfirmStep::GiveUp);
 }
+
+/// Review10 H2: a node restarted under its name numbers its forwarded messages from 1
+/// again; a peer that remembers the earlier process's (origin, id) pairs must not
+/// take the new process's messages for second copies.
+#[test]
+fn a_restarted_node_is_a_new_origin() {
+    let mut seen = headers::SeenWindow::new(1024);
+    let before = headers::origin_of("n2", headers::new_incarnation());
+    for id in 1..=100 {
+        assert!(!seen.seen_before(&before, id));
+    }
+    // The second copy NATS sends for a second matching subscription is dropped.
+    assert!(seen.seen_before(&before, 7));
+    let after = headers::origin_of("n2", headers::new_incarnation());
+    assert_ne!(before, after, "two processes of one node share an origin");
+    for id in 1..=100 {
+        assert!(
+            !seen.seen_before(&after, id),
+            "id {id} of the new process dropped"
+        );
+    }
+    // The origin rides in a header: a node name is kept as it is.
+    let meta = Meta {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        origin: after.clone(),
+        id: 1,
+        properties: PublishProperties::default(),
+    };
+    assert_eq!(headers::decode(lookup(&headers::encode(&meta))), Ok(meta));
+}
+
+#[test]
+fn the_seen_window_is_bounded() {
+    let mut seen = headers::SeenWindow::new(4);
+    for id in 1..=5 {
+        assert!(!seen.seen_before("o", id));
+    }
+    // 1 left the window; 5 is still in it.
+    assert!(!seen.seen_before("o", 1));
+    assert!(seen.seen_before("o", 5));
+}
+
+proptest! {
+    /// The length the loops bound (review10 H3) is the subject's real length.
+    #[test]
+    fn topic_subject_len_is_the_subject_length(t in topic()) {
+        let s = topic_subject(t.as_bytes(), Q1).unwrap();
+        prop_assert_eq!(super::subject::topic_subject_len(t.as_bytes()), s.len());
+    }
+}
+
+/// Review10 H3: nats-server closes a connection whose control line is over 4 KiB;
+/// escaping triples a byte outside `[A-Za-z0-9_-]`.
+#[test]
+fn subjects_are_bounded_for_nats() {
+    use super::subject::{filter_fits, topic_fits, SUBJECT_MAX_BYTES};
+    assert!(topic_fits(" ".repeat(1_200).as_bytes(), false));
+    assert!(!topic_fits(" ".repeat(1_300).as_bytes(), false));
+    assert!(!topic_fits("a".repeat(SUBJECT_MAX_BYTES).as_bytes(), false));
+    // A retained topic's KV key is base64 of it under `$KV.ringmq_retained.`.
+    let plain = "a".repeat(3_000);
+    assert!(topic_fits(plain.as_bytes(), false));
+    assert!(!topic_fits(plain.as_bytes(), true));
+    assert!(topic_fits("a".repeat(2_800).as_bytes(), true));
+    assert!(filter_fits(b"a/+/#", Some(b"g")));
+    assert!(!filter_fits(
+        format!("{}/#", " ".repeat(1_300)).as_bytes(),
+        None
+    ));
+    // `a/#` is two subscriptions; the longer one counts.
+    let edge = "a".repeat(SUBJECT_MAX_BYTES - 5);
+    assert!(filter_fits(edge.as_bytes(), None));
+    assert!(!filter_fits(format!("{edge}/#").as_bytes(), None));
+    // The queue group is on the SUB line too.
+    assert!(!filter_fits(
+        b"t",
+        Some("g".repeat(SUBJECT_MAX_BYTES).as_bytes())
+    ));
+}
+
+/// Review10 H3: the loops' bound on what NATS counts against `max_payload` is never
+/// under the real headers and payload (nor a retained entry's value).
+#[test]
+fn forward_bytes_bounds_the_real_message() {
+    let origin = headers::origin_of("node-with-a-name", u64::MAX);
+    for (properties, payload_len) in [
+        (PublishProperties::default(), 0),
+        (PublishProperties::default(), 100_000),
+        (props(), 10),
+    ] {
+        let meta = Meta {
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            origin: origin.clone(),
+            id: u64::MAX,
+            properties: properties.clone(),
+        };
+        // "NATS/1.0\r\n", "Name: value\r\n" each, "\r\n".
+        let headers: usize = 12
+            + headers::encode(&meta)
+                .iter()
+                .map(|(k, v)| k.len() + 2 + v.len() + 2)
+                .sum::<usize>();
+        let value = headers::encode_retained(meta.qos, &properties, &vec![0; payload_len]).len();
+        let bound = headers::forward_bytes(
+            headers::origin_len("node-with-a-name"),
+            &properties,
+            payload_len,
+            true,
+        );
+        assert_eq!(origin.len(), headers::origin_len("node-with-a-name"));
+        assert!(
+            bound >= headers + payload_len,
+            "{bound} < {headers} + {payload_len}"
+        );
+        assert!(bound >= value);
+    }
+}
+
+#[test]
+fn publisher_header_round_trip() {
+    let p = headers::Publisher {
+        client_id: Bytes::from_static(b"dev ice/1"),
+        packet_id: 65_535,
+        dup: true,
+    };
+    let v = headers::encode_publisher(&p);
+    assert_eq!(headers::decode_publisher(&v), Some(p));
+    for bad in [
+        "",
+        "ZGV2 1",
+        "ZGV2 1 2",
+        "ZGV2 70000 0",
+        "!! 1 0",
+        "ZGV2 1 0 x",
+    ] {
+        assert_eq!(headers::decode_publisher(bad), None, "{bad:?}");
+    }
+}
+
+/// Review10 H5: a QoS 2 message re-sent (DUP = 1) on another node after its
+/// publisher's node died is recognised by every node that received the first copy.
+#[test]
+fn a_qos2_resend_is_recognised_within_the_window() {
+    let mut w = headers::Qos2Window::default();
+    let t0 = std::time::Instant::now();
+    let first = headers::Publisher {
+        client_id: Bytes::from_static(b"p"),
+        packet_id: 7,
+        dup: false,
+    };
+    let resend = headers::Publisher {
+        dup: true,
+        ..first.clone()
+    };
+    assert!(!w.resent(&first, b"t", b"m1", t0));
+    assert!(w.resent(&resend, b"t", b"m1", t0 + std::time::Duration::from_secs(5)));
+    // Another client's same packet id, and another message under a DUP flag, pass.
+    let other = headers::Publisher {
+        client_id: Bytes::from_static(b"q"),
+        ..resend.clone()
+    };
+    assert!(!w.resent(&other, b"t", b"m1", t0));
+    assert!(!w.resent(&resend, b"t", b"m2", t0));
+    // The packet id reused after PUBCOMP (DUP = 0) always passes, and is then the one
+    // a re-send is compared with.
+    assert!(!w.resent(&first, b"t", b"m3", t0));
+    assert!(w.resent(&resend, b"t", b"m3", t0));
+    // Forgotten after the window.
+    let later = t0 + headers::QOS2_WINDOW + std::time::Duration::from_secs(1);
+    assert!(!w.resent(&resend, b"t", b"m3", later));
+}
+
+#[test]
+fn the_qos2_window_is_bounded_in_count() {
+    let mut w = headers::Qos2Window::default();
+    let now = std::time::Instant::now();
+    let p = |id: usize| headers::Publisher {
+        client_id: Bytes::from(id.to_string()),
+        packet_id: 1,
+        dup: false,
+    };
+    for id in 0..=headers::QOS2_WINDOW_MAX {
+        assert!(!w.resent(&p(id), b"t", b"m", now));
+    }
+    let again = |id: usize| headers::Publisher { dup: true, ..p(id) };
+    // One more than the bound: the oldest went at the next record.
+    assert!(!w.resent(&again(0), b"t", b"m", now));
+    assert!(w.resent(&again(headers::QOS2_WINDOW_MAX), b"t", b"m", now));
+}

@@ -456,7 +456,7 @@ fn every_cluster_counter_is_exported() {
         ($($f:ident),* $(,)?) => {{
             #[allow(dead_code)]
             fn all_listed(x: &ClusterStatus) {
-                let ClusterStatus { node: _, connected: _, stopped: _, fenced: _, $($f: _,)* } = x;
+                let ClusterStatus { node: _, connected: _, stopped: _, fenced: _, qos2_window: _, $($f: _,)* } = x;
             }
             vec![$( (stringify!($f), (|x: &ClusterStatus, v: u64| {
                 let a: &AtomicU64 = &x.$f;
@@ -499,6 +499,11 @@ fn every_cluster_counter_is_exported() {
         wills_fenced_published,
         sessions_reasserted,
         sessions_sent_on,
+        max_payload,
+        refused_subjects,
+        refused_large,
+        shared_dropped,
+        qos2_resends,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use super::cluster_session::{Handed, HandoverConfirm, SessionClaim, SessionHandover};
 use super::retained::RetainedBody;
 use super::{ConnId, Shard, ShardMsg};
+use crate::cluster::bridge::Refusal;
 use crate::protocol::{Packet, PubResp, QoS};
 use crate::session::Message;
 
@@ -51,6 +52,8 @@ pub struct AckToken {
 pub struct Forward {
     pub msg: Arc<Message>,
     pub ack: Option<AckToken>,
+    /// A client's QoS 2 message: who published it with which packet id (review10 H5).
+    pub publisher: Option<crate::cluster::headers::Publisher>,
 }
 
 /// What the cluster thread hands a loop.
@@ -144,6 +147,8 @@ pub struct ClusterOut {
     pub dropped: u64,
     /// Index in `publishes` of the message the current `publish` call forwarded.
     pushed: Option<usize>,
+    /// The current `publish` call's message passed `cluster_refuses` already.
+    checked: bool,
 }
 
 impl ClusterOut {
@@ -199,6 +204,7 @@ impl Shard {
         let Some(c) = self.cluster.as_deref_mut() else {
             return;
         };
+        let checked = std::mem::take(&mut c.checked);
         if msg.topic.first() == Some(&b'$') {
             return;
         }
@@ -206,10 +212,81 @@ impl Shard {
             c.dropped += 1;
             return;
         }
+        // A client's PUBLISH was checked already (`cluster_refuses`); a will was not.
+        // One NATS cannot carry stays on this node (counted).
+        if !checked {
+            if let Some(st) = self.cluster_status.as_deref() {
+                if st
+                    .refuses(&msg.topic, msg.retain, &msg.properties, msg.payload.len())
+                    .is_some()
+                {
+                    return;
+                }
+            }
+        }
         // Its own bytes: the cluster thread may hold it past this receive buffer.
         let a = arc.get_or_insert_with(|| Arc::new(msg.compacted())).clone();
         c.pushed = Some(c.publishes.len());
-        c.publishes.push(Forward { msg: a, ack: None });
+        c.publishes.push(Forward {
+            msg: a,
+            ack: None,
+            publisher: None,
+        });
+    }
+
+    /// Whether NATS picks the shared-group member of a publish made now (queue groups):
+    /// only while the node is connected, the cluster thread runs and this turn's
+    /// forwards are not full. Otherwise nothing would come back through the queue
+    /// group, so this node picks among its own members (review10 H4). A publish made
+    /// while disconnected that async-nats still sends once NATS is back may then also
+    /// reach a member on another node: at least once, not exactly once, in an outage.
+    #[inline]
+    pub(super) fn cluster_picks_shared(&self) -> bool {
+        let forwards = self
+            .cluster
+            .as_deref()
+            .is_some_and(|c| c.publishes.len() < CLUSTER_OUT_MAX);
+        forwards
+            && self
+                .cluster_status
+                .as_deref()
+                .map_or(true, |s| s.is_connected() && !s.is_stopped())
+    }
+
+    /// Whether a DUP = 1 QoS 2 PUBLISH that this session holds no state for is a
+    /// re-send of a message this node already received from another node (its
+    /// publisher's node died before the PUBREC; review10 H5).
+    pub(super) fn cluster_qos2_resent(
+        &self,
+        session: u32,
+        p: &crate::protocol::Publish,
+        now: Instant,
+    ) -> bool {
+        let (Some(_), Some(status), Some(s)) = (
+            self.cluster.as_deref(),
+            self.cluster_status.as_deref(),
+            self.sessions.get(session),
+        ) else {
+            return false;
+        };
+        let publisher = crate::cluster::headers::Publisher {
+            client_id: Bytes::copy_from_slice(&s.client_id),
+            packet_id: p.packet_id,
+            dup: true,
+        };
+        status.qos2_resent(&publisher, &p.topic, &p.payload, now)
+    }
+
+    /// Why a client's PUBLISH cannot go to NATS on this cluster node (review10 H3):
+    /// `None` off the cluster, for a `$`-topic (never forwarded) and for one that fits.
+    #[inline]
+    pub(super) fn cluster_refuses(&self, p: &crate::protocol::Publish) -> Option<Refusal> {
+        self.cluster.as_ref()?;
+        if p.topic.first() == Some(&b'$') {
+            return None;
+        }
+        let status = self.cluster_status.as_deref()?;
+        status.refuses(&p.topic, p.retain, &p.properties, p.payload.len())
     }
 
     /// Called before a client's `publish`: forgets which message was forwarded last.
@@ -217,6 +294,8 @@ impl Shard {
     pub(super) fn cluster_mark(&mut self) {
         if let Some(c) = self.cluster.as_deref_mut() {
             c.pushed = None;
+            // Only a client's PUBLISH comes here, after `cluster_refuses`.
+            c.checked = true;
         }
     }
 
@@ -227,11 +306,22 @@ impl Shard {
         conn: ConnId,
         packet_id: u16,
         qos: QoS,
+        dup: bool,
         pushed: Option<usize>,
     ) -> bool {
-        let Some(generation) = self.conns.get(conn).map(|c| c.generation) else {
+        let Some((generation, session)) = self.conns.get(conn).map(|c| (c.generation, c.session))
+        else {
             return false;
         };
+        // Other nodes tell a re-send of it on another node by this (review10 H5).
+        let publisher = (qos == QoS::ExactlyOnce)
+            .then(|| self.sessions.get(session))
+            .flatten()
+            .map(|s| crate::cluster::headers::Publisher {
+                client_id: Bytes::copy_from_slice(&s.client_id),
+                packet_id,
+                dup,
+            });
         let Some(f) = self
             .cluster
             .as_deref_mut()
@@ -245,6 +335,7 @@ impl Shard {
             packet_id,
             qos,
         });
+        f.publisher = publisher;
         true
     }
 

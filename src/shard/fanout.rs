@@ -44,7 +44,9 @@ const WALK_PLAN: u8 = 1;
 const WALK_PICK: u8 = 2;
 /// A publish on a cluster node: plan plain copies for the other shards, but pick no
 /// shared-group member: NATS picks one node of each group cluster-wide (queue
-/// groups), and the message comes back to this node if it is the one.
+/// groups), and the message comes back to this node if it is the one. Only while
+/// the cluster can take it (`cluster_picks_shared`); otherwise the node picks among
+/// its own members as a single node does (review10 H4).
 const WALK_CLUSTER: u8 = 3;
 
 /// One session's merged copy of a message.
@@ -88,7 +90,8 @@ impl Shard {
 
         // One walk finds the shards to forward to, the shared groups each serves
         // and this shard's own plain subscribers.
-        if self.cluster.is_some() && msg.topic.first() != Some(&b'$') {
+        if self.cluster.is_some() && msg.topic.first() != Some(&b'$') && self.cluster_picks_shared()
+        {
             self.deliver_local::<WALK_CLUSTER>(msg, &mut arc, now);
         } else if self.shard_count == 1 {
             // This shard serves every group: pick members during the walk.

@@ -8,6 +8,7 @@ use smallvec::SmallVec;
 use super::conn::ConnState;
 use super::durable::CopyChange;
 use super::{ConnId, Shard};
+use crate::cluster::bridge::Refusal;
 use crate::protocol::{
     Disconnect, Packet, PubResp, Publish, QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe,
 };
@@ -123,6 +124,7 @@ impl Shard {
         }
         let packet_id = p.packet_id;
         let qos = p.qos;
+        let dup = p.dup;
         // ACL (write): compiled at CONNECT, one branch without an ACL file.
         // `Some(is_v5)` when denied: one slab lookup on the allowed path.
         let denied = self
@@ -143,6 +145,31 @@ impl Shard {
                 QoS::AtLeastOnce => self.write_control(conn, &Packet::PubAck(resp)),
                 QoS::ExactlyOnce => self.write_control(conn, &Packet::PubRec(resp)),
             }
+            return Ok(());
+        }
+        // On a cluster node, a message NATS cannot carry is refused before anything
+        // else (review10 H3): forwarding it would make nats-server close the node's
+        // connection (and drop its JetStream acks in flight).
+        if let Some(refused) = self.cluster_refuses(&p) {
+            let v5 = self.conns.get(conn).is_some_and(|c| c.version.is_v5());
+            let (code, err) = match refused {
+                Refusal::Subject => (ReasonCode::TopicNameInvalid, SessionError::TopicNameInvalid),
+                Refusal::TooLarge => (ReasonCode::QuotaExceeded, SessionError::QuotaExceeded),
+            };
+            // MQTT 5 QoS 1/2: a negative acknowledgement (0x90 or 0x97; a PUBREC of
+            // 0x80 or more ends the flow). QoS 0 has no acknowledgement and 3.x has no
+            // negative one (a PUBACK would say the message was taken): the connection
+            // ends, as for a topic over `max_topic_len` (DISCONNECT 0x90/0x97 on 5).
+            if !v5 || qos == QoS::AtMostOnce {
+                return Err(err);
+            }
+            let mut resp = PubResp::new(packet_id);
+            resp.code = code;
+            let packet = match qos {
+                QoS::AtLeastOnce => Packet::PubAck(resp),
+                _ => Packet::PubRec(resp),
+            };
+            self.write_control(conn, &packet);
             return Ok(());
         }
         // Records this publish appends (persistent sessions only) start here; its
@@ -167,6 +194,12 @@ impl Shard {
             if qos == QoS::ExactlyOnce {
                 d.awaiting_pubrel.push(packet_id);
                 self.log_inbound_qos2(session, packet_id, true);
+                // A re-send whose first copy reached this node through another node
+                // (review10 H5): acknowledged, its PUBREL completes it, not delivered.
+                if dup && self.cluster_qos2_resent(session, &p, now) {
+                    self.ack_publish(conn, packet_id, true, mark);
+                    return Ok(());
+                }
             }
         }
         let msg = Message {
@@ -191,7 +224,7 @@ impl Shard {
         // On a cluster node the acknowledgement waits for JetStream (`cluster.rs`).
         if forwarded.is_some()
             && !retain_refused
-            && self.cluster_hold_ack(conn, packet_id, qos, forwarded)
+            && self.cluster_hold_ack(conn, packet_id, qos, dup, forwarded)
         {
             // One hold, two conditions: JetStream and the log (`durable_cluster.rs`).
             self.store_hold_with_cluster(conn, packet_id, qos == QoS::ExactlyOnce, mark);
@@ -315,14 +348,18 @@ impl Shard {
         let mut retained: SmallVec<[(Bytes, crate::protocol::SubscriptionOptions); 2]> =
             SmallVec::new();
         for (filter, options) in &s.filters {
-            let (shared, inner) = match crate::topic::parse_shared(filter) {
-                Ok(x) => (x.is_some(), x.map_or(&filter[..], |s| s.filter)),
+            let (group, inner) = match crate::topic::parse_shared(filter) {
+                Ok(x) => (
+                    x.as_ref().map(|s| s.group),
+                    x.map_or(&filter[..], |s| s.filter),
+                ),
                 Err(_) => {
                     self.stats.refused_filters += 1;
                     codes.push(ReasonCode::TopicFilterInvalid);
                     continue;
                 }
             };
+            let shared = group.is_some();
             if shared && options.no_local {
                 return Err(SessionError::ProtocolError);
             }
@@ -345,6 +382,16 @@ impl Shard {
                     .any(|d| d.as_bytes() == &filter[..])
                 {
                     Some(ReasonCode::UnspecifiedError)
+                } else if self.cluster.is_some()
+                    && !crate::cluster::subject::filter_fits(inner, group)
+                {
+                    // Its NATS subscription would make nats-server close the node's
+                    // connection, again after every reconnect (review10 H3).
+                    if let Some(st) = self.cluster_status.as_deref() {
+                        st.refused_subjects
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    Some(ReasonCode::TopicFilterInvalid)
                 } else if !acl.can_subscribe(inner) {
                     // 0x87; 3.1.1 SUBACK gets 0x80 for this filter alone.
                     self.stats.acl_denied_subscribe += 1;

@@ -2,12 +2,14 @@
 //! cluster thread, the PUBACK held for the JetStream ack, copies from other nodes,
 //! shared groups left to NATS, and single-node mode unchanged.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
 use super::cfg;
-use crate::protocol::{Packet, QoS};
+use crate::cluster::ClusterStatus;
+use crate::protocol::{Packet, Properties, PubResp, QoS, ReasonCode, SubscriptionOptions};
 use crate::session::{Message, NONE};
 use crate::shard::harness::*;
 use crate::shard::{ClusterIn, ShardMsg, SharedTarget};
@@ -210,4 +212,217 @@ fn single_node_mode_is_unchanged() {
     cl.expect(p, puback(9));
     cl.expect(s, pubp("t", "x", Q0, false, 0));
     assert!(cl.shards[0].take_cluster_out().is_none());
+}
+
+/// A cluster node whose cluster thread runs, connected to NATS (`max_payload` as
+/// given, 0: NATS's default), with topics up to 64 KiB allowed.
+fn connected_node(max_payload: u64) -> (Cluster, Arc<ClusterStatus>) {
+    let mut config = cfg();
+    config.max_topic_len = 65_535;
+    let mut cl = Cluster::new(1, config);
+    cl.shards[0].enable_cluster();
+    let status = Arc::new(ClusterStatus::default());
+    status.connected.store(true, Ordering::Relaxed);
+    status.max_payload.store(max_payload, Ordering::Relaxed);
+    cl.shards[0].set_cluster_status(status.clone());
+    (cl, status)
+}
+
+fn refused(code: ReasonCode, packet_id: u16, qos: QoS) -> Packet {
+    let r = PubResp {
+        packet_id,
+        code,
+        properties: Properties::default(),
+    };
+    if qos == Q1 {
+        Packet::PubAck(r)
+    } else {
+        Packet::PubRec(r)
+    }
+}
+
+/// Review10 H3: a topic whose NATS subject would pass nats-server's control line is
+/// refused (not delivered, not forwarded, never acknowledged as taken): 0x90 to an
+/// MQTT 5 QoS 1/2 publisher; a QoS 0 or 3.1.1 publisher is disconnected, as for a
+/// topic over `max_topic_len`. The same topic fits a single node.
+#[test]
+fn a_topic_too_long_for_nats_is_refused() {
+    let (mut cl, status) = connected_node(0);
+    let long = " ".repeat(1_300);
+    let s = cl.connect_ok(V311, "s", ConnectOpts::default(), false);
+    cl.subscribe(s, "#", Q1);
+    let _ = cl.shards[0].take_cluster_out();
+    let p5 = cl.connect_ok(V5, "p5", ConnectOpts::default(), false);
+    cl.publish(p5, &long, "x", Q1, false, 1);
+    cl.expect(p5, refused(ReasonCode::TopicNameInvalid, 1, Q1));
+    cl.publish(p5, &long, "x", Q2, false, 2);
+    cl.expect(p5, refused(ReasonCode::TopicNameInvalid, 2, Q2));
+    cl.expect_open(p5);
+    // A retained one's KV key (base64 of the topic) is bounded too.
+    let plain = "a".repeat(3_000);
+    cl.publish(p5, &plain, "x", Q1, true, 3);
+    cl.expect(p5, refused(ReasonCode::TopicNameInvalid, 3, Q1));
+    cl.publish(p5, &plain, "x", Q1, false, 4);
+    cl.expect(s, pubp(&plain, "x", Q1, false, 1));
+    let out = cl.shards[0].take_cluster_out().expect("the fitting one");
+    assert_eq!(out.publishes.len(), 1);
+    assert!(out.publishes[0].ack.is_some(), "held for JetStream");
+    cl.expect_nothing(s);
+    assert_eq!(status.refused_subjects.load(Ordering::Relaxed), 3);
+    cl.publish(p5, &long, "x", Q0, false, 0);
+    cl.expect(p5, disconnect(ReasonCode::TopicNameInvalid));
+    cl.expect_closed(p5);
+    let p3 = cl.connect_ok(V311, "p3", ConnectOpts::default(), false);
+    cl.publish(p3, &long, "x", Q1, false, 5);
+    cl.expect_nothing(p3);
+    cl.expect_closed(p3);
+    cl.expect_nothing(s);
+    assert!(cl.shards[0].take_cluster_out().is_none());
+
+    let mut config = cfg();
+    config.max_topic_len = 65_535;
+    let mut single = Cluster::new(1, config);
+    let p = single.connect_ok(V5, "p", ConnectOpts::default(), false);
+    single.publish(p, &long, "x", Q1, false, 1);
+    single.expect(p, puback(1));
+}
+
+/// Review10 H3: a SUBSCRIBE whose NATS subscription nats-server would refuse (closing
+/// the connection, again after every reconnect) gets 0x8F (3.1.1: 0x80).
+#[test]
+fn a_filter_too_long_for_nats_is_refused() {
+    let (mut cl, status) = connected_node(0);
+    let long = format!("{}/+", " ".repeat(1_300));
+    // 3.1.1 has one failure code, 0x80.
+    for (v, code) in [
+        (V5, ReasonCode::TopicFilterInvalid),
+        (V311, ReasonCode::UnspecifiedError),
+    ] {
+        let c = cl.connect_ok(v, &format!("c{v:?}"), ConnectOpts::default(), false);
+        cl.subscribe_with(
+            c,
+            &long,
+            SubscriptionOptions::default(),
+            Properties::default(),
+        );
+        cl.expect(c, suback(1, &[code]));
+        // The group name is on the SUB line too.
+        let shared = format!("$share/{}/t", "g".repeat(3_900));
+        cl.subscribe_with(
+            c,
+            &shared,
+            SubscriptionOptions::default(),
+            Properties::default(),
+        );
+        cl.expect(c, suback(1, &[code]));
+        cl.expect_open(c);
+    }
+    assert!(cl.shards[0].take_cluster_out().is_none(), "no interest");
+    assert_eq!(status.refused_subjects.load(Ordering::Relaxed), 4);
+}
+
+/// Review10 H3: a message larger than the server's `max_payload` with its headers is
+/// not forwarded (nats-server would close the connection): refused with 0x97 to an
+/// MQTT 5 QoS 1/2 publisher, never acknowledged as stored.
+#[test]
+fn a_message_too_large_for_nats_is_refused() {
+    let (mut cl, status) = connected_node(4_096);
+    let s = cl.connect_ok(V311, "s", ConnectOpts::default(), false);
+    cl.subscribe(s, "t", Q1);
+    let _ = cl.shards[0].take_cluster_out();
+    let p5 = cl.connect_ok(V5, "p5", ConnectOpts::default(), false);
+    // Under max_payload alone, over it with the headers.
+    let big = "x".repeat(4_000);
+    cl.publish(p5, "t", &big, Q1, false, 1);
+    cl.expect(p5, refused(ReasonCode::QuotaExceeded, 1, Q1));
+    cl.publish(p5, "t", &big, Q2, false, 2);
+    cl.expect(p5, refused(ReasonCode::QuotaExceeded, 2, Q2));
+    cl.expect_nothing(s);
+    assert!(cl.shards[0].take_cluster_out().is_none());
+    cl.publish(p5, "t", "small", Q1, false, 3);
+    cl.expect(s, pubp("t", "small", Q1, false, 1));
+    assert_eq!(cl.shards[0].take_cluster_out().unwrap().publishes.len(), 1);
+    assert_eq!(status.refused_large.load(Ordering::Relaxed), 2);
+    cl.publish(p5, "t", &big, Q0, false, 0);
+    cl.expect(p5, disconnect(ReasonCode::QuotaExceeded));
+    cl.expect_closed(p5);
+    let p3 = cl.connect_ok(V311, "p3", ConnectOpts::default(), false);
+    cl.publish(p3, "t", &big, Q1, false, 4);
+    cl.expect_nothing(p3);
+    cl.expect_closed(p3);
+    cl.expect_nothing(s);
+}
+
+/// Review10 H4: while the cluster cannot take a publish (NATS lost, or the cluster
+/// thread ended), nothing comes back through the queue group, so a local member of a
+/// shared group gets it, as on a single node.
+#[test]
+fn shared_groups_are_picked_locally_while_the_cluster_cannot_take_them() {
+    let (mut cl, status) = connected_node(0);
+    let m = cl.connect_ok(V311, "m", ConnectOpts::default(), false);
+    cl.subscribe(m, "$share/g/t", Q1);
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    cl.publish(p, "t", "via nats", Q0, false, 0);
+    cl.expect_nothing(m);
+    status.connected.store(false, Ordering::Relaxed);
+    cl.publish(p, "t", "cut", Q1, false, 1);
+    cl.expect(m, pubp("t", "cut", Q1, false, 1));
+    status.connected.store(true, Ordering::Relaxed);
+    status.stopped.store(true, Ordering::Release);
+    cl.publish(p, "t", "alone", Q0, false, 0);
+    cl.expect(m, pubp("t", "alone", Q0, false, 0));
+    status.stopped.store(false, Ordering::Release);
+    cl.publish(p, "t", "back", Q0, false, 0);
+    cl.expect_nothing(m);
+}
+
+/// Review10 H5: a client whose node died before its PUBREC re-sends the QoS 2 message
+/// (DUP = 1) to this node, which had received the first copy from NATS: PUBREC, no
+/// second delivery, not forwarded again. Another message under a DUP flag is new.
+#[test]
+fn a_qos2_resend_after_a_node_died_is_not_delivered_twice() {
+    let (mut cl, status) = connected_node(0);
+    let s = cl.connect_ok(V311, "s", ConnectOpts::default(), false);
+    cl.subscribe(s, "t", Q2);
+    let _ = cl.shards[0].take_cluster_out();
+    // The first copy, from the dead node, as the cluster thread records it.
+    let first = crate::cluster::headers::Publisher {
+        client_id: Bytes::from_static(b"p"),
+        packet_id: 7,
+        dup: false,
+    };
+    assert!(!status.qos2_resent(&first, b"t", b"m", cl.now));
+    let msg = from_node(&cl, "t", "m", Q2);
+    cl.shards[0].on_cluster_in(
+        ClusterIn::Msg(ShardMsg::Publish {
+            msg,
+            plain: true,
+            shared: Vec::new(),
+            hold: 0,
+        }),
+        cl.now,
+    );
+    cl.pump();
+    cl.expect(s, pubp("t", "m", Q2, false, 1));
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    let mut resend = publish("t", "m", Q2, false, 7);
+    resend.dup = true;
+    cl.send(p, Packet::Publish(resend.clone()));
+    cl.expect(p, pubrec(7));
+    cl.send(p, pubrel(7));
+    cl.expect(p, pubcomp(7));
+    cl.expect_nothing(s);
+    assert!(cl.shards[0].take_cluster_out().is_none(), "not forwarded");
+    assert_eq!(status.qos2_resends.load(Ordering::Relaxed), 1);
+    // Another message with a DUP flag: delivered, forwarded with its publisher.
+    let mut other = publish("t", "other", Q2, false, 8);
+    other.dup = true;
+    cl.send(p, Packet::Publish(other));
+    let out = cl.shards[0].take_cluster_out().expect("forwarded");
+    let publisher = out.publishes[0].publisher.as_ref().expect("publisher");
+    assert_eq!(
+        (&publisher.client_id[..], publisher.packet_id, publisher.dup),
+        (&b"p"[..], 8, true)
+    );
+    assert!(matches!(cl.next(s), Some(Packet::Publish(m)) if &m.payload[..] == b"other"));
 }
