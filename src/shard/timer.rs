@@ -1,6 +1,6 @@
 //! Timers: a hierarchical timing wheel with lazy cancellation. An entry carries the
 //! generation of the connection or session it was set for; a stale entry is skipped
-//! when it fires. Keepalive is re-armed lazily from `last_seen` when its entry
+//! when it fires. Keepalive is re-armed lazily from `last_seen_ms` when its entry
 //! fires, so traffic never touches the wheel.
 //!
 //! Four levels of 64 slots at a 1 ms tick cover 2^24 ticks (4.66 h): level `L` slot
@@ -297,6 +297,12 @@ impl Shard {
                         {
                             self.fail(t.key as usize, SessionError::TokenExpired, now);
                         }
+                        ConnState::Connected if c.keepalive_deferred => {
+                            if let Some(c) = self.conns.get_mut(t.key as usize) {
+                                c.keepalive_deferred = false;
+                            }
+                            self.on_keepalive(t, now);
+                        }
                         _ => {}
                     }
                 }
@@ -329,6 +335,7 @@ impl Shard {
     }
 
     fn on_keepalive(&mut self, t: Timer, now: Instant) {
+        let now_ms = self.seen_ms(now);
         let Some(c) = self.conns.get(t.key as usize) else {
             return;
         };
@@ -338,8 +345,10 @@ impl Shard {
         {
             return;
         }
-        let deadline = c.last_seen + Duration::from_millis(u64::from(c.keepalive_timeout_ms));
-        if deadline > now {
+        // Both stamps are whole ms: the check is at most 1 ms early or late.
+        let idle_ms = now_ms.wrapping_sub(c.last_seen_ms);
+        if idle_ms < c.keepalive_timeout_ms {
+            let deadline = now + Duration::from_millis(u64::from(c.keepalive_timeout_ms - idle_ms));
             self.timers
                 .push(now, deadline, TimerKind::Keepalive, t.key, t.generation);
             return;
@@ -347,15 +356,32 @@ impl Shard {
         self.fail(t.key as usize, SessionError::KeepAliveTimeout, now);
     }
 
-    /// Arms the keepalive check of a freshly connected connection.
-    pub(crate) fn arm_keepalive(&mut self, conn: usize, now: Instant) {
-        let Some(c) = self.conns.get(conn) else {
+    /// Arms the keepalive check of a freshly connected connection. `accepted_at`:
+    /// when its `ConnectTimeout` entry was set (`new_conn`). While that entry is still
+    /// due, and due before the keepalive deadline, it does the first check when it
+    /// fires (`keepalive_deferred`): a connection holds one wheel entry (16 B plus
+    /// the slot vector's slack) instead of two for its first `connect_timeout_ms`,
+    /// which is when a connect storm's memory peaks.
+    pub(crate) fn arm_keepalive(
+        &mut self,
+        conn: usize,
+        accepted_at: Option<Instant>,
+        now: Instant,
+    ) {
+        let connect_deadline =
+            accepted_at.map(|a| a + Duration::from_millis(self.config.connect_timeout_ms));
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         if c.keepalive_timeout_ms == 0 {
             return;
         }
         let at = now + Duration::from_millis(u64::from(c.keepalive_timeout_ms));
+        // Not yet due (timers never fire early), so the entry is still held.
+        if connect_deadline.is_some_and(|d| d > now && d <= at) {
+            c.keepalive_deferred = true;
+            return;
+        }
         self.timers
             .push(now, at, TimerKind::Keepalive, conn as u32, c.generation);
     }
