@@ -1,5 +1,5 @@
 //! Chunked storage for tables that grow to 100k+ entries and are not looked up per
-//! delivered copy (trie nodes and values). The connection and session slabs are
+//! delivered copy (trie nodes and values, the timer wheel's slots). The connection and session slabs are
 //! presized instead (see `shard::PRESIZE_MAX`): a chunk lookup costs ~5 more
 //! instructions, paid several times per subscriber on every publish.
 //!

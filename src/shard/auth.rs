@@ -112,7 +112,7 @@ impl Shard {
         let listener_anonymous = self
             .conns
             .get(conn)
-            .and_then(|c| c.pending.as_ref())
+            .and_then(|c| c.pending())
             .and_then(|p| p.listener_anonymous);
         if self.auth.policy.is_open() && listener_anonymous != Some(false) {
             return Some(connect);
@@ -160,7 +160,7 @@ impl Shard {
                 let c = self.conns.get_mut(conn)?;
                 c.state = ConnState::Verifying;
                 let generation = c.generation;
-                if let Some(p) = c.pending.as_mut() {
+                if let Some(p) = c.pending_mut() {
                     p.verifying = Some(connect);
                     p.verify_job = Some(Box::new(job));
                 }
@@ -181,7 +181,7 @@ impl Shard {
         if c.generation != generation || c.state != ConnState::Verifying {
             return None;
         }
-        c.pending.as_mut()?.verify_job.take()
+        c.pending_mut()?.verify_job.take()
     }
 
     /// The verifier pool's answer for `conn`'s CONNECT (`None`: the pool's queue
@@ -201,7 +201,7 @@ impl Shard {
         if c.generation != generation || c.state != ConnState::Verifying {
             return;
         }
-        let Some(connect) = c.pending.as_mut().and_then(|p| p.verifying.take()) else {
+        let Some(connect) = c.pending_mut().and_then(|p| p.verifying.take()) else {
             return;
         };
         c.state = ConnState::AwaitConnect;
@@ -281,7 +281,7 @@ impl Shard {
     /// The source address, when the IO side knows it: an unknown one (0.0.0.0) is not
     /// rate limited, or one client's failures would lock every client out.
     fn peer_ip(&self, conn: ConnId) -> Option<std::net::IpAddr> {
-        let ip = self.conns.get(conn)?.pending.as_ref()?.peer.ip();
+        let ip = self.conns.get(conn)?.pending()?.peer.ip();
         (!ip.is_unspecified()).then_some(ip)
     }
 

@@ -256,7 +256,7 @@ impl Shard {
             return Some(connect);
         };
         let generation = c.generation;
-        let Some(p) = c.pending.as_mut() else {
+        let Some(p) = c.pending_mut() else {
             return Some(connect);
         };
         let claim = SessionClaim {
@@ -498,7 +498,7 @@ impl Shard {
         self.last_now = Some(now);
         let held = match self.conns.get_mut(conn) {
             Some(c) if c.generation == generation && c.state == ConnState::Verifying => {
-                let connect = c.pending.as_mut().and_then(|p| p.verifying.take());
+                let connect = c.pending_mut().and_then(|p| p.verifying.take());
                 if connect.is_some() {
                     c.state = ConnState::AwaitConnect;
                 }

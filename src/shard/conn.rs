@@ -51,6 +51,16 @@ pub(crate) struct Pending {
     pub listener_anonymous: Option<bool>,
 }
 
+/// What few connections need, behind one pointer in `Conn`: the accept-time state
+/// until CONNECT, and MQTT 5 topic aliases after it. One box instead of two saves
+/// 8 bytes in every connection (issue #21: ≤ 300 B per idle connection); the box
+/// is freed at CONNECT unless aliases are in use.
+#[derive(Debug, Default)]
+pub(crate) struct Rare {
+    pub pending: Option<Pending>,
+    pub aliases: Aliases,
+}
+
 /// MQTT 5 topic aliases of one network connection (they do not survive it).
 #[derive(Debug, Default)]
 pub(crate) struct Aliases {
@@ -72,10 +82,13 @@ pub(crate) struct Conn {
     /// Encoded bytes not yet taken by the IO side; PUBLISH copies are kept within
     /// `max_outbound_bytes` (control packets are not counted, see `write_control`).
     pub tx: TxBuf,
-    /// Last time anything arrived: keepalive is checked lazily against it.
-    pub last_seen: Instant,
-    pub pending: Option<Box<Pending>>,
-    pub aliases: Option<Box<Aliases>>,
+    /// Last time anything arrived, in ms from the shard's epoch, wrapping
+    /// (`Shard::seen_ms`): keepalive is checked lazily against it. 4 bytes instead of
+    /// an `Instant`'s 16; a wrapped difference is exact below 49 days, and keepalive
+    /// looks at most 1.5 × 65,535 s (27 h) back.
+    pub last_seen_ms: u32,
+    /// `Pending` until CONNECT, topic aliases after: see `Rare`.
+    pub rare: Option<Box<Rare>>,
     /// `rx.capacity()` as last added to `ShardStats::bytes_rx` (`Shard::sync_rx`).
     pub rx_counted: u32,
     /// Distinguishes reuses of this slab slot for timers.
@@ -97,29 +110,36 @@ pub(crate) struct Conn {
     pub state: ConnState,
     /// An `Action::Flush` was emitted and `take_tx` not yet called.
     pub flush_queued: bool,
+    /// The keepalive check waits for this connection's `ConnectTimeout` entry, which
+    /// fires first: one wheel entry per connection in its first `connect_timeout_ms`
+    /// instead of two (`Shard::arm_keepalive`).
+    pub keepalive_deferred: bool,
     /// What this client may publish and read, compiled at CONNECT (`AllowAll`
     /// without an ACL file: a check is then one branch).
     pub acl: Acl,
 }
 
 impl Conn {
-    pub fn new(peer: SocketAddr, accepted_at: Instant, now: Instant, generation: u32) -> Conn {
+    pub fn new(peer: SocketAddr, accepted_at: Instant, seen_ms: u32, generation: u32) -> Conn {
+        let pending = Pending {
+            peer,
+            accepted_at,
+            refusal: None,
+            adopted: false,
+            connect_at: None,
+            verifying: None,
+            verify_job: None,
+            cert_username: None,
+            listener_anonymous: None,
+        };
         Conn {
             rx: BytesMut::new(),
             tx: TxBuf::default(),
-            last_seen: now,
-            pending: Some(Box::new(Pending {
-                peer,
-                accepted_at,
-                refusal: None,
-                adopted: false,
-                connect_at: None,
-                verifying: None,
-                verify_job: None,
-                cert_username: None,
-                listener_anonymous: None,
+            last_seen_ms: seen_ms,
+            rare: Some(Box::new(Rare {
+                pending: Some(pending),
+                aliases: Aliases::default(),
             })),
-            aliases: None,
             rx_counted: 0,
             generation,
             tx_read_at: 0,
@@ -131,6 +151,7 @@ impl Conn {
             version: ProtocolVersion::V311,
             state: ConnState::AwaitConnect,
             flush_queued: false,
+            keepalive_deferred: false,
             acl: Acl::AllowAll,
         }
     }
@@ -143,8 +164,32 @@ impl Conn {
         )
     }
 
+    pub fn pending(&self) -> Option<&Pending> {
+        self.rare.as_ref()?.pending.as_ref()
+    }
+
+    pub fn pending_mut(&mut self) -> Option<&mut Pending> {
+        self.rare.as_mut()?.pending.as_mut()
+    }
+
+    /// Ends the accept-time state (at CONNECT or hand-off), freeing the box unless
+    /// topic aliases live in it.
+    pub fn take_pending(&mut self) -> Option<Pending> {
+        let rare = self.rare.as_mut()?;
+        let pending = rare.pending.take();
+        if rare.aliases.inbound.is_empty() && rare.aliases.outbound.is_empty() {
+            self.rare = None;
+        }
+        pending
+    }
+
+    /// The topic aliases set so far, if any.
+    pub fn aliases_if_any(&self) -> Option<&Aliases> {
+        self.rare.as_ref().map(|r| &r.aliases)
+    }
+
     pub fn aliases(&mut self) -> &mut Aliases {
-        self.aliases.get_or_insert_with(Default::default)
+        &mut self.rare.get_or_insert_with(Default::default).aliases
     }
 }
 
@@ -154,15 +199,12 @@ mod tests {
 
     #[test]
     fn connection_struct_stays_small() {
-        // Part of the ≤ 600 B per idle connection budget (docs/ARCHITECTURE.md),
-        // which perf/rss.sh measures. 136 since wave 2: the receive-buffer
-        // accounting of the memory mark (`rx_counted`, 4 B) and the ACL compiled at
-        // CONNECT (`acl`, 8 B, read on every publish and delivery) did not fit the
-        // 5 B of padding left under 128. 144 with outbound segments (issue #24):
-        // `tx` holds one more pointer, to the segments of shared payloads, so a
-        // 300 KB payload to 1,000 subscribers is one copy instead of 1,000.
+        // Part of issue #21's ≤ 300 B per idle connection, which perf/rss.sh
+        // measures. 144 until session 10; 128 since `last_seen` became a 4-byte ms
+        // stamp (an `Instant` is 16) and the accept-time state and topic aliases
+        // share one box (`Rare`).
         assert!(
-            std::mem::size_of::<Conn>() <= 144,
+            std::mem::size_of::<Conn>() <= 128,
             "{}",
             std::mem::size_of::<Conn>()
         );

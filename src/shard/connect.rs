@@ -190,7 +190,7 @@ impl Shard {
                     return false;
                 };
                 let rx = std::mem::take(&mut c.rx);
-                let pending = c.pending.take();
+                let pending = c.take_pending();
                 c.state = ConnState::Migrated;
                 // A certificate username stays behind: the owner's IO side reads it
                 // again from the TLS state that travels (`Shard::adopt_as`).
@@ -250,7 +250,7 @@ impl Shard {
         let (refusal, adopted) = self
             .conns
             .get(conn)
-            .and_then(|c| c.pending.as_ref())
+            .and_then(|c| c.pending())
             .map_or((None, false), |p| (p.refusal, p.adopted));
         if refusal.is_some() {
             return refusal;
@@ -376,7 +376,7 @@ impl Shard {
         let read_at = self
             .conns
             .get(conn)
-            .and_then(|c| c.pending.as_ref())
+            .and_then(|c| c.pending())
             .and_then(|p| p.connect_at)
             .unwrap_or(now);
 
@@ -426,8 +426,8 @@ impl Shard {
             return;
         };
         c.state = ConnState::Connected;
-        let peer = c.pending.as_ref().map(|p| p.peer);
-        c.pending = None;
+        let (peer, accepted_at) = c.pending().map(|p| (p.peer, p.accepted_at)).unzip();
+        c.take_pending();
         c.session = session;
         c.version = version;
         c.keepalive_timeout_ms = u32::from(keepalive_s) * 1500;
@@ -498,7 +498,7 @@ impl Shard {
             properties,
         };
         self.write_control(conn, &Packet::ConnAck(ack));
-        self.arm_keepalive(conn, now);
+        self.arm_keepalive(conn, accepted_at, now);
         if self.config.sys_client_events {
             let e = events::Connected {
                 client_id: &client_id[..],

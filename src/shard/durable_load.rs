@@ -11,6 +11,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use thin_vec::ThinVec;
+
 use bytes::Bytes;
 
 use super::durable::{props_of, qos_of, unpack_options, ShardStore};
@@ -192,8 +194,8 @@ impl Shard {
         &mut self,
         idx: u32,
         subs: &BTreeMap<Bytes, (u8, u32)>,
-    ) -> Vec<SessionSub> {
-        let mut out = Vec::with_capacity(subs.len());
+    ) -> ThinVec<SessionSub> {
+        let mut out = ThinVec::with_capacity(subs.len());
         for (filter, (options, sub_id)) in subs {
             let options = unpack_options(*options);
             out.push(SessionSub {

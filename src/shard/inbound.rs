@@ -94,8 +94,7 @@ impl Shard {
             let i = usize::from(alias - 1);
             if p.topic.is_empty() {
                 match c
-                    .aliases
-                    .as_ref()
+                    .aliases_if_any()
                     .and_then(|a| a.inbound.get(i))
                     .filter(|t| !t.is_empty())
                 {

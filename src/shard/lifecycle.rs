@@ -50,7 +50,7 @@ impl Shard {
         let conn = self.new_conn(handoff.peer, handoff.accepted_at, now, true);
         if let Some(c) = self.conns.get_mut(conn) {
             c.rx = handoff.rx;
-            if let Some(p) = c.pending.as_mut() {
+            if let Some(p) = c.pending_mut() {
                 p.connect_at = Some(handoff.connect_at);
                 p.cert_username = cert_username;
                 p.listener_anonymous = handoff.listener_anonymous;
@@ -65,7 +65,7 @@ impl Shard {
     /// the handshake ends (before any CONNECT); read at CONNECT by
     /// [`cert_username`](Self::cert_username). Ignored once CONNECT was processed.
     pub fn set_cert_username(&mut self, conn: ConnId, username: String) {
-        if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending.as_mut()) {
+        if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending_mut()) {
             p.cert_username = Some(username);
         }
     }
@@ -73,7 +73,7 @@ impl Shard {
     /// The accepting listener's own `allow_anonymous` (a `[[listener]]` key), set by
     /// the IO side right after `accept`; it travels with a hand-off.
     pub fn set_listener_anonymous(&mut self, conn: ConnId, allow: Option<bool>) {
-        if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending.as_mut()) {
+        if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending_mut()) {
             p.listener_anonymous = allow;
         }
     }
@@ -83,7 +83,7 @@ impl Shard {
     pub fn cert_username(&self, conn: ConnId) -> Option<&str> {
         self.conns
             .get(conn)
-            .and_then(|c| c.pending.as_ref())
+            .and_then(|c| c.pending())
             .and_then(|p| p.cert_username.as_deref())
     }
 
@@ -95,14 +95,14 @@ impl Shard {
         adopted: bool,
     ) -> ConnId {
         self.last_now = Some(now);
-        self.epoch.get_or_insert(now);
+        let seen_ms = self.seen_ms(now);
         self.conn_generation = self.conn_generation.wrapping_add(1);
         let generation = self.conn_generation;
         let conn = self
             .conns
-            .insert(Conn::new(peer, accepted_at, now, generation));
+            .insert(Conn::new(peer, accepted_at, seen_ms, generation));
         let refusal = self.limits.admit(conn, peer);
-        if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending.as_mut()) {
+        if let Some(p) = self.conns.get_mut(conn).and_then(|c| c.pending_mut()) {
             p.adopted = adopted;
             p.refusal = if adopted { None } else { refusal };
         }
@@ -145,6 +145,7 @@ impl Shard {
 
     /// Bytes received on `conn`. Copied as needed; the caller may reuse `data`.
     pub fn on_read(&mut self, conn: ConnId, data: &[u8], now: Instant) {
+        let seen_ms = self.seen_ms(now);
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
@@ -153,7 +154,7 @@ impl Shard {
         }
         c.rx.extend_from_slice(data);
         self.stats.bytes_in += data.len() as u64;
-        c.last_seen = now;
+        c.last_seen_ms = seen_ms;
         self.last_now = Some(now);
         if c.state == ConnState::Verifying {
             // Nothing is decoded until the password is checked: hold at most one
@@ -293,9 +294,10 @@ impl Shard {
         };
         if c.state == ConnState::Connected {
             // Released without on_closed: the socket is gone all the same. No `now`
-            // here, so use the latest time the shard was given.
-            let now = self.last_now.unwrap_or(c.last_seen);
-            self.detach_session(conn, true, now);
+            // here, so use the latest time the shard was given (`new_conn` gave one).
+            if let Some(now) = self.last_now {
+                self.detach_session(conn, true, now);
+            }
         }
         let (unread, rx) = self
             .conns
@@ -390,7 +392,7 @@ impl Shard {
         }
         c.state = ConnState::Closing;
         c.rx = BytesMut::new();
-        c.pending = None;
+        c.take_pending();
         self.actions.push_back(Action::Close(conn));
         self.sync_rx(conn);
     }

@@ -191,6 +191,9 @@ pub struct Shard {
     /// The last stamp made and the time it was made from: a turn's fan-outs share
     /// the turn's `now` as their `arrived_at`, so one conversion serves them all.
     latency_last: Option<(Instant, u32)>,
+    /// The last `seen_ms` stamp and the time it was made from: a turn's reads share
+    /// its `now`, so one conversion serves them all.
+    seen_last: Option<(Instant, u32)>,
     /// The stamp of the message being fanned out (`publish`, `on_remote_publish`),
     /// given to each connection its live copy is written to (`Conn::tx_read_at`).
     fanout_stamp: u32,
@@ -286,6 +289,7 @@ impl Shard {
             epoch: None,
             latency_epoch: None,
             latency_last: None,
+            seen_last: None,
             fanout_stamp: 0,
             taken_stamp: 0,
             // Open until `set_auth`: the broker as it was without auth files. The
@@ -397,6 +401,25 @@ impl Shard {
             Some((at, stamp)) if at == t => stamp,
             _ => self.latency_stamp_new(t),
         }
+    }
+
+    /// `t` in ms from the shard's epoch, wrapping at 2^32 (49.7 days): the stamp of
+    /// `Conn::last_seen_ms`. Only differences of two stamps mean anything.
+    #[inline]
+    pub(crate) fn seen_ms(&mut self, t: Instant) -> u32 {
+        match self.seen_last {
+            Some((at, ms)) if at == t => ms,
+            _ => self.seen_ms_new(t),
+        }
+    }
+
+    #[inline(never)]
+    fn seen_ms_new(&mut self, t: Instant) -> u32 {
+        let epoch = *self.epoch.get_or_insert(t);
+        // Truncating keeps the low 32 bits: the stamp wraps, differences stay exact.
+        let ms = t.saturating_duration_since(epoch).as_millis() as u32;
+        self.seen_last = Some((t, ms));
+        ms
     }
 
     #[inline(never)]

@@ -66,8 +66,10 @@ impl Shard {
         if c.state == ConnState::Connected && c.session != NONE {
             // Room was freed: messages waiting for it can be encoded now.
             let session = c.session;
-            let now = self.last_now.unwrap_or(c.last_seen);
-            self.pump(session, now);
+            // Always set: `new_conn` gave the shard a time before any connection.
+            if let Some(now) = self.last_now {
+                self.pump(session, now);
+            }
         }
         Some(out)
     }

@@ -1,6 +1,6 @@
 //! Timers: a hierarchical timing wheel with lazy cancellation. An entry carries the
 //! generation of the connection or session it was set for; a stale entry is skipped
-//! when it fires. Keepalive is re-armed lazily from `last_seen` when its entry
+//! when it fires. Keepalive is re-armed lazily from `last_seen_ms` when its entry
 //! fires, so traffic never touches the wheel.
 //!
 //! Four levels of 64 slots at a 1 ms tick cover 2^24 ticks (4.66 h): level `L` slot
@@ -91,8 +91,12 @@ const DUE_NS_MAX: u64 = u64::MAX >> 2;
 pub(crate) struct Timers {
     /// `LEVELS * SLOTS` slots, allocated at the first push (an idle shard has none).
     /// A slot's vector is freed when the slot is emptied: slots are visited in turn,
-    /// and kept capacity would add up to a multiple of the timers held.
-    slots: Vec<Vec<Timer>>,
+    /// and kept capacity would add up to a multiple of the timers held. Each slot is
+    /// a list of chunks of `arena::CHUNK_LEN` timers (`push_chunked`): a connect
+    /// burst puts every connection's entry in one or two slots, and one doubling
+    /// vector held up to 2x their size and left each smaller copy with the allocator
+    /// (at 10k connections ~35 B per connection, issue #21).
+    slots: Vec<Vec<Vec<Timer>>>,
     /// Bit `s` of `occupied[L]`: level `L` slot `s` holds timers. Every set bit is
     /// above the current tick's digit at that level (slots are visited in order).
     occupied: [u64; LEVELS],
@@ -157,7 +161,7 @@ impl Timers {
         }
         let slot = ((tick >> (level as u32 * SLOT_BITS)) as usize) & (SLOTS - 1);
         self.occupied[level] |= 1 << slot;
-        self.slots[level * SLOTS + slot].push(t);
+        crate::arena::push_chunked(&mut self.slots[level * SLOTS + slot], t);
     }
 
     /// The lowest occupied level's first occupied slot and the tick it begins at:
@@ -186,7 +190,7 @@ impl Timers {
                 self.now_tick = start;
                 self.occupied[level] &= !(1 << slot);
                 let timers = std::mem::take(&mut self.slots[level * SLOTS + slot]);
-                for t in timers {
+                for t in timers.into_iter().flatten() {
                     if t.tick() <= start {
                         self.ready.push(t);
                     } else {
@@ -230,6 +234,7 @@ impl Timers {
         match self.first_slot() {
             Some((level, slot, _)) => self.slots[level * SLOTS + slot]
                 .iter()
+                .flatten()
                 .map(Timer::tick)
                 .min()
                 .unwrap_or(u64::MAX),
@@ -259,7 +264,9 @@ impl Timers {
 
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.ready.len() + self.overflow.len() + self.slots.iter().map(Vec::len).sum::<usize>()
+        self.ready.len()
+            + self.overflow.len()
+            + self.slots.iter().flatten().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -297,6 +304,12 @@ impl Shard {
                         {
                             self.fail(t.key as usize, SessionError::TokenExpired, now);
                         }
+                        ConnState::Connected if c.keepalive_deferred => {
+                            if let Some(c) = self.conns.get_mut(t.key as usize) {
+                                c.keepalive_deferred = false;
+                            }
+                            self.on_keepalive(t, now);
+                        }
                         _ => {}
                     }
                 }
@@ -329,6 +342,7 @@ impl Shard {
     }
 
     fn on_keepalive(&mut self, t: Timer, now: Instant) {
+        let now_ms = self.seen_ms(now);
         let Some(c) = self.conns.get(t.key as usize) else {
             return;
         };
@@ -338,8 +352,10 @@ impl Shard {
         {
             return;
         }
-        let deadline = c.last_seen + Duration::from_millis(u64::from(c.keepalive_timeout_ms));
-        if deadline > now {
+        // Both stamps are whole ms: the check is at most 1 ms early or late.
+        let idle_ms = now_ms.wrapping_sub(c.last_seen_ms);
+        if idle_ms < c.keepalive_timeout_ms {
+            let deadline = now + Duration::from_millis(u64::from(c.keepalive_timeout_ms - idle_ms));
             self.timers
                 .push(now, deadline, TimerKind::Keepalive, t.key, t.generation);
             return;
@@ -347,15 +363,32 @@ impl Shard {
         self.fail(t.key as usize, SessionError::KeepAliveTimeout, now);
     }
 
-    /// Arms the keepalive check of a freshly connected connection.
-    pub(crate) fn arm_keepalive(&mut self, conn: usize, now: Instant) {
-        let Some(c) = self.conns.get(conn) else {
+    /// Arms the keepalive check of a freshly connected connection. `accepted_at`:
+    /// when its `ConnectTimeout` entry was set (`new_conn`). While that entry is still
+    /// due, and due before the keepalive deadline, it does the first check when it
+    /// fires (`keepalive_deferred`): a connection holds one wheel entry (16 B plus
+    /// the slot vector's slack) instead of two for its first `connect_timeout_ms`,
+    /// which is when a connect storm's memory peaks.
+    pub(crate) fn arm_keepalive(
+        &mut self,
+        conn: usize,
+        accepted_at: Option<Instant>,
+        now: Instant,
+    ) {
+        let connect_deadline =
+            accepted_at.map(|a| a + Duration::from_millis(self.config.connect_timeout_ms));
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
         if c.keepalive_timeout_ms == 0 {
             return;
         }
         let at = now + Duration::from_millis(u64::from(c.keepalive_timeout_ms));
+        // Not yet due (timers never fire early), so the entry is still held.
+        if connect_deadline.is_some_and(|d| d > now && d <= at) {
+            c.keepalive_deferred = true;
+            return;
+        }
         self.timers
             .push(now, at, TimerKind::Keepalive, conn as u32, c.generation);
     }
@@ -477,6 +510,32 @@ mod tests {
             t.pop_due(far).map(|x| (x.kind(), x.key)),
             Some((TimerKind::SessionExpiry, 2))
         );
+    }
+
+    /// A connect burst's entries land in one slot: its chunks hold them with less
+    /// than one chunk of slack (a doubling vector held up to twice their size), and
+    /// they still fire in order.
+    #[test]
+    fn a_crowded_slot_grows_by_chunks() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        let n = 5_000;
+        for key in 0..n {
+            // All within 0.5 ms: one slot.
+            let at =
+                t0 + Duration::from_millis(10_000) + Duration::from_nanos(100 * u64::from(key));
+            t.push(t0, at, TimerKind::ConnectTimeout, key, 0);
+        }
+        let held: usize = t.slots.iter().flatten().map(Vec::capacity).sum();
+        assert!(
+            held < n as usize + crate::arena::CHUNK_LEN,
+            "{held} entries of room for {n} timers"
+        );
+        let due = t0 + Duration::from_secs(11);
+        let keys: Vec<u32> = std::iter::from_fn(|| t.pop_due(due))
+            .map(|x| x.key)
+            .collect();
+        assert_eq!(keys, (0..n).collect::<Vec<_>>());
     }
 
     /// Timers on every level and in the overflow (a session expiry of 30 days) fire

@@ -11,7 +11,7 @@ use io_uring::opcode;
 use io_uring::types::{CancelBuilder, DestinationSlot, Fd};
 
 use super::ring::TABLE_HEADROOM;
-use super::{ud, SockState, UringLoop, K_ACCEPT, K_ACCEPT_MULTI, K_CANCEL};
+use super::{ud, SockState, UringLoop, K_ACCEPT, K_ACCEPT_MULTI, K_CANCEL, REPORTED};
 use crate::io::{sockaddr_to_std, Completion, SockId};
 
 /// Single-shot accepts kept armed per ring and listener.
@@ -425,7 +425,7 @@ impl UringLoop {
                 "connection limit reached: connection dropped"
             );
             if let Some(s) = self.socks.get_mut(sock as usize) {
-                s.reported = false;
+                s.flags.set(REPORTED, false);
                 s.state = SockState::Closing;
             }
             self.close_slot(sock);

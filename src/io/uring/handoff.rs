@@ -13,7 +13,7 @@ use io_uring::types::{DestinationSlot, Fd, Fixed};
 
 use super::{
     ud, SockState, UringLoop, K_ADOPT, K_DOORBELL, K_LOST, K_LOST_SENT, K_ORPHAN_CLOSE, K_PROBE,
-    K_SEND_FD,
+    K_SEND_FD, REPORTED, SHUTDOWN_ON_CLOSE,
 };
 use crate::io::{Completion, RemoteKind, SockId, Transfer};
 
@@ -166,7 +166,7 @@ impl UringLoop {
             );
             if let Some(s) = self.socks.get_mut(sock as usize) {
                 // The worker never saw this id: no `Released` for it.
-                s.reported = false;
+                s.flags.set(REPORTED, false);
                 s.state = SockState::Closing;
             }
             self.close_slot(sock);
@@ -221,7 +221,10 @@ impl UringLoop {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
-        s.shutdown_on_close = result == Err(libc::EOVERFLOW) && sent.is_some();
+        s.flags.set(
+            SHUTDOWN_ON_CLOSE,
+            result == Err(libc::EOVERFLOW) && sent.is_some(),
+        );
         if result.is_err() && sent.is_some() {
             // Our slot still holds the socket: it stays open (not receiving) so the
             // worker can answer the client before closing it.

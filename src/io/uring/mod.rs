@@ -150,22 +150,55 @@ struct Sock {
     /// and the iovec array's pointer), for what exists only while a send is in flight
     /// (an idle connection has none; issue #21's ≤ 300 B per idle connection).
     tx: Option<Box<send::InFlight>>,
-    close_inflight: bool,
-    /// The slot was closed (or never needs closing): release once nothing is in flight.
-    slot_closed: bool,
-    /// The worker knows this socket (false for connections dropped at accept).
-    reported: bool,
-    /// Waiting in its ring's `starved` list for its receive to be re-armed.
-    starved: bool,
-    /// Its descriptor also sits, unannounced, in another loop's table (`on_send_fd`,
-    /// EOVERFLOW): the close shuts the connection down first, since closing our slot
-    /// alone would leave it open through the other reference.
-    shutdown_on_close: bool,
-    /// A `SHUT_WR` is in flight: the slot must not be closed before it completes (see
-    /// `shutdown_write`); a close asked for meanwhile waits in `close_after_shutdown`.
-    shutdown_inflight: bool,
-    close_after_shutdown: bool,
+    /// The socket's rarer states, one bit each (`CLOSE_INFLIGHT` ...): seven bools
+    /// took 7 bytes and made the struct 40 bytes, one byte of bits makes it 32.
+    flags: SockFlags,
 }
+
+/// Bits of `Sock::flags`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct SockFlags(u8);
+
+impl SockFlags {
+    #[inline]
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    #[inline]
+    fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+
+    /// Clears `bit`, returning whether it was set (`std::mem::take` of a bool).
+    #[inline]
+    fn take(&mut self, bit: u8) -> bool {
+        let was = self.has(bit);
+        self.set(bit, false);
+        was
+    }
+}
+
+/// A close is in flight.
+const CLOSE_INFLIGHT: u8 = 1 << 0;
+/// The slot was closed (or never needs closing): release once nothing is in flight.
+const SLOT_CLOSED: u8 = 1 << 1;
+/// The worker knows this socket (false for connections dropped at accept).
+const REPORTED: u8 = 1 << 2;
+/// Waiting in its ring's `starved` list for its receive to be re-armed.
+const STARVED: u8 = 1 << 3;
+/// Its descriptor also sits, unannounced, in another loop's table (`on_send_fd`,
+/// EOVERFLOW): the close shuts the connection down first, since closing our slot
+/// alone would leave it open through the other reference.
+const SHUTDOWN_ON_CLOSE: u8 = 1 << 4;
+/// A `SHUT_WR` is in flight: the slot must not be closed before it completes (see
+/// `shutdown_write`); a close asked for meanwhile waits in `CLOSE_AFTER_SHUTDOWN`.
+const SHUTDOWN_INFLIGHT: u8 = 1 << 5;
+const CLOSE_AFTER_SHUTDOWN: u8 = 1 << 6;
 
 pub struct UringLoop {
     id: usize,
@@ -403,15 +436,15 @@ impl UringLoop {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
-        if s.close_inflight || s.slot_closed {
+        if s.flags.has(CLOSE_INFLIGHT) || s.flags.has(SLOT_CLOSED) {
             return;
         }
-        if s.shutdown_inflight {
-            s.close_after_shutdown = true;
+        if s.flags.has(SHUTDOWN_INFLIGHT) {
+            s.flags.set(CLOSE_AFTER_SHUTDOWN, true);
             return;
         }
-        s.close_inflight = true;
-        let shutdown_first = std::mem::take(&mut s.shutdown_on_close);
+        s.flags.set(CLOSE_INFLIGHT, true);
+        let shutdown_first = s.flags.take(SHUTDOWN_ON_CLOSE);
         // Only what is armed: even a cancel that finds nothing walks a hash bucket of
         // the ring's armed polls (~70 long per 18k idle connections).
         let (recv_armed, send_inflight) = (s.recv_armed, s.tx.is_some());
@@ -464,8 +497,12 @@ impl UringLoop {
         let Some(s) = self.socks.get(sock as usize) else {
             return;
         };
-        if s.slot_closed && !s.recv_armed && s.tx.is_none() && !s.close_inflight {
-            let (ring, room, reported) = (s.ring as usize, s.room as usize, s.reported);
+        if s.flags.has(SLOT_CLOSED)
+            && !s.recv_armed
+            && s.tx.is_none()
+            && !s.flags.has(CLOSE_INFLIGHT)
+        {
+            let (ring, room, reported) = (s.ring as usize, s.room as usize, s.flags.has(REPORTED));
             self.socks.remove(sock as usize);
             self.rings[ring].live = self.rings[ring].live.saturating_sub(1);
             if room != ring {
@@ -530,8 +567,8 @@ impl UringLoop {
             ),
             K_CLOSE => {
                 if let Some(s) = self.socks.get_mut(sock as usize) {
-                    s.close_inflight = false;
-                    s.slot_closed = true;
+                    s.flags.set(CLOSE_INFLIGHT, false);
+                    s.flags.set(SLOT_CLOSED, true);
                     if res < 0 {
                         tracing::debug!(sock, errno = -res, "close failed");
                     }
@@ -545,8 +582,8 @@ impl UringLoop {
                 let Some(s) = self.socks.get_mut(sock as usize) else {
                     return;
                 };
-                s.shutdown_inflight = false;
-                if std::mem::take(&mut s.close_after_shutdown) {
+                s.flags.set(SHUTDOWN_INFLIGHT, false);
+                if s.flags.take(CLOSE_AFTER_SHUTDOWN) {
                     self.close_slot(sock);
                 }
             }
@@ -591,13 +628,7 @@ impl UringLoop {
             state: SockState::Open,
             recv_armed: false,
             tx: None,
-            close_inflight: false,
-            slot_closed: false,
-            reported: true,
-            starved: false,
-            shutdown_on_close: false,
-            shutdown_inflight: false,
-            close_after_shutdown: false,
+            flags: SockFlags(REPORTED),
         }) as SockId;
         self.rings[ring].live += 1;
         self.rings[ring].set_known(slot, true);
@@ -630,11 +661,11 @@ impl EventLoop for UringLoop {
         if let Some(s) = self.socks.get_mut(sock as usize) {
             let r = s.ring as usize;
             if !s.recv_armed
-                && !s.starved
+                && !s.flags.has(STARVED)
                 && s.state == SockState::Open
                 && !self.rings[r].starved.is_empty()
             {
-                s.starved = true;
+                s.flags.set(STARVED, true);
                 self.rings[r].starved.push_back(sock);
                 return;
             }
@@ -658,7 +689,7 @@ impl EventLoop for UringLoop {
         // the next accept put in the slot (seen: a CONNACK answered EPIPE). The close
         // therefore waits for this completion (`close_after_shutdown`); its result is
         // otherwise ignored, as a failed shutdown (peer gone) leaves nothing to undo.
-        if s.shutdown_inflight {
+        if s.flags.has(SHUTDOWN_INFLIGHT) {
             return;
         }
         let e = opcode::Shutdown::new(Fixed(s.slot), libc::SHUT_WR)
@@ -667,7 +698,7 @@ impl EventLoop for UringLoop {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
-        s.shutdown_inflight = true;
+        s.flags.set(SHUTDOWN_INFLIGHT, true);
         let ring = s.ring as usize;
         self.rings[ring].push(e);
     }

@@ -51,10 +51,10 @@ impl UringLoop {
                 let Some(s) = self.socks.get_mut(sock as usize) else {
                     continue;
                 };
-                if !s.starved || s.ring as usize != r {
+                if !s.flags.has(STARVED) || s.ring as usize != r {
                     continue;
                 }
-                s.starved = false;
+                s.flags.set(STARVED, false);
                 budget -= 1;
                 self.arm_recv(sock);
             }
@@ -121,8 +121,8 @@ impl UringLoop {
                     self.rings[ring].bufs.widen();
                     if !more {
                         if let Some(s) = self.socks.get_mut(sock as usize) {
-                            if !s.starved {
-                                s.starved = true;
+                            if !s.flags.has(STARVED) {
+                                s.flags.set(STARVED, true);
                                 self.rings[ring].starved.push_back(sock);
                             }
                         }

@@ -237,7 +237,8 @@ fn a_short_file_write_writes_the_rest_then_reports_its_error() {
 /// `TxChain` and the iovec array's pointer in every socket, idle or not); boxed, 40.
 #[test]
 fn socket_state_stays_small() {
-    assert_eq!(std::mem::size_of::<Sock>(), 40);
+    // 40 until session 10 packed seven bools into `SockFlags` (issue #21).
+    assert_eq!(std::mem::size_of::<Sock>(), 32);
 }
 
 /// Turns the loop until it reports the one connection a test opened.

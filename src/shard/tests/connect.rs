@@ -396,6 +396,60 @@ fn keepalive_enforced_at_one_and_a_half_times() {
     cl.expect_closed(c);
 }
 
+/// Issue #21: a connection's `ConnectTimeout` entry, due before its keepalive
+/// deadline, does the first keepalive check, so the wheel holds one entry per
+/// connection in its first `connect_timeout_ms` instead of two; a keepalive shorter
+/// than the connect timeout gets its own entry as before.
+#[test]
+fn the_connect_timeout_entry_does_the_first_keepalive_check() {
+    let mut cl = Cluster::new(1, cfg());
+    let connect = |cl: &mut Cluster, id: &str, keepalive_s: u16| {
+        cl.connect_ok(
+            V311,
+            id,
+            ConnectOpts {
+                keepalive_s,
+                ..Default::default()
+            },
+            false,
+        )
+    };
+    let long: Vec<usize> = (0..20)
+        .map(|i| connect(&mut cl, &format!("l{i}"), 60))
+        .collect();
+    assert_eq!(cl.shards[0].timers.len(), 20, "one entry per connection");
+    let short = connect(&mut cl, "s", 2);
+    assert_eq!(
+        cl.shards[0].timers.len(),
+        22,
+        "a 3 s keepalive is due first"
+    );
+    cl.advance(Duration::from_millis(2_999));
+    cl.expect_open(short);
+    cl.advance(Duration::from_millis(1));
+    cl.expect_closed(short);
+    // At 10 s the connect timeout's entries hand over to keepalive entries.
+    cl.advance(Duration::from_secs(7));
+    cl.send(long[0], Packet::PingReq);
+    cl.expect(long[0], Packet::PingResp);
+    for &c in &long {
+        cl.expect_open(c);
+    }
+    assert_eq!(cl.shards[0].timers.len(), 20);
+    // 90 s after the last packet, and not before.
+    cl.advance(Duration::from_secs(79));
+    for &c in &long {
+        cl.expect_open(c);
+    }
+    cl.advance(Duration::from_secs(1));
+    for &c in &long[1..] {
+        cl.expect_closed(c);
+    }
+    cl.expect_open(long[0]);
+    cl.advance(Duration::from_secs(10));
+    cl.expect_closed(long[0]);
+}
+
 #[test]
 fn keepalive_timeout_v5_sends_0x8d() {
     let mut cl = Cluster::new(1, cfg());
