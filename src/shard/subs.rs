@@ -11,6 +11,11 @@ use smallvec::SmallVec;
 use super::routes::{RouteGroup, ShardSet};
 use super::Shard;
 use crate::protocol::SubscriptionOptions;
+use crate::topic::{Pack, TopicTrie};
+
+/// A shard's filter trie: local subscriptions and the routes table in one, with the
+/// other loops' rows packed into the node (see [`RemoteRow`]).
+pub(crate) type FilterTrie = TopicTrie<FilterEntry, RemoteRow>;
 
 /// One local subscriber of a filter.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +58,32 @@ pub(crate) struct SharedEntry {
     pub routes: Vec<RouteGroup>,
 }
 
+/// Packs a filter's row when this shard has no subscriber of its own (no plain
+/// subscriber, no shared group): all it keeps is which loops have subscribers, a
+/// bitmask that fits the trie node's value slot for loops 0..30. Then a device
+/// subscription costs every other loop its trie node and child-table slot only, not
+/// the 64-byte slab entry as well. Owning rows and shared ones stay in the slab.
+pub(crate) struct RemoteRow;
+
+impl Pack<FilterEntry> for RemoteRow {
+    #[inline]
+    fn pack(e: &FilterEntry) -> Option<u32> {
+        if !e.plain.is_empty() || e.shared.is_some() {
+            return None;
+        }
+        e.shards.low_bits()
+    }
+
+    #[inline(always)]
+    fn unpack(bits: u32) -> Option<FilterEntry> {
+        Some(FilterEntry {
+            plain: SmallVec::new(),
+            shards: ShardSet::from_low_bits(bits),
+            shared: None,
+        })
+    }
+}
+
 impl FilterEntry {
     pub(super) fn is_empty(&self) -> bool {
         self.plain.is_empty() && self.shards.is_empty() && self.shared.is_none()
@@ -90,10 +121,7 @@ impl Shard {
             options,
             sub_id,
         };
-        let entry = self
-            .filters
-            .entry_or_insert_with(inner, FilterEntry::default);
-        let (added, first) = match group {
+        let (added, first) = self.filters.upsert(inner, FilterEntry::default, |entry| match group {
             None => match entry.plain.iter_mut().find(|s| s.session == session) {
                 Some(s) => {
                     *s = sub;
@@ -129,7 +157,7 @@ impl Shard {
                     }
                 }
             }
-        };
+        });
         if first {
             self.route_changed(inner, group, true);
         }
@@ -147,10 +175,8 @@ impl Shard {
         inner: &Bytes,
         group: Option<&Bytes>,
     ) -> bool {
-        let Some(entry) = self.filters.get_mut(inner) else {
-            return false;
-        };
-        let (removed, last) = match group {
+        let Some((removed, last, empty)) = self.filters.update(inner, |entry| {
+            let (removed, last) = match group {
             None => match entry.plain.iter().position(|s| s.session == session) {
                 Some(i) => {
                     entry.plain.swap_remove(i);
@@ -180,11 +206,15 @@ impl Shard {
                 }
             }
         };
-        entry.tidy_shared();
+            entry.tidy_shared();
+            (removed, last, entry.is_empty())
+        }) else {
+            return false;
+        };
         if last {
             // Takes this shard out of the filter's routes (and prunes the entry).
             self.route_changed(inner, group, false);
-        } else if entry.is_empty() {
+        } else if empty {
             self.filters.remove(inner);
         }
         if removed {
@@ -266,6 +296,10 @@ mod tests {
                 };
                 cids.push(cl.connect_ok(V311, id, opts, false));
             }
+            let owners: Vec<usize> = ids
+                .iter()
+                .map(|id| crate::shard::owner_shard(0, id.as_bytes(), shards))
+                .collect();
             let mut subs: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); ids.len()];
             let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ shards as u64;
             let mut published = 0u32;
@@ -314,18 +348,101 @@ mod tests {
                         check_delivery(&mut cl, &cids, &subs, topic, &payload);
                     }
                 }
-                check_entries(&cl, &subs);
+                check_entries(&cl, &subs, &owners);
             }
             for c in 0..ids.len() {
                 cl.drop_connection(cids[c]);
                 subs[c].clear();
             }
-            check_entries(&cl, &subs);
+            check_entries(&cl, &subs, &owners);
             for sh in &cl.shards {
                 assert_eq!(sh.filters.node_count(), 1, "pruned to the root");
                 assert_eq!(sh.stats().subscriptions, 0);
             }
         }
+    }
+
+    /// One device filter subscribed and unsubscribed from both loops, in both
+    /// orders: the loop without a subscriber of its own keeps a packed row (no slab
+    /// entry), a loop's row moves between packed and slab as its local interest
+    /// comes and goes, publishes from either side reach exactly the subscribers,
+    /// and each loop's row goes away exactly when the last subscriber anywhere does.
+    #[test]
+    fn remote_row_packs_and_goes_with_the_last_interest() {
+        const F: &str = "dev/17/cmd";
+        for last_out in [0, 1] {
+            let mut cl = Cluster::new(2, Config::default());
+            let ids = [id_on(0, 2, "row-a"), id_on(1, 2, "row-b")];
+            let owners = [0, 1];
+            let cids: Vec<Cid> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let opts = ConnectOpts {
+                        accept_on: i,
+                        ..ConnectOpts::default()
+                    };
+                    cl.connect_ok(V311, id, opts, false)
+                })
+                .collect();
+            let mut subs: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); 2];
+            let packed = |cl: &Cluster| [0, 1].map(|i| cl.shards[i].filters.packed_len());
+
+            cl.subscribe(cids[0], F, QoS::AtMostOnce);
+            subs[0].insert(F);
+            check_entries(&cl, &subs, &owners);
+            assert_eq!(packed(&cl), [0, 1], "the other loop's row is packed");
+            let slab_row = crate::shard::harness::filter_row_bytes(F);
+            assert!(cl.shards[1].filters.approx_bytes() < slab_row);
+            cl.publish(cids[1], F, "1", QoS::AtMostOnce, false, 0);
+            check_delivery(&mut cl, &cids, &subs, F, "1");
+
+            cl.subscribe(cids[1], F, QoS::AtMostOnce);
+            subs[1].insert(F);
+            check_entries(&cl, &subs, &owners);
+            assert_eq!(packed(&cl), [0, 0], "both loops have a local subscriber");
+            for (c, payload) in [(0, "2"), (1, "3")] {
+                cl.publish(cids[c], F, payload, QoS::AtMostOnce, false, 0);
+                check_delivery(&mut cl, &cids, &subs, F, payload);
+            }
+
+            let first_out = 1 - last_out;
+            unsubscribe(&mut cl, cids[first_out], F);
+            subs[first_out].remove(F);
+            check_entries(&cl, &subs, &owners);
+            let mut want = [0, 0];
+            want[first_out] = 1;
+            assert_eq!(packed(&cl), want, "the loop left without a subscriber packs");
+            for (c, payload) in [(0, "4"), (1, "5")] {
+                cl.publish(cids[c], F, payload, QoS::AtMostOnce, false, 0);
+                check_delivery(&mut cl, &cids, &subs, F, payload);
+            }
+
+            unsubscribe(&mut cl, cids[last_out], F);
+            subs[last_out].remove(F);
+            check_entries(&cl, &subs, &owners);
+            for sh in &cl.shards {
+                assert_eq!((sh.filters.len(), sh.filters.node_count()), (0, 1));
+                assert_eq!(sh.filters.approx_bytes(), 0);
+            }
+            cl.publish(cids[0], F, "6", QoS::AtMostOnce, false, 0);
+            check_delivery(&mut cl, &cids, &subs, F, "6");
+        }
+    }
+
+    fn unsubscribe(cl: &mut Cluster, c: Cid, f: &'static str) {
+        let u = Unsubscribe {
+            packet_id: 2,
+            filters: smallvec![Bytes::from_static(f.as_bytes())],
+            properties: Properties::default(),
+        };
+        cl.send(c, Packet::Unsubscribe(u));
+        let ack = UnsubAck {
+            packet_id: 2,
+            codes: smallvec![],
+            properties: Properties::default(),
+        };
+        cl.expect(c, Packet::UnsubAck(ack));
     }
 
     fn inner(filter: &str) -> (&str, Option<&str>) {
@@ -338,14 +455,37 @@ mod tests {
         }
     }
 
+    /// Every shard has one entry per inner filter subscribed anywhere, packed into
+    /// its trie node exactly when the shard has no plain subscriber of its own and
+    /// nobody subscribes to it shared (`owners[c]`: the shard of client `c`'s session).
     #[track_caller]
-    fn check_entries(cl: &Cluster, subs: &[BTreeSet<&str>]) {
+    fn check_entries(cl: &Cluster, subs: &[BTreeSet<&str>], owners: &[usize]) {
         let inners: BTreeSet<&str> = subs.iter().flatten().map(|f| inner(f).0).collect();
+        let shared: BTreeSet<&str> = subs
+            .iter()
+            .flatten()
+            .filter_map(|f| match inner(f) {
+                (i, Some(_)) => Some(i),
+                _ => None,
+            })
+            .collect();
         for (i, sh) in cl.shards.iter().enumerate() {
             assert_eq!(sh.filters.len(), inners.len(), "shard {i}: {inners:?}");
             for f in &inners {
                 assert!(sh.filters.get(f.as_bytes()).is_some(), "shard {i}: {f}");
             }
+            let local: BTreeSet<&str> = subs
+                .iter()
+                .zip(owners)
+                .filter(|(_, o)| **o == i)
+                .flat_map(|(fs, _)| fs.iter().copied())
+                .filter(|f| !f.starts_with("$share/"))
+                .collect();
+            let packed = inners
+                .iter()
+                .filter(|f| !local.contains(*f) && !shared.contains(*f))
+                .count();
+            assert_eq!(sh.filters.packed_len(), packed, "shard {i} packed rows");
         }
         let total: usize = subs.iter().map(|s| s.len()).sum();
         let on_shards: usize = cl.shards.iter().map(|s| s.stats().subscriptions).sum();
