@@ -252,7 +252,7 @@ impl Shard {
             config,
             conns: Slab::with_capacity(presize),
             sessions: SessionStore::with_capacity(presize),
-            filters: subs::FilterTrie::new(),
+            filters: subs::FilterTrie::with_pack(subs::PackedRow { me: id }),
             retained: retained_index::RetainedIndex::default(),
             retained_seq: 0,
             streams: stream::Streams::default(),

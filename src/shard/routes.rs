@@ -91,7 +91,7 @@ impl ShardSet {
     }
 
     /// The set as one `u32` when every member is below 31, for a packed row
-    /// (`subs::RemoteRow`); `None` otherwise.
+    /// (`subs::PackedRow`); `None` otherwise.
     #[inline]
     pub fn low_bits(&self) -> Option<u32> {
         let (first, rest) = match self.0.split_first() {
@@ -240,25 +240,26 @@ impl Shard {
 
     fn apply_route(&mut self, shard: ShardId, filter: &Bytes, group: Option<&Bytes>, add: bool) {
         if add {
-            self.filters.upsert(filter, FilterEntry::default, |e| match group {
-                None => e.shards.insert(shard),
-                Some(g) => {
-                    let routes = &mut e.shared.get_or_insert_with(Default::default).routes;
-                    match routes.iter_mut().find(|x| x.name == *g) {
-                        Some(x) => x.shards.insert(shard),
-                        None => {
-                            let mut shards = ShardSet::default();
-                            shards.insert(shard);
-                            routes.push(RouteGroup {
-                                filter: filter.clone(),
-                                name: g.clone(),
-                                shards,
-                                next: Cell::new(0),
-                            });
+            self.filters
+                .upsert(filter, FilterEntry::default, |e| match group {
+                    None => e.shards.insert(shard),
+                    Some(g) => {
+                        let routes = &mut e.shared.get_or_insert_with(Default::default).routes;
+                        match routes.iter_mut().find(|x| x.name == *g) {
+                            Some(x) => x.shards.insert(shard),
+                            None => {
+                                let mut shards = ShardSet::default();
+                                shards.insert(shard);
+                                routes.push(RouteGroup {
+                                    filter: filter.clone(),
+                                    name: g.clone(),
+                                    shards,
+                                    next: Cell::new(0),
+                                });
+                            }
                         }
                     }
-                }
-            });
+                });
             self.stats.bytes_routes = self.filters.approx_bytes();
             return;
         }

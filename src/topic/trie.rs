@@ -15,7 +15,6 @@
 //! filter only other loops subscribe to is a loop bitmask, and storing it in place
 //! saves the 64-byte slab entry per subscription on every other loop.
 
-use std::marker::PhantomData;
 use std::ops::Deref;
 
 use smallvec::SmallVec;
@@ -41,22 +40,24 @@ pub const PACKED_MAX: u32 = NONE - PACKED - 1;
 /// How a trie keeps some values inside the node's value slot instead of the value
 /// slab. `pack` says whether a value fits (at most [`PACKED_MAX`]); `unpack` gives it
 /// back. A packed value is rebuilt on every visit, so it should be cheap to build
-/// and to drop (no heap).
+/// and to drop (no heap). The packer is a value the trie holds, so the encoding
+/// may depend on context (a shard packs rows relative to its own id).
 pub trait Pack<V> {
-    fn pack(v: &V) -> Option<u32>;
-    fn unpack(bits: u32) -> Option<V>;
+    fn pack(&self, v: &V) -> Option<u32>;
+    fn unpack(&self, bits: u32) -> Option<V>;
 }
 
 /// Every value in the slab (the default).
+#[derive(Default)]
 pub struct Unpacked;
 
 impl<V> Pack<V> for Unpacked {
     #[inline(always)]
-    fn pack(_: &V) -> Option<u32> {
+    fn pack(&self, _: &V) -> Option<u32> {
         None
     }
     #[inline(always)]
-    fn unpack(_: u32) -> Option<V> {
+    fn unpack(&self, _: u32) -> Option<V> {
         None
     }
 }
@@ -308,11 +309,10 @@ pub struct TopicTrie<V, P = Unpacked> {
     /// Values kept in their node's slot (see [`Pack`]).
     packed: usize,
     hasher: ahash::RandomState,
-    /// `fn() -> P`: the trie holds no `P`, so `P` does not affect `Send`/`Sync`.
-    pack: PhantomData<fn() -> P>,
+    pack: P,
 }
 
-impl<V, P: Pack<V>> Default for TopicTrie<V, P> {
+impl<V, P: Pack<V> + Default> Default for TopicTrie<V, P> {
     fn default() -> Self {
         Self::new()
     }
@@ -400,8 +400,15 @@ struct NameFrame {
 
 const DUMP: usize = usize::MAX;
 
-impl<V, P: Pack<V>> TopicTrie<V, P> {
+impl<V, P: Pack<V> + Default> TopicTrie<V, P> {
     pub fn new() -> Self {
+        Self::with_pack(P::default())
+    }
+}
+
+impl<V, P: Pack<V>> TopicTrie<V, P> {
+    /// An empty trie packing values with `pack`.
+    pub fn with_pack(pack: P) -> Self {
         let mut chunks = Vec::new();
         push_chunked(&mut chunks, Node::new(b""));
         TopicTrie {
@@ -411,7 +418,7 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
             values: ChunkSlab::new(),
             packed: 0,
             hasher: ahash::RandomState::new(),
-            pack: PhantomData,
+            pack,
         }
     }
 
@@ -714,7 +721,7 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
             if let Some(v) = self.values.get(idx as usize) {
                 f(v);
             }
-        } else if let Some(v) = P::unpack(idx - PACKED) {
+        } else if let Some(v) = self.pack.unpack(idx - PACKED) {
             f(&v);
         }
     }
@@ -725,7 +732,7 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
         if idx < PACKED {
             self.values.get(idx as usize).map(ValueRef::Stored)
         } else if idx != NONE {
-            P::unpack(idx - PACKED).map(ValueRef::Packed)
+            self.pack.unpack(idx - PACKED).map(ValueRef::Packed)
         } else {
             None
         }
@@ -738,7 +745,7 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
             self.values.remove(idx as usize)
         } else if idx != NONE {
             self.packed -= 1;
-            P::unpack(idx - PACKED)
+            self.pack.unpack(idx - PACKED)
         } else {
             None
         };
@@ -748,7 +755,7 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
 
     /// Stores `v` in the empty `slot`: packed if it fits, else in the slab.
     fn store(&mut self, slot: Slot, v: V) {
-        let idx = match P::pack(&v).filter(|b| *b <= PACKED_MAX) {
+        let idx = match self.pack.pack(&v).filter(|b| *b <= PACKED_MAX) {
             Some(bits) => {
                 self.packed += 1;
                 PACKED + bits
@@ -772,7 +779,7 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
         if idx < PACKED {
             if let Some(v) = self.values.get_mut(idx as usize) {
                 let r = f(v);
-                if P::pack(v).is_some_and(|b| b <= PACKED_MAX) {
+                if self.pack.pack(v).is_some_and(|b| b <= PACKED_MAX) {
                     if let Some(v) = self.values.remove(idx as usize) {
                         self.set_slot(slot, NONE);
                         self.store(slot, v);
@@ -1142,7 +1149,6 @@ impl<V> TopicTrie<V, Unpacked> {
     pub fn next_value_from(&self, key: usize) -> Option<(usize, &V)> {
         self.values.next_from(key)
     }
-
 }
 
 #[cfg(test)]

@@ -326,8 +326,16 @@ fn compressed_paths_split_and_merge() {
         live.push(k);
         check(&t, &live, nodes);
     }
-    assert_eq!(t.get(b"dev/1/cm").as_deref(), None, "a partial level is no key");
-    assert_eq!(t.get(b"dev/2").as_deref(), None, "a level inside a label is no key");
+    assert_eq!(
+        t.get(b"dev/1/cm").as_deref(),
+        None,
+        "a partial level is no key"
+    );
+    assert_eq!(
+        t.get(b"dev/2").as_deref(),
+        None,
+        "a level inside a label is no key"
+    );
     assert_eq!(t.remove(b"dev/2"), None);
     // Removed in reverse: the same shapes back, joins included.
     for i in (0..steps.len()).rev() {
@@ -500,13 +508,14 @@ proptest! {
 
 /// Packs values below 1000 (and `u32::MAX >> 1`, which must not fit: it would read
 /// as "no value") into the node, so updates move values between node and slab.
+#[derive(Default)]
 struct Below1000;
 
 impl Pack<u32> for Below1000 {
-    fn pack(v: &u32) -> Option<u32> {
+    fn pack(&self, v: &u32) -> Option<u32> {
         (*v < 1000 || *v == u32::MAX >> 1).then_some(*v)
     }
-    fn unpack(bits: u32) -> Option<u32> {
+    fn unpack(&self, bits: u32) -> Option<u32> {
         Some(bits)
     }
 }
@@ -518,15 +527,32 @@ fn packed_values_live_in_the_node() {
     t.insert(b"dev/2/cmd", 5000);
     t.insert(b"dev/#", 9);
     t.insert(b"all", u32::MAX >> 1);
-    assert_eq!((t.len(), t.packed_len()), (4, 2), "all-ones 31 bits stays in the slab");
-    assert_eq!(t.approx_bytes(), t.node_count().saturating_sub(1) * 64 + 2 * 4);
+    assert_eq!(
+        (t.len(), t.packed_len()),
+        (4, 2),
+        "all-ones 31 bits stays in the slab"
+    );
+    assert_eq!(
+        t.approx_bytes(),
+        t.node_count().saturating_sub(1) * 64 + 2 * 4
+    );
     assert_eq!(t.get(b"all").as_deref(), Some(&(u32::MAX >> 1)));
     // Growing past what packs moves the value to the slab, shrinking moves it back.
     assert_eq!(t.update(b"dev/1/cmd", |v| *v += 2000), Some(()));
-    assert_eq!((t.get(b"dev/1/cmd").as_deref(), t.packed_len()), (Some(&2007), 1));
+    assert_eq!(
+        (t.get(b"dev/1/cmd").as_deref(), t.packed_len()),
+        (Some(&2007), 1)
+    );
     t.update(b"dev/1/cmd", |v| *v -= 2000);
-    assert_eq!((t.get(b"dev/1/cmd").as_deref(), t.packed_len()), (Some(&7), 2));
-    assert_eq!(t.update(b"dev/3/cmd", |v| *v += 1), None, "no value, nothing made");
+    assert_eq!(
+        (t.get(b"dev/1/cmd").as_deref(), t.packed_len()),
+        (Some(&7), 2)
+    );
+    assert_eq!(
+        t.update(b"dev/3/cmd", |v| *v += 1),
+        None,
+        "no value, nothing made"
+    );
     assert_eq!(t.upsert(b"dev/3/cmd", || 1, |v| *v), 1);
     let mut got = Vec::new();
     t.for_each_match(b"dev/1/cmd", |v| got.push(*v));
