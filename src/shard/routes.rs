@@ -107,7 +107,18 @@ impl ShardSet {
     /// The set of the members in `bits` (shards 0..31).
     #[inline(always)]
     pub fn from_low_bits(bits: u32) -> Self {
-        ShardSet(smallvec::smallvec![u64::from(bits)])
+        ShardSet(SmallVec::from_buf([u64::from(bits)]))
+    }
+
+    /// The set of `s` alone.
+    #[inline(always)]
+    pub fn single(s: ShardId) -> Self {
+        if s < 64 {
+            return ShardSet(SmallVec::from_buf([1 << s]));
+        }
+        let mut set = ShardSet::default();
+        set.insert(s);
+        set
     }
 
     #[inline]

@@ -123,6 +123,8 @@ impl Pack<FilterEntry> for PackedRow {
 
     #[inline(always)]
     fn unpack(&self, bits: u32) -> Option<FilterEntry> {
+        // Built in place (`from_buf`, no capacity checks): every publish that
+        // matches a packed row builds it once.
         if bits & ONE_LOCAL == 0 {
             return Some(FilterEntry {
                 plain: SmallVec::new(),
@@ -130,13 +132,9 @@ impl Pack<FilterEntry> for PackedRow {
                 shared: None,
             });
         }
-        let mut shards = ShardSet::default();
-        shards.insert(self.me);
-        let mut plain = SmallVec::new();
-        plain.push(Self::unpack_sub(bits)?);
         Some(FilterEntry {
-            plain,
-            shards,
+            plain: SmallVec::from_buf([Self::unpack_sub(bits)?]),
+            shards: ShardSet::single(self.me),
             shared: None,
         })
     }

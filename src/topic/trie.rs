@@ -48,7 +48,6 @@ pub trait Pack<V> {
 }
 
 /// Every value in the slab (the default).
-#[derive(Default)]
 pub struct Unpacked;
 
 impl<V> Pack<V> for Unpacked {
@@ -312,7 +311,7 @@ pub struct TopicTrie<V, P = Unpacked> {
     pack: P,
 }
 
-impl<V, P: Pack<V> + Default> Default for TopicTrie<V, P> {
+impl<V> Default for TopicTrie<V> {
     fn default() -> Self {
         Self::new()
     }
@@ -400,9 +399,10 @@ struct NameFrame {
 
 const DUMP: usize = usize::MAX;
 
-impl<V, P: Pack<V> + Default> TopicTrie<V, P> {
+impl<V> TopicTrie<V> {
+    /// An empty trie keeping every value in the slab.
     pub fn new() -> Self {
-        Self::with_pack(P::default())
+        Self::with_pack(Unpacked)
     }
 }
 

@@ -508,7 +508,6 @@ proptest! {
 
 /// Packs values below 1000 (and `u32::MAX >> 1`, which must not fit: it would read
 /// as "no value") into the node, so updates move values between node and slab.
-#[derive(Default)]
 struct Below1000;
 
 impl Pack<u32> for Below1000 {
@@ -522,7 +521,7 @@ impl Pack<u32> for Below1000 {
 
 #[test]
 fn packed_values_live_in_the_node() {
-    let mut t: TopicTrie<u32, Below1000> = TopicTrie::new();
+    let mut t = TopicTrie::with_pack(Below1000);
     t.insert(b"dev/1/cmd", 7);
     t.insert(b"dev/2/cmd", 5000);
     t.insert(b"dev/#", 9);
@@ -573,7 +572,7 @@ proptest! {
     /// as a map, the same matches as the naive matcher, and the right count packed.
     #[test]
     fn packed_trie_equals_model(ops in prop::collection::vec((0u8..4, key(), 0u32..1500), 1..64), topics in prop::collection::vec(key(), 1..6)) {
-        let mut trie: TopicTrie<u32, Below1000> = TopicTrie::new();
+        let mut trie = TopicTrie::with_pack(Below1000);
         let mut model: HashMap<String, u32> = HashMap::new();
         for (op, k, x) in &ops {
             match op {
