@@ -61,7 +61,6 @@ use smallvec::SmallVec;
 
 use crate::config::Config;
 use crate::session::{SessionError, SessionStore};
-use crate::topic::TopicTrie;
 
 pub use cluster::{AckToken, ClusterIn, ClusterInterest, ClusterOut, Forward};
 pub use cluster_session::{
@@ -78,7 +77,6 @@ pub use messages::{Action, Handoff, RouteUpdate, ShardMsg, SharedTarget};
 pub use outbox::{control_allowance, CONTROL_ALLOWANCE_BYTES};
 pub use retained::RetainedBody;
 pub use stats::{ShardStats, SnStats};
-use subs::FilterEntry;
 use timer::Timers;
 
 pub type ShardId = usize;
@@ -147,7 +145,7 @@ pub struct Shard {
     /// Filter (inner filter for shared subscriptions) → local subscribers and the
     /// shards with subscribers (this one included): local subscriptions and the
     /// replicated routes table in one trie.
-    filters: TopicTrie<FilterEntry>,
+    filters: subs::FilterTrie,
     /// Topic name → retained message; a replica kept identical on every shard,
     /// indexed without copying topics (`retained_index.rs`).
     retained: retained_index::RetainedIndex,
@@ -264,7 +262,7 @@ impl Shard {
             config,
             conns: Slab::with_capacity(presize),
             sessions: SessionStore::with_capacity(presize),
-            filters: TopicTrie::new(),
+            filters: subs::FilterTrie::with_pack(subs::PackedRow { me: id }),
             retained: retained_index::RetainedIndex::default(),
             retained_seq: 0,
             streams: stream::Streams::default(),

@@ -90,6 +90,37 @@ impl ShardSet {
         None
     }
 
+    /// The set as one `u32` when every member is below 31, for a packed row
+    /// (`subs::PackedRow`); `None` otherwise.
+    #[inline]
+    pub fn low_bits(&self) -> Option<u32> {
+        let (first, rest) = match self.0.split_first() {
+            Some(x) => x,
+            None => return Some(0),
+        };
+        if rest.iter().any(|w| *w != 0) {
+            return None;
+        }
+        u32::try_from(*first).ok().filter(|b| *b < 1 << 31)
+    }
+
+    /// The set of the members in `bits` (shards 0..31).
+    #[inline(always)]
+    pub fn from_low_bits(bits: u32) -> Self {
+        ShardSet(SmallVec::from_buf([u64::from(bits)]))
+    }
+
+    /// The set of `s` alone.
+    #[inline(always)]
+    pub fn single(s: ShardId) -> Self {
+        if s < 64 {
+            return ShardSet(SmallVec::from_buf([1 << s]));
+        }
+        let mut set = ShardSet::default();
+        set.insert(s);
+        set
+    }
+
     #[inline]
     pub fn for_each(&self, mut f: impl FnMut(ShardId)) {
         for (i, w) in self.0.iter().enumerate() {
@@ -220,49 +251,47 @@ impl Shard {
 
     fn apply_route(&mut self, shard: ShardId, filter: &Bytes, group: Option<&Bytes>, add: bool) {
         if add {
-            let e = self
-                .filters
-                .entry_or_insert_with(filter, FilterEntry::default);
-            match group {
-                None => e.shards.insert(shard),
-                Some(g) => {
-                    let routes = &mut e.shared.get_or_insert_with(Default::default).routes;
-                    match routes.iter_mut().find(|x| x.name == *g) {
-                        Some(x) => x.shards.insert(shard),
-                        None => {
-                            let mut shards = ShardSet::default();
-                            shards.insert(shard);
-                            routes.push(RouteGroup {
-                                filter: filter.clone(),
-                                name: g.clone(),
-                                shards,
-                                next: Cell::new(0),
-                            });
+            self.filters
+                .upsert(filter, FilterEntry::default, |e| match group {
+                    None => e.shards.insert(shard),
+                    Some(g) => {
+                        let routes = &mut e.shared.get_or_insert_with(Default::default).routes;
+                        match routes.iter_mut().find(|x| x.name == *g) {
+                            Some(x) => x.shards.insert(shard),
+                            None => {
+                                let mut shards = ShardSet::default();
+                                shards.insert(shard);
+                                routes.push(RouteGroup {
+                                    filter: filter.clone(),
+                                    name: g.clone(),
+                                    shards,
+                                    next: Cell::new(0),
+                                });
+                            }
                         }
                     }
-                }
-            }
+                });
             self.stats.bytes_routes = self.filters.approx_bytes();
             return;
         }
-        let Some(e) = self.filters.get_mut(filter) else {
-            return;
-        };
-        match group {
-            None => e.shards.remove(shard),
-            Some(g) => {
-                if let Some(routes) = e.shared.as_mut().map(|x| &mut x.routes) {
-                    if let Some(i) = routes.iter().position(|x| x.name == *g) {
-                        routes[i].shards.remove(shard);
-                        if routes[i].shards.is_empty() {
-                            routes.swap_remove(i);
+        let empty = self.filters.update(filter, |e| {
+            match group {
+                None => e.shards.remove(shard),
+                Some(g) => {
+                    if let Some(routes) = e.shared.as_mut().map(|x| &mut x.routes) {
+                        if let Some(i) = routes.iter().position(|x| x.name == *g) {
+                            routes[i].shards.remove(shard);
+                            if routes[i].shards.is_empty() {
+                                routes.swap_remove(i);
+                            }
                         }
                     }
+                    e.tidy_shared();
                 }
-                e.tidy_shared();
             }
-        }
-        if e.is_empty() {
+            e.is_empty()
+        });
+        if empty == Some(true) {
             self.filters.remove(filter);
         }
         self.stats.bytes_routes = self.filters.approx_bytes();

@@ -10,7 +10,12 @@ use smallvec::SmallVec;
 
 use super::routes::{RouteGroup, ShardSet};
 use super::Shard;
-use crate::protocol::SubscriptionOptions;
+use crate::protocol::{QoS, SubscriptionOptions};
+use crate::topic::{Pack, TopicTrie};
+
+/// A shard's filter trie: local subscriptions and the routes table in one, with
+/// one-subscriber and other-loop rows packed into the node (see [`PackedRow`]).
+pub(crate) type FilterTrie = TopicTrie<FilterEntry, PackedRow>;
 
 /// One local subscriber of a filter.
 #[derive(Debug, Clone, Copy)]
@@ -53,6 +58,88 @@ pub(crate) struct SharedEntry {
     pub routes: Vec<RouteGroup>,
 }
 
+/// How a shard packs a filter's row into its trie node's 4-byte value slot instead
+/// of a 64-byte slab entry, for the two rows a device subscription makes:
+/// - on every other loop, the row of a filter this loop has no subscriber for
+///   (no plain subscriber, no shared group): which loops have subscribers, a
+///   bitmask of loops 0..29;
+/// - on the owning loop, a row with exactly one plain subscriber, here and nowhere
+///   else, without a subscription identifier: that subscriber (session index below
+///   2^24 and its options).
+///
+/// Everything else (several subscribers, shared groups, subscription identifiers,
+/// more loops) stays in the slab. Bit 30 tells the two forms apart.
+pub(crate) struct PackedRow {
+    /// This shard: the one-subscriber form means "subscribed here only".
+    pub me: usize,
+}
+
+/// Bit 30 set: the one-local-subscriber form.
+const ONE_LOCAL: u32 = 1 << 30;
+/// Sessions with a smaller index can be packed.
+const SESSION_BITS: u32 = 24;
+
+impl PackedRow {
+    fn pack_sub(sub: &LocalSub) -> Option<u32> {
+        let o = sub.options;
+        if sub.sub_id != 0 || sub.session >= 1 << SESSION_BITS || o.retain_handling > 2 {
+            return None;
+        }
+        let options = u32::from(o.qos as u8)
+            | u32::from(o.no_local) << 2
+            | u32::from(o.retain_as_published) << 3
+            | u32::from(o.retain_handling) << 4;
+        Some(ONE_LOCAL | options << SESSION_BITS | sub.session)
+    }
+
+    #[inline(always)]
+    fn unpack_sub(bits: u32) -> Option<LocalSub> {
+        let options = bits >> SESSION_BITS;
+        Some(LocalSub {
+            session: bits & ((1 << SESSION_BITS) - 1),
+            options: SubscriptionOptions {
+                qos: QoS::from_u8((options & 3) as u8)?,
+                no_local: options & 4 != 0,
+                retain_as_published: options & 8 != 0,
+                retain_handling: ((options >> 4) & 3) as u8,
+            },
+            sub_id: 0,
+        })
+    }
+}
+
+impl Pack<FilterEntry> for PackedRow {
+    #[inline]
+    fn pack(&self, e: &FilterEntry) -> Option<u32> {
+        if e.shared.is_some() {
+            return None;
+        }
+        match e.plain.as_slice() {
+            [] => e.shards.low_bits().filter(|b| *b < ONE_LOCAL),
+            [sub] if e.shards.len() == 1 && e.shards.contains(self.me) => Self::pack_sub(sub),
+            _ => None,
+        }
+    }
+
+    #[inline(always)]
+    fn unpack(&self, bits: u32) -> Option<FilterEntry> {
+        // Built in place (`from_buf`, no capacity checks): every publish that
+        // matches a packed row builds it once.
+        if bits & ONE_LOCAL == 0 {
+            return Some(FilterEntry {
+                plain: SmallVec::new(),
+                shards: ShardSet::from_low_bits(bits),
+                shared: None,
+            });
+        }
+        Some(FilterEntry {
+            plain: SmallVec::from_buf([Self::unpack_sub(bits)?]),
+            shards: ShardSet::single(self.me),
+            shared: None,
+        })
+    }
+}
+
 impl FilterEntry {
     pub(super) fn is_empty(&self) -> bool {
         self.plain.is_empty() && self.shards.is_empty() && self.shared.is_none()
@@ -90,46 +177,45 @@ impl Shard {
             options,
             sub_id,
         };
-        let entry = self
-            .filters
-            .entry_or_insert_with(inner, FilterEntry::default);
-        let (added, first) = match group {
-            None => match entry.plain.iter_mut().find(|s| s.session == session) {
-                Some(s) => {
-                    *s = sub;
-                    (false, false)
-                }
-                None => {
-                    entry.plain.push(sub);
-                    (true, entry.plain.len() == 1)
-                }
-            },
-            Some(g) => {
-                let groups = &mut entry.shared.get_or_insert_with(Default::default).local;
-                let gi = match groups.iter().position(|x| x.name == *g) {
-                    Some(i) => i,
-                    None => {
-                        groups.push(LocalGroup {
-                            name: g.clone(),
-                            members: Vec::new(),
-                            next: Cell::new(0),
-                        });
-                        groups.len() - 1
+        let (added, first) =
+            self.filters
+                .upsert(inner, FilterEntry::default, |entry| match group {
+                    None => match entry.plain.iter_mut().find(|s| s.session == session) {
+                        Some(s) => {
+                            *s = sub;
+                            (false, false)
+                        }
+                        None => {
+                            entry.plain.push(sub);
+                            (true, entry.plain.len() == 1)
+                        }
+                    },
+                    Some(g) => {
+                        let groups = &mut entry.shared.get_or_insert_with(Default::default).local;
+                        let gi = match groups.iter().position(|x| x.name == *g) {
+                            Some(i) => i,
+                            None => {
+                                groups.push(LocalGroup {
+                                    name: g.clone(),
+                                    members: Vec::new(),
+                                    next: Cell::new(0),
+                                });
+                                groups.len() - 1
+                            }
+                        };
+                        let members = &mut groups[gi].members;
+                        match members.iter_mut().find(|s| s.session == session) {
+                            Some(s) => {
+                                *s = sub;
+                                (false, false)
+                            }
+                            None => {
+                                members.push(sub);
+                                (true, members.len() == 1)
+                            }
+                        }
                     }
-                };
-                let members = &mut groups[gi].members;
-                match members.iter_mut().find(|s| s.session == session) {
-                    Some(s) => {
-                        *s = sub;
-                        (false, false)
-                    }
-                    None => {
-                        members.push(sub);
-                        (true, members.len() == 1)
-                    }
-                }
-            }
-        };
+                });
         if first {
             self.route_changed(inner, group, true);
         }
@@ -147,44 +233,46 @@ impl Shard {
         inner: &Bytes,
         group: Option<&Bytes>,
     ) -> bool {
-        let Some(entry) = self.filters.get_mut(inner) else {
-            return false;
-        };
-        let (removed, last) = match group {
-            None => match entry.plain.iter().position(|s| s.session == session) {
-                Some(i) => {
-                    entry.plain.swap_remove(i);
-                    (true, entry.plain.is_empty())
-                }
-                None => (false, false),
-            },
-            Some(g) => {
-                let groups = entry.shared.as_mut().map(|x| &mut x.local);
-                match groups.and_then(|gs| Some((gs.iter().position(|x| x.name == *g)?, gs))) {
-                    Some((gi, groups)) => {
-                        let members = &mut groups[gi].members;
-                        match members.iter().position(|s| s.session == session) {
-                            Some(i) => {
-                                // Keep member order (round robin stays fair).
-                                members.remove(i);
-                                let last = members.is_empty();
-                                if last {
-                                    groups.swap_remove(gi);
-                                }
-                                (true, last)
-                            }
-                            None => (false, false),
-                        }
+        let Some((removed, last, empty)) = self.filters.update(inner, |entry| {
+            let (removed, last) = match group {
+                None => match entry.plain.iter().position(|s| s.session == session) {
+                    Some(i) => {
+                        entry.plain.swap_remove(i);
+                        (true, entry.plain.is_empty())
                     }
                     None => (false, false),
+                },
+                Some(g) => {
+                    let groups = entry.shared.as_mut().map(|x| &mut x.local);
+                    match groups.and_then(|gs| Some((gs.iter().position(|x| x.name == *g)?, gs))) {
+                        Some((gi, groups)) => {
+                            let members = &mut groups[gi].members;
+                            match members.iter().position(|s| s.session == session) {
+                                Some(i) => {
+                                    // Keep member order (round robin stays fair).
+                                    members.remove(i);
+                                    let last = members.is_empty();
+                                    if last {
+                                        groups.swap_remove(gi);
+                                    }
+                                    (true, last)
+                                }
+                                None => (false, false),
+                            }
+                        }
+                        None => (false, false),
+                    }
                 }
-            }
+            };
+            entry.tidy_shared();
+            (removed, last, entry.is_empty())
+        }) else {
+            return false;
         };
-        entry.tidy_shared();
         if last {
             // Takes this shard out of the filter's routes (and prunes the entry).
             self.route_changed(inner, group, false);
-        } else if entry.is_empty() {
+        } else if empty {
             self.filters.remove(inner);
         }
         if removed {
@@ -266,6 +354,10 @@ mod tests {
                 };
                 cids.push(cl.connect_ok(V311, id, opts, false));
             }
+            let owners: Vec<usize> = ids
+                .iter()
+                .map(|id| crate::shard::owner_shard(0, id.as_bytes(), shards))
+                .collect();
             let mut subs: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); ids.len()];
             let mut x: u64 = 0x2545_f491_4f6c_dd1d ^ shards as u64;
             let mut published = 0u32;
@@ -314,18 +406,191 @@ mod tests {
                         check_delivery(&mut cl, &cids, &subs, topic, &payload);
                     }
                 }
-                check_entries(&cl, &subs);
+                check_entries(&cl, &subs, &owners);
             }
             for c in 0..ids.len() {
                 cl.drop_connection(cids[c]);
                 subs[c].clear();
             }
-            check_entries(&cl, &subs);
+            check_entries(&cl, &subs, &owners);
             for sh in &cl.shards {
                 assert_eq!(sh.filters.node_count(), 1, "pruned to the root");
                 assert_eq!(sh.stats().subscriptions, 0);
             }
         }
+    }
+
+    /// One device filter subscribed and unsubscribed from both loops, in both
+    /// orders: with one subscriber, both loops' rows are packed into the trie node
+    /// (no slab entry); with a subscriber on each loop both rows are in the slab;
+    /// rows move back as interest goes, publishes from either side reach exactly
+    /// the subscribers, and each loop's row goes away exactly when the last
+    /// subscriber anywhere does.
+    #[test]
+    fn remote_row_packs_and_goes_with_the_last_interest() {
+        const F: &str = "dev/17/cmd";
+        for last_out in [0, 1] {
+            let mut cl = Cluster::new(2, Config::default());
+            let ids = [id_on(0, 2, "row-a"), id_on(1, 2, "row-b")];
+            let owners = [0, 1];
+            let cids: Vec<Cid> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| {
+                    let opts = ConnectOpts {
+                        accept_on: i,
+                        ..ConnectOpts::default()
+                    };
+                    cl.connect_ok(V311, id, opts, false)
+                })
+                .collect();
+            let mut subs: Vec<BTreeSet<&str>> = vec![BTreeSet::new(); 2];
+            let packed = |cl: &Cluster| [0, 1].map(|i| cl.shards[i].filters.packed_len());
+
+            cl.subscribe(cids[0], F, QoS::AtMostOnce);
+            subs[0].insert(F);
+            check_entries(&cl, &subs, &owners);
+            assert_eq!(packed(&cl), [1, 1], "owner and other loop rows are packed");
+            let node_only = crate::shard::harness::filter_row_bytes(F);
+            let bytes = |cl: &Cluster| [0, 1].map(|i| cl.shards[i].filters.approx_bytes());
+            assert_eq!(bytes(&cl), [node_only; 2]);
+            cl.publish(cids[1], F, "1", QoS::AtMostOnce, false, 0);
+            check_delivery(&mut cl, &cids, &subs, F, "1");
+
+            cl.subscribe(cids[1], F, QoS::AtMostOnce);
+            subs[1].insert(F);
+            check_entries(&cl, &subs, &owners);
+            assert_eq!(packed(&cl), [0, 0], "both loops have a local subscriber");
+            assert!(bytes(&cl).iter().all(|b| *b > node_only), "slab entries");
+            for (c, payload) in [(0, "2"), (1, "3")] {
+                cl.publish(cids[c], F, payload, QoS::AtMostOnce, false, 0);
+                check_delivery(&mut cl, &cids, &subs, F, payload);
+            }
+
+            let first_out = 1 - last_out;
+            unsubscribe(&mut cl, cids[first_out], F);
+            subs[first_out].remove(F);
+            check_entries(&cl, &subs, &owners);
+            assert_eq!(packed(&cl), [1, 1], "one subscriber again: both pack");
+            assert_eq!(bytes(&cl), [node_only; 2]);
+            for (c, payload) in [(0, "4"), (1, "5")] {
+                cl.publish(cids[c], F, payload, QoS::AtMostOnce, false, 0);
+                check_delivery(&mut cl, &cids, &subs, F, payload);
+            }
+
+            unsubscribe(&mut cl, cids[last_out], F);
+            subs[last_out].remove(F);
+            check_entries(&cl, &subs, &owners);
+            for sh in &cl.shards {
+                assert_eq!((sh.filters.len(), sh.filters.node_count()), (0, 1));
+                assert_eq!(sh.filters.approx_bytes(), 0);
+            }
+            cl.publish(cids[0], F, "6", QoS::AtMostOnce, false, 0);
+            check_delivery(&mut cl, &cids, &subs, F, "6");
+        }
+    }
+
+    /// Every subscription option round-trips through the one-subscriber form; what
+    /// does not fit (a subscription identifier, a session index of 2^24, a second
+    /// subscriber or loop, a shared group, loop 30 in the bitmask) stays unpacked.
+    #[test]
+    fn packed_row_forms() {
+        use super::{FilterEntry, LocalSub, PackedRow, SharedEntry};
+        use crate::protocol::SubscriptionOptions;
+        use crate::topic::Pack;
+        let p = PackedRow { me: 3 };
+        let here = |shards: &[usize]| {
+            let mut s = super::ShardSet::default();
+            shards.iter().for_each(|x| s.insert(*x));
+            s
+        };
+        let row = |plain: &[LocalSub], shards: &[usize]| FilterEntry {
+            plain: plain.iter().copied().collect(),
+            shards: here(shards),
+            shared: None,
+        };
+        let members = |s: &super::ShardSet| {
+            let mut v = Vec::new();
+            s.for_each(|x| v.push(x));
+            v
+        };
+        let same = |a: &FilterEntry, b: &FilterEntry| {
+            members(&a.shards) == members(&b.shards)
+                && a.shared.is_none() == b.shared.is_none()
+                && a.plain.len() == b.plain.len()
+                && a.plain.iter().zip(&b.plain).all(|(x, y)| {
+                    (x.session, x.options, x.sub_id) == (y.session, y.options, y.sub_id)
+                })
+        };
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            for flags in 0..4u8 {
+                for retain_handling in 0..3 {
+                    let options = SubscriptionOptions {
+                        qos,
+                        no_local: flags & 1 != 0,
+                        retain_as_published: flags & 2 != 0,
+                        retain_handling,
+                    };
+                    for session in [0, 1, (1 << 24) - 1] {
+                        let sub = LocalSub {
+                            session,
+                            options,
+                            sub_id: 0,
+                        };
+                        let e = row(&[sub], &[3]);
+                        let bits = p.pack(&e).expect("packs");
+                        assert!(bits <= crate::topic::PACKED_MAX);
+                        assert!(same(&p.unpack(bits).expect("unpacks"), &e), "{bits:#x}");
+                    }
+                }
+            }
+        }
+        for shards in [&[][..], &[0], &[1, 29], &[0, 3, 7]] {
+            let e = row(&[], shards);
+            let bits = p.pack(&e).expect("packs");
+            assert!(same(&p.unpack(bits).expect("unpacks"), &e), "{shards:?}");
+        }
+        let sub = LocalSub {
+            session: 5,
+            options: SubscriptionOptions::default(),
+            sub_id: 0,
+        };
+        let unpacked = [
+            row(&[LocalSub { sub_id: 9, ..sub }], &[3]),
+            row(
+                &[LocalSub {
+                    session: 1 << 24,
+                    ..sub
+                }],
+                &[3],
+            ),
+            row(&[sub, LocalSub { session: 6, ..sub }], &[3]),
+            row(&[sub], &[3, 4]),
+            row(&[], &[30]),
+            row(&[], &[64]),
+            FilterEntry {
+                shared: Some(Box::new(SharedEntry::default())),
+                ..row(&[], &[1])
+            },
+        ];
+        for e in &unpacked {
+            assert_eq!(p.pack(e), None, "{e:?}");
+        }
+    }
+
+    fn unsubscribe(cl: &mut Cluster, c: Cid, f: &'static str) {
+        let u = Unsubscribe {
+            packet_id: 2,
+            filters: smallvec![Bytes::from_static(f.as_bytes())],
+            properties: Properties::default(),
+        };
+        cl.send(c, Packet::Unsubscribe(u));
+        let ack = UnsubAck {
+            packet_id: 2,
+            codes: smallvec![],
+            properties: Properties::default(),
+        };
+        cl.expect(c, Packet::UnsubAck(ack));
     }
 
     fn inner(filter: &str) -> (&str, Option<&str>) {
@@ -338,14 +603,42 @@ mod tests {
         }
     }
 
+    /// Every shard has one entry per inner filter subscribed anywhere, packed into
+    /// its trie node exactly when nobody subscribes to it shared and the shard has
+    /// no plain subscriber of its own, or the only plain subscriber anywhere is its
+    /// own (`owners[c]`: the shard of client `c`'s session).
     #[track_caller]
-    fn check_entries(cl: &Cluster, subs: &[BTreeSet<&str>]) {
+    fn check_entries(cl: &Cluster, subs: &[BTreeSet<&str>], owners: &[usize]) {
         let inners: BTreeSet<&str> = subs.iter().flatten().map(|f| inner(f).0).collect();
+        let shared: BTreeSet<&str> = subs
+            .iter()
+            .flatten()
+            .filter_map(|f| match inner(f) {
+                (i, Some(_)) => Some(i),
+                _ => None,
+            })
+            .collect();
         for (i, sh) in cl.shards.iter().enumerate() {
             assert_eq!(sh.filters.len(), inners.len(), "shard {i}: {inners:?}");
             for f in &inners {
                 assert!(sh.filters.get(f.as_bytes()).is_some(), "shard {i}: {f}");
             }
+            let plain_on = |f: &str, here: bool| {
+                subs.iter()
+                    .zip(owners)
+                    .filter(|(fs, o)| (**o == i) == here && fs.contains(f))
+                    .count()
+            };
+            let packed = inners
+                .iter()
+                .filter(|f| !shared.contains(*f))
+                .filter(|f| match plain_on(f, true) {
+                    0 => true,
+                    1 => plain_on(f, false) == 0,
+                    _ => false,
+                })
+                .count();
+            assert_eq!(sh.filters.packed_len(), packed, "shard {i} packed rows");
         }
         let total: usize = subs.iter().map(|s| s.len()).sum();
         let on_shards: usize = cl.shards.iter().map(|s| s.stats().subscriptions).sum();

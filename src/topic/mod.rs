@@ -5,7 +5,7 @@
 mod trie;
 mod validate;
 
-pub use trie::TopicTrie;
+pub use trie::{Pack, TopicTrie, Unpacked, ValueRef, PACKED_MAX};
 pub use validate::{
     matches, parse_shared, validate_decoded_name, validate_filter, validate_name, SharedFilter,
     TopicError,

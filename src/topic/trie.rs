@@ -9,6 +9,13 @@
 //! node is split where a new key branches off, ends or adds a wildcard inside it, and
 //! joined with its only child again when that key is removed, so the shape depends on
 //! the live keys only. `+` and `#` levels always have nodes of their own.
+//!
+//! Values live in a slab beside the nodes, or, for a trie with a [`Pack`], inside the
+//! node's 4-byte value slot when the value packs into 31 bits: a shard's row for a
+//! filter only other loops subscribe to is a loop bitmask, and storing it in place
+//! saves the 64-byte slab entry per subscription on every other loop.
+
+use std::ops::Deref;
 
 use smallvec::SmallVec;
 
@@ -22,6 +29,54 @@ type Idx = u32;
 /// hundreds of GB, so memory runs out long before an index could reach this.
 const NONE: Idx = crate::arena::NIL;
 const ROOT: Idx = 0;
+
+/// A value slot at or above this (and not `NONE`) holds a packed value in its low
+/// 31 bits rather than a slab index. 2^31 slab values would take 64+ GB, so slab
+/// indices never get here.
+const PACKED: Idx = 1 << 31;
+/// The largest packed value: all 31 bits set would read as `NONE`.
+pub const PACKED_MAX: u32 = NONE - PACKED - 1;
+
+/// How a trie keeps some values inside the node's value slot instead of the value
+/// slab. `pack` says whether a value fits (at most [`PACKED_MAX`]); `unpack` gives it
+/// back. A packed value is rebuilt on every visit, so it should be cheap to build
+/// and to drop (no heap). The packer is a value the trie holds, so the encoding
+/// may depend on context (a shard packs rows relative to its own id).
+pub trait Pack<V> {
+    fn pack(&self, v: &V) -> Option<u32>;
+    fn unpack(&self, bits: u32) -> Option<V>;
+}
+
+/// Every value in the slab (the default).
+pub struct Unpacked;
+
+impl<V> Pack<V> for Unpacked {
+    #[inline(always)]
+    fn pack(&self, _: &V) -> Option<u32> {
+        None
+    }
+    #[inline(always)]
+    fn unpack(&self, _: u32) -> Option<V> {
+        None
+    }
+}
+
+/// A value read from the trie: borrowed from the slab, or rebuilt from its packed form.
+pub enum ValueRef<'a, V> {
+    Stored(&'a V),
+    Packed(V),
+}
+
+impl<V> Deref for ValueRef<'_, V> {
+    type Target = V;
+    #[inline(always)]
+    fn deref(&self) -> &V {
+        match self {
+            ValueRef::Stored(v) => v,
+            ValueRef::Packed(v) => v,
+        }
+    }
+}
 
 /// Up to this many literal children are an unsorted exact-size list scanned
 /// linearly; above it they become an open-addressing table.
@@ -243,14 +298,17 @@ enum Slot {
 ///
 /// Keys are arbitrary bytes. Only whole levels are wildcards: `+` anywhere, `#` as
 /// the last level; anything else is literal (the same rules as [`super::matches`]).
-pub struct TopicTrie<V> {
+pub struct TopicTrie<V, P = Unpacked> {
     chunks: Vec<Vec<Node>>,
     /// Head of the free-node list (linked through `Node::hash`).
     free: Idx,
     live_nodes: usize,
     /// Values by index, so a node pays 4 bytes, not `size_of::<Option<V>>()`, per slot.
     values: ChunkSlab<V>,
+    /// Values kept in their node's slot (see [`Pack`]).
+    packed: usize,
     hasher: ahash::RandomState,
+    pack: P,
 }
 
 impl<V> Default for TopicTrie<V> {
@@ -342,7 +400,15 @@ struct NameFrame {
 const DUMP: usize = usize::MAX;
 
 impl<V> TopicTrie<V> {
+    /// An empty trie keeping every value in the slab.
     pub fn new() -> Self {
+        Self::with_pack(Unpacked)
+    }
+}
+
+impl<V, P: Pack<V>> TopicTrie<V, P> {
+    /// An empty trie packing values with `pack`.
+    pub fn with_pack(pack: P) -> Self {
         let mut chunks = Vec::new();
         push_chunked(&mut chunks, Node::new(b""));
         TopicTrie {
@@ -350,13 +416,20 @@ impl<V> TopicTrie<V> {
             free: NONE,
             live_nodes: 1,
             values: ChunkSlab::new(),
+            packed: 0,
             hasher: ahash::RandomState::new(),
+            pack,
         }
     }
 
     /// Number of keys with a value.
     pub fn len(&self) -> usize {
-        self.values.len()
+        self.values.len() + self.packed
+    }
+
+    /// Values kept packed in their node (see [`Pack`]), for tests and metrics.
+    pub fn packed_len(&self) -> usize {
+        self.packed
     }
 
     pub fn is_empty(&self) -> bool {
@@ -368,58 +441,54 @@ impl<V> TopicTrie<V> {
         self.live_nodes
     }
 
-    /// Bytes the keys take beyond an empty trie, estimated: their nodes and values
-    /// inline. Labels longer than a node's inline room, child tables and whatever a
-    /// value owns on the heap are not counted.
+    /// Bytes the keys take beyond an empty trie, estimated: their nodes and slab
+    /// values (packed values cost nothing beyond their node). Labels longer than a
+    /// node's inline room, child tables and whatever a value owns on the heap are not
+    /// counted.
     pub fn approx_bytes(&self) -> usize {
         (self.live_nodes - 1) * std::mem::size_of::<Node>()
             + self.values.len() * std::mem::size_of::<V>()
     }
 
-    pub fn get(&self, key: &[u8]) -> Option<&V> {
-        let idx = self.slot_value(self.find(key)?);
-        self.values.get(idx as usize)
+    pub fn get(&self, key: &[u8]) -> Option<ValueRef<'_, V>> {
+        self.load(self.slot_value(self.find(key)?))
     }
 
-    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
-        let idx = self.slot_value(self.find(key)?);
-        self.values.get_mut(idx as usize)
+    /// Runs `f` on the value at `key`, if there is one, and stores it back packed or
+    /// in the slab, whichever it now fits.
+    pub fn update<R>(&mut self, key: &[u8], f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        let slot = self.find(key)?;
+        self.modify(slot, None::<fn() -> V>, f)
     }
 
-    /// The value at `key`, inserted with `make` if absent.
-    pub fn entry_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
+    /// As `update`, inserting `make()` first when `key` has no value.
+    pub fn upsert<R>(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce() -> V,
+        f: impl FnOnce(&mut V) -> R,
+    ) -> R {
         let slot = self.find_or_create(key);
-        let mut idx = self.slot_value(slot);
-        if self.values.get(idx as usize).is_none() {
-            idx = self.values.insert(make()) as Idx;
-            self.set_slot(slot, idx);
-        }
-        match self.values.get_mut(idx as usize) {
-            Some(v) => v,
-            // `idx` was found or inserted just above.
-            None => unreachable!("value {idx} vanished"),
+        match self.modify(slot, Some(make), f) {
+            Some(r) => r,
+            // `make` is given, so `modify` always has a value to run `f` on.
+            None => unreachable!("upsert without a value"),
         }
     }
 
     /// Sets `key` to `value`, returning the previous value.
     pub fn insert(&mut self, key: &[u8], value: V) -> Option<V> {
         let slot = self.find_or_create(key);
-        let idx = self.slot_value(slot);
-        if let Some(old) = self.values.get_mut(idx as usize) {
-            return Some(std::mem::replace(old, value));
-        }
-        let idx = self.values.insert(value) as Idx;
-        self.set_slot(slot, idx);
-        None
+        let old = self.take_slot(slot);
+        self.store(slot, value);
+        old
     }
 
     pub fn remove(&mut self, key: &[u8]) -> Option<V> {
         // The path from the root, to prune bottom-up afterwards.
         let mut path: SmallVec<[Idx; 16]> = SmallVec::new();
         let slot = self.find_with(key, |n| path.push(n))?;
-        let idx = self.slot_value(slot);
-        let value = self.values.remove(idx as usize)?;
-        self.set_slot(slot, NONE);
+        let value = self.take_slot(slot)?;
         // A `#` slot lives on `node` itself, so both kinds prune from `node`.
         let (Slot::Value(node) | Slot::Hash(node)) = slot;
         if node != ROOT {
@@ -497,34 +566,6 @@ impl<V> TopicTrie<V> {
             f(name, v);
             true
         });
-    }
-
-    /// Keys are topic names: appends to `out` the value keys (see [`Self::value_at`])
-    /// of the names `filter` matches, at most `max` of them. `false` when more match
-    /// than that (the walk stops there, so a broad filter over a large set costs
-    /// `max` visits, not one per name).
-    pub fn matching_keys(&self, filter: &[u8], max: usize, out: &mut Vec<u32>) -> bool {
-        let mut buf = Vec::new();
-        self.walk_filter(filter, &mut buf, |_, key, _| {
-            if out.len() >= max {
-                return false;
-            }
-            out.push(key);
-            true
-        })
-    }
-
-    /// The value stored under `key` (a value key from `matching_keys` or
-    /// `next_value_from`): keys are stable while the value is stored; a removed
-    /// value's key may be reused by a later insert.
-    pub fn value_at(&self, key: u32) -> Option<&V> {
-        self.values.get(key as usize)
-    }
-
-    /// The first stored value whose key is `key` or above, in key order: a walk
-    /// over every value that can be resumed after the trie changed.
-    pub fn next_value_from(&self, key: usize) -> Option<(usize, &V)> {
-        self.values.next_from(key)
     }
 
     /// The filter walk behind `for_each_matching_filter_with` and `matching_keys`:
@@ -676,31 +717,106 @@ impl<V> TopicTrie<V> {
         if idx == NONE {
             return;
         }
-        if let Some(v) = self.values.get(idx as usize) {
-            f(v);
+        if idx < PACKED {
+            if let Some(v) = self.values.get(idx as usize) {
+                f(v);
+            }
+        } else if let Some(v) = self.pack.unpack(idx - PACKED) {
+            f(&v);
         }
+    }
+
+    /// The value in a slot (`NONE`, a slab index or a packed value).
+    #[inline]
+    fn load(&self, idx: Idx) -> Option<ValueRef<'_, V>> {
+        if idx < PACKED {
+            self.values.get(idx as usize).map(ValueRef::Stored)
+        } else if idx != NONE {
+            self.pack.unpack(idx - PACKED).map(ValueRef::Packed)
+        } else {
+            None
+        }
+    }
+
+    /// Takes the value out of `slot`, leaving it empty.
+    fn take_slot(&mut self, slot: Slot) -> Option<V> {
+        let idx = self.slot_value(slot);
+        let v = if idx < PACKED {
+            self.values.remove(idx as usize)
+        } else if idx != NONE {
+            self.packed -= 1;
+            self.pack.unpack(idx - PACKED)
+        } else {
+            None
+        };
+        self.set_slot(slot, NONE);
+        v
+    }
+
+    /// Stores `v` in the empty `slot`: packed if it fits, else in the slab.
+    fn store(&mut self, slot: Slot, v: V) {
+        let idx = match self.pack.pack(&v).filter(|b| *b <= PACKED_MAX) {
+            Some(bits) => {
+                self.packed += 1;
+                PACKED + bits
+            }
+            None => self.values.insert(v) as Idx,
+        };
+        self.set_slot(slot, idx);
+    }
+
+    /// `update`/`upsert` on a found slot: a slab value is changed in place and
+    /// moved into the node if it now packs; a packed one is rebuilt, changed and
+    /// stored back wherever it then fits. `None` when the slot is empty and there
+    /// is no `make`.
+    fn modify<R>(
+        &mut self,
+        slot: Slot,
+        make: Option<impl FnOnce() -> V>,
+        f: impl FnOnce(&mut V) -> R,
+    ) -> Option<R> {
+        let idx = self.slot_value(slot);
+        if idx < PACKED {
+            if let Some(v) = self.values.get_mut(idx as usize) {
+                let r = f(v);
+                if self.pack.pack(v).is_some_and(|b| b <= PACKED_MAX) {
+                    if let Some(v) = self.values.remove(idx as usize) {
+                        self.set_slot(slot, NONE);
+                        self.store(slot, v);
+                    }
+                }
+                return Some(r);
+            }
+        }
+        let mut v = match self.take_slot(slot) {
+            Some(v) => v,
+            None => make?(),
+        };
+        let r = f(&mut v);
+        self.store(slot, v);
+        Some(r)
     }
 
     /// Emits `idx` under the name in `buf` minus its trailing '/'.
     fn emit_named(&self, idx: Idx, buf: &[u8], f: &mut impl FnMut(&[u8], &V)) {
-        if let Some(v) = self.values.get(idx as usize) {
-            f(&buf[..buf.len().saturating_sub(1)], v);
+        if let Some(v) = self.load(idx) {
+            f(&buf[..buf.len().saturating_sub(1)], &v);
         }
     }
 
     /// Emits a `#` slot as the name in `buf` followed by a final `#` level.
     fn emit_hash_leaf(&self, idx: Idx, buf: &mut Vec<u8>, f: &mut impl FnMut(&[u8], &V)) {
-        if let Some(v) = self.values.get(idx as usize) {
+        if let Some(v) = self.load(idx) {
             buf.push(b'#');
-            f(buf, v);
+            f(buf, &v);
             buf.pop();
         }
     }
 
     /// `emit_named` for `walk_filter`: `false` when `f` stops the walk.
     fn emit_keyed(&self, idx: Idx, buf: &[u8], f: &mut impl FnMut(&[u8], Idx, &V) -> bool) -> bool {
-        match self.values.get(idx as usize) {
-            Some(v) => f(&buf[..buf.len().saturating_sub(1)], idx, v),
+        match self.load(idx) {
+            Some(v) => f(&buf[..buf.len().saturating_sub(1)], idx, &v),
             None => true,
         }
     }
@@ -712,11 +828,11 @@ impl<V> TopicTrie<V> {
         buf: &mut Vec<u8>,
         f: &mut impl FnMut(&[u8], Idx, &V) -> bool,
     ) -> bool {
-        let Some(v) = self.values.get(idx as usize) else {
+        let Some(v) = self.load(idx) else {
             return true;
         };
         buf.push(b'#');
-        let go_on = f(buf, idx, v);
+        let go_on = f(buf, idx, &v);
         buf.pop();
         go_on
     }
@@ -979,6 +1095,59 @@ impl<V> TopicTrie<V> {
         node.plus = NONE;
         node.hash = next;
         self.free = n;
+    }
+}
+
+/// Key-based access, for tries whose values all live in the slab: a value's key is
+/// its slab index, stable while it is stored. References into the slab stay valid
+/// here because nothing is ever moved into a node.
+impl<V> TopicTrie<V, Unpacked> {
+    pub fn get_mut(&mut self, key: &[u8]) -> Option<&mut V> {
+        let idx = self.slot_value(self.find(key)?);
+        self.values.get_mut(idx as usize)
+    }
+
+    /// The value at `key`, inserted with `make` if absent.
+    pub fn entry_or_insert_with(&mut self, key: &[u8], make: impl FnOnce() -> V) -> &mut V {
+        let slot = self.find_or_create(key);
+        let mut idx = self.slot_value(slot);
+        if self.values.get(idx as usize).is_none() {
+            idx = self.values.insert(make()) as Idx;
+            self.set_slot(slot, idx);
+        }
+        match self.values.get_mut(idx as usize) {
+            Some(v) => v,
+            // `idx` was found or inserted just above.
+            None => unreachable!("value {idx} vanished"),
+        }
+    }
+
+    /// Keys are topic names: appends to `out` the value keys (see [`Self::value_at`])
+    /// of the names `filter` matches, at most `max` of them. `false` when more match
+    /// than that (the walk stops there, so a broad filter over a large set costs
+    /// `max` visits, not one per name).
+    pub fn matching_keys(&self, filter: &[u8], max: usize, out: &mut Vec<u32>) -> bool {
+        let mut buf = Vec::new();
+        self.walk_filter(filter, &mut buf, |_, key, _| {
+            if out.len() >= max {
+                return false;
+            }
+            out.push(key);
+            true
+        })
+    }
+
+    /// The value stored under `key` (a value key from `matching_keys` or
+    /// `next_value_from`): keys are stable while the value is stored; a removed
+    /// value's key may be reused by a later insert.
+    pub fn value_at(&self, key: u32) -> Option<&V> {
+        self.values.get(key as usize)
+    }
+
+    /// The first stored value whose key is `key` or above, in key order: a walk
+    /// over every value that can be resumed after the trie changed.
+    pub fn next_value_from(&self, key: usize) -> Option<(usize, &V)> {
+        self.values.next_from(key)
     }
 }
 

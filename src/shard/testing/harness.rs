@@ -571,12 +571,21 @@ pub(crate) fn will(
     }
 }
 
-/// What one filter row (a filter with no siblings, e.g. `t` or `r/#`) adds to a
-/// shard's `bytes_routes`, which counts against the memory mark: for tests that
-/// set a mark in bytes.
+/// What one filter row (a filter with no siblings, e.g. `t` or `r/#`) with one
+/// local subscriber adds to the `bytes_routes` of shard 0 of 1, which counts
+/// against the memory mark: for tests that set a mark in bytes.
 pub(crate) fn filter_row_bytes(filter: &str) -> usize {
-    let mut trie = crate::topic::TopicTrie::<crate::shard::subs::FilterEntry>::new();
-    trie.entry_or_insert_with(filter.as_bytes(), Default::default);
+    use crate::shard::subs::{FilterEntry, FilterTrie, LocalSub, PackedRow};
+    let mut trie = FilterTrie::with_pack(PackedRow { me: 0 });
+    let sub = LocalSub {
+        session: 0,
+        options: SubscriptionOptions::default(),
+        sub_id: 0,
+    };
+    trie.upsert(filter.as_bytes(), FilterEntry::default, |e| {
+        e.plain.push(sub);
+        e.shards.insert(0);
+    });
     trie.approx_bytes()
 }
 

@@ -5,7 +5,7 @@
 
 use super::*;
 
-impl<V> TopicTrie<V> {
+impl<V, P: Pack<V>> TopicTrie<V, P> {
     /// A label's 32-bit hash: the table's home slot is `tag & mask`, so tables
     /// rehash and shift entries without visiting the child nodes.
     pub(super) fn tag(&self, label: &[u8]) -> Idx {

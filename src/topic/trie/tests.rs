@@ -189,15 +189,15 @@ fn insert_get_remove_prunes() {
     assert_eq!(t.insert(b"#", 4), None);
     assert_eq!(t.insert(b"+/+", 5), None);
     assert_eq!(t.len(), 4);
-    assert_eq!(t.get(b"a/b/c"), Some(&2));
-    assert_eq!(t.get(b"a/b"), None);
-    assert_eq!(t.get(b"a/#"), Some(&3));
+    assert_eq!(t.get(b"a/b/c").as_deref(), Some(&2));
+    assert_eq!(t.get(b"a/b").as_deref(), None);
+    assert_eq!(t.get(b"a/#").as_deref(), Some(&3));
     *t.get_mut(b"#").expect("inserted above") += 10;
-    assert_eq!(t.get(b"#"), Some(&14));
+    assert_eq!(t.get(b"#").as_deref(), Some(&14));
     *t.entry_or_insert_with(b"+/+", || 0) += 1;
     *t.entry_or_insert_with(b"x", || 7) += 1;
-    assert_eq!(t.get(b"+/+"), Some(&6));
-    assert_eq!(t.get(b"x"), Some(&8));
+    assert_eq!(t.get(b"+/+").as_deref(), Some(&6));
+    assert_eq!(t.get(b"x").as_deref(), Some(&8));
     // root, a, b/c (one node for the chain), +, + (second level), x
     assert_eq!(t.node_count(), 6);
     assert_eq!(t.remove(b"a/b"), None);
@@ -235,7 +235,7 @@ fn many_children_switch_to_table_and_back() {
         if n % 97 == 0 {
             for (j, &is_live) in live.iter().enumerate() {
                 assert_eq!(
-                    t.get(key(j).as_bytes()),
+                    t.get(key(j).as_bytes()).as_deref(),
                     is_live.then_some(&j),
                     "{j} after {n} removals"
                 );
@@ -252,7 +252,7 @@ fn long_and_odd_labels() {
     let keys = [long.as_str(), "a/\u{0}/b", "é/ü", "", "//", "a+/#/b"];
     let mut t = trie_of(&keys);
     for k in keys {
-        assert_eq!(t.get(k.as_bytes()), Some(&k.to_string()));
+        assert_eq!(t.get(k.as_bytes()).as_deref(), Some(&k.to_string()));
     }
     assert_eq!(matched_filters(&t, &long), std::slice::from_ref(&long));
     assert_eq!(matched_names(&t, "#"), {
@@ -285,7 +285,7 @@ fn compressed_paths_split_and_merge() {
     let check = |t: &TopicTrie<String>, live: &[&str], nodes: usize| {
         assert_eq!(t.node_count(), nodes, "{live:?}");
         for k in live {
-            assert_eq!(t.get(k.as_bytes()), Some(&k.to_string()));
+            assert_eq!(t.get(k.as_bytes()).as_deref(), Some(&k.to_string()));
         }
         for topic in [
             "dev/1/cmd",
@@ -326,8 +326,16 @@ fn compressed_paths_split_and_merge() {
         live.push(k);
         check(&t, &live, nodes);
     }
-    assert_eq!(t.get(b"dev/1/cm"), None, "a partial level is no key");
-    assert_eq!(t.get(b"dev/2"), None, "a level inside a label is no key");
+    assert_eq!(
+        t.get(b"dev/1/cm").as_deref(),
+        None,
+        "a partial level is no key"
+    );
+    assert_eq!(
+        t.get(b"dev/2").as_deref(),
+        None,
+        "a level inside a label is no key"
+    );
     assert_eq!(t.remove(b"dev/2"), None);
     // Removed in reverse: the same shapes back, joins included.
     for i in (0..steps.len()).rev() {
@@ -436,10 +444,10 @@ proptest! {
                 prop_assert_eq!(trie.remove(k.as_bytes()), model.remove(k));
             }
             prop_assert_eq!(trie.len(), model.len());
-            prop_assert_eq!(trie.get(k.as_bytes()), model.get(k));
+            prop_assert_eq!(trie.get(k.as_bytes()).as_deref().copied(), model.get(k).copied());
         }
         for (k, v) in &model {
-            prop_assert_eq!(trie.get(k.as_bytes()), Some(v));
+            prop_assert_eq!(trie.get(k.as_bytes()).as_deref().copied(), Some(*v));
         }
         let mut all = HashMap::new();
         trie.for_each(|k, v| { all.insert(String::from_utf8_lossy(k).into_owned(), *v); });
@@ -486,7 +494,7 @@ proptest! {
                 prop_assert_eq!(trie.remove(k.as_bytes()), model.remove(i));
             }
             for j in 0..64u16 {
-                prop_assert_eq!(trie.get(format!("p/{j}").as_bytes()), model.get(&j));
+                prop_assert_eq!(trie.get(format!("p/{j}").as_bytes()).as_deref().copied(), model.get(&j).copied());
             }
         }
         let mut got = Vec::new();
@@ -495,5 +503,110 @@ proptest! {
         let mut want: Vec<u16> = model.keys().copied().collect();
         want.sort_unstable();
         prop_assert_eq!(got, want);
+    }
+}
+
+/// Packs values below 1000 (and `u32::MAX >> 1`, which must not fit: it would read
+/// as "no value") into the node, so updates move values between node and slab.
+struct Below1000;
+
+impl Pack<u32> for Below1000 {
+    fn pack(&self, v: &u32) -> Option<u32> {
+        (*v < 1000 || *v == u32::MAX >> 1).then_some(*v)
+    }
+    fn unpack(&self, bits: u32) -> Option<u32> {
+        Some(bits)
+    }
+}
+
+#[test]
+fn packed_values_live_in_the_node() {
+    let mut t = TopicTrie::with_pack(Below1000);
+    t.insert(b"dev/1/cmd", 7);
+    t.insert(b"dev/2/cmd", 5000);
+    t.insert(b"dev/#", 9);
+    t.insert(b"all", u32::MAX >> 1);
+    assert_eq!(
+        (t.len(), t.packed_len()),
+        (4, 2),
+        "all-ones 31 bits stays in the slab"
+    );
+    assert_eq!(
+        t.approx_bytes(),
+        t.node_count().saturating_sub(1) * 64 + 2 * 4
+    );
+    assert_eq!(t.get(b"all").as_deref(), Some(&(u32::MAX >> 1)));
+    // Growing past what packs moves the value to the slab, shrinking moves it back.
+    assert_eq!(t.update(b"dev/1/cmd", |v| *v += 2000), Some(()));
+    assert_eq!(
+        (t.get(b"dev/1/cmd").as_deref(), t.packed_len()),
+        (Some(&2007), 1)
+    );
+    t.update(b"dev/1/cmd", |v| *v -= 2000);
+    assert_eq!(
+        (t.get(b"dev/1/cmd").as_deref(), t.packed_len()),
+        (Some(&7), 2)
+    );
+    assert_eq!(
+        t.update(b"dev/3/cmd", |v| *v += 1),
+        None,
+        "no value, nothing made"
+    );
+    assert_eq!(t.upsert(b"dev/3/cmd", || 1, |v| *v), 1);
+    let mut got = Vec::new();
+    t.for_each_match(b"dev/1/cmd", |v| got.push(*v));
+    got.sort();
+    assert_eq!(got, [7, 9]);
+    assert_eq!(t.remove(b"dev/1/cmd"), Some(7));
+    assert_eq!(t.remove(b"dev/1/cmd"), None);
+    for k in ["dev/2/cmd", "dev/3/cmd", "dev/#", "all"] {
+        assert!(t.remove(k.as_bytes()).is_some(), "{k}");
+    }
+    assert_eq!((t.len(), t.packed_len(), t.node_count()), (0, 0, 1));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Packed and slab values through `upsert`/`update`/`remove`: the same values
+    /// as a map, the same matches as the naive matcher, and the right count packed.
+    #[test]
+    fn packed_trie_equals_model(ops in prop::collection::vec((0u8..4, key(), 0u32..1500), 1..64), topics in prop::collection::vec(key(), 1..6)) {
+        let mut trie = TopicTrie::with_pack(Below1000);
+        let mut model: HashMap<String, u32> = HashMap::new();
+        for (op, k, x) in &ops {
+            match op {
+                0 => prop_assert_eq!(trie.insert(k.as_bytes(), *x), model.insert(k.clone(), *x)),
+                1 => prop_assert_eq!(trie.remove(k.as_bytes()), model.remove(k)),
+                2 => {
+                    let got = trie.update(k.as_bytes(), |v| { *v = (*v + x) % 3000; *v });
+                    let want = model.get_mut(k).map(|v| { *v = (*v + x) % 3000; *v });
+                    prop_assert_eq!(got, want);
+                }
+                _ => {
+                    let got = trie.upsert(k.as_bytes(), || *x, |v| { *v ^= 1; *v });
+                    let v = model.entry(k.clone()).or_insert(*x);
+                    *v ^= 1;
+                    prop_assert_eq!(got, *v);
+                }
+            }
+            prop_assert_eq!(trie.len(), model.len());
+            prop_assert_eq!(trie.packed_len(), model.values().filter(|v| **v < 1000).count());
+        }
+        for t in &topics {
+            let mut want: Vec<u32> = model.iter().filter(|(f, _)| matches(f.as_bytes(), t.as_bytes())).map(|(_, v)| *v).collect();
+            let mut got = Vec::new();
+            trie.for_each_match(t.as_bytes(), |v| got.push(*v));
+            want.sort();
+            got.sort();
+            prop_assert_eq!(got, want, "topic {:?}", t);
+        }
+        let mut all = HashMap::new();
+        trie.for_each(|k, v| { all.insert(String::from_utf8_lossy(k).into_owned(), *v); });
+        prop_assert_eq!(&all, &model);
+        for k in model.keys() {
+            prop_assert!(trie.remove(k.as_bytes()).is_some());
+        }
+        prop_assert_eq!((trie.len(), trie.packed_len(), trie.node_count()), (0, 0, 1));
     }
 }
