@@ -7,8 +7,11 @@
 //!   publishes and interest changes) into its own SPSC ring (`ring::spsc`, the mesh's
 //!   ring type) and rings the doorbell. A full ring drops the plain publishes
 //!   (counted) and keeps for the next turn the interest changes (they decide which NATS
-//!   subscriptions the node holds), the publishes whose PUBACK is held for them, and
-//!   session claims and hand-overs (a CONNECT, or another node's, waits for them).
+//!   subscriptions the node holds), the publishes whose PUBACK is held for them,
+//!   session claims and hand-overs (a CONNECT, or another node's, waits for them),
+//!   fenced wills and reasserted hand-overs (a lost one would fire a will twice or
+//!   strand a session; review10 M1). All of these are bounded by the loop's
+//!   connections and sessions.
 //! - Cluster → loop: one SPSC ring per loop carrying ready `ClusterIn`s (messages, and
 //!   the JetStream acks held PUBACKs wait for), and the loop's `Remote::wake` once per
 //!   burst. A full ring drops a message (counted); an ack waits in the cluster thread
@@ -498,9 +501,9 @@ pub struct LoopLink {
     pub(crate) bell: Arc<Doorbell>,
     pub(crate) wake: Arc<OnceLock<Arc<Remote>>>,
     pub(crate) status: Arc<ClusterStatus>,
-    /// What a full ring sent back and must not be lost: interest changes, and the
-    /// publishes whose PUBACK is held for them. They go first next turn; bounded by
-    /// the distinct filters and by the clients' in-flight windows.
+    /// What a full ring sent back and must not be lost: everything but the plain
+    /// publishes. It goes first next turn; bounded by the distinct filters, the
+    /// clients' in-flight windows and the loop's connections and sessions.
     pub(crate) pending: ClusterOut,
 }
 
@@ -522,6 +525,8 @@ impl LoopLink {
             first.yields.append(&mut out.yields);
             first.wills.append(&mut out.wills);
             first.states.append(&mut out.states);
+            first.fenced.append(&mut out.fenced);
+            first.reasserts.append(&mut out.reasserts);
             first.dropped += out.dropped;
             out = first;
         }
@@ -554,6 +559,8 @@ impl LoopLink {
             || !self.pending.yields.is_empty()
             || !self.pending.wills.is_empty()
             || !self.pending.states.is_empty()
+            || !self.pending.fenced.is_empty()
+            || !self.pending.reasserts.is_empty()
     }
 
     /// Up to `max` messages from NATS (and JetStream acks) for this loop.

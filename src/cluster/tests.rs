@@ -940,3 +940,60 @@ fn the_qos2_window_is_bounded_in_count() {
     assert!(!w.resent(&again(0), b"t", b"m", now));
     assert!(w.resent(&again(headers::QOS2_WINDOW_MAX), b"t", b"m", now));
 }
+
+/// Review10 M1: a turn's fenced wills and reasserted hand-overs wait for room in a full
+/// ring like claims do; dropped, a fenced will would never fire (or fire when the node
+/// later dies) and a reassert would leave the session stranded.
+#[test]
+fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
+    use super::bridge::{ClusterStatus, Doorbell, LoopLink};
+    use crate::shard::ClusterOut;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, OnceLock};
+    let (out, mut from_loop) = crate::ring::channel::<ClusterOut>(1);
+    let (_to_loop, rx) = crate::ring::channel(1);
+    let status = Arc::new(ClusterStatus::default());
+    let mut link = LoopLink {
+        out,
+        rx,
+        bell: Arc::new(Doorbell::default()),
+        wake: Arc::new(OnceLock::new()),
+        status: status.clone(),
+        pending: ClusterOut::default(),
+    };
+    // The ring's one slot is taken: the cluster thread is behind.
+    let mut first = ClusterOut::default();
+    first.reasserts.push((Bytes::from_static(b"first"), 1));
+    link.send(first);
+    assert!(!link.backed_up());
+    let turn = |n: u8| {
+        let mut out = ClusterOut::default();
+        out.fenced
+            .push((Bytes::from(vec![b'f', n]), Bytes::from_static(b"will")));
+        out.reasserts
+            .push((Bytes::from(vec![b'r', n]), u64::from(n)));
+        out
+    };
+    link.send(turn(1));
+    assert!(
+        link.backed_up(),
+        "a fenced will or a reassert waits for room"
+    );
+    link.send(turn(2));
+    assert_eq!(status.dropped_out.load(Ordering::Relaxed), 0);
+    // The cluster thread catches up: the first turn, then both held turns, in order.
+    let first = from_loop.pop().expect("first turn");
+    assert_eq!(first.reasserts.len(), 1);
+    link.send(ClusterOut::default());
+    let held = from_loop.pop().expect("the held turns");
+    let ids = |v: &[(Bytes, Bytes)]| v.iter().map(|(c, _)| c.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&held.fenced), [&b"f\x01"[..], &b"f\x02"[..]]);
+    assert_eq!(
+        held.reasserts,
+        [
+            (Bytes::from_static(b"r\x01"), 1),
+            (Bytes::from_static(b"r\x02"), 2)
+        ]
+    );
+    assert!(!link.backed_up());
+}
