@@ -25,6 +25,18 @@ fn cluster_node() -> Cluster {
 }
 
 fn from_node(cl: &Cluster, topic: &str, payload: &str, qos: QoS) -> Arc<Message> {
+    from_node_keyed(cl, topic, payload, qos, 0)
+}
+
+/// A message from another node as the cluster thread hands it to a loop; `key` is its
+/// cluster identity (`Message::cluster_key`), 0 for none.
+pub(super) fn from_node_keyed(
+    cl: &Cluster,
+    topic: &str,
+    payload: &str,
+    qos: QoS,
+    key: u64,
+) -> Arc<Message> {
     Arc::new(Message {
         topic: Bytes::copy_from_slice(topic.as_bytes()),
         payload: Bytes::copy_from_slice(payload.as_bytes()),
@@ -35,7 +47,7 @@ fn from_node(cl: &Cluster, topic: &str, payload: &str, qos: QoS) -> Arc<Message>
         origin_shard: u32::MAX as usize,
         origin_session: NONE,
         owned: true,
-        cluster_key: 0,
+        cluster_key: key,
     })
 }
 

@@ -984,18 +984,7 @@ fn an_unconfirmed_handover_is_taken_back_and_served_to_the_next_claim() {
 /// A message from node "c" (`key`: its cluster identity) as the cluster thread hands
 /// it to node `cl`'s loop.
 fn from_c(cl: &mut Cluster, payload: &str, qos: QoS, key: u64) {
-    let msg = std::sync::Arc::new(crate::session::Message {
-        topic: Bytes::from_static(b"t"),
-        payload: Bytes::copy_from_slice(payload.as_bytes()),
-        qos,
-        retain: false,
-        properties: Default::default(),
-        arrived_at: cl.now,
-        origin_shard: u32::MAX as usize,
-        origin_session: crate::session::NONE,
-        owned: true,
-        cluster_key: key,
-    });
+    let msg = super::cluster::from_node_keyed(cl, "t", payload, qos, key);
     let now = cl.now;
     cl.shards[0].on_cluster_in(
         ClusterIn::Msg(crate::shard::ShardMsg::Publish {
