@@ -702,6 +702,7 @@ fn message_keys_are_stable_and_tell_messages_apart() {
 /// "busy", distinct from "no session"; a confirmation asks again after "busy" (a
 /// "no session" answer would end it for good and lose the delta), boundedly, and a
 /// real answer or the old node's silence ends it as before.
+#[cfg(not(loom))]
 #[test]
 fn a_busy_answer_is_asked_again_and_no_session_is_final() {
     use super::sessions::{
