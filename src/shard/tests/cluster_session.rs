@@ -1079,13 +1079,9 @@ fn give_delta(n: &mut Cluster, delta: Bytes) {
     n.pump();
 }
 
-/// The chain A -> B -> C (review M3): the client moves on from b to c before a has
-/// answered b's confirmation, and c's confirmation reaches b first. b holds its
-/// answer until a's delta is in, so the copies that reached a late travel on to c
-/// with b's own. Before, b ended the session at c's confirmation and a's delta,
-/// coming next, found no session: those copies were lost, PUBACKed on a.
-#[test]
-fn a_late_delta_travels_on_along_a_chain_of_takeovers() {
+/// The first link of a chain: node b has loaded "roam" from its old owner a (the
+/// queue of `old_owner_with_queue`), and its confirmation to a is in its outbox.
+fn loaded_from_the_old_owner() -> (Cluster, Cluster) {
     let mut a = old_owner_with_queue();
     let mut b = node();
     b.auto_claim = false;
@@ -1094,6 +1090,17 @@ fn a_late_delta_travels_on_along_a_chain_of_takeovers() {
     let (bytes, _) = take_from(&mut a, "roam", false);
     answer_claim(&mut b, &claim, bytes);
     b.pump();
+    (a, b)
+}
+
+/// The chain A -> B -> C (review M3): the client moves on from b to c before a has
+/// answered b's confirmation, and c's confirmation reaches b first. b holds its
+/// answer until a's delta is in, so the copies that reached a late travel on to c
+/// with b's own. Before, b ended the session at c's confirmation and a's delta,
+/// coming next, found no session: those copies were lost, PUBACKed on a.
+#[test]
+fn a_late_delta_travels_on_along_a_chain_of_takeovers() {
+    let (mut a, mut b) = loaded_from_the_old_owner();
     let out_b = b.shards[0]
         .take_cluster_out()
         .expect("b's confirmation to a");
@@ -1159,14 +1166,7 @@ fn a_late_delta_travels_on_along_a_chain_of_takeovers() {
 /// node gets its answer, without the copies nobody sent.
 #[test]
 fn a_held_confirmation_is_answered_when_the_awaited_delta_is_given_up() {
-    let mut a = old_owner_with_queue();
-    let mut b = node();
-    b.auto_claim = false;
-    let _cb = b.connect(V311, "roam", persistent());
-    let claim = claim_of(&mut b, "roam");
-    let (bytes, _) = take_from(&mut a, "roam", false);
-    answer_claim(&mut b, &claim, bytes);
-    b.pump();
+    let (_a, mut b) = loaded_from_the_old_owner();
     let _ = b.shards[0].take_cluster_out();
     let (bytes_b, _) = take_from(&mut b, "roam", false);
     assert!(bytes_b.is_some());
