@@ -742,8 +742,10 @@ fn mqtt_3_3_1_6_retained_matched_by_wildcard_subscription() {
     let mut p = v311(b.addr(), "rwp");
     let u = uniq("t");
     let (t1, t2) = (format!("rw/{u}/a"), format!("rw/{u}/b/c"));
-    p.publish_complete(&t1, 0, true, 0, b"one");
-    p.publish_complete(&t2, 0, true, 0, b"two");
+    // QoS 1, as the other retained tests here: the PUBACK orders both stores before the
+    // SUBSCRIBE (at QoS 0 a SUBSCRIBE handled first got a message live, retain 0).
+    p.publish_complete(&t1, 1, true, 1, b"one");
+    p.publish_complete(&t2, 1, true, 2, b"two");
     let mut s = v311(b.addr(), "rws");
     s.subscribe_ok(1, &format!("rw/{u}/#"), 0);
     let mut got = [s.recv_publish(), s.recv_publish()];
