@@ -417,6 +417,40 @@ impl Inbox {
             }
         }
     }
+
+    /// Handles packets until `done` holds for what arrived (or `limit` passed, or the
+    /// connection closed), then [`Inbox::drain`]s until `quiet`: a pause before the
+    /// expected messages (a loaded runner, a loop still loading its log) does not end
+    /// the wait for them early, and whatever extra follows them still arrives before
+    /// the caller compares.
+    fn drain_until(
+        &mut self,
+        p: &mut Peer,
+        done: impl Fn(&Inbox) -> bool,
+        quiet: Duration,
+        limit: Duration,
+    ) {
+        let end = Instant::now() + limit;
+        while !done(self) && !p.closed {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            if let Some(packet) = p.recv(left) {
+                self.on(p, packet);
+            }
+        }
+        self.drain(
+            p,
+            quiet,
+            end.saturating_duration_since(Instant::now()).max(quiet),
+        );
+    }
+
+    /// Whether every one of `want` arrived at least once.
+    fn has_all<'a>(&self, mut want: impl Iterator<Item = &'a String>) -> bool {
+        want.all(|m| self.got.contains_key(m))
+    }
 }
 
 /// One publisher's pipelined flow: what it sent and which acknowledgements came.
@@ -567,19 +601,39 @@ fn kill_loop(mode: &str, extra: &[&str], shards: usize) {
         }
         if round == kills {
             // The last start: nothing is killed any more; the checks follow.
-            son_inbox.drain(&mut s_on, Duration::from_secs(2), Duration::from_secs(30));
+            son_inbox.drain_until(
+                &mut s_on,
+                |i| i.has_all(acked.iter()),
+                Duration::from_secs(2),
+                Duration::from_secs(30),
+            );
             let (mut s_off, present) =
                 Peer::connect(&addr, connect_packet(&soff, true, false)).expect("soff back");
             assert!(present, "soff's session survived");
-            soff_inbox.drain(&mut s_off, Duration::from_secs(2), Duration::from_secs(30));
+            soff_inbox.drain_until(
+                &mut s_off,
+                |i| i.has_all(acked.iter()),
+                Duration::from_secs(2),
+                Duration::from_secs(30),
+            );
             // The will's session ends with a clean start: its will goes out.
             let _ = Peer::connect(&addr, connect_packet(&w, true, true)).expect("w back");
-            son_inbox.drain(&mut s_on, Duration::from_secs(2), Duration::from_secs(10));
+            son_inbox.drain_until(
+                &mut s_on,
+                |i| i.got.contains_key("will"),
+                Duration::from_secs(2),
+                Duration::from_secs(10),
+            );
             let (mut late, _) =
                 Peer::connect(&addr, connect_packet("late", false, true)).expect("late");
             subscribe(&mut late, &["r/#"]);
             let mut retained = Inbox::default();
-            retained.drain(&mut late, Duration::from_secs(1), Duration::from_secs(10));
+            retained.drain_until(
+                &mut late,
+                |i| i.got.contains_key("kept"),
+                Duration::from_secs(1),
+                Duration::from_secs(10),
+            );
             assert_eq!(
                 retained.got.get("kept"),
                 Some(&1),
@@ -724,8 +778,13 @@ fn a_different_loop_count_rehomes_sessions() {
             } else {
                 // Everything queued while offline arrives, once.
                 let mut inbox = Inbox::default();
-                inbox.drain(&mut s, Duration::from_millis(500), Duration::from_secs(10));
                 let want: HashSet<String> = (next - 3..next).map(|n| format!("m{n}")).collect();
+                inbox.drain_until(
+                    &mut s,
+                    |i| i.has_all(want.iter()),
+                    Duration::from_millis(500),
+                    Duration::from_secs(10),
+                );
                 let got: HashSet<String> = inbox.got.keys().cloned().collect();
                 assert_eq!(got, want, "{id} after re-homing onto {shards} loops");
             }
