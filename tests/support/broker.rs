@@ -10,6 +10,8 @@ pub struct Broker {
     child: Option<Child>,
     addr: String,
     stderr_tail: Arc<Mutex<Vec<String>>>,
+    /// Set by the stderr reader once it read the last line (EOF).
+    stderr_done: Arc<AtomicBool>,
     /// Every stderr line up to and including the `listening on` line.
     startup_lines: Vec<String>,
 }
@@ -112,6 +114,7 @@ impl Broker {
             child: None,
             addr,
             stderr_tail: Arc::new(Mutex::new(Vec::new())),
+            stderr_done: Arc::new(AtomicBool::new(true)),
             startup_lines: Vec::new(),
         }
     }
@@ -170,6 +173,8 @@ impl Broker {
         let tail = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = mpsc::channel::<(String, Vec<String>)>();
         let tail_w = Arc::clone(&tail);
+        let done = Arc::new(AtomicBool::new(false));
+        let done_w = Arc::clone(&done);
         // Keep draining stderr for the broker's whole life so it never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut startup = Some(Vec::new());
@@ -191,6 +196,7 @@ impl Broker {
                 }
                 t.push(line);
             }
+            done_w.store(true, Ordering::Release);
         });
         let deadline = Instant::now() + startup_timeout;
         loop {
@@ -215,6 +221,7 @@ impl Broker {
                         child: Some(child),
                         addr,
                         stderr_tail: tail,
+                        stderr_done: done,
                         startup_lines,
                     };
                 }
@@ -334,11 +341,23 @@ impl Broker {
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
                 self.child = None;
+                self.wait_stderr_read(deadline);
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// Waits (until `deadline`, and at least a second) for the stderr reader to reach
+    /// EOF, so that [`Broker::stderr_tail`] holds the broker's last lines (its exit
+    /// summary) once `terminate` returned: the reader thread is woken by those lines,
+    /// but on a loaded machine may run only after the test saw the exit status.
+    fn wait_stderr_read(&self, deadline: Instant) {
+        let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+        while !self.stderr_done.load(Ordering::Acquire) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
