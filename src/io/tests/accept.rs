@@ -32,7 +32,7 @@ fn connection_limit_drops_and_keeps_running() {
         }
         // After one closes, a new connection is served again.
         drop(kept.pop());
-        thread::sleep(Duration::from_millis(200));
+        srv.wait_released(0, 1);
         let mut c = connect(srv.addr);
         c.write_all(b"ok").expect("write");
         assert_eq!(read_exact(&mut c, 2), b"ok", "{name}");
@@ -93,7 +93,7 @@ fn uring_loop_with_several_rings_serves_all() {
         let mut b = [0u8; 1];
         assert!(matches!(extra.read(&mut b), Ok(0) | Err(_)), "{name}");
         drop(conns);
-        thread::sleep(Duration::from_millis(200));
+        srv.wait_released(0, 24);
         let reports = srv.stop();
         assert_eq!(
             (reports[0].accepted, reports[0].released),

@@ -34,8 +34,7 @@ fn echo_many_connections() {
             );
         }
         drop(conns);
-        // Give the server time to see every close before stopping it.
-        thread::sleep(Duration::from_millis(200));
+        srv.wait_released(0, 200);
         let reports = srv.stop();
         assert_eq!(reports[0].accepted, 200, "{name}");
         assert_eq!(reports[0].released, 200, "{name}");
@@ -93,7 +92,7 @@ fn server_close_after_echo_gives_eof() {
         let mut all = Vec::new();
         c.read_to_end(&mut all).expect("read to eof");
         assert_eq!(all, b"bye!!", "{name}");
-        thread::sleep(Duration::from_millis(100));
+        srv.wait_released(0, 1);
         let reports = srv.stop();
         assert_eq!(reports[0].released, 1, "{name}");
     }
@@ -109,7 +108,7 @@ fn client_close_releases_socket() {
         c.write_all(b"x").expect("write");
         assert_eq!(read_exact(&mut c, 1), b"x");
         drop(c);
-        thread::sleep(Duration::from_millis(200));
+        srv.wait_released(0, 1);
         let reports = srv.stop();
         assert_eq!((reports[0].accepted, reports[0].released), (1, 1), "{name}");
     }
@@ -151,7 +150,7 @@ fn uring_tiny_queues_lose_nothing() {
         }
     }
     drop(conns);
-    thread::sleep(Duration::from_millis(300));
+    srv.wait_released(0, 100);
     let reports = srv.stop();
     assert_eq!((reports[0].accepted, reports[0].released), (100, 100));
     assert_eq!(reports[0].bytes_in, 100 * 64 * 3);
@@ -182,7 +181,7 @@ fn uring_starved_receives_lose_nothing() {
         }
     }
     drop(conns);
-    thread::sleep(Duration::from_millis(300));
+    srv.wait_released(0, 60);
     let reports = srv.stop();
     assert_eq!((reports[0].accepted, reports[0].released), (60, 60));
     assert_eq!(reports[0].bytes_in, 60 * 2000 * 3);

@@ -19,7 +19,8 @@ fn migrate_between_loops() {
             assert_eq!(read_exact(c, 300), pattern(i, 300), "{name} conn {i}");
         }
         drop(conns);
-        thread::sleep(Duration::from_millis(200));
+        srv.wait_released(0, 20);
+        srv.wait_released(1, 20);
         let reports = srv.stop();
         // Loop 0 accepted and released all 20 after handing them over; loop 1 served them.
         assert_eq!(
@@ -190,7 +191,8 @@ fn uring_handoffs_never_overrun_target_tables() {
     let mut conns: Vec<TcpStream> = (0..24).map(|_| connect(srv.addr)).collect();
     assert_eq!(count_served(&mut conns, "second wave"), 24);
     drop(conns);
-    thread::sleep(Duration::from_millis(300));
+    srv.wait_released(0, 64);
+    srv.wait_released(1, 48);
     let remotes = srv.remotes.clone();
     let reports = srv.stop();
     assert_eq!(
@@ -230,7 +232,7 @@ fn unpaired_handoff_is_closed_not_leaked() {
         // Nobody serves them, and each one is closed (EOF) rather than held open.
         assert_eq!(count_served(&mut conns, name), 0, "{name}");
         drop(conns);
-        thread::sleep(Duration::from_millis(300));
+        srv.wait_released(0, 5);
         let remotes = srv.remotes.clone();
         let reports = srv.stop();
         assert_eq!((reports[0].released, reports[1].released), (5, 0), "{name}");

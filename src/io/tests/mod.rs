@@ -6,11 +6,11 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -99,10 +99,12 @@ struct Echo {
     /// again before its release.
     live: HashSet<SockId>,
     report: EchoReport,
+    /// `report.released` as the test thread sees it while the loop runs.
+    released: Arc<AtomicUsize>,
 }
 
 impl Echo {
-    fn new(mode: EchoMode) -> Echo {
+    fn new(mode: EchoMode, released: Arc<AtomicUsize>) -> Echo {
         Echo {
             mode,
             queued: HashMap::new(),
@@ -111,6 +113,7 @@ impl Echo {
             echoed: HashMap::new(),
             live: HashSet::new(),
             report: EchoReport::default(),
+            released,
         }
     }
 
@@ -184,6 +187,7 @@ impl Echo {
                 Completion::Released { sock } => {
                     assert!(self.live.remove(&sock), "released sock {sock} was not live");
                     self.report.released += 1;
+                    self.released.store(self.report.released, Ordering::SeqCst);
                     self.queued.remove(&sock);
                     self.sending.remove(&sock);
                     self.closing.remove(&sock);
@@ -239,9 +243,22 @@ struct Server {
     remotes: Vec<Arc<Remote>>,
     stop: Arc<AtomicBool>,
     handles: Vec<thread::JoinHandle<EchoReport>>,
+    /// Per loop: sockets released so far.
+    released: Vec<Arc<AtomicUsize>>,
 }
 
 impl Server {
+    /// Waits until loop `id` has released `n` sockets in all, or [`WAIT`] passed (the
+    /// caller's assertions on the report then say what is missing). A client's close
+    /// reaches the loop in the loop's own time: on a loaded machine later than any
+    /// fixed sleep, and a loop stopped before it gets there reports it as never released.
+    fn wait_released(&self, id: usize, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        while self.released[id].load(Ordering::SeqCst) < n && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn stop(self) -> Vec<EchoReport> {
         self.stop.store(true, Ordering::SeqCst);
         self.handles
@@ -268,12 +285,14 @@ fn start_each(ctor: Ctor, loop_opts: Vec<LoopOptions>, mode: EchoMode) -> Server
         (0..loops).map(|_| mpsc::channel::<Transfer>()).unzip();
     let mut listener = Some(listener);
     let mut handles = Vec::new();
+    let released: Vec<Arc<AtomicUsize>> = (0..loops).map(|_| Arc::default()).collect();
     for (id, adopt_in) in adopt_rxs.into_iter().enumerate() {
         let (peers_tx, peers_rx) = mpsc::channel::<Vec<Arc<Remote>>>();
         peer_txs.push(peers_tx);
         let remote_tx = remote_tx.clone();
         let stop = stop.clone();
         let opts = loop_opts[id].clone();
+        let released = released[id].clone();
         let l = if id == 0 { listener.take() } else { None };
         let adopt_out = adopt_txs[mode.migrate_to.unwrap_or(0)].clone();
         let mode = if id == 0 {
@@ -293,7 +312,7 @@ fn start_each(ctor: Ctor, loop_opts: Vec<LoopOptions>, mode: EchoMode) -> Server
             if let Some(l) = l {
                 lp.add_listener(l).expect("listen");
             }
-            let mut echo = Echo::new(mode);
+            let mut echo = Echo::new(mode, released);
             while !stop.load(Ordering::SeqCst) {
                 echo.turn(lp.as_mut(), &adopt_out, &adopt_in);
             }
@@ -314,6 +333,7 @@ fn start_each(ctor: Ctor, loop_opts: Vec<LoopOptions>, mode: EchoMode) -> Server
         remotes,
         stop,
         handles,
+        released,
     }
 }
 
@@ -374,7 +394,11 @@ fn churn(ctor: Ctor, loops: usize, migrate_to: Option<usize>) -> Vec<EchoReport>
     for c in clients {
         c.join().expect("client");
     }
-    thread::sleep(Duration::from_millis(200));
+    // Every loop ends up releasing all 120: the serving loop after its close, loop 0
+    // also after each hand-off.
+    for id in 0..loops {
+        srv.wait_released(id, 120);
+    }
     srv.stop()
 }
 
