@@ -769,9 +769,10 @@ impl State {
                         tracing::warn!("cluster: session given up to {node} not sent: {e}");
                     }
                 }
-                for (client, state) in std::mem::take(&mut out.states) {
+                for (client, save) in std::mem::take(&mut out.states) {
                     // Latest per client, never waited for (as the wills below).
-                    io.state_feed.put(client, Some(state));
+                    io.state_feed
+                        .put(client, sessions::stamp_save(save, sessions::unix_ms()));
                 }
                 // Before the turn's will changes: a fenced connection's pending put
                 // is dropped, and the writer settles its will (`WillQueue::fence`).
@@ -1357,6 +1358,14 @@ async fn reconciled(
     loops: usize,
     r: sessions::Reconciled,
 ) {
+    if let sessions::Reconciled::Won { client_id, .. } = &r {
+        // Its subscriptions from the partition are saved under this node's claim now.
+        let l = crate::shard::owner_shard(placement_seed, client_id, loops);
+        let m = ClusterIn::Resave {
+            client_id: client_id.clone(),
+        };
+        let _ = tx.send((l, m)).await;
+    }
     match r {
         sessions::Reconciled::Won {
             client_id,

@@ -233,6 +233,11 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+/// Node `node`'s key in the heartbeats bucket.
+pub fn node_key(node: &str) -> String {
+    b64(node.as_bytes())
+}
+
 /// An incarnation's name: `b64(node).incarnation` (hex).
 pub fn incarnation_of(node: &str, incarnation: u64) -> String {
     format!("{}.{incarnation:016x}", b64(node.as_bytes()))
@@ -284,6 +289,15 @@ impl WillQueue {
         std::mem::take(&mut self.fenced)
     }
 
+    /// A change the writer could not write goes back to the end of the queue,
+    /// unless a later change of the same client came meanwhile (that one wins).
+    pub fn put_back(&mut self, client: Bytes, value: Option<Bytes>) {
+        if !self.latest.contains_key(&client) {
+            self.latest.insert(client.clone(), value);
+            self.order.push_back(client);
+        }
+    }
+
     pub fn pop(&mut self) -> Option<(Bytes, Option<Bytes>)> {
         while let Some(client) = self.order.pop_front() {
             // An id whose change a fence dropped has no value left.
@@ -322,6 +336,13 @@ impl WillFeed {
 
     pub fn pop(&self) -> Option<(Bytes, Option<Bytes>)> {
         self.queue.lock().ok()?.pop()
+    }
+
+    /// See `WillQueue::put_back`.
+    pub fn put_back(&self, client: Bytes, value: Option<Bytes>) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.put_back(client, value);
+        }
     }
 
     /// Never waits (see `WillQueue::fence`).

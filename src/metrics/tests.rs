@@ -487,6 +487,8 @@ fn every_cluster_counter_is_exported() {
         sessions_local,
         sessions_saved,
         sessions_recovered,
+        sessions_save_retries,
+        sessions_expired,
         sessions_reconciled,
         wills_stored,
         wills_errors,

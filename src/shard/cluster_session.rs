@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::cluster::SessionSave;
 use super::conn::ConnState;
 use super::durable::{props_bytes, props_of, qos_of, unpack_options};
 use super::{ConnId, Shard};
@@ -369,6 +370,7 @@ impl Shard {
         }
         // With a data directory: a restart must not bring the will back here.
         self.log_session(s);
+        self.cluster_session_offline(s);
         self.expire_offline_handover(s, now);
     }
 
@@ -755,6 +757,28 @@ impl Shard {
     /// entry in the sessions bucket after each change, so a node that takes the
     /// session over from a dead owner still has them (`cluster/sessions.rs`).
     pub(super) fn cluster_session_state(&mut self, session: u32) {
+        self.cluster_session_save(session, false);
+    }
+
+    /// A CONNECT resumed `session`: saved again (its expiry may have changed); one
+    /// resumed with expiry 0 is no longer persistent, so what an earlier connection
+    /// saved of it must not outlive this one.
+    pub(super) fn cluster_session_resumed(&mut self, session: u32) {
+        if self.sessions.get(session).is_some_and(|s| s.expiry_s == 0) {
+            self.cluster_session_ended(session);
+        } else {
+            self.cluster_session_save(session, false);
+        }
+    }
+
+    /// `session`'s client is gone and the session stays (offline) for its expiry:
+    /// saved again with the time it went, so a node that takes it from a dead owner
+    /// after it expired starts fresh (review10 M4).
+    pub(super) fn cluster_session_offline(&mut self, session: u32) {
+        self.cluster_session_save(session, true);
+    }
+
+    fn cluster_session_save(&mut self, session: u32, offline: bool) {
         if self.cluster.is_none() {
             return;
         }
@@ -766,9 +790,41 @@ impl Shard {
         }
         let id = Bytes::copy_from_slice(&s.client_id);
         let state = self.session_bytes(session, false);
+        let save = if offline {
+            SessionSave::Offline(state)
+        } else {
+            SessionSave::Online(state)
+        };
         if let Some(out) = self.cluster.as_deref_mut() {
-            out.states.push((id, state));
+            out.states.push((id, save));
         }
+    }
+
+    /// See `ClusterIn::Resave`.
+    pub(super) fn on_session_resave(&mut self, client_id: &[u8]) {
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let offline = !self.sessions.get(s).is_some_and(|x| x.is_online());
+        self.cluster_session_save(s, offline);
+    }
+
+    /// `session` ends on this node (`end_session`): its saved state leaves the
+    /// sessions bucket if the entry still names this node (review10 M4), so no
+    /// claim that finds this node dead later brings an ended session back. An
+    /// entry another node claimed is left alone by the cluster thread.
+    pub(super) fn cluster_session_ended(&mut self, session: u32) {
+        let Some(out) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        if s.client_id.is_empty() || s.client_id.starts_with(b"$bridge/") {
+            return;
+        }
+        out.states
+            .push((Bytes::copy_from_slice(&s.client_id), SessionSave::Ended));
     }
 
     /// The session as hand-over bytes (see the module doc).

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::cfg;
 use crate::protocol::{Packet, Properties, PropertyValues, QoS, ReasonCode};
 use crate::shard::harness::*;
-use crate::shard::{handover_records, ClusterIn, Handed, SessionClaim};
+use crate::shard::{handover_records, ClusterIn, Handed, SessionClaim, SessionSave};
 use crate::store::record::Record;
 
 const Q1: QoS = QoS::AtLeastOnce;
@@ -287,6 +287,9 @@ fn persistent_subscriptions_are_saved_after_each_change() {
     let out = a.shards[0].take_cluster_out().expect("states");
     let (id, last) = out.states.last().expect("saved").clone();
     assert_eq!(&id[..], b"keep");
+    let SessionSave::Online(last) = last else {
+        panic!("saved as connected: {last:?}");
+    };
     let subs: Vec<_> = handover_records(&last)
         .expect("decodes")
         .into_iter()
@@ -303,6 +306,52 @@ fn persistent_subscriptions_are_saved_after_each_change() {
     a.subscribe(c, "k/3", Q1);
     let out = a.shards[0].take_cluster_out().expect("interest");
     assert!(out.states.is_empty(), "a clean session is not saved");
+}
+
+/// The sessions bucket learns when a persistent session's client went, and that a
+/// session ended (review10 M4): without either a node that took the session from
+/// a dead owner long after it expired resumed it with "session present".
+#[test]
+fn a_session_is_saved_offline_when_its_client_goes_and_cleared_when_it_ends() {
+    let mut a = node();
+    let opts = ConnectOpts {
+        properties: Properties::from(PropertyValues {
+            session_expiry_interval_s: Some(60),
+            ..Default::default()
+        }),
+        ..persistent()
+    };
+    let s = a.connect_ok(V5, "brief", opts, false);
+    a.subscribe(s, "b/1", Q1);
+    let _ = a.shards[0].take_cluster_out();
+    a.drop_connection(s);
+    let out = a.shards[0].take_cluster_out().expect("offline");
+    let offline: Vec<_> = out
+        .states
+        .iter()
+        .filter(|(id, _)| &id[..] == b"brief")
+        .collect();
+    assert!(
+        matches!(offline.last(), Some((_, SessionSave::Offline(b))) if !b.is_empty()),
+        "saved as offline: {offline:?}"
+    );
+    // A reconcile kept it here: saved again (still offline).
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Resave {
+            client_id: Bytes::from_static(b"brief"),
+        },
+        now,
+    );
+    let out = a.shards[0].take_cluster_out().expect("saved again");
+    assert!(matches!(&out.states[..], [(_, SessionSave::Offline(_))]));
+    a.advance(std::time::Duration::from_secs(61));
+    let out = a.shards[0].take_cluster_out().expect("expired");
+    assert_eq!(
+        out.states,
+        [(Bytes::from_static(b"brief"), SessionSave::Ended)],
+        "an expired session's saved state goes"
+    );
 }
 
 /// Once the cluster thread has ended (e.g. a bad `cluster_nats_creds_file`), nothing
