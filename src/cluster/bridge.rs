@@ -107,6 +107,9 @@ pub struct ClusterStatus {
     /// saved sessions a claim did not resume because they had expired.
     pub sessions_save_retries: AtomicU64,
     pub sessions_expired: AtomicU64,
+    /// Delayed wills (of a dead node, or fenced here) not published because their
+    /// client connected again within the delay (review10 M9).
+    pub wills_resumed: AtomicU64,
     /// Ids served on their own by this node and another during a partition, settled
     /// to one owner when NATS returned (`sessions.rs` `reconcile`).
     pub sessions_reconciled: AtomicU64,
@@ -383,6 +386,12 @@ impl ClusterStatus {
             "counter",
             "Saved sessions of a dead owner not resumed because they had expired",
             g(&self.sessions_expired),
+        );
+        line(
+            "wills_resumed_total",
+            "counter",
+            "Delayed wills not published because their client connected again within the delay",
+            g(&self.wills_resumed),
         );
         line(
             "sessions_recovered_total",

@@ -389,6 +389,7 @@ async fn run(
         status: st.status.clone(),
         timings: st.settings.timings,
         alive_nodes: alive_nodes.clone(),
+        claims: claims.clone(),
     };
     let will_feed = wills::WillFeed::default();
     let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
@@ -777,7 +778,8 @@ impl State {
                 // Before the turn's will changes: a fenced connection's pending put
                 // is dropped, and the writer settles its will (`WillQueue::fence`).
                 for (client, record) in std::mem::take(&mut out.fenced) {
-                    io.will_feed.fence(client, record);
+                    let entry = wills::will_entry(&record, io.claims.epoch_of(&client));
+                    io.will_feed.fence(client, entry);
                 }
                 for (client_id, epoch) in std::mem::take(&mut out.reasserts) {
                     reassert(io, from, client_id, epoch);
@@ -786,6 +788,9 @@ impl State {
                     // Never dropped (a lost "gone" would let a survivor publish a will
                     // that must not fire) and never waited for: the writer may be
                     // stuck on JetStream.
+                    // With the epoch its CONNECT claimed (review10 M9).
+                    let epoch = io.claims.epoch_of(&client);
+                    let value = value.map(|r| wills::will_entry(&r, epoch));
                     io.will_feed.put(client, value);
                 }
                 self.on_batch(

@@ -441,7 +441,7 @@ pub enum Reconciled {
 }
 
 impl Claims {
-    async fn bucket(&self) -> Option<kv::Store> {
+    pub(super) async fn bucket(&self) -> Option<kv::Store> {
         if let Some(s) = self.store.get() {
             return Some(s.clone());
         }
@@ -487,6 +487,36 @@ impl Claims {
             } else {
                 tracing::warn!("cluster: too many sessions served locally to reconcile them all");
             }
+        }
+    }
+
+    /// The epoch this node last claimed `client_id` at (0: not known), stamped on a
+    /// will it registers (`wills::will_entry`, review10 M9).
+    pub fn epoch_of(&self, client_id: &[u8]) -> u64 {
+        self.epochs
+            .lock()
+            .ok()
+            .and_then(|e| e.get(client_id).copied())
+            .unwrap_or(0)
+    }
+
+    /// Whether this node served a CONNECT of `client_id` on its own (no claim: NATS
+    /// away) after `since_ms` (wall clock), not reconciled yet.
+    pub fn served_locally_since(&self, client_id: &[u8], since_ms: u64) -> bool {
+        self.local
+            .lock()
+            .is_ok_and(|l| l.get(client_id).is_some_and(|&at| at >= since_ms))
+    }
+
+    /// `client_id`'s ownership entry now (`Some(None)`: none; `None`: the bucket
+    /// did not answer).
+    pub async fn owner(&self, client_id: &[u8]) -> Option<Option<Owner>> {
+        let kv = self.bucket().await?;
+        let key = super::headers::retained_key(client_id);
+        match kv.entry(&key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => Some(decode_owner(&e.value)),
+            Ok(_) => Some(None),
+            Err(_) => None,
         }
     }
 

@@ -652,10 +652,12 @@ fn a_fence_drops_the_unwritten_put_and_keeps_the_will_apart() {
     feed.fence(a.clone(), Bytes::from_static(b"will a"));
     // The id comes back (a local will while fenced) and goes.
     feed.put(a.clone(), None);
-    assert_eq!(
-        feed.take_fenced(),
-        [(a.clone(), Bytes::from_static(b"will a"))]
-    );
+    let fenced: Vec<_> = feed
+        .take_fenced()
+        .into_iter()
+        .map(|(c, r, _)| (c, r))
+        .collect();
+    assert_eq!(fenced, [(a.clone(), Bytes::from_static(b"will a"))]);
     assert!(feed.take_fenced().is_empty());
     assert_eq!(feed.pop(), Some((a, None)), "the later change, not the put");
     assert_eq!(feed.pop(), Some((b, Some(Bytes::from_static(b"put b")))));
@@ -1095,4 +1097,68 @@ fn a_session_save_is_stamped_with_the_time_its_client_went() {
     let off = stamp_save(SessionSave::Offline(s), 77).expect("saved");
     assert_eq!(&off[..8], &77u64.to_le_bytes());
     assert_eq!(stamp_save(SessionSave::Ended, 77), None);
+}
+
+/// A will entry carries the epoch its CONNECT claimed, and a delayed will is
+/// dropped when a later CONNECT claimed its client id (review10 M9: the session was
+/// resumed within the delay, so MQTT 5 forbids sending it).
+#[cfg(not(loom))]
+#[test]
+fn a_delayed_will_is_dropped_when_its_session_was_resumed() {
+    use super::sessions::Owner;
+    use super::wills::{decode_will_entry, resumed_since, will_delay_s, will_entry};
+    let w = crate::session::Will {
+        topic: Bytes::from_static(b"dev/state"),
+        payload: Bytes::from_static(b"offline"),
+        qos: crate::protocol::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        delay_s: 30,
+        at: None,
+    };
+    let record = crate::shard::will_record(b"dev", &w);
+    assert_eq!(will_delay_s(&record), 30);
+    assert_eq!(will_delay_s(b"not a record"), 0);
+    let entry = will_entry(&record, 7);
+    assert_eq!(decode_will_entry(&entry), Some((record.clone(), 7)));
+    assert_eq!(
+        decode_will_entry(&record),
+        None,
+        "a bare record is not an entry"
+    );
+    assert_eq!(
+        decode_will_entry(&Bytes::from_static(b"\xff\xff\xff\xff")),
+        None
+    );
+    let owner = |epoch| Owner {
+        node: "b".into(),
+        epoch,
+        connect_ms: 0,
+        offline_ms: 0,
+        state: Bytes::new(),
+    };
+    assert!(resumed_since(Some(&owner(8)), 7), "claimed again since");
+    assert!(!resumed_since(Some(&owner(7)), 7), "the will's own claim");
+    assert!(!resumed_since(None, 7));
+    assert!(
+        !resumed_since(Some(&owner(9)), 0),
+        "an unknown epoch shows nothing"
+    );
+}
+
+/// A dead node's will with a Will Delay waits that delay past the node's death
+/// before a survivor takes it (review10 M9); one without a delay goes at once.
+#[cfg(not(loom))]
+#[test]
+fn a_dead_nodes_delayed_will_waits_its_delay() {
+    use super::wills::orphan_due;
+    let s = 1_000_000_000i128;
+    let beats: std::collections::HashMap<String, (String, i128)> =
+        [("bm9kZQ".to_string(), ("01".to_string(), 100 * s))].into();
+    let dead_after = 5 * s;
+    let owner = "bm9kZQ.01";
+    assert!(orphan_due(&beats, 105 * s, owner, 90 * s, dead_after, 0));
+    assert!(!orphan_due(&beats, 105 * s, owner, 90 * s, dead_after, 30));
+    assert!(!orphan_due(&beats, 134 * s, owner, 90 * s, dead_after, 30));
+    assert!(orphan_due(&beats, 135 * s, owner, 90 * s, dead_after, 30));
 }

@@ -489,6 +489,7 @@ fn every_cluster_counter_is_exported() {
         sessions_recovered,
         sessions_save_retries,
         sessions_expired,
+        wills_resumed,
         sessions_reconciled,
         wills_stored,
         wills_errors,
