@@ -15,7 +15,10 @@
 //! session, so both ends share the codec the log tests already cover. A copy of a
 //! message from another node is followed by `MsgOrigin` (its cluster identity), so
 //! the new owner can drop a delta copy it already got directly (`cluster_dedup.rs`).
-//! A hand-over is
+//! A session sent on before its own hand-over was confirmed also carries
+//! `MsgOrigin { msg: 0, key }` per cluster message that reached it since it was
+//! loaded (`with_seen_keys`), so a node it returns to does not resend those from
+//! the copy it kept (review10 M8). A hand-over is
 //! bounded by what a session may hold (`max_queued_messages` / `max_queued_bytes`
 //! plus the in-flight window), so it is one NATS message.
 //!
@@ -513,7 +516,7 @@ impl Shard {
             // but the old node has ended the session and this node owns it in the
             // bucket: it stays here, offline, for the client's next CONNECT.
             if let Some(b) = session {
-                if let Some(idx) = self.load_handover(None, &b, now) {
+                if let Some(idx) = self.load_handover(None, &b, from.clone(), now) {
                     self.confirm_handover(idx, from, now);
                     self.expire_offline_handover(idx, now);
                 }
@@ -521,7 +524,7 @@ impl Shard {
             return;
         };
         if let Some(b) = session.filter(|_| !connect.clean_start) {
-            if let Some(idx) = self.load_handover(Some(&connect.client_id), &b, now) {
+            if let Some(idx) = self.load_handover(Some(&connect.client_id), &b, from.clone(), now) {
                 self.confirm_handover(idx, from, now);
             }
         }
@@ -694,7 +697,10 @@ impl Shard {
         if let Some(s) = self.sessions.find(client_id) {
             self.take_over(s, clean, now);
             if !clean {
-                let b = self.handover_bytes(s);
+                let mut b = self.handover_bytes(s);
+                if b.len() <= max_bytes {
+                    b = self.with_seen_keys(client_id, b, max_bytes, now);
+                }
                 if b.len() > max_bytes {
                     // Ending it would lose it: kept here offline (expiring as usual),
                     // counted, and the asking node told so.
@@ -751,6 +757,30 @@ impl Shard {
                 too_large: false,
             });
         }
+    }
+
+    /// A session loaded from a hand-over that was never confirmed to its old node
+    /// (its delta has not come) goes on (review10 M8): the keys of the cluster
+    /// messages that reached this loop since it was loaded follow its records as
+    /// `MsgOrigin { msg: 0, key }` (no copy has id 0), as many as fit in
+    /// `max_bytes`. If the session goes back to its old node, that node still holds
+    /// its own copy and joins what reached it since its hand-over (the "gap"); a gap
+    /// copy whose key is here reached the session here already (`cluster_dedup.rs`).
+    /// A subset is safe: a key left out only lets a duplicate through.
+    fn with_seen_keys(&self, client_id: &[u8], b: Bytes, max_bytes: usize, now: Instant) -> Bytes {
+        let Some(seen) = self.cluster_dedup.seen(client_id, now) else {
+            return b;
+        };
+        let mut out = b.to_vec();
+        for key in seen {
+            let at = out.len();
+            push_record(&mut out, &Record::MsgOrigin { msg: 0, key });
+            if out.len() > max_bytes {
+                out.truncate(at);
+                break;
+            }
+        }
+        Bytes::from(out)
     }
 
     /// On a cluster node, a persistent session's subscriptions (and expiry) go to its
@@ -911,6 +941,7 @@ impl Shard {
         &mut self,
         client_id: Option<&[u8]>,
         bytes: &[u8],
+        from: Option<Handed>,
         now: Instant,
     ) -> Option<u32> {
         let Some(records) = handover_records(bytes) else {
@@ -926,12 +957,29 @@ impl Shard {
             None => state.sessions.iter().next().map(|(id, s)| (&id[..], s))?,
         };
         let mut gap = None;
+        // The keys of what reached the session on the node that sends it back, since
+        // it loaded it from here (`with_seen_keys`, review10 M8).
+        let seen_there: HashSet<u64> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::MsgOrigin { msg: 0, key } => Some(*key),
+                _ => None,
+            })
+            .collect();
         if let Some(old) = self.sessions.find(client_id) {
             if self.sessions.get(old).is_some_and(|o| o.is_online()) {
-                tracing::warn!(
-                    "cluster: session hand-over for {:?} dropped: a newer connection has it here",
+                // A newer connection has the id here: its session stays, and the
+                // hand-over's copies join it, as a Merge's do. It is confirmed all
+                // the same (review10 M8), so the old node ends its copy and sends
+                // what reached it meanwhile rather than keep it, subscribed and
+                // growing, until it expires.
+                tracing::info!(
+                    "cluster: session hand-over for {:?} joins the newer connection's session here",
                     String::from_utf8_lossy(client_id)
                 );
+                let client_id = client_id.to_vec();
+                self.join_copies(&client_id, bytes, None, now);
+                self.confirm_handover(old, from, now);
                 return None;
             }
             // Held here for another node's confirmation, and the id came back before
@@ -967,8 +1015,9 @@ impl Shard {
         self.restore_handover_copies(idx, &state, s, &Origins::of(&records, None), false, now)?;
         self.stats.sessions = self.sessions.len();
         if let Some(g) = gap {
-            // This node's own copies: none of them reached the session twice.
-            self.join_copies(client_id, &g, None, now);
+            // This node's own copies, less those that reached the client on the node
+            // that had the session meanwhile (review10 M8).
+            self.join_copies(client_id, &g, Some(&seen_there), now);
         }
         Some(idx)
     }

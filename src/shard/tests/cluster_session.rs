@@ -1225,3 +1225,94 @@ fn a_held_confirmation_is_answered_when_the_awaited_delta_is_given_up() {
     assert!(out.handovers.iter().any(|h| h.reply == 91), "{out:?}");
     assert_eq!(b.shards[0].stats().sessions, 0, "the session left b");
 }
+
+/// Review10 M8: a hands "roam" to b, which loads it and serves the client, but b's
+/// confirmation never reaches a. Messages from node c reach both a's held copy and
+/// b's session, and the client acknowledges them on b. When the client comes back
+/// to a, b hands the session back with the keys of what reached it, and a's own
+/// copies since its hand-over (the gap) join the loaded session less those: only
+/// the message that reached a alone arrives. Before, every acknowledged message was
+/// sent again.
+#[test]
+fn a_session_handed_back_unconfirmed_does_not_resend_what_the_client_had() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let _ = a.shards[0].take_cluster_out();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let out = b.shards[0]
+        .take_cluster_out()
+        .expect("interest and confirmation");
+    assert_eq!(
+        out.confirms.len(),
+        1,
+        "its confirmation, which a never gets"
+    );
+    for (payload, key, pid) in [("both-1", 21, 1), ("both-2", 22, 2)] {
+        from_c(&mut a, payload, Q1, key);
+        from_c(&mut b, payload, Q1, key);
+        b.expect(c, pubp("t", payload, Q1, false, pid));
+        b.send(c, puback(pid));
+        b.pump();
+    }
+    from_c(&mut a, "only-a", Q1, 23);
+    b.drop_connection(c);
+    let _ = b.shards[0].take_cluster_out();
+
+    // The client is back on a; b hands the session back.
+    a.auto_claim = false;
+    let back = a.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut a, "roam");
+    let (bytes, _) = take_from(&mut b, "roam", false);
+    answer_claim(&mut a, &claim, bytes);
+    a.pump();
+    match a.next(back) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = a.next(back) {
+        got.push(m.payload.clone());
+    }
+    assert_eq!(got, [&b"only-a"[..]]);
+}
+
+/// Review10 M8: a hand-over that arrives while a newer connection of the id is
+/// online here is not dropped: its copies join that session (as a Merge's do) and
+/// it is confirmed, so the old node ends its copy instead of keeping it, subscribed
+/// and growing, until it expires.
+#[test]
+fn a_handover_meeting_a_newer_connection_joins_it_and_is_confirmed() {
+    let mut a = old_owner_with_queue();
+    let mut b = node();
+    b.auto_claim = false;
+    let gave_up = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    // That CONNECT gives up; a newer one of the id is served here meanwhile.
+    b.drop_connection(gave_up);
+    b.auto_claim = true;
+    let newer = b.connect_ok(V311, "roam", persistent(), false);
+    let _ = b.shards[0].take_cluster_out();
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    b.expect(newer, pubp("t", "x1", Q1, false, 1));
+    b.expect(newer, pubp("t", "x2", Q1, false, 2));
+    let out = b.shards[0].take_cluster_out().expect("a confirmation");
+    confirm(&mut a, &mut b, &out);
+    assert!(
+        a.shards[0].sessions.find(b"roam").is_none(),
+        "the old node ended its copy"
+    );
+}
