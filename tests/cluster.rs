@@ -1489,6 +1489,51 @@ fn wills_across_a_cut_and_a_graceful_stop() {
     );
 }
 
+/// Review10 M9: a will with a Will Delay whose client connected again on another node
+/// within the delay is not published (MQTT 5 3.1.3.2.2). x (will delay 8 s) is on the
+/// node that gets cut from NATS; the fence closes it (0x9C) and it connects again at
+/// once, clean start 0, on the steady node. The survivor takes the cut node's will
+/// only past its delay, finds the newer claim and drops it; the cut node, back, finds
+/// the entry taken. Before, the survivor published "x-gone" about 5 s into the cut
+/// while x was connected elsewhere.
+#[test]
+fn a_delayed_will_of_a_session_resumed_elsewhere_is_not_published() {
+    let nats = one_nats();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let proxy = CutProxy::start(nats.port);
+    let steady = node_with("steady", &url, "1");
+    let cut = node_with("cut", &format!("nats://127.0.0.1:{}", proxy.port()), "1");
+    for n in [&steady, &cut] {
+        wait_health(n, 200);
+    }
+    let mut w = Sub::start(&steady, 1, &["dw/#"]);
+    until_interest(&cut, "dw/probe", &mut [&mut w]);
+    let id = uniq("delayed");
+    let will = pkt::Will {
+        qos: 1,
+        props: pkt::p_u32(0x18, 8),
+        ..pkt::Will::new("dw/x", b"x-gone")
+    };
+    let (mut x, _) = RawClient::connect_v5_with(cut.addr(), &persistent_v5(&id).will(will));
+    wait_metric(&cut, "ringmq_cluster_wills_stored_total", 1);
+    proxy.cut();
+    x.expect_disconnect_v5_within(&[0x9c], RECOVERY, || {
+        format!(
+            "x not fenced during the cut; node stderr:\n{}",
+            cut.stderr_tail()
+        )
+    });
+    let (x_again, _) = RawClient::connect_v5_with(steady.addr(), &persistent_v5(&id));
+    wait_metric_within(&steady, "ringmq_cluster_wills_resumed_total", 1, RECOVERY);
+    proxy.restore();
+    wait_metric_within(&cut, "ringmq_cluster_wills_taken_total", 1, RECOVERY);
+    // A marker from the cut node, sent after it settled, arrives; x's will never did.
+    until_interest(&cut, "dw/marker", &mut [&mut w]);
+    assert_eq!(w.count("dw/x x-gone"), 0, "{:?}", w.seen);
+    assert_eq!(metric(&steady, "ringmq_cluster_wills_published_total"), 0);
+    drop(x_again);
+}
+
 /// Clients with wills on the node stopped gracefully in `wills_across_a_cut_and_a_graceful_stop`.
 const STOPPING_WILLS: usize = 300;
 
