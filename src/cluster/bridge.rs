@@ -103,6 +103,13 @@ pub struct ClusterStatus {
     /// rebuilt from it because their owner did not answer (their queue was lost).
     pub sessions_saved: AtomicU64,
     pub sessions_recovered: AtomicU64,
+    /// Session saves NATS did not take, kept and tried again (review10 M4), and
+    /// saved sessions a claim did not resume because they had expired.
+    pub sessions_save_retries: AtomicU64,
+    pub sessions_expired: AtomicU64,
+    /// Delayed wills (of a dead node, or fenced here) not published because their
+    /// client connected again within the delay (review10 M9).
+    pub wills_resumed: AtomicU64,
     /// Ids served on their own by this node and another during a partition, settled
     /// to one owner when NATS returned (`sessions.rs` `reconcile`).
     pub sessions_reconciled: AtomicU64,
@@ -367,6 +374,24 @@ impl ClusterStatus {
             "counter",
             "Persistent sessions' subscriptions saved to the sessions bucket",
             g(&self.sessions_saved),
+        );
+        line(
+            "sessions_save_retries_total",
+            "counter",
+            "Session saves the sessions bucket did not take, kept and tried again",
+            g(&self.sessions_save_retries),
+        );
+        line(
+            "sessions_expired_total",
+            "counter",
+            "Saved sessions of a dead owner not resumed because they had expired",
+            g(&self.sessions_expired),
+        );
+        line(
+            "wills_resumed_total",
+            "counter",
+            "Delayed wills not published because their client connected again within the delay",
+            g(&self.wills_resumed),
         );
         line(
             "sessions_recovered_total",

@@ -389,6 +389,7 @@ async fn run(
         status: st.status.clone(),
         timings: st.settings.timings,
         alive_nodes: alive_nodes.clone(),
+        claims: claims.clone(),
     };
     let will_feed = wills::WillFeed::default();
     let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
@@ -769,14 +770,16 @@ impl State {
                         tracing::warn!("cluster: session given up to {node} not sent: {e}");
                     }
                 }
-                for (client, state) in std::mem::take(&mut out.states) {
+                for (client, save) in std::mem::take(&mut out.states) {
                     // Latest per client, never waited for (as the wills below).
-                    io.state_feed.put(client, Some(state));
+                    io.state_feed
+                        .put(client, sessions::stamp_save(save, sessions::unix_ms()));
                 }
                 // Before the turn's will changes: a fenced connection's pending put
                 // is dropped, and the writer settles its will (`WillQueue::fence`).
                 for (client, record) in std::mem::take(&mut out.fenced) {
-                    io.will_feed.fence(client, record);
+                    let entry = wills::will_entry(&record, io.claims.epoch_of(&client));
+                    io.will_feed.fence(client, entry);
                 }
                 for (client_id, epoch) in std::mem::take(&mut out.reasserts) {
                     reassert(io, from, client_id, epoch);
@@ -785,6 +788,9 @@ impl State {
                     // Never dropped (a lost "gone" would let a survivor publish a will
                     // that must not fire) and never waited for: the writer may be
                     // stuck on JetStream.
+                    // With the epoch its CONNECT claimed (review10 M9).
+                    let epoch = io.claims.epoch_of(&client);
+                    let value = value.map(|r| wills::will_entry(&r, epoch));
                     io.will_feed.put(client, value);
                 }
                 self.on_batch(
@@ -1357,6 +1363,14 @@ async fn reconciled(
     loops: usize,
     r: sessions::Reconciled,
 ) {
+    if let sessions::Reconciled::Won { client_id, .. } = &r {
+        // Its subscriptions from the partition are saved under this node's claim now.
+        let l = crate::shard::owner_shard(placement_seed, client_id, loops);
+        let m = ClusterIn::Resave {
+            client_id: client_id.clone(),
+        };
+        let _ = tx.send((l, m)).await;
+    }
     match r {
         sessions::Reconciled::Won {
             client_id,

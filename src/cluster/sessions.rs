@@ -11,12 +11,18 @@
 //! then does the old owner end the session, answering with what reached it meanwhile.
 //!
 //! The owner also keeps a persistent session's expiry and subscriptions in the
-//! entry, after the `node\nepoch\n` prefix (hand-over bytes without will or copies),
-//! rewritten by compare-and-set after each SUBSCRIBE/UNSUBSCRIBE (`state_writer`).
+//! entry, after the `node\nepoch\nconnect_ms\noffline_ms\n` prefix (hand-over bytes
+//! without will or copies), rewritten by compare-and-set after each SUBSCRIBE,
+//! UNSUBSCRIBE and resume, with the wall time its client went when it goes
+//! (`offline_ms`), and blanked when the session ends there (`state_writer`; review10
+//! M4). A change NATS does not take is kept (the latest per id) and retried until
+//! it lands.
 //!
 //! What is lost, and why: when the previous owner does not answer (killed, or cut
-//! from NATS) within `FETCH_TIMEOUT`, the claim rebuilds the session from the entry:
-//! its subscriptions come back (CONNACK session present 1), but its queued and
+//! from NATS) within `FETCH_TIMEOUT`, the claim rebuilds the session from the entry
+//! unless it expired (`saved_session_live`: its expiry counts from `offline_ms`, or
+//! for a client connected when its node died from that node's last heartbeat): its
+//! subscriptions come back (CONNACK session present 1), but its queued and
 //! in-flight messages and open inbound QoS 2 ids were only in the dead node's memory
 //! (and its own data directory) and are lost; so is a subscription whose SUBACK went
 //! out just before the node died, before its entry was rewritten. When NATS or the bucket
@@ -57,6 +63,8 @@ const BUSY_RETRY: Duration = Duration::from_millis(250);
 /// for every client: bounded so one entry cannot hold up the others for long).
 const STATE_TRIES: usize = 10;
 const STATE_RETRY: Duration = Duration::from_millis(100);
+/// The longest wait between two attempts of a session save that NATS did not take.
+const STATE_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Ids served locally during one partition that are reconciled when NATS returns;
 /// past it they are not (counted as `sessions_local`, logged).
 const LOCAL_MAX: usize = 65_536;
@@ -271,18 +279,30 @@ pub fn decode_reply(b: &[u8]) -> Option<Option<(u64, Bytes)>> {
 
 /// An ownership entry: the owning node, the claim's epoch, when its CONNECT came
 /// (wall clock, Unix ms: only compared when two nodes served one id during a
-/// partition, `reconcile`) and the session's saved state.
+/// partition, `reconcile`), when its client went (Unix ms, 0: connected when last
+/// saved) and the session's saved state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Owner {
     pub node: String,
     pub epoch: u64,
     pub connect_ms: u64,
+    /// Where a session's expiry counts from when a claim recovers it from `state`
+    /// (review10 M4). Written by the owner, so compared with another host's clock:
+    /// a skew of seconds against expiries of seconds to days.
+    pub offline_ms: u64,
     pub state: Bytes,
 }
 
-/// An ownership entry's value: `node\nepoch\nconnect_ms\n` and the saved state.
-pub fn encode_owner(node: &str, epoch: u64, connect_ms: u64, state: &[u8]) -> Bytes {
-    let mut b = format!("{node}\n{epoch}\n{connect_ms}\n").into_bytes();
+/// An ownership entry's value: `node\nepoch\nconnect_ms\noffline_ms\n` and the saved
+/// state.
+pub fn encode_owner(
+    node: &str,
+    epoch: u64,
+    connect_ms: u64,
+    offline_ms: u64,
+    state: &[u8],
+) -> Bytes {
+    let mut b = format!("{node}\n{epoch}\n{connect_ms}\n{offline_ms}\n").into_bytes();
     b.extend_from_slice(state);
     Bytes::from(b)
 }
@@ -295,12 +315,84 @@ pub fn decode_owner(b: &[u8]) -> Option<Owner> {
     let (node, at) = field(0)?;
     let (epoch, at) = field(at)?;
     let (ms, at) = field(at)?;
+    let (offline, at) = field(at)?;
     Some(Owner {
         node: std::str::from_utf8(node).ok()?.to_string(),
         epoch: std::str::from_utf8(epoch).ok()?.parse().ok()?,
         connect_ms: std::str::from_utf8(ms).ok()?.parse().ok()?,
+        offline_ms: std::str::from_utf8(offline).ok()?.parse().ok()?,
         state: Bytes::copy_from_slice(&b[at..]),
     })
+}
+
+/// Whether a session saved in its entry may still be resumed at `now_ms` by a claim
+/// whose previous owner did not answer (review10 M4: MQTT forbids "session present"
+/// for a session that expired). Its expiry (the saved `SessionPut`) counts from
+/// `offline_ms`, when its client went; 0 means it was connected when last saved,
+/// so its node died with it: then from `owner_seen_ms`, that node's last heartbeat
+/// (the connection went by then), and with neither known the session is taken as
+/// live (as before). Empty or unreadable state: nothing to resume.
+pub fn saved_session_live(
+    state: &[u8],
+    offline_ms: u64,
+    owner_seen_ms: Option<u64>,
+    now_ms: u64,
+) -> bool {
+    let Some(records) = crate::shard::handover_records(state) else {
+        return false;
+    };
+    let Some(expiry_s) = records.iter().find_map(|r| match r {
+        crate::store::record::Record::SessionPut { expiry_s, .. } => Some(*expiry_s),
+        _ => None,
+    }) else {
+        return false;
+    };
+    if expiry_s == u32::MAX {
+        return true;
+    }
+    let since = if offline_ms != 0 {
+        offline_ms
+    } else if let Some(seen) = owner_seen_ms {
+        seen
+    } else {
+        return true;
+    };
+    since.saturating_add(u64::from(expiry_s) * 1000) >= now_ms
+}
+
+/// The feed value (`WillFeed`) of a session save: the offline time (8 bytes LE, 0
+/// while connected) then the state; `None` for an ended session (its state blanked).
+pub fn stamp_save(save: crate::shard::SessionSave, now_ms: u64) -> Option<Bytes> {
+    use crate::shard::SessionSave;
+    let (offline_ms, state) = match save {
+        SessionSave::Online(s) => (0, s),
+        SessionSave::Offline(s) => (now_ms.max(1), s),
+        SessionSave::Ended => return None,
+    };
+    let mut b = Vec::with_capacity(8 + state.len());
+    b.extend_from_slice(&offline_ms.to_le_bytes());
+    b.extend_from_slice(&state);
+    Some(Bytes::from(b))
+}
+
+/// See `stamp_save`: (offline time, state); a blanked entry for `None`.
+fn unstamp_save(value: Option<&Bytes>) -> (u64, Bytes) {
+    match value {
+        Some(v) if v.len() >= 8 => (
+            u64::from_le_bytes(v[..8].try_into().unwrap_or_default()),
+            v.slice(8..),
+        ),
+        _ => (0, Bytes::new()),
+    }
+}
+
+/// How one session save went (`Claims::save_state`).
+#[derive(Debug, PartialEq, Eq)]
+enum Saved {
+    /// Written, or nothing to write (the entry names another node, or is gone).
+    Done,
+    /// NATS or the bucket did not answer: the change is kept and tried again.
+    Later,
 }
 
 /// Now, as Unix ms (a CONNECT's time in its ownership entry).
@@ -349,7 +441,7 @@ pub enum Reconciled {
 }
 
 impl Claims {
-    async fn bucket(&self) -> Option<kv::Store> {
+    pub(super) async fn bucket(&self) -> Option<kv::Store> {
         if let Some(s) = self.store.get() {
             return Some(s.clone());
         }
@@ -398,6 +490,36 @@ impl Claims {
         }
     }
 
+    /// The epoch this node last claimed `client_id` at (0: not known), stamped on a
+    /// will it registers (`wills::will_entry`, review10 M9).
+    pub fn epoch_of(&self, client_id: &[u8]) -> u64 {
+        self.epochs
+            .lock()
+            .ok()
+            .and_then(|e| e.get(client_id).copied())
+            .unwrap_or(0)
+    }
+
+    /// Whether this node served a CONNECT of `client_id` on its own (no claim: NATS
+    /// away) after `since_ms` (wall clock), not reconciled yet.
+    pub fn served_locally_since(&self, client_id: &[u8], since_ms: u64) -> bool {
+        self.local
+            .lock()
+            .is_ok_and(|l| l.get(client_id).is_some_and(|&at| at >= since_ms))
+    }
+
+    /// `client_id`'s ownership entry now (`Some(None)`: none; `None`: the bucket
+    /// did not answer).
+    pub async fn owner(&self, client_id: &[u8]) -> Option<Option<Owner>> {
+        let kv = self.bucket().await?;
+        let key = super::headers::retained_key(client_id);
+        match kv.entry(&key).await {
+            Ok(Some(e)) if e.operation == kv::Operation::Put => Some(decode_owner(&e.value)),
+            Ok(_) => Some(None),
+            Err(_) => None,
+        }
+    }
+
     /// Whether a takeover request claiming `epoch` for `client_id` is older than this
     /// node's own claim of it (a request that crossed a later claim, e.g. this node's
     /// reconcile after a partition): then it is refused and the session stays.
@@ -425,21 +547,25 @@ impl Claims {
         };
         let key = super::headers::retained_key(&c.client_id);
         for _ in 0..CLAIM_TRIES {
-            let (prev, epoch, saved, revision) = match kv.entry(&key).await {
+            let (prev, epoch, saved, offline_ms, revision) = match kv.entry(&key).await {
                 Ok(Some(e)) => match (e.operation, decode_owner(&e.value)) {
-                    (kv::Operation::Put, Some(o)) => {
-                        (Some(o.node), o.epoch, o.state, Some(e.revision))
-                    }
-                    _ => (None, 0, Bytes::new(), Some(e.revision)),
+                    (kv::Operation::Put, Some(o)) => (
+                        Some(o.node),
+                        o.epoch,
+                        o.state,
+                        o.offline_ms,
+                        Some(e.revision),
+                    ),
+                    _ => (None, 0, Bytes::new(), 0, Some(e.revision)),
                 },
-                Ok(None) => (None, 0, Bytes::new(), None),
+                Ok(None) => (None, 0, Bytes::new(), 0, None),
                 Err(e) => {
                     tracing::debug!("cluster: session entry read failed: {e}");
                     self.served_locally(&c.client_id);
                     return None;
                 }
             };
-            let value = encode_owner(&self.node, epoch + 1, unix_ms(), &[]);
+            let value = encode_owner(&self.node, epoch + 1, unix_ms(), 0, &[]);
             let won = match revision {
                 Some(r) => kv.update(&key, value, r).await.is_ok(),
                 None => kv.create(&key, value).await.is_ok(),
@@ -464,6 +590,20 @@ impl Claims {
                     Fetched::Session(token, s) => Some((s, Some(Handed { node: owner, token }))),
                     Fetched::Nothing => None,
                     Fetched::NoAnswer if !saved.is_empty() && !c.clean => {
+                        let seen = if offline_ms == 0 {
+                            self.last_heartbeat_ms(&owner).await
+                        } else {
+                            None
+                        };
+                        if !saved_session_live(&saved, offline_ms, seen, unix_ms()) {
+                            self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                            tracing::info!(
+                                "cluster: the saved session of {:?} (owner {owner}) expired; \
+                                 served fresh",
+                                String::from_utf8_lossy(&c.client_id)
+                            );
+                            return None;
+                        }
                         self.status
                             .sessions_recovered
                             .fetch_add(1, Ordering::Relaxed);
@@ -658,7 +798,8 @@ impl Claims {
                 Some(o) => ((o.node != self.node).then_some(o.node), o.epoch, o.state),
                 None => (None, 0, Bytes::new()),
             };
-            let value = encode_owner(&self.node, epoch + 1, mine_ms, &state);
+            // Served here: connected, and its session is this node's.
+            let value = encode_owner(&self.node, epoch + 1, mine_ms, 0, &state);
             let won = match revision {
                 Some(r) => kv.update(&key, value, r).await.is_ok(),
                 None => kv.create(&key, value).await.is_ok(),
@@ -690,38 +831,90 @@ impl Claims {
 
     /// Keeps this node's persistent sessions' subscriptions in their entries, one
     /// change at a time in the loops' order; an entry another node claimed since is
-    /// left alone (the session is no longer this node's).
+    /// left alone (the session is no longer this node's). A change that cannot be
+    /// written now (NATS or the bucket away) is kept, unless a later change of the
+    /// same id replaced it, and tried again with a backoff until it lands (review10
+    /// M4: a subscription made during an outage used to be dropped, and a node that
+    /// took the session from this one after it died came back without it).
     pub async fn state_writer(self, feed: super::wills::WillFeed) {
+        let mut backoff = STATE_RETRY;
         loop {
-            let (client_id, Some(state)) = feed.next().await else {
-                continue;
-            };
-            let Some(kv) = self.bucket().await else {
-                continue;
-            };
-            let key = super::headers::retained_key(&client_id);
-            for _ in 0..STATE_TRIES {
-                // A read can be served by a replica that has not applied this node's
-                // claim yet (direct get): no entry, or a CAS on a stale revision, is
-                // tried again shortly rather than dropped.
-                let Ok(Some(e)) = kv.entry(&key).await else {
-                    tokio::time::sleep(STATE_RETRY).await;
-                    continue;
-                };
-                let Some(o) = decode_owner(&e.value) else {
-                    break;
-                };
-                if o.node != self.node {
-                    break;
+            let (client_id, save) = feed.next().await;
+            match self.save_state(&client_id, save.as_ref()).await {
+                Saved::Done => backoff = STATE_RETRY,
+                Saved::Later => {
+                    self.status
+                        .sessions_save_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                    feed.put_back(client_id, save);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(STATE_BACKOFF_MAX);
                 }
-                let value = encode_owner(&self.node, o.epoch, o.connect_ms, &state);
-                if kv.update(&key, value, e.revision).await.is_ok() {
-                    self.status.sessions_saved.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                tokio::time::sleep(STATE_RETRY).await;
             }
         }
+    }
+
+    /// Writes one change (`stamp_save`'s value; `None`: the session ended) into
+    /// `client_id`'s entry if it names this node.
+    async fn save_state(&self, client_id: &Bytes, save: Option<&Bytes>) -> Saved {
+        let Some(kv) = self.bucket().await else {
+            return Saved::Later;
+        };
+        let (offline_ms, state) = unstamp_save(save);
+        let key = super::headers::retained_key(client_id);
+        for _ in 0..STATE_TRIES {
+            // A read can be served by a replica that has not applied this node's
+            // claim yet (direct get): no entry, or a CAS on a stale revision, is
+            // tried again shortly rather than dropped.
+            let e = match kv.entry(&key).await {
+                Ok(Some(e)) if e.operation == kv::Operation::Put => e,
+                Ok(_) => {
+                    tokio::time::sleep(STATE_RETRY).await;
+                    continue;
+                }
+                Err(_) => return Saved::Later,
+            };
+            let Some(o) = decode_owner(&e.value) else {
+                return Saved::Done;
+            };
+            if o.node != self.node {
+                return Saved::Done;
+            }
+            if save.is_none() && o.state.is_empty() && o.offline_ms == 0 {
+                // Ended, and nothing saved: nothing to blank.
+                return Saved::Done;
+            }
+            let value = encode_owner(&self.node, o.epoch, o.connect_ms, offline_ms, &state);
+            match kv.update(&key, value, e.revision).await {
+                Ok(_) => {
+                    self.status.sessions_saved.fetch_add(1, Ordering::Relaxed);
+                    return Saved::Done;
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tokio::time::sleep(STATE_RETRY).await;
+                }
+                Err(e) if e.kind() == kv::UpdateErrorKind::InvalidKey => return Saved::Done,
+                Err(_) => return Saved::Later,
+            }
+        }
+        // The entry stayed absent (this node served the id without the cluster) or
+        // kept changing under the write: not this node's to save.
+        Saved::Done
+    }
+
+    /// When node `node`'s heartbeat last landed (server time, Unix ms; `None`: not
+    /// known), read only for a claim recovering from a dead owner's entry.
+    async fn last_heartbeat_ms(&self, node: &str) -> Option<u64> {
+        let nodes = super::link::bucket(
+            &self.js,
+            super::wills::NODES_BUCKET,
+            "ringmq node heartbeats (key: base64url of the node; value: incarnation)",
+            self.replicas,
+        )
+        .await?;
+        let key = super::wills::node_key(node);
+        let e = nodes.entry(&key).await.ok()??;
+        u64::try_from(e.created.unix_timestamp_nanos() / 1_000_000).ok()
     }
 }
 
@@ -857,7 +1050,7 @@ impl Claims {
             let Some(o) = o else {
                 return Reassert::Leave;
             };
-            let value = encode_owner(&self.node, epoch + 1, o.connect_ms, &o.state);
+            let value = encode_owner(&self.node, epoch + 1, o.connect_ms, o.offline_ms, &o.state);
             if kv.update(&key, value, e.revision).await.is_ok() {
                 self.claimed_epoch(client_id, epoch + 1);
                 self.status

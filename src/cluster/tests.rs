@@ -418,26 +418,30 @@ fn session_wire_formats_round_trip() {
             "n.1 x",
             42,
             1_700_000_000_123,
+            1_700_000_000_456,
             b"state\n\x00"
         )),
         Some(Owner {
             node: "n.1 x".to_string(),
             epoch: 42,
             connect_ms: 1_700_000_000_123,
+            offline_ms: 1_700_000_000_456,
             state: Bytes::from_static(b"state\n\x00")
         })
     );
     assert_eq!(
-        decode_owner(&encode_owner("n", 1, 0, b"")),
+        decode_owner(&encode_owner("n", 1, 0, 0, b"")),
         Some(Owner {
             node: "n".to_string(),
             epoch: 1,
             connect_ms: 0,
+            offline_ms: 0,
             state: Bytes::new()
         })
     );
     assert_eq!(decode_owner(b"n1"), None);
     assert_eq!(decode_owner(b"n\n1\n"), None, "no CONNECT time");
+    assert_eq!(decode_owner(b"n\n1\n5\n"), None, "no offline time");
     assert_eq!(
         decode_request(&encode_merge(b"dev/1", b"records")),
         Some(Request::Merge {
@@ -648,10 +652,12 @@ fn a_fence_drops_the_unwritten_put_and_keeps_the_will_apart() {
     feed.fence(a.clone(), Bytes::from_static(b"will a"));
     // The id comes back (a local will while fenced) and goes.
     feed.put(a.clone(), None);
-    assert_eq!(
-        feed.take_fenced(),
-        [(a.clone(), Bytes::from_static(b"will a"))]
-    );
+    let fenced: Vec<_> = feed
+        .take_fenced()
+        .into_iter()
+        .map(|(c, r, _)| (c, r))
+        .collect();
+    assert_eq!(fenced, [(a.clone(), Bytes::from_static(b"will a"))]);
     assert!(feed.take_fenced().is_empty());
     assert_eq!(feed.pop(), Some((a, None)), "the later change, not the put");
     assert_eq!(feed.pop(), Some((b, Some(Bytes::from_static(b"put b")))));
@@ -670,6 +676,7 @@ fn a_lapsed_handover_is_reasserted_only_over_the_askers_claim() {
         node: node.into(),
         epoch,
         connect_ms: 0,
+        offline_ms: 0,
         state: Bytes::new(),
     };
     assert_eq!(reassert_step(Some(&owner("b", 7)), "a", 7), Reassert::Take);
@@ -997,4 +1004,161 @@ fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
         ]
     );
     assert!(!link.backed_up());
+}
+
+/// A saved session whose owner died is resumed only while it has not expired
+/// (review10 M4): its expiry counts from when its client went, or, for a client
+/// that was connected when its node died, from that node's last heartbeat.
+#[cfg(not(loom))]
+#[test]
+fn a_saved_session_is_resumed_only_before_it_expires() {
+    use super::sessions::saved_session_live;
+    use crate::store::record::Record;
+    let state = |expiry_s: u32| {
+        let mut rec = Vec::new();
+        Record::SessionPut {
+            client: Bytes::from_static(b"dev"),
+            expiry_s,
+            will: None,
+        }
+        .encode(&mut rec);
+        let mut b = (rec.len() as u32).to_le_bytes().to_vec();
+        b.extend_from_slice(&rec);
+        b
+    };
+    let hour = state(3600);
+    let gone_ms = 1_000_000_000;
+    let now = |after_s: u64| gone_ms + after_s * 1000;
+    assert!(saved_session_live(&hour, gone_ms, None, now(3599)));
+    assert!(saved_session_live(&hour, gone_ms, None, now(3600)));
+    assert!(!saved_session_live(&hour, gone_ms, None, now(3601)));
+    assert!(
+        !saved_session_live(&hour, gone_ms, Some(now(10_000)), now(3601)),
+        "the offline time wins over the heartbeat"
+    );
+    // Connected when last saved: its node's last heartbeat bounds when it went.
+    assert!(saved_session_live(&hour, 0, Some(gone_ms), now(60)));
+    assert!(!saved_session_live(&hour, 0, Some(gone_ms), now(86_400)));
+    assert!(
+        saved_session_live(&hour, 0, None, now(86_400)),
+        "with neither time known it is resumed, as before"
+    );
+    assert!(saved_session_live(
+        &state(u32::MAX),
+        gone_ms,
+        None,
+        u64::MAX
+    ));
+    assert!(!saved_session_live(b"", 0, None, now(0)), "nothing saved");
+    assert!(
+        !saved_session_live(b"\x09\x00", 0, None, now(0)),
+        "unreadable"
+    );
+}
+
+/// A session save the bucket did not take goes back to the queue, and a later
+/// change of the same id queued meanwhile is not overwritten by it (review10 M4).
+#[cfg(not(loom))]
+#[test]
+fn an_unwritten_session_save_is_kept_unless_a_later_one_came() {
+    use super::wills::WillQueue;
+    let mut q = WillQueue::default();
+    q.put(Bytes::from_static(b"a"), Some(Bytes::from_static(b"a1")));
+    q.put(Bytes::from_static(b"b"), Some(Bytes::from_static(b"b1")));
+    let (id, v) = q.pop().expect("a");
+    q.put_back(id, v);
+    assert_eq!(
+        q.pop(),
+        Some((Bytes::from_static(b"b"), Some(Bytes::from_static(b"b1"))))
+    );
+    let (id, v) = q.pop().expect("a again");
+    assert_eq!(v, Some(Bytes::from_static(b"a1")));
+    q.put(Bytes::from_static(b"a"), None);
+    q.put_back(id, v);
+    assert_eq!(
+        q.pop(),
+        Some((Bytes::from_static(b"a"), None)),
+        "the later change wins"
+    );
+    assert_eq!(q.pop(), None);
+}
+
+/// A save's feed value carries when the client went, and an ended session blanks
+/// the entry.
+#[cfg(not(loom))]
+#[test]
+fn a_session_save_is_stamped_with_the_time_its_client_went() {
+    use super::sessions::stamp_save;
+    use crate::shard::SessionSave;
+    let s = Bytes::from_static(b"subs");
+    let on = stamp_save(SessionSave::Online(s.clone()), 77).expect("saved");
+    assert_eq!(&on[..8], &0u64.to_le_bytes());
+    assert_eq!(&on[8..], b"subs");
+    let off = stamp_save(SessionSave::Offline(s), 77).expect("saved");
+    assert_eq!(&off[..8], &77u64.to_le_bytes());
+    assert_eq!(stamp_save(SessionSave::Ended, 77), None);
+}
+
+/// A will entry carries the epoch its CONNECT claimed, and a delayed will is
+/// dropped when a later CONNECT claimed its client id (review10 M9: the session was
+/// resumed within the delay, so MQTT 5 forbids sending it).
+#[cfg(not(loom))]
+#[test]
+fn a_delayed_will_is_dropped_when_its_session_was_resumed() {
+    use super::sessions::Owner;
+    use super::wills::{decode_will_entry, resumed_since, will_delay_s, will_entry};
+    let w = crate::session::Will {
+        topic: Bytes::from_static(b"dev/state"),
+        payload: Bytes::from_static(b"offline"),
+        qos: crate::protocol::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        delay_s: 30,
+        at: None,
+    };
+    let record = crate::shard::will_record(b"dev", &w);
+    assert_eq!(will_delay_s(&record), 30);
+    assert_eq!(will_delay_s(b"not a record"), 0);
+    let entry = will_entry(&record, 7);
+    assert_eq!(decode_will_entry(&entry), Some((record.clone(), 7)));
+    assert_eq!(
+        decode_will_entry(&record),
+        None,
+        "a bare record is not an entry"
+    );
+    assert_eq!(
+        decode_will_entry(&Bytes::from_static(b"\xff\xff\xff\xff")),
+        None
+    );
+    let owner = |epoch| Owner {
+        node: "b".into(),
+        epoch,
+        connect_ms: 0,
+        offline_ms: 0,
+        state: Bytes::new(),
+    };
+    assert!(resumed_since(Some(&owner(8)), 7), "claimed again since");
+    assert!(!resumed_since(Some(&owner(7)), 7), "the will's own claim");
+    assert!(!resumed_since(None, 7));
+    assert!(
+        !resumed_since(Some(&owner(9)), 0),
+        "an unknown epoch shows nothing"
+    );
+}
+
+/// A dead node's will with a Will Delay waits that delay past the node's death
+/// before a survivor takes it (review10 M9); one without a delay goes at once.
+#[cfg(not(loom))]
+#[test]
+fn a_dead_nodes_delayed_will_waits_its_delay() {
+    use super::wills::orphan_due;
+    let s = 1_000_000_000i128;
+    let beats: std::collections::HashMap<String, (String, i128)> =
+        [("bm9kZQ".to_string(), ("01".to_string(), 100 * s))].into();
+    let dead_after = 5 * s;
+    let owner = "bm9kZQ.01";
+    assert!(orphan_due(&beats, 105 * s, owner, 90 * s, dead_after, 0));
+    assert!(!orphan_due(&beats, 105 * s, owner, 90 * s, dead_after, 30));
+    assert!(!orphan_due(&beats, 134 * s, owner, 90 * s, dead_after, 30));
+    assert!(orphan_due(&beats, 135 * s, owner, 90 * s, dead_after, 30));
 }

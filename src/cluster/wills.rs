@@ -62,11 +62,24 @@
 //!   (as on a single node), forwards the loops' last output and deletes what is
 //!   left of this incarnation's entries (`withdraw_all`), so no survivor fires them.
 //!
+//! - **A Will Delay** (review10 M9) is waited for by whoever publishes a will the
+//!   cluster holds: a survivor takes a dead node's will only `dead_after` plus the
+//!   delay past that node's last heartbeat (`orphan_due`, checked at each sweep, so
+//!   up to `SWEEP_EVERY` beats late), and a node settling a fenced will as its own
+//!   keeps it until the fence time plus the delay. Then it reads the client's
+//!   ownership entry: the entry carries the epoch each CONNECT's claim wrote, and a
+//!   will entry the epoch it was registered under (`will_entry`), so a newer epoch
+//!   means the client connected again (here or on another node) and the will is
+//!   dropped (`resumed_since`, `wills_resumed_total`), as MQTT 5 3.1.3.2.2 asks.
+//!   A CONNECT this node served on its own while NATS was away counts too.
+//!
 //! What this does not cover, and why: a will with a delay whose connection had
 //! already gone when its node died lives on that node only (the entry is deleted
-//! when the connection goes) and is lost with it; a dead node's will is published
-//! at once, its will delay not waited for. A stop while NATS is away cannot
-//! withdraw its entries.
+//! when the connection goes) and is lost with it; so is a fenced will this node
+//! settled and keeps for its delay, if it dies before the delay ends. A clean-start
+//! CONNECT within the delay also claims, so that will is dropped rather than
+//! published at the old session's end. A stop while NATS is away cannot withdraw
+//! its entries.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -233,6 +246,11 @@ fn b64(b: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+/// Node `node`'s key in the heartbeats bucket.
+pub fn node_key(node: &str) -> String {
+    b64(node.as_bytes())
+}
+
 /// An incarnation's name: `b64(node).incarnation` (hex).
 pub fn incarnation_of(node: &str, incarnation: u64) -> String {
     format!("{}.{incarnation:016x}", b64(node.as_bytes()))
@@ -243,10 +261,61 @@ pub fn will_key(client_id: &[u8], owner: &str) -> String {
     format!("{}.{owner}", b64(client_id))
 }
 
+/// The client id a will key names (empty: not a key ringmq makes).
+pub fn client_of_key(key: &str) -> Bytes {
+    key.split_once('.')
+        .and_then(|(c, _)| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
+        .map(Bytes::from)
+        .unwrap_or_default()
+}
+
 /// The incarnation a will key names (`None`: not a key ringmq makes).
 pub fn owner_of_key(key: &str) -> Option<&str> {
     let (_client, owner) = key.split_once('.')?;
     owner.split_once('.').map(|_| owner)
+}
+
+/// A wills-bucket value (review10 M9): the will record (`will_record`) behind its
+/// 4-byte length, then the epoch of its client's ownership entry when the will was
+/// registered (8 bytes LE; 0: not known). Whoever publishes a delayed will reads
+/// the ownership entry first: a newer epoch means the client connected again.
+pub fn will_entry(record: &[u8], epoch: u64) -> Bytes {
+    let mut b = Vec::with_capacity(record.len() + 12);
+    b.extend_from_slice(&(record.len() as u32).to_le_bytes());
+    b.extend_from_slice(record);
+    b.extend_from_slice(&epoch.to_le_bytes());
+    Bytes::from(b)
+}
+
+/// See `will_entry`: (the will record, the epoch); `None`: not one.
+pub fn decode_will_entry(b: &Bytes) -> Option<(Bytes, u64)> {
+    let len = u32::from_le_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    let end = 4usize.checked_add(len)?;
+    let epoch = b.get(end..)?;
+    let epoch = u64::from_le_bytes(epoch.try_into().ok()?);
+    Some((b.slice(4..end), epoch))
+}
+
+/// A will record's Will Delay Interval (0: none, or not a will record).
+pub fn will_delay_s(record: &[u8]) -> u32 {
+    match crate::store::record::Record::decode(record) {
+        Ok(crate::store::record::Record::SessionPut { will: Some(w), .. }) => w.delay_s,
+        _ => 0,
+    }
+}
+
+/// Whether a delayed will must not fire because its session was resumed (MQTT 5
+/// 3.1.3.2.2: a new connection to the session within the delay cancels the will):
+/// a CONNECT claimed the client id again, on any node, after the will was
+/// registered at `will_epoch` (`entry`: the ownership entry now). An unknown epoch
+/// (0) shows nothing. A clean-start CONNECT claims too, so its will is dropped
+/// rather than published at that session's end.
+pub fn resumed_since(entry: Option<&super::sessions::Owner>, will_epoch: u64) -> bool {
+    will_epoch != 0 && entry.is_some_and(|o| o.epoch > will_epoch)
 }
 
 /// Will changes waiting for the writer: only the latest state per client id (a will
@@ -258,9 +327,9 @@ pub fn owner_of_key(key: &str) -> Option<&str> {
 pub struct WillQueue {
     latest: HashMap<Bytes, Option<Bytes>>,
     order: VecDeque<Bytes>,
-    /// Connections the fence closed (client id, will record), in order: kept apart
-    /// from `latest`, never replaced by a later change of the same id.
-    fenced: Vec<(Bytes, Bytes)>,
+    /// Connections the fence closed (client id, will entry, when), in order: kept
+    /// apart from `latest`, never replaced by a later change of the same id.
+    fenced: Vec<(Bytes, Bytes, Instant)>,
 }
 
 impl WillQueue {
@@ -277,11 +346,20 @@ impl WillQueue {
     /// outlive the connection unnoticed), and the writer settles the will.
     pub fn fence(&mut self, client: Bytes, record: Bytes) {
         self.latest.remove(&client);
-        self.fenced.push((client, record));
+        self.fenced.push((client, record, Instant::now()));
     }
 
-    pub fn take_fenced(&mut self) -> Vec<(Bytes, Bytes)> {
+    pub fn take_fenced(&mut self) -> Vec<(Bytes, Bytes, Instant)> {
         std::mem::take(&mut self.fenced)
+    }
+
+    /// A change the writer could not write goes back to the end of the queue,
+    /// unless a later change of the same client came meanwhile (that one wins).
+    pub fn put_back(&mut self, client: Bytes, value: Option<Bytes>) {
+        if !self.latest.contains_key(&client) {
+            self.latest.insert(client.clone(), value);
+            self.order.push_back(client);
+        }
     }
 
     pub fn pop(&mut self) -> Option<(Bytes, Option<Bytes>)> {
@@ -324,6 +402,13 @@ impl WillFeed {
         self.queue.lock().ok()?.pop()
     }
 
+    /// See `WillQueue::put_back`.
+    pub fn put_back(&self, client: Bytes, value: Option<Bytes>) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.put_back(client, value);
+        }
+    }
+
     /// Never waits (see `WillQueue::fence`).
     pub fn fence(&self, client: Bytes, record: Bytes) {
         if let Ok(mut q) = self.queue.lock() {
@@ -332,7 +417,7 @@ impl WillFeed {
         self.ready.notify_one();
     }
 
-    pub fn take_fenced(&self) -> Vec<(Bytes, Bytes)> {
+    pub fn take_fenced(&self) -> Vec<(Bytes, Bytes, Instant)> {
         self.queue
             .lock()
             .map(|mut q| q.take_fenced())
@@ -388,6 +473,9 @@ pub struct Wills {
     /// node's latest beat (`None`: no beat yet); read by the hand-over watch
     /// (`sessions.rs`, review M1).
     pub alive_nodes: AliveNodes,
+    /// The session owners: a delayed will is published only if its client did not
+    /// connect again within the delay (`resumed_since`, review10 M9).
+    pub claims: super::sessions::Claims,
 }
 
 /// See `Wills::alive_nodes`.
@@ -405,9 +493,25 @@ pub fn node_alive(alive: &AliveNodes, node: &str) -> bool {
 
 /// A will whose connection the fence closed, to settle once the lease holds again.
 struct Fenced {
+    /// The will entry (`will_entry`).
     record: Bytes,
     /// Its entry was written (and this node has not deleted it): a survivor may take it.
     in_bucket: bool,
+    /// When the fence closed its connection: its delay counts from then.
+    at: Instant,
+}
+
+/// A fenced will with a Will Delay that this node settled as its own: published at
+/// `due` unless its client connected again meanwhile (review10 M9). Lives on this
+/// node only, as a delayed will on a single node does.
+struct Delayed {
+    due: Instant,
+    client: Bytes,
+    record: Bytes,
+    epoch: u64,
+    /// When its connection went (wall clock, Unix ms): a CONNECT this node served
+    /// on its own after it (NATS away, so no claim) resumed the session.
+    gone_ms: u64,
 }
 
 impl Wills {
@@ -456,17 +560,32 @@ impl Wills {
         // The clients whose will entry this node last wrote (and has not deleted).
         let mut held: HashSet<Bytes> = HashSet::new();
         let mut fenced: HashMap<Bytes, Fenced> = HashMap::new();
+        let mut delayed: Vec<Delayed> = Vec::new();
         loop {
-            for (client, record) in feed.take_fenced() {
+            for (client, record, at) in feed.take_fenced() {
                 let in_bucket = held.remove(&client);
-                fenced.insert(client, Fenced { record, in_bucket });
+                fenced.insert(
+                    client,
+                    Fenced {
+                        record,
+                        in_bucket,
+                        at,
+                    },
+                );
             }
             if !fenced.is_empty() && lease.borrow().holds(Instant::now()) {
-                self.settle(&wills, &mut fenced, &publish).await;
+                self.settle(&wills, &mut fenced, &mut delayed, &publish)
+                    .await;
+            }
+            if !self.publish_due(&mut delayed, &publish).await {
+                return;
             }
             let settling = !fenced.is_empty();
+            let next_due = delayed.iter().map(|d| d.due).min();
             tokio::select! {
                 biased;
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now).into()),
+                    if next_due.is_some() => {}
                 _ = reconcile.notified(), if !settling => {
                     // What the loops changed first, so a will set since is not
                     // mistaken for one taken.
@@ -548,6 +667,7 @@ impl Wills {
         &self,
         wills: &kv::Store,
         fenced: &mut HashMap<Bytes, Fenced>,
+        delayed: &mut Vec<Delayed>,
         publish: &mpsc::Sender<Message>,
     ) {
         let clients: Vec<Bytes> = fenced.keys().cloned().collect();
@@ -581,7 +701,26 @@ impl Wills {
                 self.status.wills_taken.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let Some(m) = crate::shard::will_message(&f.record, Instant::now()) else {
+            let Some((record, epoch)) = decode_will_entry(&f.record) else {
+                self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let delay_s = will_delay_s(&record);
+            if delay_s > 0 {
+                // Its client may connect again within the delay, here or elsewhere
+                // (review10 M9): it waits, as on a single node.
+                let gone_ms =
+                    super::sessions::unix_ms().saturating_sub(f.at.elapsed().as_millis() as u64);
+                delayed.push(Delayed {
+                    due: f.at + Duration::from_secs(u64::from(delay_s)),
+                    client,
+                    record,
+                    epoch,
+                    gone_ms,
+                });
+                continue;
+            }
+            let Some(m) = crate::shard::will_message(&record, Instant::now()) else {
                 self.status.malformed.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -592,6 +731,62 @@ impl Wills {
                 return;
             }
         }
+    }
+
+    /// The delayed wills whose delay is over: each is published unless its client
+    /// connected again (`resumed`); one whose owner cannot be read now is looked at
+    /// again shortly. `false`: the main task is gone.
+    async fn publish_due(
+        &self,
+        delayed: &mut Vec<Delayed>,
+        publish: &mpsc::Sender<Message>,
+    ) -> bool {
+        let now = Instant::now();
+        let (due, wait): (Vec<Delayed>, Vec<Delayed>) = std::mem::take(delayed)
+            .into_iter()
+            .partition(|d| d.due <= now);
+        *delayed = wait;
+        for mut d in due {
+            match self.resumed(&d.client, d.epoch, d.gone_ms).await {
+                Some(true) => {
+                    tracing::info!(
+                        "cluster: the delayed will of {:?} not published: its session was resumed",
+                        String::from_utf8_lossy(&d.client)
+                    );
+                    self.status.wills_resumed.fetch_add(1, Ordering::Relaxed);
+                }
+                Some(false) => {
+                    let Some(m) = crate::shard::will_message(&d.record, Instant::now()) else {
+                        self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
+                    self.status
+                        .wills_fenced_published
+                        .fetch_add(1, Ordering::Relaxed);
+                    if publish.send(m).await.is_err() {
+                        return false;
+                    }
+                }
+                None => {
+                    d.due = Instant::now() + WRITE_BACKOFF_MAX;
+                    delayed.push(d);
+                }
+            }
+        }
+        true
+    }
+
+    /// Whether `client` connected again since its will was registered at `epoch`
+    /// and its connection went at `gone_ms` (`None`: the ownership entry cannot be
+    /// read now): a newer claim anywhere, or a CONNECT this node served on its own.
+    async fn resumed(&self, client: &Bytes, epoch: u64, gone_ms: u64) -> Option<bool> {
+        if self.claims.served_locally_since(client, gone_ms) {
+            return Some(true);
+        }
+        self.claims
+            .owner(client)
+            .await
+            .map(|o| resumed_since(o.as_ref(), epoch))
     }
 
     /// Which of the wills this node holds another node took while this one looked
@@ -842,18 +1037,38 @@ impl Wills {
             let Ok(Some(e)) = wills.entry(&k).await else {
                 continue;
             };
-            let dead = owner_of_key(&k).is_some_and(|o| {
-                is_dead(
+            if e.operation != kv::Operation::Put {
+                continue;
+            }
+            let Some((record, epoch)) = decode_will_entry(&e.value) else {
+                self.status.malformed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            };
+            let delay_s = will_delay_s(&record);
+            let due = owner_of_key(&k).is_some_and(|o| {
+                orphan_due(
                     beats,
                     now_ns,
                     o,
                     e.created.unix_timestamp_nanos(),
                     self.timings.dead_after_ns(),
+                    delay_s,
                 )
             });
-            if e.operation != kv::Operation::Put || !dead {
+            if !due {
                 continue;
             }
+            // Read before the delete: a will whose session was resumed within its
+            // delay is deleted and not published; one whose owner cannot be read now
+            // waits for the next sweep.
+            let resumed = if delay_s > 0 {
+                match self.claims.owner(&client_of_key(&k)).await {
+                    Some(o) => resumed_since(o.as_ref(), epoch),
+                    None => continue,
+                }
+            } else {
+                false
+            };
             // Compare-and-set: of all survivors, the one whose delete lands publishes.
             if wills
                 .delete_expect_revision(&k, Some(e.revision))
@@ -862,7 +1077,12 @@ impl Wills {
             {
                 continue;
             }
-            let Some(m) = crate::shard::will_message(&e.value, Instant::now()) else {
+            if resumed {
+                tracing::info!("cluster: the will of {k} not published: its session was resumed");
+                self.status.wills_resumed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let Some(m) = crate::shard::will_message(&record, Instant::now()) else {
                 self.status.malformed.fetch_add(1, Ordering::Relaxed);
                 continue;
             };
@@ -910,6 +1130,23 @@ pub fn is_dead(
     } else {
         will_ns < *at
     }
+}
+
+/// Whether a dead incarnation's will with a Will Delay of `delay_s` is due (see
+/// `is_dead`): its delay counts from `dead_after` past the node's last heartbeat, by
+/// when its connection had gone (review10 M9: it used to be published at once, so
+/// a client that connected again elsewhere within the delay still got it). Checked
+/// at each sweep, so it fires up to `SWEEP_EVERY` beats late.
+pub fn orphan_due(
+    beats: &HashMap<String, (String, i128)>,
+    now_ns: i128,
+    owner: &str,
+    will_ns: i128,
+    dead_after_ns: i128,
+    delay_s: u32,
+) -> bool {
+    let delay_ns = i128::from(delay_s) * 1_000_000_000;
+    is_dead(beats, now_ns, owner, will_ns, dead_after_ns + delay_ns)
 }
 
 /// The incarnations whose heartbeat is younger than `dead_after_ns` at server time

@@ -116,6 +116,25 @@ pub enum ClusterIn {
         token: u64,
         epoch: u64,
     },
+    /// After a partition this node keeps `client_id` (a reconcile): its session is
+    /// saved to the sessions bucket again, since what changed while this node served
+    /// it alone did not land in an entry naming this node (review10 M4).
+    Resave { client_id: Bytes },
+}
+
+/// What a session's entry in the sessions bucket is to hold now (review10 M4): a
+/// node that takes the session from a dead owner resumes it from there, so it must
+/// know when the session expired, and an ended session must not come back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionSave {
+    /// Its expiry and subscriptions; its client is connected.
+    Online(Bytes),
+    /// The same, its client gone: the cluster thread stamps the wall time (the loops
+    /// have no wall clock), from which its expiry counts.
+    Offline(Bytes),
+    /// The session ended here (expired, clean start, replaced, handed on): the saved
+    /// state is blanked if the entry still names this node.
+    Ended,
 }
 
 /// What a turn of this shard gives the cluster thread.
@@ -134,8 +153,8 @@ pub struct ClusterOut {
     pub yields: Vec<(Bytes, String, Bytes)>,
     /// Wills set (a will record) or gone (`None`) by client id, in order.
     pub wills: Vec<(Bytes, Option<Bytes>)>,
-    /// Persistent sessions' subscriptions after a change, by client id, in order.
-    pub states: Vec<(Bytes, Bytes)>,
+    /// Persistent sessions' saved state after a change, by client id, in order.
+    pub states: Vec<(Bytes, SessionSave)>,
     /// Connections closed by the fence: (client id, its will record). The will stays
     /// in the cluster's wills bucket for whichever node takes it (`cluster/wills.rs`).
     pub fenced: Vec<(Bytes, Bytes)>,
@@ -384,6 +403,7 @@ impl Shard {
             }
             ClusterIn::WillTaken { client_id } => self.on_will_taken(&client_id, now),
             ClusterIn::Yield { client_id, node } => self.on_session_yield(&client_id, node, now),
+            ClusterIn::Resave { client_id } => self.on_session_resave(&client_id),
             ClusterIn::Fence { on } => self.on_cluster_fence(on, now),
             ClusterIn::HandoverLapsed {
                 client_id,

@@ -95,6 +95,18 @@ impl DeltaDedup {
         seen
     }
 
+    /// The keys that reached this loop since `client_id`'s watch began, the watch
+    /// left as it is (its session goes on to another node before its delta came,
+    /// review10 M8; a chain's held confirmation still waits for that delta).
+    pub(super) fn seen(&self, client_id: &[u8], now: Instant) -> Option<HashSet<u64>> {
+        let (from, at) = self.watching.get(client_id)?;
+        if now.saturating_duration_since(*at) >= WATCH_MAX {
+            return None;
+        }
+        let skip = from.saturating_sub(self.first_seq) as usize;
+        Some(self.recent.iter().skip(skip).copied().collect())
+    }
+
     /// Keys no watch needs any more go.
     fn forget_unwatched(&mut self) {
         let Some(oldest) = self.watching.values().map(|(from, _)| *from).min() else {
@@ -128,6 +140,22 @@ mod tests {
         d.record(4);
         assert_eq!(d.take(b"b", t0), Some(HashSet::from([3, 4])));
         assert!(d.recent.is_empty(), "no watch left, no keys left");
+    }
+
+    #[test]
+    fn seen_keys_are_read_without_ending_the_watch() {
+        let t0 = Instant::now();
+        let mut d = DeltaDedup::default();
+        assert_eq!(d.seen(b"a", t0), None, "no watch");
+        d.record(1);
+        d.watch(b"a", t0);
+        d.record(2);
+        assert_eq!(d.seen(b"a", t0), Some(HashSet::from([2])));
+        assert!(d.is_awaiting(b"a", t0), "still waiting for its delta");
+        d.record(3);
+        assert_eq!(d.take(b"a", t0), Some(HashSet::from([2, 3])));
+        d.watch(b"b", t0);
+        assert_eq!(d.seen(b"b", t0 + WATCH_MAX), None, "past WATCH_MAX");
     }
 
     #[test]

@@ -15,7 +15,10 @@
 //! session, so both ends share the codec the log tests already cover. A copy of a
 //! message from another node is followed by `MsgOrigin` (its cluster identity), so
 //! the new owner can drop a delta copy it already got directly (`cluster_dedup.rs`).
-//! A hand-over is
+//! A session sent on before its own hand-over was confirmed also carries
+//! `MsgOrigin { msg: 0, key }` per cluster message that reached it since it was
+//! loaded (`with_seen_keys`), so a node it returns to does not resend those from
+//! the copy it kept (review10 M8). A hand-over is
 //! bounded by what a session may hold (`max_queued_messages` / `max_queued_bytes`
 //! plus the in-flight window), so it is one NATS message.
 //!
@@ -29,6 +32,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::cluster::SessionSave;
 use super::conn::ConnState;
 use super::durable::{props_bytes, props_of, qos_of, unpack_options};
 use super::{ConnId, Shard};
@@ -369,6 +373,7 @@ impl Shard {
         }
         // With a data directory: a restart must not bring the will back here.
         self.log_session(s);
+        self.cluster_session_offline(s);
         self.expire_offline_handover(s, now);
     }
 
@@ -511,7 +516,7 @@ impl Shard {
             // but the old node has ended the session and this node owns it in the
             // bucket: it stays here, offline, for the client's next CONNECT.
             if let Some(b) = session {
-                if let Some(idx) = self.load_handover(None, &b, now) {
+                if let Some(idx) = self.load_handover(None, &b, from.clone(), now) {
                     self.confirm_handover(idx, from, now);
                     self.expire_offline_handover(idx, now);
                 }
@@ -519,7 +524,7 @@ impl Shard {
             return;
         };
         if let Some(b) = session.filter(|_| !connect.clean_start) {
-            if let Some(idx) = self.load_handover(Some(&connect.client_id), &b, now) {
+            if let Some(idx) = self.load_handover(Some(&connect.client_id), &b, from.clone(), now) {
                 self.confirm_handover(idx, from, now);
             }
         }
@@ -692,7 +697,10 @@ impl Shard {
         if let Some(s) = self.sessions.find(client_id) {
             self.take_over(s, clean, now);
             if !clean {
-                let b = self.handover_bytes(s);
+                let mut b = self.handover_bytes(s);
+                if b.len() <= max_bytes {
+                    b = self.with_seen_keys(client_id, b, max_bytes, now);
+                }
                 if b.len() > max_bytes {
                     // Ending it would lose it: kept here offline (expiring as usual),
                     // counted, and the asking node told so.
@@ -751,10 +759,56 @@ impl Shard {
         }
     }
 
+    /// A session loaded from a hand-over that was never confirmed to its old node
+    /// (its delta has not come) goes on (review10 M8): the keys of the cluster
+    /// messages that reached this loop since it was loaded follow its records as
+    /// `MsgOrigin { msg: 0, key }` (no copy has id 0), as many as fit in
+    /// `max_bytes`. If the session goes back to its old node, that node still holds
+    /// its own copy and joins what reached it since its hand-over (the "gap"); a gap
+    /// copy whose key is here reached the session here already (`cluster_dedup.rs`).
+    /// A subset is safe: a key left out only lets a duplicate through.
+    fn with_seen_keys(&self, client_id: &[u8], b: Bytes, max_bytes: usize, now: Instant) -> Bytes {
+        let Some(seen) = self.cluster_dedup.seen(client_id, now) else {
+            return b;
+        };
+        let mut out = b.to_vec();
+        for key in seen {
+            let at = out.len();
+            push_record(&mut out, &Record::MsgOrigin { msg: 0, key });
+            if out.len() > max_bytes {
+                out.truncate(at);
+                break;
+            }
+        }
+        Bytes::from(out)
+    }
+
     /// On a cluster node, a persistent session's subscriptions (and expiry) go to its
     /// entry in the sessions bucket after each change, so a node that takes the
     /// session over from a dead owner still has them (`cluster/sessions.rs`).
     pub(super) fn cluster_session_state(&mut self, session: u32) {
+        self.cluster_session_save(session, false);
+    }
+
+    /// A CONNECT resumed `session`: saved again (its expiry may have changed); one
+    /// resumed with expiry 0 is no longer persistent, so what an earlier connection
+    /// saved of it must not outlive this one.
+    pub(super) fn cluster_session_resumed(&mut self, session: u32) {
+        if self.sessions.get(session).is_some_and(|s| s.expiry_s == 0) {
+            self.cluster_session_ended(session);
+        } else {
+            self.cluster_session_save(session, false);
+        }
+    }
+
+    /// `session`'s client is gone and the session stays (offline) for its expiry:
+    /// saved again with the time it went, so a node that takes it from a dead owner
+    /// after it expired starts fresh (review10 M4).
+    pub(super) fn cluster_session_offline(&mut self, session: u32) {
+        self.cluster_session_save(session, true);
+    }
+
+    fn cluster_session_save(&mut self, session: u32, offline: bool) {
         if self.cluster.is_none() {
             return;
         }
@@ -766,9 +820,41 @@ impl Shard {
         }
         let id = Bytes::copy_from_slice(&s.client_id);
         let state = self.session_bytes(session, false);
+        let save = if offline {
+            SessionSave::Offline(state)
+        } else {
+            SessionSave::Online(state)
+        };
         if let Some(out) = self.cluster.as_deref_mut() {
-            out.states.push((id, state));
+            out.states.push((id, save));
         }
+    }
+
+    /// See `ClusterIn::Resave`.
+    pub(super) fn on_session_resave(&mut self, client_id: &[u8]) {
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let offline = !self.sessions.get(s).is_some_and(|x| x.is_online());
+        self.cluster_session_save(s, offline);
+    }
+
+    /// `session` ends on this node (`end_session`): its saved state leaves the
+    /// sessions bucket if the entry still names this node (review10 M4), so no
+    /// claim that finds this node dead later brings an ended session back. An
+    /// entry another node claimed is left alone by the cluster thread.
+    pub(super) fn cluster_session_ended(&mut self, session: u32) {
+        let Some(out) = self.cluster.as_deref_mut() else {
+            return;
+        };
+        let Some(s) = self.sessions.get(session) else {
+            return;
+        };
+        if s.client_id.is_empty() || s.client_id.starts_with(b"$bridge/") {
+            return;
+        }
+        out.states
+            .push((Bytes::copy_from_slice(&s.client_id), SessionSave::Ended));
     }
 
     /// The session as hand-over bytes (see the module doc).
@@ -855,6 +941,7 @@ impl Shard {
         &mut self,
         client_id: Option<&[u8]>,
         bytes: &[u8],
+        from: Option<Handed>,
         now: Instant,
     ) -> Option<u32> {
         let Some(records) = handover_records(bytes) else {
@@ -870,12 +957,29 @@ impl Shard {
             None => state.sessions.iter().next().map(|(id, s)| (&id[..], s))?,
         };
         let mut gap = None;
+        // The keys of what reached the session on the node that sends it back, since
+        // it loaded it from here (`with_seen_keys`, review10 M8).
+        let seen_there: HashSet<u64> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::MsgOrigin { msg: 0, key } => Some(*key),
+                _ => None,
+            })
+            .collect();
         if let Some(old) = self.sessions.find(client_id) {
             if self.sessions.get(old).is_some_and(|o| o.is_online()) {
-                tracing::warn!(
-                    "cluster: session hand-over for {:?} dropped: a newer connection has it here",
+                // A newer connection has the id here: its session stays, and the
+                // hand-over's copies join it, as a Merge's do. It is confirmed all
+                // the same (review10 M8), so the old node ends its copy and sends
+                // what reached it meanwhile rather than keep it, subscribed and
+                // growing, until it expires.
+                tracing::info!(
+                    "cluster: session hand-over for {:?} joins the newer connection's session here",
                     String::from_utf8_lossy(client_id)
                 );
+                let client_id = client_id.to_vec();
+                self.join_copies(&client_id, bytes, None, now);
+                self.confirm_handover(old, from, now);
                 return None;
             }
             // Held here for another node's confirmation, and the id came back before
@@ -911,8 +1015,9 @@ impl Shard {
         self.restore_handover_copies(idx, &state, s, &Origins::of(&records, None), false, now)?;
         self.stats.sessions = self.sessions.len();
         if let Some(g) = gap {
-            // This node's own copies: none of them reached the session twice.
-            self.join_copies(client_id, &g, None, now);
+            // This node's own copies, less those that reached the client on the node
+            // that had the session meanwhile (review10 M8).
+            self.join_copies(client_id, &g, Some(&seen_there), now);
         }
         Some(idx)
     }

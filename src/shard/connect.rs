@@ -475,7 +475,7 @@ impl Shard {
 
         self.cluster_will_set(session);
         if session_present {
-            self.cluster_session_state(session);
+            self.cluster_session_resumed(session);
         }
         if expiry_s > 0 {
             self.log_session(session);
@@ -650,6 +650,7 @@ impl Shard {
             self.end_session(session, now);
             return;
         }
+        self.cluster_session_offline(session);
         // Offline, its in-flight messages wait like queued ones (see
         // `deliver::queued_arc`): each gets a copy that owns its bytes.
         if let Some(d) = self
@@ -725,6 +726,11 @@ impl Shard {
     /// Ends a session: pending will published, subscriptions and queue dropped.
     pub(crate) fn end_session(&mut self, session: u32, now: Instant) {
         self.publish_will(session, now);
+        if self.sessions.get(session).is_some_and(|s| s.expiry_s > 0) {
+            // Only a persistent session was saved (a clean one never is, and its
+            // end costs the cluster nothing).
+            self.cluster_session_ended(session);
+        }
         if self.is_persistent(session) {
             if let Some(id) = self.sessions.get(session).map(|s| s.client_id.clone()) {
                 self.log_session_del(&id);

@@ -577,6 +577,8 @@ impl Shard {
                 if was > 0 && s.expiry_s == 0 {
                     let id = Bytes::copy_from_slice(&s.client_id);
                     self.log_session_del(&id);
+                    // It ends with this connection now: nothing of it may stay saved.
+                    self.cluster_session_ended(session);
                 } else if was != s.expiry_s {
                     self.log_session(session);
                 }

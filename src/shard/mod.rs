@@ -62,7 +62,7 @@ use smallvec::SmallVec;
 use crate::config::Config;
 use crate::session::{SessionError, SessionStore};
 
-pub use cluster::{AckToken, ClusterIn, ClusterInterest, ClusterOut, Forward};
+pub use cluster::{AckToken, ClusterIn, ClusterInterest, ClusterOut, Forward, SessionSave};
 pub use cluster_session::{
     handover_records, will_message, will_record, Handed, HandoverConfirm, SessionClaim,
     SessionHandover,

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::cfg;
 use crate::protocol::{Packet, Properties, PropertyValues, QoS, ReasonCode};
 use crate::shard::harness::*;
-use crate::shard::{handover_records, ClusterIn, Handed, SessionClaim};
+use crate::shard::{handover_records, ClusterIn, Handed, SessionClaim, SessionSave};
 use crate::store::record::Record;
 
 const Q1: QoS = QoS::AtLeastOnce;
@@ -287,6 +287,9 @@ fn persistent_subscriptions_are_saved_after_each_change() {
     let out = a.shards[0].take_cluster_out().expect("states");
     let (id, last) = out.states.last().expect("saved").clone();
     assert_eq!(&id[..], b"keep");
+    let SessionSave::Online(last) = last else {
+        panic!("saved as connected: {last:?}");
+    };
     let subs: Vec<_> = handover_records(&last)
         .expect("decodes")
         .into_iter()
@@ -303,6 +306,52 @@ fn persistent_subscriptions_are_saved_after_each_change() {
     a.subscribe(c, "k/3", Q1);
     let out = a.shards[0].take_cluster_out().expect("interest");
     assert!(out.states.is_empty(), "a clean session is not saved");
+}
+
+/// The sessions bucket learns when a persistent session's client went, and that a
+/// session ended (review10 M4): without either a node that took the session from
+/// a dead owner long after it expired resumed it with "session present".
+#[test]
+fn a_session_is_saved_offline_when_its_client_goes_and_cleared_when_it_ends() {
+    let mut a = node();
+    let opts = ConnectOpts {
+        properties: Properties::from(PropertyValues {
+            session_expiry_interval_s: Some(60),
+            ..Default::default()
+        }),
+        ..persistent()
+    };
+    let s = a.connect_ok(V5, "brief", opts, false);
+    a.subscribe(s, "b/1", Q1);
+    let _ = a.shards[0].take_cluster_out();
+    a.drop_connection(s);
+    let out = a.shards[0].take_cluster_out().expect("offline");
+    let offline: Vec<_> = out
+        .states
+        .iter()
+        .filter(|(id, _)| &id[..] == b"brief")
+        .collect();
+    assert!(
+        matches!(offline.last(), Some((_, SessionSave::Offline(b))) if !b.is_empty()),
+        "saved as offline: {offline:?}"
+    );
+    // A reconcile kept it here: saved again (still offline).
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Resave {
+            client_id: Bytes::from_static(b"brief"),
+        },
+        now,
+    );
+    let out = a.shards[0].take_cluster_out().expect("saved again");
+    assert!(matches!(&out.states[..], [(_, SessionSave::Offline(_))]));
+    a.advance(std::time::Duration::from_secs(61));
+    let out = a.shards[0].take_cluster_out().expect("expired");
+    assert_eq!(
+        out.states,
+        [(Bytes::from_static(b"brief"), SessionSave::Ended)],
+        "an expired session's saved state goes"
+    );
 }
 
 /// Once the cluster thread has ended (e.g. a bad `cluster_nats_creds_file`), nothing
@@ -1175,4 +1224,95 @@ fn a_held_confirmation_is_answered_when_the_awaited_delta_is_given_up() {
     let out = b.shards[0].take_cluster_out().expect("b's answer");
     assert!(out.handovers.iter().any(|h| h.reply == 91), "{out:?}");
     assert_eq!(b.shards[0].stats().sessions, 0, "the session left b");
+}
+
+/// Review10 M8: a hands "roam" to b, which loads it and serves the client, but b's
+/// confirmation never reaches a. Messages from node c reach both a's held copy and
+/// b's session, and the client acknowledges them on b. When the client comes back
+/// to a, b hands the session back with the keys of what reached it, and a's own
+/// copies since its hand-over (the gap) join the loaded session less those: only
+/// the message that reached a alone arrives. Before, every acknowledged message was
+/// sent again.
+#[test]
+fn a_session_handed_back_unconfirmed_does_not_resend_what_the_client_had() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let _ = a.shards[0].take_cluster_out();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let out = b.shards[0]
+        .take_cluster_out()
+        .expect("interest and confirmation");
+    assert_eq!(
+        out.confirms.len(),
+        1,
+        "its confirmation, which a never gets"
+    );
+    for (payload, key, pid) in [("both-1", 21, 1), ("both-2", 22, 2)] {
+        from_c(&mut a, payload, Q1, key);
+        from_c(&mut b, payload, Q1, key);
+        b.expect(c, pubp("t", payload, Q1, false, pid));
+        b.send(c, puback(pid));
+        b.pump();
+    }
+    from_c(&mut a, "only-a", Q1, 23);
+    b.drop_connection(c);
+    let _ = b.shards[0].take_cluster_out();
+
+    // The client is back on a; b hands the session back.
+    a.auto_claim = false;
+    let back = a.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut a, "roam");
+    let (bytes, _) = take_from(&mut b, "roam", false);
+    answer_claim(&mut a, &claim, bytes);
+    a.pump();
+    match a.next(back) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = a.next(back) {
+        got.push(m.payload.clone());
+    }
+    assert_eq!(got, [&b"only-a"[..]]);
+}
+
+/// Review10 M8: a hand-over that arrives while a newer connection of the id is
+/// online here is not dropped: its copies join that session (as a Merge's do) and
+/// it is confirmed, so the old node ends its copy instead of keeping it, subscribed
+/// and growing, until it expires.
+#[test]
+fn a_handover_meeting_a_newer_connection_joins_it_and_is_confirmed() {
+    let mut a = old_owner_with_queue();
+    let mut b = node();
+    b.auto_claim = false;
+    let gave_up = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    // That CONNECT gives up; a newer one of the id is served here meanwhile.
+    b.drop_connection(gave_up);
+    b.auto_claim = true;
+    let newer = b.connect_ok(V311, "roam", persistent(), false);
+    let _ = b.shards[0].take_cluster_out();
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    b.expect(newer, pubp("t", "x1", Q1, false, 1));
+    b.expect(newer, pubp("t", "x2", Q1, false, 2));
+    let out = b.shards[0].take_cluster_out().expect("a confirmation");
+    confirm(&mut a, &mut b, &out);
+    assert!(
+        a.shards[0].sessions.find(b"roam").is_none(),
+        "the old node ended its copy"
+    );
 }
