@@ -470,7 +470,7 @@ impl Shard {
                 self.apply_retained(&body, true, now);
             }
             // The cluster thread sends neither; a loop's routes stay between loops.
-            ShardMsg::Route(_)
+            ShardMsg::Routes(_)
             | ShardMsg::RouteAck { .. }
             | ShardMsg::StoreAck { .. }
             | ShardMsg::StoreNack { .. }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 
 use super::retained::RetainedBody;
 use super::routes::ShardSet;
-use super::{RouteUpdate, Shard, ShardId, ShardMsg};
+use super::{RouteUpdate, Shard, ShardId, ShardMsg, ROUTE_BATCH_MAX};
 
 /// Control messages (route updates, route acks and retained-store updates) this shard
 /// has not yet handed to the mesh, per destination. The worker takes them with
@@ -174,7 +174,12 @@ impl ControlOut {
             let seq = std::mem::take(&mut self.ack);
             return Some(ShardMsg::RouteAck { seq });
         }
-        while let Some(entry) = self.routes.pop_front() {
+        // In queue order, so the batch keeps the order the ack relies on.
+        let mut batch = Vec::new();
+        while batch.len() < ROUTE_BATCH_MAX {
+            let Some(entry) = self.routes.pop_front() else {
+                break;
+            };
             self.head += 1;
             let Some(update) = entry else {
                 self.tombstones -= 1;
@@ -183,17 +188,20 @@ impl ControlOut {
             let key = (update.filter, update.group);
             self.index.remove(&key);
             let (filter, group) = key;
-            if self.routes.is_empty() && self.index.capacity() > CONTROL_KEPT {
-                self.index.shrink_to(0);
-                self.routes.shrink_to(CONTROL_KEPT);
+            if batch.capacity() == 0 {
+                batch.reserve_exact(ROUTE_BATCH_MAX.min(self.routes.len() + 1));
             }
-            return Some(ShardMsg::Route(Box::new(RouteUpdate {
+            batch.push(RouteUpdate {
                 filter,
                 group,
                 ..update
-            })));
+            });
         }
-        None
+        if self.routes.is_empty() && self.index.capacity() > CONTROL_KEPT {
+            self.index.shrink_to(0);
+            self.routes.shrink_to(CONTROL_KEPT);
+        }
+        (!batch.is_empty()).then_some(ShardMsg::Routes(batch))
     }
 }
 impl ControlOutbox {

@@ -73,7 +73,7 @@ use deliver::EncodeCache;
 use fanout::Targets;
 use limits::Limits;
 pub use limits::NodeCounters;
-pub use messages::{Action, Handoff, RouteUpdate, ShardMsg, SharedTarget};
+pub use messages::{Action, Handoff, RouteUpdate, ShardMsg, SharedTarget, ROUTE_BATCH_MAX};
 pub use outbox::{control_allowance, CONTROL_ALLOWANCE_BYTES};
 pub use retained::RetainedBody;
 pub use stats::{ShardStats, SnStats};
@@ -452,7 +452,11 @@ impl Shard {
                 self.drop_slow_consumers(now);
             }
             ShardMsg::Retain(msg) => self.on_remote_retained(msg, now),
-            ShardMsg::Route(r) => self.on_route(from, *r, now),
+            ShardMsg::Routes(batch) => {
+                for r in batch {
+                    self.on_route(from, r, now);
+                }
+            }
             ShardMsg::RouteAck { seq } => self.on_route_ack(from, seq, now),
             ShardMsg::StoreAck { lane, seq } => self.on_store_ack(from, lane, seq, now),
             ShardMsg::StoreNack {

@@ -18,6 +18,7 @@
 use std::ops::Deref;
 
 use smallvec::SmallVec;
+use thin_vec::ThinVec;
 
 use crate::arena::{chunk_of, push_chunked, ChunkSlab};
 
@@ -86,13 +87,17 @@ const SMALL_BACK: usize = 4;
 /// Smallest table capacity (slots), a power of two.
 const TABLE_MIN: usize = 32;
 
-/// Levels up to this length are stored inside the node without a heap allocation.
-const INLINE_MAX: usize = 22;
+/// Labels up to this length are stored inside the node without a heap allocation:
+/// what fits beside the tag and length in 16 bytes. A device's compressed
+/// `<id>/cmd` below `dev` fits up to 10-byte ids.
+const INLINE_MAX: usize = 14;
 
-/// One level's bytes. 24 bytes whether inline or boxed.
+/// One level's bytes (or a compressed chain of levels). 16 bytes whether inline or
+/// on the heap: a thin pointer, since a fat `Box<[u8]>` would make every node 8 bytes
+/// larger for the few labels that do not fit inline.
 enum Label {
     Inline { len: u8, bytes: [u8; INLINE_MAX] },
-    Heap(Box<[u8]>),
+    Heap(ThinVec<u8>),
 }
 
 impl Label {
@@ -105,7 +110,7 @@ impl Label {
                 bytes,
             }
         } else {
-            Label::Heap(level.into())
+            Label::Heap(ThinVec::from(level))
         }
     }
 
@@ -118,7 +123,7 @@ impl Label {
                 let n = usize::from(*len);
                 n == level.len() && n <= INLINE_MAX && short_eq(&bytes[..n], level)
             }
-            Label::Heap(b) => **b == *level,
+            Label::Heap(b) => b.as_slice() == level,
         }
     }
 
@@ -170,10 +175,10 @@ impl Label {
             }
             Label::Heap(b) => {
                 if b.len() == level.len() {
-                    return (**b == *level).then_some(next);
+                    return (b.as_slice() == level).then_some(next);
                 }
                 let end = pos + b.len();
-                if topic.get(pos..end)? != &**b {
+                if topic.get(pos..end)? != b.as_slice() {
                     return None;
                 }
                 after_levels(topic, end)
@@ -235,22 +240,25 @@ const EMPTY_LABEL: Label = Label::Inline {
     bytes: [0; INLINE_MAX],
 };
 
-/// 64 bytes, so a chunk of `CHUNK_LEN` nodes fits the 64 KiB allocator size class. Values live in a separate arena so the node size does not depend on `V`
-/// and intermediate nodes pay 4 bytes, not `size_of::<Option<V>>()`, per slot.
+/// A `Node::kids` at or above this (and not `NONE`) names a `Kids` entry in
+/// `TopicTrie::kid_sets` rather than the only child. Node indices never get here
+/// (2^31 nodes would take 64 GB), nor do entry indices (far fewer than nodes).
+const MANY: Idx = 1 << 31;
+
+/// 32 bytes: every subscription of its own (a device's `dev/<id>/cmd`) is one leaf
+/// node on every loop, so the node size is most of what a route row costs. A chunk
+/// of `CHUNK_LEN` nodes fits the 32 KiB allocator size class. Values live in a
+/// separate arena so the node size does not depend on `V` and intermediate nodes
+/// pay 4 bytes, not `size_of::<Option<V>>()`, per slot; several children live in
+/// `kid_sets` so a leaf pays 4 bytes for having none.
 struct Node {
     /// This node's own level (`+` for a plus child), or several literal levels joined
     /// by `/` (a compressed chain); the root's is empty.
     label: Label,
-    /// Literal children when there are 2 or more, as `[child, tag]` pairs (`tag` is
-    /// the child label's 32-bit hash, compared before the label to skip wrong
-    /// candidates without visiting them). Up to `SMALL_MAX` children: an exact-size
-    /// list. Above: a power-of-two open-addressing table (linear probing, home slot
-    /// `tag & mask`, child `NONE` = empty), 8 bytes per slot and no duplicated label.
-    kids: Box<[Idx]>,
-    /// The only literal child, when there is exactly one: the common case
-    /// (`dev/<id>/cmd`) then needs no allocation and no hashing.
-    one: Idx,
-    child_count: u32,
+    /// The literal children: `NONE`, the only child (below `MANY`: the common case,
+    /// `dev/<id>/cmd`, needs no allocation and no hashing), or `MANY + i` for
+    /// two or more, kept in `kid_sets[i]`.
+    kids: Idx,
     /// Value of the key ending at this node.
     value: Idx,
     /// Value of the key `<this node's path>/#`: `#` is always last, so it needs no node.
@@ -264,21 +272,21 @@ impl Node {
     fn new(level: &[u8]) -> Self {
         Node {
             label: Label::new(level),
-            kids: Box::default(),
-            one: NONE,
-            child_count: 0,
+            kids: NONE,
             value: NONE,
             hash: NONE,
             plus: NONE,
         }
     }
 
-    fn is_table(&self) -> bool {
-        self.kids.len() > 2 * SMALL_MAX
+    /// The only literal child, if there is exactly one.
+    #[inline(always)]
+    fn only_child(&self) -> Option<Idx> {
+        (self.kids < MANY).then_some(self.kids)
     }
 
     fn is_prunable(&self) -> bool {
-        self.value == NONE && self.hash == NONE && self.plus == NONE && self.child_count == 0
+        self.value == NONE && self.hash == NONE && self.plus == NONE && self.kids == NONE
     }
 }
 
@@ -303,6 +311,8 @@ pub struct TopicTrie<V, P = Unpacked> {
     /// Head of the free-node list (linked through `Node::hash`).
     free: Idx,
     live_nodes: usize,
+    /// The children of nodes with two or more literal children (see `Node::kids`).
+    kid_sets: ChunkSlab<children::Kids>,
     /// Values by index, so a node pays 4 bytes, not `size_of::<Option<V>>()`, per slot.
     values: ChunkSlab<V>,
     /// Values kept in their node's slot (see [`Pack`]).
@@ -415,6 +425,7 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
             chunks,
             free: NONE,
             live_nodes: 1,
+            kid_sets: ChunkSlab::new(),
             values: ChunkSlab::new(),
             packed: 0,
             hasher: ahash::RandomState::new(),
@@ -441,12 +452,13 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
         self.live_nodes
     }
 
-    /// Bytes the keys take beyond an empty trie, estimated: their nodes and slab
-    /// values (packed values cost nothing beyond their node). Labels longer than a
-    /// node's inline room, child tables and whatever a value owns on the heap are not
-    /// counted.
+    /// Bytes the keys take beyond an empty trie, estimated: their nodes, the kid
+    /// sets of nodes with several children and slab values (packed values cost
+    /// nothing beyond their node). Labels longer than a node's inline room, the
+    /// kid sets' slot arrays and whatever a value owns on the heap are not counted.
     pub fn approx_bytes(&self) -> usize {
         (self.live_nodes - 1) * std::mem::size_of::<Node>()
+            + self.kid_sets.len() * std::mem::size_of::<children::Kids>()
             + self.values.len() * std::mem::size_of::<V>()
     }
 
@@ -527,11 +539,11 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
                     }
                     // Literal only: a topic level `+` must not reach the plus child twice.
                     // The single-child case inline: it is most of a topic's levels.
-                    let c = if node.one != NONE {
-                        self.node(node.one)
+                    let c = if let Some(one) = node.only_child() {
+                        self.node(one)
                             .label
                             .consumes(topic, pos, level, next)
-                            .map(|p| (node.one, p))
+                            .map(|p| (one, p))
                     } else {
                         self.literal_child_at(node, topic, pos, level, next)
                     };
@@ -853,8 +865,10 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
                 parent_len,
             });
         }
-        let kids = node.kids.iter().step_by(2);
-        for &c in std::iter::once(&node.one)
+        let set = self.kid_set(node).map_or(&[][..], |k| &k.slots[..]);
+        let kids = set.iter().step_by(2);
+        for &c in std::iter::once(&node.kids)
+            .filter(|&&c| c < MANY)
             .chain(kids)
             .filter(|&&c| c != NONE)
         {
@@ -961,9 +975,7 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
         let node = self.node_mut(c);
         let moved = Node {
             label: EMPTY_LABEL,
-            kids: std::mem::take(&mut node.kids),
-            one: std::mem::replace(&mut node.one, d),
-            child_count: std::mem::replace(&mut node.child_count, 1),
+            kids: std::mem::replace(&mut node.kids, d),
             value: std::mem::replace(&mut node.value, NONE),
             hash: std::mem::replace(&mut node.hash, NONE),
             plus: std::mem::replace(&mut node.plus, NONE),
@@ -971,8 +983,6 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
         node.label = head;
         let below = self.node_mut(d);
         below.kids = moved.kids;
-        below.one = moved.one;
-        below.child_count = moved.child_count;
         below.value = moved.value;
         below.hash = moved.hash;
         below.plus = moved.plus;
@@ -988,13 +998,13 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
             || node.value != NONE
             || node.hash != NONE
             || node.plus != NONE
-            || node.child_count != 1
-            || node.one == NONE
             || is_wild(node.label.as_bytes())
         {
             return;
         }
-        let d = node.one;
+        let Some(d) = node.only_child() else {
+            return;
+        };
         let child = self.node(d);
         if is_wild(child.label.as_bytes()) {
             return;
@@ -1005,19 +1015,11 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
         joined.push(b'/');
         joined.extend_from_slice(child.label.as_bytes());
         let below = self.node_mut(d);
-        let kids = std::mem::take(&mut below.kids);
-        let (one, child_count, value, hash, plus) = (
-            below.one,
-            below.child_count,
-            below.value,
-            below.hash,
-            below.plus,
-        );
+        let kids = std::mem::replace(&mut below.kids, NONE);
+        let (value, hash, plus) = (below.value, below.hash, below.plus);
         let node = self.node_mut(n);
         node.label = Label::new(&joined);
         node.kids = kids;
-        node.one = one;
-        node.child_count = child_count;
         node.value = value;
         node.hash = hash;
         node.plus = plus;
@@ -1086,11 +1088,10 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
         self.live_nodes -= 1;
         let next = self.free;
         let node = self.node_mut(n);
-        // Drop the label's and children's heap memory now, not on reuse.
+        // Drop the label's heap memory now, not on reuse. A released node has no
+        // children left (pruned) or has handed them to its parent (merged).
         node.label = EMPTY_LABEL;
-        node.kids = Box::default();
-        node.one = NONE;
-        node.child_count = 0;
+        node.kids = NONE;
         node.value = NONE;
         node.plus = NONE;
         node.hash = next;

@@ -80,12 +80,16 @@ fn control_messages_wait_for_room_in_a_full_mesh() {
     let mut take = |ep: &mut Endpoint<WorkerMsg>| {
         ep.recv_batch(16, |_, m| match m {
             WorkerMsg::Shard(ShardMsg::RouteAck { seq }) => got.push(format!("ack {seq}")),
-            WorkerMsg::Shard(ShardMsg::Route(r)) => got.push(format!(
-                "route {} add={} seq={}",
-                String::from_utf8_lossy(&r.filter),
-                r.add,
-                r.seq
-            )),
+            WorkerMsg::Shard(ShardMsg::Routes(batch)) => {
+                for r in batch {
+                    got.push(format!(
+                        "route {} add={} seq={}",
+                        String::from_utf8_lossy(&r.filter),
+                        r.add,
+                        r.seq
+                    ))
+                }
+            }
             other => got.push(format!("{other:?}")),
         })
     };

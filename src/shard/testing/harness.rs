@@ -46,8 +46,9 @@ pub(crate) struct Cluster {
     /// Which client each connection id is, hand-offs (refused, held, adopted).
     pub wiring: Wiring,
     mesh: TestMesh,
-    /// Shard messages carried so far, by kind: (publish, route).
-    pub mesh_counts: (usize, usize),
+    /// Shard messages carried so far, by kind: (publishes, route updates, the
+    /// `Routes` messages that carried those updates).
+    pub mesh_counts: (usize, usize, usize),
     /// While set, `pump` leaves shard-to-shard messages in flight (to test races).
     pub hold_mesh: bool,
     /// Messages one ordered pair of shards may have in flight, like the worker's ring
@@ -103,7 +104,7 @@ impl Cluster {
             clients: Vec::new(),
             wiring: Wiring::default(),
             mesh: VecDeque::new(),
-            mesh_counts: (0, 0),
+            mesh_counts: (0, 0, 0),
             hold_mesh: false,
             mesh_room: None,
             mesh_dropped: 0,
@@ -412,7 +413,11 @@ impl Cluster {
     fn carry(&mut self, from: ShardId, to: ShardId, msg: ShardMsg) {
         match &msg {
             ShardMsg::Publish { .. } => self.mesh_counts.0 += 1,
-            ShardMsg::Route(_) => self.mesh_counts.1 += 1,
+            // Route updates, not messages: a batch carries several.
+            ShardMsg::Routes(batch) => {
+                self.mesh_counts.1 += batch.len();
+                self.mesh_counts.2 += 1;
+            }
             ShardMsg::RouteAck { .. }
             | ShardMsg::StoreAck { .. }
             | ShardMsg::StoreNack { .. }

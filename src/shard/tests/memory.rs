@@ -216,8 +216,8 @@ fn route_rows_count_against_the_mark() {
     let mut cl = Cluster::new(2, config);
     let s = cl.connect_ok(V311, &id_on(0, 2, "subs"), ConnectOpts::default(), false);
     // Each filter is a row on both shards: shard 1 holds only replicated rows,
-    // packed into their trie nodes (64 B each).
-    let filters: Vec<String> = (0..200).map(|i| format!("fleet/{i}/cmd")).collect();
+    // packed into their trie nodes (32 B each).
+    let filters: Vec<String> = (0..400).map(|i| format!("fleet/{i}/cmd")).collect();
     for f in &filters {
         cl.subscribe(s, f, Q0);
     }

@@ -8,6 +8,7 @@ use smallvec::smallvec;
 use super::cfg;
 use crate::protocol::{Packet, Properties, QoS, SubscriptionOptions, UnsubAck, Unsubscribe};
 use crate::shard::harness::*;
+use crate::shard::ROUTE_BATCH_MAX;
 
 const Q0: QoS = QoS::AtMostOnce;
 
@@ -272,4 +273,39 @@ fn live_delivery_of_a_retained_message_is_data_and_the_replica_still_converges()
     let late = cl.connect_ok(V311, &id_on(1, 2, "late"), ConnectOpts::default(), false);
     cl.subscribe(late, "r", Q0);
     cl.expect(late, pubp("r", "v", Q0, true, 0));
+}
+
+#[test]
+fn route_updates_waiting_for_room_leave_in_batches() {
+    let (mut cl, _x_sub, pub1, c1, c0) = two_shards();
+    fill(&mut cl, pub1);
+    let (updates, messages) = (cl.mesh_counts.1, cl.mesh_counts.2);
+    // A subscribe storm on shard 1 while its ring to shard 0 is full.
+    let n = ROUTE_BATCH_MAX + 10;
+    for i in 0..n {
+        cl.subscribe_with(
+            c1,
+            &format!("dev/{i}/cmd"),
+            SubscriptionOptions::default(),
+            Properties::default(),
+        );
+    }
+    cl.expect_nothing(c1);
+    cl.hold_mesh = false;
+    cl.pump();
+    assert_eq!(cl.mesh_counts.1 - updates, n, "one add per filter");
+    assert_eq!(
+        cl.mesh_counts.2 - messages,
+        2,
+        "a full batch and the rest: two ring slots, not {n}"
+    );
+    for _ in 0..n {
+        cl.expect(c1, suback(1, &[granted(Q0)]));
+    }
+    // Shard 0 applied every add of both batches.
+    for i in [0, ROUTE_BATCH_MAX - 1, ROUTE_BATCH_MAX, n - 1] {
+        let topic = format!("dev/{i}/cmd");
+        cl.publish(c0, &topic, "m", Q0, false, 0);
+        cl.expect(c1, pubp(&topic, "m", Q0, false, 0));
+    }
 }

@@ -1,15 +1,44 @@
-//! The trie's children: how a node finds, attaches and detaches a child by level,
-//! with a short unsorted list up to `SMALL_MAX` children and an open-addressing
-//! table keyed by the hash of the child label's first level above it (a compressed
-//! label is found by its first level). Split out of `topic/trie.rs`.
+//! The trie's children: how a node finds, attaches and detaches a child by level.
+//! One child is the node's own `kids` link; two or more are a [`Kids`] entry in the
+//! trie's `kid_sets`: a short unsorted list up to `SMALL_MAX` children and an
+//! open-addressing table keyed by the hash of the child label's first level above
+//! it (a compressed label is found by its first level). Split out of `topic/trie.rs`.
 
 use super::*;
+
+/// The literal children of a node with two or more, as `[child, tag]` pairs in
+/// `slots` (`tag` is the child label's 32-bit hash, compared before the label to
+/// skip wrong candidates without visiting them). Up to `SMALL_MAX` children: an
+/// exact-size list. Above: a power-of-two open-addressing table (linear probing,
+/// home slot `tag & mask`, child `NONE` = empty), 8 bytes per slot and no
+/// duplicated label. Kept outside the node so that leaves, most nodes, do not
+/// carry the 16-byte slice and the count.
+pub(super) struct Kids {
+    pub(super) slots: Box<[Idx]>,
+    count: u32,
+}
+
+impl Kids {
+    fn is_table(&self) -> bool {
+        self.slots.len() > 2 * SMALL_MAX
+    }
+}
 
 impl<V, P: Pack<V>> TopicTrie<V, P> {
     /// A label's 32-bit hash: the table's home slot is `tag & mask`, so tables
     /// rehash and shift entries without visiting the child nodes.
     pub(super) fn tag(&self, label: &[u8]) -> Idx {
         self.hasher.hash_one(label) as Idx
+    }
+
+    /// The children of `node` when it has two or more.
+    #[inline(always)]
+    pub(super) fn kid_set(&self, node: &Node) -> Option<&Kids> {
+        match node.kids {
+            NONE => None,
+            k if k >= MANY => self.kid_sets.get((k - MANY) as usize),
+            _ => None,
+        }
     }
 
     /// The child of `n` for `level` (`+` is the plus child), or `NONE`.
@@ -27,9 +56,9 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
 
     /// As `literal_child`, given the node itself.
     pub(super) fn literal_child_of(&self, node: &Node, level: &[u8]) -> Idx {
-        if node.one != NONE {
-            let hit = self.node(node.one).label.first_level_is(level);
-            return if hit { node.one } else { NONE };
+        if let Some(one) = node.only_child() {
+            let hit = self.node(one).label.first_level_is(level);
+            return if hit { one } else { NONE };
         }
         self.find_kid(node, level, |c| {
             self.node(c).label.first_level_is(level).then_some(c)
@@ -55,27 +84,26 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
         })
     }
 
-    /// Probes the children of `node` (two or more, in `kids`) whose tag is that of
-    /// `level`, returning the first for which `hit` says yes.
+    /// Probes the children of `node` (two or more, in its `Kids`) whose tag is that
+    /// of `level`, returning the first for which `hit` says yes.
     #[inline(always)]
     fn find_kid<T>(&self, node: &Node, level: &[u8], hit: impl Fn(Idx) -> Option<T>) -> Option<T> {
-        if node.kids.is_empty() {
-            return None;
-        }
+        let kids = self.kid_set(node)?;
         let tag = self.tag(level);
-        if !node.is_table() {
-            return pairs(&node.kids).find_map(|p| if p[1] == tag { hit(p[0]) } else { None });
+        let slots = &kids.slots;
+        if !kids.is_table() {
+            return pairs(slots).find_map(|p| if p[1] == tag { hit(p[0]) } else { None });
         }
-        let cap = node.kids.len() / 2;
+        let cap = slots.len() / 2;
         let mask = cap - 1;
         let mut i = tag as usize & mask;
         // Load stays at most 3/4, so an empty slot ends the probe; the bound is a backstop.
         for _ in 0..cap {
-            let c = node.kids[2 * i];
+            let c = slots[2 * i];
             if c == NONE {
                 return None;
             }
-            if node.kids[2 * i + 1] == tag {
+            if slots[2 * i + 1] == tag {
                 if let Some(t) = hit(c) {
                     return Some(t);
                 }
@@ -91,40 +119,43 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
             return;
         }
         let tag = self.tag(level);
-        let p = self.node(parent);
-        let (one, count) = (p.one, p.child_count as usize + 1);
-        let one_tag = if one != NONE {
-            self.tag(self.node(one).label.first_level())
-        } else {
-            0
-        };
-        let p = self.node_mut(parent);
-        if count == 1 {
-            p.one = child;
-            p.child_count = 1;
+        let k = self.node(parent).kids;
+        if k == NONE {
+            self.node_mut(parent).kids = child;
             return;
         }
-        let mut kids = std::mem::take(&mut p.kids);
-        if one != NONE {
-            kids = Box::new([one, one_tag, child, tag]);
-        } else if kids.len() > 2 * SMALL_MAX {
-            let cap = kids.len() / 2;
+        if k < MANY {
+            let one_tag = self.tag(self.node(k).label.first_level());
+            let set = self.kid_sets.insert(Kids {
+                slots: Box::new([k, one_tag, child, tag]),
+                count: 2,
+            });
+            // Fewer sets than nodes, so `set` stays far below `NONE - MANY` (see `MANY`).
+            self.node_mut(parent).kids = MANY + set as Idx;
+            return;
+        }
+        let Some(kids) = self.kid_sets.get_mut((k - MANY) as usize) else {
+            return;
+        };
+        let count = kids.count as usize + 1;
+        let mut slots = std::mem::take(&mut kids.slots);
+        if slots.len() > 2 * SMALL_MAX {
+            let cap = slots.len() / 2;
             if count * 4 > cap * 3 {
-                kids = rebuild_table(&kids, cap * 2);
+                slots = rebuild_table(&slots, cap * 2);
             }
-            table_insert(&mut kids, child, tag);
+            table_insert(&mut slots, child, tag);
         } else if count <= SMALL_MAX {
             let mut list = Vec::with_capacity(2 * count);
-            list.extend_from_slice(&kids);
+            list.extend_from_slice(&slots);
             list.extend_from_slice(&[child, tag]);
-            kids = list.into_boxed_slice();
+            slots = list.into_boxed_slice();
         } else {
-            kids = rebuild_table(&kids, TABLE_MIN);
-            table_insert(&mut kids, child, tag);
+            slots = rebuild_table(&slots, TABLE_MIN);
+            table_insert(&mut slots, child, tag);
         }
-        p.one = NONE;
-        p.kids = kids;
-        p.child_count = count as u32;
+        kids.slots = slots;
+        kids.count = count as u32;
     }
 
     pub(super) fn detach(&mut self, parent: Idx, child: Idx) {
@@ -133,42 +164,49 @@ impl<V, P: Pack<V>> TopicTrie<V, P> {
             self.node_mut(parent).plus = NONE;
             return;
         }
-        if p.one == child {
-            let p = self.node_mut(parent);
-            p.one = NONE;
-            p.child_count = 0;
+        if p.kids == child {
+            self.node_mut(parent).kids = NONE;
             return;
         }
+        let k = p.kids;
+        if k < MANY || k == NONE {
+            return;
+        }
+        let set = (k - MANY) as usize;
         let tag = self.tag(self.node(child).label.first_level());
-        let p = self.node_mut(parent);
-        let mut kids = std::mem::take(&mut p.kids);
-        let count = (p.child_count as usize).saturating_sub(1);
-        if kids.len() > 2 * SMALL_MAX {
-            table_remove(&mut kids, child, tag);
-            let cap = kids.len() / 2;
+        let Some(kids) = self.kid_sets.get_mut(set) else {
+            return;
+        };
+        let mut slots = std::mem::take(&mut kids.slots);
+        let count = (kids.count as usize).saturating_sub(1);
+        if slots.len() > 2 * SMALL_MAX {
+            table_remove(&mut slots, child, tag);
+            let cap = slots.len() / 2;
             if count <= SMALL_BACK {
-                kids = pairs(&kids)
+                slots = pairs(&slots)
                     .filter(|p| p[0] != NONE)
                     .flatten()
                     .copied()
                     .collect();
             } else if cap > TABLE_MIN && count * 8 < cap {
-                kids = rebuild_table(&kids, cap / 2);
+                slots = rebuild_table(&slots, cap / 2);
             }
         } else {
-            kids = pairs(&kids)
+            slots = pairs(&slots)
                 .filter(|p| p[0] != child)
                 .flatten()
                 .copied()
                 .collect();
         }
         if count == 1 {
-            // Back to the inline form; `kids` is a one-pair list here.
-            p.one = kids.first().copied().unwrap_or(NONE);
-            kids = Box::default();
+            // Back to the node's own link; `slots` is a one-pair list here.
+            let one = slots.first().copied().unwrap_or(NONE);
+            self.kid_sets.remove(set);
+            self.node_mut(parent).kids = one;
+            return;
         }
-        p.kids = kids;
-        p.child_count = count as u32;
+        kids.slots = slots;
+        kids.count = count as u32;
     }
 }
 

@@ -74,8 +74,10 @@ fn short_eq_equals_slice_eq() {
 
 #[test]
 fn layout_sizes() {
-    assert_eq!(std::mem::size_of::<Label>(), 24);
-    assert_eq!(std::mem::size_of::<Node>(), 64);
+    // A leaf (a device's own subscription) is one node on every loop: 32 bytes,
+    // half of the 64 it took with the child slice and count inside the node.
+    assert_eq!(std::mem::size_of::<Label>(), 16);
+    assert_eq!(std::mem::size_of::<Node>(), 32);
 }
 
 #[test]
@@ -244,6 +246,7 @@ fn many_children_switch_to_table_and_back() {
     }
     assert!(t.is_empty());
     assert_eq!(t.node_count(), 1);
+    assert_eq!(t.kid_sets.len(), 0, "dev's children went with it");
 }
 
 #[test]
@@ -358,7 +361,9 @@ fn compressed_paths_split_and_merge() {
     assert_eq!(matched_filters(&t, "dev/9/cmd"), ["dev/+/cmd"]);
 }
 
-const LEVELS: &[&str] = &["", "$SYS", "$", "a", "b", "+", "#", "a+"];
+/// `twelve-bytes` makes compressed labels of either form: `a/twelve-bytes` (14
+/// bytes) is inline, `twelve-bytes/a/b` (16) on the heap.
+const LEVELS: &[&str] = &["", "$SYS", "$", "a", "b", "+", "#", "a+", "twelve-bytes"];
 
 fn key() -> impl Strategy<Value = String> {
     prop::collection::vec(prop::sample::select(LEVELS), 1..5).prop_map(|v| v.join("/"))
@@ -478,6 +483,7 @@ proptest! {
                 fresh.insert(m.as_bytes(), ());
             }
             prop_assert_eq!(trie.node_count(), fresh.node_count(), "{:?}", model);
+            prop_assert_eq!(trie.kid_sets.len(), fresh.kid_sets.len(), "{:?}", model);
         }
     }
 
@@ -496,6 +502,8 @@ proptest! {
             for j in 0..64u16 {
                 prop_assert_eq!(trie.get(format!("p/{j}").as_bytes()).as_deref().copied(), model.get(&j).copied());
             }
+            // Only `p` can have several children: its set lives while it has two or more.
+            prop_assert_eq!(trie.kid_sets.len(), usize::from(model.len() >= 2));
         }
         let mut got = Vec::new();
         trie.for_each_matching_filter(b"p/+", |_, v| got.push(*v));
@@ -533,7 +541,8 @@ fn packed_values_live_in_the_node() {
     );
     assert_eq!(
         t.approx_bytes(),
-        t.node_count().saturating_sub(1) * 64 + 2 * 4
+        t.node_count().saturating_sub(1) * 32 + 2 * 4 + 2 * std::mem::size_of::<children::Kids>(),
+        "root's and dev's children are kid sets"
     );
     assert_eq!(t.get(b"all").as_deref(), Some(&(u32::MAX >> 1)));
     // Growing past what packs moves the value to the slab, shrinking moves it back.
