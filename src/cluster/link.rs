@@ -2,6 +2,13 @@
 //! runtime) per node, joined to the event loops by bounded queues only, so a loop never
 //! waits on the network or on NATS.
 //!
+//! Its main task never awaits a NATS write either (review10 H1): async-nats stops
+//! reading its command queue while it reconnects, so a write awaited there would
+//! park the task that delivers the fence, answers claims and sees the stop.
+//! Publishes go to the writer task (`nats_writer`) through a bounded queue; the
+//! rest (subscriptions, replies, copies sent to another node) are tasks of their
+//! own, each bounded in time.
+//!
 //! The queues to and from the loops are in `bridge.rs`.
 //!
 //! This thread owns the interest table (NATS subscriptions follow it), the
@@ -11,7 +18,7 @@
 //! read.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::future::{poll_fn, IntoFuture};
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -52,8 +59,23 @@ pub const QOS_STREAM: &str = "RINGMQ_QOS1";
 /// partition (not in this version), bounded so the stream cannot grow for ever.
 const QOS_STREAM_MAX_AGE: Duration = Duration::from_secs(3600);
 const QOS_STREAM_MAX_BYTES: i64 = 1 << 30;
-/// JetStream acks in flight at once; more wait (backpressure on the cluster thread).
+/// JetStream acks waiting for the main task (it reads them at every turn).
 const ACKS_MAX: usize = 8192;
+/// Loop turns' publishes waiting for the writer task. While it is full the main
+/// task takes no more turns from the loops (their rings fill, then their plain
+/// publishes are dropped and counted, as when the cluster thread is slow); with
+/// NATS away nothing is queued: QoS 0 is dropped, QoS 1/2 refused at once.
+const WRITES_MAX: usize = 256;
+/// Bound on one write of the writer task, and on a reply or a session's copies sent
+/// to another node: past it the connection is taken as stuck.
+const WRITE_MAX: Duration = Duration::from_secs(2);
+/// How long a QoS 1/2 publish may wait for JetStream's ack, re-published when the
+/// connection was lost meanwhile (a failover to another server: review10 M7) or
+/// JetStream refused it (no stream leader yet), before its publisher is refused.
+/// Long enough to ride over a stream leader election after a nats-server dies
+/// (nats-server's Raft election timeout is 4-9 s); each attempt is bounded by
+/// async-nats's own JetStream timeout (5 s).
+const QOS_STORE_MAX: Duration = Duration::from_secs(15);
 /// Session claims answered and takeover requests waiting for the main task, and
 /// takeover requests waiting for their loop's answer; past it a request is answered
 /// "busy" at once (`REPLY_BUSY`), and its sender asks again.
@@ -61,7 +83,7 @@ const SESSIONS_MAX: usize = 4096;
 /// Claimed answers, takeover requests and dead nodes' wills waiting for room in one
 /// loop's ring; while any loop has this many, the sources feeding them are not read
 /// (their senders wait in their own tasks, NATS holds the rest).
-const PENDING_IN_MAX: usize = SESSIONS_MAX;
+pub(super) const PENDING_IN_MAX: usize = SESSIONS_MAX;
 /// Bound on a graceful stop's last forwarding of the loops' output and its withdrawal
 /// of this node's wills entries.
 const STOP_WILLS_MAX: Duration = Duration::from_secs(3);
@@ -82,16 +104,28 @@ const CLUSTER_ORIGIN: usize = u32::MAX as usize;
 pub struct ClusterThread {
     handle: Option<JoinHandle<()>>,
     stop: Arc<Notify>,
+    /// Closed when the thread ends (its sender is dropped with the thread's state).
+    ended: std::sync::mpsc::Receiver<()>,
     pub status: Arc<ClusterStatus>,
 }
 
+/// Bound on `ClusterThread::stop`: the thread's own stop bounds and a margin.
+const STOP_MAX: Duration = Duration::from_secs(5);
+
 impl ClusterThread {
     /// Asks the thread to stop (after flushing what NATS still has to send) and
-    /// waits for it.
+    /// waits for it, at most `STOP_MAX`: SIGTERM never hangs on NATS (review10 H1).
     pub fn stop(mut self) {
         self.stop.notify_one();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+        match self.ended.recv_timeout(STOP_MAX) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!("cluster: thread did not stop within {STOP_MAX:?}; left behind");
+            }
+            _ => {
+                if let Some(h) = self.handle.take() {
+                    let _ = h.join();
+                }
+            }
         }
     }
 }
@@ -138,6 +172,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
         });
     }
     let stop = Arc::new(Notify::new());
+    let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
     let settings = Settings::from(cfg, node, headers::new_incarnation());
     let thread_status = status.clone();
     let thread_stop = stop.clone();
@@ -145,13 +180,14 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
         .name("ringmq-cluster".into())
         .spawn(move || {
             // However the thread ends (even by a panic), the loops stop waiting for it.
-            struct Stopped(Arc<ClusterStatus>);
+            struct Stopped(Arc<ClusterStatus>, std::sync::mpsc::Sender<()>);
             impl Drop for Stopped {
                 fn drop(&mut self) {
                     self.0.stopped.store(true, Ordering::Release);
+                    let _ = self.1.send(());
                 }
             }
-            let _stopped = Stopped(thread_status.clone());
+            let _stopped = Stopped(thread_status.clone(), ended_tx);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -190,6 +226,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
         ClusterThread {
             handle: Some(handle),
             stop,
+            ended,
             status,
         },
         links,
@@ -280,11 +317,13 @@ struct State {
 }
 
 /// `echo`: whether this connection gets the node's own publishes back. The main one
-/// does not (no-echo); the one holding queue subscriptions does, because NATS must be
-/// able to pick this node as a shared group's member for its own publishes.
+/// does not (no-echo) and its state is the node's (`connected`); the one holding
+/// queue subscriptions does, because NATS must be able to pick this node as a
+/// shared group's member for its own publishes. Both count their slow-consumer
+/// drops.
 async fn connect(
     s: &Settings,
-    status: Option<Arc<ClusterStatus>>,
+    status: Arc<ClusterStatus>,
     echo: bool,
 ) -> Result<async_nats::Client, String> {
     let mut o = async_nats::ConnectOptions::new()
@@ -309,16 +348,15 @@ async fn connect(
     if !echo {
         o = o.no_echo();
     }
-    let Some(st) = status else {
-        return o
-            .connect(s.urls.clone())
-            .await
-            .map_err(|e| format!("cluster_nats {}: {e}", s.urls.join(",")));
-    };
+    let main = !echo;
     o = o.event_callback(move |ev| {
-        let st = st.clone();
+        let st = status.clone();
         async move {
             match ev {
+                async_nats::Event::SlowConsumer(_) => {
+                    st.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                }
+                _ if !main => tracing::debug!("cluster (queue connection): {ev}"),
                 async_nats::Event::Connected => {
                     st.connected.store(true, Ordering::Relaxed);
                     tracing::info!("cluster: connected to NATS");
@@ -346,8 +384,8 @@ async fn run(
     stop: Arc<Notify>,
 ) {
     let conns = (
-        connect(&st.settings, Some(st.status.clone()), false).await,
-        connect(&st.settings, None, true).await,
+        connect(&st.settings, st.status.clone(), false).await,
+        connect(&st.settings, st.status.clone(), true).await,
     );
     let (client, queue_client) = match conns {
         (Ok(c), Ok(q)) => (c, q),
@@ -397,7 +435,28 @@ async fn run(
     let (lease_tx, lease_rx) =
         tokio::sync::watch::channel(wills::Lease::new(st.settings.timings.fence_after));
     let (fence_tx, mut fence_rx) = mpsc::channel::<bool>(4);
-    tokio::spawn(wills::fencer(lease_rx.clone(), fence_tx, st.status.clone()));
+    let (fencer_tx, mut fencer_rx) = mpsc::channel::<bool>(4);
+    tokio::spawn(wills::fencer(
+        lease_rx.clone(),
+        fencer_tx,
+        st.status.clone(),
+    ));
+    // The fencer has set `ClusterStatus::fenced`; every loop follows it at its next
+    // turn (`Shard::follow_cluster_fence`), so the loops are woken from here, not
+    // by the main task: the fence never waits behind it (review10 H1). The main
+    // task's `ClusterIn::Fence` is the second path (a full queue only drops a
+    // nudge the status already carries).
+    let fence_wakes = st.wakes.clone();
+    tokio::spawn(async move {
+        while let Some(on) = fencer_rx.recv().await {
+            for w in &fence_wakes {
+                if let Some(r) = w.get() {
+                    r.wake();
+                }
+            }
+            let _ = fence_tx.try_send(on);
+        }
+    });
     let writer = tokio::spawn(w.clone().writer(
         will_feed.clone(),
         reconcile.clone(),
@@ -428,14 +487,21 @@ async fn run(
         status.clone(),
     ));
     tokio::spawn(retained_watch(js.clone(), replicas, watch_tx, status));
+    let (write_tx, write_rx) = mpsc::channel::<Vec<Publish>>(WRITES_MAX);
+    tokio::spawn(nats_writer(
+        client.clone(),
+        js.clone(),
+        write_rx,
+        ack_tx.clone(),
+        st.status.clone(),
+    ));
     let loops_io = LoopsIo {
         client: client.clone(),
-        js: js.clone(),
+        write_tx: write_tx.clone(),
         claims: claims.clone(),
         claimed_tx: claimed_tx.clone(),
         in_tx: in_tx.clone(),
         ret_tx: ret_tx.clone(),
-        ack_tx: ack_tx.clone(),
         will_feed: will_feed.clone(),
         state_feed: state_feed.clone(),
         alive_nodes,
@@ -444,13 +510,22 @@ async fn run(
         tokio::select! {
             biased;
             _ = stop.notified() => break,
-            _ = poll_fn(|cx| bell.poll(cx)) => {
-                st.drain_loops(&mut from_loops, &loops_io).await;
+            _ = poll_fn(|cx| bell.poll(cx)), if write_tx.capacity() > 0 => {
+                st.drain_loops(&mut from_loops, &loops_io);
+                // Nothing above awaits, and the loops ring the bell every turn: let
+                // the writer and async-nats's own tasks run.
+                tokio::task::yield_now().await;
             }
-            m = in_rx.recv() => {
+            // The writer is behind: look again soon (the bell stays rung).
+            _ = tokio::time::sleep(Duration::from_millis(1)), if write_tx.capacity() == 0 => {}
+            // Not read while a loop's queue is long: QoS 1/2 messages wait there for
+            // room in its ring (review10 M2), and NATS holds the rest (past
+            // async-nats's own bound, counted as slow-consumer drops).
+            m = in_rx.recv(), if st.pending_in.has_room() => {
                 let Some((key, m)) = m else { continue };
                 st.on_nats(&key, m);
-                while let Ok((key, m)) = in_rx.try_recv() {
+                while st.pending_in.has_room() {
+                    let Ok((key, m)) = in_rx.try_recv() else { break };
                     st.on_nats(&key, m);
                     if st.woken_burst >= WAKE_BURST {
                         st.wake();
@@ -473,10 +548,10 @@ async fn run(
             }
             c = claimed_rx.recv(), if st.pending_in.has_room() => {
                 let Some((l, m)) = c else { continue };
-                st.push_claimed(&client, &claims, l, m).await;
+                st.push_claimed(&client, &claims, l, m);
                 while st.pending_in.has_room() {
                     let Ok((l, m)) = claimed_rx.try_recv() else { break };
-                    st.push_claimed(&client, &claims, l, m).await;
+                    st.push_claimed(&client, &claims, l, m);
                 }
                 st.wake();
             }
@@ -508,17 +583,18 @@ async fn run(
             }
             m = takeover_rx.recv(), if st.pending_in.has_room() => {
                 let Some(m) = m else { continue };
-                st.on_takeover_request(&client, &claims, m).await;
+                st.on_takeover_request(&client, &claims, m);
                 while st.pending_in.has_room() {
                     let Ok(m) = takeover_rx.try_recv() else { break };
-                    st.on_takeover_request(&client, &claims, m).await;
+                    st.on_takeover_request(&client, &claims, m);
                 }
                 st.wake();
             }
-            e = watch_rx.recv() => {
+            e = watch_rx.recv(), if st.pending_in.has_room() => {
                 let Some(e) = e else { continue };
                 st.on_retained(e);
-                while let Ok(e) = watch_rx.try_recv() {
+                while st.pending_in.has_room() {
+                    let Ok(e) = watch_rx.try_recv() else { break };
                     st.on_retained(e);
                     if st.woken_burst >= WAKE_BURST {
                         st.wake();
@@ -532,9 +608,12 @@ async fn run(
     // connections' wills, published or gone) is in the rings. Forward it, then let no
     // wills entry of this incarnation outlive the process (`Wills::withdraw_all`).
     let wills_left = async {
-        // Under the same bound as the withdrawal (review L5): with NATS away a
-        // forwarded publish could block, and SIGTERM must not hang on it.
-        st.drain_loops(&mut from_loops, &loops_io).await;
+        // Under the same bound as the withdrawal (review L5): with NATS away the
+        // writer's publishes could block, and SIGTERM must not hang on them.
+        st.drain_loops(&mut from_loops, &loops_io);
+        while write_tx.capacity() < write_tx.max_capacity() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         writer.abort();
         // The writer's changes are moot now: every entry of this incarnation goes.
         let _ = client.flush().await;
@@ -556,12 +635,11 @@ async fn run(
 /// What `drain_loops` hands on to: NATS, the claim tasks, the writers.
 struct LoopsIo {
     client: async_nats::Client,
-    js: jetstream::Context,
+    write_tx: mpsc::Sender<Vec<Publish>>,
     claims: Claims,
     claimed_tx: mpsc::Sender<(usize, ClusterIn)>,
     in_tx: mpsc::Sender<Inbound>,
     ret_tx: mpsc::Sender<(String, Option<Bytes>)>,
-    ack_tx: mpsc::Sender<(usize, AckToken, bool)>,
     will_feed: wills::WillFeed,
     state_feed: wills::WillFeed,
     alive_nodes: wills::AliveNodes,
@@ -579,6 +657,161 @@ async fn watch_max_payload(client: async_nats::Client, status: Arc<ClusterStatus
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// One publish for the writer task (which takes one loop turn's at a time).
+struct Publish {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    /// QoS 1/2: the loop and the held PUBACK (PUBREC) waiting for JetStream's ack.
+    ack: Option<(usize, AckToken)>,
+}
+
+fn nats_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Writes the loops' publishes to NATS in the order they were made, so the main task
+/// never waits on NATS (review10 H1). Each write is bounded by `WRITE_MAX`; while the
+/// connection is away nothing is awaited: a QoS 0 copy is dropped, a QoS 1/2
+/// publisher refused (`stored: false`). A QoS 1/2 publish's ack is awaited in a task
+/// of its own (`store`), so many are in flight at once.
+async fn nats_writer(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Vec<Publish>>,
+    ack_tx: mpsc::Sender<(usize, AckToken, bool)>,
+    status: Arc<ClusterStatus>,
+) {
+    while let Some(batch) = rx.recv().await {
+        for w in batch {
+            write_one(&client, &js, &ack_tx, &status, w).await;
+        }
+    }
+}
+
+async fn write_one(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    ack_tx: &mpsc::Sender<(usize, AckToken, bool)>,
+    status: &Arc<ClusterStatus>,
+    w: Publish,
+) {
+    {
+        let Some((from, token)) = w.ack else {
+            let sent = nats_connected(client)
+                && tokio::time::timeout(
+                    WRITE_MAX,
+                    client.publish_with_headers(w.subject, w.headers, w.payload),
+                )
+                .await
+                .is_ok_and(|r| r.is_ok());
+            let c = if sent {
+                &status.forwarded
+            } else {
+                &status.forward_dropped
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if !nats_connected(client) {
+            let _ = ack_tx.send((from, token, false)).await;
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + QOS_STORE_MAX;
+        // Read before the publish: a disconnect after it may have lost it.
+        let lost = status.disconnects.load(Ordering::Relaxed);
+        let first = tokio::time::timeout(
+            WRITE_MAX,
+            js.publish_with_headers(w.subject.clone(), w.headers.clone(), w.payload.clone()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok);
+        if first.is_some() {
+            status.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+        let (client, js, status, tx) = (client.clone(), js.clone(), status.clone(), ack_tx.clone());
+        tokio::spawn(async move {
+            let stored = store(&client, &js, &status, w, first, lost, deadline).await;
+            let _ = tx.send((from, token, stored)).await;
+        });
+    }
+}
+
+/// Waits for JetStream's ack of `w` (`first`: its publish, `None` if that failed),
+/// until `deadline`. A publish that failed, or that the connection was lost after
+/// (`ringmq_cluster_disconnects_total` moved past `lost`), is made again once the
+/// connection is back: async-nats fails over to another server, and the message
+/// must be stored before its PUBACK (review10 M7). A re-publish carries the same
+/// `Mqtt-Id`, so a receiver that got the first drops it (`seen_before`).
+async fn store(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    status: &ClusterStatus,
+    w: Publish,
+    first: Option<jetstream::context::PublishAckFuture>,
+    mut lost: u64,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let mut pending = first;
+    loop {
+        if let Some(ack) = pending.take() {
+            let dropped = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if status.disconnects.load(Ordering::Relaxed) != lost {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                r = ack.into_future() => {
+                    if r.is_ok() {
+                        return true;
+                    }
+                    // Refused (no stream yet, no leader): again shortly.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ = dropped => {}
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+        // The connection back, or the deadline.
+        while !nats_connected(client) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        lost = status.disconnects.load(Ordering::Relaxed);
+        let again =
+            js.publish_with_headers(w.subject.clone(), w.headers.clone(), w.payload.clone());
+        match tokio::time::timeout_at(deadline, again).await {
+            Ok(Ok(ack)) => pending = Some(ack),
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Sends `body` to `subject` (a reply, or a session's copies to another node) in a
+/// task of its own, bounded by `WRITE_MAX`: the main task never waits on it. What
+/// is not sent is handled as an unanswered request by its asker.
+fn send_bounded(client: &async_nats::Client, subject: impl Into<async_nats::Subject>, body: Bytes) {
+    let client = client.clone();
+    let subject: async_nats::Subject = subject.into();
+    tokio::spawn(async move {
+        match tokio::time::timeout(WRITE_MAX, client.publish(subject.clone(), body)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cluster: {subject} not sent: {e}"),
+            Err(_) => tracing::warn!("cluster: {subject} not sent within {WRITE_MAX:?}"),
+        }
+    });
 }
 
 /// Makes the QoS stream (retried until NATS answers; another node may make it first).
@@ -752,22 +985,25 @@ async fn retained_watch(
 }
 
 impl State {
-    /// Every loop's ring, each drained to empty (a ring is read only here).
-    async fn drain_loops(&mut self, from_loops: &mut [Consumer<ClusterOut>], io: &LoopsIo) {
+    /// Every loop's ring, each drained to empty (a ring is read only here). Awaits
+    /// nothing: NATS writes go to the writer task or tasks of their own.
+    fn drain_loops(&mut self, from_loops: &mut [Consumer<ClusterOut>], io: &LoopsIo) {
         for (from, c) in from_loops.iter_mut().enumerate() {
-            while let Some(mut out) = c.pop() {
+            // A turn is taken only when the writer has room for its publishes;
+            // the rest waits in the loop's ring.
+            while io.write_tx.capacity() > 0 {
+                let Some(mut out) = c.pop() else { break };
                 let asked = std::mem::take(&mut out.claims);
                 let handed = std::mem::take(&mut out.handovers);
                 let confirms = std::mem::take(&mut out.confirms);
                 for (client_id, node, session) in std::mem::take(&mut out.yields) {
                     let body = sessions::encode_merge(&client_id, &session);
-                    if let Err(e) = io
-                        .client
-                        .publish(sessions::takeover_subject(&node), body)
-                        .await
-                    {
-                        tracing::warn!("cluster: session given up to {node} not sent: {e}");
-                    }
+                    send_bounded(&io.client, sessions::takeover_subject(&node), body);
+                }
+                for client_id in std::mem::take(&mut out.local) {
+                    // Served by the loop at once while NATS was away: reconciled
+                    // when it returns, as a claim answered "local" would be.
+                    io.claims.served_locally(&client_id);
                 }
                 for (client, state) in std::mem::take(&mut out.states) {
                     // Latest per client, never waited for (as the wills below).
@@ -787,27 +1023,24 @@ impl State {
                     // stuck on JetStream.
                     io.will_feed.put(client, value);
                 }
-                self.on_batch(
-                    &io.client, &io.js, from, out, &io.in_tx, &io.ret_tx, &io.ack_tx,
-                )
-                .await;
-                self.on_sessions(io, from, asked, handed).await;
-                // After `on_batch` queued the loaded sessions' SUBs.
+                self.on_batch(&io.client, from, out, &io.in_tx, &io.ret_tx, &io.write_tx);
+                self.on_sessions(io, from, asked, handed);
+                // After `on_batch` spawned the loaded sessions' SUBs: tasks run in
+                // spawn order and async-nats's command queue is first come, first
+                // served, so each confirmation's flush follows those SUBs.
                 on_confirms(&io.client, &io.claims, &io.claimed_tx, from, confirms);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn on_batch(
+    fn on_batch(
         &mut self,
         client: &async_nats::Client,
-        js: &jetstream::Context,
         from: usize,
         out: ClusterOut,
         in_tx: &mpsc::Sender<Inbound>,
         ret_tx: &mpsc::Sender<(String, Option<Bytes>)>,
-        ack_tx: &mpsc::Sender<(usize, AckToken, bool)>,
+        write_tx: &mpsc::Sender<Vec<Publish>>,
     ) {
         for i in out.interest {
             let key = InterestKey {
@@ -815,7 +1048,7 @@ impl State {
                 group: i.group,
             };
             match self.interest.apply(from, &key, i.add) {
-                InterestChange::Subscribe => self.subscribe(client, key, in_tx).await,
+                InterestChange::Subscribe => self.subscribe(client, key, in_tx),
                 InterestChange::Unsubscribe => {
                     if let Some(tasks) = self.subs.remove(&key) {
                         for t in tasks {
@@ -829,6 +1062,11 @@ impl State {
         self.status
             .subscriptions
             .store(self.subs.len() as u64, Ordering::Relaxed);
+        // NATS away: async-nats would only queue the writes until its own queue
+        // blocks, so a QoS 0 copy is dropped and a QoS 1/2 publisher refused at once
+        // (review10 H1, M7).
+        let connected = nats_connected(client);
+        let mut batch = Vec::with_capacity(if connected { out.publishes.len() } else { 0 });
         for f in out.publishes {
             let m = &f.msg;
             let Some(subject) = topic_subject(&m.topic, QosClass::of(m.qos)) else {
@@ -852,28 +1090,18 @@ impl State {
             if let Some(p) = &f.publisher {
                 h.insert(headers::PUBLISHER, headers::encode_publisher(p));
             }
-            match f.ack {
-                // The publisher waits: a JetStream publish, its ack awaited off this
-                // task so many are in flight at once.
-                Some(token) => {
-                    let sent = js.publish_with_headers(subject, h, m.payload.clone()).await;
-                    self.status.forwarded.fetch_add(1, Ordering::Relaxed);
-                    let tx = ack_tx.clone();
-                    tokio::spawn(async move {
-                        let stored = match sent {
-                            Ok(ack) => ack.await.is_ok(),
-                            Err(_) => false,
-                        };
-                        let _ = tx.send((from, token, stored)).await;
-                    });
-                }
-                None => {
-                    if client
-                        .publish_with_headers(subject, h, m.payload.clone())
-                        .await
-                        .is_ok()
-                    {
-                        self.status.forwarded.fetch_add(1, Ordering::Relaxed);
+            if connected {
+                batch.push(Publish {
+                    subject,
+                    headers: h,
+                    payload: m.payload.clone(),
+                    ack: f.ack.map(|token| (from, token)),
+                });
+            } else {
+                match f.ack {
+                    Some(token) => self.pending_acks.push_back((from, token, false)),
+                    None => {
+                        self.status.forward_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
@@ -887,12 +1115,29 @@ impl State {
                 }
             }
         }
+        if !batch.is_empty() {
+            // `drain_loops` pops a turn only while the queue has room, so this fails
+            // only if the writer ended.
+            if let Err(e) = write_tx.try_send(batch) {
+                for p in e.into_inner() {
+                    match p.ack {
+                        Some((from, token)) => self.pending_acks.push_back((from, token, false)),
+                        None => {
+                            self.status.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }
+        }
         if !self.pending_acks.is_empty() {
             self.wake();
         }
     }
 
-    async fn subscribe(
+    /// One task per subject subscribes and then forwards (the SUB waits in the
+    /// task, not in the main one, while async-nats reconnects); aborting a task
+    /// before its SUB went out leaves nothing subscribed.
+    fn subscribe(
         &mut self,
         client: &async_nats::Client,
         key: InterestKey,
@@ -909,20 +1154,22 @@ impl State {
             return;
         }
         for subject in filter_subjects(&key.filter) {
-            let sub = match (&key.group, &self.queue_client) {
-                (Some(g), Some(q)) => q.queue_subscribe(subject.clone(), queue_group(g)).await,
-                _ => client.subscribe(subject.clone()).await,
-            };
-            let mut sub = match sub {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cluster: subscribe {subject}: {e}");
-                    continue;
-                }
-            };
+            let (client, queue) = (client.clone(), self.queue_client.clone());
+            let group = key.group.as_ref().map(|g| queue_group(g));
             let tx = in_tx.clone();
             let k = shared.clone();
             tasks.push(tokio::spawn(async move {
+                let sub = match (group, queue) {
+                    (Some(g), Some(q)) => q.queue_subscribe(subject.clone(), g).await,
+                    _ => client.subscribe(subject.clone()).await,
+                };
+                let mut sub = match sub {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("cluster: subscribe {subject}: {e}");
+                        return;
+                    }
+                };
                 while let Some(m) = sub.next().await {
                     if tx.send((k.clone(), m)).await.is_err() {
                         break;
@@ -981,6 +1228,9 @@ impl State {
             cluster_key: headers::message_key(&meta.origin, meta.id),
         });
         self.status.received.fetch_add(1, Ordering::Relaxed);
+        // A QoS 1/2 message was PUBACKed on its node once stored: it waits here
+        // for room rather than being dropped (review10 M2).
+        let must_arrive = meta.qos != crate::protocol::QoS::AtMostOnce;
         match &key.group {
             None => {
                 // A second matching filter's copy was dropped above, so every loop
@@ -995,6 +1245,7 @@ impl State {
                             shared: Vec::new(),
                             hold: 0,
                         },
+                        must_arrive,
                     );
                 }
             }
@@ -1018,6 +1269,7 @@ impl State {
                         shared: vec![target],
                         hold: 0,
                     },
+                    must_arrive,
                 );
             }
         }
@@ -1060,13 +1312,13 @@ impl State {
         let body = crate::shard::RetainedBody::from_cluster(&msg);
         self.status.retained_applied.fetch_add(1, Ordering::Relaxed);
         for l in 0..self.producers.len() {
-            self.push(l, ShardMsg::Retain(body.clone()));
+            self.push(l, ShardMsg::Retain(body.clone()), true);
         }
     }
 
     /// A loop's session traffic: claims of its held CONNECTs (each a task, so a slow
     /// bucket never holds up forwarding) and its answers to takeover requests.
-    async fn on_sessions(
+    fn on_sessions(
         &mut self,
         io: &LoopsIo,
         from: usize,
@@ -1117,16 +1369,14 @@ impl State {
             } else {
                 sessions::encode_reply(h.session.as_ref(), h.reply)
             };
-            if let Err(e) = client.publish(to, body).await {
-                tracing::warn!("cluster: session hand-over not sent: {e}");
-            }
+            send_bounded(client, to, body);
         }
     }
 
     /// An answer for loop `l`; a claim's answer also releases the takeover requests
     /// for its id that waited for it (`on_takeover_request`), in that order on the
     /// loop's queue: the loop loads the session first and then gives it up whole.
-    async fn push_claimed(
+    fn push_claimed(
         &mut self,
         client: &async_nats::Client,
         claims: &Claims,
@@ -1149,7 +1399,7 @@ impl State {
             self.claiming.remove(&id);
             for r in self.deferred.remove(&id).unwrap_or_default() {
                 self.deferred_count -= 1;
-                self.on_takeover_request(client, claims, r).await;
+                self.on_takeover_request(client, claims, r);
             }
         }
     }
@@ -1159,7 +1409,7 @@ impl State {
     /// claiming right now (two CONNECTs for one id on two nodes at once; this node won
     /// the compare-and-set first) waits until that claim is answered, so the session
     /// this node is fetching is handed on whole instead of "no session".
-    async fn on_takeover_request(
+    fn on_takeover_request(
         &mut self,
         client: &async_nats::Client,
         claims: &Claims,
@@ -1202,7 +1452,7 @@ impl State {
                     "cluster: stale takeover request for {:?} (epoch {epoch}) refused",
                     String::from_utf8_lossy(client_id)
                 );
-                let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
+                send_bounded(client, reply, sessions::encode_reply(None, 0));
                 return;
             }
         }
@@ -1210,9 +1460,7 @@ impl State {
             // Nothing done with it: "busy", which its sender asks again (a
             // confirmation answered "no session" would never be, and its delta be
             // lost; review L1). The session stays on its loop meanwhile.
-            let _ = client
-                .publish(reply, Bytes::from_static(&[sessions::REPLY_BUSY]))
-                .await;
+            send_bounded(client, reply, Bytes::from_static(&[sessions::REPLY_BUSY]));
             return;
         }
         let (client_id, clean, epoch) = match request {
@@ -1272,16 +1520,23 @@ impl State {
         );
     }
 
-    fn push(&mut self, l: usize, m: ShardMsg) {
+    /// Hands `m` to loop `l` (`PendingIn::deliver`): `must_arrive` (QoS 1/2, a
+    /// retained entry) waits for room when the ring is full; a QoS 0 copy is
+    /// dropped then (counted either way).
+    fn push(&mut self, l: usize, m: ShardMsg, must_arrive: bool) {
         let Some(p) = self.producers.get_mut(l) else {
             return;
         };
-        if p.push(ClusterIn::Msg(m)).is_err() {
-            self.status.dropped_in.fetch_add(1, Ordering::Relaxed);
-            return;
+        match self.pending_in.deliver(l, p, m, must_arrive) {
+            Delivered::Now => {
+                self.to_wake[l] = true;
+                self.woken_burst += 1;
+            }
+            Delivered::Held => {}
+            Delivered::Dropped => {
+                self.status.dropped_in.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        self.to_wake[l] = true;
-        self.woken_burst += 1;
     }
 
     /// One wake per loop that got messages since the last call; first the acks that
@@ -1465,6 +1720,22 @@ fn on_confirms(
     }
 }
 
+/// What `PendingIn::deliver` did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivered {
+    /// In the loop's ring.
+    Now,
+    /// Waiting for room (`PendingIn::flush` at the next wake).
+    Held,
+    /// Not delivered: a QoS 0 copy for a full ring, or past `HELD_MAX`.
+    Dropped,
+}
+
+/// Messages that must arrive (QoS 1/2, retained entries) waiting for one loop;
+/// past it they are dropped and counted. The main task stops reading NATS at
+/// `PENDING_IN_MAX`, so only a burst already read can reach this.
+const HELD_MAX: usize = 2 * PENDING_IN_MAX;
+
 /// What waits for room in the loops' rings from the cluster thread, one bounded queue
 /// per loop: a loop whose ring is full holds up only its own queue, never another
 /// loop's claims or takeovers.
@@ -1506,6 +1777,38 @@ impl PendingIn {
     #[cfg(test)]
     pub(super) fn len(&self, l: usize) -> usize {
         self.queues.get(l).map_or(0, VecDeque::len)
+    }
+
+    /// Hands a message to loop `l`'s ring `p`. One that must arrive goes behind
+    /// what already waits for that loop (never overtaking an earlier one) and waits
+    /// itself when the ring is full, up to `HELD_MAX` per loop (the main task stops
+    /// reading NATS before that: `has_room`); a QoS 0 copy goes straight to the
+    /// ring or is dropped.
+    pub(super) fn deliver(
+        &mut self,
+        l: usize,
+        p: &mut Producer<ClusterIn>,
+        m: ShardMsg,
+        must_arrive: bool,
+    ) -> Delivered {
+        let Some(q) = self.queues.get_mut(l) else {
+            return Delivered::Dropped;
+        };
+        if must_arrive && !q.is_empty() {
+            if q.len() >= HELD_MAX {
+                return Delivered::Dropped;
+            }
+            q.push_back(ClusterIn::Msg(m));
+            return Delivered::Held;
+        }
+        match p.push(ClusterIn::Msg(m)) {
+            Ok(()) => Delivered::Now,
+            Err(ClusterIn::Msg(m)) if must_arrive => {
+                q.push_back(ClusterIn::Msg(m));
+                Delivered::Held
+            }
+            Err(_) => Delivered::Dropped,
+        }
     }
 
     /// Moves each loop's queue into its ring, in order, until that ring is full.

@@ -942,9 +942,11 @@ fn the_qos2_window_is_bounded_in_count() {
     assert!(w.resent(&again(headers::QOS2_WINDOW_MAX), b"t", b"m", now));
 }
 
-/// Review10 M1: a turn's fenced wills and reasserted hand-overs wait for room in a full
-/// ring like claims do; dropped, a fenced will would never fire (or fire when the node
-/// later dies) and a reassert would leave the session stranded.
+/// Review10 M1: a loop whose ring to the cluster thread is full keeps every part of
+/// its turn but the plain publishes for the next turn, the fence's wills and the
+/// reasserted hand-overs included (a lost fenced will is never settled; a lost
+/// reassert strands the session), and the ids it served without the cluster.
+#[cfg(not(loom))]
 #[test]
 fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
     use super::bridge::{ClusterStatus, Doorbell, LoopLink};
@@ -973,6 +975,7 @@ fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
             .push((Bytes::from(vec![b'f', n]), Bytes::from_static(b"will")));
         out.reasserts
             .push((Bytes::from(vec![b'r', n]), u64::from(n)));
+        out.local.push(Bytes::from(vec![b'l', n]));
         out
     };
     link.send(turn(1));
@@ -996,5 +999,78 @@ fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
             (Bytes::from_static(b"r\x02"), 2)
         ]
     );
+    assert_eq!(held.local, [&b"l\x01"[..], &b"l\x02"[..]]);
     assert!(!link.backed_up());
+}
+
+/// Review10 M2: a message from NATS for a loop whose ring is full. QoS 0 is
+/// dropped (counted by the caller); a QoS 1/2 message (PUBACKed on its node) or a
+/// retained entry waits, in order behind the others waiting, and reaches the ring
+/// when the loop has drained it; past `HELD_MAX` it is dropped too.
+#[cfg(not(loom))]
+#[test]
+fn a_full_loop_ring_holds_qos1_messages_and_drops_only_qos0() {
+    use super::link::{Delivered, PendingIn};
+    use crate::session::{Message, NONE};
+    use crate::shard::{ClusterIn, ShardMsg};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let publish = |topic: &'static str| ShardMsg::Publish {
+        msg: Arc::new(Message {
+            topic: Bytes::from_static(topic.as_bytes()),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            arrived_at: Instant::now(),
+            origin_shard: usize::MAX,
+            origin_session: NONE,
+            owned: true,
+            cluster_key: 0,
+        }),
+        plain: true,
+        shared: Vec::new(),
+        hold: 0,
+    };
+    let topic = |m: Option<ClusterIn>| match m {
+        Some(ClusterIn::Msg(ShardMsg::Publish { msg, .. })) => msg.topic.clone(),
+        other => panic!("not a publish: {other:?}"),
+    };
+    let (mut p, mut c) = crate::ring::channel::<ClusterIn>(1);
+    let mut q = PendingIn::new(1);
+    assert_eq!(q.deliver(0, &mut p, publish("a"), true), Delivered::Now);
+    // Ring full.
+    assert_eq!(
+        q.deliver(0, &mut p, publish("q0"), false),
+        Delivered::Dropped
+    );
+    assert_eq!(q.deliver(0, &mut p, publish("b"), true), Delivered::Held);
+    assert_eq!(q.deliver(0, &mut p, publish("c"), true), Delivered::Held);
+    assert!(q.has_room());
+    assert_eq!(topic(c.pop()), "a");
+    // Room again, but "b" and "c" wait: "d" must not overtake them.
+    assert_eq!(q.deliver(0, &mut p, publish("d"), true), Delivered::Held);
+    let mut to_wake = vec![false];
+    let mut producers = vec![p];
+    let mut got = Vec::new();
+    while !q.is_empty() {
+        q.flush(&mut producers, &mut to_wake);
+        while let Some(m) = c.pop() {
+            got.push(topic(Some(m)));
+        }
+    }
+    assert_eq!(got, ["b", "c", "d"], "every QoS 1 message, in order");
+    // Bounded: a loop that never drains gets its queue capped, the rest counted.
+    let mut held = 0;
+    let mut dropped = 0;
+    for _ in 0..3 * super::link::PENDING_IN_MAX {
+        match q.deliver(0, &mut producers[0], publish("x"), true) {
+            Delivered::Held => held += 1,
+            Delivered::Dropped => dropped += 1,
+            Delivered::Now => {}
+        }
+    }
+    assert!(!q.has_room(), "the main task stops reading NATS");
+    assert_eq!(q.len(0), held);
+    assert!(dropped > 0 && q.len(0) <= 2 * super::link::PENDING_IN_MAX);
 }
