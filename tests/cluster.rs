@@ -283,6 +283,38 @@ impl Drop for Sub {
     }
 }
 
+/// Waits until a QoS 1 publish on `b` is acknowledged: a fresh JetStream cluster
+/// makes the QoS stream (and elects its leader) some seconds after the nodes
+/// answer `/healthz`, and until JetStream stores a message its publisher is refused
+/// (review10 M7; mosquitto_pub, MQTT 3.1.1, sees its connection closed).
+fn wait_qos_stream(b: &Broker) {
+    let until = Instant::now() + RECOVERY;
+    loop {
+        let out = Command::new(require_tool("mosquitto_pub"))
+            .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+            .args([
+                "-q",
+                "1",
+                "-t",
+                "ready/probe",
+                "-m",
+                "p",
+                "-i",
+                &uniq("ready"),
+            ])
+            .output()
+            .expect("run mosquitto_pub");
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "no QoS 1 publish stored within {RECOVERY:?}: {out:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn publish(b: &Broker, qos: u8, topic: &str, payload: &str, retain: bool) {
     let mut c = Command::new(require_tool("mosquitto_pub"));
     c.args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
@@ -392,6 +424,7 @@ fn three_nodes_on_a_nats_cluster() {
     for n in [&n1, &n2, &n3] {
         wait_health(n, 200);
     }
+    wait_qos_stream(&n1);
 
     // Publish on node 1, subscribe on nodes 2 and 3, at QoS 0/1/2: each message once.
     let mut s2 = Sub::start(&n2, 2, &["q/t"]);
@@ -1486,6 +1519,76 @@ fn wills_across_a_cut_and_a_graceful_stop() {
         !w.seen.iter().any(|l| l.starts_with("pw/y/")),
         "{:?}",
         w.seen
+    );
+}
+
+/// Review10 H1: a node publishing a flood of QoS 0 messages loses its only
+/// nats-server. async-nats stops reading its command queue while it reconnects; the
+/// cluster thread's main task must still deliver the fence (the will-carrying client
+/// is closed with 0x9C), a CONNECT with a client id must still be answered (served
+/// locally), and SIGTERM must still stop the node. Before the fix the main task was
+/// parked in a publish: none of the three happened until NATS came back.
+#[test]
+fn a_loaded_node_whose_nats_goes_away_still_fences_connects_and_stops() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let nats = one_nats();
+    let mut n = node_with("loaded", &format!("nats://127.0.0.1:{}", nats.port), "1");
+    wait_health(&n, 200);
+    let (mut x, _) = RawClient::connect_v5_with(
+        n.addr(),
+        &pkt::Connect::v5(&uniq("loadx")).will(pkt::Will {
+            qos: 1,
+            ..pkt::Will::new("lw/x", b"gone")
+        }),
+    );
+    wait_metric(&n, "ringmq_cluster_wills_stored_total", 1);
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flood = {
+        let mut p = RawClient::connect_v311(n.addr(), &uniq("flood"));
+        let flooding = flooding.clone();
+        let burst: Vec<u8> = (0..500)
+            .flat_map(|_| pkt::publish(V311, "lw/flood", 0, false, false, 0, &[], &[7; 64]))
+            .collect();
+        std::thread::spawn(move || {
+            // About 20k msg/s (500 per 25 ms): far more than the 2,048 commands
+            // async-nats queues while it reconnects, and little enough that a debug
+            // build's cluster thread keeps up (its heartbeat must not starve).
+            // Bounded whatever happens: at most 60 s of writes.
+            let until = Instant::now() + Duration::from_secs(60);
+            while flooding.load(Ordering::Relaxed) && Instant::now() < until {
+                p.send_lenient(&burst);
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        })
+    };
+    // The flood reaches NATS; then NATS goes away under it.
+    wait_metric(&n, "ringmq_cluster_forwarded_total", 10_000);
+    assert_eq!(
+        metric(&n, "ringmq_cluster_fences_total"),
+        0,
+        "fenced before the cut"
+    );
+    drop(nats);
+    match x.read_frame_within(PATIENCE) {
+        ReadOutcome::Frame(f) if f.ptype() == 14 => {
+            assert_eq!(f.body.first(), Some(&0x9c), "{f:?}")
+        }
+        other => panic!(
+            "the will-carrying client was not fenced (DISCONNECT 0x9C): {other:?}; stderr:\n{}",
+            n.stderr_tail()
+        ),
+    }
+    // connect_v311 fails unless the CONNACK comes within its 5 s receive bound
+    // (below the 10 s connect timeout a held CONNECT would wait out).
+    let _c = RawClient::connect_v311(n.addr(), &uniq("during"));
+    assert!(metric(&n, "ringmq_cluster_forward_dropped_total") > 0);
+    flooding.store(false, Ordering::Relaxed);
+    let _ = flood.join();
+    assert!(
+        n.terminate(PATIENCE).is_some(),
+        "no exit on SIGTERM with NATS away; stderr:\n{}",
+        n.stderr_tail()
     );
 }
 
