@@ -18,9 +18,9 @@
 //! read.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::{poll_fn, IntoFuture};
+use std::future::{poll_fn, Future, IntoFuture};
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -61,11 +61,18 @@ const QOS_STREAM_MAX_AGE: Duration = Duration::from_secs(3600);
 const QOS_STREAM_MAX_BYTES: i64 = 1 << 30;
 /// JetStream acks waiting for the main task (it reads them at every turn).
 const ACKS_MAX: usize = 8192;
-/// Loop turns' publishes waiting for the writer task. While it is full the main
-/// task takes no more turns from the loops (their rings fill, then their plain
-/// publishes are dropped and counted, as when the cluster thread is slow); with
-/// NATS away nothing is queued: QoS 0 is dropped, QoS 1/2 refused at once.
-const WRITES_MAX: usize = 256;
+/// Publishes made but not yet written to NATS (gathered in `State::outgoing`, then
+/// in the writer task's hands). Past it a QoS 0 copy is dropped and counted
+/// (`forward_dropped`), as the loops drop theirs when the cluster thread is slow; a
+/// QoS 1/2 publish is always queued: its publisher waits for the PUBACK, so their
+/// number is bounded by the publishers' in-flight windows. The main task itself
+/// never waits for the writer, so claims, wills and fences never queue behind a
+/// flood (they did when it stopped taking loop turns while the writer was behind).
+pub(super) const FORWARD_BACKLOG_MAX: usize = 16_384;
+/// Batches handed to the writer task: one it writes and one ready. While both are
+/// taken the main task gathers the next in `State::outgoing`, so the slower the
+/// writer, the larger (and cheaper per message) its batches.
+const WRITE_BATCHES: usize = 2;
 /// Bound on one write of the writer task, and on a reply or a session's copies sent
 /// to another node: past it the connection is taken as stuck.
 const WRITE_MAX: Duration = Duration::from_secs(2);
@@ -207,6 +214,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 subs: HashMap::new(),
                 seen: headers::SeenWindow::new(DEDUP_WINDOW),
                 next_id: 0,
+                outgoing: Outgoing::default(),
                 shared_rr: 0,
                 to_wake: vec![false; loops],
                 woken_burst: 0,
@@ -309,6 +317,8 @@ struct State {
     seen: headers::SeenWindow,
     /// Sequence of this incarnation's forwarded messages (`Mqtt-Id`).
     next_id: u64,
+    /// Publishes on their way to the writer task.
+    outgoing: Outgoing,
     shared_rr: usize,
     to_wake: Vec<bool>,
     woken_burst: usize,
@@ -487,17 +497,18 @@ async fn run(
         status.clone(),
     ));
     tokio::spawn(retained_watch(js.clone(), replicas, watch_tx, status));
-    let (write_tx, write_rx) = mpsc::channel::<Vec<Publish>>(WRITES_MAX);
+    let (write_tx, write_rx) = mpsc::channel::<Vec<Publish>>(WRITE_BATCHES);
     tokio::spawn(nats_writer(
         client.clone(),
         js.clone(),
         write_rx,
         ack_tx.clone(),
         st.status.clone(),
+        st.outgoing.handed.clone(),
+        st.settings.origin.clone(),
     ));
     let loops_io = LoopsIo {
         client: client.clone(),
-        write_tx: write_tx.clone(),
         claims: claims.clone(),
         claimed_tx: claimed_tx.clone(),
         in_tx: in_tx.clone(),
@@ -510,14 +521,22 @@ async fn run(
         tokio::select! {
             biased;
             _ = stop.notified() => break,
-            _ = poll_fn(|cx| bell.poll(cx)), if write_tx.capacity() > 0 => {
+            _ = poll_fn(|cx| bell.poll(cx)) => {
                 st.drain_loops(&mut from_loops, &loops_io);
+                st.hand_to_writer(&write_tx);
                 // Nothing above awaits, and the loops ring the bell every turn: let
-                // the writer and async-nats's own tasks run.
-                tokio::task::yield_now().await;
+                // the writer and async-nats's own tasks run once this task has used
+                // its turn's budget (a yield at every round cost the flood path a
+                // poll of the IO driver per round).
+                tokio::task::coop::consume_budget().await;
             }
-            // The writer is behind: look again soon (the bell stays rung).
-            _ = tokio::time::sleep(Duration::from_millis(1)), if write_tx.capacity() == 0 => {}
+            // The writer took a batch: hand it what gathered meanwhile.
+            p = write_tx.reserve(), if !st.outgoing.is_empty() => {
+                match p {
+                    Ok(p) => st.hand_batch(p),
+                    Err(_) => st.fail_outgoing(),
+                }
+            }
             // Not read while a loop's queue is long: QoS 1/2 messages wait there for
             // room in its ring (review10 M2), and NATS holds the rest (past
             // async-nats's own bound, counted as slow-consumer drops).
@@ -611,7 +630,13 @@ async fn run(
         // Under the same bound as the withdrawal (review L5): with NATS away the
         // writer's publishes could block, and SIGTERM must not hang on them.
         st.drain_loops(&mut from_loops, &loops_io);
-        while write_tx.capacity() < write_tx.max_capacity() {
+        if !st.outgoing.is_empty() {
+            match write_tx.reserve().await {
+                Ok(p) => st.hand_batch(p),
+                Err(_) => st.fail_outgoing(),
+            }
+        }
+        while st.outgoing.backlog() > 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         writer.abort();
@@ -635,7 +660,6 @@ async fn run(
 /// What `drain_loops` hands on to: NATS, the claim tasks, the writers.
 struct LoopsIo {
     client: async_nats::Client,
-    write_tx: mpsc::Sender<Vec<Publish>>,
     claims: Claims,
     claimed_tx: mpsc::Sender<(usize, ClusterIn)>,
     in_tx: mpsc::Sender<Inbound>,
@@ -659,13 +683,117 @@ async fn watch_max_payload(client: async_nats::Client, status: Arc<ClusterStatus
     }
 }
 
-/// One publish for the writer task (which takes one loop turn's at a time).
-struct Publish {
+/// One publish for the writer task (which takes them in batches, `hand_batch`). Its
+/// subject and headers are made by the writer just before it writes them (`wire`):
+/// made when the main task gathered it, a batch's were cold in the cache by then,
+/// which cost the forwarding path about a third of its rate.
+pub(super) struct Publish {
+    pub(super) msg: Arc<Message>,
+    /// `Mqtt-Id`, numbered by the main task in the order the loops made them.
+    pub(super) id: u64,
+    pub(super) publisher: Option<headers::Publisher>,
+    /// QoS 1/2: the loop and the held PUBACK (PUBREC) waiting for JetStream's ack.
+    pub(super) ack: Option<(usize, AckToken)>,
+}
+
+/// A publish as NATS takes it.
+struct Wire {
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
-    /// QoS 1/2: the loop and the held PUBACK (PUBREC) waiting for JetStream's ack.
-    ack: Option<(usize, AckToken)>,
+}
+
+/// `None`: the topic has no NATS subject (the loops refuse such topics first).
+fn wire(origin: &str, p: &Publish) -> Option<Wire> {
+    let m = &p.msg;
+    let subject = topic_subject(&m.topic, QosClass::of(m.qos))?;
+    let meta = Meta {
+        qos: m.qos,
+        retain: m.retain,
+        origin: origin.to_owned(),
+        id: p.id,
+        properties: m.properties.clone(),
+    };
+    let mut h = HeaderMap::new();
+    for (k, v) in headers::encode(&meta) {
+        h.insert(k, v);
+    }
+    if let Some(publisher) = &p.publisher {
+        h.insert(headers::PUBLISHER, headers::encode_publisher(publisher));
+    }
+    Some(Wire {
+        subject,
+        headers: h,
+        payload: m.payload.clone(),
+    })
+}
+
+/// What becomes of a loop's publish on its way to NATS.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// Made into a `Publish` for the writer task.
+    Queue,
+    /// A QoS 0 copy NATS is away for, or the writer has no room for (counted).
+    Drop,
+    /// A QoS 1/2 publish while NATS is away: its publisher is refused at once.
+    Refuse,
+}
+
+/// The publishes between the loops and the writer task: those gathered since the
+/// writer last took a batch, and the count it has taken and not yet written. No IO:
+/// the main task admits, gathers and hands over; the writer counts down.
+#[derive(Default)]
+pub(super) struct Outgoing {
+    gathered: Vec<Publish>,
+    handed: Arc<AtomicUsize>,
+}
+
+impl Outgoing {
+    /// Publishes made and not yet written to NATS.
+    pub(super) fn backlog(&self) -> usize {
+        self.gathered.len() + self.handed.load(Ordering::Relaxed)
+    }
+
+    /// `held`: a QoS 1/2 publish whose PUBACK waits for it, always queued while
+    /// NATS is there (bounded by its publishers' in-flight windows). A QoS 0 copy
+    /// is dropped past `FORWARD_BACKLOG_MAX`, before its subject and headers are
+    /// made.
+    pub(super) fn admit(&self, connected: bool, held: bool) -> Admit {
+        match (connected, held) {
+            (false, true) => Admit::Refuse,
+            (false, false) => Admit::Drop,
+            (true, true) => Admit::Queue,
+            (true, false) if self.backlog() < FORWARD_BACKLOG_MAX => Admit::Queue,
+            (true, false) => Admit::Drop,
+        }
+    }
+
+    pub(super) fn push(&mut self, p: Publish) {
+        self.gathered.push(p);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.gathered.is_empty()
+    }
+
+    /// What gathered, for the writer task, which counts it down once written
+    /// (`written`).
+    pub(super) fn take(&mut self) -> Vec<Publish> {
+        // The next batch is likely as large: one allocation, not a chain of them.
+        let next = Vec::with_capacity(self.gathered.len());
+        let batch = std::mem::replace(&mut self.gathered, next);
+        self.handed.fetch_add(batch.len(), Ordering::Relaxed);
+        batch
+    }
+
+    pub(super) fn written(handed: &AtomicUsize, n: usize) {
+        handed.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(super) fn written_for_test(&self, n: usize) {
+        Self::written(&self.handed, n);
+    }
 }
 
 fn nats_connected(client: &async_nats::Client) -> bool {
@@ -673,51 +801,80 @@ fn nats_connected(client: &async_nats::Client) -> bool {
 }
 
 /// Writes the loops' publishes to NATS in the order they were made, so the main task
-/// never waits on NATS (review10 H1). Each write is bounded by `WRITE_MAX`; while the
-/// connection is away nothing is awaited: a QoS 0 copy is dropped, a QoS 1/2
-/// publisher refused (`stored: false`). A QoS 1/2 publish's ack is awaited in a task
-/// of its own (`store`), so many are in flight at once.
+/// never waits on NATS (review10 H1). Each write is bounded by `WRITE_MAX`; once one
+/// is not taken in time (async-nats stops reading its queue while it reconnects) or
+/// the connection is away, the rest of the batch is not awaited: a QoS 0 copy is
+/// dropped, a QoS 1/2 publish left to `store` (which waits for the connection, then
+/// refuses its publisher). A QoS 1/2 publish's ack is awaited in a task of its own
+/// (`store`), so many are in flight at once.
 async fn nats_writer(
     client: async_nats::Client,
     js: jetstream::Context,
     mut rx: mpsc::Receiver<Vec<Publish>>,
     ack_tx: mpsc::Sender<(usize, AckToken, bool)>,
     status: Arc<ClusterStatus>,
+    handed: Arc<AtomicUsize>,
+    origin: String,
 ) {
     while let Some(batch) = rx.recv().await {
-        for w in batch {
-            write_one(&client, &js, &ack_tx, &status, w).await;
+        let n = batch.len();
+        // Read once a batch: the writes themselves notice a connection lost meanwhile.
+        let mut up = nats_connected(&client);
+        for p in batch {
+            let ack = p.ack;
+            match wire(&origin, &p) {
+                Some(w) => up = write_one(&client, &js, &ack_tx, &status, w, ack, up).await,
+                None => match ack {
+                    Some((from, token)) => {
+                        let _ = ack_tx.send((from, token, false)).await;
+                    }
+                    None => {
+                        status.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            }
         }
+        Outgoing::written(&handed, n);
     }
 }
 
+/// Writes `w` if `up` (NATS took the batch's writes so far); returns whether NATS
+/// took this one in time.
 async fn write_one(
     client: &async_nats::Client,
     js: &jetstream::Context,
     ack_tx: &mpsc::Sender<(usize, AckToken, bool)>,
     status: &Arc<ClusterStatus>,
-    w: Publish,
-) {
+    w: Wire,
+    ack: Option<(usize, AckToken)>,
+    up: bool,
+) -> bool {
     {
-        let Some((from, token)) = w.ack else {
-            let sent = nats_connected(client)
-                && tokio::time::timeout(
-                    WRITE_MAX,
-                    client.publish_with_headers(w.subject, w.headers, w.payload),
-                )
-                .await
-                .is_ok_and(|r| r.is_ok());
+        let Some((from, token)) = ack else {
+            let sent = up && {
+                // Polled once before its timer is made: async-nats's queue
+                // usually has room, and the timer's clock read per message cost.
+                let mut send =
+                    std::pin::pin!(client.publish_with_headers(w.subject, w.headers, w.payload));
+                let first = poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
+                match first {
+                    std::task::Poll::Ready(r) => r.is_ok(),
+                    std::task::Poll::Pending => tokio::time::timeout(WRITE_MAX, send)
+                        .await
+                        .is_ok_and(|r| r.is_ok()),
+                }
+            };
             let c = if sent {
                 &status.forwarded
             } else {
                 &status.forward_dropped
             };
             c.fetch_add(1, Ordering::Relaxed);
-            return;
+            return sent;
         };
-        if !nats_connected(client) {
+        if !up {
             let _ = ack_tx.send((from, token, false)).await;
-            return;
+            return false;
         }
         let deadline = tokio::time::Instant::now() + QOS_STORE_MAX;
         // Read before the publish: a disconnect after it may have lost it.
@@ -729,7 +886,8 @@ async fn write_one(
         .await
         .ok()
         .and_then(Result::ok);
-        if first.is_some() {
+        let sent = first.is_some();
+        if sent {
             status.forwarded.fetch_add(1, Ordering::Relaxed);
         }
         let (client, js, status, tx) = (client.clone(), js.clone(), status.clone(), ack_tx.clone());
@@ -737,6 +895,7 @@ async fn write_one(
             let stored = store(&client, &js, &status, w, first, lost, deadline).await;
             let _ = tx.send((from, token, stored)).await;
         });
+        sent
     }
 }
 
@@ -750,7 +909,7 @@ async fn store(
     client: &async_nats::Client,
     js: &jetstream::Context,
     status: &ClusterStatus,
-    w: Publish,
+    w: Wire,
     first: Option<jetstream::context::PublishAckFuture>,
     mut lost: u64,
     deadline: tokio::time::Instant,
@@ -989,10 +1148,9 @@ impl State {
     /// nothing: NATS writes go to the writer task or tasks of their own.
     fn drain_loops(&mut self, from_loops: &mut [Consumer<ClusterOut>], io: &LoopsIo) {
         for (from, c) in from_loops.iter_mut().enumerate() {
-            // A turn is taken only when the writer has room for its publishes;
-            // the rest waits in the loop's ring.
-            while io.write_tx.capacity() > 0 {
-                let Some(mut out) = c.pop() else { break };
+            // Every turn is taken at once, however far behind the writer is: its
+            // claims, wills and fences must not wait behind publishes.
+            while let Some(mut out) = c.pop() {
                 let asked = std::mem::take(&mut out.claims);
                 let handed = std::mem::take(&mut out.handovers);
                 let confirms = std::mem::take(&mut out.confirms);
@@ -1023,7 +1181,7 @@ impl State {
                     // stuck on JetStream.
                     io.will_feed.put(client, value);
                 }
-                self.on_batch(&io.client, from, out, &io.in_tx, &io.ret_tx, &io.write_tx);
+                self.on_batch(&io.client, from, out, &io.in_tx, &io.ret_tx);
                 self.on_sessions(io, from, asked, handed);
                 // After `on_batch` spawned the loaded sessions' SUBs: tasks run in
                 // spawn order and async-nats's command queue is first come, first
@@ -1033,6 +1191,39 @@ impl State {
         }
     }
 
+    /// Hands `outgoing` to the writer task if it has room for a batch; if not, the
+    /// writer's `reserve` in the main loop hands it over when it has.
+    fn hand_to_writer(&mut self, write_tx: &mpsc::Sender<Vec<Publish>>) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        match write_tx.try_reserve() {
+            Ok(p) => self.hand_batch(p),
+            Err(mpsc::error::TrySendError::Full(())) => {}
+            Err(mpsc::error::TrySendError::Closed(())) => self.fail_outgoing(),
+        }
+    }
+
+    fn hand_batch(&mut self, permit: mpsc::Permit<'_, Vec<Publish>>) {
+        permit.send(self.outgoing.take());
+    }
+
+    /// The writer task ended (only at the runtime's end): nothing gathered is
+    /// written, so a QoS 1/2 publisher is refused, not left waiting.
+    fn fail_outgoing(&mut self) {
+        let failed = self.outgoing.take();
+        Outgoing::written(&self.outgoing.handed, failed.len());
+        for p in failed {
+            match p.ack {
+                Some((from, token)) => self.pending_acks.push_back((from, token, false)),
+                None => {
+                    self.status.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.wake();
+    }
+
     fn on_batch(
         &mut self,
         client: &async_nats::Client,
@@ -1040,7 +1231,6 @@ impl State {
         out: ClusterOut,
         in_tx: &mpsc::Sender<Inbound>,
         ret_tx: &mpsc::Sender<(String, Option<Bytes>)>,
-        write_tx: &mpsc::Sender<Vec<Publish>>,
     ) {
         for i in out.interest {
             let key = InterestKey {
@@ -1064,47 +1254,11 @@ impl State {
             .store(self.subs.len() as u64, Ordering::Relaxed);
         // NATS away: async-nats would only queue the writes until its own queue
         // blocks, so a QoS 0 copy is dropped and a QoS 1/2 publisher refused at once
-        // (review10 H1, M7).
+        // (review10 H1, M7). A QoS 0 copy the writer has no room for is dropped
+        // before its subject and headers are made.
         let connected = nats_connected(client);
-        let mut batch = Vec::with_capacity(if connected { out.publishes.len() } else { 0 });
         for f in out.publishes {
             let m = &f.msg;
-            let Some(subject) = topic_subject(&m.topic, QosClass::of(m.qos)) else {
-                if let Some(token) = f.ack {
-                    self.pending_acks.push_back((from, token, false));
-                }
-                continue;
-            };
-            self.next_id += 1;
-            let meta = Meta {
-                qos: m.qos,
-                retain: m.retain,
-                origin: self.settings.origin.clone(),
-                id: self.next_id,
-                properties: m.properties.clone(),
-            };
-            let mut h = HeaderMap::new();
-            for (k, v) in headers::encode(&meta) {
-                h.insert(k, v);
-            }
-            if let Some(p) = &f.publisher {
-                h.insert(headers::PUBLISHER, headers::encode_publisher(p));
-            }
-            if connected {
-                batch.push(Publish {
-                    subject,
-                    headers: h,
-                    payload: m.payload.clone(),
-                    ack: f.ack.map(|token| (from, token)),
-                });
-            } else {
-                match f.ack {
-                    Some(token) => self.pending_acks.push_back((from, token, false)),
-                    None => {
-                        self.status.forward_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
             if m.retain {
                 let key = headers::retained_key(&m.topic);
                 let value = (!m.payload.is_empty()).then(|| {
@@ -1114,18 +1268,20 @@ impl State {
                     self.status.retained_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
-        }
-        if !batch.is_empty() {
-            // `drain_loops` pops a turn only while the queue has room, so this fails
-            // only if the writer ended.
-            if let Err(e) = write_tx.try_send(batch) {
-                for p in e.into_inner() {
-                    match p.ack {
-                        Some((from, token)) => self.pending_acks.push_back((from, token, false)),
-                        None => {
-                            self.status.forward_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
+            if self.outgoing.admit(connected, f.ack.is_some()) == Admit::Queue {
+                self.next_id += 1;
+                self.outgoing.push(Publish {
+                    msg: f.msg,
+                    id: self.next_id,
+                    publisher: f.publisher,
+                    ack: f.ack.map(|token| (from, token)),
+                });
+                continue;
+            }
+            match f.ack {
+                Some(token) => self.pending_acks.push_back((from, token, false)),
+                None => {
+                    self.status.forward_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }

@@ -1074,3 +1074,58 @@ fn a_full_loop_ring_holds_qos1_messages_and_drops_only_qos0() {
     assert_eq!(q.len(0), held);
     assert!(dropped > 0 && q.len(0) <= 2 * super::link::PENDING_IN_MAX);
 }
+
+/// The writer task's backlog (review10 H1 without the QoS 0 regression of clwrite10):
+/// the main task never waits for the writer, so what bounds the publishes it gathers
+/// is this. A QoS 0 copy past `FORWARD_BACKLOG_MAX` is dropped before it is made; a
+/// QoS 1/2 publish is always queued while NATS is there (its PUBACK waits for it) and
+/// refused at once while NATS is away; what the writer counts down as written makes
+/// room again.
+#[cfg(not(loom))]
+#[test]
+fn the_writers_backlog_bounds_qos0_and_never_drops_a_held_publish() {
+    use super::link::{Admit, Outgoing, Publish, FORWARD_BACKLOG_MAX};
+    use crate::session::{Message, NONE};
+    let msg = std::sync::Arc::new(Message {
+        topic: Bytes::from_static(b"t"),
+        payload: Bytes::from_static(b"m"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+        arrived_at: std::time::Instant::now(),
+        origin_shard: 0,
+        origin_session: NONE,
+        owned: true,
+        cluster_key: 0,
+    });
+    let publish = || Publish {
+        msg: msg.clone(),
+        id: 1,
+        publisher: None,
+        ack: None,
+    };
+    let mut out = Outgoing::default();
+    assert_eq!(out.admit(false, false), Admit::Drop);
+    assert_eq!(out.admit(false, true), Admit::Refuse);
+    for _ in 0..FORWARD_BACKLOG_MAX - 1 {
+        assert_eq!(out.admit(true, false), Admit::Queue);
+        out.push(publish());
+    }
+    // Half handed to the writer: still the backlog until written.
+    let batch = out.take();
+    assert_eq!(batch.len(), FORWARD_BACKLOG_MAX - 1);
+    assert!(out.is_empty());
+    assert_eq!(out.admit(true, false), Admit::Queue);
+    out.push(publish());
+    assert_eq!(out.backlog(), FORWARD_BACKLOG_MAX);
+    assert_eq!(out.admit(true, false), Admit::Drop, "QoS 0 past the bound");
+    assert_eq!(
+        out.admit(true, true),
+        Admit::Queue,
+        "a held publish is never dropped"
+    );
+    // The writer wrote its batch: room again.
+    out.written_for_test(batch.len());
+    assert_eq!(out.backlog(), 1);
+    assert_eq!(out.admit(true, false), Admit::Queue);
+}
