@@ -10,12 +10,15 @@
 //!   subscriptions the node holds), the publishes whose PUBACK is held for them,
 //!   session claims and hand-overs (a CONNECT, or another node's, waits for them),
 //!   fenced wills and reasserted hand-overs (a lost one would fire a will twice or
-//!   strand a session; review10 M1). All of these are bounded by the loop's
-//!   connections and sessions.
+//!   strand a session; review10 M1) and the ids served without the cluster (their
+//!   reconcile). All of these are bounded by the loop's connections and sessions.
 //! - Cluster → loop: one SPSC ring per loop carrying ready `ClusterIn`s (messages, and
 //!   the JetStream acks held PUBACKs wait for), and the loop's `Remote::wake` once per
-//!   burst. A full ring drops a message (counted); an ack waits in the cluster thread
-//!   for room instead (a dropped one would leave its PUBACK held).
+//!   burst. A full ring drops a QoS 0 message (counted); an ack, a QoS 1/2 message
+//!   and a retained entry wait in the cluster thread for room instead (a dropped ack
+//!   would leave its PUBACK held; a dropped QoS 1/2 message was PUBACKed on its
+//!   node), bounded (`link.rs` `PendingIn`). The fence does not travel on the ring
+//!   alone: each loop reads `ClusterStatus::fenced` every turn.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -55,7 +58,8 @@ pub struct ClusterStatus {
     pub malformed: AtomicU64,
     /// Publishes a loop could not hand over (batch channel full).
     pub dropped_out: AtomicU64,
-    /// Messages for a loop whose ring was full.
+    /// Messages for a loop whose ring was full (QoS 0 at once; QoS 1/2 and retained
+    /// entries only past the bounded wait, `link.rs` `PendingIn`).
     pub dropped_in: AtomicU64,
     /// The NATS server's `max_payload` (0 until known: NATS's default is assumed).
     pub max_payload: AtomicU64,
@@ -75,14 +79,20 @@ pub struct ClusterStatus {
     /// QoS 2 re-sends (DUP = 1) of a message this node had already received through
     /// another node: acknowledged, not delivered again.
     pub qos2_resends: AtomicU64,
+    /// QoS 0 publishes not written to NATS: it was away, or the write queue full.
+    pub forward_dropped: AtomicU64,
+    /// Messages async-nats dropped because a subscription's channel was full (its
+    /// slow-consumer events; at least this many).
+    pub slow_consumers: AtomicU64,
     pub subscriptions: AtomicU64,
     pub retained_applied: AtomicU64,
     pub retained_dropped: AtomicU64,
     pub retained_errors: AtomicU64,
     /// Held acknowledgements released after JetStream stored the message.
     pub qos_stored: AtomicU64,
-    /// Held acknowledgements released without JetStream's confirmation (NATS down,
-    /// no stream, timeout): the message reached local subscribers only for sure.
+    /// Held acknowledgements JetStream did not confirm (NATS away, no stream, write
+    /// queue full, no ack in time): the publish was refused (MQTT 5 0x80; 3.1.1
+    /// closed so the client re-sends); local subscribers had it already.
     pub qos_unconfirmed: AtomicU64,
     /// CONNECTs that made this node their session's owner in the sessions bucket.
     pub sessions_claimed: AtomicU64,
@@ -264,7 +274,7 @@ impl ClusterStatus {
         line(
             "dropped_in_total",
             "counter",
-            "Messages from NATS not delivered: a loop's queue was full",
+            "Messages from NATS not delivered: a loop's queue was full (QoS 1/2 after a bounded wait)",
             g(&self.dropped_in),
         );
         line(
@@ -298,6 +308,18 @@ impl ClusterStatus {
             g(&self.shared_dropped),
         );
         line(
+            "forward_dropped_total",
+            "counter",
+            "QoS 0 publishes not written to NATS: it was away or the write queue was full",
+            g(&self.forward_dropped),
+        );
+        line(
+            "slow_consumer_total",
+            "counter",
+            "Messages from NATS that async-nats dropped: a subscription's channel was full",
+            g(&self.slow_consumers),
+        );
+        line(
             "subscriptions",
             "gauge",
             "NATS subscriptions held for local interest (filter, group)",
@@ -324,7 +346,7 @@ impl ClusterStatus {
         line(
             "qos_unconfirmed_total",
             "counter",
-            "QoS 1/2 publishes acknowledged without JetStream's confirmation",
+            "QoS 1/2 publishes JetStream did not store, refused (MQTT 5 0x80, 3.1.1 closed)",
             g(&self.qos_unconfirmed),
         );
         line(
@@ -552,6 +574,7 @@ impl LoopLink {
             first.states.append(&mut out.states);
             first.fenced.append(&mut out.fenced);
             first.reasserts.append(&mut out.reasserts);
+            first.local.append(&mut out.local);
             first.dropped += out.dropped;
             out = first;
         }
@@ -586,6 +609,7 @@ impl LoopLink {
             || !self.pending.states.is_empty()
             || !self.pending.fenced.is_empty()
             || !self.pending.reasserts.is_empty()
+            || !self.pending.local.is_empty()
     }
 
     /// Up to `max` messages from NATS (and JetStream acks) for this loop.

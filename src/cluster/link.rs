@@ -2,6 +2,13 @@
 //! runtime) per node, joined to the event loops by bounded queues only, so a loop never
 //! waits on the network or on NATS.
 //!
+//! Its main task never awaits a NATS write either (review10 H1): async-nats stops
+//! reading its command queue while it reconnects, so a write awaited there would
+//! park the task that delivers the fence, answers claims and sees the stop.
+//! Publishes go to the writer task (`nats_writer`) through a bounded queue; the
+//! rest (subscriptions, replies, copies sent to another node) are tasks of their
+//! own, each bounded in time.
+//!
 //! The queues to and from the loops are in `bridge.rs`.
 //!
 //! This thread owns the interest table (NATS subscriptions follow it), the
@@ -11,9 +18,9 @@
 //! read.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::poll_fn;
+use std::future::{poll_fn, Future, IntoFuture};
 use std::io;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -52,8 +59,30 @@ pub const QOS_STREAM: &str = "RINGMQ_QOS1";
 /// partition (not in this version), bounded so the stream cannot grow for ever.
 const QOS_STREAM_MAX_AGE: Duration = Duration::from_secs(3600);
 const QOS_STREAM_MAX_BYTES: i64 = 1 << 30;
-/// JetStream acks in flight at once; more wait (backpressure on the cluster thread).
+/// JetStream acks waiting for the main task (it reads them at every turn).
 const ACKS_MAX: usize = 8192;
+/// Publishes made but not yet written to NATS (gathered in `State::outgoing`, then
+/// in the writer task's hands). Past it a QoS 0 copy is dropped and counted
+/// (`forward_dropped`), as the loops drop theirs when the cluster thread is slow; a
+/// QoS 1/2 publish is always queued: its publisher waits for the PUBACK, so their
+/// number is bounded by the publishers' in-flight windows. The main task itself
+/// never waits for the writer, so claims, wills and fences never queue behind a
+/// flood (they did when it stopped taking loop turns while the writer was behind).
+pub(super) const FORWARD_BACKLOG_MAX: usize = 16_384;
+/// Batches handed to the writer task: one it writes and one ready. While both are
+/// taken the main task gathers the next in `State::outgoing`, so the slower the
+/// writer, the larger (and cheaper per message) its batches.
+const WRITE_BATCHES: usize = 2;
+/// Bound on one write of the writer task, and on a reply or a session's copies sent
+/// to another node: past it the connection is taken as stuck.
+const WRITE_MAX: Duration = Duration::from_secs(2);
+/// How long a QoS 1/2 publish may wait for JetStream's ack, re-published when the
+/// connection was lost meanwhile (a failover to another server: review10 M7) or
+/// JetStream refused it (no stream leader yet), before its publisher is refused.
+/// Long enough to ride over a stream leader election after a nats-server dies
+/// (nats-server's Raft election timeout is 4-9 s); each attempt is bounded by
+/// async-nats's own JetStream timeout (5 s).
+const QOS_STORE_MAX: Duration = Duration::from_secs(15);
 /// Session claims answered and takeover requests waiting for the main task, and
 /// takeover requests waiting for their loop's answer; past it a request is answered
 /// "busy" at once (`REPLY_BUSY`), and its sender asks again.
@@ -61,7 +90,7 @@ const SESSIONS_MAX: usize = 4096;
 /// Claimed answers, takeover requests and dead nodes' wills waiting for room in one
 /// loop's ring; while any loop has this many, the sources feeding them are not read
 /// (their senders wait in their own tasks, NATS holds the rest).
-const PENDING_IN_MAX: usize = SESSIONS_MAX;
+pub(super) const PENDING_IN_MAX: usize = SESSIONS_MAX;
 /// Bound on a graceful stop's last forwarding of the loops' output and its withdrawal
 /// of this node's wills entries.
 const STOP_WILLS_MAX: Duration = Duration::from_secs(3);
@@ -82,16 +111,28 @@ const CLUSTER_ORIGIN: usize = u32::MAX as usize;
 pub struct ClusterThread {
     handle: Option<JoinHandle<()>>,
     stop: Arc<Notify>,
+    /// Closed when the thread ends (its sender is dropped with the thread's state).
+    ended: std::sync::mpsc::Receiver<()>,
     pub status: Arc<ClusterStatus>,
 }
 
+/// Bound on `ClusterThread::stop`: the thread's own stop bounds and a margin.
+const STOP_MAX: Duration = Duration::from_secs(5);
+
 impl ClusterThread {
     /// Asks the thread to stop (after flushing what NATS still has to send) and
-    /// waits for it.
+    /// waits for it, at most `STOP_MAX`: SIGTERM never hangs on NATS (review10 H1).
     pub fn stop(mut self) {
         self.stop.notify_one();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
+        match self.ended.recv_timeout(STOP_MAX) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                tracing::warn!("cluster: thread did not stop within {STOP_MAX:?}; left behind");
+            }
+            _ => {
+                if let Some(h) = self.handle.take() {
+                    let _ = h.join();
+                }
+            }
         }
     }
 }
@@ -138,6 +179,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
         });
     }
     let stop = Arc::new(Notify::new());
+    let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
     let settings = Settings::from(cfg, node, headers::new_incarnation());
     let thread_status = status.clone();
     let thread_stop = stop.clone();
@@ -145,13 +187,14 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
         .name("ringmq-cluster".into())
         .spawn(move || {
             // However the thread ends (even by a panic), the loops stop waiting for it.
-            struct Stopped(Arc<ClusterStatus>);
+            struct Stopped(Arc<ClusterStatus>, std::sync::mpsc::Sender<()>);
             impl Drop for Stopped {
                 fn drop(&mut self) {
                     self.0.stopped.store(true, Ordering::Release);
+                    let _ = self.1.send(());
                 }
             }
-            let _stopped = Stopped(thread_status.clone());
+            let _stopped = Stopped(thread_status.clone(), ended_tx);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -171,6 +214,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 subs: HashMap::new(),
                 seen: headers::SeenWindow::new(DEDUP_WINDOW),
                 next_id: 0,
+                outgoing: Outgoing::default(),
                 shared_rr: 0,
                 to_wake: vec![false; loops],
                 woken_burst: 0,
@@ -190,6 +234,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
         ClusterThread {
             handle: Some(handle),
             stop,
+            ended,
             status,
         },
         links,
@@ -272,6 +317,8 @@ struct State {
     seen: headers::SeenWindow,
     /// Sequence of this incarnation's forwarded messages (`Mqtt-Id`).
     next_id: u64,
+    /// Publishes on their way to the writer task.
+    outgoing: Outgoing,
     shared_rr: usize,
     to_wake: Vec<bool>,
     woken_burst: usize,
@@ -280,11 +327,13 @@ struct State {
 }
 
 /// `echo`: whether this connection gets the node's own publishes back. The main one
-/// does not (no-echo); the one holding queue subscriptions does, because NATS must be
-/// able to pick this node as a shared group's member for its own publishes.
+/// does not (no-echo) and its state is the node's (`connected`); the one holding
+/// queue subscriptions does, because NATS must be able to pick this node as a
+/// shared group's member for its own publishes. Both count their slow-consumer
+/// drops.
 async fn connect(
     s: &Settings,
-    status: Option<Arc<ClusterStatus>>,
+    status: Arc<ClusterStatus>,
     echo: bool,
 ) -> Result<async_nats::Client, String> {
     let mut o = async_nats::ConnectOptions::new()
@@ -309,16 +358,15 @@ async fn connect(
     if !echo {
         o = o.no_echo();
     }
-    let Some(st) = status else {
-        return o
-            .connect(s.urls.clone())
-            .await
-            .map_err(|e| format!("cluster_nats {}: {e}", s.urls.join(",")));
-    };
+    let main = !echo;
     o = o.event_callback(move |ev| {
-        let st = st.clone();
+        let st = status.clone();
         async move {
             match ev {
+                async_nats::Event::SlowConsumer(_) => {
+                    st.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                }
+                _ if !main => tracing::debug!("cluster (queue connection): {ev}"),
                 async_nats::Event::Connected => {
                     st.connected.store(true, Ordering::Relaxed);
                     tracing::info!("cluster: connected to NATS");
@@ -346,8 +394,8 @@ async fn run(
     stop: Arc<Notify>,
 ) {
     let conns = (
-        connect(&st.settings, Some(st.status.clone()), false).await,
-        connect(&st.settings, None, true).await,
+        connect(&st.settings, st.status.clone(), false).await,
+        connect(&st.settings, st.status.clone(), true).await,
     );
     let (client, queue_client) = match conns {
         (Ok(c), Ok(q)) => (c, q),
@@ -398,7 +446,28 @@ async fn run(
     let (lease_tx, lease_rx) =
         tokio::sync::watch::channel(wills::Lease::new(st.settings.timings.fence_after));
     let (fence_tx, mut fence_rx) = mpsc::channel::<bool>(4);
-    tokio::spawn(wills::fencer(lease_rx.clone(), fence_tx, st.status.clone()));
+    let (fencer_tx, mut fencer_rx) = mpsc::channel::<bool>(4);
+    tokio::spawn(wills::fencer(
+        lease_rx.clone(),
+        fencer_tx,
+        st.status.clone(),
+    ));
+    // The fencer has set `ClusterStatus::fenced`; every loop follows it at its next
+    // turn (`Shard::follow_cluster_fence`), so the loops are woken from here, not
+    // by the main task: the fence never waits behind it (review10 H1). The main
+    // task's `ClusterIn::Fence` is the second path (a full queue only drops a
+    // nudge the status already carries).
+    let fence_wakes = st.wakes.clone();
+    tokio::spawn(async move {
+        while let Some(on) = fencer_rx.recv().await {
+            for w in &fence_wakes {
+                if let Some(r) = w.get() {
+                    r.wake();
+                }
+            }
+            let _ = fence_tx.try_send(on);
+        }
+    });
     let writer = tokio::spawn(w.clone().writer(
         will_feed.clone(),
         reconcile.clone(),
@@ -429,14 +498,22 @@ async fn run(
         status.clone(),
     ));
     tokio::spawn(retained_watch(js.clone(), replicas, watch_tx, status));
+    let (write_tx, write_rx) = mpsc::channel::<Vec<Publish>>(WRITE_BATCHES);
+    tokio::spawn(nats_writer(
+        client.clone(),
+        js.clone(),
+        write_rx,
+        ack_tx.clone(),
+        st.status.clone(),
+        st.outgoing.handed.clone(),
+        st.settings.origin.clone(),
+    ));
     let loops_io = LoopsIo {
         client: client.clone(),
-        js: js.clone(),
         claims: claims.clone(),
         claimed_tx: claimed_tx.clone(),
         in_tx: in_tx.clone(),
         ret_tx: ret_tx.clone(),
-        ack_tx: ack_tx.clone(),
         will_feed: will_feed.clone(),
         state_feed: state_feed.clone(),
         alive_nodes,
@@ -446,12 +523,29 @@ async fn run(
             biased;
             _ = stop.notified() => break,
             _ = poll_fn(|cx| bell.poll(cx)) => {
-                st.drain_loops(&mut from_loops, &loops_io).await;
+                st.drain_loops(&mut from_loops, &loops_io);
+                st.hand_to_writer(&write_tx);
+                // Nothing above awaits, and the loops ring the bell every turn: let
+                // the writer and async-nats's own tasks run once this task has used
+                // its turn's budget (a yield at every round cost the flood path a
+                // poll of the IO driver per round).
+                tokio::task::coop::consume_budget().await;
             }
-            m = in_rx.recv() => {
+            // The writer took a batch: hand it what gathered meanwhile.
+            p = write_tx.reserve(), if !st.outgoing.is_empty() => {
+                match p {
+                    Ok(p) => st.hand_batch(p),
+                    Err(_) => st.fail_outgoing(),
+                }
+            }
+            // Not read while a loop's queue is long: QoS 1/2 messages wait there for
+            // room in its ring (review10 M2), and NATS holds the rest (past
+            // async-nats's own bound, counted as slow-consumer drops).
+            m = in_rx.recv(), if st.pending_in.has_room() => {
                 let Some((key, m)) = m else { continue };
                 st.on_nats(&key, m);
-                while let Ok((key, m)) = in_rx.try_recv() {
+                while st.pending_in.has_room() {
+                    let Ok((key, m)) = in_rx.try_recv() else { break };
                     st.on_nats(&key, m);
                     if st.woken_burst >= WAKE_BURST {
                         st.wake();
@@ -474,10 +568,10 @@ async fn run(
             }
             c = claimed_rx.recv(), if st.pending_in.has_room() => {
                 let Some((l, m)) = c else { continue };
-                st.push_claimed(&client, &claims, l, m).await;
+                st.push_claimed(&client, &claims, l, m);
                 while st.pending_in.has_room() {
                     let Ok((l, m)) = claimed_rx.try_recv() else { break };
-                    st.push_claimed(&client, &claims, l, m).await;
+                    st.push_claimed(&client, &claims, l, m);
                 }
                 st.wake();
             }
@@ -509,17 +603,18 @@ async fn run(
             }
             m = takeover_rx.recv(), if st.pending_in.has_room() => {
                 let Some(m) = m else { continue };
-                st.on_takeover_request(&client, &claims, m).await;
+                st.on_takeover_request(&client, &claims, m);
                 while st.pending_in.has_room() {
                     let Ok(m) = takeover_rx.try_recv() else { break };
-                    st.on_takeover_request(&client, &claims, m).await;
+                    st.on_takeover_request(&client, &claims, m);
                 }
                 st.wake();
             }
-            e = watch_rx.recv() => {
+            e = watch_rx.recv(), if st.pending_in.has_room() => {
                 let Some(e) = e else { continue };
                 st.on_retained(e);
-                while let Ok(e) = watch_rx.try_recv() {
+                while st.pending_in.has_room() {
+                    let Ok(e) = watch_rx.try_recv() else { break };
                     st.on_retained(e);
                     if st.woken_burst >= WAKE_BURST {
                         st.wake();
@@ -533,9 +628,18 @@ async fn run(
     // connections' wills, published or gone) is in the rings. Forward it, then let no
     // wills entry of this incarnation outlive the process (`Wills::withdraw_all`).
     let wills_left = async {
-        // Under the same bound as the withdrawal (review L5): with NATS away a
-        // forwarded publish could block, and SIGTERM must not hang on it.
-        st.drain_loops(&mut from_loops, &loops_io).await;
+        // Under the same bound as the withdrawal (review L5): with NATS away the
+        // writer's publishes could block, and SIGTERM must not hang on them.
+        st.drain_loops(&mut from_loops, &loops_io);
+        if !st.outgoing.is_empty() {
+            match write_tx.reserve().await {
+                Ok(p) => st.hand_batch(p),
+                Err(_) => st.fail_outgoing(),
+            }
+        }
+        while st.outgoing.backlog() > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         writer.abort();
         // The writer's changes are moot now: every entry of this incarnation goes.
         let _ = client.flush().await;
@@ -557,12 +661,10 @@ async fn run(
 /// What `drain_loops` hands on to: NATS, the claim tasks, the writers.
 struct LoopsIo {
     client: async_nats::Client,
-    js: jetstream::Context,
     claims: Claims,
     claimed_tx: mpsc::Sender<(usize, ClusterIn)>,
     in_tx: mpsc::Sender<Inbound>,
     ret_tx: mpsc::Sender<(String, Option<Bytes>)>,
-    ack_tx: mpsc::Sender<(usize, AckToken, bool)>,
     will_feed: wills::WillFeed,
     state_feed: wills::WillFeed,
     alive_nodes: wills::AliveNodes,
@@ -580,6 +682,296 @@ async fn watch_max_payload(client: async_nats::Client, status: Arc<ClusterStatus
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+/// One publish for the writer task (which takes them in batches, `hand_batch`). Its
+/// subject and headers are made by the writer just before it writes them (`wire`):
+/// made when the main task gathered it, a batch's were cold in the cache by then,
+/// which cost the forwarding path about a third of its rate.
+pub(super) struct Publish {
+    pub(super) msg: Arc<Message>,
+    /// `Mqtt-Id`, numbered by the main task in the order the loops made them.
+    pub(super) id: u64,
+    pub(super) publisher: Option<headers::Publisher>,
+    /// QoS 1/2: the loop and the held PUBACK (PUBREC) waiting for JetStream's ack.
+    pub(super) ack: Option<(usize, AckToken)>,
+}
+
+/// A publish as NATS takes it.
+struct Wire {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+}
+
+/// `None`: the topic has no NATS subject (the loops refuse such topics first).
+fn wire(origin: &str, p: &Publish) -> Option<Wire> {
+    let m = &p.msg;
+    let subject = topic_subject(&m.topic, QosClass::of(m.qos))?;
+    let meta = Meta {
+        qos: m.qos,
+        retain: m.retain,
+        origin: origin.to_owned(),
+        id: p.id,
+        properties: m.properties.clone(),
+    };
+    let mut h = HeaderMap::new();
+    for (k, v) in headers::encode(&meta) {
+        h.insert(k, v);
+    }
+    if let Some(publisher) = &p.publisher {
+        h.insert(headers::PUBLISHER, headers::encode_publisher(publisher));
+    }
+    Some(Wire {
+        subject,
+        headers: h,
+        payload: m.payload.clone(),
+    })
+}
+
+/// What becomes of a loop's publish on its way to NATS.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// Made into a `Publish` for the writer task.
+    Queue,
+    /// A QoS 0 copy NATS is away for, or the writer has no room for (counted).
+    Drop,
+    /// A QoS 1/2 publish while NATS is away: its publisher is refused at once.
+    Refuse,
+}
+
+/// The publishes between the loops and the writer task: those gathered since the
+/// writer last took a batch, and the count it has taken and not yet written. No IO:
+/// the main task admits, gathers and hands over; the writer counts down.
+#[derive(Default)]
+pub(super) struct Outgoing {
+    gathered: Vec<Publish>,
+    handed: Arc<AtomicUsize>,
+}
+
+impl Outgoing {
+    /// Publishes made and not yet written to NATS.
+    pub(super) fn backlog(&self) -> usize {
+        self.gathered.len() + self.handed.load(Ordering::Relaxed)
+    }
+
+    /// `held`: a QoS 1/2 publish whose PUBACK waits for it, always queued while
+    /// NATS is there (bounded by its publishers' in-flight windows). A QoS 0 copy
+    /// is dropped past `FORWARD_BACKLOG_MAX`, before its subject and headers are
+    /// made.
+    pub(super) fn admit(&self, connected: bool, held: bool) -> Admit {
+        match (connected, held) {
+            (false, true) => Admit::Refuse,
+            (false, false) => Admit::Drop,
+            (true, true) => Admit::Queue,
+            (true, false) if self.backlog() < FORWARD_BACKLOG_MAX => Admit::Queue,
+            (true, false) => Admit::Drop,
+        }
+    }
+
+    pub(super) fn push(&mut self, p: Publish) {
+        self.gathered.push(p);
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.gathered.is_empty()
+    }
+
+    /// What gathered, for the writer task, which counts it down once written
+    /// (`written`).
+    pub(super) fn take(&mut self) -> Vec<Publish> {
+        // The next batch is likely as large: one allocation, not a chain of them.
+        let next = Vec::with_capacity(self.gathered.len());
+        let batch = std::mem::replace(&mut self.gathered, next);
+        self.handed.fetch_add(batch.len(), Ordering::Relaxed);
+        batch
+    }
+
+    pub(super) fn written(handed: &AtomicUsize, n: usize) {
+        handed.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(super) fn written_for_test(&self, n: usize) {
+        Self::written(&self.handed, n);
+    }
+}
+
+fn nats_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// Writes the loops' publishes to NATS in the order they were made, so the main task
+/// never waits on NATS (review10 H1). Each write is bounded by `WRITE_MAX`; once one
+/// is not taken in time (async-nats stops reading its queue while it reconnects) or
+/// the connection is away, the rest of the batch is not awaited: a QoS 0 copy is
+/// dropped, a QoS 1/2 publish left to `store` (which waits for the connection, then
+/// refuses its publisher). A QoS 1/2 publish's ack is awaited in a task of its own
+/// (`store`), so many are in flight at once.
+async fn nats_writer(
+    client: async_nats::Client,
+    js: jetstream::Context,
+    mut rx: mpsc::Receiver<Vec<Publish>>,
+    ack_tx: mpsc::Sender<(usize, AckToken, bool)>,
+    status: Arc<ClusterStatus>,
+    handed: Arc<AtomicUsize>,
+    origin: String,
+) {
+    while let Some(batch) = rx.recv().await {
+        let n = batch.len();
+        // Read once a batch: the writes themselves notice a connection lost meanwhile.
+        let mut up = nats_connected(&client);
+        for p in batch {
+            let ack = p.ack;
+            match wire(&origin, &p) {
+                Some(w) => up = write_one(&client, &js, &ack_tx, &status, w, ack, up).await,
+                None => match ack {
+                    Some((from, token)) => {
+                        let _ = ack_tx.send((from, token, false)).await;
+                    }
+                    None => {
+                        status.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+            }
+        }
+        Outgoing::written(&handed, n);
+    }
+}
+
+/// Writes `w` if `up` (NATS took the batch's writes so far); returns whether NATS
+/// took this one in time.
+async fn write_one(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    ack_tx: &mpsc::Sender<(usize, AckToken, bool)>,
+    status: &Arc<ClusterStatus>,
+    w: Wire,
+    ack: Option<(usize, AckToken)>,
+    up: bool,
+) -> bool {
+    {
+        let Some((from, token)) = ack else {
+            let sent = up && {
+                // Polled once before its timer is made: async-nats's queue
+                // usually has room, and the timer's clock read per message cost.
+                let mut send =
+                    std::pin::pin!(client.publish_with_headers(w.subject, w.headers, w.payload));
+                let first = poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
+                match first {
+                    std::task::Poll::Ready(r) => r.is_ok(),
+                    std::task::Poll::Pending => tokio::time::timeout(WRITE_MAX, send)
+                        .await
+                        .is_ok_and(|r| r.is_ok()),
+                }
+            };
+            let c = if sent {
+                &status.forwarded
+            } else {
+                &status.forward_dropped
+            };
+            c.fetch_add(1, Ordering::Relaxed);
+            return sent;
+        };
+        if !up {
+            let _ = ack_tx.send((from, token, false)).await;
+            return false;
+        }
+        let deadline = tokio::time::Instant::now() + QOS_STORE_MAX;
+        // Read before the publish: a disconnect after it may have lost it.
+        let lost = status.disconnects.load(Ordering::Relaxed);
+        let first = tokio::time::timeout(
+            WRITE_MAX,
+            js.publish_with_headers(w.subject.clone(), w.headers.clone(), w.payload.clone()),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok);
+        let sent = first.is_some();
+        if sent {
+            status.forwarded.fetch_add(1, Ordering::Relaxed);
+        }
+        let (client, js, status, tx) = (client.clone(), js.clone(), status.clone(), ack_tx.clone());
+        tokio::spawn(async move {
+            let stored = store(&client, &js, &status, w, first, lost, deadline).await;
+            let _ = tx.send((from, token, stored)).await;
+        });
+        sent
+    }
+}
+
+/// Waits for JetStream's ack of `w` (`first`: its publish, `None` if that failed),
+/// until `deadline`. A publish that failed, or that the connection was lost after
+/// (`ringmq_cluster_disconnects_total` moved past `lost`), is made again once the
+/// connection is back: async-nats fails over to another server, and the message
+/// must be stored before its PUBACK (review10 M7). A re-publish carries the same
+/// `Mqtt-Id`, so a receiver that got the first drops it (`seen_before`).
+async fn store(
+    client: &async_nats::Client,
+    js: &jetstream::Context,
+    status: &ClusterStatus,
+    w: Wire,
+    first: Option<jetstream::context::PublishAckFuture>,
+    mut lost: u64,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let mut pending = first;
+    loop {
+        if let Some(ack) = pending.take() {
+            let dropped = async {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if status.disconnects.load(Ordering::Relaxed) != lost {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                r = ack.into_future() => {
+                    if r.is_ok() {
+                        return true;
+                    }
+                    // Refused (no stream yet, no leader): again shortly.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                _ = dropped => {}
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+        // The connection back, or the deadline.
+        while !nats_connected(client) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        lost = status.disconnects.load(Ordering::Relaxed);
+        let again =
+            js.publish_with_headers(w.subject.clone(), w.headers.clone(), w.payload.clone());
+        match tokio::time::timeout_at(deadline, again).await {
+            Ok(Ok(ack)) => pending = Some(ack),
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(100)).await,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Sends `body` to `subject` (a reply, or a session's copies to another node) in a
+/// task of its own, bounded by `WRITE_MAX`: the main task never waits on it. What
+/// is not sent is handled as an unanswered request by its asker.
+fn send_bounded(client: &async_nats::Client, subject: impl Into<async_nats::Subject>, body: Bytes) {
+    let client = client.clone();
+    let subject: async_nats::Subject = subject.into();
+    tokio::spawn(async move {
+        match tokio::time::timeout(WRITE_MAX, client.publish(subject.clone(), body)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cluster: {subject} not sent: {e}"),
+            Err(_) => tracing::warn!("cluster: {subject} not sent within {WRITE_MAX:?}"),
+        }
+    });
 }
 
 /// Makes the QoS stream (retried until NATS answers; another node may make it first).
@@ -753,22 +1145,24 @@ async fn retained_watch(
 }
 
 impl State {
-    /// Every loop's ring, each drained to empty (a ring is read only here).
-    async fn drain_loops(&mut self, from_loops: &mut [Consumer<ClusterOut>], io: &LoopsIo) {
+    /// Every loop's ring, each drained to empty (a ring is read only here). Awaits
+    /// nothing: NATS writes go to the writer task or tasks of their own.
+    fn drain_loops(&mut self, from_loops: &mut [Consumer<ClusterOut>], io: &LoopsIo) {
         for (from, c) in from_loops.iter_mut().enumerate() {
+            // Every turn is taken at once, however far behind the writer is: its
+            // claims, wills and fences must not wait behind publishes.
             while let Some(mut out) = c.pop() {
                 let asked = std::mem::take(&mut out.claims);
                 let handed = std::mem::take(&mut out.handovers);
                 let confirms = std::mem::take(&mut out.confirms);
                 for (client_id, node, session) in std::mem::take(&mut out.yields) {
                     let body = sessions::encode_merge(&client_id, &session);
-                    if let Err(e) = io
-                        .client
-                        .publish(sessions::takeover_subject(&node), body)
-                        .await
-                    {
-                        tracing::warn!("cluster: session given up to {node} not sent: {e}");
-                    }
+                    send_bounded(&io.client, sessions::takeover_subject(&node), body);
+                }
+                for client_id in std::mem::take(&mut out.local) {
+                    // Served by the loop at once while NATS was away: reconciled
+                    // when it returns, as a claim answered "local" would be.
+                    io.claims.served_locally(&client_id);
                 }
                 for (client, save) in std::mem::take(&mut out.states) {
                     // Latest per client, never waited for (as the wills below).
@@ -793,27 +1187,56 @@ impl State {
                     let value = value.map(|r| wills::will_entry(&r, epoch));
                     io.will_feed.put(client, value);
                 }
-                self.on_batch(
-                    &io.client, &io.js, from, out, &io.in_tx, &io.ret_tx, &io.ack_tx,
-                )
-                .await;
-                self.on_sessions(io, from, asked, handed).await;
-                // After `on_batch` queued the loaded sessions' SUBs.
+                self.on_batch(&io.client, from, out, &io.in_tx, &io.ret_tx);
+                self.on_sessions(io, from, asked, handed);
+                // After `on_batch` spawned the loaded sessions' SUBs: tasks run in
+                // spawn order and async-nats's command queue is first come, first
+                // served, so each confirmation's flush follows those SUBs.
                 on_confirms(&io.client, &io.claims, &io.claimed_tx, from, confirms);
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn on_batch(
+    /// Hands `outgoing` to the writer task if it has room for a batch; if not, the
+    /// writer's `reserve` in the main loop hands it over when it has.
+    fn hand_to_writer(&mut self, write_tx: &mpsc::Sender<Vec<Publish>>) {
+        if self.outgoing.is_empty() {
+            return;
+        }
+        match write_tx.try_reserve() {
+            Ok(p) => self.hand_batch(p),
+            Err(mpsc::error::TrySendError::Full(())) => {}
+            Err(mpsc::error::TrySendError::Closed(())) => self.fail_outgoing(),
+        }
+    }
+
+    fn hand_batch(&mut self, permit: mpsc::Permit<'_, Vec<Publish>>) {
+        permit.send(self.outgoing.take());
+    }
+
+    /// The writer task ended (only at the runtime's end): nothing gathered is
+    /// written, so a QoS 1/2 publisher is refused, not left waiting.
+    fn fail_outgoing(&mut self) {
+        let failed = self.outgoing.take();
+        Outgoing::written(&self.outgoing.handed, failed.len());
+        for p in failed {
+            match p.ack {
+                Some((from, token)) => self.pending_acks.push_back((from, token, false)),
+                None => {
+                    self.status.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        self.wake();
+    }
+
+    fn on_batch(
         &mut self,
         client: &async_nats::Client,
-        js: &jetstream::Context,
         from: usize,
         out: ClusterOut,
         in_tx: &mpsc::Sender<Inbound>,
         ret_tx: &mpsc::Sender<(String, Option<Bytes>)>,
-        ack_tx: &mpsc::Sender<(usize, AckToken, bool)>,
     ) {
         for i in out.interest {
             let key = InterestKey {
@@ -821,7 +1244,7 @@ impl State {
                 group: i.group,
             };
             match self.interest.apply(from, &key, i.add) {
-                InterestChange::Subscribe => self.subscribe(client, key, in_tx).await,
+                InterestChange::Subscribe => self.subscribe(client, key, in_tx),
                 InterestChange::Unsubscribe => {
                     if let Some(tasks) = self.subs.remove(&key) {
                         for t in tasks {
@@ -835,54 +1258,13 @@ impl State {
         self.status
             .subscriptions
             .store(self.subs.len() as u64, Ordering::Relaxed);
+        // NATS away: async-nats would only queue the writes until its own queue
+        // blocks, so a QoS 0 copy is dropped and a QoS 1/2 publisher refused at once
+        // (review10 H1, M7). A QoS 0 copy the writer has no room for is dropped
+        // before its subject and headers are made.
+        let connected = nats_connected(client);
         for f in out.publishes {
             let m = &f.msg;
-            let Some(subject) = topic_subject(&m.topic, QosClass::of(m.qos)) else {
-                if let Some(token) = f.ack {
-                    self.pending_acks.push_back((from, token, false));
-                }
-                continue;
-            };
-            self.next_id += 1;
-            let meta = Meta {
-                qos: m.qos,
-                retain: m.retain,
-                origin: self.settings.origin.clone(),
-                id: self.next_id,
-                properties: m.properties.clone(),
-            };
-            let mut h = HeaderMap::new();
-            for (k, v) in headers::encode(&meta) {
-                h.insert(k, v);
-            }
-            if let Some(p) = &f.publisher {
-                h.insert(headers::PUBLISHER, headers::encode_publisher(p));
-            }
-            match f.ack {
-                // The publisher waits: a JetStream publish, its ack awaited off this
-                // task so many are in flight at once.
-                Some(token) => {
-                    let sent = js.publish_with_headers(subject, h, m.payload.clone()).await;
-                    self.status.forwarded.fetch_add(1, Ordering::Relaxed);
-                    let tx = ack_tx.clone();
-                    tokio::spawn(async move {
-                        let stored = match sent {
-                            Ok(ack) => ack.await.is_ok(),
-                            Err(_) => false,
-                        };
-                        let _ = tx.send((from, token, stored)).await;
-                    });
-                }
-                None => {
-                    if client
-                        .publish_with_headers(subject, h, m.payload.clone())
-                        .await
-                        .is_ok()
-                    {
-                        self.status.forwarded.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
             if m.retain {
                 let key = headers::retained_key(&m.topic);
                 let value = (!m.payload.is_empty()).then(|| {
@@ -892,13 +1274,32 @@ impl State {
                     self.status.retained_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            if self.outgoing.admit(connected, f.ack.is_some()) == Admit::Queue {
+                self.next_id += 1;
+                self.outgoing.push(Publish {
+                    msg: f.msg,
+                    id: self.next_id,
+                    publisher: f.publisher,
+                    ack: f.ack.map(|token| (from, token)),
+                });
+                continue;
+            }
+            match f.ack {
+                Some(token) => self.pending_acks.push_back((from, token, false)),
+                None => {
+                    self.status.forward_dropped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
         }
         if !self.pending_acks.is_empty() {
             self.wake();
         }
     }
 
-    async fn subscribe(
+    /// One task per subject subscribes and then forwards (the SUB waits in the
+    /// task, not in the main one, while async-nats reconnects); aborting a task
+    /// before its SUB went out leaves nothing subscribed.
+    fn subscribe(
         &mut self,
         client: &async_nats::Client,
         key: InterestKey,
@@ -915,20 +1316,22 @@ impl State {
             return;
         }
         for subject in filter_subjects(&key.filter) {
-            let sub = match (&key.group, &self.queue_client) {
-                (Some(g), Some(q)) => q.queue_subscribe(subject.clone(), queue_group(g)).await,
-                _ => client.subscribe(subject.clone()).await,
-            };
-            let mut sub = match sub {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("cluster: subscribe {subject}: {e}");
-                    continue;
-                }
-            };
+            let (client, queue) = (client.clone(), self.queue_client.clone());
+            let group = key.group.as_ref().map(|g| queue_group(g));
             let tx = in_tx.clone();
             let k = shared.clone();
             tasks.push(tokio::spawn(async move {
+                let sub = match (group, queue) {
+                    (Some(g), Some(q)) => q.queue_subscribe(subject.clone(), g).await,
+                    _ => client.subscribe(subject.clone()).await,
+                };
+                let mut sub = match sub {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!("cluster: subscribe {subject}: {e}");
+                        return;
+                    }
+                };
                 while let Some(m) = sub.next().await {
                     if tx.send((k.clone(), m)).await.is_err() {
                         break;
@@ -987,6 +1390,9 @@ impl State {
             cluster_key: headers::message_key(&meta.origin, meta.id),
         });
         self.status.received.fetch_add(1, Ordering::Relaxed);
+        // A QoS 1/2 message was PUBACKed on its node once stored: it waits here
+        // for room rather than being dropped (review10 M2).
+        let must_arrive = meta.qos != crate::protocol::QoS::AtMostOnce;
         match &key.group {
             None => {
                 // A second matching filter's copy was dropped above, so every loop
@@ -1001,6 +1407,7 @@ impl State {
                             shared: Vec::new(),
                             hold: 0,
                         },
+                        must_arrive,
                     );
                 }
             }
@@ -1024,6 +1431,7 @@ impl State {
                         shared: vec![target],
                         hold: 0,
                     },
+                    must_arrive,
                 );
             }
         }
@@ -1066,13 +1474,13 @@ impl State {
         let body = crate::shard::RetainedBody::from_cluster(&msg);
         self.status.retained_applied.fetch_add(1, Ordering::Relaxed);
         for l in 0..self.producers.len() {
-            self.push(l, ShardMsg::Retain(body.clone()));
+            self.push(l, ShardMsg::Retain(body.clone()), true);
         }
     }
 
     /// A loop's session traffic: claims of its held CONNECTs (each a task, so a slow
     /// bucket never holds up forwarding) and its answers to takeover requests.
-    async fn on_sessions(
+    fn on_sessions(
         &mut self,
         io: &LoopsIo,
         from: usize,
@@ -1123,16 +1531,14 @@ impl State {
             } else {
                 sessions::encode_reply(h.session.as_ref(), h.reply)
             };
-            if let Err(e) = client.publish(to, body).await {
-                tracing::warn!("cluster: session hand-over not sent: {e}");
-            }
+            send_bounded(client, to, body);
         }
     }
 
     /// An answer for loop `l`; a claim's answer also releases the takeover requests
     /// for its id that waited for it (`on_takeover_request`), in that order on the
     /// loop's queue: the loop loads the session first and then gives it up whole.
-    async fn push_claimed(
+    fn push_claimed(
         &mut self,
         client: &async_nats::Client,
         claims: &Claims,
@@ -1155,7 +1561,7 @@ impl State {
             self.claiming.remove(&id);
             for r in self.deferred.remove(&id).unwrap_or_default() {
                 self.deferred_count -= 1;
-                self.on_takeover_request(client, claims, r).await;
+                self.on_takeover_request(client, claims, r);
             }
         }
     }
@@ -1165,7 +1571,7 @@ impl State {
     /// claiming right now (two CONNECTs for one id on two nodes at once; this node won
     /// the compare-and-set first) waits until that claim is answered, so the session
     /// this node is fetching is handed on whole instead of "no session".
-    async fn on_takeover_request(
+    fn on_takeover_request(
         &mut self,
         client: &async_nats::Client,
         claims: &Claims,
@@ -1208,7 +1614,7 @@ impl State {
                     "cluster: stale takeover request for {:?} (epoch {epoch}) refused",
                     String::from_utf8_lossy(client_id)
                 );
-                let _ = client.publish(reply, sessions::encode_reply(None, 0)).await;
+                send_bounded(client, reply, sessions::encode_reply(None, 0));
                 return;
             }
         }
@@ -1216,9 +1622,7 @@ impl State {
             // Nothing done with it: "busy", which its sender asks again (a
             // confirmation answered "no session" would never be, and its delta be
             // lost; review L1). The session stays on its loop meanwhile.
-            let _ = client
-                .publish(reply, Bytes::from_static(&[sessions::REPLY_BUSY]))
-                .await;
+            send_bounded(client, reply, Bytes::from_static(&[sessions::REPLY_BUSY]));
             return;
         }
         let (client_id, clean, epoch) = match request {
@@ -1278,16 +1682,23 @@ impl State {
         );
     }
 
-    fn push(&mut self, l: usize, m: ShardMsg) {
+    /// Hands `m` to loop `l` (`PendingIn::deliver`): `must_arrive` (QoS 1/2, a
+    /// retained entry) waits for room when the ring is full; a QoS 0 copy is
+    /// dropped then (counted either way).
+    fn push(&mut self, l: usize, m: ShardMsg, must_arrive: bool) {
         let Some(p) = self.producers.get_mut(l) else {
             return;
         };
-        if p.push(ClusterIn::Msg(m)).is_err() {
-            self.status.dropped_in.fetch_add(1, Ordering::Relaxed);
-            return;
+        match self.pending_in.deliver(l, p, m, must_arrive) {
+            Delivered::Now => {
+                self.to_wake[l] = true;
+                self.woken_burst += 1;
+            }
+            Delivered::Held => {}
+            Delivered::Dropped => {
+                self.status.dropped_in.fetch_add(1, Ordering::Relaxed);
+            }
         }
-        self.to_wake[l] = true;
-        self.woken_burst += 1;
     }
 
     /// One wake per loop that got messages since the last call; first the acks that
@@ -1479,6 +1890,22 @@ fn on_confirms(
     }
 }
 
+/// What `PendingIn::deliver` did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Delivered {
+    /// In the loop's ring.
+    Now,
+    /// Waiting for room (`PendingIn::flush` at the next wake).
+    Held,
+    /// Not delivered: a QoS 0 copy for a full ring, or past `HELD_MAX`.
+    Dropped,
+}
+
+/// Messages that must arrive (QoS 1/2, retained entries) waiting for one loop;
+/// past it they are dropped and counted. The main task stops reading NATS at
+/// `PENDING_IN_MAX`, so only a burst already read can reach this.
+const HELD_MAX: usize = 2 * PENDING_IN_MAX;
+
 /// What waits for room in the loops' rings from the cluster thread, one bounded queue
 /// per loop: a loop whose ring is full holds up only its own queue, never another
 /// loop's claims or takeovers.
@@ -1520,6 +1947,38 @@ impl PendingIn {
     #[cfg(test)]
     pub(super) fn len(&self, l: usize) -> usize {
         self.queues.get(l).map_or(0, VecDeque::len)
+    }
+
+    /// Hands a message to loop `l`'s ring `p`. One that must arrive goes behind
+    /// what already waits for that loop (never overtaking an earlier one) and waits
+    /// itself when the ring is full, up to `HELD_MAX` per loop (the main task stops
+    /// reading NATS before that: `has_room`); a QoS 0 copy goes straight to the
+    /// ring or is dropped.
+    pub(super) fn deliver(
+        &mut self,
+        l: usize,
+        p: &mut Producer<ClusterIn>,
+        m: ShardMsg,
+        must_arrive: bool,
+    ) -> Delivered {
+        let Some(q) = self.queues.get_mut(l) else {
+            return Delivered::Dropped;
+        };
+        if must_arrive && !q.is_empty() {
+            if q.len() >= HELD_MAX {
+                return Delivered::Dropped;
+            }
+            q.push_back(ClusterIn::Msg(m));
+            return Delivered::Held;
+        }
+        match p.push(ClusterIn::Msg(m)) {
+            Ok(()) => Delivered::Now,
+            Err(ClusterIn::Msg(m)) if must_arrive => {
+                q.push_back(ClusterIn::Msg(m));
+                Delivered::Held
+            }
+            Err(_) => Delivered::Dropped,
+        }
     }
 
     /// Moves each loop's queue into its ring, in order, until that ring is full.

@@ -479,7 +479,7 @@ impl Claims {
 
     /// `client_id` was served without the cluster: counted, and remembered for the
     /// reconcile when NATS returns.
-    fn served_locally(&self, client_id: &Bytes) {
+    pub(super) fn served_locally(&self, client_id: &Bytes) {
         self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut l) = self.local.lock() {
             if l.len() < LOCAL_MAX || l.contains_key(client_id) {

@@ -949,9 +949,11 @@ fn the_qos2_window_is_bounded_in_count() {
     assert!(w.resent(&again(headers::QOS2_WINDOW_MAX), b"t", b"m", now));
 }
 
-/// Review10 M1: a turn's fenced wills and reasserted hand-overs wait for room in a full
-/// ring like claims do; dropped, a fenced will would never fire (or fire when the node
-/// later dies) and a reassert would leave the session stranded.
+/// Review10 M1: a loop whose ring to the cluster thread is full keeps every part of
+/// its turn but the plain publishes for the next turn, the fence's wills and the
+/// reasserted hand-overs included (a lost fenced will is never settled; a lost
+/// reassert strands the session), and the ids it served without the cluster.
+#[cfg(not(loom))]
 #[test]
 fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
     use super::bridge::{ClusterStatus, Doorbell, LoopLink};
@@ -980,6 +982,7 @@ fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
             .push((Bytes::from(vec![b'f', n]), Bytes::from_static(b"will")));
         out.reasserts
             .push((Bytes::from(vec![b'r', n]), u64::from(n)));
+        out.local.push(Bytes::from(vec![b'l', n]));
         out
     };
     link.send(turn(1));
@@ -1003,6 +1006,7 @@ fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
             (Bytes::from_static(b"r\x02"), 2)
         ]
     );
+    assert_eq!(held.local, [&b"l\x01"[..], &b"l\x02"[..]]);
     assert!(!link.backed_up());
 }
 
@@ -1161,4 +1165,131 @@ fn a_dead_nodes_delayed_will_waits_its_delay() {
     assert!(!orphan_due(&beats, 105 * s, owner, 90 * s, dead_after, 30));
     assert!(!orphan_due(&beats, 134 * s, owner, 90 * s, dead_after, 30));
     assert!(orphan_due(&beats, 135 * s, owner, 90 * s, dead_after, 30));
+}
+
+/// Review10 M2: a message from NATS for a loop whose ring is full. QoS 0 is
+/// dropped (counted by the caller); a QoS 1/2 message (PUBACKed on its node) or a
+/// retained entry waits, in order behind the others waiting, and reaches the ring
+/// when the loop has drained it; past `HELD_MAX` it is dropped too.
+#[cfg(not(loom))]
+#[test]
+fn a_full_loop_ring_holds_qos1_messages_and_drops_only_qos0() {
+    use super::link::{Delivered, PendingIn};
+    use crate::session::{Message, NONE};
+    use crate::shard::{ClusterIn, ShardMsg};
+    use std::sync::Arc;
+    use std::time::Instant;
+    let publish = |topic: &'static str| ShardMsg::Publish {
+        msg: Arc::new(Message {
+            topic: Bytes::from_static(topic.as_bytes()),
+            payload: Bytes::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: Default::default(),
+            arrived_at: Instant::now(),
+            origin_shard: usize::MAX,
+            origin_session: NONE,
+            owned: true,
+            cluster_key: 0,
+        }),
+        plain: true,
+        shared: Vec::new(),
+        hold: 0,
+    };
+    let topic = |m: Option<ClusterIn>| match m {
+        Some(ClusterIn::Msg(ShardMsg::Publish { msg, .. })) => msg.topic.clone(),
+        other => panic!("not a publish: {other:?}"),
+    };
+    let (mut p, mut c) = crate::ring::channel::<ClusterIn>(1);
+    let mut q = PendingIn::new(1);
+    assert_eq!(q.deliver(0, &mut p, publish("a"), true), Delivered::Now);
+    // Ring full.
+    assert_eq!(
+        q.deliver(0, &mut p, publish("q0"), false),
+        Delivered::Dropped
+    );
+    assert_eq!(q.deliver(0, &mut p, publish("b"), true), Delivered::Held);
+    assert_eq!(q.deliver(0, &mut p, publish("c"), true), Delivered::Held);
+    assert!(q.has_room());
+    assert_eq!(topic(c.pop()), "a");
+    // Room again, but "b" and "c" wait: "d" must not overtake them.
+    assert_eq!(q.deliver(0, &mut p, publish("d"), true), Delivered::Held);
+    let mut to_wake = vec![false];
+    let mut producers = vec![p];
+    let mut got = Vec::new();
+    while !q.is_empty() {
+        q.flush(&mut producers, &mut to_wake);
+        while let Some(m) = c.pop() {
+            got.push(topic(Some(m)));
+        }
+    }
+    assert_eq!(got, ["b", "c", "d"], "every QoS 1 message, in order");
+    // Bounded: a loop that never drains gets its queue capped, the rest counted.
+    let mut held = 0;
+    let mut dropped = 0;
+    for _ in 0..3 * super::link::PENDING_IN_MAX {
+        match q.deliver(0, &mut producers[0], publish("x"), true) {
+            Delivered::Held => held += 1,
+            Delivered::Dropped => dropped += 1,
+            Delivered::Now => {}
+        }
+    }
+    assert!(!q.has_room(), "the main task stops reading NATS");
+    assert_eq!(q.len(0), held);
+    assert!(dropped > 0 && q.len(0) <= 2 * super::link::PENDING_IN_MAX);
+}
+
+/// The writer task's backlog (review10 H1 without the QoS 0 regression of clwrite10):
+/// the main task never waits for the writer, so what bounds the publishes it gathers
+/// is this. A QoS 0 copy past `FORWARD_BACKLOG_MAX` is dropped before it is made; a
+/// QoS 1/2 publish is always queued while NATS is there (its PUBACK waits for it) and
+/// refused at once while NATS is away; what the writer counts down as written makes
+/// room again.
+#[cfg(not(loom))]
+#[test]
+fn the_writers_backlog_bounds_qos0_and_never_drops_a_held_publish() {
+    use super::link::{Admit, Outgoing, Publish, FORWARD_BACKLOG_MAX};
+    use crate::session::{Message, NONE};
+    let msg = std::sync::Arc::new(Message {
+        topic: Bytes::from_static(b"t"),
+        payload: Bytes::from_static(b"m"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        properties: Default::default(),
+        arrived_at: std::time::Instant::now(),
+        origin_shard: 0,
+        origin_session: NONE,
+        owned: true,
+        cluster_key: 0,
+    });
+    let publish = || Publish {
+        msg: msg.clone(),
+        id: 1,
+        publisher: None,
+        ack: None,
+    };
+    let mut out = Outgoing::default();
+    assert_eq!(out.admit(false, false), Admit::Drop);
+    assert_eq!(out.admit(false, true), Admit::Refuse);
+    for _ in 0..FORWARD_BACKLOG_MAX - 1 {
+        assert_eq!(out.admit(true, false), Admit::Queue);
+        out.push(publish());
+    }
+    // Half handed to the writer: still the backlog until written.
+    let batch = out.take();
+    assert_eq!(batch.len(), FORWARD_BACKLOG_MAX - 1);
+    assert!(out.is_empty());
+    assert_eq!(out.admit(true, false), Admit::Queue);
+    out.push(publish());
+    assert_eq!(out.backlog(), FORWARD_BACKLOG_MAX);
+    assert_eq!(out.admit(true, false), Admit::Drop, "QoS 0 past the bound");
+    assert_eq!(
+        out.admit(true, true),
+        Admit::Queue,
+        "a held publish is never dropped"
+    );
+    // The writer wrote its batch: room again.
+    out.written_for_test(batch.len());
+    assert_eq!(out.backlog(), 1);
+    assert_eq!(out.admit(true, false), Admit::Queue);
 }

@@ -472,6 +472,8 @@ fn every_cluster_counter_is_exported() {
         malformed,
         dropped_out,
         dropped_in,
+        forward_dropped,
+        slow_consumers,
         subscriptions,
         retained_applied,
         retained_dropped,

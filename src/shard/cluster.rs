@@ -8,9 +8,11 @@
 //! node is delivered locally at once, but its PUBACK (PUBREC) is held until the
 //! cluster thread reports that JetStream stored the message (`ClusterIn::Ack`): once
 //! the publisher holds the PUBACK, a subscriber on another node gets the message
-//! even if this node dies right after. When NATS cannot confirm (down, no stream),
-//! the ack still comes, marked not stored, and the PUBACK is sent: a node cut off
-//! from NATS keeps serving its own clients.
+//! even if this node dies right after. When NATS cannot confirm (down, no stream,
+//! no ack within the cluster thread's bound), the ack comes marked not stored and
+//! the publish is refused (`refuse_unstored`: MQTT 5 0x80, 3.1.1 closed so the
+//! client re-sends): a node cut off from NATS keeps serving its own clients, but
+//! acknowledges no QoS 1/2 message it could not store (review10 M7).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,7 +23,7 @@ use super::cluster_session::{Handed, HandoverConfirm, SessionClaim, SessionHando
 use super::retained::RetainedBody;
 use super::{ConnId, Shard, ShardMsg};
 use crate::cluster::bridge::Refusal;
-use crate::protocol::{Packet, PubResp, QoS};
+use crate::protocol::{Packet, PubResp, QoS, ReasonCode};
 use crate::session::Message;
 
 /// Publishes kept for the cluster thread per turn; a turn that reads more drops the
@@ -162,6 +164,10 @@ pub struct ClusterOut {
     /// cluster thread makes this node the owner again if the entry still names
     /// that claim (review M1).
     pub reasserts: Vec<(Bytes, u64)>,
+    /// Client ids whose CONNECT this loop served without asking the cluster (NATS
+    /// was away): the cluster thread remembers them for the reconcile when NATS
+    /// returns (`Claims::served_locally`).
+    pub local: Vec<Bytes>,
     /// Publishes past `CLUSTER_OUT_MAX` this turn, not forwarded.
     pub dropped: u64,
     /// Index in `publishes` of the message the current `publish` call forwarded.
@@ -182,6 +188,7 @@ impl ClusterOut {
             && self.states.is_empty()
             && self.fenced.is_empty()
             && self.reasserts.is_empty()
+            && self.local.is_empty()
             && self.dropped == 0
     }
 }
@@ -368,7 +375,7 @@ impl Shard {
     pub fn on_cluster_in(&mut self, m: ClusterIn, now: Instant) {
         match m {
             ClusterIn::Msg(msg) => self.on_cluster_message(msg, now),
-            ClusterIn::Ack { token, stored: _ } => self.on_cluster_ack(token),
+            ClusterIn::Ack { token, stored } => self.on_cluster_ack(token, stored, now),
             ClusterIn::Claimed {
                 conn,
                 generation,
@@ -404,7 +411,16 @@ impl Shard {
             ClusterIn::WillTaken { client_id } => self.on_will_taken(&client_id, now),
             ClusterIn::Yield { client_id, node } => self.on_session_yield(&client_id, node, now),
             ClusterIn::Resave { client_id } => self.on_session_resave(&client_id),
-            ClusterIn::Fence { on } => self.on_cluster_fence(on, now),
+            // The status is the truth (the fencer sets it before this is sent, and
+            // the loop also follows it every turn, `follow_cluster_fence`): a stale
+            // `Fence` behind a newer change must not fence again.
+            ClusterIn::Fence { on } => {
+                let on = self
+                    .cluster_status
+                    .as_deref()
+                    .map_or(on, |s| s.fenced.load(std::sync::atomic::Ordering::Acquire));
+                self.on_cluster_fence(on, now)
+            }
             ClusterIn::HandoverLapsed {
                 client_id,
                 token,
@@ -413,10 +429,28 @@ impl Shard {
         }
     }
 
-    /// The held acknowledgement goes out, if its connection is still the one.
-    fn on_cluster_ack(&mut self, t: AckToken) {
+    /// The self-fencing lease as the cluster thread's fencer last set it
+    /// (`ClusterStatus::fenced`), applied once per loop turn: the fence reaches the
+    /// loop even when the cluster thread's main task is slow to send
+    /// `ClusterIn::Fence` (review10 H1). A no-op while nothing changed.
+    pub fn follow_cluster_fence(&mut self, now: Instant) {
+        let Some(on) = self
+            .cluster_status
+            .as_deref()
+            .map(|s| s.fenced.load(std::sync::atomic::Ordering::Acquire))
+        else {
+            return;
+        };
+        if on != self.cluster_fenced {
+            self.on_cluster_fence(on, now);
+        }
+    }
+
+    /// The held acknowledgement goes out, if its connection is still the one; one
+    /// JetStream did not store is refused instead (`refuse_unstored`).
+    fn on_cluster_ack(&mut self, t: AckToken, stored: bool, now: Instant) {
         // With a data directory the reply may wait for the log too.
-        if self.store_cluster_acked(&t) {
+        if self.store_cluster_acked(&t, stored) {
             return;
         }
         if self
@@ -427,6 +461,10 @@ impl Shard {
             // Gone: the client sends the PUBLISH again on its next connection.
             return;
         }
+        if !stored {
+            self.refuse_unstored(t.conn, t.generation, t.packet_id, t.qos, now);
+            return;
+        }
         match t.qos {
             QoS::AtLeastOnce => self.write_puback(t.conn, t.packet_id),
             QoS::ExactlyOnce => {
@@ -434,6 +472,48 @@ impl Shard {
             }
             QoS::AtMostOnce => {}
         }
+    }
+
+    /// JetStream did not store a client's QoS 1/2 publish (NATS away, the write
+    /// queue full, no ack within the cluster thread's bound), so it must not be
+    /// acknowledged (review10 M7): a PUBACK would promise what a dead node could
+    /// not keep. MQTT 5 gets 0x80 (unspecified error): the cause is the cluster's,
+    /// transient and not a limit the client exceeded, which is what 0x97 (this
+    /// node's log refusals) says. MQTT 3.1.1 has no negative acknowledgement: the
+    /// connection is closed (its will not published: the client did nothing
+    /// wrong), and the client sends the PUBLISH again on its next connection. A
+    /// refused QoS 2 id is forgotten, so that re-send is taken as new.
+    pub(super) fn refuse_unstored(
+        &mut self,
+        conn: ConnId,
+        generation: u32,
+        packet_id: u16,
+        qos: QoS,
+        now: Instant,
+    ) {
+        let Some(c) = self.conns.get(conn).filter(|c| c.generation == generation) else {
+            return;
+        };
+        let (v5, session) = (c.version.is_v5(), c.session);
+        let qos2 = qos == QoS::ExactlyOnce;
+        if qos2 {
+            if let Some(d) = self.sessions.get_mut(session).map(|s| s.delivery()) {
+                d.awaiting_pubrel.retain(|x| *x != packet_id);
+            }
+        }
+        if v5 {
+            let mut resp = PubResp::new(packet_id);
+            resp.code = ReasonCode::UnspecifiedError;
+            let p = if qos2 {
+                Packet::PubRec(resp)
+            } else {
+                Packet::PubAck(resp)
+            };
+            self.write_control(conn, &p);
+            return;
+        }
+        self.detach_session(conn, false, now);
+        self.close(conn);
     }
 
     #[inline]

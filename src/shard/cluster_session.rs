@@ -256,6 +256,19 @@ impl Shard {
             st.sessions_local.fetch_add(1, Ordering::Relaxed);
             return Some(connect);
         }
+        if self
+            .cluster_status
+            .as_deref()
+            .is_some_and(|s| !s.is_connected())
+        {
+            // NATS is away: the claim would only be answered "local", and only once
+            // the cluster thread gets to it (review10 H1), so the CONNECT goes on
+            // now; the id is remembered there for the reconcile when NATS returns.
+            if let Some(out) = self.cluster.as_deref_mut() {
+                out.local.push(Bytes::copy_from_slice(&connect.client_id));
+            }
+            return Some(connect);
+        }
         let Some(c) = self.conns.get_mut(conn) else {
             return Some(connect);
         };

@@ -367,11 +367,11 @@ impl Shard {
             if let Reply::PubResp {
                 packet_id,
                 cluster: true,
-                ..
+                qos2,
             } = h.reply
             {
                 // Before the connection check: JetStream's answer still comes.
-                if !self.store_both_log_done((h.conn, h.generation, packet_id), true) {
+                if !self.store_both_log_done((h.conn, h.generation, packet_id), true, qos2) {
                     continue;
                 }
             }
@@ -453,7 +453,7 @@ impl Shard {
         } = h.reply
         {
             let key = (h.conn, h.generation, packet_id);
-            if !cluster || self.store_both_log_done(key, false) {
+            if !cluster || self.store_both_log_done(key, false, qos2) {
                 self.refuse_publish(h.conn, h.generation, packet_id, qos2);
             }
             return;

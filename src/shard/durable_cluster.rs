@@ -26,6 +26,9 @@ pub(crate) enum Both {
     LogDone,
     /// The log failed; the refusal goes once JetStream answers.
     LogFailed,
+    /// JetStream did not store the message (`refuse_unstored` once the log answers,
+    /// so a packet id is never answered while its records may still land).
+    ClusterFailed,
 }
 
 /// (connection, generation, packet id) of a reply held for both.
@@ -58,7 +61,7 @@ impl Shard {
     /// JetStream answered for `t`. Returns `true` when this module took the answer
     /// (the log still holds the reply, or the refusal went now); `false`: send the
     /// reply as usual.
-    pub(super) fn store_cluster_acked(&mut self, t: &AckToken) -> bool {
+    pub(super) fn store_cluster_acked(&mut self, t: &AckToken, stored: bool) -> bool {
         let Some(s) = self.store.as_deref_mut() else {
             return false;
         };
@@ -66,14 +69,19 @@ impl Shard {
         match s.both.get(&key).copied() {
             None => false,
             Some(Both::Waiting) => {
-                s.both.insert(key, Both::ClusterDone);
+                let next = if stored {
+                    Both::ClusterDone
+                } else {
+                    Both::ClusterFailed
+                };
+                s.both.insert(key, next);
                 true
             }
             Some(Both::LogDone) => {
                 s.both.remove(&key);
                 false
             }
-            Some(Both::ClusterDone) => true,
+            Some(Both::ClusterDone | Both::ClusterFailed) => true,
             Some(Both::LogFailed) => {
                 s.both.remove(&key);
                 self.refuse_publish(t.conn, t.generation, t.packet_id, t.qos == QoS::ExactlyOnce);
@@ -84,7 +92,7 @@ impl Shard {
 
     /// The log released (`ok`) or refused a reply that was held for both: whether
     /// it goes now (`true`) or waits for JetStream.
-    pub(super) fn store_both_log_done(&mut self, key: BothKey, ok: bool) -> bool {
+    pub(super) fn store_both_log_done(&mut self, key: BothKey, ok: bool, qos2: bool) -> bool {
         let Some(s) = self.store.as_deref_mut() else {
             return true;
         };
@@ -92,6 +100,19 @@ impl Shard {
             Some(Both::ClusterDone) | None => {
                 s.both.remove(&key);
                 true
+            }
+            Some(Both::ClusterFailed) => {
+                s.both.remove(&key);
+                let (conn, generation, packet_id) = key;
+                let qos = if qos2 {
+                    QoS::ExactlyOnce
+                } else {
+                    QoS::AtLeastOnce
+                };
+                if let Some(now) = self.last_now {
+                    self.refuse_unstored(conn, generation, packet_id, qos, now);
+                }
+                false
             }
             Some(_) => {
                 s.both

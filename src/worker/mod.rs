@@ -726,6 +726,9 @@ impl<L: EventLoop> Worker<L> {
             return;
         };
         let shard = &mut self.shard;
+        // The fence first, read from the shared status: it must reach the loop
+        // within the lease's margin whatever the cluster thread's queues hold.
+        shard.follow_cluster_fence(now);
         link.drain(MESH_BATCH, |m| shard.on_cluster_in(m, now));
     }
 

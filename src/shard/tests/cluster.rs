@@ -130,7 +130,7 @@ fn qos2_pubrec_waits_and_a_duplicate_is_not_forwarded_again() {
     cl.shards[0].on_cluster_in(
         ClusterIn::Ack {
             token,
-            stored: false,
+            stored: true,
         },
         cl.now,
     );
@@ -138,6 +138,99 @@ fn qos2_pubrec_waits_and_a_duplicate_is_not_forwarded_again() {
     cl.expect(p, pubrec(7));
     cl.send(p, pubrel(7));
     cl.expect(p, pubcomp(7));
+}
+
+/// The held token of the one publish the last turn forwarded.
+fn held_token(cl: &mut Cluster) -> crate::shard::AckToken {
+    cl.shards[0]
+        .take_cluster_out()
+        .expect("forwarded")
+        .publishes[0]
+        .ack
+        .expect("held")
+}
+
+fn refuse_unstored(cl: &mut Cluster, token: crate::shard::AckToken) {
+    let now = cl.now;
+    cl.shards[0].on_cluster_in(
+        ClusterIn::Ack {
+            token,
+            stored: false,
+        },
+        now,
+    );
+    cl.pump();
+}
+
+/// Review10 M7: JetStream did not store a QoS 1/2 publish (NATS away, no ack in
+/// time), so it is never acknowledged as if it had been. MQTT 5 gets 0x80 on the
+/// PUBACK (PUBREC, which ends that QoS 2 flow); the refused QoS 2 id is forgotten,
+/// so the client's re-send is forwarded again instead of answered from the QoS 2
+/// state.
+#[test]
+fn an_unstored_publish_is_refused_with_0x80_in_mqtt5() {
+    use crate::protocol::{PubResp, ReasonCode};
+    let mut cl = cluster_node();
+    let p = cl.connect_ok(V5, "p", ConnectOpts::default(), false);
+    cl.publish(p, "t", "x", Q1, false, 1);
+    let token = held_token(&mut cl);
+    refuse_unstored(&mut cl, token);
+    let mut nack = PubResp::new(1);
+    nack.code = ReasonCode::UnspecifiedError;
+    cl.expect(p, Packet::PubAck(nack.clone()));
+
+    cl.publish(p, "t", "y", Q2, false, 2);
+    let token = held_token(&mut cl);
+    refuse_unstored(&mut cl, token);
+    nack.packet_id = 2;
+    cl.expect(p, Packet::PubRec(nack));
+    cl.expect_open(p);
+    // The flow ended: the same id again is a new message, forwarded again.
+    cl.publish(p, "t", "y", Q2, false, 2);
+    let token = held_token(&mut cl);
+    cl.shards[0].on_cluster_in(
+        ClusterIn::Ack {
+            token,
+            stored: true,
+        },
+        cl.now,
+    );
+    cl.pump();
+    cl.expect(p, pubrec(2));
+}
+
+/// Review10 M7, MQTT 3.1.1: there is no negative PUBACK, so the connection is
+/// closed and the client sends the PUBLISH again when it reconnects; its will is not
+/// published (it did nothing wrong), and its persistent session stays.
+#[test]
+fn an_unstored_publish_closes_a_3_1_1_connection_without_its_will() {
+    let mut cl = cluster_node();
+    let w = cl.connect_ok(V311, "watch", ConnectOpts::default(), false);
+    cl.subscribe(w, "will/#", Q1);
+    let opts = ConnectOpts {
+        clean: false,
+        will: Some(will("will/p", "gone", Q1, false, Default::default())),
+        ..ConnectOpts::default()
+    };
+    let p = cl.connect_ok(V311, "p", opts.clone(), false);
+    let _ = cl.shards[0].take_cluster_out();
+    cl.publish(p, "t", "x", Q1, false, 5);
+    let token = held_token(&mut cl);
+    refuse_unstored(&mut cl, token);
+    cl.expect_closed(p);
+    cl.expect_nothing(w);
+    let again = cl.connect_ok(V311, "p", opts, true);
+    cl.publish(again, "t", "x", Q1, false, 5);
+    let token = held_token(&mut cl);
+    cl.shards[0].on_cluster_in(
+        ClusterIn::Ack {
+            token,
+            stored: true,
+        },
+        cl.now,
+    );
+    cl.pump();
+    cl.expect(again, puback(5));
 }
 
 #[test]

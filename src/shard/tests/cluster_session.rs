@@ -363,6 +363,7 @@ fn a_connect_is_served_locally_once_the_cluster_thread_has_ended() {
     let mut b = node();
     b.auto_claim = false;
     let status = std::sync::Arc::new(crate::cluster::ClusterStatus::default());
+    status.connected.store(true, Ordering::Relaxed);
     b.shards[0].set_cluster_status(status.clone());
     // While the thread runs, the CONNECT waits for its claim.
     let held = b.connect(V311, "early", persistent());
@@ -380,6 +381,35 @@ fn a_connect_is_served_locally_once_the_cluster_thread_has_ended() {
         "no claim made"
     );
     assert_eq!(status.sessions_local.load(Ordering::Relaxed), 1);
+}
+
+/// Review10 H1: while NATS is away a claim could only be answered "served
+/// locally", and only once the cluster thread gets to it, so a CONNECT with a
+/// client id is served at once; its id goes to the cluster thread (not as a claim)
+/// for the reconcile when NATS returns.
+#[test]
+fn a_connect_is_served_locally_at_once_while_nats_is_away() {
+    use std::sync::atomic::Ordering;
+    let mut b = node();
+    b.auto_claim = false;
+    let status = std::sync::Arc::new(crate::cluster::ClusterStatus::default());
+    b.shards[0].set_cluster_status(status.clone());
+    status.connected.store(false, Ordering::Relaxed);
+    let c = b.connect(V5, "cut", persistent());
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert_eq!(ack.code, ReasonCode::Success),
+        other => panic!("expected CONNACK at once, got {other:?}"),
+    }
+    let out = b.shards[0]
+        .take_cluster_out()
+        .expect("the id for the reconcile");
+    assert!(out.claims.is_empty(), "no claim made: {out:?}");
+    assert_eq!(out.local, [&b"cut"[..]]);
+
+    status.connected.store(true, Ordering::Relaxed);
+    let held = b.connect(V5, "joined", persistent());
+    b.expect_nothing(held);
+    let _ = claim_of(&mut b, "joined");
 }
 
 /// Node `a` with an offline persistent session "roam" (subscribed to "t") holding
@@ -848,6 +878,7 @@ fn the_fence_closes_the_clients_whose_wills_the_cluster_holds() {
     use std::sync::atomic::Ordering;
     let mut a = node();
     let status = std::sync::Arc::new(crate::cluster::ClusterStatus::default());
+    status.connected.store(true, Ordering::Relaxed);
     a.shards[0].set_cluster_status(status.clone());
     let with_will = |topic: &str| ConnectOpts {
         will: Some(will(topic, "gone", Q1, false, Properties::default())),
@@ -874,6 +905,8 @@ fn the_fence_closes_the_clients_whose_wills_the_cluster_holds() {
     assert_eq!(out.wills.len(), 2, "{:?}", out.wills);
 
     let now = a.now;
+    // As the fencer does: the status first, then the nudge.
+    status.fenced.store(true, Ordering::Relaxed);
     a.shards[0].on_cluster_in(ClusterIn::Fence { on: true }, now);
     a.pump();
     a.expect(v5, disconnect(ReasonCode::UseAnotherServer));
@@ -915,6 +948,9 @@ fn the_fence_closes_the_clients_whose_wills_the_cluster_holds() {
     let back = a.connect_ok(V5, "fence5", with_will("w/5"), true);
     let _ = a.shards[0].take_cluster_out();
 
+    // A stale nudge behind a newer status changes nothing.
+    status.fenced.store(false, Ordering::Relaxed);
+    a.shards[0].on_cluster_in(ClusterIn::Fence { on: true }, now);
     a.shards[0].on_cluster_in(ClusterIn::Fence { on: false }, now);
     a.pump();
     let out = a.shards[0]
@@ -933,7 +969,9 @@ fn the_fence_closes_the_clients_whose_wills_the_cluster_holds() {
             (Bytes::from_static(b"late"), true)
         ]
     );
-    a.shards[0].on_cluster_in(ClusterIn::Fence { on: true }, now);
+    // The loop follows the status at its next turn, with no nudge at all.
+    status.fenced.store(true, Ordering::Relaxed);
+    a.shards[0].follow_cluster_fence(now);
     a.pump();
     a.expect(late, disconnect(ReasonCode::UseAnotherServer));
     a.expect(back, disconnect(ReasonCode::UseAnotherServer));
