@@ -670,12 +670,17 @@ fn jetstream_made(status: &ClusterStatus, part: JsPart) {
 /// (JetStream off, more replicas than servers, account limits void the cluster's
 /// guarantees; review10 M6), with the setting that most often causes it.
 fn jetstream_failed(status: &ClusterStatus, part: JsPart, error: String) {
+    // A disconnected client fails every call; that is said on its own. Not recorded
+    // either, or the same error once connected would not be news and never logged
+    // (the first calls can fail before the connected event is seen).
+    if !status.is_connected() {
+        return;
+    }
     let news = status
         .jetstream
         .lock()
         .is_ok_and(|mut j| j.failed(part, error.clone()));
-    // A disconnected client fails every call; that is said on its own.
-    if news && status.is_connected() {
+    if news {
         tracing::warn!(
             "cluster: JetStream stream {} not made (cluster_kv_replicas = {}): {error}; \
              QoS 1/2 durability, session moves and cluster wills wait for it",
