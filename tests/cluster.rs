@@ -98,12 +98,20 @@ fn nats_cluster() -> Vec<Nats> {
 /// One nats-server with JetStream, alone (no routes): enough for the scenarios that
 /// cut a node from NATS, and quick to start.
 fn one_nats() -> Nats {
+    one_nats_with(true)
+}
+
+/// One nats-server alone, with JetStream or without.
+fn one_nats_with(jetstream: bool) -> Nats {
     let bin = require_nats_server();
     let port = free_loopback_port();
     let dir = TempDir::new("nats-alone");
-    let child = Command::new(&bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-js", "-sd", &dir.0.to_string_lossy()])
+    let mut c = Command::new(&bin);
+    c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
+    if jetstream {
+        c.args(["-js", "-sd", &dir.0.to_string_lossy()]);
+    }
+    let child = c
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -122,9 +130,15 @@ fn node(name: &str, urls: &str) -> Broker {
 
 /// A ringmq node joined through `urls`, its buckets made with `replicas` replicas.
 fn node_with(name: &str, urls: &str, replicas: &str) -> Broker {
+    node_logging(name, urls, replicas, "info,ringmq::cluster=debug")
+}
+
+/// `node_with` at log level `log` (`info` keeps the few lines a test looks for in
+/// the stderr tail).
+fn node_logging(name: &str, urls: &str, replicas: &str, log: &str) -> Broker {
     Launch::new(&[
         "--log-level",
-        "info,ringmq::cluster=debug",
+        log,
         "--shards",
         "2",
         "--http-listen",
@@ -1764,6 +1778,117 @@ fn a_node_whose_cluster_thread_ended_serves_connects_locally() {
     let mut c = RawClient::connect_v311(n.addr(), &uniq("alone"));
     c.subscribe_ok(1, "a/t", 1);
     wait_metric(&n, "ringmq_cluster_sessions_local_total", 1);
+}
+
+/// `/healthz` answers 503 with the reason when the cluster's guarantees are void
+/// (review10 M6): JetStream off on the server, more replicas than the servers there
+/// are, or two processes under one `cluster_node_name`; a node alone under its name
+/// with JetStream answers 200.
+#[test]
+fn misconfiguration_answers_503_with_the_reason() {
+    let wait_reason = |b: &Broker, reason: &str| {
+        let addr = b.http_addr().expect("HTTP listener");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (code, text) = http_get(&addr, "/healthz");
+            if code == 503 && text.contains(reason) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/healthz of {addr} never said {reason:?}; last: {text}; stderr:\n{}",
+                b.stderr_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let no_js = one_nats_with(false);
+    let n = node_with("nojs", &format!("nats://127.0.0.1:{}", no_js.port), "1");
+    wait_reason(&n, "cluster: JetStream not ready (cluster_kv_replicas = 1)");
+    assert_eq!(metric(&n, "ringmq_cluster_jetstream_ready"), 0);
+    drop(n);
+    drop(no_js);
+
+    let nats = one_nats();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    // A lone server is not a JetStream cluster: 3 replicas cannot be placed.
+    let n = node_logging("wide", &url, "3", "info");
+    wait_reason(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
+    assert!(
+        n.stderr_tail()
+            .contains("not made (cluster_kv_replicas = 3)"),
+        "{}",
+        n.stderr_tail()
+    );
+    drop(n);
+
+    let first = node_logging("twin", &url, "1", "info");
+    wait_health(&first, 200);
+    assert_eq!(metric(&first, "ringmq_cluster_jetstream_ready"), 1);
+    let second = node_logging("twin", &url, "1", "info");
+    let twin = "cluster_node_name \"twin\" is also used by another running process";
+    wait_reason(&second, twin);
+    wait_reason(&first, twin);
+    wait_metric(&first, "ringmq_cluster_name_conflicts_total", 1);
+    assert!(
+        second
+            .stderr_tail()
+            .contains("beats under cluster_node_name \"twin\""),
+        "{}",
+        second.stderr_tail()
+    );
+    // The other process gone, its heartbeat ages out and the node is healthy again.
+    drop(second);
+    wait_health(&first, 200);
+}
+
+/// A retained message's expiry counts from its write to the bucket, not from each
+/// read of it, and a node answers 200 on `/healthz` only once it has read the
+/// bucket, so a subscriber right after that gets the retained messages (review10 M5).
+#[test]
+fn retained_expiry_holds_across_a_start_and_healthz_waits_for_the_bucket() {
+    let nats = one_nats();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let a = node_with("ra", &url, "1");
+    wait_health(&a, 200);
+    let published = Instant::now();
+    let out = Command::new(require_tool("mosquitto_pub"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &a.port().to_string(),
+            "-V",
+            "mqttv5",
+        ])
+        .args(["-q", "1", "-r", "-t", "rx/short", "-m", "soon-gone"])
+        .args(["-D", "publish", "message-expiry-interval", "3"])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(out.status.success(), "{out:?}");
+    publish(&a, 1, "rx/keep", "kept", true);
+    wait_retained(&a, "rx/keep", "kept");
+    // Past the 3 s expiry (a bound on the test, not a timing it asserts).
+    let past = published + Duration::from_secs(5);
+    std::thread::sleep(past.saturating_duration_since(Instant::now()));
+    let b = node_with("rb", &url, "1");
+    wait_health(&b, 200);
+    // One read each, no retry: healthy means loaded.
+    let read = |topic: &str| {
+        retained_now(
+            Command::new(require_tool("mosquitto_sub"))
+                .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+                .args(["-t", topic, "-v", "-C", "1", "-W", "1", "-i", &uniq("ret")]),
+        )
+        .trim()
+        .to_string()
+    };
+    assert_eq!(read("rx/keep"), "rx/keep kept", "{}", b.stderr_tail());
+    assert_eq!(
+        read("rx/short"),
+        "",
+        "an expired retained message came back"
+    );
 }
 
 /// The version gate of `require_nats_server`: bookworm's 2.9.10 is refused, the

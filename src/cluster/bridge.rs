@@ -149,6 +149,21 @@ pub struct ClusterStatus {
     /// held by then, the session sent on to that claimer.
     pub sessions_reasserted: AtomicU64,
     pub sessions_sent_on: AtomicU64,
+    /// `cluster_kv_replicas`, named in `/healthz` when JetStream is not ready.
+    pub kv_replicas: usize,
+    /// Which JetStream streams and buckets exist, and why one could not be made
+    /// (review10 M6); `/healthz` is 503 until all exist.
+    pub jetstream: Mutex<super::health::JetStreamHealth>,
+    /// Another process beating under this node's name (its incarnation), while it
+    /// still beats (`health::NameGuard`); and how often one was found.
+    pub name_conflict: Mutex<Option<String>>,
+    pub name_conflicts: AtomicU64,
+    /// The retained bucket's first full read reached the loops (review10 M5): until
+    /// then a new subscriber could miss a retained message, so `/healthz` is 503.
+    pub retained_loaded: AtomicBool,
+    /// Runs of the reconcile of ids served locally, including those while connected
+    /// (review10 M3).
+    pub reconcile_runs: AtomicU64,
 }
 
 impl ClusterStatus {
@@ -158,6 +173,41 @@ impl ClusterStatus {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+
+    pub fn jetstream_ready(&self) -> bool {
+        self.jetstream.lock().is_ok_and(|j| j.is_ready())
+    }
+
+    /// Why `/healthz` answers 503 for the cluster (`None`: it does not), the most
+    /// basic cause first: a node cut from NATS, one sharing its name with another
+    /// process, one whose JetStream parts are missing (no durable QoS 1, no session
+    /// moves, no cluster wills), one whose retained replica is not loaded yet.
+    pub fn unhealthy(&self) -> Option<String> {
+        if !self.is_connected() {
+            return Some("cluster: NATS disconnected".into());
+        }
+        let twin = self.name_conflict.lock().ok().and_then(|c| c.clone());
+        if let Some(other) = twin {
+            return Some(format!(
+                "cluster: cluster_node_name {:?} is also used by another running process \
+                 (incarnation {other}); every node needs its own name",
+                self.node
+            ));
+        }
+        let missing = self.jetstream.lock().ok().and_then(|j| j.missing());
+        if let Some(why) = missing {
+            return Some(format!(
+                "cluster: JetStream not ready (cluster_kv_replicas = {}): {why}",
+                self.kv_replicas
+            ));
+        }
+        if !self.retained_loaded.load(Ordering::Acquire) {
+            return Some(
+                "cluster: retained not loaded (the bucket's first read is not done)".into(),
+            );
+        }
+        None
     }
 
     /// Whether `publisher`'s QoS 2 message is a re-send of one this node received
@@ -334,7 +384,7 @@ impl ClusterStatus {
         line(
             "retained_dropped_total",
             "counter",
-            "Retained updates not written to the KV bucket: its queue was full",
+            "Retained updates not written to the KV bucket: too many topics were waiting",
             g(&self.retained_dropped),
         );
         line(
@@ -504,6 +554,36 @@ impl ClusterStatus {
             "counter",
             "Retained KV writes or watches that failed",
             g(&self.retained_errors),
+        );
+        line(
+            "retained_loaded",
+            "gauge",
+            "1 once the retained bucket's first full read reached the loops",
+            u64::from(self.retained_loaded.load(Ordering::Relaxed)),
+        );
+        line(
+            "jetstream_ready",
+            "gauge",
+            "1 once the QoS stream and the retained, sessions, nodes and wills buckets exist",
+            u64::from(self.jetstream_ready()),
+        );
+        line(
+            "name_conflict",
+            "gauge",
+            "1 while another process beats under this node's cluster_node_name",
+            u64::from(self.name_conflict.lock().is_ok_and(|c| c.is_some())),
+        );
+        line(
+            "name_conflicts_total",
+            "counter",
+            "Times another process was found beating under this node's cluster_node_name",
+            g(&self.name_conflicts),
+        );
+        line(
+            "reconcile_runs_total",
+            "counter",
+            "Runs of the reconcile of ids this node served on its own",
+            g(&self.reconcile_runs),
         );
         s
     }

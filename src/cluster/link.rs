@@ -33,7 +33,9 @@ use tokio::sync::{mpsc, Notify};
 
 use super::bridge::{ClusterStatus, Doorbell, LoopLink, FROM_LOOP_MAX, TO_LOOP_MAX};
 use super::headers::{self, Meta};
+use super::health::JsPart;
 use super::interest::{InterestChange, InterestKey, InterestTable};
+use super::retained::{RetainedFeed, CLUSTER_ORIGIN};
 use super::sessions::{self, Claims};
 use super::subject::{filter_subjects, queue_group, subject_topic, topic_subject, QosClass};
 use super::wills::{self, Wills};
@@ -45,14 +47,10 @@ use crate::shard::{AckToken, ClusterIn, ClusterOut, SessionClaim, ShardMsg, Shar
 
 /// Messages from NATS subscriptions waiting for the main task.
 const INBOUND_MAX: usize = 8192;
-/// Retained puts/deletes waiting for the KV writer.
-const RETAINED_MAX: usize = 4096;
 /// (origin, id) pairs remembered to drop a second copy of one message (`SeenWindow`).
 const DEDUP_WINDOW: usize = 65_536;
 /// Messages handed to loops before they are woken (one wake per burst, not per message).
 const WAKE_BURST: usize = 256;
-/// The retained bucket.
-pub const RETAINED_BUCKET: &str = "ringmq_retained";
 /// The stream that stores QoS 1/2 messages (subjects `mq.1.>`) before their PUBACK.
 pub const QOS_STREAM: &str = "RINGMQ_QOS1";
 /// How long the QoS stream keeps a message: long enough for a replay after a
@@ -103,9 +101,6 @@ const CONFIRM_GRACE: Duration = Duration::from_secs(1);
 /// Bound on the flush that puts a loaded session's subscriptions on NATS before its
 /// hand-over is confirmed.
 const CONFIRM_FLUSH_MAX: Duration = Duration::from_secs(2);
-/// A stamp for retained entries from the bucket: not a shard of this node, so the
-/// replicas' last-writer-wins tie-break never mistakes it for a local publish.
-const CLUSTER_ORIGIN: usize = u32::MAX as usize;
 
 /// The running cluster thread, held by `main`.
 pub struct ClusterThread {
@@ -155,6 +150,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
     };
     let status = Arc::new(ClusterStatus {
         node: node.clone(),
+        kv_replicas: cfg.cluster_kv_replicas,
         ..ClusterStatus::default()
     });
     let bell = Arc::new(Doorbell::default());
@@ -408,7 +404,7 @@ async fn run(
     // The loops size what they forward by the server's `max_payload` (review10 H3).
     tokio::spawn(watch_max_payload(client.clone(), st.status.clone()));
     let (in_tx, mut in_rx) = mpsc::channel::<Inbound>(INBOUND_MAX);
-    let (ret_tx, ret_rx) = mpsc::channel::<(String, Option<Bytes>)>(RETAINED_MAX);
+    let retained_feed = RetainedFeed::default();
     let (watch_tx, mut watch_rx) = mpsc::channel::<kv::Entry>(INBOUND_MAX);
     let js = jetstream::new(client.clone());
     let (ack_tx, mut ack_rx) = mpsc::channel::<(usize, AckToken, bool)>(ACKS_MAX);
@@ -483,7 +479,9 @@ async fn run(
         sessions::takeover_subject(&st.settings.node),
         takeover_tx,
     ));
-    tokio::spawn(qos_stream(js.clone(), replicas));
+    tokio::spawn(qos_stream(js.clone(), replicas, st.status.clone()));
+    // Made at start, not at the first CONNECT: `/healthz` waits for every bucket.
+    tokio::spawn(sessions_bucket(claims.clone()));
     tokio::spawn(reconciler(
         claims.clone(),
         claimed_tx.clone(),
@@ -491,13 +489,18 @@ async fn run(
         st.producers.len(),
     ));
     let status = st.status.clone();
-    tokio::spawn(retained_writer(
+    tokio::spawn(super::retained::writer(
         js.clone(),
         replicas,
-        ret_rx,
+        retained_feed.clone(),
         status.clone(),
     ));
-    tokio::spawn(retained_watch(js.clone(), replicas, watch_tx, status));
+    tokio::spawn(super::retained::watch(
+        js.clone(),
+        replicas,
+        watch_tx,
+        status,
+    ));
     let (write_tx, write_rx) = mpsc::channel::<Vec<Publish>>(WRITE_BATCHES);
     tokio::spawn(nats_writer(
         client.clone(),
@@ -513,7 +516,7 @@ async fn run(
         claims: claims.clone(),
         claimed_tx: claimed_tx.clone(),
         in_tx: in_tx.clone(),
-        ret_tx: ret_tx.clone(),
+        retained: retained_feed.clone(),
         will_feed: will_feed.clone(),
         state_feed: state_feed.clone(),
         alive_nodes,
@@ -612,10 +615,10 @@ async fn run(
             }
             e = watch_rx.recv(), if st.pending_in.has_room() => {
                 let Some(e) = e else { continue };
-                st.on_retained(e);
+                st.on_retained(e, &retained_feed);
                 while st.pending_in.has_room() {
                     let Ok(e) = watch_rx.try_recv() else { break };
-                    st.on_retained(e);
+                    st.on_retained(e, &retained_feed);
                     if st.woken_burst >= WAKE_BURST {
                         st.wake();
                     }
@@ -664,7 +667,7 @@ struct LoopsIo {
     claims: Claims,
     claimed_tx: mpsc::Sender<(usize, ClusterIn)>,
     in_tx: mpsc::Sender<Inbound>,
-    ret_tx: mpsc::Sender<(String, Option<Bytes>)>,
+    retained: RetainedFeed,
     will_feed: wills::WillFeed,
     state_feed: wills::WillFeed,
     alive_nodes: wills::AliveNodes,
@@ -975,7 +978,7 @@ fn send_bounded(client: &async_nats::Client, subject: impl Into<async_nats::Subj
 }
 
 /// Makes the QoS stream (retried until NATS answers; another node may make it first).
-async fn qos_stream(js: jetstream::Context, replicas: usize) {
+async fn qos_stream(js: jetstream::Context, replicas: usize, status: Arc<ClusterStatus>) {
     let cfg = jetstream::stream::Config {
         name: QOS_STREAM.to_string(),
         description: Some("ringmq QoS 1/2 messages, stored before their PUBACK".into()),
@@ -989,61 +992,13 @@ async fn qos_stream(js: jetstream::Context, replicas: usize) {
     };
     loop {
         match js.get_or_create_stream(cfg.clone()).await {
-            Ok(_) => return,
-            Err(e) => tracing::debug!("cluster: QoS stream not ready: {e}"),
+            Ok(_) => {
+                jetstream_made(&status, JsPart::QosStream);
+                return;
+            }
+            Err(e) => jetstream_failed(&status, JsPart::QosStream, e.to_string()),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Keeps `ringmq_retained` (history 1) up to date with this node's retained
-/// publishes, one write at a time so they land in the order they were made.
-async fn retained_writer(
-    js: jetstream::Context,
-    replicas: usize,
-    mut rx: mpsc::Receiver<(String, Option<Bytes>)>,
-    status: Arc<ClusterStatus>,
-) {
-    let mut store: Option<kv::Store> = None;
-    while let Some((key, value)) = rx.recv().await {
-        // A write NATS would refuse (and close the connection for) never lands:
-        // dropped, not retried (review10 H3). The loops refuse such publishes already.
-        let too_long = 20 + key.len() > super::subject::SUBJECT_MAX_BYTES;
-        if too_long
-            || value
-                .as_ref()
-                .is_some_and(|v| v.len() > status.max_payload())
-        {
-            status.refused_large.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("cluster: retained write too large for NATS; not written");
-            continue;
-        }
-        loop {
-            if store.is_none() {
-                store = retained_bucket(&js, replicas).await;
-            }
-            let Some(s) = &store else {
-                status.retained_errors.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            };
-            let r = match &value {
-                Some(v) => s
-                    .put(&key, v.clone())
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                None => s.delete(&key).await.map_err(|e| e.to_string()),
-            };
-            match r {
-                Ok(()) => break,
-                Err(e) => {
-                    status.retained_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!("cluster: retained write failed ({e}); retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        }
     }
 }
 
@@ -1053,8 +1008,13 @@ pub(super) async fn bucket(
     name: &str,
     description: &str,
     replicas: usize,
+    status: &ClusterStatus,
 ) -> Option<kv::Store> {
+    let part = JsPart::of_bucket(name);
     if let Ok(s) = js.get_key_value(name).await {
+        if let Some(p) = part {
+            jetstream_made(status, p);
+        }
         return Some(s);
     }
     // The stream a KV bucket is, made directly: `create_key_value` first reads the
@@ -1073,16 +1033,61 @@ pub(super) async fn bucket(
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    if let Err(e) = js.get_or_create_stream(cfg).await {
-        tracing::debug!("cluster: bucket {name} not ready: {e}");
-    }
+    let made = js
+        .get_or_create_stream(cfg)
+        .await
+        .map_err(|e| e.to_string());
     // Made now, or by another node meanwhile.
-    js.get_key_value(name).await.ok()
+    let store = js.get_key_value(name).await;
+    if let Some(p) = part {
+        match (&store, made) {
+            (Ok(_), _) => jetstream_made(status, p),
+            (Err(_), Err(e)) => jetstream_failed(status, p, e),
+            (Err(e), Ok(_)) => jetstream_failed(status, p, e.to_string()),
+        }
+    }
+    store.ok()
 }
 
-async fn retained_bucket(js: &jetstream::Context, replicas: usize) -> Option<kv::Store> {
-    let what = "ringmq retained messages (key: base64url of the topic)";
-    bucket(js, RETAINED_BUCKET, what, replicas).await
+fn jetstream_made(status: &ClusterStatus, part: JsPart) {
+    if let Ok(mut j) = status.jetstream.lock() {
+        let was = j.is_ready();
+        j.made(part);
+        if !was && j.is_ready() {
+            tracing::info!("cluster: JetStream ready (QoS stream and KV buckets)");
+        }
+    }
+}
+
+/// Why a stream or bucket could not be made: logged once per new reason, at warn
+/// (JetStream off, more replicas than servers, account limits void the cluster's
+/// guarantees; review10 M6), with the setting that most often causes it.
+fn jetstream_failed(status: &ClusterStatus, part: JsPart, error: String) {
+    // A disconnected client fails every call; that is said on its own. Not recorded
+    // either, or the same error once connected would not be news and never logged
+    // (the first calls can fail before the connected event is seen).
+    if !status.is_connected() {
+        return;
+    }
+    let news = status
+        .jetstream
+        .lock()
+        .is_ok_and(|mut j| j.failed(part, error.clone()));
+    if news {
+        tracing::warn!(
+            "cluster: JetStream stream {} not made (cluster_kv_replicas = {}): {error}; \
+             QoS 1/2 durability, session moves and cluster wills wait for it",
+            part.stream(),
+            status.kv_replicas
+        );
+    }
+}
+
+/// Makes the sessions bucket (retried until it exists).
+async fn sessions_bucket(claims: Claims) {
+    while claims.bucket().await.is_none() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Takeover requests for this node (`sessions.rs`), handed to the main task; the
@@ -1102,43 +1107,6 @@ async fn takeover_requests(
                 }
             }
             Err(e) => tracing::warn!("cluster: subscribe {subject}: {e}"),
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
-/// Feeds every entry of the bucket (the current values first, then each change) to
-/// the main task; starts again from the current values when the watch ends (NATS lost
-/// and back), which re-applies them harmlessly.
-async fn retained_watch(
-    js: jetstream::Context,
-    replicas: usize,
-    tx: mpsc::Sender<kv::Entry>,
-    status: Arc<ClusterStatus>,
-) {
-    loop {
-        if let Some(store) = retained_bucket(&js, replicas).await {
-            match store.watch_with_history(">").await {
-                Ok(mut w) => {
-                    while let Some(e) = w.next().await {
-                        match e {
-                            Ok(e) => {
-                                if tx.send(e).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!("cluster: retained watch: {e}");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    status.retained_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("cluster: retained watch failed: {e}");
-                }
-            }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -1187,7 +1155,7 @@ impl State {
                     let value = value.map(|r| wills::will_entry(&r, epoch));
                     io.will_feed.put(client, value);
                 }
-                self.on_batch(&io.client, from, out, &io.in_tx, &io.ret_tx);
+                self.on_batch(&io.client, from, out, &io.in_tx, &io.retained);
                 self.on_sessions(io, from, asked, handed);
                 // After `on_batch` spawned the loaded sessions' SUBs: tasks run in
                 // spawn order and async-nats's command queue is first come, first
@@ -1236,7 +1204,7 @@ impl State {
         from: usize,
         out: ClusterOut,
         in_tx: &mpsc::Sender<Inbound>,
-        ret_tx: &mpsc::Sender<(String, Option<Bytes>)>,
+        retained: &RetainedFeed,
     ) {
         for i in out.interest {
             let key = InterestKey {
@@ -1270,7 +1238,7 @@ impl State {
                 let value = (!m.payload.is_empty()).then(|| {
                     Bytes::from(headers::encode_retained(m.qos, &m.properties, &m.payload))
                 });
-                if ret_tx.try_send((key, value)).is_err() {
+                if !retained.put(key, value) {
                     self.status.retained_dropped.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -1437,44 +1405,29 @@ impl State {
         }
     }
 
-    fn on_retained(&mut self, e: kv::Entry) {
-        let Ok(topic) = headers::retained_topic(&e.key) else {
-            self.status.malformed.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
-        let (qos, properties, payload) = match e.operation {
-            kv::Operation::Put => match headers::decode_retained(&e.value) {
-                Ok(v) => v,
+    /// An entry of the retained bucket, for every loop's replica; an older value of
+    /// a topic whose write from here still waits is not applied (`retained.rs`).
+    fn on_retained(&mut self, e: kv::Entry, waiting: &RetainedFeed) {
+        let loaded = e.delta == 0;
+        if !waiting.is_waiting(&e.key) {
+            let put = e.operation == kv::Operation::Put;
+            let age = super::retained::age_ns(&e);
+            match super::retained::entry_message(&e.key, put, &e.value, age, Instant::now()) {
+                Ok(msg) => {
+                    let body = crate::shard::RetainedBody::from_cluster(&msg);
+                    self.status.retained_applied.fetch_add(1, Ordering::Relaxed);
+                    for l in 0..self.producers.len() {
+                        self.push(l, ShardMsg::Retain(body.clone()), true);
+                    }
+                }
                 Err(_) => {
                     self.status.malformed.fetch_add(1, Ordering::Relaxed);
-                    return;
                 }
-            },
-            // An empty payload is how a replica deletes.
-            kv::Operation::Delete | kv::Operation::Purge => (
-                crate::protocol::QoS::AtMostOnce,
-                Default::default(),
-                Bytes::new(),
-            ),
-        };
-        let msg = Message {
-            topic: Bytes::from(topic),
-            payload,
-            qos,
-            retain: true,
-            properties,
-            // Arrival here orders entries by the bucket's order (the watch delivers
-            // in it), which is what every node's replica converges to.
-            arrived_at: Instant::now(),
-            origin_shard: CLUSTER_ORIGIN,
-            origin_session: NONE,
-            owned: true,
-            cluster_key: 0,
-        };
-        let body = crate::shard::RetainedBody::from_cluster(&msg);
-        self.status.retained_applied.fetch_add(1, Ordering::Relaxed);
-        for l in 0..self.producers.len() {
-            self.push(l, ShardMsg::Retain(body.clone()), true);
+            }
+        }
+        // The last entry of the watch's first pass: the replicas hold the bucket.
+        if loaded && !self.status.retained_loaded.swap(true, Ordering::AcqRel) {
+            tracing::info!("cluster: retained bucket loaded");
         }
     }
 
@@ -1734,7 +1687,9 @@ impl State {
     }
 }
 
-/// Settles the ids this node served on its own each time NATS returns
+/// Settles the ids this node served on its own each time NATS returns, and while
+/// connected as long as any is left (`health::ReconcileSchedule`: a claim is served
+/// locally also when NATS is up but JetStream does not answer; review10 M3)
 /// (`Claims::reconcile`), and hands the outcome to the loop owning each id: the
 /// copies another node gave up (then confirmed, so it ends its copy) or the order to
 /// give the session up.
@@ -1744,15 +1699,15 @@ async fn reconciler(
     placement_seed: u64,
     loops: usize,
 ) {
-    let mut was_connected = false;
+    let mut schedule = super::health::ReconcileSchedule::default();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let connected = claims.status.is_connected();
-        let returned = connected && !was_connected;
-        was_connected = connected;
-        if !returned {
+        let pending = claims.local.lock().is_ok_and(|l| !l.is_empty());
+        if !schedule.due(connected, pending, Instant::now()) {
             continue;
         }
+        claims.status.reconcile_runs.fetch_add(1, Ordering::Relaxed);
         let (done_tx, mut done_rx) = mpsc::channel::<sessions::Reconciled>(SESSIONS_MAX);
         let c = claims.clone();
         let run = async move {

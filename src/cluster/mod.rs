@@ -8,14 +8,20 @@
 //! to and from the cluster thread; `link` is the cluster thread: the async-nats
 //! client on a current-thread tokio runtime; `sessions` its session ownership (KV
 //! compare-and-set) and takeover requests between nodes; `wills` the heartbeats and
-//! the wills bucket that let a survivor publish a dead node's wills once.
+//! the wills bucket that let a survivor publish a dead node's wills once; `health`
+//! what besides the connection makes the node unhealthy (JetStream parts missing, a
+//! duplicate node name) and when ids served locally are settled again; `retained`
+//! the retained bucket's writer (latest value per topic) and watch.
 //! `ClusterError` is this layer's one error enum.
 
 pub mod bridge;
 pub mod headers;
+pub mod health;
 pub mod interest;
 #[cfg(not(loom))]
 pub mod link;
+#[cfg(not(loom))]
+pub mod retained;
 #[cfg(not(loom))]
 pub mod sessions;
 pub mod subject;
@@ -25,6 +31,11 @@ mod tests;
 pub mod wills;
 
 use std::fmt;
+
+/// Bound on a CONNECT's session claim, in ms (`sessions::CLAIM_TIMEOUT`); here so
+/// the config check (`connect_timeout_ms` must be above it) builds without the
+/// cluster thread.
+pub const CLAIM_TIMEOUT_MS: u64 = 4_000;
 
 /// What can go wrong in the cluster layer. None of it reaches an MQTT client as a
 /// reason code: a message from NATS that cannot be read is dropped and counted

@@ -49,7 +49,7 @@ pub const SESSIONS_BUCKET: &str = "ringmq_sessions";
 const CLAIM_TRIES: usize = 4;
 /// Bound on a whole claim (bucket read, CAS, fetch): past it the CONNECT goes on
 /// with what this node holds. Below the connect timeout, so the client gets a CONNACK.
-pub const CLAIM_TIMEOUT: Duration = Duration::from_secs(4);
+pub const CLAIM_TIMEOUT: Duration = Duration::from_millis(super::CLAIM_TIMEOUT_MS);
 /// Bound on the previous owner's answer; a node that does not answer is taken as dead.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts to confirm a hand-over to its old node.
@@ -450,6 +450,7 @@ impl Claims {
             SESSIONS_BUCKET,
             "ringmq session owners (key: base64url of the client id; value: node, epoch)",
             self.replicas,
+            &self.status,
         )
         .await?;
         let _ = self.store.set(s.clone());
@@ -752,7 +753,10 @@ impl Claims {
         );
         for (client_id, mine_ms) in pending {
             let Some(r) = self.reconcile_one(&kv, &client_id, mine_ms).await else {
-                continue;
+                // The bucket does not answer (JetStream without a leader): the rest
+                // wait for the next run (`health::ReconcileSchedule`) instead of each
+                // waiting out its own timeout now.
+                break;
             };
             if let Ok(mut l) = self.local.lock() {
                 if l.get(&client_id) == Some(&mine_ms) {
@@ -910,6 +914,7 @@ impl Claims {
             super::wills::NODES_BUCKET,
             "ringmq node heartbeats (key: base64url of the node; value: incarnation)",
             self.replicas,
+            &self.status,
         )
         .await?;
         let key = super::wills::node_key(node);

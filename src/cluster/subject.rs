@@ -53,6 +53,11 @@ impl QosClass {
 /// rest of the line (a reply inbox, sizes, a subscription id) fits in what is left.
 pub const SUBJECT_MAX_BYTES: usize = 3_800;
 
+/// The longest client id whose KV keys stay within `SUBJECT_MAX_BYTES`: the longest
+/// is its wills entry, `$KV.ringmq_wills.` (17) + base64url of the id + `.` + base64url
+/// of a 64-byte node name (86) + `.` + the incarnation (16 hex).
+pub const CLIENT_ID_MAX_BYTES: usize = (SUBJECT_MAX_BYTES - 17 - 1 - 86 - 1 - 16) * 3 / 4;
+
 /// The token of an empty MQTT level.
 const EMPTY_LEVEL: &str = "%";
 

@@ -1293,3 +1293,88 @@ fn the_writers_backlog_bounds_qos0_and_never_drops_a_held_publish() {
     assert_eq!(out.backlog(), 1);
     assert_eq!(out.admit(true, false), Admit::Queue);
 }
+
+/// `/healthz`'s cluster reasons (review10 M6, M5): 200 only when connected, alone
+/// under its name, with every JetStream part made and the retained bucket read;
+/// otherwise the first cause, naming the setting.
+#[test]
+fn healthz_names_why_a_connected_node_is_not_a_sound_member() {
+    use super::health::JsPart;
+    use std::sync::atomic::Ordering;
+    let s = super::ClusterStatus {
+        node: "n1".into(),
+        kv_replicas: 5,
+        ..Default::default()
+    };
+    assert_eq!(s.unhealthy().as_deref(), Some("cluster: NATS disconnected"));
+    s.connected.store(true, Ordering::Relaxed);
+    let _ = s
+        .jetstream
+        .lock()
+        .unwrap()
+        .failed(JsPart::Retained, "insufficient resources".into());
+    let why = s.unhealthy().expect("JetStream parts missing");
+    assert!(
+        why.starts_with("cluster: JetStream not ready (cluster_kv_replicas = 5): missing "),
+        "{why}"
+    );
+    assert!(
+        why.ends_with("KV_ringmq_retained: insufficient resources"),
+        "{why}"
+    );
+    *s.name_conflict.lock().unwrap() = Some("00000000000000aa".into());
+    let why = s.unhealthy().expect("a twin");
+    assert!(
+        why.contains("cluster_node_name \"n1\" is also used by another running process"),
+        "{why}"
+    );
+    *s.name_conflict.lock().unwrap() = None;
+    for p in [
+        JsPart::QosStream,
+        JsPart::Retained,
+        JsPart::Sessions,
+        JsPart::Nodes,
+        JsPart::Wills,
+    ] {
+        s.jetstream.lock().unwrap().made(p);
+    }
+    assert_eq!(
+        s.unhealthy().as_deref(),
+        Some("cluster: retained not loaded (the bucket's first read is not done)")
+    );
+    s.retained_loaded.store(true, Ordering::Relaxed);
+    assert_eq!(s.unhealthy(), None);
+    let text = s.prometheus_text();
+    for line in [
+        "ringmq_cluster_jetstream_ready 1",
+        "ringmq_cluster_name_conflict 0",
+        "ringmq_cluster_retained_loaded 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line}");
+    }
+}
+
+/// The longest client id the config allows with a cluster (review10 L2) keeps its
+/// longest KV key (its wills entry, under the longest node name) within the subject
+/// bound; one byte more would not.
+#[cfg(not(loom))]
+#[test]
+fn the_longest_client_id_fits_every_kv_key() {
+    use super::subject::{CLIENT_ID_MAX_BYTES, SUBJECT_MAX_BYTES};
+    let node = "n".repeat(64);
+    let owner = super::wills::incarnation_of(&node, u64::MAX);
+    let subject_len = |id_len: usize| {
+        format!(
+            "$KV.{}.{}",
+            super::wills::WILLS_BUCKET,
+            super::wills::will_key(&vec![b'c'; id_len], &owner)
+        )
+        .len()
+    };
+    assert!(subject_len(CLIENT_ID_MAX_BYTES) <= SUBJECT_MAX_BYTES);
+    assert!(subject_len(CLIENT_ID_MAX_BYTES + 1) > SUBJECT_MAX_BYTES);
+    assert_eq!(
+        super::sessions::CLAIM_TIMEOUT.as_millis(),
+        u128::from(super::CLAIM_TIMEOUT_MS)
+    );
+}

@@ -522,6 +522,7 @@ impl Wills {
                 NODES_BUCKET,
                 "ringmq node heartbeats (key: base64url of the node; value: incarnation)",
                 self.replicas,
+                &self.status,
             )
             .await;
             let wills = super::link::bucket(
@@ -529,6 +530,7 @@ impl Wills {
                 WILLS_BUCKET,
                 "ringmq wills of connected clients (key: client.node.incarnation)",
                 self.replicas,
+                &self.status,
             )
             .await;
             if let (Some(n), Some(w)) = (nodes, wills) {
@@ -834,6 +836,7 @@ impl Wills {
             WILLS_BUCKET,
             "ringmq wills of connected clients (key: client.node.incarnation)",
             self.replicas,
+            &self.status,
         )
         .await
         else {
@@ -883,6 +886,7 @@ impl Wills {
         let _sweeper = AbortOnDrop(sweeper);
         let my_key = b64(self.node.as_bytes());
         let my_value = Bytes::from(format!("{:016x}", self.incarnation));
+        let mut name_guard = super::health::NameGuard::new(format!("{:016x}", self.incarnation));
         // Heartbeat key -> (incarnation, server time of the put).
         let mut beats: HashMap<String, (String, i128)> = HashMap::new();
         let mut alive: HashSet<String> = HashSet::new();
@@ -906,7 +910,11 @@ impl Wills {
                     match e {
                         Some(Ok(e)) if e.operation == kv::Operation::Put => {
                             let inc = String::from_utf8_lossy(&e.value).into_owned();
-                            beats.insert(e.key, (inc, e.created.unix_timestamp_nanos()));
+                            let at = e.created.unix_timestamp_nanos();
+                            if e.key == my_key {
+                                name_guard.on_beat(&inc, at);
+                            }
+                            beats.insert(e.key, (inc, at));
                         }
                         Some(Ok(e)) => {
                             beats.remove(&e.key);
@@ -922,6 +930,8 @@ impl Wills {
                         continue;
                     }
                     lease.send_modify(|l| l.renewed(sent));
+                    let twin = name_guard.conflict(dead_after_ns).map(str::to_string);
+                    self.note_name_conflict(twin.as_deref());
                     if last_beat.elapsed() >= self.timings.fence_after {
                         // Back from a cut that others may have taken for death.
                         tracing::info!("cluster: heartbeat back after {:?}; checking this node's wills", last_beat.elapsed());
@@ -952,8 +962,15 @@ impl Wills {
                     // A sweep cut at `SWEEP_MAX` resumes at the next beat.
                     let more = sweep_more.swap(false, Ordering::AcqRel);
                     if n % SWEEP_EVERY == 0 || !gone.is_empty() || more {
+                        let mut beats = beats.clone();
+                        if twin.is_some() {
+                            // Two processes beat under this name, so neither's
+                            // heartbeat says whether the other is dead: none of this
+                            // name's wills is taken for a dead node's meanwhile.
+                            beats.remove(&my_key);
+                        }
                         sweep_tx.send_replace(Some(SweepAsk {
-                            beats: beats.clone(),
+                            beats,
                             now_ns: now,
                             alive: now_alive.clone(),
                         }));
@@ -962,6 +979,35 @@ impl Wills {
                     n = n.wrapping_add(1);
                 }
             }
+        }
+    }
+
+    /// Says (once, and again when it ends) that another process beats under this
+    /// node's name (review10 M6): `/healthz` is 503 meanwhile.
+    fn note_name_conflict(&self, twin: Option<&str>) {
+        let Ok(mut c) = self.status.name_conflict.lock() else {
+            return;
+        };
+        match (c.is_some(), twin) {
+            (false, Some(other)) => {
+                self.status.name_conflicts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "cluster: another process (incarnation {other}) beats under \
+                     cluster_node_name {:?}, this one is {:016x}; give every node its own \
+                     name: until then wills and cross-node messages of both are unreliable",
+                    self.node,
+                    self.incarnation
+                );
+                *c = Some(other.to_string());
+            }
+            (true, None) => {
+                tracing::info!(
+                    "cluster: no other process beats under cluster_node_name {:?} any more",
+                    self.node
+                );
+                *c = None;
+            }
+            _ => {}
         }
     }
 

@@ -170,5 +170,88 @@ pub(super) fn check(cfg: &Config) -> Result<(), (String, Expect, String)> {
             fence.to_string(),
         ));
     }
+    if !cfg.cluster_nats.is_empty() {
+        check_joined(cfg)?;
+    }
+    Ok(())
+}
+
+/// What only matters once the node joins a cluster (review10 L2): settings that would
+/// be ignored, or fail only later in the cluster thread (which then ends and leaves
+/// the node alone), are refused at load time, naming the key to fix.
+fn check_joined(cfg: &Config) -> Result<(), (String, Expect, String)> {
+    let none = || "none".to_string();
+    match (
+        &cfg.cluster_nats_tls_cert_file,
+        &cfg.cluster_nats_tls_key_file,
+    ) {
+        (Some(_), None) => {
+            return Err((
+                "cluster_nats_tls_key_file".into(),
+                "a key file, since cluster_nats_tls_cert_file is set".into(),
+                none(),
+            ))
+        }
+        (None, Some(_)) => {
+            return Err((
+                "cluster_nats_tls_cert_file".into(),
+                "a certificate file, since cluster_nats_tls_key_file is set".into(),
+                none(),
+            ))
+        }
+        _ => {}
+    }
+    if !cfg.cluster_nats_password.is_empty() && cfg.cluster_nats_user.is_empty() {
+        return Err((
+            "cluster_nats_user".into(),
+            "a user name, since cluster_nats_password is set".into(),
+            none(),
+        ));
+    }
+    if let Some(creds) = &cfg.cluster_nats_creds_file {
+        if !cfg.cluster_nats_user.is_empty() {
+            return Err((
+                "cluster_nats_creds_file".into(),
+                "not set together with cluster_nats_user (one way to authenticate to NATS)".into(),
+                creds.clone(),
+            ));
+        }
+    }
+    for (key, file) in [
+        ("cluster_nats_creds_file", &cfg.cluster_nats_creds_file),
+        ("cluster_nats_tls_ca_file", &cfg.cluster_nats_tls_ca_file),
+        (
+            "cluster_nats_tls_cert_file",
+            &cfg.cluster_nats_tls_cert_file,
+        ),
+        ("cluster_nats_tls_key_file", &cfg.cluster_nats_tls_key_file),
+    ] {
+        let Some(path) = file else { continue };
+        if let Err(e) = std::fs::File::open(path) {
+            return Err((key.into(), format!("a readable file ({e})"), path.clone()));
+        }
+    }
+    let id_max = crate::cluster::subject::CLIENT_ID_MAX_BYTES;
+    if cfg.max_client_id_len > id_max {
+        return Err((
+            "max_client_id_len".into(),
+            format!(
+                "at most {id_max} with cluster_nats set (a client id is a key of the \
+                 cluster's KV buckets, within NATS's subject limit)"
+            ),
+            cfg.max_client_id_len.to_string(),
+        ));
+    }
+    let claim_ms = crate::cluster::CLAIM_TIMEOUT_MS;
+    if cfg.connect_timeout_ms <= claim_ms {
+        return Err((
+            "connect_timeout_ms".into(),
+            format!(
+                "more than {claim_ms} with cluster_nats set (a CONNECT may wait that long \
+                 for its session claim)"
+            ),
+            cfg.connect_timeout_ms.to_string(),
+        ));
+    }
     Ok(())
 }

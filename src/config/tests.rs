@@ -782,3 +782,86 @@ fn durability_names_its_modes_and_refuses_others_by_value() {
     cfg.data_dir = Some("d".into());
     assert_eq!(cfg.store_mode(), Durability::Process);
 }
+
+/// Cluster settings that would be ignored or fail only inside the cluster thread are
+/// refused at load time, naming the key and the value (review10 L2).
+#[test]
+fn cluster_settings_that_cannot_work_together_are_refused_by_key() {
+    let dir = std::env::temp_dir().join(format!("ringmq-cfg-l2-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("f.pem");
+    std::fs::write(&file, "x").expect("write");
+    let file = file.to_str().expect("utf-8").to_string();
+    let missing = dir.join("missing.pem").to_str().expect("utf-8").to_string();
+    let nats = ["--cluster-nats", "nats://127.0.0.1:4222"];
+    let refused = |extra: &[&str]| {
+        let mut args = nats.to_vec();
+        args.extend_from_slice(extra);
+        load_with(&cli(&args), with_file(""))
+            .expect_err("refused")
+            .to_string()
+    };
+    let e = refused(&["--cluster-nats-tls-cert-file", &file]);
+    assert_eq!(
+        e,
+        "option --cluster-nats-tls-key-file: expected a key file, since cluster_nats_tls_cert_file is set, got none"
+    );
+    let e = refused(&["--cluster-nats-tls-key-file", &file]);
+    assert!(e.starts_with("option --cluster-nats-tls-cert-file:"), "{e}");
+    let e = refused(&["--cluster-nats-password", "p"]);
+    assert!(
+        e.contains("cluster-nats-user") && e.contains("since cluster_nats_password is set"),
+        "{e}"
+    );
+    let e = refused(&[
+        "--cluster-nats-user",
+        "u",
+        "--cluster-nats-creds-file",
+        &file,
+    ]);
+    assert!(
+        e.contains("cluster-nats-creds-file") && e.contains(&file),
+        "{e}"
+    );
+    for key in ["--cluster-nats-creds-file", "--cluster-nats-tls-ca-file"] {
+        let e = refused(&[key, &missing]);
+        assert!(
+            e.starts_with(&format!("option {key}: expected a readable file"))
+                && e.ends_with(&format!("got {missing}")),
+            "{e}"
+        );
+    }
+    let e = refused(&["--max-client-id-len", "3000"]);
+    assert!(
+        e.starts_with("option --max-client-id-len: expected at most 2759 with cluster_nats set"),
+        "{e}"
+    );
+    let e = refused(&["--connect-timeout-ms", "3000"]);
+    assert!(
+        e.starts_with("option --connect-timeout-ms: expected more than 4000"),
+        "{e}"
+    );
+    // Alone, or with settings that work together, all of it loads.
+    load_with(&cli(&["--cluster-nats-password", "p"]), with_file("")).expect("single node");
+    load_with(
+        &cli(&[
+            "--cluster-nats",
+            "nats://127.0.0.1:4222",
+            "--cluster-nats-user",
+            "u",
+            "--cluster-nats-password",
+            "p",
+            "--cluster-nats-tls-ca-file",
+            &file,
+            "--cluster-nats-tls-cert-file",
+            &file,
+            "--cluster-nats-tls-key-file",
+            &file,
+            "--max-client-id-len",
+            "2759",
+        ]),
+        with_file(""),
+    )
+    .expect("a consistent cluster config");
+    let _ = std::fs::remove_dir_all(&dir);
+}

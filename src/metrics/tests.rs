@@ -456,7 +456,11 @@ fn every_cluster_counter_is_exported() {
         ($($f:ident),* $(,)?) => {{
             #[allow(dead_code)]
             fn all_listed(x: &ClusterStatus) {
-                let ClusterStatus { node: _, connected: _, stopped: _, fenced: _, qos2_window: _, $($f: _,)* } = x;
+                let ClusterStatus {
+                    node: _, connected: _, stopped: _, fenced: _, qos2_window: _,
+                    kv_replicas: _, jetstream: _, name_conflict: _, retained_loaded: _,
+                    $($f: _,)*
+                } = x;
             }
             vec![$( (stringify!($f), (|x: &ClusterStatus, v: u64| {
                 let a: &AtomicU64 = &x.$f;
@@ -509,6 +513,8 @@ fn every_cluster_counter_is_exported() {
         refused_large,
         shared_dropped,
         qos2_resends,
+        name_conflicts,
+        reconcile_runs,
     );
     let before = ClusterStatus::default().prometheus_text();
     for (name, set) in counters {
@@ -535,6 +541,37 @@ fn every_cluster_counter_is_exported() {
         ..Default::default()
     };
     assert_ne!(s.prometheus_text(), before, "cluster fenced not exported");
+    let s = ClusterStatus {
+        retained_loaded: AtomicBool::new(true),
+        ..Default::default()
+    };
+    assert_ne!(
+        s.prometheus_text(),
+        before,
+        "cluster retained_loaded not exported"
+    );
+    let s = ClusterStatus::default();
+    *s.name_conflict.lock().expect("lock") = Some("aa".into());
+    assert_ne!(
+        s.prometheus_text(),
+        before,
+        "cluster name_conflict not exported"
+    );
+    let s = ClusterStatus::default();
+    for p in [
+        crate::cluster::health::JsPart::QosStream,
+        crate::cluster::health::JsPart::Retained,
+        crate::cluster::health::JsPart::Sessions,
+        crate::cluster::health::JsPart::Nodes,
+        crate::cluster::health::JsPart::Wills,
+    ] {
+        s.jetstream.lock().expect("lock").made(p);
+    }
+    assert_ne!(
+        s.prometheus_text(),
+        before,
+        "cluster jetstream_ready not exported"
+    );
 }
 
 #[test]

@@ -264,6 +264,7 @@ impl HttpServer {
         let ctx = ctx.clone();
         let mut metrics: Option<Bytes> = None;
         let mut stats: Option<Bytes> = None;
+        let unhealthy = self.cluster.as_ref().and_then(|c| c.unhealthy());
         for (&sock, c) in self.conns.iter_mut() {
             let ConnState::Waiting { route, head } = c.state else {
                 continue;
@@ -289,12 +290,13 @@ impl HttpServer {
                         .get_or_insert_with(|| json::render(node, &ctx).into())
                         .clone(),
                 ),
-                // A node cut from NATS still serves its own clients, but it is not a
-                // healthy member of the cluster: a load balancer should know.
-                _ if self.cluster.as_ref().is_some_and(|c| !c.is_connected()) => Response::new(
+                // A node cut from NATS (or misconfigured, or still loading) serves
+                // its own clients, but it is not a healthy member of the cluster: a
+                // load balancer should know, and why (`ClusterStatus::unhealthy`).
+                _ if unhealthy.is_some() => Response::new(
                     503,
                     "text/plain; charset=utf-8",
-                    "cluster: NATS disconnected\n",
+                    format!("{}\n", unhealthy.as_deref().unwrap_or_default()),
                 ),
                 _ if node.missing_loops.is_empty() => {
                     Response::new(200, "text/plain; charset=utf-8", "ok\n")
