@@ -254,35 +254,15 @@ struct Worker<L: EventLoop> {
 /// that went idle after a burst would keep the burst's freed pages resident until
 /// traffic came back; two collects a delay apart hand them back.
 const ALLOCATOR_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
-/// Collects a loop wakes up for after its traffic stops: the first frees the
-/// burst's empty pages (their purge delay starts), the second purges them.
-const ALLOCATOR_COLLECTS_AFTER_TRAFFIC: u8 = 2;
-
 /// The idle-time allocator collect (`WorkerSetup::allocator_collect`).
 struct AllocatorCollect {
     collect: Option<fn()>,
     last: Instant,
-    /// Collects still owed since traffic last came in (`on_traffic`); while any
-    /// are, the loop wakes for them (`next_deadline`) instead of sleeping until
-    /// its next timer, which may be minutes away.
-    owed: u8,
 }
 
 impl AllocatorCollect {
     fn new(collect: Option<fn()>, now: Instant) -> AllocatorCollect {
-        AllocatorCollect {
-            collect,
-            last: now,
-            owed: 0,
-        }
-    }
-
-    /// Traffic arrived after the loop was idle: once it stops again, its freed
-    /// pages are handed back.
-    fn on_traffic(&mut self) {
-        if self.collect.is_some() {
-            self.owed = ALLOCATOR_COLLECTS_AFTER_TRAFFIC;
-        }
+        AllocatorCollect { collect, last: now }
     }
 
     /// Called when the loop is about to block: collects at most once per interval,
@@ -295,14 +275,8 @@ impl AllocatorCollect {
             return false;
         }
         self.last = now;
-        self.owed = self.owed.saturating_sub(1);
         collect();
         true
-    }
-
-    /// When the loop must wake for an owed collect; `None`: none owed.
-    fn next_deadline(&self) -> Option<Instant> {
-        (self.owed > 0).then(|| self.last + ALLOCATOR_COLLECT_INTERVAL)
     }
 }
 
@@ -558,7 +532,6 @@ impl<L: EventLoop> Worker<L> {
                     !matches!(c, Completion::SendDone { .. } | Completion::Released { .. })
                 });
                 if outside || self.mesh.has_inbound() {
-                    self.allocator.on_traffic();
                     self.busy_poll.observe(now.saturating_duration_since(t));
                     idle_since = None;
                 }
@@ -708,7 +681,6 @@ impl<L: EventLoop> Worker<L> {
                 self.sn.as_ref().and_then(|s| s.node.next_deadline()),
                 self.bridges.as_ref().and_then(|b| b.next_deadline()),
                 self.store.as_ref().and_then(|s| s.next_deadline()),
-                self.allocator.next_deadline(),
             ]
             .into_iter()
             .flatten()

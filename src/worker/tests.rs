@@ -525,31 +525,6 @@ fn the_allocator_is_collected_at_most_once_per_interval_and_only_with_a_hook() {
 }
 
 #[test]
-fn traffic_makes_the_loop_wake_for_two_collects_then_sleep() {
-    let t0 = Instant::now();
-    let mut none = AllocatorCollect::new(None, t0);
-    none.on_traffic();
-    assert_eq!(none.next_deadline(), None, "no hook: nothing to wake for");
-
-    let mut hooked = AllocatorCollect::new(Some(count_collect), t0);
-    assert_eq!(hooked.next_deadline(), None, "no traffic yet");
-    hooked.on_traffic();
-    let first = t0 + ALLOCATOR_COLLECT_INTERVAL;
-    assert_eq!(hooked.next_deadline(), Some(first));
-    assert!(hooked.on_idle(first));
-    let second = first + ALLOCATOR_COLLECT_INTERVAL;
-    assert_eq!(hooked.next_deadline(), Some(second));
-    assert!(hooked.on_idle(second));
-    assert_eq!(hooked.next_deadline(), None, "both owed collects done");
-    // Traffic again: owed again, from the last collect.
-    hooked.on_traffic();
-    assert_eq!(
-        hooked.next_deadline(),
-        Some(second + ALLOCATOR_COLLECT_INTERVAL)
-    );
-}
-
-#[test]
 fn a_connections_io_state_stays_small() {
     // 24 until session 11 moved the transforms (TLS, WebSocket) to the side table
     // `TlsIo::by_conn` (issue #21: ≤ 300 B per idle connection).
