@@ -70,9 +70,34 @@ pub(crate) struct Aliases {
     pub outbound: Vec<Bytes>,
 }
 
+/// Bits of `Conn::flags`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ConnFlags(u8);
+
+impl ConnFlags {
+    const FLUSH_QUEUED: u8 = 1 << 0;
+    const KEEPALIVE_DEFERRED: u8 = 1 << 1;
+
+    #[inline]
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
+    }
+
+    #[inline]
+    fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
+}
+
 /// Server → client aliases per connection are capped here (on top of the client's
 /// Topic Alias Maximum) so the first-seen lookup stays a short linear scan.
 pub(crate) const MAX_OUTBOUND_ALIASES: usize = 64;
+// `Conn::client_alias_max` holds the client's maximum capped to this in one byte.
+const _: () = assert!(MAX_OUTBOUND_ALIASES <= u8::MAX as usize);
 
 #[derive(Debug)]
 pub(crate) struct Conn {
@@ -97,23 +122,22 @@ pub(crate) struct Conn {
     /// into `tx` since the last take; 0: none. Fits the struct's padding.
     pub tx_read_at: u32,
     pub session: u32,
-    /// 1.5 × negotiated keepalive; 0 = no keepalive.
-    pub keepalive_timeout_ms: u32,
     /// Client's Maximum Packet Size (MQTT 5), `u32::MAX` when not given.
     pub client_max_packet: u32,
     /// Our window towards the client: its Receive Maximum (MQTT 5) within
     /// `max_inflight` (a bridge's session: within 65535), set at CONNECT.
     pub client_receive_max: u16,
-    /// Client's Topic Alias Maximum (MQTT 5): 0 = no server → client aliases.
-    pub client_alias_max: u16,
+    /// The negotiated keepalive in seconds (0: none); the connection is closed
+    /// after 1.5 × that (`keepalive_timeout_ms`). 2 bytes where the timeout in ms
+    /// took 4: with `client_alias_max` and `flags` below, 120 bytes instead of 128.
+    pub keepalive_s: u16,
+    /// Client's Topic Alias Maximum (MQTT 5) as far as it is used: at most
+    /// `MAX_OUTBOUND_ALIASES` (0 = no server → client aliases), so one byte.
+    pub client_alias_max: u8,
     pub version: ProtocolVersion,
     pub state: ConnState,
-    /// An `Action::Flush` was emitted and `take_tx` not yet called.
-    pub flush_queued: bool,
-    /// The keepalive check waits for this connection's `ConnectTimeout` entry, which
-    /// fires first: one wheel entry per connection in its first `connect_timeout_ms`
-    /// instead of two (`Shard::arm_keepalive`).
-    pub keepalive_deferred: bool,
+    /// `FLUSH_QUEUED`, `KEEPALIVE_DEFERRED`: one byte for two bools.
+    pub flags: ConnFlags,
     /// What this client may publish and read, compiled at CONNECT (`AllowAll`
     /// without an ACL file: a check is then one branch).
     pub acl: Acl,
@@ -144,16 +168,45 @@ impl Conn {
             generation,
             tx_read_at: 0,
             session: NONE,
-            keepalive_timeout_ms: 0,
             client_max_packet: u32::MAX,
             client_receive_max: u16::MAX,
+            keepalive_s: 0,
             client_alias_max: 0,
             version: ProtocolVersion::V311,
             state: ConnState::AwaitConnect,
-            flush_queued: false,
-            keepalive_deferred: false,
+            flags: ConnFlags::default(),
             acl: Acl::AllowAll,
         }
+    }
+
+    /// 1.5 × the negotiated keepalive; 0 = no keepalive.
+    #[inline]
+    pub fn keepalive_timeout_ms(&self) -> u32 {
+        u32::from(self.keepalive_s) * 1500
+    }
+
+    /// An `Action::Flush` was emitted and `take_tx` not yet called.
+    #[inline]
+    pub fn flush_queued(&self) -> bool {
+        self.flags.has(ConnFlags::FLUSH_QUEUED)
+    }
+
+    #[inline]
+    pub fn set_flush_queued(&mut self, on: bool) {
+        self.flags.set(ConnFlags::FLUSH_QUEUED, on);
+    }
+
+    /// The keepalive check waits for this connection's `ConnectTimeout` entry, which
+    /// fires first: one wheel entry per connection in its first `connect_timeout_ms`
+    /// instead of two (`Shard::arm_keepalive`).
+    #[inline]
+    pub fn keepalive_deferred(&self) -> bool {
+        self.flags.has(ConnFlags::KEEPALIVE_DEFERRED)
+    }
+
+    #[inline]
+    pub fn set_keepalive_deferred(&mut self, on: bool) {
+        self.flags.set(ConnFlags::KEEPALIVE_DEFERRED, on);
     }
 
     /// Whether input is still processed.
@@ -198,14 +251,45 @@ mod tests {
     use super::*;
 
     #[test]
+    fn flags_and_keepalive_read_back() {
+        let peer = "127.0.0.1:1".parse().expect("addr");
+        let mut c = Conn::new(peer, Instant::now(), 0, 1);
+        assert!(!c.flush_queued() && !c.keepalive_deferred());
+        c.set_flush_queued(true);
+        assert!(c.flush_queued() && !c.keepalive_deferred());
+        c.set_keepalive_deferred(true);
+        c.set_flush_queued(false);
+        assert!(!c.flush_queued() && c.keepalive_deferred());
+        assert_eq!(c.keepalive_timeout_ms(), 0);
+        c.keepalive_s = u16::MAX;
+        assert_eq!(
+            c.keepalive_timeout_ms(),
+            98_302_500,
+            "1.5 × 65,535 s fits a u32"
+        );
+    }
+
+    #[test]
     fn connection_struct_stays_small() {
         // Part of issue #21's ≤ 300 B per idle connection, which perf/rss.sh
         // measures. 144 until session 10; 128 since `last_seen` became a 4-byte ms
         // stamp (an `Instant` is 16) and the accept-time state and topic aliases
-        // share one box (`Rare`).
+        // share one box (`Rare`); 120 since session 11 (keepalive in s, the alias
+        // maximum in a byte, two bools in `flags`).
         assert!(
-            std::mem::size_of::<Conn>() <= 128,
+            std::mem::size_of::<Conn>() <= 120,
             "{}",
+            std::mem::size_of::<Conn>()
+        );
+        // The connection slab's entry (`slab::Entry`, mirrored: it is private)
+        // keeps its tag in a niche of `Conn`.
+        #[allow(dead_code)]
+        enum SlabEntry<T> {
+            Vacant(usize),
+            Occupied(T),
+        }
+        assert_eq!(
+            std::mem::size_of::<SlabEntry<Conn>>(),
             std::mem::size_of::<Conn>()
         );
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::conn::ConnState;
+use super::conn::{ConnState, MAX_OUTBOUND_ALIASES};
 use super::events;
 use super::limits::Refusal;
 use super::timer::TimerKind;
@@ -430,7 +430,7 @@ impl Shard {
         c.take_pending();
         c.session = session;
         c.version = version;
-        c.keepalive_timeout_ms = u32::from(keepalive_s) * 1500;
+        c.keepalive_s = keepalive_s;
         // A bridge's session (only a bridge has a `$bridge/` id, checked above)
         // holds each message until the remote acknowledged it: its window is
         // the packet id space, and the bridge's `queue_max_messages` bounds it.
@@ -444,7 +444,11 @@ impl Shard {
             let p = &connect.properties;
             c.client_receive_max = p.receive_maximum.unwrap_or(u16::MAX).min(window_max);
             c.client_max_packet = p.maximum_packet_size.unwrap_or(u32::MAX);
-            c.client_alias_max = p.topic_alias_maximum.unwrap_or(0);
+            // Aliases beyond our own cap would never be used: the cap fits a byte.
+            c.client_alias_max = p
+                .topic_alias_maximum
+                .unwrap_or(0)
+                .min(MAX_OUTBOUND_ALIASES as u16) as u8;
         }
         if let Some(s) = self.sessions.get_mut(session) {
             s.conn = conn as u32;

@@ -357,7 +357,7 @@ fn encode_one(
     let mut alias = None;
     let mut new_alias = false;
     if v5 && c.client_alias_max > 0 {
-        let max = (c.client_alias_max as usize).min(MAX_OUTBOUND_ALIASES);
+        let max = usize::from(c.client_alias_max).min(MAX_OUTBOUND_ALIASES);
         let a = c.aliases();
         if let Some(i) = a.outbound.iter().position(|t| *t == msg.topic) {
             topic = Bytes::new();
@@ -458,8 +458,8 @@ pub(crate) fn outbound_form(
 
 #[inline]
 fn mark_flush(actions: &mut VecDeque<Action>, conn: ConnId, c: &mut Conn) {
-    if !c.flush_queued && !c.tx.is_empty() {
-        c.flush_queued = true;
+    if !c.flush_queued() && !c.tx.is_empty() {
+        c.set_flush_queued(true);
         actions.push_back(Action::Flush(conn));
     }
 }

@@ -312,8 +312,8 @@ impl Shard {
         });
         for (conn, g) in open {
             if let Some(c) = self.conns.get_mut(conn).filter(|c| c.generation == g) {
-                if !c.tx.is_empty() && !c.flush_queued {
-                    c.flush_queued = true;
+                if !c.tx.is_empty() && !c.flush_queued() {
+                    c.set_flush_queued(true);
                     self.actions.push_back(super::Action::Flush(conn));
                 }
             }

@@ -43,7 +43,7 @@ impl Shard {
     #[inline]
     fn take_out<T>(&mut self, conn: ConnId, take: impl FnOnce(&mut TxBuf) -> T) -> Option<T> {
         let c = self.conns.get_mut(conn)?;
-        c.flush_queued = false;
+        c.set_flush_queued(false);
         if c.tx.is_empty() {
             return None;
         }
@@ -133,8 +133,8 @@ impl Shard {
         let before = c.tx.own_len();
         write(c.tx.tail_mut(), c.version);
         self.stats.bytes_tx += c.tx.own_len() - before;
-        if !c.flush_queued {
-            c.flush_queued = true;
+        if !c.flush_queued() {
+            c.set_flush_queued(true);
             self.actions.push_back(Action::Flush(conn));
         }
     }

@@ -431,8 +431,8 @@ impl Shard {
                 return Step::Sent;
             }
         }
-        if !c.flush_queued {
-            c.flush_queued = true;
+        if !c.flush_queued() {
+            c.set_flush_queued(true);
             actions.push_back(super::Action::Flush(conn_id));
         }
         if qos != QoS::AtMostOnce {

@@ -304,9 +304,9 @@ impl Shard {
                         {
                             self.fail(t.key as usize, SessionError::TokenExpired, now);
                         }
-                        ConnState::Connected if c.keepalive_deferred => {
+                        ConnState::Connected if c.keepalive_deferred() => {
                             if let Some(c) = self.conns.get_mut(t.key as usize) {
-                                c.keepalive_deferred = false;
+                                c.set_keepalive_deferred(false);
                             }
                             self.on_keepalive(t, now);
                         }
@@ -346,16 +346,14 @@ impl Shard {
         let Some(c) = self.conns.get(t.key as usize) else {
             return;
         };
-        if c.generation != t.generation
-            || c.state != ConnState::Connected
-            || c.keepalive_timeout_ms == 0
-        {
+        if c.generation != t.generation || c.state != ConnState::Connected || c.keepalive_s == 0 {
             return;
         }
         // Both stamps are whole ms: the check is at most 1 ms early or late.
         let idle_ms = now_ms.wrapping_sub(c.last_seen_ms);
-        if idle_ms < c.keepalive_timeout_ms {
-            let deadline = now + Duration::from_millis(u64::from(c.keepalive_timeout_ms - idle_ms));
+        let timeout_ms = c.keepalive_timeout_ms();
+        if idle_ms < timeout_ms {
+            let deadline = now + Duration::from_millis(u64::from(timeout_ms - idle_ms));
             self.timers
                 .push(now, deadline, TimerKind::Keepalive, t.key, t.generation);
             return;
@@ -380,13 +378,13 @@ impl Shard {
         let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        if c.keepalive_timeout_ms == 0 {
+        if c.keepalive_s == 0 {
             return;
         }
-        let at = now + Duration::from_millis(u64::from(c.keepalive_timeout_ms));
+        let at = now + Duration::from_millis(u64::from(c.keepalive_timeout_ms()));
         // Not yet due (timers never fire early), so the entry is still held.
         if connect_deadline.is_some_and(|d| d > now && d <= at) {
-            c.keepalive_deferred = true;
+            c.set_keepalive_deferred(true);
             return;
         }
         self.timers

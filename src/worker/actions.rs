@@ -24,7 +24,9 @@ impl<L: EventLoop> Worker<L> {
                     if c.sending || !matches!(c.state, State::Open | State::Draining) {
                         continue;
                     }
-                    if let Some(data) = Self::next_tx(&mut self.shard, c, conn) {
+                    if let Some(data) =
+                        Self::next_tx(&mut self.shard, c, conn, &mut self.tls.by_conn)
+                    {
                         c.sending = true;
                         self.io.send(c.sock, data);
                     }
@@ -44,7 +46,12 @@ impl<L: EventLoop> Worker<L> {
                         continue;
                     }
                     c.state = State::Draining;
-                    if let Some(t) = c.tls.as_mut().filter(|t| t.is_websocket()) {
+                    let session = if c.transformed {
+                        self.tls.by_conn.get_mut(&conn)
+                    } else {
+                        None
+                    };
+                    if let Some(t) = session.filter(|t| t.is_websocket()) {
                         // The shard writes nothing after its Close: frame what it has
                         // left, then the close frame (a browser sees 1000, not 1006).
                         if let Some(plain) = self.shard.take_tx(conn) {
@@ -53,7 +60,9 @@ impl<L: EventLoop> Worker<L> {
                         t.close_websocket();
                     }
                     if !c.sending {
-                        if let Some(data) = Self::next_tx(&mut self.shard, c, conn) {
+                        if let Some(data) =
+                            Self::next_tx(&mut self.shard, c, conn, &mut self.tls.by_conn)
+                        {
                             c.sending = true;
                             self.io.send(c.sock, data);
                         } else {
@@ -91,8 +100,10 @@ impl<L: EventLoop> Worker<L> {
                     }
                     c.state = State::Migrating;
                     tracing::debug!(shard = self.id, conn, sock = c.sock, to, "migrating");
-                    if let Some(session) = c.tls.take() {
-                        self.tls.migrating.insert(c.sock, session);
+                    if std::mem::take(&mut c.transformed) {
+                        if let Some(session) = self.tls.by_conn.remove(&conn) {
+                            self.tls.migrating.insert(c.sock, session);
+                        }
                     }
                     self.outgoing.insert(c.sock, (to, handoff));
                     self.io.migrate(c.sock, to);

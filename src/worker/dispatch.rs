@@ -17,22 +17,25 @@ impl<L: EventLoop> Worker<L> {
         sock: SockId,
         handoff: Handoff,
         session: Option<Box<Transport>>,
+        transforms: &mut Transforms,
         draining: &mut VecDeque<(Instant, ConnId, SockId)>,
         now: Instant,
     ) {
         // The certificate's username, read again from the TLS state that travelled.
         let cert_username = session.as_ref().and_then(|s| s.username());
         let conn = shard.adopt_as(handoff, cert_username, now);
-        Self::map(conns, by_sock, live, conn, sock, session);
+        Self::map(conns, by_sock, live, conn, sock, session, transforms);
         io.start_recv(sock);
         // TLS records the old loop had not sent yet (session tickets) go out first.
         let Some(Some(c)) = conns.get_mut(conn) else {
             return;
         };
-        let wire = c.tls.as_mut().and_then(|s| s.take_wire());
+        let session = transforms.get_mut(&conn);
+        let ended = session.as_ref().is_some_and(|s| s.ended());
+        let wire = session.and_then(|s| s.take_wire());
         // The WebSocket ended while the connection was on its way (the peer's close
         // frame came in on the old loop): the session ends now, not when TCP closes.
-        if c.tls.as_ref().is_some_and(|s| s.ended()) {
+        if ended {
             shard.on_closed(conn, now);
             c.state = State::Draining;
             draining.push_back((now + DRAIN_TIMEOUT, conn, sock));
@@ -54,14 +57,22 @@ impl<L: EventLoop> Worker<L> {
     /// payloads by reference), or through the connection's transforms when it has
     /// any (with any handshake, alert or control bytes they queued; a WebSocket frames
     /// the whole flush as one frame).
-    pub(super) fn next_tx(shard: &mut Shard, c: &mut ConnIo, conn: ConnId) -> Option<TxChain> {
+    pub(super) fn next_tx(
+        shard: &mut Shard,
+        c: &mut ConnIo,
+        conn: ConnId,
+        transforms: &mut Transforms,
+    ) -> Option<TxChain> {
         let chain = shard.take_tx_chain(conn);
         c.read_at = if chain.is_some() {
             shard.taken_read_stamp()
         } else {
             0
         };
-        let Some(session) = c.tls.as_mut() else {
+        if !c.transformed {
+            return chain;
+        }
+        let Some(session) = transforms.get_mut(&conn) else {
             return chain;
         };
         if let Some(plain) = chain {
@@ -77,6 +88,7 @@ impl<L: EventLoop> Worker<L> {
         conn: ConnId,
         sock: SockId,
         tls: Option<Box<Transport>>,
+        transforms: &mut Transforms,
     ) {
         if conns.len() <= conn {
             conns.resize_with(conn + 1, || None);
@@ -90,12 +102,21 @@ impl<L: EventLoop> Worker<L> {
             by_sock[s] == NO_CONN,
             "socket id reported again before its release"
         );
+        let transformed = tls.is_some();
+        match tls {
+            Some(t) => {
+                transforms.insert(conn, t);
+            }
+            // A stale entry of an earlier user of this id cannot be left behind
+            // (`Released` removes it), but a plain connection must never find one.
+            None => debug_assert!(!transforms.contains_key(&conn)),
+        }
         conns[conn] = Some(ConnIo {
             sock,
             state: State::Open,
             sending: false,
             read_at: 0,
-            tls,
+            transformed,
         });
         // A shard never holds 2^32 connections; `NO_CONN` would only lose the mapping.
         by_sock[s] = u32::try_from(conn).unwrap_or(NO_CONN);
@@ -169,13 +190,23 @@ impl<L: EventLoop> Worker<L> {
                 if let Some(&Some(allow)) = tls.anonymous.get(usize::from(listener)) {
                     shard.set_listener_anonymous(conn, Some(allow));
                 }
-                Self::map(conns, by_sock, live, conn, sock, session);
+                Self::map(conns, by_sock, live, conn, sock, session, &mut tls.by_conn);
                 io.start_recv(sock);
             }
             Completion::Adopted { transfer, sock } => match waiting_handoffs.take(transfer) {
                 Some(_) if shutting_down => io.close(sock),
-                Some((handoff, tls)) => Self::adopt_conn(
-                    io, shard, conns, by_sock, live, sock, *handoff, tls, draining, now,
+                Some((handoff, session)) => Self::adopt_conn(
+                    io,
+                    shard,
+                    conns,
+                    by_sock,
+                    live,
+                    sock,
+                    *handoff,
+                    session,
+                    &mut tls.by_conn,
+                    draining,
+                    now,
                 ),
                 None => {
                     tracing::warn!(shard = shard.id(), "socket arrived without its handoff");
@@ -188,7 +219,12 @@ impl<L: EventLoop> Worker<L> {
                         io.recycle(buf);
                         return;
                     };
-                    match (c.state, c.tls.as_mut()) {
+                    let session = if c.transformed {
+                        tls.by_conn.get_mut(&conn)
+                    } else {
+                        None
+                    };
+                    match (c.state, session) {
                         (State::Open, None) => shard.on_read(conn, io.buf(buf), now),
                         (State::Open, Some(session)) => {
                             tls.plain.clear();
@@ -329,7 +365,7 @@ impl<L: EventLoop> Worker<L> {
                 }
                 match (c.state, errno) {
                     (State::Open, 0) | (State::Draining, 0) => {
-                        if let Some(data) = Self::next_tx(shard, c, conn) {
+                        if let Some(data) = Self::next_tx(shard, c, conn, &mut tls.by_conn) {
                             c.sending = true;
                             io.send(sock, data);
                         } else if c.state == State::Draining {
@@ -410,7 +446,10 @@ impl<L: EventLoop> Worker<L> {
                         if let Some(conn) = conn_of(by_sock, sock) {
                             if let Some(Some(c)) = conns.get_mut(conn) {
                                 c.state = State::Open;
-                                c.tls = session;
+                                if let Some(s) = session {
+                                    c.transformed = true;
+                                    tls.by_conn.insert(conn, s);
+                                }
                             }
                             shard.on_migrate_refused(conn, now);
                         }
@@ -430,7 +469,9 @@ impl<L: EventLoop> Worker<L> {
                 };
                 by_sock[sock as usize] = NO_CONN;
                 if let Some(slot) = conns.get_mut(conn) {
-                    *slot = None;
+                    if slot.take().is_some_and(|c| c.transformed) {
+                        tls.by_conn.remove(&conn);
+                    }
                 }
                 *live = live.saturating_sub(1);
                 shard.release(conn);

@@ -127,10 +127,16 @@ struct ConnIo {
     /// Latency stamp of the oldest live delivery in the send in flight; 0: none
     /// (`metrics::latency`).
     read_at: u32,
-    /// The connection's transforms (TLS, WebSocket, both); `None` for plain TCP,
-    /// which then pays one test per receive and per send for them.
-    tls: Option<Box<Transport>>,
+    /// The connection has transforms (TLS, WebSocket, both) in `TlsIo::by_conn`;
+    /// plain TCP pays one test of this flag per receive and per send for them.
+    transformed: bool,
 }
+
+/// The transforms of the connections that have any, by connection. A side table
+/// rather than an `Option<Box<Transport>>` in `ConnIo`, whose 8-byte pointer made
+/// every plain TCP connection's entry 24 bytes instead of 12 (issue #21: ≤ 300 B per
+/// idle connection); a TLS connection pays a lookup beside its record crypto.
+type Transforms = HashMap<ConnId, Box<Transport>>;
 
 /// What the worker keeps for TLS and WebSocket listeners.
 struct TlsIo {
@@ -150,6 +156,8 @@ struct TlsIo {
     /// The TLS state of connections being handed off (keyed like `outgoing`), until
     /// the hand-off is sent (it travels in `WorkerMsg::Adopt`) or refused (it stays).
     migrating: HashMap<SockId, Box<Transport>>,
+    /// The transforms of this loop's connections (`ConnIo::transformed`).
+    by_conn: Transforms,
 }
 
 /// Above this a TLS receive's plaintext buffer is given back rather than kept.
@@ -191,6 +199,12 @@ pub struct WorkerSetup {
     pub cluster: Option<crate::cluster::LoopLink>,
     /// This loop's recovered log (`None`: durability off).
     pub store: Option<store::LoopStore>,
+    /// Hands the allocator's freed pages of this thread back to the OS (`main`
+    /// passes mimalloc's `mi_collect`); called at most once per
+    /// `ALLOCATOR_COLLECT_INTERVAL`, only when the loop is about to block. `None`:
+    /// the allocator's own policy (the library does not know which allocator the
+    /// binary installed).
+    pub allocator_collect: Option<fn()>,
 }
 
 struct Worker<L: EventLoop> {
@@ -232,6 +246,38 @@ struct Worker<L: EventLoop> {
     bridges: Option<Bridges>,
     cluster: Option<crate::cluster::LoopLink>,
     store: Option<store::StoreIo>,
+    allocator: AllocatorCollect,
+}
+
+/// Between two allocator collects of one loop. mimalloc purges a freed page only
+/// after its purge delay (1 s) and only from inside an allocator call, so a loop
+/// that went idle after a burst would keep the burst's freed pages resident until
+/// traffic came back; two collects a delay apart hand them back.
+const ALLOCATOR_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+/// The idle-time allocator collect (`WorkerSetup::allocator_collect`).
+struct AllocatorCollect {
+    collect: Option<fn()>,
+    last: Instant,
+}
+
+impl AllocatorCollect {
+    fn new(collect: Option<fn()>, now: Instant) -> AllocatorCollect {
+        AllocatorCollect { collect, last: now }
+    }
+
+    /// Called when the loop is about to block: collects at most once per interval,
+    /// so a loop that blocks between every message pays one comparison per block.
+    fn on_idle(&mut self, now: Instant) -> bool {
+        let Some(collect) = self.collect else {
+            return false;
+        };
+        if now.saturating_duration_since(self.last) < ALLOCATOR_COLLECT_INTERVAL {
+            return false;
+        }
+        self.last = now;
+        collect();
+        true
+    }
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -270,6 +316,7 @@ pub fn run<L: EventLoop>(
         mqttsn,
         cluster,
         store,
+        allocator_collect,
     } = setup;
     if let Some(cpu) = pin_cpu {
         if let Err(e) = pin_to_cpu(cpu) {
@@ -413,11 +460,13 @@ pub fn run<L: EventLoop>(
             anonymous: listener_anonymous,
             plain: Vec::new(),
             migrating: HashMap::new(),
+            by_conn: HashMap::new(),
         },
         sn: None,
         bridges,
         cluster,
         store,
+        allocator: AllocatorCollect::new(allocator_collect, Instant::now()),
     };
     w.io.set_peers(peers.clone());
     let mut result = Ok(());
@@ -648,6 +697,7 @@ impl<L: EventLoop> Worker<L> {
             let would_block = !more_actions && timeout != Some(Duration::ZERO);
             if would_block {
                 self.shrink_handoff_tables();
+                self.allocator.on_idle(now);
                 let idle_start = *idle_since.get_or_insert(now);
                 let spin = self.busy_poll.window();
                 if !spin.is_zero() {
@@ -789,6 +839,7 @@ impl<L: EventLoop> Worker<L> {
             report,
             shutting_down,
             draining,
+            tls: tls_io,
             ..
         } = self;
         report.handoffs_in += 1;
@@ -796,7 +847,17 @@ impl<L: EventLoop> Worker<L> {
         match io.adopt(transfer) {
             Some(sock) if *shutting_down => io.close(sock),
             Some(sock) => Self::adopt_conn(
-                io, shard, conns, by_sock, live, sock, *handoff, tls, draining, now,
+                io,
+                shard,
+                conns,
+                by_sock,
+                live,
+                sock,
+                *handoff,
+                tls,
+                &mut tls_io.by_conn,
+                draining,
+                now,
             ),
             None => waiting_handoffs.insert(transfer, (handoff, tls), now),
         }

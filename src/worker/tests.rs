@@ -232,11 +232,13 @@ fn a_handoff_whose_socket_never_comes_is_dropped_counted_and_forgotten() {
             anonymous: Vec::new(),
             plain: Vec::new(),
             migrating: HashMap::new(),
+            by_conn: HashMap::new(),
         },
         sn: None,
         bridges: None,
         cluster: None,
         store: None,
+        allocator: AllocatorCollect::new(None, Instant::now()),
     };
     let late = Transfer(7);
     let msg = WorkerMsg::Adopt {
@@ -307,11 +309,13 @@ fn worker_of_two() -> (Worker<crate::io::epoll::EpollLoop>, Endpoint<WorkerMsg>)
             anonymous: Vec::new(),
             plain: Vec::new(),
             migrating: HashMap::new(),
+            by_conn: HashMap::new(),
         },
         sn: None,
         bridges: None,
         cluster: None,
         store: None,
+        allocator: AllocatorCollect::new(None, Instant::now()),
     };
     (w, eps.pop().expect("endpoint 0"))
 }
@@ -494,4 +498,39 @@ fn a_websocket_closed_during_its_handoff_ends_its_session_on_adoption() {
     client.read_to_end(&mut got).expect("read until EOF");
     assert_eq!(got, [0x88, 0x02, 0x03, 0xe8], "the close frame, then EOF");
     assert_eq!((w.live, w.shard.stats().connections), (0, 0));
+    assert!(
+        w.tls.by_conn.is_empty(),
+        "the released connection's transform left the side table"
+    );
+}
+
+static COLLECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_collect() {
+    COLLECTS.fetch_add(1, Ordering::Relaxed);
+}
+
+#[test]
+fn the_allocator_is_collected_at_most_once_per_interval_and_only_with_a_hook() {
+    let t0 = Instant::now();
+    let mut none = AllocatorCollect::new(None, t0);
+    assert!(!none.on_idle(t0 + ALLOCATOR_COLLECT_INTERVAL * 5));
+
+    let mut hooked = AllocatorCollect::new(Some(count_collect), t0);
+    let before = COLLECTS.load(Ordering::Relaxed);
+    // A loop blocking between every message within the first interval: no collect.
+    for ms in 0..1000 {
+        assert!(!hooked.on_idle(t0 + Duration::from_millis(ms)));
+    }
+    assert!(hooked.on_idle(t0 + ALLOCATOR_COLLECT_INTERVAL));
+    assert!(!hooked.on_idle(t0 + ALLOCATOR_COLLECT_INTERVAL + Duration::from_millis(999)));
+    assert!(hooked.on_idle(t0 + ALLOCATOR_COLLECT_INTERVAL * 2));
+    assert_eq!(COLLECTS.load(Ordering::Relaxed) - before, 2);
+}
+
+#[test]
+fn a_connections_io_state_stays_small() {
+    // 24 until session 11 moved the transforms (TLS, WebSocket) to the side table
+    // `TlsIo::by_conn` (issue #21: ≤ 300 B per idle connection).
+    assert_eq!(std::mem::size_of::<Option<ConnIo>>(), 12);
 }

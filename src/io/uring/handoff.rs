@@ -37,6 +37,12 @@ fn doorbell_retryable(errno: i32) -> bool {
     )
 }
 
+/// A hand-off's ticket: the sending loop's id above bit 40, so tickets of different
+/// loops never collide at a target, and the loop's sequence number below.
+fn ticket(loop_id: usize, seq: u32) -> u64 {
+    ((loop_id as u64) << 40) | u64::from(seq)
+}
+
 impl UringLoop {
     /// Continues a migration once the receive has stopped and no send is in flight.
     pub(super) fn maybe_send_fd(&mut self, sock: SockId) {
@@ -51,7 +57,7 @@ impl UringLoop {
         }
         // Reserve the target slot before sending: a MSG_RING into a full table fails
         // (ENFILE) after the socket already left our receive path.
-        let target = match self.peers.get(to) {
+        let target = match self.peers.get(usize::from(to)) {
             None => Err(libc::EINVAL),
             Some(p) => p.reserve_adopt_slot().ok_or(libc::ENFILE),
         };
@@ -73,11 +79,12 @@ impl UringLoop {
                 return;
             }
         };
-        let ticket = ((self.id as u64) << 40) | (self.next_ticket & ((1 << 40) - 1));
-        self.next_ticket += 1;
+        let seq = self.next_ticket;
+        self.next_ticket = seq.wrapping_add(1);
+        let ticket = ticket(self.id, seq);
         s.state = SockState::SendingFd {
-            ticket,
-            to: to as u16,
+            seq,
+            to,
             ring: target_ring as u8,
         };
         let (ring, slot) = (s.ring as usize, s.slot);
@@ -183,7 +190,7 @@ impl UringLoop {
         };
         tracing::debug!(loop_id = self.id, sock, res, "descriptor sent");
         let sent = match self.socks.get(sock as usize).map(|s| s.state) {
-            Some(SockState::SendingFd { ticket, to, ring }) => Some((ticket, to, ring)),
+            Some(SockState::SendingFd { seq, to, ring }) => Some((ticket(self.id, seq), to, ring)),
             _ => None,
         };
         let result = match (res >= 0, sent) {
