@@ -257,7 +257,7 @@ fn epoll_writes_a_send_at_the_next_turn_and_before_a_close() {
     let addr = l.local_addr().expect("addr");
     lp.add_listener(l).expect("listen");
     let mut socks = Vec::new();
-    let mut clients = vec![connect(addr), connect(addr)];
+    let mut clients = [connect(addr), connect(addr)];
     let mut out = Vec::new();
     for _ in 0..1000 {
         out.clear();
