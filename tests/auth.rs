@@ -364,6 +364,50 @@ fn reload_while_clients_are_connected() {
     b.assert_alive();
 }
 
+/// A reload wakes no loop: the first packet that wakes an idle loop afterwards must
+/// already meet the new rules (no route update or other traffic reaches that loop in
+/// between: the route to the subscriber is live before the reload).
+#[test]
+fn the_first_packet_after_a_reload_on_an_idle_loop_meets_the_new_rules() {
+    let dir = tempdir("rli");
+    let mut b = broker(&dir, &["--shards", "2"]);
+    let addr = b.addr().to_string();
+    let (mut sub, _) = RawClient::connect_with(&addr, &login(&uniq("s"), "bob", "builder"));
+    sub.subscribe_ok(1, "a/#", 0);
+    let (mut a, _) = RawClient::connect_with(&addr, &login(&uniq("a"), "alice", "wonderland"));
+    // Delivered: the route is live on alice's loop before the reload.
+    a.publish("a/x", 1, false, 1, b"before");
+    assert_eq!(a.recv_frame().ptype(), 4);
+    assert_eq!(sub.recv_publish().payload, b"before");
+    write(
+        &dir.join("acl"),
+        &format!("{ACL}\nuser alice\ntopic deny a/x\n"),
+    );
+    let pid = b.pid();
+    // SAFETY: kill(2) on the broker this test spawned.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGHUP) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b.stderr_tail().contains("reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload line: {}",
+            b.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    a.publish("a/x", 1, false, 2, b"denied now");
+    assert_eq!(a.recv_frame().ptype(), 4);
+    a.publish("a/y", 1, false, 3, b"still allowed");
+    assert_eq!(a.recv_frame().ptype(), 4);
+    // In order on one connection: the denied one would have come first.
+    let m = sub.recv_publish();
+    assert_eq!(
+        (m.topic.as_str(), &m.payload[..]),
+        ("a/y", &b"still allowed"[..])
+    );
+    b.assert_alive();
+}
+
 #[test]
 fn brute_force_of_1000_wrong_passwords_is_limited_and_counted() {
     let dir = tempdir("bf");

@@ -4,7 +4,11 @@
 //! Connections are plain fds here, so this backend holds at most `RLIMIT_NOFILE` minus a
 //! small reserve. Reads go into one receive arena per loop, filled by every readable
 //! socket in a turn and reused on the next turn (no buffer parked per idle connection).
-//! Writes happen at `send`; what the socket does not take waits for writability.
+//! Writes wait for the next `turn`, so they reach the socket after the mesh flush
+//! the worker makes just before it (an ack must not overtake the retained update it
+//! follows: see `shard/retained.rs`, "Order with acks"; io_uring submits at `turn`
+//! likewise). Closing, shutting down or migrating a socket first writes what waits.
+//! What the socket does not take waits for writability.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -57,6 +61,8 @@ struct Sock {
     queued: bool,
     /// The rest of the one send in flight.
     tx: Option<TxChain>,
+    /// `tx` was handed over by `send` and not written yet (listed in `unwritten`).
+    unwritten: bool,
     /// An outbound connect in progress: the worker's token, reported with
     /// `Connected` when the socket turns writable.
     connecting: Option<u64>,
@@ -77,6 +83,9 @@ pub struct EpollLoop {
     chunk: usize,
     /// Sockets with data still to read (arena was full, or just started).
     readable: VecDeque<SockId>,
+    /// Sockets whose send waits for the next `turn` (at most one entry per socket:
+    /// one send in flight each).
+    unwritten: Vec<SockId>,
     /// Closed or migrated sockets to report as `Released` at the next turn.
     dead: Vec<SockId>,
     pending: Vec<Completion>,
@@ -113,6 +122,7 @@ impl EpollLoop {
             arena_used: 0,
             chunk,
             readable: VecDeque::new(),
+            unwritten: Vec::new(),
             dead: Vec::new(),
             pending: Vec::new(),
             remote: Arc::new(Remote {
@@ -146,6 +156,7 @@ impl EpollLoop {
             recv_on: false,
             queued: false,
             tx: None,
+            unwritten: false,
             connecting: None,
         });
         Ok(sock as SockId)
@@ -363,6 +374,27 @@ impl EpollLoop {
         }
     }
 
+    /// Writes the sends handed over since the last turn.
+    fn write_unwritten(&mut self) {
+        let mut socks = std::mem::take(&mut self.unwritten);
+        for sock in socks.drain(..) {
+            self.write_first(sock);
+        }
+        // Keep the capacity for the next turn.
+        self.unwritten = socks;
+    }
+
+    /// The first write of a send `send` deferred; nothing if it was already made
+    /// (a close, shutdown or migration of the socket made it early).
+    fn write_first(&mut self, sock: SockId) {
+        let Some(s) = self.socks.get_mut(sock as usize) else {
+            return;
+        };
+        if std::mem::take(&mut s.unwritten) {
+            self.write_some(sock);
+        }
+    }
+
     /// Writes as much of the pending send as the socket takes.
     fn write_some(&mut self, sock: SockId) {
         let Some(s) = self.socks.get_mut(sock as usize) else {
@@ -516,10 +548,12 @@ impl EventLoop for EpollLoop {
             return;
         }
         s.tx = Some(data);
-        self.write_some(sock);
+        s.unwritten = true;
+        self.unwritten.push(sock);
     }
 
     fn shutdown_write(&mut self, sock: SockId) {
+        self.write_first(sock);
         let Some(stream) = self
             .socks
             .get(sock as usize)
@@ -534,6 +568,8 @@ impl EventLoop for EpollLoop {
     }
 
     fn close(&mut self, sock: SockId) {
+        // A reply sent just before (a refusal, an alert) goes out before the close.
+        self.write_first(sock);
         drop(self.kill(sock));
     }
 
@@ -558,6 +594,7 @@ impl EventLoop for EpollLoop {
 
     fn migrate(&mut self, sock: SockId, to: usize) {
         let _ = to;
+        self.write_first(sock);
         let Some(stream) = self.kill(sock) else {
             return;
         };
@@ -611,6 +648,8 @@ impl EventLoop for EpollLoop {
 
     fn turn(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()> {
         self.arena_used = 0;
+        // The worker calls `turn` after its mesh flush: now its sends may go out.
+        self.write_unwritten();
         // Events raised between turns (`Released` from `close`) go first: an `Accepted`
         // below may reuse the same socket id.
         let ready_before = !self.pending.is_empty() || !self.dead.is_empty();

@@ -542,6 +542,9 @@ impl<L: EventLoop> Worker<L> {
             // for the completions: a `Released` among them may name the socket id the
             // adoption would be given.
             self.drain_mesh_into(now, &mut early_adopts);
+            // A reloaded policy before the packets: nothing wakes an idle loop for a
+            // reload, so the packet that does must already meet the new policy.
+            self.apply_reloaded_auth();
             for c in completions.drain(..) {
                 if let Completion::SendToFailed { errno } = c {
                     tracing::debug!(shard = self.id, errno, "mqttsn send failed");
@@ -752,9 +755,8 @@ impl<L: EventLoop> Worker<L> {
         }
     }
 
-    /// A reloaded policy (one atomic load when there is none), then the verifier's
-    /// answers.
-    fn drain_auth(&mut self, now: Instant) {
+    /// Installs a reloaded policy (one atomic load when there is none).
+    fn apply_reloaded_auth(&mut self) {
         let Some(a) = &mut self.auth else {
             return;
         };
@@ -763,6 +765,13 @@ impl<L: EventLoop> Worker<L> {
             a.generation = g;
             self.shard.set_auth(a.shared.current());
         }
+    }
+
+    /// The verifier's answers.
+    fn drain_auth(&mut self, now: Instant) {
+        let Some(a) = &mut self.auth else {
+            return;
+        };
         let shard = &mut self.shard;
         a.verifier
             .drain(VERIFY_REPLIES_PER_TURN, |(conn, generation, ok)| {

@@ -245,6 +245,62 @@ fn send_while_one_is_in_flight_is_counted() {
     }
 }
 
+/// The worker flushes the mesh between its sends and the next `turn`, and an ack
+/// must not reach the client before the retained update it follows has left
+/// (`shard/retained.rs`, "Order with acks"): epoll writes a send at the next `turn`,
+/// as io_uring submits it then. A close right after a send still delivers the bytes.
+#[test]
+fn epoll_writes_a_send_at_the_next_turn_and_before_a_close() {
+    let mut lp = new_epoll(0, &opts()).expect("loop");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    lp.add_listener(l).expect("listen");
+    let mut socks = Vec::new();
+    let mut clients = [connect(addr), connect(addr)];
+    let mut out = Vec::new();
+    for _ in 0..1000 {
+        out.clear();
+        lp.turn(Some(Duration::from_millis(10)), &mut out)
+            .expect("turn");
+        socks.extend(out.iter().filter_map(|c| match c {
+            Completion::Accepted { sock, .. } => Some(*sock),
+            _ => None,
+        }));
+        if socks.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(socks.len(), 2, "both accepted");
+    // Accepted in connect order on one listener: socks[i] is clients[i]'s.
+    lp.send(socks[0], Bytes::from_static(b"puback").into());
+    clients[0].set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 16];
+    let before = clients[0].read(&mut buf);
+    assert!(
+        matches!(&before, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "nothing written before the turn: {before:?}"
+    );
+    clients[0].set_nonblocking(false).expect("blocking");
+    out.clear();
+    lp.turn(Some(Duration::ZERO), &mut out).expect("turn");
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Completion::SendDone { sock, errno: 0 } if *sock == socks[0])),
+        "written at the turn: {out:?}"
+    );
+    assert_eq!(read_exact(&mut clients[0], 6), b"puback");
+    // Send then close in one turn (a refusal): the bytes, then end of stream.
+    lp.send(socks[1], Bytes::from_static(b"refused").into());
+    lp.close(socks[1]);
+    assert_eq!(read_exact(&mut clients[1], 7), b"refused");
+    let mut rest = Vec::new();
+    clients[1].read_to_end(&mut rest).expect("eof");
+    assert!(rest.is_empty(), "nothing after the close: {rest:?}");
+    lp.close(socks[0]);
+    out.clear();
+    lp.turn(Some(Duration::ZERO), &mut out).expect("turn");
+}
+
 /// `add_udp` and `send_to` (the MQTT-SN gateway's socket), on every backend: each
 /// datagram arrives once with its sender and bytes (empty and 1,500-byte ones too),
 /// and a datagram sent goes out from the loop's socket.
