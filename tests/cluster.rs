@@ -1814,12 +1814,16 @@ fn misconfiguration_answers_503_with_the_reason() {
     // A lone server is not a JetStream cluster: 3 replicas cannot be placed.
     let n = node_logging("wide", &url, "3", "info");
     wait_reason(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
-    assert!(
-        n.stderr_tail()
-            .contains("not made (cluster_kv_replicas = 3)"),
-        "{}",
-        n.stderr_tail()
-    );
+    // The warning is logged when the reason is recorded; the test's stderr reader
+    // may still be behind the /healthz answer, so it gets until PATIENCE to read it.
+    let deadline = Instant::now() + PATIENCE;
+    while !n
+        .stderr_tail()
+        .contains("not made (cluster_kv_replicas = 3)")
+    {
+        assert!(Instant::now() < deadline, "{}", n.stderr_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(n);
 
     let first = node_logging("twin", &url, "1", "info");
