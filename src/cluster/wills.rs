@@ -722,17 +722,27 @@ impl Wills {
                 });
                 continue;
             }
-            let Some(m) = crate::shard::will_message(&record, Instant::now()) else {
-                self.status.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            self.status
-                .wills_fenced_published
-                .fetch_add(1, Ordering::Relaxed);
-            if publish.send(m).await.is_err() {
+            if self.publish_fenced(&record, publish).await.is_err() {
                 return;
             }
         }
+    }
+
+    /// Publishes a settled will now (`wills_fenced_published`); a record that does
+    /// not decode is counted as malformed and skipped. `Err`: the main task is gone.
+    async fn publish_fenced(
+        &self,
+        record: &[u8],
+        publish: &mpsc::Sender<Message>,
+    ) -> Result<(), ()> {
+        let Some(m) = crate::shard::will_message(record, Instant::now()) else {
+            self.status.malformed.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        };
+        self.status
+            .wills_fenced_published
+            .fetch_add(1, Ordering::Relaxed);
+        publish.send(m).await.map_err(|_| ())
     }
 
     /// The delayed wills whose delay is over: each is published unless its client
@@ -758,14 +768,7 @@ impl Wills {
                     self.status.wills_resumed.fetch_add(1, Ordering::Relaxed);
                 }
                 Some(false) => {
-                    let Some(m) = crate::shard::will_message(&d.record, Instant::now()) else {
-                        self.status.malformed.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    };
-                    self.status
-                        .wills_fenced_published
-                        .fetch_add(1, Ordering::Relaxed);
-                    if publish.send(m).await.is_err() {
+                    if self.publish_fenced(&d.record, publish).await.is_err() {
                         return false;
                     }
                 }
