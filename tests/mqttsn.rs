@@ -68,10 +68,19 @@ fn metric(m: &HashMap<String, f64>, key: &str) -> u64 {
 /// the test's own quiet wait ends; on a loaded runner that can take longer than any
 /// short wait.
 fn metrics_when(broker: &Broker, key: &str, at_least: u64) -> HashMap<String, f64> {
+    metrics_until(broker, |m| metric(m, key) >= at_least)
+}
+
+/// `/metrics` once `done` holds for it, or as last read after [`SETTLE`] (the caller
+/// asserts on it either way); see [`metrics_when`].
+fn metrics_until(
+    broker: &Broker,
+    mut done: impl FnMut(&HashMap<String, f64>) -> bool,
+) -> HashMap<String, f64> {
     let deadline = std::time::Instant::now() + SETTLE;
     loop {
         let m = metrics(broker);
-        if metric(&m, key) >= at_least || std::time::Instant::now() > deadline {
+        if done(&m) || std::time::Instant::now() > deadline {
             return m;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -528,33 +537,35 @@ fn flood_of_garbage_and_spoofed_connects_leaves_tcp_clients_unaffected() {
     // every spoofed CONNECT that arrived holds a client slot or was refused. The
     // survivor's round trip only shows that its own loop has read its queue: with
     // reuseport, the flooder's and the spoofers' datagrams may sit in another loop's
-    // socket, or on the mesh, a little longer. Read again until that loop has caught
-    // up (bounded), then compare.
+    // socket, or on the mesh, a little longer (`metrics_until`).
     let sent = sent_garbage + sent_connects;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let (m, arrived, drops) = loop {
-        let drops = kernel_udp_drops(gw.port());
-        let m = metrics(&broker);
-        let arrived = metric(&m, "ringmq_mqttsn_dropped_total{reason=\"bad_datagram\"}")
-            + metric(&m, "ringmq_mqttsn_dropped_total{reason=\"max_clients\"}")
-            + metric(&m, "ringmq_mqttsn_clients")
-            - 1
-            + metric(&m, "ringmq_mqttsn_dropped_total{reason=\"mesh_full\"}");
-        if arrived + drops >= sent || std::time::Instant::now() > deadline {
-            break (m, arrived, drops);
-        }
-        std::thread::sleep(Duration::from_millis(100));
+    let bad = |m: &HashMap<String, f64>| {
+        metric(m, "ringmq_mqttsn_dropped_total{reason=\"bad_datagram\"}")
     };
-    let bad = metric(&m, "ringmq_mqttsn_dropped_total{reason=\"bad_datagram\"}");
-    let refused = metric(&m, "ringmq_mqttsn_dropped_total{reason=\"max_clients\"}");
+    let refused =
+        |m: &HashMap<String, f64>| metric(m, "ringmq_mqttsn_dropped_total{reason=\"max_clients\"}");
+    let spoofed = |m: &HashMap<String, f64>| metric(m, "ringmq_mqttsn_clients") - 1;
+    let arrived = |m: &HashMap<String, f64>| {
+        bad(m)
+            + refused(m)
+            + spoofed(m)
+            + metric(m, "ringmq_mqttsn_dropped_total{reason=\"mesh_full\"}")
+    };
+    let m = metrics_until(&broker, |m| {
+        arrived(m) + kernel_udp_drops(gw.port()) >= sent
+    });
+    let drops = kernel_udp_drops(gw.port());
     let clients = metric(&m, "ringmq_mqttsn_clients");
     assert!(clients <= 2 * 16, "at most 16 clients per loop: {clients}");
-    assert!(refused > 0, "the bound refused some CONNECTs");
+    assert!(refused(&m) > 0, "the bound refused some CONNECTs");
+    let arrived = arrived(&m);
     assert_eq!(
         arrived + drops,
         sent,
-        "bad {bad} + refused {refused} + spoofed clients {} + kernel drops {drops}",
-        clients - 1
+        "bad {} + refused {} + spoofed clients {} + kernel drops {drops}",
+        bad(&m),
+        refused(&m),
+        spoofed(&m)
     );
     assert!(
         metric(&m, "ringmq_mqttsn_datagrams_total{direction=\"in\"}") >= arrived,
