@@ -209,7 +209,8 @@ fn wait_health(b: &Broker, want: u16) {
         }
         assert!(
             Instant::now() < deadline,
-            "/healthz of {addr} never answered {want}; last: {text}"
+            "/healthz of {addr} never answered {want}; last: {text}; node stderr:\n{}",
+            b.stderr_tail()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
