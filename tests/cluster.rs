@@ -1845,6 +1845,35 @@ fn misconfiguration_answers_503_with_the_reason() {
     // The other process gone, its heartbeat ages out and the node is healthy again.
     drop(second);
     wait_health(&first, 200);
+
+    // A node whose liveness timings differ (review10 L2, M6): both say which key and
+    // both values, and count it; healthy again once it is gone.
+    let odd = Launch::new(&[
+        "--log-level",
+        "info",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--cluster-nats",
+        &url,
+        "--cluster-node-name",
+        "odd",
+        "--cluster-kv-replicas",
+        "1",
+        "--cluster-dead-after-ms",
+        "8000",
+    ])
+    .spawn();
+    wait_reason(
+        &first,
+        "cluster: cluster_dead_after_ms differs: this node 5000, node \"odd\" 8000",
+    );
+    wait_reason(
+        &odd,
+        "cluster: cluster_dead_after_ms differs: this node 8000, node \"twin\" 5000",
+    );
+    wait_metric(&first, "ringmq_cluster_timings_mismatches_total", 1);
+    drop(odd);
+    wait_health(&first, 200);
 }
 
 /// A retained message's expiry counts from its write to the bucket, not from each
