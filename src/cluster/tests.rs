@@ -1376,10 +1376,8 @@ fn healthz_names_a_peer_whose_liveness_timings_differ() {
         fence_after_ms: 2000,
         ..mine
     };
-    g.on_announcement(
-        &super::wills::node_key("n2"),
-        Some(theirs.encode().as_bytes()),
-    );
+    // "bjI": n2's heartbeat key (base64url of the name).
+    g.on_announcement("bjI", Some(theirs.encode().as_bytes()));
     let TimingsNews::Found(m) = g.check(|_| true) else {
         panic!("no mismatch found")
     };
