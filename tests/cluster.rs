@@ -1845,6 +1845,35 @@ fn misconfiguration_answers_503_with_the_reason() {
     // The other process gone, its heartbeat ages out and the node is healthy again.
     drop(second);
     wait_health(&first, 200);
+
+    // A node whose liveness timings differ (review10 L2, M6): both say which key and
+    // both values, and count it; healthy again once it is gone.
+    let odd = Launch::new(&[
+        "--log-level",
+        "info",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--cluster-nats",
+        &url,
+        "--cluster-node-name",
+        "odd",
+        "--cluster-kv-replicas",
+        "1",
+        "--cluster-dead-after-ms",
+        "8000",
+    ])
+    .spawn();
+    wait_reason(
+        &first,
+        "cluster: cluster_dead_after_ms differs: this node 5000, node \"odd\" 8000",
+    );
+    wait_reason(
+        &odd,
+        "cluster: cluster_dead_after_ms differs: this node 8000, node \"twin\" 5000",
+    );
+    wait_metric(&first, "ringmq_cluster_timings_mismatches_total", 1);
+    drop(odd);
+    wait_health(&first, 200);
 }
 
 /// A retained message's expiry counts from its write to the bucket, not from each
@@ -1920,4 +1949,254 @@ fn nats_server_versions_older_than_the_cas_fix_are_refused() {
     ] {
         assert_eq!(v(bad), None, "{bad:?}");
     }
+}
+
+/// The example nats-server configuration as shipped (deploy/nats/ringmq-nats.conf),
+/// with its client port and JetStream directory changed for the test.
+fn nats_from_deploy_config() -> Nats {
+    let bin = require_nats_server();
+    let port = free_loopback_port();
+    let dir = TempDir::new("nats-auth");
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/nats/ringmq-nats.conf"
+    ))
+    .expect("read deploy/nats/ringmq-nats.conf");
+    for line in ["port: 4222", "store_dir: \"/var/lib/nats/jetstream\""] {
+        assert!(shipped.contains(line), "the shipped config lost {line:?}");
+    }
+    let conf = shipped
+        .replace("port: 4222", &format!("port: {port}"))
+        .replace(
+            "store_dir: \"/var/lib/nats/jetstream\"",
+            &format!("store_dir: {:?}", dir.0.join("js")),
+        );
+    let file = dir.0.join("nats.conf");
+    std::fs::write(&file, conf).expect("write nats.conf");
+    let child = Command::new(&bin)
+        .args(["-a", "127.0.0.1", "-c"])
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn nats-server");
+    Nats {
+        child,
+        port,
+        _dir: dir,
+    }
+}
+
+/// A node that connects as its own NATS user of the shipped config, with its own
+/// inbox prefix.
+fn secured_node(name: &str, url: &str) -> Broker {
+    let password = format!("change-me-{name}");
+    let inbox = format!("_RINGMQ_INBOX.{name}");
+    Launch::new(&[
+        "--log-level",
+        "info",
+        "--shards",
+        "2",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--cluster-nats",
+        url,
+        "--cluster-node-name",
+        name,
+        "--cluster-kv-replicas",
+        "1",
+        "--cluster-nats-user",
+        name,
+        "--cluster-nats-password",
+        &password,
+        "--cluster-nats-inbox-prefix",
+        &inbox,
+    ])
+    .spawn()
+}
+
+/// What a plain NATS client (the protocol by hand) got from the server.
+enum NatsEvent {
+    /// A message on this subject.
+    Msg(String),
+    /// An `-ERR` line.
+    Err(String),
+    Pong,
+}
+
+/// A plain NATS client on the protocol itself, as any application of the account
+/// could be; a thread reads what the server sends into `events`.
+struct NatsRaw {
+    stream: TcpStream,
+    events: mpsc::Receiver<NatsEvent>,
+}
+
+impl NatsRaw {
+    fn connect(port: u16, user: &str, password: &str) -> NatsRaw {
+        // The server was just spawned: it listens a moment later.
+        let deadline = Instant::now() + PATIENCE;
+        let stream = loop {
+            match TcpStream::connect(("127.0.0.1", port)) {
+                Ok(s) => break s,
+                Err(e) => assert!(Instant::now() < deadline, "connect to nats-server: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+        let mut info = String::new();
+        reader.read_line(&mut info).expect("read INFO");
+        assert!(info.starts_with("INFO "), "{info}");
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    return;
+                }
+                let l = line.trim_end();
+                let ev = if let Some(rest) = l.strip_prefix("MSG ") {
+                    // MSG <subject> <sid> [reply] <bytes>, then the payload line.
+                    let subject = rest.split(' ').next().unwrap_or_default().to_string();
+                    let len: usize = rest
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(0);
+                    let mut payload = vec![0u8; len + 2];
+                    if reader.read_exact(&mut payload).is_err() {
+                        return;
+                    }
+                    NatsEvent::Msg(subject)
+                } else if let Some(e) = l.strip_prefix("-ERR ") {
+                    NatsEvent::Err(e.to_string())
+                } else if l == "PONG" {
+                    NatsEvent::Pong
+                } else {
+                    continue;
+                };
+                if tx.send(ev).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut c = NatsRaw { stream, events };
+        c.send(&format!(
+            "CONNECT {{\"user\":\"{user}\",\"pass\":\"{password}\",\"verbose\":false,\
+             \"pedantic\":false}}\r\n"
+        ));
+        c
+    }
+
+    fn send(&mut self, s: &str) {
+        self.stream
+            .write_all(s.as_bytes())
+            .expect("write to nats-server");
+    }
+
+    /// Sends a PING and returns the subjects of the messages and the errors that
+    /// came before its PONG (bounded).
+    fn until_pong(&mut self) -> (Vec<String>, Vec<String>) {
+        self.send("PING\r\n");
+        let (mut subjects, mut errors) = (Vec::new(), Vec::new());
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .expect("no PONG from nats-server");
+            match self.events.recv_timeout(left) {
+                Ok(NatsEvent::Msg(s)) => subjects.push(s),
+                Ok(NatsEvent::Err(e)) => errors.push(e),
+                Ok(NatsEvent::Pong) => return (subjects, errors),
+                Err(e) => panic!("nats-server connection: {e}"),
+            }
+        }
+    }
+}
+
+/// Nodes authenticate to NATS as users of their own with subject permissions
+/// (review10 L3), under the shipped example config: two nodes forward a QoS 1
+/// message (JetStream acks on each node's own inboxes) and move a session
+/// (takeover request and reply). The config's other application, a user of the same
+/// account, is refused by the server when it publishes on a takeover subject, writes
+/// a wills entry, reads a bucket or a node's inbox or publishes MQTT traffic; its
+/// `>` subscription gets the MQTT traffic but none of those; the nodes are unharmed.
+#[test]
+fn nodes_authenticate_and_other_users_of_the_account_are_refused() {
+    let nats = nats_from_deploy_config();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let mut app = NatsRaw::connect(nats.port, "app", "change-me-app");
+    app.send("SUB > 1\r\n");
+    let (_, errors) = app.until_pong();
+    assert!(errors.is_empty(), "the app user was refused: {errors:?}");
+    let n1 = secured_node("n1", &url);
+    let n2 = secured_node("n2", &url);
+    wait_health(&n1, 200);
+    wait_health(&n2, 200);
+
+    let mut sub = Sub::start(&n2, 1, &["auth/t"]);
+    until_interest(&n1, "auth/t", &mut [&mut sub]);
+    publish_qos1_until_stored(&n1, "auth/t", "stored");
+    sub.wait_for("the QoS 1 message on node 2", |l| l == "auth/t stored");
+
+    let id = uniq("auth-roam");
+    let (mut c, ack) = RawClient::connect_v5_with(n1.addr(), &persistent_v5(&id));
+    assert!(!ack.session_present);
+    c.subscribe_ok(1, "auth/s", 1);
+    leave(c);
+    let (c, ack) = RawClient::connect_v5_with(n2.addr(), &persistent_v5(&id));
+    assert!(
+        ack.session_present,
+        "the session did not move from node 1; node 2 stderr:\n{}",
+        n2.stderr_tail()
+    );
+    leave(c);
+
+    app.send(concat!(
+        "PUB ringmq.node.n1.takeover 1\r\nx\r\n",
+        "PUB $KV.ringmq_wills.eA.bjE.0000000000000001 1\r\nx\r\n",
+        "SUB $KV.ringmq_wills.> 2\r\n",
+        "PUB $JS.API.DIRECT.GET.KV_ringmq_sessions 0\r\n\r\n",
+        "SUB _RINGMQ_INBOX.n1.> 3\r\n",
+        "PUB mq.0.auth.t 5\r\nforge\r\n",
+    ));
+    let (subjects, errors) = app.until_pong();
+    for refused in [
+        "Permissions Violation for Publish to \"ringmq.node.n1.takeover\"",
+        "Permissions Violation for Publish to \"$KV.ringmq_wills.eA.bjE.0000000000000001\"",
+        "Permissions Violation for Subscription to \"$KV.ringmq_wills.>\"",
+        "Permissions Violation for Publish to \"$JS.API.DIRECT.GET.KV_ringmq_sessions\"",
+        "Permissions Violation for Subscription to \"_RINGMQ_INBOX.n1.>\"",
+        "Permissions Violation for Publish to \"mq.0.auth.t\"",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.contains(refused)),
+            "not refused: {refused}; errors: {errors:?}"
+        );
+    }
+    assert!(
+        subjects.iter().any(|s| s == "mq.1.auth.t"),
+        "the app's tap saw no MQTT traffic: {subjects:?}"
+    );
+    let private = ["ringmq.", "_RINGMQ_INBOX.", "$JS.", "$KV."];
+    assert!(
+        !subjects
+            .iter()
+            .any(|s| private.iter().any(|p| s.starts_with(p))),
+        "the app read ringmq's private subjects: {subjects:?}"
+    );
+
+    // The nodes saw none of it and still work together.
+    assert_eq!(metric(&n1, "ringmq_cluster_malformed_total"), 0);
+    publish(&n1, 1, "auth/t", "after", false);
+    sub.wait_for("a message after the app's attempts", |l| {
+        l == "auth/t after"
+    });
+    assert!(
+        sub.seen.iter().all(|l| l != "auth/t forge"),
+        "{:?}",
+        sub.seen
+    );
+    wait_health(&n1, 200);
+    wait_health(&n2, 200);
 }

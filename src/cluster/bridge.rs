@@ -158,6 +158,11 @@ pub struct ClusterStatus {
     /// still beats (`health::NameGuard`); and how often one was found.
     pub name_conflict: Mutex<Option<String>>,
     pub name_conflicts: AtomicU64,
+    /// A live peer whose liveness timings differ from this node's
+    /// (`health::TimingsGuard`, its text), while it lasts; and how many such
+    /// differences were found (review10 L2, M6).
+    pub timings_mismatch: Mutex<Option<String>>,
+    pub timings_mismatches: AtomicU64,
     /// The retained bucket's first full read reached the loops (review10 M5): until
     /// then a new subscriber could miss a retained message, so `/healthz` is 503.
     pub retained_loaded: AtomicBool,
@@ -181,7 +186,7 @@ impl ClusterStatus {
 
     /// Why `/healthz` answers 503 for the cluster (`None`: it does not), the most
     /// basic cause first: a node cut from NATS, one sharing its name with another
-    /// process, one whose JetStream parts are missing (no durable QoS 1, no session
+    /// process, one whose liveness timings differ from a peer's, one whose JetStream parts are missing (no durable QoS 1, no session
     /// moves, no cluster wills), one whose retained replica is not loaded yet.
     pub fn unhealthy(&self) -> Option<String> {
         if !self.is_connected() {
@@ -193,6 +198,12 @@ impl ClusterStatus {
                 "cluster: cluster_node_name {:?} is also used by another running process \
                  (incarnation {other}); every node needs its own name",
                 self.node
+            ));
+        }
+        let differs = self.timings_mismatch.lock().ok().and_then(|c| c.clone());
+        if let Some(what) = differs {
+            return Some(format!(
+                "cluster: {what} (the liveness timings must be the same on every node)"
             ));
         }
         let missing = self.jetstream.lock().ok().and_then(|j| j.missing());
@@ -578,6 +589,18 @@ impl ClusterStatus {
             "counter",
             "Times another process was found beating under this node's cluster_node_name",
             g(&self.name_conflicts),
+        );
+        line(
+            "timings_mismatch",
+            "gauge",
+            "1 while a live peer's liveness timings differ from this node's",
+            u64::from(self.timings_mismatch.lock().is_ok_and(|c| c.is_some())),
+        );
+        line(
+            "timings_mismatches_total",
+            "counter",
+            "Differences found between a peer's liveness timings and this node's",
+            g(&self.timings_mismatches),
         );
         line(
             "reconcile_runs_total",

@@ -16,7 +16,14 @@
 //!   again. Not only when NATS comes back: also while connected, every few seconds
 //!   with backoff while any is left, since a claim is served locally whenever
 //!   JetStream does not answer (a stream leader lost), NATS connected or not.
+//! - `TimingsGuard` (review10 L2, M6): the liveness timings each node announces in
+//!   the heartbeats bucket (`LivenessTimings`), compared with this node's at every
+//!   beat. One node with another `cluster_dead_after_ms` takes live peers for dead
+//!   (and publishes their clients' wills) or is taken for dead itself; one with
+//!   another fence time keeps clients past the moment the others act.
 
+use std::collections::BTreeMap;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 /// The JetStream parts a node needs (bits of `JetStreamHealth::made`).
@@ -207,6 +214,173 @@ impl ReconcileSchedule {
     }
 }
 
+/// A node's liveness settings, as its config keys name them. Announced under
+/// `timings_key` of the heartbeats bucket, not in the heartbeat's value: a node of
+/// an older version takes the whole value for the incarnation, so a longer value
+/// would make it take this node's wills for a dead incarnation's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessTimings {
+    pub beat_ms: u64,
+    pub fence_after_ms: u64,
+    pub dead_after_ms: u64,
+}
+
+impl LivenessTimings {
+    /// The keys in the announcement, in the order `/healthz` reports a difference.
+    const KEYS: [&'static str; 3] = [
+        "cluster_dead_after_ms",
+        "cluster_fence_after_ms",
+        "cluster_beat_ms",
+    ];
+
+    fn values(&self) -> [u64; 3] {
+        [self.dead_after_ms, self.fence_after_ms, self.beat_ms]
+    }
+
+    /// `cluster_dead_after_ms=5000,cluster_fence_after_ms=3000,cluster_beat_ms=1000`.
+    pub fn encode(&self) -> String {
+        Self::KEYS
+            .iter()
+            .zip(self.values())
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The values of an announcement by key (`None`: absent or not a number). A key
+    /// this version does not know is skipped, so a later version may add some.
+    pub fn decode(value: &[u8]) -> [Option<u64>; 3] {
+        let mut out = [None; 3];
+        let text = String::from_utf8_lossy(value);
+        for (k, v) in text.split(',').filter_map(|kv| kv.split_once('=')) {
+            if let Some(i) = Self::KEYS.iter().position(|key| *key == k.trim()) {
+                out[i] = v.trim().parse().ok();
+            }
+        }
+        out
+    }
+}
+
+/// The heartbeats-bucket key where node `node_key` (its heartbeat's key) announces
+/// its timings. A node key (base64url) holds no `.`, so this is never one.
+pub fn timings_key(node_key: &str) -> String {
+    format!("{node_key}{TIMINGS_SUFFIX}")
+}
+
+/// The node key an announcement's key belongs to (`None`: not an announcement).
+pub fn node_of_timings_key(key: &str) -> Option<&str> {
+    key.strip_suffix(TIMINGS_SUFFIX)
+}
+
+const TIMINGS_SUFFIX: &str = ".timings";
+
+/// A live peer's timing that differs from this node's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimingsMismatch {
+    /// The peer's heartbeat key (base64url of its name) and its name.
+    pub node_key: String,
+    pub node: String,
+    pub key: &'static str,
+    pub mine: u64,
+    pub theirs: u64,
+}
+
+impl fmt::Display for TimingsMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} differs: this node {}, node {:?} {}",
+            self.key, self.mine, self.node, self.theirs
+        )
+    }
+}
+
+/// What changed at a check (`TimingsGuard::check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimingsNews {
+    Same,
+    /// A mismatch that was not the one reported before: log and count it.
+    Found(TimingsMismatch),
+    /// No live peer differs any more.
+    Cleared,
+}
+
+/// See the module doc. Peers that announce nothing (an older version) are not
+/// compared; nor are keys an announcement lacks.
+#[derive(Debug)]
+pub struct TimingsGuard {
+    mine: LivenessTimings,
+    /// Heartbeat key -> its node's announced values (`LivenessTimings::decode`).
+    peers: BTreeMap<String, [Option<u64>; 3]>,
+    reported: Option<TimingsMismatch>,
+}
+
+impl TimingsGuard {
+    pub fn new(mine: LivenessTimings) -> TimingsGuard {
+        TimingsGuard {
+            mine,
+            peers: BTreeMap::new(),
+            reported: None,
+        }
+    }
+
+    /// An announcement under `node_key` (`None`: it was deleted).
+    pub fn on_announcement(&mut self, node_key: &str, value: Option<&[u8]>) {
+        match value {
+            Some(v) => {
+                self.peers
+                    .insert(node_key.to_string(), LivenessTimings::decode(v));
+            }
+            None => {
+                self.peers.remove(node_key);
+            }
+        }
+    }
+
+    /// Compares this node's timings with those of the peers `alive` says beat lately
+    /// (this node's own key is among them: it announces its own values, which match
+    /// unless a twin overwrote them, and that is a difference too). The first
+    /// difference by node key, then by `LivenessTimings::KEYS`, is the one reported.
+    pub fn check(&mut self, alive: impl Fn(&str) -> bool) -> TimingsNews {
+        let mine = self.mine.values();
+        let found = self
+            .peers
+            .iter()
+            .filter(|(k, _)| alive(k))
+            .find_map(|(k, theirs)| {
+                (0..3).find_map(|i| {
+                    let t = theirs[i]?;
+                    (t != mine[i]).then(|| TimingsMismatch {
+                        node_key: k.clone(),
+                        node: decode_node_key(k),
+                        key: LivenessTimings::KEYS[i],
+                        mine: mine[i],
+                        theirs: t,
+                    })
+                })
+            });
+        match found {
+            Some(m) if self.reported.as_ref() != Some(&m) => {
+                self.reported = Some(m.clone());
+                TimingsNews::Found(m)
+            }
+            Some(_) => TimingsNews::Same,
+            None if self.reported.take().is_some() => TimingsNews::Cleared,
+            None => TimingsNews::Same,
+        }
+    }
+}
+
+/// A heartbeat key's node name (the key itself when it is not base64url of text).
+fn decode_node_key(key: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(key)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_else(|| key.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +454,81 @@ mod tests {
         assert!(!s.due(true, false, t + Duration::from_secs(60)));
         assert!(!s.due(false, true, t + Duration::from_secs(61)));
         assert!(s.due(true, true, t + Duration::from_secs(62)));
+    }
+
+    fn timings(beat_ms: u64, fence_after_ms: u64, dead_after_ms: u64) -> LivenessTimings {
+        LivenessTimings {
+            beat_ms,
+            fence_after_ms,
+            dead_after_ms,
+        }
+    }
+
+    #[test]
+    fn timings_announcements_round_trip_and_tolerate_other_versions() {
+        let t = timings(1000, 3000, 5000);
+        assert_eq!(
+            t.encode(),
+            "cluster_dead_after_ms=5000,cluster_fence_after_ms=3000,cluster_beat_ms=1000"
+        );
+        assert_eq!(
+            LivenessTimings::decode(t.encode().as_bytes()),
+            [Some(5000), Some(3000), Some(1000)]
+        );
+        // A later version's extra key is skipped; a missing or broken one is unknown.
+        assert_eq!(
+            LivenessTimings::decode(
+                b"cluster_claim_ms=4000,cluster_dead_after_ms=8000,cluster_beat_ms=x"
+            ),
+            [Some(8000), None, None]
+        );
+        // An old node's heartbeat value (its incarnation) says nothing.
+        assert_eq!(LivenessTimings::decode(b"00000000deadbeef"), [None; 3]);
+        let key = timings_key("bjE");
+        assert_eq!(node_of_timings_key(&key), Some("bjE"));
+        assert_eq!(node_of_timings_key("bjE"), None);
+    }
+
+    #[test]
+    fn a_live_peer_with_other_timings_is_reported_once_and_cleared_when_it_goes() {
+        let mine = timings(1000, 3000, 5000);
+        let mut g = TimingsGuard::new(mine);
+        // "bjE" is n1 (this node), "bjI" n2, "bjM" n3 (an older version: no announcement).
+        g.on_announcement("bjE", Some(mine.encode().as_bytes()));
+        g.on_announcement("bjI", Some(mine.encode().as_bytes()));
+        let all = |_: &str| true;
+        assert_eq!(g.check(all), TimingsNews::Same);
+        g.on_announcement("bjI", Some(timings(1000, 3000, 8000).encode().as_bytes()));
+        let m = match g.check(all) {
+            TimingsNews::Found(m) => m,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            m.to_string(),
+            "cluster_dead_after_ms differs: this node 5000, node \"n2\" 8000"
+        );
+        // Logged and counted once, however many beats it lasts.
+        assert_eq!(g.check(all), TimingsNews::Same);
+        assert_eq!(g.check(all), TimingsNews::Same);
+        // Another difference of the same peer is news.
+        g.on_announcement("bjI", Some(timings(2000, 3000, 5000).encode().as_bytes()));
+        match g.check(all) {
+            TimingsNews::Found(m) => assert_eq!(
+                m.to_string(),
+                "cluster_beat_ms differs: this node 1000, node \"n2\" 2000"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // The peer stops beating: its stale announcement no longer counts.
+        assert_eq!(g.check(|k: &str| k != "bjI"), TimingsNews::Cleared);
+        assert_eq!(g.check(|k: &str| k != "bjI"), TimingsNews::Same);
+        // It restarts with this node's timings (its announcement is replaced).
+        g.on_announcement("bjI", Some(mine.encode().as_bytes()));
+        assert_eq!(g.check(all), TimingsNews::Same);
+        // A deleted announcement is forgotten.
+        g.on_announcement("bjI", Some(timings(1000, 2500, 5000).encode().as_bytes()));
+        assert!(matches!(g.check(all), TimingsNews::Found(_)));
+        g.on_announcement("bjI", None);
+        assert_eq!(g.check(all), TimingsNews::Cleared);
     }
 }

@@ -248,6 +248,7 @@ struct Settings {
     user: String,
     password: String,
     creds_file: Option<String>,
+    inbox_prefix: String,
     tls_ca_file: Option<String>,
     tls_cert_file: Option<String>,
     tls_key_file: Option<String>,
@@ -267,6 +268,7 @@ impl Settings {
             user: cfg.cluster_nats_user.clone(),
             password: cfg.cluster_nats_password.clone(),
             creds_file: cfg.cluster_nats_creds_file.clone(),
+            inbox_prefix: cfg.cluster_nats_inbox_prefix.clone(),
             tls_ca_file: cfg.cluster_nats_tls_ca_file.clone(),
             tls_cert_file: cfg.cluster_nats_tls_cert_file.clone(),
             tls_key_file: cfg.cluster_nats_tls_key_file.clone(),
@@ -344,6 +346,11 @@ async fn connect(
             .credentials_file(f)
             .await
             .map_err(|e| format!("cluster_nats_creds_file {f}: {e}"))?;
+    }
+    if !s.inbox_prefix.is_empty() {
+        // Replies, JetStream acks and KV watch deliveries all come on inboxes under
+        // it, so NATS permissions can give them to this node's user alone.
+        o = o.custom_inbox_prefix(&s.inbox_prefix);
     }
     if let Some(ca) = &s.tls_ca_file {
         o = o.add_root_certificates(ca.into()).require_tls(true);

@@ -1354,6 +1354,56 @@ fn healthz_names_why_a_connected_node_is_not_a_sound_member() {
     }
 }
 
+/// A live peer whose liveness timings differ (review10 L2, M6) makes `/healthz` 503
+/// naming the key and both values, after a twin name (the more basic cause) and
+/// before JetStream; the gauge follows it.
+#[test]
+fn healthz_names_a_peer_whose_liveness_timings_differ() {
+    use super::health::{LivenessTimings, TimingsGuard, TimingsNews};
+    use std::sync::atomic::Ordering;
+    let s = super::ClusterStatus {
+        node: "n1".into(),
+        ..Default::default()
+    };
+    s.connected.store(true, Ordering::Relaxed);
+    let mine = LivenessTimings {
+        beat_ms: 1000,
+        fence_after_ms: 3000,
+        dead_after_ms: 5000,
+    };
+    let mut g = TimingsGuard::new(mine);
+    let theirs = LivenessTimings {
+        fence_after_ms: 2000,
+        ..mine
+    };
+    // "bjI": n2's heartbeat key (base64url of the name).
+    g.on_announcement("bjI", Some(theirs.encode().as_bytes()));
+    let TimingsNews::Found(m) = g.check(|_| true) else {
+        panic!("no mismatch found")
+    };
+    *s.timings_mismatch.lock().unwrap() = Some(m.to_string());
+    assert_eq!(
+        s.unhealthy().as_deref(),
+        Some(
+            "cluster: cluster_fence_after_ms differs: this node 3000, node \"n2\" 2000 \
+             (the liveness timings must be the same on every node)"
+        )
+    );
+    *s.name_conflict.lock().unwrap() = Some("00000000000000aa".into());
+    assert!(s.unhealthy().unwrap().contains("cluster_node_name \"n1\""));
+    *s.name_conflict.lock().unwrap() = None;
+    let text = s.prometheus_text();
+    assert!(text
+        .lines()
+        .any(|l| l == "ringmq_cluster_timings_mismatch 1"));
+    assert_eq!(g.check(|_| false), TimingsNews::Cleared);
+    *s.timings_mismatch.lock().unwrap() = None;
+    assert!(s
+        .unhealthy()
+        .unwrap()
+        .starts_with("cluster: JetStream not ready"));
+}
+
 /// The longest client id the config allows with a cluster (review10 L2) keeps its
 /// longest KV key (its wills entry, under the longest node name) within the subject
 /// bound; one byte more would not.

@@ -7,7 +7,9 @@
 //!   value of its key and is younger than `dead_after` by the server's clock (the stored entry's
 //!   time against this node's own latest heartbeat, so no two hosts' clocks are
 //!   compared). A node restarted under the same name is a new incarnation: the old
-//!   one's wills count as a dead node's.
+//!   one's wills count as a dead node's. Its timings go under `b64(node).timings`
+//!   (`health::TimingsGuard` compares them), never in the heartbeat's value, which
+//!   older nodes take whole for the incarnation.
 //! - **Wills.** While a client with a will is connected, its node keeps the will
 //!   (the log's `SessionPut` record) in the bucket `ringmq_wills` under
 //!   `b64(client).b64(node).incarnation`; the loop says when the connection is gone
@@ -129,6 +131,16 @@ impl Timings {
             beat: Duration::from_millis(beat_ms),
             fence_after: Duration::from_millis(fence_after_ms),
             dead_after: Duration::from_millis(dead_after_ms),
+        }
+    }
+
+    /// The values this node announces to its peers (`health::TimingsGuard`).
+    pub fn announced(&self) -> super::health::LivenessTimings {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        super::health::LivenessTimings {
+            beat_ms: ms(self.beat),
+            fence_after_ms: ms(self.fence_after),
+            dead_after_ms: ms(self.dead_after),
         }
     }
 
@@ -890,6 +902,14 @@ impl Wills {
         let my_key = b64(self.node.as_bytes());
         let my_value = Bytes::from(format!("{:016x}", self.incarnation));
         let mut name_guard = super::health::NameGuard::new(format!("{:016x}", self.incarnation));
+        // This node's liveness timings, announced once under a key of their own (and
+        // again if that entry is deleted), compared with every live peer's at each
+        // beat (review10 L2, M6).
+        let my_timings_key = super::health::timings_key(&my_key);
+        let mine = self.timings.announced();
+        let my_timings = Bytes::from(mine.encode());
+        let mut timings_guard = super::health::TimingsGuard::new(mine);
+        let mut announced = false;
         // Heartbeat key -> (incarnation, server time of the put).
         let mut beats: HashMap<String, (String, i128)> = HashMap::new();
         let mut alive: HashSet<String> = HashSet::new();
@@ -911,6 +931,15 @@ impl Wills {
             tokio::select! {
                 e = async { watch.as_mut()?.next().await }, if watch.is_some() => {
                     match e {
+                        Some(Ok(e)) if super::health::node_of_timings_key(&e.key).is_some() => {
+                            let put = e.operation == kv::Operation::Put;
+                            if e.key == my_timings_key && !put {
+                                announced = false;
+                            }
+                            if let Some(node) = super::health::node_of_timings_key(&e.key) {
+                                timings_guard.on_announcement(node, put.then_some(&e.value[..]));
+                            }
+                        }
                         Some(Ok(e)) if e.operation == kv::Operation::Put => {
                             let inc = String::from_utf8_lossy(&e.value).into_owned();
                             let at = e.created.unix_timestamp_nanos();
@@ -933,6 +962,9 @@ impl Wills {
                         continue;
                     }
                     lease.send_modify(|l| l.renewed(sent));
+                    if !announced {
+                        announced = nodes.put(&my_timings_key, my_timings.clone()).await.is_ok();
+                    }
                     let twin = name_guard.conflict(dead_after_ns).map(str::to_string);
                     self.note_name_conflict(twin.as_deref());
                     if last_beat.elapsed() >= self.timings.fence_after {
@@ -950,6 +982,10 @@ impl Wills {
                         continue;
                     };
                     let now_alive = alive_at(&beats, now, dead_after_ns);
+                    let news = timings_guard.check(|k| {
+                        beats.get(k).is_some_and(|(_, at)| now - at < dead_after_ns)
+                    });
+                    self.note_timings(news);
                     if let Ok(mut a) = self.alive_nodes.lock() {
                         *a = Some(
                             now_alive
@@ -981,6 +1017,34 @@ impl Wills {
                     alive = now_alive;
                     n = n.wrapping_add(1);
                 }
+            }
+        }
+    }
+
+    /// Says (once per difference, and when none is left) that a live peer's liveness
+    /// timings differ from this node's: `/healthz` is 503 meanwhile.
+    fn note_timings(&self, news: super::health::TimingsNews) {
+        use super::health::TimingsNews;
+        let Ok(mut c) = self.status.timings_mismatch.lock() else {
+            return;
+        };
+        match news {
+            TimingsNews::Same => {}
+            TimingsNews::Found(m) => {
+                self.status
+                    .timings_mismatches
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "cluster: {m}; with different liveness timings nodes take live peers \
+                     for dead (and publish their clients' wills) or fence too late: set \
+                     the same cluster_beat_ms, cluster_fence_after_ms and \
+                     cluster_dead_after_ms on every node"
+                );
+                *c = Some(m.to_string());
+            }
+            TimingsNews::Cleared => {
+                tracing::info!("cluster: no live peer's liveness timings differ any more");
+                *c = None;
             }
         }
     }

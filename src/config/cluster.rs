@@ -29,6 +29,11 @@ pub struct ClusterArgs {
     /// NATS credentials file (JWT and NKey seed, as `nsc` writes it). Default: "" (none)
     #[arg(long, value_name = "FILE")]
     pub cluster_nats_creds_file: Option<String>,
+    /// Subject prefix of this node's NATS reply inboxes (request replies, JetStream
+    /// acks, KV watches), e.g. _RINGMQ_INBOX.n1, so NATS permissions can keep other
+    /// users from reading them (deploy/nats/ringmq-nats.conf). Default: "" (_INBOX)
+    #[arg(long, value_name = "PREFIX")]
+    pub cluster_nats_inbox_prefix: Option<String>,
     /// PEM file of the CA that signs the NATS servers' certificates; setting it
     /// requires TLS to NATS. Default: "" (system roots when the URL is tls://)
     #[arg(long, value_name = "FILE")]
@@ -56,6 +61,7 @@ pub(super) const KEYS: &[&str] = &[
     "cluster_nats_user",
     "cluster_nats_password",
     "cluster_nats_creds_file",
+    "cluster_nats_inbox_prefix",
     "cluster_nats_tls_ca_file",
     "cluster_nats_tls_cert_file",
     "cluster_nats_tls_key_file",
@@ -92,6 +98,24 @@ fn node_name(raw: &Raw) -> Result<String, Expect> {
     ok.then_some(s).ok_or_else(expected)
 }
 
+/// A NATS subject prefix: dot-separated tokens of letters, digits, '-', '_' and '$'
+/// (no wildcard, no empty token), at most 128 bytes; or "" (async-nats's `_INBOX`).
+fn inbox_prefix(raw: &Raw) -> Result<String, Expect> {
+    let expected = || {
+        "a NATS subject prefix like _RINGMQ_INBOX.n1 (tokens of letters, digits, '-', \
+         '_', '$' joined by '.', at most 128 bytes), or \"\""
+            .to_string()
+    };
+    let s = text(raw).map_err(|_| expected())?;
+    let token_ok = |t: &str| {
+        !t.is_empty()
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'$')
+    };
+    let ok = s.is_empty() || (s.len() <= 128 && s.split('.').all(token_ok));
+    ok.then_some(s).ok_or_else(expected)
+}
+
 /// Applies one key of this part. `Ok(false)`: not one of its keys.
 pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect> {
     match key {
@@ -100,6 +124,7 @@ pub(super) fn set(cfg: &mut Config, key: &str, raw: &Raw) -> Result<bool, Expect
         "cluster_nats_user" => cfg.cluster_nats_user = text(raw)?,
         "cluster_nats_password" => cfg.cluster_nats_password = text(raw)?,
         "cluster_nats_creds_file" => cfg.cluster_nats_creds_file = optional_path(raw)?,
+        "cluster_nats_inbox_prefix" => cfg.cluster_nats_inbox_prefix = inbox_prefix(raw)?,
         "cluster_nats_tls_ca_file" => cfg.cluster_nats_tls_ca_file = optional_path(raw)?,
         "cluster_nats_tls_cert_file" => cfg.cluster_nats_tls_cert_file = optional_path(raw)?,
         "cluster_nats_tls_key_file" => cfg.cluster_nats_tls_key_file = optional_path(raw)?,
@@ -119,6 +144,11 @@ impl ClusterArgs {
         push_text(v, "cluster_nats_user", &self.cluster_nats_user);
         push_text(v, "cluster_nats_password", &self.cluster_nats_password);
         push_text(v, "cluster_nats_creds_file", &self.cluster_nats_creds_file);
+        push_text(
+            v,
+            "cluster_nats_inbox_prefix",
+            &self.cluster_nats_inbox_prefix,
+        );
         push_text(
             v,
             "cluster_nats_tls_ca_file",

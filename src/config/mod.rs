@@ -232,6 +232,9 @@ pub struct Config {
     pub cluster_nats_user: String,
     pub cluster_nats_password: String,
     pub cluster_nats_creds_file: Option<String>,
+    /// Prefix of the node's NATS reply subjects ("": async-nats's `_INBOX`), so NATS
+    /// permissions can keep other users of the account from reading them.
+    pub cluster_nats_inbox_prefix: String,
     pub cluster_nats_tls_ca_file: Option<String>,
     pub cluster_nats_tls_cert_file: Option<String>,
     pub cluster_nats_tls_key_file: Option<String>,
@@ -370,6 +373,7 @@ impl Default for Config {
             cluster_nats_user: String::new(),
             cluster_nats_password: String::new(),
             cluster_nats_creds_file: None,
+            cluster_nats_inbox_prefix: String::new(),
             cluster_nats_tls_ca_file: None,
             cluster_nats_tls_cert_file: None,
             cluster_nats_tls_key_file: None,

@@ -168,6 +168,11 @@ fn every_cli_option_has_the_same_toml_key() {
         ("cluster_nats_user", "\"u\"", "u"),
         ("cluster_nats_password", "\"p\"", "p"),
         ("cluster_nats_creds_file", "\"/etc/c\"", "/etc/c"),
+        (
+            "cluster_nats_inbox_prefix",
+            "\"_RINGMQ_INBOX.n1\"",
+            "_RINGMQ_INBOX.n1",
+        ),
         ("cluster_nats_tls_ca_file", "\"/etc/ca\"", "/etc/ca"),
         ("cluster_nats_tls_cert_file", "\"/etc/crt\"", "/etc/crt"),
         ("cluster_nats_tls_key_file", "\"/etc/key\"", "/etc/key"),
@@ -681,6 +686,10 @@ fn cluster_keys_name_the_bad_value() {
         ("cluster_nats", "\"http://x:4222\""),
         ("cluster_nats", "\"nats://\""),
         ("cluster_node_name", "\"a b\""),
+        ("cluster_nats_inbox_prefix", "\"_INBOX.>\""),
+        ("cluster_nats_inbox_prefix", "\"_INBOX..n1\""),
+        ("cluster_nats_inbox_prefix", "\"_INBOX.n1.\""),
+        ("cluster_nats_inbox_prefix", "\"a b\""),
         ("cluster_kv_replicas", "0"),
         ("cluster_kv_replicas", "6"),
     ] {

@@ -459,6 +459,7 @@ fn every_cluster_counter_is_exported() {
                 let ClusterStatus {
                     node: _, connected: _, stopped: _, fenced: _, qos2_window: _,
                     kv_replicas: _, jetstream: _, name_conflict: _, retained_loaded: _,
+                    timings_mismatch: _,
                     $($f: _,)*
                 } = x;
             }
@@ -514,6 +515,7 @@ fn every_cluster_counter_is_exported() {
         shared_dropped,
         qos2_resends,
         name_conflicts,
+        timings_mismatches,
         reconcile_runs,
     );
     let before = ClusterStatus::default().prometheus_text();
@@ -556,6 +558,13 @@ fn every_cluster_counter_is_exported() {
         s.prometheus_text(),
         before,
         "cluster name_conflict not exported"
+    );
+    let s = ClusterStatus::default();
+    *s.timings_mismatch.lock().expect("lock") = Some("x".into());
+    assert_ne!(
+        s.prometheus_text(),
+        before,
+        "cluster timings_mismatch not exported"
     );
     let s = ClusterStatus::default();
     for p in [
