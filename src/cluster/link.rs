@@ -1448,15 +1448,13 @@ impl State {
             let claims = claims.clone();
             let tx = claimed_tx.clone();
             tokio::spawn(async move {
-                let (session, handed) = match claims.claim(&c).await {
-                    Some((s, handed)) => (Some(s), handed),
-                    None => (None, None),
-                };
+                let answer = claims.claim(&c).await;
                 let m = ClusterIn::Claimed {
                     conn: c.conn,
                     generation: c.generation,
-                    session,
-                    from: handed,
+                    own: answer.as_ref().is_some_and(|a| a.own),
+                    from: answer.as_ref().and_then(|a| a.from.clone()),
+                    session: answer.map(|a| a.session),
                 };
                 let _ = tx.send((from, m)).await;
             });

@@ -73,6 +73,9 @@ pub enum ClusterIn {
         session: Option<Bytes>,
         /// The node that sent `session` and its id for it, to confirm receipt to.
         from: Option<Handed>,
+        /// `session` is this node's own entry's saved state (review10 L1): loaded
+        /// only when the loop holds no session of the id.
+        own: bool,
     },
     /// A dead node's will this node claimed: publish it as a local client would.
     Will(Arc<Message>),
@@ -381,8 +384,9 @@ impl Shard {
                 generation,
                 session,
                 from,
+                own,
             } => {
-                self.on_session_claimed(conn, generation, session, from, now);
+                self.on_session_claimed(conn, generation, session, from, own, now);
                 if self
                     .conns
                     .get(conn)

@@ -503,14 +503,16 @@ impl Shard {
     }
 
     /// The cluster thread made this node the owner of `conn`'s client id; `session`:
-    /// what the previous owner handed over. The CONNECT goes on with it (its CONNACK
-    /// says session present when a session arrived or was here already).
+    /// what the previous owner handed over, or (`own`) the saved state of this
+    /// node's own entry. The CONNECT goes on with it (its CONNACK says session
+    /// present when a session arrived or was here already).
     pub(super) fn on_session_claimed(
         &mut self,
         conn: ConnId,
         generation: u32,
         session: Option<Bytes>,
         from: Option<Handed>,
+        own: bool,
         now: Instant,
     ) {
         self.last_now = Some(now);
@@ -527,8 +529,9 @@ impl Shard {
         let Some(connect) = held else {
             // The CONNECT gave up (closed, connect timeout) while its claim travelled,
             // but the old node has ended the session and this node owns it in the
-            // bucket: it stays here, offline, for the client's next CONNECT.
-            if let Some(b) = session {
+            // bucket: it stays here, offline, for the client's next CONNECT. (This
+            // node's own saved state stays in the entry for that CONNECT's claim.)
+            if let Some(b) = session.filter(|_| !own) {
                 if let Some(idx) = self.load_handover(None, &b, from.clone(), now) {
                     self.confirm_handover(idx, from, now);
                     self.expire_offline_handover(idx, now);
@@ -536,7 +539,11 @@ impl Shard {
             }
             return;
         };
-        if let Some(b) = session.filter(|_| !connect.clean_start) {
+        // The saved state of this node's own entry (review10 L1) is what a restart
+        // without a data directory lost; a session held here is that and newer (its
+        // queue, its latest subscriptions), so it stays.
+        let lost_here = !own || self.sessions.find(&connect.client_id).is_none();
+        if let Some(b) = session.filter(|_| !connect.clean_start && lost_here) {
             if let Some(idx) = self.load_handover(Some(&connect.client_id), &b, from.clone(), now) {
                 self.confirm_handover(idx, from, now);
             }
