@@ -1431,3 +1431,21 @@ fn a_claim_of_an_entry_naming_this_node_recovers_the_saved_state() {
     assert!(own_saved_live(&saved(u32::MAX), now - 1, now));
     assert!(!own_saved_live(b"junk", 0, now));
 }
+
+/// Review10 L6: the return-time wills check and `settle` read the stream leader's
+/// answer: a put is held (at its revision), a delete or purge marker or no message
+/// is gone, and a failed read says nothing.
+#[cfg(not(loom))]
+#[test]
+fn the_leader_read_of_a_will_entry_tells_held_gone_and_unknown_apart() {
+    use super::wills::*;
+    use async_nats::jetstream::stream::{LastRawMessageError, LastRawMessageErrorKind};
+    assert_eq!(leader_read(Ok((42, None))), LeaderRead::Held(42));
+    assert_eq!(leader_read(Ok((42, Some("PUT")))), LeaderRead::Held(42));
+    assert_eq!(leader_read(Ok((42, Some("DEL")))), LeaderRead::Gone);
+    assert_eq!(leader_read(Ok((42, Some("PURGE")))), LeaderRead::Gone);
+    let gone = LastRawMessageError::new(LastRawMessageErrorKind::NoMessageFound);
+    assert_eq!(leader_read(Err(&gone)), LeaderRead::Gone);
+    let failed = LastRawMessageError::new(LastRawMessageErrorKind::Other);
+    assert!(matches!(leader_read(Err(&failed)), LeaderRead::Unknown(_)));
+}
