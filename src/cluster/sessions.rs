@@ -110,6 +110,9 @@ pub fn encode_request(client_id: &[u8], clean: bool, epoch: u64) -> Bytes {
     Bytes::from(b)
 }
 
+/// What `encode_merge` adds before the client id and the session: tag and length.
+pub const MERGE_HEADER_BYTES: usize = 3;
+
 /// A session the asking node gives up to this one (it lost a reconcile after a
 /// partition): tag 3, then the client id's length (2 bytes), the id and hand-over
 /// bytes whose copies join this node's session of that id.

@@ -444,13 +444,35 @@ impl Shard {
     /// `cluster/sessions.rs` reconcile): the connection here is closed as a takeover's
     /// would be (MQTT 5: DISCONNECT 0x8E; will rules as for a takeover) and the session
     /// ends here, its QoS 1/2 copies sent to `node` to join the session there.
-    pub(super) fn on_session_yield(&mut self, client_id: &[u8], node: String, now: Instant) {
+    pub(super) fn on_session_yield(
+        &mut self,
+        client_id: &[u8],
+        node: String,
+        max_bytes: usize,
+        now: Instant,
+    ) {
         self.last_now = Some(now);
         let Some(s) = self.sessions.find(client_id) else {
             return;
         };
         self.take_over(s, false, now);
         let bytes = self.handover_bytes(s);
+        if bytes.len() > max_bytes {
+            // NATS would refuse the Merge after the session ended here, losing its
+            // copies (review10 L5): kept here offline (expiring as usual) instead,
+            // as a takeover's too-large session is.
+            tracing::warn!(
+                "cluster: session {:?} not given up to {node}: {} bytes, NATS allows {max_bytes}; kept here",
+                String::from_utf8_lossy(client_id),
+                bytes.len()
+            );
+            if let Some(st) = self.cluster_status.as_deref() {
+                st.sessions_kept.fetch_add(1, Ordering::Relaxed);
+            }
+            self.expire_offline_handover(s, now);
+            self.drop_slow_consumers(now);
+            return;
+        }
         self.cluster_handing.remove(client_id);
         self.end_session(s, now);
         self.drop_slow_consumers(now);

@@ -883,6 +883,47 @@ fn a_will_taken_by_another_node_disconnects_its_client_without_a_second_will() {
     a.expect_nothing(c);
 }
 
+/// Review10 L5: a session too large for the Merge that would carry it to the node
+/// keeping the id is not ended here (NATS would refuse the Merge and its copies be
+/// lost): its connection goes all the same, and it stays here offline, with its copy.
+#[test]
+fn a_session_too_large_to_give_up_stays_here() {
+    let mut a = node();
+    let opts = || ConnectOpts {
+        properties: Properties::from(PropertyValues {
+            session_expiry_interval_s: Some(60),
+            ..Default::default()
+        }),
+        ..persistent()
+    };
+    let s = a.connect_ok(V5, "big", opts(), false);
+    a.subscribe(s, "t", Q1);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    a.publish(p, "t", "kept", Q1, false, 1);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Yield {
+            client_id: Bytes::from_static(b"big"),
+            node: "b".into(),
+            max_bytes: 8,
+        },
+        now,
+    );
+    a.pump();
+    a.expect(s, pubp("t", "kept", Q1, false, 1));
+    a.expect(s, disconnect(ReasonCode::SessionTakenOver));
+    a.expect_closed(s);
+    let out = a.shards[0].take_cluster_out().unwrap_or_default();
+    assert!(out.yields.is_empty(), "{:?}", out.yields);
+    assert_eq!(a.shards[0].stats().sessions, 2, "kept here");
+    // Its client comes back here: the copy it never acknowledged is sent again.
+    let c = a.connect_ok(V5, "big", opts(), true);
+    let mut again = publish("t", "kept", Q1, false, 1);
+    again.dup = true;
+    a.expect(c, Packet::Publish(again));
+}
+
 /// After a partition, the node whose CONNECT for an id came earlier gives the id up
 /// (`cluster/sessions.rs` reconcile): its MQTT 5 client is told 0x8E, the session
 /// ends here and its queued copies go to the node that keeps the id, where they join
@@ -901,6 +942,7 @@ fn a_session_given_up_after_a_partition_joins_the_winners_session() {
         ClusterIn::Yield {
             client_id: Bytes::from_static(b"split"),
             node: "b".into(),
+            max_bytes: 1 << 20,
         },
         now,
     );
