@@ -594,6 +594,15 @@ fn three_nodes_on_a_nats_cluster() {
     }
     s1.wait_for("before-4 on node 1", |l| l == "from2/t before-4");
 
+    // Review10 L1: a persistent client of node 2, whose session is saved in the
+    // sessions bucket, comes back to node 2 after it restarts (below) without a
+    // data directory.
+    let l1_id = uniq("l1");
+    let saved = metric(&n2, "ringmq_cluster_sessions_saved_total");
+    let (mut l1, _) = RawClient::connect_v5_with(n2.addr(), &persistent_v5(&l1_id));
+    l1.subscribe_ok(1, "l1/t", 1);
+    wait_metric(&n2, "ringmq_cluster_sessions_saved_total", saved + 1);
+
     // A node killed with SIGKILL and started again rejoins: it reads the retained
     // bucket from the start and gets cross-node traffic for its new subscribers.
     let pid = n2.pid() as libc::pid_t;
@@ -602,6 +611,16 @@ fn three_nodes_on_a_nats_cluster() {
     n2.assert_alive_or_reap();
     let n2 = node("n2", &url(1));
     wait_health(&n2, 200);
+    // The entry names node 2, which holds no session now: the claim recovers the
+    // saved one (it used to start fresh, session present 0, subscription gone).
+    drop(l1);
+    let (mut l1, ack) = RawClient::connect_v5_with(n2.addr(), &persistent_v5(&l1_id));
+    assert!(ack.session_present, "{}", n2.stderr_tail());
+    let mut l1_pub = RawClient::connect_v311(n2.addr(), &uniq("l1-pub"));
+    l1_pub.publish("l1/t", 1, false, 1, b"back");
+    let m = next_publish(&mut l1, PATIENCE).expect("the subscription saved before the kill");
+    assert_eq!(m.payload, b"back");
+    leave(l1);
     wait_retained_within(&n2, "r/y", "quorum", RECOVERY);
     let mut s = Sub::start(&n2, 1, &["back/t"]);
     until_interest(&n1, "back/t", &mut [&mut s]);

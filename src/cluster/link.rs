@@ -1455,15 +1455,13 @@ impl State {
             let claims = claims.clone();
             let tx = claimed_tx.clone();
             tokio::spawn(async move {
-                let (session, handed) = match claims.claim(&c).await {
-                    Some((s, handed)) => (Some(s), handed),
-                    None => (None, None),
-                };
+                let answer = claims.claim(&c).await;
                 let m = ClusterIn::Claimed {
                     conn: c.conn,
                     generation: c.generation,
-                    session,
-                    from: handed,
+                    own: answer.as_ref().is_some_and(|a| a.own),
+                    from: answer.as_ref().and_then(|a| a.from.clone()),
+                    session: answer.map(|a| a.session),
                 };
                 let _ = tx.send((from, m)).await;
             });
@@ -1771,7 +1769,13 @@ async fn reconciled(
         sessions::Reconciled::Won { session: None, .. } => {}
         sessions::Reconciled::Lost { client_id, node } => {
             let l = crate::shard::owner_shard(placement_seed, &client_id, loops);
-            let _ = tx.send((l, ClusterIn::Yield { client_id, node })).await;
+            let max_bytes = merge_max_bytes(&claims.client, &client_id);
+            let m = ClusterIn::Yield {
+                client_id,
+                node,
+                max_bytes,
+            };
+            let _ = tx.send((l, m)).await;
         }
     }
 }
@@ -1793,9 +1797,24 @@ fn reassert(io: &LoopsIo, from: usize, client_id: Bytes, epoch: u64) {
                 .status
                 .sessions_sent_on
                 .fetch_add(1, Ordering::Relaxed);
-            let _ = tx.send((from, ClusterIn::Yield { client_id, node })).await;
+            let max_bytes = merge_max_bytes(&claims.client, &client_id);
+            let m = ClusterIn::Yield {
+                client_id,
+                node,
+                max_bytes,
+            };
+            let _ = tx.send((from, m)).await;
         }
     });
+}
+
+/// The largest session a Merge of `client_id` (`sessions::encode_merge`) can carry
+/// on `client`'s connection (review10 L5).
+fn merge_max_bytes(client: &async_nats::Client, client_id: &[u8]) -> usize {
+    client
+        .server_info()
+        .max_payload
+        .saturating_sub(sessions::MERGE_HEADER_BYTES + client_id.len())
 }
 
 /// Hand-overs loop `from` loaded: each is confirmed to its old node once the loaded

@@ -16,7 +16,11 @@
 //! UNSUBSCRIBE and resume, with the wall time its client went when it goes
 //! (`offline_ms`), and blanked when the session ends there (`state_writer`; review10
 //! M4). A change NATS does not take is kept (the latest per id) and retried until
-//! it lands.
+//! it lands. A claim keeps the saved state it found (a clean start blanks it), and
+//! one that finds this node's own name in the entry answers with that state, which
+//! the loop resumes only if it holds no session of the id: a node restarted without
+//! its data directory under the same name gets its clients' sessions back as any
+//! other node would (review10 L1).
 //!
 //! What is lost, and why: when the previous owner does not answer (killed, or cut
 //! from NATS) within `FETCH_TIMEOUT`, the claim rebuilds the session from the entry
@@ -105,6 +109,9 @@ pub fn encode_request(client_id: &[u8], clean: bool, epoch: u64) -> Bytes {
     b.extend_from_slice(client_id);
     Bytes::from(b)
 }
+
+/// What `encode_merge` adds before the client id and the session: tag and length.
+pub const MERGE_HEADER_BYTES: usize = 3;
 
 /// A session the asking node gives up to this one (it lost a reconcile after a
 /// partition): tag 3, then the client id's length (2 bytes), the id and hand-over
@@ -360,6 +367,74 @@ pub fn saved_session_live(
     since.saturating_add(u64::from(expiry_s) * 1000) >= now_ms
 }
 
+/// What a claim that won the entry does about the session (sans-IO, review10 L1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimNext {
+    /// Nothing to bring: no entry, or a clean start.
+    Fresh,
+    /// Ask this node, the previous owner, for the session (the saved state if it
+    /// does not answer).
+    Fetch(String),
+    /// The entry names this node: the session its loop holds, if any; else the
+    /// saved state, because this node lost it (restarted without a data directory
+    /// under the same name). Without this a client that came back to the restarted
+    /// node got session present 0 and lost its subscriptions, while one that went
+    /// to another node got them.
+    OwnOrSaved,
+}
+
+/// See `ClaimNext`: the entry named `prev` (`None`: none, or unreadable) and held
+/// `saved`.
+pub fn claim_next(prev: Option<&str>, me: &str, clean: bool, saved: &[u8]) -> ClaimNext {
+    match prev {
+        _ if clean => ClaimNext::Fresh,
+        Some(p) if p != me => ClaimNext::Fetch(p.to_string()),
+        Some(_) if !saved.is_empty() => ClaimNext::OwnOrSaved,
+        _ => ClaimNext::Fresh,
+    }
+}
+
+/// The (offline time, state) a claim writes into the entry it wins: the saved
+/// state as it was, so a node that dies between its claim and its first save of
+/// the session (or restarts without a data directory) leaves it to the next claim
+/// rather than blanking it (review10 L1); its offline time too, so a session whose
+/// expiry passed is not made live again by the claim. A clean start keeps nothing.
+pub fn claimed_state(clean: bool, offline_ms: u64, saved: &[u8]) -> (u64, &[u8]) {
+    if clean {
+        (0, &[])
+    } else {
+        (offline_ms, saved)
+    }
+}
+
+/// Whether this node's own entry's saved state may be resumed at `now_ms` by a
+/// claim whose loop holds no such session (`ClaimNext::OwnOrSaved`). A session with
+/// no expiry of its own ended with its connection, and this node's last heartbeat
+/// before the restart is not known any more (the new process beats under the same
+/// key): a connected client's session counts from now, as `saved_session_live`
+/// does with no heartbeat.
+pub fn own_saved_live(state: &[u8], offline_ms: u64, now_ms: u64) -> bool {
+    let expiry_s = crate::shard::handover_records(state).and_then(|records| {
+        records.iter().find_map(|r| match r {
+            crate::store::record::Record::SessionPut { expiry_s, .. } => Some(*expiry_s),
+            _ => None,
+        })
+    });
+    expiry_s.is_some_and(|e| e > 0) && saved_session_live(state, offline_ms, None, now_ms)
+}
+
+/// A won claim's session, for the claiming loop (`ClusterIn::Claimed`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimAnswer {
+    /// Hand-over bytes.
+    pub session: Bytes,
+    /// The node that sent them and its id for them, to confirm to.
+    pub from: Option<Handed>,
+    /// From this node's own entry (`ClaimNext::OwnOrSaved`): loaded only if the
+    /// loop holds no session of the id (one it holds is newer, with its queue).
+    pub own: bool,
+}
+
 /// The feed value (`WillFeed`) of a session save: the offline time (8 bytes LE, 0
 /// while connected) then the state; `None` for an ended session (its state blanked).
 pub fn stamp_save(save: crate::shard::SessionSave, now_ms: u64) -> Option<Bytes> {
@@ -458,9 +533,9 @@ impl Claims {
     }
 
     /// Makes this node the owner of `c.client_id` and returns what the previous
-    /// owner handed over (`None`: nothing came; see the module doc for why) and, when
-    /// it is to be confirmed, where from.
-    pub async fn claim(&self, c: &SessionClaim) -> Option<(Bytes, Option<Handed>)> {
+    /// owner handed over, or the entry's saved state (`None`: nothing came; see the
+    /// module doc for why).
+    pub async fn claim(&self, c: &SessionClaim) -> Option<ClaimAnswer> {
         if !self.status.is_connected() {
             self.served_locally(&c.client_id);
             return None;
@@ -541,7 +616,7 @@ impl Claims {
         }
     }
 
-    async fn claim_now(&self, c: &SessionClaim) -> Option<(Bytes, Option<Handed>)> {
+    async fn claim_now(&self, c: &SessionClaim) -> Option<ClaimAnswer> {
         let Some(kv) = self.bucket().await else {
             self.served_locally(&c.client_id);
             return None;
@@ -566,7 +641,8 @@ impl Claims {
                     return None;
                 }
             };
-            let value = encode_owner(&self.node, epoch + 1, unix_ms(), 0, &[]);
+            let (kept_offline_ms, kept) = claimed_state(c.clean, offline_ms, &saved);
+            let value = encode_owner(&self.node, epoch + 1, unix_ms(), kept_offline_ms, kept);
             let won = match revision {
                 Some(r) => kv.update(&key, value, r).await.is_ok(),
                 None => kv.create(&key, value).await.is_ok(),
@@ -586,33 +662,56 @@ impl Claims {
                 // Claimed through the cluster now: nothing left to reconcile.
                 l.remove(&c.client_id);
             }
-            return match prev {
-                Some(owner) if owner != self.node => match self.fetch(&owner, c, epoch + 1).await {
-                    Fetched::Session(token, s) => Some((s, Some(Handed { node: owner, token }))),
-                    Fetched::Nothing => None,
-                    Fetched::NoAnswer if !saved.is_empty() && !c.clean => {
-                        let seen = if offline_ms == 0 {
-                            self.last_heartbeat_ms(&owner).await
-                        } else {
-                            None
-                        };
-                        if !saved_session_live(&saved, offline_ms, seen, unix_ms()) {
-                            self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!(
-                                "cluster: the saved session of {:?} (owner {owner}) expired; \
-                                 served fresh",
-                                String::from_utf8_lossy(&c.client_id)
-                            );
-                            return None;
-                        }
-                        self.status
-                            .sessions_recovered
-                            .fetch_add(1, Ordering::Relaxed);
-                        Some((saved, None))
+            let owner = match claim_next(prev.as_deref(), &self.node, c.clean, &saved) {
+                ClaimNext::Fresh => return None,
+                ClaimNext::OwnOrSaved => {
+                    if !own_saved_live(&saved, offline_ms, unix_ms()) {
+                        self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                        return None;
                     }
-                    Fetched::NoAnswer => None,
-                },
-                _ => None,
+                    self.status
+                        .sessions_recovered
+                        .fetch_add(1, Ordering::Relaxed);
+                    return Some(ClaimAnswer {
+                        session: saved,
+                        from: None,
+                        own: true,
+                    });
+                }
+                ClaimNext::Fetch(owner) => owner,
+            };
+            return match self.fetch(&owner, c, epoch + 1).await {
+                Fetched::Session(token, s) => Some(ClaimAnswer {
+                    session: s,
+                    from: Some(Handed { node: owner, token }),
+                    own: false,
+                }),
+                Fetched::Nothing => None,
+                Fetched::NoAnswer if !saved.is_empty() && !c.clean => {
+                    let seen = if offline_ms == 0 {
+                        self.last_heartbeat_ms(&owner).await
+                    } else {
+                        None
+                    };
+                    if !saved_session_live(&saved, offline_ms, seen, unix_ms()) {
+                        self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(
+                            "cluster: the saved session of {:?} (owner {owner}) expired; \
+                                 served fresh",
+                            String::from_utf8_lossy(&c.client_id)
+                        );
+                        return None;
+                    }
+                    self.status
+                        .sessions_recovered
+                        .fetch_add(1, Ordering::Relaxed);
+                    Some(ClaimAnswer {
+                        session: saved,
+                        from: None,
+                        own: false,
+                    })
+                }
+                Fetched::NoAnswer => None,
             };
         }
         self.served_locally(&c.client_id);

@@ -1428,3 +1428,74 @@ fn the_longest_client_id_fits_every_kv_key() {
         u128::from(super::CLAIM_TIMEOUT_MS)
     );
 }
+
+/// Review10 L1: a claim that finds this node's own name in the entry recovers the
+/// saved state when its loop holds no session (a restart without a data directory),
+/// unless clean start; what it writes keeps the saved state (and when its client
+/// went), so neither a crash before the first save nor the claim itself blanks it.
+#[cfg(not(loom))]
+#[test]
+fn a_claim_of_an_entry_naming_this_node_recovers_the_saved_state() {
+    use super::sessions::*;
+    use crate::store::record::Record;
+    let saved = |expiry_s: u32| {
+        let mut r = Vec::new();
+        Record::SessionPut {
+            client: Bytes::from_static(b"c"),
+            expiry_s,
+            will: None,
+        }
+        .encode(&mut r);
+        let mut b = (r.len() as u32).to_le_bytes().to_vec();
+        b.extend_from_slice(&r);
+        b
+    };
+    let s = saved(60);
+    assert_eq!(
+        claim_next(Some("n1"), "n1", false, &s),
+        ClaimNext::OwnOrSaved
+    );
+    assert_eq!(claim_next(Some("n1"), "n1", true, &s), ClaimNext::Fresh);
+    assert_eq!(claim_next(Some("n1"), "n1", false, &[]), ClaimNext::Fresh);
+    assert_eq!(claim_next(None, "n1", false, &s), ClaimNext::Fresh);
+    assert_eq!(
+        claim_next(Some("n2"), "n1", false, &s),
+        ClaimNext::Fetch("n2".into())
+    );
+    assert_eq!(claim_next(Some("n2"), "n1", true, &s), ClaimNext::Fresh);
+
+    assert_eq!(claimed_state(false, 5, &s), (5, &s[..]));
+    assert_eq!(claimed_state(true, 5, &s), (0, &[][..]));
+
+    let now = 1_000_000;
+    assert!(own_saved_live(&s, 0, now), "connected when the node went");
+    assert!(
+        own_saved_live(&s, now - 30_000, now),
+        "offline for 30 of 60 s"
+    );
+    assert!(!own_saved_live(&s, now - 61_000, now), "expired");
+    assert!(
+        !own_saved_live(&saved(0), 0, now),
+        "no expiry of its own: it ended with its connection"
+    );
+    assert!(own_saved_live(&saved(u32::MAX), now - 1, now));
+    assert!(!own_saved_live(b"junk", 0, now));
+}
+
+/// Review10 L6: the return-time wills check and `settle` read the stream leader's
+/// answer: a put is held (at its revision), a delete or purge marker or no message
+/// is gone, and a failed read says nothing.
+#[cfg(not(loom))]
+#[test]
+fn the_leader_read_of_a_will_entry_tells_held_gone_and_unknown_apart() {
+    use super::wills::*;
+    use async_nats::jetstream::stream::{LastRawMessageError, LastRawMessageErrorKind};
+    assert_eq!(leader_read(Ok((42, None))), LeaderRead::Held(42));
+    assert_eq!(leader_read(Ok((42, Some("PUT")))), LeaderRead::Held(42));
+    assert_eq!(leader_read(Ok((42, Some("DEL")))), LeaderRead::Gone);
+    assert_eq!(leader_read(Ok((42, Some("PURGE")))), LeaderRead::Gone);
+    let gone = LastRawMessageError::new(LastRawMessageErrorKind::NoMessageFound);
+    assert_eq!(leader_read(Err(&gone)), LeaderRead::Gone);
+    let failed = LastRawMessageError::new(LastRawMessageErrorKind::Other);
+    assert!(matches!(leader_read(Err(&failed)), LeaderRead::Unknown(_)));
+}

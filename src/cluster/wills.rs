@@ -52,7 +52,8 @@
 //!   closing them would only make a short NATS outage an outage of the node.
 //!   The check on return (`reconcile`, after a gap of `fence_after`, again
 //!   `dead_after` later) is kept as a second line: a will entry it holds that is
-//!   gone was taken, so that client (if a loop was too late to fence it) is
+//!   gone (as the stream leader says, `leader_entry`; a replica answering a direct
+//!   get may lag, review10 L6, and so for `settle`) was taken, so that client (if a loop was too late to fence it) is
 //!   disconnected with 0x9C and its will not published again. Cost: none while the
 //!   heartbeat is acknowledged; a cut longer than `fence_after` closes the node's
 //!   will-carrying clients even if it ends before `dead_after`. It rests on every
@@ -691,16 +692,18 @@ impl Wills {
             };
             let mine = if f.in_bucket {
                 let key = will_key(&client, &self.me);
-                match wills.entry(&key).await {
-                    Ok(Some(e)) if e.operation == kv::Operation::Put => {
-                        match wills.delete_expect_revision(&key, Some(e.revision)).await {
+                // "Gone" means a survivor published it: read from the stream leader,
+                // never a replica that may not have applied this node's put (L6).
+                match leader_entry(wills, &key).await {
+                    LeaderRead::Held(revision) => {
+                        match wills.delete_expect_revision(&key, Some(revision)).await {
                             Ok(_) => true,
                             // Lost to a survivor, or not answered: read again next time.
                             Err(_) => continue,
                         }
                     }
-                    Ok(_) => false,
-                    Err(e) => {
+                    LeaderRead::Gone => false,
+                    LeaderRead::Unknown(e) => {
                         tracing::debug!("cluster: fenced will entry not read: {e}");
                         continue;
                     }
@@ -818,10 +821,13 @@ impl Wills {
     ) {
         let clients: Vec<Bytes> = held.iter().cloned().collect();
         for client in clients {
-            let gone = match wills.entry(will_key(&client, &self.me)).await {
-                Ok(Some(e)) => e.operation != kv::Operation::Put,
-                Ok(None) => true,
-                Err(e) => {
+            // From the stream leader (review10 L6): a lagging replica's "no entry"
+            // would close a client whose will is still in the bucket, to fire
+            // wrongly when this node dies.
+            let gone = match leader_entry(wills, &will_key(&client, &self.me)).await {
+                LeaderRead::Gone => true,
+                LeaderRead::Held(_) => false,
+                LeaderRead::Unknown(e) => {
                     tracing::debug!("cluster: will entry not read: {e}");
                     false
                 }
@@ -1208,6 +1214,46 @@ impl Wills {
         self.status.wills_sweeps.fetch_add(1, Ordering::Relaxed);
         Some(cut)
     }
+}
+
+/// What the stream leader says of a will entry this node wrote (review10 L6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaderRead {
+    /// Still there, at this revision.
+    Held(u64),
+    /// Deleted or purged (a delete marker), or never there.
+    Gone,
+    /// Not answered (why): nothing may be concluded.
+    Unknown(String),
+}
+
+/// The KV operation header JetStream puts on a delete or purge marker.
+const KV_OPERATION: &str = "KV-Operation";
+
+/// See `LeaderRead`: one "last message for this subject" answer (its sequence and
+/// `KV-Operation` header). A bucket with `allow_direct` (`link::bucket`) answers
+/// `kv::Store::entry` from any replica, and one that lags may not hold the entry
+/// yet; this read is the stream leader's.
+pub fn leader_read(
+    r: Result<(u64, Option<&str>), &jetstream::stream::LastRawMessageError>,
+) -> LeaderRead {
+    use jetstream::stream::LastRawMessageErrorKind as K;
+    match r {
+        Ok((sequence, None | Some("PUT"))) => LeaderRead::Held(sequence),
+        Ok(_) => LeaderRead::Gone,
+        Err(e) if e.kind() == K::NoMessageFound => LeaderRead::Gone,
+        Err(e) => LeaderRead::Unknown(e.to_string()),
+    }
+}
+
+/// `key`'s entry in `wills` as the stream leader holds it (no direct get).
+async fn leader_entry(wills: &kv::Store, key: &str) -> LeaderRead {
+    let subject = format!("{}{key}", wills.prefix);
+    let r = wills.stream.get_last_raw_message_by_subject(&subject).await;
+    leader_read(r.as_ref().map(|m| {
+        let op = m.headers.get(KV_OPERATION).map(|v| v.as_str());
+        (m.sequence, op)
+    }))
 }
 
 /// What one sweep works from: the heartbeats as the beat that asked for it saw them.

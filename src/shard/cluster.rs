@@ -73,6 +73,9 @@ pub enum ClusterIn {
         session: Option<Bytes>,
         /// The node that sent `session` and its id for it, to confirm receipt to.
         from: Option<Handed>,
+        /// `session` is this node's own entry's saved state (review10 L1): loaded
+        /// only when the loop holds no session of the id.
+        own: bool,
     },
     /// A dead node's will this node claimed: publish it as a local client would.
     Will(Arc<Message>),
@@ -103,7 +106,13 @@ pub enum ClusterIn {
     WillTaken { client_id: Bytes },
     /// After a partition, `node` holds `client_id` from a later CONNECT: the
     /// connection here goes (0x8E) and the session's copies go to `node`.
-    Yield { client_id: Bytes, node: String },
+    Yield {
+        client_id: Bytes,
+        node: String,
+        /// The largest session the Merge to `node` can carry (the connection's
+        /// `max_payload` less the Merge's header): a larger one stays here.
+        max_bytes: usize,
+    },
     /// The self-fencing lease (`cluster/wills.rs`, review H3): `on`, no heartbeat
     /// of this node was acknowledged for `cluster_fence_after_ms`, so the
     /// connections whose wills are registered in the cluster go (MQTT 5: 0x9C)
@@ -381,8 +390,9 @@ impl Shard {
                 generation,
                 session,
                 from,
+                own,
             } => {
-                self.on_session_claimed(conn, generation, session, from, now);
+                self.on_session_claimed(conn, generation, session, from, own, now);
                 if self
                     .conns
                     .get(conn)
@@ -409,7 +419,11 @@ impl Shard {
                 self.on_handover_delta(&client_id, &session, now)
             }
             ClusterIn::WillTaken { client_id } => self.on_will_taken(&client_id, now),
-            ClusterIn::Yield { client_id, node } => self.on_session_yield(&client_id, node, now),
+            ClusterIn::Yield {
+                client_id,
+                node,
+                max_bytes,
+            } => self.on_session_yield(&client_id, node, max_bytes, now),
             ClusterIn::Resave { client_id } => self.on_session_resave(&client_id),
             // The status is the truth (the fencer sets it before this is sent, and
             // the loop also follows it every turn, `follow_cluster_fence`): a stale

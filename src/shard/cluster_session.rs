@@ -444,13 +444,35 @@ impl Shard {
     /// `cluster/sessions.rs` reconcile): the connection here is closed as a takeover's
     /// would be (MQTT 5: DISCONNECT 0x8E; will rules as for a takeover) and the session
     /// ends here, its QoS 1/2 copies sent to `node` to join the session there.
-    pub(super) fn on_session_yield(&mut self, client_id: &[u8], node: String, now: Instant) {
+    pub(super) fn on_session_yield(
+        &mut self,
+        client_id: &[u8],
+        node: String,
+        max_bytes: usize,
+        now: Instant,
+    ) {
         self.last_now = Some(now);
         let Some(s) = self.sessions.find(client_id) else {
             return;
         };
         self.take_over(s, false, now);
         let bytes = self.handover_bytes(s);
+        if bytes.len() > max_bytes {
+            // NATS would refuse the Merge after the session ended here, losing its
+            // copies (review10 L5): kept here offline (expiring as usual) instead,
+            // as a takeover's too-large session is.
+            tracing::warn!(
+                "cluster: session {:?} not given up to {node}: {} bytes, NATS allows {max_bytes}; kept here",
+                String::from_utf8_lossy(client_id),
+                bytes.len()
+            );
+            if let Some(st) = self.cluster_status.as_deref() {
+                st.sessions_kept.fetch_add(1, Ordering::Relaxed);
+            }
+            self.expire_offline_handover(s, now);
+            self.drop_slow_consumers(now);
+            return;
+        }
         self.cluster_handing.remove(client_id);
         self.end_session(s, now);
         self.drop_slow_consumers(now);
@@ -503,14 +525,16 @@ impl Shard {
     }
 
     /// The cluster thread made this node the owner of `conn`'s client id; `session`:
-    /// what the previous owner handed over. The CONNECT goes on with it (its CONNACK
-    /// says session present when a session arrived or was here already).
+    /// what the previous owner handed over, or (`own`) the saved state of this
+    /// node's own entry. The CONNECT goes on with it (its CONNACK says session
+    /// present when a session arrived or was here already).
     pub(super) fn on_session_claimed(
         &mut self,
         conn: ConnId,
         generation: u32,
         session: Option<Bytes>,
         from: Option<Handed>,
+        own: bool,
         now: Instant,
     ) {
         self.last_now = Some(now);
@@ -527,8 +551,9 @@ impl Shard {
         let Some(connect) = held else {
             // The CONNECT gave up (closed, connect timeout) while its claim travelled,
             // but the old node has ended the session and this node owns it in the
-            // bucket: it stays here, offline, for the client's next CONNECT.
-            if let Some(b) = session {
+            // bucket: it stays here, offline, for the client's next CONNECT. (This
+            // node's own saved state stays in the entry for that CONNECT's claim.)
+            if let Some(b) = session.filter(|_| !own) {
                 if let Some(idx) = self.load_handover(None, &b, from.clone(), now) {
                     self.confirm_handover(idx, from, now);
                     self.expire_offline_handover(idx, now);
@@ -536,7 +561,11 @@ impl Shard {
             }
             return;
         };
-        if let Some(b) = session.filter(|_| !connect.clean_start) {
+        // The saved state of this node's own entry (review10 L1) is what a restart
+        // without a data directory lost; a session held here is that and newer (its
+        // queue, its latest subscriptions), so it stays.
+        let lost_here = !own || self.sessions.find(&connect.client_id).is_none();
+        if let Some(b) = session.filter(|_| !connect.clean_start && lost_here) {
             if let Some(idx) = self.load_handover(Some(&connect.client_id), &b, from.clone(), now) {
                 self.confirm_handover(idx, from, now);
             }

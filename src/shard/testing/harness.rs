@@ -335,6 +335,7 @@ impl Cluster {
                             generation: c.generation,
                             session: None,
                             from: None,
+                            own: false,
                         };
                         self.shards[s].on_cluster_in(m, self.now);
                     }

@@ -71,6 +71,7 @@ fn answer_claim(new: &mut Cluster, claim: &SessionClaim, session: Option<Bytes>)
             generation: claim.generation,
             session,
             from,
+            own: false,
         },
         now,
     );
@@ -306,6 +307,73 @@ fn persistent_subscriptions_are_saved_after_each_change() {
     a.subscribe(c, "k/3", Q1);
     let out = a.shards[0].take_cluster_out().expect("interest");
     assert!(out.states.is_empty(), "a clean session is not saved");
+}
+
+/// The claim answers with this node's own entry's saved state (`own`).
+fn answer_own(cl: &mut Cluster, claim: &SessionClaim, saved: Bytes) {
+    let now = cl.now;
+    cl.shards[0].on_cluster_in(
+        ClusterIn::Claimed {
+            conn: claim.conn,
+            generation: claim.generation,
+            session: Some(saved),
+            from: None,
+            own: true,
+        },
+        now,
+    );
+    cl.pump();
+}
+
+/// Review10 L1: a node restarted without a data directory under the same name finds
+/// its own name in a client's entry. Its loop holds nothing, so the entry's saved
+/// state is the session: session present 1 and a live subscription (it used to be
+/// a fresh session, while a client going to another node got its subscriptions).
+/// A loop that does hold the session keeps its own (with its queue), never replaced
+/// by the older saved state.
+#[test]
+fn a_restarted_node_recovers_its_own_saved_session_only_when_it_holds_none() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "back", persistent(), false);
+    a.subscribe(s, "r/1", Q1);
+    let out = a.shards[0].take_cluster_out().expect("states");
+    let Some((_, SessionSave::Online(saved))) = out.states.last().cloned() else {
+        panic!("saved: {:?}", out.states);
+    };
+
+    // The restart: a new node with nothing of its own.
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "back", persistent());
+    let claim = claim_of(&mut b, "back");
+    answer_own(&mut b, &claim, saved.clone());
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present, "{ack:?}"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    b.auto_claim = true;
+    let p = b.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    b.publish(p, "r/1", "live", Q1, false, 1);
+    b.expect(c, pubp("r/1", "live", Q1, false, 1));
+
+    // No restart: the session is here, offline, with a queued message and a
+    // subscription made after the saved state.
+    a.subscribe(s, "r/2", Q1);
+    a.drop_connection(s);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    a.publish(p, "r/1", "queued", Q1, false, 1);
+    a.auto_claim = false;
+    let _ = a.shards[0].take_cluster_out();
+    let c = a.connect(V311, "back", persistent());
+    let claim = claim_of(&mut a, "back");
+    answer_own(&mut a, &claim, saved);
+    match a.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present, "{ack:?}"),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    a.expect(c, pubp("r/1", "queued", Q1, false, 1));
+    a.publish(p, "r/2", "newer", Q1, false, 2);
+    a.expect(c, pubp("r/2", "newer", Q1, false, 2));
 }
 
 /// The sessions bucket learns when a persistent session's client went, and that a
@@ -815,6 +883,47 @@ fn a_will_taken_by_another_node_disconnects_its_client_without_a_second_will() {
     a.expect_nothing(c);
 }
 
+/// Review10 L5: a session too large for the Merge that would carry it to the node
+/// keeping the id is not ended here (NATS would refuse the Merge and its copies be
+/// lost): its connection goes all the same, and it stays here offline, with its copy.
+#[test]
+fn a_session_too_large_to_give_up_stays_here() {
+    let mut a = node();
+    let opts = || ConnectOpts {
+        properties: Properties::from(PropertyValues {
+            session_expiry_interval_s: Some(60),
+            ..Default::default()
+        }),
+        ..persistent()
+    };
+    let s = a.connect_ok(V5, "big", opts(), false);
+    a.subscribe(s, "t", Q1);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    a.publish(p, "t", "kept", Q1, false, 1);
+    let _ = a.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Yield {
+            client_id: Bytes::from_static(b"big"),
+            node: "b".into(),
+            max_bytes: 8,
+        },
+        now,
+    );
+    a.pump();
+    a.expect(s, pubp("t", "kept", Q1, false, 1));
+    a.expect(s, disconnect(ReasonCode::SessionTakenOver));
+    a.expect_closed(s);
+    let out = a.shards[0].take_cluster_out().unwrap_or_default();
+    assert!(out.yields.is_empty(), "{:?}", out.yields);
+    assert_eq!(a.shards[0].stats().sessions, 2, "kept here");
+    // Its client comes back here: the copy it never acknowledged is sent again.
+    let c = a.connect_ok(V5, "big", opts(), true);
+    let mut again = publish("t", "kept", Q1, false, 1);
+    again.dup = true;
+    a.expect(c, Packet::Publish(again));
+}
+
 /// After a partition, the node whose CONNECT for an id came earlier gives the id up
 /// (`cluster/sessions.rs` reconcile): its MQTT 5 client is told 0x8E, the session
 /// ends here and its queued copies go to the node that keeps the id, where they join
@@ -833,6 +942,7 @@ fn a_session_given_up_after_a_partition_joins_the_winners_session() {
         ClusterIn::Yield {
             client_id: Bytes::from_static(b"split"),
             node: "b".into(),
+            max_bytes: 1 << 20,
         },
         now,
     );
