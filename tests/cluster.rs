@@ -198,18 +198,38 @@ fn wait_metric_within(b: &Broker, name: &str, want: u64, bound: Duration) {
     }
 }
 
-/// Polls `/healthz` until it answers `want` (bounded).
+/// Polls `/healthz` until it answers `want` (bounded by PATIENCE).
 fn wait_health(b: &Broker, want: u16) {
+    wait_health_within(b, want, PATIENCE);
+}
+
+/// Polls `/healthz` until it answers `want`, at most `bound`; returns how long that
+/// took. A failure names the last status with its body (which says the gate a 503
+/// waits for) and the node's stderr.
+fn wait_health_within(b: &Broker, want: u16, bound: Duration) -> Duration {
     let addr = b.http_addr().expect("node has an HTTP listener");
-    let deadline = Instant::now() + PATIENCE;
+    let start = Instant::now();
+    let mut last = String::new();
     loop {
         let (code, text) = http_get(&addr, "/healthz");
         if code == want {
-            return;
+            return start.elapsed();
+        }
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or(text.as_str(), |(_, b)| b);
+        // Each gate the node passes through, in the test's output when it fails.
+        if *body != last {
+            eprintln!(
+                "/healthz of {addr} at {:?}: {code} {body:?}",
+                start.elapsed()
+            );
+            last = body.to_string();
         }
         assert!(
-            Instant::now() < deadline,
-            "/healthz of {addr} never answered {want}; last: {text}; node stderr:\n{}",
+            start.elapsed() < bound,
+            "/healthz of {addr} never answered {want} within {bound:?}; last: {code} \
+             {body:?}; node stderr:\n{}",
             b.stderr_tail()
         );
         std::thread::sleep(Duration::from_millis(100));
@@ -465,9 +485,16 @@ fn three_nodes_on_a_nats_cluster() {
     // Node 3 knows every server: when its own goes away it moves to another.
     let all = format!("{},{},{}", url(2), url(0), url(1));
     let n3 = node("n3", &all);
+    // Healthy needs the QoS stream and the four buckets, 3 replicas each, which
+    // the three fresh nats-servers make only once their JetStream meta group has
+    // elected a leader: on a loaded 2-core host that alone took 22 s (the node's
+    // part is at most a second past it, `JetStreamHealth::attempt_wait`), so the
+    // bound is RECOVERY for the three, as for the QoS stream below.
+    let t = Instant::now();
     for n in [&n1, &n2, &n3] {
-        wait_health(n, 200);
+        wait_health_within(n, 200, RECOVERY.saturating_sub(t.elapsed()));
     }
+    eprintln!("figure: three nodes healthy after {:?}", t.elapsed());
     wait_qos_stream(&n1);
 
     // Publish on node 1, subscribe on nodes 2 and 3, at QoS 0/1/2: each message once.
@@ -610,7 +637,10 @@ fn three_nodes_on_a_nats_cluster() {
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     n2.assert_alive_or_reap();
     let n2 = node("n2", &url(1));
-    wait_health(&n2, 200);
+    eprintln!(
+        "figure: restarted node healthy after {:?}",
+        wait_health_within(&n2, 200, PATIENCE)
+    );
     // The entry names node 2, which holds no session now: the claim recovers the
     // saved one (it used to start fresh, session present 0, subscription gone).
     drop(l1);

@@ -6,7 +6,12 @@
 //!   the last error that kept one from being made (JetStream off on the server,
 //!   `cluster_kv_replicas` above the servers there are, account limits). Until all
 //!   exist no PUBACK is backed by JetStream, no claim moves a session and no will is
-//!   in the cluster, so the node is not healthy.
+//!   in the cluster, so the node is not healthy. A fresh NATS cluster drops the
+//!   requests it gets before its JetStream meta leader is elected (no answer, not an
+//!   error), so the first attempts to make a part wait briefly for an answer and
+//!   later ones back off to async-nats's own request timeout
+//!   (`JetStreamHealth::attempt_wait`): the node is ready soon after JetStream is,
+//!   not one timed-out request later.
 //! - `NameGuard`: a heartbeat put under this node's name by another incarnation
 //!   after this one's first beat means two processes share `cluster_node_name`
 //!   (each then takes the other's wills for a dead node's, and drops its messages as
@@ -68,6 +73,38 @@ impl JsPart {
     }
 }
 
+/// async-nats's timeout of a JetStream API request: the longest an attempt to make a
+/// part waits, and the wait of every call once the part is made.
+pub const JS_REQUEST_MAX: Duration = Duration::from_secs(5);
+/// The wait of a first attempt; each failed one doubles it up to `JS_REQUEST_MAX`
+/// (an answer slower than this on a loaded host is then waited for).
+const JS_ATTEMPT_FIRST: Duration = Duration::from_secs(1);
+
+/// How long the next attempt at a JetStream call that may go unanswered waits:
+/// `JS_ATTEMPT_FIRST`, doubled by each failure since the last success, at most
+/// `JS_REQUEST_MAX`. Unanswered, not refused: a forming NATS cluster drops requests
+/// until its meta leader is elected, and making a KV watch's consumer went unanswered
+/// for 10 s at a time after a nats-server was killed (likely placed on the dead one).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AttemptWait {
+    failures: u8,
+}
+
+impl AttemptWait {
+    pub fn wait(&self) -> Duration {
+        let doublings = u32::from(self.failures).min(8);
+        (JS_ATTEMPT_FIRST * (1 << doublings)).min(JS_REQUEST_MAX)
+    }
+
+    pub fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    pub fn succeeded(&mut self) {
+        self.failures = 0;
+    }
+}
+
 /// See the module doc. A part once made stays made: a stream that loses its leader
 /// later shows as failing calls (counted where they fail), not here.
 #[derive(Debug, Default)]
@@ -75,19 +112,32 @@ pub struct JetStreamHealth {
     made: u8,
     /// The last failure to make a part: which, and the server's answer.
     error: Option<(JsPart, String)>,
+    /// The attempts to make each part (`JsPart as usize`).
+    attempts: [AttemptWait; JsPart::ALL.len()],
 }
 
 impl JetStreamHealth {
     pub fn made(&mut self, part: JsPart) {
         self.made |= part.bit();
+        self.attempts[part as usize].succeeded();
         if self.error.as_ref().is_some_and(|(p, _)| *p == part) {
             self.error = None;
         }
     }
 
+    /// How long the next JetStream call that makes (or looks up) `part` may wait
+    /// for an answer (`AttemptWait`); `JS_REQUEST_MAX` once the part is made.
+    pub fn attempt_wait(&self, part: JsPart) -> Duration {
+        if self.made & part.bit() != 0 {
+            return JS_REQUEST_MAX;
+        }
+        self.attempts[part as usize].wait()
+    }
+
     /// Records why `part` could not be made; true when this is news (a different
     /// part or text than the last), so the caller logs it once, not every retry.
     pub fn failed(&mut self, part: JsPart, error: String) -> bool {
+        self.attempts[part as usize].failed();
         let news = self
             .error
             .as_ref()
@@ -410,6 +460,32 @@ mod tests {
         assert_eq!(h.missing(), None);
         assert_eq!(JsPart::of_bucket("ringmq_wills"), Some(JsPart::Wills));
         assert_eq!(JsPart::of_bucket("other"), None);
+    }
+
+    #[test]
+    fn the_first_attempts_to_make_a_part_wait_briefly_then_back_off_to_the_request_timeout() {
+        let mut h = JetStreamHealth::default();
+        // A request a forming NATS cluster drops is given up on after a second, not
+        // after async-nats's 5 s, and each failure doubles the wait up to those 5 s.
+        let mut waits = vec![h.attempt_wait(JsPart::Sessions)];
+        for _ in 0..5 {
+            h.failed(JsPart::Sessions, "no answer".to_string());
+            waits.push(h.attempt_wait(JsPart::Sessions));
+        }
+        let s = Duration::from_secs;
+        assert_eq!(waits, [s(1), s(2), s(4), s(5), s(5), s(5)]);
+        // Per part: another part's attempts are still short.
+        assert_eq!(h.attempt_wait(JsPart::Wills), s(1));
+        // Once made, every call gets the full request timeout.
+        h.made(JsPart::Sessions);
+        assert_eq!(h.attempt_wait(JsPart::Sessions), JS_REQUEST_MAX);
+        // A watch that came up starts from the short wait again.
+        let mut w = AttemptWait::default();
+        w.failed();
+        w.failed();
+        assert_eq!(w.wait(), s(4));
+        w.succeeded();
+        assert_eq!(w.wait(), s(1));
     }
 
     #[test]

@@ -998,18 +998,35 @@ async fn qos_stream(js: jetstream::Context, replicas: usize, status: Arc<Cluster
         ..Default::default()
     };
     loop {
-        match js.get_or_create_stream(cfg.clone()).await {
-            Ok(_) => {
+        let wait = attempt_wait(&status, JsPart::QosStream);
+        match tokio::time::timeout(wait, js.get_or_create_stream(cfg.clone())).await {
+            Ok(Ok(_)) => {
                 jetstream_made(&status, JsPart::QosStream);
                 return;
             }
-            Err(e) => jetstream_failed(&status, JsPart::QosStream, e.to_string()),
+            Ok(Err(e)) => jetstream_failed(&status, JsPart::QosStream, e.to_string()),
+            Err(_) => jetstream_failed(&status, JsPart::QosStream, NO_ANSWER.into()),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
-/// The KV bucket `name` (history 1), made when no node made it yet.
+/// Why an attempt to make a part failed when JetStream did not answer within
+/// `attempt_wait` (one text whatever the wait, so it is logged once).
+const NO_ANSWER: &str = "no answer from JetStream (a forming NATS cluster answers once \
+                         its meta leader is elected)";
+
+/// `JetStreamHealth::attempt_wait`: short while `part` is being made, so a request
+/// a forming NATS cluster dropped is sent again soon (review10 M6).
+fn attempt_wait(status: &ClusterStatus, part: JsPart) -> Duration {
+    status
+        .jetstream
+        .lock()
+        .map_or(super::health::JS_REQUEST_MAX, |j| j.attempt_wait(part))
+}
+
+/// The KV bucket `name` (history 1), made when no node made it yet; each call waits
+/// `attempt_wait` for JetStream.
 pub(super) async fn bucket(
     js: &jetstream::Context,
     name: &str,
@@ -1018,11 +1035,22 @@ pub(super) async fn bucket(
     status: &ClusterStatus,
 ) -> Option<kv::Store> {
     let part = JsPart::of_bucket(name);
-    if let Ok(s) = js.get_key_value(name).await {
-        if let Some(p) = part {
-            jetstream_made(status, p);
+    let wait = part.map_or(super::health::JS_REQUEST_MAX, |p| attempt_wait(status, p));
+    match tokio::time::timeout(wait, js.get_key_value(name)).await {
+        Ok(Ok(s)) => {
+            if let Some(p) = part {
+                jetstream_made(status, p);
+            }
+            return Some(s);
         }
-        return Some(s);
+        Ok(Err(_)) => {}
+        // No answer at all: a forming cluster; asking to make it would wait too.
+        Err(_) => {
+            if let Some(p) = part {
+                jetstream_failed(status, p, NO_ANSWER.into());
+            }
+            return None;
+        }
     }
     // The stream a KV bucket is, made directly: `create_key_value` first reads the
     // account info, which async-nats 0.46 cannot parse from nats-server 2.9 (Debian
@@ -1040,17 +1068,20 @@ pub(super) async fn bucket(
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    let made = js
-        .get_or_create_stream(cfg)
-        .await
-        .map_err(|e| e.to_string());
+    let made = match tokio::time::timeout(wait, js.get_or_create_stream(cfg)).await {
+        Ok(made) => made.map(|_| ()).map_err(|e| e.to_string()),
+        Err(_) => Err(NO_ANSWER.to_string()),
+    };
     // Made now, or by another node meanwhile.
-    let store = js.get_key_value(name).await;
+    let store = match tokio::time::timeout(wait, js.get_key_value(name)).await {
+        Ok(store) => store.map_err(|e| e.to_string()),
+        Err(_) => Err(NO_ANSWER.to_string()),
+    };
     if let Some(p) = part {
         match (&store, made) {
             (Ok(_), _) => jetstream_made(status, p),
             (Err(_), Err(e)) => jetstream_failed(status, p, e),
-            (Err(e), Ok(_)) => jetstream_failed(status, p, e.to_string()),
+            (Err(e), Ok(_)) => jetstream_failed(status, p, e.clone()),
         }
     }
     store.ok()

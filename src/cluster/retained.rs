@@ -249,15 +249,28 @@ pub(super) async fn writer(
 /// Feeds every entry of the bucket (the current values first, then each change) to
 /// the main task; starts again from the current values when the watch ends (NATS lost
 /// and back), which re-applies them harmlessly. An empty bucket is loaded at once.
+/// Making the watch's consumer can go unanswered (`AttemptWait`: after a nats-server
+/// was killed), so each attempt waits briefly, then longer, and asks again: until the
+/// first pass is in, `/healthz` is 503.
 pub(super) async fn watch(
     js: jetstream::Context,
     replicas: usize,
     tx: mpsc::Sender<kv::Entry>,
     status: Arc<ClusterStatus>,
 ) {
+    let mut attempts = super::health::AttemptWait::default();
     loop {
         if let Some(store) = retained_bucket(&js, replicas, &status).await {
-            match store.watch_with_history(">").await {
+            let wait = attempts.wait();
+            let watch = tokio::time::timeout(wait, store.watch_with_history(">"))
+                .await
+                .unwrap_or_else(|_| Err(kv::WatchError::new(kv::WatchErrorKind::TimedOut)));
+            if watch.is_ok() {
+                attempts.succeeded();
+            } else {
+                attempts.failed();
+            }
+            match watch {
                 Ok(mut w) => {
                     // The watch yields nothing for an empty bucket, so no entry
                     // would ever say the first pass is done.
@@ -282,7 +295,14 @@ pub(super) async fn watch(
                 }
                 Err(e) => {
                     status.retained_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("cluster: retained watch failed: {e}");
+                    if status.retained_loaded.load(Ordering::Acquire) {
+                        tracing::debug!("cluster: retained watch failed: {e}");
+                    } else {
+                        tracing::warn!(
+                            "cluster: retained watch not made within {wait:?} ({e}); \
+                             asking again: /healthz is 503 until the bucket is read"
+                        );
+                    }
                 }
             }
         }
