@@ -56,34 +56,6 @@ pub(crate) fn push_chunked<T>(chunks: &mut Vec<Vec<T>>, t: T) -> u32 {
     i
 }
 
-/// Per-turn scratch queues (completions, actions, due timers) keep the capacity of
-/// the largest burst they held: after a 10k connect burst a loop sat on ~250 kB of
-/// them, 25 B per connection at 10k (issue #21). A loop going idle hands back the
-/// storage of each one that is empty and above `SCRATCH_KEPT` entries; the next
-/// burst grows it again, which costs a few reallocations once per idle period.
-pub(crate) trait ReleaseBurst {
-    fn release_burst(&mut self);
-}
-
-/// Entries a scratch queue keeps across idle periods (see `ReleaseBurst`).
-pub(crate) const SCRATCH_KEPT: usize = 64;
-
-impl<T> ReleaseBurst for Vec<T> {
-    fn release_burst(&mut self) {
-        if self.is_empty() && self.capacity() > SCRATCH_KEPT {
-            *self = Vec::new();
-        }
-    }
-}
-
-impl<T> ReleaseBurst for std::collections::VecDeque<T> {
-    fn release_burst(&mut self) {
-        if self.is_empty() && self.capacity() > SCRATCH_KEPT {
-            *self = std::collections::VecDeque::new();
-        }
-    }
-}
-
 enum Entry<T> {
     Full(T),
     /// Next free entry.
@@ -213,28 +185,6 @@ impl<T> ChunkSlab<T> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-
-    #[test]
-    fn an_emptied_burst_sized_scratch_queue_is_released_small_or_busy_ones_kept() {
-        let mut burst: Vec<u64> = (0..10_000).collect();
-        burst.release_burst();
-        assert_eq!(burst.len(), 10_000, "a queue in use is kept");
-        burst.clear();
-        burst.release_burst();
-        assert_eq!(burst.capacity(), 0, "an emptied burst-sized queue is freed");
-
-        let mut small: Vec<u64> = Vec::with_capacity(SCRATCH_KEPT);
-        let ptr = small.as_ptr();
-        small.release_burst();
-        assert_eq!(small.as_ptr(), ptr, "a small queue keeps its storage");
-
-        let mut deque: std::collections::VecDeque<u8> = (0..=255).collect();
-        deque.release_burst();
-        assert_eq!(deque.len(), 256);
-        deque.clear();
-        deque.release_burst();
-        assert_eq!(deque.capacity(), 0);
-    }
 
     #[test]
     fn a_free_entry_costs_no_more_than_a_u32_value() {

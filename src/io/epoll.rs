@@ -714,14 +714,6 @@ impl EventLoop for EpollLoop {
         Ok(())
     }
 
-    fn release_burst(&mut self) {
-        use crate::arena::ReleaseBurst;
-        self.readable.release_burst();
-        self.unwritten.release_burst();
-        self.dead.release_burst();
-        self.pending.release_burst();
-    }
-
     fn stats(&self) -> IoStats {
         self.stats
     }

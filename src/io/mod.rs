@@ -266,9 +266,6 @@ pub trait EventLoop {
     fn poll_ready(&mut self) -> bool {
         true
     }
-    /// The loop is going idle: hands back the storage a burst left in this backend's
-    /// per-turn queues (`arena::ReleaseBurst`).
-    fn release_burst(&mut self) {}
     fn stats(&self) -> IoStats;
     /// Backend name for logs.
     fn name(&self) -> &'static str;

@@ -323,20 +323,6 @@ impl Shard {
         &self.stats
     }
 
-    /// The loop is going idle: hands back the storage a burst left in the per-turn
-    /// queues (`arena::ReleaseBurst`). A connect burst leaves `actions` at thousands
-    /// of 48-byte entries; a large fan-out leaves `matches` at its subscriber count.
-    pub fn release_burst(&mut self) {
-        use crate::arena::ReleaseBurst;
-        self.actions.release_burst();
-        // Cleared at the start of every fan-out: what it holds between publishes is
-        // stale.
-        self.matches.clear();
-        self.matches.release_burst();
-        self.slow.release_burst();
-        self.timers.release_burst();
-    }
-
     /// The loop that owns the session of `client_id` (the same answer on every loop).
     pub fn owner_of(&self, client_id: &[u8]) -> ShardId {
         self.placement.owner(client_id, self.shard_count)

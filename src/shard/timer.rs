@@ -262,11 +262,6 @@ impl Timers {
         self.ready.pop()
     }
 
-    /// See `Shard::release_burst`: `ready` holds every timer of the largest tick.
-    pub fn release_burst(&mut self) {
-        crate::arena::ReleaseBurst::release_burst(&mut self.ready);
-    }
-
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.ready.len()

@@ -38,7 +38,6 @@ mod dispatch;
 mod expiry;
 mod handoffs;
 mod http;
-mod idle_memory;
 mod linger;
 mod observe;
 mod report;
@@ -51,7 +50,6 @@ use busy_poll::BusyPoll;
 pub use cpu::{allowed_cpus, pin_to_cpu, set_fair_slice, set_realtime};
 use handoffs::{shrink_emptied, WaitingHandoffs};
 use http::HttpServer;
-use idle_memory::AllocatorCollect;
 use linger::Linger;
 use observe::{LoopClock, Summary};
 pub use report::WorkerReport;
@@ -203,8 +201,7 @@ pub struct WorkerSetup {
     pub store: Option<store::LoopStore>,
     /// Hands the allocator's freed pages of this thread back to the OS (`main`
     /// passes mimalloc's `mi_collect`); called at most once per
-    /// `ALLOCATOR_COLLECT_INTERVAL` when the loop may block, and twice more a purge
-    /// delay apart after its last busy turn (`idle_memory.rs`). `None`:
+    /// `ALLOCATOR_COLLECT_INTERVAL`, only when the loop is about to block. `None`:
     /// the allocator's own policy (the library does not know which allocator the
     /// binary installed).
     pub allocator_collect: Option<fn()>,
@@ -250,6 +247,37 @@ struct Worker<L: EventLoop> {
     cluster: Option<crate::cluster::LoopLink>,
     store: Option<store::StoreIo>,
     allocator: AllocatorCollect,
+}
+
+/// Between two allocator collects of one loop. mimalloc purges a freed page only
+/// after its purge delay (1 s) and only from inside an allocator call, so a loop
+/// that went idle after a burst would keep the burst's freed pages resident until
+/// traffic came back; two collects a delay apart hand them back.
+const ALLOCATOR_COLLECT_INTERVAL: Duration = Duration::from_secs(1);
+/// The idle-time allocator collect (`WorkerSetup::allocator_collect`).
+struct AllocatorCollect {
+    collect: Option<fn()>,
+    last: Instant,
+}
+
+impl AllocatorCollect {
+    fn new(collect: Option<fn()>, now: Instant) -> AllocatorCollect {
+        AllocatorCollect { collect, last: now }
+    }
+
+    /// Called when the loop is about to block: collects at most once per interval,
+    /// so a loop that blocks between every message pays one comparison per block.
+    fn on_idle(&mut self, now: Instant) -> bool {
+        let Some(collect) = self.collect else {
+            return false;
+        };
+        if now.saturating_duration_since(self.last) < ALLOCATOR_COLLECT_INTERVAL {
+            return false;
+        }
+        self.last = now;
+        collect();
+        true
+    }
 }
 
 /// A loop's link to authentication: the shared policy it last installed, and its
@@ -497,7 +525,6 @@ impl<L: EventLoop> Worker<L> {
         loop {
             let now = Instant::now();
             self.clock.turn();
-            self.allocator.note_work(!completions.is_empty());
             if let Some(t) = idle_since {
                 // Only events from outside end an idle gap: the completion of our own
                 // send follows it within microseconds and says nothing about traffic.
@@ -648,19 +675,7 @@ impl<L: EventLoop> Worker<L> {
                 }
             }
 
-            if !more_actions {
-                // Before the deadlines are read: a collect moves its own follow-up
-                // deadline, which read earlier would be past and spin the loop.
-                let (shard, io) = (&mut self.shard, &mut self.io);
-                let scratch = &mut completions;
-                self.allocator.on_idle(now, || {
-                    shard.release_burst();
-                    io.release_burst();
-                    crate::arena::ReleaseBurst::release_burst(scratch);
-                });
-            }
             let next = [
-                self.allocator.next_deadline(),
                 self.shard.next_deadline(),
                 self.draining.front().map(|&(d, _, _)| d),
                 self.linger.next_deadline(),
@@ -685,6 +700,7 @@ impl<L: EventLoop> Worker<L> {
             let would_block = !more_actions && timeout != Some(Duration::ZERO);
             if would_block {
                 self.shrink_handoff_tables();
+                self.allocator.on_idle(now);
                 let idle_start = *idle_since.get_or_insert(now);
                 let spin = self.busy_poll.window();
                 if !spin.is_zero() {

@@ -504,6 +504,30 @@ fn a_websocket_closed_during_its_handoff_ends_its_session_on_adoption() {
     );
 }
 
+static COLLECTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_collect() {
+    COLLECTS.fetch_add(1, Ordering::Relaxed);
+}
+
+#[test]
+fn the_allocator_is_collected_at_most_once_per_interval_and_only_with_a_hook() {
+    let t0 = Instant::now();
+    let mut none = AllocatorCollect::new(None, t0);
+    assert!(!none.on_idle(t0 + ALLOCATOR_COLLECT_INTERVAL * 5));
+
+    let mut hooked = AllocatorCollect::new(Some(count_collect), t0);
+    let before = COLLECTS.load(Ordering::Relaxed);
+    // A loop blocking between every message within the first interval: no collect.
+    for ms in 0..1000 {
+        assert!(!hooked.on_idle(t0 + Duration::from_millis(ms)));
+    }
+    assert!(hooked.on_idle(t0 + ALLOCATOR_COLLECT_INTERVAL));
+    assert!(!hooked.on_idle(t0 + ALLOCATOR_COLLECT_INTERVAL + Duration::from_millis(999)));
+    assert!(hooked.on_idle(t0 + ALLOCATOR_COLLECT_INTERVAL * 2));
+    assert_eq!(COLLECTS.load(Ordering::Relaxed) - before, 2);
+}
+
 #[test]
 fn a_connections_io_state_stays_small() {
     // 24 until session 11 moved the transforms (TLS, WebSocket) to the side table

@@ -886,20 +886,6 @@ impl EventLoop for UringLoop {
             })
     }
 
-    fn release_burst(&mut self) {
-        use crate::arena::ReleaseBurst;
-        // `cqes` grows to a whole completion queue (4,096 entries of 24 B) in a
-        // burst; `reap` clears it before use, so what it holds now is stale.
-        self.cqes.clear();
-        self.cqes.release_burst();
-        self.pending.release_burst();
-        self.doorbell_retry.release_burst();
-        self.lost_note_retry.release_burst();
-        for ring in &mut self.rings {
-            ring.starved.release_burst();
-        }
-    }
-
     fn stats(&self) -> IoStats {
         let mut stats = self.stats;
         for r in &self.rings {
