@@ -8,6 +8,8 @@
 #   COUNTS="10000" SHARDS="1" MODES="idle" bash perf/rss.sh
 #   TRANSPORT=ws COUNTS="20000" bash perf/rss.sh   # over MQTT-over-WebSocket
 #   TRANSPORT=tls COUNTS="20000" SHARDS=1 MODES=idle bash perf/rss.sh   # over mqtts
+#   SETTLE=15 COUNTS="10000" SHARDS=1 MODES=idle bash perf/rss.sh  # after the first
+#       connect-timeout checks (10 s after accept), which move every timer entry
 #
 # Broker pinned to BROKER_CORE, loadgen to LOADGEN_CORE, 127.0.0.1 only; every process
 # started here is stopped by PID. The table and one JSON line per measurement (the raw
@@ -37,8 +39,9 @@ measure() {
   BROKER_SHARDS=$shards start_ringmq "$port" "$logfile"
   sleep 0.5
   base_kb=$(rss_kb "$BROKER_PID")
-  # Long enough to connect everything (~25k/s) and settle.
-  hold="$(( n / 10000 + 10 ))s"
+  # Long enough to connect everything (~25k/s) and settle: a SETTLE of 15 s reads
+  # after the first connect-timeout checks, which move every wheel entry.
+  hold="$(( n / 10000 + 10 + SETTLE ))s"
   if [[ $mode == idle ]]; then
     taskset -c "$LOADGEN_CORE" "$LOADGEN" connect --clients "$n" --hold "$hold" --port "$port" \
       "${tr[@]}" >>"$logfile" 2>&1 &
