@@ -2,7 +2,10 @@
 # A reconnect storm (`loadgen storm`) against ringmq on 2 loops, unpinned, with what
 # tells a storm's stalls apart: loadgen's connect latency (a max of 1 s or more is a
 # SYN retried after a listen overflow), the broker's connect timeouts and receive
-# starvation from /metrics, and the broker's CPU per reconnect (issue #21).
+# starvation from /metrics, and the broker's CPU per reconnect (issue #21). The
+# machine's CPU over the storm window, split into broker / loadgen / other processes /
+# idle (perf/storm_split.py), says whether the loops waited for work or the two
+# processes together had both cores.
 #
 #   bash perf/storm.sh                          # 100k on io_uring, 3 rounds
 #   CLIENTS=18000 IO="uring epoll" bash perf/storm.sh   # both backends (epoll: fd limit)
@@ -42,12 +45,17 @@ storm() {
   wait_listening "$port" "$BROKER_PID"
   nstat -n >/dev/null
   uptime >"$run_dir/uptime-$tag"
-  "$LOADGEN" storm --clients "$CLIENTS" --port "$port" --hold 1s \
-    --broker-pid "$BROKER_PID" >"$run_dir/loadgen-$tag.log" 2>&1 &
+  "$LOADGEN" storm --clients "$CLIENTS" --port "$port" --hold 1s --json \
+    --broker-pid "$BROKER_PID" >"$run_dir/loadgen-$tag.json" 2>"$run_dir/loadgen-$tag.log" &
   lg=$!
   STARTED_PIDS+=("$lg")
+  python3 "$ROOT/perf/storm_split.py" sample "$BROKER_PID" "$lg" "$run_dir/split-$tag.json" &
+  local sampler=$!
   wait "$lg" || log "loadgen exited with status $? (see $run_dir/loadgen-$tag.log)"
   forget_pid "$lg"
+  wait "$sampler" || true
+  python3 "$ROOT/perf/storm_split.py" report "$run_dir/split-$tag.json" "$run_dir/loadgen-$tag.json" \
+    >"$run_dir/split-$tag.txt" || true
   uptime >>"$run_dir/uptime-$tag"
   nstat -z TcpExtListenOverflows >"$run_dir/nstat-$tag" 2>/dev/null || true
   curl -s "127.0.0.1:$hport/metrics" | grep -E '^ringmq_(connections_closed_total|io_recv_nobufs)' \
@@ -60,12 +68,21 @@ storm() {
   cmax=$(awk '/connect us/{print $8}' "$run_dir/loadgen-$tag.log")
   tout=$(awk -F' ' '/reason="connect_timeout"/{print $2}' "$run_dir/metrics-$tag")
   ovf=$(awk '/ListenOverflows/{print $2}' "$run_dir/nstat-$tag")
-  echo "| $io | $CLIENTS | $round | ${t:-?} s | ${cmax:-?} µs | ${tout:-0} | ${cpu:-?} µs | ${ovf:-?} | $(awk '{print $(NF-2)}' "$run_dir/uptime-$tag" | head -1 | tr -d ,) |" \
+  # Over the storm window, in CPU seconds of the whole machine: broker / loadgen /
+  # other processes / idle (perf/storm_split.py).
+  local machine
+  machine=$(python3 -c 'import json,sys
+for l in open(sys.argv[1]):
+    if l.startswith("json "):
+        s = json.loads(l[5:])
+        print("%.2f / %.2f / %.2f / %.2f" % (s["broker_s"], s["loadgen_s"], s["others_s"], s["idle_s"]))' \
+    "$run_dir/split-$tag.txt" 2>/dev/null || true)
+  echo "| $io | $CLIENTS | $round | ${t:-?} s | ${cmax:-?} µs | ${tout:-0} | ${cpu:-?} µs | ${ovf:-?} | ${machine:-?} | $(awk '{print $(NF-2)}' "$run_dir/uptime-$tag" | head -1 | tr -d ,) |" \
     | tee -a "$run_dir/table.md"
 }
 
-echo "| backend | clients | round | to the last CONNACK | connect max | connect timeouts | broker CPU per reconnect | ListenOverflows (machine-wide) | load |" | tee "$run_dir/table.md"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|" | tee -a "$run_dir/table.md"
+echo "| backend | clients | round | to the last CONNACK | connect max | connect timeouts | broker CPU per reconnect | ListenOverflows (machine-wide) | storm window CPU-s: broker / loadgen / others / idle | load |" | tee "$run_dir/table.md"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|" | tee -a "$run_dir/table.md"
 for round in $(seq "$ROUNDS"); do
   for io in $IO; do
     storm "$io" "$round"

@@ -262,7 +262,8 @@ impl UringLoop {
             // 4096 CQEs: ~130 KiB), resident from setup whether or not the ring is
             // used. Rings 1.. exist for connection count, not throughput (a default
             // start makes 16 per loop), so they get a quarter; a fuller burst waits in
-            // `backlog` (SQ) or the kernel's overflow list (CQ), nothing is lost.
+            // `backlog` (SQ) or the kernel's overflow list (CQ, moved back by the
+            // enter `Ring::needs_enter` asks for), nothing is lost.
             let sq_entries = if r == 0 {
                 opts.sq_entries
             } else {
@@ -820,7 +821,7 @@ impl EventLoop for UringLoop {
         self.rearm_udp();
         self.arm_accepts();
         for r in 1..self.rings.len() {
-            if !self.rings[r].uring.submission().is_empty() {
+            if self.rings[r].needs_enter() {
                 if let Err(e) = self.rings[r].uring.submit() {
                     if !transient(&e) {
                         return Err(e);
@@ -883,6 +884,8 @@ impl EventLoop for UringLoop {
                     || (r.lost > 0 && r.sweep_inflight == 0)
                     || !r.uring.completion().is_empty()
                     || r.uring.submission().taskrun()
+                    // Completions the kernel holds until the ring is entered.
+                    || r.uring.submission().cq_overflow()
             })
     }
 

@@ -94,6 +94,12 @@ pub(super) fn build_ring(sq_entries: u32) -> io::Result<IoUring> {
     }
 }
 
+/// See `Ring::needs_enter`.
+pub(super) fn needs_enter(uring: &mut IoUring) -> bool {
+    let sq = uring.submission();
+    !sq.is_empty() || sq.cq_overflow()
+}
+
 /// Sets up a small ring and checks every opcode and feature this backend relies on.
 /// Fails when io_uring is unusable here (ENOSYS, EPERM from seccomp or
 /// `kernel.io_uring_disabled`) or too old (multishot recv and `MSG_RING` fd passing
@@ -280,6 +286,19 @@ impl Ring {
         // SAFETY: every pointer an entry carries (send data, sockaddr buffers) is owned
         // by the loop and outlives the operation; see the builders in `UringLoop`.
         unsafe { self.uring.submission().push(entry) }.is_ok()
+    }
+
+    /// Whether the kernel must be entered for this ring: entries to submit, or
+    /// completions held in the kernel's overflow list. Once a completion queue has
+    /// overflowed, every later completion of the ring joins that list too, and the
+    /// kernel moves them into the queue only in an `io_uring_enter` with GETEVENTS
+    /// (`submit` adds it when it sees `IORING_SQ_CQ_OVERFLOW`). Rings 1.. are otherwise
+    /// entered only to submit, so a ring that overflowed while its loop was short of
+    /// CPU stalled every socket in its table until something was next queued there:
+    /// in a 100k storm, 4,629 hand-over descriptors reached their loop 60 s late, at
+    /// teardown, and their clients were lost.
+    pub(super) fn needs_enter(&mut self) -> bool {
+        needs_enter(&mut self.uring)
     }
 
     /// Moves backlogged entries into the submission queue, submitting when full.

@@ -327,3 +327,40 @@ fn an_idle_recall_keeps_receives_working() {
     client.write_all(&second).expect("write");
     assert_eq!(received(&mut lp, sock, second.len()), second);
 }
+
+/// A ring whose completion queue overflowed gets the rest of its completions only
+/// by being entered; `needs_enter` says so even with nothing to submit, which is
+/// what keeps rings 1.. of a loop from stalling after a burst (`UringLoop::turn`).
+#[test]
+fn an_overflowed_completion_queue_is_entered_until_every_completion_is_out() {
+    // 4 SQEs, 16 CQEs: five submissions of four no-ops overflow it by four.
+    let mut uring = ring::build_ring(4).expect("ring");
+    let cq_size = uring.completion().capacity();
+    let total = cq_size + 4;
+    for _ in 0..total / 4 {
+        for _ in 0..4 {
+            let nop = opcode::Nop::new().build().user_data(7);
+            // SAFETY: a no-op carries no pointers.
+            unsafe { uring.submission().push(&nop) }.expect("room for four");
+        }
+        uring.submit().expect("submit");
+    }
+    assert!(
+        ring::needs_enter(&mut uring),
+        "overflow pending, nothing to submit"
+    );
+    let mut seen = 0;
+    for _ in 0..8 {
+        seen += uring.completion().count();
+        if !ring::needs_enter(&mut uring) {
+            break;
+        }
+        uring.submit().expect("enter to flush the overflow");
+    }
+    seen += uring.completion().count();
+    assert_eq!(
+        seen, total,
+        "every no-op completed, none stranded in the kernel"
+    );
+    assert!(!ring::needs_enter(&mut uring));
+}
