@@ -490,6 +490,8 @@ fn every_cluster_counter_is_exported() {
         sessions_lost,
         sessions_kept,
         delta_duplicates,
+        confirms_retried,
+        confirms_given_up,
         sessions_local,
         sessions_saved,
         sessions_recovered,

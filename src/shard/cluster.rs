@@ -98,6 +98,14 @@ pub enum ClusterIn {
     /// What reached `client_id`'s session on its old node between the hand-over and
     /// the confirmation: hand-over bytes whose copies join the session here.
     Delta { client_id: Bytes, session: Bytes },
+    /// The old node did not answer the confirmation of hand-over `from` of
+    /// `client_id` (`attempt`: as `HandoverConfirm`); the backoff is over: the loop
+    /// asks again or gives it up (`on_confirm_unanswered`, review10 M8).
+    ConfirmUnanswered {
+        client_id: Bytes,
+        from: Handed,
+        attempt: u32,
+    },
     /// Another node published `client_id`'s will while this node was cut from NATS:
     /// its connection here goes, without publishing the will again.
     WillTaken { client_id: Bytes },
@@ -408,6 +416,11 @@ impl Shard {
             ClusterIn::Delta { client_id, session } => {
                 self.on_handover_delta(&client_id, &session, now)
             }
+            ClusterIn::ConfirmUnanswered {
+                client_id,
+                from,
+                attempt,
+            } => self.on_confirm_unanswered(&client_id, from, attempt, now),
             ClusterIn::WillTaken { client_id } => self.on_will_taken(&client_id, now),
             ClusterIn::Yield { client_id, node } => self.on_session_yield(&client_id, node, now),
             ClusterIn::Resave { client_id } => self.on_session_resave(&client_id),

@@ -33,6 +33,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::cluster::SessionSave;
+use super::cluster_dedup::Retry;
 use super::conn::ConnState;
 use super::durable::{props_bytes, props_of, qos_of, unpack_options};
 use super::{ConnId, Shard};
@@ -77,6 +78,9 @@ pub struct Handed {
 pub struct HandoverConfirm {
     pub client_id: Bytes,
     pub from: Handed,
+    /// 0 the first time; then how many times it went unanswered before
+    /// (`ClusterIn::ConfirmUnanswered`), which sets the backoff of the next try.
+    pub attempt: u32,
 }
 
 /// A confirmation held until the session's own previous node's delta is in
@@ -97,9 +101,10 @@ const HANDING_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 const HANDING_SWEEP_AT: usize = 4096;
 
 /// How long a confirmed hand-over's delta stays for a repeated confirmation: the
-/// new owner re-sends after `FETCH_TIMEOUT` (2 s, `cluster/sessions.rs`) up to
-/// `CONFIRM_TRIES` times, so 10 s covers every retry of one confirmation.
-const CONFIRMED_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
+/// new owner re-sends after `FETCH_TIMEOUT` (2 s, `cluster/sessions.rs`), and after
+/// a round of unanswered tries asks again within about 10 s (`confirm_backoff`, at
+/// most 5 s, then its flush and `CONFIRM_GRACE`), so 30 s covers the next round too.
+const CONFIRMED_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
 /// At most this many confirmed deltas are kept; past it the oldest goes (a retry of
 /// that one then gets an empty answer, as before this table existed).
 const CONFIRMED_MAX: usize = 4096;
@@ -556,9 +561,57 @@ impl Shard {
             return;
         };
         let client_id = Bytes::copy_from_slice(&s.client_id);
-        self.cluster_dedup.watch(&client_id, now);
+        self.cluster_dedup.watch(&client_id, from.token, now);
         if let Some(out) = self.cluster.as_deref_mut() {
-            out.confirms.push(HandoverConfirm { client_id, from });
+            out.confirms.push(HandoverConfirm {
+                client_id,
+                from,
+                attempt: 0,
+            });
+        }
+    }
+
+    /// The old node did not answer the confirmation of hand-over `from` of
+    /// `client_id` (review10 M8 item 1): unconfirmed, it keeps its copy and the
+    /// client would be sent again on its return what it had here. So it is asked
+    /// again (the cluster thread waited its backoff already) as long as the session
+    /// lives here and its delta is awaited (`DeltaDedup::retry`, which bounds the
+    /// time and how many at once); otherwise the wait ends as if an empty delta had
+    /// come, which also answers a confirmation held for it (review M3).
+    pub(super) fn on_confirm_unanswered(
+        &mut self,
+        client_id: &[u8],
+        from: Handed,
+        attempt: u32,
+        now: Instant,
+    ) {
+        self.last_now = Some(now);
+        // A session handed on meanwhile is the next node's to confirm.
+        let lives_here = self.sessions.find(client_id).is_some()
+            && !self.cluster_handing.contains_key(client_id);
+        match self
+            .cluster_dedup
+            .retry(client_id, from.token, lives_here, now)
+        {
+            Retry::NotThis => {}
+            Retry::Again => {
+                if let Some(st) = self.cluster_status.as_deref() {
+                    st.confirms_retried.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(out) = self.cluster.as_deref_mut() {
+                    out.confirms.push(HandoverConfirm {
+                        client_id: Bytes::copy_from_slice(client_id),
+                        from,
+                        attempt: attempt.saturating_add(1),
+                    });
+                }
+            }
+            Retry::Full | Retry::GiveUp => {
+                if let Some(st) = self.cluster_status.as_deref() {
+                    st.confirms_given_up.fetch_add(1, Ordering::Relaxed);
+                }
+                self.on_handover_delta(client_id, &[], now);
+            }
         }
     }
 
