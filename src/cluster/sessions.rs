@@ -1023,6 +1023,16 @@ impl Claims {
                 return;
             }
         }
+        if super::wills::node_alive(&alive, &asker) {
+            // It serves the client with its confirmation lost or late: the copy
+            // held here stops taking messages it would only send again on the
+            // client's return (review10 M8 item 2).
+            let m = crate::shard::ClusterIn::HandoverUnconfirmed {
+                client_id: client_id.clone(),
+                token,
+            };
+            let _ = tx.send((l, m)).await;
+        }
         let until = tokio::time::Instant::now() + LAPSE_WATCH_MAX;
         while super::wills::node_alive(&alive, &asker) {
             if tokio::time::Instant::now() >= until {

@@ -126,6 +126,10 @@ pub enum ClusterIn {
         token: u64,
         epoch: u64,
     },
+    /// Hand-over `token` of `client_id` was not confirmed within `HANDOVER_LAPSE`
+    /// and the asker looks alive (review10 M8 item 2): the session held here stops
+    /// taking copies (`on_handover_unconfirmed`).
+    HandoverUnconfirmed { client_id: Bytes, token: u64 },
     /// After a partition this node keeps `client_id` (a reconcile): its session is
     /// saved to the sessions bucket again, since what changed while this node served
     /// it alone did not land in an entry naming this node (review10 M4).
@@ -439,6 +443,9 @@ impl Shard {
                 token,
                 epoch,
             } => self.on_handover_lapsed(&client_id, token, epoch, now),
+            ClusterIn::HandoverUnconfirmed { client_id, token } => {
+                self.on_handover_unconfirmed(&client_id, token, now)
+            }
         }
     }
 

@@ -427,10 +427,74 @@ impl Shard {
             return;
         }
         self.cluster_handing.remove(client_id);
+        // Whole again: its subscriptions take copies here again.
+        self.reattach_subs(client_id);
         self.expire_offline_handover(s, now);
         if let Some(out) = self.cluster.as_deref_mut() {
             out.reasserts
                 .push((Bytes::copy_from_slice(client_id), epoch));
+        }
+    }
+
+    /// The asker of hand-over `token` looks alive but has not confirmed it within
+    /// `HANDOVER_LAPSE` (review10 M8 item 2): it serves the client, with its
+    /// confirmation lost or late (it is asked again, `on_confirm_unanswered`).
+    /// Until then the copy held here took every message the live session there
+    /// took too, a gap the client would be sent again on its return. So the held
+    /// session stops taking copies: its subscriptions leave this loop's trie (and
+    /// NATS) but stay in the session, so a hand-over still carries them, and come
+    /// back if it is taken back (its asker dead) or resumed here. What it would
+    /// have got from now on reached the live session on the asker, whose
+    /// subscriptions were on NATS long before (a flush and a second at most after
+    /// the load); a late confirmation still gets the copies that came before.
+    pub(super) fn on_handover_unconfirmed(&mut self, client_id: &[u8], token: u64, now: Instant) {
+        self.last_now = Some(now);
+        if self.cluster_handing.get(client_id).map(|h| h.0) != Some(token) {
+            return;
+        }
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let Some(sess) = self.sessions.get(s).filter(|x| !x.is_online()) else {
+            return;
+        };
+        let filters: Vec<(Bytes, Option<Bytes>)> = sess
+            .subs
+            .iter()
+            .map(|x| Self::split_filter(&x.filter))
+            .collect();
+        for (inner, group) in &filters {
+            self.remove_local_sub(s, inner, group.as_ref());
+        }
+        self.cluster_detached
+            .insert(Bytes::copy_from_slice(client_id));
+        tracing::debug!(
+            "cluster: hand-over of {:?} unconfirmed, its asker alive: the copy here stops taking messages",
+            String::from_utf8_lossy(client_id)
+        );
+    }
+
+    /// A held session detached by `on_handover_unconfirmed` takes copies again.
+    fn reattach_subs(&mut self, client_id: &[u8]) {
+        if !self.cluster_detached.remove(client_id) {
+            return;
+        }
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let subs: Vec<(Box<[u8]>, crate::protocol::SubscriptionOptions, u32)> = self
+            .sessions
+            .get(s)
+            .map(|x| {
+                x.subs
+                    .iter()
+                    .map(|y| (y.filter.clone(), y.options, y.sub_id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (filter, options, sub_id) in subs {
+            let (inner, group) = Self::split_filter(&filter);
+            self.add_local_sub(s, &inner, group.as_ref(), options, sub_id);
         }
     }
 
@@ -457,6 +521,7 @@ impl Shard {
         self.take_over(s, false, now);
         let bytes = self.handover_bytes(s);
         self.cluster_handing.remove(client_id);
+        self.cluster_detached.remove(client_id);
         self.end_session(s, now);
         self.drop_slow_consumers(now);
         if let Some(out) = self.cluster.as_deref_mut() {
@@ -652,6 +717,7 @@ impl Shard {
             .zip(self.sessions.find(client_id));
         if let Some(((_, copies), s)) = found {
             self.cluster_handing.remove(client_id);
+            let detached = self.cluster_detached.contains(client_id);
             if !self.sessions.get(s).is_some_and(|x| x.is_online()) {
                 let d = self.session_bytes_from(s, copies);
                 if d.len() > max_bytes {
@@ -666,8 +732,12 @@ impl Shard {
                     if let Some(st) = self.cluster_status.as_deref() {
                         st.sessions_kept.fetch_add(1, Ordering::Relaxed);
                     }
+                    if detached {
+                        self.reattach_subs(client_id);
+                    }
                 } else {
                     delta = Some(d);
+                    self.cluster_detached.remove(client_id);
                     self.end_session(s, now);
                 }
                 self.drop_slow_consumers(now);
@@ -761,6 +831,8 @@ impl Shard {
         self.last_now = Some(now);
         let mut bytes = None;
         if let Some(s) = self.sessions.find(client_id) {
+            // Held again for this hand-over: it takes the copies for its delta.
+            self.reattach_subs(client_id);
             self.take_over(s, clean, now);
             if !clean {
                 let mut b = self.handover_bytes(s);
@@ -802,6 +874,8 @@ impl Shard {
                     let sessions = &self.sessions;
                     self.cluster_handing
                         .retain(|id, _| sessions.find(id).is_some());
+                    self.cluster_detached
+                        .retain(|id| sessions.find(id).is_some());
                 }
                 self.cluster_handing
                     .insert(Bytes::copy_from_slice(client_id), (reply, copies));
@@ -860,6 +934,16 @@ impl Shard {
     /// resumed with expiry 0 is no longer persistent, so what an earlier connection
     /// saved of it must not outlive this one.
     pub(super) fn cluster_session_resumed(&mut self, session: u32) {
+        if !self.cluster_detached.is_empty() {
+            // A held copy its client came back to (NATS away): whole again.
+            if let Some(id) = self
+                .sessions
+                .get(session)
+                .map(|s| Bytes::copy_from_slice(&s.client_id))
+            {
+                self.reattach_subs(&id);
+            }
+        }
         if self.sessions.get(session).is_some_and(|s| s.expiry_s == 0) {
             self.cluster_session_ended(session);
         } else {
@@ -1052,6 +1136,7 @@ impl Shard {
             // it came (review M2): the copies that reached it since the hand-over are
             // on this node only, so they join the loaded session; the confirmation,
             // now stale, ends nothing.
+            self.cluster_detached.remove(client_id);
             gap = self
                 .cluster_handing
                 .remove(client_id)

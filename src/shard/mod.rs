@@ -205,6 +205,10 @@ pub struct Shard {
     /// Sessions handed to another node and kept until it confirms: client id ->
     /// (hand-over id, copies the hand-over carried) (`cluster_session.rs`).
     cluster_handing: std::collections::HashMap<bytes::Bytes, (u64, usize)>,
+    /// Held sessions among those whose asker looks alive but never confirmed:
+    /// their subscriptions are out of the trie (and NATS), still in the session,
+    /// until it is taken back, resumed here or ends (review10 M8 item 2).
+    cluster_detached: std::collections::HashSet<bytes::Bytes>,
     /// Hand-overs confirmed here, kept so a repeated confirmation (its sender timed
     /// out) gets the same delta: client id -> (hand-over id, delta, when; bounded).
     cluster_confirmed: cluster_session::ConfirmedDeltas,
@@ -299,6 +303,7 @@ impl Shard {
             cluster: None,
             cluster_status: None,
             cluster_handing: Default::default(),
+            cluster_detached: Default::default(),
             cluster_confirmed: Default::default(),
             cluster_dedup: Default::default(),
             cluster_held_confirms: Vec::new(),

@@ -1453,3 +1453,104 @@ fn an_unanswered_confirmation_of_a_session_handed_on_is_given_up() {
     assert!(out.handovers.iter().any(|h| h.reply == 91), "{out:?}");
     assert_eq!(b.shards[0].stats().sessions, 0, "the session left b");
 }
+
+/// Node a is told its hand-over 77 of "roam" lapsed unconfirmed with the asker alive.
+fn unconfirmed_and_alive(a: &mut Cluster) -> Vec<bool> {
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandoverUnconfirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+        },
+        now,
+    );
+    a.pump();
+    a.shards[0]
+        .take_cluster_out()
+        .map(|o| o.interest.iter().map(|i| i.add).collect())
+        .unwrap_or_default()
+}
+
+/// Review10 M8 item 2: past `HANDOVER_LAPSE` with its asker alive, the copy held
+/// on the old node stops taking messages: its interest leaves, and what comes
+/// next (which reached the live session on the asker) is not in its delta nor in
+/// what it would hand back. Its subscriptions stay in the session: taken back (the
+/// asker dead after all), it is whole and takes messages again. Before, it went on
+/// taking every message for up to 5 min, all of them sent again on the client's
+/// return.
+#[test]
+fn an_unconfirmed_handover_with_a_live_asker_stops_taking_copies() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let _ = a.shards[0].take_cluster_out();
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    assert!(bytes.is_some());
+    from_c(&mut a, "before", Q1, 31);
+    // Another hand-over's word changes nothing.
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandoverUnconfirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 76,
+        },
+        now,
+    );
+    a.pump();
+    assert!(a.shards[0].take_cluster_out().is_none());
+    assert_eq!(
+        unconfirmed_and_alive(&mut a),
+        [false],
+        "its interest leaves"
+    );
+    from_c(&mut a, "after", Q1, 32);
+    assert!(
+        a.shards[0].sessions.find(b"roam").is_some(),
+        "still held for a late confirmation"
+    );
+
+    // The asker turns out dead: taken back whole, it takes messages again.
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandoverLapsed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            epoch: 2,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("taken back");
+    assert_eq!(out.reasserts.len(), 1);
+    assert_eq!(
+        out.interest.iter().map(|i| i.add).collect::<Vec<_>>(),
+        [true],
+        "subscribed again"
+    );
+    from_c(&mut a, "back", Q1, 33);
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let bytes = bytes.expect("the session");
+    assert_eq!(handed_payloads(&bytes), [&b"before"[..], b"back"]);
+    assert_eq!(
+        count_handed(&bytes, |r| matches!(r, Record::SubAdd { .. })),
+        1,
+        "with its subscription"
+    );
+}
+
+/// Review10 M8 item 2, with the confirmation landing late: the delta holds what
+/// came before the lapse, and the session ends on the old node.
+#[test]
+fn a_late_confirmation_after_the_lapse_gets_what_came_before_it() {
+    let (mut a, mut b) = loaded_from_the_old_owner();
+    let out = b.shards[0].take_cluster_out().expect("b's confirmation");
+    from_c(&mut a, "before", Q1, 41);
+    assert_eq!(unconfirmed_and_alive(&mut a), [false]);
+    from_c(&mut a, "after", Q1, 42);
+    let _ = confirm(&mut a, &mut b, &out);
+    assert!(a.shards[0].sessions.find(b"roam").is_none(), "ended on a");
+    let (bytes, _) = take_from(&mut b, "roam", false);
+    let got = handed_payloads(&bytes.expect("b's session"));
+    assert_eq!(got, [&b"x1"[..], b"x2", b"before"]);
+}
