@@ -760,6 +760,7 @@ fn a_busy_answer_is_asked_again_and_no_session_is_final() {
 
 /// Review10 M8: a round of a confirmation left unanswered is asked again after a
 /// backoff that grows from 1 s and stays bounded, however many rounds fail.
+#[cfg(not(loom))]
 #[test]
 fn an_unanswered_confirmation_backs_off_boundedly() {
     use super::sessions::confirm_backoff;
