@@ -47,6 +47,9 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 pub struct ClusterStatus {
     pub node: String,
+    /// This process's `Mqtt-Origin` (`headers::origin_of`): the loops key their own
+    /// forwarded messages with it (`Shard::cluster_stamp`).
+    pub origin: String,
     pub connected: AtomicBool,
     /// The cluster thread ended (bad NATS settings, no runtime): nothing answers
     /// session claims, so the loops serve every CONNECT from their own state.

@@ -148,8 +148,10 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
     } else {
         cfg.cluster_node_name.clone()
     };
+    let incarnation = headers::new_incarnation();
     let status = Arc::new(ClusterStatus {
         node: node.clone(),
+        origin: headers::origin_of(&node, incarnation),
         kv_replicas: cfg.cluster_kv_replicas,
         ..ClusterStatus::default()
     });
@@ -176,7 +178,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
     }
     let stop = Arc::new(Notify::new());
     let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
-    let settings = Settings::from(cfg, node, headers::new_incarnation());
+    let settings = Settings::from(cfg, node, incarnation);
     let thread_status = status.clone();
     let thread_stop = stop.clone();
     let handle = std::thread::Builder::new()
@@ -209,7 +211,6 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 interest: InterestTable::new(),
                 subs: HashMap::new(),
                 seen: headers::SeenWindow::new(DEDUP_WINDOW),
-                next_id: 0,
                 outgoing: Outgoing::default(),
                 shared_rr: 0,
                 to_wake: vec![false; loops],
@@ -311,8 +312,6 @@ struct State {
     /// `Subscriber`, which unsubscribes).
     subs: HashMap<InterestKey, Vec<tokio::task::JoinHandle<()>>>,
     seen: headers::SeenWindow,
-    /// Sequence of this incarnation's forwarded messages (`Mqtt-Id`).
-    next_id: u64,
     /// Publishes on their way to the writer task.
     outgoing: Outgoing,
     shared_rr: usize,
@@ -1243,10 +1242,9 @@ impl State {
                 }
             }
             if self.outgoing.admit(connected, f.ack.is_some()) == Admit::Queue {
-                self.next_id += 1;
                 self.outgoing.push(Publish {
                     msg: f.msg,
-                    id: self.next_id,
+                    id: f.id,
                     publisher: f.publisher,
                     ack: f.ack.map(|token| (from, token)),
                 });

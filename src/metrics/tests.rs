@@ -457,7 +457,7 @@ fn every_cluster_counter_is_exported() {
             #[allow(dead_code)]
             fn all_listed(x: &ClusterStatus) {
                 let ClusterStatus {
-                    node: _, connected: _, stopped: _, fenced: _, qos2_window: _,
+                    node: _, origin: _, connected: _, stopped: _, fenced: _, qos2_window: _,
                     kv_replicas: _, jetstream: _, name_conflict: _, retained_loaded: _,
                     $($f: _,)*
                 } = x;

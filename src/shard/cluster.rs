@@ -53,6 +53,9 @@ pub struct AckToken {
 #[derive(Debug)]
 pub struct Forward {
     pub msg: Arc<Message>,
+    /// Its `Mqtt-Id`, given by the publishing loop (`cluster_stamp`): unique per
+    /// process, so with `ClusterStatus::origin` it is the message's cluster key.
+    pub id: u64,
     pub ack: Option<AckToken>,
     /// A client's QoS 2 message: who published it with which packet id (review10 H5).
     pub publisher: Option<crate::cluster::headers::Publisher>,
@@ -186,6 +189,8 @@ pub struct ClusterOut {
     pushed: Option<usize>,
     /// The current `publish` call's message passed `cluster_refuses` already.
     checked: bool,
+    /// The id `cluster_stamp` gave the current `publish` call's message.
+    stamped: u64,
 }
 
 impl ClusterOut {
@@ -222,6 +227,7 @@ impl Shard {
     /// The cluster thread's state (`ClusterStatus::stopped`): once that thread has
     /// ended, CONNECTs no longer wait for claims nobody would answer.
     pub fn set_cluster_status(&mut self, status: Arc<crate::cluster::ClusterStatus>) {
+        self.cluster_origin_key = crate::cluster::headers::origin_key(&status.origin);
         self.cluster_status = Some(status);
     }
 
@@ -232,6 +238,31 @@ impl Shard {
             return None;
         }
         Some(std::mem::take(c))
+    }
+
+    /// A message this loop publishes gets the identity the other nodes will know it
+    /// by (review10 M8 item 3): its `Mqtt-Id` (this loop's index in the top 16
+    /// bits, a sequence below, so loops never share one) and, with this process's
+    /// origin, its cluster key, on the local copies too. A copy of it kept here
+    /// for a hand-over then matches the key its new node got it under, and that
+    /// node's copies of it are known here: a returning session is not sent again
+    /// what reached its client there, and a delta's copy of it is dropped where it
+    /// was published (`cluster_dedup.rs`). A message that does not go to NATS
+    /// after all (refused, over the turn's bound) keeps a key no node saw: never
+    /// matched. Cluster nodes only: `publish` calls it behind `cluster.is_some()`.
+    pub(super) fn cluster_stamp(&mut self, msg: &mut Message) {
+        if msg.topic.first() == Some(&b'$') {
+            return;
+        }
+        self.cluster_seq = self.cluster_seq.wrapping_add(1);
+        let id = ((self.id as u64 + 1) << 48) | (self.cluster_seq & ((1 << 48) - 1));
+        msg.cluster_key = crate::cluster::headers::message_key_with(self.cluster_origin_key, id);
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.stamped = id;
+        }
+        if msg.qos != QoS::AtMostOnce && self.cluster_dedup.is_watching() {
+            self.cluster_dedup.record(msg.cluster_key);
+        }
     }
 
     /// A message this shard's client (or will) published: forwarded to NATS unless it
@@ -267,6 +298,7 @@ impl Shard {
         c.pushed = Some(c.publishes.len());
         c.publishes.push(Forward {
             msg: a,
+            id: c.stamped,
             ack: None,
             publisher: None,
         });
@@ -557,12 +589,7 @@ impl Shard {
             ShardMsg::Publish {
                 msg, plain, shared, ..
             } => {
-                if msg.cluster_key != 0
-                    && msg.qos != QoS::AtMostOnce
-                    && self.cluster_dedup.is_watching()
-                {
-                    self.cluster_dedup.record(msg.cluster_key);
-                }
+                // Its key is recorded by `on_remote_publish`, as for another loop's.
                 self.on_remote_publish(msg, plain, shared, now);
                 self.drop_slow_consumers(now);
             }

@@ -231,7 +231,7 @@ impl<'a> Origins<'a> {
         Origins { keys, seen }
     }
 
-    /// Message `msg`'s cluster identity (0: published on the node that handed it).
+    /// Message `msg`'s cluster identity (0: none, it never went to NATS).
     fn key(&self, msg: u64) -> u64 {
         self.keys.get(&msg).copied().unwrap_or(0)
     }

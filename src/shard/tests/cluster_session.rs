@@ -1554,3 +1554,93 @@ fn a_late_confirmation_after_the_lapse_gets_what_came_before_it() {
     let got = handed_payloads(&bytes.expect("b's session"));
     assert_eq!(got, [&b"x1"[..], b"x2", b"before"]);
 }
+
+/// Review10 M8 item 3: a message published on the old node itself carries the
+/// cluster key the other nodes know it by, on its local copies too (`Mqtt-Id` from
+/// the publishing loop, with this process's origin). So when the client, served by b
+/// after an unconfirmed hand-over, comes back to a, the copy a kept of its own
+/// message is known to have reached the client on b, and is not sent again. Before,
+/// a's own messages had no key on a and were all sent again.
+#[test]
+fn a_message_published_on_the_old_node_is_not_sent_again_on_return() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut a = node();
+    let status = std::sync::Arc::new(crate::cluster::ClusterStatus {
+        origin: "a.0000000000000001".into(),
+        ..Default::default()
+    });
+    status.connected.store(true, Relaxed);
+    a.shards[0].set_cluster_status(status.clone());
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    let _ = a.shards[0].take_cluster_out();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let _ = b.shards[0].take_cluster_out();
+    // Published on a (its held copy takes it) and forwarded: b gets it from NATS.
+    a.publish(p, "t", "own-a", Q1, false, 1);
+    let out = a.shards[0].take_cluster_out().expect("forwarded");
+    let f = &out.publishes[0];
+    let key = f.msg.cluster_key;
+    assert_eq!(
+        key,
+        crate::cluster::headers::message_key(&status.origin, f.id),
+        "the key every node computes from its headers"
+    );
+    from_c(&mut b, "own-a", Q1, key);
+    b.expect(c, pubp("t", "own-a", Q1, false, 1));
+    b.send(c, puback(1));
+    b.pump();
+    // And one from elsewhere that reached a alone.
+    from_c(&mut a, "only-a", Q1, 51);
+    b.drop_connection(c);
+    let _ = b.shards[0].take_cluster_out();
+
+    a.auto_claim = false;
+    let back = a.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut a, "roam");
+    let (bytes, _) = take_from(&mut b, "roam", false);
+    answer_claim(&mut a, &claim, bytes);
+    a.pump();
+    match a.next(back) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = a.next(back) {
+        got.push(m.payload.clone());
+    }
+    assert_eq!(got, [&b"only-a"[..]]);
+}
+
+/// Review10 M8 item 3, the other way: a message published on the new node while it
+/// awaits the delta is recorded there, so the old node's delta copy of it (which
+/// it got from NATS in the grace) is dropped, not delivered twice.
+#[test]
+fn a_delta_copy_of_a_message_published_on_the_new_node_is_dropped() {
+    let (mut a, mut b) = loaded_from_the_old_owner();
+    let out = b.shards[0].take_cluster_out().expect("b's confirmation");
+    b.auto_claim = true;
+    let p = b.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    let _ = b.shards[0].take_cluster_out();
+    b.publish(p, "t", "own-b", Q1, false, 1);
+    let fwd = b.shards[0].take_cluster_out().expect("forwarded");
+    let key = fwd.publishes[0].msg.cluster_key;
+    assert_ne!(key, 0);
+    from_c(&mut a, "own-b", Q1, key);
+    let _ = confirm(&mut a, &mut b, &out);
+    let (bytes, _) = take_from(&mut b, "roam", false);
+    let got = handed_payloads(&bytes.expect("b's session"));
+    assert_eq!(got, [&b"x1"[..], b"x2", b"own-b"], "own-b once");
+}
