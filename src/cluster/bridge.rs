@@ -47,6 +47,9 @@ pub enum Refusal {
 #[derive(Debug, Default)]
 pub struct ClusterStatus {
     pub node: String,
+    /// This process's `Mqtt-Origin` (`headers::origin_of`): the loops key their own
+    /// forwarded messages with it (`Shard::cluster_stamp`).
+    pub origin: String,
     pub connected: AtomicBool,
     /// The cluster thread ended (bad NATS settings, no runtime): nothing answers
     /// session claims, so the loops serve every CONNECT from their own state.
@@ -107,6 +110,11 @@ pub struct ClusterStatus {
     /// Copies in hand-over deltas dropped because the same cluster message had
     /// reached the session here directly (the old node's interest grace).
     pub delta_duplicates: AtomicU64,
+    /// Hand-over confirmations the old node did not answer, asked again after a
+    /// backoff (review10 M8), and those given up (their session left, their watch
+    /// ended, or `RETRYING_MAX` were being asked again: the old node keeps its copy).
+    pub confirms_retried: AtomicU64,
+    pub confirms_given_up: AtomicU64,
     /// CONNECTs served from this node's own state: NATS or the bucket did not answer.
     pub sessions_local: AtomicU64,
     /// Persistent sessions' subscriptions saved to their bucket entry, and sessions
@@ -445,6 +453,18 @@ impl ClusterStatus {
             "counter",
             "Hand-over delta copies dropped: the message had reached the session here directly",
             g(&self.delta_duplicates),
+        );
+        line(
+            "sessions_confirms_retried_total",
+            "counter",
+            "Hand-over confirmations the old node did not answer, asked again after a backoff",
+            g(&self.confirms_retried),
+        );
+        line(
+            "sessions_confirms_given_up_total",
+            "counter",
+            "Hand-over confirmations given up unanswered: the old node keeps its copy",
+            g(&self.confirms_given_up),
         );
         line(
             "sessions_local_total",

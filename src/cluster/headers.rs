@@ -45,20 +45,33 @@ pub struct Meta {
 
 /// A forwarded message's identity as every node computes it from its headers
 /// (`Message::cluster_key`): FNV-1a over the origin node's name and its sequence
-/// number, never 0 (0 marks a message published on this node). Stable across builds
-/// (not a seeded hasher), since two nodes compare the keys they computed apart; a
-/// collision needs two of the few messages in one hand-over's grace window to share
-/// a 64-bit hash.
+/// number, never 0 (0: none, a message that never goes to NATS). The publishing loop
+/// computes the same key for its own copies (`Shard::cluster_stamp`, review10 M8).
+/// Stable across builds (not a seeded hasher), since two nodes compare the keys they
+/// computed apart; a collision needs two of the few messages in one hand-over's
+/// window to share a 64-bit hash.
 pub fn message_key(origin: &str, id: u64) -> u64 {
+    message_key_with(origin_key(origin), id)
+}
+
+const FNV_PRIME: u64 = 0x0100_0000_01b3;
+
+/// The FNV-1a state `message_key` reaches after the origin and its separator, so a
+/// publishing loop hashes only the id per message.
+pub fn origin_key(origin: &str) -> u64 {
     const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-    const FNV_PRIME: u64 = 0x0100_0000_01b3;
     let mut h = FNV_OFFSET;
-    for &b in origin
-        .as_bytes()
-        .iter()
-        .chain([0xff].iter())
-        .chain(&id.to_le_bytes())
-    {
+    for &b in origin.as_bytes().iter().chain([0xff].iter()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(FNV_PRIME);
+    }
+    h
+}
+
+/// `message_key` of message `id` from the origin whose `origin_key` is `origin`.
+pub fn message_key_with(origin: u64, id: u64) -> u64 {
+    let mut h = origin;
+    for b in id.to_le_bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(FNV_PRIME);
     }

@@ -148,8 +148,10 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
     } else {
         cfg.cluster_node_name.clone()
     };
+    let incarnation = headers::new_incarnation();
     let status = Arc::new(ClusterStatus {
         node: node.clone(),
+        origin: headers::origin_of(&node, incarnation),
         kv_replicas: cfg.cluster_kv_replicas,
         ..ClusterStatus::default()
     });
@@ -176,7 +178,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
     }
     let stop = Arc::new(Notify::new());
     let (ended_tx, ended) = std::sync::mpsc::channel::<()>();
-    let settings = Settings::from(cfg, node, headers::new_incarnation());
+    let settings = Settings::from(cfg, node, incarnation);
     let thread_status = status.clone();
     let thread_stop = stop.clone();
     let handle = std::thread::Builder::new()
@@ -209,7 +211,6 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 interest: InterestTable::new(),
                 subs: HashMap::new(),
                 seen: headers::SeenWindow::new(DEDUP_WINDOW),
-                next_id: 0,
                 outgoing: Outgoing::default(),
                 shared_rr: 0,
                 to_wake: vec![false; loops],
@@ -313,8 +314,6 @@ struct State {
     /// `Subscriber`, which unsubscribes).
     subs: HashMap<InterestKey, Vec<tokio::task::JoinHandle<()>>>,
     seen: headers::SeenWindow,
-    /// Sequence of this incarnation's forwarded messages (`Mqtt-Id`).
-    next_id: u64,
     /// Publishes on their way to the writer task.
     outgoing: Outgoing,
     shared_rr: usize,
@@ -1281,10 +1280,9 @@ impl State {
                 }
             }
             if self.outgoing.admit(connected, f.ack.is_some()) == Admit::Queue {
-                self.next_id += 1;
                 self.outgoing.push(Publish {
                     msg: f.msg,
-                    id: self.next_id,
+                    id: f.id,
                     publisher: f.publisher,
                     ack: f.ack.map(|token| (from, token)),
                 });
@@ -1788,8 +1786,9 @@ async fn reconciled(
             let c = crate::shard::HandoverConfirm {
                 client_id: client_id.clone(),
                 from,
+                attempt: 0,
             };
-            if let Some(delta) = claims.confirm(&c).await {
+            if let Some(Some(delta)) = claims.confirm(&c).await {
                 let m = ClusterIn::Delta {
                     client_id,
                     session: delta,
@@ -1865,37 +1864,44 @@ fn on_confirms(
         let tx = tx.clone();
         tokio::spawn(async move {
             // The loop waits for a delta (a confirmation of this session's own
-            // hand-over onwards waits with it, review M3): it always gets one, empty
-            // when none came.
-            let given_up = ClusterIn::Delta {
-                client_id: c.client_id.clone(),
-                session: Bytes::new(),
-            };
+            // hand-over onwards waits with it, review M3): it always gets one, or
+            // word that none came, which it answers by asking again or giving up.
             // The server has the SUBs (in order on this connection) once the flush's
-            // PONG is back; a flush that cannot finish leaves the session on the old
-            // node, which is what an unconfirmed hand-over does.
-            if tokio::time::timeout(CONFIRM_FLUSH_MAX, client.flush())
+            // PONG is back. A flush that cannot finish, or a round of tries the old
+            // node does not answer, leaves the session on the old node for now: the
+            // loop is told after a backoff and asks again while the session lives
+            // there (review10 M8), or ends its wait for the delta.
+            let flushed = tokio::time::timeout(CONFIRM_FLUSH_MAX, client.flush())
                 .await
-                .map_or(true, |r| r.is_err())
-            {
-                tracing::warn!("cluster: interest not flushed; hand-over left unconfirmed");
-                let _ = tx.send((from, given_up)).await;
-                return;
-            }
-            // The flush proves only this node's server has the SUBs: the publishers'
-            // servers learn of them over routes, unordered against the old node's
-            // UNSUB, and a message may still wait in the old node's own queues. The
-            // old node keeps its interest this much longer, so such a message lands
-            // in its delta instead of nowhere (review H2). What is published in the
-            // grace reaches both nodes; the loop drops the delta's copy of a message
-            // it got directly (`shard/cluster_dedup.rs`).
-            tokio::time::sleep(CONFIRM_GRACE).await;
-            let m = match claims.confirm(&c).await {
+                .is_ok_and(|r| r.is_ok());
+            let answer = if flushed {
+                // The flush proves only this node's server has the SUBs: the
+                // publishers' servers learn of them over routes, unordered against
+                // the old node's UNSUB, and a message may still wait in the old
+                // node's own queues. The old node keeps its interest this much
+                // longer, so such a message lands in its delta instead of nowhere
+                // (review H2). What is published in the grace reaches both nodes;
+                // the loop drops the delta's copy of a message it got directly
+                // (`shard/cluster_dedup.rs`).
+                tokio::time::sleep(CONFIRM_GRACE).await;
+                claims.confirm(&c).await
+            } else {
+                tracing::warn!("cluster: interest not flushed; hand-over confirmation waits");
+                None
+            };
+            let m = match answer {
                 Some(delta) => ClusterIn::Delta {
                     client_id: c.client_id,
-                    session: delta,
+                    session: delta.unwrap_or_default(),
                 },
-                None => given_up,
+                None => {
+                    tokio::time::sleep(sessions::confirm_backoff(c.attempt)).await;
+                    ClusterIn::ConfirmUnanswered {
+                        client_id: c.client_id,
+                        from: c.from,
+                        attempt: c.attempt,
+                    }
+                }
             };
             let _ = tx.send((from, m)).await;
         });

@@ -56,8 +56,11 @@ const CLAIM_TRIES: usize = 4;
 pub const CLAIM_TIMEOUT: Duration = Duration::from_millis(super::CLAIM_TIMEOUT_MS);
 /// Bound on the previous owner's answer; a node that does not answer is taken as dead.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
-/// Attempts to confirm a hand-over to its old node.
+/// Attempts of one round of a hand-over's confirmation to its old node; a round
+/// left unanswered is asked again after `confirm_backoff` (review10 M8).
 const CONFIRM_TRIES: usize = 3;
+/// The longest wait between two rounds of an unanswered confirmation.
+const CONFIRM_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Answers "busy" (`REPLY_BUSY`) one confirmation or takeover request may get
 /// before it counts as unanswered, `BUSY_RETRY` apart: the old node's table of
 /// requests waiting for their loop was full, and it did nothing with this one.
@@ -76,12 +79,13 @@ const LOCAL_MAX: usize = 65_536;
 /// the map starts over past it (an unknown id's request is accepted).
 const EPOCHS_MAX: usize = 262_144;
 /// How long after answering a takeover with the session the old node waits for the
-/// confirmation before it may take the session back (review M1). A live asker sends
-/// its last confirmation within about 11 s of loading it (`CONFIRM_FLUSH_MAX` and
-/// `CONFIRM_GRACE` in link.rs, 3 s, then `CONFIRM_TRIES` x `FETCH_TIMEOUT`, 6 s, and
-/// at most 10 "busy" answers `BUSY_RETRY` apart, 2.5 s); this leaves 4 s
-/// more for the claim's own fetch bound and a loaded loop, and stays
-/// below the 30 s a short-lived session is held for its confirmation (`HANDING_HOLD`).
+/// confirmation before it may take the session back (review M1). A live asker ends
+/// its first round of confirmation within about 11 s of loading it
+/// (`CONFIRM_FLUSH_MAX` and `CONFIRM_GRACE` in link.rs, 3 s, then `CONFIRM_TRIES` x
+/// `FETCH_TIMEOUT`, 6 s, and at most 10 "busy" answers `BUSY_RETRY` apart, 2.5 s;
+/// it asks again after that, `confirm_backoff`); this leaves 4 s more for the
+/// claim's own fetch bound and a loaded loop, and stays below the 30 s a
+/// short-lived session is held for its confirmation (`HANDING_HOLD`).
 pub const HANDOVER_LAPSE: Duration = Duration::from_secs(15);
 /// While the asker still looks alive past `HANDOVER_LAPSE` (it may have the session
 /// and only its confirmation failed), the old node looks again this often, for at
@@ -208,6 +212,17 @@ pub fn decode_answer(b: &[u8]) -> Answer {
             None => Answer::Malformed,
         },
     }
+}
+
+/// The wait before round `attempt + 1` of a confirmation whose round `attempt` (0:
+/// the first) went unanswered: 1 s, doubling, at most `CONFIRM_BACKOFF_MAX`, so a
+/// node back after a few seconds of NATS trouble is asked again soon, and one gone
+/// for long costs a request every few seconds per session, as long as the loop
+/// keeps asking (`DeltaDedup::retry`).
+pub fn confirm_backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1)
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(CONFIRM_BACKOFF_MAX)
 }
 
 /// How a confirmation goes on after each answer (sans-IO, so its bounds are tested
@@ -783,10 +798,11 @@ impl Claims {
 
     /// Tells `c.from.node` this node holds the session and its interest (the caller
     /// has flushed the subscriptions to NATS) and returns the delta it answers with:
-    /// the copies that reached the session there since the hand-over. Retried while
-    /// the old node does not answer (bounded); a node that never answers keeps the
-    /// session (it ends there with its expiry).
-    pub async fn confirm(&self, c: &crate::shard::HandoverConfirm) -> Option<Bytes> {
+    /// the copies that reached the session there since the hand-over (`Some(None)`:
+    /// none). Retried while the old node does not answer, for one bounded round;
+    /// `None`: unanswered (the old node keeps the session, and the loop decides
+    /// whether to ask again, `ClusterIn::ConfirmUnanswered`).
+    pub async fn confirm(&self, c: &crate::shard::HandoverConfirm) -> Option<Option<Bytes>> {
         let body = encode_confirm(&c.client_id, c.from.token);
         let mut tries = ConfirmTries::default();
         loop {
@@ -814,15 +830,16 @@ impl Claims {
                 );
             }
             match tries.next(answer) {
-                ConfirmStep::Done(delta) => return delta,
+                ConfirmStep::Done(delta) => return Some(delta),
                 ConfirmStep::Again(wait) => tokio::time::sleep(wait).await,
                 ConfirmStep::GiveUp => break,
             }
         }
         tracing::warn!(
-            "cluster: node {} did not answer the hand-over confirmation of {:?}; it keeps its copy",
+            "cluster: node {} did not answer the hand-over confirmation of {:?} (round {})",
             c.from.node,
-            String::from_utf8_lossy(&c.client_id)
+            String::from_utf8_lossy(&c.client_id),
+            c.attempt + 1
         );
         None
     }
@@ -1104,6 +1121,16 @@ impl Claims {
             if self.take_confirmed(token) {
                 return;
             }
+        }
+        if super::wills::node_alive(&alive, &asker) {
+            // It serves the client with its confirmation lost or late: the copy
+            // held here stops taking messages it would only send again on the
+            // client's return (review10 M8 item 2).
+            let m = crate::shard::ClusterIn::HandoverUnconfirmed {
+                client_id: client_id.clone(),
+                token,
+            };
+            let _ = tx.send((l, m)).await;
         }
         let until = tokio::time::Instant::now() + LAPSE_WATCH_MAX;
         while super::wills::node_alive(&alive, &asker) {

@@ -758,6 +758,25 @@ fn a_busy_answer_is_asked_again_and_no_session_is_final() {
     assert_eq!(t.next(None), ConfirmStep::GiveUp);
 }
 
+/// Review10 M8: a round of a confirmation left unanswered is asked again after a
+/// backoff that grows from 1 s and stays bounded, however many rounds fail.
+#[cfg(not(loom))]
+#[test]
+fn an_unanswered_confirmation_backs_off_boundedly() {
+    use super::sessions::confirm_backoff;
+    use std::time::Duration;
+    assert_eq!(confirm_backoff(0), Duration::from_secs(1));
+    assert_eq!(confirm_backoff(1), Duration::from_secs(2));
+    assert_eq!(confirm_backoff(2), Duration::from_secs(4));
+    for attempt in [3, 10, 40, u32::MAX] {
+        assert_eq!(
+            confirm_backoff(attempt),
+            Duration::from_secs(5),
+            "{attempt}"
+        );
+    }
+}
+
 /// Review10 H2: a node restarted under its name numbers its forwarded messages from 1
 /// again; a peer that remembers the earlier process's (origin, id) pairs must not
 /// take the new process's messages for second copies.

@@ -457,7 +457,7 @@ fn every_cluster_counter_is_exported() {
             #[allow(dead_code)]
             fn all_listed(x: &ClusterStatus) {
                 let ClusterStatus {
-                    node: _, connected: _, stopped: _, fenced: _, qos2_window: _,
+                    node: _, origin: _, connected: _, stopped: _, fenced: _, qos2_window: _,
                     kv_replicas: _, jetstream: _, name_conflict: _, retained_loaded: _,
                     timings_mismatch: _,
                     $($f: _,)*
@@ -491,6 +491,8 @@ fn every_cluster_counter_is_exported() {
         sessions_lost,
         sessions_kept,
         delta_duplicates,
+        confirms_retried,
+        confirms_given_up,
         sessions_local,
         sessions_saved,
         sessions_recovered,

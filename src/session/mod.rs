@@ -122,9 +122,10 @@ pub struct Message {
     /// Topic, payload and properties are copies of their own (`compacted`), not
     /// slices of a receive buffer: holding the message holds only its own bytes.
     pub owned: bool,
-    /// A message from another cluster node: its identity there (origin node and
-    /// sequence, `cluster::headers::message_key`); 0 for one published on this node.
-    /// It travels with a session's copies in a hand-over, so the new owner can drop a
+    /// A message's identity across the cluster (origin node and sequence,
+    /// `cluster::headers::message_key`), the same on every node: given on the node
+    /// that publishes it (`Shard::cluster_stamp`); 0 on a single node and for what
+    /// never goes to NATS (`$` topics, retained replicas, ...). It travels with a session's copies in a hand-over, so the new owner can drop a
     /// delta copy it already got directly (`shard/cluster_dedup.rs`).
     pub cluster_key: u64,
 }

@@ -53,6 +53,9 @@ pub struct AckToken {
 #[derive(Debug)]
 pub struct Forward {
     pub msg: Arc<Message>,
+    /// Its `Mqtt-Id`, given by the publishing loop (`cluster_stamp`): unique per
+    /// process, so with `ClusterStatus::origin` it is the message's cluster key.
+    pub id: u64,
     pub ack: Option<AckToken>,
     /// A client's QoS 2 message: who published it with which packet id (review10 H5).
     pub publisher: Option<crate::cluster::headers::Publisher>,
@@ -101,6 +104,14 @@ pub enum ClusterIn {
     /// What reached `client_id`'s session on its old node between the hand-over and
     /// the confirmation: hand-over bytes whose copies join the session here.
     Delta { client_id: Bytes, session: Bytes },
+    /// The old node did not answer the confirmation of hand-over `from` of
+    /// `client_id` (`attempt`: as `HandoverConfirm`); the backoff is over: the loop
+    /// asks again or gives it up (`on_confirm_unanswered`, review10 M8).
+    ConfirmUnanswered {
+        client_id: Bytes,
+        from: Handed,
+        attempt: u32,
+    },
     /// Another node published `client_id`'s will while this node was cut from NATS:
     /// its connection here goes, without publishing the will again.
     WillTaken { client_id: Bytes },
@@ -127,6 +138,10 @@ pub enum ClusterIn {
         token: u64,
         epoch: u64,
     },
+    /// Hand-over `token` of `client_id` was not confirmed within `HANDOVER_LAPSE`
+    /// and the asker looks alive (review10 M8 item 2): the session held here stops
+    /// taking copies (`on_handover_unconfirmed`).
+    HandoverUnconfirmed { client_id: Bytes, token: u64 },
     /// After a partition this node keeps `client_id` (a reconcile): its session is
     /// saved to the sessions bucket again, since what changed while this node served
     /// it alone did not land in an entry naming this node (review10 M4).
@@ -183,6 +198,8 @@ pub struct ClusterOut {
     pushed: Option<usize>,
     /// The current `publish` call's message passed `cluster_refuses` already.
     checked: bool,
+    /// The id `cluster_stamp` gave the current `publish` call's message.
+    stamped: u64,
 }
 
 impl ClusterOut {
@@ -219,6 +236,7 @@ impl Shard {
     /// The cluster thread's state (`ClusterStatus::stopped`): once that thread has
     /// ended, CONNECTs no longer wait for claims nobody would answer.
     pub fn set_cluster_status(&mut self, status: Arc<crate::cluster::ClusterStatus>) {
+        self.cluster_origin_key = crate::cluster::headers::origin_key(&status.origin);
         self.cluster_status = Some(status);
     }
 
@@ -229,6 +247,31 @@ impl Shard {
             return None;
         }
         Some(std::mem::take(c))
+    }
+
+    /// A message this loop publishes gets the identity the other nodes will know it
+    /// by (review10 M8 item 3): its `Mqtt-Id` (this loop's index in the top 16
+    /// bits, a sequence below, so loops never share one) and, with this process's
+    /// origin, its cluster key, on the local copies too. A copy of it kept here
+    /// for a hand-over then matches the key its new node got it under, and that
+    /// node's copies of it are known here: a returning session is not sent again
+    /// what reached its client there, and a delta's copy of it is dropped where it
+    /// was published (`cluster_dedup.rs`). A message that does not go to NATS
+    /// after all (refused, over the turn's bound) keeps a key no node saw: never
+    /// matched. Cluster nodes only: `publish` calls it behind `cluster.is_some()`.
+    pub(super) fn cluster_stamp(&mut self, msg: &mut Message) {
+        if msg.topic.first() == Some(&b'$') {
+            return;
+        }
+        self.cluster_seq = self.cluster_seq.wrapping_add(1);
+        let id = ((self.id as u64 + 1) << 48) | (self.cluster_seq & ((1 << 48) - 1));
+        msg.cluster_key = crate::cluster::headers::message_key_with(self.cluster_origin_key, id);
+        if let Some(c) = self.cluster.as_deref_mut() {
+            c.stamped = id;
+        }
+        if msg.qos != QoS::AtMostOnce && self.cluster_dedup.is_watching() {
+            self.cluster_dedup.record(msg.cluster_key);
+        }
     }
 
     /// A message this shard's client (or will) published: forwarded to NATS unless it
@@ -264,6 +307,7 @@ impl Shard {
         c.pushed = Some(c.publishes.len());
         c.publishes.push(Forward {
             msg: a,
+            id: c.stamped,
             ack: None,
             publisher: None,
         });
@@ -418,6 +462,11 @@ impl Shard {
             ClusterIn::Delta { client_id, session } => {
                 self.on_handover_delta(&client_id, &session, now)
             }
+            ClusterIn::ConfirmUnanswered {
+                client_id,
+                from,
+                attempt,
+            } => self.on_confirm_unanswered(&client_id, from, attempt, now),
             ClusterIn::WillTaken { client_id } => self.on_will_taken(&client_id, now),
             ClusterIn::Yield {
                 client_id,
@@ -440,6 +489,9 @@ impl Shard {
                 token,
                 epoch,
             } => self.on_handover_lapsed(&client_id, token, epoch, now),
+            ClusterIn::HandoverUnconfirmed { client_id, token } => {
+                self.on_handover_unconfirmed(&client_id, token, now)
+            }
         }
     }
 
@@ -551,12 +603,7 @@ impl Shard {
             ShardMsg::Publish {
                 msg, plain, shared, ..
             } => {
-                if msg.cluster_key != 0
-                    && msg.qos != QoS::AtMostOnce
-                    && self.cluster_dedup.is_watching()
-                {
-                    self.cluster_dedup.record(msg.cluster_key);
-                }
+                // Its key is recorded by `on_remote_publish`, as for another loop's.
                 self.on_remote_publish(msg, plain, shared, now);
                 self.drop_slow_consumers(now);
             }

@@ -23,6 +23,11 @@
 //! `RECENT_MAX` of them (the oldest go first: a watch that lost the start of its
 //! window lets a duplicate through rather than drop a message), and a watch whose
 //! delta never comes ends after `WATCH_MAX`.
+//!
+//! The watch is also the loop's queue of confirmations still to land (review10 M8
+//! item 1): a confirmation the old node did not answer is asked again, with a
+//! backoff, as long as its session lives here and its watch lasts (`retry`); at
+//! most `RETRYING_MAX` at once per loop, past which one is given up (counted).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -31,31 +36,69 @@ use bytes::Bytes;
 
 /// Cluster message keys remembered at most, across every watch of the loop.
 const RECENT_MAX: usize = 65_536;
-/// A watch whose delta has not come by then is dropped: the new owner sends its
-/// last confirmation within about 12 s of loading (`cluster/sessions.rs`).
-const WATCH_MAX: Duration = Duration::from_secs(30);
+/// A watch whose delta has not come by then is dropped, and its confirmation is
+/// asked no more: as long as the old node watches a hand-over it holds for an asker
+/// that looks alive (`LAPSE_WATCH_MAX` in `cluster/sessions.rs`), so a confirmation
+/// that lands late still finds the keys to drop the delta's duplicates by.
+const WATCH_MAX: Duration = Duration::from_secs(300);
+/// Confirmations asked again at once per loop (unanswered at least once, their
+/// session still here); past it a further one is given up and counted.
+pub(super) const RETRYING_MAX: usize = 1024;
 
 /// See the module doc.
 #[derive(Debug, Default)]
 pub(super) struct DeltaDedup {
-    /// Client id -> (the sequence number of the first key that counts for it,
-    /// when its watch began).
-    watching: HashMap<Bytes, (u64, Instant)>,
+    /// Client id -> its watch.
+    watching: HashMap<Bytes, Watch>,
     /// Keys of the cluster messages (QoS 1/2) this loop got, oldest first.
     recent: VecDeque<u64>,
     /// The sequence number of `recent[0]`.
     first_seq: u64,
 }
 
+/// One session loaded from a hand-over whose old node's delta has not come.
+#[derive(Debug)]
+struct Watch {
+    /// The sequence number of the first key that counts for it.
+    from: u64,
+    /// When it was loaded.
+    at: Instant,
+    /// The hand-over's id on the old node (what its confirmation names).
+    token: u64,
+    /// Its confirmation went unanswered at least once and is being asked again.
+    retrying: bool,
+}
+
+/// What to do with a confirmation its old node did not answer (`DeltaDedup::retry`).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Retry {
+    /// Ask again.
+    Again,
+    /// Give it up (the session left, or its watch is over): the loop ends the wait
+    /// for the delta as if an empty one had come.
+    GiveUp,
+    /// As `GiveUp`, because `RETRYING_MAX` confirmations are being asked again.
+    Full,
+    /// Not the hand-over this loop waits on for that id (a newer one, or none).
+    NotThis,
+}
+
 impl DeltaDedup {
-    /// `client_id`'s session was loaded from a hand-over: from now on its old node's
-    /// delta is checked against what reaches this loop.
-    pub(super) fn watch(&mut self, client_id: &[u8], now: Instant) {
+    /// `client_id`'s session was loaded from hand-over `token`: from now on its old
+    /// node's delta is checked against what reaches this loop.
+    pub(super) fn watch(&mut self, client_id: &[u8], token: u64, now: Instant) {
         self.watching
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < WATCH_MAX);
+            .retain(|_, w| now.saturating_duration_since(w.at) < WATCH_MAX);
         let next = self.first_seq + self.recent.len() as u64;
-        self.watching
-            .insert(Bytes::copy_from_slice(client_id), (next, now));
+        self.watching.insert(
+            Bytes::copy_from_slice(client_id),
+            Watch {
+                from: next,
+                at: now,
+                token,
+                retrying: false,
+            },
+        );
     }
 
     /// Whether `client_id`'s session, loaded from a hand-over, still waits for its
@@ -63,7 +106,34 @@ impl DeltaDedup {
     pub(super) fn is_awaiting(&self, client_id: &[u8], now: Instant) -> bool {
         self.watching
             .get(client_id)
-            .is_some_and(|(_, at)| now.saturating_duration_since(*at) < WATCH_MAX)
+            .is_some_and(|w| now.saturating_duration_since(w.at) < WATCH_MAX)
+    }
+
+    /// The confirmation of hand-over `token` of `client_id` went unanswered;
+    /// `lives_here`: its session is still on this loop and not being handed on.
+    pub(super) fn retry(
+        &mut self,
+        client_id: &[u8],
+        token: u64,
+        lives_here: bool,
+        now: Instant,
+    ) -> Retry {
+        let retrying = self.watching.values().filter(|w| w.retrying).count();
+        let Some(w) = self
+            .watching
+            .get_mut(client_id)
+            .filter(|w| w.token == token)
+        else {
+            return Retry::NotThis;
+        };
+        if !lives_here || now.saturating_duration_since(w.at) >= WATCH_MAX {
+            return Retry::GiveUp;
+        }
+        if !w.retrying && retrying >= RETRYING_MAX {
+            return Retry::Full;
+        }
+        w.retrying = true;
+        Retry::Again
     }
 
     /// Whether any session waits for its delta (else nothing is recorded).
@@ -87,7 +157,7 @@ impl DeltaDedup {
     /// `client_id`'s delta came: its watch ends, and the keys that reached this loop
     /// since it began are returned (`None`: no watch, e.g. a delta from a reconcile).
     pub(super) fn take(&mut self, client_id: &[u8], now: Instant) -> Option<HashSet<u64>> {
-        let (from, at) = self.watching.remove(client_id)?;
+        let Watch { from, at, .. } = self.watching.remove(client_id)?;
         let fresh = now.saturating_duration_since(at) < WATCH_MAX;
         let skip = from.saturating_sub(self.first_seq) as usize;
         let seen = fresh.then(|| self.recent.iter().skip(skip).copied().collect());
@@ -99,17 +169,17 @@ impl DeltaDedup {
     /// left as it is (its session goes on to another node before its delta came,
     /// review10 M8; a chain's held confirmation still waits for that delta).
     pub(super) fn seen(&self, client_id: &[u8], now: Instant) -> Option<HashSet<u64>> {
-        let (from, at) = self.watching.get(client_id)?;
-        if now.saturating_duration_since(*at) >= WATCH_MAX {
+        let w = self.watching.get(client_id)?;
+        if now.saturating_duration_since(w.at) >= WATCH_MAX {
             return None;
         }
-        let skip = from.saturating_sub(self.first_seq) as usize;
+        let skip = w.from.saturating_sub(self.first_seq) as usize;
         Some(self.recent.iter().skip(skip).copied().collect())
     }
 
     /// Keys no watch needs any more go.
     fn forget_unwatched(&mut self) {
-        let Some(oldest) = self.watching.values().map(|(from, _)| *from).min() else {
+        let Some(oldest) = self.watching.values().map(|w| w.from).min() else {
             // Its memory too: a burst's 512 KiB are not kept for the next takeover.
             self.recent = VecDeque::new();
             self.first_seq = 0;
@@ -131,9 +201,9 @@ mod tests {
         let mut d = DeltaDedup::default();
         d.record(1);
         assert!(!d.is_watching(), "nothing is kept while no one waits");
-        d.watch(b"a", t0);
+        d.watch(b"a", 1, t0);
         d.record(2);
-        d.watch(b"b", t0);
+        d.watch(b"b", 1, t0);
         d.record(3);
         assert_eq!(d.take(b"a", t0), Some(HashSet::from([2, 3])));
         assert_eq!(d.take(b"a", t0), None, "taken once");
@@ -148,13 +218,13 @@ mod tests {
         let mut d = DeltaDedup::default();
         assert_eq!(d.seen(b"a", t0), None, "no watch");
         d.record(1);
-        d.watch(b"a", t0);
+        d.watch(b"a", 1, t0);
         d.record(2);
         assert_eq!(d.seen(b"a", t0), Some(HashSet::from([2])));
         assert!(d.is_awaiting(b"a", t0), "still waiting for its delta");
         d.record(3);
         assert_eq!(d.take(b"a", t0), Some(HashSet::from([2, 3])));
-        d.watch(b"b", t0);
+        d.watch(b"b", 1, t0);
         assert_eq!(d.seen(b"b", t0 + WATCH_MAX), None, "past WATCH_MAX");
     }
 
@@ -162,7 +232,7 @@ mod tests {
     fn the_log_is_bounded_and_a_stale_watch_gets_nothing() {
         let t0 = Instant::now();
         let mut d = DeltaDedup::default();
-        d.watch(b"a", t0);
+        d.watch(b"a", 1, t0);
         for k in 0..(RECENT_MAX as u64 + 10) {
             d.record(k);
         }
@@ -170,8 +240,54 @@ mod tests {
         let seen = d.take(b"a", t0).expect("a watch");
         assert_eq!(seen.len(), RECENT_MAX);
         assert!(!seen.contains(&0), "the oldest went first");
-        d.watch(b"b", t0);
+        d.watch(b"b", 1, t0);
         d.record(7);
         assert_eq!(d.take(b"b", t0 + WATCH_MAX), None, "past WATCH_MAX");
+    }
+
+    #[test]
+    fn an_unanswered_confirmation_is_asked_again_while_its_session_lives_here() {
+        let t0 = Instant::now();
+        let mut d = DeltaDedup::default();
+        d.watch(b"a", 7, t0);
+        assert_eq!(
+            d.retry(b"a", 6, true, t0),
+            Retry::NotThis,
+            "another hand-over"
+        );
+        assert_eq!(d.retry(b"b", 7, true, t0), Retry::NotThis, "no watch");
+        assert_eq!(d.retry(b"a", 7, true, t0), Retry::Again);
+        assert_eq!(
+            d.retry(b"a", 7, true, t0),
+            Retry::Again,
+            "as often as needed"
+        );
+        assert_eq!(
+            d.retry(b"a", 7, false, t0),
+            Retry::GiveUp,
+            "the session left"
+        );
+        assert_eq!(
+            d.retry(b"a", 7, true, t0 + WATCH_MAX),
+            Retry::GiveUp,
+            "past WATCH_MAX"
+        );
+        // "a" is one of them.
+        for i in 1..RETRYING_MAX {
+            let id = format!("c{i}");
+            d.watch(id.as_bytes(), 1, t0);
+            assert_eq!(d.retry(id.as_bytes(), 1, true, t0), Retry::Again);
+        }
+        d.watch(b"late", 1, t0);
+        assert_eq!(
+            d.retry(b"late", 1, true, t0),
+            Retry::Full,
+            "the queue is full"
+        );
+        assert_eq!(
+            d.retry(b"c1", 1, true, t0),
+            Retry::Again,
+            "one already retrying goes on"
+        );
     }
 }

@@ -33,6 +33,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::cluster::SessionSave;
+use super::cluster_dedup::Retry;
 use super::conn::ConnState;
 use super::durable::{props_bytes, props_of, qos_of, unpack_options};
 use super::{ConnId, Shard};
@@ -77,6 +78,9 @@ pub struct Handed {
 pub struct HandoverConfirm {
     pub client_id: Bytes,
     pub from: Handed,
+    /// 0 the first time; then how many times it went unanswered before
+    /// (`ClusterIn::ConfirmUnanswered`), which sets the backoff of the next try.
+    pub attempt: u32,
 }
 
 /// A confirmation held until the session's own previous node's delta is in
@@ -97,9 +101,10 @@ const HANDING_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 const HANDING_SWEEP_AT: usize = 4096;
 
 /// How long a confirmed hand-over's delta stays for a repeated confirmation: the
-/// new owner re-sends after `FETCH_TIMEOUT` (2 s, `cluster/sessions.rs`) up to
-/// `CONFIRM_TRIES` times, so 10 s covers every retry of one confirmation.
-const CONFIRMED_KEEP: std::time::Duration = std::time::Duration::from_secs(10);
+/// new owner re-sends after `FETCH_TIMEOUT` (2 s, `cluster/sessions.rs`), and after
+/// a round of unanswered tries asks again within about 10 s (`confirm_backoff`, at
+/// most 5 s, then its flush and `CONFIRM_GRACE`), so 30 s covers the next round too.
+const CONFIRMED_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
 /// At most this many confirmed deltas are kept; past it the oldest goes (a retry of
 /// that one then gets an empty answer, as before this table existed).
 const CONFIRMED_MAX: usize = 4096;
@@ -226,7 +231,7 @@ impl<'a> Origins<'a> {
         Origins { keys, seen }
     }
 
-    /// Message `msg`'s cluster identity (0: published on the node that handed it).
+    /// Message `msg`'s cluster identity (0: none, it never went to NATS).
     fn key(&self, msg: u64) -> u64 {
         self.keys.get(&msg).copied().unwrap_or(0)
     }
@@ -422,10 +427,74 @@ impl Shard {
             return;
         }
         self.cluster_handing.remove(client_id);
+        // Whole again: its subscriptions take copies here again.
+        self.reattach_subs(client_id);
         self.expire_offline_handover(s, now);
         if let Some(out) = self.cluster.as_deref_mut() {
             out.reasserts
                 .push((Bytes::copy_from_slice(client_id), epoch));
+        }
+    }
+
+    /// The asker of hand-over `token` looks alive but has not confirmed it within
+    /// `HANDOVER_LAPSE` (review10 M8 item 2): it serves the client, with its
+    /// confirmation lost or late (it is asked again, `on_confirm_unanswered`).
+    /// Until then the copy held here took every message the live session there
+    /// took too, a gap the client would be sent again on its return. So the held
+    /// session stops taking copies: its subscriptions leave this loop's trie (and
+    /// NATS) but stay in the session, so a hand-over still carries them, and come
+    /// back if it is taken back (its asker dead) or resumed here. What it would
+    /// have got from now on reached the live session on the asker, whose
+    /// subscriptions were on NATS long before (a flush and a second at most after
+    /// the load); a late confirmation still gets the copies that came before.
+    pub(super) fn on_handover_unconfirmed(&mut self, client_id: &[u8], token: u64, now: Instant) {
+        self.last_now = Some(now);
+        if self.cluster_handing.get(client_id).map(|h| h.0) != Some(token) {
+            return;
+        }
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let Some(sess) = self.sessions.get(s).filter(|x| !x.is_online()) else {
+            return;
+        };
+        let filters: Vec<(Bytes, Option<Bytes>)> = sess
+            .subs
+            .iter()
+            .map(|x| Self::split_filter(&x.filter))
+            .collect();
+        for (inner, group) in &filters {
+            self.remove_local_sub(s, inner, group.as_ref());
+        }
+        self.cluster_detached
+            .insert(Bytes::copy_from_slice(client_id));
+        tracing::debug!(
+            "cluster: hand-over of {:?} unconfirmed, its asker alive: the copy here stops taking messages",
+            String::from_utf8_lossy(client_id)
+        );
+    }
+
+    /// A held session detached by `on_handover_unconfirmed` takes copies again.
+    fn reattach_subs(&mut self, client_id: &[u8]) {
+        if !self.cluster_detached.remove(client_id) {
+            return;
+        }
+        let Some(s) = self.sessions.find(client_id) else {
+            return;
+        };
+        let subs: Vec<(Box<[u8]>, crate::protocol::SubscriptionOptions, u32)> = self
+            .sessions
+            .get(s)
+            .map(|x| {
+                x.subs
+                    .iter()
+                    .map(|y| (y.filter.clone(), y.options, y.sub_id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (filter, options, sub_id) in subs {
+            let (inner, group) = Self::split_filter(&filter);
+            self.add_local_sub(s, &inner, group.as_ref(), options, sub_id);
         }
     }
 
@@ -474,6 +543,7 @@ impl Shard {
             return;
         }
         self.cluster_handing.remove(client_id);
+        self.cluster_detached.remove(client_id);
         self.end_session(s, now);
         self.drop_slow_consumers(now);
         if let Some(out) = self.cluster.as_deref_mut() {
@@ -585,9 +655,57 @@ impl Shard {
             return;
         };
         let client_id = Bytes::copy_from_slice(&s.client_id);
-        self.cluster_dedup.watch(&client_id, now);
+        self.cluster_dedup.watch(&client_id, from.token, now);
         if let Some(out) = self.cluster.as_deref_mut() {
-            out.confirms.push(HandoverConfirm { client_id, from });
+            out.confirms.push(HandoverConfirm {
+                client_id,
+                from,
+                attempt: 0,
+            });
+        }
+    }
+
+    /// The old node did not answer the confirmation of hand-over `from` of
+    /// `client_id` (review10 M8 item 1): unconfirmed, it keeps its copy and the
+    /// client would be sent again on its return what it had here. So it is asked
+    /// again (the cluster thread waited its backoff already) as long as the session
+    /// lives here and its delta is awaited (`DeltaDedup::retry`, which bounds the
+    /// time and how many at once); otherwise the wait ends as if an empty delta had
+    /// come, which also answers a confirmation held for it (review M3).
+    pub(super) fn on_confirm_unanswered(
+        &mut self,
+        client_id: &[u8],
+        from: Handed,
+        attempt: u32,
+        now: Instant,
+    ) {
+        self.last_now = Some(now);
+        // A session handed on meanwhile is the next node's to confirm.
+        let lives_here = self.sessions.find(client_id).is_some()
+            && !self.cluster_handing.contains_key(client_id);
+        match self
+            .cluster_dedup
+            .retry(client_id, from.token, lives_here, now)
+        {
+            Retry::NotThis => {}
+            Retry::Again => {
+                if let Some(st) = self.cluster_status.as_deref() {
+                    st.confirms_retried.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(out) = self.cluster.as_deref_mut() {
+                    out.confirms.push(HandoverConfirm {
+                        client_id: Bytes::copy_from_slice(client_id),
+                        from,
+                        attempt: attempt.saturating_add(1),
+                    });
+                }
+            }
+            Retry::Full | Retry::GiveUp => {
+                if let Some(st) = self.cluster_status.as_deref() {
+                    st.confirms_given_up.fetch_add(1, Ordering::Relaxed);
+                }
+                self.on_handover_delta(client_id, &[], now);
+            }
         }
     }
 
@@ -628,6 +746,7 @@ impl Shard {
             .zip(self.sessions.find(client_id));
         if let Some(((_, copies), s)) = found {
             self.cluster_handing.remove(client_id);
+            let detached = self.cluster_detached.contains(client_id);
             if !self.sessions.get(s).is_some_and(|x| x.is_online()) {
                 let d = self.session_bytes_from(s, copies);
                 if d.len() > max_bytes {
@@ -642,8 +761,12 @@ impl Shard {
                     if let Some(st) = self.cluster_status.as_deref() {
                         st.sessions_kept.fetch_add(1, Ordering::Relaxed);
                     }
+                    if detached {
+                        self.reattach_subs(client_id);
+                    }
                 } else {
                     delta = Some(d);
+                    self.cluster_detached.remove(client_id);
                     self.end_session(s, now);
                 }
                 self.drop_slow_consumers(now);
@@ -737,6 +860,8 @@ impl Shard {
         self.last_now = Some(now);
         let mut bytes = None;
         if let Some(s) = self.sessions.find(client_id) {
+            // Held again for this hand-over: it takes the copies for its delta.
+            self.reattach_subs(client_id);
             self.take_over(s, clean, now);
             if !clean {
                 let mut b = self.handover_bytes(s);
@@ -778,6 +903,8 @@ impl Shard {
                     let sessions = &self.sessions;
                     self.cluster_handing
                         .retain(|id, _| sessions.find(id).is_some());
+                    self.cluster_detached
+                        .retain(|id| sessions.find(id).is_some());
                 }
                 self.cluster_handing
                     .insert(Bytes::copy_from_slice(client_id), (reply, copies));
@@ -836,6 +963,16 @@ impl Shard {
     /// resumed with expiry 0 is no longer persistent, so what an earlier connection
     /// saved of it must not outlive this one.
     pub(super) fn cluster_session_resumed(&mut self, session: u32) {
+        if !self.cluster_detached.is_empty() {
+            // A held copy its client came back to (NATS away): whole again.
+            if let Some(id) = self
+                .sessions
+                .get(session)
+                .map(|s| Bytes::copy_from_slice(&s.client_id))
+            {
+                self.reattach_subs(&id);
+            }
+        }
         if self.sessions.get(session).is_some_and(|s| s.expiry_s == 0) {
             self.cluster_session_ended(session);
         } else {
@@ -1028,6 +1165,7 @@ impl Shard {
             // it came (review M2): the copies that reached it since the hand-over are
             // on this node only, so they join the loaded session; the confirmation,
             // now stale, ends nothing.
+            self.cluster_detached.remove(client_id);
             gap = self
                 .cluster_handing
                 .remove(client_id)

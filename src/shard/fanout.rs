@@ -64,7 +64,10 @@ impl Shard {
     ///
     /// Returns `true` when `msg` is retained but was not stored (memory mark or a
     /// retained bound): it is still delivered, and not stored on any replica.
-    pub(crate) fn publish(&mut self, msg: Message, now: Instant) -> bool {
+    pub(crate) fn publish(&mut self, mut msg: Message, now: Instant) -> bool {
+        if self.cluster.is_some() {
+            self.cluster_stamp(&mut msg);
+        }
         self.stats.messages_in += 1;
         self.stats.messages_in_qos[msg.qos as usize] += 1;
         self.stats.bytes_shared = self.payloads.bytes();
@@ -121,6 +124,12 @@ impl Shard {
     ) {
         self.stats.bytes_shared = self.payloads.bytes();
         self.fanout_stamp = self.latency_stamp(msg.arrived_at);
+        // A cluster message (from NATS, or published on another loop of this node,
+        // `cluster_stamp`) while a session here awaits its delta (`cluster_dedup.rs`).
+        // Always 0 on a single node.
+        if msg.cluster_key != 0 && msg.qos != QoS::AtMostOnce && self.cluster_dedup.is_watching() {
+            self.cluster_dedup.record(msg.cluster_key);
+        }
         let mut arc = Some(msg.clone());
         if plain {
             self.deliver_local::<WALK_PLAIN>(&msg, &mut arc, now);

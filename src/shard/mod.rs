@@ -205,6 +205,14 @@ pub struct Shard {
     /// Sessions handed to another node and kept until it confirms: client id ->
     /// (hand-over id, copies the hand-over carried) (`cluster_session.rs`).
     cluster_handing: std::collections::HashMap<bytes::Bytes, (u64, usize)>,
+    /// Held sessions among those whose asker looks alive but never confirmed:
+    /// their subscriptions are out of the trie (and NATS), still in the session,
+    /// until it is taken back, resumed here or ends (review10 M8 item 2).
+    cluster_detached: std::collections::HashSet<bytes::Bytes>,
+    /// `headers::origin_key` of this process's origin, and the sequence of the
+    /// `Mqtt-Id`s this loop gives its published messages (`cluster_stamp`).
+    cluster_origin_key: u64,
+    cluster_seq: u64,
     /// Hand-overs confirmed here, kept so a repeated confirmation (its sender timed
     /// out) gets the same delta: client id -> (hand-over id, delta, when; bounded).
     cluster_confirmed: cluster_session::ConfirmedDeltas,
@@ -299,6 +307,9 @@ impl Shard {
             cluster: None,
             cluster_status: None,
             cluster_handing: Default::default(),
+            cluster_detached: Default::default(),
+            cluster_origin_key: crate::cluster::headers::origin_key(""),
+            cluster_seq: 0,
             cluster_confirmed: Default::default(),
             cluster_dedup: Default::default(),
             cluster_held_confirms: Vec::new(),

@@ -666,8 +666,8 @@ fn a_repeated_confirmation_gets_the_same_delta() {
         None,
         "another hand-over id gets nothing"
     );
-    a.advance(std::time::Duration::from_secs(8));
-    assert_eq!(ask(&mut a, 77, 83), None, "kept 10 s, not for ever");
+    a.advance(std::time::Duration::from_secs(28));
+    assert_eq!(ask(&mut a, 77, 83), None, "kept 30 s, not for ever");
 }
 
 /// A delta larger than one NATS message (review M4) is not sent, and the session is
@@ -1463,4 +1463,294 @@ fn a_handover_meeting_a_newer_connection_joins_it_and_is_confirmed() {
         a.shards[0].sessions.find(b"roam").is_none(),
         "the old node ended its copy"
     );
+}
+
+/// The cluster thread tells node `n` that its confirmation of "roam" (hand-over 77
+/// from node "a", round `attempt`) went unanswered; returns the confirmations `n`
+/// sends again and its answers to other nodes' confirmations.
+fn unanswered(n: &mut Cluster, attempt: u32) -> crate::shard::ClusterOut {
+    let now = n.now;
+    n.shards[0].on_cluster_in(
+        ClusterIn::ConfirmUnanswered {
+            client_id: Bytes::from_static(b"roam"),
+            from: Handed {
+                node: "a".into(),
+                token: 77,
+            },
+            attempt,
+        },
+        now,
+    );
+    n.pump();
+    n.shards[0].take_cluster_out().unwrap_or_default()
+}
+
+/// Review10 M8 item 1: b's confirmation to a goes unanswered (a few seconds of NATS
+/// trouble), so a keeps its copy, which takes the messages b also gets. b asks
+/// again, with a growing backoff, as long as the session lives there, even past
+/// the 30 s the delta was once awaited; when a finally answers, its delta brings
+/// only what b did not get directly. Before, b gave up after one round and a kept
+/// taking copies for the client's return (which then got them twice).
+#[test]
+fn an_unanswered_confirmation_is_asked_again_until_it_lands() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let _ = a.shards[0].take_cluster_out();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let out = b.shards[0].take_cluster_out().expect("a confirmation");
+    assert_eq!(out.confirms[0].attempt, 0);
+    for (payload, key, pid) in [("both-1", 21, 1), ("both-2", 22, 2)] {
+        from_c(&mut a, payload, Q1, key);
+        from_c(&mut b, payload, Q1, key);
+        b.expect(c, pubp("t", payload, Q1, false, pid));
+        b.send(c, puback(pid));
+        b.pump();
+    }
+    from_c(&mut a, "only-a", Q1, 23);
+    b.drop_connection(c);
+    let _ = b.shards[0].take_cluster_out();
+    let mut again = None;
+    for attempt in 0..5 {
+        b.advance(std::time::Duration::from_secs(10));
+        let out = unanswered(&mut b, attempt);
+        assert_eq!(out.confirms.len(), 1, "asked again: {out:?}");
+        assert_eq!(out.confirms[0].attempt, attempt + 1);
+        again = Some(out);
+    }
+    // 50 s after the load, a answers at last.
+    confirm(&mut a, &mut b, &again.expect("asked again"));
+    assert!(
+        a.shards[0].sessions.find(b"roam").is_none(),
+        "a ended its copy"
+    );
+    b.auto_claim = true;
+    let back = b.connect_ok(V311, "roam", persistent(), true);
+    b.expect(back, pubp("t", "only-a", Q1, false, 3));
+    b.expect_nothing(back);
+    // The delta came: a late word of the old round asks nothing more.
+    assert!(unanswered(&mut b, 5).confirms.is_empty());
+}
+
+/// Review10 M8 item 1, bounded: a confirmation is asked again only while its
+/// session lives on this node. Handed on meanwhile, it is given up, which answers
+/// the next node's confirmation held for the delta (review M3).
+#[test]
+fn an_unanswered_confirmation_of_a_session_handed_on_is_given_up() {
+    let (_a, mut b) = loaded_from_the_old_owner();
+    let _ = b.shards[0].take_cluster_out();
+    assert_eq!(
+        unanswered(&mut b, 0).confirms.len(),
+        1,
+        "still here: asked again"
+    );
+    let (bytes_b, _) = take_from(&mut b, "roam", false);
+    assert!(bytes_b.is_some());
+    assert_eq!(answer_confirm(&mut b, 77, 91), None, "held for a's delta");
+    let out = unanswered(&mut b, 1);
+    assert!(out.confirms.is_empty(), "{out:?}");
+    assert!(out.handovers.iter().any(|h| h.reply == 91), "{out:?}");
+    assert_eq!(b.shards[0].stats().sessions, 0, "the session left b");
+}
+
+/// Node a is told its hand-over 77 of "roam" lapsed unconfirmed with the asker alive.
+fn unconfirmed_and_alive(a: &mut Cluster) -> Vec<bool> {
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandoverUnconfirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+        },
+        now,
+    );
+    a.pump();
+    a.shards[0]
+        .take_cluster_out()
+        .map(|o| o.interest.iter().map(|i| i.add).collect())
+        .unwrap_or_default()
+}
+
+/// Review10 M8 item 2: past `HANDOVER_LAPSE` with its asker alive, the copy held
+/// on the old node stops taking messages: its interest leaves, and what comes
+/// next (which reached the live session on the asker) is not in its delta nor in
+/// what it would hand back. Its subscriptions stay in the session: taken back (the
+/// asker dead after all), it is whole and takes messages again. Before, it went on
+/// taking every message for up to 5 min, all of them sent again on the client's
+/// return.
+#[test]
+fn an_unconfirmed_handover_with_a_live_asker_stops_taking_copies() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let _ = a.shards[0].take_cluster_out();
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    assert!(bytes.is_some());
+    from_c(&mut a, "before", Q1, 31);
+    // Another hand-over's word changes nothing.
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandoverUnconfirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 76,
+        },
+        now,
+    );
+    a.pump();
+    assert!(a.shards[0].take_cluster_out().is_none());
+    assert_eq!(
+        unconfirmed_and_alive(&mut a),
+        [false],
+        "its interest leaves"
+    );
+    from_c(&mut a, "after", Q1, 32);
+    assert!(
+        a.shards[0].sessions.find(b"roam").is_some(),
+        "still held for a late confirmation"
+    );
+
+    // The asker turns out dead: taken back whole, it takes messages again.
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandoverLapsed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            epoch: 2,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("taken back");
+    assert_eq!(out.reasserts.len(), 1);
+    assert_eq!(
+        out.interest.iter().map(|i| i.add).collect::<Vec<_>>(),
+        [true],
+        "subscribed again"
+    );
+    from_c(&mut a, "back", Q1, 33);
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    let bytes = bytes.expect("the session");
+    assert_eq!(handed_payloads(&bytes), [&b"before"[..], b"back"]);
+    assert_eq!(
+        count_handed(&bytes, |r| matches!(r, Record::SubAdd { .. })),
+        1,
+        "with its subscription"
+    );
+}
+
+/// Review10 M8 item 2, with the confirmation landing late: the delta holds what
+/// came before the lapse, and the session ends on the old node.
+#[test]
+fn a_late_confirmation_after_the_lapse_gets_what_came_before_it() {
+    let (mut a, mut b) = loaded_from_the_old_owner();
+    let out = b.shards[0].take_cluster_out().expect("b's confirmation");
+    from_c(&mut a, "before", Q1, 41);
+    assert_eq!(unconfirmed_and_alive(&mut a), [false]);
+    from_c(&mut a, "after", Q1, 42);
+    let _ = confirm(&mut a, &mut b, &out);
+    assert!(a.shards[0].sessions.find(b"roam").is_none(), "ended on a");
+    let (bytes, _) = take_from(&mut b, "roam", false);
+    let got = handed_payloads(&bytes.expect("b's session"));
+    assert_eq!(got, [&b"x1"[..], b"x2", b"before"]);
+}
+
+/// Review10 M8 item 3: a message published on the old node itself carries the
+/// cluster key the other nodes know it by, on its local copies too (`Mqtt-Id` from
+/// the publishing loop, with this process's origin). So when the client, served by b
+/// after an unconfirmed hand-over, comes back to a, the copy a kept of its own
+/// message is known to have reached the client on b, and is not sent again. Before,
+/// a's own messages had no key on a and were all sent again.
+#[test]
+fn a_message_published_on_the_old_node_is_not_sent_again_on_return() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut a = node();
+    let status = std::sync::Arc::new(crate::cluster::ClusterStatus {
+        origin: "a.0000000000000001".into(),
+        ..Default::default()
+    });
+    status.connected.store(true, Relaxed);
+    a.shards[0].set_cluster_status(status.clone());
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    let _ = a.shards[0].take_cluster_out();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let _ = b.shards[0].take_cluster_out();
+    // Published on a (its held copy takes it) and forwarded: b gets it from NATS.
+    a.publish(p, "t", "own-a", Q1, false, 1);
+    let out = a.shards[0].take_cluster_out().expect("forwarded");
+    let f = &out.publishes[0];
+    let key = f.msg.cluster_key;
+    assert_eq!(
+        key,
+        crate::cluster::headers::message_key(&status.origin, f.id),
+        "the key every node computes from its headers"
+    );
+    from_c(&mut b, "own-a", Q1, key);
+    b.expect(c, pubp("t", "own-a", Q1, false, 1));
+    b.send(c, puback(1));
+    b.pump();
+    // And one from elsewhere that reached a alone.
+    from_c(&mut a, "only-a", Q1, 51);
+    b.drop_connection(c);
+    let _ = b.shards[0].take_cluster_out();
+
+    a.auto_claim = false;
+    let back = a.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut a, "roam");
+    let (bytes, _) = take_from(&mut b, "roam", false);
+    answer_claim(&mut a, &claim, bytes);
+    a.pump();
+    match a.next(back) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = a.next(back) {
+        got.push(m.payload.clone());
+    }
+    assert_eq!(got, [&b"only-a"[..]]);
+}
+
+/// Review10 M8 item 3, the other way: a message published on the new node while it
+/// awaits the delta is recorded there, so the old node's delta copy of it (which
+/// it got from NATS in the grace) is dropped, not delivered twice.
+#[test]
+fn a_delta_copy_of_a_message_published_on_the_new_node_is_dropped() {
+    let (mut a, mut b) = loaded_from_the_old_owner();
+    let out = b.shards[0].take_cluster_out().expect("b's confirmation");
+    b.auto_claim = true;
+    let p = b.connect_ok(V311, "pub", ConnectOpts::default(), false);
+    let _ = b.shards[0].take_cluster_out();
+    b.publish(p, "t", "own-b", Q1, false, 1);
+    let fwd = b.shards[0].take_cluster_out().expect("forwarded");
+    let key = fwd.publishes[0].msg.cluster_key;
+    assert_ne!(key, 0);
+    from_c(&mut a, "own-b", Q1, key);
+    let _ = confirm(&mut a, &mut b, &out);
+    let (bytes, _) = take_from(&mut b, "roam", false);
+    let got = handed_payloads(&bytes.expect("b's session"));
+    assert_eq!(got, [&b"x1"[..], b"x2", b"own-b"], "own-b once");
 }
