@@ -48,6 +48,8 @@ pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # CALLGRIND_OUT=DIR keeps the dumps (callgrind_annotate --inclusive=yes FILE).
+  if [[ -n ${CALLGRIND_OUT:-} ]]; then mkdir -p "$CALLGRIND_OUT" && cp "$work"/cg.* "$CALLGRIND_OUT"/ 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -56,8 +58,19 @@ nc=$(port); a=$(port); b=$(port); ha=$(port); hb=$(port)
 "${PRIO_CMD[@]}" "$NATS_SERVER" -a 127.0.0.1 -p "$nc" -js -sd "$work/js" >"$work/nats.log" 2>&1 &
 pids+=($!); nats=$!
 sleep 0.5
+# CALLGRIND=1: node 0 runs under callgrind (epoll: valgrind does not follow io_uring),
+# its counters zeroed before each run and dumped after it, so the fixed run prints
+# instructions per forwarded message per thread: deterministic for a given build and
+# message count whatever the machine's load. Use a rate valgrind keeps up with.
+cg_prefix=()
+if [[ "${CALLGRIND:-0}" == 1 ]]; then
+  command -v valgrind >/dev/null || { echo "CALLGRIND=1 needs valgrind" >&2; exit 1; }
+  cg_prefix=(valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$work/cg.%p" --)
+fi
 node() {
-  "${PRIO_CMD[@]}" "$RINGMQ" --listen "127.0.0.1:$1" --shards 1 --http-listen "127.0.0.1:$2" \
+  local run=("$RINGMQ")
+  if [[ $3 == n0 && ${#cg_prefix[@]} -gt 0 ]]; then run=("${cg_prefix[@]}" "$RINGMQ" --io epoll); fi
+  "${PRIO_CMD[@]}" "${run[@]}" --listen "127.0.0.1:$1" --shards 1 --http-listen "127.0.0.1:$2" \
     --cluster-nats "nats://127.0.0.1:$nc" --cluster-node-name "$3" --cluster-kv-replicas 1 \
     >"$work/$3.log" 2>&1 &
   pids+=($!)
@@ -97,11 +110,47 @@ forward_run() {
   perf stat -x, -e task-clock,instructions -p "$n0" -o "$work/proc.csv" 2>/dev/null & pp=$!
   perf stat -x, -e task-clock,instructions -t "$cluster_tid" -o "$work/thread.csv" 2>/dev/null & pt=$!
   sleep 0.2
+  [[ ${#cg_prefix[@]} -gt 0 ]] && callgrind_control -z "$n0" >/dev/null 2>&1
   r=$(lg fanin --host 127.0.0.1 --port "$a" --publishers 8 --qos 0 "$@")
   sleep 1
   f1=$(metric "$ha" forwarded_total); d1=$(metric "$ha" forward_dropped_total); o1=$(metric "$ha" dropped_out_total)
   read -r -a t1 <<<"$(ticks)"
   kill -INT "$pp" "$pt"; wait "$pp" "$pt" || true
+  if [[ ${#cg_prefix[@]} -gt 0 ]]; then
+    cg_dumps=$((${cg_dumps:-0} + 1))
+    callgrind_control -d "$n0" >/dev/null 2>&1
+    sleep 1
+    # Messages written in the dump's window, as callgrind counted them: calls of
+    # topic_subject (one per forwarded message, old and new builds). forwarded_total
+    # lags when valgrind leaves the node behind the publishers.
+    local f ir who written
+    written=$(python3 - "$work/cg.$n0.$cg_dumps"-* <<'PY'
+import re, sys
+n = 0
+for path in sys.argv[1:]:
+    names, target = {}, None
+    for line in open(path, errors="replace"):
+        m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+        if m:
+            if m.group(2):
+                names[m.group(1)] = m.group(2)
+            target = line.startswith("cfn=") and "subject::topic_subject" in names.get(m.group(1), "")
+        elif target and line.startswith("calls="):
+            n += int(line.split("=")[1].split()[0])
+            target = False
+print(n)
+PY
+)
+    # One file per thread for this dump; the thread is told by what it ran.
+    for f in "$work/cg.$n0.$cg_dumps"-*; do
+      ir=$(sed -n 's/^summary: //p' "$f")
+      who=other
+      grep -q 'cluster::link::State::drain_loops' "$f" && who=cluster-thread
+      grep -q 'ringmq::worker' "$f" && [[ $who == other ]] && who=loop
+      [[ $ir -gt 0 ]] && printf '%-10s %-5s callgrind %-14s %12d instr, %6d per message written\n' \
+        "$LABEL" "$name" "$who" "$ir" "$((ir / (written > 0 ? written : 1)))"
+    done
+  fi
   python3 - "$LABEL" "$name" "$((f1 - f0))" "$((d1 - d0))/$((o1 - o0))" "$(cut -d' ' -f1-3 /proc/loadavg)" \
     "$(counted "$work/proc.csv" instructions)" "$(counted "$work/proc.csv" task-clock)" \
     "$(counted "$work/thread.csv" instructions)" "$(counted "$work/thread.csv" task-clock)" \
