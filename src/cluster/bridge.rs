@@ -84,6 +84,12 @@ pub struct ClusterStatus {
     pub qos2_resends: AtomicU64,
     /// QoS 0 publishes not written to NATS: it was away, or the write queue full.
     pub forward_dropped: AtomicU64,
+    /// The cluster thread's writer holds `link.rs` `FORWARD_BACKLOG_MAX` publishes
+    /// not yet written: a loop drops a plain QoS 0 copy before making it (counted in
+    /// `forward_dropped`), which the cluster thread would only drop after taking it
+    /// off the ring. Set by the main task after each round of the rings, cleared by
+    /// the writer after each batch; `Outgoing::admit` still holds the exact bound.
+    pub forward_full: AtomicBool,
     /// Messages async-nats dropped because a subscription's channel was full (its
     /// slow-consumer events; at least this many).
     pub slow_consumers: AtomicU64,
@@ -699,6 +705,7 @@ impl LoopLink {
             first.reasserts.append(&mut out.reasserts);
             first.local.append(&mut out.local);
             first.dropped += out.dropped;
+            first.writer_full_dropped += out.writer_full_dropped;
             out = first;
         }
         if out.dropped > 0 {
@@ -706,6 +713,12 @@ impl LoopLink {
                 .dropped_out
                 .fetch_add(out.dropped, Ordering::Relaxed);
             out.dropped = 0;
+        }
+        if out.writer_full_dropped > 0 {
+            self.status
+                .forward_dropped
+                .fetch_add(out.writer_full_dropped, Ordering::Relaxed);
+            out.writer_full_dropped = 0;
         }
         if let Err(mut back) = self.out.push(out) {
             // Plain copies are dropped (counted); a held acknowledgement's message,

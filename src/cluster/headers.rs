@@ -264,16 +264,42 @@ pub fn forward_bytes(
 /// The header pairs for `meta`, in a fixed order.
 pub fn encode(meta: &Meta) -> Vec<(&'static str, String)> {
     let mut h = Vec::with_capacity(5);
-    h.push((QOS, (meta.qos as u8).to_string()));
-    if meta.retain {
-        h.push((RETAIN, "1".to_owned()));
+    MetaRef {
+        qos: meta.qos,
+        retain: meta.retain,
+        origin: &meta.origin,
+        id: meta.id,
+        properties: &meta.properties,
     }
-    h.push((ORIGIN, meta.origin.clone()));
-    h.push((ID, meta.id.to_string()));
-    if !meta.properties.is_empty() {
-        h.push((PROPS, B64.encode(properties_frame(&meta.properties))));
-    }
+    .encode_each(|name, value| h.push((name, value)));
     h
+}
+
+/// A `Meta` borrowed from the message it describes: what the forwarding path
+/// encodes, once per message, without copying the origin or the properties first.
+#[derive(Debug, Clone, Copy)]
+pub struct MetaRef<'a> {
+    pub qos: QoS,
+    pub retain: bool,
+    pub origin: &'a str,
+    pub id: u64,
+    pub properties: &'a PublishProperties,
+}
+
+impl MetaRef<'_> {
+    /// Hands each header pair to `put`, in `encode`'s order: the writer puts them
+    /// straight into the NATS header map, with no list of pairs in between.
+    pub fn encode_each(&self, mut put: impl FnMut(&'static str, String)) {
+        put(QOS, (self.qos as u8).to_string());
+        if self.retain {
+            put(RETAIN, "1".to_owned());
+        }
+        put(ORIGIN, self.origin.to_owned());
+        put(ID, self.id.to_string());
+        if !self.properties.is_empty() {
+            put(PROPS, B64.encode(properties_frame(self.properties)));
+        }
+    }
 }
 
 /// The metadata from headers read through `get`; `Err` names what was wrong.

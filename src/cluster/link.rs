@@ -26,13 +26,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, kv};
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
 use super::bridge::{ClusterStatus, Doorbell, LoopLink, FROM_LOOP_MAX, TO_LOOP_MAX};
-use super::headers::{self, Meta};
+use super::headers::{self, MetaRef};
 use super::health::JsPart;
 use super::interest::{InterestChange, InterestKey, InterestTable};
 use super::retained::{RetainedFeed, CLUSTER_ORIGIN};
@@ -534,6 +534,10 @@ async fn run(
             _ = poll_fn(|cx| bell.poll(cx)) => {
                 st.drain_loops(&mut from_loops, &loops_io);
                 st.hand_to_writer(&write_tx);
+                st.status.forward_full.store(
+                    st.outgoing.backlog() >= FORWARD_BACKLOG_MAX,
+                    Ordering::Relaxed,
+                );
                 // Nothing above awaits, and the loops ring the bell every turn: let
                 // the writer and async-nats's own tasks run once this task has used
                 // its turn's budget (a yield at every round cost the flood path a
@@ -717,19 +721,23 @@ struct Wire {
 fn wire(origin: &str, p: &Publish) -> Option<Wire> {
     let m = &p.msg;
     let subject = topic_subject(&m.topic, QosClass::of(m.qos))?;
-    let meta = Meta {
+    // Names from static strings: a `&str` name is copied into a new allocation per
+    // header, and the meta borrows the message, so per message only the values and
+    // the map itself are allocated.
+    let mut h = HeaderMap::new();
+    MetaRef {
         qos: m.qos,
         retain: m.retain,
-        origin: origin.to_owned(),
+        origin,
         id: p.id,
-        properties: m.properties.clone(),
-    };
-    let mut h = HeaderMap::new();
-    for (k, v) in headers::encode(&meta) {
-        h.insert(k, v);
+        properties: &m.properties,
     }
+    .encode_each(|name, value| h.insert(HeaderName::from_static(name), value));
     if let Some(publisher) = &p.publisher {
-        h.insert(headers::PUBLISHER, headers::encode_publisher(publisher));
+        h.insert(
+            HeaderName::from_static(headers::PUBLISHER),
+            headers::encode_publisher(publisher),
+        );
     }
     Some(Wire {
         subject,
@@ -830,83 +838,94 @@ async fn nats_writer(
         let n = batch.len();
         // Read once a batch: the writes themselves notice a connection lost meanwhile.
         let mut up = nats_connected(&client);
+        // Counted once a batch, not per message: the loops read `ClusterStatus`
+        // at every publish, and a counter bumped here per message kept moving its
+        // cache line between their core and this one.
+        let (mut forwarded, mut dropped) = (0u64, 0u64);
         for p in batch {
-            let ack = p.ack;
+            let Some(ack) = p.ack else {
+                // NATS away, or a write not taken in time: the batch's other QoS 0
+                // copies are dropped without being made.
+                match up.then(|| wire(&origin, &p)).flatten() {
+                    Some(w) => {
+                        up = write_plain(&client, w).await;
+                        if up {
+                            forwarded += 1;
+                        } else {
+                            dropped += 1;
+                        }
+                    }
+                    None => dropped += 1,
+                }
+                continue;
+            };
             match wire(&origin, &p) {
-                Some(w) => up = write_one(&client, &js, &ack_tx, &status, w, ack, up).await,
-                None => match ack {
-                    Some((from, token)) => {
-                        let _ = ack_tx.send((from, token, false)).await;
-                    }
-                    None => {
-                        status.forward_dropped.fetch_add(1, Ordering::Relaxed);
-                    }
-                },
+                Some(w) => up = write_held(&client, &js, &ack_tx, &status, w, ack, up).await,
+                None => {
+                    let _ = ack_tx.send((ack.0, ack.1, false)).await;
+                }
             }
         }
+        status.forwarded.fetch_add(forwarded, Ordering::Relaxed);
+        status.forward_dropped.fetch_add(dropped, Ordering::Relaxed);
         Outgoing::written(&handed, n);
+        // Room again: the loops make their QoS 0 copies until the main task, at its
+        // next round of the rings, finds the backlog full again.
+        status.forward_full.store(false, Ordering::Relaxed);
     }
 }
 
-/// Writes `w` if `up` (NATS took the batch's writes so far); returns whether NATS
-/// took this one in time.
-async fn write_one(
+/// Writes a QoS 0 copy; returns whether NATS took it in time.
+async fn write_plain(client: &async_nats::Client, w: Wire) -> bool {
+    // Polled once before its timer is made: async-nats's queue usually has room,
+    // and the timer's clock read per message cost.
+    let mut send = std::pin::pin!(client.publish_with_headers(w.subject, w.headers, w.payload));
+    let first = poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(r) => r.is_ok(),
+        std::task::Poll::Pending => tokio::time::timeout(WRITE_MAX, send)
+            .await
+            .is_ok_and(|r| r.is_ok()),
+    }
+}
+
+/// Writes QoS 1/2 publish `w` if `up` (NATS took the batch's writes so far) and
+/// waits for JetStream's ack in a task of its own (`store`), which releases the held
+/// acknowledgement `ack`; returns whether NATS took the publish in time.
+async fn write_held(
     client: &async_nats::Client,
     js: &jetstream::Context,
     ack_tx: &mpsc::Sender<(usize, AckToken, bool)>,
     status: &Arc<ClusterStatus>,
     w: Wire,
-    ack: Option<(usize, AckToken)>,
+    ack: (usize, AckToken),
     up: bool,
 ) -> bool {
-    {
-        let Some((from, token)) = ack else {
-            let sent = up && {
-                // Polled once before its timer is made: async-nats's queue
-                // usually has room, and the timer's clock read per message cost.
-                let mut send =
-                    std::pin::pin!(client.publish_with_headers(w.subject, w.headers, w.payload));
-                let first = poll_fn(|cx| std::task::Poll::Ready(send.as_mut().poll(cx))).await;
-                match first {
-                    std::task::Poll::Ready(r) => r.is_ok(),
-                    std::task::Poll::Pending => tokio::time::timeout(WRITE_MAX, send)
-                        .await
-                        .is_ok_and(|r| r.is_ok()),
-                }
-            };
-            let c = if sent {
-                &status.forwarded
-            } else {
-                &status.forward_dropped
-            };
-            c.fetch_add(1, Ordering::Relaxed);
-            return sent;
-        };
-        if !up {
-            let _ = ack_tx.send((from, token, false)).await;
-            return false;
-        }
-        let deadline = tokio::time::Instant::now() + QOS_STORE_MAX;
-        // Read before the publish: a disconnect after it may have lost it.
-        let lost = status.disconnects.load(Ordering::Relaxed);
-        let first = tokio::time::timeout(
-            WRITE_MAX,
-            js.publish_with_headers(w.subject.clone(), w.headers.clone(), w.payload.clone()),
-        )
-        .await
-        .ok()
-        .and_then(Result::ok);
-        let sent = first.is_some();
-        if sent {
-            status.forwarded.fetch_add(1, Ordering::Relaxed);
-        }
-        let (client, js, status, tx) = (client.clone(), js.clone(), status.clone(), ack_tx.clone());
-        tokio::spawn(async move {
-            let stored = store(&client, &js, &status, w, first, lost, deadline).await;
-            let _ = tx.send((from, token, stored)).await;
-        });
-        sent
+    let (from, token) = ack;
+    if !up {
+        let _ = ack_tx.send((from, token, false)).await;
+        return false;
     }
+    let deadline = tokio::time::Instant::now() + QOS_STORE_MAX;
+    // Read before the publish: a disconnect after it may have lost it.
+    let lost = status.disconnects.load(Ordering::Relaxed);
+    let first = tokio::time::timeout(
+        WRITE_MAX,
+        js.publish_with_headers(w.subject.clone(), w.headers.clone(), w.payload.clone()),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    let sent = first.is_some();
+    if sent {
+        status.forwarded.fetch_add(1, Ordering::Relaxed);
+    }
+    let (client, js, status, tx) = (client.clone(), js.clone(), status.clone(), ack_tx.clone());
+    tokio::spawn(async move {
+        let stored = store(&client, &js, &status, w, first, lost, deadline).await;
+        let _ = tx.send((from, token, stored)).await;
+    });
+    sent
 }
 
 /// Waits for JetStream's ack of `w` (`first`: its publish, `None` if that failed),
@@ -1268,6 +1287,8 @@ impl State {
         // (review10 H1, M7). A QoS 0 copy the writer has no room for is dropped
         // before its subject and headers are made.
         let connected = nats_connected(client);
+        // Counted once a turn (the loops read `ClusterStatus` at every publish).
+        let mut dropped = 0u64;
         for f in out.publishes {
             let m = &f.msg;
             if m.retain {
@@ -1290,10 +1311,13 @@ impl State {
             }
             match f.ack {
                 Some(token) => self.pending_acks.push_back((from, token, false)),
-                None => {
-                    self.status.forward_dropped.fetch_add(1, Ordering::Relaxed);
-                }
+                None => dropped += 1,
             }
+        }
+        if dropped > 0 {
+            self.status
+                .forward_dropped
+                .fetch_add(dropped, Ordering::Relaxed);
         }
         if !self.pending_acks.is_empty() {
             self.wake();

@@ -14,6 +14,7 @@
 //! client re-sends): a node cut off from NATS keeps serving its own clients, but
 //! acknowledges no QoS 1/2 message it could not store (review10 M7).
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -194,6 +195,9 @@ pub struct ClusterOut {
     pub local: Vec<Bytes>,
     /// Publishes past `CLUSTER_OUT_MAX` this turn, not forwarded.
     pub dropped: u64,
+    /// Plain QoS 0 copies not made this turn: the NATS writer was full
+    /// (`ClusterStatus::forward_full`).
+    pub writer_full_dropped: u64,
     /// Index in `publishes` of the message the current `publish` call forwarded.
     pushed: Option<usize>,
     /// The current `publish` call's message passed `cluster_refuses` already.
@@ -216,6 +220,7 @@ impl ClusterOut {
             && self.reasserts.is_empty()
             && self.local.is_empty()
             && self.dropped == 0
+            && self.writer_full_dropped == 0
     }
 }
 
@@ -288,6 +293,20 @@ impl Shard {
         }
         if c.publishes.len() >= CLUSTER_OUT_MAX {
             c.dropped += 1;
+            return;
+        }
+        // The writer would drop this copy after the cluster thread took it off the
+        // ring: dropped here it costs neither thread a copy. Not a retained message
+        // (the cluster thread writes it to the retained bucket whether or not it
+        // forwards it) nor QoS 1/2 (a held PUBACK may wait for it).
+        if msg.qos == QoS::AtMostOnce
+            && !msg.retain
+            && self
+                .cluster_status
+                .as_deref()
+                .is_some_and(|s| s.forward_full.load(Ordering::Relaxed))
+        {
+            c.writer_full_dropped += 1;
             return;
         }
         // A client's PUBLISH was checked already (`cluster_refuses`); a will was not.

@@ -531,3 +531,34 @@ fn a_qos2_resend_after_a_node_died_is_not_delivered_twice() {
     );
     assert!(matches!(cl.next(s), Some(Packet::Publish(m)) if &m.payload[..] == b"other"));
 }
+
+/// While the NATS writer is full (`ClusterStatus::forward_full`), a loop makes no
+/// copy of a plain QoS 0 message for it (counted when the turn is handed over), but
+/// still hands over a retained one (the retained bucket takes it whether or not it is
+/// forwarded) and a QoS 1 one (its PUBACK waits for it); local delivery is unchanged.
+#[test]
+fn a_full_writer_stops_qos0_copies_at_the_loop() {
+    let (mut cl, status) = connected_node(0);
+    let s = cl.connect_ok(V311, "s", ConnectOpts::default(), false);
+    cl.subscribe(s, "t/#", Q1);
+    let _ = cl.shards[0].take_cluster_out();
+    let p = cl.connect_ok(V311, "p", ConnectOpts::default(), false);
+    status.forward_full.store(true, Ordering::Relaxed);
+    cl.publish(p, "t/0", "plain", Q0, false, 0);
+    cl.publish(p, "t/r", "kept", Q0, true, 0);
+    cl.publish(p, "t/1", "held", Q1, false, 7);
+    cl.expect(s, pubp("t/0", "plain", Q0, false, 0));
+    cl.expect(s, pubp("t/r", "kept", Q0, false, 0));
+    cl.expect(s, pubp("t/1", "held", Q1, false, 1));
+    let out = cl.shards[0].take_cluster_out().expect("a turn");
+    let topics: Vec<_> = out.publishes.iter().map(|f| &f.msg.topic[..]).collect();
+    assert_eq!(topics, [&b"t/r"[..], &b"t/1"[..]]);
+    assert_eq!(out.writer_full_dropped, 1);
+    // Room again: the next QoS 0 copy is made.
+    status.forward_full.store(false, Ordering::Relaxed);
+    cl.publish(p, "t/0", "again", Q0, false, 0);
+    cl.expect(s, pubp("t/0", "again", Q0, false, 0));
+    let out = cl.shards[0].take_cluster_out().expect("a turn");
+    assert_eq!(out.publishes.len(), 1);
+    assert_eq!(out.writer_full_dropped, 0);
+}
