@@ -63,11 +63,27 @@ impl Drop for TempDir {
     }
 }
 
-/// Three nats-servers routed into one JetStream cluster.
+/// Three nats-servers routed into one JetStream cluster. The ports are free when
+/// picked but may be taken before a server binds them (tests run in parallel): a
+/// server that cannot listen exits, and its cluster would then lack the third
+/// JetStream peer for good (3 replicas: "no suitable peers for placement"). So a
+/// set with a server that exits is started again on fresh ports; the cluster name is
+/// new each time, so a route that reaches another test's server is refused.
 fn nats_cluster() -> Vec<Nats> {
+    for _ in 0..3 {
+        let mut set = nats_cluster_once();
+        if set.iter_mut().all(|n| n.serving()) {
+            return set;
+        }
+    }
+    panic!("three nats-servers did not all start listening in 3 attempts");
+}
+
+fn nats_cluster_once() -> Vec<Nats> {
     let bin = require_nats_server();
     let client: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
     let route: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
+    let cluster = uniq("ringmq-test");
     (0..3)
         .map(|i| {
             let dir = TempDir::new(&format!("nats{i}"));
@@ -77,9 +93,9 @@ fn nats_cluster() -> Vec<Nats> {
                 .collect();
             let child = Command::new(&bin)
                 .args(["-a", "127.0.0.1", "-p", &client[i].to_string()])
-                .args(["-n", &format!("ringmq-test-{i}")])
+                .args(["-n", &format!("{cluster}-{i}")])
                 .args(["-js", "-sd", &dir.0.to_string_lossy()])
-                .args(["--cluster_name", "ringmq-test"])
+                .args(["--cluster_name", &cluster])
                 .args(["--cluster", &format!("nats://127.0.0.1:{}", route[i])])
                 .args(["--routes", &routes.join(",")])
                 .stdout(Stdio::null())
@@ -95,14 +111,43 @@ fn nats_cluster() -> Vec<Nats> {
         .collect()
 }
 
+impl Nats {
+    /// Whether the server accepts clients on its port, waiting up to PATIENCE; false
+    /// as soon as it has exited (a port taken between picking and binding).
+    fn serving(&mut self) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < PATIENCE {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
 /// One nats-server with JetStream, alone (no routes): enough for the scenarios that
 /// cut a node from NATS, and quick to start.
 fn one_nats() -> Nats {
     one_nats_with(true)
 }
 
-/// One nats-server alone, with JetStream or without.
+/// One nats-server alone, with JetStream or without; started again on a fresh port
+/// if it exits (see `nats_cluster`).
 fn one_nats_with(jetstream: bool) -> Nats {
+    for _ in 0..3 {
+        let mut n = one_nats_once(jetstream);
+        if n.serving() {
+            return n;
+        }
+    }
+    panic!("a nats-server did not start listening in 3 attempts");
+}
+
+fn one_nats_once(jetstream: bool) -> Nats {
     let bin = require_nats_server();
     let port = free_loopback_port();
     let dir = TempDir::new("nats-alone");
