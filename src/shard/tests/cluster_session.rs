@@ -130,6 +130,26 @@ fn take_from(old: &mut Cluster, id: &str, clean: bool) -> (Option<Bytes>, Vec<bo
     (out.handovers[0].session.clone(), interest)
 }
 
+/// "roam" connects to `a` again and `b` hands its session back: the payloads the
+/// returning client is sent after a CONNACK with session present.
+fn return_to_a(a: &mut Cluster, b: &mut Cluster) -> Vec<Bytes> {
+    a.auto_claim = false;
+    let back = a.connect(V311, "roam", persistent());
+    let claim = claim_of(a, "roam");
+    let (bytes, _) = take_from(b, "roam", false);
+    answer_claim(a, &claim, bytes);
+    a.pump();
+    match a.next(back) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = a.next(back) {
+        got.push(m.payload.clone());
+    }
+    got
+}
+
 #[test]
 fn an_offline_session_moves_with_its_queue_and_subscriptions() {
     let mut a = node();
@@ -1419,21 +1439,7 @@ fn a_session_handed_back_unconfirmed_does_not_resend_what_the_client_had() {
     let _ = b.shards[0].take_cluster_out();
 
     // The client is back on a; b hands the session back.
-    a.auto_claim = false;
-    let back = a.connect(V311, "roam", persistent());
-    let claim = claim_of(&mut a, "roam");
-    let (bytes, _) = take_from(&mut b, "roam", false);
-    answer_claim(&mut a, &claim, bytes);
-    a.pump();
-    match a.next(back) {
-        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-    let mut got = Vec::new();
-    while let Some(Packet::Publish(m)) = a.next(back) {
-        got.push(m.payload.clone());
-    }
-    assert_eq!(got, [&b"only-a"[..]]);
+    assert_eq!(return_to_a(&mut a, &mut b), [&b"only-a"[..]]);
 }
 
 /// Review10 M8: a hand-over that arrives while a newer connection of the id is
@@ -1717,21 +1723,7 @@ fn a_message_published_on_the_old_node_is_not_sent_again_on_return() {
     b.drop_connection(c);
     let _ = b.shards[0].take_cluster_out();
 
-    a.auto_claim = false;
-    let back = a.connect(V311, "roam", persistent());
-    let claim = claim_of(&mut a, "roam");
-    let (bytes, _) = take_from(&mut b, "roam", false);
-    answer_claim(&mut a, &claim, bytes);
-    a.pump();
-    match a.next(back) {
-        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
-    let mut got = Vec::new();
-    while let Some(Packet::Publish(m)) = a.next(back) {
-        got.push(m.payload.clone());
-    }
-    assert_eq!(got, [&b"only-a"[..]]);
+    assert_eq!(return_to_a(&mut a, &mut b), [&b"only-a"[..]]);
 }
 
 /// Review10 M8 item 3, the other way: a message published on the new node while it
