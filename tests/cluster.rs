@@ -231,14 +231,23 @@ fn wait_metric(b: &Broker, name: &str, want: u64) {
 }
 
 fn wait_metric_within(b: &Broker, name: &str, want: u64, bound: Duration) {
-    let addr = b.http_addr().expect("node has an HTTP listener");
+    if let Err(v) = metric_reaches(b, name, want, bound) {
+        let addr = b.http_addr().expect("node has an HTTP listener");
+        panic!("{name} on {addr} stayed {v}");
+    }
+}
+
+/// Polls `name` until it is at least `want` (Ok) or `bound` passed (Err: the last value).
+fn metric_reaches(b: &Broker, name: &str, want: u64, bound: Duration) -> Result<(), u64> {
     let deadline = Instant::now() + bound;
     loop {
         let v = metric(b, name);
         if v >= want {
-            return;
+            return Ok(());
         }
-        assert!(Instant::now() < deadline, "{name} on {addr} stayed {v}");
+        if Instant::now() >= deadline {
+            return Err(v);
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -681,13 +690,13 @@ fn three_nodes_on_a_nats_cluster() {
         let local = metric(&n2, "ringmq_cluster_sessions_local_total");
         let (mut c, _) = RawClient::connect_v5_with(n2.addr(), &persistent_v5(&id));
         c.subscribe_ok(1, "l1/t", 1);
-        let tried = Instant::now();
-        while tried.elapsed() < Duration::from_secs(5)
-            && metric(&n2, "ringmq_cluster_sessions_saved_total") <= saved
-        {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if metric(&n2, "ringmq_cluster_sessions_saved_total") > saved {
+        let landed = metric_reaches(
+            &n2,
+            "ringmq_cluster_sessions_saved_total",
+            saved + 1,
+            Duration::from_secs(5),
+        );
+        if landed.is_ok() {
             break (id, c);
         }
         let local_now = metric(&n2, "ringmq_cluster_sessions_local_total");
