@@ -16,7 +16,9 @@
 //! UNSUBSCRIBE and resume, with the wall time its client went when it goes
 //! (`offline_ms`), and blanked when the session ends there (`state_writer`; review10
 //! M4). A change NATS does not take is kept (the latest per id) and retried until
-//! it lands. A claim keeps the saved state it found (a clean start blanks it), and
+//! it lands; one of an id served without the cluster, which has no entry naming
+//! this node until its reconcile, is kept with the id and written by the reconcile
+//! (`LocalIds`). A claim keeps the saved state it found (a clean start blanks it), and
 //! one that finds this node's own name in the entry answers with that state, which
 //! the loop resumes only if it holds no session of the id: a node restarted without
 //! its data directory under the same name gets its clients' sessions back as any
@@ -29,7 +31,8 @@
 //! subscriptions come back (CONNACK session present 1), but its queued and
 //! in-flight messages and open inbound QoS 2 ids were only in the dead node's memory
 //! (and its own data directory) and are lost; so is a subscription whose SUBACK went
-//! out just before the node died, before its entry was rewritten. When NATS or the bucket
+//! out just before the node died, before its entry was rewritten (for an id served
+//! without the cluster: before its reconcile). When NATS or the bucket
 //! cannot answer within `CLAIM_TIMEOUT`, the node serves the CONNECT from what it
 //! holds itself (a node cut off from NATS keeps serving its own clients).
 
@@ -476,6 +479,173 @@ fn unstamp_save(value: Option<&Bytes>) -> (u64, Bytes) {
     }
 }
 
+/// The ids this node served without the cluster (NATS away, or a claim the bucket
+/// did not answer), each with its CONNECT's time, until a reconcile settles them
+/// (`Claims::reconcile`); at most `LOCAL_MAX`. Each also keeps the latest change of
+/// its session that found no entry naming this node to write (`keep`): such an id
+/// has no entry, or another node's, until the reconcile, which writes the kept
+/// state into the entry it wins (`reconcile_step`). Before, the save was dropped
+/// after 1 s without an entry and the reconcile wrote the state it found (none), so
+/// the session's subscriptions reached the bucket only at its next change, and a
+/// node death before that lost them. One kept value per id, the latest: memory is
+/// bounded by the ids and the size of one session's saved state.
+#[derive(Debug, Default)]
+pub struct LocalIds {
+    ids: HashMap<Bytes, LocalId>,
+}
+
+#[derive(Debug, Clone)]
+struct LocalId {
+    connect_ms: u64,
+    /// `stamp_save`'s value (`Some(None)`: the session ended); `None`: no change
+    /// waits, and the reconcile keeps the entry's state as it found it.
+    kept: Option<Option<Bytes>>,
+}
+
+/// One id a reconcile settles: its CONNECT's time and the change it writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalPending {
+    pub client_id: Bytes,
+    pub connect_ms: u64,
+    pub kept: Option<Option<Bytes>>,
+}
+
+impl LocalIds {
+    /// A CONNECT of `client_id` served here at `now_ms`; false when the table is
+    /// full (the id is then not reconciled). A change kept from an earlier
+    /// connection stays: the session it describes is the one served again.
+    pub fn served(&mut self, client_id: &Bytes, now_ms: u64) -> bool {
+        if let Some(l) = self.ids.get_mut(client_id) {
+            l.connect_ms = now_ms;
+            return true;
+        }
+        if self.ids.len() >= LOCAL_MAX {
+            return false;
+        }
+        self.ids.insert(
+            client_id.clone(),
+            LocalId {
+                connect_ms: now_ms,
+                kept: None,
+            },
+        );
+        true
+    }
+
+    /// Keeps `save` (`stamp_save`'s value) for the reconcile if `client_id` waits
+    /// for one; false if it does not (the save is the state writer's alone).
+    pub fn keep(&mut self, client_id: &[u8], save: Option<&Bytes>) -> bool {
+        match self.ids.get_mut(client_id) {
+            Some(l) => {
+                l.kept = Some(save.cloned());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// `save` was written into an entry naming this node (a claim that timed out
+    /// here may still have landed): an older kept change must not overwrite it at
+    /// the reconcile, so it is replaced by this one.
+    pub fn written(&mut self, client_id: &[u8], save: Option<&Bytes>) {
+        if let Some(l) = self.ids.get_mut(client_id).filter(|l| l.kept.is_some()) {
+            l.kept = Some(save.cloned());
+        }
+    }
+
+    /// Claimed through the cluster since: nothing to reconcile (a kept change is
+    /// superseded by the save the loop makes when it serves the claim's CONNECT).
+    pub fn claimed(&mut self, client_id: &[u8]) {
+        self.ids.remove(client_id);
+    }
+
+    pub fn served_since(&self, client_id: &[u8], since_ms: u64) -> bool {
+        self.ids
+            .get(client_id)
+            .is_some_and(|l| l.connect_ms >= since_ms)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// What a reconcile run settles now.
+    pub fn pending(&self) -> Vec<LocalPending> {
+        self.ids
+            .iter()
+            .map(|(k, l)| LocalPending {
+                client_id: k.clone(),
+                connect_ms: l.connect_ms,
+                kept: l.kept.clone(),
+            })
+            .collect()
+    }
+
+    /// The reconcile settled `p` (wrote `p.kept`, or gave the id up): forgotten,
+    /// unless a later CONNECT was served here meanwhile (the next run settles
+    /// that). Returns whether a change newer than the one written came meanwhile:
+    /// the caller has it saved again (`ClusterIn::Resave`), now that the entry
+    /// names this node.
+    pub fn settled(&mut self, p: &LocalPending) -> bool {
+        match self.ids.get(&p.client_id) {
+            Some(l) if l.connect_ms == p.connect_ms => {
+                let newer = l.kept.is_some() && l.kept != p.kept;
+                self.ids.remove(&p.client_id);
+                newer
+            }
+            _ => false,
+        }
+    }
+}
+
+/// What a reconcile does with one id this node served on its own, given the entry
+/// it found (sans-IO; `Claims::reconcile_one`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReconcileStep {
+    /// That node's CONNECT came later: it keeps the id, and nothing is written.
+    Lost(String),
+    /// Write `value` (this node at `epoch`) by compare-and-set on the revision
+    /// read; `other`: the node the entry named before, asked for its copies.
+    Write {
+        value: Bytes,
+        epoch: u64,
+        other: Option<String>,
+    },
+}
+
+/// See `ReconcileStep`. `found`: the entry (`None`: none, or unreadable);
+/// `mine_ms`: this node's CONNECT; `kept`: the latest change of the session here
+/// that found no entry to write (`LocalIds::keep`), written into the entry, else
+/// the entry's saved state is kept as found.
+pub fn reconcile_step(
+    me: &str,
+    found: Option<Owner>,
+    mine_ms: u64,
+    kept: Option<&Option<Bytes>>,
+) -> ReconcileStep {
+    let (other, epoch, found_state) = match found {
+        Some(o) if o.node != me && o.connect_ms > mine_ms => {
+            return ReconcileStep::Lost(o.node);
+        }
+        Some(o) => ((o.node != me).then_some(o.node), o.epoch, o.state),
+        None => (None, 0, Bytes::new()),
+    };
+    // Served here: connected when the CONNECT came, and its session is this node's.
+    let (offline_ms, state) = match kept {
+        Some(save) => unstamp_save(save.as_ref()),
+        None => (0, found_state),
+    };
+    ReconcileStep::Write {
+        value: encode_owner(me, epoch + 1, mine_ms, offline_ms, &state),
+        epoch: epoch + 1,
+        other,
+    }
+}
+
 /// How one session save went (`Claims::save_state`).
 #[derive(Debug, PartialEq, Eq)]
 enum Saved {
@@ -501,9 +671,9 @@ pub struct Claims {
     pub node: String,
     pub status: Arc<ClusterStatus>,
     pub store: Arc<OnceLock<kv::Store>>,
-    /// Ids this node served without the cluster (NATS away), with their CONNECT's
-    /// time: reconciled when NATS returns (`reconcile`). Bounded by `LOCAL_MAX`.
-    pub local: Arc<Mutex<HashMap<Bytes, u64>>>,
+    /// Ids this node served without the cluster (NATS away, claim unanswered),
+    /// reconciled when NATS returns (`reconcile`), with their kept saves.
+    pub local: Arc<Mutex<LocalIds>>,
     /// The epoch of each id this node last claimed: a takeover request with an epoch
     /// not above it is stale and refused (`is_stale`). Bounded by `EPOCHS_MAX`.
     pub epochs: Arc<Mutex<HashMap<Bytes, u64>>>,
@@ -573,9 +743,7 @@ impl Claims {
     pub(super) fn served_locally(&self, client_id: &Bytes) {
         self.status.sessions_local.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut l) = self.local.lock() {
-            if l.len() < LOCAL_MAX || l.contains_key(client_id) {
-                l.insert(client_id.clone(), unix_ms());
-            } else {
+            if !l.served(client_id, unix_ms()) {
                 tracing::warn!("cluster: too many sessions served locally to reconcile them all");
             }
         }
@@ -596,7 +764,7 @@ impl Claims {
     pub fn served_locally_since(&self, client_id: &[u8], since_ms: u64) -> bool {
         self.local
             .lock()
-            .is_ok_and(|l| l.get(client_id).is_some_and(|&at| at >= since_ms))
+            .is_ok_and(|l| l.served_since(client_id, since_ms))
     }
 
     /// `client_id`'s ownership entry now (`Some(None)`: none; `None`: the bucket
@@ -675,7 +843,7 @@ impl Claims {
             self.claimed_epoch(&c.client_id, epoch + 1);
             if let Ok(mut l) = self.local.lock() {
                 // Claimed through the cluster now: nothing left to reconcile.
-                l.remove(&c.client_id);
+                l.claimed(&c.client_id);
             }
             let owner = match claim_next(prev.as_deref(), &self.node, c.clean, &saved) {
                 ClaimNext::Fresh => return None,
@@ -851,10 +1019,11 @@ impl Claims {
     /// node is asked to give the session up (its client gets 0x8E; its copies join
     /// the session here, `Won`); one whose CONNECT came later wins, and this node's
     /// client gets 0x8E (`Lost`). Ids that cannot be settled now (NATS away again)
-    /// stay for the next return.
+    /// stay for the next return. The entry written holds the latest change of the
+    /// session here that found no entry naming this node (`LocalIds::keep`).
     pub async fn reconcile(&self, done: &mpsc::Sender<Reconciled>) {
-        let pending: Vec<(Bytes, u64)> = match self.local.lock() {
-            Ok(l) => l.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        let pending = match self.local.lock() {
+            Ok(l) => l.pending(),
             Err(_) => return,
         };
         if pending.is_empty() {
@@ -867,22 +1036,30 @@ impl Claims {
             "cluster: reconciling {} sessions served during the partition",
             pending.len()
         );
-        for (client_id, mine_ms) in pending {
-            let Some(r) = self.reconcile_one(&kv, &client_id, mine_ms).await else {
+        for p in pending {
+            let Some(r) = self.reconcile_one(&kv, &p).await else {
                 // The bucket does not answer (JetStream without a leader): the rest
                 // wait for the next run (`health::ReconcileSchedule`) instead of each
                 // waiting out its own timeout now.
                 break;
             };
-            if let Ok(mut l) = self.local.lock() {
-                if l.get(&client_id) == Some(&mine_ms) {
-                    l.remove(&client_id);
+            let newer = self.local.lock().is_ok_and(|mut l| l.settled(&p));
+            let r = match r {
+                Some(r) => {
+                    self.status
+                        .sessions_reconciled
+                        .fetch_add(1, Ordering::Relaxed);
+                    Some(r)
                 }
-            }
+                // A change came after the one written: the loop saves the session
+                // again (the entry names this node now, so the state writer takes it).
+                None if newer => Some(Reconciled::Won {
+                    client_id: p.client_id.clone(),
+                    session: None,
+                }),
+                None => None,
+            };
             if let Some(r) = r {
-                self.status
-                    .sessions_reconciled
-                    .fetch_add(1, Ordering::Relaxed);
                 if done.send(r).await.is_err() {
                     return;
                 }
@@ -891,12 +1068,8 @@ impl Claims {
     }
 
     /// `None`: not settled (try again later); `Some(None)`: nothing to do.
-    async fn reconcile_one(
-        &self,
-        kv: &kv::Store,
-        client_id: &Bytes,
-        mine_ms: u64,
-    ) -> Option<Option<Reconciled>> {
+    async fn reconcile_one(&self, kv: &kv::Store, p: &LocalPending) -> Option<Option<Reconciled>> {
+        let client_id = &p.client_id;
         let key = super::headers::retained_key(client_id);
         for _ in 0..CLAIM_TRIES {
             let (owner, revision) = match kv.entry(&key).await {
@@ -907,19 +1080,21 @@ impl Claims {
                 Ok(None) => (None, None),
                 Err(_) => return None,
             };
-            let (other, epoch, state) = match owner {
-                Some(o) if o.node != self.node && o.connect_ms > mine_ms => {
-                    // The other node's CONNECT is the later one: it keeps the id.
-                    return Some(Some(Reconciled::Lost {
-                        client_id: client_id.clone(),
-                        node: o.node,
-                    }));
-                }
-                Some(o) => ((o.node != self.node).then_some(o.node), o.epoch, o.state),
-                None => (None, 0, Bytes::new()),
-            };
-            // Served here: connected, and its session is this node's.
-            let value = encode_owner(&self.node, epoch + 1, mine_ms, 0, &state);
+            let (value, epoch, other) =
+                match reconcile_step(&self.node, owner, p.connect_ms, p.kept.as_ref()) {
+                    ReconcileStep::Lost(node) => {
+                        // The other node's CONNECT is the later one: it keeps the id.
+                        return Some(Some(Reconciled::Lost {
+                            client_id: client_id.clone(),
+                            node,
+                        }));
+                    }
+                    ReconcileStep::Write {
+                        value,
+                        epoch,
+                        other,
+                    } => (value, epoch, other),
+                };
             let won = match revision {
                 Some(r) => kv.update(&key, value, r).await.is_ok(),
                 None => kv.create(&key, value).await.is_ok(),
@@ -927,7 +1102,11 @@ impl Claims {
             if !won {
                 continue;
             }
-            self.claimed_epoch(client_id, epoch + 1);
+            if p.kept.is_some() {
+                // The change the state writer could not write landed with the claim.
+                self.status.sessions_saved.fetch_add(1, Ordering::Relaxed);
+            }
+            self.claimed_epoch(client_id, epoch);
             let Some(other) = other else {
                 return Some(None);
             };
@@ -937,7 +1116,7 @@ impl Claims {
                 client_id: client_id.clone(),
                 clean: false,
             };
-            let session = match self.fetch(&other, &c, epoch + 1).await {
+            let session = match self.fetch(&other, &c, epoch).await {
                 Fetched::Session(token, s) => Some((s, Handed { node: other, token })),
                 _ => None,
             };
@@ -975,10 +1154,14 @@ impl Claims {
     }
 
     /// Writes one change (`stamp_save`'s value; `None`: the session ended) into
-    /// `client_id`'s entry if it names this node.
+    /// `client_id`'s entry if it names this node. The change of an id this node
+    /// served on its own, not reconciled yet, that finds no entry naming this node
+    /// (or no bucket) is kept for the reconcile, which writes it with its claim
+    /// (`LocalIds`): it is never dropped, and it does not hold up the other ids'
+    /// saves while the id has no entry.
     async fn save_state(&self, client_id: &Bytes, save: Option<&Bytes>) -> Saved {
         let Some(kv) = self.bucket().await else {
-            return Saved::Later;
+            return self.keep_or(client_id, save, Saved::Later);
         };
         let (offline_ms, state) = unstamp_save(save);
         let key = super::headers::retained_key(client_id);
@@ -989,17 +1172,19 @@ impl Claims {
             let e = match kv.entry(&key).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => e,
                 Ok(_) => {
+                    if self.keep_or(client_id, save, Saved::Later) == Saved::Done {
+                        return Saved::Done;
+                    }
                     tokio::time::sleep(STATE_RETRY).await;
                     continue;
                 }
-                Err(_) => return Saved::Later,
+                Err(_) => return self.keep_or(client_id, save, Saved::Later),
             };
-            let Some(o) = decode_owner(&e.value) else {
-                return Saved::Done;
+            let Some(o) = decode_owner(&e.value).filter(|o| o.node == self.node) else {
+                // Another node's entry (or unreadable): not this node's to write,
+                // unless the reconcile settles the id for this node.
+                return self.keep_or(client_id, save, Saved::Done);
             };
-            if o.node != self.node {
-                return Saved::Done;
-            }
             if save.is_none() && o.state.is_empty() && o.offline_ms == 0 {
                 // Ended, and nothing saved: nothing to blank.
                 return Saved::Done;
@@ -1008,18 +1193,31 @@ impl Claims {
             match kv.update(&key, value, e.revision).await {
                 Ok(_) => {
                     self.status.sessions_saved.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut l) = self.local.lock() {
+                        l.written(client_id, save);
+                    }
                     return Saved::Done;
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tokio::time::sleep(STATE_RETRY).await;
                 }
                 Err(e) if e.kind() == kv::UpdateErrorKind::InvalidKey => return Saved::Done,
-                Err(_) => return Saved::Later,
+                Err(_) => return self.keep_or(client_id, save, Saved::Later),
             }
         }
-        // The entry stayed absent (this node served the id without the cluster) or
-        // kept changing under the write: not this node's to save.
+        // The entry stayed absent, or kept changing under the write: a claim
+        // elsewhere, not this node's to save (an id served here is kept above).
         Saved::Done
+    }
+
+    /// `Done` when `client_id` waits for a reconcile, which now holds `save`
+    /// (`LocalIds::keep`); else `otherwise`.
+    fn keep_or(&self, client_id: &Bytes, save: Option<&Bytes>, otherwise: Saved) -> Saved {
+        if self.local.lock().is_ok_and(|mut l| l.keep(client_id, save)) {
+            Saved::Done
+        } else {
+            otherwise
+        }
     }
 
     /// When node `node`'s heartbeat last landed (server time, Unix ms; `None`: not

@@ -1518,3 +1518,127 @@ fn the_leader_read_of_a_will_entry_tells_held_gone_and_unknown_apart() {
     let failed = LastRawMessageError::new(LastRawMessageErrorKind::Other);
     assert!(matches!(leader_read(Err(&failed)), LeaderRead::Unknown(_)));
 }
+
+/// Review of session 12: a session change of an id this node served on its own (its
+/// claim unanswered, e.g. a bucket electing its leader) found no entry naming this
+/// node, was dropped after 1 s, and the reconcile then wrote the state it found
+/// (none): the session's subscriptions reached the bucket only at its next change,
+/// and a node death before that lost them. Now the latest change per id is kept
+/// until the reconcile, which writes it into the entry it wins; a later CONNECT on
+/// another node still wins the id, and nothing is written then.
+#[cfg(not(loom))]
+#[test]
+fn a_save_of_an_id_served_locally_lands_with_its_reconcile() {
+    use super::sessions::{
+        decode_owner, reconcile_step, stamp_save, LocalIds, Owner, ReconcileStep,
+    };
+    use crate::shard::SessionSave;
+    let id = Bytes::from_static(b"dev");
+    let online = |s: &'static [u8]| stamp_save(SessionSave::Online(Bytes::from_static(s)), 0);
+    let first = online(b"subs-1");
+    let latest = online(b"subs-2");
+    let mut local = LocalIds::default();
+    assert!(
+        !local.keep(&id, latest.as_ref()),
+        "an id not served here is the state writer's alone"
+    );
+    assert!(local.served(&id, 1_000));
+    assert!(local.keep(&id, first.as_ref()));
+    assert!(local.keep(&id, latest.as_ref()));
+    let pending = local.pending();
+    assert_eq!(pending.len(), 1, "one kept change per id");
+    let kept = pending[0].kept.as_ref();
+    let state_of = |step: ReconcileStep| match step {
+        ReconcileStep::Write {
+            value,
+            epoch,
+            other,
+        } => {
+            let o = decode_owner(&value).expect("an ownership entry");
+            assert_eq!((o.node.as_str(), o.epoch), ("n2", epoch));
+            assert_eq!(o.connect_ms, 1_000);
+            (o.state, o.offline_ms, epoch, other)
+        }
+        ReconcileStep::Lost(n) => panic!("lost to {n}"),
+    };
+
+    // No entry (the claim never landed): this node's, with the latest change.
+    let (state, offline, epoch, other) = state_of(reconcile_step("n2", None, 1_000, kept));
+    assert_eq!(&state[..], b"subs-2", "the kept change is written");
+    assert_eq!((offline, epoch, other), (0, 1, None));
+
+    // Another node's entry from an earlier CONNECT: this node wins the id, and the
+    // entry holds this node's session, not the state the other one saved.
+    let theirs = Owner {
+        node: "n1".into(),
+        epoch: 4,
+        connect_ms: 900,
+        offline_ms: 0,
+        state: Bytes::from_static(b"theirs"),
+    };
+    let (state, _, epoch, other) =
+        state_of(reconcile_step("n2", Some(theirs.clone()), 1_000, kept));
+    assert_eq!(&state[..], b"subs-2");
+    assert_eq!((epoch, other.as_deref()), (5, Some("n1")));
+    // Nothing kept (no change came): the found state stays, as before.
+    let (state, _, _, _) = state_of(reconcile_step("n2", Some(theirs.clone()), 1_000, None));
+    assert_eq!(&state[..], b"theirs");
+    // A later CONNECT there: it keeps the id and its entry.
+    let later = Owner {
+        connect_ms: 1_100,
+        ..theirs
+    };
+    assert_eq!(
+        reconcile_step("n2", Some(later), 1_000, kept),
+        ReconcileStep::Lost("n1".into())
+    );
+    // The client went (offline, with its time) or the session ended (blanked).
+    let off = stamp_save(SessionSave::Offline(Bytes::from_static(b"subs-3")), 7_000);
+    let (state, offline, _, _) = state_of(reconcile_step("n2", None, 1_000, Some(&off)));
+    assert_eq!((&state[..], offline), (&b"subs-3"[..], 7_000));
+    let (state, offline, _, _) = state_of(reconcile_step("n2", None, 1_000, Some(&None)));
+    assert_eq!((state.len(), offline), (0, 0));
+
+    // Settled with what it wrote: forgotten, nothing to save again.
+    assert!(!local.settled(&pending[0]));
+    assert!(local.is_empty());
+    // A change that came while the reconcile wrote: saved again afterwards.
+    assert!(local.served(&id, 2_000));
+    local.keep(&id, first.as_ref());
+    let p = local.pending().remove(0);
+    local.keep(&id, latest.as_ref());
+    assert!(local.settled(&p), "the newer change is saved again");
+    assert!(local.is_empty());
+    // A CONNECT served here again meanwhile: left, with its change, for the next run.
+    assert!(local.served(&id, 3_000));
+    local.keep(&id, first.as_ref());
+    let p = local.pending().remove(0);
+    assert!(local.served(&id, 3_500));
+    assert!(!local.settled(&p));
+    let again = local.pending();
+    assert_eq!(
+        (again[0].connect_ms, &again[0].kept),
+        (3_500, &Some(first.clone()))
+    );
+    // Written after all into an entry naming this node (a claim that timed out here
+    // landed): the reconcile writes that one, not the older kept change.
+    local.written(&id, latest.as_ref());
+    assert_eq!(local.pending()[0].kept, Some(latest.clone()));
+    // Claimed through the cluster: nothing left to reconcile.
+    local.claimed(&id);
+    assert!(local.is_empty());
+
+    // Bounded: past `LOCAL_MAX` ids a new one is not taken (nor its changes).
+    let mut full = LocalIds::default();
+    let mut n = 0u32;
+    while full.served(&Bytes::from(n.to_le_bytes().to_vec()), 1) {
+        n += 1;
+    }
+    assert_eq!(full.len(), n as usize);
+    assert!(n >= 1_024, "{n}");
+    assert!(!full.keep(b"not-taken", latest.as_ref()));
+    assert!(
+        full.served(&Bytes::from(0u32.to_le_bytes().to_vec()), 2),
+        "a known id still is"
+    );
+}
