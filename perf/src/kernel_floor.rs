@@ -17,6 +17,10 @@
 //! as loadgen's one thread per ring does; one-way latency from each message's
 //! scheduled send time.
 //!
+//! The receiving (fan-out) and client (pairs) threads ask for loadgen's default
+//! 100 us EEVDF slice, the sending and relay threads keep the kernel's as the broker
+//! does by default (`--client-slice-us`, `--server-slice-us`; 0 = the kernel's).
+//!
 //!   cargo build --release -p ringmq-perf --bin kernel-floor
 //!   target/release/kernel-floor fanout --mode uring --sender-cores 0 --receiver-cores 1
 //!   target/release/kernel-floor pairs --pairs 1000 --rate 20000
@@ -90,6 +94,22 @@ fn pin_to(core: usize) {
                 "cannot pin to core {core}: {}",
                 std::io::Error::last_os_error()
             ));
+        }
+    }
+}
+
+/// Pins the calling thread and, for `slice_us` > 0, asks EEVDF for that slice, as
+/// loadgen's `--sched-slice` (default 100 us) and the broker's `--sched-slice-us`
+/// (default 0: the kernel's) do, so each side is scheduled as its counterpart is.
+fn place(core: usize, slice_us: u64) {
+    pin_to(core);
+    if slice_us > 0 {
+        match ringmq::worker::set_fair_slice(slice_us as u32) {
+            Ok(true) => {}
+            Ok(false) => die("this kernel keeps its default time slice (needs Linux 6.12+)"),
+            Err(e) => die(&format!(
+                "sched_setattr refused the {slice_us} us slice: {e}"
+            )),
         }
     }
 }
@@ -561,6 +581,10 @@ fn fanout(args: &Args) {
     };
     let sender_cores = args.cores("sender-cores", "0");
     let receiver_cores = args.cores("receiver-cores", "1");
+    let (client_slice, server_slice) = (
+        args.num("client-slice-us", 100),
+        args.num("server-slice-us", 0),
+    );
     raise_nofile(2 * clients as u64 + 64);
 
     let pairs = socket_pairs(clients);
@@ -580,7 +604,7 @@ fn fanout(args: &Args) {
         let expected = rounds * fds.len() as u64;
         let done = Arc::clone(&done);
         receivers.push(thread::spawn(move || {
-            pin_to(core);
+            place(core, client_slice);
             receive_frames(fds, expected, warmup, &done)
         }));
     }
@@ -597,7 +621,7 @@ fn fanout(args: &Args) {
             .collect();
         let start_line = Arc::clone(&start_line);
         senders.push(thread::spawn(move || {
-            pin_to(core);
+            place(core, server_slice);
             start_line.wait();
             fanout_sender(&fds, mode, t0, period, rounds, warmup)
         }));
@@ -622,7 +646,7 @@ fn fanout(args: &Args) {
     let mut from_due: Vec<u64> = got.iter().flat_map(|r| r.from_due.clone()).collect();
     let mut from_start: Vec<u64> = got.iter().flat_map(|r| r.from_start.clone()).collect();
     println!(
-        "{{\"scenario\":\"fanout\",\"mode\":\"{}\",\"clients\":{clients},\"rounds_per_s\":{rate},\"measured_s\":{secs},\"sender_cores\":\"{}\",\"receiver_cores\":\"{}\",\"frames_sent\":{},\"frames_received\":{frames},\"short_writes\":{short},\"sender_cpu_ns_per_copy\":{:.0},\"receiver_cpu_ns_per_copy\":{:.0},{},{},{},{}}}",
+        "{{\"scenario\":\"fanout\",\"mode\":\"{}\",\"clients\":{clients},\"rounds_per_s\":{rate},\"measured_s\":{secs},\"sender_cores\":\"{}\",\"receiver_cores\":\"{}\",\"client_slice_us\":{client_slice},\"server_slice_us\":{server_slice},\"frames_sent\":{},\"frames_received\":{frames},\"short_writes\":{short},\"sender_cpu_ns_per_copy\":{:.0},\"receiver_cpu_ns_per_copy\":{:.0},{},{},{},{}}}",
         if mode == SendMode::Uring { "uring" } else { "send" },
         args.get("sender-cores", "0"),
         args.get("receiver-cores", "1"),
@@ -796,6 +820,10 @@ fn pairs(args: &Args) {
     let warmup_secs = args.num("warmup", 1);
     let relay_core = args.cores("relay-core", "0")[0];
     let client_core = args.cores("client-core", "1")[0];
+    let (client_slice, server_slice) = (
+        args.num("client-slice-us", 100),
+        args.num("server-slice-us", 0),
+    );
     let uring_relay = match args.get("relay", "epoll").as_str() {
         "epoll" => false,
         "uring" => true,
@@ -819,7 +847,7 @@ fn pairs(args: &Args) {
         let outbound: Vec<RawFd> = subs.iter().map(|(_, a)| a.as_raw_fd()).collect();
         let (stop, relayed) = (Arc::clone(&stop_relay), Arc::clone(&relayed));
         thread::spawn(move || {
-            pin_to(relay_core);
+            place(relay_core, server_slice);
             let cpu0 = thread_cpu_ns();
             if uring_relay {
                 relay_uring(inbound, outbound, &stop, &relayed);
@@ -835,7 +863,7 @@ fn pairs(args: &Args) {
         let writes: Vec<RawFd> = pubs.iter().map(|(d, _)| d.as_raw_fd()).collect();
         let reads: Vec<RawFd> = subs.iter().map(|(d, _)| d.as_raw_fd()).collect();
         thread::spawn(move || {
-            pin_to(client_core);
+            place(client_core, client_slice);
             let mut rx = FrameReceiver::new(reads);
             rx.add_timer();
             let mut rep = ReceiverReport {
@@ -893,7 +921,7 @@ fn pairs(args: &Args) {
     let relayed = relayed.load(Ordering::Acquire);
     let (mut from_due, mut from_send) = (got.from_due, got.from_start);
     println!(
-        "{{\"scenario\":\"pairs\",\"relay\":\"{}\",\"pairs\":{n},\"msgs_per_s\":{rate},\"measured_s\":{secs},\"relay_core\":{relay_core},\"client_core\":{client_core},\"sent\":{total},\"received\":{},\"short_writes\":{short},\"relay_cpu_ns_per_msg\":{:.0},{},{}}}",
+        "{{\"scenario\":\"pairs\",\"relay\":\"{}\",\"pairs\":{n},\"msgs_per_s\":{rate},\"measured_s\":{secs},\"relay_core\":{relay_core},\"client_core\":{client_core},\"client_slice_us\":{client_slice},\"server_slice_us\":{server_slice},\"sent\":{total},\"received\":{},\"short_writes\":{short},\"relay_cpu_ns_per_msg\":{:.0},{},{}}}",
         if uring_relay { "uring" } else { "epoll" },
         got.frames,
         relay_cpu as f64 / relayed.max(1) as f64,
@@ -916,6 +944,8 @@ fn main() {
                 "mode",
                 "sender-cores",
                 "receiver-cores",
+                "client-slice-us",
+                "server-slice-us",
             ],
         )),
         Some("pairs") => pairs(&parse_args(
@@ -928,6 +958,8 @@ fn main() {
                 "relay",
                 "relay-core",
                 "client-core",
+                "client-slice-us",
+                "server-slice-us",
             ],
         )),
         _ => die("usage: kernel-floor fanout|pairs [--option value ...] (see the file comment)"),
