@@ -17,6 +17,9 @@
 //! as loadgen's one thread per ring does; one-way latency from each message's
 //! scheduled send time.
 //!
+//! `--ring defer` builds the sending and relay rings with `SINGLE_ISSUER` +
+//! `DEFER_TASKRUN` instead of the broker's `COOP_TASKRUN` + `TASKRUN_FLAG`.
+//!
 //! The receiving (fan-out) and client (pairs) threads ask for loadgen's default
 //! 100 us EEVDF slice, the sending and relay threads keep the kernel's as the broker
 //! does by default (`--client-slice-us`, `--server-slice-us`; 0 = the kernel's).
@@ -422,6 +425,22 @@ struct SenderReport {
     short_writes: u64,
 }
 
+/// The broker's ring flags (src/io/uring/ring.rs: `COOP_TASKRUN` + `TASKRUN_FLAG`), or
+/// with `defer_taskrun` #21's lever `SINGLE_ISSUER` + `DEFER_TASKRUN` instead (task work
+/// then runs only when the one submitting thread waits for completions). Built on the
+/// thread that submits, as `SINGLE_ISSUER` requires.
+fn build_ring(entries: u32, defer_taskrun: bool) -> IoUring {
+    let mut b = IoUring::builder();
+    b.setup_cqsize(entries * 4);
+    if defer_taskrun {
+        b.setup_single_issuer().setup_defer_taskrun();
+    } else {
+        b.setup_coop_taskrun().setup_taskrun_flag();
+    }
+    b.build(entries)
+        .unwrap_or_else(|e| die(&format!("io_uring setup: {e}")))
+}
+
 /// One sender thread: `rounds` bursts of one frame to each of `fds`, a round every
 /// `period_ns` from `t0`; rounds before `warmup` are not counted.
 fn fanout_sender(
@@ -431,16 +450,11 @@ fn fanout_sender(
     period_ns: u64,
     rounds: u64,
     warmup: u64,
+    defer_taskrun: bool,
 ) -> SenderReport {
     let mut ring = (mode == SendMode::Uring).then(|| {
         let entries = (fds.len() as u32).next_power_of_two();
-        // The broker's flags (src/io/uring/ring.rs).
-        let ring: IoUring = IoUring::builder()
-            .setup_cqsize(entries * 4)
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .build(entries)
-            .unwrap_or_else(|e| die(&format!("io_uring setup: {e}")));
+        let ring = build_ring(entries, defer_taskrun);
         ring.submitter()
             .register_files(fds)
             .unwrap_or_else(|e| die(&format!("io_uring register_files: {e}")));
@@ -574,6 +588,13 @@ fn fanout(args: &Args) {
     let rate = args.num("rate", 100).max(1);
     let secs = args.num("duration", 5);
     let warmup_secs = args.num("warmup", 1);
+    let defer_taskrun = match args.get("ring", "coop").as_str() {
+        "coop" => false,
+        "defer" => true,
+        other => die(&format!(
+            "--ring {other}: coop (the broker's flags) or defer"
+        )),
+    };
     let mode = match args.get("mode", "uring").as_str() {
         "send" => SendMode::Syscalls,
         "uring" => SendMode::Uring,
@@ -623,7 +644,7 @@ fn fanout(args: &Args) {
         senders.push(thread::spawn(move || {
             place(core, server_slice);
             start_line.wait();
-            fanout_sender(&fds, mode, t0, period, rounds, warmup)
+            fanout_sender(&fds, mode, t0, period, rounds, warmup, defer_taskrun)
         }));
     }
     let sent: Vec<SenderReport> = senders
@@ -646,10 +667,11 @@ fn fanout(args: &Args) {
     let mut from_due: Vec<u64> = got.iter().flat_map(|r| r.from_due.clone()).collect();
     let mut from_start: Vec<u64> = got.iter().flat_map(|r| r.from_start.clone()).collect();
     println!(
-        "{{\"scenario\":\"fanout\",\"mode\":\"{}\",\"clients\":{clients},\"rounds_per_s\":{rate},\"measured_s\":{secs},\"sender_cores\":\"{}\",\"receiver_cores\":\"{}\",\"client_slice_us\":{client_slice},\"server_slice_us\":{server_slice},\"frames_sent\":{},\"frames_received\":{frames},\"short_writes\":{short},\"sender_cpu_ns_per_copy\":{:.0},\"receiver_cpu_ns_per_copy\":{:.0},{},{},{},{}}}",
+        "{{\"scenario\":\"fanout\",\"mode\":\"{}\",\"clients\":{clients},\"rounds_per_s\":{rate},\"measured_s\":{secs},\"sender_cores\":\"{}\",\"receiver_cores\":\"{}\",\"client_slice_us\":{client_slice},\"server_slice_us\":{server_slice},\"ring\":\"{}\",\"frames_sent\":{},\"frames_received\":{frames},\"short_writes\":{short},\"sender_cpu_ns_per_copy\":{:.0},\"receiver_cpu_ns_per_copy\":{:.0},{},{},{},{}}}",
         if mode == SendMode::Uring { "uring" } else { "send" },
         args.get("sender-cores", "0"),
         args.get("receiver-cores", "1"),
+        args.get("ring", "coop"),
         rounds * clients as u64,
         sender_cpu as f64 / copies.max(1) as f64,
         rx_cpu as f64 / frames.max(1) as f64,
@@ -726,7 +748,13 @@ fn relay(inbound: Vec<RawFd>, outbound: Vec<RawFd>, stop: &AtomicBool, relayed: 
 /// each completion answered by a `SEND` of the same bytes on the outbound socket (then
 /// the `RECV` again), one `io_uring_enter` per wake-up for all of them, registered
 /// files, the broker's ring flags.
-fn relay_uring(inbound: Vec<RawFd>, outbound: Vec<RawFd>, stop: &AtomicBool, relayed: &AtomicU64) {
+fn relay_uring(
+    inbound: Vec<RawFd>,
+    outbound: Vec<RawFd>,
+    stop: &AtomicBool,
+    relayed: &AtomicU64,
+    defer_taskrun: bool,
+) {
     const BUF: usize = 4096;
     const SEND_BIT: u64 = 1 << 63;
     let n = inbound.len();
@@ -741,12 +769,7 @@ fn relay_uring(inbound: Vec<RawFd>, outbound: Vec<RawFd>, stop: &AtomicBool, rel
     // Leaked: a RECV still in flight when the thread ends may write into it.
     let bufs: &'static mut [u8] = Vec::leak(vec![0u8; n * BUF]);
     let entries = (2 * n as u32).next_power_of_two();
-    let mut ring: IoUring = IoUring::builder()
-        .setup_cqsize(entries * 4)
-        .setup_coop_taskrun()
-        .setup_taskrun_flag()
-        .build(entries)
-        .unwrap_or_else(|e| die(&format!("io_uring setup: {e}")));
+    let mut ring = build_ring(entries, defer_taskrun);
     let files: Vec<RawFd> = inbound.iter().chain(&outbound).copied().collect();
     ring.submitter()
         .register_files(&files)
@@ -824,6 +847,13 @@ fn pairs(args: &Args) {
         args.num("client-slice-us", 100),
         args.num("server-slice-us", 0),
     );
+    let defer_taskrun = match args.get("ring", "coop").as_str() {
+        "coop" => false,
+        "defer" => true,
+        other => die(&format!(
+            "--ring {other}: coop (the broker's flags) or defer"
+        )),
+    };
     let uring_relay = match args.get("relay", "epoll").as_str() {
         "epoll" => false,
         "uring" => true,
@@ -850,7 +880,7 @@ fn pairs(args: &Args) {
             place(relay_core, server_slice);
             let cpu0 = thread_cpu_ns();
             if uring_relay {
-                relay_uring(inbound, outbound, &stop, &relayed);
+                relay_uring(inbound, outbound, &stop, &relayed, defer_taskrun);
             } else {
                 relay(inbound, outbound, &stop, &relayed);
             }
@@ -921,8 +951,9 @@ fn pairs(args: &Args) {
     let relayed = relayed.load(Ordering::Acquire);
     let (mut from_due, mut from_send) = (got.from_due, got.from_start);
     println!(
-        "{{\"scenario\":\"pairs\",\"relay\":\"{}\",\"pairs\":{n},\"msgs_per_s\":{rate},\"measured_s\":{secs},\"relay_core\":{relay_core},\"client_core\":{client_core},\"client_slice_us\":{client_slice},\"server_slice_us\":{server_slice},\"sent\":{total},\"received\":{},\"short_writes\":{short},\"relay_cpu_ns_per_msg\":{:.0},{},{}}}",
+        "{{\"scenario\":\"pairs\",\"relay\":\"{}\",\"pairs\":{n},\"msgs_per_s\":{rate},\"measured_s\":{secs},\"relay_core\":{relay_core},\"client_core\":{client_core},\"client_slice_us\":{client_slice},\"server_slice_us\":{server_slice},\"ring\":\"{}\",\"sent\":{total},\"received\":{},\"short_writes\":{short},\"relay_cpu_ns_per_msg\":{:.0},{},{}}}",
         if uring_relay { "uring" } else { "epoll" },
+        args.get("ring", "coop"),
         got.frames,
         relay_cpu as f64 / relayed.max(1) as f64,
         summary("latency_from_due", &mut from_due),
@@ -946,6 +977,7 @@ fn main() {
                 "receiver-cores",
                 "client-slice-us",
                 "server-slice-us",
+                "ring",
             ],
         )),
         Some("pairs") => pairs(&parse_args(
@@ -960,6 +992,7 @@ fn main() {
                 "client-core",
                 "client-slice-us",
                 "server-slice-us",
+                "ring",
             ],
         )),
         _ => die("usage: kernel-floor fanout|pairs [--option value ...] (see the file comment)"),
