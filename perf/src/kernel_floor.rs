@@ -17,6 +17,10 @@
 //! as loadgen's one thread per ring does; one-way latency from each message's
 //! scheduled send time.
 //!
+//! `pairs --spin 1`: the relay and the client never sleep (epoll and io_uring polled
+//! without waiting), which takes the wake-ups out of the path: what the loopback data
+//! path alone costs.
+//!
 //! `--ring defer` builds the sending and relay rings with `SINGLE_ISSUER` +
 //! `DEFER_TASKRUN` instead of the broker's `COOP_TASKRUN` + `TASKRUN_FLAG`.
 //!
@@ -684,7 +688,13 @@ fn fanout(args: &Args) {
 }
 
 /// The relay: whatever arrives on `inbound[i]` is written to `outbound[i]`.
-fn relay(inbound: Vec<RawFd>, outbound: Vec<RawFd>, stop: &AtomicBool, relayed: &AtomicU64) {
+fn relay(
+    inbound: Vec<RawFd>,
+    outbound: Vec<RawFd>,
+    stop: &AtomicBool,
+    relayed: &AtomicU64,
+    spin: bool,
+) {
     // SAFETY: epoll_create1 takes no pointers.
     let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
     assert!(epfd >= 0, "epoll_create1");
@@ -704,7 +714,14 @@ fn relay(inbound: Vec<RawFd>, outbound: Vec<RawFd>, stop: &AtomicBool, relayed: 
     let mut bytes = 0u64;
     while !stop.load(Ordering::Acquire) {
         // SAFETY: the kernel writes at most `events.len()` entries into `events`.
-        let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, 50) };
+        let n = unsafe {
+            libc::epoll_wait(
+                epfd,
+                events.as_mut_ptr(),
+                events.len() as i32,
+                if spin { 0 } else { 50 },
+            )
+        };
         for ev in events.iter().take(n.max(0) as usize) {
             let i = ev.u64 as usize;
             // SAFETY: `buf` is ours and `recv` writes at most its length.
@@ -754,6 +771,7 @@ fn relay_uring(
     stop: &AtomicBool,
     relayed: &AtomicU64,
     defer_taskrun: bool,
+    spin: bool,
 ) {
     const BUF: usize = 4096;
     const SEND_BIT: u64 = 1 << 63;
@@ -799,7 +817,14 @@ fn relay_uring(
             }
         }
         let args = types::SubmitArgs::new().timespec(&timeout);
-        match ring.submitter().submit_with_args(1, &args) {
+        // Spinning: enter without waiting; COOP_TASKRUN runs the completions' task
+        // work on the way out of any syscall.
+        let entered = if spin {
+            ring.submit()
+        } else {
+            ring.submitter().submit_with_args(1, &args)
+        };
+        match entered {
             Ok(_) => {}
             Err(e)
                 if e.raw_os_error() == Some(libc::ETIME)
@@ -859,6 +884,12 @@ fn pairs(args: &Args) {
         "uring" => true,
         other => die(&format!("--relay {other}: epoll or uring")),
     };
+    let spin = match args.num("spin", 0) {
+        0 => false,
+        1 if !defer_taskrun => true,
+        1 => die("--spin 1 needs --ring coop: a deferred ring runs task work only in a wait"),
+        other => die(&format!("--spin {other}: 0 or 1")),
+    };
     raise_nofile(4 * n as u64 + 64);
 
     // Publisher side (client writes, relay reads) and subscriber side (relay writes,
@@ -880,9 +911,9 @@ fn pairs(args: &Args) {
             place(relay_core, server_slice);
             let cpu0 = thread_cpu_ns();
             if uring_relay {
-                relay_uring(inbound, outbound, &stop, &relayed, defer_taskrun);
+                relay_uring(inbound, outbound, &stop, &relayed, defer_taskrun, spin);
             } else {
-                relay(inbound, outbound, &stop, &relayed);
+                relay(inbound, outbound, &stop, &relayed, spin);
             }
             thread_cpu_ns() - cpu0
         })
@@ -895,7 +926,9 @@ fn pairs(args: &Args) {
         thread::spawn(move || {
             place(client_core, client_slice);
             let mut rx = FrameReceiver::new(reads);
-            rx.add_timer();
+            if !spin {
+                rx.add_timer();
+            }
             let mut rep = ReceiverReport {
                 from_due: Vec::new(),
                 from_start: Vec::new(),
@@ -929,11 +962,13 @@ fn pairs(args: &Args) {
                     k += 1;
                 }
                 if k < total {
-                    rx.arm(t0 + k * gap);
+                    if !spin {
+                        rx.arm(t0 + k * gap);
+                    }
                 } else if now - *last_write.get_or_insert(now) > DRAIN.as_nanos() as u64 {
                     break;
                 }
-                rx.poll(50, |_, frame, at| {
+                rx.poll(if spin { 0 } else { 50 }, |_, frame, at| {
                     let h = read_header(frame);
                     rep.frames += 1;
                     if h.due_ns >= warmup_due {
@@ -951,7 +986,7 @@ fn pairs(args: &Args) {
     let relayed = relayed.load(Ordering::Acquire);
     let (mut from_due, mut from_send) = (got.from_due, got.from_start);
     println!(
-        "{{\"scenario\":\"pairs\",\"relay\":\"{}\",\"pairs\":{n},\"msgs_per_s\":{rate},\"measured_s\":{secs},\"relay_core\":{relay_core},\"client_core\":{client_core},\"client_slice_us\":{client_slice},\"server_slice_us\":{server_slice},\"ring\":\"{}\",\"sent\":{total},\"received\":{},\"short_writes\":{short},\"relay_cpu_ns_per_msg\":{:.0},{},{}}}",
+        "{{\"scenario\":\"pairs\",\"relay\":\"{}\",\"spin\":{spin},\"pairs\":{n},\"msgs_per_s\":{rate},\"measured_s\":{secs},\"relay_core\":{relay_core},\"client_core\":{client_core},\"client_slice_us\":{client_slice},\"server_slice_us\":{server_slice},\"ring\":\"{}\",\"sent\":{total},\"received\":{},\"short_writes\":{short},\"relay_cpu_ns_per_msg\":{:.0},{},{}}}",
         if uring_relay { "uring" } else { "epoll" },
         args.get("ring", "coop"),
         got.frames,
@@ -988,6 +1023,7 @@ fn main() {
                 "duration",
                 "warmup",
                 "relay",
+                "spin",
                 "relay-core",
                 "client-core",
                 "client-slice-us",
