@@ -1539,6 +1539,8 @@ impl State {
             }
             let body = if h.too_large {
                 Bytes::from_static(&[sessions::REPLY_TOO_LARGE])
+            } else if h.taken_back {
+                Bytes::from_static(&[sessions::REPLY_TAKEN_BACK])
             } else {
                 sessions::encode_reply(h.session.as_ref(), h.reply)
             };
@@ -1812,7 +1814,7 @@ async fn reconciled(
                 from,
                 attempt: 0,
             };
-            if let Some(Some(delta)) = claims.confirm(&c).await {
+            if let Some(sessions::Confirmed::Delta(Some(delta))) = claims.confirm(&c).await {
                 let m = ClusterIn::Delta {
                     client_id,
                     session: delta,
@@ -1914,10 +1916,20 @@ fn on_confirms(
                 None
             };
             let m = match answer {
-                Some(delta) => ClusterIn::Delta {
+                Some(sessions::Confirmed::Delta(delta)) => ClusterIn::Delta {
                     client_id: c.client_id,
                     session: delta.unwrap_or_default(),
                 },
+                Some(sessions::Confirmed::TakenBack) => {
+                    // The old node took the session back while this node was cut
+                    // (review M1): it goes there, its client told 0x8E.
+                    let max_bytes = merge_max_bytes(&client, &c.client_id);
+                    ClusterIn::HandoverTakenBack {
+                        client_id: c.client_id,
+                        from: c.from,
+                        max_bytes,
+                    }
+                }
                 None => {
                     tokio::time::sleep(sessions::confirm_backoff(c.attempt)).await;
                     ClusterIn::ConfirmUnanswered {

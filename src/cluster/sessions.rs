@@ -187,6 +187,9 @@ pub const REPLY_TOO_LARGE: u8 = 2;
 /// (review L1): it did nothing with this request, and the asker asks again shortly.
 /// Not "no session" (`0`), which a confirmation takes as final.
 pub const REPLY_BUSY: u8 = 3;
+/// The answer to a confirmation of a hand-over the old node took back (review M1:
+/// the asker looked dead past the lapse): the asker gives its session up to it.
+pub const REPLY_TAKEN_BACK: u8 = 4;
 
 /// What one answer on a takeover subject says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +202,8 @@ pub enum Answer {
     TooLarge,
     /// `REPLY_BUSY`: ask again.
     Busy,
+    /// `REPLY_TAKEN_BACK`.
+    TakenBack,
     Malformed,
 }
 
@@ -206,6 +211,7 @@ pub fn decode_answer(b: &[u8]) -> Answer {
     match b {
         [REPLY_TOO_LARGE] => Answer::TooLarge,
         [REPLY_BUSY] => Answer::Busy,
+        [REPLY_TAKEN_BACK] => Answer::TakenBack,
         _ => match decode_reply(b) {
             Some(Some((token, s))) => Answer::Session(token, s),
             Some(None) => Answer::Nothing,
@@ -238,6 +244,8 @@ pub struct ConfirmTries {
 pub enum ConfirmStep {
     /// The old node answered: its delta (`None`: nothing reached it, or no session).
     Done(Option<Bytes>),
+    /// The old node took the session back (`REPLY_TAKEN_BACK`, review M1).
+    TakenBack,
     /// Ask again after this wait.
     Again(Duration),
     /// The old node never answered: it keeps the session.
@@ -249,6 +257,7 @@ impl ConfirmTries {
     pub fn next(&mut self, answer: Option<Answer>) -> ConfirmStep {
         match answer {
             Some(Answer::Session(_, b)) => ConfirmStep::Done(Some(b)),
+            Some(Answer::TakenBack) => ConfirmStep::TakenBack,
             Some(Answer::Nothing | Answer::TooLarge | Answer::Malformed) => ConfirmStep::Done(None),
             Some(Answer::Busy) if self.busy < BUSY_TRIES => {
                 self.busy += 1;
@@ -802,7 +811,7 @@ impl Claims {
     /// none). Retried while the old node does not answer, for one bounded round;
     /// `None`: unanswered (the old node keeps the session, and the loop decides
     /// whether to ask again, `ClusterIn::ConfirmUnanswered`).
-    pub async fn confirm(&self, c: &crate::shard::HandoverConfirm) -> Option<Option<Bytes>> {
+    pub async fn confirm(&self, c: &crate::shard::HandoverConfirm) -> Option<Confirmed> {
         let body = encode_confirm(&c.client_id, c.from.token);
         let mut tries = ConfirmTries::default();
         loop {
@@ -830,7 +839,8 @@ impl Claims {
                 );
             }
             match tries.next(answer) {
-                ConfirmStep::Done(delta) => return Some(delta),
+                ConfirmStep::Done(delta) => return Some(Confirmed::Delta(delta)),
+                ConfirmStep::TakenBack => return Some(Confirmed::TakenBack),
                 ConfirmStep::Again(wait) => tokio::time::sleep(wait).await,
                 ConfirmStep::GiveUp => break,
             }
@@ -1198,6 +1208,15 @@ impl Claims {
         }
         Reassert::Leave
     }
+}
+
+/// What the old node answered a confirmation with (`Claims::confirm`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Confirmed {
+    /// Its delta (`None`: nothing reached its copy, or it had none).
+    Delta(Option<Bytes>),
+    /// It took the session back (review M1): this node gives its own up to it.
+    TakenBack,
 }
 
 /// What the previous owner said.

@@ -713,12 +713,14 @@ fn message_keys_are_stable_and_tell_messages_apart() {
 #[test]
 fn a_busy_answer_is_asked_again_and_no_session_is_final() {
     use super::sessions::{
-        decode_answer, encode_reply, Answer, ConfirmStep, ConfirmTries, REPLY_BUSY, REPLY_TOO_LARGE,
+        decode_answer, encode_reply, Answer, ConfirmStep, ConfirmTries, REPLY_BUSY,
+        REPLY_TAKEN_BACK, REPLY_TOO_LARGE,
     };
     let delta = bytes::Bytes::from_static(b"delta");
     assert_eq!(decode_answer(&[REPLY_BUSY]), Answer::Busy);
     assert_eq!(decode_answer(&encode_reply(None, 0)), Answer::Nothing);
     assert_eq!(decode_answer(&[REPLY_TOO_LARGE]), Answer::TooLarge);
+    assert_eq!(decode_answer(&[REPLY_TAKEN_BACK]), Answer::TakenBack);
     assert_eq!(
         decode_answer(&encode_reply(Some(&delta), 9)),
         Answer::Session(9, delta.clone())
@@ -733,6 +735,7 @@ fn a_busy_answer_is_asked_again_and_no_session_is_final() {
     );
     let mut t = ConfirmTries::default();
     assert_eq!(t.next(Some(Answer::Nothing)), ConfirmStep::Done(None));
+    assert_eq!(t.next(Some(Answer::TakenBack)), ConfirmStep::TakenBack);
 
     // Busy for ever, or silent: asked again a bounded number of times, then given up.
     let mut t = ConfirmTries::default();
@@ -745,6 +748,7 @@ fn a_busy_answer_is_asked_again_and_no_session_is_final() {
             }
             ConfirmStep::GiveUp => break,
             ConfirmStep::Done(d) => panic!("busy is not an answer: {d:?}"),
+            ConfirmStep::TakenBack => panic!("busy is not an answer: taken back"),
         }
         assert!(again < 100, "unbounded");
     }

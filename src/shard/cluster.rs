@@ -143,6 +143,16 @@ pub enum ClusterIn {
     /// and the asker looks alive (review10 M8 item 2): the session held here stops
     /// taking copies (`on_handover_unconfirmed`).
     HandoverUnconfirmed { client_id: Bytes, token: u64 },
+    /// The old node answered the confirmation of hand-over `from` of `client_id`:
+    /// it took the session back (review M1; this node looked dead while it was cut
+    /// from NATS). The session loaded from that hand-over, if still here, goes to
+    /// it (MQTT 5: DISCONNECT 0x8E here; `on_handover_taken_back`).
+    HandoverTakenBack {
+        client_id: Bytes,
+        from: Handed,
+        /// As for `Yield`: the largest session the Merge can carry.
+        max_bytes: usize,
+    },
     /// After a partition this node keeps `client_id` (a reconcile): its session is
     /// saved to the sessions bucket again, since what changed while this node served
     /// it alone did not land in an entry naming this node (review10 M4).
@@ -511,6 +521,11 @@ impl Shard {
             ClusterIn::HandoverUnconfirmed { client_id, token } => {
                 self.on_handover_unconfirmed(&client_id, token, now)
             }
+            ClusterIn::HandoverTakenBack {
+                client_id,
+                from,
+                max_bytes,
+            } => self.on_handover_taken_back(&client_id, from, max_bytes, now),
         }
     }
 
