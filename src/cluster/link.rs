@@ -1183,6 +1183,10 @@ impl State {
                     let body = sessions::encode_merge(&client_id, &session);
                     send_bounded(&io.client, sessions::takeover_subject(&node), body);
                 }
+                for (client_id, to, session) in std::mem::take(&mut out.hand_backs) {
+                    let body = sessions::encode_hand_back(&client_id, to.token, &session);
+                    send_bounded(&io.client, sessions::takeover_subject(&to.node), body);
+                }
                 for client_id in std::mem::take(&mut out.local) {
                     // Served by the loop at once while NATS was away: reconciled
                     // when it returns, as a claim answered "local" would be.
@@ -1605,6 +1609,28 @@ impl State {
                 .push(l, ClusterIn::Delta { client_id, session });
             return;
         }
+        if let sessions::Request::HandBack {
+            client_id,
+            token,
+            session,
+        } = request
+        {
+            // The asker of a hand-over this node took back gives its session up.
+            let l = crate::shard::owner_shard(
+                self.settings.placement_seed,
+                &client_id,
+                self.producers.len(),
+            );
+            self.pending_in.push(
+                l,
+                ClusterIn::HandBack {
+                    client_id,
+                    token,
+                    session,
+                },
+            );
+            return;
+        }
         let Some(reply) = m.reply.clone() else { return };
         if let sessions::Request::Takeover { client_id, .. } = &request {
             if self.claiming.contains_key(client_id) && self.deferred_count < SESSIONS_MAX {
@@ -1667,7 +1693,7 @@ impl State {
                 );
                 return;
             }
-            sessions::Request::Merge { .. } => return,
+            sessions::Request::Merge { .. } | sessions::Request::HandBack { .. } => return,
         };
         tracing::debug!(
             "cluster: takeover request for {:?} handed to its loop",
@@ -1923,7 +1949,9 @@ fn on_confirms(
                 Some(sessions::Confirmed::TakenBack) => {
                     // The old node took the session back while this node was cut
                     // (review M1): it goes there, its client told 0x8E.
-                    let max_bytes = merge_max_bytes(&client, &c.client_id);
+                    let max_bytes = merge_max_bytes(&client, &c.client_id).saturating_sub(
+                        sessions::HAND_BACK_HEADER_BYTES - sessions::MERGE_HEADER_BYTES,
+                    );
                     ClusterIn::HandoverTakenBack {
                         client_id: c.client_id,
                         from: c.from,

@@ -129,6 +129,24 @@ pub fn encode_merge(client_id: &[u8], session: &[u8]) -> Bytes {
     Bytes::from(b)
 }
 
+/// What `encode_hand_back` adds before the client id and the session: tag, token
+/// and length.
+pub const HAND_BACK_HEADER_BYTES: usize = 11;
+
+/// The session of a hand-over this node (the old one) took back, given up to it by
+/// the asker its confirmation reached too late (review M1): tag 5, the hand-over's
+/// id, the client id's length (2 bytes), the id and hand-over bytes. Only a node
+/// that answered `REPLY_TAKEN_BACK` is sent one, so an older node never gets it.
+pub fn encode_hand_back(client_id: &[u8], token: u64, session: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(client_id.len() + session.len() + HAND_BACK_HEADER_BYTES);
+    b.push(5);
+    b.extend_from_slice(&token.to_le_bytes());
+    b.extend_from_slice(&(client_id.len() as u16).to_le_bytes());
+    b.extend_from_slice(client_id);
+    b.extend_from_slice(session);
+    Bytes::from(b)
+}
+
 /// The confirmation of hand-over `token` (tag 2, the token, then the client id): the
 /// new owner holds the session and its NATS interest.
 pub fn encode_confirm(client_id: &[u8], token: u64) -> Bytes {
@@ -155,6 +173,11 @@ pub enum Request {
         client_id: Bytes,
         session: Bytes,
     },
+    HandBack {
+        client_id: Bytes,
+        token: u64,
+        session: Bytes,
+    },
 }
 
 pub fn decode_request(b: &[u8]) -> Option<Request> {
@@ -171,6 +194,16 @@ pub fn decode_request(b: &[u8]) -> Option<Request> {
             Some(Request::Merge {
                 client_id: Bytes::copy_from_slice(id),
                 session: Bytes::copy_from_slice(&rest[2 + n..]),
+            })
+        }
+        5 if rest.len() > 10 => {
+            let token = u64::from_le_bytes(rest[..8].try_into().ok()?);
+            let n = usize::from(u16::from_le_bytes([rest[8], rest[9]]));
+            let id = rest.get(10..10 + n).filter(|id| !id.is_empty())?;
+            Some(Request::HandBack {
+                client_id: Bytes::copy_from_slice(id),
+                token,
+                session: Bytes::copy_from_slice(&rest[10 + n..]),
             })
         }
         2 if rest.len() > 8 => Some(Request::Confirm {

@@ -454,6 +454,23 @@ fn session_wire_formats_round_trip() {
         None,
         "id longer than the message"
     );
+    assert_eq!(
+        decode_request(&encode_hand_back(b"dev/1", 77, b"records")),
+        Some(Request::HandBack {
+            client_id: Bytes::from_static(b"dev/1"),
+            token: 77,
+            session: Bytes::from_static(b"records")
+        })
+    );
+    assert_eq!(
+        decode_request(b"\x05\x4d\0\0\0\0\0\0\0\x09\x00dev"),
+        None,
+        "id longer than the message"
+    );
+    assert_eq!(
+        encode_hand_back(b"d", 1, b"").len(),
+        HAND_BACK_HEADER_BYTES + 1
+    );
     // A node name with NATS's reserved characters stays one token.
     assert_eq!(takeover_subject("a.b c"), "ringmq.node.a%2Eb%20c.takeover");
 }

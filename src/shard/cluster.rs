@@ -150,8 +150,15 @@ pub enum ClusterIn {
     HandoverTakenBack {
         client_id: Bytes,
         from: Handed,
-        /// As for `Yield`: the largest session the Merge can carry.
+        /// As for `Yield`: the largest session the hand-back can carry.
         max_bytes: usize,
+    },
+    /// The asker of hand-over `token` of `client_id`, which this node took back,
+    /// gives its session up to it (`on_hand_back`, review M1).
+    HandBack {
+        client_id: Bytes,
+        token: u64,
+        session: Bytes,
     },
     /// After a partition this node keeps `client_id` (a reconcile): its session is
     /// saved to the sessions bucket again, since what changed while this node served
@@ -188,6 +195,9 @@ pub struct ClusterOut {
     /// Sessions given up after a partition: (client id, the node that keeps it, the
     /// hand-over bytes whose copies join its session there).
     pub yields: Vec<(Bytes, String, Bytes)>,
+    /// Sessions given up to the old node that took their hand-over back (review
+    /// M1): (client id, that node and its hand-over id, the hand-over bytes).
+    pub hand_backs: Vec<(Bytes, Handed, Bytes)>,
     /// Wills set (a will record) or gone (`None`) by client id, in order.
     pub wills: Vec<(Bytes, Option<Bytes>)>,
     /// Persistent sessions' saved state after a change, by client id, in order.
@@ -224,6 +234,7 @@ impl ClusterOut {
             && self.handovers.is_empty()
             && self.confirms.is_empty()
             && self.yields.is_empty()
+            && self.hand_backs.is_empty()
             && self.wills.is_empty()
             && self.states.is_empty()
             && self.fenced.is_empty()
@@ -526,6 +537,11 @@ impl Shard {
                 from,
                 max_bytes,
             } => self.on_handover_taken_back(&client_id, from, max_bytes, now),
+            ClusterIn::HandBack {
+                client_id,
+                token,
+                session,
+            } => self.on_hand_back(&client_id, token, &session, now),
         }
     }
 

@@ -535,7 +535,8 @@ impl Shard {
         if let Some(st) = self.cluster_status.as_deref() {
             st.sessions_reconciled.fetch_add(1, Ordering::Relaxed);
         }
-        self.yield_session(client_id, from.node, max_bytes, true, now);
+        let token = from.token;
+        self.yield_session(client_id, from.node, max_bytes, Some(token), now);
         self.cluster_dedup.forget(client_id);
     }
 
@@ -624,17 +625,18 @@ impl Shard {
         now: Instant,
     ) {
         self.last_now = Some(now);
-        self.yield_session(client_id, node, max_bytes, false, now);
+        self.yield_session(client_id, node, max_bytes, None, now);
     }
 
-    /// See `on_session_yield`; `seen_keys`: the bytes also carry the keys of what
-    /// reached the session here since its hand-over was loaded (`with_seen_keys`).
+    /// See `on_session_yield`; `hand_back`: the id of `node`'s hand-over that it
+    /// took back (review M1), sent with the session, which then also carries the
+    /// keys of what reached it here since it was loaded (`with_seen_keys`).
     fn yield_session(
         &mut self,
         client_id: &[u8],
         node: String,
         max_bytes: usize,
-        seen_keys: bool,
+        hand_back: Option<u64>,
         now: Instant,
     ) {
         let Some(s) = self.sessions.find(client_id) else {
@@ -642,7 +644,7 @@ impl Shard {
         };
         self.take_over(s, false, now);
         let mut bytes = self.handover_bytes(s);
-        if seen_keys && bytes.len() <= max_bytes {
+        if hand_back.is_some() && bytes.len() <= max_bytes {
             bytes = self.with_seen_keys(client_id, bytes, max_bytes);
         }
         if bytes.len() > max_bytes {
@@ -666,9 +668,12 @@ impl Shard {
         self.cluster_taken_back.remove(client_id);
         self.end_session(s, now);
         self.drop_slow_consumers(now);
+        let id = Bytes::copy_from_slice(client_id);
         if let Some(out) = self.cluster.as_deref_mut() {
-            out.yields
-                .push((Bytes::copy_from_slice(client_id), node, bytes));
+            match hand_back {
+                Some(token) => out.hand_backs.push((id, Handed { node, token }, bytes)),
+                None => out.yields.push((id, node, bytes)),
+            }
         }
     }
 
@@ -941,18 +946,6 @@ impl Shard {
     /// answered then, with the copies it brought (review M3).
     pub(super) fn on_handover_delta(&mut self, client_id: &[u8], bytes: &[u8], now: Instant) {
         let seen = self.cluster_dedup.take(client_id);
-        if seen.is_none() && self.taken_back_here(client_id, None).is_some() {
-            // The asker of a hand-over taken back gives its session up to this node
-            // (`on_handover_taken_back`, review M1): it replaces the copy here,
-            // joined by what reached that copy alone.
-            self.last_now = Some(now);
-            if let Some(idx) = self.load_handover(Some(client_id), bytes, None, now) {
-                self.expire_offline_handover(idx, now);
-                self.cluster_session_offline(idx);
-            }
-            self.drop_slow_consumers(now);
-            return;
-        }
         self.join_copies(client_id, bytes, seen.as_ref(), now);
         if self.cluster_held_confirms.is_empty() {
             return;
@@ -964,6 +957,32 @@ impl Shard {
         for h in held {
             self.on_handover_confirmed(&h.client_id, h.token, h.reply, h.max_bytes, now);
         }
+    }
+
+    /// The asker of hand-over `token` of `client_id`, which this node took back,
+    /// gives its session up (`on_handover_taken_back`, review M1). If the copy taken
+    /// back is still here as it was, the asker's session replaces it, joined by
+    /// the copies that reached it since the hand-over less those the asker's keys
+    /// name (`load_handover`, as for a hand-back). Otherwise (its client resumed it
+    /// here, or it went on) the asker's copies join whatever holds the id here, as
+    /// a Merge's do: nothing is dropped.
+    pub(super) fn on_hand_back(
+        &mut self,
+        client_id: &[u8],
+        token: u64,
+        bytes: &[u8],
+        now: Instant,
+    ) {
+        self.last_now = Some(now);
+        if self.taken_back_here(client_id, Some(token)).is_none() {
+            self.join_copies(client_id, bytes, None, now);
+            return;
+        }
+        if let Some(idx) = self.load_handover(Some(client_id), bytes, None, now) {
+            self.expire_offline_handover(idx, now);
+            self.cluster_session_offline(idx);
+        }
+        self.drop_slow_consumers(now);
     }
 
     /// Hand-over bytes' copies join `client_id`'s session here, except those whose

@@ -1859,16 +1859,20 @@ fn an_asker_cut_from_nats_learns_its_session_was_taken_back_and_gives_it_up() {
     let out = b.shards[0]
         .take_cluster_out()
         .expect("the session given up");
-    assert_eq!(out.yields.len(), 1, "{out:?}");
-    let (id, node, session) = out.yields[0].clone();
-    assert_eq!((&id[..], node.as_str()), (&b"roam"[..], "a"));
+    assert_eq!(out.hand_backs.len(), 1, "{out:?}");
+    let (id, to, session) = out.hand_backs[0].clone();
+    assert_eq!(
+        (&id[..], to.node.as_str(), to.token),
+        (&b"roam"[..], "a", 77)
+    );
     assert!(b.shards[0].sessions.find(b"roam").is_none(), "ended on b");
 
-    // The Merge reaches a: b's session replaces a's copy, plus what a alone got.
+    // It reaches a: b's session replaces a's copy, plus what a alone got.
     let now = a.now;
     a.shards[0].on_cluster_in(
-        ClusterIn::Delta {
+        ClusterIn::HandBack {
             client_id: id,
+            token: 77,
             session,
         },
         now,
@@ -1883,7 +1887,8 @@ fn an_asker_cut_from_nats_learns_its_session_was_taken_back_and_gives_it_up() {
 
 /// Review M1, bounded: once the client came back to a itself, a's copy is what it
 /// is served; a late confirmation from b is then answered as before (no session),
-/// and b's watch ends as if an empty delta had come.
+/// and b's watch ends as if an empty delta had come; a hand-back arriving then
+/// joins its copies to the session (nothing dropped).
 #[test]
 fn a_taken_back_session_resumed_on_the_old_node_answers_no_session() {
     let (mut a, mut b) = loaded_from_the_old_owner();
@@ -1903,6 +1908,24 @@ fn a_taken_back_session_resumed_on_the_old_node_answers_no_session() {
     assert_eq!(publishes(&mut a, back).len(), 2, "x1 and x2");
     let out = answer_confirm(&mut a, 77, 80).expect("answered at once");
     assert_eq!(out, None, "no session");
+    // A hand-back that finds the copy no longer as it was drops nothing: its
+    // copies join the session here, as a Merge's do.
+    let (bytes_b, _) = take_from(&mut b, "roam", false);
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandBack {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            session: bytes_b.expect("b's session"),
+        },
+        now,
+    );
+    a.pump();
+    let joined: Vec<Bytes> = publishes(&mut a, back)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(joined, [&b"x1"[..], b"x2"]);
 }
 
 /// Review10 M8 case a: the client comes back to a more than 5 min after b loaded
