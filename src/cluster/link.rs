@@ -1183,6 +1183,10 @@ impl State {
                     let body = sessions::encode_merge(&client_id, &session);
                     send_bounded(&io.client, sessions::takeover_subject(&node), body);
                 }
+                for (client_id, to, session) in std::mem::take(&mut out.hand_backs) {
+                    let body = sessions::encode_hand_back(&client_id, to.token, &session);
+                    send_bounded(&io.client, sessions::takeover_subject(&to.node), body);
+                }
                 for client_id in std::mem::take(&mut out.local) {
                     // Served by the loop at once while NATS was away: reconciled
                     // when it returns, as a claim answered "local" would be.
@@ -1539,6 +1543,8 @@ impl State {
             }
             let body = if h.too_large {
                 Bytes::from_static(&[sessions::REPLY_TOO_LARGE])
+            } else if h.taken_back {
+                Bytes::from_static(&[sessions::REPLY_TAKEN_BACK])
             } else {
                 sessions::encode_reply(h.session.as_ref(), h.reply)
             };
@@ -1603,6 +1609,28 @@ impl State {
                 .push(l, ClusterIn::Delta { client_id, session });
             return;
         }
+        if let sessions::Request::HandBack {
+            client_id,
+            token,
+            session,
+        } = request
+        {
+            // The asker of a hand-over this node took back gives its session up.
+            let l = crate::shard::owner_shard(
+                self.settings.placement_seed,
+                &client_id,
+                self.producers.len(),
+            );
+            self.pending_in.push(
+                l,
+                ClusterIn::HandBack {
+                    client_id,
+                    token,
+                    session,
+                },
+            );
+            return;
+        }
         let Some(reply) = m.reply.clone() else { return };
         if let sessions::Request::Takeover { client_id, .. } = &request {
             if self.claiming.contains_key(client_id) && self.deferred_count < SESSIONS_MAX {
@@ -1665,7 +1693,7 @@ impl State {
                 );
                 return;
             }
-            sessions::Request::Merge { .. } => return,
+            sessions::Request::Merge { .. } | sessions::Request::HandBack { .. } => return,
         };
         tracing::debug!(
             "cluster: takeover request for {:?} handed to its loop",
@@ -1812,7 +1840,7 @@ async fn reconciled(
                 from,
                 attempt: 0,
             };
-            if let Some(Some(delta)) = claims.confirm(&c).await {
+            if let Some(sessions::Confirmed::Delta(Some(delta))) = claims.confirm(&c).await {
                 let m = ClusterIn::Delta {
                     client_id,
                     session: delta,
@@ -1914,10 +1942,22 @@ fn on_confirms(
                 None
             };
             let m = match answer {
-                Some(delta) => ClusterIn::Delta {
+                Some(sessions::Confirmed::Delta(delta)) => ClusterIn::Delta {
                     client_id: c.client_id,
                     session: delta.unwrap_or_default(),
                 },
+                Some(sessions::Confirmed::TakenBack) => {
+                    // The old node took the session back while this node was cut
+                    // (review M1): it goes there, its client told 0x8E.
+                    let max_bytes = merge_max_bytes(&client, &c.client_id).saturating_sub(
+                        sessions::HAND_BACK_HEADER_BYTES - sessions::MERGE_HEADER_BYTES,
+                    );
+                    ClusterIn::HandoverTakenBack {
+                        client_id: c.client_id,
+                        from: c.from,
+                        max_bytes,
+                    }
+                }
                 None => {
                     tokio::time::sleep(sessions::confirm_backoff(c.attempt)).await;
                     ClusterIn::ConfirmUnanswered {

@@ -132,6 +132,24 @@ pub fn encode_merge(client_id: &[u8], session: &[u8]) -> Bytes {
     Bytes::from(b)
 }
 
+/// What `encode_hand_back` adds before the client id and the session: tag, token
+/// and length.
+pub const HAND_BACK_HEADER_BYTES: usize = 11;
+
+/// The session of a hand-over this node (the old one) took back, given up to it by
+/// the asker its confirmation reached too late (review M1): tag 5, the hand-over's
+/// id, the client id's length (2 bytes), the id and hand-over bytes. Only a node
+/// that answered `REPLY_TAKEN_BACK` is sent one, so an older node never gets it.
+pub fn encode_hand_back(client_id: &[u8], token: u64, session: &[u8]) -> Bytes {
+    let mut b = Vec::with_capacity(client_id.len() + session.len() + HAND_BACK_HEADER_BYTES);
+    b.push(5);
+    b.extend_from_slice(&token.to_le_bytes());
+    b.extend_from_slice(&(client_id.len() as u16).to_le_bytes());
+    b.extend_from_slice(client_id);
+    b.extend_from_slice(session);
+    Bytes::from(b)
+}
+
 /// The confirmation of hand-over `token` (tag 2, the token, then the client id): the
 /// new owner holds the session and its NATS interest.
 pub fn encode_confirm(client_id: &[u8], token: u64) -> Bytes {
@@ -158,6 +176,11 @@ pub enum Request {
         client_id: Bytes,
         session: Bytes,
     },
+    HandBack {
+        client_id: Bytes,
+        token: u64,
+        session: Bytes,
+    },
 }
 
 pub fn decode_request(b: &[u8]) -> Option<Request> {
@@ -176,6 +199,16 @@ pub fn decode_request(b: &[u8]) -> Option<Request> {
                 session: Bytes::copy_from_slice(&rest[2 + n..]),
             })
         }
+        5 if rest.len() > 10 => {
+            let token = u64::from_le_bytes(rest[..8].try_into().ok()?);
+            let n = usize::from(u16::from_le_bytes([rest[8], rest[9]]));
+            let id = rest.get(10..10 + n).filter(|id| !id.is_empty())?;
+            Some(Request::HandBack {
+                client_id: Bytes::copy_from_slice(id),
+                token,
+                session: Bytes::copy_from_slice(&rest[10 + n..]),
+            })
+        }
         2 if rest.len() > 8 => Some(Request::Confirm {
             token: u64::from_le_bytes(rest[..8].try_into().ok()?),
             client_id: Bytes::copy_from_slice(&rest[8..]),
@@ -190,6 +223,9 @@ pub const REPLY_TOO_LARGE: u8 = 2;
 /// (review L1): it did nothing with this request, and the asker asks again shortly.
 /// Not "no session" (`0`), which a confirmation takes as final.
 pub const REPLY_BUSY: u8 = 3;
+/// The answer to a confirmation of a hand-over the old node took back (review M1:
+/// the asker looked dead past the lapse): the asker gives its session up to it.
+pub const REPLY_TAKEN_BACK: u8 = 4;
 
 /// What one answer on a takeover subject says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +238,8 @@ pub enum Answer {
     TooLarge,
     /// `REPLY_BUSY`: ask again.
     Busy,
+    /// `REPLY_TAKEN_BACK`.
+    TakenBack,
     Malformed,
 }
 
@@ -209,6 +247,7 @@ pub fn decode_answer(b: &[u8]) -> Answer {
     match b {
         [REPLY_TOO_LARGE] => Answer::TooLarge,
         [REPLY_BUSY] => Answer::Busy,
+        [REPLY_TAKEN_BACK] => Answer::TakenBack,
         _ => match decode_reply(b) {
             Some(Some((token, s))) => Answer::Session(token, s),
             Some(None) => Answer::Nothing,
@@ -241,6 +280,8 @@ pub struct ConfirmTries {
 pub enum ConfirmStep {
     /// The old node answered: its delta (`None`: nothing reached it, or no session).
     Done(Option<Bytes>),
+    /// The old node took the session back (`REPLY_TAKEN_BACK`, review M1).
+    TakenBack,
     /// Ask again after this wait.
     Again(Duration),
     /// The old node never answered: it keeps the session.
@@ -252,6 +293,7 @@ impl ConfirmTries {
     pub fn next(&mut self, answer: Option<Answer>) -> ConfirmStep {
         match answer {
             Some(Answer::Session(_, b)) => ConfirmStep::Done(Some(b)),
+            Some(Answer::TakenBack) => ConfirmStep::TakenBack,
             Some(Answer::Nothing | Answer::TooLarge | Answer::Malformed) => ConfirmStep::Done(None),
             Some(Answer::Busy) if self.busy < BUSY_TRIES => {
                 self.busy += 1;
@@ -970,7 +1012,7 @@ impl Claims {
     /// none). Retried while the old node does not answer, for one bounded round;
     /// `None`: unanswered (the old node keeps the session, and the loop decides
     /// whether to ask again, `ClusterIn::ConfirmUnanswered`).
-    pub async fn confirm(&self, c: &crate::shard::HandoverConfirm) -> Option<Option<Bytes>> {
+    pub async fn confirm(&self, c: &crate::shard::HandoverConfirm) -> Option<Confirmed> {
         let body = encode_confirm(&c.client_id, c.from.token);
         let mut tries = ConfirmTries::default();
         loop {
@@ -998,7 +1040,8 @@ impl Claims {
                 );
             }
             match tries.next(answer) {
-                ConfirmStep::Done(delta) => return Some(delta),
+                ConfirmStep::Done(delta) => return Some(Confirmed::Delta(delta)),
+                ConfirmStep::TakenBack => return Some(Confirmed::TakenBack),
                 ConfirmStep::Again(wait) => tokio::time::sleep(wait).await,
                 ConfirmStep::GiveUp => break,
             }
@@ -1396,6 +1439,15 @@ impl Claims {
         }
         Reassert::Leave
     }
+}
+
+/// What the old node answered a confirmation with (`Claims::confirm`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Confirmed {
+    /// Its delta (`None`: nothing reached its copy, or it had none).
+    Delta(Option<Bytes>),
+    /// It took the session back (review M1): this node gives its own up to it.
+    TakenBack,
 }
 
 /// What the previous owner said.

@@ -454,6 +454,23 @@ fn session_wire_formats_round_trip() {
         None,
         "id longer than the message"
     );
+    assert_eq!(
+        decode_request(&encode_hand_back(b"dev/1", 77, b"records")),
+        Some(Request::HandBack {
+            client_id: Bytes::from_static(b"dev/1"),
+            token: 77,
+            session: Bytes::from_static(b"records")
+        })
+    );
+    assert_eq!(
+        decode_request(b"\x05\x4d\0\0\0\0\0\0\0\x09\x00dev"),
+        None,
+        "id longer than the message"
+    );
+    assert_eq!(
+        encode_hand_back(b"d", 1, b"").len(),
+        HAND_BACK_HEADER_BYTES + 1
+    );
     // A node name with NATS's reserved characters stays one token.
     assert_eq!(takeover_subject("a.b c"), "ringmq.node.a%2Eb%20c.takeover");
 }
@@ -713,12 +730,14 @@ fn message_keys_are_stable_and_tell_messages_apart() {
 #[test]
 fn a_busy_answer_is_asked_again_and_no_session_is_final() {
     use super::sessions::{
-        decode_answer, encode_reply, Answer, ConfirmStep, ConfirmTries, REPLY_BUSY, REPLY_TOO_LARGE,
+        decode_answer, encode_reply, Answer, ConfirmStep, ConfirmTries, REPLY_BUSY,
+        REPLY_TAKEN_BACK, REPLY_TOO_LARGE,
     };
     let delta = bytes::Bytes::from_static(b"delta");
     assert_eq!(decode_answer(&[REPLY_BUSY]), Answer::Busy);
     assert_eq!(decode_answer(&encode_reply(None, 0)), Answer::Nothing);
     assert_eq!(decode_answer(&[REPLY_TOO_LARGE]), Answer::TooLarge);
+    assert_eq!(decode_answer(&[REPLY_TAKEN_BACK]), Answer::TakenBack);
     assert_eq!(
         decode_answer(&encode_reply(Some(&delta), 9)),
         Answer::Session(9, delta.clone())
@@ -733,6 +752,7 @@ fn a_busy_answer_is_asked_again_and_no_session_is_final() {
     );
     let mut t = ConfirmTries::default();
     assert_eq!(t.next(Some(Answer::Nothing)), ConfirmStep::Done(None));
+    assert_eq!(t.next(Some(Answer::TakenBack)), ConfirmStep::TakenBack);
 
     // Busy for ever, or silent: asked again a bounded number of times, then given up.
     let mut t = ConfirmTries::default();
@@ -745,6 +765,7 @@ fn a_busy_answer_is_asked_again_and_no_session_is_final() {
             }
             ConfirmStep::GiveUp => break,
             ConfirmStep::Done(d) => panic!("busy is not an answer: {d:?}"),
+            ConfirmStep::TakenBack => panic!("busy is not an answer: taken back"),
         }
         assert!(again < 100, "unbounded");
     }

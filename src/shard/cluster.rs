@@ -143,6 +143,23 @@ pub enum ClusterIn {
     /// and the asker looks alive (review10 M8 item 2): the session held here stops
     /// taking copies (`on_handover_unconfirmed`).
     HandoverUnconfirmed { client_id: Bytes, token: u64 },
+    /// The old node answered the confirmation of hand-over `from` of `client_id`:
+    /// it took the session back (review M1; this node looked dead while it was cut
+    /// from NATS). The session loaded from that hand-over, if still here, goes to
+    /// it (MQTT 5: DISCONNECT 0x8E here; `on_handover_taken_back`).
+    HandoverTakenBack {
+        client_id: Bytes,
+        from: Handed,
+        /// As for `Yield`: the largest session the hand-back can carry.
+        max_bytes: usize,
+    },
+    /// The asker of hand-over `token` of `client_id`, which this node took back,
+    /// gives its session up to it (`on_hand_back`, review M1).
+    HandBack {
+        client_id: Bytes,
+        token: u64,
+        session: Bytes,
+    },
     /// After a partition this node keeps `client_id` (a reconcile): its session is
     /// saved to the sessions bucket again, since what changed while this node served
     /// it alone did not land in an entry naming this node (review10 M4).
@@ -178,6 +195,9 @@ pub struct ClusterOut {
     /// Sessions given up after a partition: (client id, the node that keeps it, the
     /// hand-over bytes whose copies join its session there).
     pub yields: Vec<(Bytes, String, Bytes)>,
+    /// Sessions given up to the old node that took their hand-over back (review
+    /// M1): (client id, that node and its hand-over id, the hand-over bytes).
+    pub hand_backs: Vec<(Bytes, Handed, Bytes)>,
     /// Wills set (a will record) or gone (`None`) by client id, in order.
     pub wills: Vec<(Bytes, Option<Bytes>)>,
     /// Persistent sessions' saved state after a change, by client id, in order.
@@ -214,6 +234,7 @@ impl ClusterOut {
             && self.handovers.is_empty()
             && self.confirms.is_empty()
             && self.yields.is_empty()
+            && self.hand_backs.is_empty()
             && self.wills.is_empty()
             && self.states.is_empty()
             && self.fenced.is_empty()
@@ -511,6 +532,16 @@ impl Shard {
             ClusterIn::HandoverUnconfirmed { client_id, token } => {
                 self.on_handover_unconfirmed(&client_id, token, now)
             }
+            ClusterIn::HandoverTakenBack {
+                client_id,
+                from,
+                max_bytes,
+            } => self.on_handover_taken_back(&client_id, from, max_bytes, now),
+            ClusterIn::HandBack {
+                client_id,
+                token,
+                session,
+            } => self.on_hand_back(&client_id, token, &session, now),
         }
     }
 

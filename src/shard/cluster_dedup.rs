@@ -26,8 +26,17 @@
 //!
 //! The watch is also the loop's queue of confirmations still to land (review10 M8
 //! item 1): a confirmation the old node did not answer is asked again, with a
-//! backoff, as long as its session lives here and its watch lasts (`retry`); at
-//! most `RETRYING_MAX` at once per loop, past which one is given up (counted).
+//! backoff, as long as its session lives here and its watch lasts (`retry`; while
+//! NATS is away it lasts on, so a node cut for long still learns the old node's
+//! answer when it is back, review M1); at most `RETRYING_MAX` at once per loop, past
+//! which one is given up (counted).
+//!
+//! A confirmation given up while its session lives here leaves the old node's
+//! copy unconfirmed: the client's return there would be sent again what reached it
+//! here. So the watch's keys are kept (`keep`), frozen, past `WATCH_MAX` (review10
+//! M8 case a), for the session's next hand-over (`seen`); at most `KEPT_KEYS_MAX`
+//! keys in `KEPT_MAX` kept watches per loop, the oldest emptied or dropped first
+//! (a duplicate, never a loss).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -44,6 +53,10 @@ const WATCH_MAX: Duration = Duration::from_secs(300);
 /// Confirmations asked again at once per loop (unanswered at least once, their
 /// session still here); past it a further one is given up and counted.
 pub(super) const RETRYING_MAX: usize = 1024;
+/// Keys held in kept watches per loop (their confirmation given up, their session
+/// still here), and kept watches at most: past either the oldest go first.
+const KEPT_KEYS_MAX: usize = 65_536;
+const KEPT_MAX: usize = 4096;
 
 /// See the module doc.
 #[derive(Debug, Default)]
@@ -54,6 +67,11 @@ pub(super) struct DeltaDedup {
     recent: VecDeque<u64>,
     /// The sequence number of `recent[0]`.
     first_seq: u64,
+    /// Watches still recording (`Watch::kept` is `None`): while there are none,
+    /// nothing is recorded.
+    recording: usize,
+    /// Keys held in kept watches' `kept` sets.
+    kept_keys: usize,
 }
 
 /// One session loaded from a hand-over whose old node's delta has not come.
@@ -67,6 +85,16 @@ struct Watch {
     token: u64,
     /// Its confirmation went unanswered at least once and is being asked again.
     retrying: bool,
+    /// Its confirmation was given up with its session still here (`keep`): no
+    /// delta is awaited, and these are the keys that reached the loop while it
+    /// was (frozen then; they no longer read `recent`).
+    kept: Option<HashSet<u64>>,
+}
+
+impl Watch {
+    fn recording(&self) -> bool {
+        self.kept.is_none()
+    }
 }
 
 /// What to do with a confirmation its old node did not answer (`DeltaDedup::retry`).
@@ -87,8 +115,13 @@ impl DeltaDedup {
     /// `client_id`'s session was loaded from hand-over `token`: from now on its old
     /// node's delta is checked against what reaches this loop.
     pub(super) fn watch(&mut self, client_id: &[u8], token: u64, now: Instant) {
-        self.watching
-            .retain(|_, w| now.saturating_duration_since(w.at) < WATCH_MAX);
+        // A recording watch past `WATCH_MAX` that is not being asked again lost its
+        // confirmation task (a round never lasts that long); a kept one stays
+        // until its bounds or its session's next load want it gone.
+        self.watching.retain(|_, w| {
+            !w.recording() || w.retrying || now.saturating_duration_since(w.at) < WATCH_MAX
+        });
+        self.forget(client_id);
         let next = self.first_seq + self.recent.len() as u64;
         self.watching.insert(
             Bytes::copy_from_slice(client_id),
@@ -97,8 +130,10 @@ impl DeltaDedup {
                 at: now,
                 token,
                 retrying: false,
+                kept: None,
             },
         );
+        self.settle();
     }
 
     /// Whether `client_id`'s session, loaded from a hand-over, still waits for its
@@ -106,27 +141,39 @@ impl DeltaDedup {
     pub(super) fn is_awaiting(&self, client_id: &[u8], now: Instant) -> bool {
         self.watching
             .get(client_id)
-            .is_some_and(|w| now.saturating_duration_since(w.at) < WATCH_MAX)
+            .is_some_and(|w| w.recording() && now.saturating_duration_since(w.at) < WATCH_MAX)
+    }
+
+    /// Whether `client_id`'s session was loaded from hand-over `token` and its
+    /// confirmation is still asked, or was given up with the session here.
+    pub(super) fn is_from(&self, client_id: &[u8], token: u64) -> bool {
+        self.watching
+            .get(client_id)
+            .is_some_and(|w| w.token == token)
     }
 
     /// The confirmation of hand-over `token` of `client_id` went unanswered;
-    /// `lives_here`: its session is still on this loop and not being handed on.
+    /// `lives_here`: its session is still on this loop and not being handed on;
+    /// `connected`: NATS is up (while it is away the watch outlasts `WATCH_MAX`,
+    /// so the old node's answer is still asked for when it returns, review M1).
     pub(super) fn retry(
         &mut self,
         client_id: &[u8],
         token: u64,
         lives_here: bool,
+        connected: bool,
         now: Instant,
     ) -> Retry {
         let retrying = self.watching.values().filter(|w| w.retrying).count();
         let Some(w) = self
             .watching
             .get_mut(client_id)
-            .filter(|w| w.token == token)
+            .filter(|w| w.token == token && w.recording())
         else {
             return Retry::NotThis;
         };
-        if !lives_here || now.saturating_duration_since(w.at) >= WATCH_MAX {
+        let over = connected && now.saturating_duration_since(w.at) >= WATCH_MAX;
+        if !lives_here || over {
             return Retry::GiveUp;
         }
         if !w.retrying && retrying >= RETRYING_MAX {
@@ -136,15 +183,68 @@ impl DeltaDedup {
         Retry::Again
     }
 
+    /// `client_id`'s confirmation is given up and its session stays here: its keys
+    /// are kept, frozen, for the session's next hand-over (`seen`), and no delta is
+    /// awaited any more (review10 M8 case a). Bounded by `KEPT_KEYS_MAX` and
+    /// `KEPT_MAX`, oldest first.
+    pub(super) fn keep(&mut self, client_id: &[u8]) {
+        let Some(keys) = self.keys_of(client_id) else {
+            return;
+        };
+        let kept = self.watching.values().filter(|w| !w.recording()).count();
+        if kept >= KEPT_MAX {
+            let oldest = self
+                .watching
+                .iter()
+                .filter(|(_, w)| !w.recording())
+                .min_by_key(|(_, w)| w.at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.forget(&k);
+            }
+        }
+        if let Some(w) = self.watching.get_mut(client_id) {
+            w.kept = Some(keys);
+            w.retrying = false;
+        }
+        self.settle();
+        while self.kept_keys > KEPT_KEYS_MAX {
+            let oldest = self
+                .watching
+                .values_mut()
+                .filter(|w| w.kept.as_ref().is_some_and(|k| !k.is_empty()))
+                .min_by_key(|w| w.at);
+            let Some(w) = oldest else { break };
+            let n = w.kept.as_ref().map_or(0, HashSet::len);
+            w.kept = Some(HashSet::new());
+            self.kept_keys -= n;
+        }
+    }
+
+    /// `client_id`'s watch ends with nothing to take (its session left this node).
+    pub(super) fn forget(&mut self, client_id: &[u8]) {
+        if self.watching.remove(client_id).is_some() {
+            self.settle();
+        }
+    }
+
+    /// As `forget`, for a kept watch only (a recording one still has its
+    /// confirmation's answer to come).
+    pub(super) fn forget_kept(&mut self, client_id: &[u8]) {
+        if self.watching.get(client_id).is_some_and(|w| !w.recording()) {
+            self.forget(client_id);
+        }
+    }
+
     /// Whether any session waits for its delta (else nothing is recorded).
     #[inline]
     pub(super) fn is_watching(&self) -> bool {
-        !self.watching.is_empty()
+        self.recording > 0
     }
 
     /// A cluster message with identity `key` reached this loop.
     pub(super) fn record(&mut self, key: u64) {
-        if self.watching.is_empty() {
+        if self.recording == 0 {
             return;
         }
         if self.recent.len() >= RECENT_MAX {
@@ -155,31 +255,52 @@ impl DeltaDedup {
     }
 
     /// `client_id`'s delta came: its watch ends, and the keys that reached this loop
-    /// since it began are returned (`None`: no watch, e.g. a delta from a reconcile).
-    pub(super) fn take(&mut self, client_id: &[u8], now: Instant) -> Option<HashSet<u64>> {
-        let Watch { from, at, .. } = self.watching.remove(client_id)?;
-        let fresh = now.saturating_duration_since(at) < WATCH_MAX;
-        let skip = from.saturating_sub(self.first_seq) as usize;
-        let seen = fresh.then(|| self.recent.iter().skip(skip).copied().collect());
-        self.forget_unwatched();
+    /// since it began are returned (`None`: no watch awaiting one, e.g. a delta from
+    /// a reconcile, or one whose confirmation was given up).
+    pub(super) fn take(&mut self, client_id: &[u8]) -> Option<HashSet<u64>> {
+        if !self.watching.get(client_id)?.recording() {
+            return None;
+        }
+        let seen = self.keys_of(client_id);
+        self.forget(client_id);
         seen
     }
 
     /// The keys that reached this loop since `client_id`'s watch began, the watch
     /// left as it is (its session goes on to another node before its delta came,
     /// review10 M8; a chain's held confirmation still waits for that delta).
-    pub(super) fn seen(&self, client_id: &[u8], now: Instant) -> Option<HashSet<u64>> {
+    pub(super) fn seen(&self, client_id: &[u8]) -> Option<HashSet<u64>> {
+        self.keys_of(client_id)
+    }
+
+    /// The keys of `client_id`'s watch: kept ones, or those `recent` holds since it
+    /// began (fewer if the log lost its start).
+    fn keys_of(&self, client_id: &[u8]) -> Option<HashSet<u64>> {
         let w = self.watching.get(client_id)?;
-        if now.saturating_duration_since(w.at) >= WATCH_MAX {
-            return None;
+        if let Some(k) = &w.kept {
+            return Some(k.clone());
         }
         let skip = w.from.saturating_sub(self.first_seq) as usize;
         Some(self.recent.iter().skip(skip).copied().collect())
     }
 
-    /// Keys no watch needs any more go.
-    fn forget_unwatched(&mut self) {
-        let Some(oldest) = self.watching.values().map(|w| w.from).min() else {
+    /// After a watch changed: keys no recording watch needs any more go, and the
+    /// counts follow.
+    fn settle(&mut self) {
+        self.recording = self.watching.values().filter(|w| w.recording()).count();
+        self.kept_keys = self
+            .watching
+            .values()
+            .filter_map(|w| w.kept.as_ref())
+            .map(HashSet::len)
+            .sum();
+        let oldest = self
+            .watching
+            .values()
+            .filter(|w| w.recording())
+            .map(|w| w.from)
+            .min();
+        let Some(oldest) = oldest else {
             // Its memory too: a burst's 512 KiB are not kept for the next takeover.
             self.recent = VecDeque::new();
             self.first_seq = 0;
@@ -205,10 +326,10 @@ mod tests {
         d.record(2);
         d.watch(b"b", 1, t0);
         d.record(3);
-        assert_eq!(d.take(b"a", t0), Some(HashSet::from([2, 3])));
-        assert_eq!(d.take(b"a", t0), None, "taken once");
+        assert_eq!(d.take(b"a"), Some(HashSet::from([2, 3])));
+        assert_eq!(d.take(b"a"), None, "taken once");
         d.record(4);
-        assert_eq!(d.take(b"b", t0), Some(HashSet::from([3, 4])));
+        assert_eq!(d.take(b"b"), Some(HashSet::from([3, 4])));
         assert!(d.recent.is_empty(), "no watch left, no keys left");
     }
 
@@ -216,16 +337,14 @@ mod tests {
     fn seen_keys_are_read_without_ending_the_watch() {
         let t0 = Instant::now();
         let mut d = DeltaDedup::default();
-        assert_eq!(d.seen(b"a", t0), None, "no watch");
+        assert_eq!(d.seen(b"a"), None, "no watch");
         d.record(1);
         d.watch(b"a", 1, t0);
         d.record(2);
-        assert_eq!(d.seen(b"a", t0), Some(HashSet::from([2])));
+        assert_eq!(d.seen(b"a"), Some(HashSet::from([2])));
         assert!(d.is_awaiting(b"a", t0), "still waiting for its delta");
         d.record(3);
-        assert_eq!(d.take(b"a", t0), Some(HashSet::from([2, 3])));
-        d.watch(b"b", 1, t0);
-        assert_eq!(d.seen(b"b", t0 + WATCH_MAX), None, "past WATCH_MAX");
+        assert_eq!(d.take(b"a"), Some(HashSet::from([2, 3])));
     }
 
     #[test]
@@ -237,12 +356,14 @@ mod tests {
             d.record(k);
         }
         assert_eq!(d.recent.len(), RECENT_MAX);
-        let seen = d.take(b"a", t0).expect("a watch");
+        let seen = d.take(b"a").expect("a watch");
         assert_eq!(seen.len(), RECENT_MAX);
         assert!(!seen.contains(&0), "the oldest went first");
+        // A watch past `WATCH_MAX` whose confirmation is not being asked again is
+        // dropped when the next one begins.
         d.watch(b"b", 1, t0);
-        d.record(7);
-        assert_eq!(d.take(b"b", t0 + WATCH_MAX), None, "past WATCH_MAX");
+        d.watch(b"c", 1, t0 + WATCH_MAX);
+        assert_eq!(d.take(b"b"), None, "past WATCH_MAX");
     }
 
     #[test]
@@ -251,24 +372,24 @@ mod tests {
         let mut d = DeltaDedup::default();
         d.watch(b"a", 7, t0);
         assert_eq!(
-            d.retry(b"a", 6, true, t0),
+            d.retry(b"a", 6, true, true, t0),
             Retry::NotThis,
             "another hand-over"
         );
-        assert_eq!(d.retry(b"b", 7, true, t0), Retry::NotThis, "no watch");
-        assert_eq!(d.retry(b"a", 7, true, t0), Retry::Again);
+        assert_eq!(d.retry(b"b", 7, true, true, t0), Retry::NotThis, "no watch");
+        assert_eq!(d.retry(b"a", 7, true, true, t0), Retry::Again);
         assert_eq!(
-            d.retry(b"a", 7, true, t0),
+            d.retry(b"a", 7, true, true, t0),
             Retry::Again,
             "as often as needed"
         );
         assert_eq!(
-            d.retry(b"a", 7, false, t0),
+            d.retry(b"a", 7, false, true, t0),
             Retry::GiveUp,
             "the session left"
         );
         assert_eq!(
-            d.retry(b"a", 7, true, t0 + WATCH_MAX),
+            d.retry(b"a", 7, true, true, t0 + WATCH_MAX),
             Retry::GiveUp,
             "past WATCH_MAX"
         );
@@ -276,18 +397,89 @@ mod tests {
         for i in 1..RETRYING_MAX {
             let id = format!("c{i}");
             d.watch(id.as_bytes(), 1, t0);
-            assert_eq!(d.retry(id.as_bytes(), 1, true, t0), Retry::Again);
+            assert_eq!(d.retry(id.as_bytes(), 1, true, true, t0), Retry::Again);
         }
         d.watch(b"late", 1, t0);
         assert_eq!(
-            d.retry(b"late", 1, true, t0),
+            d.retry(b"late", 1, true, true, t0),
             Retry::Full,
             "the queue is full"
         );
         assert_eq!(
-            d.retry(b"c1", 1, true, t0),
+            d.retry(b"c1", 1, true, true, t0),
             Retry::Again,
             "one already retrying goes on"
         );
+    }
+
+    #[test]
+    fn while_nats_is_away_a_confirmation_is_asked_past_watch_max() {
+        let t0 = Instant::now();
+        let mut d = DeltaDedup::default();
+        d.watch(b"a", 7, t0);
+        let late = t0 + WATCH_MAX * 3;
+        assert_eq!(d.retry(b"a", 7, true, false, late), Retry::Again);
+        d.watch(b"b", 1, late);
+        assert!(
+            d.is_from(b"a", 7),
+            "a watch being asked again is not dropped"
+        );
+        assert_eq!(
+            d.retry(b"a", 7, true, true, late),
+            Retry::GiveUp,
+            "NATS back"
+        );
+    }
+
+    /// Review10 M8 case a: a confirmation given up with its session here keeps the
+    /// watch's keys, frozen, for the session's next hand-over however late it is;
+    /// nothing more is recorded for it and no delta is awaited.
+    #[test]
+    fn a_given_up_watch_keeps_its_keys_past_watch_max() {
+        let t0 = Instant::now();
+        let mut d = DeltaDedup::default();
+        d.watch(b"a", 7, t0);
+        d.record(1);
+        d.record(2);
+        d.keep(b"a");
+        assert!(!d.is_watching(), "nothing recording: nothing recorded");
+        d.record(3);
+        assert!(d.recent.is_empty());
+        assert!(!d.is_awaiting(b"a", t0), "no delta awaited");
+        assert_eq!(d.retry(b"a", 7, true, true, t0), Retry::NotThis);
+        assert_eq!(d.take(b"a"), None, "not a delta's to take");
+        d.watch(b"b", 1, t0 + WATCH_MAX * 10);
+        assert_eq!(d.seen(b"a"), Some(HashSet::from([1, 2])), "kept");
+        assert!(d.is_from(b"a", 7));
+        d.forget_kept(b"b");
+        assert!(d.is_from(b"b", 1), "a recording watch is not forgotten so");
+        d.forget_kept(b"a");
+        assert_eq!(d.seen(b"a"), None);
+    }
+
+    #[test]
+    fn kept_keys_are_bounded_oldest_first() {
+        let t0 = Instant::now();
+        let mut d = DeltaDedup::default();
+        d.watch(b"old", 1, t0);
+        for k in 0..(KEPT_KEYS_MAX as u64 - 1) {
+            d.record(k);
+        }
+        d.keep(b"old");
+        let t1 = t0 + Duration::from_secs(1);
+        d.watch(b"new", 2, t1);
+        d.record(u64::MAX);
+        d.record(u64::MAX - 1);
+        d.keep(b"new");
+        assert_eq!(d.seen(b"old"), Some(HashSet::new()), "emptied: oldest");
+        assert_eq!(d.seen(b"new").map(|k| k.len()), Some(2));
+        assert!(d.kept_keys <= KEPT_KEYS_MAX);
+        for i in 0..KEPT_MAX {
+            let id = format!("k{i}");
+            d.watch(id.as_bytes(), 1, t1 + Duration::from_secs(1));
+            d.keep(id.as_bytes());
+        }
+        assert!(d.watching.len() <= KEPT_MAX, "{}", d.watching.len());
+        assert_eq!(d.seen(b"old"), None, "the oldest kept watch went");
     }
 }

@@ -62,6 +62,10 @@ pub struct SessionHandover {
     /// The session was larger than one NATS message may be: it stayed on this node
     /// (offline) rather than be ended unsent; the asking node serves a fresh one.
     pub too_large: bool,
+    /// The answer to a confirmation of a hand-over this node took back (review
+    /// M1): the asker no longer owns the session and gives its own up to this
+    /// node (`on_handover_taken_back`).
+    pub taken_back: bool,
 }
 
 /// Where a hand-over came from and its id there: the new owner confirms receipt with
@@ -99,6 +103,25 @@ const HANDING_HOLD: std::time::Duration = std::time::Duration::from_secs(30);
 /// Hand-overs waiting for confirmation past which entries of sessions gone meanwhile
 /// are swept out (bounds the map).
 const HANDING_SWEEP_AT: usize = 4096;
+
+/// Hand-overs taken back (`TakenBack`) remembered at most; past it those whose
+/// session is gone are swept, then the oldest goes (its asker is then answered "no
+/// session", as before review M1 was fixed, and keeps serving its client).
+const TAKEN_BACK_MAX: usize = 4096;
+
+/// A hand-over whose asker never confirmed it and looked dead, so this node took
+/// the session back (`on_handover_lapsed`, review M1), kept while the session
+/// stays here offline as it was then: a late confirmation is answered
+/// `taken_back`, and the asker's session, given up to this node in return,
+/// replaces the copy here, joined by what reached this node alone since the
+/// hand-over (`load_handover`).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TakenBack {
+    pub(super) token: u64,
+    /// Copies the hand-over carried (the rest reached this node after it).
+    pub(super) copies: usize,
+    pub(super) at: Instant,
+}
 
 /// How long a confirmed hand-over's delta stays for a repeated confirmation: the
 /// new owner re-sends after `FETCH_TIMEOUT` (2 s, `cluster/sessions.rs`), and after
@@ -426,7 +449,9 @@ impl Shard {
         {
             return;
         }
-        self.cluster_handing.remove(client_id);
+        if let Some((token, copies)) = self.cluster_handing.remove(client_id) {
+            self.remember_taken_back(client_id, token, copies, now);
+        }
         // Whole again: its subscriptions take copies here again.
         self.reattach_subs(client_id);
         self.expire_offline_handover(s, now);
@@ -434,6 +459,85 @@ impl Shard {
             out.reasserts
                 .push((Bytes::copy_from_slice(client_id), epoch));
         }
+    }
+
+    fn remember_taken_back(&mut self, client_id: &[u8], token: u64, copies: usize, now: Instant) {
+        if self.cluster_taken_back.len() >= TAKEN_BACK_MAX {
+            let sessions = &self.sessions;
+            self.cluster_taken_back
+                .retain(|id, _| sessions.find(id).is_some());
+        }
+        if self.cluster_taken_back.len() >= TAKEN_BACK_MAX {
+            let oldest = self
+                .cluster_taken_back
+                .iter()
+                .min_by_key(|(_, t)| t.at)
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                self.cluster_taken_back.remove(&k);
+            }
+        }
+        self.cluster_taken_back.insert(
+            Bytes::copy_from_slice(client_id),
+            TakenBack {
+                token,
+                copies,
+                at: now,
+            },
+        );
+    }
+
+    /// The session this node took back from hand-over `token` (if given, that one),
+    /// still here offline as it was then: not resumed by its client, not handed on.
+    fn taken_back_here(&self, client_id: &[u8], token: Option<u64>) -> Option<(u32, TakenBack)> {
+        let t = *self.cluster_taken_back.get(client_id)?;
+        if token.is_some_and(|k| k != t.token) || self.cluster_handing.contains_key(client_id) {
+            return None;
+        }
+        let s = self.sessions.find(client_id)?;
+        (!self.sessions.get(s)?.is_online()).then_some((s, t))
+    }
+
+    /// The old node answered this node's confirmation of hand-over `from` of
+    /// `client_id`: it took the session back (review M1), because this node's
+    /// heartbeat was dead past the lapse (cut from NATS while it served the
+    /// client). The ownership entry names the old node again, which holds its
+    /// copy and would serve it to the client's next CONNECT (and take every
+    /// message this session takes here meanwhile). So this node gives up: its
+    /// client is told (MQTT 5: DISCONNECT 0x8E, will rules as for a takeover),
+    /// and the session goes to the old node with the keys of what reached it here
+    /// since the load (`with_seen_keys`); the old node puts it in place of its
+    /// copy, joined by what reached that copy alone (`load_handover`). Only the
+    /// session loaded from that very hand-over, still here, gives up.
+    pub(super) fn on_handover_taken_back(
+        &mut self,
+        client_id: &[u8],
+        from: Handed,
+        max_bytes: usize,
+        now: Instant,
+    ) {
+        self.last_now = Some(now);
+        if !self.cluster_dedup.is_from(client_id, from.token) {
+            return;
+        }
+        let lives_here = self.sessions.find(client_id).is_some()
+            && !self.cluster_handing.contains_key(client_id);
+        if !lives_here {
+            // Handed on meanwhile: the next node's confirmation decides.
+            self.on_handover_delta(client_id, &[], now);
+            return;
+        }
+        tracing::info!(
+            "cluster: node {} took the session of {:?} back while this node was cut; given up to it",
+            from.node,
+            String::from_utf8_lossy(client_id)
+        );
+        if let Some(st) = self.cluster_status.as_deref() {
+            st.sessions_reconciled.fetch_add(1, Ordering::Relaxed);
+        }
+        let token = from.token;
+        self.yield_session(client_id, from.node, max_bytes, Some(token), now);
+        self.cluster_dedup.forget(client_id);
     }
 
     /// The asker of hand-over `token` looks alive but has not confirmed it within
@@ -521,11 +625,28 @@ impl Shard {
         now: Instant,
     ) {
         self.last_now = Some(now);
+        self.yield_session(client_id, node, max_bytes, None, now);
+    }
+
+    /// See `on_session_yield`; `hand_back`: the id of `node`'s hand-over that it
+    /// took back (review M1), sent with the session, which then also carries the
+    /// keys of what reached it here since it was loaded (`with_seen_keys`).
+    fn yield_session(
+        &mut self,
+        client_id: &[u8],
+        node: String,
+        max_bytes: usize,
+        hand_back: Option<u64>,
+        now: Instant,
+    ) {
         let Some(s) = self.sessions.find(client_id) else {
             return;
         };
         self.take_over(s, false, now);
-        let bytes = self.handover_bytes(s);
+        let mut bytes = self.handover_bytes(s);
+        if hand_back.is_some() && bytes.len() <= max_bytes {
+            bytes = self.with_seen_keys(client_id, bytes, max_bytes);
+        }
         if bytes.len() > max_bytes {
             // NATS would refuse the Merge after the session ended here, losing its
             // copies (review10 L5): kept here offline (expiring as usual) instead,
@@ -544,11 +665,15 @@ impl Shard {
         }
         self.cluster_handing.remove(client_id);
         self.cluster_detached.remove(client_id);
+        self.cluster_taken_back.remove(client_id);
         self.end_session(s, now);
         self.drop_slow_consumers(now);
+        let id = Bytes::copy_from_slice(client_id);
         if let Some(out) = self.cluster.as_deref_mut() {
-            out.yields
-                .push((Bytes::copy_from_slice(client_id), node, bytes));
+            match hand_back {
+                Some(token) => out.hand_backs.push((id, Handed { node, token }, bytes)),
+                None => out.yields.push((id, node, bytes)),
+            }
         }
     }
 
@@ -683,9 +808,13 @@ impl Shard {
         // A session handed on meanwhile is the next node's to confirm.
         let lives_here = self.sessions.find(client_id).is_some()
             && !self.cluster_handing.contains_key(client_id);
+        let connected = self
+            .cluster_status
+            .as_deref()
+            .map_or(true, |s| s.is_connected());
         match self
             .cluster_dedup
-            .retry(client_id, from.token, lives_here, now)
+            .retry(client_id, from.token, lives_here, connected, now)
         {
             Retry::NotThis => {}
             Retry::Again => {
@@ -704,7 +833,14 @@ impl Shard {
                 if let Some(st) = self.cluster_status.as_deref() {
                     st.confirms_given_up.fetch_add(1, Ordering::Relaxed);
                 }
-                self.on_handover_delta(client_id, &[], now);
+                if lives_here {
+                    // The old node keeps its copy, unconfirmed: what reached the
+                    // session here is kept for its next hand-over, however late
+                    // (review10 M8 case a).
+                    self.cluster_dedup.keep(client_id);
+                } else {
+                    self.on_handover_delta(client_id, &[], now);
+                }
             }
         }
     }
@@ -722,6 +858,19 @@ impl Shard {
         now: Instant,
     ) {
         self.last_now = Some(now);
+        if self.taken_back_here(client_id, Some(token)).is_some() {
+            // Taken back (review M1): the asker is told, and gives its session up
+            // to this node (`on_handover_taken_back`).
+            if let Some(out) = self.cluster.as_deref_mut() {
+                out.handovers.push(SessionHandover {
+                    reply,
+                    session: None,
+                    too_large: false,
+                    taken_back: true,
+                });
+            }
+            return;
+        }
         let handing = self.cluster_handing.get(client_id).copied();
         if handing.is_some_and(|(t, _)| t == token)
             && self.cluster_dedup.is_awaiting(client_id, now)
@@ -784,6 +933,7 @@ impl Shard {
                 reply,
                 session: delta,
                 too_large: false,
+                taken_back: false,
             });
         }
     }
@@ -795,7 +945,7 @@ impl Shard {
     /// Confirmations of this session's own hand-over that waited for the delta are
     /// answered then, with the copies it brought (review M3).
     pub(super) fn on_handover_delta(&mut self, client_id: &[u8], bytes: &[u8], now: Instant) {
-        let seen = self.cluster_dedup.take(client_id, now);
+        let seen = self.cluster_dedup.take(client_id);
         self.join_copies(client_id, bytes, seen.as_ref(), now);
         if self.cluster_held_confirms.is_empty() {
             return;
@@ -807,6 +957,32 @@ impl Shard {
         for h in held {
             self.on_handover_confirmed(&h.client_id, h.token, h.reply, h.max_bytes, now);
         }
+    }
+
+    /// The asker of hand-over `token` of `client_id`, which this node took back,
+    /// gives its session up (`on_handover_taken_back`, review M1). If the copy taken
+    /// back is still here as it was, the asker's session replaces it, joined by
+    /// the copies that reached it since the hand-over less those the asker's keys
+    /// name (`load_handover`, as for a hand-back). Otherwise (its client resumed it
+    /// here, or it went on) the asker's copies join whatever holds the id here, as
+    /// a Merge's do: nothing is dropped.
+    pub(super) fn on_hand_back(
+        &mut self,
+        client_id: &[u8],
+        token: u64,
+        bytes: &[u8],
+        now: Instant,
+    ) {
+        self.last_now = Some(now);
+        if self.taken_back_here(client_id, Some(token)).is_none() {
+            self.join_copies(client_id, bytes, None, now);
+            return;
+        }
+        if let Some(idx) = self.load_handover(Some(client_id), bytes, None, now) {
+            self.expire_offline_handover(idx, now);
+            self.cluster_session_offline(idx);
+        }
+        self.drop_slow_consumers(now);
     }
 
     /// Hand-over bytes' copies join `client_id`'s session here, except those whose
@@ -860,13 +1036,15 @@ impl Shard {
         self.last_now = Some(now);
         let mut bytes = None;
         if let Some(s) = self.sessions.find(client_id) {
-            // Held again for this hand-over: it takes the copies for its delta.
+            // Held again for this hand-over: it takes the copies for its delta. A
+            // copy taken back earlier now goes on whole (review M1).
+            self.cluster_taken_back.remove(client_id);
             self.reattach_subs(client_id);
             self.take_over(s, clean, now);
             if !clean {
                 let mut b = self.handover_bytes(s);
                 if b.len() <= max_bytes {
-                    b = self.with_seen_keys(client_id, b, max_bytes, now);
+                    b = self.with_seen_keys(client_id, b, max_bytes);
                 }
                 if b.len() > max_bytes {
                     // Ending it would lose it: kept here offline (expiring as usual),
@@ -886,6 +1064,7 @@ impl Shard {
                             reply,
                             session: None,
                             too_large: true,
+                            taken_back: false,
                         });
                     }
                     return;
@@ -924,6 +1103,7 @@ impl Shard {
                 reply,
                 session: bytes,
                 too_large: false,
+                taken_back: false,
             });
         }
     }
@@ -936,8 +1116,8 @@ impl Shard {
     /// its own copy and joins what reached it since its hand-over (the "gap"); a gap
     /// copy whose key is here reached the session here already (`cluster_dedup.rs`).
     /// A subset is safe: a key left out only lets a duplicate through.
-    fn with_seen_keys(&self, client_id: &[u8], b: Bytes, max_bytes: usize, now: Instant) -> Bytes {
-        let Some(seen) = self.cluster_dedup.seen(client_id, now) else {
+    fn with_seen_keys(&self, client_id: &[u8], b: Bytes, max_bytes: usize) -> Bytes {
+        let Some(seen) = self.cluster_dedup.seen(client_id) else {
             return b;
         };
         let mut out = b.to_vec();
@@ -963,6 +1143,11 @@ impl Shard {
     /// resumed with expiry 0 is no longer persistent, so what an earlier connection
     /// saved of it must not outlive this one.
     pub(super) fn cluster_session_resumed(&mut self, session: u32) {
+        if let Some(s) = self.sessions.get(session) {
+            // Its client is back here: the asker of a hand-over taken back keeps
+            // what it serves (see `TakenBack`).
+            self.cluster_taken_back.remove(&s.client_id[..]);
+        }
         if !self.cluster_detached.is_empty() {
             // A held copy its client came back to (NATS away): whole again.
             if let Some(id) = self
@@ -1023,6 +1208,11 @@ impl Shard {
     /// claim that finds this node dead later brings an ended session back. An
     /// entry another node claimed is left alone by the cluster thread.
     pub(super) fn cluster_session_ended(&mut self, session: u32) {
+        if let Some(s) = self.sessions.get(session) {
+            self.cluster_taken_back.remove(&s.client_id[..]);
+            // Keys kept for its next hand-over have no session left to serve.
+            self.cluster_dedup.forget_kept(&s.client_id);
+        }
         let Some(out) = self.cluster.as_deref_mut() else {
             return;
         };
@@ -1165,11 +1355,16 @@ impl Shard {
             // it came (review M2): the copies that reached it since the hand-over are
             // on this node only, so they join the loaded session; the confirmation,
             // now stale, ends nothing.
+            // Or taken back from its asker, which now gives its session up (review
+            // M1): the same gap.
+            let taken_back = self.taken_back_here(client_id, None).map(|(_, t)| t.copies);
             self.cluster_detached.remove(client_id);
             gap = self
                 .cluster_handing
                 .remove(client_id)
-                .map(|(_, copies)| self.session_bytes_from(old, copies));
+                .map(|(_, copies)| copies)
+                .or(taken_back)
+                .map(|copies| self.session_bytes_from(old, copies));
             // Replaced, not ended as a client would end it: its will is not published.
             if let Some(o) = self.sessions.get_mut(old) {
                 o.will = None;

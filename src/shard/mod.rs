@@ -209,6 +209,9 @@ pub struct Shard {
     /// their subscriptions are out of the trie (and NATS), still in the session,
     /// until it is taken back, resumed here or ends (review10 M8 item 2).
     cluster_detached: std::collections::HashSet<bytes::Bytes>,
+    /// Held sessions taken back from an asker that looked dead (review M1), while
+    /// they stay here as they were: client id -> the hand-over (bounded).
+    cluster_taken_back: std::collections::HashMap<bytes::Bytes, cluster_session::TakenBack>,
     /// `headers::origin_key` of this process's origin, and the sequence of the
     /// `Mqtt-Id`s this loop gives its published messages (`cluster_stamp`).
     cluster_origin_key: u64,
@@ -308,6 +311,7 @@ impl Shard {
             cluster_status: None,
             cluster_handing: Default::default(),
             cluster_detached: Default::default(),
+            cluster_taken_back: Default::default(),
             cluster_origin_key: crate::cluster::headers::origin_key(""),
             cluster_seq: 0,
             cluster_confirmed: Default::default(),

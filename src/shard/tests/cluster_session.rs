@@ -1746,3 +1746,233 @@ fn a_delta_copy_of_a_message_published_on_the_new_node_is_dropped() {
     let got = handed_payloads(&bytes.expect("b's session"));
     assert_eq!(got, [&b"x1"[..], b"x2", b"own-b"], "own-b once");
 }
+
+/// The payloads of the PUBLISHes waiting for client `c`, and whether each is a
+/// re-send (DUP).
+fn publishes(cl: &mut Cluster, c: Cid) -> Vec<(Bytes, bool)> {
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = cl.next(c) {
+        got.push((m.payload.clone(), m.dup));
+    }
+    got
+}
+
+/// Review M1: b loaded "roam" from a and serves its client, but is cut from NATS
+/// before its confirmation lands; a, seeing b's heartbeat dead past the lapse,
+/// takes the session back and owns it again. When NATS returns, b's confirmation
+/// (asked again all along) reaches a, which answers "taken back": b's client is
+/// told 0x8E and b gives its session up to a with the keys of what reached it
+/// there; a puts it in place of its own copy, joined by what reached a alone. The
+/// client, back on a, gets the copy b had in flight (a re-send) and what came while
+/// b was cut, and none of what b had already delivered. Before, b was never told:
+/// it went on serving the client while a's copy took the same messages, all of
+/// which the client got again on its next CONNECT.
+#[test]
+fn an_asker_cut_from_nats_learns_its_session_was_taken_back_and_gives_it_up() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let _ = a.shards[0].take_cluster_out();
+    let v5 = ConnectOpts {
+        properties: Properties::from(PropertyValues {
+            session_expiry_interval_s: Some(600),
+            ..Default::default()
+        }),
+        ..persistent()
+    };
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V5, "roam", v5.clone());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let _ = b.shards[0].take_cluster_out();
+    from_c(&mut a, "both-1", Q1, 61);
+    from_c(&mut b, "both-1", Q1, 61);
+    b.expect(c, pubp("t", "both-1", Q1, false, 1));
+    b.send(c, puback(1));
+    b.pump();
+    // b is cut: what is published reaches a's copy alone.
+    from_c(&mut a, "while-cut", Q1, 62);
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandoverLapsed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            epoch: 2,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("taken back");
+    assert_eq!(out.reasserts.len(), 1);
+    from_c(&mut a, "after-lapse", Q1, 63);
+    // NATS is back on b: both get the next one; b's client has not acked it yet.
+    from_c(&mut a, "both-2", Q1, 64);
+    from_c(&mut b, "both-2", Q1, 64);
+    b.expect(c, pubp("t", "both-2", Q1, false, 2));
+
+    // b's confirmation, asked again, reaches a at last.
+    let again = unanswered(&mut b, 3);
+    assert_eq!(again.confirms.len(), 1, "still asked: {again:?}");
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::Confirmed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            reply: 79,
+            max_bytes: 1 << 20,
+        },
+        now,
+    );
+    a.pump();
+    let out = a.shards[0].take_cluster_out().expect("an answer");
+    assert_eq!(out.handovers.len(), 1);
+    assert!(out.handovers[0].taken_back, "{:?}", out.handovers[0]);
+    assert!(out.handovers[0].session.is_none());
+    assert!(
+        a.shards[0].sessions.find(b"roam").is_some(),
+        "a keeps its copy"
+    );
+
+    let now = b.now;
+    b.shards[0].on_cluster_in(
+        ClusterIn::HandoverTakenBack {
+            client_id: Bytes::from_static(b"roam"),
+            from: Handed {
+                node: "a".into(),
+                token: 77,
+            },
+            max_bytes: 1 << 20,
+        },
+        now,
+    );
+    b.pump();
+    b.expect(c, disconnect(ReasonCode::SessionTakenOver));
+    b.expect_closed(c);
+    let out = b.shards[0]
+        .take_cluster_out()
+        .expect("the session given up");
+    assert_eq!(out.hand_backs.len(), 1, "{out:?}");
+    let (id, to, session) = out.hand_backs[0].clone();
+    assert_eq!(
+        (&id[..], to.node.as_str(), to.token),
+        (&b"roam"[..], "a", 77)
+    );
+    assert!(b.shards[0].sessions.find(b"roam").is_none(), "ended on b");
+
+    // It reaches a: b's session replaces a's copy, plus what a alone got.
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandBack {
+            client_id: id,
+            token: 77,
+            session,
+        },
+        now,
+    );
+    a.pump();
+    let back = a.connect_ok(V5, "roam", v5, true);
+    let got = publishes(&mut a, back);
+    let payloads: Vec<&[u8]> = got.iter().map(|(p, _)| &p[..]).collect();
+    assert_eq!(payloads, [&b"both-2"[..], b"while-cut", b"after-lapse"]);
+    assert!(got[0].1, "both-2 was in flight on b: a re-send");
+}
+
+/// Review M1, bounded: once the client came back to a itself, a's copy is what it
+/// is served; a late confirmation from b is then answered as before (no session),
+/// and b's watch ends as if an empty delta had come; a hand-back arriving then
+/// joins its copies to the session (nothing dropped).
+#[test]
+fn a_taken_back_session_resumed_on_the_old_node_answers_no_session() {
+    let (mut a, mut b) = loaded_from_the_old_owner();
+    let _ = b.shards[0].take_cluster_out();
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandoverLapsed {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            epoch: 2,
+        },
+        now,
+    );
+    a.pump();
+    let _ = a.shards[0].take_cluster_out();
+    let back = a.connect_ok(V311, "roam", persistent(), true);
+    assert_eq!(publishes(&mut a, back).len(), 2, "x1 and x2");
+    let out = answer_confirm(&mut a, 77, 80).expect("answered at once");
+    assert_eq!(out, None, "no session");
+    // A hand-back that finds the copy no longer as it was drops nothing: its
+    // copies join the session here, as a Merge's do.
+    let (bytes_b, _) = take_from(&mut b, "roam", false);
+    let now = a.now;
+    a.shards[0].on_cluster_in(
+        ClusterIn::HandBack {
+            client_id: Bytes::from_static(b"roam"),
+            token: 77,
+            session: bytes_b.expect("b's session"),
+        },
+        now,
+    );
+    a.pump();
+    let joined: Vec<Bytes> = publishes(&mut a, back)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(joined, [&b"x1"[..], b"x2"]);
+}
+
+/// Review10 M8 case a: the client comes back to a more than 5 min after b loaded
+/// its session. b's confirmation never landed and was given up at `WATCH_MAX`, but
+/// the keys of what reached b are kept while the session lives there, so a's gap
+/// copies the client had on b are not sent again. Before, the watch ended and took
+/// the keys with it: every acknowledged message came again.
+#[test]
+fn a_client_returning_after_the_watch_ended_is_not_sent_again_what_it_had() {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", Q1);
+    a.drop_connection(s);
+    let _ = a.shards[0].take_cluster_out();
+    let mut b = node();
+    b.auto_claim = false;
+    let c = b.connect(V311, "roam", persistent());
+    let claim = claim_of(&mut b, "roam");
+    let (bytes, _) = take_from(&mut a, "roam", false);
+    answer_claim(&mut b, &claim, bytes);
+    b.pump();
+    match b.next(c) {
+        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let _ = b.shards[0].take_cluster_out();
+    from_c(&mut a, "both", Q1, 71);
+    from_c(&mut b, "both", Q1, 71);
+    b.expect(c, pubp("t", "both", Q1, false, 1));
+    b.send(c, puback(1));
+    b.pump();
+    from_c(&mut a, "only-a", Q1, 72);
+    assert_eq!(unconfirmed_and_alive(&mut a), [false]);
+    // Asked again until the watch is over: given up, the session still on b.
+    let mut attempt = 0;
+    loop {
+        b.advance(std::time::Duration::from_secs(60));
+        let out = unanswered(&mut b, attempt);
+        if out.confirms.is_empty() {
+            break;
+        }
+        attempt += 1;
+        assert!(attempt < 10, "given up past WATCH_MAX");
+    }
+    b.drop_connection(c);
+    let _ = b.shards[0].take_cluster_out();
+    b.advance(std::time::Duration::from_secs(600));
+    a.advance(std::time::Duration::from_secs(900));
+    assert_eq!(return_to_a(&mut a, &mut b), [&b"only-a"[..]]);
+}
