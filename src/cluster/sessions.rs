@@ -409,6 +409,50 @@ pub fn claim_next(prev: Option<&str>, me: &str, clean: bool, saved: &[u8]) -> Cl
     }
 }
 
+/// A claim's compare-and-set over `prev`'s entry, writing `epoch` (see
+/// `Claims::attempts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub prev: String,
+    pub epoch: u64,
+}
+
+/// What the reconcile does about one id this node served on its own (sans-IO,
+/// review10 M3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReconcileNext {
+    /// The other node's CONNECT was the later one: it keeps the id.
+    Lost(String),
+    /// Claim the entry by compare-and-set, then ask this node (if any) for the
+    /// session, which ends it there (its client told 0x8E).
+    Claim(Option<String>),
+}
+
+/// See `ReconcileNext`: the entry holds `owner` (`None`: none); this node served
+/// its CONNECT at `mine_ms`, after a claim of it that did not come back won,
+/// `attempt`, if any. An entry naming this node was written by that claim if it
+/// carries the claim's epoch: its compare-and-set landed after the claim was given
+/// up (JetStream committed it once it had a quorum again), so the owner it read
+/// was never asked and still holds the session, and its client; it is asked now.
+/// Any other entry naming this node is a claim of its own that finished.
+pub fn reconcile_next(
+    owner: Option<&Owner>,
+    me: &str,
+    mine_ms: u64,
+    attempt: Option<&Attempt>,
+) -> ReconcileNext {
+    match owner {
+        Some(o) if o.node != me && o.connect_ms > mine_ms => ReconcileNext::Lost(o.node.clone()),
+        Some(o) if o.node != me => ReconcileNext::Claim(Some(o.node.clone())),
+        Some(o) => ReconcileNext::Claim(
+            attempt
+                .filter(|a| a.epoch == o.epoch && a.prev != me)
+                .map(|a| a.prev.clone()),
+        ),
+        None => ReconcileNext::Claim(None),
+    }
+}
+
 /// The (offline time, state) a claim writes into the entry it wins: the saved
 /// state as it was, so a node that dies between its claim and its first save of
 /// the session (or restarts without a data directory) leaves it to the next claim
@@ -507,6 +551,11 @@ pub struct Claims {
     /// The epoch of each id this node last claimed: a takeover request with an epoch
     /// not above it is stale and refused (`is_stale`). Bounded by `EPOCHS_MAX`.
     pub epochs: Arc<Mutex<HashMap<Bytes, u64>>>,
+    /// Claims whose compare-and-set went out over another node's entry and did not
+    /// come back won (timed out, refused or abandoned): the owner read and the epoch
+    /// written (`Attempt`), for the reconcile (`reconcile_next`). Bounded by
+    /// `LOCAL_MAX`.
+    pub attempts: Arc<Mutex<HashMap<Bytes, Attempt>>>,
     /// Hand-overs of this node (their tokens) whose confirmation arrived: their
     /// watch (`watch_handover`) ends. Bounded: starts over past `CONFIRMED_SEEN_MAX`
     /// (a watch then runs to its own bound).
@@ -622,6 +671,21 @@ impl Claims {
             .is_some_and(|mine| mine >= epoch)
     }
 
+    fn attempted(&self, client_id: &Bytes, prev: &str, epoch: u64) {
+        if let Ok(mut a) = self.attempts.lock() {
+            if a.len() < LOCAL_MAX || a.contains_key(client_id) {
+                let prev = prev.to_string();
+                a.insert(client_id.clone(), Attempt { prev, epoch });
+            }
+        }
+    }
+
+    fn forget_attempt(&self, client_id: &[u8]) {
+        if let Ok(mut a) = self.attempts.lock() {
+            a.remove(client_id);
+        }
+    }
+
     fn claimed_epoch(&self, client_id: &Bytes, epoch: u64) {
         if let Ok(mut e) = self.epochs.lock() {
             if e.len() >= EPOCHS_MAX {
@@ -658,6 +722,11 @@ impl Claims {
             };
             let (kept_offline_ms, kept) = claimed_state(c.clean, offline_ms, &saved);
             let value = encode_owner(&self.node, epoch + 1, unix_ms(), kept_offline_ms, kept);
+            if let Some(p) = prev.as_deref().filter(|p| *p != self.node) {
+                // Kept unless the claim comes back won: a CAS that times out (or whose
+                // claim is given up) may still land (`reconcile_next`).
+                self.attempted(&c.client_id, p, epoch + 1);
+            }
             let won = match revision {
                 Some(r) => kv.update(&key, value, r).await.is_ok(),
                 None => kv.create(&key, value).await.is_ok(),
@@ -677,7 +746,11 @@ impl Claims {
                 // Claimed through the cluster now: nothing left to reconcile.
                 l.remove(&c.client_id);
             }
-            let owner = match claim_next(prev.as_deref(), &self.node, c.clean, &saved) {
+            let next = claim_next(prev.as_deref(), &self.node, c.clean, &saved);
+            if !matches!(next, ClaimNext::Fetch(_)) {
+                self.forget_attempt(&c.client_id);
+            }
+            let owner = match next {
                 ClaimNext::Fresh => return None,
                 ClaimNext::OwnOrSaved => {
                     if !own_saved_live(&saved, offline_ms, unix_ms()) {
@@ -695,7 +768,11 @@ impl Claims {
                 }
                 ClaimNext::Fetch(owner) => owner,
             };
-            return match self.fetch(&owner, c, epoch + 1).await {
+            let fetched = self.fetch(&owner, c, epoch + 1).await;
+            // Asked: what the owner does with the request is its answer's (a claim
+            // given up before this line leaves the attempt to the reconcile).
+            self.forget_attempt(&c.client_id);
+            return match fetched {
                 Fetched::Session(token, s) => Some(ClaimAnswer {
                     session: s,
                     from: Some(Handed { node: owner, token }),
@@ -879,6 +956,7 @@ impl Claims {
                     l.remove(&client_id);
                 }
             }
+            self.forget_attempt(&client_id);
             if let Some(r) = r {
                 self.status
                     .sessions_reconciled
@@ -907,17 +985,22 @@ impl Claims {
                 Ok(None) => (None, None),
                 Err(_) => return None,
             };
-            let (other, epoch, state) = match owner {
-                Some(o) if o.node != self.node && o.connect_ms > mine_ms => {
-                    // The other node's CONNECT is the later one: it keeps the id.
+            let attempt = self
+                .attempts
+                .lock()
+                .ok()
+                .and_then(|a| a.get(client_id).cloned());
+            let other = match reconcile_next(owner.as_ref(), &self.node, mine_ms, attempt.as_ref())
+            {
+                ReconcileNext::Lost(node) => {
                     return Some(Some(Reconciled::Lost {
                         client_id: client_id.clone(),
-                        node: o.node,
+                        node,
                     }));
                 }
-                Some(o) => ((o.node != self.node).then_some(o.node), o.epoch, o.state),
-                None => (None, 0, Bytes::new()),
+                ReconcileNext::Claim(other) => other,
             };
+            let (epoch, state) = owner.map_or((0, Bytes::new()), |o| (o.epoch, o.state));
             // Served here: connected, and its session is this node's.
             let value = encode_owner(&self.node, epoch + 1, mine_ms, 0, &state);
             let won = match revision {

@@ -1518,3 +1518,53 @@ fn the_leader_read_of_a_will_entry_tells_held_gone_and_unknown_apart() {
     let failed = LastRawMessageError::new(LastRawMessageErrorKind::Other);
     assert!(matches!(leader_read(Err(&failed)), LeaderRead::Unknown(_)));
 }
+
+/// Review10 M3, the late compare-and-set: a claim that timed out while JetStream had
+/// no quorum may still land once it has one. The entry then names this node at the
+/// claim's epoch, and the reconcile must ask the owner that claim read (which was
+/// never asked and still serves the client) instead of taking the entry for a claim
+/// of its own that finished (two owners, both connections open).
+#[cfg(not(loom))]
+#[test]
+fn a_claim_that_landed_after_it_was_given_up_asks_the_owner_it_read() {
+    use super::sessions::*;
+    let owner = |node: &str, epoch: u64, connect_ms: u64| Owner {
+        node: node.into(),
+        epoch,
+        connect_ms,
+        offline_ms: 0,
+        state: Bytes::new(),
+    };
+    let given_up = Attempt {
+        prev: "b".into(),
+        epoch: 2,
+    };
+    // Landed late: the entry is this node's at the given-up claim's epoch.
+    assert_eq!(
+        reconcile_next(Some(&owner("a", 2, 900)), "a", 1_000, Some(&given_up)),
+        ReconcileNext::Claim(Some("b".into()))
+    );
+    // A claim of this node's own that finished (another epoch): nobody to ask.
+    assert_eq!(
+        reconcile_next(Some(&owner("a", 3, 900)), "a", 1_000, Some(&given_up)),
+        ReconcileNext::Claim(None)
+    );
+    assert_eq!(
+        reconcile_next(Some(&owner("a", 2, 900)), "a", 1_000, None),
+        ReconcileNext::Claim(None)
+    );
+    // Not landed: the entry still names b, whose CONNECT was earlier.
+    assert_eq!(
+        reconcile_next(Some(&owner("b", 1, 900)), "a", 1_000, Some(&given_up)),
+        ReconcileNext::Claim(Some("b".into()))
+    );
+    // A later CONNECT elsewhere keeps the id, whatever this node attempted.
+    assert_eq!(
+        reconcile_next(Some(&owner("c", 3, 1_100)), "a", 1_000, Some(&given_up)),
+        ReconcileNext::Lost("c".into())
+    );
+    assert_eq!(
+        reconcile_next(None, "a", 1_000, Some(&given_up)),
+        ReconcileNext::Claim(None)
+    );
+}
