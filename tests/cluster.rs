@@ -952,6 +952,17 @@ fn a_cluster_of_three_nodes_on_nats() {
     drop(n1);
 }
 
+/// A QoS 1 PUBLISH from the MQTT 3.1.1 client `c`, its PUBACK awaited up to
+/// PATIENCE: a cluster node PUBACKs once JetStream stored the message, within its
+/// own 15 s bound, which a loaded machine can take past `RECV_TIMEOUT`.
+fn publish_qos1_acked(c: &mut RawClient, topic: &str, pid: u16, payload: &[u8]) {
+    c.publish(topic, 1, false, pid, payload);
+    match c.read_frame_within(PATIENCE) {
+        ReadOutcome::Frame(f) if f.raw == [0x40, 2, (pid >> 8) as u8, pid as u8] => {}
+        other => panic!("{}: no PUBACK for {pid} on {topic}: {other:?}", c.name()),
+    }
+}
+
 /// A raw MQTT 3.1.1 connection to `n` as clean-session client `id`, CONNACKed:
 /// the stream stays the caller's to split between a writer and a reader thread.
 fn connect_raw_311(n: &Broker, id: &[u8]) -> TcpStream {
@@ -1506,7 +1517,7 @@ fn simultaneous_claims(n1: &Broker, n2: &Broker, n3: &Broker) {
         // turns before the JetStream write the PUBACK waits for.
         for i in 1..=RACE_QUEUED {
             let payload = format!("q{i}");
-            pubc.publish_complete(&topic, 1, false, i as u16, payload.as_bytes());
+            publish_qos1_acked(&mut pubc, &topic, i as u16, payload.as_bytes());
         }
 
         // Both TCP connections first, then both CONNECTs at once.
