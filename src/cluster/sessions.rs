@@ -443,13 +443,27 @@ pub fn reconcile_next(
 ) -> ReconcileNext {
     match owner {
         Some(o) if o.node != me && o.connect_ms > mine_ms => ReconcileNext::Lost(o.node.clone()),
-        Some(o) if o.node != me => ReconcileNext::Claim(Some(o.node.clone())),
-        Some(o) => ReconcileNext::Claim(
-            attempt
-                .filter(|a| a.epoch == o.epoch && a.prev != me)
-                .map(|a| a.prev.clone()),
-        ),
+        Some(o) => ReconcileNext::Claim(owner_to_ask(Some(&o.node), o.epoch, me, attempt)),
         None => ReconcileNext::Claim(None),
+    }
+}
+
+/// The node a claim (or reconcile) that wins an entry naming `node` at `epoch` asks
+/// for the session: `node` if it is another; if it is this one, the owner read by
+/// this node's given-up claim whose compare-and-set wrote that entry (see
+/// `reconcile_next`), so a CONNECT on this node before the reconcile asks it too.
+pub fn owner_to_ask(
+    node: Option<&str>,
+    epoch: u64,
+    me: &str,
+    attempt: Option<&Attempt>,
+) -> Option<String> {
+    match node {
+        Some(n) if n != me => Some(n.to_string()),
+        Some(_) => attempt
+            .filter(|a| a.epoch == epoch && a.prev != me)
+            .map(|a| a.prev.clone()),
+        None => None,
     }
 }
 
@@ -680,6 +694,13 @@ impl Claims {
         }
     }
 
+    fn attempt_of(&self, client_id: &[u8]) -> Option<Attempt> {
+        self.attempts
+            .lock()
+            .ok()
+            .and_then(|a| a.get(client_id).cloned())
+    }
+
     fn forget_attempt(&self, client_id: &[u8]) {
         if let Ok(mut a) = self.attempts.lock() {
             a.remove(client_id);
@@ -719,6 +740,11 @@ impl Claims {
                     self.served_locally(&c.client_id);
                     return None;
                 }
+            };
+            let attempt = self.attempt_of(&c.client_id);
+            let prev = match owner_to_ask(prev.as_deref(), epoch, &self.node, attempt.as_ref()) {
+                Some(p) => Some(p),
+                None => prev,
             };
             let (kept_offline_ms, kept) = claimed_state(c.clean, offline_ms, &saved);
             let value = encode_owner(&self.node, epoch + 1, unix_ms(), kept_offline_ms, kept);
@@ -985,11 +1011,7 @@ impl Claims {
                 Ok(None) => (None, None),
                 Err(_) => return None,
             };
-            let attempt = self
-                .attempts
-                .lock()
-                .ok()
-                .and_then(|a| a.get(client_id).cloned());
+            let attempt = self.attempt_of(client_id);
             let other = match reconcile_next(owner.as_ref(), &self.node, mine_ms, attempt.as_ref())
             {
                 ReconcileNext::Lost(node) => {

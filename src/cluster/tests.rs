@@ -1567,4 +1567,15 @@ fn a_claim_that_landed_after_it_was_given_up_asks_the_owner_it_read() {
         reconcile_next(None, "a", 1_000, Some(&given_up)),
         ReconcileNext::Claim(None)
     );
+    // A CONNECT on this node before the reconcile asks that owner too.
+    assert_eq!(
+        owner_to_ask(Some("a"), 2, "a", Some(&given_up)),
+        Some("b".into())
+    );
+    assert_eq!(owner_to_ask(Some("a"), 3, "a", Some(&given_up)), None);
+    assert_eq!(
+        owner_to_ask(Some("c"), 3, "a", Some(&given_up)),
+        Some("c".into())
+    );
+    assert_eq!(owner_to_ask(None, 0, "a", Some(&given_up)), None);
 }
