@@ -425,6 +425,7 @@ async fn run(
         store: Arc::new(OnceLock::new()),
         local: Default::default(),
         epochs: Default::default(),
+        attempts: Default::default(),
         confirmed: Default::default(),
     };
     let (claimed_tx, mut claimed_rx) = mpsc::channel::<(usize, ClusterIn)>(SESSIONS_MAX);

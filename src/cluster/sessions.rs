@@ -454,6 +454,33 @@ pub fn claim_next(prev: Option<&str>, me: &str, clean: bool, saved: &[u8]) -> Cl
     }
 }
 
+/// A claim's compare-and-set over `prev`'s entry, writing `epoch` (see
+/// `Claims::attempts`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub prev: String,
+    pub epoch: u64,
+}
+
+/// The node a claim (or reconcile) that wins an entry naming `node` at `epoch` asks
+/// for the session: `node` if it is another; if it is this one, the owner read by
+/// this node's given-up claim whose compare-and-set wrote that entry (see
+/// `reconcile_step`), so a CONNECT on this node before the reconcile asks it too.
+pub fn owner_to_ask(
+    node: Option<&str>,
+    epoch: u64,
+    me: &str,
+    attempt: Option<&Attempt>,
+) -> Option<String> {
+    match node {
+        Some(n) if n != me => Some(n.to_string()),
+        Some(_) => attempt
+            .filter(|a| a.epoch == epoch && a.prev != me)
+            .map(|a| a.prev.clone()),
+        None => None,
+    }
+}
+
 /// The (offline time, state) a claim writes into the entry it wins: the saved
 /// state as it was, so a node that dies between its claim and its first save of
 /// the session (or restarts without a data directory) leaves it to the next claim
@@ -662,18 +689,29 @@ pub enum ReconcileStep {
 /// See `ReconcileStep`. `found`: the entry (`None`: none, or unreadable);
 /// `mine_ms`: this node's CONNECT; `kept`: the latest change of the session here
 /// that found no entry to write (`LocalIds::keep`), written into the entry, else
-/// the entry's saved state is kept as found.
+/// the entry's saved state is kept as found; `attempt`: a claim of the id that did
+/// not come back won, if any (review10 M3). An entry naming this node was written
+/// by that claim if it carries the claim's epoch: its compare-and-set landed after
+/// the claim was given up (JetStream committed it once it had a quorum again), so
+/// the owner it read was never asked and still holds the session, and its client;
+/// it is asked now (`other`). Any other entry naming this node is a claim of its
+/// own that finished.
 pub fn reconcile_step(
     me: &str,
     found: Option<Owner>,
     mine_ms: u64,
     kept: Option<&Option<Bytes>>,
+    attempt: Option<&Attempt>,
 ) -> ReconcileStep {
     let (other, epoch, found_state) = match found {
         Some(o) if o.node != me && o.connect_ms > mine_ms => {
             return ReconcileStep::Lost(o.node);
         }
-        Some(o) => ((o.node != me).then_some(o.node), o.epoch, o.state),
+        Some(o) => (
+            owner_to_ask(Some(&o.node), o.epoch, me, attempt),
+            o.epoch,
+            o.state,
+        ),
         None => (None, 0, Bytes::new()),
     };
     // Served here: connected when the CONNECT came, and its session is this node's.
@@ -719,6 +757,11 @@ pub struct Claims {
     /// The epoch of each id this node last claimed: a takeover request with an epoch
     /// not above it is stale and refused (`is_stale`). Bounded by `EPOCHS_MAX`.
     pub epochs: Arc<Mutex<HashMap<Bytes, u64>>>,
+    /// Claims whose compare-and-set went out over another node's entry and did not
+    /// come back won (timed out, refused or abandoned): the owner read and the epoch
+    /// written (`Attempt`), for the reconcile (`reconcile_step`). Bounded by
+    /// `LOCAL_MAX`.
+    pub attempts: Arc<Mutex<HashMap<Bytes, Attempt>>>,
     /// Hand-overs of this node (their tokens) whose confirmation arrived: their
     /// watch (`watch_handover`) ends. Bounded: starts over past `CONFIRMED_SEEN_MAX`
     /// (a watch then runs to its own bound).
@@ -832,6 +875,28 @@ impl Claims {
             .is_some_and(|mine| mine >= epoch)
     }
 
+    fn attempted(&self, client_id: &Bytes, prev: &str, epoch: u64) {
+        if let Ok(mut a) = self.attempts.lock() {
+            if a.len() < LOCAL_MAX || a.contains_key(client_id) {
+                let prev = prev.to_string();
+                a.insert(client_id.clone(), Attempt { prev, epoch });
+            }
+        }
+    }
+
+    fn attempt_of(&self, client_id: &[u8]) -> Option<Attempt> {
+        self.attempts
+            .lock()
+            .ok()
+            .and_then(|a| a.get(client_id).cloned())
+    }
+
+    fn forget_attempt(&self, client_id: &[u8]) {
+        if let Ok(mut a) = self.attempts.lock() {
+            a.remove(client_id);
+        }
+    }
+
     fn claimed_epoch(&self, client_id: &Bytes, epoch: u64) {
         if let Ok(mut e) = self.epochs.lock() {
             if e.len() >= EPOCHS_MAX {
@@ -866,8 +931,18 @@ impl Claims {
                     return None;
                 }
             };
+            let attempt = self.attempt_of(&c.client_id);
+            let prev = match owner_to_ask(prev.as_deref(), epoch, &self.node, attempt.as_ref()) {
+                Some(p) => Some(p),
+                None => prev,
+            };
             let (kept_offline_ms, kept) = claimed_state(c.clean, offline_ms, &saved);
             let value = encode_owner(&self.node, epoch + 1, unix_ms(), kept_offline_ms, kept);
+            if let Some(p) = prev.as_deref().filter(|p| *p != self.node) {
+                // Kept unless the claim comes back won: a CAS that times out (or whose
+                // claim is given up) may still land (`reconcile_step`).
+                self.attempted(&c.client_id, p, epoch + 1);
+            }
             let won = match revision {
                 Some(r) => kv.update(&key, value, r).await.is_ok(),
                 None => kv.create(&key, value).await.is_ok(),
@@ -887,7 +962,11 @@ impl Claims {
                 // Claimed through the cluster now: nothing left to reconcile.
                 l.claimed(&c.client_id);
             }
-            let owner = match claim_next(prev.as_deref(), &self.node, c.clean, &saved) {
+            let next = claim_next(prev.as_deref(), &self.node, c.clean, &saved);
+            if !matches!(next, ClaimNext::Fetch(_)) {
+                self.forget_attempt(&c.client_id);
+            }
+            let owner = match next {
                 ClaimNext::Fresh => return None,
                 ClaimNext::OwnOrSaved => {
                     if !own_saved_live(&saved, offline_ms, unix_ms()) {
@@ -905,7 +984,11 @@ impl Claims {
                 }
                 ClaimNext::Fetch(owner) => owner,
             };
-            return match self.fetch(&owner, c, epoch + 1).await {
+            let fetched = self.fetch(&owner, c, epoch + 1).await;
+            // Asked: what the owner does with the request is its answer's (a claim
+            // given up before this line leaves the attempt to the reconcile).
+            self.forget_attempt(&c.client_id);
+            return match fetched {
                 Fetched::Session(token, s) => Some(ClaimAnswer {
                     session: s,
                     from: Some(Handed { node: owner, token }),
@@ -1087,6 +1170,7 @@ impl Claims {
                 break;
             };
             let newer = self.local.lock().is_ok_and(|mut l| l.settled(&p));
+            self.forget_attempt(&p.client_id);
             let r = match r {
                 Some(r) => {
                     self.status
@@ -1123,21 +1207,27 @@ impl Claims {
                 Ok(None) => (None, None),
                 Err(_) => return None,
             };
-            let (value, epoch, other) =
-                match reconcile_step(&self.node, owner, p.connect_ms, p.kept.as_ref()) {
-                    ReconcileStep::Lost(node) => {
-                        // The other node's CONNECT is the later one: it keeps the id.
-                        return Some(Some(Reconciled::Lost {
-                            client_id: client_id.clone(),
-                            node,
-                        }));
-                    }
-                    ReconcileStep::Write {
-                        value,
-                        epoch,
-                        other,
-                    } => (value, epoch, other),
-                };
+            let attempt = self.attempt_of(client_id);
+            let (value, epoch, other) = match reconcile_step(
+                &self.node,
+                owner,
+                p.connect_ms,
+                p.kept.as_ref(),
+                attempt.as_ref(),
+            ) {
+                ReconcileStep::Lost(node) => {
+                    // The other node's CONNECT is the later one: it keeps the id.
+                    return Some(Some(Reconciled::Lost {
+                        client_id: client_id.clone(),
+                        node,
+                    }));
+                }
+                ReconcileStep::Write {
+                    value,
+                    epoch,
+                    other,
+                } => (value, epoch, other),
+            };
             let won = match revision {
                 Some(r) => kv.update(&key, value, r).await.is_ok(),
                 None => kv.create(&key, value).await.is_ok(),

@@ -1584,7 +1584,7 @@ fn a_save_of_an_id_served_locally_lands_with_its_reconcile() {
     };
 
     // No entry (the claim never landed): this node's, with the latest change.
-    let (state, offline, epoch, other) = state_of(reconcile_step("n2", None, 1_000, kept));
+    let (state, offline, epoch, other) = state_of(reconcile_step("n2", None, 1_000, kept, None));
     assert_eq!(&state[..], b"subs-2", "the kept change is written");
     assert_eq!((offline, epoch, other), (0, 1, None));
 
@@ -1597,12 +1597,23 @@ fn a_save_of_an_id_served_locally_lands_with_its_reconcile() {
         offline_ms: 0,
         state: Bytes::from_static(b"theirs"),
     };
-    let (state, _, epoch, other) =
-        state_of(reconcile_step("n2", Some(theirs.clone()), 1_000, kept));
+    let (state, _, epoch, other) = state_of(reconcile_step(
+        "n2",
+        Some(theirs.clone()),
+        1_000,
+        kept,
+        None,
+    ));
     assert_eq!(&state[..], b"subs-2");
     assert_eq!((epoch, other.as_deref()), (5, Some("n1")));
     // Nothing kept (no change came): the found state stays, as before.
-    let (state, _, _, _) = state_of(reconcile_step("n2", Some(theirs.clone()), 1_000, None));
+    let (state, _, _, _) = state_of(reconcile_step(
+        "n2",
+        Some(theirs.clone()),
+        1_000,
+        None,
+        None,
+    ));
     assert_eq!(&state[..], b"theirs");
     // A later CONNECT there: it keeps the id and its entry.
     let later = Owner {
@@ -1610,14 +1621,14 @@ fn a_save_of_an_id_served_locally_lands_with_its_reconcile() {
         ..theirs
     };
     assert_eq!(
-        reconcile_step("n2", Some(later), 1_000, kept),
+        reconcile_step("n2", Some(later), 1_000, kept, None),
         ReconcileStep::Lost("n1".into())
     );
     // The client went (offline, with its time) or the session ended (blanked).
     let off = stamp_save(SessionSave::Offline(Bytes::from_static(b"subs-3")), 7_000);
-    let (state, offline, _, _) = state_of(reconcile_step("n2", None, 1_000, Some(&off)));
+    let (state, offline, _, _) = state_of(reconcile_step("n2", None, 1_000, Some(&off), None));
     assert_eq!((&state[..], offline), (&b"subs-3"[..], 7_000));
-    let (state, offline, _, _) = state_of(reconcile_step("n2", None, 1_000, Some(&None)));
+    let (state, offline, _, _) = state_of(reconcile_step("n2", None, 1_000, Some(&None), None));
     assert_eq!((state.len(), offline), (0, 0));
 
     // Settled with what it wrote: forgotten, nothing to save again.
@@ -1662,4 +1673,63 @@ fn a_save_of_an_id_served_locally_lands_with_its_reconcile() {
         full.served(&Bytes::from(0u32.to_le_bytes().to_vec()), 2),
         "a known id still is"
     );
+}
+
+/// Review10 M3, the late compare-and-set: a claim that timed out while JetStream had
+/// no quorum may still land once it has one. The entry then names this node at the
+/// claim's epoch, and the reconcile must ask the owner that claim read (which was
+/// never asked and still serves the client) instead of taking the entry for a claim
+/// of its own that finished (two owners, both connections open).
+#[cfg(not(loom))]
+#[test]
+fn a_claim_that_landed_after_it_was_given_up_asks_the_owner_it_read() {
+    use super::sessions::*;
+    let owner = |node: &str, epoch: u64, connect_ms: u64| Owner {
+        node: node.into(),
+        epoch,
+        connect_ms,
+        offline_ms: 0,
+        state: Bytes::new(),
+    };
+    let given_up = Attempt {
+        prev: "b".into(),
+        epoch: 2,
+    };
+    // `Ok(node to ask)` for a win, `Err(node)` when the other CONNECT is later.
+    let next = |found: Option<Owner>, attempt: Option<&Attempt>| match reconcile_step(
+        "a", found, 1_000, None, attempt,
+    ) {
+        ReconcileStep::Write { other, .. } => Ok(other),
+        ReconcileStep::Lost(node) => Err(node),
+    };
+    // Landed late: the entry is this node's at the given-up claim's epoch.
+    assert_eq!(
+        next(Some(owner("a", 2, 900)), Some(&given_up)),
+        Ok(Some("b".into()))
+    );
+    // A claim of this node's own that finished (another epoch): nobody to ask.
+    assert_eq!(next(Some(owner("a", 3, 900)), Some(&given_up)), Ok(None));
+    assert_eq!(next(Some(owner("a", 2, 900)), None), Ok(None));
+    // Not landed: the entry still names b, whose CONNECT was earlier.
+    assert_eq!(
+        next(Some(owner("b", 1, 900)), Some(&given_up)),
+        Ok(Some("b".into()))
+    );
+    // A later CONNECT elsewhere keeps the id, whatever this node attempted.
+    assert_eq!(
+        next(Some(owner("c", 3, 1_100)), Some(&given_up)),
+        Err("c".into())
+    );
+    assert_eq!(next(None, Some(&given_up)), Ok(None));
+    // A CONNECT on this node before the reconcile asks that owner too.
+    assert_eq!(
+        owner_to_ask(Some("a"), 2, "a", Some(&given_up)),
+        Some("b".into())
+    );
+    assert_eq!(owner_to_ask(Some("a"), 3, "a", Some(&given_up)), None);
+    assert_eq!(
+        owner_to_ask(Some("c"), 3, "a", Some(&given_up)),
+        Some("c".into())
+    );
+    assert_eq!(owner_to_ask(None, 0, "a", Some(&given_up)), None);
 }

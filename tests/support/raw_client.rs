@@ -93,11 +93,26 @@ impl RawClient {
 
     /// Connects with a 3.1.1 CONNECT of the caller's making and returns (client, CONNACK frame).
     pub fn connect_with(addr: &str, connect: &pkt::Connect) -> (RawClient, Frame) {
+        RawClient::connect_with_within(addr, connect, RECV_TIMEOUT)
+    }
+
+    /// As `connect_with`, the CONNACK awaited up to `bound`: a cluster node answers a
+    /// CONNECT once its claim is settled, which may take the claim's own bound (4 s)
+    /// and the loops' turns around it, more than `RECV_TIMEOUT` on a loaded machine.
+    pub fn connect_with_within(
+        addr: &str,
+        connect: &pkt::Connect,
+        bound: Duration,
+    ) -> (RawClient, Frame) {
         let mut c = RawClient::connect(addr);
         c.version = connect.version;
         c.name = String::from_utf8_lossy(&connect.client_id).into_owned();
         c.send(&connect.bytes());
-        let f = c.recv_frame();
+        let f = match c.read_frame_within(bound) {
+            ReadOutcome::Frame(f) => f,
+            ReadOutcome::Closed => panic!("{}: connection closed before the CONNACK", c.name),
+            ReadOutcome::Timeout => panic!("{}: no CONNACK within {bound:?}", c.name),
+        };
         assert_eq!(f.ptype(), 2, "{}: expected CONNACK, got {f:?}", c.name);
         (c, f)
     }
