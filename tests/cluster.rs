@@ -1701,6 +1701,121 @@ fn wills_across_a_cut_and_a_graceful_stop() {
     );
 }
 
+/// Review10 L5: a survivor marks a dead node's will taken, publishes it and only then
+/// deletes the mark, so a taker that dies in between leaves the will to another
+/// survivor, which publishes it under the same identity. Here the dead owner
+/// ("ghost") and the dead taker ("taker") are written into the buckets by the test,
+/// as their processes would have, and the taker's publish reached the nodes before
+/// it died (the case that would duplicate): "steady" finishes the mark once both
+/// heartbeats are stale, and its subscriber gets the will once, the second copy
+/// dropped (`ringmq_cluster_duplicates_total`). Before, the mark was a malformed
+/// entry to every sweep and the will was never finished.
+#[test]
+fn a_will_whose_taker_died_is_published_once_by_another_survivor() {
+    use ringmq::cluster::subject::{topic_subject, QosClass};
+    use ringmq::cluster::wills::{self, incarnation_of, node_key, will_key};
+    let nats = one_nats();
+    let url = format!("nats://127.0.0.1:{}", nats.port);
+    let steady = node_with("steady", &url, "1");
+    wait_health(&steady, 200);
+    let mut w = Sub::start(&steady, 1, &["tw/#"]);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    // async-nats spawns its tasks on the runtime it is called from.
+    let _in_rt = rt.enter();
+    let client = rt
+        .block_on(async_nats::connect(url.as_str()))
+        .expect("the test's NATS connection");
+    let js = async_nats::jetstream::new(client.clone());
+    let (nodes, bucket) = rt.block_on(async {
+        (
+            js.get_key_value(wills::NODES_BUCKET)
+                .await
+                .expect("nodes bucket"),
+            js.get_key_value(wills::WILLS_BUCKET)
+                .await
+                .expect("wills bucket"),
+        )
+    });
+    // As a node forwards a QoS 1 message (`Mqtt-*` headers, core NATS).
+    let send = |topic: &str, payload: &str, origin: &str, id: u64| {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Mqtt-Qos", "1");
+        h.insert("Mqtt-Origin", origin);
+        h.insert("Mqtt-Id", id.to_string().as_str());
+        let subject = topic_subject(topic.as_bytes(), QosClass::AtLeastOnce).expect("a subject");
+        rt.block_on(async {
+            client
+                .publish_with_headers(subject, h, payload.to_string().into())
+                .await
+                .expect("publish");
+            client.flush().await.expect("flush");
+        });
+    };
+    // Steady's NATS interest in tw/#.
+    let deadline = Instant::now() + PATIENCE;
+    let mut probes = 0;
+    while !w.seen.iter().any(|l| l.starts_with("tw/probe")) {
+        assert!(
+            Instant::now() < deadline,
+            "steady never subscribed tw/# on NATS"
+        );
+        probes += 1;
+        send("tw/probe", "p", "test-probe", probes);
+        if let Ok(l) = w.lines.recv_timeout(Duration::from_millis(200)) {
+            w.seen.push(l);
+        }
+    }
+    let (owner, taker) = (incarnation_of("ghost", 1), incarnation_of("taker", 2));
+    let will = ringmq::session::Will {
+        topic: "tw/x".into(),
+        payload: "ghost-gone".into(),
+        qos: ringmq::protocol::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        delay_s: 0,
+        at: None,
+    };
+    let client_id = uniq("ghostc");
+    let entry = wills::will_entry(&ringmq::shard::will_record(client_id.as_bytes(), &will), 0);
+    let key = will_key(client_id.as_bytes(), &owner);
+    let revision = rt.block_on(async {
+        for (node, inc) in [("ghost", 1u64), ("taker", 2)] {
+            nodes
+                .put(node_key(node), format!("{inc:016x}").into())
+                .await
+                .expect("heartbeat");
+        }
+        let revision = bucket.put(&key, entry.clone()).await.expect("will entry");
+        bucket
+            .update(&key, wills::taken_entry(&taker, revision, &entry), revision)
+            .await
+            .expect("the taker's mark");
+        revision
+    });
+    // The taker's publish, before it died.
+    send("tw/x", "ghost-gone", &wills::will_origin(&key), revision);
+    w.wait_for("the taker's copy", |l| l == "tw/x ghost-gone");
+    // Steady finishes the mark: publishes, drops its own second copy, deletes it.
+    wait_metric_within(&steady, "ringmq_cluster_wills_published_total", 1, RECOVERY);
+    wait_metric_within(&steady, "ringmq_cluster_duplicates_total", 1, PATIENCE);
+    let deadline = Instant::now() + PATIENCE;
+    while rt
+        .block_on(bucket.entry(&key))
+        .expect("read the will entry")
+        .is_some_and(|e| e.operation == async_nats::jetstream::kv::Operation::Put)
+    {
+        assert!(Instant::now() < deadline, "the mark was never deleted");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    send("tw/marker", "m", "test-probe", probes + 1);
+    w.wait_for("the marker", |l| l == "tw/marker m");
+    assert_eq!(w.count("tw/x ghost-gone"), 1, "{:?}", w.seen);
+    assert_eq!(metric(&steady, "ringmq_cluster_wills_published_total"), 1);
+}
+
 /// The time (RFC 3339 UTC, which orders as text) of `node`'s first stderr line
 /// holding every one of `needles`, waiting (bounded) for the stderr reader.
 fn log_time(node: &Broker, needles: &[&str]) -> String {
