@@ -331,7 +331,7 @@ impl ClusterStatus {
         line(
             "duplicates_total",
             "counter",
-            "Second copies from NATS (one per extra matching filter) dropped",
+            "Second copies dropped: from NATS (one per extra matching filter), and taken wills another survivor published already",
             g(&self.duplicates),
         );
         line(

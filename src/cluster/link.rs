@@ -49,6 +49,10 @@ use crate::shard::{AckToken, ClusterIn, ClusterOut, SessionClaim, ShardMsg, Shar
 const INBOUND_MAX: usize = 8192;
 /// (origin, id) pairs remembered to drop a second copy of one message (`SeenWindow`).
 const DEDUP_WINDOW: usize = 65_536;
+/// Taken wills remembered (`State::will_seen`): a dead taker's successor publishes
+/// one again `dead_after` or more later, past what `DEDUP_WINDOW` holds under load,
+/// so wills have a window of their own, which only wills fill.
+const WILL_DEDUP_WINDOW: usize = 4096;
 /// Messages handed to loops before they are woken (one wake per burst, not per message).
 const WAKE_BURST: usize = 256;
 /// The stream that stores QoS 1/2 messages (subjects `mq.1.>`) before their PUBACK.
@@ -211,6 +215,7 @@ pub fn start(cfg: &Config, loops: usize) -> io::Result<(ClusterThread, Vec<LoopL
                 interest: InterestTable::new(),
                 subs: HashMap::new(),
                 seen: headers::SeenWindow::new(DEDUP_WINDOW),
+                will_seen: headers::SeenWindow::new(WILL_DEDUP_WINDOW),
                 outgoing: Outgoing::default(),
                 shared_rr: 0,
                 to_wake: vec![false; loops],
@@ -314,6 +319,9 @@ struct State {
     /// `Subscriber`, which unsubscribes).
     subs: HashMap<InterestKey, Vec<tokio::task::JoinHandle<()>>>,
     seen: headers::SeenWindow,
+    /// Taken wills seen here, from NATS or from this node's sweeper
+    /// (`WILL_DEDUP_WINDOW`, `on_taken_will`).
+    will_seen: headers::SeenWindow,
     /// Publishes on their way to the writer task.
     outgoing: Outgoing,
     shared_rr: usize,
@@ -444,6 +452,7 @@ async fn run(
     };
     let will_feed = wills::WillFeed::default();
     let (orphan_tx, mut orphan_rx) = mpsc::channel::<Message>(SESSIONS_MAX);
+    let (taken_will_tx, mut taken_will_rx) = mpsc::channel::<wills::TakenWill>(SESSIONS_MAX);
     let (taken_tx, mut taken_rx) = mpsc::channel::<Bytes>(SESSIONS_MAX);
     let reconcile = Arc::new(Notify::new());
     let (lease_tx, lease_rx) =
@@ -478,7 +487,7 @@ async fn run(
         orphan_tx.clone(),
         lease_rx,
     ));
-    tokio::spawn(w.clone().liveness(orphan_tx, reconcile, lease_tx));
+    tokio::spawn(w.clone().liveness(taken_will_tx, reconcile, lease_tx));
     let state_feed = wills::WillFeed::default();
     tokio::spawn(claims.clone().state_writer(state_feed.clone()));
     tokio::spawn(takeover_requests(
@@ -605,6 +614,12 @@ async fn run(
                 st.pending_in.push(l, ClusterIn::Will(Arc::new(m)));
                 st.wake();
             }
+            // Published to NATS by this node's sweeper; here to its own subscribers.
+            w = taken_will_rx.recv(), if st.pending_in.has_room() => {
+                let Some(w) = w else { continue };
+                st.on_taken_will(w, &retained_feed);
+                st.wake();
+            }
             c = taken_rx.recv(), if st.pending_in.has_room() => {
                 let Some(client_id) = c else { continue };
                 let l = crate::shard::owner_shard(
@@ -716,6 +731,23 @@ struct Wire {
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
+}
+
+/// A taken will as NATS takes it (`Wills::publish_taken`), under its own identity
+/// (`wills::will_origin`, its revision) rather than this node's; `None`: its topic has
+/// no NATS subject.
+pub(super) fn will_wire(
+    origin: &str,
+    id: u64,
+    msg: &Message,
+) -> Option<(String, HeaderMap, Bytes)> {
+    let p = Publish {
+        msg: Arc::new(msg.clone()),
+        id,
+        publisher: None,
+        ack: None,
+    };
+    wire(origin, &p).map(|w| (w.subject, w.headers, w.payload))
 }
 
 /// `None`: the topic has no NATS subject (the loops refuse such topics first).
@@ -1392,6 +1424,18 @@ impl State {
             self.status.duplicates.fetch_add(1, Ordering::Relaxed);
             return;
         }
+        // A taken will another survivor published already (its taker died before
+        // deleting its mark): per group too, a group's copy is not a plain one's.
+        if meta.origin.starts_with(wills::WILL_ORIGIN_PREFIX) {
+            let scope = match &key.group {
+                None => meta.origin.to_string(),
+                Some(g) => format!("{} {}", meta.origin, String::from_utf8_lossy(g)),
+            };
+            if self.will_seen.seen_before(&scope, meta.id) {
+                self.status.duplicates.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
         // A QoS 2 re-send (DUP = 1) on another node after its publisher's node died
         // before the PUBREC: this node delivered the first copy (review10 H5).
         if meta.qos == crate::protocol::QoS::ExactlyOnce {
@@ -1467,6 +1511,48 @@ impl State {
                     must_arrive,
                 );
             }
+        }
+    }
+
+    /// A will this node's sweeper took and published to NATS, which does not echo it
+    /// here: to this node's own plain subscribers, as a message from another node
+    /// (NATS already served the `$share` groups, this node's queue subscriptions
+    /// included), unless the same will came from an earlier taker (`will_seen`); and
+    /// to the retained bucket if it is retained, as a local retained publish is.
+    fn on_taken_will(&mut self, w: wills::TakenWill, retained: &RetainedFeed) {
+        if self.will_seen.seen_before(&w.origin, w.id) {
+            self.status.duplicates.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let m = w.msg;
+        if m.retain {
+            let key = headers::retained_key(&m.topic);
+            let value = (!m.payload.is_empty())
+                .then(|| Bytes::from(headers::encode_retained(m.qos, &m.properties, &m.payload)));
+            if !retained.put(key, value) {
+                self.status.retained_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let must_arrive = m.qos != crate::protocol::QoS::AtMostOnce;
+        let msg = Arc::new(Message {
+            origin_shard: CLUSTER_ORIGIN,
+            origin_session: NONE,
+            owned: true,
+            cluster_key: headers::message_key(&w.origin, w.id),
+            ..m
+        });
+        let loops = self.interest.any_loops();
+        for l in loops.iter() {
+            self.push(
+                l,
+                ShardMsg::Publish {
+                    msg: msg.clone(),
+                    plain: true,
+                    shared: Vec::new(),
+                    hold: 0,
+                },
+                must_arrive,
+            );
         }
     }
 

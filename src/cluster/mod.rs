@@ -8,7 +8,8 @@
 //! to and from the cluster thread; `link` is the cluster thread: the async-nats
 //! client on a current-thread tokio runtime; `sessions` its session ownership (KV
 //! compare-and-set) and takeover requests between nodes; `wills` the heartbeats and
-//! the wills bucket that let a survivor publish a dead node's wills once; `health`
+//! the wills bucket that let a survivor publish a dead node's wills once, and
+//! `sweep` the survivors' taking of them; `health`
 //! what besides the connection makes the node unhealthy (JetStream parts missing, a
 //! duplicate node name) and when ids served locally are settled again; `retained`
 //! the retained bucket's writer (latest value per topic) and watch.
@@ -25,6 +26,8 @@ pub mod retained;
 #[cfg(not(loom))]
 pub mod sessions;
 pub mod subject;
+#[cfg(not(loom))]
+pub mod sweep;
 #[cfg(test)]
 mod tests;
 #[cfg(not(loom))]

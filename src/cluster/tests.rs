@@ -1530,10 +1530,19 @@ fn a_claim_of_an_entry_naming_this_node_recovers_the_saved_state() {
 fn the_leader_read_of_a_will_entry_tells_held_gone_and_unknown_apart() {
     use super::wills::*;
     use async_nats::jetstream::stream::{LastRawMessageError, LastRawMessageErrorKind};
-    assert_eq!(leader_read(Ok((42, None))), LeaderRead::Held(42));
-    assert_eq!(leader_read(Ok((42, Some("PUT")))), LeaderRead::Held(42));
-    assert_eq!(leader_read(Ok((42, Some("DEL")))), LeaderRead::Gone);
-    assert_eq!(leader_read(Ok((42, Some("PURGE")))), LeaderRead::Gone);
+    assert_eq!(leader_read(Ok((42, None, false))), LeaderRead::Held(42));
+    assert_eq!(
+        leader_read(Ok((42, Some("PUT"), false))),
+        LeaderRead::Held(42)
+    );
+    assert_eq!(leader_read(Ok((42, Some("DEL"), false))), LeaderRead::Gone);
+    assert_eq!(
+        leader_read(Ok((42, Some("PURGE"), false))),
+        LeaderRead::Gone
+    );
+    // A survivor's mark keeps the entry but the will is no longer this node's.
+    assert_eq!(leader_read(Ok((42, Some("PUT"), true))), LeaderRead::Taken);
+    assert_eq!(leader_read(Ok((42, None, true))), LeaderRead::Taken);
     let gone = LastRawMessageError::new(LastRawMessageErrorKind::NoMessageFound);
     assert_eq!(leader_read(Err(&gone)), LeaderRead::Gone);
     let failed = LastRawMessageError::new(LastRawMessageErrorKind::Other);
@@ -1732,4 +1741,145 @@ fn a_claim_that_landed_after_it_was_given_up_asks_the_owner_it_read() {
         Some("c".into())
     );
     assert_eq!(owner_to_ask(None, 0, "a", Some(&given_up)), None);
+}
+
+/// The heartbeat watch used to be made inline in the beat loop with no bound: a
+/// request JetStream left unanswered held the beats (the node then fenced itself and
+/// looked dead). `keep_watching` bounds each attempt (`AttemptWait`), asks again after
+/// a refusal, makes the watch again when it ends, and feeds every entry in order.
+#[cfg(not(loom))]
+#[test]
+fn a_watch_that_goes_unanswered_is_asked_for_again_and_its_entries_arrive() {
+    use futures_util::stream::{self, StreamExt};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+    type Watch = stream::BoxStream<'static, Result<u32, String>>;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a current-thread runtime");
+    let calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let made = calls.clone();
+    let make = move || {
+        let n = made.fetch_add(1, Ordering::Relaxed);
+        async move {
+            match n {
+                // Never answered (a forming cluster drops the request).
+                0 => std::future::pending::<Result<Watch, String>>().await,
+                1 => Err("no responders".to_string()),
+                // A watch that ends after two entries (NATS lost).
+                2 => Ok(stream::iter([Ok(1), Ok(2)]).boxed()),
+                _ => Ok(stream::iter([Ok(3)]).chain(stream::pending()).boxed()),
+            }
+        }
+    };
+    let got = rt.block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let task = tokio::spawn(super::wills::keep_watching(make, tx, "a test watch"));
+        let mut got = Vec::new();
+        // A guard against a hang (the unbounded wait never returns), not a timing.
+        let all = tokio::time::timeout(Duration::from_secs(60), async {
+            while got.len() < 3 {
+                match rx.recv().await {
+                    Some(v) => got.push(v),
+                    None => break,
+                }
+            }
+        })
+        .await;
+        drop(rx);
+        task.abort();
+        assert!(all.is_ok(), "the entries never came: {got:?}");
+        got
+    });
+    assert_eq!(got, [1, 2, 3]);
+    assert_eq!(calls.load(Ordering::Relaxed), 4);
+}
+
+/// Review10 L5: a survivor deleted a dead node's will entry and then handed the will
+/// on; if it died in between, the will never fired. Now it marks the entry taken
+/// (keeping the will), publishes, and only then deletes: a mark whose taker died is
+/// another survivor's to finish, under the same identity (origin from the key, id
+/// the will's own revision), which the nodes that got the first copy drop.
+#[cfg(not(loom))]
+#[test]
+fn a_will_marked_by_a_taker_that_died_is_finished_by_another_survivor() {
+    use super::wills::*;
+    let s = 1_000_000_000i128;
+    let dead_after = 5 * s;
+    let w = crate::session::Will {
+        topic: Bytes::from_static(b"dev/state"),
+        payload: Bytes::from_static(b"offline"),
+        qos: crate::protocol::QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+        delay_s: 0,
+        at: None,
+    };
+    let entry = will_entry(&crate::shard::will_record(b"dev", &w), 7);
+    let (owner, taker, me) = (
+        incarnation_of("n1", 1),
+        incarnation_of("n2", 2),
+        incarnation_of("n3", 3),
+    );
+    let beat = |node: &str, inc: u64, at: i128| (node_key(node), (format!("{inc:016x}"), at));
+    // n1 (the will's owner) last beat at 90 s; n2 and n3 at 100 s; now is 100 s.
+    let mut beats: std::collections::HashMap<_, _> = [
+        beat("n1", 1, 90 * s),
+        beat("n2", 2, 100 * s),
+        beat("n3", 3, 100 * s),
+    ]
+    .into();
+    let step = |value: &Bytes, at: i128, beats: &std::collections::HashMap<_, _>, now: i128| {
+        orphan_step(value, at, &owner, &me, beats, now, dead_after)
+    };
+    assert_eq!(
+        step(&entry, 80 * s, &beats, 100 * s),
+        Some(OrphanStep::Take)
+    );
+    assert_eq!(
+        step(&entry, 80 * s, &beats, 94 * s),
+        Some(OrphanStep::Wait),
+        "n1 not dead yet"
+    );
+
+    // n2 took it (the will's put was revision 41) at 99 s.
+    let mark = taken_entry(&taker, 41, &entry);
+    let taken = Taken {
+        taker: taker.clone(),
+        will_revision: 41,
+        entry: entry.clone(),
+    };
+    assert_eq!(decode_taken(&mark), Some(taken.clone()));
+    assert_eq!(decode_taken(&entry), None, "a will entry is not a mark");
+    assert_eq!(decode_will_entry(&mark), None, "an older node skips a mark");
+    // Its taker is alive: it is on it.
+    assert_eq!(step(&mark, 99 * s, &beats, 100 * s), Some(OrphanStep::Wait));
+    // Its taker died (no beat for `dead_after`): another survivor finishes it, with
+    // the will and the revision the taker published it under.
+    assert_eq!(
+        step(&mark, 99 * s, &beats, 105 * s),
+        Some(OrphanStep::Finish(taken.clone()))
+    );
+    // Its taker's node restarted (a newer incarnation beat after the mark): the
+    // process that marked it is gone.
+    beats.insert(node_key("n2"), (format!("{:016x}", 22u64), 101 * s));
+    assert_eq!(
+        step(&mark, 99 * s, &beats, 102 * s),
+        Some(OrphanStep::Finish(taken.clone()))
+    );
+    // A taker whose node's heartbeat is not known here yet is not taken for dead.
+    beats.remove(&node_key("n2"));
+    assert_eq!(step(&mark, 99 * s, &beats, 200 * s), Some(OrphanStep::Wait));
+    // This node's own mark (its publish or delete failed): finished at its next sweep.
+    let mine = taken_entry(&me, 41, &entry);
+    assert!(matches!(
+        step(&mine, 99 * s, &beats, 100 * s),
+        Some(OrphanStep::Finish(t)) if t.taker == me && t.will_revision == 41
+    ));
+    assert_eq!(step(&Bytes::from_static(b"junk"), 0, &beats, 100 * s), None);
+    // One identity whoever publishes it.
+    let key = will_key(b"dev", &owner);
+    assert_eq!(will_origin(&key), will_origin(&key));
+    assert!(will_origin(&key).starts_with(WILL_ORIGIN_PREFIX));
 }

@@ -19,10 +19,23 @@
 //!   looks orphaned.
 //! - **Exactly once.** Every node watches the heartbeats and sweeps the wills bucket
 //!   when an incarnation stops being alive (and at start, and every `SWEEP_EVERY`
-//!   beats): for each entry of a dead incarnation (`is_dead`) it deletes the entry
-//!   with the revision it read (compare-and-set) and only the node whose delete
-//!   succeeds publishes the will, through one of its loops (so local subscribers and
-//!   NATS both get it, once).
+//!   beats): for each entry of a dead incarnation (`is_dead`) it writes a mark on the
+//!   entry with the revision it read (compare-and-set; `taken_entry`: the taker's
+//!   incarnation, the will's revision, the will), so only the node whose mark lands
+//!   takes the will. It publishes the will itself (`Wills::finish`), to NATS first
+//!   and acknowledged (a QoS 1/2 will by the QoS stream), then to its own
+//!   subscribers through the main task, and deletes the mark only after that (review10
+//!   L5: it used to delete first, and a taker that died before its loop published
+//!   lost the will). The will goes out under an identity of its own, the same from
+//!   any taker: `Mqtt-Origin` `will:<key>` and `Mqtt-Id` the will's revision (and a
+//!   `Nats-Msg-Id` of both, so the QoS stream keeps one copy within its 2-minute
+//!   duplicate window). A mark whose taker is dead (`orphan_step`, as for an owner)
+//!   is another survivor's to finish; one whose taker lives is left to it. Every node
+//!   remembers the last `WILL_DEDUP_WINDOW` taken wills it delivered (`link.rs`,
+//!   `will_seen`) and drops a second copy: a taker that died after its publish but
+//!   before its delete costs no duplicate. JetStream's duplicate window alone would
+//!   not do: nodes get messages by core NATS subscriptions, which receive every
+//!   publish, duplicate or not.
 //!
 //! - **The invariant: the cluster publishes a will only after its client's
 //!   connection is gone.** A node cut from NATS looks dead to the others after
@@ -76,7 +89,13 @@
 //!   dropped (`resumed_since`, `wills_resumed_total`), as MQTT 5 3.1.3.2.2 asks.
 //!   A CONNECT this node served on its own while NATS was away counts too.
 //!
-//! What this does not cover, and why: a will with a delay whose connection had
+//! What this does not cover, and why: a taken will reaches each node once only
+//! while that node remembers it (a node restarted between the two copies, or
+//! `WILL_DEDUP_WINDOW` other taken wills in between, gets it twice), and a `$share`
+//! group whose member NATS picks on another node the second time gets it twice. A
+//! will whose taker dies before publishing it while its owner is back (the owner's
+//! settle treats the mark as taken, and no sweep lists a live owner's entries) is
+//! lost. A will with a delay whose connection had
 //! already gone when its node died lives on that node only (the entry is deleted
 //! when the connection goes) and is lost with it; so is a fenced will this node
 //! settled and keeps for its delay, if it dies before the delay ends. A clean-start
@@ -96,6 +115,11 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
 use super::bridge::ClusterStatus;
+use super::sweep::SweepAsk;
+pub use super::sweep::{
+    decode_taken, is_dead, orphan_due, orphan_step, taken_entry, will_origin, OrphanStep, Taken,
+    TakenWill, WILL_ORIGIN_PREFIX,
+};
 use crate::session::Message;
 
 pub const NODES_BUCKET: &str = "ringmq_nodes";
@@ -104,13 +128,13 @@ pub const WILLS_BUCKET: &str = "ringmq_wills";
 /// incarnation that came and went between two beats).
 const SWEEP_EVERY: u32 = 10;
 /// Bound on listing the wills bucket in one sweep (well below the default `dead_after`).
-const SWEEP_LIST_MAX: Duration = Duration::from_millis(1500);
-/// A sweep stops starting new deletes this long after it began (its listing is
-/// bounded by `SWEEP_LIST_MAX`), and the next beat starts another with fresh
-/// heartbeats: a long sweep acts on liveness this old at most (review H3a).
-const SWEEP_MAX: Duration = Duration::from_secs(2);
+pub(super) const SWEEP_LIST_MAX: Duration = Duration::from_millis(1500);
 /// The longest wait between two attempts of one wills write.
 const WRITE_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Heartbeat entries between the watch task and the beat (each is a map insert).
+const BEATS_WATCH_MAX: usize = 1024;
+/// The pause after a watch attempt failed or a watch ended, before the next one.
+const WATCH_RETRY: Duration = Duration::from_millis(500);
 
 /// The liveness timings (`cluster_beat_ms`, `cluster_fence_after_ms`,
 /// `cluster_dead_after_ms`; `config/cluster.rs` checks 2 beats <= fence < dead -
@@ -145,7 +169,7 @@ impl Timings {
         }
     }
 
-    fn dead_after_ns(&self) -> i128 {
+    pub(super) fn dead_after_ns(&self) -> i128 {
         self.dead_after.as_nanos() as i128
     }
 }
@@ -239,6 +263,58 @@ pub async fn fencer(
         if ended {
             return;
         }
+    }
+}
+
+/// Feeds every entry of a KV watch (`make` makes one) to `tx`, and makes it again
+/// when it ends (NATS lost and back), until `tx` is closed. Making a watch's consumer
+/// can go unanswered for seconds (after a nats-server was killed, or while a forming
+/// cluster elects its meta leader), so each attempt waits `AttemptWait` (1 s, doubled
+/// by each failure, at most the JetStream request timeout), is logged when it fails,
+/// and is followed by `WATCH_RETRY`: the caller never waits on NATS, and the attempts
+/// are spaced rather than a tight loop.
+pub async fn keep_watching<T, W, E1, E2, F, Fut>(
+    mut make: F,
+    tx: mpsc::Sender<T>,
+    what: &'static str,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<W, E1>>,
+    W: futures_util::Stream<Item = Result<T, E2>> + Unpin,
+    E1: std::fmt::Display,
+    E2: std::fmt::Display,
+{
+    let mut attempts = super::health::AttemptWait::default();
+    while !tx.is_closed() {
+        let wait = attempts.wait();
+        match tokio::time::timeout(wait, make()).await {
+            Ok(Ok(mut w)) => {
+                attempts.succeeded();
+                while let Some(e) = w.next().await {
+                    match e {
+                        Ok(e) => {
+                            if tx.send(e).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::debug!("cluster: {what}: {e}");
+                            break;
+                        }
+                    }
+                }
+                tracing::debug!("cluster: {what} ended; making it again");
+            }
+            Ok(Err(e)) => {
+                attempts.failed();
+                tracing::warn!("cluster: {what} not made ({e}); asking again");
+            }
+            Err(_) => {
+                attempts.failed();
+                tracing::warn!("cluster: {what} not made within {wait:?}; asking again");
+            }
+        }
+        tokio::time::sleep(WATCH_RETRY).await;
     }
 }
 
@@ -702,7 +778,8 @@ impl Wills {
                             Err(_) => continue,
                         }
                     }
-                    LeaderRead::Gone => false,
+                    // A survivor's mark: it publishes the will (`Wills::finish`).
+                    LeaderRead::Gone | LeaderRead::Taken => false,
                     LeaderRead::Unknown(e) => {
                         tracing::debug!("cluster: fenced will entry not read: {e}");
                         continue;
@@ -825,7 +902,7 @@ impl Wills {
             // would close a client whose will is still in the bucket, to fire
             // wrongly when this node dies.
             let gone = match leader_entry(wills, &will_key(&client, &self.me)).await {
-                LeaderRead::Gone => true,
+                LeaderRead::Gone | LeaderRead::Taken => true,
                 LeaderRead::Held(_) => false,
                 LeaderRead::Unknown(e) => {
                     tracing::debug!("cluster: will entry not read: {e}");
@@ -883,7 +960,7 @@ impl Wills {
     /// bucket (current values first), so a beat reads nothing but its own put.
     pub async fn liveness(
         self,
-        tx: mpsc::Sender<Message>,
+        tx: mpsc::Sender<TakenWill>,
         reconcile: Arc<Notify>,
         lease: tokio::sync::watch::Sender<Lease>,
     ) {
@@ -920,24 +997,34 @@ impl Wills {
         let mut beats: HashMap<String, (String, i128)> = HashMap::new();
         let mut alive: HashSet<String> = HashSet::new();
         let mut n = 0u32;
-        let mut watch = None;
+        let mut watching = true;
         // When the last heartbeat landed, and when to check the wills once more after
         // a return (a survivor's sweep may have started before it saw this node back).
         let mut last_beat = Instant::now();
         let mut recheck_at: Option<Instant> = None;
         let mut tick = tokio::time::interval(self.timings.beat);
         let dead_after_ns = self.timings.dead_after_ns();
+        // Made and made again in a task of its own (`keep_watching`): making the watch
+        // can go unanswered, and a beat waiting on it would make this node fence
+        // itself and look dead to the others.
+        let (beats_tx, mut beats_rx) = mpsc::channel::<kv::Entry>(BEATS_WATCH_MAX);
+        let watcher = {
+            let nodes = nodes.clone();
+            tokio::spawn(keep_watching(
+                move || {
+                    let nodes = nodes.clone();
+                    async move { nodes.watch_with_history(">").await }
+                },
+                beats_tx,
+                "the heartbeat watch",
+            ))
+        };
+        let _watcher = AbortOnDrop(watcher);
         loop {
-            if watch.is_none() {
-                match nodes.watch_with_history(">").await {
-                    Ok(w) => watch = Some(w),
-                    Err(e) => tracing::debug!("cluster: heartbeat watch: {e}"),
-                }
-            }
             tokio::select! {
-                e = async { watch.as_mut()?.next().await }, if watch.is_some() => {
+                e = beats_rx.recv(), if watching => {
                     match e {
-                        Some(Ok(e)) if super::health::node_of_timings_key(&e.key).is_some() => {
+                        Some(e) if super::health::node_of_timings_key(&e.key).is_some() => {
                             let put = e.operation == kv::Operation::Put;
                             if e.key == my_timings_key && !put {
                                 announced = false;
@@ -946,7 +1033,7 @@ impl Wills {
                                 timings_guard.on_announcement(node, put.then_some(&e.value[..]));
                             }
                         }
-                        Some(Ok(e)) if e.operation == kv::Operation::Put => {
+                        Some(e) if e.operation == kv::Operation::Put => {
                             let inc = String::from_utf8_lossy(&e.value).into_owned();
                             let at = e.created.unix_timestamp_nanos();
                             if e.key == my_key {
@@ -954,10 +1041,14 @@ impl Wills {
                             }
                             beats.insert(e.key, (inc, at));
                         }
-                        Some(Ok(e)) => {
+                        Some(e) => {
                             beats.remove(&e.key);
                         }
-                        _ => watch = None,
+                        None => {
+                            // `keep_watching` ends only with this task's receiver.
+                            tracing::error!("cluster: the heartbeat watch task ended");
+                            watching = false;
+                        }
                     }
                 }
                 _ = tick.tick() => {
@@ -1083,137 +1174,6 @@ impl Wills {
             _ => {}
         }
     }
-
-    /// Runs each sweep the heartbeat asks for, the latest ask winning; one cut at
-    /// `SWEEP_MAX` sets `more` so the next beat asks again.
-    async fn sweeper(
-        self,
-        wills: kv::Store,
-        mut asks: tokio::sync::watch::Receiver<Option<SweepAsk>>,
-        more: Arc<AtomicBool>,
-        tx: mpsc::Sender<Message>,
-    ) {
-        while asks.changed().await.is_ok() {
-            let Some(a) = asks.borrow_and_update().clone() else {
-                continue;
-            };
-            let deadline = Instant::now() + SWEEP_MAX;
-            match self
-                .sweep(&wills, &a.beats, a.now_ns, &a.alive, &tx, deadline)
-                .await
-            {
-                Some(cut) => more.store(cut, Ordering::Release),
-                None => return,
-            }
-        }
-    }
-
-    /// Returns whether the sweep was cut at `deadline` (`None`: the main task is gone).
-    /// The deadline is checked between orphans, never between an orphan's delete and
-    /// its publication, so a will whose delete landed is always published.
-    async fn sweep(
-        &self,
-        wills: &kv::Store,
-        beats: &HashMap<String, (String, i128)>,
-        now_ns: i128,
-        alive: &HashSet<String>,
-        tx: &mpsc::Sender<Message>,
-        deadline: Instant,
-    ) -> Option<bool> {
-        let mut orphans = Vec::new();
-        // Bounded: the listing's stream can wait for ever once the bucket holds only
-        // delete markers (seen after the first dead node's wills were taken), and
-        // this task also beats: a beat late by `dead_after` makes this node look dead.
-        let listed = tokio::time::timeout(SWEEP_LIST_MAX, async {
-            let mut keys = match wills.keys().await {
-                Ok(k) => k,
-                Err(e) => {
-                    tracing::debug!("cluster: wills not listed: {e}");
-                    return;
-                }
-            };
-            while let Some(Ok(k)) = keys.next().await {
-                if owner_of_key(&k).is_some_and(|o| !alive.contains(o)) {
-                    orphans.push(k);
-                }
-            }
-        })
-        .await;
-        // A cut listing is not resumed early: a bucket that lists slowly (M7) would
-        // then be listed every beat.
-        let mut cut = false;
-        if listed.is_err() {
-            tracing::debug!("cluster: wills listing cut at {SWEEP_LIST_MAX:?}");
-        }
-        for k in orphans {
-            if Instant::now() >= deadline {
-                tracing::debug!(
-                    "cluster: wills sweep cut at {SWEEP_MAX:?}; the next beat resumes it"
-                );
-                cut = true;
-                break;
-            }
-            let Ok(Some(e)) = wills.entry(&k).await else {
-                continue;
-            };
-            if e.operation != kv::Operation::Put {
-                continue;
-            }
-            let Some((record, epoch)) = decode_will_entry(&e.value) else {
-                self.status.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            let delay_s = will_delay_s(&record);
-            let due = owner_of_key(&k).is_some_and(|o| {
-                orphan_due(
-                    beats,
-                    now_ns,
-                    o,
-                    e.created.unix_timestamp_nanos(),
-                    self.timings.dead_after_ns(),
-                    delay_s,
-                )
-            });
-            if !due {
-                continue;
-            }
-            // Read before the delete: a will whose session was resumed within its
-            // delay is deleted and not published; one whose owner cannot be read now
-            // waits for the next sweep.
-            let resumed = if delay_s > 0 {
-                match self.claims.owner(&client_of_key(&k)).await {
-                    Some(o) => resumed_since(o.as_ref(), epoch),
-                    None => continue,
-                }
-            } else {
-                false
-            };
-            // Compare-and-set: of all survivors, the one whose delete lands publishes.
-            if wills
-                .delete_expect_revision(&k, Some(e.revision))
-                .await
-                .is_err()
-            {
-                continue;
-            }
-            if resumed {
-                tracing::info!("cluster: the will of {k} not published: its session was resumed");
-                self.status.wills_resumed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let Some(m) = crate::shard::will_message(&record, Instant::now()) else {
-                self.status.malformed.fetch_add(1, Ordering::Relaxed);
-                continue;
-            };
-            tracing::info!("cluster: publishing the will of {k} (its node is gone)");
-            self.status.wills_published.fetch_add(1, Ordering::Relaxed);
-            if tx.send(m).await.is_err() {
-                return None;
-            }
-        }
-        self.status.wills_sweeps.fetch_add(1, Ordering::Relaxed);
-        Some(cut)
-    }
 }
 
 /// What the stream leader says of a will entry this node wrote (review10 L6).
@@ -1221,6 +1181,9 @@ impl Wills {
 pub enum LeaderRead {
     /// Still there, at this revision.
     Held(u64),
+    /// Still there, but marked by a survivor that took it (`Taken`): that survivor
+    /// publishes it, or another does if it dies first.
+    Taken,
     /// Deleted or purged (a delete marker), or never there.
     Gone,
     /// Not answered (why): nothing may be concluded.
@@ -1230,16 +1193,17 @@ pub enum LeaderRead {
 /// The KV operation header JetStream puts on a delete or purge marker.
 const KV_OPERATION: &str = "KV-Operation";
 
-/// See `LeaderRead`: one "last message for this subject" answer (its sequence and
-/// `KV-Operation` header). A bucket with `allow_direct` (`link::bucket`) answers
+/// See `LeaderRead`: one "last message for this subject" answer (its sequence, its
+/// `KV-Operation` header and whether its value is a mark, `decode_taken`). A bucket with `allow_direct` (`link::bucket`) answers
 /// `kv::Store::entry` from any replica, and one that lags may not hold the entry
 /// yet; this read is the stream leader's.
 pub fn leader_read(
-    r: Result<(u64, Option<&str>), &jetstream::stream::LastRawMessageError>,
+    r: Result<(u64, Option<&str>, bool), &jetstream::stream::LastRawMessageError>,
 ) -> LeaderRead {
     use jetstream::stream::LastRawMessageErrorKind as K;
     match r {
-        Ok((sequence, None | Some("PUT"))) => LeaderRead::Held(sequence),
+        Ok((_, None | Some("PUT"), true)) => LeaderRead::Taken,
+        Ok((sequence, None | Some("PUT"), false)) => LeaderRead::Held(sequence),
         Ok(_) => LeaderRead::Gone,
         Err(e) if e.kind() == K::NoMessageFound => LeaderRead::Gone,
         Err(e) => LeaderRead::Unknown(e.to_string()),
@@ -1252,60 +1216,8 @@ async fn leader_entry(wills: &kv::Store, key: &str) -> LeaderRead {
     let r = wills.stream.get_last_raw_message_by_subject(&subject).await;
     leader_read(r.as_ref().map(|m| {
         let op = m.headers.get(KV_OPERATION).map(|v| v.as_str());
-        (m.sequence, op)
+        (m.sequence, op, decode_taken(&m.payload).is_some())
     }))
-}
-
-/// What one sweep works from: the heartbeats as the beat that asked for it saw them.
-#[derive(Clone)]
-struct SweepAsk {
-    beats: HashMap<String, (String, i128)>,
-    /// Server time of this node's own last put.
-    now_ns: i128,
-    alive: HashSet<String>,
-}
-
-/// Whether incarnation `owner` (`b64(node).inc`) is dead, for a will it wrote at
-/// `will_ns`. Its node's heartbeat must be known: a node that started within the
-/// last beat may have written wills before the watch brought its heartbeat here.
-/// Same incarnation: dead when its heartbeat is stale. Another one: dead only when
-/// that heartbeat is newer than the will (else the heartbeat known here is the
-/// older incarnation's and the will the new one's).
-pub fn is_dead(
-    beats: &HashMap<String, (String, i128)>,
-    now_ns: i128,
-    owner: &str,
-    will_ns: i128,
-    dead_after_ns: i128,
-) -> bool {
-    let Some((node, inc)) = owner.split_once('.') else {
-        return false;
-    };
-    let Some((beat_inc, at)) = beats.get(node) else {
-        return false;
-    };
-    if beat_inc == inc {
-        now_ns - at >= dead_after_ns
-    } else {
-        will_ns < *at
-    }
-}
-
-/// Whether a dead incarnation's will with a Will Delay of `delay_s` is due (see
-/// `is_dead`): its delay counts from `dead_after` past the node's last heartbeat, by
-/// when its connection had gone (review10 M9: it used to be published at once, so
-/// a client that connected again elsewhere within the delay still got it). Checked
-/// at each sweep, so it fires up to `SWEEP_EVERY` beats late.
-pub fn orphan_due(
-    beats: &HashMap<String, (String, i128)>,
-    now_ns: i128,
-    owner: &str,
-    will_ns: i128,
-    dead_after_ns: i128,
-    delay_s: u32,
-) -> bool {
-    let delay_ns = i128::from(delay_s) * 1_000_000_000;
-    is_dead(beats, now_ns, owner, will_ns, dead_after_ns + delay_ns)
 }
 
 /// The incarnations whose heartbeat is younger than `dead_after_ns` at server time

@@ -385,6 +385,16 @@ impl Shard {
             }
             closed += 1;
         }
+        if closed > 0 {
+            // After the closes: the cluster's invariant is that a survivor publishes
+            // a will only once its connection is gone, and this line's time is when
+            // the ones here went (tests/cluster.rs compares it with the survivor's).
+            tracing::warn!(
+                "cluster: fenced: loop {} closed {closed} connection(s) whose wills the \
+                 cluster holds",
+                self.id
+            );
+        }
         if let Some(st) = self.cluster_status.as_deref() {
             st.wills_fenced.fetch_add(closed, Ordering::Relaxed);
         }
