@@ -128,6 +128,9 @@ wait_listening() {
 
 # VmRSS of PID in KiB.
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# RssAnon of PID in KiB: VmRSS without file-backed pages (code and libraries the
+# process touches, shared with the page cache) and shared memory.
+rss_anon_kb() { awk '/^RssAnon:/ { print $2 }' "/proc/$1/status"; }
 
 # Established TCP connections whose local port is PORT (the broker's side).
 established_on() {

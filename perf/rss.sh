@@ -9,12 +9,15 @@
 #   TRANSPORT=ws COUNTS="20000" bash perf/rss.sh   # over MQTT-over-WebSocket
 #   TRANSPORT=tls COUNTS="20000" SHARDS=1 MODES=idle bash perf/rss.sh   # over mqtts
 #   SETTLE=15 COUNTS="10000" SHARDS=1 MODES=idle bash perf/rss.sh  # after the first
-#       connect-timeout checks (10 s after accept), which move every timer entry
+#       connect-timeout checks (10 s after accept), which move every timer entry,
+#       and after the broker's second $SYS publish (10 s after start)
 #
 # Broker pinned to BROKER_CORE, loadgen to LOADGEN_CORE, 127.0.0.1 only; every process
-# started here is stopped by PID. The table and one JSON line per measurement (the raw
-# VmRSS readings) go to perf/out/rss-<time>/; with SAVE_RESULTS=1 also to the committed
-# perf/results/<date>/rss-<time>/ (see perf/results/README.md).
+# started here is stopped by PID. The last column counts anonymous pages only (RssAnon:
+# the heap and mappings, without code and library pages). The table and one JSON line
+# per measurement (the raw VmRSS and RssAnon readings) go to perf/out/rss-<time>/;
+# with SAVE_RESULTS=1 also to the committed perf/results/<date>/rss-<time>/ (see
+# perf/results/README.md).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -32,13 +35,14 @@ if [[ "${SAVE_RESULTS:-0}" == 1 ]]; then
 fi
 
 measure() {
-  local n=$1 mode=$2 shards=$3 port logfile lg base_kb kb est hold tr
+  local n=$1 mode=$2 shards=$3 port logfile lg base_kb kb base_anon anon est hold tr
   read -r -a tr <<<"$(loadgen_transport)"
   port=$(free_port)
   logfile="$run_dir/$mode-$n-$shards.log"
   BROKER_SHARDS=$shards start_ringmq "$port" "$logfile"
   sleep 0.5
   base_kb=$(rss_kb "$BROKER_PID")
+  base_anon=$(rss_anon_kb "$BROKER_PID")
   # Long enough to connect everything (~25k/s) and settle: a SETTLE of 15 s reads
   # after the first connect-timeout checks, which move every wheel entry.
   hold="$(( n / 10000 + 10 + SETTLE ))s"
@@ -59,25 +63,26 @@ measure() {
   done
   sleep "$SETTLE"
   kb=$(rss_kb "$BROKER_PID")
+  anon=$(rss_anon_kb "$BROKER_PID")
   est=$(established_on "$port")
   wait "$lg" || log "loadgen exited with status $? (see $logfile)"
   forget_pid "$lg"
   stop_pid "$BROKER_PID"
   forget_pid "$BROKER_PID"
-  printf '{"connections":%d,"shards":%d,"mode":"%s","established":%d,"rss_before_kib":%d,"rss_after_kib":%d}\n' \
-    "$n" "$shards" "$mode" "$est" "$base_kb" "$kb" >>"$run_dir/rss.jsonl"
+  printf '{"connections":%d,"shards":%d,"mode":"%s","established":%d,"rss_before_kib":%d,"rss_after_kib":%d,"rss_anon_before_kib":%d,"rss_anon_after_kib":%d}\n' \
+    "$n" "$shards" "$mode" "$est" "$base_kb" "$kb" "$base_anon" "$anon" >>"$run_dir/rss.jsonl"
   if ((est < n)); then
-    row "| $n | $shards | $mode | only $est established | - |"
+    row "| $n | $shards | $mode | only $est established | - | - |"
   else
-    row "| $n | $shards | $mode | $(( (kb - base_kb) )) KiB | $(( (kb - base_kb) * 1024 / est )) B |"
+    row "| $n | $shards | $mode | $(( (kb - base_kb) )) KiB | $(( (kb - base_kb) * 1024 / est )) B | $(( (anon - base_anon) * 1024 / est )) B |"
   fi
 }
 
 # Not `{ ...; } | tee`: measure must run in this shell, where the EXIT trap stops
 # the processes it started.
 row() { echo "$1" | tee -a "$run_dir/table.md"; }
-row "| connections | shards | mode | RSS growth | per connection |"
-row "|---:|---:|---|---:|---:|"
+row "| connections | shards | mode | RSS growth | per connection | anonymous only |"
+row "|---:|---:|---|---:|---:|---:|"
 for n in $COUNTS; do
   for shards in $SHARDS; do
     for mode in $MODES; do

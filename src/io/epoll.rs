@@ -10,7 +10,7 @@
 //! likewise). Closing, shutting down or migrating a socket first writes what waits.
 //! What the socket does not take waits for writability.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, IntoRawFd, RawFd};
@@ -51,28 +51,41 @@ enum State {
     Dead,
 }
 
+/// One per connection, so kept to 16 bytes (a size test holds it): the send in
+/// flight and an outbound connect's token live in side tables, which only sockets
+/// with a send waiting or a connect in progress use. Inline they were 40 + 16 bytes
+/// in every idle connection's entry (issue #21).
 struct Sock {
     /// `None` once dead.
     stream: Option<TcpStream>,
+    /// Key of the rest of the one send in flight in `EpollLoop::sending` (`NO_TX`: none).
+    tx: u32,
     state: State,
     /// The worker called `start_recv`.
     recv_on: bool,
     /// Queued in `readable`.
     queued: bool,
-    /// The rest of the one send in flight.
-    tx: Option<TxChain>,
     /// `tx` was handed over by `send` and not written yet (listed in `unwritten`).
     unwritten: bool,
-    /// An outbound connect in progress: the worker's token, reported with
-    /// `Connected` when the socket turns writable.
-    connecting: Option<u64>,
+    /// An outbound connect is in progress (its token in `EpollLoop::connecting`).
+    connecting: bool,
 }
+
+/// `Sock::tx` when no send is in flight.
+const NO_TX: u32 = u32::MAX;
 
 pub struct EpollLoop {
     id: usize,
     poll: Poll,
     events: Events,
     socks: Slab<Sock>,
+    /// The send in flight of each socket that has one (`Sock::tx`): at most one per
+    /// socket, so bounded by `socks`. Keeps the capacity of the most sends ever in
+    /// flight at once (a fan-out), which is still below what the field cost inline.
+    sending: Slab<TxChain>,
+    /// Outbound connects in progress: the worker's token, reported with `Connected`
+    /// when the socket turns writable.
+    connecting: HashMap<SockId, u64>,
     listeners: Vec<Option<mio::net::TcpListener>>,
     listener_ready: Vec<bool>,
     accepting: bool,
@@ -114,6 +127,8 @@ impl EpollLoop {
             // Sized up front (address space only until used): growing by doubling would
             // copy, and leave the old block with the allocator, at every power of two.
             socks: Slab::with_capacity(opts.max_connections.min(fd_cap).min(1 << 20)),
+            sending: Slab::new(),
+            connecting: HashMap::new(),
             listeners: Vec::new(),
             listener_ready: Vec::new(),
             accepting: true,
@@ -153,11 +168,11 @@ impl EpollLoop {
         entry.insert(Sock {
             stream: Some(stream),
             state: State::Open,
+            tx: NO_TX,
             recv_on: false,
             queued: false,
-            tx: None,
             unwritten: false,
-            connecting: None,
+            connecting: false,
         });
         Ok(sock as SockId)
     }
@@ -168,9 +183,9 @@ impl EpollLoop {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
-        let Some(token) = s.connecting else {
+        if !s.connecting {
             return;
-        };
+        }
         let Some(stream) = s.stream.as_mut() else {
             return;
         };
@@ -183,7 +198,8 @@ impl EpollLoop {
                 Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
             },
         };
-        s.connecting = None;
+        s.connecting = false;
+        let token = self.connecting.remove(&sock).unwrap_or_default();
         if errno == 0 {
             self.pending.push(Completion::Connected {
                 token,
@@ -192,6 +208,9 @@ impl EpollLoop {
             return;
         }
         let mut s = self.socks.remove(sock as usize);
+        if s.tx != NO_TX {
+            self.sending.remove(s.tx as usize);
+        }
         if let Some(mut stream) = s.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
         }
@@ -400,7 +419,9 @@ impl EpollLoop {
         let Some(s) = self.socks.get_mut(sock as usize) else {
             return;
         };
-        let Some(tx) = s.tx.as_mut() else { return };
+        let Some(tx) = self.sending.get_mut(s.tx as usize) else {
+            return;
+        };
         loop {
             let Some(stream) = s.stream.as_mut() else {
                 return;
@@ -422,14 +443,16 @@ impl EpollLoop {
                 Ok(n) => {
                     tx.advance(n);
                     if tx.is_empty() {
-                        s.tx = None;
+                        self.sending
+                            .remove(std::mem::replace(&mut s.tx, NO_TX) as usize);
                         self.pending.push(Completion::SendDone { sock, errno: 0 });
                         return;
                     }
                     if n == 0 {
                         // Cannot happen on a stream socket with bytes to write; treat as
                         // a broken connection rather than spin.
-                        s.tx = None;
+                        self.sending
+                            .remove(std::mem::replace(&mut s.tx, NO_TX) as usize);
                         self.pending.push(Completion::SendDone {
                             sock,
                             errno: libc::EPIPE,
@@ -441,7 +464,8 @@ impl EpollLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    s.tx = None;
+                    self.sending
+                        .remove(std::mem::replace(&mut s.tx, NO_TX) as usize);
                     self.pending.push(Completion::SendDone {
                         sock,
                         errno: e.raw_os_error().unwrap_or(libc::EIO),
@@ -466,7 +490,13 @@ impl EpollLoop {
         let s = self.socks.get_mut(sock as usize)?;
         let mut stream = s.stream.take()?;
         s.state = State::Dead;
-        s.tx = None;
+        if s.tx != NO_TX {
+            self.sending
+                .remove(std::mem::replace(&mut s.tx, NO_TX) as usize);
+        }
+        if std::mem::take(&mut s.connecting) {
+            self.connecting.remove(&sock);
+        }
         let _ = self.poll.registry().deregister(&mut stream);
         self.dead.push(sock);
         Some(stream)
@@ -540,14 +570,14 @@ impl EventLoop for EpollLoop {
         if data.is_empty() || s.state == State::Dead {
             return;
         }
-        if s.tx.is_some() {
+        if s.tx != NO_TX {
             // The worker keeps one send in flight per socket; if that ever slips, the
             // bytes are lost, so say so loudly rather than silently.
             self.stats.send_refused_busy += 1;
             tracing::error!(sock, "send while one is in flight: dropped");
             return;
         }
-        s.tx = Some(data);
+        s.tx = self.sending.insert(data) as u32;
         s.unwritten = true;
         self.unwritten.push(sock);
     }
@@ -582,7 +612,8 @@ impl EventLoop for EpollLoop {
         match result {
             Ok(sock) => {
                 if let Some(s) = self.socks.get_mut(sock as usize) {
-                    s.connecting = Some(token);
+                    s.connecting = true;
+                    self.connecting.insert(sock, token);
                 }
             }
             Err(e) => self.pending.push(Completion::Connected {
@@ -695,11 +726,7 @@ impl EventLoop for EpollLoop {
             self.enqueue_read(sock);
         }
         for sock in writable {
-            if self
-                .socks
-                .get(sock as usize)
-                .is_some_and(|s| s.connecting.is_some())
-            {
+            if self.socks.get(sock as usize).is_some_and(|s| s.connecting) {
                 self.finish_connect(sock);
                 continue;
             }
@@ -720,5 +747,73 @@ impl EventLoop for EpollLoop {
 
     fn name(&self) -> &'static str {
         "epoll"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One per connection: the in-flight send and a connect's token are not inline.
+    #[test]
+    fn sock_is_16_bytes() {
+        // mio's `TcpStream` is the 4-byte fd in release builds; with debug assertions
+        // it also carries an 8-byte selector id.
+        let limit = if cfg!(debug_assertions) { 32 } else { 16 };
+        assert!(
+            std::mem::size_of::<Sock>() <= limit,
+            "{}",
+            std::mem::size_of::<Sock>()
+        );
+    }
+
+    fn accept_one(lp: &mut EpollLoop, out: &mut Vec<Completion>) -> SockId {
+        for _ in 0..1000 {
+            out.clear();
+            lp.turn(Some(Duration::from_millis(10)), out).expect("turn");
+            if let Some(sock) = out.iter().find_map(|c| match c {
+                Completion::Accepted { sock, .. } => Some(*sock),
+                _ => None,
+            }) {
+                return sock;
+            }
+        }
+        panic!("nothing accepted");
+    }
+
+    /// The side table of sends in flight holds a send until the socket took all of
+    /// it, and gives it up when the socket closes with bytes still unwritten: it
+    /// never outgrows the sockets that have a send waiting.
+    #[test]
+    fn a_send_leaves_the_side_table_when_written_or_closed() {
+        let mut lp = EpollLoop::new(0, &LoopOptions::default()).expect("loop");
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        lp.add_listener(l).expect("listen");
+        let mut out = Vec::new();
+        let mut small_peer = std::net::TcpStream::connect(addr).expect("connect");
+        let small = accept_one(&mut lp, &mut out);
+        let _stalled_peer = std::net::TcpStream::connect(addr).expect("connect");
+        let stalled = accept_one(&mut lp, &mut out);
+
+        lp.send(small, Bytes::from_static(b"connack").into());
+        // Larger than the socket buffers, never read: stays in flight.
+        lp.send(stalled, Bytes::from(vec![7u8; 16 << 20]).into());
+        assert_eq!(lp.sending.len(), 2);
+        out.clear();
+        lp.turn(Some(Duration::ZERO), &mut out).expect("turn");
+        assert!(
+            out.iter()
+                .any(|c| matches!(c, Completion::SendDone { sock, errno: 0 } if *sock == small)),
+            "{out:?}"
+        );
+        assert_eq!(lp.sending.len(), 1, "the stalled send is still held");
+        let mut got = [0u8; 7];
+        small_peer.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"connack");
+
+        lp.close(stalled);
+        assert_eq!(lp.sending.len(), 0, "closed with bytes unwritten");
+        assert!(lp.connecting.is_empty());
     }
 }

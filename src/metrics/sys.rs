@@ -24,6 +24,13 @@ const LOAD_NAMES: [&str; 7] = [
 /// `connections` (new connections per minute) follows the others.
 const LOADS: usize = LOAD_NAMES.len() + 1;
 const WINDOWS: [(&str, f64); 3] = [("1min", 60.0), ("5min", 300.0), ("15min", 900.0)];
+/// `exp(-0.001 / window)` for each of [`WINDOWS`]: one millisecond's decay, raised to
+/// the interval in ms (`powi`, multiplications only) instead of calling `f64::exp`.
+/// `exp` is the one libm function the broker calls, and its first call, at the
+/// second publish 10 s after start, faulted ~190 kB of libm's pages into the
+/// process's RSS: a fixed step that `perf/rss.sh` read as ~19 B per connection at
+/// 10k (issue #21). Checked against `f64::exp` by the tests.
+const DECAY_PER_MS: [f64; 3] = [0.9999833334722215, 0.9999966666722222, 0.9999988888895062];
 
 /// What carries over between two publishes.
 #[derive(Debug, Clone, Default)]
@@ -59,10 +66,10 @@ impl SysState {
             c.accepted,
         ];
         if let Some(prev) = self.prev.filter(|_| interval_s > 0.0) {
+            let decays = decays(interval_s);
             for (i, load) in self.loads.iter_mut().enumerate() {
                 let rate = totals[i].saturating_sub(prev[i]) as f64 / interval_s * 60.0;
-                for (w, (_, window)) in WINDOWS.iter().enumerate() {
-                    let decay = (-interval_s / window).exp();
+                for (w, decay) in decays.iter().enumerate() {
                     load[w] = rate + decay * (load[w] - rate);
                 }
             }
@@ -139,6 +146,14 @@ impl SysState {
     }
 }
 
+/// `exp(-interval_s / window)` for each window, without libm (see [`DECAY_PER_MS`]).
+/// The interval is rounded to whole ms: the figures are printed to two decimals.
+fn decays(interval_s: f64) -> [f64; 3] {
+    // `as` saturates: an interval past i32::MAX ms (24 days) decays to 0 either way.
+    let interval_ms = (interval_s * 1000.0).round() as i32;
+    DECAY_PER_MS.map(|per_ms| per_ms.powi(interval_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +171,28 @@ mod tests {
             loops: vec![l],
             missing_loops: vec![],
         }
+    }
+
+    /// The per-ms constants are `exp(-0.001 / window)`, and raised to an interval
+    /// they match `exp(-interval / window)` well past the two printed decimals.
+    #[test]
+    fn decays_match_exp_without_calling_it() {
+        for (w, (_, window)) in WINDOWS.iter().enumerate() {
+            let want = (-0.001 / window).exp();
+            assert!((DECAY_PER_MS[w] - want).abs() <= f64::EPSILON, "{window}");
+        }
+        for interval_s in [0.001, 1.0, 10.0, 10.25, 60.0, 3_600.0, 86_400.0] {
+            let got = decays(interval_s);
+            for (w, (_, window)) in WINDOWS.iter().enumerate() {
+                let want = (-interval_s / window).exp();
+                assert!(
+                    (got[w] - want).abs() <= 1e-12 + want * 1e-9,
+                    "{interval_s} s over {window} s: {} against {want}",
+                    got[w]
+                );
+            }
+        }
+        assert_eq!(decays(1e9), [0.0; 3], "far past i32::MAX ms");
     }
 
     fn get<'a>(v: &'a [(String, String)], topic: &str) -> &'a str {
