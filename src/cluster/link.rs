@@ -1474,19 +1474,7 @@ impl State {
             None => {
                 // A second matching filter's copy was dropped above, so every loop
                 // with interest gets this one and matches its own subscriptions.
-                let loops = self.interest.any_loops();
-                for l in loops.iter() {
-                    self.push(
-                        l,
-                        ShardMsg::Publish {
-                            msg: msg.clone(),
-                            plain: true,
-                            shared: Vec::new(),
-                            hold: 0,
-                        },
-                        must_arrive,
-                    );
-                }
+                self.push_to_every_loop(&msg, must_arrive);
             }
             Some(g) => {
                 // NATS picked this node for the group; pick one of its loops.
@@ -1541,19 +1529,7 @@ impl State {
             cluster_key: headers::message_key(&w.origin, w.id),
             ..m
         });
-        let loops = self.interest.any_loops();
-        for l in loops.iter() {
-            self.push(
-                l,
-                ShardMsg::Publish {
-                    msg: msg.clone(),
-                    plain: true,
-                    shared: Vec::new(),
-                    hold: 0,
-                },
-                must_arrive,
-            );
-        }
+        self.push_to_every_loop(&msg, must_arrive);
     }
 
     /// An entry of the retained bucket, for every loop's replica; an older value of
@@ -1811,6 +1787,23 @@ impl State {
     /// Hands `m` to loop `l` (`PendingIn::deliver`): `must_arrive` (QoS 1/2, a
     /// retained entry) waits for room when the ring is full; a QoS 0 copy is
     /// dropped then (counted either way).
+    /// `msg` to every loop with interest, each matching its own subscriptions.
+    fn push_to_every_loop(&mut self, msg: &Arc<Message>, must_arrive: bool) {
+        let loops = self.interest.any_loops();
+        for l in loops.iter() {
+            self.push(
+                l,
+                ShardMsg::Publish {
+                    msg: msg.clone(),
+                    plain: true,
+                    shared: Vec::new(),
+                    hold: 0,
+                },
+                must_arrive,
+            );
+        }
+    }
+
     fn push(&mut self, l: usize, m: ShardMsg, must_arrive: bool) {
         let Some(p) = self.producers.get_mut(l) else {
             return;
