@@ -1050,6 +1050,22 @@ fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
     assert!(!link.backed_up());
 }
 
+/// A saved session's state as an entry holds it: `client`'s `SessionPut` record
+/// behind its 4-byte length (what `shard::handover_records` reads back).
+#[cfg(not(loom))]
+fn saved_state(client: &'static [u8], expiry_s: u32) -> Vec<u8> {
+    let mut rec = Vec::new();
+    crate::store::record::Record::SessionPut {
+        client: Bytes::from_static(client),
+        expiry_s,
+        will: None,
+    }
+    .encode(&mut rec);
+    let mut b = (rec.len() as u32).to_le_bytes().to_vec();
+    b.extend_from_slice(&rec);
+    b
+}
+
 /// A saved session whose owner died is resumed only while it has not expired
 /// (review10 M4): its expiry counts from when its client went, or, for a client
 /// that was connected when its node died, from that node's last heartbeat.
@@ -1057,19 +1073,7 @@ fn a_full_ring_to_the_cluster_keeps_fenced_wills_and_reasserts() {
 #[test]
 fn a_saved_session_is_resumed_only_before_it_expires() {
     use super::sessions::saved_session_live;
-    use crate::store::record::Record;
-    let state = |expiry_s: u32| {
-        let mut rec = Vec::new();
-        Record::SessionPut {
-            client: Bytes::from_static(b"dev"),
-            expiry_s,
-            will: None,
-        }
-        .encode(&mut rec);
-        let mut b = (rec.len() as u32).to_le_bytes().to_vec();
-        b.extend_from_slice(&rec);
-        b
-    };
+    let state = |expiry_s: u32| saved_state(b"dev", expiry_s);
     let hour = state(3600);
     let gone_ms = 1_000_000_000;
     let now = |after_s: u64| gone_ms + after_s * 1000;
@@ -1477,19 +1481,7 @@ fn the_longest_client_id_fits_every_kv_key() {
 #[test]
 fn a_claim_of_an_entry_naming_this_node_recovers_the_saved_state() {
     use super::sessions::*;
-    use crate::store::record::Record;
-    let saved = |expiry_s: u32| {
-        let mut r = Vec::new();
-        Record::SessionPut {
-            client: Bytes::from_static(b"c"),
-            expiry_s,
-            will: None,
-        }
-        .encode(&mut r);
-        let mut b = (r.len() as u32).to_le_bytes().to_vec();
-        b.extend_from_slice(&r);
-        b
-    };
+    let saved = |expiry_s: u32| saved_state(b"c", expiry_s);
     let s = saved(60);
     assert_eq!(
         claim_next(Some("n1"), "n1", false, &s),
