@@ -1327,16 +1327,7 @@ impl State {
         // Counted once a turn (the loops read `ClusterStatus` at every publish).
         let mut dropped = 0u64;
         for f in out.publishes {
-            let m = &f.msg;
-            if m.retain {
-                let key = headers::retained_key(&m.topic);
-                let value = (!m.payload.is_empty()).then(|| {
-                    Bytes::from(headers::encode_retained(m.qos, &m.properties, &m.payload))
-                });
-                if !retained.put(key, value) {
-                    self.status.retained_dropped.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+            self.put_retained(&f.msg, retained);
             if self.outgoing.admit(connected, f.ack.is_some()) == Admit::Queue {
                 self.outgoing.push(Publish {
                     msg: f.msg,
@@ -1513,14 +1504,7 @@ impl State {
             return;
         }
         let m = w.msg;
-        if m.retain {
-            let key = headers::retained_key(&m.topic);
-            let value = (!m.payload.is_empty())
-                .then(|| Bytes::from(headers::encode_retained(m.qos, &m.properties, &m.payload)));
-            if !retained.put(key, value) {
-                self.status.retained_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.put_retained(&m, retained);
         let must_arrive = m.qos != crate::protocol::QoS::AtMostOnce;
         let msg = Arc::new(Message {
             origin_shard: CLUSTER_ORIGIN,
@@ -1784,9 +1768,20 @@ impl State {
         );
     }
 
-    /// Hands `m` to loop `l` (`PendingIn::deliver`): `must_arrive` (QoS 1/2, a
-    /// retained entry) waits for room when the ring is full; a QoS 0 copy is
-    /// dropped then (counted either way).
+    /// A retained publish of this node (or a will it took) to the retained bucket:
+    /// an empty payload clears the topic; a full feed counts the drop.
+    fn put_retained(&self, m: &Message, retained: &RetainedFeed) {
+        if !m.retain {
+            return;
+        }
+        let key = headers::retained_key(&m.topic);
+        let value = (!m.payload.is_empty())
+            .then(|| Bytes::from(headers::encode_retained(m.qos, &m.properties, &m.payload)));
+        if !retained.put(key, value) {
+            self.status.retained_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// `msg` to every loop with interest, each matching its own subscriptions.
     fn push_to_every_loop(&mut self, msg: &Arc<Message>, must_arrive: bool) {
         let loops = self.interest.any_loops();
@@ -1804,6 +1799,9 @@ impl State {
         }
     }
 
+    /// Hands `m` to loop `l` (`PendingIn::deliver`): `must_arrive` (QoS 1/2, a
+    /// retained entry) waits for room when the ring is full; a QoS 0 copy is
+    /// dropped then (counted either way).
     fn push(&mut self, l: usize, m: ShardMsg, must_arrive: bool) {
         let Some(p) = self.producers.get_mut(l) else {
             return;
