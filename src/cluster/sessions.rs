@@ -124,7 +124,7 @@ pub const MERGE_HEADER_BYTES: usize = 3;
 /// partition): tag 3, then the client id's length (2 bytes), the id and hand-over
 /// bytes whose copies join this node's session of that id.
 pub fn encode_merge(client_id: &[u8], session: &[u8]) -> Bytes {
-    let mut b = Vec::with_capacity(client_id.len() + session.len() + 3);
+    let mut b = Vec::with_capacity(MERGE_HEADER_BYTES + client_id.len() + session.len());
     b.push(3);
     b.extend_from_slice(&(client_id.len() as u16).to_le_bytes());
     b.extend_from_slice(client_id);
@@ -405,13 +405,7 @@ pub fn saved_session_live(
     owner_seen_ms: Option<u64>,
     now_ms: u64,
 ) -> bool {
-    let Some(records) = crate::shard::handover_records(state) else {
-        return false;
-    };
-    let Some(expiry_s) = records.iter().find_map(|r| match r {
-        crate::store::record::Record::SessionPut { expiry_s, .. } => Some(*expiry_s),
-        _ => None,
-    }) else {
+    let Some(expiry_s) = saved_expiry_s(state) else {
         return false;
     };
     if expiry_s == u32::MAX {
@@ -501,13 +495,19 @@ pub fn claimed_state(clean: bool, offline_ms: u64, saved: &[u8]) -> (u64, &[u8])
 /// key): a connected client's session counts from now, as `saved_session_live`
 /// does with no heartbeat.
 pub fn own_saved_live(state: &[u8], offline_ms: u64, now_ms: u64) -> bool {
-    let expiry_s = crate::shard::handover_records(state).and_then(|records| {
-        records.iter().find_map(|r| match r {
+    saved_expiry_s(state).is_some_and(|e| e > 0)
+        && saved_session_live(state, offline_ms, None, now_ms)
+}
+
+/// The session expiry (seconds) in a saved state's `SessionPut`; `None`: empty or
+/// unreadable state, or none there.
+fn saved_expiry_s(state: &[u8]) -> Option<u32> {
+    crate::shard::handover_records(state)?
+        .iter()
+        .find_map(|r| match r {
             crate::store::record::Record::SessionPut { expiry_s, .. } => Some(*expiry_s),
             _ => None,
         })
-    });
-    expiry_s.is_some_and(|e| e > 0) && saved_session_live(state, offline_ms, None, now_ms)
 }
 
 /// A won claim's session, for the claiming loop (`ClusterIn::Claimed`).
@@ -932,10 +932,7 @@ impl Claims {
                 }
             };
             let attempt = self.attempt_of(&c.client_id);
-            let prev = match owner_to_ask(prev.as_deref(), epoch, &self.node, attempt.as_ref()) {
-                Some(p) => Some(p),
-                None => prev,
-            };
+            let prev = owner_to_ask(prev.as_deref(), epoch, &self.node, attempt.as_ref()).or(prev);
             let (kept_offline_ms, kept) = claimed_state(c.clean, offline_ms, &saved);
             let value = encode_owner(&self.node, epoch + 1, unix_ms(), kept_offline_ms, kept);
             if let Some(p) = prev.as_deref().filter(|p| *p != self.node) {
