@@ -188,7 +188,7 @@ impl DeltaDedup {
     /// awaited any more (review10 M8 case a). Bounded by `KEPT_KEYS_MAX` and
     /// `KEPT_MAX`, oldest first.
     pub(super) fn keep(&mut self, client_id: &[u8]) {
-        let Some(keys) = self.keys_of(client_id) else {
+        let Some(keys) = self.seen(client_id) else {
             return;
         };
         let kept = self.watching.values().filter(|w| !w.recording()).count();
@@ -261,21 +261,16 @@ impl DeltaDedup {
         if !self.watching.get(client_id)?.recording() {
             return None;
         }
-        let seen = self.keys_of(client_id);
+        let seen = self.seen(client_id);
         self.forget(client_id);
         seen
     }
 
     /// The keys that reached this loop since `client_id`'s watch began, the watch
     /// left as it is (its session goes on to another node before its delta came,
-    /// review10 M8; a chain's held confirmation still waits for that delta).
+    /// review10 M8; a chain's held confirmation still waits for that delta): kept
+    /// ones, or those `recent` holds since it began (fewer if the log lost its start).
     pub(super) fn seen(&self, client_id: &[u8]) -> Option<HashSet<u64>> {
-        self.keys_of(client_id)
-    }
-
-    /// The keys of `client_id`'s watch: kept ones, or those `recent` holds since it
-    /// began (fewer if the log lost its start).
-    fn keys_of(&self, client_id: &[u8]) -> Option<HashSet<u64>> {
         let w = self.watching.get(client_id)?;
         if let Some(k) = &w.kept {
             return Some(k.clone());
