@@ -25,7 +25,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify};
 
 use super::bridge::ClusterStatus;
@@ -279,18 +278,8 @@ pub(super) async fn watch(
                             status.retained_loaded.store(true, Ordering::Release);
                         }
                     }
-                    while let Some(e) = w.next().await {
-                        match e {
-                            Ok(e) => {
-                                if tx.send(e).await.is_err() {
-                                    return;
-                                }
-                            }
-                            Err(e) => {
-                                tracing::debug!("cluster: retained watch: {e}");
-                                break;
-                            }
-                        }
+                    if !super::wills::forward_watch(&mut w, &tx, "retained watch").await {
+                        return;
                     }
                 }
                 Err(e) => {

@@ -266,6 +266,32 @@ pub async fn fencer(
     }
 }
 
+/// Sends a watch's entries to `tx` in order until the watch ends or fails (logged
+/// at debug as `what`); false once `tx`'s receiver is gone.
+pub(super) async fn forward_watch<T, E>(
+    w: &mut (impl futures_util::Stream<Item = Result<T, E>> + Unpin),
+    tx: &mpsc::Sender<T>,
+    what: &str,
+) -> bool
+where
+    E: std::fmt::Display,
+{
+    while let Some(e) = w.next().await {
+        match e {
+            Ok(e) => {
+                if tx.send(e).await.is_err() {
+                    return false;
+                }
+            }
+            Err(e) => {
+                tracing::debug!("cluster: {what}: {e}");
+                break;
+            }
+        }
+    }
+    true
+}
+
 /// Feeds every entry of a KV watch (`make` makes one) to `tx`, and makes it again
 /// when it ends (NATS lost and back), until `tx` is closed. Making a watch's consumer
 /// can go unanswered for seconds (after a nats-server was killed, or while a forming
@@ -290,18 +316,8 @@ pub async fn keep_watching<T, W, E1, E2, F, Fut>(
         match tokio::time::timeout(wait, make()).await {
             Ok(Ok(mut w)) => {
                 attempts.succeeded();
-                while let Some(e) = w.next().await {
-                    match e {
-                        Ok(e) => {
-                            if tx.send(e).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::debug!("cluster: {what}: {e}");
-                            break;
-                        }
-                    }
+                if !forward_watch(&mut w, &tx, what).await {
+                    return;
                 }
                 tracing::debug!("cluster: {what} ended; making it again");
             }
