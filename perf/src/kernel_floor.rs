@@ -90,26 +90,13 @@ fn thread_cpu_ns() -> u64 {
     ns(ru.ru_utime) + ns(ru.ru_stime)
 }
 
-fn pin_to(core: usize) {
-    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity only
-    // touch the set we own, for the calling thread (pid 0).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(core, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            die(&format!(
-                "cannot pin to core {core}: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-    }
-}
-
 /// Pins the calling thread and, for `slice_us` > 0, asks EEVDF for that slice, as
 /// loadgen's `--sched-slice` (default 100 us) and the broker's `--sched-slice-us`
 /// (default 0: the kernel's) do, so each side is scheduled as its counterpart is.
 fn place(core: usize, slice_us: u64) {
-    pin_to(core);
+    if let Err(e) = ringmq::worker::pin_to_cpu(core) {
+        die(&format!("cannot pin to core {core}: {e}"));
+    }
     if slice_us > 0 {
         match ringmq::worker::set_fair_slice(slice_us as u32) {
             Ok(true) => {}
@@ -122,21 +109,12 @@ fn place(core: usize, slice_us: u64) {
 }
 
 fn raise_nofile(need: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the one rlimit we pass.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
-        lim.rlim_cur = lim.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-    }
-    if lim.rlim_cur < need {
-        die(&format!(
-            "needs {need} descriptors, the hard limit is {}",
-            lim.rlim_max
-        ));
+    match ringmq::io::raise_nofile_limit() {
+        Ok(have) if have >= need => {}
+        Ok(have) => die(&format!(
+            "needs {need} descriptors, the hard limit is {have}"
+        )),
+        Err(e) => die(&format!("cannot raise the descriptor limit: {e}")),
     }
 }
 
