@@ -2,12 +2,15 @@
 //! persistent sessions (offline, with subscriptions, queued and in-flight copies,
 //! inbound QoS 2 ids, expiry timers) and the retained replica.
 //!
+//! Also every loop's recovered routes (`PeerRoutes`): each loop gets the others'
+//! rows before any loop runs (see `PeerRoutes`).
+//!
 //! This runs once per loop before the broker listens, over every recovered
 //! message (a million in issue #13's recovery goal), so it moves what it can out of
 //! the recovered image instead of cloning it, and finds each copy's body by index
 //! in a dense table rather than by hashing its id.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +21,7 @@ use bytes::Bytes;
 use super::durable::{props_of, qos_of, unpack_options, ShardStore};
 use super::retained::RetainedBody;
 use super::timer::TimerKind;
-use super::Shard;
+use super::{Shard, ShardId};
 use crate::protocol::QoS;
 use crate::session::{Message, Outgoing, Phase, SessionSub, Will, NONE};
 use crate::store::record::MsgRec;
@@ -183,6 +186,64 @@ impl Shard {
         for m in retained {
             let body = RetainedBody::new(&m);
             self.load_retained(&body, now);
+        }
+    }
+}
+
+/// The routes every loop's recovered sessions make: per loop, each filter (with its
+/// shared group) one of its sessions subscribes to, once.
+///
+/// `load_store` puts a loop's own row in place and queues the route adds for the
+/// other loops, but those leave on that loop's first turn, and another loop may run
+/// before it: a bridge taking the messages its remote sends again after a kill -9, a
+/// client publishing as soon as the broker listens. Routed past a recovered
+/// subscriber on a loop not heard from yet, such a QoS 1/2 message matched nobody
+/// and was acknowledged anyway, so the remote or the client forgot it. Start-up
+/// (`worker/store.rs`) builds this from the recovered states before any loop runs
+/// and gives it to every loop (`Shard::load_peer_routes`); the route adds that
+/// follow through the mesh set the same bits again.
+#[derive(Debug, Default)]
+pub struct PeerRoutes {
+    rows: Vec<Vec<(Bytes, Option<Bytes>)>>,
+}
+
+impl PeerRoutes {
+    /// From the recovered states of loops 0, 1, ... in order.
+    pub fn of<'a>(states: impl IntoIterator<Item = &'a StoreState>) -> PeerRoutes {
+        let rows = states
+            .into_iter()
+            .map(|state| {
+                let row: BTreeSet<(Bytes, Option<Bytes>)> = state
+                    .sessions
+                    .values()
+                    .flat_map(|s| s.subs.keys())
+                    .map(|filter| Shard::split_filter(filter))
+                    .collect();
+                row.into_iter().collect()
+            })
+            .collect();
+        PeerRoutes { rows }
+    }
+
+    /// Filters (and groups) in loop `shard`'s row.
+    pub fn row_len(&self, shard: ShardId) -> usize {
+        self.rows.get(shard).map_or(0, Vec::len)
+    }
+}
+
+impl Shard {
+    /// The other loops' recovered routes, applied as their route adds will be when
+    /// they arrive, so this loop routes to their recovered subscribers from its
+    /// first turn. Called once at start-up, after `load_store`; our own row comes
+    /// from `load_store`, and rows of loops this shard does not know are ignored.
+    pub fn load_peer_routes(&mut self, routes: &PeerRoutes) {
+        for (from, row) in routes.rows.iter().enumerate() {
+            if from == self.id || from >= self.shard_count {
+                continue;
+            }
+            for (filter, group) in row {
+                self.apply_route(from, filter, group.as_ref(), true);
+            }
         }
     }
 }

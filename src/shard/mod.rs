@@ -70,6 +70,7 @@ pub use cluster_session::{
 use conn::Conn;
 use control::ControlOutbox;
 use deliver::EncodeCache;
+pub use durable_load::PeerRoutes;
 use fanout::Targets;
 use limits::Limits;
 pub use limits::NodeCounters;

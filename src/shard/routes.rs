@@ -249,7 +249,13 @@ impl Shard {
         }
     }
 
-    fn apply_route(&mut self, shard: ShardId, filter: &Bytes, group: Option<&Bytes>, add: bool) {
+    pub(super) fn apply_route(
+        &mut self,
+        shard: ShardId,
+        filter: &Bytes,
+        group: Option<&Bytes>,
+        add: bool,
+    ) {
         if add {
             self.filters
                 .upsert(filter, FilterEntry::default, |e| match group {

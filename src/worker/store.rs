@@ -21,7 +21,7 @@ use crate::io::datadir::disk_error;
 use crate::io::datadir::{DataDir, LoopDir};
 use crate::io::store_thread::StoreThread;
 use crate::io::{EventLoop, Remote};
-use crate::shard::{owner_shard, Shard};
+use crate::shard::{owner_shard, PeerRoutes, Shard};
 use crate::store::recover::Recovered;
 use crate::store::rehome::rehome;
 use crate::store::snapshot::encode_snapshot;
@@ -38,6 +38,9 @@ pub struct LoopStore {
     pub recovered: Recovered,
     pub mode: SyncMode,
     pub interval: Option<Duration>,
+    /// Every loop's recovered routes (one table shared by all loops), so this loop
+    /// routes to the other loops' recovered subscribers from its first turn.
+    pub peer_routes: Arc<PeerRoutes>,
 }
 
 /// The worker's side at run time.
@@ -284,7 +287,7 @@ pub fn recover_loops(
         write_rehomed(data, old, &new)?;
         found = Vec::new();
     }
-    let mut out = Vec::with_capacity(shards);
+    let mut loops = Vec::with_capacity(shards);
     let mut records = 0u64;
     let mut sessions = 0usize;
     let mut found = found.into_iter();
@@ -305,13 +308,19 @@ pub fn recover_loops(
         }
         records += r.replayed;
         sessions += r.state.sessions.len();
-        out.push(LoopStore {
+        loops.push((dir, r));
+    }
+    let peer_routes = Arc::new(PeerRoutes::of(loops.iter().map(|(_, r)| &r.state)));
+    let out = loops
+        .into_iter()
+        .map(|(dir, recovered)| LoopStore {
             dir,
-            recovered: r,
+            recovered,
             mode,
             interval,
-        });
-    }
+            peer_routes: peer_routes.clone(),
+        })
+        .collect();
     tracing::info!(
         "data directory {}: recovered {sessions} sessions, {records} log records replayed \
          in {} ms; durability {}",
@@ -436,6 +445,7 @@ impl StoreIo {
             recovered: r,
             mode,
             interval,
+            peer_routes,
         } = store;
         let now = Instant::now();
         let segment = segment_name(*r.segments.last().unwrap_or(&0));
@@ -449,6 +459,7 @@ impl StoreIo {
         );
         shard.attach_store(wal, r.state.next_msg_id, now, unix_ms_now());
         shard.load_store(r.state, now);
+        shard.load_peer_routes(&peer_routes);
         let route = DiskRoute::new(dir, segment, |dir| {
             StoreThread::spawn(
                 dir,
