@@ -653,26 +653,12 @@ impl Shard {
             return;
         };
         self.take_over(s, false, now);
-        let mut bytes = self.handover_bytes(s);
-        if hand_back.is_some() && bytes.len() <= max_bytes {
-            bytes = self.with_seen_keys(client_id, bytes, max_bytes);
-        }
-        if bytes.len() > max_bytes {
-            // NATS would refuse the Merge after the session ended here, losing its
-            // copies (review10 L5): kept here offline (expiring as usual) instead,
-            // as a takeover's too-large session is.
-            tracing::warn!(
-                "cluster: session {:?} not given up to {node}: {} bytes, NATS allows {max_bytes}; kept here",
-                String::from_utf8_lossy(client_id),
-                bytes.len()
-            );
-            if let Some(st) = self.cluster_status.as_deref() {
-                st.sessions_kept.fetch_add(1, Ordering::Relaxed);
-            }
-            self.expire_offline_handover(s, now);
-            self.drop_slow_consumers(now);
+        let seen_keys = hand_back.is_some();
+        let Some(bytes) =
+            self.bytes_for_nats(s, client_id, seen_keys, max_bytes, Some(node.as_str()), now)
+        else {
             return;
-        }
+        };
         self.cluster_handing.remove(client_id);
         self.cluster_detached.remove(client_id);
         self.cluster_taken_back.remove(client_id);
@@ -1052,23 +1038,8 @@ impl Shard {
             self.reattach_subs(client_id);
             self.take_over(s, clean, now);
             if !clean {
-                let mut b = self.handover_bytes(s);
-                if b.len() <= max_bytes {
-                    b = self.with_seen_keys(client_id, b, max_bytes);
-                }
-                if b.len() > max_bytes {
-                    // Ending it would lose it: kept here offline (expiring as usual),
-                    // counted, and the asking node told so.
-                    tracing::warn!(
-                        "cluster: session {:?} not handed over: {} bytes, NATS allows {max_bytes}; kept here",
-                        String::from_utf8_lossy(client_id),
-                        b.len()
-                    );
-                    if let Some(st) = self.cluster_status.as_deref() {
-                        st.sessions_kept.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.expire_offline_handover(s, now);
-                    self.drop_slow_consumers(now);
+                let Some(b) = self.bytes_for_nats(s, client_id, true, max_bytes, None, now) else {
+                    // Kept here; the asking node is told so.
                     if let Some(out) = self.cluster.as_deref_mut() {
                         out.handovers.push(SessionHandover {
                             reply,
@@ -1078,7 +1049,7 @@ impl Shard {
                         });
                     }
                     return;
-                }
+                };
                 // Kept, offline and still subscribed, until the new owner confirms
                 // it holds the session and its interest (`on_handover_confirmed`):
                 // what reaches it meanwhile follows as a delta, and a new owner that
@@ -1116,6 +1087,42 @@ impl Shard {
                 taken_back: false,
             });
         }
+    }
+
+    /// Session `s` (taken over, so offline) as hand-over bytes for one NATS message,
+    /// followed by the keys of what reached it here when `seen_keys`
+    /// (`with_seen_keys`). `None` when they are more than `max_bytes`: NATS would
+    /// refuse them after the session ended here, losing its copies (review10 L5), so
+    /// it stays here offline (expiring as usual), counted. `to`: the node it was
+    /// to go to, for the log.
+    fn bytes_for_nats(
+        &mut self,
+        s: u32,
+        client_id: &[u8],
+        seen_keys: bool,
+        max_bytes: usize,
+        to: Option<&str>,
+        now: Instant,
+    ) -> Option<Bytes> {
+        let mut bytes = self.handover_bytes(s);
+        if seen_keys && bytes.len() <= max_bytes {
+            bytes = self.with_seen_keys(client_id, bytes, max_bytes);
+        }
+        if bytes.len() <= max_bytes {
+            return Some(bytes);
+        }
+        tracing::warn!(
+            "cluster: session {:?} not handed over{}: {} bytes, NATS allows {max_bytes}; kept here",
+            String::from_utf8_lossy(client_id),
+            to.map_or(String::new(), |n| format!(" to {n}")),
+            bytes.len()
+        );
+        if let Some(st) = self.cluster_status.as_deref() {
+            st.sessions_kept.fetch_add(1, Ordering::Relaxed);
+        }
+        self.expire_offline_handover(s, now);
+        self.drop_slow_consumers(now);
+        None
     }
 
     /// A session loaded from a hand-over that was never confirmed to its old node
