@@ -572,14 +572,8 @@ impl Shard {
         let Some(sess) = self.sessions.get(s).filter(|x| !x.is_online()) else {
             return;
         };
-        let filters: Vec<(Bytes, Option<Bytes>)> = sess
-            .subs
-            .iter()
-            .map(|x| Self::split_filter(&x.filter))
-            .collect();
-        for (inner, group) in &filters {
-            self.remove_local_sub(s, inner, group.as_ref());
-        }
+        let subs = sess.subs.clone();
+        self.unroute_subs(s, &subs);
         self.cluster_detached
             .insert(Bytes::copy_from_slice(client_id));
         tracing::debug!(
@@ -596,19 +590,13 @@ impl Shard {
         let Some(s) = self.sessions.find(client_id) else {
             return;
         };
-        let subs: Vec<(Box<[u8]>, crate::protocol::SubscriptionOptions, u32)> = self
+        let subs = self
             .sessions
             .get(s)
-            .map(|x| {
-                x.subs
-                    .iter()
-                    .map(|y| (y.filter.clone(), y.options, y.sub_id))
-                    .collect()
-            })
+            .map(|x| x.subs.clone())
             .unwrap_or_default();
-        for (filter, options, sub_id) in subs {
-            let (inner, group) = Self::split_filter(&filter);
-            self.add_local_sub(s, &inner, group.as_ref(), options, sub_id);
+        for sub in &subs {
+            self.route_sub(s, &sub.filter, sub.options, sub.sub_id);
         }
     }
 
