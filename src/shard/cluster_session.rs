@@ -648,7 +648,6 @@ impl Shard {
             return;
         };
         self.cluster_handing.remove(client_id);
-        self.cluster_detached.remove(client_id);
         self.cluster_taken_back.remove(client_id);
         self.end_session(s, now);
         self.drop_slow_consumers(now);
@@ -899,7 +898,6 @@ impl Shard {
                     }
                 } else {
                     delta = Some(d);
-                    self.cluster_detached.remove(client_id);
                     self.end_session(s, now);
                 }
                 self.drop_slow_consumers(now);
@@ -1051,8 +1049,6 @@ impl Shard {
                     let sessions = &self.sessions;
                     self.cluster_handing
                         .retain(|id, _| sessions.find(id).is_some());
-                    self.cluster_detached
-                        .retain(|id| sessions.find(id).is_some());
                 }
                 self.cluster_handing
                     .insert(Bytes::copy_from_slice(client_id), (reply, copies));
@@ -1363,7 +1359,6 @@ impl Shard {
             // Or taken back from its asker, which now gives its session up (review
             // M1): the same gap.
             let taken_back = self.taken_back_here(client_id, None).map(|(_, t)| t.copies);
-            self.cluster_detached.remove(client_id);
             gap = self
                 .cluster_handing
                 .remove(client_id)
