@@ -70,8 +70,6 @@ pub(super) struct DeltaDedup {
     /// Watches still recording (`Watch::kept` is `None`): while there are none,
     /// nothing is recorded.
     recording: usize,
-    /// Keys held in kept watches' `kept` sets.
-    kept_keys: usize,
 }
 
 /// One session loaded from a hand-over whose old node's delta has not come.
@@ -208,7 +206,8 @@ impl DeltaDedup {
             w.retrying = false;
         }
         self.settle();
-        while self.kept_keys > KEPT_KEYS_MAX {
+        let mut kept_keys = self.kept_keys();
+        while kept_keys > KEPT_KEYS_MAX {
             let oldest = self
                 .watching
                 .values_mut()
@@ -217,8 +216,17 @@ impl DeltaDedup {
             let Some(w) = oldest else { break };
             let n = w.kept.as_ref().map_or(0, HashSet::len);
             w.kept = Some(HashSet::new());
-            self.kept_keys -= n;
+            kept_keys -= n;
         }
+    }
+
+    /// Keys held in kept watches' `kept` sets.
+    fn kept_keys(&self) -> usize {
+        self.watching
+            .values()
+            .filter_map(|w| w.kept.as_ref())
+            .map(HashSet::len)
+            .sum()
     }
 
     /// `client_id`'s watch ends with nothing to take (its session left this node).
@@ -280,15 +288,9 @@ impl DeltaDedup {
     }
 
     /// After a watch changed: keys no recording watch needs any more go, and the
-    /// counts follow.
+    /// count of recording watches follows.
     fn settle(&mut self) {
         self.recording = self.watching.values().filter(|w| w.recording()).count();
-        self.kept_keys = self
-            .watching
-            .values()
-            .filter_map(|w| w.kept.as_ref())
-            .map(HashSet::len)
-            .sum();
         let oldest = self
             .watching
             .values()
@@ -468,7 +470,7 @@ mod tests {
         d.keep(b"new");
         assert_eq!(d.seen(b"old"), Some(HashSet::new()), "emptied: oldest");
         assert_eq!(d.seen(b"new").map(|k| k.len()), Some(2));
-        assert!(d.kept_keys <= KEPT_KEYS_MAX);
+        assert!(d.kept_keys() <= KEPT_KEYS_MAX);
         for i in 0..KEPT_MAX {
             let id = format!("k{i}");
             d.watch(id.as_bytes(), 1, t1 + Duration::from_secs(1));
