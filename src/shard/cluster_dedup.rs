@@ -100,11 +100,10 @@ impl Watch {
 pub(super) enum Retry {
     /// Ask again.
     Again,
-    /// Give it up (the session left, or its watch is over): the loop ends the wait
-    /// for the delta as if an empty one had come.
+    /// Give it up (the session left, its watch is over, or `RETRYING_MAX`
+    /// confirmations are being asked again already): the loop ends the wait for
+    /// the delta as if an empty one had come.
     GiveUp,
-    /// As `GiveUp`, because `RETRYING_MAX` confirmations are being asked again.
-    Full,
     /// Not the hand-over this loop waits on for that id (a newer one, or none).
     NotThis,
 }
@@ -175,7 +174,7 @@ impl DeltaDedup {
             return Retry::GiveUp;
         }
         if !w.retrying && retrying >= RETRYING_MAX {
-            return Retry::Full;
+            return Retry::GiveUp;
         }
         w.retrying = true;
         Retry::Again
@@ -399,7 +398,7 @@ mod tests {
         d.watch(b"late", 1, t0);
         assert_eq!(
             d.retry(b"late", 1, true, true, t0),
-            Retry::Full,
+            Retry::GiveUp,
             "the queue is full"
         );
         assert_eq!(

@@ -812,7 +812,7 @@ impl Shard {
                     });
                 }
             }
-            Retry::Full | Retry::GiveUp => {
+            Retry::GiveUp => {
                 if let Some(st) = self.cluster_status.as_deref() {
                     st.confirms_given_up.fetch_add(1, Ordering::Relaxed);
                 }
