@@ -1808,7 +1808,8 @@ fn a_will_marked_by_a_taker_that_died_is_finished_by_another_survivor() {
         delay_s: 0,
         at: None,
     };
-    let entry = will_entry(&crate::shard::will_record(b"dev", &w), 7);
+    let record = crate::shard::will_record(b"dev", &w);
+    let entry = will_entry(&record, 7);
     let (owner, taker, me) = (
         incarnation_of("n1", 1),
         incarnation_of("n2", 2),
@@ -1827,7 +1828,7 @@ fn a_will_marked_by_a_taker_that_died_is_finished_by_another_survivor() {
     };
     assert_eq!(
         step(&entry, 80 * s, &beats, 100 * s),
-        Some(OrphanStep::Take)
+        Some(OrphanStep::Take { record, epoch: 7 })
     );
     assert_eq!(
         step(&entry, 80 * s, &beats, 94 * s),
