@@ -1515,8 +1515,8 @@ fn a_claim_of_an_entry_naming_this_node_recovers_the_saved_state() {
 }
 
 /// Review10 L6: the return-time wills check and `settle` read the stream leader's
-/// answer: a put is held (at its revision), a delete or purge marker or no message
-/// is gone, and a failed read says nothing.
+/// answer: a put is held (at its revision), a delete or purge marker, a survivor's
+/// mark or no message is gone, and a failed read says nothing.
 #[cfg(not(loom))]
 #[test]
 fn the_leader_read_of_a_will_entry_tells_held_gone_and_unknown_apart() {
@@ -1533,8 +1533,8 @@ fn the_leader_read_of_a_will_entry_tells_held_gone_and_unknown_apart() {
         LeaderRead::Gone
     );
     // A survivor's mark keeps the entry but the will is no longer this node's.
-    assert_eq!(leader_read(Ok((42, Some("PUT"), true))), LeaderRead::Taken);
-    assert_eq!(leader_read(Ok((42, None, true))), LeaderRead::Taken);
+    assert_eq!(leader_read(Ok((42, Some("PUT"), true))), LeaderRead::Gone);
+    assert_eq!(leader_read(Ok((42, None, true))), LeaderRead::Gone);
     let gone = LastRawMessageError::new(LastRawMessageErrorKind::NoMessageFound);
     assert_eq!(leader_read(Err(&gone)), LeaderRead::Gone);
     let failed = LastRawMessageError::new(LastRawMessageErrorKind::Other);
