@@ -966,18 +966,8 @@ impl Claims {
             let owner = match next {
                 ClaimNext::Fresh => return None,
                 ClaimNext::OwnOrSaved => {
-                    if !own_saved_live(&saved, offline_ms, unix_ms()) {
-                        self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
-                        return None;
-                    }
-                    self.status
-                        .sessions_recovered
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Some(ClaimAnswer {
-                        session: saved,
-                        from: None,
-                        own: true,
-                    });
+                    let live = own_saved_live(&saved, offline_ms, unix_ms());
+                    return self.recover_or_expire(saved, live, true);
                 }
                 ClaimNext::Fetch(owner) => owner,
             };
@@ -998,29 +988,39 @@ impl Claims {
                     } else {
                         None
                     };
-                    if !saved_session_live(&saved, offline_ms, seen, unix_ms()) {
-                        self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                    let live = saved_session_live(&saved, offline_ms, seen, unix_ms());
+                    if !live {
                         tracing::info!(
                             "cluster: the saved session of {:?} (owner {owner}) expired; \
                                  served fresh",
                             String::from_utf8_lossy(&c.client_id)
                         );
-                        return None;
                     }
-                    self.status
-                        .sessions_recovered
-                        .fetch_add(1, Ordering::Relaxed);
-                    Some(ClaimAnswer {
-                        session: saved,
-                        from: None,
-                        own: false,
-                    })
+                    self.recover_or_expire(saved, live, false)
                 }
                 Fetched::NoAnswer => None,
             };
         }
         self.served_locally(&c.client_id);
         None
+    }
+
+    /// A won claim's session from the saved state in its entry (no hand-over:
+    /// `own`, the entry is this node's; else its owner did not answer), counted as
+    /// recovered, or as expired when it is not `live` any more (served fresh).
+    fn recover_or_expire(&self, saved: Bytes, live: bool, own: bool) -> Option<ClaimAnswer> {
+        if !live {
+            self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.status
+            .sessions_recovered
+            .fetch_add(1, Ordering::Relaxed);
+        Some(ClaimAnswer {
+            session: saved,
+            from: None,
+            own,
+        })
     }
 
     /// Asks `owner` to give the session up (this node claimed it at `epoch`).
