@@ -727,7 +727,7 @@ pub fn reconcile_step(
 }
 
 /// How one session save went (`Claims::save_state`).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Saved {
     /// Written, or nothing to write (the entry names another node, or is gone).
     Done,
@@ -1302,7 +1302,7 @@ impl Claims {
             let e = match kv.entry(&key).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => e,
                 Ok(_) => {
-                    if self.keep_or(client_id, save, Saved::Later) == Saved::Done {
+                    if self.kept_for_reconcile(client_id, save) {
                         return Saved::Done;
                     }
                     tokio::time::sleep(STATE_RETRY).await;
@@ -1341,13 +1341,19 @@ impl Claims {
     }
 
     /// `Done` when `client_id` waits for a reconcile, which now holds `save`
-    /// (`LocalIds::keep`); else `otherwise`.
+    /// (`kept_for_reconcile`); else `otherwise`.
     fn keep_or(&self, client_id: &Bytes, save: Option<&Bytes>, otherwise: Saved) -> Saved {
-        if self.local.lock().is_ok_and(|mut l| l.keep(client_id, save)) {
+        if self.kept_for_reconcile(client_id, save) {
             Saved::Done
         } else {
             otherwise
         }
+    }
+
+    /// Whether `client_id` waits for a reconcile, which then holds `save`
+    /// (`LocalIds::keep`).
+    fn kept_for_reconcile(&self, client_id: &Bytes, save: Option<&Bytes>) -> bool {
+        self.local.lock().is_ok_and(|mut l| l.keep(client_id, save))
     }
 
     /// When node `node`'s heartbeat last landed (server time, Unix ms; `None`: not
