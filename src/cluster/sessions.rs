@@ -62,8 +62,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts of one round of a hand-over's confirmation to its old node; a round
 /// left unanswered is asked again after `confirm_backoff` (review10 M8).
 const CONFIRM_TRIES: usize = 3;
-/// The longest wait between two rounds of an unanswered confirmation.
-const CONFIRM_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Answers "busy" (`REPLY_BUSY`) one confirmation or takeover request may get
 /// before it counts as unanswered, `BUSY_RETRY` apart: the old node's table of
 /// requests waiting for their loop was full, and it did nothing with this one.
@@ -257,14 +255,12 @@ pub fn decode_answer(b: &[u8]) -> Answer {
 }
 
 /// The wait before round `attempt + 1` of a confirmation whose round `attempt` (0:
-/// the first) went unanswered: 1 s, doubling, at most `CONFIRM_BACKOFF_MAX`, so a
-/// node back after a few seconds of NATS trouble is asked again soon, and one gone
-/// for long costs a request every few seconds per session, as long as the loop
-/// keeps asking (`DeltaDedup::retry`).
+/// the first) went unanswered: `AttemptWait`'s, 1 s, doubling, at most
+/// `JS_REQUEST_MAX` (5 s), so a node back after a few seconds of NATS trouble is
+/// asked again soon, and one gone for long costs a request every few seconds per
+/// session, as long as the loop keeps asking (`DeltaDedup::retry`).
 pub fn confirm_backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1)
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(CONFIRM_BACKOFF_MAX)
+    super::health::AttemptWait::after(attempt).wait()
 }
 
 /// How a confirmation goes on after each answer (sans-IO, so its bounds are tested
