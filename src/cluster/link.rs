@@ -741,18 +741,21 @@ pub(super) fn will_wire(
     id: u64,
     msg: &Message,
 ) -> Option<(String, HeaderMap, Bytes)> {
-    let p = Publish {
-        msg: Arc::new(msg.clone()),
-        id,
-        publisher: None,
-        ack: None,
-    };
-    wire(origin, &p).map(|w| (w.subject, w.headers, w.payload))
+    wire_of(origin, msg, id, None).map(|w| (w.subject, w.headers, w.payload))
 }
 
 /// `None`: the topic has no NATS subject (the loops refuse such topics first).
 fn wire(origin: &str, p: &Publish) -> Option<Wire> {
-    let m = &p.msg;
+    wire_of(origin, &p.msg, p.id, p.publisher.as_ref())
+}
+
+/// See `wire`: message `m` numbered `id` (`Mqtt-Id`), from `publisher` if named.
+fn wire_of(
+    origin: &str,
+    m: &Message,
+    id: u64,
+    publisher: Option<&headers::Publisher>,
+) -> Option<Wire> {
     let subject = topic_subject(&m.topic, QosClass::of(m.qos))?;
     // Names from static strings: a `&str` name is copied into a new allocation per
     // header, and the meta borrows the message, so per message only the values and
@@ -762,11 +765,11 @@ fn wire(origin: &str, p: &Publish) -> Option<Wire> {
         qos: m.qos,
         retain: m.retain,
         origin,
-        id: p.id,
+        id,
         properties: &m.properties,
     }
     .encode_each(|name, value| h.insert(HeaderName::from_static(name), value));
-    if let Some(publisher) = &p.publisher {
+    if let Some(publisher) = publisher {
         h.insert(
             HeaderName::from_static(headers::PUBLISHER),
             headers::encode_publisher(publisher),
