@@ -1053,13 +1053,12 @@ async fn qos_stream(js: jetstream::Context, replicas: usize, status: Arc<Cluster
     };
     loop {
         let wait = attempt_wait(&status, JsPart::QosStream);
-        match tokio::time::timeout(wait, js.get_or_create_stream(cfg.clone())).await {
-            Ok(Ok(_)) => {
+        match answered(wait, js.get_or_create_stream(cfg.clone())).await {
+            Ok(_) => {
                 jetstream_made(&status, JsPart::QosStream);
                 return;
             }
-            Ok(Err(e)) => jetstream_failed(&status, JsPart::QosStream, e.to_string()),
-            Err(_) => jetstream_failed(&status, JsPart::QosStream, NO_ANSWER.into()),
+            Err(e) => jetstream_failed(&status, JsPart::QosStream, e),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -1069,6 +1068,17 @@ async fn qos_stream(js: jetstream::Context, replicas: usize, status: Arc<Cluster
 /// `attempt_wait` (one text whatever the wait, so it is logged once).
 const NO_ANSWER: &str = "no answer from JetStream (a forming NATS cluster answers once \
                          its meta leader is elected)";
+
+/// A JetStream call given `wait` to answer: its error as text, or `NO_ANSWER`.
+async fn answered<T, E: ToString>(
+    wait: Duration,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(wait, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(NO_ANSWER.to_string()),
+    }
+}
 
 /// `JetStreamHealth::attempt_wait`: short while `part` is being made, so a request
 /// a forming NATS cluster dropped is sent again soon (review10 M6).
@@ -1122,15 +1132,11 @@ pub(super) async fn bucket(
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    let made = match tokio::time::timeout(wait, js.get_or_create_stream(cfg)).await {
-        Ok(made) => made.map(|_| ()).map_err(|e| e.to_string()),
-        Err(_) => Err(NO_ANSWER.to_string()),
-    };
+    let made = answered(wait, js.get_or_create_stream(cfg))
+        .await
+        .map(|_| ());
     // Made now, or by another node meanwhile.
-    let store = match tokio::time::timeout(wait, js.get_key_value(name)).await {
-        Ok(store) => store.map_err(|e| e.to_string()),
-        Err(_) => Err(NO_ANSWER.to_string()),
-    };
+    let store = answered(wait, js.get_key_value(name)).await;
     if let Some(p) = part {
         match (&store, made) {
             (Ok(_), _) => jetstream_made(status, p),
