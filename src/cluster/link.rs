@@ -544,10 +544,7 @@ async fn run(
             _ = poll_fn(|cx| bell.poll(cx)) => {
                 st.drain_loops(&mut from_loops, &loops_io);
                 st.hand_to_writer(&write_tx);
-                st.status.forward_full.store(
-                    st.outgoing.backlog() >= FORWARD_BACKLOG_MAX,
-                    Ordering::Relaxed,
-                );
+                set_forward_full(&st.status, st.outgoing.backlog() >= FORWARD_BACKLOG_MAX);
                 // Nothing above awaits, and the loops ring the bell every turn: let
                 // the writer and async-nats's own tasks run once this task has used
                 // its turn's budget (a yield at every round cost the flood path a
@@ -907,7 +904,16 @@ async fn nats_writer(
         Outgoing::written(&handed, n);
         // Room again: the loops make their QoS 0 copies until the main task, at its
         // next round of the rings, finds the backlog full again.
-        status.forward_full.store(false, Ordering::Relaxed);
+        set_forward_full(&status, false);
+    }
+}
+
+/// Sets `ClusterStatus::forward_full` only when it changes: every loop reads it
+/// for every plain QoS 0 publish, and a store of the same value each round would
+/// still take its cache line from all of them.
+fn set_forward_full(status: &ClusterStatus, full: bool) {
+    if status.forward_full.load(Ordering::Relaxed) != full {
+        status.forward_full.store(full, Ordering::Relaxed);
     }
 }
 
