@@ -41,6 +41,9 @@ use std::time::Duration;
 
 use io_uring::{opcode, types, IoUring};
 
+mod cpu;
+use cpu::thread_cpu_ns;
+
 /// A 64-byte QoS 0 PUBLISH on `lg/fanout` with loadgen's header is 70 bytes on the wire.
 const FRAME: usize = 70;
 /// How long receivers wait for stragglers after the writers stop.
@@ -78,16 +81,6 @@ fn sleep_until(ns: u64) {
             return;
         }
     }
-}
-
-fn thread_cpu_ns() -> u64 {
-    // SAFETY: getrusage writes one rusage into the zeroed value we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_THREAD is the calling thread.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    assert_eq!(rc, 0, "getrusage");
-    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
-    ns(ru.ru_utime) + ns(ru.ru_stime)
 }
 
 /// Pins the calling thread and, for `slice_us` > 0, asks EEVDF for that slice, as
@@ -364,6 +357,17 @@ impl Args {
         v.parse()
             .unwrap_or_else(|_| die(&format!("--{key} {v}: not a whole number")))
     }
+    /// `--ring`: `defer` (`SINGLE_ISSUER` + `DEFER_TASKRUN`) or `coop` (the
+    /// broker's flags, the default).
+    fn defer_taskrun(&self) -> bool {
+        match self.get("ring", "coop").as_str() {
+            "coop" => false,
+            "defer" => true,
+            other => die(&format!(
+                "--ring {other}: coop (the broker's flags) or defer"
+            )),
+        }
+    }
     fn cores(&self, key: &str, default: &str) -> Vec<usize> {
         let v = self.get(key, default);
         v.split(',')
@@ -570,13 +574,7 @@ fn fanout(args: &Args) {
     let rate = args.num("rate", 100).max(1);
     let secs = args.num("duration", 5);
     let warmup_secs = args.num("warmup", 1);
-    let defer_taskrun = match args.get("ring", "coop").as_str() {
-        "coop" => false,
-        "defer" => true,
-        other => die(&format!(
-            "--ring {other}: coop (the broker's flags) or defer"
-        )),
-    };
+    let defer_taskrun = args.defer_taskrun();
     let mode = match args.get("mode", "uring").as_str() {
         "send" => SendMode::Syscalls,
         "uring" => SendMode::Uring,
@@ -850,13 +848,7 @@ fn pairs(args: &Args) {
         args.num("client-slice-us", 100),
         args.num("server-slice-us", 0),
     );
-    let defer_taskrun = match args.get("ring", "coop").as_str() {
-        "coop" => false,
-        "defer" => true,
-        other => die(&format!(
-            "--ring {other}: coop (the broker's flags) or defer"
-        )),
-    };
+    let defer_taskrun = args.defer_taskrun();
     let uring_relay = match args.get("relay", "epoll").as_str() {
         "epoll" => false,
         "uring" => true,

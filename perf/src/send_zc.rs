@@ -16,15 +16,8 @@ use std::time::Instant;
 
 use io_uring::{cqueue, opcode, types, IoUring};
 
-fn thread_cpu_ns() -> u64 {
-    // SAFETY: getrusage writes one rusage into the zeroed value we pass.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_THREAD is the calling thread.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
-    assert_eq!(rc, 0, "getrusage");
-    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
-    ns(ru.ru_utime) + ns(ru.ru_stime)
-}
+mod cpu;
+use cpu::thread_cpu_ns;
 
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")

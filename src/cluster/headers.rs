@@ -261,7 +261,9 @@ pub fn forward_bytes(
     }
 }
 
-/// The header pairs for `meta`, in a fixed order.
+/// The header pairs for `meta`, in `MetaRef::encode_each`'s order: the tests' view
+/// of what the writer puts in a NATS header map.
+#[cfg(test)]
 pub fn encode(meta: &Meta) -> Vec<(&'static str, String)> {
     let mut h = Vec::with_capacity(5);
     MetaRef {
@@ -287,7 +289,7 @@ pub struct MetaRef<'a> {
 }
 
 impl MetaRef<'_> {
-    /// Hands each header pair to `put`, in `encode`'s order: the writer puts them
+    /// Hands each header pair to `put`, in a fixed order: the writer puts them
     /// straight into the NATS header map, with no list of pairs in between.
     pub fn encode_each(&self, mut put: impl FnMut(&'static str, String)) {
         put(QOS, (self.qos as u8).to_string());

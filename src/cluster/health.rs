@@ -91,6 +91,13 @@ pub struct AttemptWait {
 }
 
 impl AttemptWait {
+    /// After `failures` failures in a row.
+    pub fn after(failures: u32) -> Self {
+        Self {
+            failures: failures.min(u32::from(u8::MAX)) as u8,
+        }
+    }
+
     pub fn wait(&self) -> Duration {
         let doublings = u32::from(self.failures).min(8);
         (JS_ATTEMPT_FIRST * (1 << doublings)).min(JS_REQUEST_MAX)

@@ -544,10 +544,7 @@ async fn run(
             _ = poll_fn(|cx| bell.poll(cx)) => {
                 st.drain_loops(&mut from_loops, &loops_io);
                 st.hand_to_writer(&write_tx);
-                st.status.forward_full.store(
-                    st.outgoing.backlog() >= FORWARD_BACKLOG_MAX,
-                    Ordering::Relaxed,
-                );
+                set_forward_full(&st.status, st.outgoing.backlog() >= FORWARD_BACKLOG_MAX);
                 // Nothing above awaits, and the loops ring the bell every turn: let
                 // the writer and async-nats's own tasks run once this task has used
                 // its turn's budget (a yield at every round cost the flood path a
@@ -741,18 +738,21 @@ pub(super) fn will_wire(
     id: u64,
     msg: &Message,
 ) -> Option<(String, HeaderMap, Bytes)> {
-    let p = Publish {
-        msg: Arc::new(msg.clone()),
-        id,
-        publisher: None,
-        ack: None,
-    };
-    wire(origin, &p).map(|w| (w.subject, w.headers, w.payload))
+    wire_of(origin, msg, id, None).map(|w| (w.subject, w.headers, w.payload))
 }
 
 /// `None`: the topic has no NATS subject (the loops refuse such topics first).
 fn wire(origin: &str, p: &Publish) -> Option<Wire> {
-    let m = &p.msg;
+    wire_of(origin, &p.msg, p.id, p.publisher.as_ref())
+}
+
+/// See `wire`: message `m` numbered `id` (`Mqtt-Id`), from `publisher` if named.
+fn wire_of(
+    origin: &str,
+    m: &Message,
+    id: u64,
+    publisher: Option<&headers::Publisher>,
+) -> Option<Wire> {
     let subject = topic_subject(&m.topic, QosClass::of(m.qos))?;
     // Names from static strings: a `&str` name is copied into a new allocation per
     // header, and the meta borrows the message, so per message only the values and
@@ -762,11 +762,11 @@ fn wire(origin: &str, p: &Publish) -> Option<Wire> {
         qos: m.qos,
         retain: m.retain,
         origin,
-        id: p.id,
+        id,
         properties: &m.properties,
     }
     .encode_each(|name, value| h.insert(HeaderName::from_static(name), value));
-    if let Some(publisher) = &p.publisher {
+    if let Some(publisher) = publisher {
         h.insert(
             HeaderName::from_static(headers::PUBLISHER),
             headers::encode_publisher(publisher),
@@ -904,7 +904,16 @@ async fn nats_writer(
         Outgoing::written(&handed, n);
         // Room again: the loops make their QoS 0 copies until the main task, at its
         // next round of the rings, finds the backlog full again.
-        status.forward_full.store(false, Ordering::Relaxed);
+        set_forward_full(&status, false);
+    }
+}
+
+/// Sets `ClusterStatus::forward_full` only when it changes: every loop reads it
+/// for every plain QoS 0 publish, and a store of the same value each round would
+/// still take its cache line from all of them.
+fn set_forward_full(status: &ClusterStatus, full: bool) {
+    if status.forward_full.load(Ordering::Relaxed) != full {
+        status.forward_full.store(full, Ordering::Relaxed);
     }
 }
 
@@ -1050,13 +1059,12 @@ async fn qos_stream(js: jetstream::Context, replicas: usize, status: Arc<Cluster
     };
     loop {
         let wait = attempt_wait(&status, JsPart::QosStream);
-        match tokio::time::timeout(wait, js.get_or_create_stream(cfg.clone())).await {
-            Ok(Ok(_)) => {
+        match answered(wait, js.get_or_create_stream(cfg.clone())).await {
+            Ok(_) => {
                 jetstream_made(&status, JsPart::QosStream);
                 return;
             }
-            Ok(Err(e)) => jetstream_failed(&status, JsPart::QosStream, e.to_string()),
-            Err(_) => jetstream_failed(&status, JsPart::QosStream, NO_ANSWER.into()),
+            Err(e) => jetstream_failed(&status, JsPart::QosStream, e),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -1066,6 +1074,17 @@ async fn qos_stream(js: jetstream::Context, replicas: usize, status: Arc<Cluster
 /// `attempt_wait` (one text whatever the wait, so it is logged once).
 const NO_ANSWER: &str = "no answer from JetStream (a forming NATS cluster answers once \
                          its meta leader is elected)";
+
+/// A JetStream call given `wait` to answer: its error as text, or `NO_ANSWER`.
+async fn answered<T, E: ToString>(
+    wait: Duration,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(wait, call).await {
+        Ok(r) => r.map_err(|e| e.to_string()),
+        Err(_) => Err(NO_ANSWER.to_string()),
+    }
+}
 
 /// `JetStreamHealth::attempt_wait`: short while `part` is being made, so a request
 /// a forming NATS cluster dropped is sent again soon (review10 M6).
@@ -1119,15 +1138,11 @@ pub(super) async fn bucket(
         discard: jetstream::stream::DiscardPolicy::New,
         ..Default::default()
     };
-    let made = match tokio::time::timeout(wait, js.get_or_create_stream(cfg)).await {
-        Ok(made) => made.map(|_| ()).map_err(|e| e.to_string()),
-        Err(_) => Err(NO_ANSWER.to_string()),
-    };
+    let made = answered(wait, js.get_or_create_stream(cfg))
+        .await
+        .map(|_| ());
     // Made now, or by another node meanwhile.
-    let store = match tokio::time::timeout(wait, js.get_key_value(name)).await {
-        Ok(store) => store.map_err(|e| e.to_string()),
-        Err(_) => Err(NO_ANSWER.to_string()),
-    };
+    let store = answered(wait, js.get_key_value(name)).await;
     if let Some(p) = part {
         match (&store, made) {
             (Ok(_), _) => jetstream_made(status, p),

@@ -62,8 +62,6 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Attempts of one round of a hand-over's confirmation to its old node; a round
 /// left unanswered is asked again after `confirm_backoff` (review10 M8).
 const CONFIRM_TRIES: usize = 3;
-/// The longest wait between two rounds of an unanswered confirmation.
-const CONFIRM_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Answers "busy" (`REPLY_BUSY`) one confirmation or takeover request may get
 /// before it counts as unanswered, `BUSY_RETRY` apart: the old node's table of
 /// requests waiting for their loop was full, and it did nothing with this one.
@@ -257,14 +255,12 @@ pub fn decode_answer(b: &[u8]) -> Answer {
 }
 
 /// The wait before round `attempt + 1` of a confirmation whose round `attempt` (0:
-/// the first) went unanswered: 1 s, doubling, at most `CONFIRM_BACKOFF_MAX`, so a
-/// node back after a few seconds of NATS trouble is asked again soon, and one gone
-/// for long costs a request every few seconds per session, as long as the loop
-/// keeps asking (`DeltaDedup::retry`).
+/// the first) went unanswered: `AttemptWait`'s, 1 s, doubling, at most
+/// `JS_REQUEST_MAX` (5 s), so a node back after a few seconds of NATS trouble is
+/// asked again soon, and one gone for long costs a request every few seconds per
+/// session, as long as the loop keeps asking (`DeltaDedup::retry`).
 pub fn confirm_backoff(attempt: u32) -> Duration {
-    Duration::from_secs(1)
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(CONFIRM_BACKOFF_MAX)
+    super::health::AttemptWait::after(attempt).wait()
 }
 
 /// How a confirmation goes on after each answer (sans-IO, so its bounds are tested
@@ -727,7 +723,7 @@ pub fn reconcile_step(
 }
 
 /// How one session save went (`Claims::save_state`).
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Saved {
     /// Written, or nothing to write (the entry names another node, or is gone).
     Done,
@@ -966,18 +962,8 @@ impl Claims {
             let owner = match next {
                 ClaimNext::Fresh => return None,
                 ClaimNext::OwnOrSaved => {
-                    if !own_saved_live(&saved, offline_ms, unix_ms()) {
-                        self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
-                        return None;
-                    }
-                    self.status
-                        .sessions_recovered
-                        .fetch_add(1, Ordering::Relaxed);
-                    return Some(ClaimAnswer {
-                        session: saved,
-                        from: None,
-                        own: true,
-                    });
+                    let live = own_saved_live(&saved, offline_ms, unix_ms());
+                    return self.recover_or_expire(saved, live, true);
                 }
                 ClaimNext::Fetch(owner) => owner,
             };
@@ -998,29 +984,39 @@ impl Claims {
                     } else {
                         None
                     };
-                    if !saved_session_live(&saved, offline_ms, seen, unix_ms()) {
-                        self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
+                    let live = saved_session_live(&saved, offline_ms, seen, unix_ms());
+                    if !live {
                         tracing::info!(
                             "cluster: the saved session of {:?} (owner {owner}) expired; \
                                  served fresh",
                             String::from_utf8_lossy(&c.client_id)
                         );
-                        return None;
                     }
-                    self.status
-                        .sessions_recovered
-                        .fetch_add(1, Ordering::Relaxed);
-                    Some(ClaimAnswer {
-                        session: saved,
-                        from: None,
-                        own: false,
-                    })
+                    self.recover_or_expire(saved, live, false)
                 }
                 Fetched::NoAnswer => None,
             };
         }
         self.served_locally(&c.client_id);
         None
+    }
+
+    /// A won claim's session from the saved state in its entry (no hand-over:
+    /// `own`, the entry is this node's; else its owner did not answer), counted as
+    /// recovered, or as expired when it is not `live` any more (served fresh).
+    fn recover_or_expire(&self, saved: Bytes, live: bool, own: bool) -> Option<ClaimAnswer> {
+        if !live {
+            self.status.sessions_expired.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.status
+            .sessions_recovered
+            .fetch_add(1, Ordering::Relaxed);
+        Some(ClaimAnswer {
+            session: saved,
+            from: None,
+            own,
+        })
     }
 
     /// Asks `owner` to give the session up (this node claimed it at `epoch`).
@@ -1302,7 +1298,7 @@ impl Claims {
             let e = match kv.entry(&key).await {
                 Ok(Some(e)) if e.operation == kv::Operation::Put => e,
                 Ok(_) => {
-                    if self.keep_or(client_id, save, Saved::Later) == Saved::Done {
+                    if self.kept_for_reconcile(client_id, save) {
                         return Saved::Done;
                     }
                     tokio::time::sleep(STATE_RETRY).await;
@@ -1341,13 +1337,19 @@ impl Claims {
     }
 
     /// `Done` when `client_id` waits for a reconcile, which now holds `save`
-    /// (`LocalIds::keep`); else `otherwise`.
+    /// (`kept_for_reconcile`); else `otherwise`.
     fn keep_or(&self, client_id: &Bytes, save: Option<&Bytes>, otherwise: Saved) -> Saved {
-        if self.local.lock().is_ok_and(|mut l| l.keep(client_id, save)) {
+        if self.kept_for_reconcile(client_id, save) {
             Saved::Done
         } else {
             otherwise
         }
+    }
+
+    /// Whether `client_id` waits for a reconcile, which then holds `save`
+    /// (`LocalIds::keep`).
+    fn kept_for_reconcile(&self, client_id: &Bytes, save: Option<&Bytes>) -> bool {
+        self.local.lock().is_ok_and(|mut l| l.keep(client_id, save))
     }
 
     /// When node `node`'s heartbeat last landed (server time, Unix ms; `None`: not

@@ -88,8 +88,9 @@ pub const WILL_ORIGIN_PREFIX: &str = "will:";
 pub enum OrphanStep {
     /// Nothing yet: its Will Delay is not over, or it is marked by a live taker.
     Wait,
-    /// A will: mark it taken (compare-and-set on its revision), then publish it.
-    Take,
+    /// A will (its record and the epoch it was written at, `decode_will_entry`):
+    /// mark it taken (compare-and-set on its revision), then publish it.
+    Take { record: Bytes, epoch: u64 },
     /// Marked by this node, or by a taker that died since: publish the will it
     /// keeps (under the same identity: anyone who got it from the taker drops this
     /// copy) and delete the mark.
@@ -117,7 +118,7 @@ pub fn orphan_step(
             OrphanStep::Wait
         });
     }
-    let (record, _) = decode_will_entry(value)?;
+    let (record, epoch) = decode_will_entry(value)?;
     let due = orphan_due(
         beats,
         now_ns,
@@ -127,7 +128,7 @@ pub fn orphan_step(
         will_delay_s(&record),
     );
     Some(if due {
-        OrphanStep::Take
+        OrphanStep::Take { record, epoch }
     } else {
         OrphanStep::Wait
     })
@@ -247,10 +248,7 @@ impl Wills {
                     }
                     (e.revision, t)
                 }
-                Some(OrphanStep::Take) => {
-                    let Some((record, epoch)) = decode_will_entry(&e.value) else {
-                        continue;
-                    };
+                Some(OrphanStep::Take { record, epoch }) => {
                     // Read before the mark: a will whose session was resumed within
                     // its delay is deleted and not published; one whose owner cannot
                     // be read now waits for the next sweep.

@@ -1515,8 +1515,8 @@ fn a_claim_of_an_entry_naming_this_node_recovers_the_saved_state() {
 }
 
 /// Review10 L6: the return-time wills check and `settle` read the stream leader's
-/// answer: a put is held (at its revision), a delete or purge marker or no message
-/// is gone, and a failed read says nothing.
+/// answer: a put is held (at its revision), a delete or purge marker, a survivor's
+/// mark or no message is gone, and a failed read says nothing.
 #[cfg(not(loom))]
 #[test]
 fn the_leader_read_of_a_will_entry_tells_held_gone_and_unknown_apart() {
@@ -1533,8 +1533,8 @@ fn the_leader_read_of_a_will_entry_tells_held_gone_and_unknown_apart() {
         LeaderRead::Gone
     );
     // A survivor's mark keeps the entry but the will is no longer this node's.
-    assert_eq!(leader_read(Ok((42, Some("PUT"), true))), LeaderRead::Taken);
-    assert_eq!(leader_read(Ok((42, None, true))), LeaderRead::Taken);
+    assert_eq!(leader_read(Ok((42, Some("PUT"), true))), LeaderRead::Gone);
+    assert_eq!(leader_read(Ok((42, None, true))), LeaderRead::Gone);
     let gone = LastRawMessageError::new(LastRawMessageErrorKind::NoMessageFound);
     assert_eq!(leader_read(Err(&gone)), LeaderRead::Gone);
     let failed = LastRawMessageError::new(LastRawMessageErrorKind::Other);
@@ -1808,7 +1808,8 @@ fn a_will_marked_by_a_taker_that_died_is_finished_by_another_survivor() {
         delay_s: 0,
         at: None,
     };
-    let entry = will_entry(&crate::shard::will_record(b"dev", &w), 7);
+    let record = crate::shard::will_record(b"dev", &w);
+    let entry = will_entry(&record, 7);
     let (owner, taker, me) = (
         incarnation_of("n1", 1),
         incarnation_of("n2", 2),
@@ -1827,7 +1828,7 @@ fn a_will_marked_by_a_taker_that_died_is_finished_by_another_survivor() {
     };
     assert_eq!(
         step(&entry, 80 * s, &beats, 100 * s),
-        Some(OrphanStep::Take)
+        Some(OrphanStep::Take { record, epoch: 7 })
     );
     assert_eq!(
         step(&entry, 80 * s, &beats, 94 * s),

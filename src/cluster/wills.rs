@@ -794,8 +794,9 @@ impl Wills {
                             Err(_) => continue,
                         }
                     }
-                    // A survivor's mark: it publishes the will (`Wills::finish`).
-                    LeaderRead::Gone | LeaderRead::Taken => false,
+                    // Published by a survivor, or marked by one that publishes it
+                    // (`Wills::finish`).
+                    LeaderRead::Gone => false,
                     LeaderRead::Unknown(e) => {
                         tracing::debug!("cluster: fenced will entry not read: {e}");
                         continue;
@@ -918,7 +919,7 @@ impl Wills {
             // would close a client whose will is still in the bucket, to fire
             // wrongly when this node dies.
             let gone = match leader_entry(wills, &will_key(&client, &self.me)).await {
-                LeaderRead::Gone | LeaderRead::Taken => true,
+                LeaderRead::Gone => true,
                 LeaderRead::Held(_) => false,
                 LeaderRead::Unknown(e) => {
                     tracing::debug!("cluster: will entry not read: {e}");
@@ -1197,10 +1198,9 @@ impl Wills {
 pub enum LeaderRead {
     /// Still there, at this revision.
     Held(u64),
-    /// Still there, but marked by a survivor that took it (`Taken`): that survivor
-    /// publishes it, or another does if it dies first.
-    Taken,
-    /// Deleted or purged (a delete marker), or never there.
+    /// Not this node's any more: deleted or purged (a delete marker), never there,
+    /// or marked by a survivor that took it (`Taken`), which publishes it (or
+    /// another does if it dies first).
     Gone,
     /// Not answered (why): nothing may be concluded.
     Unknown(String),
@@ -1218,7 +1218,6 @@ pub fn leader_read(
 ) -> LeaderRead {
     use jetstream::stream::LastRawMessageErrorKind as K;
     match r {
-        Ok((_, None | Some("PUT"), true)) => LeaderRead::Taken,
         Ok((sequence, None | Some("PUT"), false)) => LeaderRead::Held(sequence),
         Ok(_) => LeaderRead::Gone,
         Err(e) if e.kind() == K::NoMessageFound => LeaderRead::Gone,

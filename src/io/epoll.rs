@@ -74,6 +74,17 @@ struct Sock {
 /// `Sock::tx` when no send is in flight.
 const NO_TX: u32 = u32::MAX;
 
+impl Sock {
+    /// Ends the send in flight, if any (written, failed, or its socket gone): its
+    /// rest leaves `sending`.
+    #[inline]
+    fn drop_tx(&mut self, sending: &mut Slab<TxChain>) {
+        if self.tx != NO_TX {
+            sending.remove(std::mem::replace(&mut self.tx, NO_TX) as usize);
+        }
+    }
+}
+
 pub struct EpollLoop {
     id: usize,
     poll: Poll,
@@ -208,9 +219,7 @@ impl EpollLoop {
             return;
         }
         let mut s = self.socks.remove(sock as usize);
-        if s.tx != NO_TX {
-            self.sending.remove(s.tx as usize);
-        }
+        s.drop_tx(&mut self.sending);
         if let Some(mut stream) = s.stream.take() {
             let _ = self.poll.registry().deregister(&mut stream);
         }
@@ -443,16 +452,14 @@ impl EpollLoop {
                 Ok(n) => {
                     tx.advance(n);
                     if tx.is_empty() {
-                        self.sending
-                            .remove(std::mem::replace(&mut s.tx, NO_TX) as usize);
+                        s.drop_tx(&mut self.sending);
                         self.pending.push(Completion::SendDone { sock, errno: 0 });
                         return;
                     }
                     if n == 0 {
                         // Cannot happen on a stream socket with bytes to write; treat as
                         // a broken connection rather than spin.
-                        self.sending
-                            .remove(std::mem::replace(&mut s.tx, NO_TX) as usize);
+                        s.drop_tx(&mut self.sending);
                         self.pending.push(Completion::SendDone {
                             sock,
                             errno: libc::EPIPE,
@@ -464,8 +471,7 @@ impl EpollLoop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.sending
-                        .remove(std::mem::replace(&mut s.tx, NO_TX) as usize);
+                    s.drop_tx(&mut self.sending);
                     self.pending.push(Completion::SendDone {
                         sock,
                         errno: e.raw_os_error().unwrap_or(libc::EIO),
@@ -490,10 +496,7 @@ impl EpollLoop {
         let s = self.socks.get_mut(sock as usize)?;
         let mut stream = s.stream.take()?;
         s.state = State::Dead;
-        if s.tx != NO_TX {
-            self.sending
-                .remove(std::mem::replace(&mut s.tx, NO_TX) as usize);
-        }
+        s.drop_tx(&mut self.sending);
         if std::mem::take(&mut s.connecting) {
             self.connecting.remove(&sock);
         }

@@ -295,9 +295,7 @@ impl Shard {
         if let Some(c) = self.cluster.as_deref_mut() {
             c.stamped = id;
         }
-        if msg.qos != QoS::AtMostOnce && self.cluster_dedup.is_watching() {
-            self.cluster_dedup.record(msg.cluster_key);
-        }
+        self.cluster_dedup.record(msg.cluster_key, msg.qos);
     }
 
     /// A message this shard's client (or will) published: forwarded to NATS unless it

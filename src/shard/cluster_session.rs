@@ -572,14 +572,8 @@ impl Shard {
         let Some(sess) = self.sessions.get(s).filter(|x| !x.is_online()) else {
             return;
         };
-        let filters: Vec<(Bytes, Option<Bytes>)> = sess
-            .subs
-            .iter()
-            .map(|x| Self::split_filter(&x.filter))
-            .collect();
-        for (inner, group) in &filters {
-            self.remove_local_sub(s, inner, group.as_ref());
-        }
+        let subs = sess.subs.clone();
+        self.unroute_subs(s, &subs);
         self.cluster_detached
             .insert(Bytes::copy_from_slice(client_id));
         tracing::debug!(
@@ -596,19 +590,13 @@ impl Shard {
         let Some(s) = self.sessions.find(client_id) else {
             return;
         };
-        let subs: Vec<(Box<[u8]>, crate::protocol::SubscriptionOptions, u32)> = self
+        let subs = self
             .sessions
             .get(s)
-            .map(|x| {
-                x.subs
-                    .iter()
-                    .map(|y| (y.filter.clone(), y.options, y.sub_id))
-                    .collect()
-            })
+            .map(|x| x.subs.clone())
             .unwrap_or_default();
-        for (filter, options, sub_id) in subs {
-            let (inner, group) = Self::split_filter(&filter);
-            self.add_local_sub(s, &inner, group.as_ref(), options, sub_id);
+        for sub in &subs {
+            self.route_sub(s, &sub.filter, sub.options, sub.sub_id);
         }
     }
 
@@ -653,28 +641,13 @@ impl Shard {
             return;
         };
         self.take_over(s, false, now);
-        let mut bytes = self.handover_bytes(s);
-        if hand_back.is_some() && bytes.len() <= max_bytes {
-            bytes = self.with_seen_keys(client_id, bytes, max_bytes);
-        }
-        if bytes.len() > max_bytes {
-            // NATS would refuse the Merge after the session ended here, losing its
-            // copies (review10 L5): kept here offline (expiring as usual) instead,
-            // as a takeover's too-large session is.
-            tracing::warn!(
-                "cluster: session {:?} not given up to {node}: {} bytes, NATS allows {max_bytes}; kept here",
-                String::from_utf8_lossy(client_id),
-                bytes.len()
-            );
-            if let Some(st) = self.cluster_status.as_deref() {
-                st.sessions_kept.fetch_add(1, Ordering::Relaxed);
-            }
-            self.expire_offline_handover(s, now);
-            self.drop_slow_consumers(now);
+        let seen_keys = hand_back.is_some();
+        let Some(bytes) =
+            self.bytes_for_nats(s, client_id, seen_keys, max_bytes, Some(node.as_str()), now)
+        else {
             return;
-        }
+        };
         self.cluster_handing.remove(client_id);
-        self.cluster_detached.remove(client_id);
         self.cluster_taken_back.remove(client_id);
         self.end_session(s, now);
         self.drop_slow_consumers(now);
@@ -839,7 +812,7 @@ impl Shard {
                     });
                 }
             }
-            Retry::Full | Retry::GiveUp => {
+            Retry::GiveUp => {
                 if let Some(st) = self.cluster_status.as_deref() {
                     st.confirms_given_up.fetch_add(1, Ordering::Relaxed);
                 }
@@ -925,7 +898,6 @@ impl Shard {
                     }
                 } else {
                     delta = Some(d);
-                    self.cluster_detached.remove(client_id);
                     self.end_session(s, now);
                 }
                 self.drop_slow_consumers(now);
@@ -1052,23 +1024,8 @@ impl Shard {
             self.reattach_subs(client_id);
             self.take_over(s, clean, now);
             if !clean {
-                let mut b = self.handover_bytes(s);
-                if b.len() <= max_bytes {
-                    b = self.with_seen_keys(client_id, b, max_bytes);
-                }
-                if b.len() > max_bytes {
-                    // Ending it would lose it: kept here offline (expiring as usual),
-                    // counted, and the asking node told so.
-                    tracing::warn!(
-                        "cluster: session {:?} not handed over: {} bytes, NATS allows {max_bytes}; kept here",
-                        String::from_utf8_lossy(client_id),
-                        b.len()
-                    );
-                    if let Some(st) = self.cluster_status.as_deref() {
-                        st.sessions_kept.fetch_add(1, Ordering::Relaxed);
-                    }
-                    self.expire_offline_handover(s, now);
-                    self.drop_slow_consumers(now);
+                let Some(b) = self.bytes_for_nats(s, client_id, true, max_bytes, None, now) else {
+                    // Kept here; the asking node is told so.
                     if let Some(out) = self.cluster.as_deref_mut() {
                         out.handovers.push(SessionHandover {
                             reply,
@@ -1078,7 +1035,7 @@ impl Shard {
                         });
                     }
                     return;
-                }
+                };
                 // Kept, offline and still subscribed, until the new owner confirms
                 // it holds the session and its interest (`on_handover_confirmed`):
                 // what reaches it meanwhile follows as a delta, and a new owner that
@@ -1092,8 +1049,6 @@ impl Shard {
                     let sessions = &self.sessions;
                     self.cluster_handing
                         .retain(|id, _| sessions.find(id).is_some());
-                    self.cluster_detached
-                        .retain(|id| sessions.find(id).is_some());
                 }
                 self.cluster_handing
                     .insert(Bytes::copy_from_slice(client_id), (reply, copies));
@@ -1116,6 +1071,42 @@ impl Shard {
                 taken_back: false,
             });
         }
+    }
+
+    /// Session `s` (taken over, so offline) as hand-over bytes for one NATS message,
+    /// followed by the keys of what reached it here when `seen_keys`
+    /// (`with_seen_keys`). `None` when they are more than `max_bytes`: NATS would
+    /// refuse them after the session ended here, losing its copies (review10 L5), so
+    /// it stays here offline (expiring as usual), counted. `to`: the node it was
+    /// to go to, for the log.
+    fn bytes_for_nats(
+        &mut self,
+        s: u32,
+        client_id: &[u8],
+        seen_keys: bool,
+        max_bytes: usize,
+        to: Option<&str>,
+        now: Instant,
+    ) -> Option<Bytes> {
+        let mut bytes = self.handover_bytes(s);
+        if seen_keys && bytes.len() <= max_bytes {
+            bytes = self.with_seen_keys(client_id, bytes, max_bytes);
+        }
+        if bytes.len() <= max_bytes {
+            return Some(bytes);
+        }
+        tracing::warn!(
+            "cluster: session {:?} not handed over{}: {} bytes, NATS allows {max_bytes}; kept here",
+            String::from_utf8_lossy(client_id),
+            to.map_or(String::new(), |n| format!(" to {n}")),
+            bytes.len()
+        );
+        if let Some(st) = self.cluster_status.as_deref() {
+            st.sessions_kept.fetch_add(1, Ordering::Relaxed);
+        }
+        self.expire_offline_handover(s, now);
+        self.drop_slow_consumers(now);
+        None
     }
 
     /// A session loaded from a hand-over that was never confirmed to its old node
@@ -1368,7 +1359,6 @@ impl Shard {
             // Or taken back from its asker, which now gives its session up (review
             // M1): the same gap.
             let taken_back = self.taken_back_here(client_id, None).map(|(_, t)| t.copies);
-            self.cluster_detached.remove(client_id);
             gap = self
                 .cluster_handing
                 .remove(client_id)

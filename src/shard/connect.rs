@@ -740,6 +740,13 @@ impl Shard {
                 self.log_session_del(&id);
             }
         }
+        if !self.cluster_detached.is_empty() {
+            // A held copy `on_handover_unconfirmed` detached ends detached: nothing
+            // is left to reattach.
+            if let Some(s) = self.sessions.get(session) {
+                self.cluster_detached.remove(&s.client_id[..]);
+            }
+        }
         self.remove_all_subs(session);
         if let Some(s) = self.sessions.remove(session) {
             self.limits.session_removed();

@@ -264,8 +264,7 @@ impl Shard {
                 options,
                 sub_id: *sub_id,
             });
-            let (inner, group) = Shard::split_filter(filter);
-            self.add_local_sub(idx, &inner, group.as_ref(), options, *sub_id);
+            self.route_sub(idx, filter, options, *sub_id);
         }
         out
     }

@@ -127,9 +127,7 @@ impl Shard {
         // A cluster message (from NATS, or published on another loop of this node,
         // `cluster_stamp`) while a session here awaits its delta (`cluster_dedup.rs`).
         // Always 0 on a single node.
-        if msg.cluster_key != 0 && msg.qos != QoS::AtMostOnce && self.cluster_dedup.is_watching() {
-            self.cluster_dedup.record(msg.cluster_key);
-        }
+        self.cluster_dedup.record(msg.cluster_key, msg.qos);
         let mut arc = Some(msg.clone());
         if plain {
             self.deliver_local::<WALK_PLAIN>(&msg, &mut arc, now);

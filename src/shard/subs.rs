@@ -11,6 +11,7 @@ use smallvec::SmallVec;
 use super::routes::{RouteGroup, ShardSet};
 use super::Shard;
 use crate::protocol::{QoS, SubscriptionOptions};
+use crate::session::SessionSub;
 use crate::topic::{Pack, TopicTrie};
 
 /// A shard's filter trie: local subscriptions and the routes table in one, with
@@ -302,10 +303,29 @@ impl Shard {
             Some(s) => std::mem::take(&mut s.subs),
             None => return,
         };
-        for s in &subs {
+        self.unroute_subs(session, &subs);
+    }
+
+    /// Takes `subs` (`session`'s, full filters) out of this loop's routes; what the
+    /// session remembers of them is the caller's.
+    pub(crate) fn unroute_subs(&mut self, session: u32, subs: &[SessionSub]) {
+        for s in subs {
             let (inner, group) = Self::split_filter(&s.filter);
             self.remove_local_sub(session, &inner, group.as_ref());
         }
+    }
+
+    /// Routes `session`'s subscription to `filter` (full: `$share/{group}/` and
+    /// all) on this loop, as `add_local_sub` does.
+    pub(crate) fn route_sub(
+        &mut self,
+        session: u32,
+        filter: &[u8],
+        options: SubscriptionOptions,
+        sub_id: u32,
+    ) -> bool {
+        let (inner, group) = Self::split_filter(filter);
+        self.add_local_sub(session, &inner, group.as_ref(), options, sub_id)
     }
 }
 

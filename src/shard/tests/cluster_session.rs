@@ -7,7 +7,7 @@
 use bytes::Bytes;
 
 use super::cfg;
-use crate::protocol::{Packet, Properties, PropertyValues, QoS, ReasonCode};
+use crate::protocol::{Packet, Properties, PropertyValues, ProtocolVersion, QoS, ReasonCode};
 use crate::shard::harness::*;
 use crate::shard::{handover_records, ClusterIn, Handed, SessionClaim, SessionSave};
 use crate::store::record::Record;
@@ -130,19 +130,42 @@ fn take_from(old: &mut Cluster, id: &str, clean: bool) -> (Option<Bytes>, Vec<bo
     (out.handovers[0].session.clone(), interest)
 }
 
-/// "roam" connects to `a` again and `b` hands its session back: the payloads the
-/// returning client is sent after a CONNACK with session present.
-fn return_to_a(a: &mut Cluster, b: &mut Cluster) -> Vec<Bytes> {
-    a.auto_claim = false;
-    let back = a.connect(V311, "roam", persistent());
-    let claim = claim_of(a, "roam");
-    let (bytes, _) = take_from(b, "roam", false);
-    answer_claim(a, &claim, bytes);
-    a.pump();
-    match a.next(back) {
+/// Node `a` with "roam"'s persistent session subscribed to "t" at `qos` and
+/// offline, its turn's cluster output taken.
+fn roam_offline(qos: QoS) -> Cluster {
+    let mut a = node();
+    let s = a.connect_ok(V311, "roam", persistent(), false);
+    a.subscribe(s, "t", qos);
+    a.drop_connection(s);
+    let _ = a.shards[0].take_cluster_out();
+    a
+}
+
+/// A CONNECT of "roam" (`version`, `opts`) on node `new`, whose claim `old` answers
+/// with its hand-over: returns the connection, its CONNACK (session present) read.
+fn move_roam(
+    old: &mut Cluster,
+    new: &mut Cluster,
+    version: ProtocolVersion,
+    opts: ConnectOpts,
+) -> Cid {
+    new.auto_claim = false;
+    let c = new.connect(version, "roam", opts);
+    let claim = claim_of(new, "roam");
+    let (bytes, _) = take_from(old, "roam", false);
+    answer_claim(new, &claim, bytes);
+    new.pump();
+    match new.next(c) {
         Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
         other => panic!("expected CONNACK, got {other:?}"),
     }
+    c
+}
+
+/// "roam" connects to `a` again and `b` hands its session back: the payloads the
+/// returning client is sent after a CONNACK with session present.
+fn return_to_a(a: &mut Cluster, b: &mut Cluster) -> Vec<Bytes> {
+    let back = move_roam(b, a, V311, persistent());
     let mut got = Vec::new();
     while let Some(Packet::Publish(m)) = a.next(back) {
         got.push(m.payload.clone());
@@ -1301,12 +1324,7 @@ fn give_delta(n: &mut Cluster, delta: Bytes) {
 fn loaded_from_the_old_owner() -> (Cluster, Cluster) {
     let mut a = old_owner_with_queue();
     let mut b = node();
-    b.auto_claim = false;
-    let _cb = b.connect(V311, "roam", persistent());
-    let claim = claim_of(&mut b, "roam");
-    let (bytes, _) = take_from(&mut a, "roam", false);
-    answer_claim(&mut b, &claim, bytes);
-    b.pump();
+    move_roam(&mut a, &mut b, V311, persistent());
     (a, b)
 }
 
@@ -1328,16 +1346,7 @@ fn a_late_delta_travels_on_along_a_chain_of_takeovers() {
     let _ = a.shards[0].take_cluster_out();
     // The client moves on to c, which takes the session from b (b's hand-over 77).
     let mut c = node();
-    c.auto_claim = false;
-    let cc = c.connect(V311, "roam", persistent());
-    let claim_c = claim_of(&mut c, "roam");
-    let (bytes_b, _) = take_from(&mut b, "roam", false);
-    answer_claim(&mut c, &claim_c, bytes_b);
-    c.pump();
-    match c.next(cc) {
-        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let cc = move_roam(&mut b, &mut c, V311, persistent());
     // In flight on b: sent again, as duplicates.
     for want in ["x1", "x2"] {
         match c.next(cc) {
@@ -1403,22 +1412,9 @@ fn a_held_confirmation_is_answered_when_the_awaited_delta_is_given_up() {
 /// sent again.
 #[test]
 fn a_session_handed_back_unconfirmed_does_not_resend_what_the_client_had() {
-    let mut a = node();
-    let s = a.connect_ok(V311, "roam", persistent(), false);
-    a.subscribe(s, "t", Q1);
-    a.drop_connection(s);
-    let _ = a.shards[0].take_cluster_out();
+    let mut a = roam_offline(Q1);
     let mut b = node();
-    b.auto_claim = false;
-    let c = b.connect(V311, "roam", persistent());
-    let claim = claim_of(&mut b, "roam");
-    let (bytes, _) = take_from(&mut a, "roam", false);
-    answer_claim(&mut b, &claim, bytes);
-    b.pump();
-    match b.next(c) {
-        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let c = move_roam(&mut a, &mut b, V311, persistent());
     let out = b.shards[0]
         .take_cluster_out()
         .expect("interest and confirmation");
@@ -1499,22 +1495,9 @@ fn unanswered(n: &mut Cluster, attempt: u32) -> crate::shard::ClusterOut {
 /// taking copies for the client's return (which then got them twice).
 #[test]
 fn an_unanswered_confirmation_is_asked_again_until_it_lands() {
-    let mut a = node();
-    let s = a.connect_ok(V311, "roam", persistent(), false);
-    a.subscribe(s, "t", Q1);
-    a.drop_connection(s);
-    let _ = a.shards[0].take_cluster_out();
+    let mut a = roam_offline(Q1);
     let mut b = node();
-    b.auto_claim = false;
-    let c = b.connect(V311, "roam", persistent());
-    let claim = claim_of(&mut b, "roam");
-    let (bytes, _) = take_from(&mut a, "roam", false);
-    answer_claim(&mut b, &claim, bytes);
-    b.pump();
-    match b.next(c) {
-        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let c = move_roam(&mut a, &mut b, V311, persistent());
     let out = b.shards[0].take_cluster_out().expect("a confirmation");
     assert_eq!(out.confirms[0].attempt, 0);
     for (payload, key, pid) in [("both-1", 21, 1), ("both-2", 22, 2)] {
@@ -1596,11 +1579,7 @@ fn unconfirmed_and_alive(a: &mut Cluster) -> Vec<bool> {
 /// return.
 #[test]
 fn an_unconfirmed_handover_with_a_live_asker_stops_taking_copies() {
-    let mut a = node();
-    let s = a.connect_ok(V311, "roam", persistent(), false);
-    a.subscribe(s, "t", Q1);
-    a.drop_connection(s);
-    let _ = a.shards[0].take_cluster_out();
+    let mut a = roam_offline(Q1);
     let (bytes, _) = take_from(&mut a, "roam", false);
     assert!(bytes.is_some());
     from_c(&mut a, "before", Q1, 31);
@@ -1693,16 +1672,7 @@ fn a_message_published_on_the_old_node_is_not_sent_again_on_return() {
     let p = a.connect_ok(V311, "pub", ConnectOpts::default(), false);
     let _ = a.shards[0].take_cluster_out();
     let mut b = node();
-    b.auto_claim = false;
-    let c = b.connect(V311, "roam", persistent());
-    let claim = claim_of(&mut b, "roam");
-    let (bytes, _) = take_from(&mut a, "roam", false);
-    answer_claim(&mut b, &claim, bytes);
-    b.pump();
-    match b.next(c) {
-        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let c = move_roam(&mut a, &mut b, V311, persistent());
     let _ = b.shards[0].take_cluster_out();
     // Published on a (its held copy takes it) and forwarded: b gets it from NATS.
     a.publish(p, "t", "own-a", Q1, false, 1);
@@ -1769,11 +1739,7 @@ fn publishes(cl: &mut Cluster, c: Cid) -> Vec<(Bytes, bool)> {
 /// which the client got again on its next CONNECT.
 #[test]
 fn an_asker_cut_from_nats_learns_its_session_was_taken_back_and_gives_it_up() {
-    let mut a = node();
-    let s = a.connect_ok(V311, "roam", persistent(), false);
-    a.subscribe(s, "t", Q1);
-    a.drop_connection(s);
-    let _ = a.shards[0].take_cluster_out();
+    let mut a = roam_offline(Q1);
     let v5 = ConnectOpts {
         properties: Properties::from(PropertyValues {
             session_expiry_interval_s: Some(600),
@@ -1782,16 +1748,7 @@ fn an_asker_cut_from_nats_learns_its_session_was_taken_back_and_gives_it_up() {
         ..persistent()
     };
     let mut b = node();
-    b.auto_claim = false;
-    let c = b.connect(V5, "roam", v5.clone());
-    let claim = claim_of(&mut b, "roam");
-    let (bytes, _) = take_from(&mut a, "roam", false);
-    answer_claim(&mut b, &claim, bytes);
-    b.pump();
-    match b.next(c) {
-        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let c = move_roam(&mut a, &mut b, V5, v5.clone());
     let _ = b.shards[0].take_cluster_out();
     from_c(&mut a, "both-1", Q1, 61);
     from_c(&mut b, "both-1", Q1, 61);
@@ -1935,22 +1892,9 @@ fn a_taken_back_session_resumed_on_the_old_node_answers_no_session() {
 /// the keys with it: every acknowledged message came again.
 #[test]
 fn a_client_returning_after_the_watch_ended_is_not_sent_again_what_it_had() {
-    let mut a = node();
-    let s = a.connect_ok(V311, "roam", persistent(), false);
-    a.subscribe(s, "t", Q1);
-    a.drop_connection(s);
-    let _ = a.shards[0].take_cluster_out();
+    let mut a = roam_offline(Q1);
     let mut b = node();
-    b.auto_claim = false;
-    let c = b.connect(V311, "roam", persistent());
-    let claim = claim_of(&mut b, "roam");
-    let (bytes, _) = take_from(&mut a, "roam", false);
-    answer_claim(&mut b, &claim, bytes);
-    b.pump();
-    match b.next(c) {
-        Some(Packet::ConnAck(ack)) => assert!(ack.session_present),
-        other => panic!("expected CONNACK, got {other:?}"),
-    }
+    let c = move_roam(&mut a, &mut b, V311, persistent());
     let _ = b.shards[0].take_cluster_out();
     from_c(&mut a, "both", Q1, 71);
     from_c(&mut b, "both", Q1, 71);
