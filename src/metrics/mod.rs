@@ -221,6 +221,7 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
         dropped_retained_bytes,
         dropped_retained_memory,
         dropped_no_subscriber,
+        unmatched,
         store_records,
         store_records_refused,
         store_write_errors,
@@ -294,6 +295,7 @@ fn add_shard(a: &mut ShardStats, b: &ShardStats) {
     a.dropped_retained_bytes += dropped_retained_bytes;
     a.dropped_retained_memory += dropped_retained_memory;
     a.dropped_no_subscriber += dropped_no_subscriber;
+    a.unmatched += unmatched;
     a.store_records += store_records;
     a.store_records_refused += store_records_refused;
     a.store_write_errors += store_write_errors;

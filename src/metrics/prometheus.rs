@@ -312,6 +312,12 @@ pub fn render(node: &NodeSnapshot, ctx: &Context) -> String {
         o.sample("ringmq_messages_received_total", &[("qos", &q)], v);
     }
     o.one(
+        "ringmq_messages_unmatched_total",
+        Counter,
+        "Messages published here that matched no subscription on this node (in a cluster they may still reach other nodes).",
+        c.unmatched,
+    );
+    o.one(
         "ringmq_messages_sent_total",
         Counter,
         "PUBLISH packets written for clients (resends included).",

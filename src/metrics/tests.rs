@@ -258,7 +258,7 @@ fn every_counter() -> Vec<Setter> {
         messages_out, bytes_in, bytes_out, dropped_outbound_full, dropped_queue_full,
         dropped_too_large, retained_streamed, dropped_expired, dropped_offline_qos0,
         dropped_retained_full, dropped_retained_bytes, dropped_retained_memory,
-        dropped_no_subscriber, store_records, store_records_refused, store_write_errors,
+        dropped_no_subscriber, unmatched, store_records, store_records_refused, store_write_errors,
         store_acks_refused, bytes_queued, messages_queued, inflight, retained, bytes_tx,
         bytes_shared, bytes_retained, bytes_rx, bytes_routes, accepted,
         refused_max_connections, refused_per_ip, refused_max_sessions, refused_rate,

@@ -170,7 +170,11 @@ impl Shard {
         if WALK == WALK_PLAN || WALK == WALK_CLUSTER {
             targets.plain = ShardSet::default();
         }
+        // A filter entry lives while it has a subscriber here, a route from another
+        // loop or a shared group, so finding none means nobody on this node.
+        let mut matched = false;
         self.filters.for_each_match(&msg.topic, |e| {
+            matched = true;
             if WALK == WALK_PLAN || WALK == WALK_CLUSTER {
                 e.shards.for_each(|s| targets.plain.insert(s));
             }
@@ -216,6 +220,9 @@ impl Shard {
                 }
             }
         });
+        if !matched && WALK != WALK_PLAIN {
+            self.stats.unmatched += 1;
+        }
         let local_shared = if WALK == WALK_PLAN || WALK == WALK_CLUSTER {
             self.send_to_shards(msg, arc);
             std::mem::take(&mut self.targets.shared[self.id])

@@ -47,6 +47,10 @@ pub struct ShardStats {
     pub dropped_retained_memory: u64,
     /// Shared-subscription copies whose group vanished on the picked shard.
     pub dropped_no_subscriber: u64,
+    /// Messages published on this loop that matched no subscription of this node (no
+    /// local subscriber, no other loop's route, no shared group): acknowledged and
+    /// gone, as MQTT allows. In a cluster they may still reach other nodes.
+    pub unmatched: u64,
     /// Records appended to this loop's write-ahead log (durability on).
     pub store_records: u64,
     /// Records refused by the log (stopped after a failed fdatasync, or too large):

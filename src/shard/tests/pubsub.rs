@@ -35,6 +35,29 @@ fn local_publish_subscribe_qos0() {
 }
 
 #[test]
+fn a_publish_that_matches_no_subscription_of_the_node_is_counted_unmatched() {
+    let mut cl = Cluster::new(2, cfg());
+    let s = cl.connect_ok(V311, &id_on(1, 2, "s"), ConnectOpts::default(), false);
+    let p = cl.connect_ok(V311, &id_on(0, 2, "p"), ConnectOpts::default(), false);
+    cl.subscribe(s, "a/+", Q1);
+    // Matched on the other loop only: routed there, not unmatched.
+    cl.publish(p, "a/b", "x", Q1, false, 1);
+    cl.expect(s, pubp("a/b", "x", Q1, false, 1));
+    cl.expect(p, puback(1));
+    // Nobody on either loop, at QoS 0 and QoS 1 (still acknowledged).
+    cl.publish(p, "b/c", "y", Q0, false, 0);
+    cl.publish(p, "b/c", "z", Q1, false, 2);
+    cl.expect(p, puback(2));
+    cl.expect_nothing(s);
+    let unmatched = |cl: &Cluster, i: usize| cl.shards[i].stats().unmatched;
+    assert_eq!((unmatched(&cl, 0), unmatched(&cl, 1)), (2, 0));
+    // A routed copy is not counted again on the loop that finds its subscriber gone.
+    cl.publish(s, "a/b", "w", Q0, false, 0);
+    cl.expect(s, pubp("a/b", "w", Q0, false, 0));
+    assert_eq!((unmatched(&cl, 0), unmatched(&cl, 1)), (2, 0));
+}
+
+#[test]
 fn publisher_receives_own_message_without_no_local() {
     let mut cl = Cluster::new(1, cfg());
     let c = cl.connect_ok(V5, "c", ConnectOpts::default(), false);
