@@ -15,15 +15,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use support::{
-    free_loopback_port, pkt, require_nats_server, require_tool, uniq, Broker, ConnAckV5, CutProxy,
-    Frame, Launch, PublishMsg, RawClient, ReadOutcome, V311, V5,
+    free_loopback_port, nats_cluster, nats_cluster_members, one_nats, one_nats_with, pkt,
+    require_tool, spawn_nats, uniq, Broker, ConnAckV5, CutProxy, Frame, Launch, Nats, PublishMsg,
+    RawClient, ReadOutcome, TempDir, V311, V5,
 };
 
 /// Bound on every wait for an outcome (a failure, not a timing assertion).
@@ -33,200 +33,6 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// heartbeats (2 x 5 s in async-nats), and the bucket's stream may first elect a new
 /// leader.
 const RECOVERY: Duration = Duration::from_secs(60);
-
-/// One nats-server of the test cluster, killed by its own PID on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(uniq(tag));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Three nats-servers routed into one JetStream cluster. The ports are free when
-/// picked but may be taken before a server binds them (tests run in parallel): a
-/// server that cannot listen exits, and its cluster would then lack the third
-/// JetStream peer for good (3 replicas: "no suitable peers for placement"). So a
-/// set with a server that exits is started again on fresh ports; the cluster name is
-/// new each time, so a route that reaches another test's server is refused.
-fn nats_cluster() -> Vec<Nats> {
-    nats_cluster_members().into_iter().map(|m| m.nats).collect()
-}
-
-/// `nats_cluster`, each server with what it takes to start it again as itself.
-fn nats_cluster_members() -> Vec<NatsMember> {
-    for _ in 0..3 {
-        let mut set = nats_cluster_once();
-        if set.iter_mut().all(|m| m.nats.serving()) {
-            return set;
-        }
-    }
-    panic!("three nats-servers did not all start listening in 3 attempts");
-}
-
-fn nats_cluster_once() -> Vec<NatsMember> {
-    let bin = require_nats_server();
-    let client: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
-    let route: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
-    let cluster = uniq("ringmq-test");
-    (0..3)
-        .map(|i| {
-            let dir = TempDir::new(&format!("nats{i}"));
-            let routes: Vec<String> = (0..3)
-                .filter(|j| *j != i)
-                .map(|j| format!("nats://127.0.0.1:{}", route[j]))
-                .collect();
-            let args: Vec<String> = [
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &client[i].to_string(),
-                "-n",
-                &format!("{cluster}-{i}"),
-                "-js",
-                "-sd",
-                &dir.0.to_string_lossy(),
-                "--cluster_name",
-                &cluster,
-                "--cluster",
-                &format!("nats://127.0.0.1:{}", route[i]),
-                "--routes",
-                &routes.join(","),
-            ]
-            .map(String::from)
-            .to_vec();
-            let child = nats_process(&bin, &args);
-            NatsMember {
-                nats: Nats {
-                    child,
-                    port: client[i],
-                    _dir: dir,
-                },
-                bin: bin.clone(),
-                args,
-            }
-        })
-        .collect()
-}
-
-/// A cluster member's nats-server process with exactly `args` (its ports fixed, so
-/// `NatsMember::start` brings it back where its routes expect it).
-fn nats_process(bin: &std::path::Path, args: &[String]) -> Child {
-    Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nats-server")
-}
-
-/// A server of `nats_cluster_members`: stopped, it starts again on its own ports,
-/// name and store directory, so it rejoins its cluster with its JetStream state.
-struct NatsMember {
-    nats: Nats,
-    bin: PathBuf,
-    args: Vec<String>,
-}
-
-impl NatsMember {
-    fn stop(&mut self) {
-        self.nats.child.kill().expect("kill nats-server");
-        let _ = self.nats.child.wait();
-    }
-
-    /// Starts the stopped server again and waits (bounded) until it serves.
-    fn start(&mut self) {
-        self.nats.child = nats_process(&self.bin, &self.args);
-        assert!(
-            self.nats.serving(),
-            "nats-server {:?} did not serve again on port {}",
-            self.args,
-            self.nats.port
-        );
-    }
-}
-
-impl Nats {
-    /// Whether the server accepts clients on its port, waiting up to PATIENCE; false
-    /// as soon as it has exited (a port taken between picking and binding).
-    fn serving(&mut self) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < PATIENCE {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return false;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-/// One nats-server with JetStream, alone (no routes): enough for the scenarios that
-/// cut a node from NATS, and quick to start.
-fn one_nats() -> Nats {
-    one_nats_with(true)
-}
-
-/// One nats-server alone, with JetStream or without.
-fn one_nats_with(jetstream: bool) -> Nats {
-    spawn_nats("nats-alone", |c, port, dir| {
-        c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-        if jetstream {
-            c.args(["-js", "-sd", &dir.0.to_string_lossy()]);
-        }
-    })
-}
-
-/// One nats-server alone on a fresh loopback port, its arguments set by `args`
-/// (given the port and the server's temporary directory), started again on a fresh
-/// port and directory if it exits at start (see `nats_cluster`).
-fn spawn_nats(tag: &str, args: impl Fn(&mut Command, u16, &TempDir)) -> Nats {
-    let bin = require_nats_server();
-    for _ in 0..3 {
-        let port = free_loopback_port();
-        let dir = TempDir::new(tag);
-        let mut c = Command::new(&bin);
-        args(&mut c, port, &dir);
-        let child = c
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        let mut n = Nats {
-            child,
-            port,
-            _dir: dir,
-        };
-        if n.serving() {
-            return n;
-        }
-    }
-    panic!("a nats-server ({tag}) did not start listening in 3 attempts");
-}
 
 /// A ringmq node joined to the cluster through `urls`.
 fn node(name: &str, urls: &str) -> Broker {
@@ -598,11 +404,10 @@ fn a_cluster_of_three_nodes_on_nats() {
     // Node 3 knows every server: when its own goes away it moves to another.
     let all = format!("{},{},{}", url(2), url(0), url(1));
     let n3 = node("n3", &all);
-    // Healthy needs the QoS stream and the four buckets, 3 replicas each, which
-    // the three fresh nats-servers make only once their JetStream meta group has
-    // elected a leader: on a loaded 2-core host that alone took 22 s (the node's
-    // part is at most a second past it, `JetStreamHealth::attempt_wait`), so the
-    // bound is RECOVERY for the three, as for the QoS stream below.
+    // Healthy needs the QoS stream and the four buckets, 3 replicas each.
+    // `nats_cluster` hands over servers whose JetStream already placed a 3-replica
+    // stream, so this waits for the nodes' own start; bounded by RECOVERY all the
+    // same (a loaded 2-core host), as the QoS stream below.
     let t = Instant::now();
     for n in [&n1, &n2, &n3] {
         wait_health_within(n, 200, RECOVERY.saturating_sub(t.elapsed()));
