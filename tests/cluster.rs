@@ -1927,6 +1927,55 @@ fn jetstream_away_while_connected_leaves_one_owner_once_back() {
     leave(on_a);
 }
 
+/// Polls `/healthz` until it answers 503 with `reason` in its body (bounded by
+/// PATIENCE); a failure names the last answer and the node's stderr.
+fn wait_503_saying(b: &Broker, reason: &str) {
+    let addr = b.http_addr().expect("HTTP listener");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (code, text) = http_get(&addr, "/healthz");
+        if code == 503 && text.contains(reason) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz of {addr} never said {reason:?}; last: {text}; stderr:\n{}",
+            b.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node that starts while its JetStream cannot make a 3-replica part (two of the
+/// three nats-servers away: no meta quorum, no placement) keeps asking: it says why
+/// on `/healthz` (503) and in its log, and is ready once the servers are back,
+/// without a restart. The same path as a node started beside a NATS cluster that is
+/// still electing its meta leader.
+#[test]
+fn a_node_whose_jetstream_cannot_make_its_parts_at_start_is_ready_once_it_can() {
+    let mut nats = nats_cluster_members();
+    for m in &mut nats[1..] {
+        m.stop();
+    }
+    let n = node("late", &format!("nats://127.0.0.1:{}", nats[0].nats.port));
+    wait_503_saying(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
+    // Logged once an attempt failed (unanswered or refused): the node tried.
+    let deadline = Instant::now() + PATIENCE;
+    while !n
+        .stderr_tail()
+        .contains("not made (cluster_kv_replicas = 3)")
+    {
+        assert!(Instant::now() < deadline, "{}", n.stderr_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&n, "ringmq_cluster_jetstream_ready"), 0);
+    for m in &mut nats[1..] {
+        m.start();
+    }
+    wait_health_within(&n, 200, RECOVERY);
+    assert_eq!(metric(&n, "ringmq_cluster_jetstream_ready"), 1);
+}
+
 /// Review10 H1: a node publishing a flood of QoS 0 messages loses its only
 /// nats-server. async-nats stops reading its command queue while it reconnects; the
 /// cluster thread's main task must still deliver the fence (the will-carrying client
@@ -2069,25 +2118,9 @@ fn a_node_whose_cluster_thread_ended_serves_connects_locally() {
 /// with JetStream answers 200.
 #[test]
 fn misconfiguration_answers_503_with_the_reason() {
-    let wait_reason = |b: &Broker, reason: &str| {
-        let addr = b.http_addr().expect("HTTP listener");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let (code, text) = http_get(&addr, "/healthz");
-            if code == 503 && text.contains(reason) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/healthz of {addr} never said {reason:?}; last: {text}; stderr:\n{}",
-                b.stderr_tail()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     let no_js = one_nats_with(false);
     let n = node_with("nojs", &format!("nats://127.0.0.1:{}", no_js.port), "1");
-    wait_reason(&n, "cluster: JetStream not ready (cluster_kv_replicas = 1)");
+    wait_503_saying(&n, "cluster: JetStream not ready (cluster_kv_replicas = 1)");
     assert_eq!(metric(&n, "ringmq_cluster_jetstream_ready"), 0);
     drop(n);
     drop(no_js);
@@ -2096,7 +2129,7 @@ fn misconfiguration_answers_503_with_the_reason() {
     let url = format!("nats://127.0.0.1:{}", nats.port);
     // A lone server is not a JetStream cluster: 3 replicas cannot be placed.
     let n = node_logging("wide", &url, "3", "info");
-    wait_reason(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
+    wait_503_saying(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
     // The warning is logged when the reason is recorded; the test's stderr reader
     // may still be behind the /healthz answer, so it gets until PATIENCE to read it.
     let deadline = Instant::now() + PATIENCE;
@@ -2114,8 +2147,8 @@ fn misconfiguration_answers_503_with_the_reason() {
     assert_eq!(metric(&first, "ringmq_cluster_jetstream_ready"), 1);
     let second = node_logging("twin", &url, "1", "info");
     let twin = "cluster_node_name \"twin\" is also used by another running process";
-    wait_reason(&second, twin);
-    wait_reason(&first, twin);
+    wait_503_saying(&second, twin);
+    wait_503_saying(&first, twin);
     wait_metric(&first, "ringmq_cluster_name_conflicts_total", 1);
     assert!(
         second
@@ -2145,11 +2178,11 @@ fn misconfiguration_answers_503_with_the_reason() {
         "8000",
     ])
     .spawn();
-    wait_reason(
+    wait_503_saying(
         &first,
         "cluster: cluster_dead_after_ms differs: this node 5000, node \"odd\" 8000",
     );
-    wait_reason(
+    wait_503_saying(
         &odd,
         "cluster: cluster_dead_after_ms differs: this node 8000, node \"twin\" 5000",
     );
