@@ -15,15 +15,15 @@ mod support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use support::{
-    free_loopback_port, pkt, require_nats_server, require_tool, uniq, Broker, ConnAckV5, CutProxy,
-    Frame, Launch, PublishMsg, RawClient, ReadOutcome, V311, V5,
+    free_loopback_port, nats_cluster, nats_cluster_members, one_nats, one_nats_with, pkt,
+    require_tool, spawn_nats, uniq, Broker, ConnAckV5, CutProxy, Frame, Launch, Nats, PublishMsg,
+    RawClient, ReadOutcome, TempDir, V311, V5,
 };
 
 /// Bound on every wait for an outcome (a failure, not a timing assertion).
@@ -33,200 +33,6 @@ const PATIENCE: Duration = Duration::from_secs(20);
 /// heartbeats (2 x 5 s in async-nats), and the bucket's stream may first elect a new
 /// leader.
 const RECOVERY: Duration = Duration::from_secs(60);
-
-/// One nats-server of the test cluster, killed by its own PID on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-    _dir: TempDir,
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(uniq(tag));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// Three nats-servers routed into one JetStream cluster. The ports are free when
-/// picked but may be taken before a server binds them (tests run in parallel): a
-/// server that cannot listen exits, and its cluster would then lack the third
-/// JetStream peer for good (3 replicas: "no suitable peers for placement"). So a
-/// set with a server that exits is started again on fresh ports; the cluster name is
-/// new each time, so a route that reaches another test's server is refused.
-fn nats_cluster() -> Vec<Nats> {
-    nats_cluster_members().into_iter().map(|m| m.nats).collect()
-}
-
-/// `nats_cluster`, each server with what it takes to start it again as itself.
-fn nats_cluster_members() -> Vec<NatsMember> {
-    for _ in 0..3 {
-        let mut set = nats_cluster_once();
-        if set.iter_mut().all(|m| m.nats.serving()) {
-            return set;
-        }
-    }
-    panic!("three nats-servers did not all start listening in 3 attempts");
-}
-
-fn nats_cluster_once() -> Vec<NatsMember> {
-    let bin = require_nats_server();
-    let client: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
-    let route: Vec<u16> = (0..3).map(|_| free_loopback_port()).collect();
-    let cluster = uniq("ringmq-test");
-    (0..3)
-        .map(|i| {
-            let dir = TempDir::new(&format!("nats{i}"));
-            let routes: Vec<String> = (0..3)
-                .filter(|j| *j != i)
-                .map(|j| format!("nats://127.0.0.1:{}", route[j]))
-                .collect();
-            let args: Vec<String> = [
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &client[i].to_string(),
-                "-n",
-                &format!("{cluster}-{i}"),
-                "-js",
-                "-sd",
-                &dir.0.to_string_lossy(),
-                "--cluster_name",
-                &cluster,
-                "--cluster",
-                &format!("nats://127.0.0.1:{}", route[i]),
-                "--routes",
-                &routes.join(","),
-            ]
-            .map(String::from)
-            .to_vec();
-            let child = nats_process(&bin, &args);
-            NatsMember {
-                nats: Nats {
-                    child,
-                    port: client[i],
-                    _dir: dir,
-                },
-                bin: bin.clone(),
-                args,
-            }
-        })
-        .collect()
-}
-
-/// A cluster member's nats-server process with exactly `args` (its ports fixed, so
-/// `NatsMember::start` brings it back where its routes expect it).
-fn nats_process(bin: &std::path::Path, args: &[String]) -> Child {
-    Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn nats-server")
-}
-
-/// A server of `nats_cluster_members`: stopped, it starts again on its own ports,
-/// name and store directory, so it rejoins its cluster with its JetStream state.
-struct NatsMember {
-    nats: Nats,
-    bin: PathBuf,
-    args: Vec<String>,
-}
-
-impl NatsMember {
-    fn stop(&mut self) {
-        self.nats.child.kill().expect("kill nats-server");
-        let _ = self.nats.child.wait();
-    }
-
-    /// Starts the stopped server again and waits (bounded) until it serves.
-    fn start(&mut self) {
-        self.nats.child = nats_process(&self.bin, &self.args);
-        assert!(
-            self.nats.serving(),
-            "nats-server {:?} did not serve again on port {}",
-            self.args,
-            self.nats.port
-        );
-    }
-}
-
-impl Nats {
-    /// Whether the server accepts clients on its port, waiting up to PATIENCE; false
-    /// as soon as it has exited (a port taken between picking and binding).
-    fn serving(&mut self) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < PATIENCE {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return false;
-            }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-/// One nats-server with JetStream, alone (no routes): enough for the scenarios that
-/// cut a node from NATS, and quick to start.
-fn one_nats() -> Nats {
-    one_nats_with(true)
-}
-
-/// One nats-server alone, with JetStream or without.
-fn one_nats_with(jetstream: bool) -> Nats {
-    spawn_nats("nats-alone", |c, port, dir| {
-        c.args(["-a", "127.0.0.1", "-p", &port.to_string()]);
-        if jetstream {
-            c.args(["-js", "-sd", &dir.0.to_string_lossy()]);
-        }
-    })
-}
-
-/// One nats-server alone on a fresh loopback port, its arguments set by `args`
-/// (given the port and the server's temporary directory), started again on a fresh
-/// port and directory if it exits at start (see `nats_cluster`).
-fn spawn_nats(tag: &str, args: impl Fn(&mut Command, u16, &TempDir)) -> Nats {
-    let bin = require_nats_server();
-    for _ in 0..3 {
-        let port = free_loopback_port();
-        let dir = TempDir::new(tag);
-        let mut c = Command::new(&bin);
-        args(&mut c, port, &dir);
-        let child = c
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        let mut n = Nats {
-            child,
-            port,
-            _dir: dir,
-        };
-        if n.serving() {
-            return n;
-        }
-    }
-    panic!("a nats-server ({tag}) did not start listening in 3 attempts");
-}
 
 /// A ringmq node joined to the cluster through `urls`.
 fn node(name: &str, urls: &str) -> Broker {
@@ -598,11 +404,10 @@ fn a_cluster_of_three_nodes_on_nats() {
     // Node 3 knows every server: when its own goes away it moves to another.
     let all = format!("{},{},{}", url(2), url(0), url(1));
     let n3 = node("n3", &all);
-    // Healthy needs the QoS stream and the four buckets, 3 replicas each, which
-    // the three fresh nats-servers make only once their JetStream meta group has
-    // elected a leader: on a loaded 2-core host that alone took 22 s (the node's
-    // part is at most a second past it, `JetStreamHealth::attempt_wait`), so the
-    // bound is RECOVERY for the three, as for the QoS stream below.
+    // Healthy needs the QoS stream and the four buckets, 3 replicas each.
+    // `nats_cluster` hands over servers whose JetStream already placed a 3-replica
+    // stream, so this waits for the nodes' own start; bounded by RECOVERY all the
+    // same (a loaded 2-core host), as the QoS stream below.
     let t = Instant::now();
     for n in [&n1, &n2, &n3] {
         wait_health_within(n, 200, RECOVERY.saturating_sub(t.elapsed()));
@@ -2122,6 +1927,55 @@ fn jetstream_away_while_connected_leaves_one_owner_once_back() {
     leave(on_a);
 }
 
+/// Polls `/healthz` until it answers 503 with `reason` in its body (bounded by
+/// PATIENCE); a failure names the last answer and the node's stderr.
+fn wait_503_saying(b: &Broker, reason: &str) {
+    let addr = b.http_addr().expect("HTTP listener");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let (code, text) = http_get(&addr, "/healthz");
+        if code == 503 && text.contains(reason) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/healthz of {addr} never said {reason:?}; last: {text}; stderr:\n{}",
+            b.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A node that starts while its JetStream cannot make a 3-replica part (two of the
+/// three nats-servers away: no meta quorum, no placement) keeps asking: it says why
+/// on `/healthz` (503) and in its log, and is ready once the servers are back,
+/// without a restart. The same path as a node started beside a NATS cluster that is
+/// still electing its meta leader.
+#[test]
+fn a_node_whose_jetstream_cannot_make_its_parts_at_start_is_ready_once_it_can() {
+    let mut nats = nats_cluster_members();
+    for m in &mut nats[1..] {
+        m.stop();
+    }
+    let n = node("late", &format!("nats://127.0.0.1:{}", nats[0].nats.port));
+    wait_503_saying(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
+    // Logged once an attempt failed (unanswered or refused): the node tried.
+    let deadline = Instant::now() + PATIENCE;
+    while !n
+        .stderr_tail()
+        .contains("not made (cluster_kv_replicas = 3)")
+    {
+        assert!(Instant::now() < deadline, "{}", n.stderr_tail());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(metric(&n, "ringmq_cluster_jetstream_ready"), 0);
+    for m in &mut nats[1..] {
+        m.start();
+    }
+    wait_health_within(&n, 200, RECOVERY);
+    assert_eq!(metric(&n, "ringmq_cluster_jetstream_ready"), 1);
+}
+
 /// Review10 H1: a node publishing a flood of QoS 0 messages loses its only
 /// nats-server. async-nats stops reading its command queue while it reconnects; the
 /// cluster thread's main task must still deliver the fence (the will-carrying client
@@ -2264,25 +2118,9 @@ fn a_node_whose_cluster_thread_ended_serves_connects_locally() {
 /// with JetStream answers 200.
 #[test]
 fn misconfiguration_answers_503_with_the_reason() {
-    let wait_reason = |b: &Broker, reason: &str| {
-        let addr = b.http_addr().expect("HTTP listener");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let (code, text) = http_get(&addr, "/healthz");
-            if code == 503 && text.contains(reason) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "/healthz of {addr} never said {reason:?}; last: {text}; stderr:\n{}",
-                b.stderr_tail()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     let no_js = one_nats_with(false);
     let n = node_with("nojs", &format!("nats://127.0.0.1:{}", no_js.port), "1");
-    wait_reason(&n, "cluster: JetStream not ready (cluster_kv_replicas = 1)");
+    wait_503_saying(&n, "cluster: JetStream not ready (cluster_kv_replicas = 1)");
     assert_eq!(metric(&n, "ringmq_cluster_jetstream_ready"), 0);
     drop(n);
     drop(no_js);
@@ -2291,7 +2129,7 @@ fn misconfiguration_answers_503_with_the_reason() {
     let url = format!("nats://127.0.0.1:{}", nats.port);
     // A lone server is not a JetStream cluster: 3 replicas cannot be placed.
     let n = node_logging("wide", &url, "3", "info");
-    wait_reason(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
+    wait_503_saying(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
     // The warning is logged when the reason is recorded; the test's stderr reader
     // may still be behind the /healthz answer, so it gets until PATIENCE to read it.
     let deadline = Instant::now() + PATIENCE;
@@ -2309,8 +2147,8 @@ fn misconfiguration_answers_503_with_the_reason() {
     assert_eq!(metric(&first, "ringmq_cluster_jetstream_ready"), 1);
     let second = node_logging("twin", &url, "1", "info");
     let twin = "cluster_node_name \"twin\" is also used by another running process";
-    wait_reason(&second, twin);
-    wait_reason(&first, twin);
+    wait_503_saying(&second, twin);
+    wait_503_saying(&first, twin);
     wait_metric(&first, "ringmq_cluster_name_conflicts_total", 1);
     assert!(
         second
@@ -2340,11 +2178,11 @@ fn misconfiguration_answers_503_with_the_reason() {
         "8000",
     ])
     .spawn();
-    wait_reason(
+    wait_503_saying(
         &first,
         "cluster: cluster_dead_after_ms differs: this node 5000, node \"odd\" 8000",
     );
-    wait_reason(
+    wait_503_saying(
         &odd,
         "cluster: cluster_dead_after_ms differs: this node 8000, node \"twin\" 5000",
     );

@@ -15,7 +15,8 @@
 //! Files: `broker` (the broker process), `raw_client` (raw client and frames), `parsed`
 //! (server packets parsed by hand), `pkt` (packet builders), `bystander`, `tools`
 //! (external tools: find, require, run), `certs` (rcgen test certificates), `cut_proxy`
-//! (a TCP proxy that cuts its connections: a partition). This file holds
+//! (a TCP proxy that cuts its connections: a partition), `nats` (nats-servers for the
+//! cluster tests, alone or as a formed JetStream cluster). This file holds
 //! the timeouts, unique names, hex helpers and shard placement.
 
 #![allow(dead_code, unused_imports)] // each test crate uses a different subset
@@ -39,6 +40,7 @@ mod broker;
 mod bystander;
 mod certs;
 mod cut_proxy;
+mod nats;
 mod parsed;
 pub mod pkt;
 mod raw_client;
@@ -48,6 +50,7 @@ pub use broker::*;
 pub use bystander::*;
 pub use certs::*;
 pub use cut_proxy::*;
+pub use nats::*;
 pub use parsed::*;
 pub use raw_client::*;
 pub use tools::*;
