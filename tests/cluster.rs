@@ -1927,6 +1927,21 @@ fn jetstream_away_while_connected_leaves_one_owner_once_back() {
     leave(on_a);
 }
 
+/// Waits (up to PATIENCE) until `b`'s log says `text`. The warning is logged when
+/// the reason is recorded, and the test's stderr reader may still be behind the
+/// /healthz answer that named it.
+fn wait_logged(b: &Broker, text: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    while !b.stderr_tail().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "the log never said {text:?}:\n{}",
+            b.stderr_tail()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// Polls `/healthz` until it answers 503 with `reason` in its body (bounded by
 /// PATIENCE); a failure names the last answer and the node's stderr.
 fn wait_503_saying(b: &Broker, reason: &str) {
@@ -1960,14 +1975,7 @@ fn a_node_whose_jetstream_cannot_make_its_parts_at_start_is_ready_once_it_can() 
     let n = node("late", &format!("nats://127.0.0.1:{}", nats[0].nats.port));
     wait_503_saying(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
     // Logged once an attempt failed (unanswered or refused): the node tried.
-    let deadline = Instant::now() + PATIENCE;
-    while !n
-        .stderr_tail()
-        .contains("not made (cluster_kv_replicas = 3)")
-    {
-        assert!(Instant::now() < deadline, "{}", n.stderr_tail());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_logged(&n, "not made (cluster_kv_replicas = 3)");
     assert_eq!(metric(&n, "ringmq_cluster_jetstream_ready"), 0);
     for m in &mut nats[1..] {
         m.start();
@@ -2130,16 +2138,7 @@ fn misconfiguration_answers_503_with_the_reason() {
     // A lone server is not a JetStream cluster: 3 replicas cannot be placed.
     let n = node_logging("wide", &url, "3", "info");
     wait_503_saying(&n, "cluster: JetStream not ready (cluster_kv_replicas = 3)");
-    // The warning is logged when the reason is recorded; the test's stderr reader
-    // may still be behind the /healthz answer, so it gets until PATIENCE to read it.
-    let deadline = Instant::now() + PATIENCE;
-    while !n
-        .stderr_tail()
-        .contains("not made (cluster_kv_replicas = 3)")
-    {
-        assert!(Instant::now() < deadline, "{}", n.stderr_tail());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_logged(&n, "not made (cluster_kv_replicas = 3)");
     drop(n);
 
     let first = node_logging("twin", &url, "1", "info");
