@@ -378,10 +378,13 @@ impl Shard {
             owned: true,
             cluster_key: 0,
         };
+        let unmatched = self.stats.unmatched;
         self.publish(msg, now);
-        // `publish` counts client messages; this one is the broker's own.
+        // `publish` counts client messages; this one is the broker's own (`$SYS`
+        // topics nobody reads are not a client publishing into the void).
         self.stats.messages_in -= 1;
         self.stats.messages_in_qos[0] -= 1;
+        self.stats.unmatched = unmatched;
     }
 
     /// The counters with the gauges that are not kept up to date on the hot path

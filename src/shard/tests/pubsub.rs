@@ -51,6 +51,14 @@ fn a_publish_that_matches_no_subscription_of_the_node_is_counted_unmatched() {
     cl.expect_nothing(s);
     let unmatched = |cl: &Cluster, i: usize| cl.shards[i].stats().unmatched;
     assert_eq!((unmatched(&cl, 0), unmatched(&cl, 1)), (2, 0));
+    // The broker's own `$SYS` messages nobody reads are not counted.
+    let now = cl.now;
+    cl.shards[0].publish_sys(
+        Bytes::from_static(b"$SYS/broker/uptime"),
+        Bytes::from_static(b"1"),
+        now,
+    );
+    assert_eq!((unmatched(&cl, 0), unmatched(&cl, 1)), (2, 0));
     // A routed copy is not counted again on the loop that finds its subscriber gone.
     cl.publish(s, "a/b", "w", Q0, false, 0);
     cl.expect(s, pubp("a/b", "w", Q0, false, 0));
