@@ -21,7 +21,7 @@ use bytes::Bytes;
 use super::durable::{props_of, qos_of, unpack_options, ShardStore};
 use super::retained::RetainedBody;
 use super::timer::TimerKind;
-use super::{Shard, ShardId};
+use super::Shard;
 use crate::protocol::QoS;
 use crate::session::{Message, Outgoing, Phase, SessionSub, Will, NONE};
 use crate::store::record::MsgRec;
@@ -226,7 +226,8 @@ impl PeerRoutes {
     }
 
     /// Filters (and groups) in loop `shard`'s row.
-    pub fn row_len(&self, shard: ShardId) -> usize {
+    #[cfg(test)]
+    pub fn row_len(&self, shard: super::ShardId) -> usize {
         self.rows.get(shard).map_or(0, Vec::len)
     }
 }
